@@ -1,0 +1,77 @@
+# qlab — build, test, sanitize, bench. CPU-only unless nvcc is found (then kernels/*.cu build too).
+CC      ?= cc
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+PKGS    := ncursesw libarchive inih jansson libpcre2-8 cmocka openblas lapacke
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -pthread \
+           -Icore -Imethods -Ikernels -Isensitivity -Ipresets -Itui -Icli \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
+BUILD   ?= build
+
+SRCS    := $(wildcard core/*.c methods/*.c kernels/*.c sensitivity/*.c presets/*.c tui/*.c)
+CLISRCS := $(wildcard cli/*.c)
+OBJS    := $(SRCS:%.c=$(BUILD)/%.o)
+CLIOBJS := $(CLISRCS:%.c=$(BUILD)/%.o)
+TESTS   := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
+
+ifneq ($(NVCC),)
+CUSRCS  := $(wildcard kernels/*.cu)
+CUOBJS  := $(CUSRCS:%.cu=$(BUILD)/%.cu.o)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CFLAGS  += -DQL_HAVE_CUDA -I$(CUDA_HOME)/include
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusolver -lstdc++
+NVFLAGS ?= -O2 -std=c++17 -Icore -Ikernels -Imethods --compiler-options -fPIC -arch=sm_90 \
+           -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
+endif
+
+.PHONY: all test asan bench clean detect test-cuda fuzz
+all: detect qlab
+
+detect:
+	@printf 'qlab build: cc=%s  cuda=%s  blas=openblas\n' "$(CC)" "$(if $(NVCC),$(NVCC),not found (CPU only))"
+
+qlab: $(CLIOBJS) $(BUILD)/libqlab.a
+	$(CC) $(CFLAGS) -o $@ $(CLIOBJS) $(BUILD)/libqlab.a $(LDLIBS)
+
+$(BUILD)/libqlab.a: $(OBJS) $(CUOBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+
+# Tests read ../shared when it is there and say they skipped when not.
+test: all $(TESTS:%=$(BUILD)/tests/%)
+	@fail=0; for t in $(TESTS); do echo "== $$t"; QLAB=$(CURDIR)/qlab $(BUILD)/tests/$$t || fail=1; done; \
+	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QLAB=$(CURDIR)/qlab bash tests/cli_test.sh || fail=1; fi; \
+	 exit $$fail
+
+asan:
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	        LDFLAGS="-fsanitize=address,undefined" NVCC= test
+
+bench: all
+	@bash bench/run.sh
+
+FUZZERS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+fuzz: $(FUZZERS:%=build-fuzz/%)
+build-fuzz/%: fuzz/%.c $(SRCS)
+	@mkdir -p build-fuzz
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Icore -Imethods -Ikernels \
+	  $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
+	  $(filter core/%.c methods/%.c kernels/%.c,$(SRCS)) $(shell pkg-config --libs $(PKGS)) -lm -pthread
+
+clean:
+	rm -rf build build-asan build-fuzz qlab
+
+-include $(OBJS:.o=.d) $(CLIOBJS:.o=.d)

@@ -1,0 +1,47 @@
+/* cli.h — shared pieces of the command-line front end: the command table, option parsing helpers,
+ * the stderr progress bar, and the one-line error report. Only cli/ and tui/ print to the user. */
+#ifndef QL_CLI_H
+#define QL_CLI_H
+
+#include "ql_common.h"
+#include <stdio.h>
+
+typedef struct {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv); /* argv[0] is the command name */
+    const char *usage;                 /* printed by --help */
+} cli_command;
+
+extern const cli_command cli_commands[];
+
+/* Option cursor over argv[1..]: positional arguments and --flags in any order. */
+typedef struct {
+    int argc, i;
+    char **argv;
+    const char *cmd;
+    const char *usage;
+    bool error;
+} cli_args;
+
+void cli_args_init(cli_args *a, int argc, char **argv, const char *usage);
+/* Next token: returns the flag name ("--ctx") or NULL for a positional (stored in *pos); ends with
+ * a NULL flag and NULL *pos. --help prints usage and exits 0. */
+bool cli_next(cli_args *a, const char **flag, const char **pos);
+const char *cli_value(cli_args *a, const char *flag);   /* the flag's value; error if missing */
+int cli_int(cli_args *a, const char *flag, int lo, int hi);
+double cli_double(cli_args *a, const char *flag);
+int cli_unknown(cli_args *a, const char *flag);          /* prints and returns 2 */
+int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Prints "qlab CMD: <ql_last_error()>" and returns 1. */
+int cli_fail(const char *cmd);
+
+/* A progress bar on stderr (only when stderr is a terminal, else one line per ~10%). */
+ql_progress *cli_progress_bar(const char *label);
+void cli_progress_done(ql_progress *p);
+/* Ctrl-C sets this flag; long jobs stop at their next check. */
+extern volatile int cli_cancel_flag;
+void cli_install_sigint(void);
+
+#endif

@@ -1,0 +1,156 @@
+/* cli_util.c — option parsing, progress bar and error reporting shared by every command. */
+#include "cli.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+volatile int cli_cancel_flag;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    if (cli_cancel_flag) _exit(130); /* second Ctrl-C: leave now */
+    cli_cancel_flag = 1;
+}
+
+void cli_install_sigint(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+void cli_args_init(cli_args *a, int argc, char **argv, const char *usage) {
+    a->argc = argc;
+    a->argv = argv;
+    a->i = 1;
+    a->cmd = argv[0];
+    a->usage = usage;
+    a->error = false;
+}
+
+bool cli_next(cli_args *a, const char **flag, const char **pos) {
+    *flag = NULL;
+    *pos = NULL;
+    if (a->error || a->i >= a->argc) return false;
+    const char *s = a->argv[a->i++];
+    if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {
+        printf("%s", a->usage);
+        exit(0);
+    }
+    if (s[0] == '-' && s[1] != 0) *flag = s;
+    else *pos = s;
+    return true;
+}
+
+const char *cli_value(cli_args *a, const char *flag) {
+    if (a->i >= a->argc) {
+        cli_usage_error(a->cmd, a->usage, "%s needs a value", flag);
+        a->error = true;
+        return NULL;
+    }
+    return a->argv[a->i++];
+}
+
+int cli_int(cli_args *a, const char *flag, int lo, int hi) {
+    const char *v = cli_value(a, flag);
+    if (!v) return lo;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*end || x < lo || x > hi) {
+        cli_usage_error(a->cmd, a->usage, "%s must be an integer in [%d, %d], got '%s'", flag, lo, hi, v);
+        a->error = true;
+        return lo;
+    }
+    return (int)x;
+}
+
+double cli_double(cli_args *a, const char *flag) {
+    const char *v = cli_value(a, flag);
+    if (!v) return 0;
+    char *end;
+    double x = strtod(v, &end);
+    if (*end) {
+        cli_usage_error(a->cmd, a->usage, "%s must be a number, got '%s'", flag, v);
+        a->error = true;
+    }
+    return x;
+}
+
+int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "qlab %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    if (usage) {
+        const char *nl = strchr(usage, '\n');
+        fprintf(stderr, "%.*s(see qlab %s --help)\n", nl ? (int)(nl - usage + 1) : 0, usage, cmd);
+    }
+    return 2;
+}
+
+int cli_unknown(cli_args *a, const char *flag) {
+    a->error = true;
+    return cli_usage_error(a->cmd, a->usage, "unknown option %s", flag);
+}
+
+int cli_fail(const char *cmd) {
+    fprintf(stderr, "qlab %s: %s\n", cmd, ql_last_error());
+    return 1;
+}
+
+typedef struct {
+    ql_progress p;
+    const char *label;
+    double t0, last;
+    bool tty;
+    int last_decile;
+} bar;
+
+static void bar_draw(void *user, int64_t done, int64_t total, const char *phase) {
+    bar *b = user;
+    double now = ql_time_s();
+    double frac = total > 0 ? (double)done / total : 0;
+    if (!b->tty) {
+        int dec = (int)(frac * 10);
+        if (dec > b->last_decile || done == total) {
+            b->last_decile = dec;
+            fprintf(stderr, "%s: %s %lld/%lld\n", b->label, phase ? phase : "", (long long)done, (long long)total);
+        }
+        return;
+    }
+    if (now - b->last < 0.1 && done < total) return;
+    b->last = now;
+    int width = 30, fill = (int)(frac * width + 0.5);
+    double el = now - b->t0, eta = frac > 0 ? el / frac - el : 0;
+    char cells[64];
+    for (int i = 0; i < width; i++) cells[i] = i < fill ? '#' : '.';
+    cells[width] = 0;
+    fprintf(stderr, "\r%s [%s] %3.0f%% %lld/%lld %s  %.0fs elapsed, ETA %.0fs   ", b->label, cells, frac * 100,
+            (long long)done, (long long)total, phase ? phase : "", el, eta);
+    fflush(stderr);
+}
+
+ql_progress *cli_progress_bar(const char *label) {
+    bar *b = ql_calloc(1, sizeof *b);
+    b->p.fn = bar_draw;
+    b->p.user = b;
+    b->p.cancel = &cli_cancel_flag;
+    b->label = label;
+    b->t0 = ql_time_s();
+    b->tty = isatty(2);
+    b->last_decile = -1;
+    return &b->p;
+}
+
+void cli_progress_done(ql_progress *p) {
+    if (!p) return;
+    bar *b = (bar *)p;
+    if (b->tty) fprintf(stderr, "\r%*s\r", 100, "");
+    free(b);
+}

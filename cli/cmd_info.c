@@ -1,0 +1,120 @@
+/* cmd_info.c — `qlab info`: hyper-parameters, per-tensor types/shapes/sizes, bits per weight. */
+#include "cli.h"
+#include "ggml_types.h"
+#include "model.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *INFO_USAGE =
+    "usage: qlab info MODEL [--json] [--no-tensors]\n"
+    "Architecture, hyper-parameters, parameter count and every tensor (name, shape, type, bytes, bits per weight).\n"
+    "MODEL is a .gguf file, a Hugging Face folder (config.json + safetensors) or a llama2.c .bin.\n"
+    "bpw counts every tensor; bpw_quantized only the 2-D weight matrices (what target-BPW plans count).\n";
+
+static int64_t numel(const ql_gguf_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
+
+int cmd_info(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, INFO_USAGE);
+    const char *flag, *pos, *path = NULL;
+    bool json = false, tensors = true;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) path = pos;
+        else if (!strcmp(flag, "--json")) json = true;
+        else if (!strcmp(flag, "--no-tensors")) tensors = false;
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!path) return cli_usage_error("info", INFO_USAGE, "needs MODEL");
+    ql_model *m;
+    if (ql_model_load(path, &m)) return cli_fail("info");
+    const ql_config *c = &m->cfg;
+    const ql_gguf *g = m->gguf;
+    int64_t n_params = 0, bytes = 0, q_params = 0, q_bytes = 0;
+    bool ggml_only = true;
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        const ql_gguf_tensor *t = &g->tensors[i];
+        n_params += numel(t);
+        bytes += (int64_t)t->nbytes;
+        if (t->n_dims >= 2 && t->ne[1] > 1) {
+            q_params += numel(t);
+            q_bytes += (int64_t)t->nbytes;
+        }
+        ggml_only &= ql_type_is_ggml(t->type);
+    }
+    double bpw = n_params ? 8.0 * bytes / n_params : 0, bpwq = q_params ? 8.0 * q_bytes / q_params : 0;
+    const char *name = ql_gguf_get_str(g, "general.name");
+    if (json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "path", json_string(path));
+        json_object_set_new(o, "arch", json_string(c->arch));
+        if (name) json_object_set_new(o, "name", json_string(name));
+        json_object_set_new(o, "n_params", json_integer(n_params));
+        json_object_set_new(o, "bytes", json_integer(bytes));
+        json_object_set_new(o, "bpw", json_real(bpw));
+        json_object_set_new(o, "bpw_quantized", json_real(bpwq));
+        json_object_set_new(o, "llama_cpp_compatible", json_boolean(ggml_only));
+        json_t *hp = json_object();
+        json_object_set_new(hp, "n_layer", json_integer(c->n_layer));
+        json_object_set_new(hp, "n_embd", json_integer(c->n_embd));
+        json_object_set_new(hp, "n_head", json_integer(c->n_head));
+        json_object_set_new(hp, "n_head_kv", json_integer(c->n_head_kv));
+        json_object_set_new(hp, "head_dim", json_integer(c->head_dim));
+        json_object_set_new(hp, "n_ff", json_integer(c->n_ff));
+        json_object_set_new(hp, "n_vocab", json_integer(c->n_vocab));
+        json_object_set_new(hp, "n_ctx_train", json_integer(c->n_ctx_train));
+        json_object_set_new(hp, "rope_base", json_real(c->rope_base));
+        json_object_set_new(hp, "rope_scale", json_real(c->rope_scale));
+        json_object_set_new(hp, "norm_eps", json_real(c->norm_eps));
+        json_object_set_new(hp, "tied_output", json_boolean(c->tied_output));
+        json_object_set_new(o, "hparams", hp);
+        if (tensors) {
+            json_t *arr = json_array();
+            for (int64_t i = 0; i < g->n_tensors; i++) {
+                const ql_gguf_tensor *t = &g->tensors[i];
+                const ql_type_info *ti = ql_type_get(t->type);
+                json_t *to = json_object(), *shape = json_array();
+                for (int d = 0; d < t->n_dims; d++) json_array_append_new(shape, json_integer(t->ne[d]));
+                json_object_set_new(to, "name", json_string(t->name));
+                json_object_set_new(to, "type", json_string(ti ? ti->name : "?"));
+                json_object_set_new(to, "shape", shape);
+                json_object_set_new(to, "bytes", json_integer((json_int_t)t->nbytes));
+                json_object_set_new(to, "bpw", json_real(8.0 * (double)t->nbytes / (double)numel(t)));
+                json_array_append_new(arr, to);
+            }
+            json_object_set_new(o, "tensors", arr);
+        }
+        char *s = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(8));
+        printf("%s\n", s);
+        free(s);
+        json_decref(o);
+    } else {
+        printf("%s  (%s%s%s)\n", path, c->arch, name ? ", " : "", name ? name : "");
+        printf("  layers %d, embd %d, heads %d (kv %d, dim %d), ffn %d, vocab %d, ctx %d\n", c->n_layer, c->n_embd,
+               c->n_head, c->n_head_kv, c->head_dim, c->n_ff, c->n_vocab, c->n_ctx_train);
+        printf("  rope base %g%s, norm eps %g, %s output, tokenizer %s\n", c->rope_base,
+               c->rope_scale != 1 ? " (linear scaling)" : "", c->norm_eps, c->tied_output ? "tied" : "separate",
+               m->tok ? (ql_tokenizer_kind(m->tok) == QL_TOK_SPM ? "sentencepiece" : "bpe") : "none");
+        printf("  %lld parameters, %.2f MiB, %.3f bits/weight (%.3f over 2-D weights)\n", (long long)n_params,
+               bytes / 1048576.0, bpw, bpwq);
+        printf("  %s\n", ggml_only ? "plain GGUF: llama.cpp can run it"
+                                   : "uses qlab extension types: llama.cpp cannot run it");
+        if (tensors) {
+            printf("\n  %-32s %-20s %-8s %12s %7s\n", "tensor", "shape", "type", "bytes", "bpw");
+            for (int64_t i = 0; i < g->n_tensors; i++) {
+                const ql_gguf_tensor *t = &g->tensors[i];
+                const ql_type_info *ti = ql_type_get(t->type);
+                char shape[64];
+                int o = 0;
+                for (int d = 0; d < t->n_dims; d++)
+                    o += snprintf(shape + o, sizeof shape - (size_t)o, "%s%lld", d ? " x " : "", (long long)t->ne[d]);
+                printf("  %-32s %-20s %-8s %12llu %7.3f\n", t->name, shape, ti ? ti->name : "?",
+                       (unsigned long long)t->nbytes, 8.0 * (double)t->nbytes / (double)numel(t));
+            }
+        }
+    }
+    ql_model_free(m);
+    return 0;
+}

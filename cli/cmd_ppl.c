@@ -1,0 +1,239 @@
+/* cmd_ppl.c — `qlab ppl`, `qlab logits` and `qlab tokenize`: the measuring commands. */
+#include "cli.h"
+#include "model.h"
+#include "ppl.h"
+#include "parallel.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *PPL_USAGE =
+    "usage: qlab ppl MODEL --text FILE [--ctx 512] [--chunks N] [--threads N] [--json]\n"
+    "                [--save-logits F] [--kld-base F]\n"
+    "Perplexity of MODEL on FILE, computed as llama.cpp's perplexity tool does: the whole file tokenized with BOS,\n"
+    "chunks of --ctx tokens, each chunk starting with BOS, only the second half of each chunk scored.\n"
+    "  --save-logits F   store the log-probabilities of every scored token (the base for --kld-base)\n"
+    "  --kld-base F      also report KL divergence, its 99th percentile and top-1 agreement against F\n"
+    "  --json            one JSON object on stdout: ppl, ppl_stderr, chunks, tokens_scored, tokens_per_s, ...\n";
+
+static ql_status load_model_and_tokens(const char *model_path, const char *text_path, ql_model **m, int32_t **ids,
+                                       int64_t *n_ids) {
+    ql_status s = ql_model_load(model_path, m);
+    if (s) return s;
+    if (!(*m)->tok) return ql_fail(QL_ERR_FORMAT, "%s: the model has no tokenizer", model_path);
+    char *text;
+    size_t len;
+    if ((s = ql_read_file(text_path, &text, &len))) return s;
+    s = ql_tokenize((*m)->tok, text, len, true, ids, n_ids);
+    free(text);
+    return s;
+}
+
+int cmd_ppl(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, PPL_USAGE);
+    const char *flag, *pos, *model = NULL, *text = NULL;
+    ql_ppl_opts o = {.n_ctx = 512, .n_threads = ql_default_threads()};
+    bool json = false;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) {
+            if (model) return cli_usage_error("ppl", PPL_USAGE, "unexpected argument '%s'", pos);
+            model = pos;
+        } else if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) text = cli_value(&a, flag);
+        else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) o.n_ctx = cli_int(&a, flag, 4, 1 << 20);
+        else if (!strcmp(flag, "--chunks")) o.n_chunks = cli_int(&a, flag, 1, 1 << 30);
+        else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) o.n_threads = cli_int(&a, flag, 1, 256);
+        else if (!strcmp(flag, "--json")) json = true;
+        else if (!strcmp(flag, "--save-logits")) o.save_logits = cli_value(&a, flag);
+        else if (!strcmp(flag, "--kld-base")) o.kld_base = cli_value(&a, flag);
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!model || !text) return cli_usage_error("ppl", PPL_USAGE, "needs MODEL and --text FILE");
+    ql_model *m = NULL;
+    int32_t *ids = NULL;
+    int64_t n_ids = 0;
+    ql_infer *inf = NULL;
+    int rc = 0;
+    double t0 = ql_time_s();
+    if (load_model_and_tokens(model, text, &m, &ids, &n_ids) || ql_infer_new(m, o.n_threads, &inf)) {
+        rc = cli_fail("ppl");
+        goto out;
+    }
+    if (!json)
+        fprintf(stderr, "qlab ppl: %s, %lld tokens (tokenized and loaded in %.2fs), ctx %d\n", model, (long long)n_ids,
+                ql_time_s() - t0, o.n_ctx);
+    ql_progress *bar = cli_progress_bar("ppl");
+    ql_ppl_result r;
+    ql_status s = ql_perplexity(inf, ids, n_ids, &o, bar, &r);
+    cli_progress_done(bar);
+    if (s) {
+        rc = cli_fail("ppl");
+        goto out;
+    }
+    if (json) {
+        printf("{\"model\": \"%s\", \"ctx\": %d, \"ppl\": %.6f, \"ppl_stderr\": %.6f, \"chunks\": %d, "
+               "\"tokens_scored\": %lld, \"tokens_per_s\": %.1f, \"seconds\": %.3f",
+               model, o.n_ctx, r.ppl, r.ppl_stderr, r.chunks, (long long)r.tokens_scored, r.tokens_per_s, r.seconds);
+        if (r.has_kld)
+            printf(", \"kld_mean\": %.8f, \"kld_stderr\": %.8f, \"kld_p99\": %.8f, \"kld_max\": %.8f, "
+                   "\"top1_agreement\": %.6f, \"ppl_base\": %.6f",
+                   r.kld_mean, r.kld_stderr, r.kld_p99, r.kld_max, r.top1_agreement, r.ppl_base);
+        printf("}\n");
+    } else {
+        printf("PPL = %.4f +/- %.5f   (%d chunks of %d, %lld tokens scored, %.0f tokens/s, %.1fs)\n", r.ppl,
+               r.ppl_stderr, r.chunks, o.n_ctx, (long long)r.tokens_scored, r.tokens_per_s, r.seconds);
+        if (r.has_kld)
+            printf("KLD mean = %.6f +/- %.6f   p99 = %.6f   max = %.4f   top-1 agreement = %.3f%%   base PPL = %.4f\n",
+                   r.kld_mean, r.kld_stderr, r.kld_p99, r.kld_max, 100 * r.top1_agreement, r.ppl_base);
+        if (o.save_logits) printf("log-probabilities saved to %s\n", o.save_logits);
+    }
+out:
+    free(ids);
+    ql_infer_free(inf);
+    ql_model_free(m);
+    return rc;
+}
+
+static const char *LOGITS_USAGE =
+    "usage: qlab logits MODEL --tokens FILE -o OUT.f32 [--threads N]\n"
+    "Writes the logits of every position (n_tokens x n_vocab float32, row-major) for the token ids in FILE\n"
+    "(one id per line). Row i is the prediction after seeing tokens 0..i.\n";
+
+static ql_status read_token_file(const char *path, int32_t **ids, int64_t *n) {
+    char *text;
+    size_t len;
+    ql_status s = ql_read_file(path, &text, &len);
+    if (s) return s;
+    int64_t cap = 256, cnt = 0;
+    int32_t *v = ql_malloc((size_t)cap * 4);
+    char *p = text;
+    for (;;) {
+        while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t' || *p == ',') p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 0 || x > INT32_MAX) {
+            free(text);
+            free(v);
+            return ql_fail(QL_ERR_FORMAT, "%s: not a token id near byte %ld", path, (long)(p - text));
+        }
+        if (cnt == cap) v = ql_realloc(v, (size_t)(cap *= 2) * 4);
+        v[cnt++] = (int32_t)x;
+        p = end;
+    }
+    free(text);
+    *ids = v;
+    *n = cnt;
+    return cnt ? QL_OK : ql_fail(QL_ERR_FORMAT, "%s: no token ids", path);
+}
+
+int cmd_logits(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, LOGITS_USAGE);
+    const char *flag, *pos, *model = NULL, *tokens = NULL, *out = NULL;
+    int threads = ql_default_threads();
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) model = pos;
+        else if (!strcmp(flag, "--tokens")) tokens = cli_value(&a, flag);
+        else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!model || !tokens || !out) return cli_usage_error("logits", LOGITS_USAGE, "needs MODEL, --tokens FILE and -o OUT");
+    ql_model *m = NULL;
+    ql_infer *inf = NULL;
+    ql_scratch *sc = NULL;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    float *logits = NULL;
+    int rc = 0;
+    openblas_set_num_threads(threads);
+    if (ql_model_load(model, &m) || read_token_file(tokens, &ids, &n) || ql_infer_new(m, threads, &inf)) {
+        rc = cli_fail("logits");
+        goto done;
+    }
+    if (n > (1 << 20)) {
+        rc = cli_usage_error("logits", NULL, "%s: too many tokens (%lld)", tokens, (long long)n);
+        goto done;
+    }
+    sc = ql_scratch_new(inf, (int)n);
+    logits = ql_malloc((size_t)n * m->cfg.n_vocab * sizeof(float));
+    if (ql_forward(inf, sc, ids, (int)n, 0, logits)) {
+        rc = cli_fail("logits");
+        goto done;
+    }
+    size_t l = strlen(out) + 16;
+    char *tmp = ql_malloc(l);
+    snprintf(tmp, l, "%s.tmp", out);
+    FILE *f = fopen(tmp, "wb");
+    size_t want = (size_t)n * m->cfg.n_vocab;
+    bool ok = f && fwrite(logits, sizeof(float), want, f) == want;
+    if (f && fclose(f) != 0) ok = false;
+    if (!ok || rename(tmp, out) != 0) {
+        unlink(tmp);
+        fprintf(stderr, "qlab logits: %s: write failed: %s\n", out, strerror(errno));
+        rc = 1;
+    } else
+        fprintf(stderr, "qlab logits: wrote %lld x %d logits to %s\n", (long long)n, m->cfg.n_vocab, out);
+    free(tmp);
+done:
+    free(logits);
+    free(ids);
+    ql_scratch_free(sc);
+    ql_infer_free(inf);
+    ql_model_free(m);
+    return rc;
+}
+
+static const char *TOKENIZE_USAGE =
+    "usage: qlab tokenize MODEL (--text FILE | --prompt TEXT) [--no-bos] [--pieces]\n"
+    "Prints the token ids (one per line; with --pieces, id and text).\n";
+
+int cmd_tokenize(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, TOKENIZE_USAGE);
+    const char *flag, *pos, *model = NULL, *file = NULL, *prompt = NULL;
+    bool bos = true, pieces = false;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) model = pos;
+        else if (!strcmp(flag, "--text")) file = cli_value(&a, flag);
+        else if (!strcmp(flag, "--prompt") || !strcmp(flag, "-p")) prompt = cli_value(&a, flag);
+        else if (!strcmp(flag, "--no-bos")) bos = false;
+        else if (!strcmp(flag, "--pieces")) pieces = true;
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!model || (!file && !prompt)) return cli_usage_error("tokenize", TOKENIZE_USAGE, "needs MODEL and a text");
+    ql_model *m = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    int rc = 0;
+    if (ql_model_load(model, &m)) return cli_fail("tokenize");
+    if (!m->tok) {
+        ql_model_free(m);
+        fprintf(stderr, "qlab tokenize: %s: the model has no tokenizer\n", model);
+        return 1;
+    }
+    if (file && ql_read_file(file, &text, &len)) rc = cli_fail("tokenize");
+    else if (ql_tokenize(m->tok, file ? text : prompt, file ? len : strlen(prompt), bos, &ids, &n)) rc = cli_fail("tokenize");
+    for (int64_t i = 0; !rc && i < n; i++) {
+        if (pieces) {
+            char buf[256];
+            int l = ql_token_to_piece(m->tok, ids[i], buf, sizeof buf);
+            printf("%d\t'%.*s'\n", ids[i], l < 0 ? 0 : l > 255 ? 255 : l, buf);
+        } else
+            printf("%d\n", ids[i]);
+    }
+    free(ids);
+    free(text);
+    ql_model_free(m);
+    return rc;
+}

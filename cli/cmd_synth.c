@@ -1,0 +1,149 @@
+/* cmd_synth.c — `qlab synth` and `qlab convert`. */
+#include "cli.h"
+#include "ggml_types.h"
+#include "model.h"
+#include "parallel.h"
+#include "synth.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *SYNTH_USAGE =
+    "usage: qlab synth --shape NAME [-o OUT.gguf] [--dims k=v,...] [--type f32|f16|bf16] [--seed N] [--threads N]\n"
+    "A llama-family model with random weights shaped like trained ones (row-scale spread, heavy tails, outlier\n"
+    "channels) and a byte-level vocabulary, for speed and scale tests, never for quality claims.\n"
+    "Shapes: tiny, llama-3.2-1b, llama-2-7b, llama-3-8b. --dims overrides: layers, embd, heads, kv, ff, vocab, ctx,\n"
+    "rope_base, tied (e.g. --dims layers=2,embd=512). Default OUT: synth-NAME.gguf.\n";
+
+int cmd_synth(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, SYNTH_USAGE);
+    const char *flag, *pos, *shape_name = NULL, *out = NULL, *dims = NULL, *type = NULL;
+    uint64_t seed = 1;
+    int threads = ql_default_threads();
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) return cli_usage_error("synth", SYNTH_USAGE, "unexpected argument '%s'", pos);
+        if (!strcmp(flag, "--shape")) shape_name = cli_value(&a, flag);
+        else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--dims")) dims = cli_value(&a, flag);
+        else if (!strcmp(flag, "--type")) type = cli_value(&a, flag);
+        else if (!strcmp(flag, "--seed")) seed = (uint64_t)cli_int(&a, flag, 0, 1 << 30);
+        else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!shape_name) shape_name = dims ? "tiny" : NULL;
+    if (!shape_name) return cli_usage_error("synth", SYNTH_USAGE, "needs --shape NAME");
+    const ql_synth_shape *base = ql_synth_find(shape_name);
+    if (!base) return cli_usage_error("synth", SYNTH_USAGE, "unknown shape '%s'", shape_name);
+    ql_synth_shape sh = *base;
+    if (dims && ql_synth_parse_dims(dims, &sh)) return cli_fail("synth");
+    if (type) {
+        int64_t t = ql_type_by_name(type);
+        if (t != QL_TYPE_F32 && t != QL_TYPE_F16 && t != QL_TYPE_BF16)
+            return cli_usage_error("synth", SYNTH_USAGE, "--type must be f32, f16 or bf16");
+        sh.type = (uint32_t)t;
+    }
+    char defname[128];
+    if (!out) {
+        snprintf(defname, sizeof defname, "synth-%s.gguf", shape_name);
+        out = defname;
+    }
+    ql_progress *bar = cli_progress_bar("synth");
+    ql_status s = ql_synth_write(&sh, seed, out, threads, bar);
+    cli_progress_done(bar);
+    if (s) return cli_fail("synth");
+    fprintf(stderr, "qlab synth: wrote %s (%s: %d layers, embd %d, vocab %d)\n", out, shape_name, sh.n_layer, sh.n_embd,
+            sh.n_vocab);
+    return 0;
+}
+
+static const char *CONVERT_USAGE =
+    "usage: qlab convert IN -o OUT [--type f32|f16|bf16]\n"
+    "IN: a .gguf file, a Hugging Face folder or a llama2.c .bin (tokenizer.bin beside it).\n"
+    "OUT: a path ending in .gguf writes GGUF; anything else is a Hugging Face folder (config.json,\n"
+    "model.safetensors). --type converts the float weight matrices (norms stay F32).\n";
+
+typedef struct {
+    const ql_gguf *src;
+    uint32_t type;
+} convert_ctx;
+
+static ql_status convert_produce(void *user, int64_t index, void *dst, uint64_t nbytes) {
+    (void)nbytes;
+    const convert_ctx *c = user;
+    const ql_gguf_tensor *t = &c->src->tensors[index];
+    int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    float *tmp = malloc((size_t)n * sizeof(float));
+    if (!tmp) return ql_fail(QL_ERR_NOMEM, "out of memory converting '%s'", t->name);
+    for (int64_t i = 0; i < n; i++) {
+        if (t->type == QL_TYPE_F32) memcpy(&tmp[i], (const float *)t->data + i, 4);
+        else if (t->type == QL_TYPE_F16) tmp[i] = ql_fp16_to_fp32(((const uint16_t *)t->data)[i]);
+        else tmp[i] = ql_bf16_to_fp32(((const uint16_t *)t->data)[i]);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (c->type == QL_TYPE_F32) memcpy((float *)dst + i, &tmp[i], 4);
+        else if (c->type == QL_TYPE_F16) ((uint16_t *)dst)[i] = ql_fp32_to_fp16(tmp[i]);
+        else ((uint16_t *)dst)[i] = ql_fp32_to_bf16(tmp[i]);
+    }
+    free(tmp);
+    return QL_OK;
+}
+
+static bool is_float(uint32_t t) { return t == QL_TYPE_F32 || t == QL_TYPE_F16 || t == QL_TYPE_BF16; }
+
+int cmd_convert(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, CONVERT_USAGE);
+    const char *flag, *pos, *in = NULL, *out = NULL, *type = NULL;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) {
+            if (in) return cli_usage_error("convert", CONVERT_USAGE, "unexpected argument '%s'", pos);
+            in = pos;
+        } else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--type") || !strcmp(flag, "--outtype")) type = cli_value(&a, flag);
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!in || !out) return cli_usage_error("convert", CONVERT_USAGE, "needs IN and -o OUT");
+    int64_t to = -1;
+    if (type) {
+        to = ql_type_by_name(type);
+        if (!(to >= 0 && is_float((uint32_t)to)))
+            return cli_usage_error("convert", CONVERT_USAGE, "--type must be f32, f16 or bf16");
+    }
+    ql_model *m;
+    if (ql_model_load(in, &m)) return cli_fail("convert"); /* validates the model, not just the container */
+    const ql_gguf *src = m->gguf;
+    ql_gguf *g = ql_gguf_new();
+    ql_gguf_copy_kv(g, src);
+    convert_ctx cc = {src, (uint32_t)to};
+    int rc = 0;
+    for (int64_t i = 0; i < src->n_tensors; i++) {
+        const ql_gguf_tensor *t = &src->tensors[i];
+        bool conv = to >= 0 && is_float(t->type) && t->n_dims >= 2 && t->type != (uint32_t)to;
+        int64_t idx = ql_gguf_add_tensor(g, t->name, conv ? (uint32_t)to : t->type, t->n_dims, t->ne, conv ? NULL : t->data);
+        if (idx < 0) {
+            rc = cli_fail("convert");
+            goto out;
+        }
+        if (conv) {
+            g->tensors[idx].produce = convert_produce;
+            g->tensors[idx].produce_user = &cc;
+        }
+    }
+    if (to >= 0) ql_gguf_set_u32(g, "general.file_type", to == QL_TYPE_F32 ? 0 : to == QL_TYPE_F16 ? 1 : 32);
+    size_t ol = strlen(out);
+    ql_status s;
+    ql_progress *bar = cli_progress_bar("convert");
+    if (ol > 5 && strcmp(out + ol - 5, ".gguf") == 0) s = ql_gguf_write(g, out, bar);
+    else if (to >= 0) s = ql_fail(QL_ERR_UNSUPPORTED, "--type applies to GGUF output only");
+    else s = ql_hf_save(g, out);
+    cli_progress_done(bar);
+    if (s) rc = cli_fail("convert");
+    else fprintf(stderr, "qlab convert: %s -> %s (%lld tensors)\n", in, out, (long long)g->n_tensors);
+out:
+    ql_gguf_free(g);
+    ql_model_free(m);
+    return rc;
+}

@@ -1,0 +1,47 @@
+/* infer.h — the llama-family forward pass over whole sequences (RMSNorm, RoPE, grouped-query
+ * attention, SwiGLU, optional q/k/v bias), matmuls through OpenBLAS sgemm on F32 weights.
+ * ql_infer holds F32 views of every weight: borrowed from the mapping for F32 tensors, dequantized
+ * once (exact numerics of the format) for everything else. A ql_infer is read-only during
+ * forward passes and may be shared by threads; each thread needs its own ql_scratch. */
+#ifndef QL_INFER_H
+#define QL_INFER_H
+
+#include "model.h"
+
+typedef struct ql_infer ql_infer;
+typedef struct ql_scratch ql_scratch;
+
+/* Which activation a hook sees: the input of each linear layer (what quantization statistics need). */
+typedef enum {
+    QL_HOOK_ATTN_IN = 0, /* input of attn_q/k/v: [n, n_embd] */
+    QL_HOOK_ATTN_OUT_IN, /* input of attn_output: [n, n_head*head_dim] */
+    QL_HOOK_FFN_IN,      /* input of ffn_gate/up: [n, n_embd] */
+    QL_HOOK_FFN_DOWN_IN, /* input of ffn_down: [n, n_ff] */
+    QL_HOOK_OUTPUT_IN,   /* input of output: [n, n_embd] */
+} ql_hook_point;
+typedef void (*ql_hook_fn)(void *user, int layer, ql_hook_point where, const float *x, int n, int dim);
+
+ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out);
+void ql_infer_free(ql_infer *inf);
+const ql_model *ql_infer_model(const ql_infer *inf);
+
+/* Replace the F32 weights used for one tensor (e.g. a dequantized candidate); `data` is borrowed
+ * and must hold the tensor's ne[0]*ne[1] floats. Returns the previous pointer (NULL if unknown). */
+const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const float *data);
+
+ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens);
+void ql_scratch_free(ql_scratch *s);
+void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user);
+
+/* Runs tokens[0..n) (positions 0..n-1, causal) and writes logits for positions logit_from..n-1 into
+ * logits[(n - logit_from) * n_vocab]. Uses the calling thread plus OpenBLAS's current thread count. */
+ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, int n, int logit_from,
+                     float *logits);
+
+/* Dequantize any tensor the format code knows into F32 (rows of ne[0]); false if the type can't be decoded. */
+bool ql_tensor_to_f32(const ql_gguf_tensor *t, float *dst, int n_threads);
+
+/* log-softmax helpers shared by ppl and kld: returns log p(tok) for one row of logits. */
+double ql_log_softmax_at(const float *logits, int n_vocab, int tok);
+
+#endif

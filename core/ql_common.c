@@ -1,0 +1,136 @@
+/* ql_common.c — error slot, logging, checked allocation, time and fp16/bf16 conversion. */
+#include "ql_common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static _Thread_local char g_err[1024];
+
+const char *ql_status_str(ql_status s) {
+    switch (s) {
+    case QL_OK: return "ok";
+    case QL_ERR_IO: return "I/O error";
+    case QL_ERR_FORMAT: return "bad format";
+    case QL_ERR_UNSUPPORTED: return "unsupported";
+    case QL_ERR_NOMEM: return "out of memory";
+    case QL_ERR_ARG: return "invalid argument";
+    case QL_ERR_CANCELLED: return "cancelled";
+    }
+    return "unknown error";
+}
+
+ql_status ql_fail(ql_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+const char *ql_last_error(void) { return g_err[0] ? g_err : "no error recorded"; }
+
+static void log_stderr(int level, const char *msg, void *user) {
+    (void)user;
+    static const char *tag[] = {"error", "warning", "info", "debug"};
+    fprintf(stderr, "qlab: %s: %s\n", tag[level < 0 ? 0 : level > 3 ? 3 : level], msg);
+}
+static ql_log_fn g_log = log_stderr;
+static void *g_log_user;
+static int g_log_level = 2;
+
+void ql_log_set(ql_log_fn fn, void *user) { g_log = fn ? fn : log_stderr; g_log_user = user; }
+
+void ql_log(int level, const char *fmt, ...) {
+    if (level > g_log_level) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    g_log(level, buf, g_log_user);
+}
+
+static ql_abort_fn g_abort_hook;
+void ql_abort_set(ql_abort_fn fn) { g_abort_hook = fn; }
+void ql_abort(const char *msg) {
+    if (g_abort_hook) g_abort_hook(msg);
+    fprintf(stderr, "qlab: fatal: %s\n", msg);
+    abort();
+}
+
+void *ql_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) ql_abort("out of memory");
+    return p;
+}
+void *ql_calloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz ? sz : 1);
+    if (!p) ql_abort("out of memory");
+    return p;
+}
+void *ql_realloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) ql_abort("out of memory");
+    return q;
+}
+char *ql_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = ql_malloc(n);
+    memcpy(d, s, n);
+    return d;
+}
+
+double ql_time_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+float ql_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    if (exp == 0) {
+        /* zero or subnormal: value = man * 2^-24, exact in float */
+        float v = (float)man * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    if (exp == 31) return bits_f32(sign | 0x7f800000u | (man << 13));
+    return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+uint16_t ql_fp32_to_fp16(float f) {
+    /* round-to-nearest-even, as the F16C instruction and ggml's fallback do */
+    uint32_t x = f32_bits(f);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | ((ax >> 13) & 0x3ff)); /* NaN */
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* overflow (incl. rounding up) -> inf */
+    if (ax < 0x38800000u) {
+        /* subnormal half or zero: scale into integer units of 2^-24 with RNE */
+        float a = bits_f32(ax);
+        float scaled = a * 16777216.0f; /* a / 2^-24, exact (power of two) */
+        uint32_t m = (uint32_t)scaled;
+        float rem = scaled - (float)m;
+        if (rem > 0.5f || (rem == 0.5f && (m & 1))) m++;
+        return (uint16_t)(sign | m);
+    }
+    uint32_t e = (ax >> 23) - 112, man = ax & 0x7fffff;
+    uint32_t h = (e << 10) | (man >> 13);
+    uint32_t rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+float ql_bf16_to_fp32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t ql_fp32_to_bf16(float f) {
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64); /* quiet NaN, as ggml */
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+}

@@ -1,0 +1,221 @@
+/* synth.c — synthetic llama models (see synth.h). Every row is drawn from its own seeded stream, so
+ * the file is identical whatever the thread count. */
+#include "synth.h"
+#include "ggml_types.h"
+#include "parallel.h"
+#include "tokenizer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const ql_synth_shape g_shapes[] = {
+    {"tiny", 4, 256, 8, 4, 768, 512, 256, 10000.0f, false, QL_TYPE_F32},
+    {"llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, 500000.0f, true, QL_TYPE_F16},
+    {"llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0f, false, QL_TYPE_F16},
+    {"llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, false, QL_TYPE_F16},
+};
+
+const ql_synth_shape *ql_synth_shapes(int *n) {
+    *n = (int)QL_ARRAY_LEN(g_shapes);
+    return g_shapes;
+}
+
+const ql_synth_shape *ql_synth_find(const char *name) {
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_shapes); i++)
+        if (strcmp(g_shapes[i].name, name) == 0) return &g_shapes[i];
+    return NULL;
+}
+
+ql_status ql_synth_parse_dims(const char *spec, ql_synth_shape *s) {
+    char *copy = ql_strdup(spec), *save = NULL;
+    ql_status st = QL_OK;
+    for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq) { st = ql_fail(QL_ERR_ARG, "--dims: '%s' is not key=value", kv); break; }
+        *eq = 0;
+        char *end;
+        double v = strtod(eq + 1, &end);
+        if (*end || v <= 0 || v > 1e7) { st = ql_fail(QL_ERR_ARG, "--dims: bad value for %s", kv); break; }
+        int iv = (int)v;
+        if (!strcmp(kv, "layers")) s->n_layer = iv;
+        else if (!strcmp(kv, "embd")) s->n_embd = iv;
+        else if (!strcmp(kv, "heads")) s->n_head = iv;
+        else if (!strcmp(kv, "kv")) s->n_head_kv = iv;
+        else if (!strcmp(kv, "ff")) s->n_ff = iv;
+        else if (!strcmp(kv, "vocab")) s->n_vocab = iv;
+        else if (!strcmp(kv, "ctx")) s->n_ctx = iv;
+        else if (!strcmp(kv, "rope_base")) s->rope_base = (float)v;
+        else if (!strcmp(kv, "tied")) s->tied = iv != 0;
+        else { st = ql_fail(QL_ERR_ARG, "--dims: unknown key '%s' (layers, embd, heads, kv, ff, vocab, ctx, rope_base, tied)", kv); break; }
+    }
+    free(copy);
+    if (!st && (s->n_embd % s->n_head || s->n_head % s->n_head_kv || (s->n_embd / s->n_head) % 2 || s->n_vocab < 259))
+        st = ql_fail(QL_ERR_ARG, "--dims: embd must divide by heads, heads by kv, head dim must be even, vocab >= 259");
+    return st;
+}
+
+/* splitmix64 seeds, xoshiro-ish fast stream */
+static uint64_t mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+typedef struct { uint64_t s; } rng;
+static inline uint64_t rng_next(rng *r) { return r->s = mix64(r->s); }
+static inline float rng_unif(rng *r) { return ((float)(rng_next(r) >> 40) + 0.5f) * (1.0f / 16777216.0f); }
+static inline float rng_normal(rng *r) {
+    float u1 = rng_unif(r), u2 = rng_unif(r);
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}
+
+typedef enum { K_EMBD, K_NORM, K_ATTN_NORM, K_LINEAR_IN, K_LINEAR_OUT } tkind;
+
+typedef struct {
+    const ql_synth_shape *sh;
+    uint64_t seed;
+    int n_threads;
+    tkind *kinds;
+    uint8_t *outlier; /* per embedding channel */
+    const ql_progress *progress;
+    int64_t done_bytes, total_bytes;
+} synth_ctx;
+
+typedef struct {
+    synth_ctx *c;
+    const ql_gguf_tensor *t;
+    tkind kind;
+    uint64_t tseed;
+    void *dst;
+} fill_job;
+
+static void fill_rows(void *vctx, int worker, int64_t r0, int64_t r1) {
+    (void)worker;
+    fill_job *j = vctx;
+    const ql_gguf_tensor *t = j->t;
+    const int64_t K = t->ne[0];
+    float *row = ql_malloc((size_t)K * sizeof(float));
+    float base_std = 1.0f / sqrtf((float)K);
+    for (int64_t r = r0; r < r1; r++) {
+        rng g = {mix64(j->tseed ^ (uint64_t)r * 0x632be59bd9b4e019ull)};
+        if (j->kind == K_NORM || j->kind == K_ATTN_NORM) {
+            for (int64_t i = 0; i < K; i++) {
+                float v = 1.0f + 0.1f * rng_normal(&g);
+                if (j->kind == K_ATTN_NORM && j->c->outlier[i]) v *= 8.0f; /* where outlier features come from */
+                row[i] = v;
+            }
+        } else {
+            /* per-row scale spread (log-normal), heavy tails (scale mixture), outlier input columns */
+            float row_scale = base_std * expf(0.35f * rng_normal(&g));
+            if (j->kind == K_EMBD) row_scale = 0.02f * expf(0.2f * rng_normal(&g));
+            for (int64_t i = 0; i < K; i++) {
+                float z = rng_normal(&g);
+                if (rng_unif(&g) < 0.02f) z *= 4.0f;
+                float v = z * row_scale;
+                if (j->kind == K_LINEAR_IN && j->c->outlier[i]) v *= 3.0f;
+                row[i] = v;
+            }
+        }
+        size_t off = (size_t)r * (size_t)K;
+        if (t->type == QL_TYPE_F32) memcpy((float *)j->dst + off, row, (size_t)K * 4);
+        else if (t->type == QL_TYPE_F16)
+            for (int64_t i = 0; i < K; i++) ((uint16_t *)j->dst)[off + i] = ql_fp32_to_fp16(row[i]);
+        else
+            for (int64_t i = 0; i < K; i++) ((uint16_t *)j->dst)[off + i] = ql_fp32_to_bf16(row[i]);
+    }
+    free(row);
+}
+
+/* The writer calls produce(user, index, ...); we need the tensor, so user points at this. */
+typedef struct {
+    synth_ctx *c;
+    ql_gguf *g;
+} produce_ctx;
+
+static ql_status produce_tensor(void *user, int64_t index, void *dst, uint64_t nbytes) {
+    produce_ctx *p = user;
+    synth_ctx *c = p->c;
+    if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    const ql_gguf_tensor *t = &p->g->tensors[index];
+    fill_job j = {c, t, c->kinds[index], mix64(c->seed ^ mix64((uint64_t)index + 1)), dst};
+    ql_parallel_for(c->n_threads, t->ne[1], fill_rows, &j);
+    c->done_bytes += (int64_t)nbytes;
+    ql_progress_report(c->progress, c->done_bytes, c->total_bytes, "generating");
+    return QL_OK;
+}
+
+ql_status ql_synth_write(const ql_synth_shape *sh, uint64_t seed, const char *path, int n_threads,
+                         const ql_progress *progress) {
+    ql_gguf *g = ql_gguf_new();
+    const char *arch = "llama";
+    char k[128];
+    ql_gguf_set_str(g, "general.architecture", arch);
+    char nm[96];
+    snprintf(nm, sizeof nm, "qlab-synth-%s", sh->name);
+    ql_gguf_set_str(g, "general.name", nm);
+    ql_gguf_set_str(g, "general.description", "synthetic weights from qlab synth: for speed tests, not quality");
+    ql_gguf_set_u32(g, "general.file_type", sh->type == QL_TYPE_F32 ? 0 : sh->type == QL_TYPE_F16 ? 1 : 32);
+#define SETU(key, v) snprintf(k, sizeof k, "%s." key, arch), ql_gguf_set_u32(g, k, (uint32_t)(v))
+    SETU("context_length", sh->n_ctx);
+    SETU("embedding_length", sh->n_embd);
+    SETU("block_count", sh->n_layer);
+    SETU("feed_forward_length", sh->n_ff);
+    SETU("attention.head_count", sh->n_head);
+    SETU("attention.head_count_kv", sh->n_head_kv);
+    SETU("rope.dimension_count", sh->n_embd / sh->n_head);
+    SETU("vocab_size", sh->n_vocab);
+#undef SETU
+    snprintf(k, sizeof k, "%s.rope.freq_base", arch);
+    ql_gguf_set_f32(g, k, sh->rope_base);
+    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", arch);
+    ql_gguf_set_f32(g, k, 1e-5f);
+    ql_tokenizer_bytes_to_gguf(g, sh->n_vocab);
+
+    const int64_t D = sh->n_embd, hd = sh->n_embd / sh->n_head;
+    const int64_t Q = sh->n_head * hd, KV = sh->n_head_kv * hd, F = sh->n_ff;
+    int64_t cap = 3 + 9 * (int64_t)sh->n_layer;
+    synth_ctx c = {.sh = sh, .seed = seed, .n_threads = n_threads, .progress = progress};
+    c.kinds = ql_calloc((size_t)cap, sizeof(tkind));
+    c.outlier = ql_calloc((size_t)D, 1);
+    rng og = {mix64(seed ^ 0xabcdef)};
+    for (int i = 0; i < 4 + D / 512; i++) c.outlier[rng_next(&og) % (uint64_t)D] = 1;
+    ql_status s = QL_OK;
+#define ADD(name, kind, ne0, ne1, type) do { \
+        int64_t ne[2] = {ne0, ne1}; \
+        int64_t idx = ql_gguf_add_tensor(g, name, type, (ne1) > 1 ? 2 : 1, ne, NULL); \
+        if (idx < 0) { s = QL_ERR_ARG; goto out; } \
+        c.kinds[idx] = kind; \
+    } while (0)
+    ADD("token_embd.weight", K_EMBD, D, sh->n_vocab, sh->type);
+    for (int l = 0; l < sh->n_layer; l++) {
+        char n[96];
+#define LAYER(suffix, kind, a, b, type) snprintf(n, sizeof n, "blk.%d." suffix, l); ADD(n, kind, a, b, type);
+        LAYER("attn_norm.weight", K_ATTN_NORM, D, 1, QL_TYPE_F32)
+        LAYER("attn_q.weight", K_LINEAR_IN, D, Q, sh->type)
+        LAYER("attn_k.weight", K_LINEAR_IN, D, KV, sh->type)
+        LAYER("attn_v.weight", K_LINEAR_IN, D, KV, sh->type)
+        LAYER("attn_output.weight", K_LINEAR_OUT, Q, D, sh->type)
+        LAYER("ffn_norm.weight", K_ATTN_NORM, D, 1, QL_TYPE_F32)
+        LAYER("ffn_gate.weight", K_LINEAR_IN, D, F, sh->type)
+        LAYER("ffn_up.weight", K_LINEAR_IN, D, F, sh->type)
+        LAYER("ffn_down.weight", K_LINEAR_OUT, F, D, sh->type)
+#undef LAYER
+    }
+    ADD("output_norm.weight", K_NORM, D, 1, QL_TYPE_F32);
+    if (!sh->tied) ADD("output.weight", K_LINEAR_OUT, D, sh->n_vocab, sh->type);
+#undef ADD
+    produce_ctx pc = {&c, g};
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        g->tensors[i].produce = produce_tensor;
+        g->tensors[i].produce_user = &pc;
+        c.total_bytes += (int64_t)g->tensors[i].nbytes;
+    }
+    s = ql_gguf_write(g, path, progress);
+out:
+    free(c.kinds);
+    free(c.outlier);
+    ql_gguf_free(g);
+    return s;
+}
