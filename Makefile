@@ -8,6 +8,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -pthread \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
 BUILD   ?= build
+BIN     ?= qlab
 
 SRCS    := $(wildcard core/*.c methods/*.c kernels/*.c sensitivity/*.c presets/*.c tui/*.c)
 CLISRCS := $(wildcard cli/*.c)
@@ -25,14 +26,30 @@ NVFLAGS ?= -O2 -std=c++17 -Icore -Ikernels -Imethods --compiler-options -fPIC -a
            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 endif
 
-.PHONY: all test asan bench clean detect test-cuda fuzz
-all: detect qlab
+.PHONY: all test test-run asan bench clean detect test-cuda fuzz deps run
+all: detect $(BIN)
+
+# Installs missing Debian packages when root (else prints the apt-get line); `make run` and
+# `make test` start with it so one command sets up a fresh Debian machine.
+deps:
+	@bash scripts/deps.sh
+
+# The default model: one qlab makes itself, so a fresh clone needs nothing beside it.
+MODEL ?= models/tiny.gguf
+models/tiny.gguf: | qlab
+	@mkdir -p models
+	./qlab synth --shape tiny -o $@
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@if [ "$(MODEL)" = models/tiny.gguf ]; then $(MAKE) --no-print-directory models/tiny.gguf; fi
+	./qlab $(if $(wildcard tui/*.c),workbench,info) $(MODEL)
 
 detect:
 	@printf 'qlab build: cc=%s  cuda=%s  blas=openblas\n' "$(CC)" "$(if $(NVCC),$(NVCC),not found (CPU only))"
 
-qlab: $(CLIOBJS) $(BUILD)/libqlab.a
-	$(CC) $(CFLAGS) -o $@ $(CLIOBJS) $(BUILD)/libqlab.a $(LDLIBS)
+$(BIN): $(CLIOBJS) $(BUILD)/libqlab.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLIOBJS) $(BUILD)/libqlab.a $(LDLIBS)
 
 $(BUILD)/libqlab.a: $(OBJS) $(CUOBJS)
 	@rm -f $@
@@ -48,17 +65,20 @@ $(BUILD)/%.cu.o: %.cu
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 
 # Tests read ../shared when it is there and say they skipped when not.
-test: all $(TESTS:%=$(BUILD)/tests/%)
-	@fail=0; for t in $(TESTS); do echo "== $$t"; QLAB=$(CURDIR)/qlab $(BUILD)/tests/$$t || fail=1; done; \
-	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QLAB=$(CURDIR)/qlab bash tests/cli_test.sh || fail=1; fi; \
+test: deps
+	@$(MAKE) --no-print-directory test-run
+
+test-run: all $(TESTS:%=$(BUILD)/tests/%)
+	@fail=0; for t in $(TESTS); do echo "== $$t"; QLAB=$(CURDIR)/$(BIN) $(BUILD)/tests/$$t || fail=1; done; \
+	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; fi; \
 	 exit $$fail
 
 asan:
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	        LDFLAGS="-fsanitize=address,undefined" NVCC= test
+	        LDFLAGS="-fsanitize=address,undefined" NVCC= BIN=build-asan/qlab test-run
 
 bench: all
 	@bash bench/run.sh
