@@ -55,6 +55,18 @@ int64_t ql_type_by_name(const char *name) {
 
 int64_t ql_type_row_bytes(uint32_t type, int64_t n) {
     const ql_type_info *ti = ql_type_get(type);
-    if (!ti || n < 0 || n % ti->block) return -1;
+    if (!ti || n < 0 || n % ti->block || n / ti->block > INT64_MAX / ti->block_bytes) return -1;
     return n / ti->block * ti->block_bytes;
+}
+
+static ql_type_sizer g_sizer;
+void ql_type_set_ext_sizer(ql_type_sizer fn) { g_sizer = fn; }
+
+int64_t ql_type_tensor_bytes(uint32_t type, int64_t ne0, int64_t nrows) {
+    if (ne0 < 0 || nrows < 0) return -1;
+    if (type >= QL_TYPE_EXT_BASE && g_sizer) return g_sizer(type, ne0, nrows);
+    int64_t row = ql_type_row_bytes(type, ne0);
+    if (row < 0) return -1;
+    if (nrows && row > INT64_MAX / nrows) return -1;
+    return row * nrows;
 }

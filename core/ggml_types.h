@@ -33,8 +33,13 @@ const ql_type_info *ql_type_get(uint32_t type);
 void ql_type_register_ext(uint32_t type, const char *name, int block, int block_bytes);
 /* Lookup by name; returns -1 when unknown. */
 int64_t ql_type_by_name(const char *name);
-/* Bytes for a row of n elements; -1 if n is not a multiple of the block. */
+/* Bytes for a row of n elements; -1 if n is not a multiple of the block. Extension types whose rows
+ * are not whole blocks (short last group, per-tensor scales) are sized by the registry's sizer. */
 int64_t ql_type_row_bytes(uint32_t type, int64_t n);
+/* Bytes of a tensor [nrows, ne0]; -1 if the shape does not fit the type or overflows. */
+int64_t ql_type_tensor_bytes(uint32_t type, int64_t ne0, int64_t nrows);
+typedef int64_t (*ql_type_sizer)(uint32_t type, int64_t ne0, int64_t nrows);
+void ql_type_set_ext_sizer(ql_type_sizer fn);
 bool ql_type_is_ggml(uint32_t type);
 
 #endif

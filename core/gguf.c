@@ -181,15 +181,13 @@ static ql_gguf_tensor *push_tensor(ql_gguf *g) {
 
 /* bytes for a tensor of this type and shape, or -1 if the shape is invalid for the type */
 static int64_t tensor_nbytes(uint32_t type, int n_dims, const int64_t *ne) {
-    int64_t row = ql_type_row_bytes(type, ne[0]);
-    if (row < 0) return -1;
-    int64_t total = row;
+    int64_t rows = 1;
     for (int d = 1; d < n_dims; d++) {
         if (ne[d] < 0) return -1;
-        if (ne[d] && total > INT64_MAX / ne[d]) return -1;
-        total *= ne[d];
+        if (ne[d] && rows > INT64_MAX / ne[d]) return -1;
+        rows *= ne[d];
     }
-    return total;
+    return ql_type_tensor_bytes(type, ne[0], rows);
 }
 
 ql_status ql_gguf_parse(const void *buf, size_t size, const char *label, ql_gguf **out) {

@@ -3,6 +3,7 @@
 #include "infer.h"
 #include "ggml_types.h"
 #include "parallel.h"
+#include "format.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -17,6 +18,7 @@ typedef struct {
 
 struct ql_infer {
     const ql_model *m;
+    int n_threads;
     int n_slots;
     wslot *slots;
     float *rope_freq; /* theta_scale^i for i < rope_dim/2 */
@@ -30,22 +32,9 @@ struct ql_scratch {
 };
 
 bool ql_tensor_to_f32(const ql_gguf_tensor *t, float *dst, int n_threads) {
-    (void)n_threads;
-    int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
-    switch (t->type) {
-    case QL_TYPE_F32: memcpy(dst, t->data, (size_t)n * 4); return true;
-    case QL_TYPE_F16: {
-        const uint16_t *s = t->data;
-        for (int64_t i = 0; i < n; i++) dst[i] = ql_fp16_to_fp32(s[i]);
-        return true;
-    }
-    case QL_TYPE_BF16: {
-        const uint16_t *s = t->data;
-        for (int64_t i = 0; i < n; i++) dst[i] = ql_bf16_to_fp32(s[i]);
-        return true;
-    }
-    default: return false;
-    }
+    const ql_format *f = ql_format_by_type(t->type);
+    if (!f || !f->dequantize_rows) return false;
+    return ql_format_dequantize(f, t->data, dst, t->ne[1] * t->ne[2] * t->ne[3], t->ne[0], n_threads) == QL_OK;
 }
 
 static const float *slot_weights(const ql_infer *inf, const ql_gguf_tensor *t) {
@@ -68,7 +57,7 @@ static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t) {
     int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
     s->owned = malloc((size_t)n * sizeof(float));
     if (!s->owned) return ql_fail(QL_ERR_NOMEM, "out of memory dequantizing '%s'", t->name);
-    if (!ql_tensor_to_f32(t, s->owned, 1)) {
+    if (!ql_tensor_to_f32(t, s->owned, inf->n_threads)) {
         const ql_type_info *ti = ql_type_get(t->type);
         return ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': type %s cannot be decoded yet", t->name, ti ? ti->name : "?");
     }
@@ -77,10 +66,10 @@ static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t) {
 }
 
 ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
-    (void)n_threads;
     *out = NULL;
     ql_infer *inf = ql_calloc(1, sizeof *inf);
     inf->m = m;
+    inf->n_threads = n_threads > 0 ? n_threads : 1;
     const ql_config *c = &m->cfg;
     inf->slots = ql_calloc((size_t)c->n_layer * 12 + 3, sizeof(wslot));
     ql_status s = QL_OK;

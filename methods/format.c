@@ -1,0 +1,135 @@
+/* format.c — the format registry table and the generic drivers around it (threads, fast-path
+ * selection, sizes). Each entry is defined in its own methods/fmt_*.c file. */
+#include "format.h"
+#include "ggml_types.h"
+#include "parallel.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+extern const ql_format ql_fmt_f32, ql_fmt_f16, ql_fmt_bf16;
+extern const ql_format ql_fmt_q4_0, ql_fmt_q4_1, ql_fmt_q5_0, ql_fmt_q5_1, ql_fmt_q8_0;
+extern const ql_format ql_fmt_q2_k, ql_fmt_q3_k, ql_fmt_q4_k, ql_fmt_q5_k, ql_fmt_q6_k;
+extern const ql_format ql_fmt_iq4_nl, ql_fmt_iq4_xs;
+extern const ql_format ql_fmt_iq2_xxs, ql_fmt_iq2_xs, ql_fmt_iq2_s, ql_fmt_iq3_xxs, ql_fmt_iq3_s, ql_fmt_iq1_s,
+    ql_fmt_iq1_m, ql_fmt_tq1_0, ql_fmt_tq2_0, ql_fmt_mxfp4, ql_fmt_q8_k;
+
+/* The table. Order is the catalogue order. */
+static const ql_format *const g_formats[] = {
+    &ql_fmt_f32, &ql_fmt_f16, &ql_fmt_bf16,
+    &ql_fmt_q8_0, &ql_fmt_q6_k, &ql_fmt_q5_k, &ql_fmt_q5_1, &ql_fmt_q5_0, &ql_fmt_q4_k, &ql_fmt_q4_1, &ql_fmt_q4_0,
+    &ql_fmt_iq4_nl, &ql_fmt_iq4_xs, &ql_fmt_q3_k, &ql_fmt_q2_k,
+    /* decode-only ggml types (files llama.cpp writes that qlab loads and measures) */
+    &ql_fmt_iq3_s, &ql_fmt_iq3_xxs, &ql_fmt_iq2_s, &ql_fmt_iq2_xs, &ql_fmt_iq2_xxs, &ql_fmt_iq1_m, &ql_fmt_iq1_s,
+    &ql_fmt_tq1_0, &ql_fmt_tq2_0, &ql_fmt_mxfp4, &ql_fmt_q8_k,
+};
+
+static bool g_force_ref;
+
+static int64_t ext_tensor_bytes(uint32_t type, int64_t ne0, int64_t nrows);
+
+/* runs before main so the GGUF reader knows extension types before any file is opened */
+__attribute__((constructor)) static void formats_init(void) {
+    const char *e = getenv("QL_FORCE_REF");
+    g_force_ref = e && *e && strcmp(e, "0") != 0;
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_formats); i++) {
+        const ql_format *f = g_formats[i];
+        if (f->type >= QL_TYPE_EXT_BASE) ql_type_register_ext(f->type, f->name, f->block, f->block_bytes);
+    }
+    ql_type_set_ext_sizer(ext_tensor_bytes);
+}
+
+const ql_format *ql_format_at(int i) {
+    return i >= 0 && i < (int)QL_ARRAY_LEN(g_formats) ? g_formats[i] : NULL;
+}
+
+int ql_format_count(void) { return (int)QL_ARRAY_LEN(g_formats); }
+
+const ql_format *ql_format_by_name(const char *name) {
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_formats); i++)
+        if (strcasecmp(g_formats[i]->name, name) == 0) return g_formats[i];
+    return NULL;
+}
+
+const ql_format *ql_format_by_type(uint32_t type) {
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_formats); i++)
+        if (g_formats[i]->type == type) return g_formats[i];
+    return NULL;
+}
+
+bool ql_format_fits(const ql_format *f, int64_t ncols) {
+    if (ncols <= 0) return false;
+    if (f->row_bytes || f->tensor_bytes) return true;
+    return ncols % f->block == 0;
+}
+
+int64_t ql_format_tensor_bytes(const ql_format *f, int64_t ncols, int64_t nrows) {
+    if (!ql_format_fits(f, ncols) || nrows < 0) return -1;
+    if (f->tensor_bytes) return f->tensor_bytes(ncols, nrows);
+    int64_t rb = f->row_bytes ? f->row_bytes(ncols) : ncols / f->block * f->block_bytes;
+    return rb * nrows;
+}
+
+static int64_t ext_tensor_bytes(uint32_t type, int64_t ne0, int64_t nrows) {
+    const ql_format *f = ql_format_by_type(type);
+    return f ? ql_format_tensor_bytes(f, ne0, nrows) : -1;
+}
+
+typedef struct {
+    const ql_format *f;
+    const float *src;
+    const void *qsrc;
+    void *dst;
+    float *fdst;
+    int64_t ncols, row_bytes;
+    const float *importance;
+    bool fast;
+} rows_job;
+
+static void quant_range(void *ctx, int w, int64_t r0, int64_t r1) {
+    (void)w;
+    rows_job *j = ctx;
+    if (r1 <= r0) return;
+    ql_quantize_fn fn = j->fast && j->f->quantize_rows_fast ? j->f->quantize_rows_fast : j->f->quantize_rows;
+    fn(j->src + r0 * j->ncols, (uint8_t *)j->dst + r0 * j->row_bytes, r1 - r0, j->ncols, j->importance);
+}
+
+static void dequant_range(void *ctx, int w, int64_t r0, int64_t r1) {
+    (void)w;
+    rows_job *j = ctx;
+    if (r1 <= r0) return;
+    ql_dequantize_fn fn = j->fast && j->f->dequantize_rows_fast ? j->f->dequantize_rows_fast : j->f->dequantize_rows;
+    fn((const uint8_t *)j->qsrc + r0 * j->row_bytes, j->fdst + r0 * j->ncols, r1 - r0, j->ncols);
+}
+
+ql_status ql_format_quantize(const ql_format *f, const float *src, void *dst, int64_t nrows, int64_t ncols,
+                             const float *importance, int n_threads) {
+    if (!f->quantize_rows) return ql_fail(QL_ERR_UNSUPPORTED, "format %s can be read but not written", f->name);
+    if (!ql_format_fits(f, ncols))
+        return ql_fail(QL_ERR_ARG, "format %s needs rows that are a multiple of %d (got %lld)", f->name, f->block,
+                       (long long)ncols);
+    rows_job j = {.f = f, .src = src, .dst = dst, .ncols = ncols, .importance = importance, .fast = !g_force_ref};
+    if (f->whole_tensor) {
+        quant_range(&j, 0, 0, nrows);
+        return QL_OK;
+    }
+    j.row_bytes = ql_format_tensor_bytes(f, ncols, 1);
+    ql_parallel_for(ncols * nrows < (1 << 16) ? 1 : n_threads, nrows, quant_range, &j);
+    return QL_OK;
+}
+
+ql_status ql_format_dequantize(const ql_format *f, const void *src, float *dst, int64_t nrows, int64_t ncols,
+                               int n_threads) {
+    if (!ql_format_fits(f, ncols))
+        return ql_fail(QL_ERR_ARG, "format %s: rows of %lld do not fit", f->name, (long long)ncols);
+    rows_job j = {.f = f, .qsrc = src, .fdst = dst, .ncols = ncols, .fast = !g_force_ref};
+    if (f->whole_tensor) {
+        dequant_range(&j, 0, 0, nrows);
+        return QL_OK;
+    }
+    j.row_bytes = ql_format_tensor_bytes(f, ncols, 1);
+    ql_parallel_for(ncols * nrows < (1 << 16) ? 1 : n_threads, nrows, dequant_range, &j);
+    return QL_OK;
+}
+

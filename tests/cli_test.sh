@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# cli_test.sh — end-to-end checks of the qlab commands: outputs that must match llama.cpp's figures,
+# --help everywhere, and bad input giving one clear line, a non-zero exit and no crash.
+set -u
+QLAB=${QLAB:-./qlab}
+SHARED=${QL_SHARED:-../shared}
+T=$(mktemp -d /tmp/qlab-cli-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail=0; pass=0; skipped=0
+ok() { pass=$((pass + 1)); echo "ok   $1"; }
+bad() { fail=$((fail + 1)); echo "FAIL $1"; }
+skip() { skipped=$((skipped + 1)); echo "SKIP $1"; }
+# expect_error NAME WANT-SUBSTRING CMD...: exit code 1 or 2, one line on stderr naming WANT, no signal
+expect_error() {
+  local name=$1 want=$2; shift 2
+  "$@" >"$T/out" 2>"$T/err"; local rc=$?
+  if [ $rc -ne 1 ] && [ $rc -ne 2 ]; then bad "$name: exit $rc"; sed 's/^/     /' "$T/err" | head -5; return; fi
+  if ! grep -qF -- "$want" "$T/err"; then bad "$name: stderr lacks '$want'"; sed 's/^/     /' "$T/err" | head -5; return; fi
+  ok "$name"
+}
+
+# --help on every command
+for c in $($QLAB --help | awk '/^commands:/ {on=1; next} on && NF {print $1}'); do
+  if $QLAB "$c" --help | grep -q "usage: qlab $c"; then ok "help $c"; else bad "help $c"; fi
+done
+
+# the default model qlab makes itself, with no shared data at all
+if $QLAB synth --shape tiny -o "$T/tiny.gguf" 2>/dev/null && $QLAB info "$T/tiny.gguf" --json > "$T/info.json"; then
+  if grep -q '"n_params": 3410176' "$T/info.json" && grep -q '"arch": "llama"' "$T/info.json"; then ok "synth tiny + info --json"
+  else bad "synth tiny: unexpected info"; fi
+  printf 'Once upon a time there was a test. It had some text in it, enough for two small chunks of bytes.\n%.0s' {1..20} > "$T/text.txt"
+  if $QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 --json > "$T/ppl.json" 2>/dev/null \
+     && grep -q '"chunks": 2' "$T/ppl.json"; then ok "ppl on a synthetic model"; else bad "ppl on a synthetic model"; fi
+  # same seed, same bytes
+  $QLAB synth --shape tiny -o "$T/tiny2.gguf" --threads 1 2>/dev/null
+  if cmp -s "$T/tiny.gguf" "$T/tiny2.gguf"; then ok "synth is deterministic across thread counts"; else bad "synth determinism"; fi
+else
+  bad "synth tiny"
+fi
+
+# bad input: one clear line naming the file, non-zero exit, no crash
+expect_error "missing model" "/nonexistent.gguf" $QLAB info /nonexistent.gguf
+printf 'GGUF\3\0\0\0' > "$T/trunc.gguf"
+expect_error "truncated gguf" "trunc.gguf" $QLAB info "$T/trunc.gguf"
+head -c 100000 "$T/tiny.gguf" > "$T/cut.gguf"
+expect_error "gguf cut inside tensor data" "cut.gguf" $QLAB info "$T/cut.gguf"
+echo "hello" > "$T/notamodel.txt"
+expect_error "not a model" "notamodel.txt" $QLAB info "$T/notamodel.txt"
+expect_error "unknown option" "unknown option" $QLAB ppl "$T/tiny.gguf" --bogus
+expect_error "ppl without text" "--text" $QLAB ppl "$T/tiny.gguf"
+expect_error "text too short" "fewer than one chunk" $QLAB ppl "$T/tiny.gguf" --text "$T/notamodel.txt" --ctx 512
+expect_error "kld base missing" "nope.qlp" $QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --kld-base "$T/nope.qlp"
+mkdir -p "$T/hf_empty"
+expect_error "hf folder without config" "hf_empty" $QLAB info "$T/hf_empty"
+expect_error "unknown command" "unknown command" $QLAB frobnicate
+
+# llama.cpp agreement on the real model
+if [ -f "$SHARED/models/stories260K.gguf" ]; then
+  M=$SHARED/models/stories260K.gguf
+  $QLAB tokenize "$M" --prompt "Once upon a time, there was a little girl named Lily. She loved to play outside in the park." > "$T/ids.txt"
+  if diff -q "$T/ids.txt" "$SHARED/testdata/stories260K-logits/tokens.txt" >/dev/null; then ok "token ids equal llama.cpp's"
+  else bad "token ids differ from llama.cpp's"; fi
+  $QLAB logits "$M" --tokens "$SHARED/testdata/stories260K-logits/tokens.txt" -o "$T/logits.f32" 2>/dev/null
+  if python3 - "$T/logits.f32" "$SHARED/testdata/stories260K-logits/logits.f32" <<'PY'
+import sys, struct
+a = open(sys.argv[1], 'rb').read(); b = open(sys.argv[2], 'rb').read()
+n = len(b) // 4
+assert len(a) == len(b), (len(a), len(b))
+x = struct.unpack('<%df' % n, a); y = struct.unpack('<%df' % n, b)
+d = max(abs(p - q) for p, q in zip(x, y))
+print("     max |diff| = %.3g" % d)
+sys.exit(0 if d < 1e-4 else 1)
+PY
+  then ok "qlab logits within 1e-4 of llama.cpp"; else bad "qlab logits differ from llama.cpp"; fi
+  # The full reference run (1535 chunks) takes a few seconds.
+  j=$($QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --json 2>/dev/null)
+  ppl=$(echo "$j" | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p'); chunks=$(echo "$j" | sed -n 's/.*"chunks": \([0-9]*\).*/\1/p')
+  if awk -v p="$ppl" 'BEGIN { exit !(p > 4.8743 && p < 4.8763) }' && [ "$chunks" = 1535 ]; then
+    ok "stories260K ppl $ppl over $chunks chunks (llama.cpp: 4.8753, 1535)"
+  else bad "stories260K ppl '$ppl' chunks '$chunks' (want 4.8753 +- 0.001, 1535)"; fi
+  # KLD against itself through a saved base is ~0 and top-1 agreement is total
+  $QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --save-logits "$T/base.qlp" >/dev/null 2>&1
+  j=$($QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --kld-base "$T/base.qlp" --json 2>/dev/null)
+  if echo "$j" | grep -q '"top1_agreement": 1.0' && echo "$j" | grep -q '"kld_mean": 0.0000000'; then ok "self-KLD ~ 0"
+  else bad "self-KLD: $j"; fi
+else
+  skip "llama.cpp agreement ($SHARED not found)"
+fi
+
+echo "cli_test: $pass passed, $fail failed, $skipped skipped"
+[ $fail -eq 0 ]
