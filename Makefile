@@ -12,7 +12,8 @@ BIN     ?= qlab
 
 SRCS    := $(wildcard core/*.c methods/*.c kernels/*.c sensitivity/*.c presets/*.c tui/*.c)
 CLISRCS := $(wildcard cli/*.c)
-OBJS    := $(SRCS:%.c=$(BUILD)/%.o)
+OBJS    := $(SRCS:%.c=$(BUILD)/%.o) $(BUILD)/presets_data.o
+PRESETS := $(wildcard presets/*.ini)
 CLIOBJS := $(CLISRCS:%.c=$(BUILD)/%.o)
 TESTS   := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
 
@@ -54,6 +55,13 @@ $(BIN): $(CLIOBJS) $(BUILD)/libqlab.a
 $(BUILD)/libqlab.a: $(OBJS) $(CUOBJS)
 	@rm -f $@
 	ar rcs $@ $^
+
+$(BUILD)/presets_data.c: $(PRESETS) scripts/embed_presets.sh
+	@mkdir -p $(BUILD)
+	bash scripts/embed_presets.sh $@ $(PRESETS)
+
+$(BUILD)/presets_data.o: $(BUILD)/presets_data.c
+	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)

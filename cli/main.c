@@ -10,6 +10,8 @@ int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_quant(int argc, char **argv);
+int cmd_formats(int argc, char **argv);
 
 const cli_command cli_commands[] = {
     {"info", "architecture, hyper-parameters and every tensor of a model", cmd_info, NULL},
@@ -18,6 +20,8 @@ const cli_command cli_commands[] = {
     {"tokenize", "print the token ids of a text", cmd_tokenize, NULL},
     {"synth", "make a llama-family model with realistic random weights", cmd_synth, NULL},
     {"convert", "convert between GGUF, Hugging Face folders and llama2.c checkpoints", cmd_convert, NULL},
+    {"quant", "quantize a model with one format, a preset or a per-tensor plan", cmd_quant, NULL},
+    {"formats", "list every storage format (bits per weight, block, llama.cpp compatibility)", cmd_formats, NULL},
     {NULL, NULL, NULL, NULL},
 };
 

@@ -14,11 +14,13 @@ typedef struct {
     const ql_gguf_tensor *t;
     const float *w;  /* current F32 weights (borrowed or owned) */
     float *owned;    /* dequantized copy, freed with the infer */
+    uint32_t act_type; /* what llama.cpp's CPU backend converts this layer's input to (F32: nothing) */
 } wslot;
 
 struct ql_infer {
     const ql_model *m;
     int n_threads;
+    bool emulate_llamacpp;
     int n_slots;
     wslot *slots;
     float *rope_freq; /* theta_scale^i for i < rope_dim/2 */
@@ -26,7 +28,7 @@ struct ql_infer {
 
 struct ql_scratch {
     int max_tokens;
-    float *x, *xn, *q, *k, *v, *att, *scores, *gate, *up;
+    float *x, *xn, *q, *k, *v, *att, *scores, *gate, *up, *xq;
     ql_hook_fn hook;
     void *hook_user;
 };
@@ -37,11 +39,71 @@ bool ql_tensor_to_f32(const ql_gguf_tensor *t, float *dst, int n_threads) {
     return ql_format_dequantize(f, t->data, dst, t->ne[1] * t->ne[2] * t->ne[3], t->ne[0], n_threads) == QL_OK;
 }
 
-static const float *slot_weights(const ql_infer *inf, const ql_gguf_tensor *t) {
+static const wslot *find_slot(const ql_infer *inf, const ql_gguf_tensor *t) {
     if (!t) return NULL;
     for (int i = 0; i < inf->n_slots; i++)
-        if (inf->slots[i].t == t) return inf->slots[i].w;
+        if (inf->slots[i].t == t) return &inf->slots[i];
     return NULL;
+}
+
+static const float *slot_weights(const ql_infer *inf, const ql_gguf_tensor *t) {
+    const wslot *s = find_slot(inf, t);
+    return s ? s->w : NULL;
+}
+
+/* ggml's vec_dot_type: llama.cpp multiplies a quantized weight by activations that it first rounds to
+ * this type. Emulating it makes qlab's perplexity of a GGUF file agree with llama.cpp's to the digit. */
+static uint32_t llamacpp_act_type(uint32_t wtype) {
+    switch (wtype) {
+    case QL_TYPE_F16: return QL_TYPE_F16;
+    case QL_TYPE_BF16: return QL_TYPE_BF16;
+    case QL_TYPE_Q4_0: case QL_TYPE_Q5_0: case QL_TYPE_Q8_0: case QL_TYPE_IQ4_NL: case QL_TYPE_MXFP4:
+        return QL_TYPE_Q8_0;
+    case QL_TYPE_Q4_1: case QL_TYPE_Q5_1: return QL_TYPE_Q8_1;
+    case QL_TYPE_Q2_K: case QL_TYPE_Q3_K: case QL_TYPE_Q4_K: case QL_TYPE_Q5_K: case QL_TYPE_Q6_K:
+    case QL_TYPE_IQ4_XS: case QL_TYPE_IQ2_XXS: case QL_TYPE_IQ2_XS: case QL_TYPE_IQ2_S: case QL_TYPE_IQ3_XXS:
+    case QL_TYPE_IQ3_S: case QL_TYPE_IQ1_S: case QL_TYPE_IQ1_M: case QL_TYPE_TQ1_0: case QL_TYPE_TQ2_0:
+        return QL_TYPE_Q8_K;
+    default: return QL_TYPE_F32;
+    }
+}
+
+/* Round activation rows x[T, K] the way ggml's quantize_row_<act> does, then back to float. */
+static void round_activations(uint32_t act, const float *x, float *y, int T, int K) {
+    const size_t n = (size_t)T * K;
+    if (act == QL_TYPE_F16) {
+        for (size_t i = 0; i < n; i++) y[i] = ql_fp16_to_fp32(ql_fp32_to_fp16(x[i]));
+        return;
+    }
+    if (act == QL_TYPE_BF16) {
+        for (size_t i = 0; i < n; i++) y[i] = ql_bf16_to_fp32(ql_fp32_to_bf16(x[i]));
+        return;
+    }
+    if (act == QL_TYPE_Q8_K) {
+        for (size_t b = 0; b < n; b += 256) {
+            float amax = 0, mx = 0;
+            for (int j = 0; j < 256; j++)
+                if (fabsf(x[b + j]) > amax) { amax = fabsf(x[b + j]); mx = x[b + j]; }
+            if (amax == 0) {
+                for (int j = 0; j < 256; j++) y[b + j] = 0;
+                continue;
+            }
+            const float iscale = -127.f / mx, d = 1.0f / iscale;
+            for (int j = 0; j < 256; j++) {
+                int v = (int)nearbyintf(iscale * x[b + j]);
+                y[b + j] = d * (float)(v > 127 ? 127 : v);
+            }
+        }
+        return;
+    }
+    /* Q8_0 / Q8_1: blocks of 32, fp16 scale amax/127, codes rounded to nearest */
+    for (size_t b = 0; b < n; b += 32) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b + j]));
+        const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+        const float dh = ql_fp16_to_fp32(ql_fp32_to_fp16(d));
+        for (int j = 0; j < 32; j++) y[b + j] = dh * nearbyintf(x[b + j] * id);
+    }
 }
 
 static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t) {
@@ -50,6 +112,7 @@ static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t) {
         if (inf->slots[i].t == t) return QL_OK; /* tied output shares the embedding */
     wslot *s = &inf->slots[inf->n_slots++];
     s->t = t;
+    s->act_type = inf->emulate_llamacpp ? llamacpp_act_type(t->type) : QL_TYPE_F32;
     if (t->type == QL_TYPE_F32 && ((uintptr_t)t->data & 3) == 0) {
         s->w = t->data;
         return QL_OK;
@@ -70,6 +133,8 @@ ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
     ql_infer *inf = ql_calloc(1, sizeof *inf);
     inf->m = m;
     inf->n_threads = n_threads > 0 ? n_threads : 1;
+    const char *emu = getenv("QL_NO_LLAMACPP_ACT");
+    inf->emulate_llamacpp = !(emu && *emu && strcmp(emu, "0") != 0);
     const ql_config *c = &m->cfg;
     inf->slots = ql_calloc((size_t)c->n_layer * 12 + 3, sizeof(wslot));
     ql_status s = QL_OK;
@@ -129,13 +194,15 @@ ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
     s->scores = ql_malloc(T * T * 4);
     s->gate = ql_malloc(T * (size_t)c->n_ff * 4);
     s->up = ql_malloc(T * (size_t)c->n_ff * 4);
+    size_t widest = QL_MAX(QL_MAX(D, Q), (size_t)c->n_ff);
+    s->xq = ql_malloc(T * widest * 4);
     return s;
 }
 
 void ql_scratch_free(ql_scratch *s) {
     if (!s) return;
     free(s->x); free(s->xn); free(s->q); free(s->k); free(s->v);
-    free(s->att); free(s->scores); free(s->gate); free(s->up);
+    free(s->att); free(s->scores); free(s->gate); free(s->up); free(s->xq);
     free(s);
 }
 
@@ -144,9 +211,16 @@ void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user) {
     s->hook_user = user;
 }
 
-/* y[T,N] = x[T,K] · W[N,K]ᵀ (+ bias) */
-static void linear(float *y, const float *x, const float *w, const float *bias, int T, int K, int N) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
+/* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias); beta = 1 accumulates into y (residual adds) */
+static void linear(const ql_infer *inf, ql_scratch *sc, float *y, const float *x, const ql_gguf_tensor *wt,
+                   const ql_gguf_tensor *bt, int T, int K, int N, float beta) {
+    const wslot *ws = find_slot(inf, wt);
+    if (ws->act_type != QL_TYPE_F32) {
+        round_activations(ws->act_type, x, sc->xq, T, K);
+        x = sc->xq;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, ws->w, K, beta, y, N);
+    const float *bias = slot_weights(inf, bt);
     if (bias)
         for (int t = 0; t < T; t++)
             for (int j = 0; j < N; j++) y[(size_t)t * N + j] += bias[j];
@@ -233,33 +307,31 @@ ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, 
         const ql_layer_tensors *L = &m->layers[l];
         rmsnorm(s->xn, s->x, slot_weights(inf, L->attn_norm), T, D, c->norm_eps);
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_ATTN_IN, s->xn, T, D);
-        linear(s->q, s->xn, slot_weights(inf, L->wq), slot_weights(inf, L->bq), T, D, Q);
-        linear(s->k, s->xn, slot_weights(inf, L->wk), slot_weights(inf, L->bk), T, D, KV);
-        linear(s->v, s->xn, slot_weights(inf, L->wv), slot_weights(inf, L->bv), T, D, KV);
+        linear(inf, s, s->q, s->xn, L->wq, L->bq, T, D, Q, 0.0f);
+        linear(inf, s, s->k, s->xn, L->wk, L->bk, T, D, KV, 0.0f);
+        linear(inf, s, s->v, s->xn, L->wv, L->bv, T, D, KV, 0.0f);
         rope(inf, s->q, T, c->n_head);
         rope(inf, s->k, T, c->n_head_kv);
         attention(inf, s, T);
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q);
         /* x += att · Woᵀ */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, D, Q, 1.0f, s->att, Q, slot_weights(inf, L->wo), Q,
-                    1.0f, s->x, D);
+        linear(inf, s, s->x, s->att, L->wo, NULL, T, Q, D, 1.0f);
         rmsnorm(s->xn, s->x, slot_weights(inf, L->ffn_norm), T, D, c->norm_eps);
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_FFN_IN, s->xn, T, D);
-        linear(s->gate, s->xn, slot_weights(inf, L->w_gate), NULL, T, D, F);
-        linear(s->up, s->xn, slot_weights(inf, L->w_up), NULL, T, D, F);
+        linear(inf, s, s->gate, s->xn, L->w_gate, NULL, T, D, F, 0.0f);
+        linear(inf, s, s->up, s->xn, L->w_up, NULL, T, D, F, 0.0f);
         for (size_t i = 0, n = (size_t)T * F; i < n; i++) {
             float g = s->gate[i];
             s->gate[i] = g / (1.0f + expf(-g)) * s->up[i];
         }
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, D, F, 1.0f, s->gate, F, slot_weights(inf, L->w_down),
-                    F, 1.0f, s->x, D);
+        linear(inf, s, s->x, s->gate, L->w_down, NULL, T, F, D, 1.0f);
     }
     int R = T - logit_from;
     if (R > 0) {
         rmsnorm(s->xn, s->x + (size_t)logit_from * D, slot_weights(inf, m->output_norm), R, D, c->norm_eps);
         if (s->hook) s->hook(s->hook_user, c->n_layer, QL_HOOK_OUTPUT_IN, s->xn, R, D);
-        linear(logits, s->xn, slot_weights(inf, m->output), NULL, R, D, c->n_vocab);
+        linear(inf, s, logits, s->xn, m->output, NULL, R, D, c->n_vocab, 0.0f);
     }
     return QL_OK;
 }

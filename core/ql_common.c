@@ -23,10 +23,13 @@ const char *ql_status_str(ql_status s) {
 }
 
 ql_status ql_fail(ql_status s, const char *fmt, ...) {
+    /* format into a local first: callers often pass ql_last_error() itself as an argument */
+    char buf[sizeof g_err];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(g_err, buf, sizeof buf);
     return s;
 }
 

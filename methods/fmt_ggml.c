@@ -4,6 +4,7 @@
 #include "format.h"
 #include "ggml_quants.h"
 #include "ggml_types.h"
+#include "simd.h"
 
 #include <string.h>
 
@@ -52,6 +53,14 @@ GGML_DECODER(q8_k, QL_TYPE_Q8_K)
                                       .block_bytes = bytes, .bpw = 8.0 * (bytes) / (blk),                \
                                       .uses_importance = imp, .tolerance = tol,                          \
                                       .quantize_rows = lname##_quantize, .dequantize_rows = lname##_dequantize};
+/* ENTRY plus the SIMD twins ql_{quantize,dequantize}_rows_<lname>_fast from kernels/simd.h */
+#define ENTRY_FAST(lname, TYPE, blk, bytes, imp, tol, summ)                                              \
+    const ql_format ql_fmt_##lname = {.name = #lname, .summary = summ, .type = TYPE, .block = blk,        \
+                                      .block_bytes = bytes, .bpw = 8.0 * (bytes) / (blk),                \
+                                      .uses_importance = imp, .tolerance = tol,                          \
+                                      .quantize_rows = lname##_quantize, .dequantize_rows = lname##_dequantize, \
+                                      .quantize_rows_fast = ql_quantize_rows_##lname##_fast,             \
+                                      .dequantize_rows_fast = ql_dequantize_rows_##lname##_fast};
 #define DECODE_ENTRY(lname, TYPE, blk, bytes, summ)                                                      \
     const ql_format ql_fmt_##lname = {.name = #lname, .summary = summ, .type = TYPE, .block = blk,        \
                                       .block_bytes = bytes, .bpw = 8.0 * (bytes) / (blk),                \
@@ -60,12 +69,12 @@ GGML_DECODER(q8_k, QL_TYPE_Q8_K)
 ENTRY(f32, QL_TYPE_F32, 1, 4, false, 0.0, "IEEE float32: the unquantized reference")
 ENTRY(f16, QL_TYPE_F16, 1, 2, false, 0.001, "IEEE float16 (round to nearest even)")
 ENTRY(bf16, QL_TYPE_BF16, 1, 2, false, 0.005, "bfloat16: float32's range, 8 bits of mantissa")
-ENTRY(q8_0, QL_TYPE_Q8_0, 32, 34, false, 0.01, "ggml Q8_0: int8 codes, one fp16 scale per 32 weights")
-ENTRY(q6_k, QL_TYPE_Q6_K, 256, 210, true, 0.03, "ggml Q6_K: 6-bit codes, int8 scales per 16, fp16 per 256")
+ENTRY_FAST(q8_0, QL_TYPE_Q8_0, 32, 34, false, 0.01, "ggml Q8_0: int8 codes, one fp16 scale per 32 weights")
+ENTRY_FAST(q6_k, QL_TYPE_Q6_K, 256, 210, true, 0.03, "ggml Q6_K: 6-bit codes, int8 scales per 16, fp16 per 256")
 ENTRY(q5_k, QL_TYPE_Q5_K, 256, 176, true, 0.05, "ggml Q5_K: 5-bit codes, 6-bit scale+min per 32, fp16 per 256")
 ENTRY(q5_1, QL_TYPE_Q5_1, 32, 24, true, 0.06, "ggml Q5_1: 5-bit codes, fp16 scale and min per 32")
 ENTRY(q5_0, QL_TYPE_Q5_0, 32, 22, true, 0.07, "ggml Q5_0: 5-bit symmetric codes, fp16 scale per 32")
-ENTRY(q4_k, QL_TYPE_Q4_K, 256, 144, true, 0.1, "ggml Q4_K: 4-bit codes, 6-bit scale+min per 32, fp16 per 256")
+ENTRY_FAST(q4_k, QL_TYPE_Q4_K, 256, 144, true, 0.1, "ggml Q4_K: 4-bit codes, 6-bit scale+min per 32, fp16 per 256")
 ENTRY(q4_1, QL_TYPE_Q4_1, 32, 20, true, 0.12, "ggml Q4_1: 4-bit codes, fp16 scale and min per 32")
 ENTRY(q4_0, QL_TYPE_Q4_0, 32, 18, true, 0.14, "ggml Q4_0: 4-bit symmetric codes, fp16 scale per 32")
 ENTRY(iq4_nl, QL_TYPE_IQ4_NL, 32, 18, true, 0.12, "ggml IQ4_NL: 4-bit non-linear codebook, fp16 scale per 32")

@@ -1,6 +1,7 @@
 /* format.c — the format registry table and the generic drivers around it (threads, fast-path
  * selection, sizes). Each entry is defined in its own methods/fmt_*.c file. */
 #include "format.h"
+#include "fmt_ext.h"
 #include "ggml_types.h"
 #include "parallel.h"
 
@@ -14,6 +15,13 @@ extern const ql_format ql_fmt_q2_k, ql_fmt_q3_k, ql_fmt_q4_k, ql_fmt_q5_k, ql_fm
 extern const ql_format ql_fmt_iq4_nl, ql_fmt_iq4_xs;
 extern const ql_format ql_fmt_iq2_xxs, ql_fmt_iq2_xs, ql_fmt_iq2_s, ql_fmt_iq3_xxs, ql_fmt_iq3_s, ql_fmt_iq1_s,
     ql_fmt_iq1_m, ql_fmt_tq1_0, ql_fmt_tq2_0, ql_fmt_mxfp4, ql_fmt_q8_k;
+/* qlab extension types (docs/formats.md): INTn family from the X-macro in fmt_ext.h */
+QL_FMT_INT_FAMILY(QL_FMT_INT_EXTERN)
+extern const ql_format ql_fmt_int4_channel, ql_fmt_int8_channel, ql_fmt_int8_tensor;
+extern const ql_format ql_fmt_int4_b64, ql_fmt_int4_b128, ql_fmt_int8_b64, ql_fmt_int8_b128;
+extern const ql_format ql_fmt_nf4, ql_fmt_nf4_dq, ql_fmt_fp4, ql_fmt_fp4_dq;
+extern const ql_format ql_fmt_fp8_e4m3, ql_fmt_fp8_e5m2, ql_fmt_fp8_e4m3_channel, ql_fmt_fp8_e5m2_channel,
+    ql_fmt_fp8_e4m3_block, ql_fmt_fp8_e5m2_block;
 
 /* The table. Order is the catalogue order. */
 static const ql_format *const g_formats[] = {
@@ -23,6 +31,13 @@ static const ql_format *const g_formats[] = {
     /* decode-only ggml types (files llama.cpp writes that qlab loads and measures) */
     &ql_fmt_iq3_s, &ql_fmt_iq3_xxs, &ql_fmt_iq2_s, &ql_fmt_iq2_xs, &ql_fmt_iq2_xxs, &ql_fmt_iq1_m, &ql_fmt_iq1_s,
     &ql_fmt_tq1_0, &ql_fmt_tq2_0, &ql_fmt_mxfp4, &ql_fmt_q8_k,
+    /* qlab extension types: llama.cpp cannot load files that use them */
+    &ql_fmt_fp8_e4m3, &ql_fmt_fp8_e5m2, &ql_fmt_fp8_e4m3_channel, &ql_fmt_fp8_e5m2_channel,
+    &ql_fmt_fp8_e4m3_block, &ql_fmt_fp8_e5m2_block,
+    &ql_fmt_int8_tensor, &ql_fmt_int8_channel, &ql_fmt_int8_b64, &ql_fmt_int8_b128,
+    &ql_fmt_int4_channel, &ql_fmt_int4_b64, &ql_fmt_int4_b128,
+    &ql_fmt_nf4, &ql_fmt_nf4_dq, &ql_fmt_fp4, &ql_fmt_fp4_dq,
+    QL_FMT_INT_FAMILY(QL_FMT_INT_REF)
 };
 
 static bool g_force_ref;

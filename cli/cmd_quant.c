@@ -1,0 +1,170 @@
+/* cmd_quant.c — `qlab quant` (apply a type, preset or plan and write a GGUF) and `qlab formats`
+ * (the registry catalogue). */
+#include "cli.h"
+#include "format.h"
+#include "ggml_types.h"
+#include "imatrix.h"
+#include "model.h"
+#include "parallel.h"
+#include "preset.h"
+#include "quantize.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *QUANT_USAGE =
+    "usage: qlab quant MODEL -o OUT.gguf (--type FORMAT | --preset NAME|FILE | --plan FILE)\n"
+    "                  [--imatrix FILE] [--threads N] [--save-plan FILE] [--dry-run]\n"
+    "Quantizes every 2-D weight of MODEL and writes a GGUF with all of its metadata.\n"
+    "  --type FORMAT     one format everywhere (qlab formats lists them), e.g. q4_k, int4_g128, nf4_dq\n"
+    "  --preset NAME     a built-in recipe (llama.cpp's mixes: Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_0 Q4_1 Q4_K_S\n"
+    "                    Q4_K_M Q5_0 Q5_1 Q5_K_S Q5_K_M Q6_K Q8_0 IQ4_NL IQ4_XS F16 BF16; and INT8, INT4_G128,\n"
+    "                    NF4_DQ, FP8 ...) or an INI file of rules\n"
+    "  --plan FILE       one format per tensor, as written by --save-plan or qlab plan\n"
+    "  --imatrix FILE    importance weights (llama.cpp imatrix GGUF or legacy .dat)\n"
+    "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
+    "  --dry-run         resolve and print the plan, write nothing\n"
+    "Rows that do not fit a format's block fall back as llama.cpp does (q4_k -> q5_0 -> f16 ...); each fallback is\n"
+    "printed and recorded in the plan.\n";
+
+int cmd_quant(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, QUANT_USAGE);
+    const char *flag, *pos, *model = NULL, *out = NULL, *type = NULL, *preset = NULL, *plan_path = NULL;
+    const char *imatrix = NULL, *save_plan = NULL;
+    int threads = ql_default_threads();
+    bool dry = false;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) {
+            if (model) return cli_usage_error("quant", QUANT_USAGE, "unexpected argument '%s'", pos);
+            model = pos;
+        } else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--type")) type = cli_value(&a, flag);
+        else if (!strcmp(flag, "--preset")) preset = cli_value(&a, flag);
+        else if (!strcmp(flag, "--plan")) plan_path = cli_value(&a, flag);
+        else if (!strcmp(flag, "--imatrix")) imatrix = cli_value(&a, flag);
+        else if (!strcmp(flag, "--save-plan")) save_plan = cli_value(&a, flag);
+        else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
+        else if (!strcmp(flag, "--dry-run")) dry = true;
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!model) return cli_usage_error("quant", QUANT_USAGE, "needs MODEL");
+    if (!out && !dry && !save_plan) return cli_usage_error("quant", QUANT_USAGE, "needs -o OUT.gguf");
+    if ((type != NULL) + (preset != NULL) + (plan_path != NULL) != 1)
+        return cli_usage_error("quant", QUANT_USAGE, "give exactly one of --type, --preset, --plan");
+    ql_model *m = NULL;
+    ql_imatrix *im = NULL;
+    ql_preset *ps = NULL;
+    ql_plan *plan = NULL;
+    int rc = 0;
+    if (ql_model_load(model, &m) || (imatrix && ql_imatrix_load(imatrix, &im))) {
+        rc = cli_fail("quant");
+        goto done;
+    }
+    ql_status s;
+    if (type) s = ql_plan_single_format(type, m, &plan);
+    else if (preset) {
+        s = ql_preset_load(preset, &ps);
+        if (!s) s = ql_preset_resolve(ps, m, im != NULL, &plan);
+    } else
+        s = ql_plan_load(plan_path, &plan);
+    if (s) {
+        rc = cli_fail("quant");
+        goto done;
+    }
+    bool ext = false;
+    for (int i = 0; i < plan->n; i++) {
+        const ql_plan_entry *e = &plan->e[i];
+        if (e->note) fprintf(stderr, "qlab quant: %s: %s -> %s\n", e->tensor, e->note, e->format->name);
+        ext |= !ql_type_is_ggml(e->format->type);
+        if (dry) printf("%-32s %s%s%s\n", e->tensor, e->format->name, strcmp(e->method, "rtn") ? "+" : "",
+                        strcmp(e->method, "rtn") ? e->method : "");
+    }
+    if (ext)
+        fprintf(stderr, "qlab quant: warning: the plan uses qlab extension formats; llama.cpp cannot load the result "
+                        "(qlab can; see docs/formats.md)\n");
+    if (imatrix) {
+        int missing = 0;
+        for (int i = 0; i < plan->n; i++)
+            if (plan->e[i].format->uses_importance && !ql_imatrix_find(im, plan->e[i].tensor)) missing++;
+        if (missing)
+            fprintf(stderr, "qlab quant: note: %s has no data for %d planned tensors (quantized without importance)\n",
+                    imatrix, missing);
+    }
+    if (save_plan && ql_plan_save(plan, model, save_plan)) {
+        rc = cli_fail("quant");
+        goto done;
+    }
+    if (dry || !out) goto done;
+    ql_quant_opts o = {.plan = plan, .imatrix = im, .n_threads = threads};
+    ql_quant_stats st;
+    ql_progress *bar = cli_progress_bar("quant");
+    s = ql_quantize_model(m, &o, out, bar, &st);
+    cli_progress_done(bar);
+    if (s) {
+        rc = cli_fail("quant");
+        goto done;
+    }
+    double gb = st.weights_quantized * 4.0 / 1e9;
+    fprintf(stderr,
+            "qlab quant: wrote %s: %lld tensors quantized (%lld fell back), %lld copied; %.2f MiB -> %.2f MiB; "
+            "%.2fs (%.2f GB/s of f32 weights)\n",
+            out, (long long)st.tensors_quantized, (long long)st.tensors_fallback, (long long)st.tensors_copied,
+            st.bytes_in / 1048576.0, st.bytes_out / 1048576.0, st.seconds, st.seconds > 0 ? gb / st.seconds : 0);
+done:
+    ql_plan_free(plan);
+    ql_preset_free(ps);
+    ql_imatrix_free(im);
+    ql_model_free(m);
+    return rc;
+}
+
+static const char *FORMATS_USAGE =
+    "usage: qlab formats [--json]\n"
+    "Every storage format qlab knows: name, bits per weight, block, whether llama.cpp can load it, and a summary.\n";
+
+int cmd_formats(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, FORMATS_USAGE);
+    const char *flag, *pos;
+    bool json = false;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) return cli_usage_error("formats", FORMATS_USAGE, "unexpected argument '%s'", pos);
+        if (!strcmp(flag, "--json")) json = true;
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    json_t *arr = json ? json_array() : NULL;
+    if (!json) printf("%-22s %8s %6s %6s %-5s %s\n", "name", "bpw", "block", "ggml", "imat", "summary");
+    for (int i = 0; i < ql_format_count(); i++) {
+        const ql_format *f = ql_format_at(i);
+        bool ggml = ql_type_is_ggml(f->type);
+        if (json) {
+            json_t *o = json_object();
+            json_object_set_new(o, "name", json_string(f->name));
+            json_object_set_new(o, "summary", json_string(f->summary));
+            json_object_set_new(o, "type_id", json_integer(f->type));
+            json_object_set_new(o, "bpw", json_real(f->bpw));
+            json_object_set_new(o, "block", json_integer(f->block));
+            json_object_set_new(o, "block_bytes", json_integer(f->block_bytes));
+            json_object_set_new(o, "llama_cpp", json_boolean(ggml));
+            json_object_set_new(o, "uses_importance", json_boolean(f->uses_importance));
+            json_object_set_new(o, "can_quantize", json_boolean(f->quantize_rows != NULL));
+            json_object_set_new(o, "whole_tensor", json_boolean(f->whole_tensor));
+            json_object_set_new(o, "fast_cpu", json_boolean(f->quantize_rows_fast || f->dequantize_rows_fast));
+            json_object_set_new(o, "cuda", json_boolean(f->has_cuda));
+            json_array_append_new(arr, o);
+        } else
+            printf("%-22s %8.4f %6d %6s %-5s %s\n", f->name, f->bpw, f->block, ggml ? "yes" : "no",
+                   f->uses_importance ? "yes" : "", f->summary);
+    }
+    if (json) {
+        char *s = json_dumps(arr, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(8));
+        printf("%s\n", s);
+        free(s);
+        json_decref(arr);
+    }
+    return 0;
+}

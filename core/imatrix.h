@@ -1,0 +1,60 @@
+/* imatrix.h — llama.cpp importance matrices: per weight tensor W, the sum over calibration tokens of
+ * the squared input activation of each input column (`sum2`, length = W's row length ne0) and the
+ * number of tokens accumulated (`count`). Reads and writes both llama.cpp formats: GGUF
+ * (`<W>.in_sum2` / `<W>.counts`, general.type = "imatrix") and the legacy `.dat`.
+ * Ownership: a ql_imatrix owns its entries, names, vectors and dataset strings; free it with
+ * ql_imatrix_free. Not thread-safe for mutation; concurrent lookups are fine. */
+#ifndef QL_IMATRIX_H
+#define QL_IMATRIX_H
+
+#include "ql_common.h"
+
+typedef struct {
+    char *name;    /* weight tensor name, e.g. "blk.0.attn_q.weight" */
+    int64_t n;     /* row length of the weight (ne0) = length of sum2 */
+    double *sum2;  /* [n] sum of squared input activations */
+    double count;  /* activation rows (tokens) accumulated */
+} ql_imatrix_entry;
+
+typedef struct ql_imatrix {
+    int n;
+    ql_imatrix_entry *entries;
+    char **datasets;            /* calibration files, oldest first */
+    int n_datasets;
+    int64_t chunk_count;        /* chunks processed (legacy .dat: last_chunk) */
+    int64_t chunk_size;         /* tokens per chunk (0 when unknown) */
+    int cap;                    /* allocated entries */
+} ql_imatrix;
+
+/* The legacy .dat does not store the chunk size; llama.cpp assumes its current -c (default 512). */
+#define QL_IMATRIX_DAT_CHUNK_SIZE 512
+
+/* Loads a GGUF imatrix (detected by its magic) or else a legacy .dat. For .dat the counts are
+ * reconstructed as ncall * chunk size with QL_IMATRIX_DAT_CHUNK_SIZE (the importance is unaffected).
+ * *out is owned by the caller (ql_imatrix_free). Errors: QL_ERR_IO, QL_ERR_FORMAT ("path: problem"),
+ * QL_ERR_UNSUPPORTED for MoE (3-D / multi-expert) entries. */
+ql_status ql_imatrix_load(const char *path, ql_imatrix **out);
+/* Same, with the chunk size to assume for a legacy .dat (<= 0: QL_IMATRIX_DAT_CHUNK_SIZE). */
+ql_status ql_imatrix_load_ex(const char *path, int64_t dat_chunk_size, ql_imatrix **out);
+/* Writes GGUF unless `path` ends in ".dat" (then the legacy format, byte-compatible with llama.cpp's
+ * conversion). Entries are written sorted by name. Temporary file + rename. */
+ql_status ql_imatrix_save(const ql_imatrix *im, const char *path);
+void ql_imatrix_free(ql_imatrix *im);
+
+/* Borrowed pointer into `im`, or NULL. */
+const ql_imatrix_entry *ql_imatrix_find(const ql_imatrix *im, const char *tensor_name);
+/* Importance weights for a tensor with row length n: dst[i] = sum2[i] / count. false when the
+ * tensor is absent, its length differs from n or its count is not positive (then the caller
+ * quantizes without an imatrix). */
+bool ql_imatrix_importance(const ql_imatrix *im, const char *tensor_name, int64_t n, float *dst);
+
+/* Accumulation API for calibration. ql_imatrix_new returns an empty imatrix (caller frees).
+ * ql_imatrix_entry_get returns the entry for `name`, created with zeroed sum2[n] and count 0 when
+ * absent; NULL when it exists with a different length or n <= 0. The pointer stays valid until
+ * the next entry is created. */
+ql_imatrix *ql_imatrix_new(void);
+ql_imatrix_entry *ql_imatrix_entry_get(ql_imatrix *im, const char *name, int64_t n);
+/* Appends a dataset name (copied). */
+void ql_imatrix_add_dataset(ql_imatrix *im, const char *dataset);
+
+#endif

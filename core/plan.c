@@ -1,0 +1,151 @@
+/* plan.c — plan entries, INI save/load (inih), and the format+method spec parser. */
+#include "plan.h"
+#include "format.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+ql_plan *ql_plan_new(void) {
+    ql_plan *p = ql_calloc(1, sizeof *p);
+    p->file_type = -1;
+    return p;
+}
+
+void ql_plan_free(ql_plan *p) {
+    if (!p) return;
+    for (int i = 0; i < p->n; i++) {
+        free(p->e[i].tensor);
+        free(p->e[i].method);
+        free(p->e[i].note);
+    }
+    free(p->e);
+    free(p->source);
+    free(p);
+}
+
+const ql_plan_entry *ql_plan_find(const ql_plan *p, const char *tensor) {
+    for (int i = 0; i < p->n; i++)
+        if (strcmp(p->e[i].tensor, tensor) == 0) return &p->e[i];
+    return NULL;
+}
+
+void ql_plan_set(ql_plan *p, const char *tensor, const ql_format *f, const char *method, const char *note) {
+    ql_plan_entry *e = (ql_plan_entry *)ql_plan_find(p, tensor);
+    if (!e) {
+        if (p->n == p->cap) {
+            p->cap = p->cap ? 2 * p->cap : 64;
+            p->e = ql_realloc(p->e, (size_t)p->cap * sizeof *p->e);
+        }
+        e = &p->e[p->n++];
+        memset(e, 0, sizeof *e);
+        e->tensor = ql_strdup(tensor);
+    }
+    free(e->method);
+    free(e->note);
+    e->format = f;
+    e->method = ql_strdup(method && *method ? method : "rtn");
+    e->note = note ? ql_strdup(note) : NULL;
+}
+
+bool ql_tensor_is_quantizable(const char *name, int n_dims, const int64_t *ne) {
+    size_t l = strlen(name);
+    return n_dims >= 2 && ne[1] > 1 && l > 7 && strcmp(name + l - 7, ".weight") == 0;
+}
+
+ql_status ql_parse_format_method(const char *spec, const ql_format **f, char *method, size_t cap) {
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", spec);
+    char *plus = strchr(buf, '+');
+    if (plus) *plus++ = 0;
+    /* trim spaces */
+    char *s = buf;
+    while (*s == ' ') s++;
+    for (char *e = s + strlen(s); e > s && e[-1] == ' ';) *--e = 0;
+    *f = ql_format_by_name(s);
+    if (!*f) return ql_fail(QL_ERR_ARG, "unknown format '%s' (qlab formats lists them)", s);
+    snprintf(method, cap, "%s", plus && *plus ? plus : "rtn");
+    return QL_OK;
+}
+
+ql_status ql_plan_save(const ql_plan *p, const char *model_path, const char *path) {
+    size_t l = strlen(path) + 16;
+    char *tmp = ql_malloc(l);
+    snprintf(tmp, l, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        free(tmp);
+        return ql_fail(QL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    }
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "; qlab quantization plan: one line per tensor, FORMAT or FORMAT+METHOD.\n"
+               "; Edit freely; apply with: qlab quant MODEL --plan %s -o OUT.gguf\n[plan]\n", path);
+    if (model_path) fprintf(f, "model = %s\n", model_path);
+    if (p->source) fprintf(f, "source = %s\n", p->source);
+    if (p->file_type >= 0) fprintf(f, "file_type = %lld\n", (long long)p->file_type);
+    fprintf(f, "\n[tensors]\n");
+    for (int i = 0; i < p->n; i++) {
+        const ql_plan_entry *e = &p->e[i];
+        char spec[160];
+        if (strcmp(e->method, "rtn") == 0) snprintf(spec, sizeof spec, "%s", e->format->name);
+        else snprintf(spec, sizeof spec, "%s+%s", e->format->name, e->method);
+        fprintf(f, "%s = %s%s%s\n", e->tensor, spec, e->note ? "  ; " : "", e->note ? e->note : "");
+    }
+    bool ok = fflush(f) == 0 && !ferror(f);
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        free(tmp);
+        return ql_fail(QL_ERR_IO, "%s: write failed", path);
+    }
+    free(tmp);
+    return QL_OK;
+}
+
+typedef struct {
+    ql_plan *p;
+    const char *path;
+    ql_status st;
+} load_ctx;
+
+static int on_kv(void *user, const char *section, const char *name, const char *value) {
+    load_ctx *c = user;
+    if (c->st) return 0;
+    if (strcmp(section, "plan") == 0) {
+        if (strcmp(name, "source") == 0) {
+            free(c->p->source);
+            c->p->source = ql_strdup(value);
+        } else if (strcmp(name, "file_type") == 0)
+            c->p->file_type = strtoll(value, NULL, 10);
+        return 1;
+    }
+    if (strcmp(section, "tensors") != 0) {
+        c->st = ql_fail(QL_ERR_FORMAT, "%s: unknown section [%s] (expected [plan] and [tensors])", c->path, section);
+        return 0;
+    }
+    const ql_format *f;
+    char method[64];
+    if (ql_parse_format_method(value, &f, method, sizeof method)) {
+        c->st = ql_fail(QL_ERR_FORMAT, "%s: %s: %s", c->path, name, ql_last_error());
+        return 0;
+    }
+    ql_plan_set(c->p, name, f, method, NULL);
+    return 1;
+}
+
+ql_status ql_plan_load(const char *path, ql_plan **out) {
+    load_ctx c = {ql_plan_new(), path, QL_OK};
+    c.p->source = ql_strdup(path);
+    int r = ini_parse(path, on_kv, &c);
+    if (r < 0 && !c.st) c.st = ql_fail(QL_ERR_IO, "%s: cannot open", path);
+    else if (r > 0 && !c.st) c.st = ql_fail(QL_ERR_FORMAT, "%s: line %d: not key = value", path, r);
+    if (c.st) {
+        ql_plan_free(c.p);
+        return c.st;
+    }
+    *out = c.p;
+    return QL_OK;
+}

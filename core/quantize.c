@@ -1,0 +1,133 @@
+/* quantize.c — the model quantization driver (see quantize.h). */
+#include "quantize.h"
+#include "format.h"
+#include "ggml_types.h"
+#include "imatrix.h"
+#include "infer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const ql_model *m;
+    const ql_quant_opts *o;
+    ql_gguf *out;
+    const ql_progress *progress;
+    int64_t done, total;
+    double t0;
+} quant_ctx;
+
+int64_t ql_file_type_for_format(const char *name) {
+    static const struct { const char *n; int64_t ft; } map[] = {
+        {"f32", 0}, {"f16", 1}, {"q4_0", 2}, {"q4_1", 3}, {"q8_0", 7}, {"q5_0", 8}, {"q5_1", 9},
+        {"q2_k", 10}, {"q3_k", 11}, {"q4_k", 14}, {"q5_k", 16}, {"q6_k", 18}, {"iq4_nl", 25}, {"iq4_xs", 30},
+        {"bf16", 32},
+    };
+    for (size_t i = 0; i < QL_ARRAY_LEN(map); i++)
+        if (!strcmp(map[i].n, name)) return map[i].ft;
+    return -1;
+}
+
+static ql_status produce(void *user, int64_t index, void *dst, uint64_t nbytes) {
+    quant_ctx *c = user;
+    if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    const ql_gguf_tensor *out_t = &c->out->tensors[index];
+    int64_t src_i = ql_gguf_find_tensor(c->m->gguf, out_t->name);
+    const ql_gguf_tensor *src = &c->m->gguf->tensors[src_i];
+    const ql_format *f = ql_format_by_type(out_t->type);
+    int64_t ncols = src->ne[0], nrows = src->ne[1] * src->ne[2] * src->ne[3];
+    float *w = malloc((size_t)(ncols * nrows) * sizeof(float));
+    float *imp = NULL;
+    if (!w) return ql_fail(QL_ERR_NOMEM, "out of memory for tensor '%s'", src->name);
+    ql_status s = QL_OK;
+    if (!ql_tensor_to_f32(src, w, c->o->n_threads)) {
+        const ql_type_info *ti = ql_type_get(src->type);
+        s = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': cannot decode type %s", src->name, ti ? ti->name : "?");
+        goto out;
+    }
+    if (c->o->imatrix && f->uses_importance) {
+        imp = ql_malloc((size_t)ncols * sizeof(float));
+        if (!ql_imatrix_importance(c->o->imatrix, src->name, ncols, imp)) {
+            free(imp);
+            imp = NULL;
+        }
+    }
+    s = ql_format_quantize(f, w, dst, nrows, ncols, imp, c->o->n_threads);
+    (void)nbytes;
+out:
+    free(w);
+    free(imp);
+    c->done += ncols * nrows;
+    ql_progress_report(c->progress, c->done, c->total, out_t->name);
+    return s;
+}
+
+ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
+                            ql_quant_stats *st) {
+    memset(st, 0, sizeof *st);
+    const ql_gguf *in = m->gguf;
+    quant_ctx c = {.m = m, .o = o, .progress = progress, .t0 = ql_time_s()};
+    c.out = ql_gguf_new();
+    ql_gguf_copy_kv(c.out, in);
+    st->llama_cpp_compatible = true;
+    ql_status s = QL_OK;
+    /* check every plan entry names a tensor of this model */
+    for (int i = 0; i < o->plan->n; i++)
+        if (ql_gguf_find_tensor(in, o->plan->e[i].tensor) < 0) {
+            s = ql_fail(QL_ERR_ARG, "plan names tensor '%s', which %s does not have", o->plan->e[i].tensor, m->path);
+            goto out;
+        }
+    int64_t counts[QL_TYPE_GGML_COUNT] = {0};
+    for (int64_t i = 0; i < in->n_tensors; i++) {
+        const ql_gguf_tensor *t = &in->tensors[i];
+        const ql_plan_entry *e = ql_plan_find(o->plan, t->name);
+        bool requant = e && e->format->type != t->type;
+        if (e && strcmp(e->method, "rtn") != 0) {
+            s = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': method '%s' needs calibration data (not available in qlab quant yet)",
+                        t->name, e->method);
+            goto out;
+        }
+        if (requant && !ql_format_fits(e->format, t->ne[0])) {
+            s = ql_fail(QL_ERR_ARG, "tensor '%s': rows of %lld do not fit %s", t->name, (long long)t->ne[0], e->format->name);
+            goto out;
+        }
+        uint32_t type = requant ? e->format->type : t->type;
+        int64_t idx = ql_gguf_add_tensor(c.out, t->name, type, t->n_dims, t->ne, requant ? NULL : t->data);
+        if (idx < 0) {
+            s = QL_ERR_ARG;
+            goto out;
+        }
+        if (requant) {
+            c.out->tensors[idx].produce = produce;
+            c.out->tensors[idx].produce_user = &c;
+            c.total += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+            st->tensors_quantized++;
+            st->weights_quantized += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        } else
+            st->tensors_copied++;
+        if (e && e->note) st->tensors_fallback++;
+        if (!ql_type_is_ggml(type)) st->llama_cpp_compatible = false;
+        else if (t->n_dims >= 2) counts[type] += t->ne[0] * t->ne[1];
+        st->bytes_in += (int64_t)t->nbytes;
+        st->bytes_out += (int64_t)c.out->tensors[idx].nbytes;
+    }
+    int64_t ft = o->plan->file_type;
+    if (ft < 0) {
+        /* the ggml type holding most weights names the file, as llama.cpp's single-type ftypes do */
+        uint32_t best = QL_TYPE_F32;
+        for (uint32_t t = 0; t < QL_TYPE_GGML_COUNT; t++)
+            if (counts[t] > counts[best]) best = t;
+        const ql_type_info *ti = ql_type_get(best);
+        ft = st->llama_cpp_compatible ? ql_file_type_for_format(ti->name) : -1;
+        if (ft < 0) ft = st->llama_cpp_compatible ? 0 : 1024; /* 1024: qlab extension mix, see docs/formats.md */
+    }
+    ql_gguf_set_u32(c.out, "general.file_type", (uint32_t)ft);
+    ql_gguf_set_u32(c.out, "general.quantization_version", 2);
+    /* the bar counts weights quantized (in produce); the writer only needs the cancel flag */
+    ql_progress cancel_only = {.cancel = progress ? progress->cancel : NULL};
+    s = ql_gguf_write(c.out, out_path, &cancel_only);
+    st->seconds = ql_time_s() - c.t0;
+out:
+    ql_gguf_free(c.out);
+    return s;
+}

@@ -1,0 +1,33 @@
+/* quantize.h — applies a plan to a model and writes a GGUF: each tensor is decoded to F32 (any
+ * registered type), re-encoded in its planned format with importance weights when an imatrix has them,
+ * and streamed to disk one tensor at a time (memory ≈ the largest tensor, not the model). The output
+ * carries every metadata key of the input, general.file_type and general.quantization_version, and is
+ * written atomically (temporary file, then rename; cancellation or a full disk leaves nothing). */
+#ifndef QL_QUANTIZE_H
+#define QL_QUANTIZE_H
+
+#include "model.h"
+#include "plan.h"
+
+struct ql_imatrix;
+
+typedef struct {
+    const ql_plan *plan;
+    const struct ql_imatrix *imatrix; /* may be NULL */
+    int n_threads;
+} ql_quant_opts;
+
+typedef struct {
+    int64_t tensors_quantized, tensors_copied, tensors_fallback;
+    int64_t bytes_in, bytes_out, weights_quantized;
+    double seconds;
+    bool llama_cpp_compatible; /* every tensor type is one ggml knows */
+} ql_quant_stats;
+
+ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
+                            ql_quant_stats *stats);
+
+/* general.file_type llama.cpp would write for a plan made of one ggml format (-1 if none fits). */
+int64_t ql_file_type_for_format(const char *format_name);
+
+#endif

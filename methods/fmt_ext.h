@@ -1,0 +1,60 @@
+/* fmt_ext.h — the scalar reference codecs behind qlab's extension storage formats (INTn groups,
+ * NF4/FP4 as bitsandbytes, OCP FP8), exposed so fast twins (SIMD, CUDA) can be tested against them
+ * and so format.c can list the INTn family without spelling it out. Layouts and type ids are in
+ * docs/formats.md. Everything here is pure and thread-safe; callers own every buffer. */
+#ifndef QL_FMT_EXT_H
+#define QL_FMT_EXT_H
+
+#include "format.h"
+
+/* ---- INTn: n-bit integer codes, fp16 scales, optional n-bit zero points ----
+ * group <= 0 means one group per row (per-channel). Rows keep a shorter last group when ncols is not
+ * a multiple of group. mse: search shrink factors 1.00, 0.99, ..., 0.21 of the range and keep the one
+ * with the lowest (importance-weighted) squared error. importance: [ncols] or NULL. */
+int64_t ql_int_row_bytes(int64_t ncols, int bits, int group, bool sym);
+void ql_int_quantize_rows_ref(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance,
+                              int bits, int group, bool sym, bool mse);
+void ql_int_dequantize_rows_ref(const void *src, float *dst, int64_t nrows, int64_t ncols, int bits, int group,
+                                bool sym);
+/* Parameters of a row-wise INTn entry (int{n}_g{g}[_sym][_mse], int{n}_channel); false for others.
+ * group is 0 for per-channel entries. Any out pointer may be NULL. */
+bool ql_int_format_params(const ql_format *f, int *bits, int *group, bool *sym, bool *mse);
+
+/* The INTn group family as an X-macro: X(bits, group, suffix, sym, mse, description). format.c
+ * uses it to declare and list ql_fmt_int{bits}_g{group}{suffix}; fmt_int.c to define them. */
+#define QL_FMT_INT_VARIANTS(X, n, g)                                                                  \
+    X(n, g, , 0, 0, "fp16 scale + " #n "-bit zero point")                                            \
+    X(n, g, _sym, 1, 0, "fp16 scale, symmetric")                                                      \
+    X(n, g, _mse, 0, 1, "fp16 scale + " #n "-bit zero, MSE-searched clipping")                       \
+    X(n, g, _sym_mse, 1, 1, "fp16 scale, symmetric, MSE-searched clipping")
+#define QL_FMT_INT_GROUPS(X, n)                                                                       \
+    QL_FMT_INT_VARIANTS(X, n, 32) QL_FMT_INT_VARIANTS(X, n, 64) QL_FMT_INT_VARIANTS(X, n, 128)       \
+    QL_FMT_INT_VARIANTS(X, n, 256)
+#define QL_FMT_INT_FAMILY(X)                                                                          \
+    QL_FMT_INT_GROUPS(X, 2) QL_FMT_INT_GROUPS(X, 3) QL_FMT_INT_GROUPS(X, 4) QL_FMT_INT_GROUPS(X, 5)  \
+    QL_FMT_INT_GROUPS(X, 6) QL_FMT_INT_GROUPS(X, 8)
+#define QL_FMT_INT_EXTERN(n, g, sfx, sym, mse, desc) extern const ql_format ql_fmt_int##n##_g##g##sfx;
+#define QL_FMT_INT_REF(n, g, sfx, sym, mse, desc) &ql_fmt_int##n##_g##g##sfx,
+
+/* ---- NF4 / FP4 (bitsandbytes) ----
+ * Code tables indexed by the 4-bit code, values in [-1, 1]; the encoders are bitsandbytes' decision
+ * trees (x already divided by the block absmax). */
+extern const float ql_nf4_code[16];
+extern const float ql_fp4_code[16];
+uint8_t ql_nf4_encode(float x);
+uint8_t ql_fp4_encode(float x);
+/* bitsandbytes' create_dynamic_map(signed=True): 256 sorted values in [-1, 1] (float32). */
+const float *ql_bnb_dynamic_map(void);
+/* Nearest code of the dynamic map by bitsandbytes' binary search (x already divided by absmax). */
+uint8_t ql_bnb_dynamic_encode(float x);
+
+/* ---- FP8 (OCP) ----
+ * E4M3 "fn": bias 7, max 448, no infinities, NaN = S.1111.111. Encoding saturates (|x| > 448 and
+ * ±inf become ±448), rounds to nearest even, keeps subnormals; NaN -> 0x7F (sign kept).
+ * E5M2: bias 15, max 57344, ±inf. Finite values saturate to ±57344; ±inf stays inf; NaN -> 0x7E. */
+float ql_fp8_e4m3_to_f32(uint8_t c);
+uint8_t ql_f32_to_fp8_e4m3(float x);
+float ql_fp8_e5m2_to_f32(uint8_t c);
+uint8_t ql_f32_to_fp8_e5m2(float x);
+
+#endif

@@ -1,0 +1,244 @@
+/* fmt_fp8.c — OCP FP8 storage formats: E4M3 "fn" and E5M2 codes with a float32 scale per tensor
+ * (fp8_e4m3, fp8_e5m2), per output row (*_channel) or per 128x128 block (*_block, DeepSeek-V3 style).
+ * scale = absmax / max_representable; code = fp8(x / scale); value = fp8_to_f32(code) * scale.
+ * Bad values: absmax comes from finite weights only; NaN stores +0, +inf / -inf store ±max (the
+ * output is always finite). A zero scale (all-zero or all-non-finite block) decodes to 0. Pure and
+ * thread-safe. Layouts and type ids: docs/formats.md. */
+#include "fmt_ext.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ggml_types.h"
+
+#define E4M3_MAX 448.0f
+#define E5M2_MAX 57344.0f
+#define FP8_BLOCK 128
+
+/* ---- the codecs ---- */
+
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* |a| (finite, <= the format's max) to an unsigned code with `mbits` mantissa bits and `bias`,
+ * round to nearest even, subnormals kept */
+static uint8_t encode_magnitude(float a, int mbits, int bias) {
+    float min_normal = ldexpf(1.0f, 1 - bias);
+    if (a < min_normal) {
+        /* subnormal grid: multiples of 2^(1-bias-mbits); the scaling by a power of two is exact and
+         * 2^mbits (rounding up out of the subnormals) is exactly the code of min_normal */
+        return (uint8_t)nearbyintf(ldexpf(a, bias - 1 + mbits));
+    }
+    uint32_t u = f32_bits(a);
+    int shift = 23 - mbits;
+    u += ((1u << (shift - 1)) - 1) + ((u >> shift) & 1); /* RNE on the dropped mantissa bits */
+    u >>= shift;                                       /* exponent carries naturally */
+    return (uint8_t)(u - ((uint32_t)(127 - bias) << mbits));
+}
+
+uint8_t ql_f32_to_fp8_e4m3(float x) {
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    if (isnan(x)) return sign | 0x7F;
+    float a = fabsf(x);
+    if (a > E4M3_MAX) a = E4M3_MAX; /* saturate, ±inf included (no infinities in "fn") */
+    return sign | encode_magnitude(a, 3, 7);
+}
+
+uint8_t ql_f32_to_fp8_e5m2(float x) {
+    uint8_t sign = signbit(x) ? 0x80 : 0;
+    if (isnan(x)) return sign | 0x7E;
+    if (isinf(x)) return sign | 0x7C;
+    float a = fabsf(x);
+    if (a > E5M2_MAX) a = E5M2_MAX; /* finite values saturate */
+    return sign | encode_magnitude(a, 2, 15);
+}
+
+float ql_fp8_e4m3_to_f32(uint8_t c) {
+    int e = (c >> 3) & 15, m = c & 7;
+    float v;
+    if (e == 15 && m == 7) v = NAN;
+    else if (e == 0) v = ldexpf((float)m, -9);
+    else v = ldexpf(1.0f + (float)m / 8.0f, e - 7);
+    return c & 0x80 ? -v : v;
+}
+
+float ql_fp8_e5m2_to_f32(uint8_t c) {
+    int e = (c >> 2) & 31, m = c & 3;
+    float v;
+    if (e == 31) v = m == 0 ? INFINITY : NAN;
+    else if (e == 0) v = ldexpf((float)m, -16);
+    else v = ldexpf(1.0f + (float)m / 4.0f, e - 15);
+    return c & 0x80 ? -v : v;
+}
+
+/* ---- scaled tensors ---- */
+
+typedef struct {
+    float max;
+    uint8_t (*encode)(float);
+    float (*decode)(uint8_t);
+} fp8_kind;
+
+static const fp8_kind k_e4m3 = {E4M3_MAX, ql_f32_to_fp8_e4m3, ql_fp8_e4m3_to_f32};
+static const fp8_kind k_e5m2 = {E5M2_MAX, ql_f32_to_fp8_e5m2, ql_fp8_e5m2_to_f32};
+
+static inline void put_f32(uint8_t *p, float f) { memcpy(p, &f, 4); }
+static inline float get_f32(const uint8_t *p) {
+    float f;
+    memcpy(&f, p, 4);
+    return f;
+}
+
+static float scale_of(const fp8_kind *k, float absmax) { return absmax / k->max; }
+
+static uint8_t encode_scaled(const fp8_kind *k, float x, float scale) {
+    if (isnan(x) || scale == 0.0f) return 0; /* a zero scale decodes every code to 0 */
+    float v = x / scale;
+    if (isinf(v)) v = copysignf(k->max, v); /* ±inf, or x / tiny scale overflowed: saturate */
+    return k->encode(v);
+}
+
+static float decode_scaled(const fp8_kind *k, uint8_t c, float scale) {
+    float v = k->decode(c) * scale;
+    return isfinite(v) ? v : 0.0f; /* only a hand-made NaN/inf code can get here */
+}
+
+static inline void absmax_acc(float *m, float v) {
+    if (isfinite(v) && fabsf(v) > *m) *m = fabsf(v);
+}
+
+/* per tensor: [f32 scale][codes] */
+static int64_t fp8_tensor_bytes(int64_t ncols, int64_t nrows) {
+    if (ncols <= 0 || nrows <= 0 || ncols > (INT64_MAX - 4) / nrows) return -1;
+    return 4 + ncols * nrows;
+}
+
+static void fp8_tensor_quantize(const fp8_kind *k, const float *src, uint8_t *dst, int64_t n) {
+    float m = 0.0f;
+    for (int64_t i = 0; i < n; i++) absmax_acc(&m, src[i]);
+    float s = scale_of(k, m);
+    put_f32(dst, s);
+    for (int64_t i = 0; i < n; i++) dst[4 + i] = encode_scaled(k, src[i], s);
+}
+
+static void fp8_tensor_dequantize(const fp8_kind *k, const uint8_t *src, float *dst, int64_t n) {
+    float s = get_f32(src);
+    for (int64_t i = 0; i < n; i++) dst[i] = decode_scaled(k, src[4 + i], s);
+}
+
+/* per row: [f32 scale][ncols codes] per row */
+static int64_t fp8_row_bytes(int64_t ncols) { return ncols <= 0 || ncols > INT64_MAX - 4 ? -1 : 4 + ncols; }
+static int64_t fp8_rows_tensor_bytes(int64_t ncols, int64_t nrows) {
+    int64_t rb = fp8_row_bytes(ncols);
+    if (rb < 0 || nrows < 0 || (nrows && rb > INT64_MAX / nrows)) return -1;
+    return rb * nrows;
+}
+
+/* per 128x128 block: [f32 scales, block grid row-major][codes nrows x ncols] */
+static int64_t fp8_block_bytes(int64_t ncols, int64_t nrows) {
+    if (ncols <= 0 || nrows <= 0 || ncols > INT64_MAX / nrows) return -1;
+    int64_t nb = ((nrows + FP8_BLOCK - 1) / FP8_BLOCK) * ((ncols + FP8_BLOCK - 1) / FP8_BLOCK);
+    if (ncols * nrows > INT64_MAX - 4 * nb) return -1;
+    return 4 * nb + ncols * nrows;
+}
+
+static void fp8_block_quantize(const fp8_kind *k, const float *src, uint8_t *dst, int64_t nrows, int64_t ncols) {
+    int64_t nbr = (nrows + FP8_BLOCK - 1) / FP8_BLOCK, nbc = (ncols + FP8_BLOCK - 1) / FP8_BLOCK;
+    uint8_t *codes = dst + 4 * nbr * nbc;
+    for (int64_t br = 0; br < nbr; br++)
+        for (int64_t bc = 0; bc < nbc; bc++) {
+            int64_t r0 = br * FP8_BLOCK, r1 = QL_MIN(nrows, r0 + FP8_BLOCK);
+            int64_t c0 = bc * FP8_BLOCK, c1 = QL_MIN(ncols, c0 + FP8_BLOCK);
+            float m = 0.0f;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++) absmax_acc(&m, src[r * ncols + c]);
+            float s = scale_of(k, m);
+            put_f32(dst + 4 * (br * nbc + bc), s);
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++) codes[r * ncols + c] = encode_scaled(k, src[r * ncols + c], s);
+        }
+}
+
+static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *dst, int64_t nrows, int64_t ncols) {
+    int64_t nbr = (nrows + FP8_BLOCK - 1) / FP8_BLOCK, nbc = (ncols + FP8_BLOCK - 1) / FP8_BLOCK;
+    const uint8_t *codes = src + 4 * nbr * nbc;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *srow = src + 4 * (r / FP8_BLOCK) * nbc;
+        for (int64_t c = 0; c < ncols; c++)
+            dst[r * ncols + c] = decode_scaled(k, codes[r * ncols + c], get_f32(srow + 4 * (c / FP8_BLOCK)));
+    }
+}
+
+/* ---- registry entries: type ids QL_TYPE_EXT_BASE + 0x88..0x8D (never reuse) ---- */
+
+#define FP8_ENTRIES(lname, kind, id, tol, desc)                                                            \
+    static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) { \
+        (void)imp;                                                                                         \
+        if (fp8_tensor_bytes(ncols, nrows) >= 0) fp8_tensor_quantize(&kind, src, dst, nrows * ncols);      \
+    }                                                                                                      \
+    static void lname##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {            \
+        if (fp8_tensor_bytes(ncols, nrows) >= 0) fp8_tensor_dequantize(&kind, src, dst, nrows * ncols);    \
+    }                                                                                                      \
+    static void lname##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,        \
+                                         const float *imp) {                                               \
+        (void)imp;                                                                                         \
+        for (int64_t r = 0; r < nrows; r++)                                                                \
+            fp8_tensor_quantize(&kind, src + r * ncols, (uint8_t *)dst + r * (4 + ncols), ncols);          \
+    }                                                                                                      \
+    static void lname##_channel_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {    \
+        for (int64_t r = 0; r < nrows; r++)                                                                \
+            fp8_tensor_dequantize(&kind, (const uint8_t *)src + r * (4 + ncols), dst + r * ncols, ncols);  \
+    }                                                                                                      \
+    static void lname##_block_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,          \
+                                       const float *imp) {                                                 \
+        (void)imp;                                                                                         \
+        if (fp8_block_bytes(ncols, nrows) >= 0) fp8_block_quantize(&kind, src, dst, nrows, ncols);         \
+    }                                                                                                      \
+    static void lname##_block_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {      \
+        if (fp8_block_bytes(ncols, nrows) >= 0) fp8_block_dequantize(&kind, src, dst, nrows, ncols);       \
+    }                                                                                                      \
+    const ql_format ql_fmt_##lname = {                                                                     \
+        .name = #lname,                                                                                    \
+        .summary = "OCP FP8 " desc ", one float32 scale per tensor",                                       \
+        .type = QL_TYPE_EXT_BASE + (id),                                                                   \
+        .block = 1,                                                                                        \
+        .block_bytes = 1,                                                                                  \
+        .bpw = 8.0,                                                                                        \
+        .whole_tensor = true,                                                                              \
+        .tolerance = tol,                                                                                  \
+        .tensor_bytes = fp8_tensor_bytes,                                                                  \
+        .quantize_rows = lname##_quantize,                                                                 \
+        .dequantize_rows = lname##_dequantize,                                                             \
+    };                                                                                                     \
+    const ql_format ql_fmt_##lname##_channel = {                                                           \
+        .name = #lname "_channel",                                                                         \
+        .summary = "OCP FP8 " desc ", float32 scale per output row",                                       \
+        .type = QL_TYPE_EXT_BASE + (id) + 2,                                                               \
+        .block = 1,                                                                                        \
+        .block_bytes = 1,                                                                                  \
+        .bpw = 8.0 + 32.0 / 4096,                                                                          \
+        .tolerance = tol,                                                                                  \
+        .row_bytes = fp8_row_bytes,                                                                        \
+        .tensor_bytes = fp8_rows_tensor_bytes,                                                             \
+        .quantize_rows = lname##_channel_quantize,                                                         \
+        .dequantize_rows = lname##_channel_dequantize,                                                     \
+    };                                                                                                     \
+    const ql_format ql_fmt_##lname##_block = {                                                             \
+        .name = #lname "_block",                                                                           \
+        .summary = "OCP FP8 " desc ", float32 scale per 128x128 block",                                    \
+        .type = QL_TYPE_EXT_BASE + (id) + 4,                                                               \
+        .block = FP8_BLOCK,                                                                                \
+        .block_bytes = FP8_BLOCK * FP8_BLOCK + 4,                                                          \
+        .bpw = 8.0 + 32.0 / (FP8_BLOCK * FP8_BLOCK),                                                       \
+        .whole_tensor = true,                                                                              \
+        .tolerance = tol,                                                                                  \
+        .tensor_bytes = fp8_block_bytes,                                                                   \
+        .quantize_rows = lname##_block_quantize,                                                           \
+        .dequantize_rows = lname##_block_dequantize,                                                       \
+    };
+
+FP8_ENTRIES(fp8_e4m3, k_e4m3, 0x88, 0.035, "E4M3 (max 448)")
+FP8_ENTRIES(fp8_e5m2, k_e5m2, 0x89, 0.07, "E5M2 (max 57344)")

@@ -1,0 +1,395 @@
+/* fmt_int.c — INTn storage formats: n-bit integer codes with fp16 scales, per group along a row
+ * (int{n}_g{g}[_sym][_mse], n-bit zero points unless _sym), per row (int{n}_channel), per tensor
+ * (int8_tensor) and per 2-D block (int{n}_b{bs}). Layouts and type ids: docs/formats.md. The scalar
+ * functions here are the specification; a fast twin must match them bit for bit. Pure, thread-safe.
+ *
+ * Rules shared by every INTn entry:
+ * - codes are packed tightly, n bits each, LSB first (code i occupies bits i*n .. i*n+n-1 of the
+ *   stream, bit 0 = LSB of byte 0); streams are padded with zero bits to a whole byte.
+ * - asymmetric: range [min(x,0), max(x,0)], scale = range / (2^n-1), zero = round(-min/scale),
+ *   q = clamp(round(x/scale) + zero, 0, 2^n-1), value = (q - zero) * scale.
+ * - symmetric: m = the weight of largest magnitude (sign kept), scale = m / -2^(n-1) (so m itself is
+ *   exact), q = clamp(round(x/scale) + 2^(n-1), 0, 2^n-1), value = (q - 2^(n-1)) * scale.
+ * - round = nearest, ties to even; x/scale is computed as x * (1/scale) with the fp16-rounded scale;
+ *   |scale| saturates at 65504 (fp16 max).
+ * - bad values: scales come from finite weights only; NaN decodes to 0, +inf / -inf to the largest /
+ *   smallest value of the group's grid. Output is always finite. */
+#include "fmt_ext.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ggml_types.h"
+#include "simd.h" /* SIMD twins of int4_g128[_sym] */
+
+#define FP16_MAX 65504.0f
+#define MSE_STEPS 80 /* shrink factors 1.00 .. 0.21, as GPTQ's maxshrink = 0.8, grid = 100 */
+
+/* ---- bit streams (n <= 8, so a code spans at most two bytes) ---- */
+
+static inline void put_bits(uint8_t *buf, int64_t pos, int n, unsigned v) {
+    int64_t byte = pos >> 3;
+    int sh = (int)(pos & 7);
+    buf[byte] |= (uint8_t)(v << sh);
+    if (sh + n > 8) buf[byte + 1] |= (uint8_t)(v >> (8 - sh));
+}
+
+static inline unsigned get_bits(const uint8_t *buf, int64_t pos, int n) {
+    int64_t byte = pos >> 3;
+    int sh = (int)(pos & 7);
+    unsigned w = (unsigned)buf[byte] >> sh;
+    if (sh + n > 8) w |= (unsigned)buf[byte + 1] << (8 - sh);
+    return w & ((1u << n) - 1);
+}
+
+static inline void put_f16(uint8_t *p, uint16_t h) {
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
+
+static inline uint16_t get_f16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+static inline int64_t bits_to_bytes(int64_t nbits) { return (nbits + 7) / 8; }
+
+/* a*b, or -1 on overflow / negative input */
+static int64_t mul_checked(int64_t a, int64_t b) {
+    if (a < 0 || b < 0) return -1;
+    if (a && b > INT64_MAX / a) return -1;
+    return a * b;
+}
+
+static int64_t add_checked(int64_t a, int64_t b) {
+    if (a < 0 || b < 0 || a > INT64_MAX - b) return -1;
+    return a + b;
+}
+
+/* ---- one group: choose scale (and zero), encode ---- */
+
+static inline float clamp_scale(float s) { return s > FP16_MAX ? FP16_MAX : s < -FP16_MAX ? -FP16_MAX : s; }
+
+/* the code of x; NaN (or inf * 0 when the scale is 0) gets the zero point */
+static inline int int_code(float x, float id, int zero, int maxq) {
+    float v = x * id;
+    if (v != v) return zero;
+    v = nearbyintf(v) + (float)zero;
+    return v < 0.0f ? 0 : v > (float)maxq ? maxq : (int)v;
+}
+
+typedef struct {
+    uint16_t scale_h; /* fp16 bits */
+    float scale;      /* its value */
+    int zero;
+} group_param;
+
+/* Scale and zero for shrink factor p of the group's range (lo <= 0 <= hi, m = signed max magnitude). */
+static group_param params_for(float p, float lo, float hi, float m, int bits, bool sym) {
+    int maxq = (1 << bits) - 1, half = 1 << (bits - 1);
+    group_param gp;
+    double s = sym ? (double)p * m / -half : ((double)p * hi - (double)p * lo) / maxq;
+    gp.scale_h = ql_fp32_to_fp16(clamp_scale((float)s));
+    gp.scale = ql_fp16_to_fp32(gp.scale_h);
+    if (sym) {
+        gp.zero = half;
+    } else {
+        float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
+        float z = nearbyintf(-(p * lo) * id);
+        gp.zero = z < 0.0f ? 0 : z > (float)maxq ? maxq : (int)z;
+    }
+    return gp;
+}
+
+static group_param choose_group(const float *x, int64_t len, const float *w, int bits, bool sym, bool mse) {
+    int maxq = (1 << bits) - 1;
+    float lo = 0.0f, hi = 0.0f, m = 0.0f;
+    for (int64_t i = 0; i < len; i++) {
+        float v = x[i];
+        if (!isfinite(v)) continue;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+        if (fabsf(v) > fabsf(m)) m = v;
+    }
+    group_param best = params_for(1.0f, lo, hi, m, bits, sym);
+    if (!mse) return best;
+    double best_err = INFINITY;
+    for (int k = 0; k < MSE_STEPS; k++) {
+        float p = (float)(100 - k) / 100.0f;
+        group_param gp = k == 0 ? best : params_for(p, lo, hi, m, bits, sym);
+        float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
+        double err = 0.0;
+        for (int64_t i = 0; i < len; i++) {
+            if (!isfinite(x[i])) continue;
+            float y = (float)(int_code(x[i], id, gp.zero, maxq) - gp.zero) * gp.scale;
+            double d = (double)y - x[i];
+            err += (w ? w[i] : 1.0) * d * d;
+        }
+        if (err < best_err) {
+            best_err = err;
+            best = gp;
+        }
+    }
+    return best;
+}
+
+/* ---- rows ---- */
+
+int64_t ql_int_row_bytes(int64_t ncols, int bits, int group, bool sym) {
+    if (ncols <= 0 || bits < 1 || bits > 8 || ncols > INT64_MAX / 16) return -1;
+    int64_t g = group > 0 ? group : ncols;
+    int64_t ng = (ncols + g - 1) / g;
+    return 2 * ng + (sym ? 0 : bits_to_bytes(ng * bits)) + bits_to_bytes(ncols * bits);
+}
+
+void ql_int_quantize_rows_ref(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance,
+                              int bits, int group, bool sym, bool mse) {
+    int64_t rb = ql_int_row_bytes(ncols, bits, group, sym);
+    if (rb < 0) return;
+    int64_t g = group > 0 ? group : ncols;
+    int64_t ng = (ncols + g - 1) / g;
+    int maxq = (1 << bits) - 1;
+    for (int64_t r = 0; r < nrows; r++) {
+        const float *x = src + r * ncols;
+        uint8_t *row = (uint8_t *)dst + r * rb;
+        memset(row, 0, (size_t)rb);
+        uint8_t *zeros = row + 2 * ng;
+        uint8_t *codes = zeros + (sym ? 0 : bits_to_bytes(ng * bits));
+        for (int64_t k = 0; k < ng; k++) {
+            int64_t c0 = k * g, len = QL_MIN(g, ncols - c0);
+            group_param gp = choose_group(x + c0, len, importance ? importance + c0 : NULL, bits, sym, mse);
+            put_f16(row + 2 * k, gp.scale_h);
+            if (!sym) put_bits(zeros, k * bits, bits, (unsigned)gp.zero);
+            float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
+            for (int64_t i = 0; i < len; i++)
+                put_bits(codes, (c0 + i) * bits, bits, (unsigned)int_code(x[c0 + i], id, gp.zero, maxq));
+        }
+    }
+}
+
+void ql_int_dequantize_rows_ref(const void *src, float *dst, int64_t nrows, int64_t ncols, int bits, int group,
+                                bool sym) {
+    int64_t rb = ql_int_row_bytes(ncols, bits, group, sym);
+    if (rb < 0) return;
+    int64_t g = group > 0 ? group : ncols;
+    int64_t ng = (ncols + g - 1) / g;
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint8_t *row = (const uint8_t *)src + r * rb;
+        const uint8_t *zeros = row + 2 * ng;
+        const uint8_t *codes = zeros + (sym ? 0 : bits_to_bytes(ng * bits));
+        float *y = dst + r * ncols;
+        for (int64_t k = 0; k < ng; k++) {
+            int64_t c0 = k * g, len = QL_MIN(g, ncols - c0);
+            float s = ql_fp16_to_fp32(get_f16(row + 2 * k));
+            int zero = sym ? 1 << (bits - 1) : (int)get_bits(zeros, k * bits, bits);
+            for (int64_t i = 0; i < len; i++)
+                y[c0 + i] = (float)((int)get_bits(codes, (c0 + i) * bits, bits) - zero) * s;
+        }
+    }
+}
+
+static int64_t rows_total(int64_t row_bytes, int64_t nrows) { return row_bytes < 0 ? -1 : mul_checked(row_bytes, nrows); }
+
+/* ---- 2-D blocks (and the whole tensor as one block): symmetric, fp16 scale per bs x bs block ----
+ * Layout: [fp16 scales, block grid row-major][codes of the whole tensor, row-major, one bit stream]. */
+
+static int64_t block2d_bytes(int64_t ncols, int64_t nrows, int bits, int64_t bs) {
+    if (ncols <= 0 || nrows <= 0) return -1;
+    int64_t nbr = (nrows + bs - 1) / bs, nbc = (ncols + bs - 1) / bs;
+    int64_t nscales = mul_checked(nbr, nbc), n = mul_checked(ncols, nrows);
+    if (nscales < 0 || n < 0 || n > INT64_MAX / 8) return -1;
+    return add_checked(mul_checked(nscales, 2), bits_to_bytes(n * bits));
+}
+
+static void block2d_quantize(const float *src, uint8_t *dst, int64_t nrows, int64_t ncols, int bits, int64_t bs) {
+    int64_t total = block2d_bytes(ncols, nrows, bits, bs);
+    if (total < 0) return;
+    memset(dst, 0, (size_t)total);
+    int64_t nbr = (nrows + bs - 1) / bs, nbc = (ncols + bs - 1) / bs;
+    uint8_t *codes = dst + 2 * nbr * nbc;
+    int maxq = (1 << bits) - 1;
+    for (int64_t br = 0; br < nbr; br++)
+        for (int64_t bc = 0; bc < nbc; bc++) {
+            int64_t r1 = QL_MIN(nrows, (br + 1) * bs), c1 = QL_MIN(ncols, (bc + 1) * bs);
+            float m = 0.0f;
+            for (int64_t r = br * bs; r < r1; r++)
+                for (int64_t c = bc * bs; c < c1; c++) {
+                    float v = src[r * ncols + c];
+                    if (isfinite(v) && fabsf(v) > fabsf(m)) m = v;
+                }
+            group_param gp = params_for(1.0f, 0.0f, 0.0f, m, bits, true);
+            put_f16(dst + 2 * (br * nbc + bc), gp.scale_h);
+            float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
+            for (int64_t r = br * bs; r < r1; r++)
+                for (int64_t c = bc * bs; c < c1; c++)
+                    put_bits(codes, (r * ncols + c) * bits, bits, (unsigned)int_code(src[r * ncols + c], id, gp.zero, maxq));
+        }
+}
+
+static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, int64_t ncols, int bits, int64_t bs) {
+    if (block2d_bytes(ncols, nrows, bits, bs) < 0) return;
+    int64_t nbr = (nrows + bs - 1) / bs, nbc = (ncols + bs - 1) / bs;
+    const uint8_t *codes = src + 2 * nbr * nbc;
+    int half = 1 << (bits - 1);
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t c = 0; c < ncols; c++) {
+            float s = ql_fp16_to_fp32(get_f16(src + 2 * ((r / bs) * nbc + c / bs)));
+            dst[r * ncols + c] = (float)((int)get_bits(codes, (r * ncols + c) * bits, bits) - half) * s;
+        }
+}
+
+/* ---- registry entries ----
+ * Type ids (never reuse): QL_TYPE_EXT_BASE +
+ *   0x00..0x5F  int{n}_g{g}{sfx}: (bit_index * 4 + group_index) * 4 + sym + 2 * mse
+ *   0x60..0x65  int{n}_channel: 0x60 + bit_index
+ *   0x68..0x6D  int{n}_tensor:  0x68 + bit_index
+ *   0x70..0x7B  int{n}_b{bs}:   0x70 + bit_index * 2 + (bs == 128)
+ * with bit_index 0..5 for n = 2,3,4,5,6,8 and group_index 0..3 for g = 32,64,128,256. */
+#define BIT_INDEX(n) ((n) == 8 ? 5 : (n) - 2)
+#define GROUP_INDEX(g) ((g) == 32 ? 0 : (g) == 64 ? 1 : (g) == 128 ? 2 : 3)
+/* RMSE / RMS bound for N(0,1) rows of 4096 (measured worst case over groups and variants, + margin) */
+#define INT_TOL(n) ((n) == 2 ? 0.60 : (n) == 3 ? 0.28 : (n) == 4 ? 0.14 : (n) == 5 ? 0.07 : (n) == 6 ? 0.035 : 0.009)
+
+#define INT_GROUP_ENTRY(n, g, sfx, sym, mse, desc)                                                         \
+    static void int##n##_g##g##sfx##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,   \
+                                               const float *imp) {                                         \
+        ql_int_quantize_rows_ref(src, dst, nrows, ncols, imp, n, g, sym, mse);                             \
+    }                                                                                                      \
+    static void int##n##_g##g##sfx##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) { \
+        ql_int_dequantize_rows_ref(src, dst, nrows, ncols, n, g, sym);                                     \
+    }                                                                                                      \
+    static int64_t int##n##_g##g##sfx##_row_bytes(int64_t ncols) { return ql_int_row_bytes(ncols, n, g, sym); } \
+    static int64_t int##n##_g##g##sfx##_tensor_bytes(int64_t ncols, int64_t nrows) {                       \
+        return rows_total(ql_int_row_bytes(ncols, n, g, sym), nrows);                                      \
+    }                                                                                                      \
+    const ql_format ql_fmt_int##n##_g##g##sfx = {                                                          \
+        .name = "int" #n "_g" #g #sfx,                                                                     \
+        .summary = "INT" #n ", groups of " #g ": " desc,                                                   \
+        .type = QL_TYPE_EXT_BASE + (BIT_INDEX(n) * 4 + GROUP_INDEX(g)) * 4 + (sym) + 2 * (mse),           \
+        .block = g,                                                                                        \
+        .block_bytes = (16 + ((sym) ? 0 : (n)) + (g) * (n) + 7) / 8,                                      \
+        .bpw = (n) + 16.0 / (g) + ((sym) ? 0.0 : (double)(n) / (g)),                                      \
+        .uses_importance = (mse),                                                                          \
+        .tolerance = INT_TOL(n),                                                                           \
+        .row_bytes = int##n##_g##g##sfx##_row_bytes,                                                       \
+        .tensor_bytes = int##n##_g##g##sfx##_tensor_bytes,                                                 \
+        .quantize_rows = int##n##_g##g##sfx##_quantize,                                                    \
+        .dequantize_rows = int##n##_g##g##sfx##_dequantize,                                                \
+        .quantize_rows_fast = QL_INT_QUANT_FAST(n, g, sym, mse),                                           \
+        .dequantize_rows_fast = QL_INT_DEQUANT_FAST(n, g, sym, mse),                                       \
+    };
+
+QL_FMT_INT_FAMILY(INT_GROUP_ENTRY)
+
+/* per output row, symmetric (LLM.int8()'s vector-wise layout with an fp16 scale) */
+#define INT_CHANNEL_ENTRY(n, tol)                                                                             \
+    static void int##n##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,       \
+                                          const float *imp) {                                              \
+        (void)imp;                                                                                         \
+        ql_int_quantize_rows_ref(src, dst, nrows, ncols, NULL, n, 0, true, false);                         \
+    }                                                                                                      \
+    static void int##n##_channel_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {   \
+        ql_int_dequantize_rows_ref(src, dst, nrows, ncols, n, 0, true);                                    \
+    }                                                                                                      \
+    static int64_t int##n##_channel_row_bytes(int64_t ncols) { return ql_int_row_bytes(ncols, n, 0, true); } \
+    static int64_t int##n##_channel_tensor_bytes(int64_t ncols, int64_t nrows) {                           \
+        return rows_total(ql_int_row_bytes(ncols, n, 0, true), nrows);                                     \
+    }                                                                                                      \
+    const ql_format ql_fmt_int##n##_channel = {                                                            \
+        .name = "int" #n "_channel",                                                                       \
+        .summary = "INT" #n " per output row: fp16 scale per row, symmetric",                              \
+        .type = QL_TYPE_EXT_BASE + 0x60 + BIT_INDEX(n),                                                    \
+        .block = 1,                                                                                        \
+        .block_bytes = 1,                                                                                  \
+        .bpw = (n) + 16.0 / 4096,                                                                          \
+        .tolerance = tol,                                                                                  \
+        .row_bytes = int##n##_channel_row_bytes,                                                           \
+        .tensor_bytes = int##n##_channel_tensor_bytes,                                                     \
+        .quantize_rows = int##n##_channel_quantize,                                                        \
+        .dequantize_rows = int##n##_channel_dequantize,                                                    \
+    };
+
+INT_CHANNEL_ENTRY(4, 0.18)
+INT_CHANNEL_ENTRY(8, 0.012)
+
+/* one fp16 scale for the whole tensor: the tensor is one symmetric group (layout [scale][codes]) */
+static int64_t int8_tensor_tensor_bytes(int64_t ncols, int64_t nrows) {
+    int64_t n = mul_checked(ncols, nrows);
+    return n <= 0 ? -1 : ql_int_row_bytes(n, 8, 0, true);
+}
+static void int8_tensor_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) {
+    (void)imp;
+    ql_int_quantize_rows_ref(src, dst, 1, nrows * ncols, NULL, 8, 0, true, false);
+}
+static void int8_tensor_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {
+    ql_int_dequantize_rows_ref(src, dst, 1, nrows * ncols, 8, 0, true);
+}
+const ql_format ql_fmt_int8_tensor = {
+    .name = "int8_tensor",
+    .summary = "INT8 with one fp16 scale for the whole tensor, symmetric",
+    .type = QL_TYPE_EXT_BASE + 0x68 + BIT_INDEX(8),
+    .block = 1,
+    .block_bytes = 1,
+    .bpw = 8.0,
+    .whole_tensor = true,
+    .tolerance = 0.014,
+    .tensor_bytes = int8_tensor_tensor_bytes,
+    .quantize_rows = int8_tensor_quantize,
+    .dequantize_rows = int8_tensor_dequantize,
+};
+
+#define INT_BLOCK2D_ENTRY(n, bs, tol)                                                                       \
+    static int64_t int##n##_b##bs##_tensor_bytes(int64_t ncols, int64_t nrows) {                           \
+        return block2d_bytes(ncols, nrows, n, bs);                                                         \
+    }                                                                                                      \
+    static void int##n##_b##bs##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,       \
+                                          const float *imp) {                                              \
+        (void)imp;                                                                                         \
+        block2d_quantize(src, dst, nrows, ncols, n, bs);                                                   \
+    }                                                                                                      \
+    static void int##n##_b##bs##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {   \
+        block2d_dequantize(src, dst, nrows, ncols, n, bs);                                                 \
+    }                                                                                                      \
+    const ql_format ql_fmt_int##n##_b##bs = {                                                              \
+        .name = "int" #n "_b" #bs,                                                                         \
+        .summary = "INT" #n ", fp16 scale per " #bs "x" #bs " block, symmetric",                          \
+        .type = QL_TYPE_EXT_BASE + 0x70 + BIT_INDEX(n) * 2 + ((bs) == 128),                                \
+        .block = bs,                                                                                       \
+        .block_bytes = ((bs) * (bs) * (n)) / 8 + 2,                                                        \
+        .bpw = (n) + 16.0 / ((bs) * (bs)),                                                                 \
+        .whole_tensor = true,                                                                              \
+        .tolerance = tol,                                                                                  \
+        .tensor_bytes = int##n##_b##bs##_tensor_bytes,                                                     \
+        .quantize_rows = int##n##_b##bs##_quantize,                                                        \
+        .dequantize_rows = int##n##_b##bs##_dequantize,                                                    \
+    };
+
+INT_BLOCK2D_ENTRY(4, 64, 0.17)
+INT_BLOCK2D_ENTRY(4, 128, 0.17)
+INT_BLOCK2D_ENTRY(8, 64, 0.011)
+INT_BLOCK2D_ENTRY(8, 128, 0.011)
+
+/* ---- parameters of the row-wise entries, for methods that write INTn codes themselves ---- */
+
+typedef struct {
+    const ql_format *f;
+    int bits, group;
+    bool sym, mse;
+} int_params;
+
+#define INT_PARAMS_ROW(n, g, sfx, sym, mse, desc) {&ql_fmt_int##n##_g##g##sfx, n, g, sym, mse},
+static const int_params g_int_params[] = {
+    QL_FMT_INT_FAMILY(INT_PARAMS_ROW)
+    {&ql_fmt_int4_channel, 4, 0, true, false},
+    {&ql_fmt_int8_channel, 8, 0, true, false},
+};
+
+bool ql_int_format_params(const ql_format *f, int *bits, int *group, bool *sym, bool *mse) {
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_int_params); i++) {
+        const int_params *p = &g_int_params[i];
+        if (p->f != f) continue;
+        if (bits) *bits = p->bits;
+        if (group) *group = p->group;
+        if (sym) *sym = p->sym;
+        if (mse) *mse = p->mse;
+        return true;
+    }
+    return false;
+}
