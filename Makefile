@@ -2,8 +2,8 @@
 CC      ?= cc
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 PKGS    := ncursesw libarchive inih jansson libpcre2-8 cmocka openblas lapacke
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -pthread \
+OPTFLAGS ?= -O2 -g
+CFLAGS  += $(OPTFLAGS) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -pthread \
            -Icore -Imethods -Ikernels -Isensitivity -Ipresets -Itui -Icli \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
@@ -27,7 +27,7 @@ NVFLAGS ?= -O2 -std=c++17 -Icore -Ikernels -Imethods --compiler-options -fPIC -a
            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 endif
 
-.PHONY: all test test-run asan bench clean detect test-cuda fuzz deps run
+.PHONY: check-mixes all test test-run asan bench clean detect test-cuda fuzz deps run
 all: detect $(BIN)
 
 # Installs missing Debian packages when root (else prints the apt-get line); `make run` and
@@ -81,12 +81,19 @@ test: deps
 
 test-run: all $(TESTS:%=$(BUILD)/tests/%)
 	@fail=0; for t in $(TESTS); do echo "== $$t"; QLAB=$(CURDIR)/$(BIN) $(BUILD)/tests/$$t || fail=1; done; \
-	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; fi; \
+	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QL_QUICK=$(QL_QUICK) QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; fi; \
 	 exit $$fail
 
+# CUDA codecs vs the CPU reference (device tests skip without a GPU); QL_CUDA_BENCH=1 adds a GB/s run.
+test-cuda: $(BUILD)/tests/test_cuda
+	$(BUILD)/tests/test_cuda
+
 asan:
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	        LDFLAGS="-fsanitize=address,undefined" NVCC= BIN=build-asan/qlab test-run
+	$(MAKE) BUILD=build-asan OPTFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	        LDFLAGS="-fsanitize=address,undefined" NVCC= BIN=build-asan/qlab QL_QUICK=1 test-run
+
+check-mixes: all
+	@bash tests/mixes_check.sh
 
 bench: all
 	@bash bench/run.sh

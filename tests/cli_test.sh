@@ -54,6 +54,39 @@ mkdir -p "$T/hf_empty"
 expect_error "hf folder without config" "hf_empty" $QLAB info "$T/hf_empty"
 expect_error "unknown command" "unknown command" $QLAB frobnicate
 
+# qlab quant: atomic output, byte-identical re-read, clear errors
+if [ -f "$T/tiny.gguf" ]; then
+  if $QLAB quant "$T/tiny.gguf" --type q4_k -o "$T/q4k.gguf" 2>/dev/null && $QLAB convert "$T/q4k.gguf" -o "$T/q4k-copy.gguf" 2>/dev/null \
+     && cmp -s "$T/q4k.gguf" "$T/q4k-copy.gguf"; then ok "quantized GGUF reads back and rewrites byte-identical"
+  else bad "quantized GGUF re-read"; fi
+  if $QLAB info "$T/q4k.gguf" --json --no-tensors | grep -q '"llama_cpp_compatible": true'; then ok "info: q4_k file is plain GGUF"
+  else bad "info compatibility flag (ggml)"; fi
+  $QLAB quant "$T/tiny.gguf" --type int4_g128 -o "$T/int4.gguf" 2>"$T/err" >/dev/null
+  if grep -q "llama.cpp cannot load" "$T/err" && $QLAB info "$T/int4.gguf" --json --no-tensors | grep -q '"llama_cpp_compatible": false'; then
+    ok "extension formats: quant warns, info says llama.cpp cannot load"
+  else bad "extension format warning"; fi
+  if $QLAB ppl "$T/int4.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 --json 2>/dev/null | grep -q '"ppl"'; then ok "ppl runs on an extension-format file"
+  else bad "ppl on extension-format file"; fi
+  # a full disk (file size limit) leaves nothing behind
+  mkdir -p "$T/full"
+  ( trap '' XFSZ; ulimit -f 64; $QLAB quant "$T/tiny.gguf" --type q8_0 -o "$T/full/out.gguf" ) >/dev/null 2>"$T/err"; rc=$?
+  if [ $rc -ne 0 ] && [ -z "$(ls -A "$T/full")" ] && grep -q "out.gguf" "$T/err"; then ok "write failure (file too large) leaves no file"
+  else bad "write failure: rc $rc, left: $(ls "$T/full")"; fi
+  expect_error "quant: unknown format" "q9_x" $QLAB quant "$T/tiny.gguf" --type q9_x -o "$T/x.gguf"
+  expect_error "quant: unknown preset" "NOPE" $QLAB quant "$T/tiny.gguf" --preset NOPE -o "$T/x.gguf"
+  printf '[tensors]\nblk.99.attn_q.weight = q8_0\n' > "$T/badplan.ini"
+  expect_error "quant: plan names a missing tensor" "blk.99.attn_q.weight" $QLAB quant "$T/tiny.gguf" --plan "$T/badplan.ini" -o "$T/x.gguf"
+  expect_error "quant: two plan sources" "exactly one" $QLAB quant "$T/tiny.gguf" --type q8_0 --preset Q8_0 -o "$T/x.gguf"
+  # Ctrl-C during a longer quantization leaves neither the output nor a temporary file
+  $QLAB synth --shape tiny --dims layers=6,embd=1024,ff=4096,vocab=4096 -o "$T/mid.gguf" 2>/dev/null
+  mkdir -p "$T/cancel"
+  $QLAB quant "$T/mid.gguf" --type q2_k -o "$T/cancel/out.gguf" --threads 1 >/dev/null 2>"$T/err" & pid=$!
+  sleep 0.5; kill -INT $pid 2>/dev/null; wait $pid; rc=$?
+  if [ $rc -ne 0 ] && [ -z "$(ls -A "$T/cancel")" ]; then ok "Ctrl-C during quant leaves nothing behind (rc $rc)"
+  elif [ $rc -eq 0 ]; then skip "Ctrl-C test: quantization finished before the signal"
+  else bad "Ctrl-C: rc $rc, left: $(ls "$T/cancel")"; fi
+fi
+
 # llama.cpp agreement on the real model
 if [ -f "$SHARED/models/stories260K.gguf" ]; then
   M=$SHARED/models/stories260K.gguf
@@ -83,6 +116,10 @@ PY
   j=$($QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --kld-base "$T/base.qlp" --json 2>/dev/null)
   if echo "$j" | grep -q '"top1_agreement": 1.0' && echo "$j" | grep -q '"kld_mean": 0.0000000'; then ok "self-KLD ~ 0"
   else bad "self-KLD: $j"; fi
+  # quantized with llama.cpp's mixes, measured by qlab: llama.cpp's perplexities within 0.002
+  if [ "${QL_QUICK:-0}" = 1 ]; then skip "mix perplexities (QL_QUICK=1)"
+  elif MIXES="Q4_K_M Q2_K" QLAB=$QLAB bash "$(dirname "$0")/mixes_check.sh" > "$T/mixes.txt"; then ok "Q4_K_M and Q2_K perplexities match llama.cpp"; cat "$T/mixes.txt" | sed 's/^/     /'
+  else bad "mix perplexities"; cat "$T/mixes.txt"; fi
 else
   skip "llama.cpp agreement ($SHARED not found)"
 fi
