@@ -12,6 +12,8 @@ int cmd_synth(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_quant(int argc, char **argv);
 int cmd_formats(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+int cmd_imatrix(int argc, char **argv);
 
 const cli_command cli_commands[] = {
     {"info", "architecture, hyper-parameters and every tensor of a model", cmd_info, NULL},
@@ -22,6 +24,8 @@ const cli_command cli_commands[] = {
     {"convert", "convert between GGUF, Hugging Face folders and llama2.c checkpoints", cmd_convert, NULL},
     {"quant", "quantize a model with one format, a preset or a per-tensor plan", cmd_quant, NULL},
     {"formats", "list every storage format (bits per weight, block, llama.cpp compatibility)", cmd_formats, NULL},
+    {"stats", "activation statistics (Hessians, channel ranges) of every linear layer over calibration text", cmd_stats, NULL},
+    {"imatrix", "llama.cpp importance matrix (GGUF or .dat) over calibration text", cmd_imatrix, NULL},
     {NULL, NULL, NULL, NULL},
 };
 

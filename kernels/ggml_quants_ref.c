@@ -810,7 +810,7 @@ static void q2_K_rtn(const float *x, blk_q2_K *y, int64_t nb) {
             float iscale = q4scale / max_min;
             for (int j = 0; j < QK_K / 16; ++j) {
                 int l = nearest_int(iscale * mins[j]);
-                y[i].scales[j] |= (uint8_t)(l << 4);
+                y[i].scales[j] |= (uint8_t)((unsigned)l << 4); /* same bits as ggml, no UB for NaN input */
             }
             y[i].dmin = FP32_TO_FP16(max_min / q4scale);
         } else {

@@ -116,6 +116,12 @@ PY
   j=$($QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --kld-base "$T/base.qlp" --json 2>/dev/null)
   if echo "$j" | grep -q '"top1_agreement": 1.0' && echo "$j" | grep -q '"kld_mean": 0.0000000'; then ok "self-KLD ~ 0"
   else bad "self-KLD: $j"; fi
+  # qlab imatrix over the same chunks as llama-imatrix gives the same importance
+  if [ "${QL_QUICK:-0}" = 1 ]; then skip "imatrix vs llama.cpp (QL_QUICK=1)"
+  elif $QLAB imatrix "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 -o "$T/im.gguf" 2>/dev/null \
+       && python3 "$(dirname "$0")/cmp_imatrix.py" "$T/im.gguf" "$SHARED/testdata/stories260K-imatrix/imatrix-ts.gguf" > "$T/cmp.txt"; then
+    ok "qlab imatrix matches llama.cpp's imatrix-ts.gguf ($(cat "$T/cmp.txt"))"
+  else bad "imatrix vs llama.cpp: $(cat "$T/cmp.txt" 2>/dev/null)"; fi
   # quantized with llama.cpp's mixes, measured by qlab: llama.cpp's perplexities within 0.002
   if [ "${QL_QUICK:-0}" = 1 ]; then skip "mix perplexities (QL_QUICK=1)"
   elif MIXES="Q4_K_M Q2_K" QLAB=$QLAB bash "$(dirname "$0")/mixes_check.sh" > "$T/mixes.txt"; then ok "Q4_K_M and Q2_K perplexities match llama.cpp"; cat "$T/mixes.txt" | sed 's/^/     /'

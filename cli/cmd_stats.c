@@ -1,0 +1,157 @@
+/* cmd_stats.c — `qlab stats` (activation statistics file) and `qlab imatrix` (llama.cpp importance
+ * matrix). Both read calibration tokens the same way: llama.cpp-style consecutive chunks of a text
+ * file (--text, --ctx, --chunks), the way llama-imatrix does it. */
+#include "cli.h"
+#include "imatrix.h"
+#include "model.h"
+#include "parallel.h"
+#include "ppl.h"
+#include "stats.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *text;
+    int ctx, chunks, threads;
+} calib_args;
+
+/* Consecutive chunks of ctx tokens, the first token of each replaced by BOS (llama-imatrix's input). */
+static ql_status text_chunks(const ql_model *m, const calib_args *ca, int32_t **out, int64_t *n_seq) {
+    char *text;
+    size_t len;
+    int32_t *ids;
+    int64_t n;
+    ql_status s = ql_read_file(ca->text, &text, &len);
+    if (s) return s;
+    s = ql_tokenize(m->tok, text, len, true, &ids, &n);
+    free(text);
+    if (s) return s;
+    int64_t chunks = n / ca->ctx;
+    if (ca->chunks > 0 && ca->chunks < chunks) chunks = ca->chunks;
+    if (chunks < 1) {
+        free(ids);
+        return ql_fail(QL_ERR_ARG, "%s: %lld tokens, fewer than one chunk of %d", ca->text, (long long)n, ca->ctx);
+    }
+    int32_t bos = ql_tokenizer_add_bos(m->tok) ? ql_tokenizer_bos(m->tok) : -1;
+    if (bos >= 0)
+        for (int64_t i = 0; i < chunks; i++) ids[i * ca->ctx] = bos;
+    *out = ids;
+    *n_seq = chunks;
+    return QL_OK;
+}
+
+static int parse_calib_flag(cli_args *a, const char *flag, calib_args *ca) {
+    if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) ca->text = cli_value(a, flag);
+    else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) ca->ctx = cli_int(a, flag, 8, 1 << 20);
+    else if (!strcmp(flag, "--chunks")) ca->chunks = cli_int(a, flag, 1, 1 << 30);
+    else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) ca->threads = cli_int(a, flag, 1, 256);
+    else return 0;
+    return 1;
+}
+
+static int collect(const char *cmd, const char *model, const calib_args *ca, bool hessian, bool output, ql_model **m,
+                   ql_stats **st) {
+    ql_infer *inf = NULL;
+    int32_t *tok = NULL;
+    int64_t n_seq = 0;
+    int rc = 0;
+    if (ql_model_load(model, m)) return cli_fail(cmd);
+    if (!(*m)->tok) {
+        fprintf(stderr, "qlab %s: %s: the model has no tokenizer\n", cmd, model);
+        return 1;
+    }
+    if (text_chunks(*m, ca, &tok, &n_seq) || ql_infer_new(*m, ca->threads, &inf)) {
+        free(tok);
+        return cli_fail(cmd);
+    }
+    ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads};
+    ql_progress *bar = cli_progress_bar(cmd);
+    if (ql_stats_collect(inf, tok, n_seq, ca->ctx, &o, bar, st)) rc = cli_fail(cmd);
+    cli_progress_done(bar);
+    if (!rc) (*st)->source = ql_strdup(ca->text);
+    free(tok);
+    ql_infer_free(inf);
+    return rc;
+}
+
+static const char *STATS_USAGE =
+    "usage: qlab stats MODEL --text FILE -o STATS.qls [--ctx 512] [--chunks N] [--no-hessian] [--output] [--threads N]\n"
+    "Runs the calibration text through MODEL (consecutive chunks of --ctx tokens, each starting with BOS) and\n"
+    "stores, for the input of every linear layer: Σ x xᵀ (the GPTQ Hessian, double), max|x|, mean|x|, mean x².\n"
+    "The file feeds qlab quant --stats (GPTQ, AWQ, SmoothQuant) and qlab sense. Same inputs and thread count:\n"
+    "byte-identical file. --output also records the input of output.weight.\n";
+
+int cmd_stats(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, STATS_USAGE);
+    const char *flag, *pos, *model = NULL, *out = NULL;
+    calib_args ca = {.ctx = 512, .threads = ql_default_threads()};
+    bool hessian = true, output = false;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) model = pos;
+        else if (parse_calib_flag(&a, flag, &ca)) continue;
+        else if (!strcmp(flag, "-o") || !strcmp(flag, "--output-file")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--no-hessian")) hessian = false;
+        else if (!strcmp(flag, "--output")) output = true;
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!model || !ca.text || !out) return cli_usage_error("stats", STATS_USAGE, "needs MODEL, --text FILE and -o OUT");
+    ql_model *m = NULL;
+    ql_stats *st = NULL;
+    int rc = collect("stats", model, &ca, hessian, output, &m, &st);
+    if (!rc && ql_stats_save(st, out)) rc = cli_fail("stats");
+    if (!rc)
+        fprintf(stderr, "qlab stats: wrote %s (%d inputs, %lld sequences x %lld tokens%s)\n", out, st->n,
+                (long long)st->n_sequences, (long long)st->seq_len, st->has_hessian ? ", with Hessians" : "");
+    ql_stats_free(st);
+    ql_model_free(m);
+    return rc;
+}
+
+static const char *IMATRIX_USAGE =
+    "usage: qlab imatrix MODEL --text FILE -o OUT [--ctx 512] [--chunks N] [--process-output] [--threads N]\n"
+    "Computes llama.cpp's importance matrix (per weight: Σ x² of each input column, and the token count) over\n"
+    "consecutive --ctx chunks of FILE, as llama-imatrix does. OUT ending in .dat writes the legacy format,\n"
+    "anything else GGUF; both are read by llama-quantize --imatrix and by qlab quant --imatrix.\n";
+
+int cmd_imatrix(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, IMATRIX_USAGE);
+    const char *flag, *pos, *model = NULL, *out = NULL;
+    calib_args ca = {.ctx = 512, .threads = ql_default_threads()};
+    bool output = false;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) model = pos;
+        else if (parse_calib_flag(&a, flag, &ca)) continue;
+        else if (!strcmp(flag, "-o") || !strcmp(flag, "--output-file")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--process-output")) output = true;
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!model || !ca.text || !out) return cli_usage_error("imatrix", IMATRIX_USAGE, "needs MODEL, --text FILE and -o OUT");
+    ql_model *m = NULL;
+    ql_stats *st = NULL;
+    int rc = collect("imatrix", model, &ca, false, output, &m, &st);
+    if (rc) goto done;
+    ql_imatrix *im = ql_imatrix_new();
+    ql_imatrix_add_dataset(im, ca.text);
+    im->chunk_count = st->n_sequences;
+    im->chunk_size = ca.ctx;
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const ql_gguf_tensor *t = &m->gguf->tensors[i];
+        const ql_stat_entry *e = ql_stats_for_tensor(st, t->name);
+        if (!e || e->n != t->ne[0]) continue;
+        ql_imatrix_entry *ie = ql_imatrix_entry_get(im, t->name, e->n);
+        memcpy(ie->sum2, e->sum_sq, (size_t)e->n * sizeof(double));
+        ie->count = (double)e->n_tokens;
+    }
+    if (ql_imatrix_save(im, out)) rc = cli_fail("imatrix");
+    else fprintf(stderr, "qlab imatrix: wrote %s (%d tensors, %lld chunks of %d)\n", out, im->n, (long long)st->n_sequences, ca.ctx);
+    ql_imatrix_free(im);
+done:
+    ql_stats_free(st);
+    ql_model_free(m);
+    return rc;
+}

@@ -1,0 +1,348 @@
+/* stats.c — activation statistics capture, combine, save and load (see stats.h).
+ * File: "QLSTATS1", u32 version(1), u32 flags (1 = hessian), u64 n_sequences, u64 seq_len, u32 n_entries,
+ * u32 source_len, source bytes; per entry: u32 name_len, name, u64 n, u64 n_tokens, f64 sum_abs[n],
+ * f64 sum_sq[n], f32 absmax[n], then (if hessian) f64 xtx[n*n] full symmetric. Little-endian. */
+#include "stats.h"
+#include "parallel.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define STATS_MAGIC "QLSTATS1"
+
+static const char *POINT_NAMES[] = {"attn_in", "attn_out_in", "ffn_in", "ffn_down_in", "output_in"};
+
+bool ql_stats_input_name(const char *t, char *buf, size_t cap) {
+    int layer;
+    char role[64];
+    if (!strcmp(t, "output.weight")) {
+        snprintf(buf, cap, "output_in");
+        return true;
+    }
+    if (sscanf(t, "blk.%d.%63[^.]", &layer, role) != 2) return false;
+    const char *p = NULL;
+    if (!strcmp(role, "attn_q") || !strcmp(role, "attn_k") || !strcmp(role, "attn_v")) p = "attn_in";
+    else if (!strcmp(role, "attn_output")) p = "attn_out_in";
+    else if (!strcmp(role, "ffn_gate") || !strcmp(role, "ffn_up")) p = "ffn_in";
+    else if (!strcmp(role, "ffn_down")) p = "ffn_down_in";
+    if (!p) return false;
+    snprintf(buf, cap, "blk.%d.%s", layer, p);
+    return true;
+}
+
+static void entry_alloc(ql_stat_entry *e, const char *name, int64_t n, bool hessian) {
+    e->name = ql_strdup(name);
+    e->n = n;
+    e->sum_abs = ql_calloc((size_t)n, sizeof(double));
+    e->sum_sq = ql_calloc((size_t)n, sizeof(double));
+    e->absmax = ql_calloc((size_t)n, sizeof(float));
+    if (hessian) e->xtx = ql_calloc((size_t)(n * n), sizeof(double));
+}
+
+static void entry_free(ql_stat_entry *e) {
+    free(e->name); free(e->xtx); free(e->sum_abs); free(e->sum_sq); free(e->absmax);
+    free(e->mean_abs_f); free(e->mean_sq_f);
+}
+
+void ql_stats_free(ql_stats *s) {
+    if (!s) return;
+    for (int i = 0; i < s->n; i++) entry_free(&s->e[i]);
+    free(s->e);
+    free(s->source);
+    free(s);
+}
+
+/* per-worker accumulators: one ql_stats with the same layout, plus a double scratch for dsyrk */
+typedef struct {
+    ql_stats *acc;
+    double *xd;
+    int64_t xd_cap;
+    int n_layer;
+    bool output;
+} worker_acc;
+
+static int entry_index(int n_layer, int layer, ql_hook_point p) {
+    if (p == QL_HOOK_OUTPUT_IN) return 4 * n_layer;
+    return layer * 4 + (int)p;
+}
+
+static void hook(void *user, int layer, ql_hook_point where, const float *x, int n, int dim) {
+    worker_acc *w = user;
+    if (where == QL_HOOK_OUTPUT_IN && !w->output) return;
+    ql_stat_entry *e = &w->acc->e[entry_index(w->n_layer, layer, where)];
+    for (int t = 0; t < n; t++) {
+        const float *r = x + (size_t)t * dim;
+        for (int i = 0; i < dim; i++) {
+            float a = fabsf(r[i]);
+            e->sum_abs[i] += a;
+            e->sum_sq[i] += (double)r[i] * r[i];
+            if (a > e->absmax[i]) e->absmax[i] = a;
+        }
+    }
+    e->n_tokens += n;
+    if (e->xtx) {
+        int64_t need = (int64_t)n * dim;
+        if (need > w->xd_cap) {
+            w->xd = ql_realloc(w->xd, (size_t)need * sizeof(double));
+            w->xd_cap = need;
+        }
+        for (int64_t i = 0; i < need; i++) w->xd[i] = x[i];
+        /* upper triangle of Σ xᵀx in double: BLAS-3, and no float cancellation over many tokens */
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, dim, n, 1.0, w->xd, dim, 1.0, e->xtx, dim);
+    }
+}
+
+static ql_stats *stats_new(const ql_config *c, bool hessian, bool output) {
+    ql_stats *s = ql_calloc(1, sizeof *s);
+    s->n = 4 * c->n_layer + (output ? 1 : 0);
+    s->e = ql_calloc((size_t)s->n, sizeof *s->e);
+    s->has_hessian = hessian;
+    const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, c->n_ff};
+    char name[64];
+    for (int l = 0; l < c->n_layer; l++)
+        for (int p = 0; p < 4; p++) {
+            snprintf(name, sizeof name, "blk.%d.%s", l, POINT_NAMES[p]);
+            entry_alloc(&s->e[l * 4 + p], name, dims[p], hessian);
+        }
+    if (output) entry_alloc(&s->e[4 * c->n_layer], "output_in", c->n_embd, hessian);
+    return s;
+}
+
+typedef struct {
+    const ql_infer *inf;
+    const int32_t *tokens;
+    int64_t n_seq;
+    int seq_len, workers;
+    worker_acc *acc;
+    ql_status status;
+    const ql_progress *progress;
+    int64_t done;
+    pthread_mutex_t lock;
+} collect_ctx;
+
+static void collect_range(void *vctx, int worker, int64_t b, int64_t e) {
+    (void)b; (void)e;
+    collect_ctx *c = vctx;
+    ql_scratch *sc = ql_scratch_new(c->inf, c->seq_len);
+    ql_scratch_set_hook(sc, hook, &c->acc[worker]);
+    /* the output layer's input is only seen when logits are computed */
+    const bool out = c->acc[worker].output;
+    float *logits = out ? ql_malloc((size_t)c->seq_len * ql_infer_model(c->inf)->cfg.n_vocab * sizeof(float)) : NULL;
+    /* static assignment: worker w takes sequences w, w+W, ... (deterministic sums) */
+    for (int64_t i = worker; i < c->n_seq; i += c->workers) {
+        if (c->status || ql_progress_cancelled(c->progress)) break;
+        ql_status s = ql_forward(c->inf, sc, c->tokens + i * c->seq_len, c->seq_len, out ? 0 : c->seq_len, logits);
+        pthread_mutex_lock(&c->lock);
+        if (s && !c->status) c->status = s;
+        c->done++;
+        ql_progress_report(c->progress, c->done, c->n_seq, "statistics");
+        pthread_mutex_unlock(&c->lock);
+    }
+    free(logits);
+    ql_scratch_free(sc);
+}
+
+static void finish(ql_stats *s) {
+    for (int i = 0; i < s->n; i++) {
+        ql_stat_entry *e = &s->e[i];
+        free(e->mean_abs_f);
+        free(e->mean_sq_f);
+        e->mean_abs_f = ql_malloc((size_t)e->n * sizeof(float));
+        e->mean_sq_f = ql_malloc((size_t)e->n * sizeof(float));
+        double inv = e->n_tokens ? 1.0 / (double)e->n_tokens : 0;
+        for (int64_t j = 0; j < e->n; j++) {
+            e->mean_abs_f[j] = (float)(e->sum_abs[j] * inv);
+            e->mean_sq_f[j] = (float)(e->sum_sq[j] * inv);
+        }
+        if (e->xtx)
+            for (int64_t r = 0; r < e->n; r++)
+                for (int64_t c = 0; c < r; c++) e->xtx[r * e->n + c] = e->xtx[c * e->n + r];
+    }
+}
+
+ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n_seq, int seq_len,
+                           const ql_stats_opts *o, const ql_progress *progress, ql_stats **out) {
+    const ql_config *c = &ql_infer_model(inf)->cfg;
+    int workers = o->n_threads > 0 ? o->n_threads : 1;
+    if (workers > n_seq) workers = (int)(n_seq > 0 ? n_seq : 1);
+    collect_ctx ctx = {.inf = inf, .tokens = tokens, .n_seq = n_seq, .seq_len = seq_len, .workers = workers,
+                       .progress = progress};
+    pthread_mutex_init(&ctx.lock, NULL);
+    ctx.acc = ql_calloc((size_t)workers, sizeof *ctx.acc);
+    for (int w = 0; w < workers; w++) {
+        ctx.acc[w].acc = stats_new(c, o->hessian, o->output);
+        ctx.acc[w].n_layer = c->n_layer;
+        ctx.acc[w].output = o->output;
+    }
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    ql_parallel_for(workers, workers, collect_range, &ctx);
+    openblas_set_num_threads(saved);
+    ql_status st = ctx.status;
+    if (!st && ql_progress_cancelled(progress)) st = ql_fail(QL_ERR_CANCELLED, "cancelled");
+    ql_stats *s = ctx.acc[0].acc;
+    for (int w = 1; w < workers; w++) {
+        ql_stats *t = ctx.acc[w].acc;
+        for (int i = 0; i < s->n; i++) {
+            ql_stat_entry *a = &s->e[i], *b = &t->e[i];
+            a->n_tokens += b->n_tokens;
+            for (int64_t j = 0; j < a->n; j++) {
+                a->sum_abs[j] += b->sum_abs[j];
+                a->sum_sq[j] += b->sum_sq[j];
+                if (b->absmax[j] > a->absmax[j]) a->absmax[j] = b->absmax[j];
+            }
+            if (a->xtx)
+                for (int64_t j = 0; j < a->n * a->n; j++) a->xtx[j] += b->xtx[j];
+        }
+        ql_stats_free(t);
+    }
+    for (int w = 0; w < workers; w++) free(ctx.acc[w].xd);
+    free(ctx.acc);
+    pthread_mutex_destroy(&ctx.lock);
+    if (st) {
+        ql_stats_free(s);
+        return st;
+    }
+    s->n_sequences = n_seq;
+    s->seq_len = seq_len;
+    finish(s);
+    *out = s;
+    return QL_OK;
+}
+
+const ql_stat_entry *ql_stats_for_tensor(const ql_stats *s, const char *tensor_name) {
+    char name[96];
+    if (!ql_stats_input_name(tensor_name, name, sizeof name)) return NULL;
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->e[i].name, name)) return &s->e[i];
+    return NULL;
+}
+
+void ql_stats_view(const ql_stat_entry *e, ql_input_stats *v) {
+    v->n = e->n;
+    v->n_tokens = e->n_tokens;
+    v->xtx = e->xtx;
+    v->absmax = e->absmax;
+    v->mean_abs = e->mean_abs_f;
+    v->mean_sq = e->mean_sq_f;
+}
+
+/* ---------------------------------------------------------------- file */
+
+ql_status ql_stats_save(const ql_stats *s, const char *path) {
+    size_t l = strlen(path) + 16;
+    char *tmp = ql_malloc(l);
+    snprintf(tmp, l, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        free(tmp);
+        return ql_fail(QL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    }
+    FILE *f = fdopen(fd, "wb");
+    uint32_t version = 1, flags = s->has_hessian ? 1 : 0, n = (uint32_t)s->n;
+    uint64_t nseq = (uint64_t)s->n_sequences, slen = (uint64_t)s->seq_len;
+    const char *src = s->source ? s->source : "";
+    uint32_t srcl = (uint32_t)strlen(src);
+    fwrite(STATS_MAGIC, 1, 8, f);
+    fwrite(&version, 4, 1, f); fwrite(&flags, 4, 1, f); fwrite(&nseq, 8, 1, f); fwrite(&slen, 8, 1, f);
+    fwrite(&n, 4, 1, f); fwrite(&srcl, 4, 1, f); fwrite(src, 1, srcl, f);
+    for (int i = 0; i < s->n; i++) {
+        const ql_stat_entry *e = &s->e[i];
+        uint32_t nl = (uint32_t)strlen(e->name);
+        uint64_t dn = (uint64_t)e->n, nt = (uint64_t)e->n_tokens;
+        fwrite(&nl, 4, 1, f); fwrite(e->name, 1, nl, f); fwrite(&dn, 8, 1, f); fwrite(&nt, 8, 1, f);
+        fwrite(e->sum_abs, 8, (size_t)e->n, f); fwrite(e->sum_sq, 8, (size_t)e->n, f);
+        fwrite(e->absmax, 4, (size_t)e->n, f);
+        if (s->has_hessian) fwrite(e->xtx, 8, (size_t)(e->n * e->n), f);
+    }
+    bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        free(tmp);
+        return ql_fail(QL_ERR_IO, "%s: write failed", path);
+    }
+    free(tmp);
+    return QL_OK;
+}
+
+typedef struct { const uint8_t *p; size_t size, pos; const char *path; } rd;
+static bool take(rd *r, void *dst, size_t n) {
+    if (n > r->size - r->pos) return false;
+    memcpy(dst, r->p + r->pos, n);
+    r->pos += n;
+    return true;
+}
+
+ql_status ql_stats_load(const char *path, ql_stats **out) {
+    void *map;
+    size_t len;
+    ql_status st = ql_map_file(path, &map, &len);
+    if (st) return st;
+    rd r = {map, len, 0, path};
+    char magic[8];
+    uint32_t version = 0, flags = 0, n = 0, srcl = 0;
+    uint64_t nseq = 0, slen = 0;
+    ql_stats *s = NULL;
+    if (!take(&r, magic, 8) || memcmp(magic, STATS_MAGIC, 8) != 0) {
+        st = ql_fail(QL_ERR_FORMAT, "%s: not a qlab statistics file", path);
+        goto out;
+    }
+    if (!take(&r, &version, 4) || !take(&r, &flags, 4) || !take(&r, &nseq, 8) || !take(&r, &slen, 8) ||
+        !take(&r, &n, 4) || !take(&r, &srcl, 4) || version != 1 || srcl > len - r.pos || n > (len - r.pos) / 20) {
+        st = ql_fail(QL_ERR_FORMAT, "%s: bad or truncated header (version %u)", path, version);
+        goto out;
+    }
+    s = ql_calloc(1, sizeof *s);
+    s->has_hessian = flags & 1;
+    s->n_sequences = (int64_t)nseq;
+    s->seq_len = (int64_t)slen;
+    s->source = ql_malloc(srcl + 1);
+    take(&r, s->source, srcl);
+    s->source[srcl] = 0;
+    s->e = ql_calloc(n, sizeof *s->e);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t nl;
+        uint64_t dn, nt;
+        char name[256];
+        if (!take(&r, &nl, 4) || nl == 0 || nl >= sizeof name || !take(&r, name, nl) || !take(&r, &dn, 8) ||
+            !take(&r, &nt, 8)) {
+            st = ql_fail(QL_ERR_FORMAT, "%s: entry %u: truncated", path, i);
+            goto out;
+        }
+        name[nl] = 0;
+        /* every array must fit in what remains before anything is allocated */
+        uint64_t per = 8 + 8 + 4, rem = len - r.pos;
+        if (dn == 0 || dn > (1u << 20) || dn * per > rem || (s->has_hessian && dn * dn > (rem - dn * per) / 8)) {
+            st = ql_fail(QL_ERR_FORMAT, "%s: entry '%s' claims %llu features, more than the file holds", path, name,
+                         (unsigned long long)dn);
+            goto out;
+        }
+        ql_stat_entry *e = &s->e[s->n++];
+        entry_alloc(e, name, (int64_t)dn, s->has_hessian);
+        e->n_tokens = (int64_t)nt;
+        take(&r, e->sum_abs, 8 * dn);
+        take(&r, e->sum_sq, 8 * dn);
+        take(&r, e->absmax, 4 * dn);
+        if (s->has_hessian) take(&r, e->xtx, 8 * dn * dn);
+    }
+    if (r.pos != len) {
+        st = ql_fail(QL_ERR_FORMAT, "%s: %zu unexpected bytes at the end", path, len - r.pos);
+        goto out;
+    }
+    finish(s);
+out:
+    ql_unmap_file(map, len);
+    if (st) {
+        ql_stats_free(s);
+        return st;
+    }
+    *out = s;
+    return QL_OK;
+}

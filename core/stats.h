@@ -1,0 +1,51 @@
+/* stats.h — activation statistics of every linear layer's input, captured by hooks in the forward
+ * pass over calibration token sequences: Σ x xᵀ (the GPTQ Hessian, accumulated in double), per-channel
+ * max|x|, Σ|x|, Σx². One entry per input point (q/k/v share one input, gate/up another), looked up by
+ * weight tensor name. Saved as a versioned file (docs/formats.md) that later commands reuse.
+ * Collection runs sequences on n_threads workers with a static assignment and sums worker results in
+ * worker order, so the same inputs and thread count give byte-identical files. */
+#ifndef QL_STATS_H
+#define QL_STATS_H
+
+#include "infer.h"
+#include "method.h"
+
+typedef struct {
+    char *name;       /* input point: "blk.3.attn_in", "blk.3.attn_out_in", "blk.3.ffn_in", "blk.3.ffn_down_in", "output_in" */
+    int64_t n;        /* features */
+    int64_t n_tokens;
+    double *xtx;      /* [n, n] upper triangle filled, mirrored on finish; NULL when not collected */
+    double *sum_abs, *sum_sq;
+    float *absmax;
+    float *mean_abs_f, *mean_sq_f; /* derived on finish, for ql_input_stats */
+} ql_stat_entry;
+
+typedef struct ql_stats {
+    int n;
+    ql_stat_entry *e;
+    bool has_hessian;
+    int64_t n_sequences, seq_len;
+    char *source; /* calibration spec or text file, informational */
+} ql_stats;
+
+typedef struct {
+    bool hessian;     /* collect Σ x xᵀ (n² doubles per input point) */
+    bool output;      /* also the input of output.weight */
+    int n_threads;
+} ql_stats_opts;
+
+/* tokens: n_seq sequences of seq_len ids (BOS first, as the caller prepared them). */
+ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n_seq, int seq_len,
+                           const ql_stats_opts *o, const ql_progress *progress, ql_stats **out);
+void ql_stats_free(ql_stats *s);
+ql_status ql_stats_save(const ql_stats *s, const char *path);
+ql_status ql_stats_load(const char *path, ql_stats **out);
+
+/* Entry whose input feeds `tensor_name` (e.g. blk.0.attn_k.weight → blk.0.attn_in); NULL if none. */
+const ql_stat_entry *ql_stats_for_tensor(const ql_stats *s, const char *tensor_name);
+/* A read-only view for methods. */
+void ql_stats_view(const ql_stat_entry *e, ql_input_stats *out);
+/* The input-point name for a weight tensor; false for tensors that are not linear layers. */
+bool ql_stats_input_name(const char *tensor_name, char *buf, size_t cap);
+
+#endif

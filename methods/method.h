@@ -1,0 +1,52 @@
+/* method.h — the registry of quantization methods: how codes are chosen (RTN, GPTQ, AWQ, ...), as
+ * opposed to how they are stored (methods/format.h). A method quantizes one weight matrix into any
+ * compatible format, using what it declares it needs (nothing, activation statistics, the Hessian
+ * XᵀX). Model-level transforms that move scale between layers (AWQ, SmoothQuant) use `transform`,
+ * which edits the F32 weights of a whole block before the per-tensor step. Entries are immutable. */
+#ifndef QL_METHOD_H
+#define QL_METHOD_H
+
+#include "format.h"
+
+enum {
+    QL_NEEDS_NOTHING = 0,
+    QL_NEEDS_ACT_STATS = 1, /* per-input-channel max|x|, mean|x|, mean x² */
+    QL_NEEDS_HESSIAN = 2,   /* XᵀX of the layer input */
+    QL_NEEDS_GRADIENTS = 4,
+};
+
+/* Statistics of one linear layer's input x ∈ R^n over the calibration tokens. Owned by whoever
+ * computed them (core/stats.c); methods only read. Any pointer may be NULL when not collected. */
+typedef struct ql_input_stats {
+    int64_t n;          /* input features (the weight's row length, ne[0]) */
+    int64_t n_tokens;   /* rows accumulated */
+    const double *xtx;  /* [n, n] row-major Σ x xᵀ (symmetric) */
+    const float *absmax, *mean_abs, *mean_sq; /* [n] */
+} ql_input_stats;
+
+/* Free-form options ("damp=0.01,act_order=1,group_static=0,block=128"), parsed by each method. */
+typedef struct {
+    const char *spec;
+    int n_threads;
+    const float *importance; /* optional per-column weights (imatrix) for the format's own quantizer */
+    const ql_progress *progress;
+} ql_method_opts;
+
+typedef struct ql_method {
+    const char *name;    /* "rtn", "gptq", "awq", ... */
+    const char *summary; /* one line for the catalogue */
+    const char *help;    /* options, one per line: "damp=0.01  Hessian dampening, fraction of mean diagonal" */
+    unsigned needs;      /* QL_NEEDS_* */
+    /* w: [nrows, ncols] F32 (may be modified in place as scratch); dst: the format's bytes for the tensor */
+    ql_status (*quantize_tensor)(float *w, int64_t nrows, int64_t ncols, const ql_format *f, const ql_input_stats *st,
+                                 const ql_method_opts *o, void *dst);
+} ql_method;
+
+int ql_method_count(void);
+const ql_method *ql_method_at(int i);
+const ql_method *ql_method_by_name(const char *name);
+
+/* Option helpers for methods: value of key in "a=1,b=2" or the default. */
+double ql_opt_double(const char *spec, const char *key, double def);
+
+#endif
