@@ -8,6 +8,9 @@
 #include "parallel.h"
 #include "preset.h"
 #include "quantize.h"
+#include "method.h"
+#include "ppl.h"
+#include "stats.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -15,6 +18,7 @@
 
 static const char *QUANT_USAGE =
     "usage: qlab quant MODEL -o OUT.gguf (--type FORMAT | --preset NAME|FILE | --plan FILE)\n"
+    "                  [--method NAME [--method-opts K=V,...]] [--stats FILE | --text FILE [--ctx N] [--chunks N]]\n"
     "                  [--imatrix FILE] [--threads N] [--save-plan FILE] [--dry-run]\n"
     "Quantizes every 2-D weight of MODEL and writes a GGUF with all of its metadata.\n"
     "  --type FORMAT     one format everywhere (qlab formats lists them), e.g. q4_k, int4_g128, nf4_dq\n"
@@ -22,6 +26,10 @@ static const char *QUANT_USAGE =
     "                    Q4_K_M Q5_0 Q5_1 Q5_K_S Q5_K_M Q6_K Q8_0 IQ4_NL IQ4_XS F16 BF16; and INT8, INT4_G128,\n"
     "                    NF4_DQ, FP8 ...) or an INI file of rules\n"
     "  --plan FILE       one format per tensor, as written by --save-plan or qlab plan\n"
+    "  --method NAME     how codes are chosen for every planned tensor: rtn (default), gptq, awq, ... (qlab formats\n"
+    "                    --methods lists them); --format is a synonym of --type\n"
+    "  --stats FILE      activation statistics from qlab stats (needed by gptq/awq/smoothquant)\n"
+    "  --text FILE       ...or compute them here from a calibration text (--ctx 512, --chunks 128 by default)\n"
     "  --imatrix FILE    importance weights (llama.cpp imatrix GGUF or legacy .dat)\n"
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
     "  --dry-run         resolve and print the plan, write nothing\n"
@@ -32,7 +40,9 @@ int cmd_quant(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, QUANT_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *type = NULL, *preset = NULL, *plan_path = NULL;
-    const char *imatrix = NULL, *save_plan = NULL;
+    const char *imatrix = NULL, *save_plan = NULL, *method = NULL, *method_opts = NULL, *stats_path = NULL;
+    const char *calib_text = NULL;
+    int calib_ctx = 512, calib_chunks = 128;
     int threads = ql_default_threads();
     bool dry = false;
     while (cli_next(&a, &flag, &pos)) {
@@ -40,7 +50,13 @@ int cmd_quant(int argc, char **argv) {
             if (model) return cli_usage_error("quant", QUANT_USAGE, "unexpected argument '%s'", pos);
             model = pos;
         } else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
-        else if (!strcmp(flag, "--type")) type = cli_value(&a, flag);
+        else if (!strcmp(flag, "--type") || !strcmp(flag, "--format")) type = cli_value(&a, flag);
+        else if (!strcmp(flag, "--method")) method = cli_value(&a, flag);
+        else if (!strcmp(flag, "--method-opts")) method_opts = cli_value(&a, flag);
+        else if (!strcmp(flag, "--stats")) stats_path = cli_value(&a, flag);
+        else if (!strcmp(flag, "--text")) calib_text = cli_value(&a, flag);
+        else if (!strcmp(flag, "--ctx")) calib_ctx = cli_int(&a, flag, 8, 1 << 20);
+        else if (!strcmp(flag, "--chunks")) calib_chunks = cli_int(&a, flag, 1, 1 << 30);
         else if (!strcmp(flag, "--preset")) preset = cli_value(&a, flag);
         else if (!strcmp(flag, "--plan")) plan_path = cli_value(&a, flag);
         else if (!strcmp(flag, "--imatrix")) imatrix = cli_value(&a, flag);
@@ -58,7 +74,10 @@ int cmd_quant(int argc, char **argv) {
     ql_imatrix *im = NULL;
     ql_preset *ps = NULL;
     ql_plan *plan = NULL;
+    ql_stats *stats = NULL;
     int rc = 0;
+    if (method && !ql_method_by_name(method))
+        return cli_usage_error("quant", QUANT_USAGE, "unknown method '%s'", method);
     if (ql_model_load(model, &m) || (imatrix && ql_imatrix_load(imatrix, &im))) {
         rc = cli_fail("quant");
         goto done;
@@ -72,6 +91,43 @@ int cmd_quant(int argc, char **argv) {
         s = ql_plan_load(plan_path, &plan);
     if (s) {
         rc = cli_fail("quant");
+        goto done;
+    }
+    if (method)
+        for (int i = 0; i < plan->n; i++) {
+            free(plan->e[i].method);
+            plan->e[i].method = ql_strdup(method);
+        }
+    bool needs = false;
+    for (int i = 0; i < plan->n; i++) needs |= ql_method_by_name(plan->e[i].method) && ql_method_by_name(plan->e[i].method)->needs;
+    if (stats_path && ql_stats_load(stats_path, &stats)) {
+        rc = cli_fail("quant");
+        goto done;
+    }
+    if (needs && !stats && calib_text && !dry) {
+        /* statistics on the fly: consecutive chunks of the text, BOS first, as qlab stats does */
+        char *text;
+        size_t len;
+        int32_t *ids = NULL;
+        int64_t n_ids = 0;
+        ql_infer *inf = NULL;
+        if (ql_read_file(calib_text, &text, &len)) { rc = cli_fail("quant"); goto done; }
+        s = ql_tokenize(m->tok, text, len, true, &ids, &n_ids);
+        free(text);
+        int64_t n_seq = n_ids / calib_ctx < calib_chunks ? n_ids / calib_ctx : calib_chunks;
+        if (!s && n_seq < 1) s = ql_fail(QL_ERR_ARG, "%s: fewer than one chunk of %d tokens", calib_text, calib_ctx);
+        for (int64_t i = 0; !s && i < n_seq; i++) ids[i * calib_ctx] = ql_tokenizer_bos(m->tok);
+        if (!s) s = ql_infer_new(m, threads, &inf);
+        ql_stats_opts so = {.hessian = true, .output = true, .n_threads = threads};
+        ql_progress *sbar = cli_progress_bar("stats");
+        if (!s) s = ql_stats_collect(inf, ids, n_seq, calib_ctx, &so, sbar, &stats);
+        cli_progress_done(sbar);
+        free(ids);
+        ql_infer_free(inf);
+        if (s) { rc = cli_fail("quant"); goto done; }
+    }
+    if (needs && !stats && !dry) {
+        rc = cli_usage_error("quant", QUANT_USAGE, "method needs calibration: give --stats FILE or --text FILE");
         goto done;
     }
     bool ext = false;
@@ -98,7 +154,7 @@ int cmd_quant(int argc, char **argv) {
         goto done;
     }
     if (dry || !out) goto done;
-    ql_quant_opts o = {.plan = plan, .imatrix = im, .n_threads = threads};
+    ql_quant_opts o = {.plan = plan, .imatrix = im, .stats = stats, .method_opts = method_opts, .n_threads = threads};
     ql_quant_stats st;
     ql_progress *bar = cli_progress_bar("quant");
     s = ql_quantize_model(m, &o, out, bar, &st);
@@ -114,6 +170,7 @@ int cmd_quant(int argc, char **argv) {
             out, (long long)st.tensors_quantized, (long long)st.tensors_fallback, (long long)st.tensors_copied,
             st.bytes_in / 1048576.0, st.bytes_out / 1048576.0, st.seconds, st.seconds > 0 ? gb / st.seconds : 0);
 done:
+    ql_stats_free(stats);
     ql_plan_free(plan);
     ql_preset_free(ps);
     ql_imatrix_free(im);
@@ -122,20 +179,49 @@ done:
 }
 
 static const char *FORMATS_USAGE =
-    "usage: qlab formats [--json]\n"
-    "Every storage format qlab knows: name, bits per weight, block, whether llama.cpp can load it, and a summary.\n";
+    "usage: qlab formats [--json] [--methods]\n"
+    "Every storage format qlab knows: name, bits per weight, block, whether llama.cpp can load it, and a summary.\n"
+    "--methods lists the quantization methods instead (what they need, their options).\n";
 
 int cmd_formats(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, FORMATS_USAGE);
     const char *flag, *pos;
-    bool json = false;
+    bool json = false, methods = false;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) return cli_usage_error("formats", FORMATS_USAGE, "unexpected argument '%s'", pos);
         if (!strcmp(flag, "--json")) json = true;
+        else if (!strcmp(flag, "--methods")) methods = true;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
+    if (methods) {
+        json_t *marr = json ? json_array() : NULL;
+        for (int i = 0; i < ql_method_count(); i++) {
+            const ql_method *me = ql_method_at(i);
+            char needs[96] = "";
+            if (!me->needs) strcat(needs, "nothing");
+            if (me->needs & QL_NEEDS_ACT_STATS) strcat(needs, "activation-stats ");
+            if (me->needs & QL_NEEDS_HESSIAN) strcat(needs, "hessian ");
+            if (me->needs & QL_NEEDS_GRADIENTS) strcat(needs, "gradients ");
+            if (json) {
+                json_t *o = json_object();
+                json_object_set_new(o, "name", json_string(me->name));
+                json_object_set_new(o, "summary", json_string(me->summary));
+                json_object_set_new(o, "needs", json_string(needs));
+                json_object_set_new(o, "options", json_string(me->help));
+                json_array_append_new(marr, o);
+            } else
+                printf("%-12s needs: %-28s %s\n%14s%s\n", me->name, needs, me->summary, "options: ", me->help);
+        }
+        if (json) {
+            char *js = json_dumps(marr, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+            printf("%s\n", js);
+            free(js);
+            json_decref(marr);
+        }
+        return 0;
+    }
     json_t *arr = json ? json_array() : NULL;
     if (!json) printf("%-22s %8s %6s %6s %-5s %s\n", "name", "bpw", "block", "ggml", "imat", "summary");
     for (int i = 0; i < ql_format_count(); i++) {

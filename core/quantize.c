@@ -4,6 +4,8 @@
 #include "ggml_types.h"
 #include "imatrix.h"
 #include "infer.h"
+#include "method.h"
+#include "stats.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -52,7 +54,17 @@ static ql_status produce(void *user, int64_t index, void *dst, uint64_t nbytes) 
             imp = NULL;
         }
     }
-    s = ql_format_quantize(f, w, dst, nrows, ncols, imp, c->o->n_threads);
+    const ql_plan_entry *e = ql_plan_find(c->o->plan, src->name);
+    const ql_method *meth = ql_method_by_name(e ? e->method : "rtn");
+    ql_input_stats view = {0}, *vp = NULL;
+    const ql_stat_entry *se = c->o->stats ? ql_stats_for_tensor(c->o->stats, src->name) : NULL;
+    if (se && se->n == ncols) {
+        ql_stats_view(se, &view);
+        vp = &view;
+    }
+    if (meth->needs && !vp) meth = ql_method_by_name("rtn"); /* embeddings have no input statistics */
+    ql_method_opts mo = {.spec = c->o->method_opts, .n_threads = c->o->n_threads, .importance = imp};
+    s = meth->quantize_tensor(w, nrows, ncols, f, vp, &mo, dst);
     (void)nbytes;
 out:
     free(w);
@@ -82,10 +94,21 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         const ql_gguf_tensor *t = &in->tensors[i];
         const ql_plan_entry *e = ql_plan_find(o->plan, t->name);
         bool requant = e && e->format->type != t->type;
-        if (e && strcmp(e->method, "rtn") != 0) {
-            s = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': method '%s' needs calibration data (not available in qlab quant yet)",
-                        t->name, e->method);
-            goto out;
+        if (e) {
+            const ql_method *meth = ql_method_by_name(e->method);
+            if (!meth) {
+                s = ql_fail(QL_ERR_ARG, "tensor '%s': unknown method '%s'", t->name, e->method);
+                goto out;
+            }
+            if (meth->needs && !o->stats) {
+                s = ql_fail(QL_ERR_ARG, "tensor '%s': method '%s' needs calibration statistics (--stats FILE or --text FILE)",
+                            t->name, e->method);
+                goto out;
+            }
+            if ((meth->needs & QL_NEEDS_HESSIAN) && !o->stats->has_hessian) {
+                s = ql_fail(QL_ERR_ARG, "method '%s' needs Hessians; the statistics were collected with --no-hessian", e->method);
+                goto out;
+            }
         }
         if (requant && !ql_format_fits(e->format, t->ne[0])) {
             s = ql_fail(QL_ERR_ARG, "tensor '%s': rows of %lld do not fit %s", t->name, (long long)t->ne[0], e->format->name);

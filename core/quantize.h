@@ -10,10 +10,13 @@
 #include "plan.h"
 
 struct ql_imatrix;
+struct ql_stats;
 
 typedef struct {
     const ql_plan *plan;
     const struct ql_imatrix *imatrix; /* may be NULL */
+    const struct ql_stats *stats;     /* activation statistics for data-aware methods; may be NULL */
+    const char *method_opts;          /* "damp=0.01,act_order=1" passed to every method */
     int n_threads;
 } ql_quant_opts;
 
