@@ -145,7 +145,8 @@ static int64_t fp8_block_bytes(int64_t ncols, int64_t nrows) {
     return 4 * nb + ncols * nrows;
 }
 
-static void fp8_block_quantize(const fp8_kind *k, const float *src, uint8_t *dst, int64_t nrows, int64_t ncols) {
+static void fp8_block_quantize(const fp8_kind *k, const float *src, uint8_t *dst, int64_t nrows,
+                               int64_t ncols) {
     int64_t nbr = (nrows + FP8_BLOCK - 1) / FP8_BLOCK, nbc = (ncols + FP8_BLOCK - 1) / FP8_BLOCK;
     uint8_t *codes = dst + 4 * nbr * nbc;
     for (int64_t br = 0; br < nbr; br++)
@@ -158,11 +159,13 @@ static void fp8_block_quantize(const fp8_kind *k, const float *src, uint8_t *dst
             float s = scale_of(k, m);
             put_f32(dst + 4 * (br * nbc + bc), s);
             for (int64_t r = r0; r < r1; r++)
-                for (int64_t c = c0; c < c1; c++) codes[r * ncols + c] = encode_scaled(k, src[r * ncols + c], s);
+                for (int64_t c = c0; c < c1; c++)
+                    codes[r * ncols + c] = encode_scaled(k, src[r * ncols + c], s);
         }
 }
 
-static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *dst, int64_t nrows, int64_t ncols) {
+static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *dst, int64_t nrows,
+                                 int64_t ncols) {
     int64_t nbr = (nrows + FP8_BLOCK - 1) / FP8_BLOCK, nbc = (ncols + FP8_BLOCK - 1) / FP8_BLOCK;
     const uint8_t *codes = src + 4 * nbr * nbc;
     for (int64_t r = 0; r < nrows; r++) {
@@ -174,70 +177,71 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
 
 /* ---- registry entries: type ids QL_TYPE_EXT_BASE + 0x88..0x8D (never reuse) ---- */
 
-#define FP8_ENTRIES(lname, kind, id, tol, desc)                                                            \
-    static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) { \
-        (void)imp;                                                                                         \
-        if (fp8_tensor_bytes(ncols, nrows) >= 0) fp8_tensor_quantize(&kind, src, dst, nrows * ncols);      \
-    }                                                                                                      \
-    static void lname##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {            \
-        if (fp8_tensor_bytes(ncols, nrows) >= 0) fp8_tensor_dequantize(&kind, src, dst, nrows * ncols);    \
-    }                                                                                                      \
-    static void lname##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,        \
-                                         const float *imp) {                                               \
-        (void)imp;                                                                                         \
-        for (int64_t r = 0; r < nrows; r++)                                                                \
-            fp8_tensor_quantize(&kind, src + r * ncols, (uint8_t *)dst + r * (4 + ncols), ncols);          \
-    }                                                                                                      \
-    static void lname##_channel_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {    \
-        for (int64_t r = 0; r < nrows; r++)                                                                \
-            fp8_tensor_dequantize(&kind, (const uint8_t *)src + r * (4 + ncols), dst + r * ncols, ncols);  \
-    }                                                                                                      \
-    static void lname##_block_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,          \
-                                       const float *imp) {                                                 \
-        (void)imp;                                                                                         \
-        if (fp8_block_bytes(ncols, nrows) >= 0) fp8_block_quantize(&kind, src, dst, nrows, ncols);         \
-    }                                                                                                      \
-    static void lname##_block_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {      \
-        if (fp8_block_bytes(ncols, nrows) >= 0) fp8_block_dequantize(&kind, src, dst, nrows, ncols);       \
-    }                                                                                                      \
-    const ql_format ql_fmt_##lname = {                                                                     \
-        .name = #lname,                                                                                    \
-        .summary = "OCP FP8 " desc ", one float32 scale per tensor",                                       \
-        .type = QL_TYPE_EXT_BASE + (id),                                                                   \
-        .block = 1,                                                                                        \
-        .block_bytes = 1,                                                                                  \
-        .bpw = 8.0,                                                                                        \
-        .whole_tensor = true,                                                                              \
-        .tolerance = tol,                                                                                  \
-        .tensor_bytes = fp8_tensor_bytes,                                                                  \
-        .quantize_rows = lname##_quantize,                                                                 \
-        .dequantize_rows = lname##_dequantize,                                                             \
-    };                                                                                                     \
-    const ql_format ql_fmt_##lname##_channel = {                                                           \
-        .name = #lname "_channel",                                                                         \
-        .summary = "OCP FP8 " desc ", float32 scale per output row",                                       \
-        .type = QL_TYPE_EXT_BASE + (id) + 2,                                                               \
-        .block = 1,                                                                                        \
-        .block_bytes = 1,                                                                                  \
-        .bpw = 8.0 + 32.0 / 4096,                                                                          \
-        .tolerance = tol,                                                                                  \
-        .row_bytes = fp8_row_bytes,                                                                        \
-        .tensor_bytes = fp8_rows_tensor_bytes,                                                             \
-        .quantize_rows = lname##_channel_quantize,                                                         \
-        .dequantize_rows = lname##_channel_dequantize,                                                     \
-    };                                                                                                     \
-    const ql_format ql_fmt_##lname##_block = {                                                             \
-        .name = #lname "_block",                                                                           \
-        .summary = "OCP FP8 " desc ", float32 scale per 128x128 block",                                    \
-        .type = QL_TYPE_EXT_BASE + (id) + 4,                                                               \
-        .block = FP8_BLOCK,                                                                                \
-        .block_bytes = FP8_BLOCK * FP8_BLOCK + 4,                                                          \
-        .bpw = 8.0 + 32.0 / (FP8_BLOCK * FP8_BLOCK),                                                       \
-        .whole_tensor = true,                                                                              \
-        .tolerance = tol,                                                                                  \
-        .tensor_bytes = fp8_block_bytes,                                                                   \
-        .quantize_rows = lname##_block_quantize,                                                           \
-        .dequantize_rows = lname##_block_dequantize,                                                       \
+#define FP8_ENTRIES(lname, kind, id, tol, desc)                                                              \
+    static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,                  \
+                                 const float *imp) {                                                         \
+        (void)imp;                                                                                           \
+        if (fp8_tensor_bytes(ncols, nrows) >= 0) fp8_tensor_quantize(&kind, src, dst, nrows * ncols);        \
+    }                                                                                                        \
+    static void lname##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {              \
+        if (fp8_tensor_bytes(ncols, nrows) >= 0) fp8_tensor_dequantize(&kind, src, dst, nrows * ncols);      \
+    }                                                                                                        \
+    static void lname##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,          \
+                                         const float *imp) {                                                 \
+        (void)imp;                                                                                           \
+        for (int64_t r = 0; r < nrows; r++)                                                                  \
+            fp8_tensor_quantize(&kind, src + r * ncols, (uint8_t *)dst + r * (4 + ncols), ncols);            \
+    }                                                                                                        \
+    static void lname##_channel_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {      \
+        for (int64_t r = 0; r < nrows; r++)                                                                  \
+            fp8_tensor_dequantize(&kind, (const uint8_t *)src + r * (4 + ncols), dst + r * ncols, ncols);    \
+    }                                                                                                        \
+    static void lname##_block_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,            \
+                                       const float *imp) {                                                   \
+        (void)imp;                                                                                           \
+        if (fp8_block_bytes(ncols, nrows) >= 0) fp8_block_quantize(&kind, src, dst, nrows, ncols);           \
+    }                                                                                                        \
+    static void lname##_block_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {        \
+        if (fp8_block_bytes(ncols, nrows) >= 0) fp8_block_dequantize(&kind, src, dst, nrows, ncols);         \
+    }                                                                                                        \
+    const ql_format ql_fmt_##lname = {                                                                       \
+        .name = #lname,                                                                                      \
+        .summary = "OCP FP8 " desc ", one float32 scale per tensor",                                         \
+        .type = QL_TYPE_EXT_BASE + (id),                                                                     \
+        .block = 1,                                                                                          \
+        .block_bytes = 1,                                                                                    \
+        .bpw = 8.0,                                                                                          \
+        .whole_tensor = true,                                                                                \
+        .tolerance = tol,                                                                                    \
+        .tensor_bytes = fp8_tensor_bytes,                                                                    \
+        .quantize_rows = lname##_quantize,                                                                   \
+        .dequantize_rows = lname##_dequantize,                                                               \
+    };                                                                                                       \
+    const ql_format ql_fmt_##lname##_channel = {                                                             \
+        .name = #lname "_channel",                                                                           \
+        .summary = "OCP FP8 " desc ", float32 scale per output row",                                         \
+        .type = QL_TYPE_EXT_BASE + (id) + 2,                                                                 \
+        .block = 1,                                                                                          \
+        .block_bytes = 1,                                                                                    \
+        .bpw = 8.0 + 32.0 / 4096,                                                                            \
+        .tolerance = tol,                                                                                    \
+        .row_bytes = fp8_row_bytes,                                                                          \
+        .tensor_bytes = fp8_rows_tensor_bytes,                                                               \
+        .quantize_rows = lname##_channel_quantize,                                                           \
+        .dequantize_rows = lname##_channel_dequantize,                                                       \
+    };                                                                                                       \
+    const ql_format ql_fmt_##lname##_block = {                                                               \
+        .name = #lname "_block",                                                                             \
+        .summary = "OCP FP8 " desc ", float32 scale per 128x128 block",                                      \
+        .type = QL_TYPE_EXT_BASE + (id) + 4,                                                                 \
+        .block = FP8_BLOCK,                                                                                  \
+        .block_bytes = FP8_BLOCK * FP8_BLOCK + 4,                                                            \
+        .bpw = 8.0 + 32.0 / (FP8_BLOCK * FP8_BLOCK),                                                         \
+        .whole_tensor = true,                                                                                \
+        .tolerance = tol,                                                                                    \
+        .tensor_bytes = fp8_block_bytes,                                                                     \
+        .quantize_rows = lname##_block_quantize,                                                             \
+        .dequantize_rows = lname##_block_dequantize,                                                         \
     };
 
 FP8_ENTRIES(fp8_e4m3, k_e4m3, 0x88, 0.035, "E4M3 (max 448)")

@@ -139,8 +139,8 @@ int64_t ql_int_row_bytes(int64_t ncols, int bits, int group, bool sym) {
     return 2 * ng + (sym ? 0 : bits_to_bytes(ng * bits)) + bits_to_bytes(ncols * bits);
 }
 
-void ql_int_quantize_rows_ref(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance,
-                              int bits, int group, bool sym, bool mse) {
+void ql_int_quantize_rows_ref(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                              const float *importance, int bits, int group, bool sym, bool mse) {
     int64_t rb = ql_int_row_bytes(ncols, bits, group, sym);
     if (rb < 0) return;
     int64_t g = group > 0 ? group : ncols;
@@ -164,8 +164,8 @@ void ql_int_quantize_rows_ref(const float *src, void *dst, int64_t nrows, int64_
     }
 }
 
-void ql_int_dequantize_rows_ref(const void *src, float *dst, int64_t nrows, int64_t ncols, int bits, int group,
-                                bool sym) {
+void ql_int_dequantize_rows_ref(const void *src, float *dst, int64_t nrows, int64_t ncols, int bits,
+                                int group, bool sym) {
     int64_t rb = ql_int_row_bytes(ncols, bits, group, sym);
     if (rb < 0) return;
     int64_t g = group > 0 ? group : ncols;
@@ -185,7 +185,9 @@ void ql_int_dequantize_rows_ref(const void *src, float *dst, int64_t nrows, int6
     }
 }
 
-static int64_t rows_total(int64_t row_bytes, int64_t nrows) { return row_bytes < 0 ? -1 : mul_checked(row_bytes, nrows); }
+static int64_t rows_total(int64_t row_bytes, int64_t nrows) {
+    return row_bytes < 0 ? -1 : mul_checked(row_bytes, nrows);
+}
 
 /* ---- 2-D blocks (and the whole tensor as one block): symmetric, fp16 scale per bs x bs block ----
  * Layout: [fp16 scales, block grid row-major][codes of the whole tensor, row-major, one bit stream]. */
@@ -198,7 +200,8 @@ static int64_t block2d_bytes(int64_t ncols, int64_t nrows, int bits, int64_t bs)
     return add_checked(mul_checked(nscales, 2), bits_to_bytes(n * bits));
 }
 
-static void block2d_quantize(const float *src, uint8_t *dst, int64_t nrows, int64_t ncols, int bits, int64_t bs) {
+static void block2d_quantize(const float *src, uint8_t *dst, int64_t nrows, int64_t ncols, int bits,
+                             int64_t bs) {
     int64_t total = block2d_bytes(ncols, nrows, bits, bs);
     if (total < 0) return;
     memset(dst, 0, (size_t)total);
@@ -219,11 +222,13 @@ static void block2d_quantize(const float *src, uint8_t *dst, int64_t nrows, int6
             float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
             for (int64_t r = br * bs; r < r1; r++)
                 for (int64_t c = bc * bs; c < c1; c++)
-                    put_bits(codes, (r * ncols + c) * bits, bits, (unsigned)int_code(src[r * ncols + c], id, gp.zero, maxq));
+                    put_bits(codes, (r * ncols + c) * bits, bits,
+                             (unsigned)int_code(src[r * ncols + c], id, gp.zero, maxq));
         }
 }
 
-static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, int64_t ncols, int bits, int64_t bs) {
+static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, int64_t ncols, int bits,
+                               int64_t bs) {
     if (block2d_bytes(ncols, nrows, bits, bs) < 0) return;
     int64_t nbr = (nrows + bs - 1) / bs, nbc = (ncols + bs - 1) / bs;
     const uint8_t *codes = src + 2 * nbr * nbc;
@@ -245,65 +250,68 @@ static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, in
 #define BIT_INDEX(n) ((n) == 8 ? 5 : (n) - 2)
 #define GROUP_INDEX(g) ((g) == 32 ? 0 : (g) == 64 ? 1 : (g) == 128 ? 2 : 3)
 /* RMSE / RMS bound for N(0,1) rows of 4096 (measured worst case over groups and variants, + margin) */
-#define INT_TOL(n) ((n) == 2 ? 0.60 : (n) == 3 ? 0.28 : (n) == 4 ? 0.14 : (n) == 5 ? 0.07 : (n) == 6 ? 0.035 : 0.009)
+#define INT_TOL(n)                                                                                           \
+    ((n) == 2 ? 0.60 : (n) == 3 ? 0.28 : (n) == 4 ? 0.14 : (n) == 5 ? 0.07 : (n) == 6 ? 0.035 : 0.009)
 
-#define INT_GROUP_ENTRY(n, g, sfx, sym, mse, desc)                                                         \
-    static void int##n##_g##g##sfx##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,   \
-                                               const float *imp) {                                         \
-        ql_int_quantize_rows_ref(src, dst, nrows, ncols, imp, n, g, sym, mse);                             \
-    }                                                                                                      \
+#define INT_GROUP_ENTRY(n, g, sfx, sym, mse, desc)                                                           \
+    static void int##n##_g##g##sfx##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,     \
+                                               const float *imp) {                                           \
+        ql_int_quantize_rows_ref(src, dst, nrows, ncols, imp, n, g, sym, mse);                               \
+    }                                                                                                        \
     static void int##n##_g##g##sfx##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) { \
-        ql_int_dequantize_rows_ref(src, dst, nrows, ncols, n, g, sym);                                     \
-    }                                                                                                      \
-    static int64_t int##n##_g##g##sfx##_row_bytes(int64_t ncols) { return ql_int_row_bytes(ncols, n, g, sym); } \
-    static int64_t int##n##_g##g##sfx##_tensor_bytes(int64_t ncols, int64_t nrows) {                       \
-        return rows_total(ql_int_row_bytes(ncols, n, g, sym), nrows);                                      \
-    }                                                                                                      \
-    const ql_format ql_fmt_int##n##_g##g##sfx = {                                                          \
-        .name = "int" #n "_g" #g #sfx,                                                                     \
-        .summary = "INT" #n ", groups of " #g ": " desc,                                                   \
-        .type = QL_TYPE_EXT_BASE + (BIT_INDEX(n) * 4 + GROUP_INDEX(g)) * 4 + (sym) + 2 * (mse),           \
-        .block = g,                                                                                        \
-        .block_bytes = (16 + ((sym) ? 0 : (n)) + (g) * (n) + 7) / 8,                                      \
-        .bpw = (n) + 16.0 / (g) + ((sym) ? 0.0 : (double)(n) / (g)),                                      \
-        .uses_importance = (mse),                                                                          \
-        .tolerance = INT_TOL(n),                                                                           \
-        .row_bytes = int##n##_g##g##sfx##_row_bytes,                                                       \
-        .tensor_bytes = int##n##_g##g##sfx##_tensor_bytes,                                                 \
-        .quantize_rows = int##n##_g##g##sfx##_quantize,                                                    \
-        .dequantize_rows = int##n##_g##g##sfx##_dequantize,                                                \
-        .quantize_rows_fast = QL_INT_QUANT_FAST(n, g, sym, mse),                                           \
-        .dequantize_rows_fast = QL_INT_DEQUANT_FAST(n, g, sym, mse),                                       \
+        ql_int_dequantize_rows_ref(src, dst, nrows, ncols, n, g, sym);                                       \
+    }                                                                                                        \
+    static int64_t int##n##_g##g##sfx##_row_bytes(int64_t ncols) {                                           \
+        return ql_int_row_bytes(ncols, n, g, sym);                                                           \
+    }                                                                                                        \
+    static int64_t int##n##_g##g##sfx##_tensor_bytes(int64_t ncols, int64_t nrows) {                         \
+        return rows_total(ql_int_row_bytes(ncols, n, g, sym), nrows);                                        \
+    }                                                                                                        \
+    const ql_format ql_fmt_int##n##_g##g##sfx = {                                                            \
+        .name = "int" #n "_g" #g #sfx,                                                                       \
+        .summary = "INT" #n ", groups of " #g ": " desc,                                                     \
+        .type = QL_TYPE_EXT_BASE + (BIT_INDEX(n) * 4 + GROUP_INDEX(g)) * 4 + (sym) + 2 * (mse),              \
+        .block = g,                                                                                          \
+        .block_bytes = (16 + ((sym) ? 0 : (n)) + (g) * (n) + 7) / 8,                                         \
+        .bpw = (n) + 16.0 / (g) + ((sym) ? 0.0 : (double)(n) / (g)),                                         \
+        .uses_importance = (mse),                                                                            \
+        .tolerance = INT_TOL(n),                                                                             \
+        .row_bytes = int##n##_g##g##sfx##_row_bytes,                                                         \
+        .tensor_bytes = int##n##_g##g##sfx##_tensor_bytes,                                                   \
+        .quantize_rows = int##n##_g##g##sfx##_quantize,                                                      \
+        .dequantize_rows = int##n##_g##g##sfx##_dequantize,                                                  \
+        .quantize_rows_fast = QL_INT_QUANT_FAST(n, g, sym, mse),                                             \
+        .dequantize_rows_fast = QL_INT_DEQUANT_FAST(n, g, sym, mse),                                         \
     };
 
 QL_FMT_INT_FAMILY(INT_GROUP_ENTRY)
 
 /* per output row, symmetric (LLM.int8()'s vector-wise layout with an fp16 scale) */
-#define INT_CHANNEL_ENTRY(n, tol)                                                                             \
-    static void int##n##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,       \
-                                          const float *imp) {                                              \
-        (void)imp;                                                                                         \
-        ql_int_quantize_rows_ref(src, dst, nrows, ncols, NULL, n, 0, true, false);                         \
-    }                                                                                                      \
-    static void int##n##_channel_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {   \
-        ql_int_dequantize_rows_ref(src, dst, nrows, ncols, n, 0, true);                                    \
-    }                                                                                                      \
+#define INT_CHANNEL_ENTRY(n, tol)                                                                            \
+    static void int##n##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,         \
+                                          const float *imp) {                                                \
+        (void)imp;                                                                                           \
+        ql_int_quantize_rows_ref(src, dst, nrows, ncols, NULL, n, 0, true, false);                           \
+    }                                                                                                        \
+    static void int##n##_channel_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {     \
+        ql_int_dequantize_rows_ref(src, dst, nrows, ncols, n, 0, true);                                      \
+    }                                                                                                        \
     static int64_t int##n##_channel_row_bytes(int64_t ncols) { return ql_int_row_bytes(ncols, n, 0, true); } \
-    static int64_t int##n##_channel_tensor_bytes(int64_t ncols, int64_t nrows) {                           \
-        return rows_total(ql_int_row_bytes(ncols, n, 0, true), nrows);                                     \
-    }                                                                                                      \
-    const ql_format ql_fmt_int##n##_channel = {                                                            \
-        .name = "int" #n "_channel",                                                                       \
-        .summary = "INT" #n " per output row: fp16 scale per row, symmetric",                              \
-        .type = QL_TYPE_EXT_BASE + 0x60 + BIT_INDEX(n),                                                    \
-        .block = 1,                                                                                        \
-        .block_bytes = 1,                                                                                  \
-        .bpw = (n) + 16.0 / 4096,                                                                          \
-        .tolerance = tol,                                                                                  \
-        .row_bytes = int##n##_channel_row_bytes,                                                           \
-        .tensor_bytes = int##n##_channel_tensor_bytes,                                                     \
-        .quantize_rows = int##n##_channel_quantize,                                                        \
-        .dequantize_rows = int##n##_channel_dequantize,                                                    \
+    static int64_t int##n##_channel_tensor_bytes(int64_t ncols, int64_t nrows) {                             \
+        return rows_total(ql_int_row_bytes(ncols, n, 0, true), nrows);                                       \
+    }                                                                                                        \
+    const ql_format ql_fmt_int##n##_channel = {                                                              \
+        .name = "int" #n "_channel",                                                                         \
+        .summary = "INT" #n " per output row: fp16 scale per row, symmetric",                                \
+        .type = QL_TYPE_EXT_BASE + 0x60 + BIT_INDEX(n),                                                      \
+        .block = 1,                                                                                          \
+        .block_bytes = 1,                                                                                    \
+        .bpw = (n) + 16.0 / 4096,                                                                            \
+        .tolerance = tol,                                                                                    \
+        .row_bytes = int##n##_channel_row_bytes,                                                             \
+        .tensor_bytes = int##n##_channel_tensor_bytes,                                                       \
+        .quantize_rows = int##n##_channel_quantize,                                                          \
+        .dequantize_rows = int##n##_channel_dequantize,                                                      \
     };
 
 INT_CHANNEL_ENTRY(4, 0.18)
@@ -314,7 +322,8 @@ static int64_t int8_tensor_tensor_bytes(int64_t ncols, int64_t nrows) {
     int64_t n = mul_checked(ncols, nrows);
     return n <= 0 ? -1 : ql_int_row_bytes(n, 8, 0, true);
 }
-static void int8_tensor_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) {
+static void int8_tensor_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                 const float *imp) {
     (void)imp;
     ql_int_quantize_rows_ref(src, dst, 1, nrows * ncols, NULL, 8, 0, true, false);
 }
@@ -335,30 +344,30 @@ const ql_format ql_fmt_int8_tensor = {
     .dequantize_rows = int8_tensor_dequantize,
 };
 
-#define INT_BLOCK2D_ENTRY(n, bs, tol)                                                                       \
-    static int64_t int##n##_b##bs##_tensor_bytes(int64_t ncols, int64_t nrows) {                           \
-        return block2d_bytes(ncols, nrows, n, bs);                                                         \
-    }                                                                                                      \
-    static void int##n##_b##bs##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,       \
-                                          const float *imp) {                                              \
-        (void)imp;                                                                                         \
-        block2d_quantize(src, dst, nrows, ncols, n, bs);                                                   \
-    }                                                                                                      \
-    static void int##n##_b##bs##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {   \
-        block2d_dequantize(src, dst, nrows, ncols, n, bs);                                                 \
-    }                                                                                                      \
-    const ql_format ql_fmt_int##n##_b##bs = {                                                              \
-        .name = "int" #n "_b" #bs,                                                                         \
-        .summary = "INT" #n ", fp16 scale per " #bs "x" #bs " block, symmetric",                          \
-        .type = QL_TYPE_EXT_BASE + 0x70 + BIT_INDEX(n) * 2 + ((bs) == 128),                                \
-        .block = bs,                                                                                       \
-        .block_bytes = ((bs) * (bs) * (n)) / 8 + 2,                                                        \
-        .bpw = (n) + 16.0 / ((bs) * (bs)),                                                                 \
-        .whole_tensor = true,                                                                              \
-        .tolerance = tol,                                                                                  \
-        .tensor_bytes = int##n##_b##bs##_tensor_bytes,                                                     \
-        .quantize_rows = int##n##_b##bs##_quantize,                                                        \
-        .dequantize_rows = int##n##_b##bs##_dequantize,                                                    \
+#define INT_BLOCK2D_ENTRY(n, bs, tol)                                                                        \
+    static int64_t int##n##_b##bs##_tensor_bytes(int64_t ncols, int64_t nrows) {                             \
+        return block2d_bytes(ncols, nrows, n, bs);                                                           \
+    }                                                                                                        \
+    static void int##n##_b##bs##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,         \
+                                          const float *imp) {                                                \
+        (void)imp;                                                                                           \
+        block2d_quantize(src, dst, nrows, ncols, n, bs);                                                     \
+    }                                                                                                        \
+    static void int##n##_b##bs##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {     \
+        block2d_dequantize(src, dst, nrows, ncols, n, bs);                                                   \
+    }                                                                                                        \
+    const ql_format ql_fmt_int##n##_b##bs = {                                                                \
+        .name = "int" #n "_b" #bs,                                                                           \
+        .summary = "INT" #n ", fp16 scale per " #bs "x" #bs " block, symmetric",                             \
+        .type = QL_TYPE_EXT_BASE + 0x70 + BIT_INDEX(n) * 2 + ((bs) == 128),                                  \
+        .block = bs,                                                                                         \
+        .block_bytes = ((bs) * (bs) * (n)) / 8 + 2,                                                          \
+        .bpw = (n) + 16.0 / ((bs) * (bs)),                                                                   \
+        .whole_tensor = true,                                                                                \
+        .tolerance = tol,                                                                                    \
+        .tensor_bytes = int##n##_b##bs##_tensor_bytes,                                                       \
+        .quantize_rows = int##n##_b##bs##_quantize,                                                          \
+        .dequantize_rows = int##n##_b##bs##_dequantize,                                                      \
     };
 
 INT_BLOCK2D_ENTRY(4, 64, 0.17)

@@ -264,13 +264,15 @@ static void bnb4_dq_quantize(const bnb4_kind *k, const float *src, void *dst, in
         float inv = 1.0f / am2;
         for (int64_t i = i0; i < i1; i++) {
             float v = absmax[i] - offset;
-            qa[i] = am2 == 0.0f ? 127 /* the 0 of the map */ : ql_bnb_dynamic_encode(isinf(inv) ? v / am2 : v * inv);
+            /* 127 is the 0 of the map; a subnormal am2 makes 1/am2 overflow */
+            qa[i] = am2 == 0.0f ? 127 : ql_bnb_dynamic_encode(isinf(inv) ? v / am2 : v * inv);
         }
     }
     free(absmax);
 }
 
-static void bnb4_dq_dequantize(const bnb4_kind *k, const void *src, float *dst, int64_t nrows, int64_t ncols) {
+static void bnb4_dq_dequantize(const bnb4_kind *k, const void *src, float *dst, int64_t nrows,
+                               int64_t ncols) {
     dq_layout l;
     if (!dq_layout_of(ncols, nrows, &l)) return;
     const uint8_t *base = src, *a2p = base + 4, *qa = a2p + 4 * l.nb2, *codes = qa + l.nb;
@@ -286,47 +288,48 @@ static void bnb4_dq_dequantize(const bnb4_kind *k, const void *src, float *dst, 
 
 /* ---- registry entries: type ids QL_TYPE_EXT_BASE + 0x80..0x83 (never reuse) ---- */
 
-#define BNB4_ENTRIES(lname, kind, id, tol, desc)                                                           \
-    static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) { \
-        (void)imp;                                                                                         \
-        bnb4_quantize(&kind, src, dst, nrows, ncols);                                                      \
-    }                                                                                                      \
-    static void lname##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {            \
-        bnb4_dequantize(&kind, src, dst, nrows, ncols);                                                    \
-    }                                                                                                      \
-    static void lname##_dq_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,             \
-                                    const float *imp) {                                                    \
-        (void)imp;                                                                                         \
-        bnb4_dq_quantize(&kind, src, dst, nrows, ncols);                                                   \
-    }                                                                                                      \
-    static void lname##_dq_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {         \
-        bnb4_dq_dequantize(&kind, src, dst, nrows, ncols);                                                 \
-    }                                                                                                      \
-    const ql_format ql_fmt_##lname = {                                                                     \
-        .name = #lname,                                                                                    \
-        .summary = "bitsandbytes " desc ": 4-bit codes, float32 absmax per 64",                            \
-        .type = QL_TYPE_EXT_BASE + (id),                                                                   \
-        .block = BNB_BLOCK,                                                                                \
-        .block_bytes = 4 + BNB_BLOCK / 2,                                                                  \
-        .bpw = 4.5,                                                                                        \
-        .tolerance = tol,                                                                                  \
-        .row_bytes = bnb4_row_bytes,                                                                       \
-        .tensor_bytes = bnb4_tensor_bytes,                                                                 \
-        .quantize_rows = lname##_quantize,                                                                 \
-        .dequantize_rows = lname##_dequantize,                                                             \
-    };                                                                                                     \
-    const ql_format ql_fmt_##lname##_dq = {                                                                \
-        .name = #lname "_dq",                                                                              \
-        .summary = "bitsandbytes " desc " + double quant: absmax as 8-bit dynamic codes per 256",          \
-        .type = QL_TYPE_EXT_BASE + (id) + 1,                                                               \
-        .block = BNB_BLOCK,                                                                                \
-        .block_bytes = 1 + BNB_BLOCK / 2,                                                                  \
-        .bpw = 4.0 + 8.0 / BNB_BLOCK + 32.0 / (BNB_BLOCK * BNB_BLOCK2),                                    \
-        .whole_tensor = true,                                                                              \
-        .tolerance = tol,                                                                                  \
-        .tensor_bytes = bnb4_dq_tensor_bytes,                                                              \
-        .quantize_rows = lname##_dq_quantize,                                                              \
-        .dequantize_rows = lname##_dq_dequantize,                                                          \
+#define BNB4_ENTRIES(lname, kind, id, tol, desc)                                                             \
+    static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,                  \
+                                 const float *imp) {                                                         \
+        (void)imp;                                                                                           \
+        bnb4_quantize(&kind, src, dst, nrows, ncols);                                                        \
+    }                                                                                                        \
+    static void lname##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {              \
+        bnb4_dequantize(&kind, src, dst, nrows, ncols);                                                      \
+    }                                                                                                        \
+    static void lname##_dq_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,               \
+                                    const float *imp) {                                                      \
+        (void)imp;                                                                                           \
+        bnb4_dq_quantize(&kind, src, dst, nrows, ncols);                                                     \
+    }                                                                                                        \
+    static void lname##_dq_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {           \
+        bnb4_dq_dequantize(&kind, src, dst, nrows, ncols);                                                   \
+    }                                                                                                        \
+    const ql_format ql_fmt_##lname = {                                                                       \
+        .name = #lname,                                                                                      \
+        .summary = "bitsandbytes " desc ": 4-bit codes, float32 absmax per 64",                              \
+        .type = QL_TYPE_EXT_BASE + (id),                                                                     \
+        .block = BNB_BLOCK,                                                                                  \
+        .block_bytes = 4 + BNB_BLOCK / 2,                                                                    \
+        .bpw = 4.5,                                                                                          \
+        .tolerance = tol,                                                                                    \
+        .row_bytes = bnb4_row_bytes,                                                                         \
+        .tensor_bytes = bnb4_tensor_bytes,                                                                   \
+        .quantize_rows = lname##_quantize,                                                                   \
+        .dequantize_rows = lname##_dequantize,                                                               \
+    };                                                                                                       \
+    const ql_format ql_fmt_##lname##_dq = {                                                                  \
+        .name = #lname "_dq",                                                                                \
+        .summary = "bitsandbytes " desc " + double quant: absmax as 8-bit dynamic codes per 256",            \
+        .type = QL_TYPE_EXT_BASE + (id) + 1,                                                                 \
+        .block = BNB_BLOCK,                                                                                  \
+        .block_bytes = 1 + BNB_BLOCK / 2,                                                                    \
+        .bpw = 4.0 + 8.0 / BNB_BLOCK + 32.0 / (BNB_BLOCK * BNB_BLOCK2),                                      \
+        .whole_tensor = true,                                                                                \
+        .tolerance = tol,                                                                                    \
+        .tensor_bytes = bnb4_dq_tensor_bytes,                                                                \
+        .quantize_rows = lname##_dq_quantize,                                                                \
+        .dequantize_rows = lname##_dq_dequantize,                                                            \
     };
 
 BNB4_ENTRIES(nf4, k_nf4, 0x80, 0.12, "NF4")
