@@ -40,14 +40,16 @@
 #define QMAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* Block layouts, as in ggml_quants_ref.c. */
+/* clang-format off */
 typedef struct { uint16_t d; int8_t qs[32]; } blk_q8_0;
 typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } blk_q4_K;
 typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } blk_q6_K;
+/* clang-format on */
 _Static_assert(sizeof(blk_q8_0) == 34, "q8_0");
 _Static_assert(sizeof(blk_q4_K) == 144, "q4_K");
 _Static_assert(sizeof(blk_q6_K) == 210, "q6_K");
 
-/* ---- scalar pieces shared with the reference (same arithmetic, copied: the reference keeps them static) ---- */
+/* ---- scalar pieces of the reference (copied with the same arithmetic: the reference keeps them static) */
 static inline int nearest_int(float fval) {
     float val = fval + 12582912.f;
     int32_t i;
@@ -147,7 +149,8 @@ static float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const f
 }
 
 /* Q4_K super-block scale/min quantization once the 8 sub-block searches are done (both paths). */
-static void q4_K_pack_scales(const float *scales, const float *mins, const float *sw, bool imat, blk_q4_K *y) {
+static void q4_K_pack_scales(const float *scales, const float *mins, const float *sw, bool imat,
+                             blk_q4_K *y) {
     if (imat) {
         uint8_t Ls[QK_K / 32], Lm[QK_K / 32];
         float d_block = make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
@@ -192,7 +195,8 @@ static bool q6_K_pack_scales(const float *scales, blk_q6_K *y) {
     }
     float iscale = -128.f / max_scale;
     y->d = ql_fp32_to_fp16(1 / iscale);
-    for (int ib = 0; ib < QK_K / 16; ++ib) y->scales[ib] = (int8_t)QMIN(127, nearest_int(iscale * scales[ib]));
+    for (int ib = 0; ib < QK_K / 16; ++ib)
+        y->scales[ib] = (int8_t)QMIN(127, nearest_int(iscale * scales[ib]));
     return true;
 }
 
@@ -290,7 +294,9 @@ __attribute__((constructor)) static void simd_init(void) {
     atomic_store(&g_level, force_ref ? QL_SIMD_REF : ql_simd_detect());
 }
 
-ql_simd_level ql_simd_level_get(void) { return (ql_simd_level)atomic_load_explicit(&g_level, memory_order_relaxed); }
+ql_simd_level ql_simd_level_get(void) {
+    return (ql_simd_level)atomic_load_explicit(&g_level, memory_order_relaxed);
+}
 
 ql_simd_level ql_simd_set_level(ql_simd_level level) {
     ql_simd_level best = ql_simd_detect();
@@ -310,18 +316,19 @@ const char *ql_simd_level_name(ql_simd_level level) {
 
 /* ---- registry entry points: pick the level, walk the rows ---- */
 #if QL_SIMD_X86
-#define DISPATCH(call_avx512, call_avx2)                                                                   \
-    switch (ql_simd_level_get()) {                                                                         \
-    case QL_SIMD_AVX512: call_avx512; return;                                                              \
-    case QL_SIMD_AVX2: call_avx2; return;                                                                  \
-    default: break;                                                                                        \
+#define DISPATCH(call_avx512, call_avx2)                                                                     \
+    switch (ql_simd_level_get()) {                                                                           \
+    case QL_SIMD_AVX512: call_avx512; return;                                                                \
+    case QL_SIMD_AVX2: call_avx2; return;                                                                    \
+    default: break;                                                                                          \
     }
 #else
 #define DISPATCH(call_avx512, call_avx2)
 #endif
 
-void ql_quantize_rows_q8_0_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance) {
-    (void)importance; /* Q8_0 has no imatrix path, as in ggml */
+void ql_quantize_rows_q8_0_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                const float *importance) {
+    (void)importance;                        /* Q8_0 has no imatrix path, as in ggml */
     const int64_t nb = nrows * (ncols / 32); /* no per-row state: the matrix is one long row */
     DISPATCH(q8_0_quant_avx512(src, dst, nb), q8_0_quant_avx2(src, dst, nb))
     ql_ggml_quantize_rows(QL_TYPE_Q8_0, src, dst, nrows, ncols, NULL);
@@ -333,7 +340,8 @@ void ql_dequantize_rows_q8_0_fast(const void *src, float *dst, int64_t nrows, in
     ql_ggml_dequantize_rows(QL_TYPE_Q8_0, src, dst, nrows, ncols);
 }
 
-void ql_quantize_rows_q4_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance) {
+void ql_quantize_rows_q4_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                const float *importance) {
     const int64_t nb_row = ncols / QK_K;
     DISPATCH(q4_K_quant_avx512(src, dst, nrows * nb_row, nb_row, importance),
              q4_K_quant_avx2(src, dst, nrows * nb_row, nb_row, importance))
@@ -346,7 +354,8 @@ void ql_dequantize_rows_q4_k_fast(const void *src, float *dst, int64_t nrows, in
     ql_ggml_dequantize_rows(QL_TYPE_Q4_K, src, dst, nrows, ncols);
 }
 
-void ql_quantize_rows_q6_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance) {
+void ql_quantize_rows_q6_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                const float *importance) {
     const int64_t nb_row = ncols / QK_K;
     DISPATCH(q6_K_quant_avx512(src, dst, nrows * nb_row, nb_row, importance),
              q6_K_quant_avx2(src, dst, nrows * nb_row, nb_row, importance))
@@ -359,7 +368,6 @@ void ql_dequantize_rows_q6_k_fast(const void *src, float *dst, int64_t nrows, in
     ql_ggml_dequantize_rows(QL_TYPE_Q6_K, src, dst, nrows, ncols);
 }
 
-
 /* INT4 g128 (fmt_int.c layout: [fp16 scales][4-bit zeros unless sym][4-bit codes]); importance is unused
  * by the non-MSE entries. Rows that are not whole groups of 128 go to the reference. */
 static void int4_g128_quant_rows(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp,
@@ -370,10 +378,12 @@ static void int4_g128_quant_rows(const float *src, void *dst, int64_t nrows, int
         switch (ql_simd_level_get()) {
 #if QL_SIMD_X86
         case QL_SIMD_AVX512:
-            for (int64_t r = 0; r < nrows; ++r) int4_g128_quant_avx512(src + r * ncols, out + r * rb, ncols, sym);
+            for (int64_t r = 0; r < nrows; ++r)
+                int4_g128_quant_avx512(src + r * ncols, out + r * rb, ncols, sym);
             return;
         case QL_SIMD_AVX2:
-            for (int64_t r = 0; r < nrows; ++r) int4_g128_quant_avx2(src + r * ncols, out + r * rb, ncols, sym);
+            for (int64_t r = 0; r < nrows; ++r)
+                int4_g128_quant_avx2(src + r * ncols, out + r * rb, ncols, sym);
             return;
 #endif
         default: break;
@@ -389,10 +399,12 @@ static void int4_g128_dequant_rows(const void *src, float *dst, int64_t nrows, i
         switch (ql_simd_level_get()) {
 #if QL_SIMD_X86
         case QL_SIMD_AVX512:
-            for (int64_t r = 0; r < nrows; ++r) int4_g128_dequant_avx512(in + r * rb, dst + r * ncols, ncols, sym);
+            for (int64_t r = 0; r < nrows; ++r)
+                int4_g128_dequant_avx512(in + r * rb, dst + r * ncols, ncols, sym);
             return;
         case QL_SIMD_AVX2:
-            for (int64_t r = 0; r < nrows; ++r) int4_g128_dequant_avx2(in + r * rb, dst + r * ncols, ncols, sym);
+            for (int64_t r = 0; r < nrows; ++r)
+                int4_g128_dequant_avx2(in + r * rb, dst + r * ncols, ncols, sym);
             return;
 #endif
         default: break;
@@ -401,7 +413,8 @@ static void int4_g128_dequant_rows(const void *src, float *dst, int64_t nrows, i
     ql_int_dequantize_rows_ref(src, dst, nrows, ncols, 4, 128, sym);
 }
 
-void ql_quantize_rows_int4_g128_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance) {
+void ql_quantize_rows_int4_g128_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                     const float *importance) {
     int4_g128_quant_rows(src, dst, nrows, ncols, importance, false);
 }
 void ql_dequantize_rows_int4_g128_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
@@ -469,7 +482,9 @@ static inline TGT float SFX(hmax)(VF v) { /* v has no NaN */
 static inline TGT VF SFX(vsqrt)(VF a) { return (VF)_mm512_sqrt_ps((__m512)a); }
 static inline TGT unsigned SFX(mask)(VI m) { return (unsigned)_mm512_movepi32_mask((__m512i)m); }
 static inline TGT bool SFX(all)(VI m) { return SFX(mask)(m) == 0xffff; }
-static inline TGT VF SFX(roundcur)(VF a) { return (VF)_mm512_roundscale_ps((__m512)a, _MM_FROUND_CUR_DIRECTION); }
+static inline TGT VF SFX(roundcur)(VF a) {
+    return (VF)_mm512_roundscale_ps((__m512)a, _MM_FROUND_CUR_DIRECTION);
+}
 static inline TGT float SFX(hmin)(VF v) { return _mm512_reduce_min_ps((__m512)v); }
 static inline TGT float SFX(hmax)(VF v) { return _mm512_reduce_max_ps((__m512)v); }
 #endif
@@ -539,8 +554,8 @@ static TGT void SFX(q8_0_dequant)(const void *vx, float *y, int64_t nb) {
 
 /* make_qkx2_quants (v3 false) / make_qkx3_quants (v3 true) for 32-element sub-blocks, one per lane:
  * xt[i], wt[i] hold element i of every lane's sub-block. Writes levels L[i], returns scale, *the_min. */
-static TGT VF SFX(qkx_lanes)(const VF *xt, const VF *wt, int nmax, float rmin, float rdelta, int nstep, bool v3,
-                             VI *L, VF *the_min) {
+static TGT VF SFX(qkx_lanes)(const VF *xt, const VF *wt, int nmax, float rmin, float rdelta, int nstep,
+                             bool v3, VI *L, VF *the_min) {
     enum { n = 32 };
     VF min = xt[0], max = xt[0];
     VF sum_w = wt[0];

@@ -23,11 +23,14 @@ ql_simd_level ql_simd_set_level(ql_simd_level level);
 const char *ql_simd_level_name(ql_simd_level level); /* "ref", "avx2", "avx512" */
 
 /* ggml Q8_0 / Q4_K / Q6_K: ncols must be a multiple of the block (32 / 256 / 256). */
-void ql_quantize_rows_q8_0_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance);
+void ql_quantize_rows_q8_0_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                const float *importance);
 void ql_dequantize_rows_q8_0_fast(const void *src, float *dst, int64_t nrows, int64_t ncols);
-void ql_quantize_rows_q4_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance);
+void ql_quantize_rows_q4_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                const float *importance);
 void ql_dequantize_rows_q4_k_fast(const void *src, float *dst, int64_t nrows, int64_t ncols);
-void ql_quantize_rows_q6_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance);
+void ql_quantize_rows_q6_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                const float *importance);
 void ql_dequantize_rows_q6_k_fast(const void *src, float *dst, int64_t nrows, int64_t ncols);
 
 /* INT4, groups of 128, fp16 scales, 4-bit zero points (int4_g128) or symmetric (int4_g128_sym): the
@@ -40,11 +43,13 @@ void ql_quantize_rows_int4_g128_sym_fast(const float *src, void *dst, int64_t nr
                                          const float *importance);
 void ql_dequantize_rows_int4_g128_sym_fast(const void *src, float *dst, int64_t nrows, int64_t ncols);
 /* For methods/fmt_int.c's entry X-macro: the twin of int{n}_g{g}[_sym][_mse], or NULL where there is none. */
-#define QL_INT_QUANT_FAST(n, g, sym, mse)                                                                  \
-    ((n) == 4 && (g) == 128 && !(mse) ? ((sym) ? ql_quantize_rows_int4_g128_sym_fast : ql_quantize_rows_int4_g128_fast) \
-                                      : NULL)
-#define QL_INT_DEQUANT_FAST(n, g, sym, mse)                                                                \
-    ((n) == 4 && (g) == 128 ? ((sym) ? ql_dequantize_rows_int4_g128_sym_fast : ql_dequantize_rows_int4_g128_fast) \
-                            : NULL)
+#define QL_INT_QUANT_FAST(n, g, sym, mse)                                                                    \
+    ((n) == 4 && (g) == 128 && !(mse)                                                                        \
+         ? ((sym) ? ql_quantize_rows_int4_g128_sym_fast : ql_quantize_rows_int4_g128_fast)                   \
+         : NULL)
+#define QL_INT_DEQUANT_FAST(n, g, sym, mse)                                                                  \
+    ((n) == 4 && (g) == 128                                                                                  \
+         ? ((sym) ? ql_dequantize_rows_int4_g128_sym_fast : ql_dequantize_rows_int4_g128_fast)               \
+         : NULL)
 
 #endif

@@ -63,10 +63,10 @@ static float rnd_n(void) { return (float)(sqrt(-2.0 * log(rnd_u())) * cos(6.2831
 
 enum { NKIND = 22 };
 static const char *const kind_names[NKIND] = {
-    "gauss",      "gauss*1e-3", "zeros",     "outlier 1e30", "outlier 65504", "outlier -65504", "NaN",
-    "+Inf",       "-Inf",       "denormals", "denormal+1",   "const 3",       "const -2.5",     "tiny 1e-20",
-    "alternating", "ties",      "ramp",      "sparse",       "one per block", "huge 1e37",      "neg max first",
-    "mixed",
+    "gauss",         "gauss*1e-3", "zeros",         "outlier 1e30", "outlier 65504", "outlier -65504",
+    "NaN",           "+Inf",       "-Inf",          "denormals",    "denormal+1",    "const 3",
+    "const -2.5",    "tiny 1e-20", "alternating",   "ties",         "ramp",          "sparse",
+    "one per block", "huge 1e37",  "neg max first", "mixed",
 };
 
 /* Fills row r (ncols values) of kind k. */
@@ -157,7 +157,8 @@ static void check_rows(const kernel_t *k, const float *x, int64_t nrows, int64_t
 
 /* Dequantize arbitrary bytes (random codes, scales that are NaN/Inf/subnormal fp16) both ways. */
 static void check_random_bytes(const kernel_t *k, int64_t nrows, int64_t ncols) {
-    const size_t qbytes = (size_t)tensor_bytes(k, ncols, nrows), fbytes = (size_t)(nrows * ncols) * sizeof(float);
+    const size_t qbytes = (size_t)tensor_bytes(k, ncols, nrows),
+                 fbytes = (size_t)(nrows * ncols) * sizeof(float);
     uint8_t *q = malloc(qbytes);
     float *df = malloc(fbytes), *dr = malloc(fbytes);
     for (size_t i = 0; i < qbytes; ++i) q[i] = (uint8_t)rnd64();
@@ -185,7 +186,8 @@ static void run_kernel_at_level(const kernel_t *k) {
         float *w = malloc(sizeof(float) * (size_t)ncols);
         for (int kind = 0; kind < NKIND; ++kind) {
             for (int64_t r = 0; r < nrows; ++r) fill_row(x + r * ncols, ncols, kind);
-            snprintf(what, sizeof(what), "%s, %lldx%lld", kind_names[kind], (long long)nrows, (long long)ncols);
+            snprintf(what, sizeof(what), "%s, %lldx%lld", kind_names[kind], (long long)nrows,
+                     (long long)ncols);
             check_rows(k, x, nrows, ncols, NULL, what);
             if (k->imatrix)
                 for (int m = 0; m < 4; ++m) {
@@ -252,7 +254,8 @@ static void test_registry_threads(void **state) {
         const int64_t rb = tensor_bytes(k, ncols, 1);
         float *x = malloc(sizeof(float) * (size_t)(nrows * ncols)), *w = malloc(sizeof(float) * ncols);
         uint8_t *qa = malloc((size_t)(rb * nrows)), *qb = malloc((size_t)(rb * nrows));
-        float *da = malloc(sizeof(float) * (size_t)(nrows * ncols)), *db = malloc(sizeof(float) * (size_t)(nrows * ncols));
+        float *da = malloc(sizeof(float) * (size_t)(nrows * ncols)),
+              *db = malloc(sizeof(float) * (size_t)(nrows * ncols));
         for (int64_t r = 0; r < nrows; ++r) fill_row(x + r * ncols, ncols, (int)(r % NKIND));
         fill_imatrix(w, ncols, 0);
         for (size_t l = 0; l < QL_ARRAY_LEN(levels); ++l) {
@@ -298,7 +301,8 @@ static void test_levels(void **state) {
 static void test_speed(void **state) {
     (void)state;
     const int64_t nrows = 64, ncols = 4096;
-    float *x = malloc(sizeof(float) * (size_t)(nrows * ncols)), *y = malloc(sizeof(float) * (size_t)(nrows * ncols));
+    float *x = malloc(sizeof(float) * (size_t)(nrows * ncols)),
+          *y = malloc(sizeof(float) * (size_t)(nrows * ncols));
     uint8_t *q = malloc((size_t)(nrows * ncols) * 2);
     for (int64_t i = 0; i < nrows * ncols; ++i) x[i] = rnd_n();
     for (size_t i = 0; i < QL_ARRAY_LEN(kernels); ++i) {

@@ -1,0 +1,864 @@
+// codecs_cuda.cu — CUDA dequantize kernels for ggml's block formats and quantize kernels for Q4_0, Q8_0,
+// Q4_K, Q6_K (ggml's no-imatrix path), bit-exact with kernels/ggml_quants_ref.c. API: cuda_api.h.
+// Exactness: the per-block code below is __host__ __device__ and mirrors the reference statement by
+// statement; every float add/sub/mul/div goes through fa/fs/fm/fd (the _rn intrinsics on the device,
+// which nvcc never contracts into FMA), fp16 conversions are the reference's bit code, and float->int
+// casts reproduce x86's cvttss2si (out of range or NaN -> INT_MIN) as the reference gets it from gcc.
+// Threads: dequantize = one thread per output element (grid-stride), quantize = one thread per block.
+#include "cuda_api.h"
+
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#define QL_HD __host__ __device__ __forceinline__
+#define QK_K 256
+#define GROUP_MAX_EPS 1e-15f
+
+// ---------------------------------------------------------------------------------------------------
+// Arithmetic that stays IEEE round-to-nearest, unfused, on both sides
+// ---------------------------------------------------------------------------------------------------
+#ifdef __CUDA_ARCH__
+// x86 SSE NaN results: a NaN operand comes back quieted (the first one if both are NaN), an invalid
+// operation gives the default NaN 0xffc00000; the GPU would give 0x7fffffff. The bits matter where the
+// reference feeds a NaN into nearest_int's integer trick or into an fp16 scale.
+__device__ __forceinline__ float x86_nan(float r, float a, float b) {
+    if (r == r) return r;
+    if (a != a) return __uint_as_float(__float_as_uint(a) | 0x400000u);
+    if (b != b) return __uint_as_float(__float_as_uint(b) | 0x400000u);
+    return __uint_as_float(0xffc00000u);
+}
+#endif
+QL_HD float fa(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return x86_nan(__fadd_rn(a, b), a, b);
+#else
+    return a + b;
+#endif
+}
+QL_HD float fs(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return x86_nan(__fsub_rn(a, b), a, b);
+#else
+    return a - b;
+#endif
+}
+QL_HD float fm(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return x86_nan(__fmul_rn(a, b), a, b);
+#else
+    return a * b;
+#endif
+}
+QL_HD float fd(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return x86_nan(__fdiv_rn(a, b), a, b);
+#else
+    return a / b;
+#endif
+}
+QL_HD float fsqrt(float a) {
+#ifdef __CUDA_ARCH__
+    return x86_nan(__fsqrt_rn(a), a, a);
+#else
+    return sqrtf(a);
+#endif
+}
+QL_HD float u2f(uint32_t u) {
+#ifdef __CUDA_ARCH__
+    return __uint_as_float(u);
+#else
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+QL_HD uint32_t f2u(float f) {
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+#endif
+}
+
+// sign-bit operations (PTX abs/neg may canonicalize a NaN; x86 andps/xorps never do)
+QL_HD float fabs_bits(float x) { return u2f(f2u(x) & 0x7fffffffu); }
+QL_HD float fneg(float x) { return u2f(f2u(x) ^ 0x80000000u); }
+
+// x86 cvttss2si: truncate, INT_MIN when NaN or out of int32 range (what (int)f compiles to in the reference)
+QL_HD int cvtt_x86(float f) { return f >= -2147483648.0f && f < 2147483648.0f ? (int)f : INT_MIN; }
+
+// roundf (half away from zero) written out, so host and device share one definition: a - trunc(a) is exact
+QL_HD float round_away(float v) {
+    const float a = fabs_bits(v);
+    float t = truncf(a);
+    if (fs(a, t) >= 0.5f) t = fa(t, 1.0f);
+    return (f2u(v) & 0x80000000u) ? fneg(t) : t;
+}
+
+QL_HD int nearest_int(float fval) {
+    const float val = fa(fval, 12582912.f);
+    const int32_t i = (int32_t)f2u(val);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+// ql_fp16_to_fp32 / ql_fp32_to_fp16 (core/ql_common.c), bit for bit
+QL_HD float h2f(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    if (exp == 0) {
+        const float v = fm((float)man, 5.9604644775390625e-8f);
+        return sign ? -v : v;
+    }
+    if (exp == 31) return u2f(sign | 0x7f800000u | (man << 13));
+    return u2f(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+QL_HD uint16_t f2h(float f) {
+    const uint32_t x = f2u(f);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | ((ax >> 13) & 0x3ff));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);
+    if (ax < 0x38800000u) {
+        const float scaled = fm(u2f(ax), 16777216.0f);
+        uint32_t m = (uint32_t)scaled;
+        const float rem = fs(scaled, (float)m);
+        if (rem > 0.5f || (rem == 0.5f && (m & 1))) m++;
+        return (uint16_t)(sign | m);
+    }
+    const uint32_t e = (ax >> 23) - 112, man = ax & 0x7fffff;
+    uint32_t h = (e << 10) | (man >> 13);
+    const uint32_t rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+QL_HD uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+QL_HD void st16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+QL_HD int imin(int a, int b) { return a < b ? a : b; }
+QL_HD int imax(int a, int b) { return a > b ? a : b; }
+
+__constant__ int8_t d_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                           1,    13,   25,  38,  53,  69,  89,  113};
+QL_HD int kvalue_iq4nl(int i) {
+#ifdef __CUDA_ARCH__
+    return d_kvalues_iq4nl[i];
+#else
+    static const int8_t h_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                               1,    13,   25,  38,  53,  69,  89,  113};
+    return h_kvalues_iq4nl[i];
+#endif
+}
+
+QL_HD void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Dequantize: element j of one block (byte offsets of ggml-common.h's structs)
+// ---------------------------------------------------------------------------------------------------
+struct F16 {
+    static const int QK = 1, BYTES = 2;
+    static QL_HD float elem(const uint8_t *b, int) { return h2f(ld16(b)); }
+};
+struct BF16 {
+    static const int QK = 1, BYTES = 2;
+    static QL_HD float elem(const uint8_t *b, int) { return u2f((uint32_t)ld16(b) << 16); }
+};
+struct Q4_0 { // d, qs[16]
+    static const int QK = 32, BYTES = 18;
+    static QL_HD float elem(const uint8_t *b, int j) {
+        const int x = j < 16 ? (b[2 + j] & 0x0F) - 8 : (b[2 + j - 16] >> 4) - 8;
+        return fm((float)x, h2f(ld16(b)));
+    }
+};
+struct Q4_1 { // d, m, qs[16]
+    static const int QK = 32, BYTES = 20;
+    static QL_HD float elem(const uint8_t *b, int j) {
+        const int x = j < 16 ? b[4 + j] & 0x0F : b[4 + j - 16] >> 4;
+        return fa(fm((float)x, h2f(ld16(b))), h2f(ld16(b + 2)));
+    }
+};
+QL_HD int q5_value(const uint8_t *qh4, const uint8_t *qs, int j) {
+    const uint32_t qh =
+        (uint32_t)qh4[0] | ((uint32_t)qh4[1] << 8) | ((uint32_t)qh4[2] << 16) | ((uint32_t)qh4[3] << 24);
+    if (j < 16) return (qs[j] & 0x0F) | (int)(((qh >> j) << 4) & 0x10);
+    return (qs[j - 16] >> 4) | (int)((qh >> (j - 16 + 12)) & 0x10);
+}
+struct Q5_0 { // d, qh[4], qs[16]
+    static const int QK = 32, BYTES = 22;
+    static QL_HD float elem(const uint8_t *b, int j) {
+        return fm((float)(q5_value(b + 2, b + 6, j) - 16), h2f(ld16(b)));
+    }
+};
+struct Q5_1 { // d, m, qh[4], qs[16]
+    static const int QK = 32, BYTES = 24;
+    static QL_HD float elem(const uint8_t *b, int j) {
+        return fa(fm((float)q5_value(b + 4, b + 8, j), h2f(ld16(b))), h2f(ld16(b + 2)));
+    }
+};
+struct Q8_0 { // d, qs[32]
+    static const int QK = 32, BYTES = 34;
+    static QL_HD float elem(const uint8_t *b, int j) { return fm((float)(int8_t)b[2 + j], h2f(ld16(b))); }
+};
+struct Q2_K { // scales[16], qs[64], d, dmin
+    static const int QK = 256, BYTES = 84;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int half = e >> 7, r = e & 127, j = r >> 5, sub = (r >> 4) & 1, l = r & 15;
+        const uint8_t sc = b[half * 8 + j * 2 + sub];
+        const float dl = fm(h2f(ld16(b + 80)), (float)(sc & 0xF)),
+                    ml = fm(h2f(ld16(b + 82)), (float)(sc >> 4));
+        const int q = (b[16 + half * 32 + sub * 16 + l] >> (2 * j)) & 3;
+        return fs(fm(dl, (float)q), ml);
+    }
+};
+struct Q3_K { // hmask[32], qs[64], scales[12], d
+    static const int QK = 256, BYTES = 110;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int half = e >> 7, r = e & 127, j = r >> 5, sub = (r >> 4) & 1, l = r & 15;
+        const int is = half * 8 + j * 2 + sub;
+        const uint8_t *s = b + 96;
+        const int lo = is < 8 ? s[is] & 0xF : s[is - 8] >> 4;
+        const int hi = (s[8 + (is & 3)] >> (2 * (is >> 2))) & 3;
+        const float dl = fm(h2f(ld16(b + 108)), (float)((lo | (hi << 4)) - 32));
+        const int q = (b[32 + half * 32 + sub * 16 + l] >> (2 * j)) & 3;
+        const int m = 1 << (half * 4 + j);
+        return fm(dl, (float)(q - ((b[sub * 16 + l] & m) ? 0 : 4)));
+    }
+};
+struct Q4_K { // d, dmin, scales[12], qs[128]
+    static const int QK = 256, BYTES = 144;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int c = e >> 6, hi = (e >> 5) & 1, l = e & 31;
+        uint8_t sc, m;
+        get_scale_min_k4(2 * c + hi, b + 4, &sc, &m);
+        const float d1 = fm(h2f(ld16(b)), (float)sc), m1 = fm(h2f(ld16(b + 2)), (float)m);
+        const uint8_t q = b[16 + 32 * c + l];
+        return fs(fm(d1, (float)(hi ? q >> 4 : q & 0xF)), m1);
+    }
+};
+struct Q5_K { // d, dmin, scales[12], qh[32], qs[128]
+    static const int QK = 256, BYTES = 176;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int c = e >> 6, hi = (e >> 5) & 1, l = e & 31;
+        uint8_t sc, m;
+        get_scale_min_k4(2 * c + hi, b + 4, &sc, &m);
+        const float d1 = fm(h2f(ld16(b)), (float)sc), m1 = fm(h2f(ld16(b + 2)), (float)m);
+        const uint8_t q = b[48 + 32 * c + l];
+        const int v = (hi ? q >> 4 : q & 0xF) + ((b[16 + l] & (1 << (2 * c + hi))) ? 16 : 0);
+        return fs(fm(d1, (float)v), m1);
+    }
+};
+struct Q6_K { // ql[128], qh[64], scales[16] (int8), d
+    static const int QK = 256, BYTES = 210;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int half = e >> 7, quarter = (e >> 5) & 3, l = e & 31;
+        const uint8_t *ql = b + 64 * half;
+        const uint8_t qh = b[128 + 32 * half + l];
+        const int8_t sc = (int8_t)b[192 + 8 * half + (l >> 4) + 2 * quarter];
+        const int lo = quarter & 1 ? ql[l + 32] : ql[l];
+        const int q = ((quarter & 2 ? lo >> 4 : lo & 0xF) | (((qh >> (2 * quarter)) & 3) << 4)) - 32;
+        return fm(fm(h2f(ld16(b + 208)), (float)sc), (float)q);
+    }
+};
+struct IQ4_NL { // d, qs[16]
+    static const int QK = 32, BYTES = 18;
+    static QL_HD float elem(const uint8_t *b, int j) {
+        const int v = j < 16 ? b[2 + j] & 0xf : b[2 + j - 16] >> 4;
+        return fm(h2f(ld16(b)), (float)kvalue_iq4nl(v));
+    }
+};
+struct IQ4_XS { // d, scales_h, scales_l[4], qs[128]
+    static const int QK = 256, BYTES = 136;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int ib = e >> 5, j = e & 31;
+        const int ls = ((b[4 + ib / 2] >> 4 * (ib % 2)) & 0xf) | (((ld16(b + 2) >> 2 * ib) & 3) << 4);
+        const float dl = fm(h2f(ld16(b)), (float)(ls - 32));
+        const uint8_t q = b[8 + 16 * ib + (j & 15)];
+        return fm(dl, (float)kvalue_iq4nl(j < 16 ? q & 0xf : q >> 4));
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Quantize: one block (ggml's no-imatrix path)
+// ---------------------------------------------------------------------------------------------------
+struct Q8_0Q {
+    static const int QK = 32, BYTES = 34;
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float a = fabs_bits(x[j]);
+            amax = amax > a ? amax : a;
+        }
+        const float d = fd(amax, 127.f);
+        const float id = d != 0.0f ? fd(1.0f, d) : 0.0f;
+        st16(y, f2h(d));
+        for (int j = 0; j < 32; ++j) y[2 + j] = (uint8_t)(int8_t)cvtt_x86(round_away(fm(x[j], id)));
+    }
+};
+
+struct Q4_0Q {
+    static const int QK = 32, BYTES = 18;
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float v = x[j];
+            if (amax < fabs_bits(v)) {
+                amax = fabs_bits(v);
+                max = v;
+            }
+        }
+        const float d = fd(max, -8.f);
+        const float id = d != 0.0f ? fd(1.0f, d) : 0.0f;
+        st16(y, f2h(d));
+        for (int j = 0; j < 16; ++j) {
+            const int xi0 = imin(15, (int8_t)cvtt_x86(fa(fm(x[j], id), 8.5f)));
+            const int xi1 = imin(15, (int8_t)cvtt_x86(fa(fm(x[16 + j], id), 8.5f)));
+            y[2 + j] = (uint8_t)(xi0 | (xi1 << 4));
+        }
+    }
+};
+
+// make_qkx2_quants (ggml-quants.c), the (scale, min) search of Q4_K without imatrix
+QL_HD float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+                             float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep,
+                             bool use_mad) {
+    float min = x[0];
+    float max = x[0];
+    float sum_w = weights[0];
+    float sum_x = fm(sum_w, x[0]);
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        const float w = weights[i];
+        sum_w = fa(sum_w, w);
+        sum_x = fa(sum_x, fm(w, x[i]));
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = fneg(min);
+        return 0.f;
+    }
+    float iscale = fd((float)nmax, fs(max, min));
+    float scale = fd(1.0f, iscale);
+    float best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = nearest_int(fm(iscale, fs(x[i], min)));
+        L[i] = (uint8_t)imax(0, imin(nmax, l));
+        float diff = fs(fa(fm(scale, (float)L[i]), min), x[i]);
+        diff = use_mad ? fabs_bits(diff) : fm(diff, diff);
+        best_error = fa(best_error, fm(weights[i], diff));
+    }
+    if (nstep < 1) {
+        *the_min = fneg(min);
+        return scale;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = fd(fa(fa(rmin, fm(rdelta, (float)is)), (float)nmax), fs(max, min));
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(fm(iscale, fs(x[i], min)));
+            l = imax(0, imin(nmax, l));
+            Laux[i] = (uint8_t)l;
+            const float wl = fm(weights[i], (float)l);
+            sum_l = fa(sum_l, wl);
+            sum_l2 = fa(sum_l2, fm(wl, (float)l));
+            sum_xl = fa(sum_xl, fm(wl, x[i]));
+        }
+        const float D = fs(fm(sum_w, sum_l2), fm(sum_l, sum_l));
+        if (D > 0) {
+            float this_scale = fd(fs(fm(sum_w, sum_xl), fm(sum_x, sum_l)), D);
+            float this_min = fd(fs(fm(sum_l2, sum_x), fm(sum_l, sum_xl)), D);
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = fd(sum_xl, sum_l2);
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = fs(fa(fm(this_scale, (float)Laux[i]), this_min), x[i]);
+                diff = use_mad ? fabs_bits(diff) : fm(diff, diff);
+                cur_error = fa(cur_error, fm(weights[i], diff));
+            }
+            if (cur_error < best_error) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = fneg(min);
+    return scale;
+}
+
+QL_HD void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t lm) {
+    if (j < 4) {
+        scales[j] = ls;
+        scales[j + 4] = lm;
+    } else {
+        scales[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
+        scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
+        scales[j - 0] |= (uint8_t)((lm >> 4) << 6);
+    }
+}
+
+struct Q4_KQ { // d, dmin, scales[12], qs[128]
+    static const int QK = 256, BYTES = 144;
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        uint8_t L[QK_K], Laux[32];
+        float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 32; ++j) {
+            float sum_x2 = 0;
+            for (int l = 0; l < 32; ++l) sum_x2 = fa(sum_x2, fm(x[32 * j + l], x[32 * j + l]));
+            const float av_x = fsqrt(fd(sum_x2, 32.f));
+            for (int l = 0; l < 32; ++l) weights[l] = fa(av_x, fabs_bits(x[32 * j + l]));
+            scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f,
+                                         20, false);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        const float inv_scale = max_scale > 0 ? fd(63.f, max_scale) : 0.f;
+        const float inv_min = max_min > 0 ? fd(63.f, max_min) : 0.f;
+        uint8_t *sc12 = y + 4;
+        for (int j = 0; j < QK_K / 32; ++j) {
+            uint8_t ls = (uint8_t)nearest_int(fm(inv_scale, scales[j]));
+            uint8_t lm = (uint8_t)nearest_int(fm(inv_min, mins[j]));
+            ls = ls < 63 ? ls : 63;
+            lm = lm < 63 ? lm : 63;
+            k4_put_scale_min(sc12, j, ls, lm);
+        }
+        const uint16_t d16 = f2h(fd(max_scale, 63.f)), dmin16 = f2h(fd(max_min, 63.f));
+        st16(y, d16);
+        st16(y + 2, dmin16);
+        for (int j = 0; j < QK_K / 32; ++j) { // k45_requant
+            uint8_t sc, m;
+            get_scale_min_k4(j, sc12, &sc, &m);
+            const float d = fm(h2f(d16), (float)sc);
+            if (d == 0.0f) continue;
+            const float dm = fm(h2f(dmin16), (float)m);
+            for (int ii = 0; ii < 32; ++ii) {
+                const int l = nearest_int(fd(fa(x[32 * j + ii], dm), d));
+                L[32 * j + ii] = (uint8_t)imax(0, imin(15, l));
+            }
+        }
+        uint8_t *q = y + 16;
+        for (int j = 0; j < QK_K; j += 64) {
+            for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+            q += 32;
+        }
+    }
+};
+
+// make_qx_quants with rmse_type 1 and no weights (x^2), as Q6_K uses it without imatrix
+QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
+    float max = 0;
+    float amax = 0;
+    for (int i = 0; i < n; ++i) {
+        const float ax = fabs_bits(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = fd((float)-nmax, max);
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(fm(iscale, x[i]));
+        l = imax(-nmax, imin(nmax - 1, l));
+        L[i] = (int8_t)(l + nmax);
+        const float w = fm(x[i], x[i]);
+        sumlx = fa(sumlx, fm(fm(w, x[i]), (float)l));
+        suml2 = fa(suml2, fm(fm(w, (float)l), (float)l));
+    }
+    float scale = suml2 != 0.0f ? fd(sumlx, suml2) : 0.0f;
+    float best = fm(scale, sumlx);
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = fd(fneg(fa((float)nmax, fm(0.1f, (float)is))), max);
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(fm(iscale, x[i]));
+            l = imax(-nmax, imin(nmax - 1, l));
+            const float w = fm(x[i], x[i]);
+            sumlx = fa(sumlx, fm(fm(w, x[i]), (float)l));
+            suml2 = fa(suml2, fm(fm(w, (float)l), (float)l));
+        }
+        if (suml2 > 0 && fm(sumlx, sumlx) > fm(best, suml2)) {
+            for (int i = 0; i < n; ++i) {
+                const int l = nearest_int(fm(iscale, x[i]));
+                L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, l)));
+            }
+            scale = fd(sumlx, suml2);
+            best = fm(scale, sumlx);
+        }
+    }
+    return scale;
+}
+
+struct Q6_KQ { // ql[128], qh[64], scales[16], d
+    static const int QK = 256, BYTES = 210;
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        int8_t L[QK_K];
+        float scales[QK_K / 16];
+        float max_scale = 0, max_abs_scale = 0;
+        for (int ib = 0; ib < QK_K / 16; ++ib) {
+            const float scale = make_qx_quants_rmse1(16, 32, x + 16 * ib, L + 16 * ib);
+            scales[ib] = scale;
+            const float abs_scale = fabs_bits(scale);
+            if (abs_scale > max_abs_scale) {
+                max_abs_scale = abs_scale;
+                max_scale = scale;
+            }
+        }
+        if (max_abs_scale < GROUP_MAX_EPS) {
+            for (int i = 0; i < BYTES; ++i) y[i] = 0;
+            st16(y + 208, f2h(0.f));
+            return;
+        }
+        const float iscale = fd(-128.f, max_scale);
+        const uint16_t d16 = f2h(fd(1.0f, iscale));
+        st16(y + 208, d16);
+        int8_t *ysc = (int8_t *)(y + 192);
+        for (int ib = 0; ib < QK_K / 16; ++ib)
+            ysc[ib] = (int8_t)imin(127, nearest_int(fm(iscale, scales[ib])));
+        for (int j = 0; j < QK_K / 16; ++j) {
+            const float d = fm(h2f(d16), (float)ysc[j]);
+            if (d == 0.0f) continue;
+            for (int ii = 0; ii < 16; ++ii) {
+                int l = nearest_int(fd(x[16 * j + ii], d));
+                l = imax(-32, imin(31, l));
+                L[16 * j + ii] = (int8_t)(l + 32);
+            }
+        }
+        uint8_t *ql = y, *qh = y + 128;
+        for (int j = 0; j < QK_K; j += 128) {
+            for (int l = 0; l < 32; ++l) {
+                const uint8_t q1 = L[j + l + 0] & 0xF;
+                const uint8_t q2 = L[j + l + 32] & 0xF;
+                const uint8_t q3 = L[j + l + 64] & 0xF;
+                const uint8_t q4 = L[j + l + 96] & 0xF;
+                ql[l + 0] = (uint8_t)(q1 | (q3 << 4));
+                ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
+                qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) |
+                                  ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
+            }
+            ql += 64;
+            qh += 32;
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Kernels and launches
+// ---------------------------------------------------------------------------------------------------
+template <class F>
+__global__ void k_dequant(const uint8_t *__restrict__ src, float *__restrict__ dst, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        dst[i] = F::elem(src + (i / F::QK) * F::BYTES, (int)(i % F::QK));
+}
+
+// 8 consecutive outputs per thread, stored as two float4: the block header is decoded once for the 8
+// (the compiler shares the loads between the unrolled elem calls). Needs n % 8 == 0 and dst 16-byte aligned.
+template <class F>
+__global__ void k_dequant8(const uint8_t *__restrict__ src, float *__restrict__ dst, int64_t n8) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < n8; t += stride) {
+        const int64_t i0 = t * 8;
+        float v[8];
+        if (F::QK % 8 == 0) {
+            const uint8_t *b = src + (i0 / F::QK) * F::BYTES;
+            const int j0 = (int)(i0 % F::QK);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] = F::elem(b, j0 + k);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; ++k)
+                v[k] = F::elem(src + ((i0 + k) / F::QK) * F::BYTES, (int)((i0 + k) % F::QK));
+        }
+        float4 *o = (float4 *)(dst + i0);
+        o[0] = make_float4(v[0], v[1], v[2], v[3]);
+        o[1] = make_float4(v[4], v[5], v[6], v[7]);
+    }
+}
+
+template <class F>
+__global__ void k_quant(const float *__restrict__ src, uint8_t *__restrict__ dst, int64_t nb) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += stride)
+        F::quant(src + b * F::QK, dst + b * F::BYTES);
+}
+
+static ql_status cuda_fail(cudaError_t e, const char *what, int line) {
+    return ql_fail(e == cudaErrorMemoryAllocation ? QL_ERR_NOMEM : QL_ERR_IO,
+                   "kernels/codecs_cuda.cu:%d: %s: %s", line, what, cudaGetErrorString(e));
+}
+#define CUDA_TRY(call)                                                                                       \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) return cuda_fail(e_, #call, __LINE__);                                        \
+    } while (0)
+
+static unsigned grid_for(int64_t n, int threads) {
+    int64_t g = (n + threads - 1) / threads;
+    return (unsigned)(g < 1 ? 1 : g > 65535 * 16 ? 65535 * 16 : g);
+}
+
+template <class F> static ql_status launch_dequant(const void *src, float *dst, int64_t n, cudaStream_t s) {
+    if (n == 0) return QL_OK;
+    if (n % 8 == 0 && ((uintptr_t)dst & 15) == 0)
+        k_dequant8<F><<<grid_for(n / 8, 256), 256, 0, s>>>((const uint8_t *)src, dst, n / 8);
+    else
+        k_dequant<F><<<grid_for(n, 256), 256, 0, s>>>((const uint8_t *)src, dst, n);
+    CUDA_TRY(cudaGetLastError());
+    return QL_OK;
+}
+
+template <class F> static ql_status launch_quant(const float *src, void *dst, int64_t nb, cudaStream_t s) {
+    if (nb == 0) return QL_OK;
+    k_quant<F><<<grid_for(nb, 64), 64, 0, s>>>(src, (uint8_t *)dst, nb); // heavy threads: small blocks
+    CUDA_TRY(cudaGetLastError());
+    return QL_OK;
+}
+
+template <class F> static void host_dequant(const void *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i)
+        dst[i] = F::elem((const uint8_t *)src + (i / F::QK) * F::BYTES, (int)(i % F::QK));
+}
+
+template <class F> static void host_quant(const float *src, void *dst, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b) F::quant(src + b * F::QK, (uint8_t *)dst + b * F::BYTES);
+}
+
+#define DEQUANT_TYPES(X)                                                                                     \
+    X(QL_TYPE_F16, F16)                                                                                      \
+    X(QL_TYPE_BF16, BF16) X(QL_TYPE_Q4_0, Q4_0) X(QL_TYPE_Q4_1, Q4_1) X(QL_TYPE_Q5_0, Q5_0)                  \
+        X(QL_TYPE_Q5_1, Q5_1) X(QL_TYPE_Q8_0, Q8_0) X(QL_TYPE_Q2_K, Q2_K) X(QL_TYPE_Q3_K, Q3_K)              \
+            X(QL_TYPE_Q4_K, Q4_K) X(QL_TYPE_Q5_K, Q5_K) X(QL_TYPE_Q6_K, Q6_K) X(QL_TYPE_IQ4_NL, IQ4_NL)      \
+                X(QL_TYPE_IQ4_XS, IQ4_XS)
+#define QUANT_TYPES(X)                                                                                       \
+    X(QL_TYPE_Q4_0, Q4_0Q) X(QL_TYPE_Q8_0, Q8_0Q) X(QL_TYPE_Q4_K, Q4_KQ) X(QL_TYPE_Q6_K, Q6_KQ)
+
+// Checks the shape; *bytes = tensor bytes, *nblocks = number of blocks.
+static ql_status check_shape(uint32_t type, int64_t nrows, int64_t ncols, int64_t *bytes, int64_t *nblocks) {
+    const ql_type_info *ti = ql_type_get(type);
+    if (!ti) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: unknown type %u", type);
+    if (nrows < 0 || ncols <= 0 || ncols % ti->block != 0)
+        return ql_fail(QL_ERR_ARG, "cuda: %s needs rows that are a multiple of %d (got %lld x %lld)",
+                       ti->name, ti->block, (long long)nrows, (long long)ncols);
+    const int64_t t = ql_type_tensor_bytes(type, ncols, nrows);
+    if (t < 0 || nrows > INT64_MAX / ncols) return ql_fail(QL_ERR_ARG, "cuda: %s tensor too large", ti->name);
+    *bytes = t;
+    *nblocks = nrows * (ncols / ti->block);
+    return QL_OK;
+}
+
+// Owns a device allocation (freed on every return path).
+struct DevBuf {
+    void *p = nullptr;
+    ~DevBuf() {
+        if (p) cudaFree(p);
+    }
+};
+
+extern "C" int ql_cuda_available(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        int n = 0;
+        cached = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+        if (!cached) cudaGetLastError(); // clear the sticky "no device" error
+    }
+    return cached;
+}
+
+extern "C" bool ql_cuda_can_dequantize(uint32_t type) {
+    switch (type) {
+#define X(t, F) case t:
+        DEQUANT_TYPES(X)
+#undef X
+        return true;
+    default: return false;
+    }
+}
+
+extern "C" bool ql_cuda_can_quantize(uint32_t type) {
+    switch (type) {
+#define X(t, F) case t:
+        QUANT_TYPES(X)
+#undef X
+        return true;
+    default: return false;
+    }
+}
+
+extern "C" ql_status ql_cuda_dequantize_dev(uint32_t type, const void *dev_src, float *dev_dst, int64_t nrows,
+                                            int64_t ncols, void *stream) {
+    int64_t bytes, nb;
+    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
+    if (st != QL_OK) return st;
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    const int64_t n = nrows * ncols;
+    switch (type) {
+#define X(t, F)                                                                                              \
+    case t: return launch_dequant<F>(dev_src, dev_dst, n, (cudaStream_t)stream);
+        DEQUANT_TYPES(X)
+#undef X
+    default: return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel for type %u", type);
+    }
+}
+
+extern "C" ql_status ql_cuda_quantize_dev(uint32_t type, const float *dev_src, void *dev_dst, int64_t nrows,
+                                          int64_t ncols, void *stream) {
+    int64_t bytes, nb;
+    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
+    if (st != QL_OK) return st;
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    switch (type) {
+#define X(t, F)                                                                                              \
+    case t: return launch_quant<F>(dev_src, dev_dst, nb, (cudaStream_t)stream);
+        QUANT_TYPES(X)
+#undef X
+    default: return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel for type %u", type);
+    }
+}
+
+extern "C" ql_status ql_cuda_dequantize(uint32_t type, const void *host_src, float *host_dst, int64_t nrows,
+                                        int64_t ncols) {
+    int64_t bytes, nb;
+    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
+    if (st != QL_OK) return st;
+    if (!ql_cuda_can_dequantize(type))
+        return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel for type %u", type);
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (nrows == 0) return QL_OK;
+    const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
+    DevBuf s, d;
+    CUDA_TRY(cudaMalloc(&s.p, (size_t)bytes));
+    CUDA_TRY(cudaMalloc(&d.p, fbytes));
+    CUDA_TRY(cudaMemcpy(s.p, host_src, (size_t)bytes, cudaMemcpyHostToDevice));
+    st = ql_cuda_dequantize_dev(type, s.p, (float *)d.p, nrows, ncols, nullptr);
+    if (st != QL_OK) return st;
+    CUDA_TRY(cudaDeviceSynchronize());
+    CUDA_TRY(cudaMemcpy(host_dst, d.p, fbytes, cudaMemcpyDeviceToHost));
+    return QL_OK;
+}
+
+extern "C" ql_status ql_cuda_quantize(uint32_t type, const float *host_src, void *host_dst, int64_t nrows,
+                                      int64_t ncols) {
+    int64_t bytes, nb;
+    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
+    if (st != QL_OK) return st;
+    if (!ql_cuda_can_quantize(type))
+        return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel for type %u", type);
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (nrows == 0) return QL_OK;
+    const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
+    DevBuf s, d;
+    CUDA_TRY(cudaMalloc(&s.p, fbytes));
+    CUDA_TRY(cudaMalloc(&d.p, (size_t)bytes));
+    CUDA_TRY(cudaMemcpy(s.p, host_src, fbytes, cudaMemcpyHostToDevice));
+    st = ql_cuda_quantize_dev(type, (const float *)s.p, d.p, nrows, ncols, nullptr);
+    if (st != QL_OK) return st;
+    CUDA_TRY(cudaDeviceSynchronize());
+    CUDA_TRY(cudaMemcpy(host_dst, d.p, (size_t)bytes, cudaMemcpyDeviceToHost));
+    return QL_OK;
+}
+
+extern "C" ql_status ql_cuda_emulate_dequantize(uint32_t type, const void *src, float *dst, int64_t nrows,
+                                                int64_t ncols) {
+    int64_t bytes, nb;
+    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
+    if (st != QL_OK) return st;
+    switch (type) {
+#define X(t, F)                                                                                              \
+    case t: host_dequant<F>(src, dst, nrows * ncols); return QL_OK;
+        DEQUANT_TYPES(X)
+#undef X
+    default: return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel for type %u", type);
+    }
+}
+
+extern "C" ql_status ql_cuda_emulate_quantize(uint32_t type, const float *src, void *dst, int64_t nrows,
+                                              int64_t ncols) {
+    int64_t bytes, nb;
+    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
+    if (st != QL_OK) return st;
+    switch (type) {
+#define X(t, F)                                                                                              \
+    case t: host_quant<F>(src, dst, nb); return QL_OK;
+        QUANT_TYPES(X)
+#undef X
+    default: return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel for type %u", type);
+    }
+}
+
+// random codes with finite fp16 scales in [0.5, 1): the kernels' cost does not depend on the values
+__global__ void k_fill(uint8_t *p, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        uint32_t h = (uint32_t)i * 2654435761u;
+        h ^= h >> 15;
+        p[i] = (uint8_t)(h & 0xBF); // bit 6 clear: an fp16 high byte never has exponent 31
+    }
+}
+
+extern "C" ql_status ql_cuda_bench_dequantize(uint32_t type, int64_t nrows, int64_t ncols, int iters,
+                                              double *gbps) {
+    int64_t bytes, nb;
+    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
+    if (st != QL_OK) return st;
+    if (!ql_cuda_can_dequantize(type))
+        return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel for type %u", type);
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (iters < 1) iters = 1;
+    const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
+    DevBuf s, d;
+    CUDA_TRY(cudaMalloc(&s.p, (size_t)bytes));
+    CUDA_TRY(cudaMalloc(&d.p, fbytes));
+    k_fill<<<grid_for(bytes, 256), 256>>>((uint8_t *)s.p, bytes);
+    CUDA_TRY(cudaGetLastError());
+    st = ql_cuda_dequantize_dev(type, s.p, (float *)d.p, nrows, ncols, nullptr); // warm-up
+    if (st != QL_OK) return st;
+    cudaEvent_t e0, e1;
+    CUDA_TRY(cudaEventCreate(&e0));
+    cudaError_t ce = cudaEventCreate(&e1);
+    if (ce != cudaSuccess) {
+        cudaEventDestroy(e0);
+        return cuda_fail(ce, "cudaEventCreate(&e1)", __LINE__);
+    }
+    cudaEventRecord(e0);
+    for (int i = 0; i < iters && st == QL_OK; ++i)
+        st = ql_cuda_dequantize_dev(type, s.p, (float *)d.p, nrows, ncols, nullptr);
+    cudaEventRecord(e1);
+    ce = cudaEventSynchronize(e1);
+    float ms = 0;
+    if (ce == cudaSuccess) ce = cudaEventElapsedTime(&ms, e0, e1);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (st != QL_OK) return st;
+    if (ce != cudaSuccess) return cuda_fail(ce, "cudaEventSynchronize/ElapsedTime", __LINE__);
+    if (gbps) *gbps = ms > 0 ? (double)(bytes + (int64_t)fbytes) * iters / (ms * 1e-3) / 1e9 : 0.0;
+    return QL_OK;
+}

@@ -1,0 +1,281 @@
+/* test_cuda.c — the CUDA codecs (kernels/cuda_api.h) against the scalar reference: every dequantize
+ * kernel on the reference's own codes (random + adversarial rows) and on random bytes, every quantize
+ * kernel on random + adversarial rows. Exact equality, with one documented allowance: NaN outputs of a
+ * dequantize are compared as "both NaN" (payload not compared), and quantized blocks whose INPUT holds
+ * NaN/Inf are reported but not required to match (there the reference's bits come from x86's NaN
+ * propagation order, which the device only imitates). The same kernel code is also run on the host
+ * (ql_cuda_emulate_*) so the arithmetic is checked where there is no GPU. Without a device (or without
+ * CUDA in the build) the device tests print "SKIP: no CUDA device" and skip.
+ * QL_CUDA_BENCH=1 adds a dequantize bandwidth run (4096x4096 Q4_K and Q8_0). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ggml_quants.h"
+#include "ggml_types.h"
+#include "ql_common.h"
+#ifdef QL_HAVE_CUDA
+#include "cuda_api.h"
+#endif
+
+#ifdef QL_HAVE_CUDA
+typedef struct {
+    const char *name;
+    uint32_t type;
+    bool quant; /* has a CUDA quantize kernel */
+} ctype_t;
+
+static const ctype_t types[] = {
+    {"f16", QL_TYPE_F16, false},       {"bf16", QL_TYPE_BF16, false},     {"q4_0", QL_TYPE_Q4_0, true},
+    {"q4_1", QL_TYPE_Q4_1, false},     {"q5_0", QL_TYPE_Q5_0, false},     {"q5_1", QL_TYPE_Q5_1, false},
+    {"q8_0", QL_TYPE_Q8_0, true},      {"q2_k", QL_TYPE_Q2_K, false},     {"q3_k", QL_TYPE_Q3_K, false},
+    {"q4_k", QL_TYPE_Q4_K, true},      {"q5_k", QL_TYPE_Q5_K, false},     {"q6_k", QL_TYPE_Q6_K, true},
+    {"iq4_nl", QL_TYPE_IQ4_NL, false}, {"iq4_xs", QL_TYPE_IQ4_XS, false},
+};
+
+enum { NROWS = 7, NCOLS = 512, NKIND = 16 };
+
+static uint64_t g_rng = 0x243F6A8885A308D3ull;
+static uint64_t rnd64(void) {
+    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static float rnd_n(void) {
+    double u1 = (double)(rnd64() >> 11) * (1.0 / 9007199254740992.0) + 1e-300;
+    double u2 = (double)(rnd64() >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+/* Row kinds: gauss, zeros, outliers 1e30 / +-65504, NaN, +-Inf, denormals, constants, tiny, alternating,
+ * halves (rounding ties), huge 1e37, first-of-equal-magnitude, sparse. */
+static void fill_row(float *x, int64_t n, int kind) {
+    for (int64_t i = 0; i < n; ++i) {
+        float g = rnd_n(), v;
+        switch (kind) {
+        case 0: v = g; break;
+        case 1: v = 0.0f; break;
+        case 2: v = i == n / 3 ? 1e30f : g; break;
+        case 3: v = i == 77 ? 65504.0f : (i == 300 ? -65504.0f : g * 0.01f); break;
+        case 4: v = i % 97 == 13 ? NAN : g; break;
+        case 5: v = i % 131 == 7 ? INFINITY : (i % 61 == 60 ? -INFINITY : g); break;
+        case 6: v = g * 1e-40f; break;
+        case 7: v = 3.0f; break;
+        case 8: v = -2.5f; break;
+        case 9: v = g * 1e-20f; break;
+        case 10: v = (i & 1) ? 1.0f : -1.0f; break;
+        case 11: v = i % 32 == 0 ? 127.0f : (float)((int)(rnd64() % 255) - 127) + 0.5f; break;
+        case 12: v = g * 1e37f; break;
+        case 13: v = i % 16 == 0 ? -4.0f : (i % 16 == 1 ? 4.0f : g); break;
+        case 14: v = rnd64() % 17 == 0 ? g * 10 : 0.0f; break;
+        default: v = (rnd64() & 3) == 0 ? g * 100 : g * 0.01f; break;
+        }
+        x[i] = v;
+    }
+}
+
+static bool block_finite(const float *x, int n) {
+    for (int i = 0; i < n; ++i)
+        if (!isfinite(x[i])) return false;
+    return true;
+}
+
+/* Dequantized floats: identical bits, or both NaN. Returns the first bad index or -1. */
+static int64_t first_float_diff(const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        if (isnan(a[i]) && isnan(b[i])) continue;
+        if (memcmp(&a[i], &b[i], 4) != 0) return i;
+    }
+    return -1;
+}
+
+typedef ql_status (*deq_fn)(uint32_t, const void *, float *, int64_t, int64_t);
+typedef ql_status (*q_fn)(uint32_t, const float *, void *, int64_t, int64_t);
+
+/* Dequantize the reference's codes of every row kind, and random bytes, with `deq`; compare with ref. */
+static void check_dequant(const ctype_t *t, deq_fn deq, const char *who) {
+    const int64_t rb = ql_type_row_bytes(t->type, NCOLS);
+    uint8_t *q = malloc((size_t)(rb * NROWS));
+    float *x = malloc(sizeof(float) * NROWS * NCOLS), *a = malloc(sizeof(float) * NROWS * NCOLS),
+          *b = malloc(sizeof(float) * NROWS * NCOLS);
+    for (int kind = 0; kind <= NKIND; ++kind) {
+        if (kind < NKIND) {
+            for (int r = 0; r < NROWS; ++r) fill_row(x + r * NCOLS, NCOLS, kind);
+            assert_int_equal(ql_ggml_quantize_rows(t->type, x, q, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
+        } else {
+            for (int64_t i = 0; i < rb * NROWS; ++i)
+                q[i] = (uint8_t)rnd64(); /* NaN/Inf/subnormal scales too */
+        }
+        memset(a, 0xA5, sizeof(float) * NROWS * NCOLS);
+        ql_status st = deq(t->type, q, a, NROWS, NCOLS);
+        if (st != QL_OK) fail_msg("%s dequantize %s: %s", who, t->name, ql_last_error());
+        assert_true(ql_ggml_dequantize_rows(t->type, q, b, NROWS, NCOLS));
+        int64_t bad = first_float_diff(a, b, NROWS * NCOLS);
+        if (bad >= 0)
+            fail_msg("%s dequantize %s (%s): element %lld is %.9g (0x%08x), ref %.9g (0x%08x)", who, t->name,
+                     kind < NKIND ? "codes of the reference" : "random bytes", (long long)bad, (double)a[bad],
+                     ((uint32_t *)a)[bad], (double)b[bad], ((uint32_t *)b)[bad]);
+    }
+    free(q);
+    free(x);
+    free(a);
+    free(b);
+}
+
+/* Quantize every row kind with `qf`; blocks with finite input must match the reference byte for byte. */
+static void check_quant(const ctype_t *t, q_fn qf, const char *who) {
+    const ql_type_info *ti = ql_type_get(t->type);
+    const int64_t rb = ql_type_row_bytes(t->type, NCOLS), bb = ti->block_bytes, nbr = NCOLS / ti->block;
+    uint8_t *qa = malloc((size_t)(rb * NROWS)), *qb = malloc((size_t)(rb * NROWS));
+    float *x = malloc(sizeof(float) * NROWS * NCOLS);
+    int loose = 0, loose_bad = 0;
+    for (int kind = 0; kind < NKIND; ++kind) {
+        for (int r = 0; r < NROWS; ++r) fill_row(x + r * NCOLS, NCOLS, (kind + r) % NKIND == 0 ? 0 : kind);
+        memset(qa, 0xA5, (size_t)(rb * NROWS));
+        ql_status st = qf(t->type, x, qa, NROWS, NCOLS);
+        if (st != QL_OK) fail_msg("%s quantize %s: %s", who, t->name, ql_last_error());
+        assert_int_equal(ql_ggml_quantize_rows(t->type, x, qb, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
+        for (int64_t blk = 0; blk < NROWS * nbr; ++blk) {
+            const bool same = memcmp(qa + blk * bb, qb + blk * bb, (size_t)bb) == 0;
+            if (!block_finite(x + blk * ti->block, ti->block)) {
+                loose++;
+                loose_bad += !same;
+                continue;
+            }
+            if (!same) {
+                int64_t i = 0;
+                while (qa[blk * bb + i] == qb[blk * bb + i]) i++;
+                fail_msg("%s quantize %s (row kind %d): block %lld byte %lld is %02x, ref %02x", who, t->name,
+                         kind, (long long)blk, (long long)i, qa[blk * bb + i], qb[blk * bb + i]);
+            }
+        }
+    }
+    if (loose_bad)
+        printf("  %s quantize %s: %d of %d blocks with NaN/Inf input differ (allowed)\n", who, t->name,
+               loose_bad, loose);
+    free(qa);
+    free(qb);
+    free(x);
+}
+
+/* Host run of the kernels' code: needs no device. */
+static void test_emulation(void **state) {
+    (void)state;
+    for (size_t i = 0; i < QL_ARRAY_LEN(types); ++i) {
+        assert_true(ql_cuda_can_dequantize(types[i].type));
+        assert_int_equal(ql_cuda_can_quantize(types[i].type), types[i].quant);
+        check_dequant(&types[i], ql_cuda_emulate_dequantize, "host");
+        if (types[i].quant) check_quant(&types[i], ql_cuda_emulate_quantize, "host");
+    }
+    printf("  host run of the CUDA codecs: %zu dequantizers, 4 quantizers identical to ref\n",
+           QL_ARRAY_LEN(types));
+}
+
+static bool have_device(void) {
+    if (ql_cuda_available()) return true;
+    printf("SKIP: no CUDA device\n");
+    return false;
+}
+
+static void test_device_dequantize(void **state) {
+    (void)state;
+    if (!have_device()) skip();
+    for (size_t i = 0; i < QL_ARRAY_LEN(types); ++i) check_dequant(&types[i], ql_cuda_dequantize, "cuda");
+    /* 15 values: not a multiple of 8, so the one-element-per-thread kernel runs */
+    const uint32_t odd[] = {QL_TYPE_F16, QL_TYPE_BF16};
+    for (int t = 0; t < 2; ++t) {
+        uint16_t h[15];
+        float a[15], b[15];
+        for (int i = 0; i < 15; ++i) h[i] = (uint16_t)rnd64();
+        assert_int_equal(ql_cuda_dequantize(odd[t], h, a, 5, 3), QL_OK);
+        assert_true(ql_ggml_dequantize_rows(odd[t], h, b, 5, 3));
+        assert_int_equal(first_float_diff(a, b, 15), -1);
+    }
+}
+
+static void test_device_quantize(void **state) {
+    (void)state;
+    if (!have_device()) skip();
+    for (size_t i = 0; i < QL_ARRAY_LEN(types); ++i)
+        if (types[i].quant) check_quant(&types[i], ql_cuda_quantize, "cuda");
+    /* a big matrix: many thread blocks, grid-stride loops */
+    const int64_t nrows = 300, ncols = 4096;
+    float *x = malloc(sizeof(float) * (size_t)(nrows * ncols));
+    for (int64_t i = 0; i < nrows * ncols; ++i) x[i] = rnd_n();
+    for (size_t i = 0; i < QL_ARRAY_LEN(types); ++i) {
+        if (!types[i].quant) continue;
+        const size_t n = (size_t)ql_type_tensor_bytes(types[i].type, ncols, nrows);
+        uint8_t *a = malloc(n), *b = malloc(n);
+        assert_int_equal(ql_cuda_quantize(types[i].type, x, a, nrows, ncols), QL_OK);
+        ql_ggml_quantize_rows(types[i].type, x, b, nrows, ncols, NULL);
+        if (memcmp(a, b, n) != 0) fail_msg("cuda quantize %s: 300x4096 differs from ref", types[i].name);
+        free(a);
+        free(b);
+    }
+    free(x);
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    float x[64] = {0};
+    uint8_t q[64] = {0};
+    /* shape and type errors do not need a device */
+    assert_int_equal(ql_cuda_dequantize(QL_TYPE_Q4_K, q, x, 1, 100), QL_ERR_ARG);
+    assert_int_equal(ql_cuda_quantize(QL_TYPE_Q5_K, x, q, 1, 256), QL_ERR_UNSUPPORTED);
+    assert_int_equal(ql_cuda_dequantize(QL_TYPE_IQ2_XXS, q, x, 1, 256), QL_ERR_UNSUPPORTED);
+    assert_int_equal(ql_cuda_emulate_quantize(QL_TYPE_Q4_0, x, q, 1, 33), QL_ERR_ARG);
+    if (!have_device()) skip();
+    assert_int_equal(ql_cuda_dequantize(QL_TYPE_Q8_0, q, x, 0, 32), QL_OK); /* zero rows: nothing to do */
+    assert_int_equal(ql_cuda_dequantize_dev(QL_TYPE_Q8_0, NULL, NULL, 0, 32, NULL), QL_OK);
+}
+
+static void test_bench(void **state) {
+    (void)state;
+    const char *e = getenv("QL_CUDA_BENCH");
+    if (!e || strcmp(e, "1") != 0) {
+        printf("SKIP: set QL_CUDA_BENCH=1 for the dequantize bandwidth run\n");
+        skip();
+    }
+    if (!have_device()) skip();
+    const uint32_t bt[] = {QL_TYPE_Q4_K, QL_TYPE_Q8_0};
+    const char *bn[] = {"q4_k", "q8_0"};
+    for (int i = 0; i < 2; ++i) {
+        double gbps = 0;
+        ql_status st = ql_cuda_bench_dequantize(bt[i], 4096, 4096, 50, &gbps);
+        if (st != QL_OK) fail_msg("bench %s: %s", bn[i], ql_last_error());
+        printf("  cuda dequantize %s 4096x4096: %.1f GB/s (read + write)\n", bn[i], gbps);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_emulation),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_device_dequantize),
+        cmocka_unit_test(test_device_quantize),
+        cmocka_unit_test(test_bench),
+    };
+    return cmocka_run_group_tests_name("cuda", tests, NULL, NULL);
+}
+
+#else /* built without CUDA */
+
+static void test_no_cuda(void **state) {
+    (void)state;
+    printf("SKIP: no CUDA device (this build has no CUDA: nvcc was not found)\n");
+    skip();
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_no_cuda)};
+    return cmocka_run_group_tests_name("cuda", tests, NULL, NULL);
+}
+#endif
