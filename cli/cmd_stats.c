@@ -2,6 +2,7 @@
  * matrix). Both read calibration tokens the same way: llama.cpp-style consecutive chunks of a text
  * file (--text, --ctx, --chunks), the way llama-imatrix does it. */
 #include "cli.h"
+#include "calib.h"
 #include "imatrix.h"
 #include "model.h"
 #include "parallel.h"
@@ -12,8 +13,9 @@
 #include <string.h>
 
 typedef struct {
-    const char *text;
-    int ctx, chunks, threads;
+    const char *text, *calib;
+    int ctx, chunks, threads, samples, mode;
+    uint64_t seed;
 } calib_args;
 
 /* Consecutive chunks of ctx tokens, the first token of each replaced by BOS (llama-imatrix's input). */
@@ -43,6 +45,14 @@ static ql_status text_chunks(const ql_model *m, const calib_args *ca, int32_t **
 
 static int parse_calib_flag(cli_args *a, const char *flag, calib_args *ca) {
     if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) ca->text = cli_value(a, flag);
+    else if (!strcmp(flag, "--calib")) ca->calib = cli_value(a, flag);
+    else if (!strcmp(flag, "--samples")) ca->samples = cli_int(a, flag, 1, 1 << 24);
+    else if (!strcmp(flag, "--len")) ca->ctx = cli_int(a, flag, 2, 1 << 20);
+    else if (!strcmp(flag, "--seed")) ca->seed = (uint64_t)cli_int(a, flag, 0, 1 << 30);
+    else if (!strcmp(flag, "--mode")) {
+        const char *v = cli_value(a, flag);
+        ca->mode = v && !strcmp(v, "docs") ? QL_CALIB_DOCS : QL_CALIB_RANDOM;
+    }
     else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) ca->ctx = cli_int(a, flag, 8, 1 << 20);
     else if (!strcmp(flag, "--chunks")) ca->chunks = cli_int(a, flag, 1, 1 << 30);
     else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) ca->threads = cli_int(a, flag, 1, 256);
@@ -61,7 +71,21 @@ static int collect(const char *cmd, const char *model, const calib_args *ca, boo
         fprintf(stderr, "qlab %s: %s: the model has no tokenizer\n", cmd, model);
         return 1;
     }
-    if (text_chunks(*m, ca, &tok, &n_seq) || ql_infer_new(*m, ca->threads, &inf)) {
+    ql_status cs;
+    if (ca->calib) {
+        /* a calibration set: N samples of L tokens drawn from a mix of sources (see qlab calib --help) */
+        ql_calib_opts co = {.n_samples = ca->samples, .seq_len = ca->ctx, .seed = ca->seed, .mode = ca->mode};
+        ql_calib_set *set = NULL;
+        cs = ql_calib_build(ca->calib, (*m)->tok, &co, &set);
+        if (!cs) {
+            n_seq = set->n_samples;
+            tok = set->tokens;
+            set->tokens = NULL;
+            ql_calib_free(set);
+        }
+    } else
+        cs = text_chunks(*m, ca, &tok, &n_seq);
+    if (cs || ql_infer_new(*m, ca->threads, &inf)) {
         free(tok);
         return cli_fail(cmd);
     }
@@ -69,14 +93,15 @@ static int collect(const char *cmd, const char *model, const calib_args *ca, boo
     ql_progress *bar = cli_progress_bar(cmd);
     if (ql_stats_collect(inf, tok, n_seq, ca->ctx, &o, bar, st)) rc = cli_fail(cmd);
     cli_progress_done(bar);
-    if (!rc) (*st)->source = ql_strdup(ca->text);
+    if (!rc) (*st)->source = ql_strdup(ca->calib ? ca->calib : ca->text);
     free(tok);
     ql_infer_free(inf);
     return rc;
 }
 
 static const char *STATS_USAGE =
-    "usage: qlab stats MODEL --text FILE -o STATS.qls [--ctx 512] [--chunks N] [--no-hessian] [--output] [--threads N]\n"
+    "usage: qlab stats MODEL (--text FILE [--ctx 512] [--chunks N] | --calib SPEC [--samples 128] [--len 512]\n"
+    "                  [--seed S] [--mode random|docs]) -o STATS.qls [--no-hessian] [--output] [--threads N]\n"
     "Runs the calibration text through MODEL (consecutive chunks of --ctx tokens, each starting with BOS) and\n"
     "stores, for the input of every linear layer: Σ x xᵀ (the GPTQ Hessian, double), max|x|, mean|x|, mean x².\n"
     "The file feeds qlab quant --stats (GPTQ, AWQ, SmoothQuant) and qlab sense. Same inputs and thread count:\n"
@@ -97,7 +122,8 @@ int cmd_stats(int argc, char **argv) {
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
-    if (!model || !ca.text || !out) return cli_usage_error("stats", STATS_USAGE, "needs MODEL, --text FILE and -o OUT");
+    if (!model || (!ca.text && !ca.calib) || !out)
+        return cli_usage_error("stats", STATS_USAGE, "needs MODEL, --text FILE or --calib SPEC, and -o OUT");
     ql_model *m = NULL;
     ql_stats *st = NULL;
     int rc = collect("stats", model, &ca, hessian, output, &m, &st);
@@ -111,7 +137,8 @@ int cmd_stats(int argc, char **argv) {
 }
 
 static const char *IMATRIX_USAGE =
-    "usage: qlab imatrix MODEL --text FILE -o OUT [--ctx 512] [--chunks N] [--process-output] [--threads N]\n"
+    "usage: qlab imatrix MODEL (--text FILE [--ctx 512] [--chunks N] | --calib SPEC [--samples N] [--len L] [--seed S])\n"
+    "                    -o OUT [--process-output] [--threads N]\n"
     "Computes llama.cpp's importance matrix (per weight: Σ x² of each input column, and the token count) over\n"
     "consecutive --ctx chunks of FILE, as llama-imatrix does. OUT ending in .dat writes the legacy format,\n"
     "anything else GGUF; both are read by llama-quantize --imatrix and by qlab quant --imatrix.\n";
@@ -130,13 +157,14 @@ int cmd_imatrix(int argc, char **argv) {
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
-    if (!model || !ca.text || !out) return cli_usage_error("imatrix", IMATRIX_USAGE, "needs MODEL, --text FILE and -o OUT");
+    if (!model || (!ca.text && !ca.calib) || !out)
+        return cli_usage_error("imatrix", IMATRIX_USAGE, "needs MODEL, --text FILE or --calib SPEC, and -o OUT");
     ql_model *m = NULL;
     ql_stats *st = NULL;
     int rc = collect("imatrix", model, &ca, false, output, &m, &st);
     if (rc) goto done;
     ql_imatrix *im = ql_imatrix_new();
-    ql_imatrix_add_dataset(im, ca.text);
+    ql_imatrix_add_dataset(im, ca.calib ? ca.calib : ca.text);
     im->chunk_count = st->n_sequences;
     im->chunk_size = ca.ctx;
     for (int64_t i = 0; i < m->gguf->n_tensors; i++) {

@@ -12,6 +12,7 @@ int cmd_synth(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_quant(int argc, char **argv);
 int cmd_formats(int argc, char **argv);
+int cmd_calib(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_imatrix(int argc, char **argv);
 
@@ -24,6 +25,7 @@ const cli_command cli_commands[] = {
     {"convert", "convert between GGUF, Hugging Face folders and llama2.c checkpoints", cmd_convert, NULL},
     {"quant", "quantize a model with one format, a preset or a per-tensor plan", cmd_quant, NULL},
     {"formats", "list every storage format (bits per weight, block, llama.cpp compatibility)", cmd_formats, NULL},
+    {"calib", "build and inspect a calibration set (weighted text/JSONL/folder/archive sources)", cmd_calib, NULL},
     {"stats", "activation statistics (Hessians, channel ranges) of every linear layer over calibration text", cmd_stats, NULL},
     {"imatrix", "llama.cpp importance matrix (GGUF or .dat) over calibration text", cmd_imatrix, NULL},
     {NULL, NULL, NULL, NULL},

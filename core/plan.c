@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 ql_plan *ql_plan_new(void) {
@@ -76,6 +77,7 @@ ql_status ql_plan_save(const ql_plan *p, const char *model_path, const char *pat
     char *tmp = ql_malloc(l);
     snprintf(tmp, l, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
+    fchmod(fd, 0644);
     if (fd < 0) {
         free(tmp);
         return ql_fail(QL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));

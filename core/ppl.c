@@ -252,6 +252,7 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
         save_tmp = ql_malloc(l);
         snprintf(save_tmp, l, "%s.tmp.XXXXXX", o->save_logits);
         c.save_fd = mkstemp(save_tmp);
+        if (c.save_fd >= 0) fchmod(c.save_fd, 0644);
         if (c.save_fd < 0) {
             s = ql_fail(QL_ERR_IO, "%s: cannot create: %s", o->save_logits, strerror(errno));
             goto out;

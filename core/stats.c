@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define STATS_MAGIC "QLSTATS1"
@@ -240,6 +241,7 @@ ql_status ql_stats_save(const ql_stats *s, const char *path) {
     char *tmp = ql_malloc(l);
     snprintf(tmp, l, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
+    fchmod(fd, 0644); /* mkstemp makes 0600; outputs are ordinary files */
     if (fd < 0) {
         free(tmp);
         return ql_fail(QL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
