@@ -1,6 +1,7 @@
 /* infer.c — forward pass (see infer.h). Shapes are row-major [tokens, features]; a weight with GGUF
  * shape ne = [K, N] is N rows of K, so y[T,N] = x[T,K] · Wᵀ is one sgemm with B transposed. */
 #include "infer.h"
+#include "actquant.h"
 #include "ggml_types.h"
 #include "parallel.h"
 #include "format.h"
@@ -15,6 +16,7 @@ typedef struct {
     const float *w;  /* current F32 weights (borrowed or owned) */
     float *owned;    /* dequantized copy, freed with the infer */
     uint32_t act_type; /* what llama.cpp's CPU backend converts this layer's input to (F32: nothing) */
+    ql_act_quant aq;   /* simulated activation quantization (core/actquant.h); mode none: off */
 } wslot;
 
 struct ql_infer {
@@ -179,6 +181,16 @@ const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const 
     return NULL;
 }
 
+bool ql_infer_set_act_quant(ql_infer *inf, const ql_gguf_tensor *w, const ql_act_quant *aq) {
+    for (int i = 0; i < inf->n_slots; i++)
+        if (inf->slots[i].t == w) {
+            if (aq) inf->slots[i].aq = *aq;
+            else memset(&inf->slots[i].aq, 0, sizeof inf->slots[i].aq);
+            return true;
+        }
+    return false;
+}
+
 ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
     const ql_config *c = &inf->m->cfg;
     ql_scratch *s = ql_calloc(1, sizeof *s);
@@ -215,7 +227,10 @@ void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user) {
 static void linear(const ql_infer *inf, ql_scratch *sc, float *y, const float *x, const ql_gguf_tensor *wt,
                    const ql_gguf_tensor *bt, int T, int K, int N, float beta) {
     const wslot *ws = find_slot(inf, wt);
-    if (ws->act_type != QL_TYPE_F32) {
+    if (ws->aq.mode != QL_ACT_NONE) {
+        ql_act_quant_apply(&ws->aq, x, sc->xq, T, K);
+        x = sc->xq;
+    } else if (ws->act_type != QL_TYPE_F32) {
         round_activations(ws->act_type, x, sc->xq, T, K);
         x = sc->xq;
     }
@@ -292,19 +307,31 @@ static void attention(const ql_infer *inf, ql_scratch *s, int T) {
 
 ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, int T, int logit_from,
                      float *logits) {
+    return ql_forward_from(inf, s, tokens, NULL, 0, T, logit_from, logits);
+}
+
+ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, const float *x_in, int layer_from,
+                          int T, int logit_from, float *logits) {
     const ql_model *m = inf->m;
     const ql_config *c = &m->cfg;
     const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
     if (T <= 0 || T > s->max_tokens) return ql_fail(QL_ERR_ARG, "forward: %d tokens (scratch holds %d)", T, s->max_tokens);
     if (logit_from < 0 || logit_from > T) return ql_fail(QL_ERR_ARG, "forward: bad logit_from %d", logit_from);
-    const float *emb = slot_weights(inf, m->tok_embd);
-    for (int t = 0; t < T; t++) {
-        if (tokens[t] < 0 || tokens[t] >= c->n_vocab)
-            return ql_fail(QL_ERR_ARG, "forward: token id %d out of range (vocab %d)", tokens[t], c->n_vocab);
-        memcpy(s->x + (size_t)t * D, emb + (size_t)tokens[t] * D, (size_t)D * 4);
+    if (layer_from < 0 || layer_from > c->n_layer || (layer_from > 0 && !x_in))
+        return ql_fail(QL_ERR_ARG, "forward: bad start layer %d", layer_from);
+    if (x_in)
+        memcpy(s->x, x_in, (size_t)T * D * sizeof(float));
+    else {
+        const float *emb = slot_weights(inf, m->tok_embd);
+        for (int t = 0; t < T; t++) {
+            if (tokens[t] < 0 || tokens[t] >= c->n_vocab)
+                return ql_fail(QL_ERR_ARG, "forward: token id %d out of range (vocab %d)", tokens[t], c->n_vocab);
+            memcpy(s->x + (size_t)t * D, emb + (size_t)tokens[t] * D, (size_t)D * 4);
+        }
     }
-    for (int l = 0; l < c->n_layer; l++) {
+    for (int l = layer_from; l < c->n_layer; l++) {
         const ql_layer_tensors *L = &m->layers[l];
+        if (s->hook) s->hook(s->hook_user, l, QL_HOOK_RESIDUAL, s->x, T, D);
         rmsnorm(s->xn, s->x, slot_weights(inf, L->attn_norm), T, D, c->norm_eps);
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_ATTN_IN, s->xn, T, D);
         linear(inf, s, s->q, s->xn, L->wq, L->bq, T, D, Q, 0.0f);

@@ -18,6 +18,7 @@ typedef enum {
     QL_HOOK_FFN_IN,      /* input of ffn_gate/up: [n, n_embd] */
     QL_HOOK_FFN_DOWN_IN, /* input of ffn_down: [n, n_ff] */
     QL_HOOK_OUTPUT_IN,   /* input of output: [n, n_embd] */
+    QL_HOOK_RESIDUAL,    /* the residual stream entering a layer (before attn_norm): [n, n_embd] */
 } ql_hook_point;
 typedef void (*ql_hook_fn)(void *user, int layer, ql_hook_point where, const float *x, int n, int dim);
 
@@ -37,6 +38,12 @@ void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user);
  * logits[(n - logit_from) * n_vocab]. Uses the calling thread plus OpenBLAS's current thread count. */
 ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, int n, int logit_from,
                      float *logits);
+
+/* The same, starting at layer `layer_from` from a saved residual stream x_in [n, n_embd] (as the
+ * QL_HOOK_RESIDUAL hook saw it); x_in NULL and layer_from 0 is ql_forward. Sensitivity probes use it
+ * to re-run only the layers after a perturbed one. */
+ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, const float *x_in, int layer_from,
+                          int n, int logit_from, float *logits);
 
 /* Dequantize any tensor the format code knows into F32 (rows of ne[0]); false if the type can't be decoded. */
 bool ql_tensor_to_f32(const ql_gguf_tensor *t, float *dst, int n_threads);
