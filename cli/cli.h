@@ -34,6 +34,18 @@ double cli_double(cli_args *a, const char *flag);
 int cli_unknown(cli_args *a, const char *flag);          /* prints and returns 2 */
 int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Calibration input shared by stats, imatrix, quant and sense (cli/cli_calib.c). */
+struct ql_model;
+typedef struct {
+    const char *text, *calib;
+    int ctx, chunks, threads, samples, mode;
+    uint64_t seed;
+} cli_calib;
+void cli_calib_defaults(cli_calib *ca, int ctx, int chunks);
+int cli_calib_flag(cli_args *a, const char *flag, cli_calib *ca); /* 1 when the flag was one of them */
+static inline bool cli_calib_given(const cli_calib *ca) { return ca->text || ca->calib; }
+ql_status cli_calib_tokens(const struct ql_model *m, const cli_calib *ca, int32_t **tok, int64_t *n_seq);
+
 /* Prints "qlab CMD: <ql_last_error()>" and returns 1. */
 int cli_fail(const char *cmd);
 

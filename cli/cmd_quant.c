@@ -30,6 +30,8 @@ static const char *QUANT_USAGE =
     "                    --methods lists them); --format is a synonym of --type\n"
     "  --stats FILE      activation statistics from qlab stats (needed by gptq/awq/smoothquant)\n"
     "  --text FILE       ...or compute them here from a calibration text (--ctx 512, --chunks 128 by default)\n"
+    "  --calib SPEC      ...or from a calibration set (--samples N --len L --seed S; see qlab calib --help)\n"
+    "  --sequential      true-sequential: each layer's inputs are measured with earlier layers already quantized\n"
     "  --imatrix FILE    importance weights (llama.cpp imatrix GGUF or legacy .dat)\n"
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
     "  --dry-run         resolve and print the plan, write nothing\n"
@@ -41,8 +43,11 @@ int cmd_quant(int argc, char **argv) {
     cli_args_init(&a, argc, argv, QUANT_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *type = NULL, *preset = NULL, *plan_path = NULL;
     const char *imatrix = NULL, *save_plan = NULL, *method = NULL, *method_opts = NULL, *stats_path = NULL;
-    const char *calib_text = NULL;
-    int calib_ctx = 512, calib_chunks = 128;
+    cli_calib ca;
+    cli_calib_defaults(&ca, 512, 128);
+    bool sequential = false;
+    int32_t *calib_tok = NULL;
+    int64_t calib_n = 0;
     int threads = ql_default_threads();
     bool dry = false;
     while (cli_next(&a, &flag, &pos)) {
@@ -54,9 +59,8 @@ int cmd_quant(int argc, char **argv) {
         else if (!strcmp(flag, "--method")) method = cli_value(&a, flag);
         else if (!strcmp(flag, "--method-opts")) method_opts = cli_value(&a, flag);
         else if (!strcmp(flag, "--stats")) stats_path = cli_value(&a, flag);
-        else if (!strcmp(flag, "--text")) calib_text = cli_value(&a, flag);
-        else if (!strcmp(flag, "--ctx")) calib_ctx = cli_int(&a, flag, 8, 1 << 20);
-        else if (!strcmp(flag, "--chunks")) calib_chunks = cli_int(&a, flag, 1, 1 << 30);
+        else if (!strcmp(flag, "--sequential")) sequential = true;
+        else if (cli_calib_flag(&a, flag, &ca)) threads = ca.threads;
         else if (!strcmp(flag, "--preset")) preset = cli_value(&a, flag);
         else if (!strcmp(flag, "--plan")) plan_path = cli_value(&a, flag);
         else if (!strcmp(flag, "--imatrix")) imatrix = cli_value(&a, flag);
@@ -104,29 +108,25 @@ int cmd_quant(int argc, char **argv) {
         rc = cli_fail("quant");
         goto done;
     }
-    if (needs && !stats && calib_text && !dry) {
-        /* statistics on the fly: consecutive chunks of the text, BOS first, as qlab stats does */
-        char *text;
-        size_t len;
-        int32_t *ids = NULL;
-        int64_t n_ids = 0;
-        ql_infer *inf = NULL;
-        if (ql_read_file(calib_text, &text, &len)) { rc = cli_fail("quant"); goto done; }
-        s = ql_tokenize(m->tok, text, len, true, &ids, &n_ids);
-        free(text);
-        int64_t n_seq = n_ids / calib_ctx < calib_chunks ? n_ids / calib_ctx : calib_chunks;
-        if (!s && n_seq < 1) s = ql_fail(QL_ERR_ARG, "%s: fewer than one chunk of %d tokens", calib_text, calib_ctx);
-        for (int64_t i = 0; !s && i < n_seq; i++) ids[i * calib_ctx] = ql_tokenizer_bos(m->tok);
-        if (!s) s = ql_infer_new(m, threads, &inf);
-        ql_stats_opts so = {.hessian = true, .output = true, .n_threads = threads};
-        ql_progress *sbar = cli_progress_bar("stats");
-        if (!s) s = ql_stats_collect(inf, ids, n_seq, calib_ctx, &so, sbar, &stats);
-        cli_progress_done(sbar);
-        free(ids);
-        ql_infer_free(inf);
-        if (s) { rc = cli_fail("quant"); goto done; }
+    if (needs && (!stats || sequential) && cli_calib_given(&ca) && !dry) {
+        if (cli_calib_tokens(m, &ca, &calib_tok, &calib_n)) { rc = cli_fail("quant"); goto done; }
+        if (!sequential) {
+            /* statistics once, from the unquantized model (qlab stats would give the same file) */
+            ql_infer *inf = NULL;
+            ql_stats_opts so = {.hessian = true, .output = true, .n_threads = threads};
+            ql_progress *sbar = cli_progress_bar("stats");
+            s = ql_infer_new(m, threads, &inf);
+            if (!s) s = ql_stats_collect(inf, calib_tok, calib_n, ca.ctx, &so, sbar, &stats);
+            cli_progress_done(sbar);
+            ql_infer_free(inf);
+            if (s) { rc = cli_fail("quant"); goto done; }
+        }
     }
-    if (needs && !stats && !dry) {
+    if (needs && sequential && !calib_tok && !dry) {
+        rc = cli_usage_error("quant", QUANT_USAGE, "--sequential needs calibration text: --text FILE or --calib SPEC");
+        goto done;
+    }
+    if (needs && !stats && !sequential && !dry) {
         rc = cli_usage_error("quant", QUANT_USAGE, "method needs calibration: give --stats FILE or --text FILE");
         goto done;
     }
@@ -154,7 +154,8 @@ int cmd_quant(int argc, char **argv) {
         goto done;
     }
     if (dry || !out) goto done;
-    ql_quant_opts o = {.plan = plan, .imatrix = im, .stats = stats, .method_opts = method_opts, .n_threads = threads};
+    ql_quant_opts o = {.plan = plan, .imatrix = im, .stats = stats, .method_opts = method_opts, .n_threads = threads,
+                       .sequential = sequential, .calib_tokens = calib_tok, .n_seq = calib_n, .seq_len = ca.ctx};
     ql_quant_stats st;
     ql_progress *bar = cli_progress_bar("quant");
     s = ql_quantize_model(m, &o, out, bar, &st);
@@ -170,6 +171,7 @@ int cmd_quant(int argc, char **argv) {
             out, (long long)st.tensors_quantized, (long long)st.tensors_fallback, (long long)st.tensors_copied,
             st.bytes_in / 1048576.0, st.bytes_out / 1048576.0, st.seconds, st.seconds > 0 ? gb / st.seconds : 0);
 done:
+    free(calib_tok);
     ql_stats_free(stats);
     ql_plan_free(plan);
     ql_preset_free(ps);

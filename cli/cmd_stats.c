@@ -2,7 +2,6 @@
  * matrix). Both read calibration tokens the same way: llama.cpp-style consecutive chunks of a text
  * file (--text, --ctx, --chunks), the way llama-imatrix does it. */
 #include "cli.h"
-#include "calib.h"
 #include "imatrix.h"
 #include "model.h"
 #include "parallel.h"
@@ -12,55 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    const char *text, *calib;
-    int ctx, chunks, threads, samples, mode;
-    uint64_t seed;
-} calib_args;
-
-/* Consecutive chunks of ctx tokens, the first token of each replaced by BOS (llama-imatrix's input). */
-static ql_status text_chunks(const ql_model *m, const calib_args *ca, int32_t **out, int64_t *n_seq) {
-    char *text;
-    size_t len;
-    int32_t *ids;
-    int64_t n;
-    ql_status s = ql_read_file(ca->text, &text, &len);
-    if (s) return s;
-    s = ql_tokenize(m->tok, text, len, true, &ids, &n);
-    free(text);
-    if (s) return s;
-    int64_t chunks = n / ca->ctx;
-    if (ca->chunks > 0 && ca->chunks < chunks) chunks = ca->chunks;
-    if (chunks < 1) {
-        free(ids);
-        return ql_fail(QL_ERR_ARG, "%s: %lld tokens, fewer than one chunk of %d", ca->text, (long long)n, ca->ctx);
-    }
-    int32_t bos = ql_tokenizer_add_bos(m->tok) ? ql_tokenizer_bos(m->tok) : -1;
-    if (bos >= 0)
-        for (int64_t i = 0; i < chunks; i++) ids[i * ca->ctx] = bos;
-    *out = ids;
-    *n_seq = chunks;
-    return QL_OK;
-}
-
-static int parse_calib_flag(cli_args *a, const char *flag, calib_args *ca) {
-    if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) ca->text = cli_value(a, flag);
-    else if (!strcmp(flag, "--calib")) ca->calib = cli_value(a, flag);
-    else if (!strcmp(flag, "--samples")) ca->samples = cli_int(a, flag, 1, 1 << 24);
-    else if (!strcmp(flag, "--len")) ca->ctx = cli_int(a, flag, 2, 1 << 20);
-    else if (!strcmp(flag, "--seed")) ca->seed = (uint64_t)cli_int(a, flag, 0, 1 << 30);
-    else if (!strcmp(flag, "--mode")) {
-        const char *v = cli_value(a, flag);
-        ca->mode = v && !strcmp(v, "docs") ? QL_CALIB_DOCS : QL_CALIB_RANDOM;
-    }
-    else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) ca->ctx = cli_int(a, flag, 8, 1 << 20);
-    else if (!strcmp(flag, "--chunks")) ca->chunks = cli_int(a, flag, 1, 1 << 30);
-    else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) ca->threads = cli_int(a, flag, 1, 256);
-    else return 0;
-    return 1;
-}
-
-static int collect(const char *cmd, const char *model, const calib_args *ca, bool hessian, bool output, ql_model **m,
+static int collect(const char *cmd, const char *model, const cli_calib *ca, bool hessian, bool output, ql_model **m,
                    ql_stats **st) {
     ql_infer *inf = NULL;
     int32_t *tok = NULL;
@@ -71,20 +22,7 @@ static int collect(const char *cmd, const char *model, const calib_args *ca, boo
         fprintf(stderr, "qlab %s: %s: the model has no tokenizer\n", cmd, model);
         return 1;
     }
-    ql_status cs;
-    if (ca->calib) {
-        /* a calibration set: N samples of L tokens drawn from a mix of sources (see qlab calib --help) */
-        ql_calib_opts co = {.n_samples = ca->samples, .seq_len = ca->ctx, .seed = ca->seed, .mode = ca->mode};
-        ql_calib_set *set = NULL;
-        cs = ql_calib_build(ca->calib, (*m)->tok, &co, &set);
-        if (!cs) {
-            n_seq = set->n_samples;
-            tok = set->tokens;
-            set->tokens = NULL;
-            ql_calib_free(set);
-        }
-    } else
-        cs = text_chunks(*m, ca, &tok, &n_seq);
+    ql_status cs = cli_calib_tokens(*m, ca, &tok, &n_seq);
     if (cs || ql_infer_new(*m, ca->threads, &inf)) {
         free(tok);
         return cli_fail(cmd);
@@ -111,11 +49,12 @@ int cmd_stats(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, STATS_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL;
-    calib_args ca = {.ctx = 512, .threads = ql_default_threads()};
+    cli_calib ca;
+    cli_calib_defaults(&ca, 512, 0);
     bool hessian = true, output = false;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) model = pos;
-        else if (parse_calib_flag(&a, flag, &ca)) continue;
+        else if (cli_calib_flag(&a, flag, &ca)) continue;
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output-file")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--no-hessian")) hessian = false;
         else if (!strcmp(flag, "--output")) output = true;
@@ -147,11 +86,12 @@ int cmd_imatrix(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, IMATRIX_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL;
-    calib_args ca = {.ctx = 512, .threads = ql_default_threads()};
+    cli_calib ca;
+    cli_calib_defaults(&ca, 512, 0);
     bool output = false;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) model = pos;
-        else if (parse_calib_flag(&a, flag, &ca)) continue;
+        else if (cli_calib_flag(&a, flag, &ca)) continue;
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output-file")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--process-output")) output = true;
         else return cli_unknown(&a, flag);

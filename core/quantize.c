@@ -7,6 +7,7 @@
 #include "method.h"
 #include "stats.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,13 +31,9 @@ int64_t ql_file_type_for_format(const char *name) {
     return -1;
 }
 
-static ql_status produce(void *user, int64_t index, void *dst, uint64_t nbytes) {
-    quant_ctx *c = user;
-    if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
-    const ql_gguf_tensor *out_t = &c->out->tensors[index];
-    int64_t src_i = ql_gguf_find_tensor(c->m->gguf, out_t->name);
-    const ql_gguf_tensor *src = &c->m->gguf->tensors[src_i];
-    const ql_format *f = ql_format_by_type(out_t->type);
+/* Quantize one source tensor into format f with its planned method; stats may be NULL. */
+static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_format *f, const ql_stats *stats,
+                              void *dst) {
     int64_t ncols = src->ne[0], nrows = src->ne[1] * src->ne[2] * src->ne[3];
     float *w = malloc((size_t)(ncols * nrows) * sizeof(float));
     float *imp = NULL;
@@ -57,20 +54,92 @@ static ql_status produce(void *user, int64_t index, void *dst, uint64_t nbytes) 
     const ql_plan_entry *e = ql_plan_find(c->o->plan, src->name);
     const ql_method *meth = ql_method_by_name(e ? e->method : "rtn");
     ql_input_stats view = {0}, *vp = NULL;
-    const ql_stat_entry *se = c->o->stats ? ql_stats_for_tensor(c->o->stats, src->name) : NULL;
+    const ql_stat_entry *se = stats ? ql_stats_for_tensor(stats, src->name) : NULL;
     if (se && se->n == ncols) {
         ql_stats_view(se, &view);
         vp = &view;
     }
-    if (meth->needs && !vp) meth = ql_method_by_name("rtn"); /* embeddings have no input statistics */
+    if (meth->needs && (!vp || ((meth->needs & QL_NEEDS_HESSIAN) && !vp->xtx)))
+        meth = ql_method_by_name("rtn"); /* embeddings have no input statistics */
     ql_method_opts mo = {.spec = c->o->method_opts, .n_threads = c->o->n_threads, .importance = imp};
     s = meth->quantize_tensor(w, nrows, ncols, f, vp, &mo, dst);
-    (void)nbytes;
 out:
     free(w);
     free(imp);
     c->done += ncols * nrows;
-    ql_progress_report(c->progress, c->done, c->total, out_t->name);
+    ql_progress_report(c->progress, c->done, c->total, src->name);
+    return s;
+}
+
+static ql_status produce(void *user, int64_t index, void *dst, uint64_t nbytes) {
+    quant_ctx *c = user;
+    (void)nbytes;
+    if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    const ql_gguf_tensor *out_t = &c->out->tensors[index];
+    const ql_gguf_tensor *src = &c->m->gguf->tensors[ql_gguf_find_tensor(c->m->gguf, out_t->name)];
+    return quantize_one(c, src, ql_format_by_type(out_t->type), c->o->stats, dst);
+}
+
+/* True-sequential order: the inputs of each group of layers are measured with every earlier group
+ * already quantized (its dequantized weights swapped into the forward pass). Groups share one input:
+ * q/k/v, then attn_output, then gate/up, then ffn_down, layer by layer, then output. The bytes are
+ * computed here and written afterwards. */
+static ql_status quantize_sequential(quant_ctx *c) {
+    const ql_model *m = c->m;
+    ql_infer *inf = NULL;
+    ql_status s = ql_infer_new(m, c->o->n_threads, &inf);
+    if (s) return s;
+    static const char *roles[4][3] = {{"attn_q", "attn_k", "attn_v"}, {"attn_output", NULL, NULL},
+                                      {"ffn_gate", "ffn_up", NULL}, {"ffn_down", NULL, NULL}};
+    static const char *points[4] = {"attn_in", "attn_out_in", "ffn_in", "ffn_down_in"};
+    const int n_groups = m->cfg.n_layer * 4 + 1;
+    for (int gi = 0; gi < n_groups && !s; gi++) {
+        int layer = gi / 4, k = gi % 4;
+        char point[64], names[3][96];
+        int n_names = 0;
+        if (gi == n_groups - 1) {
+            snprintf(point, sizeof point, "output_in");
+            snprintf(names[n_names++], 96, "output.weight");
+        } else {
+            snprintf(point, sizeof point, "blk.%d.%s", layer, points[k]);
+            for (int r = 0; r < 3 && roles[k][r]; r++) snprintf(names[n_names++], 96, "blk.%d.%s.weight", layer, roles[k][r]);
+        }
+        /* only groups with a data-aware method need fresh statistics */
+        bool needs = false;
+        for (int i = 0; i < n_names; i++) {
+            const ql_plan_entry *e = ql_plan_find(c->o->plan, names[i]);
+            int64_t ti = ql_gguf_find_tensor(c->out, names[i]);
+            needs |= e && ti >= 0 && !c->out->tensors[ti].data && ql_method_by_name(e->method)->needs;
+        }
+        if (!needs) continue;
+        ql_stats *st = NULL;
+        ql_stats_opts so = {.hessian = true, .output = gi == n_groups - 1, .n_threads = c->o->n_threads, .only = point};
+        if ((s = ql_stats_collect(inf, c->o->calib_tokens, c->o->n_seq, c->o->seq_len, &so, NULL, &st))) break;
+        for (int i = 0; i < n_names && !s; i++) {
+            int64_t ti = ql_gguf_find_tensor(c->out, names[i]);
+            if (ti < 0 || c->out->tensors[ti].data) continue; /* not planned, or copied unchanged */
+            ql_gguf_tensor *ot = &c->out->tensors[ti];
+            const ql_gguf_tensor *src = &m->gguf->tensors[ql_gguf_find_tensor(m->gguf, names[i])];
+            void *bytes = ql_malloc(ot->nbytes);
+            s = quantize_one(c, src, ql_format_by_type(ot->type), st, bytes);
+            if (s) {
+                free(bytes);
+                break;
+            }
+            ot->data = bytes;
+            ot->produce = NULL;
+            ql_gguf_adopt(c->out, bytes);
+            /* later groups see this tensor as quantized */
+            int64_t n = src->ne[0] * src->ne[1];
+            float *deq = ql_malloc((size_t)n * sizeof(float));
+            s = ql_format_dequantize(ql_format_by_type(ot->type), bytes, deq, src->ne[1], src->ne[0], c->o->n_threads);
+            ql_infer_swap_weight(inf, src, deq);
+            ql_gguf_adopt(c->out, deq);
+        }
+        ql_stats_free(st);
+        if (!s && ql_progress_cancelled(c->progress)) s = ql_fail(QL_ERR_CANCELLED, "cancelled");
+    }
+    ql_infer_free(inf);
     return s;
 }
 
@@ -100,12 +169,12 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
                 s = ql_fail(QL_ERR_ARG, "tensor '%s': unknown method '%s'", t->name, e->method);
                 goto out;
             }
-            if (meth->needs && !o->stats) {
+            if (meth->needs && !o->stats && !o->sequential) {
                 s = ql_fail(QL_ERR_ARG, "tensor '%s': method '%s' needs calibration statistics (--stats FILE or --text FILE)",
                             t->name, e->method);
                 goto out;
             }
-            if ((meth->needs & QL_NEEDS_HESSIAN) && !o->stats->has_hessian) {
+            if ((meth->needs & QL_NEEDS_HESSIAN) && !o->sequential && !o->stats->has_hessian) {
                 s = ql_fail(QL_ERR_ARG, "method '%s' needs Hessians; the statistics were collected with --no-hessian", e->method);
                 goto out;
             }
@@ -146,6 +215,13 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
     }
     ql_gguf_set_u32(c.out, "general.file_type", (uint32_t)ft);
     ql_gguf_set_u32(c.out, "general.quantization_version", 2);
+    if (o->sequential) {
+        if (!o->calib_tokens) {
+            s = ql_fail(QL_ERR_ARG, "sequential quantization needs calibration tokens (--text or --calib)");
+            goto out;
+        }
+        if ((s = quantize_sequential(&c))) goto out;
+    }
     /* the bar counts weights quantized (in produce); the writer only needs the cancel flag */
     ql_progress cancel_only = {.cancel = progress ? progress->cancel : NULL};
     s = ql_gguf_write(c.out, out_path, &cancel_only);

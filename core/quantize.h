@@ -17,6 +17,10 @@ typedef struct {
     const struct ql_imatrix *imatrix; /* may be NULL */
     const struct ql_stats *stats;     /* activation statistics for data-aware methods; may be NULL */
     const char *method_opts;          /* "damp=0.01,act_order=1" passed to every method */
+    bool sequential;                  /* true-sequential: re-measure each layer's input after quantizing earlier ones */
+    const int32_t *calib_tokens;      /* [n_seq * seq_len], needed by sequential */
+    int64_t n_seq;
+    int seq_len;
     int n_threads;
 } ql_quant_opts;
 

@@ -99,19 +99,19 @@ static void hook(void *user, int layer, ql_hook_point where, const float *x, int
     }
 }
 
-static ql_stats *stats_new(const ql_config *c, bool hessian, bool output) {
+static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const char *only) {
     ql_stats *s = ql_calloc(1, sizeof *s);
     s->n = 4 * c->n_layer + (output ? 1 : 0);
     s->e = ql_calloc((size_t)s->n, sizeof *s->e);
-    s->has_hessian = hessian;
+    s->has_hessian = hessian && !only; /* partial Hessians are for in-memory use, never saved */
     const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, c->n_ff};
     char name[64];
     for (int l = 0; l < c->n_layer; l++)
         for (int p = 0; p < 4; p++) {
             snprintf(name, sizeof name, "blk.%d.%s", l, POINT_NAMES[p]);
-            entry_alloc(&s->e[l * 4 + p], name, dims[p], hessian);
+            entry_alloc(&s->e[l * 4 + p], name, dims[p], hessian && (!only || !strcmp(only, name)));
         }
-    if (output) entry_alloc(&s->e[4 * c->n_layer], "output_in", c->n_embd, hessian);
+    if (output) entry_alloc(&s->e[4 * c->n_layer], "output_in", c->n_embd, hessian && (!only || !strcmp(only, "output_in")));
     return s;
 }
 
@@ -177,7 +177,7 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     pthread_mutex_init(&ctx.lock, NULL);
     ctx.acc = ql_calloc((size_t)workers, sizeof *ctx.acc);
     for (int w = 0; w < workers; w++) {
-        ctx.acc[w].acc = stats_new(c, o->hessian, o->output);
+        ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only);
         ctx.acc[w].n_layer = c->n_layer;
         ctx.acc[w].output = o->output;
     }

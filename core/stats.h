@@ -32,6 +32,7 @@ typedef struct {
     bool hessian;     /* collect Σ x xᵀ (n² doubles per input point) */
     bool output;      /* also the input of output.weight */
     int n_threads;
+    const char *only; /* Hessian for this input point only ("blk.3.ffn_in"); NULL: all (sequential GPTQ uses it) */
 } ql_stats_opts;
 
 /* tokens: n_seq sequences of seq_len ids (BOS first, as the caller prepared them). */
