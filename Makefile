@@ -110,3 +110,12 @@ clean:
 	rm -rf build build-asan build-fuzz qlab
 
 -include $(OBJS:.o=.d) $(CLIOBJS:.o=.d)
+
+# GPTQ speed on a 4096x4096 layer (int4_g128, 2 threads); `make bench-gptq ARGS="rows cols threads fmt spec"`
+.PHONY: bench-gptq
+bench-gptq: $(BUILD)/bench/gptq_bench
+	$(BUILD)/bench/gptq_bench $(ARGS)
+
+$(BUILD)/bench/gptq_bench: bench/gptq_bench.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)

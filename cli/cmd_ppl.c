@@ -3,6 +3,8 @@
 #include "model.h"
 #include "ppl.h"
 #include "parallel.h"
+#include "actquant.h"
+#include "stats.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -17,7 +19,11 @@ static const char *PPL_USAGE =
     "chunks of --ctx tokens, each chunk starting with BOS, only the second half of each chunk scored.\n"
     "  --save-logits F   store the log-probabilities of every scored token (the base for --kld-base)\n"
     "  --kld-base F      also report KL divergence, its 99th percentile and top-1 agreement against F\n"
-    "  --json            one JSON object on stdout: ppl, ppl_stderr, chunks, tokens_scored, tokens_per_s, ...\n";
+    "  --json            one JSON object on stdout: ppl, ppl_stderr, chunks, tokens_scored, tokens_per_s, ...\n"
+    "  --act MODE        simulate activation quantization in every linear layer: int8_token (per-token dynamic),\n"
+    "                    int8_tensor (per-tensor static), fp8_token, fp8_tensor, llm_int8 (outliers kept in float)\n"
+    "  --act-stats F     statistics (qlab stats) giving the static scales for *_tensor modes\n"
+    "  --act-threshold T LLM.int8() outlier threshold on |x| (default 6)\n";
 
 static ql_status load_model_and_tokens(const char *model_path, const char *text_path, ql_model **m, int32_t **ids,
                                        int64_t *n_ids) {
@@ -38,6 +44,8 @@ int cmd_ppl(int argc, char **argv) {
     const char *flag, *pos, *model = NULL, *text = NULL;
     ql_ppl_opts o = {.n_ctx = 512, .n_threads = ql_default_threads()};
     bool json = false;
+    const char *act = NULL, *act_stats = NULL;
+    double act_threshold = 0;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) {
             if (model) return cli_usage_error("ppl", PPL_USAGE, "unexpected argument '%s'", pos);
@@ -49,10 +57,18 @@ int cmd_ppl(int argc, char **argv) {
         else if (!strcmp(flag, "--json")) json = true;
         else if (!strcmp(flag, "--save-logits")) o.save_logits = cli_value(&a, flag);
         else if (!strcmp(flag, "--kld-base")) o.kld_base = cli_value(&a, flag);
+        else if (!strcmp(flag, "--act")) act = cli_value(&a, flag);
+        else if (!strcmp(flag, "--act-stats")) act_stats = cli_value(&a, flag);
+        else if (!strcmp(flag, "--act-threshold")) act_threshold = cli_double(&a, flag);
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
     if (!model || !text) return cli_usage_error("ppl", PPL_USAGE, "needs MODEL and --text FILE");
+    ql_act_mode act_mode = QL_ACT_NONE;
+    if (act && !ql_act_mode_parse(act, &act_mode))
+        return cli_usage_error("ppl", PPL_USAGE, "unknown --act mode '%s'", act);
+    if (ql_act_mode_is_static(act_mode) && !act_stats)
+        return cli_usage_error("ppl", PPL_USAGE, "--act %s needs --act-stats FILE (static scales)", act);
     ql_model *m = NULL;
     int32_t *ids = NULL;
     int64_t n_ids = 0;
@@ -62,6 +78,16 @@ int cmd_ppl(int argc, char **argv) {
     if (load_model_and_tokens(model, text, &m, &ids, &n_ids) || ql_infer_new(m, o.n_threads, &inf)) {
         rc = cli_fail("ppl");
         goto out;
+    }
+    if (act_mode != QL_ACT_NONE) {
+        ql_stats *ast = NULL;
+        ql_status as = act_stats ? ql_stats_load(act_stats, &ast) : QL_OK;
+        if (!as) as = ql_infer_set_act_quant_all(inf, ast, act_mode, (float)act_threshold, false);
+        ql_stats_free(ast);
+        if (as) {
+            rc = cli_fail("ppl");
+            goto out;
+        }
     }
     if (!json)
         fprintf(stderr, "qlab ppl: %s, %lld tokens (tokenized and loaded in %.2fs), ctx %d\n", model, (long long)n_ids,

@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 int cmd_info(int argc, char **argv);
 int cmd_ppl(int argc, char **argv);
@@ -15,6 +16,11 @@ int cmd_formats(int argc, char **argv);
 int cmd_calib(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_imatrix(int argc, char **argv);
+int cmd_sense(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
+int cmd_pareto(int argc, char **argv);
+int cmd_sense_diff(int argc, char **argv);
+int cmd_tui(int argc, char **argv);
 
 const cli_command cli_commands[] = {
     {"info", "architecture, hyper-parameters and every tensor of a model", cmd_info, NULL},
@@ -28,6 +34,12 @@ const cli_command cli_commands[] = {
     {"calib", "build and inspect a calibration set (weighted text/JSONL/folder/archive sources)", cmd_calib, NULL},
     {"stats", "activation statistics (Hessians, channel ranges) of every linear layer over calibration text", cmd_stats, NULL},
     {"imatrix", "llama.cpp importance matrix (GGUF or .dat) over calibration text", cmd_imatrix, NULL},
+    {"tui", "the workbench: measure, assign, preview and export in the terminal (also: workbench)", cmd_tui, NULL},
+    {"workbench", "the same as tui", cmd_tui, NULL},
+    {"sense", "per-tensor sensitivity: bits and error of every candidate format (weight, output, KLD)", cmd_sense, NULL},
+    {"plan", "allocate bits to a target BPW or size from a sensitivity file; writes a plan", cmd_plan, NULL},
+    {"pareto", "predicted error-vs-BPW frontier of a sensitivity file", cmd_pareto, NULL},
+    {"sense-diff", "tensors whose sensitivity ranking differs most between two sensitivity files", cmd_sense_diff, NULL},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -37,6 +49,10 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    if (argc < 2 && isatty(0) && isatty(1) && access("models/tiny.gguf", R_OK) == 0) {
+        char *av[] = {"tui", "models/tiny.gguf", NULL}; /* `qlab` alone opens the workbench on the default model */
+        return cmd_tui(2, av);
+    }
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

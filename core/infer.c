@@ -181,6 +181,17 @@ const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const 
     return NULL;
 }
 
+const float *ql_infer_swap_weight_typed(ql_infer *inf, const ql_gguf_tensor *t, const float *data, uint32_t type) {
+    for (int i = 0; i < inf->n_slots; i++)
+        if (inf->slots[i].t == t) {
+            const float *old = inf->slots[i].w;
+            inf->slots[i].w = data;
+            inf->slots[i].act_type = inf->emulate_llamacpp ? llamacpp_act_type(type) : QL_TYPE_F32;
+            return old;
+        }
+    return NULL;
+}
+
 bool ql_infer_set_act_quant(ql_infer *inf, const ql_gguf_tensor *w, const ql_act_quant *aq) {
     for (int i = 0; i < inf->n_slots; i++)
         if (inf->slots[i].t == w) {
@@ -354,6 +365,8 @@ ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tok
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F);
         linear(inf, s, s->x, s->gate, L->w_down, NULL, T, F, D, 1.0f);
     }
+    /* the stream leaving the last layer: ql_forward_from(layer_from = n_layer) restarts at output_norm */
+    if (s->hook) s->hook(s->hook_user, c->n_layer, QL_HOOK_RESIDUAL, s->x, T, D);
     int R = T - logit_from;
     if (R > 0) {
         rmsnorm(s->xn, s->x + (size_t)logit_from * D, slot_weights(inf, m->output_norm), R, D, c->norm_eps);

@@ -18,7 +18,8 @@ typedef enum {
     QL_HOOK_FFN_IN,      /* input of ffn_gate/up: [n, n_embd] */
     QL_HOOK_FFN_DOWN_IN, /* input of ffn_down: [n, n_ff] */
     QL_HOOK_OUTPUT_IN,   /* input of output: [n, n_embd] */
-    QL_HOOK_RESIDUAL,    /* the residual stream entering a layer (before attn_norm): [n, n_embd] */
+    QL_HOOK_RESIDUAL,    /* the residual stream entering a layer (before attn_norm): [n, n_embd]; layer
+                            n_layer is the stream leaving the last layer (before output_norm) */
 } ql_hook_point;
 typedef void (*ql_hook_fn)(void *user, int layer, ql_hook_point where, const float *x, int n, int dim);
 
@@ -29,6 +30,11 @@ const ql_model *ql_infer_model(const ql_infer *inf);
 /* Replace the F32 weights used for one tensor (e.g. a dequantized candidate); `data` is borrowed
  * and must hold the tensor's ne[0]*ne[1] floats. Returns the previous pointer (NULL if unknown). */
 const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const float *data);
+
+/* The same, and the layer's input is then rounded as llama.cpp rounds it for a weight stored as ggml type
+ * `type` (Q8_0 for q4_0, Q8_K for k-quants, none for F32 and qlab extension types), so a sensitivity
+ * probe sees what `qlab ppl` of the quantized file will. Restore with the tensor's own type. */
+const float *ql_infer_swap_weight_typed(ql_infer *inf, const ql_gguf_tensor *t, const float *data, uint32_t type);
 
 ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens);
 void ql_scratch_free(ql_scratch *s);

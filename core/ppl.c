@@ -64,6 +64,7 @@ typedef struct {
     pthread_mutex_t lock;
     atomic_int done;
     const ql_progress *progress;
+    const ql_ppl_opts *opts;
 } ppl_ctx;
 
 static size_t row_bytes(int n_vocab) { return 8 + 2 * (size_t)n_vocab; }
@@ -181,6 +182,7 @@ static void run_chunk(void *vctx, int worker, int64_t chunk) {
     c->top1[chunk] = top1;
     int d = atomic_fetch_add(&c->done, 1) + 1;
     pthread_mutex_lock(&c->lock);
+    if (c->opts->on_chunk) c->opts->on_chunk(c->opts->on_chunk_user, (int)chunk, rows, nll, nll2, kld, kld2, top1);
     ql_progress_report(c->progress, d, c->n_chunks, "perplexity");
     pthread_mutex_unlock(&c->lock);
 }
@@ -205,7 +207,7 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     int workers = n_threads < n_chunks ? n_threads : n_chunks;
     int blas_threads = n_threads / workers;
     ppl_ctx c = {.inf = inf, .tokens = tokens, .n_ctx = n_ctx, .first = n_ctx / 2, .n_vocab = m->cfg.n_vocab,
-                 .n_chunks = n_chunks, .save_fd = -1, .progress = progress};
+                 .n_chunks = n_chunks, .save_fd = -1, .progress = progress, .opts = o};
     c.bos = m->tok && ql_tokenizer_add_bos(m->tok) ? ql_tokenizer_bos(m->tok) : -1;
     pthread_mutex_init(&c.lock, NULL);
     const int rows = n_ctx - 1 - c.first, V = c.n_vocab;

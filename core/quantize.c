@@ -6,15 +6,23 @@
 #include "infer.h"
 #include "method.h"
 #include "stats.h"
+#include "actquant.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* F32 weights that replace a source tensor's decoded values (after a scale-migrating transform). */
+typedef struct {
+    float *w;
+    float *in_scale; /* the columns were multiplied by this: importance is divided by its square */
+} override;
+
 typedef struct {
     const ql_model *m;
     const ql_quant_opts *o;
     ql_gguf *out;
+    override *ov;   /* [n source tensors] or NULL */
     const ql_progress *progress;
     int64_t done, total;
     double t0;
@@ -39,7 +47,10 @@ static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_
     float *imp = NULL;
     if (!w) return ql_fail(QL_ERR_NOMEM, "out of memory for tensor '%s'", src->name);
     ql_status s = QL_OK;
-    if (!ql_tensor_to_f32(src, w, c->o->n_threads)) {
+    const override *ov = c->ov ? &c->ov[src - c->m->gguf->tensors] : NULL;
+    if (ov && ov->w)
+        memcpy(w, ov->w, (size_t)(ncols * nrows) * sizeof(float));
+    else if (!ql_tensor_to_f32(src, w, c->o->n_threads)) {
         const ql_type_info *ti = ql_type_get(src->type);
         s = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': cannot decode type %s", src->name, ti ? ti->name : "?");
         goto out;
@@ -49,16 +60,18 @@ static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_
         if (!ql_imatrix_importance(c->o->imatrix, src->name, ncols, imp)) {
             free(imp);
             imp = NULL;
-        }
+        } else if (ov && ov->in_scale)
+            for (int64_t j = 0; j < ncols; j++) imp[j] /= ov->in_scale[j] * ov->in_scale[j];
     }
     const ql_plan_entry *e = ql_plan_find(c->o->plan, src->name);
     const ql_method *meth = ql_method_by_name(e ? e->method : "rtn");
     ql_input_stats view = {0}, *vp = NULL;
     const ql_stat_entry *se = stats ? ql_stats_for_tensor(stats, src->name) : NULL;
-    if (se && se->n == ncols) {
+    if (se && se->n == ncols && !(ov && ov->w)) { /* transformed weights: the old statistics no longer apply */
         ql_stats_view(se, &view);
         vp = &view;
     }
+    if (meth->transform_layer && ov && ov->w) meth = ql_method_by_name("rtn"); /* scales already migrated */
     if (meth->needs && (!vp || ((meth->needs & QL_NEEDS_HESSIAN) && !vp->xtx)))
         meth = ql_method_by_name("rtn"); /* embeddings have no input statistics */
     ql_method_opts mo = {.spec = c->o->method_opts, .n_threads = c->o->n_threads, .importance = imp};
@@ -78,6 +91,58 @@ static ql_status produce(void *user, int64_t index, void *dst, uint64_t nbytes) 
     const ql_gguf_tensor *out_t = &c->out->tensors[index];
     const ql_gguf_tensor *src = &c->m->gguf->tensors[ql_gguf_find_tensor(c->m->gguf, out_t->name)];
     return quantize_one(c, src, ql_format_by_type(out_t->type), c->o->stats, dst);
+}
+
+/* Scale-migrating methods (AWQ, SmoothQuant) edit a whole layer at once: norms, the linears reading
+ * them and the producers of later inputs. Run them up front, layer by layer, and keep the edited F32
+ * weights as overrides: planned tensors are then quantized from them, norms written from them. */
+static ql_status run_transforms(quant_ctx *c) {
+    const ql_model *m = c->m;
+    c->ov = ql_calloc((size_t)m->gguf->n_tensors, sizeof *c->ov);
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const ql_method *meth = NULL;
+        for (int i = 0; i < QL_LIN_COUNT && !meth; i++) {
+            const ql_plan_entry *e = ql_plan_find(c->o->plan, ql_layer_linear(m, l, i)->name);
+            const ql_method *mm = e ? ql_method_by_name(e->method) : NULL;
+            if (mm && mm->transform_layer) meth = mm;
+        }
+        if (!meth) continue;
+        ql_layer_f32 L;
+        ql_status s = ql_layer_f32_init(&L, m, l, c->o->n_threads);
+        if (s) return s;
+        for (int i = 0; i < QL_LIN_COUNT; i++) {
+            const ql_plan_entry *e = ql_plan_find(c->o->plan, ql_layer_linear(m, l, i)->name);
+            L.fmt[i] = e ? e->format : NULL;
+        }
+        ql_method_opts mo = {.spec = c->o->method_opts, .n_threads = c->o->n_threads};
+        s = meth->transform_layer(&L, c->o->stats, &mo);
+        if (s) {
+            ql_layer_f32_deinit(&L);
+            return s;
+        }
+        /* take ownership of the edited arrays (the layer struct gives them up) */
+        const ql_layer_tensors *T = &m->layers[l];
+        const ql_gguf_tensor *norms[3] = {T->attn_norm, T->ffn_norm, T->bv};
+        float **nsrc[3] = {&L.attn_norm, &L.ffn_norm, &L.bv};
+        for (int k = 0; k < 3; k++)
+            if (norms[k] && *nsrc[k]) {
+                c->ov[norms[k] - m->gguf->tensors].w = *nsrc[k];
+                ql_gguf_adopt(c->out, *nsrc[k]);
+                *nsrc[k] = NULL;
+            }
+        for (int i = 0; i < QL_LIN_COUNT; i++) {
+            override *o = &c->ov[ql_layer_linear(m, l, i) - m->gguf->tensors];
+            o->w = L.w[i];
+            o->in_scale = L.in_scale[i];
+            ql_gguf_adopt(c->out, L.w[i]);
+            if (L.in_scale[i]) ql_gguf_adopt(c->out, L.in_scale[i]);
+            L.w[i] = NULL;
+            L.in_scale[i] = NULL;
+        }
+        ql_layer_f32_deinit(&L);
+        if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    }
+    return QL_OK;
 }
 
 /* True-sequential order: the inputs of each group of layers are measured with every earlier group
@@ -158,11 +223,20 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
             s = ql_fail(QL_ERR_ARG, "plan names tensor '%s', which %s does not have", o->plan->e[i].tensor, m->path);
             goto out;
         }
+    bool transforms = false;
+    for (int i = 0; i < o->plan->n; i++) transforms |= ql_method_by_name(o->plan->e[i].method)->transform_layer != NULL;
+    if (transforms) {
+        if (o->sequential) {
+            s = ql_fail(QL_ERR_UNSUPPORTED, "--sequential cannot be combined with scale-migrating methods (awq, smoothquant)");
+            goto out;
+        }
+        if ((s = run_transforms(&c))) goto out;
+    }
     int64_t counts[QL_TYPE_GGML_COUNT] = {0};
     for (int64_t i = 0; i < in->n_tensors; i++) {
         const ql_gguf_tensor *t = &in->tensors[i];
         const ql_plan_entry *e = ql_plan_find(o->plan, t->name);
-        bool requant = e && e->format->type != t->type;
+        bool requant = e && (e->format->type != t->type || (c.ov && c.ov[i].w));
         if (e) {
             const ql_method *meth = ql_method_by_name(e->method);
             if (!meth) {
@@ -203,6 +277,17 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         st->bytes_in += (int64_t)t->nbytes;
         st->bytes_out += (int64_t)c.out->tensors[idx].nbytes;
     }
+    if (c.ov) {
+        /* tensors copied unchanged but edited by a transform (norms, v bias) are written as F32 from the override */
+        for (int64_t i = 0; i < c.out->n_tensors; i++) {
+            ql_gguf_tensor *ot = &c.out->tensors[i];
+            int64_t si = ql_gguf_find_tensor(in, ot->name);
+            if (!ot->data || !c.ov[si].w) continue;
+            ot->data = c.ov[si].w;
+            ot->type = QL_TYPE_F32;
+            ot->nbytes = (uint64_t)(ot->ne[0] * ot->ne[1] * ot->ne[2] * ot->ne[3]) * sizeof(float);
+        }
+    }
     int64_t ft = o->plan->file_type;
     if (ft < 0) {
         /* the ggml type holding most weights names the file, as llama.cpp's single-type ftypes do */
@@ -227,6 +312,7 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
     s = ql_gguf_write(c.out, out_path, &cancel_only);
     st->seconds = ql_time_s() - c.t0;
 out:
+    free(c.ov);
     ql_gguf_free(c.out);
     return s;
 }

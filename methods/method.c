@@ -7,9 +7,15 @@
 #include <strings.h>
 
 extern const ql_method ql_method_rtn;
+extern const ql_method ql_method_smoothquant;
+extern const ql_method ql_method_awq;
+extern const ql_method ql_method_gptq;
 
 static const ql_method *const g_methods[] = {
     &ql_method_rtn,
+    &ql_method_smoothquant,
+    &ql_method_awq,
+    &ql_method_gptq,
 };
 
 int ql_method_count(void) { return (int)QL_ARRAY_LEN(g_methods); }

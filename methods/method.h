@@ -32,6 +32,9 @@ typedef struct {
     const ql_progress *progress;
 } ql_method_opts;
 
+struct ql_layer_f32; /* core/actquant.h: writable F32 copies of one decoder layer */
+struct ql_stats;     /* core/stats.h */
+
 typedef struct ql_method {
     const char *name;    /* "rtn", "gptq", "awq", ... */
     const char *summary; /* one line for the catalogue */
@@ -40,6 +43,11 @@ typedef struct ql_method {
     /* w: [nrows, ncols] F32 (may be modified in place as scratch); dst: the format's bytes for the tensor */
     ql_status (*quantize_tensor)(float *w, int64_t nrows, int64_t ncols, const ql_format *f, const ql_input_stats *st,
                                  const ql_method_opts *o, void *dst);
+    /* Optional model transform (AWQ, SmoothQuant): edits the F32 copies of one decoder layer in place
+     * (layer->fmt[] names each linear's target format); the driver runs it on every layer, writes the
+     * edited norms/weights back, and then quantizes those linears with quantize_tensor and st = NULL
+     * (the transform has already used the statistics). NULL for per-tensor methods. */
+    ql_status (*transform_layer)(struct ql_layer_f32 *layer, const struct ql_stats *st, const ql_method_opts *o);
 } ql_method;
 
 int ql_method_count(void);

@@ -1,0 +1,717 @@
+/* cmd_sense.c — `qlab sense` (measure per-tensor sensitivity), `qlab plan` (allocate bits to a target
+ * and write a plan), `qlab pareto` (the predicted error-vs-BPW frontier) and `qlab sense-diff` (how two
+ * calibration sets rank the tensors). See docs/sensitivity.md. */
+#include "cli.h"
+#include "allocate.h"
+#include "calib.h"
+#include "imatrix.h"
+#include "method.h"
+#include "model.h"
+#include "parallel.h"
+#include "plan.h"
+#include "ppl.h"
+#include "sense.h"
+#include "stats.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---------------- progress with ETA ---------------- */
+
+typedef struct {
+    ql_progress p;
+    const char *label;
+    double t0, tlast, tstart;  /* tstart: first cell (the base pass is not a cell) */
+    int64_t dstart;
+    bool tty;
+    int last_pct;
+} eta_bar;
+
+static void fmt_secs(char *buf, size_t cap, double s) {
+    if (s < 0 || !isfinite(s)) snprintf(buf, cap, "?");
+    else if (s < 90) snprintf(buf, cap, "%.0fs", s);
+    else if (s < 5400) snprintf(buf, cap, "%.0fm%02.0fs", floor(s / 60), fmod(s, 60));
+    else snprintf(buf, cap, "%.0fh%02.0fm", floor(s / 3600), fmod(s / 60, 60));
+}
+
+static void eta_draw(void *user, int64_t done, int64_t total, const char *phase) {
+    eta_bar *b = user;
+    double now = ql_time_s();
+    if (b->tstart == 0 && done > 0) { /* rate from the first measured cell on */
+        b->tstart = b->tlast;
+        b->dstart = done - 1;
+    }
+    if (done == 0) b->tlast = now;
+    int pct = total > 0 ? (int)(100.0 * (double)done / (double)total) : 0;
+    bool line_due = b->tty ? now - b->t0 >= 0 && (now - b->tlast >= 0.2 || done == total)
+                           : (pct / 10 > b->last_pct / 10 || done == total || now - b->tlast >= 30);
+    if (!line_due) return;
+    if (done > 0) b->tlast = now;
+    b->last_pct = pct;
+    char el[32], eta[32];
+    fmt_secs(el, sizeof el, now - b->t0);
+    double rate = (done > b->dstart && b->tstart > 0) ? (now - b->tstart) / (double)(done - b->dstart) : -1;
+    fmt_secs(eta, sizeof eta, rate > 0 ? rate * (double)(total - done) : -1);
+    if (b->tty) {
+        fprintf(stderr, "\r%s %3d%% %lld/%lld  %-44.44s  %s elapsed, ETA %s   ", b->label, pct, (long long)done,
+                (long long)total, phase ? phase : "", el, eta);
+        fflush(stderr);
+    } else
+        fprintf(stderr, "%s: %3d%% %lld/%lld %s (%s elapsed, ETA %s)\n", b->label, pct, (long long)done, (long long)total,
+                phase ? phase : "", el, eta);
+}
+
+static ql_progress *eta_bar_new(const char *label) {
+    eta_bar *b = ql_calloc(1, sizeof *b);
+    b->p.fn = eta_draw;
+    b->p.user = b;
+    b->p.cancel = &cli_cancel_flag;
+    b->label = label;
+    b->t0 = b->tlast = ql_time_s();
+    b->tty = isatty(2);
+    b->last_pct = -10;
+    return &b->p;
+}
+
+static void eta_bar_done(ql_progress *p) {
+    eta_bar *b = (eta_bar *)p;
+    if (b->tty) fprintf(stderr, "\r%*s\r", 110, "");
+    free(b);
+}
+
+/* ---------------- qlab sense ---------------- */
+
+static const char *SENSE_USAGE =
+    "usage: qlab sense MODEL (--calib SPEC [--samples 32] [--len 256] [--seed S] [--mode random|docs]\n"
+    "                        | --text FILE [--ctx 256] [--chunks 32])\n"
+    "                  --candidates LIST [--level weight|output|kld] [--stats FILE] [--imatrix FILE]\n"
+    "                  [--threads N] -o SENS.qss [--force]\n"
+    "Measures, for every 2-D weight of MODEL and every candidate, the exact bits and the error of quantizing\n"
+    "that tensor alone, at three levels (each includes the cheaper ones):\n"
+    "  weight  relative ||W - Q(W)||^2\n"
+    "  output  tr(dW H dW^T) / tr(W H W^T), H = sum x x^T of the layer input over the calibration tokens\n"
+    "  kld     KL divergence (and delta PPL) of the whole model on the calibration tokens (default)\n"
+    "LIST: comma-separated FORMAT[+METHOD]; FORMAT may be a glob: 'q4_0,q5_0,int?_g32_mse,f16,int4_g32+gptq'.\n"
+    "Statistics for the output level and data-aware methods are computed from the calibration tokens unless\n"
+    "--stats gives a file from qlab stats. --imatrix quantizes as qlab quant --imatrix will.\n"
+    "The file is checkpointed while measuring: after Ctrl-C, run the same command again to resume; a run with\n"
+    "more candidates reuses what the file has. --force starts over. Then: qlab plan SENS.qss --target-bpw B.\n";
+
+typedef struct {
+    const char *text, *calib;
+    int ctx, chunks, samples, mode;
+    uint64_t seed;
+} sense_calib;
+
+static ql_status text_chunks(const ql_model *m, const char *path, int ctx, int want, int32_t **out, int64_t *n_seq) {
+    char *text;
+    size_t len;
+    int32_t *ids;
+    int64_t n;
+    ql_status s = ql_read_file(path, &text, &len);
+    if (s) return s;
+    s = ql_tokenize(m->tok, text, len, true, &ids, &n);
+    free(text);
+    if (s) return s;
+    int64_t chunks = n / ctx;
+    if (want > 0 && want < chunks) chunks = want;
+    if (chunks < 1) {
+        free(ids);
+        return ql_fail(QL_ERR_ARG, "%s: %lld tokens, fewer than one chunk of %d", path, (long long)n, ctx);
+    }
+    int32_t bos = ql_tokenizer_add_bos(m->tok) ? ql_tokenizer_bos(m->tok) : -1;
+    if (bos >= 0)
+        for (int64_t i = 0; i < chunks; i++) ids[i * ctx] = bos;
+    *out = ids;
+    *n_seq = chunks;
+    return QL_OK;
+}
+
+int cmd_sense(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, SENSE_USAGE);
+    const char *flag, *pos, *model = NULL, *out = NULL, *cands = NULL, *stats_path = NULL, *im_path = NULL;
+    sense_calib ca = {.ctx = 256, .chunks = 32, .samples = 32};
+    int level = QL_SENSE_KLD, threads = ql_default_threads();
+    bool force = false;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) {
+            if (model) return cli_usage_error("sense", SENSE_USAGE, "unexpected argument '%s'", pos);
+            model = pos;
+        } else if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) ca.text = cli_value(&a, flag);
+        else if (!strcmp(flag, "--calib")) ca.calib = cli_value(&a, flag);
+        else if (!strcmp(flag, "--samples")) ca.samples = cli_int(&a, flag, 1, 1 << 24);
+        else if (!strcmp(flag, "--len") || !strcmp(flag, "--ctx") || !strcmp(flag, "-c")) ca.ctx = cli_int(&a, flag, 8, 1 << 20);
+        else if (!strcmp(flag, "--chunks")) ca.chunks = cli_int(&a, flag, 1, 1 << 30);
+        else if (!strcmp(flag, "--seed")) ca.seed = (uint64_t)cli_int(&a, flag, 0, 1 << 30);
+        else if (!strcmp(flag, "--mode")) {
+            const char *v = cli_value(&a, flag);
+            if (v && strcmp(v, "docs") && strcmp(v, "random"))
+                return cli_usage_error("sense", SENSE_USAGE, "--mode is random or docs, not '%s'", v);
+            ca.mode = v && !strcmp(v, "docs") ? QL_CALIB_DOCS : QL_CALIB_RANDOM;
+        } else if (!strcmp(flag, "--candidates")) cands = cli_value(&a, flag);
+        else if (!strcmp(flag, "--level")) {
+            const char *v = cli_value(&a, flag);
+            if (v && !ql_sense_level_parse(v, &level))
+                return cli_usage_error("sense", SENSE_USAGE, "--level is weight, output or kld, not '%s'", v);
+        } else if (!strcmp(flag, "--stats")) stats_path = cli_value(&a, flag);
+        else if (!strcmp(flag, "--imatrix")) im_path = cli_value(&a, flag);
+        else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
+        else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--force")) force = true;
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!model || !cands || !out) return cli_usage_error("sense", SENSE_USAGE, "needs MODEL, --candidates LIST and -o OUT");
+    if (ca.text && ca.calib) return cli_usage_error("sense", SENSE_USAGE, "give --calib or --text, not both");
+    if (!ca.text && !ca.calib && level > QL_SENSE_WEIGHT)
+        return cli_usage_error("sense", SENSE_USAGE, "the %s level needs calibration: --calib SPEC or --text FILE",
+                               ql_sense_level_name(level));
+    char **cl = NULL;
+    int ncl = 0;
+    if (ql_sense_parse_candidates(cands, &cl, &ncl)) return cli_fail("sense");
+
+    ql_model *m = NULL;
+    ql_stats *st = NULL;
+    ql_imatrix *im = NULL;
+    ql_sense *s = NULL, *old = NULL;
+    int32_t *tok = NULL;
+    int64_t n_seq = 0;
+    int rc = 0;
+    char desc[1200] = "";
+    bool needs_stats = level >= QL_SENSE_OUTPUT;
+    for (int c = 0; c < ncl; c++) {
+        const ql_format *f;
+        char me[64];
+        if (!ql_parse_format_method(cl[c], &f, me, sizeof me) && ql_method_by_name(me)->needs) needs_stats = true;
+    }
+    if (ql_model_load(model, &m) || (im_path && ql_imatrix_load(im_path, &im))) {
+        rc = cli_fail("sense");
+        goto done;
+    }
+    if ((ca.text || ca.calib) && !m->tok) {
+        fprintf(stderr, "qlab sense: %s: the model has no tokenizer\n", model);
+        rc = 1;
+        goto done;
+    }
+    ql_status ss = QL_OK;
+    if (ca.calib) {
+        ql_calib_opts co = {.n_samples = ca.samples, .seq_len = ca.ctx, .seed = ca.seed, .mode = ca.mode};
+        ql_calib_set *set = NULL;
+        ss = ql_calib_build(ca.calib, m->tok, &co, &set);
+        if (!ss) {
+            n_seq = set->n_samples;
+            tok = set->tokens;
+            set->tokens = NULL;
+            ql_calib_free(set);
+            snprintf(desc, sizeof desc, "calib %s (%d x %d, seed %llu, %s)", ca.calib, ca.samples, ca.ctx,
+                     (unsigned long long)ca.seed, ca.mode == QL_CALIB_DOCS ? "docs" : "random");
+        }
+    } else if (ca.text) {
+        ss = text_chunks(m, ca.text, ca.ctx, ca.chunks, &tok, &n_seq);
+        if (!ss) snprintf(desc, sizeof desc, "text %s (%lld chunks of %d)", ca.text, (long long)n_seq, ca.ctx);
+    }
+    if (ss) {
+        rc = cli_fail("sense");
+        goto done;
+    }
+    if (stats_path) {
+        if (ql_stats_load(stats_path, &st)) {
+            rc = cli_fail("sense");
+            goto done;
+        }
+    } else if (needs_stats && tok) {
+        ql_infer *inf = NULL;
+        ql_stats_opts so = {.hessian = true, .output = true, .n_threads = threads};
+        ql_progress *bar = cli_progress_bar("sense: statistics");
+        ss = ql_infer_new(m, threads, &inf);
+        if (!ss) ss = ql_stats_collect(inf, tok, n_seq, ca.ctx, &so, bar, &st);
+        cli_progress_done(bar);
+        ql_infer_free(inf);
+        if (ss) {
+            rc = cli_fail("sense");
+            goto done;
+        }
+    }
+    if (ql_sense_new(m, cl, ncl, &s)) {
+        rc = cli_fail("sense");
+        goto done;
+    }
+    ql_sense_set_context(s, desc, tok, n_seq, ca.ctx, stats_path ? stats_path : st ? "calibration tokens" : "",
+                         im_path ? im_path : "", level);
+    struct stat sb;
+    if (!force && stat(out, &sb) == 0) {
+        int adopted = 0;
+        if (ql_sense_load(out, &old)) {
+            fprintf(stderr, "qlab sense: %s exists and cannot be resumed (%s); --force overwrites it\n", out, ql_last_error());
+            rc = 1;
+            goto done;
+        }
+        if (ql_sense_adopt(s, old, &adopted)) {
+            fprintf(stderr, "qlab sense: %s was measured with %s; --force overwrites it\n", out, ql_last_error());
+            rc = 1;
+            goto done;
+        }
+        if (adopted) fprintf(stderr, "qlab sense: resuming %s: %d cells already measured\n", out, adopted);
+    }
+    int64_t cells = 0;
+    for (int t = 0; t < s->n_tensors; t++)
+        for (int c = 0; c < s->n_cand; c++) cells += ql_sense_cell_at(s, t, c)->bytes >= 0;
+    fprintf(stderr, "qlab sense: %s: %d tensors x %d candidates (%lld that fit), level %s, %s\n", model, s->n_tensors,
+            s->n_cand, (long long)cells, ql_sense_level_name(level), *desc ? desc : "no calibration");
+    ql_sense_opts o = {.level = level, .n_threads = threads, .tokens = tok, .n_seq = n_seq, .seq_len = ca.ctx,
+                       .stats = st, .imatrix = im, .checkpoint = out};
+    double t0 = ql_time_s();
+    ql_progress *bar = eta_bar_new("sense");
+    ss = ql_sense_measure(s, m, &o, bar);
+    eta_bar_done(bar);
+    if (ss == QL_ERR_CANCELLED) {
+        fprintf(stderr, "qlab sense: interrupted; %s holds what was measured: run the same command to resume\n", out);
+        rc = 130;
+        goto done;
+    }
+    if (ss) {
+        rc = cli_fail("sense");
+        goto done;
+    }
+    fprintf(stderr, "qlab sense: wrote %s (%.1fs this run, %.1fs in all%s)\n", out, ql_time_s() - t0, s->seconds,
+            s->base_ppl > 0 ? "" : "");
+    if (s->base_ppl > 0) fprintf(stderr, "qlab sense: base perplexity on the calibration tokens %.4f\n", s->base_ppl);
+done:
+    ql_sense_free(s);
+    ql_sense_free(old);
+    ql_sense_free_strings(cl, ncl);
+    free(tok);
+    ql_stats_free(st);
+    ql_imatrix_free(im);
+    ql_model_free(m);
+    return rc;
+}
+
+/* ---------------- qlab plan ---------------- */
+
+/* "3.5GiB", "3500MB", "2G" (binary), "123456" (bytes) */
+static bool parse_size(const char *v, int64_t *out) {
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || !(x > 0)) return false;
+    while (*end == ' ') end++;
+    double mul = 1;
+    char u = (char)toupper((unsigned char)*end);
+    if (u) {
+        const char *units = "KMGT";
+        const char *p = strchr(units, u);
+        if (!p) return false;
+        int k = (int)(p - units) + 1;
+        end++;
+        bool binary = true;
+        if (*end == 'i' || *end == 'I') end++;
+        else if (*end == 'B' || *end == 'b') binary = false;
+        if (*end == 'B' || *end == 'b') end++;
+        if (*end) return false;
+        mul = pow(binary ? 1024.0 : 1000.0, k);
+    }
+    *out = (int64_t)(x * mul);
+    return true;
+}
+
+static const char *PLAN_USAGE =
+    "usage: qlab plan SENS.qss (--target-bpw B [--whole-file] | --target-size SIZE) -o PLAN.ini\n"
+    "                 [--rule 'PATTERN OP FORMAT']... [--metric weight|output|kld] [--solver auto|dp|lagrange]\n"
+    "                 [--tolerance 0.01] [--quiet]\n"
+    "Chooses one measured candidate per tensor so that the summed predicted error is smallest within the budget\n"
+    "(a multiple-choice knapsack: exact DP on small models, Lagrangian relaxation + repair otherwise).\n"
+    "  --target-bpw B   bits per weight over the quantized tensors (bpw_quantized of qlab info), hit within\n"
+    "                   --tolerance; --whole-file counts every tensor (bpw of qlab info)\n"
+    "  --target-size S  size of the output file: 3.5GiB, 900MB, 2G, or bytes\n"
+    "  --rule R         'token_embd>=q6_k', 'blk.*.attn_v>=q4_k', 'blk.0.ffn_down=q8_0' (pin), 'output!=q4_0';\n"
+    "                   >= <= > < compare bits on that tensor; a pattern without '.' names a role in every layer\n"
+    "  --metric M       the error to minimise (default: the highest level measured)\n"
+    "Apply the plan with: qlab quant MODEL --plan PLAN.ini -o OUT.gguf\n";
+
+typedef struct {
+    char **rules;
+    int n_rules, cap;
+    int metric, solver;
+    double tolerance;
+} alloc_flags;
+
+static int parse_alloc_flag(cli_args *a, const char *flag, alloc_flags *af, const char *cmd, const char *usage) {
+    if (!strcmp(flag, "--rule")) {
+        const char *v = cli_value(a, flag);
+        if (!v) return 1;
+        /* several rules may share one flag, separated by ';' or ',' */
+        char *copy = ql_strdup(v), *save = NULL;
+        for (char *r = strtok_r(copy, ";,", &save); r; r = strtok_r(NULL, ";,", &save)) {
+            while (*r == ' ') r++;
+            if (!*r) continue;
+            if (af->n_rules == af->cap) {
+                af->cap = af->cap ? 2 * af->cap : 8;
+                af->rules = ql_realloc(af->rules, (size_t)af->cap * sizeof *af->rules);
+            }
+            af->rules[af->n_rules++] = ql_strdup(r);
+        }
+        free(copy);
+    } else if (!strcmp(flag, "--metric")) {
+        const char *v = cli_value(a, flag);
+        if (v && !ql_sense_level_parse(v, &af->metric)) {
+            a->error = true;
+            cli_usage_error(cmd, usage, "--metric is weight, output or kld, not '%s'", v);
+        }
+    } else if (!strcmp(flag, "--solver")) {
+        const char *v = cli_value(a, flag);
+        if (!v) return 1;
+        if (!strcmp(v, "auto")) af->solver = QL_MCKP_AUTO;
+        else if (!strcmp(v, "dp")) af->solver = QL_MCKP_DP;
+        else if (!strcmp(v, "lagrange")) af->solver = QL_MCKP_LAGRANGE;
+        else {
+            a->error = true;
+            cli_usage_error(cmd, usage, "--solver is auto, dp or lagrange, not '%s'", v);
+        }
+    } else if (!strcmp(flag, "--tolerance")) af->tolerance = cli_double(a, flag);
+    else return 0;
+    return 1;
+}
+
+static void alloc_flags_free(alloc_flags *af) { ql_sense_free_strings(af->rules, af->n_rules); }
+
+int cmd_plan(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, PLAN_USAGE);
+    const char *flag, *pos, *path = NULL, *out = NULL, *size = NULL;
+    double bpw = 0;
+    bool whole = false, quiet = false;
+    alloc_flags af = {.metric = -1};
+    int rc = 0;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) {
+            if (path) {
+                alloc_flags_free(&af);
+                return cli_usage_error("plan", PLAN_USAGE, "unexpected argument '%s'", pos);
+            }
+            path = pos;
+        } else if (parse_alloc_flag(&a, flag, &af, "plan", PLAN_USAGE)) continue;
+        else if (!strcmp(flag, "--target-bpw") || !strcmp(flag, "--bpw")) bpw = cli_double(&a, flag);
+        else if (!strcmp(flag, "--target-size")) size = cli_value(&a, flag);
+        else if (!strcmp(flag, "--whole-file")) whole = true;
+        else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--quiet") || !strcmp(flag, "-q")) quiet = true;
+        else {
+            alloc_flags_free(&af);
+            return cli_unknown(&a, flag);
+        }
+    }
+    int64_t target_bytes = 0;
+    if (!a.error && size && !parse_size(size, &target_bytes)) {
+        rc = cli_usage_error("plan", PLAN_USAGE, "--target-size: '%s' is not a size like 3.5GiB", size);
+        goto early;
+    }
+    if (a.error) {
+        rc = 2;
+        goto early;
+    }
+    if (!path || (bpw <= 0 && !size)) {
+        rc = cli_usage_error("plan", PLAN_USAGE, "needs SENS.qss and --target-bpw B or --target-size S");
+        goto early;
+    }
+    if (bpw > 0 && size) {
+        rc = cli_usage_error("plan", PLAN_USAGE, "give --target-bpw or --target-size, not both");
+        goto early;
+    }
+    ql_sense *s = NULL;
+    ql_alloc_result r = {0};
+    ql_plan *plan = NULL;
+    if (ql_sense_load(path, &s)) {
+        rc = cli_fail("plan");
+        goto early;
+    }
+    ql_alloc_opts o = {.target_bpw = bpw, .whole_file = whole, .target_bytes = target_bytes, .metric = af.metric,
+                       .rules = af.rules, .n_rules = af.n_rules, .tolerance = af.tolerance, .method = af.solver};
+    if (ql_allocate(s, &o, &r)) {
+        rc = cli_fail("plan");
+        goto out;
+    }
+    if (!quiet) {
+        printf("%-28s %-22s %10s %7s %12s  %s\n", "tensor", "choice", "bytes", "bpw", ql_sense_level_name(r.metric), "note");
+        for (int t = 0; t < r.n; t++) {
+            const ql_alloc_choice *c = &r.c[t];
+            const ql_sense_tensor *te = &s->tensors[t];
+            printf("%-28s %-22s %10lld %7.3f %12.4g  %s\n", te->name, c->spec ? c->spec : "(kept)", (long long)c->bytes,
+                   8.0 * (double)c->bytes / (double)(te->ncols * te->nrows), c->err, c->note ? c->note : "");
+        }
+    }
+    char gap[64] = "optimal (exact DP)";
+    if (!r.exact)
+        snprintf(gap, sizeof gap, "lower bound %.4g (gap %.2f%%)", r.lower_bound,
+                 r.err > 0 && isfinite(r.lower_bound) ? 100 * (r.err - r.lower_bound) / r.err : 0.0);
+    printf("bpw %.4f over quantized tensors, %.4f over the file; %.2f MiB of weights%s; predicted %s %.5g, %s\n", r.bpw,
+           r.bpw_file, (double)r.bytes / 1048576.0, r.file_bytes ? "" : "", ql_sense_level_name(r.metric), r.err, gap);
+    if (r.file_bytes) printf("estimated file size %lld bytes (%.2f MiB)\n", (long long)r.file_bytes, r.file_bytes / 1048576.0);
+    if (!r.target_hit) {
+        if (size)
+            fprintf(stderr, "qlab plan: warning: could not fill the size target (%lld bytes allowed for the weights, "
+                            "%lld used): candidates too coarse or all at their largest\n",
+                    (long long)r.budget_bytes, (long long)r.bytes);
+        else
+            fprintf(stderr, "qlab plan: warning: achieved %.4f bpw, not within %.3g of %.4f (the candidates cannot get "
+                            "closer)\n",
+                    whole ? r.bpw_file : r.bpw, af.tolerance > 0 ? af.tolerance : 0.01, bpw);
+    }
+    if (out) {
+        char src[512];
+        if (size) snprintf(src, sizeof src, "qlab plan %s --target-size %s", path, size);
+        else snprintf(src, sizeof src, "qlab plan %s --target-bpw %g%s", path, bpw, whole ? " --whole-file" : "");
+        if (ql_alloc_plan(s, &r, src, &plan) || ql_plan_save(plan, *s->model ? s->model : NULL, out)) {
+            rc = cli_fail("plan");
+            goto out;
+        }
+        bool needs = false;
+        for (int i = 0; i < plan->n; i++) {
+            const ql_method *me = ql_method_by_name(plan->e[i].method);
+            needs |= me && me->needs;
+        }
+        fprintf(stderr, "qlab plan: wrote %s; apply: qlab quant %s --plan %s%s -o OUT.gguf\n", out,
+                *s->model ? s->model : "MODEL", out, needs ? " --stats STATS.qls" : "");
+    }
+out:
+    ql_plan_free(plan);
+    ql_alloc_result_free(&r);
+    ql_sense_free(s);
+early:
+    alloc_flags_free(&af);
+    return rc;
+}
+
+/* ---------------- qlab pareto ---------------- */
+
+static const char *PARETO_USAGE =
+    "usage: qlab pareto SENS.qss [--points 40] [--csv] [--whole-file] [--rule R]... [--metric M]\n"
+    "The predicted error-vs-BPW frontier: the least summed error the allocator finds at each size, from the\n"
+    "cheapest to the most expensive assignment. --csv prints bpw,bpw_file,bytes,error; otherwise a terminal plot\n"
+    "(log error) and a table. Rules as in qlab plan.\n";
+
+static void plot(const ql_frontier_point *p, int n, bool whole, const char *metric) {
+    enum { W = 64, H = 18 };
+    char grid[H][W + 1];
+    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        double x = whole ? p[i].bpw_file : p[i].bpw, y = log10(fmax(p[i].err, 1e-12));
+        x0 = fmin(x0, x), x1 = fmax(x1, x), y0 = fmin(y0, y), y1 = fmax(y1, y);
+    }
+    if (x1 <= x0) x1 = x0 + 1;
+    if (y1 <= y0) y1 = y0 + 1;
+    for (int r = 0; r < H; r++) {
+        memset(grid[r], ' ', W);
+        grid[r][W] = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        double x = whole ? p[i].bpw_file : p[i].bpw, y = log10(fmax(p[i].err, 1e-12));
+        int cx = (int)lround((x - x0) / (x1 - x0) * (W - 1)), cy = (int)lround((y1 - y) / (y1 - y0) * (H - 1));
+        grid[cy][cx] = '*';
+    }
+    printf("predicted %s (log scale) vs bits per weight%s\n", metric, whole ? " (whole file)" : "");
+    for (int r = 0; r < H; r++) {
+        double y = y1 - (y1 - y0) * r / (H - 1);
+        if (r % 3 == 0 || r == H - 1) printf("%10.3g |%s\n", pow(10, y), grid[r]);
+        else printf("%10s |%s\n", "", grid[r]);
+    }
+    printf("%10s +", "");
+    for (int i = 0; i < W; i++) putchar('-');
+    printf("\n%10s  %-8.3f%*s%8.3f  bpw\n", "", x0, W - 16, "", x1);
+}
+
+int cmd_pareto(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, PARETO_USAGE);
+    const char *flag, *pos, *path = NULL;
+    int points = 40, rc = 0;
+    bool csv = false, whole = false;
+    alloc_flags af = {.metric = -1};
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) path = pos;
+        else if (parse_alloc_flag(&a, flag, &af, "pareto", PARETO_USAGE)) continue;
+        else if (!strcmp(flag, "--points")) points = cli_int(&a, flag, 2, 100000);
+        else if (!strcmp(flag, "--csv")) csv = true;
+        else if (!strcmp(flag, "--whole-file")) whole = true;
+        else {
+            alloc_flags_free(&af);
+            return cli_unknown(&a, flag);
+        }
+    }
+    if (a.error || !path) {
+        alloc_flags_free(&af);
+        return a.error ? 2 : cli_usage_error("pareto", PARETO_USAGE, "needs SENS.qss");
+    }
+    ql_sense *s = NULL;
+    ql_frontier_point *p = NULL;
+    int n = 0;
+    ql_alloc_opts o = {.metric = af.metric, .rules = af.rules, .n_rules = af.n_rules, .method = af.solver};
+    if (ql_sense_load(path, &s) || ql_alloc_frontier(s, &o, points, &p, &n)) {
+        rc = cli_fail("pareto");
+        goto out;
+    }
+    int metric = af.metric >= 0 ? af.metric : ql_sense_complete_level(s);
+    if (csv) {
+        printf("bpw,bpw_file,bytes,%s\n", ql_sense_level_name(metric));
+        for (int i = 0; i < n; i++) printf("%.6f,%.6f,%lld,%.9g\n", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
+    } else {
+        plot(p, n, whole, ql_sense_level_name(metric));
+        printf("\n%10s %10s %12s %14s\n", "bpw", "bpw_file", "bytes", ql_sense_level_name(metric));
+        int step = n > 16 ? (n + 15) / 16 : 1;
+        for (int i = 0; i < n; i++)
+            if (i % step == 0 || i == n - 1)
+                printf("%10.4f %10.4f %12lld %14.6g\n", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
+    }
+out:
+    free(p);
+    ql_sense_free(s);
+    alloc_flags_free(&af);
+    return rc;
+}
+
+/* ---------------- qlab sense-diff ---------------- */
+
+static const char *DIFF_USAGE =
+    "usage: qlab sense-diff A.qss B.qss [--level weight|output|kld] [--top N]\n"
+    "Ranks the tensors by sensitivity (geometric mean error over the candidates both files measured) under each\n"
+    "file, e.g. the same model measured with two calibration sets, and lists the tensors whose rank moved most,\n"
+    "with the Spearman correlation of the two rankings.\n";
+
+typedef struct {
+    int t;
+    double score;
+} ranked;
+
+static int cmp_ranked(const void *a, const void *b) {
+    const ranked *x = a, *y = b;
+    bool nx = isnan(x->score), ny = isnan(y->score);
+    if (nx != ny) return nx ? 1 : -1;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1; /* most sensitive first */
+    return x->t - y->t;
+}
+
+static void ranks_of(const double *score, int n, int *rank) {
+    ranked *r = ql_malloc((size_t)n * sizeof *r);
+    for (int i = 0; i < n; i++) r[i] = (ranked){i, score[i]};
+    qsort(r, (size_t)n, sizeof *r, cmp_ranked);
+    for (int i = 0; i < n; i++) rank[r[i].t] = i + 1;
+    free(r);
+}
+
+typedef struct {
+    int t, move;
+} moved;
+
+static int cmp_moved(const void *a, const void *b) {
+    const moved *x = a, *y = b;
+    if (abs(x->move) != abs(y->move)) return abs(y->move) - abs(x->move);
+    return x->t - y->t;
+}
+
+int cmd_sense_diff(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, DIFF_USAGE);
+    const char *flag, *pos, *pa = NULL, *pb = NULL;
+    int level = -1, top = 20, rc = 0;
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) {
+            if (!pa) pa = pos;
+            else if (!pb) pb = pos;
+            else return cli_usage_error("sense-diff", DIFF_USAGE, "unexpected argument '%s'", pos);
+        } else if (!strcmp(flag, "--level")) {
+            const char *v = cli_value(&a, flag);
+            if (v && !ql_sense_level_parse(v, &level))
+                return cli_usage_error("sense-diff", DIFF_USAGE, "--level is weight, output or kld, not '%s'", v);
+        } else if (!strcmp(flag, "--top")) top = cli_int(&a, flag, 1, 1 << 20);
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!pa || !pb) return cli_usage_error("sense-diff", DIFF_USAGE, "needs two sensitivity files");
+    ql_sense *A = NULL, *B = NULL;
+    double *sa = NULL, *sb = NULL;
+    int *ra = NULL, *rb = NULL, *map = NULL;
+    char **common = NULL;
+    int nc = 0;
+    moved *mv = NULL;
+    if (ql_sense_load(pa, &A) || ql_sense_load(pb, &B)) {
+        rc = cli_fail("sense-diff");
+        goto out;
+    }
+    int la = ql_sense_complete_level(A), lb = ql_sense_complete_level(B);
+    int lv = level >= 0 ? level : QL_MIN(la, lb);
+    if (lv < 0 || lv > la || lv > lb) {
+        fprintf(stderr, "qlab sense-diff: the files are measured at levels %s and %s\n", ql_sense_level_name(la),
+                ql_sense_level_name(lb));
+        rc = 1;
+        goto out;
+    }
+    common = ql_calloc((size_t)A->n_cand, sizeof *common);
+    for (int c = 0; c < A->n_cand; c++)
+        if (ql_sense_find_cand(B, A->cand[c]) >= 0) common[nc++] = A->cand[c];
+    map = ql_malloc((size_t)(A->n_tensors + 1) * sizeof *map);
+    int shared = 0;
+    for (int t = 0; t < A->n_tensors; t++) {
+        map[t] = ql_sense_find_tensor(B, A->tensors[t].name);
+        shared += map[t] >= 0;
+    }
+    if (!nc || !shared) {
+        fprintf(stderr, "qlab sense-diff: the files share %s\n", nc ? "no tensor" : "no candidate");
+        rc = 1;
+        goto out;
+    }
+    double *fa = ql_malloc((size_t)A->n_tensors * sizeof *fa), *fb = ql_malloc((size_t)B->n_tensors * sizeof *fb);
+    ql_sense_scores(A, lv, common, nc, fa);
+    ql_sense_scores(B, lv, common, nc, fb);
+    /* rank over the tensors both files have */
+    sa = ql_malloc((size_t)shared * sizeof *sa);
+    sb = ql_malloc((size_t)shared * sizeof *sb);
+    int *idx = ql_malloc((size_t)shared * sizeof *idx);
+    int k = 0;
+    for (int t = 0; t < A->n_tensors; t++)
+        if (map[t] >= 0) {
+            idx[k] = t;
+            sa[k] = fa[t];
+            sb[k] = fb[map[t]];
+            k++;
+        }
+    free(fa);
+    free(fb);
+    ra = ql_malloc((size_t)shared * sizeof *ra);
+    rb = ql_malloc((size_t)shared * sizeof *rb);
+    ranks_of(sa, shared, ra);
+    ranks_of(sb, shared, rb);
+    double d2 = 0;
+    mv = ql_malloc((size_t)shared * sizeof *mv);
+    for (int i = 0; i < shared; i++) {
+        d2 += (double)(ra[i] - rb[i]) * (ra[i] - rb[i]);
+        mv[i] = (moved){i, rb[i] - ra[i]};
+    }
+    double rho = shared > 1 ? 1 - 6 * d2 / ((double)shared * ((double)shared * shared - 1)) : 1;
+    qsort(mv, (size_t)shared, sizeof *mv, cmp_moved);
+    printf("A: %s (%s)\nB: %s (%s)\n", pa, A->calib, pb, B->calib);
+    printf("%d tensors, %d common candidates, level %s; Spearman rank correlation %.4f\n", shared, nc,
+           ql_sense_level_name(lv), rho);
+    printf("rank 1 = most sensitive; score = geometric mean %s over the common candidates\n\n", ql_sense_level_name(lv));
+    printf("%-28s %6s %6s %6s %12s %12s %8s\n", "tensor", "rank A", "rank B", "move", "score A", "score B", "B/A");
+    for (int i = 0; i < shared && i < top; i++) {
+        int j = mv[i].t;
+        printf("%-28s %6d %6d %+6d %12.4g %12.4g %8.3f\n", A->tensors[idx[j]].name, ra[j], rb[j], mv[i].move, sa[j], sb[j],
+               sa[j] > 0 ? sb[j] / sa[j] : NAN);
+    }
+    free(idx);
+out:
+    free(common);
+    free(map);
+    free(sa);
+    free(sb);
+    free(ra);
+    free(rb);
+    free(mv);
+    ql_sense_free(A);
+    ql_sense_free(B);
+    return rc;
+}

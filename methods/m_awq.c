@@ -1,0 +1,368 @@
+/* m_awq.c — AWQ (Lin et al. 2024), activation-aware weight quantization. Per input point of a layer:
+ * grid search of per-channel scales s (s = s_x^α, or duo: s_x^α / s_w^(1−α), normalized so that
+ * max·min = 1) that minimize the output error Σ tr(ΔW H ΔWᵀ), ΔW = Q(W·diag(s))·diag(s)⁻¹ − W, H = Σxxᵀ,
+ * of the linears reading the point in their target format; the scales are folded into the producer.
+ * Then a clipping search: per (row, quantization group) the range shrinks to 1 − i/20 (i < 10) of the
+ * group's absmax, picked by the group's own error δ H_gg δᵀ, kept when the whole matrix improves.
+ * The per-tensor method (no transform) does the clipping search with s = 1. Pure: edits only the
+ * buffers it is given. */
+#include "actquant.h"
+#include "fmt_ext.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define AWQ_CLIP_GRID 20
+#define AWQ_MAX_SHRINK 0.5
+#define AWQ_DIAG_MAX 8192 /* largest width for which a dense diagonal H is built when Σxxᵀ is absent */
+
+/* Width of one quantization group along a row (the unit clipping works on); 0 when clipping makes no
+ * sense (float formats, FP8 with one scale per row or tensor). */
+static int64_t quant_group(const ql_format *f, int64_t cols) {
+    int group;
+    if (ql_int_format_params(f, NULL, &group, NULL, NULL)) return group > 0 ? QL_MIN(group, cols) : cols;
+    if (f->block > 1) return QL_MIN(f->block, cols);
+    return 0;
+}
+
+/* H as a dense [n, n] matrix: Σxxᵀ when collected, else diag(Σx²) (NULL if too wide). *owned: free it. */
+static const double *dense_hessian(const ql_input_stats *st, double **owned) {
+    *owned = NULL;
+    if (st->xtx) return st->xtx;
+    if (!st->mean_sq || st->n > AWQ_DIAG_MAX) return NULL;
+    double *H = ql_calloc((size_t)(st->n * st->n), sizeof(double));
+    for (int64_t j = 0; j < st->n; j++) H[j * st->n + j] = (double)st->mean_sq[j] * (double)st->n_tokens;
+    *owned = H;
+    return H;
+}
+
+/* Σ_r δ_r H δ_rᵀ with δ = (q − ref) / s (s [cols] or NULL), over rows [rows, cols]. */
+static double loss_of(const float *q, const float *ref, const float *s, int64_t rows, int64_t cols,
+                      const double *H) {
+    const int64_t RB = 128;
+    double *D = ql_malloc((size_t)(RB * cols) * sizeof(double)),
+           *M = ql_malloc((size_t)(RB * cols) * sizeof(double));
+    double loss = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += RB) {
+        const int64_t nr = QL_MIN(RB, rows - r0);
+        for (int64_t r = 0; r < nr; r++)
+            for (int64_t c = 0; c < cols; c++) {
+                const int64_t i = (r0 + r) * cols + c;
+                D[r * cols + c] = ((double)q[i] - ref[i]) / (s ? s[c] : 1.0f);
+            }
+        cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (int)nr, (int)cols, 1.0, H, (int)cols, D,
+                    (int)cols, 0.0, M, (int)cols);
+        for (int64_t i = 0; i < nr * cols; i++) loss += D[i] * M[i];
+    }
+    free(D);
+    free(M);
+    return loss;
+}
+
+static ql_status quant_roundtrip(const ql_format *f, const float *src, float *dst, void *buf, int64_t rows,
+                                 int64_t cols, int n_threads) {
+    ql_status s = ql_format_quantize(f, src, buf, rows, cols, NULL, n_threads);
+    return s ? s : ql_format_dequantize(f, buf, dst, rows, cols, n_threads);
+}
+
+/* Clipping search on ws [rows, cols] (weights already multiplied by s; s NULL = 1), in place.
+ * *before / *after get the whole-matrix loss without / with the clipping kept. */
+static ql_status clip_search(float *ws, int64_t rows, int64_t cols, const ql_format *f, const float *s,
+                             const double *H, int n_threads, bool measure_only, double *before,
+                             double *after) {
+    const int64_t g = quant_group(f, cols), bytes = ql_format_tensor_bytes(f, cols, rows);
+    if (bytes < 0) return ql_fail(QL_ERR_ARG, "awq: rows of %lld do not fit %s", (long long)cols, f->name);
+    const size_t n = (size_t)(rows * cols);
+    float *q = ql_malloc(n * sizeof(float));
+    void *buf = ql_malloc((size_t)bytes);
+    ql_status st = quant_roundtrip(f, ws, q, buf, rows, cols, n_threads);
+    if (st) goto done;
+    *before = *after = loss_of(q, ws, s, rows, cols, H);
+    if (g <= 0 || measure_only) goto done;
+    {
+        const int64_t ng = (cols + g - 1) / g;
+        float *amax = ql_calloc((size_t)(rows * ng), sizeof(float)),
+              *bestp = ql_malloc((size_t)(rows * ng) * sizeof(float));
+        double *beste = ql_malloc((size_t)(rows * ng) * sizeof(double));
+        double *D = ql_malloc((size_t)(rows * g) * sizeof(double)),
+               *M = ql_malloc((size_t)(rows * g) * sizeof(double));
+        double *Hg = ql_malloc((size_t)(g * g) * sizeof(double));
+        float *wc = ql_malloc(n * sizeof(float));
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++) {
+                float *a = &amax[r * ng + c / g];
+                *a = fmaxf(*a, fabsf(ws[r * cols + c]));
+            }
+        for (int64_t i = 0; i < rows * ng; i++) {
+            bestp[i] = 1.0f;
+            beste[i] = INFINITY;
+        }
+        const int n_shrink = (int)(AWQ_MAX_SHRINK * AWQ_CLIP_GRID);
+        for (int k = 0; k < n_shrink && !st; k++) {
+            const float p = 1.0f - (float)k / AWQ_CLIP_GRID;
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = 0; c < cols; c++) {
+                    const float m = p * amax[r * ng + c / g], v = ws[r * cols + c];
+                    wc[r * cols + c] = v > m ? m : v < -m ? -m : v;
+                }
+            st = quant_roundtrip(f, wc, q, buf, rows, cols, n_threads);
+            /* each group's own output error: δ_g H_gg δ_gᵀ for all rows at once */
+            for (int64_t gi = 0; gi < ng && !st; gi++) {
+                const int64_t c0 = gi * g, w = QL_MIN(g, cols - c0);
+                for (int64_t a = 0; a < w; a++)
+                    for (int64_t b = 0; b < w; b++) Hg[a * w + b] = H[(c0 + a) * cols + c0 + b];
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t a = 0; a < w; a++) {
+                        const int64_t i = r * cols + c0 + a;
+                        D[r * w + a] = ((double)q[i] - ws[i]) / (s ? s[c0 + a] : 1.0f);
+                    }
+                cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (int)rows, (int)w, 1.0, Hg, (int)w, D,
+                            (int)w, 0.0, M, (int)w);
+                for (int64_t r = 0; r < rows; r++) {
+                    double e = 0;
+                    for (int64_t a = 0; a < w; a++) e += D[r * w + a] * M[r * w + a];
+                    if (e < beste[r * ng + gi]) {
+                        beste[r * ng + gi] = e;
+                        bestp[r * ng + gi] = p;
+                    }
+                }
+            }
+        }
+        if (!st) {
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = 0; c < cols; c++) {
+                    const float m = bestp[r * ng + c / g] * amax[r * ng + c / g], v = ws[r * cols + c];
+                    wc[r * cols + c] = v > m ? m : v < -m ? -m : v;
+                }
+            st = quant_roundtrip(f, wc, q, buf, rows, cols, n_threads);
+            if (!st) {
+                /* measured against the unclipped weights: the target is the original layer's output */
+                double l = loss_of(q, ws, s, rows, cols, H);
+                if (l < *before) {
+                    memcpy(ws, wc, n * sizeof(float));
+                    *after = l;
+                }
+            }
+        }
+        free(amax);
+        free(bestp);
+        free(beste);
+        free(D);
+        free(M);
+        free(Hg);
+        free(wc);
+    }
+done:
+    free(q);
+    free(buf);
+    return st;
+}
+
+typedef struct {
+    int grid;
+    bool duo, clip, clip_qk;
+    int n_threads;
+} awq_opts;
+
+/* Mean over rows (of every searched reader) of |W| / the absmax of its quantization group, per channel. */
+static void weight_saliency(const ql_layer_f32 *L, const ql_scale_point *p, const int *lin, int nl,
+                            double *sw) {
+    int64_t total_rows = 0;
+    for (int c = 0; c < p->n; c++) sw[c] = 0;
+    for (int i = 0; i < nl; i++) {
+        const int li = lin[i];
+        const int64_t cols = L->cols[li];
+        int64_t g = quant_group(L->fmt[li], cols);
+        if (g <= 0) g = QL_MIN(cols, 128);
+        for (int64_t r = 0; r < L->rows[li]; r++) {
+            const float *wr = L->w[li] + r * cols;
+            for (int64_t c0 = 0; c0 < cols; c0 += g) {
+                const int64_t w = QL_MIN(g, cols - c0);
+                float m = 0;
+                for (int64_t a = 0; a < w; a++) m = fmaxf(m, fabsf(wr[c0 + a]));
+                for (int64_t a = 0; a < w; a++) sw[c0 + a] += fabsf(wr[c0 + a]) / (m + 1e-6);
+            }
+        }
+        total_rows += L->rows[li];
+    }
+    for (int c = 0; c < p->n; c++) sw[c] /= (double)(total_rows ? total_rows : 1);
+}
+
+static ql_status awq_point(ql_layer_f32 *L, const ql_scale_point *p, const ql_stat_entry *e,
+                           const awq_opts *o, ql_scale_report *rep) {
+    int lin[3], nl = 0;
+    for (int i = 0; i < p->n_lin; i++) {
+        const int li = p->lin[i];
+        if (L->fmt[li] && ql_format_fits(L->fmt[li], L->cols[li])) lin[nl++] = li;
+    }
+    if (!nl) return QL_OK;
+    ql_input_stats view;
+    ql_stats_view(e, &view);
+    double *Hown;
+    const double *H = dense_hessian(&view, &Hown);
+    if (!H || !view.mean_abs)
+        return ql_fail(QL_ERR_ARG, "awq: blk.%d.%s needs Σxxᵀ statistics", L->layer, p->point);
+    const int n = p->n, ns = p->n_src;
+    /* per producer entry: mean of s_x and s_w over the channels it feeds */
+    double *sx = ql_calloc((size_t)ns, sizeof(double)), *sw = ql_calloc((size_t)ns, sizeof(double));
+    double *swc = ql_malloc((size_t)n * sizeof(double));
+    int *cnt = ql_calloc((size_t)ns, sizeof(int));
+    weight_saliency(L, p, lin, nl, swc);
+    for (int c = 0; c < n; c++) {
+        const int j = ql_scale_point_src(L, p, c);
+        sx[j] += view.mean_abs[c];
+        sw[j] += swc[c];
+        cnt[j]++;
+    }
+    for (int j = 0; j < ns; j++) {
+        sx[j] /= cnt[j] ? cnt[j] : 1;
+        sw[j] /= cnt[j] ? cnt[j] : 1;
+    }
+    float *s = ql_malloc((size_t)ns * sizeof(float)), *best = ql_malloc((size_t)ns * sizeof(float));
+    float *se = ql_malloc((size_t)n * sizeof(float));
+    double best_loss = INFINITY, loss_rtn = -1, best_alpha = 0;
+    bool best_duo = false;
+    ql_status st = QL_OK;
+    for (int duo = 0; duo <= (o->duo ? 1 : 0) && !st; duo++)
+        for (int gi = 0; gi < o->grid && !st; gi++) {
+            const double a = (double)gi / o->grid;
+            double mx = 0, mn = INFINITY;
+            for (int j = 0; j < ns; j++) {
+                double v = duo ? pow(sx[j], a) / (pow(sw[j], 1 - a) + 1e-4) : pow(sx[j], a);
+                v = fmax(v, 1e-4);
+                s[j] = (float)v;
+                mx = fmax(mx, v);
+                mn = fmin(mn, v);
+            }
+            const double norm = sqrt(mx * mn);
+            for (int j = 0; j < ns; j++) s[j] = (float)(s[j] / norm);
+            for (int c = 0; c < n; c++) se[c] = s[ql_scale_point_src(L, p, c)];
+            double loss = 0;
+            for (int i = 0; i < nl && !st; i++) {
+                const int li = lin[i];
+                double l = ql_quant_output_error(L->w[li], L->rows[li], L->cols[li], L->fmt[li], se, H,
+                                                 o->n_threads);
+                if (l < 0)
+                    st = ql_fail(QL_ERR_ARG, "awq: cannot quantize blk.%d linear %d as %s", L->layer, li,
+                                 L->fmt[li]->name);
+                loss += l;
+            }
+            if (st) break;
+            if (!duo && gi == 0) loss_rtn = loss;
+            if (loss < best_loss) {
+                best_loss = loss;
+                best_alpha = a;
+                best_duo = duo;
+                memcpy(best, s, (size_t)ns * sizeof(float));
+            }
+        }
+    double final_loss = best_loss;
+    if (!st) {
+        ql_scale_point_apply(L, p, best);
+        for (int c = 0; c < n; c++) se[c] = best[ql_scale_point_src(L, p, c)];
+        if (o->clip) {
+            final_loss = 0;
+            for (int i = 0; i < nl && !st; i++) {
+                const int li = lin[i];
+                double before, after;
+                /* attention logits are not a plain linear output: AWQ leaves q/k unclipped */
+                const bool skip = !o->clip_qk && (li == QL_LIN_Q || li == QL_LIN_K);
+                st = clip_search(L->w[li], L->rows[li], L->cols[li], L->fmt[li], se, H, o->n_threads, skip,
+                                 &before, &after);
+                final_loss += after;
+            }
+        }
+    }
+    if (rep) {
+        snprintf(rep->point, sizeof rep->point, "%s", p->point);
+        rep->alpha = best_alpha;
+        rep->duo = best_duo;
+        rep->loss_rtn = loss_rtn;
+        rep->loss_scale = best_loss;
+        rep->loss_final = final_loss;
+        rep->smin = INFINITY;
+        rep->smax = 0;
+        for (int j = 0; j < ns; j++) {
+            rep->smin = fmin(rep->smin, best[j]);
+            rep->smax = fmax(rep->smax, best[j]);
+        }
+    }
+    free(sx);
+    free(sw);
+    free(swc);
+    free(cnt);
+    free(s);
+    free(best);
+    free(se);
+    free(Hown);
+    return st;
+}
+
+ql_status ql_awq_layer(ql_layer_f32 *L, const ql_stats *st, const char *spec, int n_threads,
+                       const ql_progress *progress, ql_transform_report *rep) {
+    awq_opts o = {
+        .grid = (int)ql_opt_double(spec, "grid", 20),
+        .duo = ql_opt_double(spec, "duo", 1) != 0,
+        .clip = ql_opt_double(spec, "clip", 1) != 0,
+        .clip_qk = ql_opt_double(spec, "clip_qk", 0) != 0,
+        .n_threads = n_threads > 0 ? n_threads : 1,
+    };
+    if (o.grid < 1 || o.grid > 1000) return ql_fail(QL_ERR_ARG, "awq: grid=%d is outside 1..1000", o.grid);
+    if (rep) memset(rep, 0, sizeof *rep);
+    ql_scale_point pts[4];
+    const int np =
+        ql_layer_scale_points(L, ql_opt_double(spec, "attn", 1) != 0, ql_opt_double(spec, "vo", 1) != 0,
+                              ql_opt_double(spec, "ffn", 1) != 0, ql_opt_double(spec, "down", 1) != 0, pts);
+    for (int k = 0; k < np; k++) {
+        if (ql_progress_cancelled(progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+        const ql_stat_entry *e = ql_layer_point_stats(st, L->layer, &pts[k]);
+        if (!e) return ql_fail(QL_ERR_ARG, "awq: no statistics for blk.%d.%s", L->layer, pts[k].point);
+        ql_scale_report r = {0};
+        ql_status s = awq_point(L, &pts[k], e, &o, &r);
+        if (s) return s;
+        if (rep && r.point[0]) rep->pt[rep->n++] = r;
+        ql_progress_report(progress, k + 1, np, "awq");
+    }
+    return QL_OK;
+}
+
+/* Per tensor (no scale migration): the clipping search with s = 1, then the format's rounding. */
+static ql_status awq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_format *f,
+                              const ql_input_stats *st, const ql_method_opts *o, void *dst) {
+    const int nt = o && o->n_threads > 0 ? o->n_threads : 1;
+    if (st && st->n == ncols && (!o || ql_opt_double(o->spec, "clip", 1) != 0)) {
+        double *Hown;
+        const double *H = dense_hessian(st, &Hown);
+        if (H) {
+            double before, after;
+            ql_status s = clip_search(w, nrows, ncols, f, NULL, H, nt, false, &before, &after);
+            free(Hown);
+            if (s) return s;
+        }
+    }
+    return ql_format_quantize(f, w, dst, nrows, ncols, o ? o->importance : NULL, nt);
+}
+
+static ql_status awq_transform(ql_layer_f32 *L, const ql_stats *st, const ql_method_opts *o) {
+    return ql_awq_layer(L, st, o ? o->spec : NULL, o ? o->n_threads : 1, o ? o->progress : NULL, NULL);
+}
+
+const ql_method ql_method_awq = {
+    .name = "awq",
+    .summary =
+        "AWQ: per-channel scales searched on the layer output error, folded into the norms; clipping search",
+    .help = "grid=20    scale exponents alpha = 0, 1/grid, ..., (grid-1)/grid\n"
+            "duo=1      also try s = s_x^alpha / s_w^(1-alpha) (AutoAWQ's duo scaling)\n"
+            "clip=1     search a clipped range per quantization group (shrink down to 0.55)\n"
+            "clip_qk=0  also clip attn_q/attn_k (AWQ skips them)\n"
+            "attn=1     scale q/k/v through attn_norm\n"
+            "vo=1       scale attn_output through attn_v's rows (tied per kv head)\n"
+            "ffn=1      scale gate/up through ffn_norm\n"
+            "down=1     scale ffn_down through ffn_up's rows",
+    .needs = QL_NEEDS_ACT_STATS | QL_NEEDS_HESSIAN,
+    .quantize_tensor = awq_quantize,
+    .transform_layer = awq_transform,
+};

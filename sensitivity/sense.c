@@ -1,0 +1,1029 @@
+/* sense.c — sensitivity measurement and the .qss file (see sense.h and docs/sensitivity.md).
+ * The KLD level keeps, for every calibration sequence, the base log-probabilities [T, V] and the
+ * residual stream entering every layer (and leaving the last) [T, D]: memory n_seq*T*(V + (L+1)*D)
+ * floats. A probe swaps one tensor's F32 weights for its dequantized candidate and runs the sequences
+ * in parallel (one per worker, single-threaded BLAS) from that tensor's layer; per-sequence sums are
+ * combined in sequence order, so results do not depend on the thread count. */
+#include "sense.h"
+#include "format.h"
+#include "imatrix.h"
+#include "method.h"
+#include "parallel.h"
+#include "plan.h"
+#include "ppl.h"
+#include "stats.h"
+
+#include <cblas.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SENSE_MAGIC "qlab-sensitivity"
+#define MAX_CANDS 4096
+#define MAX_TENSORS (1 << 20)
+
+static const char *g_level_names[] = {"weight", "output", "kld"};
+
+const char *ql_sense_level_name(int level) {
+    return level >= 0 && level <= QL_SENSE_KLD ? g_level_names[level] : "none";
+}
+
+bool ql_sense_level_parse(const char *s, int *level) {
+    for (int i = 0; i <= QL_SENSE_KLD; i++)
+        if (s && strcasecmp(s, g_level_names[i]) == 0) {
+            *level = i;
+            return true;
+        }
+    return false;
+}
+
+/* ---------------- candidates ---------------- */
+
+void ql_sense_free_strings(char **v, int n) {
+    if (!v) return;
+    for (int i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+static void push_unique(char ***v, int *n, int *cap, const char *s) {
+    for (int i = 0; i < *n; i++)
+        if (strcmp((*v)[i], s) == 0) return;
+    if (*n == *cap) {
+        *cap = *cap ? 2 * *cap : 16;
+        *v = ql_realloc(*v, (size_t)*cap * sizeof **v);
+    }
+    (*v)[(*n)++] = ql_strdup(s);
+}
+
+static void canonical_spec(char *buf, size_t cap, const ql_format *f, const char *method) {
+    if (!method || !*method || strcasecmp(method, "rtn") == 0) snprintf(buf, cap, "%s", f->name);
+    else snprintf(buf, cap, "%s+%s", f->name, ql_method_by_name(method)->name);
+}
+
+ql_status ql_sense_parse_candidates(const char *list, char ***out, int *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    if (!list) return ql_fail(QL_ERR_ARG, "no candidates");
+    char **v = NULL;
+    int n = 0, cap = 0;
+    char *copy = ql_strdup(list), *save = NULL;
+    ql_status st = QL_OK;
+    for (char *item = strtok_r(copy, ",", &save); item && !st; item = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*item)) item++;
+        for (char *e = item + strlen(item); e > item && isspace((unsigned char)e[-1]);) *--e = 0;
+        if (!*item) continue;
+        char *plus = strchr(item, '+');
+        const char *method = "rtn";
+        if (plus) {
+            *plus = 0;
+            method = plus + 1;
+            if (!ql_method_by_name(method)) {
+                st = ql_fail(QL_ERR_ARG, "candidate '%s+%s': unknown method '%s'", item, method, method);
+                break;
+            }
+        }
+        char spec[160];
+        if (strpbrk(item, "*?[")) {
+            int matched = 0;
+            for (int i = 0; i < ql_format_count(); i++) {
+                const ql_format *f = ql_format_at(i);
+                if (!f->quantize_rows || fnmatch(item, f->name, FNM_CASEFOLD) != 0) continue;
+                canonical_spec(spec, sizeof spec, f, method);
+                push_unique(&v, &n, &cap, spec);
+                matched++;
+            }
+            if (!matched) st = ql_fail(QL_ERR_ARG, "candidate pattern '%s' matches no format that can quantize", item);
+            continue;
+        }
+        const ql_format *f = ql_format_by_name(item);
+        if (!f) st = ql_fail(QL_ERR_ARG, "candidate '%s': unknown format (qlab formats lists them)", item);
+        else if (!f->quantize_rows) st = ql_fail(QL_ERR_ARG, "candidate '%s': qlab can decode but not encode it", item);
+        else {
+            canonical_spec(spec, sizeof spec, f, method);
+            push_unique(&v, &n, &cap, spec);
+        }
+    }
+    free(copy);
+    if (!st && n == 0) st = ql_fail(QL_ERR_ARG, "no candidates in '%s'", list);
+    if (!st && n > MAX_CANDS) st = ql_fail(QL_ERR_ARG, "%d candidates (at most %d)", n, MAX_CANDS);
+    if (st) {
+        ql_sense_free_strings(v, n);
+        return st;
+    }
+    *out = v;
+    *n_out = n;
+    return QL_OK;
+}
+
+/* ---------------- skeleton ---------------- */
+
+static int64_t numel(const ql_gguf_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
+
+static void cell_reset(ql_sense_cell *c, int64_t bytes) {
+    c->bytes = bytes;
+    c->level = -1;
+    c->werr = c->oerr = c->kld = c->dppl = NAN;
+}
+
+static int64_t cand_bytes(const char *spec, int64_t ncols, int64_t nrows) {
+    const ql_format *f;
+    char method[64];
+    if (ql_parse_format_method(spec, &f, method, sizeof method)) return -1;
+    if (!ql_format_fits(f, ncols)) return -1;
+    return ql_format_tensor_bytes(f, ncols, nrows);
+}
+
+ql_status ql_sense_new(const ql_model *m, char *const *cands, int n_cand, ql_sense **out) {
+    *out = NULL;
+    if (n_cand <= 0 || n_cand > MAX_CANDS) return ql_fail(QL_ERR_ARG, "need 1..%d candidates", MAX_CANDS);
+    for (int c = 0; c < n_cand; c++) {
+        const ql_format *f;
+        char method[64];
+        if (ql_parse_format_method(cands[c], &f, method, sizeof method)) return QL_ERR_ARG;
+        if (!ql_method_by_name(method)) return ql_fail(QL_ERR_ARG, "candidate '%s': unknown method", cands[c]);
+    }
+    const ql_gguf *g = m->gguf;
+    ql_sense *s = ql_calloc(1, sizeof *s);
+    s->model = ql_strdup(m->path ? m->path : "");
+    struct stat stt;
+    if (m->path && stat(m->path, &stt) == 0 && S_ISREG(stt.st_mode)) s->file_bytes = (int64_t)stt.st_size;
+    s->calib = ql_strdup("");
+    s->stats = ql_strdup("");
+    s->imatrix = ql_strdup("");
+    s->level = QL_SENSE_WEIGHT;
+    s->n_tensors_file = g->n_tensors;
+    s->tensors = ql_calloc((size_t)(g->n_tensors ? g->n_tensors : 1), sizeof *s->tensors);
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        const ql_gguf_tensor *t = &g->tensors[i];
+        if (!ql_tensor_is_quantizable(t->name, (int)t->n_dims, t->ne)) {
+            s->other_params += numel(t);
+            s->other_bytes += (int64_t)t->nbytes;
+            continue;
+        }
+        ql_sense_tensor *st = &s->tensors[s->n_tensors++];
+        st->name = ql_strdup(t->name);
+        st->ncols = t->ne[0];
+        st->nrows = t->ne[1] * t->ne[2] * t->ne[3];
+        st->orig_bytes = (int64_t)t->nbytes;
+        st->orig_type = t->type;
+    }
+    s->n_cand = n_cand;
+    s->cand = ql_calloc((size_t)n_cand, sizeof *s->cand);
+    for (int c = 0; c < n_cand; c++) s->cand[c] = ql_strdup(cands[c]);
+    s->cells = ql_calloc((size_t)s->n_tensors * (size_t)n_cand + 1, sizeof *s->cells);
+    for (int t = 0; t < s->n_tensors; t++)
+        for (int c = 0; c < n_cand; c++)
+            cell_reset(ql_sense_cell_at(s, t, c), cand_bytes(s->cand[c], s->tensors[t].ncols, s->tensors[t].nrows));
+    *out = s;
+    return QL_OK;
+}
+
+void ql_sense_free(ql_sense *s) {
+    if (!s) return;
+    for (int t = 0; t < s->n_tensors; t++) free(s->tensors[t].name);
+    free(s->tensors);
+    ql_sense_free_strings(s->cand, s->n_cand);
+    free(s->cells);
+    free(s->model);
+    free(s->calib);
+    free(s->stats);
+    free(s->imatrix);
+    free(s);
+}
+
+uint64_t ql_sense_hash_tokens(const int32_t *tokens, int64_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t v = (uint32_t)tokens[i];
+        for (int b = 0; b < 4; b++) {
+            h ^= (v >> (8 * b)) & 0xff;
+            h *= 1099511628211ull;
+        }
+    }
+    return h;
+}
+
+static void set_str(char **dst, const char *v) {
+    free(*dst);
+    *dst = ql_strdup(v ? v : "");
+}
+
+void ql_sense_set_context(ql_sense *s, const char *calib, const int32_t *tokens, int64_t n_seq, int64_t seq_len,
+                          const char *stats, const char *imatrix, int level) {
+    set_str(&s->calib, calib);
+    set_str(&s->stats, stats);
+    set_str(&s->imatrix, imatrix);
+    s->n_seq = tokens ? n_seq : 0;
+    s->seq_len = tokens ? seq_len : 0;
+    s->tokens_hash = tokens ? ql_sense_hash_tokens(tokens, n_seq * seq_len) : 0;
+    s->level = level;
+}
+
+int ql_sense_find_tensor(const ql_sense *s, const char *name) {
+    for (int t = 0; t < s->n_tensors; t++)
+        if (strcmp(s->tensors[t].name, name) == 0) return t;
+    return -1;
+}
+
+int ql_sense_find_cand(const ql_sense *s, const char *spec) {
+    for (int c = 0; c < s->n_cand; c++)
+        if (strcmp(s->cand[c], spec) == 0) return c;
+    return -1;
+}
+
+ql_status ql_sense_adopt(ql_sense *dst, const ql_sense *old, int *n_adopted) {
+    if (n_adopted) *n_adopted = 0;
+    if (old->n_tensors != dst->n_tensors) return ql_fail(QL_ERR_ARG, "a different model (%d tensors, not %d)", old->n_tensors, dst->n_tensors);
+    for (int t = 0; t < dst->n_tensors; t++) {
+        const ql_sense_tensor *a = &dst->tensors[t], *b = &old->tensors[t];
+        if (strcmp(a->name, b->name) || a->ncols != b->ncols || a->nrows != b->nrows || a->orig_type != b->orig_type)
+            return ql_fail(QL_ERR_ARG, "a different model (tensor %d is %s, not %s)", t, b->name, a->name);
+    }
+    /* weight-level numbers depend on the tokens only through data-aware methods and the imatrix, but one
+     * rule is easier to trust: the same calibration or nothing */
+    if (old->tokens_hash != dst->tokens_hash || old->n_seq != dst->n_seq || old->seq_len != dst->seq_len)
+        return ql_fail(QL_ERR_ARG, "different calibration tokens (%lld x %lld from '%s', not %lld x %lld from '%s')",
+                       (long long)old->n_seq, (long long)old->seq_len, old->calib, (long long)dst->n_seq,
+                       (long long)dst->seq_len, dst->calib);
+    if (strcmp(old->stats, dst->stats)) return ql_fail(QL_ERR_ARG, "different statistics ('%s', not '%s')", old->stats, dst->stats);
+    if (strcmp(old->imatrix, dst->imatrix))
+        return ql_fail(QL_ERR_ARG, "a different imatrix ('%s', not '%s')", old->imatrix, dst->imatrix);
+    int n = 0;
+    for (int c = 0; c < dst->n_cand; c++) {
+        int oc = ql_sense_find_cand(old, dst->cand[c]);
+        if (oc < 0) continue;
+        for (int t = 0; t < dst->n_tensors; t++) {
+            const ql_sense_cell *o = ql_sense_cell_at(old, t, oc);
+            ql_sense_cell *d = ql_sense_cell_at(dst, t, c);
+            if (o->level < 0 || o->bytes != d->bytes) continue;
+            *d = *o;
+            n++;
+        }
+    }
+    if (old->base_ppl > 0) dst->base_ppl = old->base_ppl;
+    dst->seconds += old->seconds;
+    if (n_adopted) *n_adopted = n;
+    return QL_OK;
+}
+
+double ql_sense_error(const ql_sense *s, int t, int c, int level) {
+    const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+    if (e->bytes < 0 || e->level < level) return NAN;
+    switch (level) {
+    case QL_SENSE_WEIGHT: return e->werr;
+    case QL_SENSE_OUTPUT: return e->oerr;
+    case QL_SENSE_KLD: return e->kld;
+    default: return NAN;
+    }
+}
+
+int ql_sense_complete_level(const ql_sense *s) {
+    int lv = QL_SENSE_KLD;
+    for (int t = 0; t < s->n_tensors; t++)
+        for (int c = 0; c < s->n_cand; c++) {
+            const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+            if (e->bytes >= 0 && e->level < lv) lv = e->level;
+        }
+    return lv;
+}
+
+void ql_sense_scores(const ql_sense *s, int level, char *const *cands, int n_cands, double *score) {
+    for (int t = 0; t < s->n_tensors; t++) {
+        double sum = 0;
+        int n = 0;
+        for (int k = 0; k < (cands ? n_cands : s->n_cand); k++) {
+            int c = cands ? ql_sense_find_cand(s, cands[k]) : k;
+            if (c < 0) continue;
+            double e = ql_sense_error(s, t, c, level);
+            if (!isfinite(e)) continue;
+            sum += log(e > 1e-12 ? e : 1e-12);
+            n++;
+        }
+        score[t] = n ? exp(sum / n) : NAN;
+    }
+}
+
+/* ---------------- measurement ---------------- */
+
+typedef struct kld_ctx kld_ctx;
+typedef struct {
+    kld_ctx *c;
+    int64_t seq;
+} hook_user;
+
+struct kld_ctx {
+    const ql_infer *inf;
+    const int32_t *tokens;
+    int T, V, D, L;
+    int64_t n_seq;
+    float *resid;   /* [(L+1) * n_seq * T * D] */
+    float *base_lp; /* [n_seq * T * V] */
+    ql_scratch **sc;
+    float **logits;
+    hook_user *hu;
+    double *kld, *nll; /* per sequence */
+    int layer_from;
+    bool from_tokens;
+    bool base;
+    const ql_progress *progress;
+    pthread_mutex_t lock;
+    ql_status status;
+    char err[256];
+};
+
+static float *resid_at(const kld_ctx *c, int layer, int64_t seq) {
+    return c->resid + ((size_t)layer * (size_t)c->n_seq + (size_t)seq) * (size_t)c->T * (size_t)c->D;
+}
+
+static void capture(void *user, int layer, ql_hook_point where, const float *x, int n, int dim) {
+    hook_user *h = user;
+    if (where != QL_HOOK_RESIDUAL || layer < 0 || layer > h->c->L || n != h->c->T || dim != h->c->D) return;
+    memcpy(resid_at(h->c, layer, h->seq), x, (size_t)n * (size_t)dim * sizeof(float));
+}
+
+static void kld_fail(kld_ctx *c, ql_status s) {
+    pthread_mutex_lock(&c->lock);
+    if (!c->status) {
+        c->status = s;
+        snprintf(c->err, sizeof c->err, "%s", ql_last_error());
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+static double row_lse(const float *lg, int V) {
+    float mx = lg[0];
+    for (int i = 1; i < V; i++) mx = lg[i] > mx ? lg[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += exp((double)(lg[i] - mx));
+    return (double)mx + log(sum);
+}
+
+static void kld_item(void *vctx, int worker, int64_t seq) {
+    kld_ctx *c = vctx;
+    if (c->status || ql_progress_cancelled(c->progress)) return;
+    const int T = c->T, V = c->V;
+    const int32_t *tok = c->tokens + seq * T;
+    float *lg = c->logits[worker];
+    ql_status s;
+    if (c->base) {
+        c->hu[worker].seq = seq;
+        s = ql_forward(c->inf, c->sc[worker], tok, T, 0, lg);
+    } else
+        s = ql_forward_from(c->inf, c->sc[worker], tok, c->from_tokens ? NULL : resid_at(c, c->layer_from, seq),
+                            c->from_tokens ? 0 : c->layer_from, T, 0, lg);
+    if (s) {
+        kld_fail(c, s);
+        return;
+    }
+    double kld = 0, nll = 0;
+    for (int t = 0; t < T; t++) {
+        const float *row = lg + (size_t)t * V;
+        float *blp = c->base_lp + ((size_t)seq * T + (size_t)t) * (size_t)V;
+        double lse = row_lse(row, V);
+        if (c->base) {
+            for (int i = 0; i < V; i++) blp[i] = (float)((double)row[i] - lse);
+        } else {
+            /* the probe's log-probs rounded to float like the stored base: an unchanged model gives 0 */
+            double k = 0;
+            for (int i = 0; i < V; i++) {
+                double lb = blp[i];
+                k += exp(lb) * (lb - (double)(float)((double)row[i] - lse));
+            }
+            kld += k > 0 ? k : 0;
+        }
+        if (t + 1 < T) nll -= (double)row[tok[t + 1]] - lse;
+    }
+    c->kld[seq] = kld;
+    c->nll[seq] = nll;
+}
+
+/* Runs every sequence (base pass or one probe); per-sequence sums, combined in order by the caller. */
+static ql_status kld_run(kld_ctx *c, int n_threads) {
+    c->status = QL_OK;
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    ql_parallel_items(n_threads, c->n_seq, kld_item, c);
+    openblas_set_num_threads(saved);
+    if (c->status) return ql_fail(c->status, "%s", c->err);
+    if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    return QL_OK;
+}
+
+/* Σ_r d_r H d_rᵀ for D [nrows, n] (float) and H [n, n] (double, symmetric). */
+static double quad_form(const float *d, int64_t nrows, int64_t n, const double *H) {
+    const int64_t blk = 64;
+    double *db = ql_malloc((size_t)(blk * n) * sizeof(double)), *mb = ql_malloc((size_t)(blk * n) * sizeof(double));
+    double tr = 0;
+    for (int64_t r0 = 0; r0 < nrows; r0 += blk) {
+        int64_t rb = QL_MIN(blk, nrows - r0);
+        for (int64_t i = 0; i < rb * n; i++) db[i] = d[r0 * n + i];
+        cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (int)rb, (int)n, 1.0, H, (int)n, db, (int)n, 0.0, mb, (int)n);
+        for (int64_t i = 0; i < rb * n; i++) tr += db[i] * mb[i];
+    }
+    free(db);
+    free(mb);
+    return tr;
+}
+
+/* Σ_v count_v ‖d_v‖² over the rows of an embedding (the output-space error of a lookup table). */
+static double counted_rows(const float *d, int64_t nrows, int64_t n, const int64_t *counts) {
+    double tr = 0;
+    for (int64_t r = 0; r < nrows; r++) {
+        if (!counts[r]) continue;
+        double s = 0;
+        for (int64_t i = 0; i < n; i++) s += (double)d[r * n + i] * d[r * n + i];
+        tr += (double)counts[r] * s;
+    }
+    return tr;
+}
+
+static int tensor_layer(const ql_model *m, const ql_gguf_tensor *t, bool *from_tokens) {
+    *from_tokens = false;
+    if (t == m->tok_embd) {
+        *from_tokens = true;
+        return 0;
+    }
+    if (t == m->output) return m->cfg.n_layer;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const ql_layer_tensors *L = &m->layers[l];
+        const ql_gguf_tensor *ts[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
+        for (size_t i = 0; i < QL_ARRAY_LEN(ts); i++)
+            if (ts[i] == t) return l;
+    }
+    return -1;
+}
+
+typedef struct {
+    ql_sense *s;
+    const char *path;
+    double interval, last, t0, seconds0;
+} checkpointer;
+
+static ql_status checkpoint(checkpointer *cp, bool force) {
+    double now = ql_time_s();
+    if (!cp->path || (!force && now - cp->last < cp->interval)) return QL_OK;
+    cp->s->seconds = cp->seconds0 + (now - cp->t0);
+    cp->last = now;
+    return ql_sense_save(cp->s, cp->path);
+}
+
+static void kld_ctx_free(kld_ctx *c, int n_workers) {
+    if (c->sc)
+        for (int w = 0; w < n_workers; w++) {
+            ql_scratch_free(c->sc[w]);
+            free(c->logits[w]);
+        }
+    free(c->sc);
+    free(c->logits);
+    free(c->hu);
+    free(c->resid);
+    free(c->base_lp);
+    free(c->kld);
+    free(c->nll);
+    pthread_mutex_destroy(&c->lock);
+}
+
+ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress) {
+    const int level = o->level;
+    const int nth = o->n_threads > 0 ? o->n_threads : 1;
+    if (level < QL_SENSE_WEIGHT || level > QL_SENSE_KLD) return ql_fail(QL_ERR_ARG, "bad sensitivity level %d", level);
+    if (level >= QL_SENSE_OUTPUT && (!o->tokens || o->n_seq <= 0 || o->seq_len < 2))
+        return ql_fail(QL_ERR_ARG, "the %s level needs calibration tokens", ql_sense_level_name(level));
+    if (o->tokens)
+        for (int64_t i = 0; i < o->n_seq * o->seq_len; i++)
+            if (o->tokens[i] < 0 || o->tokens[i] >= m->cfg.n_vocab)
+                return ql_fail(QL_ERR_ARG, "calibration token %d out of range (vocab %d)", o->tokens[i], m->cfg.n_vocab);
+    for (int c = 0; c < s->n_cand; c++) {
+        const ql_format *f;
+        char mname[64];
+        if (ql_parse_format_method(s->cand[c], &f, mname, sizeof mname)) return QL_ERR_ARG;
+        const ql_method *me = ql_method_by_name(mname);
+        if (!me) return ql_fail(QL_ERR_ARG, "candidate '%s': unknown method", s->cand[c]);
+        if (me->needs && !o->stats)
+            return ql_fail(QL_ERR_ARG, "candidate '%s' needs calibration statistics (--stats, or --calib/--text)", s->cand[c]);
+        if ((me->needs & QL_NEEDS_HESSIAN) && !o->stats->has_hessian)
+            return ql_fail(QL_ERR_ARG, "candidate '%s' needs Hessians; the statistics have none", s->cand[c]);
+    }
+    int64_t todo = 0;
+    bool need_kld = false;
+    for (int t = 0; t < s->n_tensors; t++) {
+        int64_t gi = ql_gguf_find_tensor(m->gguf, s->tensors[t].name);
+        if (gi < 0) return ql_fail(QL_ERR_ARG, "the model has no tensor '%s'", s->tensors[t].name);
+        const ql_gguf_tensor *gt = &m->gguf->tensors[gi];
+        if (gt->ne[0] != s->tensors[t].ncols || numel(gt) != s->tensors[t].ncols * s->tensors[t].nrows)
+            return ql_fail(QL_ERR_ARG, "tensor '%s' has a different shape in the model", gt->name);
+        for (int c = 0; c < s->n_cand; c++) {
+            const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+            if (e->bytes >= 0 && e->level < level) {
+                todo++;
+                need_kld |= level == QL_SENSE_KLD;
+            }
+        }
+    }
+    if (level > s->level) s->level = level;
+    checkpointer cp = {s, o->checkpoint, o->checkpoint_s > 0 ? o->checkpoint_s : 20.0, ql_time_s(), ql_time_s(),
+                       s->seconds};
+    if (!todo) return checkpoint(&cp, true);
+
+    const ql_config *cfg = &m->cfg;
+    ql_infer *inf = NULL;
+    kld_ctx kc;
+    memset(&kc, 0, sizeof kc);
+    pthread_mutex_init(&kc.lock, NULL);
+    int n_workers = (int)QL_MIN((int64_t)nth, QL_MAX(o->n_seq, 1));
+    int64_t *counts = NULL;
+    float *w = NULL, *wq = NULL, *work = NULL, *delta = NULL, *imp = NULL;
+    void *qbuf = NULL;
+    ql_status st = QL_OK;
+    int64_t done = 0;
+
+    if (level >= QL_SENSE_OUTPUT) {
+        counts = ql_calloc((size_t)cfg->n_vocab, sizeof *counts);
+        for (int64_t i = 0; i < o->n_seq * o->seq_len; i++) counts[o->tokens[i]]++;
+    }
+    if (need_kld) {
+        if ((st = ql_infer_new(m, nth, &inf))) goto out;
+        kc.inf = inf;
+        kc.tokens = o->tokens;
+        kc.T = o->seq_len;
+        kc.V = cfg->n_vocab;
+        kc.D = cfg->n_embd;
+        kc.L = cfg->n_layer;
+        kc.n_seq = o->n_seq;
+        kc.progress = progress;
+        size_t nr = (size_t)(kc.L + 1) * (size_t)kc.n_seq * (size_t)kc.T * (size_t)kc.D;
+        size_t nb = (size_t)kc.n_seq * (size_t)kc.T * (size_t)kc.V;
+        kc.resid = malloc(nr * sizeof(float));
+        kc.base_lp = malloc(nb * sizeof(float));
+        if (!kc.resid || !kc.base_lp) {
+            st = ql_fail(QL_ERR_NOMEM, "the kld level needs %.1f GiB for base log-probabilities and residual streams; "
+                                       "use fewer calibration tokens", (double)(nr + nb) * 4 / (1 << 30));
+            goto out;
+        }
+        kc.sc = ql_calloc((size_t)n_workers, sizeof *kc.sc);
+        kc.logits = ql_calloc((size_t)n_workers, sizeof *kc.logits);
+        kc.hu = ql_calloc((size_t)n_workers, sizeof *kc.hu);
+        kc.kld = ql_calloc((size_t)kc.n_seq, sizeof *kc.kld);
+        kc.nll = ql_calloc((size_t)kc.n_seq, sizeof *kc.nll);
+        for (int wk = 0; wk < n_workers; wk++) {
+            kc.sc[wk] = ql_scratch_new(inf, kc.T);
+            kc.logits[wk] = ql_malloc((size_t)kc.T * (size_t)kc.V * sizeof(float));
+            kc.hu[wk].c = &kc;
+            ql_scratch_set_hook(kc.sc[wk], capture, &kc.hu[wk]);
+        }
+        ql_progress_report(progress, 0, todo, "base model");
+        kc.base = true;
+        if ((st = kld_run(&kc, n_workers))) goto out;
+        kc.base = false;
+        for (int wk = 0; wk < n_workers; wk++) ql_scratch_set_hook(kc.sc[wk], NULL, NULL);
+        double nll = 0;
+        for (int64_t q = 0; q < kc.n_seq; q++) nll += kc.nll[q];
+        s->base_ppl = exp(nll / ((double)kc.n_seq * (kc.T - 1)));
+    }
+
+    for (int t = 0; t < s->n_tensors && !st; t++) {
+        bool any = false;
+        for (int c = 0; c < s->n_cand; c++) {
+            const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+            any |= e->bytes >= 0 && e->level < level;
+        }
+        if (!any) continue;
+        const ql_sense_tensor *te = &s->tensors[t];
+        const ql_gguf_tensor *gt = &m->gguf->tensors[ql_gguf_find_tensor(m->gguf, te->name)];
+        const int64_t nr = te->nrows, nc = te->ncols, n = nr * nc;
+        w = ql_malloc((size_t)n * sizeof(float));
+        wq = ql_malloc((size_t)n * sizeof(float));
+        work = ql_malloc((size_t)n * sizeof(float));
+        delta = ql_malloc((size_t)n * sizeof(float));
+        if (!ql_tensor_to_f32(gt, w, nth)) {
+            st = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': its type cannot be decoded", te->name);
+            break;
+        }
+        double wnorm = 0;
+        for (int64_t i = 0; i < n; i++) wnorm += (double)w[i] * w[i];
+        /* output-space reference tr(W H Wᵀ) */
+        const ql_stat_entry *se = o->stats ? ql_stats_for_tensor(o->stats, te->name) : NULL;
+        if (se && se->n != nc) se = NULL;
+        ql_input_stats view = {0}, *vp = NULL;
+        if (se) {
+            ql_stats_view(se, &view);
+            vp = &view;
+        }
+        const bool is_embd = gt == m->tok_embd && nr == cfg->n_vocab;
+        double oref = NAN;
+        if (level >= QL_SENSE_OUTPUT) {
+            if (se && se->xtx) oref = quad_form(w, nr, nc, se->xtx);
+            else if (is_embd && counts) oref = counted_rows(w, nr, nc, counts);
+        }
+        bool from_tokens = false;
+        int layer = tensor_layer(m, gt, &from_tokens);
+        for (int c = 0; c < s->n_cand && !st; c++) {
+            ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+            if (e->bytes < 0 || e->level >= level) continue;
+            if (ql_progress_cancelled(progress)) {
+                st = ql_fail(QL_ERR_CANCELLED, "cancelled");
+                break;
+            }
+            char phase[256];
+            snprintf(phase, sizeof phase, "%s %s", te->name, s->cand[c]);
+            ql_progress_report(progress, done, todo, phase);
+            const ql_format *f;
+            char mname[64];
+            ql_parse_format_method(s->cand[c], &f, mname, sizeof mname);
+            const ql_method *me = ql_method_by_name(mname);
+            if (me->needs && !vp) me = ql_method_by_name("rtn"); /* as qlab quant: embeddings have no statistics */
+            free(imp);
+            imp = NULL;
+            if (o->imatrix && f->uses_importance) {
+                imp = ql_malloc((size_t)nc * sizeof(float));
+                if (!ql_imatrix_importance(o->imatrix, te->name, nc, imp)) {
+                    free(imp);
+                    imp = NULL;
+                }
+            }
+            free(qbuf);
+            qbuf = malloc((size_t)e->bytes + 64);
+            if (!qbuf) {
+                st = ql_fail(QL_ERR_NOMEM, "out of memory quantizing '%s'", te->name);
+                break;
+            }
+            memcpy(work, w, (size_t)n * sizeof(float));
+            ql_method_opts mo = {.n_threads = nth, .importance = imp, .progress = NULL};
+            if ((st = me->quantize_tensor(work, nr, nc, f, vp, &mo, qbuf))) break;
+            if ((st = ql_format_dequantize(f, qbuf, wq, nr, nc, nth))) break;
+            double derr = 0;
+            for (int64_t i = 0; i < n; i++) {
+                delta[i] = wq[i] - w[i];
+                derr += (double)delta[i] * delta[i];
+            }
+            e->werr = wnorm > 0 ? derr / wnorm : (derr > 0 ? INFINITY : 0);
+            if (level >= QL_SENSE_OUTPUT) {
+                double num = NAN;
+                if (se && se->xtx) num = quad_form(delta, nr, nc, se->xtx);
+                else if (is_embd && counts) num = counted_rows(delta, nr, nc, counts);
+                e->oerr = isfinite(num) && oref > 0 ? num / oref : NAN;
+            }
+            if (level >= QL_SENSE_KLD) {
+                if (layer < 0) {
+                    e->kld = e->dppl = NAN; /* not used by the forward pass */
+                } else {
+                    kc.layer_from = layer;
+                    kc.from_tokens = from_tokens;
+                    const float *old = ql_infer_swap_weight_typed(inf, gt, wq, f->type);
+                    st = kld_run(&kc, n_workers);
+                    ql_infer_swap_weight_typed(inf, gt, old, gt->type);
+                    if (st) break;
+                    double kld = 0, nll = 0;
+                    for (int64_t q = 0; q < kc.n_seq; q++) {
+                        kld += kc.kld[q];
+                        nll += kc.nll[q];
+                    }
+                    e->kld = kld / ((double)kc.n_seq * kc.T);
+                    e->dppl = exp(nll / ((double)kc.n_seq * (kc.T - 1))) - s->base_ppl;
+                }
+            }
+            e->level = level;
+            done++;
+            ql_progress_report(progress, done, todo, phase);
+            ql_status cs = checkpoint(&cp, false);
+            if (cs) st = cs;
+        }
+        free(w);
+        free(wq);
+        free(work);
+        free(delta);
+        w = wq = work = delta = NULL;
+    }
+out:;
+    /* keep the reason of a failure: the final checkpoint must not overwrite the message */
+    char reason[512];
+    snprintf(reason, sizeof reason, "%s", ql_last_error());
+    ql_status cs = checkpoint(&cp, true);
+    if (!st && cs) st = cs;
+    else if (st) ql_fail(st, "%s", reason);
+    kld_ctx_free(&kc, kc.sc ? n_workers : 0);
+    ql_infer_free(inf);
+    free(counts);
+    free(w);
+    free(wq);
+    free(work);
+    free(delta);
+    free(imp);
+    free(qbuf);
+    return st;
+}
+
+/* ---------------- file ---------------- */
+
+static bool clean_str(const char *s) {
+    for (; *s; s++)
+        if (*s == '\t' || *s == '\n' || *s == '\r') return false;
+    return true;
+}
+
+static void put_double(FILE *f, double v) {
+    if (isnan(v)) fputs("nan", f);
+    else if (isinf(v)) fputs(v > 0 ? "inf" : "-inf", f);
+    else fprintf(f, "%.17g", v);
+}
+
+ql_status ql_sense_save(const ql_sense *s, const char *path) {
+    const char *strs[] = {s->model, s->calib, s->stats, s->imatrix};
+    for (size_t i = 0; i < QL_ARRAY_LEN(strs); i++)
+        if (!clean_str(strs[i])) return ql_fail(QL_ERR_ARG, "%s: '%s' has a tab or newline", path, strs[i]);
+    for (int t = 0; t < s->n_tensors; t++)
+        if (!clean_str(s->tensors[t].name) || !*s->tensors[t].name)
+            return ql_fail(QL_ERR_ARG, "%s: tensor name with a tab or newline", path);
+    size_t l = strlen(path) + 16;
+    char *tmp = ql_malloc(l);
+    snprintf(tmp, l, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        ql_status e = ql_fail(QL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        free(tmp);
+        return e;
+    }
+    fchmod(fd, 0644);
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "%s %d\n", SENSE_MAGIC, QL_SENSE_VERSION);
+    fprintf(f, "model\t%s\nfile_bytes\t%lld\nother\t%lld\t%lld\nn_tensors_file\t%lld\n", s->model,
+            (long long)s->file_bytes, (long long)s->other_params, (long long)s->other_bytes,
+            (long long)s->n_tensors_file);
+    fprintf(f, "calib\t%s\ntokens\t%lld\t%lld\t%016llx\nstats\t%s\nimatrix\t%s\nlevel\t%s\nbase_ppl\t", s->calib,
+            (long long)s->n_seq, (long long)s->seq_len, (unsigned long long)s->tokens_hash, s->stats, s->imatrix,
+            ql_sense_level_name(s->level));
+    put_double(f, s->base_ppl);
+    fprintf(f, "\nseconds\t%.3f\ncandidates\t%d\n", s->seconds, s->n_cand);
+    for (int c = 0; c < s->n_cand; c++) fprintf(f, "c\t%s\n", s->cand[c]);
+    fprintf(f, "tensors\t%d\n", s->n_tensors);
+    for (int t = 0; t < s->n_tensors; t++) {
+        const ql_sense_tensor *te = &s->tensors[t];
+        fprintf(f, "t\t%s\t%lld\t%lld\t%lld\t%u\n", te->name, (long long)te->ncols, (long long)te->nrows,
+                (long long)te->orig_bytes, te->orig_type);
+    }
+    fprintf(f, "cells\t%lld\n", (long long)s->n_tensors * s->n_cand);
+    for (int t = 0; t < s->n_tensors; t++)
+        for (int c = 0; c < s->n_cand; c++) {
+            const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+            fprintf(f, "m\t%d\t%d\t%lld\t%d\t", t, c, (long long)e->bytes, e->level);
+            put_double(f, e->werr);
+            fputc('\t', f);
+            put_double(f, e->oerr);
+            fputc('\t', f);
+            put_double(f, e->kld);
+            fputc('\t', f);
+            put_double(f, e->dppl);
+            fputc('\n', f);
+        }
+    fprintf(f, "end\n");
+    bool ok = fflush(f) == 0 && !ferror(f) && fsync(fd) == 0;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) != 0) {
+        ql_status e = ql_fail(QL_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+        unlink(tmp);
+        free(tmp);
+        return e;
+    }
+    free(tmp);
+    return QL_OK;
+}
+
+/* A cursor over the lines of the file; fields split on tabs in place. */
+typedef struct {
+    char *p, *end;
+    const char *path;
+    int line;
+    char *f[12];
+    int nf;
+} reader;
+
+static bool next_line(reader *r) {
+    if (r->p >= r->end) return false;
+    char *nl = memchr(r->p, '\n', (size_t)(r->end - r->p));
+    char *line = r->p;
+    if (nl) {
+        *nl = 0;
+        r->p = nl + 1;
+    } else
+        r->p = r->end;
+    r->line++;
+    r->nf = 0;
+    for (char *q = line;;) {
+        if (r->nf == (int)QL_ARRAY_LEN(r->f)) return true;
+        r->f[r->nf++] = q;
+        char *tab = strchr(q, '\t');
+        if (!tab) break;
+        *tab = 0;
+        q = tab + 1;
+    }
+    return true;
+}
+
+static ql_status bad(const reader *r, const char *what) {
+    return ql_fail(QL_ERR_FORMAT, "%s: line %d: %s", r->path, r->line, what);
+}
+
+static ql_status expect(reader *r, const char *key, int nf) {
+    if (!next_line(r)) return ql_fail(QL_ERR_FORMAT, "%s: truncated before '%s'", r->path, key);
+    if (strcmp(r->f[0], key) != 0 || r->nf != nf) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "expected '%s' with %d fields", key, nf - 1);
+        return bad(r, msg);
+    }
+    return QL_OK;
+}
+
+static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *v) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(s, &end, 10);
+    if (!*s || *end || errno || x < lo || x > hi) return false;
+    *v = x;
+    return true;
+}
+
+static bool parse_dbl(const char *s, double *v) {
+    char *end;
+    errno = 0;
+    double x = strtod(s, &end);
+    if (!*s || *end) return false;
+    *v = x;
+    return true;
+}
+
+ql_status ql_sense_load(const char *path, ql_sense **out) {
+    *out = NULL;
+    char *text;
+    size_t len;
+    ql_status st = ql_read_file(path, &text, &len);
+    if (st) return st;
+    reader r = {text, text + len, path, 0, {0}, 0};
+    ql_sense *s = ql_calloc(1, sizeof *s);
+    s->model = ql_strdup("");
+    s->calib = ql_strdup("");
+    s->stats = ql_strdup("");
+    s->imatrix = ql_strdup("");
+    int64_t v, v2;
+    char magic[40];
+    snprintf(magic, sizeof magic, "%s %d", SENSE_MAGIC, QL_SENSE_VERSION);
+    if (!next_line(&r) || r.nf != 1 || strncmp(r.f[0], SENSE_MAGIC " ", strlen(SENSE_MAGIC) + 1) != 0) {
+        st = ql_fail(QL_ERR_FORMAT, "%s: not a qlab sensitivity file", path);
+        goto fail;
+    }
+    if (strcmp(r.f[0], magic) != 0) {
+        st = ql_fail(QL_ERR_FORMAT, "%s: sensitivity file version '%s'; this qlab reads version %d", path,
+                     r.f[0] + strlen(SENSE_MAGIC) + 1, QL_SENSE_VERSION);
+        goto fail;
+    }
+#define EXPECT(key, nf)                                                                                             \
+    do {                                                                                                            \
+        if ((st = expect(&r, key, nf))) goto fail;                                                                  \
+    } while (0)
+#define NUM(str, lo, hi, dst, what)                                                                                 \
+    do {                                                                                                            \
+        if (!parse_i64(str, lo, hi, &v)) {                                                                          \
+            st = bad(&r, "bad " what);                                                                              \
+            goto fail;                                                                                              \
+        }                                                                                                           \
+        dst = v;                                                                                                    \
+    } while (0)
+    EXPECT("model", 2);
+    set_str(&s->model, r.f[1]);
+    EXPECT("file_bytes", 2);
+    NUM(r.f[1], 0, INT64_MAX, s->file_bytes, "file size");
+    EXPECT("other", 3);
+    NUM(r.f[1], 0, INT64_MAX, s->other_params, "parameter count");
+    NUM(r.f[2], 0, INT64_MAX, s->other_bytes, "byte count");
+    EXPECT("n_tensors_file", 2);
+    NUM(r.f[1], 0, INT64_MAX, s->n_tensors_file, "tensor count");
+    EXPECT("calib", 2);
+    set_str(&s->calib, r.f[1]);
+    EXPECT("tokens", 4);
+    NUM(r.f[1], 0, INT64_MAX, s->n_seq, "sequence count");
+    NUM(r.f[2], 0, INT64_MAX, s->seq_len, "sequence length");
+    {
+        char *end;
+        errno = 0;
+        unsigned long long h = strtoull(r.f[3], &end, 16);
+        if (strlen(r.f[3]) != 16 || *end || errno) {
+            st = bad(&r, "bad token hash");
+            goto fail;
+        }
+        s->tokens_hash = h;
+    }
+    EXPECT("stats", 2);
+    set_str(&s->stats, r.f[1]);
+    EXPECT("imatrix", 2);
+    set_str(&s->imatrix, r.f[1]);
+    EXPECT("level", 2);
+    if (!ql_sense_level_parse(r.f[1], &s->level)) {
+        st = bad(&r, "unknown level");
+        goto fail;
+    }
+    EXPECT("base_ppl", 2);
+    if (!parse_dbl(r.f[1], &s->base_ppl)) {
+        st = bad(&r, "bad base_ppl");
+        goto fail;
+    }
+    EXPECT("seconds", 2);
+    if (!parse_dbl(r.f[1], &s->seconds)) {
+        st = bad(&r, "bad seconds");
+        goto fail;
+    }
+    EXPECT("candidates", 2);
+    NUM(r.f[1], 1, MAX_CANDS, s->n_cand, "candidate count");
+    s->cand = ql_calloc((size_t)s->n_cand, sizeof *s->cand);
+    for (int c = 0; c < s->n_cand; c++) {
+        EXPECT("c", 2);
+        const ql_format *f;
+        char mname[64];
+        if (ql_parse_format_method(r.f[1], &f, mname, sizeof mname) || !ql_method_by_name(mname)) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "candidate '%.100s' is not a known format[+method]", r.f[1]);
+            st = bad(&r, msg);
+            goto fail;
+        }
+        s->cand[c] = ql_strdup(r.f[1]);
+    }
+    EXPECT("tensors", 2);
+    {
+        int64_t nt;
+        NUM(r.f[1], 0, MAX_TENSORS, nt, "tensor count");
+        /* each tensor and cell needs a line: bound the counts by the bytes left before allocating */
+        if ((size_t)nt * 8 > (size_t)(r.end - r.p)) {
+            st = bad(&r, "tensor count larger than the file");
+            goto fail;
+        }
+        s->tensors = ql_calloc((size_t)nt + 1, sizeof *s->tensors);
+        for (int t = 0; t < nt; t++) {
+            EXPECT("t", 6);
+            ql_sense_tensor *te = &s->tensors[t];
+            if (!*r.f[1]) {
+                st = bad(&r, "empty tensor name");
+                goto fail;
+            }
+            te->name = ql_strdup(r.f[1]);
+            s->n_tensors = t + 1;
+            NUM(r.f[2], 1, INT64_MAX, te->ncols, "row length");
+            NUM(r.f[3], 1, INT64_MAX, te->nrows, "row count");
+            NUM(r.f[4], 0, INT64_MAX, te->orig_bytes, "byte count");
+            NUM(r.f[5], 0, UINT32_MAX, te->orig_type, "type");
+            if (te->nrows > INT64_MAX / te->ncols) {
+                st = bad(&r, "tensor too large");
+                goto fail;
+            }
+        }
+    }
+    EXPECT("cells", 2);
+    NUM(r.f[1], 0, INT64_MAX, v2, "cell count");
+    if (v2 != (int64_t)s->n_tensors * s->n_cand || (size_t)v2 * 16 > (size_t)(r.end - r.p) + 16) {
+        st = bad(&r, "cell count does not match tensors x candidates");
+        goto fail;
+    }
+    s->cells = ql_calloc((size_t)v2 + 1, sizeof *s->cells);
+    for (int t = 0; t < s->n_tensors; t++)
+        for (int c = 0; c < s->n_cand; c++) {
+            EXPECT("m", 9);
+            ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+            int64_t ti, ci;
+            NUM(r.f[1], 0, INT32_MAX, ti, "tensor index");
+            NUM(r.f[2], 0, INT32_MAX, ci, "candidate index");
+            if (ti != t || ci != c) {
+                st = bad(&r, "cells out of order");
+                goto fail;
+            }
+            NUM(r.f[3], -1, INT64_MAX, e->bytes, "byte count");
+            NUM(r.f[4], -1, QL_SENSE_KLD, e->level, "level");
+            if (!parse_dbl(r.f[5], &e->werr) || !parse_dbl(r.f[6], &e->oerr) || !parse_dbl(r.f[7], &e->kld) ||
+                !parse_dbl(r.f[8], &e->dppl)) {
+                st = bad(&r, "bad number");
+                goto fail;
+            }
+            int64_t expect_bytes = cand_bytes(s->cand[c], s->tensors[t].ncols, s->tensors[t].nrows);
+            if (e->bytes != expect_bytes) {
+                st = bad(&r, "byte count disagrees with the format (a different qlab version?)");
+                goto fail;
+            }
+        }
+    if (!next_line(&r) || r.nf != 1 || strcmp(r.f[0], "end") != 0) {
+        st = ql_fail(QL_ERR_FORMAT, "%s: truncated (no 'end' line)", path);
+        goto fail;
+    }
+#undef EXPECT
+#undef NUM
+    free(text);
+    *out = s;
+    return QL_OK;
+fail:
+    free(text);
+    ql_sense_free(s);
+    return st;
+}

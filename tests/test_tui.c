@@ -1,0 +1,441 @@
+/* test_tui.c — the workbench without a terminal: whole sessions of key presses fed through
+ * ql_tui_feed (the same path the terminal uses), checked on the state and on the rendered cell grid.
+ *   - canvas basics (clipping, UTF-8, text dump);
+ *   - a session on a small synthetic model: plan edits by row/layer/kind, pins, undo/redo, INI
+ *     round trip, the help overlay lists every binding, every screen renders at 80x24, 200x50 and
+ *     when too small, the Catalogue's effect job, quitting while a job runs;
+ *   - the session of issue 6 on stories260K: statistics, sensitivity, auto-assign to 4.0 bpw, one layer
+ *     changed by hand, preview, export; the exported file's perplexity (ql_model_load + ql_perplexity)
+ *     equals the one the Preview screen showed;
+ *   - golden 80x24 screens in tests/data/tui/ (QL_UPDATE_GOLDEN=1 rewrites them). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "app.h"
+#include "format.h"
+#include "ggml_types.h"
+#include "jobs.h"
+#include "ppl.h"
+#include "synth.h"
+#include "test_util.h"
+
+static char g_tmp[256];
+
+static char *render(ql_tui_app *a, int w, int h) {
+    ql_canvas c;
+    ql_canvas_init(&c, w, h);
+    ql_tui_render(a, &c);
+    char *t = ql_canvas_text(&c);
+    ql_canvas_deinit(&c);
+    return t;
+}
+
+static bool screen_has(ql_tui_app *a, int w, int h, const char *needle) {
+    char *t = render(a, w, h);
+    bool ok = strstr(t, needle) != NULL;
+    if (!ok) printf("--- screen without '%s':\n%s", needle, t);
+    free(t);
+    return ok;
+}
+
+static int find_row(const ql_tui_app *a, const char *name) {
+    for (int i = 0; i < a->plan.n_rows; i++)
+        if (!strcmp(a->model->gguf->tensors[a->plan.rows[i].tensor].name, name)) return i;
+    return -1;
+}
+
+/* Moves the Plan cursor to the line showing `line` (a row index, or -1 - group for a header). */
+static void plan_goto(ql_tui_app *a, int line) {
+    int lines[1024];
+    int n = ql_tui_plan_lines(a, lines, 1024);
+    ql_tui_feed(a, "<home>");
+    for (int i = 0; i < n && lines[i] != line; i++) ql_tui_feed(a, "<down>");
+    assert_int_equal(lines[a->plan.cursor], line);
+}
+
+static const char *fmt_of(const ql_tui_app *a, int row) {
+    const ql_format *f = ql_tui_row_format(&a->plan.rows[row]);
+    return f ? f->name : "?";
+}
+
+/* ---------------------------------------------------------------- canvas */
+
+static void test_canvas(void **state) {
+    (void)state;
+    ql_canvas c;
+    ql_canvas_init(&c, 10, 3);
+    assert_int_equal(ql_canvas_puts(&c, 2, 0, 0, QL_ST_BOLD, "héllo wörld"), 13);
+    ql_canvas_printf(&c, 0, 1, 4, QL_ST_NORMAL, "%d", 123456);
+    ql_canvas_puts(&c, -3, 2, 0, QL_ST_NORMAL, "abcdef"); /* clipped on the left */
+    char *t = ql_canvas_text(&c);
+    assert_string_equal(t, "  héllo wö\n1234\ndef\n");
+    free(t);
+    assert_int_equal(ql_canvas_at(&c, 2, 0)->st, QL_ST_BOLD);
+    assert_null(ql_canvas_at(&c, 10, 0));
+    ql_canvas_resize(&c, 6, 4);
+    ql_canvas_box(&c, 0, 0, 6, 4, QL_ST_BOX, "x");
+    t = ql_canvas_text(&c);
+    assert_string_equal(t, "┌─ x─┐\n│    │\n│    │\n└────┘\n");
+    free(t);
+    assert_int_equal(ql_utf8_width("ŵ·█"), 3);
+    ql_canvas_deinit(&c);
+}
+
+/* ---------------------------------------------------------------- a small synthetic model */
+
+static ql_tui_app *synth_app(void) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/synth.gguf", g_tmp);
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        ql_synth_shape sh = *ql_synth_find("tiny");
+        assert_int_equal(ql_synth_parse_dims("layers=2,embd=64,heads=4,kv=2,ff=128,vocab=300,ctx=64", &sh), QL_OK);
+        assert_int_equal(ql_synth_write(&sh, 7, path, 2, NULL), QL_OK);
+    }
+    ql_tui_config cfg = {.model = path, .text = "/nonexistent-text", .n_threads = 2};
+    ql_tui_app *a;
+    assert_int_equal(ql_tui_app_new(&cfg, &a), QL_OK);
+    return a;
+}
+
+static void test_synth_plan_edits(void **state) {
+    (void)state;
+    ql_tui_app *a = synth_app();
+    assert_int_equal(a->plan.n_rows, 2 + 2 * 7);
+    /* rows of 64 and 128: the K-quants fit nothing and are left out of the default candidates */
+    for (int k = 0; k < a->plan.n_cand; k++) assert_true(a->plan.cand[k]->block <= 32);
+    ql_tui_feed(a, "3T<enter>"); /* one format everywhere: the prompt's default, q8_0 */
+    for (int i = 0; i < a->plan.n_rows; i++) assert_string_equal(fmt_of(a, i), "q8_0");
+    int q0 = find_row(a, "blk.0.attn_q.weight"), q1 = find_row(a, "blk.1.attn_q.weight");
+    int v0 = find_row(a, "blk.0.attn_v.weight"), v1 = find_row(a, "blk.1.attn_v.weight");
+    assert_true(q0 >= 0 && q1 >= 0 && v0 >= 0 && v1 >= 0);
+    plan_goto(a, q0);
+    ql_tui_feed(a, "-");
+    assert_string_equal(fmt_of(a, q0), "q5_0");
+    ql_tui_feed(a, "p]"); /* pin the row, raise its layer: the pin holds */
+    assert_true(a->plan.rows[q0].pinned);
+    assert_string_equal(fmt_of(a, q0), "q5_0");
+    assert_string_equal(fmt_of(a, v0), "f16");
+    assert_string_equal(fmt_of(a, v1), "q8_0");
+    assert_non_null(strstr(a->msg, "pinned"));
+    ql_tui_feed(a, "{"); /* every attn_q lower: blk.1's moves, blk.0's is pinned */
+    assert_string_equal(fmt_of(a, q1), "q5_0");
+    assert_string_equal(fmt_of(a, q0), "q5_0");
+    ql_tui_feed(a, "u");
+    assert_string_equal(fmt_of(a, q1), "q8_0");
+    ql_tui_feed(a, "U");
+    assert_string_equal(fmt_of(a, q1), "q5_0");
+    ql_tui_feed(a, "uu"); /* back before the layer raise */
+    assert_string_equal(fmt_of(a, v0), "q8_0");
+    ql_tui_feed(a, "<c-r>");
+    assert_string_equal(fmt_of(a, v0), "f16");
+    /* Enter gives the row the candidate under the column cursor */
+    plan_goto(a, v1);
+    ql_tui_feed(a, "<left><left><left><left><left><left><left><left><left><left><enter>");
+    assert_ptr_equal(a->plan.rows[v1].fmt, a->plan.cand[0]);
+    /* the plan as INI and back */
+    char ini[600];
+    snprintf(ini, sizeof ini, "<c-u>%s/plan.ini<enter>", g_tmp);
+    ql_tui_feed(a, "S");
+    ql_tui_feed(a, ini);
+    assert_non_null(strstr(a->msg, "plan saved"));
+    const ql_format *saved[64];
+    for (int i = 0; i < a->plan.n_rows; i++) saved[i] = ql_tui_row_format(&a->plan.rows[i]);
+    ql_tui_feed(a, "p"); /* unpin so loading may change every row */
+    ql_tui_feed(a, "T<c-u>q4_0<enter>");
+    assert_string_equal(fmt_of(a, v0), "q4_0");
+    ql_tui_feed(a, "L");
+    ql_tui_feed(a, ini);
+    for (int i = 0; i < a->plan.n_rows; i++) assert_ptr_equal(ql_tui_row_format(&a->plan.rows[i]), saved[i]);
+    /* folding a layer hides its rows; z folds everything */
+    int lines[256];
+    int n = ql_tui_plan_lines(a, lines, 256);
+    plan_goto(a, -2);
+    ql_tui_feed(a, " ");
+    assert_int_equal(ql_tui_plan_lines(a, lines, 256), n - 7);
+    ql_tui_feed(a, "z");
+    assert_int_equal(ql_tui_plan_lines(a, lines, 256), 3);
+    ql_tui_feed(a, "z");
+    assert_int_equal(ql_tui_plan_lines(a, lines, 256), n);
+    /* the footer always shows the totals */
+    ql_tui_totals t = ql_tui_plan_totals(a);
+    char bpw[32];
+    snprintf(bpw, sizeof bpw, "BPW %.3f", t.bpw);
+    assert_true(screen_has(a, 80, 24, bpw));
+    assert_true(screen_has(a, 80, 24, "KV@64"));
+    ql_tui_app_free(a);
+}
+
+static void test_synth_screens(void **state) {
+    (void)state;
+    ql_tui_app *a = synth_app();
+    /* the help overlay lists every documented binding */
+    ql_tui_feed(a, "3?");
+    assert_true(a->help);
+    char *t = render(a, 200, 160);
+    for (int i = 0; i < ql_tui_binding_count(); i++) {
+        unsigned scr;
+        const char *key, *help;
+        if (!ql_tui_binding_doc(i, &scr, &key, &help)) continue;
+        if (!strstr(t, help)) printf("help lacks: %s %s\n", key, help);
+        assert_non_null(strstr(t, help));
+    }
+    free(t);
+    ql_tui_feed(a, "<esc>");
+    assert_false(a->help);
+    /* every screen at 80x24 and 200x50, and a too-small terminal */
+    for (int s = 0; s < QL_SCR_COUNT; s++) {
+        char k[2] = {(char)('1' + s), 0};
+        ql_tui_feed(a, k);
+        ql_tui_wait(a);
+        assert_int_equal(a->screen, s);
+        assert_true(screen_has(a, 80, 24, ql_tui_screen_name((ql_tui_screen)s)));
+        char *big = render(a, 200, 50);
+        free(big);
+        assert_true(screen_has(a, 30, 10, "too small"));
+    }
+    /* the Model screen sorts and filters */
+    ql_tui_feed(a, "1/ffn<enter>");
+    int lines[256];
+    assert_int_equal(ql_tui_model_lines(a, lines, 256), 2 * 4); /* gate, up, down, norm per layer */
+    ql_tui_feed(a, "ss");
+    assert_int_equal(a->m_sort, 2);
+    assert_true(a->model->gguf->tensors[lines[0]].nbytes >= a->model->gguf->tensors[lines[1]].nbytes ||
+                ql_tui_model_lines(a, lines, 256) == 8);
+    /* the Catalogue computes the effect of the item under the cursor on a real tensor */
+    ql_tui_feed(a, "7<home>");
+    ql_tui_wait(a);
+    assert_true(a->cat.has_effect);
+    assert_true(a->cat.rel_rmse == 0); /* f32 */
+    int q8 = -1;
+    for (int i = 0; i < ql_format_count(); i++)
+        if (!strcmp(ql_format_at(i)->name, "q8_0")) q8 = i;
+    for (int i = 0; i < q8; i++) ql_tui_feed(a, "<down>");
+    ql_tui_wait(a);
+    assert_true(a->cat.rel_rmse > 0 && a->cat.rel_rmse < 0.02);
+    assert_true(screen_has(a, 80, 24, "rel. RMSE"));
+    /* a method without statistics says what it needs */
+    ql_tui_feed(a, "<end>");
+    ql_tui_wait(a);
+    assert_true(screen_has(a, 100, 30, "needs"));
+    /* unknown keys say so */
+    ql_tui_feed(a, "1#");
+    assert_non_null(strstr(a->msg, "does nothing"));
+    /* q while a job runs asks first; the second q cancels and quits */
+    ql_tui_feed(a, "3");
+    assert_true(ql_tui_start_measure(a));
+    unsigned r = ql_tui_handle(a, 'q');
+    if (a->job) {
+        assert_false(r & QL_R_QUIT);
+        assert_true(a->quit_armed);
+        r = ql_tui_handle(a, 'q');
+    }
+    assert_true(r & QL_R_QUIT);
+    assert_null(a->job);
+    ql_tui_app_free(a);
+}
+
+/* ---------------------------------------------------------------- the issue's session on stories260K */
+
+static void test_stories_session(void **state) {
+    (void)state;
+    char model[512], text[512];
+    if (!shared_path(model, sizeof model, "models/stories260K.gguf") ||
+        !shared_path(text, sizeof text, "data/tinystories-valid.txt")) {
+        skip();
+        return;
+    }
+    double t0 = ql_time_s();
+    ql_tui_config cfg = {.model = model, .text = text, .calib = text, .n_threads = 2};
+    ql_tui_app *a;
+    assert_int_equal(ql_tui_app_new(&cfg, &a), QL_OK);
+    /* statistics over 8 samples of 128 tokens */
+    ql_tui_feed(a, "2<down><down><enter>8<enter><down><enter>128<enter>r<wait>");
+    assert_non_null(a->calib.set);
+    assert_non_null(a->calib.stats);
+    assert_int_equal(a->calib.set->n_samples, 8);
+    assert_true(screen_has(a, 80, 24, "Statistics: 21 linear inputs"));
+    /* sensitivity: per-tensor KLD of every candidate */
+    ql_tui_feed(a, "3x<wait>");
+    assert_non_null(a->sense);
+    assert_true(a->sense->additive_kld);
+    assert_true(screen_has(a, 80, 24, "cells: KLD"));
+    /* auto-assign to 4.0 bits per weight and accept */
+    ql_tui_feed(a, "4<down><enter>4<enter>s<wait>a");
+    assert_true(a->autos.has_solution);
+    ql_tui_totals t = ql_tui_plan_totals(a);
+    printf("auto: %.4f bpw, predicted KLD %.4f\n", t.bpw, t.pred_kld);
+    assert_true(fabs(t.bpw - 4.0) < 0.05);
+    assert_true(isfinite(t.pred_kld) && t.pred_kld > 0);
+    /* change one layer by hand: raise blk.2 */
+    const ql_format *before[64];
+    for (int i = 0; i < a->plan.n_rows; i++) before[i] = ql_tui_row_format(&a->plan.rows[i]);
+    ql_tui_feed(a, "3");
+    plan_goto(a, -1 - 3);
+    ql_tui_feed(a, "]");
+    int changed = 0;
+    for (int i = 0; i < a->plan.n_rows; i++) {
+        const ql_tui_row *r = &a->plan.rows[i];
+        const ql_format *f = ql_tui_row_format(r);
+        if (r->layer != 2) assert_ptr_equal(f, before[i]);
+        else if (f != before[i]) {
+            changed++;
+            assert_true(ql_format_tensor_bytes(f, r->ne0, r->ne1) > ql_format_tensor_bytes(before[i], r->ne0, r->ne1));
+        }
+    }
+    assert_true(changed > 0);
+    assert_int_equal(a->plan.edits, 1);
+    t = ql_tui_plan_totals(a);
+    assert_true(t.bpw > 4.0);
+    /* preview on 4 chunks of 128: PPL, KLD, top-1; then instantly again from the cache */
+    ql_tui_feed(a, "5c128<enter>n4<enter><enter><wait>");
+    assert_int_equal(a->preview.n_hist, 1);
+    const ql_tui_hist *h = &a->preview.hist[0];
+    printf("preview: PPL %.6f +/- %.4f, KLD %.5f, top-1 %.4f (base %.4f)\n", h->r.ppl, h->r.ppl_stderr, h->r.kld_mean,
+           h->r.top1_agreement, a->preview.base.ppl);
+    assert_true(h->r.has_kld && h->r.kld_mean > 0 && h->r.top1_agreement > 0.3 && h->r.top1_agreement <= 1);
+    assert_true(h->r.ppl > a->preview.base.ppl * 0.9);
+    char ppl[32];
+    snprintf(ppl, sizeof ppl, "PPL %.4f", h->r.ppl);
+    assert_true(screen_has(a, 80, 24, ppl));
+    ql_tui_feed(a, "<enter>");
+    assert_null(a->job);
+    assert_int_equal(a->preview.n_hist, 1);
+    assert_non_null(strstr(a->msg, "cached"));
+    /* export */
+    char out[600], keys[700];
+    snprintf(out, sizeof out, "%s/session.gguf", g_tmp);
+    snprintf(keys, sizeof keys, "6p%s<enter>e<wait>", out);
+    ql_tui_feed(a, keys);
+    assert_int_equal(a->exp.n_log, 1);
+    assert_null(strstr(a->exp.log[0], "nothing written"));
+    /* the exported file, measured the way `qlab ppl` does, gives the Preview's perplexity */
+    ql_model *m;
+    assert_int_equal(ql_model_load(out, &m), QL_OK);
+    for (int i = 0; i < a->plan.n_rows; i++) {
+        const ql_tui_row *r = &a->plan.rows[i];
+        const char *name = a->model->gguf->tensors[r->tensor].name;
+        int64_t gi = ql_gguf_find_tensor(m->gguf, name);
+        assert_true(gi >= 0);
+        assert_int_equal(m->gguf->tensors[gi].type, ql_tui_row_format(r)->type);
+    }
+    char *txt;
+    size_t len;
+    int32_t *ids;
+    int64_t n;
+    assert_int_equal(ql_read_file(text, &txt, &len), QL_OK);
+    assert_int_equal(ql_tokenize(m->tok, txt, len, true, &ids, &n), QL_OK);
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 2, &inf), QL_OK);
+    ql_ppl_opts po = {.n_ctx = 128, .n_chunks = 4, .n_threads = 2};
+    ql_ppl_result pr;
+    assert_int_equal(ql_perplexity(inf, ids, n, &po, NULL, &pr), QL_OK);
+    printf("exported file: PPL %.6f (preview %.6f)\n", pr.ppl, h->r.ppl);
+    assert_true(fabs(pr.ppl - h->r.ppl) <= 1e-9 * pr.ppl);
+    ql_infer_free(inf);
+    free(ids);
+    free(txt);
+    ql_model_free(m);
+    ql_tui_app_free(a);
+    printf("session: %.1fs\n", ql_time_s() - t0);
+}
+
+/* ---------------------------------------------------------------- golden screens */
+
+static void golden(ql_tui_app *a, const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, "tests/data/tui/%s.txt", name);
+    char *t = render(a, 80, 24);
+    if (getenv("QL_UPDATE_GOLDEN")) {
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(t, f);
+        fclose(f);
+        printf("wrote %s\n", path);
+    }
+    char *want;
+    size_t len;
+    if (ql_read_file(path, &want, &len)) {
+        printf("%s missing: run with QL_UPDATE_GOLDEN=1 to create it\n", path);
+        free(t);
+        fail();
+    }
+    if (strcmp(t, want)) printf("--- %s differs; got:\n%s--- want:\n%s", path, t, want);
+    assert_string_equal(t, want);
+    free(want);
+    free(t);
+}
+
+static void test_golden_screens(void **state) {
+    (void)state;
+    char model[512];
+    if (!shared_path(model, sizeof model, "models/stories260K.gguf")) {
+        skip();
+        return;
+    }
+    ql_tui_config cfg = {.model = model, .text = "/nonexistent-text", .n_threads = 2};
+    ql_tui_app *a;
+    assert_int_equal(ql_tui_app_new(&cfg, &a), QL_OK);
+    ql_tui_feed(a, "<esc>"); /* the welcome message names the path, which depends on QL_SHARED */
+    golden(a, "model_80x24");
+    ql_tui_feed(a, "3P<enter><down><down><down><down>");
+    golden(a, "plan_q4km_80x24");
+    /* the assignment is drawn in its own style (so 256 colours and monochrome both show it) */
+    ql_canvas c;
+    ql_canvas_init(&c, 80, 24);
+    ql_tui_render(a, &c);
+    int assigned = 0;
+    for (int i = 0; i < c.w * c.h; i++) assigned += c.cells[i].st == QL_ST_ASSIGNED;
+    assert_true(assigned > 10);
+    ql_canvas_deinit(&c);
+    ql_tui_feed(a, "?");
+    golden(a, "help_plan_80x24");
+    ql_tui_feed(a, "<esc>7");
+    int q4 = 0;
+    for (int i = 0; i < ql_format_count(); i++)
+        if (!strcmp(ql_format_at(i)->name, "q4_0")) q4 = i;
+    for (int i = 0; i < q4; i++) ql_tui_feed(a, "<down>");
+    ql_tui_wait(a);
+    ql_tui_feed(a, "<esc>");
+    golden(a, "catalogue_q4_0_80x24");
+    ql_tui_app_free(a);
+}
+
+static int setup(void **state) {
+    (void)state;
+    const char *td = getenv("TMPDIR");
+    snprintf(g_tmp, sizeof g_tmp, "%s/qlab-test-tui.XXXXXX", td && *td ? td : "/tmp");
+    return mkdtemp(g_tmp) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    const char *files[] = {"synth.gguf", "plan.ini", "session.gguf"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/%s", g_tmp, files[i]);
+        unlink(p);
+    }
+    rmdir(g_tmp);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_canvas),
+        cmocka_unit_test(test_synth_plan_edits),
+        cmocka_unit_test(test_synth_screens),
+        cmocka_unit_test(test_stories_session),
+        cmocka_unit_test(test_golden_screens),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
