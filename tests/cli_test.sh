@@ -116,6 +116,24 @@ PY
   j=$($QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --kld-base "$T/base.qlp" --json 2>/dev/null)
   if echo "$j" | grep -q '"top1_agreement": 1.0' && echo "$j" | grep -q '"kld_mean": 0.0000000'; then ok "self-KLD ~ 0"
   else bad "self-KLD: $j"; fi
+  # calibration: the same spec and seed give byte-identical statistics files
+  CAL="$SHARED/data/c4-sample.jsonl:field=text@0.5+$SHARED/data/wikitext-2-valid.raw@0.5"
+  $QLAB stats "$M" --calib "$CAL" --samples 16 --len 128 --seed 7 -o "$T/s1.qls" 2>/dev/null
+  $QLAB stats "$M" --calib "$CAL" --samples 16 --len 128 --seed 7 -o "$T/s2.qls" 2>/dev/null
+  if [ -s "$T/s1.qls" ] && cmp -s "$T/s1.qls" "$T/s2.qls"; then ok "same calibration spec and seed: byte-identical statistics"
+  else bad "statistics not reproducible"; fi
+  # data-aware methods through qlab quant: GPTQ and AWQ beat RTN on KLD (int4_g32, 40 chunks)
+  $QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 40 --save-logits "$T/b40.qlp" >/dev/null 2>&1
+  kld40() { $QLAB ppl "$1" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 40 --kld-base "$T/b40.qlp" --json 2>/dev/null | sed -n 's/.*"kld_mean": \([0-9.e-]*\).*/\1/p'; }
+  $QLAB quant "$M" --type int4_g32 -o "$T/rtn.gguf" >/dev/null 2>&1
+  $QLAB quant "$M" --type int4_g32 --method gptq --stats "$T/s1.qls" -o "$T/gptq.gguf" >/dev/null 2>&1
+  $QLAB quant "$M" --type int4_g32 --method awq --stats "$T/s1.qls" -o "$T/awq.gguf" >/dev/null 2>&1
+  kr=$(kld40 "$T/rtn.gguf"); kg=$(kld40 "$T/gptq.gguf"); ka=$(kld40 "$T/awq.gguf")
+  if awk -v r="$kr" -v g="$kg" -v a="$ka" 'BEGIN { exit !(g < r && a < r && r > 0) }'; then ok "int4_g32 KLD: RTN $kr > GPTQ $kg, AWQ $ka"
+  else bad "int4_g32 KLD: RTN '$kr' GPTQ '$kg' AWQ '$ka'"; fi
+  expect_error "gptq without calibration" "calibration" $QLAB quant "$M" --type int4_g32 --method gptq -o "$T/x.gguf"
+  expect_error "unknown method" "unknown method" $QLAB quant "$M" --type int4_g32 --method nope -o "$T/x.gguf"
+  expect_error "static activations need stats" "--act-stats" $QLAB ppl "$M" --text "$T/text.txt" --act int8_tensor
   # qlab imatrix over the same chunks as llama-imatrix gives the same importance
   if [ "${QL_QUICK:-0}" = 1 ]; then skip "imatrix vs llama.cpp (QL_QUICK=1)"
   elif $QLAB imatrix "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 -o "$T/im.gguf" 2>/dev/null \
