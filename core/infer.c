@@ -10,12 +10,15 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     const ql_gguf_tensor *t;
     const float *w;  /* current F32 weights (borrowed or owned) */
     float *owned;    /* dequantized copy, freed with the infer */
     uint32_t act_type; /* what llama.cpp's CPU backend converts this layer's input to (F32: nothing) */
+    int layer;         /* -1 for embedding / output tensors */
+    bool deferred;     /* streaming: decoded per layer into the scratch, w is NULL */
     ql_act_quant aq;   /* simulated activation quantization (core/actquant.h); mode none: off */
 } wslot;
 
@@ -23,6 +26,8 @@ struct ql_infer {
     const ql_model *m;
     int n_threads;
     bool emulate_llamacpp;
+    bool streaming;       /* layer weights are decoded per forward pass into the scratch (model > memory budget) */
+    int64_t layer_floats; /* largest sum of deferred floats over one layer */
     int n_slots;
     wslot *slots;
     float *rope_freq; /* theta_scale^i for i < rope_dim/2 */
@@ -30,6 +35,10 @@ struct ql_infer {
 
 struct ql_scratch {
     int max_tokens;
+    /* streaming: the current layer's decoded weights, and where each deferred slot points into them */
+    float *layer_w;
+    const float **slot_ptr;
+    int layer_loaded;
     float *x, *xn, *q, *k, *v, *att, *scores, *gate, *up, *xq;
     ql_hook_fn hook;
     void *hook_user;
@@ -52,6 +61,37 @@ static const float *slot_weights(const ql_infer *inf, const ql_gguf_tensor *t) {
     const wslot *s = find_slot(inf, t);
     return s ? s->w : NULL;
 }
+
+/* The weights a forward pass uses: the slot's own, or (streaming) the scratch's decoded copy. */
+static const float *weights_of(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_tensor *t) {
+    const wslot *s = find_slot(inf, t);
+    if (!s) return NULL;
+    return s->w ? s->w : sc->slot_ptr[s - inf->slots];
+}
+
+/* Streaming: decode layer l's deferred tensors into the scratch (once per layer per forward pass). */
+static ql_status load_layer(const ql_infer *inf, ql_scratch *sc, int l) {
+    if (!inf->streaming || sc->layer_loaded == l) return QL_OK;
+    if (!sc->layer_w) {
+        sc->layer_w = malloc((size_t)inf->layer_floats * sizeof(float));
+        sc->slot_ptr = ql_calloc((size_t)inf->n_slots, sizeof *sc->slot_ptr);
+        if (!sc->layer_w) return ql_fail(QL_ERR_NOMEM, "out of memory for one layer's weights");
+    }
+    float *p = sc->layer_w;
+    for (int i = 0; i < inf->n_slots; i++) {
+        const wslot *ws = &inf->slots[i];
+        if (!ws->deferred || ws->layer != l || ws->w) continue;
+        const ql_gguf_tensor *t = ws->t;
+        if (!ql_tensor_to_f32(t, p, inf->n_threads))
+            return ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s' cannot be decoded", t->name);
+        sc->slot_ptr[i] = p;
+        p += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    }
+    sc->layer_loaded = l;
+    return QL_OK;
+}
+
+bool ql_infer_streaming(const ql_infer *inf) { return inf->streaming; }
 
 /* ggml's vec_dot_type: llama.cpp multiplies a quantized weight by activations that it first rounds to
  * this type. Emulating it makes qlab's perplexity of a GGUF file agree with llama.cpp's to the digit. */
@@ -108,18 +148,27 @@ static void round_activations(uint32_t act, const float *x, float *y, int T, int
     }
 }
 
-static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t) {
+static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t, int layer) {
     if (!t) return QL_OK;
     for (int i = 0; i < inf->n_slots; i++)
         if (inf->slots[i].t == t) return QL_OK; /* tied output shares the embedding */
     wslot *s = &inf->slots[inf->n_slots++];
     s->t = t;
     s->act_type = inf->emulate_llamacpp ? llamacpp_act_type(t->type) : QL_TYPE_F32;
+    s->layer = layer;
     if (t->type == QL_TYPE_F32 && ((uintptr_t)t->data & 3) == 0) {
         s->w = t->data;
         return QL_OK;
     }
     int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    if (inf->streaming && layer >= 0) {
+        if (!ql_format_by_type(t->type) || !ql_format_by_type(t->type)->dequantize_rows) {
+            const ql_type_info *ti = ql_type_get(t->type);
+            return ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': type %s cannot be decoded yet", t->name, ti ? ti->name : "?");
+        }
+        s->deferred = true;
+        return QL_OK;
+    }
     s->owned = malloc((size_t)n * sizeof(float));
     if (!s->owned) return ql_fail(QL_ERR_NOMEM, "out of memory dequantizing '%s'", t->name);
     if (!ql_tensor_to_f32(t, s->owned, inf->n_threads)) {
@@ -140,13 +189,34 @@ ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
     const ql_config *c = &m->cfg;
     inf->slots = ql_calloc((size_t)c->n_layer * 12 + 3, sizeof(wslot));
     ql_status s = QL_OK;
+    /* Stream layer weights when decoding them all to F32 would not fit the memory budget: then each
+     * forward pass decodes one layer at a time into its scratch (models larger than RAM still run). */
+    int64_t decode_bytes = 0, layer_max = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        const ql_layer_tensors *L = &m->layers[l];
+        const ql_gguf_tensor *ts[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->bq, L->bk, L->bv,
+                                      L->ffn_norm, L->w_gate, L->w_up, L->w_down};
+        int64_t lf = 0;
+        for (size_t i = 0; i < QL_ARRAY_LEN(ts); i++)
+            if (ts[i] && ts[i]->type != QL_TYPE_F32) lf += ts[i]->ne[0] * ts[i]->ne[1] * ts[i]->ne[2] * ts[i]->ne[3];
+        decode_bytes += lf * 4;
+        layer_max = lf > layer_max ? lf : layer_max;
+    }
+    const char *st = getenv("QL_STREAM"), *budget_env = getenv("QL_MEM_BUDGET_MB");
+    double budget = 0.6 * (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (budget_env && *budget_env) budget = atof(budget_env) * 1048576.0;
+    inf->streaming = st && *st ? strcmp(st, "0") != 0 : (double)decode_bytes > budget;
+    inf->layer_floats = layer_max;
+    if (inf->streaming)
+        ql_log(2, "%s: decoding layers on the fly (%.1f GiB of F32 weights exceed the memory budget)", m->path,
+               decode_bytes / 1073741824.0);
     const ql_gguf_tensor *globals[] = {m->tok_embd, m->output_norm, m->output};
-    for (size_t i = 0; i < 3 && !s; i++) s = add_slot(inf, globals[i]);
+    for (size_t i = 0; i < 3 && !s; i++) s = add_slot(inf, globals[i], -1);
     for (int l = 0; l < c->n_layer && !s; l++) {
         const ql_layer_tensors *L = &m->layers[l];
         const ql_gguf_tensor *ts[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->bq, L->bk, L->bv,
                                       L->ffn_norm, L->w_gate, L->w_up, L->w_down};
-        for (size_t i = 0; i < QL_ARRAY_LEN(ts) && !s; i++) s = add_slot(inf, ts[i]);
+        for (size_t i = 0; i < QL_ARRAY_LEN(ts) && !s; i++) s = add_slot(inf, ts[i], l);
     }
     if (s) {
         ql_infer_free(inf);
@@ -208,6 +278,7 @@ ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
     size_t T = (size_t)max_tokens, D = (size_t)c->n_embd;
     size_t Q = (size_t)c->n_head * c->head_dim, KV = (size_t)c->n_head_kv * c->head_dim;
     s->max_tokens = max_tokens;
+    s->layer_loaded = -1;
     s->x = ql_malloc(T * D * 4);
     s->xn = ql_malloc(T * (D > Q ? D : Q) * 4);
     s->q = ql_malloc(T * Q * 4);
@@ -226,6 +297,7 @@ void ql_scratch_free(ql_scratch *s) {
     if (!s) return;
     free(s->x); free(s->xn); free(s->q); free(s->k); free(s->v);
     free(s->att); free(s->scores); free(s->gate); free(s->up); free(s->xq);
+    free(s->layer_w); free(s->slot_ptr);
     free(s);
 }
 
@@ -245,8 +317,9 @@ static void linear(const ql_infer *inf, ql_scratch *sc, float *y, const float *x
         round_activations(ws->act_type, x, sc->xq, T, K);
         x = sc->xq;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, ws->w, K, beta, y, N);
-    const float *bias = slot_weights(inf, bt);
+    const float *w = ws->w ? ws->w : sc->slot_ptr[ws - inf->slots];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, w, K, beta, y, N);
+    const float *bias = weights_of(inf, sc, bt);
     if (bias)
         for (int t = 0; t < T; t++)
             for (int j = 0; j < N; j++) y[(size_t)t * N + j] += bias[j];
@@ -342,8 +415,10 @@ ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tok
     }
     for (int l = layer_from; l < c->n_layer; l++) {
         const ql_layer_tensors *L = &m->layers[l];
+        ql_status ls = load_layer(inf, s, l);
+        if (ls) return ls;
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_RESIDUAL, s->x, T, D);
-        rmsnorm(s->xn, s->x, slot_weights(inf, L->attn_norm), T, D, c->norm_eps);
+        rmsnorm(s->xn, s->x, weights_of(inf, s, L->attn_norm), T, D, c->norm_eps);
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_ATTN_IN, s->xn, T, D);
         linear(inf, s, s->q, s->xn, L->wq, L->bq, T, D, Q, 0.0f);
         linear(inf, s, s->k, s->xn, L->wk, L->bk, T, D, KV, 0.0f);
@@ -354,7 +429,7 @@ ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tok
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q);
         /* x += att · Woᵀ */
         linear(inf, s, s->x, s->att, L->wo, NULL, T, Q, D, 1.0f);
-        rmsnorm(s->xn, s->x, slot_weights(inf, L->ffn_norm), T, D, c->norm_eps);
+        rmsnorm(s->xn, s->x, weights_of(inf, s, L->ffn_norm), T, D, c->norm_eps);
         if (s->hook) s->hook(s->hook_user, l, QL_HOOK_FFN_IN, s->xn, T, D);
         linear(inf, s, s->gate, s->xn, L->w_gate, NULL, T, D, F, 0.0f);
         linear(inf, s, s->up, s->xn, L->w_up, NULL, T, D, F, 0.0f);

@@ -23,7 +23,11 @@ typedef enum {
 } ql_hook_point;
 typedef void (*ql_hook_fn)(void *user, int layer, ql_hook_point where, const float *x, int n, int dim);
 
+/* Decodes every non-F32 weight once, unless that would exceed the memory budget (60% of RAM, or
+ * QL_MEM_BUDGET_MB; QL_STREAM=1/0 forces the choice): then layers are decoded one at a time during each
+ * forward pass, into that pass's scratch, so memory stays at one layer per worker. */
 ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out);
+bool ql_infer_streaming(const ql_infer *inf);
 void ql_infer_free(ql_infer *inf);
 const ql_model *ql_infer_model(const ql_infer *inf);
 

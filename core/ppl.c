@@ -182,7 +182,7 @@ static void run_chunk(void *vctx, int worker, int64_t chunk) {
     c->top1[chunk] = top1;
     int d = atomic_fetch_add(&c->done, 1) + 1;
     pthread_mutex_lock(&c->lock);
-    if (c->opts->on_chunk) c->opts->on_chunk(c->opts->on_chunk_user, (int)chunk, rows, nll, nll2, kld, kld2, top1);
+    if (c->opts->on_chunk) c->opts->on_chunk(c->opts->on_chunk_user, (int)chunk, rows, nll, nll2, kld, kld2, top1, nllb);
     ql_progress_report(c->progress, d, c->n_chunks, "perplexity");
     pthread_mutex_unlock(&c->lock);
 }
@@ -205,6 +205,7 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     int n_chunks = (int)(o->n_chunks > 0 && o->n_chunks < max_chunks ? o->n_chunks : max_chunks);
     int n_threads = o->n_threads > 0 ? o->n_threads : ql_default_threads();
     int workers = n_threads < n_chunks ? n_threads : n_chunks;
+    if (ql_infer_streaming(inf)) workers = 1; /* one layer decoded at a time: parallel inside BLAS and the decoder */
     int blas_threads = n_threads / workers;
     ppl_ctx c = {.inf = inf, .tokens = tokens, .n_ctx = n_ctx, .first = n_ctx / 2, .n_vocab = m->cfg.n_vocab,
                  .n_chunks = n_chunks, .save_fd = -1, .progress = progress, .opts = o};

@@ -116,6 +116,11 @@ PY
   j=$($QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --kld-base "$T/base.qlp" --json 2>/dev/null)
   if echo "$j" | grep -q '"top1_agreement": 1.0' && echo "$j" | grep -q '"kld_mean": 0.0000000'; then ok "self-KLD ~ 0"
   else bad "self-KLD: $j"; fi
+  # layer streaming (models larger than the memory budget) gives the same numbers
+  $QLAB convert "$M" --type f16 -o "$T/f16.gguf" >/dev/null 2>&1
+  p0=$(QL_STREAM=0 $QLAB ppl "$T/f16.gguf" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 8 --threads 1 --json 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')
+  p1=$(QL_STREAM=1 $QLAB ppl "$T/f16.gguf" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 8 --threads 1 --json 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')
+  if [ -n "$p0" ] && [ "$p0" = "$p1" ]; then ok "layer-streamed forward pass gives the same PPL ($p1)"; else bad "streaming: '$p0' vs '$p1'"; fi
   # calibration: the same spec and seed give byte-identical statistics files
   CAL="$SHARED/data/c4-sample.jsonl:field=text@0.5+$SHARED/data/wikitext-2-valid.raw@0.5"
   $QLAB stats "$M" --calib "$CAL" --samples 16 --len 128 --seed 7 -o "$T/s1.qls" 2>/dev/null
