@@ -119,3 +119,13 @@ bench-gptq: $(BUILD)/bench/gptq_bench
 $(BUILD)/bench/gptq_bench: bench/gptq_bench.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+
+# GPTQ on the GPU on gptq_bench's layer (int4_g128); `make bench-gptq-cuda ARGS="rows cols fmt block"`.
+# Prints "GPU: not available on this machine" without a CUDA device.
+.PHONY: bench-gptq-cuda
+bench-gptq-cuda: $(BUILD)/bench/gptq_bench_cuda
+	$(BUILD)/bench/gptq_bench_cuda $(ARGS)
+
+$(BUILD)/bench/gptq_bench_cuda: bench/gptq_bench_cuda.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)

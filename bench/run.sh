@@ -52,5 +52,22 @@ if [ -f "$M1B" ]; then
   done
   rm -f "$OUT/q.gguf"
 fi
+# 4. GPTQ on one 4096x4096 layer with a 4096x4096 Hessian, int4_g128 (issue 4): CPU with $THREADS threads
+#    (bench/gptq_bench.c), then the GPU (bench/gptq_bench_cuda.c: "GPU: not available on this machine"
+#    without a CUDA device; its one-time CUDA setup is printed apart and not counted).
+make -s --no-print-directory build/bench/gptq_bench build/bench/gptq_bench_cuda >/dev/null 2>&1
+echo
+[ -x build/bench/gptq_bench ] && echo "CPU: $(build/bench/gptq_bench 4096 4096 "$THREADS" 2>&1)"
+[ -x build/bench/gptq_bench_cuda ] && build/bench/gptq_bench_cuda 2>&1
 [ -x bench/run_more.sh ] && bash bench/run_more.sh
+# 5. sensitivity at the kld level on stories260K (issue 5): 6 candidates x 37 tensors (207 fit), each
+#    probe re-running the model from the perturbed layer over 32 x 256 wikitext-2 tokens (goal: minutes).
+if [ -f "$SHARED/models/stories260K.gguf" ] && [ -f "$SHARED/data/wikitext-2-valid.raw" ]; then
+  t0=$(date +%s.%N)
+  $QLAB sense "$SHARED/models/stories260K.gguf" --calib "$SHARED/data/wikitext-2-valid.raw" --level kld --force \
+    --candidates q4_0,q5_0,q8_0,int3_g32_mse,int4_g32_mse,f16 --threads "$THREADS" -o "$OUT/sense6.qss" 2>/dev/null
+  t1=$(date +%s.%N)
+  printf '%-58s %13.1fs %14s %8s\n' "sense stories260K --level kld, 6 candidates x 37 tensors" \
+    "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" "-" "-"
+fi
 exit 0

@@ -1,0 +1,711 @@
+// gptq_cuda.cu — GPTQ for the INTn group formats on the GPU (API and guarantees: gptq_cuda.h), following
+// methods/m_gptq.c step by step so the chosen values match the CPU method's:
+//   H = scale·XᵀX, dead inputs (H_ii <= 0) get H_ii = 1 and W[:, i] = 0, λ = damp·mean(diag H) (x10, up
+//   to 4 times, while H is not positive definite); P = J·H·J (J reverses) -> Cholesky in double
+//   (cusolverDnXpotrf) -> U = (J·L·J)⁻¹ in float (cusolverDnXtrtri) = upper Cholesky factor of H⁻¹;
+//   columns in lazy batches of `block`: k_batch brings each column of the batch up to date with the
+//   batch's pending errors (left-looking, the CPU's summation order), fixes a group's scale / zero when the
+//   batch reaches its first column (fmt_int.c's quantizer on the error-updated weights), rounds to the
+//   grid and stores e = (w - q)/U_jj; then cublasSgemm applies the batch to the trailing columns.
+// Layouts as on the CPU: Wt, Q, codes [cols, rows] (a column is contiguous: thread r reads row r, so a
+// warp's loads coalesce); U [cols, cols] row-major upper; P [cols, cols] symmetric.
+// Exactness: the per-element code is __host__ __device__ and every float/double operation of the
+// rounding path goes through the _rn intrinsics on the device (nvcc never contracts them into FMA), so
+// the host emulation (same code, LAPACK/OpenBLAS in place of cuSOLVER/cuBLAS) and the device agree with
+// each other and with m_gptq.c wherever the inputs to a rounding agree; the host build of this file is
+// plain x86-64 (no FMA), where the compiler has nothing to contract.
+#include "gptq_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#define QL_HD __host__ __device__ __forceinline__
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Arithmetic: IEEE round-to-nearest, never fused
+// ---------------------------------------------------------------------------------------------------
+#ifdef __CUDA_ARCH__
+QL_HD float fa(float a, float b) { return __fadd_rn(a, b); }
+QL_HD float fs(float a, float b) { return __fsub_rn(a, b); }
+QL_HD float fm(float a, float b) { return __fmul_rn(a, b); }
+QL_HD float fd(float a, float b) { return __fdiv_rn(a, b); }
+QL_HD double da(double a, double b) { return __dadd_rn(a, b); }
+QL_HD double dm(double a, double b) { return __dmul_rn(a, b); }
+QL_HD double ds(double a, double b) { return __dsub_rn(a, b); }
+QL_HD double dd(double a, double b) { return __ddiv_rn(a, b); }
+QL_HD uint32_t f2u(float f) { return __float_as_uint(f); }
+QL_HD float u2f(uint32_t u) { return __uint_as_float(u); }
+#else
+QL_HD float fa(float a, float b) { return a + b; }
+QL_HD float fs(float a, float b) { return a - b; }
+QL_HD float fm(float a, float b) { return a * b; }
+QL_HD float fd(float a, float b) { return a / b; }
+QL_HD double da(double a, double b) { return a + b; }
+QL_HD double dm(double a, double b) { return a * b; }
+QL_HD double ds(double a, double b) { return a - b; }
+QL_HD double dd(double a, double b) { return a / b; }
+QL_HD uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+QL_HD float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+#endif
+
+QL_HD bool finite_f(float x) { return (f2u(x) & 0x7f800000u) != 0x7f800000u; }
+QL_HD bool finite_d(double x) { return x - x == 0.0; }
+QL_HD float abs_f(float x) { return u2f(f2u(x) & 0x7fffffffu); }
+
+// ql_fp16_to_fp32 / ql_fp32_to_fp16 (core/ql_common.c), bit for bit
+QL_HD float h2f(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    if (exp == 0) {
+        const float v = fm((float)man, 5.9604644775390625e-8f);
+        return sign ? -v : v;
+    }
+    if (exp == 31) return u2f(sign | 0x7f800000u | (man << 13));
+    return u2f(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+QL_HD uint16_t f2h(float f) {
+    const uint32_t x = f2u(f);
+    const uint32_t sign = (x >> 16) & 0x8000;
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | ((ax >> 13) & 0x3ff));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);
+    if (ax < 0x38800000u) {
+        const float scaled = fm(u2f(ax), 16777216.0f);
+        uint32_t m = (uint32_t)scaled;
+        const float rem = fs(scaled, (float)m);
+        if (rem > 0.5f || (rem == 0.5f && (m & 1))) m++;
+        return (uint16_t)(sign | m);
+    }
+    const uint32_t e = (ax >> 23) - 112, man = ax & 0x7fffff;
+    uint32_t h = (e << 10) | (man >> 13);
+    const uint32_t rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The column loop of one batch, for one row (m_gptq.c: batch_rows / fix_block / quant_linear)
+// ---------------------------------------------------------------------------------------------------
+struct BatchArgs {
+    const float *Wt; // [n, rows] weights, trailing updates of the earlier batches applied
+    float *E;        // [i2 - i1, rows] (w - q) / U_jj of this batch
+    const float *U;  // [n, n] row-major, upper triangle
+    float *Q;        // [n, rows] chosen values
+    uint8_t *codes;  // [n, rows] chosen codes
+    uint16_t *sc;    // [ngroups, rows] fp16 scale of each group
+    uint8_t *zr;     // [ngroups, rows] zero point of each group (2^(bits-1) when sym)
+    int64_t rows, n, i1, i2;
+    int64_t g; // columns per group (n: one group per row)
+    int bits;
+    bool sym;
+};
+
+// y - Σ_t c[t·cs]·e[t·lde] for t < nt, four terms per step: m_gptq.c's sub_combination, term for term
+QL_HD float sub_comb(float y, const float *e, int64_t lde, const float *c, int64_t cs, int64_t nt) {
+    int64_t t = 0;
+    for (; t + 4 <= nt; t += 4) {
+        const float p01 = fa(fm(c[t * cs], e[t * lde]), fm(c[(t + 1) * cs], e[(t + 1) * lde]));
+        const float p23 = fa(fm(c[(t + 2) * cs], e[(t + 2) * lde]), fm(c[(t + 3) * cs], e[(t + 3) * lde]));
+        y = fs(y, fa(p01, p23));
+    }
+    for (; t < nt; t++)
+        y = fs(y, fm(c[t * cs], e[t * lde]));
+    return y;
+}
+
+// Coefficients U[i1 + t, p] for t = 0, 1, ...: from the block's shared copy Ub (ldub apart for each p of
+// the batch) when there is one, else from U (n apart).
+QL_HD void coef_of(const BatchArgs &A, int64_t p, const float *Ub, int64_t ldub, const float **c,
+                   int64_t *cs) {
+    if (Ub && p < A.i2) {
+        *c = Ub + (p - A.i1) * ldub;
+        *cs = 1;
+    } else {
+        *c = A.U + A.i1 * A.n + p;
+        *cs = A.n;
+    }
+}
+
+// Fix the scale and zero of the group starting at column j (GPTQ at j): its columns brought up to date
+// with the batch's pending errors, then fmt_int.c's choose_group (non-MSE) / params_for(1.0f).
+QL_HD void fix_group(const BatchArgs &A, int64_t r, int64_t j, const float *Eloc, int64_t lde,
+                     const float *Ub, int64_t ldub, float *a_out, float *o_out) {
+    const int64_t len = A.g < A.n - j ? A.g : A.n - j;
+    const int maxq = (1 << A.bits) - 1, half = 1 << (A.bits - 1);
+    float lo = 0.0f, hi = 0.0f, m = 0.0f;
+    for (int64_t i = 0; i < len; i++) {
+        const int64_t p = j + i;
+        float x = A.Wt[p * A.rows + r];
+        if (j > A.i1) {
+            const float *c;
+            int64_t cs;
+            coef_of(A, p, Ub, ldub, &c, &cs);
+            x = sub_comb(x, Eloc, lde, c, cs, j - A.i1);
+        }
+        if (!finite_f(x)) continue;
+        if (x < lo) lo = x;
+        if (x > hi) hi = x;
+        if (abs_f(x) > abs_f(m)) m = x;
+    }
+    const double s = A.sym ? dd((double)m, (double)-half) : dd(ds((double)hi, (double)lo), (double)maxq);
+    float sf = (float)s;
+    sf = sf > 65504.0f ? 65504.0f : sf < -65504.0f ? -65504.0f : sf;
+    const uint16_t h = f2h(sf);
+    const float scale = h2f(h);
+    int zero = half;
+    if (!A.sym) {
+        const float id = scale != 0.0f ? fd(1.0f, scale) : 0.0f;
+        const float z = rintf(fm(-lo, id));
+        zero = z < 0.0f ? 0 : z > (float)maxq ? maxq : (int)z;
+    }
+    const int64_t gi = (j / A.g) * A.rows + r;
+    A.sc[gi] = h;
+    A.zr[gi] = (uint8_t)zero;
+    *a_out = scale;
+    *o_out = (float)-zero;
+}
+
+// Columns [i1, i2) of row r. Eloc[t·lde]: this row's errors of the batch (shared memory on the device);
+// Ub: U's batch block in shared memory, or NULL.
+QL_HD void batch_row(const BatchArgs &A, int64_t r, float *Eloc, int64_t lde, const float *Ub, int64_t ldub) {
+    const float kmax = (float)((1 << A.bits) - 1), magic = 12582912.0f; // 1.5·2^23: rounds half to even
+    float a = 0.0f, o = 0.0f;
+    for (int64_t j = A.i1; j < A.i2; j++) {
+        if (j % A.g == 0) {
+            fix_group(A, r, j, Eloc, lde, Ub, ldub, &a, &o);
+        } else if (j == A.i1) { // a group fixed in an earlier batch
+            const int64_t gi = (j / A.g) * A.rows + r;
+            a = h2f(A.sc[gi]);
+            o = (float)-(int)A.zr[gi];
+        }
+        float w = A.Wt[j * A.rows + r];
+        if (j > A.i1) {
+            const float *c;
+            int64_t cs;
+            coef_of(A, j, Ub, ldub, &c, &cs);
+            w = sub_comb(w, Eloc, lde, c, cs, j - A.i1);
+        }
+        const float dinv = fd(1.0f, A.U[j * A.n + j]);
+        float v = fs(fd(fs(w, 0.0f), a), o); // (w - b)/a - o with b = 0, as quant_linear
+        v = v > 0.0f ? v : 0.0f;             // NaN (a == 0) -> 0
+        v = v < kmax ? v : kmax;
+        const float k = fs(fa(v, magic), magic);
+        const float qv = fa(fm(a, fa(k, o)), 0.0f);
+        const float e = fm(fs(w, qv), dinv);
+        Eloc[(j - A.i1) * lde] = e;
+        A.E[(j - A.i1) * A.rows + r] = e;
+        A.Q[j * A.rows + r] = qv;
+        A.codes[j * A.rows + r] = (uint8_t)(int)k;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Element-wise steps (one functor call per output element or row)
+// ---------------------------------------------------------------------------------------------------
+
+// P = J·H·J with H = scale·xtx (dead inputs: H_ii = 1, row and column 0) and lam on the diagonal; the
+// (a, b) and (b, a) entries both from m_gptq.c's build_reversed entry (max(a,b), min(a,b)).
+struct BuildP {
+    const double *H;
+    double *P;
+    const uint8_t *dead;
+    int64_t n;
+    double scale, lam;
+    QL_HD void operator()(int64_t idx) const {
+        const int64_t a = idx / n, b = idx % n, hi = a > b ? a : b, lo = a > b ? b : a;
+        const int64_t pa = n - 1 - hi, pb = n - 1 - lo;
+        double v;
+        if (a == b)
+            v = da(dead[pa] ? 1.0 : dm(scale, H[pa * n + pa]), lam);
+        else
+            v = dead[pa] || dead[pb] ? 0.0 : dm(scale, H[pa * n + pb]);
+        P[idx] = v;
+    }
+};
+
+// U0 (row-major upper, float) = J·L·J from the row-major lower L = potrf's output; 0 below the diagonal.
+struct BuildU {
+    const double *P;
+    float *U;
+    int64_t n;
+    QL_HD void operator()(int64_t idx) const {
+        const int64_t i = idx / n, j = idx % n;
+        U[idx] = j >= i ? (float)P[(n - 1 - i) * n + (n - 1 - j)] : 0.0f;
+    }
+};
+
+// Wt [n, rows] from W [rows, n]: dead columns and non-finite weights become 0.
+struct LoadW {
+    const float *W;
+    float *Wt;
+    const uint8_t *dead;
+    int64_t rows, n;
+    QL_HD void operator()(int64_t idx) const {
+        const int64_t j = idx / rows, r = idx % rows;
+        const float x = W[r * n + j];
+        Wt[idx] = dead[j] || !finite_f(x) ? 0.0f : x;
+    }
+};
+
+// Qr [rows, n] from Q [n, rows].
+struct StoreQ {
+    const float *Q;
+    float *Qr;
+    int64_t rows, n;
+    QL_HD void operator()(int64_t idx) const {
+        const int64_t r = idx / n, j = idx % n;
+        Qr[idx] = Q[j * rows + r];
+    }
+};
+
+// One row of fmt_int.c's layout: [fp16 scale per group][zeros, bits each, unless sym][codes, bits each],
+// bit streams LSB first, padded with zero bits. Every byte of the row is written.
+struct PackRow {
+    const uint8_t *codes; // [n, rows]
+    const uint16_t *sc;   // [ng, rows]
+    const uint8_t *zr;    // [ng, rows]
+    uint8_t *dst;         // [rows, rb]
+    int64_t rows, n, ng, rb;
+    int bits;
+    bool sym;
+    QL_HD void operator()(int64_t r) const {
+        uint8_t *out = dst + r * rb;
+        for (int64_t k = 0; k < ng; k++) {
+            const uint16_t h = sc[k * rows + r];
+            *out++ = (uint8_t)h;
+            *out++ = (uint8_t)(h >> 8);
+        }
+        const uint32_t mask = (1u << bits) - 1;
+        for (int part = sym ? 1 : 0; part < 2; part++) { // 0: zeros, 1: codes
+            const int64_t cnt = part ? n : ng;
+            const uint8_t *src = part ? codes : zr;
+            uint32_t acc = 0;
+            int nb = 0;
+            for (int64_t i = 0; i < cnt; i++) {
+                acc |= ((uint32_t)src[i * rows + r] & mask) << nb;
+                nb += bits;
+                while (nb >= 8) {
+                    *out++ = (uint8_t)acc;
+                    acc >>= 8;
+                    nb -= 8;
+                }
+            }
+            if (nb) *out++ = (uint8_t)acc;
+        }
+    }
+};
+
+template <class Op> __global__ void k_each(Op op, int64_t count) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride)
+        op(i);
+}
+
+// One batch: a thread per row. Dynamic shared memory: [ldub·(B)] U block (when ldub > 0), then
+// [B, blockDim.x] errors (when es).
+// Ub[p·ldub + t] = U[i1 + t, i1 + p] for t < p < i2 - i1: entries idx = tid, tid + nthreads, ...
+QL_HD void load_ub(const BatchArgs &A, float *Ub, int64_t ldub, int64_t tid, int64_t nthreads) {
+    const int64_t nb = A.i2 - A.i1;
+    for (int64_t idx = tid; idx < nb * nb; idx += nthreads) {
+        const int64_t t = idx / nb, p = idx % nb;
+        if (t < p) Ub[p * ldub + t] = A.U[(A.i1 + t) * A.n + A.i1 + p];
+    }
+}
+
+__global__ void k_batch(BatchArgs A, int64_t ldub, int es) {
+    extern __shared__ float smem[];
+    float *Ub = ldub > 0 ? smem : nullptr;
+    if (Ub) load_ub(A, Ub, ldub, threadIdx.x, blockDim.x);
+    __syncthreads();
+    const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= A.rows) return;
+    float *Es = smem + (Ub ? ldub * (ldub - 1) : 0);
+    if (es)
+        batch_row(A, r, Es + threadIdx.x, blockDim.x, Ub, ldub);
+    else
+        batch_row(A, r, A.E + r, A.rows, Ub, ldub);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Error checking
+// ---------------------------------------------------------------------------------------------------
+ql_status cuda_fail(cudaError_t e, const char *what, int line) {
+    return ql_fail(e == cudaErrorMemoryAllocation ? QL_ERR_NOMEM : QL_ERR_IO,
+                   "kernels/gptq_cuda.cu:%d: %s: %s", line, what, cudaGetErrorString(e));
+}
+#define CUDA_TRY(call)                                                                                       \
+    do {                                                                                                     \
+        cudaError_t e_ = (call);                                                                             \
+        if (e_ != cudaSuccess) return cuda_fail(e_, #call, __LINE__);                                        \
+    } while (0)
+#define CUBLAS_TRY(call)                                                                                     \
+    do {                                                                                                     \
+        cublasStatus_t s_ = (call);                                                                          \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                                     \
+            return ql_fail(s_ == CUBLAS_STATUS_ALLOC_FAILED ? QL_ERR_NOMEM : QL_ERR_IO,                      \
+                           "kernels/gptq_cuda.cu:%d: %s: %s", __LINE__, #call, cublasGetStatusString(s_));   \
+    } while (0)
+#define CUSOLVER_TRY(call)                                                                                   \
+    do {                                                                                                     \
+        cusolverStatus_t s_ = (call);                                                                        \
+        if (s_ != CUSOLVER_STATUS_SUCCESS)                                                                   \
+            return ql_fail(s_ == CUSOLVER_STATUS_ALLOC_FAILED ? QL_ERR_NOMEM : QL_ERR_IO,                    \
+                           "kernels/gptq_cuda.cu:%d: %s: cuSOLVER status %d", __LINE__, #call, (int)s_);     \
+    } while (0)
+
+// ---------------------------------------------------------------------------------------------------
+// The two backends: the device (CUDA, cuBLAS, cuSOLVER) and the host emulation (loops, LAPACK, BLAS)
+// ---------------------------------------------------------------------------------------------------
+std::mutex g_mu;       // serializes calls: the handles below are shared
+cublasHandle_t g_blas; // created once, kept for the process
+cusolverDnHandle_t g_solver;
+cusolverDnParams_t g_params;
+int g_nsm = 0, g_smem_optin = 0; // multiprocessors, opt-in shared memory per block (bytes)
+bool g_ready = false;
+
+ql_status device_init_locked(void) {
+    if (g_ready) return QL_OK;
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev <= 0) {
+        cudaGetLastError();
+        return ql_fail(QL_ERR_UNSUPPORTED, "gptq_cuda: no CUDA device");
+    }
+    int dev = 0;
+    CUDA_TRY(cudaGetDevice(&dev));
+    CUDA_TRY(cudaFree(0)); // creates the context
+    CUDA_TRY(cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_TRY(cudaDeviceGetAttribute(&g_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    CUBLAS_TRY(cublasCreate(&g_blas));
+    CUSOLVER_TRY(cusolverDnCreate(&g_solver));
+    CUSOLVER_TRY(cusolverDnCreateParams(&g_params));
+    g_ready = true;
+    return QL_OK;
+}
+
+struct Ctx {
+    bool dev;
+    std::vector<void *> owned;
+    ~Ctx() {
+        for (void *p : owned) {
+            if (dev)
+                cudaFree(p);
+            else
+                free(p);
+        }
+    }
+    template <class T> ql_status alloc(T **p, int64_t count) {
+        const size_t bytes = (size_t)(count > 0 ? count : 1) * sizeof(T);
+        void *q = nullptr;
+        if (dev) {
+            CUDA_TRY(cudaMalloc(&q, bytes));
+        } else if (!(q = malloc(bytes))) {
+            return ql_fail(QL_ERR_NOMEM, "gptq_cuda: out of host memory (%zu bytes)", bytes);
+        }
+        owned.push_back(q);
+        *p = (T *)q;
+        return QL_OK;
+    }
+    ql_status put(void *d, const void *h, size_t bytes) {
+        if (dev)
+            CUDA_TRY(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+        else
+            memcpy(d, h, bytes);
+        return QL_OK;
+    }
+    ql_status get(void *h, const void *d, size_t bytes) {
+        if (dev)
+            CUDA_TRY(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
+        else
+            memcpy(h, d, bytes);
+        return QL_OK;
+    }
+    ql_status sync() {
+        if (dev) CUDA_TRY(cudaDeviceSynchronize());
+        return QL_OK;
+    }
+    template <class Op> ql_status each(const Op &op, int64_t count) {
+        if (count <= 0) return QL_OK;
+        if (!dev) {
+            for (int64_t i = 0; i < count; i++)
+                op(i);
+            return QL_OK;
+        }
+        const int threads = 256;
+        int64_t blocks = (count + threads - 1) / threads, cap = (int64_t)(g_nsm > 0 ? g_nsm : 1) * 32;
+        k_each<Op><<<(unsigned)(blocks < cap ? blocks : cap), threads>>>(op, count);
+        CUDA_TRY(cudaGetLastError());
+        return QL_OK;
+    }
+    // potrf ('U', column-major) of P [n, n]; *info as LAPACK's
+    ql_status potrf_upper(double *P, int64_t n, int *dinfo, void **work, size_t *wbytes,
+                          std::vector<char> &hw, int *info) {
+        if (!dev) {
+            *info = (int)LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', (lapack_int)n, P, (lapack_int)n);
+            return QL_OK;
+        }
+        size_t dbytes = 0, hbytes = 0;
+        CUSOLVER_TRY(cusolverDnXpotrf_bufferSize(g_solver, g_params, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, P,
+                                                 n, CUDA_R_64F, &dbytes, &hbytes));
+        if (dbytes > *wbytes) {
+            if (*work) CUDA_TRY(cudaFree(*work));
+            *work = nullptr;
+            *wbytes = 0;
+            CUDA_TRY(cudaMalloc(work, dbytes));
+            *wbytes = dbytes;
+        }
+        if (hbytes > hw.size()) hw.resize(hbytes);
+        CUSOLVER_TRY(cusolverDnXpotrf(g_solver, g_params, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, P, n,
+                                      CUDA_R_64F, *work, dbytes, hbytes ? hw.data() : nullptr, hbytes,
+                                      dinfo));
+        CUDA_TRY(cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
+        return QL_OK;
+    }
+    // trtri ('L', non-unit, column-major) of U [n, n] in place
+    ql_status trtri_lower(float *U, int64_t n, int *dinfo, void **work, size_t *wbytes, std::vector<char> &hw,
+                          int *info) {
+        if (!dev) {
+            *info = (int)LAPACKE_strtri(LAPACK_COL_MAJOR, 'L', 'N', (lapack_int)n, U, (lapack_int)n);
+            return QL_OK;
+        }
+        size_t dbytes = 0, hbytes = 0;
+        CUSOLVER_TRY(cusolverDnXtrtri_bufferSize(g_solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n,
+                                                 CUDA_R_32F, U, n, &dbytes, &hbytes));
+        if (dbytes > *wbytes) {
+            if (*work) CUDA_TRY(cudaFree(*work));
+            *work = nullptr;
+            *wbytes = 0;
+            CUDA_TRY(cudaMalloc(work, dbytes));
+            *wbytes = dbytes;
+        }
+        if (hbytes > hw.size()) hw.resize(hbytes);
+        CUSOLVER_TRY(cusolverDnXtrtri(g_solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F,
+                                      U, n, *work, dbytes, hbytes ? hw.data() : nullptr, hbytes, dinfo));
+        CUDA_TRY(cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
+        return QL_OK;
+    }
+    // Wt[:, i2:] -= E · U[i1:i2, i2:] in column-major terms (Wt: rows x n, ld rows; E: rows x nb, ld rows;
+    // U + i1·n + i2 seen column-major is (n - i2) x nb with ld n, hence its transpose)
+    ql_status trailing(float *Wt, const float *E, const float *U, int64_t rows, int64_t n, int64_t i1,
+                       int64_t i2) {
+        const int m = (int)rows, nn = (int)(n - i2), k = (int)(i2 - i1), ldu = (int)n;
+        const float alpha = -1.0f, beta = 1.0f;
+        if (!dev) {
+            cblas_sgemm(CblasColMajor, CblasNoTrans, CblasTrans, m, nn, k, alpha, E, m, U + i1 * n + i2, ldu,
+                        beta, Wt + i2 * rows, m);
+            return QL_OK;
+        }
+        CUBLAS_TRY(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, m, nn, k, &alpha, E, m, U + i1 * n + i2, ldu,
+                               &beta, Wt + i2 * rows, m));
+        return QL_OK;
+    }
+    // the batch kernel: shared U block and shared errors when they fit. The host runs the kernel's
+    // blocks of 32 rows one row after the other, with the same shared-memory layout.
+    ql_status batch(const BatchArgs &A, int64_t B) {
+        if (!dev) {
+            const int64_t nt = 32, ldub = B + 1;
+            std::vector<float> smem((size_t)((B + 1) * B + B * nt));
+            float *Ub = smem.data(), *Es = Ub + (B + 1) * B;
+            for (int64_t r0 = 0; r0 < A.rows; r0 += nt) {
+                load_ub(A, Ub, ldub, 0, 1);
+                for (int64_t r = r0; r < A.rows && r < r0 + nt; r++)
+                    batch_row(A, r, Es + (r - r0), nt, Ub, ldub);
+            }
+            return QL_OK;
+        }
+        const int64_t nsm = g_nsm > 0 ? g_nsm : 1;
+        const int nt = A.rows <= 32 * nsm ? 32 : A.rows <= 128 * nsm ? 64 : 128;
+        const int64_t optin = g_smem_optin > 0 ? g_smem_optin : 48 * 1024;
+        const int64_t ub_bytes = (B + 1) * B * (int64_t)sizeof(float),
+                      es_bytes = B * nt * (int64_t)sizeof(float);
+        int64_t ldub = 0, bytes = 0;
+        int es = 0;
+        if (ub_bytes + es_bytes <= optin) {
+            ldub = B + 1, es = 1, bytes = ub_bytes + es_bytes;
+        } else if (es_bytes <= optin) {
+            es = 1, bytes = es_bytes;
+        }
+        if (bytes > 48 * 1024)
+            CUDA_TRY(cudaFuncSetAttribute(k_batch, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        const int64_t blocks = (A.rows + nt - 1) / nt;
+        k_batch<<<(unsigned)blocks, nt, (size_t)bytes>>>(A, ldub, es);
+        CUDA_TRY(cudaGetLastError());
+        return QL_OK;
+    }
+};
+
+// Device workspaces of potrf / trtri (freed on every return path).
+struct Work {
+    void *p = nullptr;
+    size_t bytes = 0;
+    bool dev = false;
+    ~Work() {
+        if (dev && p) cudaFree(p);
+    }
+};
+
+ql_status check_args(const float *w, int64_t rows, int64_t n, const double *xtx, int bits, int group,
+                     double damp, int block) {
+    if (!w || !xtx) return ql_fail(QL_ERR_ARG, "gptq_cuda: NULL weights or Hessian");
+    if (rows <= 0 || n <= 0 || rows > INT_MAX || n > INT_MAX / 2)
+        return ql_fail(QL_ERR_ARG, "gptq_cuda: bad shape %lld x %lld", (long long)rows, (long long)n);
+    if (bits < 2 || bits > 8) return ql_fail(QL_ERR_ARG, "gptq_cuda: bits=%d outside [2, 8]", bits);
+    if (group < 0) return ql_fail(QL_ERR_ARG, "gptq_cuda: group=%d", group);
+    if (!(damp >= 0 && damp <= 10)) return ql_fail(QL_ERR_ARG, "gptq_cuda: damp=%g outside [0, 10]", damp);
+    if (block < 1 || block > 65536)
+        return ql_fail(QL_ERR_ARG, "gptq_cuda: block=%d outside [1, 65536]", block);
+    return QL_OK;
+}
+
+ql_status gptq_run(bool dev, const float *w, int64_t rows, int64_t n, const double *xtx, int64_t n_tokens,
+                   int bits, int group, bool sym, double damp, int block, float *q, void *dst,
+                   ql_cuda_gptq_times *times) {
+    ql_status s = check_args(w, rows, n, xtx, bits, group, damp, block);
+    if (s) return s;
+    const double t0 = ql_time_s();
+    Ctx c;
+    c.dev = dev;
+    Work work;
+    work.dev = dev;
+    std::vector<char> hwork;
+
+    // Hessian diagonal, dead inputs, mean (on the host, in m_gptq.c's order: the same λ)
+    const double scale = n_tokens > 0 ? 2.0 / (double)n_tokens : 1.0;
+    std::vector<uint8_t> dead((size_t)n);
+    double mean = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double h = xtx[i * n + i] * scale;
+        dead[(size_t)i] = !(h > 0) || !finite_d(h);
+        mean += dead[(size_t)i] ? 1.0 : h;
+    }
+    mean /= (double)n;
+
+    const int64_t B = block < n ? block : n, g = group > 0 && group < n ? group : n, ng = (n + g - 1) / g;
+    const int64_t zbytes = sym ? 0 : (ng * bits + 7) / 8, rb = 2 * ng + zbytes + (n * bits + 7) / 8;
+    double *H = nullptr, *P = nullptr;
+    float *U = nullptr, *W = nullptr, *Wt = nullptr, *Q = nullptr, *E = nullptr;
+    uint8_t *codes = nullptr, *zr = nullptr, *ddead = nullptr, *out = nullptr;
+    uint16_t *sc = nullptr;
+    int *dinfo = nullptr;
+    if ((s = c.alloc(&H, n * n)) || (s = c.alloc(&P, n * n)) || (s = c.alloc(&U, n * n)) ||
+        (s = c.alloc(&W, rows * n)) || (s = c.alloc(&Wt, n * rows)) || (s = c.alloc(&Q, n * rows)) ||
+        (s = c.alloc(&E, B * rows)) || (s = c.alloc(&codes, n * rows)) || (s = c.alloc(&sc, ng * rows)) ||
+        (s = c.alloc(&zr, ng * rows)) || (s = c.alloc(&ddead, n)) || (s = c.alloc(&dinfo, 1)) ||
+        (dst && (s = c.alloc(&out, rows * rb))))
+        return s;
+    if ((s = c.put(H, xtx, (size_t)(n * n) * sizeof(double))) ||
+        (s = c.put(W, w, (size_t)(rows * n) * sizeof(float))) || (s = c.put(ddead, dead.data(), (size_t)n)) ||
+        (s = c.sync()))
+        return s;
+    const double t1 = ql_time_s();
+
+    // U = chol(H⁻¹) upper, from one Cholesky of the reversed H
+    double lam = damp * mean;
+    int info = 0;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if ((s = c.each(BuildP{H, P, ddead, n, scale, lam}, n * n)) ||
+            (s = c.potrf_upper(P, n, dinfo, &work.p, &work.bytes, hwork, &info)))
+            return s;
+        if (info == 0) break;
+        if (info < 0)
+            return ql_fail(QL_ERR_IO, "kernels/gptq_cuda.cu:%d: potrf: argument %d", __LINE__, -info);
+        lam = lam > 0 ? lam * 10 : 1e-6 * mean;
+    }
+    if (info != 0)
+        return ql_fail(QL_ERR_ARG, "gptq_cuda: Hessian not positive definite even with dampening %g",
+                       lam / mean);
+    if ((s = c.each(BuildU{P, U, n}, n * n)) ||
+        (s = c.trtri_lower(U, n, dinfo, &work.p, &work.bytes, hwork, &info)))
+        return s;
+    if (info != 0) return ql_fail(QL_ERR_ARG, "gptq_cuda: triangular inverse failed (info %d)", info);
+    if ((s = c.sync())) return s;
+    const double t2 = ql_time_s();
+
+    // the batches
+    if ((s = c.each(LoadW{W, Wt, ddead, rows, n}, n * rows))) return s;
+    BatchArgs A = {Wt, E, U, Q, codes, sc, zr, rows, n, 0, 0, g, bits, sym};
+    for (int64_t i1 = 0; i1 < n; i1 += B) {
+        A.i1 = i1;
+        A.i2 = i1 + B < n ? i1 + B : n;
+        if ((s = c.batch(A, B))) return s;
+        if (A.i2 < n && (s = c.trailing(Wt, E, U, rows, n, i1, A.i2))) return s;
+    }
+    if ((s = c.sync())) return s;
+    const double t3 = ql_time_s();
+
+    // results
+    if (q && ((s = c.each(StoreQ{Q, W, rows, n}, rows * n)) ||
+              (s = c.get(q, W, (size_t)(rows * n) * sizeof(float)))))
+        return s;
+    if (dst && ((s = c.each(PackRow{codes, sc, zr, out, rows, n, ng, rb, bits, sym}, rows)) ||
+                (s = c.get(dst, out, (size_t)(rows * rb)))))
+        return s;
+    if ((s = c.sync())) return s;
+    const double t4 = ql_time_s();
+    if (times) {
+        times->total = t4 - t0;
+        times->upload = t1 - t0;
+        times->factor = t2 - t1;
+        times->quantize = t3 - t2;
+        times->download = t4 - t3;
+        times->damp = mean > 0 ? lam / mean : 0;
+    }
+    return QL_OK;
+}
+
+} // namespace
+
+extern "C" int ql_cuda_gptq_available(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        int n = 0;
+        cached = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+        if (!cached) cudaGetLastError(); // clear the sticky "no device" error
+    }
+    return cached;
+}
+
+extern "C" ql_status ql_cuda_gptq_init(double *seconds_out) {
+    const double t0 = ql_time_s();
+    std::lock_guard<std::mutex> lock(g_mu);
+    const ql_status s = device_init_locked();
+    if (seconds_out) *seconds_out = ql_time_s() - t0;
+    return s;
+}
+
+extern "C" ql_status ql_cuda_gptq_int(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                      int64_t n_tokens, int bits, int group, bool sym, double damp, int block,
+                                      float *q, void *dst, ql_cuda_gptq_times *times) {
+    ql_status s = check_args(w, rows, cols, xtx, bits, group, damp, block);
+    if (s) return s;
+    std::lock_guard<std::mutex> lock(g_mu);
+    if ((s = device_init_locked())) return s;
+    return gptq_run(true, w, rows, cols, xtx, n_tokens, bits, group, sym, damp, block, q, dst, times);
+}
+
+extern "C" ql_status ql_cuda_gptq_int_emulate(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                              int64_t n_tokens, int bits, int group, bool sym, double damp,
+                                              int block, float *q, void *dst, ql_cuda_gptq_times *times) {
+    return gptq_run(false, w, rows, cols, xtx, n_tokens, bits, group, sym, damp, block, q, dst, times);
+}

@@ -1,0 +1,92 @@
+/* gptq_cuda.h — GPTQ on the GPU for the INTn group formats (int{n}_g{g}[_sym], int{n}_channel), the same
+ * algorithm and arithmetic as methods/m_gptq.c without act_order / static_groups: H damping + Cholesky
+ * (double) + triangular inverse (float) with cuSOLVER, the per-batch column loop as a CUDA kernel (one
+ * thread per row; a group's scale and zero fixed from the error-updated weights when GPTQ reaches it,
+ * exactly as the format's own quantizer does), the trailing update with cublasSgemm. The chosen values
+ * match the CPU method's to rounding: cuBLAS/cuSOLVER sum in other orders than OpenBLAS/LAPACK.
+ * Implementation: kernels/gptq_cuda.cu, built only when the Makefile finds nvcc (which defines
+ * QL_HAVE_CUDA for C files); without it the functions below are inline stubs that fail with
+ * QL_ERR_UNSUPPORTED. Errors: QL_ERR_ARG (shapes, options, Hessian not positive definite),
+ * QL_ERR_UNSUPPORTED (no device), QL_ERR_NOMEM (device allocation), QL_ERR_IO (any other CUDA, cuBLAS or
+ * cuSOLVER failure, with kernels/gptq_cuda.cu:LINE in the message). Calls are serialized by a lock; they
+ * use the current device. Buffers belong to the caller. */
+#ifndef QL_GPTQ_CUDA_H
+#define QL_GPTQ_CUDA_H
+
+#include <stdbool.h> /* before extern "C": ql_common.h's system headers stay C++-clean */
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "ql_common.h"
+
+/* Seconds spent in each phase of one call (wall clock, the device synchronized between phases). */
+typedef struct {
+    double total;    /* the whole call */
+    double upload;   /* allocations + host -> device copies of W and XᵀX */
+    double factor;   /* dampened H, Cholesky, triangular inverse (U = chol(H⁻¹) upper) */
+    double quantize; /* the batches: column kernel + trailing SGEMM */
+    double download; /* packing, transposing, device -> host copies */
+    double damp;     /* dampening used, as a fraction of mean(diag H) (raised x10 when H was singular) */
+} ql_cuda_gptq_times;
+
+#if defined(QL_HAVE_CUDA) || defined(__CUDACC__)
+
+/* 1 when a CUDA device can be used (checked once), else 0. */
+int ql_cuda_gptq_available(void);
+
+/* One-time setup: CUDA context, cuBLAS and cuSOLVER handles (kept for the process). Optional: the
+ * first ql_cuda_gptq_int does it too. *seconds_out (may be NULL) gets the time it took. */
+ql_status ql_cuda_gptq_init(double *seconds_out);
+
+/* GPTQ of w [rows, cols] (row-major F32) with the Hessian from xtx [cols, cols] = Σ x xᵀ over n_tokens
+ * tokens (H = 2·xtx/n_tokens; n_tokens <= 0 uses xtx as H). Options as the CPU method's: damp (fraction
+ * of mean(diag H), in [0, 10]), block (lazy batch width, 1..65536, the method's default is 128).
+ * Format: bits in 2..8, group > 0 columns per group (the last may be shorter) or 0 for one group per
+ * row, sym = the _sym variant (no zero points); the _mse variants are not supported.
+ * Outputs, each optional (NULL): q [rows, cols] the chosen values (what decoding dst gives back),
+ * dst the format's bytes (rows of ql_int_row_bytes(cols, bits, group, sym), fmt_int.c's layout),
+ * times the phase timings. Inputs are not modified. Dead inputs (H_ii <= 0) quantize to 0, non-finite
+ * weights are taken as 0, as on the CPU. */
+ql_status ql_cuda_gptq_int(const float *w, int64_t rows, int64_t cols, const double *xtx, int64_t n_tokens,
+                           int bits, int group, bool sym, double damp, int block, float *q, void *dst,
+                           ql_cuda_gptq_times *times);
+
+/* The same computation on the host: the kernels' per-element code run in loops, LAPACK's dpotrf /
+ * strtri and OpenBLAS's sgemm in place of cuSOLVER / cuBLAS with the same arguments. Needs no device:
+ * lets tests check the GPU path's logic where there is no GPU. Slow (single thread). */
+ql_status ql_cuda_gptq_int_emulate(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                   int64_t n_tokens, int bits, int group, bool sym, double damp, int block,
+                                   float *q, void *dst, ql_cuda_gptq_times *times);
+
+#else /* built without CUDA */
+
+static inline int ql_cuda_gptq_available(void) { return 0; }
+static inline ql_status ql_cuda_gptq_init(double *seconds_out) {
+    if (seconds_out) *seconds_out = 0;
+    return ql_fail(QL_ERR_UNSUPPORTED, "gptq_cuda: built without CUDA (nvcc was not found)");
+}
+static inline ql_status ql_cuda_gptq_int(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                         int64_t n_tokens, int bits, int group, bool sym, double damp,
+                                         int block, float *q, void *dst, ql_cuda_gptq_times *times) {
+    (void)w, (void)rows, (void)cols, (void)xtx, (void)n_tokens, (void)bits, (void)group, (void)sym;
+    (void)damp, (void)block, (void)q, (void)dst, (void)times;
+    return ql_fail(QL_ERR_UNSUPPORTED, "gptq_cuda: built without CUDA (nvcc was not found)");
+}
+static inline ql_status ql_cuda_gptq_int_emulate(const float *w, int64_t rows, int64_t cols,
+                                                 const double *xtx, int64_t n_tokens, int bits, int group,
+                                                 bool sym, double damp, int block, float *q, void *dst,
+                                                 ql_cuda_gptq_times *times) {
+    return ql_cuda_gptq_int(w, rows, cols, xtx, n_tokens, bits, group, sym, damp, block, q, dst, times);
+}
+
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
