@@ -20,14 +20,17 @@ static const char *TUI_USAGE =
     "                  <bs> <c-r> <wait> ...), then print the screen as text at --size (default 80x24)\n";
 
 int cmd_tui(int argc, char **argv) {
+    /* `qlab workbench` is the same command; its usage says so under its own name */
+    static char usage[2048];
+    snprintf(usage, sizeof usage, "usage: qlab %s%s", argv[0], TUI_USAGE + strlen("usage: qlab tui"));
     cli_args a;
-    cli_args_init(&a, argc, argv, TUI_USAGE);
+    cli_args_init(&a, argc, argv, usage);
     const char *flag, *pos, *keys = NULL, *size = "80x24";
     ql_tui_config cfg = {0};
     ql_tui_term_opts to = {0};
     while (cli_next(&a, &flag, &pos)) {
         if (pos) {
-            if (cfg.model) return cli_usage_error("tui", TUI_USAGE, "unexpected argument '%s'", pos);
+            if (cfg.model) return cli_usage_error("tui", usage, "unexpected argument '%s'", pos);
             cfg.model = pos;
         } else if (!strcmp(flag, "--text")) cfg.text = cli_value(&a, flag);
         else if (!strcmp(flag, "--calib")) cfg.calib = cli_value(&a, flag);
@@ -41,7 +44,7 @@ int cmd_tui(int argc, char **argv) {
     if (a.error) return 2;
     int w = 0, h = 0;
     if (sscanf(size, "%dx%d", &w, &h) != 2 || w < 20 || h < 8 || w > 1000 || h > 500)
-        return cli_usage_error("tui", TUI_USAGE, "--size must be WxH, e.g. 80x24");
+        return cli_usage_error("tui", usage, "--size must be WxH, e.g. 80x24");
     if (!cfg.model) {
         FILE *f = fopen("models/tiny.gguf", "rb");
         if (f) {

@@ -14,9 +14,10 @@ typedef struct {
     const char *save_logits; /* write the log-probabilities of every scored token (for --kld-base) */
     const char *kld_base;    /* compare against a file written by save_logits */
     /* optional: called after each chunk (serialised, in completion order) with that chunk's sums over
-     * its n_scored tokens, so a caller can show a running estimate; kld/top1 are 0 without kld_base */
+     * its n_scored tokens, so a caller can show a running estimate; kld, top1 and nll_base (the base's
+     * negative log-likelihood of the same tokens) are 0 without kld_base */
     void (*on_chunk)(void *user, int chunk, int64_t n_scored, double nll, double nll2, double kld, double kld2,
-                     int64_t top1);
+                     int64_t top1, double nll_base);
     void *on_chunk_user;
 } ql_ppl_opts;
 

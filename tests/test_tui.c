@@ -227,6 +227,11 @@ static void test_synth_screens(void **state) {
     ql_tui_feed(a, "<end>");
     ql_tui_wait(a);
     assert_true(screen_has(a, 100, 30, "needs"));
+    /* a click on the tab bar switches screens */
+    ql_tui_handle(a, QL_KEY_CLICK + (0 << 10 | (ql_tui_tab_x(QL_SCR_AUTO) + 2)));
+    assert_int_equal(a->screen, QL_SCR_AUTO);
+    ql_tui_feed(a, "7");
+    ql_tui_wait(a);
     /* unknown keys say so */
     ql_tui_feed(a, "1#");
     assert_non_null(strstr(a->msg, "does nothing"));

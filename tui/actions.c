@@ -469,7 +469,7 @@ static unsigned plan_method(ql_tui_app *a, int k) {
         if (i) strcat(names, ", ");
         strcat(names, ql_method_at(i)->name);
     }
-    snprintf(label, sizeof label, "method for %s (%s)", k == 'm' ? "this tensor" : "every unpinned tensor", names);
+    snprintf(label, sizeof label, "method for %s (%.50s)", k == 'm' ? "this tensor" : "every unpinned tensor", names);
     int line = plan_current(a);
     prompt_open(a, k == 'm' ? P_METHOD_ROW : P_METHOD_ALL, label, line >= 0 ? a->plan.rows[line].method : "rtn");
     return QL_R_REDRAW;

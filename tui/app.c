@@ -448,7 +448,7 @@ ql_status ql_tui_open_model(ql_tui_app *a, ql_model *m, const char *path) {
     while (l && base[l - 1] == '/') base[--l] = 0;
     if (l > 5 && !strcmp(base + l - 5, ".gguf")) base[l - 5] = 0;
     const char *slash = strrchr(base, '/');
-    snprintf(a->exp.path, sizeof a->exp.path, "%s-qlab.gguf", slash ? slash + 1 : base);
+    snprintf(a->exp.path, sizeof a->exp.path, "%.200s-qlab.gguf", slash ? slash + 1 : base);
     return QL_OK;
 }
 

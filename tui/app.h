@@ -205,7 +205,9 @@ typedef struct {
     int64_t done, total;
     double elapsed;
     bool has_live;                 /* preview: running estimate so far */
+    bool live_is_kld;              /* of the plan (PPL, KLD, top-1); else of the base model (PPL) */
     int live_chunks;
+    double base_ppl;               /* the base model's PPL over the same chunks (plan runs) */
     double live_ppl, live_ppl_err, live_kld, live_kld_err, live_top1;
 } ql_tui_jobview;
 

@@ -46,6 +46,16 @@ void ql_tui_job_phase(ql_tui_job *j, const char *phase, int64_t done, int64_t to
     job_progress(j, done, total, phase);
 }
 
+void ql_tui_job_stage(ql_tui_job *j, const char *stage) {
+    pthread_mutex_lock(&j->lock);
+    ql_tui_copy(j->stage, sizeof j->stage, stage);
+    j->has_live = false;
+    j->live_chunks = 0;
+    j->live_n = j->live_top1 = 0;
+    j->live_nll = j->live_nll2 = j->live_kld = j->live_kld2 = j->live_nllb = 0;
+    pthread_mutex_unlock(&j->lock);
+}
+
 static void *job_main(void *arg) {
     ql_tui_job *j = arg;
     j->run(j);
@@ -83,7 +93,9 @@ void ql_tui_job_snapshot(ql_tui_app *a) {
     pthread_mutex_lock(&j->lock);
     v->running = true;
     ql_tui_copy(v->name, sizeof v->name, j->name);
-    ql_tui_copy(v->phase, sizeof v->phase, j->phase);
+    if (j->stage[0]) snprintf(v->phase, sizeof v->phase, "%.24s: %.36s", j->stage, j->phase);
+    else ql_tui_copy(v->phase, sizeof v->phase, j->phase);
+    v->live_is_kld = j->live_plan;
     v->done = j->done;
     v->total = j->total;
     v->elapsed = ql_time_s() - j->t0;
@@ -98,6 +110,7 @@ void ql_tui_job_snapshot(ql_tui_app *a) {
         double kv = j->live_kld2 / n - v->live_kld * v->live_kld;
         v->live_kld_err = kv > 0 && n > 1 ? sqrt(kv / (n - 1)) : 0;
         v->live_top1 = (double)j->live_top1 / n;
+        v->base_ppl = j->live_plan ? exp(j->live_nllb / n) : 0; /* the base over the same chunks */
     }
     pthread_mutex_unlock(&j->lock);
 }

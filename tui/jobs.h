@@ -26,12 +26,13 @@ typedef struct ql_tui_job {
     pthread_mutex_t lock;
     int64_t done, total;
     char phase[64];
+    char stage[32]; /* shown before the phase: "base model", "plan" */
     double t0;
     /* running estimate (preview): sums over the chunks finished so far */
-    bool has_live;
+    bool has_live, live_plan; /* live_plan: the sums include KLD and top-1 (the plan's run, not the base's) */
     int live_chunks;
     int64_t live_n, live_top1;
-    double live_nll, live_nll2, live_kld, live_kld2;
+    double live_nll, live_nll2, live_kld, live_kld2, live_nllb;
     ql_status status;
     char err[256];
     ql_progress progress; /* fn/user/cancel wired to this record */
@@ -45,6 +46,7 @@ bool ql_tui_job_start(ql_tui_app *a, ql_tui_job *j);
 /* For run(): record a failure with the thread's ql_last_error(). */
 void ql_tui_job_fail(ql_tui_job *j, ql_status s);
 void ql_tui_job_phase(ql_tui_job *j, const char *phase, int64_t done, int64_t total);
+void ql_tui_job_stage(ql_tui_job *j, const char *stage); /* also resets the running estimate */
 /* Main thread: joins a finished (or, with block, any) job and applies it. Returns true if collected. */
 bool ql_tui_job_collect(ql_tui_app *a, bool block);
 void ql_tui_job_cancel(ql_tui_app *a);

@@ -11,7 +11,9 @@
 
 int ql_tui_sense_level(const ql_tui_app *a) {
     if (a->sense_level >= 0) return a->sense_level;
-    return a->calib.set ? QL_SENSE_KLD : QL_SENSE_WEIGHT;
+    if (!a->calib.set) return QL_SENSE_WEIGHT;
+    /* a forward pass per (tensor, candidate) is cheap up to ~1B parameters; above, the output error */
+    return a->model && ql_model_n_params(a->model) > 1000000000 ? QL_SENSE_OUTPUT : QL_SENSE_KLD;
 }
 
 const char *ql_tui_level_label(int level) {

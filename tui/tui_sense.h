@@ -10,7 +10,8 @@
 struct ql_sense;
 
 /* The level a new measurement uses: the one chosen with l, else KLD when a calibration set is built
- * (per-tensor KLD adds up to a prediction of the plan's KLD), else the weight error. */
+ * (per-tensor KLD adds up to a prediction of the plan's KLD; the output error above 1B parameters,
+ * where a forward pass per cell costs too much), else the weight error. */
 int ql_tui_sense_level(const ql_tui_app *a);
 const char *ql_tui_level_label(int level);
 /* Rebuilds a->sense from a->qsense at a->sense_level (or the highest level every cell has), and makes

@@ -113,9 +113,9 @@ void ql_view_catalogue(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     char out[80] = "";
     if (k->has_out_err) {
         if (me && strcmp(me->name, "rtn"))
-            snprintf(out, sizeof out, " · output err %.4f (rtn %.4f)", k->out_err, k->out_err_rtn);
+            snprintf(out, sizeof out, " · output err %.3g (rtn %.3g)", k->out_err, k->out_err_rtn);
         else
-            snprintf(out, sizeof out, " · output err %.4f", k->out_err);
+            snprintf(out, sizeof out, " · output err %.3g", k->out_err);
     }
     ql_canvas_printf(c, x, y++, 0, QL_ST_NORMAL, "rel. RMSE %.4f · SNR %.1f dB · max |err| %.3g%s", k->rel_rmse, k->snr_db,
                      k->max_abs, out);

@@ -42,7 +42,7 @@ void ql_view_plan(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     int y = r.y;
     /* geometry: name | format | bits | one column per candidate */
     int name_w = c->w >= 120 ? 26 : 15, cw = c->w >= 120 ? 8 : 6;
-    int x_fmt = 1 + name_w + 1, x_bits = x_fmt + 9, x_cells = x_bits + 6;
+    int x_fmt = 1 + name_w + 1, x_bits = x_fmt + 9, x_cells = x_bits + 7;
     int vis = (c->w - x_cells - 1) / cw;
     if (vis < 1) vis = 1;
     if (p->col < p->col_scroll) p->col_scroll = p->col;
@@ -238,7 +238,7 @@ void ql_view_auto(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     ADD(t.bpw, cur_err);
     if (u->has_solution) ADD(u->sol_bpw, u->sol_err);
 #undef ADD
-    ql_canvas_puts(c, 1, py - 1, c->w - 37, QL_ST_HEADER, "Frontier: predicted error (log) vs bits/weight");
+    ql_canvas_puts(c, 1, py - 1, c->w - 37, QL_ST_HEADER, "Frontier: predicted error vs bpw");
     for (int j = 0; j < ph; j++) ql_canvas_set(c, px - 1, py + j, 0x2502, QL_ST_DIM);
     ql_canvas_hline(c, px - 1, py + ph, pw + 1, QL_ST_DIM);
     ql_canvas_set(c, px - 1, py + ph, 0x2514, QL_ST_DIM);
@@ -254,8 +254,13 @@ void ql_view_auto(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     ql_canvas_printf(c, 1, py, px - 1, QL_ST_DIM, "%7s", yl);
     ql_fmt_err(yl, sizeof yl, pow(10, ylo));
     ql_canvas_printf(c, 1, py + ph - 1, px - 1, QL_ST_DIM, "%7s", yl);
-    ql_canvas_printf(c, px, py + ph + 1, 0, QL_ST_DIM, "%.2f", xlo);
-    ql_canvas_printf(c, px + pw - 5, py + ph + 1, 0, QL_ST_DIM, "%.2f", xhi);
+    /* ticks every ~16 columns */
+    int nt = pw / 16 > 1 ? pw / 16 : 1;
+    for (int i = 0; i <= nt; i++) {
+        int tx = px + (int)lround((double)i / nt * (pw - 1));
+        if (i) ql_canvas_set(c, tx, py + ph, 0x2534, QL_ST_DIM);
+        ql_canvas_printf(c, i == nt ? tx - 4 : tx, py + ph + 1, 0, QL_ST_DIM, "%.2f", xlo + (xhi - xlo) * i / nt);
+    }
 #define PX(bx) (px + (int)lround(((bx) - xlo) / (xhi - xlo) * (pw - 1)))
 #define PY(ey) (py + ph - 1 - (int)lround((log10(ey) - ylo) / (yhi - ylo) * (ph - 1)))
     for (int i = 0; i < u->n_pareto; i++)

@@ -145,7 +145,7 @@ static void draw_footer(ql_tui_app *a, ql_canvas *c, int y) {
 static void draw_status(ql_tui_app *a, ql_canvas *c, int y) {
     ql_canvas_fill(c, 0, y, c->w, 1, ' ', QL_ST_NORMAL);
     const ql_tui_jobview *v = &a->jv;
-    if (v->running) {
+    if (v->running && !a->quit_armed) {
         int x = ql_canvas_printf(c, 0, y, 0, QL_ST_BOLD, " %s", v->name);
         x = ql_canvas_printf(c, x + 1, y, 0, QL_ST_DIM, "%.24s", v->phase);
         double frac = v->total > 0 ? (double)v->done / (double)v->total : 0;
@@ -417,7 +417,7 @@ void ql_view_calib(ql_tui_app *a, ql_canvas *c, ql_rect r) {
                              so->n_skipped ? ", skipped lines" : "", so->truncated ? ", truncated" : "");
         }
         for (int i = 0; i < 3 && k->passages[i][0] && y < r.y + r.h - 3; i++)
-            ql_canvas_printf(c, 3, y++, 0, QL_ST_NORMAL, "“%s…”", k->passages[i]);
+            ql_canvas_printf(c, 3, y++, 0, QL_ST_NORMAL, "“…%s…”", k->passages[i]);
     } else
         ql_canvas_puts(c, 1, y++, 0, QL_ST_DIM, "b builds the set and shows what it holds; r also runs the statistics.");
     y = y < r.y + r.h - 2 ? y + 1 : r.y + r.h - 2;
@@ -469,13 +469,17 @@ void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     const ql_tui_jobview *v = &a->jv;
     if (v->running && !strcmp(v->name, "preview")) {
         ql_canvas_printf(c, 1, y, 0, QL_ST_BOLD, "Running  %s", v->phase);
-        if (v->has_live) {
+        if (v->has_live && v->live_is_kld) {
             ql_canvas_printf(c, 1, y + 1, 0, QL_ST_NORMAL, "after %d chunks: PPL %.4f ± %.4f · KLD %.5f ± %.5f · top-1 %.1f%%",
                              v->live_chunks, v->live_ppl, v->live_ppl_err, v->live_kld, v->live_kld_err, 100 * v->live_top1);
             int bw = c->w - 20 < 50 ? c->w - 20 : 50;
             ql_canvas_puts(c, 1, y + 2, 0, QL_ST_DIM, "PPL ±2σ");
-            draw_errbar(c, 10, y + 2, bw, p->has_base ? p->base.ppl : v->live_ppl, v->live_ppl, v->live_ppl_err);
+            draw_errbar(c, 10, y + 2, bw, v->base_ppl > 0 ? v->base_ppl : v->live_ppl, v->live_ppl, v->live_ppl_err);
             ql_canvas_puts(c, 11 + bw, y + 2, 0, QL_ST_DIM, "| base");
+        } else if (v->has_live) {
+            ql_canvas_printf(c, 1, y + 1, 0, QL_ST_NORMAL, "base model after %d chunks: PPL %.4f ± %.4f", v->live_chunks,
+                             v->live_ppl, v->live_ppl_err);
+            ql_canvas_puts(c, 1, y + 2, 0, QL_ST_DIM, "(its log-probabilities are kept: KLD and top-1 compare with them)");
         } else
             ql_canvas_puts(c, 1, y + 1, 0, QL_ST_DIM, "the running estimate appears after the first chunk");
     } else if (p->last >= 0 && p->last < p->n_hist) {
@@ -494,7 +498,7 @@ void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         ql_canvas_puts(c, 1, y + 1, 0, QL_ST_DIM, "KL divergence and top-1 agreement against the model as loaded.");
     y += 4;
     ql_canvas_fill(c, 0, y, c->w, 1, ' ', QL_ST_HEADER);
-    int lw = c->w - 64 > 14 ? c->w - 64 : 14;
+    int lw = c->w - 64 > 14 ? (c->w - 64 < 40 ? c->w - 64 : 40) : 14;
     ql_canvas_printf(c, 1, y, 0, QL_ST_HEADER, "%2s %-*s %6s %9s %17s %8s %6s %4s", "#", lw, "plan", "bpw", "size",
                      "PPL", "KLD", "top-1", "s");
     int rows = r.y + r.h - y - 1;

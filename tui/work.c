@@ -437,7 +437,8 @@ typedef struct {
     ql_tui_hist h;
 } preview_ctx;
 
-static void on_chunk(void *user, int chunk, int64_t n, double nll, double nll2, double kld, double kld2, int64_t top1) {
+static void on_chunk(void *user, int chunk, int64_t n, double nll, double nll2, double kld, double kld2, int64_t top1,
+                     double nll_base) {
     ql_tui_job *j = user;
     (void)chunk;
     pthread_mutex_lock(&j->lock);
@@ -449,6 +450,7 @@ static void on_chunk(void *user, int chunk, int64_t n, double nll, double nll2, 
     j->live_kld += kld;
     j->live_kld2 += kld2;
     j->live_top1 += top1;
+    j->live_nllb += nll_base;
     pthread_mutex_unlock(&j->lock);
 }
 
@@ -464,8 +466,10 @@ static void preview_run(ql_tui_job *j) {
     ql_tui_job_phase(j, "tokenizing", 0, 1);
     if ((s = ql_read_file(c->text, &text, &len)) || (s = ql_tokenize(c->m->tok, text, len, true, &ids, &n))) goto out;
     ql_ppl_opts po = {.n_ctx = c->ctx, .n_chunks = c->chunks, .n_threads = c->n_threads};
+    po.on_chunk = on_chunk;
+    po.on_chunk_user = j;
     if (c->need_base) {
-        ql_tui_job_phase(j, "base model", 0, 1);
+        ql_tui_job_stage(j, "base model");
         po.save_logits = c->base_path;
         if ((s = ql_infer_new(c->m, c->n_threads, &inf)) || (s = ql_perplexity(inf, ids, n, &po, &j->progress, &c->base)))
             goto out;
@@ -487,6 +491,7 @@ static void preview_run(ql_tui_job *j) {
     }
     ql_quant_opts qo = {.plan = c->plan, .stats = c->stats, .n_threads = c->n_threads};
     ql_quant_stats qs;
+    ql_tui_job_stage(j, "plan");
     ql_tui_job_phase(j, "quantizing", 0, 1);
     if ((s = ql_quantize_model(c->m, &qo, c->tmp, &j->progress, &qs))) goto out;
     if ((s = ql_model_load(c->tmp, &qm))) goto out;
@@ -495,8 +500,9 @@ static void preview_run(ql_tui_job *j) {
     ql_tui_job_phase(j, "loading", 0, 1);
     if ((s = ql_infer_new(qm, c->n_threads, &inf))) goto out;
     po.kld_base = c->base_path;
-    po.on_chunk = on_chunk;
-    po.on_chunk_user = j;
+    pthread_mutex_lock(&j->lock);
+    j->live_plan = true;
+    pthread_mutex_unlock(&j->lock);
     s = ql_perplexity(inf, ids, n, &po, &j->progress, &c->r);
 out:
     if (s) ql_tui_job_fail(j, s);
