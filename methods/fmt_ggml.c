@@ -1,10 +1,12 @@
 /* fmt_ggml.c — registry entries for ggml's own types: plain floats, the legacy and K block formats,
  * IQ4, and the decode-only types (IQ1..IQ3, TQ, MXFP4) that qlab loads but does not write. The codecs
- * are kernels/ggml_quants_ref.c (bit-exact with llama.cpp); fast twins are in kernels/ggml_quants_simd.c. */
+ * are kernels/ggml_quants_ref.c (bit-exact with llama.cpp); fast twins are in kernels/ggml_quants_simd.c
+ * and kernels/ggml_quants_simd2.c. */
 #include "format.h"
 #include "ggml_quants.h"
 #include "ggml_types.h"
 #include "simd.h"
+#include "simd2.h"
 
 #include <string.h>
 
@@ -53,7 +55,7 @@ GGML_DECODER(q8_k, QL_TYPE_Q8_K)
                                       .block_bytes = bytes, .bpw = 8.0 * (bytes) / (blk),                \
                                       .uses_importance = imp, .tolerance = tol,                          \
                                       .quantize_rows = lname##_quantize, .dequantize_rows = lname##_dequantize};
-/* ENTRY plus the SIMD twins ql_{quantize,dequantize}_rows_<lname>_fast from kernels/simd.h */
+/* ENTRY plus the SIMD twins ql_{quantize,dequantize}_rows_<lname>_fast from kernels/simd.h, simd2.h */
 #define ENTRY_FAST(lname, TYPE, blk, bytes, imp, tol, summ)                                              \
     const ql_format ql_fmt_##lname = {.name = #lname, .summary = summ, .type = TYPE, .block = blk,        \
                                       .block_bytes = bytes, .bpw = 8.0 * (bytes) / (blk),                \
@@ -67,20 +69,20 @@ GGML_DECODER(q8_k, QL_TYPE_Q8_K)
                                       .dequantize_rows = lname##_dequantize};
 
 ENTRY(f32, QL_TYPE_F32, 1, 4, false, 0.0, "IEEE float32: the unquantized reference")
-ENTRY(f16, QL_TYPE_F16, 1, 2, false, 0.001, "IEEE float16 (round to nearest even)")
-ENTRY(bf16, QL_TYPE_BF16, 1, 2, false, 0.005, "bfloat16: float32's range, 8 bits of mantissa")
+ENTRY_FAST(f16, QL_TYPE_F16, 1, 2, false, 0.001, "IEEE float16 (round to nearest even)")
+ENTRY_FAST(bf16, QL_TYPE_BF16, 1, 2, false, 0.005, "bfloat16: float32's range, 8 bits of mantissa")
 ENTRY_FAST(q8_0, QL_TYPE_Q8_0, 32, 34, false, 0.01, "ggml Q8_0: int8 codes, one fp16 scale per 32 weights")
 ENTRY_FAST(q6_k, QL_TYPE_Q6_K, 256, 210, true, 0.03, "ggml Q6_K: 6-bit codes, int8 scales per 16, fp16 per 256")
-ENTRY(q5_k, QL_TYPE_Q5_K, 256, 176, true, 0.05, "ggml Q5_K: 5-bit codes, 6-bit scale+min per 32, fp16 per 256")
-ENTRY(q5_1, QL_TYPE_Q5_1, 32, 24, true, 0.06, "ggml Q5_1: 5-bit codes, fp16 scale and min per 32")
-ENTRY(q5_0, QL_TYPE_Q5_0, 32, 22, true, 0.07, "ggml Q5_0: 5-bit symmetric codes, fp16 scale per 32")
+ENTRY_FAST(q5_k, QL_TYPE_Q5_K, 256, 176, true, 0.05, "ggml Q5_K: 5-bit codes, 6-bit scale+min per 32, fp16 per 256")
+ENTRY_FAST(q5_1, QL_TYPE_Q5_1, 32, 24, true, 0.06, "ggml Q5_1: 5-bit codes, fp16 scale and min per 32")
+ENTRY_FAST(q5_0, QL_TYPE_Q5_0, 32, 22, true, 0.07, "ggml Q5_0: 5-bit symmetric codes, fp16 scale per 32")
 ENTRY_FAST(q4_k, QL_TYPE_Q4_K, 256, 144, true, 0.1, "ggml Q4_K: 4-bit codes, 6-bit scale+min per 32, fp16 per 256")
-ENTRY(q4_1, QL_TYPE_Q4_1, 32, 20, true, 0.12, "ggml Q4_1: 4-bit codes, fp16 scale and min per 32")
-ENTRY(q4_0, QL_TYPE_Q4_0, 32, 18, true, 0.14, "ggml Q4_0: 4-bit symmetric codes, fp16 scale per 32")
-ENTRY(iq4_nl, QL_TYPE_IQ4_NL, 32, 18, true, 0.12, "ggml IQ4_NL: 4-bit non-linear codebook, fp16 scale per 32")
+ENTRY_FAST(q4_1, QL_TYPE_Q4_1, 32, 20, true, 0.12, "ggml Q4_1: 4-bit codes, fp16 scale and min per 32")
+ENTRY_FAST(q4_0, QL_TYPE_Q4_0, 32, 18, true, 0.14, "ggml Q4_0: 4-bit symmetric codes, fp16 scale per 32")
+ENTRY_FAST(iq4_nl, QL_TYPE_IQ4_NL, 32, 18, true, 0.12, "ggml IQ4_NL: 4-bit non-linear codebook, fp16 scale per 32")
 ENTRY(iq4_xs, QL_TYPE_IQ4_XS, 256, 136, true, 0.12, "ggml IQ4_XS: IQ4_NL codes, 6-bit scales per 32, fp16 per 256")
-ENTRY(q3_k, QL_TYPE_Q3_K, 256, 110, true, 0.25, "ggml Q3_K: 3-bit codes, 6-bit scales per 16, fp16 per 256")
-ENTRY(q2_k, QL_TYPE_Q2_K, 256, 84, true, 0.45, "ggml Q2_K: 2-bit codes, 4-bit scale+min per 16, fp16 per 256")
+ENTRY_FAST(q3_k, QL_TYPE_Q3_K, 256, 110, true, 0.25, "ggml Q3_K: 3-bit codes, 6-bit scales per 16, fp16 per 256")
+ENTRY_FAST(q2_k, QL_TYPE_Q2_K, 256, 84, true, 0.45, "ggml Q2_K: 2-bit codes, 4-bit scale+min per 16, fp16 per 256")
 DECODE_ENTRY(iq3_s, QL_TYPE_IQ3_S, 256, 110, "ggml IQ3_S (decode only): 3.4375 bpw lattice codes")
 DECODE_ENTRY(iq3_xxs, QL_TYPE_IQ3_XXS, 256, 98, "ggml IQ3_XXS (decode only): 3.0625 bpw lattice codes")
 DECODE_ENTRY(iq2_s, QL_TYPE_IQ2_S, 256, 82, "ggml IQ2_S (decode only): 2.5625 bpw")
