@@ -23,6 +23,8 @@ typedef struct {
     const ql_quant_opts *o;
     ql_gguf *out;
     override *ov;   /* [n source tensors] or NULL */
+    float *wbuf;    /* decode buffer reused across tensors: fresh gigabyte mallocs cost seconds of page faults */
+    size_t wcap;
     const ql_progress *progress;
     int64_t done, total;
     double t0;
@@ -43,7 +45,13 @@ int64_t ql_file_type_for_format(const char *name) {
 static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_format *f, const ql_stats *stats,
                               void *dst) {
     int64_t ncols = src->ne[0], nrows = src->ne[1] * src->ne[2] * src->ne[3];
-    float *w = malloc((size_t)(ncols * nrows) * sizeof(float));
+    size_t need = (size_t)(ncols * nrows) * sizeof(float);
+    if (need > c->wcap) {
+        free(c->wbuf);
+        c->wbuf = malloc(need);
+        c->wcap = c->wbuf ? need : 0;
+    }
+    float *w = c->wbuf;
     float *imp = NULL;
     if (!w) return ql_fail(QL_ERR_NOMEM, "out of memory for tensor '%s'", src->name);
     ql_status s = QL_OK;
@@ -77,7 +85,6 @@ static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_
     ql_method_opts mo = {.spec = c->o->method_opts, .n_threads = c->o->n_threads, .importance = imp};
     s = meth->quantize_tensor(w, nrows, ncols, f, vp, &mo, dst);
 out:
-    free(w);
     free(imp);
     c->done += ncols * nrows;
     ql_progress_report(c->progress, c->done, c->total, src->name);
@@ -313,6 +320,7 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
     st->seconds = ql_time_s() - c.t0;
 out:
     free(c.ov);
+    free(c.wbuf);
     ql_gguf_free(c.out);
     return s;
 }
