@@ -25,7 +25,7 @@
 typedef struct {
     ql_progress p;
     const char *label;
-    double t0, tlast, tstart;  /* tstart: first cell (the base pass is not a cell) */
+    double t0, tlast, tstart; /* tstart: first cell (the base pass is not a cell) */
     int64_t dstart;
     bool tty;
     int last_pct;
@@ -57,12 +57,12 @@ static void eta_draw(void *user, int64_t done, int64_t total, const char *phase)
     double rate = (done > b->dstart && b->tstart > 0) ? (now - b->tstart) / (double)(done - b->dstart) : -1;
     fmt_secs(eta, sizeof eta, rate > 0 ? rate * (double)(total - done) : -1);
     if (b->tty) {
-        fprintf(stderr, "\r%s %3d%% %lld/%lld  %-44.44s  %s elapsed, ETA %s   ", b->label, pct, (long long)done,
-                (long long)total, phase ? phase : "", el, eta);
+        fprintf(stderr, "\r%s %3d%% %lld/%lld  %-44.44s  %s elapsed, ETA %s   ", b->label, pct,
+                (long long)done, (long long)total, phase ? phase : "", el, eta);
         fflush(stderr);
     } else
-        fprintf(stderr, "%s: %3d%% %lld/%lld %s (%s elapsed, ETA %s)\n", b->label, pct, (long long)done, (long long)total,
-                phase ? phase : "", el, eta);
+        fprintf(stderr, "%s: %3d%% %lld/%lld %s (%s elapsed, ETA %s)\n", b->label, pct, (long long)done,
+                (long long)total, phase ? phase : "", el, eta);
 }
 
 static ql_progress *eta_bar_new(const char *label) {
@@ -90,16 +90,21 @@ static const char *SENSE_USAGE =
     "                        | --text FILE [--ctx 256] [--chunks 32])\n"
     "                  --candidates LIST [--level weight|output|kld] [--stats FILE] [--imatrix FILE]\n"
     "                  [--threads N] -o SENS.qss [--force]\n"
-    "Measures, for every 2-D weight of MODEL and every candidate, the exact bits and the error of quantizing\n"
-    "that tensor alone, at three levels (each includes the cheaper ones):\n"
+    "       qlab sense MODEL (--calib ... | --text ...) --check-plan PLAN.ini [--json]\n"
+    "Measures, for every 2-D weight of MODEL and every candidate, the exact bits and the error of\n"
+    "quantizing that tensor alone, at three levels (each includes the cheaper ones):\n"
     "  weight  relative ||W - Q(W)||^2\n"
     "  output  tr(dW H dW^T) / tr(W H W^T), H = sum x x^T of the layer input over the calibration tokens\n"
     "  kld     KL divergence (and delta PPL) of the whole model on the calibration tokens (default)\n"
-    "LIST: comma-separated FORMAT[+METHOD]; FORMAT may be a glob: 'q4_0,q5_0,int?_g32_mse,f16,int4_g32+gptq'.\n"
-    "Statistics for the output level and data-aware methods are computed from the calibration tokens unless\n"
-    "--stats gives a file from qlab stats. --imatrix quantizes as qlab quant --imatrix will.\n"
-    "The file is checkpointed while measuring: after Ctrl-C, run the same command again to resume; a run with\n"
-    "more candidates reuses what the file has. --force starts over. Then: qlab plan SENS.qss --target-bpw B.\n";
+    "LIST: comma-separated FORMAT[+METHOD]; FORMAT may be a glob, e.g.\n"
+    "  'q4_0,q5_0,int?_g32_mse,f16,int4_g32+gptq'\n"
+    "Statistics for the output level and data-aware methods are computed from the calibration tokens\n"
+    "unless --stats gives a file from qlab stats. --imatrix quantizes as qlab quant --imatrix will.\n"
+    "The file is checkpointed while measuring: after Ctrl-C, run the same command again to resume; a run\n"
+    "with more candidates reuses what the file has. --force starts over.\n"
+    "Then: qlab plan SENS.qss --target-bpw B -o PLAN.ini.\n"
+    "--check-plan quantizes every tensor of a plan at once and reports the joint KLD on the same\n"
+    "calibration tokens: what the per-tensor sum that qlab plan predicts should be, if errors add up.\n";
 
 typedef struct {
     const char *text, *calib;
@@ -107,7 +112,8 @@ typedef struct {
     uint64_t seed;
 } sense_calib;
 
-static ql_status text_chunks(const ql_model *m, const char *path, int ctx, int want, int32_t **out, int64_t *n_seq) {
+static ql_status text_chunks(const ql_model *m, const char *path, int ctx, int want, int32_t **out,
+                             int64_t *n_seq) {
     char *text;
     size_t len;
     int32_t *ids;
@@ -135,6 +141,8 @@ int cmd_sense(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, SENSE_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *cands = NULL, *stats_path = NULL, *im_path = NULL;
+    const char *check = NULL;
+    bool json = false;
     sense_calib ca = {.ctx = 256, .chunks = 32, .samples = 32};
     int level = QL_SENSE_KLD, threads = ql_default_threads();
     bool force = false;
@@ -145,7 +153,8 @@ int cmd_sense(int argc, char **argv) {
         } else if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) ca.text = cli_value(&a, flag);
         else if (!strcmp(flag, "--calib")) ca.calib = cli_value(&a, flag);
         else if (!strcmp(flag, "--samples")) ca.samples = cli_int(&a, flag, 1, 1 << 24);
-        else if (!strcmp(flag, "--len") || !strcmp(flag, "--ctx") || !strcmp(flag, "-c")) ca.ctx = cli_int(&a, flag, 8, 1 << 20);
+        else if (!strcmp(flag, "--len") || !strcmp(flag, "--ctx") || !strcmp(flag, "-c"))
+            ca.ctx = cli_int(&a, flag, 8, 1 << 20);
         else if (!strcmp(flag, "--chunks")) ca.chunks = cli_int(&a, flag, 1, 1 << 30);
         else if (!strcmp(flag, "--seed")) ca.seed = (uint64_t)cli_int(&a, flag, 0, 1 << 30);
         else if (!strcmp(flag, "--mode")) {
@@ -163,17 +172,29 @@ int cmd_sense(int argc, char **argv) {
         else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--force")) force = true;
+        else if (!strcmp(flag, "--check-plan")) check = cli_value(&a, flag);
+        else if (!strcmp(flag, "--json")) json = true;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
-    if (!model || !cands || !out) return cli_usage_error("sense", SENSE_USAGE, "needs MODEL, --candidates LIST and -o OUT");
+    if (check) {
+        if (!model || (!ca.text && !ca.calib))
+            return cli_usage_error("sense", SENSE_USAGE,
+                                   "--check-plan needs MODEL and --calib SPEC or --text FILE");
+        cands = NULL;
+        level = QL_SENSE_KLD;
+    } else if (!model || !cands || !out)
+        return cli_usage_error("sense", SENSE_USAGE, "needs MODEL, --candidates LIST and -o OUT");
     if (ca.text && ca.calib) return cli_usage_error("sense", SENSE_USAGE, "give --calib or --text, not both");
     if (!ca.text && !ca.calib && level > QL_SENSE_WEIGHT)
-        return cli_usage_error("sense", SENSE_USAGE, "the %s level needs calibration: --calib SPEC or --text FILE",
+        return cli_usage_error("sense", SENSE_USAGE,
+                               "the %s level needs calibration: --calib SPEC or --text FILE",
                                ql_sense_level_name(level));
     char **cl = NULL;
     int ncl = 0;
-    if (ql_sense_parse_candidates(cands, &cl, &ncl)) return cli_fail("sense");
+    ql_plan *plan = NULL;
+    if (check ? ql_plan_load(check, &plan) != QL_OK : ql_sense_parse_candidates(cands, &cl, &ncl) != QL_OK)
+        return cli_fail("sense");
 
     ql_model *m = NULL;
     ql_stats *st = NULL;
@@ -187,7 +208,15 @@ int cmd_sense(int argc, char **argv) {
     for (int c = 0; c < ncl; c++) {
         const ql_format *f;
         char me[64];
-        if (!ql_parse_format_method(cl[c], &f, me, sizeof me) && ql_method_by_name(me)->needs) needs_stats = true;
+        if (!ql_parse_format_method(cl[c], &f, me, sizeof me) && ql_method_by_name(me)->needs)
+            needs_stats = true;
+    }
+    if (plan) {
+        needs_stats = false;
+        for (int i = 0; i < plan->n; i++) {
+            const ql_method *me = ql_method_by_name(plan->e[i].method);
+            needs_stats |= me && me->needs;
+        }
     }
     if (ql_model_load(model, &m) || (im_path && ql_imatrix_load(im_path, &im))) {
         rc = cli_fail("sense");
@@ -213,7 +242,8 @@ int cmd_sense(int argc, char **argv) {
         }
     } else if (ca.text) {
         ss = text_chunks(m, ca.text, ca.ctx, ca.chunks, &tok, &n_seq);
-        if (!ss) snprintf(desc, sizeof desc, "text %s (%lld chunks of %d)", ca.text, (long long)n_seq, ca.ctx);
+        if (!ss)
+            snprintf(desc, sizeof desc, "text %s (%lld chunks of %d)", ca.text, (long long)n_seq, ca.ctx);
     }
     if (ss) {
         rc = cli_fail("sense");
@@ -237,40 +267,77 @@ int cmd_sense(int argc, char **argv) {
             goto done;
         }
     }
+    if (plan) {
+        ql_sense_opts o = {.level = QL_SENSE_KLD,
+                           .n_threads = threads,
+                           .tokens = tok,
+                           .n_seq = n_seq,
+                           .seq_len = ca.ctx,
+                           .stats = st,
+                           .imatrix = im};
+        ql_sense_joint j;
+        ql_progress *bar = cli_progress_bar("sense: check");
+        ss = ql_sense_plan_kld(m, plan, &o, bar, &j);
+        cli_progress_done(bar);
+        if (ss) {
+            rc = cli_fail("sense");
+            goto done;
+        }
+        if (json)
+            printf("{\"plan\": \"%s\", \"tensors\": %d, \"kld\": %.8g, \"ppl\": %.6f, \"base_ppl\": %.6f}\n",
+                   check, j.tensors, j.kld, j.ppl, j.base_ppl);
+        else
+            printf("%s: %d tensors quantized together: KLD %.6g per token, PPL %.4f (base %.4f) on %s\n",
+                   check, j.tensors, j.kld, j.ppl, j.base_ppl, desc);
+        goto done;
+    }
     if (ql_sense_new(m, cl, ncl, &s)) {
         rc = cli_fail("sense");
         goto done;
     }
-    ql_sense_set_context(s, desc, tok, n_seq, ca.ctx, stats_path ? stats_path : st ? "calibration tokens" : "",
+    ql_sense_set_context(s, desc, tok, n_seq, ca.ctx,
+                         stats_path ? stats_path
+                         : st       ? "calibration tokens"
+                                    : "",
                          im_path ? im_path : "", level);
     struct stat sb;
     if (!force && stat(out, &sb) == 0) {
         int adopted = 0;
         if (ql_sense_load(out, &old)) {
-            fprintf(stderr, "qlab sense: %s exists and cannot be resumed (%s); --force overwrites it\n", out, ql_last_error());
+            fprintf(stderr, "qlab sense: %s exists and cannot be resumed (%s); --force overwrites it\n", out,
+                    ql_last_error());
             rc = 1;
             goto done;
         }
         if (ql_sense_adopt(s, old, &adopted)) {
-            fprintf(stderr, "qlab sense: %s was measured with %s; --force overwrites it\n", out, ql_last_error());
+            fprintf(stderr, "qlab sense: %s was measured with %s; --force overwrites it\n", out,
+                    ql_last_error());
             rc = 1;
             goto done;
         }
-        if (adopted) fprintf(stderr, "qlab sense: resuming %s: %d cells already measured\n", out, adopted);
+        if (adopted) fprintf(stderr, "qlab sense: reusing %d measured cells from %s\n", adopted, out);
     }
     int64_t cells = 0;
     for (int t = 0; t < s->n_tensors; t++)
         for (int c = 0; c < s->n_cand; c++) cells += ql_sense_cell_at(s, t, c)->bytes >= 0;
-    fprintf(stderr, "qlab sense: %s: %d tensors x %d candidates (%lld that fit), level %s, %s\n", model, s->n_tensors,
-            s->n_cand, (long long)cells, ql_sense_level_name(level), *desc ? desc : "no calibration");
-    ql_sense_opts o = {.level = level, .n_threads = threads, .tokens = tok, .n_seq = n_seq, .seq_len = ca.ctx,
-                       .stats = st, .imatrix = im, .checkpoint = out};
+    fprintf(stderr, "qlab sense: %s: %d tensors x %d candidates (%lld that fit), level %s, %s\n", model,
+            s->n_tensors, s->n_cand, (long long)cells, ql_sense_level_name(level),
+            *desc ? desc : "no calibration");
+    ql_sense_opts o = {.level = level,
+                       .n_threads = threads,
+                       .tokens = tok,
+                       .n_seq = n_seq,
+                       .seq_len = ca.ctx,
+                       .stats = st,
+                       .imatrix = im,
+                       .checkpoint = out};
     double t0 = ql_time_s();
     ql_progress *bar = eta_bar_new("sense");
     ss = ql_sense_measure(s, m, &o, bar);
     eta_bar_done(bar);
     if (ss == QL_ERR_CANCELLED) {
-        fprintf(stderr, "qlab sense: interrupted; %s holds what was measured: run the same command to resume\n", out);
+        fprintf(stderr,
+                "qlab sense: interrupted; %s holds what was measured: run the same command to resume\n", out);
         rc = 130;
         goto done;
     }
@@ -278,10 +345,12 @@ int cmd_sense(int argc, char **argv) {
         rc = cli_fail("sense");
         goto done;
     }
-    fprintf(stderr, "qlab sense: wrote %s (%.1fs this run, %.1fs in all%s)\n", out, ql_time_s() - t0, s->seconds,
-            s->base_ppl > 0 ? "" : "");
-    if (s->base_ppl > 0) fprintf(stderr, "qlab sense: base perplexity on the calibration tokens %.4f\n", s->base_ppl);
+    fprintf(stderr, "qlab sense: wrote %s (%.1fs this run, %.1fs in all)\n", out, ql_time_s() - t0,
+            s->seconds);
+    if (s->base_ppl > 0)
+        fprintf(stderr, "qlab sense: base perplexity on the calibration tokens %.4f\n", s->base_ppl);
 done:
+    ql_plan_free(plan);
     ql_sense_free(s);
     ql_sense_free(old);
     ql_sense_free_strings(cl, ncl);
@@ -321,15 +390,17 @@ static bool parse_size(const char *v, int64_t *out) {
 
 static const char *PLAN_USAGE =
     "usage: qlab plan SENS.qss (--target-bpw B [--whole-file] | --target-size SIZE) -o PLAN.ini\n"
-    "                 [--rule 'PATTERN OP FORMAT']... [--metric weight|output|kld] [--solver auto|dp|lagrange]\n"
-    "                 [--tolerance 0.01] [--quiet]\n"
-    "Chooses one measured candidate per tensor so that the summed predicted error is smallest within the budget\n"
-    "(a multiple-choice knapsack: exact DP on small models, Lagrangian relaxation + repair otherwise).\n"
+    "                 [--rule 'PATTERN OP FORMAT']... [--metric weight|output|kld]\n"
+    "                 [--solver auto|dp|lagrange] [--tolerance 0.01] [--quiet]\n"
+    "Chooses one measured candidate per tensor so that the summed predicted error is smallest within the\n"
+    "budget (a multiple-choice knapsack: exact DP on small models, Lagrangian relaxation and repair\n"
+    "otherwise).\n"
     "  --target-bpw B   bits per weight over the quantized tensors (bpw_quantized of qlab info), hit within\n"
     "                   --tolerance; --whole-file counts every tensor (bpw of qlab info)\n"
     "  --target-size S  size of the output file: 3.5GiB, 900MB, 2G, or bytes\n"
-    "  --rule R         'token_embd>=q6_k', 'blk.*.attn_v>=q4_k', 'blk.0.ffn_down=q8_0' (pin), 'output!=q4_0';\n"
-    "                   >= <= > < compare bits on that tensor; a pattern without '.' names a role in every layer\n"
+    "  --rule R         'token_embd>=q6_k', 'blk.*.attn_v>=q4_k', 'blk.0.ffn_down=q8_0' (pin),\n"
+    "                   'output!=q4_0' (exclude); >= <= > < compare bits on that tensor; a pattern\n"
+    "                   without '.' names a role in every layer ('attn_v' = 'blk.*.attn_v')\n"
     "  --metric M       the error to minimise (default: the highest level measured)\n"
     "Apply the plan with: qlab quant MODEL --plan PLAN.ini -o OUT.gguf\n";
 
@@ -340,7 +411,8 @@ typedef struct {
     double tolerance;
 } alloc_flags;
 
-static int parse_alloc_flag(cli_args *a, const char *flag, alloc_flags *af, const char *cmd, const char *usage) {
+static int parse_alloc_flag(cli_args *a, const char *flag, alloc_flags *af, const char *cmd,
+                            const char *usage) {
     if (!strcmp(flag, "--rule")) {
         const char *v = cli_value(a, flag);
         if (!v) return 1;
@@ -429,42 +501,58 @@ int cmd_plan(int argc, char **argv) {
         rc = cli_fail("plan");
         goto early;
     }
-    ql_alloc_opts o = {.target_bpw = bpw, .whole_file = whole, .target_bytes = target_bytes, .metric = af.metric,
-                       .rules = af.rules, .n_rules = af.n_rules, .tolerance = af.tolerance, .method = af.solver};
+    ql_alloc_opts o = {.target_bpw = bpw,
+                       .whole_file = whole,
+                       .target_bytes = target_bytes,
+                       .metric = af.metric,
+                       .rules = af.rules,
+                       .n_rules = af.n_rules,
+                       .tolerance = af.tolerance,
+                       .method = af.solver};
     if (ql_allocate(s, &o, &r)) {
         rc = cli_fail("plan");
         goto out;
     }
     if (!quiet) {
-        printf("%-28s %-22s %10s %7s %12s  %s\n", "tensor", "choice", "bytes", "bpw", ql_sense_level_name(r.metric), "note");
+        printf("%-28s %-22s %10s %7s %12s  %s\n", "tensor", "choice", "bytes", "bpw",
+               ql_sense_level_name(r.metric), "note");
         for (int t = 0; t < r.n; t++) {
             const ql_alloc_choice *c = &r.c[t];
             const ql_sense_tensor *te = &s->tensors[t];
-            printf("%-28s %-22s %10lld %7.3f %12.4g  %s\n", te->name, c->spec ? c->spec : "(kept)", (long long)c->bytes,
-                   8.0 * (double)c->bytes / (double)(te->ncols * te->nrows), c->err, c->note ? c->note : "");
+            printf("%-28s %-22s %10lld %7.3f %12.4g  %s\n", te->name, c->spec ? c->spec : "(kept)",
+                   (long long)c->bytes, 8.0 * (double)c->bytes / (double)(te->ncols * te->nrows), c->err,
+                   c->note ? c->note : "");
         }
     }
     char gap[64] = "optimal (exact DP)";
     if (!r.exact)
         snprintf(gap, sizeof gap, "lower bound %.4g (gap %.2f%%)", r.lower_bound,
                  r.err > 0 && isfinite(r.lower_bound) ? 100 * (r.err - r.lower_bound) / r.err : 0.0);
-    printf("bpw %.4f over quantized tensors, %.4f over the file; %.2f MiB of weights%s; predicted %s %.5g, %s\n", r.bpw,
-           r.bpw_file, (double)r.bytes / 1048576.0, r.file_bytes ? "" : "", ql_sense_level_name(r.metric), r.err, gap);
-    if (r.file_bytes) printf("estimated file size %lld bytes (%.2f MiB)\n", (long long)r.file_bytes, r.file_bytes / 1048576.0);
+    printf("bpw %.4f over quantized tensors, %.4f over the file; %.2f MiB of weights; predicted %s %.5g, "
+           "%s\n",
+           r.bpw, r.bpw_file, (double)r.bytes / 1048576.0, ql_sense_level_name(r.metric), r.err, gap);
+    if (r.file_bytes)
+        printf("estimated file size %lld bytes (%.2f MiB)\n", (long long)r.file_bytes,
+               r.file_bytes / 1048576.0);
     if (!r.target_hit) {
         if (size)
-            fprintf(stderr, "qlab plan: warning: could not fill the size target (%lld bytes allowed for the weights, "
-                            "%lld used): candidates too coarse or all at their largest\n",
+            fprintf(stderr,
+                    "qlab plan: warning: could not fill the size target (%lld bytes allowed for the weights, "
+                    "%lld used): candidates too coarse or all at their largest\n",
                     (long long)r.budget_bytes, (long long)r.bytes);
         else
-            fprintf(stderr, "qlab plan: warning: achieved %.4f bpw, not within %.3g of %.4f (the candidates cannot get "
-                            "closer)\n",
-                    whole ? r.bpw_file : r.bpw, af.tolerance > 0 ? af.tolerance : 0.01, bpw);
+            fprintf(
+                stderr,
+                "qlab plan: warning: achieved %.4f bpw, not within %.3g of %.4f (the candidates cannot get "
+                "closer)\n",
+                whole ? r.bpw_file : r.bpw, af.tolerance > 0 ? af.tolerance : 0.01, bpw);
     }
     if (out) {
         char src[512];
         if (size) snprintf(src, sizeof src, "qlab plan %s --target-size %s", path, size);
-        else snprintf(src, sizeof src, "qlab plan %s --target-bpw %g%s", path, bpw, whole ? " --whole-file" : "");
+        else
+            snprintf(src, sizeof src, "qlab plan %s --target-bpw %g%s", path, bpw,
+                     whole ? " --whole-file" : "");
         if (ql_alloc_plan(s, &r, src, &plan) || ql_plan_save(plan, *s->model ? s->model : NULL, out)) {
             rc = cli_fail("plan");
             goto out;
@@ -490,9 +578,9 @@ early:
 
 static const char *PARETO_USAGE =
     "usage: qlab pareto SENS.qss [--points 40] [--csv] [--whole-file] [--rule R]... [--metric M]\n"
-    "The predicted error-vs-BPW frontier: the least summed error the allocator finds at each size, from the\n"
-    "cheapest to the most expensive assignment. --csv prints bpw,bpw_file,bytes,error; otherwise a terminal plot\n"
-    "(log error) and a table. Rules as in qlab plan.\n";
+    "The predicted error-vs-BPW frontier: the least summed error the allocator finds at each size, from\n"
+    "the cheapest to the most expensive assignment. --csv prints bpw,bpw_file,bytes,error; otherwise a\n"
+    "terminal plot (log error) and a table. Rules as in qlab plan.\n";
 
 static void plot(const ql_frontier_point *p, int n, bool whole, const char *metric) {
     enum { W = 64, H = 18 };
@@ -510,7 +598,8 @@ static void plot(const ql_frontier_point *p, int n, bool whole, const char *metr
     }
     for (int i = 0; i < n; i++) {
         double x = whole ? p[i].bpw_file : p[i].bpw, y = log10(fmax(p[i].err, 1e-12));
-        int cx = (int)lround((x - x0) / (x1 - x0) * (W - 1)), cy = (int)lround((y1 - y) / (y1 - y0) * (H - 1));
+        int cx = (int)lround((x - x0) / (x1 - x0) * (W - 1)),
+            cy = (int)lround((y1 - y) / (y1 - y0) * (H - 1));
         grid[cy][cx] = '*';
     }
     printf("predicted %s (log scale) vs bits per weight%s\n", metric, whole ? " (whole file)" : "");
@@ -557,14 +646,16 @@ int cmd_pareto(int argc, char **argv) {
     int metric = af.metric >= 0 ? af.metric : ql_sense_complete_level(s);
     if (csv) {
         printf("bpw,bpw_file,bytes,%s\n", ql_sense_level_name(metric));
-        for (int i = 0; i < n; i++) printf("%.6f,%.6f,%lld,%.9g\n", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
+        for (int i = 0; i < n; i++)
+            printf("%.6f,%.6f,%lld,%.9g\n", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
     } else {
         plot(p, n, whole, ql_sense_level_name(metric));
         printf("\n%10s %10s %12s %14s\n", "bpw", "bpw_file", "bytes", ql_sense_level_name(metric));
         int step = n > 16 ? (n + 15) / 16 : 1;
         for (int i = 0; i < n; i++)
             if (i % step == 0 || i == n - 1)
-                printf("%10.4f %10.4f %12lld %14.6g\n", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
+                printf("%10.4f %10.4f %12lld %14.6g\n", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes,
+                       p[i].err);
     }
 out:
     free(p);
@@ -577,9 +668,9 @@ out:
 
 static const char *DIFF_USAGE =
     "usage: qlab sense-diff A.qss B.qss [--level weight|output|kld] [--top N]\n"
-    "Ranks the tensors by sensitivity (geometric mean error over the candidates both files measured) under each\n"
-    "file, e.g. the same model measured with two calibration sets, and lists the tensors whose rank moved most,\n"
-    "with the Spearman correlation of the two rankings.\n";
+    "Ranks the tensors by sensitivity (geometric mean error over the candidates both files measured)\n"
+    "under each file, e.g. the same model measured with two calibration sets, and lists the tensors whose\n"
+    "rank moved most, with the Spearman correlation of the two rankings.\n";
 
 typedef struct {
     int t;
@@ -625,7 +716,8 @@ int cmd_sense_diff(int argc, char **argv) {
         } else if (!strcmp(flag, "--level")) {
             const char *v = cli_value(&a, flag);
             if (v && !ql_sense_level_parse(v, &level))
-                return cli_usage_error("sense-diff", DIFF_USAGE, "--level is weight, output or kld, not '%s'", v);
+                return cli_usage_error("sense-diff", DIFF_USAGE, "--level is weight, output or kld, not '%s'",
+                                       v);
         } else if (!strcmp(flag, "--top")) top = cli_int(&a, flag, 1, 1 << 20);
         else return cli_unknown(&a, flag);
     }
@@ -644,8 +736,8 @@ int cmd_sense_diff(int argc, char **argv) {
     int la = ql_sense_complete_level(A), lb = ql_sense_complete_level(B);
     int lv = level >= 0 ? level : QL_MIN(la, lb);
     if (lv < 0 || lv > la || lv > lb) {
-        fprintf(stderr, "qlab sense-diff: the files are measured at levels %s and %s\n", ql_sense_level_name(la),
-                ql_sense_level_name(lb));
+        fprintf(stderr, "qlab sense-diff: the files are measured at levels %s and %s\n",
+                ql_sense_level_name(la), ql_sense_level_name(lb));
         rc = 1;
         goto out;
     }
@@ -663,7 +755,8 @@ int cmd_sense_diff(int argc, char **argv) {
         rc = 1;
         goto out;
     }
-    double *fa = ql_malloc((size_t)A->n_tensors * sizeof *fa), *fb = ql_malloc((size_t)B->n_tensors * sizeof *fb);
+    double *fa = ql_malloc((size_t)A->n_tensors * sizeof *fa),
+           *fb = ql_malloc((size_t)B->n_tensors * sizeof *fb);
     ql_sense_scores(A, lv, common, nc, fa);
     ql_sense_scores(B, lv, common, nc, fb);
     /* rank over the tensors both files have */
@@ -695,12 +788,14 @@ int cmd_sense_diff(int argc, char **argv) {
     printf("A: %s (%s)\nB: %s (%s)\n", pa, A->calib, pb, B->calib);
     printf("%d tensors, %d common candidates, level %s; Spearman rank correlation %.4f\n", shared, nc,
            ql_sense_level_name(lv), rho);
-    printf("rank 1 = most sensitive; score = geometric mean %s over the common candidates\n\n", ql_sense_level_name(lv));
-    printf("%-28s %6s %6s %6s %12s %12s %8s\n", "tensor", "rank A", "rank B", "move", "score A", "score B", "B/A");
+    printf("rank 1 = most sensitive; score = geometric mean %s over the common candidates\n\n",
+           ql_sense_level_name(lv));
+    printf("%-28s %6s %6s %6s %12s %12s %8s\n", "tensor", "rank A", "rank B", "move", "score A", "score B",
+           "B/A");
     for (int i = 0; i < shared && i < top; i++) {
         int j = mv[i].t;
-        printf("%-28s %6d %6d %+6d %12.4g %12.4g %8.3f\n", A->tensors[idx[j]].name, ra[j], rb[j], mv[i].move, sa[j], sb[j],
-               sa[j] > 0 ? sb[j] / sa[j] : NAN);
+        printf("%-28s %6d %6d %+6d %12.4g %12.4g %8.3f\n", A->tensors[idx[j]].name, ra[j], rb[j], mv[i].move,
+               sa[j], sb[j], sa[j] > 0 ? sb[j] / sa[j] : NAN);
     }
     free(idx);
 out:

@@ -97,7 +97,7 @@ struct ql_mckp_dp {
     pitem *p;
     int64_t base, unit, U;
     uint16_t *ch; /* [n_items][U+1]: kept-choice index */
-    double *f;    /* [U+1]: least error with exactly s extra units (INFINITY: no assignment costs that) */
+    double *f; /* [U+1]: least error with exactly s extra units (INFINITY: no assignment costs that) */
     bool exact;
 };
 
@@ -122,7 +122,8 @@ static ql_status dp_build(pitem *p, int n_items, int64_t max_budget, int64_t max
         for (int j = 1; j < p[i].n; j++) g = gcd64(g, p[i].cost[j] - p[i].cost[0]);
     }
     if (max_budget < base)
-        return ql_fail(QL_ERR_ARG, "budget %lld below the cheapest assignment %lld", (long long)max_budget, (long long)base);
+        return ql_fail(QL_ERR_ARG, "budget %lld below the cheapest assignment %lld", (long long)max_budget,
+                       (long long)base);
     if (g == 0) g = 1;
     int64_t extra = QL_MIN(max_budget - base, span);
     int64_t unit = g, U = extra / unit;
@@ -182,8 +183,7 @@ static ql_status dp_build(pitem *p, int n_items, int64_t max_budget, int64_t max
     if (prev != dp->f) {
         memcpy(dp->f, prev, S * sizeof(double));
         free(prev);
-    } else
-        free(cur);
+    } else free(cur);
     *out = dp;
     return QL_OK;
 }
@@ -281,8 +281,7 @@ static void lagrange(const pitem *p, int n, int64_t budget, int *kch, double *bo
         if (c <= budget) {
             hi = mid;
             memcpy(kch, tmp, (size_t)n * sizeof *kch);
-        } else
-            lo = mid;
+        } else lo = mid;
     }
     free(tmp);
 }
@@ -489,7 +488,8 @@ static ql_status parse_rule(const char *text, rule *r) {
     else return ql_fail(QL_ERR_ARG, "rule '%s': unknown operator", text);
     if (ql_parse_format_method(rest, &r->f, r->method, sizeof r->method))
         return ql_fail(QL_ERR_ARG, "rule '%s': %s", text, ql_last_error());
-    if (!ql_method_by_name(r->method)) return ql_fail(QL_ERR_ARG, "rule '%s': unknown method '%s'", text, r->method);
+    if (!ql_method_by_name(r->method))
+        return ql_fail(QL_ERR_ARG, "rule '%s': unknown method '%s'", text, r->method);
     if (strcmp(r->method, "rtn") == 0) snprintf(r->spec, sizeof r->spec, "%s", r->f->name);
     else snprintf(r->spec, sizeof r->spec, "%s+%s", r->f->name, ql_method_by_name(r->method)->name);
     return QL_OK;
@@ -500,7 +500,8 @@ static bool rule_matches(const rule *r, const char *name) {
     snprintf(base, sizeof base, "%s", name);
     size_t l = strlen(base);
     if (l > 7 && strcmp(base + l - 7, ".weight") == 0) base[l - 7] = 0;
-    if (strchr(r->pattern, '.')) return fnmatch(r->pattern, name, 0) == 0 || fnmatch(r->pattern, base, 0) == 0;
+    if (strchr(r->pattern, '.'))
+        return fnmatch(r->pattern, name, 0) == 0 || fnmatch(r->pattern, base, 0) == 0;
     /* a bare role: strip "blk.N." */
     const char *q = base;
     if (!strncmp(q, "blk.", 4)) {
@@ -520,12 +521,18 @@ static double ref_bits(const ql_format *f, int64_t ncols, int64_t nrows) {
 static bool rule_allows(const rule *r, const char *spec, int64_t bytes, double rbits) {
     double bits = 8.0 * (double)bytes;
     switch (r->op) {
-    case OP_GE: return bits >= rbits;
-    case OP_GT: return bits > rbits;
-    case OP_LE: return bits <= rbits;
-    case OP_LT: return bits < rbits;
-    case OP_NOT: return strcmp(spec, r->spec) != 0;
-    case OP_PIN: return strcmp(spec, r->spec) == 0;
+    case OP_GE:
+        return bits >= rbits;
+    case OP_GT:
+        return bits > rbits;
+    case OP_LE:
+        return bits <= rbits;
+    case OP_LT:
+        return bits < rbits;
+    case OP_NOT:
+        return strcmp(spec, r->spec) != 0;
+    case OP_PIN:
+        return strcmp(spec, r->spec) == 0;
     }
     return true;
 }
@@ -536,8 +543,8 @@ typedef struct {
     int n;
     int64_t *cost;
     double *err;
-    int *cand;      /* sense candidate, -1: synthetic (pin to an unmeasured format, or kept) */
-    char **spec;    /* borrowed from the sense file or the rules; NULL: kept */
+    int *cand; /* sense candidate, -1: synthetic (pin to an unmeasured format, or kept) */
+    char **spec; /* borrowed from the sense file or the rules; NULL: kept */
     const char *note;
     char notebuf[256];
 } alloc_item;
@@ -559,7 +566,8 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 /* Candidate choices per tensor after the rules. rules_buf holds the parsed rules (for the pins' specs). */
-static ql_status build_items(const ql_sense *s, const ql_alloc_opts *o, int metric, rule *rules, alloc_item **out) {
+static ql_status build_items(const ql_sense *s, const ql_alloc_opts *o, int metric, rule *rules,
+                             alloc_item **out) {
     *out = NULL;
     /* a tensor without a measurement at the metric (e.g. no statistics for the output level) falls back to
      * its weight error scaled by the median metric/weight ratio of the cells that have both */
@@ -626,10 +634,12 @@ static ql_status build_items(const ql_sense *s, const ql_alloc_opts *o, int metr
                     it->spec[0] = it->spec[keep];
                     it->n = 1;
                 } else {
-                    int64_t b = ql_format_fits(r->f, te->ncols) ? ql_format_tensor_bytes(r->f, te->ncols, te->nrows) : -1;
+                    int64_t b = ql_format_fits(r->f, te->ncols)
+                                    ? ql_format_tensor_bytes(r->f, te->ncols, te->nrows)
+                                    : -1;
                     if (b < 0) {
-                        st = ql_fail(QL_ERR_ARG, "rule '%s': %s does not fit %s (rows of %lld)", r->text, r->f->name,
-                                     te->name, (long long)te->ncols);
+                        st = ql_fail(QL_ERR_ARG, "rule '%s': %s does not fit %s (rows of %lld)", r->text,
+                                     r->f->name, te->name, (long long)te->ncols);
                         break;
                     }
                     it->cost[0] = b;
@@ -638,7 +648,8 @@ static ql_status build_items(const ql_sense *s, const ql_alloc_opts *o, int metr
                     it->spec[0] = r->spec;
                     it->n = 1;
                 }
-                snprintf(it->notebuf, sizeof it->notebuf, "pinned by '%s'%s", r->text, keep >= 0 ? "" : " (not measured)");
+                snprintf(it->notebuf, sizeof it->notebuf, "pinned by '%s'%s", r->text,
+                         keep >= 0 ? "" : " (not measured)");
                 it->note = it->notebuf;
                 continue;
             }
@@ -697,16 +708,18 @@ static int64_t orig_quantized_bytes(const ql_sense *s) {
 
 static ql_status choose_metric(const ql_sense *s, int want, int *metric) {
     int have = ql_sense_complete_level(s);
-    if (have < 0) return ql_fail(QL_ERR_ARG, "the sensitivity file is incomplete (run the same qlab sense command to finish it)");
+    if (have < 0)
+        return ql_fail(QL_ERR_ARG,
+                       "the sensitivity file is incomplete (run the same qlab sense command to finish it)");
     if (want > have)
-        return ql_fail(QL_ERR_ARG, "the file is measured at the %s level; %s was asked for", ql_sense_level_name(have),
-                       ql_sense_level_name(want));
+        return ql_fail(QL_ERR_ARG, "the file is measured at the %s level; %s was asked for",
+                       ql_sense_level_name(have), ql_sense_level_name(want));
     *metric = want >= 0 ? want : have;
     return QL_OK;
 }
 
-static ql_status prepare(const ql_sense *s, const ql_alloc_opts *o, int *metric, rule **rules, alloc_item **items,
-                         ql_mckp_item **mk) {
+static ql_status prepare(const ql_sense *s, const ql_alloc_opts *o, int *metric, rule **rules,
+                         alloc_item **items, ql_mckp_item **mk) {
     *rules = NULL;
     *items = NULL;
     *mk = NULL;
@@ -747,7 +760,8 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
     int64_t budget, fill_to;
     if (o->target_bytes > 0) {
         /* the output GGUF = the input's metadata and unquantized tensors + the planned tensors + padding */
-        if (!s->file_bytes) return ql_fail(QL_ERR_ARG, "%s: model file size unknown; use --target-bpw", s->model);
+        if (!s->file_bytes)
+            return ql_fail(QL_ERR_ARG, "%s: model file size unknown; use --target-bpw", s->model);
         int64_t fixed = s->file_bytes - orig_quantized_bytes(s) + 32 * s->n_tensors_file;
         budget = o->target_bytes - fixed;
         fill_to = budget - (int64_t)(tol * (double)nq / 8);
@@ -759,8 +773,7 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
             budget = (int64_t)floor(o->target_bpw * (double)nq / 8);
             fill_to = (int64_t)ceil((o->target_bpw - tol) * (double)nq / 8);
         }
-    } else
-        return ql_fail(QL_ERR_ARG, "no target (give a bits-per-weight or a size)");
+    } else return ql_fail(QL_ERR_ARG, "no target (give a bits-per-weight or a size)");
     int metric;
     rule *rules;
     alloc_item *items;
@@ -778,14 +791,18 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
         dearest += hi;
     }
     if (budget < cheapest) {
-        double bmin = o->whole_file ? 8.0 * (double)(cheapest + s->other_bytes) / (double)nall : 8.0 * (double)cheapest / (double)nq;
-        st = ql_fail(QL_ERR_ARG, "target below the smallest assignment the candidates and rules allow (%.4f bpw%s, %lld bytes)",
-                     bmin, o->whole_file ? " over the file" : "", (long long)cheapest);
+        double bmin = o->whole_file ? 8.0 * (double)(cheapest + s->other_bytes) / (double)nall
+                                    : 8.0 * (double)cheapest / (double)nq;
+        st = ql_fail(
+            QL_ERR_ARG,
+            "target below the smallest assignment the candidates and rules allow (%.4f bpw%s, %lld bytes)",
+            bmin, o->whole_file ? " over the file" : "", (long long)cheapest);
         goto out;
     }
     int *ch = ql_malloc((size_t)s->n_tensors * sizeof *ch);
     ql_mckp_result mr;
-    st = ql_mckp_solve(mk, s->n_tensors, QL_MIN(budget, dearest), fill_to, (ql_mckp_method)o->method, o->max_cells, ch, &mr);
+    st = ql_mckp_solve(mk, s->n_tensors, QL_MIN(budget, dearest), fill_to, (ql_mckp_method)o->method,
+                       o->max_cells, ch, &mr);
     if (st) {
         free(ch);
         goto out;

@@ -20,30 +20,30 @@ struct ql_plan;
 /* ---------------- the knapsack ---------------- */
 
 typedef struct {
-    int n;               /* choices */
+    int n; /* choices */
     const int64_t *cost; /* [n] >= 0, any unit (the allocator uses bytes) */
-    const double *err;   /* [n] finite */
+    const double *err; /* [n] finite */
 } ql_mckp_item;
 
 typedef enum { QL_MCKP_AUTO = 0, QL_MCKP_DP, QL_MCKP_LAGRANGE } ql_mckp_method;
 
 typedef struct {
-    int64_t cost;        /* total cost of the choice */
-    double err;          /* total error */
-    bool exact;          /* proven optimal (DP at exact resolution) among the assignments costing between
+    int64_t cost; /* total cost of the choice */
+    double err; /* total error */
+    bool exact; /* proven optimal (DP at exact resolution) among the assignments costing between
                             fill_to and budget, or within budget when none does */
-    double lower_bound;  /* a lower bound on the least error within budget (that optimum when exact) */
+    double lower_bound; /* a lower bound on the least error within budget (that optimum when exact) */
 } ql_mckp_result;
 
 /* Chooses choice[i] for every item with total cost <= budget and the least total error. With fill_to > 0
  * the answer costs at least fill_to when some assignment can (a target BPW is hit, not undershot): the
- * DP searches that window exactly; otherwise upgrades of least added error fill it. max_cells bounds the DP table
- * (items x budget states; 0: 1<<26). QL_ERR_ARG when even the cheapest choices exceed the budget
+ * DP searches that window exactly; otherwise upgrades of least added error fill it. max_cells bounds the
+ * DP table (items x budget states; 0: 1<<25). QL_ERR_ARG when even the cheapest choices exceed the budget
  * (the message names the smallest feasible cost). */
 ql_status ql_mckp_solve(const ql_mckp_item *items, int n_items, int64_t budget, int64_t fill_to,
                         ql_mckp_method method, int64_t max_cells, int *choice, ql_mckp_result *res);
 
-/* The whole frontier at once: one DP up to max_budget, then queries at any budget in O(items). */
+/* The whole frontier at once: one DP up to max_budget, then a query per budget (a scan of the states). */
 typedef struct ql_mckp_dp ql_mckp_dp;
 ql_status ql_mckp_dp_new(const ql_mckp_item *items, int n_items, int64_t max_budget, int64_t max_cells,
                          ql_mckp_dp **out);
@@ -62,48 +62,49 @@ void ql_mckp_dp_free(ql_mckp_dp *dp);
  * PATTERN is a glob (fnmatch) over the tensor name with or without ".weight" ("blk.*.attn_v",
  * "token_embd"); a pattern without '.' matches the role in every layer ("attn_v" = "blk.*.attn_v"). */
 typedef struct {
-    double target_bpw;       /* > 0: bits per weight over the quantized tensors (or the file, whole_file) */
+    double target_bpw; /* > 0: bits per weight over the quantized tensors (or the file, whole_file) */
     bool whole_file;
-    int64_t target_bytes;    /* > 0 instead: the size of the output GGUF */
-    int metric;              /* ql_sense_level whose error is minimised; -1: the highest measured */
+    int64_t target_bytes; /* > 0 instead: the size of the output GGUF */
+    int metric; /* ql_sense_level whose error is minimised; -1: the highest measured */
     char *const *rules;
     int n_rules;
-    double tolerance;        /* achieved bpw within this of the target when possible; 0: 0.01 */
-    int method;              /* ql_mckp_method */
-    int64_t max_cells;       /* DP table limit (0: default) */
+    double tolerance; /* achieved bpw within this of the target when possible; 0: 0.01 */
+    int method; /* ql_mckp_method */
+    int64_t max_cells; /* DP table limit (0: default) */
 } ql_alloc_opts;
 
 typedef struct {
-    char *spec;      /* "q4_0", "int4_g32_mse+gptq"; NULL: kept as loaded (no candidate fits) */
-    int cand;        /* index into the sense candidates; -1 for pins outside them and kept tensors */
+    char *spec; /* "q4_0", "int4_g32_mse+gptq"; NULL: kept as loaded (no candidate fits) */
+    int cand; /* index into the sense candidates; -1 for pins outside them and kept tensors */
     int64_t bytes;
-    double err;      /* predicted (0 when unknown: pinned to an unmeasured format, or kept) */
-    char *note;      /* why, when a rule or the rows decided it; may be NULL */
+    double err; /* predicted (0 when unknown: pinned to an unmeasured format, or kept) */
+    char *note; /* why, when a rule or the rows decided it; may be NULL */
 } ql_alloc_choice;
 
 typedef struct {
-    int n;                   /* = sense->n_tensors */
+    int n; /* = sense->n_tensors */
     ql_alloc_choice *c;
-    int metric;              /* level used */
-    int64_t bytes, params;   /* quantized tensors */
-    double bpw;              /* over the quantized tensors */
-    double bpw_file;         /* over every tensor */
-    int64_t file_bytes;      /* estimated output size (0 when the model size is unknown) */
+    int metric; /* level used */
+    int64_t bytes, params; /* quantized tensors */
+    double bpw; /* over the quantized tensors */
+    double bpw_file; /* over every tensor */
+    int64_t file_bytes; /* estimated output size (0 when the model size is unknown) */
     double err, lower_bound; /* predicted total error and a lower bound on the optimum */
     bool exact;
-    int64_t budget_bytes;    /* what the target allowed for the quantized tensors */
-    bool target_hit;         /* achieved within the tolerance */
+    int64_t budget_bytes; /* what the target allowed for the quantized tensors */
+    bool target_hit; /* achieved within the tolerance */
 } ql_alloc_result;
 
 ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result *r);
 void ql_alloc_result_free(ql_alloc_result *r);
 /* Per-tensor plan (plan.h); source names the sense file and the target. *out: ql_plan_free. */
-ql_status ql_alloc_plan(const ql_sense *s, const ql_alloc_result *r, const char *source, struct ql_plan **out);
+ql_status ql_alloc_plan(const ql_sense *s, const ql_alloc_result *r, const char *source,
+                        struct ql_plan **out);
 
 typedef struct {
-    double bpw, bpw_file;    /* achieved */
-    int64_t bytes;           /* quantized tensors */
-    double err;              /* predicted total error */
+    double bpw, bpw_file; /* achieved */
+    int64_t bytes; /* quantized tensors */
+    double err; /* predicted total error */
 } ql_frontier_point;
 
 /* The predicted error-vs-BPW frontier under the rules of o (targets ignored): n_points budgets evenly

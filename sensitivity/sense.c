@@ -89,6 +89,12 @@ ql_status ql_sense_parse_candidates(const char *list, char ***out, int *n_out) {
                 st = ql_fail(QL_ERR_ARG, "candidate '%s+%s': unknown method '%s'", item, method, method);
                 break;
             }
+            if (ql_method_by_name(method)->transform_layer) {
+                /* AWQ/SmoothQuant move scales between the tensors of a layer: no per-tensor error to measure */
+                st = ql_fail(QL_ERR_ARG, "candidate '%s+%s': %s transforms whole layers; per-tensor sensitivity "
+                                         "cannot measure it", item, method, method);
+                break;
+            }
         }
         char spec[160];
         if (strpbrk(item, "*?[")) {
@@ -100,12 +106,14 @@ ql_status ql_sense_parse_candidates(const char *list, char ***out, int *n_out) {
                 push_unique(&v, &n, &cap, spec);
                 matched++;
             }
-            if (!matched) st = ql_fail(QL_ERR_ARG, "candidate pattern '%s' matches no format that can quantize", item);
+            if (!matched)
+                st = ql_fail(QL_ERR_ARG, "candidate pattern '%s' matches no format that can quantize", item);
             continue;
         }
         const ql_format *f = ql_format_by_name(item);
         if (!f) st = ql_fail(QL_ERR_ARG, "candidate '%s': unknown format (qlab formats lists them)", item);
-        else if (!f->quantize_rows) st = ql_fail(QL_ERR_ARG, "candidate '%s': qlab can decode but not encode it", item);
+        else if (!f->quantize_rows)
+            st = ql_fail(QL_ERR_ARG, "candidate '%s': qlab can decode but not encode it", item);
         else {
             canonical_spec(spec, sizeof spec, f, method);
             push_unique(&v, &n, &cap, spec);
@@ -148,7 +156,8 @@ ql_status ql_sense_new(const ql_model *m, char *const *cands, int n_cand, ql_sen
         const ql_format *f;
         char method[64];
         if (ql_parse_format_method(cands[c], &f, method, sizeof method)) return QL_ERR_ARG;
-        if (!ql_method_by_name(method)) return ql_fail(QL_ERR_ARG, "candidate '%s': unknown method", cands[c]);
+        if (!ql_method_by_name(method))
+            return ql_fail(QL_ERR_ARG, "candidate '%s': unknown method", cands[c]);
     }
     const ql_gguf *g = m->gguf;
     ql_sense *s = ql_calloc(1, sizeof *s);
@@ -181,7 +190,8 @@ ql_status ql_sense_new(const ql_model *m, char *const *cands, int n_cand, ql_sen
     s->cells = ql_calloc((size_t)s->n_tensors * (size_t)n_cand + 1, sizeof *s->cells);
     for (int t = 0; t < s->n_tensors; t++)
         for (int c = 0; c < n_cand; c++)
-            cell_reset(ql_sense_cell_at(s, t, c), cand_bytes(s->cand[c], s->tensors[t].ncols, s->tensors[t].nrows));
+            cell_reset(ql_sense_cell_at(s, t, c),
+                       cand_bytes(s->cand[c], s->tensors[t].ncols, s->tensors[t].nrows));
     *out = s;
     return QL_OK;
 }
@@ -216,8 +226,8 @@ static void set_str(char **dst, const char *v) {
     *dst = ql_strdup(v ? v : "");
 }
 
-void ql_sense_set_context(ql_sense *s, const char *calib, const int32_t *tokens, int64_t n_seq, int64_t seq_len,
-                          const char *stats, const char *imatrix, int level) {
+void ql_sense_set_context(ql_sense *s, const char *calib, const int32_t *tokens, int64_t n_seq,
+                          int64_t seq_len, const char *stats, const char *imatrix, int level) {
     set_str(&s->calib, calib);
     set_str(&s->stats, stats);
     set_str(&s->imatrix, imatrix);
@@ -241,19 +251,23 @@ int ql_sense_find_cand(const ql_sense *s, const char *spec) {
 
 ql_status ql_sense_adopt(ql_sense *dst, const ql_sense *old, int *n_adopted) {
     if (n_adopted) *n_adopted = 0;
-    if (old->n_tensors != dst->n_tensors) return ql_fail(QL_ERR_ARG, "a different model (%d tensors, not %d)", old->n_tensors, dst->n_tensors);
+    if (old->n_tensors != dst->n_tensors)
+        return ql_fail(QL_ERR_ARG, "a different model (%d tensors, not %d)", old->n_tensors, dst->n_tensors);
     for (int t = 0; t < dst->n_tensors; t++) {
         const ql_sense_tensor *a = &dst->tensors[t], *b = &old->tensors[t];
-        if (strcmp(a->name, b->name) || a->ncols != b->ncols || a->nrows != b->nrows || a->orig_type != b->orig_type)
+        if (strcmp(a->name, b->name) || a->ncols != b->ncols || a->nrows != b->nrows ||
+            a->orig_type != b->orig_type)
             return ql_fail(QL_ERR_ARG, "a different model (tensor %d is %s, not %s)", t, b->name, a->name);
     }
     /* weight-level numbers depend on the tokens only through data-aware methods and the imatrix, but one
      * rule is easier to trust: the same calibration or nothing */
     if (old->tokens_hash != dst->tokens_hash || old->n_seq != dst->n_seq || old->seq_len != dst->seq_len)
-        return ql_fail(QL_ERR_ARG, "different calibration tokens (%lld x %lld from '%s', not %lld x %lld from '%s')",
+        return ql_fail(QL_ERR_ARG,
+                       "different calibration tokens (%lld x %lld from '%s', not %lld x %lld from '%s')",
                        (long long)old->n_seq, (long long)old->seq_len, old->calib, (long long)dst->n_seq,
                        (long long)dst->seq_len, dst->calib);
-    if (strcmp(old->stats, dst->stats)) return ql_fail(QL_ERR_ARG, "different statistics ('%s', not '%s')", old->stats, dst->stats);
+    if (strcmp(old->stats, dst->stats))
+        return ql_fail(QL_ERR_ARG, "different statistics ('%s', not '%s')", old->stats, dst->stats);
     if (strcmp(old->imatrix, dst->imatrix))
         return ql_fail(QL_ERR_ARG, "a different imatrix ('%s', not '%s')", old->imatrix, dst->imatrix);
     int n = 0;
@@ -278,10 +292,14 @@ double ql_sense_error(const ql_sense *s, int t, int c, int level) {
     const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
     if (e->bytes < 0 || e->level < level) return NAN;
     switch (level) {
-    case QL_SENSE_WEIGHT: return e->werr;
-    case QL_SENSE_OUTPUT: return e->oerr;
-    case QL_SENSE_KLD: return e->kld;
-    default: return NAN;
+    case QL_SENSE_WEIGHT:
+        return e->werr;
+    case QL_SENSE_OUTPUT:
+        return e->oerr;
+    case QL_SENSE_KLD:
+        return e->kld;
+    default:
+        return NAN;
     }
 }
 
@@ -324,12 +342,14 @@ struct kld_ctx {
     const int32_t *tokens;
     int T, V, D, L;
     int64_t n_seq;
-    float *resid;   /* [(L+1) * n_seq * T * D] */
+    float *resid; /* [(L+1) * n_seq * T * D] */
     float *base_lp; /* [n_seq * T * V] */
     ql_scratch **sc;
     float **logits;
     hook_user *hu;
     double *kld, *nll; /* per sequence */
+    double base_ppl;
+    int n_workers;
     int layer_from;
     bool from_tokens;
     bool base;
@@ -377,7 +397,8 @@ static void kld_item(void *vctx, int worker, int64_t seq) {
         c->hu[worker].seq = seq;
         s = ql_forward(c->inf, c->sc[worker], tok, T, 0, lg);
     } else
-        s = ql_forward_from(c->inf, c->sc[worker], tok, c->from_tokens ? NULL : resid_at(c, c->layer_from, seq),
+        s = ql_forward_from(c->inf, c->sc[worker], tok,
+                            c->from_tokens ? NULL : resid_at(c, c->layer_from, seq),
                             c->from_tokens ? 0 : c->layer_from, T, 0, lg);
     if (s) {
         kld_fail(c, s);
@@ -420,12 +441,14 @@ static ql_status kld_run(kld_ctx *c, int n_threads) {
 /* Σ_r d_r H d_rᵀ for D [nrows, n] (float) and H [n, n] (double, symmetric). */
 static double quad_form(const float *d, int64_t nrows, int64_t n, const double *H) {
     const int64_t blk = 64;
-    double *db = ql_malloc((size_t)(blk * n) * sizeof(double)), *mb = ql_malloc((size_t)(blk * n) * sizeof(double));
+    double *db = ql_malloc((size_t)(blk * n) * sizeof(double)),
+           *mb = ql_malloc((size_t)(blk * n) * sizeof(double));
     double tr = 0;
     for (int64_t r0 = 0; r0 < nrows; r0 += blk) {
         int64_t rb = QL_MIN(blk, nrows - r0);
         for (int64_t i = 0; i < rb * n; i++) db[i] = d[r0 * n + i];
-        cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (int)rb, (int)n, 1.0, H, (int)n, db, (int)n, 0.0, mb, (int)n);
+        cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (int)rb, (int)n, 1.0, H, (int)n, db, (int)n, 0.0,
+                    mb, (int)n);
         for (int64_t i = 0; i < rb * n; i++) tr += db[i] * mb[i];
     }
     free(db);
@@ -475,9 +498,9 @@ static ql_status checkpoint(checkpointer *cp, bool force) {
     return ql_sense_save(cp->s, cp->path);
 }
 
-static void kld_ctx_free(kld_ctx *c, int n_workers) {
+static void kld_ctx_free(kld_ctx *c) {
     if (c->sc)
-        for (int w = 0; w < n_workers; w++) {
+        for (int w = 0; w < c->n_workers; w++) {
             ql_scratch_free(c->sc[w]);
             free(c->logits[w]);
         }
@@ -491,16 +514,112 @@ static void kld_ctx_free(kld_ctx *c, int n_workers) {
     pthread_mutex_destroy(&c->lock);
 }
 
-ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress) {
+/* wq = dequantized Q(w) exactly as qlab quant produces it: the method (RTN when it needs statistics the
+ * tensor has none of, as for embeddings), importance from the imatrix for formats that use it.
+ * work: scratch of the same size (methods modify their input). */
+static ql_status quantize_as_planned(const char *name, const float *w, float *work, float *wq, int64_t nr,
+                                     int64_t nc, const ql_format *f, const char *method,
+                                     const ql_input_stats *vp, const ql_imatrix *im, int nth) {
+    const ql_method *me = ql_method_by_name(method);
+    if (!me) return ql_fail(QL_ERR_ARG, "unknown method '%s'", method);
+    if (me->needs && !vp) me = ql_method_by_name("rtn");
+    int64_t bytes = ql_format_fits(f, nc) ? ql_format_tensor_bytes(f, nc, nr) : -1;
+    if (bytes < 0) return ql_fail(QL_ERR_ARG, "%s: rows of %lld do not fit %s", name, (long long)nc, f->name);
+    float *imp = NULL;
+    if (im && f->uses_importance) {
+        imp = ql_malloc((size_t)nc * sizeof(float));
+        if (!ql_imatrix_importance(im, name, nc, imp)) {
+            free(imp);
+            imp = NULL;
+        }
+    }
+    void *q = malloc((size_t)bytes + 64);
+    if (!q) {
+        free(imp);
+        return ql_fail(QL_ERR_NOMEM, "out of memory quantizing '%s'", name);
+    }
+    memcpy(work, w, (size_t)(nr * nc) * sizeof(float));
+    ql_method_opts mo = {.n_threads = nth, .importance = imp, .progress = NULL};
+    ql_status st = me->quantize_tensor(work, nr, nc, f, vp, &mo, q);
+    if (!st) st = ql_format_dequantize(f, q, wq, nr, nc, nth);
+    free(q);
+    free(imp);
+    return st;
+}
+
+/* Buffers for n_workers, then the base pass: log-probabilities and (residuals) every layer's input stream. */
+static ql_status kld_setup(kld_ctx *kc, const ql_infer *inf, const ql_sense_opts *o, int n_workers,
+                           bool residuals, const ql_progress *progress) {
+    const ql_config *cfg = &ql_infer_model(inf)->cfg;
+    kc->inf = inf;
+    kc->tokens = o->tokens;
+    kc->T = o->seq_len;
+    kc->V = cfg->n_vocab;
+    kc->D = cfg->n_embd;
+    kc->L = cfg->n_layer;
+    kc->n_seq = o->n_seq;
+    kc->progress = progress;
+    size_t nr = residuals ? (size_t)(kc->L + 1) * (size_t)kc->n_seq * (size_t)kc->T * (size_t)kc->D : 0;
+    size_t nb = (size_t)kc->n_seq * (size_t)kc->T * (size_t)kc->V;
+    kc->resid = nr ? malloc(nr * sizeof(float)) : NULL;
+    kc->base_lp = malloc(nb * sizeof(float));
+    if ((nr && !kc->resid) || !kc->base_lp)
+        return ql_fail(QL_ERR_NOMEM,
+                       "the kld level needs %.1f GiB for base log-probabilities and residual streams; "
+                       "use fewer calibration tokens",
+                       (double)(nr + nb) * 4 / (1 << 30));
+    kc->sc = ql_calloc((size_t)n_workers, sizeof *kc->sc);
+    kc->logits = ql_calloc((size_t)n_workers, sizeof *kc->logits);
+    kc->hu = ql_calloc((size_t)n_workers, sizeof *kc->hu);
+    kc->kld = ql_calloc((size_t)kc->n_seq, sizeof *kc->kld);
+    kc->nll = ql_calloc((size_t)kc->n_seq, sizeof *kc->nll);
+    for (int wk = 0; wk < n_workers; wk++) {
+        kc->sc[wk] = ql_scratch_new(inf, kc->T);
+        kc->logits[wk] = ql_malloc((size_t)kc->T * (size_t)kc->V * sizeof(float));
+        kc->hu[wk].c = kc;
+        if (residuals) ql_scratch_set_hook(kc->sc[wk], capture, &kc->hu[wk]);
+    }
+    kc->n_workers = n_workers;
+    kc->base = true;
+    ql_status st = kld_run(kc, n_workers);
+    kc->base = false;
+    for (int wk = 0; wk < n_workers; wk++) ql_scratch_set_hook(kc->sc[wk], NULL, NULL);
+    if (st) return st;
+    double nll = 0;
+    for (int64_t q = 0; q < kc->n_seq; q++) nll += kc->nll[q];
+    kc->base_ppl = exp(nll / ((double)kc->n_seq * (kc->T - 1)));
+    return QL_OK;
+}
+
+/* One probe over every sequence with the infer's current weights; mean KLD per token and perplexity. */
+static ql_status kld_probe(kld_ctx *kc, int layer_from, bool from_tokens, double *kld, double *ppl) {
+    kc->layer_from = layer_from;
+    kc->from_tokens = from_tokens;
+    ql_status st = kld_run(kc, kc->n_workers);
+    if (st) return st;
+    double k = 0, nll = 0;
+    for (int64_t q = 0; q < kc->n_seq; q++) {
+        k += kc->kld[q];
+        nll += kc->nll[q];
+    }
+    *kld = k / ((double)kc->n_seq * kc->T);
+    *ppl = exp(nll / ((double)kc->n_seq * (kc->T - 1)));
+    return QL_OK;
+}
+
+ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *o,
+                           const ql_progress *progress) {
     const int level = o->level;
     const int nth = o->n_threads > 0 ? o->n_threads : 1;
-    if (level < QL_SENSE_WEIGHT || level > QL_SENSE_KLD) return ql_fail(QL_ERR_ARG, "bad sensitivity level %d", level);
+    if (level < QL_SENSE_WEIGHT || level > QL_SENSE_KLD)
+        return ql_fail(QL_ERR_ARG, "bad sensitivity level %d", level);
     if (level >= QL_SENSE_OUTPUT && (!o->tokens || o->n_seq <= 0 || o->seq_len < 2))
         return ql_fail(QL_ERR_ARG, "the %s level needs calibration tokens", ql_sense_level_name(level));
     if (o->tokens)
         for (int64_t i = 0; i < o->n_seq * o->seq_len; i++)
             if (o->tokens[i] < 0 || o->tokens[i] >= m->cfg.n_vocab)
-                return ql_fail(QL_ERR_ARG, "calibration token %d out of range (vocab %d)", o->tokens[i], m->cfg.n_vocab);
+                return ql_fail(QL_ERR_ARG, "calibration token %d out of range (vocab %d)", o->tokens[i],
+                               m->cfg.n_vocab);
     for (int c = 0; c < s->n_cand; c++) {
         const ql_format *f;
         char mname[64];
@@ -508,7 +627,9 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         const ql_method *me = ql_method_by_name(mname);
         if (!me) return ql_fail(QL_ERR_ARG, "candidate '%s': unknown method", s->cand[c]);
         if (me->needs && !o->stats)
-            return ql_fail(QL_ERR_ARG, "candidate '%s' needs calibration statistics (--stats, or --calib/--text)", s->cand[c]);
+            return ql_fail(QL_ERR_ARG,
+                           "candidate '%s' needs calibration statistics (--stats, or --calib/--text)",
+                           s->cand[c]);
         if ((me->needs & QL_NEEDS_HESSIAN) && !o->stats->has_hessian)
             return ql_fail(QL_ERR_ARG, "candidate '%s' needs Hessians; the statistics have none", s->cand[c]);
     }
@@ -529,8 +650,8 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         }
     }
     if (level > s->level) s->level = level;
-    checkpointer cp = {s, o->checkpoint, o->checkpoint_s > 0 ? o->checkpoint_s : 20.0, ql_time_s(), ql_time_s(),
-                       s->seconds};
+    checkpointer cp = {s,           o->checkpoint, o->checkpoint_s > 0 ? o->checkpoint_s : 20.0,
+                       ql_time_s(), ql_time_s(),   s->seconds};
     if (!todo) return checkpoint(&cp, true);
 
     const ql_config *cfg = &m->cfg;
@@ -540,8 +661,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
     pthread_mutex_init(&kc.lock, NULL);
     int n_workers = (int)QL_MIN((int64_t)nth, QL_MAX(o->n_seq, 1));
     int64_t *counts = NULL;
-    float *w = NULL, *wq = NULL, *work = NULL, *delta = NULL, *imp = NULL;
-    void *qbuf = NULL;
+    float *w = NULL, *wq = NULL, *work = NULL, *delta = NULL;
     ql_status st = QL_OK;
     int64_t done = 0;
 
@@ -551,42 +671,9 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
     }
     if (need_kld) {
         if ((st = ql_infer_new(m, nth, &inf))) goto out;
-        kc.inf = inf;
-        kc.tokens = o->tokens;
-        kc.T = o->seq_len;
-        kc.V = cfg->n_vocab;
-        kc.D = cfg->n_embd;
-        kc.L = cfg->n_layer;
-        kc.n_seq = o->n_seq;
-        kc.progress = progress;
-        size_t nr = (size_t)(kc.L + 1) * (size_t)kc.n_seq * (size_t)kc.T * (size_t)kc.D;
-        size_t nb = (size_t)kc.n_seq * (size_t)kc.T * (size_t)kc.V;
-        kc.resid = malloc(nr * sizeof(float));
-        kc.base_lp = malloc(nb * sizeof(float));
-        if (!kc.resid || !kc.base_lp) {
-            st = ql_fail(QL_ERR_NOMEM, "the kld level needs %.1f GiB for base log-probabilities and residual streams; "
-                                       "use fewer calibration tokens", (double)(nr + nb) * 4 / (1 << 30));
-            goto out;
-        }
-        kc.sc = ql_calloc((size_t)n_workers, sizeof *kc.sc);
-        kc.logits = ql_calloc((size_t)n_workers, sizeof *kc.logits);
-        kc.hu = ql_calloc((size_t)n_workers, sizeof *kc.hu);
-        kc.kld = ql_calloc((size_t)kc.n_seq, sizeof *kc.kld);
-        kc.nll = ql_calloc((size_t)kc.n_seq, sizeof *kc.nll);
-        for (int wk = 0; wk < n_workers; wk++) {
-            kc.sc[wk] = ql_scratch_new(inf, kc.T);
-            kc.logits[wk] = ql_malloc((size_t)kc.T * (size_t)kc.V * sizeof(float));
-            kc.hu[wk].c = &kc;
-            ql_scratch_set_hook(kc.sc[wk], capture, &kc.hu[wk]);
-        }
         ql_progress_report(progress, 0, todo, "base model");
-        kc.base = true;
-        if ((st = kld_run(&kc, n_workers))) goto out;
-        kc.base = false;
-        for (int wk = 0; wk < n_workers; wk++) ql_scratch_set_hook(kc.sc[wk], NULL, NULL);
-        double nll = 0;
-        for (int64_t q = 0; q < kc.n_seq; q++) nll += kc.nll[q];
-        s->base_ppl = exp(nll / ((double)kc.n_seq * (kc.T - 1)));
+        if ((st = kld_setup(&kc, inf, o, n_workers, true, progress))) goto out;
+        s->base_ppl = kc.base_ppl;
     }
 
     for (int t = 0; t < s->n_tensors && !st; t++) {
@@ -638,27 +725,8 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
             const ql_format *f;
             char mname[64];
             ql_parse_format_method(s->cand[c], &f, mname, sizeof mname);
-            const ql_method *me = ql_method_by_name(mname);
-            if (me->needs && !vp) me = ql_method_by_name("rtn"); /* as qlab quant: embeddings have no statistics */
-            free(imp);
-            imp = NULL;
-            if (o->imatrix && f->uses_importance) {
-                imp = ql_malloc((size_t)nc * sizeof(float));
-                if (!ql_imatrix_importance(o->imatrix, te->name, nc, imp)) {
-                    free(imp);
-                    imp = NULL;
-                }
-            }
-            free(qbuf);
-            qbuf = malloc((size_t)e->bytes + 64);
-            if (!qbuf) {
-                st = ql_fail(QL_ERR_NOMEM, "out of memory quantizing '%s'", te->name);
+            if ((st = quantize_as_planned(te->name, w, work, wq, nr, nc, f, mname, vp, o->imatrix, nth)))
                 break;
-            }
-            memcpy(work, w, (size_t)n * sizeof(float));
-            ql_method_opts mo = {.n_threads = nth, .importance = imp, .progress = NULL};
-            if ((st = me->quantize_tensor(work, nr, nc, f, vp, &mo, qbuf))) break;
-            if ((st = ql_format_dequantize(f, qbuf, wq, nr, nc, nth))) break;
             double derr = 0;
             for (int64_t i = 0; i < n; i++) {
                 delta[i] = wq[i] - w[i];
@@ -675,19 +743,13 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
                 if (layer < 0) {
                     e->kld = e->dppl = NAN; /* not used by the forward pass */
                 } else {
-                    kc.layer_from = layer;
-                    kc.from_tokens = from_tokens;
                     const float *old = ql_infer_swap_weight_typed(inf, gt, wq, f->type);
-                    st = kld_run(&kc, n_workers);
+                    double kld, ppl;
+                    st = kld_probe(&kc, layer, from_tokens, &kld, &ppl);
                     ql_infer_swap_weight_typed(inf, gt, old, gt->type);
                     if (st) break;
-                    double kld = 0, nll = 0;
-                    for (int64_t q = 0; q < kc.n_seq; q++) {
-                        kld += kc.kld[q];
-                        nll += kc.nll[q];
-                    }
-                    e->kld = kld / ((double)kc.n_seq * kc.T);
-                    e->dppl = exp(nll / ((double)kc.n_seq * (kc.T - 1))) - s->base_ppl;
+                    e->kld = kld;
+                    e->dppl = ppl - s->base_ppl;
                 }
             }
             e->level = level;
@@ -709,15 +771,91 @@ out:;
     ql_status cs = checkpoint(&cp, true);
     if (!st && cs) st = cs;
     else if (st) ql_fail(st, "%s", reason);
-    kld_ctx_free(&kc, kc.sc ? n_workers : 0);
+    kld_ctx_free(&kc);
     ql_infer_free(inf);
     free(counts);
     free(w);
     free(wq);
     free(work);
     free(delta);
-    free(imp);
-    free(qbuf);
+    return st;
+}
+
+ql_status ql_sense_plan_kld(const ql_model *m, const ql_plan *plan, const ql_sense_opts *o,
+                            const ql_progress *progress, ql_sense_joint *out) {
+    memset(out, 0, sizeof *out);
+    const int nth = o->n_threads > 0 ? o->n_threads : 1;
+    if (!o->tokens || o->n_seq <= 0 || o->seq_len < 2)
+        return ql_fail(QL_ERR_ARG, "checking a plan needs calibration tokens");
+    for (int64_t i = 0; i < o->n_seq * o->seq_len; i++)
+        if (o->tokens[i] < 0 || o->tokens[i] >= m->cfg.n_vocab)
+            return ql_fail(QL_ERR_ARG, "calibration token %d out of range (vocab %d)", o->tokens[i],
+                           m->cfg.n_vocab);
+    for (int i = 0; i < plan->n; i++)
+        if (ql_gguf_find_tensor(m->gguf, plan->e[i].tensor) < 0)
+            return ql_fail(QL_ERR_ARG, "plan names tensor '%s', which %s does not have", plan->e[i].tensor,
+                           m->path);
+    ql_infer *inf = NULL;
+    kld_ctx kc;
+    memset(&kc, 0, sizeof kc);
+    pthread_mutex_init(&kc.lock, NULL);
+    int n_workers = (int)QL_MIN((int64_t)nth, o->n_seq);
+    float **bufs = ql_calloc((size_t)plan->n + 1, sizeof *bufs);
+    const float **olds = ql_calloc((size_t)plan->n + 1, sizeof *olds);
+    bool *swapped = ql_calloc((size_t)plan->n + 1, sizeof *swapped);
+    float *w = NULL, *work = NULL;
+    ql_status st = ql_infer_new(m, nth, &inf);
+    if (!st) st = kld_setup(&kc, inf, o, n_workers, false, progress);
+    for (int i = 0; i < plan->n && !st; i++) {
+        const ql_plan_entry *e = &plan->e[i];
+        const ql_gguf_tensor *gt = &m->gguf->tensors[ql_gguf_find_tensor(m->gguf, e->tensor)];
+        if (e->format->type == gt->type) continue; /* qlab quant copies it */
+        ql_progress_report(progress, i, plan->n, e->tensor);
+        const int64_t nc = gt->ne[0], nr = numel(gt) / nc, n = nr * nc;
+        w = ql_malloc((size_t)n * sizeof(float));
+        work = ql_malloc((size_t)n * sizeof(float));
+        bufs[i] = ql_malloc((size_t)n * sizeof(float));
+        if (!ql_tensor_to_f32(gt, w, nth))
+            st = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': type cannot be decoded", e->tensor);
+        const ql_stat_entry *se = o->stats ? ql_stats_for_tensor(o->stats, e->tensor) : NULL;
+        ql_input_stats view = {0};
+        if (se && se->n == nc) ql_stats_view(se, &view);
+        const ql_method *me = ql_method_by_name(e->method);
+        if (!st && me && me->needs && !o->stats)
+            st = ql_fail(QL_ERR_ARG, "tensor '%s': method '%s' needs statistics", e->tensor, e->method);
+        if (!st)
+            st = quantize_as_planned(e->tensor, w, work, bufs[i], nr, nc, e->format, e->method,
+                                     se && se->n == nc ? &view : NULL, o->imatrix, nth);
+        free(w);
+        free(work);
+        w = work = NULL;
+        if (st) break;
+        bool from_tokens;
+        if (tensor_layer(m, gt, &from_tokens) < 0) {
+            st = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s' is not used by the forward pass", e->tensor);
+            break;
+        }
+        olds[i] = ql_infer_swap_weight_typed(inf, gt, bufs[i], e->format->type); /* NULL: streamed weights */
+        swapped[i] = true;
+        out->tensors++;
+    }
+    if (!st) {
+        ql_progress_report(progress, plan->n, plan->n, "joint");
+        st = kld_probe(&kc, 0, true, &out->kld, &out->ppl);
+        out->base_ppl = kc.base_ppl;
+    }
+    for (int i = 0; i < plan->n; i++) {
+        if (swapped[i]) {
+            const ql_gguf_tensor *gt = &m->gguf->tensors[ql_gguf_find_tensor(m->gguf, plan->e[i].tensor)];
+            ql_infer_swap_weight_typed(inf, gt, olds[i], gt->type);
+        }
+        free(bufs[i]);
+    }
+    free(bufs);
+    free(olds);
+    free(swapped);
+    kld_ctx_free(&kc);
+    ql_infer_free(inf);
     return st;
 }
 
@@ -757,9 +895,9 @@ ql_status ql_sense_save(const ql_sense *s, const char *path) {
     fprintf(f, "model\t%s\nfile_bytes\t%lld\nother\t%lld\t%lld\nn_tensors_file\t%lld\n", s->model,
             (long long)s->file_bytes, (long long)s->other_params, (long long)s->other_bytes,
             (long long)s->n_tensors_file);
-    fprintf(f, "calib\t%s\ntokens\t%lld\t%lld\t%016llx\nstats\t%s\nimatrix\t%s\nlevel\t%s\nbase_ppl\t", s->calib,
-            (long long)s->n_seq, (long long)s->seq_len, (unsigned long long)s->tokens_hash, s->stats, s->imatrix,
-            ql_sense_level_name(s->level));
+    fprintf(f, "calib\t%s\ntokens\t%lld\t%lld\t%016llx\nstats\t%s\nimatrix\t%s\nlevel\t%s\nbase_ppl\t",
+            s->calib, (long long)s->n_seq, (long long)s->seq_len, (unsigned long long)s->tokens_hash,
+            s->stats, s->imatrix, ql_sense_level_name(s->level));
     put_double(f, s->base_ppl);
     fprintf(f, "\nseconds\t%.3f\ncandidates\t%d\n", s->seconds, s->n_cand);
     for (int c = 0; c < s->n_cand; c++) fprintf(f, "c\t%s\n", s->cand[c]);
@@ -812,8 +950,7 @@ static bool next_line(reader *r) {
     if (nl) {
         *nl = 0;
         r->p = nl + 1;
-    } else
-        r->p = r->end;
+    } else r->p = r->end;
     r->line++;
     r->nf = 0;
     for (char *q = line;;) {
@@ -883,17 +1020,17 @@ ql_status ql_sense_load(const char *path, ql_sense **out) {
                      r.f[0] + strlen(SENSE_MAGIC) + 1, QL_SENSE_VERSION);
         goto fail;
     }
-#define EXPECT(key, nf)                                                                                             \
-    do {                                                                                                            \
-        if ((st = expect(&r, key, nf))) goto fail;                                                                  \
+#define EXPECT(key, nf)                            \
+    do {                                           \
+        if ((st = expect(&r, key, nf))) goto fail; \
     } while (0)
-#define NUM(str, lo, hi, dst, what)                                                                                 \
-    do {                                                                                                            \
-        if (!parse_i64(str, lo, hi, &v)) {                                                                          \
-            st = bad(&r, "bad " what);                                                                              \
-            goto fail;                                                                                              \
-        }                                                                                                           \
-        dst = v;                                                                                                    \
+#define NUM(str, lo, hi, dst, what)        \
+    do {                                   \
+        if (!parse_i64(str, lo, hi, &v)) { \
+            st = bad(&r, "bad " what);     \
+            goto fail;                     \
+        }                                  \
+        dst = v;                           \
     } while (0)
     EXPECT("model", 2);
     set_str(&s->model, r.f[1]);

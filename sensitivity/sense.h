@@ -18,6 +18,7 @@
 
 struct ql_stats;
 struct ql_imatrix;
+struct ql_plan;
 
 #define QL_SENSE_VERSION 1
 
@@ -27,33 +28,33 @@ bool ql_sense_level_parse(const char *s, int *level);
 
 typedef struct {
     char *name;
-    int64_t ncols, nrows;  /* ne[0]; ne[1]*ne[2]*ne[3] */
-    int64_t orig_bytes;    /* bytes in the model as loaded */
+    int64_t ncols, nrows; /* ne[0]; ne[1]*ne[2]*ne[3] */
+    int64_t orig_bytes; /* bytes in the model as loaded */
     uint32_t orig_type;
 } ql_sense_tensor;
 
 typedef struct {
-    int64_t bytes;   /* exact bytes of the tensor in this candidate (overhead included); -1: rows don't fit */
-    int level;       /* highest level measured; -1: not measured yet */
+    int64_t bytes; /* exact bytes of the tensor in this candidate (overhead included); -1: rows don't fit */
+    int level; /* highest level measured; -1: not measured yet */
     double werr, oerr, kld, dppl; /* NaN when not measured or not available (oerr without statistics) */
 } ql_sense_cell;
 
 typedef struct ql_sense {
-    char *model;                 /* path as given (informational) */
-    int64_t file_bytes;          /* size of the model file (0 when it is a folder) */
+    char *model; /* path as given (informational) */
+    int64_t file_bytes; /* size of the model file (0 when it is a folder) */
     int64_t other_params, other_bytes; /* tensors that are not quantized (norms, biases) */
-    int64_t n_tensors_file;      /* tensors in the model file (GGUF alignment slack for size targets) */
-    char *calib;                 /* calibration description (spec or text file) */
-    int64_t n_seq, seq_len;      /* calibration tokens: n_seq sequences of seq_len */
-    uint64_t tokens_hash;        /* FNV-1a of the tokens (what "same calibration" means) */
-    char *stats, *imatrix;       /* sources used ("" when none) */
-    int level;                   /* level asked for */
-    double base_ppl;             /* perplexity of the unquantized model on the calibration tokens (kld level) */
-    double seconds;              /* measuring time, summed over resumed runs */
+    int64_t n_tensors_file; /* tensors in the model file (GGUF alignment slack for size targets) */
+    char *calib; /* calibration description (spec or text file) */
+    int64_t n_seq, seq_len; /* calibration tokens: n_seq sequences of seq_len */
+    uint64_t tokens_hash; /* FNV-1a of the tokens (what "same calibration" means) */
+    char *stats, *imatrix; /* sources used ("" when none) */
+    int level; /* level asked for */
+    double base_ppl; /* perplexity of the unquantized model on the calibration tokens (kld level) */
+    double seconds; /* measuring time, summed over resumed runs */
     int n_tensors, n_cand;
-    ql_sense_tensor *tensors;    /* [n_tensors] */
-    char **cand;                 /* [n_cand] "q4_0", "int4_g128+gptq" */
-    ql_sense_cell *cells;        /* [n_tensors * n_cand], row = tensor */
+    ql_sense_tensor *tensors; /* [n_tensors] */
+    char **cand; /* [n_cand] "q4_0", "int4_g128+gptq" */
+    ql_sense_cell *cells; /* [n_tensors * n_cand], row = tensor */
 } ql_sense;
 
 /* Comma-separated candidates; each item is FORMAT[+METHOD] where FORMAT may be a glob over the format
@@ -68,15 +69,15 @@ void ql_sense_free_strings(char **v, int n);
 ql_status ql_sense_new(const ql_model *m, char *const *cands, int n_cand, ql_sense **out);
 void ql_sense_free(ql_sense *s);
 /* tokens [n_seq * seq_len] (may be NULL for the weight level: then only the description is kept). */
-void ql_sense_set_context(ql_sense *s, const char *calib, const int32_t *tokens, int64_t n_seq, int64_t seq_len,
-                          const char *stats, const char *imatrix, int level);
+void ql_sense_set_context(ql_sense *s, const char *calib, const int32_t *tokens, int64_t n_seq,
+                          int64_t seq_len, const char *stats, const char *imatrix, int level);
 uint64_t ql_sense_hash_tokens(const int32_t *tokens, int64_t n);
 
 static inline ql_sense_cell *ql_sense_cell_at(const ql_sense *s, int t, int c) {
     return &s->cells[(size_t)t * (size_t)s->n_cand + (size_t)c];
 }
 int ql_sense_find_tensor(const ql_sense *s, const char *name); /* -1 if absent */
-int ql_sense_find_cand(const ql_sense *s, const char *spec);   /* -1 if absent */
+int ql_sense_find_cand(const ql_sense *s, const char *spec); /* -1 if absent */
 
 /* Copies into `dst` every cell `old` has measured for the same (tensor, candidate), when both describe
  * the same model (tensor names, shapes, types) and the same calibration (tokens hash, statistics,
@@ -84,20 +85,32 @@ int ql_sense_find_cand(const ql_sense *s, const char *spec);   /* -1 if absent *
 ql_status ql_sense_adopt(ql_sense *dst, const ql_sense *old, int *n_adopted);
 
 typedef struct {
-    int level;                        /* ql_sense_level to measure up to */
+    int level; /* ql_sense_level to measure up to */
     int n_threads;
-    const int32_t *tokens;            /* [n_seq * seq_len], each sequence starting with BOS; output/kld levels */
+    const int32_t *tokens; /* [n_seq * seq_len], each sequence starting with BOS; output/kld levels */
     int64_t n_seq;
     int seq_len;
-    const struct ql_stats *stats;     /* Hessians for the output level and data-aware methods; may be NULL */
-    const struct ql_imatrix *imatrix; /* importance for formats that use it, as qlab quant --imatrix; may be NULL */
-    const char *checkpoint;           /* save the file here every checkpoint_s seconds, at the end and on cancel */
-    double checkpoint_s;              /* 0: 20 s */
+    const struct ql_stats *stats; /* Hessians for the output level and data-aware methods; may be NULL */
+    const struct ql_imatrix
+        *imatrix; /* importance for formats that use it, as qlab quant --imatrix; may be NULL */
+    const char *checkpoint; /* save the file here every checkpoint_s seconds, at the end and on cancel */
+    double checkpoint_s; /* 0: 20 s */
 } ql_sense_opts;
 
 /* Measures every cell whose level is below o->level. Progress counts cells (phase: "TENSOR CANDIDATE").
  * Cancelled (QL_ERR_CANCELLED) or failed runs leave a checkpoint with everything measured so far. */
-ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress);
+ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *o,
+                           const ql_progress *progress);
+
+/* The honesty check of the additive model: every tensor of `plan` quantized at once (as qlab quant would),
+ * mean KLD per token against the unquantized model on o's calibration tokens, and both perplexities.
+ * Compare with the per-tensor sum that the allocator predicted. */
+typedef struct {
+    double kld, ppl, base_ppl;
+    int tensors; /* quantized (entries whose format is the tensor's type are kept as they are) */
+} ql_sense_joint;
+ql_status ql_sense_plan_kld(const ql_model *m, const struct ql_plan *plan, const ql_sense_opts *o,
+                            const ql_progress *progress, ql_sense_joint *out);
 
 /* Error of a cell at a level (NaN when not measured there or the rows don't fit). */
 double ql_sense_error(const ql_sense *s, int t, int c, int level);
