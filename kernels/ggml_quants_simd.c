@@ -522,6 +522,8 @@ static TGT void SFX(q8_0_quant)(const float *x, void *vy, int64_t nb) {
             VF p = v[k] * id;
             VF a = SFX(vabs)(p);
             ok &= a < 127.5f; /* roundf then int8 is exact below this; NaN fails */
+            /* lanes that failed are redone in scalar; zero them so the cast and negation stay defined */
+            a = SFX(sel)(a < 127.5f, a, SFX(splat)(0.f));
             /* roundf: half away from zero; a - trunc(a) is exact */
             VI t = __builtin_convertvector(a, VI);
             VI r = t - (a - SFX(cvt)(t) >= 0.5f);
