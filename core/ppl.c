@@ -48,7 +48,7 @@ ql_status ql_read_file(const char *path, char **data, size_t *len) {
 typedef struct {
     const ql_infer *inf;
     const int32_t *tokens;
-    int n_ctx, first, n_vocab, n_chunks;
+    int n_ctx, first, n_vocab, n_chunks, base_chunks;
     int32_t bos;
     ql_scratch **scratch;
     float **logits;
@@ -68,8 +68,9 @@ typedef struct {
 } ppl_ctx;
 
 static size_t row_bytes(int n_vocab) { return 8 + 2 * (size_t)n_vocab; }
-static size_t chunk_off(const ppl_ctx *c, int chunk) {
-    return LOGP_HEADER + (size_t)c->n_chunks * c->n_ctx * 4 +
+/* offset of a chunk's rows in a log-prob file holding file_chunks chunks */
+static size_t chunk_off(const ppl_ctx *c, int file_chunks, int chunk) {
+    return LOGP_HEADER + (size_t)file_chunks * c->n_ctx * 4 +
            (size_t)chunk * (c->n_ctx - 1 - c->first) * row_bytes(c->n_vocab);
 }
 
@@ -145,7 +146,7 @@ static void run_chunk(void *vctx, int worker, int64_t chunk) {
         nll2 += l * l;
         if (rowbuf) encode_row(lg, V, rowbuf + (size_t)j * row_bytes(V), lp);
         if (c->base) {
-            decode_row(c->base + chunk_off(c, (int)chunk) + (size_t)j * row_bytes(V), V, lpb);
+            decode_row(c->base + chunk_off(c, c->base_chunks, (int)chunk) + (size_t)j * row_bytes(V), V, lpb);
             float mx = lg[0];
             int am = 0, amb = 0;
             for (int i = 1; i < V; i++) {
@@ -170,7 +171,7 @@ static void run_chunk(void *vctx, int worker, int64_t chunk) {
     free(lp);
     if (rowbuf) {
         size_t n = row_bytes(V) * (size_t)rows;
-        if (pwrite(c->save_fd, rowbuf, n, (off_t)chunk_off(c, (int)chunk)) != (ssize_t)n)
+        if (pwrite(c->save_fd, rowbuf, n, (off_t)chunk_off(c, c->n_chunks, (int)chunk)) != (ssize_t)n)
             set_status(c, ql_fail(QL_ERR_IO, "writing log-probabilities failed: %s", strerror(errno)));
         free(rowbuf);
     }
@@ -212,7 +213,6 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     c.bos = m->tok && ql_tokenizer_add_bos(m->tok) ? ql_tokenizer_bos(m->tok) : -1;
     pthread_mutex_init(&c.lock, NULL);
     const int rows = n_ctx - 1 - c.first, V = c.n_vocab;
-    size_t file_size = chunk_off(&c, n_chunks);
     ql_status s = QL_OK;
     void *base_map = NULL;
     size_t base_len = 0;
@@ -232,8 +232,8 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
             goto out;
         }
         if ((int)hdr[2] < n_chunks) n_chunks = c.n_chunks = (int)hdr[2];
-        c.n_chunks = (int)hdr[2]; /* offsets use the file's chunk count */
-        if (base_len != chunk_off(&c, (int)hdr[2])) {
+        c.base_chunks = (int)hdr[2]; /* offsets in the base use the file's own chunk count */
+        if (base_len != chunk_off(&c, c.base_chunks, c.base_chunks)) {
             s = ql_fail(QL_ERR_FORMAT, "%s: truncated or wrong size", o->kld_base);
             goto out;
         }
@@ -327,8 +327,7 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     if (c.save_fd >= 0) {
         if (!s) {
             /* the file must end where the last chunk's rows end */
-            c.n_chunks = n_chunks;
-            if (ftruncate(c.save_fd, (off_t)chunk_off(&c, n_chunks)) != 0 || fsync(c.save_fd) != 0)
+            if (ftruncate(c.save_fd, (off_t)chunk_off(&c, n_chunks, n_chunks)) != 0 || fsync(c.save_fd) != 0)
                 s = ql_fail(QL_ERR_IO, "%s: write failed", o->save_logits);
         }
         close(c.save_fd);
@@ -336,7 +335,6 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
         if (!s && rename(save_tmp, o->save_logits) != 0)
             s = ql_fail(QL_ERR_IO, "%s: rename failed: %s", o->save_logits, strerror(errno));
     }
-    (void)file_size;
 out:
     if (c.save_fd >= 0) close(c.save_fd);
     if (save_tmp) {
