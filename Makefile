@@ -96,7 +96,7 @@ check-mixes: all
 	@bash tests/mixes_check.sh
 
 bench: all
-	@bash bench/run.sh
+	@QLAB=./$(BIN) bash bench/run.sh
 
 FUZZERS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 fuzz: $(FUZZERS:%=build-fuzz/%)
@@ -109,7 +109,7 @@ build-fuzz/%: fuzz/%.c $(SRCS)
 clean:
 	rm -rf build build-asan build-fuzz qlab
 
--include $(OBJS:.o=.d) $(CLIOBJS:.o=.d)
+-include $(OBJS:.o=.d) $(CLIOBJS:.o=.d) $(TESTS:%=$(BUILD)/tests/%.d)
 
 # GPTQ speed on a 4096x4096 layer (int4_g128, 2 threads); `make bench-gptq ARGS="rows cols threads fmt spec"`
 .PHONY: bench-gptq

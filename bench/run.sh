@@ -3,7 +3,7 @@
 # this kind of machine (2 cores). Prints ratios; asserts nothing (speed goals live here, not in tests).
 set -u
 cd "$(dirname "$0")/.."
-QLAB=./qlab
+QLAB=${QLAB:-./qlab}
 SHARED=${QL_SHARED:-../shared}
 OUT=bench/out
 mkdir -p "$OUT"

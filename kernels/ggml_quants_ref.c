@@ -11,91 +11,22 @@
 
 #include "ql_common.h"
 #include "ggml_types.h"
+#include "ggml_quants_internal.h"
 #include "iq_tables.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF /* gcc: -std=c11 already means -ffp-contract=off */
 #endif
 
-#define QK_K 256
-#define GROUP_MAX_EPS 1e-15f
-
-/* ------------------------------------------------------------------------------------------------
- * Block layouts (ggml-common.h). All fields 1- or 2-byte, so no padding; sizes are asserted.
- * ---------------------------------------------------------------------------------------------- */
-/* clang-format off */
-typedef struct { uint16_t d; uint8_t qs[16]; } blk_q4_0;
-typedef struct { uint16_t d, m; uint8_t qs[16]; } blk_q4_1;
-typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_0;
-typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_1;
-typedef struct { uint16_t d; int8_t qs[32]; } blk_q8_0;
-typedef struct { uint16_t d, s; int8_t qs[32]; } blk_q8_1;
-typedef struct { uint8_t scales[16]; uint8_t qs[64]; uint16_t d, dmin; } blk_q2_K;
-typedef struct { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t d; } blk_q3_K;
-typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } blk_q4_K;
-typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } blk_q5_K;
-typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } blk_q6_K;
-typedef struct { uint16_t d; uint8_t qs[16]; } blk_iq4_nl;
-typedef struct { uint16_t d; uint16_t scales_h; uint8_t scales_l[4]; uint8_t qs[128]; } blk_iq4_xs;
-typedef struct { uint8_t qs[48]; uint8_t qh[4]; uint16_t d; } blk_tq1_0;
-typedef struct { uint8_t qs[64]; uint16_t d; } blk_tq2_0;
-typedef struct { uint8_t e; uint8_t qs[16]; } blk_mxfp4;
-typedef struct { uint16_t d; uint16_t qs[32]; } blk_iq2_xxs;
-typedef struct { uint16_t d; uint16_t qs[32]; uint8_t scales[8]; } blk_iq2_xs;
-typedef struct { uint16_t d; uint8_t qs[64]; uint8_t qh[8]; uint8_t scales[8]; } blk_iq2_s;
-typedef struct { uint16_t d; uint8_t qs[96]; } blk_iq3_xxs;
-typedef struct { uint16_t d; uint8_t qs[64]; uint8_t qh[8]; uint8_t signs[32]; uint8_t scales[4]; } blk_iq3_s;
-typedef struct { uint16_t d; uint8_t qs[32]; uint16_t qh[8]; } blk_iq1_s;
-typedef struct { uint8_t qs[32]; uint8_t qh[16]; uint8_t scales[8]; } blk_iq1_m;
-/* clang-format on */
-
-_Static_assert(sizeof(blk_q4_0) == 18, "q4_0");
-_Static_assert(sizeof(blk_q4_1) == 20, "q4_1");
-_Static_assert(sizeof(blk_q5_0) == 22, "q5_0");
-_Static_assert(sizeof(blk_q5_1) == 24, "q5_1");
-_Static_assert(sizeof(blk_q8_0) == 34, "q8_0");
-_Static_assert(sizeof(blk_q8_1) == 36, "q8_1");
-_Static_assert(sizeof(blk_q2_K) == 84, "q2_K");
-_Static_assert(sizeof(blk_q3_K) == 110, "q3_K");
-_Static_assert(sizeof(blk_q4_K) == 144, "q4_K");
-_Static_assert(sizeof(blk_q5_K) == 176, "q5_K");
-_Static_assert(sizeof(blk_q6_K) == 210, "q6_K");
-_Static_assert(sizeof(blk_iq4_nl) == 18, "iq4_nl");
-_Static_assert(sizeof(blk_iq4_xs) == 136, "iq4_xs");
-_Static_assert(sizeof(blk_tq1_0) == 54, "tq1_0");
-_Static_assert(sizeof(blk_tq2_0) == 66, "tq2_0");
-_Static_assert(sizeof(blk_mxfp4) == 17, "mxfp4");
-_Static_assert(sizeof(blk_iq2_xxs) == 66, "iq2_xxs");
-_Static_assert(sizeof(blk_iq2_xs) == 74, "iq2_xs");
-_Static_assert(sizeof(blk_iq2_s) == 82, "iq2_s");
-_Static_assert(sizeof(blk_iq3_xxs) == 98, "iq3_xxs");
-_Static_assert(sizeof(blk_iq3_s) == 110, "iq3_s");
-_Static_assert(sizeof(blk_iq1_s) == 50, "iq1_s");
-_Static_assert(sizeof(blk_iq1_m) == 56, "iq1_m");
-
-static const int8_t kvalues_iq4nl[16] = {
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-};
 /* MXFP4 (E2M1) values doubled, paired with the half-scale E8M0 decode below. */
 static const int8_t kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 #define FP16_TO_FP32(h) ql_fp16_to_fp32(h)
 #define FP32_TO_FP16(f) ql_fp32_to_fp16(f)
-#define QMIN(a, b) ((a) < (b) ? (a) : (b))
-#define QMAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* ------------------------------------------------------------------------------------------------
  * Helpers shared by the searches (same arithmetic as ggml's static helpers).
  * ---------------------------------------------------------------------------------------------- */
-
-/* Round to nearest, ties to even, for |fval| <= 2^22: adding 1.5*2^23 leaves the integer in the
- * low mantissa bits. Out-of-range inputs give garbage, never a trap (ggml only asserts). */
-static inline int nearest_int(float fval) {
-    float val = fval + 12582912.f;
-    int32_t i;
-    memcpy(&i, &val, sizeof(i));
-    return (i & 0x007fffff) - 0x00400000;
-}
 
 /* Index of the table value nearest to x in the sorted table val[n] (n a power of two); ties go up. */
 static inline int best_index_int8(int n, const int8_t *val, float x) {
@@ -110,7 +41,7 @@ static inline int best_index_int8(int n, const int8_t *val, float x) {
 
 /* Symmetric scale search: L[i] in [0, 2*nmax), x ~ scale*(L - nmax). rmse_type 1 with weights qw
  * (or x^2 when qw is NULL) is the only mode ggml's K-quants and legacy imatrix paths use. */
-static float make_qx_quants(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *qw) {
+float ql_ggml_make_qx_quants(int n, int nmax, const float *x, int8_t *L, int rmse_type, const float *qw) {
     float max = 0;
     float amax = 0;
     for (int i = 0; i < n; ++i) {
@@ -394,7 +325,7 @@ static float make_qkx3_quants(int n, int nmax, const float *x, const float *weig
 }
 
 /* Non-negative values (sub-block scales or mins) onto 0..nmax with weights: the imatrix K-quants. */
-static float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *quant_weights) {
+float ql_ggml_make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *quant_weights) {
     float max = 0;
     for (int i = 0; i < n; ++i) max = QMAX(max, x[i]);
     if (max < GROUP_MAX_EPS) {
@@ -463,18 +394,8 @@ static float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const f
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-static inline void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
-    if (j < 4) {
-        *d = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
-    }
-}
-
 /* Weighted row variance term shared by the legacy imatrix quantizers: sum(x^2)/n over the row. */
-static float row_sigma2(const float *x, int64_t n) {
+float ql_ggml_row_sigma2(const float *x, int64_t n) {
     float sum_x2 = 0;
     for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
     return sum_x2 / n;
@@ -539,13 +460,13 @@ void ql_quantize_row_q4_0_ref(const float *x, void *vy, int64_t n, const float *
         q4_0_rtn(x, y, nb);
         return;
     }
-    const float sigma2 = row_sigma2(x, n);
+    const float sigma2 = ql_ggml_row_sigma2(x, n);
     float weight[32];
     int8_t L[32];
     for (int64_t ib = 0; ib < nb; ++ib) {
         const float *xb = x + 32 * ib, *qw = imatrix + 32 * ib;
         for (int j = 0; j < 32; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j] * xb[j]);
-        float d = make_qx_quants(32, 8, xb, L, 1, weight);
+        float d = ql_ggml_make_qx_quants(32, 8, xb, L, 1, weight);
         y[ib].d = FP32_TO_FP16(d);
         for (int j = 0; j < 16; ++j) y[ib].qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
     }
@@ -580,7 +501,7 @@ void ql_quantize_row_q4_1_ref(const float *x, void *vy, int64_t n, const float *
         q4_1_rtn(x, y, nb);
         return;
     }
-    const float sigma2 = row_sigma2(x, n);
+    const float sigma2 = ql_ggml_row_sigma2(x, n);
     float weight[32];
     uint8_t L[32], Laux[32];
     for (int64_t ib = 0; ib < nb; ++ib) {
@@ -592,18 +513,6 @@ void ql_quantize_row_q4_1_ref(const float *x, void *vy, int64_t n, const float *
         y[ib].m = FP32_TO_FP16(-min);
         for (int j = 0; j < 16; ++j) y[ib].qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
     }
-}
-
-/* 5-bit packing shared by Q5_0/Q5_1: low nibbles in qs, 5th bits of element j in bit j of qh. */
-static void pack_q5(const uint8_t *L, uint8_t *qs, uint8_t *qh_out) {
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-        const uint8_t xi0 = L[j], xi1 = L[j + 16];
-        qs[j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
-        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
-    }
-    memcpy(qh_out, &qh, 4);
 }
 
 static void q5_0_rtn(const float *x, blk_q5_0 *y, int64_t nb) {
@@ -633,13 +542,13 @@ void ql_quantize_row_q5_0_ref(const float *x, void *vy, int64_t n, const float *
         q5_0_rtn(x, y, nb);
         return;
     }
-    const float sigma2 = row_sigma2(x, n);
+    const float sigma2 = ql_ggml_row_sigma2(x, n);
     float weight[32];
     int8_t L[32];
     for (int64_t ib = 0; ib < nb; ++ib) {
         const float *xb = x + 32 * ib, *qw = imatrix + 32 * ib;
         for (int j = 0; j < 32; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j] * xb[j]);
-        float d = make_qx_quants(32, 16, xb, L, 1, weight);
+        float d = ql_ggml_make_qx_quants(32, 16, xb, L, 1, weight);
         y[ib].d = FP32_TO_FP16(d);
         pack_q5((const uint8_t *)L, y[ib].qs, y[ib].qh);
     }
@@ -670,7 +579,7 @@ void ql_quantize_row_q5_1_ref(const float *x, void *vy, int64_t n, const float *
         q5_1_rtn(x, y, nb);
         return;
     }
-    const float sigma2 = row_sigma2(x, n);
+    const float sigma2 = ql_ggml_row_sigma2(x, n);
     float weight[32];
     uint8_t L[32], Laux[32];
     for (int64_t ib = 0; ib < nb; ++ib) {
@@ -785,37 +694,54 @@ static void pack_2bit(const uint8_t *L, uint8_t *qs) {
                 (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
 }
 
+/* Q2_K: 4-bit scale and min per 16 from the 16 sub-block searches (q2_K_rtn / q2_K_imat). */
+void ql_ggml_q2_K_pack_scales(const float *scales, const float *mins, const float *sw, bool imat,
+                              blk_q2_K *y) {
+    if (imat) {
+        uint8_t Ls[QK_K / 16], Lm[QK_K / 16];
+        float dm = ql_ggml_make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
+        float mm = ql_ggml_make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
+        y->d = FP32_TO_FP16(dm);
+        y->dmin = FP32_TO_FP16(mm);
+        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
+        return;
+    }
+    const float q4scale = 15.f;
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < QK_K / 16; ++j) {
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    if (max_scale > 0) {
+        float iscale = q4scale / max_scale;
+        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
+        y->d = FP32_TO_FP16(max_scale / q4scale);
+    } else {
+        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = 0;
+        y->d = FP32_TO_FP16(0.f);
+    }
+    if (max_min > 0) {
+        float iscale = q4scale / max_min;
+        for (int j = 0; j < QK_K / 16; ++j) {
+            int l = nearest_int(iscale * mins[j]);
+            y->scales[j] |= (uint8_t)((unsigned)l << 4); /* same bits as ggml, no UB for NaN input */
+        }
+        y->dmin = FP32_TO_FP16(max_min / q4scale);
+    } else {
+        y->dmin = FP32_TO_FP16(0.f);
+    }
+}
+
 static void q2_K_rtn(const float *x, blk_q2_K *y, int64_t nb) {
     uint8_t L[QK_K], Laux[16];
     float weights[16], mins[QK_K / 16], scales[QK_K / 16];
-    const float q4scale = 15.f;
     for (int64_t i = 0; i < nb; i++) {
-        float max_scale = 0, max_min = 0;
         for (int j = 0; j < QK_K / 16; ++j) {
             for (int l = 0; l < 16; ++l) weights[l] = fabsf(x[16 * j + l]);
             scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f,
                                          15, true);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
         }
-        if (max_scale > 0) {
-            float iscale = q4scale / max_scale;
-            for (int j = 0; j < QK_K / 16; ++j) y[i].scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
-            y[i].d = FP32_TO_FP16(max_scale / q4scale);
-        } else {
-            for (int j = 0; j < QK_K / 16; ++j) y[i].scales[j] = 0;
-            y[i].d = FP32_TO_FP16(0.f);
-        }
-        if (max_min > 0) {
-            float iscale = q4scale / max_min;
-            for (int j = 0; j < QK_K / 16; ++j) {
-                int l = nearest_int(iscale * mins[j]);
-                y[i].scales[j] |= (uint8_t)((unsigned)l << 4); /* same bits as ggml, no UB for NaN input */
-            }
-            y[i].dmin = FP32_TO_FP16(max_min / q4scale);
-        } else {
-            y[i].dmin = FP32_TO_FP16(0.f);
-        }
+        ql_ggml_q2_K_pack_scales(scales, mins, NULL, false, &y[i]);
         for (int j = 0; j < QK_K / 16; ++j) {
             const float d = FP16_TO_FP32(y[i].d) * (y[i].scales[j] & 0xF);
             if (!d) continue;
@@ -831,7 +757,7 @@ static void q2_K_rtn(const float *x, blk_q2_K *y, int64_t nb) {
 }
 
 static void q2_K_imat(const float *x, blk_q2_K *y, int64_t nb, const float *quant_weights) {
-    uint8_t L[QK_K], Laux[16], Ls[QK_K / 16], Lm[QK_K / 16];
+    uint8_t L[QK_K], Laux[16];
     float mins[QK_K / 16], scales[QK_K / 16], sw[QK_K / 16], weight[16];
     for (int64_t i = 0; i < nb; i++) {
         memset(sw, 0, sizeof(sw));
@@ -845,13 +771,9 @@ static void q2_K_imat(const float *x, blk_q2_K *y, int64_t nb, const float *quan
             scales[j] = make_qkx3_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f,
                                          36, false);
         }
-        float dm = make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
-        float mm = make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
-        y[i].d = FP32_TO_FP16(dm);
-        y[i].dmin = FP32_TO_FP16(mm);
-        dm = FP16_TO_FP32(y[i].d);
-        mm = FP16_TO_FP32(y[i].dmin);
-        for (int j = 0; j < QK_K / 16; ++j) y[i].scales[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
+        ql_ggml_q2_K_pack_scales(scales, mins, sw, true, &y[i]);
+        const float dm = FP16_TO_FP32(y[i].d);
+        const float mm = FP16_TO_FP32(y[i].dmin);
         for (int j = 0; j < QK_K / 16; ++j) {
             const float d = dm * (y[i].scales[j] & 0xF);
             if (!d) continue;
@@ -926,48 +848,50 @@ static void q3_K_finish(const float *x, blk_q3_K *y, int8_t *L) {
     pack_2bit((const uint8_t *)L, y->qs);
 }
 
-/* 6-bit scale l (already offset by 32) for sub-block j into the 12-byte Q3_K scale field. */
-static void q3_K_put_scale(uint8_t *scales, int j, int l) {
-    if (j < 8)
-        scales[j] = (uint8_t)(l & 0xF);
-    else
-        scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
-    l >>= 4;
-    scales[j % 4 + 8] |= (uint8_t)(l << (2 * (j / 4)));
+/* Q3_K: 6-bit scales from the 16 sub-block scales (q3_K_rtn, or q3_K_imat's weighted search). */
+void ql_ggml_q3_K_pack_scales(const float *scales, const float *sw, bool imat, blk_q3_K *y) {
+    memset(y->scales, 0, 12);
+    if (imat) {
+        int8_t Ls[QK_K / 16];
+        float d_block = ql_ggml_make_qx_quants(QK_K / 16, 32, scales, Ls, 1, sw);
+        for (int j = 0; j < QK_K / 16; ++j) q3_K_put_scale(y->scales, j, Ls[j]);
+        y->d = FP32_TO_FP16(d_block);
+        return;
+    }
+    float max_scale = 0, amax = 0;
+    for (int j = 0; j < QK_K / 16; ++j) {
+        float scale = fabsf(scales[j]);
+        if (scale > amax) {
+            amax = scale;
+            max_scale = scales[j];
+        }
+    }
+    if (max_scale) {
+        float iscale = -32.f / max_scale;
+        for (int j = 0; j < QK_K / 16; ++j) {
+            int8_t l = (int8_t)nearest_int(iscale * scales[j]);
+            l = (int8_t)(QMAX(-32, QMIN(31, l)) + 32);
+            q3_K_put_scale(y->scales, j, l);
+        }
+        y->d = FP32_TO_FP16(1 / iscale);
+    } else {
+        y->d = FP32_TO_FP16(0.f);
+    }
 }
 
 static void q3_K_rtn(const float *x, blk_q3_K *y, int64_t nb) {
     int8_t L[QK_K];
     float scales[QK_K / 16];
     for (int64_t i = 0; i < nb; i++) {
-        float max_scale = 0, amax = 0;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j, true);
-            float scale = fabsf(scales[j]);
-            if (scale > amax) {
-                amax = scale;
-                max_scale = scales[j];
-            }
-        }
-        memset(y[i].scales, 0, 12);
-        if (max_scale) {
-            float iscale = -32.f / max_scale;
-            for (int j = 0; j < QK_K / 16; ++j) {
-                int8_t l = (int8_t)nearest_int(iscale * scales[j]);
-                l = (int8_t)(QMAX(-32, QMIN(31, l)) + 32);
-                q3_K_put_scale(y[i].scales, j, l);
-            }
-            y[i].d = FP32_TO_FP16(1 / iscale);
-        } else {
-            y[i].d = FP32_TO_FP16(0.f);
-        }
+        for (int j = 0; j < QK_K / 16; ++j) scales[j] = make_q3_quants(16, 4, x + 16 * j, L + 16 * j, true);
+        ql_ggml_q3_K_pack_scales(scales, NULL, false, &y[i]);
         q3_K_finish(x, &y[i], L);
         x += QK_K;
     }
 }
 
 static void q3_K_imat(const float *x, blk_q3_K *y, int64_t nb, const float *quant_weights) {
-    int8_t L[QK_K], Ls[QK_K / 16];
+    int8_t L[QK_K];
     float scales[QK_K / 16], weight[16], sw[QK_K / 16];
     for (int64_t i = 0; i < nb; i++) {
         float sumx2 = 0;
@@ -979,12 +903,9 @@ static void q3_K_imat(const float *x, blk_q3_K *y, int64_t nb, const float *quan
             float sumw = 0;
             for (int l = 0; l < 16; ++l) sumw += weight[l];
             sw[j] = sumw;
-            scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, 1, weight);
+            scales[j] = ql_ggml_make_qx_quants(16, 4, x + 16 * j, L + 16 * j, 1, weight);
         }
-        memset(y[i].scales, 0, 12);
-        float d_block = make_qx_quants(QK_K / 16, 32, scales, Ls, 1, sw);
-        for (int j = 0; j < QK_K / 16; ++j) q3_K_put_scale(y[i].scales, j, Ls[j]);
-        y[i].d = FP32_TO_FP16(d_block);
+        ql_ggml_q3_K_pack_scales(scales, sw, true, &y[i]);
         q3_K_finish(x, &y[i], L);
         x += QK_K;
     }
@@ -1032,31 +953,20 @@ void ql_dequantize_row_q3_K_ref(const void *vx, float *y, int64_t n) {
     }
 }
 
-/* Q4_K/Q5_K share the 12-byte packing of eight 6-bit (scale, min) pairs. */
-static void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t lm) {
-    if (j < 4) {
-        scales[j] = ls;
-        scales[j + 4] = lm;
-    } else {
-        scales[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
-        scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-        scales[j - 0] |= (uint8_t)((lm >> 4) << 6);
+/* Q4_K/Q5_K super-block scale/min quantization once the 8 sub-block searches are done (both paths). */
+void ql_ggml_k45_pack_scales(const float *scales, const float *mins, const float *sw, bool imat,
+                             uint8_t *sc12, uint16_t *d, uint16_t *dmin) {
+    if (imat) {
+        uint8_t Ls[QK_K / 32], Lm[QK_K / 32];
+        float d_block = ql_ggml_make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
+        float m_block = ql_ggml_make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
+        for (int j = 0; j < QK_K / 32; ++j) k4_put_scale_min(sc12, j, QMIN(63, Ls[j]), QMIN(63, Lm[j]));
+        *d = FP32_TO_FP16(d_block);
+        *dmin = FP32_TO_FP16(m_block);
+        return;
     }
-}
-
-/* No-imatrix (scale, min) search for Q4_K (nmax 15) and Q5_K (nmax 31); fills scales/d/dmin. */
-static void k45_rtn_scales(const float *x, int nmax, float rmin, int nstep, uint8_t *L, uint8_t *sc12,
-                           uint16_t *d, uint16_t *dmin) {
-    uint8_t Laux[32];
-    float weights[32], mins[QK_K / 32], scales[QK_K / 32];
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < QK_K / 32; ++j) {
-        float sum_x2 = 0;
-        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-        float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f,
-                                     nstep, false);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -1073,10 +983,26 @@ static void k45_rtn_scales(const float *x, int nmax, float rmin, int nstep, uint
     *dmin = FP32_TO_FP16(max_min / 63.f);
 }
 
+/* No-imatrix (scale, min) search for Q4_K (nmax 15) and Q5_K (nmax 31); fills scales/d/dmin. */
+static void k45_rtn_scales(const float *x, int nmax, float rmin, int nstep, uint8_t *L, uint8_t *sc12,
+                           uint16_t *d, uint16_t *dmin) {
+    uint8_t Laux[32];
+    float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+    for (int j = 0; j < QK_K / 32; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
+        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f,
+                                     nstep, false);
+    }
+    ql_ggml_k45_pack_scales(scales, mins, NULL, false, sc12, d, dmin);
+}
+
 /* imatrix (scale, min) search for Q4_K/Q5_K. */
 static void k45_imat_scales(const float *x, int nmax, const float *qwb, uint8_t *L, uint8_t *sc12,
                             uint16_t *d, uint16_t *dmin) {
-    uint8_t Laux[32], Ls[QK_K / 32], Lm[QK_K / 32];
+    uint8_t Laux[32];
     float weights[32], sw[QK_K / 32], mins[QK_K / 32], scales[QK_K / 32];
     float sum_x2 = 0;
     for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
@@ -1090,11 +1016,7 @@ static void k45_imat_scales(const float *x, int nmax, const float *qwb, uint8_t 
         scales[j] = make_qkx3_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f,
                                      36, false);
     }
-    float d_block = make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
-    float m_block = make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
-    for (int j = 0; j < QK_K / 32; ++j) k4_put_scale_min(sc12, j, QMIN(63, Ls[j]), QMIN(63, Lm[j]));
-    *d = FP32_TO_FP16(d_block);
-    *dmin = FP32_TO_FP16(m_block);
+    ql_ggml_k45_pack_scales(scales, mins, sw, true, sc12, d, dmin);
 }
 
 /* Final levels against the stored scales (both Q4_K and Q5_K paths). */
@@ -1113,6 +1035,14 @@ static void k45_requant(const float *x, int nmax, const uint8_t *sc12, uint16_t 
     }
 }
 
+void ql_ggml_q4_K_pack_levels(const uint8_t *L, blk_q4_K *y) {
+    uint8_t *q = y->qs;
+    for (int j = 0; j < QK_K; j += 64) {
+        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+        q += 32;
+    }
+}
+
 void ql_quantize_row_q4_K_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
     blk_q4_K *y = vy;
     uint8_t L[QK_K];
@@ -1122,11 +1052,7 @@ void ql_quantize_row_q4_K_ref(const float *x, void *vy, int64_t n, const float *
         else
             k45_rtn_scales(x, 15, -1.f, 20, L, y[i].scales, &y[i].d, &y[i].dmin);
         k45_requant(x, 15, y[i].scales, y[i].d, y[i].dmin, L);
-        uint8_t *q = y[i].qs;
-        for (int j = 0; j < QK_K; j += 64) {
-            for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
-            q += 32;
-        }
+        ql_ggml_q4_K_pack_levels(L, &y[i]);
         x += QK_K;
     }
 }
@@ -1209,33 +1135,60 @@ void ql_dequantize_row_q5_K_ref(const void *vx, float *y, int64_t n) {
     }
 }
 
+/* Q6_K super-block scale quantization; false when the block is all (near) zero and was zeroed. */
+bool ql_ggml_q6_K_pack_scales(const float *scales, blk_q6_K *y) {
+    float max_scale = 0, max_abs_scale = 0;
+    for (int ib = 0; ib < QK_K / 16; ++ib) {
+        const float abs_scale = fabsf(scales[ib]);
+        if (abs_scale > max_abs_scale) {
+            max_abs_scale = abs_scale;
+            max_scale = scales[ib];
+        }
+    }
+    if (max_abs_scale < GROUP_MAX_EPS) {
+        memset(y, 0, sizeof(*y));
+        y->d = FP32_TO_FP16(0.f);
+        return false;
+    }
+    float iscale = -128.f / max_scale;
+    y->d = FP32_TO_FP16(1 / iscale);
+    for (int ib = 0; ib < QK_K / 16; ++ib)
+        y->scales[ib] = (int8_t)QMIN(127, nearest_int(iscale * scales[ib]));
+    return true;
+}
+
+void ql_ggml_q6_K_pack_levels(const int8_t *L, blk_q6_K *y) {
+    uint8_t *ql = y->ql, *qh = y->qh;
+    for (int j = 0; j < QK_K; j += 128) {
+        for (int l = 0; l < 32; ++l) {
+            const uint8_t q1 = L[j + l + 0] & 0xF;
+            const uint8_t q2 = L[j + l + 32] & 0xF;
+            const uint8_t q3 = L[j + l + 64] & 0xF;
+            const uint8_t q4 = L[j + l + 96] & 0xF;
+            ql[l + 0] = (uint8_t)(q1 | (q3 << 4));
+            ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
+            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) |
+                              ((L[j + l + 96] >> 4) << 6));
+        }
+        ql += 64;
+        qh += 32;
+    }
+}
+
 void ql_quantize_row_q6_K_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
     blk_q6_K *y = vy;
     int8_t L[QK_K];
     float scales[QK_K / 16];
     for (int64_t i = 0; i < n / QK_K; i++) {
-        float max_scale = 0, max_abs_scale = 0;
         for (int ib = 0; ib < QK_K / 16; ++ib) {
             /* ggml passes the raw imatrix here (no sigma2 term) */
             const float *qw = imatrix ? imatrix + QK_K * i + 16 * ib : NULL;
-            const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, 1, qw);
-            scales[ib] = scale;
-            const float abs_scale = fabsf(scale);
-            if (abs_scale > max_abs_scale) {
-                max_abs_scale = abs_scale;
-                max_scale = scale;
-            }
+            scales[ib] = ql_ggml_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, 1, qw);
         }
-        if (max_abs_scale < GROUP_MAX_EPS) {
-            memset(&y[i], 0, sizeof(blk_q6_K));
-            y[i].d = FP32_TO_FP16(0.f);
+        if (!ql_ggml_q6_K_pack_scales(scales, &y[i])) {
             x += QK_K;
             continue;
         }
-        float iscale = -128.f / max_scale;
-        y[i].d = FP32_TO_FP16(1 / iscale);
-        for (int ib = 0; ib < QK_K / 16; ++ib)
-            y[i].scales[ib] = (int8_t)QMIN(127, nearest_int(iscale * scales[ib]));
         for (int j = 0; j < QK_K / 16; ++j) {
             float d = FP16_TO_FP32(y[i].d) * y[i].scales[j];
             if (!d) continue;
@@ -1245,21 +1198,7 @@ void ql_quantize_row_q6_K_ref(const float *x, void *vy, int64_t n, const float *
                 L[16 * j + ii] = (int8_t)(l + 32);
             }
         }
-        uint8_t *ql = y[i].ql, *qh = y[i].qh;
-        for (int j = 0; j < QK_K; j += 128) {
-            for (int l = 0; l < 32; ++l) {
-                const uint8_t q1 = L[j + l + 0] & 0xF;
-                const uint8_t q2 = L[j + l + 32] & 0xF;
-                const uint8_t q3 = L[j + l + 64] & 0xF;
-                const uint8_t q4 = L[j + l + 96] & 0xF;
-                ql[l + 0] = (uint8_t)(q1 | (q3 << 4));
-                ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
-                qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) |
-                                  ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
-            }
-            ql += 64;
-            qh += 32;
-        }
+        ql_ggml_q6_K_pack_levels(L, &y[i]);
         x += QK_K;
     }
 }

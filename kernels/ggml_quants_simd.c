@@ -22,6 +22,7 @@
 
 #include "fmt_ext.h"
 #include "ggml_quants.h"
+#include "ggml_quants_internal.h"
 #include "ggml_types.h"
 #include "ql_common.h"
 
@@ -33,198 +34,6 @@
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF /* gcc: -std=c11 already means -ffp-contract=off */
 #endif
-
-#define QK_K 256
-#define GROUP_MAX_EPS 1e-15f
-#define QMIN(a, b) ((a) < (b) ? (a) : (b))
-#define QMAX(a, b) ((a) > (b) ? (a) : (b))
-
-/* Block layouts, as in ggml_quants_ref.c. */
-/* clang-format off */
-typedef struct { uint16_t d; int8_t qs[32]; } blk_q8_0;
-typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } blk_q4_K;
-typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } blk_q6_K;
-/* clang-format on */
-_Static_assert(sizeof(blk_q8_0) == 34, "q8_0");
-_Static_assert(sizeof(blk_q4_K) == 144, "q4_K");
-_Static_assert(sizeof(blk_q6_K) == 210, "q6_K");
-
-/* ---- scalar pieces of the reference (copied with the same arithmetic: the reference keeps them static) */
-static inline int nearest_int(float fval) {
-    float val = fval + 12582912.f;
-    int32_t i;
-    memcpy(&i, &val, sizeof(i));
-    return (i & 0x007fffff) - 0x00400000;
-}
-
-static inline void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
-    if (j < 4) {
-        *d = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
-    }
-}
-
-static void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t lm) {
-    if (j < 4) {
-        scales[j] = ls;
-        scales[j + 4] = lm;
-    } else {
-        scales[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
-        scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-        scales[j - 0] |= (uint8_t)((lm >> 4) << 6);
-    }
-}
-
-/* Scales (or mins) of the 8 sub-blocks onto 0..nmax, weighted: the Q4_K imatrix path. */
-static float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *quant_weights) {
-    float max = 0;
-    for (int i = 0; i < n; ++i) max = QMAX(max, x[i]);
-    if (max < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = nmax / max;
-    for (int i = 0; i < n; ++i) L[i] = (uint8_t)nearest_int(iscale * x[i]);
-    float scale = 1 / iscale;
-    float best_mse = 0;
-    for (int i = 0; i < n; ++i) {
-        float diff = x[i] - scale * L[i];
-        float w = quant_weights[i];
-        best_mse += w * diff * diff;
-    }
-    for (int is = -4; is <= 4; ++is) {
-        if (is == 0) continue;
-        float iscale_is = (0.1f * is + nmax) / max;
-        float scale_is = 1 / iscale_is;
-        float mse = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale_is * x[i]);
-            l = QMIN(nmax, l);
-            float diff = x[i] - scale_is * l;
-            float w = quant_weights[i];
-            mse += w * diff * diff;
-        }
-        if (mse < best_mse) {
-            best_mse = mse;
-            iscale = iscale_is;
-        }
-    }
-    float sumlx = 0;
-    float suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * x[i]);
-        l = QMIN(nmax, l);
-        L[i] = (uint8_t)l;
-        float w = quant_weights[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            float w = quant_weights[i];
-            float slx = sumlx - w * x[i] * L[i];
-            float sl2 = suml2 - w * L[i] * L[i];
-            if (slx > 0 && sl2 > 0) {
-                int new_l = nearest_int(x[i] * sl2 / slx);
-                new_l = QMIN(nmax, new_l);
-                if (new_l != L[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
-                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        L[i] = (uint8_t)new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
-        }
-        if (!n_changed) break;
-    }
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
-}
-
-/* Q4_K super-block scale/min quantization once the 8 sub-block searches are done (both paths). */
-static void q4_K_pack_scales(const float *scales, const float *mins, const float *sw, bool imat,
-                             blk_q4_K *y) {
-    if (imat) {
-        uint8_t Ls[QK_K / 32], Lm[QK_K / 32];
-        float d_block = make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
-        float m_block = make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
-        for (int j = 0; j < QK_K / 32; ++j) k4_put_scale_min(y->scales, j, QMIN(63, Ls[j]), QMIN(63, Lm[j]));
-        y->d = ql_fp32_to_fp16(d_block);
-        y->dmin = ql_fp32_to_fp16(m_block);
-        return;
-    }
-    float max_scale = 0, max_min = 0;
-    for (int j = 0; j < QK_K / 32; ++j) {
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
-    }
-    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-    for (int j = 0; j < QK_K / 32; ++j) {
-        uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
-        uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
-        ls = QMIN(63, ls);
-        lm = QMIN(63, lm);
-        k4_put_scale_min(y->scales, j, ls, lm);
-    }
-    y->d = ql_fp32_to_fp16(max_scale / 63.f);
-    y->dmin = ql_fp32_to_fp16(max_min / 63.f);
-}
-
-/* Q6_K super-block scale quantization; false when the block is all (near) zero and was zeroed. */
-static bool q6_K_pack_scales(const float *scales, blk_q6_K *y) {
-    float max_scale = 0, max_abs_scale = 0;
-    for (int ib = 0; ib < QK_K / 16; ++ib) {
-        const float abs_scale = fabsf(scales[ib]);
-        if (abs_scale > max_abs_scale) {
-            max_abs_scale = abs_scale;
-            max_scale = scales[ib];
-        }
-    }
-    if (max_abs_scale < GROUP_MAX_EPS) {
-        memset(y, 0, sizeof(*y));
-        y->d = ql_fp32_to_fp16(0.f);
-        return false;
-    }
-    float iscale = -128.f / max_scale;
-    y->d = ql_fp32_to_fp16(1 / iscale);
-    for (int ib = 0; ib < QK_K / 16; ++ib)
-        y->scales[ib] = (int8_t)QMIN(127, nearest_int(iscale * scales[ib]));
-    return true;
-}
-
-static void q4_K_pack_levels(const uint8_t *L, blk_q4_K *y) {
-    uint8_t *q = y->qs;
-    for (int j = 0; j < QK_K; j += 64) {
-        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
-        q += 32;
-    }
-}
-
-static void q6_K_pack_levels(const int8_t *L, blk_q6_K *y) {
-    uint8_t *ql = y->ql, *qh = y->qh;
-    for (int j = 0; j < QK_K; j += 128) {
-        for (int l = 0; l < 32; ++l) {
-            const uint8_t q1 = L[j + l + 0] & 0xF;
-            const uint8_t q2 = L[j + l + 32] & 0xF;
-            const uint8_t q3 = L[j + l + 64] & 0xF;
-            const uint8_t q4 = L[j + l + 96] & 0xF;
-            ql[l + 0] = (uint8_t)(q1 | (q3 << 4));
-            ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
-            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) |
-                              ((L[j + l + 96] >> 4) << 6));
-        }
-        ql += 64;
-        qh += 32;
-    }
-}
 
 /* INT4 g128 group parameters: methods/fmt_int.c's params_for with shrink p = 1 (no MSE search), the
  * same double-then-float arithmetic. lo <= 0 <= hi, m = first finite weight of largest magnitude. */
@@ -701,9 +510,10 @@ static TGT void SFX(q4_K_quant)(const float *x, void *vy, int64_t nb, int64_t nb
             uint8_t L[QK_K];
             for (int s = 0; s < 8; ++s)
                 for (int i = 0; i < 32; ++i) L[32 * s + i] = (uint8_t)lt[i * W + 8 * g + s];
-            q4_K_pack_scales(scales + 8 * g, mins + 8 * g, sws + 8 * g, imatrix != NULL, &y[b]);
+            ql_ggml_k45_pack_scales(scales + 8 * g, mins + 8 * g, sws + 8 * g, imatrix != NULL, y[b].scales,
+                                    &y[b].d, &y[b].dmin);
             SFX(q4_K_requant)(x + QK_K * b, &y[b], L);
-            q4_K_pack_levels(L, &y[b]);
+            ql_ggml_q4_K_pack_levels(L, &y[b]);
         }
     }
 }
@@ -811,7 +621,7 @@ static TGT void SFX(q6_K_quant)(const float *x, void *vy, int64_t nb, int64_t nb
             for (int s = 0; s < W; ++s)
                 for (int i = 0; i < 16; ++i) L[16 * (p + s) + i] = (int8_t)lt[i * W + s];
         }
-        if (!q6_K_pack_scales(scales, &y[b])) continue;
+        if (!ql_ggml_q6_K_pack_scales(scales, &y[b])) continue;
         for (int j = 0; j < QK_K / 16; ++j) {
             const float d = ql_fp16_to_fp32(y[b].d) * y[b].scales[j];
             if (!d) continue;
@@ -821,7 +631,7 @@ static TGT void SFX(q6_K_quant)(const float *x, void *vy, int64_t nb, int64_t nb
                 memcpy(L + 16 * j + k, &v, W);
             }
         }
-        q6_K_pack_levels(L, &y[b]);
+        ql_ggml_q6_K_pack_levels(L, &y[b]);
     }
 }
 

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "ggml_quants.h"
+#include "ggml_quants_internal.h"
 #include "ggml_types.h"
 #include "ql_common.h"
 #include "simd.h"
@@ -35,34 +36,6 @@
 #pragma STDC FP_CONTRACT OFF /* gcc: -std=c11 already means -ffp-contract=off */
 #endif
 
-#define QK_K 256
-#define GROUP_MAX_EPS 1e-15f
-#define QMIN(a, b) ((a) < (b) ? (a) : (b))
-#define QMAX(a, b) ((a) > (b) ? (a) : (b))
-
-/* Block layouts, as in ggml_quants_ref.c. */
-/* clang-format off */
-typedef struct { uint16_t d; uint8_t qs[16]; } blk_q4_0;
-typedef struct { uint16_t d, m; uint8_t qs[16]; } blk_q4_1;
-typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_0;
-typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_1;
-typedef struct { uint8_t scales[16]; uint8_t qs[64]; uint16_t d, dmin; } blk_q2_K;
-typedef struct { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t d; } blk_q3_K;
-typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } blk_q5_K;
-typedef struct { uint16_t d; uint8_t qs[16]; } blk_iq4_nl;
-/* clang-format on */
-_Static_assert(sizeof(blk_q4_0) == 18, "q4_0");
-_Static_assert(sizeof(blk_q4_1) == 20, "q4_1");
-_Static_assert(sizeof(blk_q5_0) == 22, "q5_0");
-_Static_assert(sizeof(blk_q5_1) == 24, "q5_1");
-_Static_assert(sizeof(blk_q2_K) == 84, "q2_K");
-_Static_assert(sizeof(blk_q3_K) == 110, "q3_K");
-_Static_assert(sizeof(blk_q5_K) == 176, "q5_K");
-_Static_assert(sizeof(blk_iq4_nl) == 18, "iq4_nl");
-
-static const int8_t kvalues_iq4nl[16] = {
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-};
 static const float iq4_values_f[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                        1,    13,   25,  38,  53,  69,  89,  113};
 
@@ -70,14 +43,7 @@ static const float iq4_values_f[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
 typedef uint8_t u8x32 __attribute__((vector_size(32)));
 typedef int8_t i8x32 __attribute__((vector_size(32)));
 
-/* ---- scalar pieces of the reference (same arithmetic: the reference keeps them static) ---- */
-static inline int nearest_int(float fval) {
-    float val = fval + 12582912.f;
-    int32_t i;
-    memcpy(&i, &val, sizeof(i));
-    return (i & 0x007fffff) - 0x00400000;
-}
-
+/* ---- scalar pieces: the reference's own come from ggml_quants_internal.h ---- */
 /* ql_fp16_to_fp32, inlined (the dequantizers call it once per block). */
 static inline float fp16_to_fp32(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
@@ -93,283 +59,15 @@ static inline float fp16_to_fp32(uint16_t h) {
     return f;
 }
 
-static inline void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
-    if (j < 4) {
-        *d = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *d = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
-    }
-}
-
-static void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t lm) {
-    if (j < 4) {
-        scales[j] = ls;
-        scales[j + 4] = lm;
-    } else {
-        scales[j + 4] = (uint8_t)((ls & 0xF) | ((lm & 0xF) << 4));
-        scales[j - 4] |= (uint8_t)((ls >> 4) << 6);
-        scales[j - 0] |= (uint8_t)((lm >> 4) << 6);
-    }
-}
-
-/* make_qx_quants with rmse_type 1 and weights qw (Q3_K's imatrix super-block scale). */
-static float make_qx_quants_w(int n, int nmax, const float *x, int8_t *L, const float *qw) {
-    float max = 0;
-    float amax = 0;
-    for (int i = 0; i < n; ++i) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0;
-    float suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * x[i]);
-        l = QMAX(-nmax, QMIN(nmax - 1, l));
-        L[i] = (int8_t)(l + nmax);
-        float w = qw[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale * x[i]);
-            l = QMAX(-nmax, QMIN(nmax - 1, l));
-            float w = qw[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; ++i) {
-                int l = nearest_int(iscale * x[i]);
-                L[i] = (int8_t)(nmax + QMAX(-nmax, QMIN(nmax - 1, l)));
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    return scale;
-}
-
-/* Sub-block scales (or mins) onto 0..nmax, weighted: the imatrix K-quants' super-block step. */
-static float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *quant_weights) {
-    float max = 0;
-    for (int i = 0; i < n; ++i) max = QMAX(max, x[i]);
-    if (max < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = nmax / max;
-    for (int i = 0; i < n; ++i) L[i] = (uint8_t)nearest_int(iscale * x[i]);
-    float scale = 1 / iscale;
-    float best_mse = 0;
-    for (int i = 0; i < n; ++i) {
-        float diff = x[i] - scale * L[i];
-        float w = quant_weights[i];
-        best_mse += w * diff * diff;
-    }
-    for (int is = -4; is <= 4; ++is) {
-        if (is == 0) continue;
-        float iscale_is = (0.1f * is + nmax) / max;
-        float scale_is = 1 / iscale_is;
-        float mse = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale_is * x[i]);
-            l = QMIN(nmax, l);
-            float diff = x[i] - scale_is * l;
-            float w = quant_weights[i];
-            mse += w * diff * diff;
-        }
-        if (mse < best_mse) {
-            best_mse = mse;
-            iscale = iscale_is;
-        }
-    }
-    float sumlx = 0;
-    float suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * x[i]);
-        l = QMIN(nmax, l);
-        L[i] = (uint8_t)l;
-        float w = quant_weights[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            float w = quant_weights[i];
-            float slx = sumlx - w * x[i] * L[i];
-            float sl2 = suml2 - w * L[i] * L[i];
-            if (slx > 0 && sl2 > 0) {
-                int new_l = nearest_int(x[i] * sl2 / slx);
-                new_l = QMIN(nmax, new_l);
-                if (new_l != L[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
-                    if (slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        L[i] = (uint8_t)new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
-        }
-        if (!n_changed) break;
-    }
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
-}
-
-/* Weighted row variance of the legacy imatrix quantizers: sum(x^2)/n over the row, sequentially. */
-static float row_sigma2(const float *x, int64_t n) {
-    float sum_x2 = 0;
-    for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
-    return sum_x2 / n;
-}
-
 static bool all_finite(const float *x, int64_t n) {
     for (int64_t i = 0; i < n; ++i)
         if (!(fabsf(x[i]) <= FLT_MAX)) return false;
     return true;
 }
 
-/* Legacy 4-bit / 5-bit packing of 32 levels. */
+/* Legacy 4-bit packing of 32 levels (the 5-bit one, pack_q5, is in ggml_quants_internal.h). */
 static void pack_q4(const uint8_t *L, uint8_t *qs) {
     for (int j = 0; j < 16; ++j) qs[j] = (uint8_t)(L[j] | (L[j + 16] << 4));
-}
-
-static void pack_q5(const uint8_t *L, uint8_t *qs, uint8_t *qh_out) {
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-        const uint8_t xi0 = L[j], xi1 = L[j + 16];
-        qs[j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
-        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
-    }
-    memcpy(qh_out, &qh, 4);
-}
-
-/* Q2_K: 4-bit scale and min per 16 from the 16 sub-block searches (q2_K_rtn / q2_K_imat). */
-static void q2_K_pack_scales(const float *scales, const float *mins, const float *sw, bool imat,
-                             blk_q2_K *y) {
-    if (imat) {
-        uint8_t Ls[QK_K / 16], Lm[QK_K / 16];
-        float dm = make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
-        float mm = make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
-        y->d = ql_fp32_to_fp16(dm);
-        y->dmin = ql_fp32_to_fp16(mm);
-        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
-        return;
-    }
-    const float q4scale = 15.f;
-    float max_scale = 0, max_min = 0;
-    for (int j = 0; j < QK_K / 16; ++j) {
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
-    }
-    if (max_scale > 0) {
-        float iscale = q4scale / max_scale;
-        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
-        y->d = ql_fp32_to_fp16(max_scale / q4scale);
-    } else {
-        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] = 0;
-        y->d = ql_fp32_to_fp16(0.f);
-    }
-    if (max_min > 0) {
-        float iscale = q4scale / max_min;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            int l = nearest_int(iscale * mins[j]);
-            y->scales[j] |= (uint8_t)((unsigned)l << 4);
-        }
-        y->dmin = ql_fp32_to_fp16(max_min / q4scale);
-    } else {
-        y->dmin = ql_fp32_to_fp16(0.f);
-    }
-}
-
-static void q3_K_put_scale(uint8_t *scales, int j, int l) {
-    if (j < 8)
-        scales[j] = (uint8_t)(l & 0xF);
-    else
-        scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
-    l >>= 4;
-    scales[j % 4 + 8] |= (uint8_t)(l << (2 * (j / 4)));
-}
-
-/* Q3_K: 6-bit scales from the 16 sub-block scales (q3_K_rtn, or q3_K_imat's weighted search). */
-static void q3_K_pack_scales(const float *scales, const float *sw, bool imat, blk_q3_K *y) {
-    memset(y->scales, 0, 12);
-    if (imat) {
-        int8_t Ls[QK_K / 16];
-        float d_block = make_qx_quants_w(QK_K / 16, 32, scales, Ls, sw);
-        for (int j = 0; j < QK_K / 16; ++j) q3_K_put_scale(y->scales, j, Ls[j]);
-        y->d = ql_fp32_to_fp16(d_block);
-        return;
-    }
-    float max_scale = 0, amax = 0;
-    for (int j = 0; j < QK_K / 16; ++j) {
-        float scale = fabsf(scales[j]);
-        if (scale > amax) {
-            amax = scale;
-            max_scale = scales[j];
-        }
-    }
-    if (max_scale) {
-        float iscale = -32.f / max_scale;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            int8_t l = (int8_t)nearest_int(iscale * scales[j]);
-            l = (int8_t)(QMAX(-32, QMIN(31, l)) + 32);
-            q3_K_put_scale(y->scales, j, l);
-        }
-        y->d = ql_fp32_to_fp16(1 / iscale);
-    } else {
-        y->d = ql_fp32_to_fp16(0.f);
-    }
-}
-
-/* Q4_K/Q5_K super-block scale/min quantization once the 8 sub-block searches are done (both paths). */
-static void k45_pack_scales(const float *scales, const float *mins, const float *sw, bool imat, uint8_t *sc12,
-                            uint16_t *d, uint16_t *dmin) {
-    if (imat) {
-        uint8_t Ls[QK_K / 32], Lm[QK_K / 32];
-        float d_block = make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
-        float m_block = make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
-        for (int j = 0; j < QK_K / 32; ++j) k4_put_scale_min(sc12, j, QMIN(63, Ls[j]), QMIN(63, Lm[j]));
-        *d = ql_fp32_to_fp16(d_block);
-        *dmin = ql_fp32_to_fp16(m_block);
-        return;
-    }
-    float max_scale = 0, max_min = 0;
-    for (int j = 0; j < QK_K / 32; ++j) {
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
-    }
-    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-    for (int j = 0; j < QK_K / 32; ++j) {
-        uint8_t ls = (uint8_t)nearest_int(inv_scale * scales[j]);
-        uint8_t lm = (uint8_t)nearest_int(inv_min * mins[j]);
-        ls = QMIN(63, ls);
-        lm = QMIN(63, lm);
-        k4_put_scale_min(sc12, j, ls, lm);
-    }
-    *d = ql_fp32_to_fp16(max_scale / 63.f);
-    *dmin = ql_fp32_to_fp16(max_min / 63.f);
 }
 
 /* The four legacy kinds share the block-of-32 drivers. */
@@ -461,7 +159,7 @@ static void legacy_quant_rows(int kind, const float *src, void *dst, int64_t nro
         uint8_t *y = (uint8_t *)dst + r * rb;
         bool done = false;
         if (imp_ok && all_finite(x, ncols)) {
-            const float sigma2 = row_sigma2(x, ncols);
+            const float sigma2 = ql_ggml_row_sigma2(x, ncols);
             switch (ql_simd_level_get()) {
 #if QL_SIMD2_X86
             case QL_SIMD_AVX512: legacy_imat_avx512(kind, x, y, nb_row, imp, sigma2); done = true; break;
@@ -1314,7 +1012,7 @@ static TGT void SFX(q2_K_quant)(const float *x, void *vy, int64_t nb, int64_t nb
             SFX(store)(sw + p, swv);
             for (int s = 0; s < W; ++s) SFX(untranspose)(Lv, 16, s, L + 16 * (p + s));
         }
-        q2_K_pack_scales(scales, mins, sw, qw != NULL, &y[b]);
+        ql_ggml_q2_K_pack_scales(scales, mins, sw, qw != NULL, &y[b]);
         const float dd = fp16_to_fp32(y[b].d), dmm = fp16_to_fp32(y[b].dmin);
         for (int j = 0; j < QK_K / 16; ++j) {
             const float d = dd * (y[b].scales[j] & 0xF);
@@ -1439,7 +1137,7 @@ static TGT void SFX(q3_K_quant)(const float *x, void *vy, int64_t nb, int64_t nb
                 const int t = 16 * sb + j;
                 SFX(untranspose)(Lv[t / W], 16, t % W, (uint8_t *)L + 16 * j);
             }
-            q3_K_pack_scales(scales + 16 * sb, sws + 16 * sb, imatrix != NULL, &y[b]);
+            ql_ggml_q3_K_pack_scales(scales + 16 * sb, sws + 16 * sb, imatrix != NULL, &y[b]);
             SFX(q3_K_finish)(x + QK_K * b, &y[b], L);
         }
     }
@@ -1540,8 +1238,8 @@ static TGT void SFX(q5_K_quant)(const float *x, void *vy, int64_t nb, int64_t nb
             }
             uint8_t L[QK_K];
             for (int s = 0; s < 8; ++s) SFX(untranspose)(Lv, 32, 8 * g + s, L + 32 * s);
-            k45_pack_scales(scales + 8 * g, mins + 8 * g, sws + 8 * g, imatrix != NULL, y[b].scales, &y[b].d,
-                            &y[b].dmin);
+            ql_ggml_k45_pack_scales(scales + 8 * g, mins + 8 * g, sws + 8 * g, imatrix != NULL, y[b].scales,
+                                    &y[b].d, &y[b].dmin);
             const float dd = fp16_to_fp32(y[b].d), dmm = fp16_to_fp32(y[b].dmin);
             for (int j = 0; j < QK_K / 32; ++j) {
                 uint8_t sc, m;
