@@ -80,8 +80,12 @@ static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_
         vp = &view;
     }
     if (meth->transform_layer && ov && ov->w) meth = ql_method_by_name("rtn"); /* scales already migrated */
-    if (meth->needs && (!vp || ((meth->needs & QL_NEEDS_HESSIAN) && !vp->xtx)))
+    if (meth->needs && (!vp || ((meth->needs & QL_NEEDS_HESSIAN) && !vp->xtx))) {
+        if (ov && ov->w && !meth->transform_layer)
+            ql_log(1, "%s: %s cannot use statistics measured before AWQ/SmoothQuant rescaled this layer; rounding to nearest",
+                   src->name, meth->name);
         meth = ql_method_by_name("rtn"); /* embeddings have no input statistics */
+    }
     ql_method_opts mo = {.spec = c->o->method_opts, .n_threads = c->o->n_threads, .importance = imp};
     s = meth->quantize_tensor(w, nrows, ncols, f, vp, &mo, dst);
 out:
