@@ -102,7 +102,7 @@ FUZZERS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 fuzz: $(FUZZERS:%=build-fuzz/%)
 build-fuzz/%: fuzz/%.c $(SRCS)
 	@mkdir -p build-fuzz
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Icore -Imethods -Ikernels \
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Icore -Imethods -Ikernels \
 	  $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
 	  $(filter core/%.c methods/%.c kernels/%.c,$(SRCS)) $(shell pkg-config --libs $(PKGS)) -lm -pthread
 

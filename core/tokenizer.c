@@ -413,7 +413,8 @@ static double arr_f64(const ql_gguf_value *it) {
 static int64_t arr_i64(const ql_gguf_value *it) {
     switch (it->type) {
     case QL_GGUF_I8: case QL_GGUF_I16: case QL_GGUF_I32: case QL_GGUF_I64: return it->v.i;
-    case QL_GGUF_F32: case QL_GGUF_F64: return (int64_t)it->v.f;
+    case QL_GGUF_F32: case QL_GGUF_F64: /* hostile files: NaN or out-of-range floats are not ids */
+        return it->v.f >= -9.0e18 && it->v.f <= 9.0e18 ? (int64_t)it->v.f : -1;
     default: return it->v.u > (uint64_t)INT64_MAX ? -1 : (int64_t)it->v.u;
     }
 }
