@@ -23,7 +23,7 @@ CUOBJS  := $(CUSRCS:%.cu=$(BUILD)/%.cu.o)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CFLAGS  += -DQL_HAVE_CUDA -I$(CUDA_HOME)/include
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusolver -lstdc++
-NVFLAGS ?= -O2 -std=c++17 -Icore -Ikernels -Imethods --compiler-options -fPIC -arch=sm_90 \
+NVFLAGS ?= -O2 -std=c++17 -MMD -MP -Icore -Ikernels -Imethods --compiler-options -fPIC -arch=sm_90 \
            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 endif
 
@@ -109,7 +109,7 @@ build-fuzz/%: fuzz/%.c $(SRCS)
 clean:
 	rm -rf build build-asan build-fuzz qlab
 
--include $(OBJS:.o=.d) $(CLIOBJS:.o=.d) $(TESTS:%=$(BUILD)/tests/%.d)
+-include $(OBJS:.o=.d) $(CLIOBJS:.o=.d) $(CUOBJS:.o=.d) $(TESTS:%=$(BUILD)/tests/%.d)
 
 # GPTQ speed on a 4096x4096 layer (int4_g128, 2 threads); `make bench-gptq ARGS="rows cols threads fmt spec"`
 .PHONY: bench-gptq

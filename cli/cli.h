@@ -4,6 +4,7 @@
 #define QL_CLI_H
 
 #include "ql_common.h"
+#include "stats.h"
 #include <stdio.h>
 
 typedef struct {
@@ -45,6 +46,9 @@ void cli_calib_defaults(cli_calib *ca, int ctx, int chunks);
 int cli_calib_flag(cli_args *a, const char *flag, cli_calib *ca); /* 1 when the flag was one of them */
 static inline bool cli_calib_given(const cli_calib *ca) { return ca->text || ca->calib; }
 ql_status cli_calib_tokens(const struct ql_model *m, const cli_calib *ca, int32_t **tok, int64_t *n_seq);
+/* Statistics over n_seq sequences of seq_len tokens with a progress bar named `label`. */
+ql_status cli_collect_stats(const struct ql_model *m, const int32_t *tok, int64_t n_seq, int seq_len,
+                            const ql_stats_opts *o, const char *label, ql_stats **out);
 
 /* Prints "qlab CMD: <ql_last_error()>" and returns 1. */
 int cli_fail(const char *cmd);

@@ -5,6 +5,7 @@
 #include "calib.h"
 #include "parallel.h"
 #include "ppl.h"
+#include "stats.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -69,4 +70,16 @@ ql_status cli_calib_tokens(const ql_model *m, const cli_calib *ca, int32_t **tok
     set->tokens = NULL;
     ql_calib_free(set);
     return QL_OK;
+}
+
+ql_status cli_collect_stats(const struct ql_model *m, const int32_t *tok, int64_t n_seq, int seq_len,
+                            const ql_stats_opts *o, const char *label, ql_stats **out) {
+    ql_infer *inf = NULL;
+    ql_status s = ql_infer_new(m, o->n_threads, &inf);
+    if (s) return s;
+    ql_progress *bar = cli_progress_bar(label);
+    s = ql_stats_collect(inf, tok, n_seq, seq_len, o, bar, out);
+    cli_progress_done(bar);
+    ql_infer_free(inf);
+    return s;
 }

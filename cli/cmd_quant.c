@@ -112,14 +112,8 @@ int cmd_quant(int argc, char **argv) {
         if (cli_calib_tokens(m, &ca, &calib_tok, &calib_n)) { rc = cli_fail("quant"); goto done; }
         if (!sequential) {
             /* statistics once, from the unquantized model (qlab stats would give the same file) */
-            ql_infer *inf = NULL;
             ql_stats_opts so = {.hessian = true, .output = true, .n_threads = threads};
-            ql_progress *sbar = cli_progress_bar("stats");
-            s = ql_infer_new(m, threads, &inf);
-            if (!s) s = ql_stats_collect(inf, calib_tok, calib_n, ca.ctx, &so, sbar, &stats);
-            cli_progress_done(sbar);
-            ql_infer_free(inf);
-            if (s) { rc = cli_fail("quant"); goto done; }
+            if (cli_collect_stats(m, calib_tok, calib_n, ca.ctx, &so, "stats", &stats)) { rc = cli_fail("quant"); goto done; }
         }
     }
     if (needs && sequential && !calib_tok && !dry) {

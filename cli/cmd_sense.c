@@ -255,13 +255,8 @@ int cmd_sense(int argc, char **argv) {
             goto done;
         }
     } else if (needs_stats && tok) {
-        ql_infer *inf = NULL;
         ql_stats_opts so = {.hessian = true, .output = true, .n_threads = threads};
-        ql_progress *bar = cli_progress_bar("sense: statistics");
-        ss = ql_infer_new(m, threads, &inf);
-        if (!ss) ss = ql_stats_collect(inf, tok, n_seq, ca.ctx, &so, bar, &st);
-        cli_progress_done(bar);
-        ql_infer_free(inf);
+        ss = cli_collect_stats(m, tok, n_seq, ca.ctx, &so, "sense: statistics", &st);
         if (ss) {
             rc = cli_fail("sense");
             goto done;

@@ -13,28 +13,17 @@
 
 static int collect(const char *cmd, const char *model, const cli_calib *ca, bool hessian, bool output, ql_model **m,
                    ql_stats **st) {
-    ql_infer *inf = NULL;
     int32_t *tok = NULL;
     int64_t n_seq = 0;
-    int rc = 0;
-    if (ql_model_load(model, m)) return cli_fail(cmd);
-    if (!(*m)->tok) {
-        fprintf(stderr, "qlab %s: %s: the model has no tokenizer\n", cmd, model);
-        return 1;
-    }
-    ql_status cs = cli_calib_tokens(*m, ca, &tok, &n_seq);
-    if (cs || ql_infer_new(*m, ca->threads, &inf)) {
+    ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads};
+    if (ql_model_load(model, m) || cli_calib_tokens(*m, ca, &tok, &n_seq) ||
+        cli_collect_stats(*m, tok, n_seq, ca->ctx, &o, cmd, st)) {
         free(tok);
         return cli_fail(cmd);
     }
-    ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads};
-    ql_progress *bar = cli_progress_bar(cmd);
-    if (ql_stats_collect(inf, tok, n_seq, ca->ctx, &o, bar, st)) rc = cli_fail(cmd);
-    cli_progress_done(bar);
-    if (!rc) (*st)->source = ql_strdup(ca->calib ? ca->calib : ca->text);
+    (*st)->source = ql_strdup(ca->calib ? ca->calib : ca->text);
     free(tok);
-    ql_infer_free(inf);
-    return rc;
+    return 0;
 }
 
 static const char *STATS_USAGE =
