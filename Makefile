@@ -4,13 +4,13 @@ NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>
 PKGS    := ncursesw libarchive inih jansson libpcre2-8 cmocka openblas lapacke
 OPTFLAGS ?= -O2 -g
 CFLAGS  += $(OPTFLAGS) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -pthread \
-           -Icore -Imethods -Ikernels -Isensitivity -Ipresets -Itui -Icli \
+           -I. \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread
 BUILD   ?= build
 BIN     ?= qlab
 
-SRCS    := $(wildcard core/*.c methods/*.c kernels/*.c sensitivity/*.c presets/*.c tui/*.c)
+SRCS    := $(wildcard base/*.c kernels/*.c formats/*.c core/*.c methods/*.c pipeline/*.c sensitivity/*.c presets/*.c tui/*.c)
 CLISRCS := $(wildcard cli/*.c)
 OBJS    := $(SRCS:%.c=$(BUILD)/%.o) $(BUILD)/presets_data.o
 PRESETS := $(wildcard presets/*.ini)
@@ -23,11 +23,11 @@ CUOBJS  := $(CUSRCS:%.cu=$(BUILD)/%.cu.o)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CFLAGS  += -DQL_HAVE_CUDA -I$(CUDA_HOME)/include
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusolver -lstdc++
-NVFLAGS ?= -O2 -std=c++17 -MMD -MP -Icore -Ikernels -Imethods --compiler-options -fPIC -arch=sm_90 \
+NVFLAGS ?= -O2 -std=c++17 -MMD -MP -I. --compiler-options -fPIC -arch=sm_90 \
            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 endif
 
-.PHONY: check-mixes all test test-run asan bench clean detect test-cuda fuzz deps run
+.PHONY: check-layers check-mixes all test test-run asan bench clean detect test-cuda fuzz deps run
 all: detect $(BIN)
 
 # Installs missing Debian packages when root (else prints the apt-get line); `make run` and
@@ -79,7 +79,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
-test-run: all $(TESTS:%=$(BUILD)/tests/%)
+test-run: check-layers all $(TESTS:%=$(BUILD)/tests/%)
 	@fail=0; for t in $(TESTS); do echo "== $$t"; QLAB=$(CURDIR)/$(BIN) $(BUILD)/tests/$$t || fail=1; done; \
 	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QL_QUICK=$(QL_QUICK) QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; fi; \
 	 exit $$fail
@@ -92,6 +92,10 @@ asan:
 	$(MAKE) BUILD=build-asan OPTFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	        LDFLAGS="-fsanitize=address,undefined" NVCC= BIN=build-asan/qlab QL_QUICK=1 test-run
 
+# Include rules (docs/architecture.md): no include up a layer, every include names its directory, no cycles.
+check-layers:
+	@python3 scripts/check_layers.py
+
 check-mixes: all
 	@bash tests/mixes_check.sh
 
@@ -102,9 +106,9 @@ FUZZERS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 fuzz: $(FUZZERS:%=build-fuzz/%)
 build-fuzz/%: fuzz/%.c $(SRCS)
 	@mkdir -p build-fuzz
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Icore -Imethods -Ikernels \
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
 	  $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
-	  $(filter core/%.c methods/%.c kernels/%.c,$(SRCS)) $(shell pkg-config --libs $(PKGS)) -lm -pthread
+	  $(filter base/%.c kernels/%.c formats/%.c core/%.c methods/%.c pipeline/%.c sensitivity/%.c presets/%.c,$(SRCS)) $(shell pkg-config --libs $(PKGS)) -lm -pthread
 
 clean:
 	rm -rf build build-asan build-fuzz qlab

@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "format.h"
-#include "format_grid.h"
-#include "method.h"
+#include "formats/format.h"
+#include "formats/format_grid.h"
+#include "methods/method.h"
 
 static uint64_t g_rng = 12345;
 static double uniform(void) {

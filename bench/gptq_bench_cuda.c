@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fmt_ext.h"
-#include "format.h"
-#include "gptq_cuda.h"
+#include "formats/fmt_ext.h"
+#include "formats/format.h"
+#include "kernels/gptq_cuda.h"
 
 static uint64_t g_rng = 12345; /* gptq_bench.c's generator and seed: the same layer */
 static double uniform(void) {

@@ -3,8 +3,8 @@
 #ifndef QL_CLI_H
 #define QL_CLI_H
 
-#include "ql_common.h"
-#include "stats.h"
+#include "base/ql_common.h"
+#include "core/stats.h"
 #include <stdio.h>
 
 typedef struct {

@@ -1,11 +1,11 @@
 /* cli_calib.c — the calibration-input flags shared by stats, imatrix, quant and sense: either
  * llama.cpp-style consecutive chunks of one text file (--text, --ctx, --chunks), or a calibration
  * set drawn from a mix of sources (--calib SPEC, --samples, --len, --seed, --mode; core/calib.h). */
-#include "cli.h"
-#include "calib.h"
-#include "parallel.h"
-#include "ppl.h"
-#include "stats.h"
+#include "cli/cli.h"
+#include "pipeline/calib.h"
+#include "base/parallel.h"
+#include "core/ppl.h"
+#include "core/stats.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* cli_util.c — option parsing, progress bar and error reporting shared by every command. */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <signal.h>
 #include <stdarg.h>

@@ -1,9 +1,9 @@
 /* cmd_calib.c — `qlab calib inspect`: builds a calibration set (core/calib.h) and reports what it holds:
  * tokens per source, vocabulary coverage, n-gram overlap with an evaluation text, decoded samples. */
-#include "cli.h"
-#include "calib.h"
-#include "model.h"
-#include "ppl.h"
+#include "cli/cli.h"
+#include "pipeline/calib.h"
+#include "core/model.h"
+#include "core/ppl.h"
 
 #include <errno.h>
 #include <jansson.h>

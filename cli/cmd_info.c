@@ -1,7 +1,7 @@
 /* cmd_info.c — `qlab info`: hyper-parameters, per-tensor types/shapes/sizes, bits per weight. */
-#include "cli.h"
-#include "ggml_types.h"
-#include "model.h"
+#include "cli/cli.h"
+#include "kernels/ggml_types.h"
+#include "core/model.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -1,10 +1,11 @@
 /* cmd_ppl.c — `qlab ppl`, `qlab logits` and `qlab tokenize`: the measuring commands. */
-#include "cli.h"
-#include "model.h"
-#include "ppl.h"
-#include "parallel.h"
-#include "actquant.h"
-#include "stats.h"
+#include "cli/cli.h"
+#include "core/model.h"
+#include "core/ppl.h"
+#include "base/parallel.h"
+#include "methods/act_recipe.h"
+#include "methods/layer_f32.h"
+#include "core/stats.h"
 
 #include <cblas.h>
 #include <errno.h>

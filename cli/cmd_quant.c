@@ -1,16 +1,16 @@
 /* cmd_quant.c — `qlab quant` (apply a type, preset or plan and write a GGUF) and `qlab formats`
  * (the registry catalogue). */
-#include "cli.h"
-#include "format.h"
-#include "ggml_types.h"
-#include "imatrix.h"
-#include "model.h"
-#include "parallel.h"
-#include "preset.h"
-#include "quantize.h"
-#include "method.h"
-#include "ppl.h"
-#include "stats.h"
+#include "cli/cli.h"
+#include "formats/format.h"
+#include "kernels/ggml_types.h"
+#include "pipeline/imatrix.h"
+#include "core/model.h"
+#include "base/parallel.h"
+#include "presets/preset.h"
+#include "pipeline/quantize.h"
+#include "methods/method.h"
+#include "core/ppl.h"
+#include "core/stats.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -1,17 +1,17 @@
 /* cmd_sense.c — `qlab sense` (measure per-tensor sensitivity), `qlab plan` (allocate bits to a target
  * and write a plan), `qlab pareto` (the predicted error-vs-BPW frontier) and `qlab sense-diff` (how two
  * calibration sets rank the tensors). See docs/sensitivity.md. */
-#include "cli.h"
-#include "allocate.h"
-#include "calib.h"
-#include "imatrix.h"
-#include "method.h"
-#include "model.h"
-#include "parallel.h"
-#include "plan.h"
-#include "ppl.h"
-#include "sense.h"
-#include "stats.h"
+#include "cli/cli.h"
+#include "sensitivity/allocate.h"
+#include "pipeline/calib.h"
+#include "pipeline/imatrix.h"
+#include "methods/method.h"
+#include "core/model.h"
+#include "base/parallel.h"
+#include "pipeline/plan.h"
+#include "core/ppl.h"
+#include "sensitivity/sense.h"
+#include "core/stats.h"
 
 #include <ctype.h>
 #include <math.h>

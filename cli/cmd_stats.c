@@ -1,12 +1,12 @@
 /* cmd_stats.c — `qlab stats` (activation statistics file) and `qlab imatrix` (llama.cpp importance
  * matrix). Both read calibration tokens the same way: llama.cpp-style consecutive chunks of a text
  * file (--text, --ctx, --chunks), the way llama-imatrix does it. */
-#include "cli.h"
-#include "imatrix.h"
-#include "model.h"
-#include "parallel.h"
-#include "ppl.h"
-#include "stats.h"
+#include "cli/cli.h"
+#include "pipeline/imatrix.h"
+#include "core/model.h"
+#include "base/parallel.h"
+#include "core/ppl.h"
+#include "core/stats.h"
 
 #include <stdlib.h>
 #include <string.h>

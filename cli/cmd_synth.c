@@ -1,9 +1,9 @@
 /* cmd_synth.c — `qlab synth` and `qlab convert`. */
-#include "cli.h"
-#include "ggml_types.h"
-#include "model.h"
-#include "parallel.h"
-#include "synth.h"
+#include "cli/cli.h"
+#include "kernels/ggml_types.h"
+#include "core/model.h"
+#include "base/parallel.h"
+#include "core/synth.h"
 
 #include <stdlib.h>
 #include <string.h>

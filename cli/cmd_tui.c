@@ -1,7 +1,7 @@
 /* cmd_tui.c — `qlab tui [MODEL]`: the workbench in the terminal, or, with --keys, a headless run of
  * a key script that prints the final screen as text (for scripts, docs and checks without a tty). */
-#include "cli.h"
-#include "tui.h"
+#include "cli/cli.h"
+#include "tui/tui.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /* main.c — qlab's entry point: dispatches `qlab COMMAND ...` through the command table. */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /* gguf.c — GGUF v2/v3 reader (mmap + full validation) and writer (temp file + rename).
  * Every count and size in the file is checked against the bytes that remain before anything is
  * allocated from it, so a hostile header cannot make us allocate or read past the mapping. */
-#include "gguf.h"
-#include "ggml_types.h"
+#include "core/gguf.h"
+#include "kernels/ggml_types.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -7,7 +7,7 @@
 #ifndef QL_GGUF_H
 #define QL_GGUF_H
 
-#include "ql_common.h"
+#include "base/ql_common.h"
 
 enum {
     QL_GGUF_U8 = 0, QL_GGUF_I8 = 1, QL_GGUF_U16 = 2, QL_GGUF_I16 = 3, QL_GGUF_U32 = 4,

@@ -6,8 +6,8 @@
  * ql_hf_save writes config.json and one model.safetensors whose "__metadata__" also carries every
  * non-architecture GGUF key (tokenizer included) so HF -> GGUF -> HF -> GGUF round-trips exactly.
  * No global state: concurrent loads/saves of different folders are fine. */
-#include "model.h"
-#include "ggml_types.h"
+#include "core/model.h"
+#include "kernels/ggml_types.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,10 +1,10 @@
 /* infer.c — forward pass (see infer.h). Shapes are row-major [tokens, features]; a weight with GGUF
  * shape ne = [K, N] is N rows of K, so y[T,N] = x[T,K] · Wᵀ is one sgemm with B transposed. */
-#include "infer.h"
-#include "actquant.h"
-#include "ggml_types.h"
-#include "parallel.h"
-#include "format.h"
+#include "core/infer.h"
+#include "core/actquant.h"
+#include "kernels/ggml_types.h"
+#include "base/parallel.h"
+#include "formats/format.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -6,7 +6,8 @@
 #ifndef QL_INFER_H
 #define QL_INFER_H
 
-#include "model.h"
+#include "core/actquant.h"
+#include "core/model.h"
 
 typedef struct ql_infer ql_infer;
 typedef struct ql_scratch ql_scratch;
@@ -60,5 +61,10 @@ bool ql_tensor_to_f32(const ql_gguf_tensor *t, float *dst, int n_threads);
 
 /* log-softmax helpers shared by ppl and kld: returns log p(tok) for one row of logits. */
 double ql_log_softmax_at(const float *logits, int n_vocab, int tok);
+
+/* Sets (aq != NULL) or clears (aq == NULL or mode none) the activation quantization of the linear layer
+ * whose weight is `w` in the preview forward pass. It takes precedence over the llama.cpp activation
+ * rounding of ggml weight types. false when the infer has no such tensor. Defined in core/infer.c. */
+bool ql_infer_set_act_quant(ql_infer *inf, const ql_gguf_tensor *w, const ql_act_quant *aq);
 
 #endif

@@ -3,8 +3,8 @@
  * point into the mmapped file, adopted by the returned ql_gguf. llama2.c rotates adjacent pairs,
  * which is GGUF's q/k row order already, so nothing is permuted or copied. The tokenizer comes from
  * tokenizer.bin (or tok<vocab>.bin) beside the checkpoint when one is there. Thread-safe. */
-#include "model.h"
-#include "ggml_types.h"
+#include "core/model.h"
+#include "kernels/ggml_types.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,8 +1,8 @@
 /* model.c — builds the llama-family model view (config + tensors by role + tokenizer) over a ql_gguf,
  * whatever file it came from, and checks every tensor's shape against the hyper-parameters so the
  * forward pass can trust them. */
-#include "model.h"
-#include "ggml_types.h"
+#include "core/model.h"
+#include "kernels/ggml_types.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,8 +6,8 @@
 #ifndef QL_MODEL_H
 #define QL_MODEL_H
 
-#include "gguf.h"
-#include "tokenizer.h"
+#include "core/gguf.h"
+#include "core/tokenizer.h"
 
 typedef struct {
     char arch[32];

@@ -2,8 +2,8 @@
  * Log-prob file: "QLLOGP01", u32 n_ctx, u32 n_vocab, u32 n_chunks, u32 first, then n_chunks*n_ctx int32
  * tokens (as evaluated, BOS included), then for every chunk and scored row: f32 min, f32 step,
  * u16[n_vocab] with logp ≈ min + step*q (about 5e-4 resolution, the same trade llama.cpp makes). */
-#include "ppl.h"
-#include "parallel.h"
+#include "core/ppl.h"
+#include "base/parallel.h"
 
 #include <cblas.h>
 #include <errno.h>

@@ -5,7 +5,7 @@
 #ifndef QL_PPL_H
 #define QL_PPL_H
 
-#include "infer.h"
+#include "core/infer.h"
 
 typedef struct {
     int n_ctx;              /* default 512 */

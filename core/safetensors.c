@@ -4,8 +4,8 @@
  * ql_hf_save) is decoded back into keys of the same ql_gguf. Names and shapes are converted to GGUF
  * order (ne[0] = last safetensors dimension) but names are kept as in the file (see core/hf.c).
  * The buffer must outlive the ql_gguf; nothing here is global, so threads may parse concurrently. */
-#include "model.h"
-#include "ggml_types.h"
+#include "core/model.h"
+#include "kernels/ggml_types.h"
 
 #include <math.h>
 #include <stdio.h>

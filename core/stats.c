@@ -2,8 +2,8 @@
  * File: "QLSTATS1", u32 version(1), u32 flags (1 = hessian), u64 n_sequences, u64 seq_len, u32 n_entries,
  * u32 source_len, source bytes; per entry: u32 name_len, name, u64 n, u64 n_tokens, f64 sum_abs[n],
  * f64 sum_sq[n], f32 absmax[n], then (if hessian) f64 xtx[n*n] full symmetric. Little-endian. */
-#include "stats.h"
-#include "parallel.h"
+#include "core/stats.h"
+#include "base/parallel.h"
 
 #include <cblas.h>
 #include <errno.h>

@@ -7,8 +7,16 @@
 #ifndef QL_STATS_H
 #define QL_STATS_H
 
-#include "infer.h"
-#include "method.h"
+#include "core/infer.h"
+
+/* Statistics of one linear layer's input x ∈ R^n over the calibration tokens. Owned by whoever
+ * computed them (core/stats.c); methods only read. Any pointer may be NULL when not collected. */
+typedef struct ql_input_stats {
+    int64_t n;          /* input features (the weight's row length, ne[0]) */
+    int64_t n_tokens;   /* rows accumulated */
+    const double *xtx;  /* [n, n] row-major Σ x xᵀ (symmetric) */
+    const float *absmax, *mean_abs, *mean_sq; /* [n] */
+} ql_input_stats;
 
 typedef struct {
     char *name;       /* input point: "blk.3.attn_in", "blk.3.attn_out_in", "blk.3.ffn_in", "blk.3.ffn_down_in", "output_in" */

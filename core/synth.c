@@ -1,9 +1,9 @@
 /* synth.c — synthetic llama models (see synth.h). Every row is drawn from its own seeded stream, so
  * the file is identical whatever the thread count. */
-#include "synth.h"
-#include "ggml_types.h"
-#include "parallel.h"
-#include "tokenizer.h"
+#include "core/synth.h"
+#include "kernels/ggml_types.h"
+#include "base/parallel.h"
+#include "core/tokenizer.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -6,7 +6,7 @@
 #ifndef QL_SYNTH_H
 #define QL_SYNTH_H
 
-#include "gguf.h"
+#include "core/gguf.h"
 
 typedef struct {
     const char *name;

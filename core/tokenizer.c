@@ -4,7 +4,7 @@
  * translators from tokenizer.json, llama2.c tokenizer.bin and a synthetic byte vocabulary into those keys.
  * A ql_tokenizer owns copies of everything it uses (the ql_gguf may be freed afterwards) and is never
  * mutated after creation, so ql_tokenize may run on several threads at once (scratch is per call). */
-#include "tokenizer.h"
+#include "core/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>

@@ -6,7 +6,7 @@
 #ifndef QL_TOKENIZER_H
 #define QL_TOKENIZER_H
 
-#include "gguf.h"
+#include "core/gguf.h"
 
 typedef struct ql_tokenizer ql_tokenizer;
 

@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "gguf.h"
+#include "core/gguf.h"
 
 static uint64_t touch_value(const ql_gguf_value *v) {
     uint64_t h = v->type;

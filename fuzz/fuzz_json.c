@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model.h"
+#include "core/model.h"
 
 static char g_root[256], g_cfg_dir[300], g_idx_dir[300], g_tok[300];
 

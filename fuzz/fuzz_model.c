@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model.h"
+#include "core/model.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ql_gguf *g = NULL;

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "model.h"
+#include "core/model.h"
 
 static void quiet(int level, const char *msg, void *user) { (void)level, (void)msg, (void)user; }
 

@@ -5,7 +5,7 @@
 // which nvcc never contracts into FMA), fp16 conversions are the reference's bit code, and float->int
 // casts reproduce x86's cvttss2si (out of range or NaN -> INT_MIN) as the reference gets it from gcc.
 // Threads: dequantize = one thread per output element (grid-stride), quantize = one thread per block.
-#include "cuda_api.h"
+#include "kernels/cuda_api.h"
 
 #include <cuda_runtime.h>
 
@@ -107,7 +107,7 @@ QL_HD int nearest_int(float fval) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-#include "cuda_half.cuh" /* h2f, f2h */
+#include "kernels/cuda_half.cuh" /* h2f, f2h */
 
 QL_HD uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 QL_HD void st16(uint8_t *p, uint16_t v) {

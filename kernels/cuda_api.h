@@ -18,8 +18,8 @@
 extern "C" {
 #endif
 
-#include "ggml_types.h"
-#include "ql_common.h"
+#include "kernels/ggml_types.h"
+#include "base/ql_common.h"
 
 /* 1 when a CUDA device can be used (checked once), else 0. */
 int ql_cuda_available(void);

@@ -3,16 +3,16 @@
  * arithmetic in the same order, nearest_int via the 1.5*2^23 trick, fp16 rounding to nearest even.
  * Keep it that way: any reordering of a sum or product here breaks bit-exactness with ggml files.
  * Needs -ffp-contract=off (implied by -std=c11 with gcc) and a little-endian host. Pure, thread-safe. */
-#include "ggml_quants.h"
+#include "kernels/ggml_quants.h"
 
 #include <math.h>
 #include <float.h>
 #include <string.h>
 
-#include "ql_common.h"
-#include "ggml_types.h"
-#include "ggml_quants_internal.h"
-#include "iq_tables.h"
+#include "base/ql_common.h"
+#include "kernels/ggml_types.h"
+#include "kernels/ggml_quants_internal.h"
+#include "kernels/iq_tables.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF /* gcc: -std=c11 already means -ffp-contract=off */

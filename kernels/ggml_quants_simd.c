@@ -11,7 +11,7 @@
  * including this file into itself (QL_SIMD_TEMPLATE) with W = 8 (AVX2) and W = 16 (AVX-512).
  * No AMX, no VNNI: only avx2 / avx512f,bw,vl,dq instructions. Pure and thread-safe. */
 #ifndef QL_SIMD_TEMPLATE
-#include "simd.h"
+#include "kernels/simd.h"
 
 #include <float.h>
 #include <math.h>
@@ -20,11 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fmt_ext.h"
-#include "ggml_quants.h"
-#include "ggml_quants_internal.h"
-#include "ggml_types.h"
-#include "ql_common.h"
+#include "kernels/int_quants.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_quants_internal.h"
+#include "kernels/ggml_types.h"
+#include "base/ql_common.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define QL_SIMD_X86 1
@@ -68,7 +68,7 @@ static int4_group int4_params(float lo, float hi, float m, bool sym) {
 #define W 8
 #define TGT __attribute__((target("avx2")))
 #define SFX(name) name##_avx2
-#include "ggml_quants_simd.c"
+#include "kernels/ggml_quants_simd.c"
 #undef W
 #undef TGT
 #undef SFX
@@ -76,7 +76,7 @@ static int4_group int4_params(float lo, float hi, float m, bool sym) {
 #define W 16
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define SFX(name) name##_avx512
-#include "ggml_quants_simd.c"
+#include "kernels/ggml_quants_simd.c"
 #undef W
 #undef TGT
 #undef SFX

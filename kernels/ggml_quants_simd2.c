@@ -13,18 +13,18 @@
  * integers. The width-generic kernels are written once with GCC vector extensions and instantiated twice
  * by including this file into itself (W = 8 AVX2, W = 16 AVX-512). No AMX, no VNNI. Pure, thread-safe. */
 #ifndef QL_SIMD2_TEMPLATE
-#include "simd2.h"
+#include "kernels/simd2.h"
 
 #include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <string.h>
 
-#include "ggml_quants.h"
-#include "ggml_quants_internal.h"
-#include "ggml_types.h"
-#include "ql_common.h"
-#include "simd.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_quants_internal.h"
+#include "kernels/ggml_types.h"
+#include "base/ql_common.h"
+#include "kernels/simd.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define QL_SIMD2_X86 1
@@ -80,7 +80,7 @@ enum { LEG_Q4_0, LEG_Q4_1, LEG_Q5_0, LEG_Q5_1 };
 #define TGT __attribute__((target("avx2")))
 #define TGTF __attribute__((target("avx2,f16c")))
 #define SFX(name) name##_avx2
-#include "ggml_quants_simd2.c"
+#include "kernels/ggml_quants_simd2.c"
 #undef W
 #undef TGT
 #undef TGTF
@@ -90,7 +90,7 @@ enum { LEG_Q4_0, LEG_Q4_1, LEG_Q5_0, LEG_Q5_1 };
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define TGTF TGT
 #define SFX(name) name##_avx512
-#include "ggml_quants_simd2.c"
+#include "kernels/ggml_quants_simd2.c"
 #undef W
 #undef TGT
 #undef TGTF

@@ -14,7 +14,7 @@
 // the host emulation (same code, LAPACK/OpenBLAS in place of cuSOLVER/cuBLAS) and the device agree with
 // each other and with m_gptq.c wherever the inputs to a rounding agree; the host build of this file is
 // plain x86-64 (no FMA), where the compiler has nothing to contract.
-#include "gptq_cuda.h"
+#include "kernels/gptq_cuda.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -73,7 +73,7 @@ QL_HD bool finite_f(float x) { return (f2u(x) & 0x7f800000u) != 0x7f800000u; }
 QL_HD bool finite_d(double x) { return x - x == 0.0; }
 QL_HD float abs_f(float x) { return u2f(f2u(x) & 0x7fffffffu); }
 
-#include "cuda_half.cuh" /* h2f, f2h */
+#include "kernels/cuda_half.cuh" /* h2f, f2h */
 
 // ---------------------------------------------------------------------------------------------------
 // The column loop of one batch, for one row (m_gptq.c: batch_rows / fix_block / quant_linear)

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#include "ql_common.h"
+#include "base/ql_common.h"
 
 /* Seconds spent in each phase of one call (wall clock, the device synchronized between phases). */
 typedef struct {

@@ -6,8 +6,10 @@
  * group's absmax, picked by the group's own error δ H_gg δᵀ, kept when the whole matrix improves.
  * The per-tensor method (no transform) does the clipping search with s = 1. Pure: edits only the
  * buffers it is given. */
-#include "actquant.h"
-#include "fmt_ext.h"
+#include "methods/act_recipe.h"
+#include "methods/layer_f32.h"
+#include "methods/method.h"
+#include "formats/fmt_ext.h"
 
 #include <cblas.h>
 #include <math.h>

@@ -26,8 +26,8 @@
  * auto-vectorized (AVX2 twin picked at run time through kernels/simd.h; no FMA contraction, so every
  * CPU gives the same bytes).
  * Thread-safety: reentrant; temporarily sets OpenBLAS's thread count to n_threads. */
-#include "format_grid.h"
-#include "method.h"
+#include "methods/gptq.h"
+#include "methods/method.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -36,8 +36,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "parallel.h"
-#include "simd.h"
+#include "base/parallel.h"
+#include "kernels/simd.h"
 
 #define ROW_CHUNK 128 /* rows per work item: a batch of E and W for a chunk stays in L2 */
 

@@ -3,7 +3,9 @@
  * columns, moving activation outliers into the weights so that both quantize to INT8 (W8A8 with
  * per-token dynamic activations). The model computes the same function in float. The weights are then
  * quantized with the format's own rounding. Pure; edits only the layer copy it is given. */
-#include "actquant.h"
+#include "methods/act_recipe.h"
+#include "methods/layer_f32.h"
+#include "methods/method.h"
 
 #include <math.h>
 #include <stdio.h>

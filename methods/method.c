@@ -1,5 +1,5 @@
 /* method.c — the method registry table and option parsing; one entry per methods/m_*.c file. */
-#include "method.h"
+#include "methods/method.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,7 +6,8 @@
 #ifndef QL_METHOD_H
 #define QL_METHOD_H
 
-#include "format.h"
+#include "formats/format.h"
+#include "core/stats.h" /* ql_input_stats */
 
 enum {
     QL_NEEDS_NOTHING = 0,
@@ -15,14 +16,6 @@ enum {
     QL_NEEDS_GRADIENTS = 4,
 };
 
-/* Statistics of one linear layer's input x ∈ R^n over the calibration tokens. Owned by whoever
- * computed them (core/stats.c); methods only read. Any pointer may be NULL when not collected. */
-typedef struct ql_input_stats {
-    int64_t n;          /* input features (the weight's row length, ne[0]) */
-    int64_t n_tokens;   /* rows accumulated */
-    const double *xtx;  /* [n, n] row-major Σ x xᵀ (symmetric) */
-    const float *absmax, *mean_abs, *mean_sq; /* [n] */
-} ql_input_stats;
 
 /* Free-form options ("damp=0.01,act_order=1,group_static=0,block=128"), parsed by each method. */
 typedef struct {
@@ -32,7 +25,7 @@ typedef struct {
     const ql_progress *progress;
 } ql_method_opts;
 
-struct ql_layer_f32; /* core/actquant.h: writable F32 copies of one decoder layer */
+struct ql_layer_f32; /* methods/layer_f32.h: writable F32 copies of one decoder layer */
 struct ql_stats;     /* core/stats.h */
 
 typedef struct ql_method {

@@ -5,8 +5,8 @@
  * (llama.cpp's use_more_bits), layer<N, layer<n/K, layer>N, layer>K*n/M, gqa>N, imatrix, !imatrix. ('=' cannot
  * appear in an INI key, hence strict comparisons only.)
  * The first matching rule wins; [preset] default applies to the rest of the 2-D weights. */
-#include "preset.h"
-#include "format.h"
+#include "presets/preset.h"
+#include "formats/format.h"
 
 #include <ctype.h>
 #include <fnmatch.h>

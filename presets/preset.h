@@ -6,8 +6,8 @@
 #ifndef QL_PRESET_H
 #define QL_PRESET_H
 
-#include "model.h"
-#include "plan.h"
+#include "core/model.h"
+#include "pipeline/plan.h"
 
 typedef struct ql_preset ql_preset;
 

@@ -1,9 +1,9 @@
 /* allocate.c — multiple-choice knapsack (DP / Lagrangian + repair) and the allocation of sensitivity
  * measurements to a budget (see allocate.h). */
-#include "allocate.h"
-#include "format.h"
-#include "method.h"
-#include "plan.h"
+#include "sensitivity/allocate.h"
+#include "formats/format.h"
+#include "methods/method.h"
+#include "pipeline/plan.h"
 
 #include <fnmatch.h>
 #include <math.h>

@@ -13,7 +13,7 @@
 #ifndef QL_ALLOCATE_H
 #define QL_ALLOCATE_H
 
-#include "sense.h"
+#include "sensitivity/sense.h"
 
 struct ql_plan;
 

@@ -4,14 +4,14 @@
  * floats. A probe swaps one tensor's F32 weights for its dequantized candidate and runs the sequences
  * in parallel (one per worker, single-threaded BLAS) from that tensor's layer; per-sequence sums are
  * combined in sequence order, so results do not depend on the thread count. */
-#include "sense.h"
-#include "format.h"
-#include "imatrix.h"
-#include "method.h"
-#include "parallel.h"
-#include "plan.h"
-#include "ppl.h"
-#include "stats.h"
+#include "sensitivity/sense.h"
+#include "formats/format.h"
+#include "pipeline/imatrix.h"
+#include "methods/method.h"
+#include "base/parallel.h"
+#include "pipeline/plan.h"
+#include "core/ppl.h"
+#include "core/stats.h"
 
 #include <cblas.h>
 #include <ctype.h>

@@ -14,7 +14,7 @@
 #ifndef QL_SENSE_H
 #define QL_SENSE_H
 
-#include "infer.h"
+#include "core/infer.h"
 
 struct ql_stats;
 struct ql_imatrix;

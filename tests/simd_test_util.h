@@ -18,9 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "simd.h"
-#include "format.h"
-#include "ql_common.h"
+#include "kernels/simd.h"
+#include "formats/format.h"
+#include "base/ql_common.h"
 
 #if !defined(SIMD_TEST_SEED) || !defined(SIMD_TEST_NKIND) || !defined(SIMD_TEST_IMAT_MODES)
 #error "define SIMD_TEST_SEED, SIMD_TEST_NKIND and SIMD_TEST_IMAT_MODES before including simd_test_util.h"

@@ -12,10 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "actquant.h"
-#include "fmt_ext.h"
-#include "ppl.h"
-#include "test_util.h"
+#include "methods/act_recipe.h"
+#include "methods/layer_f32.h"
+#include "methods/method.h"
+#include "formats/fmt_ext.h"
+#include "core/ppl.h"
+#include "tests/test_util.h"
 
 #define CAL_SEQ 32
 #define CAL_LEN 64
@@ -43,7 +45,7 @@ static void test_modes_and_recipes(void **state) {
     assert_non_null(ql_act_recipe_by_name("w8a8-int8"));
     /* static modes need calibration */
     ql_act_quant aq;
-    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TENSOR, NULL, 0), QL_ERR_ARG);
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TENSOR, NULL, 0, 0), QL_ERR_ARG);
     const ql_method *awq = ql_method_by_name("awq"), *sq = ql_method_by_name("smoothquant");
     assert_non_null(awq);
     assert_non_null(sq);
@@ -65,7 +67,7 @@ static void test_apply_bounds(void **state) {
     x[5 * K + 50] = -7.5f; /* and one in column 50 */
     /* per-token INT8: error <= step/2 with step = row absmax / 127 */
     ql_act_quant aq;
-    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TOKEN, NULL, 0), QL_OK);
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TOKEN, NULL, 0, 0), QL_OK);
     assert_int_equal(ql_act_quant_apply(&aq, x, y, T, K), 0);
     for (int t = 0; t < T; t++) {
         float amax = 0;
@@ -73,7 +75,7 @@ static void test_apply_bounds(void **state) {
         for (int j = 0; j < K; j++) assert_true(fabsf(y[t * K + j] - x[t * K + j]) <= amax / 254 * 1.0001f);
     }
     /* per-token FP8: relative error <= 2^-4 for normal values */
-    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_FP8_TOKEN, NULL, 0), QL_OK);
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_FP8_TOKEN, NULL, 0, 0), QL_OK);
     ql_act_quant_apply(&aq, x, y, T, K);
     for (int t = 0; t < T; t++) {
         float amax = 0;
@@ -86,15 +88,15 @@ static void test_apply_bounds(void **state) {
     float amax_cal[K];
     for (int j = 0; j < K; j++) amax_cal[j] = 2.0f;
     ql_input_stats st = {.n = K, .absmax = amax_cal};
-    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TENSOR, &st, 0), QL_OK);
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TENSOR, st.absmax, st.n, 0), QL_OK);
     assert_float_equal(aq.scale, 2.0f / 127, 1e-7);
     ql_act_quant_apply(&aq, x, y, T, K);
     assert_float_equal(y[3 * K + 10], 2.0f, 1e-6);
-    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_FP8_TENSOR, &st, 0), QL_OK);
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_FP8_TENSOR, st.absmax, st.n, 0), QL_OK);
     ql_act_quant_apply(&aq, x, y, T, K);
     assert_float_equal(y[3 * K + 10], 2.0f, 1e-6);
     /* LLM.int8(): columns 10 and 50 exact, the rest INT8 with the row's non-outlier absmax */
-    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_LLM_INT8, NULL, 0), QL_OK);
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_LLM_INT8, NULL, 0, 0), QL_OK);
     assert_int_equal(ql_act_quant_apply(&aq, x, y, T, K), 2);
     for (int t = 0; t < T; t++) {
         float amax = 0;
@@ -108,11 +110,11 @@ static void test_apply_bounds(void **state) {
         }
     }
     /* a higher threshold sees no outlier column but the 40 */
-    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_LLM_INT8, NULL, 8.0f), QL_OK);
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_LLM_INT8, NULL, 0, 8.0f), QL_OK);
     assert_int_equal(ql_act_quant_apply(&aq, x, y, T, K), 1);
     /* in place works */
     memcpy(y, x, sizeof x);
-    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TOKEN, NULL, 0), QL_OK);
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TOKEN, NULL, 0, 0), QL_OK);
     ql_act_quant_apply(&aq, y, y, T, K);
     assert_true(fabsf(y[3 * K + 10] - 40.0f) < 1e-5f);
 }

@@ -17,11 +17,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "calib.h"
-#include "gguf.h"
-#include "model.h"
-#include "test_util.h"
-#include "tokenizer.h"
+#include "pipeline/calib.h"
+#include "core/gguf.h"
+#include "core/model.h"
+#include "tests/test_util.h"
+#include "core/tokenizer.h"
 
 static char g_dir[256];          /* temporary fixture folder */
 static ql_tokenizer *g_bytes;    /* byte-level tokenizer: every byte is one token */

@@ -18,11 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ggml_quants.h"
-#include "ggml_types.h"
-#include "ql_common.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_types.h"
+#include "base/ql_common.h"
 #ifdef QL_HAVE_CUDA
-#include "cuda_api.h"
+#include "kernels/cuda_api.h"
 #endif
 
 #ifdef QL_HAVE_CUDA

@@ -15,12 +15,12 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "fmt_ext.h"
-#include "format.h"
-#include "ggml_types.h"
-#include "gguf.h"
-#include "infer.h"
-#include "ql_common.h"
+#include "formats/fmt_ext.h"
+#include "formats/format.h"
+#include "kernels/ggml_types.h"
+#include "core/gguf.h"
+#include "core/infer.h"
+#include "base/ql_common.h"
 
 /* ---- helpers ---- */
 

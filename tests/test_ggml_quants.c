@@ -11,10 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ggml_quants.h"
-#include "ggml_types.h"
-#include "ql_common.h"
-#include "iq_tables.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_types.h"
+#include "base/ql_common.h"
+#include "kernels/iq_tables.h"
 
 #define NROWS 64
 #define NCOLS 512

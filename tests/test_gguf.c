@@ -11,9 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ggml_types.h"
-#include "gguf.h"
-#include "test_util.h"
+#include "kernels/ggml_types.h"
+#include "core/gguf.h"
+#include "tests/test_util.h"
 
 static char *tmpname(void) {
     char *p = strdup("/tmp/qlab-gguf-XXXXXX");

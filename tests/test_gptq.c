@@ -18,13 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "format.h"
-#include "format_grid.h"
-#include "gguf.h"
-#include "infer.h"
-#include "method.h"
-#include "simd.h"
-#include "test_util.h"
+#include "formats/format.h"
+#include "methods/gptq.h"
+#include "core/gguf.h"
+#include "core/infer.h"
+#include "methods/method.h"
+#include "kernels/simd.h"
+#include "tests/test_util.h"
 
 /* ---- random numbers ---- */
 

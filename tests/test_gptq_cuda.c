@@ -18,11 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fmt_ext.h"
-#include "format.h"
-#include "format_grid.h"
-#include "gptq_cuda.h"
-#include "method.h"
+#include "formats/fmt_ext.h"
+#include "formats/format.h"
+#include "methods/gptq.h"
+#include "kernels/gptq_cuda.h"
+#include "methods/method.h"
 
 #ifdef QL_HAVE_CUDA
 

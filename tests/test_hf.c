@@ -16,9 +16,9 @@
 
 #include <jansson.h>
 
-#include "ggml_types.h"
-#include "model.h"
-#include "test_util.h"
+#include "kernels/ggml_types.h"
+#include "core/model.h"
+#include "tests/test_util.h"
 
 /* ---------------------------------------------------------------- fixtures */
 

@@ -14,10 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ggml_types.h"
-#include "gguf.h"
-#include "imatrix.h"
-#include "test_util.h"
+#include "kernels/ggml_types.h"
+#include "core/gguf.h"
+#include "pipeline/imatrix.h"
+#include "tests/test_util.h"
 
 #define DIR "testdata/stories260K-imatrix/"
 

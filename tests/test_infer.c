@@ -11,9 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "infer.h"
-#include "ppl.h"
-#include "test_util.h"
+#include "core/infer.h"
+#include "core/ppl.h"
+#include "tests/test_util.h"
 
 static void test_logits_match_llamacpp(void **state) {
     (void)state;

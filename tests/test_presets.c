@@ -12,10 +12,10 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "format.h"
-#include "ggml_types.h"
-#include "preset.h"
-#include "test_util.h"
+#include "formats/format.h"
+#include "kernels/ggml_types.h"
+#include "presets/preset.h"
+#include "tests/test_util.h"
 
 static const char *MIXES[] = {"Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_1", "Q4_K_S", "Q4_K_M",
                               "Q5_0", "Q5_1", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "IQ4_NL", "IQ4_XS", "F16", "BF16"};

@@ -15,14 +15,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "allocate.h"
-#include "format.h"
-#include "plan.h"
-#include "ppl.h"
-#include "quantize.h"
-#include "sense.h"
-#include "stats.h"
-#include "test_util.h"
+#include "sensitivity/allocate.h"
+#include "formats/format.h"
+#include "pipeline/plan.h"
+#include "core/ppl.h"
+#include "pipeline/quantize.h"
+#include "sensitivity/sense.h"
+#include "core/stats.h"
+#include "tests/test_util.h"
 
 /* ---------------- knapsack vs brute force ---------------- */
 

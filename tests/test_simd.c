@@ -5,10 +5,10 @@
 #define SIMD_TEST_SEED 0x9E3779B97F4A7C15ull
 #define SIMD_TEST_NKIND 22              /* the basic adversarial kinds */
 #define SIMD_TEST_IMAT_MODES {0, 1, 2, 4} /* uniform, sparse ramp, zeros, signed products */
-#include "simd_test_util.h"
+#include "tests/simd_test_util.h"
 
-#include "ggml_quants.h"
-#include "ggml_types.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_types.h"
 
 static const kernel_t kernels[] = {
     {"q8_0", 32, ql_quantize_rows_q8_0_fast, ql_dequantize_rows_q8_0_fast, false},

@@ -8,11 +8,11 @@
 #define SIMD_TEST_SEED 0x2545F4914F6CDD1Dull
 #define SIMD_TEST_NKIND 30                  /* all kinds, with raw bits and fp16/bf16 rounding edges */
 #define SIMD_TEST_IMAT_MODES {0, 1, 2, 3, 4} /* ... and a NaN weight */
-#include "simd_test_util.h"
+#include "tests/simd_test_util.h"
 
-#include "simd2.h"
-#include "ggml_quants.h"
-#include "ggml_types.h"
+#include "kernels/simd2.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_types.h"
 
 static const kernel_t kernels[] = {
     {"q4_0", 32, ql_quantize_rows_q4_0_fast, ql_dequantize_rows_q4_0_fast, true},

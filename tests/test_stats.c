@@ -12,10 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "imatrix.h"
-#include "ppl.h"
-#include "stats.h"
-#include "test_util.h"
+#include "pipeline/imatrix.h"
+#include "core/ppl.h"
+#include "core/stats.h"
+#include "tests/test_util.h"
 
 static int32_t *chunks_of(const ql_model *m, const char *text_path, int ctx, int64_t want, int64_t *n_seq) {
     char *text;

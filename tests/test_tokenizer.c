@@ -13,9 +13,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gguf.h"
-#include "test_util.h"
-#include "tokenizer.h"
+#include "core/gguf.h"
+#include "tests/test_util.h"
+#include "core/tokenizer.h"
 
 #define FIX "tests/data/tok/"
 static const char PROMPT[] =

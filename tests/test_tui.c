@@ -20,13 +20,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "app.h"
-#include "format.h"
-#include "ggml_types.h"
-#include "jobs.h"
-#include "ppl.h"
-#include "synth.h"
-#include "test_util.h"
+#include "tui/app.h"
+#include "formats/format.h"
+#include "kernels/ggml_types.h"
+#include "tui/jobs.h"
+#include "core/ppl.h"
+#include "core/synth.h"
+#include "tests/test_util.h"
 
 static char g_tmp[256];
 

@@ -1,13 +1,13 @@
 /* actions.c — what every key does: a binding table (screen mask, key, help text, action) that the
  * help overlay lists verbatim, the actions as functions of (app, key) returning reaction flags, the
  * one-line prompt (typed values and paths, with Tab completion) and the file browser. */
-#include "app.h"
-#include "ggml_types.h"
-#include "jobs.h"
-#include "method.h"
-#include "preset.h"
-#include "sense.h"
-#include "tui_sense.h"
+#include "tui/app.h"
+#include "kernels/ggml_types.h"
+#include "tui/jobs.h"
+#include "methods/method.h"
+#include "presets/preset.h"
+#include "sensitivity/sense.h"
+#include "tui/tui_sense.h"
 
 #include <ctype.h>
 #include <dirent.h>

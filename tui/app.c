@@ -1,10 +1,9 @@
 /* app.c — workbench state: creation, the plan rows and what they add up to, undo/redo, messages,
  * tick/wait, and the key-script feeder used by tests and `qlab tui --keys`. */
-#include "app.h"
-#include "ggml_types.h"
-#include "jobs.h"
-#include "parallel.h"
-#include "sense.h"
+#include "tui/app.h"
+#include "kernels/ggml_types.h"
+#include "base/parallel.h"
+#include "sensitivity/sense.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -490,12 +489,9 @@ ql_status ql_tui_app_new(const ql_tui_config *cfg, ql_tui_app **out) {
     return QL_OK;
 }
 
-void ql_tui_app_free(ql_tui_app *a) {
+/* The job-free part of ql_tui_app_free (tui/jobs.c stops the worker first). */
+void ql_tui_app_release(ql_tui_app *a) {
     if (!a) return;
-    if (a->job) {
-        ql_tui_job_cancel(a);
-        ql_tui_job_collect(a, true);
-    }
     reset_model_state(a);
     ql_model_free(a->model);
     for (int i = 0; i < a->browser.n; i++) free(a->browser.names[i]);
@@ -504,18 +500,6 @@ void ql_tui_app_free(ql_tui_app *a) {
     if (a->preview.base_logits[0]) unlink(a->preview.base_logits);
     rmdir(a->tmpdir); /* only succeeds when empty: never removes anything else */
     free(a);
-}
-
-unsigned ql_tui_tick(ql_tui_app *a) {
-    if (!a->job) return a->screen == QL_SCR_CATALOGUE && ql_tui_cat_refresh(a) ? QL_R_REDRAW : QL_R_NONE;
-    if (ql_tui_job_collect(a, false)) return QL_R_REDRAW;
-    ql_tui_job_snapshot(a);
-    return QL_R_REDRAW;
-}
-
-void ql_tui_wait(ql_tui_app *a) {
-    if (a->job) ql_tui_job_collect(a, true);
-    if (a->screen == QL_SCR_CATALOGUE && ql_tui_cat_refresh(a)) ql_tui_job_collect(a, true);
 }
 
 /* ---------------------------------------------------------------- key scripts */

@@ -12,13 +12,13 @@
 #ifndef QL_TUI_APP_H
 #define QL_TUI_APP_H
 
-#include "canvas.h"
-#include "calib.h"
-#include "format.h"
-#include "model.h"
-#include "plan.h"
-#include "ppl.h"
-#include "stats.h"
+#include "tui/canvas.h"
+#include "pipeline/calib.h"
+#include "formats/format.h"
+#include "core/model.h"
+#include "pipeline/plan.h"
+#include "core/ppl.h"
+#include "core/stats.h"
 
 #include <limits.h>
 #include <stdbool.h>
@@ -254,7 +254,8 @@ typedef struct {
 /* Creates the workbench and loads cfg->model (synchronously). On failure returns the status and
  * leaves *out NULL; the message is in ql_last_error(). */
 ql_status ql_tui_app_new(const ql_tui_config *cfg, ql_tui_app **out);
-void ql_tui_app_free(ql_tui_app *a); /* cancels and joins a running job first */
+void ql_tui_app_free(ql_tui_app *a); /* tui/jobs.c: stops the worker, then ql_tui_app_release */
+void ql_tui_app_release(ql_tui_app *a); /* frees the state; no job may be running */
 
 unsigned ql_tui_handle(ql_tui_app *a, int event);
 unsigned ql_tui_tick(ql_tui_app *a);

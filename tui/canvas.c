@@ -1,6 +1,6 @@
 /* canvas.c — the cell grid (see canvas.h). */
-#include "canvas.h"
-#include "ql_common.h"
+#include "tui/canvas.h"
+#include "base/ql_common.h"
 
 #include <stdio.h>
 #include <stdlib.h>

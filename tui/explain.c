@@ -1,7 +1,7 @@
 /* explain.c — the Catalogue's plain-words paragraphs: one per family of formats (matched on the
  * registry name) and one per method. Text only; the facts shown beside them (bits, block, needs) are
  * read from the registries, so a new format gets its numbers even before it gets a paragraph. */
-#include "jobs.h"
+#include "tui/jobs.h"
 
 #include <string.h>
 

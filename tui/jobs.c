@@ -1,5 +1,5 @@
 /* jobs.c — the worker thread: start, progress, cancel, collect (see jobs.h). */
-#include "jobs.h"
+#include "tui/jobs.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -134,4 +134,27 @@ bool ql_tui_job_collect(ql_tui_app *a, bool block) {
 
 void ql_tui_job_cancel(ql_tui_app *a) {
     if (a->job) a->job->cancel = 1;
+}
+
+/* ---- the app's life cycle around its worker (kept here so app.c needs nothing of jobs) ---- */
+
+void ql_tui_app_free(ql_tui_app *a) {
+    if (!a) return;
+    if (a->job) {
+        ql_tui_job_cancel(a);
+        ql_tui_job_collect(a, true);
+    }
+    ql_tui_app_release(a);
+}
+
+unsigned ql_tui_tick(ql_tui_app *a) {
+    if (!a->job) return a->screen == QL_SCR_CATALOGUE && ql_tui_cat_refresh(a) ? QL_R_REDRAW : QL_R_NONE;
+    if (ql_tui_job_collect(a, false)) return QL_R_REDRAW;
+    ql_tui_job_snapshot(a);
+    return QL_R_REDRAW;
+}
+
+void ql_tui_wait(ql_tui_app *a) {
+    if (a->job) ql_tui_job_collect(a, true);
+    if (a->screen == QL_SCR_CATALOGUE && ql_tui_cat_refresh(a)) ql_tui_job_collect(a, true);
 }

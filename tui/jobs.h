@@ -8,7 +8,7 @@
 #ifndef QL_TUI_JOBS_H
 #define QL_TUI_JOBS_H
 
-#include "app.h"
+#include "tui/app.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

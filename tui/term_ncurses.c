@@ -3,7 +3,7 @@
  * screen, and restoring the terminal on every way out (normal quit, SIGTERM/SIGHUP/SIGINT, crash
  * signals, ql_abort). Everything else in tui/ is plain C that tests run without a terminal. */
 #define NCURSES_WIDECHAR 1
-#include "tui.h"
+#include "tui/tui.h"
 
 #include <locale.h>
 #include <ncurses.h>

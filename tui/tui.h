@@ -3,7 +3,7 @@
 #ifndef QL_TUI_H
 #define QL_TUI_H
 
-#include "app.h"
+#include "tui/app.h"
 
 typedef struct {
     bool mono;      /* no colours even when the terminal has them (also: NO_COLOR set) */

@@ -1,8 +1,8 @@
 /* tui_sense.c — sensitivity module <-> the Plan/Auto table (see tui_sense.h). */
-#include "tui_sense.h"
-#include "allocate.h"
-#include "ggml_types.h"
-#include "sense.h"
+#include "tui/tui_sense.h"
+#include "sensitivity/allocate.h"
+#include "kernels/ggml_types.h"
+#include "sensitivity/sense.h"
 
 #include <math.h>
 #include <stdio.h>

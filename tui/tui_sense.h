@@ -5,7 +5,7 @@
 #ifndef QL_TUI_TUI_SENSE_H
 #define QL_TUI_TUI_SENSE_H
 
-#include "app.h"
+#include "tui/app.h"
 
 struct ql_sense;
 

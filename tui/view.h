@@ -2,7 +2,7 @@
 #ifndef QL_TUI_VIEW_H
 #define QL_TUI_VIEW_H
 
-#include "app.h"
+#include "tui/app.h"
 
 /* The body of a screen: rows y0..y0+h-1, full width. */
 typedef struct {

@@ -1,10 +1,10 @@
 /* view_catalogue.c — every format and method of the registries, explained, with its effect on one
  * real tensor of the loaded model: error figures, an error histogram and the first weights of a row
  * before and after (computed by the catalogue job in tui/work.c). */
-#include "view.h"
-#include "ggml_types.h"
-#include "jobs.h"
-#include "method.h"
+#include "tui/view.h"
+#include "kernels/ggml_types.h"
+#include "tui/jobs.h"
+#include "methods/method.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -1,8 +1,8 @@
 /* view_plan.c — the Plan screen (rows grouped by layer, a heat-map column per candidate format, the
  * current assignment highlighted) and the Auto screen (target, constraints, Pareto plot). */
-#include "view.h"
-#include "jobs.h"
-#include "tui_sense.h"
+#include "tui/view.h"
+#include "tui/jobs.h"
+#include "tui/tui_sense.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -1,10 +1,10 @@
 /* views.c — the frame (tab bar, plan footer, status line), the overlays (help, prompt, file browser)
  * and the Model, Calibration, Preview and Export screens. State in, cells out: nothing here changes
  * the app except remembering the size it drew at and keeping scroll positions in range. */
-#include "view.h"
-#include "ggml_types.h"
-#include "jobs.h"
-#include "method.h"
+#include "tui/view.h"
+#include "kernels/ggml_types.h"
+#include "tui/jobs.h"
+#include "methods/method.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -3,15 +3,15 @@
  * errors, solve for a target, preview a plan (quantize to a temporary GGUF with ql_quantize_model,
  * then ql_perplexity against the base model's saved log-probabilities), export, and the Catalogue's
  * effect of one format or method on one real tensor. No quantization arithmetic lives here. */
-#include "jobs.h"
-#include "tui_sense.h"
-#include "allocate.h"
-#include "sense.h"
-#include "ggml_types.h"
-#include "infer.h"
-#include "method.h"
-#include "quantize.h"
-#include "tokenizer.h"
+#include "tui/jobs.h"
+#include "tui/tui_sense.h"
+#include "sensitivity/allocate.h"
+#include "sensitivity/sense.h"
+#include "kernels/ggml_types.h"
+#include "core/infer.h"
+#include "methods/method.h"
+#include "pipeline/quantize.h"
+#include "core/tokenizer.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -10,7 +10,7 @@
 #ifndef QL_PLAN_H
 #define QL_PLAN_H
 
-#include "ql_common.h"
+#include "base/ql_common.h"
 
 struct ql_format;
 struct ql_model;

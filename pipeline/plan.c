@@ -1,6 +1,6 @@
 /* plan.c — plan entries, INI save/load (inih), and the format+method spec parser. */
-#include "plan.h"
-#include "format.h"
+#include "pipeline/plan.h"
+#include "formats/format.h"
 
 #include <errno.h>
 #include <ini.h>

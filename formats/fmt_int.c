@@ -14,179 +14,17 @@
  *   |scale| saturates at 65504 (fp16 max).
  * - bad values: scales come from finite weights only; NaN decodes to 0, +inf / -inf to the largest /
  *   smallest value of the group's grid. Output is always finite. */
-#include "fmt_ext.h"
+#include "formats/fmt_ext.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "ggml_types.h"
-#include "simd.h" /* SIMD twins of int4_g128[_sym] */
-
-#define FP16_MAX 65504.0f
-#define MSE_STEPS 80 /* shrink factors 1.00 .. 0.21, as GPTQ's maxshrink = 0.8, grid = 100 */
-
-/* ---- bit streams (n <= 8, so a code spans at most two bytes) ---- */
-
-static inline void put_bits(uint8_t *buf, int64_t pos, int n, unsigned v) {
-    int64_t byte = pos >> 3;
-    int sh = (int)(pos & 7);
-    buf[byte] |= (uint8_t)(v << sh);
-    if (sh + n > 8) buf[byte + 1] |= (uint8_t)(v >> (8 - sh));
-}
-
-static inline unsigned get_bits(const uint8_t *buf, int64_t pos, int n) {
-    int64_t byte = pos >> 3;
-    int sh = (int)(pos & 7);
-    unsigned w = (unsigned)buf[byte] >> sh;
-    if (sh + n > 8) w |= (unsigned)buf[byte + 1] << (8 - sh);
-    return w & ((1u << n) - 1);
-}
-
-static inline void put_f16(uint8_t *p, uint16_t h) {
-    p[0] = (uint8_t)h;
-    p[1] = (uint8_t)(h >> 8);
-}
-
-static inline uint16_t get_f16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-
-static inline int64_t bits_to_bytes(int64_t nbits) { return (nbits + 7) / 8; }
-
-/* a*b, or -1 on overflow / negative input */
-static int64_t mul_checked(int64_t a, int64_t b) {
-    if (a < 0 || b < 0) return -1;
-    if (a && b > INT64_MAX / a) return -1;
-    return a * b;
-}
-
-static int64_t add_checked(int64_t a, int64_t b) {
-    if (a < 0 || b < 0 || a > INT64_MAX - b) return -1;
-    return a + b;
-}
-
-/* ---- one group: choose scale (and zero), encode ---- */
-
-static inline float clamp_scale(float s) { return s > FP16_MAX ? FP16_MAX : s < -FP16_MAX ? -FP16_MAX : s; }
-
-/* the code of x; NaN (or inf * 0 when the scale is 0) gets the zero point */
-static inline int int_code(float x, float id, int zero, int maxq) {
-    float v = x * id;
-    if (v != v) return zero;
-    v = nearbyintf(v) + (float)zero;
-    return v < 0.0f ? 0 : v > (float)maxq ? maxq : (int)v;
-}
-
-typedef struct {
-    uint16_t scale_h; /* fp16 bits */
-    float scale;      /* its value */
-    int zero;
-} group_param;
-
-/* Scale and zero for shrink factor p of the group's range (lo <= 0 <= hi, m = signed max magnitude). */
-static group_param params_for(float p, float lo, float hi, float m, int bits, bool sym) {
-    int maxq = (1 << bits) - 1, half = 1 << (bits - 1);
-    group_param gp;
-    double s = sym ? (double)p * m / -half : ((double)p * hi - (double)p * lo) / maxq;
-    gp.scale_h = ql_fp32_to_fp16(clamp_scale((float)s));
-    gp.scale = ql_fp16_to_fp32(gp.scale_h);
-    if (sym) {
-        gp.zero = half;
-    } else {
-        float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
-        float z = nearbyintf(-(p * lo) * id);
-        gp.zero = z < 0.0f ? 0 : z > (float)maxq ? maxq : (int)z;
-    }
-    return gp;
-}
-
-static group_param choose_group(const float *x, int64_t len, const float *w, int bits, bool sym, bool mse) {
-    int maxq = (1 << bits) - 1;
-    float lo = 0.0f, hi = 0.0f, m = 0.0f;
-    for (int64_t i = 0; i < len; i++) {
-        float v = x[i];
-        if (!isfinite(v)) continue;
-        if (v < lo) lo = v;
-        if (v > hi) hi = v;
-        if (fabsf(v) > fabsf(m)) m = v;
-    }
-    group_param best = params_for(1.0f, lo, hi, m, bits, sym);
-    if (!mse) return best;
-    double best_err = INFINITY;
-    for (int k = 0; k < MSE_STEPS; k++) {
-        float p = (float)(100 - k) / 100.0f;
-        group_param gp = k == 0 ? best : params_for(p, lo, hi, m, bits, sym);
-        float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
-        double err = 0.0;
-        for (int64_t i = 0; i < len; i++) {
-            if (!isfinite(x[i])) continue;
-            float y = (float)(int_code(x[i], id, gp.zero, maxq) - gp.zero) * gp.scale;
-            double d = (double)y - x[i];
-            err += (w ? w[i] : 1.0) * d * d;
-        }
-        if (err < best_err) {
-            best_err = err;
-            best = gp;
-        }
-    }
-    return best;
-}
-
-/* ---- rows ---- */
-
-int64_t ql_int_row_bytes(int64_t ncols, int bits, int group, bool sym) {
-    if (ncols <= 0 || bits < 1 || bits > 8 || ncols > INT64_MAX / 16) return -1;
-    int64_t g = group > 0 ? group : ncols;
-    int64_t ng = (ncols + g - 1) / g;
-    return 2 * ng + (sym ? 0 : bits_to_bytes(ng * bits)) + bits_to_bytes(ncols * bits);
-}
-
-void ql_int_quantize_rows_ref(const float *src, void *dst, int64_t nrows, int64_t ncols,
-                              const float *importance, int bits, int group, bool sym, bool mse) {
-    int64_t rb = ql_int_row_bytes(ncols, bits, group, sym);
-    if (rb < 0) return;
-    int64_t g = group > 0 ? group : ncols;
-    int64_t ng = (ncols + g - 1) / g;
-    int maxq = (1 << bits) - 1;
-    for (int64_t r = 0; r < nrows; r++) {
-        const float *x = src + r * ncols;
-        uint8_t *row = (uint8_t *)dst + r * rb;
-        memset(row, 0, (size_t)rb);
-        uint8_t *zeros = row + 2 * ng;
-        uint8_t *codes = zeros + (sym ? 0 : bits_to_bytes(ng * bits));
-        for (int64_t k = 0; k < ng; k++) {
-            int64_t c0 = k * g, len = QL_MIN(g, ncols - c0);
-            group_param gp = choose_group(x + c0, len, importance ? importance + c0 : NULL, bits, sym, mse);
-            put_f16(row + 2 * k, gp.scale_h);
-            if (!sym) put_bits(zeros, k * bits, bits, (unsigned)gp.zero);
-            float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
-            for (int64_t i = 0; i < len; i++)
-                put_bits(codes, (c0 + i) * bits, bits, (unsigned)int_code(x[c0 + i], id, gp.zero, maxq));
-        }
-    }
-}
-
-void ql_int_dequantize_rows_ref(const void *src, float *dst, int64_t nrows, int64_t ncols, int bits,
-                                int group, bool sym) {
-    int64_t rb = ql_int_row_bytes(ncols, bits, group, sym);
-    if (rb < 0) return;
-    int64_t g = group > 0 ? group : ncols;
-    int64_t ng = (ncols + g - 1) / g;
-    for (int64_t r = 0; r < nrows; r++) {
-        const uint8_t *row = (const uint8_t *)src + r * rb;
-        const uint8_t *zeros = row + 2 * ng;
-        const uint8_t *codes = zeros + (sym ? 0 : bits_to_bytes(ng * bits));
-        float *y = dst + r * ncols;
-        for (int64_t k = 0; k < ng; k++) {
-            int64_t c0 = k * g, len = QL_MIN(g, ncols - c0);
-            float s = ql_fp16_to_fp32(get_f16(row + 2 * k));
-            int zero = sym ? 1 << (bits - 1) : (int)get_bits(zeros, k * bits, bits);
-            for (int64_t i = 0; i < len; i++)
-                y[c0 + i] = (float)((int)get_bits(codes, (c0 + i) * bits, bits) - zero) * s;
-        }
-    }
-}
+#include "kernels/ggml_types.h"
+#include "kernels/int_quants.h"
+#include "kernels/simd.h" /* SIMD twins of int4_g128[_sym] */
 
 static int64_t rows_total(int64_t row_bytes, int64_t nrows) {
-    return row_bytes < 0 ? -1 : mul_checked(row_bytes, nrows);
+    return row_bytes < 0 ? -1 : ql_int_mul_checked(row_bytes, nrows);
 }
 
 /* ---- 2-D blocks (and the whole tensor as one block): symmetric, fp16 scale per bs x bs block ----
@@ -195,9 +33,9 @@ static int64_t rows_total(int64_t row_bytes, int64_t nrows) {
 static int64_t block2d_bytes(int64_t ncols, int64_t nrows, int bits, int64_t bs) {
     if (ncols <= 0 || nrows <= 0) return -1;
     int64_t nbr = (nrows + bs - 1) / bs, nbc = (ncols + bs - 1) / bs;
-    int64_t nscales = mul_checked(nbr, nbc), n = mul_checked(ncols, nrows);
+    int64_t nscales = ql_int_mul_checked(nbr, nbc), n = ql_int_mul_checked(ncols, nrows);
     if (nscales < 0 || n < 0 || n > INT64_MAX / 8) return -1;
-    return add_checked(mul_checked(nscales, 2), bits_to_bytes(n * bits));
+    return ql_int_add_checked(ql_int_mul_checked(nscales, 2), ql_bits_to_bytes(n * bits));
 }
 
 static void block2d_quantize(const float *src, uint8_t *dst, int64_t nrows, int64_t ncols, int bits,
@@ -217,13 +55,13 @@ static void block2d_quantize(const float *src, uint8_t *dst, int64_t nrows, int6
                     float v = src[r * ncols + c];
                     if (isfinite(v) && fabsf(v) > fabsf(m)) m = v;
                 }
-            group_param gp = params_for(1.0f, 0.0f, 0.0f, m, bits, true);
-            put_f16(dst + 2 * (br * nbc + bc), gp.scale_h);
+            ql_int_group_param gp = ql_int_params_for(1.0f, 0.0f, 0.0f, m, bits, true);
+            ql_put_f16le(dst + 2 * (br * nbc + bc), gp.scale_h);
             float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
             for (int64_t r = br * bs; r < r1; r++)
                 for (int64_t c = bc * bs; c < c1; c++)
-                    put_bits(codes, (r * ncols + c) * bits, bits,
-                             (unsigned)int_code(src[r * ncols + c], id, gp.zero, maxq));
+                    ql_bits_or(codes, (r * ncols + c) * bits, bits,
+                             (unsigned)ql_int_code(src[r * ncols + c], id, gp.zero, maxq));
         }
 }
 
@@ -235,8 +73,8 @@ static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, in
     int half = 1 << (bits - 1);
     for (int64_t r = 0; r < nrows; r++)
         for (int64_t c = 0; c < ncols; c++) {
-            float s = ql_fp16_to_fp32(get_f16(src + 2 * ((r / bs) * nbc + c / bs)));
-            dst[r * ncols + c] = (float)((int)get_bits(codes, (r * ncols + c) * bits, bits) - half) * s;
+            float s = ql_fp16_to_fp32(ql_get_f16le(src + 2 * ((r / bs) * nbc + c / bs)));
+            dst[r * ncols + c] = (float)((int)ql_bits_get(codes, (r * ncols + c) * bits, bits) - half) * s;
         }
 }
 
@@ -319,7 +157,7 @@ INT_CHANNEL_ENTRY(8, 0.012)
 
 /* one fp16 scale for the whole tensor: the tensor is one symmetric group (layout [scale][codes]) */
 static int64_t int8_tensor_tensor_bytes(int64_t ncols, int64_t nrows) {
-    int64_t n = mul_checked(ncols, nrows);
+    int64_t n = ql_int_mul_checked(ncols, nrows);
     return n <= 0 ? -1 : ql_int_row_bytes(n, 8, 0, true);
 }
 static void int8_tensor_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,

@@ -1,9 +1,9 @@
 /* format.c — the format registry table and the generic drivers around it (threads, fast-path
  * selection, sizes). Each entry is defined in its own methods/fmt_*.c file. */
-#include "format.h"
-#include "fmt_ext.h"
-#include "ggml_types.h"
-#include "parallel.h"
+#include "formats/format.h"
+#include "formats/fmt_int_family.h"
+#include "kernels/ggml_types.h"
+#include "base/parallel.h"
 
 #include <stdlib.h>
 #include <string.h>

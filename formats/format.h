@@ -11,7 +11,7 @@
 #ifndef QL_FORMAT_H
 #define QL_FORMAT_H
 
-#include "ql_common.h"
+#include "base/ql_common.h"
 
 typedef void (*ql_quantize_fn)(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *importance);
 typedef void (*ql_dequantize_fn)(const void *src, float *dst, int64_t nrows, int64_t ncols);

@@ -39,8 +39,8 @@
 #ifndef QL_CALIB_H
 #define QL_CALIB_H
 
-#include "ql_common.h"
-#include "tokenizer.h"
+#include "base/ql_common.h"
+#include "core/tokenizer.h"
 
 typedef enum { QL_CALIB_RANDOM = 0, QL_CALIB_DOCS = 1 } ql_calib_mode;
 

@@ -1,6 +1,6 @@
 /* ggml_types.c — sizes and names of every ggml storage type (so any GGUF file can be carried),
  * plus the table of qlab extension types that the format registry fills at start-up. */
-#include "ggml_types.h"
+#include "kernels/ggml_types.h"
 
 #include <string.h>
 #include <strings.h>

@@ -5,13 +5,13 @@
  * are chosen by the same decision trees / binary search on x * (1/absmax). Layouts: docs/formats.md.
  * Bad values: absmax values come from finite weights only; NaN -> the code of 0, +inf / -inf -> the
  * code of +1 / -1 (so ±absmax); the output is always finite. Pure and thread-safe. */
-#include "fmt_ext.h"
+#include "formats/fmt_ext.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ggml_types.h"
+#include "kernels/ggml_types.h"
 
 #define BNB_BLOCK 64
 #define BNB_BLOCK2 256 /* second-level block (absmax values per float32 scale) */

@@ -1,12 +1,13 @@
 /* quantize.c — the model quantization driver (see quantize.h). */
-#include "quantize.h"
-#include "format.h"
-#include "ggml_types.h"
-#include "imatrix.h"
-#include "infer.h"
-#include "method.h"
-#include "stats.h"
-#include "actquant.h"
+#include "pipeline/quantize.h"
+#include "formats/format.h"
+#include "kernels/ggml_types.h"
+#include "pipeline/imatrix.h"
+#include "core/infer.h"
+#include "methods/method.h"
+#include "core/stats.h"
+#include "methods/act_recipe.h"
+#include "methods/layer_f32.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,8 +6,8 @@
 #ifndef QL_QUANTIZE_H
 #define QL_QUANTIZE_H
 
-#include "model.h"
-#include "plan.h"
+#include "core/model.h"
+#include "pipeline/plan.h"
 
 struct ql_imatrix;
 struct ql_stats;

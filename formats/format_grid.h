@@ -11,8 +11,7 @@
 #ifndef QL_FORMAT_GRID_H
 #define QL_FORMAT_GRID_H
 
-#include "format.h"
-#include "method.h"
+#include "formats/format.h"
 
 typedef struct ql_grid {
     const ql_format *f;
@@ -62,10 +61,5 @@ static inline float ql_grid_value(const ql_grid *g, float a, float b, float o, i
 /* Nearest code to x (scalar reference; GPTQ has vectorized twins with the same arithmetic). Linear
  * grids round (x - b)/a - o half to even and clamp; table grids count the midpoints at or below x/a. */
 int ql_grid_nearest(const ql_grid *g, float a, float b, float o, float x);
-
-/* GPTQ (m_gptq.c) as a function: the method's quantize_tensor, plus deq [nrows, ncols] (or NULL)
- * receiving the values it chose, which decoding dst reproduces exactly. */
-ql_status ql_gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_format *f,
-                           const ql_input_stats *st, const ql_method_opts *o, void *dst, float *deq);
 
 #endif

@@ -2,7 +2,7 @@
  * cut text into documents and tokenize them one at a time, and deterministic sampling of windows.
  * Only token ids are kept (one stream per source); text is held one line/paragraph at a time.
  * Returned sets belong to the caller (ql_calib_free). See calib.h for the grammar and the rules. */
-#include "calib.h"
+#include "pipeline/calib.h"
 
 #include <archive.h>
 #include <archive_entry.h>

@@ -4,12 +4,12 @@
  * Bad values: absmax comes from finite weights only; NaN stores +0, +inf / -inf store ±max (the
  * output is always finite). A zero scale (all-zero or all-non-finite block) decodes to 0. Pure and
  * thread-safe. Layouts and type ids: docs/formats.md. */
-#include "fmt_ext.h"
+#include "formats/fmt_ext.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "ggml_types.h"
+#include "kernels/ggml_types.h"
 
 #define E4M3_MAX 448.0f
 #define E5M2_MAX 57344.0f

@@ -2,11 +2,11 @@
  * IQ4, and the decode-only types (IQ1..IQ3, TQ, MXFP4) that qlab loads but does not write. The codecs
  * are kernels/ggml_quants_ref.c (bit-exact with llama.cpp); fast twins are in kernels/ggml_quants_simd.c
  * and kernels/ggml_quants_simd2.c. */
-#include "format.h"
-#include "ggml_quants.h"
-#include "ggml_types.h"
-#include "simd.h"
-#include "simd2.h"
+#include "formats/format.h"
+#include "kernels/ggml_quants.h"
+#include "kernels/ggml_types.h"
+#include "kernels/simd.h"
+#include "kernels/simd2.h"
 
 #include <string.h>
 

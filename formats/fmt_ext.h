@@ -5,36 +5,18 @@
 #ifndef QL_FMT_EXT_H
 #define QL_FMT_EXT_H
 
-#include "format.h"
+#include "formats/format.h"
+#include "formats/fmt_int_family.h"
+#include "kernels/int_quants.h"
 
 /* ---- INTn: n-bit integer codes, fp16 scales, optional n-bit zero points ----
  * group <= 0 means one group per row (per-channel). Rows keep a shorter last group when ncols is not
  * a multiple of group. mse: search shrink factors 1.00, 0.99, ..., 0.21 of the range and keep the one
  * with the lowest (importance-weighted) squared error. importance: [ncols] or NULL. */
-int64_t ql_int_row_bytes(int64_t ncols, int bits, int group, bool sym);
-void ql_int_quantize_rows_ref(const float *src, void *dst, int64_t nrows, int64_t ncols,
-                              const float *importance, int bits, int group, bool sym, bool mse);
-void ql_int_dequantize_rows_ref(const void *src, float *dst, int64_t nrows, int64_t ncols, int bits,
-                                int group, bool sym);
 /* Parameters of a row-wise INTn entry (int{n}_g{g}[_sym][_mse], int{n}_channel); false for others.
  * group is 0 for per-channel entries. Any out pointer may be NULL. */
 bool ql_int_format_params(const ql_format *f, int *bits, int *group, bool *sym, bool *mse);
 
-/* The INTn group family as an X-macro: X(bits, group, suffix, sym, mse, description). format.c
- * uses it to declare and list ql_fmt_int{bits}_g{group}{suffix}; fmt_int.c to define them. */
-#define QL_FMT_INT_VARIANTS(X, n, g)                                                                         \
-    X(n, g, , 0, 0, "fp16 scale + " #n "-bit zero point")                                                    \
-    X(n, g, _sym, 1, 0, "fp16 scale, symmetric")                                                             \
-    X(n, g, _mse, 0, 1, "fp16 scale + " #n "-bit zero, MSE-searched clipping")                               \
-    X(n, g, _sym_mse, 1, 1, "fp16 scale, symmetric, MSE-searched clipping")
-#define QL_FMT_INT_GROUPS(X, n)                                                                              \
-    QL_FMT_INT_VARIANTS(X, n, 32) QL_FMT_INT_VARIANTS(X, n, 64) QL_FMT_INT_VARIANTS(X, n, 128)               \
-    QL_FMT_INT_VARIANTS(X, n, 256)
-#define QL_FMT_INT_FAMILY(X)                                                                                 \
-    QL_FMT_INT_GROUPS(X, 2) QL_FMT_INT_GROUPS(X, 3) QL_FMT_INT_GROUPS(X, 4) QL_FMT_INT_GROUPS(X, 5)          \
-    QL_FMT_INT_GROUPS(X, 6) QL_FMT_INT_GROUPS(X, 8)
-#define QL_FMT_INT_EXTERN(n, g, sfx, sym, mse, desc) extern const ql_format ql_fmt_int##n##_g##g##sfx;
-#define QL_FMT_INT_REF(n, g, sfx, sym, mse, desc) &ql_fmt_int##n##_g##g##sfx,
 
 /* ---- NF4 / FP4 (bitsandbytes) ----
  * Code tables indexed by the 4-bit code, values in [-1, 1]; the encoders are bitsandbytes' decision

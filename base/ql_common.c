@@ -1,5 +1,5 @@
 /* ql_common.c — error slot, logging, checked allocation, time and fp16/bf16 conversion. */
-#include "ql_common.h"
+#include "base/ql_common.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -7,7 +7,7 @@
 #ifndef QL_IMATRIX_H
 #define QL_IMATRIX_H
 
-#include "ql_common.h"
+#include "base/ql_common.h"
 
 typedef struct {
     char *name;    /* weight tensor name, e.g. "blk.0.attn_q.weight" */

@@ -2,13 +2,13 @@
  * (scales fixed by the registry entry's own quantizer, codes packed in ggml's bit layout) and the
  * row-wise INTn formats of fmt_int.c. Each ggml entry has a parser (block bytes -> (a, b, o) per sub-block,
  * with the dequantizer's arithmetic) and a packer (codes -> the block's code fields). Pure, thread-safe. */
-#include "format_grid.h"
+#include "formats/format_grid.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "fmt_ext.h"
-#include "ggml_types.h"
+#include "formats/fmt_ext.h"
+#include "kernels/ggml_types.h"
 
 #define QK_K 256
 
@@ -254,14 +254,6 @@ static inline void put_bits(uint8_t *buf, int64_t pos, int n, unsigned v) {
         buf[byte + 1] = (uint8_t)((buf[byte + 1] & ~(mask >> (8 - sh))) | (v >> (8 - sh)));
 }
 
-static inline unsigned get_bits(const uint8_t *buf, int64_t pos, int n) {
-    int64_t byte = pos >> 3;
-    int sh = (int)(pos & 7);
-    unsigned w = (unsigned)buf[byte] >> sh;
-    if (sh + n > 8)
-        w |= (unsigned)buf[byte + 1] << (8 - sh);
-    return w & ((1u << n) - 1);
-}
 
 static void int_layout(const ql_grid *g, int64_t ncols, int64_t *zeros_off, int64_t *codes_off) {
     int64_t ng = ql_grid_nblocks(g, ncols);
@@ -296,13 +288,13 @@ void ql_grid_fix(const ql_grid *g, const float *src, int64_t nrows, int64_t ncol
         int zero = half;
         const uint8_t *tcodes = tmp + 2;
         if (!g->sym) {
-            zero = (int)get_bits(tmp + 2, 0, g->bits);
+            zero = (int)ql_bits_get(tmp + 2, 0, g->bits);
             put_bits(row + zoff, blk * g->bits, g->bits, (unsigned)zero);
             tcodes += (g->bits + 7) / 8;
         }
         int64_t c0 = g->block > 0 ? blk * g->block : 0;
         for (int64_t i = 0; i < len; i++)
-            put_bits(row + coff, (c0 + i) * g->bits, g->bits, get_bits(tcodes, i * g->bits, g->bits));
+            put_bits(row + coff, (c0 + i) * g->bits, g->bits, ql_bits_get(tcodes, i * g->bits, g->bits));
         a[r] = f16_at(tmp), b[r] = 0.0f, o[r] = (float)-zero;
     }
 }

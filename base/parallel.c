@@ -1,5 +1,5 @@
 /* parallel.c — fork-join helpers (see parallel.h). */
-#include "parallel.h"
+#include "base/parallel.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -3,7 +3,7 @@
  * rename). The .dat writer reproduces llama.cpp's GGUF→dat conversion bit for bit: float arithmetic
  * values = in_sum2 / counts * ncall with ncall = ceil(counts / chunk_size), entries sorted by name.
  * Ownership: see imatrix.h. */
-#include "imatrix.h"
+#include "pipeline/imatrix.h"
 
 #include <errno.h>
 #include <math.h>
@@ -13,8 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ggml_types.h"
-#include "gguf.h"
+#include "kernels/ggml_types.h"
+#include "core/gguf.h"
 
 #define DAT_MAX_NAME 4096 /* longer tensor names are not plausible; refuse them */
 

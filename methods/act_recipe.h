@@ -1,0 +1,29 @@
+/* act_recipe.h — activation quantization from calibration statistics, for a whole model, and the named
+ * weight+activation recipes (W8A8-INT8, W8A8-FP8, LLM.int8()). */
+#ifndef QL_ACT_RECIPE_H
+#define QL_ACT_RECIPE_H
+
+#include "core/actquant.h"
+#include "core/infer.h"
+#include "core/stats.h"
+
+/* Sets `mode` on all seven linears of every decoder layer, and on output.weight when include_output
+ * (W8A8 recipes keep the classifier in 16 bits). Static scales come from st (required for static
+ * modes, else may be NULL). QL_ACT_NONE clears them. */
+ql_status ql_infer_set_act_quant_all(ql_infer *inf, const ql_stats *st, ql_act_mode mode, float threshold,
+                                     bool include_output);
+
+/* Named weight+activation recipes: the weight format goes in the plan, the activation mode in the
+ * forward pass (ql_infer_set_act_quant_all). */
+typedef struct {
+    const char *name;          /* "W8A8-INT8", ... */
+    const char *weight_format; /* registry name (methods/format.h) */
+    ql_act_mode act;
+    const char *summary;
+} ql_act_recipe;
+
+int ql_act_recipe_count(void);
+const ql_act_recipe *ql_act_recipe_at(int i);
+const ql_act_recipe *ql_act_recipe_by_name(const char *name); /* case-insensitive */
+
+#endif
