@@ -1,0 +1,44 @@
+/* atomic_file.h — the one way qlab writes an output file: a temporary file in the destination's own
+ * directory (so the final rename cannot cross a filesystem), checked fdopen, mode set only after the
+ * descriptor is known good, then fflush + fsync, rename over the target and fsync of the directory.
+ * Any failure, and ql_atomic_abort, removes the temporary: a reader sees either the old target,
+ * untouched, or the complete new file, never a half-written one.
+ *
+ *     ql_atomic_file *af;
+ *     if ((s = ql_atomic_open(path, &af))) return s;
+ *     fprintf(ql_atomic_stream(af), ...);          // or ql_atomic_write / pwrite on ql_atomic_fd
+ *     return ql_atomic_commit(af);                  // consumes af whatever happens
+ *
+ * Stream writes are buffered; a failed fprintf/fwrite is sticky in ferror() and makes the commit fail,
+ * so callers need not check each call. Callers that pwrite on the descriptor must not mix that with
+ * unflushed stream writes. Not shared between threads except for pwrite on the descriptor. */
+#ifndef QL_ATOMIC_FILE_H
+#define QL_ATOMIC_FILE_H
+
+#include "base/ql_common.h"
+
+#include <stdio.h>
+
+typedef struct ql_atomic_file ql_atomic_file;
+
+/* Creates "<path>.tmp.XXXXXX" beside `path` with mode 0644 minus the umask. On failure *out is NULL
+ * and the error names `path`. */
+ql_status ql_atomic_open(const char *path, ql_atomic_file **out);
+FILE *ql_atomic_stream(ql_atomic_file *af);
+int ql_atomic_fd(const ql_atomic_file *af);
+const char *ql_atomic_path(const ql_atomic_file *af);     /* the destination */
+const char *ql_atomic_tmp_path(const ql_atomic_file *af); /* the temporary (tests, messages) */
+
+/* Writes n bytes through the stream; on failure records the error (the commit will fail too). */
+ql_status ql_atomic_write(ql_atomic_file *af, const void *p, size_t n);
+
+/* Flush, fsync, close, rename over the destination, fsync the directory. On any failure the temporary
+ * is removed and the destination is left as it was. Always frees af. */
+ql_status ql_atomic_commit(ql_atomic_file *af);
+/* Removes the temporary and frees af; NULL is a no-op. The destination is not touched. */
+void ql_atomic_abort(ql_atomic_file *af);
+
+/* The whole file at once: open, write `n` bytes, commit. */
+ql_status ql_atomic_write_file(const char *path, const void *data, size_t n);
+
+#endif

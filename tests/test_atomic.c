@@ -1,0 +1,251 @@
+/* test_atomic.c — base/atomic_file with fault injection: a write that runs into RLIMIT_FSIZE (SIGXFSZ
+ * ignored, so write() returns EFBIG as on a full disk), abort, a destination in a missing directory, a
+ * rename that cannot happen, the file mode under several umasks. In every failure case the existing
+ * target keeps its bytes and no temporary file is left in the directory. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/atomic_file.h"
+
+static char dir[64];
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/ql_atomic_XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[512];
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            if (unlink(p) != 0) rmdir(p);
+        }
+    if (d) closedir(d);
+    rmdir(dir);
+    return 0;
+}
+
+/* Entries of the test directory whose name has ".tmp." (the helper's temporaries). */
+static int temporaries(void) {
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strstr(e->d_name, ".tmp.")) n++;
+    closedir(d);
+    return n;
+}
+
+static void put(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc(*n + 1);
+    assert_int_equal(fread(b, 1, *n, f), *n);
+    b[*n] = 0;
+    fclose(f);
+    return b;
+}
+
+static void assert_file_is(const char *path, const char *want) {
+    size_t n;
+    char *b = slurp(path, &n);
+    assert_non_null(b);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(b, want, n);
+    free(b);
+}
+
+/* Runs `fn` with a file-size limit of `limit` bytes; SIGXFSZ is ignored so write() fails with EFBIG. */
+typedef void (*limited_fn)(const char *path);
+static void with_fsize_limit(rlim_t limit, limited_fn fn, const char *path) {
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = limit;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    fn(path);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, old_handler);
+}
+
+static void test_commit_writes_and_replaces(void **state) {
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/out.bin", dir);
+    put(path, "old contents");
+    ql_atomic_file *af;
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    /* the temporary lives beside the destination, so rename never crosses a filesystem */
+    assert_int_equal(strncmp(ql_atomic_tmp_path(af), path, strlen(path)), 0);
+    assert_int_equal(temporaries(), 1);
+    fprintf(ql_atomic_stream(af), "hello %d\n", 42);
+    assert_int_equal(ql_atomic_write(af, "tail", 4), QL_OK);
+    assert_file_is(path, "old contents"); /* nothing visible before the commit */
+    assert_int_equal(ql_atomic_commit(af), QL_OK);
+    assert_file_is(path, "hello 42\ntail");
+    assert_int_equal(temporaries(), 0);
+
+    /* pwrite on the descriptor (the log-probability file writes chunks from worker threads) */
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    assert_int_equal(pwrite(ql_atomic_fd(af), "world", 5, 5), 5);
+    assert_int_equal(pwrite(ql_atomic_fd(af), "hello", 5, 0), 5);
+    assert_int_equal(ql_atomic_commit(af), QL_OK);
+    assert_file_is(path, "helloworld");
+
+    assert_int_equal(ql_atomic_write_file(path, "whole", 5), QL_OK);
+    assert_file_is(path, "whole");
+    assert_int_equal(temporaries(), 0);
+}
+
+static void test_mode_follows_umask(void **state) {
+    (void)state;
+    const mode_t masks[] = {022, 027, 077, 0};
+    const mode_t want[] = {0644, 0640, 0600, 0644};
+    char path[128];
+    snprintf(path, sizeof path, "%s/mode.bin", dir);
+    for (size_t i = 0; i < sizeof masks / sizeof masks[0]; i++) {
+        mode_t old = umask(masks[i]);
+        ql_status s = ql_atomic_write_file(path, "x", 1);
+        umask(old);
+        assert_int_equal(s, QL_OK);
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_mode & 07777, want[i]);
+    }
+}
+
+static void big_stream_write(const char *path) {
+    ql_atomic_file *af;
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    /* through fprintf: errors are sticky in ferror and only the commit reports them */
+    for (int i = 0; i < 20000; i++) fprintf(ql_atomic_stream(af), "line %d of a file too big for the limit\n", i);
+    assert_int_equal(ql_atomic_commit(af), QL_ERR_IO);
+    assert_non_null(strstr(ql_last_error(), path));
+    assert_non_null(strstr(ql_last_error(), "write failed"));
+}
+
+static void big_checked_write(const char *path) {
+    size_t n = 1 << 20;
+    char *buf = calloc(n, 1);
+    assert_int_equal(ql_atomic_write_file(path, buf, n), QL_ERR_IO);
+    assert_non_null(strstr(ql_last_error(), path));
+    /* the same through ql_atomic_write, then a commit that must refuse */
+    ql_atomic_file *af;
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    assert_int_equal(ql_atomic_write(af, buf, n), QL_ERR_IO);
+    assert_int_equal(ql_atomic_commit(af), QL_ERR_IO);
+    free(buf);
+}
+
+static void small_write_then_flush_fails(const char *path) {
+    /* fits the stdio buffer, so the failure shows only at fflush inside the commit */
+    ql_atomic_file *af;
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    fputs("0123456789abcdef0123456789abcdef", ql_atomic_stream(af));
+    assert_int_equal(ql_atomic_commit(af), QL_ERR_IO);
+}
+
+static void test_write_failure_keeps_target(void **state) {
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/target.txt", dir);
+    put(path, "precious");
+    with_fsize_limit(64 * 1024, big_stream_write, path);
+    assert_file_is(path, "precious");
+    assert_int_equal(temporaries(), 0);
+    with_fsize_limit(64 * 1024, big_checked_write, path);
+    assert_file_is(path, "precious");
+    assert_int_equal(temporaries(), 0);
+    with_fsize_limit(8, small_write_then_flush_fails, path);
+    assert_file_is(path, "precious");
+    assert_int_equal(temporaries(), 0);
+    /* and a target that did not exist is not created */
+    snprintf(path, sizeof path, "%s/new.txt", dir);
+    with_fsize_limit(64 * 1024, big_stream_write, path);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(temporaries(), 0);
+}
+
+static void test_abort_keeps_target(void **state) {
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/target.txt", dir);
+    put(path, "precious");
+    ql_atomic_file *af;
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    fputs("half of a new file", ql_atomic_stream(af));
+    fflush(ql_atomic_stream(af));
+    assert_int_equal(temporaries(), 1);
+    ql_atomic_abort(af);
+    ql_atomic_abort(NULL);
+    assert_file_is(path, "precious");
+    assert_int_equal(temporaries(), 0);
+}
+
+static void test_missing_directory(void **state) {
+    (void)state;
+    char path[160];
+    snprintf(path, sizeof path, "%s/no/such/dir/out.gguf", dir);
+    ql_atomic_file *af = (ql_atomic_file *)1;
+    assert_int_equal(ql_atomic_open(path, &af), QL_ERR_IO);
+    assert_null(af);
+    assert_non_null(strstr(ql_last_error(), path));
+    assert_int_equal(ql_atomic_write_file(path, "x", 1), QL_ERR_IO);
+    assert_int_equal(temporaries(), 0);
+}
+
+static void test_rename_failure_keeps_target(void **state) {
+    (void)state;
+    /* the destination is a non-empty directory: rename(2) refuses, after the data was written */
+    char path[128], inner[160];
+    snprintf(path, sizeof path, "%s/occupied", dir);
+    assert_int_equal(mkdir(path, 0755), 0);
+    snprintf(inner, sizeof inner, "%s/keep.txt", path);
+    put(inner, "inside");
+    assert_int_equal(ql_atomic_write_file(path, "data", 4), QL_ERR_IO);
+    assert_non_null(strstr(ql_last_error(), "rename"));
+    assert_file_is(inner, "inside");
+    assert_int_equal(temporaries(), 0);
+    unlink(inner);
+    rmdir(path);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_commit_writes_and_replaces, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mode_follows_umask, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_failure_keeps_target, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abort_keeps_target, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_missing_directory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rename_failure_keeps_target, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
