@@ -3,6 +3,7 @@
 #include "core/model.h"
 #include "core/ppl.h"
 #include "base/parallel.h"
+#include "base/atomic_file.h"
 #include "methods/act_recipe.h"
 #include "methods/layer_f32.h"
 #include "core/stats.h"
@@ -195,20 +196,8 @@ int cmd_logits(int argc, char **argv) {
         rc = cli_fail("logits");
         goto done;
     }
-    size_t l = strlen(out) + 16;
-    char *tmp = ql_malloc(l);
-    snprintf(tmp, l, "%s.tmp", out);
-    FILE *f = fopen(tmp, "wb");
-    size_t want = (size_t)n * m->cfg.n_vocab;
-    bool ok = f && fwrite(logits, sizeof(float), want, f) == want;
-    if (f && fclose(f) != 0) ok = false;
-    if (!ok || rename(tmp, out) != 0) {
-        unlink(tmp);
-        fprintf(stderr, "qlab logits: %s: write failed: %s\n", out, strerror(errno));
-        rc = 1;
-    } else
-        fprintf(stderr, "qlab logits: wrote %lld x %d logits to %s\n", (long long)n, m->cfg.n_vocab, out);
-    free(tmp);
+    if (ql_atomic_write_file(out, logits, (size_t)n * m->cfg.n_vocab * sizeof(float))) rc = cli_fail("logits");
+    else fprintf(stderr, "qlab logits: wrote %lld x %d logits to %s\n", (long long)n, m->cfg.n_vocab, out);
 done:
     free(logits);
     free(ids);

@@ -3,6 +3,7 @@
  * allocated from it, so a hostile header cannot make us allocate or read past the mapping. */
 #include "core/gguf.h"
 #include "kernels/ggml_types.h"
+#include "base/atomic_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -581,24 +582,11 @@ static void w_value(writer *w, const ql_gguf_value *v) {
 }
 
 ql_status ql_gguf_write(const ql_gguf *g, const char *path, const ql_progress *progress) {
-    size_t plen = strlen(path);
-    char *tmp = ql_malloc(plen + 16);
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        ql_status s = ql_fail(QL_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        free(tmp);
-        return s;
-    }
-    fchmod(fd, 0644);
-    writer w = {fdopen(fd, "wb"), false, 0};
-    ql_status s = QL_OK;
+    ql_atomic_file *af;
+    ql_status s = ql_atomic_open(path, &af);
+    if (s) return s;
+    writer w = {ql_atomic_stream(af), false, 0};
     uint8_t *scratch = NULL;
-    if (!w.f) {
-        close(fd);
-        s = ql_fail(QL_ERR_IO, "%s: fdopen failed", path);
-        goto out;
-    }
     uint64_t align = g->alignment ? g->alignment : GGUF_DEFAULT_ALIGN;
     w_u32(&w, GGUF_MAGIC);
     w_u32(&w, 3);
@@ -642,14 +630,12 @@ ql_status ql_gguf_write(const ql_gguf *g, const char *path, const ql_progress *p
         done += t->nbytes;
         ql_progress_report(progress, (int64_t)done, (int64_t)total, "writing");
     }
-    if (!w.err && fflush(w.f) != 0) w.err = true;
-    if (!w.err && fsync(fileno(w.f)) != 0) w.err = true;
-    if (w.err) s = ql_fail(QL_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    /* w.err is sticky in the stream's ferror: the commit reports it with its errno */
 out:
     free(scratch);
-    if (w.f && fclose(w.f) != 0 && !s) s = ql_fail(QL_ERR_IO, "%s: close failed: %s", path, strerror(errno));
-    if (!s && rename(tmp, path) != 0) s = ql_fail(QL_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
-    if (s) unlink(tmp);
-    free(tmp);
-    return s;
+    if (s) {
+        ql_atomic_abort(af);
+        return s;
+    }
+    return ql_atomic_commit(af);
 }

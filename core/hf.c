@@ -8,6 +8,7 @@
  * No global state: concurrent loads/saves of different folders are fine. */
 #include "core/model.h"
 #include "kernels/ggml_types.h"
+#include "base/atomic_file.h"
 
 #include <errno.h>
 #include <math.h>
@@ -687,56 +688,16 @@ typedef struct {
     uint64_t offset;
 } save_entry;
 
-static ql_status write_all(FILE *f, const void *p, size_t n, const char *path) {
-    if (n && fwrite(p, 1, n, f) != n)
-        return ql_fail(QL_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-    return QL_OK;
-}
-
-/* Temporary file beside `path`; *tmp receives its malloc'ed name. */
-static ql_status open_tmp(const char *path, FILE **f, char **tmp) {
-    size_t n = strlen(path);
-    *tmp = ql_malloc(n + 16);
-    snprintf(*tmp, n + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(*tmp);
-    if (fd >= 0) fchmod(fd, 0644); /* mkstemp makes 0600; these are ordinary model files */
-    if (fd < 0 || !(*f = fdopen(fd, "wb"))) {
-        ql_status s = ql_fail(QL_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        if (fd >= 0) {
-            close(fd);
-            unlink(*tmp);
-        }
-        free(*tmp);
-        *tmp = NULL;
-        return s;
-    }
-    return QL_OK;
-}
-
-/* Flushes, syncs and renames; on error (or when s is already an error) removes the temporary. */
-static ql_status close_tmp(FILE *f, char *tmp, const char *path, ql_status s) {
-    if (!s && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-        s = ql_fail(QL_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-    if (fclose(f) != 0 && !s) s = ql_fail(QL_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-    if (!s && rename(tmp, path) != 0)
-        s = ql_fail(QL_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
-    if (s) unlink(tmp);
-    free(tmp);
-    return s;
-}
-
 static ql_status write_text_file(const char *path, const char *text) {
-    FILE *f;
-    char *tmp;
-    ql_status s = open_tmp(path, &f, &tmp);
+    ql_atomic_file *af;
+    ql_status s = ql_atomic_open(path, &af);
     if (s) return s;
-    s = write_all(f, text, strlen(text), path);
-    if (!s) s = write_all(f, "\n", 1, path);
-    return close_tmp(f, tmp, path, s);
+    fputs(text, ql_atomic_stream(af));
+    fputc('\n', ql_atomic_stream(af));
+    return ql_atomic_commit(af); /* a failed fputs is sticky in ferror: the commit reports it */
 }
 
-static ql_status write_tensor_bytes(FILE *f, const save_entry *e, void **scratch, void **scratch2,
-                                    const char *path) {
+static ql_status write_tensor_bytes(ql_atomic_file *af, const save_entry *e, void **scratch, void **scratch2) {
     const ql_gguf_tensor *t = e->t;
     size_t n = (size_t)t->nbytes;
     const void *src = t->data;
@@ -752,7 +713,7 @@ static ql_status write_tensor_bytes(FILE *f, const save_entry *e, void **scratch
         ql_rope_permute_rows(*scratch2, src, e->heads, rows, n / (size_t)rows, false);
         src = *scratch2;
     }
-    return write_all(f, src, n, path);
+    return ql_atomic_write(af, src, n);
 }
 
 typedef struct {
@@ -874,9 +835,8 @@ ql_status ql_hf_save(const ql_gguf *g, const char *dir) {
     int64_t n = 0;
     json_t *hdr = json_object(), *meta = json_object();
     char *st_path = path_join(dir, "model.safetensors"), *cfg_path = path_join(dir, "config.json");
-    char *hdr_text = NULL, *cfg_text = NULL, *tmp = NULL;
+    char *hdr_text = NULL, *cfg_text = NULL;
     void *scratch = NULL, *scratch2 = NULL;
-    FILE *f = NULL;
     int n_f32 = 0, n_f16 = 0, n_bf16 = 0;
 
     /* data layout: 4-byte types first, then 2-byte ones, so every tensor stays aligned to its element */
@@ -964,15 +924,17 @@ ql_status ql_hf_save(const ql_gguf *g, const char *dir) {
     cfg_text = config_json_text(g, &c, torch_dtype);
 
     /* model.safetensors */
-    if ((s = open_tmp(st_path, &f, &tmp))) goto done;
+    ql_atomic_file *af;
+    if ((s = ql_atomic_open(st_path, &af))) goto done;
     size_t hl = strlen(hdr_text), padded = (hl + 7) & ~(size_t)7;
     uint8_t len8[8];
     for (int b = 0; b < 8; b++) len8[b] = (uint8_t)((uint64_t)padded >> (8 * b));
-    s = write_all(f, len8, 8, st_path);
-    if (!s) s = write_all(f, hdr_text, hl, st_path);
-    if (!s) s = write_all(f, "        ", padded - hl, st_path);
-    for (int64_t i = 0; i < n && !s; i++) s = write_tensor_bytes(f, &ents[i], &scratch, &scratch2, st_path);
-    s = close_tmp(f, tmp, st_path, s);
+    s = ql_atomic_write(af, len8, 8);
+    if (!s) s = ql_atomic_write(af, hdr_text, hl);
+    if (!s) s = ql_atomic_write(af, "        ", padded - hl);
+    for (int64_t i = 0; i < n && !s; i++) s = write_tensor_bytes(af, &ents[i], &scratch, &scratch2);
+    if (s) ql_atomic_abort(af);
+    else s = ql_atomic_commit(af);
     if (s) goto done;
 
     /* a stale shard index would shadow the new file on the next load */

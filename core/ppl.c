@@ -4,6 +4,7 @@
  * u16[n_vocab] with logp ≈ min + step*q (about 5e-4 resolution, the same trade llama.cpp makes). */
 #include "core/ppl.h"
 #include "base/parallel.h"
+#include "base/atomic_file.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -216,7 +217,7 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     ql_status s = QL_OK;
     void *base_map = NULL;
     size_t base_len = 0;
-    char *save_tmp = NULL;
+    ql_atomic_file *save = NULL; /* the --save-logits file; workers pwrite on its descriptor */
 
     if (o->kld_base) {
         if ((s = ql_map_file(o->kld_base, &base_map, &base_len))) return s;
@@ -251,15 +252,8 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
         res->has_kld = true;
     }
     if (o->save_logits) {
-        size_t l = strlen(o->save_logits) + 16;
-        save_tmp = ql_malloc(l);
-        snprintf(save_tmp, l, "%s.tmp.XXXXXX", o->save_logits);
-        c.save_fd = mkstemp(save_tmp);
-        if (c.save_fd >= 0) fchmod(c.save_fd, 0644);
-        if (c.save_fd < 0) {
-            s = ql_fail(QL_ERR_IO, "%s: cannot create: %s", o->save_logits, strerror(errno));
-            goto out;
-        }
+        if ((s = ql_atomic_open(o->save_logits, &save))) goto out;
+        c.save_fd = ql_atomic_fd(save);
         uint8_t hdr[LOGP_HEADER];
         uint32_t h[4] = {(uint32_t)n_ctx, (uint32_t)V, (uint32_t)n_chunks, (uint32_t)c.first};
         memcpy(hdr, LOGP_MAGIC, 8);
@@ -324,23 +318,15 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
             res->ppl_base = exp(nllb / count);
         }
     }
-    if (c.save_fd >= 0) {
-        if (!s) {
-            /* the file must end where the last chunk's rows end */
-            if (ftruncate(c.save_fd, (off_t)chunk_off(&c, n_chunks, n_chunks)) != 0 || fsync(c.save_fd) != 0)
-                s = ql_fail(QL_ERR_IO, "%s: write failed", o->save_logits);
-        }
-        close(c.save_fd);
-        c.save_fd = -1;
-        if (!s && rename(save_tmp, o->save_logits) != 0)
-            s = ql_fail(QL_ERR_IO, "%s: rename failed: %s", o->save_logits, strerror(errno));
+    /* the file must end where the last chunk's rows end */
+    if (save && !s && ftruncate(c.save_fd, (off_t)chunk_off(&c, n_chunks, n_chunks)) != 0)
+        s = ql_fail(QL_ERR_IO, "%s: write failed: %s", o->save_logits, strerror(errno));
+    if (save && !s) {
+        s = ql_atomic_commit(save);
+        save = NULL;
     }
 out:
-    if (c.save_fd >= 0) close(c.save_fd);
-    if (save_tmp) {
-        if (s) unlink(save_tmp);
-        free(save_tmp);
-    }
+    ql_atomic_abort(save); /* no-op after a commit; otherwise nothing is left behind */
     if (c.scratch)
         for (int w = 0; w < workers; w++) {
             ql_scratch_free(c.scratch[w]);

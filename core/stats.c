@@ -4,6 +4,7 @@
  * f64 sum_sq[n], f32 absmax[n], then (if hessian) f64 xtx[n*n] full symmetric. Little-endian. */
 #include "core/stats.h"
 #include "base/parallel.h"
+#include "base/atomic_file.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -237,16 +238,10 @@ void ql_stats_view(const ql_stat_entry *e, ql_input_stats *v) {
 /* ---------------------------------------------------------------- file */
 
 ql_status ql_stats_save(const ql_stats *s, const char *path) {
-    size_t l = strlen(path) + 16;
-    char *tmp = ql_malloc(l);
-    snprintf(tmp, l, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    fchmod(fd, 0644); /* mkstemp makes 0600; outputs are ordinary files */
-    if (fd < 0) {
-        free(tmp);
-        return ql_fail(QL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    }
-    FILE *f = fdopen(fd, "wb");
+    ql_atomic_file *af;
+    ql_status st = ql_atomic_open(path, &af);
+    if (st) return st;
+    FILE *f = ql_atomic_stream(af); /* write errors are sticky in ferror: the commit reports them */
     uint32_t version = 1, flags = s->has_hessian ? 1 : 0, n = (uint32_t)s->n;
     uint64_t nseq = (uint64_t)s->n_sequences, slen = (uint64_t)s->seq_len;
     const char *src = s->source ? s->source : "";
@@ -263,15 +258,7 @@ ql_status ql_stats_save(const ql_stats *s, const char *path) {
         fwrite(e->absmax, 4, (size_t)e->n, f);
         if (s->has_hessian) fwrite(e->xtx, 8, (size_t)(e->n * e->n), f);
     }
-    bool ok = fflush(f) == 0 && !ferror(f) && fsync(fileno(f)) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        free(tmp);
-        return ql_fail(QL_ERR_IO, "%s: write failed", path);
-    }
-    free(tmp);
-    return QL_OK;
+    return ql_atomic_commit(af);
 }
 
 typedef struct { const uint8_t *p; size_t size, pos; const char *path; } rd;

@@ -4,6 +4,7 @@
  * values = in_sum2 / counts * ncall with ncall = ceil(counts / chunk_size), entries sorted by name.
  * Ownership: see imatrix.h. */
 #include "pipeline/imatrix.h"
+#include "base/atomic_file.h"
 
 #include <errno.h>
 #include <math.h>
@@ -458,37 +459,6 @@ static void wb_f32(wbuf *w, float f) {
     wb_i32(w, v);
 }
 
-static ql_status write_file_atomic(const char *path, const void *data, size_t n) {
-    size_t plen = strlen(path);
-    char *tmp = ql_malloc(plen + 16);
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        ql_status s = ql_fail(QL_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        free(tmp);
-        return s;
-    }
-    fchmod(fd, 0644);
-    ql_status s = QL_OK;
-    const uint8_t *p = data;
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) {
-            s = ql_fail(QL_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-            break;
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    if (!s && fsync(fd) != 0) s = ql_fail(QL_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
-    if (close(fd) != 0 && !s) s = ql_fail(QL_ERR_IO, "%s: close failed: %s", path, strerror(errno));
-    if (!s && rename(tmp, path) != 0) s = ql_fail(QL_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
-    if (s) unlink(tmp);
-    free(tmp);
-    return s;
-}
-
 static ql_status save_dat(const ql_imatrix *im, const char *path) {
     /* the chunk size the counts are divided by; llama.cpp uses its -c (default 512) */
     const int64_t cs = im->chunk_size > 0 ? im->chunk_size : QL_IMATRIX_DAT_CHUNK_SIZE;
@@ -530,7 +500,7 @@ static ql_status save_dat(const ql_imatrix *im, const char *path) {
         if (dl > INT32_MAX) dl = 0;
         wb_i32(&w, (int32_t)dl);
         wb_bytes(&w, ds, dl);
-        s = write_file_atomic(path, w.b, w.n);
+        s = ql_atomic_write_file(path, w.b, w.n);
     }
     free(w.b);
     free(v);

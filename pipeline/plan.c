@@ -1,5 +1,6 @@
 /* plan.c — plan entries, INI save/load (inih), and the format+method spec parser. */
 #include "pipeline/plan.h"
+#include "base/atomic_file.h"
 #include "formats/format.h"
 
 #include <errno.h>
@@ -73,16 +74,10 @@ ql_status ql_parse_format_method(const char *spec, const ql_format **f, char *me
 }
 
 ql_status ql_plan_save(const ql_plan *p, const char *model_path, const char *path) {
-    size_t l = strlen(path) + 16;
-    char *tmp = ql_malloc(l);
-    snprintf(tmp, l, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    fchmod(fd, 0644);
-    if (fd < 0) {
-        free(tmp);
-        return ql_fail(QL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    }
-    FILE *f = fdopen(fd, "w");
+    ql_atomic_file *af;
+    ql_status s = ql_atomic_open(path, &af);
+    if (s) return s;
+    FILE *f = ql_atomic_stream(af); /* write errors are sticky in ferror: the commit reports them */
     fprintf(f, "; qlab quantization plan: one line per tensor, FORMAT or FORMAT+METHOD.\n"
                "; Edit freely; apply with: qlab quant MODEL --plan %s -o OUT.gguf\n[plan]\n", path);
     if (model_path) fprintf(f, "model = %s\n", model_path);
@@ -96,15 +91,7 @@ ql_status ql_plan_save(const ql_plan *p, const char *model_path, const char *pat
         else snprintf(spec, sizeof spec, "%s+%s", e->format->name, e->method);
         fprintf(f, "%s = %s%s%s\n", e->tensor, spec, e->note ? "  ; " : "", e->note ? e->note : "");
     }
-    bool ok = fflush(f) == 0 && !ferror(f);
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        free(tmp);
-        return ql_fail(QL_ERR_IO, "%s: write failed", path);
-    }
-    free(tmp);
-    return QL_OK;
+    return ql_atomic_commit(af);
 }
 
 typedef struct {

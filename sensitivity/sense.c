@@ -5,6 +5,7 @@
  * in parallel (one per worker, single-threaded BLAS) from that tensor's layer; per-sequence sums are
  * combined in sequence order, so results do not depend on the thread count. */
 #include "sensitivity/sense.h"
+#include "base/atomic_file.h"
 #include "formats/format.h"
 #include "pipeline/imatrix.h"
 #include "methods/method.h"
@@ -880,17 +881,10 @@ ql_status ql_sense_save(const ql_sense *s, const char *path) {
     for (int t = 0; t < s->n_tensors; t++)
         if (!clean_str(s->tensors[t].name) || !*s->tensors[t].name)
             return ql_fail(QL_ERR_ARG, "%s: tensor name with a tab or newline", path);
-    size_t l = strlen(path) + 16;
-    char *tmp = ql_malloc(l);
-    snprintf(tmp, l, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        ql_status e = ql_fail(QL_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-        free(tmp);
-        return e;
-    }
-    fchmod(fd, 0644);
-    FILE *f = fdopen(fd, "w");
+    ql_atomic_file *af;
+    ql_status st = ql_atomic_open(path, &af);
+    if (st) return st;
+    FILE *f = ql_atomic_stream(af); /* write errors are sticky in ferror: the commit reports them */
     fprintf(f, "%s %d\n", SENSE_MAGIC, QL_SENSE_VERSION);
     fprintf(f, "model\t%s\nfile_bytes\t%lld\nother\t%lld\t%lld\nn_tensors_file\t%lld\n", s->model,
             (long long)s->file_bytes, (long long)s->other_params, (long long)s->other_bytes,
@@ -922,16 +916,7 @@ ql_status ql_sense_save(const ql_sense *s, const char *path) {
             fputc('\n', f);
         }
     fprintf(f, "end\n");
-    bool ok = fflush(f) == 0 && !ferror(f) && fsync(fd) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path) != 0) {
-        ql_status e = ql_fail(QL_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-        unlink(tmp);
-        free(tmp);
-        return e;
-    }
-    free(tmp);
-    return QL_OK;
+    return ql_atomic_commit(af);
 }
 
 /* A cursor over the lines of the file; fields split on tabs in place. */
