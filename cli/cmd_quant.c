@@ -17,7 +17,7 @@
 #include <string.h>
 
 static const char *QUANT_USAGE =
-    "usage: qlab quant MODEL -o OUT.gguf (--type FORMAT | --preset NAME|FILE | --plan FILE)\n"
+    "usage: qlab quant MODEL -o OUT.gguf (--type FORMAT | --preset NAME|FILE | --plan FILE) [--to gguf]\n"
     "                  [--method NAME [--method-opts K=V,...]] [--stats FILE | --text FILE [--ctx N] [--chunks N]]\n"
     "                  [--imatrix FILE] [--threads N] [--save-plan FILE] [--dry-run]\n"
     "Quantizes every 2-D weight of MODEL and writes a GGUF with all of its metadata.\n"
@@ -34,6 +34,7 @@ static const char *QUANT_USAGE =
     "  --sequential      true-sequential: each layer's inputs are measured with earlier layers already quantized\n"
     "  --imatrix FILE    importance weights (llama.cpp imatrix GGUF or legacy .dat)\n"
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
+    "  --to EXPORTER     the output's ecosystem: gguf (default; the only exporter so far)\n"
     "  --dry-run         resolve and print the plan, write nothing\n"
     "Rows that do not fit a format's block fall back as llama.cpp does (q4_k -> q5_0 -> f16 ...); each fallback is\n"
     "printed and recorded in the plan.\n";
@@ -43,6 +44,7 @@ int cmd_quant(int argc, char **argv) {
     cli_args_init(&a, argc, argv, QUANT_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *type = NULL, *preset = NULL, *plan_path = NULL;
     const char *imatrix = NULL, *save_plan = NULL, *method = NULL, *method_opts = NULL, *stats_path = NULL;
+    const char *to = NULL;
     cli_calib ca;
     cli_calib_defaults(&ca, 512, 128);
     bool sequential = false;
@@ -65,6 +67,7 @@ int cmd_quant(int argc, char **argv) {
         else if (!strcmp(flag, "--plan")) plan_path = cli_value(&a, flag);
         else if (!strcmp(flag, "--imatrix")) imatrix = cli_value(&a, flag);
         else if (!strcmp(flag, "--save-plan")) save_plan = cli_value(&a, flag);
+        else if (!strcmp(flag, "--to")) to = cli_value(&a, flag);
         else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
         else if (!strcmp(flag, "--dry-run")) dry = true;
         else return cli_unknown(&a, flag);
@@ -74,6 +77,8 @@ int cmd_quant(int argc, char **argv) {
     if (!out && !dry && !save_plan) return cli_usage_error("quant", QUANT_USAGE, "needs -o OUT.gguf");
     if ((type != NULL) + (preset != NULL) + (plan_path != NULL) != 1)
         return cli_usage_error("quant", QUANT_USAGE, "give exactly one of --type, --preset, --plan");
+    const ql_exporter_info *exporter = ql_exporter_default();
+    if (to && ql_exporter_find(to, &exporter)) return cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
     ql_model *m = NULL;
     ql_imatrix *im = NULL;
     ql_preset *ps = NULL;
@@ -149,7 +154,8 @@ int cmd_quant(int argc, char **argv) {
     }
     if (dry || !out) goto done;
     ql_quant_opts o = {.plan = plan, .imatrix = im, .stats = stats, .method_opts = method_opts, .n_threads = threads,
-                       .sequential = sequential, .calib_tokens = calib_tok, .n_seq = calib_n, .seq_len = ca.ctx};
+                       .sequential = sequential, .calib_tokens = calib_tok, .n_seq = calib_n, .seq_len = ca.ctx,
+                       .exporter = exporter};
     ql_quant_stats st;
     ql_progress *bar = cli_progress_bar("quant");
     s = ql_quantize_model(m, &o, out, bar, &st);

@@ -4,6 +4,7 @@
 #include "core/model.h"
 #include "base/parallel.h"
 #include "core/synth.h"
+#include "pipeline/export.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -136,7 +137,7 @@ int cmd_convert(int argc, char **argv) {
     size_t ol = strlen(out);
     ql_status s;
     ql_progress *bar = cli_progress_bar("convert");
-    if (ol > 5 && strcmp(out + ol - 5, ".gguf") == 0) s = ql_gguf_write(g, out, bar);
+    if (ol > 5 && strcmp(out + ol - 5, ".gguf") == 0) s = ql_export_image(ql_exporter_by_name("gguf"), out, src, g, bar);
     else if (to >= 0) s = ql_fail(QL_ERR_UNSUPPORTED, "--type applies to GGUF output only");
     else s = ql_hf_save(g, out);
     cli_progress_done(bar);

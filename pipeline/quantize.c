@@ -321,7 +321,7 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
     }
     /* the bar counts weights quantized (in produce); the writer only needs the cancel flag */
     ql_progress cancel_only = {.cancel = progress ? progress->cancel : NULL};
-    s = ql_gguf_write(c.out, out_path, &cancel_only);
+    s = ql_export_image(o->exporter ? o->exporter : ql_exporter_default(), out_path, in, c.out, &cancel_only);
     st->seconds = ql_time_s() - c.t0;
 out:
     free(c.ov);

@@ -1,13 +1,15 @@
-/* quantize.h — applies a plan to a model and writes a GGUF: each tensor is decoded to F32 (any
- * registered type), re-encoded in its planned format with importance weights when an imatrix has them,
- * and streamed to disk one tensor at a time (memory ≈ the largest tensor, not the model). The output
- * carries every metadata key of the input, general.file_type and general.quantization_version, and is
- * written atomically (temporary file, then rename; cancellation or a full disk leaves nothing). */
+/* quantize.h — applies a plan to a model and writes the result through an exporter (GGUF unless
+ * opts say otherwise; pipeline/export.h): each tensor is decoded to F32 (any registered type),
+ * re-encoded in its planned format with importance weights when an imatrix has them, and streamed to
+ * disk one tensor at a time (memory ≈ the largest tensor, not the model). The output carries every
+ * metadata key of the input, general.file_type and general.quantization_version, and is written
+ * atomically (temporary file, then rename; cancellation or a full disk leaves nothing). */
 #ifndef QL_QUANTIZE_H
 #define QL_QUANTIZE_H
 
 #include "core/model.h"
 #include "pipeline/plan.h"
+#include "pipeline/export.h"
 
 struct ql_imatrix;
 struct ql_stats;
@@ -22,6 +24,7 @@ typedef struct {
     int64_t n_seq;
     int seq_len;
     int n_threads;
+    const ql_exporter_info *exporter; /* where the output goes; NULL: GGUF */
 } ql_quant_opts;
 
 typedef struct {

@@ -11,6 +11,7 @@
 #include "core/infer.h"
 #include "methods/method.h"
 #include "pipeline/quantize.h"
+#include "pipeline/export.h"
 #include "core/tokenizer.h"
 
 #include <math.h>
@@ -613,7 +614,8 @@ typedef struct {
 
 static void export_run(ql_tui_job *j) {
     export_ctx *c = j->ctx;
-    ql_quant_opts qo = {.plan = c->plan, .stats = c->stats, .n_threads = c->n_threads};
+    ql_quant_opts qo = {.plan = c->plan, .stats = c->stats, .n_threads = c->n_threads,
+                        .exporter = ql_exporter_by_name("gguf")};
     ql_tui_job_phase(j, "quantizing", 0, 1);
     ql_status s = ql_quantize_model(c->m, &qo, c->path, &j->progress, &c->qs);
     if (s) ql_tui_job_fail(j, s);
