@@ -77,6 +77,12 @@ if [ -f "$T/tiny.gguf" ]; then
   printf '[tensors]\nblk.99.attn_q.weight = q8_0\n' > "$T/badplan.ini"
   expect_error "quant: plan names a missing tensor" "blk.99.attn_q.weight" $QLAB quant "$T/tiny.gguf" --plan "$T/badplan.ini" -o "$T/x.gguf"
   expect_error "quant: two plan sources" "exactly one" $QLAB quant "$T/tiny.gguf" --type q8_0 --preset Q8_0 -o "$T/x.gguf"
+  # the exporter seam: --to gguf is the default path, byte for byte; an unknown exporter is refused with the list
+  if $QLAB quant "$T/tiny.gguf" --type q4_k --to gguf -o "$T/q4k-to.gguf" 2>/dev/null && cmp -s "$T/q4k.gguf" "$T/q4k-to.gguf"; then
+    ok "quant --to gguf writes the same bytes as the default"
+  else bad "quant --to gguf differs from the default"; fi
+  expect_error "quant: unknown exporter" "registered: gguf" $QLAB quant "$T/tiny.gguf" --type q8_0 --to onnx -o "$T/x.gguf"
+  if [ ! -e "$T/x.gguf" ]; then ok "unknown exporter writes nothing"; else bad "unknown exporter wrote $T/x.gguf"; fi
   # Ctrl-C during a longer quantization leaves neither the output nor a temporary file
   $QLAB synth --shape tiny --dims layers=6,embd=1024,ff=4096,vocab=4096 -o "$T/mid.gguf" 2>/dev/null
   mkdir -p "$T/cancel"
