@@ -102,8 +102,9 @@ int64_t ql_gguf_add_tensor(ql_gguf *g, const char *name, uint32_t type, int n_di
 void ql_gguf_adopt(ql_gguf *g, void *buf);
 void ql_gguf_adopt_map(ql_gguf *g, void *addr, size_t len);
 
-/* Writes version 3 with g->alignment to a temporary file beside `path`, fsyncs and renames; on any
- * failure (or cancellation through `progress`) the temporary file is removed. */
+/* Writes version 3 with g->alignment through base/atomic_file (temporary beside `path`, fsync, rename);
+ * on any failure (or cancellation through `progress`) the temporary file is removed. Tensors without
+ * data are produced one at a time, in file order. */
 ql_status ql_gguf_write(const ql_gguf *g, const char *path, const ql_progress *progress);
 
 void ql_gguf_value_free(ql_gguf_value *v);
