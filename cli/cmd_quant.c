@@ -27,7 +27,10 @@ static const char *QUANT_USAGE =
     "                    NF4_DQ, FP8 ...) or an INI file of rules\n"
     "  --plan FILE       one format per tensor, as written by --save-plan or qlab plan\n"
     "  --method NAME     how codes are chosen for every planned tensor: rtn (default), gptq, awq, ... (qlab formats\n"
-    "                    --methods lists them); --format is a synonym of --type\n"
+    "                    --methods lists them and their options); a method that cannot write the format is refused\n"
+    "                    (tensors that fell back to another format, or are kept in float, keep rtn and say so);\n"
+    "                    --format is a synonym of --type\n"
+    "  --method-opts K=V,...  options of the method, checked against its schema (unknown or bad ones are refused)\n"
     "  --stats FILE      activation statistics from qlab stats (needed by gptq/awq/smoothquant)\n"
     "  --text FILE       ...or compute them here from a calibration text (--ctx 512, --chunks 128 by default)\n"
     "  --calib SPEC      ...or from a calibration set (--samples N --len L --seed S; see qlab calib --help)\n"
@@ -35,9 +38,43 @@ static const char *QUANT_USAGE =
     "  --imatrix FILE    importance weights (llama.cpp imatrix GGUF or legacy .dat)\n"
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
     "  --to EXPORTER     the output's ecosystem: gguf (default; the only exporter so far)\n"
-    "  --dry-run         resolve and print the plan, write nothing\n"
+    "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing\n"
     "Rows that do not fit a format's block fall back as llama.cpp does (q4_k -> q5_0 -> f16 ...); each fallback is\n"
     "printed and recorded in the plan.\n";
+
+static bool is_float_format(const ql_format *f) {
+    return f->type == QL_TYPE_F32 || f->type == QL_TYPE_F16 || f->type == QL_TYPE_BF16;
+}
+
+/* --method for every planned tensor. A tensor whose format the method cannot write keeps rtn, and says
+ * so, only when that format is not what was asked for: a llama.cpp-style fallback (rows that do not fit)
+ * or a float format (nothing to choose). Anything else is refused: no silent rounding to nearest. */
+static int apply_method(ql_plan *plan, const ql_method *meth) {
+    int served = 0, kept = 0;
+    char why[256], first[256] = "";
+    for (int i = 0; i < plan->n; i++) {
+        ql_plan_entry *e = &plan->e[i];
+        if (ql_method_serves(meth, e->format, why, sizeof why)) {
+            free(e->method);
+            e->method = ql_strdup(meth->name);
+            served++;
+        } else if (e->note || is_float_format(e->format)) {
+            if (!first[0]) snprintf(first, sizeof first, "%s", why);
+            kept++;
+        } else {
+            fprintf(stderr, "qlab quant: --method %s cannot write %s: %s\n", meth->name, e->format->name, why);
+            return 1;
+        }
+    }
+    if (!served && kept) {
+        fprintf(stderr, "qlab quant: --method %s cannot write any planned tensor: %s\n", meth->name, first);
+        return 1;
+    }
+    if (kept)
+        fprintf(stderr, "qlab quant: %d tensors in fallback or float formats keep rtn (%s; --dry-run lists them)\n",
+                kept, first);
+    return 0;
+}
 
 int cmd_quant(int argc, char **argv) {
     cli_args a;
@@ -85,8 +122,13 @@ int cmd_quant(int argc, char **argv) {
     ql_plan *plan = NULL;
     ql_stats *stats = NULL;
     int rc = 0;
-    if (method && !ql_method_by_name(method))
-        return cli_usage_error("quant", QUANT_USAGE, "unknown method '%s'", method);
+    const ql_method *meth = NULL;
+    if (method && !(meth = ql_method_find(method))) return cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
+    if (meth && method_opts) { /* refused before any model is loaded */
+        ql_opt_values ov;
+        if (ql_method_parse_opts(meth, method_opts, &ov))
+            return cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
+    }
     if (ql_model_load(model, &m) || (imatrix && ql_imatrix_load(imatrix, &im))) {
         rc = cli_fail("quant");
         goto done;
@@ -102,11 +144,21 @@ int cmd_quant(int argc, char **argv) {
         rc = cli_fail("quant");
         goto done;
     }
-    if (method)
+    if (meth && (rc = apply_method(plan, meth))) goto done;
+    if (!meth && method_opts) { /* the plan's own methods share the options */
+        const ql_method *used[32];
+        int n_used = 0;
         for (int i = 0; i < plan->n; i++) {
-            free(plan->e[i].method);
-            plan->e[i].method = ql_strdup(method);
+            const ql_method *pm = ql_method_by_name(plan->e[i].method);
+            bool seen = !pm;
+            for (int k = 0; k < n_used; k++) seen |= used[k] == pm;
+            if (!seen && n_used < 32) used[n_used++] = pm;
         }
+        if (ql_method_check_opts(used, n_used, method_opts)) {
+            rc = cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
+            goto done;
+        }
+    }
     bool needs = false;
     for (int i = 0; i < plan->n; i++) needs |= ql_method_by_name(plan->e[i].method) && ql_method_by_name(plan->e[i].method)->needs;
     if (stats_path && ql_stats_load(stats_path, &stats)) {
@@ -134,8 +186,14 @@ int cmd_quant(int argc, char **argv) {
         const ql_plan_entry *e = &plan->e[i];
         if (e->note) fprintf(stderr, "qlab quant: %s: %s -> %s\n", e->tensor, e->note, e->format->name);
         ext |= !ql_type_is_ggml(e->format->type);
-        if (dry) printf("%-32s %s%s%s\n", e->tensor, e->format->name, strcmp(e->method, "rtn") ? "+" : "",
-                        strcmp(e->method, "rtn") ? e->method : "");
+        if (dry) { /* what the tensor really gets: the driver's own rule (ql_quant_method_for) */
+            char why[256];
+            const ql_method *got = ql_quant_method_for(m, plan, e, stats, cli_calib_given(&ca), why, sizeof why);
+            if (meth && got != meth && !why[0]) ql_method_serves(meth, e->format, why, sizeof why);
+            bool rtn = !got || !strcmp(got->name, "rtn");
+            printf("%-32s %s%s%s%s%s\n", e->tensor, e->format->name, rtn ? "" : "+", rtn ? "" : got->name,
+                   why[0] ? "  # rtn: " : "", why);
+        }
     }
     if (ext)
         fprintf(stderr, "qlab quant: warning: the plan uses qlab extension formats; llama.cpp cannot load the result "
@@ -170,6 +228,9 @@ int cmd_quant(int argc, char **argv) {
             "%.2fs (%.2f GB/s of f32 weights)\n",
             out, (long long)st.tensors_quantized, (long long)st.tensors_fallback, (long long)st.tensors_copied,
             st.bytes_in / 1048576.0, st.bytes_out / 1048576.0, st.seconds, st.seconds > 0 ? gb / st.seconds : 0);
+    if (st.tensors_rounded)
+        fprintf(stderr, "qlab quant: %lld tensors had no statistics for their method and were rounded to nearest "
+                        "(--dry-run lists them)\n", (long long)st.tensors_rounded);
 done:
     free(calib_tok);
     ql_stats_free(stats);
@@ -201,20 +262,58 @@ int cmd_formats(int argc, char **argv) {
         json_t *marr = json ? json_array() : NULL;
         for (int i = 0; i < ql_method_count(); i++) {
             const ql_method *me = ql_method_at(i);
-            char needs[96] = "";
+            char needs[96] = "", caps[128];
             if (!me->needs) strcat(needs, "nothing");
             if (me->needs & QL_NEEDS_ACT_STATS) strcat(needs, "activation-stats ");
             if (me->needs & QL_NEEDS_HESSIAN) strcat(needs, "hessian ");
-            if (me->needs & QL_NEEDS_GRADIENTS) strcat(needs, "gradients ");
+            ql_method_caps_str(me->caps, caps, sizeof caps);
             if (json) {
-                json_t *o = json_object();
+                json_t *o = json_object(), *opts = json_array(), *fmts = json_array();
                 json_object_set_new(o, "name", json_string(me->name));
                 json_object_set_new(o, "summary", json_string(me->summary));
                 json_object_set_new(o, "needs", json_string(needs));
-                json_object_set_new(o, "options", json_string(me->help));
+                json_object_set_new(o, "capabilities", json_string(caps));
+                for (int k = 0; k < me->n_opts; k++) {
+                    const ql_opt_def *d = &me->opts[k];
+                    static const char *const tn[] = {"int", "float", "bool", "enum"};
+                    json_t *od = json_object();
+                    json_object_set_new(od, "name", json_string(d->name));
+                    json_object_set_new(od, "type", json_string(tn[d->type]));
+                    if (d->type == QL_OPT_ENUM) {
+                        json_t *ch = json_array();
+                        for (int c = 0; d->choices[c]; c++) json_array_append_new(ch, json_string(d->choices[c]));
+                        json_object_set_new(od, "choices", ch);
+                        json_object_set_new(od, "default", json_string(d->choices[(int)d->def]));
+                    } else {
+                        json_object_set_new(od, "default", json_real(d->def));
+                        json_object_set_new(od, "min", json_real(d->min));
+                        json_object_set_new(od, "max", json_real(d->max));
+                    }
+                    json_object_set_new(od, "help", json_string(d->help));
+                    json_array_append_new(opts, od);
+                }
+                json_object_set_new(o, "options", opts);
+                for (int k = 0; k < ql_format_count(); k++)
+                    if (ql_method_serves(me, ql_format_at(k), NULL, 0))
+                        json_array_append_new(fmts, json_string(ql_format_at(k)->name));
+                json_object_set_new(o, "formats", fmts);
                 json_array_append_new(marr, o);
-            } else
-                printf("%-12s needs: %-28s %s\n%14s%s\n", me->name, needs, me->summary, "options: ", me->help);
+            } else {
+                printf("%-12s needs: %-28s %s\n%14s%s\n", me->name, needs, me->summary, "does: ", caps);
+                if (!me->n_opts) printf("%14s(none)\n", "options: ");
+                for (int k = 0; k < me->n_opts; k++) {
+                    char line[320];
+                    ql_opt_describe(&me->opts[k], line, sizeof line);
+                    printf("%14s%s\n", k ? "" : "options: ", line);
+                }
+                if (me->serves) {
+                    char why[256];
+                    int n = 0;
+                    for (int k = 0; k < ql_format_count(); k++) n += ql_method_serves(me, ql_format_at(k), why, sizeof why);
+                    printf("%14s%d of the formats that can quantize (qlab formats --methods --json lists them)\n",
+                           "writes: ", n);
+                }
+            }
         }
         if (json) {
             char *js = json_dumps(marr, JSON_INDENT(1) | JSON_PRESERVE_ORDER);

@@ -1,6 +1,6 @@
 /* format_grid.c — grid views of the formats GPTQ can write: ggml's legacy, K and IQ4 block types
  * (scales fixed by the registry entry's own quantizer, codes packed in ggml's bit layout) and the
- * row-wise INTn formats of fmt_int.c. Each ggml entry has a parser (block bytes -> (a, b, o) per sub-block,
+ * row-wise INTn formats of fmt_int.c, and bitsandbytes' NF4 (fmt_nf4.c). Each ggml entry has a parser (block bytes -> (a, b, o) per sub-block,
  * with the dequantizer's arithmetic) and a packer (codes -> the block's code fields). Pure, thread-safe. */
 #include "formats/format_grid.h"
 
@@ -190,9 +190,61 @@ static const ggml_grid *ggml_grid_of(uint32_t type) {
     return NULL;
 }
 
+/* ---- NF4 (fmt_nf4.c): per block of 64 [f32 absmax][32 bytes of codes, element 2j in the high nibble]
+ * (a shorter last block when the row is not a multiple of 64). A table grid: value = absmax · code[k],
+ * the 16 sorted NF4 values, exactly as the dequantizer computes it. The block's absmax is fixed from
+ * its current (error-updated) weights when GPTQ reaches it, as bitsandbytes computes it: the largest
+ * finite |w|. No importance (NF4 has no per-weight scale search). ---- */
+
+extern const ql_format ql_fmt_nf4;
+#define NF4_BLOCK 64
+#define NF4_BLOCK_BYTES (4 + NF4_BLOCK / 2)
+
+static bool is_nf4(const ql_grid *g) { return g->f == &ql_fmt_nf4; }
+
+static void nf4_init(ql_grid *g) {
+    g->block = NF4_BLOCK;
+    g->sub = 0;
+    g->kmin = 0;
+    g->kmax = 15;
+    g->table = ql_nf4_code;
+    g->block_bytes = NF4_BLOCK_BYTES;
+    g->bits = 4;
+}
+
+static void nf4_set_codes(uint8_t *row, int64_t len, int64_t blk, const uint8_t *codes) {
+    uint8_t *q = row + blk * NF4_BLOCK_BYTES + 4;
+    for (int64_t i = 0; i + 1 < len; i += 2)
+        q[i / 2] = (uint8_t)((codes[i] & 15) << 4 | (codes[i + 1] & 15));
+    if (len % 2)
+        q[len / 2] = (uint8_t)((codes[len - 1] & 15) << 4);
+}
+
+static void nf4_fix(const float *src, int64_t nrows, int64_t len, int64_t blk, uint8_t *dst, int64_t row_bytes,
+                    float *a, float *b, float *o) {
+    uint8_t codes[NF4_BLOCK];
+    for (int64_t r = 0; r < nrows; r++) {
+        const float *x = src + r * len;
+        float am = 0.0f;
+        for (int64_t i = 0; i < len; i++)
+            if (isfinite(x[i]) && fabsf(x[i]) > am)
+                am = fabsf(x[i]);
+        uint8_t *row = dst + r * row_bytes;
+        memcpy(row + blk * NF4_BLOCK_BYTES, &am, 4);
+        for (int64_t i = 0; i < len; i++) /* provisional: nearest code of the block as it stands */
+            codes[i] = am > 0.0f ? ql_nf4_encode(x[i] / am) : 7;
+        nf4_set_codes(row, len, blk, codes);
+        a[r] = am, b[r] = 0.0f, o[r] = 0.0f;
+    }
+}
+
 bool ql_grid_init(ql_grid *g, const ql_format *f) {
     memset(g, 0, sizeof *g);
     g->f = f;
+    if (f == &ql_fmt_nf4) {
+        nf4_init(g);
+        return true;
+    }
     int bits, group;
     bool sym, mse;
     if (f->type < QL_TYPE_EXT_BASE) {
@@ -236,7 +288,7 @@ int64_t ql_grid_block_cols(const ql_grid *g, int64_t ncols, int64_t blk) {
 }
 
 int64_t ql_grid_scratch_bytes(const ql_grid *g, int64_t ncols) {
-    if (g->type)
+    if (g->type || is_nf4(g))
         return 0;
     int64_t len = g->block > 0 ? QL_MIN((int64_t)g->block, ncols) : ncols;
     return ql_int_row_bytes(len, g->bits, (int)len, g->sym);
@@ -265,6 +317,11 @@ void ql_grid_fix(const ql_grid *g, const float *src, int64_t nrows, int64_t ncol
                  const float *imp, uint8_t *dst, int64_t row_bytes, float *a, float *b, float *o, int64_t ld,
                  void *scratch) {
     int64_t len = ql_grid_block_cols(g, ncols, blk);
+    if (is_nf4(g)) {
+        (void)imp, (void)ld, (void)scratch;
+        nf4_fix(src, nrows, len, blk, dst, row_bytes, a, b, o);
+        return;
+    }
     if (g->type) {
         const ggml_grid *e = ggml_grid_of(g->type);
         /* the registry's SIMD twin when there is one: bit-identical to the reference, several times faster */
@@ -300,6 +357,10 @@ void ql_grid_fix(const ql_grid *g, const float *src, int64_t nrows, int64_t ncol
 }
 
 void ql_grid_set_codes(const ql_grid *g, uint8_t *row, int64_t ncols, int64_t blk, const uint8_t *codes) {
+    if (is_nf4(g)) {
+        nf4_set_codes(row, ql_grid_block_cols(g, ncols, blk), blk, codes);
+        return;
+    }
     if (g->type) {
         ggml_grid_of(g->type)->pack(row + blk * g->block_bytes, codes);
         return;

@@ -3,7 +3,7 @@
  * block types, or one group of an INTn format) gets its scales FIXED by the format's own quantizer
  * (ql_grid_fix); after that, every column of the block, row by row, may take any value of the grid
  *     linear grids:  value = a·(k + o) + b,   k in [kmin, kmax]
- *     table grids:   value = a·table[k]       (IQ4_NL, IQ4_XS)
+ *     table grids:   value = a·table[k]       (IQ4_NL, IQ4_XS; NF4 with a = the block's absmax)
  * where (a, b, o) belong to one row and one sub-block (16 or 32 columns inside a K-quant block). The
  * value is computed exactly as ggml's / fmt_int.c's dequantizer computes it, so decoding the bytes
  * gives back the chosen values bit for bit. ql_grid_set_codes then writes the chosen codes into the
@@ -25,8 +25,8 @@ typedef struct ql_grid {
     bool sym, mse;      /* INTn variants */
 } ql_grid;
 
-/* The grid view of f; false (with ql_last_error set) for formats that have none (floats, FP8, NF4,
- * 2-D blocks, decode-only types). */
+/* The grid view of f; false (with ql_last_error set) for formats that have none (floats, FP8, FP4,
+ * double-quantized NF4, 2-D blocks, decode-only types). */
 bool ql_grid_init(ql_grid *g, const ql_format *f);
 
 /* Columns in block blk of a row of ncols (the last INTn group may be shorter), and blocks per row. */

@@ -91,7 +91,8 @@ typedef struct {
 
 /* SmoothQuant on one layer: for each smoothed input point, s_j = max|X_j|^α / max|W_:j|^(1−α) (max over
  * the linears reading the point), clamped to >= 1e-5; the producer is divided by s, the readers'
- * columns multiplied by s. Options (ql_opt_double syntax): alpha=0.85, attn=1 (q/k/v via attn_norm),
+ * columns multiplied by s. Options ("k=v,...", checked against the method's schema in methods/
+ * m_smoothquant.c; a bad one is refused): alpha=0.85, attn=1 (q/k/v via attn_norm),
  * ffn=1 (gate/up via ffn_norm), down=0 (ffn_down via ffn_up's rows), vo=0 (attn_output via attn_v's
  * rows, scales tied across the query heads sharing a kv head). rep may be NULL. */
 ql_status ql_smoothquant_layer(ql_layer_f32 *L, const ql_stats *st, const char *opts,

@@ -303,21 +303,23 @@ static ql_status awq_point(ql_layer_f32 *L, const ql_scale_point *p, const ql_st
     return st;
 }
 
-ql_status ql_awq_layer(ql_layer_f32 *L, const ql_stats *st, const char *spec, int n_threads,
-                       const ql_progress *progress, ql_transform_report *rep) {
+extern const ql_method ql_method_awq;
+
+static ql_status awq_layer(ql_layer_f32 *L, const ql_stats *st, const ql_opt_values *v, int n_threads,
+                           const ql_progress *progress, ql_transform_report *rep) {
+    const ql_method *M = &ql_method_awq;
     awq_opts o = {
-        .grid = (int)ql_opt_double(spec, "grid", 20),
-        .duo = ql_opt_double(spec, "duo", 1) != 0,
-        .clip = ql_opt_double(spec, "clip", 1) != 0,
-        .clip_qk = ql_opt_double(spec, "clip_qk", 0) != 0,
+        .grid = (int)ql_opt_int(v, M, "grid"),
+        .duo = ql_opt_bool(v, M, "duo"),
+        .clip = ql_opt_bool(v, M, "clip"),
+        .clip_qk = ql_opt_bool(v, M, "clip_qk"),
         .n_threads = n_threads > 0 ? n_threads : 1,
     };
-    if (o.grid < 1 || o.grid > 1000) return ql_fail(QL_ERR_ARG, "awq: grid=%d is outside 1..1000", o.grid);
     if (rep) memset(rep, 0, sizeof *rep);
     ql_scale_point pts[4];
     const int np =
-        ql_layer_scale_points(L, ql_opt_double(spec, "attn", 1) != 0, ql_opt_double(spec, "vo", 1) != 0,
-                              ql_opt_double(spec, "ffn", 1) != 0, ql_opt_double(spec, "down", 1) != 0, pts);
+        ql_layer_scale_points(L, ql_opt_bool(v, M, "attn"), ql_opt_bool(v, M, "vo"), ql_opt_bool(v, M, "ffn"),
+                              ql_opt_bool(v, M, "down"), pts);
     for (int k = 0; k < np; k++) {
         if (ql_progress_cancelled(progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
         const ql_stat_entry *e = ql_layer_point_stats(st, L->layer, &pts[k]);
@@ -331,11 +333,18 @@ ql_status ql_awq_layer(ql_layer_f32 *L, const ql_stats *st, const char *spec, in
     return QL_OK;
 }
 
+ql_status ql_awq_layer(ql_layer_f32 *L, const ql_stats *st, const char *spec, int n_threads,
+                       const ql_progress *progress, ql_transform_report *rep) {
+    ql_opt_values v;
+    ql_status s = ql_method_parse_opts(&ql_method_awq, spec, &v);
+    return s ? s : awq_layer(L, st, &v, n_threads, progress, rep);
+}
+
 /* Per tensor (no scale migration): the clipping search with s = 1, then the format's rounding. */
 static ql_status awq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_format *f,
                               const ql_input_stats *st, const ql_method_opts *o, void *dst) {
     const int nt = o && o->n_threads > 0 ? o->n_threads : 1;
-    if (st && st->n == ncols && (!o || ql_opt_double(o->spec, "clip", 1) != 0)) {
+    if (st && st->n == ncols && ql_opt_bool(o ? o->values : NULL, &ql_method_awq, "clip")) {
         double *Hown;
         const double *H = dense_hessian(st, &Hown);
         if (H) {
@@ -349,22 +358,28 @@ static ql_status awq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_f
 }
 
 static ql_status awq_transform(ql_layer_f32 *L, const ql_stats *st, const ql_method_opts *o) {
-    return ql_awq_layer(L, st, o ? o->spec : NULL, o ? o->n_threads : 1, o ? o->progress : NULL, NULL);
+    return awq_layer(L, st, o ? o->values : NULL, o ? o->n_threads : 1, o ? o->progress : NULL, NULL);
 }
+
+static const ql_opt_def awq_opts_schema[] = {
+    {"grid", QL_OPT_INT, 20, 1, 1000, NULL, "scale exponents alpha = 0, 1/grid, ..., (grid-1)/grid"},
+    {"duo", QL_OPT_BOOL, 1, 0, 1, NULL, "also try s = s_x^alpha / s_w^(1-alpha) (AutoAWQ's duo scaling)"},
+    {"clip", QL_OPT_BOOL, 1, 0, 1, NULL, "search a clipped range per quantization group (shrink down to 0.55)"},
+    {"clip_qk", QL_OPT_BOOL, 0, 0, 1, NULL, "also clip attn_q/attn_k (AWQ skips them)"},
+    {"attn", QL_OPT_BOOL, 1, 0, 1, NULL, "scale q/k/v through attn_norm"},
+    {"vo", QL_OPT_BOOL, 1, 0, 1, NULL, "scale attn_output through attn_v's rows (tied per kv head)"},
+    {"ffn", QL_OPT_BOOL, 1, 0, 1, NULL, "scale gate/up through ffn_norm"},
+    {"down", QL_OPT_BOOL, 1, 0, 1, NULL, "scale ffn_down through ffn_up's rows"},
+};
 
 const ql_method ql_method_awq = {
     .name = "awq",
     .summary =
         "AWQ: per-channel scales searched on the layer output error, folded into the norms; clipping search",
-    .help = "grid=20    scale exponents alpha = 0, 1/grid, ..., (grid-1)/grid\n"
-            "duo=1      also try s = s_x^alpha / s_w^(1-alpha) (AutoAWQ's duo scaling)\n"
-            "clip=1     search a clipped range per quantization group (shrink down to 0.55)\n"
-            "clip_qk=0  also clip attn_q/attn_k (AWQ skips them)\n"
-            "attn=1     scale q/k/v through attn_norm\n"
-            "vo=1       scale attn_output through attn_v's rows (tied per kv head)\n"
-            "ffn=1      scale gate/up through ffn_norm\n"
-            "down=1     scale ffn_down through ffn_up's rows",
+    .caps = QL_CAP_PER_TENSOR | QL_CAP_LAYER_TRANSFORM,
     .needs = QL_NEEDS_ACT_STATS | QL_NEEDS_HESSIAN,
+    .opts = awq_opts_schema,
+    .n_opts = (int)QL_ARRAY_LEN(awq_opts_schema),
     .quantize_tensor = awq_quantize,
     .transform_layer = awq_transform,
 };

@@ -33,6 +33,7 @@
 #include <lapacke.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -326,41 +327,39 @@ static void build_reversed(double *P, const double *xtx, int64_t n, double scale
 
 /* ---- the method ---- */
 
-static ql_status rtn_fallback(float *w, int64_t nrows, int64_t ncols, const ql_format *f,
-                              const ql_method_opts *o, void *dst, float *deq) {
-    int nt = o && o->n_threads > 0 ? o->n_threads : 1;
-    ql_status s = ql_format_quantize(f, w, dst, nrows, ncols, o ? o->importance : NULL, nt);
-    if (!s && deq)
-        s = ql_format_dequantize(f, dst, deq, nrows, ncols, nt);
-    return s;
+extern const ql_method ql_method_gptq;
+
+/* GPTQ needs a grid of representable values per block to feed rounding errors forward on. */
+static bool gptq_serves(const ql_format *f, char *why, size_t cap) {
+    ql_grid g;
+    if (!f->whole_tensor && ql_grid_init(&g, f)) return true;
+    snprintf(why, cap, "%s has no code grid for GPTQ's error feedback (qlab formats --methods --json lists the formats "
+             "gptq writes)", f->name);
+    return false;
 }
 
 ql_status ql_gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_format *f,
                            const ql_input_stats *st, const ql_method_opts *o, void *dst, float *deq) {
-    const char *spec = o ? o->spec : NULL;
-    double damp = ql_opt_double(spec, "damp", 0.01);
-    double act = ql_opt_double(spec, "act_order", 0), stat = ql_opt_double(spec, "static_groups", 0);
-    double blkopt = ql_opt_double(spec, "block", 128);
-    if (!(damp >= 0 && damp <= 10))
-        return ql_fail(QL_ERR_ARG, "gptq: damp=%g outside [0, 10]", damp);
-    if (!(blkopt >= 1 && blkopt <= 65536))
-        return ql_fail(QL_ERR_ARG, "gptq: block=%g outside [1, 65536]", blkopt);
-    if ((act != 0 && act != 1) || (stat != 0 && stat != 1))
-        return ql_fail(QL_ERR_ARG, "gptq: act_order and static_groups take 0 or 1");
+    const ql_opt_values *ov = o ? o->values : NULL; /* ranges were checked when they were parsed */
+    const double damp = ql_opt_float(ov, &ql_method_gptq, "damp");
+    const bool act = ql_opt_bool(ov, &ql_method_gptq, "act_order");
+    const bool stat = ql_opt_bool(ov, &ql_method_gptq, "static_groups");
+    const int64_t blkopt = ql_opt_int(ov, &ql_method_gptq, "block");
     if (nrows <= 0 || ncols <= 0)
         return ql_fail(QL_ERR_ARG, "gptq: empty tensor");
     if (!st || !st->xtx || st->n != ncols)
         return ql_fail(QL_ERR_ARG, "gptq: needs the Hessian X^T X of the layer input (%lld columns)",
                        (long long)ncols);
+    char why[256];
     ql_grid grid;
-    if (!ql_grid_init(&grid, f))
-        return rtn_fallback(w, nrows, ncols, f, o, dst, deq);
+    if (!gptq_serves(f, why, sizeof why) || !ql_grid_init(&grid, f)) /* no silent rounding to nearest */
+        return ql_fail(QL_ERR_UNSUPPORTED, "gptq: %s", why);
     if (!ql_format_fits(f, ncols))
         return ql_fail(QL_ERR_ARG, "gptq: format %s needs rows that are a multiple of %d (got %lld)", f->name,
                        f->block, (long long)ncols);
     int nt = o && o->n_threads > 0 ? o->n_threads : 1;
     const ql_progress *prog = o ? o->progress : NULL;
-    const int64_t n = ncols, B = QL_MIN((int64_t)blkopt, ncols);
+    const int64_t n = ncols, B = QL_MIN(blkopt, ncols);
 
     /* Hessian diagonal, dead columns, damping, order */
     double scale = st->n_tokens > 0 ? 2.0 / (double)st->n_tokens : 1.0;
@@ -487,18 +486,23 @@ static ql_status gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
     return ql_gptq_quantize(w, nrows, ncols, f, st, o, dst, NULL);
 }
 
+static const ql_opt_def gptq_opts[] = {
+    {"damp", QL_OPT_FLOAT, 0.01, 0, 10, NULL,
+     "Hessian dampening, fraction of the mean diagonal (raised x10 if H is singular)"},
+    {"act_order", QL_OPT_BOOL, 0, 0, 1, NULL,
+     "1: quantize columns by decreasing H_ii; a block's scales are fixed when GPTQ first reaches it"},
+    {"block", QL_OPT_INT, 128, 1, 65536, NULL, "columns per lazy batch (BLAS-3 trailing update)"},
+    {"static_groups", QL_OPT_BOOL, 0, 0, 1, NULL,
+     "1: fix every block's scales from the original weights before any update (0: from the updated ones)"},
+};
+
 const ql_method ql_method_gptq = {
     .name = "gptq",
-    .summary = "GPTQ: column-wise rounding with Hessian error feedback (INTn groups, ggml block types)",
-    .help =
-        "damp=0.01        Hessian dampening, fraction of the mean diagonal (raised x10 if H is singular)\n"
-        "act_order=0      1: quantize columns by decreasing H_ii (largest activations first); the storage\n"
-        "                 order is unchanged, a block's scales are fixed when GPTQ first reaches it\n"
-        "block=128        columns per lazy batch (BLAS-3 trailing update)\n"
-        "static_groups=0  1: fix every block's scales from the original weights before any update\n"
-        "                 (0: when GPTQ reaches the block, from the error-updated weights)\n"
-        "formats: int{n}_g{g}[_sym][_mse], int{n}_channel, q4_0..q8_0, q2_k..q6_k, iq4_nl, iq4_xs;\n"
-        "others (floats, fp8, nf4, 2-D blocks) fall back to rtn",
+    .summary = "GPTQ: column-wise rounding with Hessian error feedback (formats with a code grid)",
+    .caps = QL_CAP_PER_TENSOR,
     .needs = QL_NEEDS_HESSIAN,
+    .opts = gptq_opts,
+    .n_opts = (int)QL_ARRAY_LEN(gptq_opts),
+    .serves = gptq_serves,
     .quantize_tensor = gptq_quantize,
 };

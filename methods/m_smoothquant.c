@@ -17,16 +17,17 @@
  * better than 0.5 for per-token W8A8 (docs/methods.md). */
 #define QL_SMOOTHQUANT_ALPHA 0.85
 
-ql_status ql_smoothquant_layer(ql_layer_f32 *L, const ql_stats *st, const char *opts,
-                               ql_transform_report *rep) {
-    const double alpha = ql_opt_double(opts, "alpha", QL_SMOOTHQUANT_ALPHA);
-    if (!(alpha >= 0 && alpha <= 1))
-        return ql_fail(QL_ERR_ARG, "smoothquant: alpha=%g is outside [0, 1]", alpha);
+extern const ql_method ql_method_smoothquant;
+
+static ql_status smoothquant_layer(ql_layer_f32 *L, const ql_stats *st, const ql_opt_values *v,
+                                   ql_transform_report *rep) {
+    const ql_method *M = &ql_method_smoothquant;
+    const double alpha = ql_opt_float(v, M, "alpha");
     if (rep) memset(rep, 0, sizeof *rep);
     ql_scale_point pts[4];
     int np =
-        ql_layer_scale_points(L, ql_opt_double(opts, "attn", 1) != 0, ql_opt_double(opts, "vo", 0) != 0,
-                              ql_opt_double(opts, "ffn", 1) != 0, ql_opt_double(opts, "down", 0) != 0, pts);
+        ql_layer_scale_points(L, ql_opt_bool(v, M, "attn"), ql_opt_bool(v, M, "vo"), ql_opt_bool(v, M, "ffn"),
+                              ql_opt_bool(v, M, "down"), pts);
     for (int k = 0; k < np; k++) {
         const ql_scale_point *p = &pts[k];
         const ql_stat_entry *e = ql_layer_point_stats(st, L->layer, p);
@@ -71,6 +72,13 @@ ql_status ql_smoothquant_layer(ql_layer_f32 *L, const ql_stats *st, const char *
     return QL_OK;
 }
 
+ql_status ql_smoothquant_layer(ql_layer_f32 *L, const ql_stats *st, const char *opts,
+                               ql_transform_report *rep) {
+    ql_opt_values v;
+    ql_status s = ql_method_parse_opts(&ql_method_smoothquant, opts, &v);
+    return s ? s : smoothquant_layer(L, st, &v, rep);
+}
+
 static ql_status sq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_format *f,
                              const ql_input_stats *st, const ql_method_opts *o, void *dst) {
     (void)st; /* the smoothing happened in transform_layer; the weights round to nearest */
@@ -78,19 +86,25 @@ static ql_status sq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_fo
 }
 
 static ql_status sq_transform(ql_layer_f32 *L, const ql_stats *st, const ql_method_opts *o) {
-    return ql_smoothquant_layer(L, st, o ? o->spec : NULL, NULL);
+    return smoothquant_layer(L, st, o ? o->values : NULL, NULL);
 }
+
+static const ql_opt_def sq_opts[] = {
+    {"alpha", QL_OPT_FLOAT, QL_SMOOTHQUANT_ALPHA, 0, 1, NULL,
+     "migration strength: s = max|x|^alpha / max|W|^(1-alpha) (0.85: the paper's Llama recipe)"},
+    {"attn", QL_OPT_BOOL, 1, 0, 1, NULL, "smooth the q/k/v input through attn_norm"},
+    {"ffn", QL_OPT_BOOL, 1, 0, 1, NULL, "smooth the gate/up input through ffn_norm"},
+    {"down", QL_OPT_BOOL, 0, 0, 1, NULL, "also smooth the ffn_down input through ffn_up's rows"},
+    {"vo", QL_OPT_BOOL, 0, 0, 1, NULL, "also smooth the attn_output input through attn_v's rows (tied per kv head)"},
+};
 
 const ql_method ql_method_smoothquant = {
     .name = "smoothquant",
     .summary = "SmoothQuant: migrate activation outliers into the weights (x/s, W·s), then round; for W8A8",
-    .help = "alpha=0.85 migration strength: s = max|x|^alpha / max|W|^(1-alpha) (0.85: the paper's Llama "
-            "recipe)\n"
-            "attn=1     smooth the q/k/v input through attn_norm\n"
-            "ffn=1      smooth the gate/up input through ffn_norm\n"
-            "down=0     also smooth the ffn_down input through ffn_up's rows\n"
-            "vo=0       also smooth the attn_output input through attn_v's rows (tied per kv head)",
+    .caps = QL_CAP_PER_TENSOR | QL_CAP_LAYER_TRANSFORM,
     .needs = QL_NEEDS_ACT_STATS,
+    .opts = sq_opts,
+    .n_opts = (int)QL_ARRAY_LEN(sq_opts),
     .quantize_tensor = sq_quantize,
     .transform_layer = sq_transform,
 };

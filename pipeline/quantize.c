@@ -29,6 +29,8 @@ typedef struct {
     const ql_progress *progress;
     int64_t done, total;
     double t0;
+    ql_opt_values *values; /* [ql_method_count()]: o->method_opts parsed once for each planned method */
+    int64_t rounded;       /* tensors planned with a data-aware method that got rtn */
 } quant_ctx;
 
 int64_t ql_file_type_for_format(const char *name) {
@@ -40,6 +42,93 @@ int64_t ql_file_type_for_format(const char *name) {
     for (size_t i = 0; i < QL_ARRAY_LEN(map); i++)
         if (!strcmp(map[i].n, name)) return map[i].ft;
     return -1;
+}
+
+static int method_index(const ql_method *m) {
+    for (int i = 0; i < ql_method_count(); i++)
+        if (ql_method_at(i) == m) return i;
+    return 0;
+}
+
+/* Does a transform method (AWQ, SmoothQuant) rescale the layer this tensor belongs to? Then statistics
+ * measured on the original model no longer describe its input. */
+static const ql_method *layer_transform_of(const ql_model *m, const ql_plan *p, const char *tensor) {
+    int layer;
+    if (sscanf(tensor, "blk.%d.", &layer) != 1 || layer < 0 || layer >= m->cfg.n_layer) return NULL;
+    bool member = false;
+    const ql_method *tm = NULL;
+    for (int i = 0; i < QL_LIN_COUNT; i++) {
+        const ql_gguf_tensor *t = ql_layer_linear(m, layer, i);
+        if (!t) continue;
+        member |= !strcmp(t->name, tensor);
+        const ql_plan_entry *e = ql_plan_find(p, t->name);
+        const ql_method *mm = e ? ql_method_by_name(e->method) : NULL;
+        if (mm && mm->transform_layer && !tm) tm = mm;
+    }
+    return member ? tm : NULL;
+}
+
+/* The one rule both the driver and --dry-run apply: rtn, and why, when the planned method cannot use
+ * what this tensor has. have: statistics for its input exist; hessian: they include XᵀX. */
+static const ql_method *effective_method(const ql_method *meth, const ql_method *transformed_by, bool have,
+                                         bool hessian, const char *tensor, const char *why_missing, char *why,
+                                         size_t cap) {
+    if (!meth->needs) return meth;
+    if (transformed_by && !meth->transform_layer) {
+        snprintf(why, cap, "%s rescales this layer: %s cannot use statistics of the unscaled weights",
+                 transformed_by->name, meth->name);
+        return ql_method_by_name("rtn");
+    }
+    if (meth->transform_layer && transformed_by) return meth; /* the transform already used the statistics */
+    if (!have) {
+        snprintf(why, cap, "%s needs input statistics: %s", meth->name, why_missing);
+        return ql_method_by_name("rtn");
+    }
+    if ((meth->needs & QL_NEEDS_HESSIAN) && !hessian) {
+        snprintf(why, cap, "%s needs the Hessian of %s's input; the statistics have none", meth->name, tensor);
+        return ql_method_by_name("rtn");
+    }
+    return meth;
+}
+
+/* why_missing for a tensor without statistics */
+static void missing_reason(const char *tensor, const ql_stat_entry *se, int64_t ncols, char *buf, size_t cap) {
+    char point[96];
+    if (!ql_stats_input_name(tensor, point, sizeof point))
+        snprintf(buf, cap, "%s is looked up, not multiplied, so it has none", tensor);
+    else if (se)
+        snprintf(buf, cap, "they were measured for %lld input features, %s has %lld", (long long)se->n, tensor,
+                 (long long)ncols);
+    else
+        snprintf(buf, cap, "the statistics have no entry for its input %s", point);
+}
+
+const ql_method *ql_quant_method_for(const ql_model *m, const ql_plan *plan, const ql_plan_entry *e,
+                                     const ql_stats *stats, bool stats_planned, char *why, size_t cap) {
+    char dummy[8];
+    if (!why || !cap) why = dummy, cap = sizeof dummy;
+    why[0] = 0;
+    const ql_method *meth = ql_method_by_name(e->method);
+    int64_t ti = ql_gguf_find_tensor(m->gguf, e->tensor);
+    if (!meth || ti < 0) return meth;
+    int64_t ncols = m->gguf->tensors[ti].ne[0];
+    char point[96], missing[200] = "";
+    bool have, hessian;
+    const ql_stat_entry *se = NULL;
+    if (stats) {
+        se = ql_stats_for_tensor(stats, e->tensor);
+        have = se && se->n == ncols;
+        hessian = have && stats->has_hessian;
+    } else {
+        have = stats_planned && ql_stats_input_name(e->tensor, point, sizeof point);
+        hessian = have;
+    }
+    if (!have) {
+        if (!stats && !stats_planned) snprintf(missing, sizeof missing, "none given (--stats FILE or --text FILE)");
+        else missing_reason(e->tensor, se, ncols, missing, sizeof missing);
+    }
+    return effective_method(meth, layer_transform_of(m, plan, e->tensor), have, hessian, e->tensor, missing, why,
+                            cap);
 }
 
 /* Quantize one source tensor into format f with its planned method; stats may be NULL. */
@@ -73,21 +162,28 @@ static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_
             for (int64_t j = 0; j < ncols; j++) imp[j] /= ov->in_scale[j] * ov->in_scale[j];
     }
     const ql_plan_entry *e = ql_plan_find(c->o->plan, src->name);
-    const ql_method *meth = ql_method_by_name(e ? e->method : "rtn");
+    const ql_method *planned = ql_method_by_name(e ? e->method : "rtn");
     ql_input_stats view = {0}, *vp = NULL;
     const ql_stat_entry *se = stats ? ql_stats_for_tensor(stats, src->name) : NULL;
-    if (se && se->n == ncols && !(ov && ov->w)) { /* transformed weights: the old statistics no longer apply */
+    if (se && se->n == ncols) {
         ql_stats_view(se, &view);
         vp = &view;
     }
-    if (meth->transform_layer && ov && ov->w) meth = ql_method_by_name("rtn"); /* scales already migrated */
-    if (meth->needs && (!vp || ((meth->needs & QL_NEEDS_HESSIAN) && !vp->xtx))) {
-        if (ov && ov->w && !meth->transform_layer)
-            ql_log(1, "%s: %s cannot use statistics measured before AWQ/SmoothQuant rescaled this layer; rounding to nearest",
-                   src->name, meth->name);
-        meth = ql_method_by_name("rtn"); /* embeddings have no input statistics */
+    /* the same rule --dry-run reports (ql_quant_method_for) */
+    char why[256] = "", missing[200] = "";
+    if (!vp) missing_reason(src->name, se, ncols, missing, sizeof missing);
+    const ql_method *meth = effective_method(planned, layer_transform_of(c->m, c->o->plan, src->name), vp != NULL,
+                                             vp && vp->xtx, src->name, missing, why, sizeof why);
+    if (meth != planned) {
+        c->rounded++;
+        ql_log(1, "%s: rounded to nearest: %s", src->name, why);
     }
-    ql_method_opts mo = {.spec = c->o->method_opts, .n_threads = c->o->n_threads, .importance = imp};
+    if (meth->transform_layer && ov && ov->w) { /* scales already migrated: the layer's weights round */
+        meth = ql_method_by_name("rtn");
+        vp = NULL;
+    }
+    ql_method_opts mo = {.values = &c->values[method_index(planned)], .n_threads = c->o->n_threads, .importance = imp};
+    if (meth != planned) mo.values = NULL;
     s = meth->quantize_tensor(w, nrows, ncols, f, vp, &mo, dst);
 out:
     free(imp);
@@ -126,7 +222,7 @@ static ql_status run_transforms(quant_ctx *c) {
             const ql_plan_entry *e = ql_plan_find(c->o->plan, ql_layer_linear(m, l, i)->name);
             L.fmt[i] = e ? e->format : NULL;
         }
-        ql_method_opts mo = {.spec = c->o->method_opts, .n_threads = c->o->n_threads};
+        ql_method_opts mo = {.values = &c->values[method_index(meth)], .n_threads = c->o->n_threads};
         s = meth->transform_layer(&L, c->o->stats, &mo);
         if (s) {
             ql_layer_f32_deinit(&L);
@@ -235,6 +331,33 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
             s = ql_fail(QL_ERR_ARG, "plan names tensor '%s', which %s does not have", o->plan->e[i].tensor, m->path);
             goto out;
         }
+    /* every planned method exists and can write its format; the options are parsed once, per method */
+    const int nm = ql_method_count();
+    const ql_method *used[32];
+    int n_used = 0;
+    c.values = ql_calloc((size_t)nm, sizeof *c.values);
+    for (int i = 0; i < o->plan->n; i++) {
+        const ql_plan_entry *e = &o->plan->e[i];
+        const ql_method *meth = ql_method_by_name(e->method);
+        char why[256];
+        if (!meth) {
+            s = ql_fail(QL_ERR_ARG, "tensor '%s': unknown method '%s'", e->tensor, e->method);
+            goto out;
+        }
+        if (!ql_method_serves(meth, e->format, why, sizeof why)) {
+            s = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': %s cannot write %s: %s", e->tensor, meth->name,
+                        e->format->name, why);
+            goto out;
+        }
+        bool seen = false;
+        for (int k = 0; k < n_used; k++) seen |= used[k] == meth;
+        if (!seen && n_used < 32) used[n_used++] = meth;
+    }
+    if ((s = ql_method_check_opts(used, n_used, o->method_opts))) goto out;
+    for (int k = 0; k < n_used; k++)
+        if ((s = ql_method_parse_shared_opts(used[k], o->method_opts, &c.values[method_index(used[k])]))) goto out;
+    for (int k = 0; k < nm; k++) /* methods not in the plan: defaults (never read) */
+        if (!c.values[k].method) ql_method_parse_opts(ql_method_at(k), NULL, &c.values[k]);
     bool transforms = false;
     for (int i = 0; i < o->plan->n; i++) transforms |= ql_method_by_name(o->plan->e[i].method)->transform_layer != NULL;
     if (transforms) {
@@ -251,10 +374,6 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         bool requant = e && (e->format->type != t->type || (c.ov && c.ov[i].w));
         if (e) {
             const ql_method *meth = ql_method_by_name(e->method);
-            if (!meth) {
-                s = ql_fail(QL_ERR_ARG, "tensor '%s': unknown method '%s'", t->name, e->method);
-                goto out;
-            }
             if (meth->needs && !o->stats && !o->sequential) {
                 s = ql_fail(QL_ERR_ARG, "tensor '%s': method '%s' needs calibration statistics (--stats FILE or --text FILE)",
                             t->name, e->method);
@@ -323,7 +442,9 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
     ql_progress cancel_only = {.cancel = progress ? progress->cancel : NULL};
     s = ql_export_image(o->exporter ? o->exporter : ql_exporter_default(), out_path, in, c.out, &cancel_only);
     st->seconds = ql_time_s() - c.t0;
+    st->tensors_rounded = c.rounded;
 out:
+    free(c.values);
     free(c.ov);
     free(c.wbuf);
     ql_gguf_free(c.out);

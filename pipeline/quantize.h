@@ -18,7 +18,8 @@ typedef struct {
     const ql_plan *plan;
     const struct ql_imatrix *imatrix; /* may be NULL */
     const struct ql_stats *stats;     /* activation statistics for data-aware methods; may be NULL */
-    const char *method_opts;          /* "damp=0.01,act_order=1" passed to every method */
+    const char *method_opts;          /* "damp=0.01,act_order=1": each planned method gets the keys its schema
+                                         declares; a key none declares, or a bad value, is refused */
     bool sequential;                  /* true-sequential: re-measure each layer's input after quantizing earlier ones */
     const int32_t *calib_tokens;      /* [n_seq * seq_len], needed by sequential */
     int64_t n_seq;
@@ -29,6 +30,7 @@ typedef struct {
 
 typedef struct {
     int64_t tensors_quantized, tensors_copied, tensors_fallback;
+    int64_t tensors_rounded; /* planned with a data-aware method but rounded to nearest (ql_quant_method_for says why) */
     int64_t bytes_in, bytes_out, weights_quantized;
     double seconds;
     bool llama_cpp_compatible; /* every tensor type is one ggml knows */
@@ -36,6 +38,14 @@ typedef struct {
 
 ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
                             ql_quant_stats *stats);
+
+/* The method plan entry e really gets, and why when it is not the planned one (then rtn, with why =
+ * "embeddings are looked up, not multiplied: no input statistics"). stats: the statistics the run will
+ * use, or NULL with stats_planned when they will be measured from calibration text first (every
+ * linear's input and output.weight's; never token_embd). why may be NULL. NULL for an unknown method. */
+struct ql_method;
+const struct ql_method *ql_quant_method_for(const ql_model *m, const ql_plan *plan, const ql_plan_entry *e,
+                                            const struct ql_stats *stats, bool stats_planned, char *why, size_t cap);
 
 /* general.file_type llama.cpp would write for a plan made of one ggml format (-1 if none fits). */
 int64_t ql_file_type_for_format(const char *format_name);

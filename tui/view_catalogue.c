@@ -17,7 +17,6 @@ static void needs_str(unsigned needs, char *b, size_t cap) {
     if (!needs) snprintf(b, cap, "nothing but the weights");
     if (needs & QL_NEEDS_ACT_STATS) strncat(b, "activation statistics ", cap - strlen(b) - 1);
     if (needs & QL_NEEDS_HESSIAN) strncat(b, "Hessians (Σ x xᵀ) ", cap - strlen(b) - 1);
-    if (needs & QL_NEEDS_GRADIENTS) strncat(b, "gradients ", cap - strlen(b) - 1);
 }
 
 /* A two-row histogram: each of the bins is a column whose height (16 steps) is its share. */
@@ -85,8 +84,14 @@ void ql_view_catalogue(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         if (ex) y += ql_view_wrap(c, x, y, w, 6, QL_ST_NORMAL, ex);
         ql_canvas_printf(c, x, y++, 0, me->needs && !a->calib.stats ? QL_ST_WARN : QL_ST_DIM, "needs: %s%s", needs,
                          me->needs && !a->calib.stats ? " (none loaded: Calib, r)" : "");
-        ql_canvas_printf(c, x, y++, 0, QL_ST_DIM, "writes: %s (f on a format changes it)",
-                         k->demo_fmt ? k->demo_fmt->name : "?");
+        char caps[128], why[256] = "";
+        ql_method_caps_str(me->caps, caps, sizeof caps);
+        ql_canvas_printf(c, x, y++, 0, QL_ST_DIM, "does: %s · options: %d (qlab formats --methods)", caps, me->n_opts);
+        if (k->demo_fmt && !ql_method_serves(me, k->demo_fmt, why, sizeof why))
+            y += ql_view_wrap(c, x, y, w, 2, QL_ST_WARN, why); /* refused, not rounded to nearest */
+        else
+            ql_canvas_printf(c, x, y++, 0, QL_ST_DIM, "writes: %s (f on a format changes it)",
+                             k->demo_fmt ? k->demo_fmt->name : "?");
     }
     if (!a->model || !a->plan.n_rows) {
         ql_canvas_puts(c, x, y + 1, 0, QL_ST_DIM, "Open a model to see the effect on one of its tensors.");

@@ -710,7 +710,7 @@ static ql_status quant_roundtrip(const effect_ctx *c, const ql_method *me, const
         memcpy(wc, w, (size_t)(nrows * ncols) * sizeof(float));
         ql_input_stats view = {0};
         if (c->se) ql_stats_view(c->se, &view);
-        ql_method_opts mo = {.spec = "", .n_threads = c->n_threads};
+        ql_method_opts mo = {.n_threads = c->n_threads}; /* the defaults of its schema */
         s = me->quantize_tensor(wc, nrows, ncols, c->f, c->se ? &view : NULL, &mo, buf);
         free(wc);
     } else
