@@ -208,7 +208,7 @@ int cmd_sense(int argc, char **argv) {
     for (int c = 0; c < ncl; c++) {
         const ql_format *f;
         char me[64];
-        if (!ql_parse_format_method(cl[c], &f, me, sizeof me) && ql_method_by_name(me)->needs)
+        if (!ql_parse_format_method(cl[c], &f, me, sizeof me) && ql_method_by_name(me) && ql_method_by_name(me)->needs)
             needs_stats = true;
     }
     if (plan) {

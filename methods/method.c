@@ -33,7 +33,8 @@ const ql_method *ql_method_by_name(const char *name) {
 
 /* ---- nearest-name suggestions ---- */
 
-/* Edit distance between a and b, case and '_' / '-' ignored (so "actorder" is 0 away from "act_order"). */
+/* Edit distance between a and b (insert, delete, substitute, swap two neighbours: "gtpq" is 1 from
+ * "gptq"), case and '_' / '-' ignored (so "actorder" is 0 away from "act_order"). */
 static int name_distance(const char *a, const char *b) {
     char x[64], y[64];
     int n = 0, m = 0;
@@ -41,21 +42,19 @@ static int name_distance(const char *a, const char *b) {
         if (*a != '_' && *a != '-') x[n++] = (char)tolower((unsigned char)*a);
     for (; *b && m < 63; b++)
         if (*b != '_' && *b != '-') y[m++] = (char)tolower((unsigned char)*b);
-    int d[64];
-    for (int j = 0; j <= m; j++) d[j] = j;
-    for (int i = 1; i <= n; i++) {
-        int diag = d[0];
-        d[0] = i;
+    static _Thread_local int d[64][64];
+    for (int i = 0; i <= n; i++) d[i][0] = i;
+    for (int j = 0; j <= m; j++) d[0][j] = j;
+    for (int i = 1; i <= n; i++)
         for (int j = 1; j <= m; j++) {
-            int up = d[j];
-            int best = diag + (x[i - 1] != y[j - 1]);
-            if (d[j] + 1 < best) best = d[j] + 1;
-            if (d[j - 1] + 1 < best) best = d[j - 1] + 1;
-            d[j] = best;
-            diag = up;
+            int best = d[i - 1][j - 1] + (x[i - 1] != y[j - 1]);
+            if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && x[i - 1] == y[j - 2] && x[i - 2] == y[j - 1] && d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
         }
-    }
-    return d[m];
+    return d[n][m];
 }
 
 /* The closest of names[0..n) to s when it is close enough to be a slip (at most 2 edits, fewer than

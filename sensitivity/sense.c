@@ -69,6 +69,18 @@ static void canonical_spec(char *buf, size_t cap, const ql_format *f, const char
     else snprintf(buf, cap, "%s+%s", f->name, ql_method_by_name(method)->name);
 }
 
+ql_status ql_sense_check_candidate(const char *spec, const ql_format *f, const char *method) {
+    const ql_method *me = ql_method_find(method);
+    char why[256];
+    if (!me) return ql_fail(QL_ERR_ARG, "candidate '%s': %s", spec, ql_last_error());
+    if (!(me->caps & QL_CAP_PER_TENSOR) || (me->caps & QL_CAP_LAYER_TRANSFORM))
+        return ql_fail(QL_ERR_ARG, "candidate '%s': %s transforms whole layers; per-tensor sensitivity cannot measure it",
+                       spec, me->name);
+    if (!ql_method_serves(me, f, why, sizeof why))
+        return ql_fail(QL_ERR_ARG, "candidate '%s': %s cannot write %s: %s", spec, me->name, f->name, why);
+    return QL_OK;
+}
+
 ql_status ql_sense_parse_candidates(const char *list, char ***out, int *n_out) {
     *out = NULL;
     *n_out = 0;
@@ -83,38 +95,43 @@ ql_status ql_sense_parse_candidates(const char *list, char ***out, int *n_out) {
         if (!*item) continue;
         char *plus = strchr(item, '+');
         const char *method = "rtn";
+        const ql_method *me = ql_method_by_name("rtn");
         if (plus) {
             *plus = 0;
             method = plus + 1;
-            if (!ql_method_by_name(method)) {
-                st = ql_fail(QL_ERR_ARG, "candidate '%s+%s': unknown method '%s'", item, method, method);
+            if (!(me = ql_method_find(method))) {
+                st = ql_fail(QL_ERR_ARG, "candidate '%s+%s': %s", item, method, ql_last_error());
                 break;
             }
-            if (ql_method_by_name(method)->transform_layer) {
+            if (!(me->caps & QL_CAP_PER_TENSOR) || (me->caps & QL_CAP_LAYER_TRANSFORM)) {
                 /* AWQ/SmoothQuant move scales between the tensors of a layer: no per-tensor error to measure */
                 st = ql_fail(QL_ERR_ARG, "candidate '%s+%s': %s transforms whole layers; per-tensor sensitivity "
-                                         "cannot measure it", item, method, method);
+                                         "cannot measure it", item, method, me->name);
                 break;
             }
         }
         char spec[160];
         if (strpbrk(item, "*?[")) {
             int matched = 0;
-            for (int i = 0; i < ql_format_count(); i++) {
+            for (int i = 0; i < ql_format_count(); i++) { /* the formats the method can write */
                 const ql_format *f = ql_format_at(i);
-                if (!f->quantize_rows || fnmatch(item, f->name, FNM_CASEFOLD) != 0) continue;
+                if (!ql_method_serves(me, f, NULL, 0) || fnmatch(item, f->name, FNM_CASEFOLD) != 0) continue;
                 canonical_spec(spec, sizeof spec, f, method);
                 push_unique(&v, &n, &cap, spec);
                 matched++;
             }
             if (!matched)
-                st = ql_fail(QL_ERR_ARG, "candidate pattern '%s' matches no format that can quantize", item);
+                st = ql_fail(QL_ERR_ARG, "candidate pattern '%s' matches no format that %s can write", item, me->name);
             continue;
         }
         const ql_format *f = ql_format_by_name(item);
+        char why[256];
         if (!f) st = ql_fail(QL_ERR_ARG, "candidate '%s': unknown format (qlab formats lists them)", item);
         else if (!f->quantize_rows)
             st = ql_fail(QL_ERR_ARG, "candidate '%s': qlab can decode but not encode it", item);
+        else if (!ql_method_serves(me, f, why, sizeof why))
+            st = ql_fail(QL_ERR_UNSUPPORTED, "candidate '%s+%s': %s cannot write %s: %s", item, method, me->name,
+                         f->name, why);
         else {
             canonical_spec(spec, sizeof spec, f, method);
             push_unique(&v, &n, &cap, spec);
@@ -157,8 +174,7 @@ ql_status ql_sense_new(const ql_model *m, char *const *cands, int n_cand, ql_sen
         const ql_format *f;
         char method[64];
         if (ql_parse_format_method(cands[c], &f, method, sizeof method)) return QL_ERR_ARG;
-        if (!ql_method_by_name(method))
-            return ql_fail(QL_ERR_ARG, "candidate '%s': unknown method", cands[c]);
+        if (ql_sense_check_candidate(cands[c], f, method)) return QL_ERR_ARG;
     }
     const ql_gguf *g = m->gguf;
     ql_sense *s = ql_calloc(1, sizeof *s);
@@ -625,8 +641,8 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         const ql_format *f;
         char mname[64];
         if (ql_parse_format_method(s->cand[c], &f, mname, sizeof mname)) return QL_ERR_ARG;
+        if (ql_sense_check_candidate(s->cand[c], f, mname)) return QL_ERR_ARG;
         const ql_method *me = ql_method_by_name(mname);
-        if (!me) return ql_fail(QL_ERR_ARG, "candidate '%s': unknown method", s->cand[c]);
         if (me->needs && !o->stats)
             return ql_fail(QL_ERR_ARG,
                            "candidate '%s' needs calibration statistics (--stats, or --calib/--text)",
@@ -1067,9 +1083,9 @@ ql_status ql_sense_load(const char *path, ql_sense **out) {
         EXPECT("c", 2);
         const ql_format *f;
         char mname[64];
-        if (ql_parse_format_method(r.f[1], &f, mname, sizeof mname) || !ql_method_by_name(mname)) {
-            char msg[200];
-            snprintf(msg, sizeof msg, "candidate '%.100s' is not a known format[+method]", r.f[1]);
+        if (ql_parse_format_method(r.f[1], &f, mname, sizeof mname) || ql_sense_check_candidate(r.f[1], f, mname)) {
+            char msg[400];
+            snprintf(msg, sizeof msg, "candidate '%.100s': %.280s", r.f[1], ql_last_error());
             st = bad(&r, msg);
             goto fail;
         }

@@ -15,6 +15,7 @@
 #define QL_SENSE_H
 
 #include "core/infer.h"
+struct ql_format;
 
 struct ql_stats;
 struct ql_imatrix;
@@ -58,9 +59,14 @@ typedef struct ql_sense {
 } ql_sense;
 
 /* Comma-separated candidates; each item is FORMAT[+METHOD] where FORMAT may be a glob over the format
- * registry ("int?_g32_mse", "q5_*"). Unknown names, formats that cannot quantize and unknown methods are
- * errors; duplicates are dropped. *out (n strings) is freed with ql_sense_free_strings. */
+ * registry ("int?_g32_mse", "q5_*"; with +METHOD, over the formats the method can write). Unknown
+ * names, formats that cannot quantize, unknown methods (the nearest name suggested), layer-transform
+ * methods and a method that cannot write the format (ql_method_serves) are errors; duplicates are
+ * dropped. *out (n strings) is freed with ql_sense_free_strings. */
 ql_status ql_sense_parse_candidates(const char *list, char ***out, int *n);
+/* The check every candidate passes (parsing, loading a file, measuring): the method exists, measures
+ * per tensor, and can write f. QL_ERR_ARG with one line naming spec otherwise. */
+ql_status ql_sense_check_candidate(const char *spec, const struct ql_format *f, const char *method);
 void ql_sense_free_strings(char **v, int n);
 
 /* A skeleton for model m: one row per quantizable tensor (ql_tensor_is_quantizable), one column per

@@ -900,24 +900,42 @@ static void prompt_submit(ql_tui_app *a) {
     }
     case P_METHOD_ROW:
     case P_METHOD_ALL: {
-        const ql_method *me = ql_method_by_name(v);
+        const ql_method *me = ql_method_find(v);
         if (!me) {
-            ql_tui_msg(a, 2, "unknown method '%s'", v);
+            ql_tui_msg(a, 2, "%s", ql_last_error());
             break;
         }
         int line = plan_current(a);
+        char why[256] = "";
+        /* a method that cannot write a row's format leaves that row alone: no silent rounding to nearest */
+        if (p->purpose == P_METHOD_ROW && line >= 0) {
+            const ql_tui_row *r = &a->plan.rows[line];
+            const ql_format *f = r->fmt ? r->fmt : r->orig;
+            if (f && !ql_method_serves(me, f, why, sizeof why)) {
+                ql_tui_msg(a, 2, "%s cannot write %s: %s", me->name, f->name, why);
+                break;
+            }
+        }
         ql_tui_undo_push(a);
-        int n = 0;
+        int n = 0, kept = 0;
         for (int i = 0; i < a->plan.n_rows; i++) {
             ql_tui_row *r = &a->plan.rows[i];
             if ((p->purpose == P_METHOD_ROW && i != line) || (p->purpose == P_METHOD_ALL && r->pinned)) continue;
+            const ql_format *f = r->fmt ? r->fmt : r->orig;
+            if (f && !ql_method_serves(me, f, why, sizeof why)) {
+                kept++;
+                continue;
+            }
             ql_tui_copy(r->method, sizeof r->method, me->name);
             if (!r->fmt && r->orig) r->fmt = r->orig;
             n++;
         }
         a->plan.edits++;
-        ql_tui_msg(a, me->needs && !a->calib.stats ? 1 : 0, "%d tensors use %s%s", n, me->name,
-                   me->needs && !a->calib.stats ? "; it needs statistics: run them on the Calib screen (r)" : "");
+        if (kept)
+            ql_tui_msg(a, n ? 1 : 2, "%d tensors use %s; %d keep their method: %s", n, me->name, kept, why);
+        else
+            ql_tui_msg(a, me->needs && !a->calib.stats ? 1 : 0, "%d tensors use %s%s", n, me->name,
+                       me->needs && !a->calib.stats ? "; it needs statistics: run them on the Calib screen (r)" : "");
         break;
     }
     case P_CAND: {
@@ -931,9 +949,13 @@ static void prompt_submit(ql_tui_app *a) {
         char buf[QL_TUI_PATH];
         ql_tui_copy(buf, sizeof buf, v);
         for (char *t = strtok(buf, ", "); t && n < QL_TUI_MAX_CAND; t = strtok(NULL, ", ")) {
-            char mname[64];
+            char mname[64], why[256];
             if (ql_parse_format_method(t, &c[n], mname, sizeof mname) || !c[n]->quantize_rows || !ql_method_by_name(mname)) {
                 ql_tui_msg(a, 2, "'%.60s' is not FORMAT[+METHOD] that qlab can quantize to (see the Catalogue)", t);
+                return;
+            }
+            if (!ql_method_serves(ql_method_by_name(mname), c[n], why, sizeof why)) {
+                ql_tui_msg(a, 2, "'%.60s': %s cannot write %s: %.150s", t, mname, c[n]->name, why);
                 return;
             }
             ql_tui_copy(meth[n], sizeof meth[n], mname);
