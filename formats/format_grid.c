@@ -231,8 +231,10 @@ static void nf4_fix(const float *src, int64_t nrows, int64_t len, int64_t blk, u
                 am = fabsf(x[i]);
         uint8_t *row = dst + r * row_bytes;
         memcpy(row + blk * NF4_BLOCK_BYTES, &am, 4);
-        for (int64_t i = 0; i < len; i++) /* provisional: nearest code of the block as it stands */
-            codes[i] = am > 0.0f ? ql_nf4_encode(x[i] / am) : 7;
+        const float inv = 1.0f / am; /* provisional codes: fmt_nf4.c's own rounding of the block as it stands */
+        for (int64_t i = 0; i < len; i++)
+            codes[i] = am == 0.0f || isnan(x[i]) ? 7 : isinf(x[i]) ? (x[i] > 0 ? 15 : 0)
+                                                                      : ql_nf4_encode(isinf(inv) ? x[i] / am : x[i] * inv);
         nf4_set_codes(row, len, blk, codes);
         a[r] = am, b[r] = 0.0f, o[r] = 0.0f;
     }

@@ -26,6 +26,15 @@
 #include "kernels/simd.h"
 #include "tests/test_util.h"
 
+/* options as qlab quant passes them: parsed once against gptq's schema */
+static ql_method_opts gptq_opts(const char *spec, int threads, ql_opt_values *v) {
+    ql_status s = ql_method_parse_opts(ql_method_by_name("gptq"), spec, v);
+    if (s)
+        fprintf(stderr, "gptq options '%s': %s\n", spec, ql_last_error());
+    assert_int_equal(s, QL_OK);
+    return (ql_method_opts){.values = v, .n_threads = threads};
+}
+
 /* ---- random numbers ---- */
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
@@ -146,7 +155,8 @@ static double gptq_err(const layer *L, const ql_format *f, const char *spec, int
     float *chosen = malloc((size_t)nw * sizeof(float)), *d = malloc((size_t)nw * sizeof(float));
     float *w = malloc((size_t)nw * sizeof(float));
     memcpy(w, L->w, (size_t)nw * sizeof(float));
-    ql_method_opts o = {.spec = spec, .n_threads = threads};
+    ql_opt_values parsed;
+    ql_method_opts o = gptq_opts(spec, threads, &parsed);
     ql_status s = ql_gptq_quantize(w, L->nrows, L->ncols, f, &L->st, &o, q, chosen);
     if (s)
         fprintf(stderr, "gptq %s: %s\n", f->name, ql_last_error());
@@ -174,10 +184,12 @@ static void test_registry(void **state) {
     const ql_method *m = ql_method_by_name("gptq");
     assert_non_null(m);
     assert_true(m->needs & QL_NEEDS_HESSIAN);
-    assert_non_null(strstr(m->help, "damp="));
-    assert_non_null(strstr(m->help, "act_order="));
-    assert_non_null(strstr(m->help, "static_groups="));
-    assert_non_null(strstr(m->help, "block="));
+    static const char *const names[] = {"damp", "act_order", "static_groups", "block"};
+    for (size_t i = 0; i < QL_ARRAY_LEN(names); i++) {
+        bool found = false;
+        for (int k = 0; k < m->n_opts; k++) found |= !strcmp(m->opts[k].name, names[i]);
+        assert_true(found);
+    }
 }
 
 static const char *const k_grid_formats[] = {
@@ -200,6 +212,7 @@ static const char *const k_grid_formats[] = {
     "int2_g32_sym_mse",
     "int4_g128_mse",
     "int4_channel",
+    "nf4",
 };
 
 /* Fix every block from random rows, write random codes: decoding gives ql_grid_value exactly; nearest
@@ -292,7 +305,7 @@ static void test_beats_rtn(void **state) {
     (void)state;
     layer L;
     layer_init(&L, 64, 512, 4096, 0, 7);
-    static const char *const must[] = {"int4_g32", "int4_g128", "q4_0", "q4_k", "q3_k"};
+    static const char *const must[] = {"int4_g32", "int4_g128", "q4_0", "q4_k", "q3_k", "nf4"};
     static const char *const also[] = {"q4_1",     "q5_0",     "q5_1",      "q8_0",         "q2_k",
                                        "q5_k",     "q6_k",     "iq4_nl",    "iq4_xs",       "int4_g128_sym",
                                        "int3_g64", "int2_g32", "int8_g128", "int4_channel", "int4_g128_mse"};
@@ -454,7 +467,8 @@ static void test_matches_reference(void **state) {
         reference_gptq(&L, f, 0.01, cases[i].act, cases[i].stat, ref);
         void *q = malloc((size_t)ql_format_tensor_bytes(f, L.ncols, L.nrows));
         memcpy(w, L.w, (size_t)nw * sizeof(float));
-        ql_method_opts o = {.spec = cases[i].spec, .n_threads = 2};
+        ql_opt_values parsed;
+        ql_method_opts o = gptq_opts(cases[i].spec, 2, &parsed);
         assert_int_equal(ql_gptq_quantize(w, L.nrows, L.ncols, f, &L.st, &o, q, got), QL_OK);
         int64_t same = 0;
         for (int64_t k = 0; k < nw; k++)
@@ -498,7 +512,8 @@ static void test_matches_reference_harsh(void **state) {
         reference_gptq(&L, f, 0.01, true, false, ref);
         void *q = malloc((size_t)ql_format_tensor_bytes(f, L.ncols, L.nrows));
         memcpy(w, L.w, (size_t)nw * sizeof(float));
-        ql_method_opts o = {.spec = "act_order=1", .n_threads = 2};
+        ql_opt_values parsed;
+        ql_method_opts o = gptq_opts("act_order=1", 2, &parsed);
         assert_int_equal(ql_gptq_quantize(w, L.nrows, L.ncols, f, &L.st, &o, q, got), QL_OK);
         int64_t same = 0;
         for (int64_t k = 0; k < nw; k++)
@@ -583,7 +598,8 @@ static void test_dead_columns(void **state) {
             float *chosen = malloc((size_t)nw * sizeof(float)), *w = malloc((size_t)nw * sizeof(float));
             void *q = malloc((size_t)ql_format_tensor_bytes(f, L.ncols, L.nrows));
             memcpy(w, L.w, (size_t)nw * sizeof(float));
-            ql_method_opts o = {.spec = act ? "act_order=1" : NULL, .n_threads = 2};
+            ql_opt_values parsed;
+            ql_method_opts o = gptq_opts(act ? "act_order=1" : NULL, 2, &parsed);
             assert_int_equal(ql_gptq_quantize(w, L.nrows, L.ncols, f, &L.st, &o, q, chosen), QL_OK);
             for (int64_t i2 = 0; i2 < nw; i2++)
                 assert_true(isfinite(chosen[i2]));
@@ -641,11 +657,11 @@ static void test_bad_input(void **state) {
     int64_t nw = L.nrows * L.ncols;
     float *w = malloc((size_t)nw * sizeof(float));
     void *q = malloc((size_t)ql_format_tensor_bytes(f, L.ncols, L.nrows));
+    /* bad options are refused when they are parsed, before any work (more cases: test_methods.c) */
     static const char *const bad[] = {"damp=-1", "block=0", "act_order=2", "static_groups=0.5"};
     for (size_t i = 0; i < QL_ARRAY_LEN(bad); i++) {
-        memcpy(w, L.w, (size_t)nw * sizeof(float));
-        ql_method_opts o = {.spec = bad[i], .n_threads = 1};
-        assert_int_equal(m->quantize_tensor(w, L.nrows, L.ncols, f, &L.st, &o, q), QL_ERR_ARG);
+        ql_opt_values parsed;
+        assert_int_equal(ql_method_parse_opts(m, bad[i], &parsed), QL_ERR_ARG);
         assert_non_null(strstr(ql_last_error(), "gptq"));
     }
     ql_method_opts o = {.n_threads = 1};
@@ -655,16 +671,16 @@ static void test_bad_input(void **state) {
     assert_int_equal(m->quantize_tensor(w, L.nrows, L.ncols, f, &wrong, &o, q), QL_ERR_ARG);
     /* through the registry entry, damp=0 on a full-rank H works */
     memcpy(w, L.w, (size_t)nw * sizeof(float));
-    ql_method_opts o0 = {.spec = "damp=0", .n_threads = 1};
+    ql_opt_values parsed0;
+    ql_method_opts o0 = gptq_opts("damp=0", 1, &parsed0);
     assert_int_equal(m->quantize_tensor(w, L.nrows, L.ncols, f, &L.st, &o0, q), QL_OK);
-    /* formats without a grid fall back to the format's own quantizer */
+    /* formats without a grid are refused (no silent rounding to nearest), naming why */
     const ql_format *f16 = fmt("f16");
     void *a = malloc((size_t)ql_format_tensor_bytes(f16, L.ncols, L.nrows));
-    void *b = malloc((size_t)ql_format_tensor_bytes(f16, L.ncols, L.nrows));
+    void *b = NULL;
     memcpy(w, L.w, (size_t)nw * sizeof(float));
-    assert_int_equal(m->quantize_tensor(w, L.nrows, L.ncols, f16, &L.st, &o, a), QL_OK);
-    assert_int_equal(ql_format_quantize(f16, L.w, b, L.nrows, L.ncols, NULL, 1), QL_OK);
-    assert_memory_equal(a, b, (size_t)ql_format_tensor_bytes(f16, L.ncols, L.nrows));
+    assert_int_equal(m->quantize_tensor(w, L.nrows, L.ncols, f16, &L.st, &o, a), QL_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ql_last_error(), "no code grid"));
     /* non-finite weights are taken as 0: valid bytes, finite values */
     memcpy(w, L.w, (size_t)nw * sizeof(float));
     w[3] = NAN, w[70] = INFINITY, w[200] = -INFINITY;

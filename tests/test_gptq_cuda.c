@@ -24,6 +24,15 @@
 #include "kernels/gptq_cuda.h"
 #include "methods/method.h"
 
+/* options as qlab quant passes them: parsed once against gptq's schema */
+static ql_method_opts gptq_opts(const char *spec, int threads, ql_opt_values *v) {
+    ql_status s = ql_method_parse_opts(ql_method_by_name("gptq"), spec, v);
+    if (s)
+        fprintf(stderr, "gptq options '%s': %s\n", spec, ql_last_error());
+    assert_int_equal(s, QL_OK);
+    return (ql_method_opts){.values = v, .n_threads = threads};
+}
+
 #ifdef QL_HAVE_CUDA
 
 enum { ROWS = 512, COLS = 1024, NTOK = 2048, DEAD_COL = 333 };
@@ -151,7 +160,8 @@ static void check_case(const gcase *gc, const layer *L, gptq_fn fn, const char *
     char spec[64];
     snprintf(spec, sizeof spec, "damp=0.01,block=%d", gc->block);
     ql_input_stats st = {.n = cols, .n_tokens = NTOK, .xtx = L->xtx};
-    ql_method_opts o = {.spec = spec, .n_threads = 2};
+    ql_opt_values parsed;
+    ql_method_opts o = gptq_opts(spec, 2, &parsed);
     memcpy(w, L->w, sizeof(float) * n);
     double t0 = ql_time_s();
     ql_status s = ql_gptq_quantize(w, rows, cols, f, &st, &o, dst_cpu, q_cpu);
