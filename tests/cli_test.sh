@@ -143,6 +143,23 @@ PY
   if awk -v r="$kr" -v g="$kg" -v a="$ka" 'BEGIN { exit !(g < r && a < r && r > 0) }'; then ok "int4_g32 KLD: RTN $kr > GPTQ $kg, AWQ $ka"
   else bad "int4_g32 KLD: RTN '$kr' GPTQ '$kg' AWQ '$ka'"; fi
   expect_error "gptq without calibration" "calibration" $QLAB quant "$M" --type int4_g32 --method gptq -o "$T/x.gguf"
+  # methods as handles: options are checked against the method's schema, a method that cannot write a
+  # format refuses, GPTQ into NF4 is real error feedback, and --dry-run says what each tensor gets
+  expect_error "gptq option misspelled (lists act_order)" "act_order" $QLAB quant "$M" --type q4_k --method gptq --method-opts actorder=1 -o "$T/x.gguf"
+  expect_error "gptq option out of range" "outside" $QLAB quant "$M" --type int4_g32 --method gptq --method-opts damp=20 -o "$T/x.gguf"
+  expect_error "gptq cannot write nf4_dq" "no code grid" $QLAB quant "$M" --type nf4_dq --method gptq --stats "$T/s1.qls" -o "$T/x.gguf"
+  expect_error "gptq cannot write f16" "no code grid" $QLAB quant "$M" --type f16 --method gptq --stats "$T/s1.qls" -o "$T/x.gguf"
+  expect_error "method name misspelled" "did you mean 'gptq'" $QLAB quant "$M" --type nf4 --method gtpq -o "$T/x.gguf"
+  $QLAB quant "$M" --type nf4 -o "$T/nf4.gguf" >/dev/null 2>&1
+  $QLAB quant "$M" --type nf4 --method gptq --stats "$T/s1.qls" -o "$T/nf4g.gguf" >/dev/null 2>&1
+  kn=$(kld40 "$T/nf4.gguf"); kng=$(kld40 "$T/nf4g.gguf")
+  if [ -s "$T/nf4g.gguf" ] && ! cmp -s "$T/nf4.gguf" "$T/nf4g.gguf" && awk -v r="$kn" -v g="$kng" 'BEGIN { exit !(g < r && r > 0) }'; then
+    ok "nf4 + gptq: other bytes than nf4, KLD $kng < RTN $kn"
+  else bad "nf4 + gptq: KLD '$kng' vs RTN '$kn' (or same bytes)"; fi
+  $QLAB quant "$M" --type nf4 --method gptq --text "$T/text.txt" --dry-run > "$T/dry.txt" 2>/dev/null
+  if grep -q '^token_embd.weight  *nf4  # rtn: .*looked up' "$T/dry.txt" && grep -q '^blk.0.attn_q.weight  *nf4+gptq$' "$T/dry.txt"; then
+    ok "--dry-run: token_embd gets rtn and says why, linears get gptq"
+  else bad "--dry-run does not say what each tensor gets"; sed 's/^/     /' "$T/dry.txt" | head -3; fi
   expect_error "unknown method" "unknown method" $QLAB quant "$M" --type int4_g32 --method nope -o "$T/x.gguf"
   expect_error "static activations need stats" "--act-stats" $QLAB ppl "$M" --text "$T/text.txt" --act int8_tensor
   # qlab imatrix over the same chunks as llama-imatrix gives the same importance
