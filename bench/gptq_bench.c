@@ -58,7 +58,12 @@ int main(int argc, char **argv) {
             xtx[i * cols + j] = xtx[j * cols + i];
     double t_h = ql_time_s() - t0;
     ql_input_stats st = {.n = cols, .n_tokens = ntok, .xtx = xtx};
-    ql_method_opts o = {.spec = spec, .n_threads = threads};
+    ql_opt_values parsed;
+    if (ql_method_parse_opts(ql_method_by_name("gptq"), spec, &parsed)) {
+        fprintf(stderr, "gptq_bench: %s\n", ql_last_error());
+        return 2;
+    }
+    ql_method_opts o = {.values = &parsed, .n_threads = threads};
 
     memcpy(w2, w, (size_t)(rows * cols) * sizeof(float));
     t0 = ql_time_s();
