@@ -376,6 +376,10 @@ const ql_method ql_method_awq = {
     .name = "awq",
     .summary =
         "AWQ: per-channel scales searched on the layer output error, folded into the norms; clipping search",
+    .explain =
+        "Activation-aware weight quantization: input channels that see large activations matter more, so "
+        "AWQ scales their weights up before rounding (and the activations down, folded into the previous "
+        "norm), searching the scale exponent that minimises the layer's output error. Needs statistics.",
     .caps = QL_CAP_PER_TENSOR | QL_CAP_LAYER_TRANSFORM,
     .needs = QL_NEEDS_ACT_STATS | QL_NEEDS_HESSIAN,
     .opts = awq_opts_schema,

@@ -499,6 +499,10 @@ static const ql_opt_def gptq_opts[] = {
 const ql_method ql_method_gptq = {
     .name = "gptq",
     .summary = "GPTQ: column-wise rounding with Hessian error feedback (formats with a code grid)",
+    .explain =
+        "GPTQ rounds one input column at a time and pushes each column's rounding error onto the columns "
+        "not yet rounded, weighted by the inverse Hessian H = Σ x xᵀ of the layer's input. The errors then "
+        "cancel in the layer's output instead of adding up. Needs activation statistics with Hessians.",
     .caps = QL_CAP_PER_TENSOR,
     .needs = QL_NEEDS_HESSIAN,
     .opts = gptq_opts,

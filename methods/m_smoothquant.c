@@ -101,6 +101,9 @@ static const ql_opt_def sq_opts[] = {
 const ql_method ql_method_smoothquant = {
     .name = "smoothquant",
     .summary = "SmoothQuant: migrate activation outliers into the weights (x/s, W·s), then round; for W8A8",
+    .explain =
+        "SmoothQuant moves activation outliers into the weights (x/s, W·s) so both can be stored "
+        "in 8 bits (W8A8). The weights then round to nearest. Needs activation ranges.",
     .caps = QL_CAP_PER_TENSOR | QL_CAP_LAYER_TRANSFORM,
     .needs = QL_NEEDS_ACT_STATS,
     .opts = sq_opts,

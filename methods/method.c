@@ -316,6 +316,10 @@ static ql_status rtn_quantize(float *w, int64_t nrows, int64_t ncols, const ql_f
 const ql_method ql_method_rtn = {
     .name = "rtn",
     .summary = "round to nearest with the format's own quantizer (uses importance weights when given)",
+    .explain =
+        "Round to nearest: each weight goes to the closest code of its format, with the format's own "
+        "scale choice (and importance weights when an imatrix is given). Fast, needs no data, and the "
+        "baseline every cleverer method is measured against.",
     .caps = QL_CAP_PER_TENSOR,
     .needs = QL_NEEDS_NOTHING,
     .quantize_tensor = rtn_quantize,

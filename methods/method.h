@@ -64,6 +64,7 @@ struct ql_stats;     /* core/stats.h */
 typedef struct ql_method {
     const char *name;    /* "rtn", "gptq", "awq", ... */
     const char *summary; /* one line for the catalogue */
+    const char *explain; /* a paragraph in plain words (the TUI catalogue) */
     unsigned caps;       /* QL_CAP_* */
     unsigned needs;      /* QL_NEEDS_* */
     const ql_opt_def *opts; /* the option schema (n_opts entries) */

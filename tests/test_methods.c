@@ -190,6 +190,7 @@ static void test_registry_declarations(void **state) {
         const ql_method *m = ql_method_at(i);
         assert_non_null(m->name);
         assert_non_null(m->summary);
+        assert_non_null(m->explain);
         assert_ptr_equal(ql_method_by_name(m->name), m);
         assert_int_equal(!!(m->caps & QL_CAP_PER_TENSOR), m->quantize_tensor != NULL);
         assert_int_equal(!!(m->caps & QL_CAP_LAYER_TRANSFORM), m->transform_layer != NULL);

@@ -1,7 +1,9 @@
 /* explain.c — the Catalogue's plain-words paragraphs: one per family of formats (matched on the
- * registry name) and one per method. Text only; the facts shown beside them (bits, block, needs) are
- * read from the registries, so a new format gets its numbers even before it gets a paragraph. */
+ * registry name). Text only; the facts shown beside them (bits, block, needs) are
+ * read from the registries, so a new format gets its numbers even before it gets a paragraph. A
+ * method's paragraph is its registry entry's `explain`. */
 #include "tui/jobs.h"
+#include "methods/method.h"
 
 #include <string.h>
 
@@ -84,22 +86,8 @@ const char *ql_tui_explain_format(const ql_format *f) {
     return f->summary;
 }
 
-static const family METHODS[] = {
-    {"rtn", "Round to nearest: each weight goes to the closest code of its format, with the format's own "
-            "scale choice (and importance weights when an imatrix is given). Fast, needs no data, and the "
-            "baseline every cleverer method is measured against."},
-    {"gptq", "GPTQ rounds one input column at a time and pushes each column's rounding error onto the columns "
-             "not yet rounded, weighted by the inverse Hessian H = Σ x xᵀ of the layer's input. The errors then "
-             "cancel in the layer's output instead of adding up. Needs activation statistics with Hessians."},
-    {"awq", "Activation-aware weight quantization: input channels that see large activations matter more, so "
-            "AWQ scales their weights up before rounding (and the activations down, folded into the previous "
-            "norm), searching the scale exponent that minimises the layer's output error. Needs statistics."},
-    {"smoothquant", "SmoothQuant moves activation outliers into the weights (x/s, W·s) so both can be stored "
-                    "in 8 bits (W8A8). The weights then round to nearest. Needs activation ranges."},
-};
-
+/* a method's plain words live in its registry entry (methods/m_*.c) */
 const char *ql_tui_explain_method(const char *name) {
-    for (size_t i = 0; i < sizeof METHODS / sizeof METHODS[0]; i++)
-        if (!strcmp(name, METHODS[i].prefix)) return METHODS[i].text;
-    return NULL;
+    const ql_method *m = ql_method_by_name(name);
+    return m ? m->explain : NULL;
 }
