@@ -72,7 +72,7 @@ static const char *nearest(const char *s, const char *const *names, int n) {
 const ql_method *ql_method_find(const char *name) {
     const ql_method *m = ql_method_by_name(name);
     if (m) return m;
-    const char *names[32];
+    const char *names[32] = {0};
     char list[256] = "";
     int n = 0;
     for (int i = 0; i < ql_method_count() && n < 32; i++) {
@@ -217,7 +217,7 @@ static ql_status each_item(const char *who, const char *spec, item_fn item, void
 
 /* "unknown option 'k' (did you mean 'x'?); gptq options: a, b" */
 static ql_status unknown_key(const char *who, const ql_method *const *ms, int n, const char *key) {
-    const char *names[64];
+    const char *names[64] = {0};
     int nn = 0;
     for (int k = 0; k < n; k++)
         for (int i = 0; i < ms[k]->n_opts && nn < 64; i++) names[nn++] = ms[k]->opts[i].name;
