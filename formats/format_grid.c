@@ -1,7 +1,8 @@
 /* format_grid.c — grid views of the formats GPTQ can write: ggml's legacy, K and IQ4 block types
- * (scales fixed by the registry entry's own quantizer, codes packed in ggml's bit layout) and the
- * row-wise INTn formats of fmt_int.c, and bitsandbytes' NF4 (fmt_nf4.c). Each ggml entry has a parser (block bytes -> (a, b, o) per sub-block,
- * with the dequantizer's arithmetic) and a packer (codes -> the block's code fields). Pure, thread-safe. */
+ * (scales fixed by the registry entry's own quantizer, codes packed in ggml's bit layout), the
+ * row-wise INTn formats of fmt_int.c, and bitsandbytes' NF4 (fmt_nf4.c). Each ggml entry has a parser
+ * (block bytes -> (a, b, o) per sub-block, with the dequantizer's arithmetic) and a packer (codes ->
+ * the block's code fields). Pure, thread-safe. */
 #include "formats/format_grid.h"
 
 #include <math.h>
@@ -232,9 +233,14 @@ static void nf4_fix(const float *src, int64_t nrows, int64_t len, int64_t blk, u
         uint8_t *row = dst + r * row_bytes;
         memcpy(row + blk * NF4_BLOCK_BYTES, &am, 4);
         const float inv = 1.0f / am; /* provisional codes: fmt_nf4.c's own rounding of the block as it stands */
-        for (int64_t i = 0; i < len; i++)
-            codes[i] = am == 0.0f || isnan(x[i]) ? 7 : isinf(x[i]) ? (x[i] > 0 ? 15 : 0)
-                                                                      : ql_nf4_encode(isinf(inv) ? x[i] / am : x[i] * inv);
+        for (int64_t i = 0; i < len; i++) {
+            if (am == 0.0f || isnan(x[i]))
+                codes[i] = 7; /* the code of 0 */
+            else if (isinf(x[i]))
+                codes[i] = x[i] > 0 ? 15 : 0;
+            else
+                codes[i] = ql_nf4_encode(isinf(inv) ? x[i] / am : x[i] * inv);
+        }
         nf4_set_codes(row, len, blk, codes);
         a[r] = am, b[r] = 0.0f, o[r] = 0.0f;
     }

@@ -74,8 +74,9 @@ ql_status ql_sense_check_candidate(const char *spec, const ql_format *f, const c
     char why[256];
     if (!me) return ql_fail(QL_ERR_ARG, "candidate '%s': %s", spec, ql_last_error());
     if (!(me->caps & QL_CAP_PER_TENSOR) || (me->caps & QL_CAP_LAYER_TRANSFORM))
-        return ql_fail(QL_ERR_ARG, "candidate '%s': %s transforms whole layers; per-tensor sensitivity cannot measure it",
-                       spec, me->name);
+        return ql_fail(QL_ERR_ARG,
+                       "candidate '%s': %s transforms whole layers; per-tensor sensitivity cannot measure it", spec,
+                       me->name);
     if (!ql_method_serves(me, f, why, sizeof why))
         return ql_fail(QL_ERR_ARG, "candidate '%s': %s cannot write %s: %s", spec, me->name, f->name, why);
     return QL_OK;

@@ -207,7 +207,8 @@ static void test_registry_declarations(void **state) {
             if (d->type == QL_OPT_ENUM) snprintf(spec, sizeof spec, "%s=%s", d->name, d->choices[(int)d->def]);
             else snprintf(spec, sizeof spec, "%s=%.17g", d->name, d->def);
             ql_opt_values v;
-            if (ql_method_parse_opts(m, spec, &v)) fprintf(stderr, "%s: default %s: %s\n", m->name, spec, ql_last_error());
+            if (ql_method_parse_opts(m, spec, &v))
+                fprintf(stderr, "%s: default %s: %s\n", m->name, spec, ql_last_error());
             assert_int_equal(ql_method_parse_opts(m, spec, &v), QL_OK);
             assert_true(v.v[k] == d->def);
         }
