@@ -24,6 +24,8 @@
 #include "kernels/gptq_cuda.h"
 #include "methods/method.h"
 
+#ifdef QL_HAVE_CUDA
+
 /* options as qlab quant passes them: parsed once against gptq's schema */
 static ql_method_opts gptq_opts(const char *spec, int threads, ql_opt_values *v) {
     ql_status s = ql_method_parse_opts(ql_method_by_name("gptq"), spec, v);
@@ -32,8 +34,6 @@ static ql_method_opts gptq_opts(const char *spec, int threads, ql_opt_values *v)
     assert_int_equal(s, QL_OK);
     return (ql_method_opts){.values = v, .n_threads = threads};
 }
-
-#ifdef QL_HAVE_CUDA
 
 enum { ROWS = 512, COLS = 1024, NTOK = 2048, DEAD_COL = 333 };
 
