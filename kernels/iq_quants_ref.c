@@ -118,22 +118,36 @@ static void lattice_build(int which) {
 
     /* Neighbours of every key that is not a grid point, by squared distance between the odd
      * coordinates 2l+1; ties keep grid order. Equivalent to sorting (distance, index) pairs and
-     * cutting after the nwant-th distinct distance. */
-    const int mask = (1 << bits) - 1;
+     * cutting after the nwant-th distinct distance. A distance is the sum of two half-key distances
+     * (first and second half of the coordinates) from a small table: IQ1's 42k keys x 2048 points
+     * then take a fraction of a second. */
+    const int hb = bits * dim / 2, hmask = (1 << hb) - 1, mask = (1 << bits) - 1;
+    int *half_d2 = ql_malloc(((size_t)1 << (2 * hb)) * sizeof(int));
+    for (int a = 0; a <= hmask; ++a)
+        for (int b = 0; b <= hmask; ++b) {
+            int s = 0;
+            for (int j = 0; j < dim / 2; ++j) {
+                const int diff = 2 * ((a >> (bits * j)) & mask) - 2 * ((b >> (bits * j)) & mask);
+                s += diff * diff;
+            }
+            half_d2[(a << hb) | b] = s;
+        }
+    int *glo = ql_malloc((size_t)ngrid * sizeof(int)), *ghi = ql_malloc((size_t)ngrid * sizeof(int));
+    for (int i = 0; i < ngrid; ++i) {
+        int key = 0;
+        for (int j = 0; j < dim; ++j) key |= lt->level[i * dim + j] << (bits * j);
+        glo[i] = key & hmask;
+        ghi[i] = key >> hb;
+    }
     int *d2 = ql_malloc((size_t)ngrid * sizeof(int));
     size_t cap = 1 << 16, used = 0;
     uint16_t *nbr = ql_malloc(cap * sizeof(uint16_t));
     for (int key = 0; key < lt->map_size; ++key) {
         if (lt->map[key] != INT32_MIN) continue;
-        int pos[8];
-        for (int j = 0; j < dim; ++j) pos[j] = 2 * ((key >> (bits * j)) & mask) + 1;
+        const int *dlo = half_d2 + ((key & hmask) << hb), *dhi = half_d2 + ((key >> hb) << hb);
         int best[4], nbest = 0; /* the nwant smallest distinct distances, ascending */
         for (int i = 0; i < ngrid; ++i) {
-            int s = 0;
-            for (int j = 0; j < dim; ++j) {
-                const int diff = 2 * lt->level[i * dim + j] + 1 - pos[j];
-                s += diff * diff;
-            }
+            const int s = dlo[glo[i]] + dhi[ghi[i]];
             d2[i] = s;
             int p = 0;
             while (p < nbest && best[p] < s) ++p;
@@ -156,6 +170,9 @@ static void lattice_build(int which) {
         lt->map[key] = -1 - (int32_t)head;
     }
     free(d2);
+    free(glo);
+    free(ghi);
+    free(half_d2);
     lt->nbr = nbr;
 }
 
