@@ -26,19 +26,6 @@ void ql_quantize_row_q5_K_ref(const float *x, void *y, int64_t n, const float *i
 void ql_quantize_row_q6_K_ref(const float *x, void *y, int64_t n, const float *imatrix);
 void ql_quantize_row_iq4_nl_ref(const float *x, void *y, int64_t n, const float *imatrix);
 void ql_quantize_row_iq4_xs_ref(const float *x, void *y, int64_t n, const float *imatrix);
-/* Lattice i-quants and ternary types: kernels/iq_quants_ref.c. The first use of each lattice builds
- * its key map and neighbour lists once (pthread_once; IQ1's takes the longest, well under a second).
- * IQ2_XXS, IQ2_XS and IQ1_S need imatrix (ggml asserts, these abort: use ql_ggml_quantize_rows, which
- * refuses); TQ1_0/TQ2_0 ignore it. */
-void ql_quantize_row_iq2_xxs_ref(const float *x, void *y, int64_t n, const float *imatrix);
-void ql_quantize_row_iq2_xs_ref(const float *x, void *y, int64_t n, const float *imatrix);
-void ql_quantize_row_iq2_s_ref(const float *x, void *y, int64_t n, const float *imatrix);
-void ql_quantize_row_iq3_xxs_ref(const float *x, void *y, int64_t n, const float *imatrix);
-void ql_quantize_row_iq3_s_ref(const float *x, void *y, int64_t n, const float *imatrix);
-void ql_quantize_row_iq1_s_ref(const float *x, void *y, int64_t n, const float *imatrix);
-void ql_quantize_row_iq1_m_ref(const float *x, void *y, int64_t n, const float *imatrix);
-void ql_quantize_row_tq1_0_ref(const float *x, void *y, int64_t n, const float *imatrix);
-void ql_quantize_row_tq2_0_ref(const float *x, void *y, int64_t n, const float *imatrix);
 
 /* ---- dequantize one row: x [n / block * block_bytes] -> y [n] ---- */
 void ql_dequantize_row_f16_ref(const void *x, float *y, int64_t n);
@@ -72,11 +59,8 @@ void ql_dequantize_row_iq1_m_ref(const void *x, float *y, int64_t n);
 /* ---- whole matrices [nrows, n_per_row], row-major, rows packed with no padding ---- */
 bool ql_ggml_can_quantize(uint32_t type);   /* F32 counts (plain copy) */
 bool ql_ggml_can_dequantize(uint32_t type);
-/* True for the types ggml quantizes only with importance weights (ggml_quantize_requires_imatrix):
- * IQ2_XXS, IQ2_XS, IQ1_S. IQ1_M is not among them: without weights it uses x^2. */
-bool ql_ggml_quantize_requires_imatrix(uint32_t type);
-/* Bytes written (nrows * row_bytes), or 0 when the type has no quantizer here, n_per_row is not a
- * multiple of its block, or the type requires an imatrix and got none (ql_last_error says which). imatrix: NULL or n_per_row weights, the same vector for every row (as ggml). */
+/* Bytes written (nrows * row_bytes), or 0 when the type has no quantizer here or n_per_row is not a
+ * multiple of its block. imatrix: NULL or n_per_row weights, the same vector for every row (as ggml). */
 size_t ql_ggml_quantize_rows(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t n_per_row,
                              const float *imatrix);
 /* false when the type has no decoder here or n_per_row is not a multiple of its block. */

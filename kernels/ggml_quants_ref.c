@@ -1679,16 +1679,16 @@ static const struct {
     {QL_TYPE_Q8_K, NULL, ql_dequantize_row_q8_K_ref},
     {QL_TYPE_IQ4_NL, ql_quantize_row_iq4_nl_ref, ql_dequantize_row_iq4_nl_ref},
     {QL_TYPE_IQ4_XS, ql_quantize_row_iq4_xs_ref, ql_dequantize_row_iq4_xs_ref},
-    {QL_TYPE_TQ1_0, ql_quantize_row_tq1_0_ref, ql_dequantize_row_tq1_0_ref},
-    {QL_TYPE_TQ2_0, ql_quantize_row_tq2_0_ref, ql_dequantize_row_tq2_0_ref},
+    {QL_TYPE_TQ1_0, NULL, ql_dequantize_row_tq1_0_ref},
+    {QL_TYPE_TQ2_0, NULL, ql_dequantize_row_tq2_0_ref},
     {QL_TYPE_MXFP4, NULL, ql_dequantize_row_mxfp4_ref},
-    {QL_TYPE_IQ2_XXS, ql_quantize_row_iq2_xxs_ref, ql_dequantize_row_iq2_xxs_ref},
-    {QL_TYPE_IQ2_XS, ql_quantize_row_iq2_xs_ref, ql_dequantize_row_iq2_xs_ref},
-    {QL_TYPE_IQ2_S, ql_quantize_row_iq2_s_ref, ql_dequantize_row_iq2_s_ref},
-    {QL_TYPE_IQ3_XXS, ql_quantize_row_iq3_xxs_ref, ql_dequantize_row_iq3_xxs_ref},
-    {QL_TYPE_IQ3_S, ql_quantize_row_iq3_s_ref, ql_dequantize_row_iq3_s_ref},
-    {QL_TYPE_IQ1_S, ql_quantize_row_iq1_s_ref, ql_dequantize_row_iq1_s_ref},
-    {QL_TYPE_IQ1_M, ql_quantize_row_iq1_m_ref, ql_dequantize_row_iq1_m_ref},
+    {QL_TYPE_IQ2_XXS, NULL, ql_dequantize_row_iq2_xxs_ref},
+    {QL_TYPE_IQ2_XS, NULL, ql_dequantize_row_iq2_xs_ref},
+    {QL_TYPE_IQ2_S, NULL, ql_dequantize_row_iq2_s_ref},
+    {QL_TYPE_IQ3_XXS, NULL, ql_dequantize_row_iq3_xxs_ref},
+    {QL_TYPE_IQ3_S, NULL, ql_dequantize_row_iq3_s_ref},
+    {QL_TYPE_IQ1_S, NULL, ql_dequantize_row_iq1_s_ref},
+    {QL_TYPE_IQ1_M, NULL, ql_dequantize_row_iq1_m_ref},
 };
 
 static int codec_index(uint32_t type) {
@@ -1713,12 +1713,6 @@ size_t ql_ggml_quantize_rows(uint32_t type, const float *src, void *dst, int64_t
     if (ci < 0 || !codecs[ci].quantize || nrows < 0 || n_per_row <= 0) return 0;
     int64_t row_bytes = ql_type_row_bytes(type, n_per_row);
     if (row_bytes <= 0) return 0;
-    if (!imatrix && ql_ggml_quantize_requires_imatrix(type)) {
-        const ql_type_info *ti = ql_type_get(type);
-        ql_fail(QL_ERR_ARG, "%s: ggml quantizes this type only with an importance matrix (give one with --imatrix)",
-                ti ? ti->name : "?");
-        return 0;
-    }
     char *out = dst;
     for (int64_t r = 0; r < nrows; ++r)
         codecs[ci].quantize(src + r * n_per_row, out + r * row_bytes, n_per_row, imatrix);

@@ -1,7 +1,7 @@
 /* iq_quants_ref.c — scalar reference QUANTIZERS for ggml's lattice i-quants (IQ2_XXS, IQ2_XS, IQ2_S,
  * IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) and ternary types (TQ1_0, TQ2_0), bit-exact with ggml-quants.c
  * (llama.cpp 34af94cd; checked against ../shared/testdata/ggml-quants by tests/test_iquants.c).
- * Their decoders live in ggml_quants_ref.c; the grids themselves in iq_tables.h.
+ * API in iq_quants.h; their decoders live in ggml_quants_ref.c, the grids themselves in iq_tables.h.
  *
  * What ggml builds at ggml_quantize_init() and does not store, this file derives lazily, once per
  * lattice (pthread_once, so concurrent first calls are safe): for every "key" — a vector of 8 (or 4)
@@ -13,7 +13,7 @@
  * Where ggml aborts (an off-grid point with no finite-score neighbour, which needs non-finite input)
  * this code picks the first neighbour instead, so hostile rows never crash; such rows have no ggml
  * reference to match. Pure after the one-time table build; thread-safe. */
-#include "kernels/ggml_quants.h"
+#include "kernels/iq_quants.h"
 
 #include <float.h>
 #include <math.h>
@@ -492,7 +492,8 @@ void ql_quantize_row_iq2_xs_ref(const float *x, void *vy, int64_t n, const float
         const float d = max_scale / 31;
         y[ibl].d = ql_fp32_to_fp16(d);
         const float id = 1 / d;
-        for (int ib = 0; ib < 16; ++ib) y[ibl].scales[ib / 2] |= (uint8_t)(scale_nibble(id, scales[ib]) << 4 * (ib % 2));
+        for (int ib = 0; ib < 16; ++ib)
+            y[ibl].scales[ib / 2] |= (uint8_t)(scale_nibble(id, scales[ib]) << 4 * (ib % 2));
         memcpy(y[ibl].qs, q2, sizeof(q2));
     }
 }
@@ -541,7 +542,8 @@ void ql_quantize_row_iq2_s_ref(const float *x, void *vy, int64_t n, const float 
         const float d = max_scale / 31;
         y[ibl].d = ql_fp32_to_fp16(d * 0.9875f);
         const float id = 1 / d;
-        for (int ib = 0; ib < 16; ++ib) y[ibl].scales[ib / 2] |= (uint8_t)(scale_nibble(id, scales[ib]) << 4 * (ib % 2));
+        for (int ib = 0; ib < 16; ++ib)
+            y[ibl].scales[ib / 2] |= (uint8_t)(scale_nibble(id, scales[ib]) << 4 * (ib % 2));
     }
 }
 
@@ -550,7 +552,8 @@ void ql_quantize_row_iq2_s_ref(const float *x, void *vy, int64_t n, const float 
  * ---------------------------------------------------------------------------------------------- */
 void ql_quantize_row_iq3_xxs_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
     const lattice *lt = get_lattice(LAT_IQ3XXS);
-    const search_knobs kn = {.n = 32, .kmaxq = 8, .is_lo = -15, .is_hi = 15, .is_step = 0.2f, .on_grid_init = true};
+    const search_knobs kn = {
+        .n = 32, .kmaxq = 8, .is_lo = -15, .is_hi = 15, .is_step = 0.2f, .on_grid_init = true};
     blk_iq3_xxs *y = vy;
     float weight[32], waux[32], xval[32], scales[8];
     int8_t L[32];
@@ -648,7 +651,8 @@ void ql_quantize_row_iq3_s_ref(const float *x, void *vy, int64_t n, const float 
         y[ibl].d = ql_fp32_to_fp16(d * 1.033f);
         const float id = 1 / d;
         for (int ib = 0; ib < 8; ib += 2)
-            y[ibl].scales[ib / 2] = (uint8_t)(scale_nibble(id, scales[ib]) | (scale_nibble(id, scales[ib + 1]) << 4));
+            y[ibl].scales[ib / 2] =
+                (uint8_t)(scale_nibble(id, scales[ib]) | (scale_nibble(id, scales[ib + 1]) << 4));
     }
 }
 
@@ -770,7 +774,8 @@ void ql_quantize_row_iq1_s_ref(const float *x, void *vy, int64_t n, const float 
                         const float *v = sh == 1 ? iq1_xp : iq1_xm;
                         const float sumqx = (sumx[i1] - sumx[0]) * v[0] + (sumx[i2] - sumx[i1]) * v[1] +
                                             (sumx[32] - sumx[i2]) * v[2];
-                        const float sumq2 = (sumw[i1] - sumw[0]) * v[0] * v[0] + (sumw[i2] - sumw[i1]) * v[1] * v[1] +
+                        const float sumq2 = (sumw[i1] - sumw[0]) * v[0] * v[0] +
+                                            (sumw[i2] - sumw[i1]) * v[1] * v[1] +
                                             (sumw[32] - sumw[i2]) * v[2] * v[2];
                         if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
                             scale = sumqx / sumq2;
@@ -1008,6 +1013,66 @@ void ql_quantize_row_tq2_0_ref(const float *x, void *vy, int64_t n, const float 
     }
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Whole matrices
+ * ---------------------------------------------------------------------------------------------- */
 bool ql_ggml_quantize_requires_imatrix(uint32_t type) {
     return type == QL_TYPE_IQ2_XXS || type == QL_TYPE_IQ2_XS || type == QL_TYPE_IQ1_S;
+}
+
+typedef void (*row_quantizer)(const float *x, void *y, int64_t n, const float *imatrix);
+
+static void quantize_rows(row_quantizer fn, size_t block_bytes, const float *src, void *dst, int64_t nrows,
+                          int64_t ncols, const float *imatrix) {
+    if (nrows <= 0 || ncols <= 0 || ncols % QK_K) return;
+    const size_t rb = (size_t)(ncols / QK_K) * block_bytes;
+    for (int64_t r = 0; r < nrows; ++r) fn(src + r * ncols, (char *)dst + (size_t)r * rb, ncols, imatrix);
+}
+
+#define IQ_ROWS(lname, blk_t)                                                                            \
+    void ql_quantize_rows_##lname##_ref(const float *src, void *dst, int64_t nrows, int64_t ncols,       \
+                                        const float *imatrix) {                                          \
+        quantize_rows(ql_quantize_row_##lname##_ref, sizeof(blk_t), src, dst, nrows, ncols, imatrix);    \
+    }
+IQ_ROWS(iq2_xxs, blk_iq2_xxs)
+IQ_ROWS(iq2_xs, blk_iq2_xs)
+IQ_ROWS(iq2_s, blk_iq2_s)
+IQ_ROWS(iq3_xxs, blk_iq3_xxs)
+IQ_ROWS(iq3_s, blk_iq3_s)
+IQ_ROWS(iq1_s, blk_iq1_s)
+IQ_ROWS(iq1_m, blk_iq1_m)
+IQ_ROWS(tq1_0, blk_tq1_0)
+IQ_ROWS(tq2_0, blk_tq2_0)
+
+ql_status ql_iq_quantize_rows(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t ncols,
+                              const float *imatrix) {
+    static const struct {
+        uint32_t type;
+        row_quantizer fn;
+        size_t block_bytes;
+    } table[] = {
+        {QL_TYPE_IQ2_XXS, ql_quantize_row_iq2_xxs_ref, sizeof(blk_iq2_xxs)},
+        {QL_TYPE_IQ2_XS, ql_quantize_row_iq2_xs_ref, sizeof(blk_iq2_xs)},
+        {QL_TYPE_IQ2_S, ql_quantize_row_iq2_s_ref, sizeof(blk_iq2_s)},
+        {QL_TYPE_IQ3_XXS, ql_quantize_row_iq3_xxs_ref, sizeof(blk_iq3_xxs)},
+        {QL_TYPE_IQ3_S, ql_quantize_row_iq3_s_ref, sizeof(blk_iq3_s)},
+        {QL_TYPE_IQ1_S, ql_quantize_row_iq1_s_ref, sizeof(blk_iq1_s)},
+        {QL_TYPE_IQ1_M, ql_quantize_row_iq1_m_ref, sizeof(blk_iq1_m)},
+        {QL_TYPE_TQ1_0, ql_quantize_row_tq1_0_ref, sizeof(blk_tq1_0)},
+        {QL_TYPE_TQ2_0, ql_quantize_row_tq2_0_ref, sizeof(blk_tq2_0)},
+    };
+    const ql_type_info *ti = ql_type_get(type);
+    for (size_t i = 0; i < QL_ARRAY_LEN(table); ++i) {
+        if (table[i].type != type) continue;
+        if (!imatrix && ql_ggml_quantize_requires_imatrix(type))
+            return ql_fail(QL_ERR_ARG,
+                           "%s: ggml quantizes this type only with an importance matrix (give one with --imatrix)",
+                           ti->name);
+        if (nrows < 0 || ncols <= 0 || ncols % QK_K)
+            return ql_fail(QL_ERR_ARG, "%s: rows of %lld values are not whole blocks of %d", ti->name,
+                           (long long)ncols, QK_K);
+        quantize_rows(table[i].fn, table[i].block_bytes, src, dst, nrows, ncols, imatrix);
+        return QL_OK;
+    }
+    return ql_fail(QL_ERR_UNSUPPORTED, "%s: not an i-quant or ternary type", ti ? ti->name : "unknown type");
 }

@@ -195,8 +195,7 @@ static void test_unsupported(void **state) {
     assert_false(ql_ggml_dequantize_rows(12345, q, y, 1, 256));
     assert_false(ql_ggml_dequantize_rows(QL_TYPE_Q4_0, q, y, 1, 33));
     assert_true(ql_ggml_can_quantize(QL_TYPE_Q6_K));
-    assert_false(ql_ggml_can_quantize(QL_TYPE_MXFP4)); /* decode-only */
-    assert_true(ql_ggml_can_quantize(QL_TYPE_TQ2_0));
+    assert_false(ql_ggml_can_quantize(QL_TYPE_TQ2_0));
     assert_true(ql_ggml_can_dequantize(QL_TYPE_TQ2_0));
 }
 

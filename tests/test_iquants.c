@@ -17,24 +17,48 @@
 #include "base/ql_common.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_types.h"
+#include "kernels/iq_quants.h"
 
 #define NROWS 64
 #define NCOLS 512
+
+typedef void (*row_decoder)(const void *x, float *y, int64_t n);
 
 typedef struct {
     const char *name; /* file stem, ggml's upper-case type name */
     uint32_t type;
     bool plain;       /* TYPE.q exists (no imatrix) */
     bool imat;        /* TYPE-imat.q exists */
+    row_decoder decode;
 } case_t;
 
 static const case_t cases[] = {
-    {"IQ2_XXS", QL_TYPE_IQ2_XXS, false, true}, {"IQ2_XS", QL_TYPE_IQ2_XS, false, true},
-    {"IQ2_S", QL_TYPE_IQ2_S, true, true},      {"IQ3_XXS", QL_TYPE_IQ3_XXS, true, true},
-    {"IQ3_S", QL_TYPE_IQ3_S, true, true},      {"IQ1_S", QL_TYPE_IQ1_S, false, true},
-    {"IQ1_M", QL_TYPE_IQ1_M, true, true},      {"TQ1_0", QL_TYPE_TQ1_0, true, false},
-    {"TQ2_0", QL_TYPE_TQ2_0, true, false},
+    {"IQ2_XXS", QL_TYPE_IQ2_XXS, false, true, ql_dequantize_row_iq2_xxs_ref},
+    {"IQ2_XS", QL_TYPE_IQ2_XS, false, true, ql_dequantize_row_iq2_xs_ref},
+    {"IQ2_S", QL_TYPE_IQ2_S, true, true, ql_dequantize_row_iq2_s_ref},
+    {"IQ3_XXS", QL_TYPE_IQ3_XXS, true, true, ql_dequantize_row_iq3_xxs_ref},
+    {"IQ3_S", QL_TYPE_IQ3_S, true, true, ql_dequantize_row_iq3_s_ref},
+    {"IQ1_S", QL_TYPE_IQ1_S, false, true, ql_dequantize_row_iq1_s_ref},
+    {"IQ1_M", QL_TYPE_IQ1_M, true, true, ql_dequantize_row_iq1_m_ref},
+    {"TQ1_0", QL_TYPE_TQ1_0, true, false, ql_dequantize_row_tq1_0_ref},
+    {"TQ2_0", QL_TYPE_TQ2_0, true, false, ql_dequantize_row_tq2_0_ref},
 };
+
+/* Bytes of nrows rows, or 0 when quantization was refused. */
+static size_t quantize(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imat) {
+    if (ql_iq_quantize_rows(type, src, dst, nrows, ncols, imat) != QL_OK) return 0;
+    return (size_t)(nrows * ql_type_row_bytes(type, ncols));
+}
+
+static void dequantize(uint32_t type, const void *src, float *dst, int64_t nrows, int64_t ncols) {
+    const int64_t rb = ql_type_row_bytes(type, ncols);
+    for (size_t i = 0; i < QL_ARRAY_LEN(cases); ++i)
+        if (cases[i].type == type) {
+            for (int64_t r = 0; r < nrows; ++r) cases[i].decode((const char *)src + r * rb, dst + r * ncols, ncols);
+            return;
+        }
+    fail_msg("no decoder for type %u", type);
+}
 
 static char g_dir[1024];
 static float *g_input, *g_imatrix;
@@ -91,7 +115,7 @@ typedef struct {
 
 static void *quantize_job(void *arg) {
     job_t *j = arg;
-    ql_ggml_quantize_rows(j->type, g_input, j->out, NROWS, NCOLS, j->imatrix);
+    quantize(j->type, g_input, j->out, NROWS, NCOLS, j->imatrix);
     return NULL;
 }
 
@@ -152,9 +176,9 @@ static void check_one(const case_t *c, bool imat) {
     uint8_t *q = calloc(1, qlen);
     float *d = calloc(NROWS * NCOLS, sizeof(float));
     /* one row first, so the timing below excludes the one-time table build */
-    assert_int_equal(ql_ggml_quantize_rows(c->type, g_input, q, 1, NCOLS, imat ? g_imatrix : NULL), rb);
+    assert_int_equal(quantize(c->type, g_input, q, 1, NCOLS, imat ? g_imatrix : NULL), rb);
     const double t0 = ql_time_s();
-    const size_t wrote = ql_ggml_quantize_rows(c->type, g_input, q, NROWS, NCOLS, imat ? g_imatrix : NULL);
+    const size_t wrote = quantize(c->type, g_input, q, NROWS, NCOLS, imat ? g_imatrix : NULL);
     const double dt = ql_time_s() - t0;
     assert_int_equal(wrote, qlen);
     long bad_q = -1, nbad_q = 0;
@@ -164,14 +188,14 @@ static void check_one(const case_t *c, bool imat) {
             nbad_q++;
         }
     /* ggml's bytes through qlab's decoder, and qlab's own bytes too (equal when the bytes are) */
-    assert_true(ql_ggml_dequantize_rows(c->type, ref_q, d, NROWS, NCOLS));
+    dequantize(c->type, ref_q, d, NROWS, NCOLS);
     long bad_d = -1;
     for (size_t i = 0; i < (size_t)NROWS * NCOLS; ++i)
         if (memcmp(&d[i], &ref_d[i], 4) != 0) {
             bad_d = (long)i;
             break;
         }
-    assert_true(ql_ggml_dequantize_rows(c->type, q, d, NROWS, NCOLS));
+    dequantize(c->type, q, d, NROWS, NCOLS);
     long bad_own = -1;
     for (size_t i = 0; i < (size_t)NROWS * NCOLS; ++i)
         if (memcmp(&d[i], &ref_d[i], 4) != 0) {
@@ -214,22 +238,35 @@ static void test_requires_imatrix(void **state) {
     static const uint32_t need[] = {QL_TYPE_IQ2_XXS, QL_TYPE_IQ2_XS, QL_TYPE_IQ1_S};
     for (size_t i = 0; i < QL_ARRAY_LEN(need); ++i) {
         assert_true(ql_ggml_quantize_requires_imatrix(need[i]));
-        assert_true(ql_ggml_can_quantize(need[i]));
         memset(q, 0xAB, sizeof(q));
-        assert_int_equal(ql_ggml_quantize_rows(need[i], x, q, 1, 256, NULL), 0);
+        assert_int_equal(ql_iq_quantize_rows(need[i], x, q, 1, 256, NULL), QL_ERR_ARG);
         assert_non_null(strstr(ql_last_error(), "importance matrix"));
         assert_non_null(strstr(ql_last_error(), ql_type_get(need[i])->name));
         assert_int_equal(q[0], 0xAB); /* nothing written */
+        float w[256];
+        for (int j = 0; j < 256; ++j) w[j] = 1.0f;
+        assert_int_equal(ql_iq_quantize_rows(need[i], x, q, 1, 256, w), QL_OK);
+        assert_int_not_equal(q[0] | q[1], 0); /* a non-zero scale was written */
     }
     /* the others quantize without one (IQ1_M falls back to x^2 weights, as ggml) */
     static const uint32_t free_[] = {QL_TYPE_IQ2_S, QL_TYPE_IQ3_XXS, QL_TYPE_IQ3_S, QL_TYPE_IQ1_M,
-                                     QL_TYPE_TQ1_0, QL_TYPE_TQ2_0, QL_TYPE_Q4_K};
+                                     QL_TYPE_TQ1_0, QL_TYPE_TQ2_0};
     for (size_t i = 0; i < QL_ARRAY_LEN(free_); ++i) {
         assert_false(ql_ggml_quantize_requires_imatrix(free_[i]));
-        assert_int_equal(ql_ggml_quantize_rows(free_[i], x, q, 1, 256, NULL), row_bytes(free_[i], 256));
+        assert_int_equal(ql_iq_quantize_rows(free_[i], x, q, 1, 256, NULL), QL_OK);
     }
-    /* rows that are not whole super-blocks are refused as for the other K-sized types */
-    assert_int_equal(ql_ggml_quantize_rows(QL_TYPE_IQ3_S, x, q, 1, 128, NULL), 0);
+    assert_false(ql_ggml_quantize_requires_imatrix(QL_TYPE_Q4_K));
+    /* rows that are not whole super-blocks, and types this file does not quantize, are refused */
+    assert_int_equal(ql_iq_quantize_rows(QL_TYPE_IQ3_S, x, q, 1, 128, NULL), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "128"));
+    assert_int_equal(ql_iq_quantize_rows(QL_TYPE_Q4_K, x, q, 1, 256, NULL), QL_ERR_UNSUPPORTED);
+    /* the registry-shaped entry point writes the same bytes as the checked one */
+    uint8_t a[2 * 110], b[2 * 110];
+    float x2[512];
+    for (int i = 0; i < 512; ++i) x2[i] = x[i % 256] * (i < 256 ? 1.0f : -0.5f);
+    assert_int_equal(ql_iq_quantize_rows(QL_TYPE_IQ3_S, x2, a, 2, 256, NULL), QL_OK);
+    ql_quantize_rows_iq3_s_ref(x2, b, 2, 256, NULL);
+    assert_memory_equal(a, b, sizeof(a));
 }
 
 /* ---- rows with no ggml reference ------------------------------------------------------------- */
@@ -242,8 +279,8 @@ static void roundtrip(uint32_t type, const float *x, float *y) {
     float w[NCOLS];
     for (int i = 0; i < NCOLS; ++i) w[i] = 1.0f + (float)(i % 7);
     uint8_t *q = calloc(1, row_bytes(type, NCOLS));
-    assert_int_equal(ql_ggml_quantize_rows(type, x, q, 1, NCOLS, w), row_bytes(type, NCOLS));
-    assert_true(ql_ggml_dequantize_rows(type, q, y, 1, NCOLS));
+    assert_int_equal(quantize(type, x, q, 1, NCOLS, w), row_bytes(type, NCOLS));
+    dequantize(type, q, y, 1, NCOLS);
     free(q);
 }
 
