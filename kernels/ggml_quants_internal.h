@@ -2,7 +2,7 @@
  * and its SIMD twins ggml_quants_simd.c / ggml_quants_simd2.c, so the twins use the reference's very
  * arithmetic instead of copies of it. Block layouts, nearest_int and the scale packers are here (tiny,
  * static inline); the searches and super-block scale steps are defined once, in ggml_quants_ref.c.
- * Internal to kernels/ (not API): include only from those three files. Pure, thread-safe. */
+ * Internal to kernels/ (not API): include only from those three files and iq_quants_ref.c. Pure, thread-safe. */
 #ifndef QL_GGML_QUANTS_INTERNAL_H
 #define QL_GGML_QUANTS_INTERNAL_H
 

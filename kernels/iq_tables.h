@@ -1,7 +1,8 @@
 /* iq_tables.h — the lattice tables that define ggml's IQ formats (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS,
  * IQ3_S, IQ1_S, IQ1_M): each entry packs 8 (or 4) grid coordinates, one per byte, little-endian.
  * The values are the format itself (same as ggml-common.h), transcribed as data; tests check every
- * table's length, sort order and coordinate set. Static data: include from one .c file (and tests). */
+ * table's length, sort order and coordinate set. Static data: included by ggml_quants_ref.c (decoders),
+ * iq_quants_ref.c (quantizers) and tests. */
 #ifndef QL_IQ_TABLES_H
 #define QL_IQ_TABLES_H
 
