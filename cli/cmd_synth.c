@@ -5,6 +5,7 @@
 #include "base/parallel.h"
 #include "core/synth.h"
 #include "pipeline/export.h"
+#include "formats/format.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,10 @@ static const char *CONVERT_USAGE =
     "usage: qlab convert IN -o OUT [--type f32|f16|bf16]\n"
     "IN: a .gguf file, a Hugging Face folder or a llama2.c .bin (tokenizer.bin beside it).\n"
     "OUT: a path ending in .gguf writes GGUF; anything else is a Hugging Face folder (config.json,\n"
-    "model.safetensors). --type converts the float weight matrices (norms stay F32).\n";
+    "model.safetensors). --type converts the weight matrices (norms stay F32); quantized ones are\n"
+    "dequantized exactly as qlab's preview does, e.g. to compare an export with what qlab computed.\n";
+
+static bool is_float(uint32_t t) { return t == QL_TYPE_F32 || t == QL_TYPE_F16 || t == QL_TYPE_BF16; }
 
 typedef struct {
     const ql_gguf *src;
@@ -77,7 +81,15 @@ static ql_status convert_produce(void *user, int64_t index, void *dst, uint64_t 
     int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
     float *tmp = malloc((size_t)n * sizeof(float));
     if (!tmp) return ql_fail(QL_ERR_NOMEM, "out of memory converting '%s'", t->name);
-    for (int64_t i = 0; i < n; i++) {
+    const ql_format *qf = is_float(t->type) ? NULL : ql_format_by_type(t->type);
+    if (qf) { /* a quantized tensor: qlab's own dequantization, exactly what its preview computes with */
+        ql_status s = ql_format_dequantize(qf, t->data, tmp, t->ne[1] * t->ne[2] * t->ne[3], t->ne[0], 1);
+        if (s) {
+            free(tmp);
+            return s;
+        }
+    }
+    for (int64_t i = 0; i < n && !qf; i++) {
         if (t->type == QL_TYPE_F32) memcpy(&tmp[i], (const float *)t->data + i, 4);
         else if (t->type == QL_TYPE_F16) tmp[i] = ql_fp16_to_fp32(((const uint16_t *)t->data)[i]);
         else tmp[i] = ql_bf16_to_fp32(((const uint16_t *)t->data)[i]);
@@ -91,7 +103,6 @@ static ql_status convert_produce(void *user, int64_t index, void *dst, uint64_t 
     return QL_OK;
 }
 
-static bool is_float(uint32_t t) { return t == QL_TYPE_F32 || t == QL_TYPE_F16 || t == QL_TYPE_BF16; }
 
 int cmd_convert(int argc, char **argv) {
     cli_args a;
@@ -122,7 +133,7 @@ int cmd_convert(int argc, char **argv) {
     int rc = 0;
     for (int64_t i = 0; i < src->n_tensors; i++) {
         const ql_gguf_tensor *t = &src->tensors[i];
-        bool conv = to >= 0 && is_float(t->type) && t->n_dims >= 2 && t->type != (uint32_t)to;
+        bool conv = to >= 0 && t->n_dims >= 2 && t->type != (uint32_t)to && (is_float(t->type) || ql_format_by_type(t->type));
         int64_t idx = ql_gguf_add_tensor(g, t->name, conv ? (uint32_t)to : t->type, t->n_dims, t->ne, conv ? NULL : t->data);
         if (idx < 0) {
             rc = cli_fail("convert");
@@ -138,7 +149,6 @@ int cmd_convert(int argc, char **argv) {
     ql_status s;
     ql_progress *bar = cli_progress_bar("convert");
     if (ol > 5 && strcmp(out + ol - 5, ".gguf") == 0) s = ql_export_image(ql_exporter_by_name("gguf"), out, src, g, bar);
-    else if (to >= 0) s = ql_fail(QL_ERR_UNSUPPORTED, "--type applies to GGUF output only");
     else s = ql_hf_save(g, out);
     cli_progress_done(bar);
     if (s) rc = cli_fail("convert");

@@ -956,3 +956,24 @@ done:
     free(scratch2);
     return s;
 }
+
+/* ---------------------------------------------------------------- for folder exporters */
+
+char *ql_hf_tensor_name(const ql_gguf *g, const char *gguf_name, int *rope_heads) {
+    name_info ni;
+    char *hf = map_name(gguf_name, false, &ni);
+    *rope_heads = 0;
+    save_config c;
+    if (ni.group == 1 && (ni.role == ROLE_Q || ni.role == ROLE_K) && !gather_save_config(g, "model", &c) && c.permute)
+        *rope_heads = (int)(ni.role == ROLE_Q ? c.n_head : c.n_head_kv);
+    return hf;
+}
+
+ql_status ql_hf_config_text(const ql_gguf *g, const char *torch_dtype, char **out) {
+    *out = NULL;
+    save_config c;
+    ql_status s = gather_save_config(g, g->path ? g->path : "model", &c);
+    if (s) return s;
+    *out = config_json_text(g, &c, torch_dtype);
+    return *out ? QL_OK : ql_fail(QL_ERR_FORMAT, "%s: config.json could not be encoded", g->path ? g->path : "model");
+}

@@ -49,6 +49,11 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out);
 ql_status ql_llama2c_load(const char *bin_path, ql_gguf **out);
 /* GGUF → Hugging Face folder (config.json, model.safetensors, tokenizer metadata). */
 ql_status ql_hf_save(const ql_gguf *g, const char *dir);
+/* For exporters that write Hugging Face folders (pipeline/export_st.c): the HF name of a GGUF tensor
+ * (malloc'ed), with *rope_heads > 0 when its rows must be put back in HF's q/k order with
+ * ql_rope_permute_rows(..., false) for that many heads; and config.json's text for model g. */
+char *ql_hf_tensor_name(const ql_gguf *g, const char *gguf_name, int *rope_heads);
+ql_status ql_hf_config_text(const ql_gguf *g, const char *torch_dtype, char **out);
 
 /* Safetensors header parsing (exposed for fuzzing): fills `g` with tensors pointing into buf. */
 ql_status ql_safetensors_parse(const void *buf, size_t size, const char *label, ql_gguf *g);

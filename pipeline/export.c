@@ -10,10 +10,16 @@
 /* ---------------------------------------------------------------- registry: one line per exporter */
 
 extern const ql_exporter_ops ql_export_gguf_ops;
+extern const ql_exporter_ops ql_export_gptq_ops;
+extern const ql_exporter_ops ql_export_awq_ops;
+extern const ql_exporter_ops ql_export_ct_ops;
 
 static const ql_exporter_info g_exporters[] = {
     /* name    summary                                                    formats accepted                                    folder  ops */
     {"gguf", "one GGUF file: llama.cpp loads it when every type is ggml's", "every format (qlab extension types load in qlab only)", false, &ql_export_gguf_ops},
+    {"gptq", "GPTQModel/AutoGPTQ folder (checkpoint_format gptq): transformers, vLLM, TGI", "int{2,3,4,8}_g*[_sym], int{4,8}_channel, one scheme per model", true, &ql_export_gptq_ops},
+    {"awq", "AutoAWQ GEMM folder: transformers, vLLM, TGI", "int4_g*[_sym], one group size per model", true, &ql_export_awq_ops},
+    {"compressed-tensors", "llm-compressor folder (pack-quantized / float-quantized): vLLM, transformers", "int{4,8}_g*[_sym], int{4,8}_channel, int8_tensor, fp8_e4m3[_channel|_block]", true, &ql_export_ct_ops},
 };
 
 int ql_exporter_count(void) { return (int)QL_ARRAY_LEN(g_exporters); }

@@ -1,0 +1,253 @@
+/* export_ct.c — `--to compressed-tensors`: llm-compressor's checkpoints, which vLLM and transformers
+ * load (quant_method "compressed-tensors", quantization_status "compressed"). Per linear with K
+ * inputs, N outputs (docs/formats.md § Exporters):
+ *   pack-quantized (INT4 / INT8 weights, row-wise groups, per channel, or per tensor):
+ *     weight_packed     I32 [N, ceil(K*bits/32)]  codes of row n, 32/bits per word along the input,
+ *                                                 LSB first; stored = signed code + 2^(bits-1)
+ *     weight_scale      F16 [N, K/g] (group), [N, 1] (channel), [1] (tensor)
+ *     weight_zero_point I32 [N*bits/32, K/g]      asymmetric only: signed zero + 2^(bits-1), packed
+ *                                                 along the output dimension
+ *     weight_shape      I64 [2] = N, K
+ *   float-quantized (FP8 E4M3 per tensor / channel / 128x128 block):
+ *     weight            F8_E4M3 [N, K]
+ *     weight_scale      F32 [1], [N, 1] or [ceil(N/128), ceil(K/128)]
+ * w = scale * (q - zero) with q, zero signed: qlab's unsigned code c and zero z are exactly q + 2^(n-1)
+ * and zero + 2^(n-1) (symmetric: z = 2^(n-1), i.e. zero 0), so the packed words hold qlab's codes
+ * unchanged and the checkpoint dequantizes to qlab's preview. Mixed plans get one config group per
+ * format, targeting their modules by anchored regex ("re:^...$"); lm_head and block linears left in
+ * float are listed under "ignore". */
+#include "pipeline/export_st.h"
+#include "formats/fmt_ext.h"
+#include "kernels/ggml_types.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { CT_INT_ROW = 1, CT_INT8_TENSOR, CT_FP8_TENSOR, CT_FP8_CHANNEL, CT_FP8_BLOCK };
+
+#define TYPE_INT8_TENSOR (QL_TYPE_EXT_BASE + 0x6D)
+#define TYPE_FP8_E4M3 (QL_TYPE_EXT_BASE + 0x88)
+#define TYPE_FP8_E4M3_CHANNEL (QL_TYPE_EXT_BASE + 0x8A)
+#define TYPE_FP8_E4M3_BLOCK (QL_TYPE_EXT_BASE + 0x8C)
+#define FP8_BLOCK 128
+
+static int ct_scheme(uint32_t type, int *bits, int *group, bool *sym) {
+    const ql_format *f = ql_format_by_type(type);
+    if (!f) return 0;
+    if (ql_int_format_params(f, bits, group, sym, NULL)) return *bits == 4 || *bits == 8 ? CT_INT_ROW : 0;
+    *bits = 8, *group = 0, *sym = true;
+    return type == TYPE_INT8_TENSOR        ? CT_INT8_TENSOR
+           : type == TYPE_FP8_E4M3         ? CT_FP8_TENSOR
+           : type == TYPE_FP8_E4M3_CHANNEL ? CT_FP8_CHANNEL
+           : type == TYPE_FP8_E4M3_BLOCK   ? CT_FP8_BLOCK
+                                           : 0;
+}
+
+static bool ct_accepts(uint32_t type) {
+    int bits, group;
+    bool sym;
+    return ql_st_is_float(type) || ct_scheme(type, &bits, &group, &sym);
+}
+
+static ql_status ct_plan(const char *out, ql_st_tensor *t, const ql_st_tensor *prev, int64_t n_prev) {
+    (void)prev, (void)n_prev;
+    int bits = 0, group = 0;
+    bool sym = true;
+    int scheme = ct_scheme(t->type, &bits, &group, &sym);
+    if (!scheme)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; compressed-tensors takes int{4,8}_g*[_sym], int{4,8}_channel, int8_tensor, fp8_e4m3[_channel|_block]",
+                       out, t->gguf_name, t->format->name);
+    int64_t K = t->ne[0], N = t->ne[1];
+    t->kind = QL_ST_TARGET;
+    t->scheme = scheme, t->bits = bits, t->sym = sym;
+    t->group = scheme == CT_INT_ROW && group > 0 ? group : (int)K;
+    if (scheme == CT_INT_ROW && K % t->group)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s': rows of %lld do not split into groups of %d; compressed-tensors needs whole groups",
+                       out, t->gguf_name, (long long)K, t->group);
+    if (scheme == CT_INT_ROW && !sym && N % (32 / bits))
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' has %lld outputs; asymmetric zero points pack %d per word along them",
+                       out, t->gguf_name, (long long)N, 32 / bits);
+    if (scheme == CT_FP8_BLOCK && t->rope_heads > 0)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is fp8_e4m3_block, whose 128-row blocks do not survive the q/k row reordering to Hugging Face order; use fp8_e4m3_channel",
+                       out, t->gguf_name);
+    int n = 0;
+    if (scheme == CT_INT_ROW || scheme == CT_INT8_TENSOR) {
+        int pf = 32 / bits;
+        ql_st_set_out(&t->out[n++], "weight_packed", "I32", 2, N, (K + pf - 1) / pf, true);
+        if (scheme == CT_INT8_TENSOR) ql_st_set_out(&t->out[n++], "weight_scale", "F16", 1, 1, 1, false);
+        else ql_st_set_out(&t->out[n++], "weight_scale", "F16", 2, N, K / t->group, false);
+        if (!sym) ql_st_set_out(&t->out[n++], "weight_zero_point", "I32", 2, N / pf, K / t->group, false);
+        ql_st_set_out(&t->out[n++], "weight_shape", "I64", 1, 2, 1, false);
+    } else {
+        ql_st_set_out(&t->out[n++], "weight", "F8_E4M3", 2, N, K, true);
+        if (scheme == CT_FP8_TENSOR) ql_st_set_out(&t->out[n++], "weight_scale", "F32", 1, 1, 1, false);
+        else if (scheme == CT_FP8_CHANNEL) ql_st_set_out(&t->out[n++], "weight_scale", "F32", 2, N, 1, false);
+        else ql_st_set_out(&t->out[n++], "weight_scale", "F32", 2, (N + FP8_BLOCK - 1) / FP8_BLOCK, (K + FP8_BLOCK - 1) / FP8_BLOCK, false);
+    }
+    t->n_out = n;
+    return QL_OK;
+}
+
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static ql_status ct_convert(const ql_st_tensor *t, const uint8_t *src, uint8_t *dst) {
+    const int64_t K = t->ne[0], N = t->ne[1];
+    uint8_t *p = dst;
+    if (t->scheme == CT_INT_ROW || t->scheme == CT_INT8_TENSOR) {
+        const int bits = t->bits, pf = 32 / bits;
+        const int64_t wpr = (K + pf - 1) / pf, ng = K / t->group;
+        uint8_t *scales = p + t->out[0].nbytes;
+        uint8_t *zp = scales + t->out[1].nbytes;
+        uint32_t *zw = NULL;
+        if (!t->sym && !(zw = calloc((size_t)(N / pf * ng), 4))) return ql_fail(QL_ERR_NOMEM, "out of memory packing '%s'", t->gguf_name);
+        const uint8_t *codes8 = src + 2; /* int8_tensor: [f16 scale][8-bit codes, row-major] */
+        for (int64_t n = 0; n < N; n++) {
+            ql_st_int_row r = {0};
+            if (t->scheme == CT_INT_ROW) r = ql_st_int_row_at(t, src, n);
+            for (int64_t w = 0; w < wpr; w++) {
+                uint32_t word = 0;
+                for (int i = 0; i < pf && w * pf + i < K; i++) {
+                    int64_t k = w * pf + i;
+                    unsigned c = t->scheme == CT_INT_ROW ? ql_st_int_code(&r, k) : codes8[n * K + k];
+                    word |= (uint32_t)c << (bits * i);
+                }
+                ql_st_put_u32(p + 4 * (n * wpr + w), word);
+            }
+            if (t->scheme == CT_INT8_TENSOR) continue;
+            for (int64_t g = 0; g < ng; g++) {
+                uint16_t h = ql_st_int_scale(&r, g);
+                scales[2 * (n * ng + g)] = (uint8_t)h, scales[2 * (n * ng + g) + 1] = (uint8_t)(h >> 8);
+                if (zw) zw[(n / pf) * ng + g] |= (uint32_t)ql_st_int_zero(&r, g) << (bits * (n % pf));
+            }
+        }
+        if (t->scheme == CT_INT8_TENSOR) scales[0] = src[0], scales[1] = src[1];
+        if (zw) {
+            for (int64_t i = 0; i < N / pf * ng; i++) ql_st_put_u32(zp + 4 * i, zw[i]);
+            zp += t->out[2].nbytes;
+            free(zw);
+        }
+        put_u64(zp, (uint64_t)N);
+        put_u64(zp + 8, (uint64_t)K);
+        return QL_OK;
+    }
+    /* FP8: the codes are E4M3 bytes already; only the scales move */
+    uint8_t *scales = p + t->out[0].nbytes;
+    if (t->scheme == CT_FP8_CHANNEL) /* rows of [f32 scale][K codes] */
+        for (int64_t n = 0; n < N; n++) {
+            memcpy(scales + 4 * n, src + n * (4 + K), 4);
+            memcpy(p + n * K, src + n * (4 + K) + 4, (size_t)K);
+        }
+    else { /* [scales][codes, row-major] */
+        uint64_t sb = t->out[1].nbytes;
+        memcpy(scales, src, sb);
+        memcpy(p, src + sb, (size_t)(N * K));
+    }
+    return QL_OK;
+}
+
+static const char *ct_format_of(int scheme) {
+    return scheme == CT_INT_ROW || scheme == CT_INT8_TENSOR ? "pack-quantized" : "float-quantized";
+}
+
+static json_t *ct_weights(const ql_st_tensor *t) {
+    bool fp = t->scheme >= CT_FP8_TENSOR;
+    const char *strategy = t->scheme == CT_INT8_TENSOR || t->scheme == CT_FP8_TENSOR ? "tensor"
+                           : t->scheme == CT_FP8_CHANNEL || t->group == t->ne[0]  ? "channel"
+                           : t->scheme == CT_FP8_BLOCK                            ? "block"
+                                                                                  : "group";
+    json_t *w = json_object();
+    json_object_set_new(w, "num_bits", json_integer(t->bits));
+    json_object_set_new(w, "type", json_string(fp ? "float" : "int"));
+    json_object_set_new(w, "symmetric", json_boolean(t->sym));
+    json_object_set_new(w, "strategy", json_string(strategy));
+    json_object_set_new(w, "group_size", !strcmp(strategy, "group") ? json_integer(t->group) : json_null());
+    json_object_set_new(w, "block_structure", t->scheme == CT_FP8_BLOCK ? json_pack("[i,i]", FP8_BLOCK, FP8_BLOCK) : json_null());
+    json_object_set_new(w, "dynamic", json_false());
+    json_object_set_new(w, "actorder", json_null());
+    json_object_set_new(w, "observer", json_string("minmax"));
+    json_object_set_new(w, "observer_kwargs", json_object());
+    return w;
+}
+
+static json_t *ct_config(const ql_st_tensor *ts, int64_t n) {
+    /* one config group per distinct weight scheme, in order of first use */
+    json_t *groups = json_object(), *ignore = json_array();
+    const ql_st_tensor *first[64];
+    json_t *targets[64];
+    int ng = 0;
+    bool mixed_formats = false;
+    for (int64_t i = 0; i < n; i++) {
+        const ql_st_tensor *t = &ts[i];
+        size_t l = strlen(t->hf_name);
+        bool linear = t->n_dims >= 2 && l > 7 && !strcmp(t->hf_name + l - 7, ".weight") &&
+                      strncmp(t->hf_name, "model.embed_tokens", 18);
+        if (t->kind != QL_ST_TARGET) {
+            if (linear) json_array_append_new(ignore, json_string(!strcmp(t->module, "lm_head") ? "lm_head" : t->module));
+            continue;
+        }
+        int g = 0;
+        while (g < ng) {
+            json_t *a = ct_weights(first[g]), *b = ct_weights(t);
+            bool same = json_equal(a, b);
+            json_decref(a), json_decref(b);
+            if (same) break;
+            g++;
+        }
+        if (g == ng && ng < 64) {
+            first[ng] = t, targets[ng] = json_array(), ng++;
+            mixed_formats |= strcmp(ct_format_of(first[0]->scheme), ct_format_of(t->scheme)) != 0;
+        }
+        if (g < ng) {
+            size_t ml = strlen(t->module);
+            char *re = malloc(2 * ml + 6), *p = re;
+            p += sprintf(p, "re:^");
+            for (size_t k = 0; k < ml; k++) {
+                if (t->module[k] == '.') *p++ = '\\';
+                *p++ = t->module[k];
+            }
+            strcpy(p, "$");
+            json_array_append_new(targets[g], json_string(re));
+            free(re);
+        }
+    }
+    if (!json_array_size(ignore) || strcmp(json_string_value(json_array_get(ignore, json_array_size(ignore) - 1)), "lm_head"))
+        json_array_append_new(ignore, json_string("lm_head")); /* tied or float: never a quantized Linear here */
+    for (int g = 0; g < ng; g++) {
+        char name[32];
+        snprintf(name, sizeof name, "group_%d", g);
+        if (ng == 1) {
+            json_decref(targets[g]);
+            targets[g] = json_pack("[s]", "Linear");
+        }
+        json_object_set_new(groups, name,
+                            json_pack("{s:o,s:o,s:n,s:n,s:s}", "targets", targets[g], "weights", ct_weights(first[g]),
+                                      "input_activations", "output_activations", "format", ct_format_of(first[g]->scheme)));
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "quant_method", json_string("compressed-tensors"));
+    json_object_set_new(o, "format", json_string(mixed_formats ? "mixed-precision" : ng ? ct_format_of(first[0]->scheme) : "dense"));
+    json_object_set_new(o, "quantization_status", json_string("compressed"));
+    json_object_set_new(o, "config_groups", groups);
+    json_object_set_new(o, "ignore", ignore);
+    json_object_set_new(o, "kv_cache_scheme", json_null());
+    json_object_set_new(o, "global_compression_ratio", json_null());
+    return o;
+}
+
+static const ql_st_target ct_target = {"compressed-tensors", ct_plan, ct_convert, ct_config};
+
+static ql_status ct_begin(ql_exporter *x, const char *out, const ql_gguf *source) {
+    return ql_st_begin(x, out, source, &ct_target);
+}
+
+const ql_exporter_ops ql_export_ct_ops = {
+    .accepts_type = ct_accepts,
+    .begin = ct_begin,
+    .add_metadata = ql_st_add_metadata,
+    .add_tensor = ql_st_add_tensor,
+    .add_sidecar = ql_st_add_sidecar,
+    .commit = ql_st_commit,
+    .abort = ql_st_abort,
+};

@@ -1,0 +1,450 @@
+/* export_st.c — the safetensors-folder exporter base (see export_st.h): collects tensor descriptions,
+ * asks the target what each quantized linear becomes, and at commit writes the whole folder into
+ * "<OUT>.tmp.XXXXXX" beside OUT — shards (each file through base/atomic_file, so fsynced), the shard
+ * index, config.json, generation_config.json, sidecars — and renames it to OUT. A failure or cancel
+ * removes the temporary folder; an existing non-empty OUT is refused, never replaced. Tensors stream:
+ * one source tensor's bytes (and its converted outputs) are in memory at a time. */
+#include "pipeline/export_st.h"
+#include "base/atomic_file.h"
+#include "core/model.h"
+#include "formats/format.h"
+#include "kernels/ggml_types.h"
+#include "kernels/int_quants.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ST_DEFAULT_SHARD_BYTES 5000000000ull /* transformers' default max_shard_size "5GB" */
+
+typedef struct {
+    char *name;
+    void *bytes;
+    size_t n;
+} sidecar;
+
+typedef struct {
+    const ql_st_target *target;
+    const ql_gguf *source;
+    ql_st_tensor *t;
+    int64_t n, cap;
+    sidecar *side;
+    int n_side;
+} st_state;
+
+/* ---------------------------------------------------------------- helpers for targets */
+
+void ql_st_set_out(ql_st_out *o, const char *suffix, const char *dtype, int n_dims, int64_t d0, int64_t d1,
+                   bool permute_rows) {
+    memset(o, 0, sizeof *o);
+    snprintf(o->suffix, sizeof o->suffix, "%s", suffix);
+    o->dtype = dtype;
+    o->n_dims = n_dims;
+    o->shape[0] = d0;
+    o->shape[1] = n_dims > 1 ? d1 : 1;
+    int64_t esz = !strcmp(dtype, "F32") || !strcmp(dtype, "I32") ? 4 : !strcmp(dtype, "I64") ? 8
+                  : !strcmp(dtype, "F8_E4M3") || !strcmp(dtype, "U8") || !strcmp(dtype, "I8") ? 1 : 2;
+    o->nbytes = (uint64_t)(d0 * (n_dims > 1 ? d1 : 1) * esz);
+    o->permute_rows = permute_rows;
+}
+
+bool ql_st_is_float(uint32_t type) { return type == QL_TYPE_F32 || type == QL_TYPE_F16 || type == QL_TYPE_BF16; }
+
+ql_st_int_row ql_st_int_row_at(const ql_st_tensor *t, const uint8_t *src, int64_t r) {
+    ql_st_int_row ir = {.ncols = t->ne[0], .bits = t->bits, .group = t->group, .sym = t->sym};
+    ir.ng = (ir.ncols + t->group - 1) / t->group;
+    int64_t rb = ql_int_row_bytes(ir.ncols, t->bits, t->group == t->ne[0] ? 0 : t->group, t->sym);
+    ir.row = src + r * rb;
+    return ir;
+}
+
+uint16_t ql_st_int_scale(const ql_st_int_row *r, int64_t g) { return ql_get_f16le(r->row + 2 * g); }
+
+unsigned ql_st_int_zero(const ql_st_int_row *r, int64_t g) {
+    if (r->sym) return 1u << (r->bits - 1);
+    return ql_bits_get(r->row + 2 * r->ng, g * r->bits, r->bits);
+}
+
+unsigned ql_st_int_code(const ql_st_int_row *r, int64_t c) {
+    int64_t off = 2 * r->ng + (r->sym ? 0 : ql_bits_to_bytes(r->ng * r->bits));
+    return ql_bits_get(r->row + off, c * r->bits, r->bits);
+}
+
+void ql_st_put_u32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+/* ---------------------------------------------------------------- collecting */
+
+ql_status ql_st_begin(ql_exporter *x, const char *out_path, const ql_gguf *source, const ql_st_target *target) {
+    if (!source) return ql_fail(QL_ERR_ARG, "%s: the %s exporter needs the source model", out_path, target->name);
+    struct stat sb;
+    if (stat(out_path, &sb) == 0) {
+        DIR *d = S_ISDIR(sb.st_mode) ? opendir(out_path) : NULL;
+        bool empty = d != NULL;
+        for (struct dirent *e; d && (e = readdir(d));)
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
+        if (d) closedir(d);
+        if (!empty)
+            return ql_fail(QL_ERR_IO, "%s: exists and is not an empty folder; remove it or choose another output",
+                           out_path);
+    }
+    st_state *st = ql_calloc(1, sizeof *st);
+    st->target = target;
+    st->source = source;
+    x->state = st;
+    return QL_OK;
+}
+
+/* GGUF keys have no place in a Hugging Face folder: config.json is derived from the source model. */
+ql_status ql_st_add_metadata(ql_exporter *x, const char *key, const ql_gguf_value *val) {
+    (void)x, (void)key, (void)val;
+    return QL_OK;
+}
+
+ql_status ql_st_add_sidecar(ql_exporter *x, const char *file_name, const void *bytes, size_t n) {
+    st_state *st = x->state;
+    st->side = ql_realloc(st->side, (size_t)(st->n_side + 1) * sizeof *st->side);
+    sidecar *sc = &st->side[st->n_side++];
+    sc->name = ql_strdup(file_name);
+    sc->bytes = ql_malloc(n ? n : 1);
+    memcpy(sc->bytes, bytes, n);
+    sc->n = n;
+    return QL_OK;
+}
+
+static bool in_decoder_block(const char *hf_name) { return strncmp(hf_name, "model.layers.", 13) == 0; }
+
+ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
+    st_state *st = x->state;
+    if (et->n_dims > 2 && et->ne[2] * et->ne[3] != 1)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' has more than two dimensions", x->out_path, et->name);
+    if (st->n == st->cap) {
+        st->cap = st->cap ? st->cap * 2 : 64;
+        st->t = ql_realloc(st->t, (size_t)st->cap * sizeof *st->t);
+    }
+    ql_st_tensor *t = &st->t[st->n];
+    memset(t, 0, sizeof *t);
+    t->gguf_name = ql_strdup(et->name);
+    t->hf_name = ql_hf_tensor_name(st->source, et->name, &t->rope_heads);
+    size_t hl = strlen(t->hf_name);
+    t->module = ql_strdup(t->hf_name);
+    if (hl > 7 && !strcmp(t->hf_name + hl - 7, ".weight")) t->module[hl - 7] = 0;
+    t->type = et->type;
+    t->n_dims = et->n_dims;
+    for (int d = 0; d < 4; d++) t->ne[d] = d < et->n_dims ? et->ne[d] : 1;
+    t->nbytes = et->nbytes;
+    t->data = et->data;
+    t->produce = et->produce;
+    t->produce_user = et->produce_user;
+    t->produce_tag = et->produce_tag;
+    st->n++; /* from here on, abort frees it */
+    for (int64_t i = 0; i < st->n - 1; i++)
+        if (!strcmp(st->t[i].hf_name, t->hf_name))
+            return ql_fail(QL_ERR_FORMAT, "%s: two tensors map to the Hugging Face name '%s'", x->out_path, t->hf_name);
+    int64_t rows = t->ne[1], cols = t->ne[0];
+    if (t->rope_heads > 0 && (rows % t->rope_heads || (rows / t->rope_heads) % 2))
+        return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has %lld rows, not a whole number of %d even-sized heads",
+                       x->out_path, t->gguf_name, (long long)rows, t->rope_heads);
+    if (ql_st_is_float(t->type)) {
+        const char *dt = t->type == QL_TYPE_F32 ? "F32" : t->type == QL_TYPE_F16 ? "F16" : "BF16";
+        ql_st_out *o = &t->out[t->n_out++];
+        ql_st_set_out(o, "", dt, t->n_dims > 1 ? 2 : 1, t->n_dims > 1 ? rows : cols, cols, false);
+        t->kind = QL_ST_FLOAT;
+        return QL_OK;
+    }
+    t->format = ql_format_by_type(t->type);
+    if (!t->format)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' has a type qlab has no format for", x->out_path, t->gguf_name);
+    if (t->n_dims >= 2 && in_decoder_block(t->hf_name) && !strcmp(t->hf_name + hl - 7, ".weight"))
+        return st->target->plan(x->out_path, t, st->t, st->n - 1);
+    /* quantized, but outside what the ecosystem quantizes: exact F32 values, listed as not converted */
+    t->kind = QL_ST_DEQUANT;
+    ql_st_set_out(&t->out[t->n_out++], "", "F32", t->n_dims > 1 ? 2 : 1, t->n_dims > 1 ? rows : cols, cols, true);
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- writing */
+
+static void st_free(st_state *st) {
+    for (int64_t i = 0; i < st->n; i++) {
+        free(st->t[i].gguf_name);
+        free(st->t[i].hf_name);
+        free(st->t[i].module);
+    }
+    free(st->t);
+    for (int i = 0; i < st->n_side; i++) {
+        free(st->side[i].name);
+        free(st->side[i].bytes);
+    }
+    free(st->side);
+    free(st);
+}
+
+static char *join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = ql_malloc(a + b + 2);
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
+static void out_name(char *buf, size_t cap, const ql_st_tensor *t, const ql_st_out *o) {
+    if (o->suffix[0]) snprintf(buf, cap, "%s.%s", t->module, o->suffix);
+    else snprintf(buf, cap, "%s", t->hf_name);
+}
+
+static uint64_t tensor_out_bytes(const ql_st_tensor *t) {
+    uint64_t n = 0;
+    for (int k = 0; k < t->n_out; k++) n += t->out[k].nbytes;
+    return n;
+}
+
+static void remove_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *p = join(dir, e->d_name);
+        unlink(p);
+        free(p);
+    }
+    if (d) closedir(d);
+    rmdir(dir);
+}
+
+static void fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* One source tensor's outputs, converted, into *buf (reallocated as needed). */
+static ql_status convert_tensor(const st_state *st, const ql_st_tensor *t, uint8_t **src_buf, uint8_t **tmp,
+                                uint8_t **buf) {
+    const uint8_t *src = t->data;
+    if (!src) {
+        *src_buf = ql_realloc(*src_buf, t->nbytes ? t->nbytes : 1);
+        ql_status s = t->produce(t->produce_user, t->produce_tag, *src_buf, t->nbytes);
+        if (s) return s;
+        src = *src_buf;
+    }
+    int64_t rows = t->ne[1], cols = t->ne[0];
+    bool row_wise = t->kind == QL_ST_FLOAT || (t->format && !t->format->whole_tensor);
+    if (t->rope_heads > 0 && row_wise) { /* q/k rows back to HF order before anything reads them */
+        *tmp = ql_realloc(*tmp, t->nbytes ? t->nbytes : 1);
+        ql_rope_permute_rows(*tmp, src, t->rope_heads, rows, (size_t)(t->nbytes / (uint64_t)rows), false);
+        src = *tmp;
+    }
+    uint64_t total = tensor_out_bytes(t);
+    *buf = ql_realloc(*buf, total ? total : 1);
+    if (t->kind == QL_ST_FLOAT) memcpy(*buf, src, t->nbytes);
+    else if (t->kind == QL_ST_DEQUANT) {
+        ql_status s = ql_format_dequantize(t->format, src, (float *)*buf, rows, cols, 1);
+        if (s) return s;
+    } else {
+        ql_status s = st->target->convert(t, src, *buf);
+        if (s) return s;
+    }
+    if (t->rope_heads > 0 && !row_wise) { /* whole-tensor formats: permute the outputs' rows */
+        uint64_t off = 0;
+        for (int k = 0; k < t->n_out; k++) {
+            const ql_st_out *o = &t->out[k];
+            if (o->permute_rows) {
+                *tmp = ql_realloc(*tmp, o->nbytes);
+                ql_rope_permute_rows(*tmp, *buf + off, t->rope_heads, o->shape[0], (size_t)(o->nbytes / (uint64_t)o->shape[0]),
+                                     false);
+                memcpy(*buf + off, *tmp, o->nbytes);
+            }
+            off += o->nbytes;
+        }
+    }
+    return QL_OK;
+}
+
+static ql_status write_json(const char *dir, const char *name, json_t *j) {
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+    if (!text) return ql_fail(QL_ERR_FORMAT, "%s: %s could not be encoded", dir, name);
+    size_t n = strlen(text);
+    text[n] = '\n'; /* the terminator's byte becomes the newline: exactly n + 1 bytes are written */
+    char *p = join(dir, name);
+    ql_status s = ql_atomic_write_file(p, text, n + 1);
+    free(p);
+    free(text);
+    return s;
+}
+
+static ql_status write_shard(const st_state *st, const char *path, int64_t a, int64_t b, const ql_progress *progress,
+                             int64_t *done, int64_t total, uint8_t **src_buf, uint8_t **tmp, uint8_t **buf) {
+    json_t *hdr = json_object();
+    json_object_set_new(hdr, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    uint64_t off = 0;
+    char name[512];
+    for (int64_t i = a; i < b; i++)
+        for (int k = 0; k < st->t[i].n_out; k++) {
+            const ql_st_out *o = &st->t[i].out[k];
+            out_name(name, sizeof name, &st->t[i], o);
+            json_t *shape = json_array();
+            for (int d = 0; d < o->n_dims; d++) json_array_append_new(shape, json_integer(o->shape[d]));
+            json_object_set_new(hdr, name,
+                                json_pack("{s:s,s:o,s:[I,I]}", "dtype", o->dtype, "shape", shape, "data_offsets",
+                                          (json_int_t)off, (json_int_t)(off + o->nbytes)));
+            off += o->nbytes;
+        }
+    char *text = json_dumps(hdr, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(hdr);
+    ql_atomic_file *af;
+    ql_status s = ql_atomic_open(path, &af);
+    if (s) {
+        free(text);
+        return s;
+    }
+    size_t hl = strlen(text), padded = (hl + 7) & ~(size_t)7; /* data starts 8-aligned */
+    uint8_t len8[8];
+    for (int k = 0; k < 8; k++) len8[k] = (uint8_t)((uint64_t)padded >> (8 * k));
+    s = ql_atomic_write(af, len8, 8);
+    if (!s) s = ql_atomic_write(af, text, hl);
+    if (!s) s = ql_atomic_write(af, "        ", padded - hl);
+    free(text);
+    for (int64_t i = a; i < b && !s; i++) {
+        if (ql_progress_cancelled(progress)) {
+            s = ql_fail(QL_ERR_CANCELLED, "cancelled");
+            break;
+        }
+        if ((s = convert_tensor(st, &st->t[i], src_buf, tmp, buf))) break;
+        s = ql_atomic_write(af, *buf, tensor_out_bytes(&st->t[i]));
+        *done += 1;
+        ql_progress_report(progress, *done, total, "writing");
+    }
+    if (s) {
+        ql_atomic_abort(af);
+        return s;
+    }
+    return ql_atomic_commit(af);
+}
+
+static json_t *generation_config(const ql_gguf *g) {
+    int64_t bos, eos;
+    bool hb = ql_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &bos);
+    bool he = ql_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &eos);
+    if (!hb && !he) return NULL;
+    json_t *o = json_object();
+    json_object_set_new(o, "_from_model_config", json_true());
+    if (hb) json_object_set_new(o, "bos_token_id", json_integer(bos));
+    if (he) json_object_set_new(o, "eos_token_id", json_integer(eos));
+    return o;
+}
+
+static ql_status write_folder(st_state *st, const char *tmpdir, const ql_progress *progress) {
+    uint64_t max_shard = ST_DEFAULT_SHARD_BYTES;
+    const char *env = getenv("QLAB_MAX_SHARD_BYTES");
+    if (env && strtoull(env, NULL, 10) > 0) max_shard = strtoull(env, NULL, 10);
+    /* shards: tensors in order, a new shard when the next tensor's outputs would pass the limit */
+    int64_t *start = ql_malloc((size_t)(st->n + 2) * sizeof *start);
+    int n_shards = 0;
+    uint64_t cur = 0, total_bytes = 0;
+    start[0] = 0;
+    for (int64_t i = 0; i < st->n; i++) {
+        uint64_t b = tensor_out_bytes(&st->t[i]);
+        if (cur > 0 && cur + b > max_shard) start[++n_shards] = i, cur = 0;
+        cur += b;
+        total_bytes += b;
+    }
+    start[++n_shards] = st->n;
+    ql_status s = QL_OK;
+    uint8_t *src_buf = NULL, *tmp = NULL, *buf = NULL;
+    int64_t done = 0;
+    json_t *weight_map = json_object();
+    char name[512], file[64];
+    for (int k = 0; k < n_shards && !s; k++) {
+        if (n_shards == 1) snprintf(file, sizeof file, "model.safetensors");
+        else snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", k + 1, n_shards);
+        for (int64_t i = start[k]; i < start[k + 1]; i++)
+            for (int o = 0; o < st->t[i].n_out; o++) {
+                out_name(name, sizeof name, &st->t[i], &st->t[i].out[o]);
+                json_object_set_new(weight_map, name, json_string(file));
+            }
+        char *p = join(tmpdir, file);
+        s = write_shard(st, p, start[k], start[k + 1], progress, &done, st->n, &src_buf, &tmp, &buf);
+        free(p);
+    }
+    free(src_buf);
+    free(tmp);
+    free(buf);
+    free(start);
+    if (!s && n_shards > 1) {
+        json_t *idx = json_pack("{s:{s:I},s:o}", "metadata", "total_size", (json_int_t)total_bytes, "weight_map", weight_map);
+        weight_map = NULL;
+        s = write_json(tmpdir, "model.safetensors.index.json", idx);
+        json_decref(idx);
+    }
+    json_decref(weight_map);
+    if (s) return s;
+
+    char *cfg_text;
+    if ((s = ql_hf_config_text(st->source, "float16", &cfg_text))) return s;
+    json_t *cfg = json_loads(cfg_text, 0, NULL);
+    free(cfg_text);
+    if (!cfg) return ql_fail(QL_ERR_FORMAT, "%s: config.json could not be built", tmpdir);
+    json_object_set_new(cfg, "quantization_config", st->target->quant_config(st->t, st->n));
+    s = write_json(tmpdir, "config.json", cfg);
+    json_decref(cfg);
+    json_t *gen = s ? NULL : generation_config(st->source);
+    if (gen) {
+        s = write_json(tmpdir, "generation_config.json", gen);
+        json_decref(gen);
+    }
+    for (int i = 0; i < st->n_side && !s; i++) {
+        char *p = join(tmpdir, st->side[i].name);
+        s = ql_atomic_write_file(p, st->side[i].bytes, st->side[i].n);
+        free(p);
+    }
+    return s;
+}
+
+ql_status ql_st_commit(ql_exporter *x, const ql_progress *progress) {
+    st_state *st = x->state;
+    size_t n = strlen(x->out_path);
+    char *tmpdir = ql_malloc(n + 16);
+    snprintf(tmpdir, n + 16, "%s.tmp.XXXXXX", x->out_path);
+    while (n > 1 && tmpdir[n - 1] == '/') { /* "out/" -> "out.tmp.XXXXXX" */
+        memmove(tmpdir + n - 1, tmpdir + n, strlen(tmpdir + n) + 1);
+        n--;
+    }
+    ql_status s = QL_OK;
+    if (!mkdtemp(tmpdir)) {
+        s = ql_fail(QL_ERR_IO, "%s: cannot create a temporary folder beside it: %s", x->out_path, strerror(errno));
+        free(tmpdir);
+        st_free(st);
+        return s;
+    }
+    chmod(tmpdir, 0755); /* mkdtemp makes it 0700; a model folder is as readable as any output */
+    s = write_folder(st, tmpdir, progress);
+    if (!s && rename(tmpdir, x->out_path) != 0)
+        s = ql_fail(QL_ERR_IO, "%s: cannot move the finished folder into place: %s", x->out_path,
+                    errno == ENOTEMPTY || errno == EEXIST ? "it exists and is not empty" : strerror(errno));
+    if (s) remove_tree(tmpdir);
+    else {
+        char *parent = ql_strdup(x->out_path), *slash = strrchr(parent, '/');
+        if (slash && slash != parent) *slash = 0;
+        else if (slash) slash[1] = 0;
+        fsync_dir(slash ? parent : ".");
+        free(parent);
+    }
+    free(tmpdir);
+    st_free(st);
+    return s;
+}
+
+/* Nothing reached the disk before commit. */
+void ql_st_abort(ql_exporter *x) { st_free(x->state); }

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""decode_hf_quant.py EXPORT_DIR REF_DIR — an independent decoder for the quantized Hugging Face folders
+qlab exports (--to gptq, awq, compressed-tensors), written from each ecosystem's published layout
+(docs/formats.md § Exporters) with NumPy only. It reads EXPORT_DIR's config.json quantization_config and
+its safetensors (one file or shards + model.safetensors.index.json), dequantizes every quantized linear,
+and requires every weight to equal, bit for bit, REF_DIR's F32 tensor of the same name — REF_DIR being
+`qlab convert QUANTIZED.gguf --type f32` of the same plan, i.e. qlab's own dequantization.
+Prints one line per target checked; exits 1 on any mismatch or missing tensor."""
+import json, os, re, struct, sys
+import numpy as np
+
+DT = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64, "U8": np.uint8, "I8": np.int8,
+      "F8_E4M3": np.uint8, "BF16": np.uint16}
+
+
+def fp8_e4m3_table():
+    # OCP E4M3 "fn": bias 7, 3 mantissa bits, subnormals, no infinities, S.1111.111 = NaN
+    t = np.zeros(256, dtype=np.float32)
+    for c in range(256):
+        s, e, m = c >> 7, (c >> 3) & 15, c & 7
+        v = (m / 8.0) * 2.0 ** -6 if e == 0 else (1 + m / 8.0) * 2.0 ** (e - 7)
+        if e == 15 and m == 7:
+            v = np.nan
+        t[c] = -v if s else v
+    return t
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in hdr.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        arr = np.frombuffer(raw[base + a:base + b], dtype=DT[info["dtype"]]).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = (info["dtype"], arr)
+    return out
+
+
+def read_folder(d):
+    idx = os.path.join(d, "model.safetensors.index.json")
+    if os.path.exists(idx):
+        wm = json.load(open(idx))["weight_map"]
+        out = {}
+        for shard in sorted(set(wm.values())):
+            part = read_safetensors(os.path.join(d, shard))
+            for k in part:
+                if wm.get(k) != shard:
+                    raise SystemExit(f"{d}: {k} is in {shard} but the index says {wm.get(k)}")
+            out.update(part)
+        if set(out) != set(wm):
+            raise SystemExit(f"{d}: index and shards disagree: {sorted(set(out) ^ set(wm))[:5]}")
+        return out
+    return read_safetensors(os.path.join(d, "model.safetensors"))
+
+
+def unpack_stream(words, bits, count):
+    """words: uint32 [..., W] read as one LSB-first bit stream along the last axis; count values of `bits`."""
+    w = words.astype(np.uint64)
+    b = (w[..., :, None] >> np.arange(32, dtype=np.uint64)) & 1           # [..., W, 32]
+    b = b.reshape(*w.shape[:-1], w.shape[-1] * 32)[..., :count * bits]
+    b = b.reshape(*w.shape[:-1], count, bits)
+    return (b << np.arange(bits, dtype=np.uint64)).sum(-1).astype(np.int64)
+
+
+def dq(q, z, s):
+    return (q - z).astype(np.float32) * s.astype(np.float32)
+
+
+def gptq(t, m, qc):
+    bits = qc["bits"]
+    qw, qz, sc, gi = (t[m + "." + k][1] for k in ("qweight", "qzeros", "scales", "g_idx"))
+    K, N = qw.shape[0] * 32 // bits, qw.shape[1]
+    q = unpack_stream(qw.view(np.uint32).T, bits, K)                     # [N, K]
+    z = unpack_stream(qz.view(np.uint32), bits, N) + 1                   # [ng, N], v1: stored zero + 1
+    g = gi.astype(np.int64)
+    return dq(q, z[g, :].T, sc[g, :].T)
+
+
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def awq_unpack(words):
+    w = words.view(np.uint32).astype(np.int64)
+    out = np.zeros((w.shape[0], w.shape[1] * 8), dtype=np.int64)
+    for i in range(8):
+        out[:, AWQ_ORDER[i]::8] = (w >> (4 * i)) & 15
+    return out
+
+
+def awq(t, m, qc):
+    q = awq_unpack(t[m + ".qweight"][1])                                  # [K, N]
+    z = awq_unpack(t[m + ".qzeros"][1])                                   # [ng, N]
+    s = t[m + ".scales"][1]
+    K = q.shape[0]
+    g = np.arange(K) // qc["group_size"]
+    return dq(q, z[g, :], s[g, :]).T
+
+
+def ct_group(qc, m):
+    for grp in qc["config_groups"].values():
+        for tg in grp["targets"]:
+            if tg == "Linear" or (tg.startswith("re:") and re.match(tg[3:], m)):
+                return grp
+    return None
+
+
+def ct(t, m, qc):
+    grp = ct_group(qc, m)
+    if grp is None:
+        raise SystemExit(f"{m}: no config group targets it")
+    wa = grp["weights"]
+    strat = wa["strategy"]
+    if m + ".weight_packed" in t:
+        bits = wa["num_bits"]
+        pf = 32 // bits
+        N, K = (int(v) for v in t[m + ".weight_shape"][1])
+        pk = t[m + ".weight_packed"][1].view(np.uint32).astype(np.int64)
+        q = np.zeros((N, pk.shape[1] * pf), dtype=np.int64)
+        for i in range(pf):
+            q[:, i::pf] = (pk >> (bits * i)) & ((1 << bits) - 1)
+        q = q[:, :K] - (1 << (bits - 1))
+        s = t[m + ".weight_scale"][1]
+        if wa["symmetric"]:
+            z = np.zeros(s.shape if s.ndim == 2 else (1, 1), dtype=np.int64)
+        else:
+            zp = t[m + ".weight_zero_point"][1].view(np.uint32).astype(np.int64)
+            z = np.zeros((zp.shape[0] * pf, zp.shape[1]), dtype=np.int64)
+            for i in range(pf):
+                z[i::pf, :] = (zp >> (bits * i)) & ((1 << bits) - 1)
+            z = z[:N] - (1 << (bits - 1))
+    else:
+        codes = t[m + ".weight"][1]
+        N, K = codes.shape
+        q = fp8_e4m3_table()[codes]
+        s = t[m + ".weight_scale"][1]
+        z = None
+    if strat == "group":
+        cols = np.arange(K) // wa["group_size"]
+        S, Z = s[:, cols], (z[:, cols] if z is not None else None)
+    elif strat == "channel":
+        S, Z = np.repeat(s.reshape(N, 1), K, 1), (np.repeat(z.reshape(N, -1)[:, :1], K, 1) if z is not None else None)
+    elif strat == "tensor":
+        S, Z = np.full((N, K), s.reshape(-1)[0], dtype=s.dtype), (np.zeros((N, K), np.int64) if z is not None else None)
+    elif strat == "block":
+        bs0, bs1 = wa["block_structure"]
+        S, Z = s[np.arange(N)[:, None] // bs0, np.arange(K)[None, :] // bs1], None
+    else:
+        raise SystemExit(f"{m}: strategy {strat} not understood")
+    if Z is None:
+        return q.astype(np.float32) * S.astype(np.float32)
+    return dq(q, Z, S)
+
+
+def main():
+    exp, ref = sys.argv[1], sys.argv[2]
+    qc = json.load(open(os.path.join(exp, "config.json")))["quantization_config"]
+    method = qc["quant_method"]
+    t, r = read_folder(exp), read_folder(ref)
+    decode = {"gptq": gptq, "awq": awq, "compressed-tensors": ct}[method]
+    bad = nq = nf = 0
+    used = set()
+    for name, (dt, want) in sorted(r.items()):
+        if want.dtype != np.float32:
+            want = want.astype(np.float32)
+        m = name[:-len(".weight")] if name.endswith(".weight") else name
+        if name in t and m + ".weight_scale" not in t:
+            got = t[name][1].astype(np.float32)
+            used.add(name)
+            nf += 1
+        else:
+            parts = [k for k in t if k.startswith(m + ".")]
+            if not parts:
+                print(f"FAIL {name}: not in {exp}")
+                bad += 1
+                continue
+            used.update(parts)
+            got = decode(t, m, qc)
+            nq += 1
+        if got.shape != want.shape or not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
+            diff = "shape" if got.shape != want.shape else f"{int((got.view(np.uint32) != want.view(np.uint32)).sum())} values"
+            print(f"FAIL {name}: {diff} differ")
+            bad += 1
+    extra = sorted(set(t) - used)
+    if extra:
+        print(f"FAIL tensors the reference has no weight for: {extra[:5]}")
+        bad += 1
+    print(f"{method}: {nq} quantized and {nf} float tensors decoded; {'all bit-identical' if not bad else f'{bad} FAILED'}")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
