@@ -37,7 +37,8 @@ static const char *QUANT_USAGE =
     "  --sequential      true-sequential: each layer's inputs are measured with earlier layers already quantized\n"
     "  --imatrix FILE    importance weights (llama.cpp imatrix GGUF or legacy .dat)\n"
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
-    "  --to EXPORTER     the output's ecosystem: gguf (default; the only exporter so far)\n"
+    "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors\n"
+    "                    (Hugging Face folders for transformers/vLLM/TGI; OUT is then a folder)\n"
     "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing\n"
     "Rows that do not fit a format's block fall back as llama.cpp does (q4_k -> q5_0 -> f16 ...); each fallback is\n"
     "printed and recorded in the plan.\n";
@@ -195,7 +196,7 @@ int cmd_quant(int argc, char **argv) {
                    why[0] ? "  # rtn: " : "", why);
         }
     }
-    if (ext)
+    if (ext && !exporter->folder) /* a folder export is for another ecosystem: llama.cpp is not the reader */
         fprintf(stderr, "qlab quant: warning: the plan uses qlab extension formats; llama.cpp cannot load the result "
                         "(qlab can; see docs/formats.md)\n");
     if (imatrix) {

@@ -70,8 +70,8 @@ ql_status ql_export_add_metadata(ql_exporter *x, const char *key, const ql_gguf_
 ql_status ql_export_add_tensor(ql_exporter *x, const ql_export_tensor *t) {
     if (!x->info->ops->accepts_type(t->type)) {
         const ql_type_info *ti = ql_type_get(t->type);
-        return ql_fail(QL_ERR_UNSUPPORTED, "%s: the %s exporter cannot store tensor '%s' of type %s", x->out_path,
-                       x->info->name, t->name, ti ? ti->name : "unknown");
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: the %s exporter cannot store tensor '%s' of type %s (it takes %s)",
+                       x->out_path, x->info->name, t->name, ti ? ti->name : "unknown", x->info->accepts);
     }
     if (!t->data && !t->produce)
         return ql_fail(QL_ERR_ARG, "%s: tensor '%s' has neither bytes nor a producer", x->out_path, t->name);

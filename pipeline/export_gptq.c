@@ -31,7 +31,8 @@ static ql_status gptq_plan(const char *out, ql_st_tensor *t, const ql_st_tensor 
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; gptq takes int{2,3,4,8}_g{32,64,128,256}[_sym] and int{4,8}_channel",
                        out, t->gguf_name, t->format->name);
     int64_t K = t->ne[0], N = t->ne[1];
-    if (group == 0) group = (int)K;
+    bool channel = group == 0; /* int{4,8}_channel: group_size -1, whatever the row length */
+    if (channel) group = (int)K;
     if (K % group)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s': rows of %lld do not split into groups of %d; gptq needs whole groups (use a group that divides %lld, or int{4,8}_channel)",
                        out, t->gguf_name, (long long)K, group, (long long)K);
@@ -40,12 +41,12 @@ static ql_status gptq_plan(const char *out, ql_st_tensor *t, const ql_st_tensor 
                        out, t->gguf_name, (long long)N, (long long)K, bits);
     for (int64_t i = 0; i < n_prev; i++)
         if (prev[i].kind == QL_ST_TARGET && (prev[i].bits != bits || prev[i].sym != sym ||
-                                             (prev[i].scheme ? !(group == K) : prev[i].group != group)))
+                                             (prev[i].scheme ? !channel : channel || prev[i].group != group)))
             return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s but '%s' is %s; a gptq checkpoint has one bits/group/sym for every layer",
                            out, t->gguf_name, t->format->name, prev[i].gguf_name, prev[i].format->name);
     t->kind = QL_ST_TARGET;
     t->bits = bits, t->group = group, t->sym = sym;
-    t->scheme = group == K; /* per channel: group_size -1, whatever the row length */
+    t->scheme = channel;
     ql_st_set_out(&t->out[0], "qweight", "I32", 2, K * bits / 32, N, false);
     ql_st_set_out(&t->out[1], "qzeros", "I32", 2, K / group, N * bits / 32, false);
     ql_st_set_out(&t->out[2], "scales", "F16", 2, K / group, N, false);

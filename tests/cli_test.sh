@@ -176,5 +176,60 @@ else
   skip "llama.cpp agreement ($SHARED not found)"
 fi
 
+# quantized Hugging Face folders (--to gptq / awq / compressed-tensors): an independent NumPy decoder
+# (tests/decode_hf_quant.py) must reproduce qlab's own dequantization (qlab convert --type f32 of the
+# same plan as GGUF) bit for bit, for every tensor
+PYNP=""
+for p in python3 /usr/bin/python3; do if $p -c 'import numpy' 2>/dev/null; then PYNP=$p; break; fi; done
+HFM="$SHARED/models/tinystories-d256.gguf"; [ -f "$HFM" ] || HFM="$T/tiny.gguf"
+# export_check NAME TARGET QUANT-ARGS...: quantize to GGUF and to TARGET, decode, compare
+export_check() {
+  local name=$1 to=$2; shift 2
+  rm -rf "$T/hx" "$T/hx.gguf" "$T/hxref"
+  if ! $QLAB quant "$HFM" "$@" -o "$T/hx.gguf" 2>"$T/err" || ! $QLAB convert "$T/hx.gguf" --type f32 -o "$T/hxref" 2>>"$T/err"; then
+    bad "export $name: reference"; sed 's/^/     /' "$T/err" | head -3; return; fi
+  if ! $QLAB quant "$HFM" "$@" --to "$to" -o "$T/hx" 2>"$T/err"; then bad "export $name"; sed 's/^/     /' "$T/err" | head -3; return; fi
+  if grep -q "llama.cpp cannot load" "$T/err"; then bad "export $name: GGUF-only warning on a $to export"; return; fi
+  if [ -n "$PYNP" ]; then
+    if $PYNP "$(dirname "$0")/decode_hf_quant.py" "$T/hx" "$T/hxref" > "$T/dec" 2>&1; then ok "export $name: $(tail -1 "$T/dec")"
+    else bad "export $name: decoder"; sed 's/^/     /' "$T/dec" | head -5; fi
+  else skip "export $name: decoder (python3-numpy missing; bash scripts/deps.sh)"; fi
+}
+if [ -f "$HFM" ]; then
+  export_check "gptq int4_g128" gptq --type int4_g128
+  export_check "gptq int3_g64_sym" gptq --type int3_g64_sym
+  export_check "gptq int8_channel" gptq --type int8_channel
+  export_check "awq int4_g64" awq --type int4_g64
+  export_check "awq int4_g32_sym" awq --type int4_g32_sym
+  export_check "compressed-tensors int4_g32_sym" compressed-tensors --type int4_g32_sym
+  export_check "compressed-tensors int8_g64" compressed-tensors --type int8_g64
+  export_check "compressed-tensors int8_tensor" compressed-tensors --type int8_tensor
+  export_check "compressed-tensors fp8_e4m3" compressed-tensors --type fp8_e4m3
+  export_check "compressed-tensors fp8_e4m3_channel" compressed-tensors --type fp8_e4m3_channel
+  # a mixed plan: three config groups, one block linear left in float (listed under ignore)
+  $QLAB quant "$HFM" --type int4_g128 --dry-run --save-plan "$T/mix.ini" >/dev/null 2>&1
+  sed -i -e 's/^\(blk\.[0-9]*\.ffn_down\.weight\) = .*/\1 = fp8_e4m3_channel/' -e 's/^\(blk\.[0-9]*\.attn_v\.weight\) = .*/\1 = int8_g64/' \
+      -e '/^blk\.0\.ffn_up\.weight/d' "$T/mix.ini"
+  export_check "compressed-tensors mixed plan" compressed-tensors --plan "$T/mix.ini"
+  if [ -f "$T/hx/config.json" ] && grep -q '"group_2"' "$T/hx/config.json" && grep -q '"mixed-precision"' "$T/hx/config.json" \
+     && grep -q '"model.layers.0.mlp.up_proj"' "$T/hx/config.json"; then ok "mixed plan: config groups, mixed-precision, ignore"
+  else bad "mixed plan: config.json lacks its groups or ignore list"; fi
+  # shards: a small limit gives model-0000i-of-0000N files and an index the decoder follows
+  QLAB_MAX_SHARD_BYTES=600000 export_check "gptq int4_g32_sym, sharded" gptq --type int4_g32_sym
+  if ls "$T/hx" | grep -q 'model-00001-of-000[0-9][0-9].safetensors' && [ -f "$T/hx/model.safetensors.index.json" ]; then ok "sharded export has shards and an index"
+  else bad "sharded export: no shards"; fi
+  # refusals: one line naming the tensor, nothing left behind
+  expect_error "gptq refuses q4_k" "q4_k" $QLAB quant "$HFM" --type q4_k --to gptq -o "$T/hxq"
+  expect_error "awq refuses 8-bit" "it takes int4_g*" $QLAB quant "$HFM" --type int8_g32 --to awq -o "$T/hxq"
+  expect_error "compressed-tensors refuses fp8 blocks under q/k reordering" "attn_q" $QLAB quant "$HFM" --type fp8_e4m3_block --to compressed-tensors -o "$T/hxq"
+  mkdir -p "$T/full" && touch "$T/full/keep"
+  expect_error "non-empty output folder refused" "not an empty folder" $QLAB quant "$HFM" --type int4_g32_sym --to awq -o "$T/full"
+  if [ -f "$T/full/keep" ] && [ ! -e "$T/hxq" ] && ! ls "$T" | grep -q '\.tmp\.'; then ok "refused exports leave nothing behind"
+  else bad "a refused export left files behind"; fi
+  if [ -f "$SHARED/models/stories260K.gguf" ]; then
+    expect_error "gptq refuses 172-wide outputs" "blk.0.ffn_gate.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type int4_g32_sym --to gptq -o "$T/hxq"
+  fi
+fi
+
 echo "cli_test: $pass passed, $fail failed, $skipped skipped"
 [ $fail -eq 0 ]
