@@ -1491,3 +1491,156 @@ done:
     json_decref(h.root);
     return s;
 }
+
+/* ---------------------------------------------------------------- GGUF -> tokenizer.json */
+
+typedef struct {
+    double score;
+    int64_t seq; /* position before the sort: ties keep it (Python's stable sort) */
+    int64_t l, r;
+} spm_merge;
+
+static int spm_merge_cmp(const void *pa, const void *pb) {
+    const spm_merge *a = pa, *b = pb;
+    if (a->score != b->score) return a->score > b->score ? -1 : 1;
+    return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+static json_t *special_token_json(const char *text, int64_t id, bool special) {
+    return json_pack("{s:I,s:s,s:b,s:b,s:b,s:b,s:b}", "id", (json_int_t)id, "content", text, "single_word", 0, "lstrip", 0,
+                     "rstrip", 0, "normalized", !special, "special", special);
+}
+
+/* A SentencePiece vocabulary's merges, as transformers' SentencePieceExtractor derives them: every split
+ * of a token into two vocabulary pieces is a merge ranked by the token's score (best first); the splits
+ * of one token in order of (left id, right id). Splits fall on UTF-8 character boundaries. */
+static json_t *spm_merges(char *const *texts, const ql_gguf_value *scores, const int32_t *types, int64_t n, json_t *vocab) {
+    spm_merge *m = NULL;
+    int64_t nm = 0, cap = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (types[i] != TT_NORMAL) continue;
+        const char *t = texts[i];
+        size_t len = strlen(t);
+        int64_t first = nm;
+        for (size_t k = 1; k < len; k++) {
+            if (((unsigned char)t[k] & 0xC0) == 0x80) continue; /* inside a character */
+            char *left = ql_malloc(k + 1);
+            memcpy(left, t, k);
+            left[k] = 0;
+            json_t *lj = json_object_get(vocab, left), *rj = json_object_get(vocab, t + k);
+            free(left);
+            if (!lj || !rj) continue;
+            if (nm == cap) m = ql_realloc(m, (size_t)(cap = cap ? cap * 2 : 1024) * sizeof *m);
+            m[nm++] = (spm_merge){scores ? scores[i].v.f : -(double)i, 0, json_integer_value(lj), json_integer_value(rj)};
+        }
+        for (int64_t a = first + 1; a < nm; a++) /* (left id, right id) order within the token: insertion sort */
+            for (int64_t b = a; b > first && (m[b - 1].l > m[b].l || (m[b - 1].l == m[b].l && m[b - 1].r > m[b].r)); b--) {
+                spm_merge tmp = m[b];
+                m[b] = m[b - 1];
+                m[b - 1] = tmp;
+            }
+    }
+    for (int64_t i = 0; i < nm; i++) m[i].seq = i;
+    if (nm) qsort(m, (size_t)nm, sizeof *m, spm_merge_cmp);
+    json_t *arr = json_array();
+    for (int64_t i = 0; i < nm; i++) json_array_append_new(arr, json_pack("[s,s]", texts[m[i].l], texts[m[i].r]));
+    free(m);
+    return arr;
+}
+
+ql_status ql_tokenizer_gguf_to_json(const ql_gguf *g, char **out) {
+    *out = NULL;
+    const char *model = ql_gguf_get_str(g, "tokenizer.ggml.model");
+    uint64_t n = 0, nt = 0, ns = 0;
+    const ql_gguf_value *tok = ql_gguf_get_arr(g, "tokenizer.ggml.tokens", QL_GGUF_STRING, &n);
+    const ql_gguf_value *typ = ql_gguf_get_arr(g, "tokenizer.ggml.token_type", QL_GGUF_I32, &nt);
+    const ql_gguf_value *sc = ql_gguf_get_arr(g, "tokenizer.ggml.scores", QL_GGUF_F32, &ns);
+    if (!model || !tok || !n)
+        return ql_fail(QL_ERR_FORMAT, "%s: no tokenizer.ggml.model / tokens to convert", g->path ? g->path : "model");
+    bool spm = !strcmp(model, "llama"), bpe = !strcmp(model, "gpt2");
+    const char *pre = ql_gguf_get_str(g, "tokenizer.ggml.pre");
+    const char *split_re = !bpe || !pre ? NULL : !strcmp(pre, "llama-bpe") ? RE_LLAMA3_HF : !strcmp(pre, "qwen2") ? RE_QWEN2_HF : NULL;
+    if (!spm && !bpe)
+        return ql_fail(QL_ERR_UNSUPPORTED, "tokenizer model '%s' has no tokenizer.json conversion (llama and gpt2 do)", model);
+    if (bpe && pre && !split_re && strcmp(pre, "gpt-2") && strcmp(pre, "default"))
+        return ql_fail(QL_ERR_UNSUPPORTED, "gpt2 tokenizer with pre-tokenizer '%s' has no tokenizer.json conversion", pre);
+    char **texts = ql_malloc((size_t)n * sizeof *texts);
+    int32_t *types = ql_malloc((size_t)n * sizeof *types);
+    for (uint64_t i = 0; i < n; i++) {
+        texts[i] = tok[i].v.str.s;
+        types[i] = typ && nt == n ? (int32_t)typ[i].v.i : TT_NORMAL;
+    }
+    int64_t bos = -1, eos = -1, unk = -1, v;
+    if (ql_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &v) && v >= 0 && (uint64_t)v < n) bos = v;
+    if (ql_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &v) && v >= 0 && (uint64_t)v < n) eos = v;
+    if (ql_gguf_get_int(g, "tokenizer.ggml.unknown_token_id", &v) && v >= 0 && (uint64_t)v < n) unk = v;
+    const ql_gguf_value *ab = ql_gguf_get(g, "tokenizer.ggml.add_bos_token"), *ae = ql_gguf_get(g, "tokenizer.ggml.add_eos_token");
+    bool add_bos = ab ? ab->v.u != 0 : spm, add_eos = ae ? ae->v.u != 0 : false;
+    const ql_gguf_value *asp = ql_gguf_get(g, "tokenizer.ggml.add_space_prefix");
+    bool space_prefix = asp ? asp->v.u != 0 : true;
+
+    json_t *vocab = json_object(), *added = json_array();
+    for (uint64_t i = 0; i < n; i++) {
+        if (types[i] == TT_UNUSED && json_object_get(vocab, texts[i])) continue;
+        json_object_set_new(vocab, texts[i], json_integer((json_int_t)i));
+        if (types[i] == TT_CONTROL || types[i] == TT_UNKNOWN || types[i] == TT_USER)
+            json_array_append_new(added, special_token_json(texts[i], (int64_t)i, types[i] != TT_USER));
+    }
+    json_t *single = json_array(), *specials = json_object();
+    if (add_bos && bos >= 0) {
+        json_array_append_new(single, json_pack("{s:{s:s,s:i}}", "SpecialToken", "id", texts[bos], "type_id", 0));
+        json_object_set_new(specials, texts[bos], json_pack("{s:s,s:[I],s:[s]}", "id", texts[bos], "ids", (json_int_t)bos, "tokens", texts[bos]));
+    }
+    json_array_append_new(single, json_pack("{s:{s:s,s:i}}", "Sequence", "id", "A", "type_id", 0));
+    if (add_eos && eos >= 0) {
+        json_array_append_new(single, json_pack("{s:{s:s,s:i}}", "SpecialToken", "id", texts[eos], "type_id", 0));
+        json_object_set_new(specials, texts[eos], json_pack("{s:s,s:[I],s:[s]}", "id", texts[eos], "ids", (json_int_t)eos, "tokens", texts[eos]));
+    }
+    json_t *post = json_pack("{s:s,s:o,s:o,s:o}", "type", "TemplateProcessing", "single", single, "pair", json_deep_copy(single),
+                             "special_tokens", specials);
+    json_t *root = json_object(), *mdl;
+    json_object_set_new(root, "version", json_string("1.0"));
+    json_object_set_new(root, "truncation", json_null());
+    json_object_set_new(root, "padding", json_null());
+    json_object_set_new(root, "added_tokens", added);
+    if (spm) {
+        json_t *norms = json_array();
+        if (space_prefix) json_array_append_new(norms, json_pack("{s:s,s:s}", "type", "Prepend", "prepend", "\xE2\x96\x81"));
+        json_array_append_new(norms, json_pack("{s:s,s:{s:s},s:s}", "type", "Replace", "pattern", "String", " ", "content", "\xE2\x96\x81"));
+        json_object_set_new(root, "normalizer", json_pack("{s:s,s:o}", "type", "Sequence", "normalizers", norms));
+        json_object_set_new(root, "pre_tokenizer", json_null());
+        json_object_set_new(root, "post_processor", post);
+        json_object_set_new(root, "decoder",
+                            json_pack("{s:s,s:[{s:s,s:{s:s},s:s},{s:s},{s:s},{s:s,s:s,s:i,s:i}]}", "type", "Sequence", "decoders",
+                                      "type", "Replace", "pattern", "String", "\xE2\x96\x81", "content", " ", "type", "ByteFallback",
+                                      "type", "Fuse", "type", "Strip", "content", " ", "start", space_prefix ? 1 : 0, "stop", 0));
+        mdl = json_pack("{s:s,s:n,s:o,s:n,s:n,s:b,s:b,s:b}", "type", "BPE", "dropout", "unk_token",
+                        unk >= 0 ? json_string(texts[unk]) : json_null(), "continuing_subword_prefix", "end_of_word_suffix",
+                        "fuse_unk", 1, "byte_fallback", 1, "ignore_merges", 0);
+        json_object_set_new(mdl, "vocab", vocab);
+        json_object_set_new(mdl, "merges", spm_merges(texts, sc && ns == n ? sc : NULL, types, (int64_t)n, vocab));
+    } else {
+        json_t *bl = json_pack("{s:s,s:b,s:b,s:b}", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", split_re == NULL);
+        if (split_re)
+            json_object_set_new(root, "pre_tokenizer",
+                                json_pack("{s:s,s:[{s:s,s:{s:s},s:s,s:b},o]}", "type", "Sequence", "pretokenizers", "type", "Split",
+                                          "pattern", "Regex", split_re, "behavior", "Isolated", "invert", 0, bl));
+        else json_object_set_new(root, "pre_tokenizer", bl);
+        json_object_set_new(root, "post_processor", post);
+        json_object_set_new(root, "decoder", json_pack("{s:s,s:b,s:b,s:b}", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets", 1, "use_regex", 1));
+        uint64_t nmg = 0;
+        const ql_gguf_value *mg = ql_gguf_get_arr(g, "tokenizer.ggml.merges", QL_GGUF_STRING, &nmg);
+        json_t *merges = json_array();
+        for (uint64_t i = 0; mg && i < nmg; i++) json_array_append_new(merges, json_string(mg[i].v.str.s));
+        mdl = json_pack("{s:s,s:n,s:n,s:n,s:n,s:b,s:b,s:b}", "type", "BPE", "dropout", "unk_token", "continuing_subword_prefix",
+                        "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0, "ignore_merges", pre && !strcmp(pre, "llama-bpe"));
+        json_object_set_new(mdl, "vocab", vocab);
+        json_object_set_new(mdl, "merges", merges);
+    }
+    json_object_set_new(root, "model", mdl);
+    *out = json_dumps(root, JSON_INDENT(2));
+    json_decref(root);
+    free(texts);
+    free(types);
+    return *out ? QL_OK : ql_fail(QL_ERR_FORMAT, "tokenizer.json could not be encoded (a token is not valid UTF-8?)");
+}

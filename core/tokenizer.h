@@ -33,6 +33,10 @@ ql_tok_kind ql_tokenizer_kind(const ql_tokenizer *t);
 /* Translators into tokenizer.ggml.* keys of `g` (tokens, scores, token_type, merges, model, pre,
  * bos/eos/unk ids, add_bos_token). Errors name the file. */
 ql_status ql_tokenizer_json_to_gguf(const char *tokenizer_json_path, ql_gguf *g);
+/* The reverse, for exporters: tokenizer.json text (malloc'ed) for a llama (SentencePiece: BPE with
+ * byte fallback, merges derived from the scores as transformers does) or gpt2 (byte-level BPE with the
+ * pre-tokenizer regex of tokenizer.ggml.pre) vocabulary; other tokenizer models are refused. */
+ql_status ql_tokenizer_gguf_to_json(const ql_gguf *g, char **out);
 ql_status ql_tokenizer_llama2c_to_gguf(const char *tokenizer_bin_path, int32_t n_vocab, ql_gguf *g);
 /* A byte-level SPM vocabulary (3 specials + 256 byte tokens + optional merges-free) for synthetic
  * models, so qlab ppl runs on them without any tokenizer file. */

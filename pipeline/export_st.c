@@ -7,6 +7,7 @@
 #include "pipeline/export_st.h"
 #include "base/atomic_file.h"
 #include "core/model.h"
+#include "core/tokenizer.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
 #include "kernels/int_quants.h"
@@ -345,6 +346,45 @@ static json_t *generation_config(const ql_gguf *g) {
     return o;
 }
 
+/* tokenizer.json converted from the source's GGUF tokenizer keys, and the tokenizer_config.json that
+ * transformers' AutoTokenizer reads beside it. A tokenizer model with no conversion (only llama/gpt2
+ * have one) leaves both out: the weights are still usable with the original tokenizer files. */
+static ql_status write_tokenizer(const ql_gguf *g, const char *dir) {
+    char *text;
+    if (!ql_gguf_get(g, "tokenizer.ggml.model") || ql_tokenizer_gguf_to_json(g, &text)) return QL_OK;
+    char *p = join(dir, "tokenizer.json");
+    ql_status s = ql_atomic_write_file(p, text, strlen(text));
+    free(p);
+    free(text);
+    if (s) return s;
+    uint64_t n = 0;
+    const ql_gguf_value *tok = ql_gguf_get_arr(g, "tokenizer.ggml.tokens", QL_GGUF_STRING, &n);
+    json_t *o = json_object();
+    static const char *const keys[][2] = {{"tokenizer.ggml.bos_token_id", "bos_token"},
+                                          {"tokenizer.ggml.eos_token_id", "eos_token"},
+                                          {"tokenizer.ggml.unknown_token_id", "unk_token"},
+                                          {"tokenizer.ggml.padding_token_id", "pad_token"}};
+    for (size_t k = 0; k < QL_ARRAY_LEN(keys); k++) {
+        int64_t id;
+        if (ql_gguf_get_int(g, keys[k][0], &id) && id >= 0 && (uint64_t)id < n)
+            json_object_set_new(o, keys[k][1], json_string(tok[id].v.str.s));
+    }
+    const ql_gguf_value *ab = ql_gguf_get(g, "tokenizer.ggml.add_bos_token"), *ae = ql_gguf_get(g, "tokenizer.ggml.add_eos_token");
+    bool spm = !strcmp(ql_gguf_get_str(g, "tokenizer.ggml.model"), "llama");
+    json_object_set_new(o, "add_bos_token", json_boolean(ab ? ab->v.u != 0 : spm));
+    json_object_set_new(o, "add_eos_token", json_boolean(ae && ae->v.u != 0));
+    json_object_set_new(o, "clean_up_tokenization_spaces", json_false());
+    json_object_set_new(o, "tokenizer_class", json_string(spm ? "LlamaTokenizerFast" : "PreTrainedTokenizerFast"));
+    const char *arch = ql_gguf_get_str(g, "general.architecture");
+    char key[128];
+    int64_t ctx;
+    snprintf(key, sizeof key, "%s.context_length", arch ? arch : "llama");
+    if (ql_gguf_get_int(g, key, &ctx)) json_object_set_new(o, "model_max_length", json_integer(ctx));
+    s = write_json(dir, "tokenizer_config.json", o);
+    json_decref(o);
+    return s;
+}
+
 static ql_status write_folder(st_state *st, const char *tmpdir, const ql_progress *progress) {
     uint64_t max_shard = ST_DEFAULT_SHARD_BYTES;
     const char *env = getenv("QLAB_MAX_SHARD_BYTES");
@@ -404,6 +444,7 @@ static ql_status write_folder(st_state *st, const char *tmpdir, const ql_progres
         s = write_json(tmpdir, "generation_config.json", gen);
         json_decref(gen);
     }
+    if (!s) s = write_tokenizer(st->source, tmpdir);
     for (int i = 0; i < st->n_side && !s; i++) {
         char *p = join(tmpdir, st->side[i].name);
         s = ql_atomic_write_file(p, st->side[i].bytes, st->side[i].n);

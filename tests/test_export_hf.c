@@ -20,9 +20,11 @@
 #include <jansson.h>
 
 #include "core/gguf.h"
+#include "core/tokenizer.h"
 #include "formats/format.h"
 #include "kernels/int_quants.h"
 #include "pipeline/export.h"
+#include "tests/test_util.h"
 
 static ql_gguf *make_source(void) {
     ql_gguf *g = ql_gguf_new();
@@ -294,6 +296,55 @@ static void test_shards_and_index(void **state) {
     free(q);
 }
 
+/* tokenizer.json written from GGUF keys reads back (core/tokenizer.c's own HF reader) into a tokenizer
+ * that splits text exactly as the original: SentencePiece merges derived from the scores keep their
+ * order. */
+static void test_tokenizer_json_round_trip(void **state) {
+    (void)state;
+    static const char *models[] = {"models/stories260K.gguf", "models/tinystories-d256.gguf"};
+    static const char *texts[] = {"Once upon a time, there was a little girl named Lily.",
+                                  "  two spaces, tabs\tand\nnew lines; digits 12345 and caf\xC3\xA9 \xE2\x9C\x93",
+                                  "The end."};
+    for (size_t mi = 0; mi < 2; mi++) {
+        char path[512];
+        if (!shared_path(path, sizeof path, models[mi])) continue;
+        ql_gguf *g;
+        assert_int_equal(ql_gguf_open(path, &g), QL_OK);
+        char *json;
+        assert_int_equal(ql_tokenizer_gguf_to_json(g, &json), QL_OK);
+        char tp[300];
+        snprintf(tp, sizeof tp, "%s.tokenizer.json", g_dir);
+        FILE *f = fopen(tp, "w");
+        assert_non_null(f);
+        fputs(json, f);
+        fclose(f);
+        free(json);
+        ql_gguf *h = ql_gguf_new();
+        assert_int_equal(ql_tokenizer_json_to_gguf(tp, h), QL_OK);
+        unlink(tp);
+        ql_tokenizer *a, *b;
+        assert_int_equal(ql_tokenizer_from_gguf(g, &a), QL_OK);
+        assert_int_equal(ql_tokenizer_from_gguf(h, &b), QL_OK);
+        assert_int_equal(ql_tokenizer_n_vocab(a), ql_tokenizer_n_vocab(b));
+        assert_int_equal(ql_tokenizer_bos(a), ql_tokenizer_bos(b));
+        assert_int_equal(ql_tokenizer_eos(a), ql_tokenizer_eos(b));
+        int64_t merged = 0;
+        for (size_t ti = 0; ti < QL_ARRAY_LEN(texts); ti++) {
+            int32_t *ia, *ib;
+            int64_t na, nb;
+            assert_int_equal(ql_tokenize(a, texts[ti], strlen(texts[ti]), true, &ia, &na), QL_OK);
+            assert_int_equal(ql_tokenize(b, texts[ti], strlen(texts[ti]), true, &ib, &nb), QL_OK);
+            assert_int_equal(na, nb);
+            assert_memory_equal(ia, ib, (size_t)na * sizeof *ia);
+            merged += (int64_t)strlen(texts[ti]) - na; /* fewer tokens than bytes: merges were applied */
+            free(ia), free(ib);
+        }
+        assert_true(merged > 20);
+        ql_tokenizer_free(a), ql_tokenizer_free(b);
+        ql_gguf_free(g), ql_gguf_free(h);
+    }
+}
+
 static int setup(void **state) {
     (void)state;
     char tmpl[] = "/tmp/qlab-export-hf-XXXXXX";
@@ -315,6 +366,7 @@ int main(void) {
         cmocka_unit_test(test_gptq_words),          cmocka_unit_test(test_gptq_3bit_stream),
         cmocka_unit_test(test_awq_words),           cmocka_unit_test(test_ct_words),
         cmocka_unit_test(test_refusals_leave_nothing), cmocka_unit_test(test_shards_and_index),
+        cmocka_unit_test(test_tokenizer_json_round_trip),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
