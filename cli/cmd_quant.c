@@ -37,7 +37,7 @@ static const char *QUANT_USAGE =
     "  --sequential      true-sequential: each layer's inputs are measured with earlier layers already quantized\n"
     "  --imatrix FILE    importance weights (llama.cpp imatrix GGUF or legacy .dat)\n"
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
-    "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors\n"
+    "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors, bnb\n"
     "                    (Hugging Face folders for transformers/vLLM/TGI; OUT is then a folder)\n"
     "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing\n"
     "Rows that do not fit a format's block fall back as llama.cpp does (q4_k -> q5_0 -> f16 ...); each fallback is\n"

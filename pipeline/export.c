@@ -13,6 +13,7 @@ extern const ql_exporter_ops ql_export_gguf_ops;
 extern const ql_exporter_ops ql_export_gptq_ops;
 extern const ql_exporter_ops ql_export_awq_ops;
 extern const ql_exporter_ops ql_export_ct_ops;
+extern const ql_exporter_ops ql_export_bnb_ops;
 
 static const ql_exporter_info g_exporters[] = {
     /* name    summary                                                    formats accepted                                    folder  ops */
@@ -20,6 +21,7 @@ static const ql_exporter_info g_exporters[] = {
     {"gptq", "GPTQModel/AutoGPTQ folder (checkpoint_format gptq): transformers, vLLM, TGI", "int{2,3,4,8}_g*[_sym], int{4,8}_channel, one scheme per model", true, &ql_export_gptq_ops},
     {"awq", "AutoAWQ GEMM folder: transformers, vLLM, TGI", "int4_g*[_sym], one group size per model", true, &ql_export_awq_ops},
     {"compressed-tensors", "llm-compressor folder (pack-quantized / float-quantized): vLLM, transformers", "int{4,8}_g*[_sym], int{4,8}_channel, int8_tensor, fp8_e4m3[_channel|_block]", true, &ql_export_ct_ops},
+    {"bnb", "bitsandbytes 4-bit folder as transformers saves load_in_4bit", "nf4, fp4, nf4_dq, fp4_dq (one of them per model)", true, &ql_export_bnb_ops},
 };
 
 int ql_exporter_count(void) { return (int)QL_ARRAY_LEN(g_exporters); }

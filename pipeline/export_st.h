@@ -20,7 +20,7 @@
 #define QL_ST_MAX_OUT 6
 
 typedef struct {
-    char suffix[32];    /* appended to the module name: "qweight", "weight_scale", "weight" */
+    char suffix[48];    /* appended to the module name: "qweight", "weight_scale", "weight" */
     const char *dtype;  /* safetensors dtype: "I32", "F16", "F32", "I64", "F8_E4M3" */
     int n_dims;
     int64_t shape[4];   /* safetensors order: shape[0] is the outermost dimension */

@@ -206,6 +206,15 @@ if [ -f "$HFM" ]; then
   export_check "compressed-tensors int8_tensor" compressed-tensors --type int8_tensor
   export_check "compressed-tensors fp8_e4m3" compressed-tensors --type fp8_e4m3
   export_check "compressed-tensors fp8_e4m3_channel" compressed-tensors --type fp8_e4m3_channel
+  export_check "bnb nf4" bnb --type nf4
+  export_check "bnb fp4" bnb --type fp4
+  # double quantization keeps its 256-block absmax groups only in qlab's row order: q/k stay float
+  $QLAB quant "$HFM" --type nf4_dq --dry-run --save-plan "$T/dq.ini" >/dev/null 2>&1
+  sed -i '/attn_[qk]\.weight/d' "$T/dq.ini"
+  export_check "bnb nf4_dq (q/k float)" bnb --plan "$T/dq.ini"
+  if grep -q '"bnb_4bit_use_double_quant": true' "$T/hx/config.json" 2>/dev/null && grep -q '"model.layers.0.self_attn.q_proj"' "$T/hx/config.json"; then
+    ok "bnb config: double quant, float q/k in llm_int8_skip_modules"; else bad "bnb config.json"; fi
+  expect_error "bnb refuses nf4_dq on q/k" "attn_q" $QLAB quant "$HFM" --type nf4_dq --to bnb -o "$T/hxq"
   # a mixed plan: three config groups, one block linear left in float (listed under ignore)
   $QLAB quant "$HFM" --type int4_g128 --dry-run --save-plan "$T/mix.ini" >/dev/null 2>&1
   sed -i -e 's/^\(blk\.[0-9]*\.ffn_down\.weight\) = .*/\1 = fp8_e4m3_channel/' -e 's/^\(blk\.[0-9]*\.attn_v\.weight\) = .*/\1 = int8_g64/' \

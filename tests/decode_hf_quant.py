@@ -158,19 +158,39 @@ def ct(t, m, qc):
     return dq(q, Z, S)
 
 
+def bnb(t, m, qc):
+    """bitsandbytes 4-bit (transformers' load_in_4bit save): flattened codes, high nibble first, blocks of
+    `blocksize` with an absmax each; double quantization codes the absmax with the nested map."""
+    w = m + ".weight"
+    qs_key = [k for k in t if k.startswith(w + ".quant_state.bitsandbytes__")]
+    qs = json.loads(bytes(t[qs_key[0]][1]).decode("utf-8"))
+    packed = t[w][1].reshape(-1)
+    codes = np.empty(packed.size * 2, dtype=np.int64)
+    codes[0::2], codes[1::2] = packed >> 4, packed & 15
+    qmap = t[w + ".quant_map"][1]
+    absmax = t[w + ".absmax"][1]
+    if "nested_absmax" in [k.split(".")[-1] for k in t if k.startswith(w + ".")]:
+        nmap, nabs = t[w + ".nested_quant_map"][1], t[w + ".nested_absmax"][1]
+        b = np.arange(absmax.size) // qs["nested_blocksize"]
+        absmax = nmap[absmax.astype(np.int64)] * nabs[b] + np.float32(qs["nested_offset"])
+    N, K = qs["shape"]
+    vals = qmap[codes[:N * K]] * absmax[np.arange(N * K) // qs["blocksize"]]
+    return vals.astype(np.float32).reshape(N, K)
+
+
 def main():
     exp, ref = sys.argv[1], sys.argv[2]
     qc = json.load(open(os.path.join(exp, "config.json")))["quantization_config"]
     method = qc["quant_method"]
     t, r = read_folder(exp), read_folder(ref)
-    decode = {"gptq": gptq, "awq": awq, "compressed-tensors": ct}[method]
+    decode = {"gptq": gptq, "awq": awq, "compressed-tensors": ct, "bitsandbytes": bnb}[method]
     bad = nq = nf = 0
     used = set()
     for name, (dt, want) in sorted(r.items()):
         if want.dtype != np.float32:
             want = want.astype(np.float32)
         m = name[:-len(".weight")] if name.endswith(".weight") else name
-        if name in t and m + ".weight_scale" not in t:
+        if name in t and m + ".weight_scale" not in t and name + ".absmax" not in t:
             got = t[name][1].astype(np.float32)
             used.add(name)
             nf += 1
