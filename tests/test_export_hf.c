@@ -224,6 +224,43 @@ static void test_ct_words(void **state) {
     rm_out();
 }
 
+/* bnb nf4, 2 rows x 64: qlab's [absmax f32][32 code bytes] blocks become the flattened weight bytes
+ * (element 2j high nibble) and an F32 absmax per block; quant_state is the JSON bitsandbytes reads. */
+static void test_bnb_bytes(void **state) {
+    (void)state;
+    uint8_t q[2 * 36], *file;
+    for (int r = 0; r < 2; r++) {
+        float am = r ? 0.5f : 2.0f;
+        memcpy(q + 36 * r, &am, 4);
+        for (int j = 0; j < 32; j++) q[36 * r + 4 + j] = (uint8_t)((j & 15) << 4 | (15 - (j & 15)));
+    }
+    assert_int_equal(export_one("bnb", "nf4", "blk.0.ffn_down.weight", 2, 64, q, sizeof q), QL_OK);
+    const uint8_t *w = read_tensor(DOWN "weight", "U8", 64, &file);
+    assert_int_equal(w[0], 0x0F);  /* row 0: codes 0, 15 */
+    assert_int_equal(w[5], 0x5A);  /* codes 5, 10 */
+    assert_int_equal(w[32], 0x0F); /* row 1 follows row 0 directly */
+    free(file);
+    const uint8_t *am = read_tensor(DOWN "weight.absmax", "F32", 2, &file);
+    assert_int_equal(word(am, 0), 0x40000000u); /* 2.0f */
+    assert_int_equal(word(am, 1), 0x3F000000u); /* 0.5f */
+    free(file);
+    const uint8_t *qm = read_tensor(DOWN "weight.quant_map", "F32", 16, &file);
+    assert_int_equal(word(qm, 0), 0xBF800000u);  /* NF4 code 0 = -1 */
+    assert_int_equal(word(qm, 7), 0);            /* code 7 = 0 */
+    assert_int_equal(word(qm, 15), 0x3F800000u); /* code 15 = 1 */
+    free(file);
+    const uint8_t *qs = read_tensor(DOWN "weight.quant_state.bitsandbytes__nf4", "U8", 200, &file);
+    json_t *j = json_loadb((const char *)qs, 200, 0, NULL); /* trailing spaces are valid JSON */
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "quant_type")), "nf4");
+    assert_int_equal(json_integer_value(json_object_get(j, "blocksize")), 64);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(j, "shape"), 0)), 2);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(j, "shape"), 1)), 64);
+    json_decref(j);
+    free(file);
+    rm_out();
+}
+
 static int entries(const char *dir, const char *needle) {
     DIR *d = opendir(dir);
     assert_non_null(d);
@@ -366,7 +403,7 @@ int main(void) {
         cmocka_unit_test(test_gptq_words),          cmocka_unit_test(test_gptq_3bit_stream),
         cmocka_unit_test(test_awq_words),           cmocka_unit_test(test_ct_words),
         cmocka_unit_test(test_refusals_leave_nothing), cmocka_unit_test(test_shards_and_index),
-        cmocka_unit_test(test_tokenizer_json_round_trip),
+        cmocka_unit_test(test_tokenizer_json_round_trip), cmocka_unit_test(test_bnb_bytes),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
