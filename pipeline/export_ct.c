@@ -212,8 +212,9 @@ static json_t *ct_config(const ql_st_tensor *ts, int64_t n) {
             free(re);
         }
     }
-    if (!json_array_size(ignore) || strcmp(json_string_value(json_array_get(ignore, json_array_size(ignore) - 1)), "lm_head"))
-        json_array_append_new(ignore, json_string("lm_head")); /* tied or float: never a quantized Linear here */
+    bool has_lm_head = false;
+    for (size_t i = 0; i < json_array_size(ignore); i++) has_lm_head |= !strcmp(json_string_value(json_array_get(ignore, i)), "lm_head");
+    if (!has_lm_head) json_array_append_new(ignore, json_string("lm_head")); /* tied or float: never a quantized Linear here */
     for (int g = 0; g < ng; g++) {
         char name[32];
         snprintf(name, sizeof name, "group_%d", g);

@@ -152,9 +152,10 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
         if (!strcmp(st->t[i].hf_name, t->hf_name))
             return ql_fail(QL_ERR_FORMAT, "%s: two tensors map to the Hugging Face name '%s'", x->out_path, t->hf_name);
     int64_t rows = t->ne[1], cols = t->ne[0];
-    if (t->rope_heads > 0 && (rows % t->rope_heads || (rows / t->rope_heads) % 2))
+    int64_t rope_rows = t->n_dims >= 2 ? rows : cols; /* a q/k bias is permuted element by element */
+    if (t->rope_heads > 0 && (rope_rows % t->rope_heads || (rope_rows / t->rope_heads) % 2))
         return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has %lld rows, not a whole number of %d even-sized heads",
-                       x->out_path, t->gguf_name, (long long)rows, t->rope_heads);
+                       x->out_path, t->gguf_name, (long long)rope_rows, t->rope_heads);
     if (ql_st_is_float(t->type)) {
         const char *dt = t->type == QL_TYPE_F32 ? "F32" : t->type == QL_TYPE_F16 ? "F16" : "BF16";
         ql_st_out *o = &t->out[t->n_out++];
@@ -243,8 +244,9 @@ static ql_status convert_tensor(const st_state *st, const ql_st_tensor *t, uint8
     int64_t rows = t->ne[1], cols = t->ne[0];
     bool row_wise = t->kind == QL_ST_FLOAT || (t->format && !t->format->whole_tensor);
     if (t->rope_heads > 0 && row_wise) { /* q/k rows back to HF order before anything reads them */
+        int64_t prow = t->n_dims >= 2 ? rows : cols;
         *tmp = ql_realloc(*tmp, t->nbytes ? t->nbytes : 1);
-        ql_rope_permute_rows(*tmp, src, t->rope_heads, rows, (size_t)(t->nbytes / (uint64_t)rows), false);
+        ql_rope_permute_rows(*tmp, src, t->rope_heads, prow, (size_t)(t->nbytes / (uint64_t)prow), false);
         src = *tmp;
     }
     uint64_t total = tensor_out_bytes(t);
