@@ -24,7 +24,8 @@ static const char *PPL_USAGE =
     "  --json            one JSON object on stdout: ppl, ppl_stderr, chunks, tokens_scored, tokens_per_s, ...\n"
     "  --act MODE        simulate activation quantization in every linear layer: int8_token (per-token dynamic),\n"
     "                    int8_tensor (per-tensor static), fp8_token, fp8_tensor, llm_int8 (outliers kept in float)\n"
-    "  --act-stats F     statistics (qlab stats) giving the static scales for *_tensor modes\n"
+    "  --act-stats F     statistics (qlab stats) giving the static scales for *_tensor modes: of MODEL, or of the\n"
+    "                    model MODEL is a weight-quantized copy of (not of a model SmoothQuant/AWQ rescaled)\n"
     "  --act-threshold T LLM.int8() outlier threshold on |x| (default 6)\n";
 
 static ql_status load_model_and_tokens(const char *model_path, const char *text_path, ql_model **m, int32_t **ids,
@@ -83,7 +84,14 @@ int cmd_ppl(int argc, char **argv) {
     }
     if (act_mode != QL_ACT_NONE) {
         ql_stats *ast = NULL;
+        bool other_weights = false;
         ql_status as = act_stats ? ql_stats_load(act_stats, &ast) : QL_OK;
+        /* the scales must describe this model's activations: a weight-quantized copy of the model they were
+         * collected on is fine, a SmoothQuant/AWQ-rescaled one (other norm weights) is not */
+        if (!as && ast) as = ql_stats_check_model(ast, act_stats, m, QL_STATS_SAME_ACTIVATIONS, &other_weights);
+        if (!as && other_weights && !json)
+            fprintf(stderr, "qlab ppl: note: %s was collected on %s (same shapes and norms, other weights)\n",
+                    act_stats, ast->model);
         if (!as) as = ql_infer_set_act_quant_all(inf, ast, act_mode, (float)act_threshold, false);
         ql_stats_free(ast);
         if (as) {

@@ -162,7 +162,7 @@ int cmd_quant(int argc, char **argv) {
     }
     bool needs = false;
     for (int i = 0; i < plan->n; i++) needs |= ql_method_by_name(plan->e[i].method) && ql_method_by_name(plan->e[i].method)->needs;
-    if (stats_path && ql_stats_load(stats_path, &stats)) {
+    if (stats_path && ql_stats_load_for_model(stats_path, m, QL_STATS_SAME_MODEL, &stats)) {
         rc = cli_fail("quant");
         goto done;
     }

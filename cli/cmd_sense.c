@@ -250,7 +250,7 @@ int cmd_sense(int argc, char **argv) {
         goto done;
     }
     if (stats_path) {
-        if (ql_stats_load(stats_path, &st)) {
+        if (ql_stats_load_for_model(stats_path, m, QL_STATS_SAME_MODEL, &st)) {
             rc = cli_fail("sense");
             goto done;
         }

@@ -32,7 +32,8 @@ static const char *STATS_USAGE =
     "Runs the calibration text through MODEL (consecutive chunks of --ctx tokens, each starting with BOS) and\n"
     "stores, for the input of every linear layer: Σ x xᵀ (the GPTQ Hessian, double), max|x|, mean|x|, mean x².\n"
     "The file feeds qlab quant --stats (GPTQ, AWQ, SmoothQuant) and qlab sense. Same inputs and thread count:\n"
-    "byte-identical file. --output also records the input of output.weight.\n";
+    "byte-identical file. --output also records the input of output.weight. The file records a fingerprint of\n"
+    "MODEL; statistics are refused for any other model (docs/formats.md).\n";
 
 int cmd_stats(int argc, char **argv) {
     cli_args a;

@@ -1,6 +1,8 @@
-/* stats.c — activation statistics capture, combine, save and load (see stats.h).
- * File: "QLSTATS1", u32 version(1), u32 flags (1 = hessian), u64 n_sequences, u64 seq_len, u32 n_entries,
- * u32 source_len, source bytes; per entry: u32 name_len, name, u64 n, u64 n_tokens, f64 sum_abs[n],
+/* stats.c — activation statistics capture, combine, save and load, and the model fingerprint that ties
+ * a statistics file to the model it came from (see stats.h).
+ * File: "QLSTATS1", u32 version(2), u32 flags (1 = hessian), u64 n_sequences, u64 seq_len, u32 n_entries,
+ * u32 source_len, source bytes, u64 fp.shape_norms, u64 fp.weights, u32 model_len, model path bytes;
+ * per entry: u32 name_len, name, u64 n, u64 n_tokens, f64 sum_abs[n],
  * f64 sum_sq[n], f32 absmax[n], then (if hessian) f64 xtx[n*n] full symmetric. Little-endian. */
 #include "core/stats.h"
 #include "base/parallel.h"
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #define STATS_MAGIC "QLSTATS1"
+#define STATS_VERSION 2u /* 2: model fingerprint; 1 had none and is refused */
 
 static const char *POINT_NAMES[] = {"attn_in", "attn_out_in", "ffn_in", "ffn_down_in", "output_in"};
 
@@ -57,7 +60,83 @@ void ql_stats_free(ql_stats *s) {
     for (int i = 0; i < s->n; i++) entry_free(&s->e[i]);
     free(s->e);
     free(s->source);
+    free(s->model);
     free(s);
+}
+
+/* ---------------------------------------------------------------- fingerprint */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* a final avalanche so that summing per-tensor hashes (order-independent: a model's tensors may come in any
+ * file order) does not let structured differences cancel */
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
+void ql_model_fingerprint(const ql_model *m, ql_model_fp *out) {
+    const uint64_t seed = 0xcbf29ce484222325ull;
+    const ql_config *c = &m->cfg;
+    const int32_t dims[] = {c->n_layer, c->n_embd, c->n_head, c->n_head_kv, c->n_ff, c->n_vocab, c->head_dim,
+                            c->rope_dim, c->rope_neox, c->tied_output};
+    const float fl[] = {c->rope_base, c->rope_scale, c->norm_eps};
+    uint64_t a = fnv(fnv(fnv(seed, c->arch, strnlen(c->arch, sizeof c->arch)), dims, sizeof dims), fl, sizeof fl);
+    uint64_t w = seed;
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const ql_gguf_tensor *t = &m->gguf->tensors[i];
+        uint64_t h = fnv(seed, t->name, strlen(t->name));
+        h = fnv(h, &t->n_dims, sizeof t->n_dims);
+        h = fnv(h, t->ne, sizeof(int64_t) * (size_t)(t->n_dims > 0 && t->n_dims <= QL_MAX_DIMS ? t->n_dims : 0));
+        bool flat = t->n_dims <= 1;
+        if (flat) {
+            h = fnv(h, &t->type, sizeof t->type);
+            if (t->data) h = fnv(h, t->data, t->nbytes);
+            a += mix64(h);
+        } else {
+            a += mix64(h);
+            uint64_t g = fnv(h, &t->type, sizeof t->type);
+            const uint8_t *d = t->data;
+            const uint64_t win = 64, n_win = 64;
+            if (d && t->nbytes <= win * n_win) g = fnv(g, d, t->nbytes);
+            else if (d)
+                for (uint64_t k = 0; k < n_win; k++) g = fnv(g, d + (t->nbytes - win) * k / (n_win - 1), win);
+            w += mix64(g);
+        }
+    }
+    out->shape_norms = mix64(a);
+    out->weights = mix64(w);
+}
+
+ql_status ql_stats_check_model(const ql_stats *s, const char *stats_path, const ql_model *m, ql_stats_match match,
+                               bool *weights_differ) {
+    ql_model_fp fp;
+    ql_model_fingerprint(m, &fp);
+    const bool norms = fp.shape_norms == s->fp.shape_norms, weights = fp.weights == s->fp.weights;
+    if (weights_differ) *weights_differ = !weights;
+    if (norms && (weights || match == QL_STATS_SAME_ACTIVATIONS)) return QL_OK;
+    return ql_fail(QL_ERR_ARG,
+                   "%s: statistics collected on another model (%s), not %s: %s differ; collect them on this model "
+                   "with qlab stats",
+                   stats_path, s->model && s->model[0] ? s->model : "?", m->path ? m->path : "this model",
+                   norms ? "the weights" : "the shapes or norm weights");
+}
+
+ql_status ql_stats_load_for_model(const char *path, const ql_model *m, ql_stats_match match, ql_stats **out) {
+    ql_stats *s = NULL;
+    ql_status st = ql_stats_load(path, &s);
+    if (!st) st = ql_stats_check_model(s, path, m, match, NULL);
+    if (st) {
+        ql_stats_free(s);
+        return st;
+    }
+    *out = s;
+    return QL_OK;
 }
 
 /* per-worker accumulators: one ql_stats with the same layout, plus a double scratch for dsyrk */
@@ -213,6 +292,9 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     }
     s->n_sequences = n_seq;
     s->seq_len = seq_len;
+    const ql_model *m = ql_infer_model(inf);
+    ql_model_fingerprint(m, &s->fp);
+    s->model = ql_strdup(m->path ? m->path : "");
     finish(s);
     *out = s;
     return QL_OK;
@@ -242,13 +324,17 @@ ql_status ql_stats_save(const ql_stats *s, const char *path) {
     ql_status st = ql_atomic_open(path, &af);
     if (st) return st;
     FILE *f = ql_atomic_stream(af); /* write errors are sticky in ferror: the commit reports them */
-    uint32_t version = 1, flags = s->has_hessian ? 1 : 0, n = (uint32_t)s->n;
+    uint32_t version = STATS_VERSION, flags = s->has_hessian ? 1 : 0, n = (uint32_t)s->n;
     uint64_t nseq = (uint64_t)s->n_sequences, slen = (uint64_t)s->seq_len;
     const char *src = s->source ? s->source : "";
     uint32_t srcl = (uint32_t)strlen(src);
     fwrite(STATS_MAGIC, 1, 8, f);
     fwrite(&version, 4, 1, f); fwrite(&flags, 4, 1, f); fwrite(&nseq, 8, 1, f); fwrite(&slen, 8, 1, f);
     fwrite(&n, 4, 1, f); fwrite(&srcl, 4, 1, f); fwrite(src, 1, srcl, f);
+    const char *model = s->model ? s->model : "";
+    uint32_t ml = (uint32_t)strlen(model);
+    fwrite(&s->fp.shape_norms, 8, 1, f); fwrite(&s->fp.weights, 8, 1, f);
+    fwrite(&ml, 4, 1, f); fwrite(model, 1, ml, f);
     for (int i = 0; i < s->n; i++) {
         const ql_stat_entry *e = &s->e[i];
         uint32_t nl = (uint32_t)strlen(e->name);
@@ -284,7 +370,17 @@ ql_status ql_stats_load(const char *path, ql_stats **out) {
         goto out;
     }
     if (!take(&r, &version, 4) || !take(&r, &flags, 4) || !take(&r, &nseq, 8) || !take(&r, &slen, 8) ||
-        !take(&r, &n, 4) || !take(&r, &srcl, 4) || version != 1 || srcl > len - r.pos || n > (len - r.pos) / 20) {
+        !take(&r, &n, 4) || !take(&r, &srcl, 4)) {
+        st = ql_fail(QL_ERR_FORMAT, "%s: truncated header", path);
+        goto out;
+    }
+    if (version == 1) {
+        st = ql_fail(QL_ERR_FORMAT,
+                     "%s: statistics file version 1 records no model fingerprint; collect it again with qlab stats",
+                     path);
+        goto out;
+    }
+    if (version != STATS_VERSION || srcl > len - r.pos || n > (len - r.pos) / 20) {
         st = ql_fail(QL_ERR_FORMAT, "%s: bad or truncated header (version %u)", path, version);
         goto out;
     }
@@ -295,6 +391,14 @@ ql_status ql_stats_load(const char *path, ql_stats **out) {
     s->source = ql_malloc(srcl + 1);
     take(&r, s->source, srcl);
     s->source[srcl] = 0;
+    uint32_t ml = 0;
+    if (!take(&r, &s->fp.shape_norms, 8) || !take(&r, &s->fp.weights, 8) || !take(&r, &ml, 4) || ml > len - r.pos) {
+        st = ql_fail(QL_ERR_FORMAT, "%s: truncated model fingerprint", path);
+        goto out;
+    }
+    s->model = ql_malloc(ml + 1);
+    take(&r, s->model, ml);
+    s->model[ml] = 0;
     s->e = ql_calloc(n, sizeof *s->e);
     for (uint32_t i = 0; i < n; i++) {
         uint32_t nl;

@@ -28,12 +28,26 @@ typedef struct {
     float *mean_abs_f, *mean_sq_f; /* derived on finish, for ql_input_stats */
 } ql_stat_entry;
 
+/* What the statistics were collected on. Two hashes, because weight-only quantization of a model keeps its
+ * activations (nearly) the same while a layer transform (SmoothQuant, AWQ) rescales them:
+ *   shape_norms: architecture, dimensions, every tensor's name and shape, and the exact bytes of every 1-D
+ *                tensor (norm weights, biases) — the tensors SmoothQuant/AWQ divide their scales into;
+ *   weights:     every 2-D tensor's type and a sample of its bytes (all of it up to 4 KiB, else 64 evenly
+ *                spaced 64-byte windows): a column rescaling changes every window. */
+typedef struct {
+    uint64_t shape_norms, weights;
+} ql_model_fp;
+
+void ql_model_fingerprint(const ql_model *m, ql_model_fp *out);
+
 typedef struct ql_stats {
     int n;
     ql_stat_entry *e;
     bool has_hessian;
     int64_t n_sequences, seq_len;
     char *source; /* calibration spec or text file, informational */
+    ql_model_fp fp; /* of the model collected on (ql_stats_collect sets it) */
+    char *model;    /* that model's path, for messages */
 } ql_stats;
 
 typedef struct {
@@ -48,7 +62,21 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
                            const ql_stats_opts *o, const ql_progress *progress, ql_stats **out);
 void ql_stats_free(ql_stats *s);
 ql_status ql_stats_save(const ql_stats *s, const char *path);
+/* Reads a file without checking whom it belongs to (tests, inspection). Version 1 files (no fingerprint)
+ * are refused with a message saying to collect them again. */
 ql_status ql_stats_load(const char *path, ql_stats **out);
+
+typedef enum {
+    QL_STATS_SAME_MODEL,      /* both hashes must match: quant --stats, sense --stats, the workbench */
+    QL_STATS_SAME_ACTIVATIONS /* shape_norms must match, weights may differ (a weight-quantized copy of the model
+                               * the statistics came from): ppl --act-stats */
+} ql_stats_match;
+/* QL_ERR_ARG with one line naming the statistics file, the model they were collected on and m when the
+ * fingerprint does not allow using s for m. *weights_differ (may be NULL): accepted with other weights. */
+ql_status ql_stats_check_model(const ql_stats *s, const char *stats_path, const ql_model *m, ql_stats_match match,
+                               bool *weights_differ);
+/* ql_stats_load + ql_stats_check_model. */
+ql_status ql_stats_load_for_model(const char *path, const ql_model *m, ql_stats_match match, ql_stats **out);
 
 /* Entry whose input feeds `tensor_name` (e.g. blk.0.attn_k.weight → blk.0.attn_in); NULL if none. */
 const ql_stat_entry *ql_stats_for_tensor(const ql_stats *s, const char *tensor_name);

@@ -162,6 +162,15 @@ PY
   else bad "--dry-run does not say what each tensor gets"; sed 's/^/     /' "$T/dry.txt" | head -3; fi
   expect_error "unknown method" "unknown method" $QLAB quant "$M" --type int4_g32 --method nope -o "$T/x.gguf"
   expect_error "static activations need stats" "--act-stats" $QLAB ppl "$M" --text "$T/text.txt" --act int8_tensor
+  # statistics carry the fingerprint of their model: a SmoothQuant-rescaled copy is refused, a weight-only
+  # quantized copy is accepted (static activation scales of the same activations)
+  $QLAB quant "$M" --preset INT8_CHANNEL --method smoothquant --stats "$T/s1.qls" -o "$T/sq8.gguf" >/dev/null 2>&1
+  expect_error "statistics of another model" "s1.qls: statistics collected on another model" \
+    $QLAB ppl "$T/sq8.gguf" --text "$T/text.txt" --ctx 64 --chunks 1 --act int8_tensor --act-stats "$T/s1.qls"
+  expect_error "quant --stats of another model" "statistics collected on another model" \
+    $QLAB quant "$T/sq8.gguf" --type int4_g32 --method gptq --stats "$T/s1.qls" -o "$T/x.gguf"
+  if $QLAB ppl "$T/rtn.gguf" --text "$T/text.txt" --ctx 64 --chunks 1 --act int8_tensor --act-stats "$T/s1.qls" >/dev/null 2>&1
+  then ok "static activation scales on a weight-quantized copy"; else bad "ppl --act-stats on a weight-quantized copy"; fi
   # qlab imatrix over the same chunks as llama-imatrix gives the same importance
   if [ "${QL_QUICK:-0}" = 1 ]; then skip "imatrix vs llama.cpp (QL_QUICK=1)"
   elif $QLAB imatrix "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 -o "$T/im.gguf" 2>/dev/null \

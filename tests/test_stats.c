@@ -1,6 +1,7 @@
 /* test_stats.c — activation statistics: agreement with llama.cpp's imatrix on stories260K, internal
  * consistency (diag of Σxxᵀ = Σx², symmetry), byte-identical files from the same inputs, file
- * validation. */
+ * validation, and the model fingerprint that refuses statistics from another model (a SmoothQuant-rescaled
+ * copy of the model they were collected on included). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #include "pipeline/imatrix.h"
 #include "core/ppl.h"
 #include "core/stats.h"
+#include "methods/layer_f32.h"
 #include "tests/test_util.h"
 
 static int32_t *chunks_of(const ql_model *m, const char *text_path, int ctx, int64_t want, int64_t *n_seq) {
@@ -107,6 +109,110 @@ static void test_stats_consistent_and_deterministic(void **state) {
     ql_model_free(m);
 }
 
+/* Statistics carry the fingerprint of the model they were collected on. The issue's case: a SmoothQuant-
+ * rescaled model (norms divided by s, weight columns multiplied by s, the same function in float) given the
+ * unsmoothed model's statistics gave static activation scales for the wrong activations. */
+static void test_fingerprint_refuses_other_model(void **state) {
+    (void)state;
+    char model[512], text[512];
+    if (!shared_path(model, sizeof model, "models/stories260K.gguf") ||
+        !shared_path(text, sizeof text, "data/tinystories-valid.txt"))
+        skip();
+    ql_model *m, *sq;
+    assert_int_equal(ql_model_load(model, &m), QL_OK);
+    assert_int_equal(ql_model_load(model, &sq), QL_OK);
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 2, &inf), QL_OK);
+    int64_t n_seq;
+    int32_t *tok = chunks_of(m, text, 64, 8, &n_seq);
+    ql_stats_opts o = {.hessian = false, .n_threads = 2};
+    ql_stats *st;
+    assert_int_equal(ql_stats_collect(inf, tok, n_seq, 64, &o, NULL, &st), QL_OK);
+    assert_string_equal(st->model, model);
+    /* the file keeps the fingerprint; the same model passes both checks */
+    char p1[] = "/tmp/qlab-fp-XXXXXX";
+    close(mkstemp(p1));
+    assert_int_equal(ql_stats_save(st, p1), QL_OK);
+    ql_stats *back;
+    assert_int_equal(ql_stats_load_for_model(p1, m, QL_STATS_SAME_MODEL, &back), QL_OK);
+    assert_true(back->fp.shape_norms == st->fp.shape_norms && back->fp.weights == st->fp.weights);
+    assert_string_equal(back->model, model);
+    ql_stats_free(back);
+    bool other = true;
+    assert_int_equal(ql_stats_check_model(st, p1, sq, QL_STATS_SAME_MODEL, &other), QL_OK);
+    assert_false(other);
+
+    /* SmoothQuant on every layer of the second copy, its tensors pointed at the rescaled floats */
+    const int nl = sq->cfg.n_layer;
+    ql_layer_f32 L[8];
+    const void *saved[8][QL_LIN_COUNT + 2];
+    for (int l = 0; l < nl; l++) {
+        assert_int_equal(ql_layer_f32_init(&L[l], sq, l, 1), QL_OK);
+        assert_int_equal(ql_smoothquant_layer(&L[l], st, NULL, NULL), QL_OK);
+        ql_layer_tensors *T = &sq->layers[l];
+        saved[l][0] = T->attn_norm->data;
+        saved[l][1] = T->ffn_norm->data;
+        T->attn_norm->data = L[l].attn_norm;
+        T->ffn_norm->data = L[l].ffn_norm;
+        for (int i = 0; i < QL_LIN_COUNT; i++) {
+            ql_gguf_tensor *t = (ql_gguf_tensor *)ql_layer_linear(sq, l, i);
+            saved[l][2 + i] = t->data;
+            t->data = L[l].w[i];
+        }
+    }
+    for (int mode = 0; mode < 2; mode++) {
+        assert_int_equal(ql_stats_check_model(st, p1, sq, mode ? QL_STATS_SAME_ACTIVATIONS : QL_STATS_SAME_MODEL,
+                                               NULL),
+                         QL_ERR_ARG);
+        /* one line naming the statistics file and both models */
+        const char *e = ql_last_error();
+        assert_non_null(strstr(e, p1));
+        assert_non_null(strstr(e, model));
+        assert_null(strchr(e, '\n'));
+    }
+    ql_stats *bad = NULL;
+    assert_int_equal(ql_stats_load_for_model(p1, sq, QL_STATS_SAME_ACTIVATIONS, &bad), QL_ERR_ARG);
+    assert_null(bad);
+    for (int l = 0; l < nl; l++) {
+        ql_layer_tensors *T = &sq->layers[l];
+        T->attn_norm->data = saved[l][0];
+        T->ffn_norm->data = saved[l][1];
+        for (int i = 0; i < QL_LIN_COUNT; i++) ((ql_gguf_tensor *)ql_layer_linear(sq, l, i))->data = saved[l][2 + i];
+    }
+    /* a weight-only change (one linear rounded, as a weight-quantized copy would be): the activations are
+     * the model's own, so static activation scales may be used; data-aware methods may not */
+    ql_gguf_tensor *q = (ql_gguf_tensor *)ql_layer_linear(sq, 3, 0);
+    const void *keep = q->data;
+    float *rounded = malloc(q->nbytes);
+    for (uint64_t i = 0; i < q->nbytes / 4; i++) rounded[i] = roundf(((const float *)keep)[i] * 64) / 64;
+    q->data = rounded;
+    assert_int_equal(ql_stats_check_model(st, p1, sq, QL_STATS_SAME_ACTIVATIONS, &other), QL_OK);
+    assert_true(other);
+    assert_int_equal(ql_stats_check_model(st, p1, sq, QL_STATS_SAME_MODEL, NULL), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "weights"));
+    q->data = keep;
+    free(rounded);
+
+    /* version 1 files (no fingerprint) are refused with what to do */
+    size_t n;
+    uint8_t *b = slurp(p1, &n);
+    b[8] = 1;
+    FILE *f = fopen(p1, "wb");
+    fwrite(b, 1, n, f);
+    fclose(f);
+    assert_int_equal(ql_stats_load(p1, &bad), QL_ERR_FORMAT);
+    assert_non_null(strstr(ql_last_error(), "version 1"));
+    assert_non_null(strstr(ql_last_error(), p1));
+    free(b);
+    unlink(p1);
+    for (int l = 0; l < nl; l++) ql_layer_f32_deinit(&L[l]);
+    ql_stats_free(st);
+    free(tok);
+    ql_infer_free(inf);
+    ql_model_free(m);
+    ql_model_free(sq);
+}
+
 /* Σx² per column over 100 chunks of TinyStories equals llama.cpp's imatrix over the same chunks:
  * the first 100 chunks are a prefix of llama.cpp's 1535, so compare the mean x² shape on those columns
  * loosely (correlation), and exactly in the full-run CLI test. */
@@ -154,6 +260,7 @@ static void test_imatrix_agrees_with_llamacpp(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stats_consistent_and_deterministic),
+        cmocka_unit_test(test_fingerprint_refuses_other_model),
         cmocka_unit_test(test_imatrix_agrees_with_llamacpp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

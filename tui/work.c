@@ -212,13 +212,14 @@ typedef struct {
     char path[QL_TUI_PATH];
     bool save;
     const ql_stats *src;
+    const ql_model *m; /* loading: the statistics must have been collected on it */
     ql_stats *loaded;
 } statsfile_ctx;
 
 static void statsfile_run(ql_tui_job *j) {
     statsfile_ctx *c = j->ctx;
     ql_tui_job_phase(j, c->save ? "writing" : "reading", 0, 1);
-    ql_status s = c->save ? ql_stats_save(c->src, c->path) : ql_stats_load(c->path, &c->loaded);
+    ql_status s = c->save ? ql_stats_save(c->src, c->path) : ql_stats_load_for_model(c->path, c->m, QL_STATS_SAME_MODEL, &c->loaded);
     if (s) ql_tui_job_fail(j, s);
 }
 
@@ -248,6 +249,7 @@ bool ql_tui_start_stats_file(ql_tui_app *a, const char *path, bool save) {
     ql_tui_copy(c->path, sizeof c->path, path);
     c->save = save;
     c->src = a->calib.stats;
+    c->m = a->model;
     return ql_tui_job_start(a, ql_tui_job_new(save ? "save statistics" : "load statistics", statsfile_run,
                                               statsfile_apply, statsfile_destroy, c));
 }
