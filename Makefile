@@ -84,7 +84,7 @@ test-run: check-layers all $(TESTS:%=$(BUILD)/tests/%)
 	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QL_QUICK=$(QL_QUICK) QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; fi; \
 	 exit $$fail
 
-# CUDA codecs vs the CPU reference (device tests skip without a GPU); QL_CUDA_BENCH=1 adds a GB/s run.
+# CUDA codecs vs the CPU reference (device tests skip without a GPU); the GB/s run is `make bench-cuda`.
 test-cuda: $(BUILD)/tests/test_cuda
 	$(BUILD)/tests/test_cuda
 
@@ -131,5 +131,15 @@ bench-gptq-cuda: $(BUILD)/bench/gptq_bench_cuda
 	$(BUILD)/bench/gptq_bench_cuda $(ARGS)
 
 $(BUILD)/bench/gptq_bench_cuda: bench/gptq_bench_cuda.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+
+# CUDA dequantize bandwidth (4096x4096 Q4_K and Q8_0); `make bench-cuda ARGS="rows cols iters"`.
+# Prints "GPU: not available on this machine" without a CUDA device. A benchmark: not part of make test.
+.PHONY: bench-cuda
+bench-cuda: $(BUILD)/bench/cuda_dequant_bench
+	$(BUILD)/bench/cuda_dequant_bench $(ARGS)
+
+$(BUILD)/bench/cuda_dequant_bench: bench/cuda_dequant_bench.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)

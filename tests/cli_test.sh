@@ -94,7 +94,10 @@ if [ -f "$T/tiny.gguf" ]; then
 fi
 
 # llama.cpp agreement on the real model
-if [ -f "$SHARED/models/stories260K.gguf" ]; then
+# only an absent shared folder skips; a folder that lacks the model is a failure, not a skip
+if [ -d "$SHARED" ] && [ ! -f "$SHARED/models/stories260K.gguf" ]; then
+  bad "$SHARED/models/stories260K.gguf missing from the shared folder"
+elif [ -f "$SHARED/models/stories260K.gguf" ]; then
   M=$SHARED/models/stories260K.gguf
   $QLAB tokenize "$M" --prompt "Once upon a time, there was a little girl named Lily. She loved to play outside in the park." > "$T/ids.txt"
   if diff -q "$T/ids.txt" "$SHARED/testdata/stories260K-logits/tokens.txt" >/dev/null; then ok "token ids equal llama.cpp's"

@@ -6,7 +6,12 @@ set -u
 QLAB=${QLAB:-./qlab}
 SHARED=${QL_SHARED:-../shared}
 M=$SHARED/models/stories260K.gguf
-[ -f "$M" ] || { echo "SKIP: $M not found"; exit 0; }
+# no shared folder at all: nothing to compare with (skipped, said so); a folder without the model: a failure
+[ -d "$SHARED" ] || { echo "SKIP: $SHARED not found"; exit 0; }
+[ -f "$M" ] || { echo "FAIL: $M missing from $SHARED"; exit 1; }
+for f in "$SHARED/testdata/llamacpp-mixes/README.md" "$SHARED/data/tinystories-valid.txt"; do
+  [ -f "$f" ] || { echo "FAIL: $f missing"; exit 1; }
+done
 MIXES=${MIXES:-"F16 BF16 Q8_0 Q6_K Q5_K_M Q5_K_S Q5_0 Q5_1 Q4_K_M Q4_K_S Q4_0 Q4_1 IQ4_NL IQ4_XS Q3_K_L Q3_K_M Q3_K_S Q2_K Q2_K_S"}
 T=$(mktemp -d /tmp/qlab-mix-XXXXXX); trap 'rm -rf "$T"' EXIT
 fail=0

@@ -5,8 +5,8 @@
  * NaN/Inf are reported but not required to match (there the reference's bits come from x86's NaN
  * propagation order, which the device only imitates). The same kernel code is also run on the host
  * (ql_cuda_emulate_*) so the arithmetic is checked where there is no GPU. Without a device (or without
- * CUDA in the build) the device tests print "SKIP: no CUDA device" and skip.
- * QL_CUDA_BENCH=1 adds a dequantize bandwidth run (4096x4096 Q4_K and Q8_0). */
+ * CUDA in the build) the device tests print "SKIP: no CUDA device" and skip. The dequantize bandwidth run is
+ * a benchmark, not a test: bench/cuda_dequant_bench.c, `make bench-cuda`. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -237,31 +237,12 @@ static void test_errors(void **state) {
     assert_int_equal(ql_cuda_dequantize_dev(QL_TYPE_Q8_0, NULL, NULL, 0, 32, NULL), QL_OK);
 }
 
-static void test_bench(void **state) {
-    (void)state;
-    const char *e = getenv("QL_CUDA_BENCH");
-    if (!e || strcmp(e, "1") != 0) {
-        printf("SKIP: set QL_CUDA_BENCH=1 for the dequantize bandwidth run\n");
-        skip();
-    }
-    if (!have_device()) skip();
-    const uint32_t bt[] = {QL_TYPE_Q4_K, QL_TYPE_Q8_0};
-    const char *bn[] = {"q4_k", "q8_0"};
-    for (int i = 0; i < 2; ++i) {
-        double gbps = 0;
-        ql_status st = ql_cuda_bench_dequantize(bt[i], 4096, 4096, 50, &gbps);
-        if (st != QL_OK) fail_msg("bench %s: %s", bn[i], ql_last_error());
-        printf("  cuda dequantize %s 4096x4096: %.1f GB/s (read + write)\n", bn[i], gbps);
-    }
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_emulation),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_device_dequantize),
         cmocka_unit_test(test_device_quantize),
-        cmocka_unit_test(test_bench),
     };
     return cmocka_run_group_tests_name("cuda", tests, NULL, NULL);
 }

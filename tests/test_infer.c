@@ -19,8 +19,9 @@ static void test_logits_match_llamacpp(void **state) {
     (void)state;
     char model[512], tokf[512], logf[512];
     if (!shared_path(model, sizeof model, "models/stories260K.gguf")) skip();
-    shared_path(tokf, sizeof tokf, "testdata/stories260K-logits/tokens.txt");
-    shared_path(logf, sizeof logf, "testdata/stories260K-logits/logits.f32");
+    if (!shared_path(tokf, sizeof tokf, "testdata/stories260K-logits/tokens.txt") ||
+        !shared_path(logf, sizeof logf, "testdata/stories260K-logits/logits.f32"))
+        skip();
     ql_model *m;
     assert_int_equal(ql_model_load(model, &m), QL_OK);
     int32_t toks[64];
