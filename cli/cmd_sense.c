@@ -526,6 +526,9 @@ int cmd_plan(int argc, char **argv) {
     printf("bpw %.4f over quantized tensors, %.4f over the file; %.2f MiB of weights; predicted %s %.5g, "
            "%s\n",
            r.bpw, r.bpw_file, (double)r.bytes / 1048576.0, ql_sense_level_name(r.metric), r.err, gap);
+    if (r.uniform)
+        printf("one format everywhere (%s, fallbacks where its blocks do not fit) is predicted better than any mix "
+               "within the target: the plan is that\n", r.uniform);
     if (r.file_bytes)
         printf("estimated file size %lld bytes (%.2f MiB)\n", (long long)r.file_bytes,
                r.file_bytes / 1048576.0);

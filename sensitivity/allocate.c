@@ -751,6 +751,62 @@ void ql_alloc_result_free(ql_alloc_result *r) {
     }
     free(r->c);
     r->c = NULL;
+    free(r->uniform);
+    r->uniform = NULL;
+}
+
+/* The plan "candidate c everywhere" in the items' terms: c on every tensor that has it; elsewhere (its rows
+ * do not fit c, or a rule took it away) the cheapest choice with at least the bits c would take there, else
+ * the dearest — the fallback a one-format plan takes. Pinned and kept tensors keep their one choice. False
+ * when no tensor has c (nothing uniform about it). */
+static bool uniform_choice(const ql_sense *s, const alloc_item *items, int c, int *ch) {
+    const ql_format *f;
+    char method[64];
+    if (ql_parse_format_method(s->cand[c], &f, method, sizeof method)) return false;
+    int have = 0;
+    for (int t = 0; t < s->n_tensors; t++) {
+        const alloc_item *it = &items[t];
+        int j = -1;
+        for (int k = 0; k < it->n && j < 0; k++)
+            if (it->cand[k] == c) j = k;
+        if (j >= 0) {
+            have++;
+            ch[t] = j;
+            continue;
+        }
+        const double want = ref_bits(f, s->tensors[t].ncols, s->tensors[t].nrows);
+        int up = -1, dear = 0;
+        for (int k = 0; k < it->n; k++) {
+            if (8.0 * (double)it->cost[k] >= want && (up < 0 || it->cost[k] < it->cost[up])) up = k;
+            if (it->cost[k] > it->cost[dear]) dear = k;
+        }
+        ch[t] = up >= 0 ? up : dear;
+    }
+    return have > 0;
+}
+
+/* The guard: an automatic plan must not be predicted worse than one candidate everywhere within the same
+ * budget. The exact DP already covers those plans inside its fill window; this catches the ones below the
+ * window, the Lagrangian answers, and any rounding of the search. Returns the winning candidate or -1; ch
+ * then holds its assignment. */
+static int uniform_guard(const ql_sense *s, const alloc_item *items, const ql_mckp_item *mk, int64_t budget,
+                         ql_mckp_result *mr, int *ch) {
+    int *u = ql_malloc((size_t)s->n_tensors * sizeof *u);
+    int best = -1;
+    for (int c = 0; c < s->n_cand; c++) {
+        if (!uniform_choice(s, items, c, u)) continue;
+        int64_t cost;
+        double err;
+        totals(mk, s->n_tensors, u, &cost, &err);
+        if (cost > budget || !(err < mr->err - 1e-12 * fabs(mr->err))) continue;
+        best = c;
+        mr->cost = cost;
+        mr->err = err;
+        mr->exact = false;
+        memcpy(ch, u, (size_t)s->n_tensors * sizeof *u);
+    }
+    free(u);
+    return best;
 }
 
 ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result *r) {
@@ -807,6 +863,8 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
         free(ch);
         goto out;
     }
+    const int uni = uniform_guard(s, items, mk, budget, &mr, ch);
+    r->uniform = uni >= 0 ? ql_strdup(s->cand[uni]) : NULL;
     r->n = s->n_tensors;
     r->c = ql_calloc((size_t)r->n, sizeof *r->c);
     r->metric = metric;

@@ -93,8 +93,12 @@ typedef struct {
     bool exact;
     int64_t budget_bytes; /* what the target allowed for the quantized tensors */
     bool target_hit; /* achieved within the tolerance */
+    char *uniform; /* non-NULL: one candidate everywhere (this spec, with fallbacks where it does not fit) was
+                      predicted better than the search's mix within the budget, and is the answer */
 } ql_alloc_result;
 
+/* Never returns a plan predicted worse than a one-candidate plan that fits the budget (r->uniform says when
+ * that plan won). */
 ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result *r);
 void ql_alloc_result_free(ql_alloc_result *r);
 /* Per-tensor plan (plan.h); source names the sense file and the target. *out: ql_plan_free. */

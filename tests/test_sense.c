@@ -209,9 +209,30 @@ static void test_allocate_hits_targets(void **state) {
         ql_alloc_opts o = {.target_bpw = b, .metric = -1};
         ql_alloc_result r;
         if (ql_allocate(s, &o, &r)) fail_msg("%s", ql_last_error());
-        assert_true(r.exact);
-        assert_true(r.target_hit);
-        assert_true(r.bpw <= b + 1e-9 && r.bpw >= b - 0.01);
+        /* never predicted worse than one candidate everywhere that fits the budget (the candidates that fit
+         * every tensor, so no fallback is involved in this check) */
+        for (int c = 0; c < s->n_cand; c++) {
+            int64_t ub = 0;
+            double ue = 0;
+            for (int t = 0; t < s->n_tensors && ub >= 0; t++) {
+                const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+                ub = e->bytes < 0 ? -1 : ub + e->bytes;
+                ue += e->kld;
+            }
+            if (ub >= 0 && 8.0 * (double)ub / (double)nq <= b) assert_true(r.err <= ue * (1 + 1e-12));
+        }
+        if (r.uniform) {
+            /* at 8.62 bpw the ±0.01 window needs some f16 and so lower bits elsewhere: q8_0 everywhere (8.50) is
+             * predicted better, and the guard answers it instead of the window's plan */
+            printf("b=%.2f: %s everywhere (%.4f bpw, predicted %.6g) beats the target window\n", b, r.uniform, r.bpw,
+                   r.err);
+            assert_false(r.exact);
+            assert_true(r.bpw <= b + 1e-9);
+        } else {
+            assert_true(r.exact);
+            assert_true(r.target_hit);
+            assert_true(r.bpw <= b + 1e-9 && r.bpw >= b - 0.01);
+        }
         int64_t bytes = 0;
         double err = 0;
         for (int t = 0; t < r.n; t++) {
@@ -234,7 +255,7 @@ static void test_allocate_hits_targets(void **state) {
         ql_alloc_result rw;
         if (b >= 3.0) { /* the 32-bit norms put the file above 2.75 bpw at the least */
             if (ql_allocate(s, &ow, &rw)) fail_msg("%s", ql_last_error());
-            assert_true(rw.target_hit && fabs(rw.bpw_file - b) <= 0.01);
+            assert_true((rw.target_hit && fabs(rw.bpw_file - b) <= 0.01) || (rw.uniform && rw.bpw_file <= b + 1e-9));
             ql_alloc_result_free(&rw);
         } else assert_int_equal(ql_allocate(s, &ow, &rw), QL_ERR_ARG);
         /* Lagrangian solver: also hits the target, never beats the exact answer */

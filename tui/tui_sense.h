@@ -11,8 +11,11 @@ struct ql_sense;
 
 /* The level a new measurement uses: the one chosen with l, else KLD when a calibration set is built
  * (per-tensor KLD adds up to a prediction of the plan's KLD; the output error above 1B parameters,
- * where a forward pass per cell costs too much), else the weight error. */
+ * where a forward pass per cell costs too much), else KLD on the evaluation text's tokens when there is
+ * one (no statistics: the output level is not available), else the weight error. */
 int ql_tui_sense_level(const ql_tui_app *a);
+/* The Preview screen's text is a readable, non-empty file. */
+bool ql_tui_eval_text_usable(const ql_tui_app *a);
 const char *ql_tui_level_label(int level);
 /* Rebuilds a->sense from a->qsense at a->sense_level (or the highest level every cell has), and makes
  * the plan's candidate columns the measured candidates. */

@@ -260,9 +260,48 @@ typedef struct {
     const ql_model *m;
     const ql_stats *stats;
     const ql_calib_set *set; /* borrowed: tokens for the output and KLD levels */
+    int32_t *eval;           /* owned: the evaluation text's chunks, when there is no calibration set */
+    int64_t eval_seq;
+    int eval_len;
     ql_sense *s;             /* taken from the app (resumed) or made here; handed back in apply */
     int level, n_threads;
 } measure_ctx;
+
+/* Without a calibration set, the first chunks of the evaluation text, cut as the Preview cuts them (ctx
+ * tokens each, BOS first): at most the Preview's chunk count and 16, so a measurement costs what 16 preview
+ * chunks per cell cost. Only a prefix of the file is tokenized (enough bytes for those tokens). */
+#define QL_TUI_EVAL_SENSE_CHUNKS 16
+static ql_status eval_chunks(const ql_tui_app *a, int32_t **out, int64_t *n_seq, int *seq_len) {
+    *out = NULL;
+    char *text;
+    size_t len;
+    ql_status st = ql_read_file(a->preview.text, &text, &len);
+    if (st) return st;
+    const int ctx = a->preview.ctx;
+    int want = a->preview.chunks > 0 && a->preview.chunks < QL_TUI_EVAL_SENSE_CHUNKS ? a->preview.chunks
+                                                                                   : QL_TUI_EVAL_SENSE_CHUNKS;
+    size_t cap = (size_t)want * (size_t)ctx * 32; /* bytes: far more than a token ever takes */
+    if (len > cap) {
+        len = cap;
+        while (len > 0 && text[len - 1] != ' ' && text[len - 1] != '\n') len--; /* not inside a word */
+    }
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    st = ql_tokenize(a->model->tok, text, len, true, &ids, &n);
+    free(text);
+    if (st) return st;
+    int64_t k = n / ctx < want ? n / ctx : want;
+    if (k < 1) {
+        free(ids);
+        return ql_fail(QL_ERR_ARG, "%s: fewer than %d tokens (one chunk of the Preview's context)", a->preview.text, ctx);
+    }
+    const int32_t bos = ql_tokenizer_bos(a->model->tok);
+    for (int64_t i = 0; i < k && bos >= 0; i++) ids[i * ctx] = bos;
+    *out = ids;
+    *n_seq = k;
+    *seq_len = ctx;
+    return QL_OK;
+}
 
 static void measure_run(ql_tui_job *j) {
     measure_ctx *c = j->ctx;
@@ -271,6 +310,10 @@ static void measure_run(ql_tui_job *j) {
         o.tokens = c->set->tokens;
         o.n_seq = c->set->n_samples;
         o.seq_len = c->set->seq_len;
+    } else if (c->eval) {
+        o.tokens = c->eval;
+        o.n_seq = c->eval_seq;
+        o.seq_len = c->eval_len;
     }
     ql_status s = ql_sense_measure(c->s, c->m, &o, &j->progress);
     if (s) ql_tui_job_fail(j, s);
@@ -291,6 +334,7 @@ static void measure_apply(ql_tui_app *a, ql_tui_job *j) {
 static void measure_destroy(ql_tui_job *j) {
     measure_ctx *c = j->ctx;
     ql_sense_free(c->s);
+    free(c->eval);
     free(c);
 }
 
@@ -298,9 +342,9 @@ bool ql_tui_start_measure(ql_tui_app *a) {
     if (!a->model) return ql_tui_msg(a, 2, "open a model first"), false;
     if (!a->plan.n_cand) return ql_tui_msg(a, 2, "no candidate formats (C sets them)"), false;
     int level = ql_tui_sense_level(a);
-    if (level > QL_SENSE_WEIGHT && !a->calib.set) {
-        ql_tui_msg(a, 1, "the %s level needs calibration tokens: build the set on the Calib screen (b)",
-                   ql_sense_level_name(level));
+    if (level > QL_SENSE_WEIGHT && !a->calib.set && !ql_tui_eval_text_usable(a)) {
+        ql_tui_msg(a, 1, "the %s level needs tokens: build a calibration set on the Calib screen (b) or choose an "
+                   "evaluation text on the Preview screen (t)", ql_sense_level_name(level));
         return false;
     }
     for (int k = 0; k < a->plan.n_cand; k++) {
@@ -323,14 +367,23 @@ bool ql_tui_start_measure(ql_tui_app *a) {
     c->n_threads = a->n_threads;
     ql_status st = ql_sense_new(a->model, cands, a->plan.n_cand, &c->s);
     for (int k = 0; k < a->plan.n_cand; k++) free(cands[k]);
+    if (!st && level > QL_SENSE_WEIGHT && !c->set) st = eval_chunks(a, &c->eval, &c->eval_seq, &c->eval_len);
     if (st) {
         ql_tui_msg(a, 2, "%s", ql_last_error());
+        ql_sense_free(c->s);
+        free(c->eval);
         free(c);
         return false;
     }
-    const char *calib = c->set ? "calibration set" : "";
-    ql_sense_set_context(c->s, calib, c->set ? c->set->tokens : NULL, c->set ? c->set->n_samples : 0,
-                         c->set ? c->set->seq_len : 0, a->calib.stats ? a->calib.stats_label : "", "", level);
+    char calib[QL_TUI_PATH + 64] = "";
+    if (c->set) snprintf(calib, sizeof calib, "calibration set");
+    else if (c->eval)
+        snprintf(calib, sizeof calib, "evaluation text %.*s (%lld x %d)", QL_TUI_PATH - 1, a->preview.text,
+                 (long long)c->eval_seq, c->eval_len);
+    const int32_t *tok = c->set ? c->set->tokens : c->eval;
+    ql_sense_set_context(c->s, calib, tok, c->set ? c->set->n_samples : c->eval_seq,
+                         c->set ? c->set->seq_len : c->eval_len, a->calib.stats ? a->calib.stats_label : "", "",
+                         level);
     c->s->file_bytes = a->file_bytes;
     if (a->qsense && !a->job) { /* resume: keep every cell already measured on the same data */
         int n = 0;
@@ -399,8 +452,12 @@ static void solve_apply(ql_tui_app *a, ql_tui_job *j) {
     u->sol_gap = c->r.err - c->r.lower_bound;
     u->sol_exact = c->r.exact;
     u->sol_hit = c->r.target_hit;
-    ql_tui_msg(a, 0, "solution: %.3f bits/weight, predicted %s %.5g%s; a accepts it into the plan", c->r.bpw,
-               ql_sense_level_name(c->r.metric), c->r.err, c->r.exact ? " (optimal)" : "");
+    if (c->r.uniform)
+        ql_tui_msg(a, 1, "solution: %s everywhere, %.3f bits/weight: predicted %s %.5g, better than any mix within "
+                   "the target; a accepts it", c->r.uniform, c->r.bpw, ql_sense_level_name(c->r.metric), c->r.err);
+    else
+        ql_tui_msg(a, 0, "solution: %.3f bits/weight, predicted %s %.5g%s; a accepts it into the plan", c->r.bpw,
+                   ql_sense_level_name(c->r.metric), c->r.err, c->r.exact ? " (optimal)" : "");
 }
 
 static void solve_destroy(ql_tui_job *j) {
