@@ -75,7 +75,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 
-# Tests read ../shared when it is there and say they skipped when not.
+# Tests read ../shared when it is there and say they skipped when it is not; a file missing from it fails.
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
