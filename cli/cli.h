@@ -50,6 +50,12 @@ ql_status cli_calib_tokens(const struct ql_model *m, const cli_calib *ca, int32_
 ql_status cli_collect_stats(const struct ql_model *m, const int32_t *tok, int64_t n_seq, int seq_len,
                             const ql_stats_opts *o, const char *label, ql_stats **out);
 
+/* Refuses to write OUT over one of the n input paths (NULLs skipped): the same file, also through a symlink
+ * or a hard link (same device and inode), or a file of a Hugging Face input folder. Writing would destroy
+ * the input the command reads, so it prints one line naming both and returns 1; 0 when OUT is safe. */
+int cli_refuse_input_as_output(const char *cmd, const char *out, const char *const *inputs, int n);
+#define CLI_INPUTS(...) (const char *const[]){__VA_ARGS__}, (int)(sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
+
 /* Prints "qlab CMD: <ql_last_error()>" and returns 1. */
 int cli_fail(const char *cmd);
 

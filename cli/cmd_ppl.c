@@ -66,6 +66,7 @@ int cmd_ppl(int argc, char **argv) {
     }
     if (a.error) return 2;
     if (!model || !text) return cli_usage_error("ppl", PPL_USAGE, "needs MODEL and --text FILE");
+    if (cli_refuse_input_as_output("ppl", o.save_logits, CLI_INPUTS(model, text, o.kld_base, act_stats))) return 1;
     ql_act_mode act_mode = QL_ACT_NONE;
     if (act && !ql_act_mode_parse(act, &act_mode))
         return cli_usage_error("ppl", PPL_USAGE, "unknown --act mode '%s'", act);
@@ -174,6 +175,7 @@ int cmd_logits(int argc, char **argv) {
     }
     if (a.error) return 2;
     if (!model || !tokens || !out) return cli_usage_error("logits", LOGITS_USAGE, "needs MODEL, --tokens FILE and -o OUT");
+    if (cli_refuse_input_as_output("logits", out, CLI_INPUTS(model, tokens))) return 1;
     ql_model *m = NULL;
     ql_infer *inf = NULL;
     ql_scratch *sc = NULL;

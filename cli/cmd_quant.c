@@ -117,6 +117,9 @@ int cmd_quant(int argc, char **argv) {
         return cli_usage_error("quant", QUANT_USAGE, "give exactly one of --type, --preset, --plan");
     const ql_exporter_info *exporter = ql_exporter_default();
     if (to && ql_exporter_find(to, &exporter)) return cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
+    if (cli_refuse_input_as_output("quant", out, CLI_INPUTS(model, plan_path, stats_path, imatrix, ca.text, preset)) ||
+        cli_refuse_input_as_output("quant", save_plan, CLI_INPUTS(model, plan_path, stats_path, imatrix, ca.text, out)))
+        return 1;
     ql_model *m = NULL;
     ql_imatrix *im = NULL;
     ql_preset *ps = NULL;

@@ -186,6 +186,7 @@ int cmd_sense(int argc, char **argv) {
     } else if (!model || !cands || !out)
         return cli_usage_error("sense", SENSE_USAGE, "needs MODEL, --candidates LIST and -o OUT");
     if (ca.text && ca.calib) return cli_usage_error("sense", SENSE_USAGE, "give --calib or --text, not both");
+    if (cli_refuse_input_as_output("sense", out, CLI_INPUTS(model, ca.text, stats_path, im_path, check))) return 1;
     if (!ca.text && !ca.calib && level > QL_SENSE_WEIGHT)
         return cli_usage_error("sense", SENSE_USAGE,
                                "the %s level needs calibration: --calib SPEC or --text FILE",
@@ -487,6 +488,10 @@ int cmd_plan(int argc, char **argv) {
     }
     if (bpw > 0 && size) {
         rc = cli_usage_error("plan", PLAN_USAGE, "give --target-bpw or --target-size, not both");
+        goto early;
+    }
+    if (cli_refuse_input_as_output("plan", out, CLI_INPUTS(path))) {
+        rc = 1;
         goto early;
     }
     ql_sense *s = NULL;

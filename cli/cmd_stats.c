@@ -52,6 +52,7 @@ int cmd_stats(int argc, char **argv) {
     if (a.error) return 2;
     if (!model || (!ca.text && !ca.calib) || !out)
         return cli_usage_error("stats", STATS_USAGE, "needs MODEL, --text FILE or --calib SPEC, and -o OUT");
+    if (cli_refuse_input_as_output("stats", out, CLI_INPUTS(model, ca.text))) return 1;
     ql_model *m = NULL;
     ql_stats *st = NULL;
     int rc = collect("stats", model, &ca, hessian, output, &m, &st);
@@ -88,6 +89,7 @@ int cmd_imatrix(int argc, char **argv) {
     if (a.error) return 2;
     if (!model || (!ca.text && !ca.calib) || !out)
         return cli_usage_error("imatrix", IMATRIX_USAGE, "needs MODEL, --text FILE or --calib SPEC, and -o OUT");
+    if (cli_refuse_input_as_output("imatrix", out, CLI_INPUTS(model, ca.text))) return 1;
     ql_model *m = NULL;
     ql_stats *st = NULL;
     int rc = collect("imatrix", model, &ca, false, output, &m, &st);

@@ -118,6 +118,7 @@ int cmd_convert(int argc, char **argv) {
     }
     if (a.error) return 2;
     if (!in || !out) return cli_usage_error("convert", CONVERT_USAGE, "needs IN and -o OUT");
+    if (cli_refuse_input_as_output("convert", out, CLI_INPUTS(in))) return 1;
     int64_t to = -1;
     if (type) {
         to = ql_type_by_name(type);

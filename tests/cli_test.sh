@@ -93,6 +93,25 @@ if [ -f "$T/tiny.gguf" ]; then
   else bad "Ctrl-C: rc $rc, left: $(ls "$T/cancel")"; fi
 fi
 
+# issue 10: what a new user hit. An output that is the input is refused, by every command that writes
+if [ -f "$T/tiny.gguf" ]; then
+  cp "$T/tiny.gguf" "$T/self.gguf"; ln -sf "$T/self.gguf" "$T/self-link.gguf"; sum0=$(md5sum < "$T/self.gguf")
+  expect_error "quant -o INPUT is refused" "self.gguf" $QLAB quant "$T/self.gguf" --type q4_0 -o "$T/self.gguf"
+  expect_error "quant -o link-to-INPUT is refused" "self-link.gguf" $QLAB quant "$T/self.gguf" --type q4_0 -o "$T/self-link.gguf"
+  expect_error "quant through a link to the input" "refusing" $QLAB quant "$T/self-link.gguf" --type q4_0 -o "$T/self.gguf"
+  expect_error "quant --save-plan INPUT is refused" "refusing" $QLAB quant "$T/self.gguf" --type q4_0 --save-plan "$T/self.gguf"
+  expect_error "convert -o INPUT is refused" "refusing" $QLAB convert "$T/self.gguf" -o "$T/self.gguf"
+  expect_error "stats -o TEXT is refused" "refusing" $QLAB stats "$T/self.gguf" --text "$T/text.txt" --ctx 64 -o "$T/text.txt"
+  expect_error "imatrix -o INPUT is refused" "refusing" $QLAB imatrix "$T/self.gguf" --text "$T/text.txt" --ctx 64 -o "$T/self-link.gguf"
+  expect_error "ppl --save-logits INPUT is refused" "refusing" $QLAB ppl "$T/self.gguf" --text "$T/text.txt" --ctx 64 --save-logits "$T/self.gguf"
+  expect_error "sense -o INPUT is refused" "refusing" $QLAB sense "$T/self.gguf" --candidates q4_0 --level weight -o "$T/self.gguf"
+  if [ "$(md5sum < "$T/self.gguf")" = "$sum0" ] && [ -L "$T/self-link.gguf" ]; then ok "the input model is untouched"
+  else bad "the input model was changed"; fi
+  $QLAB convert "$T/self.gguf" -o "$T/hfself" >/dev/null 2>&1
+  expect_error "convert HF folder into itself is refused" "refusing" $QLAB convert "$T/hfself" -o "$T/hfself"
+  expect_error "quant -o a file of the HF input folder is refused" "refusing" $QLAB quant "$T/hfself" --type q8_0 -o "$T/hfself/model.safetensors"
+fi
+
 # llama.cpp agreement on the real model
 if [ -f "$SHARED/models/stories260K.gguf" ]; then
   M=$SHARED/models/stories260K.gguf

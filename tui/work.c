@@ -648,6 +648,8 @@ static void export_destroy(ql_tui_job *j) {
 bool ql_tui_start_export(ql_tui_app *a) {
     if (!a->model) return ql_tui_msg(a, 2, "open a model first"), false;
     if (!a->exp.path[0]) return ql_tui_msg(a, 2, "choose an output path first (p)"), false;
+    if (ql_same_file(a->exp.path, a->model_path))
+        return ql_tui_msg(a, 2, "%s is the model being quantized: choose another output path (p)", a->exp.path), false;
     export_ctx *c = ql_calloc(1, sizeof *c);
     c->m = a->model;
     c->stats = a->calib.stats;
