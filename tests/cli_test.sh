@@ -109,6 +109,11 @@ if [ -f "$T/tiny.gguf" ]; then
   else bad "the input model was changed"; fi
   $QLAB convert "$T/self.gguf" -o "$T/hfself" >/dev/null 2>&1
   expect_error "convert HF folder into itself is refused" "refusing" $QLAB convert "$T/hfself" -o "$T/hfself"
+  # a plan that is not a plan file is an error, and nothing is written
+  mkdir -p "$T/plandir"; : > "$T/empty.ini"
+  expect_error "quant --plan FOLDER is an error" "plandir" $QLAB quant "$T/self.gguf" --plan "$T/plandir" -o "$T/fromdir.gguf"
+  expect_error "quant --plan EMPTY-FILE is an error" "empty.ini" $QLAB quant "$T/self.gguf" --plan "$T/empty.ini" -o "$T/fromempty.gguf"
+  if [ ! -e "$T/fromdir.gguf" ] && [ ! -e "$T/fromempty.gguf" ]; then ok "bad plans write nothing"; else bad "a bad plan wrote a file"; fi
   expect_error "quant -o a file of the HF input folder is refused" "refusing" $QLAB quant "$T/hfself" --type q8_0 -o "$T/hfself/model.safetensors"
 fi
 
