@@ -1,5 +1,6 @@
 /* cli_util.c — option parsing, progress bar and error reporting shared by every command. */
 #include "cli/cli.h"
+#include "core/model.h"
 
 #include <signal.h>
 #include <stdarg.h>
@@ -132,6 +133,18 @@ int cli_refuse_input_as_output(const char *cmd, const char *out, const char *con
         }
     }
     return 0;
+}
+
+int cli_fit_ctx(const char *cmd, const ql_model *m, int ctx, bool given) {
+    int train = m->cfg.n_ctx_train;
+    if (train <= 0 || ctx <= train) return ctx;
+    if (given) {
+        fprintf(stderr, "qlab %s: warning: the model was trained on only %d context tokens (%d asked for)\n", cmd, train,
+                ctx);
+        return ctx;
+    }
+    fprintf(stderr, "qlab %s: using ctx %d, the model's training context (the default %d is longer)\n", cmd, train, ctx);
+    return train;
 }
 
 int cli_fail(const char *cmd) {

@@ -45,7 +45,7 @@ int cmd_ppl(int argc, char **argv) {
     cli_args_init(&a, argc, argv, PPL_USAGE);
     const char *flag, *pos, *model = NULL, *text = NULL;
     ql_ppl_opts o = {.n_ctx = 512, .n_threads = ql_default_threads()};
-    bool json = false;
+    bool json = false, ctx_given = false;
     const char *act = NULL, *act_stats = NULL;
     double act_threshold = 0;
     while (cli_next(&a, &flag, &pos)) {
@@ -53,7 +53,7 @@ int cmd_ppl(int argc, char **argv) {
             if (model) return cli_usage_error("ppl", PPL_USAGE, "unexpected argument '%s'", pos);
             model = pos;
         } else if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) text = cli_value(&a, flag);
-        else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) o.n_ctx = cli_int(&a, flag, 4, 1 << 20);
+        else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) o.n_ctx = cli_int(&a, flag, 4, 1 << 20), ctx_given = true;
         else if (!strcmp(flag, "--chunks")) o.n_chunks = cli_int(&a, flag, 1, 1 << 30);
         else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) o.n_threads = cli_int(&a, flag, 1, 256);
         else if (!strcmp(flag, "--json")) json = true;
@@ -82,6 +82,7 @@ int cmd_ppl(int argc, char **argv) {
         rc = cli_fail("ppl");
         goto out;
     }
+    o.n_ctx = cli_fit_ctx("ppl", m, o.n_ctx, ctx_given);
     if (act_mode != QL_ACT_NONE) {
         ql_stats *ast = NULL;
         ql_status as = act_stats ? ql_stats_load(act_stats, &ast) : QL_OK;

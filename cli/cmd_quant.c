@@ -170,6 +170,7 @@ int cmd_quant(int argc, char **argv) {
         goto done;
     }
     if (needs && (!stats || sequential) && cli_calib_given(&ca) && !dry) {
+        ca.label = "quant";
         if (cli_calib_tokens(m, &ca, &calib_tok, &calib_n)) { rc = cli_fail("quant"); goto done; }
         if (!sequential) {
             /* statistics once, from the unquantized model (qlab stats would give the same file) */

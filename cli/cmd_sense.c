@@ -109,6 +109,7 @@ static const char *SENSE_USAGE =
 typedef struct {
     const char *text, *calib;
     int ctx, chunks, samples, mode;
+    bool ctx_given;
     uint64_t seed;
 } sense_calib;
 
@@ -154,7 +155,7 @@ int cmd_sense(int argc, char **argv) {
         else if (!strcmp(flag, "--calib")) ca.calib = cli_value(&a, flag);
         else if (!strcmp(flag, "--samples")) ca.samples = cli_int(&a, flag, 1, 1 << 24);
         else if (!strcmp(flag, "--len") || !strcmp(flag, "--ctx") || !strcmp(flag, "-c"))
-            ca.ctx = cli_int(&a, flag, 8, 1 << 20);
+            ca.ctx = cli_int(&a, flag, 8, 1 << 20), ca.ctx_given = true;
         else if (!strcmp(flag, "--chunks")) ca.chunks = cli_int(&a, flag, 1, 1 << 30);
         else if (!strcmp(flag, "--seed")) ca.seed = (uint64_t)cli_int(&a, flag, 0, 1 << 30);
         else if (!strcmp(flag, "--mode")) {
@@ -228,6 +229,7 @@ int cmd_sense(int argc, char **argv) {
         rc = 1;
         goto done;
     }
+    if (ca.text || ca.calib) ca.ctx = cli_fit_ctx("sense", m, ca.ctx, ca.ctx_given);
     ql_status ss = QL_OK;
     if (ca.calib) {
         ql_calib_opts co = {.n_samples = ca.samples, .seq_len = ca.ctx, .seed = ca.seed, .mode = ca.mode};

@@ -11,11 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int collect(const char *cmd, const char *model, const cli_calib *ca, bool hessian, bool output, ql_model **m,
+static int collect(const char *cmd, const char *model, cli_calib *ca, bool hessian, bool output, ql_model **m,
                    ql_stats **st) {
     int32_t *tok = NULL;
     int64_t n_seq = 0;
     ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads};
+    ca->label = cmd;
     if (ql_model_load(model, m) || cli_calib_tokens(*m, ca, &tok, &n_seq) ||
         cli_collect_stats(*m, tok, n_seq, ca->ctx, &o, cmd, st)) {
         free(tok);

@@ -114,6 +114,23 @@ if [ -f "$T/tiny.gguf" ]; then
   expect_error "quant --plan FOLDER is an error" "plandir" $QLAB quant "$T/self.gguf" --plan "$T/plandir" -o "$T/fromdir.gguf"
   expect_error "quant --plan EMPTY-FILE is an error" "empty.ini" $QLAB quant "$T/self.gguf" --plan "$T/empty.ini" -o "$T/fromempty.gguf"
   if [ ! -e "$T/fromdir.gguf" ] && [ ! -e "$T/fromempty.gguf" ]; then ok "bad plans write nothing"; else bad "a bad plan wrote a file"; fi
+  # a context past the training context (n_ctx_train 128 here): defaults are capped, a longer one warns
+  $QLAB synth --shape tiny --dims layers=1,ctx=128 -o "$T/c128.gguf" 2>/dev/null
+  for i in 1 2 3 4 5 6; do cat "$T/text.txt"; done > "$T/text6.txt"
+  if $QLAB ppl "$T/c128.gguf" --text "$T/text6.txt" --chunks 1 --json 2>"$T/err" | grep -q '"ctx": 128,'; then ok "ppl defaults to n_ctx_train when it is below 512"
+  else bad "ppl default ctx on a 128-token model"; sed 's/^/     /' "$T/err" | head -3; fi
+  if $QLAB ppl "$T/c128.gguf" --text "$T/text6.txt" --chunks 1 --ctx 256 --json 2>"$T/err" | grep -q '"ctx": 256,' \
+     && grep -q "trained on only 128 context tokens (256 asked for)" "$T/err"; then ok "ppl --ctx past n_ctx_train warns as llama.cpp does"
+  else bad "ppl --ctx 256 on a 128-token model: no warning"; fi
+  if $QLAB stats "$T/c128.gguf" --text "$T/text6.txt" --chunks 1 -o "$T/c128.qls" 2>"$T/err" && grep -q "1 sequences x 128 tokens" "$T/err"; then
+    ok "stats defaults to n_ctx_train"; else bad "stats default ctx"; sed 's/^/     /' "$T/err" | tail -2; fi
+  if $QLAB sense "$T/c128.gguf" --text "$T/text6.txt" --chunks 1 --candidates q8_0 --level output -o "$T/c128.qss" 2>"$T/err" \
+     && grep -q "using ctx 128" "$T/err"; then ok "sense defaults to n_ctx_train"; else bad "sense default ctx"; sed 's/^/     /' "$T/err" | tail -2; fi
+  # the working memory a context needs is checked before it is allocated, and refused with the figure
+  QL_MEM_BUDGET_MB=64 $QLAB ppl "$T/c128.gguf" --text "$T/text6.txt" --ctx 8192 >/dev/null 2>"$T/err"; rc=$?
+  if [ $rc -eq 1 ] && grep -q "ctx 8192 needs 0.4 GiB of working memory" "$T/err" && grep -q "use --ctx [0-9]* or less" "$T/err"; then
+    ok "ppl refuses a context that does not fit, with the figure"
+  else bad "ppl memory check: rc $rc"; sed 's/^/     /' "$T/err" | tail -2; fi
   expect_error "quant -o a file of the HF input folder is refused" "refusing" $QLAB quant "$T/hfself" --type q8_0 -o "$T/hfself/model.safetensors"
 fi
 
