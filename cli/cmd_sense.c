@@ -465,7 +465,14 @@ int cmd_plan(int argc, char **argv) {
             }
             path = pos;
         } else if (parse_alloc_flag(&a, flag, &af, "plan", PLAN_USAGE)) continue;
-        else if (!strcmp(flag, "--target-bpw") || !strcmp(flag, "--bpw")) bpw = cli_double(&a, flag);
+        else if (!strcmp(flag, "--target-bpw") || !strcmp(flag, "--bpw")) {
+            const char *v = a.i < a.argc ? a.argv[a.i] : "";
+            bpw = cli_double(&a, flag);
+            if (!a.error && !(isfinite(bpw) && bpw > 0)) {
+                alloc_flags_free(&af);
+                return cli_usage_error("plan", PLAN_USAGE, "--target-bpw must be a positive number of bits, got '%s'", v);
+            }
+        }
         else if (!strcmp(flag, "--target-size")) size = cli_value(&a, flag);
         else if (!strcmp(flag, "--whole-file")) whole = true;
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
@@ -511,7 +518,7 @@ int cmd_plan(int argc, char **argv) {
                        .n_rules = af.n_rules,
                        .tolerance = af.tolerance,
                        .method = af.solver};
-    if (ql_allocate(s, &o, &r)) {
+    if (ql_alloc_check_target(s, &o) || ql_allocate(s, &o, &r)) {
         rc = cli_fail("plan");
         goto out;
     }

@@ -131,6 +131,13 @@ if [ -f "$T/tiny.gguf" ]; then
   if [ $rc -eq 1 ] && grep -q "ctx 8192 needs 0.4 GiB of working memory" "$T/err" && grep -q "use --ctx [0-9]* or less" "$T/err"; then
     ok "ppl refuses a context that does not fit, with the figure"
   else bad "ppl memory check: rc $rc"; sed 's/^/     /' "$T/err" | tail -2; fi
+  # plan targets: outside the reachable range, negative or not a number are errors naming the problem
+  $QLAB sense "$T/c128.gguf" --candidates q4_0,q8_0 --level weight -o "$T/w.qss" >/dev/null 2>&1
+  expect_error "plan --target-bpw 40 names the reachable range" "candidates reach: 4.5" $QLAB plan "$T/w.qss" --target-bpw 40 -o "$T/p40.ini"
+  expect_error "plan --target-bpw -3 says what is wrong" "positive number" $QLAB plan "$T/w.qss" --target-bpw -3 -o "$T/p40.ini"
+  expect_error "plan --target-bpw nan says what is wrong" "got 'nan'" $QLAB plan "$T/w.qss" --target-bpw nan -o "$T/p40.ini"
+  if [ ! -e "$T/p40.ini" ]; then ok "refused targets write no plan"; else bad "a refused target wrote a plan"; fi
+  expect_error "--calib FILE@abc names the bad weight" "weight 'abc'" $QLAB stats "$T/c128.gguf" --calib "$T/text6.txt@abc" -o "$T/x.qls"
   expect_error "quant -o a file of the HF input folder is refused" "refusing" $QLAB quant "$T/hfself" --type q8_0 -o "$T/hfself/model.safetensors"
 fi
 
