@@ -31,7 +31,7 @@ static ql_status load_model_and_tokens(const char *model_path, const char *text_
                                        int64_t *n_ids) {
     ql_status s = ql_model_load(model_path, m);
     if (s) return s;
-    if (!(*m)->tok) return ql_fail(QL_ERR_FORMAT, "%s: the model has no tokenizer", model_path);
+    if (!(*m)->tok) return ql_model_no_tokenizer(*m, "perplexity needs one");
     char *text;
     size_t len;
     if ((s = ql_read_file(text_path, &text, &len))) return s;
@@ -237,9 +237,9 @@ int cmd_tokenize(int argc, char **argv) {
     int rc = 0;
     if (ql_model_load(model, &m)) return cli_fail("tokenize");
     if (!m->tok) {
+        ql_model_no_tokenizer(m, NULL);
         ql_model_free(m);
-        fprintf(stderr, "qlab tokenize: %s: the model has no tokenizer\n", model);
-        return 1;
+        return cli_fail("tokenize");
     }
     if (file && ql_read_file(file, &text, &len)) rc = cli_fail("tokenize");
     else if (ql_tokenize(m->tok, file ? text : prompt, file ? len : strlen(prompt), bos, &ids, &n)) rc = cli_fail("tokenize");

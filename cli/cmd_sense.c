@@ -225,8 +225,8 @@ int cmd_sense(int argc, char **argv) {
         goto done;
     }
     if ((ca.text || ca.calib) && !m->tok) {
-        fprintf(stderr, "qlab sense: %s: the model has no tokenizer\n", model);
-        rc = 1;
+        ql_model_no_tokenizer(m, "calibration needs one");
+        rc = cli_fail("sense");
         goto done;
     }
     if (ca.text || ca.calib) ca.ctx = cli_fit_ctx("sense", m, ca.ctx, ca.ctx_given);

@@ -138,6 +138,25 @@ if [ -f "$T/tiny.gguf" ]; then
   expect_error "plan --target-bpw nan says what is wrong" "got 'nan'" $QLAB plan "$T/w.qss" --target-bpw nan -o "$T/p40.ini"
   if [ ! -e "$T/p40.ini" ]; then ok "refused targets write no plan"; else bad "a refused target wrote a plan"; fi
   expect_error "--calib FILE@abc names the bad weight" "weight 'abc'" $QLAB stats "$T/c128.gguf" --calib "$T/text6.txt@abc" -o "$T/x.qls"
+  # a llama2.c checkpoint without its tokenizer: convert warns, info says llama.cpp refuses it, and the
+  # "no tokenizer" error names the files looked for and where
+  mkdir -p "$T/l2c"
+  python3 - "$T/l2c/model.bin" <<'PY'
+import struct, sys
+D, F, L, H, KV, V, S = 64, 172, 2, 8, 4, 512, 128
+hs = D // H; kv = hs * KV
+n = V * D + L * (D + D * D + 2 * D * kv + D * D + D + 3 * D * F) + D + S * hs
+with open(sys.argv[1], 'wb') as f:
+    f.write(struct.pack('<7i', D, F, L, H, KV, V, S))
+    f.write(struct.pack('<%df' % n, *[((i * 7919) % 97 - 48) / 480.0 for i in range(n)]))
+PY
+  $QLAB convert "$T/l2c/model.bin" -o "$T/l2c.gguf" >/dev/null 2>"$T/err"
+  if grep -q "warning: .*model.bin has no tokenizer.*tok512.bin" "$T/err"; then ok "convert warns about a missing tokenizer, naming tok512.bin"
+  else bad "convert without tokenizer: no warning"; sed 's/^/     /' "$T/err" | head -3; fi
+  if $QLAB info "$T/l2c.gguf" --no-tensors | grep -q "llama.cpp refuses" && \
+     $QLAB info "$T/l2c.gguf" --json --no-tensors | grep -q '"llama_cpp_compatible": false'; then ok "info says llama.cpp refuses a GGUF without tokenizer"
+  else bad "info on a GGUF without tokenizer"; fi
+  expect_error "ppl without tokenizer names the files to add" "tokenizer.bin or tok512.bin in $T/l2c" $QLAB ppl "$T/l2c/model.bin" --text "$T/text.txt"
   expect_error "quant -o a file of the HF input folder is refused" "refusing" $QLAB quant "$T/hfself" --type q8_0 -o "$T/hfself/model.safetensors"
 fi
 

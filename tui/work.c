@@ -189,7 +189,8 @@ static void calib_destroy(ql_tui_job *j) {
 
 bool ql_tui_start_calib(ql_tui_app *a, bool then_stats) {
     if (!a->model) return ql_tui_msg(a, 2, "open a model first"), false;
-    if (!a->model->tok) return ql_tui_msg(a, 2, "%s has no tokenizer: no calibration text can be read", a->model_path), false;
+    if (!a->model->tok)
+        return ql_model_no_tokenizer(a->model, "calibration text needs one"), ql_tui_msg(a, 2, "%s", ql_last_error()), false;
     if (!a->calib.n_sources) return ql_tui_msg(a, 2, "add a calibration source first (a on the Calib screen)"), false;
     calib_ctx *c = ql_calloc(1, sizeof *c);
     for (int i = 0; i < a->calib.n_sources; i++)
@@ -561,7 +562,8 @@ static uint64_t preview_key(const ql_tui_app *a) {
 
 bool ql_tui_start_preview(ql_tui_app *a) {
     if (!a->model) return ql_tui_msg(a, 2, "open a model first"), false;
-    if (!a->model->tok) return ql_tui_msg(a, 2, "%s has no tokenizer: perplexity needs one", a->model_path), false;
+    if (!a->model->tok)
+        return ql_model_no_tokenizer(a->model, "perplexity needs one"), ql_tui_msg(a, 2, "%s", ql_last_error()), false;
     if (!a->preview.text[0]) return ql_tui_msg(a, 2, "choose a text first (t)"), false;
     uint64_t key = preview_key(a);
     for (int i = a->preview.n_hist - 1; i >= 0; i--)
