@@ -40,8 +40,9 @@ static const char *QUANT_USAGE =
     "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors, bnb\n"
     "                    (Hugging Face folders for transformers/vLLM/TGI; OUT is then a folder)\n"
     "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing\n"
-    "Rows that do not fit a format's block fall back as llama.cpp does (q4_k -> q5_0 -> f16 ...); each fallback is\n"
-    "printed and recorded in the plan.\n";
+    "Rows that do not fit a format's block fall back: K-quants and IQ types as llama-quantize does (q4_k -> q5_0 ->\n"
+    "f16 ...); other types (q4_0, q8_0 ...) to f16, where llama-quantize refuses the model. Each fallback is printed,\n"
+    "says which of the two happened, and is recorded in the plan.\n";
 
 static bool is_float_format(const ql_format *f) {
     return f->type == QL_TYPE_F32 || f->type == QL_TYPE_F16 || f->type == QL_TYPE_BF16;

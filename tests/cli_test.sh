@@ -157,6 +157,13 @@ PY
      $QLAB info "$T/l2c.gguf" --json --no-tensors | grep -q '"llama_cpp_compatible": false'; then ok "info says llama.cpp refuses a GGUF without tokenizer"
   else bad "info on a GGUF without tokenizer"; fi
   expect_error "ppl without tokenizer names the files to add" "tokenizer.bin or tok512.bin in $T/l2c" $QLAB ppl "$T/l2c/model.bin" --text "$T/text.txt"
+  # fallbacks say exactly what llama-quantize does with the same rows (172-wide ffn_down)
+  $QLAB quant "$T/l2c.gguf" --preset Q8_0 --dry-run >/dev/null 2>"$T/err"
+  $QLAB quant "$T/l2c.gguf" --preset Q4_K_M --dry-run >/dev/null 2>"$T/err2"
+  if grep -q "ffn_down.weight: fallback from q8_0: rows of 172 .*llama-quantize refuses the model" "$T/err" \
+     && grep -q "fallback from q4_k: .*llama-quantize does the same" "$T/err2" && ! grep -q "as llama.cpp does" "$T/err"; then
+    ok "fallback notes say what llama-quantize does (refuses Q8_0 here, same fallback for q4_k)"
+  else bad "fallback notes"; head -2 "$T/err" | sed 's/^/     /'; fi
   expect_error "quant -o a file of the HF input folder is refused" "refusing" $QLAB quant "$T/hfself" --type q8_0 -o "$T/hfself/model.safetensors"
 fi
 

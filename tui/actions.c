@@ -458,7 +458,7 @@ static unsigned plan_preset(ql_tui_app *a, int k) {
         snprintf(label, sizeof label, "preset (name or INI file): %.60s...", names);
         prompt_open(a, P_PRESET, label, "Q4_K_M");
     } else
-        prompt_open(a, P_TYPE, "one format for every tensor (fallbacks as llama.cpp), e.g. q4_k, int4_g32", "q8_0");
+        prompt_open(a, P_TYPE, "one format for every tensor (row fallbacks noted), e.g. q4_k, int4_g32", "q8_0");
     return QL_R_REDRAW;
 }
 
