@@ -768,7 +768,7 @@ static const binding BINDINGS[] = {
 
     {ON(AUTO), QL_KEY_UP, QL_KEY_DOWN, "Up Down", "choose a field", auto_move},
     {ON(AUTO), QL_KEY_LEFT, QL_KEY_RIGHT, "Left Right", "move the slider / toggle", auto_adjust},
-    {ON(AUTO), QL_KEY_ENTER, 0, "Enter", "type the target / toggle", auto_enter},
+    {ON(AUTO), QL_KEY_ENTER, 0, "Enter", "edit the target (or type a number on its row) / toggle", auto_enter},
     {ON(AUTO), 's', 0, "s", "solve for the target (worker thread)", auto_solve},
     {ON(AUTO), 'f', 0, "f", "compute the Pareto frontier", auto_solve},
     {ON(AUTO), 'a', 0, "a", "accept the solution into the plan", auto_accept},
@@ -1288,6 +1288,10 @@ unsigned ql_tui_handle(ql_tui_app *a, int k) {
     if (a->prompt.active) return prompt_key(a, k);
     if (a->browser.purpose != QL_BROWSE_NONE) return browser_key(a, k);
     if (a->help) return help_key(a, k);
+    if (a->screen == QL_SCR_AUTO && a->autos.field == AF_TARGET && a->model && ((k >= '0' && k <= '9') || k == '.')) {
+        auto_enter(a, QL_KEY_ENTER); /* typing a number on the target row edits the target, as in a form */
+        return prompt_key(a, k) | QL_R_REDRAW;
+    }
     unsigned r = QL_R_NONE;
     bool found = false;
     for (int pass = 0; pass < 2 && !found; pass++) /* screen bindings first, then global ones */

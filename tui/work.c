@@ -82,6 +82,7 @@ typedef struct {
     uint64_t key;
     int64_t distinct, grams;
     double overlap;
+    bool overlap_done;
     char passages[3][160];
     ql_stats *stats;
 } calib_ctx;
@@ -120,23 +121,24 @@ static void calib_run(ql_tui_job *j) {
         }
         set = c->set;
         c->distinct = ql_calib_distinct_tokens(set, c->m->cfg.n_vocab);
-        char *text;
-        size_t len;
-        int32_t *ids = NULL;
-        int64_t n = 0;
-        c->overlap = -1;
-        if (c->eval[0] && !ql_read_file(c->eval, &text, &len)) {
-            if (!ql_tokenize(c->m->tok, text, len, false, &ids, &n))
-                c->overlap = ql_calib_ngram_overlap(set, ids, n, 8, &c->grams);
-            free(text);
-            free(ids);
-        }
         for (int i = 0; i < 3 && i < set->n_samples; i++) {
             int first = set->bos >= 0 ? 1 : 0;
             passage(c->m->tok, set->tokens + (size_t)i * set->seq_len + first,
                     set->seq_len - first < 48 ? set->seq_len - first : 48, c->passages[i], sizeof c->passages[i]);
         }
     }
+    /* the overlap is against the evaluation text as it is now, also for a set built before it changed */
+    char *text;
+    size_t len;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    c->overlap = -1;
+    if (c->eval[0] && !ql_read_file(c->eval, &text, &len)) {
+        if (!ql_tokenize(c->m->tok, text, len, false, &ids, &n)) c->overlap = ql_calib_ngram_overlap(set, ids, n, 8, &c->grams);
+        free(text);
+        free(ids);
+    }
+    c->overlap_done = true;
     if (!c->then_stats || j->cancel) return;
     ql_infer *inf = NULL;
     ql_tui_job_phase(j, "preparing the forward pass", 0, 1);
@@ -163,9 +165,11 @@ static void calib_apply(ql_tui_app *a, ql_tui_job *j) {
         a->calib.set_key = c->key;
         a->calib.distinct = c->distinct;
         a->calib.coverage = c->m->cfg.n_vocab ? (double)c->distinct / c->m->cfg.n_vocab : 0;
+        memcpy(a->calib.passages, c->passages, sizeof c->passages);
+    }
+    if (c->overlap_done) {
         a->calib.overlap = c->overlap;
         a->calib.overlap_grams = c->grams;
-        memcpy(a->calib.passages, c->passages, sizeof c->passages);
     }
     if (c->stats) {
         ql_stats_free(a->calib.stats);
@@ -355,15 +359,20 @@ typedef struct {
 static void solve_run(ql_tui_job *j) {
     solve_ctx *c = j->ctx;
     ql_tui_job_phase(j, c->pareto ? "frontier" : "allocating", 0, 1);
-    ql_status s = c->pareto ? ql_alloc_frontier(c->s, &c->o, 48, &c->pts, &c->n_pts) : ql_allocate(c->s, &c->o, &c->r);
+    ql_status s;
+    if (c->pareto) s = ql_alloc_frontier(c->s, &c->o, 48, &c->pts, &c->n_pts);
+    else if (!(s = ql_alloc_check_target(c->s, &c->o))) s = ql_allocate(c->s, &c->o, &c->r); /* as qlab plan */
     if (s) ql_tui_job_fail(j, s);
     else c->has_r = !c->pareto;
 }
 
 static void solve_apply(ql_tui_app *a, ql_tui_job *j) {
     solve_ctx *c = j->ctx;
-    if (j->status) return;
     ql_tui_auto *u = &a->autos;
+    if (j->status) {
+        if (!c->pareto) u->has_solution = false; /* the old solution is not the answer to this target */
+        return;
+    }
     if (c->pareto) {
         u->n_pareto = c->n_pts < 64 ? c->n_pts : 64;
         for (int i = 0; i < u->n_pareto; i++) {
