@@ -466,6 +466,18 @@ static void test_new_user_session(void **state) {
     if (strstr(scr, "a accepts it")) printf("the stale solution is still shown:\n%s", scr);
     assert_null(strstr(scr, "a accepts it"));
     free(scr);
+    /* item 13: the Export note names every extension format the file holds */
+    ql_tui_feed(a, "<down>3T<c-u>int4_g32<enter>");
+    a->plan.rows[0].fmt = ql_format_by_name("int5_g32");
+    ql_tui_feed(a, "6");
+    assert_true(screen_has(a, 80, 24, "int4_g32, int5_g32") || screen_has(a, 80, 24, "int5_g32, int4_g32"));
+    assert_true(screen_has(a, 80, 24, "cannot load the file"));
+    /* item 15: one minimum size, the one the message names */
+    assert_true(screen_has(a, 79, 24, "needs 80x24"));
+    assert_true(screen_has(a, 80, 23, "needs 80x24"));
+    scr = render(a, 80, 24);
+    assert_null(strstr(scr, "too small"));
+    free(scr);
     ql_tui_app_free(a);
 }
 

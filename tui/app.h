@@ -44,6 +44,10 @@ typedef enum {
 } ql_tui_screen;
 
 #define QL_TUI_PATH 1024
+/* The smallest terminal the workbench draws in: every screen is laid out and tested at this size, so
+ * below it meaning would be cut; the message, the docs and the check use this one figure. */
+#define QL_TUI_MIN_W 80
+#define QL_TUI_MIN_H 24
 #define QL_TUI_MAX_CAND 24
 #define QL_TUI_MAX_SOURCES 8
 #define QL_TUI_MAX_HIST 64

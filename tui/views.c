@@ -260,9 +260,9 @@ void ql_tui_render(ql_tui_app *a, ql_canvas *c) {
     ql_canvas_clear(c);
     a->w = c->w;
     a->h = c->h;
-    if (c->w < 40 || c->h < 12) {
+    if (c->w < QL_TUI_MIN_W || c->h < QL_TUI_MIN_H) {
         ql_canvas_puts(c, 0, 0, 0, QL_ST_WARN, "terminal too small");
-        ql_canvas_printf(c, 0, 1, 0, QL_ST_NORMAL, "%dx%d: 80x24 or more", c->w, c->h);
+        ql_canvas_printf(c, 0, 1, 0, QL_ST_NORMAL, "%dx%d: needs %dx%d or more", c->w, c->h, QL_TUI_MIN_W, QL_TUI_MIN_H);
         return;
     }
     draw_tabs(a, c);
@@ -532,27 +532,36 @@ void ql_view_export(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     char size[32];
     ql_fmt_bytes(size, sizeof size, (double)t.file_bytes);
     int planned = 0, ext = 0, data = 0, fallbacks = 0;
-    const ql_format *first_ext = NULL;
+    char ext_names[160] = ""; /* every extension format the file will hold, not just the first */
     for (int i = 0; i < a->plan.n_rows; i++) {
         const ql_tui_row *rw = &a->plan.rows[i];
         if (rw->fmt && rw->fmt != rw->orig) planned++;
         const ql_format *f = ql_tui_row_format(rw);
         if (f && !ql_type_is_ggml(f->type)) {
             ext++;
-            if (!first_ext) first_ext = f;
+            size_t nl = strlen(f->name), el = strlen(ext_names);
+            const char *hit = strstr(ext_names, f->name);
+            bool listed = hit && (hit == ext_names || hit[-1] == ' ') && (hit[nl] == ',' || hit[nl] == 0);
+            if (!listed && el + nl + 3 < sizeof ext_names)
+                snprintf(ext_names + el, sizeof ext_names - el, "%s%s", el ? ", " : "", f->name);
         }
         const ql_method *me = ql_method_by_name(rw->method);
         data += me && me->needs;
         fallbacks += rw->note[0] != 0;
     }
-    ql_canvas_printf(c, 1, y++, 0, QL_ST_NORMAL, "%-9s %.40s%s · %d of %d tensors change · %.3f bits/weight · %s", "plan",
-                     a->plan.source, a->plan.edits ? " +edits" : "", planned, a->plan.n_rows, t.bpw, size);
+    char line[320];
+    snprintf(line, sizeof line, "%.40s%s · %d of %d tensors change · %.3f bits/weight · %s", a->plan.source,
+             a->plan.edits ? " +edits" : "", planned, a->plan.n_rows, t.bpw, size);
+    ql_canvas_printf(c, 1, y, 0, QL_ST_NORMAL, "%-9s", "plan");
+    y += ql_view_wrap(c, 11, y, c->w - 12, 2, QL_ST_NORMAL, line);
     ql_canvas_printf(c, 1, y++, 0, data && !a->calib.stats ? QL_ST_ERROR : QL_ST_NORMAL, "%-9s %d tensors use a data-aware method%s",
                      "methods", data, data ? (a->calib.stats ? " (statistics loaded)" : ": run statistics first (Calib, r)") : "");
-    if (ext)
-        ql_canvas_printf(c, 1, y++, 0, QL_ST_WARN, "%-9s %d tensors use qlab extension formats (%s): llama.cpp cannot load "
-                                                   "the file, qlab can", "note", ext, first_ext->name);
-    else
+    if (ext) {
+        snprintf(line, sizeof line, "%d tensors use qlab extension formats (%s): llama.cpp cannot load the file, qlab can",
+                 ext, ext_names);
+        ql_canvas_printf(c, 1, y, 0, QL_ST_WARN, "%-9s", "note");
+        y += ql_view_wrap(c, 11, y, c->w - 12, 3, QL_ST_WARN, line);
+    } else
         ql_canvas_printf(c, 1, y++, 0, QL_ST_OK, "%-9s every tensor type is one llama.cpp knows", "note");
     if (fallbacks)
         ql_canvas_printf(c, 1, y++, 0, QL_ST_DIM, "%-9s %d tensors fell back to a format that fits their rows", "", fallbacks);
