@@ -472,6 +472,15 @@ static void test_new_user_session(void **state) {
     ql_tui_feed(a, "6");
     assert_true(screen_has(a, 80, 24, "int4_g32, int5_g32") || screen_has(a, 80, 24, "int5_g32, int4_g32"));
     assert_true(screen_has(a, 80, 24, "cannot load the file"));
+    /* item 14: the size the footer, Preview and Export show is the exported file's, to the byte */
+    char out[600];
+    snprintf(out, sizeof out, "%s/new-user.gguf", g_tmp);
+    snprintf(keys, sizeof keys, "p<c-u>%s<enter>e<wait>", out);
+    ql_tui_feed(a, keys);
+    struct stat sb;
+    assert_int_equal(stat(out, &sb), 0);
+    printf("exported %lld bytes, predicted %lld\n", (long long)sb.st_size, (long long)ql_tui_plan_totals(a).file_bytes);
+    assert_int_equal((int64_t)sb.st_size, ql_tui_plan_totals(a).file_bytes);
     /* item 15: one minimum size, the one the message names */
     assert_true(screen_has(a, 79, 24, "needs 80x24"));
     assert_true(screen_has(a, 80, 23, "needs 80x24"));
@@ -490,7 +499,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    const char *files[] = {"synth.gguf", "plan.ini", "session.gguf"};
+    const char *files[] = {"synth.gguf", "plan.ini", "session.gguf", "new-user.gguf"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char p[512];
         snprintf(p, sizeof p, "%s/%s", g_tmp, files[i]);
