@@ -481,6 +481,15 @@ static void test_new_user_session(void **state) {
     assert_int_equal(stat(out, &sb), 0);
     printf("exported %lld bytes, predicted %lld\n", (long long)sb.st_size, (long long)ql_tui_plan_totals(a).file_bytes);
     assert_int_equal((int64_t)sb.st_size, ql_tui_plan_totals(a).file_bytes);
+    /* item 17: history rows say what differs (here: a hand edit), in full at 80x24 */
+    ql_tui_feed(a, "5c64<enter>n2<enter><enter><wait>3]5<enter><wait>");
+    assert_int_equal(a->preview.n_hist, 2);
+    printf("history: '%s' / '%s'\n", a->preview.hist[0].label, a->preview.hist[1].label);
+    assert_string_not_equal(a->preview.hist[0].label, a->preview.hist[1].label);
+    assert_true(screen_has(a, 80, 24, a->preview.hist[0].label));
+    assert_true(screen_has(a, 80, 24, a->preview.hist[1].label));
+    assert_true(screen_has(a, 80, 24, "ctx 64 x 2 chunks"));
+    assert_int_equal(ql_tui_plan_totals(a).file_bytes, a->preview.hist[1].bytes);
     /* item 15: one minimum size, the one the message names */
     assert_true(screen_has(a, 79, 24, "needs 80x24"));
     assert_true(screen_has(a, 80, 23, "needs 80x24"));

@@ -121,7 +121,8 @@ typedef struct {
 
 typedef struct {
     uint64_t hash;                 /* plan + text + ctx + chunks + statistics */
-    char label[48];
+    char label[72];                /* source, edited rows, methods: what tells rows apart */
+    char detail[200];              /* everything, for the row under the cursor */
     double bpw;
     int64_t bytes;
     ql_ppl_result r;

@@ -498,10 +498,17 @@ void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         ql_canvas_puts(c, 1, y + 1, 0, QL_ST_DIM, "KL divergence and top-1 agreement against the model as loaded.");
     y += 4;
     ql_canvas_fill(c, 0, y, c->w, 1, ' ', QL_ST_HEADER);
-    int lw = c->w - 64 > 14 ? (c->w - 64 < 40 ? c->w - 64 : 40) : 14;
-    ql_canvas_printf(c, 1, y, 0, QL_ST_HEADER, "%2s %-*s %6s %9s %17s %8s %6s %4s", "#", lw, "plan", "bpw", "size",
-                     "PPL", "KLD", "top-1", "s");
-    int rows = r.y + r.h - y - 1;
+    /* narrow: PPL without its ± and no seconds column, so the plan label keeps room to tell rows apart */
+    bool wide = c->w >= 100;
+    int fixed = wide ? 64 : 46;
+    int lw = c->w - fixed > 14 ? (c->w - fixed < 40 ? c->w - fixed : 40) : 14;
+    if (wide)
+        ql_canvas_printf(c, 1, y, 0, QL_ST_HEADER, "%2s %-*s %6s %9s %17s %8s %6s %4s", "#", lw, "plan", "bpw", "size",
+                         "PPL", "KLD", "top-1", "s");
+    else
+        ql_canvas_printf(c, 1, y, 0, QL_ST_HEADER, "%2s %-*s %6s %9s %8s %8s %6s", "#", lw, "plan", "bpw", "size", "PPL",
+                         "KLD", "top-1");
+    int rows = r.y + r.h - y - 2; /* the last line details the row under the cursor */
     if (p->cursor < 0) p->cursor = 0;
     int scroll = p->cursor >= rows ? p->cursor - rows + 1 : 0;
     for (int i = 0; i < rows && scroll + i < p->n_hist; i++) {
@@ -512,9 +519,15 @@ void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         snprintf(ppl, sizeof ppl, "%.4f±%.4f", h->r.ppl, h->r.ppl_stderr);
         int st = k == p->cursor ? QL_ST_CURSOR : QL_ST_NORMAL;
         ql_canvas_fill(c, 0, y + 1 + i, c->w, 1, ' ', st);
-        ql_canvas_printf(c, 1, y + 1 + i, 0, st, "%2d %-*.*s %6.3f %9s %17s %8.5f %5.1f%% %4.1f", k + 1, lw, lw, h->label,
-                         h->bpw, size, ppl, h->r.kld_mean, 100 * h->r.top1_agreement, h->seconds);
+        if (wide)
+            ql_canvas_printf(c, 1, y + 1 + i, 0, st, "%2d %-*.*s %6.3f %9s %17s %8.5f %5.1f%% %4.1f", k + 1, lw, lw,
+                             h->label, h->bpw, size, ppl, h->r.kld_mean, 100 * h->r.top1_agreement, h->seconds);
+        else
+            ql_canvas_printf(c, 1, y + 1 + i, 0, st, "%2d %-*.*s %6.3f %9s %8.4f %8.5f %5.1f%%", k + 1, lw, lw, h->label,
+                             h->bpw, size, h->r.ppl, h->r.kld_mean, 100 * h->r.top1_agreement);
     }
+    if (p->n_hist && p->cursor < p->n_hist)
+        ql_canvas_printf(c, 1, r.y + r.h - 1, c->w - 1, QL_ST_DIM, "%d: %s", p->cursor + 1, p->hist[p->cursor].detail);
     if (!p->n_hist) ql_canvas_puts(c, 1, y + 1, 0, QL_ST_DIM, "no evaluations yet");
 }
 

@@ -608,7 +608,21 @@ bool ql_tui_start_preview(ql_tui_app *a) {
     c->h.hash = key;
     c->h.bpw = t.bpw;
     c->h.bytes = t.file_bytes;
-    snprintf(c->h.label, sizeof c->h.label, "%.36s%s", a->plan.source, a->plan.edits ? " +edits" : "");
+    /* what tells history rows apart: the plan's source, how many rows were edited, the methods used;
+     * the text and context go in the detail line (the same for most rows of a session) */
+    char methods[64] = "";
+    for (int i = 0; i < a->plan.n_rows; i++) {
+        const char *me = a->plan.rows[i].method;
+        if (!me[0] || !strcmp(me, "rtn") || strstr(methods, me)) continue;
+        size_t l = strlen(methods);
+        snprintf(methods + l, sizeof methods - l, "%s%s", l ? "," : "", me);
+    }
+    char edited[24] = "";
+    if (a->plan.edits) snprintf(edited, sizeof edited, " +%de", a->plan.edits);
+    snprintf(c->h.label, sizeof c->h.label, "%.30s%s%s%.20s", a->plan.source, edited, methods[0] ? " +" : "", methods);
+    const char *tb = strrchr(a->preview.text, '/');
+    snprintf(c->h.detail, sizeof c->h.detail, "%d edits · %s · %.32s · ctx %d x %d chunks", a->plan.edits,
+             methods[0] ? methods : "rtn", tb ? tb + 1 : a->preview.text, c->ctx, c->chunks);
     return ql_tui_job_start(a, ql_tui_job_new("preview", preview_run, preview_apply, preview_destroy, c));
 }
 
