@@ -27,6 +27,7 @@
 #include "core/ppl.h"
 #include "core/synth.h"
 #include "pipeline/calib.h"
+#include "tui/tui_sense.h"
 #include "tests/test_util.h"
 
 static char g_tmp[256];
@@ -466,8 +467,22 @@ static void test_new_user_session(void **state) {
     if (strstr(scr, "a accepts it")) printf("the stale solution is still shown:\n%s", scr);
     assert_null(strstr(scr, "a accepts it"));
     free(scr);
+    /* item 16: C keeps the measurements of candidates that stay; a method column keeps its format's digits */
+    char spec0[96];
+    ql_tui_cand_spec(a, 0, spec0, sizeof spec0);
+    snprintf(keys, sizeof keys, "<down>3C<c-u>%s,int4_g32+gptq<enter>", spec0);
+    ql_tui_feed(a, keys);
+    assert_int_equal(a->plan.n_cand, 2);
+    assert_non_null(a->sense);
+    int measured = 0;
+    for (int i = 0; i < a->sense->n_rows; i++) measured += isfinite(a->sense->err[(size_t)i * a->sense->n_cand]);
+    printf("after C: %d of %d rows keep their measurement (%s)\n", measured, a->sense->n_rows, a->msg);
+    assert_true(measured > 0);
+    assert_true(screen_has(a, 80, 24, "4g32G"));
+    snprintf(keys, sizeof keys, "C<c-u>%s,q8_0<enter>", spec0); /* no data-aware column for the previews below */
+    ql_tui_feed(a, keys);
     /* item 13: the Export note names every extension format the file holds */
-    ql_tui_feed(a, "<down>3T<c-u>int4_g32<enter>");
+    ql_tui_feed(a, "T<c-u>int4_g32<enter>");
     a->plan.rows[0].fmt = ql_format_by_name("int5_g32");
     ql_tui_feed(a, "6");
     assert_true(screen_has(a, 80, 24, "int4_g32, int5_g32") || screen_has(a, 80, 24, "int5_g32, int4_g32"));

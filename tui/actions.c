@@ -967,11 +967,29 @@ static void prompt_submit(ql_tui_app *a) {
         }
         ql_tui_set_candidates(a, c, meth, n);
         if (a->sense) {
+            /* keep every cell measured for a candidate that stays, as qlab sense does with its file */
+            const ql_sense *old = a->qsense;
+            char *specs[QL_TUI_MAX_CAND];
+            for (int k = 0; k < n; k++) {
+                char sp[96];
+                ql_tui_cand_spec(a, k, sp, sizeof sp);
+                specs[k] = ql_strdup(sp);
+            }
+            ql_sense *ns = NULL;
+            int kept = 0;
+            if (old && !ql_sense_new(a->model, specs, n, &ns)) {
+                ql_sense_set_context(ns, old->calib, NULL, 0, 0, old->stats, old->imatrix, old->level);
+                ns->n_seq = old->n_seq, ns->seq_len = old->seq_len, ns->tokens_hash = old->tokens_hash;
+                ns->base_ppl = old->base_ppl, ns->file_bytes = old->file_bytes, ns->seconds = old->seconds;
+                if (ql_sense_adopt(ns, old, &kept)) kept = 0;
+            }
+            for (int k = 0; k < n; k++) free(specs[k]);
             ql_tui_sense_free(a->sense);
             a->sense = NULL;
             ql_sense_free(a->qsense);
-            a->qsense = NULL;
-            ql_tui_msg(a, 1, "candidates changed: measurements cleared (x measures again)");
+            a->qsense = ns;
+            if (ns) ql_tui_sense_refresh(a);
+            ql_tui_msg(a, 1, "candidates changed: %d measured cells kept (x measures the new candidates)", kept);
         }
         break;
     }

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 /* A format name that fits w columns: "int4_g128_sym" -> "i4g128s", "fp8_e4m3_channel" -> "e4m3c". */
@@ -14,7 +15,8 @@ static void short_name(const char *name, const char *method, int w, char *out, s
     static const char *REPL[][2] = {{"_channel", "c"}, {"_block", "b"}, {"_tensor", "t"}, {"_sym", "s"}, {"_mse", "m"},
                                     {"int", "i"}, {"_g", "g"}, {"fp8_", ""}, {"_", ""}};
     char sfx[8] = "", b[64];
-    if (method && method[0] && strcmp(method, "rtn")) snprintf(sfx, sizeof sfx, "+%.1s", method);
+    /* the method as one capital (int4_g32+gptq -> "4g32G"): the format keeps its digits in 5 columns */
+    if (method && method[0] && strcmp(method, "rtn")) snprintf(sfx, sizeof sfx, "%c", toupper((unsigned char)method[0]));
     int room = w - (int)strlen(sfx);
     snprintf(b, sizeof b, "%s", name);
     for (size_t i = 0; i < sizeof REPL / sizeof REPL[0] && (int)strlen(b) > room; i++) {
