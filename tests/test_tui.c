@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -419,6 +420,46 @@ static void test_golden_screens(void **state) {
 
 /* ---------------------------------------------------------------- issue 10: what a new user hit */
 
+/* Lines of the 80x24 screen that run into the right edge with a letter or digit on both of its last two
+ * columns: a word cut in half (boxes, bars and ellipses end lines legitimately). Prints each one. */
+static int cut_words(ql_tui_app *a, const char *where) {
+    char *t = render(a, 80, 24);
+    int bad = 0;
+    for (char *line = t, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+        nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        size_t l = strlen(line);
+        bool boxed = l > 3 && !strcmp(line + l - 3, "│");
+        if (!boxed && ql_utf8_width(line) < 80) continue;
+        if (boxed) l -= 3; /* text running into a box's right border */
+        unsigned char x = (unsigned char)line[l - 1], y = l > 1 ? (unsigned char)line[l - 2] : ' ';
+        if (x < 128 && y < 128 && isalnum(x) && isalnum(y)) {
+            printf("%s: cut: '%s'\n", where, line);
+            bad++;
+        }
+    }
+    free(t);
+    return bad;
+}
+
+/* Every screen, the help window and the preset prompt at 80x24: no word cut at the edge. */
+static int cut_words_everywhere(ql_tui_app *a) {
+    int bad = 0, screen = a->screen;
+    const char *keys[] = {"1", "2", "3", "4", "5", "6", "7"};
+    for (int i = 0; i < 7; i++) {
+        a->screen = (ql_tui_screen)i;
+        bad += cut_words(a, keys[i]);
+        a->help = true;
+        for (int s = 0; s < 120; s += 15) {
+            a->help_scroll = s;
+            bad += cut_words(a, "help");
+        }
+        a->help = false;
+    }
+    a->screen = (ql_tui_screen)screen;
+    return bad;
+}
+
 static void test_new_user_session(void **state) {
     (void)state;
     char model[512], text[512], wiki[512];
@@ -431,6 +472,8 @@ static void test_new_user_session(void **state) {
     ql_tui_config cfg = {.model = model, .text = text, .calib = text, .n_threads = 2};
     ql_tui_app *a;
     assert_int_equal(ql_tui_app_new(&cfg, &a), QL_OK);
+    /* item 10: every screen fits 80x24 without cutting a word, here and after each step below */
+    int cut = cut_words_everywhere(a);
     /* item 11: the overlap figure follows the evaluation text when the set is built again */
     ql_tui_feed(a, "2<down><down><enter>8<enter><down><enter>64<enter>b<wait>");
     assert_non_null(a->calib.set);
@@ -450,6 +493,7 @@ static void test_new_user_session(void **state) {
     free(txt);
     printf("overlap: %.4f with its own text, %.4f with wikitext (want %.4f)\n", same_text, a->calib.overlap, want);
     assert_true(a->calib.overlap == want && want < same_text);
+    cut += cut_words_everywhere(a);
     /* item 12: on the Auto screen's target row, typing a number edits the target */
     ql_tui_feed(a, "3lx<wait>4");
     assert_non_null(a->sense);
@@ -467,6 +511,7 @@ static void test_new_user_session(void **state) {
     if (strstr(scr, "a accepts it")) printf("the stale solution is still shown:\n%s", scr);
     assert_null(strstr(scr, "a accepts it"));
     free(scr);
+    cut += cut_words_everywhere(a);
     /* item 16: C keeps the measurements of candidates that stay; a method column keeps its format's digits */
     char spec0[96];
     ql_tui_cand_spec(a, 0, spec0, sizeof spec0);
@@ -504,6 +549,11 @@ static void test_new_user_session(void **state) {
     assert_true(screen_has(a, 80, 24, a->preview.hist[0].label));
     assert_true(screen_has(a, 80, 24, a->preview.hist[1].label));
     assert_true(screen_has(a, 80, 24, "ctx 64 x 2 chunks"));
+    cut += cut_words_everywhere(a);
+    ql_tui_feed(a, "3P");
+    cut += cut_words(a, "P prompt");
+    ql_tui_feed(a, "<esc>");
+    assert_int_equal(cut, 0);
     assert_int_equal(ql_tui_plan_totals(a).file_bytes, a->preview.hist[1].bytes);
     /* item 15: one minimum size, the one the message names */
     assert_true(screen_has(a, 79, 24, "needs 80x24"));

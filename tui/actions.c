@@ -454,8 +454,8 @@ static unsigned plan_preset(ql_tui_app *a, int k) {
             if (i) strcat(names, " ");
             strcat(names, ql_preset_builtin_name(i));
         }
-        char label[96];
-        snprintf(label, sizeof label, "preset (name or INI file): %.60s...", names);
+        char label[400];
+        snprintf(label, sizeof label, "preset, a name or an INI file: %.360s", names);
         prompt_open(a, P_PRESET, label, "Q4_K_M");
     } else
         prompt_open(a, P_TYPE, "one format for every tensor (row fallbacks noted), e.g. q4_k, int4_g32", "q8_0");

@@ -481,7 +481,9 @@ ql_status ql_tui_app_new(const ql_tui_config *cfg, ql_tui_app **out) {
     default_texts(a, cfg);
     if (a->model) {
         ql_tui_totals t = ql_tui_plan_totals(a);
-        ql_tui_msg(a, 0, "%s: %d tensors to plan, %.2f bits/weight as stored. Press ? for help.", a->model_path,
+        /* the hint first: at 80 columns a long path would push it off the line */
+        const char *base = strrchr(a->model_path, '/');
+        ql_tui_msg(a, 0, "? for help · %s: %d tensors to plan, %.2f bits/weight as stored", base ? base + 1 : a->model_path,
                    a->plan.n_rows, t.bpw);
         a->autos.target_mib = t.file_bytes / 1048576.0 / 4;
     } else

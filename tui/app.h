@@ -197,7 +197,7 @@ typedef struct {
 typedef struct {
     bool active;
     int purpose;                   /* tui/actions.c's prompt ids */
-    char label[96];
+    char label[400];               /* wrapped inside the prompt box when longer than its title */
     char buf[QL_TUI_PATH];
     int len;
     bool fresh;                    /* the text is the default: the first typed character replaces it */
