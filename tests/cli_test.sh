@@ -164,6 +164,30 @@ PY
      && grep -q "fallback from q4_k: .*llama-quantize does the same" "$T/err2" && ! grep -q "as llama.cpp does" "$T/err"; then
     ok "fallback notes say what llama-quantize does (refuses Q8_0 here, same fallback for q4_k)"
   else bad "fallback notes"; head -2 "$T/err" | sed 's/^/     /'; fi
+  # the workbench in a real terminal (tmux, 80x24): every screen and the help, no word cut at the edge
+  if command -v tmux >/dev/null 2>&1; then
+    S=qlab-cli-$$; tbad=0
+    tmux new-session -d -s $S -x 80 -y 24 -c "$PWD" "$QLAB tui $T/c128.gguf; sleep 5" 2>/dev/null; sleep 1.5
+    for k in 1 2 3 4 5 6 7 '?'; do
+      tmux send-keys -t $S "$k"; sleep 0.4
+      tmux capture-pane -p -t $S > "$T/pane.txt" 2>/dev/null
+      python3 - "$k" "$T/pane.txt" <<'PY' || tbad=1
+import sys
+bad = 0
+for line in open(sys.argv[2], encoding='utf-8'):
+    line = line.rstrip()
+    boxed = line.endswith('\u2502')
+    body = line[:-1] if boxed else line
+    if (boxed or len(line) >= 80) and len(body) >= 2 and body[-1].isascii() and body[-1].isalnum() and body[-2].isalnum():
+        print("     cut on screen %s: %s" % (sys.argv[1], line)); bad = 1
+sys.exit(bad)
+PY
+      [ "$k" = '?' ] && tmux send-keys -t $S Escape
+    done
+    grep -q "qlab  1 Model" "$T/pane.txt" || tbad=1
+    tmux send-keys -t $S q; sleep 0.3; tmux send-keys -t $S q; tmux kill-session -t $S 2>/dev/null
+    if [ $tbad -eq 0 ]; then ok "tmux 80x24: every screen and the help without a cut word"; else bad "tmux 80x24: cut words"; fi
+  else skip "tmux 80x24 (no tmux)"; fi
   expect_error "quant -o a file of the HF input folder is refused" "refusing" $QLAB quant "$T/hfself" --type q8_0 -o "$T/hfself/model.safetensors"
 fi
 
