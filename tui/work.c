@@ -619,7 +619,9 @@ bool ql_tui_start_preview(ql_tui_app *a) {
     }
     char edited[24] = "";
     if (a->plan.edits) snprintf(edited, sizeof edited, " +%de", a->plan.edits);
-    snprintf(c->h.label, sizeof c->h.label, "%.30s%s%s%.20s", a->plan.source, edited, methods[0] ? " +" : "", methods);
+    char label[160];
+    snprintf(label, sizeof label, "%.30s%s%s%.20s", a->plan.source, edited, methods[0] ? " +" : "", methods);
+    ql_tui_copy(c->h.label, sizeof c->h.label, label);
     const char *tb = strrchr(a->preview.text, '/');
     snprintf(c->h.detail, sizeof c->h.detail, "%d edits · %s · %.32s · ctx %d x %d chunks", a->plan.edits,
              methods[0] ? methods : "rtn", tb ? tb + 1 : a->preview.text, c->ctx, c->chunks);
