@@ -56,6 +56,10 @@ static inline bool ql_progress_cancelled(const ql_progress *p) {
 
 double ql_time_s(void); /* monotonic seconds */
 
+/* Both paths exist and are one file (same device and inode): a symlink or hard link to b counts. Every
+ * writer's caller asks this before writing over what it reads. */
+bool ql_same_file(const char *a, const char *b);
+
 /* fp16 / bf16 conversions (scalar reference, round-to-nearest-even like ggml). */
 float ql_fp16_to_fp32(uint16_t h);
 uint16_t ql_fp32_to_fp16(float f);

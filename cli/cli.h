@@ -40,15 +40,28 @@ struct ql_model;
 typedef struct {
     const char *text, *calib;
     int ctx, chunks, threads, samples, mode;
+    const char *label; /* the command, for messages */
+    bool ctx_given; /* --ctx/--len on the command line (else ctx is a default, capped at n_ctx_train) */
     uint64_t seed;
 } cli_calib;
 void cli_calib_defaults(cli_calib *ca, int ctx, int chunks);
 int cli_calib_flag(cli_args *a, const char *flag, cli_calib *ca); /* 1 when the flag was one of them */
 static inline bool cli_calib_given(const cli_calib *ca) { return ca->text || ca->calib; }
-ql_status cli_calib_tokens(const struct ql_model *m, const cli_calib *ca, int32_t **tok, int64_t *n_seq);
+/* Also settles ca->ctx against the model's training context (cli_fit_ctx). */
+ql_status cli_calib_tokens(const struct ql_model *m, cli_calib *ca, int32_t **tok, int64_t *n_seq);
 /* Statistics over n_seq sequences of seq_len tokens with a progress bar named `label`. */
 ql_status cli_collect_stats(const struct ql_model *m, const int32_t *tok, int64_t n_seq, int seq_len,
                             const ql_stats_opts *o, const char *label, ql_stats **out);
+
+/* Refuses to write OUT over one of the n input paths (NULLs skipped): the same file, also through a symlink
+ * or a hard link (same device and inode), or a file of a Hugging Face input folder. Writing would destroy
+ * the input the command reads, so it prints one line naming both and returns 1; 0 when OUT is safe. */
+int cli_refuse_input_as_output(const char *cmd, const char *out, const char *const *inputs, int n);
+#define CLI_INPUTS(...) (const char *const[]){__VA_ARGS__}, (int)(sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
+
+/* The context length to run a model with, as llama.cpp chooses it: a default is capped at the model's
+ * training context (n_ctx_train), and a longer one the user asked for is used with a warning. */
+int cli_fit_ctx(const char *cmd, const struct ql_model *m, int ctx, bool given);
 
 /* Prints "qlab CMD: <ql_last_error()>" and returns 1. */
 int cli_fail(const char *cmd);

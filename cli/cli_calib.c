@@ -21,8 +21,10 @@ int cli_calib_flag(cli_args *a, const char *flag, cli_calib *ca) {
     if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) ca->text = cli_value(a, flag);
     else if (!strcmp(flag, "--calib")) ca->calib = cli_value(a, flag);
     else if (!strcmp(flag, "--samples")) ca->samples = cli_int(a, flag, 1, 1 << 24);
-    else if (!strcmp(flag, "--len") || !strcmp(flag, "--ctx") || !strcmp(flag, "-c")) ca->ctx = cli_int(a, flag, 8, 1 << 20);
-    else if (!strcmp(flag, "--seed")) ca->seed = (uint64_t)cli_int(a, flag, 0, 1 << 30);
+    else if (!strcmp(flag, "--len") || !strcmp(flag, "--ctx") || !strcmp(flag, "-c")) {
+        ca->ctx = cli_int(a, flag, 8, 1 << 20);
+        ca->ctx_given = true;
+    }    else if (!strcmp(flag, "--seed")) ca->seed = (uint64_t)cli_int(a, flag, 0, 1 << 30);
     else if (!strcmp(flag, "--mode")) {
         const char *v = cli_value(a, flag);
         ca->mode = v && !strcmp(v, "docs") ? QL_CALIB_DOCS : QL_CALIB_RANDOM;
@@ -57,8 +59,10 @@ static ql_status text_chunks(const ql_model *m, const cli_calib *ca, int32_t **o
     return QL_OK;
 }
 
-ql_status cli_calib_tokens(const ql_model *m, const cli_calib *ca, int32_t **tok, int64_t *n_seq) {
-    if (!m->tok) return ql_fail(QL_ERR_FORMAT, "%s: the model has no tokenizer", m->path);
+ql_status cli_calib_tokens(const ql_model *m, cli_calib *ca, int32_t **tok, int64_t *n_seq) {
+    if (!m->tok) return ql_model_no_tokenizer(m, "calibration needs one");
+    ca->ctx = cli_fit_ctx(ca->label ? ca->label : "calib", m, ca->ctx, ca->ctx_given);
+    ca->ctx_given = true; /* decided once */
     if (!ca->calib) return text_chunks(m, ca, tok, n_seq);
     /* a calibration set: N samples of L tokens drawn from a mix of sources (see qlab calib --help) */
     ql_calib_opts co = {.n_samples = ca->samples, .seq_len = ca->ctx, .seed = ca->seed, .mode = ca->mode};

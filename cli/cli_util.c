@@ -1,10 +1,12 @@
 /* cli_util.c — option parsing, progress bar and error reporting shared by every command. */
 #include "cli/cli.h"
+#include "core/model.h"
 
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 volatile int cli_cancel_flag;
@@ -97,6 +99,52 @@ int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...) {
 int cli_unknown(cli_args *a, const char *flag) {
     a->error = true;
     return cli_usage_error(a->cmd, a->usage, "unknown option %s", flag);
+}
+
+/* A file a Hugging Face folder is read from: writing it would change the model in place. */
+static bool is_hf_member(const char *out, const char *dir) {
+    const char *base = strrchr(out, '/');
+    base = base ? base + 1 : out;
+    size_t l = strlen(base);
+    struct stat so;
+    if (stat(out, &so) != 0) return false; /* a new file beside the model is fine */
+    bool model_file = (l > 12 && !strcmp(base + l - 12, ".safetensors")) || !strcmp(base, "config.json") ||
+                      !strcmp(base, "tokenizer.json") || !strcmp(base, "model.safetensors.index.json");
+    if (!model_file) return false;
+    char *parent = ql_strdup(out);
+    char *slash = strrchr(parent, '/');
+    if (slash) slash[slash == parent ? 1 : 0] = 0;
+    else strcpy(parent, ".");
+    struct stat sp, sd;
+    bool in = stat(parent, &sp) == 0 && stat(dir, &sd) == 0 && sp.st_dev == sd.st_dev && sp.st_ino == sd.st_ino;
+    free(parent);
+    return in;
+}
+
+int cli_refuse_input_as_output(const char *cmd, const char *out, const char *const *inputs, int n) {
+    struct stat si;
+    if (!out) return 0;
+    for (int i = 0; i < n; i++) {
+        if (!inputs[i] || stat(inputs[i], &si) != 0) continue;
+        if (ql_same_file(out, inputs[i]) || (S_ISDIR(si.st_mode) && is_hf_member(out, inputs[i]))) {
+            fprintf(stderr, "qlab %s: refusing to write %s: it is the input %s (writing it would destroy it); "
+                            "choose another output path\n", cmd, out, inputs[i]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int cli_fit_ctx(const char *cmd, const ql_model *m, int ctx, bool given) {
+    int train = m->cfg.n_ctx_train;
+    if (train <= 0 || ctx <= train) return ctx;
+    if (given) {
+        fprintf(stderr, "qlab %s: warning: the model was trained on only %d context tokens (%d asked for)\n", cmd, train,
+                ctx);
+        return ctx;
+    }
+    fprintf(stderr, "qlab %s: using ctx %d, the model's training context (the default %d is longer)\n", cmd, train, ctx);
+    return train;
 }
 
 int cli_fail(const char *cmd) {

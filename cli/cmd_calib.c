@@ -163,8 +163,8 @@ static int inspect(int argc, char **argv) {
         goto out;
     }
     if (!m->tok) {
-        fprintf(stderr, "qlab calib: %s: the model has no tokenizer\n", model);
-        rc = 1;
+        ql_model_no_tokenizer(m, NULL);
+        rc = cli_fail("calib");
         goto out;
     }
     ql_progress *bar = json ? NULL : cli_progress_bar("calib");

@@ -44,6 +44,11 @@ int cmd_info(int argc, char **argv) {
         }
         ggml_only &= ql_type_is_ggml(t->type);
     }
+    /* what llama.cpp refuses: types it does not know, and a GGUF without tokenizer.ggml.model */
+    const char *refusal = !ggml_only ? "uses qlab extension types: llama.cpp cannot run it"
+                        : !ql_gguf_get(g, "tokenizer.ggml.model")
+                            ? "no tokenizer (tokenizer.ggml.model missing): llama.cpp refuses to load it"
+                            : NULL;
     double bpw = n_params ? 8.0 * bytes / n_params : 0, bpwq = q_params ? 8.0 * q_bytes / q_params : 0;
     const char *name = ql_gguf_get_str(g, "general.name");
     if (json) {
@@ -55,7 +60,8 @@ int cmd_info(int argc, char **argv) {
         json_object_set_new(o, "bytes", json_integer(bytes));
         json_object_set_new(o, "bpw", json_real(bpw));
         json_object_set_new(o, "bpw_quantized", json_real(bpwq));
-        json_object_set_new(o, "llama_cpp_compatible", json_boolean(ggml_only));
+        json_object_set_new(o, "llama_cpp_compatible", json_boolean(!refusal));
+        if (refusal) json_object_set_new(o, "llama_cpp_problem", json_string(refusal));
         json_t *hp = json_object();
         json_object_set_new(hp, "n_layer", json_integer(c->n_layer));
         json_object_set_new(hp, "n_embd", json_integer(c->n_embd));
@@ -99,8 +105,7 @@ int cmd_info(int argc, char **argv) {
                m->tok ? (ql_tokenizer_kind(m->tok) == QL_TOK_SPM ? "sentencepiece" : "bpe") : "none");
         printf("  %lld parameters, %.2f MiB, %.3f bits/weight (%.3f over 2-D weights)\n", (long long)n_params,
                bytes / 1048576.0, bpw, bpwq);
-        printf("  %s\n", ggml_only ? "plain GGUF: llama.cpp can run it"
-                                   : "uses qlab extension types: llama.cpp cannot run it");
+        printf("  %s\n", refusal ? refusal : "plain GGUF: llama.cpp can run it");
         if (tensors) {
             printf("\n  %-32s %-20s %-8s %12s %7s\n", "tensor", "shape", "type", "bytes", "bpw");
             for (int64_t i = 0; i < g->n_tensors; i++) {

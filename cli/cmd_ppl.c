@@ -32,7 +32,7 @@ static ql_status load_model_and_tokens(const char *model_path, const char *text_
                                        int64_t *n_ids) {
     ql_status s = ql_model_load(model_path, m);
     if (s) return s;
-    if (!(*m)->tok) return ql_fail(QL_ERR_FORMAT, "%s: the model has no tokenizer", model_path);
+    if (!(*m)->tok) return ql_model_no_tokenizer(*m, "perplexity needs one");
     char *text;
     size_t len;
     if ((s = ql_read_file(text_path, &text, &len))) return s;
@@ -46,7 +46,7 @@ int cmd_ppl(int argc, char **argv) {
     cli_args_init(&a, argc, argv, PPL_USAGE);
     const char *flag, *pos, *model = NULL, *text = NULL;
     ql_ppl_opts o = {.n_ctx = 512, .n_threads = ql_default_threads()};
-    bool json = false;
+    bool json = false, ctx_given = false;
     const char *act = NULL, *act_stats = NULL;
     double act_threshold = 0;
     while (cli_next(&a, &flag, &pos)) {
@@ -54,7 +54,7 @@ int cmd_ppl(int argc, char **argv) {
             if (model) return cli_usage_error("ppl", PPL_USAGE, "unexpected argument '%s'", pos);
             model = pos;
         } else if (!strcmp(flag, "--text") || !strcmp(flag, "-f")) text = cli_value(&a, flag);
-        else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) o.n_ctx = cli_int(&a, flag, 4, 1 << 20);
+        else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) o.n_ctx = cli_int(&a, flag, 4, 1 << 20), ctx_given = true;
         else if (!strcmp(flag, "--chunks")) o.n_chunks = cli_int(&a, flag, 1, 1 << 30);
         else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) o.n_threads = cli_int(&a, flag, 1, 256);
         else if (!strcmp(flag, "--json")) json = true;
@@ -67,6 +67,7 @@ int cmd_ppl(int argc, char **argv) {
     }
     if (a.error) return 2;
     if (!model || !text) return cli_usage_error("ppl", PPL_USAGE, "needs MODEL and --text FILE");
+    if (cli_refuse_input_as_output("ppl", o.save_logits, CLI_INPUTS(model, text, o.kld_base, act_stats))) return 1;
     ql_act_mode act_mode = QL_ACT_NONE;
     if (act && !ql_act_mode_parse(act, &act_mode))
         return cli_usage_error("ppl", PPL_USAGE, "unknown --act mode '%s'", act);
@@ -82,6 +83,7 @@ int cmd_ppl(int argc, char **argv) {
         rc = cli_fail("ppl");
         goto out;
     }
+    o.n_ctx = cli_fit_ctx("ppl", m, o.n_ctx, ctx_given);
     if (act_mode != QL_ACT_NONE) {
         ql_stats *ast = NULL;
         bool other_weights = false;
@@ -182,6 +184,7 @@ int cmd_logits(int argc, char **argv) {
     }
     if (a.error) return 2;
     if (!model || !tokens || !out) return cli_usage_error("logits", LOGITS_USAGE, "needs MODEL, --tokens FILE and -o OUT");
+    if (cli_refuse_input_as_output("logits", out, CLI_INPUTS(model, tokens))) return 1;
     ql_model *m = NULL;
     ql_infer *inf = NULL;
     ql_scratch *sc = NULL;
@@ -242,9 +245,9 @@ int cmd_tokenize(int argc, char **argv) {
     int rc = 0;
     if (ql_model_load(model, &m)) return cli_fail("tokenize");
     if (!m->tok) {
+        ql_model_no_tokenizer(m, NULL);
         ql_model_free(m);
-        fprintf(stderr, "qlab tokenize: %s: the model has no tokenizer\n", model);
-        return 1;
+        return cli_fail("tokenize");
     }
     if (file && ql_read_file(file, &text, &len)) rc = cli_fail("tokenize");
     else if (ql_tokenize(m->tok, file ? text : prompt, file ? len : strlen(prompt), bos, &ids, &n)) rc = cli_fail("tokenize");

@@ -40,8 +40,9 @@ static const char *QUANT_USAGE =
     "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors, bnb\n"
     "                    (Hugging Face folders for transformers/vLLM/TGI; OUT is then a folder)\n"
     "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing\n"
-    "Rows that do not fit a format's block fall back as llama.cpp does (q4_k -> q5_0 -> f16 ...); each fallback is\n"
-    "printed and recorded in the plan.\n";
+    "Rows that do not fit a format's block fall back: K-quants and IQ types as llama-quantize does (q4_k -> q5_0 ->\n"
+    "f16 ...); other types (q4_0, q8_0 ...) to f16, where llama-quantize refuses the model. Each fallback is printed,\n"
+    "says which of the two happened, and is recorded in the plan.\n";
 
 static bool is_float_format(const ql_format *f) {
     return f->type == QL_TYPE_F32 || f->type == QL_TYPE_F16 || f->type == QL_TYPE_BF16;
@@ -117,6 +118,9 @@ int cmd_quant(int argc, char **argv) {
         return cli_usage_error("quant", QUANT_USAGE, "give exactly one of --type, --preset, --plan");
     const ql_exporter_info *exporter = ql_exporter_default();
     if (to && ql_exporter_find(to, &exporter)) return cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
+    if (cli_refuse_input_as_output("quant", out, CLI_INPUTS(model, plan_path, stats_path, imatrix, ca.text, preset)) ||
+        cli_refuse_input_as_output("quant", save_plan, CLI_INPUTS(model, plan_path, stats_path, imatrix, ca.text, out)))
+        return 1;
     ql_model *m = NULL;
     ql_imatrix *im = NULL;
     ql_preset *ps = NULL;
@@ -167,6 +171,7 @@ int cmd_quant(int argc, char **argv) {
         goto done;
     }
     if (needs && (!stats || sequential) && cli_calib_given(&ca) && !dry) {
+        ca.label = "quant";
         if (cli_calib_tokens(m, &ca, &calib_tok, &calib_n)) { rc = cli_fail("quant"); goto done; }
         if (!sequential) {
             /* statistics once, from the unquantized model (qlab stats would give the same file) */

@@ -109,6 +109,7 @@ static const char *SENSE_USAGE =
 typedef struct {
     const char *text, *calib;
     int ctx, chunks, samples, mode;
+    bool ctx_given;
     uint64_t seed;
 } sense_calib;
 
@@ -154,7 +155,7 @@ int cmd_sense(int argc, char **argv) {
         else if (!strcmp(flag, "--calib")) ca.calib = cli_value(&a, flag);
         else if (!strcmp(flag, "--samples")) ca.samples = cli_int(&a, flag, 1, 1 << 24);
         else if (!strcmp(flag, "--len") || !strcmp(flag, "--ctx") || !strcmp(flag, "-c"))
-            ca.ctx = cli_int(&a, flag, 8, 1 << 20);
+            ca.ctx = cli_int(&a, flag, 8, 1 << 20), ca.ctx_given = true;
         else if (!strcmp(flag, "--chunks")) ca.chunks = cli_int(&a, flag, 1, 1 << 30);
         else if (!strcmp(flag, "--seed")) ca.seed = (uint64_t)cli_int(&a, flag, 0, 1 << 30);
         else if (!strcmp(flag, "--mode")) {
@@ -186,6 +187,7 @@ int cmd_sense(int argc, char **argv) {
     } else if (!model || !cands || !out)
         return cli_usage_error("sense", SENSE_USAGE, "needs MODEL, --candidates LIST and -o OUT");
     if (ca.text && ca.calib) return cli_usage_error("sense", SENSE_USAGE, "give --calib or --text, not both");
+    if (cli_refuse_input_as_output("sense", out, CLI_INPUTS(model, ca.text, stats_path, im_path, check))) return 1;
     if (!ca.text && !ca.calib && level > QL_SENSE_WEIGHT)
         return cli_usage_error("sense", SENSE_USAGE,
                                "the %s level needs calibration: --calib SPEC or --text FILE",
@@ -223,10 +225,11 @@ int cmd_sense(int argc, char **argv) {
         goto done;
     }
     if ((ca.text || ca.calib) && !m->tok) {
-        fprintf(stderr, "qlab sense: %s: the model has no tokenizer\n", model);
-        rc = 1;
+        ql_model_no_tokenizer(m, "calibration needs one");
+        rc = cli_fail("sense");
         goto done;
     }
+    if (ca.text || ca.calib) ca.ctx = cli_fit_ctx("sense", m, ca.ctx, ca.ctx_given);
     ql_status ss = QL_OK;
     if (ca.calib) {
         ql_calib_opts co = {.n_samples = ca.samples, .seq_len = ca.ctx, .seed = ca.seed, .mode = ca.mode};
@@ -462,7 +465,14 @@ int cmd_plan(int argc, char **argv) {
             }
             path = pos;
         } else if (parse_alloc_flag(&a, flag, &af, "plan", PLAN_USAGE)) continue;
-        else if (!strcmp(flag, "--target-bpw") || !strcmp(flag, "--bpw")) bpw = cli_double(&a, flag);
+        else if (!strcmp(flag, "--target-bpw") || !strcmp(flag, "--bpw")) {
+            const char *v = a.i < a.argc ? a.argv[a.i] : "";
+            bpw = cli_double(&a, flag);
+            if (!a.error && !(isfinite(bpw) && bpw > 0)) {
+                alloc_flags_free(&af);
+                return cli_usage_error("plan", PLAN_USAGE, "--target-bpw must be a positive number of bits, got '%s'", v);
+            }
+        }
         else if (!strcmp(flag, "--target-size")) size = cli_value(&a, flag);
         else if (!strcmp(flag, "--whole-file")) whole = true;
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
@@ -489,6 +499,10 @@ int cmd_plan(int argc, char **argv) {
         rc = cli_usage_error("plan", PLAN_USAGE, "give --target-bpw or --target-size, not both");
         goto early;
     }
+    if (cli_refuse_input_as_output("plan", out, CLI_INPUTS(path))) {
+        rc = 1;
+        goto early;
+    }
     ql_sense *s = NULL;
     ql_alloc_result r = {0};
     ql_plan *plan = NULL;
@@ -504,7 +518,7 @@ int cmd_plan(int argc, char **argv) {
                        .n_rules = af.n_rules,
                        .tolerance = af.tolerance,
                        .method = af.solver};
-    if (ql_allocate(s, &o, &r)) {
+    if (ql_alloc_check_target(s, &o) || ql_allocate(s, &o, &r)) {
         rc = cli_fail("plan");
         goto out;
     }

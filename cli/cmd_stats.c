@@ -11,11 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int collect(const char *cmd, const char *model, const cli_calib *ca, bool hessian, bool output, ql_model **m,
+static int collect(const char *cmd, const char *model, cli_calib *ca, bool hessian, bool output, ql_model **m,
                    ql_stats **st) {
     int32_t *tok = NULL;
     int64_t n_seq = 0;
     ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads};
+    ca->label = cmd;
     if (ql_model_load(model, m) || cli_calib_tokens(*m, ca, &tok, &n_seq) ||
         cli_collect_stats(*m, tok, n_seq, ca->ctx, &o, cmd, st)) {
         free(tok);
@@ -53,6 +54,7 @@ int cmd_stats(int argc, char **argv) {
     if (a.error) return 2;
     if (!model || (!ca.text && !ca.calib) || !out)
         return cli_usage_error("stats", STATS_USAGE, "needs MODEL, --text FILE or --calib SPEC, and -o OUT");
+    if (cli_refuse_input_as_output("stats", out, CLI_INPUTS(model, ca.text))) return 1;
     ql_model *m = NULL;
     ql_stats *st = NULL;
     int rc = collect("stats", model, &ca, hessian, output, &m, &st);
@@ -89,6 +91,7 @@ int cmd_imatrix(int argc, char **argv) {
     if (a.error) return 2;
     if (!model || (!ca.text && !ca.calib) || !out)
         return cli_usage_error("imatrix", IMATRIX_USAGE, "needs MODEL, --text FILE or --calib SPEC, and -o OUT");
+    if (cli_refuse_input_as_output("imatrix", out, CLI_INPUTS(model, ca.text))) return 1;
     ql_model *m = NULL;
     ql_stats *st = NULL;
     int rc = collect("imatrix", model, &ca, false, output, &m, &st);

@@ -118,6 +118,7 @@ int cmd_convert(int argc, char **argv) {
     }
     if (a.error) return 2;
     if (!in || !out) return cli_usage_error("convert", CONVERT_USAGE, "needs IN and -o OUT");
+    if (cli_refuse_input_as_output("convert", out, CLI_INPUTS(in))) return 1;
     int64_t to = -1;
     if (type) {
         to = ql_type_by_name(type);
@@ -127,6 +128,11 @@ int cmd_convert(int argc, char **argv) {
     ql_model *m;
     if (ql_model_load(in, &m)) return cli_fail("convert"); /* validates the model, not just the container */
     const ql_gguf *src = m->gguf;
+    if (!ql_gguf_get(src, "tokenizer.ggml.model")) {
+        /* llama.cpp refuses a GGUF without tokenizer.ggml.model, and qlab cannot read text with it */
+        ql_model_no_tokenizer(m, "llama.cpp will refuse the output and qlab cannot measure it");
+        fprintf(stderr, "qlab convert: warning: %s\n", ql_last_error());
+    }
     ql_gguf *g = ql_gguf_new();
     ql_gguf_copy_kv(g, src);
     convert_ctx cc = {src, (uint32_t)to};

@@ -548,7 +548,7 @@ typedef struct {
 
 static void w_bytes(writer *w, const void *p, size_t n) {
     if (w->err || n == 0) return;
-    if (fwrite(p, 1, n, w->f) != n) w->err = true;
+    if (w->f && fwrite(p, 1, n, w->f) != n) w->err = true; /* no file: only counting (ql_gguf_header_bytes) */
     w->pos += n;
 }
 static void w_u32(writer *w, uint32_t x) { w_bytes(w, &x, 4); }
@@ -581,6 +581,36 @@ static void w_value(writer *w, const ql_gguf_value *v) {
     }
 }
 
+/* Magic, counts, key/values and tensor infos: what ql_gguf_write puts before the data section's padding. */
+static uint64_t write_header(writer *w, const ql_gguf *g, uint64_t align) {
+    w_u32(w, GGUF_MAGIC);
+    w_u32(w, 3);
+    w_u64(w, (uint64_t)g->n_tensors);
+    w_u64(w, (uint64_t)g->n_kv);
+    for (int64_t i = 0; i < g->n_kv; i++) {
+        w_str(w, g->kv[i].key, strlen(g->kv[i].key));
+        w_u32(w, g->kv[i].val.type);
+        w_value(w, &g->kv[i].val);
+    }
+    uint64_t off = 0;
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        const ql_gguf_tensor *t = &g->tensors[i];
+        w_str(w, t->name, strlen(t->name));
+        w_u32(w, (uint32_t)t->n_dims);
+        for (int d = 0; d < t->n_dims; d++) w_u64(w, (uint64_t)t->ne[d]);
+        w_u32(w, t->type);
+        w_u64(w, off);
+        off += (t->nbytes + align - 1) / align * align;
+    }
+    return off;
+}
+
+uint64_t ql_gguf_header_bytes(const ql_gguf *g) {
+    writer w = {NULL, false, 0};
+    write_header(&w, g, g->alignment ? g->alignment : GGUF_DEFAULT_ALIGN);
+    return w.pos;
+}
+
 ql_status ql_gguf_write(const ql_gguf *g, const char *path, const ql_progress *progress) {
     ql_atomic_file *af;
     ql_status s = ql_atomic_open(path, &af);
@@ -588,25 +618,7 @@ ql_status ql_gguf_write(const ql_gguf *g, const char *path, const ql_progress *p
     writer w = {ql_atomic_stream(af), false, 0};
     uint8_t *scratch = NULL;
     uint64_t align = g->alignment ? g->alignment : GGUF_DEFAULT_ALIGN;
-    w_u32(&w, GGUF_MAGIC);
-    w_u32(&w, 3);
-    w_u64(&w, (uint64_t)g->n_tensors);
-    w_u64(&w, (uint64_t)g->n_kv);
-    for (int64_t i = 0; i < g->n_kv; i++) {
-        w_str(&w, g->kv[i].key, strlen(g->kv[i].key));
-        w_u32(&w, g->kv[i].val.type);
-        w_value(&w, &g->kv[i].val);
-    }
-    uint64_t off = 0;
-    for (int64_t i = 0; i < g->n_tensors; i++) {
-        const ql_gguf_tensor *t = &g->tensors[i];
-        w_str(&w, t->name, strlen(t->name));
-        w_u32(&w, (uint32_t)t->n_dims);
-        for (int d = 0; d < t->n_dims; d++) w_u64(&w, (uint64_t)t->ne[d]);
-        w_u32(&w, t->type);
-        w_u64(&w, off);
-        off += (t->nbytes + align - 1) / align * align;
-    }
+    uint64_t off = write_header(&w, g, align);
     w_pad(&w, align);
     uint64_t total = off, done = 0;
     for (int64_t i = 0; i < g->n_tensors && !w.err; i++) {

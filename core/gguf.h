@@ -106,6 +106,9 @@ void ql_gguf_adopt_map(ql_gguf *g, void *addr, size_t len);
  * on any failure (or cancellation through `progress`) the temporary file is removed. Tensors without
  * data are produced one at a time, in file order. */
 ql_status ql_gguf_write(const ql_gguf *g, const char *path, const ql_progress *progress);
+/* Bytes ql_gguf_write puts before the data section's padding (magic, counts, key/values, tensor infos):
+ * with the tensors' padded sizes, the exact size of the file, known before writing it. */
+uint64_t ql_gguf_header_bytes(const ql_gguf *g);
 
 void ql_gguf_value_free(ql_gguf_value *v);
 void ql_gguf_value_copy(ql_gguf_value *dst, const ql_gguf_value *src);

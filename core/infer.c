@@ -293,6 +293,19 @@ ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
     return s;
 }
 
+/* Mirrors ql_scratch_new's allocations: keep the two together. */
+double ql_scratch_bytes(const ql_config *c, int max_tokens) {
+    double T = max_tokens, D = c->n_embd, Q = (double)c->n_head * c->head_dim, KV = (double)c->n_head_kv * c->head_dim;
+    double F = c->n_ff, widest = QL_MAX(QL_MAX(D, Q), F);
+    return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + T + 2 * F + widest);
+}
+
+double ql_mem_budget_bytes(void) {
+    const char *budget_env = getenv("QL_MEM_BUDGET_MB");
+    if (budget_env && *budget_env) return atof(budget_env) * 1048576.0;
+    return 0.6 * (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+}
+
 void ql_scratch_free(ql_scratch *s) {
     if (!s) return;
     free(s->x); free(s->xn); free(s->q); free(s->k); free(s->v);

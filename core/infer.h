@@ -42,6 +42,11 @@ const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const 
 const float *ql_infer_swap_weight_typed(ql_infer *inf, const ql_gguf_tensor *t, const float *data, uint32_t type);
 
 ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens);
+/* What ql_scratch_new allocates for max_tokens (attention scores grow with its square), so a caller can
+ * refuse a context that will not fit before allocating; and the memory budget (60% of RAM, or
+ * QL_MEM_BUDGET_MB) that ql_infer_new also decides layer streaming by. */
+double ql_scratch_bytes(const ql_config *c, int max_tokens);
+double ql_mem_budget_bytes(void);
 void ql_scratch_free(ql_scratch *s);
 void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user);
 

@@ -33,6 +33,27 @@ ql_status ql_model_load(const char *path, ql_model **out) {
     return ql_model_from_gguf(g, path, out);
 }
 
+ql_status ql_model_no_tokenizer(const ql_model *m, const char *need) {
+    const char *p = m->path ? m->path : "the model";
+    struct stat st;
+    bool dir = m->path && stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+    size_t len = strlen(p);
+    const char *slash = strrchr(p, '/');
+    int dl = slash ? (int)(slash - p) : 1;
+    const char *d = slash ? p : ".";
+    if (slash == p) dl = 1; /* a file in / */
+    if (dir)
+        return ql_fail(QL_ERR_FORMAT, "%s has no tokenizer%s%s: put the model's tokenizer.json in that folder", p,
+                       need ? "; " : "", need ? need : "");
+    if (len > 4 && !strcmp(p + len - 4, ".bin"))
+        return ql_fail(QL_ERR_FORMAT, "%s has no tokenizer%s%s: put llama2.c's tokenizer.bin or tok%d.bin in %.*s", p,
+                       need ? "; " : "", need ? need : "", m->cfg.n_vocab, dl, d);
+    return ql_fail(QL_ERR_FORMAT,
+                   "%s has no tokenizer%s%s: convert it again with one (tokenizer.bin or tok%d.bin beside a llama2.c "
+                   ".bin, tokenizer.json in a Hugging Face folder)",
+                   p, need ? "; " : "", need ? need : "", m->cfg.n_vocab);
+}
+
 static int64_t get_int_or(const ql_gguf *g, const char *arch, const char *key, int64_t def) {
     char k[160];
     snprintf(k, sizeof k, "%s.%s", arch, key);

@@ -42,6 +42,10 @@ ql_status ql_model_load(const char *path, ql_model **out);
 /* Builds the model view over an existing ql_gguf (takes ownership of g). */
 ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out);
 void ql_model_free(ql_model *m);
+/* Fails (QL_ERR_FORMAT) with what to do about a model without a tokenizer: which files the loader
+ * looks for (tokenizer.bin or tok<vocab>.bin beside a llama2.c .bin, tokenizer.json in a Hugging Face
+ * folder) and where; `need` says what wanted one ("perplexity needs one"). */
+ql_status ql_model_no_tokenizer(const ql_model *m, const char *need);
 int64_t ql_model_n_params(const ql_model *m);
 
 /* Loaders into the common representation (core/hf.c, core/llama2c.c). */

@@ -194,12 +194,33 @@ static int cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Working memory of one worker: forward-pass scratch, logits of the scored half, the chunk's tokens. */
+static double chunk_bytes(const ql_config *c, int n_ctx) {
+    return ql_scratch_bytes(c, n_ctx) + 4.0 * (n_ctx - n_ctx / 2) * c->n_vocab + 4.0 * n_ctx;
+}
+
 ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_tokens, const ql_ppl_opts *o,
                         const ql_progress *progress, ql_ppl_result *res) {
     memset(res, 0, sizeof *res);
     const ql_model *m = ql_infer_model(inf);
     int n_ctx = o->n_ctx > 0 ? o->n_ctx : 512;
     if (n_ctx < 4) return ql_fail(QL_ERR_ARG, "--ctx must be at least 4");
+    /* Check the working memory before allocating any: a chunk needs a forward-pass scratch (attention
+     * scores are ctx x ctx floats) and the logits of its scored half. Fewer workers when all of them do
+     * not fit; a refusal with the figures when one does not. */
+    double per_worker = chunk_bytes(&m->cfg, n_ctx), budget = ql_mem_budget_bytes();
+    if (per_worker > budget) {
+        int fits = 4, hi = n_ctx; /* the largest ctx that fits, by bisection */
+        while (hi - fits > 1) {
+            int mid = fits + (hi - fits) / 2;
+            if (chunk_bytes(&m->cfg, mid) <= budget) fits = mid;
+            else hi = mid;
+        }
+        return ql_fail(QL_ERR_NOMEM,
+                       "ctx %d needs %.1f GiB of working memory (attention grows with ctx squared), more than the "
+                       "memory budget of %.1f GiB (60%% of RAM, or QL_MEM_BUDGET_MB); use --ctx %d or less",
+                       n_ctx, per_worker / 1073741824.0, budget / 1073741824.0, fits);
+    }
     int64_t max_chunks = n_tokens / n_ctx;
     if (max_chunks < 1)
         return ql_fail(QL_ERR_ARG, "the text has %lld tokens, fewer than one chunk of %d; use a smaller --ctx",
@@ -208,6 +229,7 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     int n_threads = o->n_threads > 0 ? o->n_threads : ql_default_threads();
     int workers = n_threads < n_chunks ? n_threads : n_chunks;
     if (ql_infer_streaming(inf)) workers = 1; /* one layer decoded at a time: parallel inside BLAS and the decoder */
+    if (workers * per_worker > budget) workers = (int)(budget / per_worker);
     int blas_threads = n_threads / workers;
     ppl_ctx c = {.inf = inf, .tokens = tokens, .n_ctx = n_ctx, .first = n_ctx / 2, .n_vocab = m->cfg.n_vocab,
                  .n_chunks = n_chunks, .save_fd = -1, .progress = progress, .opts = o};

@@ -154,6 +154,18 @@ static ql_status parse_spec(const char *spec, src_spec **out, int *n_out) {
                 }
                 v[i].weight = w;
                 len = at;
+            } else {
+                /* not a number: part of the name only if a file by the whole name exists; else the user
+                 * meant a weight, and "no such file" would send them looking in the wrong place */
+                char *whole = unescape(p, options_start(p, len));
+                struct stat sb;
+                bool exists = stat(whole, &sb) == 0;
+                free(whole);
+                if (!exists) {
+                    s = ql_fail(QL_ERR_ARG, "calib: source '%s': weight '%s' after '@' is not a number > 0 (write \\@ "
+                                            "if '@' is part of the file name)", p, p + at + 1);
+                    break;
+                }
             }
         }
         size_t o = options_start(p, len);

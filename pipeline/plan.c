@@ -126,11 +126,18 @@ static int on_kv(void *user, const char *section, const char *name, const char *
 }
 
 ql_status ql_plan_load(const char *path, ql_plan **out) {
+    /* a folder opens and reads as empty, and an empty plan would quietly write an unquantized copy */
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        return ql_fail(QL_ERR_ARG, "%s: is a folder, not a plan file (INI with a [tensors] section)", path);
     load_ctx c = {ql_plan_new(), path, QL_OK};
     c.p->source = ql_strdup(path);
     int r = ini_parse(path, on_kv, &c);
     if (r < 0 && !c.st) c.st = ql_fail(QL_ERR_IO, "%s: cannot open", path);
     else if (r > 0 && !c.st) c.st = ql_fail(QL_ERR_FORMAT, "%s: line %d: not key = value", path, r);
+    else if (!c.st && c.p->n == 0)
+        c.st = ql_fail(QL_ERR_FORMAT, "%s: no [tensors] entries: not a plan file (qlab quant --save-plan writes one)",
+                       path);
     if (c.st) {
         ql_plan_free(c.p);
         return c.st;

@@ -316,6 +316,19 @@ static ql_status quantize_sequential(quant_ctx *c) {
     return s;
 }
 
+/* The keys ql_quantize_model sets on the output besides the source's (all u32). */
+static const char *const ADDED_KEYS[] = {"general.file_type", "general.quantization_version"};
+
+int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes) {
+    const ql_gguf *g = m->gguf;
+    uint64_t align = g->alignment ? g->alignment : 32, head = ql_gguf_header_bytes(g);
+    for (size_t k = 0; k < QL_ARRAY_LEN(ADDED_KEYS); k++)
+        if (!ql_gguf_get(g, ADDED_KEYS[k])) head += 8 + strlen(ADDED_KEYS[k]) + 4 + 4; /* key, type, u32 */
+    uint64_t total = (head + align - 1) / align * align;
+    for (int64_t i = 0; i < g->n_tensors; i++) total += ((uint64_t)tensor_bytes[i] + align - 1) / align * align;
+    return (int64_t)total;
+}
+
 ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
                             ql_quant_stats *st) {
     memset(st, 0, sizeof *st);
@@ -429,8 +442,8 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         ft = st->llama_cpp_compatible ? ql_file_type_for_format(ti->name) : -1;
         if (ft < 0) ft = st->llama_cpp_compatible ? 0 : 1024; /* 1024: qlab extension mix, see docs/formats.md */
     }
-    ql_gguf_set_u32(c.out, "general.file_type", (uint32_t)ft);
-    ql_gguf_set_u32(c.out, "general.quantization_version", 2);
+    ql_gguf_set_u32(c.out, ADDED_KEYS[0], (uint32_t)ft);
+    ql_gguf_set_u32(c.out, ADDED_KEYS[1], 2);
     if (o->sequential) {
         if (!o->calib_tokens) {
             s = ql_fail(QL_ERR_ARG, "sequential quantization needs calibration tokens (--text or --calib)");

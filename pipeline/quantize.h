@@ -36,6 +36,11 @@ typedef struct {
     bool llama_cpp_compatible; /* every tensor type is one ggml knows */
 } ql_quant_stats;
 
+/* The exact size of the GGUF ql_quantize_model writes for m when tensor i is stored in tensor_bytes[i]
+ * bytes: m's header plus the keys the quantizer adds, and every tensor padded to the alignment. The TUI's
+ * footer, Preview and Export figures all come from here, so they equal the exported file. */
+int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes);
+
 ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
                             ql_quant_stats *stats);
 

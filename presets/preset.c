@@ -7,6 +7,7 @@
  * The first matching rule wins; [preset] default applies to the rest of the 2-D weights. */
 #include "presets/preset.h"
 #include "formats/format.h"
+#include "kernels/ggml_types.h"
 
 #include <ctype.h>
 #include <fnmatch.h>
@@ -224,9 +225,13 @@ static bool pattern_matches(const char *pat, const tensor_ctx *t) {
     return strcmp(pat, t->role) == 0;
 }
 
-/* The format that fits rows of ncols, following the fallback table, then F16. */
+/* The format that fits rows of ncols, following the fallback table, then F16. The note says exactly what
+ * llama-quantize does with the same rows: the same fallback, or (for types its table lacks: q4_0, q8_0 ...)
+ * refusing the model, so a user comparing the two tools is not misled. */
 static const ql_format *fit(const ql_format *f, int64_t ncols, char *note, size_t cap) {
     const ql_format *orig = f;
+    bool llama_has = false;
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_fallback); i++) llama_has |= !strcmp(g_fallback[i].from, f->name);
     for (int guard = 0; guard < 4 && !ql_format_fits(f, ncols); guard++) {
         const ql_format *next = NULL;
         for (size_t i = 0; i < QL_ARRAY_LEN(g_fallback); i++)
@@ -234,9 +239,13 @@ static const ql_format *fit(const ql_format *f, int64_t ncols, char *note, size_
         f = next ? next : ql_format_by_name("f16");
     }
     if (!ql_format_fits(f, ncols)) f = ql_format_by_name("f16");
-    if (f != orig)
-        snprintf(note, cap, "fallback from %s: rows of %lld are not a multiple of %d", orig->name, (long long)ncols,
-                 orig->block);
+    if (f != orig) {
+        const char *what = llama_has                     ? "llama-quantize does the same"
+                           : ql_type_is_ggml(orig->type) ? "llama-quantize refuses the model"
+                                                         : "qlab's own fallback";
+        snprintf(note, cap, "fallback from %s: rows of %lld are not a multiple of %d (%s)", orig->name,
+                 (long long)ncols, orig->block, what);
+    }
     return f;
 }
 

@@ -967,3 +967,34 @@ ql_status ql_alloc_frontier(const ql_sense *s, const ql_alloc_opts *o, int n_poi
     alloc_items_free(items, s->n_tensors);
     return st;
 }
+
+ql_status ql_alloc_check_target(const ql_sense *s, const ql_alloc_opts *o) {
+    if (!(o->target_bpw > 0)) return QL_OK;
+    int metric;
+    rule *rules;
+    alloc_item *items;
+    ql_mckp_item *mk;
+    ql_status st = prepare(s, o, &metric, &rules, &items, &mk);
+    if (st) return st;
+    const int64_t nq = quantized_params(s), nall = nq + s->other_params;
+    int64_t cheapest = 0, dearest = 0;
+    for (int t = 0; t < s->n_tensors; t++) {
+        int64_t lo = INT64_MAX, hi = 0;
+        for (int j = 0; j < mk[t].n; j++) {
+            lo = QL_MIN(lo, mk[t].cost[j]);
+            hi = QL_MAX(hi, mk[t].cost[j]);
+        }
+        cheapest += lo;
+        dearest += hi;
+    }
+    free(rules);
+    free(mk);
+    alloc_items_free(items, s->n_tensors);
+    double lo = o->whole_file ? 8.0 * (double)(cheapest + s->other_bytes) / (double)nall : 8.0 * (double)cheapest / (double)nq;
+    double hi = o->whole_file ? 8.0 * (double)(dearest + s->other_bytes) / (double)nall : 8.0 * (double)dearest / (double)nq;
+    double tol = o->tolerance > 0 ? o->tolerance : 0.01;
+    if (o->target_bpw < lo - tol || o->target_bpw > hi + tol)
+        return ql_fail(QL_ERR_ARG, "target %g bpw is outside what the candidates reach: %.3f to %.3f bpw%s", o->target_bpw,
+                       lo, hi, o->whole_file ? " over the file" : "");
+    return QL_OK;
+}

@@ -100,6 +100,9 @@ typedef struct {
 /* Never returns a plan predicted worse than a one-candidate plan that fits the budget (r->uniform says when
  * that plan won). */
 ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result *r);
+/* QL_ERR_ARG naming the reachable range when a target BPW lies outside what the candidates (under the
+ * rules) can reach, cheapest to dearest; QL_OK otherwise. ql_allocate itself gets as close as it can. */
+ql_status ql_alloc_check_target(const ql_sense *s, const ql_alloc_opts *o);
 void ql_alloc_result_free(ql_alloc_result *r);
 /* Per-tensor plan (plan.h); source names the sense file and the target. *out: ql_plan_free. */
 ql_status ql_alloc_plan(const ql_sense *s, const ql_alloc_result *r, const char *source,

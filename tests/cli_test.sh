@@ -93,6 +93,104 @@ if [ -f "$T/tiny.gguf" ]; then
   else bad "Ctrl-C: rc $rc, left: $(ls "$T/cancel")"; fi
 fi
 
+# issue 10: what a new user hit. An output that is the input is refused, by every command that writes
+if [ -f "$T/tiny.gguf" ]; then
+  cp "$T/tiny.gguf" "$T/self.gguf"; ln -sf "$T/self.gguf" "$T/self-link.gguf"; sum0=$(md5sum < "$T/self.gguf")
+  expect_error "quant -o INPUT is refused" "self.gguf" $QLAB quant "$T/self.gguf" --type q4_0 -o "$T/self.gguf"
+  expect_error "quant -o link-to-INPUT is refused" "self-link.gguf" $QLAB quant "$T/self.gguf" --type q4_0 -o "$T/self-link.gguf"
+  expect_error "quant through a link to the input" "refusing" $QLAB quant "$T/self-link.gguf" --type q4_0 -o "$T/self.gguf"
+  expect_error "quant --save-plan INPUT is refused" "refusing" $QLAB quant "$T/self.gguf" --type q4_0 --save-plan "$T/self.gguf"
+  expect_error "convert -o INPUT is refused" "refusing" $QLAB convert "$T/self.gguf" -o "$T/self.gguf"
+  expect_error "stats -o TEXT is refused" "refusing" $QLAB stats "$T/self.gguf" --text "$T/text.txt" --ctx 64 -o "$T/text.txt"
+  expect_error "imatrix -o INPUT is refused" "refusing" $QLAB imatrix "$T/self.gguf" --text "$T/text.txt" --ctx 64 -o "$T/self-link.gguf"
+  expect_error "ppl --save-logits INPUT is refused" "refusing" $QLAB ppl "$T/self.gguf" --text "$T/text.txt" --ctx 64 --save-logits "$T/self.gguf"
+  expect_error "sense -o INPUT is refused" "refusing" $QLAB sense "$T/self.gguf" --candidates q4_0 --level weight -o "$T/self.gguf"
+  if [ "$(md5sum < "$T/self.gguf")" = "$sum0" ] && [ -L "$T/self-link.gguf" ]; then ok "the input model is untouched"
+  else bad "the input model was changed"; fi
+  $QLAB convert "$T/self.gguf" -o "$T/hfself" >/dev/null 2>&1
+  expect_error "convert HF folder into itself is refused" "refusing" $QLAB convert "$T/hfself" -o "$T/hfself"
+  # a plan that is not a plan file is an error, and nothing is written
+  mkdir -p "$T/plandir"; : > "$T/empty.ini"
+  expect_error "quant --plan FOLDER is an error" "plandir" $QLAB quant "$T/self.gguf" --plan "$T/plandir" -o "$T/fromdir.gguf"
+  expect_error "quant --plan EMPTY-FILE is an error" "empty.ini" $QLAB quant "$T/self.gguf" --plan "$T/empty.ini" -o "$T/fromempty.gguf"
+  if [ ! -e "$T/fromdir.gguf" ] && [ ! -e "$T/fromempty.gguf" ]; then ok "bad plans write nothing"; else bad "a bad plan wrote a file"; fi
+  # a context past the training context (n_ctx_train 128 here): defaults are capped, a longer one warns
+  $QLAB synth --shape tiny --dims layers=1,ctx=128 -o "$T/c128.gguf" 2>/dev/null
+  for i in 1 2 3 4 5 6; do cat "$T/text.txt"; done > "$T/text6.txt"
+  if $QLAB ppl "$T/c128.gguf" --text "$T/text6.txt" --chunks 1 --json 2>"$T/err" | grep -q '"ctx": 128,'; then ok "ppl defaults to n_ctx_train when it is below 512"
+  else bad "ppl default ctx on a 128-token model"; sed 's/^/     /' "$T/err" | head -3; fi
+  if $QLAB ppl "$T/c128.gguf" --text "$T/text6.txt" --chunks 1 --ctx 256 --json 2>"$T/err" | grep -q '"ctx": 256,' \
+     && grep -q "trained on only 128 context tokens (256 asked for)" "$T/err"; then ok "ppl --ctx past n_ctx_train warns as llama.cpp does"
+  else bad "ppl --ctx 256 on a 128-token model: no warning"; fi
+  if $QLAB stats "$T/c128.gguf" --text "$T/text6.txt" --chunks 1 -o "$T/c128.qls" 2>"$T/err" && grep -q "1 sequences x 128 tokens" "$T/err"; then
+    ok "stats defaults to n_ctx_train"; else bad "stats default ctx"; sed 's/^/     /' "$T/err" | tail -2; fi
+  if $QLAB sense "$T/c128.gguf" --text "$T/text6.txt" --chunks 1 --candidates q8_0 --level output -o "$T/c128.qss" 2>"$T/err" \
+     && grep -q "using ctx 128" "$T/err"; then ok "sense defaults to n_ctx_train"; else bad "sense default ctx"; sed 's/^/     /' "$T/err" | tail -2; fi
+  # the working memory a context needs is checked before it is allocated, and refused with the figure
+  QL_MEM_BUDGET_MB=64 $QLAB ppl "$T/c128.gguf" --text "$T/text6.txt" --ctx 8192 >/dev/null 2>"$T/err"; rc=$?
+  if [ $rc -eq 1 ] && grep -q "ctx 8192 needs 0.4 GiB of working memory" "$T/err" && grep -q "use --ctx [0-9]* or less" "$T/err"; then
+    ok "ppl refuses a context that does not fit, with the figure"
+  else bad "ppl memory check: rc $rc"; sed 's/^/     /' "$T/err" | tail -2; fi
+  # plan targets: outside the reachable range, negative or not a number are errors naming the problem
+  $QLAB sense "$T/c128.gguf" --candidates q4_0,q8_0 --level weight -o "$T/w.qss" >/dev/null 2>&1
+  expect_error "plan --target-bpw 40 names the reachable range" "candidates reach: 4.5" $QLAB plan "$T/w.qss" --target-bpw 40 -o "$T/p40.ini"
+  expect_error "plan --target-bpw -3 says what is wrong" "positive number" $QLAB plan "$T/w.qss" --target-bpw -3 -o "$T/p40.ini"
+  expect_error "plan --target-bpw nan says what is wrong" "got 'nan'" $QLAB plan "$T/w.qss" --target-bpw nan -o "$T/p40.ini"
+  if [ ! -e "$T/p40.ini" ]; then ok "refused targets write no plan"; else bad "a refused target wrote a plan"; fi
+  expect_error "--calib FILE@abc names the bad weight" "weight 'abc'" $QLAB stats "$T/c128.gguf" --calib "$T/text6.txt@abc" -o "$T/x.qls"
+  # a llama2.c checkpoint without its tokenizer: convert warns, info says llama.cpp refuses it, and the
+  # "no tokenizer" error names the files looked for and where
+  mkdir -p "$T/l2c"
+  python3 - "$T/l2c/model.bin" <<'PY'
+import struct, sys
+D, F, L, H, KV, V, S = 64, 172, 2, 8, 4, 512, 128
+hs = D // H; kv = hs * KV
+n = V * D + L * (D + D * D + 2 * D * kv + D * D + D + 3 * D * F) + D + S * hs
+with open(sys.argv[1], 'wb') as f:
+    f.write(struct.pack('<7i', D, F, L, H, KV, V, S))
+    f.write(struct.pack('<%df' % n, *[((i * 7919) % 97 - 48) / 480.0 for i in range(n)]))
+PY
+  $QLAB convert "$T/l2c/model.bin" -o "$T/l2c.gguf" >/dev/null 2>"$T/err"
+  if grep -q "warning: .*model.bin has no tokenizer.*tok512.bin" "$T/err"; then ok "convert warns about a missing tokenizer, naming tok512.bin"
+  else bad "convert without tokenizer: no warning"; sed 's/^/     /' "$T/err" | head -3; fi
+  if $QLAB info "$T/l2c.gguf" --no-tensors | grep -q "llama.cpp refuses" && \
+     $QLAB info "$T/l2c.gguf" --json --no-tensors | grep -q '"llama_cpp_compatible": false'; then ok "info says llama.cpp refuses a GGUF without tokenizer"
+  else bad "info on a GGUF without tokenizer"; fi
+  expect_error "ppl without tokenizer names the files to add" "tokenizer.bin or tok512.bin in $T/l2c" $QLAB ppl "$T/l2c/model.bin" --text "$T/text.txt"
+  # fallbacks say exactly what llama-quantize does with the same rows (172-wide ffn_down)
+  $QLAB quant "$T/l2c.gguf" --preset Q8_0 --dry-run >/dev/null 2>"$T/err"
+  $QLAB quant "$T/l2c.gguf" --preset Q4_K_M --dry-run >/dev/null 2>"$T/err2"
+  if grep -q "ffn_down.weight: fallback from q8_0: rows of 172 .*llama-quantize refuses the model" "$T/err" \
+     && grep -q "fallback from q4_k: .*llama-quantize does the same" "$T/err2" && ! grep -q "as llama.cpp does" "$T/err"; then
+    ok "fallback notes say what llama-quantize does (refuses Q8_0 here, same fallback for q4_k)"
+  else bad "fallback notes"; head -2 "$T/err" | sed 's/^/     /'; fi
+  # the workbench in a real terminal (tmux, 80x24): every screen and the help, no word cut at the edge
+  if command -v tmux >/dev/null 2>&1; then
+    S=qlab-cli-$$; tbad=0
+    tmux new-session -d -s $S -x 80 -y 24 -c "$PWD" "$QLAB tui $T/c128.gguf; sleep 5" 2>/dev/null; sleep 1.5
+    for k in 1 2 3 4 5 6 7 '?'; do
+      tmux send-keys -t $S "$k"; sleep 0.4
+      tmux capture-pane -p -t $S > "$T/pane.txt" 2>/dev/null
+      python3 - "$k" "$T/pane.txt" <<'PY' || tbad=1
+import sys
+bad = 0
+for line in open(sys.argv[2], encoding='utf-8'):
+    line = line.rstrip()
+    boxed = line.endswith('\u2502')
+    body = line[:-1] if boxed else line
+    if (boxed or len(line) >= 80) and len(body) >= 2 and body[-1].isascii() and body[-1].isalnum() and body[-2].isalnum():
+        print("     cut on screen %s: %s" % (sys.argv[1], line)); bad = 1
+sys.exit(bad)
+PY
+      [ "$k" = '?' ] && tmux send-keys -t $S Escape
+    done
+    grep -q "qlab  1 Model" "$T/pane.txt" || tbad=1
+    tmux send-keys -t $S q; sleep 0.3; tmux send-keys -t $S q; tmux kill-session -t $S 2>/dev/null
+    if [ $tbad -eq 0 ]; then ok "tmux 80x24: every screen and the help without a cut word"; else bad "tmux 80x24: cut words"; fi
+  else skip "tmux 80x24 (no tmux)"; fi
+  expect_error "quant -o a file of the HF input folder is refused" "refusing" $QLAB quant "$T/hfself" --type q8_0 -o "$T/hfself/model.safetensors"
+fi
+
 # llama.cpp agreement on the real model
 # only an absent shared folder skips; a folder that lacks the model is a failure, not a skip
 if [ -d "$SHARED" ] && [ ! -f "$SHARED/models/stories260K.gguf" ]; then

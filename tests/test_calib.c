@@ -161,6 +161,8 @@ static void test_spec_errors(void **state) {
     expect_error("", &o, "empty", NULL);
     expect_error(fx("missing.txt"), &o, "missing.txt", NULL);
     char spec[600];
+    snprintf(spec, sizeof spec, "%s@abc", fx("plain.txt")); /* a bad weight, not a missing file */
+    expect_error(spec, &o, "weight 'abc'", NULL);
     snprintf(spec, sizeof spec, "%s@0", fx("plain.txt"));
     expect_error(spec, &o, "weight", NULL);
     snprintf(spec, sizeof spec, "%s:type=xml", fx("plain.txt"));

@@ -124,6 +124,18 @@ static void test_bad_presets(void **state) {
     assert_int_equal(ql_preset_parse("[weird]\na = b\n", "section.ini", &p), QL_ERR_FORMAT);
     assert_int_equal(ql_preset_load("NOT_A_PRESET", &p), QL_ERR_ARG);
     assert_non_null(strstr(ql_last_error(), "Q4_K_M")); /* the message lists what exists */
+    /* a plan that is not a plan file is an error, not an empty plan (that would write an unquantized copy) */
+    ql_plan *plan;
+    char dir[] = "/tmp/qlab-plandir-XXXXXX", empty[64];
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(ql_plan_load(dir, &plan), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "folder"));
+    snprintf(empty, sizeof empty, "%s/empty.ini", dir);
+    fclose(fopen(empty, "w"));
+    assert_int_equal(ql_plan_load(empty, &plan), QL_ERR_FORMAT);
+    assert_non_null(strstr(ql_last_error(), "empty.ini"));
+    unlink(empty);
+    rmdir(dir);
     /* every built-in preset parses */
     for (int i = 0; i < ql_preset_builtin_count(); i++) {
         assert_int_equal(ql_preset_load(ql_preset_builtin_name(i), &p), QL_OK);

@@ -280,6 +280,13 @@ static void test_allocate_hits_targets(void **state) {
     ql_alloc_opts ob = {.target_bpw = 1.0, .metric = -1};
     assert_int_equal(ql_allocate(s, &ob, &r), QL_ERR_ARG);
     assert_non_null(strstr(ql_last_error(), "bpw"));
+    /* a target past the dearest candidates is an error naming the reachable range, as is one below */
+    ql_alloc_opts oh = {.target_bpw = 40.0, .metric = -1};
+    assert_int_equal(ql_alloc_check_target(s, &oh), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "reach"));
+    assert_int_equal(ql_alloc_check_target(s, &ob), QL_ERR_ARG);
+    ql_alloc_opts om = {.target_bpw = 5.0, .metric = -1};
+    assert_int_equal(ql_alloc_check_target(s, &om), QL_OK);
     ql_sense_free(s);
 }
 

@@ -30,7 +30,9 @@
 #include "tui/jobs.h"
 #include "core/ppl.h"
 #include "core/synth.h"
+#include "pipeline/calib.h"
 #include "sensitivity/sense.h"
+#include "tui/tui_sense.h"
 #include "tests/test_util.h"
 
 static char g_tmp[256];
@@ -289,7 +291,7 @@ static void test_stories_session(void **state) {
     /* change one layer by hand: raise blk.2 */
     const ql_format *before[64];
     for (int i = 0; i < a->plan.n_rows; i++) before[i] = ql_tui_row_format(&a->plan.rows[i]);
-    ql_tui_feed(a, "3");
+    ql_tui_feed(a, "<down>3"); /* off the target row, where digits type a target */
     plan_goto(a, -1 - 3);
     ql_tui_feed(a, "]");
     int changed = 0;
@@ -567,6 +569,152 @@ static void test_golden_screens(void **state) {
     ql_tui_app_free(a);
 }
 
+/* ---------------------------------------------------------------- issue 10: what a new user hit */
+
+/* Lines of the 80x24 screen that run into the right edge with a letter or digit on both of its last two
+ * columns: a word cut in half (boxes, bars and ellipses end lines legitimately). Prints each one. */
+static int cut_words(ql_tui_app *a, const char *where) {
+    char *t = render(a, 80, 24);
+    int bad = 0;
+    for (char *line = t, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+        nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        size_t l = strlen(line);
+        bool boxed = l > 3 && !strcmp(line + l - 3, "│");
+        if (!boxed && ql_utf8_width(line) < 80) continue;
+        if (boxed) l -= 3; /* text running into a box's right border */
+        unsigned char x = (unsigned char)line[l - 1], y = l > 1 ? (unsigned char)line[l - 2] : ' ';
+        if (x < 128 && y < 128 && isalnum(x) && isalnum(y)) {
+            printf("%s: cut: '%s'\n", where, line);
+            bad++;
+        }
+    }
+    free(t);
+    return bad;
+}
+
+/* Every screen, the help window and the preset prompt at 80x24: no word cut at the edge. */
+static int cut_words_everywhere(ql_tui_app *a) {
+    int bad = 0, screen = a->screen;
+    const char *keys[] = {"1", "2", "3", "4", "5", "6", "7"};
+    for (int i = 0; i < 7; i++) {
+        a->screen = (ql_tui_screen)i;
+        bad += cut_words(a, keys[i]);
+        a->help = true;
+        for (int s = 0; s < 120; s += 15) {
+            a->help_scroll = s;
+            bad += cut_words(a, "help");
+        }
+        a->help = false;
+    }
+    a->screen = (ql_tui_screen)screen;
+    return bad;
+}
+
+static void test_new_user_session(void **state) {
+    (void)state;
+    char model[512], text[512], wiki[512];
+    if (!shared_path(model, sizeof model, "models/stories260K.gguf") ||
+        !shared_path(text, sizeof text, "data/tinystories-valid.txt") ||
+        !shared_path(wiki, sizeof wiki, "data/wikitext-2-valid.raw")) {
+        skip();
+        return;
+    }
+    ql_tui_config cfg = {.model = model, .text = text, .calib = text, .n_threads = 2};
+    ql_tui_app *a;
+    assert_int_equal(ql_tui_app_new(&cfg, &a), QL_OK);
+    /* item 10: every screen fits 80x24 without cutting a word, here and after each step below */
+    int cut = cut_words_everywhere(a);
+    /* item 11: the overlap figure follows the evaluation text when the set is built again */
+    ql_tui_feed(a, "2<down><down><enter>8<enter><down><enter>64<enter>b<wait>");
+    assert_non_null(a->calib.set);
+    double same_text = a->calib.overlap;
+    assert_true(same_text > 0.5); /* the set is drawn from the evaluation text itself */
+    char keys[700];
+    snprintf(keys, sizeof keys, "5T<c-u>%s<enter>2b<wait>", wiki);
+    ql_tui_feed(a, keys);
+    char *txt;
+    size_t len;
+    int32_t *ids;
+    int64_t n, grams;
+    assert_int_equal(ql_read_file(wiki, &txt, &len), QL_OK);
+    assert_int_equal(ql_tokenize(a->model->tok, txt, len, false, &ids, &n), QL_OK);
+    double want = ql_calib_ngram_overlap(a->calib.set, ids, n, 8, &grams);
+    free(ids);
+    free(txt);
+    printf("overlap: %.4f with its own text, %.4f with wikitext (want %.4f)\n", same_text, a->calib.overlap, want);
+    assert_true(a->calib.overlap == want && want < same_text);
+    cut += cut_words_everywhere(a);
+    /* item 12: on the Auto screen's target row, typing a number edits the target */
+    ql_tui_feed(a, "3lx<wait>4");
+    assert_non_null(a->sense);
+    while (a->autos.field != 1) ql_tui_feed(a, a->autos.field < 1 ? "<down>" : "<up>");
+    ql_tui_feed(a, "0.5<enter>");
+    assert_int_equal(a->screen, QL_SCR_AUTO);
+    assert_true(fabs(a->autos.target_bpw - 0.5) < 1e-9);
+    ql_tui_feed(a, "8<enter>s<wait>");
+    assert_true(a->autos.has_solution);
+    /* a target past the candidates' reach fails as qlab plan does, and the old solution goes */
+    ql_tui_feed(a, "40<enter>s<wait>");
+    assert_false(a->autos.has_solution);
+    assert_non_null(strstr(a->msg, "reach"));
+    char *scr = render(a, 80, 24);
+    if (strstr(scr, "a accepts it")) printf("the stale solution is still shown:\n%s", scr);
+    assert_null(strstr(scr, "a accepts it"));
+    free(scr);
+    cut += cut_words_everywhere(a);
+    /* item 16: C keeps the measurements of candidates that stay; a method column keeps its format's digits */
+    char spec0[96];
+    ql_tui_cand_spec(a, 0, spec0, sizeof spec0);
+    snprintf(keys, sizeof keys, "<down>3C<c-u>%s,int4_g32+gptq<enter>", spec0);
+    ql_tui_feed(a, keys);
+    assert_int_equal(a->plan.n_cand, 2);
+    assert_non_null(a->sense);
+    int measured = 0;
+    for (int i = 0; i < a->sense->n_rows; i++) measured += isfinite(a->sense->err[(size_t)i * a->sense->n_cand]);
+    printf("after C: %d of %d rows keep their measurement (%s)\n", measured, a->sense->n_rows, a->msg);
+    assert_true(measured > 0);
+    assert_true(screen_has(a, 80, 24, "4g32G"));
+    snprintf(keys, sizeof keys, "C<c-u>%s,q8_0<enter>", spec0); /* no data-aware column for the previews below */
+    ql_tui_feed(a, keys);
+    /* item 13: the Export note names every extension format the file holds */
+    ql_tui_feed(a, "T<c-u>int4_g32<enter>");
+    a->plan.rows[0].fmt = ql_format_by_name("int5_g32");
+    ql_tui_feed(a, "6");
+    assert_true(screen_has(a, 80, 24, "int4_g32, int5_g32") || screen_has(a, 80, 24, "int5_g32, int4_g32"));
+    assert_true(screen_has(a, 80, 24, "cannot load the file"));
+    /* item 14: the size the footer, Preview and Export show is the exported file's, to the byte */
+    char out[600];
+    snprintf(out, sizeof out, "%s/new-user.gguf", g_tmp);
+    snprintf(keys, sizeof keys, "p<c-u>%s<enter>e<wait>", out);
+    ql_tui_feed(a, keys);
+    struct stat sb;
+    assert_int_equal(stat(out, &sb), 0);
+    printf("exported %lld bytes, predicted %lld\n", (long long)sb.st_size, (long long)ql_tui_plan_totals(a).file_bytes);
+    assert_int_equal((int64_t)sb.st_size, ql_tui_plan_totals(a).file_bytes);
+    /* item 17: history rows say what differs (here: a hand edit), in full at 80x24 */
+    ql_tui_feed(a, "5c64<enter>n2<enter><enter><wait>3]5<enter><wait>");
+    assert_int_equal(a->preview.n_hist, 2);
+    printf("history: '%s' / '%s'\n", a->preview.hist[0].label, a->preview.hist[1].label);
+    assert_string_not_equal(a->preview.hist[0].label, a->preview.hist[1].label);
+    assert_true(screen_has(a, 80, 24, a->preview.hist[0].label));
+    assert_true(screen_has(a, 80, 24, a->preview.hist[1].label));
+    assert_true(screen_has(a, 80, 24, "ctx 64 x 2 chunks"));
+    cut += cut_words_everywhere(a);
+    ql_tui_feed(a, "3P");
+    cut += cut_words(a, "P prompt");
+    ql_tui_feed(a, "<esc>");
+    assert_int_equal(cut, 0);
+    assert_int_equal(ql_tui_plan_totals(a).file_bytes, a->preview.hist[1].bytes);
+    /* item 15: one minimum size, the one the message names */
+    assert_true(screen_has(a, 79, 24, "needs 80x24"));
+    assert_true(screen_has(a, 80, 23, "needs 80x24"));
+    scr = render(a, 80, 24);
+    assert_null(strstr(scr, "too small"));
+    free(scr);
+    ql_tui_app_free(a);
+}
+
 static int setup(void **state) {
     (void)state;
     const char *td = getenv("TMPDIR");
@@ -576,7 +724,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    const char *files[] = {"synth.gguf", "plan.ini", "session.gguf"};
+    const char *files[] = {"synth.gguf", "plan.ini", "session.gguf", "new-user.gguf"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char p[512];
         snprintf(p, sizeof p, "%s/%s", g_tmp, files[i]);
@@ -595,6 +743,7 @@ int main(void) {
         cmocka_unit_test(test_auto_without_calibration),
         cmocka_unit_test(test_golden_mask),
         cmocka_unit_test(test_golden_screens),
+        cmocka_unit_test(test_new_user_session),
     };
     ql_test_order_from_env(tests, sizeof tests / sizeof *tests);
     return cmocka_run_group_tests(tests, setup, teardown);

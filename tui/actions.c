@@ -454,11 +454,11 @@ static unsigned plan_preset(ql_tui_app *a, int k) {
             if (i) strcat(names, " ");
             strcat(names, ql_preset_builtin_name(i));
         }
-        char label[96];
-        snprintf(label, sizeof label, "preset (name or INI file): %.60s...", names);
+        char label[400];
+        snprintf(label, sizeof label, "preset, a name or an INI file: %.360s", names);
         prompt_open(a, P_PRESET, label, "Q4_K_M");
     } else
-        prompt_open(a, P_TYPE, "one format for every tensor (fallbacks as llama.cpp), e.g. q4_k, int4_g32", "q8_0");
+        prompt_open(a, P_TYPE, "one format for every tensor (row fallbacks noted), e.g. q4_k, int4_g32", "q8_0");
     return QL_R_REDRAW;
 }
 
@@ -768,7 +768,7 @@ static const binding BINDINGS[] = {
 
     {ON(AUTO), QL_KEY_UP, QL_KEY_DOWN, "Up Down", "choose a field", auto_move},
     {ON(AUTO), QL_KEY_LEFT, QL_KEY_RIGHT, "Left Right", "move the slider / toggle", auto_adjust},
-    {ON(AUTO), QL_KEY_ENTER, 0, "Enter", "type the target / toggle", auto_enter},
+    {ON(AUTO), QL_KEY_ENTER, 0, "Enter", "edit the target (or type a number on its row) / toggle", auto_enter},
     {ON(AUTO), 's', 0, "s", "solve for the target (worker thread)", auto_solve},
     {ON(AUTO), 'f', 0, "f", "compute the Pareto frontier", auto_solve},
     {ON(AUTO), 'a', 0, "a", "accept the solution into the plan", auto_accept},
@@ -967,11 +967,29 @@ static void prompt_submit(ql_tui_app *a) {
         }
         ql_tui_set_candidates(a, c, meth, n);
         if (a->sense) {
+            /* keep every cell measured for a candidate that stays, as qlab sense does with its file */
+            const ql_sense *old = a->qsense;
+            char *specs[QL_TUI_MAX_CAND];
+            for (int k = 0; k < n; k++) {
+                char sp[96];
+                ql_tui_cand_spec(a, k, sp, sizeof sp);
+                specs[k] = ql_strdup(sp);
+            }
+            ql_sense *ns = NULL;
+            int kept = 0;
+            if (old && !ql_sense_new(a->model, specs, n, &ns)) {
+                ql_sense_set_context(ns, old->calib, NULL, 0, 0, old->stats, old->imatrix, old->level);
+                ns->n_seq = old->n_seq, ns->seq_len = old->seq_len, ns->tokens_hash = old->tokens_hash;
+                ns->base_ppl = old->base_ppl, ns->file_bytes = old->file_bytes, ns->seconds = old->seconds;
+                if (ql_sense_adopt(ns, old, &kept)) kept = 0;
+            }
+            for (int k = 0; k < n; k++) free(specs[k]);
             ql_tui_sense_free(a->sense);
             a->sense = NULL;
             ql_sense_free(a->qsense);
-            a->qsense = NULL;
-            ql_tui_msg(a, 1, "candidates changed: measurements cleared (x measures again)");
+            a->qsense = ns;
+            if (ns) ql_tui_sense_refresh(a);
+            ql_tui_msg(a, 1, "candidates changed: %d measured cells kept (x measures the new candidates)", kept);
         }
         break;
     }
@@ -1288,6 +1306,10 @@ unsigned ql_tui_handle(ql_tui_app *a, int k) {
     if (a->prompt.active) return prompt_key(a, k);
     if (a->browser.purpose != QL_BROWSE_NONE) return browser_key(a, k);
     if (a->help) return help_key(a, k);
+    if (a->screen == QL_SCR_AUTO && a->autos.field == AF_TARGET && a->model && ((k >= '0' && k <= '9') || k == '.')) {
+        auto_enter(a, QL_KEY_ENTER); /* typing a number on the target row edits the target, as in a form */
+        return prompt_key(a, k) | QL_R_REDRAW;
+    }
     unsigned r = QL_R_NONE;
     bool found = false;
     for (int pass = 0; pass < 2 && !found; pass++) /* screen bindings first, then global ones */

@@ -3,6 +3,7 @@
 #include "tui/app.h"
 #include "kernels/ggml_types.h"
 #include "base/parallel.h"
+#include "pipeline/quantize.h"
 #include "sensitivity/sense.h"
 
 #include <ctype.h>
@@ -69,16 +70,15 @@ ql_tui_totals ql_tui_plan_totals(const ql_tui_app *a) {
     ql_tui_totals t = {0};
     if (!a->model) return t;
     const ql_gguf *g = a->model->gguf;
-    int64_t all = 0, bits = 0;
-    for (int64_t i = 0; i < g->n_tensors; i++) all += (int64_t)g->tensors[i].nbytes;
-    int64_t header = a->file_bytes > all ? a->file_bytes - all : 0;
-    int64_t file = header + all;
+    int64_t bits = 0;
+    int64_t *tensor_bytes = ql_malloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof *tensor_bytes);
+    for (int64_t i = 0; i < g->n_tensors; i++) tensor_bytes[i] = (int64_t)g->tensors[i].nbytes;
     bool kld_ok = a->sense && a->sense->additive_kld;
     double kld = 0;
     for (int i = 0; i < a->plan.n_rows; i++) {
         const ql_tui_row *r = &a->plan.rows[i];
         int64_t b = ql_tui_row_bytes(a, r);
-        file += b - (int64_t)g->tensors[r->tensor].nbytes;
+        tensor_bytes[r->tensor] = b;
         bits += b * 8;
         t.weights += r->n;
         if (kld_ok) {
@@ -89,7 +89,8 @@ ql_tui_totals ql_tui_plan_totals(const ql_tui_app *a) {
         }
     }
     t.bpw = t.weights ? (double)bits / (double)t.weights : 0;
-    t.file_bytes = file;
+    t.file_bytes = ql_quantize_file_bytes(a->model, tensor_bytes); /* exactly what the export writes */
+    free(tensor_bytes);
     const ql_config *c = &a->model->cfg;
     t.kv_bytes = 2ll * c->n_layer * a->plan.kv_ctx * c->n_head_kv * c->head_dim * 2;
     t.pred_kld = kld_ok ? kld : NAN;
@@ -480,7 +481,9 @@ ql_status ql_tui_app_new(const ql_tui_config *cfg, ql_tui_app **out) {
     default_texts(a, cfg);
     if (a->model) {
         ql_tui_totals t = ql_tui_plan_totals(a);
-        ql_tui_msg(a, 0, "%s: %d tensors to plan, %.2f bits/weight as stored. Press ? for help.", a->model_path,
+        /* the hint first: at 80 columns a long path would push it off the line */
+        const char *base = strrchr(a->model_path, '/');
+        ql_tui_msg(a, 0, "? for help · %s: %d tensors to plan, %.2f bits/weight as stored", base ? base + 1 : a->model_path,
                    a->plan.n_rows, t.bpw);
         a->autos.target_mib = t.file_bytes / 1048576.0 / 4;
     } else

@@ -44,6 +44,10 @@ typedef enum {
 } ql_tui_screen;
 
 #define QL_TUI_PATH 1024
+/* The smallest terminal the workbench draws in: every screen is laid out and tested at this size, so
+ * below it meaning would be cut; the message, the docs and the check use this one figure. */
+#define QL_TUI_MIN_W 80
+#define QL_TUI_MIN_H 24
 #define QL_TUI_MAX_CAND 24
 #define QL_TUI_MAX_SOURCES 8
 #define QL_TUI_MAX_HIST 64
@@ -117,7 +121,8 @@ typedef struct {
 
 typedef struct {
     uint64_t hash;                 /* plan + text + ctx + chunks + statistics */
-    char label[48];
+    char label[72];                /* source, edited rows, methods: what tells rows apart */
+    char detail[200];              /* everything, for the row under the cursor */
     double bpw;
     int64_t bytes;
     ql_ppl_result r;
@@ -192,7 +197,7 @@ typedef struct {
 typedef struct {
     bool active;
     int purpose;                   /* tui/actions.c's prompt ids */
-    char label[96];
+    char label[400];               /* wrapped inside the prompt box when longer than its title */
     char buf[QL_TUI_PATH];
     int len;
     bool fresh;                    /* the text is the default: the first typed character replaces it */

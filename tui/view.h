@@ -27,6 +27,8 @@ void ql_fmt_err(char *buf, size_t cap, double v);
 const char *ql_basename(const char *path);
 /* Word-wraps text into the rectangle; returns the rows used. */
 int ql_view_wrap(ql_canvas *c, int x, int y, int w, int max_rows, int st, const char *text);
+/* One line of at most w columns: whole words and an ellipsis when the text is longer (never half a word). */
+int ql_view_fit(ql_canvas *c, int x, int y, int w, int st, const char *text);
 /* Heat-map style for error v given the table's log10 range [lo, hi]. */
 int ql_heat_style(double v, double lo, double hi);
 void ql_sense_range(const ql_tui_sense *s, double *lo, double *hi);

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 /* A format name that fits w columns: "int4_g128_sym" -> "i4g128s", "fp8_e4m3_channel" -> "e4m3c". */
@@ -14,7 +15,8 @@ static void short_name(const char *name, const char *method, int w, char *out, s
     static const char *REPL[][2] = {{"_channel", "c"}, {"_block", "b"}, {"_tensor", "t"}, {"_sym", "s"}, {"_mse", "m"},
                                     {"int", "i"}, {"_g", "g"}, {"fp8_", ""}, {"_", ""}};
     char sfx[8] = "", b[64];
-    if (method && method[0] && strcmp(method, "rtn")) snprintf(sfx, sizeof sfx, "+%.1s", method);
+    /* the method as one capital (int4_g32+gptq -> "4g32G"): the format keeps its digits in 5 columns */
+    if (method && method[0] && strcmp(method, "rtn")) snprintf(sfx, sizeof sfx, "%c", toupper((unsigned char)method[0]));
     int room = w - (int)strlen(sfx);
     snprintf(b, sizeof b, "%s", name);
     for (size_t i = 0; i < sizeof REPL / sizeof REPL[0] && (int)strlen(b) > room; i++) {
@@ -51,9 +53,12 @@ void ql_view_plan(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     double lo, hi;
     ql_sense_range(a->sense, &lo, &hi);
     int x = ql_canvas_printf(c, 1, y, 0, QL_ST_BOLD, "Plan: %.30s%s", p->source, p->edits ? " +edits" : "");
-    if (a->sense)
-        ql_canvas_printf(c, x + 2, y, 0, QL_ST_DIM, "cells: %s%s · l level", a->sense->metric,
-                         a->sense->additive_kld ? ", they add up to the predicted KLD" : "");
+    if (a->sense) {
+        char cells[160];
+        snprintf(cells, sizeof cells, "cells: %s%s · l level", a->sense->metric,
+                 a->sense->additive_kld ? ", they add up to the predicted KLD" : "");
+        ql_view_fit(c, x + 2, y, c->w - x - 3, QL_ST_DIM, cells);
+    }
     else
         ql_canvas_printf(c, x + 2, y, 0, QL_ST_DIM, "cells: · fits, ● assigned (x measures errors)");
     y++;
@@ -172,11 +177,10 @@ void ql_view_auto(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     ql_tui_auto *u = &a->autos;
     int y = r.y;
     int x = ql_canvas_puts(c, 1, y, 0, QL_ST_BOLD, "Auto: the best plan for a budget");
-    if (a->sense)
-        ql_canvas_printf(c, x + 2, y++, 0, QL_ST_DIM, "minimising the sum of per-tensor %s", a->sense->metric);
-    else
-        ql_canvas_printf(c, x + 2, y++, 0, QL_ST_WARN, "measure first: x (level %s, l changes it)",
-                         ql_tui_level_label(ql_tui_sense_level(a)));
+    char head[160];
+    if (a->sense) snprintf(head, sizeof head, "minimising the sum of per-tensor %s", a->sense->metric);
+    else snprintf(head, sizeof head, "measure first: x (level %s, l changes it)", ql_tui_level_label(ql_tui_sense_level(a)));
+    ql_view_fit(c, x + 2, y++, c->w - x - 3, a->sense ? QL_ST_DIM : QL_ST_WARN, head);
     y++;
     double bmin = 1.5, bmax = 16;
     char val[40];
@@ -207,12 +211,13 @@ void ql_view_auto(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     }
     y += 2;
     ql_tui_totals t = ql_tui_plan_totals(a);
-    if (u->has_solution)
-        ql_canvas_printf(c, 1, y++, 0, u->sol_hit ? QL_ST_OK : QL_ST_WARN,
-                         "solution: %.3f bpw, predicted %s %.4g (%s) · a accepts it", u->sol_bpw,
-                         a->sense ? a->sense->metric : "error", u->sol_err,
-                         u->sol_exact ? "optimal" : u->sol_gap > 0 ? "near-optimal" : "optimal");
-    else
+    if (u->has_solution) {
+        char sol[160];
+        snprintf(sol, sizeof sol, "solution: %.3f bpw, predicted %s %.4g (%s) · a accepts it", u->sol_bpw,
+                 a->sense ? a->sense->metric : "error", u->sol_err,
+                 u->sol_exact ? "optimal" : u->sol_gap > 0 ? "near-optimal" : "optimal");
+        ql_view_fit(c, 1, y++, c->w - 2, u->sol_hit ? QL_ST_OK : QL_ST_WARN, sol);
+    } else
         ql_canvas_puts(c, 1, y++, 0, QL_ST_DIM, "s solves for the target · f draws the frontier · pinned rows keep their format");
     /* the plot: error (log) against bits/weight; the frontier as dots, the current plan as ◆ */
     int px = 10, py = y + 1, pw = c->w - px - 3, ph = r.y + r.h - py - 2;

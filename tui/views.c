@@ -56,6 +56,23 @@ const char *ql_basename(const char *p) {
     return s ? s + 1 : p;
 }
 
+int ql_view_fit(ql_canvas *c, int x, int y, int w, int st, const char *text) {
+    if (ql_utf8_width(text) <= w) return ql_canvas_puts(c, x, y, x + w, st, text);
+    /* too long: whole words up to w-1 columns, then an ellipsis, so no word is cut in half */
+    const char *p = text, *brk = NULL;
+    int cols = 0;
+    while (*p && cols < w - 1) {
+        if (*p == ' ') brk = p;
+        ql_utf8_next(&p);
+        cols++;
+    }
+    const char *end = *p == ' ' ? p : brk ? brk : p;
+    while (end > text && end[-1] == ' ') end--;
+    char line[512];
+    snprintf(line, sizeof line, "%.*s…", (int)(end - text) < 500 ? (int)(end - text) : 500, text);
+    return ql_canvas_puts(c, x, y, x + w, st, line);
+}
+
 int ql_view_wrap(ql_canvas *c, int x, int y, int w, int max_rows, int st, const char *text) {
     int row = 0;
     const char *p = text;
@@ -138,8 +155,9 @@ static void draw_footer(ql_tui_app *a, ql_canvas *c, int y) {
     else snprintf(kld, sizeof kld, "—");
     char src[64];
     snprintf(src, sizeof src, "%.40s%s", a->plan.source, a->plan.edits ? " +edits" : "");
-    ql_canvas_printf(c, 1, y, 0, QL_ST_STATUS, "BPW %.3f │ file %s │ KV@%d %s │ pred. KLD %s │ %s", t.bpw, size,
-                     a->plan.kv_ctx, kv, kld, src);
+    int x = ql_canvas_printf(c, 1, y, 0, QL_ST_STATUS, "BPW %.3f │ file %s │ KV@%d %s │ pred. KLD %s │ ", t.bpw, size,
+                             a->plan.kv_ctx, kv, kld);
+    ql_view_fit(c, x, y, c->w - x - 1, QL_ST_STATUS, src);
 }
 
 static void draw_status(ql_tui_app *a, ql_canvas *c, int y) {
@@ -162,8 +180,8 @@ static void draw_status(ql_tui_app *a, ql_canvas *c, int y) {
         return;
     }
     if (a->msg[0]) {
-        ql_canvas_printf(c, 1, y, 0, a->msg_level == 2 ? QL_ST_ERROR : a->msg_level == 1 ? QL_ST_WARN : QL_ST_NORMAL,
-                         "%s", a->msg);
+        ql_view_fit(c, 1, y, c->w - 2, a->msg_level == 2 ? QL_ST_ERROR : a->msg_level == 1 ? QL_ST_WARN : QL_ST_NORMAL,
+                    a->msg);
         return;
     }
     ql_canvas_puts(c, 1, y, 0, QL_ST_DIM, "? help   Tab next screen   1-7 jump   q quit");
@@ -172,7 +190,18 @@ static void draw_status(ql_tui_app *a, ql_canvas *c, int y) {
 static void draw_prompt(ql_tui_app *a, ql_canvas *c) {
     int w = c->w - 4, y = c->h - 6;
     if (w < 20) w = c->w;
-    ql_canvas_box(c, 2, y, w, 4, QL_ST_BOX, a->prompt.label);
+    /* a label longer than the title (the preset list) is wrapped inside a taller box, not cut */
+    int lw = ql_utf8_width(a->prompt.label), extra = 0;
+    if (lw > w - 6) {
+        extra = lw / (w - 6) + 1;
+        if (extra > 4) extra = 4;
+        y -= extra;
+        ql_canvas_fill(c, 2, y, w, 4 + extra, ' ', QL_ST_NORMAL);
+        ql_canvas_box(c, 2, y, w, 4 + extra, QL_ST_BOX, "");
+        ql_view_wrap(c, 4, y + 1, w - 6, extra, QL_ST_BOLD, a->prompt.label);
+        y += extra;
+    } else
+        ql_canvas_box(c, 2, y, w, 4, QL_ST_BOX, a->prompt.label);
     int room = w - 6;
     const char *s = a->prompt.buf;
     int width = ql_utf8_width(s);
@@ -242,8 +271,25 @@ static void draw_help(ql_tui_app *a, ql_canvas *c) {
                 if (!ql_tui_binding_doc(i, &scr, &key, &help)) continue;
                 bool all = scr == (1u << QL_SCR_COUNT) - 1;
                 if (global ? !all : (all || !(scr & (1u << s)))) continue;
-                snprintf(lines[n], sizeof lines[n], "  %-11s %s", key, help);
-                sts[n++] = QL_ST_NORMAL;
+                /* a description longer than the window continues on the next line, under itself */
+                int room = w - 3 - 14;
+                const char *p = help;
+                bool first = true;
+                while (*p && n < 160) {
+                    const char *end = p, *brk = NULL;
+                    int cols = 0;
+                    while (*end && cols < room) {
+                        if (*end == ' ') brk = end;
+                        ql_utf8_next(&end);
+                        cols++;
+                    }
+                    if (*end && *end != ' ' && brk) end = brk;
+                    snprintf(lines[n], sizeof lines[n], "  %-11s %.*s", first ? key : "", (int)(end - p), p);
+                    sts[n++] = QL_ST_NORMAL;
+                    first = false;
+                    p = end;
+                    while (*p == ' ') p++;
+                }
             }
         }
     if (n < 160) snprintf(lines[n], sizeof lines[n], "Prompts: Enter accepts, Esc cancels, C-u clears, Tab completes paths"), sts[n++] = QL_ST_DIM;
@@ -260,9 +306,9 @@ void ql_tui_render(ql_tui_app *a, ql_canvas *c) {
     ql_canvas_clear(c);
     a->w = c->w;
     a->h = c->h;
-    if (c->w < 40 || c->h < 12) {
+    if (c->w < QL_TUI_MIN_W || c->h < QL_TUI_MIN_H) {
         ql_canvas_puts(c, 0, 0, 0, QL_ST_WARN, "terminal too small");
-        ql_canvas_printf(c, 0, 1, 0, QL_ST_NORMAL, "%dx%d: 80x24 or more", c->w, c->h);
+        ql_canvas_printf(c, 0, 1, 0, QL_ST_NORMAL, "%dx%d: needs %dx%d or more", c->w, c->h, QL_TUI_MIN_W, QL_TUI_MIN_H);
         return;
     }
     draw_tabs(a, c);
@@ -378,7 +424,7 @@ void ql_view_calib(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         int n_drawn = k->set && i < k->set->n_sources ? k->set->sources[i].n_samples : -1;
         int x = ql_canvas_printf(c, 1, y, 0, st, "source %d  %3.0f%%  ", i + 1, wsum > 0 ? 100 * k->src[i].weight / wsum : 0);
         x = ql_canvas_puts(c, x, y, c->w - 14, st, k->src[i].path);
-        if (n_drawn >= 0) ql_canvas_printf(c, c->w - 13, y, 0, st, "%5d samples", n_drawn);
+        if (n_drawn >= 0) ql_canvas_printf(c, c->w - 14, y, 0, st, "%5d samples", n_drawn);
         y++;
     }
     const char *mode = k->mode == QL_CALIB_DOCS ? "document starts" : "random windows";
@@ -405,9 +451,11 @@ void ql_view_calib(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         char ov[64];
         if (k->overlap >= 0) snprintf(ov, sizeof ov, "%.1f%% of its 8-grams", 100 * k->overlap);
         else snprintf(ov, sizeof ov, "not measured (no evaluation text)");
-        ql_canvas_printf(c, 3, y++, 0, k->overlap > 0.05 ? QL_ST_WARN : QL_ST_NORMAL,
-                         "coverage %.1f%% of the vocabulary (%lld ids) · overlap with the eval. text: %s",
-                         100 * k->coverage, (long long)k->distinct, ov);
+        /* the overlap first: it is the figure that warns of contamination */
+        char cov[200];
+        snprintf(cov, sizeof cov, "overlap with the eval. text: %s · coverage %.1f%% of the vocabulary (%lld ids)", ov,
+                 100 * k->coverage, (long long)k->distinct);
+        y += ql_view_wrap(c, 3, y, c->w - 4, 2, k->overlap > 0.05 ? QL_ST_WARN : QL_ST_NORMAL, cov);
         for (int i = 0; i < s->n_sources && y < r.y + r.h - 5; i++) {
             const ql_calib_source *so = &s->sources[i];
             char t2[32], d2[32];
@@ -416,8 +464,11 @@ void ql_view_calib(ql_tui_app *a, ql_canvas *c, ql_rect r) {
             ql_canvas_printf(c, 3, y++, 0, QL_ST_DIM, "%-24.24s %s tokens, %s documents%s%s", ql_basename(so->path), t2, d2,
                              so->n_skipped ? ", skipped lines" : "", so->truncated ? ", truncated" : "");
         }
-        for (int i = 0; i < 3 && k->passages[i][0] && y < r.y + r.h - 3; i++)
-            ql_canvas_printf(c, 3, y++, 0, QL_ST_NORMAL, "“…%s…”", k->passages[i]);
+        for (int i = 0; i < 3 && k->passages[i][0] && y < r.y + r.h - 3; i++) {
+            char pass[200];
+            snprintf(pass, sizeof pass, "“…%s…”", k->passages[i]);
+            ql_view_fit(c, 3, y++, c->w - 4, QL_ST_NORMAL, pass);
+        }
     } else
         ql_canvas_puts(c, 1, y++, 0, QL_ST_DIM, "b builds the set and shows what it holds; r also runs the statistics.");
     y = y < r.y + r.h - 2 ? y + 1 : r.y + r.h - 2;
@@ -498,10 +549,17 @@ void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         ql_canvas_puts(c, 1, y + 1, 0, QL_ST_DIM, "KL divergence and top-1 agreement against the model as loaded.");
     y += 4;
     ql_canvas_fill(c, 0, y, c->w, 1, ' ', QL_ST_HEADER);
-    int lw = c->w - 64 > 14 ? (c->w - 64 < 40 ? c->w - 64 : 40) : 14;
-    ql_canvas_printf(c, 1, y, 0, QL_ST_HEADER, "%2s %-*s %6s %9s %17s %8s %6s %4s", "#", lw, "plan", "bpw", "size",
-                     "PPL", "KLD", "top-1", "s");
-    int rows = r.y + r.h - y - 1;
+    /* narrow: PPL without its ± and no seconds column, so the plan label keeps room to tell rows apart */
+    bool wide = c->w >= 100;
+    int fixed = wide ? 64 : 46;
+    int lw = c->w - fixed > 14 ? (c->w - fixed < 40 ? c->w - fixed : 40) : 14;
+    if (wide)
+        ql_canvas_printf(c, 1, y, 0, QL_ST_HEADER, "%2s %-*s %6s %9s %17s %8s %6s %4s", "#", lw, "plan", "bpw", "size",
+                         "PPL", "KLD", "top-1", "s");
+    else
+        ql_canvas_printf(c, 1, y, 0, QL_ST_HEADER, "%2s %-*s %6s %9s %8s %8s %6s", "#", lw, "plan", "bpw", "size", "PPL",
+                         "KLD", "top-1");
+    int rows = r.y + r.h - y - 2; /* the last line details the row under the cursor */
     if (p->cursor < 0) p->cursor = 0;
     int scroll = p->cursor >= rows ? p->cursor - rows + 1 : 0;
     for (int i = 0; i < rows && scroll + i < p->n_hist; i++) {
@@ -512,9 +570,15 @@ void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         snprintf(ppl, sizeof ppl, "%.4f±%.4f", h->r.ppl, h->r.ppl_stderr);
         int st = k == p->cursor ? QL_ST_CURSOR : QL_ST_NORMAL;
         ql_canvas_fill(c, 0, y + 1 + i, c->w, 1, ' ', st);
-        ql_canvas_printf(c, 1, y + 1 + i, 0, st, "%2d %-*.*s %6.3f %9s %17s %8.5f %5.1f%% %4.1f", k + 1, lw, lw, h->label,
-                         h->bpw, size, ppl, h->r.kld_mean, 100 * h->r.top1_agreement, h->seconds);
+        if (wide)
+            ql_canvas_printf(c, 1, y + 1 + i, 0, st, "%2d %-*.*s %6.3f %9s %17s %8.5f %5.1f%% %4.1f", k + 1, lw, lw,
+                             h->label, h->bpw, size, ppl, h->r.kld_mean, 100 * h->r.top1_agreement, h->seconds);
+        else
+            ql_canvas_printf(c, 1, y + 1 + i, 0, st, "%2d %-*.*s %6.3f %9s %8.4f %8.5f %5.1f%%", k + 1, lw, lw, h->label,
+                             h->bpw, size, h->r.ppl, h->r.kld_mean, 100 * h->r.top1_agreement);
     }
+    if (p->n_hist && p->cursor < p->n_hist)
+        ql_canvas_printf(c, 1, r.y + r.h - 1, c->w - 1, QL_ST_DIM, "%d: %s", p->cursor + 1, p->hist[p->cursor].detail);
     if (!p->n_hist) ql_canvas_puts(c, 1, y + 1, 0, QL_ST_DIM, "no evaluations yet");
 }
 
@@ -532,27 +596,36 @@ void ql_view_export(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     char size[32];
     ql_fmt_bytes(size, sizeof size, (double)t.file_bytes);
     int planned = 0, ext = 0, data = 0, fallbacks = 0;
-    const ql_format *first_ext = NULL;
+    char ext_names[160] = ""; /* every extension format the file will hold, not just the first */
     for (int i = 0; i < a->plan.n_rows; i++) {
         const ql_tui_row *rw = &a->plan.rows[i];
         if (rw->fmt && rw->fmt != rw->orig) planned++;
         const ql_format *f = ql_tui_row_format(rw);
         if (f && !ql_type_is_ggml(f->type)) {
             ext++;
-            if (!first_ext) first_ext = f;
+            size_t nl = strlen(f->name), el = strlen(ext_names);
+            const char *hit = strstr(ext_names, f->name);
+            bool listed = hit && (hit == ext_names || hit[-1] == ' ') && (hit[nl] == ',' || hit[nl] == 0);
+            if (!listed && el + nl + 3 < sizeof ext_names)
+                snprintf(ext_names + el, sizeof ext_names - el, "%s%s", el ? ", " : "", f->name);
         }
         const ql_method *me = ql_method_by_name(rw->method);
         data += me && me->needs;
         fallbacks += rw->note[0] != 0;
     }
-    ql_canvas_printf(c, 1, y++, 0, QL_ST_NORMAL, "%-9s %.40s%s · %d of %d tensors change · %.3f bits/weight · %s", "plan",
-                     a->plan.source, a->plan.edits ? " +edits" : "", planned, a->plan.n_rows, t.bpw, size);
+    char line[320];
+    snprintf(line, sizeof line, "%.40s%s · %d of %d tensors change · %.3f bits/weight · %s", a->plan.source,
+             a->plan.edits ? " +edits" : "", planned, a->plan.n_rows, t.bpw, size);
+    ql_canvas_printf(c, 1, y, 0, QL_ST_NORMAL, "%-9s", "plan");
+    y += ql_view_wrap(c, 11, y, c->w - 12, 2, QL_ST_NORMAL, line);
     ql_canvas_printf(c, 1, y++, 0, data && !a->calib.stats ? QL_ST_ERROR : QL_ST_NORMAL, "%-9s %d tensors use a data-aware method%s",
                      "methods", data, data ? (a->calib.stats ? " (statistics loaded)" : ": run statistics first (Calib, r)") : "");
-    if (ext)
-        ql_canvas_printf(c, 1, y++, 0, QL_ST_WARN, "%-9s %d tensors use qlab extension formats (%s): llama.cpp cannot load "
-                                                   "the file, qlab can", "note", ext, first_ext->name);
-    else
+    if (ext) {
+        snprintf(line, sizeof line, "%d tensors use qlab extension formats (%s): llama.cpp cannot load the file, qlab can",
+                 ext, ext_names);
+        ql_canvas_printf(c, 1, y, 0, QL_ST_WARN, "%-9s", "note");
+        y += ql_view_wrap(c, 11, y, c->w - 12, 3, QL_ST_WARN, line);
+    } else
         ql_canvas_printf(c, 1, y++, 0, QL_ST_OK, "%-9s every tensor type is one llama.cpp knows", "note");
     if (fallbacks)
         ql_canvas_printf(c, 1, y++, 0, QL_ST_DIM, "%-9s %d tensors fell back to a format that fits their rows", "", fallbacks);

@@ -82,6 +82,7 @@ typedef struct {
     uint64_t key;
     int64_t distinct, grams;
     double overlap;
+    bool overlap_done;
     char passages[3][160];
     ql_stats *stats;
 } calib_ctx;
@@ -120,23 +121,24 @@ static void calib_run(ql_tui_job *j) {
         }
         set = c->set;
         c->distinct = ql_calib_distinct_tokens(set, c->m->cfg.n_vocab);
-        char *text;
-        size_t len;
-        int32_t *ids = NULL;
-        int64_t n = 0;
-        c->overlap = -1;
-        if (c->eval[0] && !ql_read_file(c->eval, &text, &len)) {
-            if (!ql_tokenize(c->m->tok, text, len, false, &ids, &n))
-                c->overlap = ql_calib_ngram_overlap(set, ids, n, 8, &c->grams);
-            free(text);
-            free(ids);
-        }
         for (int i = 0; i < 3 && i < set->n_samples; i++) {
             int first = set->bos >= 0 ? 1 : 0;
             passage(c->m->tok, set->tokens + (size_t)i * set->seq_len + first,
                     set->seq_len - first < 48 ? set->seq_len - first : 48, c->passages[i], sizeof c->passages[i]);
         }
     }
+    /* the overlap is against the evaluation text as it is now, also for a set built before it changed */
+    char *text;
+    size_t len;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    c->overlap = -1;
+    if (c->eval[0] && !ql_read_file(c->eval, &text, &len)) {
+        if (!ql_tokenize(c->m->tok, text, len, false, &ids, &n)) c->overlap = ql_calib_ngram_overlap(set, ids, n, 8, &c->grams);
+        free(text);
+        free(ids);
+    }
+    c->overlap_done = true;
     if (!c->then_stats || j->cancel) return;
     ql_infer *inf = NULL;
     ql_tui_job_phase(j, "preparing the forward pass", 0, 1);
@@ -163,9 +165,11 @@ static void calib_apply(ql_tui_app *a, ql_tui_job *j) {
         a->calib.set_key = c->key;
         a->calib.distinct = c->distinct;
         a->calib.coverage = c->m->cfg.n_vocab ? (double)c->distinct / c->m->cfg.n_vocab : 0;
+        memcpy(a->calib.passages, c->passages, sizeof c->passages);
+    }
+    if (c->overlap_done) {
         a->calib.overlap = c->overlap;
         a->calib.overlap_grams = c->grams;
-        memcpy(a->calib.passages, c->passages, sizeof c->passages);
     }
     if (c->stats) {
         ql_stats_free(a->calib.stats);
@@ -189,7 +193,8 @@ static void calib_destroy(ql_tui_job *j) {
 
 bool ql_tui_start_calib(ql_tui_app *a, bool then_stats) {
     if (!a->model) return ql_tui_msg(a, 2, "open a model first"), false;
-    if (!a->model->tok) return ql_tui_msg(a, 2, "%s has no tokenizer: no calibration text can be read", a->model_path), false;
+    if (!a->model->tok)
+        return ql_model_no_tokenizer(a->model, "calibration text needs one"), ql_tui_msg(a, 2, "%s", ql_last_error()), false;
     if (!a->calib.n_sources) return ql_tui_msg(a, 2, "add a calibration source first (a on the Calib screen)"), false;
     calib_ctx *c = ql_calloc(1, sizeof *c);
     for (int i = 0; i < a->calib.n_sources; i++)
@@ -409,15 +414,20 @@ typedef struct {
 static void solve_run(ql_tui_job *j) {
     solve_ctx *c = j->ctx;
     ql_tui_job_phase(j, c->pareto ? "frontier" : "allocating", 0, 1);
-    ql_status s = c->pareto ? ql_alloc_frontier(c->s, &c->o, 48, &c->pts, &c->n_pts) : ql_allocate(c->s, &c->o, &c->r);
+    ql_status s;
+    if (c->pareto) s = ql_alloc_frontier(c->s, &c->o, 48, &c->pts, &c->n_pts);
+    else if (!(s = ql_alloc_check_target(c->s, &c->o))) s = ql_allocate(c->s, &c->o, &c->r); /* as qlab plan */
     if (s) ql_tui_job_fail(j, s);
     else c->has_r = !c->pareto;
 }
 
 static void solve_apply(ql_tui_app *a, ql_tui_job *j) {
     solve_ctx *c = j->ctx;
-    if (j->status) return;
     ql_tui_auto *u = &a->autos;
+    if (j->status) {
+        if (!c->pareto) u->has_solution = false; /* the old solution is not the answer to this target */
+        return;
+    }
     if (c->pareto) {
         u->n_pareto = c->n_pts < 64 ? c->n_pts : 64;
         for (int i = 0; i < u->n_pareto; i++) {
@@ -620,7 +630,8 @@ static uint64_t preview_key(const ql_tui_app *a) {
 
 bool ql_tui_start_preview(ql_tui_app *a) {
     if (!a->model) return ql_tui_msg(a, 2, "open a model first"), false;
-    if (!a->model->tok) return ql_tui_msg(a, 2, "%s has no tokenizer: perplexity needs one", a->model_path), false;
+    if (!a->model->tok)
+        return ql_model_no_tokenizer(a->model, "perplexity needs one"), ql_tui_msg(a, 2, "%s", ql_last_error()), false;
     if (!a->preview.text[0]) return ql_tui_msg(a, 2, "choose a text first (t)"), false;
     uint64_t key = preview_key(a);
     for (int i = a->preview.n_hist - 1; i >= 0; i--)
@@ -656,7 +667,23 @@ bool ql_tui_start_preview(ql_tui_app *a) {
     c->h.hash = key;
     c->h.bpw = t.bpw;
     c->h.bytes = t.file_bytes;
-    snprintf(c->h.label, sizeof c->h.label, "%.36s%s", a->plan.source, a->plan.edits ? " +edits" : "");
+    /* what tells history rows apart: the plan's source, how many rows were edited, the methods used;
+     * the text and context go in the detail line (the same for most rows of a session) */
+    char methods[64] = "";
+    for (int i = 0; i < a->plan.n_rows; i++) {
+        const char *me = a->plan.rows[i].method;
+        if (!me[0] || !strcmp(me, "rtn") || strstr(methods, me)) continue;
+        size_t l = strlen(methods);
+        snprintf(methods + l, sizeof methods - l, "%s%s", l ? "," : "", me);
+    }
+    char edited[24] = "";
+    if (a->plan.edits) snprintf(edited, sizeof edited, " +%de", a->plan.edits);
+    char label[160];
+    snprintf(label, sizeof label, "%.30s%s%s%.20s", a->plan.source, edited, methods[0] ? " +" : "", methods);
+    ql_tui_copy(c->h.label, sizeof c->h.label, label);
+    const char *tb = strrchr(a->preview.text, '/');
+    snprintf(c->h.detail, sizeof c->h.detail, "%d edits · %s · %.32s · ctx %d x %d chunks", a->plan.edits,
+             methods[0] ? methods : "rtn", tb ? tb + 1 : a->preview.text, c->ctx, c->chunks);
     return ql_tui_job_start(a, ql_tui_job_new("preview", preview_run, preview_apply, preview_destroy, c));
 }
 
@@ -707,6 +734,8 @@ static void export_destroy(ql_tui_job *j) {
 bool ql_tui_start_export(ql_tui_app *a) {
     if (!a->model) return ql_tui_msg(a, 2, "open a model first"), false;
     if (!a->exp.path[0]) return ql_tui_msg(a, 2, "choose an output path first (p)"), false;
+    if (ql_same_file(a->exp.path, a->model_path))
+        return ql_tui_msg(a, 2, "%s is the model being quantized: choose another output path (p)", a->exp.path), false;
     export_ctx *c = ql_calloc(1, sizeof *c);
     c->m = a->model;
     c->stats = a->calib.stats;
