@@ -1,12 +1,14 @@
-/* infer.c — forward pass (see infer.h). Shapes are row-major [tokens, features]; a weight with GGUF
- * shape ne = [K, N] is N rows of K, so y[T,N] = x[T,K] · Wᵀ is one sgemm with B transposed. */
+/* infer.c — forward pass (see infer.h): the order of the layer's steps, the weights' F32 cache, hooks and
+ * llama.cpp's activation-rounding choice. Every computation runs through the backend table chosen at
+ * ql_infer_new (core/backend.h; "cpu" = core/backend_cpu.c), so this file calls no BLAS and no device code.
+ * Shapes are row-major [tokens, features]; a weight with GGUF shape ne = [K, N] is N rows of K. */
 #include "core/infer.h"
 #include "core/actquant.h"
+#include "core/backend.h"
 #include "kernels/ggml_types.h"
 #include "base/parallel.h"
 #include "formats/format.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,16 +32,21 @@ struct ql_infer {
     int64_t layer_floats; /* largest sum of deferred floats over one layer */
     int n_slots;
     wslot *slots;
-    float *rope_freq; /* theta_scale^i for i < rope_dim/2 */
+    const ql_backend_ops *ops; /* the backend every computation runs on */
+    void *be;                  /* its context for this model */
 };
 
 struct ql_scratch {
+    const ql_backend_ops *ops; /* the infer's backend, which owns the buffers below */
+    void *be;
     int max_tokens;
     /* streaming: the current layer's decoded weights, and where each deferred slot points into them */
     float *layer_w;
     const float **slot_ptr;
     int layer_loaded;
-    float *x, *xn, *q, *k, *v, *att, *scores, *gate, *up, *xq;
+    /* activations, from the backend's alloc(); rope_cs holds one position's cos/sin (rope_dim floats) */
+    float *x, *xn, *q, *k, *v, *att, *scores, *gate, *up, *xq, *rope_cs;
+    void *kv; /* the backend's KV cache for one layer (the pass runs whole sequences, layer by layer) */
     ql_hook_fn hook;
     void *hook_user;
 };
@@ -55,18 +62,6 @@ static const wslot *find_slot(const ql_infer *inf, const ql_gguf_tensor *t) {
     for (int i = 0; i < inf->n_slots; i++)
         if (inf->slots[i].t == t) return &inf->slots[i];
     return NULL;
-}
-
-static const float *slot_weights(const ql_infer *inf, const ql_gguf_tensor *t) {
-    const wslot *s = find_slot(inf, t);
-    return s ? s->w : NULL;
-}
-
-/* The weights a forward pass uses: the slot's own, or (streaming) the scratch's decoded copy. */
-static const float *weights_of(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_tensor *t) {
-    const wslot *s = find_slot(inf, t);
-    if (!s) return NULL;
-    return s->w ? s->w : sc->slot_ptr[s - inf->slots];
 }
 
 /* Streaming: decode layer l's deferred tensors into the scratch (once per layer per forward pass). */
@@ -110,44 +105,6 @@ static uint32_t llamacpp_act_type(uint32_t wtype) {
     }
 }
 
-/* Round activation rows x[T, K] the way ggml's quantize_row_<act> does, then back to float. */
-static void round_activations(uint32_t act, const float *x, float *y, int T, int K) {
-    const size_t n = (size_t)T * K;
-    if (act == QL_TYPE_F16) {
-        for (size_t i = 0; i < n; i++) y[i] = ql_fp16_to_fp32(ql_fp32_to_fp16(x[i]));
-        return;
-    }
-    if (act == QL_TYPE_BF16) {
-        for (size_t i = 0; i < n; i++) y[i] = ql_bf16_to_fp32(ql_fp32_to_bf16(x[i]));
-        return;
-    }
-    if (act == QL_TYPE_Q8_K) {
-        for (size_t b = 0; b < n; b += 256) {
-            float amax = 0, mx = 0;
-            for (int j = 0; j < 256; j++)
-                if (fabsf(x[b + j]) > amax) { amax = fabsf(x[b + j]); mx = x[b + j]; }
-            if (amax == 0) {
-                for (int j = 0; j < 256; j++) y[b + j] = 0;
-                continue;
-            }
-            const float iscale = -127.f / mx, d = 1.0f / iscale;
-            for (int j = 0; j < 256; j++) {
-                int v = (int)nearbyintf(iscale * x[b + j]);
-                y[b + j] = d * (float)(v > 127 ? 127 : v);
-            }
-        }
-        return;
-    }
-    /* Q8_0 / Q8_1: blocks of 32, fp16 scale amax/127, codes rounded to nearest */
-    for (size_t b = 0; b < n; b += 32) {
-        float amax = 0;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b + j]));
-        const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
-        const float dh = ql_fp16_to_fp32(ql_fp32_to_fp16(d));
-        for (int j = 0; j < 32; j++) y[b + j] = dh * nearbyintf(x[b + j] * id);
-    }
-}
-
 static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t, int layer) {
     if (!t) return QL_OK;
     for (int i = 0; i < inf->n_slots; i++)
@@ -156,6 +113,7 @@ static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t, int layer) {
     s->t = t;
     s->act_type = inf->emulate_llamacpp ? llamacpp_act_type(t->type) : QL_TYPE_F32;
     s->layer = layer;
+    if (!inf->ops->wants_f32) return QL_OK; /* the backend reads the stored bytes itself */
     if (t->type == QL_TYPE_F32 && ((uintptr_t)t->data & 3) == 0) {
         s->w = t->data;
         return QL_OK;
@@ -181,14 +139,26 @@ static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t, int layer) {
 
 ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
     *out = NULL;
+    const ql_backend_ops *ops = ql_backend_default();
+    if (!ops) return QL_ERR_ARG; /* unknown $QL_BACKEND: the message names the known ones */
+    return ql_infer_new_on(m, n_threads, ops, out);
+}
+
+ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops *ops, ql_infer **out) {
+    *out = NULL;
     ql_infer *inf = ql_calloc(1, sizeof *inf);
     inf->m = m;
     inf->n_threads = n_threads > 0 ? n_threads : 1;
+    inf->ops = ops;
+    ql_status s = ops->create(m, inf->n_threads, &inf->be);
+    if (s) {
+        free(inf);
+        return s;
+    }
     const char *emu = getenv("QL_NO_LLAMACPP_ACT");
     inf->emulate_llamacpp = !(emu && *emu && strcmp(emu, "0") != 0);
     const ql_config *c = &m->cfg;
     inf->slots = ql_calloc((size_t)c->n_layer * 12 + 3, sizeof(wslot));
-    ql_status s = QL_OK;
     /* Stream layer weights when decoding them all to F32 would not fit the memory budget: then each
      * forward pass decodes one layer at a time into its scratch (models larger than RAM still run). */
     int64_t decode_bytes = 0, layer_max = 0;
@@ -205,7 +175,7 @@ ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
     const char *st = getenv("QL_STREAM"), *budget_env = getenv("QL_MEM_BUDGET_MB");
     double budget = 0.6 * (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
     if (budget_env && *budget_env) budget = atof(budget_env) * 1048576.0;
-    inf->streaming = st && *st ? strcmp(st, "0") != 0 : (double)decode_bytes > budget;
+    inf->streaming = ops->wants_f32 && (st && *st ? strcmp(st, "0") != 0 : (double)decode_bytes > budget);
     inf->layer_floats = layer_max;
     if (inf->streaming)
         ql_log(2, "%s: decoding layers on the fly (%.1f GiB of F32 weights exceed the memory budget)", m->path,
@@ -222,11 +192,6 @@ ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
         ql_infer_free(inf);
         return s;
     }
-    int half = c->rope_dim / 2;
-    inf->rope_freq = ql_malloc((size_t)half * sizeof(float));
-    /* ggml multiplies theta by theta_scale = base^(-2/n_dims) once per pair, in float */
-    float theta_scale = powf(c->rope_base, -2.0f / (float)c->rope_dim), f = 1.0f;
-    for (int i = 0; i < half; i++, f *= theta_scale) inf->rope_freq[i] = f;
     *out = inf;
     return QL_OK;
 }
@@ -235,11 +200,13 @@ void ql_infer_free(ql_infer *inf) {
     if (!inf) return;
     for (int i = 0; i < inf->n_slots; i++) free(inf->slots[i].owned);
     free(inf->slots);
-    free(inf->rope_freq);
+    inf->ops->destroy(inf->be);
     free(inf);
 }
 
 const ql_model *ql_infer_model(const ql_infer *inf) { return inf->m; }
+
+const ql_backend_ops *ql_infer_backend(const ql_infer *inf) { return inf->ops; }
 
 const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const float *data) {
     for (int i = 0; i < inf->n_slots; i++)
@@ -274,22 +241,27 @@ bool ql_infer_set_act_quant(ql_infer *inf, const ql_gguf_tensor *w, const ql_act
 
 ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
     const ql_config *c = &inf->m->cfg;
+    const ql_backend_ops *ops = inf->ops;
     ql_scratch *s = ql_calloc(1, sizeof *s);
     size_t T = (size_t)max_tokens, D = (size_t)c->n_embd;
     size_t Q = (size_t)c->n_head * c->head_dim, KV = (size_t)c->n_head_kv * c->head_dim;
+    s->ops = ops;
+    s->be = inf->be;
     s->max_tokens = max_tokens;
     s->layer_loaded = -1;
-    s->x = ql_malloc(T * D * 4);
-    s->xn = ql_malloc(T * (D > Q ? D : Q) * 4);
-    s->q = ql_malloc(T * Q * 4);
-    s->k = ql_malloc(T * KV * 4);
-    s->v = ql_malloc(T * KV * 4);
-    s->att = ql_malloc(T * Q * 4);
-    s->scores = ql_malloc(T * T * 4);
-    s->gate = ql_malloc(T * (size_t)c->n_ff * 4);
-    s->up = ql_malloc(T * (size_t)c->n_ff * 4);
     size_t widest = QL_MAX(QL_MAX(D, Q), (size_t)c->n_ff);
-    s->xq = ql_malloc(T * widest * 4);
+    struct { float **p; size_t floats; } bufs[] = {
+        {&s->x, T * D},  {&s->xn, T * QL_MAX(D, Q)}, {&s->q, T * Q},      {&s->k, T * KV},
+        {&s->v, T * KV}, {&s->att, T * Q},           {&s->scores, T * T}, {&s->gate, T * (size_t)c->n_ff},
+        {&s->up, T * (size_t)c->n_ff}, {&s->xq, T * widest}, {&s->rope_cs, (size_t)c->rope_dim},
+    };
+    bool ok = true;
+    for (size_t i = 0; i < QL_ARRAY_LEN(bufs) && ok; i++)
+        ok = (*bufs[i].p = ops->alloc(s->be, bufs[i].floats * sizeof(float))) != NULL;
+    if (!ok || ops->kv_new(s->be, max_tokens, (int)KV, &s->kv) != QL_OK) {
+        ql_scratch_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -308,8 +280,10 @@ double ql_mem_budget_bytes(void) {
 
 void ql_scratch_free(ql_scratch *s) {
     if (!s) return;
-    free(s->x); free(s->xn); free(s->q); free(s->k); free(s->v);
-    free(s->att); free(s->scores); free(s->gate); free(s->up); free(s->xq);
+    float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->scores, s->gate, s->up, s->xq, s->rope_cs};
+    for (size_t i = 0; i < QL_ARRAY_LEN(bufs); i++)
+        if (bufs[i]) s->ops->release(s->be, bufs[i]);
+    if (s->kv) s->ops->kv_free(s->be, s->kv);
     free(s->layer_w); free(s->slot_ptr);
     free(s);
 }
@@ -319,87 +293,71 @@ void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user) {
     s->hook_user = user;
 }
 
+/* What an op gets for tensor t: the tensor and its F32 rows (own, borrowed, swapped in, or this pass's
+ * per-layer decode when streaming), and how the layer's input is to be rounded. */
+static ql_backend_weight bweight(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_tensor *t) {
+    const wslot *s = find_slot(inf, t);
+    ql_backend_weight w = {.t = t, .act_type = QL_TYPE_F32};
+    if (!s) return w;
+    w.f32 = s->w ? s->w : sc->slot_ptr ? sc->slot_ptr[s - inf->slots] : NULL;
+    w.act_type = s->act_type;
+    w.aq = &s->aq;
+    return w;
+}
+
+/* The host may read the activations once the backend is synchronized. */
+static ql_status run_hook(const ql_infer *inf, ql_scratch *s, int layer, ql_hook_point where, const float *x,
+                          int n, int dim) {
+    if (!s->hook) return QL_OK;
+    ql_status st = inf->ops->sync(inf->be);
+    if (st) return st;
+    s->hook(s->hook_user, layer, where, x, n, dim);
+    return QL_OK;
+}
+
 /* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias); beta = 1 accumulates into y (residual adds) */
-static void linear(const ql_infer *inf, ql_scratch *sc, float *y, const float *x, const ql_gguf_tensor *wt,
-                   const ql_gguf_tensor *bt, int T, int K, int N, float beta) {
-    const wslot *ws = find_slot(inf, wt);
-    if (ws->aq.mode != QL_ACT_NONE) {
-        ql_act_quant_apply(&ws->aq, x, sc->xq, T, K);
-        x = sc->xq;
-    } else if (ws->act_type != QL_TYPE_F32) {
-        round_activations(ws->act_type, x, sc->xq, T, K);
-        x = sc->xq;
-    }
-    const float *w = ws->w ? ws->w : sc->slot_ptr[ws - inf->slots];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, w, K, beta, y, N);
-    const float *bias = weights_of(inf, sc, bt);
-    if (bias)
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < N; j++) y[(size_t)t * N + j] += bias[j];
+static ql_status linear(const ql_infer *inf, ql_scratch *sc, float *y, const float *x, const ql_gguf_tensor *wt,
+                        const ql_gguf_tensor *bt, int T, int K, int N, float beta) {
+    const ql_backend_weight w = bweight(inf, sc, wt), b = bweight(inf, sc, bt);
+    return inf->ops->matmul(inf->be, &w, bt ? &b : NULL, x, y, T, K, N, beta, sc->xq);
 }
 
-static void rmsnorm(float *y, const float *x, const float *w, int T, int D, float eps) {
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * D;
-        float *yr = y + (size_t)t * D;
-        double ss = 0; /* ggml accumulates the sum of squares in double */
-        for (int i = 0; i < D; i++) ss += (double)(xr[i] * xr[i]);
-        float scale = 1.0f / sqrtf((float)(ss / D) + eps);
-        for (int i = 0; i < D; i++) yr[i] = xr[i] * scale * w[i];
-    }
+static ql_status rmsnorm(const ql_infer *inf, ql_scratch *sc, float *y, const float *x, const ql_gguf_tensor *wt,
+                         int T) {
+    const ql_backend_weight w = bweight(inf, sc, wt);
+    return inf->ops->rmsnorm(inf->be, &w, x, y, T, inf->m->cfg.n_embd, inf->m->cfg.norm_eps);
 }
 
-/* rotate each head of x[T, n_heads*head_dim] in place; position of row t is t */
-static void rope(const ql_infer *inf, float *x, int T, int n_heads) {
+/* One decoder layer on s->x [T, n_embd] (the residual stream, updated in place). */
+static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int T) {
+    const ql_backend_ops *ops = inf->ops;
+    void *be = inf->be;
     const ql_config *c = &inf->m->cfg;
-    const int hd = c->head_dim, half = c->rope_dim / 2;
-    const float pos_scale = 1.0f / c->rope_scale;
-    float cs[2048];
-    for (int t = 0; t < T; t++) {
-        float p = (float)t * pos_scale;
-        for (int i = 0; i < half; i++) {
-            float theta = p * inf->rope_freq[i];
-            cs[2 * i] = cosf(theta);
-            cs[2 * i + 1] = sinf(theta);
-        }
-        for (int h = 0; h < n_heads; h++) {
-            float *r = x + ((size_t)t * n_heads + h) * hd;
-            for (int i = 0; i < half; i++) {
-                int a = c->rope_neox ? i : 2 * i, b = c->rope_neox ? i + half : 2 * i + 1;
-                float x0 = r[a], x1 = r[b];
-                r[a] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
-                r[b] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
-            }
-        }
-    }
-}
-
-static void attention(const ql_infer *inf, ql_scratch *s, int T) {
-    const ql_config *c = &inf->m->cfg;
-    const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
-    const int ldq = H * hd, ldkv = HKV * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
-    for (int h = 0; h < H; h++) {
-        const int kvh = h / group;
-        const float *qh = s->q + h * hd, *kh = s->k + kvh * hd, *vh = s->v + kvh * hd;
-        float *S = s->scores;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
-        for (int i = 0; i < T; i++) {
-            float *row = S + (size_t)i * T;
-            float mx = -INFINITY;
-            for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0;
-            for (int j = 0; j <= i; j++) {
-                row[j] = expf(row[j] - mx);
-                sum += row[j];
-            }
-            float inv = 1.0f / sum;
-            for (int j = 0; j <= i; j++) row[j] *= inv;
-            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f,
-                    s->att + h * hd, ldq);
-    }
+    const ql_layer_tensors *L = &inf->m->layers[l];
+    const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
+    const float *k, *v;
+    ql_status st;
+    if ((st = load_layer(inf, s, l)) || (st = run_hook(inf, s, l, QL_HOOK_RESIDUAL, s->x, T, D)) ||
+        (st = rmsnorm(inf, s, s->xn, s->x, L->attn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_ATTN_IN, s->xn, T, D)) ||
+        (st = linear(inf, s, s->q, s->xn, L->wq, L->bq, T, D, Q, 0.0f)) ||
+        (st = linear(inf, s, s->k, s->xn, L->wk, L->bk, T, D, KV, 0.0f)) ||
+        (st = linear(inf, s, s->v, s->xn, L->wv, L->bv, T, D, KV, 0.0f)) ||
+        (st = ops->rope(be, s->q, T, c->n_head, s->rope_cs)) || (st = ops->rope(be, s->k, T, c->n_head_kv, s->rope_cs)) ||
+        (st = ops->kv_store(be, s->kv, 0, T, s->k, s->v)) ||
+        /* a quantized cache decodes into s->k / s->v; the F32 cache hands out views of itself */
+        (st = ops->kv_load(be, s->kv, 0, T, &k, &v, s->k, s->v)) ||
+        (st = ops->attention(be, s->q, k, v, s->scores, s->att, T)) ||
+        (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
+        /* x += att · Woᵀ */
+        (st = linear(inf, s, s->x, s->att, L->wo, NULL, T, Q, D, 1.0f)) ||
+        (st = rmsnorm(inf, s, s->xn, s->x, L->ffn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, s->xn, T, D)) ||
+        (st = linear(inf, s, s->gate, s->xn, L->w_gate, NULL, T, D, F, 0.0f)) ||
+        (st = linear(inf, s, s->up, s->xn, L->w_up, NULL, T, D, F, 0.0f)) ||
+        (st = ops->ffn_act(be, s->gate, s->up, (size_t)T * F)) ||
+        (st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F)) ||
+        (st = linear(inf, s, s->x, s->gate, L->w_down, NULL, T, F, D, 1.0f)))
+        return st;
+    return QL_OK;
 }
 
 ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, int T, int logit_from,
@@ -411,57 +369,31 @@ ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tok
                           int T, int logit_from, float *logits) {
     const ql_model *m = inf->m;
     const ql_config *c = &m->cfg;
-    const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
+    const int D = c->n_embd;
     if (T <= 0 || T > s->max_tokens) return ql_fail(QL_ERR_ARG, "forward: %d tokens (scratch holds %d)", T, s->max_tokens);
     if (logit_from < 0 || logit_from > T) return ql_fail(QL_ERR_ARG, "forward: bad logit_from %d", logit_from);
     if (layer_from < 0 || layer_from > c->n_layer || (layer_from > 0 && !x_in))
         return ql_fail(QL_ERR_ARG, "forward: bad start layer %d", layer_from);
+    ql_status st;
     if (x_in)
         memcpy(s->x, x_in, (size_t)T * D * sizeof(float));
     else {
-        const float *emb = slot_weights(inf, m->tok_embd);
-        for (int t = 0; t < T; t++) {
+        for (int t = 0; t < T; t++)
             if (tokens[t] < 0 || tokens[t] >= c->n_vocab)
                 return ql_fail(QL_ERR_ARG, "forward: token id %d out of range (vocab %d)", tokens[t], c->n_vocab);
-            memcpy(s->x + (size_t)t * D, emb + (size_t)tokens[t] * D, (size_t)D * 4);
-        }
+        const ql_backend_weight emb = bweight(inf, s, m->tok_embd);
+        if ((st = inf->ops->get_rows(inf->be, &emb, tokens, T, D, s->x))) return st;
     }
-    for (int l = layer_from; l < c->n_layer; l++) {
-        const ql_layer_tensors *L = &m->layers[l];
-        ql_status ls = load_layer(inf, s, l);
-        if (ls) return ls;
-        if (s->hook) s->hook(s->hook_user, l, QL_HOOK_RESIDUAL, s->x, T, D);
-        rmsnorm(s->xn, s->x, weights_of(inf, s, L->attn_norm), T, D, c->norm_eps);
-        if (s->hook) s->hook(s->hook_user, l, QL_HOOK_ATTN_IN, s->xn, T, D);
-        linear(inf, s, s->q, s->xn, L->wq, L->bq, T, D, Q, 0.0f);
-        linear(inf, s, s->k, s->xn, L->wk, L->bk, T, D, KV, 0.0f);
-        linear(inf, s, s->v, s->xn, L->wv, L->bv, T, D, KV, 0.0f);
-        rope(inf, s->q, T, c->n_head);
-        rope(inf, s->k, T, c->n_head_kv);
-        attention(inf, s, T);
-        if (s->hook) s->hook(s->hook_user, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q);
-        /* x += att · Woᵀ */
-        linear(inf, s, s->x, s->att, L->wo, NULL, T, Q, D, 1.0f);
-        rmsnorm(s->xn, s->x, weights_of(inf, s, L->ffn_norm), T, D, c->norm_eps);
-        if (s->hook) s->hook(s->hook_user, l, QL_HOOK_FFN_IN, s->xn, T, D);
-        linear(inf, s, s->gate, s->xn, L->w_gate, NULL, T, D, F, 0.0f);
-        linear(inf, s, s->up, s->xn, L->w_up, NULL, T, D, F, 0.0f);
-        for (size_t i = 0, n = (size_t)T * F; i < n; i++) {
-            float g = s->gate[i];
-            s->gate[i] = g / (1.0f + expf(-g)) * s->up[i];
-        }
-        if (s->hook) s->hook(s->hook_user, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F);
-        linear(inf, s, s->x, s->gate, L->w_down, NULL, T, F, D, 1.0f);
-    }
+    for (int l = layer_from; l < c->n_layer; l++)
+        if ((st = layer_forward(inf, s, l, T))) return st;
     /* the stream leaving the last layer: ql_forward_from(layer_from = n_layer) restarts at output_norm */
-    if (s->hook) s->hook(s->hook_user, c->n_layer, QL_HOOK_RESIDUAL, s->x, T, D);
+    if ((st = run_hook(inf, s, c->n_layer, QL_HOOK_RESIDUAL, s->x, T, D))) return st;
     int R = T - logit_from;
-    if (R > 0) {
-        rmsnorm(s->xn, s->x + (size_t)logit_from * D, slot_weights(inf, m->output_norm), R, D, c->norm_eps);
-        if (s->hook) s->hook(s->hook_user, c->n_layer, QL_HOOK_OUTPUT_IN, s->xn, R, D);
-        linear(inf, s, logits, s->xn, m->output, NULL, R, D, c->n_vocab, 0.0f);
-    }
-    return QL_OK;
+    if (R > 0 && ((st = rmsnorm(inf, s, s->xn, s->x + (size_t)logit_from * D, m->output_norm, R)) ||
+                  (st = run_hook(inf, s, c->n_layer, QL_HOOK_OUTPUT_IN, s->xn, R, D)) ||
+                  (st = linear(inf, s, logits, s->xn, m->output, NULL, R, D, c->n_vocab, 0.0f))))
+        return st;
+    return inf->ops->sync(inf->be);
 }
 
 double ql_log_softmax_at(const float *logits, int n_vocab, int tok) {

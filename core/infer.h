@@ -1,5 +1,6 @@
 /* infer.h — the llama-family forward pass over whole sequences (RMSNorm, RoPE, grouped-query
- * attention, SwiGLU, optional q/k/v bias), matmuls through OpenBLAS sgemm on F32 weights.
+ * attention, SwiGLU, optional q/k/v bias), computed by a backend's operations table (core/backend.h;
+ * the default "cpu" multiplies F32 weights with OpenBLAS sgemm). For a backend that wants F32 rows,
  * ql_infer holds F32 views of every weight: borrowed from the mapping for F32 tensors, dequantized
  * once (exact numerics of the format) for everything else. A ql_infer is read-only during
  * forward passes and may be shared by threads; each thread needs its own ql_scratch. */
@@ -7,6 +8,7 @@
 #define QL_INFER_H
 
 #include "core/actquant.h"
+#include "core/backend.h"
 #include "core/model.h"
 
 typedef struct ql_infer ql_infer;
@@ -28,6 +30,9 @@ typedef void (*ql_hook_fn)(void *user, int layer, ql_hook_point where, const flo
  * QL_MEM_BUDGET_MB; QL_STREAM=1/0 forces the choice): then layers are decoded one at a time during each
  * forward pass, into that pass's scratch, so memory stays at one layer per worker. */
 ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out);
+/* The backend is $QL_BACKEND's (default "cpu"; an unknown name fails listing the known ones), or `ops`. */
+ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops *ops, ql_infer **out);
+const ql_backend_ops *ql_infer_backend(const ql_infer *inf);
 bool ql_infer_streaming(const ql_infer *inf);
 void ql_infer_free(ql_infer *inf);
 const ql_model *ql_infer_model(const ql_infer *inf);
@@ -41,6 +46,8 @@ const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const 
  * probe sees what `qlab ppl` of the quantized file will. Restore with the tensor's own type. */
 const float *ql_infer_swap_weight_typed(ql_infer *inf, const ql_gguf_tensor *t, const float *data, uint32_t type);
 
+/* Activation buffers and KV cache for passes of up to max_tokens tokens, from the infer's backend
+ * (NULL when the backend cannot allocate them; the CPU backend aborts on exhausted memory instead). */
 ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens);
 /* What ql_scratch_new allocates for max_tokens (attention scores grow with its square), so a caller can
  * refuse a context that will not fit before allocating; and the memory budget (60% of RAM, or
@@ -51,7 +58,7 @@ void ql_scratch_free(ql_scratch *s);
 void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user);
 
 /* Runs tokens[0..n) (positions 0..n-1, causal) and writes logits for positions logit_from..n-1 into
- * logits[(n - logit_from) * n_vocab]. Uses the calling thread plus OpenBLAS's current thread count. */
+ * logits[(n - logit_from) * n_vocab]. CPU backend: the calling thread plus OpenBLAS's current thread count. */
 ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, int n, int logit_from,
                      float *logits);
 

@@ -1,0 +1,89 @@
+/* backend.h — the operations the forward pass (core/infer.c) runs on, as one table per backend, and the
+ * registry that names them. core/infer.c never computes on its own: it picks a table when the infer is
+ * created (ql_infer_new: $QL_BACKEND, default "cpu") and calls the table for every matmul, norm, rope,
+ * activation, KV-cache store/load and attention. The CPU backend (core/backend_cpu.c) is the reference:
+ * F32 weights and OpenBLAS sgemm, numerics fixed by the llama.cpp comparisons in tests/test_infer.c.
+ *
+ * Adding a backend = one core/backend_X.c defining `const ql_backend_ops ql_backend_X` + one line in the
+ * list in core/backend.c. The contract below is what lets a device backend (CUDA) slot in without a change
+ * to infer.c or anything above it:
+ *  - every activation buffer the pipeline hands to an op comes from the backend's alloc() (a CUDA backend
+ *    returns managed memory, so the host may also read it after sync()), with two exceptions that are plain
+ *    host memory: the weights' F32 rows (ql_backend_weight.f32) and the y of the output matmul (the caller's
+ *    logits buffer), which a device backend stages;
+ *  - sync() runs before the host reads a buffer (activation hooks, logits) and before a forward pass returns;
+ *  - a weight arrives as its tensor (stored bytes, format id in t->type) plus, when the backend asked for it
+ *    (wants_f32) or a probe replaced the weight, F32 rows: when f32 is non-NULL it is the truth;
+ *  - ops may run concurrently from several threads, each forward pass with its own scratch and KV cache;
+ *    the backend context is read-only after create().
+ * Every op returns QL_OK or a ql_status with ql_fail()'s message (a device backend reports launch errors;
+ * the CPU ops cannot fail). */
+#ifndef QL_BACKEND_H
+#define QL_BACKEND_H
+
+#include "core/actquant.h"
+#include "core/model.h"
+
+/* One weight as an op sees it. */
+typedef struct ql_backend_weight {
+    const ql_gguf_tensor *t; /* the tensor as stored: t->type is its format (ggml type or qlab extension id) */
+    const float *f32;        /* F32 rows [ne[1]][ne[0]] to use instead of decoding t (host memory), or NULL */
+    uint32_t act_type;       /* llama.cpp's rounding of this layer's input (core/infer.c), QL_TYPE_F32: none */
+    const ql_act_quant *aq;  /* simulated activation quantization (mode none: off); wins over act_type */
+} ql_backend_weight;
+
+typedef struct ql_backend_ops {
+    const char *name;  /* what $QL_BACKEND selects */
+    const char *about; /* one line for listings */
+    /* true: the pipeline decodes every weight to F32 once (or one layer at a time when the model exceeds
+     * the memory budget) and passes it as .f32; false: the backend reads the stored bytes itself. */
+    bool wants_f32;
+
+    /* The backend context for one model (geometry, rope tables, device handles); read-only afterwards. */
+    ql_status (*create)(const ql_model *m, int n_threads, void **be);
+    void (*destroy)(void *be);
+
+    /* Activation buffers (NULL on failure) and the point after which the host may read them. */
+    void *(*alloc)(void *be, size_t bytes);
+    void (*release)(void *be, void *p);
+    ql_status (*sync)(void *be);
+
+    /* y[i, 0..dim) = row ids[i] of w (the token embedding); ids are checked by the caller. */
+    ql_status (*get_rows)(void *be, const ql_backend_weight *w, const int32_t *ids, int n, int dim, float *y);
+    /* y[T, N] = x[T, K] · Wᵀ + beta·y (+ bias[N]), W = w with N rows of K; the input is first rounded as
+     * w->aq / w->act_type say, into xtmp [T, K]. beta is 0 or 1 (1: residual add). */
+    ql_status (*matmul)(void *be, const ql_backend_weight *w, const ql_backend_weight *bias, const float *x,
+                        float *y, int T, int K, int N, float beta, float *xtmp);
+    /* y[T, D] = x / rms(x) · w, per row. */
+    ql_status (*rmsnorm)(void *be, const ql_backend_weight *w, const float *x, float *y, int T, int D, float eps);
+    /* Rotates every head of x[T, n_heads·head_dim] in place, row t at position t (model's rope settings);
+     * tmp holds rope_dim floats. */
+    ql_status (*rope)(void *be, float *x, int T, int n_heads, float *tmp);
+    /* The FFN activation: gate[i] = silu(gate[i]) · up[i] (SwiGLU). */
+    ql_status (*ffn_act)(void *be, float *gate, const float *up, size_t n);
+
+    /* KV cache of one layer for up to max_tokens positions of kv_dim (= n_head_kv·head_dim) keys and values.
+     * The CPU cache is F32; a quantized cache rounds in kv_store and decodes in kv_load. */
+    ql_status (*kv_new)(void *be, int max_tokens, int kv_dim, void **kv);
+    void (*kv_free)(void *be, void *kv);
+    /* Positions [pos, pos + T) from k, v [T, kv_dim]. */
+    ql_status (*kv_store)(void *be, void *kv, int pos, int T, const float *k, const float *v);
+    /* F32 views [T, kv_dim] of positions [pos, pos + T): into the cache itself when it is F32, else decoded
+     * into ktmp / vtmp ([T, kv_dim] each). */
+    ql_status (*kv_load)(void *be, void *kv, int pos, int T, const float **k, const float **v, float *ktmp,
+                         float *vtmp);
+    /* Causal grouped-query attention over positions 0..T-1: out[T, n_head·head_dim] from q [T, n_head·head_dim]
+     * and k, v [T, n_head_kv·head_dim] (model geometry); scores [T, T] is scratch. */
+    ql_status (*attention)(void *be, const float *q, const float *k, const float *v, float *scores, float *out,
+                           int T);
+} ql_backend_ops;
+
+/* The registered backends (core/backend.c), in listing order; the first is the default. */
+int ql_backend_count(void);
+const ql_backend_ops *ql_backend_at(int i);
+/* By name; NULL and ql_fail(QL_ERR_ARG) naming the known backends when there is none. */
+const ql_backend_ops *ql_backend_find(const char *name);
+/* $QL_BACKEND when set, else the first registered ("cpu"); NULL (with the error) for an unknown name. */
+const ql_backend_ops *ql_backend_default(void);
+
+#endif

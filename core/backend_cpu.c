@@ -1,0 +1,261 @@
+/* backend_cpu.c — the CPU backend of the forward pass (core/backend.h): F32 weights multiplied with
+ * OpenBLAS sgemm, the reference whose numerics tests/test_infer.c holds against llama.cpp. The only file of
+ * the forward pass that calls BLAS. Buffers are plain heap memory, sync() has nothing to wait for, and the
+ * KV cache is F32, so kv_load hands out views of the cache itself. */
+#include "core/backend.h"
+#include "kernels/ggml_types.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const ql_config *c;
+    float *rope_freq; /* theta_scale^i for i < rope_dim/2 */
+} cpu_backend;
+
+typedef struct {
+    float *k, *v; /* [max_tokens, kv_dim] */
+    int max_tokens, kv_dim;
+} cpu_kv;
+
+static ql_status cpu_create(const ql_model *m, int n_threads, void **out) {
+    (void)n_threads; /* BLAS runs with the caller's OpenBLAS thread count */
+    const ql_config *c = &m->cfg;
+    cpu_backend *be = ql_calloc(1, sizeof *be);
+    be->c = c;
+    int half = c->rope_dim / 2;
+    be->rope_freq = ql_malloc((size_t)(half > 0 ? half : 1) * sizeof(float));
+    /* ggml multiplies theta by theta_scale = base^(-2/n_dims) once per pair, in float */
+    float theta_scale = powf(c->rope_base, -2.0f / (float)c->rope_dim), f = 1.0f;
+    for (int i = 0; i < half; i++, f *= theta_scale) be->rope_freq[i] = f;
+    *out = be;
+    return QL_OK;
+}
+
+static void cpu_destroy(void *p) {
+    cpu_backend *be = p;
+    if (!be) return;
+    free(be->rope_freq);
+    free(be);
+}
+
+static void *cpu_alloc(void *be, size_t bytes) {
+    (void)be;
+    return ql_malloc(bytes ? bytes : 1);
+}
+
+static void cpu_release(void *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static ql_status cpu_sync(void *be) {
+    (void)be;
+    return QL_OK;
+}
+
+static ql_status cpu_get_rows(void *be, const ql_backend_weight *w, const int32_t *ids, int n, int dim, float *y) {
+    (void)be;
+    if (!w->f32) return ql_fail(QL_ERR_UNSUPPORTED, "cpu backend: '%s' has no F32 rows", w->t->name);
+    for (int i = 0; i < n; i++) memcpy(y + (size_t)i * dim, w->f32 + (size_t)ids[i] * dim, (size_t)dim * sizeof(float));
+    return QL_OK;
+}
+
+/* Round activation rows x[T, K] the way ggml's quantize_row_<act> does, then back to float. */
+static void round_activations(uint32_t act, const float *x, float *y, int T, int K) {
+    const size_t n = (size_t)T * K;
+    if (act == QL_TYPE_F16) {
+        for (size_t i = 0; i < n; i++) y[i] = ql_fp16_to_fp32(ql_fp32_to_fp16(x[i]));
+        return;
+    }
+    if (act == QL_TYPE_BF16) {
+        for (size_t i = 0; i < n; i++) y[i] = ql_bf16_to_fp32(ql_fp32_to_bf16(x[i]));
+        return;
+    }
+    if (act == QL_TYPE_Q8_K) {
+        for (size_t b = 0; b < n; b += 256) {
+            float amax = 0, mx = 0;
+            for (int j = 0; j < 256; j++)
+                if (fabsf(x[b + j]) > amax) { amax = fabsf(x[b + j]); mx = x[b + j]; }
+            if (amax == 0) {
+                for (int j = 0; j < 256; j++) y[b + j] = 0;
+                continue;
+            }
+            const float iscale = -127.f / mx, d = 1.0f / iscale;
+            for (int j = 0; j < 256; j++) {
+                int v = (int)nearbyintf(iscale * x[b + j]);
+                y[b + j] = d * (float)(v > 127 ? 127 : v);
+            }
+        }
+        return;
+    }
+    /* Q8_0 / Q8_1: blocks of 32, fp16 scale amax/127, codes rounded to nearest */
+    for (size_t b = 0; b < n; b += 32) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b + j]));
+        const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+        const float dh = ql_fp16_to_fp32(ql_fp32_to_fp16(d));
+        for (int j = 0; j < 32; j++) y[b + j] = dh * nearbyintf(x[b + j] * id);
+    }
+}
+
+/* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias): one sgemm with B transposed (GGUF ne = [K, N] is N rows of K) */
+static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backend_weight *bias, const float *x,
+                           float *y, int T, int K, int N, float beta, float *xtmp) {
+    (void)be;
+    if (!w->f32) return ql_fail(QL_ERR_UNSUPPORTED, "cpu backend: '%s' has no F32 rows", w->t->name);
+    if (w->aq && w->aq->mode != QL_ACT_NONE) {
+        ql_act_quant_apply(w->aq, x, xtmp, T, K);
+        x = xtmp;
+    } else if (w->act_type != QL_TYPE_F32) {
+        round_activations(w->act_type, x, xtmp, T, K);
+        x = xtmp;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, w->f32, K, beta, y, N);
+    const float *b = bias ? bias->f32 : NULL;
+    if (b)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < N; j++) y[(size_t)t * N + j] += b[j];
+    return QL_OK;
+}
+
+static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float *x, float *y, int T, int D, float eps) {
+    (void)be;
+    const float *w = wt->f32;
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * D;
+        float *yr = y + (size_t)t * D;
+        double ss = 0; /* ggml accumulates the sum of squares in double */
+        for (int i = 0; i < D; i++) ss += (double)(xr[i] * xr[i]);
+        float scale = 1.0f / sqrtf((float)(ss / D) + eps);
+        for (int i = 0; i < D; i++) yr[i] = xr[i] * scale * w[i];
+    }
+    return QL_OK;
+}
+
+/* cos/sin of each pair for one position go to cs[rope_dim] (the caller's: rope_dim reaches 4096) */
+static ql_status cpu_rope(void *p, float *x, int T, int n_heads, float *cs) {
+    const cpu_backend *be = p;
+    const ql_config *c = be->c;
+    const int hd = c->head_dim, half = c->rope_dim / 2;
+    const float pos_scale = 1.0f / c->rope_scale;
+    for (int t = 0; t < T; t++) {
+        float pos = (float)t * pos_scale;
+        for (int i = 0; i < half; i++) {
+            float theta = pos * be->rope_freq[i];
+            cs[2 * i] = cosf(theta);
+            cs[2 * i + 1] = sinf(theta);
+        }
+        for (int h = 0; h < n_heads; h++) {
+            float *r = x + ((size_t)t * n_heads + h) * hd;
+            for (int i = 0; i < half; i++) {
+                int a = c->rope_neox ? i : 2 * i, b = c->rope_neox ? i + half : 2 * i + 1;
+                float x0 = r[a], x1 = r[b];
+                r[a] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+                r[b] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+            }
+        }
+    }
+    return QL_OK;
+}
+
+static ql_status cpu_ffn_act(void *be, float *gate, const float *up, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+    return QL_OK;
+}
+
+static ql_status cpu_kv_new(void *be, int max_tokens, int kv_dim, void **out) {
+    (void)be;
+    cpu_kv *kv = ql_calloc(1, sizeof *kv);
+    kv->max_tokens = max_tokens;
+    kv->kv_dim = kv_dim;
+    kv->k = ql_malloc((size_t)max_tokens * kv_dim * sizeof(float));
+    kv->v = ql_malloc((size_t)max_tokens * kv_dim * sizeof(float));
+    *out = kv;
+    return QL_OK;
+}
+
+static void cpu_kv_free(void *be, void *p) {
+    (void)be;
+    cpu_kv *kv = p;
+    if (!kv) return;
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+static ql_status cpu_kv_store(void *be, void *p, int pos, int T, const float *k, const float *v) {
+    (void)be;
+    cpu_kv *kv = p;
+    if (pos < 0 || T < 0 || pos + T > kv->max_tokens)
+        return ql_fail(QL_ERR_ARG, "kv cache: positions %d..%d past its %d", pos, pos + T, kv->max_tokens);
+    memcpy(kv->k + (size_t)pos * kv->kv_dim, k, (size_t)T * kv->kv_dim * sizeof(float));
+    memcpy(kv->v + (size_t)pos * kv->kv_dim, v, (size_t)T * kv->kv_dim * sizeof(float));
+    return QL_OK;
+}
+
+static ql_status cpu_kv_load(void *be, void *p, int pos, int T, const float **k, const float **v, float *ktmp,
+                             float *vtmp) {
+    (void)be, (void)ktmp, (void)vtmp;
+    cpu_kv *kv = p;
+    if (pos < 0 || T < 0 || pos + T > kv->max_tokens)
+        return ql_fail(QL_ERR_ARG, "kv cache: positions %d..%d past its %d", pos, pos + T, kv->max_tokens);
+    *k = kv->k + (size_t)pos * kv->kv_dim;
+    *v = kv->v + (size_t)pos * kv->kv_dim;
+    return QL_OK;
+}
+
+static ql_status cpu_attention(void *p, const float *q, const float *k, const float *v, float *S, float *out, int T) {
+    const cpu_backend *be = p;
+    const ql_config *c = be->c;
+    const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
+    const int ldq = H * hd, ldkv = HKV * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < H; h++) {
+        const int kvh = h / group;
+        const float *qh = q + h * hd, *kh = k + kvh * hd, *vh = v + kvh * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
+        for (int i = 0; i < T; i++) {
+            float *row = S + (size_t)i * T;
+            float mx = -INFINITY;
+            for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+            float sum = 0;
+            for (int j = 0; j <= i; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            float inv = 1.0f / sum;
+            for (int j = 0; j <= i; j++) row[j] *= inv;
+            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
+    }
+    return QL_OK;
+}
+
+const ql_backend_ops ql_backend_cpu = {
+    .name = "cpu",
+    .about = "F32 weights (decoded once, or per layer beyond the memory budget), OpenBLAS sgemm, F32 KV cache",
+    .wants_f32 = true,
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .sync = cpu_sync,
+    .get_rows = cpu_get_rows,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .ffn_act = cpu_ffn_act,
+    .kv_new = cpu_kv_new,
+    .kv_free = cpu_kv_free,
+    .kv_store = cpu_kv_store,
+    .kv_load = cpu_kv_load,
+    .attention = cpu_attention,
+};
