@@ -15,7 +15,7 @@ static const char *SYNTH_USAGE =
     "A llama-family model with random weights shaped like trained ones (row-scale spread, heavy tails, outlier\n"
     "channels) and a byte-level vocabulary, for speed and scale tests, never for quality claims.\n"
     "Shapes: tiny, llama-3.2-1b, llama-2-7b, llama-3-8b. --dims overrides: layers, embd, heads, kv, ff, vocab, ctx,\n"
-    "rope_base, tied (e.g. --dims layers=2,embd=512). Default OUT: synth-NAME.gguf.\n";
+    "head_dim, rope_base, tied (e.g. --dims layers=2,embd=512). Default OUT: synth-NAME.gguf.\n";
 
 int cmd_synth(int argc, char **argv) {
     cli_args a;

@@ -11,10 +11,10 @@
 #include <string.h>
 
 static const ql_synth_shape g_shapes[] = {
-    {"tiny", 4, 256, 8, 4, 768, 512, 256, 10000.0f, false, QL_TYPE_F32},
-    {"llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, 500000.0f, true, QL_TYPE_F16},
-    {"llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0f, false, QL_TYPE_F16},
-    {"llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, false, QL_TYPE_F16},
+    {"tiny", 4, 256, 8, 4, 768, 512, 256, 10000.0f, false, QL_TYPE_F32, 0},
+    {"llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, 500000.0f, true, QL_TYPE_F16, 0},
+    {"llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0f, false, QL_TYPE_F16, 0},
+    {"llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, false, QL_TYPE_F16, 0},
 };
 
 const ql_synth_shape *ql_synth_shapes(int *n) {
@@ -48,11 +48,13 @@ ql_status ql_synth_parse_dims(const char *spec, ql_synth_shape *s) {
         else if (!strcmp(kv, "ctx")) s->n_ctx = iv;
         else if (!strcmp(kv, "rope_base")) s->rope_base = (float)v;
         else if (!strcmp(kv, "tied")) s->tied = iv != 0;
-        else { st = ql_fail(QL_ERR_ARG, "--dims: unknown key '%s' (layers, embd, heads, kv, ff, vocab, ctx, rope_base, tied)", kv); break; }
+        else if (!strcmp(kv, "head_dim")) s->head_dim = iv;
+        else { st = ql_fail(QL_ERR_ARG, "--dims: unknown key '%s' (layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied)", kv); break; }
     }
     free(copy);
-    if (!st && (s->n_embd % s->n_head || s->n_head % s->n_head_kv || (s->n_embd / s->n_head) % 2 || s->n_vocab < 259))
-        st = ql_fail(QL_ERR_ARG, "--dims: embd must divide by heads, heads by kv, head dim must be even, vocab >= 259");
+    const int hd = s->head_dim ? s->head_dim : s->n_head ? s->n_embd / s->n_head : 0;
+    if (!st && ((!s->head_dim && s->n_embd % s->n_head) || s->n_head % s->n_head_kv || hd % 2 || s->n_vocab < 259))
+        st = ql_fail(QL_ERR_ARG, "--dims: embd must divide by heads (or head_dim be given), heads by kv, head dim must be even, vocab >= 259");
     return st;
 }
 
@@ -164,7 +166,12 @@ ql_status ql_synth_write(const ql_synth_shape *sh, uint64_t seed, const char *pa
     SETU("feed_forward_length", sh->n_ff);
     SETU("attention.head_count", sh->n_head);
     SETU("attention.head_count_kv", sh->n_head_kv);
-    SETU("rope.dimension_count", sh->n_embd / sh->n_head);
+    const int64_t hd = sh->head_dim ? sh->head_dim : sh->n_embd / sh->n_head;
+    SETU("rope.dimension_count", hd);
+    if (sh->head_dim) {
+        SETU("attention.key_length", hd);
+        SETU("attention.value_length", hd);
+    }
     SETU("vocab_size", sh->n_vocab);
 #undef SETU
     snprintf(k, sizeof k, "%s.rope.freq_base", arch);
@@ -173,7 +180,7 @@ ql_status ql_synth_write(const ql_synth_shape *sh, uint64_t seed, const char *pa
     ql_gguf_set_f32(g, k, 1e-5f);
     ql_tokenizer_bytes_to_gguf(g, sh->n_vocab);
 
-    const int64_t D = sh->n_embd, hd = sh->n_embd / sh->n_head;
+    const int64_t D = sh->n_embd;
     const int64_t Q = sh->n_head * hd, KV = sh->n_head_kv * hd, F = sh->n_ff;
     int64_t cap = 3 + 9 * (int64_t)sh->n_layer;
     synth_ctx c = {.sh = sh, .seed = seed, .n_threads = n_threads, .progress = progress};
