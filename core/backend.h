@@ -47,6 +47,9 @@ typedef struct ql_backend_ops {
     void *(*alloc)(void *be, size_t bytes);
     void (*release)(void *be, void *p);
     ql_status (*sync)(void *be);
+    /* Threads one op may use inside (CPU: OpenBLAS's process-wide count); returns the previous count. Callers
+     * that run passes in parallel set 1. */
+    int (*set_threads)(void *be, int n);
 
     /* y[i, 0..dim) = row ids[i] of w (the token embedding); ids are checked by the caller. */
     ql_status (*get_rows)(void *be, const ql_backend_weight *w, const int32_t *ids, int n, int dim, float *y);

@@ -56,6 +56,13 @@ static ql_status cpu_sync(void *be) {
     return QL_OK;
 }
 
+static int cpu_set_threads(void *be, int n) {
+    (void)be;
+    int old = openblas_get_num_threads();
+    openblas_set_num_threads(n);
+    return old;
+}
+
 static ql_status cpu_get_rows(void *be, const ql_backend_weight *w, const int32_t *ids, int n, int dim, float *y) {
     (void)be;
     if (!w->f32) return ql_fail(QL_ERR_UNSUPPORTED, "cpu backend: '%s' has no F32 rows", w->t->name);
@@ -248,6 +255,7 @@ const ql_backend_ops ql_backend_cpu = {
     .alloc = cpu_alloc,
     .release = cpu_release,
     .sync = cpu_sync,
+    .set_threads = cpu_set_threads,
     .get_rows = cpu_get_rows,
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,

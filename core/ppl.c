@@ -6,7 +6,6 @@
 #include "base/parallel.h"
 #include "base/atomic_file.h"
 
-#include <cblas.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -305,12 +304,11 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     c.top1 = ql_calloc((size_t)n_chunks, sizeof(int64_t));
     c.kld_tok = c.base ? ql_calloc((size_t)n_chunks * rows, sizeof(float)) : NULL;
     {
-        int saved_blas = openblas_get_num_threads();
-        openblas_set_num_threads(blas_threads);
+        int saved_blas = ql_infer_set_op_threads(inf, blas_threads);
         double t0 = ql_time_s();
         ql_parallel_items(workers, n_chunks, run_chunk, &c);
         res->seconds = ql_time_s() - t0;
-        openblas_set_num_threads(saved_blas);
+        ql_infer_set_op_threads(inf, saved_blas);
     }
     if (!c.status && ql_progress_cancelled(progress)) c.status = ql_fail(QL_ERR_CANCELLED, "cancelled");
     s = c.status;

@@ -4,7 +4,9 @@
 Layers, lowest first: base -> kernels -> formats -> core (model and forward pass) -> methods ->
 pipeline (pipeline/, sensitivity/, presets/) -> cli and tui. A file may include its own layer or a
 lower one, never a higher one; every quoted include names its directory ("core/model.h"); and the
-module graph (x.c + x.h + x.cu = one module) has no cycles. Exit 1 with one line per violation."""
+module graph (x.c + x.h + x.cu = one module) has no cycles; and the forward pass computes only through
+its backend table (core/backend.h), so the files in FORWARD include no BLAS, LAPACK or CUDA header.
+Exit 1 with one line per violation."""
 import os, re, sys
 
 RANK = {"base": 0, "kernels": 1, "formats": 2, "core": 3, "methods": 4,
@@ -12,6 +14,8 @@ RANK = {"base": 0, "kernels": 1, "formats": 2, "core": 3, "methods": 4,
 FREE = {"tests", "fuzz", "bench"}  # may include anything; nothing may include them but themselves
 EXTS = (".c", ".h", ".cu", ".cuh")
 INC = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+FORWARD = {"core/infer.c", "core/infer.h", "core/ppl.c"}  # compute goes through core/backend_*.c
+COMPUTE_INC = re.compile(r'^\s*#\s*include\s+<(cblas|lapacke|cuda|cublas|cusolver)[^>]*>', re.M)
 
 def main(root):
     os.chdir(root)
@@ -21,6 +25,10 @@ def main(root):
     for path in files:
         src_dir = path.split("/")[0]
         text = open(path, encoding="utf-8", errors="replace").read()
+        if path in FORWARD:
+            for m in COMPUTE_INC.finditer(text):
+                line = text.count("\n", 0, m.start()) + 1
+                bad.append(f"{path}:{line}: the forward pass calls its backend table, not <{m.group(1)}...>")
         for m in INC.finditer(text):
             inc = m.group(1)
             line = text.count("\n", 0, m.start()) + 1
