@@ -71,9 +71,13 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a
+# A test may link extra objects: test_cuda gets the host build of the CUDA device math (tests/*.cu).
+TEST_OBJS_test_cuda := $(if $(NVCC),$(BUILD)/tests/cuda_host_check.cu.o)
+
+.SECONDEXPANSION:
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a $$(TEST_OBJS_$$*)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_OBJS_$*) $(BUILD)/libqlab.a $(LDLIBS)
 
 # Tests read ../shared when it is there and say they skipped when it is not; a file missing from it fails.
 test: deps
@@ -113,7 +117,7 @@ build-fuzz/%: fuzz/%.c $(SRCS)
 clean:
 	rm -rf build build-asan build-fuzz qlab
 
--include $(OBJS:.o=.d) $(CLIOBJS:.o=.d) $(CUOBJS:.o=.d) $(TESTS:%=$(BUILD)/tests/%.d)
+-include $(OBJS:.o=.d) $(CLIOBJS:.o=.d) $(CUOBJS:.o=.d) $(TESTS:%=$(BUILD)/tests/%.d) $(BUILD)/tests/cuda_host_check.cu.d
 
 # GPTQ speed on a 4096x4096 layer (int4_g128, 2 threads); `make bench-gptq ARGS="rows cols threads fmt spec"`
 .PHONY: bench-gptq

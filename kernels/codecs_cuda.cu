@@ -6,120 +6,48 @@
 // casts reproduce x86's cvttss2si (out of range or NaN -> INT_MIN) as the reference gets it from gcc.
 // Threads: dequantize = one thread per output element (grid-stride), quantize = one thread per block.
 #include "kernels/cuda_api.h"
+#include "kernels/blocks.h"
+#include "kernels/cuda_common.cuh"
+#include "kernels/cuda_half.cuh" /* h2f, f2h */
 
 #include <cuda_runtime.h>
 
 #include <climits>
 #include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 
-#define QL_HD __host__ __device__ __forceinline__
-#define QK_K 256
 #define GROUP_MAX_EPS 1e-15f
 
+using namespace ql_cuda;
+
 // ---------------------------------------------------------------------------------------------------
-// Arithmetic that stays IEEE round-to-nearest, unfused, on both sides
+// Arithmetic: IEEE round-to-nearest, unfused, with x86's NaN results on the device (cuda_common.cuh)
 // ---------------------------------------------------------------------------------------------------
-#ifdef __CUDA_ARCH__
-// x86 SSE NaN results: a NaN operand comes back quieted (the first one if both are NaN), an invalid
-// operation gives the default NaN 0xffc00000; the GPU would give 0x7fffffff. The bits matter where the
-// reference feeds a NaN into nearest_int's integer trick or into an fp16 scale.
-__device__ __forceinline__ float x86_nan(float r, float a, float b) {
-    if (r == r) return r;
-    if (a != a) return __uint_as_float(__float_as_uint(a) | 0x400000u);
-    if (b != b) return __uint_as_float(__float_as_uint(b) | 0x400000u);
-    return __uint_as_float(0xffc00000u);
-}
-#endif
-QL_HD float fa(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return x86_nan(__fadd_rn(a, b), a, b);
-#else
-    return a + b;
-#endif
-}
-QL_HD float fs(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return x86_nan(__fsub_rn(a, b), a, b);
-#else
-    return a - b;
-#endif
-}
-QL_HD float fm(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return x86_nan(__fmul_rn(a, b), a, b);
-#else
-    return a * b;
-#endif
-}
-QL_HD float fd(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return x86_nan(__fdiv_rn(a, b), a, b);
-#else
-    return a / b;
-#endif
-}
-QL_HD float fsqrt(float a) {
-#ifdef __CUDA_ARCH__
-    return x86_nan(__fsqrt_rn(a), a, a);
-#else
-    return sqrtf(a);
-#endif
-}
-QL_HD float u2f(uint32_t u) {
-#ifdef __CUDA_ARCH__
-    return __uint_as_float(u);
-#else
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-#endif
-}
-QL_HD uint32_t f2u(float f) {
-#ifdef __CUDA_ARCH__
-    return __float_as_uint(f);
-#else
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-#endif
-}
+static QL_HD float fa(float a, float b) { return as_x86(add_rn(a, b), a, b); }
+static QL_HD float fs(float a, float b) { return as_x86(sub_rn(a, b), a, b); }
+static QL_HD float fm(float a, float b) { return as_x86(mul_rn(a, b), a, b); }
+static QL_HD float fd(float a, float b) { return as_x86(div_rn(a, b), a, b); }
+static QL_HD float fsqrt(float a) { return as_x86(sqrt_rn(a), a, a); }
 
-// sign-bit operations (PTX abs/neg may canonicalize a NaN; x86 andps/xorps never do)
-QL_HD float fabs_bits(float x) { return u2f(f2u(x) & 0x7fffffffu); }
-QL_HD float fneg(float x) { return u2f(f2u(x) ^ 0x80000000u); }
-
-// x86 cvttss2si: truncate, INT_MIN when NaN or out of int32 range (what (int)f compiles to in the reference)
-QL_HD int cvtt_x86(float f) { return f >= -2147483648.0f && f < 2147483648.0f ? (int)f : INT_MIN; }
-
-// roundf (half away from zero) written out, so host and device share one definition: a - trunc(a) is exact
-QL_HD float round_away(float v) {
-    const float a = fabs_bits(v);
-    float t = truncf(a);
-    if (fs(a, t) >= 0.5f) t = fa(t, 1.0f);
-    return (f2u(v) & 0x80000000u) ? fneg(t) : t;
-}
-
-QL_HD int nearest_int(float fval) {
+static QL_HD int nearest_int(float fval) {
     const float val = fa(fval, 12582912.f);
     const int32_t i = (int32_t)f2u(val);
     return (i & 0x007fffff) - 0x00400000;
 }
 
-#include "kernels/cuda_half.cuh" /* h2f, f2h */
-
-QL_HD uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-QL_HD void st16(uint8_t *p, uint16_t v) {
+static QL_HD uint16_t ld16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static QL_HD void st16(uint8_t *p, uint16_t v) {
     p[0] = (uint8_t)v;
     p[1] = (uint8_t)(v >> 8);
 }
-QL_HD int imin(int a, int b) { return a < b ? a : b; }
-QL_HD int imax(int a, int b) { return a > b ? a : b; }
+static QL_HD int imin(int a, int b) { return a < b ? a : b; }
+static QL_HD int imax(int a, int b) { return a > b ? a : b; }
 
 __constant__ int8_t d_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                            1,    13,   25,  38,  53,  69,  89,  113};
-QL_HD int kvalue_iq4nl(int i) {
+static QL_HD int kvalue_iq4nl(int i) {
 #ifdef __CUDA_ARCH__
     return d_kvalues_iq4nl[i];
 #else
@@ -129,7 +57,7 @@ QL_HD int kvalue_iq4nl(int i) {
 #endif
 }
 
-QL_HD void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+static QL_HD void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
     if (j < 4) {
         *d = q[j] & 63;
         *m = q[j + 4] & 63;
@@ -140,7 +68,8 @@ QL_HD void get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Dequantize: element j of one block (byte offsets of ggml-common.h's structs)
+// Dequantize: element j of one block. Fields are read at their offsets in kernels/blocks.h's structs,
+// byte by byte (ld16), so a block needs no alignment.
 // ---------------------------------------------------------------------------------------------------
 struct F16 {
     static const int QK = 1, BYTES = 2;
@@ -150,116 +79,137 @@ struct BF16 {
     static const int QK = 1, BYTES = 2;
     static QL_HD float elem(const uint8_t *b, int) { return u2f((uint32_t)ld16(b) << 16); }
 };
-struct Q4_0 { // d, qs[16]
-    static const int QK = 32, BYTES = 18;
+struct Q4_0 {
+    typedef blk_q4_0 B;
+    static const int QK = 32, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int j) {
-        const int x = j < 16 ? (b[2 + j] & 0x0F) - 8 : (b[2 + j - 16] >> 4) - 8;
-        return fm((float)x, h2f(ld16(b)));
+        const uint8_t *qs = b + offsetof(B, qs);
+        const int x = j < 16 ? (qs[j] & 0x0F) - 8 : (qs[j - 16] >> 4) - 8;
+        return fm((float)x, h2f(ld16(b + offsetof(B, d))));
     }
 };
-struct Q4_1 { // d, m, qs[16]
-    static const int QK = 32, BYTES = 20;
+struct Q4_1 {
+    typedef blk_q4_1 B;
+    static const int QK = 32, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int j) {
-        const int x = j < 16 ? b[4 + j] & 0x0F : b[4 + j - 16] >> 4;
-        return fa(fm((float)x, h2f(ld16(b))), h2f(ld16(b + 2)));
+        const uint8_t *qs = b + offsetof(B, qs);
+        const int x = j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4;
+        return fa(fm((float)x, h2f(ld16(b + offsetof(B, d)))), h2f(ld16(b + offsetof(B, m))));
     }
 };
-QL_HD int q5_value(const uint8_t *qh4, const uint8_t *qs, int j) {
+static QL_HD int q5_value(const uint8_t *qh4, const uint8_t *qs, int j) {
     const uint32_t qh =
         (uint32_t)qh4[0] | ((uint32_t)qh4[1] << 8) | ((uint32_t)qh4[2] << 16) | ((uint32_t)qh4[3] << 24);
     if (j < 16) return (qs[j] & 0x0F) | (int)(((qh >> j) << 4) & 0x10);
     return (qs[j - 16] >> 4) | (int)((qh >> (j - 16 + 12)) & 0x10);
 }
-struct Q5_0 { // d, qh[4], qs[16]
-    static const int QK = 32, BYTES = 22;
+struct Q5_0 {
+    typedef blk_q5_0 B;
+    static const int QK = 32, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int j) {
-        return fm((float)(q5_value(b + 2, b + 6, j) - 16), h2f(ld16(b)));
+        return fm((float)(q5_value(b + offsetof(B, qh), b + offsetof(B, qs), j) - 16), h2f(ld16(b + offsetof(B, d))));
     }
 };
-struct Q5_1 { // d, m, qh[4], qs[16]
-    static const int QK = 32, BYTES = 24;
+struct Q5_1 {
+    typedef blk_q5_1 B;
+    static const int QK = 32, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int j) {
-        return fa(fm((float)q5_value(b + 4, b + 8, j), h2f(ld16(b))), h2f(ld16(b + 2)));
+        return fa(fm((float)q5_value(b + offsetof(B, qh), b + offsetof(B, qs), j), h2f(ld16(b + offsetof(B, d)))),
+                  h2f(ld16(b + offsetof(B, m))));
     }
 };
-struct Q8_0 { // d, qs[32]
-    static const int QK = 32, BYTES = 34;
-    static QL_HD float elem(const uint8_t *b, int j) { return fm((float)(int8_t)b[2 + j], h2f(ld16(b))); }
+struct Q8_0 {
+    typedef blk_q8_0 B;
+    static const int QK = 32, BYTES = sizeof(B);
+    static QL_HD float elem(const uint8_t *b, int j) {
+        return fm((float)(int8_t)b[offsetof(B, qs) + j], h2f(ld16(b + offsetof(B, d))));
+    }
 };
-struct Q2_K { // scales[16], qs[64], d, dmin
-    static const int QK = 256, BYTES = 84;
+struct Q2_K {
+    typedef blk_q2_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int e) {
         const int half = e >> 7, r = e & 127, j = r >> 5, sub = (r >> 4) & 1, l = r & 15;
-        const uint8_t sc = b[half * 8 + j * 2 + sub];
-        const float dl = fm(h2f(ld16(b + 80)), (float)(sc & 0xF)),
-                    ml = fm(h2f(ld16(b + 82)), (float)(sc >> 4));
-        const int q = (b[16 + half * 32 + sub * 16 + l] >> (2 * j)) & 3;
+        const uint8_t sc = b[offsetof(B, scales) + half * 8 + j * 2 + sub];
+        const float dl = fm(h2f(ld16(b + offsetof(B, d))), (float)(sc & 0xF)),
+                    ml = fm(h2f(ld16(b + offsetof(B, dmin))), (float)(sc >> 4));
+        const int q = (b[offsetof(B, qs) + half * 32 + sub * 16 + l] >> (2 * j)) & 3;
         return fs(fm(dl, (float)q), ml);
     }
 };
-struct Q3_K { // hmask[32], qs[64], scales[12], d
-    static const int QK = 256, BYTES = 110;
+struct Q3_K {
+    typedef blk_q3_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int e) {
         const int half = e >> 7, r = e & 127, j = r >> 5, sub = (r >> 4) & 1, l = r & 15;
         const int is = half * 8 + j * 2 + sub;
-        const uint8_t *s = b + 96;
+        const uint8_t *s = b + offsetof(B, scales);
         const int lo = is < 8 ? s[is] & 0xF : s[is - 8] >> 4;
         const int hi = (s[8 + (is & 3)] >> (2 * (is >> 2))) & 3;
-        const float dl = fm(h2f(ld16(b + 108)), (float)((lo | (hi << 4)) - 32));
-        const int q = (b[32 + half * 32 + sub * 16 + l] >> (2 * j)) & 3;
+        const float dl = fm(h2f(ld16(b + offsetof(B, d))), (float)((lo | (hi << 4)) - 32));
+        const int q = (b[offsetof(B, qs) + half * 32 + sub * 16 + l] >> (2 * j)) & 3;
         const int m = 1 << (half * 4 + j);
-        return fm(dl, (float)(q - ((b[sub * 16 + l] & m) ? 0 : 4)));
+        return fm(dl, (float)(q - ((b[offsetof(B, hmask) + sub * 16 + l] & m) ? 0 : 4)));
     }
 };
-struct Q4_K { // d, dmin, scales[12], qs[128]
-    static const int QK = 256, BYTES = 144;
+struct Q4_K {
+    typedef blk_q4_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int e) {
         const int c = e >> 6, hi = (e >> 5) & 1, l = e & 31;
         uint8_t sc, m;
-        get_scale_min_k4(2 * c + hi, b + 4, &sc, &m);
-        const float d1 = fm(h2f(ld16(b)), (float)sc), m1 = fm(h2f(ld16(b + 2)), (float)m);
-        const uint8_t q = b[16 + 32 * c + l];
+        get_scale_min_k4(2 * c + hi, b + offsetof(B, scales), &sc, &m);
+        const float d1 = fm(h2f(ld16(b + offsetof(B, d))), (float)sc),
+                    m1 = fm(h2f(ld16(b + offsetof(B, dmin))), (float)m);
+        const uint8_t q = b[offsetof(B, qs) + 32 * c + l];
         return fs(fm(d1, (float)(hi ? q >> 4 : q & 0xF)), m1);
     }
 };
-struct Q5_K { // d, dmin, scales[12], qh[32], qs[128]
-    static const int QK = 256, BYTES = 176;
+struct Q5_K {
+    typedef blk_q5_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int e) {
         const int c = e >> 6, hi = (e >> 5) & 1, l = e & 31;
         uint8_t sc, m;
-        get_scale_min_k4(2 * c + hi, b + 4, &sc, &m);
-        const float d1 = fm(h2f(ld16(b)), (float)sc), m1 = fm(h2f(ld16(b + 2)), (float)m);
-        const uint8_t q = b[48 + 32 * c + l];
-        const int v = (hi ? q >> 4 : q & 0xF) + ((b[16 + l] & (1 << (2 * c + hi))) ? 16 : 0);
+        get_scale_min_k4(2 * c + hi, b + offsetof(B, scales), &sc, &m);
+        const float d1 = fm(h2f(ld16(b + offsetof(B, d))), (float)sc),
+                    m1 = fm(h2f(ld16(b + offsetof(B, dmin))), (float)m);
+        const uint8_t q = b[offsetof(B, qs) + 32 * c + l];
+        const int v = (hi ? q >> 4 : q & 0xF) + ((b[offsetof(B, qh) + l] & (1 << (2 * c + hi))) ? 16 : 0);
         return fs(fm(d1, (float)v), m1);
     }
 };
-struct Q6_K { // ql[128], qh[64], scales[16] (int8), d
-    static const int QK = 256, BYTES = 210;
+struct Q6_K {
+    typedef blk_q6_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int e) {
         const int half = e >> 7, quarter = (e >> 5) & 3, l = e & 31;
-        const uint8_t *ql = b + 64 * half;
-        const uint8_t qh = b[128 + 32 * half + l];
-        const int8_t sc = (int8_t)b[192 + 8 * half + (l >> 4) + 2 * quarter];
+        const uint8_t *ql = b + offsetof(B, ql) + 64 * half;
+        const uint8_t qh = b[offsetof(B, qh) + 32 * half + l];
+        const int8_t sc = (int8_t)b[offsetof(B, scales) + 8 * half + (l >> 4) + 2 * quarter];
         const int lo = quarter & 1 ? ql[l + 32] : ql[l];
         const int q = ((quarter & 2 ? lo >> 4 : lo & 0xF) | (((qh >> (2 * quarter)) & 3) << 4)) - 32;
-        return fm(fm(h2f(ld16(b + 208)), (float)sc), (float)q);
+        return fm(fm(h2f(ld16(b + offsetof(B, d))), (float)sc), (float)q);
     }
 };
-struct IQ4_NL { // d, qs[16]
-    static const int QK = 32, BYTES = 18;
+struct IQ4_NL {
+    typedef blk_iq4_nl B;
+    static const int QK = 32, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int j) {
-        const int v = j < 16 ? b[2 + j] & 0xf : b[2 + j - 16] >> 4;
-        return fm(h2f(ld16(b)), (float)kvalue_iq4nl(v));
+        const uint8_t *qs = b + offsetof(B, qs);
+        const int v = j < 16 ? qs[j] & 0xf : qs[j - 16] >> 4;
+        return fm(h2f(ld16(b + offsetof(B, d))), (float)kvalue_iq4nl(v));
     }
 };
-struct IQ4_XS { // d, scales_h, scales_l[4], qs[128]
-    static const int QK = 256, BYTES = 136;
+struct IQ4_XS {
+    typedef blk_iq4_xs B;
+    static const int QK = QK_K, BYTES = sizeof(B);
     static QL_HD float elem(const uint8_t *b, int e) {
         const int ib = e >> 5, j = e & 31;
-        const int ls = ((b[4 + ib / 2] >> 4 * (ib % 2)) & 0xf) | (((ld16(b + 2) >> 2 * ib) & 3) << 4);
-        const float dl = fm(h2f(ld16(b)), (float)(ls - 32));
-        const uint8_t q = b[8 + 16 * ib + (j & 15)];
+        const int ls = ((b[offsetof(B, scales_l) + ib / 2] >> 4 * (ib % 2)) & 0xf) |
+                       (((ld16(b + offsetof(B, scales_h)) >> 2 * ib) & 3) << 4);
+        const float dl = fm(h2f(ld16(b + offsetof(B, d))), (float)(ls - 32));
+        const uint8_t q = b[offsetof(B, qs) + 16 * ib + (j & 15)];
         return fm(dl, (float)kvalue_iq4nl(j < 16 ? q & 0xf : q >> 4));
     }
 };
@@ -268,7 +218,8 @@ struct IQ4_XS { // d, scales_h, scales_l[4], qs[128]
 // Quantize: one block (ggml's no-imatrix path)
 // ---------------------------------------------------------------------------------------------------
 struct Q8_0Q {
-    static const int QK = 32, BYTES = 34;
+    typedef blk_q8_0 B;
+    static const int QK = 32, BYTES = sizeof(B);
     static QL_HD void quant(const float *x, uint8_t *y) {
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) {
@@ -277,13 +228,14 @@ struct Q8_0Q {
         }
         const float d = fd(amax, 127.f);
         const float id = d != 0.0f ? fd(1.0f, d) : 0.0f;
-        st16(y, f2h(d));
-        for (int j = 0; j < 32; ++j) y[2 + j] = (uint8_t)(int8_t)cvtt_x86(round_away(fm(x[j], id)));
+        st16(y + offsetof(B, d), f2h(d));
+        for (int j = 0; j < 32; ++j) y[offsetof(B, qs) + j] = (uint8_t)(int8_t)cvtt_x86(round_away(fm(x[j], id)));
     }
 };
 
 struct Q4_0Q {
-    static const int QK = 32, BYTES = 18;
+    typedef blk_q4_0 B;
+    static const int QK = 32, BYTES = sizeof(B);
     static QL_HD void quant(const float *x, uint8_t *y) {
         float amax = 0.0f, max = 0.0f;
         for (int j = 0; j < 32; j++) {
@@ -295,17 +247,17 @@ struct Q4_0Q {
         }
         const float d = fd(max, -8.f);
         const float id = d != 0.0f ? fd(1.0f, d) : 0.0f;
-        st16(y, f2h(d));
+        st16(y + offsetof(B, d), f2h(d));
         for (int j = 0; j < 16; ++j) {
             const int xi0 = imin(15, (int8_t)cvtt_x86(fa(fm(x[j], id), 8.5f)));
             const int xi1 = imin(15, (int8_t)cvtt_x86(fa(fm(x[16 + j], id), 8.5f)));
-            y[2 + j] = (uint8_t)(xi0 | (xi1 << 4));
+            y[offsetof(B, qs) + j] = (uint8_t)(xi0 | (xi1 << 4));
         }
     }
 };
 
 // make_qkx2_quants (ggml-quants.c), the (scale, min) search of Q4_K without imatrix
-QL_HD float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+static QL_HD float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
                              float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep,
                              bool use_mad) {
     float min = x[0];
@@ -377,7 +329,7 @@ QL_HD float make_qkx2_quants(int n, int nmax, const float *x, const float *weigh
     return scale;
 }
 
-QL_HD void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t lm) {
+static QL_HD void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t lm) {
     if (j < 4) {
         scales[j] = ls;
         scales[j + 4] = lm;
@@ -388,8 +340,9 @@ QL_HD void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t lm) {
     }
 }
 
-struct Q4_KQ { // d, dmin, scales[12], qs[128]
-    static const int QK = 256, BYTES = 144;
+struct Q4_KQ {
+    typedef blk_q4_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
     static QL_HD void quant(const float *x, uint8_t *y) {
         uint8_t L[QK_K], Laux[32];
         float weights[32], mins[QK_K / 32], scales[QK_K / 32];
@@ -406,7 +359,7 @@ struct Q4_KQ { // d, dmin, scales[12], qs[128]
         }
         const float inv_scale = max_scale > 0 ? fd(63.f, max_scale) : 0.f;
         const float inv_min = max_min > 0 ? fd(63.f, max_min) : 0.f;
-        uint8_t *sc12 = y + 4;
+        uint8_t *sc12 = y + offsetof(B, scales);
         for (int j = 0; j < QK_K / 32; ++j) {
             uint8_t ls = (uint8_t)nearest_int(fm(inv_scale, scales[j]));
             uint8_t lm = (uint8_t)nearest_int(fm(inv_min, mins[j]));
@@ -415,8 +368,8 @@ struct Q4_KQ { // d, dmin, scales[12], qs[128]
             k4_put_scale_min(sc12, j, ls, lm);
         }
         const uint16_t d16 = f2h(fd(max_scale, 63.f)), dmin16 = f2h(fd(max_min, 63.f));
-        st16(y, d16);
-        st16(y + 2, dmin16);
+        st16(y + offsetof(B, d), d16);
+        st16(y + offsetof(B, dmin), dmin16);
         for (int j = 0; j < QK_K / 32; ++j) { // k45_requant
             uint8_t sc, m;
             get_scale_min_k4(j, sc12, &sc, &m);
@@ -428,7 +381,7 @@ struct Q4_KQ { // d, dmin, scales[12], qs[128]
                 L[32 * j + ii] = (uint8_t)imax(0, imin(15, l));
             }
         }
-        uint8_t *q = y + 16;
+        uint8_t *q = y + offsetof(B, qs);
         for (int j = 0; j < QK_K; j += 64) {
             for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
             q += 32;
@@ -437,7 +390,7 @@ struct Q4_KQ { // d, dmin, scales[12], qs[128]
 };
 
 // make_qx_quants with rmse_type 1 and no weights (x^2), as Q6_K uses it without imatrix
-QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
+static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
     float max = 0;
     float amax = 0;
     for (int i = 0; i < n; ++i) {
@@ -487,8 +440,9 @@ QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
     return scale;
 }
 
-struct Q6_KQ { // ql[128], qh[64], scales[16], d
-    static const int QK = 256, BYTES = 210;
+struct Q6_KQ {
+    typedef blk_q6_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
     static QL_HD void quant(const float *x, uint8_t *y) {
         int8_t L[QK_K];
         float scales[QK_K / 16];
@@ -504,13 +458,13 @@ struct Q6_KQ { // ql[128], qh[64], scales[16], d
         }
         if (max_abs_scale < GROUP_MAX_EPS) {
             for (int i = 0; i < BYTES; ++i) y[i] = 0;
-            st16(y + 208, f2h(0.f));
+            st16(y + offsetof(B, d), f2h(0.f));
             return;
         }
         const float iscale = fd(-128.f, max_scale);
         const uint16_t d16 = f2h(fd(1.0f, iscale));
-        st16(y + 208, d16);
-        int8_t *ysc = (int8_t *)(y + 192);
+        st16(y + offsetof(B, d), d16);
+        int8_t *ysc = (int8_t *)(y + offsetof(B, scales));
         for (int ib = 0; ib < QK_K / 16; ++ib)
             ysc[ib] = (int8_t)imin(127, nearest_int(fm(iscale, scales[ib])));
         for (int j = 0; j < QK_K / 16; ++j) {
@@ -522,7 +476,7 @@ struct Q6_KQ { // ql[128], qh[64], scales[16], d
                 L[16 * j + ii] = (int8_t)(l + 32);
             }
         }
-        uint8_t *ql = y, *qh = y + 128;
+        uint8_t *ql = y + offsetof(B, ql), *qh = y + offsetof(B, qh);
         for (int j = 0; j < QK_K; j += 128) {
             for (int l = 0; l < 32; ++l) {
                 const uint8_t q1 = L[j + l + 0] & 0xF;
@@ -543,31 +497,41 @@ struct Q6_KQ { // ql[128], qh[64], scales[16], d
 // ---------------------------------------------------------------------------------------------------
 // Kernels and launches
 // ---------------------------------------------------------------------------------------------------
+// Output element i of a tensor of F blocks.
+template <class F> static QL_HD float dequant_at(const uint8_t *src, int64_t i) {
+    return F::elem(src + (i / F::QK) * F::BYTES, (int)(i % F::QK));
+}
+
+// Output elements 8t .. 8t+7: the block header is decoded once for the 8 (the compiler shares the loads
+// between the unrolled elem calls).
+template <class F> static QL_HD void dequant8_at(const uint8_t *src, int64_t t, float v[8]) {
+    const int64_t i0 = t * 8;
+    if (F::QK % 8 == 0) {
+        const uint8_t *b = src + (i0 / F::QK) * F::BYTES;
+        const int j0 = (int)(i0 % F::QK);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = F::elem(b, j0 + k);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = dequant_at<F>(src, i0 + k);
+    }
+}
+
 template <class F>
 __global__ void k_dequant(const uint8_t *__restrict__ src, float *__restrict__ dst, int64_t n) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        dst[i] = F::elem(src + (i / F::QK) * F::BYTES, (int)(i % F::QK));
+        dst[i] = dequant_at<F>(src, i);
 }
 
-// 8 consecutive outputs per thread, stored as two float4: the block header is decoded once for the 8
-// (the compiler shares the loads between the unrolled elem calls). Needs n % 8 == 0 and dst 16-byte aligned.
+// 8 consecutive outputs per thread, stored as two float4. Needs n % 8 == 0 and dst 16-byte aligned.
 template <class F>
 __global__ void k_dequant8(const uint8_t *__restrict__ src, float *__restrict__ dst, int64_t n8) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < n8; t += stride) {
         const int64_t i0 = t * 8;
         float v[8];
-        if (F::QK % 8 == 0) {
-            const uint8_t *b = src + (i0 / F::QK) * F::BYTES;
-            const int j0 = (int)(i0 % F::QK);
-#pragma unroll
-            for (int k = 0; k < 8; ++k) v[k] = F::elem(b, j0 + k);
-        } else {
-#pragma unroll
-            for (int k = 0; k < 8; ++k)
-                v[k] = F::elem(src + ((i0 + k) / F::QK) * F::BYTES, (int)((i0 + k) % F::QK));
-        }
+        dequant8_at<F>(src, t, v);
         float4 *o = (float4 *)(dst + i0);
         o[0] = make_float4(v[0], v[1], v[2], v[3]);
         o[1] = make_float4(v[4], v[5], v[6], v[7]);
@@ -581,41 +545,32 @@ __global__ void k_quant(const float *__restrict__ src, uint8_t *__restrict__ dst
         F::quant(src + b * F::QK, dst + b * F::BYTES);
 }
 
-static ql_status cuda_fail(cudaError_t e, const char *what, int line) {
-    return ql_fail(e == cudaErrorMemoryAllocation ? QL_ERR_NOMEM : QL_ERR_IO,
-                   "kernels/codecs_cuda.cu:%d: %s: %s", line, what, cudaGetErrorString(e));
-}
-#define CUDA_TRY(call)                                                                                       \
-    do {                                                                                                     \
-        cudaError_t e_ = (call);                                                                             \
-        if (e_ != cudaSuccess) return cuda_fail(e_, #call, __LINE__);                                        \
-    } while (0)
-
-static unsigned grid_for(int64_t n, int threads) {
-    int64_t g = (n + threads - 1) / threads;
-    return (unsigned)(g < 1 ? 1 : g > 65535 * 16 ? 65535 * 16 : g);
-}
-
 template <class F> static ql_status launch_dequant(const void *src, float *dst, int64_t n, cudaStream_t s) {
     if (n == 0) return QL_OK;
     if (n % 8 == 0 && ((uintptr_t)dst & 15) == 0)
         k_dequant8<F><<<grid_for(n / 8, 256), 256, 0, s>>>((const uint8_t *)src, dst, n / 8);
     else
         k_dequant<F><<<grid_for(n, 256), 256, 0, s>>>((const uint8_t *)src, dst, n);
-    CUDA_TRY(cudaGetLastError());
+    QL_CUDA_TRY(cudaGetLastError());
     return QL_OK;
 }
 
 template <class F> static ql_status launch_quant(const float *src, void *dst, int64_t nb, cudaStream_t s) {
     if (nb == 0) return QL_OK;
     k_quant<F><<<grid_for(nb, 64), 64, 0, s>>>(src, (uint8_t *)dst, nb); // heavy threads: small blocks
-    CUDA_TRY(cudaGetLastError());
+    QL_CUDA_TRY(cudaGetLastError());
     return QL_OK;
 }
 
+// The host runs what the device would: the 8-per-thread path when the launch would take it, else one element
+// per thread.
 template <class F> static void host_dequant(const void *src, float *dst, int64_t n) {
-    for (int64_t i = 0; i < n; ++i)
-        dst[i] = F::elem((const uint8_t *)src + (i / F::QK) * F::BYTES, (int)(i % F::QK));
+    const uint8_t *s = (const uint8_t *)src;
+    if (n % 8 == 0 && ((uintptr_t)dst & 15) == 0) {
+        for (int64_t t = 0; t < n / 8; ++t) dequant8_at<F>(s, t, dst + t * 8);
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) dst[i] = dequant_at<F>(s, i);
 }
 
 template <class F> static void host_quant(const float *src, void *dst, int64_t nb) {
@@ -644,14 +599,6 @@ static ql_status check_shape(uint32_t type, int64_t nrows, int64_t ncols, int64_
     *nblocks = nrows * (ncols / ti->block);
     return QL_OK;
 }
-
-// Owns a device allocation (freed on every return path).
-struct DevBuf {
-    void *p = nullptr;
-    ~DevBuf() {
-        if (p) cudaFree(p);
-    }
-};
 
 extern "C" int ql_cuda_available(void) {
     static int cached = -1;
@@ -725,13 +672,13 @@ extern "C" ql_status ql_cuda_dequantize(uint32_t type, const void *host_src, flo
     if (nrows == 0) return QL_OK;
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;
-    CUDA_TRY(cudaMalloc(&s.p, (size_t)bytes));
-    CUDA_TRY(cudaMalloc(&d.p, fbytes));
-    CUDA_TRY(cudaMemcpy(s.p, host_src, (size_t)bytes, cudaMemcpyHostToDevice));
+    QL_CUDA_TRY(cudaMalloc(&s.p, (size_t)bytes));
+    QL_CUDA_TRY(cudaMalloc(&d.p, fbytes));
+    QL_CUDA_TRY(cudaMemcpy(s.p, host_src, (size_t)bytes, cudaMemcpyHostToDevice));
     st = ql_cuda_dequantize_dev(type, s.p, (float *)d.p, nrows, ncols, nullptr);
     if (st != QL_OK) return st;
-    CUDA_TRY(cudaDeviceSynchronize());
-    CUDA_TRY(cudaMemcpy(host_dst, d.p, fbytes, cudaMemcpyDeviceToHost));
+    QL_CUDA_TRY(cudaDeviceSynchronize());
+    QL_CUDA_TRY(cudaMemcpy(host_dst, d.p, fbytes, cudaMemcpyDeviceToHost));
     return QL_OK;
 }
 
@@ -746,13 +693,13 @@ extern "C" ql_status ql_cuda_quantize(uint32_t type, const float *host_src, void
     if (nrows == 0) return QL_OK;
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;
-    CUDA_TRY(cudaMalloc(&s.p, fbytes));
-    CUDA_TRY(cudaMalloc(&d.p, (size_t)bytes));
-    CUDA_TRY(cudaMemcpy(s.p, host_src, fbytes, cudaMemcpyHostToDevice));
+    QL_CUDA_TRY(cudaMalloc(&s.p, fbytes));
+    QL_CUDA_TRY(cudaMalloc(&d.p, (size_t)bytes));
+    QL_CUDA_TRY(cudaMemcpy(s.p, host_src, fbytes, cudaMemcpyHostToDevice));
     st = ql_cuda_quantize_dev(type, (const float *)s.p, d.p, nrows, ncols, nullptr);
     if (st != QL_OK) return st;
-    CUDA_TRY(cudaDeviceSynchronize());
-    CUDA_TRY(cudaMemcpy(host_dst, d.p, (size_t)bytes, cudaMemcpyDeviceToHost));
+    QL_CUDA_TRY(cudaDeviceSynchronize());
+    QL_CUDA_TRY(cudaMemcpy(host_dst, d.p, (size_t)bytes, cudaMemcpyDeviceToHost));
     return QL_OK;
 }
 
@@ -805,18 +752,18 @@ extern "C" ql_status ql_cuda_bench_dequantize(uint32_t type, int64_t nrows, int6
     if (iters < 1) iters = 1;
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;
-    CUDA_TRY(cudaMalloc(&s.p, (size_t)bytes));
-    CUDA_TRY(cudaMalloc(&d.p, fbytes));
+    QL_CUDA_TRY(cudaMalloc(&s.p, (size_t)bytes));
+    QL_CUDA_TRY(cudaMalloc(&d.p, fbytes));
     k_fill<<<grid_for(bytes, 256), 256>>>((uint8_t *)s.p, bytes);
-    CUDA_TRY(cudaGetLastError());
+    QL_CUDA_TRY(cudaGetLastError());
     st = ql_cuda_dequantize_dev(type, s.p, (float *)d.p, nrows, ncols, nullptr); // warm-up
     if (st != QL_OK) return st;
     cudaEvent_t e0, e1;
-    CUDA_TRY(cudaEventCreate(&e0));
+    QL_CUDA_TRY(cudaEventCreate(&e0));
     cudaError_t ce = cudaEventCreate(&e1);
     if (ce != cudaSuccess) {
         cudaEventDestroy(e0);
-        return cuda_fail(ce, "cudaEventCreate(&e1)", __LINE__);
+        return cuda_fail(ce, "cudaEventCreate(&e1)", __FILE__, __LINE__);
     }
     cudaEventRecord(e0);
     for (int i = 0; i < iters && st == QL_OK; ++i)
@@ -828,7 +775,7 @@ extern "C" ql_status ql_cuda_bench_dequantize(uint32_t type, int64_t nrows, int6
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     if (st != QL_OK) return st;
-    if (ce != cudaSuccess) return cuda_fail(ce, "cudaEventSynchronize/ElapsedTime", __LINE__);
+    if (ce != cudaSuccess) return cuda_fail(ce, "cudaEventSynchronize/ElapsedTime", __FILE__, __LINE__);
     if (gbps) *gbps = ms > 0 ? (double)(bytes + (int64_t)fbytes) * iters / (ms * 1e-3) / 1e9 : 0.0;
     return QL_OK;
 }

@@ -1,6 +1,6 @@
 /* ggml_quants_internal.h — scalar pieces shared by the ggml codecs: ggml_quants_ref.c (the specification)
  * and its SIMD twins ggml_quants_simd.c / ggml_quants_simd2.c, so the twins use the reference's very
- * arithmetic instead of copies of it. Block layouts, nearest_int and the scale packers are here (tiny,
+ * arithmetic instead of copies of it. Block layouts (kernels/blocks.h), nearest_int and the scale packers are here (tiny,
  * static inline); the searches and super-block scale steps are defined once, in ggml_quants_ref.c.
  * Internal to kernels/ (not API): include only from those three files and iq_quants_ref.c. Pure, thread-safe. */
 #ifndef QL_GGML_QUANTS_INTERNAL_H
@@ -10,61 +10,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#define QK_K 256
+#include "kernels/blocks.h" /* blk_* layouts and QK_K, shared with the CUDA kernels */
+
 #define GROUP_MAX_EPS 1e-15f
 #define QMIN(a, b) ((a) < (b) ? (a) : (b))
 #define QMAX(a, b) ((a) > (b) ? (a) : (b))
-
-/* Block layouts (ggml-common.h). All fields 1- or 2-byte, so no padding; sizes are asserted. */
-/* clang-format off */
-typedef struct { uint16_t d; uint8_t qs[16]; } blk_q4_0;
-typedef struct { uint16_t d, m; uint8_t qs[16]; } blk_q4_1;
-typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_0;
-typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } blk_q5_1;
-typedef struct { uint16_t d; int8_t qs[32]; } blk_q8_0;
-typedef struct { uint16_t d, s; int8_t qs[32]; } blk_q8_1;
-typedef struct { uint8_t scales[16]; uint8_t qs[64]; uint16_t d, dmin; } blk_q2_K;
-typedef struct { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint16_t d; } blk_q3_K;
-typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; } blk_q4_K;
-typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; } blk_q5_K;
-typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } blk_q6_K;
-typedef struct { uint16_t d; uint8_t qs[16]; } blk_iq4_nl;
-typedef struct { uint16_t d; uint16_t scales_h; uint8_t scales_l[4]; uint8_t qs[128]; } blk_iq4_xs;
-typedef struct { uint8_t qs[48]; uint8_t qh[4]; uint16_t d; } blk_tq1_0;
-typedef struct { uint8_t qs[64]; uint16_t d; } blk_tq2_0;
-typedef struct { uint8_t e; uint8_t qs[16]; } blk_mxfp4;
-typedef struct { uint16_t d; uint16_t qs[32]; } blk_iq2_xxs;
-typedef struct { uint16_t d; uint16_t qs[32]; uint8_t scales[8]; } blk_iq2_xs;
-typedef struct { uint16_t d; uint8_t qs[64]; uint8_t qh[8]; uint8_t scales[8]; } blk_iq2_s;
-typedef struct { uint16_t d; uint8_t qs[96]; } blk_iq3_xxs;
-typedef struct { uint16_t d; uint8_t qs[64]; uint8_t qh[8]; uint8_t signs[32]; uint8_t scales[4]; } blk_iq3_s;
-typedef struct { uint16_t d; uint8_t qs[32]; uint16_t qh[8]; } blk_iq1_s;
-typedef struct { uint8_t qs[32]; uint8_t qh[16]; uint8_t scales[8]; } blk_iq1_m;
-/* clang-format on */
-
-_Static_assert(sizeof(blk_q4_0) == 18, "q4_0");
-_Static_assert(sizeof(blk_q4_1) == 20, "q4_1");
-_Static_assert(sizeof(blk_q5_0) == 22, "q5_0");
-_Static_assert(sizeof(blk_q5_1) == 24, "q5_1");
-_Static_assert(sizeof(blk_q8_0) == 34, "q8_0");
-_Static_assert(sizeof(blk_q8_1) == 36, "q8_1");
-_Static_assert(sizeof(blk_q2_K) == 84, "q2_K");
-_Static_assert(sizeof(blk_q3_K) == 110, "q3_K");
-_Static_assert(sizeof(blk_q4_K) == 144, "q4_K");
-_Static_assert(sizeof(blk_q5_K) == 176, "q5_K");
-_Static_assert(sizeof(blk_q6_K) == 210, "q6_K");
-_Static_assert(sizeof(blk_iq4_nl) == 18, "iq4_nl");
-_Static_assert(sizeof(blk_iq4_xs) == 136, "iq4_xs");
-_Static_assert(sizeof(blk_tq1_0) == 54, "tq1_0");
-_Static_assert(sizeof(blk_tq2_0) == 66, "tq2_0");
-_Static_assert(sizeof(blk_mxfp4) == 17, "mxfp4");
-_Static_assert(sizeof(blk_iq2_xxs) == 66, "iq2_xxs");
-_Static_assert(sizeof(blk_iq2_xs) == 74, "iq2_xs");
-_Static_assert(sizeof(blk_iq2_s) == 82, "iq2_s");
-_Static_assert(sizeof(blk_iq3_xxs) == 98, "iq3_xxs");
-_Static_assert(sizeof(blk_iq3_s) == 110, "iq3_s");
-_Static_assert(sizeof(blk_iq1_s) == 50, "iq1_s");
-_Static_assert(sizeof(blk_iq1_m) == 56, "iq1_m");
 
 /* IQ4_NL / IQ4_XS code book (sorted). */
 static const int8_t kvalues_iq4nl[16] = {

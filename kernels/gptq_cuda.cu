@@ -15,6 +15,9 @@
 // each other and with m_gptq.c wherever the inputs to a rounding agree; the host build of this file is
 // plain x86-64 (no FMA), where the compiler has nothing to contract.
 #include "kernels/gptq_cuda.h"
+#include "kernels/cuda_api.h"
+#include "kernels/cuda_common.cuh"
+#include "kernels/cuda_half.cuh" /* h2f, f2h */
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -30,50 +33,22 @@
 #include <mutex>
 #include <vector>
 
-#define QL_HD __host__ __device__ __forceinline__
-
 namespace {
 
-// ---------------------------------------------------------------------------------------------------
-// Arithmetic: IEEE round-to-nearest, never fused
-// ---------------------------------------------------------------------------------------------------
-#ifdef __CUDA_ARCH__
-QL_HD float fa(float a, float b) { return __fadd_rn(a, b); }
-QL_HD float fs(float a, float b) { return __fsub_rn(a, b); }
-QL_HD float fm(float a, float b) { return __fmul_rn(a, b); }
-QL_HD float fd(float a, float b) { return __fdiv_rn(a, b); }
-QL_HD double da(double a, double b) { return __dadd_rn(a, b); }
-QL_HD double dm(double a, double b) { return __dmul_rn(a, b); }
-QL_HD double ds(double a, double b) { return __dsub_rn(a, b); }
-QL_HD double dd(double a, double b) { return __ddiv_rn(a, b); }
-QL_HD uint32_t f2u(float f) { return __float_as_uint(f); }
-QL_HD float u2f(uint32_t u) { return __uint_as_float(u); }
-#else
-QL_HD float fa(float a, float b) { return a + b; }
-QL_HD float fs(float a, float b) { return a - b; }
-QL_HD float fm(float a, float b) { return a * b; }
-QL_HD float fd(float a, float b) { return a / b; }
-QL_HD double da(double a, double b) { return a + b; }
-QL_HD double dm(double a, double b) { return a * b; }
-QL_HD double ds(double a, double b) { return a - b; }
-QL_HD double dd(double a, double b) { return a / b; }
-QL_HD uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-QL_HD float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-#endif
+using namespace ql_cuda;
 
-QL_HD bool finite_f(float x) { return (f2u(x) & 0x7f800000u) != 0x7f800000u; }
-QL_HD bool finite_d(double x) { return x - x == 0.0; }
-QL_HD float abs_f(float x) { return u2f(f2u(x) & 0x7fffffffu); }
-
-#include "kernels/cuda_half.cuh" /* h2f, f2h */
+// ---------------------------------------------------------------------------------------------------
+// Arithmetic: IEEE round-to-nearest, never fused (cuda_common.cuh); NaN bits are not x86's here, none of
+// them reaches a stored result (non-finite weights are zeroed first, a NaN quotient clamps to 0)
+// ---------------------------------------------------------------------------------------------------
+QL_HD float fa(float a, float b) { return add_rn(a, b); }
+QL_HD float fs(float a, float b) { return sub_rn(a, b); }
+QL_HD float fm(float a, float b) { return mul_rn(a, b); }
+QL_HD float fd(float a, float b) { return div_rn(a, b); }
+QL_HD double da(double a, double b) { return dadd_rn(a, b); }
+QL_HD double dm(double a, double b) { return dmul_rn(a, b); }
+QL_HD double ds(double a, double b) { return dsub_rn(a, b); }
+QL_HD double dd(double a, double b) { return ddiv_rn(a, b); }
 
 // ---------------------------------------------------------------------------------------------------
 // The column loop of one batch, for one row (m_gptq.c: batch_rows / fix_block / quant_linear)
@@ -137,7 +112,7 @@ QL_HD void fix_group(const BatchArgs &A, int64_t r, int64_t j, const float *Eloc
         if (!finite_f(x)) continue;
         if (x < lo) lo = x;
         if (x > hi) hi = x;
-        if (abs_f(x) > abs_f(m)) m = x;
+        if (fabs_bits(x) > fabs_bits(m)) m = x;
     }
     const double s = A.sym ? dd((double)m, (double)-half) : dd(ds((double)hi, (double)lo), (double)maxq);
     float sf = (float)s;
@@ -287,12 +262,6 @@ struct PackRow {
     }
 };
 
-template <class Op> __global__ void k_each(Op op, int64_t count) {
-    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride)
-        op(i);
-}
-
 // One batch: a thread per row. Dynamic shared memory: [ldub·(B)] U block (when ldub > 0), then
 // [B, blockDim.x] errors (when es).
 // Ub[p·ldub + t] = U[i1 + t, i1 + p] for t < p < i2 - i1: entries idx = tid, tid + nthreads, ...
@@ -321,15 +290,6 @@ __global__ void k_batch(BatchArgs A, int64_t ldub, int es) {
 // ---------------------------------------------------------------------------------------------------
 // Error checking
 // ---------------------------------------------------------------------------------------------------
-ql_status cuda_fail(cudaError_t e, const char *what, int line) {
-    return ql_fail(e == cudaErrorMemoryAllocation ? QL_ERR_NOMEM : QL_ERR_IO,
-                   "kernels/gptq_cuda.cu:%d: %s: %s", line, what, cudaGetErrorString(e));
-}
-#define CUDA_TRY(call)                                                                                       \
-    do {                                                                                                     \
-        cudaError_t e_ = (call);                                                                             \
-        if (e_ != cudaSuccess) return cuda_fail(e_, #call, __LINE__);                                        \
-    } while (0)
 #define CUBLAS_TRY(call)                                                                                     \
     do {                                                                                                     \
         cublasStatus_t s_ = (call);                                                                          \
@@ -363,10 +323,10 @@ ql_status device_init_locked(void) {
         return ql_fail(QL_ERR_UNSUPPORTED, "gptq_cuda: no CUDA device");
     }
     int dev = 0;
-    CUDA_TRY(cudaGetDevice(&dev));
-    CUDA_TRY(cudaFree(0)); // creates the context
-    CUDA_TRY(cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, dev));
-    CUDA_TRY(cudaDeviceGetAttribute(&g_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    QL_CUDA_TRY(cudaGetDevice(&dev));
+    QL_CUDA_TRY(cudaFree(0)); // creates the context
+    QL_CUDA_TRY(cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, dev));
+    QL_CUDA_TRY(cudaDeviceGetAttribute(&g_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     CUBLAS_TRY(cublasCreate(&g_blas));
     CUSOLVER_TRY(cusolverDnCreate(&g_solver));
     CUSOLVER_TRY(cusolverDnCreateParams(&g_params));
@@ -389,7 +349,7 @@ struct Ctx {
         const size_t bytes = (size_t)(count > 0 ? count : 1) * sizeof(T);
         void *q = nullptr;
         if (dev) {
-            CUDA_TRY(cudaMalloc(&q, bytes));
+            QL_CUDA_TRY(cudaMalloc(&q, bytes));
         } else if (!(q = malloc(bytes))) {
             return ql_fail(QL_ERR_NOMEM, "gptq_cuda: out of host memory (%zu bytes)", bytes);
         }
@@ -399,20 +359,20 @@ struct Ctx {
     }
     ql_status put(void *d, const void *h, size_t bytes) {
         if (dev)
-            CUDA_TRY(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+            QL_CUDA_TRY(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
         else
             memcpy(d, h, bytes);
         return QL_OK;
     }
     ql_status get(void *h, const void *d, size_t bytes) {
         if (dev)
-            CUDA_TRY(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
+            QL_CUDA_TRY(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
         else
             memcpy(h, d, bytes);
         return QL_OK;
     }
     ql_status sync() {
-        if (dev) CUDA_TRY(cudaDeviceSynchronize());
+        if (dev) QL_CUDA_TRY(cudaDeviceSynchronize());
         return QL_OK;
     }
     template <class Op> ql_status each(const Op &op, int64_t count) {
@@ -423,9 +383,8 @@ struct Ctx {
             return QL_OK;
         }
         const int threads = 256;
-        int64_t blocks = (count + threads - 1) / threads, cap = (int64_t)(g_nsm > 0 ? g_nsm : 1) * 32;
-        k_each<Op><<<(unsigned)(blocks < cap ? blocks : cap), threads>>>(op, count);
-        CUDA_TRY(cudaGetLastError());
+        k_each<Op><<<grid_for(count, threads, (int64_t)(g_nsm > 0 ? g_nsm : 1) * 32), threads>>>(op, count);
+        QL_CUDA_TRY(cudaGetLastError());
         return QL_OK;
     }
     // potrf ('U', column-major) of P [n, n]; *info as LAPACK's
@@ -439,17 +398,17 @@ struct Ctx {
         CUSOLVER_TRY(cusolverDnXpotrf_bufferSize(g_solver, g_params, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, P,
                                                  n, CUDA_R_64F, &dbytes, &hbytes));
         if (dbytes > *wbytes) {
-            if (*work) CUDA_TRY(cudaFree(*work));
+            if (*work) QL_CUDA_TRY(cudaFree(*work));
             *work = nullptr;
             *wbytes = 0;
-            CUDA_TRY(cudaMalloc(work, dbytes));
+            QL_CUDA_TRY(cudaMalloc(work, dbytes));
             *wbytes = dbytes;
         }
         if (hbytes > hw.size()) hw.resize(hbytes);
         CUSOLVER_TRY(cusolverDnXpotrf(g_solver, g_params, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, P, n,
                                       CUDA_R_64F, *work, dbytes, hbytes ? hw.data() : nullptr, hbytes,
                                       dinfo));
-        CUDA_TRY(cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
+        QL_CUDA_TRY(cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
         return QL_OK;
     }
     // trtri ('L', non-unit, column-major) of U [n, n] in place
@@ -463,16 +422,16 @@ struct Ctx {
         CUSOLVER_TRY(cusolverDnXtrtri_bufferSize(g_solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n,
                                                  CUDA_R_32F, U, n, &dbytes, &hbytes));
         if (dbytes > *wbytes) {
-            if (*work) CUDA_TRY(cudaFree(*work));
+            if (*work) QL_CUDA_TRY(cudaFree(*work));
             *work = nullptr;
             *wbytes = 0;
-            CUDA_TRY(cudaMalloc(work, dbytes));
+            QL_CUDA_TRY(cudaMalloc(work, dbytes));
             *wbytes = dbytes;
         }
         if (hbytes > hw.size()) hw.resize(hbytes);
         CUSOLVER_TRY(cusolverDnXtrtri(g_solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F,
                                       U, n, *work, dbytes, hbytes ? hw.data() : nullptr, hbytes, dinfo));
-        CUDA_TRY(cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
+        QL_CUDA_TRY(cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
         return QL_OK;
     }
     // Wt[:, i2:] -= E · U[i1:i2, i2:] in column-major terms (Wt: rows x n, ld rows; E: rows x nb, ld rows;
@@ -517,10 +476,10 @@ struct Ctx {
             es = 1, bytes = es_bytes;
         }
         if (bytes > 48 * 1024)
-            CUDA_TRY(cudaFuncSetAttribute(k_batch, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+            QL_CUDA_TRY(cudaFuncSetAttribute(k_batch, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
         const int64_t blocks = (A.rows + nt - 1) / nt;
         k_batch<<<(unsigned)blocks, nt, (size_t)bytes>>>(A, ldub, es);
-        CUDA_TRY(cudaGetLastError());
+        QL_CUDA_TRY(cudaGetLastError());
         return QL_OK;
     }
 };
@@ -646,15 +605,7 @@ ql_status gptq_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
 
 } // namespace
 
-extern "C" int ql_cuda_gptq_available(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        int n = 0;
-        cached = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-        if (!cached) cudaGetLastError(); // clear the sticky "no device" error
-    }
-    return cached;
-}
+extern "C" int ql_cuda_gptq_available(void) { return ql_cuda_available(); }
 
 extern "C" ql_status ql_cuda_gptq_init(double *seconds_out) {
     const double t0 = ql_time_s();

@@ -3,10 +3,15 @@
  * kernel on random + adversarial rows. Exact equality, with one documented allowance: NaN outputs of a
  * dequantize are compared as "both NaN" (payload not compared), and quantized blocks whose INPUT holds
  * NaN/Inf are reported but not required to match (there the reference's bits come from x86's NaN
- * propagation order, which the device only imitates). The same kernel code is also run on the host
- * (ql_cuda_emulate_*) so the arithmetic is checked where there is no GPU. Without a device (or without
- * CUDA in the build) the device tests print "SKIP: no CUDA device" and skip. The dequantize bandwidth run is
- * a benchmark, not a test: bench/cuda_dequant_bench.c, `make bench-cuda`. */
+ * propagation order, which the device only imitates). Without a GPU, the kernels' own per-element code is
+ * run on the host (ql_cuda_emulate_*: every dequantize path, one element or eight per thread, and every
+ * quantize kernel) and the device math they share (kernels/cuda_common.cuh, cuda_half.cuh, built for the
+ * host by nvcc in tests/cuda_host_check.cu) is held against the reference and against real SSE results:
+ * fp16 both ways, x86's NaN results, cvttss2si, roundf. GPTQ's kernels have their host run in
+ * tests/test_gptq_cuda.c. Without a device (or without CUDA in the build) the device tests print
+ * "SKIP: no CUDA device" and skip. The block layouts (kernels/blocks.h) are checked against the type table
+ * in every build. The dequantize bandwidth run is a benchmark, not a test: bench/cuda_dequant_bench.c,
+ * `make bench-cuda`. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -18,12 +23,45 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/blocks.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_types.h"
 #include "base/ql_common.h"
 #ifdef QL_HAVE_CUDA
 #include "kernels/cuda_api.h"
+#include "tests/cuda_host_check.h"
 #endif
+
+/* The one layout header the C codecs and the CUDA kernels share agrees with the type table (sizes of every
+ * ggml block type it describes). */
+static void test_block_layouts(void **state) {
+    (void)state;
+    static const struct {
+        uint32_t type;
+        size_t bytes;
+        int block;
+    } L[] = {
+        {QL_TYPE_Q4_0, sizeof(blk_q4_0), 32},       {QL_TYPE_Q4_1, sizeof(blk_q4_1), 32},
+        {QL_TYPE_Q5_0, sizeof(blk_q5_0), 32},       {QL_TYPE_Q5_1, sizeof(blk_q5_1), 32},
+        {QL_TYPE_Q8_0, sizeof(blk_q8_0), 32},       {QL_TYPE_Q8_1, sizeof(blk_q8_1), 32},
+        {QL_TYPE_Q2_K, sizeof(blk_q2_K), QK_K},     {QL_TYPE_Q3_K, sizeof(blk_q3_K), QK_K},
+        {QL_TYPE_Q4_K, sizeof(blk_q4_K), QK_K},     {QL_TYPE_Q5_K, sizeof(blk_q5_K), QK_K},
+        {QL_TYPE_Q6_K, sizeof(blk_q6_K), QK_K},     {QL_TYPE_IQ4_NL, sizeof(blk_iq4_nl), 32},
+        {QL_TYPE_IQ4_XS, sizeof(blk_iq4_xs), QK_K}, {QL_TYPE_TQ1_0, sizeof(blk_tq1_0), QK_K},
+        {QL_TYPE_TQ2_0, sizeof(blk_tq2_0), QK_K},   {QL_TYPE_MXFP4, sizeof(blk_mxfp4), 32},
+        {QL_TYPE_IQ2_XXS, sizeof(blk_iq2_xxs), QK_K}, {QL_TYPE_IQ2_XS, sizeof(blk_iq2_xs), QK_K},
+        {QL_TYPE_IQ2_S, sizeof(blk_iq2_s), QK_K},   {QL_TYPE_IQ3_XXS, sizeof(blk_iq3_xxs), QK_K},
+        {QL_TYPE_IQ3_S, sizeof(blk_iq3_s), QK_K},   {QL_TYPE_IQ1_S, sizeof(blk_iq1_s), QK_K},
+        {QL_TYPE_IQ1_M, sizeof(blk_iq1_m), QK_K},
+    };
+    for (size_t i = 0; i < sizeof L / sizeof L[0]; ++i) {
+        const ql_type_info *ti = ql_type_get(L[i].type);
+        assert_non_null(ti);
+        if ((size_t)ti->block_bytes != L[i].bytes || ti->block != L[i].block)
+            fail_msg("%s: blocks.h says %zu bytes per %d, the type table %d per %d", ti->name, L[i].bytes,
+                     L[i].block, ti->block_bytes, ti->block);
+    }
+}
 
 #ifdef QL_HAVE_CUDA
 typedef struct {
@@ -179,6 +217,111 @@ static void test_emulation(void **state) {
            QL_ARRAY_LEN(types));
 }
 
+/* ---- the device math on the host, against the reference and real SSE ---- */
+
+static uint32_t fbits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static float bitsf(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+#if defined(__x86_64__)
+/* What the SSE instructions the reference compiles to return, operands in this order (NaN bits included). */
+static float sse_add(float a, float b) { __asm__("addss %1, %0" : "+x"(a) : "x"(b)); return a; }
+static float sse_sub(float a, float b) { __asm__("subss %1, %0" : "+x"(a) : "x"(b)); return a; }
+static float sse_mul(float a, float b) { __asm__("mulss %1, %0" : "+x"(a) : "x"(b)); return a; }
+static float sse_div(float a, float b) { __asm__("divss %1, %0" : "+x"(a) : "x"(b)); return a; }
+static float sse_sqrt(float a) { float r; __asm__("sqrtss %1, %0" : "=x"(r) : "x"(a)); return r; }
+static int sse_cvtt(float a) { int r; __asm__("cvttss2si %1, %0" : "=r"(r) : "x"(a)); return r; }
+#endif
+
+/* zeros, infinities, NaNs with payloads (quiet and signalling, both signs), the edges of fp16 and int32,
+ * subnormals, rounding ties, huge outliers */
+static const uint32_t k_edge_bits[] = {
+    0x00000000, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000, 0x7fa00001, 0xff812345,
+    0x7f800001, 0x7fffffff, 0x00000001, 0x807fffff, 0x00800000, 0x3f000000, 0xbf000000, 0x3fc00000,
+    0x40200000, 0x4f000000, 0xcf000000, 0x4effffff, 0xcf000001, 0x477fe000, 0x477ff000, 0x477fefff,
+    0x38800000, 0x387fffff, 0x33800000, 0x33000000, 0x33000001, 0x7f7fffff, 0xff7fffff, 0x4b400000,
+    0x3f800000, 0xbf800000, 0x5f000000, 0xdf000000, 0x7149f2ca, 0x0da24260,
+};
+
+/* Bits of a random float: every exponent equally likely, so NaN, Inf and subnormals come up often. */
+static float rnd_bits_float(void) { return bitsf((uint32_t)rnd64()); }
+
+static void test_device_math_on_host(void **state) {
+    (void)state;
+    /* fp16 -> fp32: all 65536 codes, bit for bit */
+    for (uint32_t h = 0; h < 65536; ++h) {
+        const float a = ql_cudachk_h2f((uint16_t)h), b = ql_fp16_to_fp32((uint16_t)h);
+        if (fbits(a) != fbits(b)) fail_msg("h2f(0x%04x) = 0x%08x, ref 0x%08x", h, fbits(a), fbits(b));
+    }
+    /* fp32 -> fp16: every half's float and its neighbours and midpoints, the edge list, random bit patterns */
+    int n = 0;
+    for (uint32_t h = 0; h < 65536; ++h) {
+        const uint32_t u = fbits(ql_fp16_to_fp32((uint16_t)h));
+        const uint32_t cand[] = {u, u + 1, u - 1, u + 0x1000, u + 0xfff, u + 0x1001};
+        for (int k = 0; k < 6; ++k, ++n) {
+            const float f = bitsf(cand[k]);
+            if (ql_cudachk_f2h(f) != ql_fp32_to_fp16(f))
+                fail_msg("f2h(0x%08x) = 0x%04x, ref 0x%04x", cand[k], ql_cudachk_f2h(f), ql_fp32_to_fp16(f));
+        }
+    }
+    for (int i = 0; i < 1 << 20; ++i, ++n) {
+        const float f = i < (int)QL_ARRAY_LEN(k_edge_bits) ? bitsf(k_edge_bits[i]) : rnd_bits_float();
+        if (ql_cudachk_f2h(f) != ql_fp32_to_fp16(f))
+            fail_msg("f2h(0x%08x) = 0x%04x, ref 0x%04x", fbits(f), ql_cudachk_f2h(f), ql_fp32_to_fp16(f));
+    }
+    /* sign-bit operations never touch a NaN's payload; finite_f is isfinite */
+    for (int i = 0; i < 200000; ++i) {
+        const float f = i < (int)QL_ARRAY_LEN(k_edge_bits) ? bitsf(k_edge_bits[i]) : rnd_bits_float();
+        assert_int_equal(fbits(ql_cudachk_fabs_bits(f)), fbits(f) & 0x7fffffffu);
+        assert_int_equal(fbits(ql_cudachk_fneg(f)), fbits(f) ^ 0x80000000u);
+        assert_int_equal(ql_cudachk_finite_f(f), isfinite(f) != 0);
+        /* roundf: half away from zero (a NaN stays a NaN) */
+        const float r = ql_cudachk_round_away(f), want = roundf(f);
+        if (!(isnan(r) && isnan(want)) && fbits(r) != fbits(want))
+            fail_msg("round_away(0x%08x) = 0x%08x, roundf 0x%08x", fbits(f), fbits(r), fbits(want));
+    }
+#if defined(__x86_64__)
+    /* the device's NaN fix-up reproduces SSE: feed it the GPU's canonical NaN for every NaN-producing pair */
+    const float gpu_nan = bitsf(0x7fffffffu);
+    int nan_cases = 0;
+    for (size_t i = 0; i < QL_ARRAY_LEN(k_edge_bits) + 64; ++i)
+        for (size_t j = 0; j < QL_ARRAY_LEN(k_edge_bits) + 64; ++j) {
+            const float a = i < QL_ARRAY_LEN(k_edge_bits) ? bitsf(k_edge_bits[i]) : rnd_bits_float();
+            const float b = j < QL_ARRAY_LEN(k_edge_bits) ? bitsf(k_edge_bits[j]) : rnd_bits_float();
+            const float x86[5] = {sse_add(a, b), sse_sub(a, b), sse_mul(a, b), sse_div(a, b), sse_sqrt(a)};
+            for (int op = 0; op < 5; ++op) {
+                if (!isnan(x86[op])) continue;
+                const float got = ql_cudachk_x86_nan(gpu_nan, a, op == 4 ? a : b);
+                nan_cases++;
+                if (fbits(got) != fbits(x86[op]))
+                    fail_msg("x86_nan op %d (0x%08x, 0x%08x): 0x%08x, SSE 0x%08x", op, fbits(a), fbits(b),
+                             fbits(got), fbits(x86[op]));
+            }
+            /* a number passes through untouched */
+            if (!isnan(x86[0])) assert_int_equal(fbits(ql_cudachk_x86_nan(x86[0], a, b)), fbits(x86[0]));
+        }
+    /* cvttss2si: truncation, INT_MIN for NaN and out of range */
+    for (int i = 0; i < 400000; ++i) {
+        const float f = i < (int)QL_ARRAY_LEN(k_edge_bits) ? bitsf(k_edge_bits[i])
+                        : (i & 1)                          ? rnd_bits_float()
+                                                           : (float)rnd_n() * 3e9f;
+        if (ql_cudachk_cvtt_x86(f) != sse_cvtt(f))
+            fail_msg("cvtt_x86(0x%08x) = %d, cvttss2si %d", fbits(f), ql_cudachk_cvtt_x86(f), sse_cvtt(f));
+    }
+    printf("  device math on the host: h2f x65536, f2h x%d, x86 NaN results x%d (vs SSE), cvttss2si, roundf\n", n,
+           nan_cases);
+#else
+    printf("  device math on the host: fp16 and rounding checked; SSE comparisons need x86-64\n");
+#endif
+}
+
 static bool have_device(void) {
     if (ql_cuda_available()) return true;
     printf("SKIP: no CUDA device\n");
@@ -239,6 +382,8 @@ static void test_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_block_layouts),
+        cmocka_unit_test(test_device_math_on_host),
         cmocka_unit_test(test_emulation),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_device_dequantize),
@@ -256,7 +401,7 @@ static void test_no_cuda(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_no_cuda)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_block_layouts), cmocka_unit_test(test_no_cuda)};
     return cmocka_run_group_tests_name("cuda", tests, NULL, NULL);
 }
 #endif
