@@ -271,7 +271,8 @@ ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
 double ql_scratch_bytes(const ql_config *c, int max_tokens) {
     double T = max_tokens, D = c->n_embd, Q = (double)c->n_head * c->head_dim, KV = (double)c->n_head_kv * c->head_dim;
     double F = c->n_ff, widest = QL_MAX(QL_MAX(D, Q), F);
-    return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + T + 2 * F + widest);
+    /* the activations, then the one-layer KV cache (the CPU backend's: F32 keys and values) and rope_cs */
+    return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + T + 2 * F + widest) + 4.0 * (T * 2 * KV + c->rope_dim);
 }
 
 double ql_mem_budget_bytes(void) {
