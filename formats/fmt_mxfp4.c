@@ -3,7 +3,7 @@
  * {u8 e; u8 qs[16]}, e an E8M0 power-of-two scale, qs 4-bit E2M1 codes (element j in the low nibble of
  * qs[j], element j + 16 in the high nibble). Bit-exact with ggml-quants.c (llama.cpp 34af94cd):
  * quantize_row_mxfp4_ref and dequantize_row_mxfp4, checked against ../shared/testdata/ggml-quants by
- * tests/test_traits.c. Pure, thread-safe. */
+ * tests/test_ggml_quants.c. Pure, thread-safe. */
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
 

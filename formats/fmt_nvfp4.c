@@ -3,7 +3,7 @@
  * 64 weights {u8 d[4]; u8 qs[32]}, d[s] the unsigned E4M3 scale of sub-block s, and in sub-block s
  * element j (j < 8) is the low nibble of qs[8s + j], element j + 8 its high nibble (docs/formats.md).
  * Bit-exact with ggml-quants.c (quantize_row_nvfp4_ref / dequantize_row_nvfp4), checked against
- * ../shared/testdata/ggml-quants by tests/test_traits.c.
+ * ../shared/testdata/ggml-quants by tests/test_ggml_quants.c.
  *
  * The FP32 per-tensor scale. ModelOpt and compressed-tensors add one FP32 scale per tensor
  * (weight_scale_2 = amax / (6 * 448)) so that every block scale lands in E4M3's range. ggml's block has

@@ -1,5 +1,7 @@
-/* test_ggml_quants.c — bit-exactness of kernels/ggml_quants_ref.c against ggml's own output
- * (../shared/testdata/ggml-quants, made with llama.cpp 34af94cd), plus robustness on awkward rows. */
+/* test_ggml_quants.c — bit-exactness of the registry's reference codecs for ggml types (the entries'
+ * quantize_rows / dequantize_rows: kernels/ggml_quants_ref.c, formats/fmt_mxfp4.c, fmt_nvfp4.c) against
+ * ggml's own output (../shared/testdata/ggml-quants, made with llama.cpp 34af94cd), plus robustness on
+ * awkward rows. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -16,6 +18,31 @@
 #include "tests/test_util.h"
 #include "base/ql_common.h"
 #include "kernels/iq_tables.h"
+#include "formats/format.h"
+
+/* The traits entry's reference codec (never the SIMD twin: the specification is what is checked here).
+ * Bytes written, 0 when the type has no entry or quantizer or the row does not fit its block. */
+static size_t ql_ggml_quantize_rows(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                    const float *imat) {
+    const ql_format *f = ql_format_by_type(type);
+    if (!f || !f->quantize_rows || !ql_format_fits(f, ncols)) return 0;
+    f->quantize_rows(src, dst, nrows, ncols, imat);
+    return (size_t)ql_format_tensor_bytes(f, ncols, nrows);
+}
+static bool ql_ggml_dequantize_rows(uint32_t type, const void *src, float *dst, int64_t nrows, int64_t ncols) {
+    const ql_format *f = ql_format_by_type(type);
+    if (!f || !f->dequantize_rows || !ql_format_fits(f, ncols)) return false;
+    f->dequantize_rows(src, dst, nrows, ncols);
+    return true;
+}
+static bool ql_ggml_can_quantize(uint32_t type) {
+    const ql_format *f = ql_format_by_type(type);
+    return f && f->quantize_rows;
+}
+static bool ql_ggml_can_dequantize(uint32_t type) {
+    const ql_format *f = ql_format_by_type(type);
+    return f && f->dequantize_rows;
+}
 
 #define NROWS 64
 #define NCOLS 512
@@ -32,6 +59,8 @@ static const case_t cases[] = {
     {"Q8_0", QL_TYPE_Q8_0, false},    {"Q2_K", QL_TYPE_Q2_K, true},     {"Q3_K", QL_TYPE_Q3_K, true},
     {"Q4_K", QL_TYPE_Q4_K, true},     {"Q5_K", QL_TYPE_Q5_K, true},     {"Q6_K", QL_TYPE_Q6_K, true},
     {"IQ4_NL", QL_TYPE_IQ4_NL, true}, {"IQ4_XS", QL_TYPE_IQ4_XS, true},
+    /* the FP4 microscaling types: one file each in formats/ (ggml's quantizers ignore the imatrix) */
+    {"MXFP4", QL_TYPE_MXFP4, false},  {"NVFP4", 40 /* GGML_TYPE_NVFP4 */, false},
 };
 
 static char g_dir[1024];
@@ -150,7 +179,8 @@ static void test_awkward_rows(void **state) {
     enum { N = 512 };
     static const uint32_t types[] = {QL_TYPE_Q4_0,   QL_TYPE_Q4_1,   QL_TYPE_Q5_0, QL_TYPE_Q5_1, QL_TYPE_Q8_0,
                                      QL_TYPE_Q2_K,   QL_TYPE_Q3_K,   QL_TYPE_Q4_K, QL_TYPE_Q5_K, QL_TYPE_Q6_K,
-                                     QL_TYPE_IQ4_NL, QL_TYPE_IQ4_XS, QL_TYPE_F16,  QL_TYPE_BF16};
+                                     QL_TYPE_IQ4_NL, QL_TYPE_IQ4_XS, QL_TYPE_F16,  QL_TYPE_BF16,
+                                     QL_TYPE_MXFP4}; /* not NVFP4: its E4M3 scale saturates at 448·6 */
     float rows[6][N], w[N], wzero[N];
     memset(wzero, 0, sizeof(wzero)); /* an all-zero imatrix must not produce NaN */
     for (int i = 0; i < N; ++i) {
@@ -199,6 +229,7 @@ static void test_unsupported(void **state) {
     assert_false(ql_ggml_dequantize_rows(QL_TYPE_Q4_0, q, y, 1, 33));
     assert_true(ql_ggml_can_quantize(QL_TYPE_Q6_K));
     assert_false(ql_ggml_can_quantize(QL_TYPE_TQ2_0));
+    assert_true(ql_ggml_can_quantize(QL_TYPE_MXFP4));
     assert_true(ql_ggml_can_dequantize(QL_TYPE_TQ2_0));
 }
 
