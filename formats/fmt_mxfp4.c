@@ -86,7 +86,7 @@ const ql_format ql_fmt_mxfp4 = {
     .bpw = 8.0 * MX_BYTES / MX_BLOCK,
     .quantize_rows = mxfp4_quantize,
     .dequantize_rows = mxfp4_dequantize,
-    .tolerance = 0.12, /* N(0,1) rows of 4096 measure 0.095: E2M1's 8 magnitudes under a power-of-two scale */
+    .tolerance = 0.13, /* N(0,1) rows of 4096 measure 0.115 (test_traits): 8 magnitudes under a power-of-two scale */
     /* the E2M1 table is not sorted by code and the scale is a power of two picked from the block's max:
      * GPTQ's grids do not model it (yet) */
     .grid = QL_GRID_NONE,
