@@ -90,11 +90,11 @@ typedef ql_status (*deq_fn)(ctype_t *, const void *, float *, int64_t, int64_t);
 typedef ql_status (*q_fn)(ctype_t *, const float *, void *, int64_t, int64_t);
 
 /* the entry's reference (no importance weights: the CUDA quantizers are ggml's no-imatrix path) */
-static size_t ql_ggml_quantize_rows(ctype_t *f, const float *x, void *q, int64_t nrows, int64_t ncols, const float *imp) {
+static size_t ref_quantize(ctype_t *f, const float *x, void *q, int64_t nrows, int64_t ncols, const float *imp) {
     f->quantize_rows(x, q, nrows, ncols, imp);
     return (size_t)ql_format_tensor_bytes(f, ncols, nrows);
 }
-static bool ql_ggml_dequantize_rows(ctype_t *f, const void *q, float *y, int64_t nrows, int64_t ncols) {
+static bool ref_dequantize(ctype_t *f, const void *q, float *y, int64_t nrows, int64_t ncols) {
     f->dequantize_rows(q, y, nrows, ncols);
     return true;
 }
@@ -122,7 +122,7 @@ static void check_dequant(const ctype_t *t, deq_fn deq, const char *who) {
     for (int kind = 0; kind <= NKIND; ++kind) {
         if (kind < NKIND) {
             for (int r = 0; r < NROWS; ++r) fill_row(x + r * NCOLS, NCOLS, kind);
-            assert_int_equal(ql_ggml_quantize_rows(t, x, q, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
+            assert_int_equal(ref_quantize(t, x, q, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
         } else {
             for (int64_t i = 0; i < rb * NROWS; ++i)
                 q[i] = (uint8_t)rnd64(); /* NaN/Inf/subnormal scales too */
@@ -130,7 +130,7 @@ static void check_dequant(const ctype_t *t, deq_fn deq, const char *who) {
         memset(a, 0xA5, sizeof(float) * NROWS * NCOLS);
         ql_status st = deq(t, q, a, NROWS, NCOLS);
         if (st != QL_OK) fail_msg("%s dequantize %s: %s", who, t->name, ql_last_error());
-        assert_true(ql_ggml_dequantize_rows(t, q, b, NROWS, NCOLS));
+        assert_true(ref_dequantize(t, q, b, NROWS, NCOLS));
         int64_t bad = first_float_diff(a, b, NROWS * NCOLS);
         if (bad >= 0)
             fail_msg("%s dequantize %s (%s): element %lld is %.9g (0x%08x), ref %.9g (0x%08x)", who, t->name,
@@ -155,7 +155,7 @@ static void check_quant(const ctype_t *t, q_fn qf, const char *who) {
         memset(qa, 0xA5, (size_t)(rb * NROWS));
         ql_status st = qf(t, x, qa, NROWS, NCOLS);
         if (st != QL_OK) fail_msg("%s quantize %s: %s", who, t->name, ql_last_error());
-        assert_int_equal(ql_ggml_quantize_rows(t, x, qb, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
+        assert_int_equal(ref_quantize(t, x, qb, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
         for (int64_t blk = 0; blk < NROWS * nbr; ++blk) {
             const bool same = memcmp(qa + blk * bb, qb + blk * bb, (size_t)bb) == 0;
             if (!block_finite(x + blk * ti->block, ti->block)) {
@@ -220,7 +220,7 @@ static void test_device_dequantize(void **state) {
         float a[15], b[15];
         for (int i = 0; i < 15; ++i) h[i] = (uint16_t)rnd64();
         assert_int_equal(deq_device(f, h, a, 5, 3), QL_OK);
-        assert_true(ql_ggml_dequantize_rows(f, h, b, 5, 3));
+        assert_true(ref_dequantize(f, h, b, 5, 3));
         assert_int_equal(first_float_diff(a, b, 15), -1);
     }
 }
@@ -240,7 +240,7 @@ static void test_device_quantize(void **state) {
         const size_t n = (size_t)ql_format_tensor_bytes(f, ncols, nrows);
         uint8_t *a = malloc(n), *b = malloc(n);
         assert_int_equal(q_device(f, x, a, nrows, ncols), QL_OK);
-        ql_ggml_quantize_rows(f, x, b, nrows, ncols, NULL);
+        ref_quantize(f, x, b, nrows, ncols, NULL);
         if (memcmp(a, b, n) != 0) fail_msg("cuda quantize %s: 300x4096 differs from ref", f->name);
         free(a);
         free(b);
