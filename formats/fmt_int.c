@@ -137,7 +137,7 @@ static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, in
         .tensor_bytes = int##n##_g##g##sfx##_tensor_bytes,                                                   \
         .quantize_rows = int##n##_g##g##sfx##_quantize,                                                      \
         .dequantize_rows = int##n##_g##g##sfx##_dequantize,                                                  \
-        /* both NULL for most variants: the column is empty there (ql_format_has_backend) */                \
+        /* both NULL for most variants: then the column is empty (test_traits, formats --json) */                \
         .simd = &(const ql_format_ops){QL_INT_QUANT_FAST(n, g, sym, mse), QL_INT_DEQUANT_FAST(n, g, sym, mse)}, \
     };
 

@@ -103,20 +103,6 @@ const char *ql_format_family_name(ql_format_family f) {
     return f > QL_FAMILY_UNSET && f < QL_FAMILY_COUNT ? names[f] : NULL;
 }
 
-const char *ql_backend_kind_name(ql_backend_kind b) {
-    static const char *const names[QL_BACKEND_COUNT] = {"cpu_ref", "cpu_simd", "cuda"};
-    return b < QL_BACKEND_COUNT ? names[b] : "?";
-}
-
-bool ql_format_has_backend(const ql_format *f, ql_backend_kind b) {
-    switch (b) {
-    case QL_BACKEND_CPU_REF: return f->dequantize_rows != NULL;
-    case QL_BACKEND_CPU_SIMD: return f->simd && (f->simd->quantize_rows || f->simd->dequantize_rows);
-    case QL_BACKEND_CUDA: return f->cuda && (f->cuda->quantize_dev || f->cuda->dequantize_dev);
-    default: return false;
-    }
-}
-
 bool ql_format_fits(const ql_format *f, int64_t ncols) {
     if (ncols <= 0) return false;
     if (f->row_bytes || f->tensor_bytes) return true;

@@ -121,11 +121,6 @@ typedef struct ql_format {
     const ql_format_cuda_ops *cuda; /* only set when built with nvcc (QL_HAVE_CUDA) */
 } ql_format;
 
-/* QL_BACKEND_* for reports: which columns an entry fills. */
-typedef enum { QL_BACKEND_CPU_REF, QL_BACKEND_CPU_SIMD, QL_BACKEND_CUDA, QL_BACKEND_COUNT } ql_backend_kind;
-const char *ql_backend_kind_name(ql_backend_kind b);
-bool ql_format_has_backend(const ql_format *f, ql_backend_kind b);
-
 /* Registry access (types are registered with kernels/ggml_types.h at program start, so the GGUF reader
  * can size tensors of every type the registry knows). */
 int ql_format_count(void);
