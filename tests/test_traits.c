@@ -109,7 +109,10 @@ static const char *entry_problem(const ql_format *f, int idx) {
     switch (g->kind) {
     case QL_GRID_KIND_NONE: break;
     case QL_GRID_KIND_BLOCK:
-        if (!g->parse || !g->pack || g->kmax <= g->kmin || !f->quantize_rows || f->whole_tensor)
+        /* scales from the entry's quantizer read back by parse, codes written by pack; or the format's
+         * own fix + set_codes (NF4) */
+        if (!((g->parse && g->pack && !g->fix && !g->set_codes) || (g->fix && g->set_codes && !g->parse && !g->pack)) ||
+            g->kmax <= g->kmin || !f->quantize_rows || f->whole_tensor)
             REFUSE("%s: block grid incomplete", n);
         if (g->table)
             for (int k = 1; k < 16; k++)
