@@ -18,6 +18,8 @@ static void short_name(const ql_format *f, const char *method, int w, char *out,
     if (method && method[0] && strcmp(method, "rtn")) snprintf(sfx, sizeof sfx, "%c", toupper((unsigned char)method[0]));
     int room = w - (int)strlen(sfx);
     const char *b = (int)strlen(f->name) <= room || !f->label ? f->name : f->label;
+    /* still too long: an INTn label keeps its digits ("i4g32" -> "4g32") */
+    if ((int)strlen(b) > room && b[0] == 'i' && isdigit((unsigned char)b[1])) b++;
     snprintf(out, cap, "%.*s%s", room > 0 ? room : 0, b, sfx);
 }
 
