@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "base/ql_common.h"
-#include "kernels/ggml_types.h"
+#include "formats/format.h"
 #ifdef QL_HAVE_CUDA
 #include "kernels/cuda_api.h"
 #endif
@@ -19,15 +19,18 @@ int main(int argc, char **argv) {
         printf("GPU: not available on this machine\n");
         return 0;
     }
-    const uint32_t types[] = {QL_TYPE_Q4_K, QL_TYPE_Q8_0};
+    const char *names[] = {"q4_k", "q8_0"}; /* the registry's CUDA column points at the kernels */
     for (int i = 0; i < 2; ++i) {
         double gbps = 0;
-        if (ql_cuda_bench_dequantize(types[i], rows, cols, iters, &gbps) != QL_OK) {
-            fprintf(stderr, "cuda_dequant_bench: %s: %s\n", ql_type_get(types[i])->name, ql_last_error());
+        const ql_format *f = ql_format_by_name(names[i]);
+        const int64_t bytes = ql_format_tensor_bytes(f, cols, rows);
+        if (!f->cuda || bytes <= 0 ||
+            ql_cuda_bench_dequantize(f->cuda->dequantize_dev, bytes, rows, cols, iters, &gbps) != QL_OK) {
+            fprintf(stderr, "cuda_dequant_bench: %s: %s\n", names[i], ql_last_error());
             return 1;
         }
-        printf("cuda dequantize %s %lldx%lld: %.1f GB/s (read + write)\n", ql_type_get(types[i])->name,
-               (long long)rows, (long long)cols, gbps);
+        printf("cuda dequantize %s %lldx%lld: %.1f GB/s (read + write)\n", names[i], (long long)rows,
+               (long long)cols, gbps);
     }
 #else
     (void)rows; (void)cols; (void)iters;

@@ -342,12 +342,38 @@ int cmd_formats(int argc, char **argv) {
             json_object_set_new(o, "bpw", json_real(f->bpw));
             json_object_set_new(o, "block", json_integer(f->block));
             json_object_set_new(o, "block_bytes", json_integer(f->block_bytes));
+            json_object_set_new(o, "family", json_string(ql_format_family_name(f->family)));
             json_object_set_new(o, "llama_cpp", json_boolean(ggml));
+            if (f->llama) { /* llama.cpp's identity of the type, from the traits entry */
+                json_t *l = json_object();
+                json_object_set_new(l, "file_type", f->llama->file_type == QL_FTYPE_NONE
+                                                        ? json_null()
+                                                        : json_integer(f->llama->file_type));
+                const ql_type_info *at = ql_type_get(f->llama->act_type);
+                json_object_set_new(l, "act_type", json_string(at ? at->name : "?"));
+                json_object_set_new(o, "llama", l);
+            }
             json_object_set_new(o, "uses_importance", json_boolean(f->uses_importance));
             json_object_set_new(o, "can_quantize", json_boolean(f->quantize_rows != NULL));
             json_object_set_new(o, "whole_tensor", json_boolean(f->whole_tensor));
-            json_object_set_new(o, "fast_cpu", json_boolean(f->quantize_rows_fast || f->dequantize_rows_fast));
-            json_object_set_new(o, "cuda", json_boolean(f->has_cuda));
+            json_object_set_new(o, "grid", json_boolean(f->grid && f->grid->kind != QL_GRID_KIND_NONE));
+            /* only the operations that exist in this build; each is checked against the reference by
+             * tests/test_traits.c (CUDA: the kernels' arithmetic emulated on the host, and on the device
+             * where one exists) */
+            json_t *be = json_object();
+            if (f->simd && (f->simd->quantize_rows || f->simd->dequantize_rows)) {
+                json_t *ops = json_array();
+                if (f->simd->quantize_rows) json_array_append_new(ops, json_string("quantize"));
+                if (f->simd->dequantize_rows) json_array_append_new(ops, json_string("dequantize"));
+                json_object_set_new(be, "cpu_simd", ops);
+            }
+            if (f->cuda && (f->cuda->quantize_dev || f->cuda->dequantize_dev)) {
+                json_t *ops = json_array();
+                if (f->cuda->quantize_dev) json_array_append_new(ops, json_string("quantize"));
+                if (f->cuda->dequantize_dev) json_array_append_new(ops, json_string("dequantize"));
+                json_object_set_new(be, "cuda", ops);
+            }
+            json_object_set_new(o, "backends", be);
             json_array_append_new(arr, o);
         } else
             printf("%-22s %8.4f %6d %6s %-5s %s\n", f->name, f->bpw, f->block, ggml ? "yes" : "no",

@@ -89,21 +89,9 @@ static ql_status load_layer(const ql_infer *inf, ql_scratch *sc, int l) {
 bool ql_infer_streaming(const ql_infer *inf) { return inf->streaming; }
 
 /* ggml's vec_dot_type: llama.cpp multiplies a quantized weight by activations that it first rounds to
- * this type. Emulating it makes qlab's perplexity of a GGUF file agree with llama.cpp's to the digit. */
-static uint32_t llamacpp_act_type(uint32_t wtype) {
-    switch (wtype) {
-    case QL_TYPE_F16: return QL_TYPE_F16;
-    case QL_TYPE_BF16: return QL_TYPE_BF16;
-    case QL_TYPE_Q4_0: case QL_TYPE_Q5_0: case QL_TYPE_Q8_0: case QL_TYPE_IQ4_NL: case QL_TYPE_MXFP4:
-        return QL_TYPE_Q8_0;
-    case QL_TYPE_Q4_1: case QL_TYPE_Q5_1: return QL_TYPE_Q8_1;
-    case QL_TYPE_Q2_K: case QL_TYPE_Q3_K: case QL_TYPE_Q4_K: case QL_TYPE_Q5_K: case QL_TYPE_Q6_K:
-    case QL_TYPE_IQ4_XS: case QL_TYPE_IQ2_XXS: case QL_TYPE_IQ2_XS: case QL_TYPE_IQ2_S: case QL_TYPE_IQ3_XXS:
-    case QL_TYPE_IQ3_S: case QL_TYPE_IQ1_S: case QL_TYPE_IQ1_M: case QL_TYPE_TQ1_0: case QL_TYPE_TQ2_0:
-        return QL_TYPE_Q8_K;
-    default: return QL_TYPE_F32;
-    }
-}
+ * this type (a fact of the format's traits entry). Emulating it makes qlab's perplexity of a GGUF file
+ * agree with llama.cpp's to the digit. */
+static uint32_t llamacpp_act_type(uint32_t wtype) { return ql_format_llama_act_type(wtype); }
 
 static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t, int layer) {
     if (!t) return QL_OK;

@@ -177,7 +177,7 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
 
 /* ---- registry entries: type ids QL_TYPE_EXT_BASE + 0x88..0x8D (never reuse) ---- */
 
-#define FP8_ENTRIES(lname, kind, id, tol, desc)                                                              \
+#define FP8_ENTRIES(lname, kind, id, tol, desc, lbl, w_tensor, w_channel, w_block)                                                              \
     static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,                  \
                                  const float *imp) {                                                         \
         (void)imp;                                                                                           \
@@ -208,6 +208,10 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
         .name = #lname,                                                                                      \
         .summary = "OCP FP8 " desc ", one float32 scale per tensor",                                         \
         .type = QL_TYPE_EXT_BASE + (id),                                                                     \
+        .family = QL_FAMILY_FP8,                                                                             \
+        .grid = QL_GRID_NONE,                                                                                \
+        .label = lbl "t",                                                                                    \
+        .explain = w_tensor,                                                                                 \
         .block = 1,                                                                                          \
         .block_bytes = 1,                                                                                    \
         .bpw = 8.0,                                                                                          \
@@ -221,6 +225,10 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
         .name = #lname "_channel",                                                                           \
         .summary = "OCP FP8 " desc ", float32 scale per output row",                                         \
         .type = QL_TYPE_EXT_BASE + (id) + 2,                                                                 \
+        .family = QL_FAMILY_FP8,                                                                             \
+        .grid = QL_GRID_NONE,                                                                                \
+        .label = lbl "c",                                                                                    \
+        .explain = w_channel,                                                                                \
         .block = 1,                                                                                          \
         .block_bytes = 1,                                                                                    \
         .bpw = 8.0 + 32.0 / 4096,                                                                            \
@@ -234,6 +242,10 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
         .name = #lname "_block",                                                                             \
         .summary = "OCP FP8 " desc ", float32 scale per 128x128 block",                                      \
         .type = QL_TYPE_EXT_BASE + (id) + 4,                                                                 \
+        .family = QL_FAMILY_FP8,                                                                             \
+        .grid = QL_GRID_NONE,                                                                                \
+        .label = lbl "b",                                                                                    \
+        .explain = w_block,                                                                                  \
         .block = FP8_BLOCK,                                                                                  \
         .block_bytes = FP8_BLOCK * FP8_BLOCK + 4,                                                            \
         .bpw = 8.0 + 32.0 / (FP8_BLOCK * FP8_BLOCK),                                                         \
@@ -244,5 +256,15 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
         .dequantize_rows = lname##_block_dequantize,                                                         \
     };
 
-FP8_ENTRIES(fp8_e4m3, k_e4m3, 0x88, 0.035, "E4M3 (max 448)")
-FP8_ENTRIES(fp8_e5m2, k_e5m2, 0x89, 0.07, "E5M2 (max 57344)")
+FP8_ENTRIES(fp8_e4m3, k_e4m3, 0x88, 0.035, "E4M3 (max 448)", "e4m3",
+            "8-bit floats with 4 exponent and 3 mantissa bits (max 448), one scale for the whole tensor. "
+            "Floats keep relative precision for small and large weights alike.",
+            "8-bit floats (E4M3, max 448) with one float scale per output row: what vLLM's FP8 checkpoints use "
+            "on Hopper GPUs.",
+            "8-bit floats (4 exponent, 3 mantissa bits) with one float scale per 128x128 tile, as DeepSeek-V3 "
+            "ships its weights.")
+FP8_ENTRIES(fp8_e5m2, k_e5m2, 0x89, 0.07, "E5M2 (max 57344)", "e5m2",
+            "8-bit floats with 5 exponent and 2 mantissa bits, one scale per tensor: wide range, coarse steps.",
+            "8-bit floats (E5M2) with one scale per output row.",
+            "8-bit floats with 5 exponent and 2 mantissa bits and one scale per 128x128 tile: more range, less "
+            "precision than E4M3.")

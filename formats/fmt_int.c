@@ -91,6 +91,21 @@ static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, in
 #define INT_TOL(n)                                                                                           \
     ((n) == 2 ? 0.60 : (n) == 3 ? 0.28 : (n) == 4 ? 0.14 : (n) == 5 ? 0.07 : (n) == 6 ? 0.035 : 0.009)
 
+/* the traits' short label: "i4g128" + s (symmetric) + m (MSE clipping) */
+#define INT_SFX_00 ""
+#define INT_SFX_10 "s"
+#define INT_SFX_01 "m"
+#define INT_SFX_11 "sm"
+#define INT_SFX_(sym, mse) INT_SFX_##sym##mse
+#define INT_SFX(sym, mse) INT_SFX_(sym, mse)
+#define INT_GRID(n, g, sym_, mse_)                                                                           \
+    (&(const ql_grid_spec){.kind = QL_GRID_KIND_INT, .bits = n, .group = g, .sym = sym_, .mse = mse_})
+#define INT_GROUP_WORDS                                                                                      \
+    "Integer groups: each group of g weights along a row gets an fp16 scale (and, unless _sym, a zero "      \
+    "point), and each weight an n-bit integer. Smaller groups follow the weights more closely and cost "     \
+    "more bits; _mse searches a clipped range per group instead of using the extremes. GPTQ and AWQ write "  \
+    "these (int4_g128 is their classic setting)."
+
 #define INT_GROUP_ENTRY(n, g, sfx, sym, mse, desc)                                                           \
     static void int##n##_g##g##sfx##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,     \
                                                const float *imp) {                                           \
@@ -109,6 +124,10 @@ static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, in
         .name = "int" #n "_g" #g #sfx,                                                                       \
         .summary = "INT" #n ", groups of " #g ": " desc,                                                     \
         .type = QL_TYPE_EXT_BASE + (BIT_INDEX(n) * 4 + GROUP_INDEX(g)) * 4 + (sym) + 2 * (mse),              \
+        .family = QL_FAMILY_INT,                                                                             \
+        .grid = INT_GRID(n, g, sym, mse),                                                                    \
+        .label = "i" #n "g" #g INT_SFX(sym, mse),                                                            \
+        .explain = INT_GROUP_WORDS,                                                                          \
         .block = g,                                                                                          \
         .block_bytes = (16 + ((sym) ? 0 : (n)) + (g) * (n) + 7) / 8,                                         \
         .bpw = (n) + 16.0 / (g) + ((sym) ? 0.0 : (double)(n) / (g)),                                         \
@@ -118,14 +137,14 @@ static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, in
         .tensor_bytes = int##n##_g##g##sfx##_tensor_bytes,                                                   \
         .quantize_rows = int##n##_g##g##sfx##_quantize,                                                      \
         .dequantize_rows = int##n##_g##g##sfx##_dequantize,                                                  \
-        .quantize_rows_fast = QL_INT_QUANT_FAST(n, g, sym, mse),                                             \
-        .dequantize_rows_fast = QL_INT_DEQUANT_FAST(n, g, sym, mse),                                         \
+        /* both NULL for most variants: then the column is empty (test_traits, formats --json) */                \
+        .simd = &(const ql_format_ops){QL_INT_QUANT_FAST(n, g, sym, mse), QL_INT_DEQUANT_FAST(n, g, sym, mse)}, \
     };
 
 QL_FMT_INT_FAMILY(INT_GROUP_ENTRY)
 
 /* per output row, symmetric (LLM.int8()'s vector-wise layout with an fp16 scale) */
-#define INT_CHANNEL_ENTRY(n, tol)                                                                            \
+#define INT_CHANNEL_ENTRY(n, tol, words)                                                                            \
     static void int##n##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,         \
                                           const float *imp) {                                                \
         (void)imp;                                                                                           \
@@ -142,6 +161,10 @@ QL_FMT_INT_FAMILY(INT_GROUP_ENTRY)
         .name = "int" #n "_channel",                                                                         \
         .summary = "INT" #n " per output row: fp16 scale per row, symmetric",                                \
         .type = QL_TYPE_EXT_BASE + 0x60 + BIT_INDEX(n),                                                      \
+        .family = QL_FAMILY_INT,                                                                             \
+        .grid = INT_GRID(n, 0, 1, 0),                                                                        \
+        .label = "i" #n "c",                                                                                 \
+        .explain = words,                                                                                    \
         .block = 1,                                                                                          \
         .block_bytes = 1,                                                                                    \
         .bpw = (n) + 16.0 / 4096,                                                                            \
@@ -152,8 +175,11 @@ QL_FMT_INT_FAMILY(INT_GROUP_ENTRY)
         .dequantize_rows = int##n##_channel_dequantize,                                                      \
     };
 
-INT_CHANNEL_ENTRY(4, 0.18)
-INT_CHANNEL_ENTRY(8, 0.012)
+INT_CHANNEL_ENTRY(4, 0.18,
+                  "INT4 with one scale per output row: 16 levels shared by a whole row, so large and small "
+                  "weights in a row compete for them.")
+INT_CHANNEL_ENTRY(8, 0.012, "INT8 with one scale per output row (per channel): the standard W8 of GPU inference "
+                            "stacks.")
 
 /* one fp16 scale for the whole tensor: the tensor is one symmetric group (layout [scale][codes]) */
 static int64_t int8_tensor_tensor_bytes(int64_t ncols, int64_t nrows) {
@@ -172,6 +198,11 @@ const ql_format ql_fmt_int8_tensor = {
     .name = "int8_tensor",
     .summary = "INT8 with one fp16 scale for the whole tensor, symmetric",
     .type = QL_TYPE_EXT_BASE + 0x68 + BIT_INDEX(8),
+    .family = QL_FAMILY_INT,
+    .grid = QL_GRID_NONE, /* one scale for the whole tensor: no per-block scale to fix */
+    .label = "i8t",
+    .explain = "Plain INT8 with a single scale for the whole matrix: the simplest 8-bit scheme. One outlier "
+               "weight stretches the scale for everyone.",
     .block = 1,
     .block_bytes = 1,
     .bpw = 8.0,
@@ -198,6 +229,10 @@ const ql_format ql_fmt_int8_tensor = {
         .name = "int" #n "_b" #bs,                                                                           \
         .summary = "INT" #n ", fp16 scale per " #bs "x" #bs " block, symmetric",                             \
         .type = QL_TYPE_EXT_BASE + 0x70 + BIT_INDEX(n) * 2 + ((bs) == 128),                                  \
+        .family = QL_FAMILY_INT,                                                                             \
+        .grid = QL_GRID_NONE, /* 2-D tiles cross rows: a column-at-a-time method cannot fix them */         \
+        .label = "i" #n "b" #bs,                                                                             \
+        .explain = "INT" #n " with one scale per square tile of the matrix (64x64 or 128x128).",             \
         .block = bs,                                                                                         \
         .block_bytes = ((bs) * (bs) * (n)) / 8 + 2,                                                          \
         .bpw = (n) + 16.0 / ((bs) * (bs)),                                                                   \
@@ -215,28 +250,12 @@ INT_BLOCK2D_ENTRY(8, 128, 0.011)
 
 /* ---- parameters of the row-wise entries, for methods that write INTn codes themselves ---- */
 
-typedef struct {
-    const ql_format *f;
-    int bits, group;
-    bool sym, mse;
-} int_params;
-
-#define INT_PARAMS_ROW(n, g, sfx, sym, mse, desc) {&ql_fmt_int##n##_g##g##sfx, n, g, sym, mse},
-static const int_params g_int_params[] = {
-    QL_FMT_INT_FAMILY(INT_PARAMS_ROW)
-    {&ql_fmt_int4_channel, 4, 0, true, false},
-    {&ql_fmt_int8_channel, 8, 0, true, false},
-};
-
 bool ql_int_format_params(const ql_format *f, int *bits, int *group, bool *sym, bool *mse) {
-    for (size_t i = 0; i < QL_ARRAY_LEN(g_int_params); i++) {
-        const int_params *p = &g_int_params[i];
-        if (p->f != f) continue;
-        if (bits) *bits = p->bits;
-        if (group) *group = p->group;
-        if (sym) *sym = p->sym;
-        if (mse) *mse = p->mse;
-        return true;
-    }
-    return false;
+    const ql_grid_spec *g = f ? f->grid : NULL;
+    if (!g || g->kind != QL_GRID_KIND_INT) return false;
+    if (bits) *bits = g->bits;
+    if (group) *group = g->group;
+    if (sym) *sym = g->sym;
+    if (mse) *mse = g->mse;
+    return true;
 }

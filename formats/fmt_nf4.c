@@ -288,7 +288,50 @@ static void bnb4_dq_dequantize(const bnb4_kind *k, const void *src, float *dst, 
 
 /* ---- registry entries: type ids QL_TYPE_EXT_BASE + 0x80..0x83 (never reuse) ---- */
 
-#define BNB4_ENTRIES(lname, kind, id, tol, desc)                                                             \
+/* ---- NF4's code grid for error-feedback methods (formats/format_grid.h) ----
+ * Per block of 64: [f32 absmax][32 bytes of codes, element 2j in the high nibble] (a shorter last block
+ * when the row is not a multiple of 64). A table grid: value = absmax · code[k], the 16 sorted NF4
+ * values, exactly as the dequantizer computes it. The block's absmax is fixed from its current
+ * (error-updated) weights when GPTQ reaches it, as bitsandbytes computes it: the largest finite |w|.
+ * No importance (NF4 has no per-weight scale search). */
+
+static void nf4_grid_set_codes(uint8_t *row, int64_t len, int64_t blk, const uint8_t *codes) {
+    uint8_t *q = row + blk * (4 + BNB_BLOCK / 2) + 4;
+    for (int64_t i = 0; i + 1 < len; i += 2)
+        q[i / 2] = (uint8_t)((codes[i] & 15) << 4 | (codes[i + 1] & 15));
+    if (len % 2)
+        q[len / 2] = (uint8_t)((codes[len - 1] & 15) << 4);
+}
+
+static void nf4_grid_fix(const float *src, int64_t nrows, int64_t len, int64_t blk, uint8_t *dst, int64_t row_bytes,
+                         float *a, float *b, float *o) {
+    uint8_t codes[BNB_BLOCK];
+    for (int64_t r = 0; r < nrows; r++) {
+        const float *x = src + r * len;
+        float am = 0.0f;
+        for (int64_t i = 0; i < len; i++)
+            if (isfinite(x[i]) && fabsf(x[i]) > am)
+                am = fabsf(x[i]);
+        uint8_t *row = dst + r * row_bytes;
+        memcpy(row + blk * (4 + BNB_BLOCK / 2), &am, 4);
+        const float inv = 1.0f / am; /* provisional codes: this file's own rounding of the block as it stands */
+        for (int64_t i = 0; i < len; i++) {
+            if (am == 0.0f || isnan(x[i]))
+                codes[i] = 7; /* the code of 0 */
+            else if (isinf(x[i]))
+                codes[i] = x[i] > 0 ? 15 : 0;
+            else
+                codes[i] = ql_nf4_encode(isinf(inv) ? x[i] / am : x[i] * inv);
+        }
+        nf4_grid_set_codes(row, len, blk, codes);
+        a[r] = am, b[r] = 0.0f, o[r] = 0.0f;
+    }
+}
+
+static const ql_grid_spec k_nf4_grid = {.kind = QL_GRID_KIND_BLOCK, .kmin = 0, .kmax = 15, .table = ql_nf4_code,
+                                        .bits = 4, .fix = nf4_grid_fix, .set_codes = nf4_grid_set_codes};
+
+#define BNB4_ENTRIES(lname, kind, id, tol, desc, grid_, words, words_dq)                                                             \
     static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,                  \
                                  const float *imp) {                                                         \
         (void)imp;                                                                                           \
@@ -309,6 +352,10 @@ static void bnb4_dq_dequantize(const bnb4_kind *k, const void *src, float *dst, 
         .name = #lname,                                                                                      \
         .summary = "bitsandbytes " desc ": 4-bit codes, float32 absmax per 64",                              \
         .type = QL_TYPE_EXT_BASE + (id),                                                                     \
+        .family = QL_FAMILY_BNB4,                                                                            \
+        .grid = grid_,                                                                                       \
+        .label = #lname,                                                                                     \
+        .explain = words,                                                                                    \
         .block = BNB_BLOCK,                                                                                  \
         .block_bytes = 4 + BNB_BLOCK / 2,                                                                    \
         .bpw = 4.5,                                                                                          \
@@ -322,6 +369,10 @@ static void bnb4_dq_dequantize(const bnb4_kind *k, const void *src, float *dst, 
         .name = #lname "_dq",                                                                                \
         .summary = "bitsandbytes " desc " + double quant: absmax as 8-bit dynamic codes per 256",            \
         .type = QL_TYPE_EXT_BASE + (id) + 1,                                                                 \
+        .family = QL_FAMILY_BNB4,                                                                            \
+        .grid = QL_GRID_NONE, /* the 8-bit absmax codes of a 256-group cross blocks: not modelled */        \
+        .label = #lname "dq",                                                                                \
+        .explain = words_dq,                                                                                 \
         .block = BNB_BLOCK,                                                                                  \
         .block_bytes = 1 + BNB_BLOCK / 2,                                                                    \
         .bpw = 4.0 + 8.0 / BNB_BLOCK + 32.0 / (BNB_BLOCK * BNB_BLOCK2),                                      \
@@ -332,5 +383,11 @@ static void bnb4_dq_dequantize(const bnb4_kind *k, const void *src, float *dst, 
         .dequantize_rows = lname##_dq_dequantize,                                                            \
     };
 
-BNB4_ENTRIES(nf4, k_nf4, 0x80, 0.12, "NF4")
-BNB4_ENTRIES(fp4, k_fp4, 0x82, 0.16, "FP4")
+BNB4_ENTRIES(nf4, k_nf4, 0x80, 0.12, "NF4", &k_nf4_grid,
+             "bitsandbytes NormalFloat4: 16 levels placed at quantiles of a normal distribution, which is what "
+             "trained weights look like, with one float scale (absmax) per 64 weights.",
+             "NF4 whose per-64 scales are themselves quantized to 8 bits in groups of 256 (QLoRA's double "
+             "quantization): 4.13 bits instead of 4.5.")
+BNB4_ENTRIES(fp4, k_fp4, 0x82, 0.16, "FP4", QL_GRID_NONE, /* FP4's code table is not sorted by code */
+             "bitsandbytes FP4: 4-bit floats (sign, 2 exponent, 1 mantissa bit) times a per-64 absmax.",
+             "bitsandbytes FP4 with double-quantized scales.")

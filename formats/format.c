@@ -1,5 +1,6 @@
 /* format.c — the format registry table and the generic drivers around it (threads, fast-path
- * selection, sizes). Each entry is defined in its own methods/fmt_*.c file. */
+ * selection, sizes, llama.cpp identity lookups). Each entry is defined in its own formats/fmt_*.c file;
+ * adding a format adds one line to g_formats below. */
 #include "formats/format.h"
 #include "formats/fmt_int_family.h"
 #include "kernels/ggml_types.h"
@@ -14,7 +15,8 @@ extern const ql_format ql_fmt_q4_0, ql_fmt_q4_1, ql_fmt_q5_0, ql_fmt_q5_1, ql_fm
 extern const ql_format ql_fmt_q2_k, ql_fmt_q3_k, ql_fmt_q4_k, ql_fmt_q5_k, ql_fmt_q6_k;
 extern const ql_format ql_fmt_iq4_nl, ql_fmt_iq4_xs;
 extern const ql_format ql_fmt_iq2_xxs, ql_fmt_iq2_xs, ql_fmt_iq2_s, ql_fmt_iq3_xxs, ql_fmt_iq3_s, ql_fmt_iq1_s,
-    ql_fmt_iq1_m, ql_fmt_tq1_0, ql_fmt_tq2_0, ql_fmt_mxfp4, ql_fmt_q8_k;
+    ql_fmt_iq1_m, ql_fmt_tq1_0, ql_fmt_tq2_0, ql_fmt_q8_k;
+extern const ql_format ql_fmt_mxfp4, ql_fmt_nvfp4;
 /* qlab extension types (docs/formats.md): INTn family from the X-macro in fmt_ext.h */
 QL_FMT_INT_FAMILY(QL_FMT_INT_EXTERN)
 extern const ql_format ql_fmt_int4_channel, ql_fmt_int8_channel, ql_fmt_int8_tensor;
@@ -28,9 +30,12 @@ static const ql_format *const g_formats[] = {
     &ql_fmt_f32, &ql_fmt_f16, &ql_fmt_bf16,
     &ql_fmt_q8_0, &ql_fmt_q6_k, &ql_fmt_q5_k, &ql_fmt_q5_1, &ql_fmt_q5_0, &ql_fmt_q4_k, &ql_fmt_q4_1, &ql_fmt_q4_0,
     &ql_fmt_iq4_nl, &ql_fmt_iq4_xs, &ql_fmt_q3_k, &ql_fmt_q2_k,
-    /* decode-only ggml types (files llama.cpp writes that qlab loads and measures) */
+    /* decode-only ggml types (files llama.cpp writes that qlab loads and measures), then the FP4 microscaling types */
     &ql_fmt_iq3_s, &ql_fmt_iq3_xxs, &ql_fmt_iq2_s, &ql_fmt_iq2_xs, &ql_fmt_iq2_xxs, &ql_fmt_iq1_m, &ql_fmt_iq1_s,
-    &ql_fmt_tq1_0, &ql_fmt_tq2_0, &ql_fmt_mxfp4, &ql_fmt_q8_k,
+    &ql_fmt_tq1_0, &ql_fmt_tq2_0,
+    &ql_fmt_mxfp4,
+    &ql_fmt_nvfp4,
+    &ql_fmt_q8_k,
     /* qlab extension types: llama.cpp cannot load files that use them */
     &ql_fmt_fp8_e4m3, &ql_fmt_fp8_e5m2, &ql_fmt_fp8_e4m3_channel, &ql_fmt_fp8_e5m2_channel,
     &ql_fmt_fp8_e4m3_block, &ql_fmt_fp8_e5m2_block,
@@ -50,7 +55,7 @@ __attribute__((constructor)) static void formats_init(void) {
     g_force_ref = e && *e && strcmp(e, "0") != 0;
     for (size_t i = 0; i < QL_ARRAY_LEN(g_formats); i++) {
         const ql_format *f = g_formats[i];
-        if (f->type >= QL_TYPE_EXT_BASE) ql_type_register_ext(f->type, f->name, f->block, f->block_bytes);
+        if (!ql_type_get(f->type)) ql_type_register(f->type, f->name, f->block, f->block_bytes);
     }
     ql_type_set_ext_sizer(ext_tensor_bytes);
 }
@@ -71,6 +76,31 @@ const ql_format *ql_format_by_type(uint32_t type) {
     for (size_t i = 0; i < QL_ARRAY_LEN(g_formats); i++)
         if (g_formats[i]->type == type) return g_formats[i];
     return NULL;
+}
+
+uint32_t ql_format_llama_act_type(uint32_t type) {
+    const ql_format *f = ql_format_by_type(type);
+    return f && f->llama ? f->llama->act_type : QL_TYPE_F32;
+}
+
+int ql_format_llama_file_type(const ql_format *f) { return f && f->llama ? f->llama->file_type : QL_FTYPE_NONE; }
+
+const ql_format *ql_format_fallback(const ql_format *f) {
+    const ql_format *n = f->fallback ? ql_format_by_name(f->fallback) : NULL;
+    return n ? n : ql_format_by_name("f16");
+}
+
+const ql_grid_spec ql_grid_none = {.kind = QL_GRID_KIND_NONE};
+
+const char *ql_format_family_name(ql_format_family f) {
+    static const char *const names[QL_FAMILY_COUNT] = {
+        [QL_FAMILY_FLOAT] = "float",          [QL_FAMILY_GGML_LEGACY] = "ggml-legacy",
+        [QL_FAMILY_GGML_K] = "ggml-k",        [QL_FAMILY_GGML_IQ] = "ggml-iq",
+        [QL_FAMILY_GGML_TERNARY] = "ggml-ternary", [QL_FAMILY_FP4_MICRO] = "fp4-microscaling",
+        [QL_FAMILY_INT] = "int",              [QL_FAMILY_BNB4] = "bnb4",
+        [QL_FAMILY_FP8] = "fp8",
+    };
+    return f > QL_FAMILY_UNSET && f < QL_FAMILY_COUNT ? names[f] : NULL;
 }
 
 bool ql_format_fits(const ql_format *f, int64_t ncols) {
@@ -106,7 +136,8 @@ static void quant_range(void *ctx, int w, int64_t r0, int64_t r1) {
     (void)w;
     rows_job *j = ctx;
     if (r1 <= r0) return;
-    ql_quantize_fn fn = j->fast && j->f->quantize_rows_fast ? j->f->quantize_rows_fast : j->f->quantize_rows;
+    ql_quantize_fn fn = j->fast && j->f->simd && j->f->simd->quantize_rows ? j->f->simd->quantize_rows
+                                                                          : j->f->quantize_rows;
     fn(j->src + r0 * j->ncols, (uint8_t *)j->dst + r0 * j->row_bytes, r1 - r0, j->ncols, j->importance);
 }
 
@@ -114,7 +145,8 @@ static void dequant_range(void *ctx, int w, int64_t r0, int64_t r1) {
     (void)w;
     rows_job *j = ctx;
     if (r1 <= r0) return;
-    ql_dequantize_fn fn = j->fast && j->f->dequantize_rows_fast ? j->f->dequantize_rows_fast : j->f->dequantize_rows;
+    ql_dequantize_fn fn = j->fast && j->f->simd && j->f->simd->dequantize_rows ? j->f->simd->dequantize_rows
+                                                                              : j->f->dequantize_rows;
     fn((const uint8_t *)j->qsrc + r0 * j->row_bytes, j->fdst + r0 * j->ncols, r1 - r0, j->ncols);
 }
 

@@ -15,7 +15,8 @@
 
 typedef struct ql_grid {
     const ql_format *f;
-    uint32_t type;      /* ggml type id, or 0 for an INTn format */
+    const ql_grid_spec *spec; /* f->grid */
+    uint32_t type;      /* ggml type id for a block grid of a ggml type, 0 otherwise (INTn, NF4) */
     int block;          /* columns fixed together; 0 = the whole row (INTn per-channel) */
     int sub;            /* columns sharing one (a, b, o) inside a block; 0 = the whole block */
     int kmin, kmax;     /* stored codes */
@@ -25,8 +26,8 @@ typedef struct ql_grid {
     bool sym, mse;      /* INTn variants */
 } ql_grid;
 
-/* The grid view of f; false (with ql_last_error set) for formats that have none (floats, FP8, FP4,
- * double-quantized NF4, 2-D blocks, decode-only types). */
+/* The grid view of f, from its traits entry's grid hook; false (with ql_last_error set) for formats
+ * whose entry says QL_GRID_NONE (floats, FP8, FP4, double-quantized NF4, 2-D blocks, decode-only types). */
 bool ql_grid_init(ql_grid *g, const ql_format *f);
 
 /* Columns in block blk of a row of ncols (the last INTn group may be shorter), and blocks per row. */

@@ -577,26 +577,14 @@ template <class F> static void host_quant(const float *src, void *dst, int64_t n
     for (int64_t b = 0; b < nb; ++b) F::quant(src + b * F::QK, (uint8_t *)dst + b * F::BYTES);
 }
 
-#define DEQUANT_TYPES(X)                                                                                     \
-    X(QL_TYPE_F16, F16)                                                                                      \
-    X(QL_TYPE_BF16, BF16) X(QL_TYPE_Q4_0, Q4_0) X(QL_TYPE_Q4_1, Q4_1) X(QL_TYPE_Q5_0, Q5_0)                  \
-        X(QL_TYPE_Q5_1, Q5_1) X(QL_TYPE_Q8_0, Q8_0) X(QL_TYPE_Q2_K, Q2_K) X(QL_TYPE_Q3_K, Q3_K)              \
-            X(QL_TYPE_Q4_K, Q4_K) X(QL_TYPE_Q5_K, Q5_K) X(QL_TYPE_Q6_K, Q6_K) X(QL_TYPE_IQ4_NL, IQ4_NL)      \
-                X(QL_TYPE_IQ4_XS, IQ4_XS)
-#define QUANT_TYPES(X)                                                                                       \
-    X(QL_TYPE_Q4_0, Q4_0Q) X(QL_TYPE_Q8_0, Q8_0Q) X(QL_TYPE_Q4_K, Q4_KQ) X(QL_TYPE_Q6_K, Q6_KQ)
-
-// Checks the shape; *bytes = tensor bytes, *nblocks = number of blocks.
-static ql_status check_shape(uint32_t type, int64_t nrows, int64_t ncols, int64_t *bytes, int64_t *nblocks) {
-    const ql_type_info *ti = ql_type_get(type);
-    if (!ti) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: unknown type %u", type);
-    if (nrows < 0 || ncols <= 0 || ncols % ti->block != 0)
-        return ql_fail(QL_ERR_ARG, "cuda: %s needs rows that are a multiple of %d (got %lld x %lld)",
-                       ti->name, ti->block, (long long)nrows, (long long)ncols);
-    const int64_t t = ql_type_tensor_bytes(type, ncols, nrows);
-    if (t < 0 || nrows > INT64_MAX / ncols) return ql_fail(QL_ERR_ARG, "cuda: %s tensor too large", ti->name);
-    *bytes = t;
-    *nblocks = nrows * (ncols / ti->block);
+// Checks the shape against the kernel's block; *n = elements, *nblocks = blocks.
+static ql_status check_shape(const char *name, int qk, int64_t nrows, int64_t ncols, int64_t *n, int64_t *nblocks) {
+    if (nrows < 0 || ncols <= 0 || ncols % qk != 0)
+        return ql_fail(QL_ERR_ARG, "cuda: %s needs rows that are a multiple of %d (got %lld x %lld)", name, qk,
+                       (long long)nrows, (long long)ncols);
+    if (nrows > INT64_MAX / ncols) return ql_fail(QL_ERR_ARG, "cuda: %s tensor too large", name);
+    *n = nrows * ncols;
+    *nblocks = *n / qk;
     return QL_OK;
 }
 
@@ -610,125 +598,99 @@ extern "C" int ql_cuda_available(void) {
     return cached;
 }
 
-extern "C" bool ql_cuda_can_dequantize(uint32_t type) {
-    switch (type) {
-#define X(t, F) case t:
-        DEQUANT_TYPES(X)
-#undef X
-        return true;
-    default: return false;
+// The entry points the format registry's CUDA column points at (formats/fmt_ggml.c): one set per
+// kernel, named after the format. Kernels know block layouts, not formats: the list below is what this
+// file implements, not a table of type ids.
+#define QL_CUDA_DEQUANT_ENTRY(lname, F)                                                                      \
+    extern "C" ql_status ql_cuda_dequantize_##lname##_dev(const void *src, float *dst, int64_t nrows,         \
+                                                          int64_t ncols, void *stream) {                      \
+        int64_t n, nb;                                                                                       \
+        ql_status st = check_shape(#lname, F::QK, nrows, ncols, &n, &nb);                                    \
+        if (st != QL_OK) return st;                                                                          \
+        if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");               \
+        return launch_dequant<F>(src, dst, n, (cudaStream_t)stream);                                         \
+    }                                                                                                        \
+    extern "C" ql_status ql_cuda_dequantize_##lname##_emulated(const void *src, float *dst, int64_t nrows,    \
+                                                               int64_t ncols) {                              \
+        int64_t n, nb;                                                                                       \
+        ql_status st = check_shape(#lname, F::QK, nrows, ncols, &n, &nb);                                    \
+        if (st != QL_OK) return st;                                                                          \
+        host_dequant<F>(src, dst, n);                                                                        \
+        return QL_OK;                                                                                        \
     }
-}
-
-extern "C" bool ql_cuda_can_quantize(uint32_t type) {
-    switch (type) {
-#define X(t, F) case t:
-        QUANT_TYPES(X)
-#undef X
-        return true;
-    default: return false;
+#define QL_CUDA_QUANT_ENTRY(lname, F)                                                                        \
+    extern "C" ql_status ql_cuda_quantize_##lname##_dev(const float *src, void *dst, int64_t nrows,           \
+                                                        int64_t ncols, void *stream) {                        \
+        int64_t n, nb;                                                                                       \
+        ql_status st = check_shape(#lname, F::QK, nrows, ncols, &n, &nb);                                    \
+        if (st != QL_OK) return st;                                                                          \
+        if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");               \
+        return launch_quant<F>(src, dst, nb, (cudaStream_t)stream);                                          \
+    }                                                                                                        \
+    extern "C" ql_status ql_cuda_quantize_##lname##_emulated(const float *src, void *dst, int64_t nrows,      \
+                                                             int64_t ncols) {                                \
+        int64_t n, nb;                                                                                       \
+        ql_status st = check_shape(#lname, F::QK, nrows, ncols, &n, &nb);                                    \
+        if (st != QL_OK) return st;                                                                          \
+        host_quant<F>(src, dst, nb);                                                                         \
+        return QL_OK;                                                                                        \
     }
-}
 
-extern "C" ql_status ql_cuda_dequantize_dev(uint32_t type, const void *dev_src, float *dev_dst, int64_t nrows,
-                                            int64_t ncols, void *stream) {
-    int64_t bytes, nb;
-    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
-    if (st != QL_OK) return st;
+QL_CUDA_DEQUANT_ENTRY(f16, F16)
+QL_CUDA_DEQUANT_ENTRY(bf16, BF16)
+QL_CUDA_DEQUANT_ENTRY(q4_0, Q4_0)
+QL_CUDA_DEQUANT_ENTRY(q4_1, Q4_1)
+QL_CUDA_DEQUANT_ENTRY(q5_0, Q5_0)
+QL_CUDA_DEQUANT_ENTRY(q5_1, Q5_1)
+QL_CUDA_DEQUANT_ENTRY(q8_0, Q8_0)
+QL_CUDA_DEQUANT_ENTRY(q2_k, Q2_K)
+QL_CUDA_DEQUANT_ENTRY(q3_k, Q3_K)
+QL_CUDA_DEQUANT_ENTRY(q4_k, Q4_K)
+QL_CUDA_DEQUANT_ENTRY(q5_k, Q5_K)
+QL_CUDA_DEQUANT_ENTRY(q6_k, Q6_K)
+QL_CUDA_DEQUANT_ENTRY(iq4_nl, IQ4_NL)
+QL_CUDA_DEQUANT_ENTRY(iq4_xs, IQ4_XS)
+QL_CUDA_QUANT_ENTRY(q4_0, Q4_0Q)
+QL_CUDA_QUANT_ENTRY(q8_0, Q8_0Q)
+QL_CUDA_QUANT_ENTRY(q4_k, Q4_KQ)
+QL_CUDA_QUANT_ENTRY(q6_k, Q6_KQ)
+
+extern "C" ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const void *host_src, int64_t src_bytes,
+                                            float *host_dst, int64_t nrows, int64_t ncols) {
+    if (!fn) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel");
+    if (nrows < 0 || ncols <= 0 || src_bytes < 0 || (nrows && ncols > INT64_MAX / nrows))
+        return ql_fail(QL_ERR_ARG, "cuda: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
     if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
-    const int64_t n = nrows * ncols;
-    switch (type) {
-#define X(t, F)                                                                                              \
-    case t: return launch_dequant<F>(dev_src, dev_dst, n, (cudaStream_t)stream);
-        DEQUANT_TYPES(X)
-#undef X
-    default: return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel for type %u", type);
-    }
-}
-
-extern "C" ql_status ql_cuda_quantize_dev(uint32_t type, const float *dev_src, void *dev_dst, int64_t nrows,
-                                          int64_t ncols, void *stream) {
-    int64_t bytes, nb;
-    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
-    if (st != QL_OK) return st;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
-    switch (type) {
-#define X(t, F)                                                                                              \
-    case t: return launch_quant<F>(dev_src, dev_dst, nb, (cudaStream_t)stream);
-        QUANT_TYPES(X)
-#undef X
-    default: return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel for type %u", type);
-    }
-}
-
-extern "C" ql_status ql_cuda_dequantize(uint32_t type, const void *host_src, float *host_dst, int64_t nrows,
-                                        int64_t ncols) {
-    int64_t bytes, nb;
-    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
-    if (st != QL_OK) return st;
-    if (!ql_cuda_can_dequantize(type))
-        return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel for type %u", type);
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
-    if (nrows == 0) return QL_OK;
+    if (nrows == 0) return fn(nullptr, nullptr, 0, ncols, nullptr); // shape check only
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;
-    QL_CUDA_TRY(cudaMalloc(&s.p, (size_t)bytes));
+    QL_CUDA_TRY(cudaMalloc(&s.p, (size_t)src_bytes));
     QL_CUDA_TRY(cudaMalloc(&d.p, fbytes));
-    QL_CUDA_TRY(cudaMemcpy(s.p, host_src, (size_t)bytes, cudaMemcpyHostToDevice));
-    st = ql_cuda_dequantize_dev(type, s.p, (float *)d.p, nrows, ncols, nullptr);
+    QL_CUDA_TRY(cudaMemcpy(s.p, host_src, (size_t)src_bytes, cudaMemcpyHostToDevice));
+    ql_status st = fn(s.p, (float *)d.p, nrows, ncols, nullptr);
     if (st != QL_OK) return st;
     QL_CUDA_TRY(cudaDeviceSynchronize());
     QL_CUDA_TRY(cudaMemcpy(host_dst, d.p, fbytes, cudaMemcpyDeviceToHost));
     return QL_OK;
 }
 
-extern "C" ql_status ql_cuda_quantize(uint32_t type, const float *host_src, void *host_dst, int64_t nrows,
-                                      int64_t ncols) {
-    int64_t bytes, nb;
-    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
-    if (st != QL_OK) return st;
-    if (!ql_cuda_can_quantize(type))
-        return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel for type %u", type);
+extern "C" ql_status ql_cuda_run_quantize(ql_cuda_quant_dev_fn fn, const float *host_src, void *host_dst,
+                                          int64_t dst_bytes, int64_t nrows, int64_t ncols) {
+    if (!fn) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel");
+    if (nrows < 0 || ncols <= 0 || dst_bytes < 0 || (nrows && ncols > INT64_MAX / nrows))
+        return ql_fail(QL_ERR_ARG, "cuda: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
     if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
-    if (nrows == 0) return QL_OK;
+    if (nrows == 0) return fn(nullptr, nullptr, 0, ncols, nullptr);
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;
     QL_CUDA_TRY(cudaMalloc(&s.p, fbytes));
-    QL_CUDA_TRY(cudaMalloc(&d.p, (size_t)bytes));
+    QL_CUDA_TRY(cudaMalloc(&d.p, (size_t)dst_bytes));
     QL_CUDA_TRY(cudaMemcpy(s.p, host_src, fbytes, cudaMemcpyHostToDevice));
-    st = ql_cuda_quantize_dev(type, (const float *)s.p, d.p, nrows, ncols, nullptr);
+    ql_status st = fn((const float *)s.p, d.p, nrows, ncols, nullptr);
     if (st != QL_OK) return st;
     QL_CUDA_TRY(cudaDeviceSynchronize());
-    QL_CUDA_TRY(cudaMemcpy(host_dst, d.p, (size_t)bytes, cudaMemcpyDeviceToHost));
+    QL_CUDA_TRY(cudaMemcpy(host_dst, d.p, (size_t)dst_bytes, cudaMemcpyDeviceToHost));
     return QL_OK;
-}
-
-extern "C" ql_status ql_cuda_emulate_dequantize(uint32_t type, const void *src, float *dst, int64_t nrows,
-                                                int64_t ncols) {
-    int64_t bytes, nb;
-    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
-    if (st != QL_OK) return st;
-    switch (type) {
-#define X(t, F)                                                                                              \
-    case t: host_dequant<F>(src, dst, nrows * ncols); return QL_OK;
-        DEQUANT_TYPES(X)
-#undef X
-    default: return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel for type %u", type);
-    }
-}
-
-extern "C" ql_status ql_cuda_emulate_quantize(uint32_t type, const float *src, void *dst, int64_t nrows,
-                                              int64_t ncols) {
-    int64_t bytes, nb;
-    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
-    if (st != QL_OK) return st;
-    switch (type) {
-#define X(t, F)                                                                                              \
-    case t: host_quant<F>(src, dst, nb); return QL_OK;
-        QUANT_TYPES(X)
-#undef X
-    default: return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel for type %u", type);
-    }
 }
 
 // random codes with finite fp16 scales in [0.5, 1): the kernels' cost does not depend on the values
@@ -741,14 +703,13 @@ __global__ void k_fill(uint8_t *p, int64_t n) {
     }
 }
 
-extern "C" ql_status ql_cuda_bench_dequantize(uint32_t type, int64_t nrows, int64_t ncols, int iters,
-                                              double *gbps) {
-    int64_t bytes, nb;
-    ql_status st = check_shape(type, nrows, ncols, &bytes, &nb);
-    if (st != QL_OK) return st;
-    if (!ql_cuda_can_dequantize(type))
-        return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel for type %u", type);
+extern "C" ql_status ql_cuda_bench_dequantize(ql_cuda_dequant_dev_fn fn, int64_t bytes, int64_t nrows,
+                                              int64_t ncols, int iters, double *gbps) {
+    if (!fn) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel");
+    if (nrows <= 0 || ncols <= 0 || bytes <= 0 || ncols > INT64_MAX / nrows)
+        return ql_fail(QL_ERR_ARG, "cuda: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
     if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    ql_status st = QL_OK;
     if (iters < 1) iters = 1;
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;
@@ -756,7 +717,7 @@ extern "C" ql_status ql_cuda_bench_dequantize(uint32_t type, int64_t nrows, int6
     QL_CUDA_TRY(cudaMalloc(&d.p, fbytes));
     k_fill<<<grid_for(bytes, 256), 256>>>((uint8_t *)s.p, bytes);
     QL_CUDA_TRY(cudaGetLastError());
-    st = ql_cuda_dequantize_dev(type, s.p, (float *)d.p, nrows, ncols, nullptr); // warm-up
+    st = fn(s.p, (float *)d.p, nrows, ncols, nullptr); // warm-up
     if (st != QL_OK) return st;
     cudaEvent_t e0, e1;
     QL_CUDA_TRY(cudaEventCreate(&e0));
@@ -767,7 +728,7 @@ extern "C" ql_status ql_cuda_bench_dequantize(uint32_t type, int64_t nrows, int6
     }
     cudaEventRecord(e0);
     for (int i = 0; i < iters && st == QL_OK; ++i)
-        st = ql_cuda_dequantize_dev(type, s.p, (float *)d.p, nrows, ncols, nullptr);
+        st = fn(s.p, (float *)d.p, nrows, ncols, nullptr);
     cudaEventRecord(e1);
     ce = cudaEventSynchronize(e1);
     float ms = 0;

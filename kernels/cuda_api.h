@@ -24,33 +24,40 @@ extern "C" {
 /* 1 when a CUDA device can be used (checked once), else 0. */
 int ql_cuda_available(void);
 
-/* Types with a dequantize kernel: F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS.
- * With a quantize kernel (ggml's no-imatrix path): Q4_0, Q8_0, Q4_K, Q6_K. */
-bool ql_cuda_can_dequantize(uint32_t type);
-bool ql_cuda_can_quantize(uint32_t type);
+/* One set of entry points per kernel, named after the format it implements; the format registry's CUDA
+ * column points at them (formats/format.h, ql_format_cuda_ops). *_dev: device buffers, queued on
+ * `stream` (a cudaStream_t, NULL = default stream); returns after the launch (launch errors are reported,
+ * execution errors surface at the caller's next synchronization). *_emulated: the kernels' per-block
+ * code run on the host (no device needed), so tests check the device arithmetic on any machine.
+ * Dequantize: F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS. Quantize (ggml's
+ * no-imatrix path): Q4_0, Q8_0, Q4_K, Q6_K. */
+typedef ql_status (*ql_cuda_dequant_dev_fn)(const void *src, float *dst, int64_t nrows, int64_t ncols, void *stream);
+typedef ql_status (*ql_cuda_quant_dev_fn)(const float *src, void *dst, int64_t nrows, int64_t ncols, void *stream);
+#define QL_CUDA_DEQUANT_DECL(lname)                                                                         \
+    ql_status ql_cuda_dequantize_##lname##_dev(const void *src, float *dst, int64_t nrows, int64_t ncols,    \
+                                               void *stream);                                               \
+    ql_status ql_cuda_dequantize_##lname##_emulated(const void *src, float *dst, int64_t nrows, int64_t ncols);
+#define QL_CUDA_QUANT_DECL(lname)                                                                           \
+    ql_status ql_cuda_quantize_##lname##_dev(const float *src, void *dst, int64_t nrows, int64_t ncols,      \
+                                             void *stream);                                                 \
+    ql_status ql_cuda_quantize_##lname##_emulated(const float *src, void *dst, int64_t nrows, int64_t ncols);
+QL_CUDA_DEQUANT_DECL(f16) QL_CUDA_DEQUANT_DECL(bf16) QL_CUDA_DEQUANT_DECL(q4_0) QL_CUDA_DEQUANT_DECL(q4_1)
+QL_CUDA_DEQUANT_DECL(q5_0) QL_CUDA_DEQUANT_DECL(q5_1) QL_CUDA_DEQUANT_DECL(q8_0) QL_CUDA_DEQUANT_DECL(q2_k)
+QL_CUDA_DEQUANT_DECL(q3_k) QL_CUDA_DEQUANT_DECL(q4_k) QL_CUDA_DEQUANT_DECL(q5_k) QL_CUDA_DEQUANT_DECL(q6_k)
+QL_CUDA_DEQUANT_DECL(iq4_nl) QL_CUDA_DEQUANT_DECL(iq4_xs)
+QL_CUDA_QUANT_DECL(q4_0) QL_CUDA_QUANT_DECL(q8_0) QL_CUDA_QUANT_DECL(q4_k) QL_CUDA_QUANT_DECL(q6_k)
 
-/* Host buffers: copies in, runs, copies back (synchronous). */
-ql_status ql_cuda_dequantize(uint32_t type, const void *host_src, float *host_dst, int64_t nrows,
-                             int64_t ncols);
-ql_status ql_cuda_quantize(uint32_t type, const float *host_src, void *host_dst, int64_t nrows,
-                           int64_t ncols);
+/* Host buffers: copies in, runs fn, copies back (synchronous). src_bytes / dst_bytes: the quantized
+ * side's size. nrows == 0 only checks the shape. */
+ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const void *host_src, int64_t src_bytes,
+                                 float *host_dst, int64_t nrows, int64_t ncols);
+ql_status ql_cuda_run_quantize(ql_cuda_quant_dev_fn fn, const float *host_src, void *host_dst, int64_t dst_bytes,
+                               int64_t nrows, int64_t ncols);
 
-/* Device buffers, queued on `stream` (a cudaStream_t, NULL = default stream); returns after the launch
- * (launch errors are reported, execution errors surface at the caller's next synchronization). */
-ql_status ql_cuda_dequantize_dev(uint32_t type, const void *dev_src, float *dev_dst, int64_t nrows,
-                                 int64_t ncols, void *stream);
-ql_status ql_cuda_quantize_dev(uint32_t type, const float *dev_src, void *dev_dst, int64_t nrows,
-                               int64_t ncols, void *stream);
-
-/* The kernels' per-block code run on the host (no device needed): lets tests check the device
- * arithmetic against the reference on machines without a GPU. Same types and results as above. */
-ql_status ql_cuda_emulate_dequantize(uint32_t type, const void *src, float *dst, int64_t nrows,
-                                     int64_t ncols);
-ql_status ql_cuda_emulate_quantize(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t ncols);
-
-/* Dequantize bandwidth: iters runs on a [nrows, ncols] device tensor of random codes; *gbps gets
- * (bytes read + bytes written) / second of kernel time. */
-ql_status ql_cuda_bench_dequantize(uint32_t type, int64_t nrows, int64_t ncols, int iters, double *gbps);
+/* Dequantize bandwidth: iters runs of fn on a [nrows, ncols] device tensor of `bytes` random codes;
+ * *gbps gets (bytes read + bytes written) / second of kernel time. */
+ql_status ql_cuda_bench_dequantize(ql_cuda_dequant_dev_fn fn, int64_t bytes, int64_t nrows, int64_t ncols,
+                                   int iters, double *gbps);
 
 #ifdef __cplusplus
 }

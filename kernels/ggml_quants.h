@@ -47,7 +47,6 @@ void ql_dequantize_row_q8_1_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_q8_K_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_tq1_0_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_tq2_0_ref(const void *x, float *y, int64_t n);
-void ql_dequantize_row_mxfp4_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_iq2_xxs_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_iq2_xs_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_iq2_s_ref(const void *x, float *y, int64_t n);
@@ -56,14 +55,23 @@ void ql_dequantize_row_iq3_s_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_iq1_s_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_iq1_m_ref(const void *x, float *y, int64_t n);
 
-/* ---- whole matrices [nrows, n_per_row], row-major, rows packed with no padding ---- */
-bool ql_ggml_can_quantize(uint32_t type);   /* F32 counts (plain copy) */
-bool ql_ggml_can_dequantize(uint32_t type);
-/* Bytes written (nrows * row_bytes), or 0 when the type has no quantizer here or n_per_row is not a
- * multiple of its block. imatrix: NULL or n_per_row weights, the same vector for every row (as ggml). */
-size_t ql_ggml_quantize_rows(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                             const float *imatrix);
-/* false when the type has no decoder here or n_per_row is not a multiple of its block. */
-bool ql_ggml_dequantize_rows(uint32_t type, const void *src, float *dst, int64_t nrows, int64_t n_per_row);
+/* ---- whole matrices [nrows, ncols], row-major, rows packed with no padding ----
+ * The row codecs above applied row by row: the entry points formats/fmt_ggml.c points at (kernels know
+ * block layouts, not formats). ncols must be a multiple of the block (32 or 256; 1 for the floats);
+ * otherwise, or for nrows <= 0, nothing is written. imatrix: NULL or ncols weights, the same vector for
+ * every row (as ggml_quantize_chunk). Same signatures as ql_quantize_fn / ql_dequantize_fn. */
+#define QL_GGML_ROWS_DECL(lname)                                                                         \
+    void ql_quantize_rows_##lname##_ref(const float *src, void *dst, int64_t nrows, int64_t ncols,       \
+                                        const float *imatrix);                                           \
+    void ql_dequantize_rows_##lname##_ref(const void *src, float *dst, int64_t nrows, int64_t ncols);
+#define QL_GGML_DECODER_DECL(lname)                                                                      \
+    void ql_dequantize_rows_##lname##_ref(const void *src, float *dst, int64_t nrows, int64_t ncols);
+QL_GGML_ROWS_DECL(f32) QL_GGML_ROWS_DECL(f16) QL_GGML_ROWS_DECL(bf16)
+QL_GGML_ROWS_DECL(q4_0) QL_GGML_ROWS_DECL(q4_1) QL_GGML_ROWS_DECL(q5_0) QL_GGML_ROWS_DECL(q5_1)
+QL_GGML_ROWS_DECL(q8_0) QL_GGML_ROWS_DECL(q2_k) QL_GGML_ROWS_DECL(q3_k) QL_GGML_ROWS_DECL(q4_k)
+QL_GGML_ROWS_DECL(q5_k) QL_GGML_ROWS_DECL(q6_k) QL_GGML_ROWS_DECL(iq4_nl) QL_GGML_ROWS_DECL(iq4_xs)
+QL_GGML_DECODER_DECL(q8_k) QL_GGML_DECODER_DECL(tq1_0) QL_GGML_DECODER_DECL(tq2_0)
+QL_GGML_DECODER_DECL(iq2_xxs) QL_GGML_DECODER_DECL(iq2_xs) QL_GGML_DECODER_DECL(iq2_s)
+QL_GGML_DECODER_DECL(iq3_xxs) QL_GGML_DECODER_DECL(iq3_s) QL_GGML_DECODER_DECL(iq1_s) QL_GGML_DECODER_DECL(iq1_m)
 
 #endif

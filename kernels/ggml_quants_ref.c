@@ -18,9 +18,6 @@
 #pragma STDC FP_CONTRACT OFF /* gcc: -std=c11 already means -ffp-contract=off */
 #endif
 
-/* MXFP4 (E2M1) values doubled, paired with the half-scale E8M0 decode below. */
-static const int8_t kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
 #define FP16_TO_FP32(h) ql_fp16_to_fp32(h)
 #define FP32_TO_FP16(f) ql_fp32_to_fp16(f)
 
@@ -1445,27 +1442,6 @@ void ql_dequantize_row_tq2_0_ref(const void *vx, float *y, int64_t n) {
     }
 }
 
-/* E8M0 exponent e decoded to 2^(e-128): half the block scale, matching the doubled value table. */
-static float e8m0_to_fp32_half(uint8_t e) {
-    uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-void ql_dequantize_row_mxfp4_ref(const void *vx, float *y, int64_t n) {
-    const blk_mxfp4 *x = vx;
-    for (int64_t i = 0; i < n / 32; i++) {
-        const float d = e8m0_to_fp32_half(x[i].e);
-        for (int j = 0; j < 16; ++j) {
-            const int8_t x0 = kvalues_mxfp4[x[i].qs[j] & 0x0F];
-            const int8_t x1 = kvalues_mxfp4[x[i].qs[j] >> 4];
-            y[i * 32 + j] = x0 * d;
-            y[i * 32 + j + 16] = x1 * d;
-        }
-    }
-}
-
 /* ------------------------------------------------------------------------------------------------
  * IQ2/IQ3/IQ1 lattice formats (dequantize only). Grid entries hold one coordinate per byte.
  * ---------------------------------------------------------------------------------------------- */
@@ -1644,88 +1620,58 @@ void ql_dequantize_row_iq1_m_ref(const void *vx, float *y, int64_t n) {
 }
 
 /* ------------------------------------------------------------------------------------------------
- * Registry: type id -> codecs
+ * Whole matrices: the row codecs above applied to each row. These are the entry points the format
+ * registry (formats/fmt_ggml.c) points at; kernels know block layouts, not formats.
  * ---------------------------------------------------------------------------------------------- */
-typedef void (*quant_fn)(const float *x, void *y, int64_t n, const float *imatrix);
-typedef void (*dequant_fn)(const void *x, float *y, int64_t n);
+#define QL_GGML_ROWS_CODEC(lname, rname, blk_t, QK)                                                      \
+    void ql_quantize_rows_##lname##_ref(const float *src, void *dst, int64_t nrows, int64_t ncols,       \
+                                        const float *imatrix) {                                          \
+        if (nrows <= 0 || ncols <= 0 || ncols % (QK)) return;                                            \
+        const int64_t rb = ncols / (QK) * (int64_t)sizeof(blk_t);                                        \
+        for (int64_t r = 0; r < nrows; ++r)                                                              \
+            ql_quantize_row_##rname##_ref(src + r * ncols, (char *)dst + r * rb, ncols, imatrix);        \
+    }
+#define QL_GGML_ROWS_DECODER(lname, rname, blk_t, QK)                                                    \
+    void ql_dequantize_rows_##lname##_ref(const void *src, float *dst, int64_t nrows, int64_t ncols) {   \
+        if (nrows <= 0 || ncols <= 0 || ncols % (QK)) return;                                            \
+        const int64_t rb = ncols / (QK) * (int64_t)sizeof(blk_t);                                        \
+        for (int64_t r = 0; r < nrows; ++r)                                                              \
+            ql_dequantize_row_##rname##_ref((const char *)src + r * rb, dst + r * ncols, ncols);         \
+    }
+#define QL_GGML_ROWS(lname, rname, blk_t, QK)                                                            \
+    QL_GGML_ROWS_CODEC(lname, rname, blk_t, QK) QL_GGML_ROWS_DECODER(lname, rname, blk_t, QK)
 
-static void quantize_row_f32(const float *x, void *y, int64_t n, const float *imatrix) {
+typedef struct { uint8_t b[4]; } blk_f32;
+typedef struct { uint8_t b[2]; } blk_f16;
+static void ql_quantize_row_f32_ref(const float *x, void *y, int64_t n, const float *imatrix) {
     (void)imatrix;
     memcpy(y, x, (size_t)n * sizeof(float));
 }
-static void dequantize_row_f32(const void *x, float *y, int64_t n) {
-    memcpy(y, x, (size_t)n * sizeof(float));
-}
+static void ql_dequantize_row_f32_ref(const void *x, float *y, int64_t n) { memcpy(y, x, (size_t)n * sizeof(float)); }
 
-static const struct {
-    uint32_t type;
-    quant_fn quantize;
-    dequant_fn dequantize;
-} codecs[] = {
-    {QL_TYPE_F32, quantize_row_f32, dequantize_row_f32},
-    {QL_TYPE_F16, ql_quantize_row_f16_ref, ql_dequantize_row_f16_ref},
-    {QL_TYPE_BF16, ql_quantize_row_bf16_ref, ql_dequantize_row_bf16_ref},
-    {QL_TYPE_Q4_0, ql_quantize_row_q4_0_ref, ql_dequantize_row_q4_0_ref},
-    {QL_TYPE_Q4_1, ql_quantize_row_q4_1_ref, ql_dequantize_row_q4_1_ref},
-    {QL_TYPE_Q5_0, ql_quantize_row_q5_0_ref, ql_dequantize_row_q5_0_ref},
-    {QL_TYPE_Q5_1, ql_quantize_row_q5_1_ref, ql_dequantize_row_q5_1_ref},
-    {QL_TYPE_Q8_0, ql_quantize_row_q8_0_ref, ql_dequantize_row_q8_0_ref},
-    {QL_TYPE_Q8_1, NULL, ql_dequantize_row_q8_1_ref},
-    {QL_TYPE_Q2_K, ql_quantize_row_q2_K_ref, ql_dequantize_row_q2_K_ref},
-    {QL_TYPE_Q3_K, ql_quantize_row_q3_K_ref, ql_dequantize_row_q3_K_ref},
-    {QL_TYPE_Q4_K, ql_quantize_row_q4_K_ref, ql_dequantize_row_q4_K_ref},
-    {QL_TYPE_Q5_K, ql_quantize_row_q5_K_ref, ql_dequantize_row_q5_K_ref},
-    {QL_TYPE_Q6_K, ql_quantize_row_q6_K_ref, ql_dequantize_row_q6_K_ref},
-    {QL_TYPE_Q8_K, NULL, ql_dequantize_row_q8_K_ref},
-    {QL_TYPE_IQ4_NL, ql_quantize_row_iq4_nl_ref, ql_dequantize_row_iq4_nl_ref},
-    {QL_TYPE_IQ4_XS, ql_quantize_row_iq4_xs_ref, ql_dequantize_row_iq4_xs_ref},
-    {QL_TYPE_TQ1_0, NULL, ql_dequantize_row_tq1_0_ref},
-    {QL_TYPE_TQ2_0, NULL, ql_dequantize_row_tq2_0_ref},
-    {QL_TYPE_MXFP4, NULL, ql_dequantize_row_mxfp4_ref},
-    {QL_TYPE_IQ2_XXS, NULL, ql_dequantize_row_iq2_xxs_ref},
-    {QL_TYPE_IQ2_XS, NULL, ql_dequantize_row_iq2_xs_ref},
-    {QL_TYPE_IQ2_S, NULL, ql_dequantize_row_iq2_s_ref},
-    {QL_TYPE_IQ3_XXS, NULL, ql_dequantize_row_iq3_xxs_ref},
-    {QL_TYPE_IQ3_S, NULL, ql_dequantize_row_iq3_s_ref},
-    {QL_TYPE_IQ1_S, NULL, ql_dequantize_row_iq1_s_ref},
-    {QL_TYPE_IQ1_M, NULL, ql_dequantize_row_iq1_m_ref},
-};
-
-static int codec_index(uint32_t type) {
-    for (size_t i = 0; i < QL_ARRAY_LEN(codecs); ++i)
-        if (codecs[i].type == type) return (int)i;
-    return -1;
-}
-
-bool ql_ggml_can_quantize(uint32_t type) {
-    int i = codec_index(type);
-    return i >= 0 && codecs[i].quantize;
-}
-
-bool ql_ggml_can_dequantize(uint32_t type) {
-    int i = codec_index(type);
-    return i >= 0 && codecs[i].dequantize;
-}
-
-size_t ql_ggml_quantize_rows(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t n_per_row,
-                             const float *imatrix) {
-    int ci = codec_index(type);
-    if (ci < 0 || !codecs[ci].quantize || nrows < 0 || n_per_row <= 0) return 0;
-    int64_t row_bytes = ql_type_row_bytes(type, n_per_row);
-    if (row_bytes <= 0) return 0;
-    char *out = dst;
-    for (int64_t r = 0; r < nrows; ++r)
-        codecs[ci].quantize(src + r * n_per_row, out + r * row_bytes, n_per_row, imatrix);
-    return (size_t)(nrows * row_bytes);
-}
-
-bool ql_ggml_dequantize_rows(uint32_t type, const void *src, float *dst, int64_t nrows, int64_t n_per_row) {
-    int ci = codec_index(type);
-    if (ci < 0 || !codecs[ci].dequantize || nrows < 0 || n_per_row <= 0) return false;
-    int64_t row_bytes = ql_type_row_bytes(type, n_per_row);
-    if (row_bytes <= 0) return false;
-    const char *in = src;
-    for (int64_t r = 0; r < nrows; ++r)
-        codecs[ci].dequantize(in + r * row_bytes, dst + r * n_per_row, n_per_row);
-    return true;
-}
+QL_GGML_ROWS(f32, f32, blk_f32, 1)
+QL_GGML_ROWS(f16, f16, blk_f16, 1)
+QL_GGML_ROWS(bf16, bf16, blk_f16, 1)
+QL_GGML_ROWS(q4_0, q4_0, blk_q4_0, 32)
+QL_GGML_ROWS(q4_1, q4_1, blk_q4_1, 32)
+QL_GGML_ROWS(q5_0, q5_0, blk_q5_0, 32)
+QL_GGML_ROWS(q5_1, q5_1, blk_q5_1, 32)
+QL_GGML_ROWS(q8_0, q8_0, blk_q8_0, 32)
+QL_GGML_ROWS(q2_k, q2_K, blk_q2_K, QK_K)
+QL_GGML_ROWS(q3_k, q3_K, blk_q3_K, QK_K)
+QL_GGML_ROWS(q4_k, q4_K, blk_q4_K, QK_K)
+QL_GGML_ROWS(q5_k, q5_K, blk_q5_K, QK_K)
+QL_GGML_ROWS(q6_k, q6_K, blk_q6_K, QK_K)
+QL_GGML_ROWS(iq4_nl, iq4_nl, blk_iq4_nl, 32)
+QL_GGML_ROWS(iq4_xs, iq4_xs, blk_iq4_xs, QK_K)
+typedef struct { uint8_t b[292]; } blk_q8_K; /* float d; int8 qs[256]; int16 bsums[16] */
+QL_GGML_ROWS_DECODER(q8_k, q8_K, blk_q8_K, QK_K)
+QL_GGML_ROWS_DECODER(tq1_0, tq1_0, blk_tq1_0, QK_K)
+QL_GGML_ROWS_DECODER(tq2_0, tq2_0, blk_tq2_0, QK_K)
+QL_GGML_ROWS_DECODER(iq2_xxs, iq2_xxs, blk_iq2_xxs, QK_K)
+QL_GGML_ROWS_DECODER(iq2_xs, iq2_xs, blk_iq2_xs, QK_K)
+QL_GGML_ROWS_DECODER(iq2_s, iq2_s, blk_iq2_s, QK_K)
+QL_GGML_ROWS_DECODER(iq3_xxs, iq3_xxs, blk_iq3_xxs, QK_K)
+QL_GGML_ROWS_DECODER(iq3_s, iq3_s, blk_iq3_s, QK_K)
+QL_GGML_ROWS_DECODER(iq1_s, iq1_s, blk_iq1_s, QK_K)
+QL_GGML_ROWS_DECODER(iq1_m, iq1_m, blk_iq1_m, QK_K)

@@ -140,13 +140,13 @@ void ql_quantize_rows_q8_0_fast(const float *src, void *dst, int64_t nrows, int6
     (void)importance;                        /* Q8_0 has no imatrix path, as in ggml */
     const int64_t nb = nrows * (ncols / 32); /* no per-row state: the matrix is one long row */
     DISPATCH(q8_0_quant_avx512(src, dst, nb), q8_0_quant_avx2(src, dst, nb))
-    ql_ggml_quantize_rows(QL_TYPE_Q8_0, src, dst, nrows, ncols, NULL);
+    ql_quantize_rows_q8_0_ref(src, dst, nrows, ncols, NULL);
 }
 
 void ql_dequantize_rows_q8_0_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / 32);
     DISPATCH(q8_0_dequant_avx512(src, dst, nb), q8_0_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q8_0, src, dst, nrows, ncols);
+    ql_dequantize_rows_q8_0_ref(src, dst, nrows, ncols);
 }
 
 void ql_quantize_rows_q4_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
@@ -154,13 +154,13 @@ void ql_quantize_rows_q4_k_fast(const float *src, void *dst, int64_t nrows, int6
     const int64_t nb_row = ncols / QK_K;
     DISPATCH(q4_K_quant_avx512(src, dst, nrows * nb_row, nb_row, importance),
              q4_K_quant_avx2(src, dst, nrows * nb_row, nb_row, importance))
-    ql_ggml_quantize_rows(QL_TYPE_Q4_K, src, dst, nrows, ncols, importance);
+    ql_quantize_rows_q4_k_ref(src, dst, nrows, ncols, importance);
 }
 
 void ql_dequantize_rows_q4_k_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / QK_K);
     DISPATCH(q4_K_dequant_avx512(src, dst, nb), q4_K_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q4_K, src, dst, nrows, ncols);
+    ql_dequantize_rows_q4_k_ref(src, dst, nrows, ncols);
 }
 
 void ql_quantize_rows_q6_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
@@ -168,13 +168,13 @@ void ql_quantize_rows_q6_k_fast(const float *src, void *dst, int64_t nrows, int6
     const int64_t nb_row = ncols / QK_K;
     DISPATCH(q6_K_quant_avx512(src, dst, nrows * nb_row, nb_row, importance),
              q6_K_quant_avx2(src, dst, nrows * nb_row, nb_row, importance))
-    ql_ggml_quantize_rows(QL_TYPE_Q6_K, src, dst, nrows, ncols, importance);
+    ql_quantize_rows_q6_k_ref(src, dst, nrows, ncols, importance);
 }
 
 void ql_dequantize_rows_q6_k_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / QK_K);
     DISPATCH(q6_K_dequant_avx512(src, dst, nb), q6_K_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q6_K, src, dst, nrows, ncols);
+    ql_dequantize_rows_q6_k_ref(src, dst, nrows, ncols);
 }
 
 /* INT4 g128 (fmt_int.c layout: [fp16 scales][4-bit zeros unless sym][4-bit codes]); importance is unused

@@ -129,13 +129,14 @@ __attribute__((constructor)) static void simd2_init(void) {
 /* ---- registry entry points: pick the level, walk the rows ---- */
 
 static const struct {
-    uint32_t type;
+    int block_bytes;
     void (*ref)(const float *x, void *y, int64_t n, const float *imatrix);
+    void (*ref_rows)(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imatrix);
 } legacy[] = {
-    [LEG_Q4_0] = {QL_TYPE_Q4_0, ql_quantize_row_q4_0_ref},
-    [LEG_Q4_1] = {QL_TYPE_Q4_1, ql_quantize_row_q4_1_ref},
-    [LEG_Q5_0] = {QL_TYPE_Q5_0, ql_quantize_row_q5_0_ref},
-    [LEG_Q5_1] = {QL_TYPE_Q5_1, ql_quantize_row_q5_1_ref},
+    [LEG_Q4_0] = {18, ql_quantize_row_q4_0_ref, ql_quantize_rows_q4_0_ref},
+    [LEG_Q4_1] = {20, ql_quantize_row_q4_1_ref, ql_quantize_rows_q4_1_ref},
+    [LEG_Q5_0] = {22, ql_quantize_row_q5_0_ref, ql_quantize_rows_q5_0_ref},
+    [LEG_Q5_1] = {24, ql_quantize_row_q5_1_ref, ql_quantize_rows_q5_1_ref},
 };
 
 /* Without imatrix a legacy matrix is one long row of blocks. With it, sigma2 spans the row, so a row with a
@@ -143,14 +144,14 @@ static const struct {
 static void legacy_quant_rows(int kind, const float *src, void *dst, int64_t nrows, int64_t ncols,
                               const float *imp) {
     const int64_t nb_row = ncols / 32, nb = nrows * nb_row;
-    const int64_t rb = ql_type_row_bytes(legacy[kind].type, ncols);
-    if (rb <= 0) {
-        ql_ggml_quantize_rows(legacy[kind].type, src, dst, nrows, ncols, imp);
+    if (ncols <= 0 || ncols % 32) {
+        legacy[kind].ref_rows(src, dst, nrows, ncols, imp); /* writes nothing, as the reference */
         return;
     }
+    const int64_t rb = nb_row * legacy[kind].block_bytes;
     if (!imp) {
         DISPATCH(legacy_rtn_avx512(kind, src, dst, nb), legacy_rtn_avx2(kind, src, dst, nb))
-        ql_ggml_quantize_rows(legacy[kind].type, src, dst, nrows, ncols, NULL);
+        legacy[kind].ref_rows(src, dst, nrows, ncols, NULL);
         return;
     }
     const bool imp_ok = all_finite(imp, ncols);
@@ -192,22 +193,22 @@ void ql_quantize_rows_q5_1_fast(const float *src, void *dst, int64_t nrows, int6
 void ql_dequantize_rows_q4_0_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / 32);
     DISPATCH(q4_0_dequant_avx512(src, dst, nb), q4_0_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q4_0, src, dst, nrows, ncols);
+    ql_dequantize_rows_q4_0_ref(src, dst, nrows, ncols);
 }
 void ql_dequantize_rows_q4_1_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / 32);
     DISPATCH(q4_1_dequant_avx512(src, dst, nb), q4_1_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q4_1, src, dst, nrows, ncols);
+    ql_dequantize_rows_q4_1_ref(src, dst, nrows, ncols);
 }
 void ql_dequantize_rows_q5_0_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / 32);
     DISPATCH(q5_0_dequant_avx512(src, dst, nb), q5_0_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q5_0, src, dst, nrows, ncols);
+    ql_dequantize_rows_q5_0_ref(src, dst, nrows, ncols);
 }
 void ql_dequantize_rows_q5_1_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / 32);
     DISPATCH(q5_1_dequant_avx512(src, dst, nb), q5_1_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q5_1, src, dst, nrows, ncols);
+    ql_dequantize_rows_q5_1_ref(src, dst, nrows, ncols);
 }
 
 void ql_quantize_rows_iq4_nl_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
@@ -215,12 +216,12 @@ void ql_quantize_rows_iq4_nl_fast(const float *src, void *dst, int64_t nrows, in
     const int64_t nb_row = ncols / 32;
     DISPATCH(iq4_nl_quant_avx512(src, dst, nrows * nb_row, nb_row, importance),
              iq4_nl_quant_avx2(src, dst, nrows * nb_row, nb_row, importance))
-    ql_ggml_quantize_rows(QL_TYPE_IQ4_NL, src, dst, nrows, ncols, importance);
+    ql_quantize_rows_iq4_nl_ref(src, dst, nrows, ncols, importance);
 }
 void ql_dequantize_rows_iq4_nl_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / 32);
     DISPATCH(iq4_nl_dequant_avx512(src, dst, nb), iq4_nl_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_IQ4_NL, src, dst, nrows, ncols);
+    ql_dequantize_rows_iq4_nl_ref(src, dst, nrows, ncols);
 }
 
 void ql_quantize_rows_q2_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
@@ -228,12 +229,12 @@ void ql_quantize_rows_q2_k_fast(const float *src, void *dst, int64_t nrows, int6
     const int64_t nb_row = ncols / QK_K;
     DISPATCH(q2_K_quant_avx512(src, dst, nrows * nb_row, nb_row, importance),
              q2_K_quant_avx2(src, dst, nrows * nb_row, nb_row, importance))
-    ql_ggml_quantize_rows(QL_TYPE_Q2_K, src, dst, nrows, ncols, importance);
+    ql_quantize_rows_q2_k_ref(src, dst, nrows, ncols, importance);
 }
 void ql_dequantize_rows_q2_k_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / QK_K);
     DISPATCH(q2_K_dequant_avx512(src, dst, nb), q2_K_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q2_K, src, dst, nrows, ncols);
+    ql_dequantize_rows_q2_k_ref(src, dst, nrows, ncols);
 }
 
 void ql_quantize_rows_q3_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
@@ -241,12 +242,12 @@ void ql_quantize_rows_q3_k_fast(const float *src, void *dst, int64_t nrows, int6
     const int64_t nb_row = ncols / QK_K;
     DISPATCH(q3_K_quant_avx512(src, dst, nrows * nb_row, nb_row, importance),
              q3_K_quant_avx2(src, dst, nrows * nb_row, nb_row, importance))
-    ql_ggml_quantize_rows(QL_TYPE_Q3_K, src, dst, nrows, ncols, importance);
+    ql_quantize_rows_q3_k_ref(src, dst, nrows, ncols, importance);
 }
 void ql_dequantize_rows_q3_k_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / QK_K);
     DISPATCH(q3_K_dequant_avx512(src, dst, nb), q3_K_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q3_K, src, dst, nrows, ncols);
+    ql_dequantize_rows_q3_k_ref(src, dst, nrows, ncols);
 }
 
 void ql_quantize_rows_q5_k_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
@@ -254,12 +255,12 @@ void ql_quantize_rows_q5_k_fast(const float *src, void *dst, int64_t nrows, int6
     const int64_t nb_row = ncols / QK_K;
     DISPATCH(q5_K_quant_avx512(src, dst, nrows * nb_row, nb_row, importance),
              q5_K_quant_avx2(src, dst, nrows * nb_row, nb_row, importance))
-    ql_ggml_quantize_rows(QL_TYPE_Q5_K, src, dst, nrows, ncols, importance);
+    ql_quantize_rows_q5_k_ref(src, dst, nrows, ncols, importance);
 }
 void ql_dequantize_rows_q5_k_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t nb = nrows * (ncols / QK_K);
     DISPATCH(q5_K_dequant_avx512(src, dst, nb), q5_K_dequant_avx2(src, dst, nb))
-    ql_ggml_dequantize_rows(QL_TYPE_Q5_K, src, dst, nrows, ncols);
+    ql_dequantize_rows_q5_k_ref(src, dst, nrows, ncols);
 }
 
 void ql_quantize_rows_f16_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
@@ -267,24 +268,24 @@ void ql_quantize_rows_f16_fast(const float *src, void *dst, int64_t nrows, int64
     (void)importance;
     const int64_t n = nrows * ncols;
     DISPATCH_F16(f16_quant_avx512(src, dst, n), f16_quant_avx2(src, dst, n))
-    ql_ggml_quantize_rows(QL_TYPE_F16, src, dst, nrows, ncols, NULL);
+    ql_quantize_rows_f16_ref(src, dst, nrows, ncols, NULL);
 }
 void ql_dequantize_rows_f16_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t n = nrows * ncols;
     DISPATCH_F16(f16_dequant_avx512(src, dst, n), f16_dequant_avx2(src, dst, n))
-    ql_ggml_dequantize_rows(QL_TYPE_F16, src, dst, nrows, ncols);
+    ql_dequantize_rows_f16_ref(src, dst, nrows, ncols);
 }
 void ql_quantize_rows_bf16_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
                                 const float *importance) {
     (void)importance;
     const int64_t n = nrows * ncols;
     DISPATCH(bf16_quant_avx512(src, dst, n), bf16_quant_avx2(src, dst, n))
-    ql_ggml_quantize_rows(QL_TYPE_BF16, src, dst, nrows, ncols, NULL);
+    ql_quantize_rows_bf16_ref(src, dst, nrows, ncols, NULL);
 }
 void ql_dequantize_rows_bf16_fast(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     const int64_t n = nrows * ncols;
     DISPATCH(bf16_dequant_avx512(src, dst, n), bf16_dequant_avx2(src, dst, n))
-    ql_ggml_dequantize_rows(QL_TYPE_BF16, src, dst, nrows, ncols);
+    ql_dequantize_rows_bf16_ref(src, dst, nrows, ncols);
 }
 
 #else /* ================= QL_SIMD2_TEMPLATE: one instantiation, W lanes, target TGT ================= */

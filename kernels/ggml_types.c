@@ -1,12 +1,12 @@
-/* ggml_types.c — sizes and names of every ggml storage type (so any GGUF file can be carried),
- * plus the table of qlab extension types that the format registry fills at start-up. */
+/* ggml_types.c — sizes and names of ggml storage types (so any GGUF file can be carried), plus the
+ * types the format registry registers at start-up (ggml types added after this table, extensions). */
 #include "kernels/ggml_types.h"
 
 #include <string.h>
 #include <strings.h>
 #include <pthread.h>
 
-static const ql_type_info g_ggml[QL_TYPE_GGML_COUNT] = {
+static ql_type_info g_ggml[QL_TYPE_GGML_COUNT] = {
     [QL_TYPE_F32] = {"f32", 1, 4},        [QL_TYPE_F16] = {"f16", 1, 2},
     [QL_TYPE_Q4_0] = {"q4_0", 32, 18},    [QL_TYPE_Q4_1] = {"q4_1", 32, 20},
     [QL_TYPE_Q5_0] = {"q5_0", 32, 22},    [QL_TYPE_Q5_1] = {"q5_1", 32, 24},
@@ -38,10 +38,13 @@ const ql_type_info *ql_type_get(uint32_t type) {
     return NULL;
 }
 
-void ql_type_register_ext(uint32_t type, const char *name, int block, int block_bytes) {
-    if (type < QL_TYPE_EXT_BASE || type >= QL_TYPE_EXT_BASE + QL_MAX_EXT) return;
+void ql_type_register(uint32_t type, const char *name, int block, int block_bytes) {
+    if (!name || block <= 0 || block_bytes <= 0 || ql_type_get(type)) return;
     pthread_mutex_lock(&g_ext_lock);
-    g_ext[type - QL_TYPE_EXT_BASE] = (ql_type_info){name, block, block_bytes};
+    if (type < QL_TYPE_GGML_COUNT)
+        g_ggml[type] = (ql_type_info){name, block, block_bytes};
+    else if (type >= QL_TYPE_EXT_BASE && type < QL_TYPE_EXT_BASE + QL_MAX_EXT)
+        g_ext[type - QL_TYPE_EXT_BASE] = (ql_type_info){name, block, block_bytes};
     pthread_mutex_unlock(&g_ext_lock);
 }
 

@@ -1,7 +1,9 @@
-/* ggml_types.h — the storage types a GGUF file can hold, by ggml's numeric id: name, elements per
- * block, bytes per block. This is what the GGUF reader needs to size and carry any tensor, including
- * quantized types qlab cannot decode yet. The format registry (methods/) adds codecs on top.
- * qlab extension types (formats ggml has no id for) live at QL_TYPE_EXT_BASE and above; see docs/. */
+/* ggml_types.h — the storage types a GGUF file can hold, by numeric id: name, elements per block,
+ * bytes per block. This is what the GGUF reader needs to size and carry any tensor. The static table
+ * holds the ggml types that exist before any format is registered (so a program that links the GGUF
+ * reader without the format registry still carries every file llama.cpp wrote before this table was
+ * frozen); every format of formats/ registers its own type at start-up, so a ggml type added later
+ * (NVFP4) or a qlab extension type (QL_TYPE_EXT_BASE and above) needs no line here. */
 #ifndef QL_GGML_TYPES_H
 #define QL_GGML_TYPES_H
 
@@ -17,7 +19,7 @@ enum {
     QL_TYPE_IQ2_S = 22, QL_TYPE_IQ4_XS = 23, QL_TYPE_I8 = 24, QL_TYPE_I16 = 25,
     QL_TYPE_I32 = 26, QL_TYPE_I64 = 27, QL_TYPE_F64 = 28, QL_TYPE_IQ1_M = 29,
     QL_TYPE_BF16 = 30, QL_TYPE_TQ1_0 = 34, QL_TYPE_TQ2_0 = 35, QL_TYPE_MXFP4 = 39,
-    QL_TYPE_GGML_COUNT = 40,
+    QL_TYPE_GGML_COUNT = 64, /* ids below this are ggml's (present or future); the table sizes by it */
     QL_TYPE_EXT_BASE = 0x5100, /* qlab extension ids start here */
 };
 
@@ -29,8 +31,9 @@ typedef struct {
 
 /* NULL for an id that is neither a ggml type nor a registered extension. */
 const ql_type_info *ql_type_get(uint32_t type);
-/* Register an extension type (called by the format registry at start-up). */
-void ql_type_register_ext(uint32_t type, const char *name, int block, int block_bytes);
+/* Register a type not in the static table: a ggml id (< QL_TYPE_GGML_COUNT) or an extension id
+ * (called by the format registry at start-up; ignored for ids already known or out of range). */
+void ql_type_register(uint32_t type, const char *name, int block, int block_bytes);
 /* Lookup by name; returns -1 when unknown. */
 int64_t ql_type_by_name(const char *name);
 /* Bytes for a row of n elements; -1 if n is not a multiple of the block. Extension types whose rows

@@ -17,7 +17,7 @@ ql_status ql_infer_set_act_quant_all(ql_infer *inf, const ql_stats *st, ql_act_m
  * forward pass (ql_infer_set_act_quant_all). */
 typedef struct {
     const char *name;          /* "W8A8-INT8", ... */
-    const char *weight_format; /* registry name (methods/format.h) */
+    const char *weight_format; /* registry name (formats/format.h) */
     ql_act_mode act;
     const char *summary;
 } ql_act_recipe;

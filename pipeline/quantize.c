@@ -34,14 +34,8 @@ typedef struct {
 } quant_ctx;
 
 int64_t ql_file_type_for_format(const char *name) {
-    static const struct { const char *n; int64_t ft; } map[] = {
-        {"f32", 0}, {"f16", 1}, {"q4_0", 2}, {"q4_1", 3}, {"q8_0", 7}, {"q5_0", 8}, {"q5_1", 9},
-        {"q2_k", 10}, {"q3_k", 11}, {"q4_k", 14}, {"q5_k", 16}, {"q6_k", 18}, {"iq4_nl", 25}, {"iq4_xs", 30},
-        {"bf16", 32},
-    };
-    for (size_t i = 0; i < QL_ARRAY_LEN(map); i++)
-        if (!strcmp(map[i].n, name)) return map[i].ft;
-    return -1;
+    const ql_format *f = name ? ql_format_by_name(name) : NULL;
+    return f ? ql_format_llama_file_type(f) : -1; /* QL_FTYPE_NONE is -1 */
 }
 
 static int method_index(const ql_method *m) {

@@ -34,14 +34,6 @@ struct ql_preset {
     ql_status st;
 };
 
-/* What llama.cpp's quantize tool does when a row does not fit a 256-block type. */
-static const struct { const char *from, *to; } g_fallback[] = {
-    {"q2_k", "q4_0"}, {"q3_k", "q4_0"}, {"q4_k", "q5_0"}, {"q5_k", "q5_1"}, {"q6_k", "q8_0"},
-    {"iq4_xs", "iq4_nl"}, {"iq3_s", "iq4_nl"}, {"iq3_xxs", "iq4_nl"}, {"iq2_xxs", "iq4_nl"},
-    {"iq2_xs", "iq4_nl"}, {"iq2_s", "iq4_nl"}, {"iq1_s", "iq4_nl"}, {"iq1_m", "iq4_nl"},
-    {"tq1_0", "q4_0"}, {"tq2_0", "q4_0"},
-};
-
 int ql_preset_builtin_count(void) {
     int n = 0;
     while (ql_builtin_presets[n].name) n++;
@@ -225,19 +217,14 @@ static bool pattern_matches(const char *pat, const tensor_ctx *t) {
     return strcmp(pat, t->role) == 0;
 }
 
-/* The format that fits rows of ncols, following the fallback table, then F16. The note says exactly what
- * llama-quantize does with the same rows: the same fallback, or (for types its table lacks: q4_0, q8_0 ...)
- * refusing the model, so a user comparing the two tools is not misled. */
+/* The format that fits rows of ncols, following the entries' fallbacks (llama.cpp's table), then F16. The
+ * note says exactly what llama-quantize does with the same rows: the same fallback, or (for types its
+ * table lacks: q4_0, q8_0 ...) refusing the model, so a user comparing the two tools is not misled. */
 static const ql_format *fit(const ql_format *f, int64_t ncols, char *note, size_t cap) {
     const ql_format *orig = f;
-    bool llama_has = false;
-    for (size_t i = 0; i < QL_ARRAY_LEN(g_fallback); i++) llama_has |= !strcmp(g_fallback[i].from, f->name);
-    for (int guard = 0; guard < 4 && !ql_format_fits(f, ncols); guard++) {
-        const ql_format *next = NULL;
-        for (size_t i = 0; i < QL_ARRAY_LEN(g_fallback); i++)
-            if (!strcmp(g_fallback[i].from, f->name)) next = ql_format_by_name(g_fallback[i].to);
-        f = next ? next : ql_format_by_name("f16");
-    }
+    const bool llama_has = f->fallback != NULL; /* entries carry llama.cpp's fallbacks only */
+    for (int guard = 0; guard < 4 && !ql_format_fits(f, ncols); guard++)
+        f = ql_format_fallback(f);
     if (!ql_format_fits(f, ncols)) f = ql_format_by_name("f16");
     if (f != orig) {
         const char *what = llama_has                     ? "llama-quantize does the same"

@@ -281,8 +281,8 @@ static void check_registry_threads(const kernel_t *kernels, size_t nkernels) {
     for (size_t i = 0; i < nkernels; ++i) {
         const kernel_t *k = &kernels[i];
         const ql_format *f = fmt_of(k);
-        assert_true(f->quantize_rows_fast == k->quant);
-        assert_true(f->dequantize_rows_fast == k->dequant);
+        assert_true(f->simd && f->simd->quantize_rows == k->quant);
+        assert_true(f->simd && f->simd->dequantize_rows == k->dequant);
         const int64_t ncols = 2048, nrows = 37; /* 75776 weights: above the driver's threading cut */
         const int64_t rb = tensor_bytes(k, ncols, 1);
         float *x = malloc(sizeof(float) * (size_t)(nrows * ncols)), *w = malloc(sizeof(float) * ncols);

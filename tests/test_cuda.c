@@ -1,6 +1,8 @@
-/* test_cuda.c — the CUDA codecs (kernels/cuda_api.h) against the scalar reference: every dequantize
- * kernel on the reference's own codes (random + adversarial rows) and on random bytes, every quantize
- * kernel on random + adversarial rows. Exact equality, with one documented allowance: NaN outputs of a
+/* test_cuda.c — the CUDA column of the format registry (ql_format.cuda, kernels/codecs_cuda.cu) against
+ * the entries' scalar reference: every dequantize kernel the registry points at on the reference's own
+ * codes (random + adversarial rows) and on random bytes, every quantize kernel on random + adversarial
+ * rows. The formats are found by walking the registry, so a new CUDA kernel is tested as soon as an
+ * entry points at it. Exact equality, with one documented allowance: NaN outputs of a
  * dequantize are compared as "both NaN" (payload not compared), and quantized blocks whose INPUT holds
  * NaN/Inf are reported but not required to match (there the reference's bits come from x86's NaN
  * propagation order, which the device only imitates). Without a GPU, the kernels' own per-element code is
@@ -23,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/format.h"
 #include "kernels/blocks.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_types.h"
@@ -64,20 +67,7 @@ static void test_block_layouts(void **state) {
 }
 
 #ifdef QL_HAVE_CUDA
-typedef struct {
-    const char *name;
-    uint32_t type;
-    bool quant; /* has a CUDA quantize kernel */
-} ctype_t;
-
-static const ctype_t types[] = {
-    {"f16", QL_TYPE_F16, false},       {"bf16", QL_TYPE_BF16, false},     {"q4_0", QL_TYPE_Q4_0, true},
-    {"q4_1", QL_TYPE_Q4_1, false},     {"q5_0", QL_TYPE_Q5_0, false},     {"q5_1", QL_TYPE_Q5_1, false},
-    {"q8_0", QL_TYPE_Q8_0, true},      {"q2_k", QL_TYPE_Q2_K, false},     {"q3_k", QL_TYPE_Q3_K, false},
-    {"q4_k", QL_TYPE_Q4_K, true},      {"q5_k", QL_TYPE_Q5_K, false},     {"q6_k", QL_TYPE_Q6_K, true},
-    {"iq4_nl", QL_TYPE_IQ4_NL, false}, {"iq4_xs", QL_TYPE_IQ4_XS, false},
-};
-
+typedef const ql_format ctype_t;
 enum { NROWS = 7, NCOLS = 512, NKIND = 16 };
 
 static uint64_t g_rng = 0x243F6A8885A308D3ull;
@@ -135,27 +125,51 @@ static int64_t first_float_diff(const float *a, const float *b, int64_t n) {
     return -1;
 }
 
-typedef ql_status (*deq_fn)(uint32_t, const void *, float *, int64_t, int64_t);
-typedef ql_status (*q_fn)(uint32_t, const float *, void *, int64_t, int64_t);
+typedef ql_status (*deq_fn)(ctype_t *, const void *, float *, int64_t, int64_t);
+typedef ql_status (*q_fn)(ctype_t *, const float *, void *, int64_t, int64_t);
+
+/* the entry's reference (no importance weights: the CUDA quantizers are ggml's no-imatrix path) */
+static size_t ref_quantize(ctype_t *f, const float *x, void *q, int64_t nrows, int64_t ncols, const float *imp) {
+    f->quantize_rows(x, q, nrows, ncols, imp);
+    return (size_t)ql_format_tensor_bytes(f, ncols, nrows);
+}
+static bool ref_dequantize(ctype_t *f, const void *q, float *y, int64_t nrows, int64_t ncols) {
+    f->dequantize_rows(q, y, nrows, ncols);
+    return true;
+}
+static ql_status deq_host(ctype_t *f, const void *q, float *y, int64_t nrows, int64_t ncols) {
+    return f->cuda->dequantize_emulated(q, y, nrows, ncols);
+}
+static ql_status q_host(ctype_t *f, const float *x, void *q, int64_t nrows, int64_t ncols) {
+    return f->cuda->quantize_emulated(x, q, nrows, ncols);
+}
+static ql_status deq_device(ctype_t *f, const void *q, float *y, int64_t nrows, int64_t ncols) {
+    return ql_cuda_run_dequantize(f->cuda->dequantize_dev, q, ql_format_tensor_bytes(f, ncols, nrows), y, nrows, ncols);
+}
+static ql_status q_device(ctype_t *f, const float *x, void *q, int64_t nrows, int64_t ncols) {
+    return ql_cuda_run_quantize(f->cuda->quantize_dev, x, q, ql_format_tensor_bytes(f, ncols, nrows), nrows, ncols);
+}
+static bool has_cuda_dequant(ctype_t *f) { return f->cuda && f->cuda->dequantize_dev; }
+static bool has_cuda_quant(ctype_t *f) { return f->cuda && f->cuda->quantize_dev; }
 
 /* Dequantize the reference's codes of every row kind, and random bytes, with `deq`; compare with ref. */
 static void check_dequant(const ctype_t *t, deq_fn deq, const char *who) {
-    const int64_t rb = ql_type_row_bytes(t->type, NCOLS);
+    const int64_t rb = ql_format_tensor_bytes(t, NCOLS, 1);
     uint8_t *q = malloc((size_t)(rb * NROWS));
     float *x = malloc(sizeof(float) * NROWS * NCOLS), *a = malloc(sizeof(float) * NROWS * NCOLS),
           *b = malloc(sizeof(float) * NROWS * NCOLS);
     for (int kind = 0; kind <= NKIND; ++kind) {
         if (kind < NKIND) {
             for (int r = 0; r < NROWS; ++r) fill_row(x + r * NCOLS, NCOLS, kind);
-            assert_int_equal(ql_ggml_quantize_rows(t->type, x, q, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
+            assert_int_equal(ref_quantize(t, x, q, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
         } else {
             for (int64_t i = 0; i < rb * NROWS; ++i)
                 q[i] = (uint8_t)rnd64(); /* NaN/Inf/subnormal scales too */
         }
         memset(a, 0xA5, sizeof(float) * NROWS * NCOLS);
-        ql_status st = deq(t->type, q, a, NROWS, NCOLS);
+        ql_status st = deq(t, q, a, NROWS, NCOLS);
         if (st != QL_OK) fail_msg("%s dequantize %s: %s", who, t->name, ql_last_error());
-        assert_true(ql_ggml_dequantize_rows(t->type, q, b, NROWS, NCOLS));
+        assert_true(ref_dequantize(t, q, b, NROWS, NCOLS));
         int64_t bad = first_float_diff(a, b, NROWS * NCOLS);
         if (bad >= 0)
             fail_msg("%s dequantize %s (%s): element %lld is %.9g (0x%08x), ref %.9g (0x%08x)", who, t->name,
@@ -170,17 +184,17 @@ static void check_dequant(const ctype_t *t, deq_fn deq, const char *who) {
 
 /* Quantize every row kind with `qf`; blocks with finite input must match the reference byte for byte. */
 static void check_quant(const ctype_t *t, q_fn qf, const char *who) {
-    const ql_type_info *ti = ql_type_get(t->type);
-    const int64_t rb = ql_type_row_bytes(t->type, NCOLS), bb = ti->block_bytes, nbr = NCOLS / ti->block;
+    const ql_format *ti = t;
+    const int64_t rb = ql_format_tensor_bytes(t, NCOLS, 1), bb = ti->block_bytes, nbr = NCOLS / ti->block;
     uint8_t *qa = malloc((size_t)(rb * NROWS)), *qb = malloc((size_t)(rb * NROWS));
     float *x = malloc(sizeof(float) * NROWS * NCOLS);
     int loose = 0, loose_bad = 0;
     for (int kind = 0; kind < NKIND; ++kind) {
         for (int r = 0; r < NROWS; ++r) fill_row(x + r * NCOLS, NCOLS, (kind + r) % NKIND == 0 ? 0 : kind);
         memset(qa, 0xA5, (size_t)(rb * NROWS));
-        ql_status st = qf(t->type, x, qa, NROWS, NCOLS);
+        ql_status st = qf(t, x, qa, NROWS, NCOLS);
         if (st != QL_OK) fail_msg("%s quantize %s: %s", who, t->name, ql_last_error());
-        assert_int_equal(ql_ggml_quantize_rows(t->type, x, qb, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
+        assert_int_equal(ref_quantize(t, x, qb, NROWS, NCOLS, NULL), (size_t)(rb * NROWS));
         for (int64_t blk = 0; blk < NROWS * nbr; ++blk) {
             const bool same = memcmp(qa + blk * bb, qb + blk * bb, (size_t)bb) == 0;
             if (!block_finite(x + blk * ti->block, ti->block)) {
@@ -207,14 +221,23 @@ static void check_quant(const ctype_t *t, q_fn qf, const char *who) {
 /* Host run of the kernels' code: needs no device. */
 static void test_emulation(void **state) {
     (void)state;
-    for (size_t i = 0; i < QL_ARRAY_LEN(types); ++i) {
-        assert_true(ql_cuda_can_dequantize(types[i].type));
-        assert_int_equal(ql_cuda_can_quantize(types[i].type), types[i].quant);
-        check_dequant(&types[i], ql_cuda_emulate_dequantize, "host");
-        if (types[i].quant) check_quant(&types[i], ql_cuda_emulate_quantize, "host");
+    int nd = 0, nq = 0;
+    for (int i = 0; i < ql_format_count(); ++i) {
+        ctype_t *f = ql_format_at(i);
+        if (has_cuda_dequant(f)) {
+            assert_non_null(f->cuda->dequantize_emulated);
+            check_dequant(f, deq_host, "host");
+            nd++;
+        }
+        if (has_cuda_quant(f)) {
+            assert_non_null(f->cuda->quantize_emulated);
+            assert_non_null(f->quantize_rows);
+            check_quant(f, q_host, "host");
+            nq++;
+        }
     }
-    printf("  host run of the CUDA codecs: %zu dequantizers, 4 quantizers identical to ref\n",
-           QL_ARRAY_LEN(types));
+    assert_true(nd > 0); /* a CUDA build with an empty column would test nothing */
+    printf("  host run of the registry's CUDA column: %d dequantizers, %d quantizers identical to ref\n", nd, nq);
 }
 
 /* ---- the device math on the host, against the reference and real SSE ---- */
@@ -331,15 +354,17 @@ static bool have_device(void) {
 static void test_device_dequantize(void **state) {
     (void)state;
     if (!have_device()) skip();
-    for (size_t i = 0; i < QL_ARRAY_LEN(types); ++i) check_dequant(&types[i], ql_cuda_dequantize, "cuda");
+    for (int i = 0; i < ql_format_count(); ++i)
+        if (has_cuda_dequant(ql_format_at(i))) check_dequant(ql_format_at(i), deq_device, "cuda");
     /* 15 values: not a multiple of 8, so the one-element-per-thread kernel runs */
-    const uint32_t odd[] = {QL_TYPE_F16, QL_TYPE_BF16};
+    const char *odd[] = {"f16", "bf16"};
     for (int t = 0; t < 2; ++t) {
+        ctype_t *f = ql_format_by_name(odd[t]);
         uint16_t h[15];
         float a[15], b[15];
         for (int i = 0; i < 15; ++i) h[i] = (uint16_t)rnd64();
-        assert_int_equal(ql_cuda_dequantize(odd[t], h, a, 5, 3), QL_OK);
-        assert_true(ql_ggml_dequantize_rows(odd[t], h, b, 5, 3));
+        assert_int_equal(deq_device(f, h, a, 5, 3), QL_OK);
+        assert_true(ref_dequantize(f, h, b, 5, 3));
         assert_int_equal(first_float_diff(a, b, 15), -1);
     }
 }
@@ -347,19 +372,20 @@ static void test_device_dequantize(void **state) {
 static void test_device_quantize(void **state) {
     (void)state;
     if (!have_device()) skip();
-    for (size_t i = 0; i < QL_ARRAY_LEN(types); ++i)
-        if (types[i].quant) check_quant(&types[i], ql_cuda_quantize, "cuda");
+    for (int i = 0; i < ql_format_count(); ++i)
+        if (has_cuda_quant(ql_format_at(i))) check_quant(ql_format_at(i), q_device, "cuda");
     /* a big matrix: many thread blocks, grid-stride loops */
     const int64_t nrows = 300, ncols = 4096;
     float *x = malloc(sizeof(float) * (size_t)(nrows * ncols));
     for (int64_t i = 0; i < nrows * ncols; ++i) x[i] = rnd_n();
-    for (size_t i = 0; i < QL_ARRAY_LEN(types); ++i) {
-        if (!types[i].quant) continue;
-        const size_t n = (size_t)ql_type_tensor_bytes(types[i].type, ncols, nrows);
+    for (int i = 0; i < ql_format_count(); ++i) {
+        ctype_t *f = ql_format_at(i);
+        if (!has_cuda_quant(f)) continue;
+        const size_t n = (size_t)ql_format_tensor_bytes(f, ncols, nrows);
         uint8_t *a = malloc(n), *b = malloc(n);
-        assert_int_equal(ql_cuda_quantize(types[i].type, x, a, nrows, ncols), QL_OK);
-        ql_ggml_quantize_rows(types[i].type, x, b, nrows, ncols, NULL);
-        if (memcmp(a, b, n) != 0) fail_msg("cuda quantize %s: 300x4096 differs from ref", types[i].name);
+        assert_int_equal(q_device(f, x, a, nrows, ncols), QL_OK);
+        ref_quantize(f, x, b, nrows, ncols, NULL);
+        if (memcmp(a, b, n) != 0) fail_msg("cuda quantize %s: 300x4096 differs from ref", f->name);
         free(a);
         free(b);
     }
@@ -370,14 +396,14 @@ static void test_errors(void **state) {
     (void)state;
     float x[64] = {0};
     uint8_t q[64] = {0};
-    /* shape and type errors do not need a device */
-    assert_int_equal(ql_cuda_dequantize(QL_TYPE_Q4_K, q, x, 1, 100), QL_ERR_ARG);
-    assert_int_equal(ql_cuda_quantize(QL_TYPE_Q5_K, x, q, 1, 256), QL_ERR_UNSUPPORTED);
-    assert_int_equal(ql_cuda_dequantize(QL_TYPE_IQ2_XXS, q, x, 1, 256), QL_ERR_UNSUPPORTED);
-    assert_int_equal(ql_cuda_emulate_quantize(QL_TYPE_Q4_0, x, q, 1, 33), QL_ERR_ARG);
+    /* shape errors do not need a device */
+    assert_int_equal(ql_cuda_dequantize_q4_k_dev(q, x, 1, 100, NULL), QL_ERR_ARG);
+    assert_int_equal(ql_cuda_quantize_q4_0_emulated(x, q, 1, 33), QL_ERR_ARG);
+    assert_int_equal(ql_cuda_run_quantize(NULL, x, q, 64, 1, 256), QL_ERR_UNSUPPORTED);
+    assert_null(ql_format_by_name("iq2_xxs")->cuda); /* no kernel: the column is empty there */
     if (!have_device()) skip();
-    assert_int_equal(ql_cuda_dequantize(QL_TYPE_Q8_0, q, x, 0, 32), QL_OK); /* zero rows: nothing to do */
-    assert_int_equal(ql_cuda_dequantize_dev(QL_TYPE_Q8_0, NULL, NULL, 0, 32, NULL), QL_OK);
+    assert_int_equal(ql_cuda_run_dequantize(ql_cuda_dequantize_q8_0_dev, q, 0, x, 0, 32), QL_OK); /* zero rows */
+    assert_int_equal(ql_cuda_dequantize_q8_0_dev(NULL, NULL, 0, 32, NULL), QL_OK);
 }
 
 int main(void) {

@@ -1,5 +1,7 @@
-/* test_ggml_quants.c — bit-exactness of kernels/ggml_quants_ref.c against ggml's own output
- * (../shared/testdata/ggml-quants, made with llama.cpp 34af94cd), plus robustness on awkward rows. */
+/* test_ggml_quants.c — bit-exactness of the registry's reference codecs for ggml types (the entries'
+ * quantize_rows / dequantize_rows: kernels/ggml_quants_ref.c, formats/fmt_mxfp4.c, fmt_nvfp4.c) against
+ * ggml's own output (../shared/testdata/ggml-quants, made with llama.cpp 34af94cd), plus robustness on
+ * awkward rows. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -16,6 +18,31 @@
 #include "tests/test_util.h"
 #include "base/ql_common.h"
 #include "kernels/iq_tables.h"
+#include "formats/format.h"
+
+/* The traits entry's reference codec (never the SIMD twin: the specification is what is checked here).
+ * Bytes written, 0 when the type has no entry or quantizer or the row does not fit its block. */
+static size_t ref_quantize(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                    const float *imat) {
+    const ql_format *f = ql_format_by_type(type);
+    if (!f || !f->quantize_rows || !ql_format_fits(f, ncols)) return 0;
+    f->quantize_rows(src, dst, nrows, ncols, imat);
+    return (size_t)ql_format_tensor_bytes(f, ncols, nrows);
+}
+static bool ref_dequantize(uint32_t type, const void *src, float *dst, int64_t nrows, int64_t ncols) {
+    const ql_format *f = ql_format_by_type(type);
+    if (!f || !f->dequantize_rows || !ql_format_fits(f, ncols)) return false;
+    f->dequantize_rows(src, dst, nrows, ncols);
+    return true;
+}
+static bool ref_can_quantize(uint32_t type) {
+    const ql_format *f = ql_format_by_type(type);
+    return f && f->quantize_rows;
+}
+static bool ref_can_dequantize(uint32_t type) {
+    const ql_format *f = ql_format_by_type(type);
+    return f && f->dequantize_rows;
+}
 
 #define NROWS 64
 #define NCOLS 512
@@ -32,6 +59,8 @@ static const case_t cases[] = {
     {"Q8_0", QL_TYPE_Q8_0, false},    {"Q2_K", QL_TYPE_Q2_K, true},     {"Q3_K", QL_TYPE_Q3_K, true},
     {"Q4_K", QL_TYPE_Q4_K, true},     {"Q5_K", QL_TYPE_Q5_K, true},     {"Q6_K", QL_TYPE_Q6_K, true},
     {"IQ4_NL", QL_TYPE_IQ4_NL, true}, {"IQ4_XS", QL_TYPE_IQ4_XS, true},
+    /* the FP4 microscaling types: one file each in formats/ (ggml's quantizers ignore the imatrix) */
+    {"MXFP4", QL_TYPE_MXFP4, false},  {"NVFP4", 40 /* GGML_TYPE_NVFP4 */, false},
 };
 
 static char g_dir[1024];
@@ -97,7 +126,7 @@ static void check_one(const case_t *c, bool imat) {
 
     uint8_t *q = calloc(1, qlen);
     float *d = calloc(NROWS * NCOLS, sizeof(float));
-    size_t wrote = ql_ggml_quantize_rows(c->type, g_input, q, NROWS, NCOLS, imat ? g_imatrix : NULL);
+    size_t wrote = ref_quantize(c->type, g_input, q, NROWS, NCOLS, imat ? g_imatrix : NULL);
     assert_int_equal(wrote, qlen);
     long bad_q = -1;
     for (size_t i = 0; i < qlen; ++i)
@@ -105,7 +134,7 @@ static void check_one(const case_t *c, bool imat) {
             bad_q = (long)i;
             break;
         }
-    assert_true(ql_ggml_dequantize_rows(c->type, ref_q, d, NROWS, NCOLS));
+    assert_true(ref_dequantize(c->type, ref_q, d, NROWS, NCOLS));
     long bad_d = -1;
     for (size_t i = 0; i < (size_t)NROWS * NCOLS; ++i)
         if (memcmp(&d[i], &ref_d[i], 4) != 0) {
@@ -150,7 +179,8 @@ static void test_awkward_rows(void **state) {
     enum { N = 512 };
     static const uint32_t types[] = {QL_TYPE_Q4_0,   QL_TYPE_Q4_1,   QL_TYPE_Q5_0, QL_TYPE_Q5_1, QL_TYPE_Q8_0,
                                      QL_TYPE_Q2_K,   QL_TYPE_Q3_K,   QL_TYPE_Q4_K, QL_TYPE_Q5_K, QL_TYPE_Q6_K,
-                                     QL_TYPE_IQ4_NL, QL_TYPE_IQ4_XS, QL_TYPE_F16,  QL_TYPE_BF16};
+                                     QL_TYPE_IQ4_NL, QL_TYPE_IQ4_XS, QL_TYPE_F16,  QL_TYPE_BF16,
+                                     QL_TYPE_MXFP4}; /* not NVFP4: its E4M3 scale saturates at 448·6 */
     float rows[6][N], w[N], wzero[N];
     memset(wzero, 0, sizeof(wzero)); /* an all-zero imatrix must not produce NaN */
     for (int i = 0; i < N; ++i) {
@@ -168,9 +198,9 @@ static void test_awkward_rows(void **state) {
         for (int r = 0; r < 6; ++r) {
             for (int im = 0; im < 3; ++im) {
                 const float *imat = im == 0 ? NULL : im == 1 ? w : wzero;
-                size_t wrote = ql_ggml_quantize_rows(types[t], rows[r], q, 1, N, imat);
+                size_t wrote = ref_quantize(types[t], rows[r], q, 1, N, imat);
                 assert_int_equal(wrote, (size_t)ql_type_row_bytes(types[t], N));
-                assert_true(ql_ggml_dequantize_rows(types[t], q, out, 1, N));
+                assert_true(ref_dequantize(types[t], q, out, 1, N));
                 for (int i = 0; i < N; ++i) {
                     if (!isfinite(out[i]))
                         fail_msg("type %u row %d imat %d: non-finite at %d", types[t], r, im, i);
@@ -192,14 +222,15 @@ static void test_unsupported(void **state) {
     (void)state;
     float x[256] = {0}, y[256];
     uint8_t q[1024];
-    assert_int_equal(ql_ggml_quantize_rows(QL_TYPE_I32, x, q, 1, 256, NULL), 0);
-    assert_int_equal(ql_ggml_quantize_rows(12345, x, q, 1, 256, NULL), 0);
-    assert_int_equal(ql_ggml_quantize_rows(QL_TYPE_Q4_K, x, q, 1, 100, NULL), 0); /* not a multiple of 256 */
-    assert_false(ql_ggml_dequantize_rows(12345, q, y, 1, 256));
-    assert_false(ql_ggml_dequantize_rows(QL_TYPE_Q4_0, q, y, 1, 33));
-    assert_true(ql_ggml_can_quantize(QL_TYPE_Q6_K));
-    assert_false(ql_ggml_can_quantize(QL_TYPE_TQ2_0));
-    assert_true(ql_ggml_can_dequantize(QL_TYPE_TQ2_0));
+    assert_int_equal(ref_quantize(QL_TYPE_I32, x, q, 1, 256, NULL), 0);
+    assert_int_equal(ref_quantize(12345, x, q, 1, 256, NULL), 0);
+    assert_int_equal(ref_quantize(QL_TYPE_Q4_K, x, q, 1, 100, NULL), 0); /* not a multiple of 256 */
+    assert_false(ref_dequantize(12345, q, y, 1, 256));
+    assert_false(ref_dequantize(QL_TYPE_Q4_0, q, y, 1, 33));
+    assert_true(ref_can_quantize(QL_TYPE_Q6_K));
+    assert_false(ref_can_quantize(QL_TYPE_TQ2_0));
+    assert_true(ref_can_quantize(QL_TYPE_MXFP4));
+    assert_true(ref_can_dequantize(QL_TYPE_TQ2_0));
 }
 
 /* Known values for formats with no reference file: TQ2_0, TQ1_0, MXFP4 decode. */
@@ -211,7 +242,7 @@ static void test_small_decoders(void **state) {
     for (int m = 0; m < 32; ++m) blk[m] = (uint8_t)(0 | (1 << 2) | (2 << 4) | (3 << 6)); /* -1, 0, 1, 2 */
     uint16_t d = ql_fp32_to_fp16(0.5f);
     memcpy(blk + 64, &d, 2);
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_TQ2_0, blk, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_TQ2_0, blk, y, 1, 256));
     assert_true(y[0] == -0.5f && y[32] == 0.0f && y[64] == 0.5f && y[96] == 1.0f && y[128] == -0.5f);
 
     /* TQ1_0: byte 0 is the ceiling of 256*t/243 for the trits t = (2,1,0,1,2) -> values 1,0,-1,0,1 */
@@ -221,7 +252,7 @@ static void test_small_decoders(void **state) {
     t1[0] = (uint8_t)((t * 256 + 242) / 243);
     d = ql_fp32_to_fp16(2.0f);
     memcpy(t1 + 52, &d, 2);
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_TQ1_0, t1, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_TQ1_0, t1, y, 1, 256));
     assert_true(y[0] == 2.0f && y[32] == 0.0f && y[64] == -2.0f && y[96] == 0.0f && y[128] == 2.0f);
 
     /* MXFP4: e = 128 -> half scale 1; nibble 7 -> 12 (6.0 doubled), nibble 9 -> -1 */
@@ -229,7 +260,7 @@ static void test_small_decoders(void **state) {
     memset(mx, 0, sizeof(mx));
     mx[0] = 128;
     mx[1] = 0x97;
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_MXFP4, mx, y, 1, 32));
+    assert_true(ref_dequantize(QL_TYPE_MXFP4, mx, y, 1, 32));
     assert_true(y[0] == 12.0f && y[16] == -1.0f && y[1] == 0.0f);
 }
 
@@ -288,7 +319,7 @@ static void test_iq_decoders(void **state) {
     memcpy(b2, &one, 2);
     uint32_t aux1 = 1; /* second word of sub-block 0: signs for group 0 = 1, scale 0 */
     memcpy(b2 + 2 + 4, &aux1, 4);
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_IQ2_XXS, b2, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_IQ2_XXS, b2, y, 1, 256));
     assert_true(y[0] == -1.0f && y[1] == 1.0f && y[6] == 1.0f && y[7] == -1.0f && y[8] == 1.0f);
 
     /* IQ2_XS: index 1 -> grid 0x...082b, byte 0 = 43; scales low nibble 1 -> db = 1.5*0.25 */
@@ -298,7 +329,7 @@ static void test_iq_decoders(void **state) {
     uint16_t q = 1;
     memcpy(bx + 2, &q, 2);
     bx[2 + 64] = 1;
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_IQ2_XS, bx, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_IQ2_XS, bx, y, 1, 256));
     assert_true(y[0] == 0.375f * 43 && y[1] == 0.375f * 8 && y[16] == 0.125f * 8);
 
     /* IQ3_S: all zero indices -> grid 0 = all 1; scale 0 -> db = d; sign byte 0x01 negates element 0 */
@@ -306,14 +337,14 @@ static void test_iq_decoders(void **state) {
     memset(b3, 0, sizeof(b3));
     memcpy(b3, &one, 2);
     b3[2 + 64 + 8] = 0x01;
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_IQ3_S, b3, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_IQ3_S, b3, y, 1, 256));
     assert_true(y[0] == -1.0f && y[1] == 1.0f && y[255] == 1.0f);
 
     /* IQ1_S: grid 0 = all -1, delta +0.125 (bit 15 clear), scale 0 -> dl = d */
     uint8_t b1[50];
     memset(b1, 0, sizeof(b1));
     memcpy(b1, &one, 2);
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_IQ1_S, b1, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_IQ1_S, b1, y, 1, 256));
     assert_true(y[0] == -0.875f && y[255] == -0.875f);
 
     /* IQ1_M: fp16 1.0 = 0x3c00 spread over the top nibbles of the scale words: word 2 gets 0xc,
@@ -323,14 +354,14 @@ static void test_iq_decoders(void **state) {
     uint16_t sc[4] = {0, 0, 0xc000, 0x3000};
     memcpy(bm + 48, sc, 8);
     bm[32] = 0x08;
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_IQ1_M, bm, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_IQ1_M, bm, y, 1, 256));
     assert_true(y[0] == -1.125f && y[8] == -0.875f);
 
     /* IQ3_XXS: indices 0 -> grid 4s; scale nibble 0 -> db = 0.25 */
     uint8_t bxx[98];
     memset(bxx, 0, sizeof(bxx));
     memcpy(bxx, &one, 2);
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_IQ3_XXS, bxx, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_IQ3_XXS, bxx, y, 1, 256));
     assert_true(y[0] == 1.0f && y[255] == 1.0f);
 
     /* IQ2_S: index from qs (low 8) and qh (2 high bits): qh 0x01 -> index 256 for group 0 */
@@ -338,7 +369,7 @@ static void test_iq_decoders(void **state) {
     memset(bs, 0, sizeof(bs));
     memcpy(bs, &one, 2);
     bs[2 + 64] = 0x01;
-    assert_true(ql_ggml_dequantize_rows(QL_TYPE_IQ2_S, bs, y, 1, 256));
+    assert_true(ref_dequantize(QL_TYPE_IQ2_S, bs, y, 1, 256));
     for (int j = 0; j < 8; ++j) assert_true(y[j] == 0.125f * (float)(uint8_t)(iq2s_grid[256] >> 8 * j));
     assert_true(y[8] == 1.0f);
 }

@@ -10,24 +10,16 @@
 #include <ctype.h>
 #include <string.h>
 
-/* A format name that fits w columns: "int4_g128_sym" -> "i4g128s", "fp8_e4m3_channel" -> "e4m3c". */
-static void short_name(const char *name, const char *method, int w, char *out, size_t cap) {
-    static const char *REPL[][2] = {{"_channel", "c"}, {"_block", "b"}, {"_tensor", "t"}, {"_sym", "s"}, {"_mse", "m"},
-                                    {"int", "i"}, {"_g", "g"}, {"fp8_", ""}, {"_", ""}};
-    char sfx[8] = "", b[64];
-    /* the method as one capital (int4_g32+gptq -> "4g32G"): the format keeps its digits in 5 columns */
+/* A format name that fits w columns: the name when it fits, else the traits entry's short label
+ * ("int4_g128_sym" -> "i4g128s", "fp8_e4m3_channel" -> "e4m3c"), cut to the room left. */
+static void short_name(const ql_format *f, const char *method, int w, char *out, size_t cap) {
+    char sfx[8] = "";
+    /* the method as one capital (int4_g32+gptq -> "i4g32G") */
     if (method && method[0] && strcmp(method, "rtn")) snprintf(sfx, sizeof sfx, "%c", toupper((unsigned char)method[0]));
     int room = w - (int)strlen(sfx);
-    snprintf(b, sizeof b, "%s", name);
-    for (size_t i = 0; i < sizeof REPL / sizeof REPL[0] && (int)strlen(b) > room; i++) {
-        char *p;
-        while ((p = strstr(b, REPL[i][0]))) {
-            size_t l = strlen(REPL[i][0]), r = strlen(REPL[i][1]);
-            memmove(p + r, p + l, strlen(p + l) + 1);
-            memcpy(p, REPL[i][1], r);
-        }
-    }
-    if ((int)strlen(b) > room && b[0] == 'i' && b[1] >= '0' && b[1] <= '9') memmove(b, b + 1, strlen(b)); /* "4g128s" */
+    const char *b = (int)strlen(f->name) <= room || !f->label ? f->name : f->label;
+    /* still too long: an INTn label keeps its digits ("i4g32" -> "4g32") */
+    if ((int)strlen(b) > room && b[0] == 'i' && isdigit((unsigned char)b[1])) b++;
     snprintf(out, cap, "%.*s%s", room > 0 ? room : 0, b, sfx);
 }
 
@@ -67,7 +59,7 @@ void ql_view_plan(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     for (int k = 0; k < vis && p->col_scroll + k < p->n_cand; k++) {
         int ci = p->col_scroll + k;
         char hn[32];
-        short_name(p->cand[ci]->name, p->cand_method[ci], cw - 1, hn, sizeof hn);
+        short_name(p->cand[ci], p->cand_method[ci], cw - 1, hn, sizeof hn);
         ql_canvas_printf(c, x_cells + k * cw, y, x_cells + (k + 1) * cw, ci == p->col ? QL_ST_CURSOR : QL_ST_HEADER, "%*s",
                          cw - 1, hn);
     }
