@@ -1,13 +1,12 @@
 /* fmt_ggml.c — traits entries for ggml's own types: plain floats, the legacy and K block formats, IQ4,
  * the decode-only types (IQ1..IQ3, TQ, Q8_K) that qlab loads but does not write, and the code grids
  * GPTQ uses on the writable ones (parsers and packers below). The codecs are kernels/ggml_quants_ref.c
- * (bit-exact with llama.cpp); fast twins are in kernels/ggml_quants_simd.c and ggml_quants_simd2.c.
+ * (bit-exact with llama.cpp); fast twins are in kernels/simd_*.c (kernels/simd.h).
  * MXFP4 and NVFP4 have their own files (fmt_mxfp4.c, fmt_nvfp4.c). */
 #include "formats/format.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_types.h"
 #include "kernels/simd.h"
-#include "kernels/simd2.h"
 #ifdef QL_HAVE_CUDA
 #include "kernels/cuda_api.h"
 #endif

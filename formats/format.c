@@ -180,3 +180,19 @@ ql_status ql_format_dequantize(const ql_format *f, const void *src, float *dst, 
     return QL_OK;
 }
 
+
+/* ---- quantize-then-dequantize ---- */
+
+ql_status ql_format_roundtrip(const ql_format *f, const float *src, float *out, int64_t nrows, int64_t ncols,
+                              const float *importance, int n_threads) {
+    const int64_t bytes = ql_format_fits(f, ncols) ? ql_format_tensor_bytes(f, ncols, nrows) : -1;
+    if (bytes < 0)
+        return ql_fail(QL_ERR_ARG, "format %s cannot store rows of %lld (blocks of %d)", f->name, (long long)ncols,
+                       f->block);
+    void *codes = malloc((size_t)bytes + 1); /* +1: a 0-byte tensor still gets a pointer */
+    if (!codes) return ql_fail(QL_ERR_NOMEM, "out of memory for %lld bytes of %s codes", (long long)bytes, f->name);
+    ql_status s = ql_format_quantize(f, src, codes, nrows, ncols, importance, n_threads);
+    if (!s) s = ql_format_dequantize(f, codes, out, nrows, ncols, n_threads);
+    free(codes);
+    return s;
+}

@@ -147,4 +147,11 @@ ql_status ql_format_quantize(const ql_format *f, const float *src, void *dst, in
 ql_status ql_format_dequantize(const ql_format *f, const void *src, float *dst, int64_t nrows, int64_t ncols,
                                int n_threads);
 
+/* ---- quantize-then-dequantize ---- */
+/* out [nrows, ncols] = dequantize(quantize(src)) with f's own quantizer (importance NULL or ncols weights),
+ * through a temporary the size of the codes: what a weight becomes when stored in f. src and out may be
+ * the same buffer. Fails (one-line error) when f cannot store rows of ncols or is decode-only. */
+ql_status ql_format_roundtrip(const ql_format *f, const float *src, float *out, int64_t nrows, int64_t ncols,
+                              const float *importance, int n_threads);
+
 #endif

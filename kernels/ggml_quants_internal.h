@@ -1,8 +1,9 @@
 /* ggml_quants_internal.h — scalar pieces shared by the ggml codecs: ggml_quants_ref.c (the specification)
- * and its SIMD twins ggml_quants_simd.c / ggml_quants_simd2.c, so the twins use the reference's very
+ * and its SIMD twins kernels/simd_*.c, so the twins use the reference's very
  * arithmetic instead of copies of it. Block layouts (kernels/blocks.h), nearest_int and the scale packers are here (tiny,
  * static inline); the searches and super-block scale steps are defined once, in ggml_quants_ref.c.
- * Internal to kernels/ (not API): include only from those three files and iq_quants_ref.c. Pure, thread-safe. */
+ * Internal to kernels/ (not API): include only from the reference codecs (ggml_quants_ref.c,
+ * iq_quants_ref.c) and the SIMD files (simd_*.c). Pure, thread-safe. */
 #ifndef QL_GGML_QUANTS_INTERNAL_H
 #define QL_GGML_QUANTS_INTERNAL_H
 

@@ -2,10 +2,10 @@
  * SmoothQuant and AWQ, and the output error of a quantized weight under an input second moment
  * (see layer_f32.h). */
 #include "methods/layer_f32.h"
+#include "core/output_error.h"
 #include "formats/fmt_ext.h"
 #include "kernels/ggml_types.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,37 +195,16 @@ const ql_stat_entry *ql_layer_point_stats(const ql_stats *st, int layer, const q
 
 double ql_quant_output_error(const float *w, int64_t rows, int64_t cols, const ql_format *f,
                              const float *col_scale, const double *H, int n_threads) {
-    int64_t bytes = ql_format_tensor_bytes(f, cols, rows);
-    if (bytes < 0 || !H || !ql_format_fits(f, cols)) return -1;
+    if (!H || !ql_format_fits(f, cols) || ql_format_tensor_bytes(f, cols, rows) < 0) return -1;
     const size_t n = (size_t)(rows * cols);
     float *ws = malloc(n * sizeof(float)), *q = malloc(n * sizeof(float));
-    void *buf = malloc((size_t)bytes);
-    const int64_t RB = 256;
-    double *D = malloc((size_t)(RB * cols) * sizeof(double)),
-           *M = malloc((size_t)(RB * cols) * sizeof(double));
     double loss = -1;
-    if (!ws || !q || !buf || !D || !M) goto out;
-    for (size_t i = 0; i < n; i++) ws[i] = col_scale ? w[i] * col_scale[i % (size_t)cols] : w[i];
-    if (ql_format_quantize(f, ws, buf, rows, cols, NULL, n_threads) ||
-        ql_format_dequantize(f, buf, q, rows, cols, n_threads))
-        goto out;
-    loss = 0;
-    for (int64_t r0 = 0; r0 < rows; r0 += RB) {
-        const int64_t nr = QL_MIN(RB, rows - r0);
-        for (int64_t r = 0; r < nr; r++)
-            for (int64_t c = 0; c < cols; c++) {
-                size_t i = (size_t)((r0 + r) * cols + c);
-                D[r * cols + c] = col_scale ? (double)q[i] / col_scale[c] - w[i] : (double)q[i] - w[i];
-            }
-        cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (int)nr, (int)cols, 1.0, H, (int)cols, D,
-                    (int)cols, 0.0, M, (int)cols);
-        for (int64_t i = 0; i < nr * cols; i++) loss += D[i] * M[i];
+    if (ws && q) {
+        for (size_t i = 0; i < n; i++) ws[i] = col_scale ? w[i] * col_scale[i % (size_t)cols] : w[i];
+        if (!ql_format_roundtrip(f, ws, q, rows, cols, NULL, n_threads))
+            loss = ql_output_error(q, ws, col_scale, rows, cols, H);
     }
-out:
     free(ws);
     free(q);
-    free(buf);
-    free(D);
-    free(M);
     return loss;
 }

@@ -69,7 +69,8 @@ const ql_stat_entry *ql_layer_point_stats(const ql_stats *st, int layer, const q
 /* Output error of quantizing w [rows, cols] with f (its own quantizer, no importance), under the input
  * second moment H [cols, cols] (Σ x xᵀ, full symmetric): tr(ΔW H ΔWᵀ), ΔW = deq(Q(w)) − w. When
  * col_scale is given the weights are first multiplied by it and the error is measured after undoing
- * it: ΔW = deq(Q(w·diag(s)))·diag(s)⁻¹ − w. Returns a negative value on failure (format does not fit). */
+ * it: ΔW = (deq(Q(w·diag(s))) − w·diag(s))·diag(s)⁻¹ (ql_format_roundtrip, then ql_output_error of
+ * core/output_error.h). Returns a negative value on failure (format does not fit). */
 double ql_quant_output_error(const float *w, int64_t rows, int64_t cols, const ql_format *f,
                              const float *col_scale, const double *H, int n_threads);
 

@@ -9,6 +9,7 @@
 #include "methods/act_recipe.h"
 #include "methods/layer_f32.h"
 #include "methods/method.h"
+#include "core/output_error.h"
 #include "formats/fmt_ext.h"
 
 #include <cblas.h>
@@ -41,35 +42,6 @@ static const double *dense_hessian(const ql_input_stats *st, double **owned) {
     return H;
 }
 
-/* Σ_r δ_r H δ_rᵀ with δ = (q − ref) / s (s [cols] or NULL), over rows [rows, cols]. */
-static double loss_of(const float *q, const float *ref, const float *s, int64_t rows, int64_t cols,
-                      const double *H) {
-    const int64_t RB = 128;
-    double *D = ql_malloc((size_t)(RB * cols) * sizeof(double)),
-           *M = ql_malloc((size_t)(RB * cols) * sizeof(double));
-    double loss = 0;
-    for (int64_t r0 = 0; r0 < rows; r0 += RB) {
-        const int64_t nr = QL_MIN(RB, rows - r0);
-        for (int64_t r = 0; r < nr; r++)
-            for (int64_t c = 0; c < cols; c++) {
-                const int64_t i = (r0 + r) * cols + c;
-                D[r * cols + c] = ((double)q[i] - ref[i]) / (s ? s[c] : 1.0f);
-            }
-        cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (int)nr, (int)cols, 1.0, H, (int)cols, D,
-                    (int)cols, 0.0, M, (int)cols);
-        for (int64_t i = 0; i < nr * cols; i++) loss += D[i] * M[i];
-    }
-    free(D);
-    free(M);
-    return loss;
-}
-
-static ql_status quant_roundtrip(const ql_format *f, const float *src, float *dst, void *buf, int64_t rows,
-                                 int64_t cols, int n_threads) {
-    ql_status s = ql_format_quantize(f, src, buf, rows, cols, NULL, n_threads);
-    return s ? s : ql_format_dequantize(f, buf, dst, rows, cols, n_threads);
-}
-
 /* Clipping search on ws [rows, cols] (weights already multiplied by s; s NULL = 1), in place.
  * *before / *after get the whole-matrix loss without / with the clipping kept. */
 static ql_status clip_search(float *ws, int64_t rows, int64_t cols, const ql_format *f, const float *s,
@@ -79,10 +51,9 @@ static ql_status clip_search(float *ws, int64_t rows, int64_t cols, const ql_for
     if (bytes < 0) return ql_fail(QL_ERR_ARG, "awq: rows of %lld do not fit %s", (long long)cols, f->name);
     const size_t n = (size_t)(rows * cols);
     float *q = ql_malloc(n * sizeof(float));
-    void *buf = ql_malloc((size_t)bytes);
-    ql_status st = quant_roundtrip(f, ws, q, buf, rows, cols, n_threads);
+    ql_status st = ql_format_roundtrip(f, ws, q, rows, cols, NULL, n_threads);
     if (st) goto done;
-    *before = *after = loss_of(q, ws, s, rows, cols, H);
+    *before = *after = ql_output_error(q, ws, s, rows, cols, H);
     if (g <= 0 || measure_only) goto done;
     {
         const int64_t ng = (cols + g - 1) / g;
@@ -110,7 +81,7 @@ static ql_status clip_search(float *ws, int64_t rows, int64_t cols, const ql_for
                     const float m = p * amax[r * ng + c / g], v = ws[r * cols + c];
                     wc[r * cols + c] = v > m ? m : v < -m ? -m : v;
                 }
-            st = quant_roundtrip(f, wc, q, buf, rows, cols, n_threads);
+            st = ql_format_roundtrip(f, wc, q, rows, cols, NULL, n_threads);
             /* each group's own output error: δ_g H_gg δ_gᵀ for all rows at once */
             for (int64_t gi = 0; gi < ng && !st; gi++) {
                 const int64_t c0 = gi * g, w = QL_MIN(g, cols - c0);
@@ -139,10 +110,10 @@ static ql_status clip_search(float *ws, int64_t rows, int64_t cols, const ql_for
                     const float m = bestp[r * ng + c / g] * amax[r * ng + c / g], v = ws[r * cols + c];
                     wc[r * cols + c] = v > m ? m : v < -m ? -m : v;
                 }
-            st = quant_roundtrip(f, wc, q, buf, rows, cols, n_threads);
+            st = ql_format_roundtrip(f, wc, q, rows, cols, NULL, n_threads);
             if (!st) {
                 /* measured against the unclipped weights: the target is the original layer's output */
-                double l = loss_of(q, ws, s, rows, cols, H);
+                double l = ql_output_error(q, ws, s, rows, cols, H);
                 if (l < *before) {
                     memcpy(ws, wc, n * sizeof(float));
                     *after = l;
@@ -159,7 +130,6 @@ static ql_status clip_search(float *ws, int64_t rows, int64_t cols, const ql_for
     }
 done:
     free(q);
-    free(buf);
     return st;
 }
 

@@ -324,3 +324,23 @@ const ql_method ql_method_rtn = {
     .needs = QL_NEEDS_NOTHING,
     .quantize_tensor = rtn_quantize,
 };
+
+/* ---- quantize-then-dequantize through a method ---- */
+
+ql_status ql_method_roundtrip(const ql_method *me, const float *w, int64_t nrows, int64_t ncols, const ql_format *f,
+                              const ql_input_stats *st, const ql_method_opts *o, float *out) {
+    const int nt = o && o->n_threads > 0 ? o->n_threads : 1;
+    if (!me || me->quantize_tensor == rtn_quantize)
+        return ql_format_roundtrip(f, w, out, nrows, ncols, o ? o->importance : NULL, nt);
+    const int64_t bytes = ql_format_fits(f, ncols) ? ql_format_tensor_bytes(f, ncols, nrows) : -1;
+    if (bytes < 0)
+        return ql_fail(QL_ERR_ARG, "format %s cannot store rows of %lld (blocks of %d)", f->name, (long long)ncols,
+                       f->block);
+    void *codes = malloc((size_t)bytes + 1);
+    if (!codes) return ql_fail(QL_ERR_NOMEM, "out of memory for %lld bytes of %s codes", (long long)bytes, f->name);
+    if (out != w) memcpy(out, w, (size_t)(nrows * ncols) * sizeof(float)); /* methods use their input as scratch */
+    ql_status s = me->quantize_tensor(out, nrows, ncols, f, st, o, codes);
+    if (!s) s = ql_format_dequantize(f, codes, out, nrows, ncols, nt);
+    free(codes);
+    return s;
+}

@@ -112,4 +112,11 @@ void ql_opt_describe(const ql_opt_def *d, char *buf, size_t cap);
 /* "per-tensor, layer transform" */
 void ql_method_caps_str(unsigned caps, char *buf, size_t cap);
 
+/* ---- quantize-then-dequantize through a method ---- */
+/* out [nrows, ncols] = what w becomes when method me (NULL: the format's own rounding) stores it in f:
+ * dequantize(me->quantize_tensor(w)). w is not modified (out serves as the method's scratch copy); st and
+ * o as for quantize_tensor. RTN / NULL is ql_format_roundtrip (formats/format.h). */
+ql_status ql_method_roundtrip(const ql_method *me, const float *w, int64_t nrows, int64_t ncols, const ql_format *f,
+                              const ql_input_stats *st, const ql_method_opts *o, float *out);
+
 #endif

@@ -13,6 +13,7 @@
 #include "pipeline/plan.h"
 #include "core/ppl.h"
 #include "core/stats.h"
+#include "core/output_error.h"
 
 #include <cblas.h>
 #include <ctype.h>
@@ -456,24 +457,6 @@ static ql_status kld_run(kld_ctx *c, int n_threads) {
     return QL_OK;
 }
 
-/* Σ_r d_r H d_rᵀ for D [nrows, n] (float) and H [n, n] (double, symmetric). */
-static double quad_form(const float *d, int64_t nrows, int64_t n, const double *H) {
-    const int64_t blk = 64;
-    double *db = ql_malloc((size_t)(blk * n) * sizeof(double)),
-           *mb = ql_malloc((size_t)(blk * n) * sizeof(double));
-    double tr = 0;
-    for (int64_t r0 = 0; r0 < nrows; r0 += blk) {
-        int64_t rb = QL_MIN(blk, nrows - r0);
-        for (int64_t i = 0; i < rb * n; i++) db[i] = d[r0 * n + i];
-        cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, (int)rb, (int)n, 1.0, H, (int)n, db, (int)n, 0.0,
-                    mb, (int)n);
-        for (int64_t i = 0; i < rb * n; i++) tr += db[i] * mb[i];
-    }
-    free(db);
-    free(mb);
-    return tr;
-}
-
 /* Σ_v count_v ‖d_v‖² over the rows of an embedding (the output-space error of a lookup table). */
 static double counted_rows(const float *d, int64_t nrows, int64_t n, const int64_t *counts) {
     double tr = 0;
@@ -533,16 +516,15 @@ static void kld_ctx_free(kld_ctx *c) {
 }
 
 /* wq = dequantized Q(w) exactly as qlab quant produces it: the method (RTN when it needs statistics the
- * tensor has none of, as for embeddings), importance from the imatrix for formats that use it.
- * work: scratch of the same size (methods modify their input). */
-static ql_status quantize_as_planned(const char *name, const float *w, float *work, float *wq, int64_t nr,
-                                     int64_t nc, const ql_format *f, const char *method,
-                                     const ql_input_stats *vp, const ql_imatrix *im, int nth) {
+ * tensor has none of, as for embeddings), importance from the imatrix for formats that use it. */
+static ql_status quantize_as_planned(const char *name, const float *w, float *wq, int64_t nr, int64_t nc,
+                                     const ql_format *f, const char *method, const ql_input_stats *vp,
+                                     const ql_imatrix *im, int nth) {
     const ql_method *me = ql_method_by_name(method);
     if (!me) return ql_fail(QL_ERR_ARG, "unknown method '%s'", method);
     if (me->needs && !vp) me = ql_method_by_name("rtn");
-    int64_t bytes = ql_format_fits(f, nc) ? ql_format_tensor_bytes(f, nc, nr) : -1;
-    if (bytes < 0) return ql_fail(QL_ERR_ARG, "%s: rows of %lld do not fit %s", name, (long long)nc, f->name);
+    if (!ql_format_fits(f, nc))
+        return ql_fail(QL_ERR_ARG, "%s: rows of %lld do not fit %s", name, (long long)nc, f->name);
     float *imp = NULL;
     if (im && f->uses_importance) {
         imp = ql_malloc((size_t)nc * sizeof(float));
@@ -551,16 +533,8 @@ static ql_status quantize_as_planned(const char *name, const float *w, float *wo
             imp = NULL;
         }
     }
-    void *q = malloc((size_t)bytes + 64);
-    if (!q) {
-        free(imp);
-        return ql_fail(QL_ERR_NOMEM, "out of memory quantizing '%s'", name);
-    }
-    memcpy(work, w, (size_t)(nr * nc) * sizeof(float));
     ql_method_opts mo = {.n_threads = nth, .importance = imp, .progress = NULL};
-    ql_status st = me->quantize_tensor(work, nr, nc, f, vp, &mo, q);
-    if (!st) st = ql_format_dequantize(f, q, wq, nr, nc, nth);
-    free(q);
+    ql_status st = ql_method_roundtrip(me, w, nr, nc, f, vp, &mo, wq);
     free(imp);
     return st;
 }
@@ -679,7 +653,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
     pthread_mutex_init(&kc.lock, NULL);
     int n_workers = (int)QL_MIN((int64_t)nth, QL_MAX(o->n_seq, 1));
     int64_t *counts = NULL;
-    float *w = NULL, *wq = NULL, *work = NULL, *delta = NULL;
+    float *w = NULL, *wq = NULL, *delta = NULL;
     ql_status st = QL_OK;
     int64_t done = 0;
 
@@ -706,14 +680,11 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         const int64_t nr = te->nrows, nc = te->ncols, n = nr * nc;
         w = ql_malloc((size_t)n * sizeof(float));
         wq = ql_malloc((size_t)n * sizeof(float));
-        work = ql_malloc((size_t)n * sizeof(float));
         delta = ql_malloc((size_t)n * sizeof(float));
         if (!ql_tensor_to_f32(gt, w, nth)) {
             st = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': its type cannot be decoded", te->name);
             break;
         }
-        double wnorm = 0;
-        for (int64_t i = 0; i < n; i++) wnorm += (double)w[i] * w[i];
         /* output-space reference tr(W H Wᵀ) */
         const ql_stat_entry *se = o->stats ? ql_stats_for_tensor(o->stats, te->name) : NULL;
         if (se && se->n != nc) se = NULL;
@@ -725,7 +696,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         const bool is_embd = gt == m->tok_embd && nr == cfg->n_vocab;
         double oref = NAN;
         if (level >= QL_SENSE_OUTPUT) {
-            if (se && se->xtx) oref = quad_form(w, nr, nc, se->xtx);
+            if (se && se->xtx) oref = ql_output_error(w, NULL, NULL, nr, nc, se->xtx);
             else if (is_embd && counts) oref = counted_rows(w, nr, nc, counts);
         }
         bool from_tokens = false;
@@ -743,17 +714,13 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
             const ql_format *f;
             char mname[64];
             ql_parse_format_method(s->cand[c], &f, mname, sizeof mname);
-            if ((st = quantize_as_planned(te->name, w, work, wq, nr, nc, f, mname, vp, o->imatrix, nth)))
+            if ((st = quantize_as_planned(te->name, w, wq, nr, nc, f, mname, vp, o->imatrix, nth)))
                 break;
-            double derr = 0;
-            for (int64_t i = 0; i < n; i++) {
-                delta[i] = wq[i] - w[i];
-                derr += (double)delta[i] * delta[i];
-            }
-            e->werr = wnorm > 0 ? derr / wnorm : (derr > 0 ? INFINITY : 0);
+            for (int64_t i = 0; i < n; i++) delta[i] = wq[i] - w[i];
+            e->werr = ql_weight_error(w, wq, n);
             if (level >= QL_SENSE_OUTPUT) {
                 double num = NAN;
-                if (se && se->xtx) num = quad_form(delta, nr, nc, se->xtx);
+                if (se && se->xtx) num = ql_output_error(delta, NULL, NULL, nr, nc, se->xtx);
                 else if (is_embd && counts) num = counted_rows(delta, nr, nc, counts);
                 e->oerr = isfinite(num) && oref > 0 ? num / oref : NAN;
             }
@@ -778,9 +745,8 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         }
         free(w);
         free(wq);
-        free(work);
         free(delta);
-        w = wq = work = delta = NULL;
+        w = wq = delta = NULL;
     }
 out:;
     /* keep the reason of a failure: the final checkpoint must not overwrite the message */
@@ -794,7 +760,6 @@ out:;
     free(counts);
     free(w);
     free(wq);
-    free(work);
     free(delta);
     return st;
 }
@@ -821,7 +786,7 @@ ql_status ql_sense_plan_kld(const ql_model *m, const ql_plan *plan, const ql_sen
     float **bufs = ql_calloc((size_t)plan->n + 1, sizeof *bufs);
     const float **olds = ql_calloc((size_t)plan->n + 1, sizeof *olds);
     bool *swapped = ql_calloc((size_t)plan->n + 1, sizeof *swapped);
-    float *w = NULL, *work = NULL;
+    float *w = NULL;
     ql_status st = ql_infer_new(m, nth, &inf);
     if (!st) st = kld_setup(&kc, inf, o, n_workers, false, progress);
     for (int i = 0; i < plan->n && !st; i++) {
@@ -831,7 +796,6 @@ ql_status ql_sense_plan_kld(const ql_model *m, const ql_plan *plan, const ql_sen
         ql_progress_report(progress, i, plan->n, e->tensor);
         const int64_t nc = gt->ne[0], nr = numel(gt) / nc, n = nr * nc;
         w = ql_malloc((size_t)n * sizeof(float));
-        work = ql_malloc((size_t)n * sizeof(float));
         bufs[i] = ql_malloc((size_t)n * sizeof(float));
         if (!ql_tensor_to_f32(gt, w, nth))
             st = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': type cannot be decoded", e->tensor);
@@ -842,11 +806,10 @@ ql_status ql_sense_plan_kld(const ql_model *m, const ql_plan *plan, const ql_sen
         if (!st && me && me->needs && !o->stats)
             st = ql_fail(QL_ERR_ARG, "tensor '%s': method '%s' needs statistics", e->tensor, e->method);
         if (!st)
-            st = quantize_as_planned(e->tensor, w, work, bufs[i], nr, nc, e->format, e->method,
+            st = quantize_as_planned(e->tensor, w, bufs[i], nr, nc, e->format, e->method,
                                      se && se->n == nc ? &view : NULL, o->imatrix, nth);
         free(w);
-        free(work);
-        w = work = NULL;
+        w = NULL;
         if (st) break;
         bool from_tokens;
         if (tensor_layer(m, gt, &from_tokens) < 0) {

@@ -1,4 +1,4 @@
-/* test_simd2.c — the AVX2 / AVX-512 codecs of kernels/simd2.h (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K,
+/* test_simd2.c — the AVX2 / AVX-512 codecs of kernels/simd.h (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K,
  * Q5_K, F16, BF16) against the scalar reference: every fast kernel at every level this CPU has must give
  * IDENTICAL bytes (quantize) and float bits (dequantize) on random rows and on adversarial ones (zeros, huge
  * outliers 1e30 / 65504, NaN with any payload, +-Inf, denormals, constants, ties, raw random bits), with and
@@ -10,7 +10,7 @@
 #define SIMD_TEST_IMAT_MODES {0, 1, 2, 3, 4} /* ... and a NaN weight */
 #include "tests/simd_test_util.h"
 
-#include "kernels/simd2.h"
+#include "kernels/simd.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_types.h"
 

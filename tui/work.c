@@ -9,6 +9,7 @@
 #include "sensitivity/sense.h"
 #include "kernels/ggml_types.h"
 #include "core/infer.h"
+#include "core/output_error.h"
 #include "methods/method.h"
 #include "pipeline/quantize.h"
 #include "pipeline/export.h"
@@ -762,50 +763,26 @@ typedef struct {
 
 /* Relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) over up to 32 rows (H = Σ x xᵀ of the input). */
 static double output_error(const float *w, const float *q, int64_t nrows, int64_t n, const double *H) {
-    double num = 0, den = 0;
-    int64_t step = nrows > 32 ? nrows / 32 : 1;
-    double *d = ql_malloc((size_t)n * sizeof *d), *v = ql_malloc((size_t)n * sizeof *v);
-    for (int64_t r = 0; r < nrows; r += step) {
-        for (int64_t i = 0; i < n; i++) {
-            d[i] = (double)q[r * n + i] - w[r * n + i];
-            v[i] = w[r * n + i];
-        }
-        for (int64_t i = 0; i < n; i++) {
-            double hd = 0, hv = 0;
-            const double *Hi = H + i * n;
-            for (int64_t k = 0; k < n; k++) {
-                hd += Hi[k] * d[k];
-                hv += Hi[k] * v[k];
-            }
-            num += d[i] * hd;
-            den += v[i] * hv;
-        }
+    const int64_t step = nrows > 32 ? nrows / 32 : 1, cap = (nrows + step - 1) / step;
+    float *ws = ql_malloc((size_t)(cap * n) * sizeof(float)), *qs = ql_malloc((size_t)(cap * n) * sizeof(float));
+    int64_t ns = 0;
+    for (int64_t r = 0; r < nrows; r += step, ns++) {
+        memcpy(ws + ns * n, w + r * n, (size_t)n * sizeof(float));
+        memcpy(qs + ns * n, q + r * n, (size_t)n * sizeof(float));
     }
-    free(d);
-    free(v);
-    return den > 0 ? num / den : NAN;
+    const double num = ql_output_error(qs, ws, NULL, ns, n, H), den = ql_output_error(ws, NULL, NULL, ns, n, H);
+    free(ws);
+    free(qs);
+    return den > 0 && num >= 0 ? num / den : NAN;
 }
 
+/* q = what w becomes through method me (NULL: the format's own rounding) with this pane's statistics. */
 static ql_status quant_roundtrip(const effect_ctx *c, const ql_method *me, const float *w, int64_t nrows, int64_t ncols,
                                  float *q) {
-    int64_t bytes = ql_format_tensor_bytes(c->f, ncols, nrows);
-    if (bytes <= 0)
-        return ql_fail(QL_ERR_ARG, "%s cannot store rows of %lld (blocks of %d)", c->f->name, (long long)ncols, c->f->block);
-    void *buf = ql_malloc((size_t)bytes);
-    ql_status s;
-    if (me) {
-        float *wc = ql_malloc((size_t)(nrows * ncols) * sizeof(float));
-        memcpy(wc, w, (size_t)(nrows * ncols) * sizeof(float));
-        ql_input_stats view = {0};
-        if (c->se) ql_stats_view(c->se, &view);
-        ql_method_opts mo = {.n_threads = c->n_threads}; /* the defaults of its schema */
-        s = me->quantize_tensor(wc, nrows, ncols, c->f, c->se ? &view : NULL, &mo, buf);
-        free(wc);
-    } else
-        s = ql_format_quantize(c->f, w, buf, nrows, ncols, NULL, c->n_threads);
-    if (!s) s = ql_format_dequantize(c->f, buf, q, nrows, ncols, c->n_threads);
-    free(buf);
-    return s;
+    ql_input_stats view = {0};
+    if (c->se) ql_stats_view(c->se, &view);
+    ql_method_opts mo = {.n_threads = c->n_threads}; /* the defaults of its schema */
+    return ql_method_roundtrip(me, w, nrows, ncols, c->f, c->se ? &view : NULL, &mo, q);
 }
 
 static void effect_run(ql_tui_job *j) {
@@ -830,16 +807,12 @@ static void effect_run(ql_tui_job *j) {
         goto out;
     }
     ql_tui_catalogue *o = &c->out;
-    double sw = 0, sd = 0, mx = 0;
+    double mx = 0;
     int64_t n = nrows * ncols;
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)q[i] - w[i];
-        sw += (double)w[i] * w[i];
-        sd += d * d;
-        mx = fabs(d) > mx ? fabs(d) : mx;
-    }
-    o->rel_rmse = sw > 0 ? sqrt(sd / sw) : 0;
-    o->snr_db = sd > 0 ? 10 * log10(sw / sd) : INFINITY;
+    for (int64_t i = 0; i < n; i++) mx = fmax(mx, fabs((double)q[i] - w[i]));
+    const double rel = ql_weight_error(w, q, n); /* Σ(q − w)² / Σw² */
+    o->rel_rmse = sqrt(rel);
+    o->snr_db = rel > 0 ? -10 * log10(rel) : INFINITY;
     o->max_abs = mx;
     o->hist_range = mx > 0 ? mx : 1;
     const int B = (int)QL_ARRAY_LEN(o->hist);
