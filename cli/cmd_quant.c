@@ -149,6 +149,13 @@ int cmd_quant(int argc, char **argv) {
         rc = cli_fail("quant");
         goto done;
     }
+    for (int i = 0; !imatrix && !dry && i < plan->n; i++) /* before calibration or writing anything */
+        if (plan->e[i].format->requires_importance) {
+            fprintf(stderr, "qlab quant: %s needs an importance matrix (--imatrix) (tensor '%s')\n",
+                    plan->e[i].format->name, plan->e[i].tensor);
+            rc = 1;
+            goto done;
+        }
     if (meth && (rc = apply_method(plan, meth))) goto done;
     if (!meth && method_opts) { /* the plan's own methods share the options */
         const ql_method *used[32];
