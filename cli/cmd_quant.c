@@ -149,6 +149,26 @@ int cmd_quant(int argc, char **argv) {
         rc = cli_fail("quant");
         goto done;
     }
+    /* formats that cannot quantize without importance: refused before calibration or writing anything
+     * when there is no --imatrix; a tensor the imatrix has no data for (token_embd: no matmul reads it)
+     * gets q2_k instead, as llama-quantize gives token_embd in its IQ2_XXS / IQ2_XS / IQ1_S mixes */
+    for (int i = 0; i < plan->n; i++) {
+        const ql_plan_entry *e = &plan->e[i];
+        if (!e->format->requires_importance || (im && ql_imatrix_find(im, e->tensor))) continue;
+        if (!im && !dry) {
+            fprintf(stderr, "qlab quant: %s needs an importance matrix (--imatrix) (tensor '%s')\n", e->format->name,
+                    e->tensor);
+            rc = 1;
+            goto done;
+        }
+        if (im) {
+            char note[128], tensor[256], method[64]; /* copies: ql_plan_set frees the entry's strings */
+            snprintf(note, sizeof note, "%s needs importance; the imatrix has none for it", e->format->name);
+            snprintf(tensor, sizeof tensor, "%s", e->tensor);
+            snprintf(method, sizeof method, "%s", e->method);
+            ql_plan_set(plan, tensor, ql_format_by_name("q2_k"), method, note);
+        }
+    }
     if (meth && (rc = apply_method(plan, meth))) goto done;
     if (!meth && method_opts) { /* the plan's own methods share the options */
         const ql_method *used[32];

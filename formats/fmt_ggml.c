@@ -6,6 +6,7 @@
 #include "formats/format.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_types.h"
+#include "kernels/iq_quants.h"
 #include "kernels/simd.h"
 #ifdef QL_HAVE_CUDA
 #include "kernels/cuda_api.h"
@@ -274,35 +275,43 @@ ENTRY(q2_k, QL_TYPE_Q2_K, QL_FAMILY_GGML_K, 256, 84, true, 0.45, .llama = LLAMA(
 
 #define IQ_WORDS                                                                                         \
     .explain = "An i-quant: groups of weights are coded together as points of a lattice or codebook (E8 and " \
-               "friends), which packs more accuracy into very few bits. qlab can read these but not write "  \
-               "them."
+               "friends), which packs more accuracy into very few bits. The quantizer searches the lattice "  \
+               "for each group, so writing is slow; an importance matrix helps these formats most."
 #define TQ_WORDS                                                                                         \
     .explain = "Ternary: every weight is -1, 0 or +1 times a block scale. Made for models trained that way " \
-               "(BitNet); ordinary models fall apart in it. qlab reads it only."
+               "(BitNet); ordinary models fall apart in it."
+/* ggml refuses to write IQ2_XXS, IQ2_XS and IQ1_S without an imatrix (ggml_quantize_requires_imatrix) */
+#define NEEDS_IMATRIX .requires_importance = true
 
-DECODE_ENTRY(iq3_s, QL_TYPE_IQ3_S, QL_FAMILY_GGML_IQ, 256, 110, .llama = LLAMA(26, QL_TYPE_Q8_K),
-             .fallback = "iq4_nl", .label = "iq3s", IQ_WORDS,
-             .summary = "ggml IQ3_S (decode only): 3.4375 bpw lattice codes")
-DECODE_ENTRY(iq3_xxs, QL_TYPE_IQ3_XXS, QL_FAMILY_GGML_IQ, 256, 98, .llama = LLAMA(23, QL_TYPE_Q8_K),
-             .fallback = "iq4_nl", .label = "iq3xxs", IQ_WORDS,
-             .summary = "ggml IQ3_XXS (decode only): 3.0625 bpw lattice codes")
-DECODE_ENTRY(iq2_s, QL_TYPE_IQ2_S, QL_FAMILY_GGML_IQ, 256, 82, .llama = LLAMA(28, QL_TYPE_Q8_K),
-             .fallback = "iq4_nl", .label = "iq2s", IQ_WORDS, .summary = "ggml IQ2_S (decode only): 2.5625 bpw")
-DECODE_ENTRY(iq2_xs, QL_TYPE_IQ2_XS, QL_FAMILY_GGML_IQ, 256, 74, .llama = LLAMA(20, QL_TYPE_Q8_K),
-             .fallback = "iq4_nl", .label = "iq2xs", IQ_WORDS, .summary = "ggml IQ2_XS (decode only): 2.3125 bpw")
-DECODE_ENTRY(iq2_xxs, QL_TYPE_IQ2_XXS, QL_FAMILY_GGML_IQ, 256, 66, .llama = LLAMA(19, QL_TYPE_Q8_K),
-             .fallback = "iq4_nl", .label = "iq2xxs", IQ_WORDS,
-             .summary = "ggml IQ2_XXS (decode only): 2.0625 bpw E8 codes")
-DECODE_ENTRY(iq1_m, QL_TYPE_IQ1_M, QL_FAMILY_GGML_IQ, 256, 56, .llama = LLAMA(31, QL_TYPE_Q8_K),
-             .fallback = "iq4_nl", .label = "iq1m", IQ_WORDS, .summary = "ggml IQ1_M (decode only): 1.75 bpw")
-DECODE_ENTRY(iq1_s, QL_TYPE_IQ1_S, QL_FAMILY_GGML_IQ, 256, 50, .llama = LLAMA(24, QL_TYPE_Q8_K),
-             .fallback = "iq4_nl", .label = "iq1s", IQ_WORDS, .summary = "ggml IQ1_S (decode only): 1.5625 bpw")
-DECODE_ENTRY(tq1_0, QL_TYPE_TQ1_0, QL_FAMILY_GGML_TERNARY, 256, 54, .llama = LLAMA(36, QL_TYPE_Q8_K),
-             .fallback = "q4_0", .label = "tq10", TQ_WORDS,
-             .summary = "ggml TQ1_0 (decode only): ternary, 1.6875 bpw")
-DECODE_ENTRY(tq2_0, QL_TYPE_TQ2_0, QL_FAMILY_GGML_TERNARY, 256, 66, .llama = LLAMA(37, QL_TYPE_Q8_K),
-             .fallback = "q4_0", .label = "tq20", TQ_WORDS,
-             .summary = "ggml TQ2_0 (decode only): ternary, 2.0625 bpw")
+/* i-quants and ternary types: quantizers in kernels/iq_quants_ref.c, bit-exact with ggml. Tolerances:
+ * measured RMSE/RMS on N(0,1) rows of 4096 (importance of ones where required) plus a small margin. */
+ENTRY(iq3_s, QL_TYPE_IQ3_S, QL_FAMILY_GGML_IQ, 256, 110, true, 0.18, .llama = LLAMA(26, QL_TYPE_Q8_K),
+      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq3s", IQ_WORDS,
+      .summary = "ggml IQ3_S: 3.4375 bpw lattice codes")
+ENTRY(iq3_xxs, QL_TYPE_IQ3_XXS, QL_FAMILY_GGML_IQ, 256, 98, true, 0.23, .llama = LLAMA(23, QL_TYPE_Q8_K),
+      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq3xxs", IQ_WORDS,
+      .summary = "ggml IQ3_XXS: 3.0625 bpw lattice codes")
+ENTRY(iq2_s, QL_TYPE_IQ2_S, QL_FAMILY_GGML_IQ, 256, 82, true, 0.28, .llama = LLAMA(28, QL_TYPE_Q8_K),
+      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq2s", IQ_WORDS,
+      .summary = "ggml IQ2_S: 2.5625 bpw lattice codes")
+ENTRY(iq2_xs, QL_TYPE_IQ2_XS, QL_FAMILY_GGML_IQ, 256, 74, true, 0.32, .llama = LLAMA(20, QL_TYPE_Q8_K),
+      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq2xs", IQ_WORDS, NEEDS_IMATRIX,
+      .summary = "ggml IQ2_XS: 2.3125 bpw lattice codes (needs an imatrix)")
+ENTRY(iq2_xxs, QL_TYPE_IQ2_XXS, QL_FAMILY_GGML_IQ, 256, 66, true, 0.36, .llama = LLAMA(19, QL_TYPE_Q8_K),
+      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq2xxs", IQ_WORDS, NEEDS_IMATRIX,
+      .summary = "ggml IQ2_XXS: 2.0625 bpw E8 codes (needs an imatrix)")
+ENTRY(iq1_m, QL_TYPE_IQ1_M, QL_FAMILY_GGML_IQ, 256, 56, true, 0.60, .llama = LLAMA(31, QL_TYPE_Q8_K),
+      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq1m", IQ_WORDS,
+      .summary = "ggml IQ1_M: 1.75 bpw lattice codes")
+ENTRY(iq1_s, QL_TYPE_IQ1_S, QL_FAMILY_GGML_IQ, 256, 50, true, 0.51, .llama = LLAMA(24, QL_TYPE_Q8_K),
+      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq1s", IQ_WORDS, NEEDS_IMATRIX,
+      .summary = "ggml IQ1_S: 1.5625 bpw lattice codes (needs an imatrix)")
+ENTRY(tq1_0, QL_TYPE_TQ1_0, QL_FAMILY_GGML_TERNARY, 256, 54, false, 0.82, .llama = LLAMA(36, QL_TYPE_Q8_K),
+      .fallback = "q4_0", .grid = QL_GRID_NONE, .label = "tq10", TQ_WORDS,
+      .summary = "ggml TQ1_0: ternary, 1.6875 bpw")
+ENTRY(tq2_0, QL_TYPE_TQ2_0, QL_FAMILY_GGML_TERNARY, 256, 66, false, 0.82, .llama = LLAMA(37, QL_TYPE_Q8_K),
+      .fallback = "q4_0", .grid = QL_GRID_NONE, .label = "tq20", TQ_WORDS,
+      .summary = "ggml TQ2_0: ternary, 2.0625 bpw")
 /* llama.cpp never multiplies by a Q8_K weight (it is the activation type of the K-quants), so no
  * file type and no activation rounding */
 DECODE_ENTRY(q8_k, QL_TYPE_Q8_K, QL_FAMILY_GGML_K, 256, 292, .llama = LLAMA(QL_FTYPE_NONE, QL_TYPE_F32),

@@ -156,6 +156,9 @@ ql_status ql_format_quantize(const ql_format *f, const float *src, void *dst, in
     if (!ql_format_fits(f, ncols))
         return ql_fail(QL_ERR_ARG, "format %s needs rows that are a multiple of %d (got %lld)", f->name, f->block,
                        (long long)ncols);
+    /* the i-quant quantizers abort without weights, as ggml's do: refuse here instead */
+    if (f->requires_importance && !importance)
+        return ql_fail(QL_ERR_ARG, "%s needs an importance matrix (--imatrix)", f->name);
     rows_job j = {.f = f, .src = src, .dst = dst, .ncols = ncols, .importance = importance, .fast = !g_force_ref};
     if (f->whole_tensor) {
         quant_range(&j, 0, 0, nrows);

@@ -110,6 +110,8 @@ typedef struct ql_format {
     ql_quantize_fn quantize_rows;     /* NULL for decode-only types */
     ql_dequantize_fn dequantize_rows; /* required */
     bool uses_importance; /* quantize_rows honours per-column importance weights */
+    bool requires_importance; /* ...and cannot quantize without them (ggml_quantize_requires_imatrix):
+                               * ql_format_quantize refuses NULL importance, callers check first */
     double tolerance;     /* test bound: RMSE / RMS after a round trip of N(0,1) rows of 4096 */
     const ql_grid_spec *grid; /* required: the code grid, or QL_GRID_NONE */
     /* ---- words ---- */

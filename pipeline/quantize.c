@@ -356,6 +356,12 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
                         e->format->name, why);
             goto out;
         }
+        /* refused before anything is written: these quantizers cannot run without weights */
+        if (e->format->requires_importance && !(o->imatrix && ql_imatrix_find(o->imatrix, e->tensor))) {
+            s = ql_fail(QL_ERR_ARG, "tensor '%s': %s needs an importance matrix (--imatrix)%s", e->tensor,
+                        e->format->name, o->imatrix ? " and the one given has no data for it" : "");
+            goto out;
+        }
         bool seen = false;
         for (int k = 0; k < n_used; k++) seen |= used[k] == meth;
         if (!seen && n_used < 32) used[n_used++] = meth;

@@ -118,6 +118,8 @@ ql_status ql_sense_parse_candidates(const char *list, char ***out, int *n_out) {
             for (int i = 0; i < ql_format_count(); i++) { /* the formats the method can write */
                 const ql_format *f = ql_format_at(i);
                 if (!ql_method_serves(me, f, NULL, 0) || fnmatch(item, f->name, FNM_CASEFOLD) != 0) continue;
+                /* formats that cannot run without an imatrix come only when named (and --imatrix given) */
+                if (f->requires_importance) continue;
                 canonical_spec(spec, sizeof spec, f, method);
                 push_unique(&v, &n, &cap, spec);
                 matched++;
@@ -617,6 +619,9 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         char mname[64];
         if (ql_parse_format_method(s->cand[c], &f, mname, sizeof mname)) return QL_ERR_ARG;
         if (ql_sense_check_candidate(s->cand[c], f, mname)) return QL_ERR_ARG;
+        if (f->requires_importance && !o->imatrix)
+            return ql_fail(QL_ERR_ARG, "candidate '%s': %s needs an importance matrix (--imatrix)", s->cand[c],
+                           f->name);
         const ql_method *me = ql_method_by_name(mname);
         if (me->needs && !o->stats)
             return ql_fail(QL_ERR_ARG,

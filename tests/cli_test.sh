@@ -292,6 +292,18 @@ fi
 PYNP=""
 for p in python3 /usr/bin/python3; do if $p -c 'import numpy' 2>/dev/null; then PYNP=$p; break; fi; done
 HFM="$SHARED/models/tinystories-d256.gguf"; [ -f "$HFM" ] || HFM="$T/tiny.gguf"
+# i-quants that ggml writes only with importance (iq2_xxs): refused without --imatrix, nothing written;
+# with an imatrix (tensors it has no data for get q2_k) the result loads and runs
+if [ -f "$SHARED/models/tinystories-d256.gguf" ]; then
+  rm -f "$T/iq.gguf"
+  expect_error "quant iq2_xxs without --imatrix is refused" "--imatrix" $QLAB quant "$HFM" --type iq2_xxs -o "$T/iq.gguf"
+  if [ -e "$T/iq.gguf" ]; then bad "quant iq2_xxs refused but wrote $T/iq.gguf"; fi
+  if $QLAB imatrix "$HFM" --text "$T/text.txt" --ctx 64 -o "$T/iq-im.gguf" 2>"$T/err" \
+     && $QLAB quant "$HFM" --type iq2_xxs --imatrix "$T/iq-im.gguf" -o "$T/iq.gguf" 2>"$T/err" \
+     && $QLAB ppl "$T/iq.gguf" --text "$T/text.txt" --ctx 64 >"$T/out" 2>&1 && grep -q "PPL = " "$T/out"; then
+    ok "quant iq2_xxs --imatrix, then ppl: $(grep "PPL = " "$T/out" | cut -c1-24)"
+  else bad "quant iq2_xxs --imatrix / ppl"; sed 's/^/     /' "$T/err" | tail -3; fi
+else skip "iq2_xxs quant (tinystories-d256.gguf missing)"; fi
 # export_check NAME TARGET QUANT-ARGS...: quantize to GGUF and to TARGET, decode, compare
 export_check() {
   local name=$1 to=$2; shift 2

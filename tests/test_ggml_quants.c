@@ -228,7 +228,8 @@ static void test_unsupported(void **state) {
     assert_false(ref_dequantize(12345, q, y, 1, 256));
     assert_false(ref_dequantize(QL_TYPE_Q4_0, q, y, 1, 33));
     assert_true(ref_can_quantize(QL_TYPE_Q6_K));
-    assert_false(ref_can_quantize(QL_TYPE_TQ2_0));
+    assert_true(ref_can_quantize(QL_TYPE_TQ2_0));
+    assert_false(ref_can_quantize(QL_TYPE_Q8_K)); /* still decode-only */
     assert_true(ref_can_quantize(QL_TYPE_MXFP4));
     assert_true(ref_can_dequantize(QL_TYPE_TQ2_0));
 }

@@ -504,7 +504,14 @@ static void test_candidate_lists(void **state) {
     assert_int_equal(ql_sense_parse_candidates("q4_0+nomethod", &v, &n), QL_ERR_ARG);
     assert_int_equal(ql_sense_parse_candidates("int4_g128+awq", &v, &n), QL_ERR_ARG); /* a layer transform */
     assert_int_equal(ql_sense_parse_candidates("zz*", &v, &n), QL_ERR_ARG);
-    assert_int_equal(ql_sense_parse_candidates("iq2_xxs", &v, &n), QL_ERR_ARG); /* decode only */
+    assert_int_equal(ql_sense_parse_candidates("q8_k", &v, &n), QL_ERR_ARG); /* decode only */
+    /* a pattern leaves out the formats that need an imatrix (iq2_xxs, iq2_xs); named, they are taken */
+    assert_int_equal(ql_sense_parse_candidates("iq2_*", &v, &n), QL_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(v[0], "iq2_s");
+    ql_sense_free_strings(v, n);
+    assert_int_equal(ql_sense_parse_candidates("iq2_xxs", &v, &n), QL_OK);
+    ql_sense_free_strings(v, n);
     assert_int_equal(ql_sense_parse_candidates(" , ", &v, &n), QL_ERR_ARG);
 }
 

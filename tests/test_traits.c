@@ -20,6 +20,7 @@
 
 #include "base/ql_common.h"
 #include "formats/format.h"
+#include "kernels/iq_quants.h"
 #include "kernels/ggml_types.h"
 #include "methods/act_recipe.h"
 #ifdef QL_HAVE_CUDA
@@ -78,6 +79,7 @@ static const char *entry_problem(const ql_format *f, int idx) {
     if (f->block <= 0 || f->block_bytes <= 0 || !(f->bpw > 0)) REFUSE("%s: no block geometry", n);
     if (!f->dequantize_rows) REFUSE("%s: no reference dequantizer", n);
     if (f->uses_importance && !f->quantize_rows) REFUSE("%s: importance without a quantizer", n);
+    if (f->requires_importance && !f->uses_importance) REFUSE("%s: requires importance it does not use", n);
     if (f->quantize_rows && !(f->tolerance > 0) && strcmp(n, "f32") != 0) REFUSE("%s: no tolerance", n);
     if (!is_nonempty(f->summary) || !is_nonempty(f->explain)) REFUSE("%s: no summary / explanation", n);
     if (!is_nonempty(f->label) || strlen(f->label) > 8) REFUSE("%s: label missing or over 8 characters", n);
@@ -234,7 +236,7 @@ static void check_ops(const ql_format *f, const column_ops *c, bool has_q, bool 
     uint8_t *qa = malloc((size_t)bytes), *qb = malloc((size_t)bytes);
     fill(x, NROWS, NCOLS);
     for (int i = 0; i < NCOLS; i++) imp[i] = 0.5f + (float)((i * 7919) % 100) / 10.0f;
-    for (int pass = 0; pass < (imp_ok && f->uses_importance ? 2 : 1); pass++) {
+    for (int pass = f->requires_importance ? 1 : 0; pass < (imp_ok && f->uses_importance ? 2 : 1); pass++) {
         const float *w = pass ? imp : NULL;
         f->quantize_rows ? f->quantize_rows(x, qb, NROWS, NCOLS, w) : (void)memset(qb, 0x3C, (size_t)bytes);
         if (has_q) {
@@ -324,6 +326,43 @@ static void test_fp4_round_trip(void **state) {
     free(y);
 }
 
+/* ---- formats that need importance: the fact matches ggml's list, the driver refuses without it, and
+ * with weights of ones the round trip holds the documented tolerance ---- */
+
+static void test_requires_importance(void **state) {
+    (void)state;
+    enum { R = 4, C = 4096 };
+    float *x = malloc(sizeof(float) * R * C), *y = malloc(sizeof(float) * R * C), *ones = malloc(sizeof(float) * C);
+    for (int i = 0; i < R * C; i++) x[i] = rnd_n();
+    for (int i = 0; i < C; i++) ones[i] = 1.0f;
+    int n_required = 0;
+    for (int i = 0; i < ql_format_count(); i++) {
+        const ql_format *f = ql_format_at(i);
+        bool ggml_says = f->type < QL_TYPE_GGML_COUNT && ql_ggml_quantize_requires_imatrix(f->type);
+        if (f->requires_importance != ggml_says)
+            fail_msg("%s: requires_importance %d, ggml says %d", f->name, f->requires_importance, ggml_says);
+        if (!f->requires_importance) continue;
+        n_required++;
+        const int64_t bytes = ql_format_tensor_bytes(f, C, R);
+        uint8_t *q = malloc((size_t)bytes);
+        memset(q, 0x5A, (size_t)bytes);
+        if (ql_format_quantize(f, x, q, R, C, NULL, 1) != QL_ERR_ARG) fail_msg("%s: quantized without importance", f->name);
+        if (!strstr(ql_last_error(), "--imatrix")) fail_msg("%s: refusal does not name --imatrix: %s", f->name, ql_last_error());
+        for (int64_t k = 0; k < bytes; k++)
+            if (q[k] != 0x5A) fail_msg("%s: refused but wrote byte %lld", f->name, (long long)k);
+        assert_int_equal(ql_format_quantize(f, x, q, R, C, ones, 1), QL_OK);
+        assert_int_equal(ql_format_dequantize(f, q, y, R, C, 1), QL_OK);
+        double se = 0, ss = 0;
+        for (int k = 0; k < R * C; k++) se += (double)(y[k] - x[k]) * (y[k] - x[k]), ss += (double)x[k] * x[k];
+        double e = sqrt(se / ss);
+        printf("  %s: RMSE/RMS %.4f with importance of ones (tolerance %.3f)\n", f->name, e, f->tolerance);
+        if (!(e <= f->tolerance)) fail_msg("%s: %.4f over its tolerance", f->name, e);
+        free(q);
+    }
+    assert_int_equal(n_required, 3); /* IQ2_XXS, IQ2_XS, IQ1_S */
+    free(x), free(y), free(ones);
+}
+
 /* ---- recipes name registry formats (the weight-format fact is the registry's) ---- */
 
 static void test_recipes_name_formats(void **state) {
@@ -341,6 +380,7 @@ int main(void) {
         cmocka_unit_test(test_detects_missing),
         cmocka_unit_test(test_backend_ops_equal_reference),
         cmocka_unit_test(test_fp4_round_trip),
+        cmocka_unit_test(test_requires_importance),
         cmocka_unit_test(test_recipes_name_formats),
     };
     return cmocka_run_group_tests_name("traits", tests, NULL, NULL);

@@ -958,6 +958,10 @@ static void prompt_submit(ql_tui_app *a) {
                 ql_tui_msg(a, 2, "'%.60s': %s cannot write %s: %.150s", t, mname, c[n]->name, why);
                 return;
             }
+            if (c[n]->requires_importance) { /* the TUI's measurements run without an imatrix */
+                ql_tui_msg(a, 2, "'%.60s' needs an importance matrix: measure it with qlab sense --imatrix", t);
+                return;
+            }
             ql_tui_copy(meth[n], sizeof meth[n], mname);
             n++;
         }
