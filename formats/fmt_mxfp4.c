@@ -5,6 +5,7 @@
  * quantize_row_mxfp4_ref and dequantize_row_mxfp4, checked against ../shared/testdata/ggml-quants by
  * tests/test_ggml_quants.c. Pure, thread-safe. */
 #include "formats/format.h"
+#include "kernels/e2m1.h"
 #include "kernels/ggml_types.h"
 
 #include <math.h>
@@ -17,9 +18,6 @@
 #define MX_BLOCK 32
 #define MX_BYTES 17
 
-/* E2M1 values doubled (0, ±0.5, ±1, ±1.5, ±2, ±3, ±4, ±6 times 2), as ggml's kvalues_mxfp4: the scale
- * below carries the matching factor 1/2, so products are the same floats ggml computes. */
-static const int8_t k_e2m1x2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 /* E8M0 exponent e as 2^(e-128), i.e. half of 2^(e-127), built from float bits (subnormal for e < 2) */
 static float e8m0_half(uint8_t e) {
@@ -27,17 +25,6 @@ static float e8m0_half(uint8_t e) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
-}
-
-/* The code whose value times d is nearest x; ties keep the lower index (ggml's best_index_mxfp4). */
-static uint8_t nearest_code(float x, float d) {
-    int best = 0;
-    float best_err = fabsf(k_e2m1x2[0] * d - x);
-    for (int i = 1; i < 16; i++) {
-        float err = fabsf(k_e2m1x2[i] * d - x);
-        if (err < best_err) best = i, best_err = err;
-    }
-    return (uint8_t)best;
 }
 
 static void mxfp4_quantize_row(const float *x, uint8_t *y, int64_t n) {
@@ -52,7 +39,7 @@ static void mxfp4_quantize_row(const float *x, uint8_t *y, int64_t n) {
         const float d = e8m0_half(e);
         y[0] = e;
         for (int j = 0; j < MX_BLOCK / 2; j++)
-            y[1 + j] = (uint8_t)(nearest_code(x[j], d) | nearest_code(x[j + MX_BLOCK / 2], d) << 4);
+            y[1 + j] = (uint8_t)(ql_e2m1_nearest(x[j], d) | ql_e2m1_nearest(x[j + MX_BLOCK / 2], d) << 4);
     }
 }
 
@@ -69,8 +56,8 @@ static void mxfp4_dequantize(const void *src, float *dst, int64_t nrows, int64_t
     for (int64_t b = 0; b < nrows * (ncols / MX_BLOCK); b++, x += MX_BYTES, dst += MX_BLOCK) {
         const float d = e8m0_half(x[0]);
         for (int j = 0; j < MX_BLOCK / 2; j++) {
-            dst[j] = k_e2m1x2[x[1 + j] & 0x0F] * d;
-            dst[j + MX_BLOCK / 2] = k_e2m1x2[x[1 + j] >> 4] * d;
+            dst[j] = ql_e2m1x2[x[1 + j] & 0x0F] * d;
+            dst[j + MX_BLOCK / 2] = ql_e2m1x2[x[1 + j] >> 4] * d;
         }
     }
 }

@@ -13,6 +13,7 @@
  * E4M3's normal range [2^-6, 448] (trained LLM weights: amax of a 16-block from ~0.01 to ~10, i.e. scales
  * down to ~2^-9: the smallest blocks lose up to 2 of the scale's 3 mantissa bits). Pure, thread-safe. */
 #include "formats/format.h"
+#include "kernels/e2m1.h"
 #include "kernels/ggml_types.h"
 
 #include <math.h>
@@ -27,8 +28,6 @@
 #define NV_SUB 16
 #define NV_BYTES 36
 
-/* E2M1 values doubled (as MXFP4's); the scale decode below halves, so products equal ggml's. */
-static const int8_t k_e2m1x2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 /* Unsigned E4M3 (bias 7, 3 mantissa bits, 0x7F = NaN read as 0), returned halved. */
 static float ue4m3_half(uint8_t x) {
@@ -59,17 +58,6 @@ static uint8_t f32_to_ue4m3(float x) {
     return (uint8_t)(exp << 3 | man);
 }
 
-/* Nearest code to x at scale d; ties keep the lower index (ggml's best_index_mxfp4). */
-static uint8_t nearest_code(float x, float d) {
-    int best = 0;
-    float best_err = fabsf(k_e2m1x2[0] * d - x);
-    for (int i = 1; i < 16; i++) {
-        float err = fabsf(k_e2m1x2[i] * d - x);
-        if (err < best_err) best = i, best_err = err;
-    }
-    return (uint8_t)best;
-}
-
 static void nvfp4_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) {
     (void)imp; /* ggml's quantize_nvfp4 ignores importance weights too */
     if (ncols <= 0 || ncols % NV_BLOCK) return;
@@ -85,7 +73,7 @@ static void nvfp4_quantize(const float *src, void *dst, int64_t nrows, int64_t n
             const float d = ue4m3_half(ue);
             y[s] = ue;
             for (int j = 0; j < NV_SUB / 2; j++)
-                y[4 + s * 8 + j] = (uint8_t)(nearest_code(xb[j], d) | nearest_code(xb[j + NV_SUB / 2], d) << 4);
+                y[4 + s * 8 + j] = (uint8_t)(ql_e2m1_nearest(xb[j], d) | ql_e2m1_nearest(xb[j + NV_SUB / 2], d) << 4);
         }
 }
 
@@ -97,8 +85,8 @@ static void nvfp4_dequantize(const void *src, float *dst, int64_t nrows, int64_t
             const float d = ue4m3_half(x[s]);
             for (int j = 0; j < NV_SUB / 2; j++) {
                 const uint8_t q = x[4 + s * 8 + j];
-                dst[j] = k_e2m1x2[q & 0x0F] * d;
-                dst[j + NV_SUB / 2] = k_e2m1x2[q >> 4] * d;
+                dst[j] = ql_e2m1x2[q & 0x0F] * d;
+                dst[j + NV_SUB / 2] = ql_e2m1x2[q >> 4] * d;
             }
         }
 }

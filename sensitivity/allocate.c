@@ -809,6 +809,20 @@ static int uniform_guard(const ql_sense *s, const alloc_item *items, const ql_mc
     return best;
 }
 
+/* The smallest and largest total cost any choice of candidates can have. */
+static void cost_range(const ql_mckp_item *mk, int n, int64_t *cheapest, int64_t *dearest) {
+    *cheapest = *dearest = 0;
+    for (int t = 0; t < n; t++) {
+        int64_t lo = INT64_MAX, hi = 0;
+        for (int j = 0; j < mk[t].n; j++) {
+            lo = QL_MIN(lo, mk[t].cost[j]);
+            hi = QL_MAX(hi, mk[t].cost[j]);
+        }
+        *cheapest += lo;
+        *dearest += hi;
+    }
+}
+
 ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result *r) {
     memset(r, 0, sizeof *r);
     const double tol = o->tolerance > 0 ? o->tolerance : 0.01;
@@ -836,16 +850,8 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
     ql_mckp_item *mk;
     ql_status st = prepare(s, o, &metric, &rules, &items, &mk);
     if (st) return st;
-    int64_t cheapest = 0, dearest = 0;
-    for (int t = 0; t < s->n_tensors; t++) {
-        int64_t lo = INT64_MAX, hi = 0;
-        for (int j = 0; j < mk[t].n; j++) {
-            lo = QL_MIN(lo, mk[t].cost[j]);
-            hi = QL_MAX(hi, mk[t].cost[j]);
-        }
-        cheapest += lo;
-        dearest += hi;
-    }
+    int64_t cheapest, dearest;
+    cost_range(mk, s->n_tensors, &cheapest, &dearest);
     if (budget < cheapest) {
         double bmin = o->whole_file ? 8.0 * (double)(cheapest + s->other_bytes) / (double)nall
                                     : 8.0 * (double)cheapest / (double)nq;
@@ -928,16 +934,8 @@ ql_status ql_alloc_frontier(const ql_sense *s, const ql_alloc_opts *o, int n_poi
     ql_status st = prepare(s, o, &metric, &rules, &items, &mk);
     if (st) return st;
     const int64_t nq = quantized_params(s), nall = nq + s->other_params;
-    int64_t cheapest = 0, dearest = 0;
-    for (int t = 0; t < s->n_tensors; t++) {
-        int64_t lo = INT64_MAX, hi = 0;
-        for (int j = 0; j < mk[t].n; j++) {
-            lo = QL_MIN(lo, mk[t].cost[j]);
-            hi = QL_MAX(hi, mk[t].cost[j]);
-        }
-        cheapest += lo;
-        dearest += hi;
-    }
+    int64_t cheapest, dearest;
+    cost_range(mk, s->n_tensors, &cheapest, &dearest);
     ql_mckp_dp *dp = NULL;
     st = ql_mckp_dp_new(mk, s->n_tensors, dearest, o->max_cells, &dp);
     if (!st) {
@@ -977,16 +975,8 @@ ql_status ql_alloc_check_target(const ql_sense *s, const ql_alloc_opts *o) {
     ql_status st = prepare(s, o, &metric, &rules, &items, &mk);
     if (st) return st;
     const int64_t nq = quantized_params(s), nall = nq + s->other_params;
-    int64_t cheapest = 0, dearest = 0;
-    for (int t = 0; t < s->n_tensors; t++) {
-        int64_t lo = INT64_MAX, hi = 0;
-        for (int j = 0; j < mk[t].n; j++) {
-            lo = QL_MIN(lo, mk[t].cost[j]);
-            hi = QL_MAX(hi, mk[t].cost[j]);
-        }
-        cheapest += lo;
-        dearest += hi;
-    }
+    int64_t cheapest, dearest;
+    cost_range(mk, s->n_tensors, &cheapest, &dearest);
     free(rules);
     free(mk);
     alloc_items_free(items, s->n_tensors);
