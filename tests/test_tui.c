@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "tui/app.h"
+#include "pipeline/export.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
 #include "tui/jobs.h"
@@ -179,6 +180,36 @@ static void test_synth_plan_edits(void **state) {
     snprintf(bpw, sizeof bpw, "BPW %.3f", t.bpw);
     assert_true(screen_has(a, 80, 24, bpw));
     assert_true(screen_has(a, 80, 24, "KV@64"));
+    ql_tui_app_free(a);
+}
+
+/* The Export screen's target: t walks the exporter registry, the path follows (a folder for the Hugging Face
+ * targets), and e writes what the chosen exporter writes — here a GPTQ folder the CLI would also write. */
+static void test_export_target(void **state) {
+    (void)state;
+    ql_tui_app *a = synth_app();
+    ql_tui_feed(a, "3T<c-u>int4_g32_sym<enter>6");
+    for (int i = 0; i < ql_exporter_count() && strcmp(ql_exporter_at(a->exp.format)->name, "gptq"); i++)
+        ql_tui_feed(a, "t");
+    assert_string_equal(ql_exporter_at(a->exp.format)->name, "gptq");
+    assert_true(screen_has(a, 100, 30, "target    gptq"));
+    char dir[400], keys[600];
+    snprintf(dir, sizeof dir, "%s/export-gptq", g_tmp);
+    snprintf(keys, sizeof keys, "p<c-u>%s<enter>e<wait>", dir);
+    ql_tui_feed(a, keys);
+    assert_int_equal(a->exp.n_log, 1);
+    assert_null(strstr(a->exp.log[0], "nothing written"));
+    char cfg[500], *txt;
+    size_t len;
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    assert_int_equal(ql_read_file(cfg, &txt, &len), QL_OK);
+    assert_non_null(strstr(txt, "\"quant_method\": \"gptq\""));
+    free(txt);
+    /* back round to GGUF: the path gets its extension again */
+    for (int i = 0; i < ql_exporter_count() && a->exp.format != 0; i++) ql_tui_feed(a, "t");
+    assert_int_equal(a->exp.format, 0);
+    size_t l = strlen(a->exp.path);
+    assert_true(l > 5 && !strcmp(a->exp.path + l - 5, ".gguf"));
     ql_tui_app_free(a);
 }
 
@@ -739,6 +770,7 @@ int main(void) {
         cmocka_unit_test(test_canvas),
         cmocka_unit_test(test_synth_plan_edits),
         cmocka_unit_test(test_synth_screens),
+        cmocka_unit_test(test_export_target),
         cmocka_unit_test(test_stories_session),
         cmocka_unit_test(test_auto_without_calibration),
         cmocka_unit_test(test_golden_mask),

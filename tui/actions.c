@@ -8,6 +8,7 @@
 #include "presets/preset.h"
 #include "sensitivity/sense.h"
 #include "tui/tui_sense.h"
+#include "pipeline/export.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -658,7 +659,27 @@ static unsigned export_run(ql_tui_app *a, int k) {
 
 static unsigned export_path(ql_tui_app *a, int k) {
     (void)k;
-    prompt_open(a, P_EXPORT_PATH, "output file (written to PATH.tmp.XXXXXX, then renamed)", a->exp.path);
+    const ql_exporter_info *x = ql_exporter_at(a->exp.format);
+    prompt_open(a, P_EXPORT_PATH,
+                x && x->folder ? "output folder (written to PATH.tmp.XXXXXX, then renamed)"
+                               : "output file (written to PATH.tmp.XXXXXX, then renamed)",
+                a->exp.path);
+    return QL_R_REDRAW;
+}
+
+/* The next exporter of the registry. The path follows: a folder target drops ".gguf", GGUF gets it back. */
+static unsigned export_target(ql_tui_app *a, int k) {
+    (void)k;
+    int n = ql_exporter_count();
+    if (n <= 0) return QL_R_NONE;
+    a->exp.format = (a->exp.format + 1) % n;
+    const ql_exporter_info *x = ql_exporter_at(a->exp.format);
+    char *p = a->exp.path;
+    size_t l = strlen(p);
+    bool has_gguf = l > 5 && !strcmp(p + l - 5, ".gguf");
+    if (x->folder && has_gguf) p[l - 5] = 0;
+    else if (!x->folder && !has_gguf && l && l + 6 < sizeof a->exp.path) strcat(p, ".gguf");
+    ql_tui_msg(a, 0, "export target: %s (%s)", x->name, x->summary);
     return QL_R_REDRAW;
 }
 
@@ -781,8 +802,9 @@ static const binding BINDINGS[] = {
     {ON(PREVIEW), QL_KEY_UP, QL_KEY_DOWN, "Up Down", "move in the history", preview_move},
     {ON(PREVIEW), 'd', 0, "d", "forget the history entry", preview_forget},
 
-    {ON(EXPORT), 'e', QL_KEY_ENTER, "e Enter", "export the plan as GGUF (worker thread, atomic)", export_run},
+    {ON(EXPORT), 'e', QL_KEY_ENTER, "e Enter", "export the plan to the chosen target (worker thread, atomic)", export_run},
     {ON(EXPORT), 'p', 0, "p", "output path", export_path},
+    {ON(EXPORT), 't', 0, "t", "next export target (GGUF, GPTQ, AWQ, compressed-tensors, bnb ...)", export_target},
     {ON(EXPORT), 's', 0, "s", "save the plan as INI beside it", export_plan},
 
     {ON(CATALOGUE), QL_KEY_UP, QL_KEY_DOWN, "Up Down", "choose a format or method (PgUp PgDn Home End too)", cat_move},

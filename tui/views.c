@@ -5,6 +5,7 @@
 #include "kernels/ggml_types.h"
 #include "tui/jobs.h"
 #include "methods/method.h"
+#include "pipeline/export.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -588,7 +589,10 @@ void ql_view_export(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     int y = r.y;
     ql_canvas_puts(c, 1, y++, 0, QL_ST_BOLD, "Export the plan");
     y++;
-    ql_canvas_printf(c, 1, y++, 0, QL_ST_NORMAL, "%-9s GGUF v3 (llama.cpp and qlab)", "format");
+    const ql_exporter_info *xi = ql_exporter_at(a->exp.format);
+    if (!xi) xi = ql_exporter_default();
+    ql_canvas_printf(c, 1, y, 0, QL_ST_NORMAL, "%-9s %s: %.*s", "target", xi->name, c->w > 40 ? c->w - 32 : 8, xi->summary);
+    ql_canvas_puts(c, c->w - 4, y++, 0, QL_ST_DIM, "(t)");
     ql_canvas_printf(c, 1, y, 0, QL_ST_NORMAL, "%-9s ", "path");
     ql_canvas_puts(c, 11, y, c->w - 6, QL_ST_BOLD, a->exp.path);
     ql_canvas_puts(c, c->w - 4, y++, 0, QL_ST_DIM, "(p)");

@@ -696,13 +696,14 @@ typedef struct {
     ql_plan *plan;
     char path[QL_TUI_PATH];
     int n_threads;
+    const ql_exporter_info *exporter;
     ql_quant_stats qs;
 } export_ctx;
 
 static void export_run(ql_tui_job *j) {
     export_ctx *c = j->ctx;
     ql_quant_opts qo = {.plan = c->plan, .stats = c->stats, .n_threads = c->n_threads,
-                        .exporter = ql_exporter_by_name("gguf")};
+                        .exporter = c->exporter};
     ql_tui_job_phase(j, "quantizing", 0, 1);
     ql_status s = ql_quantize_model(c->m, &qo, c->path, &j->progress, &c->qs);
     if (s) ql_tui_job_fail(j, s);
@@ -743,6 +744,8 @@ bool ql_tui_start_export(ql_tui_app *a) {
     c->plan = ql_tui_plan_build(a);
     ql_tui_copy(c->path, sizeof c->path, a->exp.path);
     c->n_threads = a->n_threads;
+    c->exporter = ql_exporter_at(a->exp.format);
+    if (!c->exporter) c->exporter = ql_exporter_default();
     return ql_tui_job_start(a, ql_tui_job_new("export", export_run, export_apply, export_destroy, c));
 }
 
