@@ -22,9 +22,9 @@ static const char *QUANT_USAGE =
     "                  [--imatrix FILE] [--threads N] [--save-plan FILE] [--dry-run]\n"
     "Quantizes every 2-D weight of MODEL and writes a GGUF with all of its metadata.\n"
     "  --type FORMAT     one format everywhere (qlab formats lists them), e.g. q4_k, int4_g128, nf4_dq\n"
-    "  --preset NAME     a built-in recipe (llama.cpp's mixes: Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_0 Q4_1 Q4_K_S\n"
-    "                    Q4_K_M Q5_0 Q5_1 Q5_K_S Q5_K_M Q6_K Q8_0 IQ4_NL IQ4_XS F16 BF16; and INT8, INT4_G128,\n"
-    "                    NF4_DQ, FP8 ...) or an INI file of rules\n"
+    "  --preset NAME     a built-in recipe (qlab formats --presets lists them: llama.cpp's mixes Q2_K ... Q8_0,\n"
+    "                    IQ1_S ... IQ4_XS with llama-quantize's per-tensor types; INT8, INT4_G128, NF4_DQ, FP8 ...)\n"
+    "                    or an INI file of rules\n"
     "  --plan FILE       one format per tensor, as written by --save-plan or qlab plan\n"
     "  --method NAME     how codes are chosen for every planned tensor: rtn (default), gptq, awq, ... (qlab formats\n"
     "                    --methods lists them and their options); a method that cannot write the format is refused\n"
@@ -268,22 +268,53 @@ done:
 }
 
 static const char *FORMATS_USAGE =
-    "usage: qlab formats [--json] [--methods]\n"
+    "usage: qlab formats [--json] [--methods | --presets]\n"
     "Every storage format qlab knows: name, bits per weight, block, whether llama.cpp can load it, and a summary.\n"
-    "--methods lists the quantization methods instead (what they need, their options).\n";
+    "--methods lists the quantization methods instead (what they need, their options); --presets the built-in\n"
+    "presets (qlab quant --preset NAME) with what each does.\n";
+
+/* The built-in presets, one line each (or a JSON array of {name, summary}). */
+static int list_presets(bool json) {
+    json_t *arr = json ? json_array() : NULL;
+    for (int i = 0; i < ql_preset_builtin_count(); i++) {
+        ql_preset *p;
+        if (ql_preset_load(ql_preset_builtin_name(i), &p)) {
+            fprintf(stderr, "qlab formats: %s\n", ql_last_error());
+            json_decref(arr);
+            return 1;
+        }
+        if (json) {
+            json_t *o = json_object();
+            json_object_set_new(o, "name", json_string(ql_preset_name(p)));
+            json_object_set_new(o, "summary", json_string(ql_preset_summary(p)));
+            json_array_append_new(arr, o);
+        } else printf("%-14s %s\n", ql_preset_name(p), ql_preset_summary(p));
+        ql_preset_free(p);
+    }
+    if (json) {
+        char *txt = json_dumps(arr, JSON_INDENT(2));
+        puts(txt);
+        free(txt);
+        json_decref(arr);
+    }
+    return 0;
+}
 
 int cmd_formats(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, FORMATS_USAGE);
     const char *flag, *pos;
-    bool json = false, methods = false;
+    bool json = false, methods = false, presets = false;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) return cli_usage_error("formats", FORMATS_USAGE, "unexpected argument '%s'", pos);
         if (!strcmp(flag, "--json")) json = true;
         else if (!strcmp(flag, "--methods")) methods = true;
+        else if (!strcmp(flag, "--presets")) presets = true;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
+    if (presets && methods) return cli_usage_error("formats", FORMATS_USAGE, "give --methods or --presets, not both");
+    if (presets) return list_presets(json);
     if (methods) {
         json_t *marr = json ? json_array() : NULL;
         for (int i = 0; i < ql_method_count(); i++) {

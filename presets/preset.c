@@ -2,8 +2,10 @@
  *     ROLE_OR_GLOB[@COND[&COND...]] = FORMAT[+METHOD]
  * ROLE is a tensor name without "blk.N." and ".weight" (attn_v, ffn_down, output, token_embd); a
  * pattern with '*' or '.' is matched against the full name with fnmatch. Conditions: more_bits
- * (llama.cpp's use_more_bits), layer<N, layer<n/K, layer>N, layer>K*n/M, gqa>N, imatrix, !imatrix. ('=' cannot
- * appear in an INI key, hence strict comparisons only.)
+ * (llama.cpp's use_more_bits), layer<N, layer<n/K, layer>N, layer>K*n/M, gqa>N, imatrix, default_fits (the row
+ * length is a multiple of the [preset] default's block: llama.cpp gives output Q8_0 when it is not), and any of
+ * them negated with '!'. ('=' cannot appear in an INI key, hence strict comparisons only; "layer >= n/8" is
+ * written !layer<n/8.)
  * The first matching rule wins; [preset] default applies to the rest of the 2-D weights. */
 #include "presets/preset.h"
 #include "formats/format.h"
@@ -155,6 +157,7 @@ typedef struct {
     int layer; /* -1 outside blocks */
     int n_layer, gqa;
     bool imatrix;
+    bool default_fits; /* the row length is a multiple of the preset default's block */
 } tensor_ctx;
 
 static void role_of(const char *name, tensor_ctx *t) {
@@ -177,9 +180,13 @@ static bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || 
 
 /* one condition; unknown syntax is an error reported once by the caller */
 static int cond_true(const char *c, const tensor_ctx *t) {
+    if (c[0] == '!') {
+        int r = cond_true(c + 1, t);
+        return r < 0 ? r : !r;
+    }
     if (!strcmp(c, "more_bits")) return t->layer >= 0 && use_more_bits(t->layer, t->n_layer);
     if (!strcmp(c, "imatrix")) return t->imatrix;
-    if (!strcmp(c, "!imatrix")) return !t->imatrix;
+    if (!strcmp(c, "default_fits")) return t->default_fits;
     const char *v;
     int lhs;
     if (!strncmp(c, "layer", 5)) { lhs = t->layer; v = c + 5; if (lhs < 0) return 0; }
@@ -256,6 +263,10 @@ static ql_status resolve(const ql_preset *p, const char *single_spec, const ql_m
         const char *spec = single_spec;
         if (p) {
             spec = p->default_spec;
+            const ql_format *df;
+            char dm[64];
+            if ((st = ql_parse_format_method(spec, &df, dm, sizeof dm))) break;
+            t.default_fits = ql_format_fits(df, gt->ne[0]);
             for (int r = 0; r < p->n_rules; r++) {
                 if (!pattern_matches(p->rules[r].pattern, &t)) continue;
                 int c = conds_true(p->rules[r].cond, &t);

@@ -304,6 +304,21 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ]; then
     ok "quant iq2_xxs --imatrix, then ppl: $(grep "PPL = " "$T/out" | cut -c1-24)"
   else bad "quant iq2_xxs --imatrix / ppl"; sed 's/^/     /' "$T/err" | tail -3; fi
 else skip "iq2_xxs quant (tinystories-d256.gguf missing)"; fi
+# llama.cpp's i-quant mixes as presets: with its imatrix, every per-tensor type as llama-quantize picks it, so
+# the file has llama.cpp's size within 512 bytes (one type off on the smallest tensor moves it by 1 KiB; the
+# rest is llama.cpp's imatrix metadata strings). PPL of each: make check-mixes.
+DREF="$SHARED/models/tinystories-d256-llamacpp.md"; DIMAT="$SHARED/models/tinystories-d256-imatrix-wt.gguf"
+if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$DREF" ] && [ -f "$DIMAT" ]; then
+  for mix in IQ1_M IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ3_XXS IQ3_S IQ3_M; do
+    wbytes=$(awk -F'|' -v m="$mix" '$2 ~ "^ *"m" *$" && $3 ~ /wikitext/ {gsub(/[ ,]/,"",$4); print $4; exit}' "$DREF")
+    if [ -n "$wbytes" ] && $QLAB quant "$HFM" --preset "$mix" --imatrix "$DIMAT" -o "$T/mix.gguf" >/dev/null 2>"$T/err"; then
+      b=$(stat -c %s "$T/mix.gguf")
+      if [ $((b - wbytes)) -le 512 ] && [ $((wbytes - b)) -le 512 ]; then ok "preset $mix: $b bytes, llama.cpp $wbytes"
+      else bad "preset $mix: $b bytes, llama.cpp $wbytes"; fi
+    else bad "preset $mix on tinystories-d256"; sed 's/^/     /' "$T/err" | tail -2; fi
+  done
+  expect_error "preset IQ2_XXS without --imatrix is refused" "--imatrix" $QLAB quant "$HFM" --preset IQ2_XXS -o "$T/mix.gguf"
+else skip "i-quant mix presets (tinystories-d256 reference files missing)"; fi
 # export_check NAME TARGET QUANT-ARGS...: quantize to GGUF and to TARGET, decode, compare
 export_check() {
   local name=$1 to=$2; shift 2
