@@ -83,10 +83,16 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a $$(TEST_OBJS_$$*)
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
-test-run: check-layers all $(TESTS:%=$(BUILD)/tests/%)
+test-run: check-layers all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/tests/libqlfault.so
 	@fail=0; for t in $(TESTS); do echo "== $$t"; QLAB=$(CURDIR)/$(BIN) $(BUILD)/tests/$$t || fail=1; done; \
 	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QL_QUICK=$(QL_QUICK) QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; fi; \
+	 echo "== fault_inject.sh"; QLAB=$(CURDIR)/$(BIN) QL_FAULT_SHIM=$(BUILD)/tests/libqlfault.so bash tests/fault_inject.sh || fail=1; \
 	 exit $$fail
+
+# The fault-injection shim (LD_PRELOAD) for tests/fault_inject.sh: plain flags, never the sanitizers.
+$(BUILD)/tests/libqlfault.so: tests/fault_shim.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
 
 # CUDA codecs vs the CPU reference (device tests skip without a GPU); the GB/s run is `make bench-cuda`.
 test-cuda: $(BUILD)/tests/test_cuda

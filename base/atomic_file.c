@@ -1,8 +1,20 @@
-/* atomic_file.c — temporary file + rename for every writer (see atomic_file.h). */
+/* atomic_file.c — temporary file + rename for every writer (see atomic_file.h).
+ *
+ * The temporary is an O_TMPFILE (no name at all) where the filesystem supports it: a process killed with
+ * SIGKILL mid-write leaves nothing behind, since the kernel frees a nameless file with its last
+ * descriptor. At commit it gets a name ("<path>.tmp.<pid>.XXXXXX", linkat through /proc/self/fd) and is
+ * renamed over the target at once, so the only window for a leftover is between those two calls.
+ * Filesystems without O_TMPFILE get a named temporary from the start; either way ql_atomic_sweep (called
+ * on every open) removes temporaries of the same target whose writer process no longer exists.
+ *
+ * The stream writes through write(2) (fopencookie), not glibc's internal write: every byte of every
+ * output passes a call that a fault-injection shim (tests/fault_shim.c, LD_PRELOAD) can fail. */
 #include "base/atomic_file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,9 +23,103 @@
 struct ql_atomic_file {
     FILE *f;
     int fd;
-    char *path, *tmp;
+    char *path, *tmp; /* tmp: the temporary's name; "" while it is an unnamed O_TMPFILE */
     int err; /* errno of the first failed ql_atomic_write, 0 if none */
 };
+
+/* ---- the stream: buffered by stdio, flushed through write(2) and lseek(2) on af->fd ---- */
+
+/* Returns the bytes written, never -1: glibc marks the stream in error on any short count, but it
+ * subtracts the returned value from what is left to write, and -1 there overruns its buffer on the next
+ * large fwrite (found by tests/fault_inject.sh: a segfault after an injected EIO). */
+static ssize_t cookie_write(void *c, const char *buf, size_t n) {
+    int fd = *(int *)c;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, buf + done, n - done);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (w == 0) break;
+        done += (size_t)w;
+    }
+    return (ssize_t)done;
+}
+
+static int cookie_seek(void *c, off64_t *off, int whence) {
+    off64_t r = lseek(*(int *)c, *off, whence);
+    if (r < 0) return -1;
+    *off = r;
+    return 0;
+}
+
+static int cookie_close(void *c) { return close(*(int *)c); }
+
+/* ---- temporaries: names, and the sweep of those whose writer is gone ---- */
+
+/* "<path>.tmp.<pid>.XXXXXX" (the template for mkstemp/mkdtemp). */
+char *ql_atomic_tmp_name(const char *path) {
+    size_t l = strlen(path) + 48;
+    char *t = ql_malloc(l);
+    snprintf(t, l, "%s.tmp.%ld.XXXXXX", path, (long)getpid());
+    return t;
+}
+
+void ql_remove_tree(const char *p) {
+    struct stat st;
+    if (lstat(p, &st) != 0) return;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(p);
+        if (d) {
+            struct dirent *e;
+            while ((e = readdir(d))) {
+                if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+                size_t l = strlen(p) + strlen(e->d_name) + 2;
+                char *c = ql_malloc(l);
+                snprintf(c, l, "%s/%s", p, e->d_name);
+                ql_remove_tree(c);
+                free(c);
+            }
+            closedir(d);
+        }
+        rmdir(p);
+    } else
+        unlink(p);
+}
+
+int ql_atomic_sweep(const char *path) {
+    char *copy = ql_strdup(path);
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/') copy[--n] = 0; /* "out/" is the folder "out" */
+    const char *slash = strrchr(copy, '/');
+    const char *base = slash ? slash + 1 : copy;
+    char *dir = slash ? ql_strdup(copy) : ql_strdup(".");
+    if (slash) dir[slash == copy ? 1 : slash - copy] = 0;
+    int removed = 0;
+    DIR *d = opendir(dir);
+    if (d) {
+        size_t bl = strlen(base);
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strncmp(e->d_name, base, bl) || strncmp(e->d_name + bl, ".tmp.", 5)) continue;
+            char *end;
+            long pid = strtol(e->d_name + bl + 5, &end, 10);
+            if (end == e->d_name + bl + 5 || *end != '.' || pid <= 0) continue; /* not one of ours */
+            if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive */
+            size_t l = strlen(dir) + strlen(e->d_name) + 2;
+            char *p = ql_malloc(l);
+            snprintf(p, l, "%s/%s", dir, e->d_name);
+            ql_remove_tree(p);
+            free(p);
+            removed++;
+        }
+        closedir(d);
+    }
+    free(dir);
+    free(copy);
+    return removed;
+}
 
 /* The process umask without changing it: umask() can only be read by setting it, which would race
  * with another thread creating a file, so read /proc first and fall back to the set-and-restore. */
@@ -34,36 +140,58 @@ static mode_t current_umask(void) {
     return m;
 }
 
+/* The directory part of path ("." when there is none). */
+static char *dir_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) return ql_strdup(".");
+    size_t n = slash == path ? 1 : (size_t)(slash - path); /* "/x" lives in "/" */
+    char *d = ql_malloc(n + 1);
+    memcpy(d, path, n);
+    d[n] = 0;
+    return d;
+}
+
 ql_status ql_atomic_open(const char *path, ql_atomic_file **out) {
     *out = NULL;
-    size_t l = strlen(path) + 16;
-    char *tmp = ql_malloc(l);
-    snprintf(tmp, l, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        ql_status s = ql_fail(QL_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
-        free(tmp);
-        return s;
-    }
-    FILE *f = fdopen(fd, "wb");
-    if (!f) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        return ql_fail(QL_ERR_IO, "%s: cannot open temporary file: %s", path, strerror(e));
-    }
-    /* mkstemp makes 0600; outputs are ordinary files, readable as the umask allows */
-    if (fchmod(fd, 0644 & ~current_umask()) != 0) {
-        int e = errno;
-        fclose(f);
-        unlink(tmp);
-        free(tmp);
-        return ql_fail(QL_ERR_IO, "%s: cannot set the mode of the temporary file: %s", path, strerror(e));
+    ql_atomic_sweep(path);
+    const mode_t mode = 0644 & ~current_umask();
+    char *tmp = NULL;
+    char *dir = dir_of(path);
+    int fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, mode);
+    int e = errno;
+    free(dir);
+    if (fd >= 0) tmp = ql_strdup("");
+    else if (e == ENOENT || e == ENOTDIR || e == EACCES || e == EROFS || e == ENOSPC || e == EDQUOT || e == EIO) {
+        return ql_fail(QL_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(e));
+    } else { /* no O_TMPFILE here (EOPNOTSUPP, EISDIR, EINVAL): a named temporary */
+        tmp = ql_atomic_tmp_name(path);
+        fd = mkstemp(tmp);
+        if (fd < 0) {
+            ql_status s = ql_fail(QL_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(errno));
+            free(tmp);
+            return s;
+        }
+        /* mkstemp makes 0600; outputs are ordinary files, readable as the umask allows */
+        if (fchmod(fd, mode) != 0) {
+            int e2 = errno;
+            close(fd);
+            unlink(tmp);
+            free(tmp);
+            return ql_fail(QL_ERR_IO, "%s: cannot set the mode of the temporary file: %s", path, strerror(e2));
+        }
     }
     ql_atomic_file *af = ql_calloc(1, sizeof *af);
-    af->f = f;
     af->fd = fd;
+    cookie_io_functions_t io = {.read = NULL, .write = cookie_write, .seek = cookie_seek, .close = cookie_close};
+    af->f = fopencookie(&af->fd, "wb", io);
+    if (!af->f) {
+        int e2 = errno;
+        close(fd);
+        if (tmp[0]) unlink(tmp);
+        free(tmp);
+        free(af);
+        return ql_fail(QL_ERR_IO, "%s: cannot open temporary file: %s", path, strerror(e2));
+    }
     af->path = ql_strdup(path);
     af->tmp = tmp;
     *out = af;
@@ -93,7 +221,7 @@ static void release(ql_atomic_file *af) {
 void ql_atomic_abort(ql_atomic_file *af) {
     if (!af) return;
     fclose(af->f);
-    unlink(af->tmp);
+    if (af->tmp[0]) unlink(af->tmp);
     release(af);
 }
 
@@ -101,18 +229,15 @@ void ql_atomic_abort(ql_atomic_file *af) {
  * an I/O error (EACCES, EINVAL on filesystems without directory fsync) is not a failure: the file is
  * already complete and in place. */
 static ql_status sync_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? ql_malloc((size_t)(slash - path) + 2) : ql_strdup(".");
-    if (slash) {
-        size_t n = slash == path ? 1 : (size_t)(slash - path); /* "/x" lives in "/" */
-        memcpy(dir, path, n);
-        dir[n] = 0;
-    }
+    char *dir = dir_of(path);
     ql_status s = QL_OK;
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
+        /* after the rename the new file is complete and in place: a failed directory sync only means the
+         * rename may not survive a power loss, so it is a warning, and the caller's output stands */
         if (fsync(fd) != 0 && errno == EIO)
-            s = ql_fail(QL_ERR_IO, "%s: syncing directory %s failed: %s", path, dir, strerror(errno));
+            ql_log(1, "%s: warning: syncing directory %s failed (%s): the file is complete, but may not survive a "
+                      "power loss", path, dir, strerror(errno));
         close(fd);
     }
     free(dir);
@@ -131,17 +256,42 @@ ql_status ql_atomic_commit(ql_atomic_file *af) {
         ok = false;
         err = errno;
     }
+    ql_status s = QL_OK;
+    if (ok && !af->tmp[0]) { /* name the O_TMPFILE now, right before the rename */
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", af->fd);
+        int lerr = EEXIST;
+        for (int attempt = 0; attempt < 16 && lerr == EEXIST; attempt++) {
+            free(af->tmp);
+            af->tmp = ql_atomic_tmp_name(af->path);
+            int tfd = mkstemp(af->tmp); /* a unique name: take it, then free it for linkat */
+            if (tfd < 0) {
+                lerr = errno;
+                break;
+            }
+            close(tfd);
+            unlink(af->tmp);
+            lerr = linkat(AT_FDCWD, proc, AT_FDCWD, af->tmp, AT_SYMLINK_FOLLOW) == 0 ? 0 : errno;
+        }
+        if (lerr) {
+            ok = false;
+            err = lerr;
+            free(af->tmp);
+            af->tmp = ql_strdup("");
+        }
+    }
     if (fclose(af->f) != 0 && ok) {
         ok = false;
         err = errno;
     }
-    ql_status s = QL_OK;
     if (!ok)
         s = ql_fail(QL_ERR_IO, "%s: write failed: %s", af->path, strerror(err ? err : EIO));
     else if (rename(af->tmp, af->path) != 0)
         s = ql_fail(QL_ERR_IO, "%s: cannot rename into place: %s", af->path, strerror(errno));
-    if (s) unlink(af->tmp);
-    else s = sync_dir(af->path);
+    if (s) {
+        if (af->tmp[0]) unlink(af->tmp);
+    } else
+        s = sync_dir(af->path);
     release(af);
     return s;
 }
@@ -155,4 +305,56 @@ ql_status ql_atomic_write_file(const char *path, const void *data, size_t n) {
         return s;
     }
     return ql_atomic_commit(af);
+}
+
+/* ---- whole folders ---- */
+
+static char *strip_slashes(const char *path) {
+    char *c = ql_strdup(path);
+    size_t n = strlen(c);
+    while (n > 1 && c[n - 1] == '/') c[--n] = 0;
+    return c;
+}
+
+ql_status ql_atomic_dir_open(const char *path, char **tmpdir) {
+    *tmpdir = NULL;
+    char *p = strip_slashes(path);
+    ql_atomic_sweep(p);
+    char *t = ql_atomic_tmp_name(p);
+    free(p);
+    if (!mkdtemp(t)) {
+        ql_status s = ql_fail(QL_ERR_IO, "%s: cannot create a temporary folder beside it: %s", path, strerror(errno));
+        free(t);
+        return s;
+    }
+    chmod(t, 0755 & ~current_umask()); /* mkdtemp makes it 0700; a model folder is as readable as any output */
+    *tmpdir = t;
+    return QL_OK;
+}
+
+ql_status ql_atomic_dir_commit(const char *path, char *tmpdir) {
+    char *p = strip_slashes(path);
+    ql_status s = QL_OK;
+    if (rename(tmpdir, p) != 0)
+        s = ql_fail(QL_ERR_IO, "%s: cannot move the finished folder into place: %s", path,
+                    errno == ENOTEMPTY || errno == EEXIST ? "it exists and is not empty" : strerror(errno));
+    if (s) ql_remove_tree(tmpdir);
+    else {
+        char *parent = dir_of(p);
+        int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+            fsync(fd); /* durability only: the folder is complete and in place either way */
+            close(fd);
+        }
+        free(parent);
+    }
+    free(p);
+    free(tmpdir);
+    return s;
+}
+
+void ql_atomic_dir_abort(char *tmpdir) {
+    if (!tmpdir) return;
+    ql_remove_tree(tmpdir);
+    free(tmpdir);
 }

@@ -21,13 +21,30 @@
 
 typedef struct ql_atomic_file ql_atomic_file;
 
-/* Creates "<path>.tmp.XXXXXX" beside `path` with mode 0644 minus the umask. On failure *out is NULL
- * and the error names `path`. */
+/* Creates the temporary beside `path` (an unnamed O_TMPFILE where the filesystem has it, else
+ * "<path>.tmp.<pid>.XXXXXX"), mode 0644 minus the umask, after sweeping away temporaries of `path` left
+ * by writers that were killed. On failure *out is NULL and the error names `path`. */
 ql_status ql_atomic_open(const char *path, ql_atomic_file **out);
 FILE *ql_atomic_stream(ql_atomic_file *af);
 int ql_atomic_fd(const ql_atomic_file *af);
 const char *ql_atomic_path(const ql_atomic_file *af);     /* the destination */
-const char *ql_atomic_tmp_path(const ql_atomic_file *af); /* the temporary (tests, messages) */
+const char *ql_atomic_tmp_path(const ql_atomic_file *af); /* the temporary's name; "" while unnamed */
+
+/* "<path>.tmp.<pid>.XXXXXX": the name template of a temporary file or folder for path (malloc'ed). */
+char *ql_atomic_tmp_name(const char *path);
+/* Removes temporaries of path ("<path>.tmp.<pid>.*", files or folders) whose process is gone, e.g. after
+ * a SIGKILL; returns how many. A live writer's temporary is never touched. */
+int ql_atomic_sweep(const char *path);
+
+/* The same for a folder written as a whole (a Hugging Face model folder): ql_atomic_dir_open sweeps, then
+ * creates "<path>.tmp.<pid>.XXXXXX" (mode 0755 minus the umask) and returns its name in *tmpdir; write
+ * everything into it, then ql_atomic_dir_commit renames it to path (refused, naming path, when path exists
+ * and is not empty) or ql_atomic_dir_abort removes it. Both free *tmpdir. A trailing '/' on path is fine. */
+ql_status ql_atomic_dir_open(const char *path, char **tmpdir);
+ql_status ql_atomic_dir_commit(const char *path, char *tmpdir);
+void ql_atomic_dir_abort(char *tmpdir);
+/* rm -r: a file, or a folder and everything below it (symbolic links are removed, not followed). */
+void ql_remove_tree(const char *path);
 
 /* Writes n bytes through the stream; on failure records the error (the commit will fail too). */
 ql_status ql_atomic_write(ql_atomic_file *af, const void *p, size_t n);

@@ -1,5 +1,6 @@
 /* cmd_synth.c — `qlab synth` and `qlab convert`. */
 #include "cli/cli.h"
+#include "base/atomic_file.h"
 #include "kernels/ggml_types.h"
 #include "core/model.h"
 #include "base/parallel.h"
@@ -155,7 +156,13 @@ int cmd_convert(int argc, char **argv) {
     ql_status s;
     ql_progress *bar = cli_progress_bar("convert");
     if (ol > 5 && strcmp(out + ol - 5, ".gguf") == 0) s = ql_export_image(ql_exporter_by_name("gguf"), out, src, g, bar);
-    else s = ql_hf_save(g, out);
+    else { /* the whole folder appears at once, complete, or not at all */
+        char *tmpdir;
+        if (!(s = ql_atomic_dir_open(out, &tmpdir))) {
+            if ((s = ql_hf_save(g, tmpdir))) ql_atomic_dir_abort(tmpdir);
+            else s = ql_atomic_dir_commit(out, tmpdir);
+        }
+    }
     cli_progress_done(bar);
     if (s) rc = cli_fail("convert");
     else fprintf(stderr, "qlab convert: %s -> %s (%lld tensors)\n", in, out, (long long)g->n_tensors);

@@ -211,25 +211,7 @@ static uint64_t tensor_out_bytes(const ql_st_tensor *t) {
     return n;
 }
 
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char *p = join(dir, e->d_name);
-        unlink(p);
-        free(p);
-    }
-    if (d) closedir(d);
-    rmdir(dir);
-}
 
-static void fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-}
 
 /* One source tensor's outputs, converted, into *buf (reallocated as needed). */
 static ql_status convert_tensor(const st_state *st, const ql_st_tensor *t, uint8_t **src_buf, uint8_t **tmp,
@@ -457,34 +439,12 @@ static ql_status write_folder(st_state *st, const char *tmpdir, const ql_progres
 
 ql_status ql_st_commit(ql_exporter *x, const ql_progress *progress) {
     st_state *st = x->state;
-    size_t n = strlen(x->out_path);
-    char *tmpdir = ql_malloc(n + 16);
-    snprintf(tmpdir, n + 16, "%s.tmp.XXXXXX", x->out_path);
-    while (n > 1 && tmpdir[n - 1] == '/') { /* "out/" -> "out.tmp.XXXXXX" */
-        memmove(tmpdir + n - 1, tmpdir + n, strlen(tmpdir + n) + 1);
-        n--;
+    char *tmpdir;
+    ql_status s = ql_atomic_dir_open(x->out_path, &tmpdir);
+    if (!s) {
+        if ((s = write_folder(st, tmpdir, progress))) ql_atomic_dir_abort(tmpdir);
+        else s = ql_atomic_dir_commit(x->out_path, tmpdir);
     }
-    ql_status s = QL_OK;
-    if (!mkdtemp(tmpdir)) {
-        s = ql_fail(QL_ERR_IO, "%s: cannot create a temporary folder beside it: %s", x->out_path, strerror(errno));
-        free(tmpdir);
-        st_free(st);
-        return s;
-    }
-    chmod(tmpdir, 0755); /* mkdtemp makes it 0700; a model folder is as readable as any output */
-    s = write_folder(st, tmpdir, progress);
-    if (!s && rename(tmpdir, x->out_path) != 0)
-        s = ql_fail(QL_ERR_IO, "%s: cannot move the finished folder into place: %s", x->out_path,
-                    errno == ENOTEMPTY || errno == EEXIST ? "it exists and is not empty" : strerror(errno));
-    if (s) remove_tree(tmpdir);
-    else {
-        char *parent = ql_strdup(x->out_path), *slash = strrchr(parent, '/');
-        if (slash && slash != parent) *slash = 0;
-        else if (slash) slash[1] = 0;
-        fsync_dir(slash ? parent : ".");
-        free(parent);
-    }
-    free(tmpdir);
     st_free(st);
     return s;
 }

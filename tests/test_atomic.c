@@ -1,7 +1,9 @@
 /* test_atomic.c — base/atomic_file with fault injection: a write that runs into RLIMIT_FSIZE (SIGXFSZ
  * ignored, so write() returns EFBIG as on a full disk), abort, a destination in a missing directory, a
- * rename that cannot happen, the file mode under several umasks. In every failure case the existing
- * target keeps its bytes and no temporary file is left in the directory. */
+ * rename that cannot happen, the file mode under several umasks, a writer killed with SIGKILL, and the
+ * sweep of temporaries left by dead writers. In every failure case the existing target keeps its bytes and
+ * no temporary file is left in the directory. (tests/fault_inject.sh fails each system call of every
+ * qlab writer in turn, through tests/fault_shim.c.) */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "base/atomic_file.h"
@@ -103,9 +106,13 @@ static void test_commit_writes_and_replaces(void **state) {
     put(path, "old contents");
     ql_atomic_file *af;
     assert_int_equal(ql_atomic_open(path, &af), QL_OK);
-    /* the temporary lives beside the destination, so rename never crosses a filesystem */
-    assert_int_equal(strncmp(ql_atomic_tmp_path(af), path, strlen(path)), 0);
-    assert_int_equal(temporaries(), 1);
+    /* the temporary lives beside the destination, so rename never crosses a filesystem; on a filesystem
+     * with O_TMPFILE (tmpfs, ext4, xfs, btrfs) it has no name until the commit */
+    if (ql_atomic_tmp_path(af)[0]) {
+        assert_int_equal(strncmp(ql_atomic_tmp_path(af), path, strlen(path)), 0);
+        assert_int_equal(temporaries(), 1);
+    } else
+        assert_int_equal(temporaries(), 0);
     fprintf(ql_atomic_stream(af), "hello %d\n", 42);
     assert_int_equal(ql_atomic_write(af, "tail", 4), QL_OK);
     assert_file_is(path, "old contents"); /* nothing visible before the commit */
@@ -203,7 +210,7 @@ static void test_abort_keeps_target(void **state) {
     assert_int_equal(ql_atomic_open(path, &af), QL_OK);
     fputs("half of a new file", ql_atomic_stream(af));
     fflush(ql_atomic_stream(af));
-    assert_int_equal(temporaries(), 1);
+    assert_int_equal(temporaries(), ql_atomic_tmp_path(af)[0] ? 1 : 0);
     ql_atomic_abort(af);
     ql_atomic_abort(NULL);
     assert_file_is(path, "precious");
@@ -238,6 +245,71 @@ static void test_rename_failure_keeps_target(void **state) {
     rmdir(path);
 }
 
+/* A writer killed with SIGKILL in the middle of its output: the target keeps its bytes and, with O_TMPFILE,
+ * nothing at all is left; a named temporary (no O_TMPFILE) is swept by the next writer of that path. */
+static void test_sigkill_mid_write(void **state) {
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/killed.bin", dir);
+    put(path, "precious");
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ql_atomic_file *af;
+        if (ql_atomic_open(path, &af)) _exit(3);
+        for (int i = 0; i < 1000; i++) fputs("partial output that must never be seen\n", ql_atomic_stream(af));
+        fflush(ql_atomic_stream(af));
+        char named = ql_atomic_tmp_path(af)[0] ? 'n' : 'u';
+        if (write(fds[1], &named, 1) != 1) _exit(4);
+        pause(); /* killed here, mid-write */
+        _exit(5);
+    }
+    close(fds[1]);
+    char named = 0;
+    assert_int_equal(read(fds[0], &named, 1), 1);
+    close(fds[0]);
+    kill(pid, SIGKILL);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_file_is(path, "precious");
+    assert_int_equal(temporaries(), named == 'n' ? 1 : 0);
+    assert_int_equal(ql_atomic_write_file(path, "next", 4), QL_OK); /* sweeps a named leftover */
+    assert_file_is(path, "next");
+    assert_int_equal(temporaries(), 0);
+}
+
+/* The sweep removes files and folders "<path>.tmp.<pid>.*" of dead processes only: never a live writer's,
+ * never a look-alike without a pid, never another target's. */
+static void test_sweep_dead_writers_only(void **state) {
+    (void)state;
+    pid_t dead = fork();
+    assert_true(dead >= 0);
+    if (dead == 0) _exit(0);
+    waitpid(dead, NULL, 0);
+    char path[128], p[256];
+    snprintf(path, sizeof path, "%s/model", dir);
+    snprintf(p, sizeof p, "%s.tmp.%ld.abc123", path, (long)dead);
+    put(p, "left by a killed writer");
+    snprintf(p, sizeof p, "%s.tmp.%ld.dir456", path, (long)dead);
+    assert_int_equal(mkdir(p, 0755), 0);
+    snprintf(p, sizeof p, "%s.tmp.%ld.dir456/shard.safetensors", path, (long)dead);
+    put(p, "x");
+    snprintf(p, sizeof p, "%s.tmp.%ld.live99", path, (long)getppid());
+    put(p, "a live writer's");
+    snprintf(p, sizeof p, "%s.tmp.XYZ", path);
+    put(p, "not ours");
+    snprintf(p, sizeof p, "%s/other.tmp.%ld.abc", dir, (long)dead);
+    put(p, "another target's");
+    assert_int_equal(ql_atomic_sweep(path), 2);
+    assert_int_equal(temporaries(), 3);
+    snprintf(p, sizeof p, "%s.tmp.%ld.live99", path, (long)getppid());
+    assert_file_is(p, "a live writer's");
+    assert_int_equal(ql_atomic_sweep(path), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_commit_writes_and_replaces, setup, teardown),
@@ -246,6 +318,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_abort_keeps_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rename_failure_keeps_target, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sigkill_mid_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_dead_writers_only, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
