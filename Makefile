@@ -83,9 +83,11 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a $$(TEST_OBJS_$$*)
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
-test-run: check-layers all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/tests/libqlfault.so
+test-run: check-layers all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/tests/libqlfault.so $(FUZZERS:%=$(BUILD)/fuzz/%)
 	@fail=0; for t in $(TESTS); do echo "== $$t"; QLAB=$(CURDIR)/$(BIN) $(BUILD)/tests/$$t || fail=1; done; \
 	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QL_QUICK=$(QL_QUICK) QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; fi; \
+	 for h in $(FUZZERS); do c=tests/corpus/$${h#fuzz_}; [ -d $$c ] || continue; echo "== replay $$c"; \
+	   $(BUILD)/fuzz/$$h $$c || fail=1; done; \
 	 echo "== fault_inject.sh"; QLAB=$(CURDIR)/$(BIN) QL_FAULT_SHIM=$(BUILD)/tests/libqlfault.so bash tests/fault_inject.sh || fail=1; \
 	 exit $$fail
 
@@ -113,12 +115,27 @@ bench: all
 	@QLAB=./$(BIN) bash bench/run.sh
 
 FUZZERS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+# Each harness also links with a plain driver (fuzz/replay_main.c) so `make test` replays tests/corpus/NAME/
+# through it, under ASan+UBSan in `make asan`.
+$(BUILD)/fuzz/%: fuzz/%.c fuzz/replay_main.c fuzz/fuzz_util.h $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(LDFLAGS) -o $@ $< fuzz/replay_main.c $(BUILD)/libqlab.a $(LDLIBS)
 fuzz: $(FUZZERS:%=build-fuzz/%)
-build-fuzz/%: fuzz/%.c $(SRCS)
-	@mkdir -p build-fuzz
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. \
-	  $(shell pkg-config --cflags $(PKGS)) -o $@ $< \
-	  $(filter base/%.c kernels/%.c formats/%.c core/%.c methods/%.c pipeline/%.c sensitivity/%.c presets/%.c,$(SRCS)) $(shell pkg-config --libs $(PKGS)) -lm -pthread
+# The library is compiled once with the sanitizers and libFuzzer's coverage hooks; each harness links to it.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-sanitize-recover=undefined -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_LIBSRCS := $(filter base/%.c kernels/%.c formats/%.c core/%.c methods/%.c pipeline/%.c sensitivity/%.c presets/%.c,$(SRCS))
+build-fuzz/lib/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+build-fuzz/lib/presets_data.o: $(BUILD)/presets_data.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -c -o $@ $<
+build-fuzz/libqlab_fuzz.a: $(FUZZ_LIBSRCS:%.c=build-fuzz/lib/%.o) build-fuzz/lib/presets_data.o
+	@rm -f $@
+	ar rcs $@ $^
+build-fuzz/%: fuzz/%.c fuzz/fuzz_util.h build-fuzz/libqlab_fuzz.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< build-fuzz/libqlab_fuzz.a \
+	  $(shell pkg-config --libs $(PKGS)) -lm -pthread
 
 clean:
 	rm -rf build build-asan build-fuzz qlab

@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 static _Thread_local char g_err[1024];
@@ -142,4 +144,35 @@ uint16_t ql_fp32_to_bf16(float f) {
 bool ql_same_file(const char *a, const char *b) {
     struct stat sa, sb;
     return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* A number from the first line of a file ("max" and unreadable files give -1). */
+static double read_limit_file(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[64];
+    double v = -1;
+    if (fgets(line, sizeof line, f) && line[0] >= '0' && line[0] <= '9') v = strtod(line, NULL);
+    fclose(f);
+    return v;
+}
+
+double ql_mem_limit_bytes(const char **what) {
+    double lim = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    const char *w = "RAM";
+    const char *cg[] = {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"};
+    for (int i = 0; i < 2; i++) {
+        double v = read_limit_file(cg[i]);
+        if (v > 0 && v < lim) { /* v1 reports "no limit" as a huge number, which this skips */
+            lim = v;
+            w = "the cgroup limit";
+        }
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (double)rl.rlim_cur < lim) {
+        lim = (double)rl.rlim_cur;
+        w = "ulimit -v";
+    }
+    if (what) *what = w;
+    return lim;
 }

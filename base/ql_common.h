@@ -56,6 +56,11 @@ static inline bool ql_progress_cancelled(const ql_progress *p) {
 
 double ql_time_s(void); /* monotonic seconds */
 
+/* The memory this process can use, in bytes: the least of physical RAM, the cgroup's limit (v2 memory.max,
+ * v1 memory.limit_in_bytes) and the address-space limit (ulimit -v / RLIMIT_AS). `what` (may be NULL) gets
+ * which of them it is, for messages ("RAM", "the cgroup limit", "ulimit -v"). */
+double ql_mem_limit_bytes(const char **what);
+
 /* Both paths exist and are one file (same device and inode): a symlink or hard link to b counts. Every
  * writer's caller asks this before writing over what it reads. */
 bool ql_same_file(const char *a, const char *b);

@@ -61,6 +61,8 @@ int cli_refuse_input_as_output(const char *cmd, const char *out, const char *con
 
 /* The context length to run a model with, as llama.cpp chooses it: a default is capped at the model's
  * training context (n_ctx_train), and a longer one the user asked for is used with a warning. */
+/* -1 (ql_last_error says what it needs and the largest ctx that fits) when one pass at ctx does not fit in
+ * memory. */
 int cli_fit_ctx(const char *cmd, const struct ql_model *m, int ctx, bool given);
 
 /* Prints "qlab CMD: <ql_last_error()>" and returns 1. */

@@ -62,6 +62,7 @@ static ql_status text_chunks(const ql_model *m, const cli_calib *ca, int32_t **o
 ql_status cli_calib_tokens(const ql_model *m, cli_calib *ca, int32_t **tok, int64_t *n_seq) {
     if (!m->tok) return ql_model_no_tokenizer(m, "calibration needs one");
     ca->ctx = cli_fit_ctx(ca->label ? ca->label : "calib", m, ca->ctx, ca->ctx_given);
+    if (ca->ctx < 0) return QL_ERR_ARG; /* ql_last_error says why */
     ca->ctx_given = true; /* decided once */
     if (!ca->calib) return text_chunks(m, ca, tok, n_seq);
     /* a calibration set: N samples of L tokens drawn from a mix of sources (see qlab calib --help) */

@@ -135,16 +135,38 @@ int cli_refuse_input_as_output(const char *cmd, const char *out, const char *con
     return 0;
 }
 
+/* The context must also fit the memory there is: one forward pass's working set (attention grows with ctx
+ * squared) within the budget (60% of RAM, the cgroup limit or ulimit -v), else -1 with ql_fail's message giving
+ * the largest ctx that fits. */
+static int ctx_fits_memory(const char *cmd, const ql_model *m, int ctx) {
+    double need = ql_scratch_bytes(&m->cfg, ctx), budget = ql_mem_budget_bytes();
+    if (need <= budget) return ctx;
+    int lo = 1, hi = ctx, fits = 0;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (ql_scratch_bytes(&m->cfg, mid) <= budget) fits = mid, lo = mid + 1;
+        else hi = mid - 1;
+    }
+    const char *what;
+    ql_mem_limit_bytes(&what);
+    (void)cmd;
+    ql_fail(QL_ERR_ARG,
+            "ctx %d needs %.1f GiB of working memory (attention grows with ctx squared), more than the budget of %.1f "
+            "GiB (60%% of %s, or QL_MEM_BUDGET_MB); use --ctx %d or less",
+            ctx, need / 1073741824.0, budget / 1073741824.0, what, fits);
+    return -1;
+}
+
 int cli_fit_ctx(const char *cmd, const ql_model *m, int ctx, bool given) {
     int train = m->cfg.n_ctx_train;
-    if (train <= 0 || ctx <= train) return ctx;
+    if (train <= 0 || ctx <= train) return ctx_fits_memory(cmd, m, ctx);
     if (given) {
         fprintf(stderr, "qlab %s: warning: the model was trained on only %d context tokens (%d asked for)\n", cmd, train,
                 ctx);
-        return ctx;
+        return ctx_fits_memory(cmd, m, ctx);
     }
     fprintf(stderr, "qlab %s: using ctx %d, the model's training context (the default %d is longer)\n", cmd, train, ctx);
-    return train;
+    return ctx_fits_memory(cmd, m, train);
 }
 
 int cli_fail(const char *cmd) {

@@ -83,7 +83,10 @@ int cmd_ppl(int argc, char **argv) {
         rc = cli_fail("ppl");
         goto out;
     }
-    o.n_ctx = cli_fit_ctx("ppl", m, o.n_ctx, ctx_given);
+    if ((o.n_ctx = cli_fit_ctx("ppl", m, o.n_ctx, ctx_given)) < 0) {
+        rc = cli_fail("ppl");
+        goto out;
+    }
     if (act_mode != QL_ACT_NONE) {
         ql_stats *ast = NULL;
         bool other_weights = false;

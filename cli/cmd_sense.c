@@ -229,7 +229,10 @@ int cmd_sense(int argc, char **argv) {
         rc = cli_fail("sense");
         goto done;
     }
-    if (ca.text || ca.calib) ca.ctx = cli_fit_ctx("sense", m, ca.ctx, ca.ctx_given);
+    if ((ca.text || ca.calib) && (ca.ctx = cli_fit_ctx("sense", m, ca.ctx, ca.ctx_given)) < 0) {
+        rc = cli_fail("sense");
+        goto done;
+    }
     ql_status ss = QL_OK;
     if (ca.calib) {
         ql_calib_opts co = {.n_samples = ca.samples, .seq_len = ca.ctx, .seed = ca.seed, .mode = ca.mode};

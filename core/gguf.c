@@ -318,7 +318,16 @@ ql_status ql_map_file(const char *path, void **addr, size_t *len) {
     }
     void *p = mmap(NULL, *len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (p == MAP_FAILED) return ql_fail(QL_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    if (p == MAP_FAILED) {
+        int e = errno;
+        const char *what;
+        double lim = ql_mem_limit_bytes(&what);
+        if (e == ENOMEM)
+            return ql_fail(QL_ERR_IO, "%s: cannot map its %.2f GiB: out of address space (%s allows %.2f GiB); raise the "
+                                      "limit or use a smaller model file", path, (double)*len / 1073741824.0, what,
+                           lim / 1073741824.0);
+        return ql_fail(QL_ERR_IO, "%s: mmap failed: %s", path, strerror(e));
+    }
     *addr = p;
     return QL_OK;
 }

@@ -160,9 +160,8 @@ ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops
         decode_bytes += lf * 4;
         layer_max = lf > layer_max ? lf : layer_max;
     }
-    const char *st = getenv("QL_STREAM"), *budget_env = getenv("QL_MEM_BUDGET_MB");
-    double budget = 0.6 * (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-    if (budget_env && *budget_env) budget = atof(budget_env) * 1048576.0;
+    const char *st = getenv("QL_STREAM");
+    double budget = ql_mem_budget_bytes();
     inf->streaming = ops->wants_f32 && (st && *st ? strcmp(st, "0") != 0 : (double)decode_bytes > budget);
     inf->layer_floats = layer_max;
     if (inf->streaming)
@@ -266,7 +265,7 @@ double ql_scratch_bytes(const ql_config *c, int max_tokens) {
 double ql_mem_budget_bytes(void) {
     const char *budget_env = getenv("QL_MEM_BUDGET_MB");
     if (budget_env && *budget_env) return atof(budget_env) * 1048576.0;
-    return 0.6 * (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    return 0.6 * ql_mem_limit_bytes(NULL); /* RAM, or less under a cgroup limit or ulimit -v */
 }
 
 void ql_scratch_free(ql_scratch *s) {

@@ -196,13 +196,22 @@ static int cond_true(const char *c, const tensor_ctx *t) {
     if (!gt && !lt) return -1;
     v++;
     /* rhs: N | n/K | K*n/M  (n = number of layers, integer division as llama.cpp) */
-    int rhs;
-    char *end;
+    /* every number in 1..1e6 (or 0..1e6 for N): anything else — a zero divisor (found by fuzz_preset), an
+     * overflowing product, trailing text — is a syntax error the caller reports */
+    long rhs;
+    char *end, *end2;
     long a = strtol(v, &end, 10);
-    if (end != v && *end == 0) rhs = (int)a;
-    else if (end == v && v[0] == 'n' && v[1] == '/') rhs = t->n_layer / atoi(v + 2);
-    else if (end != v && end[0] == '*' && end[1] == 'n' && end[2] == '/') rhs = (int)a * t->n_layer / atoi(end + 3);
-    else return -1;
+    if (end != v && *end == 0 && a >= 0 && a <= 1000000) rhs = a;
+    else if (end == v && v[0] == 'n' && v[1] == '/') {
+        long k = strtol(v + 2, &end2, 10);
+        if (end2 == v + 2 || *end2 || k < 1 || k > 1000000) return -1;
+        rhs = t->n_layer / k;
+    } else if (end != v && end[0] == '*' && end[1] == 'n' && end[2] == '/' && a >= 0 && a <= 1000000) {
+        long k = strtol(end + 3, &end2, 10);
+        if (end2 == end + 3 || *end2 || k < 1 || k > 1000000) return -1;
+        rhs = a * t->n_layer / k;
+    } else
+        return -1;
     return gt ? lhs > rhs : lhs < rhs;
 }
 

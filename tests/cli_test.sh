@@ -53,6 +53,14 @@ expect_error "kld base missing" "nope.qlp" $QLAB ppl "$T/tiny.gguf" --text "$T/t
 mkdir -p "$T/hf_empty"
 expect_error "hf folder without config" "hf_empty" $QLAB info "$T/hf_empty"
 expect_error "unknown command" "unknown command" $QLAB frobnicate
+# memory is checked before it is allocated: a context whose working set exceeds the budget (60% of RAM, of the
+# cgroup limit or of ulimit -v) is refused naming what it needs and the largest --ctx that fits; no abort
+if [ -f "$T/tiny.gguf" ]; then
+  expect_error "ppl --ctx 1000000 refused with the memory it needs" "use --ctx" $QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --ctx 1000000
+  expect_error "ppl under ulimit -v names the limit" "ulimit -v" bash -c "ulimit -v 1200000; exec $QLAB ppl '$T/tiny.gguf' --text '$T/text.txt' --ctx 24000"
+  expect_error "stats --ctx beyond memory refused" "use --ctx" $QLAB stats "$T/tiny.gguf" --text "$T/text.txt" --ctx 1000000 -o "$T/never.qls"
+  expect_error "sense --ctx beyond memory refused" "use --ctx" $QLAB sense "$T/tiny.gguf" --text "$T/text.txt" --ctx 1000000 --candidates q8_0 -o "$T/never.qss"
+fi
 
 # qlab quant: atomic output, byte-identical re-read, clear errors
 if [ -f "$T/tiny.gguf" ]; then

@@ -110,6 +110,39 @@ static void test_rules_on_wide_model(void **state) {
     ql_plan_free(back);
     ql_plan_free(plan);
     ql_preset_free(p);
+    /* negated conditions: IQ3_XS gives ffn_gate IQ3_XXS for n/8 <= layer < 7n/8 (layers 0-2 of 4), IQ3_S after */
+    assert_int_equal(ql_preset_load("IQ3_XS", &p), QL_OK);
+    assert_int_equal(ql_preset_resolve(p, m, true, &plan), QL_OK);
+    assert_string_equal(ql_plan_find(plan, "blk.0.ffn_gate.weight")->format->name, "iq3_xxs");
+    assert_string_equal(ql_plan_find(plan, "blk.2.ffn_up.weight")->format->name, "iq3_xxs");
+    assert_string_equal(ql_plan_find(plan, "blk.3.ffn_gate.weight")->format->name, "iq3_s");
+    assert_string_equal(ql_plan_find(plan, "blk.3.ffn_down.weight")->format->name, "iq3_s");
+    assert_string_equal(ql_plan_find(plan, "blk.1.attn_q.weight")->format->name, "iq3_xxs");
+    assert_string_equal(ql_plan_find(plan, "output.weight")->format->name, "q6_k");
+    ql_plan_free(plan);
+    ql_preset_free(p);
+    /* IQ3_XXS reads the imatrix condition: attn_v IQ3_S and ffn_down Q4_K/Q3_K without one */
+    assert_int_equal(ql_preset_load("IQ3_XXS", &p), QL_OK);
+    assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_OK);
+    assert_string_equal(ql_plan_find(plan, "blk.1.attn_v.weight")->format->name, "iq3_s");
+    assert_string_equal(ql_plan_find(plan, "blk.1.ffn_down.weight")->format->name, "q3_k");
+    assert_string_equal(ql_plan_find(plan, "output.weight")->format->name, "q5_k");
+    ql_plan_free(plan);
+    assert_int_equal(ql_preset_resolve(p, m, true, &plan), QL_OK);
+    assert_string_equal(ql_plan_find(plan, "blk.1.attn_v.weight")->format->name, "iq3_xxs");
+    assert_string_equal(ql_plan_find(plan, "blk.1.ffn_down.weight")->format->name, "iq3_xxs");
+    ql_plan_free(plan);
+    ql_preset_free(p);
+    /* a zero or malformed divisor is a syntax error naming the rule, not a division by zero (fuzz_preset) */
+    const char *bad[] = {"layer<n/0", "layer<7*n/0", "layer<n/", "layer<n/x", "layer>99999999999", "layer<-3*n/2"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[160];
+        snprintf(text, sizeof text, "[preset]\ndefault = q8_0\n[rules]\nffn_up@%s = q4_0\n", bad[i]);
+        assert_int_equal(ql_preset_parse(text, "div.ini", &p), QL_OK);
+        assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_ERR_FORMAT);
+        assert_non_null(strstr(ql_last_error(), "unknown condition"));
+        ql_preset_free(p);
+    }
     ql_model_free(m);
 }
 
