@@ -57,13 +57,22 @@ typedef struct ql_backend_ops {
      * w->aq / w->act_type say, into xtmp [T, K]. beta is 0 or 1 (1: residual add). */
     ql_status (*matmul)(void *be, const ql_backend_weight *w, const ql_backend_weight *bias, const float *x,
                         float *y, int T, int K, int N, float beta, float *xtmp);
-    /* y[T, D] = x / rms(x) · w, per row. */
+    /* y[T, D] = x / rms(x) · w, per row; y may be x (in place). Per-head norms (q/k norm) pass T·n_heads
+     * rows of head_dim. */
     ql_status (*rmsnorm)(void *be, const ql_backend_weight *w, const float *x, float *y, int T, int D, float eps);
-    /* Rotates every head of x[T, n_heads·head_dim] in place, row t at position t (model's rope settings);
-     * tmp holds rope_dim floats. */
-    ql_status (*rope)(void *be, float *x, int T, int n_heads, float *tmp);
-    /* The FFN activation: gate[i] = silu(gate[i]) · up[i] (SwiGLU). */
+    /* Rotates every head of x[T, n_heads·head_dim] in place, row t at position t, with layer `layer`'s
+     * RoPE (model config: NEOX or adjacent pairs, base and scaling of global or sliding layers, rope_freqs
+     * factors, YaRN); tmp holds rope_dim floats. */
+    ql_status (*rope)(void *be, float *x, int T, int n_heads, int layer, float *tmp);
+    /* The FFN activation, by the model's cfg.ffn_act: gate[i] = silu(gate[i]) · up[i] (SwiGLU) or
+     * gelu_tanh(gate[i]) · up[i] (GeGLU; the CPU backend reads llama.cpp's fp16 GELU table). */
     ql_status (*ffn_act)(void *be, float *gate, const float *up, size_t n);
+    /* x[i] = cap · tanh(x[i] / cap) (logit soft-capping); x may be the caller's logits (host memory). */
+    ql_status (*softcap)(void *be, float *x, size_t n, float cap);
+    /* x[i] *= s (the embedding scale). */
+    ql_status (*scale)(void *be, float *x, size_t n, float s);
+    /* y[i] += x[i] (a residual add after a post-norm). */
+    ql_status (*add)(void *be, float *y, const float *x, size_t n);
 
     /* KV cache of one layer for up to max_tokens positions of kv_dim (= n_head_kv·head_dim) keys and values.
      * The CPU cache is F32; a quantized cache rounds in kv_store and decodes in kv_load. */
@@ -75,10 +84,12 @@ typedef struct ql_backend_ops {
      * into ktmp / vtmp ([T, kv_dim] each). */
     ql_status (*kv_load)(void *be, void *kv, int pos, int T, const float **k, const float **v, float *ktmp,
                          float *vtmp);
-    /* Causal grouped-query attention over positions 0..T-1: out[T, n_head·head_dim] from q [T, n_head·head_dim]
-     * and k, v [T, n_head_kv·head_dim] (model geometry); scores [T, T] is scratch. */
+    /* Causal grouped-query attention of layer `layer` over positions 0..T-1: out[T, n_head·head_dim] from
+     * q [T, n_head·head_dim] and k, v [T, n_head_kv·head_dim] (model geometry); scores [T, T] is scratch.
+     * Scores are q·k·cfg.attn_scale, soft-capped when cfg.attn_softcap > 0, and a sliding layer
+     * (ql_layer_is_swa) sees only the cfg.n_swa most recent positions. */
     ql_status (*attention)(void *be, const float *q, const float *k, const float *v, float *scores, float *out,
-                           int T);
+                           int T, int layer);
 } ql_backend_ops;
 
 /* The registered backends (core/backend.c), in listing order; the first is the default. */

@@ -7,12 +7,16 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct {
     const ql_config *c;
-    float *rope_freq; /* theta_scale^i for i < rope_dim/2 */
+    float *rope_freq;     /* theta_scale^i for i < rope_dim/2, global layers */
+    float *rope_freq_swa; /* the same with the sliding layers' base */
+    const float *rope_ff; /* rope_freqs factors (llama3), rope_dim/2 of them, or NULL */
+    float yarn_corr[2];   /* YaRN: the pair range where the ramp mixes (ggml_rope_yarn_corr_dims) */
 } cpu_backend;
 
 typedef struct {
@@ -20,16 +24,43 @@ typedef struct {
     int max_tokens, kv_dim;
 } cpu_kv;
 
+static float *rope_table(float base, int rope_dim) {
+    int half = rope_dim / 2;
+    float *t = ql_malloc((size_t)(half > 0 ? half : 1) * sizeof(float));
+    /* ggml multiplies theta by theta_scale = base^(-2/n_dims) once per pair, in float */
+    float theta_scale = powf(base, -2.0f / (float)rope_dim), f = 1.0f;
+    for (int i = 0; i < half; i++, f *= theta_scale) t[i] = f;
+    return t;
+}
+
+/* llama.cpp's CPU GELU (GGML_GELU_FP16): the input rounded to fp16 indexes a table of fp16 tanh-GELU values */
+static uint16_t g_gelu_f16[1 << 16];
+static pthread_once_t g_gelu_once = PTHREAD_ONCE_INIT;
+static void gelu_table_init(void) {
+    for (int i = 0; i < 1 << 16; i++) {
+        float x = ql_fp16_to_fp32((uint16_t)i);
+        float y = 0.5f * x * (1.0f + tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
+        g_gelu_f16[i] = ql_fp32_to_fp16(y);
+    }
+}
+
 static ql_status cpu_create(const ql_model *m, int n_threads, void **out) {
     (void)n_threads; /* BLAS runs with the caller's OpenBLAS thread count */
     const ql_config *c = &m->cfg;
     cpu_backend *be = ql_calloc(1, sizeof *be);
     be->c = c;
-    int half = c->rope_dim / 2;
-    be->rope_freq = ql_malloc((size_t)(half > 0 ? half : 1) * sizeof(float));
-    /* ggml multiplies theta by theta_scale = base^(-2/n_dims) once per pair, in float */
-    float theta_scale = powf(c->rope_base, -2.0f / (float)c->rope_dim), f = 1.0f;
-    for (int i = 0; i < half; i++, f *= theta_scale) be->rope_freq[i] = f;
+    be->rope_freq = rope_table(c->rope_base, c->rope_dim);
+    be->rope_freq_swa = rope_table(c->rope_base_swa > 0 ? c->rope_base_swa : c->rope_base, c->rope_dim);
+    be->rope_ff = m->rope_freqs ? m->rope_freqs->data : NULL; /* F32, rope_dim/2 values (checked at load) */
+    if (c->rope_yarn) {
+        /* ggml_rope_yarn_corr_dims: the pairs whose wavelength is between beta_fast and beta_slow turns */
+        const float nd = (float)c->rope_dim, lb = 2 * logf(c->rope_base), oc = (float)c->yarn_orig_ctx;
+        float start = floorf(nd * logf(oc / (c->yarn_beta_fast * 2 * (float)M_PI)) / lb);
+        float end = ceilf(nd * logf(oc / (c->yarn_beta_slow * 2 * (float)M_PI)) / lb);
+        be->yarn_corr[0] = start > 0 ? start : 0;
+        be->yarn_corr[1] = end < nd - 1 ? end : nd - 1;
+    }
+    if (c->ffn_act == QL_FFN_GEGLU_TANH) pthread_once(&g_gelu_once, gelu_table_init);
     *out = be;
     return QL_OK;
 }
@@ -38,6 +69,7 @@ static void cpu_destroy(void *p) {
     cpu_backend *be = p;
     if (!be) return;
     free(be->rope_freq);
+    free(be->rope_freq_swa);
     free(be);
 }
 
@@ -142,18 +174,31 @@ static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float 
     return QL_OK;
 }
 
-/* cos/sin of each pair for one position go to cs[rope_dim] (the caller's: rope_dim reaches 4096) */
-static ql_status cpu_rope(void *p, float *x, int T, int n_heads, float *cs) {
+/* cos/sin of each pair for one position go to cs[rope_dim] (the caller's: rope_dim reaches 4096). The angle
+ * follows ggml's rope_yarn: theta = pos · base^(-2i/d) / rope_freqs[i], times freq_scale (1/linear factor);
+ * YaRN mixes that with the unscaled angle by a ramp over the pairs and scales cos/sin by its mscale. */
+static ql_status cpu_rope(void *p, float *x, int T, int n_heads, int layer, float *cs) {
     const cpu_backend *be = p;
     const ql_config *c = be->c;
     const int hd = c->head_dim, half = c->rope_dim / 2;
-    const float pos_scale = 1.0f / c->rope_scale;
+    const bool swa = ql_layer_is_swa(c, layer);
+    const float *freq = swa ? be->rope_freq_swa : be->rope_freq;
+    const float freq_scale = 1.0f / (swa ? c->rope_scale_swa : c->rope_scale);
+    const float ext = c->rope_yarn ? c->yarn_ext_factor : 0.0f;
+    float mscale = c->rope_yarn ? c->yarn_attn_factor : 1.0f;
+    if (ext != 0.0f) mscale *= 1.0f + 0.1f * logf(1.0f / freq_scale);
     for (int t = 0; t < T; t++) {
-        float pos = (float)t * pos_scale;
         for (int i = 0; i < half; i++) {
-            float theta = pos * be->rope_freq[i];
-            cs[2 * i] = cosf(theta);
-            cs[2 * i + 1] = sinf(theta);
+            float theta = (float)t * freq[i];
+            if (be->rope_ff) theta /= be->rope_ff[i];
+            float interp = freq_scale * theta;
+            if (ext != 0.0f) {
+                float y = ((float)i - be->yarn_corr[0]) / fmaxf(0.001f, be->yarn_corr[1] - be->yarn_corr[0]);
+                float mix = (1.0f - fminf(1.0f, fmaxf(0.0f, y))) * ext;
+                interp = interp * (1.0f - mix) + theta * mix;
+            }
+            cs[2 * i] = cosf(interp) * mscale;
+            cs[2 * i + 1] = sinf(interp) * mscale;
         }
         for (int h = 0; h < n_heads; h++) {
             float *r = x + ((size_t)t * n_heads + h) * hd;
@@ -168,12 +213,43 @@ static ql_status cpu_rope(void *p, float *x, int T, int n_heads, float *cs) {
     return QL_OK;
 }
 
-static ql_status cpu_ffn_act(void *be, float *gate, const float *up, size_t n) {
-    (void)be;
+static ql_status cpu_ffn_act(void *p, float *gate, const float *up, size_t n) {
+    const cpu_backend *be = p;
+    if (be->c->ffn_act == QL_FFN_GEGLU_TANH) {
+        /* ggml_vec_geglu_f32: 0 below -10, identity above 10, else the fp16 table */
+        for (size_t i = 0; i < n; i++) {
+            float g = gate[i], y;
+            if (g <= -10.0f) y = 0.0f;
+            else if (g >= 10.0f) y = g;
+            else y = ql_fp16_to_fp32(g_gelu_f16[ql_fp32_to_fp16(g)]);
+            gate[i] = y * up[i];
+        }
+        return QL_OK;
+    }
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
         gate[i] = g / (1.0f + expf(-g)) * up[i];
     }
+    return QL_OK;
+}
+
+/* ggml: scale by 1/cap, tanh, scale by cap */
+static ql_status cpu_softcap(void *be, float *x, size_t n, float cap) {
+    (void)be;
+    const float inv = 1.0f / cap;
+    for (size_t i = 0; i < n; i++) x[i] = tanhf(x[i] * inv) * cap;
+    return QL_OK;
+}
+
+static ql_status cpu_scale(void *be, float *x, size_t n, float s) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+    return QL_OK;
+}
+
+static ql_status cpu_add(void *be, float *y, const float *x, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
     return QL_OK;
 }
 
@@ -218,27 +294,33 @@ static ql_status cpu_kv_load(void *be, void *p, int pos, int T, const float **k,
     return QL_OK;
 }
 
-static ql_status cpu_attention(void *p, const float *q, const float *k, const float *v, float *S, float *out, int T) {
+static ql_status cpu_attention(void *p, const float *q, const float *k, const float *v, float *S, float *out, int T,
+                               int layer) {
     const cpu_backend *be = p;
     const ql_config *c = be->c;
     const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
     const int ldq = H * hd, ldkv = HKV * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = c->attn_scale, cap = c->attn_softcap;
+    const int window = ql_layer_is_swa(c, layer) ? c->n_swa : 0; /* 0: every earlier position */
     for (int h = 0; h < H; h++) {
         const int kvh = h / group;
         const float *qh = q + h * hd, *kh = k + kvh * hd, *vh = v + kvh * hd;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
         for (int i = 0; i < T; i++) {
             float *row = S + (size_t)i * T;
+            const int j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+            if (cap > 0)
+                for (int j = j0; j <= i; j++) row[j] = tanhf(row[j] * (1.0f / cap)) * cap;
             float mx = -INFINITY;
-            for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+            for (int j = j0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
             float sum = 0;
-            for (int j = 0; j <= i; j++) {
+            for (int j = j0; j <= i; j++) {
                 row[j] = expf(row[j] - mx);
                 sum += row[j];
             }
             float inv = 1.0f / sum;
-            for (int j = 0; j <= i; j++) row[j] *= inv;
+            for (int j = 0; j < j0; j++) row[j] = 0.0f;
+            for (int j = j0; j <= i; j++) row[j] *= inv;
             for (int j = i + 1; j < T; j++) row[j] = 0.0f;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
@@ -261,6 +343,9 @@ const ql_backend_ops ql_backend_cpu = {
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .ffn_act = cpu_ffn_act,
+    .softcap = cpu_softcap,
+    .scale = cpu_scale,
+    .add = cpu_add,
     .kv_new = cpu_kv_new,
     .kv_free = cpu_kv_free,
     .kv_store = cpu_kv_store,

@@ -14,6 +14,11 @@
 #include <string.h>
 #include <unistd.h>
 
+/* the role table's inputs are the hook points (core/arch.h) */
+_Static_assert((int)QL_IN_ATTN == (int)QL_HOOK_ATTN_IN && (int)QL_IN_ATTN_OUT == (int)QL_HOOK_ATTN_OUT_IN &&
+                   (int)QL_IN_FFN == (int)QL_HOOK_FFN_IN && (int)QL_IN_FFN_DOWN == (int)QL_HOOK_FFN_DOWN_IN,
+               "ql_role_input follows ql_hook_point");
+
 typedef struct {
     const ql_gguf_tensor *t;
     const float *w;  /* current F32 weights (borrowed or owned) */
@@ -125,6 +130,16 @@ static ql_status add_slot(ql_infer *inf, const ql_gguf_tensor *t, int layer) {
     return QL_OK;
 }
 
+/* The tensors layer l stores (fused ones once; their row views share the parent's slot, see bweight). */
+static int stored_layer_tensors(const ql_model *m, int l, const ql_gguf_tensor **ts) {
+    int n = 0;
+    for (int r = 0; r < QL_ROLE_COUNT; r++) {
+        const ql_gguf_tensor *t = ql_layer_role_get(&m->layers[l], (ql_role)r);
+        if (t && !ql_model_view_parent(m, t, NULL)) ts[n++] = t;
+    }
+    return n;
+}
+
 ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
     *out = NULL;
     const ql_backend_ops *ops = ql_backend_default();
@@ -146,17 +161,16 @@ ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops
     const char *emu = getenv("QL_NO_LLAMACPP_ACT");
     inf->emulate_llamacpp = !(emu && *emu && strcmp(emu, "0") != 0);
     const ql_config *c = &m->cfg;
-    inf->slots = ql_calloc((size_t)c->n_layer * 12 + 3, sizeof(wslot));
+    inf->slots = ql_calloc((size_t)c->n_layer * QL_ROLE_COUNT + 3, sizeof(wslot));
     /* Stream layer weights when decoding them all to F32 would not fit the memory budget: then each
      * forward pass decodes one layer at a time into its scratch (models larger than RAM still run). */
     int64_t decode_bytes = 0, layer_max = 0;
     for (int l = 0; l < c->n_layer; l++) {
-        const ql_layer_tensors *L = &m->layers[l];
-        const ql_gguf_tensor *ts[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->bq, L->bk, L->bv,
-                                      L->ffn_norm, L->w_gate, L->w_up, L->w_down};
+        const ql_gguf_tensor *ts[QL_ROLE_COUNT];
+        const int nt = stored_layer_tensors(m, l, ts);
         int64_t lf = 0;
-        for (size_t i = 0; i < QL_ARRAY_LEN(ts); i++)
-            if (ts[i] && ts[i]->type != QL_TYPE_F32) lf += ts[i]->ne[0] * ts[i]->ne[1] * ts[i]->ne[2] * ts[i]->ne[3];
+        for (int i = 0; i < nt; i++)
+            if (ts[i]->type != QL_TYPE_F32) lf += ts[i]->ne[0] * ts[i]->ne[1] * ts[i]->ne[2] * ts[i]->ne[3];
         decode_bytes += lf * 4;
         layer_max = lf > layer_max ? lf : layer_max;
     }
@@ -170,10 +184,9 @@ ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops
     const ql_gguf_tensor *globals[] = {m->tok_embd, m->output_norm, m->output};
     for (size_t i = 0; i < 3 && !s; i++) s = add_slot(inf, globals[i], -1);
     for (int l = 0; l < c->n_layer && !s; l++) {
-        const ql_layer_tensors *L = &m->layers[l];
-        const ql_gguf_tensor *ts[] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->bq, L->bk, L->bv,
-                                      L->ffn_norm, L->w_gate, L->w_up, L->w_down};
-        for (size_t i = 0; i < QL_ARRAY_LEN(ts) && !s; i++) s = add_slot(inf, ts[i], l);
+        const ql_gguf_tensor *ts[QL_ROLE_COUNT];
+        const int nt = stored_layer_tensors(m, l, ts);
+        for (int i = 0; i < nt && !s; i++) s = add_slot(inf, ts[i], l);
     }
     if (s) {
         ql_infer_free(inf);
@@ -288,8 +301,14 @@ void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user) {
 static ql_backend_weight bweight(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_tensor *t) {
     const wslot *s = find_slot(inf, t);
     ql_backend_weight w = {.t = t, .act_type = QL_TYPE_F32};
-    if (!s) return w;
+    int64_t row0 = 0;
+    if (!s) {
+        /* a row view of a fused tensor (attn_qkv, gate+up ffn_up): the parent's rows from row0 */
+        const ql_gguf_tensor *parent = ql_model_view_parent(inf->m, t, &row0);
+        if (!(s = find_slot(inf, parent))) return w;
+    }
     w.f32 = s->w ? s->w : sc->slot_ptr ? sc->slot_ptr[s - inf->slots] : NULL;
+    if (w.f32) w.f32 += row0 * t->ne[0];
     w.act_type = s->act_type;
     w.aq = &s->aq;
     return w;
@@ -318,7 +337,27 @@ static ql_status rmsnorm(const ql_infer *inf, ql_scratch *sc, float *y, const fl
     return inf->ops->rmsnorm(inf->be, &w, x, y, T, inf->m->cfg.n_embd, inf->m->cfg.norm_eps);
 }
 
-/* One decoder layer on s->x [T, n_embd] (the residual stream, updated in place). */
+/* Per-head RMSNorm of x[T, n_heads·head_dim] in place (q/k norm): T·n_heads rows of head_dim. */
+static ql_status head_norm(const ql_infer *inf, ql_scratch *sc, float *x, const ql_gguf_tensor *wt, int T, int n_heads) {
+    if (!wt) return QL_OK;
+    const ql_backend_weight w = bweight(inf, sc, wt);
+    return inf->ops->rmsnorm(inf->be, &w, x, x, T * n_heads, inf->m->cfg.head_dim, inf->m->cfg.norm_eps);
+}
+
+/* x += out(in) with out = in · Wᵀ, through the post-norm when the layer has one (Gemma: x += norm(out)).
+ * Without one the product accumulates straight into x, as before. */
+static ql_status residual_linear(const ql_infer *inf, ql_scratch *s, const float *in, const ql_gguf_tensor *wt,
+                                 const ql_gguf_tensor *post_norm, int T, int K) {
+    const int D = inf->m->cfg.n_embd;
+    if (!post_norm) return linear(inf, s, s->x, in, wt, NULL, T, K, D, 1.0f);
+    ql_status st;
+    if ((st = linear(inf, s, s->xn, in, wt, NULL, T, K, D, 0.0f)) || (st = rmsnorm(inf, s, s->xn, s->xn, post_norm, T)))
+        return st;
+    return inf->ops->add(inf->be, s->x, s->xn, (size_t)T * D);
+}
+
+/* One decoder layer on s->x [T, n_embd] (the residual stream, updated in place). Which optional steps run
+ * follows the tensors the architecture description gave the layer (q/k norm, post norms, biases). */
 static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int T) {
     const ql_backend_ops *ops = inf->ops;
     void *be = inf->be;
@@ -332,20 +371,20 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int T)
         (st = linear(inf, s, s->q, s->xn, L->wq, L->bq, T, D, Q, 0.0f)) ||
         (st = linear(inf, s, s->k, s->xn, L->wk, L->bk, T, D, KV, 0.0f)) ||
         (st = linear(inf, s, s->v, s->xn, L->wv, L->bv, T, D, KV, 0.0f)) ||
-        (st = ops->rope(be, s->q, T, c->n_head, s->rope_cs)) || (st = ops->rope(be, s->k, T, c->n_head_kv, s->rope_cs)) ||
+        (st = head_norm(inf, s, s->q, L->q_norm, T, c->n_head)) || (st = head_norm(inf, s, s->k, L->k_norm, T, c->n_head_kv)) ||
+        (st = ops->rope(be, s->q, T, c->n_head, l, s->rope_cs)) || (st = ops->rope(be, s->k, T, c->n_head_kv, l, s->rope_cs)) ||
         (st = ops->kv_store(be, s->kv, 0, T, s->k, s->v)) ||
         /* a quantized cache decodes into s->k / s->v; the F32 cache hands out views of itself */
         (st = ops->kv_load(be, s->kv, 0, T, &k, &v, s->k, s->v)) ||
-        (st = ops->attention(be, s->q, k, v, s->scores, s->att, T)) ||
+        (st = ops->attention(be, s->q, k, v, s->scores, s->att, T, l)) ||
         (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
-        /* x += att · Woᵀ */
-        (st = linear(inf, s, s->x, s->att, L->wo, NULL, T, Q, D, 1.0f)) ||
+        (st = residual_linear(inf, s, s->att, L->wo, L->post_attn_norm, T, Q)) ||
         (st = rmsnorm(inf, s, s->xn, s->x, L->ffn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, s->xn, T, D)) ||
         (st = linear(inf, s, s->gate, s->xn, L->w_gate, NULL, T, D, F, 0.0f)) ||
         (st = linear(inf, s, s->up, s->xn, L->w_up, NULL, T, D, F, 0.0f)) ||
         (st = ops->ffn_act(be, s->gate, s->up, (size_t)T * F)) ||
         (st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F)) ||
-        (st = linear(inf, s, s->x, s->gate, L->w_down, NULL, T, F, D, 1.0f)))
+        (st = residual_linear(inf, s, s->gate, L->w_down, L->post_ffn_norm, T, F)))
         return st;
     return QL_OK;
 }
@@ -373,6 +412,7 @@ ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tok
                 return ql_fail(QL_ERR_ARG, "forward: token id %d out of range (vocab %d)", tokens[t], c->n_vocab);
         const ql_backend_weight emb = bweight(inf, s, m->tok_embd);
         if ((st = inf->ops->get_rows(inf->be, &emb, tokens, T, D, s->x))) return st;
+        if (c->embd_scale != 1.0f && (st = inf->ops->scale(inf->be, s->x, (size_t)T * D, c->embd_scale))) return st;
     }
     for (int l = layer_from; l < c->n_layer; l++)
         if ((st = layer_forward(inf, s, l, T))) return st;
@@ -381,7 +421,8 @@ ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tok
     int R = T - logit_from;
     if (R > 0 && ((st = rmsnorm(inf, s, s->xn, s->x + (size_t)logit_from * D, m->output_norm, R)) ||
                   (st = run_hook(inf, s, c->n_layer, QL_HOOK_OUTPUT_IN, s->xn, R, D)) ||
-                  (st = linear(inf, s, logits, s->xn, m->output, NULL, R, D, c->n_vocab, 0.0f))))
+                  (st = linear(inf, s, logits, s->xn, m->output, NULL, R, D, c->n_vocab, 0.0f)) ||
+                  (c->final_softcap > 0 && (st = inf->ops->softcap(inf->be, logits, (size_t)R * c->n_vocab, c->final_softcap)))))
         return st;
     return inf->ops->sync(inf->be);
 }

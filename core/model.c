@@ -4,6 +4,8 @@
 #include "core/model.h"
 #include "kernels/ggml_types.h"
 
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +91,122 @@ static const char *arch_or_default(const ql_gguf *g) {
     return a ? a : "llama";
 }
 
+/* One line per role: where its slot is in ql_layer_tensors. */
+static const size_t g_role_slot[QL_ROLE_COUNT] = {
+    [QL_ROLE_ATTN_NORM] = offsetof(ql_layer_tensors, attn_norm),
+    [QL_ROLE_ATTN_Q] = offsetof(ql_layer_tensors, wq),
+    [QL_ROLE_ATTN_K] = offsetof(ql_layer_tensors, wk),
+    [QL_ROLE_ATTN_V] = offsetof(ql_layer_tensors, wv),
+    [QL_ROLE_ATTN_QKV] = offsetof(ql_layer_tensors, wqkv),
+    [QL_ROLE_ATTN_Q_BIAS] = offsetof(ql_layer_tensors, bq),
+    [QL_ROLE_ATTN_K_BIAS] = offsetof(ql_layer_tensors, bk),
+    [QL_ROLE_ATTN_V_BIAS] = offsetof(ql_layer_tensors, bv),
+    [QL_ROLE_ATTN_Q_NORM] = offsetof(ql_layer_tensors, q_norm),
+    [QL_ROLE_ATTN_K_NORM] = offsetof(ql_layer_tensors, k_norm),
+    [QL_ROLE_ATTN_OUT] = offsetof(ql_layer_tensors, wo),
+    [QL_ROLE_ATTN_POST_NORM] = offsetof(ql_layer_tensors, post_attn_norm),
+    [QL_ROLE_FFN_NORM] = offsetof(ql_layer_tensors, ffn_norm),
+    [QL_ROLE_FFN_GATE] = offsetof(ql_layer_tensors, w_gate),
+    [QL_ROLE_FFN_UP] = offsetof(ql_layer_tensors, w_up),
+    [QL_ROLE_FFN_GATE_UP] = offsetof(ql_layer_tensors, w_gate_up),
+    [QL_ROLE_FFN_DOWN] = offsetof(ql_layer_tensors, w_down),
+    [QL_ROLE_FFN_POST_NORM] = offsetof(ql_layer_tensors, post_ffn_norm),
+};
+
+ql_gguf_tensor **ql_layer_role(ql_layer_tensors *L, ql_role r) {
+    return (ql_gguf_tensor **)((char *)L + g_role_slot[r]);
+}
+ql_gguf_tensor *ql_layer_role_get(const ql_layer_tensors *L, ql_role r) {
+    return *(ql_gguf_tensor *const *)((const char *)L + g_role_slot[r]);
+}
+
+static int64_t dim_of(const ql_config *c, ql_dim d) {
+    const int64_t Q = (int64_t)c->n_head * c->head_dim, KV = (int64_t)c->n_head_kv * c->head_dim;
+    switch (d) {
+    case QL_DIM_1: return 1;
+    case QL_DIM_EMBD: return c->n_embd;
+    case QL_DIM_Q: return Q;
+    case QL_DIM_KV: return KV;
+    case QL_DIM_QKV: return Q + 2 * KV;
+    case QL_DIM_HEAD: return c->head_dim;
+    case QL_DIM_FF: return c->n_ff;
+    case QL_DIM_2FF: return 2 * (int64_t)c->n_ff;
+    }
+    return 0;
+}
+
+/* A row view [row0, row0 + rows) of a stored 2-D tensor: ggml rows are whole blocks, so the view's bytes
+ * are a contiguous slice of the parent's. */
+static ql_gguf_tensor *add_view(ql_model *m, const ql_gguf_tensor *parent, int64_t row0, int64_t rows, const char *part) {
+    ql_gguf_tensor *v = ql_calloc(1, sizeof *v);
+    const uint64_t row_bytes = parent->nbytes / (uint64_t)parent->ne[1];
+    char nm[192];
+    snprintf(nm, sizeof nm, "%s[%s]", parent->name, part);
+    v->name = ql_strdup(nm);
+    v->type = parent->type;
+    v->n_dims = 2;
+    v->ne[0] = parent->ne[0];
+    v->ne[1] = rows;
+    v->ne[2] = v->ne[3] = 1;
+    v->nbytes = row_bytes * (uint64_t)rows;
+    v->data = parent->data ? (const uint8_t *)parent->data + row_bytes * (uint64_t)row0 : NULL;
+    m->views = ql_realloc(m->views, (size_t)(m->n_views + 1) * sizeof *m->views);
+    m->views[m->n_views++] = (struct ql_tensor_view){v, parent, row0};
+    return v;
+}
+
+const ql_gguf_tensor *ql_model_view_parent(const ql_model *m, const ql_gguf_tensor *t, int64_t *row0) {
+    for (int i = 0; t && i < m->n_views; i++)
+        if (m->views[i].view == t) {
+            if (row0) *row0 = m->views[i].row0;
+            return m->views[i].parent;
+        }
+    return NULL;
+}
+
+int ql_model_layer_linears(const ql_model *m, int l, const ql_gguf_tensor **out, int *input) {
+    int n = 0;
+    if (l < 0 || l >= m->cfg.n_layer) return 0;
+    for (int r = 0; r < QL_ROLE_COUNT; r++) {
+        const ql_role_info *ri = ql_role_get((ql_role)r);
+        const ql_gguf_tensor *t = ql_layer_role_get(&m->layers[l], (ql_role)r);
+        if (!t || ri->input == QL_IN_NONE || ql_model_view_parent(m, t, NULL)) continue;
+        out[n] = t;
+        if (input) input[n] = ri->input;
+        n++;
+    }
+    return n;
+}
+
+/* RoPE scaling by rope.scaling.type: none, linear (positions / factor) and yarn are implemented; anything
+ * else (longrope, a new name) is refused rather than run with wrong angles. */
+static ql_status read_rope_scaling(const ql_gguf *g, const char *arch, const char *path, ql_config *c) {
+    char k[160];
+    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+    const char *st = ql_gguf_get_str(g, k);
+    c->rope_scale = 1.0f;
+    if (!st) c->rope_scale = (float)get_f64_or(g, arch, "rope.scale_linear", 1.0);
+    else if (!strcmp(st, "linear") || !strcmp(st, "yarn")) c->rope_scale = (float)get_f64_or(g, arch, "rope.scaling.factor", 1.0);
+    else if (strcmp(st, "none") != 0)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: rope scaling type '%s' (%s) is not implemented (none, linear, yarn)",
+                       path, st, k);
+    if (!(c->rope_scale > 0)) c->rope_scale = 1.0f;
+    if (st && !strcmp(st, "yarn") && c->rope_scale != 1.0f) {
+        c->rope_yarn = true;
+        c->yarn_orig_ctx = (int)get_int_or(g, arch, "rope.scaling.original_context_length", c->n_ctx_train);
+        c->yarn_ext_factor = (float)get_f64_or(g, arch, "rope.scaling.yarn_ext_factor", 1.0);
+        c->yarn_attn_factor = (float)get_f64_or(g, arch, "rope.scaling.yarn_attn_factor", 1.0);
+        c->yarn_beta_fast = (float)get_f64_or(g, arch, "rope.scaling.yarn_beta_fast", 32.0);
+        c->yarn_beta_slow = (float)get_f64_or(g, arch, "rope.scaling.yarn_beta_slow", 1.0);
+        if (c->yarn_orig_ctx <= 0) return ql_fail(QL_ERR_FORMAT, "%s: yarn rope scaling without an original context", path);
+    }
+    static const char *longrope[] = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    for (size_t i = 0; i < QL_ARRAY_LEN(longrope); i++)
+        if (ql_gguf_find_tensor(g, longrope[i]) >= 0)
+            return ql_fail(QL_ERR_UNSUPPORTED, "%s: LongRoPE factors ('%s') are not implemented", path, longrope[i]);
+    return QL_OK;
+}
+
 ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
     *out = NULL;
     ql_model *m = ql_calloc(1, sizeof *m);
@@ -97,13 +215,14 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
     ql_config *c = &m->cfg;
     ql_status s = QL_OK;
     const char *arch = arch_or_default(g);
-    static const char *supported[] = {"llama", "mistral", "qwen2", "qwen3"};
-    bool ok = false;
-    for (size_t i = 0; i < QL_ARRAY_LEN(supported); i++) ok |= strcmp(arch, supported[i]) == 0;
-    if (!ok) {
-        s = ql_fail(QL_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (llama family only)", path, arch);
+    const ql_arch *desc = ql_arch_find(arch);
+    if (!desc) {
+        char known[256];
+        ql_arch_list(known, sizeof known);
+        s = ql_fail(QL_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (known: %s)", path, arch, known);
         goto fail;
     }
+    c->desc = desc;
     snprintf(c->arch, sizeof c->arch, "%s", arch);
     c->n_layer = (int)get_int_or(g, arch, "block_count", 0);
     c->n_embd = (int)get_int_or(g, arch, "embedding_length", 0);
@@ -118,22 +237,35 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
         goto fail;
     }
     c->head_dim = (int)get_int_or(g, arch, "attention.key_length", c->n_embd / c->n_head);
-    if (c->head_dim <= 0 || c->head_dim > 4096 || c->head_dim % 2) {
-        s = ql_fail(QL_ERR_FORMAT, "%s: invalid head dimension %d", path, c->head_dim);
+    if (c->head_dim <= 0 || c->head_dim > 4096 || c->head_dim % 2 ||
+        get_int_or(g, arch, "attention.value_length", c->head_dim) != c->head_dim) {
+        s = ql_fail(QL_ERR_FORMAT, "%s: invalid head dimension %d (or a value length that differs from it)", path,
+                    c->head_dim);
         goto fail;
     }
     c->rope_dim = (int)get_int_or(g, arch, "rope.dimension_count", c->head_dim);
     if (c->rope_dim <= 0 || c->rope_dim > c->head_dim || c->rope_dim % 2) c->rope_dim = c->head_dim;
     c->rope_base = (float)get_f64_or(g, arch, "rope.freq_base", 10000.0);
-    c->rope_scale = 1.0f;
-    char k[160];
-    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
-    const char *st = ql_gguf_get_str(g, k);
-    if (st && strcmp(st, "linear") == 0) c->rope_scale = (float)get_f64_or(g, arch, "rope.scaling.factor", 1.0);
-    else if (!st) c->rope_scale = (float)get_f64_or(g, arch, "rope.scale_linear", 1.0);
-    if (!(c->rope_scale > 0)) c->rope_scale = 1.0f;
-    c->rope_neox = strncmp(arch, "qwen", 4) == 0;
+    if ((s = read_rope_scaling(g, arch, path, c))) goto fail;
+    c->rope_neox = desc->rope_neox;
     c->norm_eps = (float)get_f64_or(g, arch, "attention.layer_norm_rms_epsilon", 1e-5);
+    c->ffn_act = desc->ffn_act;
+    c->embd_scale = desc->embd_scale_sqrt ? sqrtf((float)c->n_embd) : 1.0f;
+    c->attn_scale = 1.0f / sqrtf((float)(desc->attn_scale_embd_layers == c->n_layer ? c->n_embd / c->n_head : c->head_dim));
+    c->attn_softcap = (float)get_f64_or(g, arch, "attn_logit_softcapping", 0.0);
+    c->final_softcap = (float)get_f64_or(g, arch, "final_logit_softcapping", 0.0);
+    if (!(c->attn_softcap >= 0) || !(c->final_softcap >= 0)) {
+        s = ql_fail(QL_ERR_FORMAT, "%s: negative logit soft-capping", path);
+        goto fail;
+    }
+    c->swa_pattern = (int)get_int_or(g, arch, "attention.sliding_window_pattern", desc->swa_pattern);
+    c->n_swa = desc->swa_pattern > 0 ? (int)get_int_or(g, arch, "attention.sliding_window", 0) : 0;
+    if (c->n_swa < 0 || c->swa_pattern < 0) {
+        s = ql_fail(QL_ERR_FORMAT, "%s: invalid sliding window %d / pattern %d", path, c->n_swa, c->swa_pattern);
+        goto fail;
+    }
+    c->rope_base_swa = (float)get_f64_or(g, arch, "rope.freq_base_swa", c->rope_base);
+    c->rope_scale_swa = desc->swa_rope_unscaled ? 1.0f : c->rope_scale;
 
     int64_t te = ql_gguf_find_tensor(g, "token_embd.weight");
     if (te < 0) {
@@ -141,32 +273,46 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
         goto fail;
     }
     c->n_vocab = (int)g->tensors[te].ne[1];
-    const int64_t D = c->n_embd, Q = (int64_t)c->n_head * c->head_dim, KV = (int64_t)c->n_head_kv * c->head_dim;
+    const int64_t D = c->n_embd;
     if ((s = want(m, &m->tok_embd, "token_embd.weight", true, D, c->n_vocab))) goto fail;
     if ((s = want(m, &m->output_norm, "output_norm.weight", true, D, 1))) goto fail;
     if ((s = want(m, &m->output, "output.weight", false, D, c->n_vocab))) goto fail;
+    if ((s = want(m, &m->rope_freqs, "rope_freqs.weight", false, c->rope_dim / 2, 1))) goto fail;
+    if (m->rope_freqs && m->rope_freqs->type != QL_TYPE_F32) {
+        s = ql_fail(QL_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' must be F32", path);
+        goto fail;
+    }
     c->tied_output = m->output == NULL;
     if (!m->output) m->output = m->tok_embd;
     m->layers = ql_calloc((size_t)c->n_layer, sizeof *m->layers);
     for (int l = 0; l < c->n_layer; l++) {
         ql_layer_tensors *L = &m->layers[l];
-        char n[96];
-#define T(slot, nm, req, a, b) \
-        snprintf(n, sizeof n, "blk.%d." nm, l); \
-        if ((s = want(m, &L->slot, n, req, a, b))) goto fail;
-        T(attn_norm, "attn_norm.weight", true, D, 1)
-        T(wq, "attn_q.weight", true, D, Q)
-        T(wk, "attn_k.weight", true, D, KV)
-        T(wv, "attn_v.weight", true, D, KV)
-        T(wo, "attn_output.weight", true, Q, D)
-        T(bq, "attn_q.bias", false, Q, 1)
-        T(bk, "attn_k.bias", false, KV, 1)
-        T(bv, "attn_v.bias", false, KV, 1)
-        T(ffn_norm, "ffn_norm.weight", true, D, 1)
-        T(w_gate, "ffn_gate.weight", true, D, c->n_ff)
-        T(w_up, "ffn_up.weight", true, D, c->n_ff)
-        T(w_down, "ffn_down.weight", true, c->n_ff, D)
-#undef T
+        for (int r = 0; r < QL_ROLE_COUNT; r++) {
+            if (desc->need[r] == QL_NEED_ABSENT) continue;
+            const ql_role_info *ri = ql_role_get((ql_role)r);
+            char n[96];
+            snprintf(n, sizeof n, "blk.%d.%s", l, ri->suffix);
+            if ((s = want(m, ql_layer_role(L, (ql_role)r), n, desc->need[r] == QL_NEED_REQUIRED, dim_of(c, ri->ne0),
+                          dim_of(c, ri->ne1))))
+                goto fail;
+        }
+        /* fused projections: the separate roles become row views, so the forward pass has one layout */
+        const int64_t Q = dim_of(c, QL_DIM_Q), KV = dim_of(c, QL_DIM_KV), F = c->n_ff;
+        if (L->wqkv) {
+            L->wq = add_view(m, L->wqkv, 0, Q, "q");
+            L->wk = add_view(m, L->wqkv, Q, KV, "k");
+            L->wv = add_view(m, L->wqkv, Q + KV, KV, "v");
+        }
+        if (L->w_gate_up) {
+            L->w_gate = add_view(m, L->w_gate_up, 0, F, "gate");
+            L->w_up = add_view(m, L->w_gate_up, F, F, "up");
+        }
+        if (!L->attn_norm || !L->wq || !L->wk || !L->wv || !L->wo || !L->ffn_norm || !L->w_gate || !L->w_up ||
+            !L->w_down) {
+            s = ql_fail(QL_ERR_FORMAT, "%s: architecture '%s' layer %d lacks a projection its description needs", path,
+                        arch, l);
+            goto fail;
+        }
     }
     if (ql_gguf_get(g, "tokenizer.ggml.tokens")) {
         if ((s = ql_tokenizer_from_gguf(g, &m->tok))) goto fail;
@@ -187,6 +333,11 @@ void ql_model_free(ql_model *m) {
     if (!m) return;
     ql_tokenizer_free(m->tok);
     ql_gguf_free(m->gguf);
+    for (int i = 0; i < m->n_views; i++) {
+        free(m->views[i].view->name);
+        free(m->views[i].view);
+    }
+    free(m->views);
     free(m->layers);
     free(m->path);
     free(m);

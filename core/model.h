@@ -6,6 +6,7 @@
 #ifndef QL_MODEL_H
 #define QL_MODEL_H
 
+#include "core/arch.h"
 #include "core/gguf.h"
 #include "core/tokenizer.h"
 
@@ -19,12 +20,40 @@ typedef struct {
     int rope_neox;      /* 1: rotate (i, i+half) pairs (qwen2 style); 0: adjacent pairs (llama) */
     float norm_eps;
     bool tied_output;   /* no output.weight: the embedding is the classifier */
+    /* Set from the architecture description (core/arch.h) and the file's keys; see ql_model_from_gguf. */
+    const ql_arch *desc;    /* never NULL once loaded */
+    ql_ffn_act ffn_act;     /* SwiGLU or GeGLU (tanh GELU) */
+    float embd_scale;       /* token embeddings are multiplied by it (1: none; Gemma: sqrt(n_embd)) */
+    float attn_scale;       /* scores = q·k · attn_scale (1/sqrt(head_dim) unless the description says) */
+    float attn_softcap;     /* scores = c·tanh(scores/c) after scaling (0: none; Gemma-2) */
+    float final_softcap;    /* logits = c·tanh(logits/c) (0: none; Gemma-2) */
+    int n_swa;              /* sliding window: a query at p sees keys p' with p - p' < n_swa (0: none) */
+    int swa_pattern;        /* layer l slides when n_swa > 0 and l % swa_pattern < swa_pattern - 1 */
+    float rope_base_swa, rope_scale_swa; /* RoPE of the sliding layers (Gemma-3: base 10000, no scaling) */
+    /* YaRN (rope.scaling.type = yarn): ggml's ramp between interpolated and extrapolated angles */
+    bool rope_yarn;
+    int yarn_orig_ctx;
+    float yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow;
 } ql_config;
 
+/* True when layer l of c uses the sliding window (and the sliding RoPE base). */
+static inline bool ql_layer_is_swa(const ql_config *c, int l) {
+    return c->n_swa > 0 && c->swa_pattern > 0 && l % c->swa_pattern < c->swa_pattern - 1;
+}
+
+/* One layer's tensors by role (NULL: the architecture or the file has none). When the file stores fused
+ * projections (attn_qkv, a gate+up ffn_up), wqkv / w_gate_up are the stored tensors and wq, wk, wv,
+ * w_gate, w_up are row views of them (model-owned structs pointing into the stored bytes; see
+ * ql_model_view_parent), so the forward pass reads one layout. */
 typedef struct {
     ql_gguf_tensor *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv;
     ql_gguf_tensor *ffn_norm, *w_gate, *w_up, *w_down;
+    ql_gguf_tensor *wqkv, *w_gate_up, *q_norm, *k_norm, *post_attn_norm, *post_ffn_norm;
 } ql_layer_tensors;
+
+/* The slot of role r in L (every role has one). */
+ql_gguf_tensor **ql_layer_role(ql_layer_tensors *L, ql_role r);
+ql_gguf_tensor *ql_layer_role_get(const ql_layer_tensors *L, ql_role r);
 
 typedef struct ql_model {
     char *path;
@@ -32,8 +61,17 @@ typedef struct ql_model {
     ql_gguf *gguf;            /* metadata + tensors (owned) */
     ql_tokenizer *tok;        /* owned; NULL if the file has no tokenizer */
     ql_gguf_tensor *tok_embd, *output_norm, *output; /* output == tok_embd when tied */
+    ql_gguf_tensor *rope_freqs; /* llama3 RoPE: angle of pair i divided by rope_freqs[i] (NULL: none) */
     ql_layer_tensors *layers; /* n_layer entries */
+    int n_views;
+    struct ql_tensor_view { ql_gguf_tensor *view; const ql_gguf_tensor *parent; int64_t row0; } *views;
 } ql_model;
+
+/* For a row view of a fused tensor: the stored tensor and the view's first row; NULL when t is stored. */
+const ql_gguf_tensor *ql_model_view_parent(const ql_model *m, const ql_gguf_tensor *t, int64_t *row0);
+/* The stored linear tensors of layer l (fused ones once, never their views), in role order, with the
+ * activation each multiplies (ql_role_input); returns the count (at most QL_ROLE_COUNT). */
+int ql_model_layer_linears(const ql_model *m, int l, const ql_gguf_tensor **out, int *input);
 
 typedef enum { QL_SRC_GGUF, QL_SRC_HF, QL_SRC_LLAMA2C } ql_model_source;
 

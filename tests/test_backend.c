@@ -113,7 +113,7 @@ static ql_status b_rmsnorm(void *be, const ql_backend_weight *w, const float *x,
     free(own);
     return s;
 }
-static ql_status b_rope(void *be, float *x, int T, int h, float *tmp) { g_calls[OP_ROPE]++; return g_cpu->rope(be, x, T, h, tmp); }
+static ql_status b_rope(void *be, float *x, int T, int h, int l, float *tmp) { g_calls[OP_ROPE]++; return g_cpu->rope(be, x, T, h, l, tmp); }
 static ql_status b_act(void *be, float *g, const float *u, size_t n) { g_calls[OP_ACT]++; return g_cpu->ffn_act(be, g, u, n); }
 static ql_status b_kv_new(void *be, int t, int d, void **kv) { g_calls[OP_KVNEW]++; return g_cpu->kv_new(be, t, d, kv); }
 static void b_kv_free(void *be, void *kv) { g_calls[OP_KVFREE]++; g_cpu->kv_free(be, kv); }
@@ -125,9 +125,9 @@ static ql_status b_load(void *be, void *kv, int pos, int T, const float **k, con
     g_calls[OP_LOAD]++;
     return g_cpu->kv_load(be, kv, pos, T, k, v, kt, vt);
 }
-static ql_status b_attn(void *be, const float *q, const float *k, const float *v, float *s, float *o, int T) {
+static ql_status b_attn(void *be, const float *q, const float *k, const float *v, float *s, float *o, int T, int l) {
     g_calls[OP_ATTN]++;
-    return g_cpu->attention(be, q, k, v, s, o, T);
+    return g_cpu->attention(be, q, k, v, s, o, T, l);
 }
 
 static void test_backend_reading_bytes(void **state) {

@@ -1,0 +1,93 @@
+/* arch.c — the role table and the architecture descriptions (see arch.h). Facts follow llama.cpp 34af94cd
+ * (llama-arch.cpp tensor names, llama-model.cpp hparams and graph builders); the tiny models in
+ * ../shared/testdata/arch-variants check them through tests/test_arch.c. */
+#include "core/arch.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define NONE QL_ROLE_COUNT
+static const ql_role_info g_roles[QL_ROLE_COUNT] = {
+    [QL_ROLE_ATTN_NORM] = {"attn_norm.weight", QL_DIM_EMBD, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_ATTN_Q] = {"attn_q.weight", QL_DIM_EMBD, QL_DIM_Q, QL_IN_ATTN, QL_ROLE_ATTN_QKV},
+    [QL_ROLE_ATTN_K] = {"attn_k.weight", QL_DIM_EMBD, QL_DIM_KV, QL_IN_ATTN, QL_ROLE_ATTN_QKV},
+    [QL_ROLE_ATTN_V] = {"attn_v.weight", QL_DIM_EMBD, QL_DIM_KV, QL_IN_ATTN, QL_ROLE_ATTN_QKV},
+    [QL_ROLE_ATTN_QKV] = {"attn_qkv.weight", QL_DIM_EMBD, QL_DIM_QKV, QL_IN_ATTN, NONE},
+    [QL_ROLE_ATTN_Q_BIAS] = {"attn_q.bias", QL_DIM_Q, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_ATTN_K_BIAS] = {"attn_k.bias", QL_DIM_KV, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_ATTN_V_BIAS] = {"attn_v.bias", QL_DIM_KV, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_ATTN_Q_NORM] = {"attn_q_norm.weight", QL_DIM_HEAD, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_ATTN_K_NORM] = {"attn_k_norm.weight", QL_DIM_HEAD, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_ATTN_OUT] = {"attn_output.weight", QL_DIM_Q, QL_DIM_EMBD, QL_IN_ATTN_OUT, NONE},
+    [QL_ROLE_ATTN_POST_NORM] = {"post_attention_norm.weight", QL_DIM_EMBD, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_NORM] = {"ffn_norm.weight", QL_DIM_EMBD, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_GATE] = {"ffn_gate.weight", QL_DIM_EMBD, QL_DIM_FF, QL_IN_FFN, QL_ROLE_FFN_GATE_UP},
+    [QL_ROLE_FFN_UP] = {"ffn_up.weight", QL_DIM_EMBD, QL_DIM_FF, QL_IN_FFN, QL_ROLE_FFN_GATE_UP},
+    [QL_ROLE_FFN_GATE_UP] = {"ffn_up.weight", QL_DIM_EMBD, QL_DIM_2FF, QL_IN_FFN, NONE},
+    [QL_ROLE_FFN_DOWN] = {"ffn_down.weight", QL_DIM_FF, QL_DIM_EMBD, QL_IN_FFN_DOWN, NONE},
+    [QL_ROLE_FFN_POST_NORM] = {"post_ffw_norm.weight", QL_DIM_EMBD, QL_DIM_1, QL_IN_NONE, NONE},
+};
+#undef NONE
+
+const ql_role_info *ql_role_get(ql_role r) { return (unsigned)r < QL_ROLE_COUNT ? &g_roles[r] : NULL; }
+
+/* Role sets, written once and combined per architecture below. R = required, O = optional. */
+#define R QL_NEED_REQUIRED
+#define O QL_NEED_OPTIONAL
+#define ATTN_SEPARATE [QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, \
+                      [QL_ROLE_ATTN_OUT] = R
+#define FFN_SEPARATE [QL_ROLE_FFN_NORM] = R, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R, [QL_ROLE_FFN_DOWN] = R
+#define QKV_BIAS(n) [QL_ROLE_ATTN_Q_BIAS] = n, [QL_ROLE_ATTN_K_BIAS] = n, [QL_ROLE_ATTN_V_BIAS] = n
+#define QK_NORM [QL_ROLE_ATTN_Q_NORM] = R, [QL_ROLE_ATTN_K_NORM] = R
+#define POST_NORMS [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_POST_NORM] = R
+
+static const ql_arch g_arch[] = {
+    {.name = "llama", .family = "llama", .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
+    /* Mistral GGUFs say "llama"; llama.cpp ignores Mistral-7B-v0.1's sliding window for both names */
+    {.name = "mistral", .family = "llama", .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
+    {.name = "qwen2", .family = "qwen2", .rope_neox = true, .need = {ATTN_SEPARATE, QKV_BIAS(R), FFN_SEPARATE}},
+    {.name = "qwen3", .family = "qwen3", .rope_neox = true, .need = {ATTN_SEPARATE, QK_NORM, FFN_SEPARATE}},
+    {.name = "gemma2", .family = "gemma2", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
+     .swa_pattern = 2, .attn_scale_embd_layers = 46, .need = {ATTN_SEPARATE, POST_NORMS, FFN_SEPARATE}},
+    {.name = "gemma3", .family = "gemma3", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
+     .swa_pattern = 6, .attn_scale_embd_layers = 62, .swa_rope_unscaled = true,
+     .need = {ATTN_SEPARATE, QK_NORM, POST_NORMS, FFN_SEPARATE}},
+    {.name = "phi3", .family = "phi3", .rope_neox = true,
+     .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_QKV] = R, [QL_ROLE_ATTN_OUT] = R, [QL_ROLE_FFN_NORM] = R,
+              [QL_ROLE_FFN_GATE_UP] = R, [QL_ROLE_FFN_DOWN] = R}},
+};
+#undef R
+#undef O
+#undef ATTN_SEPARATE
+#undef FFN_SEPARATE
+#undef QKV_BIAS
+#undef QK_NORM
+#undef POST_NORMS
+
+int ql_arch_count(void) { return (int)QL_ARRAY_LEN(g_arch); }
+const ql_arch *ql_arch_at(int i) { return i >= 0 && i < ql_arch_count() ? &g_arch[i] : NULL; }
+
+const ql_arch *ql_arch_find(const char *name) {
+    for (size_t i = 0; name && i < QL_ARRAY_LEN(g_arch); i++)
+        if (strcmp(g_arch[i].name, name) == 0) return &g_arch[i];
+    return NULL;
+}
+
+void ql_arch_list(char *buf, size_t cap) {
+    size_t used = 0;
+    if (cap) buf[0] = 0;
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_arch); i++) {
+        int w = snprintf(buf + used, cap - used, "%s%s", i ? ", " : "", g_arch[i].name);
+        if (w < 0 || (size_t)w >= cap - used) break;
+        used += (size_t)w;
+    }
+}
+
+int ql_role_of_name(const char *name, int *layer) {
+    int l = -1, off = 0;
+    if (sscanf(name, "blk.%d.%n", &l, &off) != 1 || off <= 0) return -1;
+    if (layer) *layer = l;
+    for (int r = 0; r < QL_ROLE_COUNT; r++)
+        if (r != QL_ROLE_FFN_GATE_UP && strcmp(name + off, g_roles[r].suffix) == 0) return r;
+    return -1;
+}

@@ -1,0 +1,80 @@
+/* arch.h — the architecture descriptions: one table entry per `general.architecture` (llama, mistral,
+ * qwen2, qwen3, gemma2, gemma3, phi3) saying which per-layer tensor roles it has (required, optional or
+ * absent), which norms, the FFN activation, the RoPE layout, and the defaults of the features its GGUF
+ * keys switch on (embedding scale, soft-capping, sliding-window pattern). core/model.c loads a model by
+ * this description and core/infer.c runs the steps it enables; neither names an architecture. The role
+ * table beside it says what every tensor role is (GGUF suffix, shape, which activation feeds it), so
+ * statistics, sensitivity and quantization find a layer's linears without name special cases.
+ * Adding an architecture = one line in g_arch (core/arch.c). */
+#ifndef QL_ARCH_H
+#define QL_ARCH_H
+
+#include "base/ql_common.h"
+
+/* Per-layer tensor roles. The fused roles (ATTN_QKV, FFN_GATE_UP) are stored tensors that the model
+ * also presents as row views under the separate roles (q/k/v, gate/up), so the forward pass has one
+ * layout; statistics and quantization use the stored tensors. */
+typedef enum {
+    QL_ROLE_ATTN_NORM,
+    QL_ROLE_ATTN_Q,
+    QL_ROLE_ATTN_K,
+    QL_ROLE_ATTN_V,
+    QL_ROLE_ATTN_QKV,      /* fused q, k, v rows (phi3) */
+    QL_ROLE_ATTN_Q_BIAS,
+    QL_ROLE_ATTN_K_BIAS,
+    QL_ROLE_ATTN_V_BIAS,
+    QL_ROLE_ATTN_Q_NORM,   /* per-head RMSNorm of q before RoPE (qwen3, gemma3) */
+    QL_ROLE_ATTN_K_NORM,
+    QL_ROLE_ATTN_OUT,
+    QL_ROLE_ATTN_POST_NORM, /* norm of the attention output before the residual add (gemma2/3) */
+    QL_ROLE_FFN_NORM,
+    QL_ROLE_FFN_GATE,
+    QL_ROLE_FFN_UP,
+    QL_ROLE_FFN_GATE_UP,   /* fused gate then up rows, stored as ffn_up (phi3) */
+    QL_ROLE_FFN_DOWN,
+    QL_ROLE_FFN_POST_NORM,
+    QL_ROLE_COUNT
+} ql_role;
+
+/* Which activation a linear reads: the same order as infer.h's ql_hook_point (checked there). */
+typedef enum { QL_IN_NONE = -1, QL_IN_ATTN = 0, QL_IN_ATTN_OUT, QL_IN_FFN, QL_IN_FFN_DOWN } ql_role_input;
+
+/* Shape dimensions a role names; resolved against the config by core/model.c. */
+typedef enum { QL_DIM_1, QL_DIM_EMBD, QL_DIM_Q, QL_DIM_KV, QL_DIM_QKV, QL_DIM_HEAD, QL_DIM_FF, QL_DIM_2FF } ql_dim;
+
+typedef struct {
+    const char *suffix;  /* GGUF name inside "blk.N.": "attn_q.weight" */
+    ql_dim ne0, ne1;     /* GGUF shape: ne0 = row length */
+    ql_role_input input; /* the activation a linear multiplies; QL_IN_NONE for norms and biases */
+    ql_role fused_into;  /* a separate role that is a row view of a fused one (QL_ROLE_COUNT: none) */
+} ql_role_info;
+
+const ql_role_info *ql_role_get(ql_role r);
+/* The role of a tensor name "blk.N.SUFFIX" (any architecture; ffn_up resolves to QL_ROLE_FFN_UP), or -1. */
+int ql_role_of_name(const char *name, int *layer);
+
+typedef enum { QL_NEED_ABSENT = 0, QL_NEED_OPTIONAL, QL_NEED_REQUIRED } ql_need;
+typedef enum { QL_FFN_SWIGLU = 0, QL_FFN_GEGLU_TANH } ql_ffn_act;
+
+typedef struct {
+    const char *name;        /* general.architecture */
+    const char *family;      /* what it runs as, for listings ("llama" for mistral) */
+    bool rope_neox;          /* pair i with i + rope_dim/2 (else 2i with 2i+1), fixed by the name in llama.cpp */
+    ql_ffn_act ffn_act;
+    bool embd_scale_sqrt;    /* token embeddings times sqrt(n_embd) */
+    int swa_pattern;         /* with ARCH.attention.sliding_window: every swa_pattern-th layer is global,
+                                the others slide (llama.cpp's default period; 0 = the window is ignored) */
+    /* 46-layer Gemma-2 27B scales q by 1/sqrt(n_embd/n_head) instead of 1/sqrt(head_dim) (llama.cpp) */
+    int attn_scale_embd_layers;
+    bool swa_rope_unscaled;  /* sliding layers ignore rope.scaling (Gemma-3: linear x8 on global layers only) */
+    ql_need need[QL_ROLE_COUNT];
+} ql_arch;
+
+/* The description for general.architecture `name`, or NULL. */
+const ql_arch *ql_arch_find(const char *name);
+int ql_arch_count(void);
+const ql_arch *ql_arch_at(int i);
+/* "llama, mistral, qwen2, ..." for messages. */
+void ql_arch_list(char *buf, size_t cap);
+
+#endif
