@@ -24,19 +24,16 @@
 static const char *POINT_NAMES[] = {"attn_in", "attn_out_in", "ffn_in", "ffn_down_in", "output_in"};
 
 bool ql_stats_input_name(const char *t, char *buf, size_t cap) {
-    int layer;
-    char role[64];
+    int layer = -1;
     if (!strcmp(t, "output.weight")) {
         snprintf(buf, cap, "output_in");
         return true;
     }
-    if (sscanf(t, "blk.%d.%63[^.]", &layer, role) != 2) return false;
-    const char *p = NULL;
-    if (!strcmp(role, "attn_q") || !strcmp(role, "attn_k") || !strcmp(role, "attn_v")) p = "attn_in";
-    else if (!strcmp(role, "attn_output")) p = "attn_out_in";
-    else if (!strcmp(role, "ffn_gate") || !strcmp(role, "ffn_up")) p = "ffn_in";
-    else if (!strcmp(role, "ffn_down")) p = "ffn_down_in";
-    if (!p) return false;
+    /* the role table says which activation each linear reads (attn_qkv: attn_in, a fused ffn_up: ffn_in) */
+    const int r = ql_role_of_name(t, &layer);
+    const int in = r < 0 ? QL_IN_NONE : (int)ql_role_get((ql_role)r)->input;
+    if (in == QL_IN_NONE) return false;
+    const char *p = POINT_NAMES[in];
     snprintf(buf, cap, "blk.%d.%s", layer, p);
     return true;
 }

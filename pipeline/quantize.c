@@ -256,20 +256,23 @@ static ql_status quantize_sequential(quant_ctx *c) {
     ql_infer *inf = NULL;
     ql_status s = ql_infer_new(m, c->o->n_threads, &inf);
     if (s) return s;
-    static const char *roles[4][3] = {{"attn_q", "attn_k", "attn_v"}, {"attn_output", NULL, NULL},
-                                      {"ffn_gate", "ffn_up", NULL}, {"ffn_down", NULL, NULL}};
     static const char *points[4] = {"attn_in", "attn_out_in", "ffn_in", "ffn_down_in"};
     const int n_groups = m->cfg.n_layer * 4 + 1;
     for (int gi = 0; gi < n_groups && !s; gi++) {
         int layer = gi / 4, k = gi % 4;
-        char point[64], names[3][96];
+        char point[64], names[QL_ROLE_COUNT][96];
         int n_names = 0;
         if (gi == n_groups - 1) {
             snprintf(point, sizeof point, "output_in");
             snprintf(names[n_names++], 96, "output.weight");
         } else {
             snprintf(point, sizeof point, "blk.%d.%s", layer, points[k]);
-            for (int r = 0; r < 3 && roles[k][r]; r++) snprintf(names[n_names++], 96, "blk.%d.%s.weight", layer, roles[k][r]);
+            /* the layer's stored linears that read this group's input (a fused attn_qkv or ffn_up once) */
+            const ql_gguf_tensor *lin[QL_ROLE_COUNT];
+            int in[QL_ROLE_COUNT];
+            const int nl = ql_model_layer_linears(m, layer, lin, in);
+            for (int r = 0; r < nl; r++)
+                if (in[r] == k) snprintf(names[n_names++], 96, "%s", lin[r]->name);
         }
         /* only groups with a data-aware method need fresh statistics */
         bool needs = false;

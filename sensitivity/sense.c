@@ -479,9 +479,9 @@ static int tensor_layer(const ql_model *m, const ql_gguf_tensor *t, bool *from_t
     }
     if (t == m->output) return m->cfg.n_layer;
     for (int l = 0; l < m->cfg.n_layer; l++) {
-        const ql_layer_tensors *L = &m->layers[l];
-        const ql_gguf_tensor *ts[] = {L->wq, L->wk, L->wv, L->wo, L->w_gate, L->w_up, L->w_down};
-        for (size_t i = 0; i < QL_ARRAY_LEN(ts); i++)
+        const ql_gguf_tensor *ts[QL_ROLE_COUNT];
+        const int n = ql_model_layer_linears(m, l, ts, NULL); /* stored tensors: a fused one once */
+        for (int i = 0; i < n; i++)
             if (ts[i] == t) return l;
     }
     return -1;

@@ -1,0 +1,366 @@
+/* test_arch.c — the architecture descriptions (core/arch.c) against llama.cpp: the six tiny models in
+ * ../shared/testdata/arch-variants (llama with llama3 rope_freqs, qwen2, qwen3, gemma2, gemma3, phi3) give
+ * llama.cpp's logits within 1e-4 (Gemma 2e-3); switching each feature off moves them by about what that
+ * folder's README measured (so every feature is really exercised); unknown architectures, missing tensors
+ * and unimplemented RoPE scaling are refused by name; Q4_K_M gives llama.cpp's per-tensor types (its
+ * llama_tensor_get_type, written out independently below) and the quantized files run. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "core/infer.h"
+#include "core/model.h"
+#include "core/synth.h"
+#include "formats/format.h"
+#include "pipeline/plan.h"
+#include "presets/preset.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { N_TOK = 32, N_VOCAB = 512 };
+
+static const char *MODELS[] = {"llama3", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"};
+
+static float tolerance(const char *name) { return strncmp(name, "gemma", 5) == 0 ? 2e-3f : 1e-4f; }
+
+static bool model_path(char *buf, size_t cap, const char *name) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "testdata/arch-variants/%s.gguf", name);
+    return shared_path(buf, cap, rel);
+}
+
+static void read_tokens(int32_t *tok) {
+    char p[512];
+    if (!shared_path(p, sizeof p, "testdata/arch-variants/tokens.txt")) skip();
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    for (int i = 0; i < N_TOK; i++) assert_int_equal(fscanf(f, "%d", &tok[i]), 1);
+    fclose(f);
+}
+
+static void read_reference(const char *name, float *ref) {
+    char rel[128], p[512];
+    snprintf(rel, sizeof rel, "testdata/arch-variants/logits-%s.f32", name);
+    if (!shared_path(p, sizeof p, rel)) skip();
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(ref, sizeof(float), N_TOK * N_VOCAB, f), N_TOK * N_VOCAB);
+    fclose(f);
+}
+
+static void run(ql_model *m, const int32_t *tok, float *logits) {
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    ql_scratch *s = ql_scratch_new(inf, N_TOK);
+    assert_non_null(s);
+    assert_int_equal(ql_forward(inf, s, tok, N_TOK, 0, logits), QL_OK);
+    ql_scratch_free(s);
+    ql_infer_free(inf);
+}
+
+/* max |a - b| over rows [r0, r1) */
+static float max_diff(const float *a, const float *b, int r0, int r1) {
+    float d = 0;
+    for (size_t i = (size_t)r0 * N_VOCAB; i < (size_t)r1 * N_VOCAB; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
+}
+
+static void test_logits_match_llamacpp(void **state) {
+    (void)state;
+    int32_t tok[N_TOK];
+    read_tokens(tok);
+    float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB), *got = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    for (size_t i = 0; i < QL_ARRAY_LEN(MODELS); i++) {
+        char p[512];
+        if (!model_path(p, sizeof p, MODELS[i])) skip();
+        read_reference(MODELS[i], ref);
+        ql_model *m;
+        assert_int_equal(ql_model_load(p, &m), QL_OK);
+        run(m, tok, got);
+        float d = max_diff(got, ref, 0, N_TOK);
+        printf("  %-7s max |qlab - llama.cpp| = %.3g (tolerance %g)\n", MODELS[i], d, tolerance(MODELS[i]));
+        if (!(d <= tolerance(MODELS[i]))) fail_msg("%s: logits differ from llama.cpp by %g", MODELS[i], d);
+        ql_model_free(m);
+    }
+    free(ref);
+    free(got);
+}
+
+/* ---- ablations: each feature switched off in the loaded model ---- */
+
+static void no_rope_freqs(ql_model *m) { m->rope_freqs = NULL; }
+static void flip_rope_pairs(ql_model *m) { m->cfg.rope_neox = !m->cfg.rope_neox; }
+static void no_embd_scale(ql_model *m) { m->cfg.embd_scale = 1.0f; }
+static void no_attn_softcap(ql_model *m) { m->cfg.attn_softcap = 0; }
+static void no_final_softcap(ql_model *m) { m->cfg.final_softcap = 0; }
+/* the window wider than the sequence: the sliding layers keep their RoPE, only the mask goes */
+static void no_window(ql_model *m) { m->cfg.n_swa = 1 << 20; }
+/* the global layers' RoPE (base 1e6 with its linear x8) on the sliding layers too */
+static void swa_global_base(ql_model *m) {
+    m->cfg.rope_base_swa = m->cfg.rope_base;
+    m->cfg.rope_scale_swa = m->cfg.rope_scale;
+}
+static void no_linear_scaling(ql_model *m) { m->cfg.rope_scale = 1.0f; }
+static void no_biases(ql_model *m) {
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].bq = m->layers[l].bk = m->layers[l].bv = NULL;
+}
+static void no_qk_norm(ql_model *m) {
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].q_norm = m->layers[l].k_norm = NULL;
+}
+static void no_post_norms(ql_model *m) {
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].post_attn_norm = m->layers[l].post_ffn_norm = NULL;
+}
+static void swap_gate_up(ql_model *m) {
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        ql_gguf_tensor *t = m->layers[l].w_gate;
+        m->layers[l].w_gate = m->layers[l].w_up;
+        m->layers[l].w_up = t;
+    }
+}
+
+typedef struct {
+    const char *model, *what;
+    void (*ablate)(ql_model *);
+    float readme;      /* the README's max change (float64 NumPy pass) */
+    int rows_unchanged; /* rows 0..n-1 must not move (a window of 8 hides nothing before position 8) */
+} ablation;
+
+static const ablation ABLATIONS[] = {
+    {"llama3", "no rope_freqs", no_rope_freqs, 0.068f, 0},
+    {"llama3", "normal -> NEOX", flip_rope_pairs, 7.6f, 0},
+    {"qwen2", "no q/k/v biases", no_biases, 12.4f, 0},
+    {"qwen2", "NEOX -> normal", flip_rope_pairs, 6.6f, 0},
+    {"qwen3", "no q/k norm", no_qk_norm, 2.6f, 0},
+    {"qwen3", "NEOX -> normal", flip_rope_pairs, 6.9f, 0},
+    {"gemma2", "no x8 embedding scale", no_embd_scale, 5.5f, 0},
+    {"gemma2", "no post norms", no_post_norms, 3.2f, 0},
+    {"gemma2", "no attention soft-cap", no_attn_softcap, 0.29f, 0},
+    {"gemma2", "no final soft-cap", no_final_softcap, 12.7f, 0},
+    {"gemma2", "no sliding window", no_window, 3.5f, 8},
+    {"gemma2", "NEOX -> normal", flip_rope_pairs, 2.8f, 0},
+    {"gemma3", "no x8 embedding scale", no_embd_scale, 11.3f, 0},
+    {"gemma3", "no post norms", no_post_norms, 5.0f, 0},
+    {"gemma3", "no q/k norm", no_qk_norm, 1.5f, 0},
+    {"gemma3", "no sliding window", no_window, 8.5f, 8},
+    {"gemma3", "sliding layers with the global RoPE", swa_global_base, 4.7f, 0},
+    {"gemma3", "no linear x8 on the global layer", no_linear_scaling, 0.77f, 0},
+    {"gemma3", "NEOX -> normal", flip_rope_pairs, 4.5f, 0},
+    {"phi3", "gate and up halves swapped", swap_gate_up, 9.9f, 0},
+    {"phi3", "NEOX -> normal", flip_rope_pairs, 6.8f, 0},
+};
+
+static void test_ablations_move_logits(void **state) {
+    (void)state;
+    int32_t tok[N_TOK];
+    read_tokens(tok);
+    float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB), *got = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    for (size_t i = 0; i < QL_ARRAY_LEN(ABLATIONS); i++) {
+        const ablation *a = &ABLATIONS[i];
+        char p[512];
+        if (!model_path(p, sizeof p, a->model)) skip();
+        read_reference(a->model, ref);
+        ql_model *m;
+        assert_int_equal(ql_model_load(p, &m), QL_OK);
+        a->ablate(m);
+        run(m, tok, got);
+        const float tol = tolerance(a->model), d = max_diff(got, ref, 0, N_TOK);
+        printf("  %-7s %-38s moves the logits by %.3g (README: %g)\n", a->model, a->what, d, a->readme);
+        /* far beyond the tolerance, and the size llama.cpp's semantics give (an ablation of something
+         * else would land elsewhere) */
+        if (!(d > 10 * tol && d > 0.5f * a->readme && d < 2.0f * a->readme))
+            fail_msg("%s, %s: logits moved by %g, README says %g", a->model, a->what, d, a->readme);
+        if (a->rows_unchanged) {
+            float early = max_diff(got, ref, 0, a->rows_unchanged);
+            if (!(early <= tol)) fail_msg("%s, %s: rows 0-%d moved by %g", a->model, a->what, a->rows_unchanged - 1, early);
+        }
+        ql_model_free(m);
+    }
+    free(ref);
+    free(got);
+}
+
+/* ---- refusals: one message naming the model and what is missing ---- */
+
+static void expect_refused(const char *name, void (*edit)(ql_gguf *), const char *want1, const char *want2) {
+    char p[512];
+    if (!model_path(p, sizeof p, name)) skip();
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+    edit(g);
+    ql_model *m = NULL;
+    assert_int_not_equal(ql_model_from_gguf(g, p, &m), QL_OK); /* takes g either way */
+    assert_null(m);
+    const char *e = ql_last_error();
+    printf("  refused: %s\n", e);
+    assert_non_null(strstr(e, p));
+    assert_non_null(strstr(e, want1));
+    if (want2) assert_non_null(strstr(e, want2));
+    assert_null(strchr(e, '\n'));
+}
+
+static void unknown_arch(ql_gguf *g) { ql_gguf_set_str(g, "general.architecture", "mamba2"); }
+static void drop_k_norm(ql_gguf *g) {
+    int64_t i = ql_gguf_find_tensor(g, "blk.1.attn_k_norm.weight");
+    assert_true(i >= 0);
+    strcpy(g->tensors[i].name, "blk.1.attn_k_nrm.weight"); /* shorter: fits the name's buffer */
+}
+static void drop_qkv(ql_gguf *g) {
+    int64_t i = ql_gguf_find_tensor(g, "blk.0.attn_qkv.weight");
+    assert_true(i >= 0);
+    strcpy(g->tensors[i].name, "blk.0.attn_qk.weight");
+}
+static void longrope(ql_gguf *g) { ql_gguf_set_str(g, "gemma3.rope.scaling.type", "longrope"); }
+
+static void test_refusals(void **state) {
+    (void)state;
+    expect_refused("qwen3", unknown_arch, "architecture 'mamba2' is not supported", "gemma3");
+    expect_refused("qwen3", drop_k_norm, "missing tensor 'blk.1.attn_k_norm.weight'", NULL);
+    expect_refused("phi3", drop_qkv, "missing tensor 'blk.0.attn_qkv.weight'", NULL);
+    expect_refused("gemma3", longrope, "rope scaling type 'longrope'", "not implemented");
+
+    /* the command line: one line on stderr, exit status non-zero */
+    const char *qlab = getenv("QLAB");
+    char p[512];
+    if (!qlab || !model_path(p, sizeof p, "qwen3")) return;
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+    drop_k_norm(g);
+    char out[] = "/tmp/qlab-arch-missing-XXXXXX.gguf", err[] = "/tmp/qlab-arch-err-XXXXXX";
+    int fd = mkstemps(out, 5);
+    assert_true(fd >= 0);
+    close(fd);
+    fd = mkstemp(err);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(ql_gguf_write(g, out, NULL), QL_OK);
+    ql_gguf_free(g);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s info %s >/dev/null 2>%s", qlab, out, err);
+    int rc = system(cmd);
+    assert_true(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) != 0);
+    FILE *f = fopen(err, "r");
+    char line[1024], extra[16];
+    assert_non_null(fgets(line, sizeof line, f));
+    assert_non_null(strstr(line, "missing tensor 'blk.1.attn_k_norm.weight'"));
+    assert_null(fgets(extra, sizeof extra, f)); /* one line */
+    fclose(f);
+    unlink(out);
+    unlink(err);
+}
+
+/* ---- Q4_K_M: llama.cpp's llama_tensor_get_type (34af94cd), written out for the tensors these models have ---- */
+
+static bool more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+/* llama.cpp's fallback when a row does not fit the block (convert_incompatible_tensor) */
+static const char *fit(const char *type, int64_t ncols) {
+    int block = strcmp(type, "q8_0") == 0 ? 32 : 256;
+    if (ncols % block == 0) return type;
+    const char *fb = !strcmp(type, "q4_k") ? "q5_0" : !strcmp(type, "q5_k") ? "q5_1" : !strcmp(type, "q6_k") ? "q8_0" : "f16";
+    return ncols % 32 == 0 ? fb : "f16";
+}
+
+static const char *llamacpp_q4_k_m(const char *name, int64_t ncols, int n_layer, bool has_output) {
+    int layer = -1;
+    sscanf(name, "blk.%d.", &layer);
+    if (!strcmp(name, "output.weight") || (!has_output && !strcmp(name, "token_embd.weight")))
+        return ncols % 256 ? "q8_0" : "q6_k"; /* its output rule: Q8_0 when the row does not fit Q4_K */
+    if (strstr(name, "attn_v.weight")) return fit(more_bits(layer, n_layer) ? "q6_k" : "q4_k", ncols);
+    if (strstr(name, "ffn_down")) return fit(more_bits(layer, n_layer) ? "q6_k" : "q4_k", ncols);
+    if (strstr(name, "attn_qkv.weight")) return fit("q5_k", ncols);
+    return fit("q4_k", ncols);
+}
+
+static void test_q4_k_m_types(void **state) {
+    (void)state;
+    ql_preset *pr;
+    assert_int_equal(ql_preset_load("Q4_K_M", &pr), QL_OK);
+    for (size_t i = 0; i < QL_ARRAY_LEN(MODELS); i++) {
+        char p[512];
+        if (!model_path(p, sizeof p, MODELS[i])) skip();
+        ql_model *m;
+        assert_int_equal(ql_model_load(p, &m), QL_OK);
+        ql_plan *plan;
+        assert_int_equal(ql_preset_resolve(pr, m, false, &plan), QL_OK);
+        int n = 0;
+        for (int64_t t = 0; t < m->gguf->n_tensors; t++) {
+            const ql_gguf_tensor *gt = &m->gguf->tensors[t];
+            const ql_plan_entry *e = ql_plan_find(plan, gt->name);
+            if (!ql_tensor_is_quantizable(gt->name, gt->n_dims, gt->ne)) {
+                assert_null(e);
+                continue;
+            }
+            assert_non_null(e);
+            const char *want = llamacpp_q4_k_m(gt->name, gt->ne[0], m->cfg.n_layer, !m->cfg.tied_output);
+            if (strcmp(e->format->name, want) != 0)
+                fail_msg("%s %s: plan says %s, llama.cpp %s", MODELS[i], gt->name, e->format->name, want);
+            n++;
+        }
+        assert_true(n >= 7 * m->cfg.n_layer / 2); /* every layer's matrices were compared */
+        ql_plan_free(plan);
+        ql_model_free(m);
+    }
+    ql_preset_free(pr);
+}
+
+/* qlab quant --preset Q4_K_M, then qlab logits and qlab ppl on the result, for each model */
+static void test_quantized_models_run(void **state) {
+    (void)state;
+    const char *qlab = getenv("QLAB");
+    char tokf[512], text[512];
+    if (!qlab) {
+        printf("SKIP: QLAB (the qlab binary) not set\n");
+        skip();
+    }
+    if (!shared_path(tokf, sizeof tokf, "testdata/arch-variants/tokens.txt") ||
+        !shared_path(text, sizeof text, "data/tinystories-valid.txt"))
+        skip();
+    int32_t tok[N_TOK];
+    read_tokens(tok);
+    float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB), *got = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    char dir[] = "/tmp/qlab-arch-q-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    for (size_t i = 0; i < QL_ARRAY_LEN(MODELS); i++) {
+        char p[512], q[600], lg[600], cmd[4096];
+        if (!model_path(p, sizeof p, MODELS[i])) skip();
+        snprintf(q, sizeof q, "%s/%s-q4km.gguf", dir, MODELS[i]);
+        snprintf(lg, sizeof lg, "%s/%s.f32", dir, MODELS[i]);
+        snprintf(cmd, sizeof cmd,
+                 "%s quant %s --preset Q4_K_M -o %s 2>/dev/null && %s logits %s --tokens %s -o %s 2>/dev/null && "
+                 "%s ppl %s --text %s --ctx 128 --chunks 2 --json 2>/dev/null | grep -q '\"ppl\"'",
+                 qlab, p, q, qlab, q, tokf, lg, qlab, q, text);
+        if (system(cmd) != 0) fail_msg("%s: %s failed", MODELS[i], cmd);
+        FILE *f = fopen(lg, "rb");
+        assert_non_null(f);
+        assert_int_equal(fread(got, sizeof(float), N_TOK * N_VOCAB, f), N_TOK * N_VOCAB);
+        fclose(f);
+        read_reference(MODELS[i], ref);
+        /* 4-8 bit weights: near the F32 logits (which span about 15), not equal */
+        float d = max_diff(got, ref, 0, N_TOK);
+        printf("  %-7s Q4_K_M logits within %.3g of F32 llama.cpp\n", MODELS[i], d);
+        assert_true(d > 1e-4f && d < 5.0f);
+        unlink(q);
+        unlink(lg);
+    }
+    rmdir(dir);
+    free(ref);
+    free(got);
+}
+
+int main(void) {
+    struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logits_match_llamacpp),
+        cmocka_unit_test(test_ablations_move_logits),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_q4_k_m_types),
+        cmocka_unit_test(test_quantized_models_run),
+    };
+    ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
