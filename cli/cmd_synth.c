@@ -13,10 +13,46 @@
 
 static const char *SYNTH_USAGE =
     "usage: qlab synth --shape NAME [-o OUT.gguf] [--dims k=v,...] [--type f32|f16|bf16] [--seed N] [--threads N]\n"
-    "A llama-family model with random weights shaped like trained ones (row-scale spread, heavy tails, outlier\n"
-    "channels) and a byte-level vocabulary, for speed and scale tests, never for quality claims.\n"
-    "Shapes: tiny, llama-3.2-1b, llama-2-7b, llama-3-8b. --dims overrides: layers, embd, heads, kv, ff, vocab, ctx,\n"
-    "head_dim, rope_base, tied (e.g. --dims layers=2,embd=512). Default OUT: synth-NAME.gguf.\n";
+    "                  [--dry-run]\n"
+    "A model with random weights shaped like trained ones (row-scale spread, heavy tails, outlier channels), the\n"
+    "metadata and tensors of its architecture (llama, qwen3, gemma3, phi3: core/arch.c's description) and a\n"
+    "byte-level vocabulary, for speed and scale tests, never for quality claims.\n"
+    "Shapes: tiny, llama-3.2-1b, llama-2-7b, llama-3-8b, llama-3.1-8b (llama3 rope_freqs), qwen3-8b (q/k norm),\n"
+    "gemma-3-4b (GeGLU, post norms, sliding window), phi-3-mini (fused attn_qkv and gate+up).\n"
+    "--dims overrides: layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied (e.g. --dims\n"
+    "layers=2,embd=512). --dry-run prints the keys and tensors (name, type, shape) and writes nothing.\n"
+    "Default OUT: synth-NAME.gguf.\n";
+
+/* --dry-run: what the file would hold, on stdout */
+static int synth_dry_run(const ql_synth_shape *sh) {
+    ql_gguf *g;
+    if (ql_synth_describe(sh, &g)) return cli_fail("synth");
+    int64_t params = 0;
+    uint64_t bytes = 0;
+    for (int64_t i = 0; i < g->n_kv; i++) {
+        const ql_gguf_kv *kv = &g->kv[i];
+        if (!strncmp(kv->key, "tokenizer.", 10)) continue; /* the byte vocabulary: thousands of entries */
+        char v[96];
+        if (kv->val.type == QL_GGUF_STRING) snprintf(v, sizeof v, "%s", ql_gguf_get_str(g, kv->key));
+        else {
+            double d;
+            if (ql_gguf_get_f64(g, kv->key, &d)) snprintf(v, sizeof v, "%g", d);
+            else snprintf(v, sizeof v, "(%s)", ql_gguf_type_name(kv->val.type));
+        }
+        printf("key     %s = %s\n", kv->key, v);
+    }
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        const ql_gguf_tensor *t = &g->tensors[i];
+        const ql_type_info *ti = ql_type_get(t->type);
+        printf("tensor  %s %s [%lld, %lld]\n", t->name, ti ? ti->name : "?", (long long)t->ne[0], (long long)t->ne[1]);
+        params += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        bytes += t->nbytes;
+    }
+    printf("total   %lld tensors, %lld parameters, %.2f GiB of tensor data\n", (long long)g->n_tensors,
+           (long long)params, bytes / 1073741824.0);
+    ql_gguf_free(g);
+    return 0;
+}
 
 int cmd_synth(int argc, char **argv) {
     cli_args a;
@@ -24,8 +60,10 @@ int cmd_synth(int argc, char **argv) {
     const char *flag, *pos, *shape_name = NULL, *out = NULL, *dims = NULL, *type = NULL;
     uint64_t seed = 1;
     int threads = ql_default_threads();
+    bool dry = false;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) return cli_usage_error("synth", SYNTH_USAGE, "unexpected argument '%s'", pos);
+        if (!strcmp(flag, "--dry-run")) { dry = true; continue; }
         if (!strcmp(flag, "--shape")) shape_name = cli_value(&a, flag);
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--dims")) dims = cli_value(&a, flag);
@@ -47,6 +85,7 @@ int cmd_synth(int argc, char **argv) {
             return cli_usage_error("synth", SYNTH_USAGE, "--type must be f32, f16 or bf16");
         sh.type = (uint32_t)t;
     }
+    if (dry) return synth_dry_run(&sh);
     char defname[128];
     if (!out) {
         snprintf(defname, sizeof defname, "synth-%s.gguf", shape_name);

@@ -1,8 +1,9 @@
-/* synth.c — synthetic llama models (see synth.h). Every row is drawn from its own seeded stream, so
+/* synth.c — synthetic models of the described architectures (see synth.h). Every row is drawn from its own seeded stream, so
  * the file is identical whatever the thread count. */
 #include "core/synth.h"
 #include "kernels/ggml_types.h"
 #include "base/parallel.h"
+#include "core/arch.h"
 #include "core/tokenizer.h"
 
 #include <math.h>
@@ -11,10 +12,21 @@
 #include <string.h>
 
 static const ql_synth_shape g_shapes[] = {
-    {"tiny", 4, 256, 8, 4, 768, 512, 256, 10000.0f, false, QL_TYPE_F32, 0},
-    {"llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, 500000.0f, true, QL_TYPE_F16, 0},
-    {"llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0f, false, QL_TYPE_F16, 0},
-    {"llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, false, QL_TYPE_F16, 0},
+    {"tiny", 4, 256, 8, 4, 768, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = NULL},
+    {"llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, 500000.0f, true, QL_TYPE_F16, 0, .arch = NULL},
+    {"llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0f, false, QL_TYPE_F16, 0, .arch = NULL},
+    {"llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, false, QL_TYPE_F16, 0, .arch = NULL},
+    /* the shapes of the real configs (config.json of each model) */
+    {"llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, 500000.0f, false, QL_TYPE_F16, 0,
+     .rope_llama3 = {8.0f, 1.0f, 4.0f, 8192.0f}},
+    {"qwen3-8b", 36, 4096, 32, 8, 12288, 151936, 40960, 1000000.0f, false, QL_TYPE_BF16, 128, .arch = "qwen3",
+     .norm_eps = 1e-6f},
+    {"gemma-3-4b", 34, 2560, 8, 4, 10240, 262144, 131072, 1000000.0f, true, QL_TYPE_BF16, 256, .arch = "gemma3",
+     .norm_eps = 1e-6f, .rope_linear = 8.0f, .rope_base_swa = 10000.0f, .n_swa = 1024},
+    /* general.name must not contain "phi3"/"phi-3": llama.cpp's vocabulary loader then looks for Phi-3's
+     * <|endoftext|>, which the synthetic byte vocabulary lacks */
+    {"phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096, 10000.0f, false, QL_TYPE_BF16, 0, .arch = "phi3",
+     .label = "qlab-synth-p3-mini"},
 };
 
 const ql_synth_shape *ql_synth_shapes(int *n) {
@@ -73,7 +85,7 @@ static inline float rng_normal(rng *r) {
     return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
 }
 
-typedef enum { K_EMBD, K_NORM, K_ATTN_NORM, K_LINEAR_IN, K_LINEAR_OUT } tkind;
+typedef enum { K_EMBD, K_NORM, K_ATTN_NORM, K_LINEAR_IN, K_LINEAR_OUT, K_BIAS, K_ROPE_FREQS } tkind;
 
 typedef struct {
     const ql_synth_shape *sh;
@@ -93,6 +105,24 @@ typedef struct {
     void *dst;
 } fill_job;
 
+/* Llama 3.1's RoPE factors as llama.cpp's converter computes them (LlamaModel.generate_extra_tensors):
+ * 1 for wavelengths under original_context / high_freq_factor, `factor` above original_context /
+ * low_freq_factor, and a smooth ramp between. */
+static void llama3_rope_factors(const ql_synth_shape *sh, float *out, int64_t n) {
+    const double factor = sh->rope_llama3[0], lo = sh->rope_llama3[1], hi = sh->rope_llama3[2], ctx = sh->rope_llama3[3];
+    const int64_t dim = 2 * n;
+    for (int64_t i = 0; i < n; i++) {
+        double freq = 1.0 / pow(sh->rope_base, (double)(2 * i) / (double)dim);
+        double wavelen = 2 * M_PI / freq;
+        if (wavelen < ctx / hi) out[i] = 1.0f;
+        else if (wavelen > ctx / lo) out[i] = (float)factor;
+        else {
+            double smooth = (ctx / wavelen - lo) / (hi - lo);
+            out[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
+        }
+    }
+}
+
 static void fill_rows(void *vctx, int worker, int64_t r0, int64_t r1) {
     (void)worker;
     fill_job *j = vctx;
@@ -102,7 +132,11 @@ static void fill_rows(void *vctx, int worker, int64_t r0, int64_t r1) {
     float base_std = 1.0f / sqrtf((float)K);
     for (int64_t r = r0; r < r1; r++) {
         rng g = {mix64(j->tseed ^ (uint64_t)r * 0x632be59bd9b4e019ull)};
-        if (j->kind == K_NORM || j->kind == K_ATTN_NORM) {
+        if (j->kind == K_ROPE_FREQS) {
+            llama3_rope_factors(j->c->sh, row, K);
+        } else if (j->kind == K_BIAS) {
+            for (int64_t i = 0; i < K; i++) row[i] = 0.1f * rng_normal(&g);
+        } else if (j->kind == K_NORM || j->kind == K_ATTN_NORM) {
             for (int64_t i = 0; i < K; i++) {
                 float v = 1.0f + 0.1f * rng_normal(&g);
                 if (j->kind == K_ATTN_NORM && j->c->outlier[i]) v *= 8.0f; /* where outlier features come from */
@@ -148,18 +182,22 @@ static ql_status produce_tensor(void *user, int64_t index, void *dst, uint64_t n
     return QL_OK;
 }
 
-ql_status ql_synth_write(const ql_synth_shape *sh, uint64_t seed, const char *path, int n_threads,
-                         const ql_progress *progress) {
+/* The file's keys and tensor list; kinds[i] says how tensor i is drawn (sized for every tensor). */
+static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **kinds_out) {
+    *out = NULL;
+    const char *arch = sh->arch ? sh->arch : "llama";
+    const ql_arch *desc = ql_arch_find(arch);
+    if (!desc) return ql_fail(QL_ERR_ARG, "synth: shape '%s' names unknown architecture '%s'", sh->name, arch);
     ql_gguf *g = ql_gguf_new();
-    const char *arch = "llama";
     char k[128];
     ql_gguf_set_str(g, "general.architecture", arch);
     char nm[96];
     snprintf(nm, sizeof nm, "qlab-synth-%s", sh->name);
-    ql_gguf_set_str(g, "general.name", nm);
+    ql_gguf_set_str(g, "general.name", sh->label ? sh->label : nm);
     ql_gguf_set_str(g, "general.description", "synthetic weights from qlab synth: for speed tests, not quality");
     ql_gguf_set_u32(g, "general.file_type", sh->type == QL_TYPE_F32 ? 0 : sh->type == QL_TYPE_F16 ? 1 : 32);
 #define SETU(key, v) snprintf(k, sizeof k, "%s." key, arch), ql_gguf_set_u32(g, k, (uint32_t)(v))
+#define SETF(key, v) snprintf(k, sizeof k, "%s." key, arch), ql_gguf_set_f32(g, k, (float)(v))
     SETU("context_length", sh->n_ctx);
     SETU("embedding_length", sh->n_embd);
     SETU("block_count", sh->n_layer);
@@ -173,46 +211,78 @@ ql_status ql_synth_write(const ql_synth_shape *sh, uint64_t seed, const char *pa
         SETU("attention.value_length", hd);
     }
     SETU("vocab_size", sh->n_vocab);
+    SETF("rope.freq_base", sh->rope_base);
+    SETF("attention.layer_norm_rms_epsilon", sh->norm_eps > 0 ? sh->norm_eps : 1e-5f);
+    if (sh->n_swa > 0) SETU("attention.sliding_window", sh->n_swa);
+    if (sh->rope_base_swa > 0) SETF("rope.freq_base_swa", sh->rope_base_swa);
+    if (sh->rope_linear > 0) {
+        snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+        ql_gguf_set_str(g, k, "linear");
+        SETF("rope.scaling.factor", sh->rope_linear);
+    }
 #undef SETU
-    snprintf(k, sizeof k, "%s.rope.freq_base", arch);
-    ql_gguf_set_f32(g, k, sh->rope_base);
-    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", arch);
-    ql_gguf_set_f32(g, k, 1e-5f);
+#undef SETF
     ql_tokenizer_bytes_to_gguf(g, sh->n_vocab);
 
     const int64_t D = sh->n_embd;
     const int64_t Q = sh->n_head * hd, KV = sh->n_head_kv * hd, F = sh->n_ff;
-    int64_t cap = 3 + 9 * (int64_t)sh->n_layer;
-    synth_ctx c = {.sh = sh, .seed = seed, .n_threads = n_threads, .progress = progress};
-    c.kinds = ql_calloc((size_t)cap, sizeof(tkind));
-    c.outlier = ql_calloc((size_t)D, 1);
-    rng og = {mix64(seed ^ 0xabcdef)};
-    for (int i = 0; i < 4 + D / 512; i++) c.outlier[rng_next(&og) % (uint64_t)D] = 1;
+    int64_t cap = 4 + QL_ROLE_COUNT * (int64_t)sh->n_layer;
+    tkind *kinds = ql_calloc((size_t)cap, sizeof(tkind));
     ql_status s = QL_OK;
 #define ADD(name, kind, ne0, ne1, type) do { \
         int64_t ne[2] = {ne0, ne1}; \
         int64_t idx = ql_gguf_add_tensor(g, name, type, (ne1) > 1 ? 2 : 1, ne, NULL); \
         if (idx < 0) { s = QL_ERR_ARG; goto out; } \
-        c.kinds[idx] = kind; \
+        kinds[idx] = kind; \
     } while (0)
     ADD("token_embd.weight", K_EMBD, D, sh->n_vocab, sh->type);
+    if (sh->rope_llama3[0] > 0) ADD("rope_freqs.weight", K_ROPE_FREQS, hd / 2, 1, QL_TYPE_F32);
     for (int l = 0; l < sh->n_layer; l++) {
-        char n[96];
-#define LAYER(suffix, kind, a, b, type) snprintf(n, sizeof n, "blk.%d." suffix, l); ADD(n, kind, a, b, type);
-        LAYER("attn_norm.weight", K_ATTN_NORM, D, 1, QL_TYPE_F32)
-        LAYER("attn_q.weight", K_LINEAR_IN, D, Q, sh->type)
-        LAYER("attn_k.weight", K_LINEAR_IN, D, KV, sh->type)
-        LAYER("attn_v.weight", K_LINEAR_IN, D, KV, sh->type)
-        LAYER("attn_output.weight", K_LINEAR_OUT, Q, D, sh->type)
-        LAYER("ffn_norm.weight", K_ATTN_NORM, D, 1, QL_TYPE_F32)
-        LAYER("ffn_gate.weight", K_LINEAR_IN, D, F, sh->type)
-        LAYER("ffn_up.weight", K_LINEAR_IN, D, F, sh->type)
-        LAYER("ffn_down.weight", K_LINEAR_OUT, F, D, sh->type)
-#undef LAYER
+        /* the description's required roles, in role order (llama: attn_norm, q, k, v, output, ffn_norm,
+         * gate, up, down, the order llama.cpp's converter writes) */
+        for (int r = 0; r < QL_ROLE_COUNT; r++) {
+            if (desc->need[r] != QL_NEED_REQUIRED) continue;
+            const ql_role_info *ri = ql_role_get((ql_role)r);
+            const int64_t dims[] = {[QL_DIM_1] = 1, [QL_DIM_EMBD] = D, [QL_DIM_Q] = Q, [QL_DIM_KV] = KV,
+                                    [QL_DIM_QKV] = Q + 2 * KV, [QL_DIM_HEAD] = hd, [QL_DIM_FF] = F, [QL_DIM_2FF] = 2 * F};
+            const int64_t ne0 = dims[ri->ne0], ne1 = dims[ri->ne1];
+            tkind kind = ri->input == QL_IN_ATTN || ri->input == QL_IN_FFN ? K_LINEAR_IN
+                         : ri->input != QL_IN_NONE                          ? K_LINEAR_OUT
+                         : r == QL_ROLE_ATTN_NORM || r == QL_ROLE_FFN_NORM   ? K_ATTN_NORM
+                         : strstr(ri->suffix, ".bias")                       ? K_BIAS
+                                                                             : K_NORM;
+            char n[96];
+            snprintf(n, sizeof n, "blk.%d.%s", l, ri->suffix);
+            ADD(n, kind, ne0, ne1, ne1 > 1 ? sh->type : QL_TYPE_F32);
+        }
     }
     ADD("output_norm.weight", K_NORM, D, 1, QL_TYPE_F32);
     if (!sh->tied) ADD("output.weight", K_LINEAR_OUT, D, sh->n_vocab, sh->type);
 #undef ADD
+out:
+    if (s) {
+        ql_gguf_free(g);
+        free(kinds);
+        return s;
+    }
+    *out = g;
+    if (kinds_out) *kinds_out = kinds;
+    else free(kinds);
+    return QL_OK;
+}
+
+ql_status ql_synth_describe(const ql_synth_shape *sh, ql_gguf **out) { return synth_build(sh, out, NULL); }
+
+ql_status ql_synth_write(const ql_synth_shape *sh, uint64_t seed, const char *path, int n_threads,
+                         const ql_progress *progress) {
+    ql_gguf *g;
+    synth_ctx c = {.sh = sh, .seed = seed, .n_threads = n_threads, .progress = progress};
+    ql_status s = synth_build(sh, &g, &c.kinds);
+    if (s) return s;
+    const int64_t D = sh->n_embd;
+    c.outlier = ql_calloc((size_t)D, 1);
+    rng og = {mix64(seed ^ 0xabcdef)};
+    for (int i = 0; i < 4 + D / 512; i++) c.outlier[rng_next(&og) % (uint64_t)D] = 1;
     produce_ctx pc = {&c, g};
     for (int64_t i = 0; i < g->n_tensors; i++) {
         g->tensors[i].produce = produce_tensor;
@@ -220,7 +290,6 @@ ql_status ql_synth_write(const ql_synth_shape *sh, uint64_t seed, const char *pa
         c.total_bytes += (int64_t)g->tensors[i].nbytes;
     }
     s = ql_gguf_write(g, path, progress);
-out:
     free(c.kinds);
     free(c.outlier);
     ql_gguf_free(g);

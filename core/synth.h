@@ -1,4 +1,4 @@
-/* synth.h — llama-family models with random weights whose statistics resemble trained ones
+/* synth.h — models of any described architecture (core/arch.h) with random weights whose statistics resemble trained ones
  * (per-row scale spread, heavy tails, a few outlier input channels mirrored by large norm weights),
  * and a byte-level vocabulary so every command runs on them. For speed and scale tests only: their
  * perplexity means nothing. Tensors are generated while the file is written, so a 7B model never
@@ -15,13 +15,28 @@ typedef struct {
     bool tied;
     uint32_t type; /* storage type of 2-D weights: F32, F16 or BF16 */
     int head_dim;  /* 0: n_embd / n_head; else written as attention.key_length (heads need not tile embd) */
+    /* What the real model's GGUF says beyond the llama basics; zero / NULL: as llama. The tensors follow
+     * the architecture's description (required roles only: q/k norms, post norms, fused attn_qkv ...). */
+    const char *arch;      /* general.architecture (NULL: llama) */
+    const char *label;     /* general.name (NULL: qlab-synth-NAME); llama.cpp reads meaning into some names */
+    float norm_eps;        /* 0: 1e-5 */
+    float rope_linear;     /* rope.scaling.type = linear with this factor (0: none) */
+    float rope_base_swa;   /* rope.freq_base_swa (0: not written) */
+    int n_swa;             /* attention.sliding_window (0: not written) */
+    float rope_llama3[4];  /* Llama 3.1 RoPE: factor, low_freq_factor, high_freq_factor, original context; a
+                              rope_freqs tensor computed as llama.cpp's converter does (factor 0: none) */
 } ql_synth_shape;
 
-/* Named shapes: "tiny", "llama-3.2-1b", "llama-2-7b", "llama-3-8b". NULL if unknown. */
+/* Named shapes: "tiny", "llama-3.2-1b", "llama-2-7b", "llama-3-8b", "llama-3.1-8b", "qwen3-8b", "gemma-3-4b",
+ * "phi-3-mini". NULL if unknown. */
 const ql_synth_shape *ql_synth_find(const char *name);
 const ql_synth_shape *ql_synth_shapes(int *n);
 /* Parses "layers=4,embd=256,heads=8,kv=4,ff=768,vocab=512,ctx=256" (also head_dim, rope_base, tied) over `base`. */
 ql_status ql_synth_parse_dims(const char *spec, ql_synth_shape *shape);
+
+/* The model's metadata and tensor list without data (what ql_synth_write would write): for dry runs and
+ * for checking a shape loads; free with ql_gguf_free. */
+ql_status ql_synth_describe(const ql_synth_shape *shape, ql_gguf **out);
 
 ql_status ql_synth_write(const ql_synth_shape *shape, uint64_t seed, const char *path, int n_threads,
                          const ql_progress *progress);

@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 enum { N_TOK = 32, N_VOCAB = 512 };
@@ -353,6 +355,134 @@ static void test_quantized_models_run(void **state) {
     free(got);
 }
 
+/* ---- synthetic shapes: the real models' metadata and tensor lists, without writing gigabytes ---- */
+
+typedef struct {
+    const char *shape, *arch;
+    double params; /* the published parameter count (text model) */
+} synth_case;
+
+static const synth_case SYNTH[] = {
+    {"llama-3.1-8b", "llama", 8.03e9},
+    {"qwen3-8b", "qwen3", 8.19e9},
+    {"gemma-3-4b", "gemma3", 3.88e9},
+    {"phi-3-mini", "phi3", 3.82e9},
+};
+
+static void test_synth_shapes_describe(void **state) {
+    (void)state;
+    for (size_t i = 0; i < QL_ARRAY_LEN(SYNTH); i++) {
+        const ql_synth_shape *sh = ql_synth_find(SYNTH[i].shape);
+        assert_non_null(sh);
+        ql_gguf *g;
+        assert_int_equal(ql_synth_describe(sh, &g), QL_OK);
+        ql_model *m;
+        /* qlab's own loader accepts it: every tensor the description requires, with its shape */
+        if (ql_model_from_gguf(g, SYNTH[i].shape, &m)) fail_msg("%s: %s", SYNTH[i].shape, ql_last_error());
+        assert_string_equal(m->cfg.arch, SYNTH[i].arch);
+        double n = (double)ql_model_n_params(m);
+        printf("  %-13s %-6s %d layers, %.3g parameters (published %.3g)\n", SYNTH[i].shape, m->cfg.arch,
+               m->cfg.n_layer, n, SYNTH[i].params);
+        assert_true(fabs(n / SYNTH[i].params - 1) < 0.01);
+        const ql_layer_tensors *L = &m->layers[0];
+        if (!strcmp(SYNTH[i].arch, "llama")) assert_non_null(m->rope_freqs);
+        if (!strcmp(SYNTH[i].arch, "qwen3")) assert_true(L->q_norm && L->k_norm && !m->cfg.tied_output);
+        if (!strcmp(SYNTH[i].arch, "gemma3")) {
+            assert_true(L->post_attn_norm && L->post_ffn_norm && L->q_norm && m->cfg.tied_output);
+            assert_int_equal(m->cfg.n_swa, 1024);
+            assert_true(ql_layer_is_swa(&m->cfg, 0) && !ql_layer_is_swa(&m->cfg, 5));
+            assert_true(m->cfg.rope_scale == 8.0f && m->cfg.rope_base_swa == 10000.0f && m->cfg.embd_scale > 50);
+        }
+        if (!strcmp(SYNTH[i].arch, "phi3")) {
+            assert_true(L->wqkv && L->w_gate_up && !strstr(ql_gguf_get_str(m->gguf, "general.name"), "phi"));
+            assert_ptr_equal(ql_model_view_parent(m, L->wv, NULL), L->wqkv);
+        }
+        ql_model_free(m);
+    }
+}
+
+/* Llama 3.1's rope_freqs as synth computes them equal the ones llama.cpp's converter wrote into the
+ * reference llama3.gguf (factor 8, low 1, high 4, context 8192, base 500000, head_dim 16). */
+static void test_synth_llama3_rope_freqs(void **state) {
+    (void)state;
+    char p[512], out[] = "/tmp/qlab-arch-rf-XXXXXX.gguf";
+    if (!model_path(p, sizeof p, "llama3")) skip();
+    ql_synth_shape sh = *ql_synth_find("llama-3.1-8b");
+    assert_int_equal(ql_synth_parse_dims("layers=1,embd=64,heads=4,kv=2,ff=128,vocab=300,ctx=64", &sh), QL_OK);
+    int fd = mkstemps(out, 5);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(ql_synth_write(&sh, 3, out, 1, NULL), QL_OK);
+    ql_model *ref, *syn;
+    assert_int_equal(ql_model_load(p, &ref), QL_OK);
+    assert_int_equal(ql_model_load(out, &syn), QL_OK);
+    assert_non_null(syn->rope_freqs);
+    assert_int_equal(syn->rope_freqs->ne[0], 8);
+    const float *a = ref->rope_freqs->data, *b = syn->rope_freqs->data;
+    for (int i = 0; i < 8; i++)
+        if (fabsf(a[i] - b[i]) > 1e-5f * a[i]) fail_msg("rope_freqs[%d]: synth %g, converter %g", i, b[i], a[i]);
+    ql_model_free(ref);
+    ql_model_free(syn);
+    unlink(out);
+}
+
+/* Each new shape at a small layer count and width runs: qlab's forward pass in-process and `qlab logits`. */
+static void test_synth_small_runs(void **state) {
+    (void)state;
+    const char *qlab = getenv("QLAB");
+    enum { T = 16 };
+    for (size_t i = 0; i < QL_ARRAY_LEN(SYNTH); i++) {
+        ql_synth_shape sh = *ql_synth_find(SYNTH[i].shape);
+        /* gemma3 keeps 6 layers so that one of them is global */
+        const char *dims = !strcmp(SYNTH[i].arch, "gemma3")
+                               ? "layers=6,embd=128,heads=4,kv=2,head_dim=32,ff=256,vocab=512,ctx=256"
+                               : "layers=2,embd=128,heads=4,kv=2,ff=256,vocab=512,ctx=256";
+        assert_int_equal(ql_synth_parse_dims(dims, &sh), QL_OK);
+        if (!strcmp(SYNTH[i].arch, "gemma3")) sh.n_swa = 4; /* the window matters within T tokens */
+        char out[] = "/tmp/qlab-arch-syn-XXXXXX.gguf";
+        int fd = mkstemps(out, 5);
+        assert_true(fd >= 0);
+        close(fd);
+        assert_int_equal(ql_synth_write(&sh, 7, out, 1, NULL), QL_OK);
+        ql_model *m;
+        assert_int_equal(ql_model_load(out, &m), QL_OK);
+        int32_t tok[T];
+        for (int t = 0; t < T; t++) tok[t] = (t * 37 + 11) % 512;
+        float *lg = malloc(sizeof(float) * T * 512);
+        ql_infer *inf;
+        assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+        ql_scratch *s = ql_scratch_new(inf, T);
+        assert_int_equal(ql_forward(inf, s, tok, T, 0, lg), QL_OK);
+        float spread = 0;
+        for (int j = 0; j < T * 512; j++) {
+            assert_true(isfinite(lg[j]));
+            spread = fmaxf(spread, fabsf(lg[j] - lg[0]));
+        }
+        assert_true(spread > 1e-3f); /* not a constant output */
+        ql_scratch_free(s);
+        ql_infer_free(inf);
+        ql_model_free(m);
+        free(lg);
+        if (qlab) {
+            char tf[] = "/tmp/qlab-arch-tok-XXXXXX", lf[] = "/tmp/qlab-arch-lg-XXXXXX", cmd[2048];
+            fd = mkstemp(tf);
+            FILE *f = fdopen(fd, "w");
+            for (int t = 0; t < T; t++) fprintf(f, "%d\n", tok[t]);
+            fclose(f);
+            fd = mkstemp(lf);
+            close(fd);
+            snprintf(cmd, sizeof cmd, "%s logits %s --tokens %s -o %s 2>/dev/null", qlab, out, tf, lf);
+            if (system(cmd) != 0) fail_msg("%s: %s failed", SYNTH[i].shape, cmd);
+            struct stat st;
+            assert_int_equal(stat(lf, &st), 0);
+            assert_int_equal(st.st_size, (off_t)sizeof(float) * T * 512);
+            unlink(tf);
+            unlink(lf);
+        }
+        unlink(out);
+    }
+}
+
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_match_llamacpp),
@@ -360,6 +490,9 @@ int main(void) {
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_q4_k_m_types),
         cmocka_unit_test(test_quantized_models_run),
+        cmocka_unit_test(test_synth_shapes_describe),
+        cmocka_unit_test(test_synth_llama3_rope_freqs),
+        cmocka_unit_test(test_synth_small_runs),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
     return cmocka_run_group_tests(tests, NULL, NULL);
