@@ -76,6 +76,9 @@ int cmd_info(int argc, char **argv) {
         json_object_set_new(hp, "norm_eps", json_real(c->norm_eps));
         json_object_set_new(hp, "tied_output", json_boolean(c->tied_output));
         json_object_set_new(o, "hparams", hp);
+        char feat[512];
+        ql_model_features(m, feat, sizeof feat);
+        json_object_set_new(o, "features", json_string(feat));
         if (tensors) {
             json_t *arr = json_array();
             for (int64_t i = 0; i < g->n_tensors; i++) {
@@ -103,6 +106,9 @@ int cmd_info(int argc, char **argv) {
         printf("  rope base %g%s, norm eps %g, %s output, tokenizer %s\n", c->rope_base,
                c->rope_scale != 1 ? " (linear scaling)" : "", c->norm_eps, c->tied_output ? "tied" : "separate",
                m->tok ? (ql_tokenizer_kind(m->tok) == QL_TOK_SPM ? "sentencepiece" : "bpe") : "none");
+        char feat[512];
+        ql_model_features(m, feat, sizeof feat);
+        printf("  %s\n", feat);
         printf("  %lld parameters, %.2f MiB, %.3f bits/weight (%.3f over 2-D weights)\n", (long long)n_params,
                bytes / 1048576.0, bpw, bpwq);
         printf("  %s\n", refusal ? refusal : "plain GGUF: llama.cpp can run it");

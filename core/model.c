@@ -351,3 +351,33 @@ int64_t ql_model_n_params(const ql_model *m) {
     }
     return n;
 }
+
+void ql_model_features(const ql_model *m, char *buf, size_t cap) {
+    const ql_config *c = &m->cfg;
+    const ql_layer_tensors *L = c->n_layer > 0 ? &m->layers[0] : NULL;
+    size_t used = 0;
+    buf[0] = 0;
+#define ADDF(...) do { \
+        int w_ = snprintf(buf + used, cap - used, "%s", used ? ", " : ""); \
+        if (w_ > 0 && (size_t)w_ < cap - used) used += (size_t)w_; \
+        w_ = snprintf(buf + used, cap - used, __VA_ARGS__); \
+        if (w_ > 0 && (size_t)w_ < cap - used) used += (size_t)w_; \
+    } while (0)
+    if (c->rope_neox) ADDF("NEOX RoPE");
+    if (m->rope_freqs) ADDF("rope_freqs factors");
+    if (c->rope_yarn) ADDF("YaRN x%g from %d", c->rope_scale, c->yarn_orig_ctx);
+    if (c->ffn_act == QL_FFN_GEGLU_TANH) ADDF("GeGLU (tanh GELU)");
+    if (c->embd_scale != 1.0f) ADDF("embedding x%g", c->embd_scale);
+    if (L && L->bq) ADDF("q/k/v bias");
+    if (L && L->q_norm) ADDF("q/k norm");
+    if (L && L->post_attn_norm) ADDF("post norms");
+    if (L && L->wqkv) ADDF("fused attn_qkv");
+    if (L && L->w_gate_up) ADDF("fused gate+up");
+    if (c->n_swa > 0)
+        ADDF("sliding window %d (%d of every %d layers; base %g, scale %g)", c->n_swa, c->swa_pattern - 1,
+             c->swa_pattern, c->rope_base_swa, c->rope_scale_swa);
+    if (c->attn_softcap > 0) ADDF("attention soft-cap %g", c->attn_softcap);
+    if (c->final_softcap > 0) ADDF("final soft-cap %g", c->final_softcap);
+#undef ADDF
+    if (!used) snprintf(buf, cap, "plain llama");
+}

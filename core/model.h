@@ -85,6 +85,9 @@ void ql_model_free(ql_model *m);
  * folder) and where; `need` says what wanted one ("perplexity needs one"). */
 ql_status ql_model_no_tokenizer(const ql_model *m, const char *need);
 int64_t ql_model_n_params(const ql_model *m);
+/* What the forward pass does beyond plain llama, in words ("NEOX RoPE, GeGLU (tanh GELU), post norms, ..."),
+ * or "plain llama" (for qlab info and the workbench). */
+void ql_model_features(const ql_model *m, char *buf, size_t cap);
 
 /* Loaders into the common representation (core/hf.c, core/llama2c.c). */
 ql_status ql_hf_load(const char *dir, ql_gguf **out);
