@@ -355,6 +355,49 @@ static void test_quantized_models_run(void **state) {
     free(got);
 }
 
+/* ---- YaRN (no llama.cpp reference file): the properties of ggml's rope_yarn on the CPU backend's op ---- */
+
+static void test_yarn_rope(void **state) {
+    (void)state;
+    char p[512];
+    if (!model_path(p, sizeof p, "qwen2")) skip();
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+    ql_gguf_set_str(g, "qwen2.rope.scaling.type", "yarn");
+    ql_gguf_set_f32(g, "qwen2.rope.scaling.factor", 4.0f);
+    ql_gguf_set_u32(g, "qwen2.rope.scaling.original_context_length", 64);
+    ql_model *m;
+    assert_int_equal(ql_model_from_gguf(g, p, &m), QL_OK);
+    assert_true(m->cfg.rope_yarn && m->cfg.rope_neox);
+    const ql_backend_ops *ops = ql_backend_find("cpu");
+    void *be;
+    assert_int_equal(ops->create(m, 1, &be), QL_OK);
+    /* head_dim 16, base 1e6, original context 64: ggml's correction range is pairs [0, 2] */
+    enum { T = 21, HD = 16, HALF = 8 };
+    float x[T * HD], cs[HD];
+    memset(x, 0, sizeof x);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < HALF; i++) x[t * HD + i] = 1.0f; /* NEOX pair (i, i+8) = (1, 0) */
+    assert_int_equal(ops->rope(be, x, T, 1, 0, cs), QL_OK);
+    const float mscale = 1.0f + 0.1f * logf(4.0f); /* the attention temperature YaRN folds into cos/sin */
+    struct { int t, pair; double angle; } want[] = {
+        {3, 0, 3.0},                                           /* below the range: extrapolated, unscaled */
+        {10, 1, 10 * pow(1e6, -2.0 / 16) * (0.5 + 0.5 / 4)},   /* halfway up the ramp: half and half */
+        {20, 2, 20 * pow(1e6, -4.0 / 16) / 4},                 /* the range's end: interpolated, / factor */
+        {20, 5, 20 * pow(1e6, -10.0 / 16) / 4},
+    };
+    for (size_t k = 0; k < QL_ARRAY_LEN(want); k++) {
+        const float *r = x + want[k].t * HD;
+        double c = r[want[k].pair], sn = r[want[k].pair + HALF];
+        double ang = atan2(sn, c), mag = hypot(c, sn);
+        if (fabs(ang - want[k].angle) > 1e-5 || fabs(mag - mscale) > 1e-5)
+            fail_msg("yarn pair %d at %d: angle %g (want %g), magnitude %g (want %g)", want[k].pair, want[k].t, ang,
+                     want[k].angle, mag, mscale);
+    }
+    ops->destroy(be);
+    ql_model_free(m);
+}
+
 /* ---- synthetic shapes: the real models' metadata and tensor lists, without writing gigabytes ---- */
 
 typedef struct {
@@ -490,6 +533,7 @@ int main(void) {
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_q4_k_m_types),
         cmocka_unit_test(test_quantized_models_run),
+        cmocka_unit_test(test_yarn_rope),
         cmocka_unit_test(test_synth_shapes_describe),
         cmocka_unit_test(test_synth_llama3_rope_freqs),
         cmocka_unit_test(test_synth_small_runs),
