@@ -9,25 +9,28 @@
 ql_status ql_infer_set_act_quant_all(ql_infer *inf, const ql_stats *st, ql_act_mode mode, float threshold,
                                      bool include_output) {
     const ql_model *m = ql_infer_model(inf);
-    const int n_t = m->cfg.n_layer * QL_LIN_COUNT + 1;
-    for (int i = 0; i < n_t; i++) {
-        const ql_gguf_tensor *t =
-            i < n_t - 1 ? ql_layer_linear(m, i / QL_LIN_COUNT, i % QL_LIN_COUNT) : m->output;
-        if (!t) continue;
-        ql_act_quant aq;
-        ql_input_stats view = {0};
-        if (i == n_t - 1 && !include_output) {
-            ql_infer_set_act_quant(inf, t, NULL);
-            continue;
+    /* every stored linear (a fused attn_qkv or ffn_up once: its input is the same for all its rows), then output */
+    for (int l = 0; l <= m->cfg.n_layer; l++) {
+        const ql_gguf_tensor *lin[QL_ROLE_COUNT];
+        const int n_lin = l < m->cfg.n_layer ? ql_model_layer_linears(m, l, lin, NULL) : 1;
+        if (l == m->cfg.n_layer) lin[0] = m->output;
+        for (int i = 0; i < n_lin; i++) {
+            const ql_gguf_tensor *t = lin[i];
+            ql_act_quant aq;
+            ql_input_stats view = {0};
+            if (l == m->cfg.n_layer && !include_output) {
+                ql_infer_set_act_quant(inf, t, NULL);
+                continue;
+            }
+            const ql_stat_entry *e = st ? ql_stats_for_tensor(st, t->name) : NULL;
+            if (e) ql_stats_view(e, &view);
+            if (ql_act_mode_is_static(mode) && (!e || e->n != t->ne[0]))
+                return ql_fail(QL_ERR_ARG, "activation quantization %s: no statistics for the input of '%s'",
+                               ql_act_mode_name(mode), t->name);
+            ql_status s = ql_act_quant_init(&aq, mode, e ? view.absmax : NULL, e ? view.n : 0, threshold);
+            if (s) return s;
+            ql_infer_set_act_quant(inf, t, &aq);
         }
-        const ql_stat_entry *e = st ? ql_stats_for_tensor(st, t->name) : NULL;
-        if (e) ql_stats_view(e, &view);
-        if (ql_act_mode_is_static(mode) && (!e || e->n != t->ne[0]))
-            return ql_fail(QL_ERR_ARG, "activation quantization %s: no statistics for the input of '%s'",
-                           ql_act_mode_name(mode), t->name);
-        ql_status s = ql_act_quant_init(&aq, mode, e ? view.absmax : NULL, e ? view.n : 0, threshold);
-        if (s) return s;
-        ql_infer_set_act_quant(inf, t, &aq);
     }
     return QL_OK;
 }

@@ -7,8 +7,8 @@
 #include "core/infer.h"
 #include "core/stats.h"
 
-/* Sets `mode` on all seven linears of every decoder layer, and on output.weight when include_output
- * (W8A8 recipes keep the classifier in 16 bits). Static scales come from st (required for static
+/* Sets `mode` on every stored linear of every decoder layer (a fused attn_qkv / ffn_up once), and on
+ * output.weight when include_output (W8A8 recipes keep the classifier in 16 bits). Static scales come from st (required for static
  * modes, else may be NULL). QL_ACT_NONE clears them. */
 ql_status ql_infer_set_act_quant_all(ql_infer *inf, const ql_stats *st, ql_act_mode mode, float threshold,
                                      bool include_output);
