@@ -1,9 +1,11 @@
-/* infer.h — the llama-family forward pass over whole sequences (RMSNorm, RoPE, grouped-query
- * attention, SwiGLU, optional q/k/v bias), computed by a backend's operations table (core/backend.h;
- * the default "cpu" multiplies F32 weights with OpenBLAS sgemm). For a backend that wants F32 rows,
- * ql_infer holds F32 views of every weight: borrowed from the mapping for F32 tensors, dequantized
- * once (exact numerics of the format) for everything else. A ql_infer is read-only during
- * forward passes and may be shared by threads; each thread needs its own ql_scratch. */
+/* infer.h — the decoder forward pass over whole sequences (RMSNorm, RoPE, grouped-query attention,
+ * SwiGLU/GeGLU, and what the architecture description enables: q/k/v bias, q/k norm, post norms,
+ * embedding scale, soft-capping, sliding-window layers; core/arch.h), computed by a backend's
+ * operations table (core/backend.h; the default "cpu" multiplies F32 weights with OpenBLAS sgemm).
+ * For a backend that wants F32 rows, ql_infer holds F32 views of every weight: borrowed from the
+ * mapping for F32 tensors, dequantized once (exact numerics of the format) for everything else. A
+ * ql_infer is read-only during forward passes and may be shared by threads; each thread needs its own
+ * ql_scratch. */
 #ifndef QL_INFER_H
 #define QL_INFER_H
 

@@ -1,4 +1,4 @@
-/* model.h — a llama-family model as qlab sees it: hyper-parameters, tensors indexed by role, the
+/* model.h — a decoder model of a described architecture (core/arch.h) as qlab sees it: hyper-parameters, tensors indexed by role, the
  * metadata (a ql_gguf, carried through to exports) and the tokenizer. Loaded from a GGUF file, a
  * Hugging Face folder or a llama2.c checkpoint; every loader first produces a ql_gguf with GGUF
  * names and GGUF (rope-interleaved) q/k row order, so the forward pass has one layout to handle.
