@@ -311,6 +311,35 @@ static void test_q4_k_m_types(void **state) {
     ql_preset_free(pr);
 }
 
+/* llama.cpp's other attn_qkv rules (Q3_K_M/L: Q4_K, Q5_K_M: Q6_K), seen through the 64-wide fallbacks:
+ * without them phi3's attn_qkv would get the default's fallback (Q4_0 for Q3_K, Q5_1 for Q5_K) */
+static void test_attn_qkv_rules(void **state) {
+    (void)state;
+    char p[512];
+    if (!model_path(p, sizeof p, "phi3")) skip();
+    ql_model *m;
+    assert_int_equal(ql_model_load(p, &m), QL_OK);
+    static const struct { const char *preset, *qkv, *q_default; } want[] = {
+        {"Q3_K_M", "q5_0", "q4_0"}, {"Q3_K_L", "q5_0", "q4_0"}, {"Q4_K_M", "q5_1", "q5_0"}, {"Q5_K_M", "q8_0", "q5_1"},
+    };
+    for (size_t i = 0; i < QL_ARRAY_LEN(want); i++) {
+        ql_preset *pr;
+        ql_plan *plan;
+        assert_int_equal(ql_preset_load(want[i].preset, &pr), QL_OK);
+        assert_int_equal(ql_preset_resolve(pr, m, false, &plan), QL_OK);
+        const ql_plan_entry *qkv = ql_plan_find(plan, "blk.1.attn_qkv.weight");
+        const ql_plan_entry *up = ql_plan_find(plan, "blk.1.ffn_up.weight"); /* fused gate+up: the default */
+        assert_non_null(qkv);
+        assert_non_null(up);
+        if (strcmp(qkv->format->name, want[i].qkv) || strcmp(up->format->name, want[i].q_default))
+            fail_msg("%s: attn_qkv %s (want %s), ffn_up %s (want %s)", want[i].preset, qkv->format->name, want[i].qkv,
+                     up->format->name, want[i].q_default);
+        ql_plan_free(plan);
+        ql_preset_free(pr);
+    }
+    ql_model_free(m);
+}
+
 /* qlab quant --preset Q4_K_M, then qlab logits and qlab ppl on the result, for each model */
 static void test_quantized_models_run(void **state) {
     (void)state;
@@ -532,6 +561,7 @@ int main(void) {
         cmocka_unit_test(test_ablations_move_logits),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_q4_k_m_types),
+        cmocka_unit_test(test_attn_qkv_rules),
         cmocka_unit_test(test_quantized_models_run),
         cmocka_unit_test(test_yarn_rope),
         cmocka_unit_test(test_synth_shapes_describe),
