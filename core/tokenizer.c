@@ -1459,8 +1459,8 @@ ql_status ql_tokenizer_json_to_gguf(const char *path, ql_gguf *g) {
 
     /* special ids: the template's token, else well-known texts; keys already set are kept */
     int64_t bos = tfirst ? vocab_lookup(h.vocab, h.added, tfirst) : -1;
-    static const char *bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<|endoftext|>"};
-    static const char *eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>"};
+    static const char *bos_names[] = {"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "<|endoftext|>"};
+    static const char *eos_names[] = {"</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"}; /* <bos>/<eos>: Gemma */
     for (size_t k = 0; bos < 0 && k < QL_ARRAY_LEN(bos_names); k++)
         bos = vocab_lookup(h.vocab, h.added, bos_names[k]);
     int64_t eos = add_eos && tlast ? vocab_lookup(h.vocab, h.added, tlast) : -1;
