@@ -1520,3 +1520,8 @@ ql_status ql_hf_config_text(const ql_gguf *g, const char *torch_dtype, char **ou
     *out = config_json_text(g, &c, torch_dtype);
     return *out ? QL_OK : ql_fail(QL_ERR_FORMAT, "%s: config.json could not be encoded", g->path ? g->path : "model");
 }
+
+bool ql_hf_norm_shift(const ql_gguf *g, const char *gguf_name) {
+    const hf_arch *a = arch_for_gguf(ql_gguf_get_str(g, "general.architecture"));
+    return a && a->norm_shift && is_norm_weight(gguf_name);
+}

@@ -22,6 +22,7 @@
 
 #include "kernels/ggml_types.h"
 #include "core/model.h"
+#include "pipeline/export.h"
 #include "tests/test_util.h"
 
 /* ---------------------------------------------------------------- fixtures */
@@ -306,6 +307,64 @@ static void test_gemma_norm_shift(void **state) {
     fclose(f);
     json_decref(hdr);
     ql_gguf_free(g);
+    rm_tree(dir);
+}
+
+/* The folder exporters (gptq/awq/...) shift Gemma's norms the same way: a float norm leaves as w. */
+static void test_exporter_norm_shift(void **state) {
+    (void)state;
+    char path[512];
+    if (!shared_path(path, sizeof path, "testdata/arch-variants/gemma3.gguf")) skip();
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(path, &g), QL_OK);
+    char *dir = make_tmpdir();
+    char out[600];
+    snprintf(out, sizeof out, "%s/gptq", dir);
+    static const char *names[] = {"blk.2.attn_k_norm.weight", "blk.0.attn_q.weight"};
+    ql_exporter *x;
+    assert_int_equal(ql_export_begin(ql_exporter_by_name("gptq"), out, g, &x), QL_OK);
+    for (int k = 0; k < 2; k++) {
+        const ql_gguf_tensor *t = tensor(g, names[k]);
+        ql_export_tensor et = {.name = t->name, .type = t->type, .n_dims = t->n_dims, .ne = t->ne, .nbytes = t->nbytes,
+                               .data = t->data};
+        assert_int_equal(ql_export_add_tensor(x, &et), QL_OK);
+    }
+    if (ql_export_commit(x, NULL) != QL_OK) fail_msg("%s", ql_last_error());
+    char st[700];
+    snprintf(st, sizeof st, "%s/model.safetensors", out);
+    FILE *f = fopen(st, "rb");
+    assert_non_null(f);
+    uint64_t hl;
+    assert_int_equal(fread(&hl, 8, 1, f), 1);
+    char *h = calloc(1, hl + 1);
+    assert_int_equal(fread(h, 1, hl, f), hl);
+    json_t *hdr = json_loads(h, 0, NULL);
+    free(h);
+    static const char *hf[] = {"model.layers.2.self_attn.k_norm.weight", "model.layers.0.self_attn.q_proj.weight"};
+    for (int k = 0; k < 2; k++) {
+        json_t *e = json_object_get(hdr, hf[k]);
+        assert_non_null(e);
+        uint64_t off = (uint64_t)json_integer_value(json_array_get(json_object_get(e, "data_offsets"), 0));
+        const ql_gguf_tensor *t = tensor(g, names[k]);
+        float *w = malloc(t->nbytes);
+        assert_int_equal(fseek(f, (long)(8 + hl + off), SEEK_SET), 0);
+        assert_int_equal(fread(w, 1, t->nbytes, f), t->nbytes);
+        for (int64_t i = 0; i < t->ne[0]; i++) /* the norm shifted, the projection untouched */
+            assert_true(w[i] == ((const float *)t->data)[i] - (k == 0 ? 1.0f : 0.0f));
+        free(w);
+    }
+    fclose(f);
+    json_decref(hdr);
+    ql_gguf_free(g);
+    unlink(st);
+    char p2[700];
+    static const char *files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                  "quantize_config.json"};
+    for (size_t i = 0; i < QL_ARRAY_LEN(files); i++) {
+        snprintf(p2, sizeof p2, "%s/%s", out, files[i]);
+        unlink(p2);
+    }
+    rmdir(out);
     rm_tree(dir);
 }
 
@@ -677,7 +736,7 @@ int main(void) {
         cmocka_unit_test(test_roundtrip_llama3),  cmocka_unit_test(test_roundtrip_qwen2),
         cmocka_unit_test(test_roundtrip_qwen3),   cmocka_unit_test(test_roundtrip_gemma2),
         cmocka_unit_test(test_roundtrip_gemma3),  cmocka_unit_test(test_roundtrip_phi3),
-        cmocka_unit_test(test_gemma_norm_shift),  cmocka_unit_test(test_config_llama3),
+        cmocka_unit_test(test_gemma_norm_shift), cmocka_unit_test(test_exporter_norm_shift),  cmocka_unit_test(test_config_llama3),
         cmocka_unit_test(test_config_gemma2),     cmocka_unit_test(test_config_gemma3_nested),
         cmocka_unit_test(test_config_phi3_longrope), cmocka_unit_test(test_config_qwen),
         cmocka_unit_test(test_refusals),          cmocka_unit_test(test_gguf_missing_tensor),
