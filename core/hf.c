@@ -122,23 +122,29 @@ typedef struct {
     int64_t def_heads, def_heads_kv, def_head_dim, def_ctx;
     double def_eps, def_theta;
     int64_t swa_pattern; /* llama.cpp's built-in sliding-window period (0: no sliding window) */
+    bool trim_vocab;     /* embedding rows past the tokenizer's vocabulary are dropped (Gemma 3's padding) */
 } hf_arch;
 
 #define LAYERS(t) t, QL_ARRAY_LEN(t)
 static const hf_arch g_archs[] = {
     /* model_type, class, arch, layers, required, permute, norm_shift, nested,
-       default heads, kv heads, head_dim, context, eps, rope base, sliding period */
-    {"llama", "LlamaForCausalLM", "llama", LAYERS(g_llama_layers), g_req_llama, true, false, false, 0, 0, 0, 0, 0, 0, 0},
-    {"mistral", "MistralForCausalLM", "llama", LAYERS(g_llama_layers), g_req_llama, true, false, false, 0, 0, 0, 0, 0, 0, 0},
-    {"qwen2", "Qwen2ForCausalLM", "qwen2", LAYERS(g_llama_layers), g_req_llama, /* q/k/v biases optional */ false, false, false, 0, 0, 0, 0, 0, 0, 0},
-    {"qwen3", "Qwen3ForCausalLM", "qwen3", LAYERS(g_llama_layers), g_req_qwen3, false, false, false, 0, 0, 0, 0, 0, 0, 0},
-    {"gemma2", "Gemma2ForCausalLM", "gemma2", LAYERS(g_gemma_layers), g_req_gemma2, false, true, false, 0, 0, 0, 0, 0,
-     10000.0, 2},
-    {"gemma3_text", "Gemma3ForCausalLM", "gemma3", LAYERS(g_gemma_layers), g_req_gemma3, false, true, false, 8, 4, 256,
-     131072, 1e-6, 1e6, 6},
-    {"gemma3", "Gemma3ForConditionalGeneration", "gemma3", LAYERS(g_gemma_layers), g_req_gemma3, false, true, true, 8,
-     4, 256, 131072, 1e-6, 1e6, 6},
-    {"phi3", "Phi3ForCausalLM", "phi3", LAYERS(g_phi3_layers), g_req_phi3, false, false, false, 0, 0, 0, 0, 0, 0, 0},
+       default heads, kv heads, head_dim, context, eps, rope base, sliding period, trim_vocab */
+    {"llama", "LlamaForCausalLM", "llama", LAYERS(g_llama_layers), g_req_llama, true, false, false,
+     0, 0, 0, 0, 0, 0, 0, false},
+    {"mistral", "MistralForCausalLM", "llama", LAYERS(g_llama_layers), g_req_llama, true, false, false,
+     0, 0, 0, 0, 0, 0, 0, false},
+    {"qwen2", "Qwen2ForCausalLM", "qwen2", LAYERS(g_llama_layers), g_req_llama /* q/k/v biases optional */, false,
+     false, false, 0, 0, 0, 0, 0, 0, 0, false},
+    {"qwen3", "Qwen3ForCausalLM", "qwen3", LAYERS(g_llama_layers), g_req_qwen3, false, false, false,
+     0, 0, 0, 0, 0, 0, 0, false},
+    {"gemma2", "Gemma2ForCausalLM", "gemma2", LAYERS(g_gemma_layers), g_req_gemma2, false, true, false,
+     0, 0, 0, 0, 0, 10000.0, 2, false},
+    {"gemma3_text", "Gemma3ForCausalLM", "gemma3", LAYERS(g_gemma_layers), g_req_gemma3, false, true, false,
+     8, 4, 256, 131072, 1e-6, 1e6, 6, true},
+    {"gemma3", "Gemma3ForConditionalGeneration", "gemma3", LAYERS(g_gemma_layers), g_req_gemma3, false, true, true,
+     8, 4, 256, 131072, 1e-6, 1e6, 6, true},
+    {"phi3", "Phi3ForCausalLM", "phi3", LAYERS(g_phi3_layers), g_req_phi3, false, false, false,
+     0, 0, 0, 0, 0, 0, 0, false},
 };
 #define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3"
 
@@ -826,6 +832,20 @@ static void special_ids(const char *dir, const hf_config *c, ql_gguf *g) {
         ql_gguf_set_u32(g, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
 }
 
+/* llama.cpp's Gemma 3 converter keeps only the embedding rows the tokenizer has tokens for (the
+ * checkpoint pads its vocabulary, e.g. 262208 rows for 262144 tokens); the rows stay in the mapping. */
+static void trim_embedding(ql_gguf *g, const hf_config *c) {
+    uint64_t n_tok = 0;
+    if (!ql_gguf_get_arr(g, "tokenizer.ggml.tokens", QL_GGUF_STRING, &n_tok) || n_tok == 0) return;
+    int64_t te = ql_gguf_find_tensor(g, "token_embd.weight");
+    if (te < 0) return;
+    ql_gguf_tensor *t = &g->tensors[te];
+    if (t->n_dims != 2 || t->ne[1] <= (int64_t)n_tok) return;
+    t->nbytes = t->nbytes / (uint64_t)t->ne[1] * n_tok;
+    t->ne[1] = (int64_t)n_tok;
+    set_arch_key_u32(g, c->arch, "vocab_size", (int64_t)n_tok);
+}
+
 /* general.file_type as llama.cpp's converter would set it: 0 all F32, 1 mostly F16, 32 mostly BF16. */
 static void set_file_type(ql_gguf *g) {
     if (ql_gguf_get(g, "general.file_type")) return;
@@ -982,6 +1002,7 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
         if (s) goto done;
     }
     special_ids(dir, &cfg, g);
+    if (cfg.a->trim_vocab) trim_embedding(g, &cfg);
     *out = g;
     g = NULL;
 done:

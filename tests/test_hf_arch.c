@@ -499,9 +499,18 @@ static void test_config_gemma3_nested(void **state) {
                "\"text_config\":{\"hidden_size\":64,\"intermediate_size\":96,\"model_type\":\"gemma3_text\","
                "\"num_hidden_layers\":1,\"num_attention_heads\":4,\"num_key_value_heads\":2,\"head_dim\":32,"
                "\"rope_scaling\":{\"factor\":8.0,\"rope_type\":\"linear\"},\"sliding_window\":1024,"
-               "\"vocab_size\":32},\"vision_config\":{\"hidden_size\":16},\"torch_dtype\":\"float32\"}");
+               "\"vocab_size\":300},\"vision_config\":{\"hidden_size\":16},\"torch_dtype\":\"float32\"}");
+    /* Gemma's tokenizer layout (tests/data/tok/gemma-spm.json, 271 tokens) */
+    FILE *tf = fopen("tests/data/tok/gemma-spm.json", "rb");
+    assert_non_null(tf);
+    char *tok = calloc(1, 1 << 16);
+    size_t tn = fread(tok, 1, (1 << 16) - 1, tf);
+    fclose(tf);
+    assert_true(tn > 0 && tn < (1 << 16) - 1);
+    write_text(dir, "tokenizer.json", tok);
+    free(tok);
     const st_tensor ts[] = {
-        {"language_model.model.embed_tokens.weight", 2, {32, 64}},
+        {"language_model.model.embed_tokens.weight", 2, {300, 64}}, /* padded past the 271 tokens */
         {"language_model.model.norm.weight", 1, {64, 0}},
         {"vision_tower.vision_model.embeddings.patch_embedding.weight", 2, {16, 16}},
         {"multi_modal_projector.mm_input_projection_weight", 2, {16, 64}},
@@ -532,6 +541,12 @@ static void test_config_gemma3_nested(void **state) {
     assert_int_equal(key_int(h, "gemma3.attention.sliding_window"), 1024);
     assert_int_equal(ql_gguf_find_kv(h, "gemma3.final_logit_softcapping"), -1);
     assert_int_equal(ql_gguf_find_kv(h, "gemma3.attn_logit_softcapping"), -1);
+    /* llama.cpp's converter drops the embedding rows past the tokenizer's vocabulary */
+    assert_int_equal(tensor(h, "token_embd.weight")->ne[1], 271);
+    assert_int_equal(tensor(h, "token_embd.weight")->nbytes, 271 * 64 * 4);
+    assert_int_equal(key_int(h, "gemma3.vocab_size"), 271);
+    bool sp = true;
+    assert_true(ql_gguf_get_bool(h, "tokenizer.ggml.add_space_prefix", &sp) && !sp);
     const ql_gguf_tensor *qn = tensor(h, "blk.0.attn_q_norm.weight");
     assert_true(((const float *)qn->data)[3] == st_value(ts, 8, 3, 5) + 1.0f);
     ql_gguf_free(h);
