@@ -557,6 +557,18 @@ static void test_json_malformed(void **state) {
     ql_gguf *g = ql_gguf_new();
     expect_fail_naming(ql_tokenizer_json_to_gguf(FIX "unigram.json", g), QL_ERR_UNSUPPORTED,
                        FIX "unigram.json");
+    assert_non_null(strstr(ql_last_error(), "'Unigram' is not supported"));
+    /* the same refusal from GGUF metadata: WordPiece (bert) and Unigram (t5) are named as such */
+    static const char *models[] = {"bert", "t5"};
+    for (int k = 0; k < 2; k++) {
+        ql_gguf *w = ql_gguf_new();
+        ql_gguf_set_str(w, "tokenizer.ggml.model", models[k]);
+        ql_tokenizer *wt = NULL;
+        assert_int_equal(ql_tokenizer_from_gguf(w, &wt), QL_ERR_UNSUPPORTED);
+        assert_null(wt);
+        assert_non_null(strstr(ql_last_error(), k ? "Unigram (t5)" : "WordPiece (bert)"));
+        ql_gguf_free(w);
+    }
     expect_fail_naming(ql_tokenizer_json_to_gguf(FIX "missing.json", g), QL_ERR_IO, FIX "missing.json");
     ql_gguf_free(g);
     /* every truncation of a valid file is rejected cleanly */
