@@ -814,6 +814,32 @@ static ql_status add_entry(ql_gguf *g, const hf_config *c, const load_entry *e) 
     return QL_OK;
 }
 
+/* bos/eos named by text in tokenizer_config.json. gguf-py's SpecialVocab reads these before config.json,
+ * so llama.cpp's converter takes e.g. Phi-3's <|endoftext|> or an instruct model's end-of-turn token from
+ * here rather than tokenizer.json's guess. */
+static void special_from_tokenizer_config(const char *dir, ql_gguf *g) {
+    char *p = path_join(dir, "tokenizer_config.json");
+    json_t *tc = json_load_file(p, 0, NULL);
+    free(p);
+    uint64_t n = 0;
+    const ql_gguf_value *tok = ql_gguf_get_arr(g, "tokenizer.ggml.tokens", QL_GGUF_STRING, &n);
+    static const char *keys[][2] = {{"bos_token", "tokenizer.ggml.bos_token_id"},
+                                    {"eos_token", "tokenizer.ggml.eos_token_id"}};
+    for (int k = 0; k < 2 && json_is_object(tc) && tok; k++) {
+        const json_t *v = json_object_get(tc, keys[k][0]);
+        if (json_is_object(v)) v = json_object_get(v, "content");
+        const char *text = json_string_value(v);
+        if (!text) continue;
+        size_t tl = strlen(text);
+        for (uint64_t i = 0; i < n; i++)
+            if (tok[i].v.str.len == tl && memcmp(tok[i].v.str.s, text, tl) == 0) {
+                ql_gguf_set_u32(g, keys[k][1], (uint32_t)i);
+                break;
+            }
+    }
+    json_decref(tc);
+}
+
 /* bos/eos from config.json or generation_config.json, only where the tokenizer did not set them. */
 static void special_ids(const char *dir, const hf_config *c, ql_gguf *g) {
     if (!ql_gguf_get(g, "tokenizer.ggml.tokens")) return;
@@ -1000,6 +1026,7 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
         if (file_exists(tp)) s = ql_tokenizer_json_to_gguf(tp, g);
         free(tp);
         if (s) goto done;
+        special_from_tokenizer_config(dir, g);
     }
     special_ids(dir, &cfg, g);
     if (cfg.a->trim_vocab) trim_embedding(g, &cfg);

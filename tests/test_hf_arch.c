@@ -509,6 +509,9 @@ static void test_config_gemma3_nested(void **state) {
     assert_true(tn > 0 && tn < (1 << 16) - 1);
     write_text(dir, "tokenizer.json", tok);
     free(tok);
+    /* an instruct checkpoint's end-of-turn eos, by text, as gguf-py's SpecialVocab reads it */
+    write_text(dir, "tokenizer_config.json", "{\"add_bos_token\":true,\"bos_token\":\"<bos>\","
+                                              "\"eos_token\":{\"content\":\"<end_of_turn>\",\"special\":true}}");
     const st_tensor ts[] = {
         {"language_model.model.embed_tokens.weight", 2, {300, 64}}, /* padded past the 271 tokens */
         {"language_model.model.norm.weight", 1, {64, 0}},
@@ -547,6 +550,8 @@ static void test_config_gemma3_nested(void **state) {
     assert_int_equal(key_int(h, "gemma3.vocab_size"), 271);
     bool sp = true;
     assert_true(ql_gguf_get_bool(h, "tokenizer.ggml.add_space_prefix", &sp) && !sp);
+    assert_int_equal(key_int(h, "tokenizer.ggml.bos_token_id"), 2);
+    assert_int_equal(key_int(h, "tokenizer.ggml.eos_token_id"), 269); /* not tokenizer.json's <eos> */
     const ql_gguf_tensor *qn = tensor(h, "blk.0.attn_q_norm.weight");
     assert_true(((const float *)qn->data)[3] == st_value(ts, 8, 3, 5) + 1.0f);
     ql_gguf_free(h);
