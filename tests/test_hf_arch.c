@@ -71,16 +71,20 @@ static float lcg_value(uint32_t *s) {
     return (float)((*s >> 8) & 0xffff) / 65536.0f - 0.5f;
 }
 
-static void write_safetensors(const char *dir, const st_tensor *t, int n, uint32_t seed) {
+/* dtypes: NULL (all F32) or one of "F32", "F16", "BF16" per tensor, the LCG value rounded to it. */
+static void write_safetensors_typed(const char *dir, const st_tensor *t, int n, uint32_t seed,
+                                    const char *const *dtypes) {
     json_t *hdr = json_object();
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
         int64_t ne = t[i].shape[0] * (t[i].n_dims == 2 ? t[i].shape[1] : 1);
+        const char *dt = dtypes ? dtypes[i] : "F32";
+        int esz = strcmp(dt, "F32") == 0 ? 4 : 2;
         json_t *shape = t[i].n_dims == 2 ? json_pack("[I,I]", (json_int_t)t[i].shape[0], (json_int_t)t[i].shape[1])
                                          : json_pack("[I]", (json_int_t)t[i].shape[0]);
-        json_object_set_new(hdr, t[i].name, json_pack("{s:s,s:o,s:[I,I]}", "dtype", "F32", "shape", shape,
-                                                      "data_offsets", (json_int_t)off, (json_int_t)(off + 4 * ne)));
-        off += 4 * (uint64_t)ne;
+        json_object_set_new(hdr, t[i].name, json_pack("{s:s,s:o,s:[I,I]}", "dtype", dt, "shape", shape,
+                                                      "data_offsets", (json_int_t)off, (json_int_t)(off + esz * ne)));
+        off += (uint64_t)(esz * ne);
     }
     char *text = json_dumps(hdr, JSON_COMPACT);
     json_decref(hdr);
@@ -96,12 +100,19 @@ static void write_safetensors(const char *dir, const st_tensor *t, int n, uint32
     free(text);
     for (int i = 0; i < n; i++) {
         int64_t ne = t[i].shape[0] * (t[i].n_dims == 2 ? t[i].shape[1] : 1);
+        const char *dt = dtypes ? dtypes[i] : "F32";
         for (int64_t k = 0; k < ne; k++) {
             float v = lcg_value(&seed);
-            fwrite(&v, 4, 1, f);
+            uint16_t h = !strcmp(dt, "BF16") ? ql_fp32_to_bf16(v) : ql_fp32_to_fp16(v);
+            if (!strcmp(dt, "F32")) fwrite(&v, 4, 1, f);
+            else fwrite(&h, 2, 1, f);
         }
     }
     assert_int_equal(fclose(f), 0);
+}
+
+static void write_safetensors(const char *dir, const st_tensor *t, int n, uint32_t seed) {
+    write_safetensors_typed(dir, t, n, seed, NULL);
 }
 
 /* The value the LCG gave tensor `which` element `k` (tensors written in order). */
@@ -479,6 +490,23 @@ static void test_config_gemma2(void **state) {
     }
     /* a projection is untouched (Gemma's HF rope order is llama.cpp's NEOX order) */
     assert_true(((const float *)tensor(h, "blk.0.attn_q.weight")->data)[5] == st_value(ts, 4, 5, 7));
+    ql_gguf_free(h);
+
+    /* half-precision checkpoints: the converter widens BF16 to F32 before adding 1, but adds in F16 */
+    const char *dts[40];
+    for (int i = 0; i < n; i++) dts[i] = ts[i].n_dims == 2 ? "BF16" : "F32";
+    dts[1] = "BF16", dts[20] = "F16";
+    write_safetensors_typed(dir, ts, n, 7, dts);
+    if (ql_hf_load(dir, &h) != QL_OK) fail_msg("%s", ql_last_error());
+    for (int64_t i = 0; i < 64; i++) {
+        float v1 = st_value(ts, 1, i, 7), v20 = st_value(ts, 20, i, 7);
+        assert_true(((const float *)tensor(h, "output_norm.weight")->data)[i] ==
+                    ql_bf16_to_fp32(ql_fp32_to_bf16(v1)) + 1.0f);
+        assert_true(((const float *)tensor(h, "blk.1.ffn_norm.weight")->data)[i] ==
+                    ql_fp16_to_fp32(ql_fp32_to_fp16(ql_fp16_to_fp32(ql_fp32_to_fp16(v20)) + 1.0f)));
+    }
+    assert_int_equal(tensor(h, "output_norm.weight")->type, QL_TYPE_F32);
+    assert_int_equal(tensor(h, "blk.0.attn_q.weight")->type, QL_TYPE_BF16);
     ql_gguf_free(h);
 
     /* a missing tensor is named in HF spelling */
