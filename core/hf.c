@@ -1,10 +1,12 @@
 /* hf.c — Hugging Face model folders (config.json + model.safetensors or shards listed in
- * model.safetensors.index.json + tokenizer.json) to and from the common ql_gguf representation:
- * GGUF metadata keys, GGUF tensor names, GGUF (rope-interleaved) q/k row order for llama.
+ * model.safetensors.index.json + tokenizer.json) to and from the common ql_gguf representation, for
+ * each transformers class in the architecture table (g_archs): llama.cpp's tensor names and metadata
+ * keys, GGUF (rope-interleaved) q/k row order for llama, Gemma's 1 + w norms, and the tensors llama.cpp's
+ * converter derives from config.json (llama3 rope_freqs, Phi-3 LongRoPE factors).
  * Loaded tensors point into the mmapped shards (adopted by the ql_gguf) except where bytes must change
- * (llama q/k permutation, misaligned data), which live in buffers the ql_gguf owns.
- * ql_hf_save writes config.json and one model.safetensors whose "__metadata__" also carries every
- * non-architecture GGUF key (tokenizer included) so HF -> GGUF -> HF -> GGUF round-trips exactly.
+ * (llama q/k permutation, Gemma norms, misaligned data), which live in buffers the ql_gguf owns.
+ * ql_hf_save writes config.json and one model.safetensors whose "__metadata__" carries every GGUF key
+ * config.json does not give back (tokenizer included) so HF -> GGUF -> HF -> GGUF round-trips exactly.
  * No global state: concurrent loads/saves of different folders are fine. */
 #include "core/model.h"
 #include "kernels/ggml_types.h"
