@@ -462,6 +462,36 @@ static void test_gemma_spm(void **state) {
     ql_tokenizer_free(t);
 }
 
+/* tests/data/tok/phi3-spm.json: Phi-3's layout — the Llama-2 vocabulary of spm-bpe.json with a Metaspace
+ * pre-tokenizer (prepend_scheme "first") instead of Prepend/Replace normalizers, and chat tokens added
+ * past the model's vocabulary: 267 <|endoftext|>, 268 <|assistant|>, 269 <|end|>, 270 <|user|> (special).
+ * llama.cpp's converter writes it as a "llama" vocabulary with the dummy prefix (add_space_prefix). */
+static void test_phi3_spm(void **state) {
+    (void)state;
+    ql_gguf *g = ql_gguf_new();
+    ql_status s = ql_tokenizer_json_to_gguf(FIX "phi3-spm.json", g);
+    if (s) print_error("%s\n", ql_last_error());
+    assert_int_equal(s, QL_OK);
+    assert_string_equal(ql_gguf_get_str(g, "tokenizer.ggml.model"), "llama");
+    bool b = false;
+    assert_true(ql_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &b) && b);
+    uint64_t n;
+    const ql_gguf_value *ty = ql_gguf_get_arr(g, "tokenizer.ggml.token_type", QL_GGUF_I32, &n);
+    assert_int_equal(n, 271);
+    for (int i = 267; i < 271; i++) assert_int_equal(ty[i].v.i, 3); /* control */
+    ql_tokenizer *t;
+    assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_OK);
+    ql_gguf_free(g);
+    assert_int_equal(ql_tokenizer_bos(t), 1);
+    EXPECT(t, "the a", false, 261, 262, 266);
+    EXPECT(t, "the a", true, 1, 261, 262, 266);
+    EXPECT(t, "the x", false, 261, 262, 3 + 'x');
+    char buf[32];
+    assert_int_equal(ql_token_to_piece(t, 269, buf, sizeof buf), 7);
+    assert_string_equal(buf, "<|end|>");
+    ql_tokenizer_free(t);
+}
+
 /* decode(encode(s)) == s over real text for the byte-level fixtures (Llama 3's and Qwen2's
  * pre-tokenizers) and the Gemma one (byte fallback, no prefix): every byte must survive. */
 static void test_corpus_round_trip(void **state) {
@@ -746,6 +776,7 @@ int main(void) {
         cmocka_unit_test(test_bpe_llama3),        cmocka_unit_test(test_bpe_other_pre),
         cmocka_unit_test(test_spm_from_json),
         cmocka_unit_test(test_gemma_spm),
+        cmocka_unit_test(test_phi3_spm),
         cmocka_unit_test(test_corpus_round_trip),     cmocka_unit_test(test_bytes_vocab),
         cmocka_unit_test(test_json_malformed),    cmocka_unit_test(test_llama2c_malformed),
         cmocka_unit_test(test_gguf_malformed),    cmocka_unit_test(test_threads),
