@@ -105,7 +105,10 @@ static const char *CONVERT_USAGE =
     "IN: a .gguf file, a Hugging Face folder or a llama2.c .bin (tokenizer.bin beside it).\n"
     "OUT: a path ending in .gguf writes GGUF; anything else is a Hugging Face folder (config.json,\n"
     "model.safetensors). --type converts the weight matrices (norms stay F32); quantized ones are\n"
-    "dequantized exactly as qlab's preview does, e.g. to compare an export with what qlab computed.\n";
+    "dequantized exactly as qlab's preview does, e.g. to compare an export with what qlab computed.\n"
+    "Hugging Face classes, both ways: Llama (3.x rope_freqs from rope_scaling), Mistral, Qwen2, Qwen3,\n"
+    "Gemma 2, Gemma 3 (also Gemma3ForConditionalGeneration's text model), Phi-3 (LongRoPE factors),\n"
+    "with the tensors and keys llama.cpp's convert_hf_to_gguf.py writes.\n";
 
 static bool is_float(uint32_t t) { return t == QL_TYPE_F32 || t == QL_TYPE_F16 || t == QL_TYPE_BF16; }
 

@@ -1,10 +1,12 @@
 /* hf.c — Hugging Face model folders (config.json + model.safetensors or shards listed in
- * model.safetensors.index.json + tokenizer.json) to and from the common ql_gguf representation:
- * GGUF metadata keys, GGUF tensor names, GGUF (rope-interleaved) q/k row order for llama.
+ * model.safetensors.index.json + tokenizer.json) to and from the common ql_gguf representation, for
+ * each transformers class in the architecture table (g_archs): llama.cpp's tensor names and metadata
+ * keys, GGUF (rope-interleaved) q/k row order for llama, Gemma's 1 + w norms, and the tensors llama.cpp's
+ * converter derives from config.json (llama3 rope_freqs, Phi-3 LongRoPE factors).
  * Loaded tensors point into the mmapped shards (adopted by the ql_gguf) except where bytes must change
- * (llama q/k permutation, misaligned data), which live in buffers the ql_gguf owns.
- * ql_hf_save writes config.json and one model.safetensors whose "__metadata__" also carries every
- * non-architecture GGUF key (tokenizer included) so HF -> GGUF -> HF -> GGUF round-trips exactly.
+ * (llama q/k permutation, Gemma norms, misaligned data), which live in buffers the ql_gguf owns.
+ * ql_hf_save writes config.json and one model.safetensors whose "__metadata__" carries every GGUF key
+ * config.json does not give back (tokenizer included) so HF -> GGUF -> HF -> GGUF round-trips exactly.
  * No global state: concurrent loads/saves of different folders are fine. */
 #include "core/model.h"
 #include "kernels/ggml_types.h"
@@ -46,25 +48,121 @@ void ql_rope_permute_rows(void *dst, const void *src, int n_head, int64_t rows, 
             }
 }
 
-/* ---------------------------------------------------------------- tensor names */
+/* ---------------------------------------------------------------- architectures */
 
+/* One layer tensor's name in both spellings (without "model.layers.N." / "blk.N." and the
+ * ".weight"/".bias" suffix). Order in a table is the order tensors get inside a layer. */
 typedef struct {
     const char *hf, *gg;
-} name_pair;
+    int role;
+} layer_name;
+enum { ROLE_OTHER = 0, ROLE_Q = 1, ROLE_K = 2 };
 
-/* Order here is the order tensors get inside a layer. */
-static const name_pair g_layer_names[] = {
-    {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
-    {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
-    {"self_attn.q_norm", "attn_q_norm"}, {"self_attn.k_norm", "attn_k_norm"},
-    {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
-    {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
-    {"mlp.down_proj", "ffn_down"},
+static const layer_name g_llama_layers[] = {
+    {"input_layernorm", "attn_norm", 0},    {"self_attn.q_proj", "attn_q", ROLE_Q},
+    {"self_attn.k_proj", "attn_k", ROLE_K}, {"self_attn.v_proj", "attn_v", 0},
+    {"self_attn.q_norm", "attn_q_norm", 0}, {"self_attn.k_norm", "attn_k_norm", 0},
+    {"self_attn.o_proj", "attn_output", 0}, {"post_attention_layernorm", "ffn_norm", 0},
+    {"mlp.gate_proj", "ffn_gate", 0},       {"mlp.up_proj", "ffn_up", 0},
+    {"mlp.down_proj", "ffn_down", 0},
 };
-enum { ROLE_Q = 1, ROLE_K = 2 };
+/* Gemma 2/3 norm around both halves of a layer: HF's post_attention_layernorm is the norm *after*
+ * attention (llama.cpp's post_attention_norm), not the pre-FFN norm it is in llama. */
+static const layer_name g_gemma_layers[] = {
+    {"input_layernorm", "attn_norm", 0},
+    {"self_attn.q_proj", "attn_q", ROLE_Q},
+    {"self_attn.k_proj", "attn_k", ROLE_K},
+    {"self_attn.v_proj", "attn_v", 0},
+    {"self_attn.q_norm", "attn_q_norm", 0},
+    {"self_attn.k_norm", "attn_k_norm", 0},
+    {"self_attn.o_proj", "attn_output", 0},
+    {"post_attention_layernorm", "post_attention_norm", 0},
+    {"pre_feedforward_layernorm", "ffn_norm", 0},
+    {"mlp.gate_proj", "ffn_gate", 0},
+    {"mlp.up_proj", "ffn_up", 0},
+    {"mlp.down_proj", "ffn_down", 0},
+    {"post_feedforward_layernorm", "post_ffw_norm", 0},
+};
+/* Phi-3 keeps its fused projections under llama.cpp's names (attn_qkv rows: q, k, v; ffn_up rows:
+ * gate, up), exactly as convert_hf_to_gguf.py writes them. */
+static const layer_name g_phi3_layers[] = {
+    {"input_layernorm", "attn_norm", 0},     {"self_attn.qkv_proj", "attn_qkv", 0},
+    {"self_attn.o_proj", "attn_output", 0},  {"post_attention_layernorm", "ffn_norm", 0},
+    {"mlp.gate_up_proj", "ffn_up", 0},       {"mlp.down_proj", "ffn_down", 0},
+};
+
+/* Tensors every layer must have (GGUF names after "blk.N."). */
+#define REQ_ATTN "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight"
+#define REQ_FFN "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"
+static const char *const g_req_llama[] = {REQ_ATTN, REQ_FFN, NULL};
+static const char *const g_req_qwen3[] = {REQ_ATTN, REQ_FFN, "attn_q_norm.weight", "attn_k_norm.weight", NULL};
+static const char *const g_req_gemma2[] = {REQ_ATTN, REQ_FFN, "post_attention_norm.weight", "post_ffw_norm.weight",
+                                           NULL};
+static const char *const g_req_gemma3[] = {REQ_ATTN,
+                                           REQ_FFN,
+                                           "post_attention_norm.weight",
+                                           "post_ffw_norm.weight",
+                                           "attn_q_norm.weight",
+                                           "attn_k_norm.weight",
+                                           NULL};
+static const char *const g_req_phi3[] = {"attn_norm.weight", "attn_qkv.weight", "attn_output.weight",
+                                         "ffn_norm.weight",  "ffn_up.weight",   "ffn_down.weight",
+                                         NULL};
+
+/* Everything that differs between the architectures on the Hugging Face side. The numerics a model
+ * needs (rope style, norms, activation) are core/model.c's business; this is only names, layouts and
+ * config.json fields. */
+typedef struct {
+    const char *model_type, *hf_class, *arch; /* config.json model_type / architectures[0]; GGUF arch */
+    const layer_name *layers;
+    size_t n_layers;
+    const char *const *required;
+    bool permute;    /* llama-style rope: q/k rows need the HF -> GGUF permutation */
+    bool norm_shift; /* HF RMSNorm computes x * (1 + w); llama.cpp's converter stores 1 + w */
+    bool nested;     /* the text model's parameters may sit under "text_config" */
+    /* defaults where transformers' config class (and llama.cpp's converter) supply one; 0 = required */
+    int64_t def_heads, def_heads_kv, def_head_dim, def_ctx;
+    double def_eps, def_theta;
+    int64_t swa_pattern; /* llama.cpp's built-in sliding-window period (0: no sliding window) */
+    bool trim_vocab;     /* embedding rows past the tokenizer's vocabulary are dropped (Gemma 3's padding) */
+} hf_arch;
+
+#define LAYERS(t) t, QL_ARRAY_LEN(t)
+static const hf_arch g_archs[] = {
+    /* model_type, class, arch, layers, required, permute, norm_shift, nested,
+       default heads, kv heads, head_dim, context, eps, rope base, sliding period, trim_vocab */
+    {"llama", "LlamaForCausalLM", "llama", LAYERS(g_llama_layers), g_req_llama, true, false, false,
+     0, 0, 0, 0, 0, 0, 0, false},
+    {"mistral", "MistralForCausalLM", "llama", LAYERS(g_llama_layers), g_req_llama, true, false, false,
+     0, 0, 0, 0, 0, 0, 0, false},
+    {"qwen2", "Qwen2ForCausalLM", "qwen2", LAYERS(g_llama_layers), g_req_llama /* q/k/v biases optional */, false,
+     false, false, 0, 0, 0, 0, 0, 0, 0, false},
+    {"qwen3", "Qwen3ForCausalLM", "qwen3", LAYERS(g_llama_layers), g_req_qwen3, false, false, false,
+     0, 0, 0, 0, 0, 0, 0, false},
+    {"gemma2", "Gemma2ForCausalLM", "gemma2", LAYERS(g_gemma_layers), g_req_gemma2, false, true, false,
+     0, 0, 0, 0, 0, 10000.0, 2, false},
+    {"gemma3_text", "Gemma3ForCausalLM", "gemma3", LAYERS(g_gemma_layers), g_req_gemma3, false, true, false,
+     8, 4, 256, 131072, 1e-6, 1e6, 6, true},
+    {"gemma3", "Gemma3ForConditionalGeneration", "gemma3", LAYERS(g_gemma_layers), g_req_gemma3, false, true, true,
+     8, 4, 256, 131072, 1e-6, 1e6, 6, true},
+    {"phi3", "Phi3ForCausalLM", "phi3", LAYERS(g_phi3_layers), g_req_phi3, false, false, false,
+     0, 0, 0, 0, 0, 0, 0, false},
+};
+#define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3"
+
+/* The entry ql_hf_save writes for a GGUF architecture (the first with that arch). */
+static const hf_arch *arch_for_gguf(const char *arch) {
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_archs); i++)
+        if (arch && strcmp(arch, g_archs[i].arch) == 0) return &g_archs[i];
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- tensor names */
 
 /* group: 0 embedding, 1 layers, 2 final norm, 3 classifier, 4 anything else */
-static const name_pair g_global_names[] = {
+static const struct {
+    const char *hf, *gg;
+} g_global_names[] = {
     {"model.embed_tokens", "token_embd"},
     {NULL, NULL},
     {"model.norm", "output_norm"},
@@ -73,15 +171,17 @@ static const name_pair g_global_names[] = {
 
 typedef struct {
     int group, layer, role, bias;
+    int index; /* position in the architecture's layer table */
 } name_info;
 
-/* Maps a tensor name between HF and GGUF spelling. Names it does not know are passed through
- * unchanged (group 4). Returns a malloc'ed string. */
-static char *map_name(const char *name, bool to_gguf, name_info *ni) {
+/* Maps a tensor name between HF and GGUF spelling for architecture `a`. Names it does not know are
+ * passed through unchanged (group 4). Returns a malloc'ed string. */
+static char *map_name(const char *name, bool to_gguf, const hf_arch *a, name_info *ni) {
     memset(ni, 0, sizeof *ni);
     ni->group = 4;
     ni->layer = -1;
-    ni->role = -1;
+    ni->index = -1;
+    if (!a) a = &g_archs[0];
     size_t len = strlen(name), stem;
     const char *suffix;
     if (len > 7 && strcmp(name + len - 7, ".weight") == 0)
@@ -100,12 +200,12 @@ static char *map_name(const char *name, bool to_gguf, name_info *ni) {
         if (nd == 0 || nd == 7 || *p != '.') return ql_strdup(name);
         p++;
         size_t mlen = (size_t)(name + stem - p);
-        for (size_t i = 0; i < QL_ARRAY_LEN(g_layer_names); i++) {
-            const char *in = to_gguf ? g_layer_names[i].hf : g_layer_names[i].gg;
-            const char *out = to_gguf ? g_layer_names[i].gg : g_layer_names[i].hf;
+        for (size_t i = 0; i < a->n_layers; i++) {
+            const char *in = to_gguf ? a->layers[i].hf : a->layers[i].gg;
+            const char *out = to_gguf ? a->layers[i].gg : a->layers[i].hf;
             if (strlen(in) == mlen && strncmp(p, in, mlen) == 0) {
                 snprintf(buf, sizeof buf, "%s%d.%s.%s", pfx_out, layer, out, suffix);
-                ni->group = 1, ni->layer = layer, ni->role = (int)i;
+                ni->group = 1, ni->layer = layer, ni->role = a->layers[i].role, ni->index = (int)i;
                 return ql_strdup(buf);
             }
         }
@@ -121,6 +221,37 @@ static char *map_name(const char *name, bool to_gguf, name_info *ni) {
         }
     }
     return ql_strdup(name);
+}
+
+/* Multimodal checkpoints (Gemma 3 4B+) keep the text model under a prefix and carry a vision tower
+ * llama.cpp's text GGUF leaves out. Returns the text-model name (malloc'ed) or NULL to skip. */
+static char *text_model_name(const char *name) {
+    static const char *skip[] = {"vision_tower.", "multi_modal_projector.", "multimodal_projector.",
+                                 "vision_model.", "model.vision_tower.", "model.multi_modal_projector."};
+    for (size_t i = 0; i < QL_ARRAY_LEN(skip); i++)
+        if (strncmp(name, skip[i], strlen(skip[i])) == 0) return NULL;
+    static const struct {
+        const char *from, *to;
+    } strip[] = {{"language_model.model.", "model."},
+                 {"model.language_model.", "model."},
+                 {"language_model.lm_head.", "lm_head."}};
+    for (size_t i = 0; i < QL_ARRAY_LEN(strip); i++) {
+        size_t fl = strlen(strip[i].from);
+        if (strncmp(name, strip[i].from, fl) == 0) {
+            size_t tl = strlen(strip[i].to), rl = strlen(name + fl);
+            char *r = ql_malloc(tl + rl + 1);
+            memcpy(r, strip[i].to, tl);
+            memcpy(r + tl, name + fl, rl + 1);
+            return r;
+        }
+    }
+    return ql_strdup(name);
+}
+
+/* RMSNorm weights llama.cpp's converter shifts for Gemma ("...norm.weight" on both sides). */
+static bool is_norm_weight(const char *name) {
+    size_t n = strlen(name);
+    return n >= 11 && strcmp(name + n - 11, "norm.weight") == 0;
 }
 
 /* ---------------------------------------------------------------- small helpers */
@@ -197,24 +328,24 @@ static ql_status load_json(const char *path, json_t **out) {
 /* ---------------------------------------------------------------- config.json */
 
 typedef struct {
+    const hf_arch *a;
     char arch[16];
-    bool permute; /* llama-style rope: q/k rows need the HF -> GGUF permutation */
-    int64_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx, head_dim;
-    bool head_dim_given, tied;
-    double eps, rope_base, rope_factor;
-    char rope_type[32];
+    int64_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx, head_dim, rope_dims;
+    bool tied;
+    double eps, rope_base;
+    char rope_type[16]; /* rope.scaling.type written to GGUF: "" (none), linear or yarn */
+    double rope_factor;
+    int64_t orig_ctx;                      /* rope.scaling.original_context_length; 0: not written */
+    double attn_factor;                    /* rope.scaling.attn_factor; 0: not written */
+    double yarn_beta_fast, yarn_beta_slow; /* 0: not written */
+    bool llama3;                           /* rope_freqs.weight from these: */
+    double l3_factor, l3_lo, l3_hi;
+    int64_t l3_ctx;
+    const json_t *long_factor, *short_factor; /* Phi-3 LongRoPE (borrowed from the config JSON) */
+    int64_t sliding_window, swa_pattern;      /* 0: none / the architecture's default */
+    double attn_softcap, final_softcap, rope_base_swa; /* 0: not written */
     int64_t bos, eos; /* -1 when not given */
 } hf_config;
-
-static const struct {
-    const char *model_type, *hf_class, *arch;
-    bool permute;
-} g_archs[] = {
-    {"llama", "LlamaForCausalLM", "llama", true},
-    {"mistral", "MistralForCausalLM", "llama", true},
-    {"qwen2", "Qwen2ForCausalLM", "qwen2", false},
-    {"qwen3", "Qwen3ForCausalLM", "qwen3", false},
-};
 
 static ql_status cfg_int(const char *path, const json_t *o, const char *key, bool required, int64_t def,
                          int64_t lo, int64_t hi, int64_t *out) {
@@ -237,41 +368,158 @@ static ql_status cfg_f64(const char *path, const json_t *o, const char *key, dou
     return QL_OK;
 }
 
+/* A soft-cap: absent -> def, null -> 0 (none), else a positive number. */
+static ql_status cfg_cap(const char *path, const json_t *o, const char *key, double def, double *out) {
+    const json_t *v = json_object_get(o, key);
+    if (!v) {
+        *out = def;
+        return QL_OK;
+    }
+    if (json_is_null(v)) {
+        *out = 0;
+        return QL_OK;
+    }
+    return cfg_f64(path, o, key, def, out);
+}
+
+/* The sliding-window period from "layer_types" (["sliding_attention", ..., "full_attention"]) or
+ * "sliding_window_pattern": layer i is global when (i + 1) % period == 0, as llama.cpp's
+ * set_swa_pattern and transformers' Gemma classes both count. */
+static ql_status cfg_swa_pattern(const char *path, const json_t *p, const hf_config *c, int64_t *pattern) {
+    const json_t *lt = json_object_get(p, "layer_types");
+    if (lt && !json_is_null(lt)) {
+        if (!json_is_array(lt) || (int64_t)json_array_size(lt) != c->n_layer)
+            return ql_fail(QL_ERR_FORMAT, "%s: 'layer_types' must list %lld layers", path, (long long)c->n_layer);
+        int64_t first_full = -1;
+        for (int64_t i = 0; i < c->n_layer && first_full < 0; i++) {
+            const char *t = json_string_value(json_array_get(lt, (size_t)i));
+            if (t && strcmp(t, "full_attention") == 0) first_full = i;
+        }
+        int64_t period = first_full < 0 ? c->n_layer + 1 : first_full + 1;
+        for (int64_t i = 0; i < c->n_layer; i++) {
+            const char *t = json_string_value(json_array_get(lt, (size_t)i));
+            bool full = (i + 1) % period == 0;
+            if (!t || strcmp(t, full ? "full_attention" : "sliding_attention") != 0)
+                return ql_fail(QL_ERR_UNSUPPORTED,
+                               "%s: 'layer_types' is not a repeating pattern of sliding layers closed by one "
+                               "full-attention layer (layer %lld is '%s')",
+                               path, (long long)i, t ? t : "?");
+        }
+        *pattern = first_full < 0 ? 0 : period; /* 0: every layer slides */
+        return QL_OK;
+    }
+    return cfg_int(path, p, "sliding_window_pattern", false, c->a->swa_pattern, 1, 1 << 20, pattern);
+}
+
+/* rope_scaling: what llama.cpp's converter does with each type, or a refusal naming the type. */
+static ql_status cfg_rope_scaling(const char *path, const json_t *p, hf_config *c) {
+    const json_t *rs = json_object_get(p, "rope_scaling");
+    if (!rs || json_is_null(rs)) return QL_OK;
+    if (!json_is_object(rs)) return ql_fail(QL_ERR_FORMAT, "%s: 'rope_scaling' must be an object or null", path);
+    const json_t *t = json_object_get(rs, "rope_type");
+    if (!json_is_string(t)) t = json_object_get(rs, "type");
+    if (!json_is_string(t)) return ql_fail(QL_ERR_FORMAT, "%s: rope_scaling has no type", path);
+    const char *type = json_string_value(t);
+    ql_status s;
+    if (strcmp(type, "default") == 0 || strcmp(type, "none") == 0) return QL_OK;
+    bool phi3 = strcmp(c->arch, "phi3") == 0;
+    if (strcmp(type, "linear") == 0 && !phi3) {
+        snprintf(c->rope_type, sizeof c->rope_type, "linear");
+        return cfg_f64(path, rs, "factor", 1.0, &c->rope_factor);
+    }
+    if (strcmp(type, "llama3") == 0 && strcmp(c->arch, "llama") == 0) {
+        /* convert_hf_to_gguf.py reads original_max_position_embeddings from the top level of
+         * config.json (default 8192), not from rope_scaling: so does this, to get its exact factors */
+        c->llama3 = true;
+        if ((s = cfg_f64(path, rs, "factor", 8.0, &c->l3_factor)) ||
+            (s = cfg_f64(path, rs, "low_freq_factor", 1.0, &c->l3_lo)) ||
+            (s = cfg_f64(path, rs, "high_freq_factor", 4.0, &c->l3_hi)) ||
+            (s = cfg_int(path, p, "original_max_position_embeddings", false, 8192, 1, (int64_t)1 << 30, &c->l3_ctx)))
+            return s;
+        if (c->l3_lo == c->l3_hi)
+            return ql_fail(QL_ERR_FORMAT, "%s: rope_scaling low_freq_factor equals high_freq_factor", path);
+        int64_t inner;
+        if (json_get_int(rs, "original_max_position_embeddings", &inner) == 1 && inner != c->l3_ctx)
+            ql_log(1, "%s: rope_scaling.original_max_position_embeddings %lld is ignored, as llama.cpp's "
+                      "converter does (it uses %lld)", path, (long long)inner, (long long)c->l3_ctx);
+        return QL_OK;
+    }
+    if (strcmp(type, "yarn") == 0 && !phi3) {
+        snprintf(c->rope_type, sizeof c->rope_type, "yarn");
+        if ((s = cfg_f64(path, rs, "factor", 1.0, &c->rope_factor)) ||
+            (s = cfg_int(path, rs, "original_max_position_embeddings", false, 0, 0, (int64_t)1 << 30, &c->orig_ctx)))
+            return s;
+        if (json_get_f64(rs, "beta_fast", &c->yarn_beta_fast) < 0 || json_get_f64(rs, "beta_slow", &c->yarn_beta_slow) < 0)
+            return ql_fail(QL_ERR_FORMAT, "%s: rope_scaling beta_fast/beta_slow must be numbers", path);
+        return QL_OK;
+    }
+    if (phi3 && (strcmp(type, "longrope") == 0 || strcmp(type, "su") == 0 || strcmp(type, "yarn") == 0)) {
+        /* convert_hf_to_gguf.py (Phi3MiniModel): the factors become rope_factors_long/short, the
+         * attention factor a key; the scaling type itself is not written */
+        if (c->orig_ctx <= 0)
+            return ql_fail(QL_ERR_FORMAT, "%s: rope_scaling '%s' needs 'original_max_position_embeddings'", path, type);
+        c->long_factor = json_object_get(rs, "long_factor");
+        c->short_factor = json_object_get(rs, "short_factor");
+        int64_t want = c->rope_dims / 2;
+        const json_t *fs[2] = {c->long_factor, c->short_factor};
+        for (int k = 0; k < 2; k++) {
+            if (!json_is_array(fs[k]) || (int64_t)json_array_size(fs[k]) != want)
+                return ql_fail(QL_ERR_FORMAT, "%s: rope_scaling '%s' needs %s with %lld numbers", path, type,
+                               k ? "short_factor" : "long_factor", (long long)want);
+            for (size_t i = 0; i < json_array_size(fs[k]); i++)
+                if (!json_is_number(json_array_get(fs[k], i)))
+                    return ql_fail(QL_ERR_FORMAT, "%s: rope_scaling %s[%zu] is not a number", path,
+                                   k ? "short_factor" : "long_factor", i);
+        }
+        double scale = (double)c->n_ctx / (double)c->orig_ctx;
+        c->attn_factor = scale <= 1.0                 ? 1.0
+                         : strcmp(type, "yarn") == 0 ? 0.1 * log(scale) + 1.0
+                                                      : sqrt(1 + log(scale) / log((double)c->orig_ctx));
+        return QL_OK;
+    }
+    return ql_fail(QL_ERR_UNSUPPORTED,
+                   "%s: rope_scaling type '%.32s' is not implemented for %s (linear, yarn; llama3 for llama; "
+                   "longrope for phi3)",
+                   path, type, c->arch);
+}
+
 /* Reads and validates config.json into *c. `path` names the file in errors. */
 static ql_status parse_config(const char *path, const json_t *root, hf_config *c) {
     memset(c, 0, sizeof *c);
     c->bos = c->eos = -1;
     const json_t *mt = json_object_get(root, "model_type");
     const char *type = json_is_string(mt) ? json_string_value(mt) : NULL;
-    int ai = -1;
-    for (size_t i = 0; i < QL_ARRAY_LEN(g_archs); i++) {
-        if (type && strcmp(type, g_archs[i].model_type) == 0) ai = (int)i;
-        const json_t *cls = json_array_get(json_object_get(root, "architectures"), 0);
-        if (!type && json_is_string(cls) && strcmp(json_string_value(cls), g_archs[i].hf_class) == 0)
-            ai = (int)i;
-    }
-    if (ai < 0)
-        return ql_fail(QL_ERR_UNSUPPORTED,
-                       "%s: model_type '%.64s' is not supported (llama, mistral, qwen2, qwen3)", path,
-                       type ? type : "(missing)");
-    snprintf(c->arch, sizeof c->arch, "%s", g_archs[ai].arch);
-    c->permute = g_archs[ai].permute;
+    const json_t *cls = json_array_get(json_object_get(root, "architectures"), 0);
+    const char *cname = json_is_string(cls) ? json_string_value(cls) : NULL;
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_archs) && !c->a; i++)
+        if (type ? strcmp(type, g_archs[i].model_type) == 0 : cname && strcmp(cname, g_archs[i].hf_class) == 0)
+            c->a = &g_archs[i];
+    if (!c->a)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: architecture '%.64s' (model_type '%.64s') is not supported (" SUPPORTED_TYPES ")",
+                       path, cname ? cname : "(none)", type ? type : "(missing)");
+    snprintf(c->arch, sizeof c->arch, "%s", c->a->arch);
+    /* Gemma 3 4B+ (Gemma3ForConditionalGeneration) keeps the language model's fields in text_config */
+    const json_t *p = root;
+    const json_t *tc = json_object_get(root, "text_config");
+    if (c->a->nested && json_is_object(tc)) p = tc;
     ql_status s;
-    if ((s = cfg_int(path, root, "hidden_size", true, 0, 1, 1 << 20, &c->n_embd)) ||
-        (s = cfg_int(path, root, "num_hidden_layers", true, 0, 1, 4096, &c->n_layer)) ||
-        (s = cfg_int(path, root, "num_attention_heads", true, 0, 1, 4096, &c->n_head)) ||
-        (s = cfg_int(path, root, "num_key_value_heads", false, c->n_head, 1, c->n_head, &c->n_head_kv)) ||
-        (s = cfg_int(path, root, "intermediate_size", true, 0, 1, 1 << 22, &c->n_ff)) ||
-        (s = cfg_int(path, root, "vocab_size", false, 0, 1, 1 << 24, &c->n_vocab)) ||
-        (s = cfg_int(path, root, "max_position_embeddings", false, 2048, 1, (int64_t)1 << 30, &c->n_ctx)) ||
-        (s = cfg_int(path, root, "head_dim", false, 0, 2, 4096, &c->head_dim)))
+    const hf_arch *a = c->a;
+    if ((s = cfg_int(path, p, "hidden_size", true, 0, 1, 1 << 20, &c->n_embd)) ||
+        (s = cfg_int(path, p, "num_hidden_layers", true, 0, 1, 4096, &c->n_layer)) ||
+        (s = cfg_int(path, p, "num_attention_heads", !a->def_heads, a->def_heads, 1, 4096, &c->n_head)) ||
+        (s = cfg_int(path, p, "num_key_value_heads", false, a->def_heads_kv ? a->def_heads_kv : c->n_head, 1,
+                     c->n_head, &c->n_head_kv)) ||
+        (s = cfg_int(path, p, "intermediate_size", true, 0, 1, 1 << 22, &c->n_ff)) ||
+        (s = cfg_int(path, p, "vocab_size", false, 0, 1, 1 << 24, &c->n_vocab)) ||
+        (s = cfg_int(path, p, "max_position_embeddings", false, a->def_ctx ? a->def_ctx : 2048, 1,
+                     (int64_t)1 << 30, &c->n_ctx)) ||
+        (s = cfg_int(path, p, "head_dim", false, a->def_head_dim, 2, 4096, &c->head_dim)))
         return s;
     if (c->n_head % c->n_head_kv)
         return ql_fail(QL_ERR_FORMAT,
                        "%s: num_attention_heads %lld is not a multiple of num_key_value_heads %lld", path,
                        (long long)c->n_head, (long long)c->n_head_kv);
-    c->head_dim_given = c->head_dim != 0;
-    if (!c->head_dim_given) {
+    if (!c->head_dim) {
         if (c->n_embd % c->n_head)
             return ql_fail(QL_ERR_FORMAT,
                            "%s: hidden_size %lld is not a multiple of num_attention_heads %lld", path,
@@ -280,30 +528,50 @@ static ql_status parse_config(const char *path, const json_t *root, hf_config *c
     }
     if (c->head_dim % 2)
         return ql_fail(QL_ERR_FORMAT, "%s: head dimension %lld is odd", path, (long long)c->head_dim);
-    if ((s = cfg_f64(path, root, "rms_norm_eps", 1e-6, &c->eps)) ||
-        (s = cfg_f64(path, root, "rope_theta", 10000.0, &c->rope_base)))
+    c->rope_dims = c->head_dim;
+    double prf = 1.0;
+    if (json_get_f64(p, "partial_rotary_factor", &prf) < 0 || !(prf > 0 && prf <= 1))
+        return ql_fail(QL_ERR_FORMAT, "%s: 'partial_rotary_factor' must be in (0, 1]", path);
+    if (prf != 1.0) c->rope_dims = (int64_t)(prf * (double)c->n_embd) / c->n_head; /* the converter's rounding */
+    if (c->rope_dims < 2 || c->rope_dims % 2 || c->rope_dims > c->head_dim)
+        return ql_fail(QL_ERR_FORMAT, "%s: rotary dimension %lld does not fit head dimension %lld", path,
+                       (long long)c->rope_dims, (long long)c->head_dim);
+    if ((s = cfg_f64(path, p, "rms_norm_eps", a->def_eps ? a->def_eps : 1e-6, &c->eps)) ||
+        (s = cfg_f64(path, p, "rope_theta", a->def_theta ? a->def_theta : 10000.0, &c->rope_base)))
         return s;
-    const json_t *tie = json_object_get(root, "tie_word_embeddings");
+    const json_t *tie = json_object_get(p, "tie_word_embeddings");
+    if (!tie) tie = json_object_get(root, "tie_word_embeddings");
     if (tie && !json_is_null(tie) && !json_is_boolean(tie))
         return ql_fail(QL_ERR_FORMAT, "%s: 'tie_word_embeddings' must be true or false", path);
     c->tied = json_is_true(tie);
-    const json_t *rs = json_object_get(root, "rope_scaling");
-    if (rs && !json_is_null(rs)) {
-        if (!json_is_object(rs))
-            return ql_fail(QL_ERR_FORMAT, "%s: 'rope_scaling' must be an object or null", path);
-        const json_t *t = json_object_get(rs, "rope_type");
-        if (!json_is_string(t)) t = json_object_get(rs, "type");
-        if (!json_is_string(t)) return ql_fail(QL_ERR_FORMAT, "%s: rope_scaling has no type", path);
-        if (strcmp(json_string_value(t), "default") != 0) {
-            snprintf(c->rope_type, sizeof c->rope_type, "%s", json_string_value(t));
-            if ((s = cfg_f64(path, rs, "factor", 1.0, &c->rope_factor))) return s;
-            if (strcmp(c->rope_type, "linear") != 0)
-                ql_log(1, "%s: rope_scaling type '%s' is recorded but only 'linear' is applied", path,
-                       c->rope_type);
-        }
+
+    if (strcmp(c->arch, "phi3") == 0) {
+        if ((s = cfg_int(path, p, "original_max_position_embeddings", false, 0, 1, (int64_t)1 << 30, &c->orig_ctx)) ||
+            (s = cfg_int(path, p, "sliding_window", false, 0, 0, (int64_t)1 << 30, &c->sliding_window)))
+            return s;
     }
-    json_get_token_id(root, "bos_token_id", &c->bos);
-    json_get_token_id(root, "eos_token_id", &c->eos);
+    if (c->a->norm_shift) { /* Gemma 2 / 3 */
+        bool g3 = strcmp(c->arch, "gemma3") == 0;
+        if ((s = cfg_int(path, p, "sliding_window", false, 4096, 1, (int64_t)1 << 30, &c->sliding_window)) ||
+            (s = cfg_swa_pattern(path, p, c, &c->swa_pattern)) ||
+            (s = cfg_cap(path, p, "final_logit_softcapping", g3 ? 0 : 30.0, &c->final_softcap)) ||
+            (s = cfg_cap(path, p, "attn_logit_softcapping", g3 ? 0 : 50.0, &c->attn_softcap)))
+            return s;
+        if (g3 && c->attn_softcap > 0)
+            return ql_fail(QL_ERR_UNSUPPORTED, "%s: attn_logit_softcapping is not part of gemma3 (llama.cpp has none)", path);
+        if (c->swa_pattern == 1) c->sliding_window = 0; /* every layer global */
+        if (g3 && (s = cfg_f64(path, p, "rope_local_base_freq", 10000.0, &c->rope_base_swa))) return s;
+        int64_t qpas;
+        if (json_get_int(p, "query_pre_attn_scalar", &qpas) == 1 && qpas != c->head_dim &&
+            qpas != c->n_embd / c->n_head)
+            ql_log(1, "%s: query_pre_attn_scalar %lld is neither head_dim nor hidden_size/heads; llama.cpp "
+                      "scales queries by 1/sqrt(head_dim)", path, (long long)qpas);
+    }
+    if ((s = cfg_rope_scaling(path, p, c))) return s;
+    if (c->a->norm_shift && strcmp(c->arch, "gemma3") == 0 && c->rope_type[0] && strcmp(c->rope_type, "linear") != 0)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: gemma3 rope_scaling must be linear (llama.cpp applies it to the global layers)", path);
+    if (!json_get_token_id(p, "bos_token_id", &c->bos)) json_get_token_id(root, "bos_token_id", &c->bos);
+    if (!json_get_token_id(p, "eos_token_id", &c->eos)) json_get_token_id(root, "eos_token_id", &c->eos);
     return QL_OK;
 }
 
@@ -319,6 +587,7 @@ static void set_arch_key_f32(ql_gguf *g, const char *arch, const char *key, doub
     ql_gguf_set_f32(g, k, (float)v);
 }
 
+/* The GGUF keys llama.cpp's converter writes for these fields. */
 static void config_to_gguf(const hf_config *c, ql_gguf *g) {
     const char *a = c->arch;
     ql_gguf_set_str(g, "general.architecture", a);
@@ -330,7 +599,7 @@ static void config_to_gguf(const hf_config *c, ql_gguf *g) {
     set_arch_key_u32(g, a, "attention.head_count_kv", c->n_head_kv);
     set_arch_key_f32(g, a, "attention.layer_norm_rms_epsilon", c->eps);
     set_arch_key_f32(g, a, "rope.freq_base", c->rope_base);
-    set_arch_key_u32(g, a, "rope.dimension_count", c->head_dim);
+    set_arch_key_u32(g, a, "rope.dimension_count", c->rope_dims);
     if (c->head_dim != c->n_embd / c->n_head) {
         set_arch_key_u32(g, a, "attention.key_length", c->head_dim);
         set_arch_key_u32(g, a, "attention.value_length", c->head_dim);
@@ -341,7 +610,39 @@ static void config_to_gguf(const hf_config *c, ql_gguf *g) {
         ql_gguf_set_str(g, k, c->rope_type);
         set_arch_key_f32(g, a, "rope.scaling.factor", c->rope_factor);
     }
+    if (c->orig_ctx > 0 && (c->long_factor || strcmp(c->rope_type, "yarn") == 0 || c->orig_ctx != c->n_ctx))
+        set_arch_key_u32(g, a, "rope.scaling.original_context_length", c->orig_ctx);
+    if (c->attn_factor > 0) set_arch_key_f32(g, a, "rope.scaling.attn_factor", c->attn_factor);
+    if (c->yarn_beta_fast > 0) set_arch_key_f32(g, a, "rope.scaling.yarn_beta_fast", c->yarn_beta_fast);
+    if (c->yarn_beta_slow > 0) set_arch_key_f32(g, a, "rope.scaling.yarn_beta_slow", c->yarn_beta_slow);
+    if (c->rope_base_swa > 0) set_arch_key_f32(g, a, "rope.freq_base_swa", c->rope_base_swa);
+    if (c->sliding_window > 0) set_arch_key_u32(g, a, "attention.sliding_window", c->sliding_window);
+    if (c->sliding_window > 0 && c->swa_pattern != c->a->swa_pattern) /* llama.cpp's default otherwise */
+        set_arch_key_u32(g, a, "attention.sliding_window_pattern", c->swa_pattern);
+    if (c->attn_softcap > 0) set_arch_key_f32(g, a, "attn_logit_softcapping", c->attn_softcap);
+    if (c->final_softcap > 0) set_arch_key_f32(g, a, "final_logit_softcapping", c->final_softcap);
     if (c->n_vocab > 0) set_arch_key_u32(g, a, "vocab_size", c->n_vocab);
+}
+
+/* rope_freqs.weight for Llama 3.x "llama3" rope scaling, in float32 as convert_hf_to_gguf.py computes
+ * it with torch (LlamaModel.generate_extra_tensors): every intermediate is a float32 tensor, and torch
+ * evaluates `scalar / tensor` as reciprocal(tensor) * scalar. */
+static void llama3_rope_factors(double base, int64_t dim, double factor, double lo, double hi, int64_t ctx,
+                                float *out) {
+    const float lo_wl = (float)((double)ctx / lo), hi_wl = (float)((double)ctx / hi);
+    for (int64_t i = 0; i < dim / 2; i++) {
+        /* volatile: each step rounds to float32, as the tensor ops do, never fused or wider */
+        volatile float e = (float)(2 * i) / (float)dim;
+        volatile float freq = 1.0f / powf((float)base, e);
+        volatile float wl = (1.0f / freq) * (float)(2 * M_PI);
+        if (wl < hi_wl) out[i] = 1.0f;
+        else if (wl > lo_wl) out[i] = (float)factor;
+        else {
+            volatile float smooth = ((1.0f / wl) * (float)ctx - (float)lo) / (float)(hi - lo);
+            volatile float d = (1.0f - smooth) / (float)factor + smooth;
+            out[i] = 1.0f / d;
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- loading */
@@ -363,7 +664,7 @@ static int entry_cmp(const void *pa, const void *pb) {
     if (a->ni.group != b->ni.group) return a->ni.group < b->ni.group ? -1 : 1;
     if (a->ni.group == 1) {
         if (a->ni.layer != b->ni.layer) return a->ni.layer < b->ni.layer ? -1 : 1;
-        if (a->ni.role != b->ni.role) return a->ni.role < b->ni.role ? -1 : 1;
+        if (a->ni.index != b->ni.index) return a->ni.index < b->ni.index ? -1 : 1;
         if (a->ni.bias != b->ni.bias) return a->ni.bias < b->ni.bias ? -1 : 1;
     }
     return a->order < b->order ? -1 : a->order > b->order;
@@ -410,12 +711,89 @@ static ql_status own_copy(ql_gguf *g, const load_entry *e, int heads, const void
     return QL_OK;
 }
 
+/* Gemma's RMSNorm weights as llama.cpp's converter stores them: 1 + w in float32 (it widens BF16 to
+ * F32 before adding; F16 stays F16 for the addition, which therefore rounds to F16 first). */
+static ql_status add_shifted_norm(ql_gguf *g, const load_entry *e) {
+    size_t esz = type_elem_size(e->type);
+    if (!esz || e->n_dims != 1)
+        return ql_fail(QL_ERR_FORMAT, "%s: norm tensor '%s' must be a 1-D f32, f16 or bf16 vector", e->src, e->name);
+    int64_t n = e->ne[0];
+    float *buf = malloc((size_t)(n ? n : 1) * sizeof *buf);
+    if (!buf) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", e->src, e->name);
+    for (int64_t i = 0; i < n; i++) {
+        const uint8_t *p = e->data + (size_t)i * esz;
+        uint16_t h = 0;
+        float f = 0;
+        if (esz == 4) memcpy(&f, p, 4);
+        else memcpy(&h, p, 2);
+        if (e->type == QL_TYPE_F32) buf[i] = f + 1.0f;
+        else if (e->type == QL_TYPE_BF16) buf[i] = ql_bf16_to_fp32(h) + 1.0f;
+        else buf[i] = ql_fp16_to_fp32(ql_fp32_to_fp16(ql_fp16_to_fp32(h) + 1.0f));
+    }
+    ql_gguf_adopt(g, buf);
+    int64_t ne[QL_MAX_DIMS] = {n, 1, 1, 1};
+    if (ql_gguf_add_tensor(g, e->name, QL_TYPE_F32, 1, ne, buf) < 0) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", ql_last_error());
+        return ql_fail(QL_ERR_FORMAT, "%s: %s", e->src, why);
+    }
+    return QL_OK;
+}
+
+/* Tensors llama.cpp's converter derives from config.json: rope_freqs (llama3 scaling) and Phi-3's
+ * LongRoPE factors. A rope_freqs.weight already in the folder (carried by ql_hf_save when no config
+ * reproduces it) wins. */
+static void add_config_tensors(ql_gguf *g, const hf_config *c) {
+    if (c->llama3 && ql_gguf_find_tensor(g, "rope_freqs.weight") < 0) {
+        int64_t ne[QL_MAX_DIMS] = {c->rope_dims / 2, 1, 1, 1};
+        float *f = ql_malloc((size_t)ne[0] * sizeof *f);
+        llama3_rope_factors(c->rope_base, c->rope_dims, c->l3_factor, c->l3_lo, c->l3_hi, c->l3_ctx, f);
+        ql_gguf_adopt(g, f);
+        ql_gguf_add_tensor(g, "rope_freqs.weight", QL_TYPE_F32, 1, ne, f);
+    }
+    const json_t *fs[2] = {c->long_factor, c->short_factor};
+    static const char *names[2] = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    for (int k = 0; k < 2; k++) {
+        if (!fs[k]) continue;
+        int64_t ne[QL_MAX_DIMS] = {(int64_t)json_array_size(fs[k]), 1, 1, 1};
+        float *f = ql_malloc((size_t)ne[0] * sizeof *f);
+        for (int64_t i = 0; i < ne[0]; i++) f[i] = (float)json_number_value(json_array_get(fs[k], (size_t)i));
+        ql_gguf_adopt(g, f);
+        ql_gguf_add_tensor(g, names[k], QL_TYPE_F32, 1, ne, f);
+    }
+}
+
+/* Every tensor the architecture needs, so a folder with one missing fails here, naming it. */
+static ql_status check_required(const char *dir, const hf_config *c, const ql_gguf *g) {
+    static const char *globals[] = {"token_embd.weight", "output_norm.weight"};
+    char gg[256];
+    for (size_t i = 0; i < QL_ARRAY_LEN(globals); i++)
+        if (ql_gguf_find_tensor(g, globals[i]) < 0) {
+            name_info ni;
+            char *hf = map_name(globals[i], false, c->a, &ni);
+            ql_status s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' is missing (%s needs it)", dir, hf, c->arch);
+            free(hf);
+            return s;
+        }
+    for (int64_t l = 0; l < c->n_layer; l++)
+        for (const char *const *r = c->a->required; *r; r++) {
+            snprintf(gg, sizeof gg, "blk.%lld.%s", (long long)l, *r);
+            if (ql_gguf_find_tensor(g, gg) >= 0) continue;
+            name_info ni;
+            char *hf = map_name(gg, false, c->a, &ni);
+            ql_status s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' is missing (%s needs it)", dir, hf, c->arch);
+            free(hf);
+            return s;
+        }
+    return QL_OK;
+}
+
 static ql_status add_entry(ql_gguf *g, const hf_config *c, const load_entry *e) {
     if (e->ni.group == 1 && e->ni.layer >= c->n_layer)
         return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' is for layer %d but config.json has %lld layers",
                        e->src, e->name, e->ni.layer, (long long)c->n_layer);
     int heads = 0;
-    if (c->permute && e->ni.group == 1 && (e->ni.role == ROLE_Q || e->ni.role == ROLE_K)) {
+    if (c->a->permute && e->ni.group == 1 && (e->ni.role == ROLE_Q || e->ni.role == ROLE_K)) {
         heads = (int)(e->ni.role == ROLE_Q ? c->n_head : c->n_head_kv);
         int64_t rows = e->n_dims >= 2 ? e->ne[1] : e->ne[0];
         bool ok =
@@ -424,6 +802,7 @@ static ql_status add_entry(ql_gguf *g, const hf_config *c, const load_entry *e) 
             return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has %lld rows, expected %d heads x %lld", e->src,
                            e->name, (long long)rows, heads, (long long)c->head_dim);
     }
+    if (c->a->norm_shift && is_norm_weight(e->name)) return add_shifted_norm(g, e);
     const void *data = e->data;
     size_t esz = type_elem_size(e->type);
     ql_status s;
@@ -435,6 +814,32 @@ static ql_status add_entry(ql_gguf *g, const hf_config *c, const load_entry *e) 
         return ql_fail(QL_ERR_FORMAT, "%s: %s", e->src, why);
     }
     return QL_OK;
+}
+
+/* bos/eos named by text in tokenizer_config.json. gguf-py's SpecialVocab reads these before config.json,
+ * so llama.cpp's converter takes e.g. Phi-3's <|endoftext|> or an instruct model's end-of-turn token from
+ * here rather than tokenizer.json's guess. */
+static void special_from_tokenizer_config(const char *dir, ql_gguf *g) {
+    char *p = path_join(dir, "tokenizer_config.json");
+    json_t *tc = json_load_file(p, 0, NULL);
+    free(p);
+    uint64_t n = 0;
+    const ql_gguf_value *tok = ql_gguf_get_arr(g, "tokenizer.ggml.tokens", QL_GGUF_STRING, &n);
+    static const char *keys[][2] = {{"bos_token", "tokenizer.ggml.bos_token_id"},
+                                    {"eos_token", "tokenizer.ggml.eos_token_id"}};
+    for (int k = 0; k < 2 && json_is_object(tc) && tok; k++) {
+        const json_t *v = json_object_get(tc, keys[k][0]);
+        if (json_is_object(v)) v = json_object_get(v, "content");
+        const char *text = json_string_value(v);
+        if (!text) continue;
+        size_t tl = strlen(text);
+        for (uint64_t i = 0; i < n; i++)
+            if (tok[i].v.str.len == tl && memcmp(tok[i].v.str.s, text, tl) == 0) {
+                ql_gguf_set_u32(g, keys[k][1], (uint32_t)i);
+                break;
+            }
+    }
+    json_decref(tc);
 }
 
 /* bos/eos from config.json or generation_config.json, only where the tokenizer did not set them. */
@@ -453,6 +858,20 @@ static void special_ids(const char *dir, const hf_config *c, ql_gguf *g) {
         ql_gguf_set_u32(g, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
     if (eos >= 0 && !ql_gguf_get(g, "tokenizer.ggml.eos_token_id"))
         ql_gguf_set_u32(g, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
+}
+
+/* llama.cpp's Gemma 3 converter keeps only the embedding rows the tokenizer has tokens for (the
+ * checkpoint pads its vocabulary, e.g. 262208 rows for 262144 tokens); the rows stay in the mapping. */
+static void trim_embedding(ql_gguf *g, const hf_config *c) {
+    uint64_t n_tok = 0;
+    if (!ql_gguf_get_arr(g, "tokenizer.ggml.tokens", QL_GGUF_STRING, &n_tok) || n_tok == 0) return;
+    int64_t te = ql_gguf_find_tensor(g, "token_embd.weight");
+    if (te < 0) return;
+    ql_gguf_tensor *t = &g->tensors[te];
+    if (t->n_dims != 2 || t->ne[1] <= (int64_t)n_tok) return;
+    t->nbytes = t->nbytes / (uint64_t)t->ne[1] * n_tok;
+    t->ne[1] = (int64_t)n_tok;
+    set_arch_key_u32(g, c->arch, "vocab_size", (int64_t)n_tok);
 }
 
 /* general.file_type as llama.cpp's converter would set it: 0 all F32, 1 mostly F16, 32 mostly BF16. */
@@ -537,13 +956,21 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
             size_t nl = strlen(src->name);
             if (nl > 21 && strcmp(src->name + nl - 21, ".rotary_emb.inv_freq") == 0)
                 continue; /* recomputed */
+            char *tname = text_model_name(src->name);
+            if (!tname) continue; /* a vision tower: not part of the text model */
+            /* Gemma's output is the embedding; llama.cpp's converter drops a stray lm_head (AutoAWQ) */
+            if (cfg.a->norm_shift && strcmp(tname, "lm_head.weight") == 0) {
+                free(tname);
+                continue;
+            }
             if (n_ents == cap_ents) {
                 cap_ents = cap_ents ? cap_ents * 2 : 256;
                 ents = ql_realloc(ents, (size_t)cap_ents * sizeof *ents);
             }
             load_entry *e = &ents[n_ents++];
             memset(e, 0, sizeof *e);
-            e->name = map_name(src->name, true, &e->ni);
+            e->name = map_name(tname, true, cfg.a, &e->ni);
+            free(tname);
             e->type = src->type;
             e->n_dims = src->n_dims;
             memcpy(e->ne, src->ne, sizeof e->ne);
@@ -559,8 +986,11 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
         const json_t *val;
         json_object_foreach(json_object_get(idx_json, "weight_map"), key, val) {
             name_info ni;
-            char *gn = map_name(key, true, &ni);
-            bool found = false;
+            char *tn = text_model_name(key);
+            if (!tn) continue;
+            char *gn = map_name(tn, true, cfg.a, &ni);
+            free(tn);
+            bool found = cfg.a->norm_shift && strcmp(gn, "output.weight") == 0; /* dropped above */
             for (int64_t k = 0; k < n_ents && !found; k++) found = strcmp(ents[k].name, gn) == 0;
             free(gn);
             size_t kl = strlen(key);
@@ -579,6 +1009,8 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
     config_to_gguf(&cfg, g);
     for (int64_t k = 0; k < n_ents; k++)
         if ((s = add_entry(g, &cfg, &ents[k]))) goto done;
+    add_config_tensors(g, &cfg);
+    if ((s = check_required(dir, &cfg, g))) goto done;
     if (cfg.n_vocab <= 0) {
         int64_t te = ql_gguf_find_tensor(g, "token_embd.weight");
         if (te >= 0 && g->tensors[te].n_dims == 2)
@@ -596,8 +1028,10 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
         if (file_exists(tp)) s = ql_tokenizer_json_to_gguf(tp, g);
         free(tp);
         if (s) goto done;
+        special_from_tokenizer_config(dir, g);
     }
     special_ids(dir, &cfg, g);
+    if (cfg.a->trim_vocab) trim_embedding(g, &cfg);
     *out = g;
     g = NULL;
 done:
@@ -684,8 +1118,9 @@ typedef struct {
     const ql_gguf_tensor *t;
     int64_t index;
     char *hf_name;
-    int heads; /* > 0: permute rows back to HF order with this many heads */
-    uint64_t offset;
+    int heads;  /* > 0: permute rows back to HF order with this many heads */
+    bool shift; /* Gemma norm: write v - 1 as F32 */
+    uint64_t offset, nbytes;
 } save_entry;
 
 static ql_status write_text_file(const char *path, const char *text) {
@@ -695,6 +1130,17 @@ static ql_status write_text_file(const char *path, const char *text) {
     fputs(text, ql_atomic_stream(af));
     fputc('\n', ql_atomic_stream(af));
     return ql_atomic_commit(af); /* a failed fputs is sticky in ferror: the commit reports it */
+}
+
+static float elem_f32(const void *p, uint32_t type, int64_t i) {
+    if (type == QL_TYPE_F32) {
+        float f;
+        memcpy(&f, (const uint8_t *)p + 4 * i, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, (const uint8_t *)p + 2 * i, 2);
+    return type == QL_TYPE_BF16 ? ql_bf16_to_fp32(h) : ql_fp16_to_fp32(h);
 }
 
 static ql_status write_tensor_bytes(ql_atomic_file *af, const save_entry *e, void **scratch, void **scratch2) {
@@ -707,6 +1153,22 @@ static ql_status write_tensor_bytes(ql_atomic_file *af, const save_entry *e, voi
         if ((s = t->produce(t->produce_user, e->index, *scratch, t->nbytes))) return s;
         src = *scratch;
     }
+    if (e->shift) { /* HF Gemma stores w where llama.cpp stores 1 + w */
+        int64_t ne = (int64_t)(e->nbytes / 4);
+        float *w = ql_malloc((size_t)(ne ? ne : 1) * sizeof *w);
+        int64_t lossy = 0;
+        for (int64_t i = 0; i < ne; i++) {
+            float v = elem_f32(src, t->type, i);
+            w[i] = v - 1.0f;
+            lossy += w[i] + 1.0f != v;
+        }
+        if (lossy)
+            ql_log(1, "%s: %lld values of '%s' are not exactly 1 + a float32 (they read back rounded)", "hf save",
+                   (long long)lossy, t->name);
+        s = ql_atomic_write(af, w, e->nbytes);
+        free(w);
+        return s;
+    }
     if (e->heads > 0) {
         int64_t rows = t->n_dims >= 2 ? t->ne[1] : t->ne[0];
         *scratch2 = ql_realloc(*scratch2, n ? n : 1);
@@ -718,10 +1180,13 @@ static ql_status write_tensor_bytes(ql_atomic_file *af, const save_entry *e, voi
 
 typedef struct {
     const char *arch;
-    const char *model_type, *hf_class;
-    bool permute;
-    int64_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, head_dim, n_vocab;
+    const hf_arch *a;
+    int64_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_ctx, head_dim, n_vocab, rope_dims;
     double eps, rope_base;
+    bool l3_ok; /* rope_freqs.weight is exactly what these llama3 parameters give: config carries it */
+    double l3_factor, l3_lo, l3_hi;
+    int64_t l3_ctx;
+    bool longrope; /* Phi-3 rope_factors_long/short go into rope_scaling */
 } save_config;
 
 static bool gkey_int(const ql_gguf *g, const char *arch, const char *key, int64_t *out) {
@@ -736,18 +1201,49 @@ static bool gkey_f64(const ql_gguf *g, const char *arch, const char *key, double
     return ql_gguf_get_f64(g, k, out);
 }
 
+static const ql_gguf_tensor *f32_vector(const ql_gguf *g, const char *name, int64_t n) {
+    int64_t i = ql_gguf_find_tensor(g, name);
+    if (i < 0) return NULL;
+    const ql_gguf_tensor *t = &g->tensors[i];
+    return t->type == QL_TYPE_F32 && t->n_dims == 1 && t->ne[0] == n && t->data ? t : NULL;
+}
+
+/* The llama3 rope_scaling whose factors are rope_freqs.weight bit for bit: the factor is the largest
+ * value; the rest is searched over the values Llama 3.x releases use. */
+static void find_llama3_params(const ql_gguf *g, save_config *c) {
+    const ql_gguf_tensor *t = f32_vector(g, "rope_freqs.weight", c->rope_dims / 2);
+    if (!t) return;
+    const float *want = t->data;
+    int64_t n = t->ne[0];
+    float mx = 0;
+    for (int64_t i = 0; i < n; i++) mx = want[i] > mx ? want[i] : mx;
+    if (!(mx >= 1.0f)) return;
+    static const double los[] = {1, 2, 0.5}, his[] = {4, 2, 8, 1};
+    static const int64_t ctxs[] = {8192, 4096, 16384, 32768, 2048, 65536, 131072};
+    float *got = ql_malloc((size_t)n * sizeof *got);
+    for (size_t a = 0; a < QL_ARRAY_LEN(los) && !c->l3_ok; a++)
+        for (size_t b = 0; b < QL_ARRAY_LEN(his) && !c->l3_ok; b++)
+            for (size_t k = 0; k < QL_ARRAY_LEN(ctxs) && !c->l3_ok; k++) {
+                if (los[a] == his[b]) continue;
+                llama3_rope_factors(c->rope_base, c->rope_dims, mx, los[a], his[b], ctxs[k], got);
+                if (memcmp(got, want, (size_t)n * sizeof *got) == 0) {
+                    c->l3_ok = true;
+                    c->l3_factor = mx, c->l3_lo = los[a], c->l3_hi = his[b], c->l3_ctx = ctxs[k];
+                }
+            }
+    free(got);
+    if (!c->l3_ok)
+        ql_log(1, "%s: rope_freqs.weight matches no llama3 rope_scaling; it is kept as a tensor (qlab reads it, "
+                  "transformers ignores it)", g->path ? g->path : "model");
+}
+
 static ql_status gather_save_config(const ql_gguf *g, const char *label, save_config *c) {
     memset(c, 0, sizeof *c);
     const char *arch = ql_gguf_get_str(g, "general.architecture");
     if (!arch) arch = "llama";
     c->arch = arch;
-    for (size_t i = 0; i < QL_ARRAY_LEN(g_archs); i++)
-        if (strcmp(arch, g_archs[i].model_type) == 0) {
-            c->model_type = g_archs[i].model_type;
-            c->hf_class = g_archs[i].hf_class;
-            c->permute = g_archs[i].permute;
-        }
-    if (!c->model_type)
+    c->a = arch_for_gguf(arch);
+    if (!c->a)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: architecture '%s' cannot be saved as a Hugging Face folder",
                        label, arch);
     int64_t te = ql_gguf_find_tensor(g, "token_embd.weight");
@@ -765,40 +1261,115 @@ static ql_status gather_save_config(const ql_gguf *g, const char *label, save_co
     if (c->n_layer <= 0 || c->n_head <= 0 || c->n_head_kv <= 0 || c->n_ff <= 0 || c->n_head % c->n_head_kv)
         return ql_fail(QL_ERR_FORMAT, "%s: invalid hyper-parameters", label);
     if (!gkey_int(g, arch, "attention.key_length", &c->head_dim)) c->head_dim = c->n_embd / c->n_head;
+    if (!gkey_int(g, arch, "rope.dimension_count", &c->rope_dims)) c->rope_dims = c->head_dim;
+    if (c->head_dim <= 0 || c->rope_dims <= 0 || c->rope_dims > c->head_dim)
+        return ql_fail(QL_ERR_FORMAT, "%s: invalid head or rope dimension", label);
     if (!gkey_int(g, arch, "context_length", &c->n_ctx)) c->n_ctx = 2048;
     if (!gkey_f64(g, arch, "attention.layer_norm_rms_epsilon", &c->eps)) c->eps = 1e-5;
     if (!gkey_f64(g, arch, "rope.freq_base", &c->rope_base)) c->rope_base = 10000.0;
+    if (strcmp(arch, "llama") == 0) find_llama3_params(g, c);
+    c->longrope = strcmp(arch, "phi3") == 0 && f32_vector(g, "rope_factors_long.weight", c->rope_dims / 2) &&
+                  f32_vector(g, "rope_factors_short.weight", c->rope_dims / 2);
     return QL_OK;
 }
 
+/* A GGUF f32/u32 key as a JSON number, or null when absent. */
+static json_t *key_real(const ql_gguf *g, const char *arch, const char *key) {
+    double v;
+    return gkey_f64(g, arch, key, &v) ? json_real(short_float(v)) : json_null();
+}
+
+static json_t *f32_array_json(const ql_gguf *g, const char *name) {
+    const ql_gguf_tensor *t = &g->tensors[ql_gguf_find_tensor(g, name)];
+    json_t *a = json_array();
+    for (int64_t i = 0; i < t->ne[0]; i++) json_array_append_new(a, json_real(short_float(((const float *)t->data)[i])));
+    return a;
+}
+
+/* config.json as the architecture's transformers config class reads it: the inverse of parse_config +
+ * config_to_gguf for every field they use. */
 static char *config_json_text(const ql_gguf *g, const save_config *c, const char *torch_dtype) {
+    const char *arch = c->arch;
+    bool gemma = c->a->norm_shift, gemma3 = strcmp(arch, "gemma3") == 0, phi3 = strcmp(arch, "phi3") == 0;
     json_t *o = json_object();
-    json_object_set_new(o, "architectures", json_pack("[s]", c->hf_class));
-    json_object_set_new(o, "model_type", json_string(c->model_type));
+    json_object_set_new(o, "architectures", json_pack("[s]", c->a->hf_class));
+    json_object_set_new(o, "model_type", json_string(c->a->model_type));
     json_object_set_new(o, "hidden_size", json_integer(c->n_embd));
     json_object_set_new(o, "intermediate_size", json_integer(c->n_ff));
     json_object_set_new(o, "num_hidden_layers", json_integer(c->n_layer));
     json_object_set_new(o, "num_attention_heads", json_integer(c->n_head));
     json_object_set_new(o, "num_key_value_heads", json_integer(c->n_head_kv));
-    if (c->head_dim != c->n_embd / c->n_head) json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+    /* transformers' defaults for head_dim differ per class (Qwen3 128, Gemma 256): always write it there */
+    if (gemma || strcmp(arch, "qwen3") == 0 || c->head_dim != c->n_embd / c->n_head)
+        json_object_set_new(o, "head_dim", json_integer(c->head_dim));
+    if (c->rope_dims != c->head_dim)
+        json_object_set_new(o, "partial_rotary_factor",
+                            json_real((double)(c->rope_dims * c->n_head) / (double)c->n_embd));
     json_object_set_new(o, "max_position_embeddings", json_integer(c->n_ctx));
     json_object_set_new(o, "rms_norm_eps", json_real(short_float(c->eps)));
     json_object_set_new(o, "rope_theta", json_real(short_float(c->rope_base)));
     char k[128];
-    snprintf(k, sizeof k, "%s.rope.scaling.type", c->arch);
+    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
     const char *rst = ql_gguf_get_str(g, k);
     double factor = 1.0;
-    if (rst && strcmp(rst, "none") != 0 && gkey_f64(g, c->arch, "rope.scaling.factor", &factor))
-        json_object_set_new(
-            o, "rope_scaling",
-            json_pack("{s:s,s:s,s:f}", "type", rst, "rope_type", rst, "factor", short_float(factor)));
-    else
-        json_object_set_new(o, "rope_scaling", json_null());
+    int64_t orig = 0;
+    bool has_orig = gkey_int(g, arch, "rope.scaling.original_context_length", &orig);
+    json_t *rs = json_null();
+    if (c->l3_ok) {
+        rs = json_pack("{s:s,s:f,s:f,s:f,s:I}", "rope_type", "llama3", "factor", short_float(c->l3_factor),
+                       "low_freq_factor", c->l3_lo, "high_freq_factor", c->l3_hi, "original_max_position_embeddings",
+                       (json_int_t)c->l3_ctx);
+        if (c->l3_ctx != 8192) /* where llama.cpp's converter looks for it */
+            json_object_set_new(o, "original_max_position_embeddings", json_integer(c->l3_ctx));
+    } else if (c->longrope) {
+        rs = json_pack("{s:s,s:o,s:o}", "type", "longrope", "long_factor", f32_array_json(g, "rope_factors_long.weight"),
+                       "short_factor", f32_array_json(g, "rope_factors_short.weight"));
+    } else if (rst && strcmp(rst, "none") != 0 && gkey_f64(g, arch, "rope.scaling.factor", &factor)) {
+        rs = json_pack("{s:s,s:s,s:f}", "type", rst, "rope_type", rst, "factor", short_float(factor));
+        if (strcmp(rst, "yarn") == 0) {
+            if (has_orig) json_object_set_new(rs, "original_max_position_embeddings", json_integer(orig));
+            double b;
+            if (gkey_f64(g, arch, "rope.scaling.yarn_beta_fast", &b)) json_object_set_new(rs, "beta_fast", json_real(short_float(b)));
+            if (gkey_f64(g, arch, "rope.scaling.yarn_beta_slow", &b)) json_object_set_new(rs, "beta_slow", json_real(short_float(b)));
+        }
+    }
+    json_object_set_new(o, "rope_scaling", rs);
     json_object_set_new(o, "tie_word_embeddings", json_boolean(ql_gguf_find_tensor(g, "output.weight") < 0));
     json_object_set_new(o, "vocab_size", json_integer(c->n_vocab));
-    json_object_set_new(o, "hidden_act", json_string("silu"));
+    json_object_set_new(o, "hidden_act", json_string(gemma ? "gelu_pytorch_tanh" : "silu"));
     bool qkv_bias = ql_gguf_find_tensor(g, "blk.0.attn_q.bias") >= 0;
-    if (strcmp(c->model_type, "llama") == 0) json_object_set_new(o, "attention_bias", json_boolean(qkv_bias));
+    if (strcmp(arch, "llama") == 0 || strcmp(arch, "qwen3") == 0 || gemma)
+        json_object_set_new(o, "attention_bias", json_boolean(qkv_bias));
+    if (strcmp(arch, "qwen2") == 0 || strcmp(arch, "qwen3") == 0)
+        json_object_set_new(o, "use_sliding_window", json_false());
+    int64_t swa = 0, pattern = c->a->swa_pattern;
+    gkey_int(g, arch, "attention.sliding_window", &swa);
+    gkey_int(g, arch, "attention.sliding_window_pattern", &pattern);
+    if (gemma) {
+        json_object_set_new(o, "hidden_activation", json_string("gelu_pytorch_tanh"));
+        /* llama.cpp scales queries by 1/sqrt(head_dim) except for the 27B models */
+        bool big = (!gemma3 && c->n_layer == 46) || (gemma3 && c->n_layer == 62);
+        json_object_set_new(o, "query_pre_attn_scalar", json_integer(big ? c->n_embd / c->n_head : c->head_dim));
+        json_object_set_new(o, "attn_logit_softcapping", key_real(g, arch, "attn_logit_softcapping"));
+        json_object_set_new(o, "final_logit_softcapping", key_real(g, arch, "final_logit_softcapping"));
+        if (swa <= 0) pattern = 1; /* no window: every layer global */
+        json_object_set_new(o, "sliding_window", swa > 0 ? json_integer(swa) : json_null());
+        json_t *lt = json_array();
+        for (int64_t i = 0; i < c->n_layer; i++)
+            json_array_append_new(lt, json_string(pattern > 0 && (i + 1) % pattern == 0 ? "full_attention"
+                                                                                      : "sliding_attention"));
+        json_object_set_new(o, "layer_types", lt);
+        if (gemma3) {
+            json_object_set_new(o, "sliding_window_pattern", json_integer(pattern));
+            double b = 10000.0;
+            gkey_f64(g, arch, "rope.freq_base_swa", &b);
+            json_object_set_new(o, "rope_local_base_freq", json_real(short_float(b)));
+        }
+    }
+    if (phi3) {
+        json_object_set_new(o, "original_max_position_embeddings", json_integer(has_orig ? orig : c->n_ctx));
+        json_object_set_new(o, "sliding_window", swa > 0 ? json_integer(swa) : json_null());
+    }
     json_object_set_new(o, "torch_dtype", json_string(torch_dtype));
     int64_t id;
     if (ql_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id))
@@ -808,6 +1379,25 @@ static char *config_json_text(const ql_gguf *g, const save_config *c, const char
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
     json_decref(o);
     return text;
+}
+
+/* The GGUF keys config.json will give back on load (parsed the way ql_hf_load parses it): those are not
+ * repeated in the safetensors metadata, so the config is their one source. */
+static ql_status keys_from_config(const char *label, const char *cfg_text, ql_gguf **out) {
+    *out = NULL;
+    json_error_t err;
+    json_t *root = json_loads(cfg_text, 0, &err);
+    if (!root) return ql_fail(QL_ERR_FORMAT, "%s: config.json could not be re-read: %s", label, err.text);
+    hf_config hc;
+    char path[512];
+    snprintf(path, sizeof path, "%s (config.json written for it)", label);
+    ql_status s = parse_config(path, root, &hc);
+    if (!s) {
+        *out = ql_gguf_new();
+        config_to_gguf(&hc, *out);
+    }
+    json_decref(root);
+    return s;
 }
 
 ql_status ql_hf_save(const ql_gguf *g, const char *dir) {
@@ -837,6 +1427,7 @@ ql_status ql_hf_save(const ql_gguf *g, const char *dir) {
     char *st_path = path_join(dir, "model.safetensors"), *cfg_path = path_join(dir, "config.json");
     char *hdr_text = NULL, *cfg_text = NULL;
     void *scratch = NULL, *scratch2 = NULL;
+    ql_gguf *from_cfg = NULL;
     int n_f32 = 0, n_f16 = 0, n_bf16 = 0;
 
     /* data layout: 4-byte types first, then 2-byte ones, so every tensor stays aligned to its element */
@@ -844,15 +1435,24 @@ ql_status ql_hf_save(const ql_gguf *g, const char *dir) {
     for (int pass = 0; pass < 2; pass++)
         for (int64_t i = 0; i < g->n_tensors; i++) {
             const ql_gguf_tensor *t = &g->tensors[i];
-            if ((type_elem_size(t->type) == 4) != (pass == 0)) continue;
+            /* tensors config.json regenerates */
+            if ((c.l3_ok && strcmp(t->name, "rope_freqs.weight") == 0) ||
+                (c.longrope && (strcmp(t->name, "rope_factors_long.weight") == 0 ||
+                                strcmp(t->name, "rope_factors_short.weight") == 0)))
+                continue;
+            bool shift = c.a->norm_shift && is_norm_weight(t->name) && t->n_dims == 1;
+            uint32_t out_type = shift ? QL_TYPE_F32 : t->type;
+            if ((type_elem_size(out_type) == 4) != (pass == 0)) continue;
             save_entry *e = &ents[n++];
             name_info ni;
             e->t = t;
             e->index = i;
-            e->hf_name = map_name(t->name, false, &ni);
+            e->shift = shift;
+            e->hf_name = map_name(t->name, false, c.a, &ni);
             e->offset = off;
-            off += t->nbytes;
-            if (c.permute && ni.group == 1 && (ni.role == ROLE_Q || ni.role == ROLE_K)) {
+            e->nbytes = shift ? (uint64_t)t->ne[0] * 4 : t->nbytes;
+            off += e->nbytes;
+            if (c.a->permute && ni.group == 1 && (ni.role == ROLE_Q || ni.role == ROLE_K)) {
                 e->heads = (int)(ni.role == ROLE_Q ? c.n_head : c.n_head_kv);
                 int64_t rows = t->n_dims >= 2 ? t->ne[1] : t->ne[0];
                 if (rows % e->heads || (rows / e->heads) % 2 || (t->n_dims > 2 && t->ne[2] * t->ne[3] != 1)) {
@@ -866,7 +1466,7 @@ ql_status ql_hf_save(const ql_gguf *g, const char *dir) {
                 *(t->type == QL_TYPE_F32 ? &n_f32 : t->type == QL_TYPE_F16 ? &n_f16 : &n_bf16) += 1;
             json_t *shape = json_array();
             for (int d = t->n_dims - 1; d >= 0; d--) json_array_append_new(shape, json_integer(t->ne[d]));
-            const char *dt = t->type == QL_TYPE_F32 ? "F32" : t->type == QL_TYPE_F16 ? "F16" : "BF16";
+            const char *dt = out_type == QL_TYPE_F32 ? "F32" : out_type == QL_TYPE_F16 ? "F16" : "BF16";
             if (json_object_get(hdr, e->hf_name)) {
                 json_decref(shape);
                 s = ql_fail(QL_ERR_FORMAT, "%s: two tensors map to the Hugging Face name '%s'", label,
@@ -875,36 +1475,31 @@ ql_status ql_hf_save(const ql_gguf *g, const char *dir) {
             }
             json_object_set_new(hdr, e->hf_name,
                                 json_pack("{s:s,s:o,s:[I,I]}", "dtype", dt, "shape", shape, "data_offsets",
-                                          (json_int_t)e->offset, (json_int_t)(e->offset + t->nbytes)));
+                                          (json_int_t)e->offset, (json_int_t)(e->offset + e->nbytes)));
         }
+
+    const char *torch_dtype = n_bf16 > n_f16 && n_bf16 > n_f32 ? "bfloat16"
+                              : n_f16 > n_f32                  ? "float16"
+                                                               : "float32";
+    cfg_text = config_json_text(g, &c, torch_dtype);
+    if ((s = keys_from_config(label, cfg_text, &from_cfg))) goto done;
 
     /* every GGUF key that config.json does not carry: tokenizer, general.*, extra arch keys */
     json_object_set_new(meta, "format", json_string("pt"));
-    size_t al = strlen(c.arch);
     for (int64_t i = 0; i < g->n_kv; i++) {
         const char *key = g->kv[i].key;
         if (strcmp(key, "general.architecture") == 0 || strcmp(key, "general.alignment") == 0) continue;
-        if (strncmp(key, c.arch, al) == 0 && key[al] == '.') {
-            static const char *derived[] = {"context_length",
-                                            "embedding_length",
-                                            "block_count",
-                                            "feed_forward_length",
-                                            "attention.head_count",
-                                            "attention.head_count_kv",
-                                            "attention.layer_norm_rms_epsilon",
-                                            "rope.freq_base",
-                                            "rope.dimension_count",
-                                            "attention.key_length",
-                                            "attention.value_length",
-                                            "vocab_size",
-                                            "rope.scaling.type",
-                                            "rope.scaling.factor"};
-            bool skip = false;
-            for (size_t d = 0; d < QL_ARRAY_LEN(derived) && !skip; d++)
-                skip = strcmp(key + al + 1, derived[d]) == 0;
-            if (skip) continue;
-        }
         char *enc = enc_value(&g->kv[i].val);
+        int64_t ci = ql_gguf_find_kv(from_cfg, key);
+        if (ci >= 0) {
+            char *back = enc_value(&from_cfg->kv[ci].val);
+            if (!enc || !back || strcmp(enc, back) != 0)
+                ql_log(1, "%s: %s reads back from config.json as %s, not %s", label, key, back ? back : "?",
+                       enc ? enc : "?");
+            free(back);
+            free(enc);
+            continue;
+        }
         char mk[512];
         snprintf(mk, sizeof mk, "%s%s", QLAB_META_PREFIX, key);
         if (enc) json_object_set_new(meta, mk, json_string(enc));
@@ -917,11 +1512,6 @@ ql_status ql_hf_save(const ql_gguf *g, const char *dir) {
         s = ql_fail(QL_ERR_FORMAT, "%s: metadata could not be encoded as JSON", label);
         goto done;
     }
-
-    const char *torch_dtype = n_bf16 > n_f16 && n_bf16 > n_f32 ? "bfloat16"
-                              : n_f16 > n_f32                  ? "float16"
-                                                               : "float32";
-    cfg_text = config_json_text(g, &c, torch_dtype);
 
     /* model.safetensors */
     ql_atomic_file *af;
@@ -954,6 +1544,7 @@ done:
     free(cfg_path);
     free(scratch);
     free(scratch2);
+    ql_gguf_free(from_cfg);
     return s;
 }
 
@@ -961,10 +1552,12 @@ done:
 
 char *ql_hf_tensor_name(const ql_gguf *g, const char *gguf_name, int *rope_heads) {
     name_info ni;
-    char *hf = map_name(gguf_name, false, &ni);
+    const hf_arch *a = arch_for_gguf(ql_gguf_get_str(g, "general.architecture"));
+    char *hf = map_name(gguf_name, false, a, &ni);
     *rope_heads = 0;
     save_config c;
-    if (ni.group == 1 && (ni.role == ROLE_Q || ni.role == ROLE_K) && !gather_save_config(g, "model", &c) && c.permute)
+    if (ni.group == 1 && (ni.role == ROLE_Q || ni.role == ROLE_K) && !gather_save_config(g, "model", &c) &&
+        c.a->permute)
         *rope_heads = (int)(ni.role == ROLE_Q ? c.n_head : c.n_head_kv);
     return hf;
 }
@@ -976,4 +1569,9 @@ ql_status ql_hf_config_text(const ql_gguf *g, const char *torch_dtype, char **ou
     if (s) return s;
     *out = config_json_text(g, &c, torch_dtype);
     return *out ? QL_OK : ql_fail(QL_ERR_FORMAT, "%s: config.json could not be encoded", g->path ? g->path : "model");
+}
+
+bool ql_hf_norm_shift(const ql_gguf *g, const char *gguf_name) {
+    const hf_arch *a = arch_for_gguf(ql_gguf_get_str(g, "general.architecture"));
+    return a && a->norm_shift && is_norm_weight(gguf_name);
 }

@@ -99,6 +99,8 @@ ql_status ql_hf_save(const ql_gguf *g, const char *dir);
  * ql_rope_permute_rows(..., false) for that many heads; and config.json's text for model g. */
 char *ql_hf_tensor_name(const ql_gguf *g, const char *gguf_name, int *rope_heads);
 ql_status ql_hf_config_text(const ql_gguf *g, const char *torch_dtype, char **out);
+/* True when the HF folder stores this tensor as its GGUF value minus 1 (Gemma's RMSNorm weights). */
+bool ql_hf_norm_shift(const ql_gguf *g, const char *gguf_name);
 
 /* Safetensors header parsing (exposed for fuzzing): fills `g` with tensors pointing into buf. */
 ql_status ql_safetensors_parse(const void *buf, size_t size, const char *label, ql_gguf *g);

@@ -446,8 +446,10 @@ ql_status ql_tokenizer_from_gguf(const ql_gguf *g, ql_tokenizer **out) {
     if (strcmp(model, "llama") == 0) kind = QL_TOK_SPM;
     else if (strcmp(model, "gpt2") == 0) kind = QL_TOK_BPE;
     else
-        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tokenizer model '%s' is not supported (llama, gpt2)", lbl,
-                       model);
+        return ql_fail(QL_ERR_UNSUPPORTED,
+                       "%s: tokenizer model '%s' is not supported (llama = SentencePiece, gpt2 = byte-level BPE; "
+                       "Unigram (t5) and WordPiece (bert) vocabularies are not implemented)",
+                       lbl, model);
 
     uint64_t n = 0;
     const ql_gguf_value *toks = ql_gguf_get_arr(g, "tokenizer.ggml.tokens", QL_GGUF_STRING, &n);
@@ -1328,7 +1330,8 @@ ql_status ql_tokenizer_json_to_gguf(const char *path, ql_gguf *g) {
         goto done;
     }
     if (mt && strcmp(json_string_value(mt), "BPE") != 0) {
-        s = ql_fail(QL_ERR_UNSUPPORTED, "%s: model type '%.30s' is not supported (BPE only)", path,
+        s = ql_fail(QL_ERR_UNSUPPORTED,
+                    "%s: model type '%.30s' is not supported (BPE only: Unigram and WordPiece are not implemented)", path,
                     json_string_value(mt));
         goto done;
     }
@@ -1459,8 +1462,8 @@ ql_status ql_tokenizer_json_to_gguf(const char *path, ql_gguf *g) {
 
     /* special ids: the template's token, else well-known texts; keys already set are kept */
     int64_t bos = tfirst ? vocab_lookup(h.vocab, h.added, tfirst) : -1;
-    static const char *bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<|endoftext|>"};
-    static const char *eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>"};
+    static const char *bos_names[] = {"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>", "<|endoftext|>"};
+    static const char *eos_names[] = {"</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"}; /* <bos>/<eos>: Gemma */
     for (size_t k = 0; bos < 0 && k < QL_ARRAY_LEN(bos_names); k++)
         bos = vocab_lookup(h.vocab, h.added, bos_names[k]);
     int64_t eos = add_eos && tlast ? vocab_lookup(h.vocab, h.added, tlast) : -1;

@@ -136,6 +136,7 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
     memset(t, 0, sizeof *t);
     t->gguf_name = ql_strdup(et->name);
     t->hf_name = ql_hf_tensor_name(st->source, et->name, &t->rope_heads);
+    t->norm_shift = et->n_dims == 1 && ql_hf_norm_shift(st->source, et->name);
     size_t hl = strlen(t->hf_name);
     t->module = ql_strdup(t->hf_name);
     if (hl > 7 && !strcmp(t->hf_name + hl - 7, ".weight")) t->module[hl - 7] = 0;
@@ -213,6 +214,18 @@ static uint64_t tensor_out_bytes(const ql_st_tensor *t) {
 
 
 
+/* GGUF's 1 + w back to HF Gemma's w, in the tensor's own float type. */
+static void shift_norm(void *buf, uint32_t type, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        if (type == QL_TYPE_F32) {
+            ((float *)buf)[i] -= 1.0f;
+        } else {
+            uint16_t *h = (uint16_t *)buf + i;
+            *h = type == QL_TYPE_BF16 ? ql_fp32_to_bf16(ql_bf16_to_fp32(*h) - 1.0f) : ql_fp32_to_fp16(ql_fp16_to_fp32(*h) - 1.0f);
+        }
+    }
+}
+
 /* One source tensor's outputs, converted, into *buf (reallocated as needed). */
 static ql_status convert_tensor(const st_state *st, const ql_st_tensor *t, uint8_t **src_buf, uint8_t **tmp,
                                 uint8_t **buf) {
@@ -233,10 +246,13 @@ static ql_status convert_tensor(const st_state *st, const ql_st_tensor *t, uint8
     }
     uint64_t total = tensor_out_bytes(t);
     *buf = ql_realloc(*buf, total ? total : 1);
-    if (t->kind == QL_ST_FLOAT) memcpy(*buf, src, t->nbytes);
-    else if (t->kind == QL_ST_DEQUANT) {
+    if (t->kind == QL_ST_FLOAT) {
+        memcpy(*buf, src, t->nbytes);
+        if (t->norm_shift) shift_norm(*buf, t->type, t->ne[0]);
+    } else if (t->kind == QL_ST_DEQUANT) {
         ql_status s = ql_format_dequantize(t->format, src, (float *)*buf, rows, cols, 1);
         if (s) return s;
+        if (t->norm_shift) shift_norm(*buf, QL_TYPE_F32, t->ne[0]);
     } else {
         ql_status s = st->target->convert(t, src, *buf);
         if (s) return s;

@@ -42,6 +42,7 @@ typedef struct {
     void *produce_user;
     int64_t produce_tag;
     int rope_heads;  /* > 0: rows are in GGUF's q/k order for this many heads */
+    bool norm_shift; /* Gemma norm: HF stores the GGUF value minus 1 (ql_hf_norm_shift) */
     int kind;        /* QL_ST_FLOAT, QL_ST_DEQUANT or QL_ST_TARGET */
     int bits, group; /* target's: group = ncols for per-channel */
     bool sym;

@@ -385,5 +385,51 @@ if [ -f "$HFM" ]; then
   fi
 fi
 
+# issue 11: the architecture variants through `qlab convert` both ways (identical logits), and a
+# Hugging Face folder qlab cannot take: one line naming the folder and what is wrong
+AV=$SHARED/testdata/arch-variants
+if [ -d "$SHARED" ] && [ ! -f "$AV/llama3.gguf" ]; then bad "$AV/llama3.gguf missing from the shared folder"
+elif [ -f "$AV/llama3.gguf" ]; then
+  for m in llama3 qwen2 qwen3 gemma2 gemma3 phi3; do
+    if ! $QLAB info "$AV/$m.gguf" >/dev/null 2>"$T/err"; then skip "convert $m: $(head -1 "$T/err")"; continue; fi
+    if $QLAB convert "$AV/$m.gguf" -o "$T/hf-$m" >/dev/null 2>"$T/err" && $QLAB convert "$T/hf-$m" -o "$T/back-$m.gguf" >/dev/null 2>>"$T/err" \
+       && $QLAB logits "$AV/$m.gguf" --tokens "$AV/tokens.txt" -o "$T/l0-$m.f32" 2>>"$T/err" \
+       && $QLAB logits "$T/hf-$m" --tokens "$AV/tokens.txt" -o "$T/l1-$m.f32" 2>>"$T/err" \
+       && $QLAB logits "$T/back-$m.gguf" --tokens "$AV/tokens.txt" -o "$T/l2-$m.f32" 2>>"$T/err" \
+       && cmp -s "$T/l0-$m.f32" "$T/l1-$m.f32" && cmp -s "$T/l0-$m.f32" "$T/l2-$m.f32"; then
+      ok "convert $m: GGUF -> HF folder -> GGUF, identical logits"
+    else bad "convert $m round trip"; sed 's/^/     /' "$T/err" | head -3; fi
+  done
+  mkdir -p "$T/hf-mamba"
+  printf '{"architectures": ["MambaForCausalLM"], "model_type": "mamba", "hidden_size": 64}\n' > "$T/hf-mamba/config.json"
+  cp "$T/hf-llama3/model.safetensors" "$T/hf-mamba/" 2>/dev/null
+  expect_error "HF folder of an unsupported architecture" "MambaForCausalLM" $QLAB info "$T/hf-mamba"
+  if [ -d "$T/hf-llama3" ] && command -v python3 >/dev/null; then
+    cp -r "$T/hf-llama3" "$T/hf-dyn"
+    python3 - "$T/hf-dyn/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["rope_scaling"] = {"rope_type": "dynamic", "factor": 2.0}
+json.dump(c, open(sys.argv[1], "w"))
+PY
+    expect_error "HF rope_scaling type not implemented" "'dynamic'" $QLAB info "$T/hf-dyn"
+    # the same folder with one tensor taken out of model.safetensors
+    cp -r "$T/hf-llama3" "$T/hf-cut"
+    python3 - "$T/hf-cut/model.safetensors" "model.layers.1.mlp.up_proj.weight" <<'PY'
+import json, struct, sys
+path, drop = sys.argv[1], sys.argv[2]
+raw = open(path, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]; hdr = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+meta = hdr.pop("__metadata__", None); del hdr[drop]
+out, blobs, off = {}, [], 0
+for k, v in sorted(hdr.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+    a, b = v["data_offsets"]; blobs.append(data[a:b]); out[k] = dict(v, data_offsets=[off, off + b - a]); off += b - a
+if meta is not None: out["__metadata__"] = meta
+h = json.dumps(out).encode(); h += b" " * (-len(h) % 8)
+open(path, "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+PY
+    expect_error "HF folder missing a tensor names it" "model.layers.1.mlp.up_proj.weight" $QLAB info "$T/hf-cut"
+  fi
+fi
+
 echo "cli_test: $pass passed, $fail failed, $skipped skipped"
 [ $fail -eq 0 ]

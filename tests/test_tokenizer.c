@@ -406,6 +406,130 @@ static void test_spm_from_json(void **state) {
     ql_tokenizer_free(t);
 }
 
+/* tests/data/tok/gemma-spm.json: Gemma's layout (SentencePiece-converted BPE, byte_fallback; a Replace
+ * normalizer without Prepend, so no dummy space prefix — llama.cpp's converter writes
+ * add_space_prefix = false for Gemma): 0 <pad> 1 <eos> 2 <bos> 3 <unk>, 4..259 <0x00>..<0xFF>,
+ * merges ▁ t→▁t 260, h e→he 261, ▁t he→▁the 262, single ▁ 263 t 264 h 265 e 266 a 267, added
+ * 268 <start_of_turn> 269 <end_of_turn> (special) and 270 <img> (not special). */
+static ql_tokenizer *load_gemma_fixture(void) {
+    ql_gguf *g = ql_gguf_new();
+    ql_status s = ql_tokenizer_json_to_gguf(FIX "gemma-spm.json", g);
+    if (s) print_error("%s\n", ql_last_error());
+    assert_int_equal(s, QL_OK);
+    assert_string_equal(ql_gguf_get_str(g, "tokenizer.ggml.model"), "llama");
+    bool b = true;
+    assert_true(ql_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &b));
+    assert_false(b);
+    int64_t id;
+    assert_true(ql_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &id) && id == 2);
+    assert_true(ql_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &id) && id == 1);
+    assert_true(ql_gguf_get_int(g, "tokenizer.ggml.unknown_token_id", &id) && id == 3);
+    uint64_t n;
+    const ql_gguf_value *ty = ql_gguf_get_arr(g, "tokenizer.ggml.token_type", QL_GGUF_I32, &n);
+    assert_non_null(ty);
+    assert_int_equal(ty[268].v.i, 3); /* control */
+    assert_int_equal(ty[270].v.i, 4); /* user-defined */
+    assert_int_equal(ty[4 + 'A'].v.i, 6);
+    ql_tokenizer *t;
+    assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_OK);
+    ql_gguf_free(g);
+    return t;
+}
+
+static void test_gemma_spm(void **state) {
+    (void)state;
+    ql_tokenizer *t = load_gemma_fixture();
+    assert_int_equal(ql_tokenizer_kind(t), QL_TOK_SPM);
+    assert_int_equal(ql_tokenizer_bos(t), 2);
+    assert_int_equal(ql_tokenizer_eos(t), 1);
+    assert_true(ql_tokenizer_add_bos(t));
+    /* no dummy prefix: "the▁a" — "▁t" cannot form, h e merges; the Llama-2 fixture gives ▁the here */
+    EXPECT(t, "the a", false, 264, 261, 263, 267);
+    EXPECT(t, "the a", true, 2, 264, 261, 263, 267);
+    /* a leading space is the text's own: ▁ t (rank 0), h e (1), ▁t he (2) */
+    EXPECT(t, " the a", false, 262, 263, 267);
+    /* byte fallback for characters outside the vocabulary, per UTF-8 byte */
+    EXPECT(t, "x\xc3\xa9", false, 4 + 'x', 4 + 0xc3, 4 + 0xa9);
+    /* a user-defined token splits the text; no prefix after it either */
+    EXPECT(t, "a<img>the", false, 267, 270, 264, 261);
+    /* control tokens are plain text without parse_special: '<' etc. go to bytes */
+    EXPECT(t, "<eos>", false, 4 + '<', 266, 4 + 'o', 4 + 's', 4 + '>');
+    size_t len;
+    char *back = detok(t, "the a", 5, &len);
+    assert_int_equal(len, 5); /* nothing to strip: the pieces are the text */
+    assert_memory_equal(back, "the a", 5);
+    free(back);
+    ql_tokenizer_free(t);
+}
+
+/* tests/data/tok/phi3-spm.json: Phi-3's layout — the Llama-2 vocabulary of spm-bpe.json with a Metaspace
+ * pre-tokenizer (prepend_scheme "first") instead of Prepend/Replace normalizers, and chat tokens added
+ * past the model's vocabulary: 267 <|endoftext|>, 268 <|assistant|>, 269 <|end|>, 270 <|user|> (special).
+ * llama.cpp's converter writes it as a "llama" vocabulary with the dummy prefix (add_space_prefix). */
+static void test_phi3_spm(void **state) {
+    (void)state;
+    ql_gguf *g = ql_gguf_new();
+    ql_status s = ql_tokenizer_json_to_gguf(FIX "phi3-spm.json", g);
+    if (s) print_error("%s\n", ql_last_error());
+    assert_int_equal(s, QL_OK);
+    assert_string_equal(ql_gguf_get_str(g, "tokenizer.ggml.model"), "llama");
+    bool b = false;
+    assert_true(ql_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &b) && b);
+    uint64_t n;
+    const ql_gguf_value *ty = ql_gguf_get_arr(g, "tokenizer.ggml.token_type", QL_GGUF_I32, &n);
+    assert_int_equal(n, 271);
+    for (int i = 267; i < 271; i++) assert_int_equal(ty[i].v.i, 3); /* control */
+    ql_tokenizer *t;
+    assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_OK);
+    ql_gguf_free(g);
+    assert_int_equal(ql_tokenizer_bos(t), 1);
+    EXPECT(t, "the a", false, 261, 262, 266);
+    EXPECT(t, "the a", true, 1, 261, 262, 266);
+    EXPECT(t, "the x", false, 261, 262, 3 + 'x');
+    char buf[32];
+    assert_int_equal(ql_token_to_piece(t, 269, buf, sizeof buf), 7);
+    assert_string_equal(buf, "<|end|>");
+    ql_tokenizer_free(t);
+}
+
+/* decode(encode(s)) == s over real text for the byte-level fixtures (Llama 3's and Qwen2's
+ * pre-tokenizers) and the Gemma one (byte fallback, no prefix): every byte must survive. */
+static void test_corpus_round_trip(void **state) {
+    (void)state;
+    char path[1024];
+    if (!shared_path(path, sizeof path, "data/wikitext-2-valid.raw")) skip();
+    size_t len;
+    char *text = slurp(path, &len);
+    assert_non_null(text);
+    size_t cut = len < 150000 ? len : 150000;
+    while (cut > 0 && text[cut - 1] != '\n') cut--; /* whole lines: whole UTF-8 characters */
+    char code[1024];
+    size_t clen = 0;
+    char *code_text = shared_path(code, sizeof code, "data/code-humaneval.jsonl") ? slurp(code, &clen) : NULL;
+    if (clen > 60000) clen = 60000;
+    while (clen > 0 && code_text[clen - 1] != '\n') clen--;
+    ql_tokenizer *ts[3] = {load_bpe_fixture(NULL), load_bpe_fixture("qwen2"), load_gemma_fixture()};
+    const char *names[3] = {"llama-bpe", "qwen2", "gemma"};
+    for (int k = 0; k < 3; k++) {
+        for (int which = 0; which < 2; which++) {
+            const char *s = which ? code_text : text;
+            size_t n = which ? clen : cut;
+            if (!s || !n) continue;
+            size_t got;
+            char *back = detok(ts[k], s, n, &got);
+            if (got != n || memcmp(back, s, n) != 0) {
+                size_t i = 0;
+                while (i < n && i < got && back[i] == s[i]) i++;
+                fail_msg("%s: round trip differs at byte %zu of %zu", names[k], i, n);
+            }
+            free(back);
+        }
+        ql_tokenizer_free(ts[k]);
+    }
+    free(code_text);
+    free(text);
+}
+
 /* ---------------------------------------------------------------- synthetic byte vocabulary */
 
 static void test_bytes_vocab(void **state) {
@@ -463,6 +587,18 @@ static void test_json_malformed(void **state) {
     ql_gguf *g = ql_gguf_new();
     expect_fail_naming(ql_tokenizer_json_to_gguf(FIX "unigram.json", g), QL_ERR_UNSUPPORTED,
                        FIX "unigram.json");
+    assert_non_null(strstr(ql_last_error(), "'Unigram' is not supported"));
+    /* the same refusal from GGUF metadata: WordPiece (bert) and Unigram (t5) are named as such */
+    static const char *models[] = {"bert", "t5"};
+    for (int k = 0; k < 2; k++) {
+        ql_gguf *w = ql_gguf_new();
+        ql_gguf_set_str(w, "tokenizer.ggml.model", models[k]);
+        ql_tokenizer *wt = NULL;
+        assert_int_equal(ql_tokenizer_from_gguf(w, &wt), QL_ERR_UNSUPPORTED);
+        assert_null(wt);
+        assert_non_null(strstr(ql_last_error(), k ? "Unigram (t5)" : "WordPiece (bert)"));
+        ql_gguf_free(w);
+    }
     expect_fail_naming(ql_tokenizer_json_to_gguf(FIX "missing.json", g), QL_ERR_IO, FIX "missing.json");
     ql_gguf_free(g);
     /* every truncation of a valid file is rejected cleanly */
@@ -638,7 +774,10 @@ int main(void) {
         cmocka_unit_test(test_stories_prompt),    cmocka_unit_test(test_stories_round_trip),
         cmocka_unit_test(test_stories_corpus),    cmocka_unit_test(test_llama2c_round_trip),
         cmocka_unit_test(test_bpe_llama3),        cmocka_unit_test(test_bpe_other_pre),
-        cmocka_unit_test(test_spm_from_json),     cmocka_unit_test(test_bytes_vocab),
+        cmocka_unit_test(test_spm_from_json),
+        cmocka_unit_test(test_gemma_spm),
+        cmocka_unit_test(test_phi3_spm),
+        cmocka_unit_test(test_corpus_round_trip),     cmocka_unit_test(test_bytes_vocab),
         cmocka_unit_test(test_json_malformed),    cmocka_unit_test(test_llama2c_malformed),
         cmocka_unit_test(test_gguf_malformed),    cmocka_unit_test(test_threads),
     };
