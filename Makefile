@@ -170,3 +170,8 @@ bench-cuda: $(BUILD)/bench/cuda_dequant_bench
 $(BUILD)/bench/cuda_dequant_bench: bench/cuda_dequant_bench.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+
+# INT8xINT8->INT32 against F32 sgemm on one W8A8 layer (issue 12); `make bench` runs it.
+$(BUILD)/bench/int8_gemm_bench: bench/int8_gemm_bench.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)

@@ -38,6 +38,33 @@ if [ -f "$M1B" ]; then
   printf '%-58s %12.1f/s %14s %8s\n' "ppl synth llama-3.2-1b F16 ctx512 x4 chunks (tokens/s)" "$tps" "-" "-"
 fi
 
+# 2b. the deployed weight-only runtime (issue 12, deliverable 0): `qlab ppl` on the same 1B shape in Q4_K_M,
+#    peak RSS and tokens/s beside llama.cpp's on the same file and machine kind, as issue 12 records them:
+#      llama-perplexity -m synth-llama-3.2-1b-Q4_K_M.gguf -f data/tinystories-valid.txt -c 512 -t 2
+#      -> peak RSS 2.1 GB, 41 tokens/s (qlab before the stored-format path: 5.9 GB, 51 tokens/s).
+#    Goal: RSS within 1.2x of llama.cpp's (ratio printed as llama.cpp / qlab, >= 0.83 meets it), tokens/s at
+#    least llama.cpp's. RSS is /usr/bin/time -v's "Maximum resident set size" (mapped file pages included).
+LLAMA_RSS_GB=2.1 LLAMA_TPS=41
+M1BQ=$OUT/synth-llama-3.2-1b-Q4_K_M.gguf
+if [ -f "$M1B" ] && [ ! -f "$M1BQ" ]; then
+  $QLAB quant "$M1B" --preset Q4_K_M -o "$M1BQ" --threads "$THREADS" >/dev/null 2>&1
+fi
+if [ -f "$M1BQ" ] && [ -x /usr/bin/time ]; then
+  j=$(/usr/bin/time -v -o "$OUT/ppl-q4km.time" $QLAB ppl "$M1BQ" --text "$TEXT" --ctx 512 --chunks 4 \
+        --threads "$THREADS" --json 2>/dev/null)
+  tps=$(echo "$j" | jget tokens_per_s); ppl=$(echo "$j" | jget ppl)
+  rss=$(awk '/Maximum resident/ { printf "%.2f", $NF / 1048576 }' "$OUT/ppl-q4km.time")
+  printf '%-58s %12.1f/s %12s/s %8s\n' "ppl synth 1b Q4_K_M ctx512 x4 (tokens/s, PPL $ppl)" "$tps" "$LLAMA_TPS" \
+    "$(ratio "$tps" "$LLAMA_TPS")"
+  printf '%-58s %11s GB %11s GB %8s\n' "  same run, peak RSS (lower is better)" "$rss" "$LLAMA_RSS_GB" \
+    "$(ratio "$LLAMA_RSS_GB" "$rss")"
+fi
+# 2c. INT8 dynamic activations x INT8 weights (issue 12, deliverable 5): one 512x2048x2048 W8A8 layer, the
+#    INT8xINT8->INT32 kernel against the F32 sgemm of the float emulation (ratio > 1: the integer path is faster)
+make -s --no-print-directory build/bench/int8_gemm_bench >/dev/null 2>&1
+[ -x build/bench/int8_gemm_bench ] && build/bench/int8_gemm_bench 512 2048 2048 "$THREADS"
+echo
+
 # 3. quantizing the synthetic llama-3.2-1b (F16, 1.24 G weights) with 2 threads. No llama.cpp quantize
 #    timing was measured on this machine kind; the issue's goal is 1.5x llama-quantize on the same file.
 #    Each spec runs twice: with the SIMD codecs, then with QL_FORCE_REF=1 (the scalar reference codecs,

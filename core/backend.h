@@ -2,7 +2,8 @@
  * registry that names them. core/infer.c never computes on its own: it picks a table when the infer is
  * created (ql_infer_new: $QL_BACKEND, default "cpu") and calls the table for every matmul, norm, rope,
  * activation, KV-cache store/load and attention. The CPU backend (core/backend_cpu.c) is the reference:
- * F32 weights and OpenBLAS sgemm, numerics fixed by the llama.cpp comparisons in tests/test_infer.c.
+ * weights read in their stored format (row tiles decoded before OpenBLAS sgemm, core/wmatmul.c), numerics
+ * fixed by the llama.cpp comparisons in tests/test_infer.c.
  *
  * Adding a backend = one core/backend_X.c defining `const ql_backend_ops ql_backend_X` + one line in the
  * list in core/backend.c. The contract below is what lets a device backend (CUDA) slot in without a change

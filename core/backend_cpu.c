@@ -1,8 +1,12 @@
-/* backend_cpu.c — the CPU backend of the forward pass (core/backend.h): F32 weights multiplied with
- * OpenBLAS sgemm, the reference whose numerics tests/test_infer.c holds against llama.cpp. The only file of
- * the forward pass that calls BLAS. Buffers are plain heap memory, sync() has nothing to wait for, and the
- * KV cache is F32, so kv_load hands out views of the cache itself. */
+/* backend_cpu.c — the CPU backend of the forward pass (core/backend.h), the reference whose numerics
+ * tests/test_infer.c holds against llama.cpp. It reads each weight in its stored format from the file
+ * mapping and decodes a block of rows just before each sgemm, or multiplies INT8 by INT8 (core/wmatmul.c),
+ * so memory is the file plus small tiles (wants_f32 = false). The same table with wants_f32 = true runs on
+ * F32 copies decoded by the pipeline, and gives the same numbers (tests/test_wmatmul.c compares them).
+ * Buffers are plain heap memory, sync() has nothing to wait for, and the KV cache is F32, so kv_load
+ * hands out views of the cache itself. */
 #include "core/backend.h"
+#include "core/wmatmul.h"
 #include "kernels/ggml_types.h"
 
 #include <cblas.h>
@@ -97,9 +101,7 @@ static int cpu_set_threads(void *be, int n) {
 
 static ql_status cpu_get_rows(void *be, const ql_backend_weight *w, const int32_t *ids, int n, int dim, float *y) {
     (void)be;
-    if (!w->f32) return ql_fail(QL_ERR_UNSUPPORTED, "cpu backend: '%s' has no F32 rows", w->t->name);
-    for (int i = 0; i < n; i++) memcpy(y + (size_t)i * dim, w->f32 + (size_t)ids[i] * dim, (size_t)dim * sizeof(float));
-    return QL_OK;
+    return ql_wmatmul_get_rows(w, ids, n, dim, y);
 }
 
 /* Round activation rows x[T, K] the way ggml's quantize_row_<act> does, then back to float. */
@@ -140,11 +142,13 @@ static void round_activations(uint32_t act, const float *x, float *y, int T, int
     }
 }
 
-/* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias): one sgemm with B transposed (GGUF ne = [K, N] is N rows of K) */
+/* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias), GGUF ne = [K, N] being N rows of K: INT8 weights under dynamic
+ * INT8 activations as integer products, everything else as sgemm over F32 rows (core/wmatmul.c) */
 static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backend_weight *bias, const float *x,
                            float *y, int T, int K, int N, float beta, float *xtmp) {
     (void)be;
-    if (!w->f32) return ql_fail(QL_ERR_UNSUPPORTED, "cpu backend: '%s' has no F32 rows", w->t->name);
+    const int nth = openblas_get_num_threads();
+    if (ql_wmatmul_int8_applies(w, K)) return ql_wmatmul_int8(w, bias, x, y, T, K, N, beta, xtmp, nth);
     if (w->aq && w->aq->mode != QL_ACT_NONE) {
         ql_act_quant_apply(w->aq, x, xtmp, T, K);
         x = xtmp;
@@ -152,17 +156,15 @@ static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backe
         round_activations(w->act_type, x, xtmp, T, K);
         x = xtmp;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, w->f32, K, beta, y, N);
-    const float *b = bias ? bias->f32 : NULL;
-    if (b)
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < N; j++) y[(size_t)t * N + j] += b[j];
-    return QL_OK;
+    return ql_wmatmul_f32(w, bias, x, y, T, K, N, beta, nth);
 }
 
 static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float *x, float *y, int T, int D, float eps) {
     (void)be;
-    const float *w = wt->f32;
+    const float *w;
+    float *owned;
+    ql_status s = ql_weight_vector(wt, D, &w, &owned);
+    if (s) return s;
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * D;
         float *yr = y + (size_t)t * D;
@@ -171,6 +173,7 @@ static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float 
         float scale = 1.0f / sqrtf((float)(ss / D) + eps);
         for (int i = 0; i < D; i++) yr[i] = xr[i] * scale * w[i];
     }
+    free(owned);
     return QL_OK;
 }
 
@@ -330,8 +333,9 @@ static ql_status cpu_attention(void *p, const float *q, const float *k, const fl
 
 const ql_backend_ops ql_backend_cpu = {
     .name = "cpu",
-    .about = "F32 weights (decoded once, or per layer beyond the memory budget), OpenBLAS sgemm, F32 KV cache",
-    .wants_f32 = true,
+    .about = "weights read in their stored format (row tiles decoded before each sgemm, INT8xINT8 for W8A8), "
+             "OpenBLAS sgemm, F32 KV cache",
+    .wants_f32 = false,
     .create = cpu_create,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,

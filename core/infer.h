@@ -1,11 +1,11 @@
 /* infer.h — the decoder forward pass over whole sequences (RMSNorm, RoPE, grouped-query attention,
  * SwiGLU/GeGLU, and what the architecture description enables: q/k/v bias, q/k norm, post norms,
  * embedding scale, soft-capping, sliding-window layers; core/arch.h), computed by a backend's
- * operations table (core/backend.h; the default "cpu" multiplies F32 weights with OpenBLAS sgemm).
- * For a backend that wants F32 rows, ql_infer holds F32 views of every weight: borrowed from the
- * mapping for F32 tensors, dequantized once (exact numerics of the format) for everything else. A
- * ql_infer is read-only during forward passes and may be shared by threads; each thread needs its own
- * ql_scratch. */
+ * operations table (core/backend.h; the default "cpu" reads weights in their stored format,
+ * core/wmatmul.c). For a backend that wants F32 rows, ql_infer holds F32 views of every weight:
+ * borrowed from the mapping for F32 tensors, dequantized once (exact numerics of the format) for
+ * everything else. A ql_infer is read-only during forward passes and may be shared by threads; each
+ * thread needs its own ql_scratch. */
 #ifndef QL_INFER_H
 #define QL_INFER_H
 
@@ -28,9 +28,10 @@ typedef enum {
 } ql_hook_point;
 typedef void (*ql_hook_fn)(void *user, int layer, ql_hook_point where, const float *x, int n, int dim);
 
-/* Decodes every non-F32 weight once, unless that would exceed the memory budget (60% of RAM, or
- * QL_MEM_BUDGET_MB; QL_STREAM=1/0 forces the choice): then layers are decoded one at a time during each
- * forward pass, into that pass's scratch, so memory stays at one layer per worker. */
+/* For a backend that wants F32 rows (wants_f32): decodes every non-F32 weight once, unless that would exceed
+ * the memory budget (60% of RAM, or QL_MEM_BUDGET_MB; QL_STREAM=1/0 forces the choice): then layers are
+ * decoded one at a time during each forward pass, into that pass's scratch, so memory stays at one layer per
+ * worker. The CPU backend reads stored weights itself and needs neither. */
 ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out);
 /* The backend is $QL_BACKEND's (default "cpu"; an unknown name fails listing the known ones), or `ops`. */
 ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops *ops, ql_infer **out);
