@@ -310,6 +310,57 @@ static ql_status quantize_sequential(quant_ctx *c) {
     return s;
 }
 
+/* The plan's activation schemes as qlab.act.* keys of the output (core/actquant.h), so `qlab ppl` on the file
+ * runs them. A static scale is the calibration absmax of the linear's input as the output model sees it: a
+ * scale-migrating transform divided input channel j by in_scale[j], so its absmax is divided the same way. */
+static ql_status plan_activations(quant_ctx *c) {
+    const ql_model *m = c->m;
+    const ql_plan *plan = c->o->plan;
+    if (!plan->n_act) return QL_OK;
+    for (int i = 0; i < plan->n_act; i++) { /* every named tensor is a linear of this model */
+        const char *name = plan->act[i].tensor;
+        bool ok = !strcmp(name, QL_PLAN_ACT_DEFAULT) || (m->output && !strcmp(m->output->name, name));
+        for (int l = 0; l < m->cfg.n_layer && !ok; l++)
+            for (int k = 0; k < QL_LIN_COUNT && !ok; k++) {
+                const ql_gguf_tensor *li = ql_layer_linear(m, l, k);
+                ok = li && !strcmp(li->name, name);
+            }
+        if (!ok)
+            return ql_fail(QL_ERR_ARG, "plan [activations] names '%s', which is not a linear layer of %s", name,
+                           m->path);
+    }
+    const int n_t = m->cfg.n_layer * QL_LIN_COUNT + 1;
+    for (int i = 0; i < n_t; i++) {
+        const bool block = i < n_t - 1;
+        const ql_gguf_tensor *t = block ? ql_layer_linear(m, i / QL_LIN_COUNT, i % QL_LIN_COUNT) : m->output;
+        if (!t) continue;
+        const ql_plan_act *pa = ql_plan_find_act(plan, t->name, block);
+        if (!pa || pa->mode == QL_ACT_NONE) continue;
+        ql_act_quant aq;
+        float *absmax = NULL;
+        int64_t n = 0;
+        if (ql_act_mode_is_static(pa->mode)) {
+            const ql_stat_entry *e = c->o->stats ? ql_stats_for_tensor(c->o->stats, t->name) : NULL;
+            ql_input_stats view = {0};
+            if (e) ql_stats_view(e, &view);
+            if (!e || !view.absmax || view.n != t->ne[0])
+                return ql_fail(QL_ERR_ARG,
+                               "tensor '%s': static activation scheme %s needs calibration statistics of its input "
+                               "(--stats FILE or --text FILE)",
+                               t->name, ql_act_mode_name(pa->mode));
+            n = view.n;
+            absmax = ql_malloc((size_t)n * sizeof(float));
+            const float *in_scale = c->ov ? c->ov[t - m->gguf->tensors].in_scale : NULL;
+            for (int64_t j = 0; j < n; j++) absmax[j] = in_scale ? view.absmax[j] / in_scale[j] : view.absmax[j];
+        }
+        ql_status s = ql_act_quant_init(&aq, pa->mode, absmax, n, pa->threshold);
+        free(absmax);
+        if (s) return s;
+        ql_act_quant_to_gguf(c->out, t->name, &aq);
+    }
+    return QL_OK;
+}
+
 /* The keys ql_quantize_model sets on the output besides the source's (all u32). */
 static const char *const ADDED_KEYS[] = {"general.file_type", "general.quantization_version"};
 
@@ -366,9 +417,11 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         for (int k = 0; k < n_used; k++) seen |= used[k] == meth;
         if (!seen && n_used < 32) used[n_used++] = meth;
     }
-    if ((s = ql_method_check_opts(used, n_used, o->method_opts))) goto out;
+    /* options given to the run win over the ones the plan stores */
+    const char *method_opts = o->method_opts ? o->method_opts : o->plan->method_opts;
+    if ((s = ql_method_check_opts(used, n_used, method_opts))) goto out;
     for (int k = 0; k < n_used; k++)
-        if ((s = ql_method_parse_shared_opts(used[k], o->method_opts, &c.values[method_index(used[k])]))) goto out;
+        if ((s = ql_method_parse_shared_opts(used[k], method_opts, &c.values[method_index(used[k])]))) goto out;
     for (int k = 0; k < nm; k++) /* methods not in the plan: defaults (never read) */
         if (!c.values[k].method) ql_method_parse_opts(ql_method_at(k), NULL, &c.values[k]);
     bool transforms = false;
@@ -442,6 +495,7 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         ft = st->llama_cpp_compatible ? ql_file_type_for_format(ti->name) : -1;
         if (ft < 0) ft = st->llama_cpp_compatible ? 0 : 1024; /* 1024: qlab extension mix, see docs/formats.md */
     }
+    if ((s = plan_activations(&c))) goto out;
     ql_gguf_set_u32(c.out, ADDED_KEYS[0], (uint32_t)ft);
     ql_gguf_set_u32(c.out, ADDED_KEYS[1], 2);
     if (o->sequential) {
