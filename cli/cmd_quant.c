@@ -234,7 +234,7 @@ int cmd_quant(int argc, char **argv) {
         goto done;
     }
     if (needs && !stats && !sequential && !dry) {
-        rc = cli_usage_error("quant", QUANT_USAGE, "method needs calibration: give --stats FILE or --text FILE");
+        rc = cli_usage_error("quant", QUANT_USAGE, "the plan needs calibration (a data-aware method or static activation scales): give --stats FILE or --text FILE");
         goto done;
     }
     bool ext = false;
