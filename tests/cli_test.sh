@@ -316,6 +316,27 @@ PY
   expect_error "plan: static scales without statistics" "needs calibration" $QLAB quant "$M" --plan "$T/act3.ini" -o "$T/x.gguf"
   printf '[tensors]\nblk.0.attn_q.weight = q8_0\n[activations]\nblk.0.attn_norm.weight = int8_token\n' > "$T/actbad2.ini"
   expect_error "plan: scheme on a tensor that is not a linear" "not a linear layer" $QLAB quant "$M" --plan "$T/actbad2.ini" -o "$T/x.gguf"
+  # activation sensitivity: each linear's KLD with only its input quantized; LLM.int8() (outliers kept in float)
+  # costs less than plain per-token INT8 summed over the linears, static per-tensor INT8 more; a second run
+  # reuses every cell; qlab plan --act writes the schemes into the plan and pareto --act draws the second series
+  $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \
+    --act-candidates int8_token,int8_tensor,llm_int8 -o "$T/act.qss" > "$T/sense.txt" 2>"$T/err"
+  sum_of() { sed -n "s/^activations $1 .*summed KLD \([0-9.e-]*\),.*/\1/p" "$T/sense.txt"; }
+  ka=$(sum_of int8_token); kb=$(sum_of int8_tensor); kc=$(sum_of llm_int8)
+  if [ "$(grep -c '^k	' "$T/act.qss")" = 111 ] && awk -v a="$ka" -v b="$kb" -v c="$kc" 'BEGIN { exit !(c < a && a < b && c > 0) }'; then
+    ok "sense --act-candidates: 37 tensors x 3 schemes; summed KLD llm_int8 $kc < int8_token $ka < int8_tensor $kb"
+  else bad "sense --act-candidates: '$ka' '$kb' '$kc'"; sed 's/^/     /' "$T/err" | tail -3; fi
+  if $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \
+       --act-candidates int8_token,int8_tensor,llm_int8 -o "$T/act.qss" 2>&1 >/dev/null | grep -q "reusing 175 measured cells"; then
+    ok "sense --act-candidates resumes (64 weight + 111 activation cells reused)"; else bad "act cells not reused"; fi
+  if $QLAB plan "$T/act.qss" --target-bpw 10 --act int8_token --act-max-kld 0.0002 -o "$T/actp.ini" --quiet > "$T/out" 2>/dev/null \
+     && grep -q "^blk.0.attn_q.weight = int8_token" "$T/actp.ini" && grep -q "predicted KLD with activations" "$T/out" \
+     && $QLAB pareto "$T/act.qss" --act llm_int8 --csv | head -1 | grep -q "kld_with_act"; then
+    ok "plan --act writes [activations]; pareto --act adds the series"; else bad "plan/pareto --act"; cat "$T/out" | head -3; fi
+  expect_error "sense --act-candidates unknown scheme" "unknown activation scheme 'int9'" \
+    $QLAB sense "$M" --text "$T/text.txt" --candidates q8_0 --act-candidates int9 -o "$T/x.qss"
+  expect_error "plan --act of an unmeasured scheme" "fp8_token was not measured" \
+    $QLAB plan "$T/act.qss" --target-bpw 10 --act fp8_token -o "$T/x.ini"
   # qlab imatrix over the same chunks as llama-imatrix gives the same importance
   if [ "${QL_QUICK:-0}" = 1 ]; then skip "imatrix vs llama.cpp (QL_QUICK=1)"
   elif $QLAB imatrix "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 -o "$T/im.gguf" 2>/dev/null \
