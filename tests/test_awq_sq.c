@@ -1,7 +1,9 @@
 /* test_awq_sq.c — activation quantization in the preview forward pass (INT8/FP8 per token / per tensor,
  * LLM.int8()), SmoothQuant and AWQ on stories260K: the transforms keep the float model's logits, AWQ's
  * scales lower the output error tr(ΔW H ΔWᵀ) against RTN, W8A8 after SmoothQuant stays within 1% of the
- * float perplexity. Prints the measured numbers (docs/methods.md quotes them). */
+ * float perplexity. Prints the measured numbers (docs/methods.md quotes them). Also the runtime side of a
+ * plan: scheme specs, the qlab.act.* GGUF keys (round trip, malformed keys refused naming the file) and the
+ * plan INI's [activations] section and method_opts (round trip, unknown schemes refused). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -16,8 +18,12 @@
 #include "methods/layer_f32.h"
 #include "methods/method.h"
 #include "formats/fmt_ext.h"
+#include "core/gguf.h"
 #include "core/ppl.h"
+#include "pipeline/plan.h"
 #include "tests/test_util.h"
+
+#include <unistd.h>
 
 #define CAL_SEQ 32
 #define CAL_LEN 64
@@ -52,6 +58,113 @@ static void test_modes_and_recipes(void **state) {
     assert_non_null(awq->transform_layer);
     assert_non_null(sq->transform_layer);
     assert_true(awq->needs & QL_NEEDS_HESSIAN);
+}
+
+static void test_act_specs_and_keys(void **state) {
+    (void)state;
+    ql_act_mode m;
+    float thr;
+    char buf[64];
+    assert_int_equal(ql_act_spec_parse("llm_int8:4", &m, &thr), QL_OK);
+    assert_int_equal(m, QL_ACT_LLM_INT8);
+    assert_true(thr == 4.0f);
+    ql_act_spec_format(m, thr, buf, sizeof buf);
+    assert_string_equal(buf, "llm_int8:4");
+    ql_act_spec_format(QL_ACT_LLM_INT8, QL_LLM_INT8_THRESHOLD, buf, sizeof buf);
+    assert_string_equal(buf, "llm_int8");
+    assert_int_equal(ql_act_spec_parse("fp8_tensor", &m, &thr), QL_OK);
+    assert_int_equal(m, QL_ACT_FP8_TENSOR);
+    assert_true(thr == 0);
+    assert_int_equal(ql_act_spec_parse("int9", &m, &thr), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "unknown activation scheme 'int9'"));
+    assert_int_equal(ql_act_spec_parse("int8_token:3", &m, &thr), QL_ERR_ARG);
+    assert_int_equal(ql_act_spec_parse("llm_int8:-1", &m, &thr), QL_ERR_ARG);
+    assert_int_equal(ql_act_spec_parse("llm_int8:", &m, &thr), QL_ERR_ARG);
+    /* every mode through the GGUF keys and back */
+    const float absmax[3] = {0.5f, 3.0f, 1.25f};
+    ql_gguf *g = ql_gguf_new();
+    for (int i = 1; i < QL_ACT_MODE_COUNT; i++) {
+        ql_act_quant aq, back;
+        char name[32];
+        snprintf(name, sizeof name, "blk.%d.attn_q.weight", i);
+        assert_int_equal(ql_act_quant_init(&aq, (ql_act_mode)i, absmax, 3, 4.5f), QL_OK);
+        ql_act_quant_to_gguf(g, name, &aq);
+        bool found = false;
+        assert_int_equal(ql_act_quant_from_gguf(g, "x.gguf", name, &back, &found), QL_OK);
+        assert_true(found);
+        assert_int_equal(back.mode, aq.mode);
+        if (ql_act_mode_is_static(aq.mode)) {
+            assert_true(back.scale == aq.scale);
+            assert_true(back.scale == 3.0f / (aq.mode == QL_ACT_INT8_TENSOR ? 127.0f : 448.0f));
+        }
+        if (aq.mode == QL_ACT_LLM_INT8) assert_true(back.threshold == 4.5f);
+    }
+    ql_act_quant none;
+    bool found = true;
+    assert_int_equal(ql_act_quant_from_gguf(g, "x.gguf", "blk.0.attn_q.weight", &none, &found), QL_OK);
+    assert_false(found);
+    assert_int_equal(none.mode, QL_ACT_NONE);
+    /* malformed settings: one message naming the file */
+    ql_gguf_set_str(g, QL_ACT_KEY_MODE "blk.9.ffn_up.weight", "int7_token");
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_ERR_FORMAT);
+    assert_non_null(strstr(ql_last_error(), "bad.gguf"));
+    assert_non_null(strstr(ql_last_error(), "int7_token"));
+    ql_gguf_set_str(g, QL_ACT_KEY_MODE "blk.9.ffn_up.weight", "int8_tensor"); /* static without a scale */
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_ERR_FORMAT);
+    ql_gguf_set_f32(g, QL_ACT_KEY_SCALE "blk.9.ffn_up.weight", -1.0f);
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_ERR_FORMAT);
+    ql_gguf_set_f32(g, QL_ACT_KEY_SCALE "blk.9.ffn_up.weight", NAN);
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_ERR_FORMAT);
+    ql_gguf_set_f32(g, QL_ACT_KEY_SCALE "blk.9.ffn_up.weight", 0.25f);
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_OK);
+    assert_true(none.scale == 0.25f);
+    ql_gguf_free(g);
+}
+
+static void test_plan_activations(void **state) {
+    (void)state;
+    char dir[] = "/tmp/qlab-actplan-XXXXXX", path[64], bad[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/p.ini", dir);
+    snprintf(bad, sizeof bad, "%s/bad.ini", dir);
+    ql_plan *p = ql_plan_new();
+    ql_plan_set(p, "blk.0.attn_q.weight", ql_format_by_name("int8_channel"), "smoothquant", NULL);
+    ql_plan_set_act(p, QL_PLAN_ACT_DEFAULT, QL_ACT_INT8_TENSOR, 0);
+    ql_plan_set_act(p, "blk.1.ffn_down.weight", QL_ACT_LLM_INT8, 4.0f);
+    ql_plan_set_act(p, "output.weight", QL_ACT_NONE, 0);
+    p->method_opts = ql_strdup("alpha=0.5");
+    assert_true(ql_plan_act_needs_stats(p));
+    assert_int_equal(ql_plan_save(p, NULL, path), QL_OK);
+    ql_plan *q = NULL;
+    assert_int_equal(ql_plan_load(path, &q), QL_OK);
+    assert_int_equal(q->n_act, 3);
+    assert_string_equal(q->method_opts, "alpha=0.5");
+    assert_string_equal(q->e[0].method, "smoothquant");
+    const ql_plan_act *a = ql_plan_find_act(q, "blk.1.ffn_down.weight", true);
+    assert_non_null(a);
+    assert_int_equal(a->mode, QL_ACT_LLM_INT8);
+    assert_true(a->threshold == 4.0f);
+    a = ql_plan_find_act(q, "blk.3.attn_v.weight", true); /* the default, for block linears only */
+    assert_non_null(a);
+    assert_int_equal(a->mode, QL_ACT_INT8_TENSOR);
+    assert_null(ql_plan_find_act(q, "token_embd.weight", false));
+    a = ql_plan_find_act(q, "output.weight", false);
+    assert_non_null(a);
+    assert_int_equal(a->mode, QL_ACT_NONE);
+    ql_plan_free(q);
+    ql_plan_free(p);
+    FILE *f = fopen(bad, "w");
+    assert_non_null(f);
+    fputs("[tensors]\nblk.0.attn_q.weight = q8_0\n[activations]\ndefault = int7_token\n", f);
+    fclose(f);
+    q = NULL;
+    assert_int_equal(ql_plan_load(bad, &q), QL_ERR_FORMAT);
+    assert_null(q);
+    assert_non_null(strstr(ql_last_error(), "bad.ini"));
+    assert_non_null(strstr(ql_last_error(), "unknown activation scheme 'int7_token'"));
+    unlink(path);
+    unlink(bad);
+    rmdir(dir);
 }
 
 static void test_apply_bounds(void **state) {
@@ -520,6 +633,8 @@ int main(void) {
     struct CMUnitTest unit[] = {
         cmocka_unit_test(test_modes_and_recipes),
         cmocka_unit_test(test_apply_bounds),
+        cmocka_unit_test(test_act_specs_and_keys),
+        cmocka_unit_test(test_plan_activations),
     };
     struct CMUnitTest model[] = {
         cmocka_unit_test(test_float_ppl),     cmocka_unit_test(test_smoothquant_equivalent),
