@@ -310,13 +310,13 @@ static ql_status quantize_sequential(quant_ctx *c) {
     return s;
 }
 
-/* The plan's activation schemes as qlab.act.* keys of the output (core/actquant.h), so `qlab ppl` on the file
- * runs them. A static scale is the calibration absmax of the linear's input as the output model sees it: a
- * scale-migrating transform divided input channel j by in_scale[j], so its absmax is divided the same way. */
-static ql_status plan_activations(quant_ctx *c) {
-    const ql_model *m = c->m;
-    const ql_plan *plan = c->o->plan;
-    if (!plan->n_act) return QL_OK;
+/* The plan's activation schemes as qlab.act.* keys (core/actquant.h) in out, so `qlab ppl` on the file runs
+ * them. A static scale is the calibration absmax of the linear's input as the output model sees it: a
+ * scale-migrating transform divided input channel j by in_scale[j] (ov, may be NULL), so its absmax is divided
+ * the same way. sizing: only the keys' sizes matter (no statistics needed; static scales are placeholders). */
+static ql_status plan_act_keys(const ql_model *m, const ql_plan *plan, const ql_stats *stats, const override *ov,
+                               ql_gguf *out, bool sizing) {
+    if (!plan || !plan->n_act) return QL_OK;
     for (int i = 0; i < plan->n_act; i++) { /* every named tensor is a linear of this model */
         const char *name = plan->act[i].tensor;
         bool ok = !strcmp(name, QL_PLAN_ACT_DEFAULT) || (m->output && !strcmp(m->output->name, name));
@@ -337,10 +337,13 @@ static ql_status plan_activations(quant_ctx *c) {
         const ql_plan_act *pa = ql_plan_find_act(plan, t->name, block);
         if (!pa || pa->mode == QL_ACT_NONE) continue;
         ql_act_quant aq;
-        float *absmax = NULL;
+        float *absmax = NULL, one = 1;
         int64_t n = 0;
-        if (ql_act_mode_is_static(pa->mode)) {
-            const ql_stat_entry *e = c->o->stats ? ql_stats_for_tensor(c->o->stats, t->name) : NULL;
+        if (ql_act_mode_is_static(pa->mode) && sizing) {
+            absmax = &one;
+            n = 1;
+        } else if (ql_act_mode_is_static(pa->mode)) {
+            const ql_stat_entry *e = stats ? ql_stats_for_tensor(stats, t->name) : NULL;
             ql_input_stats view = {0};
             if (e) ql_stats_view(e, &view);
             if (!e || !view.absmax || view.n != t->ne[0])
@@ -350,25 +353,42 @@ static ql_status plan_activations(quant_ctx *c) {
                                t->name, ql_act_mode_name(pa->mode));
             n = view.n;
             absmax = ql_malloc((size_t)n * sizeof(float));
-            const float *in_scale = c->ov ? c->ov[t - m->gguf->tensors].in_scale : NULL;
+            const float *in_scale = ov ? ov[t - m->gguf->tensors].in_scale : NULL;
             for (int64_t j = 0; j < n; j++) absmax[j] = in_scale ? view.absmax[j] / in_scale[j] : view.absmax[j];
         }
         ql_status s = ql_act_quant_init(&aq, pa->mode, absmax, n, pa->threshold);
-        free(absmax);
+        if (absmax != &one) free(absmax);
         if (s) return s;
-        ql_act_quant_to_gguf(c->out, t->name, &aq);
+        ql_act_quant_to_gguf(out, t->name, &aq);
     }
     return QL_OK;
+}
+
+/* The source's own qlab.act.* keys are not carried over: the plan decides the output's activation schemes. */
+static bool is_act_key(const char *key) { return strncmp(key, "qlab.act.", 9) == 0; }
+
+static ql_status plan_activations(quant_ctx *c) {
+    for (int64_t k = c->out->n_kv - 1; k >= 0; k--)
+        if (is_act_key(c->out->kv[k].key)) ql_gguf_remove(c->out, c->out->kv[k].key);
+    return plan_act_keys(c->m, c->o->plan, c->o->stats, c->ov, c->out, false);
 }
 
 /* The keys ql_quantize_model sets on the output besides the source's (all u32). */
 static const char *const ADDED_KEYS[] = {"general.file_type", "general.quantization_version"};
 
-int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes) {
+int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes, const ql_plan *plan) {
     const ql_gguf *g = m->gguf;
     uint64_t align = g->alignment ? g->alignment : 32, head = ql_gguf_header_bytes(g);
     for (size_t k = 0; k < QL_ARRAY_LEN(ADDED_KEYS); k++)
         if (!ql_gguf_get(g, ADDED_KEYS[k])) head += 8 + strlen(ADDED_KEYS[k]) + 4 + 4; /* key, type, u32 */
+    /* activation keys: the plan's replace the source's; sized by writing both sets into empty headers */
+    ql_gguf *dropped = ql_gguf_new(), *added = ql_gguf_new();
+    for (int64_t k = 0; k < g->n_kv; k++)
+        if (is_act_key(g->kv[k].key)) ql_gguf_set_value(dropped, g->kv[k].key, &g->kv[k].val);
+    if (!plan_act_keys(m, plan, NULL, NULL, added, true))
+        head = head + ql_gguf_header_bytes(added) - ql_gguf_header_bytes(dropped);
+    ql_gguf_free(dropped);
+    ql_gguf_free(added);
     uint64_t total = (head + align - 1) / align * align;
     for (int64_t i = 0; i < g->n_tensors; i++) total += ((uint64_t)tensor_bytes[i] + align - 1) / align * align;
     return (int64_t)total;

@@ -21,6 +21,8 @@
 #include "core/gguf.h"
 #include "core/ppl.h"
 #include "pipeline/plan.h"
+#include "pipeline/quantize.h"
+#include <sys/stat.h>
 #include "tests/test_util.h"
 
 #include <unistd.h>
@@ -629,6 +631,97 @@ static void test_w8a8(void **state) {
     assert_true(fabs(fp8_dyn / f - 1) < 0.02);
 }
 
+/* A plan's activation schemes through qlab quant's driver: the file carries them (its size is the one
+ * ql_quantize_file_bytes predicts, keys included), ql_infer_set_act_quant_from_file applies them, and the logits
+ * equal setting the same schemes by hand with the same statistics, bit for bit. Re-quantizing the file with a
+ * plan without activations drops the keys. */
+static void test_plan_act_file(void **state) {
+    (void)state;
+    if (!g_fx.m) {
+        puts("SKIP: shared folder missing");
+        skip();
+    }
+    const ql_model *m = g_fx.m;
+    char dir[] = "/tmp/qlab-actfile-XXXXXX", out[64], out2[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(out, sizeof out, "%s/a.gguf", dir);
+    snprintf(out2, sizeof out2, "%s/b.gguf", dir);
+    ql_plan *p = ql_plan_new();
+    ql_plan_set(p, "blk.0.attn_q.weight", ql_format_by_name("q8_0"), "rtn", NULL);
+    ql_plan_set_act(p, QL_PLAN_ACT_DEFAULT, QL_ACT_INT8_TENSOR, 0);
+    ql_plan_set_act(p, "blk.1.ffn_down.weight", QL_ACT_LLM_INT8, 4.0f);
+    ql_plan_set_act(p, "output.weight", QL_ACT_FP8_TOKEN, 0);
+    ql_quant_opts qo = {.plan = p, .stats = g_fx.st, .n_threads = 2};
+    ql_quant_stats qs;
+    assert_int_equal(ql_quantize_model(m, &qo, out, NULL, &qs), QL_OK);
+    int64_t *tb = calloc((size_t)m->gguf->n_tensors, sizeof *tb);
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const ql_gguf_tensor *t = &m->gguf->tensors[i];
+        const ql_plan_entry *e = ql_plan_find(p, t->name);
+        tb[i] = e ? ql_format_tensor_bytes(e->format, t->ne[0], t->ne[1]) : (int64_t)t->nbytes;
+    }
+    struct stat sb;
+    assert_int_equal(stat(out, &sb), 0);
+    assert_int_equal((int64_t)sb.st_size, ql_quantize_file_bytes(m, tb, p));
+    assert_true(ql_quantize_file_bytes(m, tb, p) > ql_quantize_file_bytes(m, tb, NULL));
+    /* the file's schemes vs the same by hand on the same weights */
+    ql_model *q = NULL;
+    assert_int_equal(ql_model_load(out, &q), QL_OK);
+    ql_infer *a = NULL, *b = NULL;
+    assert_int_equal(ql_infer_new(q, 1, &a), QL_OK);
+    assert_int_equal(ql_infer_new(q, 1, &b), QL_OK);
+    int n_set = 0, counts[QL_ACT_MODE_COUNT];
+    assert_int_equal(ql_infer_set_act_quant_from_file(a, &n_set, counts), QL_OK);
+    assert_int_equal(n_set, q->cfg.n_layer * QL_LIN_COUNT + 1);
+    assert_int_equal(counts[QL_ACT_LLM_INT8], 1);
+    assert_int_equal(counts[QL_ACT_FP8_TOKEN], 1);
+    assert_int_equal(counts[QL_ACT_INT8_TENSOR], n_set - 2);
+    assert_int_equal(ql_infer_set_act_quant_all(b, g_fx.st, QL_ACT_INT8_TENSOR, 0, false), QL_OK);
+    ql_act_quant aq;
+    ql_act_quant_init(&aq, QL_ACT_LLM_INT8, NULL, 0, 4.0f);
+    assert_true(ql_infer_set_act_quant(b, ql_layer_linear(q, 1, QL_LIN_DOWN), &aq));
+    ql_act_quant_init(&aq, QL_ACT_FP8_TOKEN, NULL, 0, 0);
+    assert_true(ql_infer_set_act_quant(b, q->output, &aq));
+    enum { N = 48 };
+    const int V = q->cfg.n_vocab;
+    float *la = malloc(sizeof(float) * N * V), *lb = malloc(sizeof(float) * N * V), *l0 = malloc(sizeof(float) * N * V);
+    ql_scratch *sa = ql_scratch_new(a, N), *sb2 = ql_scratch_new(b, N);
+    assert_int_equal(ql_forward(a, sa, g_fx.ids, N, 0, la), QL_OK);
+    assert_int_equal(ql_forward(b, sb2, g_fx.ids, N, 0, lb), QL_OK);
+    assert_memory_equal(la, lb, sizeof(float) * N * V);
+    ql_infer_set_act_quant_all(b, NULL, QL_ACT_NONE, 0, true);
+    assert_int_equal(ql_forward(b, sb2, g_fx.ids, N, 0, l0), QL_OK);
+    assert_memory_not_equal(la, l0, sizeof(float) * N * V); /* the schemes did something */
+    ql_scratch_free(sa);
+    ql_scratch_free(sb2);
+    ql_infer_free(a);
+    ql_infer_free(b);
+    free(la), free(lb), free(l0);
+    /* a plan without activations: the source's keys are not carried over */
+    ql_plan *p2 = ql_plan_new();
+    ql_plan_set(p2, "blk.0.attn_k.weight", ql_format_by_name("q8_0"), "rtn", NULL);
+    ql_quant_opts qo2 = {.plan = p2, .n_threads = 2};
+    assert_int_equal(ql_quantize_model(q, &qo2, out2, NULL, &qs), QL_OK);
+    ql_model *q2 = NULL;
+    assert_int_equal(ql_model_load(out2, &q2), QL_OK);
+    for (int64_t k = 0; k < q2->gguf->n_kv; k++) assert_true(strncmp(q2->gguf->kv[k].key, "qlab.act.", 9) != 0);
+    assert_int_equal(stat(out2, &sb), 0);
+    for (int64_t i = 0; i < q->gguf->n_tensors; i++) {
+        const ql_plan_entry *e = ql_plan_find(p2, q->gguf->tensors[i].name);
+        tb[i] = e ? ql_format_tensor_bytes(e->format, q->gguf->tensors[i].ne[0], q->gguf->tensors[i].ne[1])
+                  : (int64_t)q->gguf->tensors[i].nbytes;
+    }
+    assert_int_equal((int64_t)sb.st_size, ql_quantize_file_bytes(q, tb, p2));
+    ql_model_free(q2);
+    ql_model_free(q);
+    ql_plan_free(p2);
+    ql_plan_free(p);
+    free(tb);
+    unlink(out);
+    unlink(out2);
+    rmdir(dir);
+}
+
 int main(void) {
     struct CMUnitTest unit[] = {
         cmocka_unit_test(test_modes_and_recipes),
@@ -640,6 +733,7 @@ int main(void) {
         cmocka_unit_test(test_float_ppl),     cmocka_unit_test(test_smoothquant_equivalent),
         cmocka_unit_test(test_awq_int4_g128), cmocka_unit_test(test_awq_int4_g32),
         cmocka_unit_test(test_awq_q4_0),      cmocka_unit_test(test_w8a8),
+        cmocka_unit_test(test_plan_act_file),
     };
     ql_test_order_from_env(unit, sizeof unit / sizeof *unit);
     ql_test_order_from_env(model, sizeof model / sizeof *model);

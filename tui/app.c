@@ -89,7 +89,7 @@ ql_tui_totals ql_tui_plan_totals(const ql_tui_app *a) {
         }
     }
     t.bpw = t.weights ? (double)bits / (double)t.weights : 0;
-    t.file_bytes = ql_quantize_file_bytes(a->model, tensor_bytes); /* exactly what the export writes */
+    t.file_bytes = ql_quantize_file_bytes(a->model, tensor_bytes, a->plan.runtime); /* exactly what the export writes */
     free(tensor_bytes);
     const ql_config *c = &a->model->cfg;
     t.kv_bytes = 2ll * c->n_layer * a->plan.kv_ctx * c->n_head_kv * c->head_dim * 2;
