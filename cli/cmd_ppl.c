@@ -26,7 +26,9 @@ static const char *PPL_USAGE =
     "                    int8_tensor (per-tensor static), fp8_token, fp8_tensor, llm_int8 (outliers kept in float)\n"
     "  --act-stats F     statistics (qlab stats) giving the static scales for *_tensor modes: of MODEL, or of the\n"
     "                    model MODEL is a weight-quantized copy of (not of a model SmoothQuant/AWQ rescaled)\n"
-    "  --act-threshold T LLM.int8() outlier threshold on |x| (default 6)\n";
+    "  --act-threshold T LLM.int8() outlier threshold on |x| (default 6)\n"
+    "A file written by qlab quant with activation schemes (a plan's [activations], quant --act) carries them as\n"
+    "qlab.act.* keys and is measured with them; --act MODE (or --act none) replaces them.\n";
 
 static ql_status load_model_and_tokens(const char *model_path, const char *text_path, ql_model **m, int32_t **ids,
                                        int64_t *n_ids) {
@@ -69,8 +71,10 @@ int cmd_ppl(int argc, char **argv) {
     if (!model || !text) return cli_usage_error("ppl", PPL_USAGE, "needs MODEL and --text FILE");
     if (cli_refuse_input_as_output("ppl", o.save_logits, CLI_INPUTS(model, text, o.kld_base, act_stats))) return 1;
     ql_act_mode act_mode = QL_ACT_NONE;
-    if (act && !ql_act_mode_parse(act, &act_mode))
-        return cli_usage_error("ppl", PPL_USAGE, "unknown --act mode '%s'", act);
+    float act_spec_threshold = 0;
+    if (act && ql_act_spec_parse(act, &act_mode, &act_spec_threshold))
+        return cli_usage_error("ppl", PPL_USAGE, "--act: %s", ql_last_error());
+    if (act_spec_threshold > 0 && act_threshold <= 0) act_threshold = act_spec_threshold;
     if (ql_act_mode_is_static(act_mode) && !act_stats)
         return cli_usage_error("ppl", PPL_USAGE, "--act %s needs --act-stats FILE (static scales)", act);
     ql_model *m = NULL;
@@ -102,6 +106,19 @@ int cmd_ppl(int argc, char **argv) {
         if (as) {
             rc = cli_fail("ppl");
             goto out;
+        }
+    }
+    if (!act) { /* the schemes the file was quantized with */
+        int n_set = 0, counts[QL_ACT_MODE_COUNT];
+        if (ql_infer_set_act_quant_from_file(inf, &n_set, counts)) {
+            rc = cli_fail("ppl");
+            goto out;
+        }
+        if (n_set && !json) {
+            fprintf(stderr, "qlab ppl: activations quantized as the file says (qlab.act.*):");
+            for (int k = 1; k < QL_ACT_MODE_COUNT; k++)
+                if (counts[k]) fprintf(stderr, " %s %d", ql_act_mode_name((ql_act_mode)k), counts[k]);
+            fprintf(stderr, " linears\n");
         }
     }
     if (!json)

@@ -11,6 +11,7 @@
 #include "methods/method.h"
 #include "core/ppl.h"
 #include "core/stats.h"
+#include "methods/layer_f32.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@
 static const char *QUANT_USAGE =
     "usage: qlab quant MODEL -o OUT.gguf (--type FORMAT | --preset NAME|FILE | --plan FILE) [--to gguf]\n"
     "                  [--method NAME [--method-opts K=V,...]] [--stats FILE | --text FILE [--ctx N] [--chunks N]]\n"
-    "                  [--imatrix FILE] [--threads N] [--save-plan FILE] [--dry-run]\n"
+    "                  [--imatrix FILE] [--act SCHEME] [--threads N] [--save-plan FILE] [--dry-run]\n"
     "Quantizes every 2-D weight of MODEL and writes a GGUF with all of its metadata.\n"
     "  --type FORMAT     one format everywhere (qlab formats lists them), e.g. q4_k, int4_g128, nf4_dq\n"
     "  --preset NAME     a built-in recipe (qlab formats --presets lists them: llama.cpp's mixes Q2_K ... Q8_0,\n"
@@ -36,6 +37,10 @@ static const char *QUANT_USAGE =
     "  --calib SPEC      ...or from a calibration set (--samples N --len L --seed S; see qlab calib --help)\n"
     "  --sequential      true-sequential: each layer's inputs are measured with earlier layers already quantized\n"
     "  --imatrix FILE    importance weights (llama.cpp imatrix GGUF or legacy .dat)\n"
+    "  --act SCHEME      activation scheme of every block linear's input, stored in the output (qlab ppl applies it):\n"
+    "                    int8_token, fp8_token (dynamic per token), int8_tensor, fp8_tensor (static: scales from\n"
+    "                    --stats/--text), llm_int8[:THRESHOLD], none; a plan's [activations] section does the same\n"
+    "                    per tensor\n"
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
     "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors, bnb\n"
     "                    (Hugging Face folders for transformers/vLLM/TGI; OUT is then a folder)\n"
@@ -78,12 +83,30 @@ static int apply_method(ql_plan *plan, const ql_method *meth) {
     return 0;
 }
 
+/* What the output runs with besides its weights, and how to get the same at run time elsewhere. */
+static void print_runtime(const ql_model *m, const ql_plan *plan) {
+    int counts[QL_ACT_MODE_COUNT] = {0}, n = 0;
+    const int n_t = m->cfg.n_layer * QL_LIN_COUNT + 1;
+    for (int i = 0; i < n_t; i++) {
+        const bool block = i < n_t - 1;
+        const ql_gguf_tensor *t = block ? ql_layer_linear(m, i / QL_LIN_COUNT, i % QL_LIN_COUNT) : m->output;
+        const ql_plan_act *pa = t ? ql_plan_find_act(plan, t->name, block) : NULL;
+        if (pa && pa->mode != QL_ACT_NONE) counts[pa->mode]++, n++;
+    }
+    if (!n) return;
+    fprintf(stderr, "qlab quant: activations of %d linears quantized at run time:", n);
+    for (int k = 1; k < QL_ACT_MODE_COUNT; k++)
+        if (counts[k]) fprintf(stderr, " %s %d", ql_act_mode_name((ql_act_mode)k), counts[k]);
+    fprintf(stderr, " (stored as qlab.act.* keys: `qlab ppl` on the output applies them; llama.cpp ignores them "
+                    "and rounds activations to its own dot-product types)\n");
+}
+
 int cmd_quant(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, QUANT_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *type = NULL, *preset = NULL, *plan_path = NULL;
     const char *imatrix = NULL, *save_plan = NULL, *method = NULL, *method_opts = NULL, *stats_path = NULL;
-    const char *to = NULL;
+    const char *to = NULL, *act = NULL;
     cli_calib ca;
     cli_calib_defaults(&ca, 512, 128);
     bool sequential = false;
@@ -107,6 +130,7 @@ int cmd_quant(int argc, char **argv) {
         else if (!strcmp(flag, "--imatrix")) imatrix = cli_value(&a, flag);
         else if (!strcmp(flag, "--save-plan")) save_plan = cli_value(&a, flag);
         else if (!strcmp(flag, "--to")) to = cli_value(&a, flag);
+        else if (!strcmp(flag, "--act")) act = cli_value(&a, flag);
         else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
         else if (!strcmp(flag, "--dry-run")) dry = true;
         else return cli_unknown(&a, flag);
@@ -116,6 +140,10 @@ int cmd_quant(int argc, char **argv) {
     if (!out && !dry && !save_plan) return cli_usage_error("quant", QUANT_USAGE, "needs -o OUT.gguf");
     if ((type != NULL) + (preset != NULL) + (plan_path != NULL) != 1)
         return cli_usage_error("quant", QUANT_USAGE, "give exactly one of --type, --preset, --plan");
+    ql_act_mode act_mode = QL_ACT_NONE;
+    float act_threshold = 0;
+    if (act && ql_act_spec_parse(act, &act_mode, &act_threshold))
+        return cli_usage_error("quant", QUANT_USAGE, "--act: %s", ql_last_error());
     const ql_exporter_info *exporter = ql_exporter_default();
     if (to && ql_exporter_find(to, &exporter)) return cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
     if (cli_refuse_input_as_output("quant", out, CLI_INPUTS(model, plan_path, stats_path, imatrix, ca.text, preset)) ||
@@ -169,8 +197,9 @@ int cmd_quant(int argc, char **argv) {
             ql_plan_set(plan, tensor, ql_format_by_name("q2_k"), method, note);
         }
     }
+    if (act) ql_plan_set_act(plan, QL_PLAN_ACT_DEFAULT, act_mode, act_threshold);
     if (meth && (rc = apply_method(plan, meth))) goto done;
-    if (!meth && method_opts) { /* the plan's own methods share the options */
+    if (!meth && (method_opts || plan->method_opts)) { /* the plan's own methods share the options */
         const ql_method *used[32];
         int n_used = 0;
         for (int i = 0; i < plan->n; i++) {
@@ -179,13 +208,14 @@ int cmd_quant(int argc, char **argv) {
             for (int k = 0; k < n_used; k++) seen |= used[k] == pm;
             if (!seen && n_used < 32) used[n_used++] = pm;
         }
-        if (ql_method_check_opts(used, n_used, method_opts)) {
+        if (ql_method_check_opts(used, n_used, method_opts ? method_opts : plan->method_opts)) {
             rc = cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
             goto done;
         }
     }
     bool needs = false;
     for (int i = 0; i < plan->n; i++) needs |= ql_method_by_name(plan->e[i].method) && ql_method_by_name(plan->e[i].method)->needs;
+    needs |= ql_plan_act_needs_stats(plan); /* static activation scales come from the statistics */
     if (stats_path && ql_stats_load_for_model(stats_path, m, QL_STATS_SAME_MODEL, &stats)) {
         rc = cli_fail("quant");
         goto done;
@@ -204,7 +234,7 @@ int cmd_quant(int argc, char **argv) {
         goto done;
     }
     if (needs && !stats && !sequential && !dry) {
-        rc = cli_usage_error("quant", QUANT_USAGE, "method needs calibration: give --stats FILE or --text FILE");
+        rc = cli_usage_error("quant", QUANT_USAGE, "the plan needs calibration (a data-aware method or static activation scales): give --stats FILE or --text FILE");
         goto done;
     }
     bool ext = false;
@@ -254,6 +284,7 @@ int cmd_quant(int argc, char **argv) {
             "%.2fs (%.2f GB/s of f32 weights)\n",
             out, (long long)st.tensors_quantized, (long long)st.tensors_fallback, (long long)st.tensors_copied,
             st.bytes_in / 1048576.0, st.bytes_out / 1048576.0, st.seconds, st.seconds > 0 ? gb / st.seconds : 0);
+    if (plan->n_act) print_runtime(m, plan);
     if (st.tensors_rounded)
         fprintf(stderr, "qlab quant: %lld tensors had no statistics for their method and were rounded to nearest "
                         "(--dry-run lists them)\n", (long long)st.tensors_rounded);

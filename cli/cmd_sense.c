@@ -89,7 +89,7 @@ static const char *SENSE_USAGE =
     "usage: qlab sense MODEL (--calib SPEC [--samples 32] [--len 256] [--seed S] [--mode random|docs]\n"
     "                        | --text FILE [--ctx 256] [--chunks 32])\n"
     "                  --candidates LIST [--level weight|output|kld] [--stats FILE] [--imatrix FILE]\n"
-    "                  [--threads N] -o SENS.qss [--force]\n"
+    "                  [--act-candidates LIST] [--threads N] -o SENS.qss [--force]\n"
     "       qlab sense MODEL (--calib ... | --text ...) --check-plan PLAN.ini [--json]\n"
     "Measures, for every 2-D weight of MODEL and every candidate, the exact bits and the error of\n"
     "quantizing that tensor alone, at three levels (each includes the cheaper ones):\n"
@@ -102,6 +102,9 @@ static const char *SENSE_USAGE =
     "unless --stats gives a file from qlab stats. --imatrix quantizes as qlab quant --imatrix will.\n"
     "The file is checkpointed while measuring: after Ctrl-C, run the same command again to resume; a run\n"
     "with more candidates reuses what the file has. --force starts over.\n"
+    "--act-candidates LIST  activation schemes (int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]):\n"
+    "  for every linear, the KLD with only its input quantized that way (weights float); static schemes take\n"
+    "  their scales from the statistics. qlab plan --act / qlab pareto --act add them to the prediction.\n"
     "Then: qlab plan SENS.qss --target-bpw B -o PLAN.ini.\n"
     "--check-plan quantizes every tensor of a plan at once and reports the joint KLD on the same\n"
     "calibration tokens: what the per-tensor sum that qlab plan predicts should be, if errors add up.\n";
@@ -142,7 +145,7 @@ int cmd_sense(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, SENSE_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *cands = NULL, *stats_path = NULL, *im_path = NULL;
-    const char *check = NULL;
+    const char *check = NULL, *act_cands = NULL;
     bool json = false;
     sense_calib ca = {.ctx = 256, .chunks = 32, .samples = 32};
     int level = QL_SENSE_KLD, threads = ql_default_threads();
@@ -164,6 +167,7 @@ int cmd_sense(int argc, char **argv) {
                 return cli_usage_error("sense", SENSE_USAGE, "--mode is random or docs, not '%s'", v);
             ca.mode = v && !strcmp(v, "docs") ? QL_CALIB_DOCS : QL_CALIB_RANDOM;
         } else if (!strcmp(flag, "--candidates")) cands = cli_value(&a, flag);
+        else if (!strcmp(flag, "--act-candidates")) act_cands = cli_value(&a, flag);
         else if (!strcmp(flag, "--level")) {
             const char *v = cli_value(&a, flag);
             if (v && !ql_sense_level_parse(v, &level))
@@ -197,6 +201,19 @@ int cmd_sense(int argc, char **argv) {
     ql_plan *plan = NULL;
     if (check ? ql_plan_load(check, &plan) != QL_OK : ql_sense_parse_candidates(cands, &cl, &ncl) != QL_OK)
         return cli_fail("sense");
+    char **acl = NULL;
+    int nacl = 0;
+    if (act_cands && !check) {
+        if (ql_sense_parse_act_candidates(act_cands, &acl, &nacl)) {
+            ql_sense_free_strings(cl, ncl);
+            return cli_usage_error("sense", SENSE_USAGE, "%s", ql_last_error());
+        }
+        if (!ca.text && !ca.calib) {
+            ql_sense_free_strings(cl, ncl);
+            ql_sense_free_strings(acl, nacl);
+            return cli_usage_error("sense", SENSE_USAGE, "--act-candidates needs calibration: --calib SPEC or --text FILE");
+        }
+    }
 
     ql_model *m = NULL;
     ql_stats *st = NULL;
@@ -213,8 +230,13 @@ int cmd_sense(int argc, char **argv) {
         if (!ql_parse_format_method(cl[c], &f, me, sizeof me) && ql_method_by_name(me) && ql_method_by_name(me)->needs)
             needs_stats = true;
     }
+    for (int k = 0; k < nacl; k++) {
+        ql_act_mode am;
+        float at;
+        if (!ql_act_spec_parse(acl[k], &am, &at) && ql_act_mode_is_static(am)) needs_stats = true;
+    }
     if (plan) {
-        needs_stats = false;
+        needs_stats = ql_plan_act_needs_stats(plan);
         for (int i = 0; i < plan->n; i++) {
             const ql_method *me = ql_method_by_name(plan->e[i].method);
             needs_stats |= me && me->needs;
@@ -301,6 +323,7 @@ int cmd_sense(int argc, char **argv) {
                          : st       ? "calibration tokens"
                                     : "",
                          im_path ? im_path : "", level);
+    ql_sense_set_act(s, acl, nacl);
     struct stat sb;
     if (!force && stat(out, &sb) == 0) {
         int adopted = 0;
@@ -335,6 +358,7 @@ int cmd_sense(int argc, char **argv) {
     double t0 = ql_time_s();
     ql_progress *bar = eta_bar_new("sense");
     ss = ql_sense_measure(s, m, &o, bar);
+    if (!ss && s->n_act) ss = ql_sense_measure_act(s, m, &o, bar);
     eta_bar_done(bar);
     if (ss == QL_ERR_CANCELLED) {
         fprintf(stderr,
@@ -350,11 +374,24 @@ int cmd_sense(int argc, char **argv) {
             s->seconds);
     if (s->base_ppl > 0)
         fprintf(stderr, "qlab sense: base perplexity on the calibration tokens %.4f\n", s->base_ppl);
+    for (int k = 0; k < s->n_act; k++) { /* what each scheme costs, summed over the linears, and where most */
+        double sum = 0, worst = -1;
+        int wt = -1, n = 0;
+        for (int t = 0; t < s->n_tensors; t++) {
+            double v = ql_sense_act_cell_at(s, t, k)->kld;
+            if (!isfinite(v)) continue;
+            sum += v, n++;
+            if (v > worst) worst = v, wt = t;
+        }
+        printf("activations %-12s %3d linears: summed KLD %.6g, largest %.6g (%s)\n", s->act[k], n, sum,
+               worst > 0 ? worst : 0, wt >= 0 ? s->tensors[wt].name : "-");
+    }
 done:
     ql_plan_free(plan);
     ql_sense_free(s);
     ql_sense_free(old);
     ql_sense_free_strings(cl, ncl);
+    ql_sense_free_strings(acl, nacl);
     free(tok);
     ql_stats_free(st);
     ql_imatrix_free(im);
@@ -391,7 +428,7 @@ static bool parse_size(const char *v, int64_t *out) {
 
 static const char *PLAN_USAGE =
     "usage: qlab plan SENS.qss (--target-bpw B [--whole-file] | --target-size SIZE) -o PLAN.ini\n"
-    "                 [--rule 'PATTERN OP FORMAT']... [--metric weight|output|kld]\n"
+    "                 [--rule 'PATTERN OP FORMAT']... [--metric weight|output|kld] [--act S [--act-max-kld X]]\n"
     "                 [--solver auto|dp|lagrange] [--tolerance 0.01] [--quiet]\n"
     "Chooses one measured candidate per tensor so that the summed predicted error is smallest within the\n"
     "budget (a multiple-choice knapsack: exact DP on small models, Lagrangian relaxation and repair\n"
@@ -403,6 +440,9 @@ static const char *PLAN_USAGE =
     "                   'output!=q4_0' (exclude); >= <= > < compare bits on that tensor; a pattern\n"
     "                   without '.' names a role in every layer ('attn_v' = 'blk.*.attn_v')\n"
     "  --metric M       the error to minimise (default: the highest level measured)\n"
+    "  --act SCHEME     also quantize every linear's input with SCHEME (measured by qlab sense --act-candidates):\n"
+    "                   written as the plan's [activations]; its summed per-linear KLD joins the prediction\n"
+    "  --act-max-kld X  linears whose input costs more than X KLD with SCHEME keep float inputs\n"
     "Apply the plan with: qlab quant MODEL --plan PLAN.ini -o OUT.gguf\n";
 
 typedef struct {
@@ -410,10 +450,20 @@ typedef struct {
     int n_rules, cap;
     int metric, solver;
     double tolerance;
+    const char *act;   /* --act SCHEME: activations from the file's measured schemes */
+    double act_max_kld; /* --act-max-kld X: linears above X keep float inputs */
 } alloc_flags;
 
 static int parse_alloc_flag(cli_args *a, const char *flag, alloc_flags *af, const char *cmd,
                             const char *usage) {
+    if (!strcmp(flag, "--act")) {
+        af->act = cli_value(a, flag);
+        return 1;
+    }
+    if (!strcmp(flag, "--act-max-kld")) {
+        af->act_max_kld = cli_double(a, flag);
+        return 1;
+    }
     if (!strcmp(flag, "--rule")) {
         const char *v = cli_value(a, flag);
         if (!v) return 1;
@@ -543,6 +593,18 @@ int cmd_plan(int argc, char **argv) {
     printf("bpw %.4f over quantized tensors, %.4f over the file; %.2f MiB of weights; predicted %s %.5g, "
            "%s\n",
            r.bpw, r.bpw_file, (double)r.bytes / 1048576.0, ql_sense_level_name(r.metric), r.err, gap);
+    double act_kld = 0;
+    int act_q = 0, act_f = 0;
+    if (af.act) {
+        if (ql_alloc_act(s, af.act, af.act_max_kld, NULL, &act_kld, &act_q, &act_f)) {
+            rc = cli_fail("plan");
+            goto out;
+        }
+        printf("activations %s on %d linears (%d kept float: KLD above %g): + %.5g KLD", af.act, act_q, act_f,
+               af.act_max_kld, act_kld);
+        if (r.metric == QL_SENSE_KLD) printf(", predicted KLD with activations %.5g", r.err + act_kld);
+        printf("\n");
+    }
     if (r.uniform)
         printf("one format everywhere (%s, fallbacks where its blocks do not fit) is predicted better than any mix "
                "within the target: the plan is that\n", r.uniform);
@@ -568,7 +630,9 @@ int cmd_plan(int argc, char **argv) {
         else
             snprintf(src, sizeof src, "qlab plan %s --target-bpw %g%s", path, bpw,
                      whole ? " --whole-file" : "");
-        if (ql_alloc_plan(s, &r, src, &plan) || ql_plan_save(plan, *s->model ? s->model : NULL, out)) {
+        if (ql_alloc_plan(s, &r, src, &plan) ||
+            (af.act && ql_alloc_act(s, af.act, af.act_max_kld, plan, &act_kld, &act_q, &act_f)) ||
+            ql_plan_save(plan, *s->model ? s->model : NULL, out)) {
             rc = cli_fail("plan");
             goto out;
         }
@@ -577,6 +641,7 @@ int cmd_plan(int argc, char **argv) {
             const ql_method *me = ql_method_by_name(plan->e[i].method);
             needs |= me && me->needs;
         }
+        needs |= ql_plan_act_needs_stats(plan);
         fprintf(stderr, "qlab plan: wrote %s; apply: qlab quant %s --plan %s%s -o OUT.gguf\n", out,
                 *s->model ? s->model : "MODEL", out, needs ? " --stats STATS.qls" : "");
     }
@@ -595,15 +660,17 @@ static const char *PARETO_USAGE =
     "usage: qlab pareto SENS.qss [--points 40] [--csv] [--whole-file] [--rule R]... [--metric M]\n"
     "The predicted error-vs-BPW frontier: the least summed error the allocator finds at each size, from\n"
     "the cheapest to the most expensive assignment. --csv prints bpw,bpw_file,bytes,error; otherwise a\n"
-    "terminal plot (log error) and a table. Rules as in qlab plan.\n";
+    "terminal plot (log error) and a table. Rules as in qlab plan. With --act SCHEME [--act-max-kld X], a second\n"
+    "series (a) adds that activation scheme's summed KLD to every point: weights and activations together.\n";
 
-static void plot(const ql_frontier_point *p, int n, bool whole, const char *metric) {
+static void plot(const ql_frontier_point *p, int n, bool whole, const char *metric, double act_add) {
     enum { W = 64, H = 18 };
     char grid[H][W + 1];
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
     for (int i = 0; i < n; i++) {
-        double x = whole ? p[i].bpw_file : p[i].bpw, y = log10(fmax(p[i].err, 1e-12));
-        x0 = fmin(x0, x), x1 = fmax(x1, x), y0 = fmin(y0, y), y1 = fmax(y1, y);
+        double x = whole ? p[i].bpw_file : p[i].bpw, y = log10(fmax(p[i].err, 1e-12)),
+               ya = log10(fmax(p[i].err + act_add, 1e-12));
+        x0 = fmin(x0, x), x1 = fmax(x1, x), y0 = fmin(y0, y), y1 = fmax(y1, fmax(y, ya));
     }
     if (x1 <= x0) x1 = x0 + 1;
     if (y1 <= y0) y1 = y0 + 1;
@@ -616,8 +683,13 @@ static void plot(const ql_frontier_point *p, int n, bool whole, const char *metr
         int cx = (int)lround((x - x0) / (x1 - x0) * (W - 1)),
             cy = (int)lround((y1 - y) / (y1 - y0) * (H - 1));
         grid[cy][cx] = '*';
+        if (act_add > 0) {
+            int ca = (int)lround((y1 - log10(fmax(p[i].err + act_add, 1e-12))) / (y1 - y0) * (H - 1));
+            if (grid[ca][cx] == ' ') grid[ca][cx] = 'a';
+        }
     }
-    printf("predicted %s (log scale) vs bits per weight%s\n", metric, whole ? " (whole file)" : "");
+    printf("predicted %s (log scale) vs bits per weight%s%s\n", metric, whole ? " (whole file)" : "",
+           act_add > 0 ? "; * weights only, a with activations" : "");
     for (int r = 0; r < H; r++) {
         double y = y1 - (y1 - y0) * r / (H - 1);
         if (r % 3 == 0 || r == H - 1) printf("%10.3g |%s\n", pow(10, y), grid[r]);
@@ -659,12 +731,30 @@ int cmd_pareto(int argc, char **argv) {
         goto out;
     }
     int metric = af.metric >= 0 ? af.metric : ql_sense_complete_level(s);
+    double act_kld = 0;
+    int act_q = 0, act_f = 0;
+    if (af.act) {
+        if (ql_alloc_act(s, af.act, af.act_max_kld, NULL, &act_kld, &act_q, &act_f)) {
+            rc = cli_fail("pareto");
+            goto out;
+        }
+        if (metric != QL_SENSE_KLD) {
+            rc = cli_usage_error("pareto", PARETO_USAGE, "--act adds KLD: the frontier must be measured at the kld level");
+            goto out;
+        }
+    }
     if (csv) {
-        printf("bpw,bpw_file,bytes,%s\n", ql_sense_level_name(metric));
-        for (int i = 0; i < n; i++)
-            printf("%.6f,%.6f,%lld,%.9g\n", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
+        printf("bpw,bpw_file,bytes,%s%s\n", ql_sense_level_name(metric), af.act ? ",kld_with_act" : "");
+        for (int i = 0; i < n; i++) {
+            printf("%.6f,%.6f,%lld,%.9g", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
+            if (af.act) printf(",%.9g", p[i].err + act_kld);
+            printf("\n");
+        }
     } else {
-        plot(p, n, whole, ql_sense_level_name(metric));
+        if (af.act)
+            printf("activations %s on %d linears (%d kept float): + %.5g KLD at every size\n", af.act, act_q, act_f,
+                   act_kld);
+        plot(p, n, whole, ql_sense_level_name(metric), act_kld);
         printf("\n%10s %10s %12s %14s\n", "bpw", "bpw_file", "bytes", ql_sense_level_name(metric));
         int step = n > 16 ? (n + 15) / 16 : 1;
         for (int i = 0; i < n; i++)

@@ -1,8 +1,10 @@
 /* actquant.c — simulated activation quantization in the preview forward pass (see actquant.h). */
 #include "core/actquant.h"
+#include "core/gguf.h"
 #include "formats/fmt_ext.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,86 @@ bool ql_act_mode_parse(const char *s, ql_act_mode *out) {
     else
         return false;
     return true;
+}
+
+ql_status ql_act_spec_parse(const char *s, ql_act_mode *mode, float *threshold) {
+    char name[64];
+    *threshold = 0;
+    snprintf(name, sizeof name, "%s", s ? s : "");
+    char *colon = strchr(name, ':');
+    if (colon) *colon++ = 0;
+    if (!ql_act_mode_parse(name, mode))
+        return ql_fail(QL_ERR_ARG,
+                       "unknown activation scheme '%s' (none, int8_token, int8_tensor, fp8_token, fp8_tensor, "
+                       "llm_int8[:THRESHOLD])",
+                       s ? s : "");
+    if (colon) {
+        char *end;
+        double t = strtod(colon, &end);
+        if (*mode != QL_ACT_LLM_INT8 || end == colon || *end || !(t > 0) || !isfinite(t))
+            return ql_fail(QL_ERR_ARG, "activation scheme '%s': only llm_int8 takes ':THRESHOLD', a number > 0", s);
+        *threshold = (float)t;
+    }
+    return QL_OK;
+}
+
+void ql_act_spec_format(ql_act_mode mode, float threshold, char *buf, size_t cap) {
+    if (mode == QL_ACT_LLM_INT8 && threshold > 0 && threshold != QL_LLM_INT8_THRESHOLD)
+        snprintf(buf, cap, "%s:%g", ql_act_mode_name(mode), threshold);
+    else
+        snprintf(buf, cap, "%s", ql_act_mode_name(mode));
+}
+
+static void act_key(char *buf, size_t cap, const char *prefix, const char *tensor) {
+    snprintf(buf, cap, "%s%s", prefix, tensor);
+}
+
+void ql_act_quant_to_gguf(ql_gguf *g, const char *tensor, const ql_act_quant *aq) {
+    char key[320];
+    if (!aq || aq->mode == QL_ACT_NONE) return;
+    act_key(key, sizeof key, QL_ACT_KEY_MODE, tensor);
+    ql_gguf_set_str(g, key, ql_act_mode_name(aq->mode));
+    if (ql_act_mode_is_static(aq->mode)) {
+        act_key(key, sizeof key, QL_ACT_KEY_SCALE, tensor);
+        ql_gguf_set_f32(g, key, aq->scale);
+    }
+    if (aq->mode == QL_ACT_LLM_INT8) {
+        act_key(key, sizeof key, QL_ACT_KEY_THRESHOLD, tensor);
+        ql_gguf_set_f32(g, key, aq->threshold > 0 ? aq->threshold : QL_LLM_INT8_THRESHOLD);
+    }
+}
+
+ql_status ql_act_quant_from_gguf(const ql_gguf *g, const char *path, const char *tensor, ql_act_quant *aq,
+                                 bool *found) {
+    char key[320];
+    memset(aq, 0, sizeof *aq);
+    *found = false;
+    act_key(key, sizeof key, QL_ACT_KEY_MODE, tensor);
+    if (!ql_gguf_get(g, key)) return QL_OK;
+    const char *name = ql_gguf_get_str(g, key);
+    ql_act_mode mode;
+    if (!name || !ql_act_mode_parse(name, &mode) || mode == QL_ACT_NONE)
+        return ql_fail(QL_ERR_FORMAT, "%s: %s: unknown activation scheme '%s'", path, key, name ? name : "(not a string)");
+    aq->mode = mode;
+    aq->threshold = QL_LLM_INT8_THRESHOLD;
+    double v;
+    if (ql_act_mode_is_static(mode)) {
+        act_key(key, sizeof key, QL_ACT_KEY_SCALE, tensor);
+        if (!ql_gguf_get_f64(g, key, &v) || !(v > 0) || !isfinite(v) || v > FLT_MAX)
+            return ql_fail(QL_ERR_FORMAT, "%s: %s: static activation scheme %s needs a positive scale in %s", path,
+                           tensor, name, key);
+        aq->scale = (float)v;
+    }
+    if (mode == QL_ACT_LLM_INT8) {
+        act_key(key, sizeof key, QL_ACT_KEY_THRESHOLD, tensor);
+        if (ql_gguf_get(g, key)) {
+            if (!ql_gguf_get_f64(g, key, &v) || !(v > 0) || !isfinite(v) || v > FLT_MAX)
+                return ql_fail(QL_ERR_FORMAT, "%s: %s: outlier threshold is not a number > 0", path, key);
+            aq->threshold = (float)v;
+        }
+    }
+    *found = true;
+    return QL_OK;
 }
 
 bool ql_act_mode_is_static(ql_act_mode m) { return m == QL_ACT_INT8_TENSOR || m == QL_ACT_FP8_TENSOR; }

@@ -45,6 +45,32 @@ bool ql_act_mode_is_static(ql_act_mode m);
  * QL_ACT_LLM_INT8 only (<= 0: QL_LLM_INT8_THRESHOLD). */
 ql_status ql_act_quant_init(ql_act_quant *aq, ql_act_mode mode, const float *absmax, int64_t n, float threshold);
 
+/* A scheme as a plan or a command line writes it: a mode name (ql_act_mode_parse), or "llm_int8:T" with
+ * an outlier threshold T > 0 (*threshold = 0 when none is given). Unknown names fail with a message
+ * listing the valid ones. */
+ql_status ql_act_spec_parse(const char *s, ql_act_mode *mode, float *threshold);
+/* The inverse: "int8_tensor", "llm_int8:4" (the threshold only when it differs from the default). */
+void ql_act_spec_format(ql_act_mode mode, float threshold, char *buf, size_t cap);
+
+/* ---------------- runtime settings in a GGUF ----------------
+ * A quantized file carries the activation scheme of each linear input it was planned with, so `qlab ppl`
+ * applies it without flags. One key per setting, named after the linear's weight tensor
+ * (docs/formats.md § qlab metadata keys):
+ *     qlab.act.mode.<tensor>       string  ql_act_mode_name (never "none": absent means float)
+ *     qlab.act.scale.<tensor>      f32     static modes: the quantization step (absmax / 127 or / 448)
+ *     qlab.act.threshold.<tensor>  f32     llm_int8: the outlier threshold on |x| */
+#define QL_ACT_KEY_MODE "qlab.act.mode."
+#define QL_ACT_KEY_SCALE "qlab.act.scale."
+#define QL_ACT_KEY_THRESHOLD "qlab.act.threshold."
+
+struct ql_gguf;
+/* Writes aq's keys for `tensor` into g (nothing for QL_ACT_NONE). */
+void ql_act_quant_to_gguf(struct ql_gguf *g, const char *tensor, const ql_act_quant *aq);
+/* Reads the setting of `tensor` from g: *found false (aq zeroed) when g has none. A malformed setting (unknown
+ * mode, static mode without a positive finite scale, bad threshold) fails with a message naming `path`. */
+ql_status ql_act_quant_from_gguf(const struct ql_gguf *g, const char *path, const char *tensor, ql_act_quant *aq,
+                                 bool *found);
+
 /* y[T, K] = x[T, K] as the quantized activations would be, back in float (y may be x). Returns the
  * number of outlier columns kept in float (QL_ACT_LLM_INT8), else 0. */
 int ql_act_quant_apply(const ql_act_quant *aq, const float *x, float *y, int T, int K);

@@ -35,6 +35,36 @@ ql_status ql_infer_set_act_quant_all(ql_infer *inf, const ql_stats *st, ql_act_m
     return QL_OK;
 }
 
+ql_status ql_infer_set_act_quant_from_file(ql_infer *inf, int *n_set, int *counts) {
+    const ql_model *m = ql_infer_model(inf);
+    const ql_gguf *g = m->gguf;
+    *n_set = 0;
+    if (counts) memset(counts, 0, QL_ACT_MODE_COUNT * sizeof *counts);
+    const size_t plen = strlen(QL_ACT_KEY_MODE);
+    for (int64_t k = 0; k < g->n_kv; k++) {
+        const char *key = g->kv[k].key;
+        if (strncmp(key, QL_ACT_KEY_MODE, plen) != 0) continue;
+        const char *name = key + plen;
+        /* only the inputs of matmuls the pass runs: block linears and the classifier */
+        const ql_gguf_tensor *t = NULL;
+        for (int l = 0; l < m->cfg.n_layer && !t; l++)
+            for (int i = 0; i < QL_LIN_COUNT && !t; i++) {
+                const ql_gguf_tensor *li = ql_layer_linear(m, l, i);
+                if (li && !strcmp(li->name, name)) t = li;
+            }
+        if (!t && m->output && !strcmp(m->output->name, name)) t = m->output;
+        if (!t) return ql_fail(QL_ERR_FORMAT, "%s: %s names no linear layer of the model", m->path, key);
+        ql_act_quant aq;
+        bool found;
+        ql_status s = ql_act_quant_from_gguf(g, m->path, name, &aq, &found);
+        if (s) return s;
+        if (!found || !ql_infer_set_act_quant(inf, t, &aq)) continue;
+        (*n_set)++;
+        if (counts) counts[aq.mode]++;
+    }
+    return QL_OK;
+}
+
 static const ql_act_recipe RECIPES[] = {
     {"W8A8-INT8", "int8_channel", QL_ACT_INT8_TOKEN,
      "INT8 weights per output channel + INT8 activations per token, dynamic (SmoothQuant's; smooth first)"},

@@ -13,6 +13,12 @@
 ql_status ql_infer_set_act_quant_all(ql_infer *inf, const ql_stats *st, ql_act_mode mode, float threshold,
                                      bool include_output);
 
+/* Applies the activation settings the model file carries (qlab.act.* keys, core/actquant.h) to inf: what
+ * `qlab quant --plan` stored for each linear input. *n_set: how many linears got a scheme (0: the file has
+ * none). A key naming a tensor that is not a linear of the model, or a malformed setting, fails with a
+ * message naming the file. counts (may be NULL) [QL_ACT_MODE_COUNT]: linears per mode. */
+ql_status ql_infer_set_act_quant_from_file(ql_infer *inf, int *n_set, int *counts);
+
 /* Named weight+activation recipes: the weight format goes in the plan, the activation mode in the
  * forward pass (ql_infer_set_act_quant_all). */
 typedef struct {

@@ -100,7 +100,7 @@ static json_t *awq_config(const ql_st_tensor *ts, int64_t n) {
     return o;
 }
 
-static const ql_st_target awq_target = {"awq", awq_plan, awq_convert, awq_config};
+static const ql_st_target awq_target = {"awq", awq_plan, awq_convert, awq_config, false};
 
 static ql_status awq_begin(ql_exporter *x, const char *out, const ql_gguf *source) {
     return ql_st_begin(x, out, source, &awq_target);

@@ -133,7 +133,7 @@ static json_t *bnb_config(const ql_st_tensor *ts, int64_t n) {
     return o;
 }
 
-static const ql_st_target bnb_target = {"bnb", bnb_plan, bnb_convert, bnb_config};
+static const ql_st_target bnb_target = {"bnb", bnb_plan, bnb_convert, bnb_config, false};
 
 static ql_status bnb_begin(ql_exporter *x, const char *out, const ql_gguf *source) {
     return ql_st_begin(x, out, source, &bnb_target);

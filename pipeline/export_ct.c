@@ -11,11 +11,15 @@
  *   float-quantized (FP8 E4M3 per tensor / channel / 128x128 block):
  *     weight            F8_E4M3 [N, K]
  *     weight_scale      F32 [1], [N, 1] or [ceil(N/128), ceil(K/128)]
+ *   static activation scale (the plan's int8_tensor / fp8_tensor input scheme, from qlab.act.scale.*):
+ *     input_scale       F32 [1]                   x ≈ input_scale * q, q INT8 or FP8 E4M3
  * w = scale * (q - zero) with q, zero signed: qlab's unsigned code c and zero z are exactly q + 2^(n-1)
  * and zero + 2^(n-1) (symmetric: z = 2^(n-1), i.e. zero 0), so the packed words hold qlab's codes
  * unchanged and the checkpoint dequantizes to qlab's preview. Mixed plans get one config group per
  * format, targeting their modules by anchored regex ("re:^...$"); lm_head and block linears left in
- * float are listed under "ignore". */
+ * float are listed under "ignore". A group's input_activations is the linears' input scheme: per token,
+ * `dynamic: true` (int8_token, fp8_token), or per tensor with a stored input_scale (int8_tensor,
+ * fp8_tensor); LLM.int8()'s float outlier columns have no compressed-tensors form and are refused. */
 #include "pipeline/export_st.h"
 #include "formats/fmt_ext.h"
 #include "kernels/ggml_types.h"
@@ -84,6 +88,11 @@ static ql_status ct_plan(const char *out, ql_st_tensor *t, const ql_st_tensor *p
         else if (scheme == CT_FP8_CHANNEL) ql_st_set_out(&t->out[n++], "weight_scale", "F32", 2, N, 1, false);
         else ql_st_set_out(&t->out[n++], "weight_scale", "F32", 2, (N + FP8_BLOCK - 1) / FP8_BLOCK, (K + FP8_BLOCK - 1) / FP8_BLOCK, false);
     }
+    if (t->act.mode == QL_ACT_LLM_INT8)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' has activation scheme llm_int8, whose float outlier columns "
+                                           "compressed-tensors cannot describe; use int8_token or --to gguf",
+                       out, t->gguf_name);
+    if (ql_act_mode_is_static(t->act.mode)) ql_st_set_out(&t->out[n++], "input_scale", "F32", 1, 1, 1, false);
     t->n_out = n;
     return QL_OK;
 }
@@ -92,7 +101,7 @@ static void put_u64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static ql_status ct_convert(const ql_st_tensor *t, const uint8_t *src, uint8_t *dst) {
+static ql_status ct_convert_weight(const ql_st_tensor *t, const uint8_t *src, uint8_t *dst) {
     const int64_t K = t->ne[0], N = t->ne[1];
     uint8_t *p = dst;
     if (t->scheme == CT_INT_ROW || t->scheme == CT_INT8_TENSOR) {
@@ -147,6 +156,17 @@ static ql_status ct_convert(const ql_st_tensor *t, const uint8_t *src, uint8_t *
     return QL_OK;
 }
 
+static ql_status ct_convert(const ql_st_tensor *t, const uint8_t *src, uint8_t *dst) {
+    ql_status s = ct_convert_weight(t, src, dst);
+    if (s || !ql_act_mode_is_static(t->act.mode)) return s;
+    uint64_t off = 0; /* input_scale is the last output */
+    for (int i = 0; i < t->n_out - 1; i++) off += t->out[i].nbytes;
+    uint32_t bits;
+    memcpy(&bits, &t->act.scale, 4);
+    ql_st_put_u32(dst + off, bits);
+    return QL_OK;
+}
+
 static const char *ct_format_of(int scheme) {
     return scheme == CT_INT_ROW || scheme == CT_INT8_TENSOR ? "pack-quantized" : "float-quantized";
 }
@@ -171,6 +191,33 @@ static json_t *ct_weights(const ql_st_tensor *t) {
     return w;
 }
 
+/* The group's input_activations: null (float inputs) or compressed-tensors' QuantizationArgs. */
+static json_t *ct_inputs(const ql_st_tensor *t) {
+    const ql_act_mode m = t->act.mode;
+    if (m == QL_ACT_NONE) return json_null();
+    const bool fp = m == QL_ACT_FP8_TOKEN || m == QL_ACT_FP8_TENSOR, stat = ql_act_mode_is_static(m);
+    json_t *a = json_object();
+    json_object_set_new(a, "num_bits", json_integer(8));
+    json_object_set_new(a, "type", json_string(fp ? "float" : "int"));
+    json_object_set_new(a, "symmetric", json_true());
+    json_object_set_new(a, "strategy", json_string(stat ? "tensor" : "token"));
+    json_object_set_new(a, "group_size", json_null());
+    json_object_set_new(a, "block_structure", json_null());
+    json_object_set_new(a, "dynamic", json_boolean(!stat));
+    json_object_set_new(a, "actorder", json_null());
+    json_object_set_new(a, "observer", stat ? json_string("minmax") : json_null());
+    json_object_set_new(a, "observer_kwargs", json_object());
+    return a;
+}
+
+/* Two linears share a config group when weights and inputs are quantized alike. */
+static bool ct_same_group(const ql_st_tensor *x, const ql_st_tensor *y) {
+    json_t *a = ct_weights(x), *b = ct_weights(y), *ia = ct_inputs(x), *ib = ct_inputs(y);
+    bool same = json_equal(a, b) && json_equal(ia, ib);
+    json_decref(a), json_decref(b), json_decref(ia), json_decref(ib);
+    return same;
+}
+
 static json_t *ct_config(const ql_st_tensor *ts, int64_t n) {
     /* one config group per distinct weight scheme, in order of first use */
     json_t *groups = json_object(), *ignore = json_array();
@@ -188,13 +235,7 @@ static json_t *ct_config(const ql_st_tensor *ts, int64_t n) {
             continue;
         }
         int g = 0;
-        while (g < ng) {
-            json_t *a = ct_weights(first[g]), *b = ct_weights(t);
-            bool same = json_equal(a, b);
-            json_decref(a), json_decref(b);
-            if (same) break;
-            g++;
-        }
+        while (g < ng && !ct_same_group(first[g], t)) g++;
         if (g == ng && ng < 64) {
             first[ng] = t, targets[ng] = json_array(), ng++;
             mixed_formats |= strcmp(ct_format_of(first[0]->scheme), ct_format_of(t->scheme)) != 0;
@@ -223,8 +264,9 @@ static json_t *ct_config(const ql_st_tensor *ts, int64_t n) {
             targets[g] = json_pack("[s]", "Linear");
         }
         json_object_set_new(groups, name,
-                            json_pack("{s:o,s:o,s:n,s:n,s:s}", "targets", targets[g], "weights", ct_weights(first[g]),
-                                      "input_activations", "output_activations", "format", ct_format_of(first[g]->scheme)));
+                            json_pack("{s:o,s:o,s:o,s:n,s:s}", "targets", targets[g], "weights", ct_weights(first[g]),
+                                      "input_activations", ct_inputs(first[g]), "output_activations", "format",
+                                      ct_format_of(first[g]->scheme)));
     }
     json_t *o = json_object();
     json_object_set_new(o, "quant_method", json_string("compressed-tensors"));
@@ -237,7 +279,7 @@ static json_t *ct_config(const ql_st_tensor *ts, int64_t n) {
     return o;
 }
 
-static const ql_st_target ct_target = {"compressed-tensors", ct_plan, ct_convert, ct_config};
+static const ql_st_target ct_target = {"compressed-tensors", ct_plan, ct_convert, ct_config, true};
 
 static ql_status ct_begin(ql_exporter *x, const char *out, const ql_gguf *source) {
     return ql_st_begin(x, out, source, &ct_target);

@@ -142,7 +142,7 @@ static json_t *gptq_config(const ql_st_tensor *ts, int64_t n) {
     return o;
 }
 
-static const ql_st_target gptq_target = {"gptq", gptq_plan, gptq_convert, gptq_config};
+static const ql_st_target gptq_target = {"gptq", gptq_plan, gptq_convert, gptq_config, false};
 
 static ql_status gptq_begin(ql_exporter *x, const char *out, const ql_gguf *source) {
     return ql_st_begin(x, out, source, &gptq_target);

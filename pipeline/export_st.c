@@ -36,6 +36,7 @@ typedef struct {
     int64_t n, cap;
     sidecar *side;
     int n_side;
+    ql_gguf *act_keys; /* the image's qlab.act.* keys (core/actquant.h), read per tensor as it arrives */
 } st_state;
 
 /* ---------------------------------------------------------------- helpers for targets */
@@ -105,9 +106,13 @@ ql_status ql_st_begin(ql_exporter *x, const char *out_path, const ql_gguf *sourc
     return QL_OK;
 }
 
-/* GGUF keys have no place in a Hugging Face folder: config.json is derived from the source model. */
+/* GGUF keys have no place in a Hugging Face folder: config.json is derived from the source model. The
+ * activation schemes are kept: they become the target's input_activations (metadata arrives before tensors). */
 ql_status ql_st_add_metadata(ql_exporter *x, const char *key, const ql_gguf_value *val) {
-    (void)x, (void)key, (void)val;
+    st_state *st = x->state;
+    if (strncmp(key, "qlab.act.", 9)) return QL_OK;
+    if (!st->act_keys) st->act_keys = ql_gguf_new();
+    ql_gguf_set_value(st->act_keys, key, val);
     return QL_OK;
 }
 
@@ -149,6 +154,15 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
     t->produce_user = et->produce_user;
     t->produce_tag = et->produce_tag;
     st->n++; /* from here on, abort frees it */
+    bool has_act = false;
+    if (st->act_keys) {
+        ql_status as = ql_act_quant_from_gguf(st->act_keys, x->out_path, t->gguf_name, &t->act, &has_act);
+        if (as) return as;
+        if (has_act && !st->target->activations)
+            return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' has activation scheme %s, which the %s format cannot "
+                                               "hold (--to compressed-tensors or gguf can)",
+                           x->out_path, t->gguf_name, ql_act_mode_name(t->act.mode), st->target->name);
+    }
     for (int64_t i = 0; i < st->n - 1; i++)
         if (!strcmp(st->t[i].hf_name, t->hf_name))
             return ql_fail(QL_ERR_FORMAT, "%s: two tensors map to the Hugging Face name '%s'", x->out_path, t->hf_name);
@@ -162,6 +176,10 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
         ql_st_out *o = &t->out[t->n_out++];
         ql_st_set_out(o, "", dt, t->n_dims > 1 ? 2 : 1, t->n_dims > 1 ? rows : cols, cols, false);
         t->kind = QL_ST_FLOAT;
+        if (has_act)
+            return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is float but has activation scheme %s; the %s format "
+                                               "quantizes a linear's input only with its weight",
+                           x->out_path, t->gguf_name, ql_act_mode_name(t->act.mode), st->target->name);
         return QL_OK;
     }
     t->format = ql_format_by_type(t->type);
@@ -170,6 +188,10 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
     if (t->n_dims >= 2 && in_decoder_block(t->hf_name) && !strcmp(t->hf_name + hl - 7, ".weight"))
         return st->target->plan(x->out_path, t, st->t, st->n - 1);
     /* quantized, but outside what the ecosystem quantizes: exact F32 values, listed as not converted */
+    if (has_act)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' has activation scheme %s, but the %s format leaves it in "
+                                           "float",
+                       x->out_path, t->gguf_name, ql_act_mode_name(t->act.mode), st->target->name);
     t->kind = QL_ST_DEQUANT;
     ql_st_set_out(&t->out[t->n_out++], "", "F32", t->n_dims > 1 ? 2 : 1, t->n_dims > 1 ? rows : cols, cols, true);
     return QL_OK;
@@ -189,6 +211,7 @@ static void st_free(st_state *st) {
         free(st->side[i].bytes);
     }
     free(st->side);
+    ql_gguf_free(st->act_keys);
     free(st);
 }
 

@@ -12,6 +12,7 @@
 #ifndef QL_EXPORT_ST_H
 #define QL_EXPORT_ST_H
 
+#include "core/actquant.h"
 #include "formats/format.h"
 #include "pipeline/export.h"
 
@@ -49,6 +50,7 @@ typedef struct {
     int scheme;      /* target's: which of its layouts */
     int n_out;
     ql_st_out out[QL_ST_MAX_OUT];
+    ql_act_quant act; /* the linear's input scheme from the image's qlab.act.* keys (mode none: float) */
 } ql_st_tensor;
 
 typedef struct ql_st_target {
@@ -63,6 +65,9 @@ typedef struct ql_st_target {
     ql_status (*convert)(const ql_st_tensor *t, const uint8_t *src, uint8_t *dst);
     /* config.json's "quantization_config" for the whole model (a new reference). */
     json_t *(*quant_config)(const ql_st_tensor *ts, int64_t n);
+    /* The target can describe activation schemes (t->act) of its quantized linears; when false, an image
+     * with qlab.act.* keys is refused rather than exported without them. */
+    bool activations;
 } ql_st_target;
 
 ql_status ql_st_begin(ql_exporter *x, const char *out_path, const ql_gguf *source, const ql_st_target *target);

@@ -25,6 +25,9 @@ void ql_plan_free(ql_plan *p) {
         free(p->e[i].note);
     }
     free(p->e);
+    for (int i = 0; i < p->n_act; i++) free(p->act[i].tensor);
+    free(p->act);
+    free(p->method_opts);
     free(p->source);
     free(p);
 }
@@ -51,6 +54,37 @@ void ql_plan_set(ql_plan *p, const char *tensor, const ql_format *f, const char 
     e->format = f;
     e->method = ql_strdup(method && *method ? method : "rtn");
     e->note = note ? ql_strdup(note) : NULL;
+}
+
+void ql_plan_set_act(ql_plan *p, const char *tensor, ql_act_mode mode, float threshold) {
+    ql_plan_act *a = NULL;
+    for (int i = 0; i < p->n_act && !a; i++)
+        if (!strcmp(p->act[i].tensor, tensor)) a = &p->act[i];
+    if (!a) {
+        if (p->n_act == p->cap_act) {
+            p->cap_act = p->cap_act ? 2 * p->cap_act : 16;
+            p->act = ql_realloc(p->act, (size_t)p->cap_act * sizeof *p->act);
+        }
+        a = &p->act[p->n_act++];
+        a->tensor = ql_strdup(tensor);
+    }
+    a->mode = mode;
+    a->threshold = threshold;
+}
+
+const ql_plan_act *ql_plan_find_act(const ql_plan *p, const char *tensor, bool block_linear) {
+    const ql_plan_act *def = NULL;
+    for (int i = 0; i < p->n_act; i++) {
+        if (!strcmp(p->act[i].tensor, tensor)) return &p->act[i];
+        if (!strcmp(p->act[i].tensor, QL_PLAN_ACT_DEFAULT)) def = &p->act[i];
+    }
+    return block_linear ? def : NULL;
+}
+
+bool ql_plan_act_needs_stats(const ql_plan *p) {
+    for (int i = 0; i < p->n_act; i++)
+        if (ql_act_mode_is_static(p->act[i].mode)) return true;
+    return false;
 }
 
 bool ql_tensor_is_quantizable(const char *name, int n_dims, const int64_t *ne) {
@@ -83,6 +117,7 @@ ql_status ql_plan_save(const ql_plan *p, const char *model_path, const char *pat
     if (model_path) fprintf(f, "model = %s\n", model_path);
     if (p->source) fprintf(f, "source = %s\n", p->source);
     if (p->file_type >= 0) fprintf(f, "file_type = %lld\n", (long long)p->file_type);
+    if (p->method_opts) fprintf(f, "method_opts = %s\n", p->method_opts);
     fprintf(f, "\n[tensors]\n");
     for (int i = 0; i < p->n; i++) {
         const ql_plan_entry *e = &p->e[i];
@@ -90,6 +125,15 @@ ql_status ql_plan_save(const ql_plan *p, const char *model_path, const char *pat
         if (strcmp(e->method, "rtn") == 0) snprintf(spec, sizeof spec, "%s", e->format->name);
         else snprintf(spec, sizeof spec, "%s+%s", e->format->name, e->method);
         fprintf(f, "%s = %s%s%s\n", e->tensor, spec, e->note ? "  ; " : "", e->note ? e->note : "");
+    }
+    if (p->n_act) {
+        fprintf(f, "\n; how each linear's input is quantized at run time (qlab ppl on the output applies it)\n"
+                   "[activations]\n");
+        for (int i = 0; i < p->n_act; i++) {
+            char spec[64];
+            ql_act_spec_format(p->act[i].mode, p->act[i].threshold, spec, sizeof spec);
+            fprintf(f, "%s = %s\n", p->act[i].tensor, spec);
+        }
     }
     return ql_atomic_commit(af);
 }
@@ -109,10 +153,24 @@ static int on_kv(void *user, const char *section, const char *name, const char *
             c->p->source = ql_strdup(value);
         } else if (strcmp(name, "file_type") == 0)
             c->p->file_type = strtoll(value, NULL, 10);
+        else if (strcmp(name, "method_opts") == 0) {
+            free(c->p->method_opts);
+            c->p->method_opts = *value ? ql_strdup(value) : NULL;
+        }
+        return 1;
+    }
+    if (strcmp(section, "activations") == 0) {
+        ql_act_mode mode;
+        float thr;
+        if (ql_act_spec_parse(value, &mode, &thr)) {
+            c->st = ql_fail(QL_ERR_FORMAT, "%s: [activations] %s: %s", c->path, name, ql_last_error());
+            return 0;
+        }
+        ql_plan_set_act(c->p, name, mode, thr);
         return 1;
     }
     if (strcmp(section, "tensors") != 0) {
-        c->st = ql_fail(QL_ERR_FORMAT, "%s: unknown section [%s] (expected [plan] and [tensors])", c->path, section);
+        c->st = ql_fail(QL_ERR_FORMAT, "%s: unknown section [%s] (expected [plan], [tensors], [activations])", c->path, section);
         return 0;
     }
     const ql_format *f;

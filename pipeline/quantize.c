@@ -313,14 +313,85 @@ static ql_status quantize_sequential(quant_ctx *c) {
     return s;
 }
 
+/* The plan's activation schemes as qlab.act.* keys (core/actquant.h) in out, so `qlab ppl` on the file runs
+ * them. A static scale is the calibration absmax of the linear's input as the output model sees it: a
+ * scale-migrating transform divided input channel j by in_scale[j] (ov, may be NULL), so its absmax is divided
+ * the same way. sizing: only the keys' sizes matter (no statistics needed; static scales are placeholders). */
+static ql_status plan_act_keys(const ql_model *m, const ql_plan *plan, const ql_stats *stats, const override *ov,
+                               ql_gguf *out, bool sizing) {
+    if (!plan || !plan->n_act) return QL_OK;
+    for (int i = 0; i < plan->n_act; i++) { /* every named tensor is a linear of this model */
+        const char *name = plan->act[i].tensor;
+        bool ok = !strcmp(name, QL_PLAN_ACT_DEFAULT) || (m->output && !strcmp(m->output->name, name));
+        for (int l = 0; l < m->cfg.n_layer && !ok; l++)
+            for (int k = 0; k < QL_LIN_COUNT && !ok; k++) {
+                const ql_gguf_tensor *li = ql_layer_linear(m, l, k);
+                ok = li && !strcmp(li->name, name);
+            }
+        if (!ok)
+            return ql_fail(QL_ERR_ARG, "plan [activations] names '%s', which is not a linear layer of %s", name,
+                           m->path);
+    }
+    const int n_t = m->cfg.n_layer * QL_LIN_COUNT + 1;
+    for (int i = 0; i < n_t; i++) {
+        const bool block = i < n_t - 1;
+        const ql_gguf_tensor *t = block ? ql_layer_linear(m, i / QL_LIN_COUNT, i % QL_LIN_COUNT) : m->output;
+        if (!t) continue;
+        const ql_plan_act *pa = ql_plan_find_act(plan, t->name, block);
+        if (!pa || pa->mode == QL_ACT_NONE) continue;
+        ql_act_quant aq;
+        float *absmax = NULL, one = 1;
+        int64_t n = 0;
+        if (ql_act_mode_is_static(pa->mode) && sizing) {
+            absmax = &one;
+            n = 1;
+        } else if (ql_act_mode_is_static(pa->mode)) {
+            const ql_stat_entry *e = stats ? ql_stats_for_tensor(stats, t->name) : NULL;
+            ql_input_stats view = {0};
+            if (e) ql_stats_view(e, &view);
+            if (!e || !view.absmax || view.n != t->ne[0])
+                return ql_fail(QL_ERR_ARG,
+                               "tensor '%s': static activation scheme %s needs calibration statistics of its input "
+                               "(--stats FILE or --text FILE)",
+                               t->name, ql_act_mode_name(pa->mode));
+            n = view.n;
+            absmax = ql_malloc((size_t)n * sizeof(float));
+            const float *in_scale = ov ? ov[t - m->gguf->tensors].in_scale : NULL;
+            for (int64_t j = 0; j < n; j++) absmax[j] = in_scale ? view.absmax[j] / in_scale[j] : view.absmax[j];
+        }
+        ql_status s = ql_act_quant_init(&aq, pa->mode, absmax, n, pa->threshold);
+        if (absmax != &one) free(absmax);
+        if (s) return s;
+        ql_act_quant_to_gguf(out, t->name, &aq);
+    }
+    return QL_OK;
+}
+
+/* The source's own qlab.act.* keys are not carried over: the plan decides the output's activation schemes. */
+static bool is_act_key(const char *key) { return strncmp(key, "qlab.act.", 9) == 0; }
+
+static ql_status plan_activations(quant_ctx *c) {
+    for (int64_t k = c->out->n_kv - 1; k >= 0; k--)
+        if (is_act_key(c->out->kv[k].key)) ql_gguf_remove(c->out, c->out->kv[k].key);
+    return plan_act_keys(c->m, c->o->plan, c->o->stats, c->ov, c->out, false);
+}
+
 /* The keys ql_quantize_model sets on the output besides the source's (all u32). */
 static const char *const ADDED_KEYS[] = {"general.file_type", "general.quantization_version"};
 
-int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes) {
+int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes, const ql_plan *plan) {
     const ql_gguf *g = m->gguf;
     uint64_t align = g->alignment ? g->alignment : 32, head = ql_gguf_header_bytes(g);
     for (size_t k = 0; k < QL_ARRAY_LEN(ADDED_KEYS); k++)
         if (!ql_gguf_get(g, ADDED_KEYS[k])) head += 8 + strlen(ADDED_KEYS[k]) + 4 + 4; /* key, type, u32 */
+    /* activation keys: the plan's replace the source's; sized by writing both sets into empty headers */
+    ql_gguf *dropped = ql_gguf_new(), *added = ql_gguf_new();
+    for (int64_t k = 0; k < g->n_kv; k++)
+        if (is_act_key(g->kv[k].key)) ql_gguf_set_value(dropped, g->kv[k].key, &g->kv[k].val);
+    if (!plan_act_keys(m, plan, NULL, NULL, added, true))
+        head = head + ql_gguf_header_bytes(added) - ql_gguf_header_bytes(dropped);
+    ql_gguf_free(dropped);
+    ql_gguf_free(added);
     uint64_t total = (head + align - 1) / align * align;
     for (int64_t i = 0; i < g->n_tensors; i++) total += ((uint64_t)tensor_bytes[i] + align - 1) / align * align;
     return (int64_t)total;
@@ -369,9 +440,11 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         for (int k = 0; k < n_used; k++) seen |= used[k] == meth;
         if (!seen && n_used < 32) used[n_used++] = meth;
     }
-    if ((s = ql_method_check_opts(used, n_used, o->method_opts))) goto out;
+    /* options given to the run win over the ones the plan stores */
+    const char *method_opts = o->method_opts ? o->method_opts : o->plan->method_opts;
+    if ((s = ql_method_check_opts(used, n_used, method_opts))) goto out;
     for (int k = 0; k < n_used; k++)
-        if ((s = ql_method_parse_shared_opts(used[k], o->method_opts, &c.values[method_index(used[k])]))) goto out;
+        if ((s = ql_method_parse_shared_opts(used[k], method_opts, &c.values[method_index(used[k])]))) goto out;
     for (int k = 0; k < nm; k++) /* methods not in the plan: defaults (never read) */
         if (!c.values[k].method) ql_method_parse_opts(ql_method_at(k), NULL, &c.values[k]);
     bool transforms = false;
@@ -445,6 +518,7 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         ft = st->llama_cpp_compatible ? ql_file_type_for_format(ti->name) : -1;
         if (ft < 0) ft = st->llama_cpp_compatible ? 0 : 1024; /* 1024: qlab extension mix, see docs/formats.md */
     }
+    if ((s = plan_activations(&c))) goto out;
     ql_gguf_set_u32(c.out, ADDED_KEYS[0], (uint32_t)ft);
     ql_gguf_set_u32(c.out, ADDED_KEYS[1], 2);
     if (o->sequential) {

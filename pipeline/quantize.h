@@ -37,9 +37,10 @@ typedef struct {
 } ql_quant_stats;
 
 /* The exact size of the GGUF ql_quantize_model writes for m when tensor i is stored in tensor_bytes[i]
- * bytes: m's header plus the keys the quantizer adds, and every tensor padded to the alignment. The TUI's
- * footer, Preview and Export figures all come from here, so they equal the exported file. */
-int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes);
+ * bytes: m's header plus the keys the quantizer adds (plan's activation schemes included; plan may be NULL),
+ * and every tensor padded to the alignment. The TUI's footer, Preview and Export figures all come from here,
+ * so they equal the exported file. */
+int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes, const ql_plan *plan);
 
 ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
                             ql_quant_stats *stats);

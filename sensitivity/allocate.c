@@ -4,6 +4,7 @@
 #include "formats/format.h"
 #include "methods/method.h"
 #include "pipeline/plan.h"
+#include "core/actquant.h"
 
 #include <fnmatch.h>
 #include <math.h>
@@ -986,5 +987,39 @@ ql_status ql_alloc_check_target(const ql_sense *s, const ql_alloc_opts *o) {
     if (o->target_bpw < lo - tol || o->target_bpw > hi + tol)
         return ql_fail(QL_ERR_ARG, "target %g bpw is outside what the candidates reach: %.3f to %.3f bpw%s", o->target_bpw,
                        lo, hi, o->whole_file ? " over the file" : "");
+    return QL_OK;
+}
+
+ql_status ql_alloc_act(const ql_sense *s, const char *act, double max_kld, ql_plan *plan, double *kld, int *n_quant,
+                       int *n_float) {
+    *kld = 0;
+    *n_quant = *n_float = 0;
+    ql_act_mode mode;
+    float thr;
+    if (ql_act_spec_parse(act, &mode, &thr)) return QL_ERR_ARG;
+    char spec[64];
+    ql_act_spec_format(mode, thr, spec, sizeof spec);
+    int a = -1;
+    for (int k = 0; k < s->n_act && a < 0; k++)
+        if (!strcmp(s->act[k], spec)) a = k;
+    if (a < 0) {
+        char have[256] = "";
+        for (int k = 0; k < s->n_act; k++)
+            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%s", k ? ", " : "", s->act[k]);
+        return ql_fail(QL_ERR_ARG, "activation scheme %s was not measured (%s; qlab sense --act-candidates %s)", spec,
+                       s->n_act ? have : "the file has no activation schemes", spec);
+    }
+    for (int t = 0; t < s->n_tensors; t++) {
+        const ql_sense_act_cell *e = ql_sense_act_cell_at(s, t, a);
+        if (!isfinite(e->kld)) continue; /* not a linear's weight (embeddings), or not measured */
+        if (max_kld > 0 && e->kld > max_kld) {
+            (*n_float)++;
+            if (plan) ql_plan_set_act(plan, s->tensors[t].name, QL_ACT_NONE, 0);
+            continue;
+        }
+        *kld += e->kld;
+        (*n_quant)++;
+        if (plan) ql_plan_set_act(plan, s->tensors[t].name, mode, thr);
+    }
     return QL_OK;
 }

@@ -108,6 +108,14 @@ void ql_alloc_result_free(ql_alloc_result *r);
 ql_status ql_alloc_plan(const ql_sense *s, const ql_alloc_result *r, const char *source,
                         struct ql_plan **out);
 
+/* The activation side of a plan from the measured schemes (sense.h, --act-candidates): scheme `act` on the input
+ * of every linear whose measured KLD is at most max_kld (max_kld <= 0: every linear); the others stay float.
+ * Activations do not change the weights' bytes, so this is added to the weights' allocation: *kld is the
+ * summed per-linear KLD the prediction grows by (the same additive model as the weights'). Writes the
+ * [activations] entries into plan when not NULL. QL_ERR_ARG naming the measured schemes when act is not one. */
+ql_status ql_alloc_act(const ql_sense *s, const char *act, double max_kld, struct ql_plan *plan, double *kld,
+                       int *n_quant, int *n_float);
+
 typedef struct {
     double bpw, bpw_file; /* achieved */
     int64_t bytes; /* quantized tensors */

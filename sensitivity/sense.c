@@ -14,6 +14,7 @@
 #include "core/ppl.h"
 #include "core/stats.h"
 #include "core/output_error.h"
+#include "core/actquant.h"
 
 #include <cblas.h>
 #include <ctype.h>
@@ -223,6 +224,8 @@ void ql_sense_free(ql_sense *s) {
     free(s->tensors);
     ql_sense_free_strings(s->cand, s->n_cand);
     free(s->cells);
+    ql_sense_free_strings(s->act, s->n_act);
+    free(s->act_cells);
     free(s->model);
     free(s->calib);
     free(s->stats);
@@ -303,6 +306,16 @@ ql_status ql_sense_adopt(ql_sense *dst, const ql_sense *old, int *n_adopted) {
             n++;
         }
     }
+    for (int a = 0; a < dst->n_act; a++)
+        for (int oa = 0; oa < old->n_act; oa++) {
+            if (strcmp(dst->act[a], old->act[oa])) continue;
+            for (int t = 0; t < dst->n_tensors; t++) {
+                const ql_sense_act_cell *o = ql_sense_act_cell_at(old, t, oa);
+                if (o->level < 0) continue;
+                *ql_sense_act_cell_at(dst, t, a) = *o;
+                n++;
+            }
+        }
     if (old->base_ppl > 0) dst->base_ppl = old->base_ppl;
     dst->seconds += old->seconds;
     if (n_adopted) *n_adopted = n;
@@ -769,6 +782,139 @@ out:;
     return st;
 }
 
+/* ---------------- activation schemes ---------------- */
+
+ql_status ql_sense_parse_act_candidates(const char *list, char ***out, int *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    char **v = NULL;
+    int n = 0, cap = 0;
+    char *buf = ql_strdup(list ? list : ""), *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ') tok++;
+        for (char *e = tok + strlen(tok); e > tok && e[-1] == ' ';) *--e = 0;
+        ql_act_mode mode;
+        float thr;
+        if (ql_act_spec_parse(tok, &mode, &thr) || mode == QL_ACT_NONE) {
+            if (mode == QL_ACT_NONE) ql_fail(QL_ERR_ARG, "--act-candidates: 'none' is the float model every scheme "
+                                                         "is measured against, not a candidate");
+            free(buf);
+            ql_sense_free_strings(v, n);
+            return QL_ERR_ARG;
+        }
+        char spec[64];
+        ql_act_spec_format(mode, thr, spec, sizeof spec);
+        push_unique(&v, &n, &cap, spec);
+    }
+    free(buf);
+    if (!n) return ql_fail(QL_ERR_ARG, "--act-candidates: no scheme given");
+    *out = v;
+    *n_out = n;
+    return QL_OK;
+}
+
+void ql_sense_set_act(ql_sense *s, char *const *acts, int n_act) {
+    ql_sense_act_cell *cells = ql_calloc((size_t)s->n_tensors * (size_t)(n_act > 0 ? n_act : 1), sizeof *cells);
+    char **names = ql_calloc((size_t)(n_act > 0 ? n_act : 1), sizeof *names);
+    for (int a = 0; a < n_act; a++) {
+        names[a] = ql_strdup(acts[a]);
+        int old = -1;
+        for (int k = 0; k < s->n_act && old < 0; k++)
+            if (!strcmp(s->act[k], acts[a])) old = k;
+        for (int t = 0; t < s->n_tensors; t++) {
+            ql_sense_act_cell *c = &cells[(size_t)t * n_act + a];
+            if (old >= 0) *c = *ql_sense_act_cell_at(s, t, old);
+            else c->level = -1, c->kld = c->dppl = NAN;
+        }
+    }
+    ql_sense_free_strings(s->act, s->n_act);
+    free(s->act_cells);
+    s->act = names;
+    s->act_cells = cells;
+    s->n_act = n_act;
+}
+
+ql_status ql_sense_measure_act(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress) {
+    if (!s->n_act) return QL_OK;
+    if (!o->tokens || o->n_seq <= 0 || o->seq_len < 2)
+        return ql_fail(QL_ERR_ARG, "activation sensitivity needs calibration tokens");
+    ql_act_mode *mode = ql_calloc((size_t)s->n_act, sizeof *mode);
+    float *thr = ql_calloc((size_t)s->n_act, sizeof *thr);
+    ql_status st = QL_OK;
+    int64_t todo = 0, done = 0;
+    for (int a = 0; a < s->n_act && !st; a++) {
+        st = ql_act_spec_parse(s->act[a], &mode[a], &thr[a]);
+        if (!st && ql_act_mode_is_static(mode[a]) && !o->stats)
+            st = ql_fail(QL_ERR_ARG, "activation scheme %s takes static scales from statistics (--stats, or "
+                                     "--calib/--text)", s->act[a]);
+    }
+    for (int t = 0; t < s->n_tensors; t++)
+        for (int a = 0; a < s->n_act; a++) todo += ql_sense_act_cell_at(s, t, a)->level < 0;
+    const int nth = o->n_threads > 0 ? o->n_threads : 1;
+    ql_infer *inf = NULL;
+    kld_ctx kc;
+    memset(&kc, 0, sizeof kc);
+    pthread_mutex_init(&kc.lock, NULL);
+    checkpointer cp = {s, o->checkpoint, o->checkpoint_s > 0 ? o->checkpoint_s : 20.0, ql_time_s(), ql_time_s(),
+                       s->seconds};
+    if (st || !todo) goto out;
+    if ((st = ql_infer_new(m, nth, &inf))) goto out;
+    ql_progress_report(progress, 0, todo, "base model");
+    if ((st = kld_setup(&kc, inf, o, (int)QL_MIN((int64_t)nth, QL_MAX(o->n_seq, 1)), true, progress))) goto out;
+    s->base_ppl = kc.base_ppl;
+    for (int t = 0; t < s->n_tensors && !st; t++) {
+        int64_t gi = ql_gguf_find_tensor(m->gguf, s->tensors[t].name);
+        const ql_gguf_tensor *gt = gi >= 0 ? &m->gguf->tensors[gi] : NULL;
+        bool from_tokens = false;
+        int layer = gt ? tensor_layer(m, gt, &from_tokens) : -1;
+        for (int a = 0; a < s->n_act && !st; a++) {
+            ql_sense_act_cell *e = ql_sense_act_cell_at(s, t, a);
+            if (e->level >= 0) continue;
+            if (ql_progress_cancelled(progress)) {
+                st = ql_fail(QL_ERR_CANCELLED, "cancelled");
+                break;
+            }
+            char phase[256];
+            snprintf(phase, sizeof phase, "%s input %s", s->tensors[t].name, s->act[a]);
+            ql_progress_report(progress, done, todo, phase);
+            e->kld = e->dppl = NAN; /* embeddings are looked up: no input to quantize */
+            if (gt && layer >= 0 && !from_tokens) {
+                const ql_stat_entry *se = o->stats ? ql_stats_for_tensor(o->stats, gt->name) : NULL;
+                ql_input_stats view = {0};
+                if (se && se->n == gt->ne[0]) ql_stats_view(se, &view);
+                ql_act_quant aq;
+                if (ql_act_mode_is_static(mode[a]) && !view.absmax)
+                    st = ql_fail(QL_ERR_ARG, "activation scheme %s: the statistics have no entry for the input of '%s'",
+                                 s->act[a], gt->name);
+                if (!st) st = ql_act_quant_init(&aq, mode[a], view.absmax, view.n, thr[a]);
+                if (!st && ql_infer_set_act_quant(inf, gt, &aq)) {
+                    double kld, ppl;
+                    st = kld_probe(&kc, layer, false, &kld, &ppl);
+                    ql_infer_set_act_quant(inf, gt, NULL);
+                    if (!st) e->kld = kld, e->dppl = ppl - s->base_ppl;
+                }
+            }
+            if (st) break;
+            e->level = QL_SENSE_KLD;
+            done++;
+            ql_progress_report(progress, done, todo, phase);
+            ql_status cs = checkpoint(&cp, false);
+            if (cs) st = cs;
+        }
+    }
+out:;
+    char reason[512];
+    snprintf(reason, sizeof reason, "%s", ql_last_error());
+    ql_status cs = checkpoint(&cp, true);
+    if (!st && cs) st = cs;
+    else if (st) ql_fail(st, "%s", reason);
+    kld_ctx_free(&kc);
+    ql_infer_free(inf);
+    free(mode);
+    free(thr);
+    return st;
+}
+
 ql_status ql_sense_plan_kld(const ql_model *m, const ql_plan *plan, const ql_sense_opts *o,
                             const ql_progress *progress, ql_sense_joint *out) {
     memset(out, 0, sizeof *out);
@@ -824,6 +970,22 @@ ql_status ql_sense_plan_kld(const ql_model *m, const ql_plan *plan, const ql_sen
         olds[i] = ql_infer_swap_weight_typed(inf, gt, bufs[i], e->format->type); /* NULL: streamed weights */
         swapped[i] = true;
         out->tensors++;
+    }
+    /* the plan's activation schemes, as qlab quant stores them and qlab ppl runs them */
+    for (int l = 0; l <= m->cfg.n_layer && !st && plan->n_act; l++) {
+        const ql_layer_tensors *L = l < m->cfg.n_layer ? &m->layers[l] : NULL;
+        const ql_gguf_tensor *ts[] = {L ? L->wq : m->output, L ? L->wk : NULL, L ? L->wv : NULL, L ? L->wo : NULL,
+                                      L ? L->w_gate : NULL, L ? L->w_up : NULL, L ? L->w_down : NULL};
+        for (size_t i = 0; i < QL_ARRAY_LEN(ts) && !st; i++) {
+            const ql_plan_act *pa = ts[i] ? ql_plan_find_act(plan, ts[i]->name, L != NULL) : NULL;
+            if (!pa || pa->mode == QL_ACT_NONE) continue;
+            const ql_stat_entry *se = o->stats ? ql_stats_for_tensor(o->stats, ts[i]->name) : NULL;
+            ql_input_stats view = {0};
+            if (se && se->n == ts[i]->ne[0]) ql_stats_view(se, &view);
+            ql_act_quant aq;
+            st = ql_act_quant_init(&aq, pa->mode, view.absmax, view.n, pa->threshold);
+            if (!st) ql_infer_set_act_quant(inf, ts[i], &aq);
+        }
     }
     if (!st) {
         ql_progress_report(progress, plan->n, plan->n, "joint");
@@ -900,6 +1062,19 @@ ql_status ql_sense_save(const ql_sense *s, const char *path) {
             put_double(f, e->dppl);
             fputc('\n', f);
         }
+    if (s->n_act) { /* optional: activation schemes (--act-candidates) */
+        fprintf(f, "acts\t%d\n", s->n_act);
+        for (int a = 0; a < s->n_act; a++) fprintf(f, "a\t%s\n", s->act[a]);
+        for (int t = 0; t < s->n_tensors; t++)
+            for (int a = 0; a < s->n_act; a++) {
+                const ql_sense_act_cell *e = ql_sense_act_cell_at(s, t, a);
+                fprintf(f, "k\t%d\t%d\t%d\t", t, a, e->level);
+                put_double(f, e->kld);
+                fputc('\t', f);
+                put_double(f, e->dppl);
+                fputc('\n', f);
+            }
+    }
     fprintf(f, "end\n");
     return ql_atomic_commit(af);
 }
@@ -1120,7 +1295,42 @@ ql_status ql_sense_load(const char *path, ql_sense **out) {
                 goto fail;
             }
         }
-    if (!next_line(&r) || r.nf != 1 || strcmp(r.f[0], "end") != 0) {
+    bool more = next_line(&r);
+    if (more && r.nf == 2 && !strcmp(r.f[0], "acts")) {
+        NUM(r.f[1], 1, MAX_CANDS, v2, "scheme count");
+        char **names = ql_calloc((size_t)v2, sizeof *names);
+        int n_names = 0;
+        for (int a = 0; a < v2 && !st; a++) {
+            ql_act_mode mode;
+            float thr;
+            if ((st = expect(&r, "a", 2))) break;
+            if (ql_act_spec_parse(r.f[1], &mode, &thr) || mode == QL_ACT_NONE) st = bad(&r, "unknown activation scheme");
+            else names[n_names++] = ql_strdup(r.f[1]);
+        }
+        if (!st) ql_sense_set_act(s, names, n_names);
+        ql_sense_free_strings(names, n_names);
+        if (st) goto fail;
+        for (int t = 0; t < s->n_tensors; t++)
+            for (int a = 0; a < s->n_act; a++) {
+                EXPECT("k", 6);
+                ql_sense_act_cell *e = ql_sense_act_cell_at(s, t, a);
+                int64_t ti, ai, lv;
+                NUM(r.f[1], 0, INT32_MAX, ti, "tensor index");
+                NUM(r.f[2], 0, INT32_MAX, ai, "scheme index");
+                NUM(r.f[3], -1, QL_SENSE_KLD, lv, "level");
+                if (ti != t || ai != a) {
+                    st = bad(&r, "activation cells out of order");
+                    goto fail;
+                }
+                e->level = (int)lv;
+                if (!parse_dbl(r.f[4], &e->kld) || !parse_dbl(r.f[5], &e->dppl)) {
+                    st = bad(&r, "bad number");
+                    goto fail;
+                }
+            }
+        more = next_line(&r);
+    }
+    if (!more || r.nf != 1 || strcmp(r.f[0], "end") != 0) {
         st = ql_fail(QL_ERR_FORMAT, "%s: truncated (no 'end' line)", path);
         goto fail;
     }

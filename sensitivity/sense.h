@@ -40,6 +40,12 @@ typedef struct {
     double werr, oerr, kld, dppl; /* NaN when not measured or not available (oerr without statistics) */
 } ql_sense_cell;
 
+/* Runtime-side sensitivity: a linear's KLD with only its input activations quantized (weights in float). */
+typedef struct {
+    int level;          /* QL_SENSE_KLD when measured, -1 not yet; NaN kld for tensors that are no linear's weight */
+    double kld, dppl;
+} ql_sense_act_cell;
+
 typedef struct ql_sense {
     char *model; /* path as given (informational) */
     int64_t file_bytes; /* size of the model file (0 when it is a folder) */
@@ -56,7 +62,19 @@ typedef struct ql_sense {
     ql_sense_tensor *tensors; /* [n_tensors] */
     char **cand; /* [n_cand] "q4_0", "int4_g128+gptq" */
     ql_sense_cell *cells; /* [n_tensors * n_cand], row = tensor */
+    int n_act;            /* activation schemes measured (--act-candidates): "int8_token", "llm_int8:4" */
+    char **act;           /* [n_act] */
+    ql_sense_act_cell *act_cells; /* [n_tensors * n_act], row = tensor */
 } ql_sense;
+
+/* Comma-separated activation schemes (core/actquant.h: int8_token, int8_tensor, fp8_token, fp8_tensor,
+ * llm_int8[:T]; "none" is refused, duplicates dropped), canonical spellings. */
+ql_status ql_sense_parse_act_candidates(const char *list, char ***out, int *n);
+/* Sets s's activation schemes (cells not measured; cells of schemes s already has are kept). */
+void ql_sense_set_act(ql_sense *s, char *const *acts, int n_act);
+static inline ql_sense_act_cell *ql_sense_act_cell_at(const ql_sense *s, int t, int a) {
+    return &s->act_cells[(size_t)t * (size_t)s->n_act + (size_t)a];
+}
 
 /* Comma-separated candidates; each item is FORMAT[+METHOD] where FORMAT may be a glob over the format
  * registry ("int?_g32_mse", "q5_*"; with +METHOD, over the formats the method can write). Unknown
@@ -107,6 +125,9 @@ typedef struct {
  * Cancelled (QL_ERR_CANCELLED) or failed runs leave a checkpoint with everything measured so far. */
 ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *o,
                            const ql_progress *progress);
+/* Measures every activation cell not measured yet: mean KLD per token against the float model on o's tokens,
+ * with only tensor t's input quantized by scheme a (static schemes take their scale from o->stats, required). */
+ql_status ql_sense_measure_act(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress);
 
 /* The honesty check of the additive model: every tensor of `plan` quantized at once (as qlab quant would),
  * mean KLD per token against the unquantized model on o's calibration tokens, and both perplexities.

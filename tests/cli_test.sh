@@ -280,6 +280,63 @@ PY
     $QLAB quant "$T/sq8.gguf" --type int4_g32 --method gptq --stats "$T/s1.qls" -o "$T/x.gguf"
   if $QLAB ppl "$T/rtn.gguf" --text "$T/text.txt" --ctx 64 --chunks 1 --act int8_tensor --act-stats "$T/s1.qls" >/dev/null 2>&1
   then ok "static activation scales on a weight-quantized copy"; else bad "ppl --act-stats on a weight-quantized copy"; fi
+  # activation schemes in the plan: quant --plan stores them (qlab.act.* keys), ppl on the file runs them with
+  # no flag and gets the figure --act gives on the same weights; --save-plan writes them back unchanged
+  ppl64() { $QLAB ppl "$@" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 6 --json 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p'; }
+  printf '[tensors]\nblk.0.attn_q.weight = f32\n[activations]\ndefault = int8_tensor\nblk.1.ffn_down.weight = llm_int8:4\noutput.weight = fp8_token\n' > "$T/act.ini"
+  printf '[tensors]\nblk.0.attn_q.weight = f32\n[activations]\ndefault = int8_tensor\n' > "$T/act3.ini"
+  if $QLAB quant "$M" --plan "$T/act.ini" --stats "$T/s1.qls" -o "$T/act.gguf" --save-plan "$T/act2.ini" 2>"$T/err"; then
+    pf=$(ppl64 "$T/act.gguf"); pn=$(ppl64 "$T/act.gguf" --act none); p0=$(ppl64 "$M")
+    $QLAB quant "$M" --plan "$T/act3.ini" --stats "$T/s1.qls" -o "$T/act3.gguf" 2>/dev/null
+    pa=$(ppl64 "$M" --act int8_tensor --act-stats "$T/s1.qls"); pb=$(ppl64 "$T/act3.gguf")
+    if [ -n "$pa" ] && [ "$pa" = "$pb" ] && [ "$pn" = "$p0" ] && [ "$pf" != "$pn" ]; then
+      ok "plan [activations] -> quant -> ppl: $pb = ppl --act int8_tensor ($pa); mixed plan $pf, --act none $pn = float"
+    else bad "plan activations: file '$pb' vs --act '$pa'; mixed '$pf', none '$pn' vs float '$p0'"; fi
+    if sed -n '/^\[activations\]/,$p' "$T/act2.ini" | grep -q '^blk.1.ffn_down.weight = llm_int8:4$' \
+       && grep -q '^output.weight = fp8_token$' "$T/act2.ini"; then
+      ok "--save-plan keeps [activations]"; else bad "--save-plan lost the activation section"; fi
+  else bad "quant --plan with [activations]"; sed 's/^/     /' "$T/err" | head -3; fi
+  # the same through the workbench: load the plan (L), see the marked inputs, save it (S); the saved plan
+  # quantizes to a file with the identical perplexity (SmoothQuant alpha, static INT8 scales, LLM.int8())
+  printf '[plan]\nmethod_opts = alpha=0.5\n[tensors]\nblk.0.attn_q.weight = int8_channel+smoothquant\nblk.0.attn_k.weight = int8_channel+smoothquant\nblk.0.attn_v.weight = int8_channel+smoothquant\n[activations]\ndefault = int8_tensor\nblk.1.ffn_down.weight = llm_int8:4\nblk.2.attn_q.weight = fp8_token\n' > "$T/act4.ini"
+  $QLAB tui "$M" --keys "3L<c-u>$T/act4.ini<enter>S<c-u>$T/act4-tui.ini<enter>" --size 100x30 > "$T/tui.txt" 2>&1
+  if grep -q "A: 35 inputs quantized" "$T/tui.txt" && [ -f "$T/act4-tui.ini" ] \
+     && $QLAB quant "$M" --plan "$T/act4.ini" --stats "$T/s1.qls" -o "$T/act4.gguf" 2>/dev/null \
+     && $QLAB quant "$M" --plan "$T/act4-tui.ini" --stats "$T/s1.qls" -o "$T/act4-tui.gguf" 2>/dev/null; then
+    q1=$(ppl64 "$T/act4.gguf"); q2=$(ppl64 "$T/act4-tui.gguf"); q0=$(ppl64 "$T/act4.gguf" --act none)
+    if [ -n "$q1" ] && [ "$q1" = "$q2" ] && [ "$q1" != "$q0" ]; then ok "plan with activations: TUI load+save -> quant -> ppl $q2 = $q1 (weights only $q0)"
+    else bad "TUI plan round trip: '$q1' vs '$q2' (weights only '$q0')"; fi
+  else bad "TUI plan round trip with activations"; sed 's/^/     /' "$T/tui.txt" | head -4; fi
+  printf '[tensors]\nblk.0.attn_q.weight = q8_0\n[activations]\ndefault = int7_token\n' > "$T/actbad.ini"
+  expect_error "plan: unknown activation scheme" "actbad.ini: [activations] default: unknown activation scheme 'int7_token'" \
+    $QLAB quant "$M" --plan "$T/actbad.ini" -o "$T/x.gguf"
+  expect_error "ppl --act unknown scheme" "unknown activation scheme 'int9'" $QLAB ppl "$M" --text "$T/text.txt" --act int9
+  expect_error "plan: static scales from another model's statistics" "statistics collected on another model" \
+    $QLAB quant "$T/sq8.gguf" --plan "$T/act3.ini" --stats "$T/s1.qls" -o "$T/x.gguf"
+  expect_error "plan: static scales without statistics" "needs calibration" $QLAB quant "$M" --plan "$T/act3.ini" -o "$T/x.gguf"
+  printf '[tensors]\nblk.0.attn_q.weight = q8_0\n[activations]\nblk.0.attn_norm.weight = int8_token\n' > "$T/actbad2.ini"
+  expect_error "plan: scheme on a tensor that is not a linear" "not a linear layer" $QLAB quant "$M" --plan "$T/actbad2.ini" -o "$T/x.gguf"
+  # activation sensitivity: each linear's KLD with only its input quantized; LLM.int8() (outliers kept in float)
+  # costs less than plain per-token INT8 summed over the linears, static per-tensor INT8 more; a second run
+  # reuses every cell; qlab plan --act writes the schemes into the plan and pareto --act draws the second series
+  $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \
+    --act-candidates int8_token,int8_tensor,llm_int8 -o "$T/act.qss" > "$T/sense.txt" 2>"$T/err"
+  sum_of() { sed -n "s/^activations $1 .*summed KLD \([0-9.e-]*\),.*/\1/p" "$T/sense.txt"; }
+  ka=$(sum_of int8_token); kb=$(sum_of int8_tensor); kc=$(sum_of llm_int8)
+  if [ "$(grep -c '^k	' "$T/act.qss")" = 111 ] && awk -v a="$ka" -v b="$kb" -v c="$kc" 'BEGIN { exit !(c < a && a < b && c > 0) }'; then
+    ok "sense --act-candidates: 37 tensors x 3 schemes; summed KLD llm_int8 $kc < int8_token $ka < int8_tensor $kb"
+  else bad "sense --act-candidates: '$ka' '$kb' '$kc'"; sed 's/^/     /' "$T/err" | tail -3; fi
+  if $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \
+       --act-candidates int8_token,int8_tensor,llm_int8 -o "$T/act.qss" 2>&1 >/dev/null | grep -q "reusing 175 measured cells"; then
+    ok "sense --act-candidates resumes (64 weight + 111 activation cells reused)"; else bad "act cells not reused"; fi
+  if $QLAB plan "$T/act.qss" --target-bpw 10 --act int8_token --act-max-kld 0.0002 -o "$T/actp.ini" --quiet > "$T/out" 2>/dev/null \
+     && grep -q "^blk.0.attn_q.weight = int8_token" "$T/actp.ini" && grep -q "predicted KLD with activations" "$T/out" \
+     && $QLAB pareto "$T/act.qss" --act llm_int8 --csv | head -1 | grep -q "kld_with_act"; then
+    ok "plan --act writes [activations]; pareto --act adds the series"; else bad "plan/pareto --act"; cat "$T/out" | head -3; fi
+  expect_error "sense --act-candidates unknown scheme" "unknown activation scheme 'int9'" \
+    $QLAB sense "$M" --text "$T/text.txt" --candidates q8_0 --act-candidates int9 -o "$T/x.qss"
+  expect_error "plan --act of an unmeasured scheme" "fp8_token was not measured" \
+    $QLAB plan "$T/act.qss" --target-bpw 10 --act fp8_token -o "$T/x.ini"
   # qlab imatrix over the same chunks as llama-imatrix gives the same importance
   if [ "${QL_QUICK:-0}" = 1 ]; then skip "imatrix vs llama.cpp (QL_QUICK=1)"
   elif $QLAB imatrix "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 -o "$T/im.gguf" 2>/dev/null \
@@ -336,7 +393,7 @@ export_check() {
   if ! $QLAB quant "$HFM" "$@" --to "$to" -o "$T/hx" 2>"$T/err"; then bad "export $name"; sed 's/^/     /' "$T/err" | head -3; return; fi
   if grep -q "llama.cpp cannot load" "$T/err"; then bad "export $name: GGUF-only warning on a $to export"; return; fi
   if [ -n "$PYNP" ]; then
-    if $PYNP "$(dirname "$0")/decode_hf_quant.py" "$T/hx" "$T/hxref" > "$T/dec" 2>&1; then ok "export $name: $(tail -1 "$T/dec")"
+    if $PYNP "$(dirname "$0")/decode_hf_quant.py" "$T/hx" "$T/hxref" "$T/hx.gguf" > "$T/dec" 2>&1; then ok "export $name: $(tail -1 "$T/dec")"
     else bad "export $name: decoder"; sed 's/^/     /' "$T/dec" | head -5; fi
   else skip "export $name: decoder (python3-numpy missing; bash scripts/deps.sh)"; fi
 }
@@ -351,6 +408,16 @@ if [ -f "$HFM" ]; then
   export_check "compressed-tensors int8_tensor" compressed-tensors --type int8_tensor
   export_check "compressed-tensors fp8_e4m3" compressed-tensors --type fp8_e4m3
   export_check "compressed-tensors fp8_e4m3_channel" compressed-tensors --type fp8_e4m3_channel
+  # W8A8: the plan's activation schemes become input_activations (+ input_scale for static ones); the decoder
+  # checks them against the GGUF of the same plan
+  $QLAB stats "$HFM" --text "$T/text.txt" --ctx 64 -o "$T/hfs.qls" 2>/dev/null
+  export_check "compressed-tensors W8A8 int8 static" compressed-tensors --type int8_channel --act int8_tensor --stats "$T/hfs.qls"
+  if grep -q '"input_scale"' "$T/hx/model.safetensors" 2>/dev/null || grep -aq 'self_attn.q_proj.input_scale' "$T/hx/model.safetensors" 2>/dev/null; then
+    ok "W8A8 static export carries input_scale"; else bad "W8A8 static export has no input_scale"; fi
+  export_check "compressed-tensors W8A8 fp8 dynamic" compressed-tensors --type fp8_e4m3_channel --act fp8_token
+  if grep -q '"dynamic": true' "$T/hx/config.json" 2>/dev/null; then ok "W8A8 dynamic export: dynamic: true"; else bad "W8A8 dynamic config"; fi
+  expect_error "llm_int8 has no compressed-tensors form" "llm_int8" $QLAB quant "$HFM" --type int8_channel --act llm_int8 --to compressed-tensors -o "$T/hxl"
+  expect_error "gptq cannot hold activation schemes" "cannot hold" $QLAB quant "$HFM" --type int4_g128 --act int8_token --to gptq -o "$T/hxg"
   export_check "bnb nf4" bnb --type nf4
   export_check "bnb fp4" bnb --type fp4
   # double quantization keeps its 256-block absmax groups only in qlab's row order: q/k stay float
@@ -368,6 +435,10 @@ if [ -f "$HFM" ]; then
   if [ -f "$T/hx/config.json" ] && grep -q '"group_2"' "$T/hx/config.json" && grep -q '"mixed-precision"' "$T/hx/config.json" \
      && grep -q '"model.layers.0.mlp.up_proj"' "$T/hx/config.json"; then ok "mixed plan: config groups, mixed-precision, ignore"
   else bad "mixed plan: config.json lacks its groups or ignore list"; fi
+  # the same mixed plan with mixed activation schemes: one group per weight+input scheme
+  cp "$T/mix.ini" "$T/mixact.ini"
+  printf '[activations]\ndefault = int8_token\nblk.0.ffn_up.weight = none\nblk.1.ffn_down.weight = fp8_tensor\nblk.0.attn_q.weight = fp8_token\n' >> "$T/mixact.ini"
+  export_check "compressed-tensors mixed plan, mixed activations" compressed-tensors --plan "$T/mixact.ini" --stats "$T/hfs.qls"
   # shards: a small limit gives model-0000i-of-0000N files and an index the decoder follows
   QLAB_MAX_SHARD_BYTES=600000 export_check "gptq int4_g32_sym, sharded" gptq --type int4_g32_sym
   if ls "$T/hx" | grep -q 'model-00001-of-000[0-9][0-9].safetensors' && [ -f "$T/hx/model.safetensors.index.json" ]; then ok "sharded export has shards and an index"

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""decode_hf_quant.py EXPORT_DIR REF_DIR — an independent decoder for the quantized Hugging Face folders
+"""decode_hf_quant.py EXPORT_DIR REF_DIR [QUANT.gguf] — an independent decoder for the quantized Hugging Face folders
 qlab exports (--to gptq, awq, compressed-tensors), written from each ecosystem's published layout
 (docs/formats.md § Exporters) with NumPy only. It reads EXPORT_DIR's config.json quantization_config and
 its safetensors (one file or shards + model.safetensors.index.json), dequantizes every quantized linear,
 and requires every weight to equal, bit for bit, REF_DIR's F32 tensor of the same name — REF_DIR being
 `qlab convert QUANTIZED.gguf --type f32` of the same plan, i.e. qlab's own dequantization.
+With QUANT.gguf (the same plan written as GGUF), the activation schemes it carries (qlab.act.* keys, read
+here with a GGUF reader of its own) must be what compressed-tensors' config says for each module:
+input_activations per token with `dynamic: true`, or per tensor with an input_scale equal to the GGUF's
+qlab.act.scale bit for bit; a module without a scheme sits in a group with input_activations null.
 Prints one line per target checked; exits 1 on any mismatch or missing tensor."""
 import json, os, re, struct, sys
 import numpy as np
@@ -178,6 +182,98 @@ def bnb(t, m, qc):
     return vals.astype(np.float32).reshape(N, K)
 
 
+def read_gguf_kv(path):
+    """The metadata of a GGUF file (v2/v3): {key: value}."""
+    raw = open(path, "rb").read()
+    if raw[:4] != b"GGUF":
+        raise SystemExit(f"{path}: not a GGUF file")
+    pos = 8
+    n_kv = struct.unpack_from("<Q", raw, pos + 8)[0]
+    pos += 16
+    scalar = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+    def value(t, pos):
+        if t == 8:
+            n = struct.unpack_from("<Q", raw, pos)[0]
+            return raw[pos + 8:pos + 8 + n].decode("utf-8"), pos + 8 + n
+        if t == 9:
+            et, n = struct.unpack_from("<IQ", raw, pos)
+            pos += 12
+            items = []
+            for _ in range(n):
+                v, pos = value(et, pos)
+                items.append(v)
+            return items, pos
+        fmt = scalar[t]
+        return struct.unpack_from(fmt, raw, pos)[0], pos + struct.calcsize(fmt)
+
+    kv = {}
+    for _ in range(n_kv):
+        n = struct.unpack_from("<Q", raw, pos)[0]
+        key = raw[pos + 8:pos + 8 + n].decode("utf-8")
+        pos += 8 + n
+        t = struct.unpack_from("<I", raw, pos)[0]
+        kv[key], pos = value(t, pos + 4)
+        if t == 6:  # keep the exact f32 bits for comparison
+            kv[key] = np.float32(kv[key])
+    return kv
+
+
+HF_MODULE = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj"}
+
+
+def hf_module(gguf_weight):
+    if gguf_weight == "output.weight":
+        return "lm_head"
+    mt = re.match(r"blk\.(\d+)\.(\w+)\.weight$", gguf_weight)
+    return f"model.layers.{mt.group(1)}.{HF_MODULE[mt.group(2)]}"
+
+
+def group_of(qc, module):
+    for name, g in qc.get("config_groups", {}).items():
+        for tg in g["targets"]:
+            if tg == "Linear" or (tg.startswith("re:") and re.match(tg[3:], module)):
+                return g
+    return None
+
+
+def check_activations(t, qc, gguf):
+    """Returns the number of failures: every module's input scheme in config.json and its input_scale against
+    the GGUF's qlab.act.* keys."""
+    kv = read_gguf_kv(gguf)
+    want = {}
+    for k, v in kv.items():
+        if k.startswith("qlab.act.mode."):
+            w = k[len("qlab.act.mode."):]
+            want[hf_module(w)] = (v, kv.get("qlab.act.scale." + w))
+    bad = n = 0
+    modules = {k[:-len(".weight_scale")] for k in t if k.endswith(".weight_scale")}
+    for m in sorted(modules | set(want)):
+        g = group_of(qc, m)
+        ia = g.get("input_activations") if g else None
+        mode, scale = want.get(m, (None, None))
+        if mode is None:
+            ok = ia is None and m + ".input_scale" not in t
+        else:
+            fp, static = mode.startswith("fp8"), mode.endswith("_tensor")
+            ok = ia is not None and ia["num_bits"] == 8 and ia["type"] == ("float" if fp else "int") \
+                and ia["strategy"] == ("tensor" if static else "token") and ia["dynamic"] == (not static)
+            if static:
+                got = t.get(m + ".input_scale")
+                ok = ok and got is not None and got[0] == "F32" and got[1].shape == (1,) \
+                    and got[1].view(np.uint32)[0] == np.float32(scale).view(np.uint32)
+            else:
+                ok = ok and m + ".input_scale" not in t
+            n += 1
+        if not ok:
+            print(f"FAIL {m}: input activations {ia} do not say {mode} (scale {scale})")
+            bad += 1
+    print(f"activations: {n} quantized inputs checked against {os.path.basename(gguf)}")
+    return bad
+
+
 def main():
     exp, ref = sys.argv[1], sys.argv[2]
     qc = json.load(open(os.path.join(exp, "config.json")))["quantization_config"]
@@ -211,6 +307,8 @@ def main():
     if extra:
         print(f"FAIL tensors the reference has no weight for: {extra[:5]}")
         bad += 1
+    if len(sys.argv) > 3:
+        bad += check_activations(t, qc, sys.argv[3])
     print(f"{method}: {nq} quantized and {nf} float tensors decoded; {'all bit-identical' if not bad else f'{bad} FAILED'}")
     sys.exit(1 if bad else 0)
 

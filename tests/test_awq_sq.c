@@ -1,7 +1,9 @@
 /* test_awq_sq.c — activation quantization in the preview forward pass (INT8/FP8 per token / per tensor,
  * LLM.int8()), SmoothQuant and AWQ on stories260K: the transforms keep the float model's logits, AWQ's
  * scales lower the output error tr(ΔW H ΔWᵀ) against RTN, W8A8 after SmoothQuant stays within 1% of the
- * float perplexity. Prints the measured numbers (docs/methods.md quotes them). */
+ * float perplexity. Prints the measured numbers (docs/methods.md quotes them). Also the runtime side of a
+ * plan: scheme specs, the qlab.act.* GGUF keys (round trip, malformed keys refused naming the file) and the
+ * plan INI's [activations] section and method_opts (round trip, unknown schemes refused). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -16,8 +18,14 @@
 #include "methods/layer_f32.h"
 #include "methods/method.h"
 #include "formats/fmt_ext.h"
+#include "core/gguf.h"
 #include "core/ppl.h"
+#include "pipeline/plan.h"
+#include "pipeline/quantize.h"
+#include <sys/stat.h>
 #include "tests/test_util.h"
+
+#include <unistd.h>
 
 #define CAL_SEQ 32
 #define CAL_LEN 64
@@ -52,6 +60,113 @@ static void test_modes_and_recipes(void **state) {
     assert_non_null(awq->transform_layer);
     assert_non_null(sq->transform_layer);
     assert_true(awq->needs & QL_NEEDS_HESSIAN);
+}
+
+static void test_act_specs_and_keys(void **state) {
+    (void)state;
+    ql_act_mode m;
+    float thr;
+    char buf[64];
+    assert_int_equal(ql_act_spec_parse("llm_int8:4", &m, &thr), QL_OK);
+    assert_int_equal(m, QL_ACT_LLM_INT8);
+    assert_true(thr == 4.0f);
+    ql_act_spec_format(m, thr, buf, sizeof buf);
+    assert_string_equal(buf, "llm_int8:4");
+    ql_act_spec_format(QL_ACT_LLM_INT8, QL_LLM_INT8_THRESHOLD, buf, sizeof buf);
+    assert_string_equal(buf, "llm_int8");
+    assert_int_equal(ql_act_spec_parse("fp8_tensor", &m, &thr), QL_OK);
+    assert_int_equal(m, QL_ACT_FP8_TENSOR);
+    assert_true(thr == 0);
+    assert_int_equal(ql_act_spec_parse("int9", &m, &thr), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "unknown activation scheme 'int9'"));
+    assert_int_equal(ql_act_spec_parse("int8_token:3", &m, &thr), QL_ERR_ARG);
+    assert_int_equal(ql_act_spec_parse("llm_int8:-1", &m, &thr), QL_ERR_ARG);
+    assert_int_equal(ql_act_spec_parse("llm_int8:", &m, &thr), QL_ERR_ARG);
+    /* every mode through the GGUF keys and back */
+    const float absmax[3] = {0.5f, 3.0f, 1.25f};
+    ql_gguf *g = ql_gguf_new();
+    for (int i = 1; i < QL_ACT_MODE_COUNT; i++) {
+        ql_act_quant aq, back;
+        char name[32];
+        snprintf(name, sizeof name, "blk.%d.attn_q.weight", i);
+        assert_int_equal(ql_act_quant_init(&aq, (ql_act_mode)i, absmax, 3, 4.5f), QL_OK);
+        ql_act_quant_to_gguf(g, name, &aq);
+        bool found = false;
+        assert_int_equal(ql_act_quant_from_gguf(g, "x.gguf", name, &back, &found), QL_OK);
+        assert_true(found);
+        assert_int_equal(back.mode, aq.mode);
+        if (ql_act_mode_is_static(aq.mode)) {
+            assert_true(back.scale == aq.scale);
+            assert_true(back.scale == 3.0f / (aq.mode == QL_ACT_INT8_TENSOR ? 127.0f : 448.0f));
+        }
+        if (aq.mode == QL_ACT_LLM_INT8) assert_true(back.threshold == 4.5f);
+    }
+    ql_act_quant none;
+    bool found = true;
+    assert_int_equal(ql_act_quant_from_gguf(g, "x.gguf", "blk.0.attn_q.weight", &none, &found), QL_OK);
+    assert_false(found);
+    assert_int_equal(none.mode, QL_ACT_NONE);
+    /* malformed settings: one message naming the file */
+    ql_gguf_set_str(g, QL_ACT_KEY_MODE "blk.9.ffn_up.weight", "int7_token");
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_ERR_FORMAT);
+    assert_non_null(strstr(ql_last_error(), "bad.gguf"));
+    assert_non_null(strstr(ql_last_error(), "int7_token"));
+    ql_gguf_set_str(g, QL_ACT_KEY_MODE "blk.9.ffn_up.weight", "int8_tensor"); /* static without a scale */
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_ERR_FORMAT);
+    ql_gguf_set_f32(g, QL_ACT_KEY_SCALE "blk.9.ffn_up.weight", -1.0f);
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_ERR_FORMAT);
+    ql_gguf_set_f32(g, QL_ACT_KEY_SCALE "blk.9.ffn_up.weight", NAN);
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_ERR_FORMAT);
+    ql_gguf_set_f32(g, QL_ACT_KEY_SCALE "blk.9.ffn_up.weight", 0.25f);
+    assert_int_equal(ql_act_quant_from_gguf(g, "bad.gguf", "blk.9.ffn_up.weight", &none, &found), QL_OK);
+    assert_true(none.scale == 0.25f);
+    ql_gguf_free(g);
+}
+
+static void test_plan_activations(void **state) {
+    (void)state;
+    char dir[] = "/tmp/qlab-actplan-XXXXXX", path[64], bad[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/p.ini", dir);
+    snprintf(bad, sizeof bad, "%s/bad.ini", dir);
+    ql_plan *p = ql_plan_new();
+    ql_plan_set(p, "blk.0.attn_q.weight", ql_format_by_name("int8_channel"), "smoothquant", NULL);
+    ql_plan_set_act(p, QL_PLAN_ACT_DEFAULT, QL_ACT_INT8_TENSOR, 0);
+    ql_plan_set_act(p, "blk.1.ffn_down.weight", QL_ACT_LLM_INT8, 4.0f);
+    ql_plan_set_act(p, "output.weight", QL_ACT_NONE, 0);
+    p->method_opts = ql_strdup("alpha=0.5");
+    assert_true(ql_plan_act_needs_stats(p));
+    assert_int_equal(ql_plan_save(p, NULL, path), QL_OK);
+    ql_plan *q = NULL;
+    assert_int_equal(ql_plan_load(path, &q), QL_OK);
+    assert_int_equal(q->n_act, 3);
+    assert_string_equal(q->method_opts, "alpha=0.5");
+    assert_string_equal(q->e[0].method, "smoothquant");
+    const ql_plan_act *a = ql_plan_find_act(q, "blk.1.ffn_down.weight", true);
+    assert_non_null(a);
+    assert_int_equal(a->mode, QL_ACT_LLM_INT8);
+    assert_true(a->threshold == 4.0f);
+    a = ql_plan_find_act(q, "blk.3.attn_v.weight", true); /* the default, for block linears only */
+    assert_non_null(a);
+    assert_int_equal(a->mode, QL_ACT_INT8_TENSOR);
+    assert_null(ql_plan_find_act(q, "token_embd.weight", false));
+    a = ql_plan_find_act(q, "output.weight", false);
+    assert_non_null(a);
+    assert_int_equal(a->mode, QL_ACT_NONE);
+    ql_plan_free(q);
+    ql_plan_free(p);
+    FILE *f = fopen(bad, "w");
+    assert_non_null(f);
+    fputs("[tensors]\nblk.0.attn_q.weight = q8_0\n[activations]\ndefault = int7_token\n", f);
+    fclose(f);
+    q = NULL;
+    assert_int_equal(ql_plan_load(bad, &q), QL_ERR_FORMAT);
+    assert_null(q);
+    assert_non_null(strstr(ql_last_error(), "bad.ini"));
+    assert_non_null(strstr(ql_last_error(), "unknown activation scheme 'int7_token'"));
+    unlink(path);
+    unlink(bad);
+    rmdir(dir);
 }
 
 static void test_apply_bounds(void **state) {
@@ -516,15 +631,109 @@ static void test_w8a8(void **state) {
     assert_true(fabs(fp8_dyn / f - 1) < 0.02);
 }
 
+/* A plan's activation schemes through qlab quant's driver: the file carries them (its size is the one
+ * ql_quantize_file_bytes predicts, keys included), ql_infer_set_act_quant_from_file applies them, and the logits
+ * equal setting the same schemes by hand with the same statistics, bit for bit. Re-quantizing the file with a
+ * plan without activations drops the keys. */
+static void test_plan_act_file(void **state) {
+    (void)state;
+    if (!g_fx.m) {
+        puts("SKIP: shared folder missing");
+        skip();
+    }
+    const ql_model *m = g_fx.m;
+    char dir[] = "/tmp/qlab-actfile-XXXXXX", out[64], out2[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(out, sizeof out, "%s/a.gguf", dir);
+    snprintf(out2, sizeof out2, "%s/b.gguf", dir);
+    ql_plan *p = ql_plan_new();
+    ql_plan_set(p, "blk.0.attn_q.weight", ql_format_by_name("q8_0"), "rtn", NULL);
+    ql_plan_set_act(p, QL_PLAN_ACT_DEFAULT, QL_ACT_INT8_TENSOR, 0);
+    ql_plan_set_act(p, "blk.1.ffn_down.weight", QL_ACT_LLM_INT8, 4.0f);
+    ql_plan_set_act(p, "output.weight", QL_ACT_FP8_TOKEN, 0);
+    ql_quant_opts qo = {.plan = p, .stats = g_fx.st, .n_threads = 2};
+    ql_quant_stats qs;
+    assert_int_equal(ql_quantize_model(m, &qo, out, NULL, &qs), QL_OK);
+    int64_t *tb = calloc((size_t)m->gguf->n_tensors, sizeof *tb);
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const ql_gguf_tensor *t = &m->gguf->tensors[i];
+        const ql_plan_entry *e = ql_plan_find(p, t->name);
+        tb[i] = e ? ql_format_tensor_bytes(e->format, t->ne[0], t->ne[1]) : (int64_t)t->nbytes;
+    }
+    struct stat sb;
+    assert_int_equal(stat(out, &sb), 0);
+    assert_int_equal((int64_t)sb.st_size, ql_quantize_file_bytes(m, tb, p));
+    assert_true(ql_quantize_file_bytes(m, tb, p) > ql_quantize_file_bytes(m, tb, NULL));
+    /* the file's schemes vs the same by hand on the same weights */
+    ql_model *q = NULL;
+    assert_int_equal(ql_model_load(out, &q), QL_OK);
+    ql_infer *a = NULL, *b = NULL;
+    assert_int_equal(ql_infer_new(q, 1, &a), QL_OK);
+    assert_int_equal(ql_infer_new(q, 1, &b), QL_OK);
+    int n_set = 0, counts[QL_ACT_MODE_COUNT];
+    assert_int_equal(ql_infer_set_act_quant_from_file(a, &n_set, counts), QL_OK);
+    assert_int_equal(n_set, q->cfg.n_layer * QL_LIN_COUNT + 1);
+    assert_int_equal(counts[QL_ACT_LLM_INT8], 1);
+    assert_int_equal(counts[QL_ACT_FP8_TOKEN], 1);
+    assert_int_equal(counts[QL_ACT_INT8_TENSOR], n_set - 2);
+    assert_int_equal(ql_infer_set_act_quant_all(b, g_fx.st, QL_ACT_INT8_TENSOR, 0, false), QL_OK);
+    ql_act_quant aq;
+    ql_act_quant_init(&aq, QL_ACT_LLM_INT8, NULL, 0, 4.0f);
+    assert_true(ql_infer_set_act_quant(b, ql_layer_linear(q, 1, QL_LIN_DOWN), &aq));
+    ql_act_quant_init(&aq, QL_ACT_FP8_TOKEN, NULL, 0, 0);
+    assert_true(ql_infer_set_act_quant(b, q->output, &aq));
+    enum { N = 48 };
+    const int V = q->cfg.n_vocab;
+    float *la = malloc(sizeof(float) * N * V), *lb = malloc(sizeof(float) * N * V), *l0 = malloc(sizeof(float) * N * V);
+    ql_scratch *sa = ql_scratch_new(a, N), *sb2 = ql_scratch_new(b, N);
+    assert_int_equal(ql_forward(a, sa, g_fx.ids, N, 0, la), QL_OK);
+    assert_int_equal(ql_forward(b, sb2, g_fx.ids, N, 0, lb), QL_OK);
+    assert_memory_equal(la, lb, sizeof(float) * N * V);
+    ql_infer_set_act_quant_all(b, NULL, QL_ACT_NONE, 0, true);
+    assert_int_equal(ql_forward(b, sb2, g_fx.ids, N, 0, l0), QL_OK);
+    assert_memory_not_equal(la, l0, sizeof(float) * N * V); /* the schemes did something */
+    ql_scratch_free(sa);
+    ql_scratch_free(sb2);
+    ql_infer_free(a);
+    ql_infer_free(b);
+    free(la), free(lb), free(l0);
+    /* a plan without activations: the source's keys are not carried over */
+    ql_plan *p2 = ql_plan_new();
+    ql_plan_set(p2, "blk.0.attn_k.weight", ql_format_by_name("q8_0"), "rtn", NULL);
+    ql_quant_opts qo2 = {.plan = p2, .n_threads = 2};
+    assert_int_equal(ql_quantize_model(q, &qo2, out2, NULL, &qs), QL_OK);
+    ql_model *q2 = NULL;
+    assert_int_equal(ql_model_load(out2, &q2), QL_OK);
+    for (int64_t k = 0; k < q2->gguf->n_kv; k++) assert_true(strncmp(q2->gguf->kv[k].key, "qlab.act.", 9) != 0);
+    assert_int_equal(stat(out2, &sb), 0);
+    for (int64_t i = 0; i < q->gguf->n_tensors; i++) {
+        const ql_plan_entry *e = ql_plan_find(p2, q->gguf->tensors[i].name);
+        tb[i] = e ? ql_format_tensor_bytes(e->format, q->gguf->tensors[i].ne[0], q->gguf->tensors[i].ne[1])
+                  : (int64_t)q->gguf->tensors[i].nbytes;
+    }
+    assert_int_equal((int64_t)sb.st_size, ql_quantize_file_bytes(q, tb, p2));
+    ql_model_free(q2);
+    ql_model_free(q);
+    ql_plan_free(p2);
+    ql_plan_free(p);
+    free(tb);
+    unlink(out);
+    unlink(out2);
+    rmdir(dir);
+}
+
 int main(void) {
     struct CMUnitTest unit[] = {
         cmocka_unit_test(test_modes_and_recipes),
         cmocka_unit_test(test_apply_bounds),
+        cmocka_unit_test(test_act_specs_and_keys),
+        cmocka_unit_test(test_plan_activations),
     };
     struct CMUnitTest model[] = {
         cmocka_unit_test(test_float_ppl),     cmocka_unit_test(test_smoothquant_equivalent),
         cmocka_unit_test(test_awq_int4_g128), cmocka_unit_test(test_awq_int4_g32),
         cmocka_unit_test(test_awq_q4_0),      cmocka_unit_test(test_w8a8),
+        cmocka_unit_test(test_plan_act_file),
     };
     ql_test_order_from_env(unit, sizeof unit / sizeof *unit);
     ql_test_order_from_env(model, sizeof model / sizeof *model);

@@ -1066,6 +1066,7 @@ static void prompt_submit(ql_tui_app *a) {
         char src[96];
         snprintf(src, sizeof src, "plan %.80s", v);
         apply_plan(a, plan, src);
+        ql_tui_plan_set_runtime(a, plan);
         if (unknown) ql_tui_msg(a, 1, "%d tensors of %.200s are not in this model (ignored)", unknown, v);
         ql_plan_free(plan);
         break;

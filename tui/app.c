@@ -89,7 +89,7 @@ ql_tui_totals ql_tui_plan_totals(const ql_tui_app *a) {
         }
     }
     t.bpw = t.weights ? (double)bits / (double)t.weights : 0;
-    t.file_bytes = ql_quantize_file_bytes(a->model, tensor_bytes); /* exactly what the export writes */
+    t.file_bytes = ql_quantize_file_bytes(a->model, tensor_bytes, a->plan.runtime); /* exactly what the export writes */
     free(tensor_bytes);
     const ql_config *c = &a->model->cfg;
     t.kv_bytes = 2ll * c->n_layer * a->plan.kv_ctx * c->n_head_kv * c->head_dim * 2;
@@ -227,10 +227,29 @@ ql_plan *ql_tui_plan_build(const ql_tui_app *a) {
         if (!r->fmt || (r->fmt == r->orig && !strcmp(r->method, "rtn"))) continue;
         ql_plan_set(p, g->tensors[r->tensor].name, r->fmt, r->method, r->note[0] ? r->note : NULL);
     }
+    const ql_plan *rt = a->plan.runtime;
+    for (int i = 0; rt && i < rt->n_act; i++) ql_plan_set_act(p, rt->act[i].tensor, rt->act[i].mode, rt->act[i].threshold);
+    if (rt && rt->method_opts) p->method_opts = ql_strdup(rt->method_opts);
     char src[160];
     snprintf(src, sizeof src, "qlab tui: %s%s", a->plan.source, a->plan.edits ? " + hand edits" : "");
     p->source = ql_strdup(src);
     return p;
+}
+
+void ql_tui_plan_set_runtime(ql_tui_app *a, const ql_plan *p) {
+    ql_plan_free(a->plan.runtime);
+    a->plan.runtime = NULL;
+    if (!p || (!p->n_act && !p->method_opts)) return;
+    ql_plan *rt = a->plan.runtime = ql_plan_new();
+    for (int i = 0; i < p->n_act; i++) ql_plan_set_act(rt, p->act[i].tensor, p->act[i].mode, p->act[i].threshold);
+    if (p->method_opts) rt->method_opts = ql_strdup(p->method_opts);
+}
+
+const ql_plan_act *ql_tui_row_act(const ql_tui_app *a, const ql_tui_row *r) {
+    if (!a->plan.runtime) return NULL;
+    const ql_plan_act *pa =
+        ql_plan_find_act(a->plan.runtime, a->model->gguf->tensors[r->tensor].name, r->layer >= 0);
+    return pa && pa->mode != QL_ACT_NONE ? pa : NULL;
 }
 
 void ql_tui_plan_adopt(ql_tui_app *a, const ql_plan *p, const char *source, bool keep_pins) {
@@ -257,6 +276,13 @@ uint64_t ql_tui_plan_hash(const ql_tui_app *a) {
         h = ql_tui_hash_str(h, f ? f->name : "-");
         h = ql_tui_hash_str(h, r->method);
     }
+    const ql_plan *rt = a->plan.runtime; /* activation schemes change the previewed figures too */
+    for (int i = 0; rt && i < rt->n_act; i++) {
+        char spec[64];
+        ql_act_spec_format(rt->act[i].mode, rt->act[i].threshold, spec, sizeof spec);
+        h = ql_tui_hash_str(ql_tui_hash_str(h, rt->act[i].tensor), spec);
+    }
+    if (rt && rt->method_opts) h = ql_tui_hash_str(h, rt->method_opts);
     return h;
 }
 
@@ -269,6 +295,8 @@ static void free_rows(ql_tui_app *a) {
     a->plan.rows = NULL;
     a->plan.collapsed = NULL;
     a->plan.n_rows = a->plan.n_groups = 0;
+    ql_plan_free(a->plan.runtime);
+    a->plan.runtime = NULL;
 }
 
 void ql_tui_sense_free(ql_tui_sense *s) {

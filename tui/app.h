@@ -101,6 +101,8 @@ typedef struct {
     char source[96];               /* "preset Q4_K_M", "auto 4.00 bpw", "plan file x.ini" */
     int edits;                     /* hand edits since source */
     int kv_ctx;                    /* context for the KV-cache figure */
+    ql_plan *runtime;              /* a loaded plan's [activations] and method_opts, kept through edits and saved,
+                                      previewed and exported with the plan; NULL: none */
 } ql_tui_plan;
 
 typedef struct {
@@ -277,6 +279,10 @@ void ql_tui_msg(ql_tui_app *a, int level, const char *fmt, ...) __attribute__((f
 const char *ql_tui_screen_name(ql_tui_screen s);
 /* Plan rows <-> ql_plan; the returned plan is owned by the caller. */
 ql_plan *ql_tui_plan_build(const ql_tui_app *a);
+/* Takes p's activation schemes and method options as the plan's runtime settings (copies; none: cleared). */
+void ql_tui_plan_set_runtime(ql_tui_app *a, const ql_plan *p);
+/* The activation scheme of row r's input (NULL: float). */
+const ql_plan_act *ql_tui_row_act(const ql_tui_app *a, const ql_tui_row *r);
 void ql_tui_plan_adopt(ql_tui_app *a, const ql_plan *p, const char *source, bool keep_pins);
 uint64_t ql_tui_plan_hash(const ql_tui_app *a);
 /* The format a row ends up stored in (planned, else stored); NULL if the registry lacks it. */

@@ -45,6 +45,9 @@ void ql_view_plan(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     double lo, hi;
     ql_sense_range(a->sense, &lo, &hi);
     int x = ql_canvas_printf(c, 1, y, 0, QL_ST_BOLD, "Plan: %.30s%s", p->source, p->edits ? " +edits" : "");
+    int n_act = 0; /* rows marked A: their input is quantized at run time (the plan's [activations]) */
+    for (int i = 0; i < p->n_rows; i++) n_act += ql_tui_row_act(a, &p->rows[i]) != NULL;
+    if (n_act) x = ql_canvas_printf(c, x + 1, y, 0, QL_ST_MARK, "· A: %d inputs quantized", n_act);
     if (a->sense) {
         char cells[160];
         snprintf(cells, sizeof cells, "cells: %s%s · l level", a->sense->metric,
@@ -114,6 +117,7 @@ void ql_view_plan(ql_tui_app *a, ql_canvas *c, ql_rect r) {
                          "%-8s", fmt);
         ql_canvas_printf(c, x_bits, yy, x_bits + 5, st, "%5.2f", ql_tui_row_bytes(a, rw) * 8.0 / (double)rw->n);
         if (rw->note[0]) ql_canvas_set(c, x_bits + 5, yy, '*', QL_ST_WARN);
+        if (ql_tui_row_act(a, rw)) ql_canvas_set(c, x_fmt + 8, yy, 'A', cur ? QL_ST_CURSOR : QL_ST_MARK);
         for (int k = 0; k < vis && p->col_scroll + k < p->n_cand; k++) {
             const ql_format *cf = p->cand[p->col_scroll + k];
             int cx = x_cells + k * cw;
@@ -155,9 +159,16 @@ void ql_view_plan(ql_tui_app *a, ql_canvas *c, ql_rect r) {
         char note[200];
         ql_tui_copy(note, sizeof note, rw->note[0] ? rw->note : rw->pinned ? "pinned" : "");
         bool rtn = !strcmp(rw->method, "rtn");
-        ql_canvas_printf(c, 1, dy, 0, QL_ST_DIM, "%s %lldx%lld · %s → %s%s%s%s%s", g->tensors[rw->tensor].name,
+        const ql_plan_act *pa = ql_tui_row_act(a, rw);
+        char act[72] = "";
+        if (pa) {
+            char spec[48];
+            ql_act_spec_format(pa->mode, pa->threshold, spec, sizeof spec);
+            snprintf(act, sizeof act, " · input %s", spec);
+        }
+        ql_canvas_printf(c, 1, dy, 0, QL_ST_DIM, "%s %lldx%lld · %s → %s%s%s%s%s%s", g->tensors[rw->tensor].name,
                          (long long)rw->ne0, (long long)rw->ne1, rw->orig ? rw->orig->name : "?", f ? f->name : "?",
-                         rtn ? "" : "+", rtn ? "" : rw->method, note[0] ? " · " : "", note);
+                         rtn ? "" : "+", rtn ? "" : rw->method, act, note[0] ? " · " : "", note);
     } else if (n)
         ql_canvas_puts(c, 1, dy, 0, QL_ST_DIM, "Enter/Space folds · ] [ raise/lower the layer · ? lists every key");
     free(lines);

@@ -11,6 +11,7 @@
 #include "core/infer.h"
 #include "core/output_error.h"
 #include "methods/method.h"
+#include "methods/act_recipe.h"
 #include "pipeline/quantize.h"
 #include "pipeline/export.h"
 #include "core/tokenizer.h"
@@ -570,6 +571,8 @@ static void preview_run(ql_tui_job *j) {
     c->h.bytes = stat(c->tmp, &st) == 0 ? (int64_t)st.st_size : qs.bytes_out;
     ql_tui_job_phase(j, "loading", 0, 1);
     if ((s = ql_infer_new(qm, c->n_threads, &inf))) goto out;
+    int n_act; /* the plan's activation schemes, as `qlab ppl` applies them to the exported file */
+    if ((s = ql_infer_set_act_quant_from_file(inf, &n_act, NULL))) goto out;
     po.kld_base = c->base_path;
     pthread_mutex_lock(&j->lock);
     j->live_plan = true;
