@@ -11,16 +11,19 @@
  * W̃_k + Σ_{j>k} (W̃_j − Ŵ_j)·L_jk to the nearest codeword (one sgemm per block of 8 columns). QuIP#'s
  * extra coordinate-descent passes and fine-tuning are not done. The scales are the format's own
  * (ql_quip_scales on the rotated weights), so e8p with RTN and with quip differ only in LDLQ.
- * Thread-safety: reentrant; OpenBLAS runs with n_threads for the block products. */
+ * Rows are independent given L: n_threads workers take 64-row ranges through all blocks (one OpenBLAS
+ * thread each). Thread-safety: reentrant. */
 #include "methods/method.h"
 
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/parallel.h"
 #include "formats/fmt_quip.h"
 #include "kernels/hadamard.h"
 
@@ -37,6 +40,46 @@ static const ql_opt_def quip_opts[] = {
 };
 
 extern const ql_method ql_method_quip;
+
+#define LDLQ_ROWS 64 /* rows per work item */
+
+typedef struct {
+    const float *w, *L;
+    uint16_t *c1, *c2;
+    int64_t n, nb, nrows;
+    float s1, s2;
+    int stage2;
+    const ql_progress *prog;
+    atomic_int stop;
+    atomic_llong done;
+} ldlq_ctx;
+
+/* BlockLDLQ of rows [item·LDLQ_ROWS, ...): blocks from the last to the first; E holds W̃ − Ŵ of the blocks done */
+static void ldlq_rows(void *ctx, int worker, int64_t item) {
+    (void)worker;
+    ldlq_ctx *c = ctx;
+    const int64_t r0 = item * LDLQ_ROWS, nr = QL_MIN(LDLQ_ROWS, c->nrows - r0), n = c->n, nb = c->nb;
+    if (atomic_load(&c->stop)) return;
+    float *E = ql_calloc((size_t)(nr * n), sizeof(float)), *T = ql_malloc((size_t)(nr * 8) * sizeof(float));
+    const float *w = c->w + r0 * n;
+    for (int64_t k = nb - 1; k >= 0; k--) {
+        const int64_t kb = 8 * k, rest = n - kb - 8;
+        for (int64_t r = 0; r < nr; r++) memcpy(T + r * 8, w + r * n + kb, 8 * sizeof(float));
+        if (rest > 0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, 8, (int)rest, 1.0f, E + kb + 8, (int)n,
+                        c->L + (kb + 8) * n + kb, (int)n, 1.0f, T, 8);
+        for (int64_t r = 0; r < nr; r++) {
+            float q[8];
+            const int64_t v = (r0 + r) * nb + k;
+            ql_quip_q8(T + r * 8, c->s1, c->s2, c->stage2, &c->c1[v], &c->c2[v], q);
+            for (int i = 0; i < 8; i++) E[r * n + kb + i] = w[r * n + kb + i] - q[i];
+        }
+    }
+    free(E), free(T);
+    long long d = atomic_fetch_add(&c->done, nr) + nr;
+    if (ql_progress_cancelled(c->prog)) atomic_store(&c->stop, 1);
+    else ql_progress_report(c->prog, d, c->nrows, "quip");
+}
 
 static ql_status quip_quantize(float *w, int64_t nrows, int64_t ncols, const ql_format *f, const ql_input_stats *st,
                                const ql_method_opts *o, void *dst) {
@@ -117,32 +160,16 @@ static ql_status quip_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
     }
     free(C);
 
-    /* blocks from the last to the first; E holds W̃ − Ŵ of the blocks done */
-    float *E = ql_calloc((size_t)(nrows * n), sizeof(float));
-    float *T = ql_malloc((size_t)(nrows * 8) * sizeof(float));
+    /* rows are independent given L: workers take ranges of rows through every block, one BLAS thread each */
+    ldlq_ctx lc = {.w = w, .L = L, .c1 = c1, .c2 = c2, .n = n, .nb = nb, .nrows = nrows, .s1 = s1, .s2 = s2,
+                   .stage2 = stage2, .prog = prog};
     int saved = openblas_get_num_threads();
-    openblas_set_num_threads(nt);
-    ql_status s = QL_OK;
-    for (int64_t k = nb - 1; k >= 0; k--) {
-        if (ql_progress_cancelled(prog)) {
-            s = ql_fail(QL_ERR_CANCELLED, "cancelled");
-            break;
-        }
-        const int64_t kb = 8 * k, rest = n - kb - 8;
-        for (int64_t r = 0; r < nrows; r++) memcpy(T + r * 8, w + r * n + kb, 8 * sizeof(float));
-        if (rest > 0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nrows, 8, (int)rest, 1.0f, E + kb + 8, (int)n,
-                        L + (kb + 8) * n + kb, (int)n, 1.0f, T, 8);
-        for (int64_t r = 0; r < nrows; r++) {
-            float q[8];
-            ql_quip_q8(T + r * 8, s1, s2, stage2, &c1[r * nb + k], &c2[r * nb + k], q);
-            for (int i = 0; i < 8; i++) E[r * n + kb + i] = w[r * n + kb + i] - q[i];
-        }
-        if ((k & 15) == 0) ql_progress_report(prog, nb - k, nb, "quip");
-    }
+    openblas_set_num_threads(1);
+    ql_parallel_items(nt, (nrows + LDLQ_ROWS - 1) / LDLQ_ROWS, ldlq_rows, &lc);
     openblas_set_num_threads(saved);
+    ql_status s = atomic_load(&lc.stop) ? ql_fail(QL_ERR_CANCELLED, "cancelled") : QL_OK;
     if (!s) ql_quip_pack(dst, nvec, stage2, s1, s2, QL_QUIP_SEED, c1, c2);
-    free(E), free(T), free(L), free(c1), free(c2);
+    free(L), free(c1), free(c2);
     return s;
 }
 
