@@ -36,6 +36,8 @@ static bool quip_serves(const ql_format *f, char *why, size_t cap) {
 static const ql_opt_def quip_opts[] = {
     {"damp", QL_OPT_FLOAT, 0.01, 0, 10, NULL,
      "Hessian dampening, fraction of the mean diagonal of the rotated Hessian (raised x10 if singular)"},
+    {"scale_search", QL_OPT_BOOL, 1, 0, 1, NULL,
+     "1: run LDLQ at 0.9x..1.35x the format's scales and keep the least Hessian-weighted error (5x the time)"},
     {"ldlq", QL_OPT_BOOL, 1, 0, 1, NULL, "0: round each 8-vector to its nearest codeword (rotation alone, no error feedback)"},
 };
 
@@ -46,6 +48,7 @@ extern const ql_method ql_method_quip;
 typedef struct {
     const float *w, *L;
     uint16_t *c1, *c2;
+    float *err; /* [nrows, n]: W̃ − Ŵ, written by the workers */
     int64_t n, nb, nrows;
     float s1, s2;
     int stage2;
@@ -75,6 +78,7 @@ static void ldlq_rows(void *ctx, int worker, int64_t item) {
             for (int i = 0; i < 8; i++) E[r * n + kb + i] = w[r * n + kb + i] - q[i];
         }
     }
+    memcpy(c->err + r0 * n, E, (size_t)(nr * n) * sizeof(float));
     free(E), free(T);
     long long d = atomic_fetch_add(&c->done, nr) + nr;
     if (ql_progress_cancelled(c->prog)) atomic_store(&c->stop, 1);
@@ -134,9 +138,11 @@ static ql_status quip_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
         info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)n, C, (lapack_int)n);
         if (info != 0) lam = lam > 0 ? lam * 10 : 1e-6 * mean;
     }
+    float *Hf = ql_malloc((size_t)(n * n) * sizeof(float)); /* H̃ for the output error of each scale */
+    for (int64_t i = 0; i < n * n; i++) Hf[i] = (float)(H[i] / mean);
     free(H);
     if (info != 0) {
-        free(C), free(c1), free(c2);
+        free(C), free(c1), free(c2), free(Hf);
         return ql_fail(QL_ERR_ARG, "quip: Hessian not positive definite even with dampening %g", lam / mean);
     }
     /* L[j, kb..kb+8) = C[j, kb..kb+8) · C_kk⁻¹ for rows j below block k (float, row-major [n, n]) */
@@ -160,15 +166,43 @@ static ql_status quip_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
     }
     free(C);
 
-    /* rows are independent given L: workers take ranges of rows through every block, one BLAS thread each */
-    ldlq_ctx lc = {.w = w, .L = L, .c1 = c1, .c2 = c2, .n = n, .nb = nb, .nrows = nrows, .s1 = s1, .s2 = s2,
-                   .stage2 = stage2, .prog = prog};
+    /* rows are independent given L: workers take ranges of rows through every block, one BLAS thread each.
+     * With scale_search, LDLQ runs at several multiples of the format's scales (error feedback makes the
+     * targets larger than the rotated weights, so rounding's best scale is not LDLQ's) and the codes with
+     * the least tr(ΔW̃ H̃ ΔW̃ᵀ) are kept. */
+    static const float mults[] = {1.0f, 0.9f, 1.1f, 1.2f, 1.35f};
+    const int nm = ql_opt_bool(v, &ql_method_quip, "scale_search") ? (int)QL_ARRAY_LEN(mults) : 1;
+    float *err = ql_malloc((size_t)(nrows * n) * sizeof(float)), *eh = ql_malloc((size_t)(nrows * n) * sizeof(float));
+    uint16_t *b1 = ql_malloc((size_t)nvec * 2), *b2 = ql_malloc((size_t)nvec * 2);
+    double best = INFINITY;
+    float bs1 = s1, bs2 = s2;
+    ql_status s = QL_OK;
     int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-    ql_parallel_items(nt, (nrows + LDLQ_ROWS - 1) / LDLQ_ROWS, ldlq_rows, &lc);
+    for (int mi = 0; mi < nm && !s; mi++) {
+        ldlq_ctx lc = {.w = w, .L = L, .c1 = c1, .c2 = c2, .err = err, .n = n, .nb = nb, .nrows = nrows,
+                       .s1 = s1 * mults[mi], .s2 = s2 * mults[mi], .stage2 = stage2, .prog = prog};
+        openblas_set_num_threads(1);
+        ql_parallel_items(nt, (nrows + LDLQ_ROWS - 1) / LDLQ_ROWS, ldlq_rows, &lc);
+        openblas_set_num_threads(nt);
+        if (atomic_load(&lc.stop)) {
+            s = ql_fail(QL_ERR_CANCELLED, "cancelled");
+            break;
+        }
+        double e = 0;
+        if (nm > 1) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nrows, (int)n, (int)n, 1.0f, err, (int)n, Hf,
+                        (int)n, 0.0f, eh, (int)n);
+            for (int64_t i = 0; i < nrows * n; i++) e += (double)err[i] * eh[i];
+        }
+        if (e < best) {
+            best = e, bs1 = lc.s1, bs2 = lc.s2;
+            memcpy(b1, c1, (size_t)nvec * 2);
+            memcpy(b2, c2, (size_t)nvec * 2);
+        }
+    }
     openblas_set_num_threads(saved);
-    ql_status s = atomic_load(&lc.stop) ? ql_fail(QL_ERR_CANCELLED, "cancelled") : QL_OK;
-    if (!s) ql_quip_pack(dst, nvec, stage2, s1, s2, QL_QUIP_SEED, c1, c2);
+    if (!s) ql_quip_pack(dst, nvec, stage2, bs1, bs2, QL_QUIP_SEED, b1, b2);
+    free(err), free(eh), free(b1), free(b2), free(Hf);
     free(L), free(c1), free(c2);
     return s;
 }
