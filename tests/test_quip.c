@@ -26,7 +26,7 @@
 #include "kernels/e8p.h"
 #include "kernels/hadamard.h"
 #include "methods/method.h"
-#include "test_util.h"
+#include "tests/test_util.h"
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 static double rnd_u(void) {
