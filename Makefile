@@ -111,8 +111,8 @@ check-layers:
 check-mixes: all
 	@bash tests/mixes_check.sh
 
-bench: all
-	@QLAB=./$(BIN) bash bench/run.sh
+bench: all $(BUILD)/bench/quip_bench
+	@QLAB=./$(BIN) QUIP_BENCH=$(BUILD)/bench/quip_bench bash bench/run.sh
 
 FUZZERS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 # Each harness also links with a plain driver (fuzz/replay_main.c) so `make test` replays tests/corpus/NAME/
@@ -148,6 +148,15 @@ bench-gptq: $(BUILD)/bench/gptq_bench
 	$(BUILD)/bench/gptq_bench $(ARGS)
 
 $(BUILD)/bench/gptq_bench: bench/gptq_bench.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+
+# QuIP# encode speed per million weights (e8p, e8p_rvq4, rht_int4_g64, quip LDLQ); `make bench-quip ARGS="rows cols threads"`
+.PHONY: bench-quip
+bench-quip: $(BUILD)/bench/quip_bench
+	$(BUILD)/bench/quip_bench $(ARGS)
+
+$(BUILD)/bench/quip_bench: bench/quip_bench.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 

@@ -104,4 +104,9 @@ if [ -f "$SHARED/models/stories260K.gguf" ] && [ -f "$SHARED/data/wikitext-2-val
   printf '%-58s %13.1fs %14s %8s\n' "sense stories260K --level kld, 6 candidates x 37 tensors" \
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" "-" "-"
 fi
+# QuIP# (issue 13): encode seconds per million weights on 2 threads (quip_bench, built by `make bench`)
+if [ -n "${QUIP_BENCH:-}" ] && [ -x "$QUIP_BENCH" ]; then
+  echo
+  "$QUIP_BENCH" 1024 1024 "$THREADS"
+fi
 exit 0

@@ -22,6 +22,8 @@ QL_FMT_INT_FAMILY(QL_FMT_INT_EXTERN)
 extern const ql_format ql_fmt_int4_channel, ql_fmt_int8_channel, ql_fmt_int8_tensor;
 extern const ql_format ql_fmt_int4_b64, ql_fmt_int4_b128, ql_fmt_int8_b64, ql_fmt_int8_b128;
 extern const ql_format ql_fmt_nf4, ql_fmt_nf4_dq, ql_fmt_fp4, ql_fmt_fp4_dq;
+extern const ql_format ql_fmt_e8p, ql_fmt_e8p_rvq3, ql_fmt_e8p_rvq4, ql_fmt_rht_int2_g64, ql_fmt_rht_int3_g64,
+    ql_fmt_rht_int4_g64;
 extern const ql_format ql_fmt_fp8_e4m3, ql_fmt_fp8_e5m2, ql_fmt_fp8_e4m3_channel, ql_fmt_fp8_e5m2_channel,
     ql_fmt_fp8_e4m3_block, ql_fmt_fp8_e5m2_block;
 
@@ -43,6 +45,7 @@ static const ql_format *const g_formats[] = {
     &ql_fmt_int4_channel, &ql_fmt_int4_b64, &ql_fmt_int4_b128,
     &ql_fmt_nf4, &ql_fmt_nf4_dq, &ql_fmt_fp4, &ql_fmt_fp4_dq,
     QL_FMT_INT_FAMILY(QL_FMT_INT_REF)
+    &ql_fmt_e8p, &ql_fmt_e8p_rvq3, &ql_fmt_e8p_rvq4, &ql_fmt_rht_int2_g64, &ql_fmt_rht_int3_g64, &ql_fmt_rht_int4_g64,
 };
 
 static bool g_force_ref;
@@ -98,7 +101,7 @@ const char *ql_format_family_name(ql_format_family f) {
         [QL_FAMILY_GGML_K] = "ggml-k",        [QL_FAMILY_GGML_IQ] = "ggml-iq",
         [QL_FAMILY_GGML_TERNARY] = "ggml-ternary", [QL_FAMILY_FP4_MICRO] = "fp4-microscaling",
         [QL_FAMILY_INT] = "int",              [QL_FAMILY_BNB4] = "bnb4",
-        [QL_FAMILY_FP8] = "fp8",
+        [QL_FAMILY_FP8] = "fp8",              [QL_FAMILY_ROTATED] = "rotated",
     };
     return f > QL_FAMILY_UNSET && f < QL_FAMILY_COUNT ? names[f] : NULL;
 }
@@ -111,6 +114,7 @@ bool ql_format_fits(const ql_format *f, int64_t ncols) {
 
 int64_t ql_format_tensor_bytes(const ql_format *f, int64_t ncols, int64_t nrows) {
     if (!ql_format_fits(f, ncols) || nrows < 0) return -1;
+    if (f->shape_ok && !f->shape_ok(ncols, nrows, NULL, 0)) return -1;
     if (f->tensor_bytes) return f->tensor_bytes(ncols, nrows);
     int64_t rb = f->row_bytes ? f->row_bytes(ncols) : ncols / f->block * f->block_bytes;
     return rb * nrows;
@@ -156,6 +160,10 @@ ql_status ql_format_quantize(const ql_format *f, const float *src, void *dst, in
     if (!ql_format_fits(f, ncols))
         return ql_fail(QL_ERR_ARG, "format %s needs rows that are a multiple of %d (got %lld)", f->name, f->block,
                        (long long)ncols);
+    char why[256];
+    if (f->shape_ok && !f->shape_ok(ncols, nrows, why, sizeof why))
+        return ql_fail(QL_ERR_ARG, "format %s cannot store a %lld x %lld tensor: %s", f->name, (long long)nrows,
+                       (long long)ncols, why);
     /* the i-quant quantizers abort without weights, as ggml's do: refuse here instead */
     if (f->requires_importance && !importance)
         return ql_fail(QL_ERR_ARG, "%s needs an importance matrix (--imatrix)", f->name);
@@ -173,6 +181,10 @@ ql_status ql_format_dequantize(const ql_format *f, const void *src, float *dst, 
                                int n_threads) {
     if (!ql_format_fits(f, ncols))
         return ql_fail(QL_ERR_ARG, "format %s: rows of %lld do not fit", f->name, (long long)ncols);
+    char why[256];
+    if (f->shape_ok && !f->shape_ok(ncols, nrows, why, sizeof why))
+        return ql_fail(QL_ERR_ARG, "format %s cannot hold a %lld x %lld tensor: %s", f->name, (long long)nrows,
+                       (long long)ncols, why);
     rows_job j = {.f = f, .qsrc = src, .fdst = dst, .ncols = ncols, .fast = !g_force_ref};
     if (f->whole_tensor) {
         dequant_range(&j, 0, 0, nrows);
@@ -189,6 +201,10 @@ ql_status ql_format_dequantize(const ql_format *f, const void *src, float *dst, 
 ql_status ql_format_roundtrip(const ql_format *f, const float *src, float *out, int64_t nrows, int64_t ncols,
                               const float *importance, int n_threads) {
     const int64_t bytes = ql_format_fits(f, ncols) ? ql_format_tensor_bytes(f, ncols, nrows) : -1;
+    char why[256];
+    if (bytes < 0 && f->shape_ok && ql_format_fits(f, ncols) && !f->shape_ok(ncols, nrows, why, sizeof why))
+        return ql_fail(QL_ERR_ARG, "format %s cannot store a %lld x %lld tensor: %s", f->name, (long long)nrows,
+                       (long long)ncols, why);
     if (bytes < 0)
         return ql_fail(QL_ERR_ARG, "format %s cannot store rows of %lld (blocks of %d)", f->name, (long long)ncols,
                        f->block);

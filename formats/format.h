@@ -35,6 +35,7 @@ typedef enum ql_format_family {
     QL_FAMILY_INT,       /* qlab's INTn groups, per-channel, per-tensor, 2-D tiles */
     QL_FAMILY_BNB4,      /* bitsandbytes NF4 / FP4 */
     QL_FAMILY_FP8,       /* OCP FP8 with float scales */
+    QL_FAMILY_ROTATED,   /* codes in a randomized-Hadamard basis: QuIP#'s E8P lattice codes, rht_int* */
     QL_FAMILY_COUNT,
 } ql_format_family;
 const char *ql_format_family_name(ql_format_family f);
@@ -106,6 +107,13 @@ typedef struct ql_format {
     /* llama.cpp's quantize tool stores a row that is not a multiple of block in this format instead
      * (NULL: f16, the last resort). Only meaningful for block > 32. */
     const char *fallback;
+    /* Formats that store a tensor in a rotated basis (QuIP#'s e8p*, rht_*: randomized Hadamard transforms
+     * on both sides, formats/fmt_quip.c) accept only the shapes a Hadamard matrix serves: shape_ok says
+     * why not (NULL: every shape that fits). ql_format_tensor_bytes is -1 for a refused shape, and the
+     * drivers fail with the reason. rotated: a weight's error spreads over its whole row and column
+     * (no per-position guarantees such as "NaN decodes to 0"); decode returns the weights rotated back. */
+    bool (*shape_ok)(int64_t ncols, int64_t nrows, char *why, size_t cap);
+    bool rotated;
     /* ---- reference codec (the specification) ---- */
     ql_quantize_fn quantize_rows;     /* NULL for decode-only types */
     ql_dequantize_fn dequantize_rows; /* required */

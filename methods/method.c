@@ -13,12 +13,14 @@ extern const ql_method ql_method_rtn;
 extern const ql_method ql_method_smoothquant;
 extern const ql_method ql_method_awq;
 extern const ql_method ql_method_gptq;
+extern const ql_method ql_method_quip;
 
 static const ql_method *const g_methods[] = {
     &ql_method_rtn,
     &ql_method_smoothquant,
     &ql_method_awq,
     &ql_method_gptq,
+    &ql_method_quip,
 };
 
 int ql_method_count(void) { return (int)QL_ARRAY_LEN(g_methods); }
@@ -333,6 +335,10 @@ ql_status ql_method_roundtrip(const ql_method *me, const float *w, int64_t nrows
     if (!me || me->quantize_tensor == rtn_quantize)
         return ql_format_roundtrip(f, w, out, nrows, ncols, o ? o->importance : NULL, nt);
     const int64_t bytes = ql_format_fits(f, ncols) ? ql_format_tensor_bytes(f, ncols, nrows) : -1;
+    char why[256];
+    if (bytes < 0 && f->shape_ok && !f->shape_ok(ncols, nrows, why, sizeof why))
+        return ql_fail(QL_ERR_ARG, "format %s cannot store a %lld x %lld tensor: %s", f->name, (long long)nrows,
+                       (long long)ncols, why);
     if (bytes < 0)
         return ql_fail(QL_ERR_ARG, "format %s cannot store rows of %lld (blocks of %d)", f->name, (long long)ncols,
                        f->block);

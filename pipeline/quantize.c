@@ -477,6 +477,12 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
             s = ql_fail(QL_ERR_ARG, "tensor '%s': rows of %lld do not fit %s", t->name, (long long)t->ne[0], e->format->name);
             goto out;
         }
+        char why[256];
+        if (requant && e->format->shape_ok && !e->format->shape_ok(t->ne[0], (t->ne[1] * t->ne[2] * t->ne[3]), why, sizeof why)) {
+            s = ql_fail(QL_ERR_ARG, "tensor '%s' (%lld x %lld): %s refuses it: %s", t->name, (long long)(t->ne[1] * t->ne[2] * t->ne[3]),
+                        (long long)t->ne[0], e->format->name, why);
+            goto out;
+        }
         uint32_t type = requant ? e->format->type : t->type;
         int64_t idx = ql_gguf_add_tensor(c.out, t->name, type, t->n_dims, t->ne, requant ? NULL : t->data);
         if (idx < 0) {

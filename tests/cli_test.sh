@@ -501,6 +501,23 @@ PY
     expect_error "HF folder missing a tensor names it" "model.layers.1.mlp.up_proj.weight" $QLAB info "$T/hf-cut"
   fi
 fi
+# QuIP# (issue 13): refusals name the reason, LDLQ beats rounding in the rotated basis, the file says llama.cpp
+# cannot load it (tinystories-d256; 20 chunks of KLD, 16 chunks of calibration)
+QM=$SHARED/models/tinystories-d256.gguf
+if [ -f "$QM" ] && [ -f "$SHARED/data/wikitext-2-valid.raw" ]; then
+  QCAL="--text $SHARED/data/wikitext-2-valid.raw --ctx 256 --chunks 16"
+  expect_error "quip needs calibration" "calibration" $QLAB quant "$QM" --type e8p --method quip -o "$T/x.gguf"
+  expect_error "quip writes only e8p*" "e8p" $QLAB quant "$QM" --type q4_k --method quip $QCAL -o "$T/x.gguf"
+  expect_error "e8p refuses 172 rows with the reason" "no Hadamard matrix of order 172" $QLAB quant "$SHARED/models/stories260K.gguf" --type e8p -o "$T/x.gguf"
+  $QLAB quant "$QM" --type e8p -o "$T/e8p.gguf" >/dev/null 2>&1
+  $QLAB quant "$QM" --type e8p --method quip $QCAL -o "$T/e8pq.gguf" >/dev/null 2>&1
+  if $QLAB info "$T/e8pq.gguf" 2>/dev/null | grep -q "llama.cpp cannot run it"; then ok "info: llama.cpp cannot load e8p"; else bad "info on e8p"; fi
+  $QLAB ppl "$QM" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --save-logits "$T/q20.qlp" >/dev/null 2>&1
+  kld20() { $QLAB ppl "$1" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --kld-base "$T/q20.qlp" --json 2>/dev/null | sed -n 's/.*"kld_mean": \([0-9.e-]*\).*/\1/p'; }
+  kr=$(kld20 "$T/e8p.gguf"); kq=$(kld20 "$T/e8pq.gguf")
+  if awk -v r="$kr" -v q="$kq" 'BEGIN { exit !(q < r && q > 0) }'; then ok "e8p KLD: quip (LDLQ) $kq < rounding $kr"
+  else bad "e8p KLD: quip '$kq' vs rounding '$kr'"; fi
+fi
 
 echo "cli_test: $pass passed, $fail failed, $skipped skipped"
 [ $fail -eq 0 ]
