@@ -741,7 +741,7 @@ static void test_refusals(void **state) {
 static void test_gguf_missing_tensor(void **state) {
     (void)state;
     static const char *models[][2] = {{"llama3", "blk.1.attn_k.weight"},  {"qwen2", "blk.0.ffn_down.weight"},
-                                      {"qwen3", "blk.1.attn_k.weight"}, {"gemma2", "blk.0.post_ffw_norm.weight"},
+                                      {"qwen3", "blk.1.attn_q_norm.weight"}, {"gemma2", "blk.0.post_ffw_norm.weight"},
                                       {"gemma3", "blk.5.attn_k_norm.weight"}, {"phi3", "blk.1.attn_qkv.weight"}};
     int tested = 0;
     for (size_t m = 0; m < QL_ARRAY_LEN(models); m++) {
