@@ -3,8 +3,9 @@
  * mapping and decodes a block of rows just before each sgemm, or multiplies INT8 by INT8 (core/wmatmul.c),
  * so memory is the file plus small tiles (wants_f32 = false). The same table with wants_f32 = true runs on
  * F32 copies decoded by the pipeline, and gives the same numbers (tests/test_wmatmul.c compares them).
- * Buffers are plain heap memory, sync() has nothing to wait for, and the KV cache is F32, so kv_load
- * hands out views of the cache itself. */
+ * Buffers are plain heap memory, sync() has nothing to wait for; the F32 KV cache hands out views of itself
+ * from kv_load, a KV scheme's cache (core/kv_cache.h) decodes into the caller's buffers, and kv_attention
+ * reads it the way llama.cpp's CPU flash attention does. */
 #include "core/backend.h"
 #include "core/wmatmul.h"
 #include "kernels/ggml_types.h"
@@ -24,8 +25,10 @@ typedef struct {
 } cpu_backend;
 
 typedef struct {
-    float *k, *v; /* [max_tokens, kv_dim] */
+    float *k, *v; /* [max_tokens, kv_dim]: the F32 cache (NULL for a scheme's) */
     int max_tokens, kv_dim;
+    ql_kv_buf *kb, *vb; /* a KV scheme's K and V (core/kv_cache.h), NULL for the F32 cache */
+    ql_kv_scheme scheme;
 } cpu_kv;
 
 static float *rope_table(float base, int rope_dim) {
@@ -273,12 +276,18 @@ static void cpu_kv_free(void *be, void *p) {
     if (!kv) return;
     free(kv->k);
     free(kv->v);
+    ql_kv_buf_free(kv->kb);
+    ql_kv_buf_free(kv->vb);
     free(kv);
 }
 
 static ql_status cpu_kv_store(void *be, void *p, int pos, int T, const float *k, const float *v) {
     (void)be;
     cpu_kv *kv = p;
+    if (kv->kb) {
+        ql_status st = ql_kv_buf_store(kv->kb, pos, T, k);
+        return st ? st : ql_kv_buf_store(kv->vb, pos, T, v);
+    }
     if (pos < 0 || T < 0 || pos + T > kv->max_tokens)
         return ql_fail(QL_ERR_ARG, "kv cache: positions %d..%d past its %d", pos, pos + T, kv->max_tokens);
     memcpy(kv->k + (size_t)pos * kv->kv_dim, k, (size_t)T * kv->kv_dim * sizeof(float));
@@ -288,8 +297,15 @@ static ql_status cpu_kv_store(void *be, void *p, int pos, int T, const float *k,
 
 static ql_status cpu_kv_load(void *be, void *p, int pos, int T, const float **k, const float **v, float *ktmp,
                              float *vtmp) {
-    (void)be, (void)ktmp, (void)vtmp;
+    (void)be;
     cpu_kv *kv = p;
+    if (kv->kb) {
+        ql_status st = ql_kv_buf_load(kv->kb, pos, T, ktmp);
+        if (!st) st = ql_kv_buf_load(kv->vb, pos, T, vtmp);
+        *k = ktmp;
+        *v = vtmp;
+        return st;
+    }
     if (pos < 0 || T < 0 || pos + T > kv->max_tokens)
         return ql_fail(QL_ERR_ARG, "kv cache: positions %d..%d past its %d", pos, pos + T, kv->max_tokens);
     *k = kv->k + (size_t)pos * kv->kv_dim;
@@ -331,6 +347,86 @@ static ql_status cpu_attention(void *p, const float *q, const float *k, const fl
     return QL_OK;
 }
 
+static ql_status cpu_kv_new_scheme(void *p, int max_tokens, int kv_dim, const ql_kv_scheme *sch, void **out) {
+    const cpu_backend *be = p;
+    if (!sch || ql_kv_scheme_is_f32(sch)) return cpu_kv_new(p, max_tokens, kv_dim, out);
+    const int hd = be->c->head_dim, nkv = kv_dim / hd;
+    cpu_kv *kv = ql_calloc(1, sizeof *kv);
+    kv->max_tokens = max_tokens;
+    kv->kv_dim = kv_dim;
+    kv->scheme = *sch;
+    kv->kb = ql_kv_buf_new(&sch->k, max_tokens, nkv, hd);
+    kv->vb = ql_kv_buf_new(&sch->v, max_tokens, nkv, hd);
+    if (!kv->kb || !kv->vb) {
+        cpu_kv_free(p, kv);
+        return ql_fail(QL_ERR_UNSUPPORTED, "kv cache: cannot store rows of %d in this scheme", kv_dim);
+    }
+    *out = kv;
+    return QL_OK;
+}
+
+/* Attention read from a scheme's cache. The quantized rows are decoded once and multiplied with sgemm like
+ * the F32 path; what ggml-cpu's flash attention does differently is reproduced where it changes numbers:
+ * the query is first rounded to the K type's vec_dot type (so Q8_0 x Q8_0 products), and a query reads the
+ * float rows of its residual window (ql_kv_side_quantized_prefix), patched into the scores and the output
+ * after the two sgemms. What remains different is summation order, and V=f16's fp16 accumulator (ggml
+ * accumulates V·softmax in fp16 for an f16 V; here it is F32). */
+static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float *out, int T, float *kt, float *vt) {
+    const cpu_backend *be = p;
+    cpu_kv *kv = kvp;
+    if (!kv->kb) return cpu_attention(p, q, kv->k, kv->v, S, out, T);
+    const ql_config *c = be->c;
+    const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
+    const int ldq = H * hd, ldkv = HKV * hd;
+    ql_status st = ql_kv_buf_load(kv->kb, 0, T, kt);
+    if (!st) st = ql_kv_buf_load(kv->vb, 0, T, vt);
+    if (st) return st;
+    const uint32_t qr = ql_kv_q_round_type(&kv->scheme.k);
+    if (qr != QL_TYPE_F32) round_activations(qr, q, q, T, ldq); /* in place: a block is read before written */
+    const ql_kv_side *ks = &kv->scheme.k, *vs = &kv->scheme.v;
+    /* a side has a float band when some query reads recent rows unquantized */
+    const bool kband = ks->kind != QL_KV_F32 && (ks->residual || ql_kv_side_token_group(ks) > 1);
+    const bool vband = vs->kind != QL_KV_F32 && (vs->residual || ql_kv_side_token_group(vs) > 1);
+    const float *kf = ql_kv_buf_float(kv->kb), *vf = ql_kv_buf_float(kv->vb);
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < H; h++) {
+        const int kvh = h / group;
+        const float *qh = q + h * hd, *kh = kt + kvh * hd, *vh = vt + kvh * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
+        for (int i = 0; i < T; i++) {
+            float *row = S + (size_t)i * T;
+            if (kband)
+                for (int j = ql_kv_side_quantized_prefix(ks, i + 1); j <= i; j++) {
+                    const float *a = qh + (size_t)i * ldq, *b = kf + (size_t)j * ldkv + kvh * hd;
+                    float d = 0;
+                    for (int e = 0; e < hd; e++) d += a[e] * b[e];
+                    row[j] = scale * d;
+                }
+            float mx = -INFINITY;
+            for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+            float sum = 0;
+            for (int j = 0; j <= i; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            float inv = 1.0f / sum;
+            for (int j = 0; j <= i; j++) row[j] *= inv;
+            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
+        if (vband)
+            for (int i = 0; i < T; i++) {
+                const float *row = S + (size_t)i * T;
+                float *o = out + (size_t)i * ldq + h * hd;
+                for (int j = ql_kv_side_quantized_prefix(vs, i + 1); j <= i; j++) {
+                    const float *a = vf + (size_t)j * ldkv + kvh * hd, *b = vh + (size_t)j * ldkv;
+                    for (int e = 0; e < hd; e++) o[e] += row[j] * (a[e] - b[e]);
+                }
+            }
+    }
+    return QL_OK;
+}
+
 const ql_backend_ops ql_backend_cpu = {
     .name = "cpu",
     .about = "weights read in their stored format (row tiles decoded before each sgemm, INT8xINT8 for W8A8), "
@@ -355,4 +451,6 @@ const ql_backend_ops ql_backend_cpu = {
     .kv_store = cpu_kv_store,
     .kv_load = cpu_kv_load,
     .attention = cpu_attention,
+    .kv_new_scheme = cpu_kv_new_scheme,
+    .kv_attention = cpu_kv_attention,
 };
