@@ -389,19 +389,25 @@ static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float 
     const bool vband = vs->kind != QL_KV_F32 && (vs->residual || ql_kv_side_token_group(vs) > 1);
     const float *kf = ql_kv_buf_float(kv->kb), *vf = ql_kv_buf_float(kv->vb);
     const float scale = 1.0f / sqrtf((float)hd);
+    /* the bands are patched a block of QB queries at a time with small sgemms over the keys [lo, i1) that
+     * cover every row's window (lo = the first row's window start: windows only move right) */
+    enum { QB = 64 };
+    float *band = kband || vband ? ql_malloc(((size_t)QB * T + (size_t)T * hd) * sizeof(float)) : NULL;
+    float *diff = band ? band + (size_t)QB * T : NULL;
     for (int h = 0; h < H; h++) {
         const int kvh = h / group;
         const float *qh = q + h * hd, *kh = kt + kvh * hd, *vh = vt + kvh * hd;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
+        for (int i0 = 0; kband && i0 < T; i0 += QB) {
+            const int i1 = i0 + QB < T ? i0 + QB : T, lo = ql_kv_side_quantized_prefix(ks, i0 + 1), w = i1 - lo;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, w, hd, scale, qh + (size_t)i0 * ldq, ldq,
+                        kf + (size_t)lo * ldkv + kvh * hd, ldkv, 0.0f, band, w);
+            for (int i = i0; i < i1; i++)
+                for (int j = ql_kv_side_quantized_prefix(ks, i + 1); j <= i; j++)
+                    S[(size_t)i * T + j] = band[(size_t)(i - i0) * w + (j - lo)];
+        }
         for (int i = 0; i < T; i++) {
             float *row = S + (size_t)i * T;
-            if (kband)
-                for (int j = ql_kv_side_quantized_prefix(ks, i + 1); j <= i; j++) {
-                    const float *a = qh + (size_t)i * ldq, *b = kf + (size_t)j * ldkv + kvh * hd;
-                    float d = 0;
-                    for (int e = 0; e < hd; e++) d += a[e] * b[e];
-                    row[j] = scale * d;
-                }
             float mx = -INFINITY;
             for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
             float sum = 0;
@@ -414,16 +420,22 @@ static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float 
             for (int j = i + 1; j < T; j++) row[j] = 0.0f;
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
-        if (vband)
-            for (int i = 0; i < T; i++) {
-                const float *row = S + (size_t)i * T;
-                float *o = out + (size_t)i * ldq + h * hd;
-                for (int j = ql_kv_side_quantized_prefix(vs, i + 1); j <= i; j++) {
-                    const float *a = vf + (size_t)j * ldkv + kvh * hd, *b = vh + (size_t)j * ldkv;
-                    for (int e = 0; e < hd; e++) o[e] += row[j] * (a[e] - b[e]);
-                }
+        /* out += P_window · (V_float - V_decoded) over each row's window */
+        for (int i0 = 0; vband && i0 < T; i0 += QB) {
+            const int i1 = i0 + QB < T ? i0 + QB : T, lo = ql_kv_side_quantized_prefix(vs, i0 + 1), w = i1 - lo;
+            for (int j = lo; j < i1; j++)
+                for (int e = 0; e < hd; e++)
+                    diff[(size_t)(j - lo) * hd + e] = vf[(size_t)j * ldkv + kvh * hd + e] - vh[(size_t)j * ldkv + e];
+            for (int i = i0; i < i1; i++) {
+                float *b = band + (size_t)(i - i0) * w;
+                const int from = ql_kv_side_quantized_prefix(vs, i + 1);
+                for (int j = lo; j < i1; j++) b[j - lo] = j >= from && j <= i ? S[(size_t)i * T + j] : 0.0f;
             }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, hd, w, 1.0f, band, w, diff, hd, 1.0f,
+                        out + (size_t)i0 * ldq + h * hd, ldq);
+        }
     }
+    free(band);
     return QL_OK;
 }
 
