@@ -24,7 +24,7 @@
 #include "formats/format.h"
 #include "kernels/blocks.h"
 #include "kernels/ggml_types.h"
-#include "test_util.h"
+#include "tests/test_util.h"
 
 static uint64_t rng = 88172645463325252ull;
 static float frand(void) { /* uniform in [-1, 1) */
