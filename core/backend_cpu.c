@@ -369,8 +369,9 @@ static ql_status cpu_kv_new_scheme(void *p, int max_tokens, int kv_dim, const ql
  * the F32 path; what ggml-cpu's flash attention does differently is reproduced where it changes numbers:
  * the query is first rounded to the K type's vec_dot type (so Q8_0 x Q8_0 products), and a query reads the
  * float rows of its residual window (ql_kv_side_quantized_prefix), patched into the scores and the output
- * after the two sgemms. What remains different is summation order, and V=f16's fp16 accumulator (ggml
- * accumulates V·softmax in fp16 for an f16 V; here it is F32). */
+ * after the two sgemms. What remains different is summation order, and for an f16 V ggml's one-query path
+ * (decoding) keeps its V·softmax accumulator in fp16, here F32 as in ggml's tiled prompt path, which is what
+ * perplexity runs. */
 static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float *out, int T, float *kt, float *vt) {
     const cpu_backend *be = p;
     cpu_kv *kv = kvp;
