@@ -16,10 +16,6 @@ static const char *INFO_USAGE =
     "--ctx N prints the KV cache's exact bytes at N tokens for B sequences (default 1) beside the weights':\n"
     "for the --kv scheme (see qlab ppl --help), or for every llama.cpp cache type and a few qlab schemes.\n";
 
-/* the schemes `qlab info --ctx` lists when no --kv is given */
-static const char *const KV_LIST[] = {"f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl",
-                                      "int8_token_g32", "int4_token_g32", "int8_channel_g32", "int4_channel_g32",
-                                      "kivi4", "kivi2", "fp8_e4m3", "fp8_e5m2"};
 
 static int64_t numel(const ql_gguf_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
 
@@ -44,6 +40,8 @@ int cmd_info(int argc, char **argv) {
     ql_kv_scheme kvs;
     if (kv && !ql_kv_scheme_parse(kv, &kvs)) return cli_fail("info");
     if (kv && !ctx) return cli_usage_error("info", INFO_USAGE, "--kv needs --ctx N");
+    int n_kv_list;
+    const char *const *kv_list = ql_kv_scheme_examples(&n_kv_list);
     ql_model *m;
     if (ql_model_load(path, &m)) return cli_fail("info");
     const ql_config *c = &m->cfg;
@@ -99,10 +97,10 @@ int cmd_info(int argc, char **argv) {
             json_t *kvo = json_object(), *list = json_object();
             json_object_set_new(kvo, "ctx", json_integer(ctx));
             json_object_set_new(kvo, "batch", json_integer(batch));
-            for (size_t i = 0; i < (kv ? 1 : QL_ARRAY_LEN(KV_LIST)); i++) {
+            for (int i = 0; i < (kv ? 1 : n_kv_list); i++) {
                 ql_kv_scheme sc;
                 char nm[160];
-                if (!kv) ql_kv_scheme_parse(KV_LIST[i], &sc);
+                if (!kv) ql_kv_scheme_parse(kv_list[i], &sc);
                 else sc = kvs;
                 bool fits = ql_kv_scheme_check(&sc, c, path) == QL_OK;
                 json_object_set_new(list, ql_kv_scheme_name(&sc, nm, sizeof nm),
@@ -147,10 +145,10 @@ int cmd_info(int argc, char **argv) {
         if (ctx) {
             printf("  KV cache at ctx %d x %d sequence%s (weights %.2f MiB):\n", ctx, batch, batch > 1 ? "s" : "",
                    bytes / 1048576.0);
-            for (size_t i = 0; i < (kv ? 1 : QL_ARRAY_LEN(KV_LIST)); i++) {
+            for (int i = 0; i < (kv ? 1 : n_kv_list); i++) {
                 ql_kv_scheme sc;
                 char nm[160];
-                if (!kv) ql_kv_scheme_parse(KV_LIST[i], &sc);
+                if (!kv) ql_kv_scheme_parse(kv_list[i], &sc);
                 else sc = kvs;
                 ql_kv_scheme_name(&sc, nm, sizeof nm);
                 if (ql_kv_scheme_check(&sc, c, path) != QL_OK) {

@@ -16,6 +16,15 @@
 /* llama.cpp's cache types, in its -ctk / -ctv list order */
 static const char *const LLAMA_TYPES[] = {"f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"};
 
+static const char *const EXAMPLES[] = {"f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl",
+                                       "int8_token_g32", "int4_token_g32", "int8_channel_g32", "int4_channel_g32",
+                                       "kivi4", "kivi2", "fp8_e4m3", "fp8_e5m2"};
+
+const char *const *ql_kv_scheme_examples(int *n) {
+    *n = (int)QL_ARRAY_LEN(EXAMPLES);
+    return EXAMPLES;
+}
+
 ql_kv_scheme ql_kv_scheme_f32(void) {
     ql_kv_scheme s;
     memset(&s, 0, sizeof s);

@@ -56,6 +56,8 @@ const char *ql_kv_scheme_name(const ql_kv_scheme *s, char *buf, size_t n);
 const char *ql_kv_side_name(const ql_kv_side *s, char *buf, size_t n);
 bool ql_kv_scheme_is_f32(const ql_kv_scheme *s);
 bool ql_kv_scheme_equal(const ql_kv_scheme *a, const ql_kv_scheme *b);
+/* The schemes listings show (qlab info --ctx, tables): llama.cpp's cache types, then qlab's. */
+const char *const *ql_kv_scheme_examples(int *n);
 /* Whether the model's head dimension can hold the scheme: a ggml block type needs head_dim % block == 0 (llama.cpp
  * refuses otherwise), a per-token INT group must divide head_dim, Hadamard needs a power of two. QL_OK or a
  * one-line error naming the model, the scheme and what would fit. */
