@@ -6,6 +6,7 @@
 #include "formats/fmt_ext.h"
 #include "formats/format.h"
 #include "kernels/blocks.h"
+#include "kernels/ggml_quants.h"
 #include "kernels/ggml_types.h"
 
 #include <math.h>
@@ -341,6 +342,7 @@ static void quantize_tokens(ql_kv_buf *b, int a, int e) {
     if (s->kind == QL_KV_GGML) {
         uint8_t *dst = b->bytes + (size_t)a * b->row_bytes;
         if (b->f->type == QL_TYPE_Q8_0) quantize_q8_0_cpu(src, (blk_q8_0 *)dst, (int64_t)(e - a) * D);
+        else if (b->f->type == QL_TYPE_IQ4_NL) ql_quantize_row_iq4_nl_fast_ref(src, dst, (int64_t)(e - a) * D);
         else ql_format_quantize(b->f, src, dst, e - a, D, NULL, 1);
     } else {
         float *y = b->deq + (size_t)a * D;

@@ -4,7 +4,8 @@
  * Two families:
  *  - llama.cpp's cache types (f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl): rows of n_head_kv·head_dim
  *    stored with the format registry's codecs (q8_0 with the ties-to-even rounding of ggml's CPU
- *    quantize_row_q8_0, which is what ggml_set_rows/ggml_cpy call when llama.cpp writes its cache), and the
+ *    quantize_row_q8_0, and iq4_nl with ggml's quicker quantize_row_iq4_nl_ref: what ggml_set_rows/ggml_cpy
+ *    call when llama.cpp writes its cache), and the
  *    query rounded to the K type's vec_dot type before the dot products (ql_kv_q_round_type), as ggml-cpu's
  *    flash attention does;
  *  - qlab's own: INT8/INT4/INT2 with an fp16 scale and minimum per group, per token (groups of 32/64/128
