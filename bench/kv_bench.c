@@ -10,6 +10,7 @@
 #include "core/synth.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,9 +37,9 @@ static double run(const ql_backend_ops *cpu, void *be, const ql_kv_scheme *s, in
         if (f32) {
             const float *lk, *lv;
             cpu->kv_load(be, kv, 0, T, &lk, &lv, kt, vt);
-            cpu->attention(be, qw, lk, lv, S, out, T);
+            cpu->attention(be, qw, lk, lv, S, out, T, 0);
         } else
-            cpu->kv_attention(be, kv, qw, S, out, T, kt, vt);
+            cpu->kv_attention(be, kv, qw, S, out, T, 0, kt, vt);
         double dt = cpu_s() - t0;
         best = dt < best ? dt : best;
     }
@@ -65,6 +66,7 @@ int main(int argc, char **argv) {
     c->n_layer = 1, c->n_embd = sh->n_embd, c->n_head = sh->n_head, c->n_head_kv = sh->n_head_kv;
     c->head_dim = sh->head_dim ? sh->head_dim : sh->n_embd / sh->n_head;
     c->rope_dim = c->head_dim, c->rope_base = sh->rope_base, c->rope_scale = 1;
+    c->attn_scale = 1.0f / sqrtf((float)c->head_dim);
     const int H = c->n_head, HKV = c->n_head_kv, hd = c->head_dim;
     const ql_backend_ops *cpu = ql_backend_find("cpu");
     void *be;

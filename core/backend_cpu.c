@@ -313,35 +313,42 @@ static ql_status cpu_kv_load(void *be, void *p, int pos, int T, const float **k,
     return QL_OK;
 }
 
+/* Row i of S [T, T] (scaled scores) becomes the causal softmax over the positions layer `layer` sees: soft-capped
+ * when cfg.attn_softcap > 0, the cfg.n_swa most recent on a sliding layer; every other entry 0. */
+static void causal_softmax(const ql_config *c, float *S, int T, int layer) {
+    const float cap = c->attn_softcap;
+    const int window = ql_layer_is_swa(c, layer) ? c->n_swa : 0; /* 0: every earlier position */
+    for (int i = 0; i < T; i++) {
+        float *row = S + (size_t)i * T;
+        const int j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+        if (cap > 0)
+            for (int j = j0; j <= i; j++) row[j] = tanhf(row[j] * (1.0f / cap)) * cap;
+        float mx = -INFINITY;
+        for (int j = j0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+        float sum = 0;
+        for (int j = j0; j <= i; j++) {
+            row[j] = expf(row[j] - mx);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < j0; j++) row[j] = 0.0f;
+        for (int j = j0; j <= i; j++) row[j] *= inv;
+        for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+    }
+}
+
 static ql_status cpu_attention(void *p, const float *q, const float *k, const float *v, float *S, float *out, int T,
                                int layer) {
     const cpu_backend *be = p;
     const ql_config *c = be->c;
     const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
     const int ldq = H * hd, ldkv = HKV * hd;
-    const float scale = c->attn_scale, cap = c->attn_softcap;
-    const int window = ql_layer_is_swa(c, layer) ? c->n_swa : 0; /* 0: every earlier position */
+    const float scale = c->attn_scale;
     for (int h = 0; h < H; h++) {
         const int kvh = h / group;
         const float *qh = q + h * hd, *kh = k + kvh * hd, *vh = v + kvh * hd;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
-        for (int i = 0; i < T; i++) {
-            float *row = S + (size_t)i * T;
-            const int j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
-            if (cap > 0)
-                for (int j = j0; j <= i; j++) row[j] = tanhf(row[j] * (1.0f / cap)) * cap;
-            float mx = -INFINITY;
-            for (int j = j0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0;
-            for (int j = j0; j <= i; j++) {
-                row[j] = expf(row[j] - mx);
-                sum += row[j];
-            }
-            float inv = 1.0f / sum;
-            for (int j = 0; j < j0; j++) row[j] = 0.0f;
-            for (int j = j0; j <= i; j++) row[j] *= inv;
-            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
-        }
+        causal_softmax(c, S, T, layer);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
     }
     return QL_OK;
@@ -372,10 +379,11 @@ static ql_status cpu_kv_new_scheme(void *p, int max_tokens, int kv_dim, const ql
  * after the two sgemms. What remains different is summation order, and for an f16 V ggml's one-query path
  * (decoding) keeps its V·softmax accumulator in fp16, here F32 as in ggml's tiled prompt path, which is what
  * perplexity runs. */
-static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float *out, int T, float *kt, float *vt) {
+static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float *out, int T, int layer, float *kt,
+                                  float *vt) {
     const cpu_backend *be = p;
     cpu_kv *kv = kvp;
-    if (!kv->kb) return cpu_attention(p, q, kv->k, kv->v, S, out, T);
+    if (!kv->kb) return cpu_attention(p, q, kv->k, kv->v, S, out, T, layer);
     const ql_config *c = be->c;
     const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
     const int ldq = H * hd, ldkv = HKV * hd;
@@ -389,7 +397,7 @@ static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float 
     const bool kband = ks->kind != QL_KV_F32 && (ks->residual || ql_kv_side_token_group(ks) > 1);
     const bool vband = vs->kind != QL_KV_F32 && (vs->residual || ql_kv_side_token_group(vs) > 1);
     const float *kf = ql_kv_buf_float(kv->kb), *vf = ql_kv_buf_float(kv->vb);
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = c->attn_scale;
     /* the bands are patched a block of QB queries at a time with small sgemms over the keys [lo, i1) that
      * cover every row's window (lo = the first row's window start: windows only move right) */
     enum { QB = 64 };
@@ -407,19 +415,7 @@ static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float 
                 for (int j = ql_kv_side_quantized_prefix(ks, i + 1); j <= i; j++)
                     S[(size_t)i * T + j] = band[(size_t)(i - i0) * w + (j - lo)];
         }
-        for (int i = 0; i < T; i++) {
-            float *row = S + (size_t)i * T;
-            float mx = -INFINITY;
-            for (int j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0;
-            for (int j = 0; j <= i; j++) {
-                row[j] = expf(row[j] - mx);
-                sum += row[j];
-            }
-            float inv = 1.0f / sum;
-            for (int j = 0; j <= i; j++) row[j] *= inv;
-            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
-        }
+        causal_softmax(c, S, T, layer);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
         /* out += P_window · (V_float - V_decoded) over each row's window */
         for (int i0 = 0; vband && i0 < T; i0 += QB) {

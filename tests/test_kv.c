@@ -69,6 +69,7 @@ static ql_config cfg_of(int n_layer, int n_head, int n_head_kv, int hd) {
     memset(&c, 0, sizeof c);
     c.n_layer = n_layer, c.n_head = n_head, c.n_head_kv = n_head_kv, c.head_dim = hd, c.rope_dim = hd;
     c.n_embd = n_head * hd, c.rope_base = 10000, c.rope_scale = 1, c.norm_eps = 1e-5f;
+    c.attn_scale = 1.0f / sqrtf((float)hd);
     return c;
 }
 
@@ -283,7 +284,7 @@ static void attention_case(const char *scheme_name, int H, int HKV, int hd, int 
     for (int i = 0; i < T * D; i++) k[i] = 2.0f * frand(), v[i] = grand();
     memcpy(q2, q, (size_t)T * Q * 4);
     assert_int_equal(cpu->kv_store(be, kv, 0, T, k, v), QL_OK);
-    assert_int_equal(cpu->kv_attention(be, kv, q2, S, out, T, kt, vt), QL_OK);
+    assert_int_equal(cpu->kv_attention(be, kv, q2, S, out, T, 0, kt, vt), QL_OK);
     /* the reference: decoded rows from separate buffers, the query rounded through the registry's codec of
      * the K type's vec_dot type (no ties in random data, so roundf = ties-to-even) */
     ql_kv_buf *kb = ql_kv_buf_new(&s.k, T, HKV, hd), *vb = ql_kv_buf_new(&s.v, T, HKV, hd);
@@ -322,7 +323,7 @@ static void attention_case(const char *scheme_name, int H, int HKV, int hd, int 
     if (!ql_kv_scheme_is_f32(&s)) {
         float *f32out = malloc((size_t)T * Q * 4);
         memcpy(q2, q, (size_t)T * Q * 4);
-        cpu->attention(be, q2, k, v, S, f32out, T);
+        cpu->attention(be, q2, k, v, S, f32out, T, 0);
         assert_memory_not_equal(f32out, out, (size_t)T * Q * 4);
         free(f32out);
     }
