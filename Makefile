@@ -160,6 +160,15 @@ $(BUILD)/bench/quip_bench: bench/quip_bench.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 
+# One layer's attention with a quantized KV cache vs F32 (1B shape, ctx 2048); `make bench-kv ARGS="shape ctx threads reps schemes..."`
+.PHONY: bench-kv
+bench-kv: $(BUILD)/bench/kv_bench
+	$(BUILD)/bench/kv_bench $(ARGS)
+
+$(BUILD)/bench/kv_bench: bench/kv_bench.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+
 # GPTQ on the GPU on gptq_bench's layer (int4_g128); `make bench-gptq-cuda ARGS="rows cols fmt block"`.
 # Prints "GPU: not available on this machine" without a CUDA device.
 .PHONY: bench-gptq-cuda

@@ -109,4 +109,11 @@ if [ -n "${QUIP_BENCH:-}" ] && [ -x "$QUIP_BENCH" ]; then
   echo
   "$QUIP_BENCH" 1024 1024 "$THREADS"
 fi
+# 6. KV cache (issue 12): one layer's attention at ctx 2048 on the llama-3.2-1b geometry (32 heads, 8 KV heads,
+#    head dim 64), each scheme against the F32 cache (bench/kv_bench.c; CPU time of all threads, so other jobs
+#    on the machine do not count). Goal: a quantized cache costs at most 1.15x the F32 one.
+make -s --no-print-directory build/bench/kv_bench >/dev/null 2>&1
+echo
+[ -x build/bench/kv_bench ] && build/bench/kv_bench llama-3.2-1b 2048 "$THREADS" 2 f16 q8_0 q4_0 q8_0:q4_0 \
+  int8_token_g32 int4_token_g64 kivi4 fp8_e4m3 2>&1
 exit 0

@@ -2,16 +2,20 @@
 #include "cli/cli.h"
 #include "kernels/ggml_types.h"
 #include "core/model.h"
+#include "core/kv_cache.h"
 
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char *INFO_USAGE =
-    "usage: qlab info MODEL [--json] [--no-tensors]\n"
+    "usage: qlab info MODEL [--json] [--no-tensors] [--ctx N [--batch B] [--kv K[:V]]]\n"
     "Architecture, hyper-parameters, parameter count and every tensor (name, shape, type, bytes, bits per weight).\n"
     "MODEL is a .gguf file, a Hugging Face folder (config.json + safetensors) or a llama2.c .bin.\n"
-    "bpw counts every tensor; bpw_quantized only the 2-D weight matrices (what target-BPW plans count).\n";
+    "bpw counts every tensor; bpw_quantized only the 2-D weight matrices (what target-BPW plans count).\n"
+    "--ctx N prints the KV cache's exact bytes at N tokens for B sequences (default 1) beside the weights':\n"
+    "for the --kv scheme (see qlab ppl --help), or for every llama.cpp cache type and a few qlab schemes.\n";
+
 
 static int64_t numel(const ql_gguf_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
 
@@ -20,14 +24,24 @@ int cmd_info(int argc, char **argv) {
     cli_args_init(&a, argc, argv, INFO_USAGE);
     const char *flag, *pos, *path = NULL;
     bool json = false, tensors = true;
+    int ctx = 0, batch = 1;
+    const char *kv = NULL;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) path = pos;
         else if (!strcmp(flag, "--json")) json = true;
         else if (!strcmp(flag, "--no-tensors")) tensors = false;
+        else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) ctx = cli_int(&a, flag, 1, 1 << 24);
+        else if (!strcmp(flag, "--batch")) batch = cli_int(&a, flag, 1, 1 << 16);
+        else if (!strcmp(flag, "--kv")) kv = cli_value(&a, flag);
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
     if (!path) return cli_usage_error("info", INFO_USAGE, "needs MODEL");
+    ql_kv_scheme kvs;
+    if (kv && !ql_kv_scheme_parse(kv, &kvs)) return cli_fail("info");
+    if (kv && !ctx) return cli_usage_error("info", INFO_USAGE, "--kv needs --ctx N");
+    int n_kv_list;
+    const char *const *kv_list = ql_kv_scheme_examples(&n_kv_list);
     ql_model *m;
     if (ql_model_load(path, &m)) return cli_fail("info");
     const ql_config *c = &m->cfg;
@@ -79,6 +93,22 @@ int cmd_info(int argc, char **argv) {
         char feat[512];
         ql_model_features(m, feat, sizeof feat);
         json_object_set_new(o, "features", json_string(feat));
+        if (ctx) {
+            json_t *kvo = json_object(), *list = json_object();
+            json_object_set_new(kvo, "ctx", json_integer(ctx));
+            json_object_set_new(kvo, "batch", json_integer(batch));
+            for (int i = 0; i < (kv ? 1 : n_kv_list); i++) {
+                ql_kv_scheme sc;
+                char nm[160];
+                if (!kv) ql_kv_scheme_parse(kv_list[i], &sc);
+                else sc = kvs;
+                bool fits = ql_kv_scheme_check(&sc, c, path) == QL_OK;
+                json_object_set_new(list, ql_kv_scheme_name(&sc, nm, sizeof nm),
+                                    fits ? json_integer(ql_kv_cache_bytes(c, &sc, ctx, batch)) : json_null());
+            }
+            json_object_set_new(kvo, "bytes", list);
+            json_object_set_new(o, "kv_cache", kvo);
+        }
         if (tensors) {
             json_t *arr = json_array();
             for (int64_t i = 0; i < g->n_tensors; i++) {
@@ -112,6 +142,23 @@ int cmd_info(int argc, char **argv) {
         printf("  %lld parameters, %.2f MiB, %.3f bits/weight (%.3f over 2-D weights)\n", (long long)n_params,
                bytes / 1048576.0, bpw, bpwq);
         printf("  %s\n", refusal ? refusal : "plain GGUF: llama.cpp can run it");
+        if (ctx) {
+            printf("  KV cache at ctx %d x %d sequence%s (weights %.2f MiB):\n", ctx, batch, batch > 1 ? "s" : "",
+                   bytes / 1048576.0);
+            for (int i = 0; i < (kv ? 1 : n_kv_list); i++) {
+                ql_kv_scheme sc;
+                char nm[160];
+                if (!kv) ql_kv_scheme_parse(kv_list[i], &sc);
+                else sc = kvs;
+                ql_kv_scheme_name(&sc, nm, sizeof nm);
+                if (ql_kv_scheme_check(&sc, c, path) != QL_OK) {
+                    printf("    %-42s does not fit head dim %d\n", nm, c->head_dim);
+                    continue;
+                }
+                int64_t kb = ql_kv_cache_bytes(c, &sc, ctx, batch);
+                printf("    %-42s %14lld bytes %10.3f MiB\n", nm, (long long)kb, kb / 1048576.0);
+            }
+        }
         if (tensors) {
             printf("\n  %-32s %-20s %-8s %12s %7s\n", "tensor", "shape", "type", "bytes", "bpw");
             for (int64_t i = 0; i < g->n_tensors; i++) {

@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 #include "core/model.h"
 #include "core/ppl.h"
+#include "core/kv_cache.h"
 #include "base/parallel.h"
 #include "base/atomic_file.h"
 #include "methods/act_recipe.h"
@@ -16,7 +17,7 @@
 
 static const char *PPL_USAGE =
     "usage: qlab ppl MODEL --text FILE [--ctx 512] [--chunks N] [--threads N] [--json]\n"
-    "                [--save-logits F] [--kld-base F]\n"
+    "                [--save-logits F] [--kld-base F] [--kv K[:V]] [--batch B]\n"
     "Perplexity of MODEL on FILE, computed as llama.cpp's perplexity tool does: the whole file tokenized with BOS,\n"
     "chunks of --ctx tokens, each chunk starting with BOS, only the second half of each chunk scored.\n"
     "  --save-logits F   store the log-probabilities of every scored token (the base for --kld-base)\n"
@@ -28,7 +29,12 @@ static const char *PPL_USAGE =
     "                    model MODEL is a weight-quantized copy of (not of a model SmoothQuant/AWQ rescaled)\n"
     "  --act-threshold T LLM.int8() outlier threshold on |x| (default 6)\n"
     "A file written by qlab quant with activation schemes (a plan's [activations], quant --act) carries them as\n"
-    "qlab.act.* keys and is measured with them; --act MODE (or --act none) replaces them.\n";
+    "qlab.act.* keys and is measured with them; --act MODE (or --act none) replaces them.\n"
+    "  --kv K[:V]        KV cache scheme (default f32): llama.cpp's f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl\n"
+    "                    (as llama-perplexity -fa on -ctk K -ctv V), or qlab's int{8,4,2}_{token,channel}_g{32,64,128}\n"
+    "                    [_rN: N recent tokens in float][_had: Hadamard-rotated K], fp8_e4m3, fp8_e5m2, kivi4, kivi2.\n"
+    "                    Without --kld-base, a float-cache pass runs first and KLD against it is reported\n"
+    "  --batch B         sequences the KV memory figure is given for (default 1)\n";
 
 static ql_status load_model_and_tokens(const char *model_path, const char *text_path, ql_model **m, int32_t **ids,
                                        int64_t *n_ids) {
@@ -51,6 +57,8 @@ int cmd_ppl(int argc, char **argv) {
     bool json = false, ctx_given = false;
     const char *act = NULL, *act_stats = NULL;
     double act_threshold = 0;
+    const char *kv = NULL;
+    int batch = 1;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) {
             if (model) return cli_usage_error("ppl", PPL_USAGE, "unexpected argument '%s'", pos);
@@ -65,10 +73,14 @@ int cmd_ppl(int argc, char **argv) {
         else if (!strcmp(flag, "--act")) act = cli_value(&a, flag);
         else if (!strcmp(flag, "--act-stats")) act_stats = cli_value(&a, flag);
         else if (!strcmp(flag, "--act-threshold")) act_threshold = cli_double(&a, flag);
+        else if (!strcmp(flag, "--kv")) kv = cli_value(&a, flag);
+        else if (!strcmp(flag, "--batch")) batch = cli_int(&a, flag, 1, 1 << 16);
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
     if (!model || !text) return cli_usage_error("ppl", PPL_USAGE, "needs MODEL and --text FILE");
+    ql_kv_scheme kvs = ql_kv_scheme_f32();
+    if (kv && !ql_kv_scheme_parse(kv, &kvs)) return cli_fail("ppl");
     if (cli_refuse_input_as_output("ppl", o.save_logits, CLI_INPUTS(model, text, o.kld_base, act_stats))) return 1;
     ql_act_mode act_mode = QL_ACT_NONE;
     float act_spec_threshold = 0;
@@ -82,12 +94,17 @@ int cmd_ppl(int argc, char **argv) {
     int64_t n_ids = 0;
     ql_infer *inf = NULL;
     int rc = 0;
+    char kv_base[4096] = ""; /* the float-cache pass's log-probabilities (removed at the end) */
     double t0 = ql_time_s();
     if (load_model_and_tokens(model, text, &m, &ids, &n_ids) || ql_infer_new(m, o.n_threads, &inf)) {
         rc = cli_fail("ppl");
         goto out;
     }
     if ((o.n_ctx = cli_fit_ctx("ppl", m, o.n_ctx, ctx_given)) < 0) {
+        rc = cli_fail("ppl");
+        goto out;
+    }
+    if (!ql_kv_scheme_is_f32(&kvs) && ql_infer_set_kv(inf, &kvs)) {
         rc = cli_fail("ppl");
         goto out;
     }
@@ -126,16 +143,47 @@ int cmd_ppl(int argc, char **argv) {
                 ql_time_s() - t0, o.n_ctx);
     ql_progress *bar = cli_progress_bar("ppl");
     ql_ppl_result r;
-    ql_status s = ql_perplexity(inf, ids, n_ids, &o, bar, &r);
+    ql_status s = QL_OK;
+    if (!ql_kv_scheme_is_f32(&kvs) && !o.kld_base) {
+        /* the same text with the float cache first: the KV scheme's KLD is measured against it */
+        const char *tmpdir = getenv("TMPDIR");
+        snprintf(kv_base, sizeof kv_base, "%s/qlab-kv-base-XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
+        int fd = mkstemp(kv_base);
+        if (fd < 0) {
+            kv_base[0] = 0;
+            rc = cli_usage_error("ppl", NULL, "cannot create a temporary file in %s: %s", tmpdir ? tmpdir : "/tmp", strerror(errno));
+            goto out;
+        }
+        close(fd);
+        ql_ppl_opts bo = o;
+        bo.save_logits = kv_base;
+        bo.kld_base = NULL;
+        ql_kv_scheme f32 = ql_kv_scheme_f32();
+        if (!json) fprintf(stderr, "qlab ppl: float KV cache first (the base for KLD)\n");
+        if (!(s = ql_infer_set_kv(inf, &f32))) s = ql_perplexity(inf, ids, n_ids, &bo, bar, &r);
+        if (!s) s = ql_infer_set_kv(inf, &kvs);
+        o.kld_base = kv_base;
+    }
+    if (!s) s = ql_perplexity(inf, ids, n_ids, &o, bar, &r);
     cli_progress_done(bar);
     if (s) {
         rc = cli_fail("ppl");
         goto out;
     }
+    char kvname[160];
+    ql_kv_scheme_name(&kvs, kvname, sizeof kvname);
+    const int64_t kv_bytes = ql_kv_cache_bytes(&m->cfg, &kvs, o.n_ctx, batch);
+    ql_kv_scheme f16 = kvs;
+    ql_kv_scheme_parse("f16", &f16);
+    const int64_t kv_f16 = ql_kv_cache_bytes(&m->cfg, &f16, o.n_ctx, batch);
+    int64_t w_bytes = 0;
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++) w_bytes += (int64_t)m->gguf->tensors[i].nbytes;
     if (json) {
         printf("{\"model\": \"%s\", \"ctx\": %d, \"ppl\": %.6f, \"ppl_stderr\": %.6f, \"chunks\": %d, "
                "\"tokens_scored\": %lld, \"tokens_per_s\": %.1f, \"seconds\": %.3f",
                model, o.n_ctx, r.ppl, r.ppl_stderr, r.chunks, (long long)r.tokens_scored, r.tokens_per_s, r.seconds);
+        printf(", \"kv\": \"%s\", \"kv_bytes\": %lld, \"kv_batch\": %d, \"weights_bytes\": %lld", kvname,
+               (long long)kv_bytes, batch, (long long)w_bytes);
         if (r.has_kld)
             printf(", \"kld_mean\": %.8f, \"kld_stderr\": %.8f, \"kld_p99\": %.8f, \"kld_max\": %.8f, "
                    "\"top1_agreement\": %.6f, \"ppl_base\": %.6f",
@@ -148,8 +196,11 @@ int cmd_ppl(int argc, char **argv) {
             printf("KLD mean = %.6f +/- %.6f   p99 = %.6f   max = %.4f   top-1 agreement = %.3f%%   base PPL = %.4f\n",
                    r.kld_mean, r.kld_stderr, r.kld_p99, r.kld_max, 100 * r.top1_agreement, r.ppl_base);
         if (o.save_logits) printf("log-probabilities saved to %s\n", o.save_logits);
+        printf("memory at ctx %d x %d sequence%s: KV cache %s %.3f MiB (f16 %.3f MiB), weights %.3f MiB\n", o.n_ctx,
+               batch, batch > 1 ? "s" : "", kvname, kv_bytes / 1048576.0, kv_f16 / 1048576.0, w_bytes / 1048576.0);
     }
 out:
+    if (kv_base[0]) unlink(kv_base);
     free(ids);
     ql_infer_free(inf);
     ql_model_free(m);

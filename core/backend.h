@@ -23,6 +23,7 @@
 #define QL_BACKEND_H
 
 #include "core/actquant.h"
+#include "core/kv_cache.h"
 #include "core/model.h"
 
 /* One weight as an op sees it. */
@@ -91,6 +92,15 @@ typedef struct ql_backend_ops {
      * (ql_layer_is_swa) sees only the cfg.n_swa most recent positions. */
     ql_status (*attention)(void *be, const float *q, const float *k, const float *v, float *scores, float *out,
                            int T, int layer);
+
+    /* Optional (NULL: the backend has only the F32 cache above, and a quantized KV scheme is refused). A cache
+     * in a KV scheme (core/kv_cache.h), freed by kv_free and written by kv_store like the F32 one; then
+     * kv_attention replaces kv_load + attention: causal attention over positions 0..T-1 read from the cache as
+     * the scheme says (quantized store, float residual window, q rounded to the K type's vec_dot type as
+     * ggml-cpu's flash attention does; q may be overwritten). ktmp / vtmp hold [T, kv_dim] each. */
+    ql_status (*kv_new_scheme)(void *be, int max_tokens, int kv_dim, const ql_kv_scheme *scheme, void **kv);
+    ql_status (*kv_attention)(void *be, void *kv, float *q, float *scores, float *out, int T, int layer,
+                              float *ktmp, float *vtmp);
 } ql_backend_ops;
 
 /* The registered backends (core/backend.c), in listing order; the first is the default. */

@@ -3,8 +3,9 @@
  * mapping and decodes a block of rows just before each sgemm, or multiplies INT8 by INT8 (core/wmatmul.c),
  * so memory is the file plus small tiles (wants_f32 = false). The same table with wants_f32 = true runs on
  * F32 copies decoded by the pipeline, and gives the same numbers (tests/test_wmatmul.c compares them).
- * Buffers are plain heap memory, sync() has nothing to wait for, and the KV cache is F32, so kv_load
- * hands out views of the cache itself. */
+ * Buffers are plain heap memory, sync() has nothing to wait for; the F32 KV cache hands out views of itself
+ * from kv_load, a KV scheme's cache (core/kv_cache.h) decodes into the caller's buffers, and kv_attention
+ * reads it the way llama.cpp's CPU flash attention does. */
 #include "core/backend.h"
 #include "core/wmatmul.h"
 #include "kernels/ggml_types.h"
@@ -24,8 +25,10 @@ typedef struct {
 } cpu_backend;
 
 typedef struct {
-    float *k, *v; /* [max_tokens, kv_dim] */
+    float *k, *v; /* [max_tokens, kv_dim]: the F32 cache (NULL for a scheme's) */
     int max_tokens, kv_dim;
+    ql_kv_buf *kb, *vb; /* a KV scheme's K and V (core/kv_cache.h), NULL for the F32 cache */
+    ql_kv_scheme scheme;
 } cpu_kv;
 
 static float *rope_table(float base, int rope_dim) {
@@ -273,12 +276,18 @@ static void cpu_kv_free(void *be, void *p) {
     if (!kv) return;
     free(kv->k);
     free(kv->v);
+    ql_kv_buf_free(kv->kb);
+    ql_kv_buf_free(kv->vb);
     free(kv);
 }
 
 static ql_status cpu_kv_store(void *be, void *p, int pos, int T, const float *k, const float *v) {
     (void)be;
     cpu_kv *kv = p;
+    if (kv->kb) {
+        ql_status st = ql_kv_buf_store(kv->kb, pos, T, k);
+        return st ? st : ql_kv_buf_store(kv->vb, pos, T, v);
+    }
     if (pos < 0 || T < 0 || pos + T > kv->max_tokens)
         return ql_fail(QL_ERR_ARG, "kv cache: positions %d..%d past its %d", pos, pos + T, kv->max_tokens);
     memcpy(kv->k + (size_t)pos * kv->kv_dim, k, (size_t)T * kv->kv_dim * sizeof(float));
@@ -288,13 +297,44 @@ static ql_status cpu_kv_store(void *be, void *p, int pos, int T, const float *k,
 
 static ql_status cpu_kv_load(void *be, void *p, int pos, int T, const float **k, const float **v, float *ktmp,
                              float *vtmp) {
-    (void)be, (void)ktmp, (void)vtmp;
+    (void)be;
     cpu_kv *kv = p;
+    if (kv->kb) {
+        ql_status st = ql_kv_buf_load(kv->kb, pos, T, ktmp);
+        if (!st) st = ql_kv_buf_load(kv->vb, pos, T, vtmp);
+        *k = ktmp;
+        *v = vtmp;
+        return st;
+    }
     if (pos < 0 || T < 0 || pos + T > kv->max_tokens)
         return ql_fail(QL_ERR_ARG, "kv cache: positions %d..%d past its %d", pos, pos + T, kv->max_tokens);
     *k = kv->k + (size_t)pos * kv->kv_dim;
     *v = kv->v + (size_t)pos * kv->kv_dim;
     return QL_OK;
+}
+
+/* Row i of S [T, T] (scaled scores) becomes the causal softmax over the positions layer `layer` sees: soft-capped
+ * when cfg.attn_softcap > 0, the cfg.n_swa most recent on a sliding layer; every other entry 0. */
+static void causal_softmax(const ql_config *c, float *S, int T, int layer) {
+    const float cap = c->attn_softcap;
+    const int window = ql_layer_is_swa(c, layer) ? c->n_swa : 0; /* 0: every earlier position */
+    for (int i = 0; i < T; i++) {
+        float *row = S + (size_t)i * T;
+        const int j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+        if (cap > 0)
+            for (int j = j0; j <= i; j++) row[j] = tanhf(row[j] * (1.0f / cap)) * cap;
+        float mx = -INFINITY;
+        for (int j = j0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+        float sum = 0;
+        for (int j = j0; j <= i; j++) {
+            row[j] = expf(row[j] - mx);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < j0; j++) row[j] = 0.0f;
+        for (int j = j0; j <= i; j++) row[j] *= inv;
+        for (int j = i + 1; j < T; j++) row[j] = 0.0f;
+    }
 }
 
 static ql_status cpu_attention(void *p, const float *q, const float *k, const float *v, float *S, float *out, int T,
@@ -303,31 +343,96 @@ static ql_status cpu_attention(void *p, const float *q, const float *k, const fl
     const ql_config *c = be->c;
     const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
     const int ldq = H * hd, ldkv = HKV * hd;
-    const float scale = c->attn_scale, cap = c->attn_softcap;
-    const int window = ql_layer_is_swa(c, layer) ? c->n_swa : 0; /* 0: every earlier position */
+    const float scale = c->attn_scale;
     for (int h = 0; h < H; h++) {
         const int kvh = h / group;
         const float *qh = q + h * hd, *kh = k + kvh * hd, *vh = v + kvh * hd;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
-        for (int i = 0; i < T; i++) {
-            float *row = S + (size_t)i * T;
-            const int j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
-            if (cap > 0)
-                for (int j = j0; j <= i; j++) row[j] = tanhf(row[j] * (1.0f / cap)) * cap;
-            float mx = -INFINITY;
-            for (int j = j0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0;
-            for (int j = j0; j <= i; j++) {
-                row[j] = expf(row[j] - mx);
-                sum += row[j];
-            }
-            float inv = 1.0f / sum;
-            for (int j = 0; j < j0; j++) row[j] = 0.0f;
-            for (int j = j0; j <= i; j++) row[j] *= inv;
-            for (int j = i + 1; j < T; j++) row[j] = 0.0f;
-        }
+        causal_softmax(c, S, T, layer);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
     }
+    return QL_OK;
+}
+
+static ql_status cpu_kv_new_scheme(void *p, int max_tokens, int kv_dim, const ql_kv_scheme *sch, void **out) {
+    const cpu_backend *be = p;
+    if (!sch || ql_kv_scheme_is_f32(sch)) return cpu_kv_new(p, max_tokens, kv_dim, out);
+    const int hd = be->c->head_dim, nkv = kv_dim / hd;
+    cpu_kv *kv = ql_calloc(1, sizeof *kv);
+    kv->max_tokens = max_tokens;
+    kv->kv_dim = kv_dim;
+    kv->scheme = *sch;
+    kv->kb = ql_kv_buf_new(&sch->k, max_tokens, nkv, hd);
+    kv->vb = ql_kv_buf_new(&sch->v, max_tokens, nkv, hd);
+    if (!kv->kb || !kv->vb) {
+        cpu_kv_free(p, kv);
+        return ql_fail(QL_ERR_UNSUPPORTED, "kv cache: cannot store rows of %d in this scheme", kv_dim);
+    }
+    *out = kv;
+    return QL_OK;
+}
+
+/* Attention read from a scheme's cache. The quantized rows are decoded once and multiplied with sgemm like
+ * the F32 path; what ggml-cpu's flash attention does differently is reproduced where it changes numbers:
+ * the query is first rounded to the K type's vec_dot type (so Q8_0 x Q8_0 products), and a query reads the
+ * float rows of its residual window (ql_kv_side_quantized_prefix), patched into the scores and the output
+ * after the two sgemms. What remains different is summation order, and for an f16 V ggml's one-query path
+ * (decoding) keeps its V·softmax accumulator in fp16, here F32 as in ggml's tiled prompt path, which is what
+ * perplexity runs. */
+static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float *out, int T, int layer, float *kt,
+                                  float *vt) {
+    const cpu_backend *be = p;
+    cpu_kv *kv = kvp;
+    if (!kv->kb) return cpu_attention(p, q, kv->k, kv->v, S, out, T, layer);
+    const ql_config *c = be->c;
+    const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
+    const int ldq = H * hd, ldkv = HKV * hd;
+    ql_status st = ql_kv_buf_load(kv->kb, 0, T, kt);
+    if (!st) st = ql_kv_buf_load(kv->vb, 0, T, vt);
+    if (st) return st;
+    const uint32_t qr = ql_kv_q_round_type(&kv->scheme.k);
+    if (qr != QL_TYPE_F32) round_activations(qr, q, q, T, ldq); /* in place: a block is read before written */
+    const ql_kv_side *ks = &kv->scheme.k, *vs = &kv->scheme.v;
+    /* a side has a float band when some query reads recent rows unquantized */
+    const bool kband = ks->kind != QL_KV_F32 && (ks->residual || ql_kv_side_token_group(ks) > 1);
+    const bool vband = vs->kind != QL_KV_F32 && (vs->residual || ql_kv_side_token_group(vs) > 1);
+    const float *kf = ql_kv_buf_float(kv->kb), *vf = ql_kv_buf_float(kv->vb);
+    const float scale = c->attn_scale;
+    /* the bands are patched a block of QB queries at a time with small sgemms over the keys [lo, i1) that
+     * cover every row's window (lo = the first row's window start: windows only move right) */
+    enum { QB = 64 };
+    float *band = kband || vband ? ql_malloc(((size_t)QB * T + (size_t)T * hd) * sizeof(float)) : NULL;
+    float *diff = band ? band + (size_t)QB * T : NULL;
+    for (int h = 0; h < H; h++) {
+        const int kvh = h / group;
+        const float *qh = q + h * hd, *kh = kt + kvh * hd, *vh = vt + kvh * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
+        for (int i0 = 0; kband && i0 < T; i0 += QB) {
+            const int i1 = i0 + QB < T ? i0 + QB : T, lo = ql_kv_side_quantized_prefix(ks, i0 + 1), w = i1 - lo;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, w, hd, scale, qh + (size_t)i0 * ldq, ldq,
+                        kf + (size_t)lo * ldkv + kvh * hd, ldkv, 0.0f, band, w);
+            for (int i = i0; i < i1; i++)
+                for (int j = ql_kv_side_quantized_prefix(ks, i + 1); j <= i; j++)
+                    S[(size_t)i * T + j] = band[(size_t)(i - i0) * w + (j - lo)];
+        }
+        causal_softmax(c, S, T, layer);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
+        /* out += P_window · (V_float - V_decoded) over each row's window */
+        for (int i0 = 0; vband && i0 < T; i0 += QB) {
+            const int i1 = i0 + QB < T ? i0 + QB : T, lo = ql_kv_side_quantized_prefix(vs, i0 + 1), w = i1 - lo;
+            for (int j = lo; j < i1; j++)
+                for (int e = 0; e < hd; e++)
+                    diff[(size_t)(j - lo) * hd + e] = vf[(size_t)j * ldkv + kvh * hd + e] - vh[(size_t)j * ldkv + e];
+            for (int i = i0; i < i1; i++) {
+                float *b = band + (size_t)(i - i0) * w;
+                const int from = ql_kv_side_quantized_prefix(vs, i + 1);
+                for (int j = lo; j < i1; j++) b[j - lo] = j >= from && j <= i ? S[(size_t)i * T + j] : 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, hd, w, 1.0f, band, w, diff, hd, 1.0f,
+                        out + (size_t)i0 * ldq + h * hd, ldq);
+        }
+    }
+    free(band);
     return QL_OK;
 }
 
@@ -355,4 +460,6 @@ const ql_backend_ops ql_backend_cpu = {
     .kv_store = cpu_kv_store,
     .kv_load = cpu_kv_load,
     .attention = cpu_attention,
+    .kv_new_scheme = cpu_kv_new_scheme,
+    .kv_attention = cpu_kv_attention,
 };

@@ -39,6 +39,7 @@ struct ql_infer {
     wslot *slots;
     const ql_backend_ops *ops; /* the backend every computation runs on */
     void *be;                  /* its context for this model */
+    ql_kv_scheme *kv_layer;    /* the KV scheme of each layer (core/kv_cache.h); NULL: all F32 */
 };
 
 struct ql_scratch {
@@ -52,6 +53,7 @@ struct ql_scratch {
     /* activations, from the backend's alloc(); rope_cs holds one position's cos/sin (rope_dim floats) */
     float *x, *xn, *q, *k, *v, *att, *scores, *gate, *up, *xq, *rope_cs;
     void *kv; /* the backend's KV cache for one layer (the pass runs whole sequences, layer by layer) */
+    ql_kv_scheme kv_scheme; /* what kv holds; remade when a layer's scheme differs */
     ql_hook_fn hook;
     void *hook_user;
 };
@@ -200,6 +202,7 @@ void ql_infer_free(ql_infer *inf) {
     if (!inf) return;
     for (int i = 0; i < inf->n_slots; i++) free(inf->slots[i].owned);
     free(inf->slots);
+    free(inf->kv_layer);
     inf->ops->destroy(inf->be);
     free(inf);
 }
@@ -241,6 +244,30 @@ bool ql_infer_set_act_quant(ql_infer *inf, const ql_gguf_tensor *w, const ql_act
     return false;
 }
 
+ql_status ql_infer_set_kv_layer(ql_infer *inf, int layer, const ql_kv_scheme *scheme) {
+    const ql_config *c = &inf->m->cfg;
+    if (layer < -1 || layer >= c->n_layer) return ql_fail(QL_ERR_ARG, "kv scheme: no layer %d", layer);
+    ql_kv_scheme f32 = ql_kv_scheme_f32();
+    if (!scheme) scheme = &f32;
+    ql_status st = ql_kv_scheme_check(scheme, c, inf->m->path);
+    if (st) return st;
+    if (!ql_kv_scheme_is_f32(scheme) && (!inf->ops->kv_new_scheme || !inf->ops->kv_attention))
+        return ql_fail(QL_ERR_UNSUPPORTED, "backend %s has no quantized KV cache", inf->ops->name);
+    if (!inf->kv_layer) {
+        inf->kv_layer = ql_malloc((size_t)c->n_layer * sizeof *inf->kv_layer);
+        for (int l = 0; l < c->n_layer; l++) inf->kv_layer[l] = f32;
+    }
+    for (int l = 0; l < c->n_layer; l++)
+        if (layer < 0 || l == layer) inf->kv_layer[l] = *scheme;
+    return QL_OK;
+}
+
+ql_status ql_infer_set_kv(ql_infer *inf, const ql_kv_scheme *scheme) { return ql_infer_set_kv_layer(inf, -1, scheme); }
+
+ql_kv_scheme ql_infer_kv_layer(const ql_infer *inf, int layer) {
+    return inf->kv_layer && layer >= 0 && layer < inf->m->cfg.n_layer ? inf->kv_layer[layer] : ql_kv_scheme_f32();
+}
+
 ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
     const ql_config *c = &inf->m->cfg;
     const ql_backend_ops *ops = inf->ops;
@@ -251,6 +278,7 @@ ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
     s->be = inf->be;
     s->max_tokens = max_tokens;
     s->layer_loaded = -1;
+    s->kv_scheme = ql_kv_scheme_f32();
     size_t widest = QL_MAX(QL_MAX(D, Q), (size_t)c->n_ff);
     struct { float **p; size_t floats; } bufs[] = {
         {&s->x, T * D},  {&s->xn, T * QL_MAX(D, Q)}, {&s->q, T * Q},      {&s->k, T * KV},
@@ -337,6 +365,34 @@ static ql_status rmsnorm(const ql_infer *inf, ql_scratch *sc, float *y, const fl
     return inf->ops->rmsnorm(inf->be, &w, x, y, T, inf->m->cfg.n_embd, inf->m->cfg.norm_eps);
 }
 
+/* Store this layer's K/V (s->k, s->v after rope) in its cache and attend: the F32 cache through kv_load +
+ * attention (views of itself), a KV scheme's through kv_attention, which decodes into s->k / s->v. The
+ * scratch's one cache is remade when this layer's scheme differs from the last layer's. */
+static ql_status kv_attend(const ql_infer *inf, ql_scratch *s, int l, int T) {
+    const ql_backend_ops *ops = inf->ops;
+    void *be = inf->be;
+    ql_kv_scheme want = ql_infer_kv_layer(inf, l);
+    ql_status st;
+    if (!ql_kv_scheme_equal(&want, &s->kv_scheme)) {
+        const ql_config *c = &inf->m->cfg;
+        void *kv = NULL;
+        const int KV = c->n_head_kv * c->head_dim;
+        st = ql_kv_scheme_is_f32(&want) ? ops->kv_new(be, s->max_tokens, KV, &kv)
+                                        : ops->kv_new_scheme(be, s->max_tokens, KV, &want, &kv);
+        if (st) return st;
+        ops->kv_free(be, s->kv);
+        s->kv = kv;
+        s->kv_scheme = want;
+    }
+    if ((st = ops->kv_store(be, s->kv, 0, T, s->k, s->v))) return st;
+    if (!ql_kv_scheme_is_f32(&want)) return ops->kv_attention(be, s->kv, s->q, s->scores, s->att, T, l, s->k, s->v);
+    const float *k, *v;
+    if ((st = ops->kv_load(be, s->kv, 0, T, &k, &v, s->k, s->v))) return st;
+    return ops->attention(be, s->q, k, v, s->scores, s->att, T, l);
+}
+
+/* One decoder layer on s->x [T, n_embd] (the residual stream, updated in place). */
+
 /* Per-head RMSNorm of x[T, n_heads·head_dim] in place (q/k norm): T·n_heads rows of head_dim. */
 static ql_status head_norm(const ql_infer *inf, ql_scratch *sc, float *x, const ql_gguf_tensor *wt, int T, int n_heads) {
     if (!wt) return QL_OK;
@@ -364,7 +420,6 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int T)
     const ql_config *c = &inf->m->cfg;
     const ql_layer_tensors *L = &inf->m->layers[l];
     const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
-    const float *k, *v;
     ql_status st;
     if ((st = load_layer(inf, s, l)) || (st = run_hook(inf, s, l, QL_HOOK_RESIDUAL, s->x, T, D)) ||
         (st = rmsnorm(inf, s, s->xn, s->x, L->attn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_ATTN_IN, s->xn, T, D)) ||
@@ -373,10 +428,7 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int T)
         (st = linear(inf, s, s->v, s->xn, L->wv, L->bv, T, D, KV, 0.0f)) ||
         (st = head_norm(inf, s, s->q, L->q_norm, T, c->n_head)) || (st = head_norm(inf, s, s->k, L->k_norm, T, c->n_head_kv)) ||
         (st = ops->rope(be, s->q, T, c->n_head, l, s->rope_cs)) || (st = ops->rope(be, s->k, T, c->n_head_kv, l, s->rope_cs)) ||
-        (st = ops->kv_store(be, s->kv, 0, T, s->k, s->v)) ||
-        /* a quantized cache decodes into s->k / s->v; the F32 cache hands out views of itself */
-        (st = ops->kv_load(be, s->kv, 0, T, &k, &v, s->k, s->v)) ||
-        (st = ops->attention(be, s->q, k, v, s->scores, s->att, T, l)) ||
+        (st = kv_attend(inf, s, l, T)) ||
         (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
         (st = residual_linear(inf, s, s->att, L->wo, L->post_attn_norm, T, Q)) ||
         (st = rmsnorm(inf, s, s->xn, s->x, L->ffn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, s->xn, T, D)) ||

@@ -51,6 +51,13 @@ const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const 
  * probe sees what `qlab ppl` of the quantized file will. Restore with the tensor's own type. */
 const float *ql_infer_swap_weight_typed(ql_infer *inf, const ql_gguf_tensor *t, const float *data, uint32_t type);
 
+/* The KV cache scheme (core/kv_cache.h) of every layer (ql_infer_set_kv) or of one (layer >= 0); NULL = the
+ * F32 cache. Checked against the model's head dimension and the backend: a one-line error when it cannot
+ * hold it. Set before forward passes (scratches pick it up at the next pass). */
+ql_status ql_infer_set_kv(ql_infer *inf, const ql_kv_scheme *scheme);
+ql_status ql_infer_set_kv_layer(ql_infer *inf, int layer, const ql_kv_scheme *scheme);
+ql_kv_scheme ql_infer_kv_layer(const ql_infer *inf, int layer);
+
 /* Activation buffers and KV cache for passes of up to max_tokens tokens, from the infer's backend
  * (NULL when the backend cannot allocate them; the CPU backend aborts on exhausted memory instead). */
 ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens);

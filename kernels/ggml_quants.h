@@ -25,6 +25,9 @@ void ql_quantize_row_q4_K_ref(const float *x, void *y, int64_t n, const float *i
 void ql_quantize_row_q5_K_ref(const float *x, void *y, int64_t n, const float *imatrix);
 void ql_quantize_row_q6_K_ref(const float *x, void *y, int64_t n, const float *imatrix);
 void ql_quantize_row_iq4_nl_ref(const float *x, void *y, int64_t n, const float *imatrix);
+/* ggml's quantize_row_iq4_nl_ref: what ggml-cpu's from_float (a llama.cpp KV-cache write) stores, a quicker
+ * search than the file quantizer's (no scale search, no re-rounding), so its codes can differ */
+void ql_quantize_row_iq4_nl_fast_ref(const float *x, void *y, int64_t n);
 void ql_quantize_row_iq4_xs_ref(const float *x, void *y, int64_t n, const float *imatrix);
 
 /* ---- dequantize one row: x [n / block * block_bytes] -> y [n] ---- */

@@ -1243,10 +1243,12 @@ void ql_dequantize_row_q8_K_ref(const void *vx, float *y, int64_t n) {
  * ---------------------------------------------------------------------------------------------- */
 
 /* One super-block of sbs values (32 for IQ4_NL, 256 for IQ4_XS) in sub-blocks of 32. quant_weights
- * points at this super-block's weights or is NULL (then x^2). ntry 7 is what ggml_quantize_chunk uses. */
+ * points at this super-block's weights or is NULL (then x^2). ntry 7 is what ggml_quantize_chunk uses;
+ * ntry -1 is ggml's quantize_row_iq4_nl_ref (the CPU from_float a KV-cache write calls): the first scale
+ * from +max instead of -max, no scale search, no final re-rounding. */
 static void iq4_nl_impl(int sbs, const float *x, uint16_t *dh, uint8_t *q4, uint16_t *scales_h,
-                        uint8_t *scales_l, const float *quant_weights) {
-    const int bs = 32, ntry = 7;
+                        uint8_t *scales_l, const float *quant_weights, int ntry) {
+    const int bs = 32;
     const int8_t *values = kvalues_iq4nl;
     float scales[QK_K / 32], weight[32];
     uint8_t L[QK_K];
@@ -1281,7 +1283,7 @@ static void iq4_nl_impl(int sbs, const float *x, uint16_t *dh, uint8_t *q4, uint
             memset(Lb, 0, (size_t)bs);
             continue;
         }
-        float d = -max / values[0];
+        float d = ntry > 0 ? -max / values[0] : max / values[0];
         float id = 1 / d;
         float sumqx = 0, sumq2 = 0;
         for (int j = 0; j < bs; ++j) {
@@ -1343,8 +1345,10 @@ static void iq4_nl_impl(int sbs, const float *x, uint16_t *dh, uint8_t *q4, uint
         }
     } else {
         dh[0] = FP32_TO_FP16(scales[0]);
-        float id = scales[0] ? 1 / scales[0] : 0;
-        for (int j = 0; j < sbs; ++j) L[j] = (uint8_t)best_index_int8(16, values, id * x[j]);
+        if (ntry > 0) {
+            float id = scales[0] ? 1 / scales[0] : 0;
+            for (int j = 0; j < sbs; ++j) L[j] = (uint8_t)best_index_int8(16, values, id * x[j]);
+        }
     }
 
     for (int i = 0; i < sbs / 32; ++i)
@@ -1355,14 +1359,20 @@ void ql_quantize_row_iq4_nl_ref(const float *x, void *vy, int64_t n, const float
     blk_iq4_nl *y = vy;
     uint16_t unused_h;
     for (int64_t ib = 0; ib < n / 32; ++ib)
-        iq4_nl_impl(32, x + 32 * ib, &y[ib].d, y[ib].qs, &unused_h, NULL, imatrix ? imatrix + 32 * ib : NULL);
+        iq4_nl_impl(32, x + 32 * ib, &y[ib].d, y[ib].qs, &unused_h, NULL, imatrix ? imatrix + 32 * ib : NULL, 7);
+}
+
+void ql_quantize_row_iq4_nl_fast_ref(const float *x, void *vy, int64_t n) {
+    blk_iq4_nl *y = vy;
+    uint16_t unused_h;
+    for (int64_t ib = 0; ib < n / 32; ++ib) iq4_nl_impl(32, x + 32 * ib, &y[ib].d, y[ib].qs, &unused_h, NULL, NULL, -1);
 }
 
 void ql_quantize_row_iq4_xs_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
     blk_iq4_xs *y = vy;
     for (int64_t ib = 0; ib < n / QK_K; ++ib)
         iq4_nl_impl(QK_K, x + QK_K * ib, &y[ib].d, y[ib].qs, &y[ib].scales_h, y[ib].scales_l,
-                    imatrix ? imatrix + QK_K * ib : NULL);
+                    imatrix ? imatrix + QK_K * ib : NULL, 7);
 }
 
 void ql_dequantize_row_iq4_nl_ref(const void *vx, float *y, int64_t n) {
