@@ -22,7 +22,7 @@
 #include "kernels/aqlm.h"
 #include "kernels/simd.h"
 #include "methods/method.h"
-#include "test_util.h"
+#include "tests/test_util.h"
 
 static uint64_t rng_state = 12345;
 static double urand(void) {
