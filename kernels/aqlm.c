@@ -355,7 +355,9 @@ static ql_status kmeans(ql_aqlm_solver *s, const float *pts, int64_t npts, float
         return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (k-means)");
     }
     for (int64_t i = 0; i < npts; i++) idx[i] = i;
-    for (int64_t i = 0; i < ns; i++) { /* a seeded sample of ns points, in random order */
+    /* a seeded sample of ns points in random order; with no more points than codewords, each point in
+     * order becomes its own codeword */
+    for (int64_t i = 0; npts > K && i < ns; i++) {
         int64_t j = i + (int64_t)(splitmix(rng) % (uint64_t)(npts - i));
         int64_t t = idx[i];
         idx[i] = idx[j], idx[j] = t;
@@ -418,8 +420,12 @@ ql_status ql_aqlm_init(ql_aqlm_solver *s) {
         rc = kmeans(s, res, npts, cent, &rng);
         if (rc) break;
         for (int64_t i = 0; i < (int64_t)st->K * G; i++) cent[i] = f16r(cent[i]);
-        assign_job aj = {.pts = res, .cent = cent, .K = st->K, .out = lab};
-        ql_parallel_for(s->p.n_threads, npts, assign_range, &aj);
+        if (npts <= st->K) /* every group has its own codeword (kmeans kept the points in order) */
+            for (int64_t i = 0; i < npts; i++) lab[i] = (uint16_t)i;
+        else {
+            assign_job aj = {.pts = res, .cent = cent, .K = st->K, .out = lab};
+            ql_parallel_for(s->p.n_threads, npts, assign_range, &aj);
+        }
         for (int64_t i = 0; i < npts; i++) {
             st->codes[i * st->M + m] = lab[i];
             for (int d = 0; d < G; d++) res[i * G + d] -= cent[(int64_t)lab[i] * G + d];
