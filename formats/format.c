@@ -104,7 +104,7 @@ const char *ql_format_family_name(ql_format_family f) {
         [QL_FAMILY_GGML_TERNARY] = "ggml-ternary", [QL_FAMILY_FP4_MICRO] = "fp4-microscaling",
         [QL_FAMILY_INT] = "int",              [QL_FAMILY_BNB4] = "bnb4",
         [QL_FAMILY_FP8] = "fp8",              [QL_FAMILY_ROTATED] = "rotated",
-        [QL_FAMILY_FP8] = "fp8",              [QL_FAMILY_ADDITIVE] = "additive-codebook",
+        [QL_FAMILY_ADDITIVE] = "additive-codebook",
     };
     return f > QL_FAMILY_UNSET && f < QL_FAMILY_COUNT ? names[f] : NULL;
 }
