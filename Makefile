@@ -169,6 +169,15 @@ $(BUILD)/bench/kv_bench: bench/kv_bench.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 
+# AQLM encoding speed on one layer (aqlm_2x8, 2 threads); `make bench-aqlm ARGS="rows cols threads fmt opts"`
+.PHONY: bench-aqlm
+bench-aqlm: $(BUILD)/bench/aqlm_bench
+	$(BUILD)/bench/aqlm_bench $(ARGS)
+
+$(BUILD)/bench/aqlm_bench: bench/aqlm_bench.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+
 # GPTQ on the GPU on gptq_bench's layer (int4_g128); `make bench-gptq-cuda ARGS="rows cols fmt block"`.
 # Prints "GPU: not available on this machine" without a CUDA device.
 .PHONY: bench-gptq-cuda

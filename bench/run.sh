@@ -94,6 +94,13 @@ echo
 [ -x build/bench/gptq_bench ] && echo "CPU: $(build/bench/gptq_bench 4096 4096 "$THREADS" 2>&1)"
 [ -x build/bench/gptq_bench_cuda ] && build/bench/gptq_bench_cuda 2>&1
 [ -x bench/run_more.sh ] && bash bench/run_more.sh
+# 4b. AQLM (issue 13): encode seconds per million weights on $THREADS threads (a 1024x1024 layer, 2x8 and
+#     1x8), then aqlm_2x8 of one 4096x4096 layer (goal < 10 min on CPU); AQLM_BENCH_BIG=0 skips the big one.
+make -s --no-print-directory build/bench/aqlm_bench >/dev/null 2>&1
+if [ -x build/bench/aqlm_bench ]; then
+  for F in aqlm_2x8 aqlm_1x8; do echo "CPU: $(build/bench/aqlm_bench 1024 1024 "$THREADS" $F 2>/dev/null)"; done
+  [ "${AQLM_BENCH_BIG:-1}" = 1 ] && echo "CPU: $(build/bench/aqlm_bench 4096 4096 "$THREADS" aqlm_2x8 2>/dev/null)"
+fi
 # 5. sensitivity at the kld level on stories260K (issue 5): 6 candidates x 37 tensors (207 fit), each
 #    probe re-running the model from the perturbed layer over 32 x 256 wikitext-2 tokens (goal: minutes).
 if [ -f "$SHARED/models/stories260K.gguf" ] && [ -f "$SHARED/data/wikitext-2-valid.raw" ]; then

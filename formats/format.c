@@ -26,6 +26,7 @@ extern const ql_format ql_fmt_e8p, ql_fmt_e8p_rvq3, ql_fmt_e8p_rvq4, ql_fmt_rht_
     ql_fmt_rht_int4_g64;
 extern const ql_format ql_fmt_fp8_e4m3, ql_fmt_fp8_e5m2, ql_fmt_fp8_e4m3_channel, ql_fmt_fp8_e5m2_channel,
     ql_fmt_fp8_e4m3_block, ql_fmt_fp8_e5m2_block;
+extern const ql_format ql_fmt_aqlm_1x16, ql_fmt_aqlm_2x8, ql_fmt_aqlm_1x8, ql_fmt_aqlm_4x8;
 
 /* The table. Order is the catalogue order. */
 static const ql_format *const g_formats[] = {
@@ -44,6 +45,7 @@ static const ql_format *const g_formats[] = {
     &ql_fmt_int8_tensor, &ql_fmt_int8_channel, &ql_fmt_int8_b64, &ql_fmt_int8_b128,
     &ql_fmt_int4_channel, &ql_fmt_int4_b64, &ql_fmt_int4_b128,
     &ql_fmt_nf4, &ql_fmt_nf4_dq, &ql_fmt_fp4, &ql_fmt_fp4_dq,
+    &ql_fmt_aqlm_4x8, &ql_fmt_aqlm_2x8, &ql_fmt_aqlm_1x16, &ql_fmt_aqlm_1x8,
     QL_FMT_INT_FAMILY(QL_FMT_INT_REF)
     &ql_fmt_e8p, &ql_fmt_e8p_rvq3, &ql_fmt_e8p_rvq4, &ql_fmt_rht_int2_g64, &ql_fmt_rht_int3_g64, &ql_fmt_rht_int4_g64,
 };
@@ -102,6 +104,7 @@ const char *ql_format_family_name(ql_format_family f) {
         [QL_FAMILY_GGML_TERNARY] = "ggml-ternary", [QL_FAMILY_FP4_MICRO] = "fp4-microscaling",
         [QL_FAMILY_INT] = "int",              [QL_FAMILY_BNB4] = "bnb4",
         [QL_FAMILY_FP8] = "fp8",              [QL_FAMILY_ROTATED] = "rotated",
+        [QL_FAMILY_ADDITIVE] = "additive-codebook",
     };
     return f > QL_FAMILY_UNSET && f < QL_FAMILY_COUNT ? names[f] : NULL;
 }

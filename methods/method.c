@@ -14,6 +14,7 @@ extern const ql_method ql_method_smoothquant;
 extern const ql_method ql_method_awq;
 extern const ql_method ql_method_gptq;
 extern const ql_method ql_method_quip;
+extern const ql_method ql_method_aqlm;
 
 static const ql_method *const g_methods[] = {
     &ql_method_rtn,
@@ -21,6 +22,7 @@ static const ql_method *const g_methods[] = {
     &ql_method_awq,
     &ql_method_gptq,
     &ql_method_quip,
+    &ql_method_aqlm,
 };
 
 int ql_method_count(void) { return (int)QL_ARRAY_LEN(g_methods); }

@@ -125,6 +125,24 @@ const ql_method *ql_quant_method_for(const ql_model *m, const ql_plan *plan, con
                             cap);
 }
 
+/* A method's own progress (done of total steps on one tensor) shown as that tensor's share of the whole
+ * bar, with the method's phase after the tensor name; the cancel flag is the driver's, so Ctrl-C reaches a
+ * long per-tensor method (AQLM keeps a checkpoint then). */
+typedef struct {
+    ql_progress p;
+    const ql_progress *outer;
+    int64_t base, span, total;
+    const char *name;
+} sub_progress;
+
+static void sub_progress_fn(void *user, int64_t done, int64_t total, const char *phase) {
+    sub_progress *sp = user;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s: %s", sp->name, phase ? phase : "");
+    int64_t d = total > 0 ? (int64_t)((double)sp->span * (double)QL_MIN(done, total) / (double)total) : 0;
+    ql_progress_report(sp->outer, sp->base + d, sp->total, buf);
+}
+
 /* Quantize one source tensor into format f with its planned method; stats may be NULL. */
 static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_format *f, const ql_stats *stats,
                               void *dst) {
@@ -178,6 +196,11 @@ static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_
     }
     ql_method_opts mo = {.values = &c->values[method_index(planned)], .n_threads = c->o->n_threads, .importance = imp};
     if (meth != planned) mo.values = NULL;
+    sub_progress sp = {.p = {.fn = sub_progress_fn, .cancel = c->progress ? c->progress->cancel : NULL},
+                       .outer = c->progress, .base = c->done, .span = ncols * nrows, .total = c->total,
+                       .name = src->name};
+    sp.p.user = &sp;
+    mo.progress = &sp.p;
     s = meth->quantize_tensor(w, nrows, ncols, f, vp, &mo, dst);
 out:
     free(imp);

@@ -75,6 +75,8 @@ if [ -f "$T/tiny.gguf" ]; then
   else bad "extension format warning"; fi
   if $QLAB ppl "$T/int4.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 --json 2>/dev/null | grep -q '"ppl"'; then ok "ppl runs on an extension-format file"
   else bad "ppl on extension-format file"; fi
+  # AQLM (issue 13): the method refuses formats it cannot write (files: test_aqlm's GGUF round trip)
+  expect_error "aqlm refuses a grid format" "not an AQLM format" $QLAB quant "$T/tiny.gguf" --type q4_k --method aqlm -o "$T/x.gguf"
   # a full disk (file size limit) leaves nothing behind
   mkdir -p "$T/full"
   ( trap '' XFSZ; ulimit -f 64; $QLAB quant "$T/tiny.gguf" --type q8_0 -o "$T/full/out.gguf" ) >/dev/null 2>"$T/err"; rc=$?

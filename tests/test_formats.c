@@ -283,9 +283,12 @@ static void test_bad_values(void **state) {
         }
         assert_true(round_trip(f, x, y, nr, nc, NULL));
         if (is_ext(f) && f->rotated) check_finite(f, y, nr * nc, "NaN/inf");
+        /* learned vector codebooks (AQLM) have no per-weight grid: a NaN's 0 and an inf's clamp are
+         * approximated by the codewords like any weight, so only finiteness and the row's accuracy hold */
+        const bool grid_ends = f->family != QL_FAMILY_ADDITIVE;
         if (is_ext(f) && !f->rotated) {
             check_finite(f, y, nr * nc, "NaN/inf");
-            for (int64_t r = 0; r < nr; r++) {
+            for (int64_t r = 0; r < nr && grid_ends; r++) {
                 const float *yr = y + r * nc;
                 if (yr[3] != 0.0f) fail_msg("%s: NaN decoded as %g", f->name, yr[3]);
                 for (int c = 0; c < 32; c++) /* columns 0..31 share a group/block in every format */

@@ -1,0 +1,67 @@
+/* aqlm_bench.c — AQLM encoding speed (issue 13): seconds for --method aqlm on one rows x cols layer with a
+ * cols x cols Hessian (XᵀX of 1024 random tokens with per-channel scales), per phase, and the encode time
+ * per million weights. Usage: aqlm_bench [rows cols threads format method-opts]; defaults 4096 4096 2
+ * aqlm_2x8 with the method's defaults. Prints; asserts nothing. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "formats/format.h"
+#include "methods/method.h"
+
+static uint64_t g_rng = 777;
+static double uniform(void) {
+    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
+}
+static double normal(void) { return sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform()); }
+
+static double g_t0;
+static void report(void *user, int64_t done, int64_t total, const char *phase) {
+    (void)user;
+    fprintf(stderr, "  %6.1fs  %lld/%lld  %s\n", ql_time_s() - g_t0, (long long)done, (long long)total, phase);
+}
+
+int main(int argc, char **argv) {
+    int64_t rows = argc > 1 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;
+    int threads = argc > 3 ? atoi(argv[3]) : 2;
+    const char *fname = argc > 4 ? argv[4] : "aqlm_2x8";
+    const char *spec = argc > 5 ? argv[5] : "checkpoint=0";
+    const int64_t ntok = 1024;
+    const ql_format *f = ql_format_by_name(fname);
+    const ql_method *m = ql_method_by_name("aqlm");
+    ql_opt_values ov;
+    if (!f || !m || rows <= 0 || cols <= 0 || threads <= 0 || ql_method_parse_opts(m, spec, &ov)) {
+        fprintf(stderr, "usage: aqlm_bench [rows cols threads format method-opts] %s\n", ql_last_error());
+        return 2;
+    }
+    float *w = malloc((size_t)(rows * cols) * sizeof(float)), *X = malloc((size_t)(ntok * cols) * sizeof(float));
+    float *xtxf = malloc((size_t)(cols * cols) * sizeof(float));
+    double *xtx = malloc((size_t)(cols * cols) * sizeof(double));
+    uint8_t *dst = malloc((size_t)ql_format_tensor_bytes(f, cols, rows));
+    if (!w || !X || !xtxf || !xtx || !dst) return 1;
+    for (int64_t i = 0; i < rows * cols; i++) w[i] = (float)(0.02 * normal());
+    for (int64_t t = 0; t < ntok; t++)
+        for (int64_t c = 0; c < cols; c++) X[t * cols + c] = (float)(normal() * (c % 64 == 0 ? 8.0 : 1.0));
+    openblas_set_num_threads(threads);
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)ntok, 1.0f, X, (int)cols, 0.0f, xtxf, (int)cols);
+    for (int64_t i = 0; i < cols; i++)
+        for (int64_t j = 0; j < cols; j++) xtx[i * cols + j] = xtxf[(i < j ? i : j) * cols + (i < j ? j : i)];
+    ql_input_stats st = {.n = cols, .n_tokens = ntok, .xtx = xtx};
+    ql_progress pr = {.fn = report};
+    ql_method_opts o = {.values = &ov, .n_threads = threads, .progress = &pr};
+    g_t0 = ql_time_s();
+    ql_status s = m->quantize_tensor(w, rows, cols, f, &st, &o, dst);
+    double sec = ql_time_s() - g_t0;
+    if (s) {
+        fprintf(stderr, "aqlm_bench: %s\n", ql_last_error());
+        return 1;
+    }
+    printf("aqlm %s %lldx%lld, %d threads (%s): %.1f s, %.2f s per million weights\n", fname, (long long)rows,
+           (long long)cols, threads, spec, sec, sec / ((double)rows * (double)cols / 1e6));
+    return 0;
+}

@@ -1,0 +1,84 @@
+/* fmt_aqlm.c — the AQLM storage formats (qlab extension types 0x51A0..0x51A3): aqlm_MxB = each group of 8
+ * inputs of a row is the sum of M codewords from M codebooks of 2^B f16 vectors learned for the tensor, times
+ * an f16 scale per row. Layout, decoder and encoder live in kernels/aqlm.{h,c}; docs/formats.md has the
+ * byte layout. Whole-tensor formats: the codebooks are shared by every row, so bits per weight depend on the
+ * shape; `bpw` is the exact figure of a 4096×4096 tensor and the size hooks give every other shape exactly.
+ *
+ * The entry's own quantizer (what `--method rtn` and the sensitivity pass get) learns the codebooks for the
+ * plain weight error, weighted per input column by the importance (imatrix) when given: residual k-means,
+ * then three alternations of greedy code search, least-squares codebooks and optimal scales. The
+ * Hessian-weighted search with beam, iterations and checkpoints is the `aqlm` method (methods/m_aqlm.c). */
+#include "formats/fmt_aqlm.h"
+
+#include "base/parallel.h"
+#include "kernels/aqlm.h"
+
+#define AQLM_TYPE_BASE 0x51A0
+
+static void aqlm_quantize(int M, int B, const float *src, void *dst, int64_t nrows, int64_t ncols,
+                          const float *imp) {
+    ql_aqlm_params p = {.M = M, .B = B, .beam = 1, .init_iters = 10, .update = QL_AQLM_UPDATE_LS,
+                        .adam_steps = 20, .lr = 1e-3, .seed = 1, .n_threads = ql_default_threads()};
+    ql_aqlm_solver *s = ql_aqlm_solver_new(src, nrows, ncols, NULL, imp, &p);
+    if (!s) return; /* out of memory: the bytes stay as the caller left them */
+    if (ql_aqlm_init(s) == QL_OK)
+        for (int it = 0; it < 3; it++) {
+            double before = ql_aqlm_loss(s);
+            if (ql_aqlm_alternate(s) != QL_OK || !(ql_aqlm_loss(s) < before * 0.999)) break;
+        }
+    ql_aqlm_pack(ql_aqlm_solver_state(s), dst);
+    ql_aqlm_solver_free(s);
+}
+
+#define AQLM_ENTRY(Mv, Bv, idx, tol, lbl, what)                                                                  \
+    static void aqlm_##Mv##x##Bv##_quantize(const float *src, void *dst, int64_t nr, int64_t nc,              \
+                                           const float *imp) {                                               \
+        aqlm_quantize(Mv, Bv, src, dst, nr, nc, imp);                                                         \
+    }                                                                                                         \
+    static void aqlm_##Mv##x##Bv##_dequantize(const void *src, float *dst, int64_t nr, int64_t nc) {          \
+        ql_aqlm_dequantize_ref(Mv, Bv, src, dst, nr, nc);                                                     \
+    }                                                                                                         \
+    static int64_t aqlm_##Mv##x##Bv##_bytes(int64_t nc, int64_t nr) { return ql_aqlm_tensor_bytes(Mv, Bv, nc, nr); } \
+    const ql_format ql_fmt_aqlm_##Mv##x##Bv = {                                                               \
+        .name = "aqlm_" #Mv "x" #Bv,                                                                          \
+        .type = AQLM_TYPE_BASE + idx,                                                                         \
+        .family = QL_FAMILY_ADDITIVE,                                                                         \
+        .block = QL_AQLM_GROUP,                                                                               \
+        .block_bytes = (Mv * Bv + 7) / 8,                                                                     \
+        /* codes + codebooks + scales of a 4096x4096 tensor, per weight */                                   \
+        .bpw = (double)Mv * Bv / 8 + (double)Mv * (1 << Bv) * 8 * 16 / (4096.0 * 4096.0) + 16.0 / 4096,     \
+        .whole_tensor = true,                                                                                 \
+        .tensor_bytes = aqlm_##Mv##x##Bv##_bytes,                                                             \
+        .quantize_rows = aqlm_##Mv##x##Bv##_quantize,                                                         \
+        .dequantize_rows = aqlm_##Mv##x##Bv##_dequantize,                                                     \
+        .uses_importance = true,                                                                              \
+        .tolerance = tol,                                                                                     \
+        .grid = QL_GRID_NONE, /* codes address learned vectors: no per-weight grid for GPTQ */              \
+        .summary = "AQLM " #Mv "x" #Bv ": " what,                                                             \
+        .explain = "Additive quantization (AQLM): each group of 8 weights of a row is the sum of " #Mv        \
+                   " codeword(s) picked from " #Mv " codebook(s) of 2^" #Bv " learned 8-vectors, times one "   \
+                   "scale per output row. The codebooks are learned for each tensor (k-means, then "          \
+                   "alternating code search and least squares); stored in f16 and counted in the size, "     \
+                   "so small tensors pay a lot for them. --method aqlm learns them against the "              \
+                   "calibration Hessian. llama.cpp cannot load it.",                                          \
+        .label = lbl,                                                                                         \
+    };
+
+/* tolerances: N(0,1) rows of 4096 (8 rows: 4096 groups), measured by tests/test_formats.c; 1x16 has more
+ * codewords than groups there, so it stores them nearly exactly */
+AQLM_ENTRY(1, 16, 0, 0.01, "aq1x16", "one 2^16 codebook, 2 bits + 1 MiB of codebook per tensor")
+AQLM_ENTRY(2, 8, 1, 0.55, "aq2x8", "two 256-entry codebooks, 2 bits + 8 KiB per tensor")
+AQLM_ENTRY(1, 8, 2, 0.80, "aq1x8", "one 256-entry codebook, 1 bit + 4 KiB per tensor (teaching)")
+AQLM_ENTRY(4, 8, 3, 0.30, "aq4x8", "four 256-entry codebooks, 4 bits + 16 KiB per tensor (teaching)")
+
+bool ql_aqlm_format_params(const ql_format *f, int *M, int *B) {
+    static const ql_format *const all[] = {&ql_fmt_aqlm_1x16, &ql_fmt_aqlm_2x8, &ql_fmt_aqlm_1x8, &ql_fmt_aqlm_4x8};
+    static const int mb[][2] = {{1, 16}, {2, 8}, {1, 8}, {4, 8}};
+    for (size_t i = 0; i < QL_ARRAY_LEN(all); i++)
+        if (f == all[i]) {
+            if (M) *M = mb[i][0];
+            if (B) *B = mb[i][1];
+            return true;
+        }
+    return false;
+}

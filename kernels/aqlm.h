@@ -1,0 +1,98 @@
+/* aqlm.h — additive quantization (AQLM, Egiazarian et al. 2024): the storage layout, the scalar reference
+ * decoder and its AVX2 twin, and the encoder that learns codebooks, codes and scales for one weight matrix.
+ *
+ * A weight row r is cut into groups of QL_AQLM_GROUP = 8 consecutive inputs (a short last group when the row
+ * length is not a multiple of 8); group j of row r is
+ *     W[r, 8j .. 8j+7] ≈ s_r · (C_0[b_{r,j,0}] + C_1[b_{r,j,1}] + ... + C_{M-1}[b_{r,j,M-1}])
+ * with M codebooks of K = 2^B vectors of 8 values each, shared by the whole tensor, and one scale per row.
+ * Tensor bytes (little-endian, no padding):
+ *     f16 codebooks[M][K][8] | f16 scales[nrows] | codes[nrows][ngroups][M]  (u8 when B <= 8, else u16)
+ * Decoding sums the M codewords in codebook order in float, then multiplies by the scale (no FMA), so every
+ * implementation gives the same floats.
+ *
+ * The encoder minimises the output error tr((W − Ŵ) H (W − Ŵ)ᵀ) for a symmetric positive semi-definite H (the
+ * calibration Hessian XᵀX, or a diagonal of importance weights, or the identity): residual k-means start, then
+ * alternations of (1) beam search over each group's M codes (Gauss–Seidel over groups, the error's gradient
+ * R·H kept up to date), (2) a codebook update — exact least squares one codebook at a time (LAPACKE), or Adam
+ * steps on every codebook — and (3) the closed-form optimal scale of every row. Codebooks and scales are
+ * rounded to f16 after each update and the loss is always that of the stored values; a step that would raise
+ * it is undone, so the loss never increases. Work is split over n_threads (base/parallel.h) and OpenBLAS.
+ * Deterministic for a given thread count. */
+#ifndef QL_AQLM_H
+#define QL_AQLM_H
+
+#include "base/ql_common.h"
+
+#define QL_AQLM_GROUP 8
+
+/* Bytes of a [nrows, ncols] tensor with M codebooks of 2^B entries; -1 when a size overflows or is invalid. */
+int64_t ql_aqlm_tensor_bytes(int M, int B, int64_t ncols, int64_t nrows);
+
+/* Scalar reference decoder / its AVX2 twin (bit-identical; the twin falls back to the reference on CPUs
+ * without AVX2). src is ql_aqlm_tensor_bytes(M, B, ncols, nrows) bytes. */
+void ql_aqlm_dequantize_ref(int M, int B, const void *src, float *dst, int64_t nrows, int64_t ncols);
+void ql_aqlm_dequantize_avx2(int M, int B, const void *src, float *dst, int64_t nrows, int64_t ncols);
+
+/* ---- the encoder ---- */
+
+typedef enum { QL_AQLM_UPDATE_LS = 0, QL_AQLM_UPDATE_ADAM = 1 } ql_aqlm_update;
+
+typedef struct ql_aqlm_params {
+    int M, B;
+    int beam;          /* beam width of the code search (1 = greedy coordinate descent) */
+    int init_iters;    /* k-means iterations per codebook at the start */
+    ql_aqlm_update update;
+    int adam_steps;    /* Adam steps per alternation (update = ADAM) */
+    double lr;         /* Adam learning rate, in units of the row-normalised weights */
+    uint64_t seed;     /* k-means sampling */
+    int n_threads;
+    const ql_progress *progress; /* only its cancel flag is read here */
+} ql_aqlm_params;
+
+/* The learned state of one tensor (codebooks and scales already f16-rounded, as stored). */
+typedef struct ql_aqlm_state {
+    int M, B, K;
+    int64_t nrows, ncols, ngroups;
+    float *codebooks; /* [M][K][8] */
+    float *scales;    /* [nrows] */
+    uint16_t *codes;  /* [nrows][ngroups][M] */
+} ql_aqlm_state;
+
+typedef struct ql_aqlm_solver ql_aqlm_solver;
+
+/* w [nrows, ncols] (NaN read as 0, infinities and huge values clamped to what f16 codebooks times f16 scales
+ * reach). h: NULL, or [ncols, ncols] row-major (full Hessian); hdiag: NULL, or [ncols] (diagonal weights);
+ * both NULL = identity. The solver copies what it needs. NULL with ql_last_error on bad arguments / memory. */
+ql_aqlm_solver *ql_aqlm_solver_new(const float *w, int64_t nrows, int64_t ncols, const float *h, const float *hdiag,
+                                   const ql_aqlm_params *p);
+void ql_aqlm_solver_free(ql_aqlm_solver *s);
+/* Residual k-means start and optimal scales. QL_ERR_CANCELLED when the progress's cancel flag is set. */
+ql_status ql_aqlm_init(ql_aqlm_solver *s);
+/* One alternation: codes (beam search), codebooks, scales. On cancel the state is left as it was before the
+ * call (QL_ERR_CANCELLED). */
+ql_status ql_aqlm_alternate(ql_aqlm_solver *s);
+/* Only the code search (one sweep with the given beam width): the tests compare beam widths with it. */
+ql_status ql_aqlm_encode_pass(ql_aqlm_solver *s, int beam);
+/* The current loss tr((W − Ŵ) H (W − Ŵ)ᵀ) of the stored values. */
+double ql_aqlm_loss(const ql_aqlm_solver *s);
+/* The state, owned by the solver; a caller may overwrite it from a checkpoint and then call ql_aqlm_refresh. */
+ql_aqlm_state *ql_aqlm_solver_state(ql_aqlm_solver *s);
+ql_status ql_aqlm_refresh(ql_aqlm_solver *s);
+
+/* The best of the M·K codewords for one group, by beam search over the M codebooks (tests): returns the
+ * change of the loss of replacing codes[] by the chosen ones (<= 0; codes updated in place). g: the
+ * gradient slice (R·H) of the group, hjj: the group's 8×8 Hessian block, s: the row scale. */
+double ql_aqlm_search_group(const float *codebooks, int M, int K, const float *hjj, const float *g, float s,
+                            int beam, uint16_t *codes);
+
+/* Pack the state into tensor bytes (ql_aqlm_tensor_bytes) / read them back (sizes from the state's fields,
+ * which the caller sets; buffers allocated here). */
+void ql_aqlm_pack(const ql_aqlm_state *st, void *dst);
+ql_status ql_aqlm_state_alloc(ql_aqlm_state *st, int M, int B, int64_t nrows, int64_t ncols);
+void ql_aqlm_state_free(ql_aqlm_state *st);
+void ql_aqlm_unpack(const void *src, ql_aqlm_state *st);
+
+/* Codeword use: counts[m*K + k] = how many groups use codeword k of codebook m (the catalogue's histogram). */
+void ql_aqlm_code_usage(int M, int B, const void *src, int64_t nrows, int64_t ncols, uint32_t *counts);
+
+#endif
