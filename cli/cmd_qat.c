@@ -189,6 +189,7 @@ int cmd_qat(int argc, char **argv) {
         rc = cli_fail("qat");
         goto done;
     }
+    if (res.resumed_from >= 0) fprintf(stderr, "qlab qat: resumed from %s at step %d\n", ckpt, res.resumed_from);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     fprintf(stderr, "qlab qat: %d steps in %.1fs; held-out KLD %.6f -> %.6f; peak memory %.1f MiB (training state "

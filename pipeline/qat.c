@@ -250,6 +250,7 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     *out = NULL;
     memset(res, 0, sizeof *res);
     res->eval_kld_start = res->eval_kld_end = NAN;
+    res->resumed_from = -1;
     const int T = o->seq_len;
     if (!(o->adam.lr > 0) || !isfinite(o->adam.lr))
         return ql_fail(QL_ERR_ARG, "learning rate %g: it must be a positive number", o->adam.lr);
@@ -302,6 +303,7 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     float *tlog = NULL, *teval = NULL;
     bool resumed = false;
     if (!s && o->resume && o->checkpoint) s = ckpt_load(&st, o->checkpoint, &resumed);
+    if (resumed) res->resumed_from = (int)st.opt->step;
     if (!s) s = ql_infer_new(m, o->n_threads, &teacher);
     if (!s) {
         ql_infer_set_op_threads(teacher, o->n_threads);
@@ -399,7 +401,6 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     ql_scratch_free(tsc);
     ql_infer_free(teacher);
     free_state(&st);
-    (void)resumed;
     if (s && s != QL_ERR_CANCELLED) {
         ql_train_model_free(tm);
         return s;

@@ -57,6 +57,7 @@ typedef struct {
 
 typedef struct {
     int steps_done;
+    int resumed_from;                    /* the checkpoint's step when the run resumed, else -1 */
     double eval_kld_start, eval_kld_end; /* NaN without eval sequences */
     double seconds, peak_train_bytes;    /* activations + weights + gradients + optimizer state */
 } ql_qat_result;

@@ -23,7 +23,7 @@
 #include "pipeline/qat.h"
 #include "pipeline/quantize.h"
 #include "presets/preset.h"
-#include "test_util.h"
+#include "tests/test_util.h"
 
 #define SEQ 64
 #define N_TRAIN 24

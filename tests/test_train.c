@@ -15,7 +15,7 @@
 #include "core/infer.h"
 #include "core/model.h"
 #include "core/train.h"
-#include "test_util.h"
+#include "tests/test_util.h"
 
 static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
 static double rnd(void) { /* [-1, 1) */
