@@ -259,6 +259,15 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     if (!(o->kl_weight > 0) && !(o->ce_weight > 0)) return ql_fail(QL_ERR_ARG, "qat: neither KL nor CE weight is positive");
     ql_status s = ql_qat_check_plan(m, o->plan);
     if (s) return s;
+    /* refused before allocating: double master weights, gradients, two Adam moments and the fake-quantized
+     * copy, the kept activations, the teacher's scratch and its logits */
+    const double need = ql_train_acts_bytes(&m->cfg, T) + 5.0 * 8 * (double)ql_model_n_params(m) +
+                        ql_scratch_bytes(&m->cfg, T) + 4.0 * T * m->cfg.n_vocab * (double)(1 + o->n_eval);
+    const char *limit_what = NULL;
+    const double limit = ql_mem_limit_bytes(&limit_what);
+    if (need > limit)
+        return ql_fail(QL_ERR_NOMEM, "training at --len %d needs %.2f GiB, more than %s allows (%.2f GiB)", T,
+                       need / 1073741824.0, limit_what ? limit_what : "memory", limit / 1073741824.0);
     const double t0 = ql_time_s();
     qat_state st = {.o = o};
     if ((s = ql_train_model_from(m, &st.tm))) return s;
