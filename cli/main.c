@@ -21,6 +21,7 @@ int cmd_plan(int argc, char **argv);
 int cmd_pareto(int argc, char **argv);
 int cmd_sense_diff(int argc, char **argv);
 int cmd_tui(int argc, char **argv);
+int cmd_qat(int argc, char **argv);
 
 const cli_command cli_commands[] = {
     {"info", "architecture, hyper-parameters and every tensor of a model", cmd_info, NULL},
@@ -39,6 +40,7 @@ const cli_command cli_commands[] = {
     {"sense", "per-tensor sensitivity: bits and error of every candidate format (weight, output, KLD)", cmd_sense, NULL},
     {"plan", "allocate bits to a target BPW or size from a sensitivity file; writes a plan", cmd_plan, NULL},
     {"pareto", "predicted error-vs-BPW frontier of a sensitivity file", cmd_pareto, NULL},
+    {"qat", "quantization-aware training or tuning of a plan (distillation from the float model), then export", cmd_qat, NULL},
     {"sense-diff", "tensors whose sensitivity ranking differs most between two sensitivity files", cmd_sense_diff, NULL},
     {NULL, NULL, NULL, NULL},
 };

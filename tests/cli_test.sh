@@ -557,5 +557,20 @@ if [ -f "$QM" ] && [ -f "$SHARED/data/wikitext-2-valid.raw" ]; then
   else bad "e8p KLD: quip '$kq' vs rounding '$kr'"; fi
 fi
 
+# qlab qat: refusals in one line, a short run exporting a file, the same bytes for the same seed
+if [ -f "$T/tiny.gguf" ]; then
+  expect_error "qat lr 0" "learning rate" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --lr 0 -o "$T/qat.gguf"
+  expect_error "qat lr nan" "learning rate" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --lr nan -o "$T/qat.gguf"
+  expect_error "qat format without a straight-through path" "straight-through" $QLAB qat "$T/tiny.gguf" --type iq2_xxs --text "$T/text.txt" --ctx 64 --steps 2 -o "$T/qat.gguf"
+  expect_error "qat text shorter than one sequence" "fewer than one chunk" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/notamodel.txt" --ctx 64 --steps 2 -o "$T/qat.gguf"
+  expect_error "qat --resume without a checkpoint" "--checkpoint" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --resume -o "$T/qat.gguf"
+  if $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 3 --threads 1 --checkpoint "$T/qat.ckpt" -o "$T/qat1.gguf" 2>"$T/qat.err" \
+     && $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 3 --threads 1 -o "$T/qat2.gguf" 2>/dev/null \
+     && grep -q "held-out KLD" "$T/qat.err" && [ -s "$T/qat.ckpt" ] && $QLAB info "$T/qat1.gguf" >/dev/null 2>&1; then
+    if cmp -s "$T/qat1.gguf" "$T/qat2.gguf"; then ok "qat: a short run exports, checkpoints, and repeats byte for byte"
+    else bad "qat: two runs with one seed and one thread differ"; fi
+  else bad "qat: a short run failed"; sed 's/^/     /' "$T/qat.err" | tail -3; fi
+fi
+
 echo "cli_test: $pass passed, $fail failed, $skipped skipped"
 [ $fail -eq 0 ]

@@ -1,0 +1,220 @@
+/* cmd_qat.c — `qlab qat`: quantization-aware training or tuning of a plan (pipeline/qat.h) on calibration
+ * text, with a progress line per step, held-out KLD, checkpoints and resume after Ctrl-C, and the result
+ * written through the PTQ exporters with codes re-chosen from the trained weights. */
+#include "cli/cli.h"
+#include "base/parallel.h"
+#include "core/model.h"
+#include "formats/format.h"
+#include "pipeline/export.h"
+#include "pipeline/plan.h"
+#include "pipeline/qat.h"
+#include "pipeline/quantize.h"
+#include "presets/preset.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static const char *QAT_USAGE =
+    "usage: qlab qat MODEL (--plan FILE | --preset NAME | --type FORMAT) (--text FILE | --calib SPEC) --steps N\n"
+    "                -o OUT [--to gguf|gptq|awq|...] [options]\n"
+    "Quantization-aware training: every planned weight is fake-quantized in its own format in the forward pass\n"
+    "(the format's quantize-then-dequantize) and its gradient passes straight through to a float master copy;\n"
+    "the loss is the KL divergence to the float model's logits (distillation) and/or next-token cross-entropy.\n"
+    "The trained weights are then quantized with the plan (codes re-chosen) and written by the exporter.\n"
+    "  --tune norms|scales  instead of QAT, keep the codes and train the norm vectors (norms) or one multiplier\n"
+    "                       per format block plus the norms (scales)\n"
+    "  --steps N            optimizer updates (required)\n"
+    "  --lr X               peak learning rate (default 1e-4; tuning 1e-3), --warmup N (default steps/10),\n"
+    "                       cosine decay to --min-lr-ratio R (default 0.1), --wd X weight decay (default 0),\n"
+    "                       --clip X gradient-norm limit (default 1), --accum N sequences per update (default 1)\n"
+    "  --kl W --ce W        loss weights (default KL 1, CE 0)\n"
+    "  --ste identity|clip  straight-through gradient: unchanged, or zero outside the row's quantized range\n"
+    "  --text FILE          training text in chunks of --ctx tokens (default 256; --chunks N caps them)\n"
+    "  --calib SPEC         ...or a calibration set (--samples N --len L --seed S; see qlab calib --help)\n"
+    "  --eval-seqs N        held-out sequences taken from the end of the training data (default 8; 0: none),\n"
+    "                       evaluated every --eval-every N steps (default steps/10) as KL(float || quantized)\n"
+    "  --checkpoint FILE    save the run there (atomically) every --checkpoint-every N steps, on Ctrl-C and at the\n"
+    "                       end; --resume continues from it (the result equals an uninterrupted run)\n"
+    "  --seed S             which sequences the steps draw (default 0); --threads N\n"
+    "  --log-every N        progress line every N steps (default: about 50 lines per run)\n"
+    "A run is deterministic for a seed and a thread count. Ctrl-C stops after the current step and keeps a\n"
+    "checkpoint; a loss that stops being finite ends the run and leaves the last good checkpoint.\n";
+
+typedef struct {
+    int log_every;
+    double t0;
+} qat_cli;
+
+static void fmt_time(double s, char *buf, size_t cap) {
+    if (s >= 3600) snprintf(buf, cap, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    else if (s >= 60) snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else snprintf(buf, cap, "%.0fs", s);
+}
+
+static void on_step(void *user, const ql_qat_report *r) {
+    const qat_cli *c = user;
+    if (!(r->step % c->log_every == 0 || r->step == r->steps || r->evaluated || r->step == 1)) return;
+    char eta[32];
+    fmt_time(r->eta_s, eta, sizeof eta);
+    fprintf(stderr, "qlab qat: step %d/%d loss %.5f (kl %.5f ce %.4f) lr %.2e |g| %.3g %.0f tok/s ETA %s", r->step,
+            r->steps, r->loss, r->kl, r->ce, r->lr, r->grad_norm, r->tokens_per_s, eta);
+    if (r->evaluated) fprintf(stderr, " | held-out KLD %.6f", r->eval_kld);
+    if (r->checkpointed) fprintf(stderr, " | checkpoint");
+    fputc('\n', stderr);
+}
+
+int cmd_qat(int argc, char **argv) {
+    cli_args a;
+    cli_args_init(&a, argc, argv, QAT_USAGE);
+    const char *flag, *pos, *model = NULL, *out = NULL, *plan_path = NULL, *preset = NULL, *type = NULL, *to = NULL;
+    const char *tune = NULL, *ste = "identity", *ckpt = NULL;
+    int steps = 0, accum = 1, warmup = -1, eval_seqs = 8, eval_every = -1, ckpt_every = 0, log_every = 0;
+    double lr = NAN, min_lr = 0.1, wd = 0.0, clip = 1.0, kl_w = 1.0, ce_w = 0.0;
+    bool resume = false, lr_given = false;
+    cli_calib ca;
+    cli_calib_defaults(&ca, 256, 0);
+    while (cli_next(&a, &flag, &pos)) {
+        if (pos) {
+            if (model) return cli_usage_error("qat", QAT_USAGE, "unexpected argument '%s'", pos);
+            model = pos;
+        } else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
+        else if (!strcmp(flag, "--plan")) plan_path = cli_value(&a, flag);
+        else if (!strcmp(flag, "--preset")) preset = cli_value(&a, flag);
+        else if (!strcmp(flag, "--type")) type = cli_value(&a, flag);
+        else if (!strcmp(flag, "--to")) to = cli_value(&a, flag);
+        else if (!strcmp(flag, "--tune")) tune = cli_value(&a, flag);
+        else if (!strcmp(flag, "--ste")) ste = cli_value(&a, flag);
+        else if (!strcmp(flag, "--steps")) steps = cli_int(&a, flag, 1, 1 << 24);
+        else if (!strcmp(flag, "--accum")) accum = cli_int(&a, flag, 1, 1 << 16);
+        else if (!strcmp(flag, "--warmup")) warmup = cli_int(&a, flag, 0, 1 << 24);
+        else if (!strcmp(flag, "--lr")) lr = cli_double(&a, flag), lr_given = true;
+        else if (!strcmp(flag, "--min-lr-ratio")) min_lr = cli_double(&a, flag);
+        else if (!strcmp(flag, "--wd")) wd = cli_double(&a, flag);
+        else if (!strcmp(flag, "--clip")) clip = cli_double(&a, flag);
+        else if (!strcmp(flag, "--kl")) kl_w = cli_double(&a, flag);
+        else if (!strcmp(flag, "--ce")) ce_w = cli_double(&a, flag);
+        else if (!strcmp(flag, "--eval-seqs")) eval_seqs = cli_int(&a, flag, 0, 1 << 20);
+        else if (!strcmp(flag, "--eval-every")) eval_every = cli_int(&a, flag, 0, 1 << 24);
+        else if (!strcmp(flag, "--checkpoint")) ckpt = cli_value(&a, flag);
+        else if (!strcmp(flag, "--checkpoint-every")) ckpt_every = cli_int(&a, flag, 0, 1 << 24);
+        else if (!strcmp(flag, "--resume")) resume = true;
+        else if (!strcmp(flag, "--log-every")) log_every = cli_int(&a, flag, 1, 1 << 24);
+        else if (cli_calib_flag(&a, flag, &ca)) continue;
+        else return cli_unknown(&a, flag);
+    }
+    if (a.error) return 2;
+    if (!model) return cli_usage_error("qat", QAT_USAGE, "needs MODEL");
+    if (!out) return cli_usage_error("qat", QAT_USAGE, "needs -o OUT");
+    if ((type != NULL) + (preset != NULL) + (plan_path != NULL) != 1)
+        return cli_usage_error("qat", QAT_USAGE, "give exactly one of --plan, --preset, --type");
+    if (!cli_calib_given(&ca)) return cli_usage_error("qat", QAT_USAGE, "needs training text: --text FILE or --calib SPEC");
+    if (steps <= 0) return cli_usage_error("qat", QAT_USAGE, "needs --steps N");
+    ql_qat_mode mode = QL_QAT_FULL;
+    if (tune && !strcmp(tune, "norms")) mode = QL_TUNE_NORMS;
+    else if (tune && !strcmp(tune, "scales")) mode = QL_TUNE_SCALES;
+    else if (tune)
+        return cli_usage_error("qat", QAT_USAGE, "--tune %s: the choices are norms and scales (codebooks need a "
+                                                 "codebook format)", tune);
+    if (strcmp(ste, "identity") && strcmp(ste, "clip"))
+        return cli_usage_error("qat", QAT_USAGE, "--ste %s: the choices are identity and clip", ste);
+    if (!lr_given) lr = mode == QL_QAT_FULL ? 1e-4 : 1e-3;
+    if (!(lr > 0) || !isfinite(lr))
+        return cli_usage_error("qat", QAT_USAGE, "--lr %g: the learning rate must be a positive number", lr);
+    if (!(kl_w >= 0) || !(ce_w >= 0) || !(kl_w + ce_w > 0))
+        return cli_usage_error("qat", QAT_USAGE, "--kl and --ce must be non-negative and not both 0");
+    if (resume && !ckpt) return cli_usage_error("qat", QAT_USAGE, "--resume needs --checkpoint FILE");
+    const ql_exporter_info *exporter = ql_exporter_default();
+    if (to && ql_exporter_find(to, &exporter)) return cli_usage_error("qat", QAT_USAGE, "%s", ql_last_error());
+    if (cli_refuse_input_as_output("qat", out, CLI_INPUTS(model, plan_path, ca.text, ckpt)) ||
+        cli_refuse_input_as_output("qat", ckpt, CLI_INPUTS(model, plan_path, ca.text)))
+        return 1;
+
+    int rc = 0;
+    ql_model *m = NULL;
+    ql_plan *plan = NULL;
+    ql_preset *ps = NULL;
+    int32_t *tok = NULL;
+    int64_t n_seq = 0;
+    ql_train_model *tm = NULL;
+    ql_status s = ql_model_load(model, &m);
+    if (!s) {
+        if (type) s = ql_plan_single_format(type, m, &plan);
+        else if (preset) {
+            s = ql_preset_load(preset, &ps);
+            if (!s) s = ql_preset_resolve(ps, m, false, &plan);
+        } else
+            s = ql_plan_load(plan_path, &plan);
+    }
+    if (!s) s = ql_qat_check_plan(m, plan);
+    if (!s) {
+        ca.label = "qat";
+        s = cli_calib_tokens(m, &ca, &tok, &n_seq);
+    }
+    if (s) {
+        rc = cli_fail("qat");
+        goto done;
+    }
+    /* held out: the last sequences, never trained on */
+    int64_t n_eval = eval_seqs > 0 && n_seq > 1 ? QL_MIN((int64_t)eval_seqs, n_seq / 10 > 0 ? n_seq / 10 : 1) : 0;
+    if (eval_seqs > 0 && n_eval == 0)
+        fprintf(stderr, "qlab qat: note: one sequence of %d tokens: no held-out evaluation\n", ca.ctx);
+    qat_cli cc = {.log_every = log_every > 0 ? log_every : (steps >= 50 ? steps / 50 : 1)};
+    cli_install_sigint();
+    ql_qat_opts o = {
+        .plan = plan, .mode = mode, .ste = strcmp(ste, "clip") ? QL_STE_IDENTITY : QL_STE_CLIPPED,
+        .train = tok, .n_train = n_seq - n_eval, .eval = tok + (n_seq - n_eval) * ca.ctx, .n_eval = n_eval,
+        .seq_len = ca.ctx, .steps = steps, .accum = accum,
+        .adam = {.lr = lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = wd,
+                 .warmup = warmup >= 0 ? warmup : steps / 10, .min_lr_ratio = min_lr, .clip = clip},
+        .kl_weight = kl_w, .ce_weight = ce_w, .seed = ca.seed, .n_threads = ca.threads,
+        .eval_every = eval_every >= 0 ? eval_every : QL_MAX(1, steps / 10),
+        .checkpoint = ckpt, .checkpoint_every = ckpt_every, .resume = resume,
+        .report = on_step, .user = &cc, .cancel = &cli_cancel_flag,
+    };
+    fprintf(stderr, "qlab qat: %s %s, %d steps of %d x %d tokens (%lld training sequences, %lld held out), %d threads\n",
+            mode == QL_QAT_FULL ? "QAT of" : mode == QL_TUNE_NORMS ? "tuning the norms of" : "tuning the scales of",
+            plan->source ? plan->source : "the plan", steps, accum, ca.ctx, (long long)o.n_train, (long long)n_eval,
+            ca.threads);
+    ql_qat_result res;
+    s = ql_qat_run(m, &o, &tm, &res);
+    if (s == QL_ERR_CANCELLED) {
+        fprintf(stderr, "qlab qat: %s\n", ql_last_error());
+        rc = 130;
+        goto done;
+    }
+    if (s) {
+        rc = cli_fail("qat");
+        goto done;
+    }
+    if (res.resumed_from >= 0) fprintf(stderr, "qlab qat: resumed from %s at step %d\n", ckpt, res.resumed_from);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    fprintf(stderr, "qlab qat: %d steps in %.1fs; held-out KLD %.6f -> %.6f; peak memory %.1f MiB (training state "
+                    "%.1f MiB)\n", res.steps_done, res.seconds, res.eval_kld_start, res.eval_kld_end,
+            ru.ru_maxrss / 1024.0, res.peak_train_bytes / 1048576.0);
+    if ((s = ql_qat_apply(m, tm))) {
+        rc = cli_fail("qat");
+        goto done;
+    }
+    ql_quant_opts qo = {.plan = plan, .n_threads = ca.threads, .exporter = exporter};
+    ql_quant_stats qs;
+    ql_progress *bar = cli_progress_bar("export");
+    s = ql_quantize_model(m, &qo, out, bar, &qs);
+    cli_progress_done(bar);
+    if (s) {
+        rc = cli_fail("qat");
+        goto done;
+    }
+    fprintf(stderr, "qlab qat: wrote %s (%lld tensors quantized, %.2f MiB)\n", out, (long long)qs.tensors_quantized,
+            qs.bytes_out / 1048576.0);
+done:
+    ql_train_model_free(tm);
+    free(tok);
+    ql_plan_free(plan);
+    ql_preset_free(ps);
+    ql_model_free(m);
+    return rc;
+}

@@ -1,0 +1,435 @@
+/* qat.c — the training loop of qat.h: fake quantization through each planned format's own round trip
+ * (ql_format_roundtrip), straight-through gradients, tuning with fixed codes, teacher logits from
+ * core/infer.c's forward of the float model, held-out KLD, atomic checkpoints and resume. Which training
+ * sequence a micro-batch sees is a pure function of (seed, step, micro-batch), and every piece of state a
+ * step reads is in the checkpoint, so a resumed run repeats an uninterrupted one exactly. */
+#include "pipeline/qat.h"
+#include "base/atomic_file.h"
+#include "core/infer.h"
+#include "formats/format.h"
+#include "kernels/ggml_types.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *ql_qat_no_ste(const ql_format *f) {
+    if (!f->quantize_rows) return "is decode-only (no quantizer to run in the forward pass)";
+    if (f->requires_importance) return "cannot quantize without importance data (no fixed round trip to train through)";
+    return NULL;
+}
+
+ql_status ql_qat_check_plan(const ql_model *m, const ql_plan *plan) {
+    for (int i = 0; i < plan->n; i++) {
+        const ql_plan_entry *e = &plan->e[i];
+        const char *why = ql_qat_no_ste(e->format);
+        if (why)
+            return ql_fail(QL_ERR_UNSUPPORTED, "%s: format %s has no straight-through path: it %s", e->tensor,
+                           e->format->name, why);
+        int64_t t = ql_gguf_find_tensor(m->gguf, e->tensor);
+        if (t >= 0 && !ql_format_fits(e->format, m->gguf->tensors[t].ne[0]))
+            return ql_fail(QL_ERR_UNSUPPORTED, "%s: format %s cannot store rows of %lld", e->tensor, e->format->name,
+                           (long long)m->gguf->tensors[t].ne[0]);
+    }
+    return QL_OK;
+}
+
+/* One planned weight: its format, the values the forward uses, and (tuning scales) one multiplier per block. */
+typedef struct {
+    int param;
+    const ql_format *f;
+    float *buf;    /* [n] round-trip scratch */
+    double *q;     /* [n] the quantized weights: recomputed each step (QAT) or fixed (tuning) */
+    double *eff;   /* [n] tuning scales: s_block · q */
+    int64_t n, n_blocks;
+    int block;
+    double *s, *sg, *sm, *sv; /* [n_blocks] */
+} qparam;
+
+typedef struct {
+    const ql_qat_opts *o;
+    ql_train_model *tm;
+    ql_adamw *opt;
+    qparam *qp;
+    int n_qp;
+    int64_t n_scales;
+} qat_state;
+
+/* w (double) → float → the format's quantize-then-dequantize → q (double) */
+static ql_status fake_quant(const ql_train_model *tm, qparam *qp, const double *w, int n_threads) {
+    const ql_train_param *p = &tm->p[qp->param];
+    for (int64_t j = 0; j < qp->n; j++) qp->buf[j] = (float)w[j];
+    ql_status s = ql_format_roundtrip(qp->f, qp->buf, qp->buf, p->rows, p->cols, NULL, n_threads);
+    if (s) return s;
+    for (int64_t j = 0; j < qp->n; j++) qp->q[j] = qp->buf[j];
+    return QL_OK;
+}
+
+static void free_state(qat_state *st) {
+    for (int i = 0; i < st->n_qp; i++) {
+        qparam *q = &st->qp[i];
+        free(q->buf), free(q->q), free(q->eff), free(q->s), free(q->sg), free(q->sm), free(q->sv);
+    }
+    free(st->qp);
+    ql_adamw_free(st->opt);
+}
+
+/* The weights each planned tensor is multiplied with in this step's forward pass. */
+static ql_status prepare_forward(qat_state *st) {
+    for (int i = 0; i < st->n_qp; i++) {
+        qparam *qp = &st->qp[i];
+        ql_train_param *p = &st->tm->p[qp->param];
+        if (st->o->mode == QL_QAT_FULL) {
+            ql_status s = fake_quant(st->tm, qp, p->w, st->o->n_threads);
+            if (s) return s;
+            p->eff = qp->q;
+        } else if (st->o->mode == QL_TUNE_SCALES) {
+            for (int64_t j = 0; j < qp->n; j++) qp->eff[j] = qp->s[j / qp->block] * qp->q[j];
+            p->eff = qp->eff;
+        } else
+            p->eff = qp->q;
+    }
+    return QL_OK;
+}
+
+/* After the backward: the clipped straight-through estimator drops the gradient of master weights outside
+ * their row's quantized range (the quantizer saturates there); tuning scales collect d/ds = Σ g·q per block. */
+static void after_backward(qat_state *st) {
+    for (int i = 0; i < st->n_qp; i++) {
+        qparam *qp = &st->qp[i];
+        ql_train_param *p = &st->tm->p[qp->param];
+        if (st->o->mode == QL_QAT_FULL && st->o->ste == QL_STE_CLIPPED)
+            for (int r = 0; r < p->rows; r++) {
+                const double *q = qp->q + (size_t)r * p->cols, *w = p->w + (size_t)r * p->cols;
+                double *g = p->g + (size_t)r * p->cols, amax = 0;
+                for (int j = 0; j < p->cols; j++) amax = fmax(amax, fabs(q[j]));
+                for (int j = 0; j < p->cols; j++)
+                    if (fabs(w[j]) > amax) g[j] = 0;
+            }
+        if (st->o->mode == QL_TUNE_SCALES) {
+            memset(qp->sg, 0, (size_t)qp->n_blocks * sizeof(double));
+            for (int64_t j = 0; j < qp->n; j++) qp->sg[j / qp->block] += p->g[j] * qp->q[j];
+        }
+    }
+}
+
+/* Adam on the block scales, with the weights' learning rate and no decay (a scale's neutral value is 1). */
+static void scales_step(qat_state *st, double grad_scale) {
+    const ql_adamw_opts *o = &st->opt->o;
+    const double lr = ql_adamw_lr(o, st->opt->step - 1), t = (double)st->opt->step;
+    const double c1 = 1.0 - pow(o->beta1, t), c2 = 1.0 - pow(o->beta2, t);
+    for (int i = 0; i < st->n_qp; i++) {
+        qparam *qp = &st->qp[i];
+        for (int64_t b = 0; b < qp->n_blocks; b++) {
+            const double g = qp->sg[b] * grad_scale;
+            qp->sm[b] = o->beta1 * qp->sm[b] + (1 - o->beta1) * g;
+            qp->sv[b] = o->beta2 * qp->sv[b] + (1 - o->beta2) * g * g;
+            qp->s[b] -= lr * (qp->sm[b] / c1) / (sqrt(qp->sv[b] / c2) + o->eps);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+#define CKPT_MAGIC "QLQATCK1"
+typedef struct {
+    char magic[8];
+    uint32_t mode, reserved;
+    uint64_t seed;
+    int64_t n_weights, n_scales, step;
+} ckpt_header;
+
+static ql_status ckpt_save(const qat_state *st, const char *path) {
+    ql_atomic_file *af;
+    ql_status s = ql_atomic_open(path, &af);
+    if (s) return s;
+    ckpt_header h = {.mode = (uint32_t)st->o->mode, .seed = st->o->seed, .n_weights = st->tm->n_weights,
+                     .n_scales = st->n_scales, .step = st->opt->step};
+    memcpy(h.magic, CKPT_MAGIC, 8);
+    const size_t n = (size_t)st->tm->n_weights * sizeof(double);
+    if ((s = ql_atomic_write(af, &h, sizeof h)) || (s = ql_atomic_write(af, st->tm->w_all, n)) ||
+        (s = ql_atomic_write(af, st->opt->m, n)) || (s = ql_atomic_write(af, st->opt->v, n))) {
+        ql_atomic_abort(af);
+        return s;
+    }
+    for (int i = 0; i < st->n_qp && !s; i++) {
+        const qparam *qp = &st->qp[i];
+        const size_t b = (size_t)qp->n_blocks * sizeof(double);
+        if (b && ((s = ql_atomic_write(af, qp->s, b)) || (s = ql_atomic_write(af, qp->sm, b)) ||
+                  (s = ql_atomic_write(af, qp->sv, b))))
+            break;
+    }
+    if (s) {
+        ql_atomic_abort(af);
+        return s;
+    }
+    return ql_atomic_commit(af);
+}
+
+/* Every size in the file is checked against this run's before anything is copied. */
+static ql_status ckpt_load(qat_state *st, const char *path, bool *found) {
+    *found = false;
+    FILE *f = fopen(path, "rb");
+    if (!f) return QL_OK; /* nothing to resume: a fresh run */
+    ckpt_header h;
+    ql_status s = QL_OK;
+    const int64_t n = st->tm->n_weights;
+    if (fread(&h, sizeof h, 1, f) != 1 || memcmp(h.magic, CKPT_MAGIC, 8) != 0)
+        s = ql_fail(QL_ERR_FORMAT, "%s: not a qlab QAT checkpoint", path);
+    else if (h.n_weights != n || h.n_scales != st->n_scales || h.mode != (uint32_t)st->o->mode)
+        s = ql_fail(QL_ERR_FORMAT, "%s: checkpoint of another run (%lld weights, %lld scales, mode %u; this run: %lld, "
+                                   "%lld, %u)", path, (long long)h.n_weights, (long long)h.n_scales, h.mode,
+                    (long long)n, (long long)st->n_scales, (unsigned)st->o->mode);
+    else if (h.seed != st->o->seed)
+        s = ql_fail(QL_ERR_FORMAT, "%s: checkpoint made with seed %llu, this run has %llu", path,
+                    (unsigned long long)h.seed, (unsigned long long)st->o->seed);
+    else if (h.step < 0 || h.step > st->o->steps)
+        s = ql_fail(QL_ERR_FORMAT, "%s: checkpoint at step %lld, outside this run's %d steps", path, (long long)h.step,
+                    st->o->steps);
+    else if (fread(st->tm->w_all, sizeof(double), (size_t)n, f) != (size_t)n ||
+             fread(st->opt->m, sizeof(double), (size_t)n, f) != (size_t)n ||
+             fread(st->opt->v, sizeof(double), (size_t)n, f) != (size_t)n)
+        s = ql_fail(QL_ERR_FORMAT, "%s: truncated checkpoint", path);
+    for (int i = 0; i < st->n_qp && !s; i++) {
+        qparam *qp = &st->qp[i];
+        const size_t b = (size_t)qp->n_blocks;
+        if (b && (fread(qp->s, sizeof(double), b, f) != b || fread(qp->sm, sizeof(double), b, f) != b ||
+                  fread(qp->sv, sizeof(double), b, f) != b))
+            s = ql_fail(QL_ERR_FORMAT, "%s: truncated checkpoint", path);
+    }
+    if (!s && fgetc(f) != EOF) s = ql_fail(QL_ERR_FORMAT, "%s: trailing bytes after the checkpoint", path);
+    fclose(f);
+    if (!s) {
+        st->opt->step = h.step;
+        *found = true;
+    }
+    return s;
+}
+
+/* ---------------------------------------------------------------- the loop */
+
+static uint64_t mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* The training sequence of micro-batch k of step `step`: a function of the seed and the position only. */
+static int64_t pick_sequence(uint64_t seed, int64_t step, int k, int accum, int64_t n) {
+    return (int64_t)(mix(seed ^ mix((uint64_t)(step * accum + k))) % (uint64_t)n);
+}
+
+/* Mean KL(teacher ‖ student) over the held-out sequences (teacher logits cached). */
+static ql_status evaluate(qat_state *st, ql_train_acts *a, const float *teacher_eval, double *kld) {
+    const ql_qat_opts *o = st->o;
+    const int T = o->seq_len, V = st->tm->cfg.n_vocab;
+    double sum = 0;
+    ql_status s = prepare_forward(st);
+    for (int64_t i = 0; i < o->n_eval && !s; i++) {
+        const int32_t *tok = o->eval + i * T;
+        if ((s = ql_train_forward(st->tm, a, tok, T, NULL))) break;
+        double kl;
+        ql_train_loss(st->tm, a, tok, T, 0, teacher_eval + (size_t)i * T * V, 0.0, 1.0, NULL, &kl);
+        sum += kl;
+    }
+    *kld = o->n_eval ? sum / o->n_eval : NAN;
+    return s;
+}
+
+/* Finite as floats: fake quantization and the export see them as F32. */
+static bool weights_finite(const ql_train_model *tm) {
+    for (int64_t i = 0; i < tm->n_weights; i++)
+        if (!(fabs(tm->w_all[i]) <= FLT_MAX)) return false;
+    return true;
+}
+
+ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **out, ql_qat_result *res) {
+    *out = NULL;
+    memset(res, 0, sizeof *res);
+    res->eval_kld_start = res->eval_kld_end = NAN;
+    res->resumed_from = -1;
+    const int T = o->seq_len;
+    if (!(o->adam.lr > 0) || !isfinite(o->adam.lr))
+        return ql_fail(QL_ERR_ARG, "learning rate %g: it must be a positive number", o->adam.lr);
+    if (o->steps <= 0 || o->accum <= 0 || T < 2) return ql_fail(QL_ERR_ARG, "qat: steps, accumulation and length must be positive");
+    if (o->n_train <= 0) return ql_fail(QL_ERR_ARG, "qat: no training sequence of %d tokens", T);
+    if (!(o->kl_weight > 0) && !(o->ce_weight > 0)) return ql_fail(QL_ERR_ARG, "qat: neither KL nor CE weight is positive");
+    ql_status s = ql_qat_check_plan(m, o->plan);
+    if (s) return s;
+    /* refused before allocating: double master weights, gradients, two Adam moments and the fake-quantized
+     * copy, the kept activations, the teacher's scratch and its logits */
+    const double need = ql_train_acts_bytes(&m->cfg, T) + 5.0 * 8 * (double)ql_model_n_params(m) +
+                        ql_scratch_bytes(&m->cfg, T) + 4.0 * T * m->cfg.n_vocab * (double)(1 + o->n_eval);
+    const char *limit_what = NULL;
+    const double limit = ql_mem_limit_bytes(&limit_what);
+    if (need > limit)
+        return ql_fail(QL_ERR_NOMEM, "training at --len %d needs %.2f GiB, more than %s allows (%.2f GiB)", T,
+                       need / 1073741824.0, limit_what ? limit_what : "memory", limit / 1073741824.0);
+    const double t0 = ql_time_s();
+    qat_state st = {.o = o};
+    if ((s = ql_train_model_from(m, &st.tm))) return s;
+    ql_train_model *tm = st.tm;
+    const int V = tm->cfg.n_vocab;
+    /* planned weights */
+    st.qp = ql_calloc((size_t)o->plan->n, sizeof *st.qp);
+    for (int i = 0; i < o->plan->n; i++) {
+        const ql_plan_entry *e = &o->plan->e[i];
+        int pi = ql_train_find(tm, e->tensor);
+        if (pi < 0 || !tm->p[pi].is_matrix || e->format->type == QL_TYPE_F32) continue;
+        qparam *qp = &st.qp[st.n_qp++];
+        const ql_train_param *p = &tm->p[pi];
+        qp->param = pi;
+        qp->f = e->format;
+        qp->n = (int64_t)p->rows * p->cols;
+        qp->buf = ql_malloc((size_t)qp->n * sizeof(float));
+        qp->q = ql_malloc((size_t)qp->n * sizeof(double));
+        if (o->mode != QL_QAT_FULL && (s = fake_quant(tm, qp, p->w, o->n_threads))) break;
+        if (o->mode == QL_TUNE_SCALES) {
+            /* one multiplier per block of the format along the row (per row when blocks do not tile it) */
+            qp->block = e->format->block > 1 && p->cols % e->format->block == 0 ? e->format->block : p->cols;
+            qp->n_blocks = qp->n / qp->block;
+            qp->s = ql_malloc((size_t)qp->n_blocks * sizeof(double));
+            for (int64_t b = 0; b < qp->n_blocks; b++) qp->s[b] = 1.0;
+            qp->sg = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->sm = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->sv = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->eff = ql_malloc((size_t)qp->n * sizeof(double));
+            st.n_scales += qp->n_blocks;
+        }
+    }
+    /* tuning: every matrix keeps its (quantized) values; the vectors and the scales train */
+    if (o->mode != QL_QAT_FULL)
+        for (int i = 0; i < tm->n_params; i++) tm->p[i].frozen = tm->p[i].is_matrix;
+    ql_adamw_opts ao = o->adam;
+    ao.total_steps = o->steps;
+    st.opt = ql_adamw_new(tm, &ao);
+    ql_infer *teacher = NULL;
+    ql_scratch *tsc = NULL;
+    ql_train_acts *acts = NULL;
+    float *tlog = NULL, *teval = NULL;
+    bool resumed = false;
+    if (!s && o->resume && o->checkpoint) s = ckpt_load(&st, o->checkpoint, &resumed);
+    if (resumed) res->resumed_from = (int)st.opt->step;
+    if (!s) s = ql_infer_new(m, o->n_threads, &teacher);
+    if (!s) {
+        ql_infer_set_op_threads(teacher, o->n_threads);
+        tsc = ql_scratch_new(teacher, T);
+        acts = ql_train_acts_new(&tm->cfg, T);
+        tlog = ql_malloc((size_t)T * V * sizeof(float));
+        res->peak_train_bytes = ql_train_acts_bytes(&tm->cfg, T) + 5.0 * 8 * tm->n_weights + 48.0 * st.n_scales +
+                                ql_scratch_bytes(&tm->cfg, T) + 4.0 * T * V * (1 + o->n_eval);
+    }
+    if (!s && o->n_eval > 0) {
+        teval = ql_malloc((size_t)o->n_eval * T * V * sizeof(float));
+        for (int64_t i = 0; i < o->n_eval && !s; i++)
+            s = ql_forward(teacher, tsc, o->eval + i * T, T, 0, teval + (size_t)i * T * V);
+        if (!s) s = evaluate(&st, acts, teval, &res->eval_kld_start);
+    }
+    const int64_t first = st.opt->step;
+    const double t_loop = ql_time_s();
+    ql_qat_report r = {.steps = o->steps};
+    while (!s && st.opt->step < o->steps) {
+        const int64_t step = st.opt->step;
+        if ((s = prepare_forward(&st))) break;
+        ql_train_zero_grad(tm);
+        double loss = 0, ce = 0, kl = 0;
+        for (int k = 0; k < o->accum && !s; k++) {
+            const int32_t *tok = o->train + pick_sequence(o->seed, step, k, o->accum, o->n_train) * T;
+            if (o->kl_weight > 0 && (s = ql_forward(teacher, tsc, tok, T, 0, tlog))) break;
+            if ((s = ql_train_forward(tm, acts, tok, T, NULL))) break;
+            double c1, k1;
+            loss += ql_train_loss(tm, acts, tok, T, 0, o->kl_weight > 0 ? tlog : NULL, o->ce_weight, o->kl_weight, &c1,
+                                  &k1);
+            ce += c1, kl += k1;
+            s = ql_train_backward(tm, acts, tok, T);
+        }
+        if (s) break;
+        loss /= o->accum, ce /= o->accum, kl /= o->accum;
+        if (!isfinite(loss)) {
+            s = ql_fail(QL_ERR_ARG, "the loss became %g at step %lld; stopped%s%s", loss, (long long)step + 1,
+                        o->checkpoint ? ", the last good checkpoint is " : " (no checkpoint was asked for)",
+                        o->checkpoint ? o->checkpoint : "");
+            break;
+        }
+        after_backward(&st);
+        r.lr = ql_adamw_lr(&st.opt->o, step);
+        r.grad_norm = ql_adamw_step(st.opt, tm, 1.0 / o->accum);
+        if (o->mode == QL_TUNE_SCALES) scales_step(&st, 1.0 / o->accum);
+        if (!weights_finite(tm)) {
+            s = ql_fail(QL_ERR_ARG, "the weights became too large for float at step %lld (learning rate %g too "
+                                        "high?); stopped%s%s", (long long)step + 1, r.lr,
+                        o->checkpoint ? ", the last good checkpoint is " : "", o->checkpoint ? o->checkpoint : "");
+            break;
+        }
+        const double el = ql_time_s() - t_loop;
+        const int64_t done_here = st.opt->step - first;
+        r.step = (int)st.opt->step;
+        r.loss = loss, r.ce = ce, r.kl = kl;
+        r.tokens_per_s = el > 0 ? (double)done_here * o->accum * T / el : 0;
+        r.eta_s = done_here > 0 ? el / done_here * (o->steps - st.opt->step) : 0;
+        r.evaluated = false;
+        const bool last = st.opt->step == o->steps;
+        const bool cancel = o->cancel && *o->cancel;
+        if (o->n_eval > 0 && (last || (o->eval_every > 0 && st.opt->step % o->eval_every == 0))) {
+            if ((s = evaluate(&st, acts, teval, &r.eval_kld))) break;
+            r.evaluated = true;
+            res->eval_kld_end = r.eval_kld;
+        }
+        r.checkpointed = false;
+        if (o->checkpoint && (last || cancel || (o->checkpoint_every > 0 && st.opt->step % o->checkpoint_every == 0))) {
+            if ((s = ckpt_save(&st, o->checkpoint))) break;
+            r.checkpointed = true;
+        }
+        if (o->report) o->report(o->user, &r);
+        if (cancel && !last) {
+            s = ql_fail(QL_ERR_CANCELLED, "stopped at step %lld of %d%s%s", (long long)st.opt->step, o->steps,
+                        o->checkpoint ? "; resume from " : "", o->checkpoint ? o->checkpoint : "");
+            break;
+        }
+    }
+    res->steps_done = (int)st.opt->step;
+    if (!s && o->n_eval > 0 && isnan(res->eval_kld_end)) res->eval_kld_end = res->eval_kld_start;
+    /* the weights to export: tuned scales folded in, fixed codes' tensors as they were */
+    if (!s || s == QL_ERR_CANCELLED)
+        for (int i = 0; i < st.n_qp; i++) {
+            qparam *qp = &st.qp[i];
+            ql_train_param *p = &tm->p[qp->param];
+            if (o->mode == QL_TUNE_SCALES)
+                for (int64_t j = 0; j < qp->n; j++) p->w[j] = qp->s[j / qp->block] * qp->q[j];
+            p->eff = NULL;
+        }
+    else
+        for (int i = 0; i < st.n_qp; i++) tm->p[st.qp[i].param].eff = NULL;
+    res->seconds = ql_time_s() - t0;
+    free(tlog);
+    free(teval);
+    ql_train_acts_free(acts);
+    ql_scratch_free(tsc);
+    ql_infer_free(teacher);
+    free_state(&st);
+    if (s && s != QL_ERR_CANCELLED) {
+        ql_train_model_free(tm);
+        return s;
+    }
+    *out = tm;
+    return s;
+}
+
+ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm) {
+    for (int i = 0; i < tm->n_params; i++) {
+        const ql_train_param *p = &tm->p[i];
+        ql_gguf_tensor *t = (ql_gguf_tensor *)p->src;
+        if (!t) return ql_fail(QL_ERR_ARG, "qat: tensor '%s' has no model tensor to write into", p->name);
+        const int64_t n = (int64_t)p->rows * p->cols;
+        float *buf = ql_malloc((size_t)n * sizeof(float));
+        for (int64_t j = 0; j < n; j++) buf[j] = (float)p->w[j];
+        ql_gguf_adopt(m->gguf, buf);
+        t->type = QL_TYPE_F32;
+        t->data = buf;
+        t->nbytes = (uint64_t)n * sizeof(float);
+    }
+    return QL_OK;
+}

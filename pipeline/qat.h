@@ -1,0 +1,81 @@
+/* qat.h — training in the loop over a plan: quantization-aware training (fake quantization of every planned
+ * weight through its registry format, gradients passed straight through to the float master weights) and
+ * tuning with the codes fixed (norms, or one scale per format block), against the float model's logits (KL
+ * distillation) and/or next-token cross-entropy. Checkpoints (atomic), resume, held-out evaluation, and the
+ * trained weights handed back to the model so the PTQ exporters write them (codes re-chosen from the trained
+ * weights). The backward pass is core/train.h's. */
+#ifndef QL_QAT_H
+#define QL_QAT_H
+
+#include "core/model.h"
+#include "core/train.h"
+#include "pipeline/plan.h"
+
+typedef enum {
+    QL_QAT_FULL = 0,    /* fake-quantize the planned weights, train every tensor */
+    QL_TUNE_NORMS = 1,  /* planned weights fixed at their quantized values; train the norm vectors (and biases) */
+    QL_TUNE_SCALES = 2, /* planned weights' codes fixed; train one multiplier per format block, and the norms */
+} ql_qat_mode;
+
+typedef enum {
+    QL_STE_IDENTITY = 0, /* the gradient at the quantized weight goes to the master weight unchanged */
+    QL_STE_CLIPPED = 1,  /* ...except where the master weight lies outside its row's quantized range */
+} ql_ste_kind;
+
+/* What the run reports after each optimizer step (and after each evaluation). */
+typedef struct {
+    int step, steps;         /* updates done, of steps */
+    double loss, ce, kl;     /* this step's, averaged over its micro-batches */
+    double lr, grad_norm;
+    double tokens_per_s, eta_s;
+    bool evaluated;          /* eval_kld is fresh */
+    double eval_kld;         /* mean KL(float ‖ quantized) on the held-out sequences, every position */
+    bool checkpointed;       /* the checkpoint was written after this step */
+} ql_qat_report;
+
+typedef struct {
+    const ql_plan *plan;
+    ql_qat_mode mode;
+    ql_ste_kind ste;
+    const int32_t *train; /* [n_train * seq_len] */
+    int64_t n_train;
+    const int32_t *eval;  /* [n_eval * seq_len]; n_eval 0: no evaluation */
+    int64_t n_eval;
+    int seq_len, steps, accum; /* micro-batches (sequences) per update: gradient accumulation */
+    ql_adamw_opts adam;        /* total_steps is set to steps */
+    double kl_weight, ce_weight;
+    uint64_t seed;             /* which training sequence each micro-batch draws */
+    int n_threads;             /* OpenBLAS threads; a run is deterministic for a seed and a thread count */
+    int eval_every;            /* 0: only at the start and the end */
+    const char *checkpoint;    /* file, or NULL */
+    int checkpoint_every;      /* 0: only when the run stops */
+    bool resume;               /* continue from checkpoint when it exists */
+    void (*report)(void *user, const ql_qat_report *r);
+    void *user;
+    volatile int *cancel;      /* non-zero: stop after the current step, checkpoint, QL_ERR_CANCELLED */
+} ql_qat_opts;
+
+typedef struct {
+    int steps_done;
+    int resumed_from;                    /* the checkpoint's step when the run resumed, else -1 */
+    double eval_kld_start, eval_kld_end; /* NaN without eval sequences */
+    double seconds, peak_train_bytes;    /* activations + weights + gradients + optimizer state */
+} ql_qat_result;
+
+/* Why format f has no straight-through path (decode-only, or it cannot quantize without importance data),
+ * or NULL when it has one. A fact of the format's registry entry, not of its name. */
+const char *ql_qat_no_ste(const struct ql_format *f);
+/* Every planned tensor's format has a straight-through path and fits its rows; else one-line error naming
+ * the tensor and the format. */
+ql_status ql_qat_check_plan(const ql_model *m, const ql_plan *plan);
+
+/* Trains. *out (the trained model; free with ql_train_model_free) is set on success and on cancellation;
+ * when the loss stops being finite the run stops with an error and the checkpoint on disk is the last good
+ * one. */
+ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **out, ql_qat_result *res);
+
+/* Puts the trained weights (tuned scales applied) back into m as F32 tensors (owned by m->gguf), so that
+ * ql_quantize_model with the plan writes them through any exporter. */
+ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm);
+
+#endif

@@ -1,0 +1,299 @@
+/* test_qat.c — training in the loop (pipeline/qat.h) on stories260K: plans without a straight-through path
+ * and bad learning rates refused with one line; a run is deterministic for a seed and thread count; a run
+ * stopped and resumed from its checkpoint ends bit-identical to an uninterrupted one; a loss that stops being
+ * finite ends the run and leaves the last good checkpoint; QAT and both tunings lower the held-out KLD;
+ * tuning the norms leaves every matrix as it was; and the exported file's KLD, measured by core/infer.c,
+ * is the one the training forward measured (codes re-chosen from the trained weights). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/infer.h"
+#include "core/model.h"
+#include "core/ppl.h"
+#include "formats/format.h"
+#include "pipeline/qat.h"
+#include "pipeline/quantize.h"
+#include "presets/preset.h"
+#include "tests/test_util.h"
+
+#define SEQ 64
+#define N_TRAIN 24
+#define N_EVAL 4
+
+static ql_model *g_model;
+static int32_t *g_tok;
+static char g_dir[256];
+
+static int setup(void **state) {
+    (void)state;
+    char path[512], text_path[512];
+    if (!shared_path(path, sizeof path, "models/stories260K.gguf") ||
+        !shared_path(text_path, sizeof text_path, "data/tinystories-valid.txt"))
+        return 0;
+    setenv("QL_NO_LLAMACPP_ACT", "1", 1); /* compare the export with the training forward, both without it */
+    if (ql_model_load(path, &g_model)) return -1;
+    char *text;
+    size_t len;
+    if (ql_read_file(text_path, &text, &len)) return -1;
+    int32_t *ids;
+    int64_t n;
+    ql_status s = ql_tokenize(g_model->tok, text, len < 200000 ? len : 200000, true, &ids, &n);
+    free(text);
+    if (s || n < (N_TRAIN + N_EVAL) * SEQ) return -1;
+    g_tok = ids;
+    snprintf(g_dir, sizeof g_dir, "/tmp/qlab_test_qat_%d", (int)getpid());
+    mkdir(g_dir, 0700);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    free(g_tok);
+    ql_model_free(g_model);
+    if (g_dir[0]) {
+        char cmd[300];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
+        if (system(cmd)) return -1;
+    }
+    return 0;
+}
+
+static ql_plan *plan_of(const char *type) {
+    ql_plan *p;
+    assert_int_equal(ql_plan_single_format(type, g_model, &p), QL_OK);
+    return p;
+}
+
+static ql_qat_opts base_opts(const ql_plan *plan, int steps) {
+    ql_qat_opts o = {.plan = plan, .train = g_tok, .n_train = N_TRAIN, .eval = g_tok + N_TRAIN * SEQ,
+                     .n_eval = N_EVAL, .seq_len = SEQ, .steps = steps, .accum = 2,
+                     .adam = {.lr = 2e-3, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .warmup = 2, .min_lr_ratio = 0.1,
+                              .clip = 1.0},
+                     .kl_weight = 1.0, .seed = 11, .n_threads = 1};
+    return o;
+}
+
+#define NEED_MODEL() \
+    if (!g_model) skip()
+
+static void test_refusals(void **state) {
+    (void)state;
+    NEED_MODEL();
+    ql_plan *plan = plan_of("q4_0");
+    /* a format without a straight-through path: decode-only, or needing importance data */
+    const ql_format *fmts[] = {ql_format_by_name("q8_k"), ql_format_by_name("iq2_xxs")};
+    for (int i = 0; i < 2; i++) {
+        assert_non_null(fmts[i]);
+        assert_non_null(ql_qat_no_ste(fmts[i]));
+        ql_plan *bad = ql_plan_new();
+        ql_plan_set(bad, "blk.0.attn_q.weight", fmts[i], "rtn", NULL);
+        assert_int_not_equal(ql_qat_check_plan(g_model, bad), QL_OK);
+        assert_non_null(strstr(ql_last_error(), "straight-through"));
+        assert_null(strchr(ql_last_error(), '\n'));
+        ql_plan_free(bad);
+    }
+    assert_null(ql_qat_no_ste(ql_format_by_name("q4_0")));
+    assert_int_equal(ql_qat_check_plan(g_model, plan), QL_OK);
+    /* a learning rate of 0 or NaN */
+    const double lrs[] = {0.0, NAN, -1e-3};
+    for (int i = 0; i < 3; i++) {
+        ql_qat_opts o = base_opts(plan, 2);
+        o.adam.lr = lrs[i];
+        ql_train_model *tm = NULL;
+        ql_qat_result r;
+        assert_int_not_equal(ql_qat_run(g_model, &o, &tm, &r), QL_OK);
+        assert_null(tm);
+        assert_non_null(strstr(ql_last_error(), "learning rate"));
+    }
+    ql_plan_free(plan);
+}
+
+static ql_train_model *run(const ql_qat_opts *o, ql_status want, ql_qat_result *r) {
+    ql_train_model *tm = NULL;
+    ql_qat_result tmp;
+    ql_status s = ql_qat_run(g_model, o, &tm, r ? r : &tmp);
+    if (s != want) fail_msg("ql_qat_run: %d (%s), wanted %d", s, ql_last_error(), want);
+    return tm;
+}
+
+static void stop_at_3(void *user, const ql_qat_report *r) {
+    if (r->step == 3) *(volatile int *)user = 1;
+}
+
+static void test_deterministic_and_resume(void **state) {
+    (void)state;
+    NEED_MODEL();
+    ql_plan *plan = plan_of("q4_0");
+    char ck_full[300], ck_cut[300];
+    snprintf(ck_full, sizeof ck_full, "%s/full.ckpt", g_dir);
+    snprintf(ck_cut, sizeof ck_cut, "%s/cut.ckpt", g_dir);
+    ql_qat_opts o = base_opts(plan, 6);
+    o.checkpoint = ck_full;
+    ql_train_model *a = run(&o, QL_OK, NULL);
+    ql_qat_opts o2 = base_opts(plan, 6);
+    ql_train_model *b = run(&o2, QL_OK, NULL);
+    assert_memory_equal(a->w_all, b->w_all, (size_t)a->n_weights * sizeof(double));
+    /* a different seed draws other sequences: other weights */
+    o2.seed = 12;
+    ql_train_model *c = run(&o2, QL_OK, NULL);
+    assert_memory_not_equal(a->w_all, c->w_all, (size_t)a->n_weights * sizeof(double));
+    ql_train_model_free(b);
+    ql_train_model_free(c);
+
+    /* stopped after step 3 (the flag Ctrl-C sets, raised from the progress report), then resumed */
+    volatile int cancel = 0;
+    ql_qat_opts o3 = base_opts(plan, 6);
+    o3.checkpoint = ck_cut;
+    o3.cancel = &cancel;
+    o3.user = (void *)&cancel;
+    o3.report = stop_at_3;
+    ql_qat_result r;
+    ql_train_model *d = run(&o3, QL_ERR_CANCELLED, &r);
+    assert_int_equal(r.steps_done, 4); /* the flag is read after the next step */
+    ql_train_model_free(d);
+    cancel = 0;
+    o3.resume = true;
+    ql_train_model *e = run(&o3, QL_OK, &r);
+    assert_int_equal(r.steps_done, 6);
+    assert_memory_equal(a->w_all, e->w_all, (size_t)a->n_weights * sizeof(double));
+    /* resuming a finished run does nothing more */
+    ql_train_model *f = run(&o3, QL_OK, &r);
+    assert_memory_equal(a->w_all, f->w_all, (size_t)a->n_weights * sizeof(double));
+    ql_train_model_free(e);
+    ql_train_model_free(f);
+    /* a checkpoint of another run is refused with one line naming the file */
+    ql_qat_opts o4 = base_opts(plan, 6);
+    o4.checkpoint = ck_cut;
+    o4.resume = true;
+    o4.seed = 99;
+    run(&o4, QL_ERR_FORMAT, NULL);
+    assert_non_null(strstr(ql_last_error(), ck_cut));
+    ql_train_model_free(a);
+    ql_plan_free(plan);
+}
+
+static void test_nan_keeps_checkpoint(void **state) {
+    (void)state;
+    NEED_MODEL();
+    ql_plan *plan = plan_of("q4_0");
+    char ck[300];
+    snprintf(ck, sizeof ck, "%s/nan.ckpt", g_dir);
+    ql_qat_opts o = base_opts(plan, 2);
+    o.checkpoint = ck;
+    o.n_eval = 0;
+    ql_train_model_free(run(&o, QL_OK, NULL));
+    /* resumed with a learning rate that throws the weights out of float's range at step 3 */
+    o.steps = 6;
+    o.resume = true;
+    o.checkpoint_every = 1;
+    o.adam.lr = 1e300;
+    o.adam.warmup = 0;
+    run(&o, QL_ERR_ARG, NULL);
+    assert_non_null(strstr(ql_last_error(), "stopped"));
+    assert_non_null(strstr(ql_last_error(), ck));
+    /* the checkpoint on disk is the last step whose loss was finite */
+    FILE *f = fopen(ck, "rb");
+    assert_non_null(f);
+    unsigned char h[48];
+    assert_int_equal(fread(h, 1, sizeof h, f), sizeof h);
+    fclose(f);
+    int64_t step;
+    memcpy(&step, h + 40, 8);
+    assert_int_equal(step, 2);
+    ql_plan_free(plan);
+}
+
+/* Mean KL(float ‖ file) over the eval sequences, every position but the last, through core/infer.c. */
+static double file_kld(const char *path) {
+    ql_model *q;
+    assert_int_equal(ql_model_load(path, &q), QL_OK);
+    ql_infer *fi, *qi;
+    assert_int_equal(ql_infer_new(g_model, 1, &fi), QL_OK);
+    assert_int_equal(ql_infer_new(q, 1, &qi), QL_OK);
+    ql_scratch *fs = ql_scratch_new(fi, SEQ), *qs = ql_scratch_new(qi, SEQ);
+    const int V = g_model->cfg.n_vocab;
+    float *lf = malloc((size_t)SEQ * V * 4), *lq = malloc((size_t)SEQ * V * 4);
+    double sum = 0;
+    for (int i = 0; i < N_EVAL; i++) {
+        const int32_t *tok = g_tok + (N_TRAIN + i) * SEQ;
+        assert_int_equal(ql_forward(fi, fs, tok, SEQ, 0, lf), QL_OK);
+        assert_int_equal(ql_forward(qi, qs, tok, SEQ, 0, lq), QL_OK);
+        double kl = 0;
+        for (int t = 0; t < SEQ - 1; t++)
+            for (int v = 0; v < V; v++) {
+                double lpf = ql_log_softmax_at(lf + (size_t)t * V, V, v), lpq = ql_log_softmax_at(lq + (size_t)t * V, V, v);
+                kl += exp(lpf) * (lpf - lpq);
+            }
+        sum += kl / (SEQ - 1);
+    }
+    free(lf), free(lq);
+    ql_scratch_free(fs), ql_scratch_free(qs);
+    ql_infer_free(fi), ql_infer_free(qi);
+    ql_model_free(q);
+    return sum / N_EVAL;
+}
+
+static void test_training_lowers_kld_and_exports(void **state) {
+    (void)state;
+    NEED_MODEL();
+    ql_plan *plan = plan_of("q4_0");
+    const ql_qat_mode modes[] = {QL_QAT_FULL, QL_TUNE_NORMS, QL_TUNE_SCALES};
+    for (int mi = 0; mi < 3; mi++) {
+        ql_qat_opts o = base_opts(plan, 30);
+        o.mode = modes[mi];
+        o.adam.lr = modes[mi] == QL_QAT_FULL ? 2e-4 : 5e-3;
+        ql_qat_result r;
+        ql_train_model *tm = run(&o, QL_OK, &r);
+        printf("mode %d: held-out KLD %.6f -> %.6f\n", modes[mi], r.eval_kld_start, r.eval_kld_end);
+        assert_true(r.eval_kld_end < 0.9 * r.eval_kld_start);
+        if (modes[mi] == QL_TUNE_NORMS) { /* every matrix is as loaded */
+            ql_train_model *orig;
+            assert_int_equal(ql_train_model_from(g_model, &orig), QL_OK);
+            for (int i = 0; i < tm->n_params; i++)
+                if (tm->p[i].is_matrix)
+                    assert_memory_equal(tm->p[i].w, orig->p[i].w, (size_t)tm->p[i].rows * tm->p[i].cols * 8);
+            ql_train_model_free(orig);
+        }
+        if (modes[mi] == QL_QAT_FULL) {
+            /* export: a copy of the model gets the trained weights, the plan re-chooses the codes */
+            ql_model *m2;
+            assert_int_equal(ql_model_load(g_model->path, &m2), QL_OK);
+            ql_train_model *tm2;
+            assert_int_equal(ql_train_model_from(m2, &tm2), QL_OK);
+            memcpy(tm2->w_all, tm->w_all, (size_t)tm->n_weights * sizeof(double));
+            assert_int_equal(ql_qat_apply(m2, tm2), QL_OK);
+            char out[300];
+            snprintf(out, sizeof out, "%s/qat.gguf", g_dir);
+            ql_quant_opts qo = {.plan = plan, .n_threads = 1};
+            ql_quant_stats qs;
+            assert_int_equal(ql_quantize_model(m2, &qo, out, NULL, &qs), QL_OK);
+            double k = file_kld(out);
+            printf("exported file: KLD %.6f (training forward %.6f)\n", k, r.eval_kld_end);
+            assert_true(fabs(k - r.eval_kld_end) < 0.02 * r.eval_kld_end);
+            ql_train_model_free(tm2);
+            ql_model_free(m2);
+        }
+        ql_train_model_free(tm);
+    }
+    ql_plan_free(plan);
+}
+
+int main(void) {
+    struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_deterministic_and_resume),
+        cmocka_unit_test(test_nan_keeps_checkpoint),
+        cmocka_unit_test(test_training_lowers_kld_and_exports),
+    };
+    ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

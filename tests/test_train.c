@@ -1,0 +1,374 @@
+/* test_train.c — the backward pass (core/train.h): every op's gradient against central finite differences in
+ * double (relative error below 1e-4), the whole model's gradient on tiny random models (tied and separate
+ * output, q/k/v biases, adjacent and NeoX rope, GQA, cross-entropy and KL losses), gradient accumulation,
+ * AdamW's schedule and clipping, and the training forward's logits against core/infer.c's on stories260K. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/infer.h"
+#include "core/model.h"
+#include "core/train.h"
+#include "tests/test_util.h"
+
+static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
+static double rnd(void) { /* [-1, 1) */
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(g_rng >> 11) * (2.0 / 9007199254740992.0) - 1.0;
+}
+static double *rvec(size_t n, double scale) {
+    double *v = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) v[i] = scale * rnd();
+    return v;
+}
+
+/* ‖a − n‖ / ‖n‖: the analytic gradient a against the numeric n */
+static double rel_err(const double *a, const double *n, size_t len) {
+    double d = 0, s = 0;
+    for (size_t i = 0; i < len; i++) {
+        d += (a[i] - n[i]) * (a[i] - n[i]);
+        s += n[i] * n[i];
+    }
+    return sqrt(d) / (sqrt(s) > 1e-300 ? sqrt(s) : 1e-300);
+}
+
+/* An op under test: f = Σ cot · op(inputs), evaluated after the caller perturbs one input in place. */
+typedef double (*scalar_fn)(void *ctx);
+
+/* numeric ∂f/∂x_i for every element of x (perturbed in place and restored) */
+static void numeric_grad(scalar_fn f, void *ctx, double *x, size_t n, double *out) {
+    const double h = 1e-5;
+    for (size_t i = 0; i < n; i++) {
+        const double x0 = x[i];
+        x[i] = x0 + h;
+        double fp = f(ctx);
+        x[i] = x0 - h;
+        double fm = f(ctx);
+        x[i] = x0;
+        out[i] = (fp - fm) / (2 * h);
+    }
+}
+
+static double dot(const double *a, const double *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* ---- linear ---- */
+typedef struct { int T, K, N; double *x, *W, *b, *cot, *y; } lin_ctx;
+static double lin_f(void *p) {
+    lin_ctx *c = p;
+    ql_tr_linear_fwd(c->y, c->x, c->W, c->b, c->T, c->K, c->N, 0.0);
+    return dot(c->y, c->cot, (size_t)c->T * c->N);
+}
+static void test_grad_linear(void **state) {
+    (void)state;
+    lin_ctx c = {.T = 5, .K = 7, .N = 6};
+    c.x = rvec(35, 1), c.W = rvec(42, 1), c.b = rvec(6, 1), c.cot = rvec(30, 1), c.y = rvec(30, 1);
+    double dx[35], dW[42] = {0}, db[6] = {0}, nx[35], nW[42], nb[6];
+    ql_tr_linear_bwd(dx, 0.0, dW, db, c.cot, c.x, c.W, c.T, c.K, c.N);
+    numeric_grad(lin_f, &c, c.x, 35, nx);
+    numeric_grad(lin_f, &c, c.W, 42, nW);
+    numeric_grad(lin_f, &c, c.b, 6, nb);
+    assert_true(rel_err(dx, nx, 35) < 1e-4);
+    assert_true(rel_err(dW, nW, 42) < 1e-4);
+    assert_true(rel_err(db, nb, 6) < 1e-4);
+    /* dx_beta 1 accumulates: the same gradient on top of what was there */
+    double acc[35];
+    for (int i = 0; i < 35; i++) acc[i] = 1.0;
+    ql_tr_linear_bwd(acc, 1.0, NULL, NULL, c.cot, c.x, c.W, c.T, c.K, c.N);
+    for (int i = 0; i < 35; i++) assert_true(fabs(acc[i] - 1.0 - dx[i]) < 1e-12);
+    free(c.x), free(c.W), free(c.b), free(c.cot), free(c.y);
+}
+
+/* ---- RMSNorm ---- */
+typedef struct { int T, D; double *x, *w, *cot, *y, *r; } rms_ctx;
+static double rms_f(void *p) {
+    rms_ctx *c = p;
+    ql_tr_rmsnorm_fwd(c->y, c->r, c->x, c->w, c->T, c->D, 1e-5);
+    return dot(c->y, c->cot, (size_t)c->T * c->D);
+}
+static void test_grad_rmsnorm(void **state) {
+    (void)state;
+    rms_ctx c = {.T = 4, .D = 9};
+    c.x = rvec(36, 2), c.w = rvec(9, 1), c.cot = rvec(36, 1), c.y = rvec(36, 1), c.r = rvec(4, 1);
+    double dx[36] = {0}, dw[9] = {0}, nx[36], nw[9];
+    rms_f(&c);
+    ql_tr_rmsnorm_bwd(dx, dw, c.cot, c.x, c.r, c.w, c.T, c.D);
+    numeric_grad(rms_f, &c, c.x, 36, nx);
+    numeric_grad(rms_f, &c, c.w, 9, nw);
+    assert_true(rel_err(dx, nx, 36) < 1e-4);
+    assert_true(rel_err(dw, nw, 9) < 1e-4);
+    free(c.x), free(c.w), free(c.cot), free(c.y), free(c.r);
+}
+
+/* ---- RoPE, attention, SwiGLU ---- */
+static ql_config small_cfg(int neox, int n_head, int n_head_kv) {
+    ql_config c = {.n_layer = 2, .n_embd = 8, .n_head = n_head, .n_head_kv = n_head_kv, .n_ff = 12, .n_vocab = 11,
+                   .n_ctx_train = 16, .rope_base = 10000.0f, .rope_scale = 1.0f, .rope_neox = neox, .norm_eps = 1e-5f};
+    c.head_dim = c.n_embd / c.n_head;
+    c.rope_dim = c.head_dim;
+    return c;
+}
+
+typedef struct { const ql_train_model *tm; int T, H; double *x, *tmp, *cot; } rope_ctx;
+static double rope_f(void *p) {
+    rope_ctx *c = p;
+    size_t n = (size_t)c->T * c->H * c->tm->cfg.head_dim;
+    memcpy(c->tmp, c->x, n * sizeof(double));
+    ql_tr_rope(c->tm, c->tmp, c->T, c->H, false);
+    return dot(c->tmp, c->cot, n);
+}
+static void test_grad_rope(void **state) {
+    (void)state;
+    for (int neox = 0; neox <= 1; neox++) {
+        ql_config cfg = small_cfg(neox, 2, 1);
+        ql_train_model *tm = ql_train_model_random(&cfg, false, 1, 0.3);
+        rope_ctx c = {.tm = tm, .T = 6, .H = 2};
+        size_t n = 6 * 2 * cfg.head_dim;
+        c.x = rvec(n, 1), c.tmp = rvec(n, 1), c.cot = rvec(n, 1);
+        double *a = malloc(n * sizeof(double)), *num = malloc(n * sizeof(double));
+        memcpy(a, c.cot, n * sizeof(double));
+        ql_tr_rope(tm, a, c.T, c.H, true);
+        numeric_grad(rope_f, &c, c.x, n, num);
+        assert_true(rel_err(a, num, n) < 1e-4);
+        free(a), free(num), free(c.x), free(c.tmp), free(c.cot);
+        ql_train_model_free(tm);
+    }
+}
+
+typedef struct { const ql_config *cfg; int T; double *q, *k, *v, *cot, *out, *P; } att_ctx;
+static double att_f(void *p) {
+    att_ctx *c = p;
+    ql_tr_attention_fwd(c->cfg, c->out, c->P, c->q, c->k, c->v, c->T);
+    return dot(c->out, c->cot, (size_t)c->T * c->cfg->n_head * c->cfg->head_dim);
+}
+static void test_grad_attention(void **state) {
+    (void)state;
+    const int heads[][2] = {{2, 2}, {4, 2}, {4, 1}}; /* MHA, GQA, MQA */
+    for (size_t hcase = 0; hcase < 3; hcase++) {
+        ql_config cfg = small_cfg(0, heads[hcase][0], heads[hcase][1]);
+        const int T = 7;
+        size_t nq = (size_t)T * cfg.n_head * cfg.head_dim, nkv = (size_t)T * cfg.n_head_kv * cfg.head_dim;
+        att_ctx c = {.cfg = &cfg, .T = T};
+        c.q = rvec(nq, 1.5), c.k = rvec(nkv, 1.5), c.v = rvec(nkv, 1), c.cot = rvec(nq, 1), c.out = rvec(nq, 1);
+        c.P = rvec((size_t)cfg.n_head * T * T, 1);
+        double *dq = malloc(nq * 8), *dk = malloc(nkv * 8), *dv = malloc(nkv * 8), *dP = malloc((size_t)T * T * 8);
+        double *nq_ = malloc(nq * 8), *nk = malloc(nkv * 8), *nv = malloc(nkv * 8);
+        att_f(&c);
+        ql_tr_attention_bwd(&cfg, dq, dk, dv, dP, c.cot, c.P, c.q, c.k, c.v, T);
+        numeric_grad(att_f, &c, c.q, nq, nq_);
+        numeric_grad(att_f, &c, c.k, nkv, nk);
+        numeric_grad(att_f, &c, c.v, nkv, nv);
+        assert_true(rel_err(dq, nq_, nq) < 1e-4);
+        assert_true(rel_err(dk, nk, nkv) < 1e-4);
+        assert_true(rel_err(dv, nv, nkv) < 1e-4);
+        /* the mask: the first position's output depends on the first key and value only */
+        const size_t row = (size_t)cfg.n_head * cfg.head_dim, kvrow = (size_t)cfg.n_head_kv * cfg.head_dim;
+        for (size_t j = row; j < nq; j++) c.cot[j] = 0;
+        ql_tr_attention_bwd(&cfg, dq, dk, dv, dP, c.cot, c.P, c.q, c.k, c.v, T);
+        double first = 0;
+        for (size_t j = 0; j < kvrow; j++) first += fabs(dv[j]);
+        assert_true(first > 0);
+        for (size_t j = kvrow; j < nkv; j++) assert_true(dk[j] == 0 && dv[j] == 0);
+        free(dq), free(dk), free(dv), free(dP), free(nq_), free(nk), free(nv);
+        free(c.q), free(c.k), free(c.v), free(c.cot), free(c.out), free(c.P);
+    }
+}
+
+typedef struct { size_t n; double *g, *u, *h, *cot; } swi_ctx;
+static double swi_f(void *p) {
+    swi_ctx *c = p;
+    ql_tr_swiglu_fwd(c->h, c->g, c->u, c->n);
+    return dot(c->h, c->cot, c->n);
+}
+static void test_grad_swiglu(void **state) {
+    (void)state;
+    swi_ctx c = {.n = 40};
+    c.g = rvec(40, 4), c.u = rvec(40, 2), c.h = rvec(40, 1), c.cot = rvec(40, 1);
+    double dg[40], du[40], ng[40], nu[40];
+    ql_tr_swiglu_bwd(dg, du, c.cot, c.g, c.u, 40);
+    numeric_grad(swi_f, &c, c.g, 40, ng);
+    numeric_grad(swi_f, &c, c.u, 40, nu);
+    assert_true(rel_err(dg, ng, 40) < 1e-4);
+    assert_true(rel_err(du, nu, 40) < 1e-4);
+    free(c.g), free(c.u), free(c.h), free(c.cot);
+}
+
+/* ---- the whole model ---- */
+typedef struct {
+    ql_train_model *tm;
+    ql_train_acts *a;
+    const int32_t *tok;
+    int T, score_from;
+    const float *teacher;
+    double ce_w, kl_w;
+} model_ctx;
+static double model_f(void *p) {
+    model_ctx *c = p;
+    assert_int_equal(ql_train_forward(c->tm, c->a, c->tok, c->T, NULL), QL_OK);
+    return ql_train_loss(c->tm, c->a, c->tok, c->T, c->score_from, c->teacher, c->ce_w, c->kl_w, NULL, NULL);
+}
+
+static void check_model(bool tied, bool bias, int neox, int n_head, int n_head_kv, double ce_w, double kl_w) {
+    ql_config cfg = small_cfg(neox, n_head, n_head_kv);
+    cfg.tied_output = tied;
+    ql_train_model *tm = ql_train_model_random(&cfg, bias, 7 + (uint64_t)tied * 2 + (uint64_t)bias, 0.4);
+    const int T = 6;
+    int32_t tok[6] = {1, 5, 3, 10, 0, 5};
+    float teacher[6 * 11];
+    for (int i = 0; i < 6 * 11; i++) teacher[i] = (float)(2 * rnd());
+    model_ctx c = {.tm = tm, .a = ql_train_acts_new(&cfg, T), .tok = tok, .T = T, .score_from = 1,
+                   .teacher = teacher, .ce_w = ce_w, .kl_w = kl_w};
+    model_f(&c);
+    ql_train_zero_grad(tm);
+    assert_int_equal(ql_train_backward(tm, c.a, tok, T), QL_OK);
+    double *num = malloc((size_t)tm->n_weights * sizeof(double));
+    numeric_grad(model_f, &c, tm->w_all, (size_t)tm->n_weights, num);
+    /* every tensor on its own, so a small one's error is not hidden by a large one's */
+    for (int i = 0; i < tm->n_params; i++) {
+        const ql_train_param *p = &tm->p[i];
+        const size_t off = (size_t)(p->w - tm->w_all), n = (size_t)p->rows * p->cols;
+        double e = rel_err(p->g, num + off, n);
+        if (!(e < 1e-4)) fail_msg("tied=%d bias=%d neox=%d heads=%d/%d: %s gradient off by %g", tied, bias, neox,
+                                  n_head, n_head_kv, p->name, e);
+    }
+    free(num);
+    ql_train_acts_free(c.a);
+    ql_train_model_free(tm);
+}
+
+static void test_grad_model(void **state) {
+    (void)state;
+    check_model(false, false, 0, 2, 1, 1.0, 0.0); /* separate output, GQA, cross-entropy */
+    check_model(true, true, 0, 2, 2, 0.0, 1.0);   /* tied output, biases, KL to a teacher */
+    check_model(false, true, 1, 4, 2, 0.5, 0.5);  /* NeoX rope, both losses */
+}
+
+/* Accumulation: backward adds into the gradients, so two calls give the sum of two separate ones. */
+static void test_grad_accumulates(void **state) {
+    (void)state;
+    ql_config cfg = small_cfg(0, 2, 1);
+    ql_train_model *tm = ql_train_model_random(&cfg, false, 3, 0.4);
+    ql_train_acts *a = ql_train_acts_new(&cfg, 5);
+    int32_t s1[5] = {1, 2, 3, 4, 5}, s2[5] = {9, 8, 7, 6, 5};
+    double *g1 = malloc((size_t)tm->n_weights * 8), *g2 = malloc((size_t)tm->n_weights * 8);
+    const int32_t *seqs[2] = {s1, s2};
+    double *outs[2] = {g1, g2};
+    for (int k = 0; k < 2; k++) {
+        ql_train_zero_grad(tm);
+        ql_train_forward(tm, a, seqs[k], 5, NULL);
+        ql_train_loss(tm, a, seqs[k], 5, 0, NULL, 1.0, 0.0, NULL, NULL);
+        ql_train_backward(tm, a, seqs[k], 5);
+        memcpy(outs[k], tm->g_all, (size_t)tm->n_weights * 8);
+    }
+    ql_train_zero_grad(tm);
+    for (int k = 0; k < 2; k++) {
+        ql_train_forward(tm, a, seqs[k], 5, NULL);
+        ql_train_loss(tm, a, seqs[k], 5, 0, NULL, 1.0, 0.0, NULL, NULL);
+        ql_train_backward(tm, a, seqs[k], 5);
+    }
+    double mx = 0;
+    for (int64_t i = 0; i < tm->n_weights; i++) mx = fmax(mx, fabs(tm->g_all[i] - g1[i] - g2[i]));
+    assert_true(mx < 1e-12);
+    free(g1), free(g2);
+    ql_train_acts_free(a);
+    ql_train_model_free(tm);
+}
+
+/* AdamW: warm-up is linear, the cosine ends at lr·min_ratio, clipping bounds the step, and training a tiny
+ * model on one sequence drives its cross-entropy down. */
+static void test_adamw(void **state) {
+    (void)state;
+    ql_adamw_opts o = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = 0.0, .warmup = 10,
+                       .total_steps = 110, .min_lr_ratio = 0.1, .clip = 1.0};
+    assert_true(fabs(ql_adamw_lr(&o, 0) - 1e-3) < 1e-15);
+    assert_true(fabs(ql_adamw_lr(&o, 9) - 1e-2) < 1e-15);
+    assert_true(fabs(ql_adamw_lr(&o, 60) - (1e-3 + 0.5 * 9e-3)) < 1e-12);
+    assert_true(fabs(ql_adamw_lr(&o, 110) - 1e-3) < 1e-15);
+    assert_true(ql_adamw_lr(&o, 30) > ql_adamw_lr(&o, 31));
+
+    ql_config cfg = small_cfg(0, 2, 1);
+    ql_train_model *tm = ql_train_model_random(&cfg, false, 5, 0.4);
+    ql_train_acts *a = ql_train_acts_new(&cfg, 8);
+    int32_t seq[8] = {3, 1, 4, 1, 5, 9, 2, 6};
+    ql_adamw *opt = ql_adamw_new(tm, &o);
+    double first = 0, last = 0;
+    for (int step = 0; step < 100; step++) {
+        ql_train_zero_grad(tm);
+        ql_train_forward(tm, a, seq, 8, NULL);
+        double loss = ql_train_loss(tm, a, seq, 8, 0, NULL, 1.0, 0.0, NULL, NULL);
+        ql_train_backward(tm, a, seq, 8);
+        double gn = ql_adamw_step(opt, tm, 1.0);
+        assert_true(isfinite(gn));
+        if (step == 0) first = loss;
+        last = loss;
+    }
+    assert_true(last < 0.25 * first);
+    /* a frozen tensor does not move */
+    tm->p[tm->output_norm].frozen = true;
+    double before = tm->p[tm->output_norm].w[0];
+    ql_train_forward(tm, a, seq, 8, NULL);
+    ql_train_loss(tm, a, seq, 8, 0, NULL, 1.0, 0.0, NULL, NULL);
+    ql_train_zero_grad(tm);
+    ql_train_backward(tm, a, seq, 8);
+    ql_adamw_step(opt, tm, 1.0);
+    assert_true(tm->p[tm->output_norm].w[0] == before);
+    ql_adamw_free(opt);
+    ql_train_acts_free(a);
+    ql_train_model_free(tm);
+}
+
+/* The training forward computes core/infer.c's logits (F32 weights, no llama.cpp rounding for F32). */
+static void test_forward_matches_infer(void **state) {
+    (void)state;
+    char path[512];
+    if (!shared_path(path, sizeof path, "models/stories260K.gguf")) skip();
+    ql_model *m;
+    assert_int_equal(ql_model_load(path, &m), QL_OK);
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    const int T = 64, V = m->cfg.n_vocab;
+    int32_t tok[64];
+    for (int i = 0; i < T; i++) tok[i] = (int32_t)((i * 37 + 11) % V);
+    ql_scratch *s = ql_scratch_new(inf, T);
+    float *ref = malloc((size_t)T * V * sizeof(float));
+    assert_int_equal(ql_forward(inf, s, tok, T, 0, ref), QL_OK);
+    ql_train_model *tm;
+    assert_int_equal(ql_train_model_from(m, &tm), QL_OK);
+    ql_train_acts *a = ql_train_acts_new(&tm->cfg, T);
+    const double *lg;
+    assert_int_equal(ql_train_forward(tm, a, tok, T, &lg), QL_OK);
+    double mx = 0, scale = 0;
+    for (int i = 0; i < T * V; i++) {
+        mx = fmax(mx, fabs(lg[i] - ref[i]));
+        scale = fmax(scale, fabs(ref[i]));
+    }
+    printf("train forward vs infer: max |Δlogit| %.3g (logits up to %.3g)\n", mx, scale);
+    assert_true(mx < 1e-3 * scale);
+    ql_train_acts_free(a);
+    ql_train_model_free(tm);
+    free(ref);
+    ql_scratch_free(s);
+    ql_infer_free(inf);
+    ql_model_free(m);
+}
+
+int main(void) {
+    struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grad_linear),    cmocka_unit_test(test_grad_rmsnorm),
+        cmocka_unit_test(test_grad_rope),      cmocka_unit_test(test_grad_attention),
+        cmocka_unit_test(test_grad_swiglu),    cmocka_unit_test(test_grad_model),
+        cmocka_unit_test(test_grad_accumulates), cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_forward_matches_infer),
+    };
+    ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
