@@ -514,6 +514,16 @@ static ql_status checkpoint(checkpointer *cp, bool force) {
     return ql_sense_save(cp->s, cp->path);
 }
 
+/* The last checkpoint of a run; a failure's own message survives it (the checkpoint must not overwrite it). */
+static ql_status final_checkpoint(checkpointer *cp, ql_status st) {
+    char reason[512];
+    snprintf(reason, sizeof reason, "%s", ql_last_error());
+    ql_status cs = checkpoint(cp, true);
+    if (!st && cs) return cs;
+    if (st) ql_fail(st, "%s", reason);
+    return st;
+}
+
 static void kld_ctx_free(kld_ctx *c) {
     if (c->sc)
         for (int w = 0; w < c->n_workers; w++) {
@@ -766,13 +776,8 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         free(delta);
         w = wq = delta = NULL;
     }
-out:;
-    /* keep the reason of a failure: the final checkpoint must not overwrite the message */
-    char reason[512];
-    snprintf(reason, sizeof reason, "%s", ql_last_error());
-    ql_status cs = checkpoint(&cp, true);
-    if (!st && cs) st = cs;
-    else if (st) ql_fail(st, "%s", reason);
+out:
+    st = final_checkpoint(&cp, st);
     kld_ctx_free(&kc);
     ql_infer_free(inf);
     free(counts);
@@ -902,12 +907,8 @@ ql_status ql_sense_measure_act(ql_sense *s, const ql_model *m, const ql_sense_op
             if (cs) st = cs;
         }
     }
-out:;
-    char reason[512];
-    snprintf(reason, sizeof reason, "%s", ql_last_error());
-    ql_status cs = checkpoint(&cp, true);
-    if (!st && cs) st = cs;
-    else if (st) ql_fail(st, "%s", reason);
+out:
+    st = final_checkpoint(&cp, st);
     kld_ctx_free(&kc);
     ql_infer_free(inf);
     free(mode);
