@@ -1,4 +1,4 @@
-/* fmt_aqlm.c — the AQLM storage formats (qlab extension types 0x51A0..0x51A3): aqlm_MxB = each group of 8
+/* fmt_aqlm.c — the AQLM storage formats (qlab extension types 0x51B0..0x51B3): aqlm_MxB = each group of 8
  * inputs of a row is the sum of M codewords from M codebooks of 2^B f16 vectors learned for the tensor, times
  * an f16 scale per row. Layout, decoder and encoder live in kernels/aqlm.{h,c}; docs/formats.md has the
  * byte layout. Whole-tensor formats: the codebooks are shared by every row, so bits per weight depend on the
@@ -13,7 +13,7 @@
 #include "base/parallel.h"
 #include "kernels/aqlm.h"
 
-#define AQLM_TYPE_BASE 0x51A0
+#define AQLM_TYPE_BASE 0x51B0
 
 static void aqlm_quantize(int M, int B, const float *src, void *dst, int64_t nrows, int64_t ncols,
                           const float *imp) {
