@@ -28,16 +28,16 @@ printf 'Once upon a time a small test model read a short story about quantizatio
 M="$T/m.gguf"; TXT="$T/t.txt"
 $QLAB stats "$M" --text "$TXT" --ctx 64 --chunks 2 --threads 1 -o "$T/m.qls" 2>/dev/null || { echo "FAIL: stats"; exit 1; }
 
-# name | kind (file or dir) | command with OUT for the output path
+# name | kind (file or dir) | command with @OUT@ for the output path
 WRITERS=(
-  "gguf|file|$QLAB quant $M --type q4_0 --threads 1 -o OUT"
-  "plan|file|$QLAB quant $M --type q8_0 --dry-run --save-plan OUT"
-  "stats|file|$QLAB stats $M --text $TXT --ctx 64 --chunks 2 --threads 1 -o OUT"
-  "sense|file|$QLAB sense $M --text $TXT --ctx 64 --chunks 2 --candidates q8_0,q4_0 --level output --stats $T/m.qls --threads 1 -o OUT --force"
-  "imatrix|file|$QLAB imatrix $M --text $TXT --ctx 64 --chunks 2 --threads 1 -o OUT"
-  "logprobs|file|$QLAB ppl $M --text $TXT --ctx 64 --chunks 2 --threads 1 --save-logits OUT"
-  "hf-folder|dir|$QLAB convert $M -o OUT"
-  "gptq-folder|dir|$QLAB quant $M --type int4_g32_sym --to gptq --threads 1 -o OUT"
+  "gguf|file|$QLAB quant $M --type q4_0 --threads 1 -o @OUT@"
+  "plan|file|$QLAB quant $M --type q8_0 --dry-run --save-plan @OUT@"
+  "stats|file|$QLAB stats $M --text $TXT --ctx 64 --chunks 2 --threads 1 -o @OUT@"
+  "sense|file|$QLAB sense $M --text $TXT --ctx 64 --chunks 2 --candidates q8_0,q4_0 --level output --stats $T/m.qls --threads 1 -o @OUT@ --force"
+  "imatrix|file|$QLAB imatrix $M --text $TXT --ctx 64 --chunks 2 --threads 1 -o @OUT@"
+  "logprobs|file|$QLAB ppl $M --text $TXT --ctx 64 --chunks 2 --threads 1 --save-logits @OUT@"
+  "hf-folder|dir|$QLAB convert $M -o @OUT@"
+  "gptq-folder|dir|$QLAB quant $M --type int4_g32_sym --to gptq --threads 1 -o @OUT@"
 )
 # N values to try out of 1..c: all of them in exhaustive mode, else first, last and a few between
 sample() {
@@ -62,11 +62,11 @@ for w in "${WRITERS[@]}"; do
   name=${w%%|*}; rest=${w#*|}; kind=${rest%%|*}; cmd=${rest#*|}
   mkdir -p "$T/out" "$T/ref"; rm -rf "$T/ref/$name" "$T/out/o"
   # the reference is written at the same path (a plan names its own file in a comment), then set aside
-  if ! eval "${cmd//OUT/$T/out/o}" >/dev/null 2>"$T/err"; then bad "$name: the clean run failed"; sed 's/^/     /' "$T/err" | tail -2; continue; fi
+  if ! eval "${cmd//@OUT@/$T/out/o}" >/dev/null 2>"$T/err"; then bad "$name: the clean run failed"; sed 's/^/     /' "$T/err" | tail -2; continue; fi
   mv "$T/out/o" "$T/ref/$name"
   prev "$kind"; rm -f "$T/count"
   # a second clean run must give the same bytes, or the comparisons below mean nothing
-  if ! QL_FAULT_COUNT="$T/count" LD_PRELOAD="$SHIM" eval "${cmd//OUT/$T/out/o}" >/dev/null 2>&1 || ! same "$T/out/o" "$T/ref/$name"; then
+  if ! QL_FAULT_COUNT="$T/count" LD_PRELOAD="$SHIM" eval "${cmd//@OUT@/$T/out/o}" >/dev/null 2>&1 || ! same "$T/out/o" "$T/ref/$name"; then
     bad "$name: a second clean run differs from the first (not deterministic)"; continue
   fi
   tried=0; e=0
@@ -75,7 +75,7 @@ for w in "${WRITERS[@]}"; do
     for n in $(sample "$c"); do
       prev "$kind"
       err=${errs[$((e % 3))]}; e=$((e + 1))
-      QL_FAULT="$k:$n:$err" LD_PRELOAD="$SHIM" eval "${cmd//OUT/$T/out/o}" >/dev/null 2>"$T/err"; rc=$?
+      QL_FAULT="$k:$n:$err" LD_PRELOAD="$SHIM" eval "${cmd//@OUT@/$T/out/o}" >/dev/null 2>"$T/err"; rc=$?
       tried=$((tried + 1))
       if [ $rc -eq 0 ]; then
         same "$T/out/o" "$T/ref/$name" || { bad "$name: $k #$n ($err) exit 0 but the output is not the complete one"; continue; }
@@ -90,14 +90,14 @@ for w in "${WRITERS[@]}"; do
   # SIGKILL at random points (the run lasts a fraction of a second: delays spread over it)
   for d in 0.01 0.03 0.06 0.1 0.15 0.25; do
     prev "$kind"
-    eval "${cmd//OUT/$T/out/o}" >/dev/null 2>&1 & pid=$!
+    eval "${cmd//@OUT@/$T/out/o}" >/dev/null 2>&1 & pid=$!
     sleep $d; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
     if is_prev "$kind" || same "$T/out/o" "$T/ref/$name"; then ok; else bad "$name: SIGKILL after ${d}s left a mixed output"; fi
     if [ "$kind" = file ] && [ "$(temps)" -ne 0 ]; then bad "$name: SIGKILL after ${d}s left a temporary file"; fi
   done
   # the next writer of the path sweeps what a killed one left, and writes the complete output
   [ "$kind" = dir ] && rm -rf "$T/out/o"
-  if eval "${cmd//OUT/$T/out/o}" >/dev/null 2>&1 && same "$T/out/o" "$T/ref/$name" && [ "$(temps)" -eq 0 ]; then ok
+  if eval "${cmd//@OUT@/$T/out/o}" >/dev/null 2>&1 && same "$T/out/o" "$T/ref/$name" && [ "$(temps)" -eq 0 ]; then ok
   else bad "$name: the run after the kills did not leave exactly the complete output"; fi
   echo "ok   $name: $tried injected failures, 6 kills"
   rm -rf "$T/out"
