@@ -502,6 +502,7 @@ open(path, "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 PY
     expect_error "HF folder missing a tensor names it" "model.layers.1.mlp.up_proj.weight" $QLAB info "$T/hf-cut"
   fi
+fi
 
 # KV cache schemes (issue 12): stories260K's head dimension of 8 cannot hold a 32-block type (llama.cpp refuses
 # it too) but takes a per-channel scheme; unknown schemes are one line; memory at a context is printed; on
