@@ -16,6 +16,7 @@ OBJS    := $(SRCS:%.c=$(BUILD)/%.o) $(BUILD)/presets_data.o
 PRESETS := $(wildcard presets/*.ini)
 CLIOBJS := $(CLISRCS:%.c=$(BUILD)/%.o)
 TESTS   := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
+FUZZERS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 
 ifneq ($(NVCC),)
 CUSRCS  := $(wildcard kernels/*.cu)
@@ -114,7 +115,6 @@ check-mixes: all
 bench: all $(BUILD)/bench/quip_bench
 	@QLAB=./$(BIN) QUIP_BENCH=$(BUILD)/bench/quip_bench bash bench/run.sh
 
-FUZZERS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
 # Each harness also links with a plain driver (fuzz/replay_main.c) so `make test` replays tests/corpus/NAME/
 # through it, under ASan+UBSan in `make asan`.
 $(BUILD)/fuzz/%: fuzz/%.c fuzz/replay_main.c fuzz/fuzz_util.h $(BUILD)/libqlab.a

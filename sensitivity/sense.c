@@ -798,11 +798,12 @@ ql_status ql_sense_parse_act_candidates(const char *list, char ***out, int *n_ou
     for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ') tok++;
         for (char *e = tok + strlen(tok); e > tok && e[-1] == ' ';) *--e = 0;
-        ql_act_mode mode;
-        float thr;
-        if (ql_act_spec_parse(tok, &mode, &thr) || mode == QL_ACT_NONE) {
-            if (mode == QL_ACT_NONE) ql_fail(QL_ERR_ARG, "--act-candidates: 'none' is the float model every scheme "
-                                                         "is measured against, not a candidate");
+        ql_act_mode mode = QL_ACT_NONE;
+        float thr = 0;
+        ql_status ps = ql_act_spec_parse(tok, &mode, &thr); /* on failure mode is not set: keep its message */
+        if (ps || mode == QL_ACT_NONE) {
+            if (!ps) ql_fail(QL_ERR_ARG, "--act-candidates: 'none' is the float model every scheme is measured "
+                                         "against, not a candidate");
             free(buf);
             ql_sense_free_strings(v, n);
             return QL_ERR_ARG;
