@@ -126,7 +126,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -fno-sanitize-recover=undefined -I.
 FUZZ_LIBSRCS := $(filter base/%.c kernels/%.c formats/%.c core/%.c methods/%.c pipeline/%.c sensitivity/%.c presets/%.c,$(SRCS))
 build-fuzz/lib/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+	clang $(FUZZ_CFLAGS) -MMD -MP -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
 build-fuzz/lib/presets_data.o: $(BUILD)/presets_data.c
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -c -o $@ $<
@@ -140,6 +140,7 @@ build-fuzz/%: fuzz/%.c fuzz/fuzz_util.h build-fuzz/libqlab_fuzz.a
 clean:
 	rm -rf build build-asan build-fuzz qlab
 
+-include $(wildcard build-fuzz/lib/*/*.d)
 -include $(OBJS:.o=.d) $(CLIOBJS:.o=.d) $(CUOBJS:.o=.d) $(TESTS:%=$(BUILD)/tests/%.d) $(BUILD)/tests/cuda_host_check.cu.d
 
 # GPTQ speed on a 4096x4096 layer (int4_g128, 2 threads); `make bench-gptq ARGS="rows cols threads fmt spec"`
