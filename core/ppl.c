@@ -253,6 +253,10 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
                         hdr[0], hdr[1], n_ctx, V);
             goto out;
         }
+        if (hdr[2] == 0 || hdr[2] > INT32_MAX) { /* fuzz_logprobs: 0 chunks indexed kld_tok[-1] */
+            s = ql_fail(QL_ERR_FORMAT, "%s: header says it holds %u chunks", o->kld_base, hdr[2]);
+            goto out;
+        }
         if ((int)hdr[2] < n_chunks) n_chunks = c.n_chunks = (int)hdr[2];
         c.base_chunks = (int)hdr[2]; /* offsets in the base use the file's own chunk count */
         if (base_len != chunk_off(&c, c.base_chunks, c.base_chunks)) {
