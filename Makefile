@@ -85,11 +85,14 @@ test: deps
 	@$(MAKE) --no-print-directory test-run
 
 test-run: check-layers all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/tests/libqlfault.so $(FUZZERS:%=$(BUILD)/fuzz/%)
-	@fail=0; for t in $(TESTS); do echo "== $$t"; QLAB=$(CURDIR)/$(BIN) $(BUILD)/tests/$$t || fail=1; done; \
-	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; QL_QUICK=$(QL_QUICK) QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; fi; \
+	@fail=0; for t in $(TESTS); do echo "== $$t"; t0=$$(date +%s); QLAB=$(CURDIR)/$(BIN) $(BUILD)/tests/$$t || fail=1; \
+	   echo "-- $$t: $$(($$(date +%s) - t0)) s"; done; \
+	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; t0=$$(date +%s); \
+	   QL_QUICK=$(QL_QUICK) QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; echo "-- cli_test.sh: $$(($$(date +%s) - t0)) s"; fi; \
 	 for h in $(FUZZERS); do c=tests/corpus/$${h#fuzz_}; [ -d $$c ] || continue; echo "== replay $$c"; \
 	   $(BUILD)/fuzz/$$h $$c || fail=1; done; \
-	 echo "== fault_inject.sh"; QLAB=$(CURDIR)/$(BIN) QL_FAULT_SHIM=$(BUILD)/tests/libqlfault.so bash tests/fault_inject.sh || fail=1; \
+	 echo "== fault_inject.sh"; t0=$$(date +%s); QLAB=$(CURDIR)/$(BIN) QL_FAULT_SHIM=$(BUILD)/tests/libqlfault.so bash tests/fault_inject.sh || fail=1; \
+	 echo "-- fault_inject.sh: $$(($$(date +%s) - t0)) s"; \
 	 exit $$fail
 
 # The fault-injection shim (LD_PRELOAD) for tests/fault_inject.sh: plain flags, never the sanitizers.
