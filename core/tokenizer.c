@@ -630,6 +630,37 @@ fail:
 
 /* ---------------------------------------------------------------- SPM (llm_tokenizer_spm) */
 
+typedef void (*pair_scorer)(const ql_tokenizer *t, scratch *sc, int32_t left, int32_t right);
+
+/* Split s into UTF-8 characters and merge neighbours best-first from the heap: the loop llama.cpp's SPM and
+ * BPE tokenizers share; they differ only in how a pair is queued (token score vs merge rank). A queued pair
+ * is stale when either side has been merged away since; same start and equal total length means the same
+ * text as when it was queued. Returns the number of symbols (merged ones have n == 0). */
+static int32_t merge_utf8_symbols(const ql_tokenizer *t, scratch *sc, char *s, size_t n, pair_scorer queue_pair) {
+    sc->syms = grow(sc->syms, &sc->cap_syms, n, sizeof *sc->syms);
+    int32_t ns = 0;
+    for (size_t off = 0; off < n;) {
+        size_t cl = QL_MIN(utf8_len((uint8_t)s[off]), n - off);
+        sc->syms[ns] = (sym){s + off, (int32_t)cl, ns - 1, off + cl == n ? -1 : ns + 1};
+        off += cl;
+        ns++;
+    }
+    sc->heap.n = 0;
+    for (int32_t i = 1; i < ns; i++) queue_pair(t, sc, i - 1, i);
+    while (sc->heap.n) {
+        bigram bg = bheap_pop(&sc->heap);
+        sym *l = &sc->syms[bg.left], *r = &sc->syms[bg.right];
+        if (l->n == 0 || r->n == 0 || (uint32_t)(l->n + r->n) != bg.size) continue;
+        l->n += r->n;
+        r->n = 0;
+        l->next = r->next;
+        if (r->next >= 0) sc->syms[r->next].prev = bg.left;
+        queue_pair(t, sc, l->prev, bg.left);
+        queue_pair(t, sc, bg.left, l->next);
+    }
+    return ns;
+}
+
 static void spm_try_bigram(const ql_tokenizer *t, scratch *sc, int32_t left, int32_t right) {
     if (left < 0 || right < 0) return;
     const sym *l = &sc->syms[left], *r = &sc->syms[right];
@@ -661,27 +692,7 @@ static void spm_fragment(const ql_tokenizer *t, scratch *sc, const char *raw, si
         else s[n++] = raw[i];
     }
     if (n == 0) return;
-    sc->syms = grow(sc->syms, &sc->cap_syms, n, sizeof *sc->syms);
-    int32_t ns = 0;
-    for (size_t off = 0; off < n;) {
-        size_t cl = QL_MIN(utf8_len((uint8_t)s[off]), n - off);
-        sc->syms[ns] = (sym){s + off, (int32_t)cl, ns - 1, off + cl == n ? -1 : ns + 1};
-        off += cl;
-        ns++;
-    }
-    sc->heap.n = 0;
-    for (int32_t i = 1; i < ns; i++) spm_try_bigram(t, sc, i - 1, i);
-    while (sc->heap.n) {
-        bigram bg = bheap_pop(&sc->heap);
-        sym *l = &sc->syms[bg.left], *r = &sc->syms[bg.right];
-        if (l->n == 0 || r->n == 0 || (uint32_t)(l->n + r->n) != bg.size) continue;
-        l->n += r->n;
-        r->n = 0;
-        l->next = r->next;
-        if (r->next >= 0) sc->syms[r->next].prev = bg.left;
-        spm_try_bigram(t, sc, l->prev, bg.left);
-        spm_try_bigram(t, sc, bg.left, l->next);
-    }
+    merge_utf8_symbols(t, sc, s, n, spm_try_bigram);
     for (int32_t i = 0; i != -1; i = sc->syms[i].next) {
         const sym *y = &sc->syms[i];
         int32_t id = strmap_get(&t->tok_map, y->text, (size_t)y->n);
@@ -721,28 +732,7 @@ static void bpe_word(const ql_tokenizer *t, scratch *sc, const char *raw, size_t
         int32_t id = strmap_get(&t->tok_map, w, n);
         if (id >= 0) { idvec_push(out, id); return; }
     }
-    sc->syms = grow(sc->syms, &sc->cap_syms, n, sizeof *sc->syms);
-    int32_t ns = 0;
-    for (size_t off = 0; off < n;) {
-        size_t cl = QL_MIN(utf8_len((uint8_t)w[off]), n - off);
-        sc->syms[ns] = (sym){w + off, (int32_t)cl, ns - 1, off + cl == n ? -1 : ns + 1};
-        off += cl;
-        ns++;
-    }
-    sc->heap.n = 0;
-    for (int32_t i = 1; i < ns; i++) bpe_add_bigram(t, sc, i - 1, i);
-    while (sc->heap.n) {
-        bigram bg = bheap_pop(&sc->heap);
-        sym *l = &sc->syms[bg.left], *r = &sc->syms[bg.right];
-        /* same start, so equal total length means the same text as when it was queued */
-        if (l->n == 0 || r->n == 0 || (uint32_t)(l->n + r->n) != bg.size) continue;
-        l->n += r->n;
-        r->n = 0;
-        l->next = r->next;
-        if (r->next >= 0) sc->syms[r->next].prev = bg.left;
-        bpe_add_bigram(t, sc, l->prev, bg.left);
-        bpe_add_bigram(t, sc, bg.left, l->next);
-    }
+    int32_t ns = merge_utf8_symbols(t, sc, w, n, bpe_add_bigram);
     for (int32_t i = 0; i < ns; i++) {
         const sym *y = &sc->syms[i];
         if (y->n == 0) continue;
