@@ -208,9 +208,12 @@ out:
 }
 
 static const char *LOGITS_USAGE =
-    "usage: qlab logits MODEL --tokens FILE -o OUT.f32 [--threads N]\n"
+    "usage: qlab logits MODEL --tokens FILE -o OUT.f32 [--ctx N] [--threads N]\n"
     "Writes the logits of every position (n_tokens x n_vocab float32, row-major) for the token ids in FILE\n"
-    "(one id per line). Row i is the prediction after seeing tokens 0..i.\n";
+    "(one id per line). Row i is the prediction after seeing tokens 0..i.\n"
+    "  --ctx N   the context the tokens run in (default: their number; at least that), as llama.cpp's -c:\n"
+    "           a model with LongRoPE factors (Phi-3 128k) uses its long factors when N exceeds\n"
+    "           rope.scaling.original_context_length, else the short ones\n";
 
 static ql_status read_token_file(const char *path, int32_t **ids, int64_t *n) {
     char *text;
@@ -245,10 +248,11 @@ int cmd_logits(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, LOGITS_USAGE);
     const char *flag, *pos, *model = NULL, *tokens = NULL, *out = NULL;
-    int threads = ql_default_threads();
+    int threads = ql_default_threads(), ctx = 0;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) model = pos;
         else if (!strcmp(flag, "--tokens")) tokens = cli_value(&a, flag);
+        else if (!strcmp(flag, "--ctx") || !strcmp(flag, "-c")) ctx = cli_int(&a, flag, 1, 1 << 20);
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
         else return cli_unknown(&a, flag);
@@ -272,7 +276,17 @@ int cmd_logits(int argc, char **argv) {
         rc = cli_usage_error("logits", NULL, "%s: too many tokens (%lld)", tokens, (long long)n);
         goto done;
     }
-    sc = ql_scratch_new(inf, (int)n);
+    if (ctx > 0 && ctx < n) {
+        rc = cli_usage_error("logits", NULL, "--ctx %d is shorter than the %lld tokens of %s", ctx, (long long)n,
+                             tokens);
+        goto done;
+    }
+    /* the scratch (and its KV cache) is the pass's context: what LongRoPE's choice of factors reads */
+    if (ctx > n && (ctx = cli_fit_ctx("logits", m, ctx, true)) < 0) {
+        rc = cli_fail("logits");
+        goto done;
+    }
+    sc = ql_scratch_new(inf, ctx > n ? ctx : (int)n);
     logits = ql_malloc((size_t)n * m->cfg.n_vocab * sizeof(float));
     if (ql_forward(inf, sc, ids, (int)n, 0, logits)) {
         rc = cli_fail("logits");

@@ -52,7 +52,7 @@ static const ql_arch g_arch[] = {
     {.name = "gemma3", .family = "gemma3", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
      .swa_pattern = 6, .attn_scale_embd_layers = 62, .swa_rope_unscaled = true,
      .need = {ATTN_SEPARATE, QK_NORM, POST_NORMS, FFN_SEPARATE}},
-    {.name = "phi3", .family = "phi3", .rope_neox = true,
+    {.name = "phi3", .family = "phi3", .rope_neox = true, .rope_long_short = true,
      .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_QKV] = R, [QL_ROLE_ATTN_OUT] = R, [QL_ROLE_FFN_NORM] = R,
               [QL_ROLE_FFN_GATE_UP] = R, [QL_ROLE_FFN_DOWN] = R}},
 };

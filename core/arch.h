@@ -67,6 +67,8 @@ typedef struct {
     /* 46-layer Gemma-2 27B scales q by 1/sqrt(n_embd/n_head) instead of 1/sqrt(head_dim) (llama.cpp) */
     int attn_scale_embd_layers;
     bool swa_rope_unscaled;  /* sliding layers ignore rope.scaling (Gemma-3: linear x8 on global layers only) */
+    bool rope_long_short;    /* rope_factors_long/short.weight may be present (Phi-3 LongRoPE; llama.cpp
+                                loads them for phi3 only and refuses them elsewhere as unused tensors) */
     ql_need need[QL_ROLE_COUNT];
 } ql_arch;
 

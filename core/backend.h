@@ -64,8 +64,9 @@ typedef struct ql_backend_ops {
     ql_status (*rmsnorm)(void *be, const ql_backend_weight *w, const float *x, float *y, int T, int D, float eps);
     /* Rotates every head of x[T, n_heads·head_dim] in place, row t at position t, with layer `layer`'s
      * RoPE (model config: NEOX or adjacent pairs, base and scaling of global or sliding layers, rope_freqs
-     * factors, YaRN); tmp holds rope_dim floats. */
-    ql_status (*rope)(void *be, float *x, int T, int n_heads, int layer, float *tmp);
+     * factors, YaRN, the attention factor); n_ctx is the pass's context (its KV cache's size), which picks
+     * LongRoPE's long or short factors (ql_model_rope_factors); tmp holds rope_dim floats. */
+    ql_status (*rope)(void *be, float *x, int T, int n_heads, int layer, int n_ctx, float *tmp);
     /* The FFN activation, by the model's cfg.ffn_act: gate[i] = silu(gate[i]) · up[i] (SwiGLU) or
      * gelu_tanh(gate[i]) · up[i] (GeGLU; the CPU backend reads llama.cpp's fp16 GELU table). */
     ql_status (*ffn_act)(void *be, float *gate, const float *up, size_t n);

@@ -11,6 +11,7 @@
 #include "kernels/ggml_types.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ typedef struct {
     float *rope_freq;     /* theta_scale^i for i < rope_dim/2, global layers */
     float *rope_freq_swa; /* the same with the sliding layers' base */
     const float *rope_ff; /* rope_freqs factors (llama3), rope_dim/2 of them, or NULL */
+    const float *rope_ff_short, *rope_ff_long; /* LongRoPE's, chosen per pass by its context */
     float yarn_corr[2];   /* YaRN: the pair range where the ramp mixes (ggml_rope_yarn_corr_dims) */
 } cpu_backend;
 
@@ -58,7 +60,10 @@ static ql_status cpu_create(const ql_model *m, int n_threads, void **out) {
     be->c = c;
     be->rope_freq = rope_table(c->rope_base, c->rope_dim);
     be->rope_freq_swa = rope_table(c->rope_base_swa > 0 ? c->rope_base_swa : c->rope_base, c->rope_dim);
-    be->rope_ff = m->rope_freqs ? m->rope_freqs->data : NULL; /* F32, rope_dim/2 values (checked at load) */
+    /* F32, rope_dim/2 values (checked at load); rope_freqs wins over LongRoPE's pair, as in llama.cpp */
+    be->rope_ff = m->rope_freqs ? m->rope_freqs->data : NULL;
+    be->rope_ff_short = ql_model_rope_factors(m, 0);
+    be->rope_ff_long = ql_model_rope_factors(m, INT_MAX);
     if (c->rope_yarn) {
         /* ggml_rope_yarn_corr_dims: the pairs whose wavelength is between beta_fast and beta_slow turns */
         const float nd = (float)c->rope_dim, lb = 2 * logf(c->rope_base), oc = (float)c->yarn_orig_ctx;
@@ -181,9 +186,11 @@ static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float 
 }
 
 /* cos/sin of each pair for one position go to cs[rope_dim] (the caller's: rope_dim reaches 4096). The angle
- * follows ggml's rope_yarn: theta = pos · base^(-2i/d) / rope_freqs[i], times freq_scale (1/linear factor);
- * YaRN mixes that with the unscaled angle by a ramp over the pairs and scales cos/sin by its mscale. */
-static ql_status cpu_rope(void *p, float *x, int T, int n_heads, int layer, float *cs) {
+ * follows ggml's rope_yarn: theta = pos · base^(-2i/d) / factor[i] (rope_freqs, or LongRoPE's long factors
+ * when the pass's context n_ctx exceeds the original one, else its short ones), times freq_scale (1/linear
+ * factor); YaRN mixes that with the unscaled angle by a ramp over the pairs. cos/sin are scaled by mscale:
+ * rope.scaling.attn_factor (llama.cpp multiplies it into every architecture's attn_factor), times YaRN's. */
+static ql_status cpu_rope(void *p, float *x, int T, int n_heads, int layer, int n_ctx, float *cs) {
     const cpu_backend *be = p;
     const ql_config *c = be->c;
     const int hd = c->head_dim, half = c->rope_dim / 2;
@@ -191,12 +198,13 @@ static ql_status cpu_rope(void *p, float *x, int T, int n_heads, int layer, floa
     const float *freq = swa ? be->rope_freq_swa : be->rope_freq;
     const float freq_scale = 1.0f / (swa ? c->rope_scale_swa : c->rope_scale);
     const float ext = c->rope_yarn ? c->yarn_ext_factor : 0.0f;
-    float mscale = c->rope_yarn ? c->yarn_attn_factor : 1.0f;
+    float mscale = (c->rope_yarn ? c->yarn_attn_factor : 1.0f) * c->rope_attn_factor;
     if (ext != 0.0f) mscale *= 1.0f + 0.1f * logf(1.0f / freq_scale);
+    const float *ff = be->rope_ff ? be->rope_ff : n_ctx > c->n_ctx_orig ? be->rope_ff_long : be->rope_ff_short;
     for (int t = 0; t < T; t++) {
         for (int i = 0; i < half; i++) {
             float theta = (float)t * freq[i];
-            if (be->rope_ff) theta /= be->rope_ff[i];
+            if (ff) theta /= ff[i];
             float interp = freq_scale * theta;
             if (ext != 0.0f) {
                 float y = ((float)i - be->yarn_corr[0]) / fmaxf(0.001f, be->yarn_corr[1] - be->yarn_corr[0]);

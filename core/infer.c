@@ -427,7 +427,8 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int T)
         (st = linear(inf, s, s->k, s->xn, L->wk, L->bk, T, D, KV, 0.0f)) ||
         (st = linear(inf, s, s->v, s->xn, L->wv, L->bv, T, D, KV, 0.0f)) ||
         (st = head_norm(inf, s, s->q, L->q_norm, T, c->n_head)) || (st = head_norm(inf, s, s->k, L->k_norm, T, c->n_head_kv)) ||
-        (st = ops->rope(be, s->q, T, c->n_head, l, s->rope_cs)) || (st = ops->rope(be, s->k, T, c->n_head_kv, l, s->rope_cs)) ||
+        (st = ops->rope(be, s->q, T, c->n_head, l, s->max_tokens, s->rope_cs)) ||
+        (st = ops->rope(be, s->k, T, c->n_head_kv, l, s->max_tokens, s->rope_cs)) ||
         (st = kv_attend(inf, s, l, T)) ||
         (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
         (st = residual_linear(inf, s, s->att, L->wo, L->post_attn_norm, T, Q)) ||

@@ -179,7 +179,9 @@ int ql_model_layer_linears(const ql_model *m, int l, const ql_gguf_tensor **out,
 }
 
 /* RoPE scaling by rope.scaling.type: none, linear (positions / factor) and yarn are implemented; anything
- * else (longrope, a new name) is refused rather than run with wrong angles. */
+ * else (a new name) is refused rather than run with wrong angles. Phi-3's LongRoPE is not a type here: it is
+ * the rope_factors_long/short tensors (load_rope_factors) plus rope.scaling.attn_factor, read below for every
+ * architecture because llama.cpp's load_hparams reads it for all of them. */
 static ql_status read_rope_scaling(const ql_gguf *g, const char *arch, const char *path, ql_config *c) {
     char k[160];
     snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
@@ -191,19 +193,93 @@ static ql_status read_rope_scaling(const ql_gguf *g, const char *arch, const cha
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: rope scaling type '%s' (%s) is not implemented (none, linear, yarn)",
                        path, st, k);
     if (!(c->rope_scale > 0)) c->rope_scale = 1.0f;
+    c->n_ctx_orig = (int)get_int_or(g, arch, "rope.scaling.original_context_length", c->n_ctx_train);
+    c->rope_attn_factor = (float)get_f64_or(g, arch, "rope.scaling.attn_factor", 1.0);
+    if (!(c->rope_attn_factor > 0) || !isfinite(c->rope_attn_factor))
+        return ql_fail(QL_ERR_FORMAT, "%s: %s.rope.scaling.attn_factor must be a positive number", path, arch);
     if (st && !strcmp(st, "yarn") && c->rope_scale != 1.0f) {
         c->rope_yarn = true;
-        c->yarn_orig_ctx = (int)get_int_or(g, arch, "rope.scaling.original_context_length", c->n_ctx_train);
+        c->yarn_orig_ctx = c->n_ctx_orig;
         c->yarn_ext_factor = (float)get_f64_or(g, arch, "rope.scaling.yarn_ext_factor", 1.0);
         c->yarn_attn_factor = (float)get_f64_or(g, arch, "rope.scaling.yarn_attn_factor", 1.0);
         c->yarn_beta_fast = (float)get_f64_or(g, arch, "rope.scaling.yarn_beta_fast", 32.0);
         c->yarn_beta_slow = (float)get_f64_or(g, arch, "rope.scaling.yarn_beta_slow", 1.0);
         if (c->yarn_orig_ctx <= 0) return ql_fail(QL_ERR_FORMAT, "%s: yarn rope scaling without an original context", path);
     }
-    static const char *longrope[] = {"rope_factors_long.weight", "rope_factors_short.weight"};
-    for (size_t i = 0; i < QL_ARRAY_LEN(longrope); i++)
-        if (ql_gguf_find_tensor(g, longrope[i]) >= 0)
-            return ql_fail(QL_ERR_UNSUPPORTED, "%s: LongRoPE factors ('%s') are not implemented", path, longrope[i]);
+    return QL_OK;
+}
+
+/* LongRoPE's two factor vectors: allowed where the description says (llama.cpp creates them for phi3 only,
+ * so elsewhere they would be unused tensors it refuses), both or neither, F32 with rope_dim/2 values. */
+static ql_status load_rope_factors(ql_model *m, const char *path) {
+    static const char *names[2] = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    ql_gguf_tensor **slots[2] = {&m->rope_long, &m->rope_short};
+    const ql_config *c = &m->cfg;
+    int found = 0;
+    for (int i = 0; i < 2; i++) found += ql_gguf_find_tensor(m->gguf, names[i]) >= 0;
+    if (!found) return QL_OK;
+    if (!c->desc->rope_long_short)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: architecture '%s' has no LongRoPE factors ('%s' is phi3's)", path,
+                       c->arch, names[ql_gguf_find_tensor(m->gguf, names[0]) >= 0 ? 0 : 1]);
+    for (int i = 0; i < 2; i++) {
+        ql_status s = want(m, slots[i], names[i], true, c->rope_dim / 2, 1);
+        if (s) return s; /* names the one that is missing or misshapen */
+        if ((*slots[i])->type != QL_TYPE_F32 || !(*slots[i])->data)
+            return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' must be F32", path, names[i]);
+        const float *f = (*slots[i])->data;
+        for (int64_t j = 0; j < (*slots[i])->ne[0]; j++)
+            if (!(f[j] > 0) || !isfinite(f[j]))
+                return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' value %lld is %g (factors divide angles: must be "
+                                              "positive)", path, names[i], (long long)j, (double)f[j]);
+    }
+    if (c->n_ctx_orig <= 0)
+        return ql_fail(QL_ERR_FORMAT, "%s: LongRoPE factors without an original context length", path);
+    return QL_OK;
+}
+
+const float *ql_model_rope_factors(const ql_model *m, int n_ctx) {
+    if (m->rope_freqs) return m->rope_freqs->data;
+    const ql_gguf_tensor *t = n_ctx > m->cfg.n_ctx_orig ? m->rope_long : m->rope_short;
+    return t ? t->data : NULL;
+}
+
+/* attention.sliding_window_pattern: a period (llama.cpp's set_swa_pattern: layer l is global when
+ * (l + 1) % period == 0) or, as newer llama.cpp writes it, one bool per layer (true: the layer slides; its
+ * get_key_or_arr wants exactly n_layer of them). Integers 0/1 are taken as bools; anything else is refused. */
+static ql_status read_swa_pattern(const ql_gguf *g, const char *arch, const char *path, int def, ql_config *c) {
+    char k[160];
+    snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", arch);
+    const ql_gguf_value *v = ql_gguf_get(g, k);
+    c->swa_pattern = def;
+    if (!v) return QL_OK;
+    if (v->type != QL_GGUF_ARRAY) {
+        int64_t p;
+        if (!ql_gguf_get_int(g, k, &p) || p < 0 || p > 1 << 20)
+            return ql_fail(QL_ERR_FORMAT, "%s: %s must be a period (an integer) or an array of %d bools, not %s", path,
+                           k, c->n_layer, ql_gguf_type_name(v->type));
+        c->swa_pattern = (int)p;
+        return QL_OK;
+    }
+    if (v->v.arr.n != (uint64_t)c->n_layer)
+        return ql_fail(QL_ERR_FORMAT, "%s: %s lists %llu layers, the model has %d", path, k,
+                       (unsigned long long)v->v.arr.n, c->n_layer);
+    memset(c->swa_layer_bits, 0, sizeof c->swa_layer_bits);
+    for (uint64_t l = 0; l < v->v.arr.n; l++) {
+        const ql_gguf_value *e = &v->v.arr.items[l];
+        int64_t b;
+        switch (e->type) {
+        case QL_GGUF_BOOL: case QL_GGUF_U8: case QL_GGUF_U16: case QL_GGUF_U32: case QL_GGUF_U64:
+            b = e->v.u > 1 ? -1 : (int64_t)e->v.u;
+            break;
+        case QL_GGUF_I8: case QL_GGUF_I16: case QL_GGUF_I32: case QL_GGUF_I64: b = e->v.i; break;
+        default: b = -1;
+        }
+        if (b != 0 && b != 1)
+            return ql_fail(QL_ERR_FORMAT, "%s: %s[%llu] is not a bool (%s)", path, k, (unsigned long long)l,
+                           ql_gguf_type_name(e->type));
+        if (b) c->swa_layer_bits[l / 64] |= (uint64_t)1 << (l % 64);
+    }
+    c->swa_per_layer = true;
     return QL_OK;
 }
 
@@ -258,7 +334,7 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
         s = ql_fail(QL_ERR_FORMAT, "%s: negative logit soft-capping", path);
         goto fail;
     }
-    c->swa_pattern = (int)get_int_or(g, arch, "attention.sliding_window_pattern", desc->swa_pattern);
+    if ((s = read_swa_pattern(g, arch, path, desc->swa_pattern, c))) goto fail;
     c->n_swa = desc->swa_pattern > 0 ? (int)get_int_or(g, arch, "attention.sliding_window", 0) : 0;
     if (c->n_swa < 0 || c->swa_pattern < 0) {
         s = ql_fail(QL_ERR_FORMAT, "%s: invalid sliding window %d / pattern %d", path, c->n_swa, c->swa_pattern);
@@ -282,6 +358,7 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
         s = ql_fail(QL_ERR_FORMAT, "%s: tensor 'rope_freqs.weight' must be F32", path);
         goto fail;
     }
+    if ((s = load_rope_factors(m, path))) goto fail;
     c->tied_output = m->output == NULL;
     if (!m->output) m->output = m->tok_embd;
     m->layers = ql_calloc((size_t)c->n_layer, sizeof *m->layers);
@@ -366,6 +443,8 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
     if (c->rope_neox) ADDF("NEOX RoPE");
     if (m->rope_freqs) ADDF("rope_freqs factors");
     if (c->rope_yarn) ADDF("YaRN x%g from %d", c->rope_scale, c->yarn_orig_ctx);
+    if (m->rope_long) ADDF("LongRoPE (long factors above ctx %d)", c->n_ctx_orig);
+    if (c->rope_attn_factor != 1.0f) ADDF("rope attention factor %g", c->rope_attn_factor);
     if (c->ffn_act == QL_FFN_GEGLU_TANH) ADDF("GeGLU (tanh GELU)");
     if (c->embd_scale != 1.0f) ADDF("embedding x%g", c->embd_scale);
     if (L && L->bq) ADDF("q/k/v bias");
@@ -373,7 +452,12 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
     if (L && L->post_attn_norm) ADDF("post norms");
     if (L && L->wqkv) ADDF("fused attn_qkv");
     if (L && L->w_gate_up) ADDF("fused gate+up");
-    if (c->n_swa > 0)
+    if (c->n_swa > 0 && c->swa_per_layer) {
+        int n = 0;
+        for (int l = 0; l < c->n_layer; l++) n += ql_layer_is_swa(c, l);
+        ADDF("sliding window %d (%d of %d layers, listed; base %g, scale %g)", c->n_swa, n, c->n_layer,
+             c->rope_base_swa, c->rope_scale_swa);
+    } else if (c->n_swa > 0)
         ADDF("sliding window %d (%d of every %d layers; base %g, scale %g)", c->n_swa, c->swa_pattern - 1,
              c->swa_pattern, c->rope_base_swa, c->rope_scale_swa);
     if (c->attn_softcap > 0) ADDF("attention soft-cap %g", c->attn_softcap);

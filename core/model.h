@@ -34,10 +34,21 @@ typedef struct {
     bool rope_yarn;
     int yarn_orig_ctx;
     float yarn_ext_factor, yarn_attn_factor, yarn_beta_fast, yarn_beta_slow;
+    /* rope.scaling.original_context_length (default n_ctx_train): YaRN's ramp, and the context above which
+     * LongRoPE rotates with its long factors (llama.cpp: n_ctx_orig_yarn) */
+    int n_ctx_orig;
+    /* rope.scaling.attn_factor (1: none): cos and sin are multiplied by it in every architecture, as llama.cpp
+     * folds it into its attention factor (Phi-3 LongRoPE: sqrt(1 + ln(scale) / ln(original context))) */
+    float rope_attn_factor;
+    /* attention.sliding_window_pattern given as a per-layer array (true: the layer slides), instead of a
+     * period; then swa_layer_bits, not swa_pattern, says which layers slide */
+    bool swa_per_layer;
+    uint64_t swa_layer_bits[64]; /* bit l of word l/64; n_layer <= 4096 */
 } ql_config;
 
 /* True when layer l of c uses the sliding window (and the sliding RoPE base). */
 static inline bool ql_layer_is_swa(const ql_config *c, int l) {
+    if (c->swa_per_layer) return c->n_swa > 0 && l >= 0 && l < 4096 && (c->swa_layer_bits[l / 64] >> (l % 64) & 1);
     return c->n_swa > 0 && c->swa_pattern > 0 && l % c->swa_pattern < c->swa_pattern - 1;
 }
 
@@ -62,11 +73,19 @@ typedef struct ql_model {
     ql_tokenizer *tok;        /* owned; NULL if the file has no tokenizer */
     ql_gguf_tensor *tok_embd, *output_norm, *output; /* output == tok_embd when tied */
     ql_gguf_tensor *rope_freqs; /* llama3 RoPE: angle of pair i divided by rope_freqs[i] (NULL: none) */
+    /* Phi-3 LongRoPE (architectures whose description allows them): factors used like rope_freqs, the long
+     * ones when the context exceeds cfg.n_ctx_orig, else the short ones (NULL: none; both or neither) */
+    ql_gguf_tensor *rope_long, *rope_short;
     ql_layer_tensors *layers; /* n_layer entries */
     int n_views;
     struct ql_tensor_view { ql_gguf_tensor *view; const ql_gguf_tensor *parent; int64_t row0; } *views;
 } ql_model;
 
+/* The rope frequency factors (rope_dim/2 F32 values, angle of pair i divided by factor i) for a pass whose
+ * context (its KV cache, the scratch's size) holds n_ctx tokens, as llama.cpp's get_rope_factors chooses:
+ * rope_freqs if present, else LongRoPE's long factors when n_ctx > cfg.n_ctx_orig, else its short ones;
+ * NULL when the model has none. */
+const float *ql_model_rope_factors(const ql_model *m, int n_ctx);
 /* For a row view of a fused tensor: the stored tensor and the view's first row; NULL when t is stored. */
 const ql_gguf_tensor *ql_model_view_parent(const ql_model *m, const ql_gguf_tensor *t, int64_t *row0);
 /* The stored linear tensors of layer l (fused ones once, never their views), in role order, with the

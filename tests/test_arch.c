@@ -13,6 +13,7 @@
 #include "core/model.h"
 #include "core/synth.h"
 #include "formats/format.h"
+#include "kernels/ggml_types.h"
 #include "pipeline/plan.h"
 #include "presets/preset.h"
 #include "tests/test_util.h"
@@ -218,6 +219,13 @@ static void drop_qkv(ql_gguf *g) {
     strcpy(g->tensors[i].name, "blk.0.attn_qk.weight");
 }
 static void longrope(ql_gguf *g) { ql_gguf_set_str(g, "gemma3.rope.scaling.type", "longrope"); }
+static void add_factor(ql_gguf *g, const char *name) {
+    static const float f[8] = {1, 1, 1, 1, 2, 2, 2, 2};
+    int64_t ne[4] = {8, 1, 1, 1};
+    ql_gguf_add_tensor(g, name, QL_TYPE_F32, 1, ne, f);
+}
+static void long_factors_only(ql_gguf *g) { add_factor(g, "rope_factors_long.weight"); }
+static void bad_attn_factor(ql_gguf *g) { ql_gguf_set_f32(g, "phi3.rope.scaling.attn_factor", -1.0f); }
 
 static void test_refusals(void **state) {
     (void)state;
@@ -225,6 +233,10 @@ static void test_refusals(void **state) {
     expect_refused("qwen3", drop_k_norm, "missing tensor 'blk.1.attn_k_norm.weight'", NULL);
     expect_refused("phi3", drop_qkv, "missing tensor 'blk.0.attn_qkv.weight'", NULL);
     expect_refused("gemma3", longrope, "rope scaling type 'longrope'", "not implemented");
+    /* LongRoPE: phi3's (llama.cpp loads the factors for it alone), both factor vectors or none */
+    expect_refused("qwen2", long_factors_only, "architecture 'qwen2' has no LongRoPE factors", NULL);
+    expect_refused("phi3", long_factors_only, "missing tensor 'rope_factors_short.weight'", NULL);
+    expect_refused("phi3", bad_attn_factor, "rope.scaling.attn_factor must be a positive number", NULL);
 
     /* the command line: one line on stderr, exit status non-zero */
     const char *qlab = getenv("QLAB");
@@ -407,7 +419,7 @@ static void test_yarn_rope(void **state) {
     memset(x, 0, sizeof x);
     for (int t = 0; t < T; t++)
         for (int i = 0; i < HALF; i++) x[t * HD + i] = 1.0f; /* NEOX pair (i, i+8) = (1, 0) */
-    assert_int_equal(ops->rope(be, x, T, 1, 0, cs), QL_OK);
+    assert_int_equal(ops->rope(be, x, T, 1, 0, T, cs), QL_OK);
     const float mscale = 1.0f + 0.1f * logf(4.0f); /* the attention temperature YaRN folds into cos/sin */
     struct { int t, pair; double angle; } want[] = {
         {3, 0, 3.0},                                           /* below the range: extrapolated, unscaled */
@@ -425,6 +437,264 @@ static void test_yarn_rope(void **state) {
     }
     ops->destroy(be);
     ql_model_free(m);
+}
+
+/* ---- Phi-3 LongRoPE (no llama.cpp reference file): the phi3 model given rope_factors_long/short, an attention
+ * factor and an original context of 48, checked against the formula in double precision and end to end ---- */
+
+enum { LR_HALF = 8, LR_ORIG = 48 };
+
+/* The phi3 test model with LongRoPE factors `lf` (long) and `sf` (short), attention factor `af`. */
+static ql_model *phi3_longrope(const float *lf, const float *sf, float af) {
+    char p[512];
+    if (!model_path(p, sizeof p, "phi3")) return NULL;
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+    static const char *names[2] = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    const float *src[2] = {lf, sf};
+    for (int k = 0; k < 2; k++) {
+        float *f = malloc(LR_HALF * sizeof *f);
+        memcpy(f, src[k], LR_HALF * sizeof *f);
+        ql_gguf_adopt(g, f);
+        int64_t ne[4] = {LR_HALF, 1, 1, 1};
+        ql_gguf_add_tensor(g, names[k], QL_TYPE_F32, 1, ne, f);
+    }
+    if (af != 1.0f) ql_gguf_set_f32(g, "phi3.rope.scaling.attn_factor", af);
+    ql_gguf_set_u32(g, "phi3.rope.scaling.original_context_length", LR_ORIG);
+    ql_model *m;
+    if (ql_model_from_gguf(g, p, &m)) fail_msg("%s", ql_last_error());
+    return m;
+}
+
+static const float LR_LONG[LR_HALF] = {1.0f, 1.25f, 1.5f, 2.0f, 3.0f, 5.0f, 8.0f, 13.0f};
+static const float LR_SHORT[LR_HALF] = {1.0f, 1.0f, 1.05f, 1.1f, 1.2f, 1.4f, 1.7f, 2.1f};
+
+/* The rope op: pair i at position t turns by t·10000^(-2i/16)/factor[i] (short factors for a context of at
+ * most 48, long ones above) and has length attn_factor, computed here in double from the formula alone. */
+static void test_longrope_formula(void **state) {
+    (void)state;
+    const float af = 1.1902f;
+    ql_model *m = phi3_longrope(LR_LONG, LR_SHORT, af);
+    if (!m) skip();
+    assert_non_null(m->rope_long);
+    assert_true(m->cfg.n_ctx_orig == LR_ORIG && m->cfg.rope_attn_factor == af && m->cfg.rope_neox);
+    const ql_backend_ops *ops = ql_backend_find("cpu");
+    void *be;
+    assert_int_equal(ops->create(m, 1, &be), QL_OK);
+    enum { T = 40, HD = 16 };
+    const int ctxs[] = {T, LR_ORIG, LR_ORIG + 1, 4096};
+    for (size_t c = 0; c < QL_ARRAY_LEN(ctxs); c++) {
+        const float *fac = ctxs[c] > LR_ORIG ? LR_LONG : LR_SHORT; /* llama.cpp: n_ctx_per_seq > n_ctx_orig_yarn */
+        float x[T * HD], cs[HD];
+        memset(x, 0, sizeof x);
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < LR_HALF; i++) x[t * HD + i] = 1.0f; /* NEOX pair (i, i+8) = (1, 0) */
+        assert_int_equal(ops->rope(be, x, T, 1, 0, ctxs[c], cs), QL_OK);
+        double worst = 0;
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < LR_HALF; i++) {
+                double ang = t * pow(10000.0, -2.0 * i / HD) / fac[i];
+                double dc = x[t * HD + i] - af * cos(ang), ds = x[t * HD + i + LR_HALF] - af * sin(ang);
+                worst = fmax(worst, fmax(fabs(dc), fabs(ds)));
+            }
+        printf("  LongRoPE ctx %4d (%s factors): max |op - formula| = %.3g\n", ctxs[c],
+               fac == LR_LONG ? "long" : "short", worst);
+        if (!(worst < 2e-5)) fail_msg("LongRoPE at ctx %d: off the formula by %g", ctxs[c], worst);
+    }
+    ops->destroy(be);
+    ql_model_free(m);
+}
+
+static void run_ctx(ql_model *m, const int32_t *tok, int n_ctx, float *logits) {
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    ql_scratch *s = ql_scratch_new(inf, n_ctx);
+    assert_non_null(s);
+    assert_int_equal(ql_forward(inf, s, tok, N_TOK, 0, logits), QL_OK);
+    ql_scratch_free(s);
+    ql_infer_free(inf);
+}
+
+static void write_longrope_model(const char *path, const float *lf, const float *sf, float af) {
+    ql_model *m = phi3_longrope(lf, sf, af);
+    assert_non_null(m);
+    assert_int_equal(ql_gguf_write(m->gguf, path, NULL), QL_OK);
+    ql_model_free(m);
+}
+
+/* End to end: unit short factors and attention factor 1 within a context of 32 leave llama.cpp's phi3
+ * logits as they are; in a context above 48 the long factors turn pair i exactly as a rope_freqs tensor of the
+ * same values does (a separate code path: llama3's); the attention factor changes the logits; and
+ * `qlab logits --ctx` / `qlab ppl --ctx` choose the factors the same way. */
+static void test_longrope_logits(void **state) {
+    (void)state;
+    int32_t tok[N_TOK];
+    read_tokens(tok);
+    const float ones[LR_HALF] = {1, 1, 1, 1, 1, 1, 1, 1};
+    float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB), *got = malloc(sizeof(float) * N_TOK * N_VOCAB),
+          *alt = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    read_reference("phi3", ref);
+    ql_model *m = phi3_longrope(LR_LONG, ones, 1.0f);
+    if (!m) skip();
+    run_ctx(m, tok, N_TOK, got);
+    float d_short = max_diff(got, ref, 0, N_TOK);
+    run_ctx(m, tok, LR_ORIG + 16, got);
+    float d_long = max_diff(got, ref, 0, N_TOK);
+    ql_model_free(m);
+    /* the long factors as llama3's rope_freqs on the plain model */
+    char p[512];
+    assert_true(model_path(p, sizeof p, "phi3"));
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+    float *rf = malloc(sizeof LR_LONG);
+    memcpy(rf, LR_LONG, sizeof LR_LONG);
+    ql_gguf_adopt(g, rf);
+    int64_t ne[4] = {LR_HALF, 1, 1, 1};
+    ql_gguf_add_tensor(g, "rope_freqs.weight", QL_TYPE_F32, 1, ne, rf);
+    assert_int_equal(ql_model_from_gguf(g, p, &m), QL_OK);
+    run_ctx(m, tok, N_TOK, alt);
+    ql_model_free(m);
+    float d_freqs = max_diff(got, alt, 0, N_TOK);
+    /* the attention factor: cos and sin of q and k scaled, so every attention score by its square */
+    m = phi3_longrope(LR_LONG, ones, 1.5f);
+    run_ctx(m, tok, N_TOK, alt);
+    ql_model_free(m);
+    float d_af = max_diff(alt, ref, 0, N_TOK);
+    printf("  LongRoPE logits: short (unit) factors %.3g from llama.cpp's phi3, long factors move them %.3g and "
+           "equal rope_freqs within %.3g; attn_factor 1.5 moves them %.3g\n",
+           d_short, d_long, d_freqs, d_af);
+    assert_true(d_short <= 1e-4f);
+    assert_true(d_long > 0.05f);
+    assert_true(d_freqs <= 1e-5f);
+    assert_true(d_af > 0.05f && max_diff(alt, ref, 0, 1) <= 1e-4f); /* row 0 attends to itself only */
+
+    /* the command line: --ctx above the original context takes the long factors */
+    const char *qlab = getenv("QLAB");
+    char text[512];
+    if (qlab && shared_path(text, sizeof text, "data/tinystories-valid.txt")) {
+        char dir[] = "/tmp/qlab-arch-lr-XXXXXX", mp[600], tf[600], lf[600], cmd[4096];
+        assert_non_null(mkdtemp(dir));
+        snprintf(mp, sizeof mp, "%s/phi3-longrope.gguf", dir);
+        snprintf(tf, sizeof tf, "%s/tokens.txt", dir);
+        snprintf(lf, sizeof lf, "%s/out.f32", dir);
+        write_longrope_model(mp, LR_LONG, LR_SHORT, 1.1902f);
+        m = phi3_longrope(LR_LONG, LR_SHORT, 1.1902f);
+        FILE *f = fopen(tf, "w");
+        for (int t = 0; t < N_TOK; t++) fprintf(f, "%d\n", tok[t]);
+        fclose(f);
+        const int ctxs[] = {0, LR_ORIG, LR_ORIG + 1};
+        for (size_t c = 0; c < QL_ARRAY_LEN(ctxs); c++) {
+            char ctxarg[32] = "";
+            if (ctxs[c]) snprintf(ctxarg, sizeof ctxarg, "--ctx %d", ctxs[c]);
+            snprintf(cmd, sizeof cmd, "%s logits %s --tokens %s -o %s %s --threads 1 2>/dev/null", qlab, mp, tf, lf,
+                     ctxarg);
+            if (system(cmd) != 0) fail_msg("%s failed", cmd);
+            f = fopen(lf, "rb");
+            assert_non_null(f);
+            assert_int_equal(fread(got, sizeof(float), N_TOK * N_VOCAB, f), N_TOK * N_VOCAB);
+            fclose(f);
+            run_ctx(m, tok, ctxs[c] ? ctxs[c] : N_TOK, alt);
+            float d = max_diff(got, alt, 0, N_TOK);
+            printf("  qlab logits %-9s equals the in-process pass at that context within %.3g\n",
+                   ctxs[c] ? ctxarg : "(no ctx)", d);
+            assert_true(d <= 1e-5f);
+        }
+        run_ctx(m, tok, N_TOK, alt);
+        assert_true(max_diff(got, alt, 0, N_TOK) > 0.05f); /* the last run (long) is not the short one */
+        ql_model_free(m);
+        /* ppl: the two contexts around the original one give different perplexities */
+        double ppl[2];
+        for (int k = 0; k < 2; k++) {
+            snprintf(cmd, sizeof cmd, "%s ppl %s --text %s --ctx %d --chunks 2 --json --threads 1 2>/dev/null", qlab,
+                     mp, text, k ? LR_ORIG + 2 : LR_ORIG);
+            FILE *pp = popen(cmd, "r");
+            char buf[1024] = "";
+            size_t nr = fread(buf, 1, sizeof buf - 1, pp);
+            buf[nr] = 0;
+            assert_int_equal(pclose(pp), 0);
+            const char *at = strstr(buf, "\"ppl\": ");
+            assert_non_null(at);
+            ppl[k] = atof(at + 7);
+        }
+        printf("  qlab ppl: ctx %d (short factors) %.4f, ctx %d (long) %.4f\n", LR_ORIG, ppl[0], LR_ORIG + 2, ppl[1]);
+        assert_true(ppl[0] > 1 && ppl[1] > 1 && ppl[0] != ppl[1]);
+        unlink(mp);
+        unlink(tf);
+        unlink(lf);
+        rmdir(dir);
+    }
+    free(ref);
+    free(got);
+    free(alt);
+}
+
+/* ---- attention.sliding_window_pattern as a per-layer bool array (newer llama.cpp) or a period ---- */
+
+static ql_model *gemma3_with_pattern(const uint8_t *flags, int n, uint32_t elem_type) {
+    char p[512];
+    if (!model_path(p, sizeof p, "gemma3")) return NULL;
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+    ql_gguf_set_arr(g, "gemma3.attention.sliding_window_pattern", elem_type, flags, (uint64_t)n);
+    ql_model *m = NULL;
+    if (ql_model_from_gguf(g, p, &m)) return NULL;
+    return m;
+}
+
+static void test_swa_pattern_array(void **state) {
+    (void)state;
+    int32_t tok[N_TOK];
+    read_tokens(tok);
+    float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB), *got = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    read_reference("gemma3", ref);
+    /* llama.cpp's default period 6 written out per layer: layers 0-4 slide, 5 is global */
+    const uint8_t same[6] = {1, 1, 1, 1, 1, 0}, other[6] = {1, 0, 1, 0, 1, 0};
+    ql_model *m = gemma3_with_pattern(same, 6, QL_GGUF_BOOL);
+    if (!m) fail_msg("%s", ql_last_error());
+    assert_true(m->cfg.swa_per_layer && ql_layer_is_swa(&m->cfg, 4) && !ql_layer_is_swa(&m->cfg, 5));
+    run(m, tok, got);
+    ql_model_free(m);
+    float d_same = max_diff(got, ref, 0, N_TOK);
+    m = gemma3_with_pattern(other, 6, QL_GGUF_BOOL);
+    assert_non_null(m);
+    assert_true(!ql_layer_is_swa(&m->cfg, 1) && ql_layer_is_swa(&m->cfg, 2));
+    char feat[512];
+    ql_model_features(m, feat, sizeof feat);
+    assert_non_null(strstr(feat, "3 of 6 layers"));
+    run(m, tok, got);
+    ql_model_free(m);
+    float d_other = max_diff(got, ref, 0, N_TOK);
+    printf("  per-layer pattern: as the default %.3g from llama.cpp, layers 1 and 3 global moves %.3g\n", d_same,
+           d_other);
+    assert_true(d_same <= tolerance("gemma3"));
+    assert_true(d_other > 0.1f); /* layers 1 and 3 turn global: no window, and the global layers' RoPE */
+    /* integers 0/1 are bools too; malformed arrays are refused with one line naming the key */
+    const uint8_t as_u8[6] = {1, 1, 1, 1, 1, 0}, two[6] = {1, 1, 2, 1, 1, 0};
+    m = gemma3_with_pattern(as_u8, 6, QL_GGUF_U8);
+    assert_non_null(m);
+    ql_model_free(m);
+    struct { const uint8_t *f; int n; uint32_t et; const char *want; } bad[] = {
+        {same, 5, QL_GGUF_BOOL, "lists 5 layers, the model has 6"},
+        {two, 6, QL_GGUF_U8, "sliding_window_pattern[2] is not a bool"},
+    };
+    for (size_t i = 0; i < QL_ARRAY_LEN(bad); i++) {
+        assert_null(gemma3_with_pattern(bad[i].f, bad[i].n, bad[i].et));
+        const char *e = ql_last_error();
+        printf("  refused: %s\n", e);
+        assert_non_null(strstr(e, bad[i].want));
+        assert_non_null(strstr(e, "gemma3.gguf"));
+        assert_null(strchr(e, '\n'));
+    }
+    /* a string is neither form */
+    char p[512];
+    assert_true(model_path(p, sizeof p, "gemma3"));
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+    ql_gguf_set_str(g, "gemma3.attention.sliding_window_pattern", "6");
+    assert_int_not_equal(ql_model_from_gguf(g, p, &m), QL_OK);
+    assert_non_null(strstr(ql_last_error(), "must be a period (an integer) or an array of 6 bools, not string"));
+    free(ref);
+    free(got);
 }
 
 /* ---- synthetic shapes: the real models' metadata and tensor lists, without writing gigabytes ---- */
@@ -564,6 +834,9 @@ int main(void) {
         cmocka_unit_test(test_attn_qkv_rules),
         cmocka_unit_test(test_quantized_models_run),
         cmocka_unit_test(test_yarn_rope),
+        cmocka_unit_test(test_longrope_formula),
+        cmocka_unit_test(test_longrope_logits),
+        cmocka_unit_test(test_swa_pattern_array),
         cmocka_unit_test(test_synth_shapes_describe),
         cmocka_unit_test(test_synth_llama3_rope_freqs),
         cmocka_unit_test(test_synth_small_runs),

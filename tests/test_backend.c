@@ -113,7 +113,10 @@ static ql_status b_rmsnorm(void *be, const ql_backend_weight *w, const float *x,
     free(own);
     return s;
 }
-static ql_status b_rope(void *be, float *x, int T, int h, int l, float *tmp) { g_calls[OP_ROPE]++; return g_cpu->rope(be, x, T, h, l, tmp); }
+static ql_status b_rope(void *be, float *x, int T, int h, int l, int n_ctx, float *tmp) {
+    g_calls[OP_ROPE]++;
+    return g_cpu->rope(be, x, T, h, l, n_ctx, tmp);
+}
 static ql_status b_act(void *be, float *g, const float *u, size_t n) { g_calls[OP_ACT]++; return g_cpu->ffn_act(be, g, u, n); }
 static ql_status b_kv_new(void *be, int t, int d, void **kv) { g_calls[OP_KVNEW]++; return g_cpu->kv_new(be, t, d, kv); }
 static void b_kv_free(void *be, void *kv) { g_calls[OP_KVFREE]++; g_cpu->kv_free(be, kv); }
