@@ -342,7 +342,8 @@ typedef struct {
     double l3_factor, l3_lo, l3_hi;
     int64_t l3_ctx;
     const json_t *long_factor, *short_factor; /* Phi-3 LongRoPE (borrowed from the config JSON) */
-    int64_t sliding_window, swa_pattern;      /* 0: none / the architecture's default */
+    int64_t sliding_window, swa_pattern;      /* 0: none / the architecture's default; -1: per layer: */
+    uint8_t *swa_layers;                      /* n_layer flags (1: slides) when no period describes them */
     double attn_softcap, final_softcap, rope_base_swa; /* 0: not written */
     int64_t bos, eos; /* -1 when not given */
 } hf_config;
@@ -382,33 +383,47 @@ static ql_status cfg_cap(const char *path, const json_t *o, const char *key, dou
     return cfg_f64(path, o, key, def, out);
 }
 
-/* The sliding-window period from "layer_types" (["sliding_attention", ..., "full_attention"]) or
- * "sliding_window_pattern": layer i is global when (i + 1) % period == 0, as llama.cpp's
- * set_swa_pattern and transformers' Gemma classes both count. */
-static ql_status cfg_swa_pattern(const char *path, const json_t *p, const hf_config *c, int64_t *pattern) {
+/* The sliding-window layers from "layer_types" (["sliding_attention", ..., "full_attention"]) or
+ * "sliding_window_pattern" (a period, or one bool per layer, true: it slides). A period is kept as one
+ * (layer i is global when (i + 1) % period == 0, as llama.cpp's set_swa_pattern and transformers' Gemma
+ * classes both count); any other layout becomes c->swa_layers (pattern -1), written to GGUF as the per-layer
+ * bool array newer llama.cpp reads. */
+static ql_status cfg_swa_pattern(const char *path, const json_t *p, hf_config *c, int64_t *pattern) {
     const json_t *lt = json_object_get(p, "layer_types");
-    if (lt && !json_is_null(lt)) {
-        if (!json_is_array(lt) || (int64_t)json_array_size(lt) != c->n_layer)
-            return ql_fail(QL_ERR_FORMAT, "%s: 'layer_types' must list %lld layers", path, (long long)c->n_layer);
-        int64_t first_full = -1;
-        for (int64_t i = 0; i < c->n_layer && first_full < 0; i++) {
-            const char *t = json_string_value(json_array_get(lt, (size_t)i));
-            if (t && strcmp(t, "full_attention") == 0) first_full = i;
-        }
-        int64_t period = first_full < 0 ? c->n_layer + 1 : first_full + 1;
-        for (int64_t i = 0; i < c->n_layer; i++) {
-            const char *t = json_string_value(json_array_get(lt, (size_t)i));
-            bool full = (i + 1) % period == 0;
-            if (!t || strcmp(t, full ? "full_attention" : "sliding_attention") != 0)
-                return ql_fail(QL_ERR_UNSUPPORTED,
-                               "%s: 'layer_types' is not a repeating pattern of sliding layers closed by one "
-                               "full-attention layer (layer %lld is '%s')",
-                               path, (long long)i, t ? t : "?");
-        }
-        *pattern = first_full < 0 ? 0 : period; /* 0: every layer slides */
-        return QL_OK;
+    const char *key = "layer_types";
+    if (!lt || json_is_null(lt)) {
+        lt = json_object_get(p, key = "sliding_window_pattern");
+        if (!json_is_array(lt)) return cfg_int(path, p, key, false, c->a->swa_pattern, 1, 1 << 20, pattern);
     }
-    return cfg_int(path, p, "sliding_window_pattern", false, c->a->swa_pattern, 1, 1 << 20, pattern);
+    if (!json_is_array(lt) || (int64_t)json_array_size(lt) != c->n_layer)
+        return ql_fail(QL_ERR_FORMAT, "%s: '%s' must list %lld layers", path, key, (long long)c->n_layer);
+    uint8_t *slides = ql_malloc((size_t)c->n_layer);
+    for (int64_t i = 0; i < c->n_layer; i++) {
+        const json_t *e = json_array_get(lt, (size_t)i);
+        const char *t = json_string_value(e);
+        if (json_is_boolean(e)) slides[i] = json_is_true(e);
+        else if (t && strcmp(t, "full_attention") == 0) slides[i] = 0;
+        else if (t && strcmp(t, "sliding_attention") == 0) slides[i] = 1;
+        else {
+            free(slides);
+            return ql_fail(QL_ERR_FORMAT, "%s: '%s'[%lld] must be %s", path, key, (long long)i,
+                           strcmp(key, "layer_types") == 0 ? "\"sliding_attention\" or \"full_attention\"" : "a bool");
+        }
+    }
+    int64_t first_full = -1;
+    for (int64_t i = 0; i < c->n_layer && first_full < 0; i++)
+        if (!slides[i]) first_full = i;
+    int64_t period = first_full < 0 ? c->n_layer + 1 : first_full + 1;
+    bool periodic = true;
+    for (int64_t i = 0; i < c->n_layer; i++) periodic = periodic && slides[i] == ((i + 1) % period != 0);
+    if (periodic) {
+        free(slides);
+        *pattern = first_full < 0 ? 0 : period; /* 0: every layer slides */
+    } else {
+        c->swa_layers = slides;
+        *pattern = -1;
+    }
+    return QL_OK;
 }
 
 /* rope_scaling: what llama.cpp's converter does with each type, or a refusal naming the type. */
@@ -484,7 +499,19 @@ static ql_status cfg_rope_scaling(const char *path, const json_t *p, hf_config *
 }
 
 /* Reads and validates config.json into *c. `path` names the file in errors. */
+static ql_status parse_config_fields(const char *path, const json_t *root, hf_config *c);
+
+/* Reads and validates config.json into *c (c->swa_layers: the caller frees it on success). */
 static ql_status parse_config(const char *path, const json_t *root, hf_config *c) {
+    ql_status s = parse_config_fields(path, root, c);
+    if (s) {
+        free(c->swa_layers);
+        c->swa_layers = NULL;
+    }
+    return s;
+}
+
+static ql_status parse_config_fields(const char *path, const json_t *root, hf_config *c) {
     memset(c, 0, sizeof *c);
     c->bos = c->eos = -1;
     const json_t *mt = json_object_get(root, "model_type");
@@ -617,7 +644,11 @@ static void config_to_gguf(const hf_config *c, ql_gguf *g) {
     if (c->yarn_beta_slow > 0) set_arch_key_f32(g, a, "rope.scaling.yarn_beta_slow", c->yarn_beta_slow);
     if (c->rope_base_swa > 0) set_arch_key_f32(g, a, "rope.freq_base_swa", c->rope_base_swa);
     if (c->sliding_window > 0) set_arch_key_u32(g, a, "attention.sliding_window", c->sliding_window);
-    if (c->sliding_window > 0 && c->swa_pattern != c->a->swa_pattern) /* llama.cpp's default otherwise */
+    if (c->sliding_window > 0 && c->swa_layers) {
+        char k[128];
+        snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", a);
+        ql_gguf_set_arr(g, k, QL_GGUF_BOOL, c->swa_layers, (uint64_t)c->n_layer);
+    } else if (c->sliding_window > 0 && c->swa_pattern != c->a->swa_pattern) /* llama.cpp's default otherwise */
         set_arch_key_u32(g, a, "attention.sliding_window_pattern", c->swa_pattern);
     if (c->attn_softcap > 0) set_arch_key_f32(g, a, "attn_logit_softcapping", c->attn_softcap);
     if (c->final_softcap > 0) set_arch_key_f32(g, a, "final_logit_softcapping", c->final_softcap);
@@ -901,7 +932,7 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
     load_entry *ents = NULL;
     int64_t n_ents = 0, cap_ents = 0;
     ql_gguf *g = NULL;
-    hf_config cfg;
+    hf_config cfg = {0};
     char *cfg_path = path_join(dir, "config.json");
     char *idx_path = path_join(dir, "model.safetensors.index.json");
     char **shard_paths = NULL;
@@ -1045,6 +1076,7 @@ done:
     free(shard_paths);
     json_decref(cfg_json);
     json_decref(idx_json);
+    free(cfg.swa_layers);
     free(cfg_path);
     free(idx_path);
     ql_gguf_free(g);
@@ -1354,13 +1386,22 @@ static char *config_json_text(const ql_gguf *g, const save_config *c, const char
         json_object_set_new(o, "final_logit_softcapping", key_real(g, arch, "final_logit_softcapping"));
         if (swa <= 0) pattern = 1; /* no window: every layer global */
         json_object_set_new(o, "sliding_window", swa > 0 ? json_integer(swa) : json_null());
+        /* a per-layer array (newer llama.cpp) says which layers slide; else the period does */
+        char pk[128];
+        snprintf(pk, sizeof pk, "%s.attention.sliding_window_pattern", arch);
+        uint64_t n_flags = 0;
+        const ql_gguf_value *flags = ql_gguf_get_arr(g, pk, QL_GGUF_BOOL, &n_flags);
+        if (flags && n_flags != (uint64_t)c->n_layer) flags = NULL;
         json_t *lt = json_array();
-        for (int64_t i = 0; i < c->n_layer; i++)
-            json_array_append_new(lt, json_string(pattern > 0 && (i + 1) % pattern == 0 ? "full_attention"
-                                                                                      : "sliding_attention"));
+        for (int64_t i = 0; i < c->n_layer; i++) {
+            bool full = flags ? flags[i].v.u == 0 : pattern > 0 && (i + 1) % pattern == 0;
+            json_array_append_new(lt, json_string(full ? "full_attention" : "sliding_attention"));
+        }
         json_object_set_new(o, "layer_types", lt);
-        if (gemma3) {
+        if (gemma3 && !flags) {
             json_object_set_new(o, "sliding_window_pattern", json_integer(pattern));
+        }
+        if (gemma3) {
             double b = 10000.0;
             gkey_f64(g, arch, "rope.freq_base_swa", &b);
             json_object_set_new(o, "rope_local_base_freq", json_real(short_float(b)));
@@ -1395,6 +1436,7 @@ static ql_status keys_from_config(const char *label, const char *cfg_text, ql_gg
     if (!s) {
         *out = ql_gguf_new();
         config_to_gguf(&hc, *out);
+        free(hc.swa_layers);
     }
     json_decref(root);
     return s;

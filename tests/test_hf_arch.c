@@ -21,6 +21,7 @@
 #include <jansson.h>
 
 #include "kernels/ggml_types.h"
+#include "core/infer.h"
 #include "core/model.h"
 #include "pipeline/export.h"
 #include "tests/test_util.h"
@@ -584,13 +585,75 @@ static void test_config_gemma3_nested(void **state) {
     assert_true(((const float *)qn->data)[3] == st_value(ts, 8, 3, 5) + 1.0f);
     ql_gguf_free(h);
 
-    /* a layer_types list that is not llama.cpp's repeating pattern is refused */
-    write_text(dir, "config.json",
-               "{\"architectures\":[\"Gemma3ForCausalLM\"],\"model_type\":\"gemma3_text\",\"hidden_size\":64,"
-               "\"intermediate_size\":96,\"num_hidden_layers\":3,\"num_attention_heads\":4,\"head_dim\":32,"
-               "\"layer_types\":[\"full_attention\",\"sliding_attention\",\"sliding_attention\"]}");
-    assert_int_equal(ql_hf_load(dir, &h), QL_ERR_UNSUPPORTED);
-    assert_non_null(strstr(ql_last_error(), "layer_types"));
+    /* malformed per-layer lists are refused naming the key and the entry */
+    static const struct { const char *list, *want; } bad[] = {
+        {"\"layer_types\":[\"full_attention\",\"global\",\"sliding_attention\"]", "'layer_types'[1] must be"},
+        {"\"layer_types\":[\"full_attention\",\"sliding_attention\"]", "'layer_types' must list 3 layers"},
+        {"\"sliding_window_pattern\":[true,1,false]", "'sliding_window_pattern'[1] must be a bool"},
+    };
+    for (size_t i = 0; i < QL_ARRAY_LEN(bad); i++) {
+        char cfg[1024];
+        snprintf(cfg, sizeof cfg,
+                 "{\"architectures\":[\"Gemma3ForCausalLM\"],\"model_type\":\"gemma3_text\",\"hidden_size\":64,"
+                 "\"intermediate_size\":96,\"num_hidden_layers\":3,\"num_attention_heads\":4,\"head_dim\":32,%s}",
+                 bad[i].list);
+        write_text(dir, "config.json", cfg);
+        assert_int_equal(ql_hf_load(dir, &h), QL_ERR_FORMAT);
+        printf("  refused: %s\n", ql_last_error());
+        assert_non_null(strstr(ql_last_error(), bad[i].want));
+        assert_null(strchr(ql_last_error(), '\n'));
+    }
+    rm_tree(dir);
+}
+
+/* A sliding-window layout no period describes (layers 1 and 3 of gemma3's six global): GGUF's per-layer bool
+ * array becomes config.json's layer_types and comes back as the same array, with the same logits */
+static void test_gemma3_per_layer_pattern(void **state) {
+    (void)state;
+    char path[512];
+    if (!shared_path(path, sizeof path, "testdata/arch-variants/gemma3.gguf")) skip();
+    ql_gguf *g, *h;
+    assert_int_equal(ql_gguf_open(path, &g), QL_OK);
+    const uint8_t flags[6] = {1, 0, 1, 0, 1, 1};
+    ql_gguf_set_arr(g, "gemma3.attention.sliding_window_pattern", QL_GGUF_BOOL, flags, 6);
+    char *dir = make_tmpdir();
+    assert_int_equal(ql_hf_save(g, dir), QL_OK);
+    json_t *c = load_config(dir);
+    const json_t *lt = json_object_get(c, "layer_types");
+    for (int i = 0; i < 6; i++)
+        assert_string_equal(json_string_value(json_array_get(lt, (size_t)i)),
+                            flags[i] ? "sliding_attention" : "full_attention");
+    assert_null(json_object_get(c, "sliding_window_pattern")); /* a period would contradict the list */
+    json_decref(c);
+    if (ql_hf_load(dir, &h) != QL_OK) fail_msg("%s", ql_last_error());
+    uint64_t n = 0;
+    const ql_gguf_value *v = ql_gguf_get_arr(h, "gemma3.attention.sliding_window_pattern", QL_GGUF_BOOL, &n);
+    assert_non_null(v);
+    assert_int_equal(n, 6);
+    for (int i = 0; i < 6; i++) assert_int_equal(v[i].v.u, flags[i]);
+    ql_model *ma, *mb;
+    assert_int_equal(ql_model_from_gguf(g, path, &ma), QL_OK);
+    assert_int_equal(ql_model_from_gguf(h, dir, &mb), QL_OK);
+    for (int l = 0; l < 6; l++) assert_int_equal(ql_layer_is_swa(&mb->cfg, l), flags[l]);
+    enum { T = 12 };
+    int32_t tok[T];
+    for (int t = 0; t < T; t++) tok[t] = (t * 31 + 5) % 512;
+    float *la = malloc(sizeof(float) * T * 512), *lb = malloc(sizeof(float) * T * 512);
+    ql_model *ms[2] = {ma, mb};
+    float *out[2] = {la, lb};
+    for (int k = 0; k < 2; k++) {
+        ql_infer *inf;
+        assert_int_equal(ql_infer_new(ms[k], 1, &inf), QL_OK);
+        ql_scratch *s = ql_scratch_new(inf, T);
+        assert_int_equal(ql_forward(inf, s, tok, T, 0, out[k]), QL_OK);
+        ql_scratch_free(s);
+        ql_infer_free(inf);
+    }
+    assert_memory_equal(la, lb, sizeof(float) * T * 512);
+    free(la);
+    free(lb);
+    ql_model_free(ma);
+    ql_model_free(mb);
     rm_tree(dir);
 }
 
@@ -784,6 +847,7 @@ int main(void) {
         cmocka_unit_test(test_roundtrip_llama3),  cmocka_unit_test(test_roundtrip_qwen2),
         cmocka_unit_test(test_roundtrip_qwen3),   cmocka_unit_test(test_roundtrip_gemma2),
         cmocka_unit_test(test_roundtrip_gemma3),  cmocka_unit_test(test_roundtrip_phi3),
+        cmocka_unit_test(test_gemma3_per_layer_pattern),
         cmocka_unit_test(test_gemma_norm_shift), cmocka_unit_test(test_exporter_norm_shift),  cmocka_unit_test(test_config_llama3),
         cmocka_unit_test(test_config_gemma2),     cmocka_unit_test(test_config_gemma3_nested),
         cmocka_unit_test(test_config_phi3_longrope), cmocka_unit_test(test_config_qwen),
