@@ -768,6 +768,181 @@ static void test_synth_llama3_rope_freqs(void **state) {
     unlink(out);
 }
 
+/* ---- what llama.cpp's loader needs from a synthetic file, written out independently of core/synth.c ----
+ * Checked against llama.cpp (src/llama-model.cpp llama_model::load_hparams: the keys read for every model
+ * (context_length, embedding_length, block_count required; feed_forward_length and head_count via
+ * get_key_or_arr; head_count_kv, key/value_length, rope.freq_base, rope.dimension_count optional, and for
+ * LLM_ARCH_LLAMA n_rot must equal the head dimension), then per architecture LLAMA / QWEN3 / PHI3:
+ * attention.layer_norm_rms_epsilon required, GEMMA3: attention.sliding_window and the epsilon required;
+ * llama_model::load_tensors for the same four cases, with the tensor names of src/llama-arch.cpp
+ * LLM_TENSOR_NAMES; llama_model_loader's get_key, which refuses a key of another GGUF type than the field's
+ * (u32 for counts, f32 for floats), and its final "wrong number of tensors" check, which refuses any tensor
+ * it did not create; src/llama-vocab.cpp llama_vocab::impl::load: tokenizer.ggml.model "llama" is SPM (no
+ * pre-tokenizer or merges then; "gpt2" would need both), tokens required with unique texts, scores and
+ * token_type optional arrays, special ids in range, and SPM's linefeed looked up as the byte token <0x0A>;
+ * and the token embedding's n_vocab rows equal to the number of tokens). */
+
+typedef struct { const char *key; uint32_t type; bool required; } want_key;
+
+static void check_key(const ql_gguf *g, const char *shape, const char *arch, const want_key *w) {
+    char k[160];
+    if (!strncmp(w->key, "general.", 8) || !strncmp(w->key, "tokenizer.", 10)) snprintf(k, sizeof k, "%s", w->key);
+    else snprintf(k, sizeof k, "%s.%s", arch, w->key);
+    const ql_gguf_value *v = ql_gguf_get(g, k);
+    if (!v) {
+        if (w->required) fail_msg("%s: llama.cpp needs key %s", shape, k);
+        return;
+    }
+    if (v->type != w->type) fail_msg("%s: key %s is %s, llama.cpp reads %s", shape, k, ql_gguf_type_name(v->type),
+                                     ql_gguf_type_name(w->type));
+}
+
+static int64_t get_u(const ql_gguf *g, const char *arch, const char *key, int64_t def) {
+    char k[160];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    int64_t v;
+    return ql_gguf_get_int(g, k, &v) ? v : def;
+}
+
+static void check_llamacpp_loadable(const ql_gguf *g, const char *shape) {
+    const char *arch = ql_gguf_get_str(g, "general.architecture");
+    assert_non_null(arch);
+    static const want_key common[] = {
+        {"context_length", QL_GGUF_U32, true},        {"embedding_length", QL_GGUF_U32, true},
+        {"block_count", QL_GGUF_U32, true},           {"feed_forward_length", QL_GGUF_U32, true},
+        {"attention.head_count", QL_GGUF_U32, true},  {"attention.head_count_kv", QL_GGUF_U32, false},
+        {"attention.key_length", QL_GGUF_U32, false}, {"attention.value_length", QL_GGUF_U32, false},
+        {"rope.freq_base", QL_GGUF_F32, false},       {"rope.dimension_count", QL_GGUF_U32, false},
+        {"attention.layer_norm_rms_epsilon", QL_GGUF_F32, true},
+        {"attention.sliding_window", QL_GGUF_U32, false}, {"rope.freq_base_swa", QL_GGUF_F32, false},
+        {"rope.scaling.type", QL_GGUF_STRING, false}, {"rope.scaling.factor", QL_GGUF_F32, false},
+        {"vocab_size", QL_GGUF_U32, false},           {"general.file_type", QL_GGUF_U32, false},
+        {"tokenizer.ggml.model", QL_GGUF_STRING, true}, {"tokenizer.ggml.tokens", QL_GGUF_ARRAY, true},
+        {"tokenizer.ggml.scores", QL_GGUF_ARRAY, false}, {"tokenizer.ggml.token_type", QL_GGUF_ARRAY, false},
+        {"tokenizer.ggml.bos_token_id", QL_GGUF_U32, true}, {"tokenizer.ggml.eos_token_id", QL_GGUF_U32, true},
+        {"tokenizer.ggml.add_bos_token", QL_GGUF_BOOL, false},
+    };
+    for (size_t i = 0; i < QL_ARRAY_LEN(common); i++) check_key(g, shape, arch, &common[i]);
+    if (!strcmp(arch, "gemma3")) check_key(g, shape, arch, &(want_key){"attention.sliding_window", QL_GGUF_U32, true});
+
+    const int64_t D = get_u(g, arch, "embedding_length", 0), L = get_u(g, arch, "block_count", 0),
+                  F = get_u(g, arch, "feed_forward_length", 0), H = get_u(g, arch, "attention.head_count", 0),
+                  HKV = get_u(g, arch, "attention.head_count_kv", H), HD = get_u(g, arch, "attention.key_length", D / H),
+                  ROT = get_u(g, arch, "rope.dimension_count", HD);
+    if (!strcmp(arch, "llama")) assert_int_equal(ROT, HD); /* llama.cpp: "invalid n_rot" otherwise */
+
+    /* the vocabulary */
+    uint64_t n_tok = 0, n_sc = 0, n_tt = 0;
+    const ql_gguf_value *toks = ql_gguf_get_arr(g, "tokenizer.ggml.tokens", QL_GGUF_STRING, &n_tok);
+    assert_non_null(toks);
+    assert_non_null(ql_gguf_get_arr(g, "tokenizer.ggml.scores", QL_GGUF_F32, &n_sc));
+    assert_non_null(ql_gguf_get_arr(g, "tokenizer.ggml.token_type", QL_GGUF_I32, &n_tt));
+    assert_true(n_sc == n_tok && n_tt == n_tok);
+    const char *tm = ql_gguf_get_str(g, "tokenizer.ggml.model");
+    if (!strcmp(tm, "gpt2")) {
+        assert_non_null(ql_gguf_get_str(g, "tokenizer.ggml.pre"));
+        assert_non_null(ql_gguf_get_arr(g, "tokenizer.ggml.merges", QL_GGUF_STRING, NULL));
+    } else {
+        assert_string_equal(tm, "llama");
+        bool lf = false;
+        for (uint64_t i = 0; i < n_tok && !lf; i++) lf = strcmp(toks[i].v.str.s, "<0x0A>") == 0;
+        if (!lf) fail_msg("%s: SPM vocabulary without the <0x0A> byte token llama.cpp looks up", shape);
+    }
+    for (uint64_t i = 1; i < n_tok && n_tok <= 4096; i++) /* unique texts (a full-size vocabulary: spot checks) */
+        assert_true(strcmp(toks[i].v.str.s, toks[i - 1].v.str.s) != 0);
+    int64_t bos = -1, eos = -1;
+    assert_true(ql_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &bos) && bos >= 0 && (uint64_t)bos < n_tok);
+    assert_true(ql_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &eos) && eos >= 0 && (uint64_t)eos < n_tok);
+
+    /* the tensors llama.cpp creates, shape by shape; nothing else may be in the file */
+    typedef struct { char name[64]; int64_t ne0, ne1; bool required; } want_t;
+    want_t *w = calloc((size_t)(8 + 16 * L), sizeof *w);
+    int n = 0;
+#define T(req, a, b, ...) do { snprintf(w[n].name, sizeof w[n].name, __VA_ARGS__); w[n].ne0 = a; w[n].ne1 = b; w[n].required = req; n++; } while (0)
+    T(true, D, (int64_t)n_tok, "token_embd.weight");
+    T(true, D, 1, "output_norm.weight");
+    T(false, D, (int64_t)n_tok, "output.weight"); /* absent: tied to token_embd */
+    if (!strcmp(arch, "llama")) T(false, ROT / 2, 1, "rope_freqs.weight");
+    if (!strcmp(arch, "phi3")) {
+        T(false, ROT / 2, 1, "rope_factors_long.weight");
+        T(false, ROT / 2, 1, "rope_factors_short.weight");
+    }
+    for (int64_t l = 0; l < L; l++) {
+        T(true, D, 1, "blk.%lld.attn_norm.weight", (long long)l);
+        T(true, D, 1, "blk.%lld.ffn_norm.weight", (long long)l);
+        T(true, F, D, "blk.%lld.ffn_down.weight", (long long)l);
+        if (!strcmp(arch, "phi3")) {
+            T(true, D, D + 2 * HD * HKV, "blk.%lld.attn_qkv.weight", (long long)l);
+            T(true, D, D, "blk.%lld.attn_output.weight", (long long)l);
+            T(true, D, 2 * F, "blk.%lld.ffn_up.weight", (long long)l);
+            continue;
+        }
+        T(true, D, HD * H, "blk.%lld.attn_q.weight", (long long)l);
+        T(true, D, HD * HKV, "blk.%lld.attn_k.weight", (long long)l);
+        T(true, D, HD * HKV, "blk.%lld.attn_v.weight", (long long)l);
+        T(true, HD * H, D, "blk.%lld.attn_output.weight", (long long)l);
+        T(true, D, F, "blk.%lld.ffn_gate.weight", (long long)l);
+        T(true, D, F, "blk.%lld.ffn_up.weight", (long long)l);
+        if (!strcmp(arch, "qwen3") || !strcmp(arch, "gemma3")) {
+            T(true, HD, 1, "blk.%lld.attn_q_norm.weight", (long long)l);
+            T(true, HD, 1, "blk.%lld.attn_k_norm.weight", (long long)l);
+        }
+        if (!strcmp(arch, "gemma3")) {
+            T(true, D, 1, "blk.%lld.post_attention_norm.weight", (long long)l);
+            T(true, D, 1, "blk.%lld.post_ffw_norm.weight", (long long)l);
+        }
+    }
+#undef T
+    int found = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t ti = ql_gguf_find_tensor(g, w[i].name);
+        if (ti < 0) {
+            if (w[i].required) fail_msg("%s: llama.cpp needs tensor %s", shape, w[i].name);
+            continue;
+        }
+        const ql_gguf_tensor *t = &g->tensors[ti];
+        const int64_t ne1 = t->n_dims > 1 ? t->ne[1] : 1;
+        if (t->ne[0] != w[i].ne0 || ne1 != w[i].ne1 || (w[i].ne1 == 1 && t->n_dims != 1))
+            fail_msg("%s: %s is [%lld, %lld] (%d dims), llama.cpp creates [%lld, %lld]", shape, w[i].name,
+                     (long long)t->ne[0], (long long)ne1, t->n_dims, (long long)w[i].ne0, (long long)w[i].ne1);
+        found++;
+    }
+    if (found != g->n_tensors) fail_msg("%s: %lld tensors, llama.cpp would create %d of them", shape,
+                                        (long long)g->n_tensors, found);
+    free(w);
+}
+
+static void test_synth_llamacpp_metadata(void **state) {
+    (void)state;
+    for (size_t i = 0; i < QL_ARRAY_LEN(SYNTH); i++) {
+        /* the real shape with one layer, described (no data) */
+        ql_synth_shape sh = *ql_synth_find(SYNTH[i].shape);
+        assert_int_equal(ql_synth_parse_dims("layers=1", &sh), QL_OK);
+        ql_gguf *g;
+        assert_int_equal(ql_synth_describe(&sh, &g), QL_OK);
+        check_llamacpp_loadable(g, SYNTH[i].shape);
+        printf("  %-13s keys, vocabulary and %lld tensors as llama.cpp's loader reads them\n", SYNTH[i].shape,
+               (long long)g->n_tensors);
+        ql_gguf_free(g);
+        /* and a small one written and read back: the writer keeps every type */
+        sh = *ql_synth_find(SYNTH[i].shape);
+        assert_int_equal(ql_synth_parse_dims(!strcmp(SYNTH[i].arch, "gemma3")
+                                                 ? "layers=2,embd=64,heads=2,kv=1,head_dim=32,ff=96,vocab=300,ctx=64"
+                                                 : "layers=2,embd=64,heads=4,kv=2,ff=96,vocab=300,ctx=64",
+                                             &sh),
+                         QL_OK);
+        char out[] = "/tmp/qlab-arch-lc-XXXXXX.gguf";
+        int fd = mkstemps(out, 5);
+        assert_true(fd >= 0);
+        close(fd);
+        assert_int_equal(ql_synth_write(&sh, 5, out, 1, NULL), QL_OK);
+        assert_int_equal(ql_gguf_open(out, &g), QL_OK);
+        check_llamacpp_loadable(g, out);
+        ql_gguf_free(g);
+        unlink(out);
+    }
+}
+
 /* Each new shape at a small layer count and width runs: qlab's forward pass in-process and `qlab logits`. */
 static void test_synth_small_runs(void **state) {
     (void)state;
@@ -840,6 +1015,7 @@ int main(void) {
         cmocka_unit_test(test_synth_shapes_describe),
         cmocka_unit_test(test_synth_llama3_rope_freqs),
         cmocka_unit_test(test_synth_small_runs),
+        cmocka_unit_test(test_synth_llamacpp_metadata),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
     return cmocka_run_group_tests(tests, NULL, NULL);
