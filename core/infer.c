@@ -309,6 +309,18 @@ double ql_mem_budget_bytes(void) {
     return 0.6 * ql_mem_limit_bytes(NULL); /* RAM, or less under a cgroup limit or ulimit -v */
 }
 
+ql_status ql_mem_check(double bytes, const char *what, const char *how) {
+    const double budget = ql_mem_budget_bytes();
+    if (isfinite(bytes) && bytes >= 0 && bytes <= budget) return QL_OK;
+    const char *limit;
+    ql_mem_limit_bytes(&limit);
+    const bool gib = budget >= 1073741824.0; /* small budgets (tests, QL_MEM_BUDGET_MB) read better in MiB */
+    const double unit = gib ? 1073741824.0 : 1048576.0;
+    return ql_fail(QL_ERR_NOMEM, "%s needs %.2f %s, more than the memory budget of %.2f %s (60%% of %s, or "
+                                 "QL_MEM_BUDGET_MB); %s",
+                   what, bytes / unit, gib ? "GiB" : "MiB", budget / unit, gib ? "GiB" : "MiB", limit, how);
+}
+
 void ql_scratch_free(ql_scratch *s) {
     if (!s) return;
     float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->scores, s->gate, s->up, s->xq, s->rope_cs};

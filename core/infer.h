@@ -66,6 +66,11 @@ ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens);
  * QL_MEM_BUDGET_MB) that ql_infer_new also decides layer streaming by. */
 double ql_scratch_bytes(const ql_config *c, int max_tokens);
 double ql_mem_budget_bytes(void);
+/* Checks an allocation whose size comes from a file or a flag before it is made: QL_OK when `bytes` fit the
+ * budget above, else QL_ERR_NOMEM with one line "WHAT needs X GiB, more than the memory budget of Y GiB (60%
+ * of RAM / the cgroup limit / ulimit -v, or QL_MEM_BUDGET_MB); HOW" (how: what to reduce). A size that is
+ * not finite or negative (an overflowed product, computed in double) is refused the same way. */
+ql_status ql_mem_check(double bytes, const char *what, const char *how);
 void ql_scratch_free(ql_scratch *s);
 void ql_scratch_set_hook(ql_scratch *s, ql_hook_fn fn, void *user);
 

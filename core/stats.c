@@ -249,6 +249,26 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     const ql_config *c = &ql_infer_model(inf)->cfg;
     int workers = o->n_threads > 0 ? o->n_threads : 1;
     if (workers > n_seq) workers = (int)(n_seq > 0 ? n_seq : 1);
+    /* every worker accumulates its own copy (sums, and with Hessians an n x n double matrix per input) and
+     * runs its own pass: checked against the memory budget before any of it is allocated */
+    const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, c->n_ff};
+    double per_worker = ql_scratch_bytes(c, seq_len), hess = 0;
+    for (int p = 0; p < 4; p++) {
+        per_worker += (double)c->n_layer * 32.0 * (double)dims[p];
+        if (o->hessian && !o->only) hess += (double)c->n_layer * 8.0 * (double)dims[p] * (double)dims[p];
+    }
+    if (o->hessian && o->only) /* one input's Hessian: at most the widest */
+        hess = 8.0 * (double)QL_MAX(dims[1], dims[3]) * (double)QL_MAX(QL_MAX(dims[0], dims[1]), dims[3]);
+    else if (o->hessian && o->output)
+        hess += 8.0 * (double)c->n_embd * (double)c->n_embd;
+    per_worker += hess;
+    char what[200];
+    snprintf(what, sizeof what, "statistics%s over %d workers (--threads; %.1f MiB of Hessians each)",
+             o->hessian ? " with Hessians" : "", workers, hess / 1048576.0);
+    ql_status ms = ql_mem_check(per_worker * workers, what,
+                                o->hessian ? "use fewer --threads, or --no-hessian where no method needs Hessians"
+                                           : "use fewer --threads or a shorter --ctx");
+    if (ms) return ms;
     collect_ctx ctx = {.inf = inf, .tokens = tokens, .n_seq = n_seq, .seq_len = seq_len, .workers = workers,
                        .progress = progress};
     pthread_mutex_init(&ctx.lock, NULL);

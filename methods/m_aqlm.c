@@ -240,7 +240,29 @@ static ql_status aqlm_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
     return rc;
 }
 
+/* Mirrors aqlm_quantize and the solver (kernels/aqlm.c): the float Hessian twice (ours and the solver's), four
+ * float copies of the weights, the codes, and the encoder's table of every group x codebook x code (ngroups ·
+ * M · 2^B floats: the codebook size is what makes aqlm_1x16 heavy), plus `beam` hypotheses per worker. */
+static double aqlm_work_bytes(int64_t nrows, int64_t ncols, const ql_format *f, const ql_method_opts *o, char *what,
+                              size_t what_cap, char *how, size_t how_cap) {
+    int M = 1, B = 8;
+    ql_aqlm_format_params(f, &M, &B);
+    const double n = (double)ncols, r = (double)nrows, ng = (double)((ncols + 7) / 8), K = ldexp(1.0, B);
+    const int beam = (int)ql_opt_int(o ? o->values : NULL, &ql_method_aqlm, "beam");
+    const int nt = o && o->n_threads > 0 ? o->n_threads : 1;
+    const double hess = 8.0 * n * n, copies = 16.0 * r * n + 2.0 * 2.0 * r * ng * M, table = 4.0 * ng * M * K,
+                 beams = (double)nt * beam * 2 * 2 * (16.0 + 2.0 * M);
+    snprintf(what, what_cap, "a %lldx%lld Hessian (%.1f MiB), weight copies and codes (%.1f MiB), a %dx2^%d codebook "
+                             "table over %lld groups (%.1f MiB), beam=%d x %d workers",
+             (long long)ncols, (long long)ncols, hess / 1048576.0, copies / 1048576.0, M, B, (long long)ng,
+             table / 1048576.0, beam, nt);
+    snprintf(how, how_cap, "choose a format with smaller codebooks (aqlm_2x8 instead of aqlm_1x16), lower "
+                           "--method-opts beam=, or quantize this tensor with rtn");
+    return hess + copies + table + beams;
+}
+
 const ql_method ql_method_aqlm = {
+    .work_bytes = aqlm_work_bytes,
     .name = "aqlm",
     .summary = "AQLM: learned additive codebooks, beam search against the calibration Hessian (aqlm_* formats)",
     .explain =

@@ -486,6 +486,25 @@ static ql_status gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
     return ql_gptq_quantize(w, nrows, ncols, f, st, o, dst, NULL);
 }
 
+/* Mirrors ql_gptq_quantize's allocations: the Cholesky work (n² doubles + n² floats), the transposed weights,
+ * codes and (for sequential runs) dequantized values, the lazy batch of errors, the grids, and per worker a
+ * block x block slice of U: `block` times the workers is the option-driven term. */
+static double gptq_work_bytes(int64_t nrows, int64_t ncols, const ql_format *f, const ql_method_opts *o, char *what,
+                              size_t what_cap, char *how, size_t how_cap) {
+    (void)f;
+    const double n = (double)ncols, r = (double)nrows;
+    const double B = (double)QL_MIN(ql_opt_int(o ? o->values : NULL, &ql_method_gptq, "block"), ncols);
+    const int nt = o && o->n_threads > 0 ? o->n_threads : 1;
+    const double chol = 12.0 * n * n, cols = r * n * (4.0 + 1.0 + 4.0) + 3.0 * 4.0 * r * n / 8.0,
+                 batch = 4.0 * B * r + nt * (4.0 * B * B + 4.0 * 128 * 256 + 4.0 * B);
+    snprintf(what, what_cap, "a %lldx%lld Hessian factor (%.1f MiB), the weights by column (%.1f MiB) and block=%lld "
+                             "x %d workers (%.1f MiB)",
+             (long long)ncols, (long long)ncols, chol / 1048576.0, cols / 1048576.0, (long long)B, nt,
+             batch / 1048576.0);
+    snprintf(how, how_cap, "lower --method-opts block=, use fewer --threads, or quantize this tensor with rtn");
+    return chol + cols + batch;
+}
+
 static const ql_opt_def gptq_opts[] = {
     {"damp", QL_OPT_FLOAT, 0.01, 0, 10, NULL,
      "Hessian dampening, fraction of the mean diagonal (raised x10 if H is singular)"},
@@ -497,6 +516,7 @@ static const ql_opt_def gptq_opts[] = {
 };
 
 const ql_method ql_method_gptq = {
+    .work_bytes = gptq_work_bytes,
     .name = "gptq",
     .summary = "GPTQ: column-wise rounding with Hessian error feedback (formats with a code grid)",
     .explain =

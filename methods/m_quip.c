@@ -207,7 +207,22 @@ static ql_status quip_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
     return s;
 }
 
+/* Mirrors quip_quantize: the rotated Hessian, its factor and two float copies (24 n² bytes), the error and
+ * its Hessian product (8 bytes per weight) and four code vectors; `ldlq=0` needs only the codes. */
+static double quip_work_bytes(int64_t nrows, int64_t ncols, const ql_format *f, const ql_method_opts *o, char *what,
+                              size_t what_cap, char *how, size_t how_cap) {
+    (void)f;
+    const double n = (double)ncols, r = (double)nrows, codes = 4.0 * 2.0 * r * n / 8.0;
+    const bool ldlq = ql_opt_bool(o ? o->values : NULL, &ql_method_quip, "ldlq");
+    const double hess = ldlq ? 24.0 * n * n : 0, err = ldlq ? 8.0 * r * n : 0;
+    snprintf(what, what_cap, "a %lldx%lld rotated Hessian and its factor (%.1f MiB), LDLQ errors (%.1f MiB)",
+             (long long)ncols, (long long)ncols, hess / 1048576.0, err / 1048576.0);
+    snprintf(how, how_cap, "use --method-opts ldlq=0 (no error feedback) or quantize this tensor with rtn");
+    return hess + err + codes;
+}
+
 const ql_method ql_method_quip = {
+    .work_bytes = quip_work_bytes,
     .name = "quip",
     .summary = "QuIP#: Hadamard incoherence + E8P lattice codes + BlockLDLQ (e8p, e8p_rvq3, e8p_rvq4)",
     .explain =

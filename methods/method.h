@@ -80,6 +80,12 @@ typedef struct ql_method {
      * edited norms/weights back, and then quantizes those linears with quantize_tensor and st = NULL
      * (the transform has already used the statistics). NULL for per-tensor methods. */
     ql_status (*transform_layer)(struct ql_layer_f32 *layer, const struct ql_stats *st, const ql_method_opts *o);
+    /* Optional: the bytes quantize_tensor allocates for an [nrows, ncols] tensor of format f with options o
+     * (o->n_threads workers), beyond the driver's F32 copy of the weights; `what` gets the main terms and
+     * `how` the options that shrink it, for the driver's check against the memory budget before anything runs.
+     * NULL: the method allocates little beyond the weights (rtn). */
+    double (*work_bytes)(int64_t nrows, int64_t ncols, const ql_format *f, const ql_method_opts *o, char *what,
+                         size_t what_cap, char *how, size_t how_cap);
 } ql_method;
 
 int ql_method_count(void);

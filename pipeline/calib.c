@@ -3,6 +3,7 @@
  * Only token ids are kept (one stream per source); text is held one line/paragraph at a time.
  * Returned sets belong to the caller (ql_calib_free). See calib.h for the grammar and the rules. */
 #include "pipeline/calib.h"
+#include "core/infer.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -675,6 +676,12 @@ ql_status ql_calib_build(const char *spec, const ql_tokenizer *tok, const ql_cal
         return ql_fail(QL_ERR_ARG,
                        "calib: %d samples of %d tokens: need >= 1 sample of >= 2 tokens, at most %lld in all",
                        d.n_samples, d.seq_len, (long long)MAX_SET_TOKENS);
+    /* the token table (and a little per sample) is allocated whole: checked before any source is read */
+    char need_what[160];
+    snprintf(need_what, sizeof need_what, "--samples %d x --len %d (the calibration token table)", d.n_samples, d.seq_len);
+    ql_status ms = ql_mem_check(4.0 * d.n_samples * d.seq_len + 64.0 * d.n_samples, need_what,
+                                "use fewer --samples or a shorter --len");
+    if (ms) return ms;
     if (d.mode != QL_CALIB_RANDOM && d.mode != QL_CALIB_DOCS)
         return ql_fail(QL_ERR_ARG, "calib: unknown mode %d", d.mode);
     if (d.max_bytes < 0 || d.max_archive_bytes < 0 || d.max_entry_bytes < 0)

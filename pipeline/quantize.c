@@ -420,6 +420,34 @@ int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes, c
     return (int64_t)total;
 }
 
+/* Before anything is computed or written: the memory quantizing tensor t takes (the driver's F32 copy of
+ * it plus what its method allocates for this shape, format and options) must fit the budget, else one line
+ * naming the tensor, the need and what to reduce. */
+static ql_status check_work_memory(quant_ctx *c, const ql_gguf_tensor *t, const ql_plan_entry *e) {
+    const int64_t ncols = t->ne[0], nrows = t->ne[1] * t->ne[2] * t->ne[3];
+    const ql_method *meth = ql_method_by_name(e->method);
+    /* the method quantize_one will run (a tensor without statistics rounds to nearest); in a sequential run
+     * the statistics come later, so the planned method is assumed */
+    const ql_stat_entry *se = c->o->stats ? ql_stats_for_tensor(c->o->stats, t->name) : NULL;
+    if (c->o->stats) {
+        char why[256] = "", missing[200] = "";
+        bool have = se && se->n == ncols;
+        if (!have) missing_reason(t->name, se, ncols, missing, sizeof missing);
+        meth = effective_method(meth, layer_transform_of(c->m, c->o->plan, t->name), have, have && se->xtx, t->name,
+                                missing, why, sizeof why);
+    }
+    double need = 4.0 * (double)nrows * (double)ncols;
+    char what[400] = "its F32 copy", how[200] = "the tensor alone is too large for this budget";
+    if (meth->work_bytes && meth == ql_method_by_name(e->method)) {
+        const ql_method_opts mo = {.values = &c->values[method_index(meth)], .n_threads = c->o->n_threads};
+        need += meth->work_bytes(nrows, ncols, e->format, &mo, what, sizeof what, how, sizeof how);
+    }
+    char label[sizeof what + 256];
+    snprintf(label, sizeof label, "tensor '%s' (%lld x %lld): %s to %s (%s)", t->name, (long long)nrows,
+             (long long)ncols, meth->name, e->format->name, what);
+    return ql_mem_check(need, label, how);
+}
+
 ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
                             ql_quant_stats *st) {
     memset(st, 0, sizeof *st);
@@ -496,6 +524,7 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
                 goto out;
             }
         }
+        if (requant && (s = check_work_memory(&c, t, e))) goto out;
         if (requant && !ql_format_fits(e->format, t->ne[0])) {
             s = ql_fail(QL_ERR_ARG, "tensor '%s': rows of %lld do not fit %s", t->name, (long long)t->ne[0], e->format->name);
             goto out;

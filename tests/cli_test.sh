@@ -506,6 +506,25 @@ PY
   fi
 fi
 
+# issue 17: allocations sized by flags and method options are checked against the memory budget before they
+# are made: one line naming the option, the need and what to lower; exit 1, nothing written
+if [ -f "$T/tiny.gguf" ]; then
+  rm -f "$T/mem.gguf"
+  QL_MEM_BUDGET_MB=4 $QLAB stats "$T/tiny.gguf" --calib "$T/text.txt" --samples 100000 --len 64 -o "$T/mem.qls" >/dev/null 2>"$T/err"; rc=$?
+  if [ $rc -eq 1 ] && grep -q "^qlab stats: --samples 100000 x --len 64 (the calibration token table) needs 30.52 MiB" "$T/err" \
+     && [ "$(wc -l < "$T/err")" -eq 1 ]; then ok "--samples x --len beyond the budget: one line with the need"
+  else bad "calibration size check: rc $rc"; sed 's/^/     /' "$T/err" | head -3; fi
+  expect_error "stats Hessians x --threads beyond the budget" "use fewer --threads, or --no-hessian" \
+    env QL_MEM_BUDGET_MB=2 $QLAB stats "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --chunks 4 --threads 4 -o "$T/mem.qls"
+  if $QLAB stats "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 --threads 1 -o "$T/mem.qls" >/dev/null 2>&1; then
+    expect_error "gptq block= x --threads beyond the budget" "block=256 x 16 workers" \
+      env QL_MEM_BUDGET_MB=8 $QLAB quant "$T/tiny.gguf" --type int4_g32 --method gptq --stats "$T/mem.qls" --method-opts block=256 --threads 16 -o "$T/mem.gguf"
+    expect_error "aqlm_1x16 codebook table beyond the budget" "a 1x2^16 codebook table over 96 groups" \
+      env QL_MEM_BUDGET_MB=16 $QLAB quant "$T/tiny.gguf" --type aqlm_1x16 --method aqlm --stats "$T/mem.qls" -o "$T/mem.gguf"
+    if [ ! -e "$T/mem.gguf" ]; then ok "memory refusals write nothing"; else bad "a memory refusal left $T/mem.gguf"; fi
+  else bad "stats for the memory checks"; fi
+fi
+
 # KV cache schemes (issue 12): stories260K's head dimension of 8 cannot hold a 32-block type (llama.cpp refuses
 # it too) but takes a per-channel scheme; unknown schemes are one line; memory at a context is printed; on
 # tinystories-d256 (a few chunks) the KLD against the float cache is printed and ordered as llama.cpp's
