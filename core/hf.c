@@ -9,6 +9,7 @@
  * config.json does not give back (tokenizer included) so HF -> GGUF -> HF -> GGUF round-trips exactly.
  * No global state: concurrent loads/saves of different folders are fine. */
 #include "core/model.h"
+#include "core/hf_quant.h"
 #include "kernels/ggml_types.h"
 #include "base/atomic_file.h"
 
@@ -688,6 +689,7 @@ typedef struct {
     name_info ni;
     int64_t order;   /* position in the files, for names without a canonical place */
     const char *src; /* shard path (borrowed from the shard list) */
+    bool gguf_order; /* q/k rows already in GGUF order (a quantized whole-tensor import, core/hf_quant.c) */
 } load_entry;
 
 static int entry_cmp(const void *pa, const void *pb) {
@@ -825,13 +827,14 @@ static ql_status add_entry(ql_gguf *g, const hf_config *c, const load_entry *e) 
                        e->src, e->name, e->ni.layer, (long long)c->n_layer);
     int heads = 0;
     if (c->a->permute && e->ni.group == 1 && (e->ni.role == ROLE_Q || e->ni.role == ROLE_K)) {
-        heads = (int)(e->ni.role == ROLE_Q ? c->n_head : c->n_head_kv);
+        heads = e->gguf_order ? 0 : (int)(e->ni.role == ROLE_Q ? c->n_head : c->n_head_kv);
+        int expect = (int)(e->ni.role == ROLE_Q ? c->n_head : c->n_head_kv);
         int64_t rows = e->n_dims >= 2 ? e->ne[1] : e->ne[0];
         bool ok =
-            rows == heads * c->head_dim && e->ne[2] == 1 && e->ne[3] == 1 && (e->n_dims == 2 || e->ni.bias);
+            rows == expect * c->head_dim && e->ne[2] == 1 && e->ne[3] == 1 && (e->n_dims == 2 || e->ni.bias);
         if (!ok)
             return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has %lld rows, expected %d heads x %lld", e->src,
-                           e->name, (long long)rows, heads, (long long)c->head_dim);
+                           e->name, (long long)rows, expect, (long long)c->head_dim);
     }
     if (c->a->norm_shift && is_norm_weight(e->name)) return add_shifted_norm(g, e);
     const void *data = e->data;
@@ -923,6 +926,22 @@ static void set_file_type(ql_gguf *g) {
         ql_gguf_set_u32(g, "general.file_type", 32);
 }
 
+/* What core/hf_quant.c asks about the architecture (user = the hf_config). */
+static int quant_rope_heads(void *user, const char *hf_weight_name) {
+    const hf_config *c = user;
+    name_info ni;
+    char *gn = map_name(hf_weight_name, true, c->a, &ni);
+    free(gn);
+    if (!c->a->permute || ni.group != 1 || ni.bias) return 0;
+    return ni.role == ROLE_Q ? (int)c->n_head : ni.role == ROLE_K ? (int)c->n_head_kv : 0;
+}
+
+static char *quant_gguf_name(void *user, const char *hf_name) {
+    const hf_config *c = user;
+    name_info ni;
+    return map_name(hf_name, true, c->a, &ni);
+}
+
 ql_status ql_hf_load(const char *dir, ql_gguf **out) {
     *out = NULL;
     ql_status s = QL_OK;
@@ -930,7 +949,10 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
     char **shards = NULL;
     int n_shards = 0;
     load_entry *ents = NULL;
-    int64_t n_ents = 0, cap_ents = 0;
+    int64_t n_ents = 0;
+    ql_hfq_tensor *raw = NULL;
+    int64_t n_raw = 0, cap_raw = 0;
+    ql_hfq *hq = NULL;
     ql_gguf *g = NULL;
     hf_config cfg = {0};
     char *cfg_path = path_join(dir, "config.json");
@@ -941,7 +963,9 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
         s = ql_fail(QL_ERR_IO, "%s: no config.json (not a Hugging Face model folder)", dir);
         goto done;
     }
-    if ((s = load_json(cfg_path, &cfg_json)) || (s = parse_config(cfg_path, cfg_json, &cfg))) goto done;
+    if ((s = load_json(cfg_path, &cfg_json)) || (s = parse_config(cfg_path, cfg_json, &cfg)) ||
+        (s = ql_hfq_parse(cfg_path, cfg_json, &hq)))
+        goto done;
 
     if (file_exists(idx_path)) {
         if ((s = load_json(idx_path, &idx_json)) || (s = read_index(idx_path, idx_json, &shards, &n_shards)))
@@ -974,8 +998,12 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
         if ((s = ql_map_file(shard_paths[i], &addr, &len))) goto done;
         if (addr) ql_gguf_adopt_map(g, addr, len);
         ql_gguf *tmp = ql_gguf_new();
-        s = ql_safetensors_parse(addr ? addr : "", len, shard_paths[i], tmp);
+        uint8_t *dtypes = NULL;
+        /* a quantized checkpoint's integer and FP8 parts are read too (core/hf_quant.c explains them) */
+        s = hq ? ql_safetensors_parse_any(addr ? addr : "", len, shard_paths[i], tmp, &dtypes)
+               : ql_safetensors_parse(addr ? addr : "", len, shard_paths[i], tmp);
         if (s) {
+            free(dtypes);
             ql_gguf_free(tmp);
             goto done;
         }
@@ -990,40 +1018,37 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
             char *tname = text_model_name(src->name);
             if (!tname) continue; /* a vision tower: not part of the text model */
             /* Gemma's output is the embedding; llama.cpp's converter drops a stray lm_head (AutoAWQ) */
-            if (cfg.a->norm_shift && strcmp(tname, "lm_head.weight") == 0) {
+            if (cfg.a->norm_shift && strncmp(tname, "lm_head.", 8) == 0) {
                 free(tname);
                 continue;
             }
-            if (n_ents == cap_ents) {
-                cap_ents = cap_ents ? cap_ents * 2 : 256;
-                ents = ql_realloc(ents, (size_t)cap_ents * sizeof *ents);
+            if (n_raw == cap_raw) {
+                cap_raw = cap_raw ? cap_raw * 2 : 256;
+                raw = ql_realloc(raw, (size_t)cap_raw * sizeof *raw);
             }
-            load_entry *e = &ents[n_ents++];
-            memset(e, 0, sizeof *e);
-            e->name = map_name(tname, true, cfg.a, &e->ni);
-            free(tname);
-            e->type = src->type;
-            e->n_dims = src->n_dims;
-            memcpy(e->ne, src->ne, sizeof e->ne);
-            e->data = src->data;
-            e->nbytes = src->nbytes;
-            e->order = n_ents;
-            e->src = shard_paths[i];
+            ql_hfq_tensor *r = &raw[n_raw++];
+            memset(r, 0, sizeof *r);
+            r->name = tname;
+            r->dtype = dtypes ? dtypes[t] : 0;
+            r->type = src->type;
+            r->n_dims = src->n_dims;
+            memcpy(r->ne, src->ne, sizeof r->ne);
+            r->data = src->data;
+            r->nbytes = src->nbytes;
+            r->src = shard_paths[i];
         }
+        free(dtypes);
         ql_gguf_free(tmp);
     }
     if (idx_json) { /* every tensor the index promises must have been found */
         const char *key;
         const json_t *val;
         json_object_foreach(json_object_get(idx_json, "weight_map"), key, val) {
-            name_info ni;
             char *tn = text_model_name(key);
             if (!tn) continue;
-            char *gn = map_name(tn, true, cfg.a, &ni);
+            bool found = cfg.a->norm_shift && strncmp(tn, "lm_head.", 8) == 0; /* dropped above */
+            for (int64_t k = 0; k < n_raw && !found; k++) found = strcmp(raw[k].name, tn) == 0;
             free(tn);
-            bool found = cfg.a->norm_shift && strcmp(gn, "output.weight") == 0; /* dropped above */
-            for (int64_t k = 0; k < n_ents && !found; k++) found = strcmp(ents[k].name, gn) == 0;
-            free(gn);
             size_t kl = strlen(key);
             if (!found && !(kl > 21 && strcmp(key + kl - 21, ".rotary_emb.inv_freq") == 0)) {
                 s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' is listed in the index but missing from %s",
@@ -1031,6 +1056,23 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
                 goto done;
             }
         }
+    }
+    if (hq) { /* quantized modules -> one registry-format (or F32) tensor each */
+        ql_hfq_arch qa = {.user = &cfg, .rope_heads = quant_rope_heads, .gguf_name = quant_gguf_name};
+        if ((s = ql_hfq_convert(hq, dir, &qa, &raw, &n_raw, g))) goto done;
+    }
+    ents = ql_calloc((size_t)(n_raw ? n_raw : 1), sizeof *ents);
+    for (int64_t k = 0; k < n_raw; k++) {
+        load_entry *e = &ents[n_ents++];
+        e->name = map_name(raw[k].name, true, cfg.a, &e->ni);
+        e->type = raw[k].type;
+        e->n_dims = raw[k].n_dims;
+        memcpy(e->ne, raw[k].ne, sizeof e->ne);
+        e->data = raw[k].data;
+        e->nbytes = raw[k].nbytes;
+        e->order = n_ents;
+        e->src = raw[k].src;
+        e->gguf_order = raw[k].gguf_order;
     }
     if (n_ents == 0) {
         s = ql_fail(QL_ERR_FORMAT, "%s: the safetensors files hold no tensors", dir);
@@ -1068,6 +1110,9 @@ ql_status ql_hf_load(const char *dir, ql_gguf **out) {
 done:
     for (int64_t k = 0; k < n_ents; k++) free(ents[k].name);
     free(ents);
+    for (int64_t k = 0; k < n_raw; k++) free(raw[k].name);
+    free(raw);
+    ql_hfq_free(hq);
     for (int i = 0; i < n_shards; i++) {
         free(shards[i]);
         if (shard_paths) free(shard_paths[i]);

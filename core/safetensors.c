@@ -5,6 +5,7 @@
  * order (ne[0] = last safetensors dimension) but names are kept as in the file (see core/hf.c).
  * The buffer must outlive the ql_gguf; nothing here is global, so threads may parse concurrently. */
 #include "core/model.h"
+#include "core/hf_quant.h"
 #include "kernels/ggml_types.h"
 
 #include <math.h>
@@ -19,20 +20,30 @@
 
 typedef struct {
     const char *name; /* safetensors dtype string */
-    uint32_t type;    /* ggml type */
+    uint32_t type;    /* ggml type (sizes the bytes; U8/FP8/BOOL have none of their own) */
     size_t size;      /* bytes per element */
 } st_dtype;
 
-static const st_dtype g_dtypes[] = {
-    {"F32", QL_TYPE_F32, 4},
-    {"F16", QL_TYPE_F16, 2},
-    {"BF16", QL_TYPE_BF16, 2},
+/* Indexed by ql_st_dtype; the first three are the float dtypes a plain folder may hold. */
+static const st_dtype g_dtypes[QL_STD_COUNT] = {
+    [QL_STD_F32] = {"F32", QL_TYPE_F32, 4},        [QL_STD_F16] = {"F16", QL_TYPE_F16, 2},
+    [QL_STD_BF16] = {"BF16", QL_TYPE_BF16, 2},     [QL_STD_F64] = {"F64", QL_TYPE_F64, 8},
+    [QL_STD_I8] = {"I8", QL_TYPE_I8, 1},           [QL_STD_U8] = {"U8", QL_TYPE_I8, 1},
+    [QL_STD_I16] = {"I16", QL_TYPE_I16, 2},        [QL_STD_U16] = {"U16", QL_TYPE_I16, 2},
+    [QL_STD_I32] = {"I32", QL_TYPE_I32, 4},        [QL_STD_U32] = {"U32", QL_TYPE_I32, 4},
+    [QL_STD_I64] = {"I64", QL_TYPE_I64, 8},        [QL_STD_F8_E4M3] = {"F8_E4M3", QL_TYPE_I8, 1},
+    [QL_STD_F8_E5M2] = {"F8_E5M2", QL_TYPE_I8, 1}, [QL_STD_BOOL] = {"BOOL", QL_TYPE_I8, 1},
 };
 
-static const st_dtype *dtype_find(const char *s) {
-    for (size_t i = 0; i < QL_ARRAY_LEN(g_dtypes); i++)
-        if (strcmp(g_dtypes[i].name, s) == 0) return &g_dtypes[i];
-    return NULL;
+const char *ql_st_dtype_name(int dtype) {
+    return dtype >= 0 && dtype < QL_STD_COUNT ? g_dtypes[dtype].name : "?";
+}
+
+/* any: every dtype of the table, else the float ones */
+static int dtype_find(const char *s, bool any) {
+    for (int i = 0; i < (any ? QL_STD_COUNT : 3); i++)
+        if (strcmp(g_dtypes[i].name, s) == 0) return i;
+    return -1;
 }
 
 /* ---------------------------------------------------------------- qlab GGUF metadata */
@@ -168,7 +179,7 @@ static ql_status decode_meta(const char *label, const char *key, const char *tex
 /* ---------------------------------------------------------------- tensors */
 
 static ql_status parse_tensor(const char *label, const char *name, const json_t *info, const uint8_t *data,
-                              uint64_t data_size, ql_gguf *g) {
+                              uint64_t data_size, ql_gguf *g, bool any, int *dtype_out) {
     if (!json_is_object(info))
         return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s': entry is not an object", label, name);
     if (!name[0]) return ql_fail(QL_ERR_FORMAT, "%s: tensor with an empty name", label);
@@ -179,11 +190,15 @@ static ql_status parse_tensor(const char *label, const char *name, const json_t 
         return ql_fail(QL_ERR_FORMAT,
                        "%s: tensor '%s': needs dtype (string), shape (array) and data_offsets [begin, end]",
                        label, name);
-    const st_dtype *dt = dtype_find(json_string_value(jd));
-    if (!dt)
+    int di = dtype_find(json_string_value(jd), any);
+    if (di < 0)
         return ql_fail(QL_ERR_UNSUPPORTED,
-                       "%s: tensor '%s' has dtype '%.32s'; only F32, F16 and BF16 are supported", label, name,
-                       json_string_value(jd));
+                       any ? "%s: tensor '%s' has dtype '%.32s', which no quantized checkpoint qlab reads uses"
+                           : "%s: tensor '%s' has dtype '%.32s'; only F32, F16 and BF16 are supported (integer "
+                             "tensors need a quantization_config in config.json)",
+                       label, name, json_string_value(jd));
+    const st_dtype *dt = &g_dtypes[di];
+    *dtype_out = di;
     size_t nd = json_array_size(js);
     if (nd > QL_MAX_DIMS)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' has %zu dimensions (at most %d)", label, name, nd,
@@ -226,7 +241,7 @@ static ql_status parse_tensor(const char *label, const char *name, const json_t 
     return QL_OK;
 }
 
-ql_status ql_safetensors_parse(const void *buf, size_t size, const char *label, ql_gguf *g) {
+static ql_status parse(const void *buf, size_t size, const char *label, ql_gguf *g, bool any, uint8_t **dtypes) {
     const uint8_t *p = buf;
     if (size < 8)
         return ql_fail(QL_ERR_FORMAT, "%s: %zu bytes is too short for a safetensors file", label, size);
@@ -269,9 +284,23 @@ ql_status ql_safetensors_parse(const void *buf, size_t size, const char *label, 
             }
             continue;
         }
-        if ((s = parse_tensor(label, key, val, data, data_size, g))) goto done;
+        int dt = 0;
+        if ((s = parse_tensor(label, key, val, data, data_size, g, any, &dt))) goto done;
+        if (dtypes) {
+            *dtypes = ql_realloc(*dtypes, (size_t)g->n_tensors);
+            (*dtypes)[g->n_tensors - 1] = (uint8_t)dt;
+        }
     }
 done:
     json_decref(root);
     return s;
+}
+
+ql_status ql_safetensors_parse(const void *buf, size_t size, const char *label, ql_gguf *g) {
+    return parse(buf, size, label, g, false, NULL);
+}
+
+ql_status ql_safetensors_parse_any(const void *buf, size_t size, const char *label, ql_gguf *g, uint8_t **dtypes) {
+    *dtypes = ql_malloc(1);
+    return parse(buf, size, label, g, true, dtypes);
 }
