@@ -460,6 +460,53 @@ if [ -f "$HFM" ]; then
   fi
 fi
 
+# import (issue 14): every exported folder loads back into the registry format that holds its codes, and
+# `qlab ppl` of the folder equals `qlab ppl` of the GGUF export of the same plan (the preview) exactly
+# roundtrip_check NAME MODEL TARGET QUANT-ARGS...
+roundtrip_check() {
+  local name=$1 model=$2 to=$3; shift 3
+  rm -rf "$T/rt" "$T/rt.gguf"
+  if ! $QLAB quant "$model" "$@" -o "$T/rt.gguf" >/dev/null 2>"$T/err" || ! $QLAB quant "$model" "$@" --to "$to" -o "$T/rt" >/dev/null 2>>"$T/err"; then
+    bad "round trip $name: export"; sed 's/^/     /' "$T/err" | head -3; return; fi
+  local a b
+  a=$($QLAB ppl "$T/rt.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 2>/dev/null | grep -o 'PPL = [0-9.]*')
+  b=$($QLAB ppl "$T/rt" --text "$T/text.txt" --ctx 64 --chunks 2 2>"$T/err" | grep -o 'PPL = [0-9.]*')
+  if [ -n "$a" ] && [ "$a" = "$b" ] && ! grep -q "decoded to F32" "$T/err"; then ok "round trip $name: $b both"
+  else bad "round trip $name: preview '$a', folder '$b'"; sed 's/^/     /' "$T/err" | grep -v '^ *ppl:' | head -3; fi
+}
+if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$SHARED/models/stories260K.gguf" ]; then
+  D256=$SHARED/models/tinystories-d256.gguf; S260=$SHARED/models/stories260K.gguf
+  roundtrip_check "d256 gptq int4_g128 (asym)" "$D256" gptq --type int4_g128
+  roundtrip_check "d256 awq int4_g64" "$D256" awq --type int4_g64
+  roundtrip_check "d256 compressed-tensors int8_tensor" "$D256" compressed-tensors --type int8_tensor
+  roundtrip_check "d256 bnb nf4" "$D256" bnb --type nf4
+  $QLAB quant "$S260" --type int4_g32_sym --dry-run --save-plan "$T/s260.ini" >/dev/null 2>&1
+  sed -i '/ffn_/d' "$T/s260.ini" # 172-wide FFN rows: gptq refuses them, so the plan keeps them in float
+  roundtrip_check "260K gptq int4_g32_sym (ffn float)" "$S260" gptq --plan "$T/s260.ini"
+  roundtrip_check "260K compressed-tensors fp8_e4m3_channel" "$S260" compressed-tensors --type fp8_e4m3_channel
+  if [ "${QL_QUICK:-0}" = 1 ]; then skip "further import round trips (QL_QUICK=1)"
+  else
+    roundtrip_check "d256 gptq int3_g64_sym" "$D256" gptq --type int3_g64_sym
+    roundtrip_check "d256 gptq int8_channel" "$D256" gptq --type int8_channel
+    roundtrip_check "d256 compressed-tensors int4_g32_sym" "$D256" compressed-tensors --type int4_g32_sym
+    roundtrip_check "d256 compressed-tensors fp8_e4m3" "$D256" compressed-tensors --type fp8_e4m3
+    roundtrip_check "d256 compressed-tensors W8A8 fp8 dynamic" "$D256" compressed-tensors --type fp8_e4m3_channel --act fp8_token
+    roundtrip_check "d256 bnb fp4" "$D256" bnb --type fp4
+    [ -f "$T/dq.ini" ] && roundtrip_check "d256 bnb nf4_dq (q/k float)" "$D256" bnb --plan "$T/dq.ini"
+    [ -f "$T/mixact.ini" ] && [ -f "$T/hfs.qls" ] && roundtrip_check "d256 compressed-tensors mixed plan + activations" "$D256" compressed-tensors --plan "$T/mixact.ini" --stats "$T/hfs.qls"
+    roundtrip_check "260K compressed-tensors int8_channel" "$S260" compressed-tensors --type int8_channel
+  fi
+  if $QLAB quant "$D256" --type int4_g128 --to gptq -o "$T/rtinfo" >/dev/null 2>&1 && $QLAB info "$T/rtinfo" 2>/dev/null | grep -q 'blk.0.attn_q.weight .*int4_g128 '; then
+    ok "qlab info on a gptq folder shows int4_g128"; else bad "qlab info on a gptq folder"; fi
+  # a folder with a quantized part it cannot explain: one line naming the folder and the tensor
+  if [ -d "$T/rtinfo" ]; then
+    sed -i 's/"bits": 4/"bits": 8/' "$T/rtinfo/config.json"
+    expect_error "gptq folder whose bits disagree with its tensors" "qweight" $QLAB info "$T/rtinfo"
+    sed -i 's/"quant_method": "gptq"/"quant_method": "hqq"/' "$T/rtinfo/config.json"
+    expect_error "unknown quant_method" "quant_method 'hqq'" $QLAB info "$T/rtinfo"
+  fi
+else skip "import round trips (tinystories-d256 / stories260K missing)"; fi
+
 # issue 11: the architecture variants through `qlab convert` both ways (identical logits), and a
 # Hugging Face folder qlab cannot take: one line naming the folder and what is wrong
 AV=$SHARED/testdata/arch-variants
