@@ -959,7 +959,7 @@ ql_status ql_hfq_convert(const ql_hfq *q, const char *dir, const ql_hfq_arch *ar
         ql_log(1, "%s: config.json says %s but no module is quantized; loading the float tensors", dir, ql_hfq_method(q));
     if (!s)
         for (int i = 0; i < c.n_notes; i++)
-            ql_log(1, "note: %s: %d %s module%s (first: %s) decoded to F32: %s", dir, c.notes[i].count, ql_hfq_method(q),
+            ql_log(1, "%s: %d %s module%s (first: %s) decoded to F32, no registry format holds it exactly: %s", dir, c.notes[i].count, ql_hfq_method(q),
                    c.notes[i].count == 1 ? "" : "s", c.notes[i].first, c.notes[i].reason);
     /* drop the consumed parts */
     int64_t w = 0;
