@@ -5,12 +5,16 @@
  *                                  stream through consecutive words (so 3-bit codes straddle words)
  *     qzeros   I32 [K/g, N*bits/32] zero points minus one (the v1 offset), packed along the output
  *     scales   F16 [K/g, N]
- *     g_idx    I32 [K]             k / g: qlab keeps columns in order, so desc_act is false
+ *     g_idx    I32 [K]             k / g: qlab's groups are consecutive columns even under GPTQ's act
+ *                                  order (m_gptq processes columns by decreasing Hessian diagonal but
+ *                                  fixes each group's grid on the columns k/g), so desc_act records
+ *                                  only the processing order (the run's gptq act_order option)
  * qlab's codes and fp16 scales are copied unchanged, so the checkpoint dequantizes to exactly the
  * values qlab previewed: w = scale * (q - (stored_zero + 1)). One (bits, group, sym) for the whole
  * model; block linears left in float are excluded through GPTQModel's "dynamic" ("-:" rules). */
 #include "pipeline/export_st.h"
 #include "formats/fmt_ext.h"
+#include "methods/method.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +115,21 @@ static char *anchored_regex(const char *name) {
     return r;
 }
 
+/* The gptq method's options as the quantizer recorded them (qlab.quant.opts.gptq), else the defaults. */
+static void gptq_method_opts(const ql_st_tensor *ts, int64_t n, bool *act_order, bool *static_groups) {
+    const ql_method *gm = ql_method_by_name("gptq");
+    const char *spec = NULL;
+    for (int64_t i = 0; i < n && !spec; i++)
+        if (ts[i].quant_keys) {
+            const ql_gguf_value *v = ql_gguf_get(ts[i].quant_keys, "qlab.quant.opts.gptq");
+            if (v && v->type == QL_GGUF_STRING) spec = v->v.str.s;
+        }
+    ql_opt_values ov;
+    bool ok = gm && spec && ql_method_parse_shared_opts(gm, spec, &ov) == QL_OK;
+    *act_order = ok && ql_opt_bool(&ov, gm, "act_order");
+    *static_groups = ok && ql_opt_bool(&ov, gm, "static_groups");
+}
+
 static json_t *gptq_config(const ql_st_tensor *ts, int64_t n) {
     const ql_st_tensor *q = NULL;
     json_t *dyn = json_object();
@@ -130,9 +149,11 @@ static json_t *gptq_config(const ql_st_tensor *ts, int64_t n) {
     json_object_set_new(o, "checkpoint_format", json_string("gptq"));
     json_object_set_new(o, "bits", json_integer(q ? q->bits : 4));
     json_object_set_new(o, "group_size", json_integer(!q ? 128 : q->scheme ? -1 : q->group));
-    json_object_set_new(o, "desc_act", json_false());
+    bool act_order, static_groups;
+    gptq_method_opts(ts, n, &act_order, &static_groups);
+    json_object_set_new(o, "desc_act", json_boolean(act_order));
     json_object_set_new(o, "sym", json_boolean(q ? q->sym : true));
-    json_object_set_new(o, "static_groups", json_false());
+    json_object_set_new(o, "static_groups", json_boolean(static_groups));
     json_object_set_new(o, "true_sequential", json_true());
     json_object_set_new(o, "lm_head", json_false());
     json_object_set_new(o, "pack_dtype", json_string("int32"));

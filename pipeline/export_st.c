@@ -37,6 +37,7 @@ typedef struct {
     sidecar *side;
     int n_side;
     ql_gguf *act_keys; /* the image's qlab.act.* keys (core/actquant.h), read per tensor as it arrives */
+    ql_gguf *quant_keys; /* the image's qlab.quant.* keys (how the codes were chosen), for the target's config */
 } st_state;
 
 /* ---------------------------------------------------------------- helpers for targets */
@@ -107,9 +108,15 @@ ql_status ql_st_begin(ql_exporter *x, const char *out_path, const ql_gguf *sourc
 }
 
 /* GGUF keys have no place in a Hugging Face folder: config.json is derived from the source model. The
- * activation schemes are kept: they become the target's input_activations (metadata arrives before tensors). */
+ * activation schemes are kept: they become the target's input_activations (metadata arrives before tensors);
+ * so are the method options the quantizer recorded (qlab.quant.opts.<method>), for the target's config. */
 ql_status ql_st_add_metadata(ql_exporter *x, const char *key, const ql_gguf_value *val) {
     st_state *st = x->state;
+    if (!strncmp(key, "qlab.quant.", 11)) {
+        if (!st->quant_keys) st->quant_keys = ql_gguf_new();
+        ql_gguf_set_value(st->quant_keys, key, val);
+        return QL_OK;
+    }
     if (strncmp(key, "qlab.act.", 9)) return QL_OK;
     if (!st->act_keys) st->act_keys = ql_gguf_new();
     ql_gguf_set_value(st->act_keys, key, val);
@@ -153,6 +160,7 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
     t->produce = et->produce;
     t->produce_user = et->produce_user;
     t->produce_tag = et->produce_tag;
+    t->quant_keys = st->quant_keys;
     st->n++; /* from here on, abort frees it */
     bool has_act = false;
     if (st->act_keys) {
@@ -212,6 +220,7 @@ static void st_free(st_state *st) {
     }
     free(st->side);
     ql_gguf_free(st->act_keys);
+    ql_gguf_free(st->quant_keys);
     free(st);
 }
 

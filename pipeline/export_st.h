@@ -51,6 +51,7 @@ typedef struct {
     int n_out;
     ql_st_out out[QL_ST_MAX_OUT];
     ql_act_quant act; /* the linear's input scheme from the image's qlab.act.* keys (mode none: float) */
+    const ql_gguf *quant_keys; /* the image's qlab.quant.* keys (the methods' options), NULL when none */
 } ql_st_tensor;
 
 typedef struct ql_st_target {

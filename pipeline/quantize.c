@@ -577,6 +577,14 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         if (ft < 0) ft = st->llama_cpp_compatible ? 0 : 1024; /* 1024: qlab extension mix, see docs/formats.md */
     }
     if ((s = plan_activations(&c))) goto out;
+    /* folder exporters describe in their own config how the codes were chosen (gptq's desc_act): each
+     * planned method's option spec. GGUF output, whose size ql_quantize_file_bytes predicts, carries none. */
+    if (o->exporter && o->exporter->folder && method_opts && *method_opts)
+        for (int k = 0; k < n_used; k++) {
+            char key[96];
+            snprintf(key, sizeof key, "qlab.quant.opts.%s", used[k]->name);
+            ql_gguf_set_str(c.out, key, method_opts);
+        }
     ql_gguf_set_u32(c.out, ADDED_KEYS[0], (uint32_t)ft);
     ql_gguf_set_u32(c.out, ADDED_KEYS[1], 2);
     if (o->sequential) {

@@ -495,6 +495,10 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$SHARED/models/stories
     [ -f "$T/dq.ini" ] && roundtrip_check "d256 bnb nf4_dq (q/k float)" "$D256" bnb --plan "$T/dq.ini"
     [ -f "$T/mixact.ini" ] && [ -f "$T/hfs.qls" ] && roundtrip_check "d256 compressed-tensors mixed plan + activations" "$D256" compressed-tensors --plan "$T/mixact.ini" --stats "$T/hfs.qls"
     roundtrip_check "260K compressed-tensors int8_channel" "$S260" compressed-tensors --type int8_channel
+    # GPTQ's act order: columns processed by decreasing Hessian diagonal, groups still k/g (desc_act true)
+    roundtrip_check "d256 gptq act_order=1" "$D256" gptq --type int4_g128 --method gptq --method-opts act_order=1 --text "$T/text.txt" --ctx 64
+    if grep -q '"desc_act": true' "$T/rt/config.json" 2>/dev/null; then ok "gptq act_order=1 export says desc_act: true"
+    else bad "gptq act_order=1 export lacks desc_act: true"; fi
   fi
   if $QLAB quant "$D256" --type int4_g128 --to gptq -o "$T/rtinfo" >/dev/null 2>&1 && $QLAB info "$T/rtinfo" 2>/dev/null | grep -q 'blk.0.attn_q.weight .*int4_g128 '; then
     ok "qlab info on a gptq folder shows int4_g128"; else bad "qlab info on a gptq folder"; fi
