@@ -766,7 +766,14 @@ static ql_status do_ct(hq_ctx *c, const char *module, ql_hfq_tensor *main_part, 
         for (int64_t j = 0; j < scn; j++) {
             int32_t z = mid;
             if (zp && packed) z = (int32_t)((rd_u32(zp->data + 4 * ((r / pf) * scn + j)) >> (bits * (r % pf))) & ((1u << bits) - 1));
-            else if (zp) z = (zp->dtype == QL_STD_I8 ? (int8_t)zp->data[r * scn + j] : (int32_t)rd_u32(zp->data + 4 * (r * scn + j))) + mid;
+            else if (zp) {
+                int64_t zs = zp->dtype == QL_STD_I8 ? (int8_t)zp->data[r * scn + j] : (int64_t)(int32_t)rd_u32(zp->data + 4 * (r * scn + j));
+                if (zs < -mid || zs >= mid) {
+                    igrid_free(&g);
+                    return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s': zero point %lld is not a %d-bit value", c->dir, zp->name, (long long)zs, bits);
+                }
+                z = (int32_t)zs + mid;
+            }
             g.z[r * g.ng + j] = z;
             g.s[r * g.ng + j] = rd_float(sc, r * scn + j);
         }
@@ -800,7 +807,7 @@ static ql_status do_bnb4(hq_ctx *c, const char *module, ql_hfq_tensor *wt, ql_hf
         N = json_integer_value(json_array_get(shape, 0)), K = json_integer_value(json_array_get(shape, 1));
     json_decref(j);
     if (bad || bs < 16 || bs > 4096 || nbs < 16 || nbs > 4096 || N <= 0 || K <= 0 ||
-        N > (1 << 24) || K > (1 << 24) || !isfinite(offset))
+        N > (1 << 24) || K > (1 << 24) || !(fabs(offset) <= 3.0e38))
         return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' is not a bitsandbytes quant state (quant_type, blocksize, shape [N, K])", c->dir, qs->name);
     const int64_t n_el = N * K, nb = (n_el + bs - 1) / bs, nb2 = (nb + nbs - 1) / nbs;
     ql_hfq_tensor *am = part(c, module, "weight.absmax"), *qm = part(c, module, "weight.quant_map");

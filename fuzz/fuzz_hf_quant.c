@@ -3,7 +3,7 @@
  * endian, give the length of config.json; the rest after it is the safetensors file), written to a
  * temporary folder and loaded; when the load succeeds, the model view is built and every tensor whose
  * type is a registry format is dequantized, so a size the converter got wrong shows up as an overflow.
- * Seeds (tests/corpus/hf_quant/) are small exports of every layout (make_seeds in the corpus README). */
+ * Seeds (tests/corpus/hf_quant/) are small exports of every layout, made by fuzz/hf_quant_seeds.py. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
