@@ -7,6 +7,8 @@
  * (llama q/k permutation, Gemma norms, misaligned data), which live in buffers the ql_gguf owns.
  * ql_hf_save writes config.json and one model.safetensors whose "__metadata__" carries every GGUF key
  * config.json does not give back (tokenizer included) so HF -> GGUF -> HF -> GGUF round-trips exactly.
+ * A folder with a quantization_config (GPTQ, AWQ, compressed-tensors, bitsandbytes) is read with every
+ * safetensors dtype and its quantized modules become registry-format tensors in core/hf_quant.c.
  * No global state: concurrent loads/saves of different folders are fine. */
 #include "core/model.h"
 #include "core/hf_quant.h"

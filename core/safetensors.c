@@ -3,6 +3,8 @@
  * offset first. GGUF metadata that qlab stored in "__metadata__" (keys "qlab.gguf.<key>", written by
  * ql_hf_save) is decoded back into keys of the same ql_gguf. Names and shapes are converted to GGUF
  * order (ne[0] = last safetensors dimension) but names are kept as in the file (see core/hf.c).
+ * Plain folders hold F32/F16/BF16 only; ql_safetensors_parse_any also takes the integer, FP8 and bool
+ * dtypes of quantized checkpoints and reports each tensor's dtype (core/hf_quant.c reads them).
  * The buffer must outlive the ql_gguf; nothing here is global, so threads may parse concurrently. */
 #include "core/model.h"
 #include "core/hf_quant.h"
