@@ -30,15 +30,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     size_t cl = (size_t)data[0] | (size_t)data[1] << 8;
     if (cl > size - 2) cl = size - 2;
-    static char dir[128];
-    if (!dir[0]) {
-        snprintf(dir, sizeof dir, "%s/qlab-fuzz-hfq-%ld", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", (long)getpid());
-        mkdir(dir, 0700);
-    }
+    char dir[128], cfg[160], st[160];
+    snprintf(dir, sizeof dir, "%s/qlab-fuzz-hfq-%ld", access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", (long)getpid());
+    mkdir(dir, 0700);
     put(dir, "config.json", data + 2, cl);
     put(dir, "model.safetensors", data + 2 + cl, size - 2 - cl);
     ql_gguf *g = NULL;
-    if (ql_hf_load(dir, &g) != QL_OK) return 0;
+    ql_status s = ql_hf_load(dir, &g); /* the shard stays mapped after its file is gone */
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    snprintf(st, sizeof st, "%s/model.safetensors", dir);
+    unlink(cfg), unlink(st), rmdir(dir); /* nothing left behind, run by run */
+    if (s != QL_OK) return 0;
     for (int64_t i = 0; i < g->n_tensors; i++) {
         const ql_gguf_tensor *t = &g->tensors[i];
         const ql_format *f = ql_format_by_type(t->type);
