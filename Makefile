@@ -1,4 +1,4 @@
-# qlab — build, test, sanitize, bench. CPU-only unless nvcc is found (then kernels/*.cu build too).
+# qlab — build, test, sanitize, bench. CPU-only unless nvcc is found (then kernels/*.cu build too); MPI when mpicc is.
 CC      ?= cc
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 PKGS    := ncursesw libarchive inih jansson libpcre2-8 cmocka openblas lapacke
@@ -28,6 +28,16 @@ NVFLAGS ?= -O2 -std=c++17 -MMD -MP -I. --compiler-options -fPIC -arch=sm_90 \
            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 endif
 
+# MPI (Open MPI's mpicc): base/dist.c joins `mpirun -np N qlab sense ...` jobs; without it qlab is one process.
+# `make MPICC=` builds without MPI.
+MPICC   ?= $(shell command -v mpicc 2>/dev/null)
+MPI_CFLAGS := $(if $(MPICC),$(shell $(MPICC) --showme:compile 2>/dev/null))
+MPI_LIBS   := $(if $(MPI_CFLAGS),$(shell $(MPICC) --showme:link 2>/dev/null))
+ifneq ($(MPI_LIBS),)
+CFLAGS  += -DQL_HAVE_MPI $(MPI_CFLAGS)
+LDLIBS  += $(MPI_LIBS)
+endif
+
 .PHONY: check-layers check-mixes all test test-run asan bench clean detect test-cuda fuzz deps run
 all: detect $(BIN)
 
@@ -48,7 +58,8 @@ run: deps
 	./qlab $(if $(wildcard tui/*.c),workbench,info) $(MODEL)
 
 detect:
-	@printf 'qlab build: cc=%s  cuda=%s  blas=openblas\n' "$(CC)" "$(if $(NVCC),$(NVCC),not found (CPU only))"
+	@printf 'qlab build: cc=%s  cuda=%s  mpi=%s  blas=openblas\n' "$(CC)" "$(if $(NVCC),$(NVCC),not found (CPU only))" \
+	  "$(if $(MPI_LIBS),$(MPICC),not found (one process))"
 
 $(BIN): $(CLIOBJS) $(BUILD)/libqlab.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(CLIOBJS) $(BUILD)/libqlab.a $(LDLIBS)

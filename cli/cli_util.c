@@ -1,5 +1,6 @@
 /* cli_util.c — option parsing, progress bar and error reporting shared by every command. */
 #include "cli/cli.h"
+#include "base/dist.h"
 #include "core/model.h"
 
 #include <signal.h>
@@ -208,7 +209,7 @@ static void bar_draw(void *user, int64_t done, int64_t total, const char *phase)
 
 ql_progress *cli_progress_bar(const char *label) {
     bar *b = ql_calloc(1, sizeof *b);
-    b->p.fn = bar_draw;
+    b->p.fn = ql_dist_rank() == 0 ? bar_draw : NULL; /* under mpirun, rank 0 speaks for the job */
     b->p.user = b;
     b->p.cancel = &cli_cancel_flag;
     b->label = label;
@@ -221,6 +222,6 @@ ql_progress *cli_progress_bar(const char *label) {
 void cli_progress_done(ql_progress *p) {
     if (!p) return;
     bar *b = (bar *)p;
-    if (b->tty) fprintf(stderr, "\r%*s\r", 100, "");
+    if (b->tty && b->p.fn) fprintf(stderr, "\r%*s\r", 100, "");
     free(b);
 }

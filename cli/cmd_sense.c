@@ -11,6 +11,8 @@
 #include "pipeline/plan.h"
 #include "core/ppl.h"
 #include "sensitivity/sense.h"
+#include "sensitivity/sense_dist.h"
+#include "base/dist.h"
 #include "core/stats.h"
 
 #include <ctype.h>
@@ -89,7 +91,7 @@ static const char *SENSE_USAGE =
     "usage: qlab sense MODEL (--calib SPEC [--samples 32] [--len 256] [--seed S] [--mode random|docs]\n"
     "                        | --text FILE [--ctx 256] [--chunks 32])\n"
     "                  --candidates LIST [--level weight|output|kld] [--stats FILE] [--imatrix FILE]\n"
-    "                  [--act-candidates LIST] [--threads N] -o SENS.qss [--force]\n"
+    "                  [--act-candidates LIST] [--threads N] [--checkpoint-every S] -o SENS.qss [--force]\n"
     "       qlab sense MODEL (--calib ... | --text ...) --check-plan PLAN.ini [--json]\n"
     "Measures, for every 2-D weight of MODEL and every candidate, the exact bits and the error of\n"
     "quantizing that tensor alone, at three levels (each includes the cheaper ones):\n"
@@ -101,7 +103,12 @@ static const char *SENSE_USAGE =
     "Statistics for the output level and data-aware methods are computed from the calibration tokens\n"
     "unless --stats gives a file from qlab stats. --imatrix quantizes as qlab quant --imatrix will.\n"
     "The file is checkpointed while measuring: after Ctrl-C, run the same command again to resume; a run\n"
-    "with more candidates reuses what the file has. --force starts over.\n"
+    "with more candidates reuses what the file has. --force starts over. --checkpoint-every S saves it every\n"
+    "S seconds (default 20).\n"
+    "Several processes: mpirun -np N qlab sense ... (one node: add --oversubscribe when N exceeds the cores;\n"
+    "nodes: --hostfile FILE). The cells are shared out over the ranks, rank 0 writes the file (the same bytes\n"
+    "as one process, but for its seconds line) and checkpoints every cell finished anywhere; after a rank dies,\n"
+    "run the same command again (with any number of ranks) to resume. --threads defaults to the cores per rank.\n"
     "--act-candidates LIST  activation schemes (int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]):\n"
     "  for every linear, the KLD with only its input quantized that way (weights float); static schemes take\n"
     "  their scales from the statistics. qlab plan --act / qlab pareto --act add them to the prediction.\n"
@@ -149,7 +156,8 @@ int cmd_sense(int argc, char **argv) {
     bool json = false;
     sense_calib ca = {.ctx = 256, .chunks = 32, .samples = 32};
     int level = QL_SENSE_KLD, threads = ql_default_threads();
-    bool force = false;
+    bool force = false, threads_given = false;
+    double checkpoint_s = 0;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) {
             if (model) return cli_usage_error("sense", SENSE_USAGE, "unexpected argument '%s'", pos);
@@ -174,14 +182,29 @@ int cmd_sense(int argc, char **argv) {
                 return cli_usage_error("sense", SENSE_USAGE, "--level is weight, output or kld, not '%s'", v);
         } else if (!strcmp(flag, "--stats")) stats_path = cli_value(&a, flag);
         else if (!strcmp(flag, "--imatrix")) im_path = cli_value(&a, flag);
-        else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
+        else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t"))
+            threads = cli_int(&a, flag, 1, 256), threads_given = true;
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--force")) force = true;
-        else if (!strcmp(flag, "--check-plan")) check = cli_value(&a, flag);
+        else if (!strcmp(flag, "--checkpoint-every")) {
+            checkpoint_s = cli_double(&a, flag);
+            if (!a.error && !(checkpoint_s > 0 && checkpoint_s <= 1e6))
+                return cli_usage_error("sense", SENSE_USAGE, "--checkpoint-every is seconds above 0, not '%g'",
+                                       checkpoint_s);
+        } else if (!strcmp(flag, "--check-plan")) check = cli_value(&a, flag);
         else if (!strcmp(flag, "--json")) json = true;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;
+    /* under mpirun: the cells are shared out (sense_dist.h), rank 0 alone reads and writes OUT */
+    const bool dist = ql_dist_size() > 1;
+    const int rank = ql_dist_rank();
+    if (dist && check)
+        return cli_usage_error("sense", SENSE_USAGE, "--check-plan runs one pass: run it as one process, not under mpirun");
+    if (dist && !threads_given) threads = QL_MAX(1, ql_default_threads() / ql_dist_local_size());
+    bool began = false; /* the ranks have agreed on the cells: from here a worker's failure goes to rank 0 */
+    ql_sense_dist *dd = NULL;
+    ql_sense_share share;
     if (check) {
         if (!model || (!ca.text && !ca.calib))
             return cli_usage_error("sense", SENSE_USAGE,
@@ -325,28 +348,39 @@ int cmd_sense(int argc, char **argv) {
                          im_path ? im_path : "", level);
     ql_sense_set_act(s, acl, nacl);
     struct stat sb;
-    if (!force && stat(out, &sb) == 0) {
+    if (rank == 0 && !force && stat(out, &sb) == 0) {
         int adopted = 0;
         if (ql_sense_load(out, &old)) {
             fprintf(stderr, "qlab sense: %s exists and cannot be resumed (%s); --force overwrites it\n", out,
                     ql_last_error());
             rc = 1;
-            goto done;
-        }
-        if (ql_sense_adopt(s, old, &adopted)) {
+        } else if (ql_sense_adopt(s, old, &adopted)) {
             fprintf(stderr, "qlab sense: %s was measured with %s; --force overwrites it\n", out,
                     ql_last_error());
             rc = 1;
+        }
+        if (rc && !dist) goto done;
+        if (adopted) fprintf(stderr, "qlab sense: reusing %d measured cells from %s\n", adopted, out);
+    }
+    if (dist) {
+        ss = ql_sense_dist_begin(s, level, rc ? QL_ERR_ARG : QL_OK, &dd, &share);
+        if (ss) {
+            if (!rc && rank == 0) rc = cli_fail("sense");
+            rc = rc ? rc : 1;
             goto done;
         }
-        if (adopted) fprintf(stderr, "qlab sense: reusing %d measured cells from %s\n", adopted, out);
+        began = true;
     }
     int64_t cells = 0;
     for (int t = 0; t < s->n_tensors; t++)
         for (int c = 0; c < s->n_cand; c++) cells += ql_sense_cell_at(s, t, c)->bytes >= 0;
-    fprintf(stderr, "qlab sense: %s: %d tensors x %d candidates (%lld that fit), level %s, %s\n", model,
-            s->n_tensors, s->n_cand, (long long)cells, ql_sense_level_name(level),
-            *desc ? desc : "no calibration");
+    if (rank == 0) {
+        fprintf(stderr, "qlab sense: %s: %d tensors x %d candidates (%lld that fit), level %s, %s", model,
+                s->n_tensors, s->n_cand, (long long)cells, ql_sense_level_name(level),
+                *desc ? desc : "no calibration");
+        if (dist) fprintf(stderr, "; %d MPI ranks x %d threads", ql_dist_size(), threads);
+        fprintf(stderr, "\n");
+    }
     ql_sense_opts o = {.level = level,
                        .n_threads = threads,
                        .tokens = tok,
@@ -354,12 +388,21 @@ int cmd_sense(int argc, char **argv) {
                        .seq_len = ca.ctx,
                        .stats = st,
                        .imatrix = im,
-                       .checkpoint = out};
+                       .checkpoint = rank == 0 ? out : NULL,
+                       .checkpoint_s = checkpoint_s,
+                       .share = dist ? &share : NULL};
     double t0 = ql_time_s();
-    ql_progress *bar = eta_bar_new("sense");
+    ql_progress quiet = {.cancel = &cli_cancel_flag}; /* ranks other than 0 draw nothing but stop on a signal */
+    ql_progress *bar = rank == 0 ? eta_bar_new("sense") : &quiet;
     ss = ql_sense_measure(s, m, &o, bar);
     if (!ss && s->n_act) ss = ql_sense_measure_act(s, m, &o, bar);
-    eta_bar_done(bar);
+    if (dist) ss = ql_sense_dist_end(dd, s, ss, rank == 0 ? out : NULL, checkpoint_s, bar);
+    if (rank == 0) eta_bar_done(bar);
+    if (rank != 0) { /* rank 0 reports for the job */
+        if (ss && ss != QL_ERR_CANCELLED) fprintf(stderr, "qlab sense: rank %d: %s\n", rank, ql_last_error());
+        rc = ss == QL_ERR_CANCELLED ? 130 : ss ? 1 : 0;
+        goto done;
+    }
     if (ss == QL_ERR_CANCELLED) {
         fprintf(stderr,
                 "qlab sense: interrupted; %s holds what was measured: run the same command to resume\n", out);
@@ -387,6 +430,13 @@ int cmd_sense(int argc, char **argv) {
                worst > 0 ? worst : 0, wt >= 0 ? s->tensors[wt].name : "-");
     }
 done:
+    /* Rank 0 failing, or any rank before the ranks agreed, ends the whole job: the others would wait for it.
+     * A worker's later failure reached rank 0, which saved what was measured. */
+    if (dist && rc && (rank == 0 || !began)) {
+        fflush(NULL);
+        ql_dist_abort(rc);
+    }
+    ql_sense_dist_free(dd);
     ql_plan_free(plan);
     ql_sense_free(s);
     ql_sense_free(old);

@@ -1,5 +1,6 @@
 /* main.c — qlab's entry point: dispatches `qlab COMMAND ...` through the command table. */
 #include "cli/cli.h"
+#include "base/dist.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -62,6 +63,17 @@ int main(int argc, char **argv) {
     for (const cli_command *c = cli_commands; c->name; c++)
         if (strcmp(c->name, argv[1]) == 0) {
             cli_install_sigint();
+            /* under mpirun: join the job; only the commands below share their work over the ranks */
+            static const char *const distributed[] = {"sense"};
+            if (ql_dist_init(&argc, &argv)) return cli_fail(c->name);
+            bool shares = false;
+            for (size_t i = 0; i < QL_ARRAY_LEN(distributed); i++) shares |= !strcmp(distributed[i], c->name);
+            if (ql_dist_size() > 1 && !shares) {
+                if (ql_dist_rank() == 0)
+                    fprintf(stderr, "qlab %s: runs as one process; of the commands only 'sense' shares its work over "
+                                    "MPI ranks (run it without mpirun, or with -np 1)\n", c->name);
+                return 2;
+            }
             return c->run(argc - 1, argv + 1);
         }
     fprintf(stderr, "qlab: unknown command '%s'\n", argv[1]);

@@ -504,9 +504,17 @@ typedef struct {
     ql_sense *s;
     const char *path;
     double interval, last, t0, seconds0;
+    const ql_sense_share *share; /* cells other processes measured arrive here before each save */
+    int64_t collected;
 } checkpointer;
 
+/* Whether this process measures cell (kind, t, c) (ql_sense_share). */
+static bool share_mine(const ql_sense_share *sh, int kind, int t, int c) {
+    return !sh || !sh->mine || sh->mine(sh->user, kind, t, c);
+}
+
 static ql_status checkpoint(checkpointer *cp, bool force) {
+    if (cp->share && cp->share->collect) cp->collected += cp->share->collect(cp->share->user, cp->s);
     double now = ql_time_s();
     if (!cp->path || (!force && now - cp->last < cp->interval)) return QL_OK;
     cp->s->seconds = cp->seconds0 + (now - cp->t0);
@@ -653,7 +661,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         if ((me->needs & QL_NEEDS_HESSIAN) && !o->stats->has_hessian)
             return ql_fail(QL_ERR_ARG, "candidate '%s' needs Hessians; the statistics have none", s->cand[c]);
     }
-    int64_t todo = 0;
+    int64_t todo = 0, todo_all = 0; /* cells measured here; in the whole job (progress counts every process) */
     bool need_kld = false;
     for (int t = 0; t < s->n_tensors; t++) {
         int64_t gi = ql_gguf_find_tensor(m->gguf, s->tensors[t].name);
@@ -664,6 +672,8 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         for (int c = 0; c < s->n_cand; c++) {
             const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
             if (e->bytes >= 0 && e->level < level) {
+                todo_all++;
+                if (!share_mine(o->share, 0, t, c)) continue;
                 todo++;
                 need_kld |= level == QL_SENSE_KLD;
             }
@@ -671,7 +681,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
     }
     if (level > s->level) s->level = level;
     checkpointer cp = {s,           o->checkpoint, o->checkpoint_s > 0 ? o->checkpoint_s : 20.0,
-                       ql_time_s(), ql_time_s(),   s->seconds};
+                       ql_time_s(), ql_time_s(),   s->seconds, o->share, 0};
     if (!todo) return checkpoint(&cp, true);
 
     const ql_config *cfg = &m->cfg;
@@ -691,7 +701,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
     }
     if (need_kld) {
         if ((st = ql_infer_new(m, nth, &inf))) goto out;
-        ql_progress_report(progress, 0, todo, "base model");
+        ql_progress_report(progress, 0, todo_all, "base model");
         if ((st = kld_setup(&kc, inf, o, n_workers, true, progress))) goto out;
         s->base_ppl = kc.base_ppl;
     }
@@ -700,7 +710,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         bool any = false;
         for (int c = 0; c < s->n_cand; c++) {
             const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
-            any |= e->bytes >= 0 && e->level < level;
+            any |= e->bytes >= 0 && e->level < level && share_mine(o->share, 0, t, c);
         }
         if (!any) continue;
         const ql_sense_tensor *te = &s->tensors[t];
@@ -731,14 +741,14 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         int layer = tensor_layer(m, gt, &from_tokens);
         for (int c = 0; c < s->n_cand && !st; c++) {
             ql_sense_cell *e = ql_sense_cell_at(s, t, c);
-            if (e->bytes < 0 || e->level >= level) continue;
+            if (e->bytes < 0 || e->level >= level || !share_mine(o->share, 0, t, c)) continue;
             if (ql_progress_cancelled(progress)) {
                 st = ql_fail(QL_ERR_CANCELLED, "cancelled");
                 break;
             }
             char phase[256];
             snprintf(phase, sizeof phase, "%s %s", te->name, s->cand[c]);
-            ql_progress_report(progress, done, todo, phase);
+            ql_progress_report(progress, done + cp.collected, todo_all, phase);
             const ql_format *f;
             char mname[64];
             ql_parse_format_method(s->cand[c], &f, mname, sizeof mname);
@@ -767,9 +777,10 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
             }
             e->level = level;
             done++;
-            ql_progress_report(progress, done, todo, phase);
+            if (o->share && o->share->measured && (st = o->share->measured(o->share->user, s, 0, t, c))) break;
             ql_status cs = checkpoint(&cp, false);
             if (cs) st = cs;
+            ql_progress_report(progress, done + cp.collected, todo_all, phase);
         }
         free(w);
         free(wq);
@@ -854,18 +865,23 @@ ql_status ql_sense_measure_act(ql_sense *s, const ql_model *m, const ql_sense_op
             st = ql_fail(QL_ERR_ARG, "activation scheme %s takes static scales from statistics (--stats, or "
                                      "--calib/--text)", s->act[a]);
     }
+    int64_t todo_all = 0;
     for (int t = 0; t < s->n_tensors; t++)
-        for (int a = 0; a < s->n_act; a++) todo += ql_sense_act_cell_at(s, t, a)->level < 0;
+        for (int a = 0; a < s->n_act; a++)
+            if (ql_sense_act_cell_at(s, t, a)->level < 0) {
+                todo_all++;
+                todo += share_mine(o->share, 1, t, a);
+            }
     const int nth = o->n_threads > 0 ? o->n_threads : 1;
     ql_infer *inf = NULL;
     kld_ctx kc;
     memset(&kc, 0, sizeof kc);
     pthread_mutex_init(&kc.lock, NULL);
     checkpointer cp = {s, o->checkpoint, o->checkpoint_s > 0 ? o->checkpoint_s : 20.0, ql_time_s(), ql_time_s(),
-                       s->seconds};
+                       s->seconds, o->share, 0};
     if (st || !todo) goto out;
     if ((st = ql_infer_new(m, nth, &inf))) goto out;
-    ql_progress_report(progress, 0, todo, "base model");
+    ql_progress_report(progress, 0, todo_all, "base model");
     if ((st = kld_setup(&kc, inf, o, (int)QL_MIN((int64_t)nth, QL_MAX(o->n_seq, 1)), true, progress))) goto out;
     s->base_ppl = kc.base_ppl;
     for (int t = 0; t < s->n_tensors && !st; t++) {
@@ -875,14 +891,14 @@ ql_status ql_sense_measure_act(ql_sense *s, const ql_model *m, const ql_sense_op
         int layer = gt ? tensor_layer(m, gt, &from_tokens) : -1;
         for (int a = 0; a < s->n_act && !st; a++) {
             ql_sense_act_cell *e = ql_sense_act_cell_at(s, t, a);
-            if (e->level >= 0) continue;
+            if (e->level >= 0 || !share_mine(o->share, 1, t, a)) continue;
             if (ql_progress_cancelled(progress)) {
                 st = ql_fail(QL_ERR_CANCELLED, "cancelled");
                 break;
             }
             char phase[256];
             snprintf(phase, sizeof phase, "%s input %s", s->tensors[t].name, s->act[a]);
-            ql_progress_report(progress, done, todo, phase);
+            ql_progress_report(progress, done + cp.collected, todo_all, phase);
             e->kld = e->dppl = NAN; /* embeddings are looked up: no input to quantize */
             if (gt && layer >= 0 && !from_tokens) {
                 const ql_stat_entry *se = o->stats ? ql_stats_for_tensor(o->stats, gt->name) : NULL;
@@ -903,9 +919,10 @@ ql_status ql_sense_measure_act(ql_sense *s, const ql_model *m, const ql_sense_op
             if (st) break;
             e->level = QL_SENSE_KLD;
             done++;
-            ql_progress_report(progress, done, todo, phase);
+            if (o->share && o->share->measured && (st = o->share->measured(o->share->user, s, 1, t, a))) break;
             ql_status cs = checkpoint(&cp, false);
             if (cs) st = cs;
+            ql_progress_report(progress, done + cp.collected, todo_all, phase);
         }
     }
 out:

@@ -108,6 +108,17 @@ int ql_sense_find_cand(const ql_sense *s, const char *spec); /* -1 if absent */
  * imatrix). QL_ERR_ARG with the difference named otherwise. *n_adopted: cells taken (may be NULL). */
 ql_status ql_sense_adopt(ql_sense *dst, const ql_sense *old, int *n_adopted);
 
+/* Sharing the cells of one measurement between processes (sensitivity/sense_dist.c over MPI): each process
+ * measures the cells `mine` says, `measured` hands each finished one on, and `collect` (called between cells
+ * and before every checkpoint, on the thread that called ql_sense_measure*) fills in cells other processes
+ * finished, returning how many. kind: 0 a weight cell (t, candidate c), 1 an activation cell (t, scheme c). */
+typedef struct ql_sense_share {
+    bool (*mine)(void *user, int kind, int t, int c);
+    ql_status (*measured)(void *user, const ql_sense *s, int kind, int t, int c);
+    int (*collect)(void *user, ql_sense *s);
+    void *user;
+} ql_sense_share;
+
 typedef struct {
     int level; /* ql_sense_level to measure up to */
     int n_threads;
@@ -119,6 +130,7 @@ typedef struct {
         *imatrix; /* importance for formats that use it, as qlab quant --imatrix; may be NULL */
     const char *checkpoint; /* save the file here every checkpoint_s seconds, at the end and on cancel */
     double checkpoint_s; /* 0: 20 s */
+    const ql_sense_share *share; /* NULL: every cell is measured here */
 } ql_sense_opts;
 
 /* Measures every cell whose level is below o->level. Progress counts cells (phase: "TENSOR CANDIDATE").
