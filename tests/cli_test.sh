@@ -645,5 +645,41 @@ if [ -f "$T/tiny.gguf" ]; then
   else bad "qat: a short run failed"; sed 's/^/     /' "$T/qat.err" | tail -3; fi
 fi
 
+# qlab sense over MPI ranks (issue 16): mpirun -np 2 writes the bytes one process writes, but for the seconds line
+# (wall time, different in any two runs); a job whose rank 1 is killed leaves a checkpoint the same command resumes
+# from; commands that do not share their work refuse to run under mpirun.
+SM=$SHARED/models/tinystories-d256.gguf
+if [ -f "$SM" ]; then
+  if ! command -v mpirun >/dev/null; then skip "sense under mpirun: no mpirun here (bash scripts/deps.sh installs Open MPI)"
+  else
+    export OMPI_MCA_btl_vader_single_copy_mechanism=none # containers forbid the cross-memory attach it tries first
+    MPIRUN="mpirun --allow-run-as-root --oversubscribe -np 2"
+    SARGS="--text $SHARED/data/tinystories-valid.txt --ctx 64 --chunks 2 --candidates q4_0,q8_0"
+    noseconds() { grep -v "^seconds" "$1"; }
+    $QLAB sense "$SM" $SARGS -o "$T/one.qss" >/dev/null 2>&1
+    $MPIRUN $QLAB sense "$SM" $SARGS -o "$T/two.qss" >/dev/null 2>"$T/mpi.err"
+    if grep -q "built without MPI" "$T/mpi.err"; then skip "sense under mpirun: this qlab was built without MPI"
+    elif [ -s "$T/one.qss" ] && [ -s "$T/two.qss" ] && cmp -s <(noseconds "$T/one.qss") <(noseconds "$T/two.qss"); then
+      ok "sense under mpirun -np 2: the .qss of one process, byte for byte (but the seconds line)"
+    else bad "sense under mpirun -np 2 differs from one process"; sed 's/^/     /' "$T/mpi.err" | tail -4; fi
+    expect_error "ppl under mpirun -np 2 is refused" "only 'sense' shares its work" $MPIRUN $QLAB ppl "$SM" --text "$T/text.txt"
+    if [ "${QL_QUICK:-0}" = 1 ]; then skip "sense: a killed rank, then resume (QL_QUICK=1: timing under the sanitizers)"
+    elif grep -q "built without MPI" "$T/mpi.err"; then :
+    else # rank 1 is killed once 10 of the 60 cells are in the checkpoint (saved every 50 ms)
+      measured() { awk -F'\t' '$1 == "m" && $5 >= 0' "$T/k.qss" 2>/dev/null | wc -l; }
+      $MPIRUN $QLAB sense "$SM" $SARGS --checkpoint-every 0.05 -o "$T/k.qss" >/dev/null 2>&1 & mp=$!
+      for _ in $(seq 400); do [ "$(measured)" -ge 10 ] && break; sleep 0.05; done
+      for p in $(pgrep -P $mp); do grep -qz '^OMPI_COMM_WORLD_RANK=1$' /proc/$p/environ 2>/dev/null && kill -9 $p; done
+      wait $mp; krc=$?; kept=$(measured)
+      if [ $krc -eq 0 ]; then skip "sense: the job finished before rank 1 was killed"
+      elif [ "$kept" -ge 10 ] && [ "$kept" -lt 60 ] \
+           && $MPIRUN $QLAB sense "$SM" $SARGS -o "$T/k.qss" 2>"$T/k.err" >/dev/null \
+           && grep -q "reusing $kept measured cells" "$T/k.err" && cmp -s <(noseconds "$T/one.qss") <(noseconds "$T/k.qss"); then
+        ok "sense: rank 1 killed (mpirun exit $krc) leaves $kept of 60 cells; the same command resumes to the same file"
+      else bad "sense: killed-rank resume (exit $krc, $kept cells kept)"; sed 's/^/     /' "$T/k.err" 2>/dev/null | tail -3; fi
+    fi
+  fi
+fi
+
 echo "cli_test: $pass passed, $fail failed, $skipped skipped"
 [ $fail -eq 0 ]
