@@ -76,6 +76,12 @@ int ql_dist_local_size(void) {
     return n > 0 ? n : 1;
 }
 
+int ql_dist_local_rank(void) {
+    const char *v = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    int n = v ? atoi(v) : 0;
+    return n > 0 ? n : 0;
+}
+
 const char *ql_dist_about(void) {
 #ifdef QL_HAVE_MPI
     static char about[MPI_MAX_LIBRARY_VERSION_STRING + 8];

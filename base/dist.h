@@ -25,6 +25,8 @@ int ql_dist_rank(void); /* 0 in a single process */
 int ql_dist_size(void); /* 1 in a single process */
 /* Ranks of this job on this node (OMPI_COMM_WORLD_LOCAL_SIZE), for splitting the cores; 1 when unknown. */
 int ql_dist_local_size(void);
+/* This rank's index among them (OMPI_COMM_WORLD_LOCAL_RANK), e.g. to pick a GPU; 0 when unknown. */
+int ql_dist_local_rank(void);
 /* "MPI (Open MPI 4.1.4)" or "no MPI in this build", for --help and messages. */
 const char *ql_dist_about(void);
 

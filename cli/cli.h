@@ -35,6 +35,12 @@ double cli_double(cli_args *a, const char *flag);
 int cli_unknown(cli_args *a, const char *flag);          /* prints and returns 2 */
 int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* --device cpu|cuda[:N] (ppl, stats, sense, quant, qat, tui): 1 when flag was it. The choice is checked now (a
+ * build without the backend, a machine without the device: one line, a->error set) and made process-wide for
+ * every forward pass that follows (core/backend.h ql_backend_select). */
+int cli_device_flag(cli_args *a, const char *flag);
+#define CLI_DEVICE_USAGE "--device cpu|cuda[:N]  where the forward pass runs (default: CUDA when the build has it and a GPU is present)\n"
+
 /* Calibration input shared by stats, imatrix, quant and sense (cli/cli_calib.c). */
 struct ql_model;
 typedef struct {

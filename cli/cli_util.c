@@ -1,6 +1,7 @@
 /* cli_util.c — option parsing, progress bar and error reporting shared by every command. */
 #include "cli/cli.h"
 #include "base/dist.h"
+#include "core/backend.h"
 #include "core/model.h"
 
 #include <signal.h>
@@ -81,6 +82,16 @@ double cli_double(cli_args *a, const char *flag) {
         a->error = true;
     }
     return x;
+}
+
+int cli_device_flag(cli_args *a, const char *flag) {
+    if (strcmp(flag, "--device")) return 0;
+    const char *v = cli_value(a, flag);
+    if (v && ql_backend_select(v)) {
+        fprintf(stderr, "qlab %s: %s\n", a->cmd, ql_last_error());
+        a->error = true;
+    }
+    return 1;
 }
 
 int cli_usage_error(const char *cmd, const char *usage, const char *fmt, ...) {

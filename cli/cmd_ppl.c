@@ -34,7 +34,8 @@ static const char *PPL_USAGE =
     "                    (as llama-perplexity -fa on -ctk K -ctv V), or qlab's int{8,4,2}_{token,channel}_g{32,64,128}\n"
     "                    [_rN: N recent tokens in float][_had: Hadamard-rotated K], fp8_e4m3, fp8_e5m2, kivi4, kivi2.\n"
     "                    Without --kld-base, a float-cache pass runs first and KLD against it is reported\n"
-    "  --batch B         sequences the KV memory figure is given for (default 1)\n";
+    "  --batch B         sequences the KV memory figure is given for (default 1)\n"
+    "  " CLI_DEVICE_USAGE;
 
 static ql_status load_model_and_tokens(const char *model_path, const char *text_path, ql_model **m, int32_t **ids,
                                        int64_t *n_ids) {
@@ -75,6 +76,7 @@ int cmd_ppl(int argc, char **argv) {
         else if (!strcmp(flag, "--act-threshold")) act_threshold = cli_double(&a, flag);
         else if (!strcmp(flag, "--kv")) kv = cli_value(&a, flag);
         else if (!strcmp(flag, "--batch")) batch = cli_int(&a, flag, 1, 1 << 16);
+        else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;

@@ -41,7 +41,8 @@ static const char *QAT_USAGE =
     "  --seed S             which sequences the steps draw (default 0); --threads N\n"
     "  --log-every N        progress line every N steps (default: about 50 lines per run)\n"
     "A run is deterministic for a seed and a thread count. Ctrl-C stops after the current step and keeps a\n"
-    "checkpoint; a loss that stops being finite ends the run and leaves the last good checkpoint.\n";
+    "checkpoint; a loss that stops being finite ends the run and leaves the last good checkpoint.\n"
+    "  " CLI_DEVICE_USAGE;
 
 typedef struct {
     int log_every;
@@ -103,6 +104,7 @@ int cmd_qat(int argc, char **argv) {
         else if (!strcmp(flag, "--resume")) resume = true;
         else if (!strcmp(flag, "--log-every")) log_every = cli_int(&a, flag, 1, 1 << 24);
         else if (cli_calib_flag(&a, flag, &ca)) continue;
+        else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;

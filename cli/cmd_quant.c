@@ -47,7 +47,8 @@ static const char *QUANT_USAGE =
     "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing\n"
     "Rows that do not fit a format's block fall back: K-quants and IQ types as llama-quantize does (q4_k -> q5_0 ->\n"
     "f16 ...); other types (q4_0, q8_0 ...) to f16, where llama-quantize refuses the model. Each fallback is printed,\n"
-    "says which of the two happened, and is recorded in the plan.\n";
+    "says which of the two happened, and is recorded in the plan.\n"
+    "  " CLI_DEVICE_USAGE;
 
 static bool is_float_format(const ql_format *f) {
     return f->type == QL_TYPE_F32 || f->type == QL_TYPE_F16 || f->type == QL_TYPE_BF16;
@@ -133,6 +134,7 @@ int cmd_quant(int argc, char **argv) {
         else if (!strcmp(flag, "--act")) act = cli_value(&a, flag);
         else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
         else if (!strcmp(flag, "--dry-run")) dry = true;
+        else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;

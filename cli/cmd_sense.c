@@ -109,6 +109,7 @@ static const char *SENSE_USAGE =
     "nodes: --hostfile FILE). The cells are shared out over the ranks, rank 0 writes the file (the same bytes\n"
     "as one process, but for its seconds line) and checkpoints every cell finished anywhere; after a rank dies,\n"
     "run the same command again (with any number of ranks) to resume. --threads defaults to the cores per rank.\n"
+    CLI_DEVICE_USAGE
     "--act-candidates LIST  activation schemes (int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]):\n"
     "  for every linear, the KLD with only its input quantized that way (weights float); static schemes take\n"
     "  their scales from the statistics. qlab plan --act / qlab pareto --act add them to the prediction.\n"
@@ -193,6 +194,7 @@ int cmd_sense(int argc, char **argv) {
                                        checkpoint_s);
         } else if (!strcmp(flag, "--check-plan")) check = cli_value(&a, flag);
         else if (!strcmp(flag, "--json")) json = true;
+        else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;

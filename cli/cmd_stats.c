@@ -34,7 +34,8 @@ static const char *STATS_USAGE =
     "stores, for the input of every linear layer: Σ x xᵀ (the GPTQ Hessian, double), max|x|, mean|x|, mean x².\n"
     "The file feeds qlab quant --stats (GPTQ, AWQ, SmoothQuant) and qlab sense. Same inputs and thread count:\n"
     "byte-identical file. --output also records the input of output.weight. The file records a fingerprint of\n"
-    "MODEL; statistics are refused for any other model (docs/formats.md).\n";
+    "MODEL; statistics are refused for any other model (docs/formats.md).\n"
+    CLI_DEVICE_USAGE;
 
 int cmd_stats(int argc, char **argv) {
     cli_args a;
@@ -49,6 +50,7 @@ int cmd_stats(int argc, char **argv) {
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output-file")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--no-hessian")) hessian = false;
         else if (!strcmp(flag, "--output")) output = true;
+        else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;

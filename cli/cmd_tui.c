@@ -17,7 +17,8 @@ static const char *TUI_USAGE =
     "  --calib SPEC    calibration source(s), as qlab calib takes them (default: a text beside it)\n"
     "  --mono          no colours (NO_COLOR does the same); --ascii: no Unicode drawing characters\n"
     "  --keys SCRIPT   no terminal: feed the keys (<enter> <esc> <tab> <up> <down> <left> <right> <pgup> <pgdn>\n"
-    "                  <bs> <c-r> <wait> ...), then print the screen as text at --size (default 80x24)\n";
+    "                  <bs> <c-r> <wait> ...), then print the screen as text at --size (default 80x24)\n"
+    "  " CLI_DEVICE_USAGE;
 
 int cmd_tui(int argc, char **argv) {
     /* `qlab workbench` is the same command; its usage says so under its own name */
@@ -39,6 +40,7 @@ int cmd_tui(int argc, char **argv) {
         else if (!strcmp(flag, "--ascii")) to.ascii = true;
         else if (!strcmp(flag, "--keys")) keys = cli_value(&a, flag);
         else if (!strcmp(flag, "--size")) size = cli_value(&a, flag);
+        else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
     }
     if (a.error) return 2;

@@ -1,6 +1,7 @@
 /* main.c — qlab's entry point: dispatches `qlab COMMAND ...` through the command table. */
 #include "cli/cli.h"
 #include "base/dist.h"
+#include "core/backend.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -63,6 +64,7 @@ int main(int argc, char **argv) {
     for (const cli_command *c = cli_commands; c->name; c++)
         if (strcmp(c->name, argv[1]) == 0) {
             cli_install_sigint();
+            ql_backend_set_auto(true); /* a command runs on the GPU when there is one (--device overrides) */
             /* under mpirun: join the job; only the commands below share their work over the ranks */
             static const char *const distributed[] = {"sense"};
             if (ql_dist_init(&argc, &argv)) return cli_fail(c->name);

@@ -102,6 +102,13 @@ typedef struct ql_backend_ops {
     ql_status (*kv_new_scheme)(void *be, int max_tokens, int kv_dim, const ql_kv_scheme *scheme, void **kv);
     ql_status (*kv_attention)(void *be, void *kv, float *q, float *scores, float *out, int T, int layer,
                               float *ktmp, float *vtmp);
+
+    /* Optional (NULL: the backend runs on the host, which is always there). How many devices of this backend
+     * the machine has; 0 or less with ql_fail's message saying why (a CUDA backend: cudaGetDeviceCount's
+     * answer, "no CUDA device" or the driver's error). --device NAME[:N] asks it before any work starts, and
+     * the automatic choice takes the first registered backend with a device present. create() runs on device
+     * ql_backend_device(). */
+    int (*device_count)(void);
 } ql_backend_ops;
 
 /* The registered backends (core/backend.c), in listing order; the first is the default. */
@@ -109,7 +116,22 @@ int ql_backend_count(void);
 const ql_backend_ops *ql_backend_at(int i);
 /* By name; NULL and ql_fail(QL_ERR_ARG) naming the known backends when there is none. */
 const ql_backend_ops *ql_backend_find(const char *name);
-/* $QL_BACKEND when set, else the first registered ("cpu"); NULL (with the error) for an unknown name. */
+/* What ql_infer_new runs on: the backend chosen with ql_backend_select (--device), else $QL_BACKEND when set,
+ * else the automatic choice when ql_backend_set_auto(true) (the CLI), else the first registered ("cpu");
+ * NULL (with the error) for an unknown $QL_BACKEND. */
 const ql_backend_ops *ql_backend_default(void);
+
+/* --device SPEC: "cpu", "cuda", "cuda:1" (a registered backend's name, optionally a device index). Refused
+ * with one line when this build has no such backend (saying what the build lacks), when the machine has none
+ * of its devices (the backend's device_count says why) or the index is past the last device. Without an index
+ * a device backend takes device (local MPI rank mod count), so the ranks of one node share out the GPUs.
+ * Process-wide: called once, before any ql_infer_new; the index is also exported as $QL_<NAME>_DEVICE. */
+ql_status ql_backend_select(const char *spec);
+/* On: with nothing selected and no $QL_BACKEND, the default is the first registered backend with a device
+ * present (asked once), else cpu. Off (the library's default, so tests run where they say): cpu. */
+void ql_backend_set_auto(bool on);
+int ql_backend_device(void); /* the device index create() uses (0 unless selected) */
+/* "cpu" or "cuda:0": what ql_backend_default() resolves to, for headers and messages. */
+const char *ql_backend_describe(char *buf, size_t cap);
 
 #endif

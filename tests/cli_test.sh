@@ -645,6 +645,30 @@ if [ -f "$T/tiny.gguf" ]; then
   else bad "qat: a short run failed"; sed 's/^/     /' "$T/qat.err" | tail -3; fi
 fi
 
+# --device (issue 16): every command that runs the model takes it; cpu works everywhere; cuda without a GPU (or in a
+# build without the CUDA backend) is one line and a non-zero exit; the workbench's header (and its idle status
+# line, tests/data/tui) names the device.
+if [ -f "$T/tiny.gguf" ]; then
+  dbad=0
+  for c in ppl stats sense quant qat tui; do $QLAB $c --help | grep -q -- "--device cpu|cuda" || { dbad=1; echo "     $c --help lacks --device"; }; done
+  pd=$($QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 --threads 1 --json 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')
+  pc=$($QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 --threads 1 --json --device cpu 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')
+  [ -n "$pc" ] && [ "$pc" = "$pd" ] || { dbad=1; echo "     ppl --device cpu '$pc' vs default '$pd'"; }
+  $QLAB stats "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 --device cpu -o "$T/dev.qls" >/dev/null 2>&1 || { dbad=1; echo "     stats --device cpu failed"; }
+  $QLAB tui "$T/tiny.gguf" --device cpu --keys "" --size 140x24 2>/dev/null | head -1 | grep -q "tiny.gguf │ cpu *$" || { dbad=1; echo "     tui header lacks the device"; }
+  if [ $dbad -eq 0 ]; then ok "--device cpu on ppl/stats/tui (same PPL $pc as the default), in every --help, in the TUI header"; else bad "--device cpu"; fi
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then skip "--device cuda refusal (this machine has a GPU)"
+  else
+    for c in "ppl" "quant --type q8_0 -o $T/x.gguf"; do
+      $QLAB $c "$T/tiny.gguf" --text "$T/text.txt" --device cuda >/dev/null 2>"$T/err"; rc=$?; c=${c%% *}
+      if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$(wc -l < "$T/err")" -eq 1 ] && grep -qi "cuda" "$T/err"; then ok "$c --device cuda without a GPU: exit $rc, '$(cut -c1-90 "$T/err")...'"
+      else bad "$c --device cuda without a GPU: exit $rc"; sed 's/^/     /' "$T/err" | head -3; fi
+    done
+  fi
+  expect_error "--device cpu:1 refused" "no device 1" $QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --device cpu:1
+  expect_error "--device of an unknown backend names the known ones" "known: cpu" $QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --device tpu
+fi
+
 # qlab sense over MPI ranks (issue 16): mpirun -np 2 writes the bytes one process writes, but for the seconds line
 # (wall time, different in any two runs); a job whose rank 1 is killed leaves a checkpoint the same command resumes
 # from; commands that do not share their work refuse to run under mpirun.

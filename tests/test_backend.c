@@ -3,7 +3,8 @@
  * ones; the CPU KV cache stores and loads what it was given and refuses positions past its end; and a backend
  * that reads the stored weight bytes itself (wants_f32 = false, as a device backend will) plugs in without a
  * change to core/infer.c: its logits equal the CPU backend's bit for bit, every layer step reaches the table
- * the expected number of times, and every buffer it handed out comes back. */
+ * the expected number of times, and every buffer it handed out comes back; --device (ql_backend_select) checks
+ * a name and index before any work and refuses a backend this build lacks. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -206,11 +207,33 @@ static void test_backend_reading_bytes(void **state) {
     unlink(path);
 }
 
+/* --device: a registered name (and index) is checked before any work and becomes what ql_infer_new runs on; a
+ * host backend has no device index; a backend this build lacks is refused saying what the build lacks. */
+static void test_select_device(void **state) {
+    (void)state;
+    char buf[32];
+    assert_string_equal(ql_backend_describe(buf, sizeof buf), "cpu"); /* the library's default: no auto choice */
+    assert_int_equal(ql_backend_select("cpu:1"), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "no device 1"));
+    assert_int_not_equal(ql_backend_select("cpu:x"), QL_OK);
+    assert_int_not_equal(ql_backend_select(""), QL_OK);
+    assert_int_not_equal(ql_backend_select("tpu"), QL_OK);
+    assert_non_null(strstr(ql_last_error(), "known: cpu"));
+    if (!ql_backend_find("cuda")) { /* this build has no CUDA backend: the refusal says so */
+        assert_int_equal(ql_backend_select("cuda:0"), QL_ERR_UNSUPPORTED);
+        assert_non_null(strstr(ql_last_error(), "CUDA"));
+    }
+    assert_int_equal(ql_backend_select("cpu:0"), QL_OK);
+    assert_ptr_equal(ql_backend_default(), ql_backend_find("cpu"));
+    assert_int_equal(ql_backend_device(), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_cpu_kv_cache),
         cmocka_unit_test(test_backend_reading_bytes),
+        cmocka_unit_test(test_select_device),
     };
     return cmocka_run_group_tests_name("backend", tests, NULL, NULL);
 }

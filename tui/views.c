@@ -6,6 +6,7 @@
 #include "tui/jobs.h"
 #include "methods/method.h"
 #include "pipeline/export.h"
+#include "core/backend.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -140,7 +141,10 @@ static void draw_tabs(ql_tui_app *a, ql_canvas *c) {
         ql_canvas_printf(c, ql_tui_tab_x(i), 0, 0, i == (int)a->screen ? QL_ST_TAB_ON : QL_ST_TAB, " %d %s ", i + 1,
                          ql_tui_screen_name((ql_tui_screen)i));
     int end = ql_tui_tab_x(QL_SCR_COUNT);
-    const char *name = a->model ? ql_basename(a->model_path) : "(no model)";
+    /* the model, and the device its forward passes run on (--device; CUDA by default when there is a GPU) */
+    char dev[32], name[1100];
+    snprintf(name, sizeof name, "%s │ %s", a->model ? ql_basename(a->model_path) : "(no model)",
+             ql_backend_describe(dev, sizeof dev));
     int l = ql_utf8_width(name);
     if (c->w - end > l + 2) ql_canvas_puts(c, c->w - l - 1, 0, 0, QL_ST_TITLE, name);
 }
@@ -185,7 +189,11 @@ static void draw_status(ql_tui_app *a, ql_canvas *c, int y) {
                     a->msg);
         return;
     }
-    ql_canvas_puts(c, 1, y, 0, QL_ST_DIM, "? help   Tab next screen   1-7 jump   q quit");
+    int x = ql_canvas_puts(c, 1, y, 0, QL_ST_DIM, "? help   Tab next screen   1-7 jump   q quit");
+    char dev[32], on[48]; /* where Preview, statistics and sensitivity run (--device) */
+    snprintf(on, sizeof on, "device %s", ql_backend_describe(dev, sizeof dev));
+    int w = (int)strlen(on);
+    if (c->w - 2 - w > x + 2) ql_canvas_puts(c, c->w - 2 - w, y, 0, QL_ST_DIM, on);
 }
 
 static void draw_prompt(ql_tui_app *a, ql_canvas *c) {
