@@ -150,6 +150,33 @@ ql_status ql_dist_recv(int source, int tag, void *buf, size_t cap, size_t *n) {
     return ql_fail(QL_ERR_ARG, "no rank %d to receive from (a single process)", source);
 }
 
+enum { PIECE = 1 << 30 };
+
+ql_status ql_dist_send_all(int to, int tag, const void *buf, size_t n) {
+    const char *p = buf;
+    do { /* an empty buffer is one empty message, so the receiver's count matches */
+        size_t k = n < PIECE ? n : PIECE;
+        ql_status st = ql_dist_send(to, tag, p, k);
+        if (st) return st;
+        p += k, n -= k;
+    } while (n);
+    return QL_OK;
+}
+
+ql_status ql_dist_recv_all(int source, int tag, void *buf, size_t n) {
+    char *p = buf;
+    do {
+        size_t k = n < PIECE ? n : PIECE, got = 0;
+        ql_status st = ql_dist_recv(source, tag, p, k, &got);
+        if (st) return st;
+        if (got != k)
+            return ql_fail(QL_ERR_IO, "MPI: rank %d sent %zu bytes where %zu were expected (another build of qlab?)",
+                           source, got, k);
+        p += k, n -= k;
+    } while (n);
+    return QL_OK;
+}
+
 ql_status ql_dist_bcast(void *buf, size_t n, int root) {
 #ifdef QL_HAVE_MPI
     if (g_joined && g_size > 1) {

@@ -36,6 +36,10 @@ ql_status ql_dist_send(int to, int tag, const void *buf, size_t n);
 bool ql_dist_poll(int tag, int *source, size_t *n);
 /* Receives the waiting message from `source` with `tag` into buf (cap bytes; a larger one is an error). */
 ql_status ql_dist_recv(int source, int tag, void *buf, size_t cap, size_t *n);
+/* Any number of bytes (sent in pieces of at most 1 GiB: MPI counts are int), received whole by ql_dist_recv_all
+ * from that rank with that tag; a different size is an error. */
+ql_status ql_dist_send_all(int to, int tag, const void *buf, size_t n);
+ql_status ql_dist_recv_all(int source, int tag, void *buf, size_t n);
 /* Rank `root`'s n bytes into every rank's buf. */
 ql_status ql_dist_bcast(void *buf, size_t n, int root);
 

@@ -2,6 +2,7 @@
  * matrix). Both read calibration tokens the same way: llama.cpp-style consecutive chunks of a text
  * file (--text, --ctx, --chunks), the way llama-imatrix does it. */
 #include "cli/cli.h"
+#include "base/dist.h"
 #include "pipeline/imatrix.h"
 #include "core/model.h"
 #include "base/parallel.h"
@@ -15,14 +16,15 @@ static int collect(const char *cmd, const char *model, cli_calib *ca, bool hessi
                    ql_stats **st) {
     int32_t *tok = NULL;
     int64_t n_seq = 0;
-    ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads};
+    /* under mpirun the --threads sequence workers are shared out over the ranks; rank 0 alone gets the sums */
+    ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads, .distribute = true};
     ca->label = cmd;
     if (ql_model_load(model, m) || cli_calib_tokens(*m, ca, &tok, &n_seq) ||
         cli_collect_stats(*m, tok, n_seq, ca->ctx, &o, cmd, st)) {
         free(tok);
         return cli_fail(cmd);
     }
-    (*st)->source = ql_strdup(ca->calib ? ca->calib : ca->text);
+    if (*st) (*st)->source = ql_strdup(ca->calib ? ca->calib : ca->text);
     free(tok);
     return 0;
 }
@@ -35,6 +37,9 @@ static const char *STATS_USAGE =
     "The file feeds qlab quant --stats (GPTQ, AWQ, SmoothQuant) and qlab sense. Same inputs and thread count:\n"
     "byte-identical file. --output also records the input of output.weight. The file records a fingerprint of\n"
     "MODEL; statistics are refused for any other model (docs/formats.md).\n"
+    "Several processes: mpirun -np N qlab stats ... shares the --threads sequence workers (default: every core of\n"
+    "every rank) over the ranks; rank 0 adds them up in order and writes the file one process with the same\n"
+    "--threads writes, byte for byte.\n"
     CLI_DEVICE_USAGE;
 
 int cmd_stats(int argc, char **argv) {
@@ -43,10 +48,10 @@ int cmd_stats(int argc, char **argv) {
     const char *flag, *pos, *model = NULL, *out = NULL;
     cli_calib ca;
     cli_calib_defaults(&ca, 512, 0);
-    bool hessian = true, output = false;
+    bool hessian = true, output = false, threads_given = false;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) model = pos;
-        else if (cli_calib_flag(&a, flag, &ca)) continue;
+        else if (cli_calib_flag(&a, flag, &ca)) threads_given |= !strcmp(flag, "--threads") || !strcmp(flag, "-t");
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output-file")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--no-hessian")) hessian = false;
         else if (!strcmp(flag, "--output")) output = true;
@@ -57,11 +62,18 @@ int cmd_stats(int argc, char **argv) {
     if (!model || (!ca.text && !ca.calib) || !out)
         return cli_usage_error("stats", STATS_USAGE, "needs MODEL, --text FILE or --calib SPEC, and -o OUT");
     if (cli_refuse_input_as_output("stats", out, CLI_INPUTS(model, ca.text))) return 1;
+    const bool dist = ql_dist_size() > 1;
+    if (dist && !threads_given) /* every core of every rank */
+        ca.threads = ql_dist_size() * QL_MAX(1, ql_default_threads() / ql_dist_local_size());
     ql_model *m = NULL;
     ql_stats *st = NULL;
     int rc = collect("stats", model, &ca, hessian, output, &m, &st);
-    if (!rc && ql_stats_save(st, out)) rc = cli_fail("stats");
-    if (!rc)
+    if (dist && rc) { /* the other ranks would wait for this one's sums */
+        fflush(NULL);
+        ql_dist_abort(rc);
+    }
+    if (!rc && st && ql_stats_save(st, out)) rc = cli_fail("stats");
+    if (!rc && st)
         fprintf(stderr, "qlab stats: wrote %s (%d inputs, %lld sequences x %lld tokens%s)\n", out, st->n,
                 (long long)st->n_sequences, (long long)st->seq_len, st->has_hessian ? ", with Hessians" : "");
     ql_stats_free(st);

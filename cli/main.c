@@ -66,14 +66,14 @@ int main(int argc, char **argv) {
             cli_install_sigint();
             ql_backend_set_auto(true); /* a command runs on the GPU when there is one (--device overrides) */
             /* under mpirun: join the job; only the commands below share their work over the ranks */
-            static const char *const distributed[] = {"sense"};
+            static const char *const distributed[] = {"sense", "stats"};
             if (ql_dist_init(&argc, &argv)) return cli_fail(c->name);
             bool shares = false;
             for (size_t i = 0; i < QL_ARRAY_LEN(distributed); i++) shares |= !strcmp(distributed[i], c->name);
             if (ql_dist_size() > 1 && !shares) {
                 if (ql_dist_rank() == 0)
-                    fprintf(stderr, "qlab %s: runs as one process; of the commands only 'sense' shares its work over "
-                                    "MPI ranks (run it without mpirun, or with -np 1)\n", c->name);
+                    fprintf(stderr, "qlab %s: runs as one process; of the commands only 'sense' and 'stats' share their "
+                                    "work over MPI ranks (run it without mpirun, or with -np 1)\n", c->name);
                 return 2;
             }
             return c->run(argc - 1, argv + 1);

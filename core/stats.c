@@ -7,6 +7,7 @@
 #include "core/stats.h"
 #include "base/parallel.h"
 #include "base/atomic_file.h"
+#include "base/dist.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -195,8 +196,9 @@ static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const 
 typedef struct {
     const ql_infer *inf;
     const int32_t *tokens;
-    int64_t n_seq;
+    int64_t n_seq, own_seq; /* own_seq: sequences of this rank's workers (the progress total) */
     int seq_len, workers;
+    int rank, size; /* workers are shared out over MPI ranks: local worker k is worker rank + k * size */
     worker_acc *acc;
     ql_status status;
     const ql_progress *progress;
@@ -204,9 +206,10 @@ typedef struct {
     pthread_mutex_t lock;
 } collect_ctx;
 
-static void collect_range(void *vctx, int worker, int64_t b, int64_t e) {
+static void collect_range(void *vctx, int local, int64_t b, int64_t e) {
     (void)b; (void)e;
     collect_ctx *c = vctx;
+    const int worker = c->rank + local * c->size;
     ql_scratch *sc = ql_scratch_new(c->inf, c->seq_len);
     ql_scratch_set_hook(sc, hook, &c->acc[worker]);
     /* the output layer's input is only seen when logits are computed */
@@ -219,7 +222,7 @@ static void collect_range(void *vctx, int worker, int64_t b, int64_t e) {
         pthread_mutex_lock(&c->lock);
         if (s && !c->status) c->status = s;
         c->done++;
-        ql_progress_report(c->progress, c->done, c->n_seq, "statistics");
+        ql_progress_report(c->progress, c->done, c->own_seq, "statistics");
         pthread_mutex_unlock(&c->lock);
     }
     free(logits);
@@ -242,6 +245,49 @@ static void finish(ql_stats *s) {
             for (int64_t r = 0; r < e->n; r++)
                 for (int64_t c = 0; c < r; c++) e->xtx[r * e->n + c] = e->xtx[c * e->n + r];
     }
+}
+
+/* ---- statistics over MPI ranks (ql_stats_opts.distribute): one status, then each worker's sums ---- */
+
+enum { TAG_STATS = 42 };
+
+static ql_status send_workers(collect_ctx *c, ql_status st) {
+    if (c->rank >= c->workers) return st; /* fewer workers than ranks: this one had none, rank 0 expects nothing */
+    int32_t head[2] = {st, 0};
+    ql_status ss = ql_dist_send_all(0, TAG_STATS, head, sizeof head);
+    for (int w = c->rank; !st && !ss && w < c->workers; w += c->size) {
+        const ql_stats *a = c->acc[w].acc;
+        for (int i = 0; i < a->n && !ss; i++) {
+            const ql_stat_entry *e = &a->e[i];
+            ss = ql_dist_send_all(0, TAG_STATS, &e->n_tokens, sizeof e->n_tokens);
+            if (!ss) ss = ql_dist_send_all(0, TAG_STATS, e->sum_abs, (size_t)e->n * sizeof *e->sum_abs);
+            if (!ss) ss = ql_dist_send_all(0, TAG_STATS, e->sum_sq, (size_t)e->n * sizeof *e->sum_sq);
+            if (!ss) ss = ql_dist_send_all(0, TAG_STATS, e->absmax, (size_t)e->n * sizeof *e->absmax);
+            if (!ss && e->xtx) ss = ql_dist_send_all(0, TAG_STATS, e->xtx, (size_t)(e->n * e->n) * sizeof *e->xtx);
+        }
+    }
+    return st ? st : ss;
+}
+
+/* Worker w's sums from its rank into into (laid out as this rank's); the rank's status comes before its first. */
+static ql_status recv_worker(collect_ctx *c, int w, ql_stats *into) {
+    const int src = w % c->size;
+    if (w < c->size) { /* the first worker of that rank */
+        int32_t head[2];
+        ql_status st = ql_dist_recv_all(src, TAG_STATS, head, sizeof head);
+        if (st) return st;
+        if (head[0]) return ql_fail((ql_status)head[0], "statistics: rank %d failed (see its message)", src);
+    }
+    for (int i = 0; i < into->n; i++) {
+        ql_stat_entry *e = &into->e[i];
+        ql_status st = ql_dist_recv_all(src, TAG_STATS, &e->n_tokens, sizeof e->n_tokens);
+        if (!st) st = ql_dist_recv_all(src, TAG_STATS, e->sum_abs, (size_t)e->n * sizeof *e->sum_abs);
+        if (!st) st = ql_dist_recv_all(src, TAG_STATS, e->sum_sq, (size_t)e->n * sizeof *e->sum_sq);
+        if (!st) st = ql_dist_recv_all(src, TAG_STATS, e->absmax, (size_t)e->n * sizeof *e->absmax);
+        if (!st && e->xtx) st = ql_dist_recv_all(src, TAG_STATS, e->xtx, (size_t)(e->n * e->n) * sizeof *e->xtx);
+        if (st) return st;
+    }
+    return QL_OK;
 }
 
 ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n_seq, int seq_len,
@@ -270,23 +316,43 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
                                            : "use fewer --threads or a shorter --ctx");
     if (ms) return ms;
     collect_ctx ctx = {.inf = inf, .tokens = tokens, .n_seq = n_seq, .seq_len = seq_len, .workers = workers,
-                       .progress = progress};
+                       .progress = progress, .rank = 0, .size = 1};
+    if (o->distribute) ctx.rank = ql_dist_rank(), ctx.size = ql_dist_size();
+    const int n_local = workers > ctx.rank ? (workers - ctx.rank + ctx.size - 1) / ctx.size : 0;
     pthread_mutex_init(&ctx.lock, NULL);
     ctx.acc = ql_calloc((size_t)workers, sizeof *ctx.acc);
     for (int w = 0; w < workers; w++) {
+        if (w % ctx.size != ctx.rank) continue; /* another rank's worker */
+        ctx.own_seq += n_seq > w ? (n_seq - w + workers - 1) / workers : 0;
         ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only);
         ctx.acc[w].n_layer = c->n_layer;
         ctx.acc[w].output = o->output;
     }
     int saved = openblas_get_num_threads();
     openblas_set_num_threads(1);
-    ql_parallel_for(workers, workers, collect_range, &ctx);
+    if (n_local > 0) ql_parallel_for(n_local, n_local, collect_range, &ctx);
     openblas_set_num_threads(saved);
     ql_status st = ctx.status;
     if (!st && ql_progress_cancelled(progress)) st = ql_fail(QL_ERR_CANCELLED, "cancelled");
+    if (ctx.size > 1 && ctx.rank != 0) { /* hand this rank's workers to rank 0, in worker order */
+        st = send_workers(&ctx, st);
+        for (int w = 0; w < workers; w++) {
+            ql_stats_free(ctx.acc[w].acc);
+            free(ctx.acc[w].xd);
+        }
+        free(ctx.acc);
+        pthread_mutex_destroy(&ctx.lock);
+        *out = NULL;
+        return st;
+    }
     ql_stats *s = ctx.acc[0].acc;
     for (int w = 1; w < workers; w++) {
+        if (!ctx.acc[w].acc && !st) { /* another rank's worker: its sums arrive in this order */
+            ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only);
+            st = recv_worker(&ctx, w, ctx.acc[w].acc);
+        }
         ql_stats *t = ctx.acc[w].acc;
+        if (!t) continue;
         for (int i = 0; i < s->n; i++) {
             ql_stat_entry *a = &s->e[i], *b = &t->e[i];
             a->n_tokens += b->n_tokens;

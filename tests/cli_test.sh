@@ -671,7 +671,7 @@ fi
 
 # qlab sense over MPI ranks (issue 16): mpirun -np 2 writes the bytes one process writes, but for the seconds line
 # (wall time, different in any two runs); a job whose rank 1 is killed leaves a checkpoint the same command resumes
-# from; commands that do not share their work refuse to run under mpirun.
+# from; qlab stats over 2 ranks writes one process's file; commands that do not share their work refuse mpirun.
 SM=$SHARED/models/tinystories-d256.gguf
 if [ -f "$SM" ]; then
   if ! command -v mpirun >/dev/null; then skip "sense under mpirun: no mpirun here (bash scripts/deps.sh installs Open MPI)"
@@ -688,7 +688,15 @@ if [ -f "$SM" ]; then
     elif [ $mrc -eq 0 ] && [ -s "$T/one.qss" ] && [ -s "$T/two.qss" ] && cmp -s <(noseconds "$T/one.qss") <(noseconds "$T/two.qss"); then
       ok "sense under mpirun -np 2: the .qss of one process, byte for byte (but the seconds line)"
     else bad "sense under mpirun -np 2 (exit $mrc) differs from one process"; sed 's/^/     /' "$T/mpi.err" | tail -4; fi
-    expect_error "ppl under mpirun -np 2 is refused" "only 'sense' shares its work" $MPIRUN $QLAB ppl "$SM" --text "$T/text.txt"
+    expect_error "ppl under mpirun -np 2 is refused" "only 'sense' and 'stats' share their work" $MPIRUN $QLAB ppl "$SM" --text "$T/text.txt"
+    # stats: the 3 sequence workers of --threads 3 over 2 ranks add up as in one process with 3 threads
+    STARGS="--text $SHARED/data/tinystories-valid.txt --ctx 64 --chunks 5 --threads 3"
+    $QLAB stats "$SM" $STARGS -o "$T/one.qls" >/dev/null 2>&1
+    $MPIRUN $QLAB stats "$SM" $STARGS -o "$T/two.qls" >/dev/null 2>"$T/mpi.err"; mrc=$?
+    if grep -q "built without MPI" "$T/mpi.err"; then :
+    elif [ $mrc -eq 0 ] && [ -s "$T/one.qls" ] && cmp -s "$T/one.qls" "$T/two.qls"; then
+      ok "stats under mpirun -np 2 --threads 3: the statistics file of one process with 3 threads, byte for byte"
+    else bad "stats under mpirun -np 2 (exit $mrc) differs from one process"; sed 's/^/     /' "$T/mpi.err" | tail -4; fi
     if [ "${QL_QUICK:-0}" = 1 ]; then skip "sense: a killed rank, then resume (QL_QUICK=1: timing under the sanitizers)"
     elif grep -q "built without MPI" "$T/mpi.err"; then :
     else # rank 1 is killed once 10 of the 60 cells are in the checkpoint (saved every 50 ms)
