@@ -188,3 +188,13 @@ ql_status ql_dist_bcast(void *buf, size_t n, int root) {
     (void)buf, (void)n, (void)root;
     return QL_OK; /* one process: it already has the bytes */
 }
+
+ql_status ql_dist_bcast_all(void *buf, size_t n, int root) {
+    for (char *p = buf; n;) {
+        size_t k = n < PIECE ? n : PIECE;
+        ql_status st = ql_dist_bcast(p, k, root);
+        if (st) return st;
+        p += k, n -= k;
+    }
+    return QL_OK;
+}

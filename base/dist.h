@@ -40,7 +40,8 @@ ql_status ql_dist_recv(int source, int tag, void *buf, size_t cap, size_t *n);
  * from that rank with that tag; a different size is an error. */
 ql_status ql_dist_send_all(int to, int tag, const void *buf, size_t n);
 ql_status ql_dist_recv_all(int source, int tag, void *buf, size_t n);
-/* Rank `root`'s n bytes into every rank's buf. */
+/* Rank `root`'s n bytes into every rank's buf; _all takes any size (pieces of at most 1 GiB). */
 ql_status ql_dist_bcast(void *buf, size_t n, int root);
+ql_status ql_dist_bcast_all(void *buf, size_t n, int root);
 
 #endif

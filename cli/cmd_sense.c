@@ -108,7 +108,9 @@ static const char *SENSE_USAGE =
     "Several processes: mpirun -np N qlab sense ... (one node: add --oversubscribe when N exceeds the cores;\n"
     "nodes: --hostfile FILE). The cells are shared out over the ranks, rank 0 writes the file (the same bytes\n"
     "as one process, but for its seconds line) and checkpoints every cell finished anywhere; after a rank dies,\n"
-    "run the same command again (with any number of ranks) to resume. --threads defaults to the cores per rank.\n"
+    "run the same command again (with any number of ranks) to resume. --threads (per rank) defaults to the cores\n"
+    "per rank; the statistics computed here are added up by ranks x threads workers, as one process with\n"
+    "--threads ranks x threads does (only the output-level errors depend on that number).\n"
     CLI_DEVICE_USAGE
     "--act-candidates LIST  activation schemes (int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]):\n"
     "  for every linear, the KLD with only its input quantized that way (weights float); static schemes take\n"
@@ -308,7 +310,13 @@ int cmd_sense(int argc, char **argv) {
             goto done;
         }
     } else if (needs_stats && tok) {
-        ql_stats_opts so = {.hessian = true, .output = true, .n_threads = threads};
+        /* under mpirun: ranks x threads sequence workers shared out, so the statistics (and every output-level
+         * error) equal one process's with that many threads; every rank gets rank 0's sums */
+        ql_stats_opts so = {.hessian = true,
+                            .output = true,
+                            .n_threads = dist ? threads * ql_dist_size() : threads,
+                            .distribute = dist,
+                            .all_ranks = true};
         ss = cli_collect_stats(m, tok, n_seq, ca.ctx, &so, "sense: statistics", &st);
         if (ss) {
             rc = cli_fail("sense");

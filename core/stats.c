@@ -290,6 +290,36 @@ static ql_status recv_worker(collect_ctx *c, int w, ql_stats *into) {
     return QL_OK;
 }
 
+/* Rank 0's summed (not yet finished) statistics into every rank's s, after rank 0's status: all_ranks. */
+static ql_status share_sums(ql_stats *s, ql_status st) {
+    int32_t verdict = st;
+    ql_status bs = ql_dist_bcast(&verdict, sizeof verdict, 0);
+    if (bs) return bs;
+    if (verdict) return ql_dist_rank() == 0 ? (ql_status)verdict
+                                            : ql_fail((ql_status)verdict, "statistics: rank 0 failed (see its message)");
+    for (int i = 0; i < s->n && !bs; i++) {
+        ql_stat_entry *e = &s->e[i];
+        bs = ql_dist_bcast_all(&e->n_tokens, sizeof e->n_tokens, 0);
+        if (!bs) bs = ql_dist_bcast_all(e->sum_abs, (size_t)e->n * sizeof *e->sum_abs, 0);
+        if (!bs) bs = ql_dist_bcast_all(e->sum_sq, (size_t)e->n * sizeof *e->sum_sq, 0);
+        if (!bs) bs = ql_dist_bcast_all(e->absmax, (size_t)e->n * sizeof *e->absmax, 0);
+        if (!bs && e->xtx) bs = ql_dist_bcast_all(e->xtx, (size_t)(e->n * e->n) * sizeof *e->xtx, 0);
+    }
+    return bs;
+}
+
+/* The sums become statistics of the model inf runs: counts, fingerprint, means, the mirrored Hessian. */
+static ql_status stats_done(ql_stats *s, const ql_infer *inf, int64_t n_seq, int seq_len, ql_stats **out) {
+    s->n_sequences = n_seq;
+    s->seq_len = seq_len;
+    const ql_model *m = ql_infer_model(inf);
+    ql_model_fingerprint(m, &s->fp);
+    s->model = ql_strdup(m->path ? m->path : "");
+    finish(s);
+    *out = s;
+    return QL_OK;
+}
+
 ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n_seq, int seq_len,
                            const ql_stats_opts *o, const ql_progress *progress, ql_stats **out) {
     const ql_config *c = &ql_infer_model(inf)->cfg;
@@ -343,7 +373,15 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
         free(ctx.acc);
         pthread_mutex_destroy(&ctx.lock);
         *out = NULL;
-        return st;
+        if (!o->all_ranks) return st;
+        ql_stats *s = stats_new(c, o->hessian, o->output, o->only);
+        ql_status bs = share_sums(s, QL_OK);
+        if (!st) st = bs;
+        if (st) {
+            ql_stats_free(s);
+            return st;
+        }
+        return stats_done(s, inf, n_seq, seq_len, out);
     }
     ql_stats *s = ctx.acc[0].acc;
     for (int w = 1; w < workers; w++) {
@@ -369,18 +407,12 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     for (int w = 0; w < workers; w++) free(ctx.acc[w].xd);
     free(ctx.acc);
     pthread_mutex_destroy(&ctx.lock);
+    if (ctx.size > 1 && o->all_ranks) st = share_sums(s, st);
     if (st) {
         ql_stats_free(s);
         return st;
     }
-    s->n_sequences = n_seq;
-    s->seq_len = seq_len;
-    const ql_model *m = ql_infer_model(inf);
-    ql_model_fingerprint(m, &s->fp);
-    s->model = ql_strdup(m->path ? m->path : "");
-    finish(s);
-    *out = s;
-    return QL_OK;
+    return stats_done(s, inf, n_seq, seq_len, out);
 }
 
 const ql_stat_entry *ql_stats_for_tensor(const ql_stats *s, const char *tensor_name) {

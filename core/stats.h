@@ -58,8 +58,9 @@ typedef struct {
     /* Under mpirun (base/dist.h): the n_threads sequence workers (worker w takes sequences w, w + n_threads, ...)
      * are shared out over the ranks, worker w on rank w mod N, each rank running its own in parallel; rank 0
      * receives the others' sums and adds every worker's in worker order, as one process does, so its *out
-     * equals one process's with the same n_threads bit for bit. Ranks other than 0 get *out = NULL. */
-    bool distribute;
+     * equals one process's with the same n_threads bit for bit. Ranks other than 0 get *out = NULL, or with
+     * all_ranks a copy of rank 0's (broadcast), for commands where every rank needs them (sense). */
+    bool distribute, all_ranks;
 } ql_stats_opts;
 
 /* tokens: n_seq sequences of seq_len ids (BOS first, as the caller prepared them). */
