@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deps.sh — make sure the Debian packages qlab builds and tests with are installed (python3 + python3-numpy: test
-# helpers compare binary files; openmpi-bin + libopenmpi-dev: `mpirun -np N qlab sense`, tested when present). As root (or with
-# password-less sudo) it installs what is missing; otherwise it prints the exact apt-get line.
+# helpers compare binary files; openmpi-bin + libopenmpi-dev: `mpirun -np N qlab sense|stats`, built and tested
+# when present). As root (or with password-less sudo) it installs what is missing; otherwise it prints the exact
+# apt-get line.
 set -eu
 PKGS="build-essential pkg-config libopenblas-dev liblapacke-dev libcmocka-dev libjansson-dev libinih-dev
       libarchive-dev libncurses-dev libpcre2-dev python3 python3-numpy openmpi-bin libopenmpi-dev"
