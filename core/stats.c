@@ -338,17 +338,19 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     else if (o->hessian && o->output)
         hess += 8.0 * (double)c->n_embd * (double)c->n_embd;
     per_worker += hess;
+    /* under mpirun a rank holds its own workers, plus one more for the sums it receives (rank 0) or is sent */
+    const int rank = o->distribute ? ql_dist_rank() : 0, size = o->distribute ? ql_dist_size() : 1;
+    const int n_local = workers > rank ? (workers - rank + size - 1) / size : 0;
+    const int held = n_local + (size > 1);
     char what[200];
     snprintf(what, sizeof what, "statistics%s over %d workers (--threads; %.1f MiB of Hessians each)",
-             o->hessian ? " with Hessians" : "", workers, hess / 1048576.0);
-    ql_status ms = ql_mem_check(per_worker * workers, what,
+             o->hessian ? " with Hessians" : "", held, hess / 1048576.0);
+    ql_status ms = ql_mem_check(per_worker * held, what,
                                 o->hessian ? "use fewer --threads, or --no-hessian where no method needs Hessians"
                                            : "use fewer --threads or a shorter --ctx");
     if (ms) return ms;
     collect_ctx ctx = {.inf = inf, .tokens = tokens, .n_seq = n_seq, .seq_len = seq_len, .workers = workers,
-                       .progress = progress, .rank = 0, .size = 1};
-    if (o->distribute) ctx.rank = ql_dist_rank(), ctx.size = ql_dist_size();
-    const int n_local = workers > ctx.rank ? (workers - ctx.rank + ctx.size - 1) / ctx.size : 0;
+                       .progress = progress, .rank = rank, .size = size};
     pthread_mutex_init(&ctx.lock, NULL);
     ctx.acc = ql_calloc((size_t)workers, sizeof *ctx.acc);
     for (int w = 0; w < workers; w++) {
