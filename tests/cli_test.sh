@@ -659,8 +659,8 @@ if [ -f "$T/tiny.gguf" ]; then
   if [ $dbad -eq 0 ]; then ok "--device cpu on ppl/stats/tui (same PPL $pc as the default), in every --help, in the TUI header"; else bad "--device cpu"; fi
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then skip "--device cuda refusal (this machine has a GPU)"
   else
-    for c in "ppl" "quant --type q8_0 -o $T/x.gguf"; do
-      $QLAB $c "$T/tiny.gguf" --text "$T/text.txt" --device cuda >/dev/null 2>"$T/err"; rc=$?; c=${c%% *}
+    for c in "ppl" "stats -o $T/x.qls"; do # both run the model, so a backend that finds no device at create() fails too
+      $QLAB $c "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --chunks 1 --device cuda >/dev/null 2>"$T/err"; rc=$?; c=${c%% *}
       if [ $rc -ne 0 ] && [ $rc -lt 128 ] && [ "$(wc -l < "$T/err")" -eq 1 ] && grep -qi "cuda" "$T/err"; then ok "$c --device cuda without a GPU: exit $rc, '$(cut -c1-90 "$T/err")...'"
       else bad "$c --device cuda without a GPU: exit $rc"; sed 's/^/     /' "$T/err" | head -3; fi
     done
