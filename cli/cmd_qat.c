@@ -2,6 +2,7 @@
  * text, with a progress line per step, held-out KLD, checkpoints and resume after Ctrl-C, and the result
  * written through the PTQ exporters with codes re-chosen from the trained weights. */
 #include "cli/cli.h"
+#include "base/atomic_file.h"
 #include "base/parallel.h"
 #include "core/model.h"
 #include "formats/format.h"
@@ -18,7 +19,8 @@
 #include <sys/resource.h>
 
 static const char *QAT_USAGE =
-    "usage: qlab qat MODEL (--plan FILE | --preset NAME | --type FORMAT) (--text FILE | --calib SPEC) --steps N\n"
+    "usage: qlab qat MODEL (--plan FILE | --preset NAME | --type FORMAT) (--text FILE | --calib SPEC | --self-text N)\n"
+    "                --steps N\n"
     "                -o OUT [--to gguf|gptq|awq|...] [options]\n"
     "Quantization-aware training: every planned weight is fake-quantized in its own format in the forward pass\n"
     "(the format's quantize-then-dequantize) and its gradient passes straight through to a float master copy;\n"
@@ -34,6 +36,8 @@ static const char *QAT_USAGE =
     "  --ste identity|clip  straight-through gradient: unchanged, or zero outside the row's quantized range\n"
     "  --text FILE          training text in chunks of --ctx tokens (default 256; --chunks N caps them)\n"
     "  --calib SPEC         ...or a calibration set (--samples N --len L --seed S; see qlab calib --help)\n"
+    "  --self-text N        ...or N sequences of --ctx tokens sampled from the float model itself (data-free, as\n"
+    "                       LLM-QAT; --temp T, default 1; --seed S), cached in --save-text FILE when given\n"
     "  --eval-seqs N        held-out sequences taken from the end of the training data (default 8; 0: none),\n"
     "                       evaluated every --eval-every N steps (default steps/10) as KL(float || quantized)\n"
     "  --checkpoint FILE    save the run there (atomically) every --checkpoint-every N steps, on Ctrl-C and at the\n"
@@ -67,6 +71,52 @@ static void on_step(void *user, const ql_qat_report *r) {
     fputc('\n', stderr);
 }
 
+/* --self-text: sampled from the float model, or read back from --save-text FILE when it holds the same request
+ * (a header of n, len, temperature, seed), so repeated runs share one sampling. */
+static ql_status self_text_tokens(const ql_model *m, cli_calib *ca, int n, double temp, const char *cache,
+                                  int32_t **tok, int64_t *n_seq) {
+    ca->ctx = cli_fit_ctx("qat", m, ca->ctx, ca->ctx_given);
+    if (ca->ctx < 0) return QL_ERR_ARG;
+    const size_t cnt = (size_t)n * ca->ctx;
+    int32_t *buf = ql_malloc(cnt * sizeof(int32_t));
+    const double hdr[4] = {n, ca->ctx, temp, (double)ca->seed};
+    FILE *f = cache ? fopen(cache, "rb") : NULL;
+    if (f) {
+        double h[4];
+        bool same = fread(h, sizeof h, 1, f) == 1 && !memcmp(h, hdr, sizeof h) && fread(buf, sizeof(int32_t), cnt, f) == cnt &&
+                    fgetc(f) == EOF;
+        fclose(f);
+        for (size_t i = 0; same && i < cnt; i++) same = buf[i] >= 0 && buf[i] < m->cfg.n_vocab;
+        if (same) {
+            fprintf(stderr, "qlab qat: %d sampled sequences read from %s\n", n, cache);
+            *tok = buf, *n_seq = n;
+            return QL_OK;
+        }
+        fprintf(stderr, "qlab qat: %s holds another sampling; sampling again\n", cache);
+    }
+    fprintf(stderr, "qlab qat: sampling %d sequences of %d tokens from the float model (temperature %g)\n", n, ca->ctx,
+            temp);
+    cli_install_sigint();
+    ql_progress *bar = cli_progress_bar("sample");
+    ql_status s = ql_qat_sample_text(m, n, ca->ctx, temp, ca->seed, ca->threads, bar, buf);
+    cli_progress_done(bar);
+    if (!s && cache) {
+        ql_atomic_file *af;
+        if (!(s = ql_atomic_open(cache, &af))) {
+            if ((s = ql_atomic_write(af, hdr, sizeof hdr)) || (s = ql_atomic_write(af, buf, cnt * sizeof(int32_t))))
+                ql_atomic_abort(af);
+            else
+                s = ql_atomic_commit(af);
+        }
+    }
+    if (s) {
+        free(buf);
+        return s;
+    }
+    *tok = buf, *n_seq = n;
+    return QL_OK;
+}
+
 int cmd_qat(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, QAT_USAGE);
@@ -75,6 +125,9 @@ int cmd_qat(int argc, char **argv) {
     int steps = 0, accum = 1, warmup = -1, eval_seqs = 8, eval_every = -1, ckpt_every = 0, log_every = 0;
     double lr = NAN, min_lr = 0.1, wd = 0.0, clip = 1.0, kl_w = 1.0, ce_w = 0.0;
     bool resume = false, lr_given = false;
+    int self_text = 0;
+    double temp = 1.0;
+    const char *save_text = NULL;
     cli_calib ca;
     cli_calib_defaults(&ca, 256, 0);
     while (cli_next(&a, &flag, &pos)) {
@@ -102,6 +155,9 @@ int cmd_qat(int argc, char **argv) {
         else if (!strcmp(flag, "--checkpoint")) ckpt = cli_value(&a, flag);
         else if (!strcmp(flag, "--checkpoint-every")) ckpt_every = cli_int(&a, flag, 0, 1 << 24);
         else if (!strcmp(flag, "--resume")) resume = true;
+        else if (!strcmp(flag, "--self-text")) self_text = cli_int(&a, flag, 1, 1 << 20);
+        else if (!strcmp(flag, "--temp")) temp = cli_double(&a, flag);
+        else if (!strcmp(flag, "--save-text")) save_text = cli_value(&a, flag);
         else if (!strcmp(flag, "--log-every")) log_every = cli_int(&a, flag, 1, 1 << 24);
         else if (cli_calib_flag(&a, flag, &ca)) continue;
         else if (cli_device_flag(&a, flag)) continue;
@@ -112,7 +168,10 @@ int cmd_qat(int argc, char **argv) {
     if (!out) return cli_usage_error("qat", QAT_USAGE, "needs -o OUT");
     if ((type != NULL) + (preset != NULL) + (plan_path != NULL) != 1)
         return cli_usage_error("qat", QAT_USAGE, "give exactly one of --plan, --preset, --type");
-    if (!cli_calib_given(&ca)) return cli_usage_error("qat", QAT_USAGE, "needs training text: --text FILE or --calib SPEC");
+    if (cli_calib_given(&ca) == (self_text > 0))
+        return cli_usage_error("qat", QAT_USAGE, "needs training text: one of --text FILE, --calib SPEC, --self-text N");
+    if (!(temp > 0) || !isfinite(temp))
+        return cli_usage_error("qat", QAT_USAGE, "--temp %g: the temperature must be a positive number", temp);
     if (steps <= 0) return cli_usage_error("qat", QAT_USAGE, "needs --steps N");
     ql_qat_mode mode = QL_QAT_FULL;
     if (tune && !strcmp(tune, "norms")) mode = QL_TUNE_NORMS;
@@ -151,7 +210,9 @@ int cmd_qat(int argc, char **argv) {
             s = ql_plan_load(plan_path, &plan);
     }
     if (!s) s = ql_qat_check_plan(m, plan);
-    if (!s) {
+    if (!s && self_text > 0)
+        s = self_text_tokens(m, &ca, self_text, temp, save_text, &tok, &n_seq);
+    else if (!s) {
         ca.label = "qat";
         s = cli_calib_tokens(m, &ca, &tok, &n_seq);
     }

@@ -167,6 +167,7 @@ typedef struct {
 
 struct ql_train_acts {
     int max_tokens, T;
+    bool recompute; /* layers 1.. keep only their input x; their other fields alias layer 0's */
     layer_acts *L;
     double *x_out, *rf, *xnf, *logits, *dlogits; /* x_out [T, D] leaves the last layer */
     /* backward scratch */
@@ -174,8 +175,9 @@ struct ql_train_acts {
     double *block; /* everything above lives in one allocation */
 };
 
-/* The buffers in allocation order, with their sizes in doubles; NULL acts just counts. */
-static size_t acts_layout(const ql_config *c, int T, ql_train_acts *a) {
+/* The buffers in allocation order, with their sizes in doubles; NULL acts just counts. With recompute, every
+ * layer keeps its input x (the checkpoint the backward recomputes from) and shares one set of intermediates. */
+static size_t acts_layout(const ql_config *c, int T, bool recompute, ql_train_acts *a) {
     const size_t D = c->n_embd, Q = (size_t)c->n_head * c->head_dim, KV = (size_t)c->n_head_kv * c->head_dim;
     const size_t F = c->n_ff, V = c->n_vocab, H = c->n_head, t = T;
     size_t off = 0;
@@ -188,7 +190,16 @@ static size_t acts_layout(const ql_config *c, int T, ql_train_acts *a) {
         layer_acts *la = a ? &a->L[l] : NULL;
         double *dummy = NULL;
 #define LT(field, n) TAKE(*(la ? &la->field : &dummy), n)
-        LT(x, t * D); LT(r1, t); LT(xn1, t * D); LT(q, t * Q); LT(k, t * KV); LT(v, t * KV); LT(P, H * t * t);
+        LT(x, t * D);
+        if (recompute && l > 0) {
+            if (la) {
+                double *x = la->x;
+                *la = a->L[0];
+                la->x = x;
+            }
+            continue;
+        }
+        LT(r1, t); LT(xn1, t * D); LT(q, t * Q); LT(k, t * KV); LT(v, t * KV); LT(P, H * t * t);
         LT(att, t * Q); LT(x1, t * D); LT(r2, t); LT(xn2, t * D); LT(g, t * F); LT(u, t * F); LT(h, t * F);
 #undef LT
     }
@@ -202,18 +213,27 @@ static size_t acts_layout(const ql_config *c, int T, ql_train_acts *a) {
     return off;
 }
 
-double ql_train_acts_bytes(const ql_config *c, int max_tokens) {
-    return 8.0 * (double)acts_layout(c, max_tokens, NULL);
+double ql_train_acts_bytes_opt(const ql_config *c, int max_tokens, bool recompute) {
+    return 8.0 * (double)acts_layout(c, max_tokens, recompute, NULL);
 }
+double ql_train_acts_bytes(const ql_config *c, int max_tokens) { return ql_train_acts_bytes_opt(c, max_tokens, false); }
 
-ql_train_acts *ql_train_acts_new(const ql_config *c, int max_tokens) {
+ql_train_acts *ql_train_acts_new_opt(const ql_config *c, int max_tokens, bool recompute) {
     ql_train_acts *a = ql_calloc(1, sizeof *a);
     a->max_tokens = max_tokens;
+    a->recompute = recompute;
     a->L = ql_calloc((size_t)c->n_layer, sizeof *a->L);
-    size_t n = acts_layout(c, max_tokens, NULL);
+    size_t n = acts_layout(c, max_tokens, recompute, NULL);
     a->block = ql_calloc(n, sizeof(double));
-    acts_layout(c, max_tokens, a);
+    acts_layout(c, max_tokens, recompute, a);
     return a;
+}
+ql_train_acts *ql_train_acts_new(const ql_config *c, int max_tokens) { return ql_train_acts_new_opt(c, max_tokens, false); }
+
+bool ql_train_acts_recompute(const ql_train_acts *a) { return a->recompute; }
+
+bool ql_train_choose_recompute(const ql_config *c, int T, double other_bytes, double limit_bytes) {
+    return ql_train_acts_bytes_opt(c, T, false) + other_bytes > limit_bytes;
 }
 
 void ql_train_acts_free(ql_train_acts *a) {
@@ -355,10 +375,36 @@ void ql_tr_swiglu_bwd(double *dg, double *du, const double *dh, const double *g,
 
 /* ---------------------------------------------------------------- the model's forward and backward */
 
+/* Layer l's forward from its input la->x; writes the next layer's input unless only the intermediates are
+ * wanted (recomputing them for the backward: the same ops on the same input give the same bits). */
+static void layer_forward(const ql_train_model *tm, ql_train_acts *a, int l, int T, bool write_next) {
+    const ql_config *c = &tm->cfg;
+    const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
+    const ql_train_layer *tl = &tm->layers[l];
+    layer_acts *la = &a->L[l];
+    double *x_next = l + 1 < c->n_layer ? a->L[l + 1].x : a->x_out;
+    ql_tr_rmsnorm_fwd(la->xn1, la->r1, la->x, W(tm, tl->attn_norm), T, D, c->norm_eps);
+    ql_tr_linear_fwd(la->q, la->xn1, W(tm, tl->wq), tl->bq >= 0 ? W(tm, tl->bq) : NULL, T, D, Q, 0.0);
+    ql_tr_linear_fwd(la->k, la->xn1, W(tm, tl->wk), tl->bk >= 0 ? W(tm, tl->bk) : NULL, T, D, KV, 0.0);
+    ql_tr_linear_fwd(la->v, la->xn1, W(tm, tl->wv), tl->bv >= 0 ? W(tm, tl->bv) : NULL, T, D, KV, 0.0);
+    ql_tr_rope(tm, la->q, T, c->n_head, false);
+    ql_tr_rope(tm, la->k, T, c->n_head_kv, false);
+    ql_tr_attention_fwd(c, la->att, la->P, la->q, la->k, la->v, T);
+    memcpy(la->x1, la->x, (size_t)T * D * sizeof(double));
+    ql_tr_linear_fwd(la->x1, la->att, W(tm, tl->wo), NULL, T, Q, D, 1.0);
+    ql_tr_rmsnorm_fwd(la->xn2, la->r2, la->x1, W(tm, tl->ffn_norm), T, D, c->norm_eps);
+    ql_tr_linear_fwd(la->g, la->xn2, W(tm, tl->w_gate), NULL, T, D, F, 0.0);
+    ql_tr_linear_fwd(la->u, la->xn2, W(tm, tl->w_up), NULL, T, D, F, 0.0);
+    ql_tr_swiglu_fwd(la->h, la->g, la->u, (size_t)T * F);
+    if (!write_next) return;
+    memcpy(x_next, la->x1, (size_t)T * D * sizeof(double));
+    ql_tr_linear_fwd(x_next, la->h, W(tm, tl->w_down), NULL, T, F, D, 1.0);
+}
+
 ql_status ql_train_forward(const ql_train_model *tm, ql_train_acts *a, const int32_t *tokens, int T,
                            const double **logits) {
     const ql_config *c = &tm->cfg;
-    const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff, V = c->n_vocab;
+    const int D = c->n_embd, V = c->n_vocab;
     if (T <= 0 || T > a->max_tokens) return ql_fail(QL_ERR_ARG, "train: %d tokens (activations hold %d)", T, a->max_tokens);
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= V)
@@ -367,26 +413,7 @@ ql_status ql_train_forward(const ql_train_model *tm, ql_train_acts *a, const int
     const double *E = W(tm, tm->tok_embd);
     double *x = c->n_layer ? a->L[0].x : a->x_out;
     for (int t = 0; t < T; t++) memcpy(x + (size_t)t * D, E + (size_t)tokens[t] * D, (size_t)D * sizeof(double));
-    for (int l = 0; l < c->n_layer; l++) {
-        const ql_train_layer *tl = &tm->layers[l];
-        layer_acts *la = &a->L[l];
-        double *x_next = l + 1 < c->n_layer ? a->L[l + 1].x : a->x_out;
-        ql_tr_rmsnorm_fwd(la->xn1, la->r1, la->x, W(tm, tl->attn_norm), T, D, c->norm_eps);
-        ql_tr_linear_fwd(la->q, la->xn1, W(tm, tl->wq), tl->bq >= 0 ? W(tm, tl->bq) : NULL, T, D, Q, 0.0);
-        ql_tr_linear_fwd(la->k, la->xn1, W(tm, tl->wk), tl->bk >= 0 ? W(tm, tl->bk) : NULL, T, D, KV, 0.0);
-        ql_tr_linear_fwd(la->v, la->xn1, W(tm, tl->wv), tl->bv >= 0 ? W(tm, tl->bv) : NULL, T, D, KV, 0.0);
-        ql_tr_rope(tm, la->q, T, c->n_head, false);
-        ql_tr_rope(tm, la->k, T, c->n_head_kv, false);
-        ql_tr_attention_fwd(c, la->att, la->P, la->q, la->k, la->v, T);
-        memcpy(la->x1, la->x, (size_t)T * D * sizeof(double));
-        ql_tr_linear_fwd(la->x1, la->att, W(tm, tl->wo), NULL, T, Q, D, 1.0);
-        ql_tr_rmsnorm_fwd(la->xn2, la->r2, la->x1, W(tm, tl->ffn_norm), T, D, c->norm_eps);
-        ql_tr_linear_fwd(la->g, la->xn2, W(tm, tl->w_gate), NULL, T, D, F, 0.0);
-        ql_tr_linear_fwd(la->u, la->xn2, W(tm, tl->w_up), NULL, T, D, F, 0.0);
-        ql_tr_swiglu_fwd(la->h, la->g, la->u, (size_t)T * F);
-        memcpy(x_next, la->x1, (size_t)T * D * sizeof(double));
-        ql_tr_linear_fwd(x_next, la->h, W(tm, tl->w_down), NULL, T, F, D, 1.0);
-    }
+    for (int l = 0; l < c->n_layer; l++) layer_forward(tm, a, l, T, true);
     ql_tr_rmsnorm_fwd(a->xnf, a->rf, a->x_out, W(tm, tm->output_norm), T, D, c->norm_eps);
     ql_tr_linear_fwd(a->logits, a->xnf, W(tm, tm->output), NULL, T, D, V, 0.0);
     if (logits) *logits = a->logits;
@@ -445,6 +472,8 @@ ql_status ql_train_backward(ql_train_model *tm, ql_train_acts *a, const int32_t 
     for (int l = c->n_layer - 1; l >= 0; l--) {
         const ql_train_layer *tl = &tm->layers[l];
         layer_acts *la = &a->L[l];
+        /* the shared intermediates hold the last layer's after the forward; any other layer is recomputed */
+        if (a->recompute && l < c->n_layer - 1) layer_forward(tm, a, l, T, false);
         /* x_next = x1 + h W_downᵀ: dx passes through, dh = dx W_down */
         ql_tr_linear_bwd(a->dh, 0.0, G(tm, tl->w_down), NULL, a->dx, la->h, W(tm, tl->w_down), T, F, D);
         ql_tr_swiglu_bwd(a->dg, a->du, a->dh, la->g, la->u, (size_t)T * F);

@@ -56,6 +56,16 @@ typedef struct ql_train_acts ql_train_acts;
 ql_train_acts *ql_train_acts_new(const ql_config *c, int max_tokens);
 void ql_train_acts_free(ql_train_acts *a);
 double ql_train_acts_bytes(const ql_config *c, int max_tokens);
+/* Recompute (activation checkpointing per layer): every layer keeps only its input; one set of a layer's
+ * intermediates is shared, and the backward recomputes each layer's from its input before walking it back —
+ * one more forward per step for activations of ~1 layer instead of n_layer. The gradients are bit-identical
+ * (tests/test_train.c). */
+ql_train_acts *ql_train_acts_new_opt(const ql_config *c, int max_tokens, bool recompute);
+double ql_train_acts_bytes_opt(const ql_config *c, int max_tokens, bool recompute);
+bool ql_train_acts_recompute(const ql_train_acts *a);
+/* The automatic choice: recompute when the kept activations plus other_bytes (weights, optimizer state,
+ * teacher) would exceed limit_bytes (ql_mem_limit_bytes). */
+bool ql_train_choose_recompute(const ql_config *c, int T, double other_bytes, double limit_bytes);
 
 /* Forward over tokens[0..T): logits [T, n_vocab] for every position stay inside acts (returned pointer). */
 ql_status ql_train_forward(const ql_train_model *tm, ql_train_acts *a, const int32_t *tokens, int T,

@@ -5,11 +5,14 @@
  * step reads is in the checkpoint, so a resumed run repeats an uninterrupted one exactly. */
 #include "pipeline/qat.h"
 #include "base/atomic_file.h"
+#include "base/parallel.h"
 #include "core/infer.h"
+#include "core/tokenizer.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
 
 #include <float.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -432,4 +435,97 @@ ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm) {
         t->nbytes = (uint64_t)n * sizeof(float);
     }
     return QL_OK;
+}
+
+/* ---------------------------------------------------------------- data-free text (LLM-QAT) */
+
+typedef struct {
+    const ql_infer *inf;
+    ql_scratch **sc;
+    float **logits;
+    int len, V;
+    int32_t bos, eos;
+    double temp;
+    uint64_t seed;
+    int32_t *out;
+    const ql_progress *progress;
+    int64_t n;
+    int64_t done; /* sequences finished (progress only; updated under the lock) */
+    pthread_mutex_t lock;
+    ql_status s;
+} sample_ctx;
+
+static void sample_one(void *ctx_, int worker, int64_t i) {
+    sample_ctx *c = ctx_;
+    if (c->s || ql_progress_cancelled(c->progress)) return;
+    int32_t *tok = c->out + i * c->len;
+    float *lg = c->logits[worker];
+    uint64_t rng = mix(c->seed ^ mix((uint64_t)i + 0x5A17));
+    tok[0] = c->bos;
+    for (int t = 1; t < c->len; t++) {
+        ql_status s = ql_forward(c->inf, c->sc[worker], tok, t, t - 1, lg);
+        if (s) {
+            pthread_mutex_lock(&c->lock);
+            if (!c->s) c->s = s;
+            pthread_mutex_unlock(&c->lock);
+            return;
+        }
+        /* softmax(logits / T) by inverse CDF, in double for a sum independent of the thread count */
+        double mx = -INFINITY, sum = 0;
+        for (int v = 0; v < c->V; v++) mx = fmax(mx, lg[v] / c->temp);
+        for (int v = 0; v < c->V; v++) sum += exp(lg[v] / c->temp - mx);
+        rng = mix(rng);
+        double u = (double)(rng >> 11) * 0x1.0p-53 * sum, acc = 0;
+        int pick = c->V - 1;
+        for (int v = 0; v < c->V; v++) {
+            acc += exp(lg[v] / c->temp - mx);
+            if (u < acc) {
+                pick = v;
+                break;
+            }
+        }
+        /* a finished story: the next one starts as the training text's stories do */
+        tok[t] = pick == c->eos && c->bos >= 0 ? c->bos : pick;
+    }
+    pthread_mutex_lock(&c->lock);
+    c->done++;
+    ql_progress_report(c->progress, c->done, c->n, "sampling");
+    pthread_mutex_unlock(&c->lock);
+}
+
+ql_status ql_qat_sample_text(const ql_model *m, int64_t n, int len, double temperature, uint64_t seed, int n_threads,
+                             const ql_progress *progress, int32_t *out) {
+    if (!m->tok) return ql_model_no_tokenizer(m, "sampling training text needs one");
+    const int32_t bos = ql_tokenizer_bos(m->tok);
+    if (bos < 0) return ql_fail(QL_ERR_UNSUPPORTED, "%s: the tokenizer has no BOS token to start sampled text from", m->path);
+    if (n <= 0 || len < 2) return ql_fail(QL_ERR_ARG, "sampling: need at least one sequence of 2 tokens or more");
+    if (!(temperature > 0) || !isfinite(temperature))
+        return ql_fail(QL_ERR_ARG, "sampling temperature %g: it must be a positive number", temperature);
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > n) n_threads = (int)n;
+    ql_infer *inf = NULL;
+    ql_status s = ql_infer_new(m, n_threads, &inf);
+    if (s) return s;
+    ql_infer_set_op_threads(inf, 1); /* parallel over sequences instead */
+    sample_ctx c = {.inf = inf, .len = len, .V = m->cfg.n_vocab, .bos = bos, .eos = ql_tokenizer_eos(m->tok),
+                    .temp = temperature, .seed = seed, .out = out, .progress = progress, .n = n};
+    pthread_mutex_init(&c.lock, NULL);
+    c.sc = ql_calloc((size_t)n_threads, sizeof *c.sc);
+    c.logits = ql_calloc((size_t)n_threads, sizeof *c.logits);
+    for (int w = 0; w < n_threads; w++) {
+        c.sc[w] = ql_scratch_new(inf, len);
+        c.logits[w] = ql_malloc((size_t)c.V * sizeof(float));
+    }
+    ql_parallel_items(n_threads, n, sample_one, &c);
+    s = c.s;
+    if (!s && ql_progress_cancelled(progress)) s = ql_fail(QL_ERR_CANCELLED, "sampling cancelled");
+    for (int w = 0; w < n_threads; w++) {
+        ql_scratch_free(c.sc[w]);
+        free(c.logits[w]);
+    }
+    free(c.sc);
+    free(c.logits);
+    pthread_mutex_destroy(&c.lock);
+    ql_infer_free(inf);
+    return s;
 }

@@ -74,6 +74,14 @@ ql_status ql_qat_check_plan(const ql_model *m, const ql_plan *plan);
  * one. */
 ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **out, ql_qat_result *res);
 
+/* Data-free training text (LLM-QAT): n sequences of len tokens sampled from m itself (the float model), each
+ * from BOS, every token drawn from softmax(logits / temperature) at the previous position; an EOS is followed
+ * by BOS (the next story). Deterministic for a seed whatever n_threads is (sequence i uses its own stream).
+ * Each token re-runs its prefix (no incremental cache): cost ~ len²/2 tokens per sequence. progress may be
+ * NULL (cancellation: QL_ERR_CANCELLED). out: [n * len]. */
+ql_status ql_qat_sample_text(const ql_model *m, int64_t n, int len, double temperature, uint64_t seed, int n_threads,
+                             const ql_progress *progress, int32_t *out);
+
 /* Puts the trained weights (tuned scales applied) back into m as F32 tensors (owned by m->gguf), so that
  * ql_quantize_model with the plan writes them through any exporter. */
 ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm);

@@ -361,13 +361,58 @@ static void test_forward_matches_infer(void **state) {
     ql_model_free(m);
 }
 
+/* Recompute (per-layer activation checkpointing): the gradients are the same bits as with every activation
+ * kept, for a model deep and wide enough that BLAS takes its blocked paths, and the kept activations shrink. */
+static void test_recompute_bit_identical(void **state) {
+    (void)state;
+    ql_config cfg = small_cfg(0, 4, 2);
+    cfg.n_layer = 4, cfg.n_embd = 64, cfg.head_dim = 16, cfg.rope_dim = 16, cfg.n_ff = 96, cfg.n_vocab = 50;
+    cfg.n_ctx_train = 40;
+    for (int tied = 0; tied < 2; tied++) {
+        cfg.tied_output = tied;
+        ql_train_model *tm = ql_train_model_random(&cfg, tied, 21 + (uint64_t)tied, 0.3);
+        const int T = 33;
+        int32_t tok[33];
+        for (int t = 0; t < T; t++) tok[t] = (int32_t)((t * 7 + 3 + tied) % cfg.n_vocab);
+        float *teacher = malloc((size_t)T * cfg.n_vocab * sizeof(float));
+        for (int i = 0; i < T * cfg.n_vocab; i++) teacher[i] = (float)(3 * rnd());
+        double *g[2], loss[2];
+        for (int rc = 0; rc < 2; rc++) {
+            ql_train_acts *a = ql_train_acts_new_opt(&cfg, T, rc == 1);
+            assert_int_equal(ql_train_acts_recompute(a), rc == 1);
+            ql_train_zero_grad(tm);
+            /* two micro-batches: accumulation goes through the recomputed layers too */
+            for (int k = 0; k < 2; k++) {
+                assert_int_equal(ql_train_forward(tm, a, tok + k, T - k, NULL), QL_OK);
+                loss[rc] = ql_train_loss(tm, a, tok + k, T - k, 0, teacher, 0.3, 0.7, NULL, NULL);
+                assert_int_equal(ql_train_backward(tm, a, tok + k, T - k), QL_OK);
+            }
+            g[rc] = malloc((size_t)tm->n_weights * sizeof(double));
+            memcpy(g[rc], tm->g_all, (size_t)tm->n_weights * sizeof(double));
+            ql_train_acts_free(a);
+        }
+        assert_memory_equal(&loss[0], &loss[1], sizeof(double));
+        double gn = 0;
+        for (int64_t i = 0; i < tm->n_weights; i++) gn += g[0][i] * g[0][i];
+        assert_true(gn > 0); /* something was computed */
+        assert_memory_equal(g[0], g[1], (size_t)tm->n_weights * sizeof(double));
+        free(g[0]), free(g[1]), free(teacher);
+        ql_train_model_free(tm);
+    }
+    /* memory: one layer's intermediates instead of n_layer; the automatic choice follows the limit */
+    const double full = ql_train_acts_bytes_opt(&cfg, 33, false), rec = ql_train_acts_bytes_opt(&cfg, 33, true);
+    assert_true(rec < full);
+    assert_false(ql_train_choose_recompute(&cfg, 33, 1000, full + 1000));
+    assert_true(ql_train_choose_recompute(&cfg, 33, 1000, full + 999));
+}
+
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grad_linear),    cmocka_unit_test(test_grad_rmsnorm),
         cmocka_unit_test(test_grad_rope),      cmocka_unit_test(test_grad_attention),
         cmocka_unit_test(test_grad_swiglu),    cmocka_unit_test(test_grad_model),
         cmocka_unit_test(test_grad_accumulates), cmocka_unit_test(test_adamw),
-        cmocka_unit_test(test_forward_matches_infer),
+        cmocka_unit_test(test_forward_matches_infer), cmocka_unit_test(test_recompute_bit_identical),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
     return cmocka_run_group_tests(tests, NULL, NULL);
