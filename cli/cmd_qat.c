@@ -33,6 +33,8 @@ static const char *QAT_USAGE =
     "                       cosine decay to --min-lr-ratio R (default 0.1), --wd X weight decay (default 0),\n"
     "                       --clip X gradient-norm limit (default 1), --accum N sequences per update (default 1)\n"
     "  --kl W --ce W        loss weights (default KL 1, CE 0)\n"
+    "  --lsq                learned step sizes (LSQ) for tensors in INT grid formats (int{n}_g{g}, int{n}_channel):\n"
+    "                       one trained step per group, codes and gradients straight through; --lsq-lr X (1e-3)\n"
     "  --ste identity|clip  straight-through gradient: unchanged, or zero outside the row's quantized range\n"
     "  --text FILE          training text in chunks of --ctx tokens (default 256; --chunks N caps them)\n"
     "  --calib SPEC         ...or a calibration set (--samples N --len L --seed S; see qlab calib --help)\n"
@@ -42,6 +44,9 @@ static const char *QAT_USAGE =
     "                       evaluated every --eval-every N steps (default steps/10) as KL(float || quantized)\n"
     "  --checkpoint FILE    save the run there (atomically) every --checkpoint-every N steps, on Ctrl-C and at the\n"
     "                       end; --resume continues from it (the result equals an uninterrupted run)\n"
+    "  --recompute on|off|auto  keep one layer's activations and recompute the others in the backward (one more\n"
+    "                       forward per step; same gradients bit for bit); auto (default): when keeping them all\n"
+    "                       would not fit in memory\n"
     "  --seed S             which sequences the steps draw (default 0); --threads N\n"
     "  --log-every N        progress line every N steps (default: about 50 lines per run)\n"
     "A run is deterministic for a seed and a thread count. Ctrl-C stops after the current step and keeps a\n"
@@ -126,8 +131,10 @@ int cmd_qat(int argc, char **argv) {
     double lr = NAN, min_lr = 0.1, wd = 0.0, clip = 1.0, kl_w = 1.0, ce_w = 0.0;
     bool resume = false, lr_given = false;
     int self_text = 0;
+    bool lsq = false;
+    double lsq_lr = 1e-3;
     double temp = 1.0;
-    const char *save_text = NULL;
+    const char *save_text = NULL, *recompute = "auto";
     cli_calib ca;
     cli_calib_defaults(&ca, 256, 0);
     while (cli_next(&a, &flag, &pos)) {
@@ -158,6 +165,9 @@ int cmd_qat(int argc, char **argv) {
         else if (!strcmp(flag, "--self-text")) self_text = cli_int(&a, flag, 1, 1 << 20);
         else if (!strcmp(flag, "--temp")) temp = cli_double(&a, flag);
         else if (!strcmp(flag, "--save-text")) save_text = cli_value(&a, flag);
+        else if (!strcmp(flag, "--recompute")) recompute = cli_value(&a, flag);
+        else if (!strcmp(flag, "--lsq")) lsq = true;
+        else if (!strcmp(flag, "--lsq-lr")) lsq_lr = cli_double(&a, flag);
         else if (!strcmp(flag, "--log-every")) log_every = cli_int(&a, flag, 1, 1 << 24);
         else if (cli_calib_flag(&a, flag, &ca)) continue;
         else if (cli_device_flag(&a, flag)) continue;
@@ -181,6 +191,11 @@ int cmd_qat(int argc, char **argv) {
                                                  "codebook format)", tune);
     if (strcmp(ste, "identity") && strcmp(ste, "clip"))
         return cli_usage_error("qat", QAT_USAGE, "--ste %s: the choices are identity and clip", ste);
+    if (strcmp(recompute, "on") && strcmp(recompute, "off") && strcmp(recompute, "auto"))
+        return cli_usage_error("qat", QAT_USAGE, "--recompute %s: the choices are on, off and auto", recompute);
+    if (lsq && tune) return cli_usage_error("qat", QAT_USAGE, "--lsq trains steps during QAT; it does not combine with --tune");
+    if (!(lsq_lr > 0) || !isfinite(lsq_lr))
+        return cli_usage_error("qat", QAT_USAGE, "--lsq-lr %g: the learning rate must be a positive number", lsq_lr);
     if (!lr_given) lr = mode == QL_QAT_FULL ? 1e-4 : 1e-3;
     if (!(lr > 0) || !isfinite(lr))
         return cli_usage_error("qat", QAT_USAGE, "--lr %g: the learning rate must be a positive number", lr);
@@ -232,9 +247,10 @@ int cmd_qat(int argc, char **argv) {
         .seq_len = ca.ctx, .steps = steps, .accum = accum,
         .adam = {.lr = lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = wd,
                  .warmup = warmup >= 0 ? warmup : steps / 10, .min_lr_ratio = min_lr, .clip = clip},
-        .kl_weight = kl_w, .ce_weight = ce_w, .seed = ca.seed, .n_threads = ca.threads,
+        .kl_weight = kl_w, .ce_weight = ce_w, .lsq = lsq, .lsq_lr = lsq_lr, .seed = ca.seed, .n_threads = ca.threads,
         .eval_every = eval_every >= 0 ? eval_every : QL_MAX(1, steps / 10),
         .checkpoint = ckpt, .checkpoint_every = ckpt_every, .resume = resume,
+        .recompute = !strcmp(recompute, "on") ? 1 : !strcmp(recompute, "off") ? 0 : -1,
         .report = on_step, .user = &cc, .cancel = &cli_cancel_flag,
     };
     fprintf(stderr, "qlab qat: %s %s, %d steps of %d x %d tokens (%lld training sequences, %lld held out), %d threads\n",
@@ -256,8 +272,8 @@ int cmd_qat(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     fprintf(stderr, "qlab qat: %d steps in %.1fs; held-out KLD %.6f -> %.6f; peak memory %.1f MiB (training state "
-                    "%.1f MiB)\n", res.steps_done, res.seconds, res.eval_kld_start, res.eval_kld_end,
-            ru.ru_maxrss / 1024.0, res.peak_train_bytes / 1048576.0);
+                    "%.1f MiB%s)\n", res.steps_done, res.seconds, res.eval_kld_start, res.eval_kld_end,
+            ru.ru_maxrss / 1024.0, res.peak_train_bytes / 1048576.0, res.recomputed ? ", activations recomputed" : "");
     if ((s = ql_qat_apply(m, tm))) {
         rc = cli_fail("qat");
         goto done;

@@ -9,6 +9,7 @@
 #include "core/infer.h"
 #include "core/tokenizer.h"
 #include "formats/format.h"
+#include "formats/fmt_ext.h"
 #include "kernels/ggml_types.h"
 
 #include <float.h>
@@ -39,6 +40,73 @@ ql_status ql_qat_check_plan(const ql_model *m, const ql_plan *plan) {
     return QL_OK;
 }
 
+/* ---------------------------------------------------------------- LSQ */
+
+int64_t ql_lsq_groups(int64_t rows, int64_t cols, int group) {
+    return rows * (group > 0 ? (cols + group - 1) / group : 1);
+}
+
+#define LSQ_LOOP(...)                                                                              \
+    do {                                                                                           \
+        const int64_t gl = group > 0 ? group : cols, gpr = (cols + gl - 1) / gl;                   \
+        const double qmax = (double)((1 << bits) - 1);                                             \
+        for (int64_t r = 0; r < rows; r++)                                                         \
+            for (int64_t gi = 0; gi < gpr; gi++) {                                                 \
+                const int64_t gix = r * gpr + gi, j0 = r * cols + gi * gl;                         \
+                const int64_t j1 = r * cols + (gi * gl + gl < cols ? gi * gl + gl : cols);         \
+                (void)qmax;                                                                        \
+                __VA_ARGS__                                                                        \
+            }                                                                                      \
+    } while (0)
+
+void ql_lsq_init(double *s, double *z, const double *w, int64_t rows, int64_t cols, int group, int bits, bool sym) {
+    LSQ_LOOP({
+        double st, zz;
+        if (sym) {
+            /* the weight of largest magnitude, sign kept, lands on code 0 (value -2^(bits-1) · s) */
+            double m = 0;
+            for (int64_t j = j0; j < j1; j++)
+                if (fabs(w[j]) > fabs(m)) m = w[j];
+            zz = (double)(1 << (bits - 1));
+            st = m / -zz;
+        } else {
+            double mn = 0, mx = 0;
+            for (int64_t j = j0; j < j1; j++) mn = fmin(mn, w[j]), mx = fmax(mx, w[j]);
+            st = (mx - mn) / qmax;
+            zz = st != 0 ? nearbyint(-mn / st) : 0;
+        }
+        /* an all-zero group: any step reproduces it; keep one that divides */
+        s[gix] = st != 0 ? st : 1e-8;
+        z[gix] = zz;
+    });
+}
+
+void ql_lsq_forward(double *v, const double *w, const double *s, const double *z, int64_t rows, int64_t cols,
+                    int group, int bits) {
+    LSQ_LOOP({
+        const double st = s[gix], zz = z[gix];
+        for (int64_t j = j0; j < j1; j++) {
+            const double k = fmin(fmax(nearbyint(w[j] / st) + zz, 0.0), qmax);
+            v[j] = st * (k - zz);
+        }
+    });
+}
+
+void ql_lsq_backward(double *dw, double *ds, const double *dv, const double *w, const double *s, const double *z,
+                     int64_t rows, int64_t cols, int group, int bits) {
+    LSQ_LOOP({
+        const double st = s[gix], zz = z[gix];
+        double acc = 0;
+        for (int64_t j = j0; j < j1; j++) {
+            const double x = w[j] / st, kr = nearbyint(x) + zz, k = fmin(fmax(kr, 0.0), qmax);
+            const bool inside = kr >= 0 && kr <= qmax;
+            acc += dv[j] * (inside ? k - zz - x : k - zz);
+            dw[j] = inside ? dv[j] : 0.0;
+        }
+        ds[gix] += acc;
+    });
+}
+
 /* One planned weight: its format, the values the forward uses, and (tuning scales) one multiplier per block. */
 typedef struct {
     int param;
@@ -49,6 +117,11 @@ typedef struct {
     int64_t n, n_blocks;
     int block;
     double *s, *sg, *sm, *sv; /* [n_blocks] */
+    /* LSQ: the steps are s0 · s (s the trained multiplier, neutral 1: Adam then moves every group's step by the
+     * same relative amount whatever its size), zeros fixed; n_blocks = groups */
+    bool lsq;
+    int lsq_bits, lsq_group;
+    double *s0, *z, *st, *dst; /* [n_blocks]: initial steps, zeros, current steps, d loss / d step */
 } qparam;
 
 typedef struct {
@@ -74,6 +147,7 @@ static void free_state(qat_state *st) {
     for (int i = 0; i < st->n_qp; i++) {
         qparam *q = &st->qp[i];
         free(q->buf), free(q->q), free(q->eff), free(q->s), free(q->sg), free(q->sm), free(q->sv);
+        free(q->s0), free(q->z), free(q->st), free(q->dst);
     }
     free(st->qp);
     ql_adamw_free(st->opt);
@@ -84,7 +158,11 @@ static ql_status prepare_forward(qat_state *st) {
     for (int i = 0; i < st->n_qp; i++) {
         qparam *qp = &st->qp[i];
         ql_train_param *p = &st->tm->p[qp->param];
-        if (st->o->mode == QL_QAT_FULL) {
+        if (qp->lsq) {
+            for (int64_t b = 0; b < qp->n_blocks; b++) qp->st[b] = qp->s0[b] * qp->s[b];
+            ql_lsq_forward(qp->q, p->w, qp->st, qp->z, p->rows, p->cols, qp->lsq_group, qp->lsq_bits);
+            p->eff = qp->q;
+        } else if (st->o->mode == QL_QAT_FULL) {
             ql_status s = fake_quant(st->tm, qp, p->w, st->o->n_threads);
             if (s) return s;
             p->eff = qp->q;
@@ -103,6 +181,13 @@ static void after_backward(qat_state *st) {
     for (int i = 0; i < st->n_qp; i++) {
         qparam *qp = &st->qp[i];
         ql_train_param *p = &st->tm->p[qp->param];
+        if (qp->lsq) {
+            /* LSQ's own straight-through backward: clipped for w, the step's gradient into sg (per multiplier) */
+            memset(qp->dst, 0, (size_t)qp->n_blocks * sizeof(double));
+            ql_lsq_backward(p->g, qp->dst, p->g, p->w, qp->st, qp->z, p->rows, p->cols, qp->lsq_group, qp->lsq_bits);
+            for (int64_t b = 0; b < qp->n_blocks; b++) qp->sg[b] = qp->dst[b] * qp->s0[b];
+            continue;
+        }
         if (st->o->mode == QL_QAT_FULL && st->o->ste == QL_STE_CLIPPED)
             for (int r = 0; r < p->rows; r++) {
                 const double *q = qp->q + (size_t)r * p->cols, *w = p->w + (size_t)r * p->cols;
@@ -121,7 +206,9 @@ static void after_backward(qat_state *st) {
 /* Adam on the block scales, with the weights' learning rate and no decay (a scale's neutral value is 1). */
 static void scales_step(qat_state *st, double grad_scale) {
     const ql_adamw_opts *o = &st->opt->o;
-    const double lr = ql_adamw_lr(o, st->opt->step - 1), t = (double)st->opt->step;
+    double lr = ql_adamw_lr(o, st->opt->step - 1);
+    const double t = (double)st->opt->step;
+    if (st->o->lsq) lr *= (st->o->lsq_lr > 0 ? st->o->lsq_lr : 1e-3) / o->lr; /* the weights' schedule, its own peak */
     const double c1 = 1.0 - pow(o->beta1, t), c2 = 1.0 - pow(o->beta2, t);
     for (int i = 0; i < st->n_qp; i++) {
         qparam *qp = &st->qp[i];
@@ -148,7 +235,7 @@ static ql_status ckpt_save(const qat_state *st, const char *path) {
     ql_atomic_file *af;
     ql_status s = ql_atomic_open(path, &af);
     if (s) return s;
-    ckpt_header h = {.mode = (uint32_t)st->o->mode, .seed = st->o->seed, .n_weights = st->tm->n_weights,
+    ckpt_header h = {.mode = (uint32_t)st->o->mode | (st->o->lsq ? 0x100u : 0u), .seed = st->o->seed, .n_weights = st->tm->n_weights,
                      .n_scales = st->n_scales, .step = st->opt->step};
     memcpy(h.magic, CKPT_MAGIC, 8);
     const size_t n = (size_t)st->tm->n_weights * sizeof(double);
@@ -181,7 +268,7 @@ static ql_status ckpt_load(qat_state *st, const char *path, bool *found) {
     const int64_t n = st->tm->n_weights;
     if (fread(&h, sizeof h, 1, f) != 1 || memcmp(h.magic, CKPT_MAGIC, 8) != 0)
         s = ql_fail(QL_ERR_FORMAT, "%s: not a qlab QAT checkpoint", path);
-    else if (h.n_weights != n || h.n_scales != st->n_scales || h.mode != (uint32_t)st->o->mode)
+    else if (h.n_weights != n || h.n_scales != st->n_scales || h.mode != ((uint32_t)st->o->mode | (st->o->lsq ? 0x100u : 0u)))
         s = ql_fail(QL_ERR_FORMAT, "%s: checkpoint of another run (%lld weights, %lld scales, mode %u; this run: %lld, "
                                    "%lld, %u)", path, (long long)h.n_weights, (long long)h.n_scales, h.mode,
                     (long long)n, (long long)st->n_scales, (unsigned)st->o->mode);
@@ -264,10 +351,13 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     if (s) return s;
     /* refused before allocating: double master weights, gradients, two Adam moments and the fake-quantized
      * copy, the kept activations, the teacher's scratch and its logits */
-    const double need = ql_train_acts_bytes(&m->cfg, T) + 5.0 * 8 * (double)ql_model_n_params(m) +
-                        ql_scratch_bytes(&m->cfg, T) + 4.0 * T * m->cfg.n_vocab * (double)(1 + o->n_eval);
+    const double other = 5.0 * 8 * (double)ql_model_n_params(m) + ql_scratch_bytes(&m->cfg, T) +
+                         4.0 * T * m->cfg.n_vocab * (double)(1 + o->n_eval);
     const char *limit_what = NULL;
     const double limit = ql_mem_limit_bytes(&limit_what);
+    const bool recompute = o->recompute > 0 || (o->recompute < 0 && ql_train_choose_recompute(&m->cfg, T, other, limit));
+    res->recomputed = recompute;
+    const double need = ql_train_acts_bytes_opt(&m->cfg, T, recompute) + other;
     if (need > limit)
         return ql_fail(QL_ERR_NOMEM, "training at --len %d needs %.2f GiB, more than %s allows (%.2f GiB)", T,
                        need / 1073741824.0, limit_what ? limit_what : "memory", limit / 1073741824.0);
@@ -278,6 +368,7 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     const int V = tm->cfg.n_vocab;
     /* planned weights */
     st.qp = ql_calloc((size_t)o->plan->n, sizeof *st.qp);
+    int n_lsq = 0;
     for (int i = 0; i < o->plan->n; i++) {
         const ql_plan_entry *e = &o->plan->e[i];
         int pi = ql_train_find(tm, e->tensor);
@@ -290,6 +381,24 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
         qp->buf = ql_malloc((size_t)qp->n * sizeof(float));
         qp->q = ql_malloc((size_t)qp->n * sizeof(double));
         if (o->mode != QL_QAT_FULL && (s = fake_quant(tm, qp, p->w, o->n_threads))) break;
+        int bits, group;
+        bool sym, mse;
+        if (o->mode == QL_QAT_FULL && o->lsq && ql_int_format_params(e->format, &bits, &group, &sym, &mse)) {
+            qp->lsq = true, qp->lsq_bits = bits, qp->lsq_group = group;
+            qp->n_blocks = ql_lsq_groups(p->rows, p->cols, group);
+            qp->s = ql_malloc((size_t)qp->n_blocks * sizeof(double));
+            for (int64_t b = 0; b < qp->n_blocks; b++) qp->s[b] = 1.0;
+            qp->sg = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->sm = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->sv = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->s0 = ql_malloc((size_t)qp->n_blocks * sizeof(double));
+            qp->z = ql_malloc((size_t)qp->n_blocks * sizeof(double));
+            qp->st = ql_malloc((size_t)qp->n_blocks * sizeof(double));
+            qp->dst = ql_malloc((size_t)qp->n_blocks * sizeof(double));
+            ql_lsq_init(qp->s0, qp->z, p->w, p->rows, p->cols, group, bits, sym);
+            st.n_scales += qp->n_blocks;
+            n_lsq++;
+        }
         if (o->mode == QL_TUNE_SCALES) {
             /* one multiplier per block of the format along the row (per row when blocks do not tile it) */
             qp->block = e->format->block > 1 && p->cols % e->format->block == 0 ? e->format->block : p->cols;
@@ -303,6 +412,9 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
             st.n_scales += qp->n_blocks;
         }
     }
+    if (!s && o->lsq && n_lsq == 0)
+        s = ql_fail(QL_ERR_UNSUPPORTED, "--lsq: no planned tensor has an INT grid format (int{n}_g{g}, int{n}_channel) "
+                                        "whose step could be learned");
     /* tuning: every matrix keeps its (quantized) values; the vectors and the scales train */
     if (o->mode != QL_QAT_FULL)
         for (int i = 0; i < tm->n_params; i++) tm->p[i].frozen = tm->p[i].is_matrix;
@@ -320,9 +432,9 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     if (!s) {
         ql_infer_set_op_threads(teacher, o->n_threads);
         tsc = ql_scratch_new(teacher, T);
-        acts = ql_train_acts_new(&tm->cfg, T);
+        acts = ql_train_acts_new_opt(&tm->cfg, T, recompute);
         tlog = ql_malloc((size_t)T * V * sizeof(float));
-        res->peak_train_bytes = ql_train_acts_bytes(&tm->cfg, T) + 5.0 * 8 * tm->n_weights + 48.0 * st.n_scales +
+        res->peak_train_bytes = ql_train_acts_bytes_opt(&tm->cfg, T, recompute) + 5.0 * 8 * tm->n_weights + 48.0 * st.n_scales +
                                 ql_scratch_bytes(&tm->cfg, T) + 4.0 * T * V * (1 + o->n_eval);
     }
     if (!s && o->n_eval > 0) {
@@ -360,7 +472,7 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
         after_backward(&st);
         r.lr = ql_adamw_lr(&st.opt->o, step);
         r.grad_norm = ql_adamw_step(st.opt, tm, 1.0 / o->accum);
-        if (o->mode == QL_TUNE_SCALES) scales_step(&st, 1.0 / o->accum);
+        if (o->mode == QL_TUNE_SCALES || n_lsq) scales_step(&st, 1.0 / o->accum);
         if (!weights_finite(tm)) {
             s = ql_fail(QL_ERR_ARG, "the weights became too large for float at step %lld (learning rate %g too "
                                         "high?); stopped%s%s", (long long)step + 1, r.lr,
@@ -402,6 +514,11 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
             ql_train_param *p = &tm->p[qp->param];
             if (o->mode == QL_TUNE_SCALES)
                 for (int64_t j = 0; j < qp->n; j++) p->w[j] = qp->s[j / qp->block] * qp->q[j];
+            if (qp->lsq) {
+                /* the learned grid's values: the exporter re-chooses the codes (and scales) from them */
+                for (int64_t b = 0; b < qp->n_blocks; b++) qp->st[b] = qp->s0[b] * qp->s[b];
+                ql_lsq_forward(p->w, p->w, qp->st, qp->z, p->rows, p->cols, qp->lsq_group, qp->lsq_bits);
+            }
             p->eff = NULL;
         }
     else

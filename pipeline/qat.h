@@ -44,12 +44,16 @@ typedef struct {
     int seq_len, steps, accum; /* micro-batches (sequences) per update: gradient accumulation */
     ql_adamw_opts adam;        /* total_steps is set to steps */
     double kl_weight, ce_weight;
+    bool lsq;                  /* QAT: learned step sizes (LSQ) for the planned tensors whose format is an INT grid */
+    double lsq_lr;             /* peak learning rate of the step multipliers (0: 1e-3); same schedule as the weights */
     uint64_t seed;             /* which training sequence each micro-batch draws */
     int n_threads;             /* OpenBLAS threads; a run is deterministic for a seed and a thread count */
     int eval_every;            /* 0: only at the start and the end */
     const char *checkpoint;    /* file, or NULL */
     int checkpoint_every;      /* 0: only when the run stops */
     bool resume;               /* continue from checkpoint when it exists */
+    int recompute;             /* activations per layer recomputed in the backward: 1 yes, 0 no, -1 automatic
+                                * (when keeping them all would exceed ql_mem_limit_bytes) */
     void (*report)(void *user, const ql_qat_report *r);
     void *user;
     volatile int *cancel;      /* non-zero: stop after the current step, checkpoint, QL_ERR_CANCELLED */
@@ -60,6 +64,7 @@ typedef struct {
     int resumed_from;                    /* the checkpoint's step when the run resumed, else -1 */
     double eval_kld_start, eval_kld_end; /* NaN without eval sequences */
     double seconds, peak_train_bytes;    /* activations + weights + gradients + optimizer state */
+    bool recomputed;                     /* the run recomputed activations (chosen or asked for) */
 } ql_qat_result;
 
 /* Why format f has no straight-through path (decode-only, or it cannot quantize without importance data),
@@ -73,6 +78,20 @@ ql_status ql_qat_check_plan(const ql_model *m, const ql_plan *plan);
  * when the loss stops being finite the run stops with an error and the checkpoint on disk is the last good
  * one. */
 ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **out, ql_qat_result *res);
+
+/* LSQ (learned step size quantization, Esser et al. 2020) for an INT grid (the entry's grid: bits, group along
+ * the row (0 = whole row), sym): each group has a step s and an integer zero z (sym: 2^(bits-1)); the forward is
+ *     v = s · (clamp(round(w/s) + z, 0, 2^bits - 1) - z)
+ * and the straight-through backward dv → dw = dv inside the range, 0 where clamped; dv → ds = dv · (k - z - w/s)
+ * inside (round's derivative taken as 1), dv · (k - z) where clamped (k the stored code). s [rows · groups], z
+ * likewise, groups per row = ceil(cols / group). ds is accumulated (+=). */
+int64_t ql_lsq_groups(int64_t rows, int64_t cols, int group);
+/* The format's own rule for the initial steps and zeros (fmt_int.c without the MSE search). */
+void ql_lsq_init(double *s, double *z, const double *w, int64_t rows, int64_t cols, int group, int bits, bool sym);
+void ql_lsq_forward(double *v, const double *w, const double *s, const double *z, int64_t rows, int64_t cols,
+                    int group, int bits);
+void ql_lsq_backward(double *dw, double *ds, const double *dv, const double *w, const double *s, const double *z,
+                     int64_t rows, int64_t cols, int group, int bits);
 
 /* Data-free training text (LLM-QAT): n sequences of len tokens sampled from m itself (the float model), each
  * from BOS, every token drawn from softmax(logits / temperature) at the previous position; an EOS is followed

@@ -287,12 +287,157 @@ static void test_training_lowers_kld_and_exports(void **state) {
     ql_plan_free(plan);
 }
 
+/* LSQ's backward against central differences of its straight-through surrogate: with the codes k and the
+ * in-range mask frozen at the point, v = s·(k - z + inside·(w/s - w0/s0)) equals the forward there and has
+ * exactly the gradients LSQ defines (round's derivative 1 inside the range, 0 for a clamped w; k - z - w/s and
+ * k - z for the step). Groups with a shorter last one, symmetric and asymmetric, a zero group, weights past
+ * the range and on rounding ties. */
+typedef struct {
+    const double *w0, *s0, *z, *c;
+    double *k0;
+    bool *in0;
+    int64_t rows, cols;
+    int group, bits;
+} lsq_ctx;
+
+static double lsq_surrogate(const lsq_ctx *c, const double *w, const double *s) {
+    const int64_t gl = c->group > 0 ? c->group : c->cols, gpr = (c->cols + gl - 1) / gl;
+    double f = 0;
+    for (int64_t r = 0; r < c->rows; r++)
+        for (int64_t j = 0; j < c->cols; j++) {
+            const int64_t g = r * gpr + j / gl, i = r * c->cols + j;
+            const double v = s[g] * (c->k0[i] - c->z[g] + (c->in0[i] ? w[i] / s[g] - c->w0[i] / c->s0[g] : 0.0));
+            f += c->c[i] * v;
+        }
+    return f;
+}
+
+static void test_lsq_gradient(void **state) {
+    (void)state;
+    const int64_t rows = 3, cols = 70;
+    const int groups[] = {32, 0};
+    for (int sym = 0; sym < 2; sym++)
+        for (int gi = 0; gi < 2; gi++) {
+            const int group = groups[gi], bits = 3;
+            const int64_t n = rows * cols, ng = ql_lsq_groups(rows, cols, group);
+            double *w = malloc(n * 8), *c = malloc(n * 8), *v = malloc(n * 8), *dw = malloc(n * 8), *k0 = malloc(n * 8);
+            double *s = malloc(ng * 8), *z = malloc(ng * 8), *ds = calloc(ng, 8), *wp = malloc(n * 8), *sp = malloc(ng * 8);
+            bool *in0 = malloc(n);
+            uint64_t rng = 99 + sym * 2 + gi;
+            for (int64_t i = 0; i < n; i++) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                w[i] = ((double)(rng >> 11) * 0x1.0p-53 - 0.5) * 0.2;
+                c[i] = ((double)((rng >> 7) & 1023) / 1023.0 - 0.5);
+            }
+            if (group > 0)
+                for (int64_t j = 0; j < 32; j++) w[cols + j] = 0; /* an all-zero group (row 1, group 0) */
+            ql_lsq_init(s, z, w, rows, cols, group, bits, sym);
+            /* trained steps away from the initial ones: some weights now clamp, some sit on a rounding tie */
+            for (int64_t g = 0; g < ng; g++) s[g] *= 0.7;
+            w[5] = s[0] * 1.5;
+            w[6] = s[0] * 40;
+            w[7] = -s[0] * 40;
+            ql_lsq_forward(v, w, s, z, rows, cols, group, bits);
+            const int64_t gl = group > 0 ? group : cols, gpr = (cols + gl - 1) / gl;
+            int n_clamped = 0;
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t j = 0; j < cols; j++) {
+                    const int64_t g = r * gpr + j / gl, i = r * cols + j;
+                    const double kr = nearbyint(w[i] / s[g]) + z[g], qmax = (1 << bits) - 1;
+                    in0[i] = kr >= 0 && kr <= qmax;
+                    k0[i] = fmin(fmax(kr, 0), qmax);
+                    n_clamped += !in0[i];
+                    assert_true(fabs(v[i] - s[g] * (k0[i] - z[g])) <= 1e-15); /* the forward is the grid value */
+                }
+            assert_true(n_clamped >= 2);
+            ql_lsq_backward(dw, ds, c, w, s, z, rows, cols, group, bits);
+            lsq_ctx cx = {.w0 = w, .s0 = s, .z = z, .c = c, .k0 = k0, .in0 = in0, .rows = rows, .cols = cols,
+                          .group = group, .bits = bits};
+            double num_max = 0, err_max = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const double h = 1e-6;
+                memcpy(wp, w, n * 8);
+                wp[i] = w[i] + h;
+                double fp = lsq_surrogate(&cx, wp, s);
+                wp[i] = w[i] - h;
+                double fm = lsq_surrogate(&cx, wp, s), num = (fp - fm) / (2 * h);
+                num_max = fmax(num_max, fabs(num)), err_max = fmax(err_max, fabs(num - dw[i]));
+            }
+            for (int64_t g = 0; g < ng; g++) {
+                const double h = 1e-7 * fabs(s[g]);
+                memcpy(sp, s, ng * 8);
+                sp[g] = s[g] + h;
+                double fp = lsq_surrogate(&cx, w, sp);
+                sp[g] = s[g] - h;
+                double fm = lsq_surrogate(&cx, w, sp), num = (fp - fm) / (2 * h);
+                if (!(fabs(num - ds[g]) <= 1e-4 * fmax(1.0, fabs(num))))
+                    fail_msg("sym %d group %d: d/ds[%lld] %.9g, finite differences %.9g", sym, group, (long long)g,
+                             ds[g], num);
+            }
+            assert_true(num_max > 0.1);
+            if (!(err_max <= 1e-6 * num_max)) fail_msg("sym %d group %d: d/dw off by %g", sym, group, err_max);
+            free(w), free(c), free(v), free(dw), free(k0), free(s), free(z), free(ds), free(wp), free(sp), free(in0);
+        }
+}
+
+/* --lsq: a plan whose formats are INT grids trains its steps, lowers the held-out KLD, and exports; a plan
+ * without one is refused in one line. */
+static void test_lsq_run(void **state) {
+    (void)state;
+    NEED_MODEL();
+    ql_plan *bad = plan_of("q4_0");
+    ql_qat_opts o = base_opts(bad, 2);
+    o.lsq = true;
+    run(&o, QL_ERR_UNSUPPORTED, NULL);
+    assert_non_null(strstr(ql_last_error(), "--lsq"));
+    assert_null(strchr(ql_last_error(), '\n'));
+    ql_plan_free(bad);
+    ql_plan *plan = plan_of("int3_g32_sym");
+    double end[2];
+    for (int lsq = 0; lsq < 2; lsq++) {
+        o = base_opts(plan, 30);
+        o.lsq = lsq;
+        o.adam.lr = 2e-4;
+        o.lsq_lr = 1e-2;
+        ql_qat_result r;
+        ql_train_model *tm = run(&o, QL_OK, &r);
+        printf("int3_g32_sym, lsq %d: held-out KLD %.6f -> %.6f\n", lsq, r.eval_kld_start, r.eval_kld_end);
+        assert_true(r.eval_kld_end < 0.9 * r.eval_kld_start);
+        end[lsq] = r.eval_kld_end;
+        if (lsq) {
+            /* export: the learned grid's values, codes and scales re-chosen by the format's quantizer */
+            ql_model *m2;
+            assert_int_equal(ql_model_load(g_model->path, &m2), QL_OK);
+            ql_train_model *tm2;
+            assert_int_equal(ql_train_model_from(m2, &tm2), QL_OK);
+            memcpy(tm2->w_all, tm->w_all, (size_t)tm->n_weights * sizeof(double));
+            assert_int_equal(ql_qat_apply(m2, tm2), QL_OK);
+            char out[300];
+            snprintf(out, sizeof out, "%s/lsq.gguf", g_dir);
+            ql_quant_opts qo = {.plan = plan, .n_threads = 1};
+            ql_quant_stats qs;
+            assert_int_equal(ql_quantize_model(m2, &qo, out, NULL, &qs), QL_OK);
+            double k = file_kld(out);
+            printf("LSQ exported file: KLD %.6f (training forward %.6f)\n", k, r.eval_kld_end);
+            assert_true(fabs(k - r.eval_kld_end) < 0.02 * r.eval_kld_end); /* the learned grid survives export */
+            ql_train_model_free(tm2);
+            ql_model_free(m2);
+        }
+        ql_train_model_free(tm);
+    }
+    printf("LSQ vs fixed rule: %.6f vs %.6f\n", end[1], end[0]);
+    assert_true(end[1] < end[0]);
+    ql_plan_free(plan);
+}
+
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_deterministic_and_resume),
         cmocka_unit_test(test_nan_keeps_checkpoint),
         cmocka_unit_test(test_training_lowers_kld_and_exports),
+        cmocka_unit_test(test_lsq_gradient),
+        cmocka_unit_test(test_lsq_run),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
     return cmocka_run_group_tests(tests, setup, teardown);
