@@ -33,6 +33,8 @@ static const char *QAT_USAGE =
     "                       cosine decay to --min-lr-ratio R (default 0.1), --wd X weight decay (default 0),\n"
     "                       --clip X gradient-norm limit (default 1), --accum N sequences per update (default 1)\n"
     "  --kl W --ce W        loss weights (default KL 1, CE 0)\n"
+    "  --kv SCHEME          fake-quantize K and V through this cache scheme (see qlab ppl --help; no residual\n"
+    "                       window); the plan's [activations] per-token schemes fake-quantize the linears' inputs\n"
     "  --lsq                learned step sizes (LSQ) for tensors in INT grid formats (int{n}_g{g}, int{n}_channel):\n"
     "                       one trained step per group, codes and gradients straight through; --lsq-lr X (1e-3)\n"
     "  --ste identity|clip  straight-through gradient: unchanged, or zero outside the row's quantized range\n"
@@ -47,6 +49,7 @@ static const char *QAT_USAGE =
     "  --recompute on|off|auto  keep one layer's activations and recompute the others in the backward (one more\n"
     "                       forward per step; same gradients bit for bit); auto (default): when keeping them all\n"
     "                       would not fit in memory\n"
+    "  --dry-run            print the training memory with and without --recompute and the automatic choice, exit\n"
     "  --seed S             which sequences the steps draw (default 0); --threads N\n"
     "  --log-every N        progress line every N steps (default: about 50 lines per run)\n"
     "A run is deterministic for a seed and a thread count. Ctrl-C stops after the current step and keeps a\n"
@@ -131,7 +134,9 @@ int cmd_qat(int argc, char **argv) {
     double lr = NAN, min_lr = 0.1, wd = 0.0, clip = 1.0, kl_w = 1.0, ce_w = 0.0;
     bool resume = false, lr_given = false;
     int self_text = 0;
-    bool lsq = false;
+    bool lsq = false, dry_run = false;
+    const char *kv_name = NULL;
+    ql_kv_scheme kv;
     double lsq_lr = 1e-3;
     double temp = 1.0;
     const char *save_text = NULL, *recompute = "auto";
@@ -167,6 +172,8 @@ int cmd_qat(int argc, char **argv) {
         else if (!strcmp(flag, "--save-text")) save_text = cli_value(&a, flag);
         else if (!strcmp(flag, "--recompute")) recompute = cli_value(&a, flag);
         else if (!strcmp(flag, "--lsq")) lsq = true;
+        else if (!strcmp(flag, "--kv")) kv_name = cli_value(&a, flag);
+        else if (!strcmp(flag, "--dry-run")) dry_run = true;
         else if (!strcmp(flag, "--lsq-lr")) lsq_lr = cli_double(&a, flag);
         else if (!strcmp(flag, "--log-every")) log_every = cli_int(&a, flag, 1, 1 << 24);
         else if (cli_calib_flag(&a, flag, &ca)) continue;
@@ -193,6 +200,7 @@ int cmd_qat(int argc, char **argv) {
         return cli_usage_error("qat", QAT_USAGE, "--ste %s: the choices are identity and clip", ste);
     if (strcmp(recompute, "on") && strcmp(recompute, "off") && strcmp(recompute, "auto"))
         return cli_usage_error("qat", QAT_USAGE, "--recompute %s: the choices are on, off and auto", recompute);
+    if (kv_name && !ql_kv_scheme_parse(kv_name, &kv)) return cli_usage_error("qat", QAT_USAGE, "%s", ql_last_error());
     if (lsq && tune) return cli_usage_error("qat", QAT_USAGE, "--lsq trains steps during QAT; it does not combine with --tune");
     if (!(lsq_lr > 0) || !isfinite(lsq_lr))
         return cli_usage_error("qat", QAT_USAGE, "--lsq-lr %g: the learning rate must be a positive number", lsq_lr);
@@ -225,6 +233,28 @@ int cmd_qat(int argc, char **argv) {
             s = ql_plan_load(plan_path, &plan);
     }
     if (!s) s = ql_qat_check_plan(m, plan);
+    if (!s && dry_run) {
+        const int T = cli_fit_ctx("qat", m, ca.ctx, ca.ctx_given);
+        if (T < 0) {
+            rc = cli_fail("qat");
+            goto done;
+        }
+        const char *what = NULL;
+        const double limit = ql_mem_limit_bytes(&what), n_eval = eval_seqs;
+        const double keep = ql_qat_memory_bytes(m, T, (int64_t)n_eval, false), rec = ql_qat_memory_bytes(m, T, (int64_t)n_eval, true);
+        printf("training memory at --ctx %d, batch 1, %d held-out sequences (%lld parameters):\n", T, eval_seqs,
+               (long long)ql_model_n_params(m));
+        printf("  activations kept:       %10.3f GiB (activations %.3f GiB)\n", keep / 1073741824.0,
+               ql_train_acts_bytes_opt(&m->cfg, T, false) / 1073741824.0);
+        printf("  activations recomputed: %10.3f GiB (activations %.3f GiB)\n", rec / 1073741824.0,
+               ql_train_acts_bytes_opt(&m->cfg, T, true) / 1073741824.0);
+        printf("  limit (%s): %.3f GiB -> --recompute auto %s\n", what ? what : "memory", limit / 1073741824.0,
+               !strcmp(recompute, "off") ? "(off given)"
+               : keep <= limit        ? "keeps them"
+               : rec <= limit         ? "recomputes"
+                                      : "refuses (neither fits)");
+        goto done;
+    }
     if (!s && self_text > 0)
         s = self_text_tokens(m, &ca, self_text, temp, save_text, &tok, &n_seq);
     else if (!s) {
@@ -247,7 +277,7 @@ int cmd_qat(int argc, char **argv) {
         .seq_len = ca.ctx, .steps = steps, .accum = accum,
         .adam = {.lr = lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = wd,
                  .warmup = warmup >= 0 ? warmup : steps / 10, .min_lr_ratio = min_lr, .clip = clip},
-        .kl_weight = kl_w, .ce_weight = ce_w, .lsq = lsq, .lsq_lr = lsq_lr, .seed = ca.seed, .n_threads = ca.threads,
+        .kl_weight = kl_w, .ce_weight = ce_w, .lsq = lsq, .lsq_lr = lsq_lr, .kv = kv_name ? &kv : NULL, .seed = ca.seed, .n_threads = ca.threads,
         .eval_every = eval_every >= 0 ? eval_every : QL_MAX(1, steps / 10),
         .checkpoint = ckpt, .checkpoint_every = ckpt_every, .resume = resume,
         .recompute = !strcmp(recompute, "on") ? 1 : !strcmp(recompute, "off") ? 0 : -1,

@@ -375,6 +375,59 @@ void ql_tr_swiglu_bwd(double *dg, double *du, const double *dh, const double *g,
 
 /* ---------------------------------------------------------------- the model's forward and backward */
 
+/* ---------------------------------------------------------------- fake quantization of activations and KV */
+
+static const ql_act_quant *act_of(const ql_train_model *tm, int i) {
+    return tm->act_in && i >= 0 && tm->act_in[i] && tm->act_in[i]->mode != QL_ACT_NONE ? tm->act_in[i] : NULL;
+}
+
+static bool same_act(const ql_act_quant *a, const ql_act_quant *b) {
+    if (!a || !b) return a == b;
+    return a->mode == b->mode && a->scale == b->scale && a->threshold == b->threshold;
+}
+
+ql_status ql_train_check_fake_quant(const ql_train_model *tm) {
+    for (int l = 0; l < tm->cfg.n_layer; l++) {
+        const ql_train_layer *tl = &tm->layers[l];
+        if (!same_act(act_of(tm, tl->wq), act_of(tm, tl->wk)) || !same_act(act_of(tm, tl->wq), act_of(tm, tl->wv)))
+            return ql_fail(QL_ERR_UNSUPPORTED, "layer %d: attn_q, attn_k and attn_v read one input; training needs one "
+                                               "activation scheme for the three", l);
+        if (!same_act(act_of(tm, tl->w_gate), act_of(tm, tl->w_up)))
+            return ql_fail(QL_ERR_UNSUPPORTED, "layer %d: ffn_gate and ffn_up read one input; training needs one "
+                                               "activation scheme for both", l);
+    }
+    if (tm->kv) {
+        if (tm->kv->k.residual || tm->kv->v.residual)
+            return ql_fail(QL_ERR_UNSUPPORTED, "KV scheme with a float residual window: not emulated in training (each "
+                                               "query would see its own window)");
+        return ql_kv_scheme_check(tm->kv, &tm->cfg, "the model");
+    }
+    return QL_OK;
+}
+
+/* x [T, K] (double) rounded in place as aq rounds a linear's input. */
+static void fake_quant_act(double *x, int T, int K, const ql_act_quant *aq) {
+    if (!aq) return;
+    float *f = ql_malloc((size_t)T * K * sizeof(float));
+    for (size_t i = 0; i < (size_t)T * K; i++) f[i] = (float)x[i];
+    ql_act_quant_apply(aq, f, f, T, K);
+    for (size_t i = 0; i < (size_t)T * K; i++) x[i] = f[i];
+    free(f);
+}
+
+/* x [T, n_head_kv·head_dim] rounded in place through one side of the cache scheme. */
+static void fake_quant_kv(double *x, int T, const ql_config *c, const ql_kv_side *side) {
+    if (side->kind == QL_KV_F32) return;
+    const int kvd = c->n_head_kv * c->head_dim;
+    float *f = ql_malloc((size_t)T * kvd * sizeof(float));
+    for (size_t i = 0; i < (size_t)T * kvd; i++) f[i] = (float)x[i];
+    ql_kv_buf *b = ql_kv_buf_new(side, T, c->n_head_kv, c->head_dim);
+    if (!ql_kv_buf_store(b, 0, T, f) && !ql_kv_buf_load(b, 0, T, f))
+        for (size_t i = 0; i < (size_t)T * kvd; i++) x[i] = f[i];
+    ql_kv_buf_free(b);
+    free(f);
+}
+
 /* Layer l's forward from its input la->x; writes the next layer's input unless only the intermediates are
  * wanted (recomputing them for the backward: the same ops on the same input give the same bits). */
 static void layer_forward(const ql_train_model *tm, ql_train_acts *a, int l, int T, bool write_next) {
@@ -384,18 +437,23 @@ static void layer_forward(const ql_train_model *tm, ql_train_acts *a, int l, int
     layer_acts *la = &a->L[l];
     double *x_next = l + 1 < c->n_layer ? a->L[l + 1].x : a->x_out;
     ql_tr_rmsnorm_fwd(la->xn1, la->r1, la->x, W(tm, tl->attn_norm), T, D, c->norm_eps);
+    fake_quant_act(la->xn1, T, D, act_of(tm, tl->wq));
     ql_tr_linear_fwd(la->q, la->xn1, W(tm, tl->wq), tl->bq >= 0 ? W(tm, tl->bq) : NULL, T, D, Q, 0.0);
     ql_tr_linear_fwd(la->k, la->xn1, W(tm, tl->wk), tl->bk >= 0 ? W(tm, tl->bk) : NULL, T, D, KV, 0.0);
     ql_tr_linear_fwd(la->v, la->xn1, W(tm, tl->wv), tl->bv >= 0 ? W(tm, tl->bv) : NULL, T, D, KV, 0.0);
     ql_tr_rope(tm, la->q, T, c->n_head, false);
     ql_tr_rope(tm, la->k, T, c->n_head_kv, false);
+    if (tm->kv) fake_quant_kv(la->k, T, c, &tm->kv->k), fake_quant_kv(la->v, T, c, &tm->kv->v);
     ql_tr_attention_fwd(c, la->att, la->P, la->q, la->k, la->v, T);
+    fake_quant_act(la->att, T, Q, act_of(tm, tl->wo));
     memcpy(la->x1, la->x, (size_t)T * D * sizeof(double));
     ql_tr_linear_fwd(la->x1, la->att, W(tm, tl->wo), NULL, T, Q, D, 1.0);
     ql_tr_rmsnorm_fwd(la->xn2, la->r2, la->x1, W(tm, tl->ffn_norm), T, D, c->norm_eps);
+    fake_quant_act(la->xn2, T, D, act_of(tm, tl->w_gate));
     ql_tr_linear_fwd(la->g, la->xn2, W(tm, tl->w_gate), NULL, T, D, F, 0.0);
     ql_tr_linear_fwd(la->u, la->xn2, W(tm, tl->w_up), NULL, T, D, F, 0.0);
     ql_tr_swiglu_fwd(la->h, la->g, la->u, (size_t)T * F);
+    fake_quant_act(la->h, T, F, act_of(tm, tl->w_down));
     if (!write_next) return;
     memcpy(x_next, la->x1, (size_t)T * D * sizeof(double));
     ql_tr_linear_fwd(x_next, la->h, W(tm, tl->w_down), NULL, T, F, D, 1.0);
@@ -415,6 +473,7 @@ ql_status ql_train_forward(const ql_train_model *tm, ql_train_acts *a, const int
     for (int t = 0; t < T; t++) memcpy(x + (size_t)t * D, E + (size_t)tokens[t] * D, (size_t)D * sizeof(double));
     for (int l = 0; l < c->n_layer; l++) layer_forward(tm, a, l, T, true);
     ql_tr_rmsnorm_fwd(a->xnf, a->rf, a->x_out, W(tm, tm->output_norm), T, D, c->norm_eps);
+    fake_quant_act(a->xnf, T, D, act_of(tm, tm->output));
     ql_tr_linear_fwd(a->logits, a->xnf, W(tm, tm->output), NULL, T, D, V, 0.0);
     if (logits) *logits = a->logits;
     return QL_OK;

@@ -11,6 +11,8 @@
 #ifndef QL_TRAIN_H
 #define QL_TRAIN_H
 
+#include "core/actquant.h"
+#include "core/kv_cache.h"
 #include "core/model.h"
 
 /* One trainable tensor: master weights w, gradient g (same shape), and the weights the forward pass
@@ -38,7 +40,18 @@ typedef struct ql_train_model {
     int64_t n_weights;     /* scalars over all tensors */
     double *w_all, *g_all; /* one block each, every tensor's w / g inside, in p order */
     double *rope_freq;     /* rope_dim/2 frequencies, ggml's float recurrence */
+    /* Fake quantization in the forward pass (QAT), straight-through in the backward: act_in[i] (NULL: float)
+     * rounds the input of linear i as core/actquant.h does at run time; kv (NULL: float) rounds the K and V rows
+     * after RoPE through the cache scheme (core/kv_cache.h; no residual window). The kept activations hold the
+     * rounded values, so each weight's gradient sees what the quantized model computes, and the input's gradient
+     * passes through unchanged. q, k and v read one input: their act_in must agree (ql_train_check_fake_quant). */
+    const ql_act_quant **act_in; /* [n_params] or NULL; owned by the caller */
+    const ql_kv_scheme *kv;
 } ql_train_model;
+
+/* act_in / kv as set can be trained through: q/k/v inputs share one scheme, the KV scheme has no residual
+ * window and fits the head dimension. One-line error otherwise. */
+ql_status ql_train_check_fake_quant(const ql_train_model *tm);
 
 /* A trainable copy of m: every tensor decoded to F32 (any registered type), then widened to double. */
 ql_status ql_train_model_from(const ql_model *m, ql_train_model **out);

@@ -336,6 +336,11 @@ static bool weights_finite(const ql_train_model *tm) {
     return true;
 }
 
+double ql_qat_memory_bytes(const ql_model *m, int T, int64_t n_eval, bool recompute) {
+    return ql_train_acts_bytes_opt(&m->cfg, T, recompute) + 5.0 * 8 * (double)ql_model_n_params(m) +
+           ql_scratch_bytes(&m->cfg, T) + 4.0 * T * m->cfg.n_vocab * (double)(1 + n_eval);
+}
+
 ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **out, ql_qat_result *res) {
     *out = NULL;
     memset(res, 0, sizeof *res);
@@ -351,8 +356,7 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     if (s) return s;
     /* refused before allocating: double master weights, gradients, two Adam moments and the fake-quantized
      * copy, the kept activations, the teacher's scratch and its logits */
-    const double other = 5.0 * 8 * (double)ql_model_n_params(m) + ql_scratch_bytes(&m->cfg, T) +
-                         4.0 * T * m->cfg.n_vocab * (double)(1 + o->n_eval);
+    const double other = ql_qat_memory_bytes(m, T, o->n_eval, false) - ql_train_acts_bytes_opt(&m->cfg, T, false);
     const char *limit_what = NULL;
     const double limit = ql_mem_limit_bytes(&limit_what);
     const bool recompute = o->recompute > 0 || (o->recompute < 0 && ql_train_choose_recompute(&m->cfg, T, other, limit));
@@ -366,10 +370,29 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     if ((s = ql_train_model_from(m, &st.tm))) return s;
     ql_train_model *tm = st.tm;
     const int V = tm->cfg.n_vocab;
+    /* activations and KV: rounded in the training forward as at run time (straight-through backward) */
+    ql_act_quant *acts_q = ql_calloc((size_t)tm->n_params, sizeof *acts_q);
+    const ql_act_quant **act_in = ql_calloc((size_t)tm->n_params, sizeof *act_in);
+    int n_act = 0;
+    for (int i = 0; i < tm->n_params && !s; i++) {
+        const ql_train_param *p = &tm->p[i];
+        if (!p->is_matrix || i == tm->tok_embd) continue;
+        const ql_plan_act *pa = ql_plan_find_act(o->plan, p->name, strncmp(p->name, "blk.", 4) == 0);
+        if (!pa || pa->mode == QL_ACT_NONE) continue;
+        if (ql_act_mode_is_static(pa->mode))
+            s = ql_fail(QL_ERR_UNSUPPORTED, "%s: activation scheme %s needs calibrated scales; training fake-quantizes "
+                                            "the per-token schemes (int8_token, fp8_token, llm_int8)", p->name,
+                        ql_act_mode_name(pa->mode));
+        else if (!(s = ql_act_quant_init(&acts_q[i], pa->mode, NULL, 0, pa->threshold)))
+            act_in[i] = &acts_q[i], n_act++;
+    }
+    tm->act_in = n_act ? act_in : NULL;
+    tm->kv = o->kv && !ql_kv_scheme_is_f32(o->kv) ? o->kv : NULL;
+    if (!s) s = ql_train_check_fake_quant(tm);
     /* planned weights */
     st.qp = ql_calloc((size_t)o->plan->n, sizeof *st.qp);
     int n_lsq = 0;
-    for (int i = 0; i < o->plan->n; i++) {
+    for (int i = 0; i < o->plan->n && !s; i++) {
         const ql_plan_entry *e = &o->plan->e[i];
         int pi = ql_train_find(tm, e->tensor);
         if (pi < 0 || !tm->p[pi].is_matrix || e->format->type == QL_TYPE_F32) continue;
@@ -524,6 +547,9 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     else
         for (int i = 0; i < st.n_qp; i++) tm->p[st.qp[i].param].eff = NULL;
     res->seconds = ql_time_s() - t0;
+    tm->act_in = NULL, tm->kv = NULL; /* the caller's model outlives these */
+    free(act_in);
+    free(acts_q);
     free(tlog);
     free(teval);
     ql_train_acts_free(acts);

@@ -44,6 +44,8 @@ typedef struct {
     int seq_len, steps, accum; /* micro-batches (sequences) per update: gradient accumulation */
     ql_adamw_opts adam;        /* total_steps is set to steps */
     double kl_weight, ce_weight;
+    const ql_kv_scheme *kv;    /* K/V fake-quantized through this cache scheme (NULL: float); the plan's
+                                * [activations] (per-token modes) fake-quantize the linears' inputs */
     bool lsq;                  /* QAT: learned step sizes (LSQ) for the planned tensors whose format is an INT grid */
     double lsq_lr;             /* peak learning rate of the step multipliers (0: 1e-3); same schedule as the weights */
     uint64_t seed;             /* which training sequence each micro-batch draws */
@@ -73,6 +75,11 @@ const char *ql_qat_no_ste(const struct ql_format *f);
 /* Every planned tensor's format has a straight-through path and fits its rows; else one-line error naming
  * the tensor and the format. */
 ql_status ql_qat_check_plan(const ql_model *m, const ql_plan *plan);
+
+/* What a run over sequences of T tokens with n_eval held-out sequences allocates (double master weights,
+ * gradients, two Adam moments and the fake-quantized copy; the kept activations, all or recomputed; the
+ * teacher's scratch and logits): the figure ql_qat_run checks against ql_mem_limit_bytes. */
+double ql_qat_memory_bytes(const ql_model *m, int T, int64_t n_eval, bool recompute);
 
 /* Trains. *out (the trained model; free with ql_train_model_free) is set on success and on cancellation;
  * when the loss stops being finite the run stops with an error and the checkpoint on disk is the last good
