@@ -637,6 +637,18 @@ if [ -f "$T/tiny.gguf" ]; then
   expect_error "qat format without a straight-through path" "straight-through" $QLAB qat "$T/tiny.gguf" --type iq2_xxs --text "$T/text.txt" --ctx 64 --steps 2 -o "$T/qat.gguf"
   expect_error "qat text shorter than one sequence" "fewer than one chunk" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/notamodel.txt" --ctx 64 --steps 2 -o "$T/qat.gguf"
   expect_error "qat --resume without a checkpoint" "--checkpoint" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --resume -o "$T/qat.gguf"
+  expect_error "qat --lsq without an INT format" "--lsq" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --lsq -o "$T/qat.gguf"
+  expect_error "qat --recompute bogus" "--recompute" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --recompute maybe -o "$T/qat.gguf"
+  expect_error "qat --kv with a residual window" "residual" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --kv int8_token_g32_r16 -o "$T/qat.gguf"
+  expect_error "qat two training texts" "one of --text" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --self-text 4 --steps 2 -o "$T/qat.gguf"
+  if $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 1 -o "$T/qat.gguf" --dry-run 2>/dev/null | grep -q "activations recomputed"; then
+    ok "qat --dry-run prints the memory with and without recompute"
+  else bad "qat --dry-run"; fi
+  if $QLAB qat "$T/tiny.gguf" --type q4_0 --self-text 3 --ctx 32 --steps 2 --threads 1 --save-text "$T/self.bin" -o "$T/self1.gguf" 2>/dev/null \
+     && $QLAB qat "$T/tiny.gguf" --type q4_0 --self-text 3 --ctx 32 --steps 2 --threads 1 --save-text "$T/self.bin" -o "$T/self2.gguf" 2>"$T/self.err" \
+     && grep -q "read from" "$T/self.err" && cmp -s "$T/self1.gguf" "$T/self2.gguf"; then
+    ok "qat --self-text: sampled text cached and reused, same result"
+  else bad "qat --self-text"; sed 's/^/     /' "$T/self.err" | tail -3; fi
   if $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 3 --threads 1 --checkpoint "$T/qat.ckpt" -o "$T/qat1.gguf" 2>"$T/qat.err" \
      && $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 3 --threads 1 -o "$T/qat2.gguf" 2>/dev/null \
      && grep -q "held-out KLD" "$T/qat.err" && [ -s "$T/qat.ckpt" ] && $QLAB info "$T/qat1.gguf" >/dev/null 2>&1; then
