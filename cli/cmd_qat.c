@@ -44,6 +44,7 @@ static const char *QAT_USAGE =
     "                       LLM-QAT; --temp T, default 1; --seed S), cached in --save-text FILE when given\n"
     "  --eval-seqs N        held-out sequences taken from the end of the training data (default 8; 0: none),\n"
     "                       evaluated every --eval-every N steps (default steps/10) as KL(float || quantized)\n"
+    "  --keep-best          export the weights of the best held-out evaluation (also after Ctrl-C), not the last\n"
     "  --checkpoint FILE    save the run there (atomically) every --checkpoint-every N steps, on Ctrl-C and at the\n"
     "                       end; --resume continues from it (the result equals an uninterrupted run)\n"
     "  --recompute on|off|auto  keep one layer's activations and recompute the others in the backward (one more\n"
@@ -134,7 +135,7 @@ int cmd_qat(int argc, char **argv) {
     double lr = NAN, min_lr = 0.1, wd = 0.0, clip = 1.0, kl_w = 1.0, ce_w = 0.0;
     bool resume = false, lr_given = false;
     int self_text = 0;
-    bool lsq = false, dry_run = false;
+    bool lsq = false, dry_run = false, keep_best = false;
     const char *kv_name = NULL;
     ql_kv_scheme kv;
     double lsq_lr = 1e-3;
@@ -174,6 +175,7 @@ int cmd_qat(int argc, char **argv) {
         else if (!strcmp(flag, "--lsq")) lsq = true;
         else if (!strcmp(flag, "--kv")) kv_name = cli_value(&a, flag);
         else if (!strcmp(flag, "--dry-run")) dry_run = true;
+        else if (!strcmp(flag, "--keep-best")) keep_best = true;
         else if (!strcmp(flag, "--lsq-lr")) lsq_lr = cli_double(&a, flag);
         else if (!strcmp(flag, "--log-every")) log_every = cli_int(&a, flag, 1, 1 << 24);
         else if (cli_calib_flag(&a, flag, &ca)) continue;
@@ -280,6 +282,7 @@ int cmd_qat(int argc, char **argv) {
         .kl_weight = kl_w, .ce_weight = ce_w, .lsq = lsq, .lsq_lr = lsq_lr, .kv = kv_name ? &kv : NULL, .seed = ca.seed, .n_threads = ca.threads,
         .eval_every = eval_every >= 0 ? eval_every : QL_MAX(1, steps / 10),
         .checkpoint = ckpt, .checkpoint_every = ckpt_every, .resume = resume,
+        .keep_best = keep_best,
         .recompute = !strcmp(recompute, "on") ? 1 : !strcmp(recompute, "off") ? 0 : -1,
         .report = on_step, .user = &cc, .cancel = &cli_cancel_flag,
     };
@@ -289,7 +292,11 @@ int cmd_qat(int argc, char **argv) {
             ca.threads);
     ql_qat_result res;
     s = ql_qat_run(m, &o, &tm, &res);
-    if (s == QL_ERR_CANCELLED) {
+    if (s == QL_ERR_CANCELLED && keep_best && o.n_eval > 0) {
+        /* Ctrl-C with --keep-best: the best weights so far are exported */
+        fprintf(stderr, "qlab qat: %s; exporting the best evaluation's weights\n", ql_last_error());
+        s = QL_OK;
+    } else if (s == QL_ERR_CANCELLED) {
         fprintf(stderr, "qlab qat: %s\n", ql_last_error());
         rc = 130;
         goto done;
@@ -304,6 +311,8 @@ int cmd_qat(int argc, char **argv) {
     fprintf(stderr, "qlab qat: %d steps in %.1fs; held-out KLD %.6f -> %.6f; peak memory %.1f MiB (training state "
                     "%.1f MiB%s)\n", res.steps_done, res.seconds, res.eval_kld_start, res.eval_kld_end,
             ru.ru_maxrss / 1024.0, res.peak_train_bytes / 1048576.0, res.recomputed ? ", activations recomputed" : "");
+    if (keep_best && o.n_eval > 0)
+        fprintf(stderr, "qlab qat: keeping step %d's weights (held-out KLD %.6f)\n", res.best_step, res.best_kld);
     if ((s = ql_qat_apply(m, tm))) {
         rc = cli_fail("qat");
         goto done;

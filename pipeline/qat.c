@@ -329,6 +329,12 @@ static ql_status evaluate(qat_state *st, ql_train_acts *a, const float *teacher_
     return s;
 }
 
+static void save_best(const qat_state *st, double *w, double *sc) {
+    memcpy(w, st->tm->w_all, (size_t)st->tm->n_weights * sizeof(double));
+    for (int i = 0, off = 0; i < st->n_qp; off += (int)st->qp[i].n_blocks, i++)
+        if (st->qp[i].n_blocks) memcpy(sc + off, st->qp[i].s, (size_t)st->qp[i].n_blocks * sizeof(double));
+}
+
 /* Finite as floats: fake quantization and the export see them as F32. */
 static bool weights_finite(const ql_train_model *tm) {
     for (int64_t i = 0; i < tm->n_weights; i++)
@@ -466,6 +472,15 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
             s = ql_forward(teacher, tsc, o->eval + i * T, T, 0, teval + (size_t)i * T * V);
         if (!s) s = evaluate(&st, acts, teval, &res->eval_kld_start);
     }
+    /* keep_best: the weights (and scales) at the best held-out evaluation so far, the start included */
+    double *best_w = NULL, *best_s = NULL;
+    res->best_kld = res->eval_kld_start;
+    if (!s && o->keep_best && o->n_eval > 0) {
+        best_w = ql_malloc((size_t)tm->n_weights * sizeof(double));
+        best_s = ql_malloc((size_t)(st.n_scales ? st.n_scales : 1) * sizeof(double));
+        save_best(&st, best_w, best_s);
+        res->best_step = (int)st.opt->step;
+    }
     const int64_t first = st.opt->step;
     const double t_loop = ql_time_s();
     ql_qat_report r = {.steps = o->steps};
@@ -515,6 +530,8 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
             if ((s = evaluate(&st, acts, teval, &r.eval_kld))) break;
             r.evaluated = true;
             res->eval_kld_end = r.eval_kld;
+            if (best_w && r.eval_kld < res->best_kld) save_best(&st, best_w, best_s), res->best_kld = r.eval_kld,
+                                                      res->best_step = r.step;
         }
         r.checkpointed = false;
         if (o->checkpoint && (last || cancel || (o->checkpoint_every > 0 && st.opt->step % o->checkpoint_every == 0))) {
@@ -529,6 +546,15 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
         }
     }
     res->steps_done = (int)st.opt->step;
+    if (best_w && (!s || s == QL_ERR_CANCELLED)) {
+        /* the best evaluation's weights and scales replace the last ones (the Adam state is not needed any more) */
+        memcpy(tm->w_all, best_w, (size_t)tm->n_weights * sizeof(double));
+        for (int i = 0, off = 0; i < st.n_qp; off += (int)st.qp[i].n_blocks, i++)
+            if (st.qp[i].n_blocks) memcpy(st.qp[i].s, best_s + off, (size_t)st.qp[i].n_blocks * sizeof(double));
+        res->eval_kld_end = res->best_kld;
+    }
+    free(best_w);
+    free(best_s);
     if (!s && o->n_eval > 0 && isnan(res->eval_kld_end)) res->eval_kld_end = res->eval_kld_start;
     /* the weights to export: tuned scales folded in, fixed codes' tensors as they were */
     if (!s || s == QL_ERR_CANCELLED)

@@ -54,6 +54,7 @@ typedef struct {
     const char *checkpoint;    /* file, or NULL */
     int checkpoint_every;      /* 0: only when the run stops */
     bool resume;               /* continue from checkpoint when it exists */
+    bool keep_best;            /* hand back (and export) the weights of the best held-out evaluation, not the last */
     int recompute;             /* activations per layer recomputed in the backward: 1 yes, 0 no, -1 automatic
                                 * (when keeping them all would exceed ql_mem_limit_bytes) */
     void (*report)(void *user, const ql_qat_report *r);
@@ -67,6 +68,8 @@ typedef struct {
     double eval_kld_start, eval_kld_end; /* NaN without eval sequences */
     double seconds, peak_train_bytes;    /* activations + weights + gradients + optimizer state */
     bool recomputed;                     /* the run recomputed activations (chosen or asked for) */
+    int best_step;                       /* keep_best: the step whose weights were handed back (0: the start) */
+    double best_kld;                     /* ...and its held-out KLD */
 } ql_qat_result;
 
 /* Why format f has no straight-through path (decode-only, or it cannot quantize without importance data),

@@ -430,6 +430,52 @@ static void test_lsq_run(void **state) {
     ql_plan_free(plan);
 }
 
+/* --keep-best: the weights handed back are those of the best held-out evaluation (the start included), and
+ * the file exported from them scores that KLD. A learning rate this high makes an intermediate step the best one. */
+typedef struct { double min_kld; int n; } evals_seen;
+static void on_eval(void *user, const ql_qat_report *r) {
+    evals_seen *e = user;
+    if (r->evaluated) e->min_kld = fmin(e->min_kld, r->eval_kld), e->n++;
+}
+
+static void test_keep_best(void **state) {
+    (void)state;
+    NEED_MODEL();
+    ql_plan *plan = plan_of("q4_0");
+    ql_qat_opts o = base_opts(plan, 12);
+    o.adam.lr = 6e-4;
+    o.eval_every = 2;
+    o.keep_best = true;
+    evals_seen e = {.min_kld = INFINITY};
+    o.report = on_eval, o.user = &e;
+    ql_qat_result r;
+    ql_train_model *tm = run(&o, QL_OK, &r);
+    e.min_kld = fmin(e.min_kld, r.eval_kld_start);
+    printf("keep-best: start %.6f, best %.6f at step %d of %d evaluations\n", r.eval_kld_start, r.best_kld, r.best_step,
+           e.n);
+    assert_int_equal(e.n, 6);
+    assert_true(r.best_step > 0 && r.best_step < 12); /* neither the start nor the last step */
+    assert_true(r.best_kld == e.min_kld && r.eval_kld_end == r.best_kld);
+    ql_model *m2;
+    assert_int_equal(ql_model_load(g_model->path, &m2), QL_OK);
+    ql_train_model *tm2;
+    assert_int_equal(ql_train_model_from(m2, &tm2), QL_OK);
+    memcpy(tm2->w_all, tm->w_all, (size_t)tm->n_weights * sizeof(double));
+    assert_int_equal(ql_qat_apply(m2, tm2), QL_OK);
+    char out[300];
+    snprintf(out, sizeof out, "%s/best.gguf", g_dir);
+    ql_quant_opts qo = {.plan = plan, .n_threads = 1};
+    ql_quant_stats qs;
+    assert_int_equal(ql_quantize_model(m2, &qo, out, NULL, &qs), QL_OK);
+    const double k = file_kld(out);
+    printf("keep-best exported file: KLD %.6f\n", k);
+    assert_true(fabs(k - r.best_kld) < 0.02 * r.best_kld);
+    ql_train_model_free(tm2);
+    ql_model_free(m2);
+    ql_train_model_free(tm);
+    ql_plan_free(plan);
+}
+
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals),
@@ -438,6 +484,7 @@ int main(void) {
         cmocka_unit_test(test_training_lowers_kld_and_exports),
         cmocka_unit_test(test_lsq_gradient),
         cmocka_unit_test(test_lsq_run),
+        cmocka_unit_test(test_keep_best),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
     return cmocka_run_group_tests(tests, setup, teardown);
