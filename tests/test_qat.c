@@ -3,7 +3,8 @@
  * stopped and resumed from its checkpoint ends bit-identical to an uninterrupted one; a loss that stops being
  * finite ends the run and leaves the last good checkpoint; QAT and both tunings lower the held-out KLD;
  * tuning the norms leaves every matrix as it was; and the exported file's KLD, measured by core/infer.c,
- * is the one the training forward measured (codes re-chosen from the trained weights). */
+ * is the one the training forward measured (codes re-chosen from the trained weights); LSQ's backward against
+ * finite differences and a learned-step run beating the fixed rule; --keep-best handing back the best step. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>

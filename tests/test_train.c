@@ -1,7 +1,8 @@
 /* test_train.c — the backward pass (core/train.h): every op's gradient against central finite differences in
  * double (relative error below 1e-4), the whole model's gradient on tiny random models (tied and separate
  * output, q/k/v biases, adjacent and NeoX rope, GQA, cross-entropy and KL losses), gradient accumulation,
- * AdamW's schedule and clipping, and the training forward's logits against core/infer.c's on stories260K. */
+ * AdamW's schedule and clipping, the training forward's logits against core/infer.c's on stories260K, per-layer
+ * recompute giving bit-identical gradients, and fake-quantized activations / KV against core/infer.c's. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
