@@ -10,12 +10,15 @@
 #include "kernels/iq_lattice.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "base/ql_common.h"
 #include "kernels/blocks.h"
 #include "kernels/ggml_types.h"
+#include "kernels/iq_lattice_internal.h"
 #include "kernels/iq_tables.h"
+#include "kernels/simd.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -74,49 +77,53 @@ void ql_iq_lattice_scales(uint32_t type, const void *vb, float scale[QL_IQ_LATTI
     }
 }
 
-/* Nearest point of an 8-coordinate grid to ax (= |x|) at scale s; with odd, the cheapest flip is added
- * and its coordinate returned in *flip. */
-static int search8(const uint64_t *grid, int npts, float s, const float *ax, const float *w, bool odd, int *flip) {
-    int best = 0, bflip = 0;
-    float bcost = INFINITY;
-    for (int gi = 0; gi < npts; gi++) {
-        const uint64_t gv = grid[gi];
-        float cost = 0, pen = INFINITY;
-        int jp = 0;
-        for (int j = 0; j < 8; j++) {
-            const float v = s * (float)(uint8_t)(gv >> (8 * j));
-            const float d = ax[j] - v;
-            cost += w[j] * d * d;
-            const float p = 4 * w[j] * ax[j] * v;
-            if (p < pen) pen = p, jp = j;
-        }
-        if (odd) cost += pen;
-        if (cost < bcost) bcost = cost, best = gi, bflip = jp;
+/* The grids' coordinates as floats, coordinate-major (ct[j * npts + gi]), so that the AVX2 twin
+ * (iq_lattice_avx2.c) scores 8 grid points per register; built once (pthread_once). Converting a byte
+ * to float is exact, so both searches see the decoder's values. */
+static float g_ct2xxs[8 * 256], g_ct2xs[8 * 512], g_ct2s[8 * 1024], g_ct3xxs[4 * 256], g_ct3s[4 * 512];
+static pthread_once_t g_ct_once = PTHREAD_ONCE_INIT;
+static void build_coords(void) {
+    for (int j = 0; j < 8; j++) {
+        for (int gi = 0; gi < 256; gi++) g_ct2xxs[j * 256 + gi] = (float)(uint8_t)(iq2xxs_grid[gi] >> (8 * j));
+        for (int gi = 0; gi < 512; gi++) g_ct2xs[j * 512 + gi] = (float)(uint8_t)(iq2xs_grid[gi] >> (8 * j));
+        for (int gi = 0; gi < 1024; gi++) g_ct2s[j * 1024 + gi] = (float)(uint8_t)(iq2s_grid[gi] >> (8 * j));
     }
-    *flip = bflip;
-    return best;
+    for (int j = 0; j < 4; j++) {
+        for (int gi = 0; gi < 256; gi++) g_ct3xxs[j * 256 + gi] = (float)(uint8_t)(iq3xxs_grid[gi] >> (8 * j));
+        for (int gi = 0; gi < 512; gi++) g_ct3s[j * 512 + gi] = (float)(uint8_t)(iq3s_grid[gi] >> (8 * j));
+    }
 }
 
-/* The same for one half (4 coordinates) of a group on a 4-coordinate grid: the best point alone
- * (*plain, cost *cp) and the best point with one flip in this half (*flipped, cost *cf, flip *jf). */
-static void search4(const uint32_t *grid, int npts, float s, const float *ax, const float *w, int *plain, float *cp,
-                    int *flipped, float *cf, int *jf) {
-    *plain = *flipped = 0, *jf = 0;
-    *cp = *cf = INFINITY;
+/* Scalar reference of the search (contract in iq_lattice_internal.h). */
+void ql_iq_lattice_search_ref(const float *ct, int npts, int dim, float s, const float *ax, const float *w,
+                              ql_iq_lattice_best *out) {
+    ql_iq_lattice_best b = {0, INFINITY, 0, 0, INFINITY, 0};
     for (int gi = 0; gi < npts; gi++) {
-        const uint32_t gv = grid[gi];
         float cost = 0, pen = INFINITY;
         int jp = 0;
-        for (int j = 0; j < 4; j++) {
-            const float v = s * (float)(uint8_t)(gv >> (8 * j));
+        for (int j = 0; j < dim; j++) {
+            const float v = s * ct[j * npts + gi];
             const float d = ax[j] - v;
             cost += w[j] * d * d;
             const float p = 4 * w[j] * ax[j] * v;
             if (p < pen) pen = p, jp = j;
         }
-        if (cost < *cp) *cp = cost, *plain = gi;
-        if (cost + pen < *cf) *cf = cost + pen, *flipped = gi, *jf = jp;
+        if (cost < b.cost) b.cost = cost, b.gi = gi;
+        const float cf = cost + pen;
+        if (cf < b.fcost) b.fcost = cf, b.fgi = gi, b.fj = jp;
     }
+    *out = b;
+}
+
+static void search(const float *ct, int npts, int dim, float s, const float *ax, const float *w,
+                   ql_iq_lattice_best *out) {
+#ifdef QL_IQ_LATTICE_AVX2
+    if (ql_simd_level_get() >= QL_SIMD_AVX2) {
+        ql_iq_lattice_search_avx2(ct, npts, dim, s, ax, w, out);
+        return;
+    }
+#endif
+    ql_iq_lattice_search_ref(ct, npts, dim, s, ax, w, out);
 }
 
 static inline uint8_t coord(uint64_t gv, int j) { return (uint8_t)(gv >> (8 * j)); }
@@ -134,17 +141,18 @@ void ql_iq_lattice_round(uint32_t type, void *vb, int g, float s, const float *x
         nneg += neg;
     }
     const bool odd = parity && (nneg & 1);
+    pthread_once(&g_ct_once, build_coords);
     uint64_t gv8 = 0; /* the chosen point's 8 coordinates */
     if (type == QL_TYPE_IQ3_XXS || type == QL_TYPE_IQ3_S) {
         const uint32_t *grid = type == QL_TYPE_IQ3_XXS ? iq3xxs_grid : iq3s_grid;
+        const float *ct = type == QL_TYPE_IQ3_XXS ? g_ct3xxs : g_ct3s;
         const int npts = type == QL_TYPE_IQ3_XXS ? 256 : 512;
-        int p[2], f[2], jf[2];
-        float cp[2], cf[2];
-        for (int h = 0; h < 2; h++) search4(grid, npts, s, ax + 4 * h, w + 4 * h, &p[h], &cp[h], &f[h], &cf[h], &jf[h]);
-        int g1 = p[0], g2 = p[1];
+        ql_iq_lattice_best h[2];
+        for (int k = 0; k < 2; k++) search(ct, npts, 4, s, ax + 4 * k, w + 4 * k, &h[k]);
+        int g1 = h[0].gi, g2 = h[1].gi;
         if (odd) { /* one flip, in the half where it costs least */
-            if (!(cp[0] + cf[1] < cf[0] + cp[1])) g1 = f[0], signs ^= (uint8_t)(1u << jf[0]);
-            else g2 = f[1], signs ^= (uint8_t)(1u << (4 + jf[1]));
+            if (!(h[0].cost + h[1].fcost < h[0].fcost + h[1].cost)) g1 = h[0].fgi, signs ^= (uint8_t)(1u << h[0].fj);
+            else g2 = h[1].fgi, signs ^= (uint8_t)(1u << (4 + h[1].fj));
         }
         gv8 = (uint64_t)grid[g1] | (uint64_t)grid[g2] << 32;
         if (type == QL_TYPE_IQ3_XXS) {
@@ -166,10 +174,12 @@ void ql_iq_lattice_round(uint32_t type, void *vb, int g, float s, const float *x
         }
     } else {
         const uint64_t *grid = type == QL_TYPE_IQ2_XXS ? iq2xxs_grid : type == QL_TYPE_IQ2_XS ? iq2xs_grid : iq2s_grid;
+        const float *ct = type == QL_TYPE_IQ2_XXS ? g_ct2xxs : type == QL_TYPE_IQ2_XS ? g_ct2xs : g_ct2s;
         const int npts = type == QL_TYPE_IQ2_XXS ? 256 : type == QL_TYPE_IQ2_XS ? 512 : 1024;
-        int jf = 0;
-        const int gi = search8(grid, npts, s, ax, w, odd, &jf);
-        if (odd) signs ^= (uint8_t)(1u << jf);
+        ql_iq_lattice_best h;
+        search(ct, npts, 8, s, ax, w, &h);
+        int gi = h.gi;
+        if (odd) gi = h.fgi, signs ^= (uint8_t)(1u << h.fj);
         gv8 = grid[gi];
         if (type == QL_TYPE_IQ2_XXS) {
             blk_iq2_xxs *b = vb;

@@ -753,9 +753,11 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
             char mname[64];
             ql_parse_format_method(s->cand[c], &f, mname, sizeof mname);
             /* ggml's imatrix-only types cannot quantize a tensor the imatrix has no data for (llama.cpp's
-             * imatrix skips output and token_embd): that cell is "does not fit", as qlab quant refuses it */
+             * imatrix skips output and token_embd), and qlab quant refuses it: the cell is measured as
+             * "no error known" (NaN at every level), which qlab plan never picks */
             if (f->requires_importance && !(o->imatrix && ql_imatrix_find(o->imatrix, te->name))) {
-                cell_reset(e, -1);
+                e->werr = e->oerr = e->kld = e->dppl = NAN;
+                e->level = level;
                 done++;
                 continue;
             }

@@ -845,7 +845,8 @@ static void test_lattice_beats_rtn(void **state) {
     L.nrows = t->ne[1];
     L.w = malloc((size_t)(L.nrows * L.ncols) * sizeof(float));
     assert_true(ql_tensor_to_f32(t, L.w, 1));
-    for (size_t fi = 0; fi < QL_ARRAY_LEN(k_lattice_formats); fi++) {
+    const size_t step = getenv("QL_QUICK") ? 4 : 1; /* QL_QUICK (ASan): iq2_xxs and iq3_s only */
+    for (size_t fi = 0; fi < QL_ARRAY_LEN(k_lattice_formats); fi += step) {
         const ql_format *f = fmt(k_lattice_formats[fi]);
         const double er = rtn_err(&L, f, true), eg = gptq_err(&L, f, "", 2, NULL);
         printf("  blk.1.ffn_down [%lld x %lld] %-8s gptq/rtn+imat %.3f\n", (long long)L.nrows, (long long)L.ncols,
