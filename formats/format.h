@@ -122,6 +122,12 @@ typedef struct ql_format {
      * (no per-position guarantees such as "NaN decodes to 0"); decode returns the weights rotated back. */
     bool (*shape_ok)(int64_t ncols, int64_t nrows, char *why, size_t cap);
     bool rotated;
+    /* The catalogue's views of what the codes see (NULL = none): code_basis turns w [nrows, ncols] into
+     * the basis the codes are chosen in (the rotated formats: both-side randomized Hadamard with the
+     * default seed); code_usage counts how often each codeword of the stored bytes is used (additive
+     * codebooks: counts[m * K + k]) and returns how many counts it wrote (at most cap). */
+    void (*code_basis)(float *w, int64_t nrows, int64_t ncols);
+    int (*code_usage)(const void *bytes, int64_t nrows, int64_t ncols, uint32_t *counts, int cap);
     /* ---- reference codec (the specification) ---- */
     ql_quantize_fn quantize_rows;     /* NULL for decode-only types */
     ql_dequantize_fn dequantize_rows; /* required */
