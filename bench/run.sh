@@ -94,6 +94,11 @@ echo
 [ -x build/bench/gptq_bench ] && echo "CPU: $(build/bench/gptq_bench 4096 4096 "$THREADS" 2>&1)"
 [ -x build/bench/gptq_bench_cuda ] && build/bench/gptq_bench_cuda 2>&1
 [ -x bench/run_more.sh ] && bash bench/run_more.sh
+# 4a. GPTQ into the lattice i-quants (issue 13): seconds for one 1024x1024 layer on $THREADS threads, i.e. per
+#     million weights (x 1.05); int4_g128 and q4_k beside them for scale
+if [ -x build/bench/gptq_bench ]; then
+  for F in int4_g128 q4_k iq2_xxs iq2_s iq3_xxs iq3_s; do echo "CPU: $(build/bench/gptq_bench 1024 1024 "$THREADS" $F 2>&1)"; done
+fi
 # 4b. AQLM (issue 13): encode seconds per million weights on $THREADS threads (a 1024x1024 layer, 2x8 and
 #     1x8), then aqlm_2x8 of one 4096x4096 layer (goal < 10 min on CPU); AQLM_BENCH_BIG=0 skips the big one.
 make -s --no-print-directory build/bench/aqlm_bench >/dev/null 2>&1

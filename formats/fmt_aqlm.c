@@ -39,6 +39,11 @@ static void aqlm_quantize(int M, int B, const float *src, void *dst, int64_t nro
         ql_aqlm_dequantize_ref(Mv, Bv, src, dst, nr, nc);                                                     \
     }                                                                                                         \
     static int64_t aqlm_##Mv##x##Bv##_bytes(int64_t nc, int64_t nr) { return ql_aqlm_tensor_bytes(Mv, Bv, nc, nr); } \
+    static int aqlm_##Mv##x##Bv##_usage(const void *src, int64_t nr, int64_t nc, uint32_t *counts, int cap) {   \
+        if (cap < Mv * (1 << Bv)) return 0;                                                                   \
+        ql_aqlm_code_usage(Mv, Bv, src, nr, nc, counts);                                                      \
+        return Mv * (1 << Bv);                                                                                \
+    }                                                                                                         \
     const ql_format ql_fmt_aqlm_##Mv##x##Bv = {                                                               \
         .name = "aqlm_" #Mv "x" #Bv,                                                                          \
         .type = AQLM_TYPE_BASE + idx,                                                                         \
@@ -52,6 +57,7 @@ static void aqlm_quantize(int M, int B, const float *src, void *dst, int64_t nro
         .quantize_rows = aqlm_##Mv##x##Bv##_quantize,                                                         \
         .dequantize_rows = aqlm_##Mv##x##Bv##_dequantize,                                                     \
         .uses_importance = true,                                                                              \
+        .code_usage = aqlm_##Mv##x##Bv##_usage,                                                               \
         .tolerance = tol,                                                                                     \
         .grid = QL_GRID_NONE, /* codes address learned vectors: no per-weight grid for GPTQ */              \
         .summary = "AQLM " #Mv "x" #Bv ": " what,                                                             \

@@ -221,6 +221,11 @@ static void e8p_decode_tensor(const void *src, float *dst, int64_t nrows, int64_
     "weights. Decoding rotates back. With --method quip, LDLQ feeds each block's rounding error forward "   \
     "through the calibration Hessian, as GPTQ does. llama.cpp cannot load it."
 
+/* the catalogue's "before and after the rotation" view: the weights in the basis the codes see */
+static void rotate_default(float *w, int64_t nrows, int64_t ncols) {
+    ql_rht_matrix(w, nrows, ncols, QL_QUIP_SEED, false, NULL, 0);
+}
+
 #define E8P_ENTRY(lname, st2, id, bits, tol, lbl, summ, extra)                                               \
     static int64_t lname##_tensor_bytes(int64_t ncols, int64_t nrows) { return e8p_size(ncols, nrows, st2); } \
     static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) { \
@@ -243,6 +248,7 @@ static void e8p_decode_tensor(const void *src, float *dst, int64_t nrows, int64_
         .bpw = bits,                                                                                         \
         .whole_tensor = true,                                                                                \
         .rotated = true,                                                                                     \
+        .code_basis = rotate_default,                                                                        \
         .shape_ok = e8p_shape_ok,                                                                            \
         .tolerance = tol,                                                                                    \
         .tensor_bytes = lname##_tensor_bytes,                                                                \
@@ -325,6 +331,7 @@ static void rht_dequantize(const void *src, float *dst, int64_t nrows, int64_t n
         .bpw = (n) + 16.0 / RHT_GROUP + (double)(n) / RHT_GROUP,                                             \
         .whole_tensor = true,                                                                                \
         .rotated = true,                                                                                     \
+        .code_basis = rotate_default,                                                                        \
         .shape_ok = rht_shape_ok,                                                                            \
         .tolerance = tol,                                                                                    \
         .tensor_bytes = rht_int##n##_tensor_bytes,                                                           \

@@ -53,7 +53,10 @@ typedef struct ql_llama_identity {
  * formats/format_grid.h for how a grid is used. An entry points at QL_GRID_NONE when it has none. */
 typedef void (*ql_grid_parse_fn)(const uint8_t *blk, float *a, float *b, float *o, int64_t ld);
 typedef void (*ql_grid_pack_fn)(uint8_t *blk, const uint8_t *codes);
-typedef enum { QL_GRID_KIND_NONE = 1, QL_GRID_KIND_BLOCK, QL_GRID_KIND_INT } ql_grid_kind;
+/* LATTICE: a vector grid (ggml's lattice i-quants, kernels/iq_lattice.h): after the entry's quantizer fixed a
+ * block's scales, each group of vdim weights takes any codeword at its group's scale; GPTQ feeds the
+ * error of whole groups forward (methods/m_gptq.c). ql_grid_init refuses it (no per-column codes). */
+typedef enum { QL_GRID_KIND_NONE = 1, QL_GRID_KIND_BLOCK, QL_GRID_KIND_INT, QL_GRID_KIND_LATTICE } ql_grid_kind;
 typedef struct ql_grid_spec {
     ql_grid_kind kind;
     /* BLOCK: the entry's block / block_bytes; scales fixed by the entry's quantizer, then parsed */
@@ -71,6 +74,10 @@ typedef struct ql_grid_spec {
     /* INT: qlab's INTn row layout (fmt_int.c) */
     int bits, group; /* group 0 = one group per row */
     bool sym, mse;
+    /* LATTICE: groups of vdim columns; scales of a block's groups, and one group rounded into the block */
+    int vdim;
+    void (*vscales)(uint32_t type, const void *blk, float *scale);
+    void (*vround)(uint32_t type, void *blk, int g, float s, const float *x, const float *w, float *q);
 } ql_grid_spec;
 extern const ql_grid_spec ql_grid_none;
 #define QL_GRID_NONE (&ql_grid_none)
@@ -115,6 +122,12 @@ typedef struct ql_format {
      * (no per-position guarantees such as "NaN decodes to 0"); decode returns the weights rotated back. */
     bool (*shape_ok)(int64_t ncols, int64_t nrows, char *why, size_t cap);
     bool rotated;
+    /* The catalogue's views of what the codes see (NULL = none): code_basis turns w [nrows, ncols] into
+     * the basis the codes are chosen in (the rotated formats: both-side randomized Hadamard with the
+     * default seed); code_usage counts how often each codeword of the stored bytes is used (additive
+     * codebooks: counts[m * K + k]) and returns how many counts it wrote (at most cap). */
+    void (*code_basis)(float *w, int64_t nrows, int64_t ncols);
+    int (*code_usage)(const void *bytes, int64_t nrows, int64_t ncols, uint32_t *counts, int cap);
     /* ---- reference codec (the specification) ---- */
     ql_quantize_fn quantize_rows;     /* NULL for decode-only types */
     ql_dequantize_fn dequantize_rows; /* required */

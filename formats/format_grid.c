@@ -16,7 +16,7 @@ bool ql_grid_init(ql_grid *g, const ql_format *f) {
     memset(g, 0, sizeof *g);
     g->f = f;
     const ql_grid_spec *s = f->grid;
-    if (!s || s->kind == QL_GRID_KIND_NONE || f->whole_tensor) {
+    if (!s || s->kind == QL_GRID_KIND_NONE || s->kind == QL_GRID_KIND_LATTICE || f->whole_tensor) {
         ql_fail(QL_ERR_UNSUPPORTED, "format %s has no code grid for error-feedback methods", f->name);
         return false;
     }

@@ -40,6 +40,8 @@
 #include "base/parallel.h"
 #include "kernels/simd.h"
 
+#define QL_IQ_GROUPS 32 /* groups of 8 in a 256-column lattice block (kernels/iq_lattice.h) */
+
 #define ROW_CHUNK 128 /* rows per work item: a batch of E and W for a chunk stays in L2 */
 
 /* GCC 12 at -O2 only vectorizes loops whose trip count is a known multiple of the vector width. */
@@ -325,14 +327,118 @@ static void build_reversed(double *P, const double *xtx, int64_t n, double scale
     }
 }
 
+/* ---- lattice i-quants: groups of 8 columns through the type's vector grid ----
+ * For each 256-column block: the block's columns (up to date with every earlier block) are quantized by
+ * the format's own quantizer, which fixes d and the sub-block scales; then its 32 groups of 8 go in
+ * order, each rounded to the nearest codeword at its fixed scale (weights 1/U_jj², GPTQ's per-column
+ * cost) and its error fed forward. A group is rounded jointly, so its columns do not see each other's
+ * error; the feedback stays exact OBS compensation for the columns after it: with d = w_S − q_S the
+ * errors e solve e·U_SS = d (forward substitution), and every later column p gets w_p −= Σ_k e_k U[k, p]
+ * (U_SS is the 8×8 diagonal block of the upper Cholesky factor of H⁻¹; with a 1×1 block this is GPTQ).
+ * Columns go in natural order (act_order would split the groups). */
+typedef struct {
+    const ql_format *f;
+    int64_t nrows, ncols, row_bytes;
+    const float *U, *imp;
+    float *Wt; /* [ncols, nrows] */
+    uint8_t *dst;
+    const ql_progress *progress;
+    atomic_int stop;
+    ql_status st; /* first quantizer failure (worker 0 reports) */
+} lat_ctx;
+
+static void lattice_rows(void *ctx, int w, int64_t k0, int64_t k1) {
+    lat_ctx *c = ctx;
+    const ql_format *f = c->f;
+    const ql_grid_spec *gs = f->grid;
+    const int64_t n = c->ncols, N = c->nrows, BW = f->block, R0 = k0 * ROW_CHUNK, R1 = QL_MIN(N, k1 * ROW_CHUNK);
+    if (R1 <= R0) return;
+    const int64_t nr = R1 - R0, bb = f->block_bytes;
+    float *G = ql_malloc((size_t)(nr * BW) * sizeof(float));
+    uint8_t *blk = ql_malloc((size_t)(nr * bb));
+    float *E = ql_malloc((size_t)(BW * nr) * sizeof(float)); /* [BW, nr] */
+    float *sc = ql_malloc((size_t)(nr * QL_IQ_GROUPS) * sizeof(float));
+    float x[8], wt[8], q[8], e[8];
+    for (int64_t c0 = 0; c0 < n && !atomic_load(&c->stop); c0 += BW) {
+        if (ql_progress_cancelled(c->progress)) {
+            atomic_store(&c->stop, 1);
+            break;
+        }
+        for (int64_t r = 0; r < nr; r++)
+            for (int64_t i = 0; i < BW; i++) G[r * BW + i] = c->Wt[(c0 + i) * N + R0 + r];
+        ql_status qs = ql_format_quantize(f, G, blk, nr, BW, c->imp + c0, 1);
+        if (qs) {
+            if (w == 0) c->st = qs;
+            atomic_store(&c->stop, 1);
+            break;
+        }
+        for (int64_t r = 0; r < nr; r++) gs->vscales(f->type, blk + r * bb, sc + r * QL_IQ_GROUPS);
+        for (int64_t g = 0; g < BW / 8; g++) {
+            const int64_t j0 = c0 + 8 * g;
+            for (int k = 0; k < 8; k++) {
+                const float u = c->U[(j0 + k) * n + j0 + k];
+                wt[k] = 1.0f / (u * u);
+            }
+            for (int64_t r = 0; r < nr; r++) {
+                for (int k = 0; k < 8; k++) x[k] = c->Wt[(j0 + k) * N + R0 + r];
+                gs->vround(f->type, blk + r * bb, (int)g, sc[r * QL_IQ_GROUPS + g], x, wt, q);
+                for (int k = 0; k < 8; k++) { /* e·U_SS = x − q */
+                    float d = x[k] - q[k];
+                    for (int i = 0; i < k; i++) d -= e[i] * c->U[(j0 + i) * n + j0 + k];
+                    e[k] = d / c->U[(j0 + k) * n + j0 + k];
+                    E[(j0 - c0 + k) * nr + r] = e[k];
+                }
+            }
+            for (int64_t p = j0 + 8; p < c0 + BW; p++) { /* the block's later columns */
+                float *wp = c->Wt + p * N + R0;
+                for (int k = 0; k < 8; k++) {
+                    const float u = c->U[(j0 + k) * n + p];
+                    const float *ek = E + (j0 - c0 + k) * nr;
+                    for (int64_t r = 0; r < nr; r++) wp[r] -= u * ek[r];
+                }
+            }
+        }
+        for (int64_t r = 0; r < nr; r++)
+            memcpy(c->dst + (R0 + r) * c->row_bytes + (c0 / BW) * bb, blk + r * bb, (size_t)bb);
+        if (c0 + BW < n) /* Wt[c0+BW:, R0:R1] -= U[c0:c0+BW, c0+BW:]ᵀ · E */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(n - c0 - BW), (int)nr, (int)BW, -1.0f,
+                        c->U + c0 * n + c0 + BW, (int)n, E, (int)nr, 1.0f, c->Wt + (c0 + BW) * N + R0, (int)N);
+        if (w == 0) ql_progress_report(c->progress, c0 + BW, n, "gptq");
+    }
+    free(G), free(blk), free(E), free(sc);
+}
+
+static ql_status gptq_lattice(const float *w, int64_t nrows, int64_t n, const ql_format *f, const float *U,
+                              const float *imp, const bool *dead, int nt, const ql_progress *prog, void *dst,
+                              float *deq) {
+    lat_ctx c = {.f = f, .nrows = nrows, .ncols = n, .U = U, .imp = imp, .dst = dst, .progress = prog};
+    c.row_bytes = ql_format_tensor_bytes(f, n, 1);
+    memset(dst, 0, (size_t)(c.row_bytes * nrows));
+    c.Wt = ql_malloc((size_t)(n * nrows) * sizeof(float));
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t j = 0; j < n; j++) {
+            const float v = w[r * n + j];
+            c.Wt[j * nrows + r] = dead[j] || !isfinite(v) ? 0.0f : v;
+        }
+    openblas_set_num_threads(1);
+    ql_parallel_for(nt, (nrows + ROW_CHUNK - 1) / ROW_CHUNK, lattice_rows, &c);
+    free(c.Wt);
+    if (c.st) return c.st;
+    if (atomic_load(&c.stop)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    if (deq) f->dequantize_rows(dst, deq, nrows, n);
+    return QL_OK;
+}
+
 /* ---- the method ---- */
 
 extern const ql_method ql_method_gptq;
 
 /* GPTQ needs a grid of representable values per block to feed rounding errors forward on. */
+static bool is_lattice(const ql_format *f) { return f->grid && f->grid->kind == QL_GRID_KIND_LATTICE; }
+
 static bool gptq_serves(const ql_format *f, char *why, size_t cap) {
     ql_grid g;
-    if (!f->whole_tensor && ql_grid_init(&g, f)) return true;
+    if (!f->whole_tensor && (is_lattice(f) || ql_grid_init(&g, f))) return true;
     snprintf(why, cap, "%s has no code grid for GPTQ's error feedback (qlab formats --methods --json lists the formats "
              "gptq writes)", f->name);
     return false;
@@ -342,7 +448,8 @@ ql_status ql_gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_form
                            const ql_input_stats *st, const ql_method_opts *o, void *dst, float *deq) {
     const ql_opt_values *ov = o ? o->values : NULL; /* ranges were checked when they were parsed */
     const double damp = ql_opt_float(ov, &ql_method_gptq, "damp");
-    const bool act = ql_opt_bool(ov, &ql_method_gptq, "act_order");
+    const bool lattice = is_lattice(f);
+    const bool act = !lattice && ql_opt_bool(ov, &ql_method_gptq, "act_order"); /* groups stay whole */
     const bool stat = ql_opt_bool(ov, &ql_method_gptq, "static_groups");
     const int64_t blkopt = ql_opt_int(ov, &ql_method_gptq, "block");
     if (nrows <= 0 || ncols <= 0)
@@ -352,7 +459,7 @@ ql_status ql_gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_form
                        (long long)ncols);
     char why[256];
     ql_grid grid;
-    if (!gptq_serves(f, why, sizeof why) || !ql_grid_init(&grid, f)) /* no silent rounding to nearest */
+    if (!gptq_serves(f, why, sizeof why) || (!lattice && !ql_grid_init(&grid, f))) /* no silent rounding */
         return ql_fail(QL_ERR_UNSUPPORTED, "gptq: %s", why);
     if (!ql_format_fits(f, ncols))
         return ql_fail(QL_ERR_ARG, "gptq: format %s needs rows that are a multiple of %d (got %lld)", f->name,
@@ -415,6 +522,12 @@ ql_status ql_gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_form
     float *imp = ql_malloc((size_t)n * sizeof(float));
     for (int64_t i = 0; i < n; i++)
         imp[i] = o && o->importance ? o->importance[i] : (float)(diag[i] + lam);
+    if (lattice) {
+        ql_status ls = gptq_lattice(w, nrows, n, f, U, imp, dead, nt, prog, dst, deq);
+        openblas_set_num_threads(saved_threads);
+        free(imp), free(U), free(diag), free(dead), free(perm);
+        return ls;
+    }
 
     gptq_ctx c = {.g = &grid,
                   .k = pick_kernels(),

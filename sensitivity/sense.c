@@ -752,6 +752,15 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
             const ql_format *f;
             char mname[64];
             ql_parse_format_method(s->cand[c], &f, mname, sizeof mname);
+            /* ggml's imatrix-only types cannot quantize a tensor the imatrix has no data for (llama.cpp's
+             * imatrix skips output and token_embd), and qlab quant refuses it: the cell is measured as
+             * "no error known" (NaN at every level), which qlab plan never picks */
+            if (f->requires_importance && !(o->imatrix && ql_imatrix_find(o->imatrix, te->name))) {
+                e->werr = e->oerr = e->kld = e->dppl = NAN;
+                e->level = level;
+                done++;
+                continue;
+            }
             if ((st = quantize_as_planned(te->name, w, wq, nr, nc, f, mname, vp, o->imatrix, nth)))
                 break;
             for (int64_t i = 0; i < n; i++) delta[i] = wq[i] - w[i];

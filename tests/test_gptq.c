@@ -735,6 +735,128 @@ static void test_real_layer(void **state) {
     ql_gguf_free(gg);
 }
 
+/* ---- lattice i-quants (kernels/iq_lattice.h) ---- */
+
+static const char *const k_lattice_formats[] = {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s"};
+
+static double group_cost(const float *x, const float *w, const float *q) {
+    double c = 0;
+    for (int k = 0; k < 8; k++) c += (double)w[k] * ((double)x[k] - q[k]) * ((double)x[k] - q[k]);
+    return c;
+}
+
+/* After the format's quantizer fixed a block: rounding any group at the block's scale writes a code that
+ * decodes to exactly the values returned, changes nothing else in the block, never costs more than the
+ * quantizer's own code for that group (the search is exhaustive), and survives zeros, huge outliers,
+ * Inf and NaN targets. */
+static void test_lattice_grid(void **state) {
+    (void)state;
+    seed(91);
+    const int64_t ncols = 512, nrows = 6;
+    float *w = malloc((size_t)(nrows * ncols) * sizeof(float)), *imp = malloc((size_t)ncols * sizeof(float));
+    float *dec = malloc((size_t)ncols * sizeof(float)), *dec0 = malloc((size_t)ncols * sizeof(float));
+    for (int64_t i = 0; i < nrows * ncols; i++) w[i] = (float)(0.03 * student3());
+    for (int64_t i = 0; i < ncols; i++) imp[i] = (float)exp(normal());
+    for (size_t fi = 0; fi < QL_ARRAY_LEN(k_lattice_formats); fi++) {
+        const ql_format *f = fmt(k_lattice_formats[fi]);
+        assert_int_equal(f->grid->kind, QL_GRID_KIND_LATTICE);
+        assert_true(ql_method_serves(ql_method_by_name("gptq"), f, NULL, 0));
+        const int64_t rb = ql_format_tensor_bytes(f, ncols, 1);
+        uint8_t *q = malloc((size_t)(nrows * rb)), *q2 = malloc((size_t)rb);
+        assert_int_equal(ql_format_quantize(f, w, q, nrows, ncols, imp, 1), QL_OK);
+        int64_t worse = 0, groups = 0;
+        for (int64_t r = 0; r < nrows; r++) {
+            uint8_t *row = q + r * rb;
+            f->dequantize_rows(row, dec0, 1, ncols);
+            for (int64_t b = 0; b < ncols / 256; b++) {
+                uint8_t *blk = row + b * f->block_bytes;
+                float sc[32];
+                f->grid->vscales(f->type, blk, sc);
+                for (int g = 0; g < 32; g++) {
+                    const float *x = w + r * ncols + b * 256 + 8 * g, *wt = imp + b * 256 + 8 * g;
+                    float qv[8], xt[8];
+                    memcpy(xt, x, sizeof xt);
+                    const int mode = (int)((r * 32 + g) % 7);
+                    if (mode == 1) memset(xt, 0, sizeof xt);                 /* zeros */
+                    if (mode == 2) xt[g % 8] = 1e30f;                          /* huge outlier */
+                    if (mode == 3) xt[(g + 3) % 8] = (g & 1) ? -INFINITY : INFINITY;
+                    if (mode == 4) xt[(g + 5) % 8] = NAN;
+                    memcpy(q2, row, (size_t)rb);
+                    f->grid->vround(f->type, q2 + b * f->block_bytes, g, sc[g], xt, wt, qv);
+                    f->dequantize_rows(q2, dec, 1, ncols);
+                    for (int64_t i = 0; i < ncols; i++) {
+                        const bool in_group = i >= b * 256 + 8 * g && i < b * 256 + 8 * g + 8;
+                        const float want = in_group ? qv[i - b * 256 - 8 * g] : dec0[i];
+                        if (!(dec[i] == want)) fail_msg("%s row %lld group %lld/%d: value %lld decodes to %g, not %g",
+                                                        f->name, (long long)r, (long long)b, g, (long long)i, dec[i], want);
+                    }
+                    if (mode == 0 || mode >= 5) { /* at least as close as the quantizer's own code */
+                        groups++;
+                        worse += group_cost(xt, wt, qv) > group_cost(xt, wt, dec0 + b * 256 + 8 * g) * (1 + 1e-5) + 1e-30;
+                    }
+                }
+            }
+        }
+        if (worse) fail_msg("%s: %lld of %lld groups rounded worse than the quantizer's code", f->name,
+                            (long long)worse, (long long)groups);
+        free(q), free(q2);
+    }
+    free(w), free(imp), free(dec), free(dec0);
+}
+
+/* GPTQ through the lattice grids beats the format's own quantizer given the Hessian diagonal as
+ * importance (what an imatrix gives) in output error tr(ΔW H ΔWᵀ), on a synthetic layer and on real
+ * tinystories-d256 layers with synthetic correlated inputs; threads do not change the bytes. */
+static void test_lattice_beats_rtn(void **state) {
+    (void)state;
+    layer L;
+    layer_init(&L, 64, 768, 2048, 0, 77);
+    for (size_t fi = 0; fi < QL_ARRAY_LEN(k_lattice_formats); fi++) {
+        const ql_format *f = fmt(k_lattice_formats[fi]);
+        const double er = rtn_err(&L, f, true), eg = gptq_err(&L, f, "", 2, NULL);
+        printf("  synthetic [64 x 768] %-8s gptq/rtn+imat %.3f\n", f->name, eg / er);
+        assert_true(eg < er);
+    }
+    layer_free(&L);
+    /* rows split in chunks of 128 with a short tail: the thread count does not change the bytes (256
+     * columns, as test_threads_and_chunks: OpenBLAS factors wider Hessians differently per thread count) */
+    layer_init(&L, 300, 256, 1024, 0, 5);
+    for (size_t fi = 0; fi < QL_ARRAY_LEN(k_lattice_formats); fi += 2) {
+        const ql_format *f = fmt(k_lattice_formats[fi]);
+        void *b1 = NULL, *b2 = NULL;
+        gptq_err(&L, f, "", 1, &b1);
+        gptq_err(&L, f, "", 3, &b2);
+        assert_memory_equal(b1, b2, (size_t)ql_format_tensor_bytes(f, L.ncols, L.nrows));
+        free(b1), free(b2);
+    }
+    layer_free(&L);
+    char path[512];
+    if (!shared_path(path, sizeof path, "models/tinystories-d256.gguf")) {
+        printf("SKIP: the real-layer half needs ../shared/models/tinystories-d256.gguf\n");
+        return;
+    }
+    ql_gguf *gg = NULL;
+    assert_int_equal(ql_gguf_open(path, &gg), QL_OK);
+    const int64_t ti = ql_gguf_find_tensor(gg, "blk.1.ffn_down.weight");
+    assert_true(ti >= 0);
+    const ql_gguf_tensor *t = &gg->tensors[ti];
+    layer_init(&L, 8, t->ne[0], 4096, 0, 29);
+    free(L.w);
+    L.nrows = t->ne[1];
+    L.w = malloc((size_t)(L.nrows * L.ncols) * sizeof(float));
+    assert_true(ql_tensor_to_f32(t, L.w, 1));
+    const size_t step = getenv("QL_QUICK") ? 4 : 1; /* QL_QUICK (ASan): iq2_xxs and iq3_s only */
+    for (size_t fi = 0; fi < QL_ARRAY_LEN(k_lattice_formats); fi += step) {
+        const ql_format *f = fmt(k_lattice_formats[fi]);
+        const double er = rtn_err(&L, f, true), eg = gptq_err(&L, f, "", 2, NULL);
+        printf("  blk.1.ffn_down [%lld x %lld] %-8s gptq/rtn+imat %.3f\n", (long long)L.nrows, (long long)L.ncols,
+               f->name, eg / er);
+        assert_true(eg < er);
+    }
+    layer_free(&L);
+    ql_gguf_free(gg);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registry),
@@ -748,6 +870,8 @@ int main(void) {
         cmocka_unit_test(test_odd_width),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_real_layer),
+        cmocka_unit_test(test_lattice_grid),
+        cmocka_unit_test(test_lattice_beats_rtn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -123,6 +123,10 @@ static const char *entry_problem(const ql_format *f, int idx) {
     case QL_GRID_KIND_INT:
         if (g->bits < 2 || g->bits > 8 || g->group < 0 || f->family != QL_FAMILY_INT) REFUSE("%s: INT grid", n);
         break;
+    case QL_GRID_KIND_LATTICE:
+        if (g->vdim != 8 || !g->vscales || !g->vround || !f->quantize_rows || f->block != 256)
+            REFUSE("%s: lattice grid incomplete", n);
+        break;
     default: REFUSE("%s: grid kind %d", n, (int)g->kind);
     }
 

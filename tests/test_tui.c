@@ -765,12 +765,63 @@ static int teardown(void **state) {
     return 0;
 }
 
+/* Issue 13: the Catalogue shows what the codes see. A rotated format (e8p): weight histograms before and
+ * after the rotation, each over every weight of the tensor; an additive codebook (aqlm_1x8): codeword
+ * usage summing to one use per group of 8; a plain format shows neither. */
+static int goto_format(ql_tui_app *a, const char *name) {
+    int idx = -1;
+    for (int i = 0; i < ql_format_count(); i++)
+        if (!strcmp(ql_format_at(i)->name, name)) idx = i;
+    assert_true(idx >= 0);
+    ql_tui_feed(a, "7<home>");
+    for (int i = 0; i < idx; i++) ql_tui_feed(a, "<down>");
+    ql_tui_wait(a);
+    ql_tui_feed(a, "<enter>");
+    ql_tui_wait(a);
+    return idx;
+}
+
+static void test_catalogue_codes(void **state) {
+    (void)state;
+    ql_tui_app *a = synth_app();
+    goto_format(a, "e8p");
+    assert_true(a->cat.has_effect);
+    assert_string_equal(a->cat.effect_err, "");
+    assert_true(a->cat.has_rot && !a->cat.has_usage);
+    const ql_tui_row *rw = &a->plan.rows[a->cat.used_row];
+    const int64_t n = rw->ne0 * rw->ne1;
+    int64_t sb = 0, sa = 0;
+    for (int i = 0; i < 33; i++) sb += a->cat.rot_before[i], sa += a->cat.rot_after[i];
+    assert_int_equal(sb, n);
+    assert_int_equal(sa, n);
+    assert_true(isfinite(a->cat.kurt_before) && isfinite(a->cat.kurt_after) && a->cat.kurt_after > 1);
+    printf("  e8p on %lldx%lld: kurtosis %.2f before, %.2f after the rotation\n", (long long)rw->ne1,
+           (long long)rw->ne0, a->cat.kurt_before, a->cat.kurt_after);
+    assert_true(screen_has(a, 120, 40, "before rotation"));
+    goto_format(a, "aqlm_1x8");
+    assert_true(a->cat.has_effect);
+    assert_string_equal(a->cat.effect_err, "");
+    assert_true(a->cat.has_usage && !a->cat.has_rot);
+    rw = &a->plan.rows[a->cat.used_row];
+    int64_t su = 0;
+    for (int i = 0; i < 33; i++) su += a->cat.usage[i];
+    assert_int_equal(su, rw->ne1 * ((rw->ne0 + 7) / 8));
+    assert_int_equal(a->cat.usage_total, 256);
+    assert_true(a->cat.usage_used >= 1 && a->cat.usage_used <= 256);
+    assert_true(a->cat.usage[0] >= a->cat.usage[32]); /* most used first */
+    assert_true(screen_has(a, 120, 40, "codebook usage"));
+    goto_format(a, "q4_0");
+    assert_true(a->cat.has_effect && !a->cat.has_rot && !a->cat.has_usage);
+    ql_tui_app_free(a);
+}
+
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_canvas),
         cmocka_unit_test(test_synth_plan_edits),
         cmocka_unit_test(test_synth_screens),
         cmocka_unit_test(test_export_target),
+        cmocka_unit_test(test_catalogue_codes),
         cmocka_unit_test(test_stories_session),
         cmocka_unit_test(test_auto_without_calibration),
         cmocka_unit_test(test_golden_mask),

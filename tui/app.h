@@ -184,6 +184,12 @@ typedef struct {
     double hist_range;
     float before[48], after[48];   /* the first weights of the tensor's first row */
     int n_strip;
+    bool has_rot;                  /* formats with a code basis (rotated): weights before and after it */
+    int rot_before[33], rot_after[33];
+    double rot_range, kurt_before, kurt_after;
+    bool has_usage;                /* additive codebooks: codeword use of the format's own encoding */
+    int usage[33];                 /* uses per codeword, sorted from most to least used, in 33 bins */
+    int usage_used, usage_total;   /* codewords used at least once / all codewords */
 } ql_tui_catalogue;
 
 typedef enum { QL_BROWSE_NONE, QL_BROWSE_SOURCE, QL_BROWSE_TEXT, QL_BROWSE_PLAN, QL_BROWSE_MODEL } ql_tui_browse;

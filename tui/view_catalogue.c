@@ -1,6 +1,7 @@
 /* view_catalogue.c — every format and method of the registries, explained, with its effect on one
  * real tensor of the loaded model: error figures, an error histogram and the first weights of a row
- * before and after (computed by the catalogue job in tui/work.c). */
+ * before and after; for rotated formats the weight histogram before and after the rotation, for additive
+ * codebooks the codeword usage (computed by the catalogue job in tui/work.c). */
 #include "tui/view.h"
 #include "kernels/ggml_types.h"
 #include "tui/jobs.h"
@@ -20,11 +21,11 @@ static void needs_str(unsigned needs, char *b, size_t cap) {
 }
 
 /* A two-row histogram: each of the bins is a column whose height (16 steps) is its share. */
-static void draw_hist(ql_canvas *c, int x, int y, const ql_tui_catalogue *k, int bins) {
+static void draw_hist(ql_canvas *c, int x, int y, const int *hist, int bins) {
     int mx = 1;
-    for (int i = 0; i < bins; i++) mx = k->hist[i] > mx ? k->hist[i] : mx;
+    for (int i = 0; i < bins; i++) mx = hist[i] > mx ? hist[i] : mx;
     for (int i = 0; i < bins; i++) {
-        int h = k->hist[i] ? 1 + (int)((double)k->hist[i] / mx * 15) : 0;
+        int h = hist[i] ? 1 + (int)((double)hist[i] / mx * 15) : 0;
         int st = i == bins / 2 ? QL_ST_OK : QL_ST_PLOT;
         ql_canvas_set(c, x + i, y + 1, BLOCKS[h > 8 ? 8 : h], st);
         ql_canvas_set(c, x + i, y, BLOCKS[h > 8 ? h - 8 : 0], st);
@@ -125,13 +126,27 @@ void ql_view_catalogue(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     ql_canvas_printf(c, x, y++, 0, QL_ST_NORMAL, "rel. RMSE %.4f · SNR %.1f dB · max |err| %.3g%s", k->rel_rmse, k->snr_db,
                      k->max_abs, out);
     int bins = (int)(sizeof k->hist / sizeof k->hist[0]);
+    if (k->has_rot && y + 4 <= r.y + r.h) { /* the weights the codes see: the rotation evens out outliers */
+        ql_canvas_printf(c, x, y, 0, QL_ST_DIM, "weights before rotation (kurtosis %.1f)", k->kurt_before);
+        ql_canvas_printf(c, x + bins + 3, y++, 0, QL_ST_DIM, "after (kurtosis %.1f) ±%.2g", k->kurt_after,
+                         k->rot_range);
+        draw_hist(c, x, y, k->rot_before, bins);
+        draw_hist(c, x + bins + 3, y, k->rot_after, bins);
+        y += 2;
+    }
+    if (k->has_usage && y + 3 <= r.y + r.h) { /* how evenly the learned codewords are used */
+        ql_canvas_printf(c, x, y++, 0, QL_ST_DIM, "codebook usage: %d of %d codewords used; uses by rank:",
+                         k->usage_used, k->usage_total);
+        draw_hist(c, x, y, k->usage, bins);
+        y += 2;
+    }
     if (y + 9 > r.y + r.h) { /* 80x24: keep the histogram and the strip, drop the labels */
-        draw_hist(c, x, y, k, bins);
+        draw_hist(c, x, y, k->hist, bins);
         ql_canvas_printf(c, x + bins + 1, y + 1, 0, QL_ST_DIM, "error ±%.2g", k->hist_range);
         y += 2;
     } else {
         ql_canvas_puts(c, x, y++, 0, QL_ST_DIM, "error histogram (quantized − original):");
-        draw_hist(c, x, y, k, bins);
+        draw_hist(c, x, y, k->hist, bins);
         y += 2;
         ql_canvas_printf(c, x, y, 0, QL_ST_DIM, "-%.2g", k->hist_range);
         ql_canvas_puts(c, x + bins / 2, y, 0, QL_ST_DIM, "0");

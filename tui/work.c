@@ -831,6 +831,49 @@ static void effect_run(ql_tui_job *j) {
         o->before[i] = w[i];
         o->after[i] = q[i];
     }
+    if (c->f->code_basis) { /* what the rotation does to the weights the codes see */
+        memcpy(q, w, (size_t)n * sizeof(float));
+        c->f->code_basis(q, nrows, ncols);
+        double rm = 0, m2[2] = {0, 0}, m4[2] = {0, 0};
+        for (int64_t i = 0; i < n; i++) rm = fmax(rm, fmax(fabs(w[i]), fabs(q[i])));
+        o->rot_range = rm > 0 ? rm : 1;
+        for (int64_t i = 0; i < n; i++)
+            for (int k = 0; k < 2; k++) {
+                const double v = k ? q[i] : w[i];
+                int b = (int)floor(v / o->rot_range * (B / 2) + B / 2 + 0.5);
+                (k ? o->rot_after : o->rot_before)[b < 0 ? 0 : b >= B ? B - 1 : b]++;
+                m2[k] += v * v, m4[k] += v * v * v * v;
+            }
+        o->kurt_before = m2[0] > 0 ? m4[0] * (double)n / (m2[0] * m2[0]) : NAN;
+        o->kurt_after = m2[1] > 0 ? m4[1] * (double)n / (m2[1] * m2[1]) : NAN;
+        o->has_rot = true;
+    }
+    if (c->f->code_usage) { /* codeword use of the format's own encoding of this tensor */
+        ql_tui_job_phase(j, "codebook usage", 1, 2);
+        const int64_t nb = ql_format_tensor_bytes(c->f, ncols, nrows);
+        void *bytes = nb > 0 ? ql_malloc((size_t)nb) : NULL;
+        enum { CAP = 4 << 16 };
+        uint32_t *cnt = ql_malloc(CAP * sizeof(uint32_t));
+        int nc = 0;
+        if (bytes && !ql_format_quantize(c->f, w, bytes, nrows, ncols, NULL, c->n_threads))
+            nc = c->f->code_usage(bytes, nrows, ncols, cnt, CAP);
+        if (nc > 0) {
+            /* counting sort by use, most used first, then 33 bins of consecutive ranks */
+            uint32_t mx = 0;
+            for (int i = 0; i < nc; i++) mx = cnt[i] > mx ? cnt[i] : mx;
+            int64_t *nwith = ql_calloc((size_t)mx + 1, sizeof(int64_t));
+            for (int i = 0; i < nc; i++) nwith[cnt[i]]++;
+            int rank = 0;
+            for (int64_t u = mx; u >= 0; u--)
+                for (int64_t t = 0; t < nwith[u]; t++, rank++) o->usage[(int64_t)rank * B / nc] += (int)u;
+            free(nwith);
+            o->usage_total = nc;
+            for (int i = 0; i < nc; i++) o->usage_used += cnt[i] > 0;
+            o->has_usage = true;
+        }
+        free(cnt);
+        free(bytes);
+    }
     if (c->se && c->se->xtx && c->se->n == ncols) {
         ql_tui_job_phase(j, "output error", 1, 2);
         o->out_err = output_error(w, q, nrows, ncols, c->se->xtx);
