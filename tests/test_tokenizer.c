@@ -198,7 +198,6 @@ static void test_stories_corpus(void **state) {
     assert_int_equal(n / 256, 1535);
     assert_int_equal(ids[0], 1);
     for (int64_t i = 0; i < n; i++) assert_true(ids[i] >= 0 && ids[i] < 512);
-    assert_true(dt < 5.0); /* typically ~0.1 s; generous for a loaded machine */
     free(ids);
     free(text);
     ql_tokenizer_free(t);
