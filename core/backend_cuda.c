@@ -22,6 +22,7 @@
  * (their device encoders do not exist yet). All ops queue on one stream under one mutex, so passes from
  * several threads are serialized on the device. */
 #include "core/backend.h"
+#include "core/backend_cuda.h"
 
 typedef int ql_backend_cuda_translation_unit; /* keeps the file a valid C unit when CUDA is absent */
 
@@ -429,14 +430,7 @@ static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out)
         return ql_fail(QL_ERR_IO, "cuda backend: cannot start the layer loader thread");
     be->worker_started = true;
 
-    /* RoPE angles as the CPU backend computes them */
-    for (int k = 0; k < 2; k++) {
-        const float base = k && c->rope_base_swa > 0 ? c->rope_base_swa : c->rope_base;
-        const int half = c->rope_dim / 2;
-        be->freq[k] = ql_malloc((size_t)QL_MAX(half, 1) * sizeof(float));
-        float theta_scale = powf(base, -2.0f / (float)c->rope_dim), f = 1.0f;
-        for (int i = 0; i < half; i++, f *= theta_scale) be->freq[k][i] = f;
-    }
+    for (int k = 0; k < 2; k++) be->freq[k] = ql_malloc((size_t)QL_MAX(c->rope_dim / 2, 1) * sizeof(float));
     if (c->ffn_act == QL_FFN_GEGLU_TANH) {
         uint16_t *tab = ql_malloc(sizeof(uint16_t) << 16);
         ql_cudafwd_gelu_table(tab);
@@ -607,27 +601,38 @@ static ql_status cuda_rmsnorm(void *p, const ql_backend_weight *w, const float *
     LOCKED(rmsnorm_locked(be, w, x, y, T, D, eps));
 }
 
+void ql_cuda_rope_params(const ql_model *m, bool swa, float *freq, ql_cudafwd_rope_params *out) {
+    const ql_config *c = &m->cfg;
+    const float base = swa && c->rope_base_swa > 0 ? c->rope_base_swa : c->rope_base;
+    const int half = c->rope_dim / 2;
+    /* ggml multiplies theta by theta_scale = base^(-2/n_dims) once per pair, in float */
+    float theta_scale = powf(base, -2.0f / (float)c->rope_dim), f = 1.0f;
+    for (int i = 0; i < half; i++, f *= theta_scale) freq[i] = f;
+    *out = (ql_cudafwd_rope_params){.freq = freq,
+                                    .factors = m->rope_freqs ? m->rope_freqs->data : NULL,
+                                    .freq_scale = 1.0f / (swa ? c->rope_scale_swa : c->rope_scale),
+                                    .ext_factor = c->rope_yarn ? c->yarn_ext_factor : 0.0f,
+                                    .mscale = c->rope_yarn ? c->yarn_attn_factor : 1.0f,
+                                    .half = half};
+    if (out->ext_factor != 0.0f) {
+        out->mscale *= 1.0f + 0.1f * logf(1.0f / out->freq_scale);
+        /* ggml_rope_yarn_corr_dims, as the CPU backend computes it */
+        const float nd = (float)c->rope_dim, lb = 2 * logf(c->rope_base), oc = (float)c->yarn_orig_ctx;
+        const float start = floorf(nd * logf(oc / (c->yarn_beta_fast * 2 * (float)M_PI)) / lb);
+        const float end = ceilf(nd * logf(oc / (c->yarn_beta_slow * 2 * (float)M_PI)) / lb);
+        out->corr0 = start > 0 ? start : 0;
+        out->corr1 = end < nd - 1 ? end : nd - 1;
+    }
+}
+
 /* The cos/sin table of positions [0, T) for global (k = 0) or sliding (k = 1) layers, grown on demand. */
 static ql_status rope_table(cuda_backend *be, int k, int T, const float **out) {
     const ql_config *c = be->c;
     if (T > be->cs_len[k]) {
         const int len = QL_MAX(T, QL_MIN(2 * be->cs_len[k], c->n_ctx_train > 0 ? c->n_ctx_train : T));
         const int half = c->rope_dim / 2;
-        ql_cudafwd_rope_params rp = {.freq = be->freq[k],
-                                     .factors = be->m->rope_freqs ? be->m->rope_freqs->data : NULL,
-                                     .freq_scale = 1.0f / (k ? c->rope_scale_swa : c->rope_scale),
-                                     .ext_factor = c->rope_yarn ? c->yarn_ext_factor : 0.0f,
-                                     .mscale = c->rope_yarn ? c->yarn_attn_factor : 1.0f,
-                                     .half = half};
-        if (rp.ext_factor != 0.0f) {
-            rp.mscale *= 1.0f + 0.1f * logf(1.0f / rp.freq_scale);
-            /* ggml_rope_yarn_corr_dims, as the CPU backend computes it */
-            const float nd = (float)c->rope_dim, lb = 2 * logf(c->rope_base), oc = (float)c->yarn_orig_ctx;
-            const float start = floorf(nd * logf(oc / (c->yarn_beta_fast * 2 * (float)M_PI)) / lb);
-            const float end = ceilf(nd * logf(oc / (c->yarn_beta_slow * 2 * (float)M_PI)) / lb);
-            rp.corr0 = start > 0 ? start : 0;
-            rp.corr1 = end < nd - 1 ? end : nd - 1;
-        }
+        ql_cudafwd_rope_params rp;
+        ql_cuda_rope_params(be->m, k == 1, be->freq[k], &rp);
         const size_t row = (size_t)2 * half, bytes = (size_t)len * row * sizeof(float);
         float *host = malloc(bytes ? bytes : 1);
         if (!host) return ql_fail(QL_ERR_NOMEM, "out of memory for the RoPE table");

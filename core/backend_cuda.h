@@ -1,0 +1,16 @@
+/* backend_cuda.h — what the CUDA backend (core/backend_cuda.c) shares beyond its ql_backend_ops table: how it
+ * derives RoPE's angles from the model, so tests/test_cuda_forward.c checks the backend's own derivation
+ * against the CPU backend. Only with nvcc (QL_HAVE_CUDA). */
+#ifndef QL_BACKEND_CUDA_H
+#define QL_BACKEND_CUDA_H
+
+#ifdef QL_HAVE_CUDA
+#include "core/model.h"
+#include "kernels/forward_cuda.h"
+
+/* RoPE parameters of m's global (swa = false) or sliding layers; freq receives rope_dim/2 floats that
+ * out->freq points to. */
+void ql_cuda_rope_params(const ql_model *m, bool swa, float *freq, ql_cudafwd_rope_params *out);
+#endif
+
+#endif
