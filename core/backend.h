@@ -40,6 +40,9 @@ typedef struct ql_backend_ops {
     /* true: the pipeline decodes every weight to F32 once (or one layer at a time when the model exceeds
      * the memory budget) and passes it as .f32; false: the backend reads the stored bytes itself. */
     bool wants_f32;
+    /* true: one queue runs every op (a device backend), so passes from several threads only wait on each other;
+     * callers that would run passes in parallel (ql_perplexity) run one at a time with all threads inside. */
+    bool serial;
 
     /* The backend context for one model (geometry, rope tables, device handles); read-only afterwards. */
     ql_status (*create)(const ql_model *m, int n_threads, void **be);

@@ -93,8 +93,8 @@ typedef struct {
     int64_t stage_cap;  /* bytes of each staging buffer */
     int cur_layer;      /* the layer the compute stream last waited for */
 
-    float *swap;        /* F32 rows of a probe's weight (ql_backend_weight.f32), uploaded per use */
-    size_t swap_cap;
+    float *swap[2];     /* F32 rows of a probe's weight and bias (ql_backend_weight.f32), uploaded per use */
+    size_t swap_cap[2];
     float *ystage;      /* device y of a matmul whose y is host memory (the logits) */
     size_t ystage_cap;
     float *cs[2];       /* RoPE cos/sin [cs_len[k]][rope_dim], k = 1 for sliding layers */
@@ -288,20 +288,21 @@ static ql_status load_global(cuda_backend *be, cu_weight *w) {
     return QL_OK;
 }
 
-/* The device F32 rows of weight bw (mutex held): a probe's rows uploaded, a global's copy, or its layer's arena. */
-static ql_status weight_dev(cuda_backend *be, const ql_backend_weight *bw, const float **out) {
+/* The device F32 rows of weight bw (mutex held): a probe's rows uploaded (into swap buffer `slot`: 0 for a weight,
+ * 1 for its bias), a global's copy, or its layer's arena. */
+static ql_status weight_dev(cuda_backend *be, const ql_backend_weight *bw, int slot, const float **out) {
     const ql_gguf_tensor *t = bw->t;
     if (bw->f32) {
         const size_t bytes = (size_t)tensor_elems(t) * sizeof(float);
-        if (bytes > be->swap_cap) {
-            if (be->swap) CU(cudaFree(be->swap));
-            be->swap = NULL;
-            be->swap_cap = 0;
-            CU(cudaMalloc((void **)&be->swap, bytes));
-            be->swap_cap = bytes;
+        if (bytes > be->swap_cap[slot]) {
+            if (be->swap[slot]) CU(cudaFree(be->swap[slot])); /* synchronizes: queued reads are done */
+            be->swap[slot] = NULL;
+            be->swap_cap[slot] = 0;
+            CU(cudaMalloc((void **)&be->swap[slot], bytes));
+            be->swap_cap[slot] = bytes;
         }
-        CU(cudaMemcpyAsync(be->swap, bw->f32, bytes, cudaMemcpyHostToDevice, be->compute));
-        *out = be->swap;
+        CU(cudaMemcpyAsync(be->swap[slot], bw->f32, bytes, cudaMemcpyHostToDevice, be->compute));
+        *out = be->swap[slot];
         return QL_OK;
     }
     for (int i = 0; i < be->n_w; i++) {
@@ -468,7 +469,7 @@ static void cuda_destroy(void *p) {
         if (be->stage[i].dev) cudaFree(be->stage[i].dev);
         if (be->stage[i].staged) cudaEventDestroy(be->stage[i].staged);
     }
-    void *dev_bufs[] = {be->swap, be->ystage, be->cs[0], be->cs[1], be->gelu};
+    void *dev_bufs[] = {be->swap[0], be->swap[1], be->ystage, be->cs[0], be->cs[1], be->gelu};
     for (size_t i = 0; i < QL_ARRAY_LEN(dev_bufs); i++)
         if (dev_bufs[i]) cudaFree(dev_bufs[i]);
     if (be->blas) cublasDestroy(be->blas);
@@ -556,8 +557,8 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
         return ql_backend_cpu.matmul(be->cpu, w, bias, x, y, T, K, N, beta, xtmp);
     }
     const float *W, *B = NULL;
-    if ((st = weight_dev(be, w, &W))) return st;
-    if (bias && (st = weight_dev(be, bias, &B))) return st;
+    if ((st = weight_dev(be, w, 0, &W))) return st;
+    if (bias && (st = weight_dev(be, bias, 1, &B))) return st;
     if (w->act_type != QL_TYPE_F32) {
         if ((st = ql_cudafwd_round_act(w->act_type, x, xtmp, T, K, be->compute))) return st;
         x = xtmp;
@@ -594,7 +595,7 @@ static ql_status cuda_matmul(void *p, const ql_backend_weight *w, const ql_backe
 static ql_status rmsnorm_locked(cuda_backend *be, const ql_backend_weight *w, const float *x, float *y, int T, int D,
                                 float eps) {
     const float *W;
-    ql_status st = weight_dev(be, w, &W);
+    ql_status st = weight_dev(be, w, 0, &W);
     return st ? st : ql_cudafwd_rmsnorm(x, W, y, T, D, eps, be->compute);
 }
 static ql_status cuda_rmsnorm(void *p, const ql_backend_weight *w, const float *x, float *y, int T, int D, float eps) {
@@ -827,6 +828,7 @@ const ql_backend_ops ql_backend_cuda = {
     .about = "NVIDIA GPU: layers decoded on the device by the CUDA codecs (streamed when the model exceeds GPU "
              "memory), cuBLAS sgemm, F32/f16/bf16 KV cache",
     .wants_f32 = false,
+    .serial = true,
     .create = cuda_create,
     .destroy = cuda_destroy,
     .alloc = cuda_alloc,
