@@ -112,6 +112,15 @@ typedef struct ql_backend_ops {
      * the automatic choice takes the first registered backend with a device present. create() runs on device
      * ql_backend_device(). */
     int (*device_count)(void);
+
+    /* Optional (NULL: the caller accumulates on the host). Σ xᵀx of activations kept on the device, in double
+     * (activation statistics, core/stats.c): xtx_new makes a zeroed D×D accumulator, xtx_add adds x[T, D]ᵀ·x for
+     * x from alloc() (queued: x may be overwritten by later ops, not by the host before sync), xtx_get adds the
+     * accumulator's upper triangle (row-major, i <= j) into the host's H[D, D], xtx_free frees it. */
+    ql_status (*xtx_new)(void *be, int D, void **acc);
+    ql_status (*xtx_add)(void *be, void *acc, const float *x, int T, int D);
+    ql_status (*xtx_get)(void *be, void *acc, double *H);
+    void (*xtx_free)(void *be, void *acc);
 } ql_backend_ops;
 
 /* The registered backends (core/backend.c), in listing order; the first is the default. */

@@ -17,6 +17,9 @@
  * $QL_CUDA_MEM_MB caps the memory used, $QL_CUDA_DEVICE picks the GPU). The embedding rows are decoded on the
  * host (ql_wmatmul_get_rows), so a 128k-vocabulary table never goes to the device unless the output shares it.
  *
+ * Activation statistics: Σ xᵀx accumulated on the device in double (cublasDsyrk), folded into the host's at the
+ * end (core/stats.c asks through the optional xtx_* ops).
+ *
  * KV cache: F32, and llama.cpp's f16 / bf16 cache types stored as 16-bit on the device (the query rounded to
  * the K type as ggml does); the block-quantized KV types and qlab's own schemes are refused with one line
  * (their device encoders do not exist yet). All ops queue on one stream under one mutex, so passes from
@@ -33,6 +36,7 @@ typedef int ql_backend_cuda_translation_unit; /* keeps the file a valid C unit w
 #include "kernels/forward_cuda.h"
 #include "kernels/ggml_types.h"
 
+#include <cblas.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -95,6 +99,8 @@ typedef struct {
 
     float *swap[2];     /* F32 rows of a probe's weight and bias (ql_backend_weight.f32), uploaded per use */
     size_t swap_cap[2];
+    double *xd;         /* x converted to double for Σ xᵀx (xtx_add) */
+    size_t xd_cap;
     float *ystage;      /* device y of a matmul whose y is host memory (the logits) */
     size_t ystage_cap;
     float *cs[2];       /* RoPE cos/sin [cs_len[k]][rope_dim], k = 1 for sliding layers */
@@ -469,7 +475,7 @@ static void cuda_destroy(void *p) {
         if (be->stage[i].dev) cudaFree(be->stage[i].dev);
         if (be->stage[i].staged) cudaEventDestroy(be->stage[i].staged);
     }
-    void *dev_bufs[] = {be->swap[0], be->swap[1], be->ystage, be->cs[0], be->cs[1], be->gelu};
+    void *dev_bufs[] = {be->swap[0], be->swap[1], be->xd, be->ystage, be->cs[0], be->cs[1], be->gelu};
     for (size_t i = 0; i < QL_ARRAY_LEN(dev_bufs); i++)
         if (dev_bufs[i]) cudaFree(dev_bufs[i]);
     if (be->blas) cublasDestroy(be->blas);
@@ -823,6 +829,92 @@ static ql_status cuda_kv_attention(void *p, void *kv, float *q, float *S, float 
     LOCKED(kv_attention_locked(be, kv, q, S, out, T, layer, kt, vt));
 }
 
+/* ---- Σ xᵀx of activation statistics ---- */
+
+/* The accumulator is column-major D×D filled in its lower triangle by dsyrk(LOWER, N) over x as a column-major
+ * [D, T] matrix (row-major x [T, D] as stored): element (j, i), j >= i, sits at i·D + j, which is the row-major
+ * upper triangle core/stats.c keeps (its cblas_dsyrk(RowMajor, Upper, Trans)). */
+static void xtx_fold_upper(const double *acc, double *H, int D) {
+    for (int64_t i = 0; i < D; i++)
+        for (int64_t j = i; j < D; j++) H[i * D + j] += acc[i * D + j];
+}
+
+void ql_cuda_xtx_emulated(const float *x, int T, int D, double *H) {
+    double *xd = ql_malloc((size_t)T * D * sizeof(double)), *acc = ql_calloc((size_t)D * D, sizeof(double));
+    for (int64_t i = 0; i < (int64_t)T * D; i++) xd[i] = x[i];
+    /* the parameters of the cublasDsyrk call in xtx_add_locked */
+    cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, D, T, 1.0, xd, D, 1.0, acc, D);
+    xtx_fold_upper(acc, H, D);
+    free(xd);
+    free(acc);
+}
+
+typedef struct {
+    double *H;
+    int D;
+} cu_xtx;
+
+static ql_status xtx_new_locked(cuda_backend *be, int D, void **out) {
+    cu_xtx *a = ql_calloc(1, sizeof *a);
+    a->D = D;
+    const size_t bytes = (size_t)D * D * sizeof(double);
+    cudaError_t e = cudaMalloc((void **)&a->H, bytes ? bytes : 1);
+    if (e == cudaSuccess) e = cudaMemsetAsync(a->H, 0, bytes, be->compute);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (a->H) cudaFree(a->H);
+        free(a);
+        return ql_fail(e == cudaErrorMemoryAllocation ? QL_ERR_NOMEM : QL_ERR_IO, "cuda: Σxxᵀ accumulator %dx%d: %s",
+                       D, D, cudaGetErrorString(e));
+    }
+    *out = a;
+    return QL_OK;
+}
+static ql_status cuda_xtx_new(void *p, int D, void **acc) { LOCKED(xtx_new_locked(be, D, acc)); }
+
+static ql_status xtx_add_locked(cuda_backend *be, cu_xtx *a, const float *x, int T, int D) {
+    if (D != a->D) return ql_fail(QL_ERR_ARG, "cuda: Σxxᵀ of %d columns into a %dx%d accumulator", D, a->D, a->D);
+    const size_t n = (size_t)T * D;
+    if (n * sizeof(double) > be->xd_cap) {
+        if (be->xd) CU(cudaFree(be->xd)); /* synchronizes: queued products are done with it */
+        be->xd = NULL;
+        be->xd_cap = 0;
+        CU(cudaMalloc((void **)&be->xd, n * sizeof(double)));
+        be->xd_cap = n * sizeof(double);
+    }
+    ql_status st = ql_cudafwd_to_double(x, be->xd, n, be->compute);
+    if (st) return st;
+    const double one = 1.0;
+    BLAS(cublasDsyrk(be->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, D, T, &one, be->xd, D, &one, a->H, D));
+    return QL_OK;
+}
+static ql_status cuda_xtx_add(void *p, void *acc, const float *x, int T, int D) {
+    LOCKED(xtx_add_locked(be, acc, x, T, D));
+}
+
+static ql_status xtx_get_locked(cuda_backend *be, cu_xtx *a, double *H) {
+    const size_t bytes = (size_t)a->D * a->D * sizeof(double);
+    double *tmp = malloc(bytes ? bytes : 1);
+    if (!tmp) return ql_fail(QL_ERR_NOMEM, "out of memory reading a Σxxᵀ accumulator");
+    cudaError_t e = cudaMemcpyAsync(tmp, a->H, bytes, cudaMemcpyDeviceToHost, be->compute);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(be->compute);
+    if (e == cudaSuccess) e = cudaMemsetAsync(a->H, 0, bytes, be->compute);
+    if (e == cudaSuccess) xtx_fold_upper(tmp, H, a->D);
+    free(tmp);
+    if (e != cudaSuccess) return ql_fail(QL_ERR_IO, "cuda: reading a Σxxᵀ accumulator: %s", cudaGetErrorString(e));
+    return QL_OK;
+}
+static ql_status cuda_xtx_get(void *p, void *acc, double *H) { LOCKED(xtx_get_locked(be, acc, H)); }
+
+static void cuda_xtx_free(void *p, void *q) {
+    cuda_backend *be = p;
+    cu_xtx *a = q;
+    if (!a) return;
+    cudaStreamSynchronize(be->compute);
+    cudaFree(a->H);
+    free(a);
+}
+
 const ql_backend_ops ql_backend_cuda = {
     .name = "cuda",
     .about = "NVIDIA GPU: layers decoded on the device by the CUDA codecs (streamed when the model exceeds GPU "
@@ -850,6 +942,10 @@ const ql_backend_ops ql_backend_cuda = {
     .attention = cuda_attention,
     .kv_new_scheme = cuda_kv_new_scheme,
     .kv_attention = cuda_kv_attention,
+    .xtx_new = cuda_xtx_new,
+    .xtx_add = cuda_xtx_add,
+    .xtx_get = cuda_xtx_get,
+    .xtx_free = cuda_xtx_free,
 };
 
 #endif /* QL_HAVE_CUDA */

@@ -1,5 +1,5 @@
 /* backend_cuda.h — what the CUDA backend (core/backend_cuda.c) shares beyond its ql_backend_ops table: how it
- * derives RoPE's angles from the model, so tests/test_cuda_forward.c checks the backend's own derivation
+ * derives RoPE's angles from the model and lays out Σ xᵀx, so tests/test_cuda_forward.c checks the backend's own derivation
  * against the CPU backend. Only with nvcc (QL_HAVE_CUDA). */
 #ifndef QL_BACKEND_CUDA_H
 #define QL_BACKEND_CUDA_H
@@ -11,6 +11,9 @@
 /* RoPE parameters of m's global (swa = false) or sliding layers; freq receives rope_dim/2 floats that
  * out->freq points to. */
 void ql_cuda_rope_params(const ql_model *m, bool swa, float *freq, ql_cudafwd_rope_params *out);
+/* H[D, D] (row-major upper triangle, i <= j) += x[T, D]ᵀ·x in double, with the operation and layout of the
+ * backend's cublasDsyrk call run by host BLAS: what the xtx ops compute, for the emulation test. */
+void ql_cuda_xtx_emulated(const float *x, int T, int D, double *H);
 #endif
 
 #endif

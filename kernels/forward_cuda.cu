@@ -215,6 +215,11 @@ __global__ void k_from_half(const uint16_t *s, float *y, int64_t n, bool bf16) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = bf16 ? bf2f(s[i]) : h2f(s[i]);
 }
 
+__global__ void k_to_double(const float *x, double *y, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = (double)x[i];
+}
+
 ql_status launched(const char *what) {
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? QL_OK : cuda_fail(e, what, __FILE__, __LINE__);
@@ -336,6 +341,12 @@ extern "C" ql_status ql_cudafwd_from_half(const uint16_t *src, float *y, size_t 
     if (!n) return QL_OK;
     k_from_half<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(src, y, (int64_t)n, bf16);
     return launched("from_half");
+}
+
+extern "C" ql_status ql_cudafwd_to_double(const float *x, double *y, size_t n, void *stream) {
+    if (!n) return QL_OK;
+    k_to_double<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(x, y, (int64_t)n);
+    return launched("to_double");
 }
 
 // ---- host emulation: the kernels' lanes and trees, run one lane after another ----

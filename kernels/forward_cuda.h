@@ -70,6 +70,8 @@ ql_status ql_cudafwd_to_half(const float *x, uint16_t *dst, size_t n, bool bf16,
 ql_status ql_cudafwd_from_half(const uint16_t *src, float *y, size_t n, bool bf16, void *stream);
 void ql_cudafwd_to_half_emulated(const float *x, uint16_t *dst, size_t n, bool bf16);
 void ql_cudafwd_from_half_emulated(const uint16_t *src, float *y, size_t n, bool bf16);
+/* y[i] = x[i] as double (exact), for the Σ xᵀx of activation statistics. */
+ql_status ql_cudafwd_to_double(const float *x, double *y, size_t n, void *stream);
 
 #ifdef __cplusplus
 }

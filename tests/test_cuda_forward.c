@@ -3,7 +3,8 @@
  * kernel's lanes and reduction tree), against the CPU backend's op on random and adversarial inputs (zeros, huge
  * values, NaN / Inf where they mean something), at the tolerances stated per test. Where a GPU exists (make
  * test-cuda): the device kernels against their emulation, and whole forward passes — PPL of stories260K and
- * tinystories-d256 on the GPU (resident and streamed layers, f16 KV) within 1e-4 relative of the CPU's.
+ * tinystories-d256 on the GPU (resident and streamed layers, f16 KV) within 1e-4 relative of the CPU's, and
+ * activation statistics (Σ xᵀx on the device) against the CPU's.
  * Without nvcc the file says so and skips; without a GPU the device cases skip with a message. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -30,6 +31,7 @@ int main(void) {
 #include "core/infer.h"
 #include "core/model.h"
 #include "core/ppl.h"
+#include "core/stats.h"
 #include "core/synth.h"
 #include "core/tokenizer.h"
 #include "kernels/cuda_api.h"
@@ -368,6 +370,75 @@ static void test_kv_half(void **state) {
     free(codes), free(dec);
 }
 
+/* Σ xᵀx of activation statistics through the backend's xtx ops: the CPU backend's table given host xtx ops that
+ * run the CUDA backend's dsyrk call (operation, triangle, layout) on host BLAS, against the plain CPU collection:
+ * core/stats.c's plumbing (an accumulator per entry and worker, folded into the host's at the end) and the
+ * layout. Within 1e-12 relative (double sums; the order of BLAS's blocking may differ), channel statistics equal. */
+typedef struct {
+    double *H;
+    int D;
+} emu_xtx;
+static ql_status emu_xtx_new(void *be, int D, void **acc) {
+    (void)be;
+    emu_xtx *a = calloc(1, sizeof *a);
+    a->D = D;
+    a->H = calloc((size_t)D * D, sizeof(double));
+    *acc = a;
+    return QL_OK;
+}
+static ql_status emu_xtx_add(void *be, void *acc, const float *x, int T, int D) {
+    (void)be;
+    ql_cuda_xtx_emulated(x, T, D, ((emu_xtx *)acc)->H);
+    return QL_OK;
+}
+static ql_status emu_xtx_get(void *be, void *acc, double *H) {
+    (void)be;
+    emu_xtx *a = acc;
+    for (int64_t i = 0; i < (int64_t)a->D * a->D; i++) H[i] += a->H[i];
+    return QL_OK;
+}
+static void emu_xtx_free(void *be, void *acc) {
+    (void)be;
+    emu_xtx *a = acc;
+    free(a->H);
+    free(a);
+}
+
+static void test_xtx(void **state) {
+    (void)state;
+    const ql_backend_ops *cpu = ql_backend_find("cpu");
+    ql_backend_ops emu = *cpu;
+    emu.name = "cpu-with-device-xtx";
+    emu.xtx_new = emu_xtx_new, emu.xtx_add = emu_xtx_add, emu.xtx_get = emu_xtx_get, emu.xtx_free = emu_xtx_free;
+    enum { NSEQ = 6, L = 24 };
+    int32_t toks[NSEQ * L];
+    for (int i = 0; i < NSEQ * L; i++) toks[i] = (i * 37 + 5) % g_model->cfg.n_vocab;
+    ql_stats_opts o = {.hessian = true, .output = true, .n_threads = 2};
+    ql_stats *st[2];
+    const ql_backend_ops *tables[2] = {cpu, &emu};
+    for (int k = 0; k < 2; k++) {
+        ql_infer *inf;
+        assert_int_equal(ql_infer_new_on(g_model, 1, tables[k], &inf), QL_OK);
+        assert_int_equal(ql_stats_collect(inf, toks, NSEQ, L, &o, NULL, &st[k]), QL_OK);
+        ql_infer_free(inf);
+    }
+    assert_int_equal(st[0]->n, st[1]->n);
+    for (int i = 0; i < st[0]->n; i++) {
+        const ql_stat_entry *a = &st[0]->e[i], *b = &st[1]->e[i];
+        assert_int_equal(a->n_tokens, b->n_tokens);
+        assert_memory_equal(a->sum_abs, b->sum_abs, sizeof(double) * a->n);
+        assert_non_null(a->xtx);
+        double amax = 0;
+        for (int64_t j = 0; j < a->n * a->n; j++) amax = fmax(amax, fabs(a->xtx[j]));
+        assert_true(amax > 0);
+        for (int64_t j = 0; j < a->n * a->n; j++)
+            if (!(fabs(a->xtx[j] - b->xtx[j]) <= 1e-12 * amax))
+                fail_msg("%s: xtx[%lld] cpu %.17g, device layout %.17g", a->name, (long long)j, a->xtx[j], b->xtx[j]);
+    }
+    ql_stats_free(st[0]);
+    ql_stats_free(st[1]);
+}
+
 /* ---- on a GPU ---- */
 
 static bool have_gpu(void) {
@@ -500,6 +571,42 @@ static void test_device_ppl(void **state) {
     free(text);
 }
 
+/* qlab stats on the GPU: Σ xᵀx accumulated on the device (cublasDsyrk) and the channel statistics against the
+ * CPU's on tinystories-d256: xtx within 1e-6·max (the activations differ at float rounding), same token counts. */
+static void test_device_stats(void **state) {
+    (void)state;
+    if (!have_gpu()) skip();
+    char path[512];
+    if (!shared_path(path, sizeof path, "models/tinystories-d256.gguf")) skip();
+    ql_model *m;
+    assert_int_equal(ql_model_load(path, &m), QL_OK);
+    enum { NSEQ = 8, L = 128 };
+    int32_t toks[NSEQ * L];
+    for (int i = 0; i < NSEQ * L; i++) toks[i] = 1 + (i * 7919) % (m->cfg.n_vocab - 1);
+    ql_stats_opts o = {.hessian = true, .output = true, .n_threads = 2};
+    ql_stats *st[2];
+    const char *names[2] = {"cpu", "cuda"};
+    for (int k = 0; k < 2; k++) {
+        ql_infer *inf;
+        assert_int_equal(ql_infer_new_on(m, 2, ql_backend_find(names[k]), &inf), QL_OK);
+        ql_status s = ql_stats_collect(inf, toks, NSEQ, L, &o, NULL, &st[k]);
+        if (s) fail_msg("%s: %s", names[k], ql_last_error());
+        ql_infer_free(inf);
+    }
+    for (int i = 0; i < st[0]->n; i++) {
+        const ql_stat_entry *a = &st[0]->e[i], *b = &st[1]->e[i];
+        assert_int_equal(a->n_tokens, b->n_tokens);
+        double amax = 0;
+        for (int64_t j = 0; j < a->n * a->n; j++) amax = fmax(amax, fabs(a->xtx[j]));
+        for (int64_t j = 0; j < a->n * a->n; j++)
+            if (!(fabs(a->xtx[j] - b->xtx[j]) <= 1e-6 * amax))
+                fail_msg("%s: xtx[%lld] cpu %.9g, cuda %.9g", a->name, (long long)j, a->xtx[j], b->xtx[j]);
+    }
+    ql_stats_free(st[0]);
+    ql_stats_free(st[1]);
+    ql_model_free(m);
+}
+
 /* Without a GPU the backend refuses to start with one line. */
 static void test_no_device_message(void **state) {
     (void)state;
@@ -518,8 +625,8 @@ int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),     cmocka_unit_test(test_attention),
         cmocka_unit_test(test_glu),           cmocka_unit_test(test_softcap),  cmocka_unit_test(test_round_act),
-        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_no_device_message),
-        cmocka_unit_test(test_device_kernels), cmocka_unit_test(test_device_ppl),
+        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_xtx),      cmocka_unit_test(test_no_device_message),
+        cmocka_unit_test(test_device_kernels), cmocka_unit_test(test_device_ppl), cmocka_unit_test(test_device_stats),
     };
     ql_test_order_from_env(tests, sizeof tests / sizeof tests[0]);
     return cmocka_run_group_tests(tests, setup, teardown);
