@@ -20,9 +20,10 @@
  * Activation statistics: Σ xᵀx accumulated on the device in double (cublasDsyrk), folded into the host's at the
  * end (core/stats.c asks through the optional xtx_* ops).
  *
- * KV cache: F32, and llama.cpp's f16 / bf16 cache types stored as 16-bit on the device (the query rounded to
- * the K type as ggml does); the block-quantized KV types and qlab's own schemes are refused with one line
- * (their device encoders do not exist yet). All ops queue on one stream under one mutex, so passes from
+ * KV cache: F32, and llama.cpp's cache types f16 / bf16 (16-bit), q8_0 (llama.cpp's cache-write rounding) and
+ * q4_0 (the registry's CUDA codec) stored as such on the device, the query rounded to the K type's vec_dot type
+ * as ggml does; q5_0, q5_1, q4_1, iq4_nl (no device encoder yet) and qlab's own schemes are refused with one
+ * line. All ops queue on one stream under one mutex, so passes from
  * several threads are serialized on the device. */
 #include "core/backend.h"
 #include "core/backend_cuda.h"
@@ -113,8 +114,10 @@ typedef struct {
 typedef struct {
     int max_tokens, kv_dim;
     ql_kv_scheme scheme;
-    bool half[2], bf16[2]; /* K, V: stored as fp16 / bf16 instead of F32 */
-    void *buf[2];          /* K, V: [max_tokens, kv_dim] F32 or 16-bit */
+    int kind[2];              /* K, V: kv_store_kind */
+    const ql_format *f[2];    /* K, V: the registry entry of a block type (Q8_0, codec), else NULL */
+    int64_t row_bytes[2];     /* bytes of one token's row */
+    void *buf[2];             /* K, V: [max_tokens] rows */
 } cu_kv;
 
 #define CU(call)                                                                                              \
@@ -690,13 +693,24 @@ static ql_status cuda_add(void *p, float *y, const float *x, size_t n) { LOCKED(
 
 /* ---- KV cache ---- */
 
-static bool kv_side_on_device(const ql_kv_side *s, bool *half, bool *bf16) {
-    *half = *bf16 = false;
-    if (s->kind == QL_KV_F32) return true;
-    if (s->kind != QL_KV_GGML) return false;
-    if (s->type == QL_TYPE_F16) return *half = true;
-    if (s->type == QL_TYPE_BF16) return *half = *bf16 = true;
-    return false;
+/* How one side of a KV cache is kept on the device. */
+typedef enum { KV_F32, KV_HALF, KV_BF16, KV_Q8_0, KV_CODEC } kv_store_kind;
+
+/* F32, fp16 / bf16, Q8_0 with llama.cpp's cache-write rounding (as core/kv_cache.c stores it), or a llama.cpp
+ * type whose registry entry has CUDA kernels both ways (the file quantizer, which is what core/kv_cache.c uses
+ * for the other types); -1 for a side with no device encoder. */
+static int kv_side_kind(const ql_kv_side *s, const ql_format **f) {
+    *f = NULL;
+    if (s->kind == QL_KV_F32) return KV_F32;
+    if (s->kind != QL_KV_GGML || s->hadamard || s->residual) return -1;
+    if (s->type == QL_TYPE_F16) return KV_HALF;
+    if (s->type == QL_TYPE_BF16) return KV_BF16;
+    *f = ql_format_by_type(s->type);
+    if (!*f || !(*f)->cuda || !(*f)->cuda->dequantize_dev) return -1;
+    if (s->type == QL_TYPE_Q8_0) return KV_Q8_0;
+    /* core/kv_cache.c stores IQ4_NL with ggml's quicker cache-write search, not the file quantizer */
+    if (s->type == QL_TYPE_IQ4_NL || !(*f)->cuda->quantize_dev) return -1;
+    return KV_CODEC;
 }
 
 static ql_status kv_make(cuda_backend *be, int max_tokens, int kv_dim, const ql_kv_scheme *sch, void **out) {
@@ -706,16 +720,21 @@ static ql_status kv_make(cuda_backend *be, int max_tokens, int kv_dim, const ql_
     kv->scheme = sch ? *sch : ql_kv_scheme_f32();
     const ql_kv_side *sides[2] = {&kv->scheme.k, &kv->scheme.v};
     for (int i = 0; i < 2; i++) {
-        if (!kv_side_on_device(sides[i], &kv->half[i], &kv->bf16[i])) {
+        kv->kind[i] = kv_side_kind(sides[i], &kv->f[i]);
+        if (kv->kind[i] < 0) {
             char nm[128];
+            if (kv->buf[0]) cudaFree(kv->buf[0]);
             free(kv);
             return ql_fail(QL_ERR_UNSUPPORTED,
-                           "cuda backend: KV cache type %s has no device encoder yet (f32, f16 and bf16 run on the "
-                           "GPU; use --device cpu for the others)",
+                           "cuda backend: KV cache type %s has no device encoder yet (f32, f16, bf16, q8_0, q4_0 run on "
+                           "the GPU; use --device cpu for the others)",
                            ql_kv_side_name(sides[i], nm, sizeof nm));
         }
-        const size_t bytes = (size_t)max_tokens * kv_dim * (kv->half[i] ? 2 : 4);
-        cudaError_t e = cudaMalloc(&kv->buf[i], bytes ? bytes : 1);
+        kv->row_bytes[i] = kv->kind[i] == KV_F32    ? (int64_t)kv_dim * 4
+                           : kv->f[i] == NULL       ? (int64_t)kv_dim * 2
+                                                    : ql_format_tensor_bytes(kv->f[i], kv_dim, 1);
+        const size_t bytes = (size_t)max_tokens * (size_t)kv->row_bytes[i];
+        cudaError_t e = kv->row_bytes[i] > 0 ? cudaMalloc(&kv->buf[i], bytes ? bytes : 1) : cudaErrorInvalidValue;
         if (e != cudaSuccess) {
             cudaGetLastError();
             if (kv->buf[0]) cudaFree(kv->buf[0]);
@@ -750,13 +769,18 @@ static ql_status kv_store_locked(cuda_backend *be, cu_kv *kv, int pos, int T, co
     if (pos < 0 || T < 0 || pos + T > kv->max_tokens)
         return ql_fail(QL_ERR_ARG, "kv cache: positions %d..%d past its %d", pos, pos + T, kv->max_tokens);
     const float *src[2] = {k, v};
-    const size_t n = (size_t)T * kv->kv_dim, off = (size_t)pos * kv->kv_dim;
+    const size_t n = (size_t)T * kv->kv_dim;
     for (int i = 0; i < 2; i++) {
-        if (kv->half[i]) {
-            ql_status st = ql_cudafwd_to_half(src[i], (uint16_t *)kv->buf[i] + off, n, kv->bf16[i], be->compute);
-            if (st) return st;
-        } else
-            CU(cudaMemcpyAsync((float *)kv->buf[i] + off, src[i], n * sizeof(float), cudaMemcpyDefault, be->compute));
+        uint8_t *dst = (uint8_t *)kv->buf[i] + (size_t)pos * (size_t)kv->row_bytes[i];
+        ql_status st = QL_OK;
+        switch (kv->kind[i]) {
+        case KV_F32: CU(cudaMemcpyAsync(dst, src[i], n * sizeof(float), cudaMemcpyDefault, be->compute)); break;
+        case KV_HALF:
+        case KV_BF16: st = ql_cudafwd_to_half(src[i], (uint16_t *)dst, n, kv->kind[i] == KV_BF16, be->compute); break;
+        case KV_Q8_0: st = ql_cudafwd_quantize_q8_0_kv(src[i], dst, (int64_t)n, be->compute); break;
+        default: st = kv->f[i]->cuda->quantize_dev(src[i], dst, T, kv->kv_dim, be->compute); break;
+        }
+        if (st) return st;
     }
     return QL_OK;
 }
@@ -764,18 +788,20 @@ static ql_status cuda_kv_store(void *p, void *kv, int pos, int T, const float *k
     LOCKED(kv_store_locked(be, kv, pos, T, k, v));
 }
 
-/* F32 views of [pos, pos + T): the cache itself, or a 16-bit side decoded into tmp */
+/* F32 views of [pos, pos + T): the cache itself, or a 16-bit / block side decoded into tmp */
 static ql_status kv_view(cuda_backend *be, cu_kv *kv, int i, int pos, int T, const float **out, float *tmp) {
     if (pos < 0 || T < 0 || pos + T > kv->max_tokens)
         return ql_fail(QL_ERR_ARG, "kv cache: positions %d..%d past its %d", pos, pos + T, kv->max_tokens);
-    const size_t off = (size_t)pos * kv->kv_dim;
-    if (!kv->half[i]) {
-        *out = (const float *)kv->buf[i] + off;
+    const uint8_t *src = (const uint8_t *)kv->buf[i] + (size_t)pos * (size_t)kv->row_bytes[i];
+    if (kv->kind[i] == KV_F32) {
+        *out = (const float *)src;
         return QL_OK;
     }
     *out = tmp;
-    return ql_cudafwd_from_half((const uint16_t *)kv->buf[i] + off, tmp, (size_t)T * kv->kv_dim, kv->bf16[i],
-                                be->compute);
+    if (kv->kind[i] == KV_HALF || kv->kind[i] == KV_BF16)
+        return ql_cudafwd_from_half((const uint16_t *)src, tmp, (size_t)T * kv->kv_dim, kv->kind[i] == KV_BF16,
+                                    be->compute);
+    return kv->f[i]->cuda->dequantize_dev(src, tmp, T, kv->kv_dim, be->compute);
 }
 
 static ql_status kv_load_locked(cuda_backend *be, cu_kv *kv, int pos, int T, const float **k, const float **v,
@@ -818,7 +844,7 @@ static ql_status kv_attention_locked(cuda_backend *be, cu_kv *kv, float *q, floa
     const float *k, *v;
     ql_status st = kv_load_locked(be, kv, 0, T, &k, &v, kt, vt);
     if (st) return st;
-    /* ggml rounds the query to the K type's vec_dot type (F16 / BF16 here) */
+    /* ggml rounds the query to the K type's vec_dot type (F16, BF16, Q8_0, Q8_1) */
     const uint32_t qr = ql_kv_q_round_type(&kv->scheme.k);
     const ql_config *c = be->c;
     if (qr != QL_TYPE_F32 && (st = ql_cudafwd_round_act(qr, q, q, T, c->n_head * c->head_dim, be->compute))) return st;
@@ -918,7 +944,7 @@ static void cuda_xtx_free(void *p, void *q) {
 const ql_backend_ops ql_backend_cuda = {
     .name = "cuda",
     .about = "NVIDIA GPU: layers decoded on the device by the CUDA codecs (streamed when the model exceeds GPU "
-             "memory), cuBLAS sgemm, F32/f16/bf16 KV cache",
+             "memory), cuBLAS sgemm, F32/f16/bf16/q8_0/q4_0 KV cache",
     .wants_f32 = false,
     .serial = true,
     .create = cuda_create,

@@ -7,6 +7,7 @@
 // (CUDA's are within 2 ulp, glibc's differ); RoPE's cos/sin come from a table the host fills with the CPU's
 // own formula, and GeGLU reads a device copy of the CPU's fp16 GELU table, so both are bit-exact.
 #include "kernels/forward_cuda.h"
+#include "kernels/blocks.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_half.cuh"
 
@@ -111,6 +112,16 @@ QL_HD void round_q8_k_block(const float *x, float *y) {
         y[j] = mul_rn(d, (float)(v > 127 ? 127 : v));
     }
 }
+// llama.cpp's cache write of a Q8_0 block (ggml-cpu's quantize_row_q8_0, core/kv_cache.c's quantize_q8_0_cpu):
+// the reference's scale, codes rounded half to even
+QL_HD void quantize_q8_0_kv_block(const float *x, blk_q8_0 *y) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabs_bits(x[j]));
+    const float d = div_rn(amax, 127.f), id = amax != 0 ? div_rn(127.f, amax) : 0.f;
+    y->d = f2h(d);
+    for (int j = 0; j < 32; j++) y->qs[j] = (int8_t)cvtt_x86(rintf(mul_rn(x[j], id)));
+}
+
 QL_HD float round_half(float x, bool bf16) { return bf16 ? bf2f(f2bf(x)) : h2f(f2h(x)); }
 
 // ---- kernels ----
@@ -213,6 +224,11 @@ __global__ void k_to_half(const float *x, uint16_t *d, int64_t n, bool bf16) {
 __global__ void k_from_half(const uint16_t *s, float *y, int64_t n, bool bf16) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = bf16 ? bf2f(s[i]) : h2f(s[i]);
+}
+
+__global__ void k_q8_0_kv(const float *x, blk_q8_0 *y, int64_t nb) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += stride) quantize_q8_0_kv_block(x + b * 32, y + b);
 }
 
 __global__ void k_to_double(const float *x, double *y, int64_t n) {
@@ -349,6 +365,13 @@ extern "C" ql_status ql_cudafwd_to_double(const float *x, double *y, size_t n, v
     return launched("to_double");
 }
 
+extern "C" ql_status ql_cudafwd_quantize_q8_0_kv(const float *x, void *dst, int64_t n, void *stream) {
+    if (n % 32) return ql_fail(QL_ERR_ARG, "cuda: %lld values are not whole Q8_0 blocks", (long long)n);
+    if (n <= 0) return QL_OK;
+    k_q8_0_kv<<<grid_for(n / 32, 128), 128, 0, (cudaStream_t)stream>>>(x, (blk_q8_0 *)dst, n / 32);
+    return launched("q8_0 kv");
+}
+
 // ---- host emulation: the kernels' lanes and trees, run one lane after another ----
 
 extern "C" void ql_cudafwd_rmsnorm_emulated(const float *x, const float *w, float *y, int T, int D, float eps) {
@@ -418,4 +441,10 @@ extern "C" void ql_cudafwd_to_half_emulated(const float *x, uint16_t *dst, size_
 
 extern "C" void ql_cudafwd_from_half_emulated(const uint16_t *src, float *y, size_t n, bool bf16) {
     for (size_t i = 0; i < n; i++) y[i] = bf16 ? bf2f(src[i]) : h2f(src[i]);
+}
+
+extern "C" ql_status ql_cudafwd_quantize_q8_0_kv_emulated(const float *x, void *dst, int64_t n) {
+    if (n % 32) return ql_fail(QL_ERR_ARG, "cuda: %lld values are not whole Q8_0 blocks", (long long)n);
+    for (int64_t b = 0; b < n / 32; b++) quantize_q8_0_kv_block(x + b * 32, (blk_q8_0 *)dst + b);
+    return QL_OK;
 }

@@ -70,6 +70,10 @@ ql_status ql_cudafwd_to_half(const float *x, uint16_t *dst, size_t n, bool bf16,
 ql_status ql_cudafwd_from_half(const uint16_t *src, float *y, size_t n, bool bf16, void *stream);
 void ql_cudafwd_to_half_emulated(const float *x, uint16_t *dst, size_t n, bool bf16);
 void ql_cudafwd_from_half_emulated(const uint16_t *src, float *y, size_t n, bool bf16);
+/* n values (whole blocks of 32) into Q8_0 blocks as llama.cpp writes its KV cache (ggml-cpu's quantize_row_q8_0:
+ * the reference's fp16 scale, codes rounded half to even; core/kv_cache.c does the same on the CPU). */
+ql_status ql_cudafwd_quantize_q8_0_kv(const float *x, void *dst, int64_t n, void *stream);
+ql_status ql_cudafwd_quantize_q8_0_kv_emulated(const float *x, void *dst, int64_t n);
 /* y[i] = x[i] as double (exact), for the Σ xᵀx of activation statistics. */
 ql_status ql_cudafwd_to_double(const float *x, double *y, size_t n, void *stream);
 
