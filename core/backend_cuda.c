@@ -522,6 +522,7 @@ static ql_status sync_locked(cuda_backend *be) {
 static ql_status cuda_sync(void *p) {
     cuda_backend *be = p;
     pthread_mutex_lock(&be->mu);
+    cudaSetDevice(be->device);
     ql_status st = sync_locked(be);
     pthread_mutex_unlock(&be->mu);
     return st;
@@ -541,6 +542,7 @@ static int cuda_set_threads(void *p, int n) {
     do {                                                                                                      \
         cuda_backend *be = p;                                                                                 \
         pthread_mutex_lock(&be->mu);                                                                          \
+        cudaSetDevice(be->device); /* the calling thread may be new to the runtime (device 0 by default) */   \
         ql_status st_ = (body);                                                                               \
         pthread_mutex_unlock(&be->mu);                                                                        \
         return st_;                                                                                           \
