@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/cuda_ppl.sh — part of `make bench-cuda`: tokens/s of `qlab ppl` on the CUDA backend (QL_BACKEND=cuda, which
 # `--device cuda` selects) for synthetic F16 models of the llama-3.2-1b and llama-3-8b shapes at ctx 2048, with
-# the GPU's peak memory (nvidia-smi, sampled every 100 ms), the 8B shape again in a 24 GiB budget (streamed
+# the GPU's peak memory (nvidia-smi, sampled every 100 ms), again with QL_CUDA_HALF_GEMM=1 (fp16 weights and
+# activations on tensor cores, F32 accumulation), the 8B shape again in a 24 GiB budget (streamed
 # layers), and each figure beside its reference: llama.cpp's CUDA perplexity tool on the same GGUF when
 # $LLAMA_PERPLEXITY names its binary (built with -DGGML_CUDA=ON), else the CPU backend on one chunk of the 1B
 # shape. Prints figures; asserts nothing (a benchmark, not a test). Without a GPU it says so and exits 0.
@@ -54,10 +55,12 @@ for shape in $SHAPES; do
     ref=$(QL_BACKEND=cpu $QLAB ppl "$model" --text "$TEXT" --ctx "$CTX" --chunks 1 --threads "$THREADS" --json 2>/dev/null | jget tokens_per_s)
     ref="${ref:-n/a} (cpu)"
   fi
-  for budget in "" 24576; do
-    [ -n "$budget" ] && [ "$shape" != llama-3-8b ] && continue
-    label="ppl $shape f16 ctx $CTX${budget:+ (24 GiB budget, streamed)}"
-    if QL_CUDA_MEM_MB=$budget QL_BACKEND=cuda peak_run $QLAB ppl "$model" --text "$TEXT" --ctx "$CTX" --chunks "$CHUNKS" \
+  for mode in f32 half 24g; do
+    budget=; half=0
+    [ $mode = half ] && half=1
+    if [ $mode = 24g ]; then [ "$shape" = llama-3-8b ] || continue; budget=24576; fi
+    label="ppl $shape f16 ctx $CTX$([ $half = 1 ] && echo ' (QL_CUDA_HALF_GEMM)')${budget:+ (24 GiB budget, streamed)}"
+    if QL_CUDA_HALF_GEMM=$half QL_CUDA_MEM_MB=$budget QL_BACKEND=cuda peak_run $QLAB ppl "$model" --text "$TEXT" --ctx "$CTX" --chunks "$CHUNKS" \
          --threads "$THREADS" --json; then
       tps=$(jget tokens_per_s <"$DIR/out.json"); ppl=$(jget ppl <"$DIR/out.json")
       printf '%-52s %12.0f %10s %14s   PPL %s\n' "$label" "$tps" "$PEAK" "$ref" "$ppl"

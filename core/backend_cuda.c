@@ -14,7 +14,9 @@
  * decoded at first use and kept; otherwise two arenas alternate, the layer in use and the next one in flight:
  * a worker thread packs the next layer's stored bytes into pinned memory and queues the copy and the decode
  * on a second stream, which the compute stream waits for by event ($QL_CUDA_STREAM=1|0 forces either way,
- * $QL_CUDA_MEM_MB caps the memory used, $QL_CUDA_DEVICE picks the GPU). The embedding rows are decoded on the
+ * $QL_CUDA_MEM_MB caps the memory used, $QL_CUDA_DEVICE picks the GPU). $QL_CUDA_HALF_GEMM=1 keeps F16 matrices as
+ * fp16 and multiplies them by fp16 activations on tensor cores (cublasGemmEx, F32 accumulation) when the layer's
+ * input is rounded to F16 anyway (llama.cpp's rule for F16 weights): half the memory, another summation order. The embedding rows are decoded on the
  * host (ql_wmatmul_get_rows), so a 128k-vocabulary table never goes to the device unless the output shares it.
  *
  * Activation statistics: Σ xᵀx accumulated on the device in double (cublasDsyrk), folded into the host's at the
@@ -54,6 +56,7 @@ typedef struct {
     int64_t dev_off;  /* layer weight: offset (floats) in its layer's arena */
     int64_t stage_off; /* layer weight: offset (bytes) in the layer's staging and raw buffers */
     bool dev_decode;  /* decoded on the device from its stored bytes (else F32 uploaded) */
+    bool keep_half;   /* F16 matrix kept as fp16 on the device (QL_CUDA_HALF_GEMM): multiplied by cublasGemmEx */
 } cu_weight;
 
 /* one layer's decoded F32 weights on the device */
@@ -92,6 +95,7 @@ typedef struct {
     int n_w;
     int64_t *layer_floats, *layer_stage; /* per layer: F32 floats, staging bytes */
     bool resident;      /* every layer kept (arena l = layer l), else two alternating arenas */
+    bool half_gemm;     /* $QL_CUDA_HALF_GEMM=1: F16 matrices stay fp16, products on tensor cores */
     int n_arenas;
     cu_arena *arenas;
     cu_stage stage[2];
@@ -173,6 +177,10 @@ static ql_status stage_tensor(const cuda_backend *be, const cu_weight *w, uint8_
 /* Device side: the staged bytes at raw become F32 at dst, queued on stream s. */
 static ql_status decode_tensor(const cu_weight *w, const uint8_t *raw, float *dst, cudaStream_t s) {
     const ql_gguf_tensor *t = w->t;
+    if (w->keep_half) {
+        CU(cudaMemcpyAsync(dst, raw, (size_t)tensor_elems(t) * 2, cudaMemcpyDeviceToDevice, s));
+        return QL_OK;
+    }
     if (w->dev_decode) return cuda_codec(t)->dequantize_dev(raw, dst, tensor_elems(t) / t->ne[0], t->ne[0], s);
     CU(cudaMemcpyAsync(dst, raw, (size_t)tensor_elems(t) * sizeof(float), cudaMemcpyDeviceToDevice, s));
     return QL_OK;
@@ -299,8 +307,9 @@ static ql_status load_global(cuda_backend *be, cu_weight *w) {
 
 /* The device F32 rows of weight bw (mutex held): a probe's rows uploaded (into swap buffer `slot`: 0 for a weight,
  * 1 for its bias), a global's copy, or its layer's arena. */
-static ql_status weight_dev(cuda_backend *be, const ql_backend_weight *bw, int slot, const float **out) {
+static ql_status weight_dev(cuda_backend *be, const ql_backend_weight *bw, int slot, const float **out, bool *half) {
     const ql_gguf_tensor *t = bw->t;
+    *half = false;
     if (bw->f32) {
         const size_t bytes = (size_t)tensor_elems(t) * sizeof(float);
         if (bytes > be->swap_cap[slot]) {
@@ -317,6 +326,7 @@ static ql_status weight_dev(cuda_backend *be, const ql_backend_weight *bw, int s
     for (int i = 0; i < be->n_w; i++) {
         cu_weight *w = &be->w[i];
         if (w->t != t) continue;
+        *half = w->keep_half;
         if (w->layer < 0) {
             ql_status st = w->dev ? QL_OK : load_global(be, w);
             *out = w->dev;
@@ -384,6 +394,8 @@ static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out)
     be->w = ql_calloc((size_t)c->n_layer * QL_ROLE_COUNT + 3, sizeof *be->w);
     be->layer_floats = ql_calloc((size_t)c->n_layer, sizeof(int64_t));
     be->layer_stage = ql_calloc((size_t)c->n_layer, sizeof(int64_t));
+    const char *hg = getenv("QL_CUDA_HALF_GEMM");
+    be->half_gemm = hg && *hg && strcmp(hg, "0") != 0;
     const ql_gguf_tensor *globals[] = {m->output_norm, m->output ? m->output : m->tok_embd};
     for (int g = 0; g < 2; g++)
         if (globals[g]) {
@@ -391,6 +403,7 @@ static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out)
             w->t = globals[g];
             w->layer = -1;
             w->dev_decode = cuda_codec(globals[g]) != NULL;
+            w->keep_half = be->half_gemm && globals[g]->type == QL_TYPE_F16 && globals[g]->ne[1] > 1;
         }
     int64_t total = 0, max_floats = 0;
     for (int l = 0; l < c->n_layer; l++) {
@@ -403,9 +416,11 @@ static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out)
             w->t = t;
             w->layer = l;
             w->dev_decode = cuda_codec(t) != NULL;
+            w->keep_half = be->half_gemm && t->type == QL_TYPE_F16 && t->ne[1] > 1;
             w->dev_off = be->layer_floats[l];
             w->stage_off = be->layer_stage[l];
-            be->layer_floats[l] += (tensor_elems(t) + 3) & ~(int64_t)3; /* 16-byte aligned: the decoders' float4 path */
+            const int64_t floats = w->keep_half ? (tensor_elems(t) + 1) / 2 : tensor_elems(t);
+            be->layer_floats[l] += (floats + 3) & ~(int64_t)3; /* 16-byte aligned: the decoders' float4 path */
             be->layer_stage[l] += (int64_t)(((w->dev_decode ? t->nbytes : (uint64_t)tensor_elems(t) * 4) + 255) & ~255ull);
         }
         total += be->layer_floats[l] * 4;
@@ -568,9 +583,28 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
         return ql_backend_cpu.matmul(be->cpu, w, bias, x, y, T, K, N, beta, xtmp);
     }
     const float *W, *B = NULL;
-    if ((st = weight_dev(be, w, 0, &W))) return st;
-    if (bias && (st = weight_dev(be, bias, 1, &B))) return st;
-    if (w->act_type != QL_TYPE_F32) {
+    bool half, bias_half = false;
+    if ((st = weight_dev(be, w, 0, &W, &half))) return st;
+    if (bias && (st = weight_dev(be, bias, 1, &B, &bias_half))) return st;
+    /* an fp16 weight under fp16 activations (what llama.cpp does for F16 weights): the products of two halves
+     * are exact in F32, so tensor cores with F32 accumulation compute the sgemm's sum in another order */
+    const bool half_x = half && w->act_type == QL_TYPE_F16;
+    if (half && !half_x) {
+        /* other activations: the weight decoded to F32 for this product */
+        const size_t bytes = (size_t)N * K * sizeof(float);
+        if (bytes > be->swap_cap[0]) {
+            if (be->swap[0]) CU(cudaFree(be->swap[0]));
+            be->swap[0] = NULL;
+            be->swap_cap[0] = 0;
+            CU(cudaMalloc((void **)&be->swap[0], bytes));
+            be->swap_cap[0] = bytes;
+        }
+        if ((st = ql_cuda_dequantize_f16_dev(W, be->swap[0], N, K, be->compute))) return st;
+        W = be->swap[0];
+    }
+    if (half_x) {
+        if ((st = ql_cudafwd_to_half(x, (uint16_t *)xtmp, (size_t)T * K, false, be->compute))) return st;
+    } else if (w->act_type != QL_TYPE_F32) {
         if ((st = ql_cudafwd_round_act(w->act_type, x, xtmp, T, K, be->compute))) return st;
         x = xtmp;
     }
@@ -590,7 +624,11 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
     }
     const float one = 1.0f;
     /* row-major y[T,N] = x[T,K]·W[N,K]ᵀ is column-major yᵀ[N,T] = W[N,K] (stored as Kᵀ: op T) · xᵀ[K,T] */
-    BLAS(cublasSgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, K, x, K, &beta, yd, N));
+    if (half_x)
+        BLAS(cublasGemmEx(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, CUDA_R_16F, K, xtmp, CUDA_R_16F, K, &beta,
+                          yd, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else
+        BLAS(cublasSgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, K, x, K, &beta, yd, N));
     if (B && (st = ql_cudafwd_add_bias(yd, B, T, N, be->compute))) return st;
     if (host_y) {
         CU(cudaMemcpyAsync(y, yd, ybytes, cudaMemcpyDeviceToHost, be->compute));
@@ -606,7 +644,9 @@ static ql_status cuda_matmul(void *p, const ql_backend_weight *w, const ql_backe
 static ql_status rmsnorm_locked(cuda_backend *be, const ql_backend_weight *w, const float *x, float *y, int T, int D,
                                 float eps) {
     const float *W;
-    ql_status st = weight_dev(be, w, 0, &W);
+    bool half;
+    ql_status st = weight_dev(be, w, 0, &W, &half);
+    if (!st && half) st = ql_fail(QL_ERR_UNSUPPORTED, "cuda: norm '%s' kept as fp16", w->t->name);
     return st ? st : ql_cudafwd_rmsnorm(x, W, y, T, D, eps, be->compute);
 }
 static ql_status cuda_rmsnorm(void *p, const ql_backend_weight *w, const float *x, float *y, int T, int D, float eps) {

@@ -647,6 +647,51 @@ static void test_device_stats(void **state) {
     ql_model_free(m);
 }
 
+/* Logits of an F16 synthetic model (GQA, 2 layers) on the GPU against the CPU: F32 sgemm on decoded weights, and
+ * QL_CUDA_HALF_GEMM=1 (fp16 weights × fp16-rounded activations on tensor cores, F32 accumulation), streamed
+ * and resident. Stated tolerance: 1e-4 of the largest logit. */
+static void test_device_logits(void **state) {
+    (void)state;
+    if (!have_gpu()) skip();
+    char path[64] = "/tmp/qlab_cudalogits_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    ql_synth_shape sh = *ql_synth_find("tiny");
+    assert_int_equal(ql_synth_parse_dims("layers=2,embd=256,heads=4,kv=2,ff=512,vocab=700,ctx=128", &sh), QL_OK);
+    sh.type = QL_TYPE_F16;
+    assert_int_equal(ql_synth_write(&sh, 11, path, 1, NULL), QL_OK);
+    ql_model *m;
+    assert_int_equal(ql_model_load(path, &m), QL_OK);
+    enum { T = 96 };
+    const int V = m->cfg.n_vocab;
+    int32_t toks[T];
+    for (int i = 0; i < T; i++) toks[i] = (i * 53 + 11) % V;
+    float *ref = malloc(sizeof(float) * T * V), *got = malloc(sizeof(float) * T * V);
+    const char *modes[][2] = {{"0", "0"}, {"1", "0"}, {"1", "1"}}; /* half gemm, streamed */
+    for (int k = -1; k < 3; k++) {
+        if (k >= 0) setenv("QL_CUDA_HALF_GEMM", modes[k][0], 1), setenv("QL_CUDA_STREAM", modes[k][1], 1);
+        ql_infer *inf;
+        assert_int_equal(ql_infer_new_on(m, 1, ql_backend_find(k < 0 ? "cpu" : "cuda"), &inf), QL_OK);
+        ql_scratch *sc = ql_scratch_new(inf, T);
+        ql_status st = ql_forward(inf, sc, toks, T, 0, k < 0 ? ref : got);
+        if (st) fail_msg("%s", ql_last_error());
+        ql_scratch_free(sc);
+        ql_infer_free(inf);
+        if (k < 0) continue;
+        float mx = 0, diff = 0;
+        for (int i = 0; i < T * V; i++) mx = fmaxf(mx, fabsf(ref[i])), diff = fmaxf(diff, fabsf(ref[i] - got[i]));
+        print_message("half gemm %s, streamed %s: max |logit diff| %.3g of max |logit| %.3g\n", modes[k][0], modes[k][1],
+                      diff, mx);
+        if (!(diff <= 1e-4f * mx)) fail_msg("cuda logits differ from the cpu's by %g (max logit %g)", diff, mx);
+    }
+    unsetenv("QL_CUDA_HALF_GEMM");
+    unsetenv("QL_CUDA_STREAM");
+    free(ref), free(got);
+    ql_model_free(m);
+    unlink(path);
+}
+
 /* Without a GPU the backend refuses to start with one line. */
 static void test_no_device_message(void **state) {
     (void)state;
@@ -667,6 +712,7 @@ int main(void) {
         cmocka_unit_test(test_glu),           cmocka_unit_test(test_softcap),  cmocka_unit_test(test_round_act),
         cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_xtx),      cmocka_unit_test(test_no_device_message),
         cmocka_unit_test(test_device_kernels), cmocka_unit_test(test_device_ppl), cmocka_unit_test(test_device_stats),
+        cmocka_unit_test(test_device_logits),
     };
     ql_test_order_from_env(tests, sizeof tests / sizeof tests[0]);
     return cmocka_run_group_tests(tests, setup, teardown);
