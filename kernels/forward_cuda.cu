@@ -243,15 +243,15 @@ ql_status launched(const char *what) {
 
 unsigned rows_grid(int T) { return (unsigned)(T < 1 ? 1 : T > 65535 * 4 ? 65535 * 4 : T); }
 
-// which k_round_act kind and block length an activation type is; -1: not a rounding llama.cpp does here
+// which k_round_act kind and block length an activation type is; every type other than F16, BF16 and Q8_K
+// rounds as Q8_0 (blocks of 32, fp16 scale), as the CPU backend's round_activations does; -1 for F32
 int round_kind(uint32_t act, int *qk) {
     switch (act) {
+    case QL_TYPE_F32: return -1;
     case QL_TYPE_F16: *qk = 1; return 0;
     case QL_TYPE_BF16: *qk = 1; return 1;
-    case QL_TYPE_Q8_0:
-    case QL_TYPE_Q8_1: *qk = 32; return 2;
     case QL_TYPE_Q8_K: *qk = 256; return 3;
-    default: return -1;
+    default: *qk = 32; return 2;
     }
 }
 

@@ -61,8 +61,8 @@ void ql_cudafwd_softcap_emulated(float *x, size_t n, float cap);
 ql_status ql_cudafwd_scale(float *x, size_t n, float s, void *stream);
 ql_status ql_cudafwd_add(float *y, const float *x, size_t n, void *stream);
 ql_status ql_cudafwd_add_bias(float *y, const float *b, int T, int N, void *stream);
-/* y[T, K] = x rounded as ggml's quantize_row_<act> then back (act: a ggml type id of F16, BF16, Q8_0, Q8_1,
- * Q8_K); y may be x. QL_ERR_UNSUPPORTED for another type. */
+/* y[T, K] = x rounded as ggml's quantize_row_<act> then back (act: F16, BF16, Q8_K, and Q8_0's blocks for any
+ * other type, as the CPU backend does); y may be x. QL_ERR_UNSUPPORTED for F32 (nothing to round). */
 ql_status ql_cudafwd_round_act(uint32_t act, const float *x, float *y, int T, int K, void *stream);
 ql_status ql_cudafwd_round_act_emulated(uint32_t act, const float *x, float *y, int T, int K);
 /* The 16-bit KV store: dst[i] = fp16 (bf16 when bf16) of x[i], and back. */
