@@ -42,6 +42,7 @@ typedef int ql_backend_cuda_translation_unit; /* keeps the file a valid C unit w
 #include <cblas.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -136,6 +137,52 @@ typedef struct {
         cublasStatus_t b_ = (call);                                                                           \
         if (b_ != CUBLAS_STATUS_SUCCESS) return ql_fail(QL_ERR_IO, "cuda: %s: cuBLAS status %d", #call, (int)b_); \
     } while (0)
+
+/* cuBLAS is opened when a backend is created, not linked: its libraries (hundreds of MB) would otherwise load at
+ * the start of every qlab command, CPU-only ones included. The soname is the toolkit's the build used; the
+ * build's CUDA library folder is the fallback (QL_CUDA_LIBDIR, from the Makefile). */
+static struct {
+    __typeof__(cublasCreate_v2) *Create;
+    __typeof__(cublasDestroy_v2) *Destroy;
+    __typeof__(cublasSetStream_v2) *SetStream;
+    __typeof__(cublasSetMathMode) *SetMathMode;
+    __typeof__(cublasSgemm_v2) *Sgemm;
+    __typeof__(cublasGemmEx) *GemmEx;
+    __typeof__(cublasDsyrk_v2) *Dsyrk;
+} CB;
+static char g_cublas_err[320];
+static pthread_once_t g_cublas_once = PTHREAD_ONCE_INIT;
+
+#define QL_STR2(x) #x
+#define QL_STR(x) QL_STR2(x)
+static void cublas_open(void) {
+    const char *soname = "libcublas.so." QL_STR(CUBLAS_VER_MAJOR);
+    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
+#ifdef QL_CUDA_LIBDIR
+    if (!lib) lib = dlopen(QL_CUDA_LIBDIR "/libcublas.so." QL_STR(CUBLAS_VER_MAJOR), RTLD_NOW | RTLD_LOCAL);
+#endif
+    if (!lib) {
+        snprintf(g_cublas_err, sizeof g_cublas_err, "cuda backend: cannot load %s (%s)", soname, dlerror());
+        return;
+    }
+    struct { void **fn; const char *name; } syms[] = {
+        {(void **)&CB.Create, "cublasCreate_v2"},       {(void **)&CB.Destroy, "cublasDestroy_v2"},
+        {(void **)&CB.SetStream, "cublasSetStream_v2"}, {(void **)&CB.SetMathMode, "cublasSetMathMode"},
+        {(void **)&CB.Sgemm, "cublasSgemm_v2"},         {(void **)&CB.GemmEx, "cublasGemmEx"},
+        {(void **)&CB.Dsyrk, "cublasDsyrk_v2"},
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
+        if (!(*syms[i].fn = dlsym(lib, syms[i].name))) {
+            snprintf(g_cublas_err, sizeof g_cublas_err, "cuda backend: %s has no %s", soname, syms[i].name);
+            CB.Create = NULL;
+            return;
+        }
+}
+
+const char *ql_cuda_blas_open(void) {
+    pthread_once(&g_cublas_once, cublas_open);
+    return CB.Create ? NULL : g_cublas_err;
+}
 
 static int64_t tensor_elems(const ql_gguf_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
 
@@ -385,9 +432,11 @@ static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out)
     CU(cudaSetDevice(device));
     CU(cudaStreamCreateWithFlags(&be->compute, cudaStreamNonBlocking));
     CU(cudaStreamCreateWithFlags(&be->copy, cudaStreamNonBlocking));
-    BLAS(cublasCreate(&be->blas));
-    BLAS(cublasSetStream(be->blas, be->compute));
-    BLAS(cublasSetMathMode(be->blas, CUBLAS_DEFAULT_MATH)); /* full F32: no TF32 tensor cores */
+    pthread_once(&g_cublas_once, cublas_open);
+    if (!CB.Create) return ql_fail(QL_ERR_UNSUPPORTED, "%s", g_cublas_err);
+    BLAS(CB.Create(&be->blas));
+    BLAS(CB.SetStream(be->blas, be->compute));
+    BLAS(CB.SetMathMode(be->blas, CUBLAS_DEFAULT_MATH)); /* full F32: no TF32 tensor cores */
 
     /* the weights: the output side, then every role tensor of every layer (a fused tensor's row views, which is
      * what the forward pass asks for, rather than the fused parent) */
@@ -496,7 +545,7 @@ static void cuda_destroy(void *p) {
     void *dev_bufs[] = {be->swap[0], be->swap[1], be->xd, be->ystage, be->cs[0], be->cs[1], be->gelu};
     for (size_t i = 0; i < QL_ARRAY_LEN(dev_bufs); i++)
         if (dev_bufs[i]) cudaFree(dev_bufs[i]);
-    if (be->blas) cublasDestroy(be->blas);
+    if (be->blas) CB.Destroy(be->blas);
     if (be->compute) cudaStreamDestroy(be->compute);
     if (be->copy) cudaStreamDestroy(be->copy);
     if (be->cpu) ql_backend_cpu.destroy(be->cpu);
@@ -625,10 +674,10 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
     const float one = 1.0f;
     /* row-major y[T,N] = x[T,K]·W[N,K]ᵀ is column-major yᵀ[N,T] = W[N,K] (stored as Kᵀ: op T) · xᵀ[K,T] */
     if (half_x)
-        BLAS(cublasGemmEx(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, CUDA_R_16F, K, xtmp, CUDA_R_16F, K, &beta,
+        BLAS(CB.GemmEx(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, CUDA_R_16F, K, xtmp, CUDA_R_16F, K, &beta,
                           yd, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     else
-        BLAS(cublasSgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, K, x, K, &beta, yd, N));
+        BLAS(CB.Sgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, W, K, x, K, &beta, yd, N));
     if (B && (st = ql_cudafwd_add_bias(yd, B, T, N, be->compute))) return st;
     if (host_y) {
         CU(cudaMemcpyAsync(y, yd, ybytes, cudaMemcpyDeviceToHost, be->compute));
@@ -867,11 +916,11 @@ static ql_status attention_locked(cuda_backend *be, const float *q, const float 
     for (int h = 0; h < H; h++) {
         const int kvh = h / group;
         /* column-major S'[keys, queries] = Kᵀ·Q: row-major S[query][key] */
-        BLAS(cublasSgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, &scale, k + kvh * hd, ldkv, q + h * hd, ldq,
+        BLAS(CB.Sgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, &scale, k + kvh * hd, ldkv, q + h * hd, ldq,
                          &zero, S, T));
         if ((st = ql_cudafwd_softmax(S, T, c->attn_softcap, window, be->compute))) return st;
         /* column-major out'[hd, T] = V'[hd, T]·S'[T, T] */
-        BLAS(cublasSgemm(be->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, &one, v + kvh * hd, ldkv, S, T, &zero,
+        BLAS(CB.Sgemm(be->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, &one, v + kvh * hd, ldkv, S, T, &zero,
                          out + h * hd, ldq));
     }
     return QL_OK;
@@ -953,7 +1002,7 @@ static ql_status xtx_add_locked(cuda_backend *be, cu_xtx *a, const float *x, int
     ql_status st = ql_cudafwd_to_double(x, be->xd, n, be->compute);
     if (st) return st;
     const double one = 1.0;
-    BLAS(cublasDsyrk(be->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, D, T, &one, be->xd, D, &one, a->H, D));
+    BLAS(CB.Dsyrk(be->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, D, T, &one, be->xd, D, &one, a->H, D));
     return QL_OK;
 }
 static ql_status cuda_xtx_add(void *p, void *acc, const float *x, int T, int D) {

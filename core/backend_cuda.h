@@ -14,6 +14,9 @@ void ql_cuda_rope_params(const ql_model *m, bool swa, float *freq, ql_cudafwd_ro
 /* H[D, D] (row-major upper triangle, i <= j) += x[T, D]ᵀ·x in double, with the operation and layout of the
  * backend's cublasDsyrk call run by host BLAS: what the xtx ops compute, for the emulation test. */
 void ql_cuda_xtx_emulated(const float *x, int T, int D, double *H);
+/* Opens cuBLAS the way the backend does (dlopen at first use, so qlab's start never loads it): NULL when every
+ * function the backend calls was found, else the one-line reason. */
+const char *ql_cuda_blas_open(void);
 #endif
 
 #endif

@@ -477,6 +477,13 @@ static void test_xtx(void **state) {
     ql_stats_free(st[1]);
 }
 
+/* cuBLAS is opened at run time (not linked into qlab): the loader finds the build's library and every function. */
+static void test_blas_open(void **state) {
+    (void)state;
+    const char *err = ql_cuda_blas_open();
+    if (err) fail_msg("%s", err);
+}
+
 /* ---- on a GPU ---- */
 
 static bool have_gpu(void) {
@@ -711,7 +718,7 @@ int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),     cmocka_unit_test(test_attention),
         cmocka_unit_test(test_glu),           cmocka_unit_test(test_softcap),  cmocka_unit_test(test_round_act),
-        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_xtx),      cmocka_unit_test(test_no_device_message),
+        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_xtx), cmocka_unit_test(test_blas_open),      cmocka_unit_test(test_no_device_message),
         cmocka_unit_test(test_device_kernels), cmocka_unit_test(test_device_ppl), cmocka_unit_test(test_device_stats),
         cmocka_unit_test(test_device_logits),
     };
