@@ -43,6 +43,7 @@ typedef int ql_backend_cuda_translation_unit; /* keeps the file a valid C unit w
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -109,8 +110,8 @@ typedef struct {
     size_t xd_cap;
     float *ystage;      /* device y of a matmul whose y is host memory (the logits) */
     size_t ystage_cap;
-    float *cs[2];       /* RoPE cos/sin [cs_len[k]][rope_dim], k = 1 for sliding layers */
-    int cs_len[2];
+    float *cs[4];       /* RoPE cos/sin [cs_len[k]][rope_dim]: k & 1 for sliding layers, k & 2 LongRoPE's long factors */
+    int cs_len[4];
     float *freq[2];     /* host: base^(-2i/d) per pair, global / sliding */
     uint16_t *gelu;     /* device copy of the fp16 GELU table (GeGLU models) */
     void *cpu;          /* the CPU backend's context, for the paths with no device twin */
@@ -542,7 +543,7 @@ static void cuda_destroy(void *p) {
         if (be->stage[i].dev) cudaFree(be->stage[i].dev);
         if (be->stage[i].staged) cudaEventDestroy(be->stage[i].staged);
     }
-    void *dev_bufs[] = {be->swap[0], be->swap[1], be->xd, be->ystage, be->cs[0], be->cs[1], be->gelu};
+    void *dev_bufs[] = {be->swap[0], be->swap[1], be->xd, be->ystage, be->cs[0], be->cs[1], be->cs[2], be->cs[3], be->gelu};
     for (size_t i = 0; i < QL_ARRAY_LEN(dev_bufs); i++)
         if (dev_bufs[i]) cudaFree(dev_bufs[i]);
     if (be->blas) CB.Destroy(be->blas);
@@ -702,7 +703,7 @@ static ql_status cuda_rmsnorm(void *p, const ql_backend_weight *w, const float *
     LOCKED(rmsnorm_locked(be, w, x, y, T, D, eps));
 }
 
-void ql_cuda_rope_params(const ql_model *m, bool swa, float *freq, ql_cudafwd_rope_params *out) {
+void ql_cuda_rope_params(const ql_model *m, bool swa, int n_ctx, float *freq, ql_cudafwd_rope_params *out) {
     const ql_config *c = &m->cfg;
     const float base = swa && c->rope_base_swa > 0 ? c->rope_base_swa : c->rope_base;
     const int half = c->rope_dim / 2;
@@ -710,10 +711,12 @@ void ql_cuda_rope_params(const ql_model *m, bool swa, float *freq, ql_cudafwd_ro
     float theta_scale = powf(base, -2.0f / (float)c->rope_dim), f = 1.0f;
     for (int i = 0; i < half; i++, f *= theta_scale) freq[i] = f;
     *out = (ql_cudafwd_rope_params){.freq = freq,
-                                    .factors = m->rope_freqs ? m->rope_freqs->data : NULL,
+                                    /* rope_freqs, or LongRoPE's long / short factors by the context */
+                                    .factors = ql_model_rope_factors(m, n_ctx),
                                     .freq_scale = 1.0f / (swa ? c->rope_scale_swa : c->rope_scale),
                                     .ext_factor = c->rope_yarn ? c->yarn_ext_factor : 0.0f,
-                                    .mscale = c->rope_yarn ? c->yarn_attn_factor : 1.0f,
+                                    /* rope.scaling.attn_factor, times YaRN's */
+                                    .mscale = (c->rope_yarn ? c->yarn_attn_factor : 1.0f) * c->rope_attn_factor,
                                     .half = half};
     if (out->ext_factor != 0.0f) {
         out->mscale *= 1.0f + 0.1f * logf(1.0f / out->freq_scale);
@@ -726,14 +729,15 @@ void ql_cuda_rope_params(const ql_model *m, bool swa, float *freq, ql_cudafwd_ro
     }
 }
 
-/* The cos/sin table of positions [0, T) for global (k = 0) or sliding (k = 1) layers, grown on demand. */
+/* The cos/sin table of positions [0, T) for global (k = 0, 2) or sliding (k = 1, 3) layers, with LongRoPE's
+ * long factors (k >= 2: the pass's context exceeds the original one) or not, grown on demand. */
 static ql_status rope_table(cuda_backend *be, int k, int T, const float **out) {
     const ql_config *c = be->c;
     if (T > be->cs_len[k]) {
         const int len = QL_MAX(T, QL_MIN(2 * be->cs_len[k], c->n_ctx_train > 0 ? c->n_ctx_train : T));
         const int half = c->rope_dim / 2;
         ql_cudafwd_rope_params rp;
-        ql_cuda_rope_params(be->m, k == 1, be->freq[k], &rp);
+        ql_cuda_rope_params(be->m, k & 1, k >= 2 ? INT_MAX : 0, be->freq[k & 1], &rp);
         const size_t row = (size_t)2 * half, bytes = (size_t)len * row * sizeof(float);
         float *host = malloc(bytes ? bytes : 1);
         if (!host) return ql_fail(QL_ERR_NOMEM, "out of memory for the RoPE table");
@@ -754,15 +758,16 @@ static ql_status rope_table(cuda_backend *be, int k, int T, const float **out) {
     return QL_OK;
 }
 
-static ql_status rope_locked(cuda_backend *be, float *x, int T, int n_heads, int layer) {
+static ql_status rope_locked(cuda_backend *be, float *x, int T, int n_heads, int layer, int n_ctx) {
     const ql_config *c = be->c;
     const float *cs = NULL;
-    ql_status st = rope_table(be, ql_layer_is_swa(c, layer) ? 1 : 0, T, &cs);
+    const int k = (ql_layer_is_swa(c, layer) ? 1 : 0) + (n_ctx > c->n_ctx_orig ? 2 : 0);
+    ql_status st = rope_table(be, k, T, &cs);
     return st ? st : ql_cudafwd_rope(x, cs, T, n_heads, c->head_dim, c->rope_dim / 2, c->rope_neox != 0, be->compute);
 }
-static ql_status cuda_rope(void *p, float *x, int T, int n_heads, int layer, float *tmp) {
+static ql_status cuda_rope(void *p, float *x, int T, int n_heads, int layer, int n_ctx, float *tmp) {
     (void)tmp;
-    LOCKED(rope_locked(be, x, T, n_heads, layer));
+    LOCKED(rope_locked(be, x, T, n_heads, layer, n_ctx));
 }
 
 static ql_status cuda_ffn_act(void *p, float *gate, const float *up, size_t n) {

@@ -8,9 +8,9 @@
 #include "core/model.h"
 #include "kernels/forward_cuda.h"
 
-/* RoPE parameters of m's global (swa = false) or sliding layers; freq receives rope_dim/2 floats that
- * out->freq points to. */
-void ql_cuda_rope_params(const ql_model *m, bool swa, float *freq, ql_cudafwd_rope_params *out);
+/* RoPE parameters of m's global (swa = false) or sliding layers in a pass of context n_ctx (which picks LongRoPE's
+ * long or short factors); freq receives rope_dim/2 floats that out->freq points to. */
+void ql_cuda_rope_params(const ql_model *m, bool swa, int n_ctx, float *freq, ql_cudafwd_rope_params *out);
 /* H[D, D] (row-major upper triangle, i <= j) += x[T, D]ᵀ·x in double, with the operation and layout of the
  * backend's cublasDsyrk call run by host BLAS: what the xtx ops compute, for the emulation test. */
 void ql_cuda_xtx_emulated(const float *x, int T, int D, double *H);

@@ -162,20 +162,27 @@ static void test_rmsnorm(void **state) {
 }
 
 /* RoPE: the backend's angle table (ql_cuda_rope_params + ql_cudafwd_rope_cs_row) and rotation are the CPU's
- * operations: bit-exact, for adjacent and NEOX pairs, rope_freqs factors, YaRN, linear scaling, sliding layers. */
+ * operations: bit-exact, for adjacent and NEOX pairs, rope_freqs factors, YaRN, linear scaling, sliding layers,
+ * LongRoPE's short and long factors (by the pass's context) and rope.scaling.attn_factor. */
 static void test_rope(void **state) {
     (void)state;
     ql_config saved = g_model->cfg;
-    ql_gguf_tensor *saved_ff = g_model->rope_freqs;
+    ql_gguf_tensor *saved_ff = g_model->rope_freqs, *saved_long = g_model->rope_long, *saved_short = g_model->rope_short;
     const int half = g_model->cfg.rope_dim / 2;
     float *ff_data = malloc(sizeof(float) * half);
     for (int i = 0; i < half; i++) ff_data[i] = 1.0f + (float)(i % 5) * 0.75f;
     ql_gguf_tensor ff = f32_tensor(ff_data, half);
-    for (int variant = 0; variant < 6; variant++) {
+    float *long_data = malloc(sizeof(float) * half), *short_data = malloc(sizeof(float) * half);
+    for (int i = 0; i < half; i++) long_data[i] = 1.0f + (float)i * 0.5f, short_data[i] = 1.0f + (float)(i % 3) * 0.1f;
+    ql_gguf_tensor lt = f32_tensor(long_data, half), st = f32_tensor(short_data, half);
+    for (int variant = 0; variant < 8; variant++) {
         ql_config *c = &g_model->cfg;
         *c = saved;
         g_model->rope_freqs = NULL;
+        g_model->rope_long = g_model->rope_short = NULL;
         c->rope_neox = variant & 1;
+        if (variant == 6) g_model->rope_long = &lt, g_model->rope_short = &st, c->n_ctx_orig = 16;
+        if (variant == 7) c->rope_attn_factor = 1.1902380714f;
         if (variant == 2) g_model->rope_freqs = &ff;
         if (variant == 3) c->rope_scale = 4.0f;
         if (variant == 4) {
@@ -186,18 +193,19 @@ static void test_rope(void **state) {
         const ql_backend_ops *cpu;
         void *be = cpu_ctx(&cpu);
         const int T = 37, H = c->n_head, hd = c->head_dim;
-        for (int layer = 0; layer < 2; layer++) {
+        for (int layer = 0; layer < 2; layer++)
+          for (int n_ctx = 8; n_ctx <= 64; n_ctx *= 8) {
             float *x = malloc(sizeof(float) * T * H * hd), *y = malloc(sizeof(float) * T * H * hd);
             float *cs = malloc(sizeof(float) * T * 2 * half), *freq = malloc(sizeof(float) * half), *tmp = malloc(sizeof(float) * c->rope_dim);
             fill(x, (size_t)T * H * hd, IN_RANDOM, 3.0f);
             memcpy(y, x, sizeof(float) * T * H * hd);
-            assert_int_equal(cpu->rope(be, x, T, H, layer, tmp), QL_OK);
+            assert_int_equal(cpu->rope(be, x, T, H, layer, n_ctx, tmp), QL_OK);
             ql_cudafwd_rope_params rp;
-            ql_cuda_rope_params(g_model, ql_layer_is_swa(c, layer), freq, &rp);
+            ql_cuda_rope_params(g_model, ql_layer_is_swa(c, layer), n_ctx, freq, &rp);
             for (int t = 0; t < T; t++) ql_cudafwd_rope_cs_row(&rp, t, cs + (size_t)t * 2 * half);
             ql_cudafwd_rope_emulated(y, cs, T, H, hd, half, c->rope_neox != 0);
             char what[64];
-            snprintf(what, sizeof what, "rope variant %d layer %d", variant, layer);
+            snprintf(what, sizeof what, "rope variant %d layer %d n_ctx %d", variant, layer, n_ctx);
             expect_close(what, y, x, (size_t)T * H * hd, 0, 0);
             free(x), free(y), free(cs), free(freq), free(tmp);
         }
@@ -205,7 +213,8 @@ static void test_rope(void **state) {
     }
     g_model->cfg = saved;
     g_model->rope_freqs = saved_ff;
-    free(ff_data);
+    g_model->rope_long = saved_long, g_model->rope_short = saved_short;
+    free(ff_data), free(long_data), free(short_data);
 }
 
 /* Attention as the backend runs it (scores and output by sgemm per head, the causal softmax kernel between) vs
