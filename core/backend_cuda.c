@@ -391,6 +391,20 @@ static ql_status weight_dev(cuda_backend *be, const ql_backend_weight *bw, int s
 
 extern const ql_backend_ops ql_backend_cpu;
 
+/* How many CUDA devices this machine has (--device and the automatic choice ask before any work); 0 with the
+ * one-line reason when none. */
+static int cuda_device_count(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n <= 0) {
+        cudaGetLastError();
+        ql_fail(QL_ERR_UNSUPPORTED, "cuda backend: no CUDA device (%s)",
+                e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
+        return 0;
+    }
+    return n;
+}
+
 static void cuda_destroy(void *p);
 
 static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out);
@@ -416,8 +430,9 @@ static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out)
         return ql_fail(QL_ERR_UNSUPPORTED, "cuda backend: no CUDA device (%s)",
                        e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
     }
+    /* --device cuda:N (ql_backend_select, which also exports $QL_CUDA_DEVICE), else $QL_CUDA_DEVICE, else 0 */
     const char *dv = getenv("QL_CUDA_DEVICE");
-    const int device = dv && *dv ? atoi(dv) : 0;
+    const int device = ql_backend_device() > 0 ? ql_backend_device() : dv && *dv ? atoi(dv) : 0;
     if (device < 0 || device >= n_dev)
         return ql_fail(QL_ERR_ARG, "cuda backend: device %d does not exist (%d found)", device, n_dev);
     const ql_config *c = &m->cfg;
@@ -1043,6 +1058,7 @@ const ql_backend_ops ql_backend_cuda = {
              "memory), cuBLAS sgemm, F32/f16/bf16/q8_0/q4_0 KV cache",
     .wants_f32 = false,
     .serial = true,
+    .device_count = cuda_device_count,
     .create = cuda_create,
     .destroy = cuda_destroy,
     .alloc = cuda_alloc,
