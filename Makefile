@@ -22,7 +22,7 @@ ifneq ($(NVCC),)
 CUSRCS  := $(wildcard kernels/*.cu)
 CUOBJS  := $(CUSRCS:%.cu=$(BUILD)/%.cu.o)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-CFLAGS  += -DQL_HAVE_CUDA -I$(CUDA_HOME)/include
+CFLAGS  += -DQL_HAVE_CUDA -I$(CUDA_HOME)/include -DQL_CUDA_LIBDIR=\"$(CUDA_HOME)/lib64\"
 LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusolver -lstdc++
 NVFLAGS ?= -O2 -std=c++17 -MMD -MP -I. --compiler-options -fPIC -arch=sm_90 \
            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
@@ -111,9 +111,10 @@ $(BUILD)/tests/libqlfault.so: tests/fault_shim.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
 
-# CUDA codecs vs the CPU reference (device tests skip without a GPU); the GB/s run is `make bench-cuda`.
-test-cuda: $(BUILD)/tests/test_cuda
+# CUDA codecs and the CUDA backend vs the CPU reference (device tests skip without a GPU); speed is `make bench-cuda`.
+test-cuda: $(BUILD)/tests/test_cuda $(BUILD)/tests/test_cuda_forward
 	$(BUILD)/tests/test_cuda
+	$(BUILD)/tests/test_cuda_forward
 
 asan:
 	$(MAKE) BUILD=build-asan OPTFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
@@ -203,11 +204,13 @@ $(BUILD)/bench/gptq_bench_cuda: bench/gptq_bench_cuda.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 
-# CUDA dequantize bandwidth (4096x4096 Q4_K and Q8_0); `make bench-cuda ARGS="rows cols iters"`.
+# CUDA dequantize bandwidth (4096x4096 Q4_K and Q8_0); `make bench-cuda ARGS="rows cols iters"`; then
+# `qlab ppl` tokens/s and peak GPU memory on the CUDA backend (bench/cuda_ppl.sh: synthetic 1B / 8B, ctx 2048).
 # Prints "GPU: not available on this machine" without a CUDA device. A benchmark: not part of make test.
 .PHONY: bench-cuda
-bench-cuda: $(BUILD)/bench/cuda_dequant_bench
+bench-cuda: all $(BUILD)/bench/cuda_dequant_bench
 	$(BUILD)/bench/cuda_dequant_bench $(ARGS)
+	@QLAB=./$(BIN) bash bench/cuda_ppl.sh
 
 $(BUILD)/bench/cuda_dequant_bench: bench/cuda_dequant_bench.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)

@@ -12,8 +12,13 @@
 /* One line per backend: X(name) is `const ql_backend_ops ql_backend_<name>` in core/backend_<name>.c.
  * The first is the default. A backend that needs an optional toolkit wraps its line in that build's
  * #ifdef (e.g. QL_HAVE_CUDA). */
+#ifdef QL_HAVE_CUDA
+#define QL_BACKEND_IF_CUDA(X) X(cuda)
+#else
+#define QL_BACKEND_IF_CUDA(X)
+#endif
 #define QL_BACKEND_LIST(X) \
-    X(cpu)
+    X(cpu) QL_BACKEND_IF_CUDA(X)
 
 #define QL_DECLARE_BACKEND(n) extern const ql_backend_ops ql_backend_##n;
 QL_BACKEND_LIST(QL_DECLARE_BACKEND)

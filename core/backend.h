@@ -40,6 +40,9 @@ typedef struct ql_backend_ops {
     /* true: the pipeline decodes every weight to F32 once (or one layer at a time when the model exceeds
      * the memory budget) and passes it as .f32; false: the backend reads the stored bytes itself. */
     bool wants_f32;
+    /* true: one queue runs every op (a device backend), so passes from several threads only wait on each other;
+     * callers that would run passes in parallel (ql_perplexity) run one at a time with all threads inside. */
+    bool serial;
 
     /* The backend context for one model (geometry, rope tables, device handles); read-only afterwards. */
     ql_status (*create)(const ql_model *m, int n_threads, void **be);
@@ -109,6 +112,15 @@ typedef struct ql_backend_ops {
      * the automatic choice takes the first registered backend with a device present. create() runs on device
      * ql_backend_device(). */
     int (*device_count)(void);
+
+    /* Optional (NULL: the caller accumulates on the host). Σ xᵀx of activations kept on the device, in double
+     * (activation statistics, core/stats.c): xtx_new makes a zeroed D×D accumulator, xtx_add adds x[T, D]ᵀ·x for
+     * x from alloc() (queued: x may be overwritten by later ops, not by the host before sync), xtx_get adds the
+     * accumulator's upper triangle (row-major, i <= j) into the host's H[D, D], xtx_free frees it. */
+    ql_status (*xtx_new)(void *be, int D, void **acc);
+    ql_status (*xtx_add)(void *be, void *acc, const float *x, int T, int D);
+    ql_status (*xtx_get)(void *be, void *acc, double *H);
+    void (*xtx_free)(void *be, void *acc);
 } ql_backend_ops;
 
 /* The registered backends (core/backend.c), in listing order; the first is the default. */

@@ -211,6 +211,8 @@ const ql_model *ql_infer_model(const ql_infer *inf) { return inf->m; }
 
 const ql_backend_ops *ql_infer_backend(const ql_infer *inf) { return inf->ops; }
 
+void *ql_infer_backend_context(const ql_infer *inf) { return inf->be; }
+
 int ql_infer_set_op_threads(const ql_infer *inf, int n) { return inf->ops->set_threads(inf->be, n); }
 
 const float *ql_infer_swap_weight(ql_infer *inf, const ql_gguf_tensor *t, const float *data) {

@@ -36,6 +36,8 @@ ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out);
 /* The backend is $QL_BACKEND's (default "cpu"; an unknown name fails listing the known ones), or `ops`. */
 ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops *ops, ql_infer **out);
 const ql_backend_ops *ql_infer_backend(const ql_infer *inf);
+/* The backend's context for this model (what its ops take as `be`). */
+void *ql_infer_backend_context(const ql_infer *inf);
 /* Threads inside one backend op (CPU: OpenBLAS's count, process-wide); returns the previous count. */
 int ql_infer_set_op_threads(const ql_infer *inf, int n);
 bool ql_infer_streaming(const ql_infer *inf);

@@ -227,7 +227,8 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     int n_chunks = (int)(o->n_chunks > 0 && o->n_chunks < max_chunks ? o->n_chunks : max_chunks);
     int n_threads = o->n_threads > 0 ? o->n_threads : ql_default_threads();
     int workers = n_threads < n_chunks ? n_threads : n_chunks;
-    if (ql_infer_streaming(inf)) workers = 1; /* one layer decoded at a time: parallel inside BLAS and the decoder */
+    /* one layer decoded at a time, or one device queue: parallel inside BLAS and the decoder */
+    if (ql_infer_streaming(inf) || ql_infer_backend(inf)->serial) workers = 1;
     if (workers * per_worker > budget) workers = (int)(budget / per_worker);
     int blas_threads = n_threads / workers;
     ppl_ctx c = {.inf = inf, .tokens = tokens, .n_ctx = n_ctx, .first = n_ctx / 2, .n_vocab = m->cfg.n_vocab,

@@ -137,13 +137,21 @@ ql_status ql_stats_load_for_model(const char *path, const ql_model *m, ql_stats_
     return QL_OK;
 }
 
-/* per-worker accumulators: one ql_stats with the same layout, plus a double scratch for dsyrk */
+/* per-worker accumulators: one ql_stats with the same layout, plus a double scratch for dsyrk; Σ xᵀx goes to
+ * the backend's device accumulators when it has them (xtx_add: the CUDA backend), one per entry, folded into the
+ * host's at the end; an entry whose accumulator cannot be made (device memory) stays on the host */
 typedef struct {
     ql_stats *acc;
     double *xd;
     int64_t xd_cap;
     int n_layer;
     bool output;
+    const ql_backend_ops *ops; /* the infer's backend, when it accumulates Σ xᵀx itself; else NULL */
+    void *be;
+    void **dev;     /* per entry: the device accumulator, or NULL */
+    bool *on_host;  /* per entry: the device refused one, the host accumulates */
+    ql_status st;   /* the first device error (the hook cannot return one) */
+    char err[256];
 } worker_acc;
 
 static int entry_index(int n_layer, int layer, ql_hook_point p) {
@@ -165,6 +173,20 @@ static void hook(void *user, int layer, ql_hook_point where, const float *x, int
         }
     }
     e->n_tokens += n;
+    const int ei = entry_index(w->n_layer, layer, where);
+    if (e->xtx && w->ops && !w->on_host[ei] && !w->st) {
+        ql_status st = w->dev[ei] ? QL_OK : w->ops->xtx_new(w->be, dim, &w->dev[ei]);
+        if (st == QL_ERR_NOMEM) {
+            w->on_host[ei] = true; /* no room on the device: this entry on the host */
+        } else {
+            if (!st) st = w->ops->xtx_add(w->be, w->dev[ei], x, n, dim);
+            if (st) {
+                w->st = st;
+                snprintf(w->err, sizeof w->err, "%s", ql_last_error());
+            }
+            return;
+        }
+    }
     if (e->xtx) {
         int64_t need = (int64_t)n * dim;
         if (need > w->xd_cap) {
@@ -351,6 +373,8 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     if (ms) return ms;
     collect_ctx ctx = {.inf = inf, .tokens = tokens, .n_seq = n_seq, .seq_len = seq_len, .workers = workers,
                        .progress = progress, .rank = rank, .size = size};
+    /* a device backend (serial) runs the workers' passes one after another; each keeps its own accumulators */
+    const ql_backend_ops *ops = ql_infer_backend(inf);
     pthread_mutex_init(&ctx.lock, NULL);
     ctx.acc = ql_calloc((size_t)workers, sizeof *ctx.acc);
     for (int w = 0; w < workers; w++) {
@@ -359,12 +383,31 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
         ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only);
         ctx.acc[w].n_layer = c->n_layer;
         ctx.acc[w].output = o->output;
+        if (ops->xtx_add) {
+            ctx.acc[w].ops = ops;
+            ctx.acc[w].be = ql_infer_backend_context(inf);
+            ctx.acc[w].dev = ql_calloc((size_t)ctx.acc[w].acc->n, sizeof(void *));
+            ctx.acc[w].on_host = ql_calloc((size_t)ctx.acc[w].acc->n, sizeof(bool));
+        }
     }
     int saved = openblas_get_num_threads();
     openblas_set_num_threads(1);
     if (n_local > 0) ql_parallel_for(n_local, n_local, collect_range, &ctx);
     openblas_set_num_threads(saved);
     ql_status st = ctx.status;
+    /* the device accumulators into the host's (which saw none of their tokens' Σ xᵀx) */
+    for (int w = 0; w < workers; w++) {
+        worker_acc *a = &ctx.acc[w];
+        if (!st && a->st) st = ql_fail(a->st, "%s", a->err);
+        for (int i = 0; a->dev && i < a->acc->n; i++)
+            if (a->dev[i]) {
+                ql_status gs = st ? QL_OK : ops->xtx_get(a->be, a->dev[i], a->acc->e[i].xtx);
+                if (gs && !st) st = gs;
+                ops->xtx_free(a->be, a->dev[i]);
+            }
+        free(a->dev);
+        free(a->on_host);
+    }
     if (!st && ql_progress_cancelled(progress)) st = ql_fail(QL_ERR_CANCELLED, "cancelled");
     if (ctx.size > 1 && ctx.rank != 0) { /* hand this rank's workers to rank 0, in worker order */
         st = send_workers(&ctx, st);

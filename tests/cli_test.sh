@@ -53,6 +53,13 @@ expect_error "kld base missing" "nope.qlp" $QLAB ppl "$T/tiny.gguf" --text "$T/t
 mkdir -p "$T/hf_empty"
 expect_error "hf folder without config" "hf_empty" $QLAB info "$T/hf_empty"
 expect_error "unknown command" "unknown command" $QLAB frobnicate
+# the CUDA backend (built when nvcc was found) without a GPU: one line, non-zero exit
+if [ -f "$T/tiny.gguf" ]; then
+  cuda_run=(env QL_BACKEND=cuda $QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --ctx 64 --chunks 1)
+  if "${cuda_run[@]}" 2>&1 | grep -q "unknown backend 'cuda'"; then skip "cuda backend: this qlab was built without nvcc"
+  elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then skip "cuda backend refusal: a GPU is present"
+  else expect_error "ppl on the cuda backend without a GPU" "no CUDA device" "${cuda_run[@]}"; fi
+fi
 # memory is checked before it is allocated: a context whose working set exceeds the budget (60% of RAM, of the
 # cgroup limit or of ulimit -v) is refused naming what it needs and the largest --ctx that fits; no abort
 if [ -f "$T/tiny.gguf" ]; then

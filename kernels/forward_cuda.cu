@@ -1,0 +1,450 @@
+// forward_cuda.cu — the forward pass's device kernels (see kernels/forward_cuda.h) for core/backend_cuda.c.
+// Every op's arithmetic is a __host__ __device__ function below, written with the non-contracting _rn
+// operations of cuda_common.cuh so the device does the CPU backend's float operations in its order; the
+// reductions (RMSNorm's sum of squares, softmax's max and sum) run in QL_CUDAFWD_LANES lanes and a fixed
+// halving tree, which the *_emulated entry points replay on the host lane by lane. What can still differ
+// from the CPU backend: the reduction order (the CPU sums left to right) and the device's expf / tanhf
+// (CUDA's are within 2 ulp, glibc's differ); RoPE's cos/sin come from a table the host fills with the CPU's
+// own formula, and GeGLU reads a device copy of the CPU's fp16 GELU table, so both are bit-exact.
+#include "kernels/forward_cuda.h"
+#include "kernels/blocks.h"
+#include "kernels/cuda_common.cuh"
+#include "kernels/cuda_half.cuh"
+
+extern "C" {
+#include "kernels/ggml_types.h"
+}
+
+using namespace ql_cuda;
+
+namespace {
+
+constexpr int LANES = QL_CUDAFWD_LANES;
+
+// ---- the ops' arithmetic, shared by the kernels and their host emulation ----
+
+// RMSNorm: lane `lane`'s part of the sum of squares (float products summed in double, as ggml does)
+QL_HD double rms_partial(const float *x, int D, int lane) {
+    double s = 0;
+    for (int i = lane; i < D; i += LANES) s = dadd_rn(s, (double)mul_rn(x[i], x[i]));
+    return s;
+}
+QL_HD float rms_scale(double ss, int D, float eps) {
+    return div_rn(1.0f, sqrt_rn(add_rn((float)ddiv_rn(ss, (double)D), eps)));
+}
+QL_HD void rms_apply(const float *x, const float *w, float *y, int D, float scale, int lane) {
+    for (int i = lane; i < D; i += LANES) y[i] = mul_rn(mul_rn(x[i], scale), w[i]);
+}
+
+// RoPE: one pair of one head (cs = cos, sin of that pair at that position)
+QL_HD void rope_pair(float *r, int a, int b, float c, float s) {
+    const float x0 = r[a], x1 = r[b];
+    r[a] = sub_rn(mul_rn(x0, c), mul_rn(x1, s));
+    r[b] = add_rn(mul_rn(x0, s), mul_rn(x1, c));
+}
+
+// causal softmax of row i: the first position it sees, then each phase of one lane
+QL_HD int sm_first(int i, int window) { return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0; }
+QL_HD float softcap1(float x, float inv, float cap) { return mul_rn(tanhf(mul_rn(x, inv)), cap); }
+QL_HD float max_skip_nan(float m, float v) { return v > m ? v : m; } // the CPU's `row[j] > mx ? row[j] : mx`
+QL_HD float sm_max_partial(float *row, int j0, int i, float cap, int lane) {
+    float m = -INFINITY;
+    const float inv = cap > 0 ? div_rn(1.0f, cap) : 0.0f;
+    for (int j = j0 + lane; j <= i; j += LANES) {
+        if (cap > 0) row[j] = softcap1(row[j], inv, cap);
+        m = max_skip_nan(m, row[j]);
+    }
+    return m;
+}
+QL_HD float sm_exp_partial(float *row, int j0, int i, float mx, int lane) {
+    float s = 0;
+    for (int j = j0 + lane; j <= i; j += LANES) {
+        row[j] = expf(sub_rn(row[j], mx));
+        s = add_rn(s, row[j]);
+    }
+    return s;
+}
+QL_HD void sm_finish(float *row, int T, int j0, int i, float inv, int lane) {
+    for (int j = lane; j < T; j += LANES) row[j] = j >= j0 && j <= i ? mul_rn(row[j], inv) : 0.0f;
+}
+
+// FFN activations
+QL_HD float silu_mul(float g, float u) { return mul_rn(div_rn(g, add_rn(1.0f, expf(fneg(g)))), u); }
+QL_HD float gelu_mul(float g, float u, const uint16_t *table) {
+    float y;
+    if (g <= -10.0f) y = 0.0f;
+    else if (g >= 10.0f) y = g;
+    else y = h2f(table[f2h(g)]);
+    return mul_rn(y, u);
+}
+
+// bf16 as base/ql_common.c rounds it (nearest even, quiet NaN)
+QL_HD uint16_t f2bf(float f) {
+    const uint32_t u = f2u(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);
+}
+QL_HD float bf2f(uint16_t h) { return u2f((uint32_t)h << 16); }
+
+// llama.cpp's activation rounding, one block: Q8_0 / Q8_1 (32 values, fp16 scale amax/127)
+QL_HD void round_q8_0_block(const float *x, float *y) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabs_bits(x[j]));
+    const float d = div_rn(amax, 127.f), id = amax != 0 ? div_rn(127.f, amax) : 0.f;
+    const float dh = h2f(f2h(d));
+    for (int j = 0; j < 32; j++) y[j] = mul_rn(dh, rintf(mul_rn(x[j], id)));
+}
+// Q8_K (256 values, scale -127 / the value of largest magnitude)
+QL_HD void round_q8_k_block(const float *x, float *y) {
+    float amax = 0, mx = 0;
+    for (int j = 0; j < 256; j++)
+        if (fabs_bits(x[j]) > amax) {
+            amax = fabs_bits(x[j]);
+            mx = x[j];
+        }
+    if (amax == 0) {
+        for (int j = 0; j < 256; j++) y[j] = 0;
+        return;
+    }
+    const float iscale = div_rn(-127.f, mx), d = div_rn(1.0f, iscale);
+    for (int j = 0; j < 256; j++) {
+        const int v = cvtt_x86(rintf(mul_rn(iscale, x[j])));
+        y[j] = mul_rn(d, (float)(v > 127 ? 127 : v));
+    }
+}
+// llama.cpp's cache write of a Q8_0 block (ggml-cpu's quantize_row_q8_0, core/kv_cache.c's quantize_q8_0_cpu):
+// the reference's scale, codes rounded half to even
+QL_HD void quantize_q8_0_kv_block(const float *x, blk_q8_0 *y) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabs_bits(x[j]));
+    const float d = div_rn(amax, 127.f), id = amax != 0 ? div_rn(127.f, amax) : 0.f;
+    y->d = f2h(d);
+    for (int j = 0; j < 32; j++) y->qs[j] = (int8_t)cvtt_x86(rintf(mul_rn(x[j], id)));
+}
+
+QL_HD float round_half(float x, bool bf16) { return bf16 ? bf2f(f2bf(x)) : h2f(f2h(x)); }
+
+// ---- kernels ----
+
+__global__ void k_rmsnorm(const float *x, const float *w, float *y, int T, int D, float eps) {
+    __shared__ double red[LANES];
+    const int lane = threadIdx.x;
+    for (int t = blockIdx.x; t < T; t += gridDim.x) {
+        const float *xr = x + (size_t)t * D;
+        red[lane] = rms_partial(xr, D, lane);
+        __syncthreads();
+        for (int s = LANES / 2; s > 0; s >>= 1) {
+            if (lane < s) red[lane] = dadd_rn(red[lane], red[lane + s]);
+            __syncthreads();
+        }
+        const float scale = rms_scale(red[0], D, eps);
+        __syncthreads(); // red is reused by the next row
+        rms_apply(xr, w, y + (size_t)t * D, D, scale, lane);
+    }
+}
+
+__global__ void k_rope(float *x, const float *cs, int T, int n_heads, int hd, int half, bool neox) {
+    const int64_t n = (int64_t)T * n_heads * half, stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        const int i = (int)(k % half);
+        const int64_t th = k / half; // t * n_heads + h
+        const int t = (int)(th / n_heads);
+        const float *c = cs + (size_t)t * 2 * half + 2 * i;
+        rope_pair(x + th * hd, neox ? i : 2 * i, neox ? i + half : 2 * i + 1, c[0], c[1]);
+    }
+}
+
+__global__ void k_softmax(float *S, int T, float cap, int window) {
+    __shared__ float red[LANES];
+    const int lane = threadIdx.x;
+    for (int i = blockIdx.x; i < T; i += gridDim.x) {
+        float *row = S + (size_t)i * T;
+        const int j0 = sm_first(i, window);
+        red[lane] = sm_max_partial(row, j0, i, cap, lane);
+        __syncthreads();
+        for (int s = LANES / 2; s > 0; s >>= 1) {
+            if (lane < s) red[lane] = max_skip_nan(red[lane], red[lane + s]);
+            __syncthreads();
+        }
+        const float mx = red[0];
+        __syncthreads();
+        red[lane] = sm_exp_partial(row, j0, i, mx, lane);
+        __syncthreads();
+        for (int s = LANES / 2; s > 0; s >>= 1) {
+            if (lane < s) red[lane] = add_rn(red[lane], red[lane + s]);
+            __syncthreads();
+        }
+        const float inv = div_rn(1.0f, red[0]);
+        __syncthreads();
+        sm_finish(row, T, j0, i, inv, lane);
+    }
+}
+
+__global__ void k_glu(float *gate, const float *up, int64_t n, const uint16_t *table) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        gate[i] = table ? gelu_mul(gate[i], up[i], table) : silu_mul(gate[i], up[i]);
+}
+
+__global__ void k_softcap(float *x, int64_t n, float inv, float cap) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) x[i] = softcap1(x[i], inv, cap);
+}
+
+__global__ void k_scale(float *x, int64_t n, float s) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) x[i] = mul_rn(x[i], s);
+}
+
+__global__ void k_add(float *y, const float *x, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = add_rn(y[i], x[i]);
+}
+
+__global__ void k_add_bias(float *y, const float *b, int64_t n, int N) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = add_rn(y[i], b[i % N]);
+}
+
+// one thread per block of QK values (kind 0: f16, 1: bf16, 2: q8_0, 3: q8_k)
+__global__ void k_round_act(const float *x, float *y, int64_t nb, int kind) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += stride) {
+        if (kind == 2) round_q8_0_block(x + b * 32, y + b * 32);
+        else if (kind == 3) round_q8_k_block(x + b * 256, y + b * 256);
+        else y[b] = round_half(x[b], kind == 1);
+    }
+}
+
+__global__ void k_to_half(const float *x, uint16_t *d, int64_t n, bool bf16) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) d[i] = bf16 ? f2bf(x[i]) : f2h(x[i]);
+}
+
+__global__ void k_from_half(const uint16_t *s, float *y, int64_t n, bool bf16) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = bf16 ? bf2f(s[i]) : h2f(s[i]);
+}
+
+__global__ void k_q8_0_kv(const float *x, blk_q8_0 *y, int64_t nb) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += stride) quantize_q8_0_kv_block(x + b * 32, y + b);
+}
+
+__global__ void k_to_double(const float *x, double *y, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = (double)x[i];
+}
+
+ql_status launched(const char *what) {
+    const cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? QL_OK : cuda_fail(e, what, __FILE__, __LINE__);
+}
+
+unsigned rows_grid(int T) { return (unsigned)(T < 1 ? 1 : T > 65535 * 4 ? 65535 * 4 : T); }
+
+// which k_round_act kind and block length an activation type is; every type other than F16, BF16 and Q8_K
+// rounds as Q8_0 (blocks of 32, fp16 scale), as the CPU backend's round_activations does; -1 for F32
+int round_kind(uint32_t act, int *qk) {
+    switch (act) {
+    case QL_TYPE_F32: return -1;
+    case QL_TYPE_F16: *qk = 1; return 0;
+    case QL_TYPE_BF16: *qk = 1; return 1;
+    case QL_TYPE_Q8_K: *qk = 256; return 3;
+    default: *qk = 32; return 2;
+    }
+}
+
+} // namespace
+
+// ---- host-side helpers ----
+
+extern "C" void ql_cudafwd_rope_cs_row(const ql_cudafwd_rope_params *p, int pos, float *cs) {
+    // core/backend_cpu.c's cpu_rope, operation for operation (host code: glibc cosf / sinf)
+    for (int i = 0; i < p->half; i++) {
+        float theta = (float)pos * p->freq[i];
+        if (p->factors) theta /= p->factors[i];
+        float interp = p->freq_scale * theta;
+        if (p->ext_factor != 0.0f) {
+            float y = ((float)i - p->corr0) / fmaxf(0.001f, p->corr1 - p->corr0);
+            float mix = (1.0f - fminf(1.0f, fmaxf(0.0f, y))) * p->ext_factor;
+            interp = interp * (1.0f - mix) + theta * mix;
+        }
+        cs[2 * i] = cosf(interp) * p->mscale;
+        cs[2 * i + 1] = sinf(interp) * p->mscale;
+    }
+}
+
+extern "C" void ql_cudafwd_gelu_table(uint16_t *table) {
+    for (int i = 0; i < 1 << 16; i++) {
+        const float x = ql_fp16_to_fp32((uint16_t)i);
+        const float y = 0.5f * x * (1.0f + tanhf(0.79788456080286535587989211986876f * x * (1.0f + 0.044715f * x * x)));
+        table[i] = ql_fp32_to_fp16(y);
+    }
+}
+
+// ---- device entry points ----
+
+extern "C" ql_status ql_cudafwd_rmsnorm(const float *x, const float *w, float *y, int T, int D, float eps, void *stream) {
+    if (T <= 0) return QL_OK;
+    k_rmsnorm<<<rows_grid(T), LANES, 0, (cudaStream_t)stream>>>(x, w, y, T, D, eps);
+    return launched("rmsnorm");
+}
+
+extern "C" ql_status ql_cudafwd_rope(float *x, const float *cs, int T, int n_heads, int head_dim, int half, bool neox,
+                                     void *stream) {
+    const int64_t n = (int64_t)T * n_heads * half;
+    if (n <= 0) return QL_OK;
+    k_rope<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(x, cs, T, n_heads, head_dim, half, neox);
+    return launched("rope");
+}
+
+extern "C" ql_status ql_cudafwd_softmax(float *S, int T, float cap, int window, void *stream) {
+    if (T <= 0) return QL_OK;
+    k_softmax<<<rows_grid(T), LANES, 0, (cudaStream_t)stream>>>(S, T, cap, window);
+    return launched("softmax");
+}
+
+extern "C" ql_status ql_cudafwd_glu(float *gate, const float *up, size_t n, const uint16_t *table, void *stream) {
+    if (!n) return QL_OK;
+    k_glu<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(gate, up, (int64_t)n, table);
+    return launched("glu");
+}
+
+extern "C" ql_status ql_cudafwd_softcap(float *x, size_t n, float cap, void *stream) {
+    if (!n) return QL_OK;
+    k_softcap<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(x, (int64_t)n, 1.0f / cap, cap);
+    return launched("softcap");
+}
+
+extern "C" ql_status ql_cudafwd_scale(float *x, size_t n, float s, void *stream) {
+    if (!n) return QL_OK;
+    k_scale<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(x, (int64_t)n, s);
+    return launched("scale");
+}
+
+extern "C" ql_status ql_cudafwd_add(float *y, const float *x, size_t n, void *stream) {
+    if (!n) return QL_OK;
+    k_add<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(y, x, (int64_t)n);
+    return launched("add");
+}
+
+extern "C" ql_status ql_cudafwd_add_bias(float *y, const float *b, int T, int N, void *stream) {
+    const int64_t n = (int64_t)T * N;
+    if (n <= 0) return QL_OK;
+    k_add_bias<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(y, b, n, N);
+    return launched("add_bias");
+}
+
+extern "C" ql_status ql_cudafwd_round_act(uint32_t act, const float *x, float *y, int T, int K, void *stream) {
+    int qk;
+    const int kind = round_kind(act, &qk);
+    if (kind < 0) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no activation rounding to type %u", act);
+    const int64_t n = (int64_t)T * K;
+    if (n % qk) return ql_fail(QL_ERR_ARG, "cuda: %lld activations are not whole blocks of %d", (long long)n, qk);
+    if (n <= 0) return QL_OK;
+    k_round_act<<<grid_for(n / qk, 128), 128, 0, (cudaStream_t)stream>>>(x, y, n / qk, kind);
+    return launched("round_act");
+}
+
+extern "C" ql_status ql_cudafwd_to_half(const float *x, uint16_t *dst, size_t n, bool bf16, void *stream) {
+    if (!n) return QL_OK;
+    k_to_half<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(x, dst, (int64_t)n, bf16);
+    return launched("to_half");
+}
+
+extern "C" ql_status ql_cudafwd_from_half(const uint16_t *src, float *y, size_t n, bool bf16, void *stream) {
+    if (!n) return QL_OK;
+    k_from_half<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(src, y, (int64_t)n, bf16);
+    return launched("from_half");
+}
+
+extern "C" ql_status ql_cudafwd_to_double(const float *x, double *y, size_t n, void *stream) {
+    if (!n) return QL_OK;
+    k_to_double<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(x, y, (int64_t)n);
+    return launched("to_double");
+}
+
+extern "C" ql_status ql_cudafwd_quantize_q8_0_kv(const float *x, void *dst, int64_t n, void *stream) {
+    if (n % 32) return ql_fail(QL_ERR_ARG, "cuda: %lld values are not whole Q8_0 blocks", (long long)n);
+    if (n <= 0) return QL_OK;
+    k_q8_0_kv<<<grid_for(n / 32, 128), 128, 0, (cudaStream_t)stream>>>(x, (blk_q8_0 *)dst, n / 32);
+    return launched("q8_0 kv");
+}
+
+// ---- host emulation: the kernels' lanes and trees, run one lane after another ----
+
+extern "C" void ql_cudafwd_rmsnorm_emulated(const float *x, const float *w, float *y, int T, int D, float eps) {
+    double red[LANES];
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * D;
+        for (int l = 0; l < LANES; l++) red[l] = rms_partial(xr, D, l);
+        for (int s = LANES / 2; s > 0; s >>= 1)
+            for (int l = 0; l < s; l++) red[l] = dadd_rn(red[l], red[l + s]);
+        const float scale = rms_scale(red[0], D, eps);
+        for (int l = 0; l < LANES; l++) rms_apply(xr, w, y + (size_t)t * D, D, scale, l);
+    }
+}
+
+extern "C" void ql_cudafwd_rope_emulated(float *x, const float *cs, int T, int n_heads, int hd, int half, bool neox) {
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < n_heads; h++)
+            for (int i = 0; i < half; i++) {
+                const float *c = cs + (size_t)t * 2 * half + 2 * i;
+                rope_pair(x + ((size_t)t * n_heads + h) * hd, neox ? i : 2 * i, neox ? i + half : 2 * i + 1, c[0], c[1]);
+            }
+}
+
+extern "C" void ql_cudafwd_softmax_emulated(float *S, int T, float cap, int window) {
+    float red[LANES];
+    for (int i = 0; i < T; i++) {
+        float *row = S + (size_t)i * T;
+        const int j0 = sm_first(i, window);
+        for (int l = 0; l < LANES; l++) red[l] = sm_max_partial(row, j0, i, cap, l);
+        for (int s = LANES / 2; s > 0; s >>= 1)
+            for (int l = 0; l < s; l++) red[l] = max_skip_nan(red[l], red[l + s]);
+        const float mx = red[0];
+        for (int l = 0; l < LANES; l++) red[l] = sm_exp_partial(row, j0, i, mx, l);
+        for (int s = LANES / 2; s > 0; s >>= 1)
+            for (int l = 0; l < s; l++) red[l] = add_rn(red[l], red[l + s]);
+        const float inv = div_rn(1.0f, red[0]);
+        for (int l = 0; l < LANES; l++) sm_finish(row, T, j0, i, inv, l);
+    }
+}
+
+extern "C" void ql_cudafwd_glu_emulated(float *gate, const float *up, size_t n, const uint16_t *table) {
+    for (size_t i = 0; i < n; i++) gate[i] = table ? gelu_mul(gate[i], up[i], table) : silu_mul(gate[i], up[i]);
+}
+
+extern "C" void ql_cudafwd_softcap_emulated(float *x, size_t n, float cap) {
+    const float inv = 1.0f / cap;
+    for (size_t i = 0; i < n; i++) x[i] = softcap1(x[i], inv, cap);
+}
+
+extern "C" ql_status ql_cudafwd_round_act_emulated(uint32_t act, const float *x, float *y, int T, int K) {
+    int qk;
+    const int kind = round_kind(act, &qk);
+    if (kind < 0) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no activation rounding to type %u", act);
+    const int64_t n = (int64_t)T * K;
+    if (n % qk) return ql_fail(QL_ERR_ARG, "cuda: %lld activations are not whole blocks of %d", (long long)n, qk);
+    for (int64_t b = 0; b < n / qk; b++) {
+        if (kind == 2) round_q8_0_block(x + b * 32, y + b * 32);
+        else if (kind == 3) round_q8_k_block(x + b * 256, y + b * 256);
+        else y[b] = round_half(x[b], kind == 1);
+    }
+    return QL_OK;
+}
+
+extern "C" void ql_cudafwd_to_half_emulated(const float *x, uint16_t *dst, size_t n, bool bf16) {
+    for (size_t i = 0; i < n; i++) dst[i] = bf16 ? f2bf(x[i]) : f2h(x[i]);
+}
+
+extern "C" void ql_cudafwd_from_half_emulated(const uint16_t *src, float *y, size_t n, bool bf16) {
+    for (size_t i = 0; i < n; i++) y[i] = bf16 ? bf2f(src[i]) : h2f(src[i]);
+}
+
+extern "C" ql_status ql_cudafwd_quantize_q8_0_kv_emulated(const float *x, void *dst, int64_t n) {
+    if (n % 32) return ql_fail(QL_ERR_ARG, "cuda: %lld values are not whole Q8_0 blocks", (long long)n);
+    for (int64_t b = 0; b < n / 32; b++) quantize_q8_0_kv_block(x + b * 32, (blk_q8_0 *)dst + b);
+    return QL_OK;
+}

@@ -1,0 +1,84 @@
+/* forward_cuda.h — C-callable device kernels of the forward pass for the CUDA backend (core/backend_cuda.c):
+ * RMSNorm, RoPE, the causal softmax of attention (soft-cap, sliding window), SwiGLU / GeGLU, soft-cap, scale,
+ * residual and bias adds, llama.cpp's activation rounding (F16, BF16, Q8_0/Q8_1, Q8_K) and an fp16/bf16 KV
+ * store. Each op's arithmetic is one __host__ __device__ function in kernels/forward_cuda.cu; the *_emulated
+ * entry points run the kernels' own decomposition (same lanes, same reduction tree) on the host, so
+ * tests/test_cuda_forward.c holds the device arithmetic against the CPU backend on a machine without a GPU.
+ * Only built when the Makefile finds nvcc (QL_HAVE_CUDA). Device entry points queue on `stream` (a
+ * cudaStream_t) and take device or managed pointers; they return launch errors (ql_fail's message). */
+#ifndef QL_FORWARD_CUDA_H
+#define QL_FORWARD_CUDA_H
+
+#include <stdbool.h> /* before extern "C": ql_common.h's system headers stay C++-clean */
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "base/ql_common.h"
+
+/* Threads of one row's reduction (RMSNorm, softmax); the emulation sums in the same lanes and tree. */
+#define QL_CUDAFWD_LANES 256
+
+/* The angle of RoPE pair i at position pos, as core/backend_cpu.c computes it (ggml's rope_yarn): what the
+ * backend needs to fill its cos/sin table. */
+typedef struct ql_cudafwd_rope_params {
+    const float *freq;    /* base^(-2i/d) for i < half (the global or the sliding layers' base) */
+    const float *factors; /* rope_freqs divisors (llama3) or NULL */
+    float freq_scale;     /* 1 / linear scaling factor */
+    float ext_factor;     /* YaRN ramp weight (0: off) */
+    float mscale;         /* YaRN magnitude scale (1: off) */
+    float corr0, corr1;   /* YaRN ramp pair range */
+    int half;             /* rope_dim / 2 */
+} ql_cudafwd_rope_params;
+
+/* cs[2i], cs[2i+1] = cos, sin of pair i at position pos (host: the table is computed once per length). */
+void ql_cudafwd_rope_cs_row(const ql_cudafwd_rope_params *p, int pos, float *cs);
+
+/* The entries of llama.cpp's fp16 GELU table (the CPU backend's), for the device's copy. */
+void ql_cudafwd_gelu_table(uint16_t *table /* 65536 */);
+
+/* y[T, D] = x / rms(x) · w (y may be x). */
+ql_status ql_cudafwd_rmsnorm(const float *x, const float *w, float *y, int T, int D, float eps, void *stream);
+void ql_cudafwd_rmsnorm_emulated(const float *x, const float *w, float *y, int T, int D, float eps);
+/* Rotates x[T, n_heads·head_dim] in place: pair i of position t by cs[t][2i], cs[t][2i+1]. */
+ql_status ql_cudafwd_rope(float *x, const float *cs, int T, int n_heads, int head_dim, int half, bool neox,
+                          void *stream);
+void ql_cudafwd_rope_emulated(float *x, const float *cs, int T, int n_heads, int head_dim, int half, bool neox);
+/* Row i of S [T, T] (scaled scores) becomes the causal softmax over the positions it sees (soft-cap when
+ * cap > 0, the `window` most recent when window > 0); every other entry 0. */
+ql_status ql_cudafwd_softmax(float *S, int T, float cap, int window, void *stream);
+void ql_cudafwd_softmax_emulated(float *S, int T, float cap, int window);
+/* gate[i] = silu(gate[i]) · up[i], or with the fp16 GELU table (device copy) when table != NULL. */
+ql_status ql_cudafwd_glu(float *gate, const float *up, size_t n, const uint16_t *table, void *stream);
+void ql_cudafwd_glu_emulated(float *gate, const float *up, size_t n, const uint16_t *table);
+/* x[i] = cap · tanh(x[i] / cap). */
+ql_status ql_cudafwd_softcap(float *x, size_t n, float cap, void *stream);
+void ql_cudafwd_softcap_emulated(float *x, size_t n, float cap);
+/* x[i] *= s;  y[i] += x[i];  y[t, j] += b[j] for t < T, j < N. */
+ql_status ql_cudafwd_scale(float *x, size_t n, float s, void *stream);
+ql_status ql_cudafwd_add(float *y, const float *x, size_t n, void *stream);
+ql_status ql_cudafwd_add_bias(float *y, const float *b, int T, int N, void *stream);
+/* y[T, K] = x rounded as ggml's quantize_row_<act> then back (act: F16, BF16, Q8_K, and Q8_0's blocks for any
+ * other type, as the CPU backend does); y may be x. QL_ERR_UNSUPPORTED for F32 (nothing to round). */
+ql_status ql_cudafwd_round_act(uint32_t act, const float *x, float *y, int T, int K, void *stream);
+ql_status ql_cudafwd_round_act_emulated(uint32_t act, const float *x, float *y, int T, int K);
+/* The 16-bit KV store: dst[i] = fp16 (bf16 when bf16) of x[i], and back. */
+ql_status ql_cudafwd_to_half(const float *x, uint16_t *dst, size_t n, bool bf16, void *stream);
+ql_status ql_cudafwd_from_half(const uint16_t *src, float *y, size_t n, bool bf16, void *stream);
+void ql_cudafwd_to_half_emulated(const float *x, uint16_t *dst, size_t n, bool bf16);
+void ql_cudafwd_from_half_emulated(const uint16_t *src, float *y, size_t n, bool bf16);
+/* n values (whole blocks of 32) into Q8_0 blocks as llama.cpp writes its KV cache (ggml-cpu's quantize_row_q8_0:
+ * the reference's fp16 scale, codes rounded half to even; core/kv_cache.c does the same on the CPU). */
+ql_status ql_cudafwd_quantize_q8_0_kv(const float *x, void *dst, int64_t n, void *stream);
+ql_status ql_cudafwd_quantize_q8_0_kv_emulated(const float *x, void *dst, int64_t n);
+/* y[i] = x[i] as double (exact), for the Σ xᵀx of activation statistics. */
+ql_status ql_cudafwd_to_double(const float *x, double *y, size_t n, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# scripts/gpu_checks.sh — the checks of issue 16 (CUDA backend) that need a GPU, as one prepared script for a
+# session with a lent GPU: `bash scripts/gpu_checks.sh 2>&1 | tee gpu_checks.log` from the repository root
+# (on the lent machine: the run tool's command `bash scripts/gpu_checks.sh`, timeout ~500 s). In order of
+# value, so a cut-off run still answers the first questions:
+#   1. make test-cuda: the codecs on the device (test_cuda), the backend's kernels against their host
+#      emulation, and PPL of stories260K and tinystories-d256 on the GPU — layers resident and streamed, F32
+#      and f16 KV — within 1e-4 relative of the CPU backend (test_cuda_forward);
+#   2. the CLI: `qlab ppl` with QL_BACKEND=cuda (what --device cuda selects) against the CPU on both models;
+#   3. make bench-cuda: dequantize GB/s, then ppl tokens/s and peak GPU memory on synthetic F16 llama-3.2-1b
+#      and llama-3-8b at ctx 2048, and the 8B shape again in a 24 GiB budget (SHAPES= to narrow it).
+# Prints PASS / FAIL per step and exits non-zero when a check failed. Figures go in docs/results.md with the
+# GPU model this prints.
+set -u
+cd "$(dirname "$0")/.."
+SHARED=${QL_SHARED:-../shared}
+[ -d "$SHARED" ] || SHARED=shared
+export QL_SHARED="$SHARED"
+JOBS=$(nproc)
+fail=0
+step() { echo; echo "=== $*"; }
+nvidia-smi -L || { echo "no GPU visible: nothing to check here"; exit 1; }
+
+step "build"
+make -j"$JOBS" all build/tests/test_cuda build/tests/test_cuda_forward >/dev/null || { echo "FAIL: build"; exit 1; }
+
+step "1. make test-cuda"
+if make --no-print-directory test-cuda; then echo "PASS: test-cuda"; else echo "FAIL: test-cuda"; fail=1; fi
+
+step "2. qlab ppl on the GPU vs the CPU (1e-4 relative)"
+for m in stories260K tinystories-d256; do
+  model="$SHARED/models/$m.gguf"
+  [ -f "$model" ] || { echo "SKIP: $model not found"; continue; }
+  args=(ppl "$model" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 40 --json)
+  c=$(QL_BACKEND=cpu ./qlab "${args[@]}" 2>/dev/null | sed -n 's/.*"ppl": \([0-9.e+-]*\).*/\1/p')
+  g=$(QL_BACKEND=cuda ./qlab "${args[@]}" 2>&1 | tee /tmp/qlab_gpu_ppl.log | sed -n 's/.*"ppl": \([0-9.e+-]*\).*/\1/p')
+  if [ -n "$c" ] && [ -n "$g" ] && awk -v a="$c" -v b="$g" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d / a <= 1e-4) }'; then
+    echo "PASS: $m PPL cpu $c cuda $g"
+  else
+    echo "FAIL: $m PPL cpu '$c' cuda '$g'"; tail -2 /tmp/qlab_gpu_ppl.log; fail=1
+  fi
+done
+
+step "3. make bench-cuda"
+make --no-print-directory bench-cuda || { echo "FAIL: bench-cuda"; fail=1; }
+
+echo
+[ $fail = 0 ] && echo "gpu_checks: all passed" || echo "gpu_checks: FAILED (see above)"
+exit $fail
