@@ -3,6 +3,7 @@
  * adding a format adds one line to g_formats below. */
 #include "formats/format.h"
 #include "formats/fmt_int_family.h"
+#include "formats/fmt_exl2.h"
 #include "kernels/ggml_types.h"
 #include "base/parallel.h"
 
@@ -27,6 +28,8 @@ extern const ql_format ql_fmt_e8p, ql_fmt_e8p_rvq3, ql_fmt_e8p_rvq4, ql_fmt_rht_
 extern const ql_format ql_fmt_fp8_e4m3, ql_fmt_fp8_e5m2, ql_fmt_fp8_e4m3_channel, ql_fmt_fp8_e5m2_channel,
     ql_fmt_fp8_e4m3_block, ql_fmt_fp8_e5m2_block;
 extern const ql_format ql_fmt_aqlm_1x16, ql_fmt_aqlm_2x8, ql_fmt_aqlm_1x8, ql_fmt_aqlm_4x8;
+#define QL_FMT_EXL2_EXTERN(i) extern const ql_format ql_fmt_exl2_##i;
+QL_FMT_EXL2_LIST(QL_FMT_EXL2_EXTERN)
 
 /* The table. Order is the catalogue order. */
 static const ql_format *const g_formats[] = {
@@ -48,6 +51,8 @@ static const ql_format *const g_formats[] = {
     &ql_fmt_aqlm_4x8, &ql_fmt_aqlm_2x8, &ql_fmt_aqlm_1x16, &ql_fmt_aqlm_1x8,
     QL_FMT_INT_FAMILY(QL_FMT_INT_REF)
     &ql_fmt_e8p, &ql_fmt_e8p_rvq3, &ql_fmt_e8p_rvq4, &ql_fmt_rht_int2_g64, &ql_fmt_rht_int3_g64, &ql_fmt_rht_int4_g64,
+#define QL_FMT_EXL2_REF(i) &ql_fmt_exl2_##i,
+    QL_FMT_EXL2_LIST(QL_FMT_EXL2_REF)
 };
 
 static bool g_force_ref;
@@ -104,7 +109,7 @@ const char *ql_format_family_name(ql_format_family f) {
         [QL_FAMILY_GGML_TERNARY] = "ggml-ternary", [QL_FAMILY_FP4_MICRO] = "fp4-microscaling",
         [QL_FAMILY_INT] = "int",              [QL_FAMILY_BNB4] = "bnb4",
         [QL_FAMILY_FP8] = "fp8",              [QL_FAMILY_ROTATED] = "rotated",
-        [QL_FAMILY_ADDITIVE] = "additive-codebook",
+        [QL_FAMILY_ADDITIVE] = "additive-codebook", [QL_FAMILY_EXL2] = "exl2",
     };
     return f > QL_FAMILY_UNSET && f < QL_FAMILY_COUNT ? names[f] : NULL;
 }

@@ -37,6 +37,7 @@ typedef enum ql_format_family {
     QL_FAMILY_FP8,       /* OCP FP8 with float scales */
     QL_FAMILY_ROTATED,   /* codes in a randomized-Hadamard basis: QuIP#'s E8P lattice codes, rht_int* */
     QL_FAMILY_ADDITIVE,  /* learned additive codebooks per tensor (AQLM): codes address vectors, not a grid */
+    QL_FAMILY_EXL2,      /* ExLlamaV2's mixed-bit matrices: permuted inputs, bits per group of inputs */
     QL_FAMILY_COUNT,
 } ql_format_family;
 const char *ql_format_family_name(ql_format_family f);

@@ -15,6 +15,7 @@ extern const ql_method ql_method_awq;
 extern const ql_method ql_method_gptq;
 extern const ql_method ql_method_quip;
 extern const ql_method ql_method_aqlm;
+extern const ql_method ql_method_exl2;
 
 static const ql_method *const g_methods[] = {
     &ql_method_rtn,
@@ -23,6 +24,7 @@ static const ql_method *const g_methods[] = {
     &ql_method_gptq,
     &ql_method_quip,
     &ql_method_aqlm,
+    &ql_method_exl2,
 };
 
 int ql_method_count(void) { return (int)QL_ARRAY_LEN(g_methods); }
