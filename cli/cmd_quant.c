@@ -42,7 +42,7 @@ static const char *QUANT_USAGE =
     "                    --stats/--text), llm_int8[:THRESHOLD], none; a plan's [activations] section does the same\n"
     "                    per tensor\n"
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
-    "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors, bnb\n"
+    "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors, bnb, exl2\n"
     "                    (Hugging Face folders for transformers/vLLM/TGI; OUT is then a folder)\n"
     "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing\n"
     "Rows that do not fit a format's block fall back: K-quants and IQ types as llama-quantize does (q4_k -> q5_0 ->\n"

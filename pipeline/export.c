@@ -14,6 +14,7 @@ extern const ql_exporter_ops ql_export_gptq_ops;
 extern const ql_exporter_ops ql_export_awq_ops;
 extern const ql_exporter_ops ql_export_ct_ops;
 extern const ql_exporter_ops ql_export_bnb_ops;
+extern const ql_exporter_ops ql_export_exl2_ops;
 
 static const ql_exporter_info g_exporters[] = {
     /* name    summary                                                    formats accepted                                    folder  ops */
@@ -22,6 +23,7 @@ static const ql_exporter_info g_exporters[] = {
     {"awq", "AutoAWQ GEMM folder: transformers, vLLM, TGI", "int4_g*[_sym], one group size per model", true, &ql_export_awq_ops},
     {"compressed-tensors", "llm-compressor folder (pack-quantized / float-quantized): vLLM, transformers", "int{4,8}_g*[_sym], int{4,8}_channel, int8_tensor, fp8_e4m3[_channel|_block]", true, &ql_export_ct_ops},
     {"bnb", "bitsandbytes 4-bit folder as transformers saves load_in_4bit", "nf4, fp4, nf4_dq, fp4_dq (one of them per model)", true, &ql_export_bnb_ops},
+    {"exl2", "ExLlamaV2 folder (EXL2: mixed bits per matrix, q_weight/q_scale/q_groups/q_perm)", "exl2_* formats (--method exl2 or rtn)", true, &ql_export_exl2_ops},
 };
 
 int ql_exporter_count(void) { return (int)QL_ARRAY_LEN(g_exporters); }

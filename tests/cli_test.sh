@@ -464,7 +464,15 @@ if [ -f "$HFM" ]; then
   else bad "a refused export left files behind"; fi
   if [ -f "$SHARED/models/stories260K.gguf" ]; then
     expect_error "gptq refuses 172-wide outputs" "blk.0.ffn_gate.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type int4_g32_sym --to gptq -o "$T/hxq"
+    expect_error "exl2 formats refuse 172-wide outputs" "blk.0.ffn_gate.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type exl2_4b128 -o "$T/hxq.gguf"
   fi
+  # EXL2 (issue 14): ExLlamaV2's mixed-bit tensors. --method exl2 orders the inputs by H_ii, so q_perm /
+  # q_invperm and the q/k outputs put back in HF order (the columns of q_weight and q_scale) are exercised
+  export_check "exl2 0.1:5b_128g/0.9:4b_128g, --method exl2" exl2 --type exl2_10x5b128_90x4b128 --method exl2 --stats "$T/hfs.qls"
+  if grep -q '"quant_method": "exl2"' "$T/hx/config.json" 2>/dev/null && grep -aq 'q_invperm' "$T/hx/model.safetensors"; then
+    ok "exl2 config: quant_method exl2, q_invperm written"; else bad "exl2 config.json / tensors"; fi
+  export_check "exl2 0.05:6b_32g/0.2:3b_64g/0.75:2b_64g" exl2 --type exl2_5x6b32_20x3b64_75x2b64
+  expect_error "exl2 refuses int4_g128" "exl2_* formats" $QLAB quant "$HFM" --type int4_g128 --to exl2 -o "$T/hxq"
 fi
 
 # import (issue 14): every exported folder loads back into the registry format that holds its codes, and

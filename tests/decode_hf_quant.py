@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """decode_hf_quant.py EXPORT_DIR REF_DIR [QUANT.gguf] — an independent decoder for the quantized Hugging Face folders
-qlab exports (--to gptq, awq, compressed-tensors), written from each ecosystem's published layout
+qlab exports (--to gptq, awq, compressed-tensors, bnb, exl2), written from each ecosystem's published layout
 (docs/formats.md § Exporters) with NumPy only. It reads EXPORT_DIR's config.json quantization_config and
 its safetensors (one file or shards + model.safetensors.index.json), dequantizes every quantized linear,
 and requires every weight to equal, bit for bit, REF_DIR's F32 tensor of the same name — REF_DIR being
@@ -14,7 +14,7 @@ import json, os, re, struct, sys
 import numpy as np
 
 DT = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64, "U8": np.uint8, "I8": np.int8,
-      "F8_E4M3": np.uint8, "BF16": np.uint16}
+      "F8_E4M3": np.uint8, "BF16": np.uint16, "I16": np.int16}
 
 
 def fp8_e4m3_table():
@@ -182,6 +182,46 @@ def bnb(t, m, qc):
     return vals.astype(np.float32).reshape(N, K)
 
 
+def f16(x):
+    """float32 -> float16 -> float32 with numpy's round to nearest even (what CUDA's __float2half_rn does)."""
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def exl2(t, m, qc):
+    """ExLlamaV2 EXL2 (exllamav2/ext.py make_q_matrix, exllamav2_ext/cuda/q_matrix.cu reconstruct_kernel,
+    quant/qdq_*.cuh): q_groups holds (bits, first q_weight row) per group; a group's rows are its q_weight rows
+    times 32 / bits (the last group: what is left of K). Codes run down each output column as one LSB-first
+    bit stream; the loader multiplies q_scale_max by 1/256 (rounded to fp16), each output's scale is
+    fp16((qs + 1)^2 * that), each weight fp16((q - 2^(bits-1)) * scale), and row k of the permuted order is
+    input q_perm[k] = argsort(q_invperm)[k]."""
+    qw = t[m + ".q_weight"][1].view(np.uint32).astype(np.uint64)            # [qrows, N]
+    qs = t[m + ".q_scale"][1].view(np.uint32).astype(np.int64)              # [G, N/8]
+    smax = t[m + ".q_scale_max"][1].astype(np.float32)                      # [G]
+    groups = t[m + ".q_groups"][1].astype(np.int64).reshape(-1, 2)          # [G, 2]
+    invperm = t[m + ".q_invperm"][1].astype(np.int64)
+    K, N, G = invperm.size, qw.shape[1], groups.shape[0]
+    perm = np.argsort(invperm)
+    if m + ".q_perm" in t and not np.array_equal(t[m + ".q_perm"][1].astype(np.int64), perm):
+        raise SystemExit(f"{m}: q_perm is not argsort(q_invperm)")
+    ms = f16(smax / np.float32(256))
+    out = np.zeros((K, N), dtype=np.float32)                                # permuted rows
+    row = 0
+    for g in range(G):
+        bits, q0 = int(groups[g, 0]), int(groups[g, 1])
+        q1 = int(groups[g + 1, 1]) if g + 1 < G else qw.shape[0]
+        rows = (q1 - q0) * 32 // bits if g + 1 < G else K - row
+        codes = unpack_stream(qw[q0:q1, :].T.astype(np.uint32), bits, rows)  # [N, rows]
+        qsn = np.zeros(N, dtype=np.int64)
+        for i in range(8):
+            qsn[i::8] = (qs[g] >> (4 * i)) & 15
+        scale = f16(((qsn + 1) ** 2).astype(np.float32) * ms[g])
+        out[row:row + rows, :] = f16((codes.T - (1 << (bits - 1))).astype(np.float32) * scale[None, :])
+        row += rows
+    w = np.zeros((N, K), dtype=np.float32)
+    w[:, perm] = out.T
+    return w
+
+
 def read_gguf_kv(path):
     """The metadata of a GGUF file (v2/v3): {key: value}."""
     raw = open(path, "rb").read()
@@ -279,7 +319,7 @@ def main():
     qc = json.load(open(os.path.join(exp, "config.json")))["quantization_config"]
     method = qc["quant_method"]
     t, r = read_folder(exp), read_folder(ref)
-    decode = {"gptq": gptq, "awq": awq, "compressed-tensors": ct, "bitsandbytes": bnb}[method]
+    decode = {"gptq": gptq, "awq": awq, "compressed-tensors": ct, "bitsandbytes": bnb, "exl2": exl2}[method]
     bad = nq = nf = 0
     used = set()
     for name, (dt, want) in sorted(r.items()):
