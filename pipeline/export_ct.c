@@ -11,6 +11,10 @@
  *   float-quantized (FP8 E4M3 per tensor / channel / 128x128 block):
  *     weight            F8_E4M3 [N, K]
  *     weight_scale      F32 [1], [N, 1] or [ceil(N/128), ceil(K/128)]
+ *   nvfp4-pack-quantized (qlab's nvfp4: E2M1 codes, an E4M3 scale per 16 weights; llm-compressor's NVFP4A16):
+ *     weight_packed       U8 [N, K/2]        two E2M1 codes per byte, even column in the low nibble
+ *     weight_scale        F8_E4M3 [N, K/16]  the block scales, the same bytes as ggml's
+ *     weight_global_scale F32 [1] = 1        w = e2m1(code) * weight_scale / weight_global_scale
  *   static activation scale (the plan's int8_tensor / fp8_tensor input scheme, from qlab.act.scale.*):
  *     input_scale       F32 [1]                   x ≈ input_scale * q, q INT8 or FP8 E4M3
  * w = scale * (q - zero) with q, zero signed: qlab's unsigned code c and zero z are exactly q + 2^(n-1)
@@ -27,13 +31,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { CT_INT_ROW = 1, CT_INT8_TENSOR, CT_FP8_TENSOR, CT_FP8_CHANNEL, CT_FP8_BLOCK };
+enum { CT_INT_ROW = 1, CT_INT8_TENSOR, CT_FP8_TENSOR, CT_FP8_CHANNEL, CT_FP8_BLOCK, CT_NVFP4 };
 
 #define TYPE_INT8_TENSOR (QL_TYPE_EXT_BASE + 0x6D)
 #define TYPE_FP8_E4M3 (QL_TYPE_EXT_BASE + 0x88)
 #define TYPE_FP8_E4M3_CHANNEL (QL_TYPE_EXT_BASE + 0x8A)
 #define TYPE_FP8_E4M3_BLOCK (QL_TYPE_EXT_BASE + 0x8C)
 #define FP8_BLOCK 128
+#define TYPE_NVFP4 40 /* GGML_TYPE_NVFP4: formats/fmt_nvfp4.c's ggml layout */
+#define NV_SUPER 64    /* ggml's NVFP4 super-block: {u8 d[4]; u8 qs[32]}, four 16-blocks */
 
 static int ct_scheme(uint32_t type, int *bits, int *group, bool *sym) {
     const ql_format *f = ql_format_by_type(type);
@@ -44,6 +50,7 @@ static int ct_scheme(uint32_t type, int *bits, int *group, bool *sym) {
            : type == TYPE_FP8_E4M3         ? CT_FP8_TENSOR
            : type == TYPE_FP8_E4M3_CHANNEL ? CT_FP8_CHANNEL
            : type == TYPE_FP8_E4M3_BLOCK   ? CT_FP8_BLOCK
+           : type == TYPE_NVFP4            ? (*bits = 4, *group = 16, CT_NVFP4)
                                            : 0;
 }
 
@@ -59,12 +66,12 @@ static ql_status ct_plan(const char *out, ql_st_tensor *t, const ql_st_tensor *p
     bool sym = true;
     int scheme = ct_scheme(t->type, &bits, &group, &sym);
     if (!scheme)
-        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; compressed-tensors takes int{4,8}_g*[_sym], int{4,8}_channel, int8_tensor, fp8_e4m3[_channel|_block]",
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; compressed-tensors takes int{4,8}_g*[_sym], int{4,8}_channel, int8_tensor, fp8_e4m3[_channel|_block], nvfp4",
                        out, t->gguf_name, t->format->name);
     int64_t K = t->ne[0], N = t->ne[1];
     t->kind = QL_ST_TARGET;
     t->scheme = scheme, t->bits = bits, t->sym = sym;
-    t->group = scheme == CT_INT_ROW && group > 0 ? group : (int)K;
+    t->group = scheme == CT_NVFP4 ? group : scheme == CT_INT_ROW && group > 0 ? group : (int)K;
     if (scheme == CT_INT_ROW && K % t->group)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s': rows of %lld do not split into groups of %d; compressed-tensors needs whole groups",
                        out, t->gguf_name, (long long)K, t->group);
@@ -82,6 +89,10 @@ static ql_status ct_plan(const char *out, ql_st_tensor *t, const ql_st_tensor *p
         else ql_st_set_out(&t->out[n++], "weight_scale", "F16", 2, N, K / t->group, false);
         if (!sym) ql_st_set_out(&t->out[n++], "weight_zero_point", "I32", 2, N / pf, K / t->group, false);
         ql_st_set_out(&t->out[n++], "weight_shape", "I64", 1, 2, 1, false);
+    } else if (scheme == CT_NVFP4) {
+        ql_st_set_out(&t->out[n++], "weight_packed", "U8", 2, N, K / 2, true);
+        ql_st_set_out(&t->out[n++], "weight_scale", "F8_E4M3", 2, N, K / 16, true);
+        ql_st_set_out(&t->out[n++], "weight_global_scale", "F32", 1, 1, 1, false);
     } else {
         ql_st_set_out(&t->out[n++], "weight", "F8_E4M3", 2, N, K, true);
         if (scheme == CT_FP8_TENSOR) ql_st_set_out(&t->out[n++], "weight_scale", "F32", 1, 1, 1, false);
@@ -141,6 +152,33 @@ static ql_status ct_convert_weight(const ql_st_tensor *t, const uint8_t *src, ui
         put_u64(zp + 8, (uint64_t)K);
         return QL_OK;
     }
+    if (t->scheme == CT_NVFP4) {
+        /* ggml's super-block {d[4], qs[32]}: element j of 16-block s is the low nibble of qs[8s + j] (j < 8) or
+         * the high nibble of qs[8s + j - 8]; compressed-tensors packs columns 2i, 2i+1 into one byte, low first.
+         * Both read a code as E2M1 (bit 3 = sign) times the block's E4M3 scale; the global scale is 1 (ggml's
+         * value is already code x scale, see formats/fmt_nvfp4.c), so the decode is the same product. */
+        const int64_t nsb = K / NV_SUPER, rb = nsb * 36;
+        uint8_t *scales = p + t->out[0].nbytes, *gs = scales + t->out[1].nbytes;
+        memset(p, 0, t->out[0].nbytes);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t b = 0; b < nsb; b++) {
+                const uint8_t *blk = src + n * rb + b * 36;
+                for (int sb = 0; sb < 4; sb++) {
+                    if (blk[sb] == 0x7F)
+                        return ql_fail(QL_ERR_UNSUPPORTED, "%s: row %lld has the NaN scale code 0x7F, which qlab reads as 0 and compressed-tensors as NaN",
+                                       t->gguf_name, (long long)n);
+                    scales[n * (K / 16) + b * 4 + sb] = blk[sb];
+                    for (int j = 0; j < 16; j++) {
+                        uint8_t q = blk[4 + 8 * sb + (j & 7)];
+                        unsigned c = j < 8 ? q & 15 : q >> 4;
+                        int64_t k = b * NV_SUPER + sb * 16 + j;
+                        p[n * (K / 2) + k / 2] |= (uint8_t)(c << (4 * (k & 1)));
+                    }
+                }
+            }
+        ql_st_put_u32(gs, 0x3F800000u); /* 1.0f */
+        return QL_OK;
+    }
     /* FP8: the codes are E4M3 bytes already; only the scales move */
     uint8_t *scales = p + t->out[0].nbytes;
     if (t->scheme == CT_FP8_CHANNEL) /* rows of [f32 scale][K codes] */
@@ -168,12 +206,15 @@ static ql_status ct_convert(const ql_st_tensor *t, const uint8_t *src, uint8_t *
 }
 
 static const char *ct_format_of(int scheme) {
-    return scheme == CT_INT_ROW || scheme == CT_INT8_TENSOR ? "pack-quantized" : "float-quantized";
+    return scheme == CT_INT_ROW || scheme == CT_INT8_TENSOR ? "pack-quantized"
+           : scheme == CT_NVFP4                            ? "nvfp4-pack-quantized"
+                                                           : "float-quantized";
 }
 
 static json_t *ct_weights(const ql_st_tensor *t) {
     bool fp = t->scheme >= CT_FP8_TENSOR;
-    const char *strategy = t->scheme == CT_INT8_TENSOR || t->scheme == CT_FP8_TENSOR ? "tensor"
+    const char *strategy = t->scheme == CT_NVFP4                                      ? "tensor_group"
+                           : t->scheme == CT_INT8_TENSOR || t->scheme == CT_FP8_TENSOR ? "tensor"
                            : t->scheme == CT_FP8_CHANNEL || t->group == t->ne[0]  ? "channel"
                            : t->scheme == CT_FP8_BLOCK                            ? "block"
                                                                                   : "group";
@@ -182,7 +223,7 @@ static json_t *ct_weights(const ql_st_tensor *t) {
     json_object_set_new(w, "type", json_string(fp ? "float" : "int"));
     json_object_set_new(w, "symmetric", json_boolean(t->sym));
     json_object_set_new(w, "strategy", json_string(strategy));
-    json_object_set_new(w, "group_size", !strcmp(strategy, "group") ? json_integer(t->group) : json_null());
+    json_object_set_new(w, "group_size", !strcmp(strategy, "group") || t->scheme == CT_NVFP4 ? json_integer(t->group) : json_null());
     json_object_set_new(w, "block_structure", t->scheme == CT_FP8_BLOCK ? json_pack("[i,i]", FP8_BLOCK, FP8_BLOCK) : json_null());
     json_object_set_new(w, "dynamic", json_false());
     json_object_set_new(w, "actorder", json_null());

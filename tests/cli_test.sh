@@ -419,6 +419,7 @@ if [ -f "$HFM" ]; then
   export_check "compressed-tensors int8_tensor" compressed-tensors --type int8_tensor
   export_check "compressed-tensors fp8_e4m3" compressed-tensors --type fp8_e4m3
   export_check "compressed-tensors fp8_e4m3_channel" compressed-tensors --type fp8_e4m3_channel
+  export_check "compressed-tensors nvfp4 (nvfp4-pack-quantized)" compressed-tensors --type nvfp4
   # W8A8: the plan's activation schemes become input_activations (+ input_scale for static ones); the decoder
   # checks them against the GGUF of the same plan
   $QLAB stats "$HFM" --text "$T/text.txt" --ctx 64 -o "$T/hfs.qls" 2>/dev/null

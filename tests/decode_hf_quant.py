@@ -121,6 +121,18 @@ def ct(t, m, qc):
         raise SystemExit(f"{m}: no config group targets it")
     wa = grp["weights"]
     strat = wa["strategy"]
+    if m + ".weight_global_scale" in t:
+        # nvfp4-pack-quantized (compressed-tensors' NVFP4PackedCompressor): two E2M1 codes per byte, low nibble
+        # first, bit 3 the sign; dequantize: code * (weight_scale / weight_global_scale), in float32
+        pk = t[m + ".weight_packed"][1].astype(np.int64)
+        N, K = pk.shape[0], pk.shape[1] * 2
+        codes = np.zeros((N, K), dtype=np.int64)
+        codes[:, 0::2], codes[:, 1::2] = pk & 15, pk >> 4
+        e2m1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
+        sc = fp8_e4m3_table()[t[m + ".weight_scale"][1]] / t[m + ".weight_global_scale"][1].reshape(-1)[0]
+        if wa["strategy"] != "tensor_group" or wa["group_size"] != 16:
+            raise SystemExit(f"{m}: nvfp4 with strategy {wa['strategy']} / group {wa['group_size']}")
+        return e2m1[codes] * sc.astype(np.float32)[:, np.arange(K) // 16]
     if m + ".weight_packed" in t:
         bits = wa["num_bits"]
         pf = 32 // bits
