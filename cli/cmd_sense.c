@@ -14,6 +14,7 @@
 #include "sensitivity/sense_dist.h"
 #include "base/dist.h"
 #include "core/stats.h"
+#include "pipeline/export.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -489,7 +490,7 @@ static bool parse_size(const char *v, int64_t *out) {
 static const char *PLAN_USAGE =
     "usage: qlab plan SENS.qss (--target-bpw B [--whole-file] | --target-size SIZE) -o PLAN.ini\n"
     "                 [--rule 'PATTERN OP FORMAT']... [--metric weight|output|kld] [--act S [--act-max-kld X]]\n"
-    "                 [--solver auto|dp|lagrange] [--tolerance 0.01] [--quiet]\n"
+    "                 [--solver auto|dp|lagrange] [--tolerance 0.01] [--to EXPORTER] [--quiet]\n"
     "Chooses one measured candidate per tensor so that the summed predicted error is smallest within the\n"
     "budget (a multiple-choice knapsack: exact DP on small models, Lagrangian relaxation and repair\n"
     "otherwise).\n"
@@ -503,6 +504,8 @@ static const char *PLAN_USAGE =
     "  --act SCHEME     also quantize every linear's input with SCHEME (measured by qlab sense --act-candidates):\n"
     "                   written as the plan's [activations]; its summed per-linear KLD joins the prediction\n"
     "  --act-max-kld X  linears whose input costs more than X KLD with SCHEME keep float inputs\n"
+    "  --to EXPORTER    only candidates whose format EXPORTER can store (exl2: the exl2_* mixes, giving\n"
+    "                   ExLlamaV2-like fractional bits per layer; gptq, awq, compressed-tensors, bnb)\n"
     "Apply the plan with: qlab quant MODEL --plan PLAN.ini -o OUT.gguf\n";
 
 typedef struct {
@@ -562,10 +565,40 @@ static int parse_alloc_flag(cli_args *a, const char *flag, alloc_flags *af, cons
 
 static void alloc_flags_free(alloc_flags *af) { ql_sense_free_strings(af->rules, af->n_rules); }
 
+/* --to EXPORTER: a "*!=CAND" rule for every measured candidate whose format the exporter cannot store. */
+static ql_status restrict_to_exporter(const ql_sense *s, const char *to, const char *path, alloc_flags *af) {
+    const ql_exporter_info *x;
+    ql_status st = ql_exporter_find(to, &x);
+    if (st) return st;
+    int kept = 0;
+    for (int c = 0; c < s->n_cand; c++) {
+        char name[128];
+        snprintf(name, sizeof name, "%s", s->cand[c]);
+        char *plus = strchr(name, '+');
+        if (plus) *plus = 0;
+        const ql_format *f = ql_format_by_name(name);
+        if (f && x->ops->accepts_type(f->type)) {
+            kept++;
+            continue;
+        }
+        if (af->n_rules == af->cap) {
+            af->cap = af->cap ? 2 * af->cap : 8;
+            af->rules = ql_realloc(af->rules, (size_t)af->cap * sizeof *af->rules);
+        }
+        char rule[160];
+        snprintf(rule, sizeof rule, "*!=%s", s->cand[c]);
+        af->rules[af->n_rules++] = ql_strdup(rule);
+    }
+    if (!kept)
+        return ql_fail(QL_ERR_ARG, "%s: none of its %d candidates can be stored by the %s exporter (it takes %s); measure some with qlab sense --candidates",
+                       path, s->n_cand, x->name, x->accepts);
+    return QL_OK;
+}
+
 int cmd_plan(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, PLAN_USAGE);
-    const char *flag, *pos, *path = NULL, *out = NULL, *size = NULL;
+    const char *flag, *pos, *path = NULL, *out = NULL, *size = NULL, *to = NULL;
     double bpw = 0;
     bool whole = false, quiet = false;
     alloc_flags af = {.metric = -1};
@@ -588,6 +621,7 @@ int cmd_plan(int argc, char **argv) {
         }
         else if (!strcmp(flag, "--target-size")) size = cli_value(&a, flag);
         else if (!strcmp(flag, "--whole-file")) whole = true;
+        else if (!strcmp(flag, "--to")) to = cli_value(&a, flag);
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--quiet") || !strcmp(flag, "-q")) quiet = true;
         else {
@@ -622,6 +656,10 @@ int cmd_plan(int argc, char **argv) {
     if (ql_sense_load(path, &s)) {
         rc = cli_fail("plan");
         goto early;
+    }
+    if (to && restrict_to_exporter(s, to, path, &af)) {
+        rc = cli_fail("plan");
+        goto out;
     }
     ql_alloc_opts o = {.target_bpw = bpw,
                        .whole_file = whole,
