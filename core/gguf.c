@@ -336,6 +336,19 @@ void ql_unmap_file(void *addr, size_t len) {
     if (addr && len) munmap(addr, len);
 }
 
+void ql_gguf_release(const ql_gguf *g, const void *p, uint64_t n) {
+    /* only pages of g's own read-only file mappings: dropping them loses nothing (a later read faults them
+     * back in from the file); an adopted heap buffer would be zeroed, so anything else is left alone */
+    const uintptr_t a = (uintptr_t)p, page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; g && p && n && i < g->n_maps; i++) {
+        uintptr_t m0 = (uintptr_t)g->maps[i].addr, m1 = m0 + g->maps[i].len;
+        if (a < m0 || a + n > m1) continue;
+        uintptr_t lo = a & ~(page - 1), hi = QL_MIN((a + n + page - 1) & ~(page - 1), m1);
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        return;
+    }
+}
+
 ql_status ql_gguf_open(const char *path, ql_gguf **out) {
     void *addr;
     size_t len;

@@ -116,5 +116,8 @@ void ql_gguf_value_copy(ql_gguf_value *dst, const ql_gguf_value *src);
 /* mmap a whole file read-only (shared helper for every loader). */
 ql_status ql_map_file(const char *path, void **addr, size_t *len);
 void ql_unmap_file(void *addr, size_t len);
+/* Streaming passes over large models: drops the resident pages of [p, p + n) when they lie in one of g's
+ * read-only file mappings (a later read faults them back in), so RSS holds about one tensor's pages. */
+void ql_gguf_release(const ql_gguf *g, const void *p, uint64_t n);
 
 #endif

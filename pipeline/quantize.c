@@ -215,7 +215,9 @@ static ql_status produce(void *user, int64_t index, void *dst, uint64_t nbytes) 
     if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
     const ql_gguf_tensor *out_t = &c->out->tensors[index];
     const ql_gguf_tensor *src = &c->m->gguf->tensors[ql_gguf_find_tensor(c->m->gguf, out_t->name)];
-    return quantize_one(c, src, ql_format_by_type(out_t->type), c->o->stats, dst);
+    ql_status s = quantize_one(c, src, ql_format_by_type(out_t->type), c->o->stats, dst);
+    ql_gguf_release(c->m->gguf, src->data, src->nbytes); /* streaming: the source's pages leave RSS */
+    return s;
 }
 
 /* Scale-migrating methods (AWQ, SmoothQuant) edit a whole layer at once: norms, the linears reading
