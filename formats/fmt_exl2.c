@@ -60,7 +60,7 @@ int64_t ql_exl2_layout(const ql_exl2_mix *m, int64_t K, ql_exl2_group *g) {
 }
 
 bool ql_exl2_offsets_of(const ql_exl2_mix *m, int64_t K, int64_t N, ql_exl2_offsets *o) {
-    if (K <= 0 || N <= 0 || K % 32 || N % 32 || K > 65535) return false;
+    if (K <= 0 || N <= 0 || K % 32 || K > 65535) return false;
     int64_t G = ql_exl2_layout(m, K, NULL);
     ql_exl2_group *g = malloc((size_t)G * sizeof *g);
     if (!g) return false;
@@ -73,7 +73,7 @@ bool ql_exl2_offsets_of(const ql_exl2_mix *m, int64_t K, int64_t N, ql_exl2_offs
     o->scale_max = 4 * K;
     o->groups = o->scale_max + 2 * G;
     o->scale = o->groups + 4 * G;
-    o->weight = o->scale + G * (N / 8) * 4;
+    o->weight = o->scale + G * ((N + 7) / 8) * 4;
     o->total = o->weight + o->qrows * N * 4;
     return true;
 }
@@ -119,6 +119,10 @@ void ql_exl2_fit_group(const float *w, int64_t rows, int64_t N, int bits, uint8_
         scale[n] = (m + 1e-12f) / (maxq / 2.0f);
         if (scale[n] > M) M = scale[n];
     }
+    /* saturation (qlab's, for outliers ExLlamaV2's fp16 would turn into inf): the largest code magnitude
+     * 2^(bits-1) times the largest scale, qs 16 under M·p at p <= 1.2, must stay a finite fp16 */
+    const float cap = 65504.0f / qzero / 1.2f;
+    if (M > cap) M = cap;
     for (int64_t n = 0; n < N; n++) {
         float t = sqrtf(scale[n] / M) * 16.0f;
         float r = nearbyintf(t); /* torch.round: half to even */
@@ -169,7 +173,7 @@ void ql_exl2_pack(const ql_exl2_mix *m, int64_t K, int64_t N, const int64_t *per
         wr16(d + o.groups + 4 * i, (uint16_t)g[i].bits);
         wr16(d + o.groups + 4 * i + 2, (uint16_t)g[i].qrow);
         for (int64_t n = 0; n < N; n++) { /* pack_rows_4: qs - 1, 8 per word, LSB first along N */
-            uint8_t *wp = d + o.scale + (i * (N / 8) + n / 8) * 4;
+            uint8_t *wp = d + o.scale + (i * ((N + 7) / 8) + n / 8) * 4;
             wr32(wp, rd32(wp) | (uint32_t)(qs[i * N + n] - 1) << (4 * (n % 8)));
         }
         /* pack_columns: each output's codes down the group as one LSB-first stream of 32-bit words */
@@ -260,7 +264,7 @@ static void exl2_dequantize(const ql_exl2_mix *m, const void *src, float *dst, i
         for (int64_t i = 0; i < o.G && ok; i++) {
             const uint16_t smax = rd16(s + o.scale_max + 2 * i);
             for (int64_t n = 0; n < N; n++) {
-                int qs = (int)(rd32(s + o.scale + (i * (N / 8) + n / 8) * 4) >> (4 * (n % 8)) & 15) + 1;
+                int qs = (int)(rd32(s + o.scale + (i * ((N + 7) / 8) + n / 8) * 4) >> (4 * (n % 8)) & 15) + 1;
                 scale[n] = ql_exl2_scale(qs, smax);
             }
             const int b = g[i].bits;
@@ -356,9 +360,10 @@ static int64_t exl2_bytes_of(const ql_exl2_mix *m, int64_t ncols, int64_t nrows)
 }
 
 static bool exl2_shape(int64_t ncols, int64_t nrows, char *why, size_t cap) {
-    if (ncols % 32 == 0 && nrows % 32 == 0 && ncols <= 65535) return true;
+    (void)nrows;
+    if (ncols % 32 == 0 && ncols <= 65535) return true;
     if (why)
-        snprintf(why, cap, "EXL2 needs both dimensions to be multiples of 32 and rows of at most 65535 (ExLlamaV2's "
+        snprintf(why, cap, "EXL2 needs rows (inputs) that are a multiple of 32 and at most 65535 (ExLlamaV2's "
                            "kernels read whole 32-row words and 16-bit permutations)");
     return false;
 }

@@ -39,7 +39,8 @@ bool ql_exl2_format_mix(const ql_format *f, ql_exl2_mix *m);
 int64_t ql_exl2_layout(const ql_exl2_mix *m, int64_t K, ql_exl2_group *g);
 
 /* Byte offsets of the parts of one tensor (K inputs, N outputs) in qlab's storage:
- *   q_invperm I32[K] | q_scale_max F16[G] | q_groups I16[G][2] | q_scale I32[G][N/8] | q_weight I32[qrows][N] */
+ *   q_invperm I32[K] | q_scale_max F16[G] | q_groups I16[G][2] | q_scale I32[G][ceil(N/8)] | q_weight I32[qrows][N]
+ * (K a multiple of 32; the exporter also needs N a multiple of 32, ExLlamaV2's column tiles). */
 typedef struct {
     int64_t G, qrows;
     int64_t invperm, scale_max, groups, scale, weight, total;

@@ -30,7 +30,7 @@ static ql_status exl2_plan(const char *out, ql_st_tensor *t, const ql_st_tensor 
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; exl2 takes the exl2_* formats (qlab formats lists them)",
                        out, t->gguf_name, t->format->name);
     int64_t K = t->ne[0], N = t->ne[1];
-    if (!ql_exl2_offsets_of(&mix, K, N, &o))
+    if (!ql_exl2_offsets_of(&mix, K, N, &o) || N % 32)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %lld x %lld; exl2 needs both dimensions to be multiples of 32",
                        out, t->gguf_name, (long long)N, (long long)K);
     t->kind = QL_ST_TARGET;
