@@ -128,4 +128,35 @@ make -s --no-print-directory build/bench/kv_bench >/dev/null 2>&1
 echo
 [ -x build/bench/kv_bench ] && build/bench/kv_bench llama-3.2-1b 2048 "$THREADS" 2 f16 q8_0 q4_0 q8_0:q4_0 \
   int8_token_g32 int4_token_g64 kivi4 fp8_e4m3 2>&1
+# 7. streaming export (issue 14): the synthetic llama-3.2-1b (F16, 2.47 GB) rounded to nearest (RTN) straight into
+#    each folder target on $THREADS threads. Goals: peak RSS below 2 GiB plus one tensor's working set (the largest
+#    tensor, token_embd 128256 x 2048, as F32 plus its codes and its converted bytes: 4 + 2 x 0.6 bytes a weight),
+#    and >= 0.5 GB/s of F16 input. RSS is /usr/bin/time -v's maximum resident set (file pages included: the quantizer
+#    drops each source tensor's pages once it is written, ql_gguf_release).
+if [ -f "$M1B" ] && [ -x /usr/bin/time ]; then
+  in_bytes=$(stat -c %s "$M1B")
+  big=$($QLAB info "$M1B" 2>/dev/null | awk '$3 == "x" { n = $2 * $4; if (n > m) m = n } END { print m + 0 }')
+  goal_gb=$(awk -v b="$big" 'BEGIN { printf "%.2f", (2 * 1073741824 + b * 5.2) / 1e9 }')
+  for spec in "gptq --type int4_g128" "awq --type int4_g128" "compressed-tensors --type int8_channel" "bnb --type nf4" \
+              "exl2 --type exl2_4b128"; do
+    to=${spec%% *}; args=${spec#* }
+    rm -rf "$OUT/export-$to"
+    t0=$(date +%s.%N)
+    /usr/bin/time -v -o "$OUT/export.time" $QLAB quant "$M1B" $args --to "$to" --threads "$THREADS" -o "$OUT/export-$to" \
+      >/dev/null 2>"$OUT/export.log" || { echo "export $to failed: $(tail -1 "$OUT/export.log")"; continue; }
+    t1=$(date +%s.%N)
+    gbs=$(awk -v a="$t0" -v b="$t1" -v n="$in_bytes" 'BEGIN { printf "%.2f", n / (b - a) / 1e9 }')
+    rss=$(awk '/Maximum resident/ { printf "%.2f", $NF * 1024 / 1e9 }' "$OUT/export.time")
+    # the same over the CPU time the run got (user + system, spread over $THREADS threads): what the run reaches
+    # when it has its threads to itself, for a loaded machine
+    cpu=$(awk -v n="$in_bytes" -v t="$THREADS" '/User time|System time/ { s += $NF } END { if (s > 0) printf "%.2f", n / (s / t) / 1e9 }' "$OUT/export.time")
+    goal=0.5; [ "$to" = exl2 ] && goal=-   # EXL2's group fit (97 trial scales) is not an RTN-speed target
+    printf '%-58s %11s GB/s %9s GB/s %8s\n' "export 1b --to $to $args (F16 in/s)" "$gbs" "$goal" \
+      "$( [ "$goal" = - ] && echo - || ratio "$gbs" "$goal")"
+    printf '%-58s %11s GB/s %14s %8s\n' "  same run over its CPU time / $THREADS threads" "$cpu" "" ""
+    printf '%-58s %11s GB %11s GB %8s\n' "  same run, peak RSS (goal: 2 GiB + largest tensor)" "$rss" "$goal_gb" \
+      "$(ratio "$goal_gb" "$rss")"
+    rm -rf "$OUT/export-$to"
+  done
+fi
 exit 0
