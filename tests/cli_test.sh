@@ -465,7 +465,7 @@ if [ -f "$HFM" ]; then
   else bad "a refused export left files behind"; fi
   if [ -f "$SHARED/models/stories260K.gguf" ]; then
     expect_error "gptq refuses 172-wide outputs" "blk.0.ffn_gate.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type int4_g32_sym --to gptq -o "$T/hxq"
-    expect_error "exl2 formats refuse 172-wide outputs" "blk.0.ffn_gate.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type exl2_4b128 -o "$T/hxq.gguf"
+    expect_error "exl2 formats refuse 172-wide inputs" "blk.0.ffn_down.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type exl2_4b128 -o "$T/hxq.gguf"
   fi
   # EXL2 (issue 14): ExLlamaV2's mixed-bit tensors. --method exl2 orders the inputs by H_ii, so q_perm /
   # q_invperm and the q/k outputs put back in HF order (the columns of q_weight and q_scale) are exercised
@@ -474,6 +474,28 @@ if [ -f "$HFM" ]; then
     ok "exl2 config: quant_method exl2, q_invperm written"; else bad "exl2 config.json / tensors"; fi
   export_check "exl2 0.05:6b_32g/0.2:3b_64g/0.75:2b_64g" exl2 --type exl2_5x6b32_20x3b64_75x2b64
   expect_error "exl2 refuses int4_g128" "exl2_* formats" $QLAB quant "$HFM" --type int4_g128 --to exl2 -o "$T/hxq"
+  # EXL2-style allocation (the fast version of docs/results.md's check): four mixes measured per tensor, then
+  # qlab plan --to exl2 gives per-tensor fractional mixes at 4.15 +- 0.01 bpw; applied and exported
+  if [ "${QL_QUICK:-0}" = 1 ]; then skip "exl2 plan at 4.15 bpw (QL_QUICK=1)"
+  elif [ -f "$SHARED/models/tinystories-d256.gguf" ]; then
+    if $QLAB sense "$HFM" --text "$T/text.txt" --ctx 64 --chunks 4 --stats "$T/hfs.qls" --level output \
+         --candidates 'exl2_10x4b128_90x3b128+exl2,exl2_4b128+exl2,exl2_10x5b128_90x4b128+exl2,exl2_5b64+exl2,int4_g128+gptq' \
+         -o "$T/x2.qss" >/dev/null 2>"$T/err" \
+       && $QLAB plan "$T/x2.qss" --target-bpw 4.15 --to exl2 -o "$T/x2.ini" >"$T/x2.out" 2>>"$T/err"; then
+      b=$(sed -n 's/^bpw \([0-9.]*\) over quantized.*/\1/p' "$T/x2.out")
+      mixes=$(grep -o 'exl2_[0-9a-z_]*' "$T/x2.ini" | sort -u | wc -l)
+      if awk -v b="$b" 'BEGIN { exit !(b >= 4.14 && b <= 4.16) }' && [ "$mixes" -ge 2 ] && ! grep -q 'int4_g128' "$T/x2.ini"; then
+        ok "plan --to exl2 --target-bpw 4.15: $b bpw, $mixes different mixes, no gptq candidate"
+      else bad "plan --to exl2: bpw '$b', $mixes mixes"; sed 's/^/     /' "$T/x2.out" | tail -3; fi
+      rm -rf "$T/hx" "$T/hxref"
+      if $QLAB quant "$HFM" --plan "$T/x2.ini" --stats "$T/hfs.qls" -o "$T/x2.gguf" >/dev/null 2>"$T/err" \
+         && $QLAB quant "$HFM" --plan "$T/x2.ini" --stats "$T/hfs.qls" --to exl2 -o "$T/hx" >/dev/null 2>>"$T/err" \
+         && $QLAB convert "$T/x2.gguf" --type f32 -o "$T/hxref" >/dev/null 2>>"$T/err" && [ -n "$PYNP" ] \
+         && $PYNP "$(dirname "$0")/decode_hf_quant.py" "$T/hx" "$T/hxref" > "$T/dec" 2>&1; then
+        ok "exl2 plan applied, exported and decoded: $(tail -1 "$T/dec")"
+      else bad "exl2 plan: quant / export / decode"; sed 's/^/     /' "$T/err" "$T/dec" 2>/dev/null | tail -3; fi
+    else bad "exl2 sense / plan"; sed 's/^/     /' "$T/err" | tail -3; fi
+  else skip "exl2 plan (tinystories-d256.gguf missing)"; fi
 fi
 
 # import (issue 14): every exported folder loads back into the registry format that holds its codes, and
