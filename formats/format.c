@@ -3,7 +3,7 @@
  * adding a format adds one line to g_formats below. */
 #include "formats/format.h"
 #include "formats/fmt_int_family.h"
-#include "formats/fmt_exl2.h"
+#include "formats/fmt_exl2_list.h"
 #include "kernels/ggml_types.h"
 #include "base/parallel.h"
 
