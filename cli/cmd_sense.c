@@ -2,6 +2,7 @@
  * and write a plan), `qlab pareto` (the predicted error-vs-BPW frontier) and `qlab sense-diff` (how two
  * calibration sets rank the tensors). See docs/sensitivity.md. */
 #include "cli/cli.h"
+#include "core/kv_cache.h"
 #include "sensitivity/allocate.h"
 #include "pipeline/calib.h"
 #include "pipeline/imatrix.h"
@@ -91,7 +92,8 @@ static const char *SENSE_USAGE =
     "usage: qlab sense MODEL (--calib SPEC [--samples 32] [--len 256] [--seed S] [--mode random|docs]\n"
     "                        | --text FILE [--ctx 256] [--chunks 32])\n"
     "                  --candidates LIST [--level weight|output|kld] [--stats FILE] [--imatrix FILE]\n"
-    "                  [--act-candidates LIST] [--threads N] [--checkpoint-every S] -o SENS.qss [--force]\n"
+    "                  [--act-candidates LIST] [--kv-candidates LIST] [--threads N] [--checkpoint-every S]\n"
+    "                  -o SENS.qss [--force]\n"
     "       qlab sense MODEL (--calib ... | --text ...) --check-plan PLAN.ini [--json]\n"
     "Measures, for every 2-D weight of MODEL and every candidate, the exact bits and the error of\n"
     "quantizing that tensor alone, at three levels (each includes the cheaper ones):\n"
@@ -115,6 +117,9 @@ static const char *SENSE_USAGE =
     "--act-candidates LIST  activation schemes (int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]):\n"
     "  for every linear, the KLD with only its input quantized that way (weights float); static schemes take\n"
     "  their scales from the statistics. qlab plan --act / qlab pareto --act add them to the prediction.\n"
+    "--kv-candidates LIST   KV-cache schemes (qlab ppl --help: q8_0, q4_0, q8_0:q4_0, kivi4, ...): for every\n"
+    "  layer, the KLD with only that layer's cache in the scheme. qlab plan / pareto --ctx N trade them against\n"
+    "  weight bits under one memory budget (weights + KV cache at N tokens).\n"
     "Then: qlab plan SENS.qss --target-bpw B -o PLAN.ini.\n"
     "--check-plan quantizes every tensor of a plan at once and reports the joint KLD on the same\n"
     "calibration tokens: what the per-tensor sum that qlab plan predicts should be, if errors add up.\n";
@@ -155,7 +160,7 @@ int cmd_sense(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, SENSE_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *cands = NULL, *stats_path = NULL, *im_path = NULL;
-    const char *check = NULL, *act_cands = NULL;
+    const char *check = NULL, *act_cands = NULL, *kv_cands = NULL;
     bool json = false;
     sense_calib ca = {.ctx = 256, .chunks = 32, .samples = 32};
     int level = QL_SENSE_KLD, threads = ql_default_threads();
@@ -179,6 +184,7 @@ int cmd_sense(int argc, char **argv) {
             ca.mode = v && !strcmp(v, "docs") ? QL_CALIB_DOCS : QL_CALIB_RANDOM;
         } else if (!strcmp(flag, "--candidates")) cands = cli_value(&a, flag);
         else if (!strcmp(flag, "--act-candidates")) act_cands = cli_value(&a, flag);
+        else if (!strcmp(flag, "--kv-candidates")) kv_cands = cli_value(&a, flag);
         else if (!strcmp(flag, "--level")) {
             const char *v = cli_value(&a, flag);
             if (v && !ql_sense_level_parse(v, &level))
@@ -239,6 +245,17 @@ int cmd_sense(int argc, char **argv) {
             ql_sense_free_strings(cl, ncl);
             ql_sense_free_strings(acl, nacl);
             return cli_usage_error("sense", SENSE_USAGE, "--act-candidates needs calibration: --calib SPEC or --text FILE");
+        }
+    }
+    char **kcl = NULL;
+    int nkcl = 0;
+    if (kv_cands && !check) {
+        if (ql_sense_parse_kv_candidates(kv_cands, &kcl, &nkcl) || (!ca.text && !ca.calib)) {
+            if (kcl) ql_fail(QL_ERR_ARG, "--kv-candidates needs calibration: --calib SPEC or --text FILE");
+            ql_sense_free_strings(cl, ncl);
+            ql_sense_free_strings(acl, nacl);
+            ql_sense_free_strings(kcl, nkcl);
+            return cli_usage_error("sense", SENSE_USAGE, "%s", ql_last_error());
         }
     }
 
@@ -357,6 +374,14 @@ int cmd_sense(int argc, char **argv) {
                                     : "",
                          im_path ? im_path : "", level);
     ql_sense_set_act(s, acl, nacl);
+    ql_sense_set_kv(s, kcl, nkcl, m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim);
+    for (int k = 0; k < nkcl; k++) { /* a scheme the heads cannot hold is refused before any measuring */
+        ql_kv_scheme ks;
+        if (!ql_kv_scheme_parse(kcl[k], &ks) || ql_kv_scheme_check(&ks, &m->cfg, model)) {
+            rc = cli_fail("sense");
+            goto done;
+        }
+    }
     struct stat sb;
     if (rank == 0 && !force && stat(out, &sb) == 0) {
         int adopted = 0;
@@ -413,6 +438,13 @@ int cmd_sense(int argc, char **argv) {
         rc = ss == QL_ERR_CANCELLED ? 130 : ss ? 1 : 0;
         goto done;
     }
+    if (!ss && s->n_kv) { /* rank 0 alone: KV cells are not shared out over ranks */
+        ql_sense_opts ko = o;
+        ko.share = NULL;
+        ql_progress *kb = eta_bar_new("sense: kv");
+        ss = ql_sense_measure_kv(s, m, &ko, kb);
+        eta_bar_done(kb);
+    }
     if (ss == QL_ERR_CANCELLED) {
         fprintf(stderr,
                 "qlab sense: interrupted; %s holds what was measured: run the same command to resume\n", out);
@@ -439,6 +471,18 @@ int cmd_sense(int argc, char **argv) {
         printf("activations %-12s %3d linears: summed KLD %.6g, largest %.6g (%s)\n", s->act[k], n, sum,
                worst > 0 ? worst : 0, wt >= 0 ? s->tensors[wt].name : "-");
     }
+    for (int k = 0; k < s->n_kv; k++) { /* each KV scheme: summed over the layers, the most sensitive layer */
+        double sum = 0, worst = -1;
+        int wl = -1;
+        for (int l = 0; l < s->kv_layers; l++) {
+            double v = ql_sense_kv_cell_at(s, l, k)->kld;
+            if (!isfinite(v)) continue;
+            sum += v;
+            if (v > worst) worst = v, wl = l;
+        }
+        printf("kv cache %-14s %3d layers: summed KLD %.6g, largest %.6g (layer %d), %lld bytes/layer at ctx 4096\n",
+               s->kv[k], s->kv_layers, sum, worst > 0 ? worst : 0, wl, (long long)ql_sense_kv_layer_bytes(s, k, 4096, 1));
+    }
 done:
     /* Rank 0 failing, or any rank before the ranks agreed, ends the whole job: the others would wait for it.
      * A worker's later failure reached rank 0, which saved what was measured. */
@@ -452,6 +496,7 @@ done:
     ql_sense_free(old);
     ql_sense_free_strings(cl, ncl);
     ql_sense_free_strings(acl, nacl);
+    ql_sense_free_strings(kcl, nkcl);
     free(tok);
     ql_stats_free(st);
     ql_imatrix_free(im);
