@@ -5,7 +5,9 @@
  * exact bytes with per-layer schemes equal the sum of uniform caches' layers; a scheme the head dimension cannot
  * hold is refused; a plan quantized to a file carries the settings (the predicted file size still exact), and
  * the file's settings applied to the forward pass give the same logits as setting each layer by hand, and other
- * logits than the float cache. */
+ * logits than the float cache; the allocator trades per-layer KV schemes against weight bits under one memory
+ * budget (weights file + cache), never over it, picking the cheap cache where its measured KLD is small, and
+ * writes the choice as the plan's [kv]; the .qss keeps the KV cells through save and load. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -24,6 +26,8 @@
 #include "formats/format.h"
 #include "pipeline/plan.h"
 #include "pipeline/quantize.h"
+#include "sensitivity/allocate.h"
+#include "sensitivity/sense.h"
 #include "tests/test_util.h"
 
 static void write_text(const char *path, const char *text) {
@@ -267,12 +271,107 @@ static void test_quantized_file(void **state) {
     unlink(out);
 }
 
+static void test_allocator_kv(void **state) {
+    (void)state;
+    char src[] = "/tmp/qlab-test-kvalloc-XXXXXX.gguf", qss[] = "/tmp/qlab-test-kvalloc-XXXXXX.qss";
+    int fd = mkstemps(src, 5);
+    assert_true(fd >= 0);
+    close(fd);
+    fd = mkstemps(qss, 4);
+    assert_true(fd >= 0);
+    close(fd);
+    ql_synth_shape sh = *ql_synth_find("tiny");
+    assert_int_equal(ql_synth_parse_dims("layers=3,embd=128,heads=4,kv=2,ff=192,vocab=300,ctx=64", &sh), QL_OK);
+    assert_int_equal(ql_synth_write(&sh, 9, src, 1, NULL), QL_OK);
+    ql_model *m;
+    assert_int_equal(ql_model_load(src, &m), QL_OK);
+    char *cands[] = {"q4_0", "q8_0"};
+    ql_sense *s;
+    assert_int_equal(ql_sense_new(m, cands, 2, &s), QL_OK);
+    s->level = QL_SENSE_KLD;
+    for (int t = 0; t < s->n_tensors; t++)
+        for (int c = 0; c < 2; c++) {
+            ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+            e->level = QL_SENSE_KLD;
+            e->werr = e->oerr = 1e-3;
+            e->kld = c == 0 ? 1e-3 : 1e-5;
+            e->dppl = 0;
+        }
+    char *kvs[] = {"q8_0", "q4_0"};
+    ql_sense_set_kv(s, kvs, 2, m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim);
+    /* layer 1's cache is sensitive to q4_0, the others are not */
+    for (int l = 0; l < 3; l++) {
+        ql_sense_kv_cell_at(s, l, 0)->level = ql_sense_kv_cell_at(s, l, 1)->level = QL_SENSE_KLD;
+        ql_sense_kv_cell_at(s, l, 0)->kld = 1e-6;
+        ql_sense_kv_cell_at(s, l, 1)->kld = l == 1 ? 5e-2 : 2e-6;
+        ql_sense_kv_cell_at(s, l, 0)->dppl = ql_sense_kv_cell_at(s, l, 1)->dppl = 0;
+    }
+    assert_int_equal(ql_sense_save(s, qss), QL_OK);
+    ql_sense *back;
+    assert_int_equal(ql_sense_load(qss, &back), QL_OK);
+    assert_int_equal(back->n_kv, 2);
+    assert_int_equal(back->kv_layers, 3);
+    assert_string_equal(back->kv[1], "q4_0");
+    assert_true(ql_sense_kv_cell_at(back, 1, 1)->kld == ql_sense_kv_cell_at(s, 1, 1)->kld);
+    /* q4_0 = 18 bytes per 32 values, q8_0 34: one layer at ctx 4096 holds 2 x 4096 x 64 values */
+    const int64_t ctx = 4096, q4 = 2 * ctx * 64 / 32 * 18, q8 = 2 * ctx * 64 / 32 * 34;
+    assert_int_equal(ql_sense_kv_layer_bytes(back, 1, ctx, 1), q4);
+    assert_int_equal(ql_sense_kv_layer_bytes(back, 0, ctx, 2), 2 * q8);
+    /* a budget of the file in q8_0 + the cache in q4_0 but for one layer in q8_0: the weights stay q8_0
+     * (each q4_0 tensor costs 1e-3) and layer 1, the sensitive one, gets q8_0 */
+    int64_t w8 = 0, orig = 0;
+    for (int t = 0; t < s->n_tensors; t++) w8 += ql_sense_cell_at(s, t, 1)->bytes, orig += s->tensors[t].orig_bytes;
+    const int64_t file8 = s->file_bytes - orig + w8 + 32 * s->n_tensors_file;
+    ql_alloc_opts o = {.target_bytes = file8 + 2 * q4 + q8, .metric = QL_SENSE_KLD, .kv_ctx = ctx, .kv_batch = 1};
+    ql_alloc_result r;
+    assert_int_equal(ql_allocate(back, &o, &r), QL_OK);
+    assert_int_equal(r.kv_n, 3);
+    assert_int_equal(r.kv_choice[0], 1);
+    assert_int_equal(r.kv_choice[1], 0);
+    assert_int_equal(r.kv_choice[2], 1);
+    assert_int_equal(r.kv_bytes, 2 * q4 + q8);
+    assert_true(r.bytes + r.kv_bytes <= r.budget_bytes);
+    for (int t = 0; t < r.n; t++) assert_string_equal(r.c[t].spec, "q8_0");
+    ql_plan *p;
+    assert_int_equal(ql_alloc_plan(back, &r, "test", &p), QL_OK);
+    assert_true(p->kv.set);
+    assert_int_equal(p->kv.ctx, ctx);
+    ql_kv_scheme l0 = ql_kv_settings_layer(&p->kv, 0), l1 = ql_kv_settings_layer(&p->kv, 1);
+    ql_kv_scheme q4s = scheme("q4_0"), q8s = scheme("q8_0");
+    assert_true(ql_kv_scheme_equal(&l0, &q4s));
+    assert_true(ql_kv_scheme_equal(&l1, &q8s));
+    assert_int_equal(ql_kv_settings_bytes(&p->kv, &m->cfg, ctx, 1), r.kv_bytes); /* the plan's memory is the allocator's */
+    ql_plan_free(p);
+    ql_alloc_result_free(&r);
+    /* less memory: the weights give way before layer 1's cache goes to q4_0 (0.05 KLD) */
+    o.target_bytes -= w8 / 4;
+    assert_int_equal(ql_allocate(back, &o, &r), QL_OK);
+    assert_int_equal(r.kv_choice[1], 0);
+    assert_true(r.bytes + r.kv_bytes <= r.budget_bytes);
+    int n_q4 = 0;
+    for (int t = 0; t < r.n; t++) n_q4 += !strcmp(r.c[t].spec, "q4_0");
+    assert_true(n_q4 > 0);
+    ql_alloc_result_free(&r);
+    /* a bpw target cannot hold a cache; a file without KV schemes cannot either */
+    ql_alloc_opts ob = {.target_bpw = 6, .metric = QL_SENSE_KLD, .kv_ctx = ctx};
+    assert_int_equal(ql_allocate(back, &ob, &r), QL_ERR_ARG);
+    ql_sense_set_kv(back, NULL, 0, 3, 2, 32);
+    assert_int_equal(ql_allocate(back, &o, &r), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "--kv-candidates"));
+    ql_sense_free(back);
+    ql_sense_free(s);
+    ql_model_free(m);
+    unlink(src);
+    unlink(qss);
+}
+
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_ini),
         cmocka_unit_test(test_gguf_keys_and_flags),
         cmocka_unit_test(test_bytes_and_check),
         cmocka_unit_test(test_quantized_file),
+        cmocka_unit_test(test_allocator_kv),
     };
     ql_test_order_from_env(tests, sizeof tests / sizeof tests[0]);
     return cmocka_run_group_tests(tests, NULL, NULL);
