@@ -891,7 +891,9 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
             return ql_fail(QL_ERR_ARG, "%s: model file size unknown; use --target-bpw", s->model);
         int64_t fixed = s->file_bytes - orig_quantized_bytes(s) + 32 * s->n_tensors_file;
         budget = o->target_bytes - fixed;
-        fill_to = budget - (int64_t)(tol * (double)nq / 8);
+        /* a file size is a target to hit; memory with a KV cache is a ceiling: filling it would buy float caches
+         * and weight bits that cost error elsewhere just to spend the bytes */
+        fill_to = o->kv_ctx > 0 ? 0 : budget - (int64_t)(tol * (double)nq / 8);
     } else if (o->target_bpw > 0) {
         if (o->whole_file) {
             budget = (int64_t)floor(o->target_bpw * (double)nall / 8) - s->other_bytes;

@@ -342,7 +342,14 @@ static void test_allocator_kv(void **state) {
     assert_true(ql_kv_scheme_equal(&l1, &q8s));
     assert_int_equal(ql_kv_settings_bytes(&p->kv, &m->cfg, ctx, 1), r.kv_bytes); /* the plan's memory is the allocator's */
     ql_plan_free(p);
+    /* more memory never predicts worse (a ceiling, not a size to fill with float caches) */
+    const double err_at = r.err;
     ql_alloc_result_free(&r);
+    o.target_bytes *= 3;
+    assert_int_equal(ql_allocate(back, &o, &r), QL_OK);
+    assert_true(r.err <= err_at);
+    assert_true(r.bytes + r.kv_bytes <= r.budget_bytes);
+    o.target_bytes /= 3;
     /* less memory: the weights give way before layer 1's cache goes to q4_0 (0.05 KLD) */
     o.target_bytes -= w8 / 4;
     assert_int_equal(ql_allocate(back, &o, &r), QL_OK);
