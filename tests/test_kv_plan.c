@@ -349,6 +349,7 @@ static void test_allocator_kv(void **state) {
     assert_int_equal(ql_allocate(back, &o, &r), QL_OK);
     assert_true(r.err <= err_at);
     assert_true(r.bytes + r.kv_bytes <= r.budget_bytes);
+    ql_alloc_result_free(&r);
     o.target_bytes /= 3;
     /* less memory: the weights give way before layer 1's cache goes to q4_0 (0.05 KLD) */
     o.target_bytes -= w8 / 4;
