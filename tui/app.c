@@ -329,10 +329,12 @@ uint64_t ql_tui_plan_hash(const ql_tui_app *a) {
         h = ql_tui_hash_str(ql_tui_hash_str(h, rt->act[i].tensor), spec);
     }
     if (rt && rt->method_opts) h = ql_tui_hash_str(h, rt->method_opts);
-    if (rt && rt->kv.set) { /* so is the KV cache */
-        char d[512];
-        h = ql_tui_hash_str(h, ql_kv_settings_describe(&rt->kv, d, sizeof d));
-    }
+    if (rt && rt->kv.set) /* so is the KV cache: every layer's scheme (a description could be cut short) */
+        for (int l = 0; l < a->model->cfg.n_layer; l++) {
+            ql_kv_scheme sc = ql_kv_settings_layer(&rt->kv, l);
+            char nm[160];
+            h = ql_tui_hash_str(h, ql_kv_scheme_name(&sc, nm, sizeof nm));
+        }
     return h;
 }
 
