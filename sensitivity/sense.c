@@ -1039,8 +1039,9 @@ ql_status ql_sense_measure_kv(ql_sense *s, const ql_model *m, const ql_sense_opt
     kld_ctx kc;
     memset(&kc, 0, sizeof kc);
     pthread_mutex_init(&kc.lock, NULL);
+    /* KV cells are measured by one process (qlab sense runs this on rank 0 alone): nothing arrives from others */
     checkpointer cp = {s, o->checkpoint, o->checkpoint_s > 0 ? o->checkpoint_s : 20.0, ql_time_s(), ql_time_s(),
-                       s->seconds};
+                       s->seconds, NULL, 0};
     if (st || !todo) goto out;
     if ((st = ql_infer_new(m, nth, &inf))) goto out;
     ql_progress_report(progress, 0, todo, "base model");
