@@ -3,6 +3,8 @@
 #include "kernels/ggml_types.h"
 #include "core/model.h"
 #include "core/kv_cache.h"
+#include "core/kv_settings.h"
+#include "core/actquant.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -14,7 +16,9 @@ static const char *INFO_USAGE =
     "MODEL is a .gguf file, a Hugging Face folder (config.json + safetensors) or a llama2.c .bin.\n"
     "bpw counts every tensor; bpw_quantized only the 2-D weight matrices (what target-BPW plans count).\n"
     "--ctx N prints the KV cache's exact bytes at N tokens for B sequences (default 1) beside the weights':\n"
-    "for the --kv scheme (see qlab ppl --help), or for every llama.cpp cache type and a few qlab schemes.\n";
+    "for the --kv scheme (see qlab ppl --help), or for every llama.cpp cache type and a few qlab schemes.\n"
+    "A file quantized with a plan's [activations] / [kv] shows them (runtime), the KV memory at the plan's context\n"
+    "and the llama.cpp flags that run the same cache (-ctk K -ctv V -fa on), or why llama.cpp has none.\n";
 
 
 static int64_t numel(const ql_gguf_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
@@ -46,6 +50,26 @@ int cmd_info(int argc, char **argv) {
     if (ql_model_load(path, &m)) return cli_fail("info");
     const ql_config *c = &m->cfg;
     const ql_gguf *g = m->gguf;
+    ql_kv_settings fkv; /* the runtime settings the file carries (qlab.kv.*, qlab.act.*) */
+    if (ql_kv_settings_from_gguf(g, path, c->n_layer, &fkv)) {
+        ql_model_free(m);
+        return cli_fail("info");
+    }
+    int act_counts[QL_ACT_MODE_COUNT] = {0};
+    for (int64_t k = 0; k < g->n_kv; k++) {
+        ql_act_mode am;
+        const char *v = !strncmp(g->kv[k].key, QL_ACT_KEY_MODE, strlen(QL_ACT_KEY_MODE)) ? ql_gguf_get_str(g, g->kv[k].key) : NULL;
+        if (v && ql_act_mode_parse(v, &am)) act_counts[am]++;
+    }
+    char kv_desc[512] = "", kv_flags[256] = "";
+    bool kv_llama = false;
+    const int kv_ctx = fkv.ctx > 0 ? (int)fkv.ctx : ctx, kv_batch = fkv.batch > 0 ? fkv.batch : batch;
+    int64_t kv_mem = 0;
+    if (fkv.set) {
+        ql_kv_settings_describe(&fkv, kv_desc, sizeof kv_desc);
+        kv_llama = ql_kv_settings_llama_flags(&fkv, kv_flags, sizeof kv_flags);
+        if (kv_ctx) kv_mem = ql_kv_settings_bytes(&fkv, c, kv_ctx, kv_batch);
+    }
     int64_t n_params = 0, bytes = 0, q_params = 0, q_bytes = 0;
     bool ggml_only = true;
     for (int64_t i = 0; i < g->n_tensors; i++) {
@@ -93,6 +117,22 @@ int cmd_info(int argc, char **argv) {
         char feat[512];
         ql_model_features(m, feat, sizeof feat);
         json_object_set_new(o, "features", json_string(feat));
+        if (fkv.set) {
+            json_t *rt = json_object();
+            json_object_set_new(rt, "kv_scheme", json_string(kv_desc));
+            json_object_set_new(rt, kv_llama ? "llama_cpp_flags" : "llama_cpp_problem", json_string(kv_flags));
+            if (kv_ctx) {
+                json_object_set_new(rt, "ctx", json_integer(kv_ctx));
+                json_object_set_new(rt, "batch", json_integer(kv_batch));
+                json_object_set_new(rt, "kv_bytes", json_integer(kv_mem));
+                json_object_set_new(rt, "total_bytes", json_integer(kv_mem + bytes));
+            }
+            json_object_set_new(o, "runtime_kv", rt);
+        }
+        json_t *acts = json_object();
+        for (int k = 1; k < QL_ACT_MODE_COUNT; k++)
+            if (act_counts[k]) json_object_set_new(acts, ql_act_mode_name((ql_act_mode)k), json_integer(act_counts[k]));
+        json_object_set_new(o, "runtime_activations", acts);
         if (ctx) {
             json_t *kvo = json_object(), *list = json_object();
             json_object_set_new(kvo, "ctx", json_integer(ctx));
@@ -142,6 +182,22 @@ int cmd_info(int argc, char **argv) {
         printf("  %lld parameters, %.2f MiB, %.3f bits/weight (%.3f over 2-D weights)\n", (long long)n_params,
                bytes / 1048576.0, bpw, bpwq);
         printf("  %s\n", refusal ? refusal : "plain GGUF: llama.cpp can run it");
+        bool any_act = false;
+        for (int k = 1; k < QL_ACT_MODE_COUNT; k++) any_act |= act_counts[k] > 0;
+        if (any_act) {
+            printf("  runtime activations (qlab.act.*, qlab ppl applies them):");
+            for (int k = 1; k < QL_ACT_MODE_COUNT; k++)
+                if (act_counts[k]) printf(" %s %d", ql_act_mode_name((ql_act_mode)k), act_counts[k]);
+            printf(" linears\n");
+        }
+        if (fkv.set) {
+            printf("  runtime KV cache (qlab.kv.*, qlab ppl applies it): %s\n", kv_desc);
+            if (kv_ctx)
+                printf("    at ctx %d x %d: KV %lld bytes (%.3f MiB) + weights %.3f MiB = %.3f MiB\n", kv_ctx, kv_batch,
+                       (long long)kv_mem, kv_mem / 1048576.0, bytes / 1048576.0, (kv_mem + bytes) / 1048576.0);
+            if (kv_llama) printf("    llama.cpp: %s\n", kv_flags);
+            else printf("    llama.cpp: no equivalent: %s\n", kv_flags);
+        }
         if (ctx) {
             printf("  KV cache at ctx %d x %d sequence%s (weights %.2f MiB):\n", ctx, batch, batch > 1 ? "s" : "",
                    bytes / 1048576.0);
@@ -173,6 +229,7 @@ int cmd_info(int argc, char **argv) {
             }
         }
     }
+    ql_kv_settings_free(&fkv);
     ql_model_free(m);
     return 0;
 }

@@ -3,6 +3,7 @@
 #include "core/model.h"
 #include "core/ppl.h"
 #include "core/kv_cache.h"
+#include "core/kv_settings.h"
 #include "base/parallel.h"
 #include "base/atomic_file.h"
 #include "methods/act_recipe.h"
@@ -33,9 +34,18 @@ static const char *PPL_USAGE =
     "  --kv K[:V]        KV cache scheme (default f32): llama.cpp's f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0, iq4_nl\n"
     "                    (as llama-perplexity -fa on -ctk K -ctv V), or qlab's int{8,4,2}_{token,channel}_g{32,64,128}\n"
     "                    [_rN: N recent tokens in float][_had: Hadamard-rotated K], fp8_e4m3, fp8_e5m2, kivi4, kivi2.\n"
-    "                    Without --kld-base, a float-cache pass runs first and KLD against it is reported\n"
+    "                    Without --kld-base, a float-cache pass runs first and KLD against it is reported.\n"
+    "                    Without --kv, a file with KV settings (a plan's [kv], qlab.kv.* keys) runs them\n"
     "  --batch B         sequences the KV memory figure is given for (default 1)\n"
     "  " CLI_DEVICE_USAGE;
+
+/* Does every layer of the settings keep the float cache (nothing to measure KLD for)? */
+static bool kv_settings_all_f32(const ql_kv_settings *s) {
+    if (!ql_kv_scheme_is_f32(&s->scheme)) return false;
+    for (int i = 0; i < s->n_layer_own; i++)
+        if (!ql_kv_scheme_is_f32(&s->layer_scheme[i])) return false;
+    return true;
+}
 
 static ql_status load_model_and_tokens(const char *model_path, const char *text_path, ql_model **m, int32_t **ids,
                                        int64_t *n_ids) {
@@ -60,6 +70,7 @@ int cmd_ppl(int argc, char **argv) {
     double act_threshold = 0;
     const char *kv = NULL;
     int batch = 1;
+    bool batch_given = false;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) {
             if (model) return cli_usage_error("ppl", PPL_USAGE, "unexpected argument '%s'", pos);
@@ -75,7 +86,7 @@ int cmd_ppl(int argc, char **argv) {
         else if (!strcmp(flag, "--act-stats")) act_stats = cli_value(&a, flag);
         else if (!strcmp(flag, "--act-threshold")) act_threshold = cli_double(&a, flag);
         else if (!strcmp(flag, "--kv")) kv = cli_value(&a, flag);
-        else if (!strcmp(flag, "--batch")) batch = cli_int(&a, flag, 1, 1 << 16);
+        else if (!strcmp(flag, "--batch")) batch = cli_int(&a, flag, 1, 1 << 16), batch_given = true;
         else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
     }
@@ -96,6 +107,8 @@ int cmd_ppl(int argc, char **argv) {
     int64_t n_ids = 0;
     ql_infer *inf = NULL;
     int rc = 0;
+    ql_kv_settings file_kv;
+    ql_kv_settings_init(&file_kv);
     char kv_base[4096] = ""; /* the float-cache pass's log-probabilities (removed at the end) */
     double t0 = ql_time_s();
     if (load_model_and_tokens(model, text, &m, &ids, &n_ids) || ql_infer_new(m, o.n_threads, &inf)) {
@@ -109,6 +122,22 @@ int cmd_ppl(int argc, char **argv) {
     if (!ql_kv_scheme_is_f32(&kvs) && ql_infer_set_kv(inf, &kvs)) {
         rc = cli_fail("ppl");
         goto out;
+    }
+    /* without --kv, the KV settings the file carries (a plan's [kv], qlab.kv.*) */
+    if (!kv && ql_kv_settings_from_gguf(m->gguf, model, m->cfg.n_layer, &file_kv)) {
+        rc = cli_fail("ppl");
+        goto out;
+    }
+    if (file_kv.set) {
+        if (ql_infer_set_kv_settings(inf, &file_kv)) {
+            rc = cli_fail("ppl");
+            goto out;
+        }
+        if (!json) {
+            char d[512];
+            fprintf(stderr, "qlab ppl: KV cache as the file says (qlab.kv.*): %s\n",
+                    ql_kv_settings_describe(&file_kv, d, sizeof d));
+        }
     }
     if (act_mode != QL_ACT_NONE) {
         ql_stats *ast = NULL;
@@ -146,7 +175,8 @@ int cmd_ppl(int argc, char **argv) {
     ql_progress *bar = cli_progress_bar("ppl");
     ql_ppl_result r;
     ql_status s = QL_OK;
-    if (!ql_kv_scheme_is_f32(&kvs) && !o.kld_base) {
+    const bool kv_quantized = !ql_kv_scheme_is_f32(&kvs) || (file_kv.set && !kv_settings_all_f32(&file_kv));
+    if (kv_quantized && !o.kld_base) {
         /* the same text with the float cache first: the KV scheme's KLD is measured against it */
         const char *tmpdir = getenv("TMPDIR");
         snprintf(kv_base, sizeof kv_base, "%s/qlab-kv-base-XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
@@ -163,7 +193,7 @@ int cmd_ppl(int argc, char **argv) {
         ql_kv_scheme f32 = ql_kv_scheme_f32();
         if (!json) fprintf(stderr, "qlab ppl: float KV cache first (the base for KLD)\n");
         if (!(s = ql_infer_set_kv(inf, &f32))) s = ql_perplexity(inf, ids, n_ids, &bo, bar, &r);
-        if (!s) s = ql_infer_set_kv(inf, &kvs);
+        if (!s) s = file_kv.set ? ql_infer_set_kv_settings(inf, &file_kv) : ql_infer_set_kv(inf, &kvs);
         o.kld_base = kv_base;
     }
     if (!s) s = ql_perplexity(inf, ids, n_ids, &o, bar, &r);
@@ -172,9 +202,12 @@ int cmd_ppl(int argc, char **argv) {
         rc = cli_fail("ppl");
         goto out;
     }
-    char kvname[160];
-    ql_kv_scheme_name(&kvs, kvname, sizeof kvname);
-    const int64_t kv_bytes = ql_kv_cache_bytes(&m->cfg, &kvs, o.n_ctx, batch);
+    char kvname[512];
+    if (file_kv.set) ql_kv_settings_describe(&file_kv, kvname, sizeof kvname);
+    else ql_kv_scheme_name(&kvs, kvname, sizeof kvname);
+    if (file_kv.set && !batch_given && file_kv.batch > 0) batch = file_kv.batch;
+    const int64_t kv_bytes = file_kv.set ? ql_kv_settings_bytes(&file_kv, &m->cfg, o.n_ctx, batch)
+                                         : ql_kv_cache_bytes(&m->cfg, &kvs, o.n_ctx, batch);
     ql_kv_scheme f16 = kvs;
     ql_kv_scheme_parse("f16", &f16);
     const int64_t kv_f16 = ql_kv_cache_bytes(&m->cfg, &f16, o.n_ctx, batch);
@@ -200,8 +233,14 @@ int cmd_ppl(int argc, char **argv) {
         if (o.save_logits) printf("log-probabilities saved to %s\n", o.save_logits);
         printf("memory at ctx %d x %d sequence%s: KV cache %s %.3f MiB (f16 %.3f MiB), weights %.3f MiB\n", o.n_ctx,
                batch, batch > 1 ? "s" : "", kvname, kv_bytes / 1048576.0, kv_f16 / 1048576.0, w_bytes / 1048576.0);
+        if (file_kv.set && file_kv.ctx > 0 && file_kv.ctx != o.n_ctx) { /* the plan's deployment context */
+            const int64_t at = ql_kv_settings_bytes(&file_kv, &m->cfg, file_kv.ctx, batch);
+            printf("memory at the file's ctx %lld x %d: KV cache %.3f MiB + weights %.3f MiB = %.3f MiB\n",
+                   (long long)file_kv.ctx, batch, at / 1048576.0, w_bytes / 1048576.0, (at + w_bytes) / 1048576.0);
+        }
     }
 out:
+    ql_kv_settings_free(&file_kv);
     if (kv_base[0]) unlink(kv_base);
     free(ids);
     ql_infer_free(inf);

@@ -94,6 +94,13 @@ static void print_runtime(const ql_model *m, const ql_plan *plan) {
         const ql_plan_act *pa = t ? ql_plan_find_act(plan, t->name, block) : NULL;
         if (pa && pa->mode != QL_ACT_NONE) counts[pa->mode]++, n++;
     }
+    if (plan->kv.set) { /* the plan's KV cache: stored as qlab.kv.* keys, and how llama.cpp runs the same */
+        char d[512], flags[256];
+        bool llama = ql_kv_settings_llama_flags(&plan->kv, flags, sizeof flags);
+        fprintf(stderr, "qlab quant: KV cache %s (stored as qlab.kv.* keys: `qlab ppl` on the output runs it); "
+                        "llama.cpp: %s%s\n",
+                ql_kv_settings_describe(&plan->kv, d, sizeof d), llama ? "" : "no equivalent: ", flags);
+    }
     if (!n) return;
     fprintf(stderr, "qlab quant: activations of %d linears quantized at run time:", n);
     for (int k = 1; k < QL_ACT_MODE_COUNT; k++)
@@ -286,7 +293,7 @@ int cmd_quant(int argc, char **argv) {
             "%.2fs (%.2f GB/s of f32 weights)\n",
             out, (long long)st.tensors_quantized, (long long)st.tensors_fallback, (long long)st.tensors_copied,
             st.bytes_in / 1048576.0, st.bytes_out / 1048576.0, st.seconds, st.seconds > 0 ? gb / st.seconds : 0);
-    if (plan->n_act) print_runtime(m, plan);
+    if (plan->n_act || plan->kv.set) print_runtime(m, plan);
     if (st.tensors_rounded)
         fprintf(stderr, "qlab quant: %lld tensors had no statistics for their method and were rounded to nearest "
                         "(--dry-run lists them)\n", (long long)st.tensors_rounded);

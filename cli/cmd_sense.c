@@ -2,6 +2,7 @@
  * and write a plan), `qlab pareto` (the predicted error-vs-BPW frontier) and `qlab sense-diff` (how two
  * calibration sets rank the tensors). See docs/sensitivity.md. */
 #include "cli/cli.h"
+#include "core/kv_cache.h"
 #include "sensitivity/allocate.h"
 #include "pipeline/calib.h"
 #include "pipeline/imatrix.h"
@@ -92,7 +93,8 @@ static const char *SENSE_USAGE =
     "usage: qlab sense MODEL (--calib SPEC [--samples 32] [--len 256] [--seed S] [--mode random|docs]\n"
     "                        | --text FILE [--ctx 256] [--chunks 32])\n"
     "                  --candidates LIST [--level weight|output|kld] [--stats FILE] [--imatrix FILE]\n"
-    "                  [--act-candidates LIST] [--threads N] [--checkpoint-every S] -o SENS.qss [--force]\n"
+    "                  [--act-candidates LIST] [--kv-candidates LIST] [--threads N] [--checkpoint-every S]\n"
+    "                  -o SENS.qss [--force]\n"
     "       qlab sense MODEL (--calib ... | --text ...) --check-plan PLAN.ini [--json]\n"
     "Measures, for every 2-D weight of MODEL and every candidate, the exact bits and the error of\n"
     "quantizing that tensor alone, at three levels (each includes the cheaper ones):\n"
@@ -116,6 +118,9 @@ static const char *SENSE_USAGE =
     "--act-candidates LIST  activation schemes (int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]):\n"
     "  for every linear, the KLD with only its input quantized that way (weights float); static schemes take\n"
     "  their scales from the statistics. qlab plan --act / qlab pareto --act add them to the prediction.\n"
+    "--kv-candidates LIST   KV-cache schemes (qlab ppl --help: q8_0, q4_0, q8_0:q4_0, kivi4, ...): for every\n"
+    "  layer, the KLD with only that layer's cache in the scheme. qlab plan / pareto --ctx N trade them against\n"
+    "  weight bits under one memory budget (weights + KV cache at N tokens).\n"
     "Then: qlab plan SENS.qss --target-bpw B -o PLAN.ini.\n"
     "--check-plan quantizes every tensor of a plan at once and reports the joint KLD on the same\n"
     "calibration tokens: what the per-tensor sum that qlab plan predicts should be, if errors add up.\n";
@@ -156,7 +161,7 @@ int cmd_sense(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, SENSE_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *cands = NULL, *stats_path = NULL, *im_path = NULL;
-    const char *check = NULL, *act_cands = NULL;
+    const char *check = NULL, *act_cands = NULL, *kv_cands = NULL;
     bool json = false;
     sense_calib ca = {.ctx = 256, .chunks = 32, .samples = 32};
     int level = QL_SENSE_KLD, threads = ql_default_threads();
@@ -180,6 +185,7 @@ int cmd_sense(int argc, char **argv) {
             ca.mode = v && !strcmp(v, "docs") ? QL_CALIB_DOCS : QL_CALIB_RANDOM;
         } else if (!strcmp(flag, "--candidates")) cands = cli_value(&a, flag);
         else if (!strcmp(flag, "--act-candidates")) act_cands = cli_value(&a, flag);
+        else if (!strcmp(flag, "--kv-candidates")) kv_cands = cli_value(&a, flag);
         else if (!strcmp(flag, "--level")) {
             const char *v = cli_value(&a, flag);
             if (v && !ql_sense_level_parse(v, &level))
@@ -240,6 +246,17 @@ int cmd_sense(int argc, char **argv) {
             ql_sense_free_strings(cl, ncl);
             ql_sense_free_strings(acl, nacl);
             return cli_usage_error("sense", SENSE_USAGE, "--act-candidates needs calibration: --calib SPEC or --text FILE");
+        }
+    }
+    char **kcl = NULL;
+    int nkcl = 0;
+    if (kv_cands && !check) {
+        if (ql_sense_parse_kv_candidates(kv_cands, &kcl, &nkcl) || (!ca.text && !ca.calib)) {
+            if (kcl) ql_fail(QL_ERR_ARG, "--kv-candidates needs calibration: --calib SPEC or --text FILE");
+            ql_sense_free_strings(cl, ncl);
+            ql_sense_free_strings(acl, nacl);
+            ql_sense_free_strings(kcl, nkcl);
+            return cli_usage_error("sense", SENSE_USAGE, "%s", ql_last_error());
         }
     }
 
@@ -358,6 +375,14 @@ int cmd_sense(int argc, char **argv) {
                                     : "",
                          im_path ? im_path : "", level);
     ql_sense_set_act(s, acl, nacl);
+    ql_sense_set_kv(s, kcl, nkcl, m->cfg.n_layer, m->cfg.n_head_kv, m->cfg.head_dim);
+    for (int k = 0; k < nkcl; k++) { /* a scheme the heads cannot hold is refused before any measuring */
+        ql_kv_scheme ks;
+        if (!ql_kv_scheme_parse(kcl[k], &ks) || ql_kv_scheme_check(&ks, &m->cfg, model)) {
+            rc = cli_fail("sense");
+            goto done;
+        }
+    }
     struct stat sb;
     if (rank == 0 && !force && stat(out, &sb) == 0) {
         int adopted = 0;
@@ -414,6 +439,13 @@ int cmd_sense(int argc, char **argv) {
         rc = ss == QL_ERR_CANCELLED ? 130 : ss ? 1 : 0;
         goto done;
     }
+    if (!ss && s->n_kv) { /* rank 0 alone: KV cells are not shared out over ranks */
+        ql_sense_opts ko = o;
+        ko.share = NULL;
+        ql_progress *kb = eta_bar_new("sense: kv");
+        ss = ql_sense_measure_kv(s, m, &ko, kb);
+        eta_bar_done(kb);
+    }
     if (ss == QL_ERR_CANCELLED) {
         fprintf(stderr,
                 "qlab sense: interrupted; %s holds what was measured: run the same command to resume\n", out);
@@ -440,6 +472,18 @@ int cmd_sense(int argc, char **argv) {
         printf("activations %-12s %3d linears: summed KLD %.6g, largest %.6g (%s)\n", s->act[k], n, sum,
                worst > 0 ? worst : 0, wt >= 0 ? s->tensors[wt].name : "-");
     }
+    for (int k = 0; k < s->n_kv; k++) { /* each KV scheme: summed over the layers, the most sensitive layer */
+        double sum = 0, worst = -1;
+        int wl = -1;
+        for (int l = 0; l < s->kv_layers; l++) {
+            double v = ql_sense_kv_cell_at(s, l, k)->kld;
+            if (!isfinite(v)) continue;
+            sum += v;
+            if (v > worst) worst = v, wl = l;
+        }
+        printf("kv cache %-14s %3d layers: summed KLD %.6g, largest %.6g (layer %d), %lld bytes/layer at ctx 4096\n",
+               s->kv[k], s->kv_layers, sum, worst > 0 ? worst : 0, wl, (long long)ql_sense_kv_layer_bytes(s, k, 4096, 1));
+    }
 done:
     /* Rank 0 failing, or any rank before the ranks agreed, ends the whole job: the others would wait for it.
      * A worker's later failure reached rank 0, which saved what was measured. */
@@ -453,6 +497,7 @@ done:
     ql_sense_free(old);
     ql_sense_free_strings(cl, ncl);
     ql_sense_free_strings(acl, nacl);
+    ql_sense_free_strings(kcl, nkcl);
     free(tok);
     ql_stats_free(st);
     ql_imatrix_free(im);
@@ -488,7 +533,8 @@ static bool parse_size(const char *v, int64_t *out) {
 }
 
 static const char *PLAN_USAGE =
-    "usage: qlab plan SENS.qss (--target-bpw B [--whole-file] | --target-size SIZE) -o PLAN.ini\n"
+    "usage: qlab plan SENS.qss (--target-bpw B [--whole-file] | --target-size SIZE\n"
+    "                 | --target-mem SIZE --ctx N [--batch B]) -o PLAN.ini\n"
     "                 [--rule 'PATTERN OP FORMAT']... [--metric weight|output|kld] [--act S [--act-max-kld X]]\n"
     "                 [--solver auto|dp|lagrange] [--tolerance 0.01] [--to EXPORTER] [--quiet]\n"
     "Chooses one measured candidate per tensor so that the summed predicted error is smallest within the\n"
@@ -497,6 +543,10 @@ static const char *PLAN_USAGE =
     "  --target-bpw B   bits per weight over the quantized tensors (bpw_quantized of qlab info), hit within\n"
     "                   --tolerance; --whole-file counts every tensor (bpw of qlab info)\n"
     "  --target-size S  size of the output file: 3.5GiB, 900MB, 2G, or bytes\n"
+    "  --target-mem S   (or --budget-bytes N) memory at run time: the output file + the KV cache at --ctx N\n"
+    "                   tokens for --batch B sequences; every layer's cache is f32 or one of the schemes measured\n"
+    "                   by qlab sense --kv-candidates, traded against weight bits by the same knapsack; written\n"
+    "                   as the plan's [kv]\n"
     "  --rule R         'token_embd>=q6_k', 'blk.*.attn_v>=q4_k', 'blk.0.ffn_down=q8_0' (pin),\n"
     "                   'output!=q4_0' (exclude); >= <= > < compare bits on that tensor; a pattern\n"
     "                   without '.' names a role in every layer ('attn_v' = 'blk.*.attn_v')\n"
@@ -515,6 +565,7 @@ typedef struct {
     double tolerance;
     const char *act;   /* --act SCHEME: activations from the file's measured schemes */
     double act_max_kld; /* --act-max-kld X: linears above X keep float inputs */
+    int kv_ctx, kv_batch; /* --ctx N [--batch B]: the KV cache joins the memory budget */
 } alloc_flags;
 
 static int parse_alloc_flag(cli_args *a, const char *flag, alloc_flags *af, const char *cmd,
@@ -525,6 +576,14 @@ static int parse_alloc_flag(cli_args *a, const char *flag, alloc_flags *af, cons
     }
     if (!strcmp(flag, "--act-max-kld")) {
         af->act_max_kld = cli_double(a, flag);
+        return 1;
+    }
+    if (!strcmp(flag, "--ctx")) {
+        af->kv_ctx = cli_int(a, flag, 1, 1 << 24);
+        return 1;
+    }
+    if (!strcmp(flag, "--batch")) {
+        af->kv_batch = cli_int(a, flag, 1, 1 << 16);
         return 1;
     }
     if (!strcmp(flag, "--rule")) {
@@ -600,7 +659,7 @@ int cmd_plan(int argc, char **argv) {
     cli_args_init(&a, argc, argv, PLAN_USAGE);
     const char *flag, *pos, *path = NULL, *out = NULL, *size = NULL, *to = NULL;
     double bpw = 0;
-    bool whole = false, quiet = false;
+    bool whole = false, quiet = false, mem = false;
     alloc_flags af = {.metric = -1};
     int rc = 0;
     while (cli_next(&a, &flag, &pos)) {
@@ -620,6 +679,7 @@ int cmd_plan(int argc, char **argv) {
             }
         }
         else if (!strcmp(flag, "--target-size")) size = cli_value(&a, flag);
+        else if (!strcmp(flag, "--target-mem") || !strcmp(flag, "--budget-bytes")) size = cli_value(&a, flag), mem = true;
         else if (!strcmp(flag, "--whole-file")) whole = true;
         else if (!strcmp(flag, "--to")) to = cli_value(&a, flag);
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
@@ -646,6 +706,11 @@ int cmd_plan(int argc, char **argv) {
         rc = cli_usage_error("plan", PLAN_USAGE, "give --target-bpw or --target-size, not both");
         goto early;
     }
+    if (mem != (af.kv_ctx > 0)) {
+        rc = cli_usage_error("plan", PLAN_USAGE, mem ? "--target-mem counts the KV cache: give --ctx N"
+                                                     : "--ctx puts the KV cache in the budget: give --target-mem SIZE");
+        goto early;
+    }
     if (cli_refuse_input_as_output("plan", out, CLI_INPUTS(path))) {
         rc = 1;
         goto early;
@@ -668,7 +733,9 @@ int cmd_plan(int argc, char **argv) {
                        .rules = af.rules,
                        .n_rules = af.n_rules,
                        .tolerance = af.tolerance,
-                       .method = af.solver};
+                       .method = af.solver,
+                       .kv_ctx = af.kv_ctx,
+                       .kv_batch = af.kv_batch};
     if (ql_alloc_check_target(s, &o) || ql_allocate(s, &o, &r)) {
         rc = cli_fail("plan");
         goto out;
@@ -691,6 +758,24 @@ int cmd_plan(int argc, char **argv) {
     printf("bpw %.4f over quantized tensors, %.4f over the file; %.2f MiB of weights; predicted %s %.5g, "
            "%s\n",
            r.bpw, r.bpw_file, (double)r.bytes / 1048576.0, ql_sense_level_name(r.metric), r.err, gap);
+    if (r.kv_n) {
+        printf("%-28s %-22s %10s %7s %12s\n", "kv cache", "choice", "bytes", "", "kld");
+        for (int l = 0; l < r.kv_n; l++) {
+            const int k = r.kv_choice[l];
+            ql_kv_scheme ks = ql_kv_scheme_f32();
+            if (k >= 0) ql_kv_scheme_parse(s->kv[k], &ks);
+            int64_t b = k >= 0 ? ql_sense_kv_layer_bytes(s, k, r.kv_ctx, r.kv_batch)
+                               : 2 * ql_kv_side_bytes(&ks.k, s->kv_heads, s->kv_head_dim, r.kv_ctx) * r.kv_batch;
+            char lname[32];
+            snprintf(lname, sizeof lname, "layer %d", l);
+            printf("%-28s %-22s %10lld %7s %12.4g\n", lname, k >= 0 ? s->kv[k] : "f32", (long long)b, "",
+                   k >= 0 ? fmax(ql_sense_kv_cell_at(s, l, k)->kld, 0) : 0.0);
+        }
+        printf("KV cache at ctx %lld x %d: %lld bytes (%.2f MiB), predicted KLD %.5g of the total; weights file + "
+               "cache %lld bytes (%.2f MiB)\n",
+               (long long)r.kv_ctx, r.kv_batch, (long long)r.kv_bytes, r.kv_bytes / 1048576.0, r.kv_err,
+               (long long)(r.file_bytes + r.kv_bytes), (r.file_bytes + r.kv_bytes) / 1048576.0);
+    }
     double act_kld = 0;
     int act_q = 0, act_f = 0;
     if (af.act) {
@@ -724,7 +809,8 @@ int cmd_plan(int argc, char **argv) {
     }
     if (out) {
         char src[512];
-        if (size) snprintf(src, sizeof src, "qlab plan %s --target-size %s", path, size);
+        if (size && mem) snprintf(src, sizeof src, "qlab plan %s --target-mem %s --ctx %d", path, size, af.kv_ctx);
+        else if (size) snprintf(src, sizeof src, "qlab plan %s --target-size %s", path, size);
         else
             snprintf(src, sizeof src, "qlab plan %s --target-bpw %g%s", path, bpw,
                      whole ? " --whole-file" : "");
@@ -756,17 +842,26 @@ early:
 
 static const char *PARETO_USAGE =
     "usage: qlab pareto SENS.qss [--points 40] [--csv] [--whole-file] [--rule R]... [--metric M]\n"
+    "                   [--act S [--act-max-kld X]] [--ctx N [--batch B]]\n"
     "The predicted error-vs-BPW frontier: the least summed error the allocator finds at each size, from\n"
     "the cheapest to the most expensive assignment. --csv prints bpw,bpw_file,bytes,error; otherwise a\n"
     "terminal plot (log error) and a table. Rules as in qlab plan. With --act SCHEME [--act-max-kld X], a second\n"
-    "series (a) adds that activation scheme's summed KLD to every point: weights and activations together.\n";
+    "series (a) adds that activation scheme's summed KLD to every point: weights and activations together.\n"
+    "With --ctx N [--batch B], the KV cache at N tokens joins the budget (schemes measured by qlab sense\n"
+    "--kv-candidates, traded against weight bits): the x axis is then MiB of weights + cache, and --csv adds\n"
+    "kv_bytes and mem_bytes.\n";
 
-static void plot(const ql_frontier_point *p, int n, bool whole, const char *metric, double act_add) {
+/* x of a point: bits per weight, or (mem) MiB of weights + KV cache */
+static double plot_x(const ql_frontier_point *p, bool whole, bool mem) {
+    return mem ? (double)(p->bytes + p->kv_bytes) / 1048576.0 : whole ? p->bpw_file : p->bpw;
+}
+
+static void plot(const ql_frontier_point *p, int n, bool whole, bool mem, const char *metric, double act_add) {
     enum { W = 64, H = 18 };
     char grid[H][W + 1];
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
     for (int i = 0; i < n; i++) {
-        double x = whole ? p[i].bpw_file : p[i].bpw, y = log10(fmax(p[i].err, 1e-12)),
+        double x = plot_x(&p[i], whole, mem), y = log10(fmax(p[i].err, 1e-12)),
                ya = log10(fmax(p[i].err + act_add, 1e-12));
         x0 = fmin(x0, x), x1 = fmax(x1, x), y0 = fmin(y0, y), y1 = fmax(y1, fmax(y, ya));
     }
@@ -777,7 +872,7 @@ static void plot(const ql_frontier_point *p, int n, bool whole, const char *metr
         grid[r][W] = 0;
     }
     for (int i = 0; i < n; i++) {
-        double x = whole ? p[i].bpw_file : p[i].bpw, y = log10(fmax(p[i].err, 1e-12));
+        double x = plot_x(&p[i], whole, mem), y = log10(fmax(p[i].err, 1e-12));
         int cx = (int)lround((x - x0) / (x1 - x0) * (W - 1)),
             cy = (int)lround((y1 - y) / (y1 - y0) * (H - 1));
         grid[cy][cx] = '*';
@@ -786,8 +881,9 @@ static void plot(const ql_frontier_point *p, int n, bool whole, const char *metr
             if (grid[ca][cx] == ' ') grid[ca][cx] = 'a';
         }
     }
-    printf("predicted %s (log scale) vs bits per weight%s%s\n", metric, whole ? " (whole file)" : "",
-           act_add > 0 ? "; * weights only, a with activations" : "");
+    printf("predicted %s (log scale) vs %s%s\n", metric, mem ? "MiB of quantized weights + KV cache" : "bits per weight",
+           whole && !mem ? " (whole file)" : "");
+    if (act_add > 0) printf("* weights only, a with activations\n");
     for (int r = 0; r < H; r++) {
         double y = y1 - (y1 - y0) * r / (H - 1);
         if (r % 3 == 0 || r == H - 1) printf("%10.3g |%s\n", pow(10, y), grid[r]);
@@ -795,7 +891,7 @@ static void plot(const ql_frontier_point *p, int n, bool whole, const char *metr
     }
     printf("%10s +", "");
     for (int i = 0; i < W; i++) putchar('-');
-    printf("\n%10s  %-8.3f%*s%8.3f  bpw\n", "", x0, W - 16, "", x1);
+    printf("\n%10s  %-8.3f%*s%8.3f  %s\n", "", x0, W - 16, "", x1, mem ? "MiB" : "bpw");
 }
 
 int cmd_pareto(int argc, char **argv) {
@@ -823,7 +919,9 @@ int cmd_pareto(int argc, char **argv) {
     ql_sense *s = NULL;
     ql_frontier_point *p = NULL;
     int n = 0;
-    ql_alloc_opts o = {.metric = af.metric, .rules = af.rules, .n_rules = af.n_rules, .method = af.solver};
+    ql_alloc_opts o = {.metric = af.metric, .rules = af.rules, .n_rules = af.n_rules, .method = af.solver,
+                       .kv_ctx = af.kv_ctx, .kv_batch = af.kv_batch};
+    const bool mem = af.kv_ctx > 0;
     if (ql_sense_load(path, &s) || ql_alloc_frontier(s, &o, points, &p, &n)) {
         rc = cli_fail("pareto");
         goto out;
@@ -842,23 +940,28 @@ int cmd_pareto(int argc, char **argv) {
         }
     }
     if (csv) {
-        printf("bpw,bpw_file,bytes,%s%s\n", ql_sense_level_name(metric), af.act ? ",kld_with_act" : "");
+        printf("bpw,bpw_file,bytes,%s%s%s\n", ql_sense_level_name(metric), af.act ? ",kld_with_act" : "",
+               mem ? ",kv_bytes,mem_bytes" : "");
         for (int i = 0; i < n; i++) {
             printf("%.6f,%.6f,%lld,%.9g", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
             if (af.act) printf(",%.9g", p[i].err + act_kld);
+            if (mem) printf(",%lld,%lld", (long long)p[i].kv_bytes, (long long)(p[i].bytes + p[i].kv_bytes));
             printf("\n");
         }
     } else {
         if (af.act)
             printf("activations %s on %d linears (%d kept float): + %.5g KLD at every size\n", af.act, act_q, act_f,
                    act_kld);
-        plot(p, n, whole, ql_sense_level_name(metric), act_kld);
-        printf("\n%10s %10s %12s %14s\n", "bpw", "bpw_file", "bytes", ql_sense_level_name(metric));
+        plot(p, n, whole, mem, ql_sense_level_name(metric), act_kld);
+        printf("\n%10s %10s %12s %14s%s\n", "bpw", "bpw_file", "bytes", ql_sense_level_name(metric),
+               mem ? "       kv_bytes" : "");
         int step = n > 16 ? (n + 15) / 16 : 1;
         for (int i = 0; i < n; i++)
-            if (i % step == 0 || i == n - 1)
-                printf("%10.4f %10.4f %12lld %14.6g\n", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes,
-                       p[i].err);
+            if (i % step == 0 || i == n - 1) {
+                printf("%10.4f %10.4f %12lld %14.6g", p[i].bpw, p[i].bpw_file, (long long)p[i].bytes, p[i].err);
+                if (mem) printf(" %14lld", (long long)p[i].kv_bytes);
+                printf("\n");
+            }
     }
 out:
     free(p);

@@ -23,7 +23,11 @@
  * format, targeting their modules by anchored regex ("re:^...$"); lm_head and block linears left in
  * float are listed under "ignore". A group's input_activations is the linears' input scheme: per token,
  * `dynamic: true` (int8_token, fp8_token), or per tensor with a stored input_scale (int8_tensor,
- * fp8_tensor); LLM.int8()'s float outlier columns have no compressed-tensors form and are refused. */
+ * fp8_tensor); LLM.int8()'s float outlier columns have no compressed-tensors form and are refused.
+ * kv_cache_scheme (the plan's [kv], from qlab.kv.*): one QuantizationArgs for K and V of every layer, dynamic:
+ * llama.cpp's q8_0/q5_x/q4_x as INT groups of 32 (symmetric for _0), qlab's per-token INT groups as asymmetric
+ * groups, FP8 E4M3 per head; a float cache stays null; what it cannot say (per-layer or K≠V schemes, KIVI's
+ * per-channel groups, float windows, Hadamard, iq4_nl, E5M2) is refused naming the folder. */
 #include "pipeline/export_st.h"
 #include "formats/fmt_ext.h"
 #include "kernels/ggml_types.h"
@@ -320,10 +324,79 @@ static json_t *ct_config(const ql_st_tensor *ts, int64_t n) {
     return o;
 }
 
+/* One side of the cache as QuantizationArgs, NULL (why filled) when it has no compressed-tensors form. */
+static json_t *ct_kv_side(const ql_kv_side *sd, char *why, size_t n) {
+    char nm[64];
+    ql_kv_side_name(sd, nm, sizeof nm);
+    if (sd->residual || sd->hadamard) {
+        snprintf(why, n, "%s keeps a float window or a Hadamard rotation, which compressed-tensors cannot describe", nm);
+        return NULL;
+    }
+    int bits = 8, group = 0;
+    bool sym = true, fp = false;
+    const char *strategy = "group";
+    if (sd->kind == QL_KV_GGML) {
+        /* llama.cpp's block types: blocks of 32 channels of a token, an fp16 scale (+ minimum for _1) */
+        static const struct { const char *name; int bits; bool sym; } legacy[] = {
+            {"q8_0", 8, true}, {"q5_0", 5, true}, {"q5_1", 5, false}, {"q4_0", 4, true}, {"q4_1", 4, false}};
+        size_t i = 0;
+        while (i < QL_ARRAY_LEN(legacy) && strcmp(legacy[i].name, nm)) i++;
+        if (i == QL_ARRAY_LEN(legacy)) {
+            snprintf(why, n, "%s has no compressed-tensors form (a float cache type or a non-uniform grid)", nm);
+            return NULL;
+        }
+        bits = legacy[i].bits, sym = legacy[i].sym, group = 32;
+    } else if (sd->kind == QL_KV_INT) {
+        if (sd->axis == QL_KV_PER_CHANNEL) {
+            snprintf(why, n, "%s groups tokens per channel (KIVI), which compressed-tensors cannot describe", nm);
+            return NULL;
+        }
+        bits = sd->bits, sym = false, group = sd->group; /* scale + minimum per group of channels of a token */
+    } else if (sd->kind == QL_KV_FP8) {
+        if (sd->e5m2) {
+            snprintf(why, n, "%s: compressed-tensors' float type is E4M3", nm);
+            return NULL;
+        }
+        fp = true, strategy = "attn_head"; /* one scale per head (and token: computed as the token is stored) */
+    } else {
+        snprintf(why, n, "%s is a float cache", nm);
+        return NULL;
+    }
+    json_t *a = json_object();
+    json_object_set_new(a, "num_bits", json_integer(bits));
+    json_object_set_new(a, "type", json_string(fp ? "float" : "int"));
+    json_object_set_new(a, "symmetric", json_boolean(sym));
+    json_object_set_new(a, "strategy", json_string(strategy));
+    json_object_set_new(a, "group_size", group ? json_integer(group) : json_null());
+    json_object_set_new(a, "block_structure", json_null());
+    json_object_set_new(a, "dynamic", json_true()); /* scales are computed as each token is stored */
+    json_object_set_new(a, "actorder", json_null());
+    json_object_set_new(a, "observer", json_null());
+    json_object_set_new(a, "observer_kwargs", json_object());
+    return a;
+}
+
+/* kv_cache_scheme is one QuantizationArgs for K and V of every layer: the image's settings must be one scheme,
+ * the same on both sides, with a form there. */
+static json_t *ct_kv_scheme(const ql_kv_settings *kv, char *why, size_t n) {
+    for (int i = 0; i < kv->n_layer_own; i++)
+        if (!ql_kv_scheme_equal(&kv->layer_scheme[i], &kv->scheme)) {
+            snprintf(why, n, "kv_cache_scheme is one scheme for every layer, the plan gives layers their own");
+            return NULL;
+        }
+    if (!ql_kv_scheme_equal(&(ql_kv_scheme){kv->scheme.k, kv->scheme.k}, &kv->scheme)) {
+        snprintf(why, n, "kv_cache_scheme is one scheme for K and V, the plan's differ");
+        return NULL;
+    }
+    return ct_kv_side(&kv->scheme.k, why, n);
+}
+
 static const ql_st_target ct_target = {"compressed-tensors", ct_plan, ct_convert, ct_config, true};
 
 static ql_status ct_begin(ql_exporter *x, const char *out, const ql_gguf *source) {
-    return ql_st_begin(x, out, source, &ct_target);
+    ql_status s = ql_st_begin(x, out, source, &ct_target);
+    if (!s) ql_st_set_kv_scheme(x, ct_kv_scheme);
+    return s;
 }
 
 const ql_exporter_ops ql_export_ct_ops = {

@@ -4,6 +4,7 @@
  * every key of the source model, so a quantized file keeps its tokenizer and hyper-parameters. */
 #include "pipeline/export.h"
 #include "kernels/ggml_types.h"
+#include "core/kv_settings.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +29,11 @@ static ql_status gguf_begin(ql_exporter *x, const char *out_path, const ql_gguf 
     gguf_state *st = ql_calloc(1, sizeof *st);
     st->g = ql_gguf_new();
     if (source) ql_gguf_copy_kv(st->g, source); /* keys and alignment */
-    /* runtime settings (activation schemes) are the image's to give: a plan without them must not inherit the
+    /* runtime settings (activation and KV schemes) are the image's to give: a plan without them must not inherit the
      * source's (pipeline/quantize.c writes the plan's into the image) */
     for (int64_t k = st->g->n_kv - 1; k >= 0; k--)
-        if (!strncmp(st->g->kv[k].key, "qlab.act.", 9)) ql_gguf_remove(st->g, st->g->kv[k].key);
+        if (!strncmp(st->g->kv[k].key, "qlab.act.", 9) || ql_kv_settings_is_key(st->g->kv[k].key))
+            ql_gguf_remove(st->g, st->g->kv[k].key);
     x->state = st;
     return QL_OK;
 }

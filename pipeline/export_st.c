@@ -38,6 +38,8 @@ typedef struct {
     int n_side;
     ql_gguf *act_keys; /* the image's qlab.act.* keys (core/actquant.h), read per tensor as it arrives */
     ql_gguf *quant_keys; /* the image's qlab.quant.* keys (how the codes were chosen), for the target's config */
+    ql_st_kv_scheme_fn kv_scheme; /* ql_st_set_kv_scheme's; NULL: no KV settings in this target */
+    json_t *kv_json;   /* the target's kv_cache_scheme for the image's qlab.kv.* keys (NULL: float cache) */
 } st_state;
 
 /* ---------------------------------------------------------------- helpers for targets */
@@ -109,7 +111,8 @@ ql_status ql_st_begin(ql_exporter *x, const char *out_path, const ql_gguf *sourc
 
 /* GGUF keys have no place in a Hugging Face folder: config.json is derived from the source model. The
  * activation schemes are kept: they become the target's input_activations (metadata arrives before tensors);
- * so are the method options the quantizer recorded (qlab.quant.opts.<method>), for the target's config. */
+ * so are the method options the quantizer recorded (qlab.quant.opts.<method>), for the target's config, and the
+ * KV settings (qlab.kv.*): they become its kv_cache_scheme. */
 ql_status ql_st_add_metadata(ql_exporter *x, const char *key, const ql_gguf_value *val) {
     st_state *st = x->state;
     if (!strncmp(key, "qlab.quant.", 11)) {
@@ -117,7 +120,7 @@ ql_status ql_st_add_metadata(ql_exporter *x, const char *key, const ql_gguf_valu
         ql_gguf_set_value(st->quant_keys, key, val);
         return QL_OK;
     }
-    if (strncmp(key, "qlab.act.", 9)) return QL_OK;
+    if (strncmp(key, "qlab.act.", 9) && !ql_kv_settings_is_key(key)) return QL_OK;
     if (!st->act_keys) st->act_keys = ql_gguf_new();
     ql_gguf_set_value(st->act_keys, key, val);
     return QL_OK;
@@ -221,6 +224,7 @@ static void st_free(st_state *st) {
     free(st->side);
     ql_gguf_free(st->act_keys);
     ql_gguf_free(st->quant_keys);
+    json_decref(st->kv_json);
     free(st);
 }
 
@@ -468,7 +472,11 @@ static ql_status write_folder(st_state *st, const char *tmpdir, const ql_progres
     json_t *cfg = json_loads(cfg_text, 0, NULL);
     free(cfg_text);
     if (!cfg) return ql_fail(QL_ERR_FORMAT, "%s: config.json could not be built", tmpdir);
-    json_object_set_new(cfg, "quantization_config", st->target->quant_config(st->t, st->n));
+    json_t *qc = st->target->quant_config(st->t, st->n);
+    if (st->kv_json && json_is_object(qc)) {
+        json_object_set(qc, "kv_cache_scheme", st->kv_json);
+    }
+    json_object_set_new(cfg, "quantization_config", qc);
     s = write_json(tmpdir, "config.json", cfg);
     json_decref(cfg);
     json_t *gen = s ? NULL : generation_config(st->source);
@@ -485,10 +493,38 @@ static ql_status write_folder(st_state *st, const char *tmpdir, const ql_progres
     return s;
 }
 
+void ql_st_set_kv_scheme(ql_exporter *x, ql_st_kv_scheme_fn fn) { ((st_state *)x->state)->kv_scheme = fn; }
+
+/* The image's KV settings as the target's kv_cache_scheme (st->kv_json), or a refusal naming the folder: a
+ * quantized cache the target cannot describe is not dropped silently. */
+static ql_status st_kv_scheme(st_state *st, const char *out_path) {
+    if (!st->act_keys) return QL_OK;
+    ql_kv_settings kv;
+    ql_status s = ql_kv_settings_from_gguf(st->act_keys, out_path, 1 << 20, &kv);
+    if (s || !kv.set) return s;
+    bool all_f32 = ql_kv_scheme_is_f32(&kv.scheme);
+    for (int i = 0; i < kv.n_layer_own; i++) all_f32 &= ql_kv_scheme_is_f32(&kv.layer_scheme[i]);
+    char why[256] = "", d[512];
+    if (!all_f32) {
+        if (st->kv_scheme) st->kv_json = st->kv_scheme(&kv, why, sizeof why);
+        else snprintf(why, sizeof why, "%s checkpoints have no KV cache scheme", st->target->name);
+        if (!st->kv_json)
+            s = ql_fail(QL_ERR_UNSUPPORTED, "%s: the KV cache %s (qlab.kv.*) cannot be exported: %s", out_path,
+                        ql_kv_settings_describe(&kv, d, sizeof d), why);
+    }
+    ql_kv_settings_free(&kv);
+    return s;
+}
+
 ql_status ql_st_commit(ql_exporter *x, const ql_progress *progress) {
     st_state *st = x->state;
     char *tmpdir;
-    ql_status s = ql_atomic_dir_open(x->out_path, &tmpdir);
+    ql_status s = st_kv_scheme(st, x->out_path);
+    if (s) {
+        st_free(st);
+        return s;
+    }
+    s = ql_atomic_dir_open(x->out_path, &tmpdir);
     if (!s) {
         if ((s = write_folder(st, tmpdir, progress))) ql_atomic_dir_abort(tmpdir);
         else s = ql_atomic_dir_commit(x->out_path, tmpdir);

@@ -13,6 +13,7 @@
 #define QL_EXPORT_ST_H
 
 #include "core/actquant.h"
+#include "core/kv_settings.h"
 #include "formats/format.h"
 #include "pipeline/export.h"
 
@@ -71,7 +72,14 @@ typedef struct ql_st_target {
     bool activations;
 } ql_st_target;
 
+/* config.json's kv_cache_scheme for the image's KV settings (qlab.kv.*, not all float): a new reference, or
+ * NULL with the reason in why when the target has no form for them. */
+typedef json_t *(*ql_st_kv_scheme_fn)(const ql_kv_settings *kv, char *why, size_t n);
+
 ql_status ql_st_begin(ql_exporter *x, const char *out_path, const ql_gguf *source, const ql_st_target *target);
+/* After begin: the target can describe KV settings with fn. Without it, an image whose KV cache is quantized
+ * is refused at commit rather than exported without it. */
+void ql_st_set_kv_scheme(ql_exporter *x, ql_st_kv_scheme_fn fn);
 ql_status ql_st_add_metadata(ql_exporter *x, const char *key, const ql_gguf_value *val);
 ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *t);
 ql_status ql_st_add_sidecar(ql_exporter *x, const char *file_name, const void *bytes, size_t n);

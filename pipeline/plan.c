@@ -14,6 +14,7 @@
 ql_plan *ql_plan_new(void) {
     ql_plan *p = ql_calloc(1, sizeof *p);
     p->file_type = -1;
+    ql_kv_settings_init(&p->kv);
     return p;
 }
 
@@ -27,6 +28,7 @@ void ql_plan_free(ql_plan *p) {
     free(p->e);
     for (int i = 0; i < p->n_act; i++) free(p->act[i].tensor);
     free(p->act);
+    ql_kv_settings_free(&p->kv);
     free(p->method_opts);
     free(p->source);
     free(p);
@@ -135,7 +137,41 @@ ql_status ql_plan_save(const ql_plan *p, const char *model_path, const char *pat
             fprintf(f, "%s = %s\n", p->act[i].tensor, spec);
         }
     }
+    if (p->kv.set) {
+        char nm[160];
+        fprintf(f, "\n; the KV cache at run time (qlab ppl on the output applies it; qlab info prints llama.cpp's flags)\n"
+                   "[kv]\nscheme = %s\n", ql_kv_scheme_name(&p->kv.scheme, nm, sizeof nm));
+        if (p->kv.ctx > 0) fprintf(f, "ctx = %lld\n", (long long)p->kv.ctx);
+        if (p->kv.batch > 0) fprintf(f, "batch = %d\n", p->kv.batch);
+        for (int i = 0; i < p->kv.n_layer_own; i++)
+            fprintf(f, "blk.%d = %s\n", p->kv.layer_idx[i], ql_kv_scheme_name(&p->kv.layer_scheme[i], nm, sizeof nm));
+    }
     return ql_atomic_commit(af);
+}
+
+/* One line of [kv]: scheme, ctx, batch or blk.N (see plan.h). */
+static ql_status load_kv_line(ql_kv_settings *kv, const char *path, const char *name, const char *value) {
+    ql_kv_scheme sc;
+    char *end;
+    kv->set = true;
+    if (!strcmp(name, "scheme")) {
+        if (!ql_kv_scheme_parse(value, &sc)) return ql_fail(QL_ERR_FORMAT, "%s: [kv] scheme: %s", path, ql_last_error());
+        kv->scheme = sc;
+    } else if (!strcmp(name, "ctx") || !strcmp(name, "batch")) {
+        long long v = strtoll(value, &end, 10);
+        if (end == value || *end || v < 1 || v > (1 << 24))
+            return ql_fail(QL_ERR_FORMAT, "%s: [kv] %s = '%s': not a whole number in 1..%d", path, name, value, 1 << 24);
+        if (!strcmp(name, "ctx")) kv->ctx = v;
+        else kv->batch = (int)v;
+    } else if (!strncmp(name, "blk.", 4)) {
+        long l = strtol(name + 4, &end, 10);
+        if (end == name + 4 || *end || l < 0 || l > 100000)
+            return ql_fail(QL_ERR_FORMAT, "%s: [kv] %s: expected blk.N with N a layer number", path, name);
+        if (!ql_kv_scheme_parse(value, &sc)) return ql_fail(QL_ERR_FORMAT, "%s: [kv] %s: %s", path, name, ql_last_error());
+        ql_kv_settings_set_layer(kv, (int)l, &sc);
+    } else
+        return ql_fail(QL_ERR_FORMAT, "%s: [kv] unknown key '%s' (scheme, ctx, batch, blk.N)", path, name);
+    return QL_OK;
 }
 
 typedef struct {
@@ -169,8 +205,12 @@ static int on_kv(void *user, const char *section, const char *name, const char *
         ql_plan_set_act(c->p, name, mode, thr);
         return 1;
     }
+    if (strcmp(section, "kv") == 0) {
+        c->st = load_kv_line(&c->p->kv, c->path, name, value);
+        return c->st ? 0 : 1;
+    }
     if (strcmp(section, "tensors") != 0) {
-        c->st = ql_fail(QL_ERR_FORMAT, "%s: unknown section [%s] (expected [plan], [tensors], [activations])", c->path, section);
+        c->st = ql_fail(QL_ERR_FORMAT, "%s: unknown section [%s] (expected [plan], [tensors], [activations], [kv])", c->path, section);
         return 0;
     }
     const ql_format *f;

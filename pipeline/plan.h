@@ -9,6 +9,11 @@
  *     [activations]                        ; optional: how each linear's input is quantized at run time
  *     default = int8_token                 ; every block linear not named below
  *     blk.0.ffn_down.weight = llm_int8:6   ; none, int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]
+ *     [kv]                                 ; optional: the KV cache at run time (core/kv_settings.h)
+ *     scheme = q8_0:q4_0                   ; K[:V], as qlab ppl --kv takes it
+ *     ctx = 4096                           ; memory figures at this context ...
+ *     batch = 1                            ; ... and this many sequences
+ *     blk.3 = f16                          ; a layer's own scheme
  * Tensors not listed keep their type. Names of formats/methods/schemes are checked on load. The [plan] key
  * method_opts = K=V,... holds the options of the plan's methods (SmoothQuant's alpha, GPTQ's damp, ...). */
 #ifndef QL_PLAN_H
@@ -16,6 +21,7 @@
 
 #include "base/ql_common.h"
 #include "core/actquant.h"
+#include "core/kv_settings.h"
 
 struct ql_format;
 struct ql_model;
@@ -42,6 +48,7 @@ typedef struct ql_plan {
     ql_plan_entry *e;
     int n_act, cap_act;
     ql_plan_act *act;     /* [activations]; empty: every input stays float */
+    ql_kv_settings kv;    /* [kv]; kv.set false: the float cache, nothing written */
     char *method_opts;    /* "alpha=0.5,...": options of the plan's methods; NULL: defaults */
     char *source;         /* "preset Q4_K_M", "--type q8_0", a file name */
     int64_t file_type;    /* general.file_type to write; -1: derive */

@@ -395,10 +395,25 @@ static ql_status plan_act_keys(const ql_model *m, const ql_plan *plan, const ql_
 /* The source's own qlab.act.* keys are not carried over: the plan decides the output's activation schemes. */
 static bool is_act_key(const char *key) { return strncmp(key, "qlab.act.", 9) == 0; }
 
+/* The plan's KV settings as qlab.kv.* keys (core/kv_settings.h), checked against the model first: a scheme the
+ * head dimension cannot hold is refused here, not when the file is run. The source's keys go either way. */
+static ql_status plan_kv_keys(const ql_model *m, const ql_plan *plan, ql_gguf *out) {
+    ql_kv_settings none;
+    ql_kv_settings_init(&none);
+    const ql_kv_settings *kv = plan ? &plan->kv : &none;
+    if (kv->set) {
+        ql_status s = ql_kv_settings_check(kv, &m->cfg, m->path);
+        if (s) return ql_fail(s, "plan [kv]: %s", ql_last_error());
+    }
+    ql_kv_settings_to_gguf(kv, out);
+    return QL_OK;
+}
+
 static ql_status plan_activations(quant_ctx *c) {
     for (int64_t k = c->out->n_kv - 1; k >= 0; k--)
         if (is_act_key(c->out->kv[k].key)) ql_gguf_remove(c->out, c->out->kv[k].key);
-    return plan_act_keys(c->m, c->o->plan, c->o->stats, c->ov, c->out, false);
+    ql_status s = plan_kv_keys(c->m, c->o->plan, c->out);
+    return s ? s : plan_act_keys(c->m, c->o->plan, c->o->stats, c->ov, c->out, false);
 }
 
 /* The keys ql_quantize_model sets on the output besides the source's (all u32). */
@@ -412,8 +427,9 @@ int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes, c
     /* activation keys: the plan's replace the source's; sized by writing both sets into empty headers */
     ql_gguf *dropped = ql_gguf_new(), *added = ql_gguf_new();
     for (int64_t k = 0; k < g->n_kv; k++)
-        if (is_act_key(g->kv[k].key)) ql_gguf_set_value(dropped, g->kv[k].key, &g->kv[k].val);
-    if (!plan_act_keys(m, plan, NULL, NULL, added, true))
+        if (is_act_key(g->kv[k].key) || ql_kv_settings_is_key(g->kv[k].key))
+            ql_gguf_set_value(dropped, g->kv[k].key, &g->kv[k].val);
+    if (!plan_act_keys(m, plan, NULL, NULL, added, true) && !plan_kv_keys(m, plan, added))
         head = head + ql_gguf_header_bytes(added) - ql_gguf_header_bytes(dropped);
     ql_gguf_free(dropped);
     ql_gguf_free(added);

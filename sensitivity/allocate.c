@@ -1,6 +1,7 @@
 /* allocate.c — multiple-choice knapsack (DP / Lagrangian + repair) and the allocation of sensitivity
  * measurements to a budget (see allocate.h). */
 #include "sensitivity/allocate.h"
+#include "core/kv_cache.h"
 #include "formats/format.h"
 #include "methods/method.h"
 #include "pipeline/plan.h"
@@ -754,6 +755,8 @@ void ql_alloc_result_free(ql_alloc_result *r) {
     r->c = NULL;
     free(r->uniform);
     r->uniform = NULL;
+    free(r->kv_choice);
+    r->kv_choice = NULL;
 }
 
 /* The plan "candidate c everywhere" in the items' terms: c on every tensor that has it; elsewhere (its rows
@@ -790,21 +793,23 @@ static bool uniform_choice(const ql_sense *s, const alloc_item *items, int c, in
  * budget. The exact DP already covers those plans inside its fill window; this catches the ones below the
  * window, the Lagrangian answers, and any rounding of the search. Returns the winning candidate or -1; ch
  * then holds its assignment. */
-static int uniform_guard(const ql_sense *s, const alloc_item *items, const ql_mckp_item *mk, int64_t budget,
-                         ql_mckp_result *mr, int *ch) {
-    int *u = ql_malloc((size_t)s->n_tensors * sizeof *u);
+static int uniform_guard(const ql_sense *s, const alloc_item *items, const ql_mckp_item *mk, int n_items,
+                         int64_t budget, ql_mckp_result *mr, int *ch) {
+    int *u = ql_malloc((size_t)n_items * sizeof *u);
+    /* items past the tensors (the KV cache's layers) keep the search's choices */
+    for (int i = s->n_tensors; i < n_items; i++) u[i] = ch[i];
     int best = -1;
     for (int c = 0; c < s->n_cand; c++) {
         if (!uniform_choice(s, items, c, u)) continue;
         int64_t cost;
         double err;
-        totals(mk, s->n_tensors, u, &cost, &err);
+        totals(mk, n_items, u, &cost, &err);
         if (cost > budget || !(err < mr->err - 1e-12 * fabs(mr->err))) continue;
         best = c;
         mr->cost = cost;
         mr->err = err;
         mr->exact = false;
-        memcpy(ch, u, (size_t)s->n_tensors * sizeof *u);
+        memcpy(ch, u, (size_t)n_items * sizeof *u);
     }
     free(u);
     return best;
@@ -824,6 +829,57 @@ static void cost_range(const ql_mckp_item *mk, int n, int64_t *cheapest, int64_t
     }
 }
 
+/* The KV cache's items: one per layer, choices f32 (no error) and every measured KV scheme of the sense file,
+ * costed in bytes at (kv_ctx, kv_batch). Appended to the tensors' items in mk (reallocated to n_items). */
+typedef struct {
+    int n;        /* layers; 0 without kv_ctx */
+    int *n_ch;    /* [n] */
+    int64_t *cost; /* [n * (n_kv + 1)] */
+    double *err;
+    int *scheme;  /* sense KV index, -1: f32 */
+} kv_items;
+
+static void kv_items_free(kv_items *kv) {
+    free(kv->n_ch), free(kv->cost), free(kv->err), free(kv->scheme);
+    memset(kv, 0, sizeof *kv);
+}
+
+static ql_status kv_items_add(const ql_sense *s, const ql_alloc_opts *o, int metric, kv_items *kv, ql_mckp_item **mk,
+                              int *n_items) {
+    memset(kv, 0, sizeof *kv);
+    *n_items = s->n_tensors;
+    if (o->kv_ctx <= 0) return QL_OK;
+    if (!s->n_kv)
+        return ql_fail(QL_ERR_ARG, "%s has no KV-cache schemes: measure them with qlab sense --kv-candidates", s->model);
+    if (metric != QL_SENSE_KLD)
+        return ql_fail(QL_ERR_ARG, "KV schemes are measured as KLD: the weights must be too (--metric kld)");
+    const int w = s->n_kv + 1, batch = o->kv_batch > 0 ? o->kv_batch : 1;
+    kv->n = s->kv_layers;
+    kv->n_ch = ql_calloc((size_t)kv->n, sizeof *kv->n_ch);
+    kv->cost = ql_calloc((size_t)kv->n * (size_t)w, sizeof *kv->cost);
+    kv->err = ql_calloc((size_t)kv->n * (size_t)w, sizeof *kv->err);
+    kv->scheme = ql_calloc((size_t)kv->n * (size_t)w, sizeof *kv->scheme);
+    ql_kv_side f32 = {0};
+    const int64_t f32_bytes = 2 * ql_kv_side_bytes(&f32, s->kv_heads, s->kv_head_dim, o->kv_ctx) * batch;
+    *mk = ql_realloc(*mk, (size_t)(s->n_tensors + kv->n) * sizeof **mk);
+    for (int l = 0; l < kv->n; l++) {
+        int64_t *c = &kv->cost[(size_t)l * w];
+        double *e = &kv->err[(size_t)l * w];
+        int *sc = &kv->scheme[(size_t)l * w], n = 0;
+        c[n] = f32_bytes, e[n] = 0, sc[n++] = -1;
+        for (int k = 0; k < s->n_kv; k++) {
+            const ql_sense_act_cell *cell = ql_sense_kv_cell_at(s, l, k);
+            const int64_t b = ql_sense_kv_layer_bytes(s, k, o->kv_ctx, batch);
+            if (cell->level < QL_SENSE_KLD || !isfinite(cell->kld) || b < 0) continue;
+            c[n] = b, e[n] = fmax(cell->kld, 0), sc[n++] = k; /* a KLD below 0 is measurement noise */
+        }
+        kv->n_ch[l] = n;
+        (*mk)[s->n_tensors + l] = (ql_mckp_item){n, c, e};
+    }
+    *n_items = s->n_tensors + kv->n;
+    return QL_OK;
+}
+
 ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result *r) {
     memset(r, 0, sizeof *r);
     const double tol = o->tolerance > 0 ? o->tolerance : 0.01;
@@ -835,7 +891,9 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
             return ql_fail(QL_ERR_ARG, "%s: model file size unknown; use --target-bpw", s->model);
         int64_t fixed = s->file_bytes - orig_quantized_bytes(s) + 32 * s->n_tensors_file;
         budget = o->target_bytes - fixed;
-        fill_to = budget - (int64_t)(tol * (double)nq / 8);
+        /* a file size is a target to hit; memory with a KV cache is a ceiling: filling it would buy float caches
+         * and weight bits that cost error elsewhere just to spend the bytes */
+        fill_to = o->kv_ctx > 0 ? 0 : budget - (int64_t)(tol * (double)nq / 8);
     } else if (o->target_bpw > 0) {
         if (o->whole_file) {
             budget = (int64_t)floor(o->target_bpw * (double)nall / 8) - s->other_bytes;
@@ -849,10 +907,18 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
     rule *rules;
     alloc_item *items;
     ql_mckp_item *mk;
+    kv_items kv;
+    int n_items = s->n_tensors;
     ql_status st = prepare(s, o, &metric, &rules, &items, &mk);
     if (st) return st;
+    if (o->kv_ctx > 0 && !(o->target_bytes > 0)) {
+        st = ql_fail(QL_ERR_ARG, "with a KV cache in the budget, the target is memory (weights file + cache), not bpw");
+        memset(&kv, 0, sizeof kv);
+        goto out;
+    }
+    if ((st = kv_items_add(s, o, metric, &kv, &mk, &n_items))) goto out;
     int64_t cheapest, dearest;
-    cost_range(mk, s->n_tensors, &cheapest, &dearest);
+    cost_range(mk, n_items, &cheapest, &dearest);
     if (budget < cheapest) {
         double bmin = o->whole_file ? 8.0 * (double)(cheapest + s->other_bytes) / (double)nall
                                     : 8.0 * (double)cheapest / (double)nq;
@@ -862,15 +928,15 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
             bmin, o->whole_file ? " over the file" : "", (long long)cheapest);
         goto out;
     }
-    int *ch = ql_malloc((size_t)s->n_tensors * sizeof *ch);
+    int *ch = ql_malloc((size_t)n_items * sizeof *ch);
     ql_mckp_result mr;
-    st = ql_mckp_solve(mk, s->n_tensors, QL_MIN(budget, dearest), fill_to, (ql_mckp_method)o->method,
+    st = ql_mckp_solve(mk, n_items, QL_MIN(budget, dearest), fill_to, (ql_mckp_method)o->method,
                        o->max_cells, ch, &mr);
     if (st) {
         free(ch);
         goto out;
     }
-    const int uni = uniform_guard(s, items, mk, budget, &mr, ch);
+    const int uni = uniform_guard(s, items, mk, n_items, budget, &mr, ch);
     r->uniform = uni >= 0 ? ql_strdup(s->cand[uni]) : NULL;
     r->n = s->n_tensors;
     r->c = ql_calloc((size_t)r->n, sizeof *r->c);
@@ -884,6 +950,19 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
         r->c[t].err = it->err[j];
         r->c[t].note = it->note ? ql_strdup(it->note) : NULL;
     }
+    if (kv.n) {
+        r->kv_n = kv.n;
+        r->kv_choice = ql_malloc((size_t)kv.n * sizeof *r->kv_choice);
+        r->kv_ctx = o->kv_ctx;
+        r->kv_batch = o->kv_batch > 0 ? o->kv_batch : 1;
+        for (int l = 0; l < kv.n; l++) {
+            const size_t at = (size_t)l * (size_t)(s->n_kv + 1) + (size_t)ch[s->n_tensors + l];
+            r->kv_choice[l] = kv.scheme[at];
+            r->kv_bytes += kv.cost[at];
+            r->kv_err += kv.err[at];
+        }
+        mr.cost -= r->kv_bytes; /* bytes, bpw and file size are the weights' */
+    }
     free(ch);
     r->bytes = mr.cost;
     r->params = nq;
@@ -894,11 +973,12 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
     r->lower_bound = mr.lower_bound;
     r->exact = mr.exact;
     r->budget_bytes = budget;
-    if (o->target_bytes > 0) r->target_hit = mr.cost <= budget && mr.cost >= fill_to;
+    if (o->target_bytes > 0) r->target_hit = mr.cost + r->kv_bytes <= budget && mr.cost + r->kv_bytes >= fill_to;
     else r->target_hit = fabs((o->whole_file ? r->bpw_file : r->bpw) - o->target_bpw) <= tol;
 out:
     free(rules);
     free(mk);
+    kv_items_free(&kv);
     alloc_items_free(items, s->n_tensors);
     return st;
 }
@@ -918,6 +998,32 @@ ql_status ql_alloc_plan(const ql_sense *s, const ql_alloc_result *r, const char 
         /* notes in a plan mean fallbacks to qlab quant; the allocation's reasons stay in its report */
         ql_plan_set(p, s->tensors[t].name, f, method, NULL);
     }
+    if (r->kv_n) { /* the most common choice for every layer, the others as layers' own */
+        int best = -1, best_n = 0;
+        for (int k = -1; k < s->n_kv; k++) {
+            int n = 0;
+            for (int l = 0; l < r->kv_n; l++) n += r->kv_choice[l] == k;
+            if (n > best_n) best = k, best_n = n;
+        }
+        ql_kv_scheme sc = ql_kv_scheme_f32();
+        if (best >= 0 && !ql_kv_scheme_parse(s->kv[best], &sc)) {
+            ql_plan_free(p);
+            return QL_ERR_ARG;
+        }
+        p->kv.set = true;
+        p->kv.scheme = sc;
+        p->kv.ctx = r->kv_ctx;
+        p->kv.batch = r->kv_batch;
+        for (int l = 0; l < r->kv_n; l++) {
+            if (r->kv_choice[l] == best) continue;
+            ql_kv_scheme ls = ql_kv_scheme_f32();
+            if (r->kv_choice[l] >= 0 && !ql_kv_scheme_parse(s->kv[r->kv_choice[l]], &ls)) {
+                ql_plan_free(p);
+                return QL_ERR_ARG;
+            }
+            ql_kv_settings_set_layer(&p->kv, l, &ls);
+        }
+    }
     p->source = ql_strdup(source ? source : "qlab plan");
     *out = p;
     return QL_OK;
@@ -932,25 +1038,35 @@ ql_status ql_alloc_frontier(const ql_sense *s, const ql_alloc_opts *o, int n_poi
     rule *rules;
     alloc_item *items;
     ql_mckp_item *mk;
+    kv_items kv;
+    int n_items = s->n_tensors;
     ql_status st = prepare(s, o, &metric, &rules, &items, &mk);
     if (st) return st;
+    if ((st = kv_items_add(s, o, metric, &kv, &mk, &n_items))) {
+        free(rules);
+        free(mk);
+        alloc_items_free(items, s->n_tensors);
+        return st;
+    }
     const int64_t nq = quantized_params(s), nall = nq + s->other_params;
     int64_t cheapest, dearest;
-    cost_range(mk, s->n_tensors, &cheapest, &dearest);
+    cost_range(mk, n_items, &cheapest, &dearest);
     ql_mckp_dp *dp = NULL;
-    st = ql_mckp_dp_new(mk, s->n_tensors, dearest, o->max_cells, &dp);
+    st = ql_mckp_dp_new(mk, n_items, dearest, o->max_cells, &dp);
     if (!st) {
         ql_frontier_point *p = ql_calloc((size_t)n_points, sizeof *p);
-        int *ch = ql_malloc((size_t)s->n_tensors * sizeof *ch);
+        int *ch = ql_malloc((size_t)n_items * sizeof *ch);
         int n = 0;
         for (int k = 0; k < n_points; k++) {
             int64_t budget = cheapest + (int64_t)((double)(dearest - cheapest) * k / (n_points - 1));
             double err = ql_mckp_dp_query(dp, budget, ch);
             if (!isfinite(err)) continue;
-            int64_t cost = 0;
+            int64_t cost = 0, kv_cost = 0;
             for (int t = 0; t < s->n_tensors; t++) cost += mk[t].cost[ch[t]];
-            if (n && cost == p[n - 1].bytes) continue;
+            for (int t = s->n_tensors; t < n_items; t++) kv_cost += mk[t].cost[ch[t]];
+            if (n && cost == p[n - 1].bytes && kv_cost == p[n - 1].kv_bytes) continue;
             p[n].bytes = cost;
+            p[n].kv_bytes = kv_cost;
             p[n].err = err;
             p[n].bpw = 8.0 * (double)cost / (double)nq;
             p[n].bpw_file = 8.0 * (double)(cost + s->other_bytes) / (double)nall;
@@ -963,6 +1079,7 @@ ql_status ql_alloc_frontier(const ql_sense *s, const ql_alloc_opts *o, int n_poi
     }
     free(rules);
     free(mk);
+    kv_items_free(&kv);
     alloc_items_free(items, s->n_tensors);
     return st;
 }

@@ -71,6 +71,10 @@ typedef struct {
     double tolerance; /* achieved bpw within this of the target when possible; 0: 0.01 */
     int method; /* ql_mckp_method */
     int64_t max_cells; /* DP table limit (0: default) */
+    int64_t kv_ctx; /* > 0: the KV cache at this context joins the budget (target_bytes = file + cache): every
+                       layer chooses f32 or one of the sense file's KV schemes (--kv-candidates), with its
+                       measured KLD (the kld metric is then required) */
+    int kv_batch;   /* sequences the cache holds (0: 1) */
 } ql_alloc_opts;
 
 typedef struct {
@@ -95,6 +99,11 @@ typedef struct {
     bool target_hit; /* achieved within the tolerance */
     char *uniform; /* non-NULL: one candidate everywhere (this spec, with fallbacks where it does not fit) was
                       predicted better than the search's mix within the budget, and is the answer */
+    int kv_n;       /* layers with a KV choice (0 without kv_ctx) */
+    int *kv_choice; /* [kv_n] index into sense->kv, -1: the f32 cache */
+    int64_t kv_bytes, kv_ctx; /* the cache's exact bytes at kv_ctx x kv_batch (not in bytes / file_bytes) */
+    int kv_batch;
+    double kv_err;  /* its share of err */
 } ql_alloc_result;
 
 /* Never returns a plan predicted worse than a one-candidate plan that fits the budget (r->uniform says when
@@ -104,7 +113,8 @@ ql_status ql_allocate(const ql_sense *s, const ql_alloc_opts *o, ql_alloc_result
  * rules) can reach, cheapest to dearest; QL_OK otherwise. ql_allocate itself gets as close as it can. */
 ql_status ql_alloc_check_target(const ql_sense *s, const ql_alloc_opts *o);
 void ql_alloc_result_free(ql_alloc_result *r);
-/* Per-tensor plan (plan.h); source names the sense file and the target. *out: ql_plan_free. */
+/* Per-tensor plan (plan.h); source names the sense file and the target; with KV choices, the plan's [kv] (the
+ * most common scheme for every layer, the others as layers' own, ctx and batch). *out: ql_plan_free. */
 ql_status ql_alloc_plan(const ql_sense *s, const ql_alloc_result *r, const char *source,
                         struct ql_plan **out);
 
@@ -120,6 +130,7 @@ typedef struct {
     double bpw, bpw_file; /* achieved */
     int64_t bytes; /* quantized tensors */
     double err; /* predicted total error */
+    int64_t kv_bytes; /* the KV cache's share of the budget (0 without kv_ctx) */
 } ql_frontier_point;
 
 /* The predicted error-vs-BPW frontier under the rules of o (targets ignored): n_points budgets evenly

@@ -15,6 +15,7 @@
 #include "core/stats.h"
 #include "core/output_error.h"
 #include "core/actquant.h"
+#include "core/kv_cache.h"
 
 #include <cblas.h>
 #include <ctype.h>
@@ -226,6 +227,8 @@ void ql_sense_free(ql_sense *s) {
     free(s->cells);
     ql_sense_free_strings(s->act, s->n_act);
     free(s->act_cells);
+    ql_sense_free_strings(s->kv, s->n_kv);
+    free(s->kv_cells);
     free(s->model);
     free(s->calib);
     free(s->stats);
@@ -313,6 +316,18 @@ ql_status ql_sense_adopt(ql_sense *dst, const ql_sense *old, int *n_adopted) {
                 const ql_sense_act_cell *o = ql_sense_act_cell_at(old, t, oa);
                 if (o->level < 0) continue;
                 *ql_sense_act_cell_at(dst, t, a) = *o;
+                n++;
+            }
+        }
+    for (int a = 0; a < dst->n_kv && old->kv_layers == dst->kv_layers && old->kv_heads == dst->kv_heads &&
+                    old->kv_head_dim == dst->kv_head_dim;
+         a++)
+        for (int oa = 0; oa < old->n_kv; oa++) {
+            if (strcmp(dst->kv[a], old->kv[oa])) continue;
+            for (int l = 0; l < dst->kv_layers; l++) {
+                const ql_sense_act_cell *o = ql_sense_kv_cell_at(old, l, oa);
+                if (o->level < 0) continue;
+                *ql_sense_kv_cell_at(dst, l, a) = *o;
                 n++;
             }
         }
@@ -943,6 +958,124 @@ out:
     return st;
 }
 
+/* ---------------- KV-cache schemes ---------------- */
+
+ql_status ql_sense_parse_kv_candidates(const char *list, char ***out, int *n_out) {
+    char *buf = ql_strdup(list), *save = NULL;
+    char **v = NULL;
+    int n = 0, cap = 0;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ') tok++;
+        for (char *e = tok + strlen(tok); e > tok && e[-1] == ' ';) *--e = 0;
+        ql_kv_scheme sc;
+        const bool parsed = ql_kv_scheme_parse(tok, &sc);
+        if (!parsed || ql_kv_scheme_is_f32(&sc)) {
+            if (parsed)
+                ql_fail(QL_ERR_ARG, "--kv-candidates: 'f32' is the float cache every scheme is measured against, "
+                                    "not a candidate");
+            else ql_fail(QL_ERR_ARG, "--kv-candidates: %s", ql_last_error());
+            free(buf);
+            ql_sense_free_strings(v, n);
+            return QL_ERR_ARG;
+        }
+        char name[160];
+        push_unique(&v, &n, &cap, ql_kv_scheme_name(&sc, name, sizeof name));
+    }
+    free(buf);
+    if (!n) return ql_fail(QL_ERR_ARG, "--kv-candidates: no scheme given");
+    *out = v;
+    *n_out = n;
+    return QL_OK;
+}
+
+void ql_sense_set_kv(ql_sense *s, char *const *kv, int n_kv, int n_layer, int n_head_kv, int head_dim) {
+    const bool same = s->kv_layers == n_layer && s->kv_heads == n_head_kv && s->kv_head_dim == head_dim;
+    const size_t rows = (size_t)(n_layer > 0 ? n_layer : 1), cols = (size_t)(n_kv > 0 ? n_kv : 1);
+    ql_sense_act_cell *cells = ql_calloc(rows * cols, sizeof *cells);
+    char **names = ql_calloc(cols, sizeof *names);
+    for (int a = 0; a < n_kv; a++) {
+        names[a] = ql_strdup(kv[a]);
+        int old = -1;
+        for (int k = 0; k < s->n_kv && old < 0 && same; k++)
+            if (!strcmp(s->kv[k], kv[a])) old = k;
+        for (int l = 0; l < n_layer; l++) {
+            ql_sense_act_cell *c = &cells[(size_t)l * (size_t)n_kv + (size_t)a];
+            if (old >= 0) *c = *ql_sense_kv_cell_at(s, l, old);
+            else c->level = -1, c->kld = c->dppl = NAN;
+        }
+    }
+    ql_sense_free_strings(s->kv, s->n_kv);
+    free(s->kv_cells);
+    s->kv = names;
+    s->kv_cells = cells;
+    s->n_kv = n_kv;
+    s->kv_layers = n_layer, s->kv_heads = n_head_kv, s->kv_head_dim = head_dim;
+}
+
+int64_t ql_sense_kv_layer_bytes(const ql_sense *s, int k, int64_t ctx, int batch) {
+    ql_kv_scheme sc;
+    if (k < 0 || k >= s->n_kv || !ql_kv_scheme_parse(s->kv[k], &sc)) return -1;
+    int64_t a = ql_kv_side_bytes(&sc.k, s->kv_heads, s->kv_head_dim, ctx),
+            b = ql_kv_side_bytes(&sc.v, s->kv_heads, s->kv_head_dim, ctx);
+    return a < 0 || b < 0 ? -1 : (a + b) * (batch > 0 ? batch : 1);
+}
+
+ql_status ql_sense_measure_kv(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress) {
+    if (!s->n_kv) return QL_OK;
+    if (!o->tokens || o->n_seq <= 0 || o->seq_len < 2)
+        return ql_fail(QL_ERR_ARG, "KV-cache sensitivity needs calibration tokens");
+    if (s->kv_layers != m->cfg.n_layer || s->kv_heads != m->cfg.n_head_kv || s->kv_head_dim != m->cfg.head_dim)
+        return ql_fail(QL_ERR_ARG, "KV cells describe another model (%d layers of %d x %d)", s->kv_layers, s->kv_heads,
+                       s->kv_head_dim);
+    ql_kv_scheme *sc = ql_calloc((size_t)s->n_kv, sizeof *sc);
+    ql_status st = QL_OK;
+    for (int a = 0; a < s->n_kv && !st; a++) /* every scheme fits the heads before anything runs */
+        st = !ql_kv_scheme_parse(s->kv[a], &sc[a]) ? QL_ERR_ARG : ql_kv_scheme_check(&sc[a], &m->cfg, m->path);
+    int64_t todo = 0, done = 0;
+    for (int l = 0; l < s->kv_layers; l++)
+        for (int a = 0; a < s->n_kv; a++) todo += ql_sense_kv_cell_at(s, l, a)->level < 0;
+    const int nth = o->n_threads > 0 ? o->n_threads : 1;
+    ql_infer *inf = NULL;
+    kld_ctx kc;
+    memset(&kc, 0, sizeof kc);
+    pthread_mutex_init(&kc.lock, NULL);
+    /* KV cells are measured by one process (qlab sense runs this on rank 0 alone): nothing arrives from others */
+    checkpointer cp = {s, o->checkpoint, o->checkpoint_s > 0 ? o->checkpoint_s : 20.0, ql_time_s(), ql_time_s(),
+                       s->seconds, NULL, 0};
+    if (st || !todo) goto out;
+    if ((st = ql_infer_new(m, nth, &inf))) goto out;
+    ql_progress_report(progress, 0, todo, "base model");
+    if ((st = kld_setup(&kc, inf, o, (int)QL_MIN((int64_t)nth, QL_MAX(o->n_seq, 1)), true, progress))) goto out;
+    s->base_ppl = kc.base_ppl;
+    for (int l = 0; l < s->kv_layers && !st; l++)
+        for (int a = 0; a < s->n_kv && !st; a++) {
+            ql_sense_act_cell *e = ql_sense_kv_cell_at(s, l, a);
+            if (e->level >= 0) continue;
+            if (ql_progress_cancelled(progress)) {
+                st = ql_fail(QL_ERR_CANCELLED, "cancelled");
+                break;
+            }
+            char phase[256];
+            snprintf(phase, sizeof phase, "layer %d KV %s", l, s->kv[a]);
+            ql_progress_report(progress, done, todo, phase);
+            double kld, ppl;
+            if ((st = ql_infer_set_kv_layer(inf, l, &sc[a]))) break;
+            st = kld_probe(&kc, l, false, &kld, &ppl); /* layers before l are unchanged: start from l's input */
+            ql_infer_set_kv_layer(inf, l, NULL);
+            if (st) break;
+            e->kld = kld, e->dppl = ppl - s->base_ppl, e->level = QL_SENSE_KLD;
+            done++;
+            ql_progress_report(progress, done, todo, phase);
+            if ((st = checkpoint(&cp, false))) break;
+        }
+out:
+    st = final_checkpoint(&cp, st);
+    kld_ctx_free(&kc);
+    ql_infer_free(inf);
+    free(sc);
+    return st;
+}
+
 ql_status ql_sense_plan_kld(const ql_model *m, const ql_plan *plan, const ql_sense_opts *o,
                             const ql_progress *progress, ql_sense_joint *out) {
     memset(out, 0, sizeof *out);
@@ -1097,6 +1230,19 @@ ql_status ql_sense_save(const ql_sense *s, const char *path) {
             for (int a = 0; a < s->n_act; a++) {
                 const ql_sense_act_cell *e = ql_sense_act_cell_at(s, t, a);
                 fprintf(f, "k\t%d\t%d\t%d\t", t, a, e->level);
+                put_double(f, e->kld);
+                fputc('\t', f);
+                put_double(f, e->dppl);
+                fputc('\n', f);
+            }
+    }
+    if (s->n_kv) { /* optional: KV-cache schemes (--kv-candidates), one row per layer */
+        fprintf(f, "kvs\t%d\t%d\t%d\t%d\n", s->n_kv, s->kv_layers, s->kv_heads, s->kv_head_dim);
+        for (int a = 0; a < s->n_kv; a++) fprintf(f, "v\t%s\n", s->kv[a]);
+        for (int l = 0; l < s->kv_layers; l++)
+            for (int a = 0; a < s->n_kv; a++) {
+                const ql_sense_act_cell *e = ql_sense_kv_cell_at(s, l, a);
+                fprintf(f, "q\t%d\t%d\t%d\t", l, a, e->level);
                 put_double(f, e->kld);
                 fputc('\t', f);
                 put_double(f, e->dppl);
@@ -1348,6 +1494,43 @@ ql_status ql_sense_load(const char *path, ql_sense **out) {
                 NUM(r.f[3], -1, QL_SENSE_KLD, lv, "level");
                 if (ti != t || ai != a) {
                     st = bad(&r, "activation cells out of order");
+                    goto fail;
+                }
+                e->level = (int)lv;
+                if (!parse_dbl(r.f[4], &e->kld) || !parse_dbl(r.f[5], &e->dppl)) {
+                    st = bad(&r, "bad number");
+                    goto fail;
+                }
+            }
+        more = next_line(&r);
+    }
+    if (more && r.nf == 5 && !strcmp(r.f[0], "kvs")) {
+        int64_t nk, nl, nh, hd;
+        NUM(r.f[1], 1, MAX_CANDS, nk, "KV scheme count");
+        NUM(r.f[2], 1, 1 << 16, nl, "layer count");
+        NUM(r.f[3], 1, 1 << 16, nh, "KV head count");
+        NUM(r.f[4], 1, 1 << 16, hd, "head dimension");
+        char **names = ql_calloc((size_t)nk, sizeof *names);
+        int n_names = 0;
+        for (int a = 0; a < nk && !st; a++) {
+            ql_kv_scheme sc;
+            if ((st = expect(&r, "v", 2))) break;
+            if (!ql_kv_scheme_parse(r.f[1], &sc) || ql_kv_scheme_is_f32(&sc)) st = bad(&r, "unknown KV-cache scheme");
+            else names[n_names++] = ql_strdup(r.f[1]);
+        }
+        if (!st) ql_sense_set_kv(s, names, n_names, (int)nl, (int)nh, (int)hd);
+        ql_sense_free_strings(names, n_names);
+        if (st) goto fail;
+        for (int l = 0; l < s->kv_layers; l++)
+            for (int a = 0; a < s->n_kv; a++) {
+                EXPECT("q", 6);
+                ql_sense_act_cell *e = ql_sense_kv_cell_at(s, l, a);
+                int64_t li, ai, lv;
+                NUM(r.f[1], 0, INT32_MAX, li, "layer index");
+                NUM(r.f[2], 0, INT32_MAX, ai, "scheme index");
+                NUM(r.f[3], -1, QL_SENSE_KLD, lv, "level");
+                if (li != l || ai != a) {
+                    st = bad(&r, "KV cells out of order");
                     goto fail;
                 }
                 e->level = (int)lv;

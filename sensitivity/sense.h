@@ -65,7 +65,23 @@ typedef struct ql_sense {
     int n_act;            /* activation schemes measured (--act-candidates): "int8_token", "llm_int8:4" */
     char **act;           /* [n_act] */
     ql_sense_act_cell *act_cells; /* [n_tensors * n_act], row = tensor */
+    int n_kv;             /* KV-cache schemes measured (--kv-candidates): "q8_0", "q8_0:q4_0" */
+    char **kv;            /* [n_kv] */
+    int kv_layers, kv_heads, kv_head_dim; /* the model's layers and cache geometry: bytes at any context */
+    ql_sense_act_cell *kv_cells; /* [kv_layers * n_kv], row = layer: KLD with only that layer's cache quantized */
 } ql_sense;
+
+/* Comma-separated KV-cache schemes (core/kv_cache.h names; "f32" is the base and refused, duplicates dropped),
+ * canonical spellings. */
+ql_status ql_sense_parse_kv_candidates(const char *list, char ***out, int *n);
+/* Sets s's KV schemes for a model of n_layer layers with n_head_kv heads of head_dim (cells of schemes s already
+ * has are kept when the geometry is the same). */
+void ql_sense_set_kv(ql_sense *s, char *const *kv, int n_kv, int n_layer, int n_head_kv, int head_dim);
+static inline ql_sense_act_cell *ql_sense_kv_cell_at(const ql_sense *s, int layer, int k) {
+    return &s->kv_cells[(size_t)layer * (size_t)s->n_kv + (size_t)k];
+}
+/* Exact bytes of one layer's cache in scheme k at ctx tokens for batch sequences (-1: unknown scheme). */
+int64_t ql_sense_kv_layer_bytes(const ql_sense *s, int k, int64_t ctx, int batch);
 
 /* Comma-separated activation schemes (core/actquant.h: int8_token, int8_tensor, fp8_token, fp8_tensor,
  * llm_int8[:T]; "none" is refused, duplicates dropped), canonical spellings. */
@@ -140,6 +156,10 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
 /* Measures every activation cell not measured yet: mean KLD per token against the float model on o's tokens,
  * with only tensor t's input quantized by scheme a (static schemes take their scale from o->stats, required). */
 ql_status ql_sense_measure_act(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress);
+/* Measures every KV cell not measured yet: mean KLD per token against the float model on o's tokens with only
+ * layer l's cache in scheme k (the forward pass re-runs from layer l). A scheme the head dimension cannot hold
+ * is refused before anything runs. */
+ql_status ql_sense_measure_kv(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress);
 
 /* The honesty check of the additive model: every tensor of `plan` quantized at once (as qlab quant would),
  * mean KLD per token against the unquantized model on o's calibration tokens, and both perplexities.

@@ -650,6 +650,41 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ]; then
   if $QLAB ppl "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 2 --kv kivi4 2>/dev/null | grep -q "KLD mean"; then
     ok "ppl --kv alone prints the KLD against the float cache"; else bad "ppl --kv without --kld-base: no KLD"; fi
 fi
+# KV settings in the plan (issue 12): a plan's [kv] is written into the file (qlab.kv.*), qlab info prints llama.cpp's
+# flags (or why there are none), qlab ppl on the file runs the cache without flags and gives the figures of --kv;
+# compressed-tensors gets kv_cache_scheme; a scheme the head dimension cannot hold and an unknown one are refused.
+if [ -f "$SHARED/models/tinystories-d256.gguf" ]; then
+  M=$SHARED/models/tinystories-d256.gguf
+  $QLAB quant "$M" --type q8_0 --save-plan "$T/kvp.ini" -o "$T/kvq0.gguf" >/dev/null 2>&1
+  { cat "$T/kvp.ini"; printf '\n[kv]\nscheme = q8_0:q4_0\nctx = 4096\n'; } >"$T/kvp2.ini"
+  $QLAB quant "$M" --plan "$T/kvp2.ini" -o "$T/kvq.gguf" >/dev/null 2>&1
+  if $QLAB info "$T/kvq.gguf" --no-tensors 2>/dev/null | grep -q "llama.cpp: -ctk q8_0 -ctv q4_0 -fa on" &&
+     $QLAB info "$T/kvq.gguf" --no-tensors 2>/dev/null | grep -q "at ctx 4096 x 1: KV 3407872 bytes"; then
+    ok "info: the plan's KV cache, its memory at ctx 4096 and llama.cpp's flags"
+  else bad "info on a file with [kv]"; $QLAB info "$T/kvq.gguf" --no-tensors 2>&1 | tail -4 | sed 's/^/     /'; fi
+  kvp() { $QLAB ppl "$@" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 3 --json 2>/dev/null |
+          sed 's/"tokens_per_s": [0-9.]*, "seconds": [0-9.]*, //; s/"model": "[^"]*", //'; }
+  a=$(kvp "$T/kvq.gguf"); b=$(kvp "$T/kvq0.gguf" --kv q8_0:q4_0)
+  if [ -n "$a" ] && [ "$a" = "$b" ] && echo "$a" | grep -q '"kld_mean"'; then ok "ppl FILE runs the plan's KV cache: figures of --kv q8_0:q4_0"
+  else bad "ppl on a file with [kv]: '$a' vs '$b'"; fi
+  sed 's/^scheme = .*/scheme = kivi4/' "$T/kvp2.ini" >"$T/kvp3.ini"
+  $QLAB quant "$M" --plan "$T/kvp3.ini" -o "$T/kvq3.gguf" >/dev/null 2>&1
+  if $QLAB info "$T/kvq3.gguf" --no-tensors 2>/dev/null | grep -q "no equivalent: .*qlab-only"; then ok "info: a qlab-only KV scheme has no llama.cpp flags"
+  else bad "info on a kivi4 plan"; fi
+  sed 's/^scheme = .*/scheme = q3_x/' "$T/kvp2.ini" >"$T/kvp4.ini"
+  expect_error "plan [kv] unknown scheme" "kvp4.ini: [kv] scheme: unknown KV cache scheme 'q3_x'" $QLAB quant "$M" --plan "$T/kvp4.ini" -o "$T/x.gguf"
+  sed 's/= q8_0$/= int8_channel/; s/^scheme = .*/scheme = q8_0/' "$T/kvp2.ini" >"$T/kvp5.ini"
+  if $QLAB quant "$M" --plan "$T/kvp5.ini" --to compressed-tensors -o "$T/kvct" >/dev/null 2>&1 &&
+     python3 -c "import json,sys; k=json.load(open(sys.argv[1]))['quantization_config']['kv_cache_scheme']; sys.exit(not (k['num_bits']==8 and k['type']=='int' and k['group_size']==32))" "$T/kvct/config.json"; then
+    ok "compressed-tensors: kv_cache_scheme from the plan"; else bad "compressed-tensors kv_cache_scheme"; fi
+  sed 's/^scheme = .*/scheme = q8_0:q4_0/' "$T/kvp5.ini" >"$T/kvp6.ini"
+  expect_error "compressed-tensors refuses K and V schemes that differ" "kv_cache_scheme is one scheme for K and V" \
+    $QLAB quant "$M" --plan "$T/kvp6.ini" --to compressed-tensors -o "$T/kvct2"
+fi
+if [ -f "$SHARED/models/stories260K.gguf" ]; then
+  printf '[tensors]\nblk.0.attn_q.weight = q8_0\n[kv]\nscheme = q8_0\n' >"$T/kvp7.ini"
+  expect_error "plan [kv] a head of 8 cannot hold q8_0" "multiple of 32" $QLAB quant "$SHARED/models/stories260K.gguf" --plan "$T/kvp7.ini" -o "$T/x.gguf"
+fi
 # QuIP# (issue 13): refusals name the reason, LDLQ beats rounding in the rotated basis, the file says llama.cpp
 # cannot load it (tinystories-d256; 20 chunks of KLD, 16 chunks of calibration)
 QM=$SHARED/models/tinystories-d256.gguf

@@ -35,7 +35,7 @@ typedef struct {
 enum {
     P_NONE, P_FILTER, P_OPEN, P_SRC_PATH, P_SRC_WEIGHT, P_SAMPLES, P_SEQLEN, P_SEED, P_STATS_SAVE, P_STATS_LOAD,
     P_TEXT, P_CTX, P_CHUNKS, P_PRESET, P_TYPE, P_METHOD_ROW, P_METHOD_ALL, P_CAND, P_PLAN_SAVE, P_PLAN_LOAD, P_KV,
-    P_TARGET, P_EXPORT_PATH, P_SENSE_SAVE, P_SENSE_LOAD,
+    P_TARGET, P_EXPORT_PATH, P_SENSE_SAVE, P_SENSE_LOAD, P_KV_SCHEME,
 };
 static const bool PROMPT_IS_PATH[] = {[P_OPEN] = true, [P_SRC_PATH] = true, [P_STATS_SAVE] = true,
                                       [P_STATS_LOAD] = true, [P_TEXT] = true, [P_PLAN_SAVE] = true,
@@ -500,6 +500,24 @@ static unsigned plan_file(ql_tui_app *a, int k) {
     return QL_R_REDRAW;
 }
 
+/* R: the Runtime view (activation schemes, KV cache, memory) in place of the table, and back. */
+static unsigned plan_runtime(ql_tui_app *a, int k) {
+    (void)k;
+    a->plan.show_runtime = !a->plan.show_runtime;
+    return QL_R_REDRAW;
+}
+
+/* K: the plan's KV-cache scheme, for every layer or one. */
+static unsigned plan_kv_scheme(ql_tui_app *a, int k) {
+    (void)k;
+    const ql_kv_settings *kv = ql_tui_runtime_kv(a);
+    char b[160];
+    if (kv) ql_kv_scheme_name(&kv->scheme, b, sizeof b);
+    else snprintf(b, sizeof b, "q8_0");
+    prompt_open(a, P_KV_SCHEME, "KV cache: K[:V] for every layer (q8_0, q8_0:q4_0, kivi4, f32 ...) or blk.N=K[:V]", b);
+    return QL_R_REDRAW;
+}
+
 static unsigned plan_kv(ql_tui_app *a, int k) {
     (void)k;
     char b[32];
@@ -786,6 +804,8 @@ static const binding BINDINGS[] = {
     {ON(PLAN), 'S', 0, "S", "save the plan as INI", plan_file},
     {ON(PLAN), 'L', 0, "L", "load a plan INI", plan_file},
     {ON(PLAN), 'k', 0, "k", "context for the KV-cache figure", plan_kv},
+    {ON(PLAN), 'K', 0, "K", "KV-cache scheme of the plan (every layer, or blk.N=...)", plan_kv_scheme},
+    {ON(PLAN), 'R', 0, "R", "Runtime view: input schemes, KV cache, memory", plan_runtime},
 
     {ON(AUTO), QL_KEY_UP, QL_KEY_DOWN, "Up Down", "choose a field", auto_move},
     {ON(AUTO), QL_KEY_LEFT, QL_KEY_RIGHT, "Left Right", "move the slider / toggle", auto_adjust},
@@ -1071,6 +1091,7 @@ static void prompt_submit(ql_tui_app *a) {
         ql_plan_free(plan);
         break;
     }
+    case P_KV_SCHEME: ql_tui_set_kv(a, v); break;
     case P_KV:
         if (parse_int(v, 1, 1 << 24, &x)) a->plan.kv_ctx = (int)x;
         else ql_tui_msg(a, 2, "context: a whole number of tokens");

@@ -92,7 +92,9 @@ ql_tui_totals ql_tui_plan_totals(const ql_tui_app *a) {
     t.file_bytes = ql_quantize_file_bytes(a->model, tensor_bytes, a->plan.runtime); /* exactly what the export writes */
     free(tensor_bytes);
     const ql_config *c = &a->model->cfg;
-    t.kv_bytes = 2ll * c->n_layer * a->plan.kv_ctx * c->n_head_kv * c->head_dim * 2;
+    const ql_kv_settings *kv = ql_tui_runtime_kv(a);
+    t.kv_bytes = kv ? ql_kv_settings_bytes(kv, c, a->plan.kv_ctx, kv->batch > 0 ? kv->batch : 1)
+                    : 2ll * c->n_layer * a->plan.kv_ctx * c->n_head_kv * c->head_dim * 2;
     t.pred_kld = kld_ok ? kld : NAN;
     return t;
 }
@@ -230,6 +232,10 @@ ql_plan *ql_tui_plan_build(const ql_tui_app *a) {
     const ql_plan *rt = a->plan.runtime;
     for (int i = 0; rt && i < rt->n_act; i++) ql_plan_set_act(p, rt->act[i].tensor, rt->act[i].mode, rt->act[i].threshold);
     if (rt && rt->method_opts) p->method_opts = ql_strdup(rt->method_opts);
+    if (rt && rt->kv.set) { /* the KV figure's context is the plan's */
+        ql_kv_settings_copy(&p->kv, &rt->kv);
+        p->kv.ctx = a->plan.kv_ctx;
+    }
     char src[160];
     snprintf(src, sizeof src, "qlab tui: %s%s", a->plan.source, a->plan.edits ? " + hand edits" : "");
     p->source = ql_strdup(src);
@@ -239,10 +245,50 @@ ql_plan *ql_tui_plan_build(const ql_tui_app *a) {
 void ql_tui_plan_set_runtime(ql_tui_app *a, const ql_plan *p) {
     ql_plan_free(a->plan.runtime);
     a->plan.runtime = NULL;
-    if (!p || (!p->n_act && !p->method_opts)) return;
+    if (!p || (!p->n_act && !p->method_opts && !p->kv.set)) return;
     ql_plan *rt = a->plan.runtime = ql_plan_new();
     for (int i = 0; i < p->n_act; i++) ql_plan_set_act(rt, p->act[i].tensor, p->act[i].mode, p->act[i].threshold);
     if (p->method_opts) rt->method_opts = ql_strdup(p->method_opts);
+    if (p->kv.set) {
+        ql_kv_settings_copy(&rt->kv, &p->kv);
+        if (p->kv.ctx > 0) a->plan.kv_ctx = (int)p->kv.ctx;
+    }
+}
+
+const ql_kv_settings *ql_tui_runtime_kv(const ql_tui_app *a) {
+    return a->plan.runtime && a->plan.runtime->kv.set ? &a->plan.runtime->kv : NULL;
+}
+
+bool ql_tui_set_kv(ql_tui_app *a, const char *spec) {
+    const char *eq = strchr(spec, '=');
+    int layer = -1;
+    if (eq) { /* blk.N=SCHEME */
+        char *end;
+        long l = strncmp(spec, "blk.", 4) ? -1 : strtol(spec + 4, &end, 10);
+        if (l < 0 || l >= a->model->cfg.n_layer || end != eq) {
+            ql_tui_msg(a, 2, "KV: '%.60s': blk.N=SCHEME with N a layer (0-%d), or SCHEME for every layer", spec,
+                       a->model->cfg.n_layer - 1);
+            return false;
+        }
+        layer = (int)l;
+        spec = eq + 1;
+    }
+    ql_kv_scheme sc;
+    if (!ql_kv_scheme_parse(spec, &sc) || ql_kv_scheme_check(&sc, &a->model->cfg, a->model_path)) {
+        ql_tui_msg(a, 2, "%s", ql_last_error());
+        return false;
+    }
+    if (!a->plan.runtime) a->plan.runtime = ql_plan_new();
+    ql_kv_settings *kv = &a->plan.runtime->kv;
+    if (layer >= 0) ql_kv_settings_set_layer(kv, layer, &sc);
+    else { /* every layer: earlier per-layer choices go */
+        ql_kv_settings_free(kv);
+        kv->scheme = sc;
+    }
+    kv->set = true;
+    char d[512];
+    ql_tui_msg(a, 0, "KV cache: %s", ql_kv_settings_describe(kv, d, sizeof d));
+    return true;
 }
 
 const ql_plan_act *ql_tui_row_act(const ql_tui_app *a, const ql_tui_row *r) {
@@ -283,6 +329,12 @@ uint64_t ql_tui_plan_hash(const ql_tui_app *a) {
         h = ql_tui_hash_str(ql_tui_hash_str(h, rt->act[i].tensor), spec);
     }
     if (rt && rt->method_opts) h = ql_tui_hash_str(h, rt->method_opts);
+    if (rt && rt->kv.set) /* so is the KV cache: every layer's scheme (a description could be cut short) */
+        for (int l = 0; l < a->model->cfg.n_layer; l++) {
+            ql_kv_scheme sc = ql_kv_settings_layer(&rt->kv, l);
+            char nm[160];
+            h = ql_tui_hash_str(h, ql_kv_scheme_name(&sc, nm, sizeof nm));
+        }
     return h;
 }
 

@@ -101,8 +101,9 @@ typedef struct {
     char source[96];               /* "preset Q4_K_M", "auto 4.00 bpw", "plan file x.ini" */
     int edits;                     /* hand edits since source */
     int kv_ctx;                    /* context for the KV-cache figure */
-    ql_plan *runtime;              /* a loaded plan's [activations] and method_opts, kept through edits and saved,
-                                      previewed and exported with the plan; NULL: none */
+    ql_plan *runtime;              /* a loaded plan's [activations], [kv] and method_opts, kept through edits and
+                                      saved, previewed and exported with the plan; NULL: none */
+    bool show_runtime;             /* R: the Plan screen shows the Runtime view (tui/view_runtime.c) */
 } ql_tui_plan;
 
 typedef struct {
@@ -287,6 +288,10 @@ const char *ql_tui_screen_name(ql_tui_screen s);
 ql_plan *ql_tui_plan_build(const ql_tui_app *a);
 /* Takes p's activation schemes and method options as the plan's runtime settings (copies; none: cleared). */
 void ql_tui_plan_set_runtime(ql_tui_app *a, const ql_plan *p);
+/* The plan's KV settings (NULL: none, the f16 figure); and setting them from "K[:V]" (every layer) or
+ * "blk.N=K[:V]" (one layer), checked against the model's heads: false with a message when refused. */
+const ql_kv_settings *ql_tui_runtime_kv(const ql_tui_app *a);
+bool ql_tui_set_kv(ql_tui_app *a, const char *spec);
 /* The activation scheme of row r's input (NULL: float). */
 const ql_plan_act *ql_tui_row_act(const ql_tui_app *a, const ql_tui_row *r);
 void ql_tui_plan_adopt(ql_tui_app *a, const ql_plan *p, const char *source, bool keep_pins);
@@ -295,7 +300,7 @@ uint64_t ql_tui_plan_hash(const ql_tui_app *a);
 const ql_format *ql_tui_row_format(const ql_tui_row *r);
 int64_t ql_tui_row_bytes(const ql_tui_app *a, const ql_tui_row *r);
 /* Totals of the current plan: bits per weight over the plan rows, the whole file, KV cache at kv_ctx
- * (f16 K and V), and the predicted KLD (NAN when no measurement predicts it). */
+ * (the plan's [kv] scheme, exact; f16 K and V without one), and the predicted KLD (NAN when no measurement predicts it). */
 typedef struct {
     double bpw;
     int64_t file_bytes, kv_bytes, weights;

@@ -16,6 +16,7 @@ void ql_view_auto(ql_tui_app *a, ql_canvas *c, ql_rect r);
 void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r);
 void ql_view_export(ql_tui_app *a, ql_canvas *c, ql_rect r);
 void ql_view_catalogue(ql_tui_app *a, ql_canvas *c, ql_rect r);
+void ql_view_runtime(ql_tui_app *a, ql_canvas *c, ql_rect r);
 
 /* "1.12 MiB", "512 B", "3.4 GiB" */
 void ql_fmt_bytes(char *buf, size_t cap, double bytes);

@@ -328,7 +328,7 @@ void ql_tui_render(ql_tui_app *a, ql_canvas *c) {
         switch (a->screen) {
         case QL_SCR_MODEL: ql_view_model(a, c, body); break;
         case QL_SCR_CALIB: ql_view_calib(a, c, body); break;
-        case QL_SCR_PLAN: ql_view_plan(a, c, body); break;
+        case QL_SCR_PLAN: (a->plan.show_runtime ? ql_view_runtime : ql_view_plan)(a, c, body); break;
         case QL_SCR_AUTO: ql_view_auto(a, c, body); break;
         case QL_SCR_PREVIEW: ql_view_preview(a, c, body); break;
         case QL_SCR_EXPORT: ql_view_export(a, c, body); break;

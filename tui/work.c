@@ -4,6 +4,7 @@
  * then ql_perplexity against the base model's saved log-probabilities), export, and the Catalogue's
  * effect of one format or method on one real tensor. No quantization arithmetic lives here. */
 #include "tui/jobs.h"
+#include "core/kv_settings.h"
 #include "tui/tui_sense.h"
 #include "sensitivity/allocate.h"
 #include "sensitivity/sense.h"
@@ -573,6 +574,11 @@ static void preview_run(ql_tui_job *j) {
     if ((s = ql_infer_new(qm, c->n_threads, &inf))) goto out;
     int n_act; /* the plan's activation schemes, as `qlab ppl` applies them to the exported file */
     if ((s = ql_infer_set_act_quant_from_file(inf, &n_act, NULL))) goto out;
+    ql_kv_settings fkv; /* and its KV cache (qlab.kv.*), as `qlab ppl` runs it */
+    if ((s = ql_kv_settings_from_gguf(qm->gguf, c->tmp, qm->cfg.n_layer, &fkv))) goto out;
+    if (fkv.set) s = ql_infer_set_kv_settings(inf, &fkv);
+    ql_kv_settings_free(&fkv);
+    if (s) goto out;
     po.kld_base = c->base_path;
     pthread_mutex_lock(&j->lock);
     j->live_plan = true;
