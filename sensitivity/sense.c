@@ -1315,6 +1315,30 @@ static bool parse_dbl(const char *s, double *v) {
     return true;
 }
 
+/* The activation ("k") and KV-cache ("q") cell tables share one line shape, in row-major order:
+ * TAG row scheme level kld dppl. */
+static ql_status read_runtime_cells(reader *r, const char *tag, const ql_sense *s, int rows, int cols,
+                                    ql_sense_act_cell *(*cell_at)(const ql_sense *, int, int), const char *what) {
+    ql_status st;
+    char msg[64];
+    for (int i = 0; i < rows; i++)
+        for (int a = 0; a < cols; a++) {
+            if ((st = expect(r, tag, 6))) return st;
+            ql_sense_act_cell *e = cell_at(s, i, a);
+            int64_t ri, ai, lv;
+            if (!parse_i64(r->f[1], 0, INT32_MAX, &ri) || !parse_i64(r->f[2], 0, INT32_MAX, &ai))
+                return bad(r, "bad cell index");
+            if (!parse_i64(r->f[3], -1, QL_SENSE_KLD, &lv)) return bad(r, "bad level");
+            if (ri != i || ai != a) {
+                snprintf(msg, sizeof msg, "%s cells out of order", what);
+                return bad(r, msg);
+            }
+            e->level = (int)lv;
+            if (!parse_dbl(r->f[4], &e->kld) || !parse_dbl(r->f[5], &e->dppl)) return bad(r, "bad number");
+        }
+    return QL_OK;
+}
+
 ql_status ql_sense_load(const char *path, ql_sense **out) {
     *out = NULL;
     char *text;
@@ -1484,24 +1508,8 @@ ql_status ql_sense_load(const char *path, ql_sense **out) {
         if (!st) ql_sense_set_act(s, names, n_names);
         ql_sense_free_strings(names, n_names);
         if (st) goto fail;
-        for (int t = 0; t < s->n_tensors; t++)
-            for (int a = 0; a < s->n_act; a++) {
-                EXPECT("k", 6);
-                ql_sense_act_cell *e = ql_sense_act_cell_at(s, t, a);
-                int64_t ti, ai, lv;
-                NUM(r.f[1], 0, INT32_MAX, ti, "tensor index");
-                NUM(r.f[2], 0, INT32_MAX, ai, "scheme index");
-                NUM(r.f[3], -1, QL_SENSE_KLD, lv, "level");
-                if (ti != t || ai != a) {
-                    st = bad(&r, "activation cells out of order");
-                    goto fail;
-                }
-                e->level = (int)lv;
-                if (!parse_dbl(r.f[4], &e->kld) || !parse_dbl(r.f[5], &e->dppl)) {
-                    st = bad(&r, "bad number");
-                    goto fail;
-                }
-            }
+        if ((st = read_runtime_cells(&r, "k", s, s->n_tensors, s->n_act, ql_sense_act_cell_at, "activation")))
+            goto fail;
         more = next_line(&r);
     }
     if (more && r.nf == 5 && !strcmp(r.f[0], "kvs")) {
@@ -1521,24 +1529,8 @@ ql_status ql_sense_load(const char *path, ql_sense **out) {
         if (!st) ql_sense_set_kv(s, names, n_names, (int)nl, (int)nh, (int)hd);
         ql_sense_free_strings(names, n_names);
         if (st) goto fail;
-        for (int l = 0; l < s->kv_layers; l++)
-            for (int a = 0; a < s->n_kv; a++) {
-                EXPECT("q", 6);
-                ql_sense_act_cell *e = ql_sense_kv_cell_at(s, l, a);
-                int64_t li, ai, lv;
-                NUM(r.f[1], 0, INT32_MAX, li, "layer index");
-                NUM(r.f[2], 0, INT32_MAX, ai, "scheme index");
-                NUM(r.f[3], -1, QL_SENSE_KLD, lv, "level");
-                if (li != l || ai != a) {
-                    st = bad(&r, "KV cells out of order");
-                    goto fail;
-                }
-                e->level = (int)lv;
-                if (!parse_dbl(r.f[4], &e->kld) || !parse_dbl(r.f[5], &e->dppl)) {
-                    st = bad(&r, "bad number");
-                    goto fail;
-                }
-            }
+        if ((st = read_runtime_cells(&r, "q", s, s->kv_layers, s->n_kv, ql_sense_kv_cell_at, "KV")))
+            goto fail;
         more = next_line(&r);
     }
     if (!more || r.nf != 1 || strcmp(r.f[0], "end") != 0) {
