@@ -197,13 +197,13 @@ void ql_exl2_pack(const ql_exl2_mix *m, int64_t K, int64_t N, const int64_t *per
 
 /* ---- the reference codec ---- */
 
-/* Processing order: decreasing importance (ties by index), else the identity. Merge sort, so it is
- * reentrant (qsort with a global key is not). */
-static void order_by(int64_t *perm, int64_t n, const float *key, int64_t *tmp) {
+/* Processing order: decreasing key, ties by index. Merge sort, so it is reentrant (qsort with a global key
+ * is not). Shared with --method exl2, which orders by the Hessian's diagonal. */
+void ql_exl2_order_desc(int64_t *perm, int64_t n, const double *key, int64_t *tmp) {
     if (n < 2) return;
     int64_t h = n / 2;
-    order_by(perm, h, key, tmp);
-    order_by(perm + h, n - h, key, tmp);
+    ql_exl2_order_desc(perm, h, key, tmp);
+    ql_exl2_order_desc(perm + h, n - h, key, tmp);
     int64_t i = 0, j = h, k = 0;
     while (i < h && j < n) {
         int64_t a = perm[i], b = perm[j];
@@ -227,7 +227,12 @@ static void exl2_quantize(const ql_exl2_mix *m, const float *src, void *dst, int
     uint16_t *smax = malloc((size_t)o.G * sizeof *smax);
     if (perm && g && wt && scale && codes && qs && smax) {
         for (int64_t k = 0; k < K; k++) perm[k] = k;
-        if (imp) order_by(perm, K, imp, perm + K);
+        double *key = imp ? ql_malloc((size_t)K * sizeof *key) : NULL; /* float -> double keeps order and ties */
+        if (key) {
+            for (int64_t k = 0; k < K; k++) key[k] = imp[k];
+            ql_exl2_order_desc(perm, K, key, perm + K);
+        }
+        free(key);
         for (int64_t p = 0; p < K; p++)
             for (int64_t n = 0; n < N; n++) wt[p * N + n] = src[n * K + perm[p]];
         ql_exl2_layout(m, K, g);

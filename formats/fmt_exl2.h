@@ -59,5 +59,7 @@ void ql_exl2_pack(const ql_exl2_mix *m, int64_t K, int64_t N, const int64_t *per
                   const uint16_t *smax_h, const uint8_t *codes, void *dst);
 /* The fp16 scale of output n in group g: fp16(qs² · fp16(smax / 256)) as ExLlamaV2 computes it. */
 float ql_exl2_scale(int qs, uint16_t smax_h);
+/* perm (identity on entry) sorted by decreasing key, ties by index; tmp holds n entries. */
+void ql_exl2_order_desc(int64_t *perm, int64_t n, const double *key, int64_t *tmp);
 
 #endif

@@ -29,23 +29,6 @@ static bool exl2_serves(const ql_format *f, char *why, size_t cap) {
     return false;
 }
 
-/* Decreasing key, ties by index (stable merge sort). */
-static void order_desc(int64_t *idx, int64_t n, const double *key, int64_t *tmp) {
-    if (n < 2) return;
-    int64_t h = n / 2;
-    order_desc(idx, h, key, tmp);
-    order_desc(idx + h, n - h, key, tmp);
-    int64_t i = 0, j = h, k = 0;
-    while (i < h && j < n) {
-        int64_t a = idx[i], b = idx[j];
-        bool first = key[a] != key[b] ? key[a] > key[b] : a < b;
-        tmp[k++] = first ? idx[i++] : idx[j++];
-    }
-    while (i < h) tmp[k++] = idx[i++];
-    while (j < n) tmp[k++] = idx[j++];
-    memcpy(idx, tmp, (size_t)n * sizeof *idx);
-}
-
 /* U (float, row-major upper) = chol(Hp⁻¹)ᵀ, Hp = H permuted + lam on the diagonal. */
 static bool inverse_cholesky(const double *xtx, int64_t K, const int64_t *perm, double lam, double *P, float *U) {
     for (int64_t a = 0; a < K; a++)
@@ -88,7 +71,7 @@ static ql_status exl2_quantize_tensor(float *w, int64_t nrows, int64_t ncols, co
         perm[k] = k;
     }
     mean = mean > 0 ? mean / (double)K : 1.0;
-    if (act) order_desc(perm, K, diag, perm + K);
+    if (act) ql_exl2_order_desc(perm, K, diag, perm + K);
     free(diag);
 
     int saved = openblas_get_num_threads();
