@@ -22,28 +22,6 @@
 
 /* ---------------------------------------------------------------- fixtures */
 
-static char *make_tmpdir(void) {
-    char *d = strdup("/tmp/qlab_test_hf_XXXXXX");
-    assert_non_null(mkdtemp(d));
-    return d;
-}
-
-static void rm_tree(char *dir) { /* the fixtures are flat folders */
-    DIR *dd = opendir(dir);
-    if (dd) {
-        struct dirent *e;
-        char p[1024];
-        while ((e = readdir(dd))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-        closedir(dd);
-    }
-    rmdir(dir);
-    free(dir);
-}
-
 static void join(char *buf, size_t cap, const char *dir, const char *name) {
     snprintf(buf, cap, "%s/%s", dir, name);
 }
@@ -174,7 +152,7 @@ static void test_hf_roundtrip(void **state) {
     (void)state;
     ql_gguf *g = open_stories();
     if (!g) skip();
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf");
     char p[1024];
     assert_int_equal(ql_hf_save(g, dir), QL_OK);
 
@@ -246,7 +224,7 @@ static void test_hf_roundtrip(void **state) {
                         ql_gguf_get_str(h, "tokenizer.ggml.model"));
 
     /* GGUF -> HF -> GGUF again, through a written GGUF file */
-    char *dir2 = make_tmpdir();
+    char *dir2 = ql_test_mkdtemp("hf");
     assert_int_equal(ql_hf_save(h, dir2), QL_OK);
     ql_gguf *h2;
     assert_int_equal(ql_hf_load(dir2, &h2), QL_OK);
@@ -266,8 +244,8 @@ static void test_hf_roundtrip(void **state) {
     assert_false(m->cfg.tied_output);
     ql_model_free(m);
     ql_gguf_free(g);
-    rm_tree(dir2);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir2);
+    ql_test_rm_flat_dir(dir);
 }
 
 static void test_hf_save_rejects_quantized(void **state) {
@@ -281,14 +259,14 @@ static void test_hf_save_rejects_quantized(void **state) {
     static uint8_t blocks[34 * 32]; /* q8_0: 32 rows of one 34-byte block */
     int64_t ne[2] = {32, 32};
     assert_true(ql_gguf_add_tensor(g, "token_embd.weight", QL_TYPE_Q8_0, 2, ne, blocks) >= 0);
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf");
     assert_int_equal(ql_hf_save(g, dir), QL_ERR_UNSUPPORTED);
     assert_non_null(strstr(ql_last_error(), "token_embd.weight"));
     char p[1024];
     join(p, sizeof p, dir, "model.safetensors");
     assert_int_equal(access(p, F_OK), -1); /* nothing half-written */
     ql_gguf_free(g);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* A qwen2 folder: arch qwen2, biases mapped, no permutation. Built from stories260K tensors. */
@@ -296,7 +274,7 @@ static void test_hf_qwen2_no_permute(void **state) {
     (void)state;
     ql_gguf *g = open_stories();
     if (!g) skip();
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf");
     assert_int_equal(ql_hf_save(g, dir), QL_OK);
     char p[1024];
     join(p, sizeof p, dir, "config.json");
@@ -324,14 +302,14 @@ static void test_hf_qwen2_no_permute(void **state) {
     free(tmp);
     ql_gguf_free(h);
     ql_gguf_free(g);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 static void test_hf_sharded(void **state) {
     (void)state;
     ql_gguf *g = open_stories();
     if (!g) skip();
-    char *dir = make_tmpdir(), *sdir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf"), *sdir = ql_test_mkdtemp("hf");
     assert_int_equal(ql_hf_save(g, dir), QL_OK);
     char p[1024], q[1024];
     join(p, sizeof p, dir, "model.safetensors");
@@ -388,15 +366,15 @@ static void test_hf_sharded(void **state) {
     ql_gguf_free(st);
     ql_unmap_file(addr, len);
     ql_gguf_free(g);
-    rm_tree(sdir);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(sdir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* ---------------------------------------------------------------- hostile safetensors / config */
 
 static void test_safetensors_corrupt(void **state) {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf");
     char p[1024];
     join(p, sizeof p, dir, "config.json");
     write_text(p, "{\"model_type\": \"llama\", \"hidden_size\": 4, \"num_hidden_layers\": 1, "
@@ -499,7 +477,7 @@ static void test_safetensors_corrupt(void **state) {
     /* no weights at all */
     unlink(p);
     assert_error_names(ql_hf_load(dir, &h), QL_ERR_IO, dir);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* ---------------------------------------------------------------- llama2.c */
@@ -602,7 +580,7 @@ static void test_llama2c(void **state) {
     (void)state;
     ql_gguf *g = open_stories();
     if (!g) skip();
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf");
     char p[1024], t[1024];
     static const struct {
         int version;
@@ -668,7 +646,7 @@ static void test_llama2c(void **state) {
     assert_error_names(ql_llama2c_load(t, &h), QL_ERR_FORMAT, "broken.bin");
     free(buf);
     ql_gguf_free(g);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 int main(void) {

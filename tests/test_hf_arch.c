@@ -28,28 +28,6 @@
 
 /* ---------------------------------------------------------------- fixtures */
 
-static char *make_tmpdir(void) {
-    char *d = strdup("/tmp/qlab_test_hf_arch_XXXXXX");
-    assert_non_null(mkdtemp(d));
-    return d;
-}
-
-static void rm_tree(char *dir) { /* the fixtures are flat folders */
-    DIR *dd = opendir(dir);
-    if (dd) {
-        struct dirent *e;
-        char p[1024];
-        while ((e = readdir(dd))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-        closedir(dd);
-    }
-    rmdir(dir);
-    free(dir);
-}
-
 static void write_text(const char *dir, const char *name, const char *s) {
     char p[1024];
     snprintf(p, sizeof p, "%s/%s", dir, name);
@@ -192,7 +170,7 @@ static void roundtrip_one(const char *name) {
     if (!shared_path(path, sizeof path, rel)) skip();
     ql_gguf *g, *h;
     assert_int_equal(ql_gguf_open(path, &g), QL_OK);
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     assert_int_equal(ql_hf_save(g, dir), QL_OK);
     if (ql_hf_load(dir, &h) != QL_OK) fail_msg("%s: %s", name, ql_last_error());
 
@@ -261,7 +239,7 @@ static void roundtrip_one(const char *name) {
     json_decref(c);
 
     /* a second trip gives the same folder contents (the transforms invert exactly) */
-    char *dir2 = make_tmpdir();
+    char *dir2 = ql_test_mkdtemp("hf_arch");
     assert_int_equal(ql_hf_save(h, dir2), QL_OK);
     ql_gguf *h2;
     assert_int_equal(ql_hf_load(dir2, &h2), QL_OK);
@@ -269,10 +247,10 @@ static void roundtrip_one(const char *name) {
     for (int64_t i = 0; i < g->n_tensors; i++)
         assert_memory_equal(g->tensors[i].data, tensor(h2, g->tensors[i].name)->data, g->tensors[i].nbytes);
     ql_gguf_free(h2);
-    rm_tree(dir2);
+    ql_test_rm_flat_dir(dir2);
     ql_gguf_free(h);
     ql_gguf_free(g);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 static void test_roundtrip_llama3(void **state) { (void)state, roundtrip_one("llama3"); }
@@ -289,7 +267,7 @@ static void test_gemma_norm_shift(void **state) {
     if (!shared_path(path, sizeof path, "testdata/arch-variants/gemma2.gguf")) skip();
     ql_gguf *g;
     assert_int_equal(ql_gguf_open(path, &g), QL_OK);
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     assert_int_equal(ql_hf_save(g, dir), QL_OK);
     char st[1024];
     snprintf(st, sizeof st, "%s/model.safetensors", dir);
@@ -319,7 +297,7 @@ static void test_gemma_norm_shift(void **state) {
     fclose(f);
     json_decref(hdr);
     ql_gguf_free(g);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* The folder exporters (gptq/awq/...) shift Gemma's norms the same way: a float norm leaves as w. */
@@ -329,7 +307,7 @@ static void test_exporter_norm_shift(void **state) {
     if (!shared_path(path, sizeof path, "testdata/arch-variants/gemma3.gguf")) skip();
     ql_gguf *g;
     assert_int_equal(ql_gguf_open(path, &g), QL_OK);
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     char out[600];
     snprintf(out, sizeof out, "%s/gptq", dir);
     static const char *names[] = {"blk.2.attn_k_norm.weight", "blk.0.attn_q.weight"};
@@ -377,7 +355,7 @@ static void test_exporter_norm_shift(void **state) {
         unlink(p2);
     }
     rmdir(out);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* ---------------------------------------------------------------- hand-written configs */
@@ -386,7 +364,7 @@ static void test_exporter_norm_shift(void **state) {
  * for these parameters are llama3.gguf's own (made by that computation) */
 static void test_config_llama3(void **state) {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     write_text(dir, "config.json",
                "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"hidden_size\":64,"
                "\"intermediate_size\":96,\"num_hidden_layers\":1,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
@@ -429,14 +407,14 @@ static void test_config_llama3(void **state) {
         ql_gguf_free(g);
     }
     ql_gguf_free(h);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* gemma2 as transformers writes it: norms come out as 1 + w, post/pre norms under llama.cpp's names,
  * soft-caps and window as keys, lm_head (AutoAWQ adds one) dropped */
 static void test_config_gemma2(void **state) {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     write_text(dir, "config.json",
                "{\"architectures\":[\"Gemma2ForCausalLM\"],\"model_type\":\"gemma2\",\"attention_bias\":false,"
                "\"attn_logit_softcapping\":50.0,\"cache_implementation\":\"hybrid\",\"final_logit_softcapping\":30.0,"
@@ -515,14 +493,14 @@ static void test_config_gemma2(void **state) {
     assert_int_not_equal(ql_hf_load(dir, &h), QL_OK);
     assert_non_null(strstr(ql_last_error(), "model.layers.1.post_feedforward_layernorm.weight"));
     assert_non_null(strstr(ql_last_error(), dir));
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* Gemma 3 4B+: Gemma3ForConditionalGeneration, text fields under text_config (defaults from the
  * config class where absent), weights under language_model., a vision tower to leave out */
 static void test_config_gemma3_nested(void **state) {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     write_text(dir, "config.json",
                "{\"architectures\":[\"Gemma3ForConditionalGeneration\"],\"model_type\":\"gemma3\","
                "\"text_config\":{\"hidden_size\":64,\"intermediate_size\":96,\"model_type\":\"gemma3_text\","
@@ -603,7 +581,7 @@ static void test_config_gemma3_nested(void **state) {
         assert_non_null(strstr(ql_last_error(), bad[i].want));
         assert_null(strchr(ql_last_error(), '\n'));
     }
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* A sliding-window layout no period describes (layers 1 and 3 of gemma3's six global): GGUF's per-layer bool
@@ -616,7 +594,7 @@ static void test_gemma3_per_layer_pattern(void **state) {
     assert_int_equal(ql_gguf_open(path, &g), QL_OK);
     const uint8_t flags[6] = {1, 0, 1, 0, 1, 1};
     ql_gguf_set_arr(g, "gemma3.attention.sliding_window_pattern", QL_GGUF_BOOL, flags, 6);
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     assert_int_equal(ql_hf_save(g, dir), QL_OK);
     json_t *c = load_config(dir);
     const json_t *lt = json_object_get(c, "layer_types");
@@ -654,14 +632,14 @@ static void test_gemma3_per_layer_pattern(void **state) {
     free(lb);
     ql_model_free(ma);
     ql_model_free(mb);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* Phi-3 with LongRoPE (Phi-3-mini-128k style): the factors become llama.cpp's rope_factors_long/short
  * tensors and the attention factor a key; the fused projections keep their layout */
 static void test_config_phi3_longrope(void **state) {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     write_text(dir, "config.json",
                "{\"architectures\":[\"Phi3ForCausalLM\"],\"model_type\":\"phi3\",\"hidden_size\":64,"
                "\"intermediate_size\":96,\"num_hidden_layers\":1,\"num_attention_heads\":4,\"num_key_value_heads\":4,"
@@ -696,7 +674,7 @@ static void test_config_phi3_longrope(void **state) {
     assert_int_equal(ql_gguf_find_kv(h, "phi3.rope.scaling.type"), -1);
 
     /* and back: config.json gets the factors, the folder no factor tensors */
-    char *dir2 = make_tmpdir();
+    char *dir2 = ql_test_mkdtemp("hf_arch");
     assert_int_equal(ql_hf_save(h, dir2), QL_OK);
     json_t *c = load_config(dir2);
     json_t *rs = json_object_get(c, "rope_scaling");
@@ -710,15 +688,15 @@ static void test_config_phi3_longrope(void **state) {
     assert_memory_equal(tensor(h2, "rope_factors_long.weight")->data, lf, 8 * sizeof(float));
     assert_true(key_f64(h2, "phi3.rope.scaling.attn_factor") == key_f64(h, "phi3.rope.scaling.attn_factor"));
     ql_gguf_free(h2);
-    rm_tree(dir2);
+    ql_test_rm_flat_dir(dir2);
     ql_gguf_free(h);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* qwen2 / qwen3 configs: biases, q/k norms, head_dim from config, YaRN keys */
 static void test_config_qwen(void **state) {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     write_text(dir, "config.json",
                "{\"architectures\":[\"Qwen3ForCausalLM\"],\"model_type\":\"qwen3\",\"attention_bias\":false,"
                "\"head_dim\":32,\"hidden_act\":\"silu\",\"hidden_size\":64,\"intermediate_size\":96,"
@@ -754,13 +732,13 @@ static void test_config_qwen(void **state) {
     assert_true(((const float *)tensor(h, "blk.0.attn_q.weight")->data)[64 * 3] == st_value(ts, 3, 64 * 3, 9));
     assert_true(((const float *)tensor(h, "blk.0.attn_q_norm.weight")->data)[2] == st_value(ts, 6, 2, 9));
     ql_gguf_free(h);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* ---------------------------------------------------------------- refusals */
 
 static void expect_refusal(const char *config, ql_status want, const char *needle) {
-    char *dir = make_tmpdir();
+    char *dir = ql_test_mkdtemp("hf_arch");
     write_text(dir, "config.json", config);
     const st_tensor ts[] = {{"model.embed_tokens.weight", 2, {32, 64}}};
     write_safetensors(dir, ts, 1, 1);
@@ -770,7 +748,7 @@ static void expect_refusal(const char *config, ql_status want, const char *needl
     const char *e = ql_last_error();
     if (!strstr(e, needle) || !strstr(e, dir)) fail_msg("error '%s' should name %s and '%s'", e, dir, needle);
     assert_null(strchr(e, '\n'));
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 static void test_refusals(void **state) {

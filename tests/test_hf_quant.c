@@ -94,31 +94,9 @@ static const struct {
 };
 #define N_LIN 7
 
-static char *make_tmpdir(void) {
-    char *d = strdup("/tmp/qlab_test_hfq_XXXXXX");
-    assert_non_null(mkdtemp(d));
-    return d;
-}
-
-static void rm_tree(char *dir) {
-    DIR *dd = opendir(dir);
-    if (dd) {
-        struct dirent *e;
-        char p[1024];
-        while ((e = readdir(dd))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-        closedir(dd);
-    }
-    rmdir(dir);
-    free(dir);
-}
-
 /* config.json (with quant_config text spliced in) and model.safetensors; frees the folder's buffers */
 static char *write_folder(folder *f, const char *quant_config) {
-    char *dir = make_tmpdir(), path[512];
+    char *dir = ql_test_mkdtemp("hfq"), path[512];
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *fp = fopen(path, "w");
     assert_non_null(fp);
@@ -321,7 +299,7 @@ static void test_gptq(void **state) {
     char *dir = write_folder(&f, "{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 32, \"sym\": false, \"desc_act\": true}");
     check_loaded(dir, &x);
     expect_free(&x);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* 8-bit and 3-bit GPTQ (3-bit codes straddle words), per channel, and v2 zero points */
@@ -350,7 +328,7 @@ static void test_gptq_bits(void **state) {
         char *dir = write_folder(&f, cases[c].cfg);
         check_loaded(dir, &x);
         expect_free(&x);
-        rm_tree(dir);
+        ql_test_rm_flat_dir(dir);
     }
 }
 
@@ -387,7 +365,7 @@ static void test_awq(void **state) {
     char *dir = write_folder(&f, "{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 64, \"version\": \"gemm\", \"zero_point\": true}");
     check_loaded(dir, &x);
     expect_free(&x);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* compressed-tensors, three config groups: q/k/v int4 g32 sym (pack-quantized), o_proj int8 per tensor
@@ -468,7 +446,7 @@ static void test_compressed_tensors(void **state) {
     assert_null(ql_gguf_get(g, "qlab.act.mode.blk.0.attn_q.weight"));
     ql_gguf_free(g);
     expect_free(&x);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* compressed-tensors int8 per tensor ("int-quantized": I8 weights, a BF16 scale) on every linear, q/k
@@ -507,7 +485,7 @@ static void test_ct_tensor_qk(void **state) {
     char *dir = write_folder(&f, "{\"quant_method\": \"compressed-tensors\", \"format\": \"int-quantized\", \"config_groups\": {"
                                  "\"g\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"symmetric\": true, \"strategy\": \"tensor\"}}}}");
     check_loaded(dir, &x);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
     expect_free(&x);
     /* static input activations need input_scale: without one the folder is refused naming the module */
     memset(&x, 0, sizeof x);
@@ -516,7 +494,7 @@ static void test_ct_tensor_qk(void **state) {
                            "\"g\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"symmetric\": true, \"strategy\": \"tensor\"},"
                            "\"input_activations\": {\"num_bits\": 8, \"type\": \"int\", \"symmetric\": true, \"strategy\": \"tensor\", \"dynamic\": false}}}}");
     check_refused(dir, "input_scale");
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
     expect_free(&x);
 }
 
@@ -582,7 +560,7 @@ static void test_bnb(void **state) {
                                          : "{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, \"bnb_4bit_quant_type\": \"fp4\"}");
         check_loaded(dir, &x);
         expect_free(&x);
-        rm_tree(dir);
+        ql_test_rm_flat_dir(dir);
     }
     /* LLM.int8: w = q * SCB / 127 in F32 */
     folder f = {0};
@@ -610,7 +588,7 @@ static void test_bnb(void **state) {
     char *dir = write_folder(&f, "{\"quant_method\": \"bitsandbytes\", \"load_in_8bit\": true}");
     check_loaded(dir, &x);
     expect_free(&x);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 /* ---------------------------------------------------------------- hostile folders */
@@ -628,7 +606,7 @@ static void gptq_harmed(void (*harm)(folder *f), const char *cfg, const char *ne
     harm(&f);
     char *dir = write_folder(&f, cfg);
     check_refused(dir, needle);
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 static st_t *find(folder *f, const char *name) {
@@ -677,7 +655,7 @@ static void test_hostile(void **state) {
     memset(find(&f, "model.layers.0.self_attn.k_proj.weight.quant_state.bitsandbytes__nf4")->data, '[', 4);
     char *dir = write_folder(&f, "{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true}");
     check_refused(dir, "k_proj.weight.quant_state");
-    rm_tree(dir);
+    ql_test_rm_flat_dir(dir);
 }
 
 int main(void) {

@@ -46,4 +46,33 @@ static inline void ql_test_order_from_env(struct CMUnitTest *t, size_t n) {
         }
 }
 #endif
+#ifdef cmocka_unit_test
+#include <dirent.h>
+#include <unistd.h>
+/* A fresh folder /tmp/qlab_test_TAG_XXXXXX (caller frees the name, or hands it to ql_test_rm_flat_dir). */
+static inline char *ql_test_mkdtemp(const char *tag) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "/tmp/qlab_test_%s_XXXXXX", tag);
+    char *d = strdup(buf);
+    assert_non_null(mkdtemp(d));
+    return d;
+}
+
+/* Remove a fixture folder holding only files (fixtures are flat), and free its name. */
+static inline void ql_test_rm_flat_dir(char *dir) {
+    DIR *dd = opendir(dir);
+    if (dd) {
+        struct dirent *e;
+        char p[1024];
+        while ((e = readdir(dd))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+        closedir(dd);
+    }
+    rmdir(dir);
+    free(dir);
+}
+#endif
 #endif
