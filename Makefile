@@ -127,8 +127,8 @@ check-layers:
 check-mixes: all
 	@bash tests/mixes_check.sh
 
-bench: all $(BUILD)/bench/quip_bench
-	@QLAB=./$(BIN) QUIP_BENCH=$(BUILD)/bench/quip_bench bash bench/run.sh
+bench: all $(BUILD)/bench/quip_bench $(BUILD)/tests/test_simd $(BUILD)/tests/test_simd2
+	@QLAB=./$(BIN) QUIP_BENCH=$(BUILD)/bench/quip_bench SIMD_TESTS=$(BUILD)/tests bash bench/run.sh
 
 # Each harness also links with a plain driver (fuzz/replay_main.c) so `make test` replays tests/corpus/NAME/
 # through it, under ASan+UBSan in `make asan`.
