@@ -7,9 +7,12 @@ SHARED=${QL_SHARED:-../shared}
 T=$(mktemp -d /tmp/qlab-cli-XXXXXX)
 trap 'rm -rf "$T"' EXIT
 fail=0; pass=0; skipped=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1"; }
-skip() { skipped=$((skipped + 1)); echo "SKIP $1"; }
+# each line says how long since the previous one ([+Ns], from bash's SECONDS), so a slow check shows in CI logs
+last_t=$SECONDS
+tick() { local d=$((SECONDS - last_t)); last_t=$SECONDS; dt=""; [ "$d" -gt 0 ] && dt=" [+${d}s]"; return 0; }
+ok() { pass=$((pass + 1)); tick; echo "ok   $1$dt"; }
+bad() { fail=$((fail + 1)); tick; echo "FAIL $1$dt"; }
+skip() { skipped=$((skipped + 1)); tick; echo "SKIP $1$dt"; }
 # expect_error NAME WANT-SUBSTRING CMD...: exit code 1 or 2, one line on stderr naming WANT, no signal
 expect_error() {
   local name=$1 want=$2; shift 2
