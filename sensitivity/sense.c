@@ -854,25 +854,33 @@ ql_status ql_sense_parse_act_candidates(const char *list, char ***out, int *n_ou
     return QL_OK;
 }
 
-void ql_sense_set_act(ql_sense *s, char *const *acts, int n_act) {
-    ql_sense_act_cell *cells = ql_calloc((size_t)s->n_tensors * (size_t)(n_act > 0 ? n_act : 1), sizeof *cells);
-    char **names = ql_calloc((size_t)(n_act > 0 ? n_act : 1), sizeof *names);
-    for (int a = 0; a < n_act; a++) {
-        names[a] = ql_strdup(acts[a]);
+/* Re-grid a rows × schemes table of runtime cells onto the scheme names want: the cells of a scheme the
+ * table already has are kept when keep_old, every other cell is unmeasured. Replaces *names and *cells. */
+static void regrid_scheme_cells(char ***names, ql_sense_act_cell **cells, int *n, int rows, char *const *want,
+                                int n_want, bool keep_old) {
+    const size_t cols = (size_t)(n_want > 0 ? n_want : 1);
+    ql_sense_act_cell *nc = ql_calloc((size_t)(rows > 0 ? rows : 1) * cols, sizeof *nc);
+    char **nn = ql_calloc(cols, sizeof *nn);
+    for (int a = 0; a < n_want; a++) {
+        nn[a] = ql_strdup(want[a]);
         int old = -1;
-        for (int k = 0; k < s->n_act && old < 0; k++)
-            if (!strcmp(s->act[k], acts[a])) old = k;
-        for (int t = 0; t < s->n_tensors; t++) {
-            ql_sense_act_cell *c = &cells[(size_t)t * n_act + a];
-            if (old >= 0) *c = *ql_sense_act_cell_at(s, t, old);
+        for (int k = 0; k < *n && old < 0 && keep_old; k++)
+            if (!strcmp((*names)[k], want[a])) old = k;
+        for (int r = 0; r < rows; r++) {
+            ql_sense_act_cell *c = &nc[(size_t)r * (size_t)n_want + (size_t)a];
+            if (old >= 0) *c = (*cells)[(size_t)r * (size_t)*n + (size_t)old];
             else c->level = -1, c->kld = c->dppl = NAN;
         }
     }
-    ql_sense_free_strings(s->act, s->n_act);
-    free(s->act_cells);
-    s->act = names;
-    s->act_cells = cells;
-    s->n_act = n_act;
+    ql_sense_free_strings(*names, *n);
+    free(*cells);
+    *names = nn;
+    *cells = nc;
+    *n = n_want;
+}
+
+void ql_sense_set_act(ql_sense *s, char *const *acts, int n_act) {
+    regrid_scheme_cells(&s->act, &s->act_cells, &s->n_act, s->n_tensors, acts, n_act, true);
 }
 
 ql_status ql_sense_measure_act(ql_sense *s, const ql_model *m, const ql_sense_opts *o, const ql_progress *progress) {
@@ -989,26 +997,9 @@ ql_status ql_sense_parse_kv_candidates(const char *list, char ***out, int *n_out
 }
 
 void ql_sense_set_kv(ql_sense *s, char *const *kv, int n_kv, int n_layer, int n_head_kv, int head_dim) {
+    /* cells measured on another cache geometry mean nothing here */
     const bool same = s->kv_layers == n_layer && s->kv_heads == n_head_kv && s->kv_head_dim == head_dim;
-    const size_t rows = (size_t)(n_layer > 0 ? n_layer : 1), cols = (size_t)(n_kv > 0 ? n_kv : 1);
-    ql_sense_act_cell *cells = ql_calloc(rows * cols, sizeof *cells);
-    char **names = ql_calloc(cols, sizeof *names);
-    for (int a = 0; a < n_kv; a++) {
-        names[a] = ql_strdup(kv[a]);
-        int old = -1;
-        for (int k = 0; k < s->n_kv && old < 0 && same; k++)
-            if (!strcmp(s->kv[k], kv[a])) old = k;
-        for (int l = 0; l < n_layer; l++) {
-            ql_sense_act_cell *c = &cells[(size_t)l * (size_t)n_kv + (size_t)a];
-            if (old >= 0) *c = *ql_sense_kv_cell_at(s, l, old);
-            else c->level = -1, c->kld = c->dppl = NAN;
-        }
-    }
-    ql_sense_free_strings(s->kv, s->n_kv);
-    free(s->kv_cells);
-    s->kv = names;
-    s->kv_cells = cells;
-    s->n_kv = n_kv;
+    regrid_scheme_cells(&s->kv, &s->kv_cells, &s->n_kv, n_layer, kv, n_kv, same);
     s->kv_layers = n_layer, s->kv_heads = n_head_kv, s->kv_head_dim = head_dim;
 }
 
