@@ -5,7 +5,8 @@
  * encoding finds the nearest codeword (brute force over all 65536 on random points); the RHT of a
  * matrix and of a Hessian agree (output error is invariant); LDLQ has a lower Hessian-weighted error
  * than rounding alone on a random correlated H; e8p tensors survive a GGUF write and read bit for bit;
- * rotation + INTn beats INTn on heavy-tailed weights. */
+ * rotation + INTn beats INTn on heavy-tailed weights; the AVX2 pattern scan equals the scalar one bit for
+ * bit on random and adversarial points (zeros, ±0, Inf, NaN, huge values, ties). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -24,7 +25,9 @@
 #include "formats/fmt_quip.h"
 #include "formats/format.h"
 #include "kernels/e8p.h"
+#include "kernels/e8p_internal.h"
 #include "kernels/hadamard.h"
+#include "kernels/simd.h"
 #include "methods/method.h"
 #include "tests/test_util.h"
 
@@ -257,6 +260,57 @@ static void test_rht_consistent(void **state) {
     free(w), free(d), free(wr), free(dr), free(H), free(Hr);
 }
 
+/* ---- the AVX2 pattern scan against the scalar reference ---- */
+
+static void scan_inputs(const float z[8], float az[8], unsigned *neg, float *zz) {
+    *neg = 0, *zz = 0;
+    for (int i = 0; i < 8; i++) {
+        az[i] = z[i] < 0 ? -z[i] : z[i];
+        *zz += z[i] * z[i];
+        if (z[i] < 0) *neg |= 1u << i;
+    }
+}
+
+static void test_e8p_scan_avx2(void **state) {
+    (void)state;
+#ifdef QL_E8P_AVX2
+    if (ql_simd_detect() < QL_SIMD_AVX2) {
+        print_message("SKIP: this CPU has no AVX2\n");
+        skip();
+    }
+    const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e30f, -3e38f, 0.25f, -0.75f, 1.75f, 1e-40f};
+    const int nspec = (int)QL_ARRAY_LEN(specials);
+    int checked = 0;
+    for (int t = 0; t < 20000; t++) {
+        float z[8];
+        const int kind = t % 5;
+        for (int i = 0; i < 8; i++) {
+            if (kind == 0) z[i] = (float)(rnd_n() * 1.5);
+            else if (kind == 1) z[i] = (float)((int)(rnd_u() * 8) - 4) * 0.5f + 0.25f; /* on the lattice: ties */
+            else if (kind == 2) z[i] = specials[(int)(rnd_u() * nspec)];
+            else if (kind == 3) z[i] = rnd_u() < 0.2 ? specials[(int)(rnd_u() * nspec)] : (float)rnd_n();
+            else z[i] = (float)(rnd_n() * (rnd_u() < 0.1 ? 1e6 : 1e-3)); /* outliers and tiny values */
+        }
+        if (t == 0) memset(z, 0, sizeof z);
+        float az[8], zz;
+        unsigned neg;
+        scan_inputs(z, az, &neg, &zz);
+        for (int npat = 8; npat <= QL_E8P_PATTERNS; npat += 248) {
+            unsigned cr = 0xFFFFFFFFu, ca = 0xFFFFFFFEu;
+            const float dr = ql_e8p_scan_ref(az, neg, zz, npat, &cr), da = ql_e8p_scan_avx2(az, neg, zz, npat, &ca);
+            if (cr != ca || memcmp(&dr, &da, sizeof dr) != 0)
+                fail_msg("point %d (kind %d, %d patterns): ref code %u d %a, avx2 code %u d %a", t, kind, npat, cr,
+                         (double)dr, ca, (double)da);
+            checked++;
+        }
+    }
+    assert_int_equal(checked, 40000);
+#else
+    print_message("SKIP: not an x86 build\n");
+    skip();
+#endif
+}
+
 /* ---- LDLQ vs rounding alone, e8p and the RVQ stages ---- */
 
 static void test_ldlq_beats_rtn(void **state) {
@@ -385,6 +439,7 @@ int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hadamard_sizes),     cmocka_unit_test(test_hadamard_refuses_172),
         cmocka_unit_test(test_e8p_codebook),       cmocka_unit_test(test_e8p_nearest),
+        cmocka_unit_test(test_e8p_scan_avx2),
         cmocka_unit_test(test_rht_consistent),     cmocka_unit_test(test_ldlq_beats_rtn),
         cmocka_unit_test(test_rotation_helps_int), cmocka_unit_test(test_gguf_round_trip),
     };
