@@ -38,7 +38,7 @@ CFLAGS  += -DQL_HAVE_MPI $(MPI_CFLAGS)
 LDLIBS  += $(MPI_LIBS)
 endif
 
-.PHONY: check-layers check-mixes all test test-run asan bench clean detect test-cuda fuzz deps run
+.PHONY: check-layers check-mixes all test test-run test-build asan bench clean detect test-cuda fuzz deps run
 all: detect $(BIN)
 
 # Installs missing Debian packages when root (else prints the apt-get line); `make run` and
@@ -95,9 +95,15 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libqlab.a $$(TEST_OBJS_$$*)
 test: deps
 	@$(MAKE) --no-print-directory test-run
 
-test-run: check-layers all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/tests/libqlfault.so $(FUZZERS:%=$(BUILD)/fuzz/%)
-	@fail=0; for t in $(TESTS); do echo "== $$t"; t0=$$(date +%s); QLAB=$(CURDIR)/$(BIN) $(BUILD)/tests/$$t || fail=1; \
-	   echo "-- $$t: $$(($$(date +%s) - t0)) s"; done; \
+# The binaries are built by a sub-make with one job per core (CI's clean clone spends minutes compiling);
+# the cmocka tests run JOBS at a time (scripts/run_tests.sh), then cli_test, the corpus replays and the
+# fault injection one after another; each prints its seconds.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+test-build: check-layers all $(TESTS:%=$(BUILD)/tests/%) $(BUILD)/tests/libqlfault.so $(FUZZERS:%=$(BUILD)/fuzz/%)
+
+test-run:
+	@$(MAKE) --no-print-directory -j$(JOBS) test-build
+	@fail=0; QLAB=$(CURDIR)/$(BIN) bash scripts/run_tests.sh $(BUILD) $(JOBS) $(TESTS) || fail=1; \
 	 if [ -x tests/cli_test.sh ]; then echo "== cli_test.sh"; t0=$$(date +%s); \
 	   QL_QUICK=$(QL_QUICK) QLAB=$(CURDIR)/$(BIN) bash tests/cli_test.sh || fail=1; echo "-- cli_test.sh: $$(($$(date +%s) - t0)) s"; fi; \
 	 for h in $(FUZZERS); do c=tests/corpus/$${h#fuzz_}; [ -d $$c ] || continue; echo "== replay $$c"; \
