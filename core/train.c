@@ -289,25 +289,27 @@ void ql_tr_rmsnorm_bwd(double *dx, double *dw, const double *dy, const double *x
 }
 
 /* A rotation of each pair; its transpose (the backward) is the rotation by minus the angle. */
-void ql_tr_rope(const ql_train_model *tm, double *x, int T, int n_heads, bool inverse) {
+void ql_tr_rope_row(const ql_train_model *tm, double *x, int n_heads, int pos, bool inverse) {
     const ql_config *c = &tm->cfg;
     const int hd = c->head_dim, half = c->rope_dim / 2;
     const float pos_scale = 1.0f / (c->rope_scale > 0 ? c->rope_scale : 1.0f);
-    for (int t = 0; t < T; t++) {
-        /* the angle as the backend computes it: float position times float frequency */
-        const float pos = (float)t * pos_scale;
-        for (int i = 0; i < half; i++) {
-            const float theta = pos * (float)tm->rope_freq[i];
-            const double cs = cos((double)theta), sn = inverse ? -sin((double)theta) : sin((double)theta);
-            for (int h = 0; h < n_heads; h++) {
-                double *r = x + ((size_t)t * n_heads + h) * hd;
-                int a = c->rope_neox ? i : 2 * i, b = c->rope_neox ? i + half : 2 * i + 1;
-                double x0 = r[a], x1 = r[b];
-                r[a] = x0 * cs - x1 * sn;
-                r[b] = x0 * sn + x1 * cs;
-            }
+    /* the angle as the backend computes it: float position times float frequency */
+    const float fpos = (float)pos * pos_scale;
+    for (int i = 0; i < half; i++) {
+        const float theta = fpos * (float)tm->rope_freq[i];
+        const double cs = cos((double)theta), sn = inverse ? -sin((double)theta) : sin((double)theta);
+        for (int h = 0; h < n_heads; h++) {
+            double *r = x + (size_t)h * hd;
+            int a = c->rope_neox ? i : 2 * i, b = c->rope_neox ? i + half : 2 * i + 1;
+            double x0 = r[a], x1 = r[b];
+            r[a] = x0 * cs - x1 * sn;
+            r[b] = x0 * sn + x1 * cs;
         }
     }
+}
+
+void ql_tr_rope(const ql_train_model *tm, double *x, int T, int n_heads, bool inverse) {
+    for (int t = 0; t < T; t++) ql_tr_rope_row(tm, x + (size_t)t * n_heads * tm->cfg.head_dim, n_heads, t, inverse);
 }
 
 void ql_tr_attention_fwd(const ql_config *c, double *out, double *P, const double *q, const double *k, const double *v,

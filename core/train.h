@@ -111,6 +111,9 @@ void ql_tr_rmsnorm_bwd(double *dx, double *dw, const double *dy, const double *x
                        const double *w, int T, int D);
 /* Rotates each head of x[T, n_heads·head_dim] in place (row t at position t); inverse = the backward. */
 void ql_tr_rope(const ql_train_model *tm, double *x, int T, int n_heads, bool inverse);
+/* One row of n_heads heads at position pos (ql_tr_rope is this for rows 0..T-1; the KV-cached decoder's
+ * rows all sit at one position). */
+void ql_tr_rope_row(const ql_train_model *tm, double *x, int n_heads, int pos, bool inverse);
 /* Causal grouped-query attention: out[T, H·hd] from q [T, H·hd], k, v [T, HKV·hd]; P [H, T, T] keeps the
  * probabilities. */
 void ql_tr_attention_fwd(const ql_config *c, double *out, double *P, const double *q, const double *k,
@@ -121,6 +124,22 @@ void ql_tr_attention_bwd(const ql_config *c, double *dq, double *dk, double *dv,
 /* h = silu(g)·u; backward: dg, du overwritten */
 void ql_tr_swiglu_fwd(double *h, const double *g, const double *u, size_t n);
 void ql_tr_swiglu_bwd(double *dg, double *du, const double *dh, const double *g, const double *u, size_t n);
+
+/* ---- KV-cached decoding (core/train_decode.c) ---- */
+/* Token-by-token forward of up to `batch` sequences in step, each with its own K/V cache of max_tokens
+ * positions: what sampling training text from the float model needs (one pass per token instead of one
+ * per prefix). It runs the same ops as ql_train_forward on the weights the forward would use (eff when
+ * set), without the activation / KV fake quantization; its logits equal ql_train_forward's to rounding
+ * (tests/test_train.c). tm must outlive the decoder and may be shared by decoders on other threads. */
+typedef struct ql_train_decoder ql_train_decoder;
+ql_train_decoder *ql_train_decoder_new(const ql_train_model *tm, int batch, int max_tokens);
+void ql_train_decoder_free(ql_train_decoder *d);
+/* Runs position pos of n_seq (<= batch) sequences: tokens[b] is sequence b's token at pos; positions
+ * 0..pos-1 must have been run by earlier calls (pos 0 starts new sequences). *logits: [n_seq, n_vocab], the
+ * next token's, valid until the next call. */
+ql_status ql_train_decode_step(ql_train_decoder *d, const int32_t *tokens, int n_seq, int pos, const double **logits);
+/* Sets OpenBLAS's thread count (callers parallel over sequences want 1); returns the previous one. */
+int ql_train_blas_threads(int n);
 
 /* ---- optimizer ---- */
 typedef struct {

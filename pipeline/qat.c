@@ -608,10 +608,15 @@ ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm) {
 
 /* ---------------------------------------------------------------- data-free text (LLM-QAT) */
 
+/* Sequences are sampled SAMPLE_BATCH at a time through the KV-cached decoder (core/train_decode.c): batch
+ * k holds sequences k·SAMPLE_BATCH.., a split that does not depend on the thread count, and each sequence
+ * draws from its own random stream, so the text is the same for any number of threads. */
+enum { SAMPLE_BATCH = 16 };
+
 typedef struct {
-    const ql_infer *inf;
-    ql_scratch **sc;
-    float **logits;
+    const ql_train_model *tm;
+    ql_train_decoder **dec;
+    int32_t **step_tok;
     int len, V;
     int32_t bos, eos;
     double temp;
@@ -624,40 +629,50 @@ typedef struct {
     ql_status s;
 } sample_ctx;
 
-static void sample_one(void *ctx_, int worker, int64_t i) {
+/* One token from softmax(logits / T) by inverse CDF, in double for a sum independent of the thread count. */
+static int sample_token(const double *lg, int V, double temp, uint64_t *rng) {
+    double mx = -INFINITY, sum = 0;
+    for (int v = 0; v < V; v++) mx = fmax(mx, lg[v] / temp);
+    for (int v = 0; v < V; v++) sum += exp(lg[v] / temp - mx);
+    *rng = mix(*rng);
+    double u = (double)(*rng >> 11) * 0x1.0p-53 * sum, acc = 0;
+    for (int v = 0; v < V; v++) {
+        acc += exp(lg[v] / temp - mx);
+        if (u < acc) return v;
+    }
+    return V - 1;
+}
+
+static void sample_batch(void *ctx_, int worker, int64_t k) {
     sample_ctx *c = ctx_;
     if (c->s || ql_progress_cancelled(c->progress)) return;
-    int32_t *tok = c->out + i * c->len;
-    float *lg = c->logits[worker];
-    uint64_t rng = mix(c->seed ^ mix((uint64_t)i + 0x5A17));
-    tok[0] = c->bos;
+    const int64_t first = k * SAMPLE_BATCH;
+    const int nb = (int)(c->n - first < SAMPLE_BATCH ? c->n - first : SAMPLE_BATCH);
+    int32_t *step = c->step_tok[worker];
+    uint64_t rng[SAMPLE_BATCH];
+    for (int b = 0; b < nb; b++) {
+        rng[b] = mix(c->seed ^ mix((uint64_t)(first + b) + 0x5A17));
+        c->out[(first + b) * c->len] = c->bos;
+    }
     for (int t = 1; t < c->len; t++) {
-        ql_status s = ql_forward(c->inf, c->sc[worker], tok, t, t - 1, lg);
+        for (int b = 0; b < nb; b++) step[b] = c->out[(first + b) * c->len + t - 1];
+        const double *lg;
+        ql_status s = ql_train_decode_step(c->dec[worker], step, nb, t - 1, &lg);
         if (s) {
             pthread_mutex_lock(&c->lock);
             if (!c->s) c->s = s;
             pthread_mutex_unlock(&c->lock);
             return;
         }
-        /* softmax(logits / T) by inverse CDF, in double for a sum independent of the thread count */
-        double mx = -INFINITY, sum = 0;
-        for (int v = 0; v < c->V; v++) mx = fmax(mx, lg[v] / c->temp);
-        for (int v = 0; v < c->V; v++) sum += exp(lg[v] / c->temp - mx);
-        rng = mix(rng);
-        double u = (double)(rng >> 11) * 0x1.0p-53 * sum, acc = 0;
-        int pick = c->V - 1;
-        for (int v = 0; v < c->V; v++) {
-            acc += exp(lg[v] / c->temp - mx);
-            if (u < acc) {
-                pick = v;
-                break;
-            }
+        for (int b = 0; b < nb; b++) {
+            int pick = sample_token(lg + (size_t)b * c->V, c->V, c->temp, &rng[b]);
+            /* a finished story: the next one starts as the training text's stories do */
+            c->out[(first + b) * c->len + t] = pick == c->eos && c->bos >= 0 ? c->bos : pick;
         }
-        /* a finished story: the next one starts as the training text's stories do */
-        tok[t] = pick == c->eos && c->bos >= 0 ? c->bos : pick;
+        if (ql_progress_cancelled(c->progress)) return;
     }
     pthread_mutex_lock(&c->lock);
-    c->done++;
+    c->done += nb;
     ql_progress_report(c->progress, c->done, c->n, "sampling");
     pthread_mutex_unlock(&c->lock);
 }
@@ -670,31 +685,33 @@ ql_status ql_qat_sample_text(const ql_model *m, int64_t n, int len, double tempe
     if (n <= 0 || len < 2) return ql_fail(QL_ERR_ARG, "sampling: need at least one sequence of 2 tokens or more");
     if (!(temperature > 0) || !isfinite(temperature))
         return ql_fail(QL_ERR_ARG, "sampling temperature %g: it must be a positive number", temperature);
+    const int64_t n_batches = (n + SAMPLE_BATCH - 1) / SAMPLE_BATCH;
     if (n_threads < 1) n_threads = 1;
-    if (n_threads > n) n_threads = (int)n;
-    ql_infer *inf = NULL;
-    ql_status s = ql_infer_new(m, n_threads, &inf);
+    if (n_threads > n_batches) n_threads = (int)n_batches;
+    ql_train_model *tm = NULL;
+    ql_status s = ql_train_model_from(m, &tm);
     if (s) return s;
-    ql_infer_set_op_threads(inf, 1); /* parallel over sequences instead */
-    sample_ctx c = {.inf = inf, .len = len, .V = m->cfg.n_vocab, .bos = bos, .eos = ql_tokenizer_eos(m->tok),
+    const int old_blas = ql_train_blas_threads(1); /* parallel over batches instead */
+    sample_ctx c = {.tm = tm, .len = len, .V = m->cfg.n_vocab, .bos = bos, .eos = ql_tokenizer_eos(m->tok),
                     .temp = temperature, .seed = seed, .out = out, .progress = progress, .n = n};
     pthread_mutex_init(&c.lock, NULL);
-    c.sc = ql_calloc((size_t)n_threads, sizeof *c.sc);
-    c.logits = ql_calloc((size_t)n_threads, sizeof *c.logits);
+    c.dec = ql_calloc((size_t)n_threads, sizeof *c.dec);
+    c.step_tok = ql_calloc((size_t)n_threads, sizeof *c.step_tok);
     for (int w = 0; w < n_threads; w++) {
-        c.sc[w] = ql_scratch_new(inf, len);
-        c.logits[w] = ql_malloc((size_t)c.V * sizeof(float));
+        c.dec[w] = ql_train_decoder_new(tm, SAMPLE_BATCH, len);
+        c.step_tok[w] = ql_malloc(SAMPLE_BATCH * sizeof(int32_t));
     }
-    ql_parallel_items(n_threads, n, sample_one, &c);
+    ql_parallel_items(n_threads, n_batches, sample_batch, &c);
     s = c.s;
     if (!s && ql_progress_cancelled(progress)) s = ql_fail(QL_ERR_CANCELLED, "sampling cancelled");
     for (int w = 0; w < n_threads; w++) {
-        ql_scratch_free(c.sc[w]);
-        free(c.logits[w]);
+        ql_train_decoder_free(c.dec[w]);
+        free(c.step_tok[w]);
     }
-    free(c.sc);
-    free(c.logits);
+    free(c.dec);
+    free(c.step_tok);
     pthread_mutex_destroy(&c.lock);
-    ql_infer_free(inf);
+    ql_train_blas_threads(old_blas);
+    ql_train_model_free(tm);
     return s;
 }

@@ -106,8 +106,8 @@ void ql_lsq_backward(double *dw, double *ds, const double *dv, const double *w, 
 /* Data-free training text (LLM-QAT): n sequences of len tokens sampled from m itself (the float model), each
  * from BOS, every token drawn from softmax(logits / temperature) at the previous position; an EOS is followed
  * by BOS (the next story). Deterministic for a seed whatever n_threads is (sequence i uses its own stream).
- * Each token re-runs its prefix (no incremental cache): cost ~ len²/2 tokens per sequence. progress may be
- * NULL (cancellation: QL_ERR_CANCELLED). out: [n * len]. */
+ * Runs the float model's trainable copy (core/train.h) through the KV-cached decoder, 16 sequences in step:
+ * one token pass per token. progress may be NULL (cancellation: QL_ERR_CANCELLED). out: [n * len]. */
 ql_status ql_qat_sample_text(const ql_model *m, int64_t n, int len, double temperature, uint64_t seed, int n_threads,
                              const ql_progress *progress, int32_t *out);
 

@@ -492,6 +492,61 @@ static void test_fake_quant_matches_infer(void **state) {
     ql_model_free(m);
 }
 
+/* The KV-cached decoder (core/train_decode.c, what --self-text samples with): token by token, three sequences
+ * in step, it gives every position's logits of a full ql_train_forward over each sequence, for MHA and GQA,
+ * adjacent and NeoX rope, tied output with q/k/v biases and separate output without; a sequence decoded alone
+ * gives its logits in the batch; a position past the cache and a token out of range are refused. */
+static void test_decoder_matches_forward(void **state) {
+    (void)state;
+    for (int variant = 0; variant < 4; variant++) {
+        ql_config cfg = small_cfg(variant & 1, 4, variant & 2 ? 2 : 4);
+        cfg.n_embd = 32, cfg.head_dim = 8, cfg.rope_dim = 8, cfg.n_ff = 40, cfg.n_vocab = 23, cfg.n_ctx_train = 24;
+        const bool tied = variant >= 2;
+        cfg.tied_output = tied;
+        ql_train_model *tm = ql_train_model_random(&cfg, tied, 40 + (uint64_t)variant, 0.4);
+        enum { T = 19, NS = 3 };
+        int32_t tok[NS][T];
+        for (int b = 0; b < NS; b++)
+            for (int t = 0; t < T; t++) tok[b][t] = (int32_t)((t * (5 + 2 * b) + 3 * b + variant) % cfg.n_vocab);
+        const int V = cfg.n_vocab;
+        double *ref = malloc((size_t)NS * T * V * sizeof(double));
+        ql_train_acts *a = ql_train_acts_new(&cfg, T);
+        for (int b = 0; b < NS; b++) {
+            const double *lg;
+            assert_int_equal(ql_train_forward(tm, a, tok[b], T, &lg), QL_OK);
+            memcpy(ref + (size_t)b * T * V, lg, (size_t)T * V * sizeof(double));
+        }
+        ql_train_decoder *d = ql_train_decoder_new(tm, 4, T), *d1 = ql_train_decoder_new(tm, 1, T);
+        double err = 0, alone = 0, mag = 0;
+        for (int t = 0; t < T; t++) {
+            int32_t step[NS];
+            for (int b = 0; b < NS; b++) step[b] = tok[b][t];
+            const double *lg, *lg1;
+            assert_int_equal(ql_train_decode_step(d, step, NS, t, &lg), QL_OK);
+            for (int b = 0; b < NS; b++)
+                for (int i = 0; i < V; i++) {
+                    const double r = ref[((size_t)b * T + t) * V + i];
+                    err = fmax(err, fabs(lg[(size_t)b * V + i] - r));
+                    mag = fmax(mag, fabs(r));
+                }
+            assert_int_equal(ql_train_decode_step(d1, &step[2], 1, t, &lg1), QL_OK);
+            for (int i = 0; i < V; i++) alone = fmax(alone, fabs(lg1[i] - lg[2 * V + i]));
+        }
+        assert_true(mag > 0.1); /* the logits are not trivially zero */
+        assert_true(err < 1e-10 * mag);
+        assert_true(alone < 1e-12 * mag);
+        const double *lg;
+        int32_t bad = (int32_t)V;
+        assert_int_not_equal(ql_train_decode_step(d, tok[0], 1, T, &lg), QL_OK); /* past the cache */
+        assert_int_not_equal(ql_train_decode_step(d, &bad, 1, 0, &lg), QL_OK);
+        assert_int_not_equal(ql_train_decode_step(d, tok[0], 5, 0, &lg), QL_OK); /* more than the batch */
+        ql_train_decoder_free(d), ql_train_decoder_free(d1);
+        ql_train_acts_free(a);
+        free(ref);
+        ql_train_model_free(tm);
+    }
+}
+
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grad_linear),    cmocka_unit_test(test_grad_rmsnorm),
@@ -499,7 +554,7 @@ int main(void) {
         cmocka_unit_test(test_grad_swiglu),    cmocka_unit_test(test_grad_model),
         cmocka_unit_test(test_grad_accumulates), cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_forward_matches_infer), cmocka_unit_test(test_recompute_bit_identical),
-        cmocka_unit_test(test_fake_quant_matches_infer),
+        cmocka_unit_test(test_fake_quant_matches_infer), cmocka_unit_test(test_decoder_matches_forward),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
     return cmocka_run_group_tests(tests, NULL, NULL);
