@@ -4,7 +4,8 @@
  * finite ends the run and leaves the last good checkpoint; QAT and both tunings lower the held-out KLD;
  * tuning the norms leaves every matrix as it was; and the exported file's KLD, measured by core/infer.c,
  * is the one the training forward measured (codes re-chosen from the trained weights); LSQ's backward against
- * finite differences and a learned-step run beating the fixed rule; --keep-best handing back the best step. */
+ * finite differences and a learned-step run beating the fixed rule; --keep-best handing back the best step;
+ * the --self-text sampler against a full-forward reference and across thread counts. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -477,6 +478,66 @@ static void test_keep_best(void **state) {
     ql_plan_free(plan);
 }
 
+/* --self-text's sampler (ql_qat_sample_text, the KV-cached decoder): the same text for 1 and 3 threads (three
+ * batches, the last one partial), and the text the plain reference sampler gives — each token drawn from
+ * core/infer.c's full forward over the prefix with the sampler's documented stream per sequence (splitmix64 of
+ * seed ^ mix(i + 0x5A17)), an EOS becoming BOS. Double (decoder) and float (reference) logits may put a draw on
+ * the other side of a CDF boundary once in a long while; all but one sequence must match token for token. */
+static uint64_t ref_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void test_self_text_sampler(void **state) {
+    (void)state;
+    NEED_MODEL();
+    enum { NS = 35, LEN = 40 };
+    const uint64_t seed = 7;
+    int32_t *a = malloc(NS * LEN * sizeof(int32_t)), *b = malloc(NS * LEN * sizeof(int32_t));
+    assert_int_equal(ql_qat_sample_text(g_model, NS, LEN, 1.0, seed, 1, NULL, a), QL_OK);
+    assert_int_equal(ql_qat_sample_text(g_model, NS, LEN, 1.0, seed, 3, NULL, b), QL_OK);
+    assert_memory_equal(a, b, NS * LEN * sizeof(int32_t));
+    const int V = g_model->cfg.n_vocab;
+    const int32_t bos = ql_tokenizer_bos(g_model->tok), eos = ql_tokenizer_eos(g_model->tok);
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(g_model, 1, &inf), QL_OK);
+    ql_scratch *sc = ql_scratch_new(inf, LEN);
+    float *lg = malloc((size_t)V * sizeof(float));
+    int same = 0, distinct = 0;
+    for (int i = 0; i < NS; i++) {
+        int32_t ref[LEN];
+        uint64_t rng = ref_mix(seed ^ ref_mix((uint64_t)i + 0x5A17));
+        ref[0] = bos;
+        for (int t = 1; t < LEN; t++) {
+            assert_int_equal(ql_forward(inf, sc, ref, t, t - 1, lg), QL_OK);
+            double mx = -INFINITY, sum = 0, acc = 0;
+            for (int v = 0; v < V; v++) mx = fmax(mx, lg[v]);
+            for (int v = 0; v < V; v++) sum += exp(lg[v] - mx);
+            rng = ref_mix(rng);
+            const double u = (double)(rng >> 11) * 0x1.0p-53 * sum;
+            int pick = V - 1;
+            for (int v = 0; v < V; v++)
+                if (u < (acc += exp(lg[v] - mx))) {
+                    pick = v;
+                    break;
+                }
+            ref[t] = pick == eos ? bos : pick;
+        }
+        same += !memcmp(ref, a + (size_t)i * LEN, sizeof ref);
+        if (i > 0) distinct += !!memcmp(a, a + (size_t)i * LEN, sizeof ref);
+    }
+    printf("self-text sampler: %d of %d sequences equal to the full-forward reference, %d differ from the first\n",
+           same, NS, distinct);
+    assert_true(same >= NS - 1);
+    assert_true(distinct >= NS - 2); /* the streams are not one stream */
+    free(lg);
+    ql_scratch_free(sc);
+    ql_infer_free(inf);
+    free(a), free(b);
+}
+
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refusals),
@@ -486,6 +547,7 @@ int main(void) {
         cmocka_unit_test(test_lsq_gradient),
         cmocka_unit_test(test_lsq_run),
         cmocka_unit_test(test_keep_best),
+        cmocka_unit_test(test_self_text_sampler),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
     return cmocka_run_group_tests(tests, setup, teardown);
