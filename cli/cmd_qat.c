@@ -38,6 +38,8 @@ static const char *QAT_USAGE =
     "  --lsq                learned step sizes (LSQ) for tensors in INT grid formats (int{n}_g{g}, int{n}_channel):\n"
     "                       one trained step per group, codes and gradients straight through; --lsq-lr X (1e-3)\n"
     "  --ste identity|clip  straight-through gradient: unchanged, or zero outside the row's quantized range\n"
+    "  --teacher FILE       distill from this model instead of MODEL (same geometry): e.g. --tune scales of a\n"
+    "                       QAT export against the float original; --self-text samples from it too\n"
     "  --text FILE          training text in chunks of --ctx tokens (default 256; --chunks N caps them)\n"
     "  --calib SPEC         ...or a calibration set (--samples N --len L --seed S; see qlab calib --help)\n"
     "  --self-text N        ...or N sequences of --ctx tokens sampled from the float model itself (data-free, as\n"
@@ -130,7 +132,7 @@ int cmd_qat(int argc, char **argv) {
     cli_args a;
     cli_args_init(&a, argc, argv, QAT_USAGE);
     const char *flag, *pos, *model = NULL, *out = NULL, *plan_path = NULL, *preset = NULL, *type = NULL, *to = NULL;
-    const char *tune = NULL, *ste = "identity", *ckpt = NULL;
+    const char *tune = NULL, *ste = "identity", *ckpt = NULL, *teacher_path = NULL;
     int steps = 0, accum = 1, warmup = -1, eval_seqs = 8, eval_every = -1, ckpt_every = 0, log_every = 0;
     double lr = NAN, min_lr = 0.1, wd = 0.0, clip = 1.0, kl_w = 1.0, ce_w = 0.0;
     bool resume = false, lr_given = false;
@@ -154,6 +156,7 @@ int cmd_qat(int argc, char **argv) {
         else if (!strcmp(flag, "--to")) to = cli_value(&a, flag);
         else if (!strcmp(flag, "--tune")) tune = cli_value(&a, flag);
         else if (!strcmp(flag, "--ste")) ste = cli_value(&a, flag);
+        else if (!strcmp(flag, "--teacher")) teacher_path = cli_value(&a, flag);
         else if (!strcmp(flag, "--steps")) steps = cli_int(&a, flag, 1, 1 << 24);
         else if (!strcmp(flag, "--accum")) accum = cli_int(&a, flag, 1, 1 << 16);
         else if (!strcmp(flag, "--warmup")) warmup = cli_int(&a, flag, 0, 1 << 24);
@@ -214,18 +217,19 @@ int cmd_qat(int argc, char **argv) {
     if (resume && !ckpt) return cli_usage_error("qat", QAT_USAGE, "--resume needs --checkpoint FILE");
     const ql_exporter_info *exporter = ql_exporter_default();
     if (to && ql_exporter_find(to, &exporter)) return cli_usage_error("qat", QAT_USAGE, "%s", ql_last_error());
-    if (cli_refuse_input_as_output("qat", out, CLI_INPUTS(model, plan_path, ca.text, ckpt)) ||
+    if (cli_refuse_input_as_output("qat", out, CLI_INPUTS(model, plan_path, ca.text, ckpt, teacher_path)) ||
         cli_refuse_input_as_output("qat", ckpt, CLI_INPUTS(model, plan_path, ca.text)))
         return 1;
 
     int rc = 0;
-    ql_model *m = NULL;
+    ql_model *m = NULL, *teacher = NULL;
     ql_plan *plan = NULL;
     ql_preset *ps = NULL;
     int32_t *tok = NULL;
     int64_t n_seq = 0;
     ql_train_model *tm = NULL;
     ql_status s = ql_model_load(model, &m);
+    if (!s && teacher_path) s = ql_model_load(teacher_path, &teacher);
     if (!s) {
         if (type) s = ql_plan_single_format(type, m, &plan);
         else if (preset) {
@@ -258,7 +262,7 @@ int cmd_qat(int argc, char **argv) {
         goto done;
     }
     if (!s && self_text > 0)
-        s = self_text_tokens(m, &ca, self_text, temp, save_text, &tok, &n_seq);
+        s = self_text_tokens(teacher ? teacher : m, &ca, self_text, temp, save_text, &tok, &n_seq);
     else if (!s) {
         ca.label = "qat";
         s = cli_calib_tokens(m, &ca, &tok, &n_seq);
@@ -274,7 +278,7 @@ int cmd_qat(int argc, char **argv) {
     qat_cli cc = {.log_every = log_every > 0 ? log_every : (steps >= 50 ? steps / 50 : 1)};
     cli_install_sigint();
     ql_qat_opts o = {
-        .plan = plan, .mode = mode, .ste = strcmp(ste, "clip") ? QL_STE_IDENTITY : QL_STE_CLIPPED,
+        .plan = plan, .teacher = teacher, .mode = mode, .ste = strcmp(ste, "clip") ? QL_STE_IDENTITY : QL_STE_CLIPPED,
         .train = tok, .n_train = n_seq - n_eval, .eval = tok + (n_seq - n_eval) * ca.ctx, .n_eval = n_eval,
         .seq_len = ca.ctx, .steps = steps, .accum = accum,
         .adam = {.lr = lr, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = wd,
@@ -334,5 +338,6 @@ done:
     ql_plan_free(plan);
     ql_preset_free(ps);
     ql_model_free(m);
+    ql_model_free(teacher);
     return rc;
 }

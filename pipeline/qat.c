@@ -457,7 +457,13 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     bool resumed = false;
     if (!s && o->resume && o->checkpoint) s = ckpt_load(&st, o->checkpoint, &resumed);
     if (resumed) res->resumed_from = (int)st.opt->step;
-    if (!s) s = ql_infer_new(m, o->n_threads, &teacher);
+    const ql_model *tmodel = o->teacher ? o->teacher : m;
+    if (!s && (tmodel->cfg.n_vocab != m->cfg.n_vocab || tmodel->cfg.n_layer != m->cfg.n_layer ||
+               tmodel->cfg.n_embd != m->cfg.n_embd))
+        s = ql_fail(QL_ERR_ARG, "%s: the teacher's geometry (vocab %d, %d layers of %d) is not %s's (vocab %d, %d layers of %d)",
+                    tmodel->path, tmodel->cfg.n_vocab, tmodel->cfg.n_layer, tmodel->cfg.n_embd, m->path, m->cfg.n_vocab,
+                    m->cfg.n_layer, m->cfg.n_embd);
+    if (!s) s = ql_infer_new(tmodel, o->n_threads, &teacher);
     if (!s) {
         ql_infer_set_op_threads(teacher, o->n_threads);
         tsc = ql_scratch_new(teacher, T);

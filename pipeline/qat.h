@@ -35,6 +35,9 @@ typedef struct {
 
 typedef struct {
     const ql_plan *plan;
+    const ql_model *teacher; /* the model the KL term and the held-out KLD compare with (NULL: m itself, the
+                              * float model); another one (same geometry) lets a trained model, QAT's export,
+                              * be tuned further against the float original */
     ql_qat_mode mode;
     ql_ste_kind ste;
     const int32_t *train; /* [n_train * seq_len] */

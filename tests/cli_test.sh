@@ -741,6 +741,13 @@ if [ -f "$T/tiny.gguf" ]; then
     if cmp -s "$T/qat1.gguf" "$T/qat2.gguf"; then ok "qat: a short run exports, checkpoints, and repeats byte for byte"
     else bad "qat: two runs with one seed and one thread differ"; fi
   else bad "qat: a short run failed"; sed 's/^/     /' "$T/qat.err" | tail -3; fi
+  # --teacher: tuning the scales of a QAT export against the float original; another geometry is refused
+  if [ -f "$T/qat1.gguf" ] && $QLAB qat "$T/qat1.gguf" --teacher "$T/tiny.gguf" --tune scales --type q4_0 --text "$T/text.txt" --ctx 64 \
+       --steps 2 --threads 1 -o "$T/qat1t.gguf" 2>"$T/qatt.err" && grep -q "held-out KLD" "$T/qatt.err"; then
+    ok "qat --teacher: scales of a QAT export tuned against the float model"
+  else bad "qat --teacher"; sed 's/^/     /' "$T/qatt.err" | tail -3; fi
+  [ -f "$SHARED/models/stories260K.gguf" ] && expect_error "qat --teacher of another geometry" "geometry" $QLAB qat "$T/tiny.gguf" \
+    --teacher "$SHARED/models/stories260K.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 -o "$T/qat.gguf"
 fi
 
 # --device (issue 16): every command that runs the model takes it; cpu works everywhere; cuda without a GPU (or in a
