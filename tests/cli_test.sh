@@ -529,6 +529,9 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$SHARED/models/stories
   sed -i '/ffn_/d' "$T/s260.ini" # 172-wide FFN rows: gptq refuses them, so the plan keeps them in float
   roundtrip_check "260K gptq int4_g32_sym (ffn float)" "$S260" gptq --plan "$T/s260.ini"
   roundtrip_check "260K compressed-tensors fp8_e4m3_channel" "$S260" compressed-tensors --type fp8_e4m3_channel
+  # EXL2 folders load back into the exl2_* entry whose group layout they have (q/k outputs back in GGUF order)
+  sed 's/= int4_g32_sym$/= exl2_4b32/' "$T/s260.ini" > "$T/s260x.ini"
+  roundtrip_check "260K exl2_4b32 (ffn float)" "$S260" exl2 --plan "$T/s260x.ini"
   if [ "${QL_QUICK:-0}" = 1 ]; then skip "further import round trips (QL_QUICK=1; test_hf_quant covers every layout)"
   else
     roundtrip_check "d256 awq int4_g64" "$D256" awq --type int4_g64
@@ -542,6 +545,7 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$SHARED/models/stories
     [ -f "$T/dq.ini" ] && roundtrip_check "d256 bnb nf4_dq (q/k float)" "$D256" bnb --plan "$T/dq.ini"
     [ -f "$T/mixact.ini" ] && [ -f "$T/hfs.qls" ] && roundtrip_check "d256 compressed-tensors mixed plan + activations" "$D256" compressed-tensors --plan "$T/mixact.ini" --stats "$T/hfs.qls"
     roundtrip_check "260K compressed-tensors int8_channel" "$S260" compressed-tensors --type int8_channel
+    [ -f "$T/hfs.qls" ] && roundtrip_check "d256 exl2 6b/3b/2b mix, --method exl2 (permuted inputs)" "$D256" exl2 --type exl2_5x6b32_20x3b64_75x2b64 --method exl2 --stats "$T/hfs.qls"
     # GPTQ's act order: columns processed by decreasing Hessian diagonal, groups still k/g (desc_act true)
     roundtrip_check "d256 gptq act_order=1" "$D256" gptq --type int4_g128 --method gptq --method-opts act_order=1 --text "$T/text.txt" --ctx 64
     if grep -q '"desc_act": true' "$T/rt/config.json" 2>/dev/null; then ok "gptq act_order=1 export says desc_act: true"

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/model.h"
+#include "formats/fmt_exl2.h"
 #include "formats/fmt_ext.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
@@ -591,6 +592,117 @@ static void test_bnb(void **state) {
     ql_test_rm_flat_dir(dir);
 }
 
+/* ---------------------------------------------------------------- exl2 */
+
+static st_t *find(folder *f, const char *name);
+
+/* One ExLlamaV2 module packed by hand from random codes, 4-bit scale codes, maximum scales and a random
+ * input permutation: groups of `rows[i]` inputs at `bits[i]` (n groups, repeated over K). q_weight holds
+ * each output's codes down the group as an LSB-first stream of 32-bit words (ExLlamaV2's pack_columns);
+ * the expected HF-order weights use the decoder ExLlamaV2 documents (formats/fmt_exl2.h). */
+static void add_exl2(folder *f, int i, const int *bits, const int *rows, int n, bool perm16, float **w_out) {
+    const int64_t N = g_lin[i].n, K = g_lin[i].k;
+    int64_t G = 0, qrows = 0, row = 0;
+    int gb[64], gr[64];
+    int64_t gq[64];
+    for (int j = 0; row < K; j = (j + 1) % n) {
+        assert_true(G < 64);
+        gb[G] = bits[j], gr[G] = rows[j], gq[G] = qrows;
+        qrows += (int64_t)rows[j] * bits[j] / 32;
+        row += rows[j];
+        G++;
+    }
+    assert_int_equal(row, K);
+    char nm[160];
+    name_of(nm, sizeof nm, i, "q_weight");
+    st_t *qw = add(f, nm, "I32", 2, qrows, N, 4);
+    name_of(nm, sizeof nm, i, "q_scale");
+    st_t *qs = add(f, nm, "I32", 2, G, N / 8, 4);
+    name_of(nm, sizeof nm, i, "q_scale_max");
+    st_t *sm = add(f, nm, "F16", 1, G, 0, 2);
+    name_of(nm, sizeof nm, i, "q_groups");
+    st_t *qg = add(f, nm, "I16", 1, 2 * G, 0, 2);
+    name_of(nm, sizeof nm, i, "q_invperm");
+    st_t *ip = add(f, nm, perm16 ? "I16" : "I32", 1, K, 0, perm16 ? 2 : 4);
+    name_of(nm, sizeof nm, i, "q_perm");
+    st_t *pp = add(f, nm, perm16 ? "I16" : "I32", 1, K, 0, perm16 ? 2 : 4);
+    int64_t *perm = malloc((size_t)K * sizeof *perm);
+    for (int64_t k = 0; k < K; k++) perm[k] = k;
+    for (int64_t k = K - 1; k > 0; k--) { /* Fisher-Yates */
+        int64_t j = rnd() % (uint32_t)(k + 1), tmp = perm[k];
+        perm[k] = perm[j], perm[j] = tmp;
+    }
+    for (int64_t p = 0; p < K; p++) {
+        if (perm16) put16(pp->data + 2 * p, (uint16_t)perm[p]), put16(ip->data + 2 * perm[p], (uint16_t)p);
+        else put32(pp->data + 4 * p, (uint32_t)perm[p]), put32(ip->data + 4 * perm[p], (uint32_t)p);
+    }
+    float *w = malloc((size_t)(N * K) * sizeof *w), *scale = malloc((size_t)N * sizeof *scale);
+    row = 0;
+    for (int64_t g = 0; g < G; g++) {
+        uint16_t smax = ql_fp32_to_fp16(0.05f + (float)(rnd() % 100) / 200.0f);
+        put16(sm->data + 2 * g, smax);
+        put16(qg->data + 4 * g, (uint16_t)gb[g]), put16(qg->data + 4 * g + 2, (uint16_t)gq[g]);
+        for (int64_t c = 0; c < N; c++) {
+            unsigned q = rnd() % 16; /* qs - 1 */
+            uint8_t *wp = qs->data + 4 * (g * (N / 8) + c / 8);
+            put32(wp, (uint32_t)(wp[0] | wp[1] << 8 | wp[2] << 16 | (uint32_t)wp[3] << 24) | q << (4 * (c % 8)));
+            scale[c] = ql_exl2_scale((int)q + 1, smax);
+        }
+        for (int r = 0; r < gr[g]; r++)
+            for (int64_t c = 0; c < N; c++) {
+                unsigned code = rnd() % (1u << gb[g]);
+                for (int b = 0; b < gb[g]; b++) {
+                    int64_t bit = gq[g] * 32 + (int64_t)r * gb[g] + b;
+                    qw->data[4 * ((bit >> 5) * N + c) + ((bit & 31) >> 3)] |= (uint8_t)(((code >> b) & 1) << (bit & 7));
+                }
+                w[c * K + perm[row + r]] = ql_exl2_value((int)code, gb[g], scale[c]);
+            }
+        row += gr[g];
+    }
+    free(perm), free(scale);
+    *w_out = w;
+}
+
+static void test_exl2(void **state) {
+    (void)state;
+    /* a layout of the registry (every group 32 inputs at 4 bits: exl2_4b32 at K = 64 and 128) and one no
+     * entry has (3 bits before 5 bits: F32), with 32- and 16-bit permutations */
+    for (int layout = 0; layout < 2; layout++) {
+        folder f = {0};
+        expect_t x = {0};
+        skeleton(&f);
+        static const int b4[] = {4}, r32[] = {32}, b35[] = {3, 5}, r3232[] = {32, 32};
+        for (int i = 0; i < N_LIN; i++) {
+            add_exl2(&f, i, layout ? b35 : b4, layout ? r3232 : r32, layout ? 2 : 1, i % 2, &x.w[i]);
+            x.want_format[i] = layout ? "f32" : "exl2_4b32";
+        }
+        char *dir = write_folder(&f, "{\"quant_method\": \"exl2\", \"version\": \"0.2.0\", \"bits\": 4.0, \"head_bits\": 16}");
+        check_loaded(dir, &x);
+        expect_free(&x);
+        ql_test_rm_flat_dir(dir);
+    }
+    /* hostile: q_invperm that is no permutation, q_perm that is not its inverse, q_groups that do not tile K */
+    for (int harm = 0; harm < 3; harm++) {
+        folder f = {0};
+        skeleton(&f);
+        static const int b4[] = {4}, r32[] = {32};
+        float *w;
+        for (int i = 0; i < N_LIN; i++) {
+            add_exl2(&f, i, b4, r32, 1, false, &w);
+            free(w);
+        }
+        const char *needle = harm == 0 ? "o_proj.q_invperm" : harm == 1 ? "o_proj.q_perm" : "o_proj.q_groups";
+        if (harm == 0) put32(find(&f, "model.layers.0.self_attn.o_proj.q_invperm")->data + 4, 0);
+        else if (harm == 1) {
+            uint8_t *p = find(&f, "model.layers.0.self_attn.o_proj.q_perm")->data, t[4];
+            memcpy(t, p, 4), memcpy(p, p + 4, 4), memcpy(p + 4, t, 4);
+        } else put16(find(&f, "model.layers.0.self_attn.o_proj.q_groups")->data + 4, 5); /* group 1: 5 bits in 4 words */
+        char *dir = write_folder(&f, "{\"quant_method\": \"exl2\"}");
+        check_refused(dir, needle);
+        ql_test_rm_flat_dir(dir);
+    }
+}
+
 /* ---------------------------------------------------------------- hostile folders */
 
 /* a gptq folder built with one part damaged by `harm`, refused naming `needle` */
@@ -662,7 +774,7 @@ int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gptq),        cmocka_unit_test(test_gptq_bits), cmocka_unit_test(test_awq),
         cmocka_unit_test(test_compressed_tensors), cmocka_unit_test(test_ct_tensor_qk), cmocka_unit_test(test_bnb),
-        cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_exl2),        cmocka_unit_test(test_hostile),
     };
     ql_test_order_from_env(tests, sizeof tests / sizeof tests[0]);
     return cmocka_run_group_tests(tests, NULL, NULL);
