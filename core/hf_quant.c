@@ -26,8 +26,8 @@
 #include <string.h>
 
 typedef enum { HQ_GPTQ, HQ_AWQ, HQ_CT, HQ_BNB4, HQ_BNB8, HQ_EXL2 } hq_method;
-enum { CT_PACK, CT_INTQ, CT_FLOAT };                          /* compressed-tensors group formats */
-enum { ST_TENSOR, ST_CHANNEL, ST_GROUP, ST_BLOCK };           /* strategies */
+enum { CT_PACK, CT_INTQ, CT_FLOAT, CT_NVFP4 };                /* compressed-tensors group formats */
+enum { ST_TENSOR, ST_CHANNEL, ST_GROUP, ST_BLOCK, ST_TGROUP }; /* strategies (tensor_group: NVFP4's groups + a global scale) */
 
 typedef struct {
     char *name;
@@ -90,12 +90,13 @@ static ql_status ct_parse_args(const char *path, const char *gname, const json_t
     if (!type || (!g->is_float && strcmp(type, "int")))
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': weights type '%.16s' (int or float)", path, gname, type ? type : "?");
     g->strategy = !strat ? -1 : !strcmp(strat, "tensor") ? ST_TENSOR : !strcmp(strat, "channel") ? ST_CHANNEL
-                              : !strcmp(strat, "group") ? ST_GROUP : !strcmp(strat, "block") ? ST_BLOCK : -1;
+                              : !strcmp(strat, "group") ? ST_GROUP : !strcmp(strat, "block") ? ST_BLOCK
+                              : !strcmp(strat, "tensor_group") ? ST_TGROUP : -1;
     if (g->strategy < 0)
-        return ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': weights strategy '%.16s' (tensor, channel, group, block)", path,
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': weights strategy '%.16s' (tensor, channel, group, block, tensor_group)", path,
                        gname, strat ? strat : "?");
     g->group = get_int(w, "group_size", 0, &bad);
-    if (g->strategy == ST_GROUP && g->group <= 0) bad = true;
+    if ((g->strategy == ST_GROUP || g->strategy == ST_TGROUP) && g->group <= 0) bad = true;
     if (g->strategy == ST_BLOCK) {
         const json_t *bs = json_object_get(w, "block_structure");
         if (!json_is_array(bs) || json_array_size(bs) != 2 || !json_is_integer(json_array_get(bs, 0)) ||
@@ -108,7 +109,7 @@ static ql_status ct_parse_args(const char *path, const char *gname, const json_t
         }
     }
     if (bad) return ql_fail(QL_ERR_FORMAT, "%s: config group '%s': malformed weights (num_bits, symmetric, group_size, block_structure)", path, gname);
-    if (g->is_float ? g->bits != 8 : (g->bits < 2 || g->bits > 8))
+    if (g->is_float ? g->bits != 8 && !(g->bits == 4 && g->strategy == ST_TGROUP) : (g->bits < 2 || g->bits > 8))
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': %d-bit %s weights are not read", path, gname, g->bits,
                        g->is_float ? "float" : "int");
     return QL_OK;
@@ -211,16 +212,18 @@ ql_status ql_hfq_parse(const char *cfg_path, const json_t *root, ql_hfq **out) {
                 if (!gf || !gf[0]) gf = fmt;
                 if (!gf || !strcmp(gf, "mixed-precision")) gf = "";
                 g->format = !strcmp(gf, "pack-quantized") ? CT_PACK : !strcmp(gf, "int-quantized") ? CT_INTQ
-                          : !strcmp(gf, "float-quantized") || !strcmp(gf, "naive-quantized") ? CT_FLOAT : -1;
+                          : !strcmp(gf, "float-quantized") || !strcmp(gf, "naive-quantized") ? CT_FLOAT
+                          : !strcmp(gf, "nvfp4-pack-quantized") ? CT_NVFP4 : -1;
                 if (g->format < 0) {
-                    s = ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': format '%.32s' is not read (pack-quantized, int-quantized, float-quantized)",
+                    s = ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': format '%.32s' is not read (pack-quantized, int-quantized, float-quantized, nvfp4-pack-quantized)",
                                 cfg_path, gname, gf);
                     break;
                 }
                 if ((s = ct_parse_args(cfg_path, gname, json_object_get(gv, "weights"), g))) break;
-                if (g->is_float != (g->format == CT_FLOAT)) {
-                    s = ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': %s weights in format %s", cfg_path, gname,
-                                g->is_float ? "float" : "int", gf);
+                if (g->format == CT_NVFP4 ? !(g->is_float && g->bits == 4 && g->strategy == ST_TGROUP && g->group == 16)
+                                          : g->is_float != (g->format == CT_FLOAT) || g->strategy == ST_TGROUP) {
+                    s = ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': %d-bit %s weights (%s) in format %s", cfg_path, gname, g->bits,
+                                g->is_float ? "float" : "int", get_str(json_object_get(gv, "weights"), "strategy"), gf);
                     break;
                 }
                 g->act = ct_parse_act(cfg_path, gname, json_object_get(gv, "input_activations"));
@@ -706,16 +709,67 @@ static ql_status ct_fp8(hq_ctx *c, const char *module, const ct_group *grp, ql_h
     return QL_OK;
 }
 
+/* nvfp4-pack-quantized (compressed-tensors' NVFP4PackedCompressor): weight_packed U8 [N, K/2], two E2M1
+ * codes per byte (even column in the low nibble, bit 3 the sign), weight_scale F8_E4M3 [N, K/16],
+ * weight_global_scale [1]; w = e2m1(code) * (scale / global_scale) in float. With global scale 1, block
+ * scales that are non-negative and not NaN, and K a multiple of 64 this is exactly qlab's nvfp4 (ggml's
+ * layout: e2m1x2(code) * ue4m3(scale)/2 is the same product); else F32 as compressed-tensors computes it. */
+static ql_status ct_nvfp4(hq_ctx *c, const char *module, ql_hfq_tensor *wt, ql_hfq_tensor *sc) {
+    ql_status s;
+    if (wt->n_dims != 2) return check_part(c, module, "weight_packed", wt, 1u << QL_STD_U8, -1, 0);
+    const int64_t N = wt->ne[1], K = wt->ne[0] * 2;
+    ql_hfq_tensor *gs = part(c, module, "weight_global_scale");
+    if (K % 16) return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has %lld inputs; nvfp4 groups are 16", c->dir, wt->name, (long long)K);
+    if ((s = check_part(c, module, "weight_packed", wt, 1u << QL_STD_U8, N, K / 2)) ||
+        (s = check_part(c, module, "weight_scale", sc, 1u << QL_STD_F8_E4M3, N, K / 16)))
+        return s;
+    if (!gs || !is_float_dtype(gs->dtype) || numel(gs) != 1)
+        return ql_fail(QL_ERR_FORMAT, "%s: module '%s' needs a one-float 'weight_global_scale'", c->dir, module);
+    const float global = rd_float(gs, 0);
+    if (!(global > 0) || !isfinite(global))
+        return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' = %g is not a positive scale", c->dir, gs->name, (double)global);
+    bool exact = global == 1.0f && K % 64 == 0;
+    for (int64_t i = 0; i < N * (K / 16) && exact; i++) exact = sc->data[i] < 0x7F; /* sign clear, not NaN */
+    if (exact) {
+        const ql_format *f = ql_format_by_name("nvfp4");
+        int64_t bytes = f ? ql_format_tensor_bytes(f, K, N) : -1;
+        uint8_t *buf = bytes == N * (K / 64) * 36 ? calloc(1, (size_t)bytes) : NULL;
+        if (!buf) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s' (nvfp4)", c->dir, module);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                uint8_t *blk = buf + (n * (K / 64) + k / 64) * 36;
+                const int sub = (int)(k % 64) / 16, j = (int)(k % 16);
+                unsigned code = wt->data[n * (K / 2) + k / 2] >> (4 * (k & 1)) & 15;
+                if (j == 0) blk[sub] = sc->data[n * (K / 16) + k / 16];
+                blk[4 + 8 * sub + (j & 7)] |= (uint8_t)(code << (j < 8 ? 0 : 4));
+            }
+        emit(c, module, wt, f->type, K, N, buf, (uint64_t)bytes, false);
+        return QL_OK;
+    }
+    static const float e2m1[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3, -4, -6};
+    float *w = malloc((size_t)(N * K) * sizeof *w);
+    if (!w) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            float v = e2m1[wt->data[n * (K / 2) + k / 2] >> (4 * (k & 1)) & 15] * (ql_fp8_e4m3_to_f32(sc->data[n * (K / 16) + k / 16]) / global);
+            w[n * K + k] = isfinite(v) ? v : 0.0f;
+        }
+    note(c, module, global != 1.0f ? "nvfp4 with a global scale other than 1" : "nvfp4 with negative or NaN block scales, or rows not in 64s");
+    emit(c, module, wt, QL_TYPE_F32, K, N, w, (uint64_t)(N * K) * 4, false);
+    return QL_OK;
+}
+
 static ql_status do_ct(hq_ctx *c, const char *module, ql_hfq_tensor *main_part, bool packed) {
     const ct_group *grp = ct_group_of(c->q, module);
     if (!grp) return ql_fail(QL_ERR_FORMAT, "%s: module '%s' is quantized but no config group targets it", c->dir, module);
-    if (grp->format != (packed ? CT_PACK : main_part->dtype == QL_STD_F8_E4M3 ? CT_FLOAT : CT_INTQ))
+    if (packed ? grp->format != CT_PACK && grp->format != CT_NVFP4 : grp->format != (main_part->dtype == QL_STD_F8_E4M3 ? CT_FLOAT : CT_INTQ))
         return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' (%s) does not match config group '%s'", c->dir, main_part->name,
                        ql_st_dtype_name(main_part->dtype), grp->name);
     ql_hfq_tensor *sc = part(c, module, "weight_scale");
     ql_status s = ct_activation(c, module, grp);
     if (s) return s;
     if (grp->format == CT_FLOAT) return ct_fp8(c, module, grp, main_part, sc);
+    if (grp->format == CT_NVFP4) return ct_nvfp4(c, module, main_part, sc);
     const int bits = grp->bits, mid = 1 << (bits - 1);
     igrid g = {0};
     g.bits = bits;

@@ -532,6 +532,11 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$SHARED/models/stories
   # EXL2 folders load back into the exl2_* entry whose group layout they have (q/k outputs back in GGUF order)
   sed 's/= int4_g32_sym$/= exl2_4b32/' "$T/s260.ini" > "$T/s260x.ini"
   roundtrip_check "260K exl2_4b32 (ffn float)" "$S260" exl2 --plan "$T/s260x.ini"
+  # nvfp4-pack-quantized loads back as nvfp4. token_embd/output stay float in the plan: a folder keeps them as exact
+  # F32, and llama.cpp's activation rounding for a ggml-type output (the preview's) would differ from F32's
+  $QLAB quant "$D256" --type nvfp4 --dry-run --save-plan "$T/nv.ini" >/dev/null 2>&1
+  sed -i -e '/^output\.weight/d' -e '/^token_embd/d' "$T/nv.ini"
+  roundtrip_check "d256 compressed-tensors nvfp4 (nvfp4-pack-quantized)" "$D256" compressed-tensors --plan "$T/nv.ini"
   if [ "${QL_QUICK:-0}" = 1 ]; then skip "further import round trips (QL_QUICK=1; test_hf_quant covers every layout)"
   else
     roundtrip_check "d256 awq int4_g64" "$D256" awq --type int4_g64

@@ -450,6 +450,46 @@ static void test_compressed_tensors(void **state) {
     ql_test_rm_flat_dir(dir);
 }
 
+/* nvfp4-pack-quantized: two E2M1 codes per byte (even column low), an E4M3 scale per 16 inputs, a global
+ * scale. Global 1 on attention (its groups: qlab's nvfp4 holds it exactly), 0.5 on the MLP (F32 as
+ * compressed-tensors divides it: e2m1 * (scale / global)). Code 8 (-0) is left out: qlab's nvfp4 reads
+ * it as +0, the same value but not the same bits. */
+static void test_ct_nvfp4(void **state) {
+    (void)state;
+    static const float e2m1[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3, -4, -6};
+    folder f = {0};
+    expect_t x = {0};
+    skeleton(&f);
+    char nm[160];
+    for (int i = 0; i < N_LIN; i++) {
+        const int64_t N = g_lin[i].n, K = g_lin[i].k;
+        const float global = i <= 3 ? 1.0f : 0.5f;
+        name_of(nm, sizeof nm, i, "weight_packed");
+        st_t *wp = add(&f, nm, "U8", 2, N, K / 2, 1);
+        name_of(nm, sizeof nm, i, "weight_scale");
+        st_t *sc = add(&f, nm, "F8_E4M3", 2, N, K / 16, 1);
+        name_of(nm, sizeof nm, i, "weight_global_scale");
+        putf(add(&f, nm, "F32", 1, 1, 0, 4)->data, global);
+        for (int64_t j = 0; j < N * K / 16; j++) sc->data[j] = (uint8_t)(rnd() % 0x7F);
+        x.w[i] = malloc((size_t)(N * K) * 4);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                unsigned c = rnd() % 15;
+                c += c >= 8;
+                wp->data[n * (K / 2) + k / 2] |= (uint8_t)(c << (4 * (k & 1)));
+                x.w[i][n * K + k] = e2m1[c] * (ql_fp8_e4m3_to_f32(sc->data[n * (K / 16) + k / 16]) / global);
+            }
+        x.want_format[i] = i <= 3 ? "nvfp4" : "f32";
+    }
+    char *dir = write_folder(
+        &f, "{\"quant_method\": \"compressed-tensors\", \"format\": \"nvfp4-pack-quantized\", \"quantization_status\": \"compressed\", "
+            "\"ignore\": [\"lm_head\"], \"config_groups\": {\"group_0\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 4, "
+            "\"type\": \"float\", \"symmetric\": true, \"strategy\": \"tensor_group\", \"group_size\": 16}}}}");
+    check_loaded(dir, &x);
+    expect_free(&x);
+    ql_test_rm_flat_dir(dir);
+}
+
 /* compressed-tensors int8 per tensor ("int-quantized": I8 weights, a BF16 scale) on every linear, q/k
  * included: the whole-tensor blob's rows are reordered to GGUF order by the converter itself */
 static void build_int8_tensor(folder *f, expect_t *x) {
@@ -773,7 +813,7 @@ static void test_hostile(void **state) {
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gptq),        cmocka_unit_test(test_gptq_bits), cmocka_unit_test(test_awq),
-        cmocka_unit_test(test_compressed_tensors), cmocka_unit_test(test_ct_tensor_qk), cmocka_unit_test(test_bnb),
+        cmocka_unit_test(test_compressed_tensors), cmocka_unit_test(test_ct_tensor_qk), cmocka_unit_test(test_ct_nvfp4), cmocka_unit_test(test_bnb),
         cmocka_unit_test(test_exl2),        cmocka_unit_test(test_hostile),
     };
     ql_test_order_from_env(tests, sizeof tests / sizeof tests[0]);
