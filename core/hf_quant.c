@@ -952,6 +952,20 @@ static ql_status do_bnb8(hq_ctx *c, const char *module, ql_hfq_tensor *wt, ql_hf
     const int64_t N = wt->ne[1], K = wt->ne[0];
     if ((s = check_part(c, module, "weight", wt, 1u << QL_STD_I8, N, K)) || (s = check_part(c, module, "SCB", scb, FLOATS, N, -1)))
         return s;
+    /* F32 SCB: exactly qlab's bnb_int8 (bitsandbytes' rows, its decode), codes -127..127 */
+    bool exact = scb->dtype == QL_STD_F32;
+    for (int64_t i = 0; i < N * K && exact; i++) exact = wt->data[i] != 0x80;
+    const ql_format *f = exact ? ql_format_by_name("bnb_int8") : NULL;
+    if (f && ql_format_tensor_bytes(f, K, N) == N * (4 + K)) {
+        uint8_t *buf = malloc((size_t)(N * (4 + K)));
+        if (!buf) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
+        for (int64_t n = 0; n < N; n++) {
+            memcpy(buf + n * (4 + K), scb->data + 4 * n, 4);
+            memcpy(buf + n * (4 + K) + 4, wt->data + n * K, (size_t)K);
+        }
+        emit(c, module, wt, f->type, K, N, buf, (uint64_t)(N * (4 + K)), false);
+        return QL_OK;
+    }
     float *w = malloc((size_t)(N * K) * sizeof *w);
     if (!w) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
     for (int64_t n = 0; n < N; n++) {
@@ -959,7 +973,7 @@ static ql_status do_bnb8(hq_ctx *c, const char *module, ql_hfq_tensor *wt, ql_hf
         /* bitsandbytes' int8_vectorwise_dequant: A * SCB * (1/127) */
         for (int64_t k = 0; k < K; k++) w[n * K + k] = (float)(int8_t)wt->data[n * K + k] * r * 7.874015718698502e-3f;
     }
-    note(c, module, "LLM.int8 (SCB / 127 row scales have no qlab format)");
+    note(c, module, "LLM.int8 with a non-F32 SCB or the code -128");
     emit(c, module, wt, QL_TYPE_F32, K, N, w, (uint64_t)(N * K) * 4, false);
     return QL_OK;
 }

@@ -448,6 +448,10 @@ if [ -f "$HFM" ]; then
   if grep -q '"bnb_4bit_use_double_quant": true' "$T/hx/config.json" 2>/dev/null && grep -q '"model.layers.0.self_attn.q_proj"' "$T/hx/config.json"; then
     ok "bnb config: double quant, float q/k in llm_int8_skip_modules"; else bad "bnb config.json"; fi
   expect_error "bnb refuses nf4_dq on q/k" "attn_q" $QLAB quant "$HFM" --type nf4_dq --to bnb -o "$T/hxq"
+  # LLM.int8 (load_in_8bit): bnb_int8 is bitsandbytes' own rounding and decode, so weight + SCB decode bit for bit
+  export_check "bnb LLM.int8 (bnb_int8)" bnb --type bnb_int8
+  if grep -q '"load_in_8bit": true' "$T/hx/config.json" 2>/dev/null && grep -aq '"model.layers.0.self_attn.q_proj.SCB"' "$T/hx/model.safetensors"; then
+    ok "bnb 8-bit config: load_in_8bit, SCB written"; else bad "bnb 8-bit config.json / SCB"; fi
   # a mixed plan: three config groups, one block linear left in float (listed under ignore)
   $QLAB quant "$HFM" --type int4_g128 --dry-run --save-plan "$T/mix.ini" >/dev/null 2>&1
   sed -i -e 's/^\(blk\.[0-9]*\.ffn_down\.weight\) = .*/\1 = fp8_e4m3_channel/' -e 's/^\(blk\.[0-9]*\.attn_v\.weight\) = .*/\1 = int8_g64/' \
@@ -532,6 +536,7 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$SHARED/models/stories
   # EXL2 folders load back into the exl2_* entry whose group layout they have (q/k outputs back in GGUF order)
   sed 's/= int4_g32_sym$/= exl2_4b32/' "$T/s260.ini" > "$T/s260x.ini"
   roundtrip_check "260K exl2_4b32 (ffn float)" "$S260" exl2 --plan "$T/s260x.ini"
+  roundtrip_check "d256 bnb LLM.int8 (bnb_int8)" "$D256" bnb --type bnb_int8
   # nvfp4-pack-quantized loads back as nvfp4. token_embd/output stay float in the plan: a folder keeps them as exact
   # F32, and llama.cpp's activation rounding for a ggml-type output (the preview's) would differ from F32's
   $QLAB quant "$D256" --type nvfp4 --dry-run --save-plan "$T/nv.ini" >/dev/null 2>&1
