@@ -208,6 +208,43 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
     return QL_OK;
 }
 
+/* ---------------------------------------------------------------- describing (--dry-run) */
+
+void ql_st_describe(ql_exporter *x, char *buf, size_t n) {
+    st_state *st = x->state;
+    if (!n) return;
+    buf[0] = 0;
+    if (st->n == 0) return;
+    const ql_st_tensor *t = &st->t[st->n - 1];
+    size_t len = 0;
+#define ADD(...)                                                                                             \
+    do {                                                                                                     \
+        if (len < n) {                                                                                       \
+            int k_ = snprintf(buf + len, n - len, __VA_ARGS__);                                              \
+            if (k_ > 0) len += (size_t)k_;                                                                   \
+        }                                                                                                    \
+    } while (0)
+    if (t->kind == QL_ST_FLOAT) ADD("kept in float (%s): ", t->format ? "not quantized" : "a float tensor");
+    else if (t->kind == QL_ST_DEQUANT)
+        ADD("kept in float (%s quantizes only decoder-block linears; %s decoded exactly): ", st->target->name, t->format->name);
+    for (int k = 0; k < t->n_out; k++) {
+        const ql_st_out *o = &t->out[k];
+        char name[400];
+        if (o->suffix[0]) snprintf(name, sizeof name, "%s.%s", t->module, o->suffix);
+        else snprintf(name, sizeof name, "%s", t->hf_name);
+        if (o->n_dims == 2) ADD("%s%s %s [%lld, %lld]", k ? ", " : "", name, o->dtype, (long long)o->shape[0], (long long)o->shape[1]);
+        else ADD("%s%s %s [%lld]", k ? ", " : "", name, o->dtype, (long long)o->shape[0]);
+    }
+    if (t->kind == QL_ST_TARGET) {
+        if (t->group > 0) ADD("; %d-bit", t->bits);
+        else ADD("; %.2f bits per weight", t->format->bpw); /* mixed bits (exl2): the format's average */
+        if (t->group > 0 && t->group < t->ne[0]) ADD(", group %d", t->group);
+        else if (t->group == t->ne[0]) ADD(", per channel");
+        if (t->act.mode != QL_ACT_NONE) ADD(", inputs %s", ql_act_mode_name(t->act.mode));
+    }
+#undef ADD
+}
+
 /* ---------------------------------------------------------------- writing */
 
 static void st_free(st_state *st) {

@@ -480,6 +480,17 @@ if [ -f "$HFM" ]; then
     expect_error "gptq refuses 172-wide outputs" "blk.0.ffn_gate.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type int4_g32_sym --to gptq -o "$T/hxq"
     expect_error "exl2 formats refuse 172-wide inputs" "blk.0.ffn_down.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type exl2_4b128 -o "$T/hxq.gguf"
   fi
+  # --dry-run --to: what each tensor becomes in the target's folder (HF tensors, dtypes, shapes, bits, group), the
+  # tensors kept in float and why, the refusals named; exit 1 when any is refused; nothing written
+  if [ -f "$SHARED/models/stories260K.gguf" ]; then
+    rm -rf "$T/dry"
+    $QLAB quant "$SHARED/models/stories260K.gguf" --type int4_g32_sym --to gptq --dry-run -o "$T/dry" >"$T/dry.out" 2>"$T/err"; rc=$?
+    if [ $rc = 1 ] && grep -q '^blk.0.attn_q.weight .*-> model.layers.0.self_attn.q_proj.qweight I32 \[8, 64\].*4-bit, group 32' "$T/dry.out" \
+       && grep -q '^blk.0.ffn_gate.weight .*REFUSED: .*172' "$T/dry.out" && grep -q '^token_embd.weight .*kept in float' "$T/dry.out" \
+       && grep -q 'would refuse 15 tensors' "$T/err" && [ ! -e "$T/dry" ]; then
+      ok "quant --dry-run --to gptq: layouts, float tensors and refusals listed, nothing written"
+    else bad "quant --dry-run --to gptq (exit $rc)"; sed 's/^/     /' "$T/dry.out" "$T/err" | grep -- '->\|REFUSED\|refuse' | head -3; fi
+  fi
   # EXL2 (issue 14): ExLlamaV2's mixed-bit tensors. --method exl2 orders the inputs by H_ii, so q_perm /
   # q_invperm and the q/k outputs put back in HF order (the columns of q_weight and q_scale) are exercised
   export_check "exl2 0.1:5b_128g/0.9:4b_128g, --method exl2" exl2 --type exl2_10x5b128_90x4b128 --method exl2 --stats "$T/hfs.qls"
@@ -500,6 +511,9 @@ if [ -f "$HFM" ]; then
       if awk -v b="$b" 'BEGIN { exit !(b >= 4.14 && b <= 4.16) }' && [ "$mixes" -ge 2 ] && ! grep -q 'int4_g128' "$T/x2.ini"; then
         ok "plan --to exl2 --target-bpw 4.15: $b bpw, $mixes different mixes, no gptq candidate"
       else bad "plan --to exl2: bpw '$b', $mixes mixes"; sed 's/^/     /' "$T/x2.out" | tail -3; fi
+      if grep -q '^--to exl2: what each tensor becomes' "$T/x2.out" && grep -q '^blk.0.attn_q.weight .*model.layers.0.self_attn.q_proj.q_weight I32' "$T/x2.out" \
+         && ! grep -q REFUSED "$T/x2.out"; then ok "plan --to exl2 lists what each tensor becomes"
+      else bad "plan --to exl2: no per-tensor export listing"; fi
       rm -rf "$T/hx" "$T/hxref"
       if $QLAB quant "$HFM" --plan "$T/x2.ini" --stats "$T/hfs.qls" -o "$T/x2.gguf" >/dev/null 2>"$T/err" \
          && $QLAB quant "$HFM" --plan "$T/x2.ini" --stats "$T/hfs.qls" --to exl2 -o "$T/hx" >/dev/null 2>>"$T/err" \
