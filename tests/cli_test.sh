@@ -474,6 +474,7 @@ if [ -f "$HFM" ]; then
   expect_error "compressed-tensors refuses fp8 blocks under q/k reordering" "attn_q" $QLAB quant "$HFM" --type fp8_e4m3_block --to compressed-tensors -o "$T/hxq"
   mkdir -p "$T/full" && touch "$T/full/keep"
   expect_error "non-empty output folder refused" "not an empty folder" $QLAB quant "$HFM" --type int4_g32_sym --to awq -o "$T/full"
+  expect_error "exl2: non-empty output folder refused" "not an empty folder" $QLAB quant "$HFM" --type exl2_4b128 --to exl2 -o "$T/full"
   if [ -f "$T/full/keep" ] && [ ! -e "$T/hxq" ] && ! ls "$T" | grep -q '\.tmp\.'; then ok "refused exports leave nothing behind"
   else bad "a refused export left files behind"; fi
   if [ -f "$SHARED/models/stories260K.gguf" ]; then
