@@ -44,11 +44,19 @@ static const char *QUANT_USAGE =
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
     "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors, bnb, exl2\n"
     "                    (Hugging Face folders for transformers/vLLM/TGI; OUT is then a folder)\n"
-    "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing\n"
+    "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing; with\n"
+    "                    --to a folder target, also what each tensor becomes there (tensors, dtypes, shapes, bits,\n"
+    "                    group, kept in float and why, or the refusal; exit 1 if any is refused)\n"
     "Rows that do not fit a format's block fall back: K-quants and IQ types as llama-quantize does (q4_k -> q5_0 ->\n"
     "f16 ...); other types (q4_0, q8_0 ...) to f16, where llama-quantize refuses the model. Each fallback is printed,\n"
     "says which of the two happened, and is recorded in the plan.\n"
     "  " CLI_DEVICE_USAGE;
+
+/* One line of --dry-run --to: the tensor, its qlab format, what the target stores (or REFUSED and why). */
+static void print_export_line(void *user, const char *tensor, const char *format, bool refused, const char *what) {
+    (void)user;
+    printf("%-32s %-16s %s%s\n", tensor, format, refused ? "REFUSED: " : "-> ", what);
+}
 
 static bool is_float_format(const ql_format *f) {
     return f->type == QL_TYPE_F32 || f->type == QL_TYPE_F16 || f->type == QL_TYPE_BF16;
@@ -273,6 +281,20 @@ int cmd_quant(int argc, char **argv) {
     }
     if (save_plan && ql_plan_save(plan, model, save_plan)) {
         rc = cli_fail("quant");
+        goto done;
+    }
+    if (dry && exporter->folder) { /* --to X: what each tensor becomes in that ecosystem's folder */
+        printf("--to %s: what each tensor becomes (nothing is written)\n", exporter->name);
+        int refused = ql_quantize_describe(m, plan, exporter, out ? out : "OUT", print_export_line, NULL);
+        if (refused < 0) {
+            rc = cli_fail("quant");
+            goto done;
+        }
+        if (refused) {
+            fprintf(stderr, "qlab quant: --to %s would refuse %d tensor%s (REFUSED above); nothing written\n", exporter->name,
+                    refused, refused == 1 ? "" : "s");
+            rc = 1;
+        }
         goto done;
     }
     if (dry || !out) goto done;

@@ -16,6 +16,7 @@
 #include "base/dist.h"
 #include "core/stats.h"
 #include "pipeline/export.h"
+#include "pipeline/quantize.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -555,7 +556,8 @@ static const char *PLAN_USAGE =
     "                   written as the plan's [activations]; its summed per-linear KLD joins the prediction\n"
     "  --act-max-kld X  linears whose input costs more than X KLD with SCHEME keep float inputs\n"
     "  --to EXPORTER    only candidates whose format EXPORTER can store (exl2: the exl2_* mixes, giving\n"
-    "                   ExLlamaV2-like fractional bits per layer; gptq, awq, compressed-tensors, bnb)\n"
+    "                   ExLlamaV2-like fractional bits per layer; gptq, awq, compressed-tensors, bnb), and\n"
+    "                   (with -o, when the measured model is readable) what each tensor becomes there\n"
     "Apply the plan with: qlab quant MODEL --plan PLAN.ini -o OUT.gguf\n";
 
 typedef struct {
@@ -623,6 +625,31 @@ static int parse_alloc_flag(cli_args *a, const char *flag, alloc_flags *af, cons
 }
 
 static void alloc_flags_free(alloc_flags *af) { ql_sense_free_strings(af->rules, af->n_rules); }
+
+static void print_export_line(void *user, const char *tensor, const char *format, bool refused, const char *what) {
+    (void)user;
+    printf("%-32s %-16s %s%s\n", tensor, format, refused ? "REFUSED: " : "-> ", what);
+}
+
+/* plan --to X -o PLAN: what each tensor of the measured model becomes in X's folder, as qlab quant --dry-run
+ * --to prints it (the model is loaded only for this; a model that is gone is a note, not a failure). Returns
+ * non-zero when X would refuse a tensor. */
+static int describe_export(const ql_sense *s, const ql_plan *plan, const char *to) {
+    const ql_exporter_info *x;
+    ql_model *m = NULL;
+    if (ql_exporter_find(to, &x) || !x->folder) return 0;
+    if (!*s->model || ql_model_load(s->model, &m)) {
+        fprintf(stderr, "qlab plan: note: the measured model '%s' cannot be read here; qlab quant MODEL --plan PLAN --to %s "
+                        "--dry-run shows what each tensor becomes\n", s->model, to);
+        return 0;
+    }
+    printf("--to %s: what each tensor becomes\n", to);
+    int refused = ql_quantize_describe(m, plan, x, "OUT", print_export_line, NULL);
+    ql_model_free(m);
+    if (refused < 0) return cli_fail("plan");
+    if (refused) fprintf(stderr, "qlab plan: --to %s would refuse %d tensors (REFUSED above)\n", to, refused);
+    return refused != 0;
+}
 
 /* --to EXPORTER: a "*!=CAND" rule for every measured candidate whose format the exporter cannot store. */
 static ql_status restrict_to_exporter(const ql_sense *s, const char *to, const char *path, alloc_flags *af) {
@@ -828,6 +855,7 @@ int cmd_plan(int argc, char **argv) {
         needs |= ql_plan_act_needs_stats(plan);
         fprintf(stderr, "qlab plan: wrote %s; apply: qlab quant %s --plan %s%s -o OUT.gguf\n", out,
                 *s->model ? s->model : "MODEL", out, needs ? " --stats STATS.qls" : "");
+        if (to && describe_export(s, plan, to)) rc = 1;
     }
 out:
     ql_plan_free(plan);

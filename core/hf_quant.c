@@ -13,6 +13,7 @@
 #include "core/hf_quant.h"
 #include "core/actquant.h"
 #include "core/model.h"
+#include "formats/fmt_exl2.h"
 #include "formats/fmt_ext.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
@@ -24,9 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { HQ_GPTQ, HQ_AWQ, HQ_CT, HQ_BNB4, HQ_BNB8 } hq_method;
-enum { CT_PACK, CT_INTQ, CT_FLOAT };                          /* compressed-tensors group formats */
-enum { ST_TENSOR, ST_CHANNEL, ST_GROUP, ST_BLOCK };           /* strategies */
+typedef enum { HQ_GPTQ, HQ_AWQ, HQ_CT, HQ_BNB4, HQ_BNB8, HQ_EXL2 } hq_method;
+enum { CT_PACK, CT_INTQ, CT_FLOAT, CT_NVFP4 };                /* compressed-tensors group formats */
+enum { ST_TENSOR, ST_CHANNEL, ST_GROUP, ST_BLOCK, ST_TGROUP }; /* strategies (tensor_group: NVFP4's groups + a global scale) */
 
 typedef struct {
     char *name;
@@ -47,7 +48,7 @@ struct ql_hfq {
 };
 
 const char *ql_hfq_method(const ql_hfq *q) {
-    static const char *names[] = {"gptq", "awq", "compressed-tensors", "bitsandbytes 4-bit", "bitsandbytes LLM.int8"};
+    static const char *names[] = {"gptq", "awq", "compressed-tensors", "bitsandbytes 4-bit", "bitsandbytes LLM.int8", "exl2"};
     return names[q->m];
 }
 
@@ -89,12 +90,13 @@ static ql_status ct_parse_args(const char *path, const char *gname, const json_t
     if (!type || (!g->is_float && strcmp(type, "int")))
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': weights type '%.16s' (int or float)", path, gname, type ? type : "?");
     g->strategy = !strat ? -1 : !strcmp(strat, "tensor") ? ST_TENSOR : !strcmp(strat, "channel") ? ST_CHANNEL
-                              : !strcmp(strat, "group") ? ST_GROUP : !strcmp(strat, "block") ? ST_BLOCK : -1;
+                              : !strcmp(strat, "group") ? ST_GROUP : !strcmp(strat, "block") ? ST_BLOCK
+                              : !strcmp(strat, "tensor_group") ? ST_TGROUP : -1;
     if (g->strategy < 0)
-        return ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': weights strategy '%.16s' (tensor, channel, group, block)", path,
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': weights strategy '%.16s' (tensor, channel, group, block, tensor_group)", path,
                        gname, strat ? strat : "?");
     g->group = get_int(w, "group_size", 0, &bad);
-    if (g->strategy == ST_GROUP && g->group <= 0) bad = true;
+    if ((g->strategy == ST_GROUP || g->strategy == ST_TGROUP) && g->group <= 0) bad = true;
     if (g->strategy == ST_BLOCK) {
         const json_t *bs = json_object_get(w, "block_structure");
         if (!json_is_array(bs) || json_array_size(bs) != 2 || !json_is_integer(json_array_get(bs, 0)) ||
@@ -107,7 +109,7 @@ static ql_status ct_parse_args(const char *path, const char *gname, const json_t
         }
     }
     if (bad) return ql_fail(QL_ERR_FORMAT, "%s: config group '%s': malformed weights (num_bits, symmetric, group_size, block_structure)", path, gname);
-    if (g->is_float ? g->bits != 8 : (g->bits < 2 || g->bits > 8))
+    if (g->is_float ? g->bits != 8 && !(g->bits == 4 && g->strategy == ST_TGROUP) : (g->bits < 2 || g->bits > 8))
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': %d-bit %s weights are not read", path, gname, g->bits,
                        g->is_float ? "float" : "int");
     return QL_OK;
@@ -210,22 +212,26 @@ ql_status ql_hfq_parse(const char *cfg_path, const json_t *root, ql_hfq **out) {
                 if (!gf || !gf[0]) gf = fmt;
                 if (!gf || !strcmp(gf, "mixed-precision")) gf = "";
                 g->format = !strcmp(gf, "pack-quantized") ? CT_PACK : !strcmp(gf, "int-quantized") ? CT_INTQ
-                          : !strcmp(gf, "float-quantized") || !strcmp(gf, "naive-quantized") ? CT_FLOAT : -1;
+                          : !strcmp(gf, "float-quantized") || !strcmp(gf, "naive-quantized") ? CT_FLOAT
+                          : !strcmp(gf, "nvfp4-pack-quantized") ? CT_NVFP4 : -1;
                 if (g->format < 0) {
-                    s = ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': format '%.32s' is not read (pack-quantized, int-quantized, float-quantized)",
+                    s = ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': format '%.32s' is not read (pack-quantized, int-quantized, float-quantized, nvfp4-pack-quantized)",
                                 cfg_path, gname, gf);
                     break;
                 }
                 if ((s = ct_parse_args(cfg_path, gname, json_object_get(gv, "weights"), g))) break;
-                if (g->is_float != (g->format == CT_FLOAT)) {
-                    s = ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': %s weights in format %s", cfg_path, gname,
-                                g->is_float ? "float" : "int", gf);
+                if (g->format == CT_NVFP4 ? !(g->is_float && g->bits == 4 && g->strategy == ST_TGROUP && g->group == 16)
+                                          : g->is_float != (g->format == CT_FLOAT) || g->strategy == ST_TGROUP) {
+                    s = ql_fail(QL_ERR_UNSUPPORTED, "%s: config group '%s': %d-bit %s weights (%s) in format %s", cfg_path, gname, g->bits,
+                                g->is_float ? "float" : "int", get_str(json_object_get(gv, "weights"), "strategy"), gf);
                     break;
                 }
                 g->act = ct_parse_act(cfg_path, gname, json_object_get(gv, "input_activations"));
             }
+    } else if (!strcmp(method, "exl2")) {
+        q->m = HQ_EXL2; /* every fact (bits, groups, permutation) is in each module's tensors */
     } else {
-        s = ql_fail(QL_ERR_UNSUPPORTED, "%s: quant_method '%.32s' is not read (gptq, awq, compressed-tensors, bitsandbytes)", cfg_path,
+        s = ql_fail(QL_ERR_UNSUPPORTED, "%s: quant_method '%.32s' is not read (gptq, awq, compressed-tensors, bitsandbytes, exl2)", cfg_path,
                     method);
     }
     if (!s && bad) s = ql_fail(QL_ERR_FORMAT, "%s: quantization_config (%s) has a malformed field", cfg_path, method);
@@ -250,6 +256,9 @@ static int64_t rd_i64(const uint8_t *p) {
     uint64_t u = 0;
     for (int i = 7; i >= 0; i--) u = u << 8 | p[i];
     return (int64_t)u;
+}
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 static void wr_f32(uint8_t *p, float f) {
     uint32_t u;
@@ -700,16 +709,67 @@ static ql_status ct_fp8(hq_ctx *c, const char *module, const ct_group *grp, ql_h
     return QL_OK;
 }
 
+/* nvfp4-pack-quantized (compressed-tensors' NVFP4PackedCompressor): weight_packed U8 [N, K/2], two E2M1
+ * codes per byte (even column in the low nibble, bit 3 the sign), weight_scale F8_E4M3 [N, K/16],
+ * weight_global_scale [1]; w = e2m1(code) * (scale / global_scale) in float. With global scale 1, block
+ * scales that are non-negative and not NaN, and K a multiple of 64 this is exactly qlab's nvfp4 (ggml's
+ * layout: e2m1x2(code) * ue4m3(scale)/2 is the same product); else F32 as compressed-tensors computes it. */
+static ql_status ct_nvfp4(hq_ctx *c, const char *module, ql_hfq_tensor *wt, ql_hfq_tensor *sc) {
+    ql_status s;
+    if (wt->n_dims != 2) return check_part(c, module, "weight_packed", wt, 1u << QL_STD_U8, -1, 0);
+    const int64_t N = wt->ne[1], K = wt->ne[0] * 2;
+    ql_hfq_tensor *gs = part(c, module, "weight_global_scale");
+    if (K % 16) return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has %lld inputs; nvfp4 groups are 16", c->dir, wt->name, (long long)K);
+    if ((s = check_part(c, module, "weight_packed", wt, 1u << QL_STD_U8, N, K / 2)) ||
+        (s = check_part(c, module, "weight_scale", sc, 1u << QL_STD_F8_E4M3, N, K / 16)))
+        return s;
+    if (!gs || !is_float_dtype(gs->dtype) || numel(gs) != 1)
+        return ql_fail(QL_ERR_FORMAT, "%s: module '%s' needs a one-float 'weight_global_scale'", c->dir, module);
+    const float global = rd_float(gs, 0);
+    if (!(global > 0) || !isfinite(global))
+        return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' = %g is not a positive scale", c->dir, gs->name, (double)global);
+    bool exact = global == 1.0f && K % 64 == 0;
+    for (int64_t i = 0; i < N * (K / 16) && exact; i++) exact = sc->data[i] < 0x7F; /* sign clear, not NaN */
+    if (exact) {
+        const ql_format *f = ql_format_by_name("nvfp4");
+        int64_t bytes = f ? ql_format_tensor_bytes(f, K, N) : -1;
+        uint8_t *buf = bytes == N * (K / 64) * 36 ? calloc(1, (size_t)bytes) : NULL;
+        if (!buf) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s' (nvfp4)", c->dir, module);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                uint8_t *blk = buf + (n * (K / 64) + k / 64) * 36;
+                const int sub = (int)(k % 64) / 16, j = (int)(k % 16);
+                unsigned code = wt->data[n * (K / 2) + k / 2] >> (4 * (k & 1)) & 15;
+                if (j == 0) blk[sub] = sc->data[n * (K / 16) + k / 16];
+                blk[4 + 8 * sub + (j & 7)] |= (uint8_t)(code << (j < 8 ? 0 : 4));
+            }
+        emit(c, module, wt, f->type, K, N, buf, (uint64_t)bytes, false);
+        return QL_OK;
+    }
+    static const float e2m1[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3, -4, -6};
+    float *w = malloc((size_t)(N * K) * sizeof *w);
+    if (!w) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            float v = e2m1[wt->data[n * (K / 2) + k / 2] >> (4 * (k & 1)) & 15] * (ql_fp8_e4m3_to_f32(sc->data[n * (K / 16) + k / 16]) / global);
+            w[n * K + k] = isfinite(v) ? v : 0.0f;
+        }
+    note(c, module, global != 1.0f ? "nvfp4 with a global scale other than 1" : "nvfp4 with negative or NaN block scales, or rows not in 64s");
+    emit(c, module, wt, QL_TYPE_F32, K, N, w, (uint64_t)(N * K) * 4, false);
+    return QL_OK;
+}
+
 static ql_status do_ct(hq_ctx *c, const char *module, ql_hfq_tensor *main_part, bool packed) {
     const ct_group *grp = ct_group_of(c->q, module);
     if (!grp) return ql_fail(QL_ERR_FORMAT, "%s: module '%s' is quantized but no config group targets it", c->dir, module);
-    if (grp->format != (packed ? CT_PACK : main_part->dtype == QL_STD_F8_E4M3 ? CT_FLOAT : CT_INTQ))
+    if (packed ? grp->format != CT_PACK && grp->format != CT_NVFP4 : grp->format != (main_part->dtype == QL_STD_F8_E4M3 ? CT_FLOAT : CT_INTQ))
         return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' (%s) does not match config group '%s'", c->dir, main_part->name,
                        ql_st_dtype_name(main_part->dtype), grp->name);
     ql_hfq_tensor *sc = part(c, module, "weight_scale");
     ql_status s = ct_activation(c, module, grp);
     if (s) return s;
     if (grp->format == CT_FLOAT) return ct_fp8(c, module, grp, main_part, sc);
+    if (grp->format == CT_NVFP4) return ct_nvfp4(c, module, main_part, sc);
     const int bits = grp->bits, mid = 1 << (bits - 1);
     igrid g = {0};
     g.bits = bits;
@@ -892,6 +952,20 @@ static ql_status do_bnb8(hq_ctx *c, const char *module, ql_hfq_tensor *wt, ql_hf
     const int64_t N = wt->ne[1], K = wt->ne[0];
     if ((s = check_part(c, module, "weight", wt, 1u << QL_STD_I8, N, K)) || (s = check_part(c, module, "SCB", scb, FLOATS, N, -1)))
         return s;
+    /* F32 SCB: exactly qlab's bnb_int8 (bitsandbytes' rows, its decode), codes -127..127 */
+    bool exact = scb->dtype == QL_STD_F32;
+    for (int64_t i = 0; i < N * K && exact; i++) exact = wt->data[i] != 0x80;
+    const ql_format *f = exact ? ql_format_by_name("bnb_int8") : NULL;
+    if (f && ql_format_tensor_bytes(f, K, N) == N * (4 + K)) {
+        uint8_t *buf = malloc((size_t)(N * (4 + K)));
+        if (!buf) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
+        for (int64_t n = 0; n < N; n++) {
+            memcpy(buf + n * (4 + K), scb->data + 4 * n, 4);
+            memcpy(buf + n * (4 + K) + 4, wt->data + n * K, (size_t)K);
+        }
+        emit(c, module, wt, f->type, K, N, buf, (uint64_t)(N * (4 + K)), false);
+        return QL_OK;
+    }
     float *w = malloc((size_t)(N * K) * sizeof *w);
     if (!w) return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
     for (int64_t n = 0; n < N; n++) {
@@ -899,8 +973,154 @@ static ql_status do_bnb8(hq_ctx *c, const char *module, ql_hfq_tensor *wt, ql_hf
         /* bitsandbytes' int8_vectorwise_dequant: A * SCB * (1/127) */
         for (int64_t k = 0; k < K; k++) w[n * K + k] = (float)(int8_t)wt->data[n * K + k] * r * 7.874015718698502e-3f;
     }
-    note(c, module, "LLM.int8 (SCB / 127 row scales have no qlab format)");
+    note(c, module, "LLM.int8 with a non-F32 SCB or the code -128");
     emit(c, module, wt, QL_TYPE_F32, K, N, w, (uint64_t)(N * K) * 4, false);
+    return QL_OK;
+}
+
+/* ---------------------------------------------------------------- exl2 */
+
+/* ExLlamaV2's parts (docs/formats.md § Exporters, pipeline/export_exl2.c writes them): K from q_invperm,
+ * N from q_weight's columns, each group's bits and first q_weight row from q_groups; a group's row count
+ * is its share of q_weight (whole 32-row words, since every group but ExLlamaV2's last is 32..128 rows
+ * and K is a multiple of 32). The group list is matched against the exl2_* registry entries' layouts at
+ * this K; a match is re-packed into that entry's storage (the same parts in qlab's order, outputs of q/k
+ * in GGUF's order), anything else is decoded to F32 the way ExLlamaV2's kernels do. */
+static ql_status do_exl2(hq_ctx *c, const char *module, ql_hfq_tensor *qw) {
+    ql_hfq_tensor *ip = part(c, module, "q_invperm"), *pp = part(c, module, "q_perm"), *sm = part(c, module, "q_scale_max");
+    ql_hfq_tensor *gr = part(c, module, "q_groups"), *qs = part(c, module, "q_scale");
+    const unsigned perm_types = INT32S | 1u << QL_STD_I16;
+    ql_status s;
+    if (qw->n_dims != 2) return check_part(c, module, "q_weight", qw, INT32S, -1, 0);
+    if (!ip || ip->n_dims != 1) return check_part(c, module, "q_invperm", ip, perm_types, -1, 0);
+    if (!sm || sm->n_dims != 1) return check_part(c, module, "q_scale_max", sm, 1u << QL_STD_F16, -1, 0);
+    const int64_t N = qw->ne[0], qrows = qw->ne[1], K = ip->ne[0], G = sm->ne[0];
+    if (N % 8 || K % 32 || K > 65535 || G < 1 || G > K)
+        return ql_fail(QL_ERR_FORMAT, "%s: module '%s' is %lld x %lld with %lld groups; exl2 needs outputs in eights and inputs in 32s (at most 65535)",
+                       c->dir, module, (long long)N, (long long)K, (long long)G);
+    if ((s = check_part(c, module, "q_weight", qw, INT32S, qrows, N)) || (s = check_part(c, module, "q_invperm", ip, perm_types, K, -1)) ||
+        (s = check_part(c, module, "q_scale_max", sm, 1u << QL_STD_F16, G, -1)) ||
+        (s = check_part(c, module, "q_groups", gr, 1u << QL_STD_I16 | 1u << QL_STD_U16, 2 * G, -1)) ||
+        (s = check_part(c, module, "q_scale", qs, INT32S, G, N / 8)) || (pp && (s = check_part(c, module, "q_perm", pp, perm_types, K, -1))))
+        return s;
+    const bool ip16 = ip->dtype == QL_STD_I16, pp16 = pp && pp->dtype == QL_STD_I16;
+    /* the group list, every field checked */
+    ql_exl2_group *g = malloc((size_t)G * sizeof *g);
+    int64_t *perm = malloc((size_t)K * sizeof *perm);
+    if (!g || !perm) {
+        free(g), free(perm);
+        return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
+    }
+    int64_t row = 0;
+    for (int64_t i = 0; i < G && !s; i++) {
+        int bits = (int16_t)(gr->data[4 * i] | gr->data[4 * i + 1] << 8);
+        int64_t q0 = (uint16_t)(gr->data[4 * i + 2] | gr->data[4 * i + 3] << 8);
+        int64_t q1 = i + 1 < G ? (uint16_t)(gr->data[4 * i + 6] | gr->data[4 * i + 7] << 8) : qrows;
+        if (bits < 2 || bits > 8 || q0 != (i ? g[i - 1].qrow + (g[i - 1].rows * g[i - 1].bits) / 32 : 0) || q1 <= q0 || q1 > qrows ||
+            ((q1 - q0) * 32) % bits || row + (q1 - q0) * 32 / bits > K)
+            s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s.q_groups': group %lld (%d bits from q_weight row %lld) does not tile %lld inputs in %lld rows",
+                        c->dir, module, (long long)i, bits, (long long)q0, (long long)K, (long long)qrows);
+        else {
+            g[i] = (ql_exl2_group){.bits = bits, .row = row, .rows = (q1 - q0) * 32 / bits, .qrow = q0};
+            row += g[i].rows;
+        }
+    }
+    if (!s && row != K)
+        s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s.q_groups' covers %lld of %lld inputs", c->dir, module, (long long)row, (long long)K);
+    /* perm[p] = the input at processing position p; q_invperm must be a permutation, q_perm its inverse */
+    for (int64_t p = 0; p < K && !s; p++) perm[p] = -1;
+    for (int64_t k = 0; k < K && !s; k++) {
+        int64_t p = ip16 ? (int16_t)(ip->data[2 * k] | ip->data[2 * k + 1] << 8) : (int32_t)rd_u32(ip->data + 4 * k);
+        if (p < 0 || p >= K || perm[p] >= 0)
+            s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' is not a permutation of 0..%lld (entry %lld)", c->dir, ip->name, (long long)K - 1, (long long)k);
+        else perm[p] = k;
+    }
+    for (int64_t p = 0; pp && p < K && !s; p++) {
+        int64_t v = pp16 ? (int16_t)(pp->data[2 * p] | pp->data[2 * p + 1] << 8) : (int32_t)rd_u32(pp->data + 4 * p);
+        if (v != perm[p])
+            s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' is not the inverse of q_invperm (entry %lld)", c->dir, pp->name, (long long)p);
+    }
+    if (s) {
+        free(g), free(perm);
+        return s;
+    }
+    /* the registry entry whose layout at this K is this group list */
+    const ql_format *f = NULL;
+    ql_exl2_mix mix;
+    for (int i = 0; i < ql_format_count() && !f && N % 32 == 0; i++) {
+        const ql_format *e = ql_format_at(i);
+        ql_exl2_offsets o;
+        if (!ql_exl2_format_mix(e, &mix) || !ql_exl2_offsets_of(&mix, K, N, &o) || o.G != G || o.qrows != qrows) continue;
+        ql_exl2_group *eg = malloc((size_t)G * sizeof *eg);
+        if (!eg) break;
+        ql_exl2_layout(&mix, K, eg);
+        bool same = true;
+        for (int64_t j = 0; j < G && same; j++)
+            same = eg[j].bits == g[j].bits && eg[j].row == g[j].row && eg[j].rows == g[j].rows && eg[j].qrow == g[j].qrow;
+        free(eg);
+        if (same) f = e;
+    }
+    const int heads = rope_heads(c, module);
+    /* col[qlab output] = the HF output it holds (q/k: GGUF's rope order; else the identity) */
+    int32_t *col = malloc((size_t)N * 4), *id = malloc((size_t)N * 4);
+    if (!col || !id) {
+        free(g), free(perm), free(col), free(id);
+        return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
+    }
+    for (int64_t n = 0; n < N; n++) id[n] = (int32_t)n;
+    if (f && heads > 0) ql_rope_permute_rows(col, id, heads, N, 4, true);
+    else memcpy(col, id, (size_t)N * 4);
+    free(id);
+    if (f) {
+        ql_exl2_offsets o;
+        ql_exl2_offsets_of(&mix, K, N, &o);
+        uint8_t *buf = calloc(1, (size_t)o.total);
+        if (!buf) {
+            free(g), free(perm), free(col);
+            return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
+        }
+        for (int64_t p = 0; p < K; p++) put_u32(buf + o.invperm + 4 * perm[p], (uint32_t)p);
+        memcpy(buf + o.scale_max, sm->data, (size_t)(2 * G));
+        memcpy(buf + o.groups, gr->data, (size_t)(4 * G));
+        for (int64_t i = 0; i < G; i++)
+            for (int64_t n = 0; n < N; n++) {
+                int64_t h = col[n];
+                uint32_t v = rd_u32(qs->data + 4 * (i * (N / 8) + h / 8)) >> (4 * (h % 8)) & 15;
+                uint8_t *w = buf + o.scale + 4 * (i * (N / 8) + n / 8);
+                put_u32(w, rd_u32(w) | v << (4 * (n % 8)));
+            }
+        for (int64_t r = 0; r < qrows; r++)
+            for (int64_t n = 0; n < N; n++) memcpy(buf + o.weight + 4 * (r * N + n), qw->data + 4 * (r * N + col[n]), 4);
+        free(g), free(perm), free(col);
+        emit(c, module, qw, f->type, K, N, buf, (uint64_t)o.total, heads > 0);
+        return QL_OK;
+    }
+    /* F32 in HF order, as ExLlamaV2 dequantizes (formats/fmt_exl2.c: ql_exl2_scale, ql_exl2_value) */
+    float *w = malloc((size_t)(N * K) * sizeof *w), *scale = malloc((size_t)N * sizeof *scale);
+    if (!w || !scale) {
+        free(g), free(perm), free(col), free(w), free(scale);
+        return ql_fail(QL_ERR_NOMEM, "%s: no memory for '%s'", c->dir, module);
+    }
+    for (int64_t i = 0; i < G; i++) {
+        const uint16_t smax = (uint16_t)(sm->data[2 * i] | sm->data[2 * i + 1] << 8);
+        for (int64_t n = 0; n < N; n++)
+            scale[n] = ql_exl2_scale((int)(rd_u32(qs->data + 4 * (i * (N / 8) + n / 8)) >> (4 * (n % 8)) & 15) + 1, smax);
+        const int b = g[i].bits;
+        for (int64_t r = 0; r < g[i].rows; r++) {
+            const int64_t k = perm[g[i].row + r], pos = g[i].qrow * 32 + r * b;
+            for (int64_t n = 0; n < N; n++) {
+                unsigned code = 0;
+                for (int j = 0; j < b; j++) { /* bit (pos + j) of output n's stream down the rows of q_weight */
+                    int64_t bit = pos + j;
+                    code |= (rd_u32(qw->data + 4 * ((bit >> 5) * N + n)) >> (bit & 31) & 1u) << j;
+                }
+                w[n * K + k] = ql_exl2_value((int)code, b, scale[n]);
+            }
+        }
+    }
+    free(g), free(perm), free(col), free(scale);
+    note(c, module, "an exl2 group layout no exl2_* registry entry has at this size");
+    emit(c, module, qw, QL_TYPE_F32, K, N, w, (uint64_t)(N * K) * 4, false);
     return QL_OK;
 }
 
@@ -918,7 +1138,7 @@ static ql_status convert_one(hq_ctx *c, int64_t i) {
     size_t stem;
     char module[400];
     const hq_method m = c->q->m;
-    const char *anchor = m == HQ_GPTQ || m == HQ_AWQ ? ".qweight" : m == HQ_CT ? NULL : ".weight";
+    const char *anchor = m == HQ_GPTQ || m == HQ_AWQ ? ".qweight" : m == HQ_EXL2 ? ".q_weight" : m == HQ_CT ? NULL : ".weight";
     if (anchor && !ends_with(t->name, anchor, &stem)) return QL_OK;
     if (m == HQ_CT) {
         bool packed = ends_with(t->name, ".weight_packed", &stem);
@@ -942,7 +1162,7 @@ static ql_status convert_one(hq_ctx *c, int64_t i) {
         return do_bnb4(c, module, t, qs, nf4);
     }
     c->used[i] = true;
-    return m == HQ_GPTQ ? do_gptq(c, module, t) : do_awq(c, module, t);
+    return m == HQ_GPTQ ? do_gptq(c, module, t) : m == HQ_EXL2 ? do_exl2(c, module, t) : do_awq(c, module, t);
 }
 
 ql_status ql_hfq_convert(const ql_hfq *q, const char *dir, const ql_hfq_arch *arch, ql_hfq_tensor **ts, int64_t *n, ql_gguf *g) {

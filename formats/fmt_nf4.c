@@ -32,22 +32,28 @@ const float ql_fp4_code[16] = {
 
 /* Nearest NF4 code: thresholds are the midpoints between neighbouring code values (bitsandbytes'
  * dQuantizeNF4); a value exactly on a midpoint goes to the lower code. */
-uint8_t ql_nf4_encode(float x) {
+static inline uint8_t nf4_encode_inline(float x) {
     static const float mid[15] = {
         -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
         -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
         0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
         0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
     };
-    /* the tree descends on "x > threshold"; counting thresholds below x gives the same code
-     * (NaN compares false everywhere, as in the tree, and yields code 0) */
-    uint8_t c = 0;
-    for (int i = 0; i < 15; i++) c += x > mid[i];
-    return c;
+    /* the tree descends on "x > threshold": the code is the number of thresholds below x, found here by a
+     * branch-free binary search over the sorted midpoints (4 compares, not 15; NaN compares false everywhere,
+     * as in the tree, and yields code 0) */
+    unsigned c = 0;
+    c += (x > mid[c + 7]) << 3;
+    c += (x > mid[c + 3]) << 2;
+    c += (x > mid[c + 1]) << 1;
+    c += x > mid[c];
+    return (uint8_t)c;
 }
 
+uint8_t ql_nf4_encode(float x) { return nf4_encode_inline(x); }
+
 /* bitsandbytes' dQuantizeFP4: sign bit from x < 0, magnitude by thresholds */
-uint8_t ql_fp4_encode(float x) {
+static inline uint8_t fp4_encode_inline(float x) {
     uint8_t sign = x < 0.0f ? 8 : 0;
     x = fabsf(x);
     uint8_t c;
@@ -60,6 +66,8 @@ uint8_t ql_fp4_encode(float x) {
     }
     return (uint8_t)(c + sign);
 }
+
+uint8_t ql_fp4_encode(float x) { return fp4_encode_inline(x); }
 
 /* ---- bitsandbytes' 8-bit dynamic map (create_dynamic_map(signed=True, 7, 8)) ----
  * For each decade i = 0..6: the midpoints of torch.linspace(0.1, 1, 2^i + 1), times 10^(i-6), with
@@ -120,14 +128,24 @@ uint8_t ql_bnb_dynamic_encode(float x) {
 
 /* ---- shared pieces ---- */
 
+/* A block of 64 finite weights scaled by a finite 1/absmax, encoded with the encoder inlined (no call per weight:
+ * the export-speed path, issue 14); the same codes as calling encode on each. */
+static void nf4_encode_64(const float *x, float inv, uint8_t *c) {
+    for (int i = 0; i < 64; i++) c[i] = nf4_encode_inline(x[i] * inv);
+}
+static void fp4_encode_64(const float *x, float inv, uint8_t *c) {
+    for (int i = 0; i < 64; i++) c[i] = fp4_encode_inline(x[i] * inv);
+}
+
 typedef struct {
     const float *code;
     uint8_t (*encode)(float);
+    void (*encode_64)(const float *x, float inv, uint8_t *codes);
     uint8_t zero, plus_one, minus_one; /* codes for NaN, +inf, -inf */
 } bnb4_kind;
 
-static const bnb4_kind k_nf4 = {ql_nf4_code, ql_nf4_encode, 7, 15, 0};
-static const bnb4_kind k_fp4 = {ql_fp4_code, ql_fp4_encode, 0, 3, 11};
+static const bnb4_kind k_nf4 = {ql_nf4_code, ql_nf4_encode, nf4_encode_64, 7, 15, 0};
+static const bnb4_kind k_fp4 = {ql_fp4_code, ql_fp4_encode, fp4_encode_64, 0, 3, 11};
 
 static inline void put_f32(uint8_t *p, float f) { memcpy(p, &f, 4); }
 static inline float get_f32(const uint8_t *p) {
@@ -146,6 +164,14 @@ static float finite_absmax(const float *x, int64_t len) {
 /* Codes of one block into `out` (ceil(len/2) bytes, element 2j in the high nibble of byte j). */
 static void encode_block(const bnb4_kind *k, const float *x, int64_t len, float absmax, uint8_t *out) {
     float inv = 1.0f / absmax;
+    bool plain = len == 64 && absmax > 0.0f && isfinite(inv);
+    for (int64_t i = 0; i < len && plain; i++) plain = isfinite(x[i]);
+    if (plain) { /* the common case: what the loop below does, without a branch or call per weight */
+        uint8_t c[64];
+        k->encode_64(x, inv, c);
+        for (int i = 0; i < 32; i++) out[i] = (uint8_t)(c[2 * i] << 4 | c[2 * i + 1]);
+        return;
+    }
     memset(out, 0, (size_t)(len + 1) / 2);
     for (int64_t i = 0; i < len; i++) {
         float v = x[i];

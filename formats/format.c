@@ -23,6 +23,7 @@ QL_FMT_INT_FAMILY(QL_FMT_INT_EXTERN)
 extern const ql_format ql_fmt_int4_channel, ql_fmt_int8_channel, ql_fmt_int8_tensor;
 extern const ql_format ql_fmt_int4_b64, ql_fmt_int4_b128, ql_fmt_int8_b64, ql_fmt_int8_b128;
 extern const ql_format ql_fmt_nf4, ql_fmt_nf4_dq, ql_fmt_fp4, ql_fmt_fp4_dq;
+extern const ql_format ql_fmt_bnb_int8;
 extern const ql_format ql_fmt_e8p, ql_fmt_e8p_rvq3, ql_fmt_e8p_rvq4, ql_fmt_rht_int2_g64, ql_fmt_rht_int3_g64,
     ql_fmt_rht_int4_g64;
 extern const ql_format ql_fmt_fp8_e4m3, ql_fmt_fp8_e5m2, ql_fmt_fp8_e4m3_channel, ql_fmt_fp8_e5m2_channel,
@@ -48,6 +49,7 @@ static const ql_format *const g_formats[] = {
     &ql_fmt_int8_tensor, &ql_fmt_int8_channel, &ql_fmt_int8_b64, &ql_fmt_int8_b128,
     &ql_fmt_int4_channel, &ql_fmt_int4_b64, &ql_fmt_int4_b128,
     &ql_fmt_nf4, &ql_fmt_nf4_dq, &ql_fmt_fp4, &ql_fmt_fp4_dq,
+    &ql_fmt_bnb_int8,
     &ql_fmt_aqlm_4x8, &ql_fmt_aqlm_2x8, &ql_fmt_aqlm_1x16, &ql_fmt_aqlm_1x8,
     QL_FMT_INT_FAMILY(QL_FMT_INT_REF)
     &ql_fmt_e8p, &ql_fmt_e8p_rvq3, &ql_fmt_e8p_rvq4, &ql_fmt_rht_int2_g64, &ql_fmt_rht_int3_g64, &ql_fmt_rht_int4_g64,

@@ -66,10 +66,19 @@ static inline int64_t ql_int_add_checked(int64_t a, int64_t b) {
 static inline float ql_int_clamp_scale(float s) { return s > QL_INT_FP16_MAX ? QL_INT_FP16_MAX : s < -QL_INT_FP16_MAX ? -QL_INT_FP16_MAX : s; }
 
 /* the code of x; NaN (or inf * 0 when the scale is 0) gets the zero point */
+/* nearbyintf in the default rounding mode without a libm call (x86-64's baseline has no roundss): adding and
+ * subtracting 2^23 (with v's sign) leaves a float below 2^23 in magnitude rounded half to even, since the sum
+ * lies where floats are whole numbers; larger ones are whole already. Only the sign of a zero can differ
+ * (+0 for -0.3), which no integer code sees. Checked against nearbyintf on every float (docs/results.md). */
+static inline float ql_round_even(float v) {
+    const float c = copysignf(8388608.0f, v);
+    return fabsf(v) < 8388608.0f ? (v + c) - c : v;
+}
+
 static inline int ql_int_code(float x, float id, int zero, int maxq) {
     float v = x * id;
     if (v != v) return zero;
-    v = nearbyintf(v) + (float)zero;
+    v = ql_round_even(v) + (float)zero;
     return v < 0.0f ? 0 : v > (float)maxq ? maxq : (int)v;
 }
 

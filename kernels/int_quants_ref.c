@@ -63,8 +63,11 @@ void ql_int_quantize_rows_ref(const float *src, void *dst, int64_t nrows, int64_
             ql_put_f16le(row + 2 * k, gp.scale_h);
             if (!sym) ql_bits_or(zeros, k * bits, bits, (unsigned)gp.zero);
             float id = gp.scale != 0.0f ? 1.0f / gp.scale : 0.0f;
-            for (int64_t i = 0; i < len; i++)
-                ql_bits_or(codes, (c0 + i) * bits, bits, (unsigned)ql_int_code(x[c0 + i], id, gp.zero, maxq));
+            if (bits == 8) /* whole bytes: no bit packing */
+                for (int64_t i = 0; i < len; i++) codes[c0 + i] = (uint8_t)ql_int_code(x[c0 + i], id, gp.zero, maxq);
+            else
+                for (int64_t i = 0; i < len; i++)
+                    ql_bits_or(codes, (c0 + i) * bits, bits, (unsigned)ql_int_code(x[c0 + i], id, gp.zero, maxq));
         }
     }
 }

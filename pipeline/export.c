@@ -91,6 +91,15 @@ ql_status ql_export_add_sidecar(ql_exporter *x, const char *file_name, const voi
     return x->info->ops->add_sidecar(x, file_name, bytes, n);
 }
 
+void ql_export_describe(ql_exporter *x, uint32_t type, char *buf, size_t n) {
+    if (x->info->ops->describe) {
+        x->info->ops->describe(x, buf, n);
+        return;
+    }
+    const ql_type_info *ti = ql_type_get(type);
+    snprintf(buf, n, "stored as %s", ti ? ti->name : "?");
+}
+
 static void release(ql_exporter *x) {
     free(x->out_path);
     free(x);

@@ -50,6 +50,9 @@ typedef struct {
     ql_status (*add_sidecar)(ql_exporter *x, const char *file_name, const void *bytes, size_t n);
     ql_status (*commit)(ql_exporter *x, const ql_progress *progress);
     void (*abort)(ql_exporter *x);
+    /* Optional (--dry-run --to): what the tensor just added becomes in the output, one line of words
+     * (names, dtypes, shapes, bits, group, or why it stays float). NULL: the stored type says it. */
+    void (*describe)(ql_exporter *x, char *buf, size_t n);
 } ql_exporter_ops;
 
 /* One registry line. */
@@ -83,6 +86,8 @@ ql_status ql_export_add_tensor(ql_exporter *x, const ql_export_tensor *t);
 ql_status ql_export_add_sidecar(ql_exporter *x, const char *file_name, const void *bytes, size_t n);
 ql_status ql_export_commit(ql_exporter *x, const ql_progress *progress); /* releases x */
 void ql_export_abort(ql_exporter *x);                                    /* releases x; NULL is a no-op */
+/* After a successful add_tensor: the implementation's describe, else "stored as TYPE". */
+void ql_export_describe(ql_exporter *x, uint32_t type, char *buf, size_t n);
 
 /* For drivers that assemble their output as a ql_gguf (quantize, convert): begin with `source`, every
  * key of `image` as metadata, every tensor of `image` (its data, or its produce callback with the

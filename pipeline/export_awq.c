@@ -51,28 +51,39 @@ static ql_status awq_plan(const char *out, ql_st_tensor *t, const ql_st_tensor *
 
 static ql_status awq_convert(const ql_st_tensor *t, const uint8_t *src, uint8_t *dst) {
     const int64_t K = t->ne[0], N = t->ne[1], ng = K / t->group, W = N / 8;
-    uint32_t *qw = calloc((size_t)(K * W), 4), *qz = calloc((size_t)(ng * W), 4);
-    if (!qw || !qz) {
-        free(qw), free(qz);
-        return ql_fail(QL_ERR_NOMEM, "out of memory packing '%s'", t->gguf_name);
-    }
     int nibble_of[8]; /* column 8w + c sits in nibble nibble_of[c] */
     for (int i = 0; i < 8; i++) nibble_of[AWQ_ORDER[i]] = i;
-    uint8_t *scales = dst + t->out[0].nbytes + t->out[1].nbytes;
-    for (int64_t n = 0; n < N; n++) {
-        ql_st_int_row r = ql_st_int_row_at(t, src, n);
-        int64_t w = n / 8;
-        int sh = 4 * nibble_of[n % 8];
-        for (int64_t k = 0; k < K; k++) qw[k * W + w] |= (uint32_t)ql_st_int_code(&r, k) << sh;
-        for (int64_t g = 0; g < ng; g++) {
-            qz[g * W + w] |= (uint32_t)ql_st_int_zero(&r, g) << sh;
-            uint16_t h = ql_st_int_scale(&r, g);
-            scales[2 * (g * N + n)] = (uint8_t)h, scales[2 * (g * N + n) + 1] = (uint8_t)(h >> 8);
+    uint8_t *qz = dst + t->out[0].nbytes, *scales = qz + t->out[1].nbytes;
+    memset(qz, 0, t->out[1].nbytes);
+    /* qlab's 4-bit codes of a row are bytes holding columns 2j (low nibble) and 2j + 1 (high nibble); a
+     * qweight word gathers one column of eight consecutive rows: two words per byte of the eight rows */
+    const ql_st_int_row r0 = ql_st_int_row_at(t, src, 0);
+    const int64_t rb = N > 1 ? ql_st_int_row_at(t, src, 1).row - r0.row : 0;
+    const int64_t coff = 2 * ng + (t->sym ? 0 : ql_bits_to_bytes(ng * 4));
+    for (int64_t w = 0; w < W; w++) {
+        const uint8_t *rows = src + 8 * w * rb + coff;
+        for (int64_t j = 0; j < K / 2; j++) {
+            uint32_t lo = 0, hi = 0;
+            for (int c = 0; c < 8; c++) {
+                const uint32_t b = rows[c * rb + j];
+                lo |= (b & 15) << (4 * nibble_of[c]);
+                hi |= (b >> 4) << (4 * nibble_of[c]);
+            }
+            ql_st_put_u32(dst + 4 * ((2 * j) * W + w), lo);
+            ql_st_put_u32(dst + 4 * ((2 * j + 1) * W + w), hi);
         }
     }
-    for (int64_t i = 0; i < K * W; i++) ql_st_put_u32(dst + 4 * i, qw[i]);
-    for (int64_t i = 0; i < ng * W; i++) ql_st_put_u32(dst + t->out[0].nbytes + 4 * i, qz[i]);
-    free(qw), free(qz);
+    for (int64_t n = 0; n < N; n++) {
+        ql_st_int_row r = ql_st_int_row_at(t, src, n);
+        const int64_t w = n / 8;
+        const int sh = 4 * nibble_of[n % 8];
+        for (int64_t g = 0; g < ng; g++) {
+            uint8_t *zp = qz + 4 * (g * W + w);
+            const uint32_t z = (uint32_t)(zp[0] | zp[1] << 8 | zp[2] << 16 | (uint32_t)zp[3] << 24) | (uint32_t)ql_st_int_zero(&r, g) << sh;
+            ql_st_put_u32(zp, z);
+            memcpy(scales + 2 * (g * N + n), r.row + 2 * g, 2); /* the row's fp16 scales, little-endian */
+        }
+    }
     return QL_OK;
 }
 
@@ -114,4 +125,5 @@ const ql_exporter_ops ql_export_awq_ops = {
     .add_sidecar = ql_st_add_sidecar,
     .commit = ql_st_commit,
     .abort = ql_st_abort,
+    .describe = ql_st_describe,
 };

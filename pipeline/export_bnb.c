@@ -14,7 +14,13 @@
  * w = quant_map[code] * absmax, absmax = nested_quant_map[q] * nested_absmax[b / 256] + nested_offset.
  * qlab's nf4/fp4 formats are bitsandbytes' own blockwise layout, so codes and absmax move unchanged.
  * Double-quantized tensors keep their 256-block grouping only in their own row order, so nf4_dq/fp4_dq
- * are refused on llama q/k (whose rows are reordered to HF order); plain nf4/fp4 work everywhere. */
+ * are refused on llama q/k (whose rows are reordered to HF order); plain nf4/fp4 work everywhere.
+ *
+ * LLM.int8 (transformers' `load_in_8bit`, Linear8bitLt / Int8Params), from qlab's bnb_int8 (formats/fmt_bnb8.c,
+ * rows of [f32 SCB][K int8 codes], bitsandbytes' own rounding and decode):
+ *     weight   I8  [N, K]   the codes, row-major
+ *     SCB      F32 [N]      each row's absmax; w = (code * SCB) * float32(1/127) (int8_vectorwise_dequant)
+ * One folder holds one kind: 4-bit and 8-bit linears cannot be mixed (one bitsandbytes config). */
 #include "pipeline/export_st.h"
 #include "formats/fmt_ext.h"
 #include "kernels/ggml_types.h"
@@ -29,18 +35,31 @@
 #define TYPE_FP4_DQ (QL_TYPE_EXT_BASE + 0x83)
 #define BLOCK 64
 #define BLOCK2 256
+#define TYPE_BNB_INT8 (QL_TYPE_EXT_BASE + 0x90)
 #define QS_LEN 200 /* the quant_state JSON is padded with spaces to this length (JSON allows it), so its size
                       is known before the nested offset is */
 
 static bool bnb_accepts(uint32_t type) {
-    return ql_st_is_float(type) || (type >= TYPE_NF4 && type <= TYPE_FP4_DQ);
+    return ql_st_is_float(type) || (type >= TYPE_NF4 && type <= TYPE_FP4_DQ) || type == TYPE_BNB_INT8;
 }
 
 static ql_status bnb_plan(const char *out, ql_st_tensor *t, const ql_st_tensor *prev, int64_t n_prev) {
-    if (t->type < TYPE_NF4 || t->type > TYPE_FP4_DQ)
-        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; bnb takes nf4, fp4, nf4_dq, fp4_dq", out, t->gguf_name,
-                       t->format->name);
+    if ((t->type < TYPE_NF4 || t->type > TYPE_FP4_DQ) && t->type != TYPE_BNB_INT8)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s; bnb takes nf4, fp4, nf4_dq, fp4_dq (load_in_4bit) or bnb_int8 (load_in_8bit)",
+                       out, t->gguf_name, t->format->name);
     int64_t K = t->ne[0], N = t->ne[1], nb = N * K / BLOCK;
+    for (int64_t i = 0; i < n_prev; i++)
+        if (prev[i].kind == QL_ST_TARGET && prev[i].type != t->type)
+            return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s but '%s' is %s; a bitsandbytes config has one quant type and double-quant setting",
+                           out, t->gguf_name, t->format->name, prev[i].gguf_name, prev[i].format->name);
+    if (t->type == TYPE_BNB_INT8) {
+        t->kind = QL_ST_TARGET;
+        t->bits = 8, t->group = (int)K, t->sym = true, t->scheme = 2;
+        ql_st_set_out(&t->out[0], "weight", "I8", 2, N, K, true);
+        ql_st_set_out(&t->out[1], "SCB", "F32", 1, N, 1, true);
+        t->n_out = 2;
+        return QL_OK;
+    }
     if (K % BLOCK)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s': rows of %lld are not whole blocks of 64; bitsandbytes blocks the flattened tensor",
                        out, t->gguf_name, (long long)K);
@@ -48,10 +67,6 @@ static ql_status bnb_plan(const char *out, ql_st_tensor *t, const ql_st_tensor *
     if (dq && t->rope_heads > 0)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s, whose 256-block absmax groups do not survive the q/k row reordering to Hugging Face order; use %s",
                        out, t->gguf_name, t->format->name, t->type == TYPE_NF4_DQ ? "nf4" : "fp4");
-    for (int64_t i = 0; i < n_prev; i++)
-        if (prev[i].kind == QL_ST_TARGET && prev[i].type != t->type)
-            return ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' is %s but '%s' is %s; a bitsandbytes config has one quant type and double-quant setting",
-                           out, t->gguf_name, t->format->name, prev[i].gguf_name, prev[i].format->name);
     t->kind = QL_ST_TARGET;
     t->bits = 4, t->group = BLOCK, t->sym = true, t->scheme = dq;
     bool nf4 = t->type == TYPE_NF4 || t->type == TYPE_NF4_DQ;
@@ -77,7 +92,14 @@ static void put_f32(uint8_t *p, float f) {
 
 static ql_status bnb_convert(const ql_st_tensor *t, const uint8_t *src, uint8_t *dst) {
     const int64_t K = t->ne[0], N = t->ne[1], nb = N * K / BLOCK, nb2 = (nb + BLOCK2 - 1) / BLOCK2;
-    const bool dq = t->scheme, nf4 = t->type == TYPE_NF4 || t->type == TYPE_NF4_DQ;
+    if (t->type == TYPE_BNB_INT8) { /* rows of [f32 SCB][K codes] -> weight [N, K], SCB [N] */
+        for (int64_t n = 0; n < N; n++) {
+            memcpy(dst + N * K + 4 * n, src + n * (4 + K), 4);
+            memcpy(dst + n * K, src + n * (4 + K) + 4, (size_t)K);
+        }
+        return QL_OK;
+    }
+    const bool dq = t->scheme == 1, nf4 = t->type == TYPE_NF4 || t->type == TYPE_NF4_DQ;
     uint8_t *w = dst, *absmax = w + t->out[0].nbytes, *qmap = absmax + t->out[1].nbytes, *p = qmap + t->out[2].nbytes;
     for (int i = 0; i < 16; i++) put_f32(qmap + 4 * i, nf4 ? ql_nf4_code[i] : ql_fp4_code[i]);
     float offset = 0.0f;
@@ -121,12 +143,24 @@ static json_t *bnb_config(const ql_st_tensor *ts, int64_t n) {
     bool nf4 = !q || q->type == TYPE_NF4 || q->type == TYPE_NF4_DQ;
     json_t *o = json_object();
     json_object_set_new(o, "quant_method", json_string("bitsandbytes"));
+    if (q && q->type == TYPE_BNB_INT8) {
+        /* transformers' BitsAndBytesConfig for load_in_8bit; the threshold (its default) only steers the
+         * runtime's outlier inputs, the stored weights are what qlab previews */
+        json_object_set_new(o, "load_in_4bit", json_false());
+        json_object_set_new(o, "load_in_8bit", json_true());
+        json_object_set_new(o, "_load_in_4bit", json_false());
+        json_object_set_new(o, "_load_in_8bit", json_true());
+        json_object_set_new(o, "llm_int8_threshold", json_real(6.0));
+        json_object_set_new(o, "llm_int8_has_fp16_weight", json_false());
+        json_object_set_new(o, "llm_int8_skip_modules", skip);
+        return o;
+    }
     json_object_set_new(o, "load_in_4bit", json_true());
     json_object_set_new(o, "load_in_8bit", json_false());
     json_object_set_new(o, "_load_in_4bit", json_true());
     json_object_set_new(o, "_load_in_8bit", json_false());
     json_object_set_new(o, "bnb_4bit_quant_type", json_string(nf4 ? "nf4" : "fp4"));
-    json_object_set_new(o, "bnb_4bit_use_double_quant", json_boolean(q && q->scheme));
+    json_object_set_new(o, "bnb_4bit_use_double_quant", json_boolean(q && q->scheme == 1));
     json_object_set_new(o, "bnb_4bit_compute_dtype", json_string("float16"));
     json_object_set_new(o, "bnb_4bit_quant_storage", json_string("uint8"));
     json_object_set_new(o, "llm_int8_skip_modules", skip);
@@ -147,4 +181,5 @@ const ql_exporter_ops ql_export_bnb_ops = {
     .add_sidecar = ql_st_add_sidecar,
     .commit = ql_st_commit,
     .abort = ql_st_abort,
+    .describe = ql_st_describe,
 };

@@ -127,24 +127,18 @@ static ql_status ct_convert_weight(const ql_st_tensor *t, const uint8_t *src, ui
         uint32_t *zw = NULL;
         if (!t->sym && !(zw = calloc((size_t)(N / pf * ng), 4))) return ql_fail(QL_ERR_NOMEM, "out of memory packing '%s'", t->gguf_name);
         const uint8_t *codes8 = src + 2; /* int8_tensor: [f16 scale][8-bit codes, row-major] */
+        /* 32/bits codes per little-endian word along the row, LSB first: the bytes of qlab's code stream (the
+         * row's last word zero-padded), so each row is one copy */
+        const int64_t sb = ql_bits_to_bytes(K * bits), coff = t->scheme == CT_INT_ROW ? 2 * ng + (t->sym ? 0 : ql_bits_to_bytes(ng * bits)) : 0;
         for (int64_t n = 0; n < N; n++) {
             ql_st_int_row r = {0};
             if (t->scheme == CT_INT_ROW) r = ql_st_int_row_at(t, src, n);
-            for (int64_t w = 0; w < wpr; w++) {
-                uint32_t word = 0;
-                for (int i = 0; i < pf && w * pf + i < K; i++) {
-                    int64_t k = w * pf + i;
-                    unsigned c = t->scheme == CT_INT_ROW ? ql_st_int_code(&r, k) : codes8[n * K + k];
-                    word |= (uint32_t)c << (bits * i);
-                }
-                ql_st_put_u32(p + 4 * (n * wpr + w), word);
-            }
+            memcpy(p + 4 * n * wpr, t->scheme == CT_INT_ROW ? r.row + coff : codes8 + n * K, (size_t)sb);
+            memset(p + 4 * n * wpr + sb, 0, (size_t)(4 * wpr - sb));
+            if ((K * bits) % 8) p[4 * n * wpr + sb - 1] &= (uint8_t)((1u << ((K * bits) % 8)) - 1); /* bits past the row */
             if (t->scheme == CT_INT8_TENSOR) continue;
-            for (int64_t g = 0; g < ng; g++) {
-                uint16_t h = ql_st_int_scale(&r, g);
-                scales[2 * (n * ng + g)] = (uint8_t)h, scales[2 * (n * ng + g) + 1] = (uint8_t)(h >> 8);
-                if (zw) zw[(n / pf) * ng + g] |= (uint32_t)ql_st_int_zero(&r, g) << (bits * (n % pf));
-            }
+            memcpy(scales + 2 * n * ng, r.row, (size_t)(2 * ng)); /* the row's fp16 scales, little-endian */
+            for (int64_t g = 0; g < ng && zw; g++) zw[(n / pf) * ng + g] |= (uint32_t)ql_st_int_zero(&r, g) << (bits * (n % pf));
         }
         if (t->scheme == CT_INT8_TENSOR) scales[0] = src[0], scales[1] = src[1];
         if (zw) {
@@ -407,4 +401,5 @@ const ql_exporter_ops ql_export_ct_ops = {
     .add_sidecar = ql_st_add_sidecar,
     .commit = ql_st_commit,
     .abort = ql_st_abort,
+    .describe = ql_st_describe,
 };

@@ -126,4 +126,5 @@ const ql_exporter_ops ql_export_exl2_ops = {
     .add_sidecar = ql_st_add_sidecar,
     .commit = ql_st_commit,
     .abort = ql_st_abort,
+    .describe = ql_st_describe,
 };

@@ -70,34 +70,39 @@ static ql_status gptq_convert(const ql_st_tensor *t, const uint8_t *src, uint8_t
     const int64_t K = t->ne[0], N = t->ne[1], ng = K / t->group, bits = t->bits;
     const uint32_t maxq = (1u << bits) - 1;
     const int64_t qw_rows = K * bits / 32, qz_cols = N * bits / 32;
-    uint32_t *qw = calloc((size_t)(qw_rows * N), 4), *qz = calloc((size_t)(ng * qz_cols), 4);
-    if (!qw || !qz) {
-        free(qw), free(qz);
-        return ql_fail(QL_ERR_NOMEM, "out of memory packing '%s'", t->gguf_name);
-    }
+    uint32_t *qz = calloc((size_t)(ng * qz_cols), 4);
+    if (!qz) return ql_fail(QL_ERR_NOMEM, "out of memory packing '%s'", t->gguf_name);
     uint8_t *scales = dst + t->out[0].nbytes + t->out[1].nbytes, *gidx = scales + t->out[2].nbytes;
-    uint32_t *col = calloc((size_t)qw_rows, 4);
+    /* qweight column n is row n's codes as one LSB-first stream through little-endian words: exactly the
+     * bytes of qlab's code stream (K * bits is a whole number of words), so each row's stream is copied
+     * word by word into its column, 16 rows at a time (the writes of a qweight row stay together) */
+    const ql_st_int_row r0 = ql_st_int_row_at(t, src, 0);
+    const int64_t rb = N > 1 ? ql_st_int_row_at(t, src, 1).row - r0.row : 0;
+    const int64_t coff = 2 * ng + (t->sym ? 0 : ql_bits_to_bytes(ng * bits));
+    for (int64_t n0 = 0; n0 < N; n0 += 16) {
+        const int64_t nb = QL_MIN(16, N - n0);
+        for (int64_t i = 0; i < qw_rows; i++) {
+            uint8_t *d = dst + 4 * (i * N + n0);
+            const uint8_t *s0 = src + n0 * rb + coff + 4 * i;
+            for (int64_t j = 0; j < nb; j++) memcpy(d + 4 * j, s0 + j * rb, 4);
+        }
+    }
     for (int64_t n = 0; n < N; n++) {
         ql_st_int_row r = ql_st_int_row_at(t, src, n);
-        memset(col, 0, (size_t)qw_rows * 4);
-        for (int64_t k = 0; k < K; k++) put_bits32(col, k * bits, (int)bits, ql_st_int_code(&r, k));
-        for (int64_t i = 0; i < qw_rows; i++) qw[i * N + n] = col[i];
         for (int64_t g = 0; g < ng; g++) {
             unsigned z = ql_st_int_zero(&r, g);
             if (z == 0) { /* v1 stores zero - 1: a zero point of 0 would read back as 2^bits */
-                free(qw), free(qz), free(col);
+                free(qz);
                 return ql_fail(QL_ERR_UNSUPPORTED, "%s: row %lld group %lld has zero point 0, which the gptq (v1) layout cannot hold; use a _sym format",
                                t->gguf_name, (long long)n, (long long)g);
             }
             put_bits32(qz + g * qz_cols, n * bits, (int)bits, (z - 1) & maxq);
-            uint16_t h = ql_st_int_scale(&r, g);
-            scales[2 * (g * N + n)] = (uint8_t)h, scales[2 * (g * N + n) + 1] = (uint8_t)(h >> 8);
+            memcpy(scales + 2 * (g * N + n), r.row + 2 * g, 2); /* the row's fp16 scales, little-endian */
         }
     }
-    for (int64_t i = 0; i < qw_rows * N; i++) ql_st_put_u32(dst + 4 * i, qw[i]);
     for (int64_t i = 0; i < ng * qz_cols; i++) ql_st_put_u32(dst + t->out[0].nbytes + 4 * i, qz[i]);
     for (int64_t k = 0; k < K; k++) ql_st_put_u32(gidx + 4 * k, (uint32_t)(k / t->group));
-    free(qw), free(qz), free(col);
+    free(qz);
     return QL_OK;
 }
 
@@ -177,4 +182,5 @@ const ql_exporter_ops ql_export_gptq_ops = {
     .add_sidecar = ql_st_add_sidecar,
     .commit = ql_st_commit,
     .abort = ql_st_abort,
+    .describe = ql_st_describe,
 };

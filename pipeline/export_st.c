@@ -208,6 +208,43 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *et) {
     return QL_OK;
 }
 
+/* ---------------------------------------------------------------- describing (--dry-run) */
+
+void ql_st_describe(ql_exporter *x, char *buf, size_t n) {
+    st_state *st = x->state;
+    if (!n) return;
+    buf[0] = 0;
+    if (st->n == 0) return;
+    const ql_st_tensor *t = &st->t[st->n - 1];
+    size_t len = 0;
+#define ADD(...)                                                                                             \
+    do {                                                                                                     \
+        if (len < n) {                                                                                       \
+            int k_ = snprintf(buf + len, n - len, __VA_ARGS__);                                              \
+            if (k_ > 0) len += (size_t)k_;                                                                   \
+        }                                                                                                    \
+    } while (0)
+    if (t->kind == QL_ST_FLOAT) ADD("kept in float (%s): ", t->format ? "not quantized" : "a float tensor");
+    else if (t->kind == QL_ST_DEQUANT)
+        ADD("kept in float (%s quantizes only decoder-block linears; %s decoded exactly): ", st->target->name, t->format->name);
+    for (int k = 0; k < t->n_out; k++) {
+        const ql_st_out *o = &t->out[k];
+        char name[400];
+        if (o->suffix[0]) snprintf(name, sizeof name, "%s.%s", t->module, o->suffix);
+        else snprintf(name, sizeof name, "%s", t->hf_name);
+        if (o->n_dims == 2) ADD("%s%s %s [%lld, %lld]", k ? ", " : "", name, o->dtype, (long long)o->shape[0], (long long)o->shape[1]);
+        else ADD("%s%s %s [%lld]", k ? ", " : "", name, o->dtype, (long long)o->shape[0]);
+    }
+    if (t->kind == QL_ST_TARGET) {
+        if (t->group > 0) ADD("; %d-bit", t->bits);
+        else ADD("; %.2f bits per weight", t->format->bpw); /* mixed bits (exl2): the format's average */
+        if (t->group > 0 && t->group < t->ne[0]) ADD(", group %d", t->group);
+        else if (t->group == t->ne[0]) ADD(", per channel");
+        if (t->act.mode != QL_ACT_NONE) ADD(", inputs %s", ql_act_mode_name(t->act.mode));
+    }
+#undef ADD
+}
+
 /* ---------------------------------------------------------------- writing */
 
 static void st_free(st_state *st) {
@@ -262,12 +299,12 @@ static void shift_norm(void *buf, uint32_t type, int64_t n) {
     }
 }
 
-/* One source tensor's outputs, converted, into *buf (reallocated as needed). */
+/* One source tensor's outputs, converted, into *buf. The three buffers are sized once for the largest tensor
+ * (write_folder): reallocating them per tensor gave the pages back and faulted them in again each time. */
 static ql_status convert_tensor(const st_state *st, const ql_st_tensor *t, uint8_t **src_buf, uint8_t **tmp,
                                 uint8_t **buf) {
     const uint8_t *src = t->data;
     if (!src) {
-        *src_buf = ql_realloc(*src_buf, t->nbytes ? t->nbytes : 1);
         ql_status s = t->produce(t->produce_user, t->produce_tag, *src_buf, t->nbytes);
         if (s) return s;
         src = *src_buf;
@@ -276,12 +313,9 @@ static ql_status convert_tensor(const st_state *st, const ql_st_tensor *t, uint8
     bool row_wise = t->kind == QL_ST_FLOAT || (t->format && !t->format->whole_tensor);
     if (t->rope_heads > 0 && row_wise) { /* q/k rows back to HF order before anything reads them */
         int64_t prow = t->n_dims >= 2 ? rows : cols;
-        *tmp = ql_realloc(*tmp, t->nbytes ? t->nbytes : 1);
         ql_rope_permute_rows(*tmp, src, t->rope_heads, prow, (size_t)(t->nbytes / (uint64_t)prow), false);
         src = *tmp;
     }
-    uint64_t total = tensor_out_bytes(t);
-    *buf = ql_realloc(*buf, total ? total : 1);
     if (t->kind == QL_ST_FLOAT) {
         memcpy(*buf, src, t->nbytes);
         if (t->norm_shift) shift_norm(*buf, t->type, t->ne[0]);
@@ -298,7 +332,6 @@ static ql_status convert_tensor(const st_state *st, const ql_st_tensor *t, uint8
         for (int k = 0; k < t->n_out; k++) {
             const ql_st_out *o = &t->out[k];
             if (o->permute_rows) {
-                *tmp = ql_realloc(*tmp, o->nbytes);
                 ql_rope_permute_rows(*tmp, *buf + off, t->rope_heads, o->shape[0], (size_t)(o->nbytes / (uint64_t)o->shape[0]),
                                      false);
                 memcpy(*buf + off, *tmp, o->nbytes);
@@ -438,7 +471,12 @@ static ql_status write_folder(st_state *st, const char *tmpdir, const ql_progres
     }
     start[++n_shards] = st->n;
     ql_status s = QL_OK;
-    uint8_t *src_buf = NULL, *tmp = NULL, *buf = NULL;
+    uint64_t max_in = 1, max_out = 1;
+    for (int64_t i = 0; i < st->n; i++) {
+        max_in = st->t[i].nbytes > max_in ? st->t[i].nbytes : max_in;
+        max_out = tensor_out_bytes(&st->t[i]) > max_out ? tensor_out_bytes(&st->t[i]) : max_out;
+    }
+    uint8_t *src_buf = ql_malloc(max_in), *tmp = ql_malloc(max_in > max_out ? max_in : max_out), *buf = ql_malloc(max_out);
     int64_t done = 0;
     json_t *weight_map = json_object();
     char name[512], file[64];

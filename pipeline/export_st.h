@@ -85,6 +85,9 @@ ql_status ql_st_add_tensor(ql_exporter *x, const ql_export_tensor *t);
 ql_status ql_st_add_sidecar(ql_exporter *x, const char *file_name, const void *bytes, size_t n);
 ql_status ql_st_commit(ql_exporter *x, const ql_progress *progress);
 void ql_st_abort(ql_exporter *x);
+/* The last tensor added, in words: its Hugging Face tensors (name, dtype, shape), bits and group, or why it stays
+ * float (for --dry-run --to). */
+void ql_st_describe(ql_exporter *x, char *buf, size_t n);
 
 /* Helpers for targets. */
 void ql_st_set_out(ql_st_out *o, const char *suffix, const char *dtype, int n_dims, int64_t d0, int64_t d1,

@@ -466,6 +466,53 @@ static ql_status check_work_memory(quant_ctx *c, const ql_gguf_tensor *t, const 
     return ql_mem_check(need, label, how);
 }
 
+static ql_status never_produced(void *user, int64_t tag, void *dst, uint64_t nbytes) {
+    (void)user, (void)tag, (void)dst, (void)nbytes;
+    return ql_fail(QL_ERR_ARG, "a dry run writes nothing");
+}
+
+int ql_quantize_describe(const ql_model *m, const ql_plan *plan, const ql_exporter_info *info, const char *out_path,
+                         void (*line)(void *user, const char *tensor, const char *format, bool refused, const char *what),
+                         void *user) {
+    const ql_gguf *in = m->gguf;
+    ql_exporter *x = NULL;
+    if (ql_export_begin(info, out_path, in, &x)) return -1;
+    ql_gguf *keys = ql_gguf_new();
+    ql_status s = plan_act_keys(m, plan, NULL, NULL, keys, true);
+    for (int64_t i = 0; i < keys->n_kv && !s; i++) s = ql_export_add_metadata(x, keys->kv[i].key, &keys->kv[i].val);
+    ql_gguf_free(keys);
+    if (s) {
+        ql_export_abort(x);
+        return -1;
+    }
+    int refused = 0;
+    for (int64_t i = 0; i < in->n_tensors; i++) {
+        const ql_gguf_tensor *t = &in->tensors[i];
+        const ql_plan_entry *e = ql_plan_find(plan, t->name);
+        const uint32_t type = e ? e->format->type : t->type;
+        const int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+        const ql_format *f = ql_format_by_type(type);
+        const ql_type_info *ti = ql_type_get(type);
+        const int64_t nbytes = e ? ql_format_tensor_bytes(e->format, t->ne[0], rows) : (int64_t)t->nbytes;
+        char what[1024];
+        if (nbytes < 0) {
+            snprintf(what, sizeof what, "%s cannot store its %lld x %lld shape", e->format->name, (long long)rows, (long long)t->ne[0]);
+            line(user, t->name, e->format->name, true, what);
+            refused++;
+            continue;
+        }
+        ql_export_tensor et = {.name = t->name, .type = type, .n_dims = t->n_dims, .ne = t->ne, .nbytes = (uint64_t)nbytes,
+                               .produce = never_produced, .produce_tag = i};
+        const bool no = ql_export_add_tensor(x, &et) != QL_OK;
+        if (no) snprintf(what, sizeof what, "%s", ql_last_error());
+        else ql_export_describe(x, type, what, sizeof what);
+        refused += no;
+        line(user, t->name, f ? f->name : ti ? ti->name : "?", no, what);
+    }
+    ql_export_abort(x);
+    return refused;
+}
+
 ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
                             ql_quant_stats *st) {
     memset(st, 0, sizeof *st);

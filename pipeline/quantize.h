@@ -42,6 +42,13 @@ typedef struct {
  * so they equal the exported file. */
 int64_t ql_quantize_file_bytes(const ql_model *m, const int64_t *tensor_bytes, const ql_plan *plan);
 
+/* --dry-run --to: every tensor of m as the plan would store it, offered to the exporter `info` (begun on
+ * out_path, never committed: nothing is written) with the plan's activation schemes; `line` gets each
+ * tensor's name, its qlab format (or type), and what the target makes of it (ql_export_describe) or its
+ * refusal. Returns the number of tensors the target refuses (or -1 when the exporter cannot begin). */
+int ql_quantize_describe(const ql_model *m, const ql_plan *plan, const ql_exporter_info *info, const char *out_path,
+                         void (*line)(void *user, const char *tensor, const char *format, bool refused, const char *what),
+                         void *user);
 ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const char *out_path, const ql_progress *progress,
                             ql_quant_stats *stats);
 

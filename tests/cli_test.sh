@@ -448,6 +448,10 @@ if [ -f "$HFM" ]; then
   if grep -q '"bnb_4bit_use_double_quant": true' "$T/hx/config.json" 2>/dev/null && grep -q '"model.layers.0.self_attn.q_proj"' "$T/hx/config.json"; then
     ok "bnb config: double quant, float q/k in llm_int8_skip_modules"; else bad "bnb config.json"; fi
   expect_error "bnb refuses nf4_dq on q/k" "attn_q" $QLAB quant "$HFM" --type nf4_dq --to bnb -o "$T/hxq"
+  # LLM.int8 (load_in_8bit): bnb_int8 is bitsandbytes' own rounding and decode, so weight + SCB decode bit for bit
+  export_check "bnb LLM.int8 (bnb_int8)" bnb --type bnb_int8
+  if grep -q '"load_in_8bit": true' "$T/hx/config.json" 2>/dev/null && grep -aq '"model.layers.0.self_attn.q_proj.SCB"' "$T/hx/model.safetensors"; then
+    ok "bnb 8-bit config: load_in_8bit, SCB written"; else bad "bnb 8-bit config.json / SCB"; fi
   # a mixed plan: three config groups, one block linear left in float (listed under ignore)
   $QLAB quant "$HFM" --type int4_g128 --dry-run --save-plan "$T/mix.ini" >/dev/null 2>&1
   sed -i -e 's/^\(blk\.[0-9]*\.ffn_down\.weight\) = .*/\1 = fp8_e4m3_channel/' -e 's/^\(blk\.[0-9]*\.attn_v\.weight\) = .*/\1 = int8_g64/' \
@@ -470,11 +474,23 @@ if [ -f "$HFM" ]; then
   expect_error "compressed-tensors refuses fp8 blocks under q/k reordering" "attn_q" $QLAB quant "$HFM" --type fp8_e4m3_block --to compressed-tensors -o "$T/hxq"
   mkdir -p "$T/full" && touch "$T/full/keep"
   expect_error "non-empty output folder refused" "not an empty folder" $QLAB quant "$HFM" --type int4_g32_sym --to awq -o "$T/full"
+  expect_error "exl2: non-empty output folder refused" "not an empty folder" $QLAB quant "$HFM" --type exl2_4b128 --to exl2 -o "$T/full"
   if [ -f "$T/full/keep" ] && [ ! -e "$T/hxq" ] && ! ls "$T" | grep -q '\.tmp\.'; then ok "refused exports leave nothing behind"
   else bad "a refused export left files behind"; fi
   if [ -f "$SHARED/models/stories260K.gguf" ]; then
     expect_error "gptq refuses 172-wide outputs" "blk.0.ffn_gate.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type int4_g32_sym --to gptq -o "$T/hxq"
     expect_error "exl2 formats refuse 172-wide inputs" "blk.0.ffn_down.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type exl2_4b128 -o "$T/hxq.gguf"
+  fi
+  # --dry-run --to: what each tensor becomes in the target's folder (HF tensors, dtypes, shapes, bits, group), the
+  # tensors kept in float and why, the refusals named; exit 1 when any is refused; nothing written
+  if [ -f "$SHARED/models/stories260K.gguf" ]; then
+    rm -rf "$T/dry"
+    $QLAB quant "$SHARED/models/stories260K.gguf" --type int4_g32_sym --to gptq --dry-run -o "$T/dry" >"$T/dry.out" 2>"$T/err"; rc=$?
+    if [ $rc = 1 ] && grep -q '^blk.0.attn_q.weight .*-> model.layers.0.self_attn.q_proj.qweight I32 \[8, 64\].*4-bit, group 32' "$T/dry.out" \
+       && grep -q '^blk.0.ffn_gate.weight .*REFUSED: .*172' "$T/dry.out" && grep -q '^token_embd.weight .*kept in float' "$T/dry.out" \
+       && grep -q 'would refuse 15 tensors' "$T/err" && [ ! -e "$T/dry" ]; then
+      ok "quant --dry-run --to gptq: layouts, float tensors and refusals listed, nothing written"
+    else bad "quant --dry-run --to gptq (exit $rc)"; sed 's/^/     /' "$T/dry.out" "$T/err" | grep -- '->\|REFUSED\|refuse' | head -3; fi
   fi
   # EXL2 (issue 14): ExLlamaV2's mixed-bit tensors. --method exl2 orders the inputs by H_ii, so q_perm /
   # q_invperm and the q/k outputs put back in HF order (the columns of q_weight and q_scale) are exercised
@@ -496,6 +512,9 @@ if [ -f "$HFM" ]; then
       if awk -v b="$b" 'BEGIN { exit !(b >= 4.14 && b <= 4.16) }' && [ "$mixes" -ge 2 ] && ! grep -q 'int4_g128' "$T/x2.ini"; then
         ok "plan --to exl2 --target-bpw 4.15: $b bpw, $mixes different mixes, no gptq candidate"
       else bad "plan --to exl2: bpw '$b', $mixes mixes"; sed 's/^/     /' "$T/x2.out" | tail -3; fi
+      if grep -q '^--to exl2: what each tensor becomes' "$T/x2.out" && grep -q '^blk.0.attn_q.weight .*model.layers.0.self_attn.q_proj.q_weight I32' "$T/x2.out" \
+         && ! grep -q REFUSED "$T/x2.out"; then ok "plan --to exl2 lists what each tensor becomes"
+      else bad "plan --to exl2: no per-tensor export listing"; fi
       rm -rf "$T/hx" "$T/hxref"
       if $QLAB quant "$HFM" --plan "$T/x2.ini" --stats "$T/hfs.qls" -o "$T/x2.gguf" >/dev/null 2>"$T/err" \
          && $QLAB quant "$HFM" --plan "$T/x2.ini" --stats "$T/hfs.qls" --to exl2 -o "$T/hx" >/dev/null 2>>"$T/err" \
@@ -529,6 +548,15 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$SHARED/models/stories
   sed -i '/ffn_/d' "$T/s260.ini" # 172-wide FFN rows: gptq refuses them, so the plan keeps them in float
   roundtrip_check "260K gptq int4_g32_sym (ffn float)" "$S260" gptq --plan "$T/s260.ini"
   roundtrip_check "260K compressed-tensors fp8_e4m3_channel" "$S260" compressed-tensors --type fp8_e4m3_channel
+  # EXL2 folders load back into the exl2_* entry whose group layout they have (q/k outputs back in GGUF order)
+  sed 's/= int4_g32_sym$/= exl2_4b32/' "$T/s260.ini" > "$T/s260x.ini"
+  roundtrip_check "260K exl2_4b32 (ffn float)" "$S260" exl2 --plan "$T/s260x.ini"
+  roundtrip_check "d256 bnb LLM.int8 (bnb_int8)" "$D256" bnb --type bnb_int8
+  # nvfp4-pack-quantized loads back as nvfp4. token_embd/output stay float in the plan: a folder keeps them as exact
+  # F32, and llama.cpp's activation rounding for a ggml-type output (the preview's) would differ from F32's
+  $QLAB quant "$D256" --type nvfp4 --dry-run --save-plan "$T/nv.ini" >/dev/null 2>&1
+  sed -i -e '/^output\.weight/d' -e '/^token_embd/d' "$T/nv.ini"
+  roundtrip_check "d256 compressed-tensors nvfp4 (nvfp4-pack-quantized)" "$D256" compressed-tensors --plan "$T/nv.ini"
   if [ "${QL_QUICK:-0}" = 1 ]; then skip "further import round trips (QL_QUICK=1; test_hf_quant covers every layout)"
   else
     roundtrip_check "d256 awq int4_g64" "$D256" awq --type int4_g64
@@ -542,6 +570,7 @@ if [ -f "$SHARED/models/tinystories-d256.gguf" ] && [ -f "$SHARED/models/stories
     [ -f "$T/dq.ini" ] && roundtrip_check "d256 bnb nf4_dq (q/k float)" "$D256" bnb --plan "$T/dq.ini"
     [ -f "$T/mixact.ini" ] && [ -f "$T/hfs.qls" ] && roundtrip_check "d256 compressed-tensors mixed plan + activations" "$D256" compressed-tensors --plan "$T/mixact.ini" --stats "$T/hfs.qls"
     roundtrip_check "260K compressed-tensors int8_channel" "$S260" compressed-tensors --type int8_channel
+    [ -f "$T/hfs.qls" ] && roundtrip_check "d256 exl2 6b/3b/2b mix, --method exl2 (permuted inputs)" "$D256" exl2 --type exl2_5x6b32_20x3b64_75x2b64 --method exl2 --stats "$T/hfs.qls"
     # GPTQ's act order: columns processed by decreasing Hessian diagonal, groups still k/g (desc_act true)
     roundtrip_check "d256 gptq act_order=1" "$D256" gptq --type int4_g128 --method gptq --method-opts act_order=1 --text "$T/text.txt" --ctx 64
     if grep -q '"desc_act": true' "$T/rt/config.json" 2>/dev/null; then ok "gptq act_order=1 export says desc_act: true"

@@ -175,9 +175,13 @@ def ct(t, m, qc):
 
 
 def bnb(t, m, qc):
-    """bitsandbytes 4-bit (transformers' load_in_4bit save): flattened codes, high nibble first, blocks of
+    """bitsandbytes 8-bit (weight + SCB) or 4-bit (transformers' load_in_4bit save): flattened codes, high nibble first, blocks of
     `blocksize` with an absmax each; double quantization codes the absmax with the nested map."""
     w = m + ".weight"
+    if m + ".SCB" in t:
+        # LLM.int8 (load_in_8bit): bitsandbytes' int8_vectorwise_dequant, A * SCB * 7.874015718698502e-3 in float32
+        a, scb = t[w][1].astype(np.float32), t[m + ".SCB"][1].astype(np.float32)
+        return (a * scb.reshape(-1, 1)) * np.float32(7.874015718698502e-3)
     qs_key = [k for k in t if k.startswith(w + ".quant_state.bitsandbytes__")]
     qs = json.loads(bytes(t[qs_key[0]][1]).decode("utf-8"))
     packed = t[w][1].reshape(-1)
@@ -338,7 +342,7 @@ def main():
         if want.dtype != np.float32:
             want = want.astype(np.float32)
         m = name[:-len(".weight")] if name.endswith(".weight") else name
-        if name in t and m + ".weight_scale" not in t and name + ".absmax" not in t:
+        if name in t and m + ".weight_scale" not in t and name + ".absmax" not in t and m + ".SCB" not in t:
             got = t[name][1].astype(np.float32)
             used.add(name)
             nf += 1

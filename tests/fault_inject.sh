@@ -39,6 +39,9 @@ WRITERS=(
   "hf-folder|dir|$QLAB convert $M -o @OUT@"
   "gptq-folder|dir|$QLAB quant $M --type int4_g32_sym --to gptq --threads 1 -o @OUT@"
 )
+# issue 14: the EXL2 folder (--to exl2: q_weight/q_scale/... through the same folder writer), so a full disk or a
+# kill during an EXL2 export leaves the previous state too
+WRITERS+=("exl2-folder|dir|$QLAB quant $M --type exl2_4b32 --to exl2 --threads 1 -o @OUT@")
 # N values to try out of 1..c: all of them in exhaustive mode, else first, last and a few between
 sample() {
   local c=$1
@@ -90,7 +93,7 @@ for w in "${WRITERS[@]}"; do
   # SIGKILL at random points (the run lasts a fraction of a second: delays spread over it)
   for d in 0.01 0.03 0.06 0.1 0.15 0.25; do
     prev "$kind"
-    eval "${cmd//@OUT@/$T/out/o}" >/dev/null 2>&1 & pid=$!
+    eval "exec ${cmd//@OUT@/$T/out/o}" >/dev/null 2>&1 & pid=$!  # exec: the kill reaches qlab, not a subshell
     sleep $d; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
     if is_prev "$kind" || same "$T/out/o" "$T/ref/$name"; then ok; else bad "$name: SIGKILL after ${d}s left a mixed output"; fi
     if [ "$kind" = file ] && [ "$(temps)" -ne 0 ]; then bad "$name: SIGKILL after ${d}s left a temporary file"; fi

@@ -131,7 +131,7 @@ static void rec_abort(ql_exporter *x) {
     free(x->state);
     logf_(" %s", "abort");
 }
-static const ql_exporter_ops rec_ops = {rec_accepts, rec_begin, rec_meta, rec_tensor, rec_sidecar, rec_commit, rec_abort};
+static const ql_exporter_ops rec_ops = {rec_accepts, rec_begin, rec_meta, rec_tensor, rec_sidecar, rec_commit, rec_abort, NULL};
 static const ql_exporter_info rec_info = {"rec", "records calls", "f32, q8_0", true, &rec_ops};
 
 static int g_produced;

@@ -706,9 +706,29 @@ static void test_gguf_round_trip(void **state) {
     for (size_t i = 0; i < QL_ARRAY_LEN(names); i++) free(bufs[i]);
 }
 
+/* ql_round_even (the INTn codecs' rounding, kernels/int_quants.h) is nearbyintf without the libm call: equal on
+ * the edges (halves, 2^22..2^23 where floats have halves, the first whole floats at 2^23, signs) and on 4M
+ * random bit patterns (the every-float check is in docs/results.md) */
+static void test_round_even(void **state) {
+    (void)state;
+    float edge[] = {0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 0.49999997f, 4194304.5f, 4194305.5f, 8388607.5f, 8388606.5f,
+                    8388608.0f, 8388609.0f, 16777216.0f, 1e30f, -8388607.5f, -4194305.5f, 0.0f, -0.0f, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
+        if (ql_round_even(edge[i]) != nearbyintf(edge[i])) fail_msg("%a: %a, nearbyintf %a", edge[i], ql_round_even(edge[i]), nearbyintf(edge[i]));
+    uint32_t x = 2463534242u;
+    for (int i = 0; i < (1 << 22); i++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        float f;
+        memcpy(&f, &x, 4);
+        if (f != f) continue;
+        if (ql_round_even(f) != nearbyintf(f)) fail_msg("%a: %a, nearbyintf %a", f, ql_round_even(f), nearbyintf(f));
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registry_fields),
+        cmocka_unit_test(test_round_even),
         cmocka_unit_test(test_extension_names_and_ids),
         cmocka_unit_test(test_round_trip_gauss),
         cmocka_unit_test(test_awkward_sizes),

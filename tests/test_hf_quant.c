@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/model.h"
+#include "formats/fmt_exl2.h"
 #include "formats/fmt_ext.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
@@ -449,6 +450,46 @@ static void test_compressed_tensors(void **state) {
     ql_test_rm_flat_dir(dir);
 }
 
+/* nvfp4-pack-quantized: two E2M1 codes per byte (even column low), an E4M3 scale per 16 inputs, a global
+ * scale. Global 1 on attention (its groups: qlab's nvfp4 holds it exactly), 0.5 on the MLP (F32 as
+ * compressed-tensors divides it: e2m1 * (scale / global)). Code 8 (-0) is left out: qlab's nvfp4 reads
+ * it as +0, the same value but not the same bits. */
+static void test_ct_nvfp4(void **state) {
+    (void)state;
+    static const float e2m1[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -.5f, -1, -1.5f, -2, -3, -4, -6};
+    folder f = {0};
+    expect_t x = {0};
+    skeleton(&f);
+    char nm[160];
+    for (int i = 0; i < N_LIN; i++) {
+        const int64_t N = g_lin[i].n, K = g_lin[i].k;
+        const float global = i <= 3 ? 1.0f : 0.5f;
+        name_of(nm, sizeof nm, i, "weight_packed");
+        st_t *wp = add(&f, nm, "U8", 2, N, K / 2, 1);
+        name_of(nm, sizeof nm, i, "weight_scale");
+        st_t *sc = add(&f, nm, "F8_E4M3", 2, N, K / 16, 1);
+        name_of(nm, sizeof nm, i, "weight_global_scale");
+        putf(add(&f, nm, "F32", 1, 1, 0, 4)->data, global);
+        for (int64_t j = 0; j < N * K / 16; j++) sc->data[j] = (uint8_t)(rnd() % 0x7F);
+        x.w[i] = malloc((size_t)(N * K) * 4);
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                unsigned c = rnd() % 15;
+                c += c >= 8;
+                wp->data[n * (K / 2) + k / 2] |= (uint8_t)(c << (4 * (k & 1)));
+                x.w[i][n * K + k] = e2m1[c] * (ql_fp8_e4m3_to_f32(sc->data[n * (K / 16) + k / 16]) / global);
+            }
+        x.want_format[i] = i <= 3 ? "nvfp4" : "f32";
+    }
+    char *dir = write_folder(
+        &f, "{\"quant_method\": \"compressed-tensors\", \"format\": \"nvfp4-pack-quantized\", \"quantization_status\": \"compressed\", "
+            "\"ignore\": [\"lm_head\"], \"config_groups\": {\"group_0\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 4, "
+            "\"type\": \"float\", \"symmetric\": true, \"strategy\": \"tensor_group\", \"group_size\": 16}}}}");
+    check_loaded(dir, &x);
+    expect_free(&x);
+    ql_test_rm_flat_dir(dir);
+}
+
 /* compressed-tensors int8 per tensor ("int-quantized": I8 weights, a BF16 scale) on every linear, q/k
  * included: the whole-tensor blob's rows are reordered to GGUF order by the converter itself */
 static void build_int8_tensor(folder *f, expect_t *x) {
@@ -562,7 +603,8 @@ static void test_bnb(void **state) {
         expect_free(&x);
         ql_test_rm_flat_dir(dir);
     }
-    /* LLM.int8: w = q * SCB / 127 in F32 */
+    /* LLM.int8: w = (q * SCB) * float32(1/127), bitsandbytes' order; codes -127..127 with an F32 SCB are
+     * qlab's bnb_int8, a -128 (which bnb's rounding never writes) makes down_proj F32 */
     folder f = {0};
     expect_t x = {0};
     skeleton(&f);
@@ -583,12 +625,128 @@ static void test_bnb(void **state) {
                 x.w[i][n * K + k] = (float)q * s * 7.874015718698502e-3f;
             }
         }
-        x.want_format[i] = "f32";
+        if (i == 6) {
+            float s0;
+            memcpy(&s0, scb->data, 4);
+            w->data[5] = 0x80, x.w[i][5] = -128.0f * s0 * 7.874015718698502e-3f;
+        }
+        x.want_format[i] = i == 6 ? "f32" : "bnb_int8";
     }
     char *dir = write_folder(&f, "{\"quant_method\": \"bitsandbytes\", \"load_in_8bit\": true}");
     check_loaded(dir, &x);
     expect_free(&x);
     ql_test_rm_flat_dir(dir);
+}
+
+/* ---------------------------------------------------------------- exl2 */
+
+static st_t *find(folder *f, const char *name);
+
+/* One ExLlamaV2 module packed by hand from random codes, 4-bit scale codes, maximum scales and a random
+ * input permutation: groups of `rows[i]` inputs at `bits[i]` (n groups, repeated over K). q_weight holds
+ * each output's codes down the group as an LSB-first stream of 32-bit words (ExLlamaV2's pack_columns);
+ * the expected HF-order weights use the decoder ExLlamaV2 documents (formats/fmt_exl2.h). */
+static void add_exl2(folder *f, int i, const int *bits, const int *rows, int n, bool perm16, float **w_out) {
+    const int64_t N = g_lin[i].n, K = g_lin[i].k;
+    int64_t G = 0, qrows = 0, row = 0;
+    int gb[64], gr[64];
+    int64_t gq[64];
+    for (int j = 0; row < K; j = (j + 1) % n) {
+        assert_true(G < 64);
+        gb[G] = bits[j], gr[G] = rows[j], gq[G] = qrows;
+        qrows += (int64_t)rows[j] * bits[j] / 32;
+        row += rows[j];
+        G++;
+    }
+    assert_int_equal(row, K);
+    char nm[160];
+    name_of(nm, sizeof nm, i, "q_weight");
+    st_t *qw = add(f, nm, "I32", 2, qrows, N, 4);
+    name_of(nm, sizeof nm, i, "q_scale");
+    st_t *qs = add(f, nm, "I32", 2, G, N / 8, 4);
+    name_of(nm, sizeof nm, i, "q_scale_max");
+    st_t *sm = add(f, nm, "F16", 1, G, 0, 2);
+    name_of(nm, sizeof nm, i, "q_groups");
+    st_t *qg = add(f, nm, "I16", 1, 2 * G, 0, 2);
+    name_of(nm, sizeof nm, i, "q_invperm");
+    st_t *ip = add(f, nm, perm16 ? "I16" : "I32", 1, K, 0, perm16 ? 2 : 4);
+    name_of(nm, sizeof nm, i, "q_perm");
+    st_t *pp = add(f, nm, perm16 ? "I16" : "I32", 1, K, 0, perm16 ? 2 : 4);
+    int64_t *perm = malloc((size_t)K * sizeof *perm);
+    for (int64_t k = 0; k < K; k++) perm[k] = k;
+    for (int64_t k = K - 1; k > 0; k--) { /* Fisher-Yates */
+        int64_t j = rnd() % (uint32_t)(k + 1), tmp = perm[k];
+        perm[k] = perm[j], perm[j] = tmp;
+    }
+    for (int64_t p = 0; p < K; p++) {
+        if (perm16) put16(pp->data + 2 * p, (uint16_t)perm[p]), put16(ip->data + 2 * perm[p], (uint16_t)p);
+        else put32(pp->data + 4 * p, (uint32_t)perm[p]), put32(ip->data + 4 * perm[p], (uint32_t)p);
+    }
+    float *w = malloc((size_t)(N * K) * sizeof *w), *scale = malloc((size_t)N * sizeof *scale);
+    row = 0;
+    for (int64_t g = 0; g < G; g++) {
+        uint16_t smax = ql_fp32_to_fp16(0.05f + (float)(rnd() % 100) / 200.0f);
+        put16(sm->data + 2 * g, smax);
+        put16(qg->data + 4 * g, (uint16_t)gb[g]), put16(qg->data + 4 * g + 2, (uint16_t)gq[g]);
+        for (int64_t c = 0; c < N; c++) {
+            unsigned q = rnd() % 16; /* qs - 1 */
+            uint8_t *wp = qs->data + 4 * (g * (N / 8) + c / 8);
+            put32(wp, (uint32_t)(wp[0] | wp[1] << 8 | wp[2] << 16 | (uint32_t)wp[3] << 24) | q << (4 * (c % 8)));
+            scale[c] = ql_exl2_scale((int)q + 1, smax);
+        }
+        for (int r = 0; r < gr[g]; r++)
+            for (int64_t c = 0; c < N; c++) {
+                unsigned code = rnd() % (1u << gb[g]);
+                for (int b = 0; b < gb[g]; b++) {
+                    int64_t bit = gq[g] * 32 + (int64_t)r * gb[g] + b;
+                    qw->data[4 * ((bit >> 5) * N + c) + ((bit & 31) >> 3)] |= (uint8_t)(((code >> b) & 1) << (bit & 7));
+                }
+                w[c * K + perm[row + r]] = ql_exl2_value((int)code, gb[g], scale[c]);
+            }
+        row += gr[g];
+    }
+    free(perm), free(scale);
+    *w_out = w;
+}
+
+static void test_exl2(void **state) {
+    (void)state;
+    /* a layout of the registry (every group 32 inputs at 4 bits: exl2_4b32 at K = 64 and 128) and one no
+     * entry has (3 bits before 5 bits: F32), with 32- and 16-bit permutations */
+    for (int layout = 0; layout < 2; layout++) {
+        folder f = {0};
+        expect_t x = {0};
+        skeleton(&f);
+        static const int b4[] = {4}, r32[] = {32}, b35[] = {3, 5}, r3232[] = {32, 32};
+        for (int i = 0; i < N_LIN; i++) {
+            add_exl2(&f, i, layout ? b35 : b4, layout ? r3232 : r32, layout ? 2 : 1, i % 2, &x.w[i]);
+            x.want_format[i] = layout ? "f32" : "exl2_4b32";
+        }
+        char *dir = write_folder(&f, "{\"quant_method\": \"exl2\", \"version\": \"0.2.0\", \"bits\": 4.0, \"head_bits\": 16}");
+        check_loaded(dir, &x);
+        expect_free(&x);
+        ql_test_rm_flat_dir(dir);
+    }
+    /* hostile: q_invperm that is no permutation, q_perm that is not its inverse, q_groups that do not tile K */
+    for (int harm = 0; harm < 3; harm++) {
+        folder f = {0};
+        skeleton(&f);
+        static const int b4[] = {4}, r32[] = {32};
+        float *w;
+        for (int i = 0; i < N_LIN; i++) {
+            add_exl2(&f, i, b4, r32, 1, false, &w);
+            free(w);
+        }
+        const char *needle = harm == 0 ? "o_proj.q_invperm" : harm == 1 ? "o_proj.q_perm" : "o_proj.q_groups";
+        if (harm == 0) put32(find(&f, "model.layers.0.self_attn.o_proj.q_invperm")->data + 4, 0);
+        else if (harm == 1) {
+            uint8_t *p = find(&f, "model.layers.0.self_attn.o_proj.q_perm")->data, t[4];
+            memcpy(t, p, 4), memcpy(p, p + 4, 4), memcpy(p + 4, t, 4);
+        } else put16(find(&f, "model.layers.0.self_attn.o_proj.q_groups")->data + 4, 5); /* group 1: 5 bits in 4 words */
+        char *dir = write_folder(&f, "{\"quant_method\": \"exl2\"}");
+        check_refused(dir, needle);
+        ql_test_rm_flat_dir(dir);
+    }
 }
 
 /* ---------------------------------------------------------------- hostile folders */
@@ -661,8 +819,8 @@ static void test_hostile(void **state) {
 int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gptq),        cmocka_unit_test(test_gptq_bits), cmocka_unit_test(test_awq),
-        cmocka_unit_test(test_compressed_tensors), cmocka_unit_test(test_ct_tensor_qk), cmocka_unit_test(test_bnb),
-        cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_compressed_tensors), cmocka_unit_test(test_ct_tensor_qk), cmocka_unit_test(test_ct_nvfp4), cmocka_unit_test(test_bnb),
+        cmocka_unit_test(test_exl2),        cmocka_unit_test(test_hostile),
     };
     ql_test_order_from_env(tests, sizeof tests / sizeof tests[0]);
     return cmocka_run_group_tests(tests, NULL, NULL);
