@@ -353,6 +353,54 @@ ql_status ql_atomic_dir_commit(const char *path, char *tmpdir) {
     return s;
 }
 
+static bool dir_is_empty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return false;
+    const struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
+    closedir(d);
+    return empty;
+}
+
+ql_status ql_atomic_dir_check(const char *path, bool replace) {
+    struct stat st;
+    if (stat(path, &st) != 0) return QL_OK; /* absent: created at commit */
+    if (!S_ISDIR(st.st_mode)) return ql_fail(QL_ERR_IO, "%s: exists and is not a folder; choose another output", path);
+    if (replace || dir_is_empty(path)) return QL_OK;
+    return ql_fail(QL_ERR_IO, "%s: exists and is not an empty folder; remove it, choose another output, or --force to "
+                              "replace it", path);
+}
+
+ql_status ql_atomic_dir_commit_replace(const char *path, char *tmpdir) {
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode) || dir_is_empty(path)) return ql_atomic_dir_commit(path, tmpdir);
+    char *p = strip_slashes(path);
+    ql_status s = QL_OK;
+    if (renameat2(AT_FDCWD, tmpdir, AT_FDCWD, p, RENAME_EXCHANGE) == 0) {
+        ql_remove_tree(tmpdir); /* it now holds the old folder */
+    } else if (errno == EINVAL || errno == ENOSYS) {
+        /* no exchange on this file system: the old folder goes aside, the new one in, the old one away */
+        char *aside = ql_atomic_tmp_name(p);
+        if (!mkdtemp(aside) || rename(p, aside) != 0) {
+            s = ql_fail(QL_ERR_IO, "%s: cannot move the old folder aside: %s", path, strerror(errno));
+            rmdir(aside);
+        } else if (rename(tmpdir, p) != 0) {
+            s = ql_fail(QL_ERR_IO, "%s: cannot move the finished folder into place: %s", path, strerror(errno));
+            if (rename(aside, p) != 0) ql_log(1, "%s: the old folder is left at %s", path, aside);
+        } else ql_remove_tree(aside);
+        free(aside);
+        if (s) ql_remove_tree(tmpdir);
+    } else {
+        s = ql_fail(QL_ERR_IO, "%s: cannot replace the folder: %s", path, strerror(errno));
+        ql_remove_tree(tmpdir);
+    }
+    free(p);
+    free(tmpdir);
+    return s;
+}
+
 void ql_atomic_dir_abort(char *tmpdir) {
     if (!tmpdir) return;
     ql_remove_tree(tmpdir);

@@ -17,6 +17,8 @@
 
 #include "base/ql_common.h"
 
+#include <stdbool.h>
+
 #include <stdio.h>
 
 typedef struct ql_atomic_file ql_atomic_file;
@@ -43,6 +45,14 @@ int ql_atomic_sweep(const char *path);
 ql_status ql_atomic_dir_open(const char *path, char **tmpdir);
 ql_status ql_atomic_dir_commit(const char *path, char *tmpdir);
 void ql_atomic_dir_abort(char *tmpdir);
+/* Before any work: QL_OK when path is absent or an empty folder, or when replace is set and path is a folder;
+ * otherwise a one-line refusal naming path (a non-empty folder without replace: "--force replaces it"). */
+ql_status ql_atomic_dir_check(const char *path, bool replace);
+/* Like ql_atomic_dir_commit, but an existing folder at path is replaced: the two are swapped in one
+ * renameat2(RENAME_EXCHANGE) — a reader sees the old folder or the new one, never a mix or neither — and
+ * the old one is then removed. Where the file system cannot exchange, the old folder is first renamed
+ * aside (path is absent for that instant), and put back if the second rename fails. */
+ql_status ql_atomic_dir_commit_replace(const char *path, char *tmpdir);
 /* rm -r: a file, or a folder and everything below it (symbolic links are removed, not followed). */
 void ql_remove_tree(const char *path);
 

@@ -1,5 +1,6 @@
 /* cmd_quant.c — `qlab quant` (apply a type, preset or plan and write a GGUF) and `qlab formats`
  * (the registry catalogue). */
+#include "base/atomic_file.h"
 #include "cli/cli.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
@@ -20,7 +21,7 @@
 static const char *QUANT_USAGE =
     "usage: qlab quant MODEL -o OUT.gguf (--type FORMAT | --preset NAME|FILE | --plan FILE) [--to gguf]\n"
     "                  [--method NAME [--method-opts K=V,...]] [--stats FILE | --text FILE [--ctx N] [--chunks N]]\n"
-    "                  [--imatrix FILE] [--act SCHEME] [--threads N] [--save-plan FILE] [--dry-run]\n"
+    "                  [--imatrix FILE] [--act SCHEME] [--threads N] [--save-plan FILE] [--dry-run] [--force]\n"
     "Quantizes every 2-D weight of MODEL and writes a GGUF with all of its metadata.\n"
     "  --type FORMAT     one format everywhere (qlab formats lists them), e.g. q4_k, int4_g128, nf4_dq\n"
     "  --preset NAME     a built-in recipe (qlab formats --presets lists them: llama.cpp's mixes Q2_K ... Q8_0,\n"
@@ -44,6 +45,8 @@ static const char *QUANT_USAGE =
     "  --save-plan FILE  write the resolved plan (edit it, then apply it with --plan)\n"
     "  --to EXPORTER     the output's ecosystem: gguf (default), gptq, awq, compressed-tensors, bnb, exl2\n"
     "                    (Hugging Face folders for transformers/vLLM/TGI; OUT is then a folder)\n"
+    "  --force           a folder target replaces an existing non-empty folder OUT (swapped in whole when the\n"
+    "                    export is complete; without --force such an OUT is refused before any work)\n"
     "  --dry-run         resolve and print the plan (what each tensor really gets, and why), write nothing; with\n"
     "                    --to a folder target, also what each tensor becomes there (tensors, dtypes, shapes, bits,\n"
     "                    group, kept in float and why, or the refusal; exit 1 if any is refused)\n"
@@ -129,7 +132,7 @@ int cmd_quant(int argc, char **argv) {
     int32_t *calib_tok = NULL;
     int64_t calib_n = 0;
     int threads = ql_default_threads();
-    bool dry = false;
+    bool dry = false, force = false;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) {
             if (model) return cli_usage_error("quant", QUANT_USAGE, "unexpected argument '%s'", pos);
@@ -149,6 +152,7 @@ int cmd_quant(int argc, char **argv) {
         else if (!strcmp(flag, "--act")) act = cli_value(&a, flag);
         else if (!strcmp(flag, "--threads") || !strcmp(flag, "-t")) threads = cli_int(&a, flag, 1, 256);
         else if (!strcmp(flag, "--dry-run")) dry = true;
+        else if (!strcmp(flag, "--force")) force = true;
         else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
     }
@@ -166,6 +170,10 @@ int cmd_quant(int argc, char **argv) {
     if (cli_refuse_input_as_output("quant", out, CLI_INPUTS(model, plan_path, stats_path, imatrix, ca.text, preset)) ||
         cli_refuse_input_as_output("quant", save_plan, CLI_INPUTS(model, plan_path, stats_path, imatrix, ca.text, out)))
         return 1;
+    if (out && !dry && exporter->folder && ql_atomic_dir_check(out, force)) { /* before any work */
+        fprintf(stderr, "qlab quant: %s\n", ql_last_error());
+        return 1;
+    }
     ql_model *m = NULL;
     ql_imatrix *im = NULL;
     ql_preset *ps = NULL;
@@ -300,7 +308,7 @@ int cmd_quant(int argc, char **argv) {
     if (dry || !out) goto done;
     ql_quant_opts o = {.plan = plan, .imatrix = im, .stats = stats, .method_opts = method_opts, .n_threads = threads,
                        .sequential = sequential, .calib_tokens = calib_tok, .n_seq = calib_n, .seq_len = ca.ctx,
-                       .exporter = exporter};
+                       .exporter = exporter, .replace = force};
     ql_quant_stats st;
     ql_progress *bar = cli_progress_bar("quant");
     s = ql_quantize_model(m, &o, out, bar, &st);

@@ -1,5 +1,7 @@
 /* export.c — the exporter registry and the seam's checks (see export.h). */
 #include "pipeline/export.h"
+
+#include "base/atomic_file.h"
 #include "kernels/ggml_types.h"
 
 #include <stdio.h>
@@ -53,9 +55,19 @@ ql_status ql_exporter_find(const char *name, const ql_exporter_info **out) {
 /* ---------------------------------------------------------------- the seam */
 
 ql_status ql_export_begin(const ql_exporter_info *info, const char *out_path, const ql_gguf *source, ql_exporter **out) {
+    return ql_export_begin_replace(info, out_path, source, false, out);
+}
+
+ql_status ql_export_begin_replace(const ql_exporter_info *info, const char *out_path, const ql_gguf *source,
+                                  bool replace, ql_exporter **out) {
     *out = NULL;
+    if (info->folder) {
+        ql_status s = ql_atomic_dir_check(out_path, replace);
+        if (s) return s;
+    }
     ql_exporter *x = ql_calloc(1, sizeof *x);
     x->info = info;
+    x->replace = replace;
     x->out_path = ql_strdup(out_path);
     ql_status s = info->ops->begin(x, out_path, source);
     if (s) {
@@ -119,8 +131,13 @@ void ql_export_abort(ql_exporter *x) {
 
 ql_status ql_export_image(const ql_exporter_info *info, const char *out_path, const ql_gguf *source,
                           const ql_gguf *image, const ql_progress *progress) {
+    return ql_export_image_replace(info, out_path, source, image, false, progress);
+}
+
+ql_status ql_export_image_replace(const ql_exporter_info *info, const char *out_path, const ql_gguf *source,
+                                  const ql_gguf *image, bool replace, const ql_progress *progress) {
     ql_exporter *x;
-    ql_status s = ql_export_begin(info, out_path, source, &x);
+    ql_status s = ql_export_begin_replace(info, out_path, source, replace, &x);
     if (s) return s;
     for (int64_t i = 0; i < image->n_kv && !s; i++) s = ql_export_add_metadata(x, image->kv[i].key, &image->kv[i].val);
     for (int64_t i = 0; i < image->n_tensors && !s; i++) {

@@ -68,6 +68,7 @@ struct ql_exporter {
     const ql_exporter_info *info;
     char *out_path;
     void *state;
+    bool replace; /* a folder exporter may replace a non-empty folder at out_path (--force) */
 };
 
 int ql_exporter_count(void);
@@ -81,6 +82,10 @@ const ql_exporter_info *ql_exporter_default(void);
 /* The seam: these check their arguments (a type the exporter does not accept, a sidecar for a
  * single-file format) and call the implementation. */
 ql_status ql_export_begin(const ql_exporter_info *info, const char *out_path, const ql_gguf *source, ql_exporter **out);
+/* The same; a folder exporter checks out_path first (absent or empty, or any folder when replace is set),
+ * so a refusal comes before any work, and with replace the commit swaps the new folder in. */
+ql_status ql_export_begin_replace(const ql_exporter_info *info, const char *out_path, const ql_gguf *source,
+                                  bool replace, ql_exporter **out);
 ql_status ql_export_add_metadata(ql_exporter *x, const char *key, const ql_gguf_value *val);
 ql_status ql_export_add_tensor(ql_exporter *x, const ql_export_tensor *t);
 ql_status ql_export_add_sidecar(ql_exporter *x, const char *file_name, const void *bytes, size_t n);
@@ -94,5 +99,7 @@ void ql_export_describe(ql_exporter *x, uint32_t type, char *buf, size_t n);
  * tensor's index as the tag), commit. Aborts on any failure. */
 ql_status ql_export_image(const ql_exporter_info *info, const char *out_path, const ql_gguf *source,
                           const ql_gguf *image, const ql_progress *progress);
+ql_status ql_export_image_replace(const ql_exporter_info *info, const char *out_path, const ql_gguf *source,
+                                  const ql_gguf *image, bool replace, const ql_progress *progress);
 
 #endif

@@ -91,17 +91,7 @@ void ql_st_put_u32(uint8_t *p, uint32_t v) {
 
 ql_status ql_st_begin(ql_exporter *x, const char *out_path, const ql_gguf *source, const ql_st_target *target) {
     if (!source) return ql_fail(QL_ERR_ARG, "%s: the %s exporter needs the source model", out_path, target->name);
-    struct stat sb;
-    if (stat(out_path, &sb) == 0) {
-        DIR *d = S_ISDIR(sb.st_mode) ? opendir(out_path) : NULL;
-        bool empty = d != NULL;
-        for (struct dirent *e; d && (e = readdir(d));)
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
-        if (d) closedir(d);
-        if (!empty)
-            return ql_fail(QL_ERR_IO, "%s: exists and is not an empty folder; remove it or choose another output",
-                           out_path);
-    }
+    /* an existing non-empty OUT was refused (or, with --force, accepted) by the seam (ql_export_begin_replace) */
     st_state *st = ql_calloc(1, sizeof *st);
     st->target = target;
     st->source = source;
@@ -565,7 +555,7 @@ ql_status ql_st_commit(ql_exporter *x, const ql_progress *progress) {
     s = ql_atomic_dir_open(x->out_path, &tmpdir);
     if (!s) {
         if ((s = write_folder(st, tmpdir, progress))) ql_atomic_dir_abort(tmpdir);
-        else s = ql_atomic_dir_commit(x->out_path, tmpdir);
+        else s = x->replace ? ql_atomic_dir_commit_replace(x->out_path, tmpdir) : ql_atomic_dir_commit(x->out_path, tmpdir);
     }
     st_free(st);
     return s;

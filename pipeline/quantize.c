@@ -1,5 +1,7 @@
 /* quantize.c — the model quantization driver (see quantize.h). */
 #include "pipeline/quantize.h"
+
+#include "base/atomic_file.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
 #include "pipeline/imatrix.h"
@@ -522,6 +524,8 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
     ql_gguf_copy_kv(c.out, in);
     st->llama_cpp_compatible = true;
     ql_status s = QL_OK;
+    /* a folder target that would be refused at the end is refused before any work */
+    if (o->exporter && o->exporter->folder && (s = ql_atomic_dir_check(out_path, o->replace))) goto out;
     /* check every plan entry names a tensor of this model */
     for (int i = 0; i < o->plan->n; i++)
         if (ql_gguf_find_tensor(in, o->plan->e[i].tensor) < 0) {
@@ -661,7 +665,8 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
     }
     /* the bar counts weights quantized (in produce); the writer only needs the cancel flag */
     ql_progress cancel_only = {.cancel = progress ? progress->cancel : NULL};
-    s = ql_export_image(o->exporter ? o->exporter : ql_exporter_default(), out_path, in, c.out, &cancel_only);
+    s = ql_export_image_replace(o->exporter ? o->exporter : ql_exporter_default(), out_path, in, c.out, o->replace,
+                                &cancel_only);
     st->seconds = ql_time_s() - c.t0;
     st->tensors_rounded = c.rounded;
 out:

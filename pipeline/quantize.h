@@ -26,6 +26,7 @@ typedef struct {
     int seq_len;
     int n_threads;
     const ql_exporter_info *exporter; /* where the output goes; NULL: GGUF */
+    bool replace;                     /* a folder target may replace a non-empty folder (--force) */
 } ql_quant_opts;
 
 typedef struct {

@@ -477,6 +477,9 @@ if [ -f "$HFM" ]; then
   expect_error "exl2: non-empty output folder refused" "not an empty folder" $QLAB quant "$HFM" --type exl2_4b128 --to exl2 -o "$T/full"
   if [ -f "$T/full/keep" ] && [ ! -e "$T/hxq" ] && ! ls "$T" | grep -q '\.tmp\.'; then ok "refused exports leave nothing behind"
   else bad "a refused export left files behind"; fi
+  if $QLAB quant "$HFM" --type int4_g32_sym --to awq -o "$T/full" --force >/dev/null 2>&1 && [ ! -e "$T/full/keep" ] \
+     && [ -s "$T/full/config.json" ] && ! ls "$T" | grep -q '\.tmp\.'; then ok "--force replaces a non-empty output folder whole"
+  else bad "quant --to awq --force"; fi
   if [ -f "$SHARED/models/stories260K.gguf" ]; then
     expect_error "gptq refuses 172-wide outputs" "blk.0.ffn_gate.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type int4_g32_sym --to gptq -o "$T/hxq"
     expect_error "exl2 formats refuse 172-wide inputs" "blk.0.ffn_down.weight" $QLAB quant "$SHARED/models/stories260K.gguf" --type exl2_4b128 -o "$T/hxq.gguf"

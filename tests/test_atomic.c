@@ -310,6 +310,46 @@ static void test_sweep_dead_writers_only(void **state) {
     assert_int_equal(ql_atomic_sweep(path), 0);
 }
 
+/* --force: a non-empty folder is refused by the check unless replace is set; the replacing commit swaps the
+ * whole new folder in (the old files are gone, the new ones there) and leaves no temporary; a plain commit
+ * onto the same non-empty folder is refused and keeps it. */
+static void test_dir_replace(void **state) {
+    (void)state;
+    char out[128], p[256];
+    snprintf(out, sizeof out, "%s/model", dir);
+    assert_int_equal(ql_atomic_dir_check(out, false), QL_OK); /* absent */
+    assert_int_equal(mkdir(out, 0755), 0);
+    assert_int_equal(ql_atomic_dir_check(out, false), QL_OK); /* empty */
+    snprintf(p, sizeof p, "%s/old.safetensors", out);
+    put(p, "old");
+    assert_int_equal(ql_atomic_dir_check(out, false), QL_ERR_IO);
+    assert_non_null(strstr(ql_last_error(), "--force"));
+    assert_int_equal(ql_atomic_dir_check(out, true), QL_OK);
+    char *tmp;
+    assert_int_equal(ql_atomic_dir_open(out, &tmp), QL_OK);
+    snprintf(p, sizeof p, "%s/new.safetensors", tmp);
+    put(p, "new");
+    assert_int_equal(ql_atomic_dir_commit(out, tmp), QL_ERR_IO); /* refused, old kept, temporary removed */
+    snprintf(p, sizeof p, "%s/old.safetensors", out);
+    assert_file_is(p, "old");
+    assert_int_equal(temporaries(), 0);
+    assert_int_equal(ql_atomic_dir_open(out, &tmp), QL_OK);
+    snprintf(p, sizeof p, "%s/new.safetensors", tmp);
+    put(p, "new");
+    assert_int_equal(ql_atomic_dir_commit_replace(out, tmp), QL_OK);
+    snprintf(p, sizeof p, "%s/new.safetensors", out);
+    assert_file_is(p, "new");
+    snprintf(p, sizeof p, "%s/old.safetensors", out);
+    assert_int_equal(access(p, F_OK), -1);
+    assert_int_equal(temporaries(), 0);
+    snprintf(p, sizeof p, "%s/new.safetensors", out);
+    unlink(p);
+    rmdir(out);
+    put(out, "a file"); /* a file at OUT is refused even with --force */
+    assert_int_equal(ql_atomic_dir_check(out, true), QL_ERR_IO);
+    assert_non_null(strstr(ql_last_error(), "not a folder"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_commit_writes_and_replaces, setup, teardown),
@@ -320,6 +360,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_rename_failure_keeps_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigkill_mid_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sweep_dead_writers_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dir_replace, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
