@@ -1,5 +1,5 @@
-// codecs_cuda.cu — CUDA dequantize kernels for ggml's block formats and quantize kernels for Q4_0, Q8_0,
-// Q4_K, Q6_K (ggml's no-imatrix path), bit-exact with kernels/ggml_quants_ref.c. API: cuda_api.h.
+// codecs_cuda.cu — CUDA dequantize and quantize kernels for ggml's block formats (quantize: Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS on ggml's no-imatrix path), bit-exact with kernels/ggml_quants_ref.c. API: cuda_api.h.
 // Exactness: the per-block code below is __host__ __device__ and mirrors the reference statement by
 // statement; every float add/sub/mul/div goes through fa/fs/fm/fd (the _rn intrinsics on the device,
 // which nvcc never contracts into FMA), fp16 conversions are the reference's bit code, and float->int
@@ -494,6 +494,447 @@ struct Q6_KQ {
     }
 };
 
+// ---- the remaining ggml quantizers (issue 16): Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, each
+// the reference's no-imatrix path statement by statement (kernels/ggml_quants_ref.c) ----
+static QL_HD void pack_q5_dev(const uint8_t *L, uint8_t *qs, uint8_t *qh_out) {
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        const uint8_t xi0 = L[j], xi1 = L[j + 16];
+        qs[j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    for (int k = 0; k < 4; ++k) qh_out[k] = (uint8_t)(qh >> (8 * k));
+}
+
+// min and max of 32 values as the reference finds them (NaN never wins a comparison)
+static QL_HD void minmax32(const float *x, float *mn, float *mx) {
+    float min = 3.40282347e+38f, max = -3.40282347e+38f;
+    for (int j = 0; j < 32; j++) {
+        if (x[j] < min) min = x[j];
+        if (x[j] > max) max = x[j];
+    }
+    *mn = min;
+    *mx = max;
+}
+// the value of largest magnitude, first one on ties
+static QL_HD float absmax_signed(const float *x, int n) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < n; j++)
+        if (amax < fabs_bits(x[j])) {
+            amax = fabs_bits(x[j]);
+            max = x[j];
+        }
+    return max;
+}
+
+struct Q4_1Q {
+    typedef blk_q4_1 B;
+    static const int QK = 32, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        float min, max;
+        minmax32(x, &min, &max);
+        const float d = fd(fs(max, min), 15.f);
+        const float id = d != 0.0f ? fd(1.0f, d) : 0.0f;
+        st16(y + offsetof(B, d), f2h(d));
+        st16(y + offsetof(B, m), f2h(min));
+        for (int j = 0; j < 16; ++j) {
+            const int xi0 = imin(15, (int8_t)cvtt_x86(fa(fm(fs(x[j], min), id), 0.5f)));
+            const int xi1 = imin(15, (int8_t)cvtt_x86(fa(fm(fs(x[16 + j], min), id), 0.5f)));
+            y[offsetof(B, qs) + j] = (uint8_t)(xi0 | (xi1 << 4));
+        }
+    }
+};
+
+struct Q5_0Q {
+    typedef blk_q5_0 B;
+    static const int QK = 32, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        uint8_t L[32];
+        const float d = fd(absmax_signed(x, 32), -16.f);
+        const float id = d != 0.0f ? fd(1.0f, d) : 0.0f;
+        st16(y + offsetof(B, d), f2h(d));
+        for (int j = 0; j < 32; ++j) L[j] = (uint8_t)imin(31, (int8_t)cvtt_x86(fa(fm(x[j], id), 16.5f)));
+        pack_q5_dev(L, y + offsetof(B, qs), y + offsetof(B, qh));
+    }
+};
+
+struct Q5_1Q {
+    typedef blk_q5_1 B;
+    static const int QK = 32, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        uint8_t L[32];
+        float min, max;
+        minmax32(x, &min, &max);
+        const float d = fd(fs(max, min), 31.f);
+        const float id = d != 0.0f ? fd(1.0f, d) : 0.0f;
+        st16(y + offsetof(B, d), f2h(d));
+        st16(y + offsetof(B, m), f2h(min));
+        for (int j = 0; j < 32; ++j) L[j] = (uint8_t)cvtt_x86(fa(fm(fs(x[j], min), id), 0.5f));
+        pack_q5_dev(L, y + offsetof(B, qs), y + offsetof(B, qh));
+    }
+};
+
+static QL_HD void pack_2bit_dev(const uint8_t *L, uint8_t *qs) {
+    for (int j = 0; j < QK_K; j += 128)
+        for (int l = 0; l < 32; ++l)
+            qs[j / 4 + l] =
+                (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+}
+
+struct Q2_KQ {
+    typedef blk_q2_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        uint8_t L[QK_K], Laux[16];
+        float weights[16], mins[QK_K / 16], scales[QK_K / 16];
+        for (int j = 0; j < QK_K / 16; ++j) {
+            for (int l = 0; l < 16; ++l) weights[l] = fabs_bits(x[16 * j + l]);
+            scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15,
+                                         true);
+        }
+        // ql_ggml_q2_K_pack_scales, no imatrix
+        uint8_t *sc = y + offsetof(B, scales);
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 16; ++j) {
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        if (max_scale > 0) {
+            const float iscale = fd(15.f, max_scale);
+            for (int j = 0; j < QK_K / 16; ++j) sc[j] = (uint8_t)nearest_int(fm(iscale, scales[j]));
+            st16(y + offsetof(B, d), f2h(fd(max_scale, 15.f)));
+        } else {
+            for (int j = 0; j < QK_K / 16; ++j) sc[j] = 0;
+            st16(y + offsetof(B, d), f2h(0.f));
+        }
+        if (max_min > 0) {
+            const float iscale = fd(15.f, max_min);
+            for (int j = 0; j < QK_K / 16; ++j) {
+                const int l = nearest_int(fm(iscale, mins[j]));
+                sc[j] |= (uint8_t)((unsigned)l << 4);
+            }
+            st16(y + offsetof(B, dmin), f2h(fd(max_min, 15.f)));
+        } else {
+            st16(y + offsetof(B, dmin), f2h(0.f));
+        }
+        const float d0 = h2f(ld16(y + offsetof(B, d))), dmin0 = h2f(ld16(y + offsetof(B, dmin)));
+        for (int j = 0; j < QK_K / 16; ++j) {
+            const float d = fm(d0, (float)(sc[j] & 0xF));
+            if (d == 0.0f) continue;
+            const float dm = fm(dmin0, (float)(sc[j] >> 4));
+            for (int ii = 0; ii < 16; ++ii) {
+                const int l = nearest_int(fd(fa(x[16 * j + ii], dm), d));
+                L[16 * j + ii] = (uint8_t)imax(0, imin(3, l));
+            }
+        }
+        pack_2bit_dev(L, y + offsetof(B, qs));
+    }
+};
+
+// make_q3_quants with do_rmse (Q3_K without imatrix)
+static QL_HD float make_q3_quants_rmse(int n, int nmax, const float *x, int8_t *L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; ++i) {
+        const float ax = fabs_bits(x[i]);
+        if (ax > amax) {
+            amax = ax;
+            max = x[i];
+        }
+    }
+    if (amax < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    const float iscale = fd((float)-nmax, max);
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(fm(iscale, x[i]));
+        l = imax(-nmax, imin(nmax - 1, l));
+        L[i] = (int8_t)l;
+        const float w = fm(x[i], x[i]);
+        sumlx = fa(sumlx, fm(fm(w, x[i]), (float)l));
+        suml2 = fa(suml2, fm(fm(w, (float)l), (float)l));
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; ++i) {
+            const float w = fm(x[i], x[i]);
+            float slx = fs(sumlx, fm(fm(w, x[i]), (float)L[i]));
+            if (slx > 0) {
+                float sl2 = fs(suml2, fm(fm(w, (float)L[i]), (float)L[i]));
+                int new_l = nearest_int(fd(fm(x[i], sl2), slx));
+                new_l = imax(-nmax, imin(nmax - 1, new_l));
+                if (new_l != L[i]) {
+                    slx = fa(slx, fm(fm(w, x[i]), (float)new_l));
+                    sl2 = fa(sl2, fm(fm(w, (float)new_l), (float)new_l));
+                    if (sl2 > 0 && fm(fm(slx, slx), suml2) > fm(fm(sumlx, sumlx), sl2)) {
+                        L[i] = (int8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    for (int i = 0; i < n; ++i) L[i] = (int8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? fd(sumlx, suml2) : 0.0f;
+}
+
+static QL_HD void q3k_put_scale(uint8_t *scales, int j, int l) {
+    if (j < 8)
+        scales[j] = (uint8_t)(l & 0xF);
+    else
+        scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
+    l >>= 4;
+    scales[j % 4 + 8] |= (uint8_t)(l << (2 * (j / 4)));
+}
+
+struct Q3_KQ {
+    typedef blk_q3_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        int8_t L[QK_K];
+        float scales[QK_K / 16];
+        for (int j = 0; j < QK_K / 16; ++j) scales[j] = make_q3_quants_rmse(16, 4, x + 16 * j, L + 16 * j);
+        // ql_ggml_q3_K_pack_scales, no imatrix
+        uint8_t *ys = y + offsetof(B, scales);
+        for (int k = 0; k < 12; ++k) ys[k] = 0;
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < QK_K / 16; ++j) {
+            const float scale = fabs_bits(scales[j]);
+            if (scale > amax) {
+                amax = scale;
+                max_scale = scales[j];
+            }
+        }
+        if (max_scale != 0.0f) {
+            const float iscale = fd(-32.f, max_scale);
+            for (int j = 0; j < QK_K / 16; ++j) {
+                int8_t l = (int8_t)nearest_int(fm(iscale, scales[j]));
+                l = (int8_t)(imax(-32, imin(31, l)) + 32);
+                q3k_put_scale(ys, j, l);
+            }
+            st16(y + offsetof(B, d), f2h(fd(1.0f, iscale)));
+        } else {
+            st16(y + offsetof(B, d), f2h(0.f));
+        }
+        // q3_K_finish
+        const float d0 = h2f(ld16(y + offsetof(B, d)));
+        for (int j = 0; j < QK_K / 16; ++j) {
+            int sc = j < 8 ? ys[j] & 0xF : ys[j - 8] >> 4;
+            sc = (sc | (((ys[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+            const float d = fm(d0, (float)sc);
+            if (d == 0.0f) continue;
+            for (int ii = 0; ii < 16; ++ii) {
+                int l = nearest_int(fd(x[16 * j + ii], d));
+                l = imax(-4, imin(3, l));
+                L[16 * j + ii] = (int8_t)(l + 4);
+            }
+        }
+        uint8_t *hmask = y + offsetof(B, hmask);
+        for (int k = 0; k < QK_K / 8; ++k) hmask[k] = 0;
+        int m = 0;
+        uint8_t hm = 1;
+        for (int j = 0; j < QK_K; ++j) {
+            if (L[j] > 3) {
+                hmask[m] |= hm;
+                L[j] = (int8_t)(L[j] - 4);
+            }
+            if (++m == QK_K / 8) {
+                m = 0;
+                hm = (uint8_t)(hm << 1);
+            }
+        }
+        pack_2bit_dev((const uint8_t *)L, y + offsetof(B, qs));
+    }
+};
+
+struct Q5_KQ {
+    typedef blk_q5_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        uint8_t L[QK_K], Laux[32];
+        float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 32; ++j) {
+            float sum_x2 = 0;
+            for (int l = 0; l < 32; ++l) sum_x2 = fa(sum_x2, fm(x[32 * j + l], x[32 * j + l]));
+            const float av_x = fsqrt(fd(sum_x2, 32.f));
+            for (int l = 0; l < 32; ++l) weights[l] = fa(av_x, fabs_bits(x[32 * j + l]));
+            scales[j] = make_qkx2_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f,
+                                         15, false);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        const float inv_scale = max_scale > 0 ? fd(63.f, max_scale) : 0.f;
+        const float inv_min = max_min > 0 ? fd(63.f, max_min) : 0.f;
+        uint8_t *sc12 = y + offsetof(B, scales);
+        for (int j = 0; j < 12; ++j) sc12[j] = 0;
+        for (int j = 0; j < QK_K / 32; ++j) {
+            uint8_t ls = (uint8_t)nearest_int(fm(inv_scale, scales[j]));
+            uint8_t lm = (uint8_t)nearest_int(fm(inv_min, mins[j]));
+            ls = ls < 63 ? ls : 63;
+            lm = lm < 63 ? lm : 63;
+            k4_put_scale_min(sc12, j, ls, lm);
+        }
+        const uint16_t d16 = f2h(fd(max_scale, 63.f)), dmin16 = f2h(fd(max_min, 63.f));
+        st16(y + offsetof(B, d), d16);
+        st16(y + offsetof(B, dmin), dmin16);
+        for (int j = 0; j < QK_K / 32; ++j) { // k45_requant
+            uint8_t sc, m;
+            get_scale_min_k4(j, sc12, &sc, &m);
+            const float d = fm(h2f(d16), (float)sc);
+            if (d == 0.0f) continue;
+            const float dm = fm(h2f(dmin16), (float)m);
+            for (int ii = 0; ii < 32; ++ii) {
+                const int l = nearest_int(fd(fa(x[32 * j + ii], dm), d));
+                L[32 * j + ii] = (uint8_t)imax(0, imin(31, l));
+            }
+        }
+        uint8_t *qh = y + offsetof(B, qh), *ql = y + offsetof(B, qs);
+        for (int k = 0; k < QK_K / 8; ++k) qh[k] = 0;
+        uint8_t m1 = 1, m2 = 2;
+        for (int nn = 0; nn < QK_K; nn += 64) {
+            for (int j = 0; j < 32; ++j) {
+                int l1 = L[nn + j];
+                if (l1 > 15) {
+                    l1 -= 16;
+                    qh[j] |= m1;
+                }
+                int l2 = L[nn + j + 32];
+                if (l2 > 15) {
+                    l2 -= 16;
+                    qh[j] |= m2;
+                }
+                ql[j] = (uint8_t)(l1 | (l2 << 4));
+            }
+            m1 = (uint8_t)(m1 << 2);
+            m2 = (uint8_t)(m2 << 2);
+            ql += 32;
+        }
+    }
+};
+
+// nearest of the 16 sorted IQ4_NL values (ties go up), as best_index_int8
+static QL_HD int best_index_iq4nl(float x) {
+    const float x2 = fa(x, x);
+    int idx = 0;
+    for (int step = 8; step > 0; step >>= 1) {
+        const int j = idx + step;
+        idx = (x2 >= (float)(kvalue_iq4nl(j - 1) + kvalue_iq4nl(j))) ? j : idx;
+    }
+    return idx;
+}
+
+// iq4_nl_impl with ntry 7 and no imatrix (weights x^2): sbs = 32 (IQ4_NL) or 256 (IQ4_XS)
+template <int SBS>
+static QL_HD void iq4_quant_block(const float *x, uint8_t *dh, uint8_t *q4, uint8_t *scales_h, uint8_t *scales_l) {
+    const int ntry = 7, v0 = kvalue_iq4nl(0);
+    float scales[SBS / 32], weight[32];
+    uint8_t L[SBS];
+    for (int k = 0; k < SBS / 2; ++k) q4[k] = 0;
+    st16(dh, f2h(0.f));
+    float max_scale = 0, amax_scale = 0;
+    for (int ib = 0; ib < SBS / 32; ++ib) {
+        const float *xb = x + ib * 32;
+        uint8_t *Lb = L + ib * 32;
+        for (int j = 0; j < 32; ++j) weight[j] = fm(xb[j], xb[j]);
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; ++j) {
+            const float ax = fabs_bits(xb[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = xb[j];
+            }
+        }
+        if (amax < GROUP_MAX_EPS) {
+            scales[ib] = 0;
+            for (int j = 0; j < 32; ++j) Lb[j] = 0;
+            continue;
+        }
+        float d = fd(fneg(max), (float)v0);
+        float id = fd(1.0f, d);
+        float sumqx = 0, sumq2 = 0;
+        for (int j = 0; j < 32; ++j) {
+            const int l = best_index_iq4nl(fm(id, xb[j]));
+            Lb[j] = (uint8_t)l;
+            const float q = (float)kvalue_iq4nl(l), w = weight[j];
+            sumqx = fa(sumqx, fm(fm(w, q), xb[j]));
+            sumq2 = fa(sumq2, fm(fm(w, q), q));
+        }
+        d = sumq2 > 0 ? fd(sumqx, sumq2) : 0.f;
+        float best = fm(d, sumqx);
+        for (int itry = -ntry; itry <= ntry; ++itry) {
+            id = fd((float)(itry + v0), max);
+            sumqx = sumq2 = 0;
+            for (int j = 0; j < 32; ++j) {
+                const int l = best_index_iq4nl(fm(id, xb[j]));
+                const float q = (float)kvalue_iq4nl(l), w = weight[j];
+                sumqx = fa(sumqx, fm(fm(w, q), xb[j]));
+                sumq2 = fa(sumq2, fm(fm(w, q), q));
+            }
+            if (sumq2 > 0 && fm(sumqx, sumqx) > fm(best, sumq2)) {
+                d = fd(sumqx, sumq2);
+                best = fm(d, sumqx);
+            }
+        }
+        scales[ib] = d;
+        const float abs_d = fabs_bits(d);
+        if (abs_d > amax_scale) {
+            amax_scale = abs_d;
+            max_scale = d;
+        }
+    }
+    if (SBS / 32 > 1) {
+        uint16_t sh = 0;
+        const float d = fd(fneg(max_scale), 32.f);
+        st16(dh, f2h(d));
+        const float id = d != 0.0f ? fd(1.0f, d) : 0.f;
+        for (int ib = 0; ib < SBS / 32; ++ib) {
+            int l = nearest_int(fm(id, scales[ib]));
+            l = imax(-32, imin(31, l));
+            const float dl = fm(d, (float)l);
+            const float idl = dl != 0.0f ? fd(1.0f, dl) : 0.f;
+            uint8_t *Lb = L + ib * 32;
+            const float *xb = x + ib * 32;
+            for (int j = 0; j < 32; ++j) Lb[j] = (uint8_t)best_index_iq4nl(fm(idl, xb[j]));
+            l += 32;
+            const uint8_t l_l = (uint8_t)(l & 0xf), l_h = (uint8_t)(l >> 4);
+            if (ib % 2 == 0)
+                scales_l[ib / 2] = l_l;
+            else
+                scales_l[ib / 2] |= (uint8_t)(l_l << 4);
+            sh |= (uint16_t)(l_h << 2 * (ib % 8));
+        }
+        st16(scales_h, sh);
+    } else {
+        st16(dh, f2h(scales[0]));
+        const float id = scales[0] != 0.0f ? fd(1.0f, scales[0]) : 0;
+        for (int j = 0; j < SBS; ++j) L[j] = (uint8_t)best_index_iq4nl(fm(id, x[j]));
+    }
+    for (int i = 0; i < SBS / 32; ++i)
+        for (int j = 0; j < 16; ++j) q4[16 * i + j] = (uint8_t)(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
+}
+
+struct IQ4_NLQ {
+    typedef blk_iq4_nl B;
+    static const int QK = 32, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        iq4_quant_block<32>(x, y + offsetof(B, d), y + offsetof(B, qs), nullptr, nullptr);
+    }
+};
+struct IQ4_XSQ {
+    typedef blk_iq4_xs B;
+    static const int QK = QK_K, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        iq4_quant_block<QK_K>(x, y + offsetof(B, d), y + offsetof(B, qs), y + offsetof(B, scales_h),
+                              y + offsetof(B, scales_l));
+    }
+};
+
 // ---------------------------------------------------------------------------------------------------
 // Kernels and launches
 // ---------------------------------------------------------------------------------------------------
@@ -654,6 +1095,14 @@ QL_CUDA_QUANT_ENTRY(q4_0, Q4_0Q)
 QL_CUDA_QUANT_ENTRY(q8_0, Q8_0Q)
 QL_CUDA_QUANT_ENTRY(q4_k, Q4_KQ)
 QL_CUDA_QUANT_ENTRY(q6_k, Q6_KQ)
+QL_CUDA_QUANT_ENTRY(q4_1, Q4_1Q)
+QL_CUDA_QUANT_ENTRY(q5_0, Q5_0Q)
+QL_CUDA_QUANT_ENTRY(q5_1, Q5_1Q)
+QL_CUDA_QUANT_ENTRY(q2_k, Q2_KQ)
+QL_CUDA_QUANT_ENTRY(q3_k, Q3_KQ)
+QL_CUDA_QUANT_ENTRY(q5_k, Q5_KQ)
+QL_CUDA_QUANT_ENTRY(iq4_nl, IQ4_NLQ)
+QL_CUDA_QUANT_ENTRY(iq4_xs, IQ4_XSQ)
 
 extern "C" ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const void *host_src, int64_t src_bytes,
                                             float *host_dst, int64_t nrows, int64_t ncols) {
