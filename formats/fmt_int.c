@@ -23,6 +23,40 @@
 #include "kernels/int_quants.h"
 #include "kernels/simd.h" /* SIMD twins of int4_g128[_sym] */
 
+/* The CUDA column: kernels/codecs_int_cuda.cu's codecs with this entry's parameters (s, d, r, c, st: source,
+ * destination, rows, columns, stream). Empty without nvcc. */
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_int_api.h"
+#define INT_CUDA_DEFINE(id, qdev, qemu, ddev, demu)                                                          \
+    static ql_status id##_cq(const float *s, void *d, int64_t r, int64_t c, void *st) { return qdev; }       \
+    static ql_status id##_cqe(const float *s, void *d, int64_t r, int64_t c) { return qemu; }                \
+    static ql_status id##_cd(const void *s, float *d, int64_t r, int64_t c, void *st) { return ddev; }       \
+    static ql_status id##_cde(const void *s, float *d, int64_t r, int64_t c) { return demu; }                \
+    static const ql_format_cuda_ops id##_cuda = {id##_cq, id##_cd, id##_cqe, id##_cde};
+#define INT_CUDA_OPS(id) (&id##_cuda)
+/* rows: the row codec with (bits, group, sym, mse); a whole tensor as one row; tiles of bs */
+#define INT_CUDA_ROWS(id, n, g, sym, mse)                                                                    \
+    INT_CUDA_DEFINE(id, ql_cuda_int_quantize_dev(s, d, r, c, st, n, g, sym, mse),                            \
+                    ql_cuda_int_quantize_emulated(s, d, r, c, n, g, sym, mse),                               \
+                    ql_cuda_int_dequantize_dev(s, d, r, c, st, n, g, sym),                                   \
+                    ql_cuda_int_dequantize_emulated(s, d, r, c, n, g, sym))
+#define INT_CUDA_TENSOR(id, n)                                                                               \
+    INT_CUDA_DEFINE(id, ql_cuda_int_quantize_dev(s, d, 1, r * c, st, n, 0, true, false),                     \
+                    ql_cuda_int_quantize_emulated(s, d, 1, r * c, n, 0, true, false),                        \
+                    ql_cuda_int_dequantize_dev(s, d, 1, r * c, st, n, 0, true),                              \
+                    ql_cuda_int_dequantize_emulated(s, d, 1, r * c, n, 0, true))
+#define INT_CUDA_TILES(id, n, bs)                                                                            \
+    INT_CUDA_DEFINE(id, ql_cuda_int_tiles_quantize_dev(s, d, r, c, st, n, bs),                               \
+                    ql_cuda_int_tiles_quantize_emulated(s, d, r, c, n, bs),                                  \
+                    ql_cuda_int_tiles_dequantize_dev(s, d, r, c, st, n, bs),                                 \
+                    ql_cuda_int_tiles_dequantize_emulated(s, d, r, c, n, bs))
+#else
+#define INT_CUDA_ROWS(id, n, g, sym, mse)
+#define INT_CUDA_TENSOR(id, n)
+#define INT_CUDA_TILES(id, n, bs)
+#define INT_CUDA_OPS(id) NULL
+#endif
+
 static int64_t rows_total(int64_t row_bytes, int64_t nrows) {
     return row_bytes < 0 ? -1 : ql_int_mul_checked(row_bytes, nrows);
 }
@@ -107,6 +141,7 @@ static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, in
     "these (int4_g128 is their classic setting)."
 
 #define INT_GROUP_ENTRY(n, g, sfx, sym, mse, desc)                                                           \
+    INT_CUDA_ROWS(int##n##_g##g##sfx, n, g, sym, mse)                                                        \
     static void int##n##_g##g##sfx##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,     \
                                                const float *imp) {                                           \
         ql_int_quantize_rows_ref(src, dst, nrows, ncols, imp, n, g, sym, mse);                               \
@@ -139,12 +174,14 @@ static void block2d_dequantize(const uint8_t *src, float *dst, int64_t nrows, in
         .dequantize_rows = int##n##_g##g##sfx##_dequantize,                                                  \
         /* both NULL for most variants: then the column is empty (test_traits, formats --json) */                \
         .simd = &(const ql_format_ops){QL_INT_QUANT_FAST(n, g, sym, mse), QL_INT_DEQUANT_FAST(n, g, sym, mse)}, \
+        .cuda = INT_CUDA_OPS(int##n##_g##g##sfx),                                                            \
     };
 
 QL_FMT_INT_FAMILY(INT_GROUP_ENTRY)
 
 /* per output row, symmetric (LLM.int8()'s vector-wise layout with an fp16 scale) */
 #define INT_CHANNEL_ENTRY(n, tol, words)                                                                            \
+    INT_CUDA_ROWS(int##n##_channel, n, 0, true, false)                                                       \
     static void int##n##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,         \
                                           const float *imp) {                                                \
         (void)imp;                                                                                           \
@@ -173,6 +210,7 @@ QL_FMT_INT_FAMILY(INT_GROUP_ENTRY)
         .tensor_bytes = int##n##_channel_tensor_bytes,                                                       \
         .quantize_rows = int##n##_channel_quantize,                                                          \
         .dequantize_rows = int##n##_channel_dequantize,                                                      \
+        .cuda = INT_CUDA_OPS(int##n##_channel),                                                              \
     };
 
 INT_CHANNEL_ENTRY(4, 0.18,
@@ -194,6 +232,7 @@ static void int8_tensor_quantize(const float *src, void *dst, int64_t nrows, int
 static void int8_tensor_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {
     ql_int_dequantize_rows_ref(src, dst, 1, nrows * ncols, 8, 0, true);
 }
+INT_CUDA_TENSOR(int8_tensor, 8)
 const ql_format ql_fmt_int8_tensor = {
     .name = "int8_tensor",
     .summary = "INT8 with one fp16 scale for the whole tensor, symmetric",
@@ -211,9 +250,11 @@ const ql_format ql_fmt_int8_tensor = {
     .tensor_bytes = int8_tensor_tensor_bytes,
     .quantize_rows = int8_tensor_quantize,
     .dequantize_rows = int8_tensor_dequantize,
+    .cuda = INT_CUDA_OPS(int8_tensor),
 };
 
 #define INT_BLOCK2D_ENTRY(n, bs, tol)                                                                        \
+    INT_CUDA_TILES(int##n##_b##bs, n, bs)                                                                    \
     static int64_t int##n##_b##bs##_tensor_bytes(int64_t ncols, int64_t nrows) {                             \
         return block2d_bytes(ncols, nrows, n, bs);                                                           \
     }                                                                                                        \
@@ -241,6 +282,7 @@ const ql_format ql_fmt_int8_tensor = {
         .tensor_bytes = int##n##_b##bs##_tensor_bytes,                                                       \
         .quantize_rows = int##n##_b##bs##_quantize,                                                          \
         .dequantize_rows = int##n##_b##bs##_dequantize,                                                      \
+        .cuda = INT_CUDA_OPS(int##n##_b##bs),                                                                \
     };
 
 INT_BLOCK2D_ENTRY(4, 64, 0.17)
