@@ -26,6 +26,8 @@
 #include "core/kv_cache.h"
 #include "core/model.h"
 
+struct ql_format; /* formats/format.h */
+
 /* One weight as an op sees it. */
 typedef struct ql_backend_weight {
     const ql_gguf_tensor *t; /* the tensor as stored: t->type is its format (ggml type or qlab extension id) */
@@ -121,6 +123,13 @@ typedef struct ql_backend_ops {
     ql_status (*xtx_add)(void *be, void *acc, const float *x, int T, int D);
     ql_status (*xtx_get)(void *be, void *acc, double *H);
     void (*xtx_free)(void *be, void *acc);
+
+    /* Optional (NULL: the host quantizes). Round-to-nearest of host w [nrows, ncols] into host dst in format f on
+     * device ql_backend_device(), with no backend context (quantizing needs no model): byte for byte what f's
+     * reference writes. QL_ERR_UNSUPPORTED when this backend has no kernel for f, or importance is given and f
+     * uses it (the device kernels are the no-importance path): the caller then quantizes on the host. */
+    ql_status (*quantize)(const struct ql_format *f, const float *w, void *dst, int64_t nrows, int64_t ncols,
+                          const float *importance);
 } ql_backend_ops;
 
 /* The registered backends (core/backend.c), in listing order; the first is the default. */

@@ -1052,6 +1052,21 @@ static void cuda_xtx_free(void *p, void *q) {
     free(a);
 }
 
+/* RTN on the device with the format's CUDA quantizer (formats/format.h's cuda column), host buffers in and out. */
+static ql_status cuda_quantize(const ql_format *f, const float *w, void *dst, int64_t nrows, int64_t ncols,
+                               const float *importance) {
+    if (!f->cuda || !f->cuda->quantize_dev || (importance && f->uses_importance))
+        return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no device quantizer for %s%s", f->name,
+                       importance && f->uses_importance ? " with importance weights" : "");
+    const int64_t bytes = ql_format_tensor_bytes(f, ncols, nrows);
+    if (bytes < 0)
+        return ql_fail(QL_ERR_ARG, "format %s cannot store a %lld x %lld tensor", f->name, (long long)nrows,
+                       (long long)ncols);
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    CU(cudaSetDevice(ql_backend_device())); /* the runtime's device is per host thread */
+    return ql_cuda_run_quantize(f->cuda->quantize_dev, w, dst, bytes, nrows, ncols);
+}
+
 const ql_backend_ops ql_backend_cuda = {
     .name = "cuda",
     .about = "NVIDIA GPU: layers decoded on the device by the CUDA codecs (streamed when the model exceeds GPU "
@@ -1084,6 +1099,7 @@ const ql_backend_ops ql_backend_cuda = {
     .xtx_add = cuda_xtx_add,
     .xtx_get = cuda_xtx_get,
     .xtx_free = cuda_xtx_free,
+    .quantize = cuda_quantize,
 };
 
 #endif /* QL_HAVE_CUDA */

@@ -2,6 +2,8 @@
  * table line per methods/m_*.c file. */
 #include "methods/method.h"
 
+#include "core/backend.h" /* RTN on a device backend */
+
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -316,7 +318,15 @@ int ql_opt_enum(const ql_opt_values *v, const ql_method *m, const char *name) { 
 static ql_status rtn_quantize(float *w, int64_t nrows, int64_t ncols, const ql_format *f, const ql_input_stats *st,
                               const ql_method_opts *o, void *dst) {
     (void)st;
-    return ql_format_quantize(f, w, dst, nrows, ncols, o ? o->importance : NULL, o ? o->n_threads : 1);
+    const float *imp = o ? o->importance : NULL;
+    /* on a device backend (--device cuda), its kernels when it has one for f: the bytes are the reference's, so
+     * the choice changes no result, only where the work runs */
+    const ql_backend_ops *be = ql_backend_default();
+    if (be && be->quantize) {
+        ql_status s = be->quantize(f, w, dst, nrows, ncols, imp);
+        if (s != QL_ERR_UNSUPPORTED) return s;
+    }
+    return ql_format_quantize(f, w, dst, nrows, ncols, imp, o ? o->n_threads : 1);
 }
 
 const ql_method ql_method_rtn = {

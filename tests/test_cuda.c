@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/backend.h"
 #include "formats/format.h"
 #include "kernels/blocks.h"
 #include "kernels/ggml_quants.h"
@@ -447,6 +448,43 @@ static void test_device_quantize(void **state) {
     free(x);
 }
 
+/* RTN through the CUDA backend's quantize op (what `qlab quant --device cuda` runs): the reference's bytes for
+ * every format with a CUDA quantizer; refused (so the caller quantizes on the host) without a device, for a
+ * format without a kernel, and with importance weights the format would use. */
+static void test_backend_quantize(void **state) {
+    (void)state;
+    const ql_backend_ops *be = ql_backend_find("cuda");
+    assert_non_null(be);
+    assert_non_null(be->quantize);
+    enum { R = 16, C = 512 };
+    float *x = malloc(sizeof(float) * R * C), imp[C];
+    for (int i = 0; i < R * C; i++) x[i] = rnd_n();
+    for (int i = 0; i < C; i++) imp[i] = 1.0f + (float)(i % 7);
+    uint8_t q[R * C * 5];
+    assert_int_equal(be->quantize(ql_format_by_name("iq2_xxs"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED);
+    assert_int_equal(be->quantize(ql_format_by_name("q4_k"), x, q, R, C, imp), QL_ERR_UNSUPPORTED);
+    if (!have_device()) {
+        assert_int_equal(be->quantize(ql_format_by_name("q4_k"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED);
+        free(x);
+        skip();
+    }
+    int n = 0;
+    for (int i = 0; i < ql_format_count(); ++i) {
+        ctype_t *f = ql_format_at(i);
+        if (!has_cuda_quant(f)) continue;
+        const int64_t bytes = ql_format_tensor_bytes(f, C, R);
+        uint8_t *a = malloc((size_t)bytes), *b = malloc((size_t)bytes);
+        if (be->quantize(f, x, a, R, C, NULL) != QL_OK) fail_msg("backend quantize %s: %s", f->name, ql_last_error());
+        ref_quantize(f, x, b, R, C, NULL);
+        if (memcmp(a, b, (size_t)bytes) != 0) fail_msg("backend quantize %s differs from ref", f->name);
+        free(a);
+        free(b);
+        n++;
+    }
+    printf("  cuda backend RTN: %d formats identical to ref\n", n);
+    free(x);
+}
+
 static void test_errors(void **state) {
     (void)state;
     float x[64] = {0};
@@ -467,6 +505,7 @@ int main(void) {
         cmocka_unit_test(test_device_math_on_host),
         cmocka_unit_test(test_emulation),
         cmocka_unit_test(test_int_shapes),
+        cmocka_unit_test(test_backend_quantize),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_device_dequantize),
         cmocka_unit_test(test_device_quantize),
