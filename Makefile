@@ -213,12 +213,17 @@ $(BUILD)/bench/gptq_bench_cuda: bench/gptq_bench_cuda.c $(BUILD)/libqlab.a
 # CUDA dequantize bandwidth (4096x4096 Q4_K and Q8_0); `make bench-cuda ARGS="rows cols iters"`; then
 # `qlab ppl` tokens/s and peak GPU memory on the CUDA backend (bench/cuda_ppl.sh: synthetic 1B / 8B, ctx 2048).
 # Prints "GPU: not available on this machine" without a CUDA device. A benchmark: not part of make test.
-.PHONY: bench-cuda
-bench-cuda: all $(BUILD)/bench/cuda_dequant_bench
+.PHONY: bench-cuda bench-cuda-quant
+bench-cuda: all $(BUILD)/bench/cuda_dequant_bench bench-cuda-quant
 	$(BUILD)/bench/cuda_dequant_bench $(ARGS)
 	@QLAB=./$(BIN) bash bench/cuda_ppl.sh
 
-$(BUILD)/bench/cuda_dequant_bench: bench/cuda_dequant_bench.c $(BUILD)/libqlab.a
+# RTN quantize throughput of every format with a CUDA quantizer beside the CPU path (bench/cuda_quant_bench.c);
+# `make bench-cuda-quant QARGS="rows cols iters cpu_rows [name-substring]"`.
+bench-cuda-quant: $(BUILD)/bench/cuda_quant_bench
+	$(BUILD)/bench/cuda_quant_bench $(QARGS)
+
+$(BUILD)/bench/cuda_dequant_bench $(BUILD)/bench/cuda_quant_bench: $(BUILD)/bench/%: bench/%.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 

@@ -1189,3 +1189,39 @@ extern "C" ql_status ql_cuda_bench_dequantize(ql_cuda_dequant_dev_fn fn, int64_t
     if (gbps) *gbps = ms > 0 ? (double)(bytes + (int64_t)fbytes) * iters / (ms * 1e-3) / 1e9 : 0.0;
     return QL_OK;
 }
+
+extern "C" ql_status ql_cuda_bench_quantize(ql_cuda_quant_dev_fn fn, const float *host_src, void *host_dst,
+                                            int64_t dst_bytes, int64_t nrows, int64_t ncols, int iters, double *ms) {
+    if (!fn) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel");
+    if (nrows <= 0 || ncols <= 0 || dst_bytes <= 0 || ncols > INT64_MAX / nrows)
+        return ql_fail(QL_ERR_ARG, "cuda: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (iters < 1) iters = 1;
+    const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
+    DevBuf s, d;
+    QL_CUDA_TRY(cudaMalloc(&s.p, fbytes));
+    QL_CUDA_TRY(cudaMalloc(&d.p, (size_t)dst_bytes));
+    QL_CUDA_TRY(cudaMemcpy(s.p, host_src, fbytes, cudaMemcpyHostToDevice));
+    ql_status st = fn((const float *)s.p, d.p, nrows, ncols, nullptr); // warm-up
+    if (st != QL_OK) return st;
+    cudaEvent_t e0, e1;
+    QL_CUDA_TRY(cudaEventCreate(&e0));
+    cudaError_t ce = cudaEventCreate(&e1);
+    if (ce != cudaSuccess) {
+        cudaEventDestroy(e0);
+        return cuda_fail(ce, "cudaEventCreate(&e1)", __FILE__, __LINE__);
+    }
+    cudaEventRecord(e0);
+    for (int i = 0; i < iters && st == QL_OK; ++i) st = fn((const float *)s.p, d.p, nrows, ncols, nullptr);
+    cudaEventRecord(e1);
+    ce = cudaEventSynchronize(e1);
+    float t = 0;
+    if (ce == cudaSuccess) ce = cudaEventElapsedTime(&t, e0, e1);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (st != QL_OK) return st;
+    if (ce != cudaSuccess) return cuda_fail(ce, "cudaEventSynchronize/ElapsedTime", __FILE__, __LINE__);
+    if (ms) *ms = (double)t / iters;
+    if (host_dst) QL_CUDA_TRY(cudaMemcpy(host_dst, d.p, (size_t)dst_bytes, cudaMemcpyDeviceToHost));
+    return QL_OK;
+}

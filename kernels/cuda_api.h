@@ -61,6 +61,11 @@ ql_status ql_cuda_run_quantize(ql_cuda_quant_dev_fn fn, const float *host_src, v
 ql_status ql_cuda_bench_dequantize(ql_cuda_dequant_dev_fn fn, int64_t bytes, int64_t nrows, int64_t ncols,
                                    int iters, double *gbps);
 
+/* Quantize speed: iters runs of fn on host_src [nrows, ncols] copied to the device (after one warm-up run);
+ * *ms gets the kernel time of one run; host_dst (dst_bytes, may be NULL) the codes of the last run. */
+ql_status ql_cuda_bench_quantize(ql_cuda_quant_dev_fn fn, const float *host_src, void *host_dst, int64_t dst_bytes,
+                                 int64_t nrows, int64_t ncols, int iters, double *ms);
+
 #ifdef __cplusplus
 }
 #endif

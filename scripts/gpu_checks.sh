@@ -7,7 +7,9 @@
 #      emulation, and PPL of stories260K and tinystories-d256 on the GPU — layers resident and streamed, F32
 #      and f16 KV — within 1e-4 relative of the CPU backend (test_cuda_forward);
 #   2. the CLI: `qlab ppl` with QL_BACKEND=cuda (what --device cuda selects) against the CPU on both models;
-#   3. make bench-cuda: dequantize GB/s, then ppl tokens/s and peak GPU memory on synthetic F16 llama-3.2-1b
+#   2b. `qlab quant --device cuda` (RTN on the formats' CUDA quantizers) writes the CPU's bytes, format by format;
+#   3. make bench-cuda: dequantize GB/s, RTN quantize throughput of every format with a CUDA quantizer beside the
+#      CPU (bench/cuda_quant_bench.c, "identical" per line), then ppl tokens/s and peak GPU memory on synthetic F16 llama-3.2-1b
 #      and llama-3-8b at ctx 2048, and the 8B shape again in a 24 GiB budget (SHAPES= to narrow it).
 # Prints PASS / FAIL per step and exits non-zero when a check failed. Figures go in docs/results.md with the
 # GPU model this prints.
@@ -22,7 +24,7 @@ step() { echo; echo "=== $*"; }
 nvidia-smi -L || { echo "no GPU visible: nothing to check here"; exit 1; }
 
 step "build"
-make -j"$JOBS" all build/tests/test_cuda build/tests/test_cuda_forward >/dev/null || { echo "FAIL: build"; exit 1; }
+make -j"$JOBS" all build/tests/test_cuda build/tests/test_cuda_forward build/bench/cuda_quant_bench >/dev/null || { echo "FAIL: build"; exit 1; }
 
 step "1. make test-cuda"
 if make --no-print-directory test-cuda; then echo "PASS: test-cuda"; else echo "FAIL: test-cuda"; fail=1; fi
@@ -41,7 +43,21 @@ for m in stories260K tinystories-d256; do
   fi
 done
 
-step "3. make bench-cuda"
+step "2b. qlab quant --device cuda (RTN with the formats' CUDA quantizers) writes the CPU's bytes"
+qm="$SHARED/models/tinystories-d256.gguf"
+if [ -f "$qm" ]; then
+  for t in q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k q4_k q5_k q6_k iq4_nl iq4_xs int4_g128 int3_g64_mse int8_channel int4_b64 \
+           int8_tensor nf4 nf4_dq fp8_e4m3 mxfp4 nvfp4; do
+    ./qlab quant "$qm" --type $t -o /tmp/qlab_q_cpu.gguf --device cpu >/dev/null 2>&1 || { echo "SKIP: $t (cpu quant failed)"; continue; }
+    if ./qlab quant "$qm" --type $t -o /tmp/qlab_q_gpu.gguf --device cuda >/dev/null 2>/tmp/qlab_q_gpu.log &&
+       cmp -s /tmp/qlab_q_cpu.gguf /tmp/qlab_q_gpu.gguf; then echo "PASS: quant $t"
+    else echo "FAIL: quant $t"; tail -2 /tmp/qlab_q_gpu.log; fail=1; fi
+  done
+else
+  echo "SKIP: $qm not found"
+fi
+
+step "3. make bench-cuda (dequantize GB/s, RTN quantize per format beside the CPU, ppl tokens/s)"
 make --no-print-directory bench-cuda || { echo "FAIL: bench-cuda"; fail=1; }
 
 echo
