@@ -175,9 +175,37 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
     }
 }
 
+/* ---- the CUDA column (kernels/codecs_ext_cuda.cu): the same codec per layout; empty without nvcc ---- */
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_ext_api.h"
+#define FP8_CUDA_DEFINE(id, e5m2, lay)                                                                       \
+    static ql_status id##_cq(const float *s, void *d, int64_t r, int64_t c, void *st) {                       \
+        return ql_cuda_fp8_quantize_dev(e5m2, lay, s, d, r, c, st);                                          \
+    }                                                                                                        \
+    static ql_status id##_cqe(const float *s, void *d, int64_t r, int64_t c) {                                \
+        return ql_cuda_fp8_quantize_emulated(e5m2, lay, s, d, r, c);                                         \
+    }                                                                                                        \
+    static ql_status id##_cd(const void *s, float *d, int64_t r, int64_t c, void *st) {                       \
+        return ql_cuda_fp8_dequantize_dev(e5m2, lay, s, d, r, c, st);                                        \
+    }                                                                                                        \
+    static ql_status id##_cde(const void *s, float *d, int64_t r, int64_t c) {                                \
+        return ql_cuda_fp8_dequantize_emulated(e5m2, lay, s, d, r, c);                                       \
+    }                                                                                                        \
+    static const ql_format_cuda_ops id##_cuda = {id##_cq, id##_cd, id##_cqe, id##_cde};
+#define FP8_CUDA_ALL(lname, e5m2)                                                                            \
+    FP8_CUDA_DEFINE(lname, e5m2, QL_CUDA_FP8_TENSOR)                                                         \
+    FP8_CUDA_DEFINE(lname##_channel, e5m2, QL_CUDA_FP8_ROW)                                                  \
+    FP8_CUDA_DEFINE(lname##_block, e5m2, QL_CUDA_FP8_TILE128)
+#define FP8_CUDA_OPS(id) (&id##_cuda)
+#else
+#define FP8_CUDA_ALL(lname, e5m2)
+#define FP8_CUDA_OPS(id) NULL
+#endif
+
 /* ---- registry entries: type ids QL_TYPE_EXT_BASE + 0x88..0x8D (never reuse) ---- */
 
 #define FP8_ENTRIES(lname, kind, id, tol, desc, lbl, w_tensor, w_channel, w_block)                                                              \
+    FP8_CUDA_ALL(lname, (kind).max > E4M3_MAX)                                                               \
     static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,                  \
                                  const float *imp) {                                                         \
         (void)imp;                                                                                           \
@@ -220,6 +248,7 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
         .tensor_bytes = fp8_tensor_bytes,                                                                    \
         .quantize_rows = lname##_quantize,                                                                   \
         .dequantize_rows = lname##_dequantize,                                                               \
+        .cuda = FP8_CUDA_OPS(lname),                                                                         \
     };                                                                                                       \
     const ql_format ql_fmt_##lname##_channel = {                                                             \
         .name = #lname "_channel",                                                                           \
@@ -237,6 +266,7 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
         .tensor_bytes = fp8_rows_tensor_bytes,                                                               \
         .quantize_rows = lname##_channel_quantize,                                                           \
         .dequantize_rows = lname##_channel_dequantize,                                                       \
+        .cuda = FP8_CUDA_OPS(lname##_channel),                                                               \
     };                                                                                                       \
     const ql_format ql_fmt_##lname##_block = {                                                               \
         .name = #lname "_block",                                                                             \
@@ -254,6 +284,7 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
         .tensor_bytes = fp8_block_bytes,                                                                     \
         .quantize_rows = lname##_block_quantize,                                                             \
         .dequantize_rows = lname##_block_dequantize,                                                         \
+        .cuda = FP8_CUDA_OPS(lname##_block),                                                                 \
     };
 
 FP8_ENTRIES(fp8_e4m3, k_e4m3, 0x88, 0.035, "E4M3 (max 448)", "e4m3",

@@ -32,13 +32,14 @@ const float ql_fp4_code[16] = {
 
 /* Nearest NF4 code: thresholds are the midpoints between neighbouring code values (bitsandbytes'
  * dQuantizeNF4); a value exactly on a midpoint goes to the lower code. */
+static const float k_nf4_mid[15] = {
+    -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+    0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
+};
 static inline uint8_t nf4_encode_inline(float x) {
-    static const float mid[15] = {
-        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
-        -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
-        0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
-        0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
-    };
+    const float *mid = k_nf4_mid;
     /* the tree descends on "x > threshold": the code is the number of thresholds below x, found here by a
      * branch-free binary search over the sorted midpoints (4 compares, not 15; NaN compares false everywhere,
      * as in the tree, and yields code 0) */
@@ -68,6 +69,48 @@ static inline uint8_t fp4_encode_inline(float x) {
 }
 
 uint8_t ql_fp4_encode(float x) { return fp4_encode_inline(x); }
+
+/* The CUDA column (kernels/codecs_ext_cuda.cu) codes by counting thresholds passed: for NF4 the midpoints
+ * above; for FP4 the decision tree's thresholds in increasing order, each count mapped to the code the tree
+ * reaches (test_cuda / test_traits hold the two against the encoders above). */
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_ext_api.h"
+static ql_cuda_bnb4 g_cuda_nf4, g_cuda_fp4;
+__attribute__((constructor)) static void cuda_tables_init(void) {
+    static const float fp4_thr[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
+                                     0.4166667f,  0.583333f,  0.8333333f};
+    static const uint8_t fp4_order[8] = {0, 1, 6, 7, 4, 5, 2, 3};
+    memcpy(g_cuda_nf4.code, ql_nf4_code, sizeof g_cuda_nf4.code);
+    memcpy(g_cuda_nf4.thr, k_nf4_mid, sizeof k_nf4_mid);
+    for (int i = 0; i < 16; i++) g_cuda_nf4.order[i] = (uint8_t)i;
+    g_cuda_nf4.nthr = 15;
+    g_cuda_nf4.zero = 7, g_cuda_nf4.plus_one = 15, g_cuda_nf4.minus_one = 0;
+    memcpy(g_cuda_fp4.code, ql_fp4_code, sizeof g_cuda_fp4.code);
+    memcpy(g_cuda_fp4.thr, fp4_thr, sizeof fp4_thr);
+    memcpy(g_cuda_fp4.order, fp4_order, sizeof fp4_order);
+    g_cuda_fp4.nthr = 7;
+    g_cuda_fp4.sign_split = true;
+    g_cuda_fp4.zero = 0, g_cuda_fp4.plus_one = 3, g_cuda_fp4.minus_one = 11;
+}
+#define BNB4_CUDA_DEFINE(lname)                                                                              \
+    static ql_status lname##_cq(const float *s, void *d, int64_t r, int64_t c, void *st) {                    \
+        return ql_cuda_bnb4_quantize_dev(&g_cuda_##lname, s, d, r, c, st);                                   \
+    }                                                                                                        \
+    static ql_status lname##_cqe(const float *s, void *d, int64_t r, int64_t c) {                             \
+        return ql_cuda_bnb4_quantize_emulated(&g_cuda_##lname, s, d, r, c);                                  \
+    }                                                                                                        \
+    static ql_status lname##_cd(const void *s, float *d, int64_t r, int64_t c, void *st) {                    \
+        return ql_cuda_bnb4_dequantize_dev(&g_cuda_##lname, s, d, r, c, st);                                 \
+    }                                                                                                        \
+    static ql_status lname##_cde(const void *s, float *d, int64_t r, int64_t c) {                             \
+        return ql_cuda_bnb4_dequantize_emulated(&g_cuda_##lname, s, d, r, c);                                \
+    }                                                                                                        \
+    static const ql_format_cuda_ops lname##_cuda = {lname##_cq, lname##_cd, lname##_cqe, lname##_cde};
+#define BNB4_CUDA_OPS(lname) (&lname##_cuda)
+#else
+#define BNB4_CUDA_DEFINE(lname)
+#define BNB4_CUDA_OPS(lname) NULL
+#endif
 
 /* ---- bitsandbytes' 8-bit dynamic map (create_dynamic_map(signed=True, 7, 8)) ----
  * For each decade i = 0..6: the midpoints of torch.linspace(0.1, 1, 2^i + 1), times 10^(i-6), with
@@ -358,6 +401,7 @@ static const ql_grid_spec k_nf4_grid = {.kind = QL_GRID_KIND_BLOCK, .kmin = 0, .
                                         .bits = 4, .fix = nf4_grid_fix, .set_codes = nf4_grid_set_codes};
 
 #define BNB4_ENTRIES(lname, kind, id, tol, desc, grid_, words, words_dq)                                                             \
+    BNB4_CUDA_DEFINE(lname)                                                                                  \
     static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,                  \
                                  const float *imp) {                                                         \
         (void)imp;                                                                                           \
@@ -390,6 +434,7 @@ static const ql_grid_spec k_nf4_grid = {.kind = QL_GRID_KIND_BLOCK, .kmin = 0, .
         .tensor_bytes = bnb4_tensor_bytes,                                                                   \
         .quantize_rows = lname##_quantize,                                                                   \
         .dequantize_rows = lname##_dequantize,                                                               \
+        .cuda = BNB4_CUDA_OPS(lname),                                                                        \
     };                                                                                                       \
     const ql_format ql_fmt_##lname##_dq = {                                                                  \
         .name = #lname "_dq",                                                                                \

@@ -255,16 +255,19 @@ static void test_emulation(void **state) {
     printf("  host run of the registry's CUDA column: %d dequantizers, %d quantizers identical to ref\n", nd, nq);
 }
 
-/* Shapes the 512-wide check does not reach: odd widths (a row's codes end inside a byte, so the tile codec
- * takes its one-thread path and a per-row codec packs rows of odd bit length), ragged tiles, 3/5/6-bit
- * zero streams that cross byte boundaries between groups, the tensor as one group. */
-static void test_int_shapes(void **state) {
+/* Shapes the 512-wide check does not reach: odd widths (a row's codes end inside a byte, so the INT tile codec
+ * takes its one-thread path and a per-row codec packs rows of odd bit length), ragged tiles (INT, FP8), 3/5/6-bit
+ * zero streams that cross byte boundaries between groups, the tensor as one group, NF4/FP4 rows whose last
+ * block is short and odd. */
+static void test_ext_shapes(void **state) {
     (void)state;
     static const struct {
         const char *name;
         int64_t rows, cols;
     } S[] = {{"int4_b64", 5, 37},    {"int4_b128", 130, 3},  {"int8_b64", 65, 67},   {"int4_channel", 3, 37},
-             {"int8_tensor", 3, 37}, {"int3_g32", 3, 32 * 9}, {"int5_g64_mse", 2, 64 * 9}, {"int6_g32_sym", 2, 32 * 17}};
+             {"int8_tensor", 3, 37}, {"int3_g32", 3, 32 * 9}, {"int5_g64_mse", 2, 64 * 9}, {"int6_g32_sym", 2, 32 * 17},
+             {"fp8_e4m3_block", 130, 131}, {"fp8_e5m2_block", 3, 300}, {"fp8_e4m3_channel", 3, 37},
+             {"fp8_e5m2", 5, 37}, {"nf4", 3, 101}, {"fp4", 2, 65}};
     for (size_t k = 0; k < QL_ARRAY_LEN(S); k++) {
         ctype_t *f = ql_format_by_name(S[k].name);
         assert_non_null(f);
@@ -504,7 +507,7 @@ int main(void) {
         cmocka_unit_test(test_block_layouts),
         cmocka_unit_test(test_device_math_on_host),
         cmocka_unit_test(test_emulation),
-        cmocka_unit_test(test_int_shapes),
+        cmocka_unit_test(test_ext_shapes),
         cmocka_unit_test(test_backend_quantize),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_device_dequantize),
