@@ -7,6 +7,9 @@
 #include "formats/format.h"
 #include "kernels/e2m1.h"
 #include "kernels/ggml_types.h"
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_api.h"
+#endif
 
 #include <math.h>
 #include <string.h>
@@ -82,4 +85,10 @@ const ql_format ql_fmt_mxfp4 = {
                "sharing one power-of-two scale per 32 weights, 4.25 bits per weight. gpt-oss ships its experts "
                "this way; the power-of-two scale is cheap in hardware but wastes up to half the range.",
     .label = "mxfp4",
+#ifdef QL_HAVE_CUDA /* kernels/codecs_cuda.cu, both directions */
+    .cuda = &(const ql_format_cuda_ops){.quantize_dev = ql_cuda_quantize_mxfp4_dev,
+                                        .dequantize_dev = ql_cuda_dequantize_mxfp4_dev,
+                                        .quantize_emulated = ql_cuda_quantize_mxfp4_emulated,
+                                        .dequantize_emulated = ql_cuda_dequantize_mxfp4_emulated},
+#endif
 };

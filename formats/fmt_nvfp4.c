@@ -15,6 +15,9 @@
 #include "formats/format.h"
 #include "kernels/e2m1.h"
 #include "kernels/ggml_types.h"
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_api.h"
+#endif
 
 #include <math.h>
 #include <string.h>
@@ -113,4 +116,10 @@ const ql_format ql_fmt_nvfp4 = {
                "weight. Blackwell GPUs multiply it natively. Stored as llama.cpp stores it (blocks of 64 "
                "holding four 16-scales).",
     .label = "nvfp4",
+#ifdef QL_HAVE_CUDA /* kernels/codecs_cuda.cu, both directions */
+    .cuda = &(const ql_format_cuda_ops){.quantize_dev = ql_cuda_quantize_nvfp4_dev,
+                                        .dequantize_dev = ql_cuda_dequantize_nvfp4_dev,
+                                        .quantize_emulated = ql_cuda_quantize_nvfp4_emulated,
+                                        .dequantize_emulated = ql_cuda_dequantize_nvfp4_emulated},
+#endif
 };

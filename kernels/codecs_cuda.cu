@@ -935,6 +935,93 @@ struct IQ4_XSQ {
     }
 };
 
+// ---- E2M1 microscaling formats (formats/fmt_mxfp4.c, formats/fmt_nvfp4.c, kernels/e2m1.h) ----
+static QL_HD int e2m1x2(int i) {
+    const int v = i & 7;
+    const int m = v < 4 ? v : v == 4 ? 4 : v == 5 ? 6 : v == 6 ? 8 : 12; // 0 1 2 3 4 6 8 12
+    return i & 8 ? -m : m;
+}
+// the code whose value times d is nearest x, lower index on ties (ql_e2m1_nearest)
+static QL_HD uint8_t e2m1_nearest(float x, float d) {
+    int best = 0;
+    float best_err = fabs_bits(fs(fm((float)e2m1x2(0), d), x));
+    for (int i = 1; i < 16; i++) {
+        const float err = fabs_bits(fs(fm((float)e2m1x2(i), d), x));
+        if (err < best_err) best = i, best_err = err;
+    }
+    return (uint8_t)best;
+}
+// 2^(e-128) from float bits (subnormal for e < 2)
+static QL_HD float e8m0_half(uint8_t e) { return u2f(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23); }
+struct MXFP4 {
+    static const int QK = 32, BYTES = 17;
+    static QL_HD float elem(const uint8_t *b, int j) {
+        const uint8_t q = b[1 + (j & 15)];
+        return fm((float)e2m1x2(j < 16 ? q & 0x0F : q >> 4), e8m0_half(b[0]));
+    }
+};
+struct MXFP4Q {
+    static const int QK = 32, BYTES = 17;
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++)
+            if (amax < fabs_bits(x[j])) amax = fabs_bits(x[j]);
+        const uint8_t e = amax > 0.0f ? (uint8_t)cvtt_x86(fa(fs(floor_log2f(amax), 2.0f), 127.0f)) : 0;
+        const float d = e8m0_half(e);
+        y[0] = e;
+        for (int j = 0; j < 16; j++) y[1 + j] = (uint8_t)(e2m1_nearest(x[j], d) | e2m1_nearest(x[j + 16], d) << 4);
+    }
+};
+
+static QL_HD float ue4m3_half(uint8_t x) {
+    if (x == 0 || x == 0x7F) return 0.0f;
+    const int exp = (x >> 3) & 0xF, man = x & 0x7;
+    const float raw = exp == 0 ? fm((float)man, u2f(0x3b000000u) /* 2^-9 */)
+                               : fm(fa(1.0f, fd((float)man, 8.0f)), u2f((uint32_t)(exp - 7 + 127) << 23));
+    return fm(raw, 0.5f);
+}
+static QL_HD uint8_t f32_to_ue4m3(float x) {
+    if (!(x > 0.0f)) return 0;
+    if (x > 448.0f) x = 448.0f;
+    const uint32_t bits = f2u(x);
+    int exp = (int)((bits >> 23) & 0xFF) - 127 + 7;
+    if (exp <= 0) {
+        const int man = cvtt_x86(fa(fm(x, 512.0f), 0.5f));
+        return (uint8_t)(man > 7 ? 7 : man < 1 ? 0 : man);
+    }
+    if (exp >= 15) return 0x7E;
+    int man = (int)((bits >> 20) & 0x7) + (int)((bits >> 19) & 1);
+    if (man > 7) {
+        man = 0;
+        if (++exp >= 15) return 0x7E;
+    }
+    return (uint8_t)(exp << 3 | man);
+}
+struct NVFP4 {
+    static const int QK = 64, BYTES = 36;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int s = e >> 4, j = e & 15;
+        const uint8_t q = b[4 + s * 8 + (j & 7)];
+        return fm((float)e2m1x2(j < 8 ? q & 0x0F : q >> 4), ue4m3_half(b[s]));
+    }
+};
+struct NVFP4Q {
+    static const int QK = 64, BYTES = 36;
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        for (int s = 0; s < 4; s++) {
+            const float *xb = x + s * 16;
+            float amax = 0.0f;
+            for (int j = 0; j < 16; j++)
+                if (amax < fabs_bits(xb[j])) amax = fabs_bits(xb[j]);
+            const uint8_t ue = f32_to_ue4m3(fd(amax, 6.0f));
+            const float d = ue4m3_half(ue);
+            y[s] = ue;
+            for (int j = 0; j < 8; j++)
+                y[4 + s * 8 + j] = (uint8_t)(e2m1_nearest(xb[j], d) | e2m1_nearest(xb[j + 8], d) << 4);
+        }
+    }
+};
+
 // ---------------------------------------------------------------------------------------------------
 // Kernels and launches
 // ---------------------------------------------------------------------------------------------------
@@ -1103,6 +1190,10 @@ QL_CUDA_QUANT_ENTRY(q3_k, Q3_KQ)
 QL_CUDA_QUANT_ENTRY(q5_k, Q5_KQ)
 QL_CUDA_QUANT_ENTRY(iq4_nl, IQ4_NLQ)
 QL_CUDA_QUANT_ENTRY(iq4_xs, IQ4_XSQ)
+QL_CUDA_DEQUANT_ENTRY(mxfp4, MXFP4)
+QL_CUDA_QUANT_ENTRY(mxfp4, MXFP4Q)
+QL_CUDA_DEQUANT_ENTRY(nvfp4, NVFP4)
+QL_CUDA_QUANT_ENTRY(nvfp4, NVFP4Q)
 
 extern "C" ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const void *host_src, int64_t src_bytes,
                                             float *host_dst, int64_t nrows, int64_t ncols) {

@@ -148,6 +148,17 @@ QL_HD float round_away(float v) {
     return (f2u(v) & 0x80000000u) ? fneg(t) : t;
 }
 
+// floorf(log2f(a)) as glibc gives it, for a > 0 (MXFP4's scale exponent): log2 in double rounded once to float.
+// The floor can only differ from the exponent's just below a power of two, where glibc's log2f is correctly
+// rounded; test_cuda holds this against log2f there.
+QL_HD float floor_log2f(float a) {
+#ifdef __CUDA_ARCH__
+    return floorf(__double2float_rn(log2((double)a)));
+#else
+    return floorf((float)log2((double)a));
+#endif
+}
+
 // ---- 3. errors and launches ----
 inline ql_status cuda_fail(cudaError_t e, const char *what, const char *file, int line) {
     return ql_fail(e == cudaErrorMemoryAllocation ? QL_ERR_NOMEM : QL_ERR_IO, "%s:%d: %s: %s", file, line, what,

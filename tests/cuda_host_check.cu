@@ -14,3 +14,4 @@ extern "C" float ql_cudachk_round_away(float f) { return round_away(f); }
 extern "C" float ql_cudachk_fabs_bits(float f) { return fabs_bits(f); }
 extern "C" float ql_cudachk_fneg(float f) { return fneg(f); }
 extern "C" bool ql_cudachk_finite_f(float f) { return finite_f(f); }
+extern "C" float ql_cudachk_floor_log2f(float f) { return floor_log2f(f); }

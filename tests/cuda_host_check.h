@@ -20,6 +20,7 @@ float ql_cudachk_round_away(float f);
 float ql_cudachk_fabs_bits(float f);
 float ql_cudachk_fneg(float f);
 bool ql_cudachk_finite_f(float f);
+float ql_cudachk_floor_log2f(float f);
 
 #ifdef __cplusplus
 }

@@ -369,6 +369,17 @@ static void test_device_math_on_host(void **state) {
         if (!(isnan(r) && isnan(want)) && fbits(r) != fbits(want))
             fail_msg("round_away(0x%08x) = 0x%08x, roundf 0x%08x", fbits(f), fbits(r), fbits(want));
     }
+    /* MXFP4's scale exponent: floorf(log2f(x)) within 4096 floats of every power of two (elsewhere the floor is
+     * the exponent whatever the rounding), subnormals included */
+    for (int e = 0; e < 255; ++e)
+        for (int d = -4096; d < 4096; ++d) {
+            const int64_t u = ((int64_t)e << 23) + d;
+            if (u <= 0 || u >= 0x7f800000) continue;
+            const float f = bitsf((uint32_t)u), want = floorf(log2f(f));
+            if (fbits(ql_cudachk_floor_log2f(f)) != fbits(want))
+                fail_msg("floor_log2f(0x%08x) = %g, floorf(log2f) %g", (uint32_t)u, (double)ql_cudachk_floor_log2f(f),
+                         (double)want);
+        }
 #if defined(__x86_64__)
     /* the device's NaN fix-up reproduces SSE: feed it the GPU's canonical NaN for every NaN-producing pair */
     const float gpu_nan = bitsf(0x7fffffffu);
