@@ -9,6 +9,7 @@
 #include "kernels/blocks.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_half.cuh" /* h2f, f2h */
+#include "kernels/iq_tables.h"
 
 #include <cuda_runtime.h>
 
@@ -17,6 +18,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #define GROUP_MAX_EPS 1e-15f
 
@@ -1022,6 +1024,171 @@ struct NVFP4Q {
     }
 };
 
+// ---- dequantize: ggml's lattice i-quants and ternary types (kernels/ggml_quants_ref.c). The lattice tables
+// (kernels/iq_tables.h) live in device memory, uploaded once per device before the first launch. ----
+__device__ uint64_t d_iq2xxs_grid[256];
+__device__ uint64_t d_iq2xs_grid[512];
+__device__ uint64_t d_iq2s_grid[1024];
+__device__ uint32_t d_iq3xxs_grid[256];
+__device__ uint32_t d_iq3s_grid[512];
+__device__ uint64_t d_iq1s_grid[QL_NGRID_IQ1S];
+#ifdef __CUDA_ARCH__
+#define IQ_TABLE(name) d_##name
+#else
+#define IQ_TABLE(name) name
+#endif
+
+static ql_status upload_iq_tables() {
+    static std::mutex mu;
+    static bool done[256];
+    int dev = 0;
+    QL_CUDA_TRY(cudaGetDevice(&dev));
+    std::lock_guard<std::mutex> lock(mu);
+    if (dev < 0 || dev >= 256) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: device index %d", dev);
+    if (done[dev]) return QL_OK;
+    QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq2xxs_grid, iq2xxs_grid, sizeof iq2xxs_grid));
+    QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq2xs_grid, iq2xs_grid, sizeof iq2xs_grid));
+    QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq2s_grid, iq2s_grid, sizeof iq2s_grid));
+    QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq3xxs_grid, iq3xxs_grid, sizeof iq3xxs_grid));
+    QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq3s_grid, iq3s_grid, sizeof iq3s_grid));
+    QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq1s_grid, iq1s_grid, sizeof iq1s_grid));
+    done[dev] = true;
+    return QL_OK;
+}
+
+static QL_HD uint32_t ld32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static QL_HD uint8_t grid_byte(uint64_t g, int j) { return (uint8_t)(g >> (8 * j)); }
+static QL_HD uint8_t iq_ksigns(unsigned i) {
+    unsigned p = i ^ (i >> 4);
+    p ^= p >> 2;
+    p ^= p >> 1;
+    return (uint8_t)(i | ((p & 1) << 7));
+}
+static QL_HD float iq_sgn(uint8_t signs, int j) { return signs & (1u << j) ? -1.f : 1.f; }
+// db * coordinate * sign, left to right as the reference
+static QL_HD float iq_val(float db, uint8_t coord, float sign) { return fm(fm(db, (float)coord), sign); }
+
+struct IQ2_XXS {
+    static const int QK = QK_K, BYTES = 66;
+    static const bool TABLES = true;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int ib32 = e >> 5, l = (e >> 3) & 3, j = e & 7;
+        const uint8_t *q = b + 2 + 8 * ib32;
+        const uint32_t a1 = ld32(q + 4);
+        const float db = fm(fm(h2f(ld16(b)), fa(0.5f, (float)(a1 >> 28))), 0.25f);
+        return iq_val(db, grid_byte(IQ_TABLE(iq2xxs_grid)[q[l]], j), iq_sgn(iq_ksigns((a1 >> 7 * l) & 127), j));
+    }
+};
+struct IQ2_XS {
+    static const int QK = QK_K, BYTES = 74;
+    static const bool TABLES = true;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int ib32 = e >> 5, l = (e >> 3) & 3, j = e & 7;
+        const uint8_t sc = b[66 + ib32];
+        const float db = fm(fm(h2f(ld16(b)), fa(0.5f, (float)(l < 2 ? sc & 0xf : sc >> 4))), 0.25f);
+        const uint16_t q = ld16(b + 2 + 2 * (4 * ib32 + l));
+        return iq_val(db, grid_byte(IQ_TABLE(iq2xs_grid)[q & 511], j), iq_sgn(iq_ksigns(q >> 9), j));
+    }
+};
+struct IQ2_S {
+    static const int QK = QK_K, BYTES = 82;
+    static const bool TABLES = true;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int ib32 = e >> 5, l = (e >> 3) & 3, j = e & 7;
+        const uint8_t *qs = b + 2, *qh = b + 66, sc = b[74 + ib32];
+        const float db = fm(fm(h2f(ld16(b)), fa(0.5f, (float)(l < 2 ? sc & 0xf : sc >> 4))), 0.25f);
+        const uint64_t grid = IQ_TABLE(iq2s_grid)[qs[4 * ib32 + l] | ((qh[ib32] << (8 - 2 * l)) & 0x300)];
+        return iq_val(db, grid_byte(grid, j), iq_sgn(qs[32 + 4 * ib32 + l], j));
+    }
+};
+struct IQ3_XXS {
+    static const int QK = QK_K, BYTES = 98;
+    static const bool TABLES = true;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int ib32 = e >> 5, l = (e >> 3) & 3, j = e & 7;
+        const uint8_t *qs = b + 2 + 8 * ib32;
+        const uint32_t aux = ld32(b + 2 + 64 + 4 * ib32);
+        const float db = fm(fm(h2f(ld16(b)), fa(0.5f, (float)(aux >> 28))), 0.5f);
+        const uint32_t g = IQ_TABLE(iq3xxs_grid)[qs[2 * l + (j >> 2)]];
+        return iq_val(db, grid_byte(g, j & 3), iq_sgn(iq_ksigns((aux >> 7 * l) & 127), j));
+    }
+};
+struct IQ3_S {
+    static const int QK = QK_K, BYTES = 110;
+    static const bool TABLES = true;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int sb = e >> 5, l = (e >> 3) & 3, j = e & 7;
+        const uint8_t *qs = b + 2 + 8 * sb, qh = b[66 + sb], signs = b[74 + 4 * sb + l], sc = b[106 + sb / 2];
+        const float db = fm(h2f(ld16(b)), (float)(1 + 2 * (sb % 2 ? sc >> 4 : sc & 0xf)));
+        const uint32_t g = j < 4 ? IQ_TABLE(iq3s_grid)[qs[2 * l + 0] | ((qh << (8 - 2 * l)) & 256)]
+                                 : IQ_TABLE(iq3s_grid)[qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256)];
+        return iq_val(db, grid_byte(g, j & 3), iq_sgn(signs, j));
+    }
+};
+struct IQ1_S {
+    static const int QK = QK_K, BYTES = 50;
+    static const bool TABLES = true;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int ib = e >> 5, l = (e >> 3) & 3, j = e & 7;
+        const uint16_t qh = ld16(b + 34 + 2 * ib);
+        const float dl = fm(h2f(ld16(b)), (float)(2 * ((qh >> 12) & 7) + 1));
+        const float delta = qh & 0x8000 ? -QL_IQ1S_DELTA : QL_IQ1S_DELTA;
+        const uint64_t grid = IQ_TABLE(iq1s_grid)[b[2 + 4 * ib + l] | (((qh >> 3 * l) & 7) << 8)];
+        return fm(dl, fa((float)(int8_t)grid_byte(grid, j), delta));
+    }
+};
+struct IQ1_M {
+    static const int QK = QK_K, BYTES = 56;
+    static const bool TABLES = true;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int ib = e >> 5, l = (e >> 3) & 3, j = e & 7;
+        uint16_t sc[4];
+        for (int k = 0; k < 4; k++) sc[k] = ld16(b + 48 + 2 * k);
+        const uint16_t s16 =
+            (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
+        const float d = h2f(s16);
+        const int shift = 6 * (ib % 2) + (l < 2 ? 0 : 3);
+        const float dl = fm(d, (float)(2 * ((sc[ib / 2] >> shift) & 0x7) + 1));
+        const uint8_t *qs = b + 4 * ib, *qh = b + 32 + 2 * ib;
+        const uint8_t h = qh[l >> 1];
+        const int idx = qs[l] | ((l & 1 ? h << 4 : h << 8) & 0x700);
+        const float delta = h & (l & 1 ? 0x80 : 0x08) ? -QL_IQ1S_DELTA : QL_IQ1S_DELTA;
+        return fm(dl, fa((float)(int8_t)grid_byte(IQ_TABLE(iq1s_grid)[idx], j), delta));
+    }
+};
+static QL_HD float ternary(uint8_t byte, int nn, float d) {
+    const uint8_t pow3[6] = {1, 3, 9, 27, 81, 243};
+    const uint8_t q = (uint8_t)(byte * pow3[nn]);
+    const int16_t xi = (int16_t)(((uint16_t)q * 3) >> 8);
+    return fm((float)(xi - 1), d);
+}
+struct TQ1_0 {
+    static const int QK = QK_K, BYTES = 54;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const float d = h2f(ld16(b + 52));
+        if (e < 160) return ternary(b[e % 32], e / 32, d);
+        if (e < 240) return ternary(b[32 + (e - 160) % 16], (e - 160) / 16, d);
+        return ternary(b[48 + (e - 240) % 4], (e - 240) / 4, d);
+    }
+};
+struct TQ2_0 {
+    static const int QK = QK_K, BYTES = 66;
+    static QL_HD float elem(const uint8_t *b, int e) {
+        const int j = e >> 7, l = (e >> 5) & 3, m = e & 31;
+        const int q = (b[32 * j + m] >> (2 * l)) & 3;
+        return fm((float)(q - 1), h2f(ld16(b + 64)));
+    }
+};
+// formats whose decode reads the lattice tables upload them first
+template <class F> struct NeedsTables {
+    template <class G> static char test(decltype(G::TABLES) *);
+    template <class G> static long test(...);
+    static const bool value = sizeof(test<F>(nullptr)) == 1;
+};
+template <class F> static ql_status prepare_dequant() { return NeedsTables<F>::value ? upload_iq_tables() : QL_OK; }
+
 // ---------------------------------------------------------------------------------------------------
 // Kernels and launches
 // ---------------------------------------------------------------------------------------------------
@@ -1136,6 +1303,7 @@ extern "C" int ql_cuda_available(void) {
         ql_status st = check_shape(#lname, F::QK, nrows, ncols, &n, &nb);                                    \
         if (st != QL_OK) return st;                                                                          \
         if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");               \
+        if ((st = prepare_dequant<F>()) != QL_OK) return st;                                                  \
         return launch_dequant<F>(src, dst, n, (cudaStream_t)stream);                                         \
     }                                                                                                        \
     extern "C" ql_status ql_cuda_dequantize_##lname##_emulated(const void *src, float *dst, int64_t nrows,    \
@@ -1191,6 +1359,15 @@ QL_CUDA_QUANT_ENTRY(q5_k, Q5_KQ)
 QL_CUDA_QUANT_ENTRY(iq4_nl, IQ4_NLQ)
 QL_CUDA_QUANT_ENTRY(iq4_xs, IQ4_XSQ)
 QL_CUDA_DEQUANT_ENTRY(mxfp4, MXFP4)
+QL_CUDA_DEQUANT_ENTRY(iq2_xxs, IQ2_XXS)
+QL_CUDA_DEQUANT_ENTRY(iq2_xs, IQ2_XS)
+QL_CUDA_DEQUANT_ENTRY(iq2_s, IQ2_S)
+QL_CUDA_DEQUANT_ENTRY(iq3_xxs, IQ3_XXS)
+QL_CUDA_DEQUANT_ENTRY(iq3_s, IQ3_S)
+QL_CUDA_DEQUANT_ENTRY(iq1_s, IQ1_S)
+QL_CUDA_DEQUANT_ENTRY(iq1_m, IQ1_M)
+QL_CUDA_DEQUANT_ENTRY(tq1_0, TQ1_0)
+QL_CUDA_DEQUANT_ENTRY(tq2_0, TQ2_0)
 QL_CUDA_QUANT_ENTRY(mxfp4, MXFP4Q)
 QL_CUDA_DEQUANT_ENTRY(nvfp4, NVFP4)
 QL_CUDA_QUANT_ENTRY(nvfp4, NVFP4Q)

@@ -129,9 +129,17 @@ static int64_t first_float_diff(const float *a, const float *b, int64_t n) {
 typedef ql_status (*deq_fn)(ctype_t *, const void *, float *, int64_t, int64_t);
 typedef ql_status (*q_fn)(ctype_t *, const float *, void *, int64_t, int64_t);
 
-/* the entry's reference (no importance weights: the CUDA quantizers are ggml's no-imatrix path) */
+/* the entry's reference (no importance weights: the CUDA quantizers are ggml's no-imatrix path), except for a
+ * format that cannot quantize without them (the i-quants whose codes a CUDA decoder reads): weights of ones */
 static size_t ref_quantize(ctype_t *f, const float *x, void *q, int64_t nrows, int64_t ncols, const float *imp) {
+    float *ones = NULL;
+    if (!imp && f->requires_importance) {
+        ones = malloc(sizeof(float) * (size_t)ncols);
+        for (int64_t i = 0; i < ncols; i++) ones[i] = 1.0f;
+        imp = ones;
+    }
     f->quantize_rows(x, q, nrows, ncols, imp);
+    free(ones);
     return (size_t)ql_format_tensor_bytes(f, ncols, nrows);
 }
 static bool ref_dequantize(ctype_t *f, const void *q, float *y, int64_t nrows, int64_t ncols) {
@@ -475,7 +483,8 @@ static void test_backend_quantize(void **state) {
     for (int i = 0; i < R * C; i++) x[i] = rnd_n();
     for (int i = 0; i < C; i++) imp[i] = 1.0f + (float)(i % 7);
     uint8_t q[R * C * 5];
-    assert_int_equal(be->quantize(ql_format_by_name("iq2_xxs"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED);
+    assert_int_equal(be->quantize(ql_format_by_name("iq2_xxs"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED); /* decode only */
+    assert_int_equal(be->quantize(ql_format_by_name("e8p"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED);   /* no column */
     assert_int_equal(be->quantize(ql_format_by_name("q4_k"), x, q, R, C, imp), QL_ERR_UNSUPPORTED);
     if (!have_device()) {
         assert_int_equal(be->quantize(ql_format_by_name("q4_k"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED);
@@ -507,7 +516,7 @@ static void test_errors(void **state) {
     assert_int_equal(ql_cuda_dequantize_q4_k_dev(q, x, 1, 100, NULL), QL_ERR_ARG);
     assert_int_equal(ql_cuda_quantize_q4_0_emulated(x, q, 1, 33), QL_ERR_ARG);
     assert_int_equal(ql_cuda_run_quantize(NULL, x, q, 64, 1, 256), QL_ERR_UNSUPPORTED);
-    assert_null(ql_format_by_name("iq2_xxs")->cuda); /* no kernel: the column is empty there */
+    assert_null(ql_format_by_name("e8p")->cuda); /* no kernel: the column is empty there */
     if (!have_device()) skip();
     assert_int_equal(ql_cuda_run_dequantize(ql_cuda_dequantize_q8_0_dev, q, 0, x, 0, 32), QL_OK); /* zero rows */
     assert_int_equal(ql_cuda_dequantize_q8_0_dev(NULL, NULL, 0, 32, NULL), QL_OK);
