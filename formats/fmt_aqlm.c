@@ -30,7 +30,26 @@ static void aqlm_quantize(int M, int B, const float *src, void *dst, int64_t nro
     ql_aqlm_solver_free(s);
 }
 
+/* The CUDA column: the decoder only (kernels/codecs_ext_cuda.cu); the encoder is a search that stays on the CPU. */
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_ext_api.h"
+#define AQLM_CUDA(Mv, Bv)                                                                                     \
+    static ql_status aqlm_##Mv##x##Bv##_cd(const void *s, float *d, int64_t r, int64_t c, void *st) {          \
+        return ql_cuda_aqlm_dequantize_dev(Mv, Bv, s, d, r, c, st);                                           \
+    }                                                                                                         \
+    static ql_status aqlm_##Mv##x##Bv##_cde(const void *s, float *d, int64_t r, int64_t c) {                   \
+        return ql_cuda_aqlm_dequantize_emulated(Mv, Bv, s, d, r, c);                                          \
+    }                                                                                                         \
+    static const ql_format_cuda_ops aqlm_##Mv##x##Bv##_cuda = {.dequantize_dev = aqlm_##Mv##x##Bv##_cd,       \
+                                                               .dequantize_emulated = aqlm_##Mv##x##Bv##_cde};
+#define AQLM_CUDA_OPS(Mv, Bv) (&aqlm_##Mv##x##Bv##_cuda)
+#else
+#define AQLM_CUDA(Mv, Bv)
+#define AQLM_CUDA_OPS(Mv, Bv) NULL
+#endif
+
 #define AQLM_ENTRY(Mv, Bv, idx, tol, lbl, what)                                                                  \
+    AQLM_CUDA(Mv, Bv)                                                                                         \
     static void aqlm_##Mv##x##Bv##_quantize(const float *src, void *dst, int64_t nr, int64_t nc,              \
                                            const float *imp) {                                               \
         aqlm_quantize(Mv, Bv, src, dst, nr, nc, imp);                                                         \
@@ -58,6 +77,7 @@ static void aqlm_quantize(int M, int B, const float *src, void *dst, int64_t nro
         .dequantize_rows = aqlm_##Mv##x##Bv##_dequantize,                                                     \
         .uses_importance = true,                                                                              \
         .code_usage = aqlm_##Mv##x##Bv##_usage,                                                               \
+        .cuda = AQLM_CUDA_OPS(Mv, Bv),                                                                        \
         .tolerance = tol,                                                                                     \
         .grid = QL_GRID_NONE, /* codes address learned vectors: no per-weight grid for GPTQ */              \
         .summary = "AQLM " #Mv "x" #Bv ": " what,                                                             \

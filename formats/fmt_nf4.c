@@ -76,7 +76,11 @@ uint8_t ql_fp4_encode(float x) { return fp4_encode_inline(x); }
 #ifdef QL_HAVE_CUDA
 #include "kernels/cuda_ext_api.h"
 static ql_cuda_bnb4 g_cuda_nf4, g_cuda_fp4;
+static void dynamic_map_init(void);
 __attribute__((constructor)) static void cuda_tables_init(void) {
+    dynamic_map_init(); /* constructors run in no set order: fill the map now (it is computed the same each time) */
+    memcpy(g_cuda_nf4.dyn, ql_bnb_dynamic_map(), sizeof g_cuda_nf4.dyn);
+    memcpy(g_cuda_fp4.dyn, ql_bnb_dynamic_map(), sizeof g_cuda_fp4.dyn);
     static const float fp4_thr[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
                                      0.4166667f,  0.583333f,  0.8333333f};
     static const uint8_t fp4_order[8] = {0, 1, 6, 7, 4, 5, 2, 3};
@@ -105,7 +109,20 @@ __attribute__((constructor)) static void cuda_tables_init(void) {
     static ql_status lname##_cde(const void *s, float *d, int64_t r, int64_t c) {                             \
         return ql_cuda_bnb4_dequantize_emulated(&g_cuda_##lname, s, d, r, c);                                \
     }                                                                                                        \
-    static const ql_format_cuda_ops lname##_cuda = {lname##_cq, lname##_cd, lname##_cqe, lname##_cde};
+    static const ql_format_cuda_ops lname##_cuda = {lname##_cq, lname##_cd, lname##_cqe, lname##_cde};             \
+    static ql_status lname##_dq_cq(const float *s, void *d, int64_t r, int64_t c, void *st) {                 \
+        return ql_cuda_bnb4_dq_quantize_dev(&g_cuda_##lname, s, d, r, c, st);                                \
+    }                                                                                                        \
+    static ql_status lname##_dq_cqe(const float *s, void *d, int64_t r, int64_t c) {                          \
+        return ql_cuda_bnb4_dq_quantize_emulated(&g_cuda_##lname, s, d, r, c);                               \
+    }                                                                                                        \
+    static ql_status lname##_dq_cd(const void *s, float *d, int64_t r, int64_t c, void *st) {                 \
+        return ql_cuda_bnb4_dq_dequantize_dev(&g_cuda_##lname, s, d, r, c, st);                              \
+    }                                                                                                        \
+    static ql_status lname##_dq_cde(const void *s, float *d, int64_t r, int64_t c) {                          \
+        return ql_cuda_bnb4_dq_dequantize_emulated(&g_cuda_##lname, s, d, r, c);                             \
+    }                                                                                                        \
+    static const ql_format_cuda_ops lname##_dq_cuda = {lname##_dq_cq, lname##_dq_cd, lname##_dq_cqe, lname##_dq_cde};
 #define BNB4_CUDA_OPS(lname) (&lname##_cuda)
 #else
 #define BNB4_CUDA_DEFINE(lname)
@@ -452,6 +469,7 @@ static const ql_grid_spec k_nf4_grid = {.kind = QL_GRID_KIND_BLOCK, .kmin = 0, .
         .tensor_bytes = bnb4_dq_tensor_bytes,                                                                \
         .quantize_rows = lname##_dq_quantize,                                                                \
         .dequantize_rows = lname##_dq_dequantize,                                                            \
+        .cuda = BNB4_CUDA_OPS(lname##_dq),                                                                   \
     };
 
 BNB4_ENTRIES(nf4, k_nf4, 0x80, 0.12, "NF4", &k_nf4_grid,

@@ -1,5 +1,6 @@
-// codecs_ext_cuda.cu — CUDA twins of bitsandbytes' 4-bit block codecs (NF4 / FP4, row-wise) and of OCP FP8 with
-// a float32 scale per tensor / row / 128x128 tile, bit-exact with formats/fmt_nf4.c and formats/fmt_fp8.c.
+// codecs_ext_cuda.cu — CUDA twins of bitsandbytes' 4-bit block codecs (NF4 / FP4, row-wise and double-quantized),
+// of OCP FP8 with a float32 scale per tensor / row / 128x128 tile, and AQLM's decoder, bit-exact with
+// formats/fmt_nf4.c, formats/fmt_fp8.c and kernels/aqlm.c.
 // API: cuda_ext_api.h. Exactness as in codecs_cuda.cu: per-item code is __host__ __device__, float operations
 // are cuda_common.cuh's unfused _rn ones, scalings by powers of two are multiplications by exact constants.
 // Absmax values are maxima, which do not depend on the order they are taken in, so the device reduces them
@@ -9,6 +10,8 @@
 #include "kernels/cuda_ext_api.h"
 #include "kernels/cuda_api.h" /* ql_cuda_available */
 #include "kernels/cuda_common.cuh"
+#include "kernels/cuda_half.cuh"
+#include "kernels/aqlm.h" /* QL_AQLM_GROUP */
 
 #include <cuda_runtime.h>
 
@@ -99,6 +102,144 @@ bool bnb4_shape(int64_t nrows, int64_t ncols) {
         ql_fail(QL_ERR_ARG, "cuda: bnb4: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
         return false;
     }
+    return true;
+}
+
+// ---- NF4 / FP4 with double-quantized absmax (bnb4_dq_* of fmt_nf4.c) ----
+constexpr int BNB_BLOCK2 = 256;
+struct Dq {
+    int64_t nrows, ncols, bpr, nb, nb2, rcb;
+    QL_HD int64_t a2_off() const { return 4; }
+    QL_HD int64_t qa_off() const { return 4 + 4 * nb2; }
+    QL_HD int64_t codes_off() const { return 4 + 4 * nb2 + nb; }
+};
+bool dq_layout(int64_t nrows, int64_t ncols, Dq *L) {
+    if (ncols <= 0 || nrows <= 0 || ncols > INT64_MAX / 2) return false;
+    L->nrows = nrows, L->ncols = ncols;
+    L->bpr = (ncols + BNB_BLOCK - 1) / BNB_BLOCK;
+    L->rcb = (ncols + 1) / 2;
+    if (L->bpr > INT64_MAX / nrows || L->rcb > INT64_MAX / nrows) return false;
+    L->nb = L->bpr * nrows;
+    L->nb2 = (L->nb + BNB_BLOCK2 - 1) / BNB_BLOCK2;
+    return L->rcb * nrows <= INT64_MAX - L->nb - 4 * L->nb2 - 4;
+}
+// bitsandbytes' dQuantize<0> on the dynamic map (ql_bnb_dynamic_encode)
+QL_HD uint8_t dyn_encode(const float *code, float x) {
+    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+    float lower = -1.0f, upper = 1.0f, val = code[pivot];
+    for (int step = 64; step > 0; step >>= 1) {
+        if (x > val) {
+            lower_pivot = pivot;
+            lower = val;
+            pivot += step;
+        } else {
+            upper_pivot = pivot;
+            upper = val;
+            pivot -= step;
+        }
+        val = code[pivot];
+    }
+    if (upper_pivot == 255) upper = code[upper_pivot];
+    if (lower_pivot == 0) lower = code[lower_pivot];
+    if (x > val) return (uint8_t)(x > mul_rn(add_rn(upper, val), 0.5f) ? upper_pivot : pivot);
+    return (uint8_t)(x < mul_rn(add_rn(lower, val), 0.5f) ? lower_pivot : pivot);
+}
+// first level, block b: exact absmax into absmax[b], codes into the row's code bytes
+QL_HD void dq_block(const ql_cuda_bnb4 &k, const Dq &L, const float *src, uint8_t *dst, float *absmax, int64_t b) {
+    const int64_t r = b / L.bpr, c0 = (b % L.bpr) * BNB_BLOCK, len = BNB_BLOCK < L.ncols - c0 ? BNB_BLOCK : L.ncols - c0;
+    const float *x = src + r * L.ncols + c0;
+    float am = 0.0f;
+    for (int64_t i = 0; i < len; i++)
+        if (finite_f(x[i]) && fabs_bits(x[i]) > am) am = fabs_bits(x[i]);
+    absmax[b] = am;
+    uint8_t *out = dst + L.codes_off() + r * L.rcb + c0 / 2;
+    const float inv = div_rn(1.0f, am);
+    for (int64_t i = 0; i < (len + 1) / 2; i++) out[i] = 0;
+    for (int64_t i = 0; i < len; i++) {
+        const float v = x[i];
+        uint8_t c;
+        if (is_nan(v)) c = k.zero;
+        else if (is_inf(v)) c = v > 0 ? k.plus_one : k.minus_one;
+        else if (am == 0.0f) c = k.zero;
+        else c = bnb4_encode(k, is_inf(inv) ? div_rn(v, am) : mul_rn(v, inv));
+        out[i / 2] |= (uint8_t)(i % 2 ? c : c << 4);
+    }
+}
+// the mean of the absmax values: a double sum in block order
+QL_HD void dq_offset(const Dq &L, const float *absmax, uint8_t *dst) {
+    double sum = 0.0;
+    for (int64_t b = 0; b < L.nb; b++) sum = dadd_rn(sum, (double)absmax[b]);
+    put_f32(dst, (float)ddiv_rn(sum, (double)L.nb));
+}
+// second level, group g of 256 absmax values
+QL_HD void dq_group(const ql_cuda_bnb4 &k, const Dq &L, const float *absmax, uint8_t *dst, int64_t g) {
+    const float offset = get_f32(dst);
+    const int64_t i0 = g * BNB_BLOCK2, i1 = i0 + BNB_BLOCK2 < L.nb ? i0 + BNB_BLOCK2 : L.nb;
+    float am2 = 0.0f;
+    for (int64_t i = i0; i < i1; i++) am2 = fmaxf(am2, fabs_bits(sub_rn(absmax[i], offset)));
+    put_f32(dst + L.a2_off() + 4 * g, am2);
+    const float inv = div_rn(1.0f, am2);
+    uint8_t *qa = dst + L.qa_off();
+    for (int64_t i = i0; i < i1; i++) {
+        const float v = sub_rn(absmax[i], offset);
+        qa[i] = am2 == 0.0f ? 127 : dyn_encode(k.dyn, is_inf(inv) ? div_rn(v, am2) : mul_rn(v, inv));
+    }
+}
+QL_HD float dq_dequant_at(const ql_cuda_bnb4 &k, const Dq &L, const uint8_t *src, int64_t i) {
+    const int64_t r = i / L.ncols, c = i % L.ncols, b = r * L.bpr + c / BNB_BLOCK;
+    const float am = add_rn(mul_rn(k.dyn[src[L.qa_off() + b]], get_f32(src + L.a2_off() + 4 * (b / BNB_BLOCK2))),
+                            get_f32(src));
+    const uint8_t byte = src[L.codes_off() + r * L.rcb + c / 2];
+    return mul_rn(k.code[c % 2 ? byte & 15 : byte >> 4], am);
+}
+__global__ void k_dq_blocks(ql_cuda_bnb4 k, Dq L, const float *__restrict__ src, uint8_t *dst, float *absmax) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; b < L.nb; b += stride)
+        dq_block(k, L, src, dst, absmax, b);
+}
+__global__ void k_dq_offset(Dq L, const float *absmax, uint8_t *dst) { dq_offset(L, absmax, dst); }
+__global__ void k_dq_groups(ql_cuda_bnb4 k, Dq L, const float *absmax, uint8_t *dst) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < L.nb2; g += stride)
+        dq_group(k, L, absmax, dst, g);
+}
+__global__ void k_dq_dequant(ql_cuda_bnb4 k, Dq L, const uint8_t *__restrict__ src, float *__restrict__ dst, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        dst[i] = dq_dequant_at(k, L, src, i);
+}
+
+// ---- AQLM decode ----
+struct Aqlm {
+    int M, B;
+    int64_t nrows, ncols, ng, K;
+    QL_HD int code_at(const uint8_t *codes, int64_t i) const {
+        return B <= 8 ? codes[i] : (int)(codes[2 * i] | codes[2 * i + 1] << 8);
+    }
+};
+QL_HD float aqlm_dequant_at(const Aqlm &A, const uint8_t *src, int64_t i) {
+    const int64_t r = i / A.ncols, col = i % A.ncols, j = col / QL_AQLM_GROUP, d = col % QL_AQLM_GROUP;
+    const int64_t cbn = (int64_t)A.M * A.K * QL_AQLM_GROUP;
+    const uint8_t *sc = src + 2 * cbn, *codes = sc + 2 * A.nrows;
+    float acc = 0.0f;
+    for (int m = 0; m < A.M; m++) {
+        const int64_t e = ((int64_t)m * A.K + A.code_at(codes, (r * A.ng + j) * A.M + m)) * QL_AQLM_GROUP + d;
+        acc = add_rn(acc, h2f((uint16_t)(src[2 * e] | src[2 * e + 1] << 8)));
+    }
+    return mul_rn(acc, h2f((uint16_t)(sc[2 * r] | sc[2 * r + 1] << 8)));
+}
+__global__ void k_aqlm_dequant(Aqlm A, const uint8_t *__restrict__ src, float *__restrict__ dst, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        dst[i] = aqlm_dequant_at(A, src, i);
+}
+bool aqlm_shape(int M, int B, int64_t nrows, int64_t ncols, Aqlm *A) {
+    if (M < 1 || M > 8 || B < 1 || B > 16 || nrows <= 0 || ncols <= 0 || ncols > ((int64_t)1 << 40) ||
+        nrows > ((int64_t)1 << 40)) {
+        ql_fail(QL_ERR_ARG, "cuda: aqlm: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
+        return false;
+    }
+    *A = Aqlm{M, B, nrows, ncols, (ncols + QL_AQLM_GROUP - 1) / QL_AQLM_GROUP, (int64_t)1 << B};
     return true;
 }
 
@@ -317,5 +458,69 @@ extern "C" ql_status ql_cuda_fp8_dequantize_emulated(bool e5m2, ql_cuda_fp8_layo
     Fp8 F;
     if (!fp8_shape(e5m2, lay, nrows, ncols, &F)) return QL_ERR_ARG;
     for (int64_t i = 0; i < nrows * ncols; i++) dst[i] = fp8_dequant_at(F, (const uint8_t *)src, i);
+    return QL_OK;
+}
+
+extern "C" ql_status ql_cuda_bnb4_dq_quantize_dev(const ql_cuda_bnb4 *k, const float *src, void *dst, int64_t nrows,
+                                                  int64_t ncols, void *stream) {
+    Dq L;
+    if (!dq_layout(nrows, ncols, &L)) return ql_fail(QL_ERR_ARG, "cuda: bnb4 dq: bad shape");
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    const cudaStream_t s = (cudaStream_t)stream;
+    float *absmax = nullptr;
+    QL_CUDA_TRY(cudaMallocAsync((void **)&absmax, (size_t)L.nb * sizeof(float), s));
+    k_dq_blocks<<<grid_for(L.nb, 128), 128, 0, s>>>(*k, L, src, (uint8_t *)dst, absmax);
+    k_dq_offset<<<1, 1, 0, s>>>(L, absmax, (uint8_t *)dst);
+    k_dq_groups<<<grid_for(L.nb2, 64), 64, 0, s>>>(*k, L, absmax, (uint8_t *)dst);
+    const cudaError_t e = cudaGetLastError();
+    cudaFreeAsync(absmax, s);
+    if (e != cudaSuccess) return cuda_fail(e, "bnb4 dq quantize", __FILE__, __LINE__);
+    return QL_OK;
+}
+extern "C" ql_status ql_cuda_bnb4_dq_quantize_emulated(const ql_cuda_bnb4 *k, const float *src, void *dst,
+                                                       int64_t nrows, int64_t ncols) {
+    Dq L;
+    if (!dq_layout(nrows, ncols, &L)) return ql_fail(QL_ERR_ARG, "cuda: bnb4 dq: bad shape");
+    float *absmax = (float *)malloc((size_t)L.nb * sizeof(float));
+    if (!absmax) return ql_fail(QL_ERR_NOMEM, "cuda: bnb4 dq: out of memory");
+    for (int64_t b = 0; b < L.nb; b++) dq_block(*k, L, src, (uint8_t *)dst, absmax, b);
+    dq_offset(L, absmax, (uint8_t *)dst);
+    for (int64_t g = 0; g < L.nb2; g++) dq_group(*k, L, absmax, (uint8_t *)dst, g);
+    free(absmax);
+    return QL_OK;
+}
+extern "C" ql_status ql_cuda_bnb4_dq_dequantize_dev(const ql_cuda_bnb4 *k, const void *src, float *dst, int64_t nrows,
+                                                    int64_t ncols, void *stream) {
+    Dq L;
+    if (!dq_layout(nrows, ncols, &L)) return ql_fail(QL_ERR_ARG, "cuda: bnb4 dq: bad shape");
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    const int64_t n = nrows * ncols;
+    k_dq_dequant<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(*k, L, (const uint8_t *)src, dst, n);
+    QL_CUDA_TRY(cudaGetLastError());
+    return QL_OK;
+}
+extern "C" ql_status ql_cuda_bnb4_dq_dequantize_emulated(const ql_cuda_bnb4 *k, const void *src, float *dst,
+                                                         int64_t nrows, int64_t ncols) {
+    Dq L;
+    if (!dq_layout(nrows, ncols, &L)) return ql_fail(QL_ERR_ARG, "cuda: bnb4 dq: bad shape");
+    for (int64_t i = 0; i < nrows * ncols; i++) dst[i] = dq_dequant_at(*k, L, (const uint8_t *)src, i);
+    return QL_OK;
+}
+
+extern "C" ql_status ql_cuda_aqlm_dequantize_dev(int M, int B, const void *src, float *dst, int64_t nrows,
+                                                 int64_t ncols, void *stream) {
+    Aqlm A;
+    if (!aqlm_shape(M, B, nrows, ncols, &A)) return QL_ERR_ARG;
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    const int64_t n = nrows * ncols;
+    k_aqlm_dequant<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(A, (const uint8_t *)src, dst, n);
+    QL_CUDA_TRY(cudaGetLastError());
+    return QL_OK;
+}
+extern "C" ql_status ql_cuda_aqlm_dequantize_emulated(int M, int B, const void *src, float *dst, int64_t nrows,
+                                                      int64_t ncols) {
+    Aqlm A;
+    if (!aqlm_shape(M, B, nrows, ncols, &A)) return QL_ERR_ARG;
+    for (int64_t i = 0; i < nrows * ncols; i++) dst[i] = aqlm_dequant_at(A, (const uint8_t *)src, i);
     return QL_OK;
 }

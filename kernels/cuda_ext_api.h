@@ -26,6 +26,7 @@ typedef struct ql_cuda_bnb4 {
     int nthr;
     bool sign_split;
     uint8_t zero, plus_one, minus_one; /* codes of NaN (and of everything when absmax is 0), +inf, -inf */
+    float dyn[256];     /* the double-quant forms: bitsandbytes' 8-bit dynamic map, sorted */
 } ql_cuda_bnb4;
 ql_status ql_cuda_bnb4_quantize_dev(const ql_cuda_bnb4 *k, const float *src, void *dst, int64_t nrows, int64_t ncols,
                                     void *stream);
@@ -35,6 +36,23 @@ ql_status ql_cuda_bnb4_dequantize_dev(const ql_cuda_bnb4 *k, const void *src, fl
                                       int64_t ncols, void *stream);
 ql_status ql_cuda_bnb4_dequantize_emulated(const ql_cuda_bnb4 *k, const void *src, float *dst, int64_t nrows,
                                            int64_t ncols);
+
+/* The double-quantized whole-tensor layout (fmt_nf4.c's *_dq): the absmax of each block of 64 coded with the
+ * dynamic map in blocks of 256 around their mean. The mean is a double sum taken in block order, as the
+ * reference takes it: one device thread adds them (the other steps are parallel). */
+ql_status ql_cuda_bnb4_dq_quantize_dev(const ql_cuda_bnb4 *k, const float *src, void *dst, int64_t nrows,
+                                       int64_t ncols, void *stream);
+ql_status ql_cuda_bnb4_dq_quantize_emulated(const ql_cuda_bnb4 *k, const float *src, void *dst, int64_t nrows,
+                                            int64_t ncols);
+ql_status ql_cuda_bnb4_dq_dequantize_dev(const ql_cuda_bnb4 *k, const void *src, float *dst, int64_t nrows,
+                                         int64_t ncols, void *stream);
+ql_status ql_cuda_bnb4_dq_dequantize_emulated(const ql_cuda_bnb4 *k, const void *src, float *dst, int64_t nrows,
+                                              int64_t ncols);
+
+/* AQLM's decoder (kernels/aqlm.h layout: f16 codebooks, f16 row scales, codes): M codebooks of 2^B vectors */
+ql_status ql_cuda_aqlm_dequantize_dev(int M, int B, const void *src, float *dst, int64_t nrows, int64_t ncols,
+                                      void *stream);
+ql_status ql_cuda_aqlm_dequantize_emulated(int M, int B, const void *src, float *dst, int64_t nrows, int64_t ncols);
 
 /* OCP FP8: e5m2 false = E4M3 "fn" (max 448), true = E5M2 (max 57344); scale layouts below */
 typedef enum { QL_CUDA_FP8_TENSOR, QL_CUDA_FP8_ROW, QL_CUDA_FP8_TILE128 } ql_cuda_fp8_layout;
