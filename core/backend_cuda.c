@@ -23,9 +23,9 @@
  * end (core/stats.c asks through the optional xtx_* ops).
  *
  * KV cache: F32, and llama.cpp's cache types f16 / bf16 (16-bit), q8_0 (llama.cpp's cache-write rounding) and
- * q4_0 (the registry's CUDA codec) stored as such on the device, the query rounded to the K type's vec_dot type
- * as ggml does; q5_0, q5_1, q4_1, iq4_nl (no device encoder yet) and qlab's own schemes are refused with one
- * line. All ops queue on one stream under one mutex, so passes from
+ * q4_0, q4_1, q5_0, q5_1 (the registry's CUDA codecs) stored as such on the device, the query rounded to the K
+ * type's vec_dot type as ggml does; iq4_nl (its cache write is a quicker search than the file quantizer the
+ * device has) and qlab's own schemes are refused with one line. All ops queue on one stream under one mutex, so passes from
  * several threads are serialized on the device. */
 #include "core/backend.h"
 #include "core/backend_cuda.h"
@@ -837,8 +837,8 @@ static ql_status kv_make(cuda_backend *be, int max_tokens, int kv_dim, const ql_
             if (kv->buf[0]) cudaFree(kv->buf[0]);
             free(kv);
             return ql_fail(QL_ERR_UNSUPPORTED,
-                           "cuda backend: KV cache type %s has no device encoder yet (f32, f16, bf16, q8_0, q4_0 run on "
-                           "the GPU; use --device cpu for the others)",
+                           "cuda backend: KV cache type %s has no device encoder yet (f32, f16, bf16, q8_0, q4_0, q4_1, "
+                           "q5_0, q5_1 run on the GPU; use --device cpu for the others)",
                            ql_kv_side_name(sides[i], nm, sizeof nm));
         }
         kv->row_bytes[i] = kv->kind[i] == KV_F32    ? (int64_t)kv_dim * 4
@@ -1070,7 +1070,7 @@ static ql_status cuda_quantize(const ql_format *f, const float *w, void *dst, in
 const ql_backend_ops ql_backend_cuda = {
     .name = "cuda",
     .about = "NVIDIA GPU: layers decoded on the device by the CUDA codecs (streamed when the model exceeds GPU "
-             "memory), cuBLAS sgemm, F32/f16/bf16/q8_0/q4_0 KV cache",
+             "memory), cuBLAS sgemm, F32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 KV cache",
     .wants_f32 = false,
     .serial = true,
     .device_count = cuda_device_count,

@@ -594,8 +594,8 @@ static void test_device_ppl(void **state) {
         int64_t n;
         assert_int_equal(ql_tokenize(m->tok, text, len > 200000 ? 200000 : len, true, &ids, &n), QL_OK);
         /* block KV types need head_dim % 32 == 0: tinystories-d256 only (stories260K's head is 8) */
-        const char *kvs[] = {NULL, "f16", "q8_0", "q4_0:q8_0"};
-        for (int kv = 0; kv < (mi ? 4 : 2); kv++) {
+        const char *kvs[] = {NULL, "f16", "q8_0", "q4_0:q8_0", "q5_1:q4_1"};
+        for (int kv = 0; kv < (mi ? 5 : 2); kv++) {
             const double cpu = ppl_on("cpu", m, ids, n, kvs[kv]);
             for (int stream = 0; stream < 2; stream++) {
                 setenv("QL_CUDA_STREAM", stream ? "1" : "0", 1);
@@ -612,12 +612,12 @@ static void test_device_ppl(void **state) {
             ql_infer *inf;
             assert_int_equal(ql_infer_new_on(m, 1, ql_backend_find("cuda"), &inf), QL_OK);
             ql_kv_scheme s;
-            assert_true(ql_kv_scheme_parse("q5_1", &s));
+            assert_true(ql_kv_scheme_parse("iq4_nl", &s));
             assert_int_equal(ql_infer_set_kv(inf, &s), QL_OK);
             ql_scratch *sc = ql_scratch_new(inf, 16);
             float *logits = malloc(sizeof(float) * 16 * (size_t)m->cfg.n_vocab);
             assert_int_not_equal(ql_forward(inf, sc, ids, 16, 0, logits), QL_OK);
-            assert_non_null(strstr(ql_last_error(), "q5_1"));
+            assert_non_null(strstr(ql_last_error(), "iq4_nl"));
             free(logits);
             ql_scratch_free(sc);
             ql_infer_free(inf);
