@@ -226,7 +226,22 @@ static void rotate_default(float *w, int64_t nrows, int64_t ncols) {
     ql_rht_matrix(w, nrows, ncols, QL_QUIP_SEED, false, NULL, 0);
 }
 
+/* The CUDA column: decode only (kernels/rotated_cuda.cu: codes, then the inverse RHT); the encoders are searches
+ * over the rotated tensor that stay on the CPU. */
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_rotated_api.h"
+#define ROT_CUDA(id, dev, emu)                                                                                \
+    static ql_status id##_cd(const void *s, float *d, int64_t r, int64_t c, void *st) { return dev; }        \
+    static ql_status id##_cde(const void *s, float *d, int64_t r, int64_t c) { return emu; }                 \
+    static const ql_format_cuda_ops id##_cuda = {.dequantize_dev = id##_cd, .dequantize_emulated = id##_cde};
+#define ROT_CUDA_OPS(id) (&id##_cuda)
+#else
+#define ROT_CUDA(id, dev, emu)
+#define ROT_CUDA_OPS(id) NULL
+#endif
+
 #define E8P_ENTRY(lname, st2, id, bits, tol, lbl, summ, extra)                                               \
+    ROT_CUDA(lname, ql_cuda_e8p_dequantize_dev(st2, s, d, r, c, st), ql_cuda_e8p_dequantize_emulated(st2, s, d, r, c)) \
     static int64_t lname##_tensor_bytes(int64_t ncols, int64_t nrows) { return e8p_size(ncols, nrows, st2); } \
     static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) { \
         (void)imp;                                                                                           \
@@ -254,6 +269,7 @@ static void rotate_default(float *w, int64_t nrows, int64_t ncols) {
         .tensor_bytes = lname##_tensor_bytes,                                                                \
         .quantize_rows = lname##_quantize,                                                                   \
         .dequantize_rows = lname##_dequantize,                                                               \
+        .cuda = ROT_CUDA_OPS(lname),                                                                         \
     };
 
 E8P_ENTRY(e8p, 0, 0xA0, 2.0, 0.36, "e8p", "QuIP# E8P: Hadamard-rotated, 8-dim lattice codes, 2 bits", "")
@@ -309,6 +325,8 @@ static void rht_dequantize(const void *src, float *dst, int64_t nrows, int64_t n
     "Decoding rotates back. llama.cpp cannot load it."
 
 #define RHT_ENTRY(n, id, tol)                                                                                \
+    ROT_CUDA(rht_int##n, ql_cuda_rht_int_dequantize_dev(n, RHT_GROUP, s, d, r, c, st),                       \
+             ql_cuda_rht_int_dequantize_emulated(n, RHT_GROUP, s, d, r, c))                                  \
     static int64_t rht_int##n##_tensor_bytes(int64_t ncols, int64_t nrows) { return rht_bytes(ncols, nrows, n); } \
     static void rht_int##n##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,             \
                                       const float *imp) {                                                    \
@@ -337,6 +355,7 @@ static void rht_dequantize(const void *src, float *dst, int64_t nrows, int64_t n
         .tensor_bytes = rht_int##n##_tensor_bytes,                                                           \
         .quantize_rows = rht_int##n##_quantize,                                                              \
         .dequantize_rows = rht_int##n##_dequantize,                                                          \
+        .cuda = ROT_CUDA_OPS(rht_int##n),                                                                    \
     };
 
 RHT_ENTRY(2, 0xA8, 0.6)

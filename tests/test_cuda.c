@@ -163,10 +163,12 @@ static bool has_cuda_quant(ctype_t *f) { return f->cuda && f->cuda->quantize_dev
 
 /* Dequantize the reference's codes of every row kind, and random bytes, with `deq`; compare with ref. */
 static void check_dequant(const ctype_t *t, deq_fn deq, const char *who) {
-    const int64_t total = ql_format_tensor_bytes(t, NCOLS, NROWS);
+    /* 7 rows, or 8 for a format that refuses 7 (the rotated ones need a Hadamard size) */
+    const int64_t nr = ql_format_tensor_bytes(t, NCOLS, NROWS) > 0 ? NROWS : 8;
+    const int64_t total = ql_format_tensor_bytes(t, NCOLS, nr);
     uint8_t *q = malloc((size_t)total);
-    float *x = malloc(sizeof(float) * NROWS * NCOLS), *a = malloc(sizeof(float) * NROWS * NCOLS),
-          *b = malloc(sizeof(float) * NROWS * NCOLS);
+    float *x = malloc(sizeof(float) * nr * NCOLS), *a = malloc(sizeof(float) * nr * NCOLS),
+          *b = malloc(sizeof(float) * nr * NCOLS);
     /* a format whose quantizer learns codebooks (code_usage: AQLM) is a search costing seconds per tensor: its
      * decoder gets random bytes, once as they come and once with every fp16 finite (bit 6 of odd bytes clear) */
     const bool learned = t->code_usage != NULL;
@@ -175,17 +177,17 @@ static void check_dequant(const ctype_t *t, deq_fn deq, const char *who) {
             if (kind > 0) continue;
             for (int64_t i = 0; i < total; ++i) q[i] = (uint8_t)(rnd64() & (i & 1 ? 0xBF : 0xFF));
         } else if (kind < NKIND) {
-            for (int r = 0; r < NROWS; ++r) fill_row(x + r * NCOLS, NCOLS, kind);
-            assert_int_equal(ref_quantize(t, x, q, NROWS, NCOLS, NULL), (size_t)total);
+            for (int r = 0; r < nr; ++r) fill_row(x + r * NCOLS, NCOLS, kind);
+            assert_int_equal(ref_quantize(t, x, q, nr, NCOLS, NULL), (size_t)total);
         } else {
             for (int64_t i = 0; i < total; ++i)
                 q[i] = (uint8_t)rnd64(); /* NaN/Inf/subnormal scales too */
         }
-        memset(a, 0xA5, sizeof(float) * NROWS * NCOLS);
-        ql_status st = deq(t, q, a, NROWS, NCOLS);
+        memset(a, 0xA5, sizeof(float) * nr * NCOLS);
+        ql_status st = deq(t, q, a, nr, NCOLS);
         if (st != QL_OK) fail_msg("%s dequantize %s: %s", who, t->name, ql_last_error());
-        assert_true(ref_dequantize(t, q, b, NROWS, NCOLS));
-        int64_t bad = first_float_diff(a, b, NROWS * NCOLS);
+        assert_true(ref_dequantize(t, q, b, nr, NCOLS));
+        int64_t bad = first_float_diff(a, b, nr * NCOLS);
         if (bad >= 0)
             fail_msg("%s dequantize %s (%s): element %lld is %.9g (0x%08x), ref %.9g (0x%08x)", who, t->name,
                      kind < NKIND ? "codes of the reference" : "random bytes", (long long)bad, (double)a[bad],
@@ -201,22 +203,24 @@ static void check_dequant(const ctype_t *t, deq_fn deq, const char *who) {
  * with its own layout (row_bytes / tensor_bytes: qlab's extension formats) handles NaN/Inf by rule rather than
  * by x86's propagation, so its whole tensor must match, bad values included. */
 static void check_quant(const ctype_t *t, q_fn qf, const char *who) {
+    /* 7 rows, or 8 for a format that refuses 7 (the rotated ones need a Hadamard size) */
+    const int64_t nr = ql_format_tensor_bytes(t, NCOLS, NROWS) > 0 ? NROWS : 8;
     const ql_format *ti = t;
-    const int64_t total = ql_format_tensor_bytes(t, NCOLS, NROWS), bb = ti->block_bytes, nbr = NCOLS / ti->block;
+    const int64_t total = ql_format_tensor_bytes(t, NCOLS, nr), bb = ti->block_bytes, nbr = NCOLS / ti->block;
     const bool own_layout = t->row_bytes || t->tensor_bytes;
     uint8_t *qa = malloc((size_t)total), *qb = malloc((size_t)total);
-    float *x = malloc(sizeof(float) * NROWS * NCOLS);
+    float *x = malloc(sizeof(float) * nr * NCOLS);
     int loose = 0, loose_bad = 0;
     /* the INT _mse variants search 80 clippings per group: their 48 entries run every third row kind (the
      * kinds rotate with the entry, so together they still see all of them), keeping this test near 2 s */
     const bool slow = t->grid && t->grid->kind == QL_GRID_KIND_INT && t->grid->mse;
     for (int kind = 0; kind < NKIND; ++kind) {
         if (slow && (kind + (int)t->type) % 3 != 0) continue;
-        for (int r = 0; r < NROWS; ++r) fill_row(x + r * NCOLS, NCOLS, (kind + r) % NKIND == 0 ? 0 : kind);
+        for (int r = 0; r < nr; ++r) fill_row(x + r * NCOLS, NCOLS, (kind + r) % NKIND == 0 ? 0 : kind);
         memset(qa, 0xA5, (size_t)total);
-        ql_status st = qf(t, x, qa, NROWS, NCOLS);
+        ql_status st = qf(t, x, qa, nr, NCOLS);
         if (st != QL_OK) fail_msg("%s quantize %s: %s", who, t->name, ql_last_error());
-        assert_int_equal(ref_quantize(t, x, qb, NROWS, NCOLS, NULL), (size_t)total);
+        assert_int_equal(ref_quantize(t, x, qb, nr, NCOLS, NULL), (size_t)total);
         if (own_layout) {
             for (int64_t i = 0; i < total; ++i)
                 if (qa[i] != qb[i])
@@ -224,7 +228,7 @@ static void check_quant(const ctype_t *t, q_fn qf, const char *who) {
                              (long long)i, (long long)total, qa[i], qb[i]);
             continue;
         }
-        for (int64_t blk = 0; blk < NROWS * nbr; ++blk) {
+        for (int64_t blk = 0; blk < nr * nbr; ++blk) {
             const bool same = memcmp(qa + blk * bb, qb + blk * bb, (size_t)bb) == 0;
             if (!block_finite(x + blk * ti->block, ti->block)) {
                 loose++;
@@ -281,7 +285,10 @@ static void test_ext_shapes(void **state) {
     } S[] = {{"int4_b64", 5, 37},    {"int4_b128", 130, 3},  {"int8_b64", 65, 67},   {"int4_channel", 3, 37},
              {"int8_tensor", 3, 37}, {"int3_g32", 3, 32 * 9}, {"int5_g64_mse", 2, 64 * 9}, {"int6_g32_sym", 2, 32 * 17},
              {"fp8_e4m3_block", 130, 131}, {"fp8_e5m2_block", 3, 300}, {"fp8_e4m3_channel", 3, 37},
-             {"fp8_e5m2", 5, 37}, {"nf4", 3, 101}, {"fp4", 2, 65}};
+             {"fp8_e5m2", 5, 37}, {"nf4", 3, 101}, {"fp4", 2, 65},
+             /* Paley factors on both sides (12, 20, 24 = p + 1): the rotated decoders' non-butterfly stage */
+             {"e8p", 12, 96}, {"e8p_rvq3", 24, 160}, {"e8p_rvq4", 20, 24}, {"rht_int4_g64", 20, 192},
+             {"rht_int3_g64", 12, 40}};
     for (size_t k = 0; k < QL_ARRAY_LEN(S); k++) {
         ctype_t *f = ql_format_by_name(S[k].name);
         assert_non_null(f);
@@ -294,17 +301,23 @@ static void test_ext_shapes(void **state) {
         for (int kind = 0; kind < NKIND; kind += 3) {
             fill_row(x, n, kind);
             memset(qa, 0x5A, (size_t)bytes);
-            assert_int_equal(f->cuda->quantize_emulated(x, qa, S[k].rows, S[k].cols), QL_OK);
             ref_quantize(f, x, qb, S[k].rows, S[k].cols, NULL);
-            if (memcmp(qa, qb, (size_t)bytes) != 0)
-                fail_msg("host quantize %s %lldx%lld (kind %d) differs from ref", f->name, (long long)S[k].rows,
-                         (long long)S[k].cols, kind);
+            if (f->cuda->quantize_emulated) { /* the rotated formats have a decoder only */
+                assert_int_equal(f->cuda->quantize_emulated(x, qa, S[k].rows, S[k].cols), QL_OK);
+                if (memcmp(qa, qb, (size_t)bytes) != 0)
+                    fail_msg("host quantize %s %lldx%lld (kind %d) differs from ref", f->name, (long long)S[k].rows,
+                             (long long)S[k].cols, kind);
+            } else {
+                memcpy(qa, qb, (size_t)bytes);
+            }
             assert_int_equal(f->cuda->dequantize_emulated(qa, a, S[k].rows, S[k].cols), QL_OK);
             ref_dequantize(f, qb, b, S[k].rows, S[k].cols);
             assert_int_equal(first_float_diff(a, b, n), -1);
             if (ql_cuda_available()) {
-                assert_int_equal(q_device(f, x, qa, S[k].rows, S[k].cols), QL_OK);
-                if (memcmp(qa, qb, (size_t)bytes) != 0) fail_msg("cuda quantize %s: odd shape differs", f->name);
+                if (f->cuda->quantize_dev) {
+                    assert_int_equal(q_device(f, x, qa, S[k].rows, S[k].cols), QL_OK);
+                    if (memcmp(qa, qb, (size_t)bytes) != 0) fail_msg("cuda quantize %s: odd shape differs", f->name);
+                }
                 assert_int_equal(deq_device(f, qa, a, S[k].rows, S[k].cols), QL_OK);
                 assert_int_equal(first_float_diff(a, b, n), -1);
             }
@@ -490,7 +503,7 @@ static void test_backend_quantize(void **state) {
     for (int i = 0; i < C; i++) imp[i] = 1.0f + (float)(i % 7);
     uint8_t q[R * C * 5];
     assert_int_equal(be->quantize(ql_format_by_name("iq2_xxs"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED); /* decode only */
-    assert_int_equal(be->quantize(ql_format_by_name("e8p"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED);   /* no column */
+    assert_int_equal(be->quantize(ql_format_by_name("exl2_4b128"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED); /* none */
     assert_int_equal(be->quantize(ql_format_by_name("q4_k"), x, q, R, C, imp), QL_ERR_UNSUPPORTED);
     if (!have_device()) {
         assert_int_equal(be->quantize(ql_format_by_name("q4_k"), x, q, R, C, NULL), QL_ERR_UNSUPPORTED);
@@ -522,7 +535,7 @@ static void test_errors(void **state) {
     assert_int_equal(ql_cuda_dequantize_q4_k_dev(q, x, 1, 100, NULL), QL_ERR_ARG);
     assert_int_equal(ql_cuda_quantize_q4_0_emulated(x, q, 1, 33), QL_ERR_ARG);
     assert_int_equal(ql_cuda_run_quantize(NULL, x, q, 64, 1, 256), QL_ERR_UNSUPPORTED);
-    assert_null(ql_format_by_name("e8p")->cuda); /* no kernel: the column is empty there */
+    assert_null(ql_format_by_name("exl2_4b128")->cuda); /* no kernel: the column is empty there */
     if (!have_device()) skip();
     assert_int_equal(ql_cuda_run_dequantize(ql_cuda_dequantize_q8_0_dev, q, 0, x, 0, 32), QL_OK); /* zero rows */
     assert_int_equal(ql_cuda_dequantize_q8_0_dev(NULL, NULL, 0, 32, NULL), QL_OK);
