@@ -373,12 +373,52 @@ static bool exl2_shape(int64_t ncols, int64_t nrows, char *why, size_t cap) {
     return false;
 }
 
+/* The CUDA column: the decoder only (kernels/exl2_cuda.cu) with this entry's layout; the quantizer fits groups
+ * against the weights (ExLlamaV2's search) and stays on the CPU. */
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_exl2_api.h"
+static ql_status exl2_cuda_decode(const ql_exl2_mix *m, const void *src, float *dst, int64_t nrows, int64_t ncols,
+                                  void *stream, bool on_device) {
+    ql_exl2_offsets o;
+    if (!ql_exl2_offsets_of(m, ncols, nrows, &o))
+        return ql_fail(QL_ERR_ARG, "exl2: a %lld x %lld tensor does not fit the layout", (long long)nrows,
+                       (long long)ncols);
+    ql_exl2_group *eg = malloc((size_t)o.G * sizeof *eg);
+    ql_cuda_exl2_group *g = malloc((size_t)o.G * sizeof *g);
+    ql_status st = QL_ERR_NOMEM;
+    if (eg && g) {
+        ql_exl2_layout(m, ncols, eg);
+        for (int64_t i = 0; i < o.G; i++) g[i] = (ql_cuda_exl2_group){eg[i].bits, eg[i].row, eg[i].rows, eg[i].qrow};
+        const ql_cuda_exl2_layout L = {g, o.G, o.invperm, o.scale_max, o.scale, o.weight};
+        st = on_device ? ql_cuda_exl2_dequantize_dev(&L, src, dst, nrows, ncols, stream)
+                       : ql_cuda_exl2_dequantize_emulated(&L, src, dst, nrows, ncols);
+    } else {
+        ql_fail(QL_ERR_NOMEM, "exl2: out of memory");
+    }
+    free(eg), free(g);
+    return st;
+}
+#define EXL2_CUDA(i)                                                                                         \
+    static ql_status exl2_cd##i(const void *s, float *d, int64_t r, int64_t c, void *st) {                   \
+        return exl2_cuda_decode(&g_mix[i], s, d, r, c, st, true);                                            \
+    }                                                                                                        \
+    static ql_status exl2_cde##i(const void *s, float *d, int64_t r, int64_t c) {                            \
+        return exl2_cuda_decode(&g_mix[i], s, d, r, c, NULL, false);                                         \
+    }                                                                                                        \
+    static const ql_format_cuda_ops exl2_cuda##i = {.dequantize_dev = exl2_cd##i, .dequantize_emulated = exl2_cde##i};
+#define EXL2_CUDA_OPS(i) (&exl2_cuda##i)
+#else
+#define EXL2_CUDA(i)
+#define EXL2_CUDA_OPS(i) NULL
+#endif
+
 #define EXL2_WORDS                                                                                           \
     "ExLlamaV2's EXL2: the inputs of a matrix are sorted by importance and the most important share "        \
     "gets more bits (for example 5% at 3 bits and 95% at 2 bits), in groups of 32 to 128 inputs with a "     \
     "4-bit scale per output and group. --method exl2 quantizes them with GPTQ's error feedback."
 
 #define EXL2_ENTRY(i, name_, label_, desc, bpw_, tol_, mix)                                                              \
+    EXL2_CUDA(i)                                                                                             \
     static void exl2_q##i(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) {     \
         exl2_quantize(&g_mix[i], src, dst, nrows, ncols, imp);                                               \
     }                                                                                                        \
@@ -404,6 +444,7 @@ static bool exl2_shape(int64_t ncols, int64_t nrows, char *why, size_t cap) {
         .shape_ok = exl2_shape,                                                                              \
         .quantize_rows = exl2_q##i,                                                                          \
         .dequantize_rows = exl2_d##i,                                                                        \
+        .cuda = EXL2_CUDA_OPS(i),                                                                            \
     };
 EXL2_TABLE(EXL2_ENTRY)
 

@@ -311,10 +311,10 @@ ENTRY(iq1_m, QL_TYPE_IQ1_M, QL_FAMILY_GGML_IQ, 256, 56, true, 0.60, .llama = LLA
 ENTRY(iq1_s, QL_TYPE_IQ1_S, QL_FAMILY_GGML_IQ, 256, 50, true, 0.51, .llama = LLAMA(24, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq1_s),
       .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq1s", IQ_WORDS, NEEDS_IMATRIX,
       .summary = "ggml IQ1_S: 1.5625 bpw lattice codes (needs an imatrix)")
-ENTRY(tq1_0, QL_TYPE_TQ1_0, QL_FAMILY_GGML_TERNARY, 256, 54, false, 0.82, .llama = LLAMA(36, QL_TYPE_Q8_K), .cuda = CUDA_DQ(tq1_0),
+ENTRY(tq1_0, QL_TYPE_TQ1_0, QL_FAMILY_GGML_TERNARY, 256, 54, false, 0.82, .llama = LLAMA(36, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(tq1_0),
       .fallback = "q4_0", .grid = QL_GRID_NONE, .label = "tq10", TQ_WORDS,
       .summary = "ggml TQ1_0: ternary, 1.6875 bpw")
-ENTRY(tq2_0, QL_TYPE_TQ2_0, QL_FAMILY_GGML_TERNARY, 256, 66, false, 0.82, .llama = LLAMA(37, QL_TYPE_Q8_K), .cuda = CUDA_DQ(tq2_0),
+ENTRY(tq2_0, QL_TYPE_TQ2_0, QL_FAMILY_GGML_TERNARY, 256, 66, false, 0.82, .llama = LLAMA(37, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(tq2_0),
       .fallback = "q4_0", .grid = QL_GRID_NONE, .label = "tq20", TQ_WORDS,
       .summary = "ggml TQ2_0: ternary, 2.0625 bpw")
 /* llama.cpp never multiplies by a Q8_K weight (it is the activation type of the K-quants), so no

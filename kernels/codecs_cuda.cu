@@ -1189,6 +1189,62 @@ template <class F> struct NeedsTables {
 };
 template <class F> static ql_status prepare_dequant() { return NeedsTables<F>::value ? upload_iq_tables() : QL_OK; }
 
+// ---- quantize: ggml's ternary TQ1_0 / TQ2_0 (kernels/iq_quants_ref.c) ----
+static QL_HD int trit(float v) { // lroundf clamped to a trit, NaN -> digit 0
+    if (!(v > -1.5f && v < 1.5f)) return v > 0 ? 2 : 0;
+    return (int)round_away(v) + 1;
+}
+static QL_HD uint8_t pack_trits(int q) { return (uint8_t)(((uint16_t)q * 256 + (243 - 1)) / 243); }
+static QL_HD float tq_amax(const float *x) { // QMAX(amax, |x|): a NaN amax is replaced by the next value
+    float amax = 0;
+    for (int j = 0; j < QK_K; ++j) {
+        const float a = fabs_bits(x[j]);
+        amax = amax > a ? amax : a;
+    }
+    return amax;
+}
+struct TQ1_0Q {
+    static const int QK = QK_K, BYTES = 54;
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        const float amax = tq_amax(x);
+        const float id = amax != 0.0f ? fd(1.0f, amax) : 0.0f;
+        st16(y + 52, f2h(amax));
+        for (int m = 0; m < 32; ++m) {
+            int q = 0;
+            for (int d = 0; d < 5; ++d) q = q * 3 + trit(fm(x[m + 32 * d], id));
+            y[m] = pack_trits(q);
+        }
+        x += 160;
+        for (int m = 0; m < 16; ++m) {
+            int q = 0;
+            for (int d = 0; d < 5; ++d) q = q * 3 + trit(fm(x[m + 16 * d], id));
+            y[32 + m] = pack_trits(q);
+        }
+        x += 80;
+        for (int m = 0; m < 4; ++m) {
+            int q = 0;
+            for (int d = 0; d < 4; ++d) q = q * 3 + trit(fm(x[m + 4 * d], id));
+            y[48 + m] = pack_trits((uint8_t)q * 3);
+        }
+    }
+};
+struct TQ2_0Q {
+    static const int QK = QK_K, BYTES = 66;
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        const float amax = tq_amax(x);
+        const float id = amax != 0.0f ? fd(1.0f, amax) : 0.0f;
+        st16(y + 64, f2h(amax));
+        for (int h = 0; h < 2; ++h) {
+            for (int m = 0; m < 32; ++m) {
+                int q = 0;
+                for (int l = 0; l < 4; ++l) q |= trit(fm(x[m + 32 * l], id)) << 2 * l;
+                y[32 * h + m] = (uint8_t)q;
+            }
+            x += 128;
+        }
+    }
+};
+
 // ---------------------------------------------------------------------------------------------------
 // Kernels and launches
 // ---------------------------------------------------------------------------------------------------
@@ -1368,6 +1424,8 @@ QL_CUDA_DEQUANT_ENTRY(iq1_s, IQ1_S)
 QL_CUDA_DEQUANT_ENTRY(iq1_m, IQ1_M)
 QL_CUDA_DEQUANT_ENTRY(tq1_0, TQ1_0)
 QL_CUDA_DEQUANT_ENTRY(tq2_0, TQ2_0)
+QL_CUDA_QUANT_ENTRY(tq1_0, TQ1_0Q)
+QL_CUDA_QUANT_ENTRY(tq2_0, TQ2_0Q)
 QL_CUDA_QUANT_ENTRY(mxfp4, MXFP4Q)
 QL_CUDA_DEQUANT_ENTRY(nvfp4, NVFP4)
 QL_CUDA_QUANT_ENTRY(nvfp4, NVFP4Q)

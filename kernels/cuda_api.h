@@ -30,8 +30,8 @@ int ql_cuda_available(void);
  * execution errors surface at the caller's next synchronization). *_emulated: the kernels' per-block
  * code run on the host (no device needed), so tests check the device arithmetic on any machine.
  * Dequantize: F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS. Quantize (ggml's
- * no-imatrix path): the same list less F16/BF16. Both ways: MXFP4, NVFP4. Dequantize only: the lattice
- * i-quants IQ1_S..IQ3_S and the ternary TQ1_0, TQ2_0 (their quantizers' searches stay on the CPU). */
+ * no-imatrix path): the same list less F16/BF16. Both ways: MXFP4, NVFP4, TQ1_0, TQ2_0. Dequantize only: the
+ * lattice i-quants IQ1_S..IQ3_S (their quantizers' searches stay on the CPU). */
 typedef ql_status (*ql_cuda_dequant_dev_fn)(const void *src, float *dst, int64_t nrows, int64_t ncols, void *stream);
 typedef ql_status (*ql_cuda_quant_dev_fn)(const float *src, void *dst, int64_t nrows, int64_t ncols, void *stream);
 #define QL_CUDA_DEQUANT_DECL(lname)                                                                         \
@@ -52,7 +52,7 @@ QL_CUDA_QUANT_DECL(q3_k) QL_CUDA_QUANT_DECL(q5_k) QL_CUDA_QUANT_DECL(iq4_nl) QL_
 QL_CUDA_DEQUANT_DECL(mxfp4) QL_CUDA_QUANT_DECL(mxfp4) QL_CUDA_DEQUANT_DECL(nvfp4) QL_CUDA_QUANT_DECL(nvfp4)
 QL_CUDA_DEQUANT_DECL(iq2_xxs) QL_CUDA_DEQUANT_DECL(iq2_xs) QL_CUDA_DEQUANT_DECL(iq2_s) QL_CUDA_DEQUANT_DECL(iq3_xxs)
 QL_CUDA_DEQUANT_DECL(iq3_s) QL_CUDA_DEQUANT_DECL(iq1_s) QL_CUDA_DEQUANT_DECL(iq1_m) QL_CUDA_DEQUANT_DECL(tq1_0)
-QL_CUDA_DEQUANT_DECL(tq2_0)
+QL_CUDA_DEQUANT_DECL(tq2_0) QL_CUDA_QUANT_DECL(tq1_0) QL_CUDA_QUANT_DECL(tq2_0)
 
 /* Host buffers: copies in, runs fn, copies back (synchronous). src_bytes / dst_bytes: the quantized
  * side's size. nrows == 0 only checks the shape. */
