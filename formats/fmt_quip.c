@@ -235,7 +235,28 @@ static void rotate_default(float *w, int64_t nrows, int64_t ncols) {
     static ql_status id##_cde(const void *s, float *d, int64_t r, int64_t c) { return emu; }                 \
     static const ql_format_cuda_ops id##_cuda = {.dequantize_dev = id##_cd, .dequantize_emulated = id##_cde};
 #define ROT_CUDA_OPS(id) (&id##_cuda)
+/* rht_int: quantize too (the forward rotation, then INT groups) */
+#define RHT_CUDA(n)                                                                                          \
+    static ql_status rht_int##n##_cd(const void *s, float *d, int64_t r, int64_t c, void *st) {              \
+        return ql_cuda_rht_int_dequantize_dev(n, RHT_GROUP, s, d, r, c, st);                                 \
+    }                                                                                                        \
+    static ql_status rht_int##n##_cde(const void *s, float *d, int64_t r, int64_t c) {                       \
+        return ql_cuda_rht_int_dequantize_emulated(n, RHT_GROUP, s, d, r, c);                                \
+    }                                                                                                        \
+    static ql_status rht_int##n##_cq(const float *s, void *d, int64_t r, int64_t c, void *st) {              \
+        if (rht_bytes(c, r, n) < 0) return ql_fail(QL_ERR_ARG, "rht_int%d: a %lld x %lld tensor does not fit", n, \
+                                                    (long long)r, (long long)c);                             \
+        return ql_cuda_rht_int_quantize_dev(n, RHT_GROUP, QL_QUIP_SEED, s, d, r, c, st);                     \
+    }                                                                                                        \
+    static ql_status rht_int##n##_cqe(const float *s, void *d, int64_t r, int64_t c) {                       \
+        if (rht_bytes(c, r, n) < 0) return ql_fail(QL_ERR_ARG, "rht_int%d: a %lld x %lld tensor does not fit", n, \
+                                                    (long long)r, (long long)c);                             \
+        return ql_cuda_rht_int_quantize_emulated(n, RHT_GROUP, QL_QUIP_SEED, s, d, r, c);                    \
+    }                                                                                                        \
+    static const ql_format_cuda_ops rht_int##n##_cuda = {rht_int##n##_cq, rht_int##n##_cd, rht_int##n##_cqe,  \
+                                                         rht_int##n##_cde};
 #else
+#define RHT_CUDA(n)
 #define ROT_CUDA(id, dev, emu)
 #define ROT_CUDA_OPS(id) NULL
 #endif
@@ -325,8 +346,7 @@ static void rht_dequantize(const void *src, float *dst, int64_t nrows, int64_t n
     "Decoding rotates back. llama.cpp cannot load it."
 
 #define RHT_ENTRY(n, id, tol)                                                                                \
-    ROT_CUDA(rht_int##n, ql_cuda_rht_int_dequantize_dev(n, RHT_GROUP, s, d, r, c, st),                       \
-             ql_cuda_rht_int_dequantize_emulated(n, RHT_GROUP, s, d, r, c))                                  \
+    RHT_CUDA(n)                                                                                              \
     static int64_t rht_int##n##_tensor_bytes(int64_t ncols, int64_t nrows) { return rht_bytes(ncols, nrows, n); } \
     static void rht_int##n##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,             \
                                       const float *imp) {                                                    \

@@ -22,6 +22,11 @@ ql_status ql_cuda_e8p_dequantize_dev(int stage2, const void *src, float *dst, in
 ql_status ql_cuda_e8p_dequantize_emulated(int stage2, const void *src, float *dst, int64_t nrows, int64_t ncols);
 ql_status ql_cuda_rht_int_dequantize_dev(int bits, int group, const void *src, float *dst, int64_t nrows,
                                          int64_t ncols, void *stream);
+/* rht_int's quantizer: NaN -> 0 and ±Inf -> ±(largest finite |w|), the forward RHT with seed, INT groups */
+ql_status ql_cuda_rht_int_quantize_dev(int bits, int group, uint64_t seed, const float *src, void *dst, int64_t nrows,
+                                       int64_t ncols, void *stream);
+ql_status ql_cuda_rht_int_quantize_emulated(int bits, int group, uint64_t seed, const float *src, void *dst,
+                                            int64_t nrows, int64_t ncols);
 ql_status ql_cuda_rht_int_dequantize_emulated(int bits, int group, const void *src, float *dst, int64_t nrows,
                                               int64_t ncols);
 

@@ -82,6 +82,7 @@ struct Axis {
     int64_t n, pow2, batch, ts, is;
     int m;
     float norm;
+    bool transpose; // the inverse reads H's columns
     QL_HD int64_t at(int64_t t, int64_t i) const { return t * ts + i * is; }
 };
 // Sylvester stage `len`: pair p of batch t (item = t · n/2 + p)
@@ -99,7 +100,7 @@ QL_HD void paley(const Axis &A, const int8_t *hm, const float *tmp, float *x, in
     float out = 0.0f;
     for (int k = 0; k < A.m; k++) {
         const float in = tmp[A.at(t, k * A.pow2 + b)];
-        out = hm[k * A.m + a] > 0 ? add_rn(out, in) : sub_rn(out, in);
+        out = (A.transpose ? hm[k * A.m + a] : hm[a * A.m + k]) > 0 ? add_rn(out, in) : sub_rn(out, in);
     }
     x[A.at(t, i)] = out;
 }
@@ -133,8 +134,8 @@ __global__ void k_signs(float *x, const uint8_t *seed_bytes, int64_t ncols, int6
         signs_at(x, seed_bytes, ncols, i);
 }
 
-Axis axis_of(const ql_had &h, int64_t batch, int64_t ts, int64_t is) {
-    return Axis{h.n, h.pow2, batch, ts, is, h.m, (float)(1.0 / sqrt((double)h.n))};
+Axis axis_of(const ql_had &h, int64_t batch, int64_t ts, int64_t is, bool transpose = true) {
+    return Axis{h.n, h.pow2, batch, ts, is, h.m, (float)(1.0 / sqrt((double)h.n)), transpose};
 }
 
 // One axis of the inverse transform (ql_had_apply with transpose), on the device or the host.
@@ -222,6 +223,74 @@ ql_status inverse_host(float *w, int64_t nrows, int64_t ncols, const uint8_t *se
     return QL_OK;
 }
 
+// ---- the forward RHT of rht_int's quantizer: ql_quip_sanitize, then W̃ = H_out·S_out·W·S_in·H_inᵀ ----
+__global__ void k_absmax_finite(const float *w, int64_t n, uint32_t *amax) {
+    uint32_t m = 0;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        if (finite_f(w[i])) m = max(m, f2u(fabs_bits(w[i])));
+    atomicMax(amax, m);
+}
+QL_HD void sanitize_at(float *w, float amax, int64_t i) {
+    const float v = w[i];
+    if (v != v) w[i] = 0;
+    else if (!finite_f(v)) w[i] = v > 0 ? amax : fneg(amax);
+}
+__global__ void k_sanitize(float *w, const uint32_t *amax, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) sanitize_at(w, u2f(*amax), i);
+}
+
+ql_status forward_dev(float *w, int64_t nrows, int64_t ncols, const uint8_t *seed_dev, uint32_t *amax_dev,
+                      cudaStream_t s) {
+    ql_had hin, hout;
+    if (!plans(nrows, ncols, &hin, &hout)) return QL_ERR_ARG;
+    const int64_t n = nrows * ncols;
+    float *tmp = nullptr;
+    int8_t *hm_in = nullptr, *hm_out = nullptr;
+    ql_status st = QL_OK;
+    cudaError_t e = cudaMemsetAsync(amax_dev, 0, 4, s);
+    if (e == cudaSuccess) {
+        k_absmax_finite<<<grid_for(n, 256, 1024), 256, 0, s>>>(w, n, amax_dev);
+        k_sanitize<<<grid_for(n, 256), 256, 0, s>>>(w, amax_dev, n);
+        k_signs<<<grid_for(n, 256), 256, 0, s>>>(w, seed_dev, ncols, n);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess && (hin.m > 1 || hout.m > 1)) e = cudaMallocAsync((void **)&tmp, (size_t)n * sizeof(float), s);
+    if (e == cudaSuccess && hin.m > 1 && (e = cudaMallocAsync((void **)&hm_in, (size_t)hin.m * hin.m, s)) == cudaSuccess)
+        e = cudaMemcpyAsync(hm_in, hin.hm, (size_t)hin.m * hin.m, cudaMemcpyHostToDevice, s);
+    if (e == cudaSuccess && hout.m > 1 &&
+        (e = cudaMallocAsync((void **)&hm_out, (size_t)hout.m * hout.m, s)) == cudaSuccess)
+        e = cudaMemcpyAsync(hm_out, hout.hm, (size_t)hout.m * hout.m, cudaMemcpyHostToDevice, s);
+    if (e != cudaSuccess) st = cuda_fail(e, "rotated: forward", __FILE__, __LINE__);
+    if (st == QL_OK) st = axis_dev(axis_of(hin, nrows, ncols, 1, false), hin, w, tmp, hm_in, s);
+    if (st == QL_OK) st = axis_dev(axis_of(hout, ncols, 1, ncols, false), hout, w, tmp, hm_out, s);
+    if (tmp) cudaFreeAsync(tmp, s);
+    if (hm_in) cudaFreeAsync(hm_in, s);
+    if (hm_out) cudaFreeAsync(hm_out, s);
+    if (hin.m > 1 || hout.m > 1) cudaStreamSynchronize(s);
+    ql_had_free(&hin);
+    ql_had_free(&hout);
+    return st;
+}
+ql_status forward_host(float *w, int64_t nrows, int64_t ncols, const uint8_t *seed_bytes) {
+    ql_had hin, hout;
+    if (!plans(nrows, ncols, &hin, &hout)) return QL_ERR_ARG;
+    const int64_t n = nrows * ncols;
+    uint32_t amax = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (finite_f(w[i]) && f2u(fabs_bits(w[i])) > amax) amax = f2u(fabs_bits(w[i]));
+    for (int64_t i = 0; i < n; i++) sanitize_at(w, u2f(amax), i);
+    for (int64_t i = 0; i < n; i++) signs_at(w, seed_bytes, ncols, i);
+    float *tmp = hin.m > 1 || hout.m > 1 ? (float *)malloc((size_t)n * sizeof(float)) : nullptr;
+    axis_host(axis_of(hin, nrows, ncols, 1, false), hin, w, tmp);
+    axis_host(axis_of(hout, ncols, 1, ncols, false), hout, w, tmp);
+    free(tmp);
+    ql_had_free(&hin);
+    ql_had_free(&hout);
+    return QL_OK;
+}
+
 Pat patterns() {
     Pat T;
     memcpy(T.p, ql_e8p_patterns(), sizeof T.p);
@@ -261,4 +330,40 @@ extern "C" ql_status ql_cuda_rht_int_dequantize_emulated(int bits, int group, co
     ql_status st = ql_cuda_int_dequantize_emulated((const uint8_t *)src + 8, dst, nrows, ncols, bits, group, false);
     if (st != QL_OK) return st;
     return inverse_host(dst, nrows, ncols, (const uint8_t *)src);
+}
+
+extern "C" ql_status ql_cuda_rht_int_quantize_dev(int bits, int group, uint64_t seed, const float *src, void *dst,
+                                                  int64_t nrows, int64_t ncols, void *stream) {
+    if (nrows <= 0 || ncols <= 0 || ncols > INT64_MAX / nrows / 8)
+        return ql_fail(QL_ERR_ARG, "cuda: rht: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
+    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    const cudaStream_t s = (cudaStream_t)stream;
+    const int64_t n = nrows * ncols;
+    uint8_t seed_bytes[8];
+    for (int k = 0; k < 8; k++) seed_bytes[k] = (uint8_t)(seed >> (8 * k));
+    float *w = nullptr;
+    QL_CUDA_TRY(cudaMallocAsync((void **)&w, (size_t)n * sizeof(float) + 8, s)); // + the absmax word
+    cudaError_t e = cudaMemcpyAsync(w, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, s);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(dst, seed_bytes, 8, cudaMemcpyHostToDevice, s);
+    ql_status st = e == cudaSuccess ? QL_OK : cuda_fail(e, "rht quantize", __FILE__, __LINE__);
+    if (st == QL_OK) st = forward_dev(w, nrows, ncols, (const uint8_t *)dst, (uint32_t *)(w + n), s);
+    if (st == QL_OK) st = ql_cuda_int_quantize_dev(w, (uint8_t *)dst + 8, nrows, ncols, stream, bits, group, false, false);
+    cudaFreeAsync(w, s);
+    cudaStreamSynchronize(s); // seed_bytes was read by an async copy
+    return st;
+}
+extern "C" ql_status ql_cuda_rht_int_quantize_emulated(int bits, int group, uint64_t seed, const float *src, void *dst,
+                                                       int64_t nrows, int64_t ncols) {
+    if (nrows <= 0 || ncols <= 0 || ncols > INT64_MAX / nrows / 8)
+        return ql_fail(QL_ERR_ARG, "cuda: rht: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
+    const int64_t n = nrows * ncols;
+    float *w = (float *)malloc((size_t)n * sizeof(float));
+    if (!w) return ql_fail(QL_ERR_NOMEM, "cuda: rht: out of memory");
+    memcpy(w, src, (size_t)n * sizeof(float));
+    uint8_t *d = (uint8_t *)dst;
+    for (int k = 0; k < 8; k++) d[k] = (uint8_t)(seed >> (8 * k));
+    ql_status st = forward_host(w, nrows, ncols, d);
+    if (st == QL_OK) st = ql_cuda_int_quantize_emulated(w, d + 8, nrows, ncols, bits, group, false, false);
+    free(w);
+    return st;
 }
