@@ -53,7 +53,9 @@ static const char *QUANT_USAGE =
     "Rows that do not fit a format's block fall back: K-quants and IQ types as llama-quantize does (q4_k -> q5_0 ->\n"
     "f16 ...); other types (q4_0, q8_0 ...) to f16, where llama-quantize refuses the model. Each fallback is printed,\n"
     "says which of the two happened, and is recorded in the plan.\n"
-    "  " CLI_DEVICE_USAGE;
+    "  " CLI_DEVICE_USAGE
+    "                         on cuda, RTN runs the format's CUDA quantizer (same bytes as the CPU); a format without\n"
+    "                         one, or importance weights the format uses, quantize on the CPU\n";
 
 /* One line of --dry-run --to: the tensor, its qlab format, what the target stores (or REFUSED and why). */
 static void print_export_line(void *user, const char *tensor, const char *format, bool refused, const char *what) {

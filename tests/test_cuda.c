@@ -10,7 +10,10 @@
  * quantize kernel) and the device math they share (kernels/cuda_common.cuh, cuda_half.cuh, built for the
  * host by nvcc in tests/cuda_host_check.cu) is held against the reference and against real SSE results:
  * fp16 both ways, x86's NaN results, cvttss2si, roundf. GPTQ's kernels have their host run in
- * tests/test_gptq_cuda.c. Without a device (or without CUDA in the build) the device tests print
+ * tests/test_gptq_cuda.c. Issue 16's codecs (INTn, NF4/FP4, FP8, MXFP4/NVFP4, the i-quants' and ternary
+ * decoders, AQLM, EXL2, the rotated formats) are walked the same way; test_ext_shapes adds the shapes the 7x512
+ * walk misses, test_backend_quantize the CUDA backend's RTN op. Without a device (or without CUDA in the build)
+ * the device tests print
  * "SKIP: no CUDA device" and skip. The block layouts (kernels/blocks.h) are checked against the type table
  * in every build. The dequantize bandwidth run is a benchmark, not a test: bench/cuda_dequant_bench.c,
  * `make bench-cuda`. */
