@@ -15,6 +15,9 @@
 #include "kernels/awq_cuda.h"
 
 #include <cblas.h>
+#ifdef QL_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +42,9 @@ static ql_cuda_qerr *qerr_open(const double *H, int64_t n, ql_status *err) {
     }
     if (w == QL_AWQ_CPU) return NULL;
     ql_cuda_qerr *e = NULL;
+#ifdef QL_HAVE_CUDA
+    if (w == QL_AWQ_CUDA) cudaSetDevice(ql_backend_device()); /* --device cuda:N */
+#endif
     *err = ql_cuda_qerr_new(H, n, w == QL_AWQ_CUDA_EMULATED, &e);
     return e;
 }

@@ -30,6 +30,9 @@
 #include "methods/method.h"
 
 #include <cblas.h>
+#ifdef QL_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 #include <lapacke.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -580,6 +583,9 @@ ql_status ql_gptq_quantize_on(ql_gptq_where where, float *w, int64_t nrows, int6
     for (int64_t j = 0; j < n; j++)
         invperm[perm[j]] = j;
     if (where != QL_GPTQ_ON_CPU && !lattice) {
+#ifdef QL_HAVE_CUDA
+        if (where == QL_GPTQ_ON_CUDA) cudaSetDevice(ql_backend_device()); /* --device cuda:N */
+#endif
         ql_status ds = gptq_device(where == QL_GPTQ_ON_CUDA_EMULATED, w, nrows, n, f, &grid, st, o, damp, (int)B,
                                    perm, act, stat, diag, dst, deq);
         free(diag), free(dead), free(perm);
