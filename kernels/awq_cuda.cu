@@ -27,7 +27,7 @@ struct BuildD {
     int64_t R, n, ws_stride, s_stride;
     QL_HD void operator()(int64_t idx) const {
         const int64_t k = idx / (R * n), rc = idx % (R * n), c = rc % n;
-        const double ref = (double)ws[k * ws_stride + rc];
+        const double ref = ws ? (double)ws[k * ws_stride + rc] : 0.0;
         const double sc = s ? (double)s[k * s_stride + c] : 1.0;
         D[idx] = ddiv_rn(dsub_rn((double)q[idx], ref), sc);
     }
@@ -183,19 +183,19 @@ extern "C" void ql_cuda_qerr_free(ql_cuda_qerr *e) {
 extern "C" ql_status ql_cuda_qerr_eval(ql_cuda_qerr *e, int K, int64_t R, const float *q, const float *ws,
                                        int64_t ws_stride, const float *s, int64_t s_stride, int64_t g,
                                        double *total, double *group) {
-    if (!e || K < 1 || R < 1 || !q || !ws || (group && g <= 0) || ws_stride < 0 || s_stride < 0 ||
+    if (!e || K < 1 || R < 1 || !q || (group && g <= 0) || ws_stride < 0 || s_stride < 0 ||
         (int64_t)K * R > INT32_MAX)
         return ql_fail(QL_ERR_ARG, "awq_cuda: bad arguments (K %d, R %lld, g %lld)", K, (long long)R, (long long)g);
     const int64_t n = e->n, KR = (int64_t)K * R, cnt = KR * n;
     const int64_t wsn = ws_stride ? (int64_t)(K - 1) * ws_stride + R * n : R * n;
     const int64_t sn = s ? (s_stride ? (int64_t)(K - 1) * s_stride + n : n) : 0;
     ql_status st;
-    if ((st = e->put(e->q, q, (size_t)cnt * sizeof(float))) || (st = e->put(e->ws, ws, (size_t)wsn * sizeof(float))) ||
+    if ((st = e->put(e->q, q, (size_t)cnt * sizeof(float))) || (ws && (st = e->put(e->ws, ws, (size_t)wsn * sizeof(float)))) ||
         (s && (st = e->put(e->s, s, (size_t)sn * sizeof(float)))) || (st = e->grow(e->D, (size_t)cnt * sizeof(double))) ||
         (st = e->grow(e->M, (size_t)cnt * sizeof(double))))
         return st;
     double *D = (double *)e->D.p, *M = (double *)e->M.p, *H = (double *)e->H.p;
-    if ((st = e->each(BuildD{(const float *)e->q.p, (const float *)e->ws.p, s ? (const float *)e->s.p : nullptr, D, R,
+    if ((st = e->each(BuildD{(const float *)e->q.p, ws ? (const float *)e->ws.p : nullptr, s ? (const float *)e->s.p : nullptr, D, R,
                              n, ws_stride, s_stride},
                       cnt)))
         return st;

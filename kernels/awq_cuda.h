@@ -31,7 +31,7 @@ ql_status ql_cuda_qerr_new(const double *H, int64_t n, bool emulate, ql_cuda_qer
 void ql_cuda_qerr_free(ql_cuda_qerr *e);
 
 /* K candidates of R rows: candidate k has values q + k·R·n, reference ws + k·ws_stride (0: one reference for
- * all), column scales s + k·s_stride (s NULL: 1). total [K] (or NULL) gets Σ D∘(D H); group (or NULL; g > 0
+ * all; ws NULL: 0, D = q exactly), column scales s + k·s_stride (s NULL: 1). total [K] (or NULL) gets Σ D∘(D H); group (or NULL; g > 0
  * columns per group, the last may be shorter) gets [K, R, ng] with entry δ H_gg δᵀ. */
 ql_status ql_cuda_qerr_eval(ql_cuda_qerr *e, int K, int64_t R, const float *q, const float *ws, int64_t ws_stride,
                             const float *s, int64_t s_stride, int64_t g, double *total, double *group);
