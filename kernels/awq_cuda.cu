@@ -14,6 +14,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 namespace {
@@ -65,6 +66,12 @@ struct GroupSum {
             return ql_fail(s_ == CUBLAS_STATUS_ALLOC_FAILED ? QL_ERR_NOMEM : QL_ERR_IO,                      \
                            "kernels/awq_cuda.cu:%d: %s: %s", __LINE__, #call, cublasGetStatusString(s_));   \
     } while (0)
+
+// One cuBLAS handle for the process (creating one costs ~0.1 s: sense opens an evaluator per tensor), used under
+// g_mu: evaluations from several threads queue on the one device.
+std::mutex g_mu;
+cublasHandle_t g_blas;
+bool g_blas_ready = false;
 
 // A buffer on the device (or the host, emulated) that only grows.
 struct Buf {
@@ -156,13 +163,16 @@ extern "C" ql_status ql_cuda_qerr_new(const double *H, int64_t n, bool emulate, 
     e->n = n;
     ql_status st = QL_OK;
     if (e->dev) {
+        std::lock_guard<std::mutex> lock(g_mu);
         int d = 0;
         if (cudaGetDevice(&d) != cudaSuccess || cudaDeviceGetAttribute(&e->nsm, cudaDevAttrMultiProcessorCount, d) != cudaSuccess ||
-            cublasCreate(&e->blas) != CUBLAS_STATUS_SUCCESS) {
+            (!g_blas_ready && cublasCreate(&g_blas) != CUBLAS_STATUS_SUCCESS)) {
             e->dev = false; // nothing allocated on the device yet
             delete e;
             return ql_fail(QL_ERR_IO, "kernels/awq_cuda.cu:%d: CUDA / cuBLAS setup failed", __LINE__);
         }
+        g_blas_ready = true;
+        e->blas = g_blas;
     }
     if ((st = e->put(e->H, H, (size_t)(n * n) * sizeof(double)))) {
         ql_cuda_qerr_free(e);
@@ -176,7 +186,6 @@ extern "C" void ql_cuda_qerr_free(ql_cuda_qerr *e) {
     if (!e) return;
     Buf *bufs[] = {&e->H, &e->q, &e->ws, &e->s, &e->D, &e->M, &e->out};
     for (Buf *b : bufs) e->release(*b);
-    if (e->dev) cublasDestroy(e->blas);
     delete e;
 }
 
@@ -186,6 +195,8 @@ extern "C" ql_status ql_cuda_qerr_eval(ql_cuda_qerr *e, int K, int64_t R, const 
     if (!e || K < 1 || R < 1 || !q || (group && g <= 0) || ws_stride < 0 || s_stride < 0 ||
         (int64_t)K * R > INT32_MAX)
         return ql_fail(QL_ERR_ARG, "awq_cuda: bad arguments (K %d, R %lld, g %lld)", K, (long long)R, (long long)g);
+    std::unique_lock<std::mutex> lock(g_mu, std::defer_lock);
+    if (e->dev) lock.lock();
     const int64_t n = e->n, KR = (int64_t)K * R, cnt = KR * n;
     const int64_t wsn = ws_stride ? (int64_t)(K - 1) * ws_stride + R * n : R * n;
     const int64_t sn = s ? (s_stride ? (int64_t)(K - 1) * s_stride + n : n) : 0;

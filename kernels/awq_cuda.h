@@ -7,7 +7,8 @@
  * single running sum to rounding (~1e-15 relative), and the per-group sums term for term where the BLAS gives
  * the same D·H. Built only with nvcc; without it every function fails with QL_ERR_UNSUPPORTED.
  * Errors: QL_ERR_ARG (shapes), QL_ERR_UNSUPPORTED (no device), QL_ERR_NOMEM, QL_ERR_IO (CUDA / cuBLAS, with
- * kernels/awq_cuda.cu:LINE). A handle is used by one thread at a time. */
+ * kernels/awq_cuda.cu:LINE). A handle is used by one thread at a time; evaluations on the device are serialized
+ * (one cuBLAS handle for the process). */
 #ifndef QL_AWQ_CUDA_H
 #define QL_AWQ_CUDA_H
 
