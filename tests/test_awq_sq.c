@@ -561,6 +561,7 @@ static void test_awq_q4_0(void **state) {
  * every point's chosen α / duo, its losses (to 1e-9 relative: the device sums per row, then over rows) and the
  * scaled, clipped weights of every linear identical; the per-tensor clip search likewise. On a GPU the same
  * with the device (else "SKIP: no CUDA device"). Layers 0 and 2, int4_g32 and q4_0. */
+#ifdef QL_HAVE_CUDA
 static void awq_where_case(const char *fmt, int where, int layer) {
     const ql_format *f = ql_format_by_name(fmt);
     ql_layer_f32 A, B;
@@ -608,6 +609,7 @@ static void awq_where_case(const char *fmt, int where, int layer) {
     ql_layer_f32_deinit(&A);
     ql_layer_f32_deinit(&B);
 }
+#endif
 
 static void test_awq_device_emulated(void **state) {
     (void)state;
