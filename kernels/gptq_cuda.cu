@@ -492,14 +492,14 @@ struct Ctx {
         if (dev) QL_CUDA_TRY(cudaDeviceSynchronize());
         return QL_OK;
     }
-    template <class Op> ql_status each(const Op &op, int64_t count) {
+    // threads: per block (32 for one-thread-per-row kernels: 4096 rows then fill 128 blocks, not 16)
+    template <class Op> ql_status each(const Op &op, int64_t count, int threads = 256) {
         if (count <= 0) return QL_OK;
         if (!dev) {
             for (int64_t i = 0; i < count; i++)
                 op(i);
             return QL_OK;
         }
-        const int threads = 256;
         k_each<Op><<<grid_for(count, threads, (int64_t)(g_nsm > 0 ? g_nsm : 1) * 32), threads>>>(op, count);
         QL_CUDA_TRY(cudaGetLastError());
         return QL_OK;
@@ -846,7 +846,7 @@ ql_status grid_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
             if (fix_at[(size_t)j] >= 0 && (s = fix(fix_at[(size_t)j], j, i1))) return s;
             int64_t j1 = j + 1;
             while (j1 < i2 && fix_at[(size_t)j1] < 0) j1++;
-            if ((s = c.each(SegRow{A, j, j1}, rows))) return s;
+            if ((s = c.each(SegRow{A, j, j1}, rows, 32))) return s;
             j = j1;
         }
         if (i2 < n && (s = c.trailing(Wt, E, U, rows, n, i1, i2))) return s;
