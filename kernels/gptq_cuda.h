@@ -1,5 +1,7 @@
-/* gptq_cuda.h — GPTQ on the GPU: ql_cuda_gptq_int for the INTn group formats (int{n}_g{g}[_sym], int{n}_channel), the same
- * algorithm and arithmetic as methods/m_gptq.c without act_order / static_groups: H damping + Cholesky
+/* gptq_cuda.h — GPTQ on the GPU. ql_cuda_gptq_int: the INTn group formats (int{n}_g{g}[_sym],
+ * int{n}_channel) entirely on the device; ql_cuda_gptq_grid_run: any per-column grid with act order and
+ * static groups, the block scales fixed by a caller's hook (below). Both follow methods/m_gptq.c's
+ * algorithm and arithmetic: H damping + Cholesky
  * (double) + triangular inverse (float) with cuSOLVER, the per-batch column loop as a CUDA kernel (one
  * thread per row; a group's scale and zero fixed from the error-updated weights when GPTQ reaches it,
  * exactly as the format's own quantizer does), the trailing update with cublasSgemm. The chosen values
@@ -84,8 +86,8 @@ ql_status ql_cuda_gptq_int_emulate(const float *w, int64_t rows, int64_t cols, c
 
 
 /* GPTQ of w [rows, cols] into the grid g (see ql_cuda_gptq_grid), options as the CPU method's (damp,
- * block, act_order: columns by decreasing H_ii, static_groups: every block fixed from the weights before
- * any update). perm [cols] (processing position -> column) or NULL for the natural order: the caller's
+ * block, static_groups: every block fixed from the weights before any update, by g->fix in block order).
+ * perm [cols] (processing position -> column) or NULL for the natural order: the caller's
  * act-order sort, so both paths take the same order. Outputs: codes [rows, cols] (row-major, column order)
  * and, optional, q [rows, cols] the chosen values. Dead inputs and non-finite weights as above. */
 ql_status ql_cuda_gptq_grid_run(const float *w, int64_t rows, int64_t cols, const double *xtx, int64_t n_tokens,
