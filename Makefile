@@ -118,9 +118,10 @@ $(BUILD)/tests/libqlfault.so: tests/fault_shim.c
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -shared -fPIC -o $@ $< -ldl
 
 # CUDA codecs and the CUDA backend vs the CPU reference (device tests skip without a GPU); speed is `make bench-cuda`.
-test-cuda: $(BUILD)/tests/test_cuda $(BUILD)/tests/test_cuda_forward
+test-cuda: $(BUILD)/tests/test_cuda $(BUILD)/tests/test_cuda_forward $(BUILD)/tests/test_gptq_cuda
 	$(BUILD)/tests/test_cuda
 	$(BUILD)/tests/test_cuda_forward
+	$(BUILD)/tests/test_gptq_cuda
 
 asan:
 	$(MAKE) BUILD=build-asan OPTFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
@@ -217,6 +218,16 @@ $(BUILD)/bench/gptq_bench_cuda: bench/gptq_bench_cuda.c $(BUILD)/libqlab.a
 bench-cuda: all $(BUILD)/bench/cuda_dequant_bench bench-cuda-quant
 	$(BUILD)/bench/cuda_dequant_bench $(ARGS)
 	@QLAB=./$(BIN) bash bench/cuda_ppl.sh
+
+# Issue 16's 8B timing goals on one GPU (bench/cuda_8b.sh): GPTQ int4_g128 of the llama-3.1-8b shape, a 6-candidate
+# KLD sense sweep of the 8B shape, the 24 GiB budget, each with peak GPU memory; ~10 min on an H100.
+.PHONY: bench-cuda-8b
+bench-cuda-8b: all $(BUILD)/bench/gptq_8b_cuda
+	@QLAB=./$(BIN) BUILD=$(BUILD) bash bench/cuda_8b.sh
+
+$(BUILD)/bench/gptq_8b_cuda: bench/gptq_8b_cuda.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 
 # RTN quantize throughput of every format with a CUDA quantizer beside the CPU path (bench/cuda_quant_bench.c);
 # `make bench-cuda-quant QARGS="rows cols iters cpu_rows [name-substring]"`.

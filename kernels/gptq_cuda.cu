@@ -27,6 +27,7 @@
 #include <lapacke.h>
 #include <math.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -225,6 +226,122 @@ struct StoreQ {
     }
 };
 
+// ---------------------------------------------------------------------------------------------------
+// The grid path (ql_cuda_gptq_grid_run): any per-column code grid, columns in processing order (act
+// order), the block scales fixed by the caller's hook between column segments (m_gptq.c: fix_block /
+// batch_rows / quant_linear / quant_table, term for term)
+// ---------------------------------------------------------------------------------------------------
+struct GridArgs {
+    const float *U;       // [n, n] upper, processing order
+    const float *Wt;      // [n, rows] processing order, trailing updates of earlier batches applied
+    float *E;             // [B, rows] (w - q)/U_jj of this batch
+    float *Q;             // [n, rows] chosen values, column order
+    uint8_t *codes;       // [n, rows] chosen codes, column order
+    const float *A, *B, *O; // [nblk·nsub, rows] the fixed grids
+    const int64_t *perm;  // [n] processing position -> column
+    int64_t rows, n, i1, bw, sub, nsub;
+    float kmin, kmax;
+    float mid[16]; // table grids: mid[i] = table[i-1] + table[i] (i >= 1), as m_gptq.c's quant_table
+    float table[16];
+    int has_table;
+};
+
+// Positions [j0, j1) of row r (all inside the batch starting at i1).
+struct SegRow {
+    GridArgs G;
+    int64_t j0, j1;
+    QL_HD void operator()(int64_t r) const {
+        const float magic = 12582912.0f; // 1.5·2^23: v + magic - magic rounds half to even
+        const int64_t rows = G.rows, n = G.n;
+        for (int64_t j = j0; j < j1; j++) {
+            const int64_t col = G.perm[j], blk = col / G.bw;
+            const int64_t s = G.sub > 0 ? (col - blk * G.bw) / G.sub : 0, gi = (blk * G.nsub + s) * rows + r;
+            float w = G.Wt[j * rows + r];
+            if (j > G.i1) w = sub_comb(w, G.E + r, rows, G.U + G.i1 * n + j, n, j - G.i1);
+            const float dinv = fd(1.0f, G.U[j * n + j]), a = G.A[gi];
+            float qv;
+            int k;
+            if (G.has_table) {
+                const float y2 = fm(2.0f, fd(w, a));
+                k = 0;
+                for (int i = 1; i < 16; i++) k += y2 >= G.mid[i];
+                qv = fm(a, G.table[k]);
+            } else {
+                const float b = G.B[gi], o = G.O[gi];
+                float v = fs(fd(fs(w, b), a), o);
+                v = v > G.kmin ? v : G.kmin; // NaN (a == 0) -> kmin
+                v = v < G.kmax ? v : G.kmax;
+                const float kf = fs(fa(v, magic), magic);
+                k = (int)kf;
+                qv = fa(fm(a, fa(kf, o)), b);
+            }
+            G.E[(j - G.i1) * rows + r] = fm(fs(w, qv), dinv);
+            G.Q[col * rows + r] = qv;
+            G.codes[col * rows + r] = (uint8_t)k;
+        }
+    }
+};
+
+// Gb [rows, len] = block blk's columns (columns c0 .. c0+len-1, at positions >= j) brought up to date with
+// the batch's errors of positions [i1, j).
+struct GatherBlock {
+    const float *U, *Wt, *E;
+    const int64_t *invperm;
+    float *Gb;
+    int64_t rows, n, i1, j, c0, len;
+    QL_HD void operator()(int64_t idx) const {
+        const int64_t r = idx / len, i = idx % len, p = invperm[c0 + i];
+        float x = Wt[p * rows + r];
+        if (j > i1) x = sub_comb(x, E + r, rows, U + i1 * n + p, n, j - i1);
+        Gb[idx] = x;
+    }
+};
+
+// Wt [n, rows] in processing order from W [rows, n]: dead columns and non-finite weights become 0.
+struct LoadWPerm {
+    const float *W;
+    float *Wt;
+    const uint8_t *dead; // by column
+    const int64_t *perm;
+    int64_t rows, n;
+    QL_HD void operator()(int64_t idx) const {
+        const int64_t j = idx / rows, r = idx % rows, c = perm[j];
+        const float x = W[r * n + c];
+        Wt[idx] = dead[c] || !finite_f(x) ? 0.0f : x;
+    }
+};
+
+// P = J·Hp·J with Hp = H permuted into processing order (m_gptq.c's build_reversed, both triangles).
+struct BuildPPerm {
+    const double *H;
+    double *P;
+    const uint8_t *dead;
+    const int64_t *perm;
+    int64_t n;
+    double scale, lam;
+    QL_HD void operator()(int64_t idx) const {
+        const int64_t a = idx / n, b = idx % n, hi = a > b ? a : b, lo = a > b ? b : a;
+        const int64_t pa = perm[n - 1 - hi], pb = perm[n - 1 - lo];
+        double v;
+        if (a == b)
+            v = da(dead[pa] ? 1.0 : dm(scale, H[pa * n + pa]), lam);
+        else
+            v = dead[pa] || dead[pb] ? 0.0 : dm(scale, H[pa * n + pb]);
+        P[idx] = v;
+    }
+};
+
+// out [rows, n] (row-major) from in [n, rows]
+template <class T> struct Transpose {
+    const T *in;
+    T *out;
+    int64_t rows, n;
+    QL_HD void operator()(int64_t idx) const {
+        const int64_t r = idx / n, c = idx % n;
+        out[idx] = in[c * rows + r];
+    }
+};
+
 // One row of fmt_int.c's layout: [fp16 scale per group][zeros, bits each, unless sym][codes, bits each],
 // bit streams LSB first, padded with zero bits. Every byte of the row is written.
 struct PackRow {
@@ -375,14 +492,14 @@ struct Ctx {
         if (dev) QL_CUDA_TRY(cudaDeviceSynchronize());
         return QL_OK;
     }
-    template <class Op> ql_status each(const Op &op, int64_t count) {
+    // threads: per block (32 for one-thread-per-row kernels: 4096 rows then fill 128 blocks, not 16)
+    template <class Op> ql_status each(const Op &op, int64_t count, int threads = 256) {
         if (count <= 0) return QL_OK;
         if (!dev) {
             for (int64_t i = 0; i < count; i++)
                 op(i);
             return QL_OK;
         }
-        const int threads = 256;
         k_each<Op><<<grid_for(count, threads, (int64_t)(g_nsm > 0 ? g_nsm : 1) * 32), threads>>>(op, count);
         QL_CUDA_TRY(cudaGetLastError());
         return QL_OK;
@@ -603,6 +720,161 @@ ql_status gptq_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
     return QL_OK;
 }
 
+// The grid path: see ql_cuda_gptq_grid_run in gptq_cuda.h.
+ql_status grid_run(bool dev, const float *w, int64_t rows, int64_t n, const double *xtx, int64_t n_tokens,
+                   double damp, int block, const int64_t *perm_in, bool static_groups, ql_cuda_gptq_grid *gr,
+                   uint8_t *codes_out, float *q, ql_cuda_gptq_times *times) {
+    ql_status s = check_args(w, rows, n, xtx, 4, 0, damp, block);
+    if (s) return s;
+    if (!gr || !gr->fix || !codes_out || gr->bw <= 0 || gr->sub < 0 || (!gr->table && gr->kmin > gr->kmax))
+        return ql_fail(QL_ERR_ARG, "gptq_cuda: bad grid description");
+    const double t0 = ql_time_s();
+    Ctx c;
+    c.dev = dev;
+    Work work;
+    work.dev = dev;
+    std::vector<char> hwork;
+
+    const double scale = n_tokens > 0 ? 2.0 / (double)n_tokens : 1.0;
+    std::vector<uint8_t> dead((size_t)n);
+    std::vector<int64_t> perm((size_t)n), invperm((size_t)n, -1);
+    double mean = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double h = xtx[i * n + i] * scale;
+        dead[(size_t)i] = !(h > 0) || !finite_d(h);
+        mean += dead[(size_t)i] ? 1.0 : h;
+        perm[(size_t)i] = perm_in ? perm_in[i] : i;
+    }
+    mean /= (double)n;
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t col = perm[(size_t)j];
+        if (col < 0 || col >= n || invperm[(size_t)col] >= 0)
+            return ql_fail(QL_ERR_ARG, "gptq_cuda: perm is not a permutation of 0..%lld", (long long)n - 1);
+        invperm[(size_t)col] = j;
+    }
+    const int64_t B = block < n ? block : n, bw = gr->bw < n ? gr->bw : n, nblk = (n + bw - 1) / bw;
+    const int64_t nsub = gr->sub > 0 ? (bw + gr->sub - 1) / gr->sub : 1;
+    // when each block gets fixed: at its first column in processing order (static: all up front)
+    std::vector<int64_t> fix_at((size_t)n, -1);
+    {
+        std::vector<uint8_t> fixed((size_t)nblk, 0);
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t blk = perm[(size_t)j] / bw;
+            if (!static_groups && !fixed[(size_t)blk]) fix_at[(size_t)j] = blk;
+            fixed[(size_t)blk] = 1;
+        }
+    }
+
+    double *H = nullptr, *P = nullptr;
+    float *U = nullptr, *W = nullptr, *Wt = nullptr, *Q = nullptr, *E = nullptr, *Ga = nullptr, *Gb = nullptr,
+          *Gc = nullptr, *Gx = nullptr;
+    uint8_t *codes = nullptr, *ddead = nullptr;
+    int64_t *dperm = nullptr, *dinv = nullptr;
+    int *dinfo = nullptr;
+    const int64_t ngrid = nblk * nsub * rows;
+    if ((s = c.alloc(&H, n * n)) || (s = c.alloc(&P, n * n)) || (s = c.alloc(&U, n * n)) ||
+        (s = c.alloc(&W, rows * n)) || (s = c.alloc(&Wt, n * rows)) || (s = c.alloc(&Q, n * rows)) ||
+        (s = c.alloc(&E, B * rows)) || (s = c.alloc(&codes, n * rows)) || (s = c.alloc(&Ga, ngrid)) ||
+        (s = c.alloc(&Gb, ngrid)) || (s = c.alloc(&Gc, ngrid)) || (s = c.alloc(&Gx, rows * bw)) ||
+        (s = c.alloc(&ddead, n)) || (s = c.alloc(&dperm, n)) || (s = c.alloc(&dinv, n)) ||
+        (s = c.alloc(&dinfo, 1)))
+        return s;
+    if ((s = c.put(H, xtx, (size_t)(n * n) * sizeof(double))) ||
+        (s = c.put(W, w, (size_t)(rows * n) * sizeof(float))) || (s = c.put(ddead, dead.data(), (size_t)n)) ||
+        (s = c.put(dperm, perm.data(), (size_t)n * sizeof(int64_t))) ||
+        (s = c.put(dinv, invperm.data(), (size_t)n * sizeof(int64_t))) || (s = c.sync()))
+        return s;
+    const double t1 = ql_time_s();
+
+    double lam = damp * mean;
+    int info = 0;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if ((s = c.each(BuildPPerm{H, P, ddead, dperm, n, scale, lam}, n * n)) ||
+            (s = c.potrf_upper(P, n, dinfo, &work.p, &work.bytes, hwork, &info)))
+            return s;
+        if (info == 0) break;
+        if (info < 0)
+            return ql_fail(QL_ERR_IO, "kernels/gptq_cuda.cu:%d: potrf: argument %d", __LINE__, -info);
+        lam = lam > 0 ? lam * 10 : 1e-6 * mean;
+    }
+    if (info != 0)
+        return ql_fail(QL_ERR_ARG, "gptq_cuda: Hessian not positive definite even with dampening %g",
+                       lam / mean);
+    if ((s = c.each(BuildU{P, U, n}, n * n)) ||
+        (s = c.trtri_lower(U, n, dinfo, &work.p, &work.bytes, hwork, &info)))
+        return s;
+    if (info != 0) return ql_fail(QL_ERR_ARG, "gptq_cuda: triangular inverse failed (info %d)", info);
+    if ((s = c.sync())) return s;
+    gr->lam = lam;
+    const double t2 = ql_time_s();
+
+    GridArgs A = {};
+    A.U = U, A.Wt = Wt, A.E = E, A.Q = Q, A.codes = codes, A.A = Ga, A.B = Gb, A.O = Gc, A.perm = dperm;
+    A.rows = rows, A.n = n, A.bw = bw, A.sub = gr->sub, A.nsub = nsub;
+    A.kmin = (float)gr->kmin, A.kmax = (float)gr->kmax, A.has_table = gr->table != nullptr;
+    if (gr->table) {
+        for (int i = 0; i < 16; i++) A.table[i] = gr->table[i];
+        for (int i = 1; i < 16; i++) A.mid[i] = gr->table[i - 1] + gr->table[i];
+    }
+    std::vector<float> hG((size_t)(rows * bw)), ha((size_t)(nsub * rows)), hb(ha.size()), ho(ha.size());
+    // block blk fixed with GPTQ at position j of the batch starting at i1: gather, hook, upload
+    auto fix = [&](int64_t blk, int64_t j, int64_t i1) -> ql_status {
+        const int64_t c0 = blk * bw, len = bw < n - c0 ? bw : n - c0;
+        ql_status fs_;
+        if ((fs_ = c.each(GatherBlock{U, Wt, E, dinv, Gx, rows, n, i1, j, c0, len}, rows * len)) ||
+            (fs_ = c.get(hG.data(), Gx, (size_t)(rows * len) * sizeof(float))))
+            return fs_;
+        std::fill(hb.begin(), hb.end(), 0.0f);
+        std::fill(ho.begin(), ho.end(), 0.0f);
+        if ((fs_ = gr->fix(gr->user, blk, hG.data(), rows, len, ha.data(), hb.data(), ho.data())))
+            return fs_;
+        const size_t off = (size_t)(blk * nsub * rows), bytes = ha.size() * sizeof(float);
+        if ((fs_ = c.put(Ga + off, ha.data(), bytes)) || (fs_ = c.put(Gb + off, hb.data(), bytes)) ||
+            (fs_ = c.put(Gc + off, ho.data(), bytes)))
+            return fs_;
+        return QL_OK;
+    };
+
+    if ((s = c.each(LoadWPerm{W, Wt, ddead, dperm, rows, n}, n * rows))) return s;
+    if (static_groups)
+        for (int64_t blk = 0; blk < nblk; blk++)
+            if ((s = fix(blk, 0, 0))) return s;
+    for (int64_t i1 = 0; i1 < n; i1 += B) {
+        const int64_t i2 = i1 + B < n ? i1 + B : n;
+        A.i1 = i1;
+        for (int64_t j = i1; j < i2;) {
+            if (fix_at[(size_t)j] >= 0 && (s = fix(fix_at[(size_t)j], j, i1))) return s;
+            int64_t j1 = j + 1;
+            while (j1 < i2 && fix_at[(size_t)j1] < 0) j1++;
+            if ((s = c.each(SegRow{A, j, j1}, rows, 32))) return s;
+            j = j1;
+        }
+        if (i2 < n && (s = c.trailing(Wt, E, U, rows, n, i1, i2))) return s;
+    }
+    if ((s = c.sync())) return s;
+    const double t3 = ql_time_s();
+
+    // results, row-major (W's buffer is free again: codes go through Wt's)
+    uint8_t *codes_r = (uint8_t *)Wt;
+    if ((s = c.each(Transpose<uint8_t>{codes, codes_r, rows, n}, rows * n)) ||
+        (s = c.get(codes_out, codes_r, (size_t)(rows * n))))
+        return s;
+    if (q && ((s = c.each(Transpose<float>{Q, W, rows, n}, rows * n)) ||
+              (s = c.get(q, W, (size_t)(rows * n) * sizeof(float)))))
+        return s;
+    if ((s = c.sync())) return s;
+    const double t4 = ql_time_s();
+    if (times) {
+        times->total = t4 - t0;
+        times->upload = t1 - t0;
+        times->factor = t2 - t1;
+        times->quantize = t3 - t2;
+        times->download = t4 - t3;
+        times->damp = mean > 0 ? lam / mean : 0;
+    }
+    return QL_OK;
+}
+
 } // namespace
 
 extern "C" int ql_cuda_gptq_available(void) { return ql_cuda_available(); }
@@ -629,4 +901,22 @@ extern "C" ql_status ql_cuda_gptq_int_emulate(const float *w, int64_t rows, int6
                                               int64_t n_tokens, int bits, int group, bool sym, double damp,
                                               int block, float *q, void *dst, ql_cuda_gptq_times *times) {
     return gptq_run(false, w, rows, cols, xtx, n_tokens, bits, group, sym, damp, block, q, dst, times);
+}
+
+extern "C" ql_status ql_cuda_gptq_grid_run(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                           int64_t n_tokens, double damp, int block, const int64_t *perm,
+                                           bool static_groups, ql_cuda_gptq_grid *g, uint8_t *codes, float *q,
+                                           ql_cuda_gptq_times *times) {
+    ql_status s = check_args(w, rows, cols, xtx, 4, 0, damp, block);
+    if (s) return s;
+    std::lock_guard<std::mutex> lock(g_mu);
+    if ((s = device_init_locked())) return s;
+    return grid_run(true, w, rows, cols, xtx, n_tokens, damp, block, perm, static_groups, g, codes, q, times);
+}
+
+extern "C" ql_status ql_cuda_gptq_grid_emulate(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                               int64_t n_tokens, double damp, int block, const int64_t *perm,
+                                               bool static_groups, ql_cuda_gptq_grid *g, uint8_t *codes,
+                                               float *q, ql_cuda_gptq_times *times) {
+    return grid_run(false, w, rows, cols, xtx, n_tokens, damp, block, perm, static_groups, g, codes, q, times);
 }

@@ -1,5 +1,7 @@
-/* gptq_cuda.h — GPTQ on the GPU for the INTn group formats (int{n}_g{g}[_sym], int{n}_channel), the same
- * algorithm and arithmetic as methods/m_gptq.c without act_order / static_groups: H damping + Cholesky
+/* gptq_cuda.h — GPTQ on the GPU. ql_cuda_gptq_int: the INTn group formats (int{n}_g{g}[_sym],
+ * int{n}_channel) entirely on the device; ql_cuda_gptq_grid_run: any per-column grid with act order and
+ * static groups, the block scales fixed by a caller's hook (below). Both follow methods/m_gptq.c's
+ * algorithm and arithmetic: H damping + Cholesky
  * (double) + triangular inverse (float) with cuSOLVER, the per-batch column loop as a CUDA kernel (one
  * thread per row; a group's scale and zero fixed from the error-updated weights when GPTQ reaches it,
  * exactly as the format's own quantizer does), the trailing update with cublasSgemm. The chosen values
@@ -33,6 +35,26 @@ typedef struct {
     double damp;     /* dampening used, as a fraction of mean(diag H) (raised x10 when H was singular) */
 } ql_cuda_gptq_times;
 
+
+/* GPTQ into any per-column code grid (ggml's block types, INTn, table grids), with act order and static
+ * groups: the Hessian work on the device (dampened H permuted into processing order, Cholesky in double,
+ * triangular inverse, the column loop with the CPU's rounding arithmetic, the trailing updates as one
+ * SGEMM per lazy batch), the format's scale search by the caller's `fix` hook (methods/m_gptq.c hands it
+ * the registry's quantizer, so the scales are the format's own choice on the error-updated weights). */
+typedef struct ql_cuda_gptq_grid {
+    int64_t bw;         /* columns per format block (a block's scales are fixed together); cols = one per row */
+    int64_t sub;        /* columns per (a, b, o) inside a block; 0 = the whole block */
+    int kmin, kmax;     /* stored codes (linear grids) */
+    const float *table; /* NULL: value = a·(k + o) + b; else 16 sorted values, value = a·table[k] */
+    /* Fix the scales of block blk: G [rows, len] (host, row-major) holds the block's columns brought up to
+     * date with every error fed back so far; the hook writes the grids of its nsub sub-blocks to
+     * a, b, o [nsub, rows] (host; sub-block s of row r at [s·rows + r]). Called from the calling thread. */
+    ql_status (*fix)(void *user, int64_t blk, const float *G, int64_t rows, int64_t len, float *a, float *b,
+                     float *o);
+    void *user;
+    double lam; /* out: the dampening added to diag H (set before the first fix; importance = diag H + lam) */
+} ql_cuda_gptq_grid;
+
 #if defined(QL_HAVE_CUDA) || defined(__CUDACC__)
 
 /* 1 when a CUDA device can be used (checked once), else 0. */
@@ -62,6 +84,21 @@ ql_status ql_cuda_gptq_int_emulate(const float *w, int64_t rows, int64_t cols, c
                                    int64_t n_tokens, int bits, int group, bool sym, double damp, int block,
                                    float *q, void *dst, ql_cuda_gptq_times *times);
 
+
+/* GPTQ of w [rows, cols] into the grid g (see ql_cuda_gptq_grid), options as the CPU method's (damp,
+ * block, static_groups: every block fixed from the weights before any update, by g->fix in block order).
+ * perm [cols] (processing position -> column) or NULL for the natural order: the caller's
+ * act-order sort, so both paths take the same order. Outputs: codes [rows, cols] (row-major, column order)
+ * and, optional, q [rows, cols] the chosen values. Dead inputs and non-finite weights as above. */
+ql_status ql_cuda_gptq_grid_run(const float *w, int64_t rows, int64_t cols, const double *xtx, int64_t n_tokens,
+                                double damp, int block, const int64_t *perm, bool static_groups,
+                                ql_cuda_gptq_grid *g, uint8_t *codes, float *q, ql_cuda_gptq_times *times);
+/* The same on the host (see ql_cuda_gptq_int_emulate). */
+ql_status ql_cuda_gptq_grid_emulate(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                    int64_t n_tokens, double damp, int block, const int64_t *perm,
+                                    bool static_groups, ql_cuda_gptq_grid *g, uint8_t *codes, float *q,
+                                    ql_cuda_gptq_times *times);
+
 #else /* built without CUDA */
 
 static inline int ql_cuda_gptq_available(void) { return 0; }
@@ -81,6 +118,22 @@ static inline ql_status ql_cuda_gptq_int_emulate(const float *w, int64_t rows, i
                                                  bool sym, double damp, int block, float *q, void *dst,
                                                  ql_cuda_gptq_times *times) {
     return ql_cuda_gptq_int(w, rows, cols, xtx, n_tokens, bits, group, sym, damp, block, q, dst, times);
+}
+
+static inline ql_status ql_cuda_gptq_grid_run(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                              int64_t n_tokens, double damp, int block, const int64_t *perm,
+                                              bool static_groups, ql_cuda_gptq_grid *g, uint8_t *codes,
+                                              float *q, ql_cuda_gptq_times *times) {
+    (void)w, (void)rows, (void)cols, (void)xtx, (void)n_tokens, (void)damp, (void)block, (void)perm;
+    (void)static_groups, (void)g, (void)codes, (void)q, (void)times;
+    return ql_fail(QL_ERR_UNSUPPORTED, "gptq_cuda: built without CUDA (nvcc was not found)");
+}
+static inline ql_status ql_cuda_gptq_grid_emulate(const float *w, int64_t rows, int64_t cols, const double *xtx,
+                                                  int64_t n_tokens, double damp, int block, const int64_t *perm,
+                                                  bool static_groups, ql_cuda_gptq_grid *g, uint8_t *codes,
+                                                  float *q, ql_cuda_gptq_times *times) {
+    return ql_cuda_gptq_grid_run(w, rows, cols, xtx, n_tokens, damp, block, perm, static_groups, g, codes, q,
+                                 times);
 }
 
 #endif

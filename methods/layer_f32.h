@@ -106,6 +106,11 @@ ql_status ql_smoothquant_layer(ql_layer_f32 *L, const ql_stats *st, const char *
  * Needs fmt[] set for the linears to search (points whose readers have no format are skipped) and Σxxᵀ
  * in st (else the diagonal mean x² is used). Options: grid=20, duo=1, clip=1, clip_qk=0, vo=1, down=1,
  * attn=1, ffn=1. With clip=0 the float model is unchanged; clipping edits the scaled weights. */
+/* Where AWQ's scale and clip searches evaluate their output errors: QL_AWQ_AUTO (the GPU when the selected
+ * backend, core/backend.h, is "cuda"), the CPU, the GPU (kernels/awq_cuda.h), or the GPU path emulated on the
+ * host (tests). Process-wide; the choices are the same everywhere up to ties within float rounding. */
+enum { QL_AWQ_AUTO, QL_AWQ_CPU, QL_AWQ_CUDA, QL_AWQ_CUDA_EMULATED };
+void ql_awq_set_where(int where);
 ql_status ql_awq_layer(ql_layer_f32 *L, const ql_stats *st, const char *opts, int n_threads,
                        const ql_progress *progress, ql_transform_report *rep);
 

@@ -11,8 +11,13 @@
 #include "methods/method.h"
 #include "core/output_error.h"
 #include "formats/fmt_ext.h"
+#include "core/backend.h"
+#include "kernels/awq_cuda.h"
 
 #include <cblas.h>
+#ifdef QL_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +26,28 @@
 #define AWQ_CLIP_GRID 20
 #define AWQ_MAX_SHRINK 0.5
 #define AWQ_DIAG_MAX 8192 /* largest width for which a dense diagonal H is built when Σxxᵀ is absent */
+#define AWQ_BATCH_ELEMS ((int64_t)1 << 26) /* weights per device batch of candidates (host: 2 floats each) */
+
+/* Where the searches' output errors are evaluated: ql_awq_set_where (0 = the selected backend's choice). */
+static int g_where = QL_AWQ_AUTO;
+void ql_awq_set_where(int where) { g_where = where; }
+
+/* The device evaluator of H for this search (kernels/awq_cuda.h), or NULL for the CPU. *err: its failure. */
+static ql_cuda_qerr *qerr_open(const double *H, int64_t n, ql_status *err) {
+    int w = g_where;
+    *err = QL_OK;
+    if (w == QL_AWQ_AUTO) {
+        const ql_backend_ops *b = ql_backend_default();
+        w = b && strcmp(b->name, "cuda") == 0 ? QL_AWQ_CUDA : QL_AWQ_CPU;
+    }
+    if (w == QL_AWQ_CPU) return NULL;
+    ql_cuda_qerr *e = NULL;
+#ifdef QL_HAVE_CUDA
+    if (w == QL_AWQ_CUDA) cudaSetDevice(ql_backend_device()); /* --device cuda:N */
+#endif
+    *err = ql_cuda_qerr_new(H, n, w == QL_AWQ_CUDA_EMULATED, &e);
+    return e;
+}
 
 /* Width of one quantization group along a row (the unit clipping works on); 0 when clipping makes no
  * sense (float formats, FP8 with one scale per row or tensor). */
@@ -42,10 +69,62 @@ static const double *dense_hessian(const ql_input_stats *st, double **owned) {
     return H;
 }
 
+/* clip_search's loop with the errors on the device (kernels/awq_cuda.h): the shrinks go in batches of
+ * candidates, each group's error δ H_gg δᵀ of every candidate from one batched product; the choice per
+ * (row, group) and the final keep-or-not as on the CPU. q: scratch [rows, cols]. */
+static ql_status clip_search_dev(float *ws, float *q, int64_t rows, int64_t cols, const ql_format *f, const float *s,
+                                 ql_cuda_qerr *qe, int64_t g, int n_threads, const double *before, double *after) {
+    const int64_t ng = (cols + g - 1) / g, n = rows * cols;
+    const int n_shrink = (int)(AWQ_MAX_SHRINK * AWQ_CLIP_GRID);
+    const int K = (int)QL_MAX(1, QL_MIN(n_shrink, AWQ_BATCH_ELEMS / n));
+    float *amax = ql_calloc((size_t)(rows * ng), sizeof(float)), *bestp = ql_malloc((size_t)(rows * ng) * sizeof(float));
+    double *beste = ql_malloc((size_t)(rows * ng) * sizeof(double)), *eg = ql_malloc((size_t)(K * rows * ng) * sizeof(double));
+    float *wc = ql_malloc((size_t)(K * n) * sizeof(float)), *qk = ql_malloc((size_t)(K * n) * sizeof(float));
+    ql_status st = QL_OK;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            float *a = &amax[r * ng + c / g];
+            *a = fmaxf(*a, fabsf(ws[r * cols + c]));
+        }
+    for (int64_t i = 0; i < rows * ng; i++) bestp[i] = 1.0f, beste[i] = INFINITY;
+    for (int k0 = 0; k0 < n_shrink && !st; k0 += K) {
+        const int nk = QL_MIN(K, n_shrink - k0);
+        for (int k = 0; k < nk && !st; k++) {
+            const float p = 1.0f - (float)(k0 + k) / AWQ_CLIP_GRID;
+            float *wk = wc + k * n;
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = 0; c < cols; c++) {
+                    const float m = p * amax[r * ng + c / g], v = ws[r * cols + c];
+                    wk[r * cols + c] = v > m ? m : v < -m ? -m : v;
+                }
+            st = ql_format_roundtrip(f, wk, qk + k * n, rows, cols, NULL, n_threads);
+        }
+        if (!st) st = ql_cuda_qerr_eval(qe, nk, rows, qk, ws, 0, s, 0, g, NULL, eg);
+        for (int k = 0; k < nk && !st; k++) /* in shrink order: ties keep the earlier, as on the CPU */
+            for (int64_t i = 0; i < rows * ng; i++)
+                if (eg[k * rows * ng + i] < beste[i]) beste[i] = eg[k * rows * ng + i], bestp[i] = 1.0f - (float)(k0 + k) / AWQ_CLIP_GRID;
+    }
+    if (!st) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++) {
+                const float m = bestp[r * ng + c / g] * amax[r * ng + c / g], v = ws[r * cols + c];
+                wc[r * cols + c] = v > m ? m : v < -m ? -m : v;
+            }
+        double l = 0;
+        if (!(st = ql_format_roundtrip(f, wc, q, rows, cols, NULL, n_threads)) &&
+            !(st = ql_cuda_qerr_eval(qe, 1, rows, q, ws, 0, s, 0, 0, &l, NULL)) && l < *before) {
+            memcpy(ws, wc, (size_t)n * sizeof(float));
+            *after = l;
+        }
+    }
+    free(amax), free(bestp), free(beste), free(eg), free(wc), free(qk);
+    return st;
+}
+
 /* Clipping search on ws [rows, cols] (weights already multiplied by s; s NULL = 1), in place.
  * *before / *after get the whole-matrix loss without / with the clipping kept. */
 static ql_status clip_search(float *ws, int64_t rows, int64_t cols, const ql_format *f, const float *s,
-                             const double *H, int n_threads, bool measure_only, double *before,
+                             const double *H, ql_cuda_qerr *qe, int n_threads, bool measure_only, double *before,
                              double *after) {
     const int64_t g = quant_group(f, cols), bytes = ql_format_tensor_bytes(f, cols, rows);
     if (bytes < 0) return ql_fail(QL_ERR_ARG, "awq: rows of %lld do not fit %s", (long long)cols, f->name);
@@ -53,8 +132,17 @@ static ql_status clip_search(float *ws, int64_t rows, int64_t cols, const ql_for
     float *q = ql_malloc(n * sizeof(float));
     ql_status st = ql_format_roundtrip(f, ws, q, rows, cols, NULL, n_threads);
     if (st) goto done;
-    *before = *after = ql_output_error(q, ws, s, rows, cols, H);
+    if (qe) {
+        if ((st = ql_cuda_qerr_eval(qe, 1, rows, q, ws, 0, s, 0, 0, before, NULL))) goto done;
+        *after = *before;
+    } else {
+        *before = *after = ql_output_error(q, ws, s, rows, cols, H);
+    }
     if (g <= 0 || measure_only) goto done;
+    if (qe) {
+        st = clip_search_dev(ws, q, rows, cols, f, s, qe, g, n_threads, before, after);
+        goto done;
+    }
     {
         const int64_t ng = (cols + g - 1) / g;
         float *amax = ql_calloc((size_t)(rows * ng), sizeof(float)),
@@ -163,6 +251,69 @@ static void weight_saliency(const ql_layer_f32 *L, const ql_scale_point *p, cons
     for (int c = 0; c < p->n; c++) sw[c] /= (double)(total_rows ? total_rows : 1);
 }
 
+/* awq_point's grid over α (and duo) with the output errors on the device: for each candidate s the point's
+ * linears are scaled and rounded on the host (the registry's quantizer) and stacked by rows, candidates in
+ * batches of up to AWQ_BATCH_ELEMS weights, each batch's losses from one product with H (awq_cuda.h). The
+ * candidates, their order and the choice (strictly smaller loss wins) are the CPU loop's. */
+static ql_status grid_search_dev(const ql_layer_f32 *L, const ql_scale_point *p, const int *lin, int nl,
+                                 const double *sx, const double *sw, const awq_opts *o, ql_cuda_qerr *qe, float *s,
+                                 float *se, float *best, double *best_loss, double *loss_rtn, double *best_alpha,
+                                 bool *best_duo) {
+    const int n = p->n, ns = p->n_src, ncand = o->grid * (o->duo ? 2 : 1);
+    int64_t R = 0;
+    for (int i = 0; i < nl; i++) R += L->rows[lin[i]];
+    const int K = (int)QL_MAX(1, QL_MIN(ncand, AWQ_BATCH_ELEMS / (R * n)));
+    float *ws = ql_malloc((size_t)(K * R * n) * sizeof(float)), *q = ql_malloc((size_t)(K * R * n) * sizeof(float));
+    float *sk = ql_malloc((size_t)(K * ns) * sizeof(float)), *sek = ql_malloc((size_t)(K * n) * sizeof(float));
+    double *loss = ql_malloc((size_t)K * sizeof(double));
+    ql_status st = QL_OK;
+    for (int c0 = 0; c0 < ncand && !st; c0 += K) {
+        const int nk = QL_MIN(K, ncand - c0);
+        for (int k = 0; k < nk && !st; k++) {
+            const int cand = c0 + k, duo = cand / o->grid, gi = cand % o->grid;
+            const double a = (double)gi / o->grid;
+            float *sj = sk + k * ns, *sc = sek + k * n;
+            double mx = 0, mn = INFINITY;
+            for (int j = 0; j < ns; j++) {
+                double v = duo ? pow(sx[j], a) / (pow(sw[j], 1 - a) + 1e-4) : pow(sx[j], a);
+                v = fmax(v, 1e-4);
+                sj[j] = (float)v;
+                mx = fmax(mx, v);
+                mn = fmin(mn, v);
+            }
+            const double norm = sqrt(mx * mn);
+            for (int j = 0; j < ns; j++) sj[j] = (float)(sj[j] / norm);
+            for (int c = 0; c < n; c++) sc[c] = sj[ql_scale_point_src(L, p, c)];
+            int64_t r0 = 0;
+            for (int i = 0; i < nl && !st; i++) { /* ql_quant_output_error's scaling and rounding */
+                const int li = lin[i];
+                const int64_t rows = L->rows[li], cnt = rows * n;
+                float *wk = ws + (k * R + r0) * n;
+                for (int64_t e = 0; e < cnt; e++) wk[e] = L->w[li][e] * sc[e % n];
+                if (ql_format_roundtrip(L->fmt[li], wk, q + (k * R + r0) * n, rows, n, NULL, o->n_threads))
+                    st = ql_fail(QL_ERR_ARG, "awq: cannot quantize blk.%d linear %d as %s", L->layer, li,
+                                 L->fmt[li]->name);
+                r0 += rows;
+            }
+        }
+        if (!st) st = ql_cuda_qerr_eval(qe, nk, R, q, ws, R * n, sek, n, 0, loss, NULL);
+        for (int k = 0; k < nk && !st; k++) {
+            const int cand = c0 + k;
+            if (cand == 0) *loss_rtn = loss[k];
+            if (loss[k] < *best_loss) {
+                *best_loss = loss[k];
+                *best_alpha = (double)(cand % o->grid) / o->grid;
+                *best_duo = cand >= o->grid;
+                memcpy(best, sk + k * ns, (size_t)ns * sizeof(float));
+            }
+        }
+    }
+    memcpy(s, best, (size_t)ns * sizeof(float));
+    (void)se;
+    free(ws), free(q), free(sk), free(sek), free(loss);
+    return st;
+}
+
 static ql_status awq_point(ql_layer_f32 *L, const ql_scale_point *p, const ql_stat_entry *e,
                            const awq_opts *o, ql_scale_report *rep) {
     int lin[3], nl = 0;
@@ -198,7 +349,10 @@ static ql_status awq_point(ql_layer_f32 *L, const ql_scale_point *p, const ql_st
     double best_loss = INFINITY, loss_rtn = -1, best_alpha = 0;
     bool best_duo = false;
     ql_status st = QL_OK;
-    for (int duo = 0; duo <= (o->duo ? 1 : 0) && !st; duo++)
+    ql_cuda_qerr *qe = qerr_open(H, n, &st);
+    if (qe) st = grid_search_dev(L, p, lin, nl, sx, sw, o, qe, s, se, best, &best_loss, &loss_rtn, &best_alpha,
+                                 &best_duo);
+    for (int duo = 0; duo <= (o->duo ? 1 : 0) && !st && !qe; duo++)
         for (int gi = 0; gi < o->grid && !st; gi++) {
             const double a = (double)gi / o->grid;
             double mx = 0, mn = INFINITY;
@@ -242,7 +396,7 @@ static ql_status awq_point(ql_layer_f32 *L, const ql_scale_point *p, const ql_st
                 double before, after;
                 /* attention logits are not a plain linear output: AWQ leaves q/k unclipped */
                 const bool skip = !o->clip_qk && (li == QL_LIN_Q || li == QL_LIN_K);
-                st = clip_search(L->w[li], L->rows[li], L->cols[li], L->fmt[li], se, H, o->n_threads, skip,
+                st = clip_search(L->w[li], L->rows[li], L->cols[li], L->fmt[li], se, H, qe, o->n_threads, skip,
                                  &before, &after);
                 final_loss += after;
             }
@@ -262,6 +416,7 @@ static ql_status awq_point(ql_layer_f32 *L, const ql_scale_point *p, const ql_st
             rep->smax = fmax(rep->smax, best[j]);
         }
     }
+    ql_cuda_qerr_free(qe);
     free(sx);
     free(sw);
     free(swc);
@@ -319,7 +474,10 @@ static ql_status awq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_f
         const double *H = dense_hessian(st, &Hown);
         if (H) {
             double before, after;
-            ql_status s = clip_search(w, nrows, ncols, f, NULL, H, nt, false, &before, &after);
+            ql_status s = QL_OK;
+            ql_cuda_qerr *qe = qerr_open(H, ncols, &s);
+            if (!s) s = clip_search(w, nrows, ncols, f, NULL, H, qe, nt, false, &before, &after);
+            ql_cuda_qerr_free(qe);
             free(Hown);
             if (s) return s;
         }

@@ -30,6 +30,9 @@
 #include "methods/method.h"
 
 #include <cblas.h>
+#ifdef QL_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 #include <lapacke.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -38,6 +41,9 @@
 #include <string.h>
 
 #include "base/parallel.h"
+#include "core/backend.h"
+#include "formats/fmt_ext.h"
+#include "kernels/gptq_cuda.h"
 #include "kernels/simd.h"
 
 #define QL_IQ_GROUPS 32 /* groups of 8 in a 256-column lattice block (kernels/iq_lattice.h) */
@@ -444,8 +450,98 @@ static bool gptq_serves(const ql_format *f, char *why, size_t cap) {
     return false;
 }
 
+/* ---- the GPU path (kernels/gptq_cuda.h): the device runs the Hessian work and the column loop; a block's
+ * scales are fixed here, on the host, by the registry's quantizer (ql_grid_fix, rows split over the workers),
+ * when the device reaches the block: the bytes of the scales are the format's own choice, as on the CPU. ---- */
+typedef struct {
+    const ql_grid *g;
+    ql_cuda_gptq_grid *cg;
+    int64_t ncols, row_bytes, nblk, fixed;
+    uint8_t *dst;
+    const double *diag; /* [ncols] dead-fixed diag H: importance = diag + lam unless the caller gave one */
+    const float *user_imp;
+    float *imp; /* [ncols], filled at the first fix (lam is known then) */
+    bool imp_ready;
+    int nt;
+    const ql_progress *prog;
+    /* the block being fixed */
+    const float *G;
+    int64_t blk, rows, len;
+    float *a, *b, *o;
+} dev_fix_ctx;
+
+static void dev_fix_rows(void *ctx, int w, int64_t k0, int64_t k1) {
+    dev_fix_ctx *c = ctx;
+    (void)w;
+    const int64_t r0 = k0 * ROW_CHUNK, r1 = QL_MIN(c->rows, k1 * ROW_CHUNK);
+    if (r1 <= r0) return;
+    const int64_t sb = ql_grid_scratch_bytes(c->g, c->ncols);
+    void *scratch = sb > 0 ? ql_malloc((size_t)sb) : NULL;
+    const int64_t c0 = c->g->block > 0 ? c->blk * c->g->block : 0;
+    ql_grid_fix(c->g, c->G + r0 * c->len, r1 - r0, c->ncols, c->blk, c->imp + c0, c->dst + r0 * c->row_bytes,
+                c->row_bytes, c->a + r0, c->b + r0, c->o + r0, c->rows, scratch);
+    free(scratch);
+}
+
+static ql_status dev_fix(void *user, int64_t blk, const float *G, int64_t rows, int64_t len, float *a, float *b,
+                         float *o) {
+    dev_fix_ctx *c = user;
+    if (ql_progress_cancelled(c->prog)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    if (!c->imp_ready) {
+        for (int64_t i = 0; i < c->ncols; i++)
+            c->imp[i] = c->user_imp ? c->user_imp[i] : (float)(c->diag[i] + c->cg->lam);
+        c->imp_ready = true;
+    }
+    c->G = G, c->blk = blk, c->rows = rows, c->len = len, c->a = a, c->b = b, c->o = o;
+    ql_parallel_for(c->nt, (rows + ROW_CHUNK - 1) / ROW_CHUNK, dev_fix_rows, c);
+    ql_progress_report(c->prog, ++c->fixed, c->nblk, "gptq");
+    return QL_OK;
+}
+
+static ql_status gptq_device(bool emulate, const float *w, int64_t nrows, int64_t n, const ql_format *f,
+                             const ql_grid *grid, const ql_input_stats *st, const ql_method_opts *o, double damp,
+                             int block, const int64_t *perm, bool act, bool stat, const double *diag, void *dst,
+                             float *deq) {
+    int bits = 0, group = 0;
+    bool sym = false, mse = true;
+    const int nt = o && o->n_threads > 0 ? o->n_threads : 1;
+    if (!act && !stat && ql_int_format_params(f, &bits, &group, &sym, &mse) && !mse) /* all on the device */
+        return (emulate ? ql_cuda_gptq_int_emulate : ql_cuda_gptq_int)(w, nrows, n, st->xtx, st->n_tokens, bits,
+                                                                      group, sym, damp, block, deq, dst, NULL);
+    const int64_t row_bytes = ql_format_tensor_bytes(f, n, 1), nblk = ql_grid_nblocks(grid, n);
+    const int64_t bw = grid->block > 0 ? grid->block : n;
+    memset(dst, 0, (size_t)(row_bytes * nrows));
+    ql_cuda_gptq_grid cg = {.bw = bw, .sub = grid->sub, .kmin = grid->kmin, .kmax = grid->kmax,
+                            .table = grid->table, .fix = dev_fix};
+    dev_fix_ctx fc = {.g = grid, .cg = &cg, .ncols = n, .row_bytes = row_bytes, .nblk = nblk, .dst = dst,
+                      .diag = diag, .user_imp = o ? o->importance : NULL, .nt = nt, .prog = o ? o->progress : NULL};
+    fc.imp = ql_malloc((size_t)n * sizeof(float));
+    cg.user = &fc;
+    uint8_t *codes = ql_malloc((size_t)(nrows * n));
+    ql_status s = (emulate ? ql_cuda_gptq_grid_emulate : ql_cuda_gptq_grid_run)(
+        w, nrows, n, st->xtx, st->n_tokens, damp, block, act ? perm : NULL, stat, &cg, codes, deq, NULL);
+    if (!s)
+        for (int64_t r = 0; r < nrows; r++)
+            for (int64_t blk = 0; blk < nblk; blk++)
+                ql_grid_set_codes(grid, (uint8_t *)dst + r * row_bytes, n, blk,
+                                  codes + r * n + (grid->block > 0 ? blk * bw : 0));
+    free(codes), free(fc.imp);
+    return s;
+}
+
+static bool backend_is_cuda(void) {
+    const ql_backend_ops *b = ql_backend_default();
+    return b && strcmp(b->name, "cuda") == 0;
+}
+
 ql_status ql_gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_format *f,
                            const ql_input_stats *st, const ql_method_opts *o, void *dst, float *deq) {
+    return ql_gptq_quantize_on(backend_is_cuda() ? QL_GPTQ_ON_CUDA : QL_GPTQ_ON_CPU, w, nrows, ncols, f, st, o, dst,
+                               deq);
+}
+
+ql_status ql_gptq_quantize_on(ql_gptq_where where, float *w, int64_t nrows, int64_t ncols, const ql_format *f,
+                              const ql_input_stats *st, const ql_method_opts *o, void *dst, float *deq) {
     const ql_opt_values *ov = o ? o->values : NULL; /* ranges were checked when they were parsed */
     const double damp = ql_opt_float(ov, &ql_method_gptq, "damp");
     const bool lattice = is_lattice(f);
@@ -486,6 +582,15 @@ ql_status ql_gptq_quantize(float *w, int64_t nrows, int64_t ncols, const ql_form
         sort_act_order(perm, n, diag, invperm);
     for (int64_t j = 0; j < n; j++)
         invperm[perm[j]] = j;
+    if (where != QL_GPTQ_ON_CPU && !lattice) {
+#ifdef QL_HAVE_CUDA
+        if (where == QL_GPTQ_ON_CUDA) cudaSetDevice(ql_backend_device()); /* --device cuda:N */
+#endif
+        ql_status ds = gptq_device(where == QL_GPTQ_ON_CUDA_EMULATED, w, nrows, n, f, &grid, st, o, damp, (int)B,
+                                   perm, act, stat, diag, dst, deq);
+        free(diag), free(dead), free(perm);
+        return ds;
+    }
 
     int saved_threads = openblas_get_num_threads();
     openblas_set_num_threads(nt);

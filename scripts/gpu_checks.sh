@@ -10,7 +10,9 @@
 #   2b. `qlab quant --device cuda` (RTN on the formats' CUDA quantizers) writes the CPU's bytes, format by format;
 #   3. make bench-cuda: dequantize GB/s, RTN quantize throughput of every format with a CUDA quantizer beside the
 #      CPU (bench/cuda_quant_bench.c, "identical" per line), then ppl tokens/s and peak GPU memory on synthetic F16 llama-3.2-1b
-#      and llama-3-8b at ctx 2048, and the 8B shape again in a 24 GiB budget (SHAPES= to narrow it).
+#      and llama-3-8b at ctx 2048, and the 8B shape again in a 24 GiB budget (SHAPES= to narrow it);
+#   4. (`bash scripts/gpu_checks.sh 8b`: this step alone, ~10 min) make bench-cuda-8b: GPTQ int4_g128 of the
+#      llama-3.1-8b shape and a 6-candidate KLD sense sweep of the 8B shape, resident and in 24 GiB.
 # Prints PASS / FAIL per step and exits non-zero when a check failed. Figures go in docs/results.md with the
 # GPU model this prints.
 set -u
@@ -22,9 +24,15 @@ JOBS=$(nproc)
 fail=0
 step() { echo; echo "=== $*"; }
 nvidia-smi -L || { echo "no GPU visible: nothing to check here"; exit 1; }
+if [ "${1:-}" = 8b ]; then
+  make -j"$JOBS" all >/dev/null || { echo "FAIL: build"; exit 1; }
+  step "4. make bench-cuda-8b"
+  make --no-print-directory bench-cuda-8b || { echo "FAIL: bench-cuda-8b"; exit 1; }
+  exit 0
+fi
 
 step "build"
-make -j"$JOBS" all build/tests/test_cuda build/tests/test_cuda_forward build/bench/cuda_quant_bench >/dev/null || { echo "FAIL: build"; exit 1; }
+make -j"$JOBS" all build/tests/test_cuda build/tests/test_cuda_forward build/tests/test_gptq_cuda build/bench/cuda_quant_bench >/dev/null || { echo "FAIL: build"; exit 1; }
 
 step "1. make test-cuda"
 if make --no-print-directory test-cuda; then echo "PASS: test-cuda"; else echo "FAIL: test-cuda"; fail=1; fi

@@ -16,6 +16,8 @@
 #include "core/output_error.h"
 #include "core/actquant.h"
 #include "core/kv_cache.h"
+#include "core/backend.h"
+#include "kernels/awq_cuda.h"
 
 #include <cblas.h>
 #include <ctype.h>
@@ -563,6 +565,34 @@ static void kld_ctx_free(kld_ctx *c) {
     pthread_mutex_destroy(&c->lock);
 }
 
+/* ---------------- output-level errors on the GPU ----------------
+ * tr(ΔW H ΔWᵀ) costs rows·cols² flops per cell (8B ffn_down: 0.8 Tflop), the bulk of a sweep on the CPU. When
+ * the backend is cuda, H goes to the device once per tensor and every candidate's error is one DGEMM there
+ * (kernels/awq_cuda.h; D = ΔW in double as on the CPU, sums per row then over rows: ~1e-15 relative apart). */
+static int g_qerr_where = 0; /* QL_SENSE_QERR_* */
+void ql_sense_set_qerr_where(int where) { g_qerr_where = where; }
+
+static ql_cuda_qerr *qerr_open(const double *H, int64_t n, ql_status *st) {
+    int w = g_qerr_where;
+    *st = QL_OK;
+    if (w == QL_SENSE_QERR_AUTO) {
+        const ql_backend_ops *b = ql_backend_default();
+        w = b && strcmp(b->name, "cuda") == 0 ? QL_SENSE_QERR_CUDA : QL_SENSE_QERR_CPU;
+    }
+    if (w == QL_SENSE_QERR_CPU || !H) return NULL;
+    ql_cuda_qerr *e = NULL;
+    *st = ql_cuda_qerr_new(H, n, w == QL_SENSE_QERR_EMULATED, &e);
+    return e;
+}
+
+/* tr(D H Dᵀ) for D [nr, nc]: on the device when qe, else core/output_error.c (NAN and *st set on failure) */
+static double out_error(ql_cuda_qerr *qe, const float *d, int64_t nr, int64_t nc, const double *H, ql_status *st) {
+    if (!qe) return ql_output_error(d, NULL, NULL, nr, nc, H);
+    double t = NAN;
+    *st = ql_cuda_qerr_eval(qe, 1, nr, d, NULL, 0, NULL, 0, 0, &t, NULL);
+    return *st ? NAN : t;
+}
+
 /* wq = dequantized Q(w) exactly as qlab quant produces it: the method (RTN when it needs statistics the
  * tensor has none of, as for embeddings), importance from the imatrix for formats that use it. */
 static ql_status quantize_as_planned(const char *name, const float *w, float *wq, int64_t nr, int64_t nc,
@@ -748,8 +778,10 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         }
         const bool is_embd = gt == m->tok_embd && nr == cfg->n_vocab;
         double oref = NAN;
+        ql_cuda_qerr *qe = NULL;
+        if (level >= QL_SENSE_OUTPUT && se && se->xtx && (qe = qerr_open(se->xtx, nc, &st), st)) break;
         if (level >= QL_SENSE_OUTPUT) {
-            if (se && se->xtx) oref = ql_output_error(w, NULL, NULL, nr, nc, se->xtx);
+            if (se && se->xtx) oref = out_error(qe, w, nr, nc, se->xtx, &st);
             else if (is_embd && counts) oref = counted_rows(w, nr, nc, counts);
         }
         bool from_tokens = false;
@@ -782,7 +814,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
             e->werr = ql_weight_error(w, wq, n);
             if (level >= QL_SENSE_OUTPUT) {
                 double num = NAN;
-                if (se && se->xtx) num = ql_output_error(delta, NULL, NULL, nr, nc, se->xtx);
+                if (se && se->xtx && (num = out_error(qe, delta, nr, nc, se->xtx, &st), st)) break;
                 else if (is_embd && counts) num = counted_rows(delta, nr, nc, counts);
                 e->oerr = isfinite(num) && oref > 0 ? num / oref : NAN;
             }
@@ -806,6 +838,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
             if (cs) st = cs;
             ql_progress_report(progress, done + cp.collected, todo_all, phase);
         }
+        ql_cuda_qerr_free(qe);
         free(w);
         free(wq);
         free(delta);

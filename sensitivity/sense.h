@@ -151,6 +151,12 @@ typedef struct {
 
 /* Measures every cell whose level is below o->level. Progress counts cells (phase: "TENSOR CANDIDATE").
  * Cancelled (QL_ERR_CANCELLED) or failed runs leave a checkpoint with everything measured so far. */
+/* Where ql_sense_measure computes output-level errors tr(ΔW H ΔWᵀ): AUTO (the GPU when the selected backend,
+ * core/backend.h, is "cuda"), the CPU, the GPU (kernels/awq_cuda.h), or that path emulated on the host (tests).
+ * Process-wide. The forward-pass probes (KLD) run on the selected backend either way. */
+enum { QL_SENSE_QERR_AUTO, QL_SENSE_QERR_CPU, QL_SENSE_QERR_CUDA, QL_SENSE_QERR_EMULATED };
+void ql_sense_set_qerr_where(int where);
+
 ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *o,
                            const ql_progress *progress);
 /* Measures every activation cell not measured yet: mean KLD per token against the float model on o's tokens,

@@ -24,6 +24,9 @@
 #include "pipeline/quantize.h"
 #include <sys/stat.h>
 #include "tests/test_util.h"
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_api.h"
+#endif
 
 #include <unistd.h>
 
@@ -554,6 +557,78 @@ static void test_awq_q4_0(void **state) {
     ql_layer_f32_deinit(&L);
 }
 
+/* AWQ's searches with the errors on the GPU path (kernels/awq_cuda.h), emulated on the host, against the CPU:
+ * every point's chosen α / duo, its losses (to 1e-9 relative: the device sums per row, then over rows) and the
+ * scaled, clipped weights of every linear identical; the per-tensor clip search likewise. On a GPU the same
+ * with the device (else "SKIP: no CUDA device"). Layers 0 and 2, int4_g32 and q4_0. */
+#ifdef QL_HAVE_CUDA
+static void awq_where_case(const char *fmt, int where, int layer) {
+    const ql_format *f = ql_format_by_name(fmt);
+    ql_layer_f32 A, B;
+    assert_int_equal(ql_layer_f32_init(&A, g_fx.m, layer, 1), QL_OK);
+    assert_int_equal(ql_layer_f32_init(&B, g_fx.m, layer, 1), QL_OK);
+    for (int i = 0; i < QL_LIN_COUNT; i++) A.fmt[i] = B.fmt[i] = ql_format_fits(f, A.cols[i]) ? f : NULL;
+    ql_transform_report ra, rb;
+    ql_awq_set_where(QL_AWQ_CPU);
+    assert_int_equal(ql_awq_layer(&A, g_fx.st, NULL, 2, NULL, &ra), QL_OK);
+    ql_awq_set_where(where);
+    ql_status s = ql_awq_layer(&B, g_fx.st, NULL, 2, NULL, &rb);
+    ql_awq_set_where(QL_AWQ_AUTO);
+    if (s) fail_msg("awq %s: %s", fmt, ql_last_error());
+    assert_int_equal(ra.n, rb.n);
+    for (int k = 0; k < ra.n; k++) {
+        printf("awq %-8s blk.%d %-11s %s alpha %.2f duo %d  losses %.9g %.9g %.9g vs cpu alpha %.2f duo %d  %.9g %.9g "
+               "%.9g\n",
+               fmt, layer, rb.pt[k].point, where == QL_AWQ_CUDA ? "cuda" : "host", rb.pt[k].alpha, rb.pt[k].duo,
+               rb.pt[k].loss_rtn, rb.pt[k].loss_scale, rb.pt[k].loss_final, ra.pt[k].alpha, ra.pt[k].duo,
+               ra.pt[k].loss_rtn, ra.pt[k].loss_scale, ra.pt[k].loss_final);
+        assert_string_equal(ra.pt[k].point, rb.pt[k].point);
+        assert_float_equal(ra.pt[k].alpha, rb.pt[k].alpha, 0.0);
+        assert_int_equal(ra.pt[k].duo, rb.pt[k].duo);
+        assert_float_equal(rb.pt[k].loss_rtn, ra.pt[k].loss_rtn, 1e-9 * ra.pt[k].loss_rtn);
+        assert_float_equal(rb.pt[k].loss_scale, ra.pt[k].loss_scale, 1e-9 * ra.pt[k].loss_scale);
+        assert_float_equal(rb.pt[k].loss_final, ra.pt[k].loss_final, 1e-9 * ra.pt[k].loss_final);
+    }
+    for (int i = 0; i < QL_LIN_COUNT; i++)
+        assert_memory_equal(A.w[i], B.w[i], sizeof(float) * (size_t)(A.rows[i] * A.cols[i]));
+    /* the per-tensor method (clip search, s = 1) on attn_q */
+    const ql_method *awq = ql_method_by_name("awq");
+    ql_input_stats view;
+    ql_stats_view(ql_stats_for_tensor(g_fx.st, ql_layer_linear(g_fx.m, layer, QL_LIN_Q)->name), &view);
+    const int64_t rows = A.rows[QL_LIN_Q], cols = A.cols[QL_LIN_Q], bytes = ql_format_tensor_bytes(f, cols, rows);
+    uint8_t *da = malloc((size_t)bytes), *db = malloc((size_t)bytes);
+    assert_true(da && db);
+    ql_method_opts mo = {.n_threads = 1};
+    ql_awq_set_where(QL_AWQ_CPU);
+    assert_int_equal(awq->quantize_tensor(A.w[QL_LIN_Q], rows, cols, f, &view, &mo, da), QL_OK);
+    ql_awq_set_where(where);
+    assert_int_equal(awq->quantize_tensor(B.w[QL_LIN_Q], rows, cols, f, &view, &mo, db), QL_OK);
+    ql_awq_set_where(QL_AWQ_AUTO);
+    assert_memory_equal(da, db, (size_t)bytes);
+    free(da), free(db);
+    ql_layer_f32_deinit(&A);
+    ql_layer_f32_deinit(&B);
+}
+#endif
+
+static void test_awq_device_emulated(void **state) {
+    (void)state;
+    NEED_MODEL();
+#ifdef QL_HAVE_CUDA
+    awq_where_case("int4_g32", QL_AWQ_CUDA_EMULATED, 0);
+    awq_where_case("q4_0", QL_AWQ_CUDA_EMULATED, 2);
+    if (!ql_cuda_available()) {
+        printf("SKIP: no CUDA device (the emulation above ran)\n");
+        return;
+    }
+    awq_where_case("int4_g32", QL_AWQ_CUDA, 0);
+    awq_where_case("q4_0", QL_AWQ_CUDA, 2);
+#else
+    printf("SKIP: built without CUDA\n");
+    skip();
+#endif
+}
+
 /* W8A8 perplexity: weights fmt on every decoder linear, activations `mode`, optional SmoothQuant first. */
 static double w8a8_ppl(const char *fmt, ql_act_mode mode, const char *sq_opts) {
     ql_layer_f32 *L = load_layers();
@@ -732,7 +807,8 @@ int main(void) {
     struct CMUnitTest model[] = {
         cmocka_unit_test(test_float_ppl),     cmocka_unit_test(test_smoothquant_equivalent),
         cmocka_unit_test(test_awq_int4_g128), cmocka_unit_test(test_awq_int4_g32),
-        cmocka_unit_test(test_awq_q4_0),      cmocka_unit_test(test_w8a8),
+        cmocka_unit_test(test_awq_q4_0),      cmocka_unit_test(test_awq_device_emulated),
+        cmocka_unit_test(test_w8a8),
         cmocka_unit_test(test_plan_act_file),
     };
     ql_test_order_from_env(unit, sizeof unit / sizeof *unit);

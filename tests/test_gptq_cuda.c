@@ -5,6 +5,8 @@
  * format bytes decoding to exactly the returned values. The host emulation of the GPU path (same
  * per-element code, LAPACK/OpenBLAS for cuSOLVER/cuBLAS) is held to the same bounds, so the logic is
  * checked on machines without a GPU; there the device test prints "SKIP: no CUDA device".
+ * The grid path (ggml blocks, tables, act order, static groups, MSE groups: ql_gptq_quantize_on) is held to
+ * the same bounds against the CPU method on a 128x512 corner of the layer, emulated and on the device.
  * QL_GPTQ_CUDA_QUICK=1 runs two formats only (for compute-sanitizer). */
 #include <stdarg.h>
 #include <stddef.h>
@@ -107,9 +109,12 @@ static int setup(void **state) {
     return 0;
 }
 
+static float *g_wg;
+static double *g_xg;
+
 static int teardown(void **state) {
     (void)state;
-    free(g_w), free(g_xtx), free(g_ws), free(g_xs);
+    free(g_w), free(g_xtx), free(g_ws), free(g_xs), free(g_wg), free(g_xg);
     return 0;
 }
 
@@ -268,9 +273,127 @@ static void test_device(void **state) {
         device_case(&g_small_cases[i], &g_small);
 }
 
+
+/* ---- the grid path through the method (ql_gptq_quantize_on) ---- */
+
+typedef struct {
+    const char *fmt, *spec;
+} grid_case;
+
+static const grid_case g_grid_cases[] = {
+    {"q4_0", "block=128"},                 /* 32-blocks: four fixes inside a batch */
+    {"q8_0", "block=128"},                 /* symmetric 8-bit codes */
+    {"q5_1", "block=96"},                  /* scale + min; batches straddle blocks */
+    {"q4_k", "block=128"},                 /* 256-blocks over two batches, sub-blocks of 32 */
+    {"q6_k", "block=128"},                 /* sub-blocks of 16 */
+    {"q3_k", "block=128"},
+    {"iq4_nl", "block=128"},               /* a table grid */
+    {"q4_k", "block=128,act_order=1"},     /* act order: blocks fixed where GPTQ first reaches them */
+    {"int4_g128", "block=128,act_order=1"},
+    {"int4_g64", "block=128,static_groups=1"},
+    {"int4_g128_mse", "block=128"},        /* MSE scale search: the registry's quantizer on the host */
+};
+enum { GROWS = 128, GCOLS = 512 };
+/* g_wg [GROWS, GCOLS], g_xg [GCOLS, GCOLS]: top-left corners of g_w, g_xtx (made at first use) */
+
+/* The CPU method and the GPU path (where) on one case; same bounds as check_case. */
+static void grid_check(const grid_case *gc, ql_gptq_where where, const char *who) {
+    const int64_t rows = GROWS, cols = GCOLS, n = rows * cols;
+    if (!g_wg) {
+        g_wg = malloc(sizeof(float) * n);
+        g_xg = malloc(sizeof(double) * cols * cols);
+        assert_true(g_wg && g_xg);
+        for (int64_t r = 0; r < rows; r++) memcpy(g_wg + r * cols, g_w + r * COLS, sizeof(float) * cols);
+        for (int64_t r = 0; r < cols; r++) memcpy(g_xg + r * cols, g_xtx + r * COLS, sizeof(double) * cols);
+    }
+    layer L = {rows, cols, g_wg, g_xg};
+    const ql_format *f = ql_format_by_name(gc->fmt);
+    assert_non_null(f);
+    const int64_t bytes = ql_format_tensor_bytes(f, cols, rows);
+    float *w = malloc(sizeof(float) * n), *q_cpu = malloc(sizeof(float) * n), *q = malloc(sizeof(float) * n),
+          *deq = malloc(sizeof(float) * n);
+    uint8_t *dst_cpu = malloc((size_t)bytes), *dst = malloc((size_t)bytes);
+    assert_true(w && q_cpu && q && deq && dst_cpu && dst);
+    ql_input_stats st = {.n = cols, .n_tokens = NTOK, .xtx = g_xg};
+    ql_opt_values parsed;
+    ql_method_opts o = gptq_opts(gc->spec, 2, &parsed);
+    memcpy(w, g_wg, sizeof(float) * n);
+    double t0 = ql_time_s();
+    if (ql_gptq_quantize_on(QL_GPTQ_ON_CPU, w, rows, cols, f, &st, &o, dst_cpu, q_cpu))
+        fail_msg("cpu gptq %s: %s", gc->fmt, ql_last_error());
+    double t_cpu = ql_time_s() - t0;
+    memcpy(w, g_wg, sizeof(float) * n);
+    memset(dst, 0xA5, (size_t)bytes);
+    t0 = ql_time_s();
+    if (ql_gptq_quantize_on(where, w, rows, cols, f, &st, &o, dst, q))
+        fail_msg("%s gptq %s: %s", who, gc->fmt, ql_last_error());
+    double t = ql_time_s() - t0;
+    assert_int_equal(ql_format_dequantize(f, dst, deq, rows, cols, 1), QL_OK);
+    for (int64_t i = 0; i < n; i++) /* the sign of zero aside (see check_case) */
+        if (deq[i] != q[i])
+            fail_msg("%s %s: value %lld is %g, its bytes decode to %g", who, gc->fmt, (long long)i, q[i], deq[i]);
+    /* a dead input gets the grid's value nearest 0 (not 0 where the grid has no 0: q5_1, q4_k's mins) */
+    assert_float_equal(q[5 * cols + DEAD_COL], q_cpu[5 * cols + DEAD_COL], 0.0f);
+    double e_cpu = output_error(&L, q_cpu), e = output_error(&L, q), same = same_fraction(q, q_cpu, n);
+    int64_t same_bytes = 0;
+    for (int64_t i = 0; i < bytes; i++) same_bytes += dst[i] == dst_cpu[i];
+    printf("  %-4s %-13s %-28s error %.6g vs cpu %.6g (ratio %.4f), values identical %.3f%%, bytes %.3f%%, "
+           "%.3f s (cpu %.3f s)\n",
+           who, gc->fmt, gc->spec, e, e_cpu, e / e_cpu, 100 * same, 100.0 * (double)same_bytes / (double)bytes, t,
+           t_cpu);
+    if (fabs(e / e_cpu - 1) > 0.02) fail_msg("%s %s: error %g vs cpu %g: more than 2%% apart", who, gc->fmt, e, e_cpu);
+    if (same < 0.99) fail_msg("%s %s: only %.3f%% of the values equal the cpu's", who, gc->fmt, 100 * same);
+    free(w), free(q_cpu), free(q), free(deq), free(dst_cpu), free(dst);
+}
+
+static size_t n_grid_cases(void) {
+    const char *e = getenv("QL_GPTQ_CUDA_QUICK");
+    return e && strcmp(e, "1") == 0 ? 2 : QL_ARRAY_LEN(g_grid_cases);
+}
+
+static ql_status failing_fix(void *user, int64_t blk, const float *G, int64_t rows, int64_t len, float *a,
+                             float *b, float *o) {
+    (void)user, (void)blk, (void)G, (void)rows, (void)len, (void)a, (void)b, (void)o;
+    return ql_fail(QL_ERR_CANCELLED, "cancelled");
+}
+
+static void test_grid_emulation(void **state) {
+    (void)state;
+    for (size_t i = 0; i < n_grid_cases(); i++)
+        grid_check(&g_grid_cases[i], QL_GPTQ_ON_CUDA_EMULATED, "host");
+    /* a grid hook's failure (here: not a permutation) is one clear error, no crash */
+    float w[64] = {0};
+    double h[64] = {0};
+    uint8_t codes[64];
+    int64_t perm[8] = {0, 1, 2, 3, 4, 5, 6, 6};
+    for (int i = 0; i < 8; i++) h[i * 8 + i] = 1;
+    ql_cuda_gptq_grid g = {.bw = 8, .kmin = 0, .kmax = 15};
+    assert_int_equal(ql_cuda_gptq_grid_emulate(w, 8, 8, h, 0, 0.01, 128, NULL, false, &g, codes, NULL, NULL),
+                     QL_ERR_ARG); /* no hook */
+    g.fix = failing_fix;
+    assert_int_equal(ql_cuda_gptq_grid_emulate(w, 8, 8, h, 0, 0.01, 128, perm, false, &g, codes, NULL, NULL),
+                     QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "permutation"));
+    perm[7] = 7; /* the hook's error comes back as it is */
+    assert_int_equal(ql_cuda_gptq_grid_emulate(w, 8, 8, h, 0, 0.01, 128, perm, false, &g, codes, NULL, NULL),
+                     QL_ERR_CANCELLED);
+}
+
+static void test_grid_device(void **state) {
+    (void)state;
+    if (!ql_cuda_gptq_available()) {
+        printf("SKIP: no CUDA device\n");
+        skip();
+    }
+    for (size_t i = 0; i < n_grid_cases(); i++)
+        grid_check(&g_grid_cases[i], QL_GPTQ_ON_CUDA, "cuda");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_args),
+        cmocka_unit_test(test_grid_emulation),
+        cmocka_unit_test(test_grid_device),
         cmocka_unit_test(test_emulation),
         cmocka_unit_test(test_device),
     };

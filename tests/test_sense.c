@@ -23,6 +23,9 @@
 #include "sensitivity/sense.h"
 #include "core/stats.h"
 #include "tests/test_util.h"
+#ifdef QL_HAVE_CUDA
+#include "kernels/cuda_api.h"
+#endif
 
 /* ---------------- knapsack vs brute force ---------------- */
 
@@ -542,6 +545,67 @@ static int32_t *chunks(const ql_model *m, const char *text_path, int ctx, int64_
     return ids;
 }
 
+/* Output-level errors on the GPU path (kernels/awq_cuda.h, emulated on the host; on a GPU also the device):
+ * every cell's oerr within 1e-9 relative of the CPU's, werr and bytes identical. */
+static void test_output_errors_device(void **state) {
+    (void)state;
+    char model[512], text[512];
+    if (!shared_path(model, sizeof model, "models/stories260K.gguf") ||
+        !shared_path(text, sizeof text, "data/tinystories-valid.txt"))
+        skip();
+#ifndef QL_HAVE_CUDA
+    printf("SKIP: built without CUDA\n");
+    skip();
+#else
+    ql_model *m;
+    assert_int_equal(ql_model_load(model, &m), QL_OK);
+    const int T = 64;
+    int64_t n_seq;
+    int32_t *tok = chunks(m, text, T, 2, &n_seq);
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 2, &inf), QL_OK);
+    ql_stats *st;
+    ql_stats_opts so = {.hessian = true, .output = true, .n_threads = 2};
+    assert_int_equal(ql_stats_collect(inf, tok, n_seq, T, &so, NULL, &st), QL_OK);
+    ql_infer_free(inf);
+    char *cands[] = {"int3_g32_mse", "q8_0"};
+    ql_sense_opts o = {.level = QL_SENSE_OUTPUT, .n_threads = 2, .tokens = tok, .n_seq = n_seq, .seq_len = T, .stats = st};
+    const int modes[] = {QL_SENSE_QERR_CPU, QL_SENSE_QERR_EMULATED, QL_SENSE_QERR_CUDA};
+    ql_sense *res[3] = {NULL};
+    const int nmodes = ql_cuda_available() ? 3 : 2;
+    if (nmodes == 2) printf("SKIP: no CUDA device (the host emulation runs)\n");
+    for (int k = 0; k < nmodes; k++) {
+        assert_int_equal(ql_sense_new(m, cands, 2, &res[k]), QL_OK);
+        ql_sense_set_context(res[k], "test", tok, n_seq, T, "calibration tokens", "", QL_SENSE_OUTPUT);
+        ql_sense_set_qerr_where(modes[k]);
+        ql_status s = ql_sense_measure(res[k], m, &o, NULL);
+        ql_sense_set_qerr_where(QL_SENSE_QERR_AUTO);
+        if (s) fail_msg("sense, errors mode %d: %s", modes[k], ql_last_error());
+    }
+    int compared = 0;
+    for (int k = 1; k < nmodes; k++)
+        for (int t = 0; t < res[0]->n_tensors; t++)
+            for (int c = 0; c < 2; c++) {
+                const ql_sense_cell *a = ql_sense_cell_at(res[0], t, c), *b = ql_sense_cell_at(res[k], t, c);
+                assert_int_equal(a->bytes, b->bytes);
+                if (!(a->werr == b->werr || (isnan(a->werr) && isnan(b->werr))))
+                    fail_msg("%s %s: werr %.17g vs %.17g", res[0]->tensors[t].name, cands[c], a->werr, b->werr);
+                if (isnan(a->oerr)) {
+                    assert_true(isnan(b->oerr));
+                    continue;
+                }
+                assert_true(fabs(a->oerr - b->oerr) <= 1e-9 * fabs(a->oerr));
+                compared++;
+            }
+    printf("output errors on the device path: %d cells within 1e-9 of the CPU's\n", compared);
+    assert_true(compared >= 60 * (nmodes - 1)); /* 2 x 37 cells, less those a format does not fit */
+    for (int k = 0; k < nmodes; k++) ql_sense_free(res[k]);
+    ql_stats_free(st);
+    free(tok);
+    ql_model_free(m);
+#endif
+}
+
 static void test_measure_stories260k(void **state) {
     (void)state;
     char model[512], text[512];
@@ -682,6 +746,7 @@ int main(void) {
         cmocka_unit_test(test_allocate_rules),
         cmocka_unit_test(test_file_round_trip_and_validation),
         cmocka_unit_test(test_candidate_lists),
+        cmocka_unit_test(test_output_errors_device),
         cmocka_unit_test(test_measure_stories260k),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
