@@ -1,6 +1,7 @@
 /* qat.h — training in the loop over a plan: quantization-aware training (fake quantization of every planned
  * weight through its registry format, gradients passed straight through to the float master weights) and
- * tuning with the codes fixed (norms, or one scale per format block), against the float model's logits (KL
+ * tuning with the codes fixed (norms, one scale per format block, or a format's own continuous parameters such as
+ * AQLM's codebooks), against the float model's logits (KL
  * distillation) and/or next-token cross-entropy. Checkpoints (atomic), resume, held-out evaluation, and the
  * trained weights handed back to the model so the PTQ exporters write them (codes re-chosen from the trained
  * weights). The backward pass is core/train.h's. */
@@ -15,6 +16,9 @@ typedef enum {
     QL_QAT_FULL = 0,    /* fake-quantize the planned weights, train every tensor */
     QL_TUNE_NORMS = 1,  /* planned weights fixed at their quantized values; train the norm vectors (and biases) */
     QL_TUNE_SCALES = 2, /* planned weights' codes fixed; train one multiplier per format block, and the norms */
+    QL_TUNE_CODEBOOKS = 3, /* codes fixed; train what the format's registry entry says stays continuous (its
+                            * `tunable` hook: AQLM's codebooks and row scales), and the norms; the export
+                            * writes those bytes as they are */
 } ql_qat_mode;
 
 typedef enum {
