@@ -648,8 +648,10 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
 ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm) {
     for (int i = 0; i < tm->n_params; i++) {
         const ql_train_param *p = &tm->p[i];
-        ql_gguf_tensor *t = (ql_gguf_tensor *)p->src;
-        if (!t) return ql_fail(QL_ERR_ARG, "qat: tensor '%s' has no model tensor to write into", p->name);
+        /* by name: m may be another copy of the model the training read (the workbench keeps its own) */
+        const int64_t ti = p->name ? ql_gguf_find_tensor(m->gguf, p->name) : -1;
+        if (ti < 0) return ql_fail(QL_ERR_ARG, "qat: tensor '%s' has no model tensor to write into", p->name ? p->name : "?");
+        ql_gguf_tensor *t = &m->gguf->tensors[ti];
         const int64_t n = (int64_t)p->rows * p->cols;
         if (p->codes) {
             /* tuned bytes in the plan's format: the quantize driver copies a tensor already in it unchanged */

@@ -118,8 +118,9 @@ void ql_lsq_backward(double *dw, double *ds, const double *dv, const double *w, 
 ql_status ql_qat_sample_text(const ql_model *m, int64_t n, int len, double temperature, uint64_t seed, int n_threads,
                              const ql_progress *progress, int32_t *out);
 
-/* Puts the trained weights (tuned scales applied) back into m as F32 tensors (owned by m->gguf), so that
- * ql_quantize_model with the plan writes them through any exporter. */
+/* Puts the trained weights (tuned scales applied) back into m as F32 tensors (owned by m->gguf), found by
+ * name (m may be a second copy of the trained model), so that ql_quantize_model with the plan writes them
+ * through any exporter; tensors tuned with their codes fixed go in as those bytes, which the export copies. */
 ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm);
 
 #endif
