@@ -510,6 +510,7 @@ static void test_fake_quant_matches_infer(void **state) {
         assert_true(gn > 0 && isfinite(gn));
         ql_scratch_free(s);
         ql_infer_free(inf);
+        tm->act_in = NULL;
         free(use);
     }
     free(att_in);
