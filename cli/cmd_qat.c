@@ -26,8 +26,10 @@ static const char *QAT_USAGE =
     "(the format's quantize-then-dequantize) and its gradient passes straight through to a float master copy;\n"
     "the loss is the KL divergence to the float model's logits (distillation) and/or next-token cross-entropy.\n"
     "The trained weights are then quantized with the plan (codes re-chosen) and written by the exporter.\n"
-    "  --tune norms|scales  instead of QAT, keep the codes and train the norm vectors (norms) or one multiplier\n"
-    "                       per format block plus the norms (scales)\n"
+    "  --tune norms|scales|codebooks  instead of QAT, keep the codes and train the norm vectors (norms), one\n"
+    "                       multiplier per format block plus the norms (scales), or what the format keeps\n"
+    "                       continuous beside its codes plus the norms (codebooks: AQLM's codebooks and row\n"
+    "                       scales, end-to-end fine-tuning; written into the output as they are)\n"
     "  --steps N            optimizer updates (required)\n"
     "  --lr X               peak learning rate (default 1e-4; tuning 1e-3), --warmup N (default steps/10),\n"
     "                       cosine decay to --min-lr-ratio R (default 0.1), --wd X weight decay (default 0),\n"
@@ -198,9 +200,9 @@ int cmd_qat(int argc, char **argv) {
     ql_qat_mode mode = QL_QAT_FULL;
     if (tune && !strcmp(tune, "norms")) mode = QL_TUNE_NORMS;
     else if (tune && !strcmp(tune, "scales")) mode = QL_TUNE_SCALES;
+    else if (tune && !strcmp(tune, "codebooks")) mode = QL_TUNE_CODEBOOKS;
     else if (tune)
-        return cli_usage_error("qat", QAT_USAGE, "--tune %s: the choices are norms and scales (codebooks need a "
-                                                 "codebook format)", tune);
+        return cli_usage_error("qat", QAT_USAGE, "--tune %s: the choices are norms, scales and codebooks", tune);
     if (strcmp(ste, "identity") && strcmp(ste, "clip"))
         return cli_usage_error("qat", QAT_USAGE, "--ste %s: the choices are identity and clip", ste);
     if (strcmp(recompute, "on") && strcmp(recompute, "off") && strcmp(recompute, "auto"))
@@ -291,7 +293,8 @@ int cmd_qat(int argc, char **argv) {
         .report = on_step, .user = &cc, .cancel = &cli_cancel_flag,
     };
     fprintf(stderr, "qlab qat: %s %s, %d steps of %d x %d tokens (%lld training sequences, %lld held out), %d threads\n",
-            mode == QL_QAT_FULL ? "QAT of" : mode == QL_TUNE_NORMS ? "tuning the norms of" : "tuning the scales of",
+            mode == QL_QAT_FULL ? "QAT of" : mode == QL_TUNE_NORMS ? "tuning the norms of"
+            : mode == QL_TUNE_SCALES ? "tuning the scales of" : "tuning the codebooks of",
             plan->source ? plan->source : "the plan", steps, accum, ca.ctx, (long long)o.n_train, (long long)n_eval,
             ca.threads);
     ql_qat_result res;

@@ -140,6 +140,7 @@ ql_train_model *ql_train_model_random(const ql_config *cfg, bool with_bias, uint
 
 void ql_train_model_free(ql_train_model *tm) {
     if (!tm) return;
+    for (int i = 0; i < tm->n_params; i++) free(tm->p[i].codes);
     free(tm->w_all);
     free(tm->g_all);
     free(tm->p);

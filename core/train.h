@@ -25,6 +25,11 @@ typedef struct {
     double *w, *g, *eff;       /* eff: NULL = use w */
     bool is_matrix;            /* a 2-D weight (decayed by AdamW, quantizable); vectors: norms, biases */
     bool frozen;               /* not updated by the optimizer (tuning trains only some tensors) */
+    /* a run that tuned a format's continuous parameters with the codes fixed leaves the tensor's bytes here
+     * (codes_type's layout, codes_bytes long; freed with the model): exported as they are, w their decode */
+    void *codes;
+    uint32_t codes_type;
+    uint64_t codes_bytes;
 } ql_train_param;
 
 typedef struct {

@@ -7,7 +7,8 @@
  * The entry's own quantizer (what `--method rtn` and the sensitivity pass get) learns the codebooks for the
  * plain weight error, weighted per input column by the importance (imatrix) when given: residual k-means,
  * then three alternations of greedy code search, least-squares codebooks and optimal scales. The
- * Hessian-weighted search with beam, iterations and checkpoints is the `aqlm` method (methods/m_aqlm.c). */
+ * Hessian-weighted search with beam, iterations and checkpoints is the `aqlm` method (methods/m_aqlm.c).
+ * The `tunable` hook hands the codebooks and scales to end-to-end fine-tuning (`qlab qat --tune codebooks`). */
 #include "formats/fmt_aqlm.h"
 
 #include "base/parallel.h"
@@ -63,6 +64,30 @@ static void aqlm_quantize(int M, int B, const float *src, void *dst, int64_t nro
         ql_aqlm_code_usage(Mv, Bv, src, nr, nc, counts);                                                      \
         return Mv * (1 << Bv);                                                                                \
     }                                                                                                         \
+    static int64_t aqlm_##Mv##x##Bv##_tlen(int64_t nr, int64_t nc) {                                        \
+        (void)nc;                                                                                             \
+        return ql_aqlm_theta_len(Mv, Bv, nr);                                                                 \
+    }                                                                                                         \
+    static void aqlm_##Mv##x##Bv##_tget(const void *b, int64_t nr, int64_t nc, double *th) {                  \
+        (void)nc;                                                                                             \
+        ql_aqlm_theta_get(Mv, Bv, b, nr, th);                                                                 \
+    }                                                                                                         \
+    static void aqlm_##Mv##x##Bv##_tdec(const void *b, const double *th, int64_t nr, int64_t nc, bool st,    \
+                                        double *w) {                                                          \
+        ql_aqlm_theta_decode(Mv, Bv, b, th, nr, nc, st, w);                                                   \
+    }                                                                                                         \
+    static void aqlm_##Mv##x##Bv##_tbwd(const void *b, const double *th, int64_t nr, int64_t nc,             \
+                                        const double *dw, double *dth) {                                      \
+        ql_aqlm_theta_backward(Mv, Bv, b, th, nr, nc, dw, dth);                                               \
+    }                                                                                                         \
+    static void aqlm_##Mv##x##Bv##_tset(void *b, const double *th, int64_t nr, int64_t nc) {                  \
+        (void)nc;                                                                                             \
+        ql_aqlm_theta_set(Mv, Bv, b, th, nr);                                                                 \
+    }                                                                                                         \
+    static const ql_format_tunable aqlm_##Mv##x##Bv##_tunable = {                                            \
+        .describes = "codebooks and row scales", .len = aqlm_##Mv##x##Bv##_tlen, .get = aqlm_##Mv##x##Bv##_tget,     \
+        .decode = aqlm_##Mv##x##Bv##_tdec, .backward = aqlm_##Mv##x##Bv##_tbwd, .set = aqlm_##Mv##x##Bv##_tset, \
+    };                                                                                                        \
     const ql_format ql_fmt_aqlm_##Mv##x##Bv = {                                                               \
         .name = "aqlm_" #Mv "x" #Bv,                                                                          \
         .type = AQLM_TYPE_BASE + idx,                                                                         \
@@ -79,6 +104,7 @@ static void aqlm_quantize(int M, int B, const float *src, void *dst, int64_t nro
         .code_usage = aqlm_##Mv##x##Bv##_usage,                                                               \
         .cuda = AQLM_CUDA_OPS(Mv, Bv),                                                                        \
         .tolerance = tol,                                                                                     \
+        .tunable = &aqlm_##Mv##x##Bv##_tunable, /* the codebooks and scales train with the codes fixed */       \
         .grid = QL_GRID_NONE, /* codes address learned vectors: no per-weight grid for GPTQ */              \
         .summary = "AQLM " #Mv "x" #Bv ": " what,                                                             \
         .explain = "Additive quantization (AQLM): each group of 8 weights of a row is the sum of " #Mv        \

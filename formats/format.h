@@ -99,6 +99,23 @@ typedef struct ql_format_cuda_ops {
     ql_status (*dequantize_emulated)(const void *src, float *dst, int64_t nrows, int64_t ncols);
 } ql_format_cuda_ops;
 
+/* What stays continuous once a tensor's codes are fixed, for end-to-end fine-tuning (`qlab qat --tune
+ * codebooks`, pipeline/qat.c): a vector theta read from the stored bytes, the weights as a function of theta
+ * (the codes held), its gradient, and theta written back into the bytes as stored. Entries without one have
+ * nothing beyond what the format-independent tunings (norms, one scale per block) cover. */
+typedef struct ql_format_tunable {
+    const char *describes; /* "codebooks and row scales": for messages */
+    int64_t (*len)(int64_t nrows, int64_t ncols);
+    void (*get)(const void *bytes, int64_t nrows, int64_t ncols, double *theta);
+    /* w [nrows, ncols]; as_stored: what the bytes with theta written in decode to (the training forward),
+     * else the exact function the gradient is of (gradient checks) */
+    void (*decode)(const void *bytes, const double *theta, int64_t nrows, int64_t ncols, bool as_stored, double *w);
+    /* dtheta += d loss / d theta, dw = d loss / d w; straight through the storage rounding */
+    void (*backward)(const void *bytes, const double *theta, int64_t nrows, int64_t ncols, const double *dw,
+                     double *dtheta);
+    void (*set)(void *bytes, const double *theta, int64_t nrows, int64_t ncols);
+} ql_format_tunable;
+
 typedef struct ql_format {
     /* ---- identity ---- */
     const char *name;     /* stable name used by plans and scripts: "q4_k", "int4_g128", "nf4_dq", "fp8_e4m3" */
@@ -136,6 +153,7 @@ typedef struct ql_format {
     bool requires_importance; /* ...and cannot quantize without them (ggml_quantize_requires_imatrix):
                                * ql_format_quantize refuses NULL importance, callers check first */
     double tolerance;     /* test bound: RMSE / RMS after a round trip of N(0,1) rows of 4096 */
+    const ql_format_tunable *tunable; /* NULL: no continuous parameters beside the codes (see above) */
     const ql_grid_spec *grid; /* required: the code grid, or QL_GRID_NONE */
     /* ---- words ---- */
     const char *summary; /* one line for the catalogue */

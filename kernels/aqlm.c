@@ -101,6 +101,72 @@ void ql_aqlm_code_usage(int M, int B, const void *src, int64_t nrows, int64_t nc
         for (int m = 0; m < M; m++) counts[m * K + code_at(codes, B, i * M + m)]++;
 }
 
+/* ---------------- continuous parameters with the codes fixed ---------------- */
+
+int64_t ql_aqlm_theta_len(int M, int B, int64_t nrows) { return (int64_t)M * ((int64_t)1 << B) * G + nrows; }
+
+void ql_aqlm_theta_get(int M, int B, const void *src, int64_t nrows, double *theta) {
+    const uint8_t *p = src;
+    const int64_t n = ql_aqlm_theta_len(M, B, nrows);
+    for (int64_t i = 0; i < n; i++) theta[i] = ql_fp16_to_fp32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+}
+
+void ql_aqlm_theta_decode(int M, int B, const void *src, const double *theta, int64_t nrows, int64_t ncols,
+                          bool as_stored, double *w) {
+    const int64_t K = (int64_t)1 << B, ng = (ncols + G - 1) / G, ncb = M * K * G;
+    const uint8_t *codes = (const uint8_t *)src + 2 * (ncb + nrows);
+    for (int64_t r = 0; r < nrows; r++) {
+        const double s = theta[ncb + r];
+        const float sf = ql_fp16_to_fp32(ql_fp32_to_fp16((float)s));
+        for (int64_t j = 0; j < ng; j++) {
+            double acc[G] = {0};
+            float accf[G] = {0};
+            for (int m = 0; m < M; m++) {
+                const double *c = theta + ((int64_t)m * K + code_at(codes, B, (r * ng + j) * M + m)) * G;
+                for (int d = 0; d < G; d++) {
+                    if (as_stored) accf[d] += ql_fp16_to_fp32(ql_fp32_to_fp16((float)c[d]));
+                    else acc[d] += c[d];
+                }
+            }
+            const int64_t n = QL_MIN(G, ncols - j * G);
+            for (int64_t d = 0; d < n; d++) w[r * ncols + j * G + d] = as_stored ? (double)(accf[d] * sf) : acc[d] * s;
+        }
+    }
+}
+
+void ql_aqlm_theta_backward(int M, int B, const void *src, const double *theta, int64_t nrows, int64_t ncols,
+                            const double *dw, double *dtheta) {
+    const int64_t K = (int64_t)1 << B, ng = (ncols + G - 1) / G, ncb = M * K * G;
+    const uint8_t *codes = (const uint8_t *)src + 2 * (ncb + nrows);
+    for (int64_t r = 0; r < nrows; r++) {
+        const double s = theta[ncb + r];
+        double ds = 0;
+        for (int64_t j = 0; j < ng; j++) {
+            const int64_t n = QL_MIN(G, ncols - j * G);
+            const double *g = dw + r * ncols + j * G;
+            double acc[G] = {0};
+            for (int m = 0; m < M; m++) {
+                const int64_t off = ((int64_t)m * K + code_at(codes, B, (r * ng + j) * M + m)) * G;
+                for (int64_t d = 0; d < n; d++) {
+                    acc[d] += theta[off + d];
+                    dtheta[off + d] += s * g[d]; /* w = s · Σ_m C_m[code]: d w / d C = s */
+                }
+            }
+            for (int64_t d = 0; d < n; d++) ds += g[d] * acc[d];
+        }
+        dtheta[ncb + r] += ds;
+    }
+}
+
+void ql_aqlm_theta_set(int M, int B, void *dst, const double *theta, int64_t nrows) {
+    uint8_t *p = dst;
+    const int64_t n = ql_aqlm_theta_len(M, B, nrows);
+    for (int64_t i = 0; i < n; i++) {
+        const uint16_t h = ql_fp32_to_fp16((float)theta[i]);
+        p[2 * i] = (uint8_t)h, p[2 * i + 1] = (uint8_t)(h >> 8);
+    }
+}
+
 /* ---------------- state ---------------- */
 
 ql_status ql_aqlm_state_alloc(ql_aqlm_state *st, int M, int B, int64_t nrows, int64_t ncols) {

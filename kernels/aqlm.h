@@ -92,6 +92,21 @@ ql_status ql_aqlm_state_alloc(ql_aqlm_state *st, int M, int B, int64_t nrows, in
 void ql_aqlm_state_free(ql_aqlm_state *st);
 void ql_aqlm_unpack(const void *src, ql_aqlm_state *st);
 
+/* ---- the continuous parameters with the codes fixed (end-to-end fine-tuning, `qlab qat --tune codebooks`) ----
+ * theta = the M·K·8 codebook values, then the nrows row scales (ql_aqlm_theta_len). Decoding from theta with
+ * as_stored rounds every value to f16 first and sums in float exactly as ql_aqlm_dequantize_ref does (what a
+ * file with theta written into it decodes to); without, it is the exact function in double that the gradient
+ * describes. The gradient is taken straight through the f16 rounding. */
+int64_t ql_aqlm_theta_len(int M, int B, int64_t nrows);
+void ql_aqlm_theta_get(int M, int B, const void *src, int64_t nrows, double *theta);
+void ql_aqlm_theta_decode(int M, int B, const void *src, const double *theta, int64_t nrows, int64_t ncols,
+                          bool as_stored, double *w);
+/* dtheta += d loss / d theta for dw = d loss / d w [nrows, ncols] */
+void ql_aqlm_theta_backward(int M, int B, const void *src, const double *theta, int64_t nrows, int64_t ncols,
+                            const double *dw, double *dtheta);
+/* theta written into the tensor bytes (f16), the codes untouched */
+void ql_aqlm_theta_set(int M, int B, void *dst, const double *theta, int64_t nrows);
+
 /* Codeword use: counts[m*K + k] = how many groups use codeword k of codebook m (the catalogue's histogram). */
 void ql_aqlm_code_usage(int M, int B, const void *src, int64_t nrows, int64_t ncols, uint32_t *counts);
 

@@ -1,5 +1,6 @@
 /* qat.c — the training loop of qat.h: fake quantization through each planned format's own round trip
- * (ql_format_roundtrip), straight-through gradients, tuning with fixed codes, teacher logits from
+ * (ql_format_roundtrip), straight-through gradients, tuning with fixed codes (a format's continuous parameters
+ * through its registry entry's `tunable` hook, never its name), teacher logits from
  * core/infer.c's forward of the float model, held-out KLD, atomic checkpoints and resume. Which training
  * sequence a micro-batch sees is a pure function of (seed, step, micro-batch), and every piece of state a
  * step reads is in the checkpoint, so a resumed run repeats an uninterrupted one exactly. */
@@ -122,6 +123,11 @@ typedef struct {
     bool lsq;
     int lsq_bits, lsq_group;
     double *s0, *z, *st, *dst; /* [n_blocks]: initial steps, zeros, current steps, d loss / d step */
+    /* tuning codebooks: the tensor's bytes (codes fixed) and the entry's continuous parameters theta, kept in
+     * s (n_blocks = their number; Adam moves them in absolute units, as the AQLM paper's fine-tuning does) */
+    uint8_t *bytes;
+    int64_t n_bytes;
+    double *dtheta; /* [n_blocks] */
 } qparam;
 
 typedef struct {
@@ -148,6 +154,7 @@ static void free_state(qat_state *st) {
         qparam *q = &st->qp[i];
         free(q->buf), free(q->q), free(q->eff), free(q->s), free(q->sg), free(q->sm), free(q->sv);
         free(q->s0), free(q->z), free(q->st), free(q->dst);
+        free(q->bytes), free(q->dtheta);
     }
     free(st->qp);
     ql_adamw_free(st->opt);
@@ -168,6 +175,9 @@ static ql_status prepare_forward(qat_state *st) {
             p->eff = qp->q;
         } else if (st->o->mode == QL_TUNE_SCALES) {
             for (int64_t j = 0; j < qp->n; j++) qp->eff[j] = qp->s[j / qp->block] * qp->q[j];
+            p->eff = qp->eff;
+        } else if (qp->bytes) { /* what the bytes with these parameters decode to */
+            qp->f->tunable->decode(qp->bytes, qp->s, p->rows, p->cols, true, qp->eff);
             p->eff = qp->eff;
         } else
             p->eff = qp->q;
@@ -199,6 +209,10 @@ static void after_backward(qat_state *st) {
         if (st->o->mode == QL_TUNE_SCALES) {
             memset(qp->sg, 0, (size_t)qp->n_blocks * sizeof(double));
             for (int64_t j = 0; j < qp->n; j++) qp->sg[j / qp->block] += p->g[j] * qp->q[j];
+        }
+        if (qp->bytes) {
+            memset(qp->sg, 0, (size_t)qp->n_blocks * sizeof(double));
+            qp->f->tunable->backward(qp->bytes, qp->s, p->rows, p->cols, p->g, qp->sg);
         }
     }
 }
@@ -397,7 +411,7 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     if (!s) s = ql_train_check_fake_quant(tm);
     /* planned weights */
     st.qp = ql_calloc((size_t)o->plan->n, sizeof *st.qp);
-    int n_lsq = 0;
+    int n_lsq = 0, n_tunable = 0;
     for (int i = 0; i < o->plan->n && !s; i++) {
         const ql_plan_entry *e = &o->plan->e[i];
         int pi = ql_train_find(tm, e->tensor);
@@ -409,6 +423,24 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
         qp->n = (int64_t)p->rows * p->cols;
         qp->buf = ql_malloc((size_t)qp->n * sizeof(float));
         qp->q = ql_malloc((size_t)qp->n * sizeof(double));
+        if (o->mode == QL_TUNE_CODEBOOKS && e->format->tunable) {
+            /* the codes once, from the format's own quantizer; then only theta moves */
+            const ql_format_tunable *tu = e->format->tunable;
+            qp->n_bytes = ql_format_tensor_bytes(e->format, p->cols, p->rows);
+            qp->bytes = ql_malloc((size_t)qp->n_bytes);
+            for (int64_t j = 0; j < qp->n; j++) qp->buf[j] = (float)p->w[j];
+            if ((s = ql_format_quantize(e->format, qp->buf, qp->bytes, p->rows, p->cols, NULL, o->n_threads))) break;
+            qp->n_blocks = tu->len(p->rows, p->cols);
+            qp->s = ql_malloc((size_t)qp->n_blocks * sizeof(double));
+            tu->get(qp->bytes, p->rows, p->cols, qp->s);
+            qp->sg = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->sm = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->sv = ql_calloc((size_t)qp->n_blocks, sizeof(double));
+            qp->eff = ql_malloc((size_t)qp->n * sizeof(double));
+            st.n_scales += qp->n_blocks;
+            n_tunable++;
+            continue;
+        }
         if (o->mode != QL_QAT_FULL && (s = fake_quant(tm, qp, p->w, o->n_threads))) break;
         int bits, group;
         bool sym, mse;
@@ -444,6 +476,16 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     if (!s && o->lsq && n_lsq == 0)
         s = ql_fail(QL_ERR_UNSUPPORTED, "--lsq: no planned tensor has an INT grid format (int{n}_g{g}, int{n}_channel) "
                                         "whose step could be learned");
+    if (!s && o->mode == QL_TUNE_CODEBOOKS && n_tunable == 0) {
+        char have[300] = "";
+        for (int i = 0, n = 0; i < ql_format_count(); i++) {
+            const ql_format *f = ql_format_at(i);
+            if (f->tunable && strlen(have) + strlen(f->name) + 3 < sizeof have)
+                snprintf(have + strlen(have), sizeof have - strlen(have), "%s%s", n++ ? ", " : "", f->name);
+        }
+        s = ql_fail(QL_ERR_UNSUPPORTED, "--tune codebooks: no planned tensor's format has continuous parameters to tune "
+                                        "with its codes fixed (formats that have: %s)", have);
+    }
     /* tuning: every matrix keeps its (quantized) values; the vectors and the scales train */
     if (o->mode != QL_QAT_FULL)
         for (int i = 0; i < tm->n_params; i++) tm->p[i].frozen = tm->p[i].is_matrix;
@@ -516,7 +558,7 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
         after_backward(&st);
         r.lr = ql_adamw_lr(&st.opt->o, step);
         r.grad_norm = ql_adamw_step(st.opt, tm, 1.0 / o->accum);
-        if (o->mode == QL_TUNE_SCALES || n_lsq) scales_step(&st, 1.0 / o->accum);
+        if (o->mode == QL_TUNE_SCALES || o->mode == QL_TUNE_CODEBOOKS || n_lsq) scales_step(&st, 1.0 / o->accum);
         if (!weights_finite(tm)) {
             s = ql_fail(QL_ERR_ARG, "the weights became too large for float at step %lld (learning rate %g too "
                                         "high?); stopped%s%s", (long long)step + 1, r.lr,
@@ -569,6 +611,13 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
             ql_train_param *p = &tm->p[qp->param];
             if (o->mode == QL_TUNE_SCALES)
                 for (int64_t j = 0; j < qp->n; j++) p->w[j] = qp->s[j / qp->block] * qp->q[j];
+            if (qp->bytes) {
+                /* the tuned parameters written into the bytes, which the export copies; w is what they decode to */
+                qp->f->tunable->set(qp->bytes, qp->s, p->rows, p->cols);
+                qp->f->tunable->decode(qp->bytes, qp->s, p->rows, p->cols, true, p->w);
+                p->codes = qp->bytes, p->codes_type = qp->f->type, p->codes_bytes = (uint64_t)qp->n_bytes;
+                qp->bytes = NULL;
+            }
             if (qp->lsq) {
                 /* the learned grid's values: the exporter re-chooses the codes (and scales) from them */
                 for (int64_t b = 0; b < qp->n_blocks; b++) qp->st[b] = qp->s0[b] * qp->s[b];
@@ -599,9 +648,21 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
 ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm) {
     for (int i = 0; i < tm->n_params; i++) {
         const ql_train_param *p = &tm->p[i];
-        ql_gguf_tensor *t = (ql_gguf_tensor *)p->src;
-        if (!t) return ql_fail(QL_ERR_ARG, "qat: tensor '%s' has no model tensor to write into", p->name);
+        /* by name: m may be another copy of the model the training read (the workbench keeps its own) */
+        const int64_t ti = p->name ? ql_gguf_find_tensor(m->gguf, p->name) : -1;
+        if (ti < 0) return ql_fail(QL_ERR_ARG, "qat: tensor '%s' has no model tensor to write into", p->name ? p->name : "?");
+        ql_gguf_tensor *t = &m->gguf->tensors[ti];
         const int64_t n = (int64_t)p->rows * p->cols;
+        if (p->codes) {
+            /* tuned bytes in the plan's format: the quantize driver copies a tensor already in it unchanged */
+            void *copy = ql_malloc((size_t)p->codes_bytes);
+            memcpy(copy, p->codes, (size_t)p->codes_bytes);
+            ql_gguf_adopt(m->gguf, copy);
+            t->type = p->codes_type;
+            t->data = copy;
+            t->nbytes = p->codes_bytes;
+            continue;
+        }
         float *buf = ql_malloc((size_t)n * sizeof(float));
         for (int64_t j = 0; j < n; j++) buf[j] = (float)p->w[j];
         ql_gguf_adopt(m->gguf, buf);

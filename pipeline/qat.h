@@ -1,6 +1,7 @@
 /* qat.h — training in the loop over a plan: quantization-aware training (fake quantization of every planned
  * weight through its registry format, gradients passed straight through to the float master weights) and
- * tuning with the codes fixed (norms, or one scale per format block), against the float model's logits (KL
+ * tuning with the codes fixed (norms, one scale per format block, or a format's own continuous parameters such as
+ * AQLM's codebooks), against the float model's logits (KL
  * distillation) and/or next-token cross-entropy. Checkpoints (atomic), resume, held-out evaluation, and the
  * trained weights handed back to the model so the PTQ exporters write them (codes re-chosen from the trained
  * weights). The backward pass is core/train.h's. */
@@ -15,6 +16,9 @@ typedef enum {
     QL_QAT_FULL = 0,    /* fake-quantize the planned weights, train every tensor */
     QL_TUNE_NORMS = 1,  /* planned weights fixed at their quantized values; train the norm vectors (and biases) */
     QL_TUNE_SCALES = 2, /* planned weights' codes fixed; train one multiplier per format block, and the norms */
+    QL_TUNE_CODEBOOKS = 3, /* codes fixed; train what the format's registry entry says stays continuous (its
+                            * `tunable` hook: AQLM's codebooks and row scales), and the norms; the export
+                            * writes those bytes as they are */
 } ql_qat_mode;
 
 typedef enum {
@@ -114,8 +118,9 @@ void ql_lsq_backward(double *dw, double *ds, const double *dv, const double *w, 
 ql_status ql_qat_sample_text(const ql_model *m, int64_t n, int len, double temperature, uint64_t seed, int n_threads,
                              const ql_progress *progress, int32_t *out);
 
-/* Puts the trained weights (tuned scales applied) back into m as F32 tensors (owned by m->gguf), so that
- * ql_quantize_model with the plan writes them through any exporter. */
+/* Puts the trained weights (tuned scales applied) back into m as F32 tensors (owned by m->gguf), found by
+ * name (m may be a second copy of the trained model), so that ql_quantize_model with the plan writes them
+ * through any exporter; tensors tuned with their codes fixed go in as those bytes, which the export copies. */
 ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm);
 
 #endif

@@ -758,6 +758,8 @@ if [ -f "$T/tiny.gguf" ]; then
   expect_error "qat --lsq without an INT format" "--lsq" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --lsq -o "$T/qat.gguf"
   expect_error "qat --recompute bogus" "--recompute" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --recompute maybe -o "$T/qat.gguf"
   expect_error "qat --kv with a residual window" "residual" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --kv int8_token_g32_r16 -o "$T/qat.gguf"
+  expect_error "qat --tune codebooks without a tunable format" "continuous parameters" $QLAB qat "$T/tiny.gguf" --type q4_0 --tune codebooks --text "$T/text.txt" --ctx 64 --steps 2 -o "$T/qat.gguf"
+  expect_error "qat --tune bogus" "norms, scales and codebooks" $QLAB qat "$T/tiny.gguf" --type q4_0 --tune bogus --text "$T/text.txt" --ctx 64 --steps 2 -o "$T/qat.gguf"
   expect_error "qat two training texts" "one of --text" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --self-text 4 --steps 2 -o "$T/qat.gguf"
   if $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 1 -o "$T/qat.gguf" --dry-run 2>/dev/null | grep -q "activations recomputed"; then
     ok "qat --dry-run prints the memory with and without recompute"

@@ -411,7 +411,13 @@ static void test_recompute_bit_identical(void **state) {
  * cache: stories260K's heads of 8 fit no block type): the training forward computes what core/infer.c's forward
  * with the same setting computes. KV: every position to float rounding. Activations: the positions before the
  * first rounding tie that double and float break differently (such a flip then travels to the later positions
- * through attention), at least 3/4 of them here. The backward runs on the rounded activations. */
+ * through attention), at least 3/4 of them here. Both together (issue 15's reported mismatch): every position
+ * while attn_output's input stays float; with it rounded too, the first difference is an exact INT8 tie (below).
+ * The backward runs on the rounded activations. */
+static void keep_att_in(void *user, int layer, ql_hook_point where, const float *x, int n, int dim) {
+    if (where == QL_HOOK_ATTN_OUT_IN) memcpy((float *)user + (size_t)layer * n * dim, x, (size_t)n * dim * sizeof(float));
+}
+
 static int positions_matching(const double *lg, const float *ref, int T, int V) {
     int n = 0;
     for (int t = 0; t < T; t++) {
@@ -447,24 +453,55 @@ static void test_fake_quant_matches_infer(void **state) {
     const double *lg;
     assert_int_equal(ql_train_forward(tm, a, tok, T, &lg), QL_OK);
     memcpy(plain, lg, (size_t)T * V * sizeof(double));
-    for (int mode = 0; mode < 2; mode++) { /* 0: activations, 1: KV */
+    /* modes: 0 activations, 1 KV, 2 both with attn_output's input left float, 3 both everywhere */
+    static const char *const what[] = {"activations", "KV", "activations (not attn_output) + KV",
+                                       "activations + KV"};
+    const int Q = m->cfg.n_head * m->cfg.head_dim, L = m->cfg.n_layer;
+    float *att_in = malloc((size_t)L * T * Q * sizeof(float));
+    for (int mode = 0; mode < 4; mode++) {
+        const bool with_act = mode != 1, with_kv = mode != 0;
+        const ql_act_quant **use = calloc((size_t)tm->n_params, sizeof *use);
+        for (int i = 0; i < tm->n_params && with_act; i++)
+            if (act_in[i] && !(mode == 2 && strstr(tm->p[i].name, "attn_output"))) use[i] = act_in[i];
         ql_infer *inf;
         assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
-        if (mode == 1) assert_int_equal(ql_infer_set_kv(inf, &kv), QL_OK);
-        for (int i = 0; i < tm->n_params && mode == 0; i++)
-            if (act_in[i]) assert_true(ql_infer_set_act_quant(inf, tm->p[i].src, &aq));
+        if (with_kv) assert_int_equal(ql_infer_set_kv(inf, &kv), QL_OK);
+        for (int i = 0; i < tm->n_params; i++)
+            if (use[i]) assert_true(ql_infer_set_act_quant(inf, tm->p[i].src, use[i]));
         ql_scratch *s = ql_scratch_new(inf, T);
+        ql_scratch_set_hook(s, keep_att_in, att_in);
         assert_int_equal(ql_forward(inf, s, tok, T, 0, ref), QL_OK);
-        tm->act_in = mode == 0 ? act_in : NULL, tm->kv = mode == 1 ? &kv : NULL;
+        tm->act_in = with_act ? use : NULL, tm->kv = with_kv ? &kv : NULL;
         assert_int_equal(ql_train_check_fake_quant(tm), QL_OK);
         assert_int_equal(ql_train_forward(tm, a, tok, T, &lg), QL_OK);
         double moved = 0;
         for (int i = 0; i < T * V; i++) moved = fmax(moved, fabs(lg[i] - plain[i]));
         const int n = positions_matching(lg, ref, T, V);
         printf("fake-quantized %s: %d of %d positions equal to infer's, max |Δlogit| to the float forward %.3g\n",
-               mode ? "KV" : "activations", n, T, moved);
+               what[mode], n, T, moved);
         assert_true(moved > 1e-2);
-        assert_true(mode == 1 ? n == T : n >= 3 * T / 4);
+        if (mode == 1 || mode == 2) assert_int_equal(n, T);
+        else if (mode == 0) assert_true(n >= 3 * T / 4);
+        else {
+            /* Both everywhere: the first position that differs holds an exact INT8 rounding tie in the input of
+             * some attn_output (x·127/amax = k + 1/2 in float): the FP8 cache stores a head's values as codes
+             * times one per-token scale, so one value column can be exactly twice another and the product P·V
+             * keeps that in core/infer.c's float sgemm; the training forward's double product rounds it an ulp
+             * off, and the tie breaks the other way. Neither forward is wrong; the tie is exact. */
+            assert_true(n >= 2 && n < T);
+            int ties = 0;
+            for (int l = 0; l < L; l++) {
+                const float *row = att_in + ((size_t)l * T + n) * Q;
+                float amax = 0;
+                for (int j = 0; j < Q; j++) amax = fmaxf(amax, fabsf(row[j]));
+                for (int j = 0; j < Q; j++) {
+                    const float y = row[j] * (127.0f / amax);
+                    ties += y - floorf(y) == 0.5f;
+                }
+            }
+            printf("  first differing position %d: %d exact INT8 ties in attn_output inputs there\n", n, ties);
+            assert_true(ties > 0);
+        }
         ql_train_loss(tm, a, tok, T, 0, NULL, 1.0, 0.0, NULL, NULL);
         ql_train_zero_grad(tm);
         assert_int_equal(ql_train_backward(tm, a, tok, T), QL_OK);
@@ -473,7 +510,10 @@ static void test_fake_quant_matches_infer(void **state) {
         assert_true(gn > 0 && isfinite(gn));
         ql_scratch_free(s);
         ql_infer_free(inf);
+        tm->act_in = NULL;
+        free(use);
     }
+    free(att_in);
     /* refused: a float residual window, q and k reading one input under two schemes */
     ql_kv_scheme res;
     assert_true(ql_kv_scheme_parse("int4_token_g32_r16", &res));

@@ -7,6 +7,7 @@
  *   - the session of issue 6 on stories260K: statistics, sensitivity, auto-assign to 4.0 bpw, one layer
  *     changed by hand, preview, export; the exported file's perplexity (ql_model_load + ql_perplexity)
  *     equals the one the Preview screen showed;
+ *   - QAT started from the Preview screen (issue 15): the live curve, Esc keeping the best, the history row;
  *   - without a calibration set, the Auto screen's plans measured against every one-format plan of equal or
  *     lower size (issue 9);
  *   - golden 80x24 screens in tests/data/tui/ (QL_UPDATE_GOLDEN=1 rewrites them), with figures, format
@@ -390,6 +391,76 @@ static void test_stories_session(void **state) {
     ql_model_free(m);
     ql_tui_app_free(a);
     printf("session: %.1fs\n", ql_time_s() - t0);
+}
+
+/* ---------------------------------------------------------------- training from the Preview screen */
+
+/* Ticks until cond holds (the way the terminal loop does), at most 120 s. */
+#define TICK_UNTIL(a, cond)                                                                                \
+    do {                                                                                                   \
+        const double t_end_ = ql_time_s() + 120;                                                           \
+        while (!(cond) && ql_time_s() < t_end_) {                                                          \
+            ql_tui_tick(a);                                                                                \
+            usleep(20000);                                                                                 \
+        }                                                                                                  \
+        assert_true(cond);                                                                                 \
+    } while (0)
+
+/* Issue 15: Q on the Preview screen trains the current plan (here QAT of q4_0 everywhere on stories260K, on the
+ * text after the scored chunks); the curve grows while it runs; Esc stops it with the best held-out weights; the
+ * trained plan's evaluation lands in the history beside the untrained one. */
+static void test_qat_from_preview(void **state) {
+    (void)state;
+    char model[512], text[512];
+    if (!shared_path(model, sizeof model, "models/stories260K.gguf") ||
+        !shared_path(text, sizeof text, "data/tinystories-valid.txt")) {
+        skip();
+        return;
+    }
+    ql_tui_config cfg = {.model = model, .text = text, .n_threads = 1};
+    ql_tui_app *a;
+    assert_int_equal(ql_tui_app_new(&cfg, &a), QL_OK);
+    ql_tui_feed(a, "3T<c-u>q4_0<enter>5c64<enter>n2<enter>");
+    ql_tui_feed(a, "Q"); /* refused before the plan was evaluated: nothing to compare with */
+    assert_true(a->prompt.active);
+    ql_tui_feed(a, "<enter>");
+    assert_null(a->job);
+    assert_non_null(strstr(a->msg, "evaluate the plan first"));
+    ql_tui_feed(a, "<enter><wait>");
+    assert_int_equal(a->preview.n_hist, 1);
+    ql_tui_feed(a, "Q<c-u>30 1e-3 sideways<enter>"); /* a mode the form does not know */
+    assert_null(a->job);
+    assert_non_null(strstr(a->msg, "sideways"));
+    ql_tui_feed(a, "Q<c-u>400 2e-4 qat<enter>");
+    assert_non_null(a->job);
+    /* the curve: points arrive while the job runs, and the screen draws them */
+    TICK_UNTIL(a, a->qat.n >= 3);
+    const int n1 = a->qat.n;
+    assert_true(screen_has(a, 80, 24, "Training  QAT"));
+    assert_true(screen_has(a, 80, 24, "● held-out KLD"));
+    char *scr = render(a, 80, 24);
+    assert_non_null(strstr(scr, "·")); /* loss points on the plot */
+    if (getenv("QL_TUI_SHOW")) printf("%s", scr);
+    free(scr);
+    TICK_UNTIL(a, a->qat.n > n1 + 2 && isfinite(a->qat.best_kld));
+    printf("curve: %d points, then %d; best held-out KLD %.5f at step %d\n", n1, a->qat.n, a->qat.best_kld,
+           a->qat.best_step);
+    /* stop: training ends, the best weights are evaluated into the history */
+    ql_tui_feed(a, "<esc>");
+    ql_tui_feed(a, "<wait>");
+    assert_null(a->job);
+    assert_int_equal(a->preview.n_hist, 2);
+    const ql_tui_hist *ptq = &a->preview.hist[0], *qat = &a->preview.hist[1];
+    printf("history: %s KLD %.5f | %s KLD %.5f (%s)\n", ptq->label, ptq->r.kld_mean, qat->label, qat->r.kld_mean, a->msg);
+    assert_non_null(strstr(qat->label, "+qat"));
+    assert_non_null(strstr(qat->label, "stopped"));
+    assert_true(qat->r.has_kld && qat->r.kld_mean > 0);
+    assert_int_equal(qat->r.chunks, ptq->r.chunks);
+    assert_true(qat->bpw == ptq->bpw);
+    assert_true(a->qat.n < 400 && a->qat.step[a->qat.n - 1] < 400);
+    assert_true(a->qat.best_kld <= a->qat.kld_start);
+    assert_true(screen_has(a, 80, 24, "+qat"));
+    ql_tui_app_free(a);
 }
 
 /* ---------------------------------------------------------------- auto plans without calibration */
@@ -823,6 +894,7 @@ int main(void) {
         cmocka_unit_test(test_export_target),
         cmocka_unit_test(test_catalogue_codes),
         cmocka_unit_test(test_stories_session),
+        cmocka_unit_test(test_qat_from_preview),
         cmocka_unit_test(test_auto_without_calibration),
         cmocka_unit_test(test_golden_mask),
         cmocka_unit_test(test_golden_screens),

@@ -35,7 +35,7 @@ typedef struct {
 enum {
     P_NONE, P_FILTER, P_OPEN, P_SRC_PATH, P_SRC_WEIGHT, P_SAMPLES, P_SEQLEN, P_SEED, P_STATS_SAVE, P_STATS_LOAD,
     P_TEXT, P_CTX, P_CHUNKS, P_PRESET, P_TYPE, P_METHOD_ROW, P_METHOD_ALL, P_CAND, P_PLAN_SAVE, P_PLAN_LOAD, P_KV,
-    P_TARGET, P_EXPORT_PATH, P_SENSE_SAVE, P_SENSE_LOAD, P_KV_SCHEME,
+    P_TARGET, P_EXPORT_PATH, P_SENSE_SAVE, P_SENSE_LOAD, P_KV_SCHEME, P_QAT,
 };
 static const bool PROMPT_IS_PATH[] = {[P_OPEN] = true, [P_SRC_PATH] = true, [P_STATS_SAVE] = true,
                                       [P_STATS_LOAD] = true, [P_TEXT] = true, [P_PLAN_SAVE] = true,
@@ -637,6 +637,16 @@ static unsigned text_browse(ql_tui_app *a, int k) {
     return QL_R_REDRAW;
 }
 
+static unsigned qat_form(ql_tui_app *a, int k) {
+    (void)k;
+    if (!need_model(a)) return QL_R_REDRAW;
+    char b[64];
+    ql_tui_qat_form(a, b, sizeof b);
+    prompt_open(a, P_QAT, "train the plan: STEPS LR MODE (qat, norms, scales, codebooks); Esc stops it, keeping the best",
+                b);
+    return QL_R_REDRAW;
+}
+
 static unsigned preview_opts(ql_tui_app *a, int k) {
     char b[32];
     if (k == 'c') {
@@ -821,6 +831,7 @@ static const binding BINDINGS[] = {
     {ON(PREVIEW), 'n', 0, "n", "number of chunks", preview_opts},
     {ON(PREVIEW), QL_KEY_UP, QL_KEY_DOWN, "Up Down", "move in the history", preview_move},
     {ON(PREVIEW), 'd', 0, "d", "forget the history entry", preview_forget},
+    {ON(PREVIEW), 'Q', 0, "Q", "train the plan (QAT or tuning), live loss/KLD curve, result into the history", qat_form},
 
     {ON(EXPORT), 'e', QL_KEY_ENTER, "e Enter", "export the plan to the chosen target (worker thread, atomic)", export_run},
     {ON(EXPORT), 'p', 0, "p", "output path", export_path},
@@ -915,6 +926,9 @@ static void prompt_submit(ql_tui_app *a) {
     case P_CHUNKS:
         if (parse_int(v, 0, 1 << 30, &x)) a->preview.chunks = (int)x;
         else ql_tui_msg(a, 2, "chunks: a whole number (0: all)");
+        break;
+    case P_QAT:
+        if (ql_tui_qat_parse(a, v)) ql_tui_start_qat(a);
         break;
     case P_PRESET: {
         ql_preset *ps = NULL;

@@ -144,6 +144,20 @@ typedef struct {
     int last;                      /* history index of the last evaluation shown, -1 none */
 } ql_tui_preview;
 
+/* Training the current plan from the Preview screen (Q; tui/work_qat.c): the form's values and the curve of
+ * the last run, copied from the job on every tick. */
+#define QL_TUI_QAT_PTS 256
+typedef struct {
+    int steps, mode;               /* mode: ql_qat_mode (pipeline/qat.h) */
+    double lr;
+    bool shown;                    /* a run started: the Preview screen draws its curve */
+    int n, total;                  /* points, steps of the run */
+    int step[QL_TUI_QAT_PTS];      /* every step while they fit, then every other one (thinned in place) */
+    double loss[QL_TUI_QAT_PTS], kld[QL_TUI_QAT_PTS]; /* kld NAN where the step was not evaluated */
+    double kld_start, best_kld;
+    int best_step;
+} ql_tui_qat;
+
 typedef struct {
     char path[QL_TUI_PATH];
     int format;                    /* exporter index; 0 = GGUF */
@@ -251,6 +265,7 @@ typedef struct ql_tui_app {
     ql_tui_preview preview;
     ql_tui_export exp;
     ql_tui_catalogue cat;
+    ql_tui_qat qat;
     struct ql_tui_job *job;        /* the running job, or NULL */
     ql_tui_jobview jv;
     char msg[256];

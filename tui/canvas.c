@@ -2,6 +2,7 @@
 #include "tui/canvas.h"
 #include "base/ql_common.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,4 +154,40 @@ char *ql_canvas_text(const ql_canvas *c) {
     }
     *o = 0;
     return out;
+}
+
+bool ql_canvas_plot(ql_canvas *c, int x, int y, int w, int h, const ql_plot_series *s, int n_series, bool logy) {
+    const int px = x + 8, pw = w - 8, ph = h - 2; /* 7 columns of labels and the axis; two rows under */
+    if (pw < 4 || ph < 2) return false;
+    double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY;
+    for (int k = 0; k < n_series; k++)
+        for (int i = 0; i < s[k].n; i++) {
+            const double xv = s[k].x[i], yv = logy ? (s[k].y[i] > 0 ? log10(s[k].y[i]) : NAN) : s[k].y[i];
+            if (!isfinite(xv) || !isfinite(yv)) continue;
+            xlo = fmin(xlo, xv), xhi = fmax(xhi, xv), ylo = fmin(ylo, yv), yhi = fmax(yhi, yv);
+        }
+    for (int j = 0; j < ph; j++) ql_canvas_set(c, px - 1, y + j, 0x2502, QL_ST_DIM);
+    ql_canvas_hline(c, px - 1, y + ph, pw + 1, QL_ST_DIM);
+    ql_canvas_set(c, px - 1, y + ph, 0x2514, QL_ST_DIM);
+    if (!isfinite(xlo)) return false;
+    if (xhi <= xlo) xhi = xlo + 1;
+    if (yhi - ylo < 1e-12) { /* one level: centred */
+        const double pad = logy ? 0.05 : fmax(fabs(yhi) * 0.05, 1e-12);
+        ylo -= pad, yhi += pad;
+    }
+    ql_canvas_printf(c, x, y, px - 1, QL_ST_DIM, "%7.3g", logy ? pow(10, yhi) : yhi);
+    ql_canvas_printf(c, x, y + ph - 1, px - 1, QL_ST_DIM, "%7.3g", logy ? pow(10, ylo) : ylo);
+    ql_canvas_printf(c, px, y + ph + 1, 0, QL_ST_DIM, "%.0f", xlo);
+    char hi[32];
+    snprintf(hi, sizeof hi, "%.0f", xhi);
+    ql_canvas_puts(c, px + pw - (int)strlen(hi), y + ph + 1, 0, QL_ST_DIM, hi);
+    for (int k = 0; k < n_series; k++)
+        for (int i = 0; i < s[k].n; i++) {
+            const double xv = s[k].x[i], yv = logy ? (s[k].y[i] > 0 ? log10(s[k].y[i]) : NAN) : s[k].y[i];
+            if (!isfinite(xv) || !isfinite(yv)) continue;
+            const int cx = px + (int)lround((xv - xlo) / (xhi - xlo) * (pw - 1));
+            const int cy = y + ph - 1 - (int)lround((yv - ylo) / (yhi - ylo) * (ph - 1));
+            ql_canvas_set(c, cx, cy, s[k].glyph, s[k].st);
+        }
+    return true;
 }

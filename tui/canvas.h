@@ -7,6 +7,7 @@
 #define QL_TUI_CANVAS_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -63,6 +64,18 @@ void ql_canvas_hline(ql_canvas *c, int x, int y, int w, int st);
 void ql_canvas_box(ql_canvas *c, int x, int y, int w, int h, int st, const char *title);
 /* A progress bar of width w: filled fraction frac in [0,1]. */
 void ql_canvas_bar(ql_canvas *c, int x, int y, int w, double frac);
+
+/* A scatter/line plot inside (x, y, w, h): a left axis with the top and bottom values (7 columns, printed with
+ * "%.3g"), a bottom axis with the first and last x, and each series' points as its glyph in its style (a later
+ * series over an earlier one). y is log10-scaled when logy (non-positive values skipped); NaN points are
+ * skipped. Returns false (nothing drawn but the axes) when no point is finite. */
+typedef struct {
+    const double *x, *y;
+    int n;
+    uint32_t glyph;
+    int st;
+} ql_plot_series;
+bool ql_canvas_plot(ql_canvas *c, int x, int y, int w, int h, const ql_plot_series *s, int n_series, bool logy);
 
 /* The grid as UTF-8 text, one line per row, trailing spaces removed; malloc'ed (caller frees). */
 char *ql_canvas_text(const ql_canvas *c);

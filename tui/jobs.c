@@ -112,6 +112,7 @@ void ql_tui_job_snapshot(ql_tui_app *a) {
         v->live_top1 = (double)j->live_top1 / n;
         v->base_ppl = j->live_plan ? exp(j->live_nllb / n) : 0; /* the base over the same chunks */
     }
+    if (j->snap) j->snap(a, j);
     pthread_mutex_unlock(&j->lock);
 }
 

@@ -36,6 +36,8 @@ typedef struct ql_tui_job {
     ql_status status;
     char err[256];
     ql_progress progress; /* fn/user/cancel wired to this record */
+    /* optional: copies job-specific live state into the app, called under lock on every snapshot */
+    void (*snap)(ql_tui_app *a, struct ql_tui_job *j);
 } ql_tui_job;
 
 /* A job record with progress wired up; ctx is owned by the job (destroy frees it). */
@@ -61,6 +63,16 @@ bool ql_tui_start_measure(ql_tui_app *a);
 bool ql_tui_start_solve(ql_tui_app *a, bool pareto);
 bool ql_tui_start_preview(ql_tui_app *a);
 bool ql_tui_start_export(ql_tui_app *a);
+/* QAT or tuning of the current plan (a->qat's steps, lr, mode), then its preview into the history. */
+bool ql_tui_start_qat(ql_tui_app *a);
+/* The training form ("STEPS LR MODE", mode qat|norms|scales|codebooks): its current text, and reading it back
+ * into a->qat (false with a message when it does not parse). */
+void ql_tui_qat_form(const ql_tui_app *a, char *buf, size_t cap);
+bool ql_tui_qat_parse(ql_tui_app *a, const char *form);
+/* The Preview screen's history: appends h (the oldest entry leaves when full) and selects it; and the key of
+ * the base model's saved log-probabilities (model, text, ctx, chunks) that KLD is measured against. */
+void ql_tui_preview_push(ql_tui_app *a, const ql_tui_hist *h);
+uint64_t ql_tui_preview_base_key(const ql_tui_app *a);
 bool ql_tui_start_effect(ql_tui_app *a);
 /* Starts the Catalogue's effect job when the item, tensor or statistics changed and the worker is free. */
 bool ql_tui_cat_refresh(ql_tui_app *a);

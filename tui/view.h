@@ -17,6 +17,8 @@ void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r);
 void ql_view_export(ql_tui_app *a, ql_canvas *c, ql_rect r);
 void ql_view_catalogue(ql_tui_app *a, ql_canvas *c, ql_rect r);
 void ql_view_runtime(ql_tui_app *a, ql_canvas *c, ql_rect r);
+/* The Preview screen's training curve in rows y..y+h-1 (tui/view_qat.c); returns the rows used (0: no run). */
+int ql_view_qat(ql_tui_app *a, ql_canvas *c, int y, int h);
 
 /* "1.12 MiB", "512 B", "3.4 GiB" */
 void ql_fmt_bytes(char *buf, size_t cap, double bytes);

@@ -557,6 +557,7 @@ void ql_view_preview(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     if (!v->running && !(p->last >= 0 && p->last < p->n_hist))
         ql_canvas_puts(c, 1, y + 1, 0, QL_ST_DIM, "KL divergence and top-1 agreement against the model as loaded.");
     y += 4;
+    y += ql_view_qat(a, c, y, (r.y + r.h - y) / 2); /* Q: a training run's curve, above the history */
     ql_canvas_fill(c, 0, y, c->w, 1, ' ', QL_ST_HEADER);
     /* narrow: PPL without its ± and no seconds column, so the plan label keeps room to tell rows apart */
     bool wide = c->w >= 100;

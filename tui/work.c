@@ -603,17 +603,21 @@ static void preview_apply(ql_tui_app *a, ql_tui_job *j) {
     if (j->status) return;
     c->h.r = c->r;
     c->h.seconds = ql_time_s() - j->t0;
+    ql_tui_preview_push(a, &c->h);
+    ql_tui_msg(a, 0, "PPL %.4f +/- %.4f, KLD %.5f, top-1 %.1f%% (%d chunks of %d)", c->r.ppl, c->r.ppl_stderr,
+               c->r.kld_mean, 100 * c->r.top1_agreement, c->r.chunks, c->ctx);
+}
+
+void ql_tui_preview_push(ql_tui_app *a, const ql_tui_hist *h) {
     ql_tui_preview *p = &a->preview;
     int k = p->n_hist;
     if (k == QL_TUI_MAX_HIST) {
         memmove(p->hist, p->hist + 1, (QL_TUI_MAX_HIST - 1) * sizeof *p->hist);
         k--;
     }
-    p->hist[k] = c->h;
+    p->hist[k] = *h;
     p->n_hist = k + 1;
     p->last = p->cursor = k;
-    ql_tui_msg(a, 0, "PPL %.4f +/- %.4f, KLD %.5f, top-1 %.1f%% (%d chunks of %d)", c->r.ppl, c->r.ppl_stderr,
-               c->r.kld_mean, 100 * c->r.top1_agreement, c->r.chunks, c->ctx);
 }
 
 static void preview_destroy(ql_tui_job *j) {
@@ -622,7 +626,7 @@ static void preview_destroy(ql_tui_job *j) {
     free(c);
 }
 
-static uint64_t base_key(const ql_tui_app *a) {
+uint64_t ql_tui_preview_base_key(const ql_tui_app *a) {
     char b[64];
     snprintf(b, sizeof b, "%d/%d", a->preview.ctx, a->preview.chunks);
     return ql_tui_hash_str(ql_tui_hash_str(ql_tui_hash_str(0, a->model_path), a->preview.text), b);
@@ -631,7 +635,7 @@ static uint64_t base_key(const ql_tui_app *a) {
 /* What a preview result depends on: the plan, the text, ctx, chunks, and the statistics when a
  * data-aware method uses them. */
 static uint64_t preview_key(const ql_tui_app *a) {
-    uint64_t h = ql_tui_plan_hash(a) ^ base_key(a);
+    uint64_t h = ql_tui_plan_hash(a) ^ ql_tui_preview_base_key(a);
     bool data = false;
     for (int i = 0; i < a->plan.n_rows; i++) data |= strcmp(a->plan.rows[i].method, "rtn") != 0;
     if (data) h = ql_tui_hash_str(h, a->calib.stats_label);
@@ -667,7 +671,7 @@ bool ql_tui_start_preview(ql_tui_app *a) {
     c->ctx = a->preview.ctx;
     c->chunks = a->preview.chunks;
     c->n_threads = a->n_threads;
-    c->base_key = base_key(a);
+    c->base_key = ql_tui_preview_base_key(a);
     c->need_base = !a->preview.has_base || a->preview.base_key != c->base_key;
     if (!c->need_base) c->base = a->preview.base;
     snprintf(c->base_path, sizeof c->base_path, "%s/base.logp", a->tmpdir);
