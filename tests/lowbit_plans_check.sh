@@ -9,7 +9,8 @@
 # half an hour on an idle 2-core machine); not part of `make test`.
 # Environment: WORK=DIR keeps every intermediate file there and reuses what it finds (a resumed run skips
 # finished steps; `qlab sense` resumes by candidate name); THREADS (2); CANDIDATES; SENSE_CHUNKS (16);
-# MIXES (a space-separated subset of the reference file's types, default all).
+# MIXES (a space-separated subset of the reference file's types, default all); SENSE=0 uses WORK's s.qss as
+# it is (no resumed sensitivity pass); QSS=FILE plans from another sensitivity file of WORK.
 set -u
 QLAB=$(realpath "${QLAB:-./qlab}")
 SHARED=$(realpath "${QL_SHARED:-../shared}" 2>/dev/null || echo "${QL_SHARED:-../shared}")
@@ -30,7 +31,7 @@ run() { log "$*"; "$@" >>"$T/commands.log" 2>&1; }
 
 [ -s wt.qls ] || run "$QLAB" stats "$M" --text "$CAL" --ctx 256 --chunks 128 --output --threads "$THREADS" -o wt.qls || { echo "FAIL: qlab stats"; exit 1; }
 [ -s base.qlp ] || run "$QLAB" ppl "$M" --text "$EVAL" --ctx 256 --threads "$THREADS" --save-logits base.qlp || { echo "FAIL: base logits"; exit 1; }
-run "$QLAB" sense "$M" --text "$CAL" --ctx 256 --chunks "$SENSE_CHUNKS" --stats wt.qls --imatrix "$IM" --threads "$THREADS" \
+[ "${SENSE:-1}" = 0 ] && [ -s s.qss ] || run "$QLAB" sense "$M" --text "$CAL" --ctx 256 --chunks "$SENSE_CHUNKS" --stats wt.qls --imatrix "$IM" --threads "$THREADS" \
     --candidates "$CANDIDATES" -o s.qss || { echo "FAIL: qlab sense"; exit 1; }
 
 # The reference rows: type, imatrix, file bytes, mean KLD, from both tables (columns found by their header).
@@ -47,8 +48,8 @@ awk -F'|' '
 measure() {
   local L=$1; shift
   if [ ! -s "$L.json" ]; then
-    log "$QLAB plan s.qss $* -o $L.ini"
-    "$QLAB" plan s.qss "$@" -o "$L.ini" > "$L.plan.log" 2>&1 || return 1
+    log "$QLAB plan ${QSS:-s.qss} $* -o $L.ini"
+    "$QLAB" plan "${QSS:-s.qss}" "$@" -o "$L.ini" > "$L.plan.log" 2>&1 || return 1
     run "$QLAB" quant "$M" --plan "$L.ini" --stats wt.qls --imatrix "$IM" --threads "$THREADS" -o "$L.gguf" || return 1
     log "$QLAB ppl $L.gguf --text $EVAL --ctx 256 --kld-base base.qlp --json"
     "$QLAB" ppl "$L.gguf" --text "$EVAL" --ctx 256 --kld-base base.qlp --threads "$THREADS" --json > "$L.json.tmp" 2>>commands.log \
