@@ -23,7 +23,7 @@ CAL=$SHARED/data/wikitext-2-valid.raw
 for f in "$M" "$REF" "$IM" "$EVAL" "$CAL"; do [ -f "$f" ] || { echo "FAIL: $f missing"; exit 1; }; done
 THREADS=${THREADS:-2}
 SENSE_CHUNKS=${SENSE_CHUNKS:-16}
-CANDIDATES=${CANDIDATES:-'q2_k+gptq,q3_k+gptq,q4_k+gptq,q6_k,iq2_xxs+gptq,iq2_s+gptq,iq3_xxs+gptq,e8p+quip,e8p_rvq3+quip,e8p_rvq4+quip,iq1_m,q5_k+gptq,q6_k+gptq,q8_0,f16,iq2_xs+gptq,iq3_s+gptq,iq4_xs+gptq'}
+CANDIDATES=${CANDIDATES:-'q2_k+gptq,q3_k+gptq,q4_k+gptq,q6_k,iq2_xxs+gptq,iq2_s+gptq,iq3_xxs+gptq,e8p+quip,e8p_rvq3+quip,e8p_rvq4+quip,iq1_m,q5_k+gptq,q6_k+gptq,q8_0,f16,iq2_xs+gptq,iq3_s+gptq,iq4_xs+gptq,q8_0+gptq'}
 if [ -n "${WORK:-}" ]; then mkdir -p "$WORK"; T=$(realpath "$WORK"); else T=$(mktemp -d /tmp/qlab-lowbit-XXXXXX); trap 'rm -rf "$T"' EXIT; fi
 cd "$T" || exit 1
 log() { echo "lowbit_plans_check: $*" >&2; }
