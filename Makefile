@@ -38,7 +38,7 @@ CFLAGS  += -DQL_HAVE_MPI $(MPI_CFLAGS)
 LDLIBS  += $(MPI_LIBS)
 endif
 
-.PHONY: check-layers check-mixes all test test-run test-build asan bench clean detect test-cuda fuzz deps run
+.PHONY: check-layers check-mixes check-lowbit-plans all test test-run test-build asan bench clean detect test-cuda fuzz deps run
 all: detect $(BIN)
 
 # Installs missing Debian packages when root (else prints the apt-get line); `make run` and
@@ -133,6 +133,10 @@ check-layers:
 
 check-mixes: all
 	@bash tests/mixes_check.sh
+
+# Issue 13's automatic-plan checks against every llama.cpp mix of tinystories-d256 (all 1535 chunks; long).
+check-lowbit-plans: all
+	@bash tests/lowbit_plans_check.sh
 
 bench: all $(BUILD)/bench/quip_bench $(BUILD)/tests/test_simd $(BUILD)/tests/test_simd2
 	@QLAB=./$(BIN) QUIP_BENCH=$(BUILD)/bench/quip_bench SIMD_TESTS=$(BUILD)/tests bash bench/run.sh
