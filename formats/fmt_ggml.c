@@ -306,10 +306,10 @@ ENTRY(iq2_xxs, QL_TYPE_IQ2_XXS, QL_FAMILY_GGML_IQ, 256, 66, true, 0.36, .llama =
       .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq2xxs", IQ_WORDS, NEEDS_IMATRIX,
       .summary = "ggml IQ2_XXS: 2.0625 bpw E8 codes (needs an imatrix)")
 ENTRY(iq1_m, QL_TYPE_IQ1_M, QL_FAMILY_GGML_IQ, 256, 56, true, 0.60, .llama = LLAMA(31, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq1_m),
-      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq1m", IQ_WORDS,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq1m", IQ_WORDS,
       .summary = "ggml IQ1_M: 1.75 bpw lattice codes")
 ENTRY(iq1_s, QL_TYPE_IQ1_S, QL_FAMILY_GGML_IQ, 256, 50, true, 0.51, .llama = LLAMA(24, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq1_s),
-      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq1s", IQ_WORDS, NEEDS_IMATRIX,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq1s", IQ_WORDS, NEEDS_IMATRIX,
       .summary = "ggml IQ1_S: 1.5625 bpw lattice codes (needs an imatrix)")
 ENTRY(tq1_0, QL_TYPE_TQ1_0, QL_FAMILY_GGML_TERNARY, 256, 54, false, 0.82, .llama = LLAMA(36, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(tq1_0),
       .fallback = "q4_0", .grid = QL_GRID_NONE, .label = "tq10", TQ_WORDS,
