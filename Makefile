@@ -196,6 +196,16 @@ $(BUILD)/bench/kv_bench: bench/kv_bench.c $(BUILD)/libqlab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
 
+# Encode seconds per million weights for every per-tensor method (`make bench` prints it);
+# `make bench-methods ARGS="cols threads method:format[:opts[:rows]] ..."`
+.PHONY: bench-methods
+bench-methods: $(BUILD)/bench/method_bench
+	$(BUILD)/bench/method_bench $(ARGS)
+
+$(BUILD)/bench/method_bench: bench/method_bench.c $(BUILD)/libqlab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libqlab.a $(LDLIBS)
+
 # AQLM encoding speed on one layer (aqlm_2x8, 2 threads); `make bench-aqlm ARGS="rows cols threads fmt opts"`
 .PHONY: bench-aqlm
 bench-aqlm: $(BUILD)/bench/aqlm_bench

@@ -121,6 +121,28 @@ if [ -n "${QUIP_BENCH:-}" ] && [ -x "$QUIP_BENCH" ]; then
   echo
   "$QUIP_BENCH" 1024 1024 "$THREADS"
 fi
+# Encode speed of every method (issue 13): seconds per million weights on 2 threads. Per-tensor methods on one
+#    synthetic 1024-column layer (bench/method_bench.c: RTN per family, i-quants with an imatrix, GPTQ, EXL2,
+#    QuIP#, AQLM on fewer rows and alternations); the layer transforms AWQ and SmoothQuant need a model, so
+#    they are timed as whole `qlab quant` runs on tinystories-d256 (3.4 M weights, statistics collected first,
+#    not timed). The 4096 x 4096 aqlm_2x8 goal (< 10 min) is `make bench-aqlm` (too long for this script).
+make -s --no-print-directory build/bench/method_bench >/dev/null 2>&1
+if [ -x build/bench/method_bench ]; then
+  echo
+  build/bench/method_bench 1024 "$THREADS"
+fi
+MD=$SHARED/models/tinystories-d256.gguf
+if [ -f "$MD" ] && [ -f "$SHARED/data/wikitext-2-valid.raw" ]; then
+  $QLAB stats "$MD" --text "$SHARED/data/wikitext-2-valid.raw" --ctx 256 --chunks 16 --threads "$THREADS" \
+    -o "$OUT/d256.qls" >/dev/null 2>&1
+  for run in "int4_g128 rtn" "int4_g128 awq" "int8_channel smoothquant"; do
+    set -- $run
+    /usr/bin/time -f "%e %U %S" -o "$OUT/m.time" $QLAB quant "$MD" --type "$1" --method "$2" \
+      --stats "$OUT/d256.qls" --threads "$THREADS" -o "$OUT/m.gguf" >/dev/null 2>&1 || echo "  $2 $1: failed"
+    awk -v m="$2" -v f="$1" '{ printf "  %-8s %-26s %-24s %6s %10.3f %10.3f  (whole tinystories-d256 quant)\n", m, f, "-", \
+      "3.4M", $1 / 3.4, ($2 + $3) / 3.4 }' "$OUT/m.time"
+  done
+fi
 # 6. KV cache (issue 12): one layer's attention at ctx 2048 on the llama-3.2-1b geometry (32 heads, 8 KV heads,
 #    head dim 64), each scheme against the F32 cache (bench/kv_bench.c; CPU time of all threads, so other jobs
 #    on the machine do not count). Goal: a quantized cache costs at most 1.15x the F32 one.

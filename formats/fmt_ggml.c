@@ -285,31 +285,33 @@ ENTRY(q2_k, QL_TYPE_Q2_K, QL_FAMILY_GGML_K, 256, 84, true, 0.45, .llama = LLAMA(
 static const ql_grid_spec k_iq_lattice = {.kind = QL_GRID_KIND_LATTICE, .vdim = 8, .vscales = ql_iq_lattice_scales,
                                           .vround = ql_iq_lattice_round};
 #define IQ_LATTICE (&k_iq_lattice)
+/* the same quantizers with the AVX2 neighbour search (kernels/iq_quants_avx2.c); decoders stay scalar */
+#define IQ_SIMD(lname) .simd = &(const ql_format_ops){ql_quantize_rows_##lname##_fast, NULL}
 /* ggml refuses to write IQ2_XXS, IQ2_XS and IQ1_S without an imatrix (ggml_quantize_requires_imatrix) */
 #define NEEDS_IMATRIX .requires_importance = true
 
 /* i-quants and ternary types: quantizers in kernels/iq_quants_ref.c, bit-exact with ggml. Tolerances:
  * measured RMSE/RMS on N(0,1) rows of 4096 (importance of ones where required) plus a small margin. */
 ENTRY(iq3_s, QL_TYPE_IQ3_S, QL_FAMILY_GGML_IQ, 256, 110, true, 0.18, .llama = LLAMA(26, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq3_s),
-      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq3s", IQ_WORDS,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq3s", IQ_SIMD(iq3_s), IQ_WORDS,
       .summary = "ggml IQ3_S: 3.4375 bpw lattice codes")
 ENTRY(iq3_xxs, QL_TYPE_IQ3_XXS, QL_FAMILY_GGML_IQ, 256, 98, true, 0.23, .llama = LLAMA(23, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq3_xxs),
-      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq3xxs", IQ_WORDS,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq3xxs", IQ_SIMD(iq3_xxs), IQ_WORDS,
       .summary = "ggml IQ3_XXS: 3.0625 bpw lattice codes")
 ENTRY(iq2_s, QL_TYPE_IQ2_S, QL_FAMILY_GGML_IQ, 256, 82, true, 0.28, .llama = LLAMA(28, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq2_s),
-      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq2s", IQ_WORDS,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq2s", IQ_SIMD(iq2_s), IQ_WORDS,
       .summary = "ggml IQ2_S: 2.5625 bpw lattice codes")
 ENTRY(iq2_xs, QL_TYPE_IQ2_XS, QL_FAMILY_GGML_IQ, 256, 74, true, 0.32, .llama = LLAMA(20, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq2_xs),
-      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq2xs", IQ_WORDS, NEEDS_IMATRIX,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq2xs", IQ_SIMD(iq2_xs), IQ_WORDS, NEEDS_IMATRIX,
       .summary = "ggml IQ2_XS: 2.3125 bpw lattice codes (needs an imatrix)")
 ENTRY(iq2_xxs, QL_TYPE_IQ2_XXS, QL_FAMILY_GGML_IQ, 256, 66, true, 0.36, .llama = LLAMA(19, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq2_xxs),
-      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq2xxs", IQ_WORDS, NEEDS_IMATRIX,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq2xxs", IQ_SIMD(iq2_xxs), IQ_WORDS, NEEDS_IMATRIX,
       .summary = "ggml IQ2_XXS: 2.0625 bpw E8 codes (needs an imatrix)")
 ENTRY(iq1_m, QL_TYPE_IQ1_M, QL_FAMILY_GGML_IQ, 256, 56, true, 0.60, .llama = LLAMA(31, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq1_m),
-      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq1m", IQ_WORDS,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq1m", IQ_SIMD(iq1_m), IQ_WORDS,
       .summary = "ggml IQ1_M: 1.75 bpw lattice codes")
 ENTRY(iq1_s, QL_TYPE_IQ1_S, QL_FAMILY_GGML_IQ, 256, 50, true, 0.51, .llama = LLAMA(24, QL_TYPE_Q8_K), .cuda = CUDA_DQ(iq1_s),
-      .fallback = "iq4_nl", .grid = QL_GRID_NONE, .label = "iq1s", IQ_WORDS, NEEDS_IMATRIX,
+      .fallback = "iq4_nl", .grid = IQ_LATTICE, .label = "iq1s", IQ_SIMD(iq1_s), IQ_WORDS, NEEDS_IMATRIX,
       .summary = "ggml IQ1_S: 1.5625 bpw lattice codes (needs an imatrix)")
 ENTRY(tq1_0, QL_TYPE_TQ1_0, QL_FAMILY_GGML_TERNARY, 256, 54, false, 0.82, .llama = LLAMA(36, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(tq1_0),
       .fallback = "q4_0", .grid = QL_GRID_NONE, .label = "tq10", TQ_WORDS,

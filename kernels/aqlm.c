@@ -750,6 +750,10 @@ VECTORIZE static void ls_range(void *ctx, int worker, int64_t k0, int64_t k1) {
             }
             for (int64_t j2 = 0; j2 < ng; j2++) {
                 const int64_t k2 = cr[j2 * M];
+                /* dposv('U') reads only the upper triangle: blocks (k, k2 >= k) get exactly the sums they
+                 * got when the whole matrix was filled, in the same order, and the lower ones (half the
+                 * work, which is most of an alternation) are left at zero */
+                if (k2 < k) continue;
                 for (int d = 0; d < G; d++) {
                     double *ar = L->A + (k * G + d) * P + k2 * G;
                     const float *hr = s->h + (j * G + d) * n + j2 * G;

@@ -26,7 +26,7 @@
 
 bool ql_iq_lattice_supported(uint32_t type) {
     return type == QL_TYPE_IQ2_XXS || type == QL_TYPE_IQ2_XS || type == QL_TYPE_IQ2_S || type == QL_TYPE_IQ3_XXS ||
-           type == QL_TYPE_IQ3_S;
+           type == QL_TYPE_IQ3_S || type == QL_TYPE_IQ1_S || type == QL_TYPE_IQ1_M;
 }
 
 static inline uint32_t load32(const uint8_t *p) {
@@ -40,6 +40,11 @@ static inline void store32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline float db_iq2(float d, unsigned nib) { return d * (0.5f + (float)nib) * 0.25f; }
 static inline float db_iq3xxs(float d, unsigned nib) { return d * (0.5f + (float)nib) * 0.5f; }
 static inline float db_iq3s(float d, unsigned nib) { return d * (float)(1 + 2 * (int)nib); }
+static inline float db_iq1(float d, unsigned s3) { return d * (float)(2 * (int)s3 + 1); }
+/* IQ1_M spreads its fp16 super-block scale over the top nibbles of the four 16-bit scale words */
+static inline uint16_t iq1m_d(const uint16_t sc[4]) {
+    return (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000));
+}
 
 void ql_iq_lattice_scales(uint32_t type, const void *vb, float scale[QL_IQ_LATTICE_GROUPS]) {
     for (int g = 0; g < QL_IQ_LATTICE_GROUPS; g++) {
@@ -71,6 +76,18 @@ void ql_iq_lattice_scales(uint32_t type, const void *vb, float scale[QL_IQ_LATTI
             s = db_iq3s(ql_fp16_to_fp32(b->d), (b->scales[ib / 2] >> (4 * (ib % 2))) & 0xf);
             break;
         }
+        case QL_TYPE_IQ1_S: {
+            const blk_iq1_s *b = vb;
+            s = db_iq1(ql_fp16_to_fp32(b->d), (b->qh[ib] >> 12) & 7);
+            break;
+        }
+        case QL_TYPE_IQ1_M: {
+            const blk_iq1_m *b = vb;
+            uint16_t sc[4];
+            memcpy(sc, b->scales, sizeof sc);
+            s = db_iq1(ql_fp16_to_fp32(iq1m_d(sc)), (sc[ib / 2] >> (6 * (ib % 2) + 3 * half)) & 7);
+            break;
+        }
         default: break;
         }
         scale[g] = s;
@@ -81,6 +98,9 @@ void ql_iq_lattice_scales(uint32_t type, const void *vb, float scale[QL_IQ_LATTI
  * (iq_lattice_avx2.c) scores 8 grid points per register; built once (pthread_once). Converting a byte
  * to float is exact, so both searches see the decoder's values. */
 static float g_ct2xxs[8 * 256], g_ct2xs[8 * 512], g_ct2s[8 * 1024], g_ct3xxs[4 * 256], g_ct3s[4 * 512];
+/* IQ1: a decoded value is dl·(c + δ) with c in {−1, 0, 1} and δ = ±QL_IQ1S_DELTA, so the "coordinates"
+ * searched are c + δ (one table per sign of δ), summed in float as the decoder sums them */
+static float g_ct1p[8 * 2048], g_ct1m[8 * 2048];
 static pthread_once_t g_ct_once = PTHREAD_ONCE_INIT;
 static void build_coords(void) {
     for (int j = 0; j < 8; j++) {
@@ -88,6 +108,12 @@ static void build_coords(void) {
         for (int gi = 0; gi < 512; gi++) g_ct2xs[j * 512 + gi] = (float)(uint8_t)(iq2xs_grid[gi] >> (8 * j));
         for (int gi = 0; gi < 1024; gi++) g_ct2s[j * 1024 + gi] = (float)(uint8_t)(iq2s_grid[gi] >> (8 * j));
     }
+    for (int j = 0; j < 8; j++)
+        for (int gi = 0; gi < 2048; gi++) {
+            const int8_t c = (int8_t)(uint8_t)(iq1s_grid[gi] >> (8 * j));
+            g_ct1p[j * 2048 + gi] = c + QL_IQ1S_DELTA;
+            g_ct1m[j * 2048 + gi] = c + -QL_IQ1S_DELTA;
+        }
     for (int j = 0; j < 4; j++) {
         for (int gi = 0; gi < 256; gi++) g_ct3xxs[j * 256 + gi] = (float)(uint8_t)(iq3xxs_grid[gi] >> (8 * j));
         for (int gi = 0; gi < 512; gi++) g_ct3s[j * 512 + gi] = (float)(uint8_t)(iq3s_grid[gi] >> (8 * j));
@@ -128,8 +154,44 @@ static void search(const float *ct, int npts, int dim, float s, const float *ax,
 
 static inline uint8_t coord(uint64_t gv, int j) { return (uint8_t)(gv >> (8 * j)); }
 
+/* IQ1_S / IQ1_M: no sign bits (the grid holds −1, 0, 1); the target is x itself. IQ1_S's δ is shared by
+ * the 4 groups of a 32-block and stays as the quantizer chose it; IQ1_M's δ is per group, so both signs
+ * are searched (+δ first on a tie). */
+static void iq1_round(uint32_t type, void *vb, int g, float s, const float *x, const float *w, float *q) {
+    const int ib = g / 4, l = g % 4;
+    ql_iq_lattice_best h;
+    const float *ct;
+    bool neg;
+    if (type == QL_TYPE_IQ1_S) {
+        blk_iq1_s *b = vb;
+        neg = b->qh[ib] & 0x8000;
+        ct = neg ? g_ct1m : g_ct1p;
+        search(ct, 2048, 8, s, x, w, &h);
+        b->qs[4 * ib + l] = (uint8_t)h.gi;
+        b->qh[ib] = (uint16_t)((b->qh[ib] & ~(7u << (3 * l))) | (unsigned)(h.gi >> 8) << (3 * l));
+    } else {
+        blk_iq1_m *b = vb;
+        ql_iq_lattice_best hm;
+        search(g_ct1p, 2048, 8, s, x, w, &h);
+        search(g_ct1m, 2048, 8, s, x, w, &hm);
+        neg = hm.cost < h.cost;
+        if (neg) h = hm;
+        ct = neg ? g_ct1m : g_ct1p;
+        b->qs[4 * ib + l] = (uint8_t)h.gi;
+        uint8_t *qh = &b->qh[2 * ib + l / 2];
+        const unsigned sh = 4 * (unsigned)(l % 2); /* low nibble: even group, high: odd; bit 3 of each: δ < 0 */
+        *qh = (uint8_t)((*qh & ~(15u << sh)) | ((unsigned)(h.gi >> 8) | (unsigned)neg << 3) << sh);
+    }
+    for (int j = 0; j < 8; j++) q[j] = s * ct[j * 2048 + h.gi];
+}
+
 void ql_iq_lattice_round(uint32_t type, void *vb, int g, float s, const float *x, const float *w, float *q) {
     const int ib = g / 4, l = g % 4;
+    pthread_once(&g_ct_once, build_coords);
+    if (type == QL_TYPE_IQ1_S || type == QL_TYPE_IQ1_M) {
+        iq1_round(type, vb, g, s, x, w, q);
+        return;
+    }
     const bool parity = type == QL_TYPE_IQ2_XXS || type == QL_TYPE_IQ2_XS || type == QL_TYPE_IQ3_XXS;
     float ax[8];
     uint8_t signs = 0;
@@ -141,7 +203,6 @@ void ql_iq_lattice_round(uint32_t type, void *vb, int g, float s, const float *x
         nneg += neg;
     }
     const bool odd = parity && (nneg & 1);
-    pthread_once(&g_ct_once, build_coords);
     uint64_t gv8 = 0; /* the chosen point's 8 coordinates */
     if (type == QL_TYPE_IQ3_XXS || type == QL_TYPE_IQ3_S) {
         const uint32_t *grid = type == QL_TYPE_IQ3_XXS ? iq3xxs_grid : iq3s_grid;

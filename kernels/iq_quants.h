@@ -41,6 +41,14 @@ void ql_quantize_row_tq2_0_ref(const float *x, void *y, int64_t n, const float *
 QL_IQ_ROWS_DECL(iq2_xxs) QL_IQ_ROWS_DECL(iq2_xs) QL_IQ_ROWS_DECL(iq2_s) QL_IQ_ROWS_DECL(iq3_xxs)
 QL_IQ_ROWS_DECL(iq3_s) QL_IQ_ROWS_DECL(iq1_s) QL_IQ_ROWS_DECL(iq1_m) QL_IQ_ROWS_DECL(tq1_0)
 QL_IQ_ROWS_DECL(tq2_0)
+/* The same bytes through the AVX2 neighbour search where the CPU has it (the format registry's simd
+ * column; QL_FORCE_REF=1 or a CPU without AVX2 gives the reference's path). */
+#define QL_IQ_ROWS_FAST_DECL(lname)                                                                      \
+    void ql_quantize_rows_##lname##_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,      \
+                                         const float *imatrix);
+QL_IQ_ROWS_FAST_DECL(iq2_xxs) QL_IQ_ROWS_FAST_DECL(iq2_xs) QL_IQ_ROWS_FAST_DECL(iq2_s)
+QL_IQ_ROWS_FAST_DECL(iq3_xxs) QL_IQ_ROWS_FAST_DECL(iq3_s) QL_IQ_ROWS_FAST_DECL(iq1_s) QL_IQ_ROWS_FAST_DECL(iq1_m)
+#undef QL_IQ_ROWS_FAST_DECL
 #undef QL_IQ_ROWS_DECL
 
 #endif

@@ -25,7 +25,9 @@
 #include "base/ql_common.h"
 #include "kernels/ggml_quants_internal.h"
 #include "kernels/ggml_types.h"
+#include "kernels/iq_quants_internal.h"
 #include "kernels/iq_tables.h"
+#include "kernels/simd.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -49,6 +51,7 @@ typedef struct {
     int nwant;               /* an off-grid key keeps every point at its nwant smallest distances */
     int map_size;            /* keys 0..map_size-1: every key whose levels stay within the grid's */
     uint8_t *level;          /* [ngrid * dim] */
+    int32_t *keys;           /* [ngrid]: each point's levels packed as a key (the neighbour searches read these) */
     int32_t *map;            /* >= 0: grid index; < 0: -(1 + offset of the key's list in nbr) */
     uint16_t *nbr;           /* lists: count, then that many grid indices (by distance, then index) */
 } lattice;
@@ -110,10 +113,12 @@ static void lattice_build(int which) {
     lt->map_size = max_key + 1;
     lt->map = ql_malloc((size_t)lt->map_size * sizeof(int32_t));
     for (int k = 0; k < lt->map_size; ++k) lt->map[k] = INT32_MIN;
+    lt->keys = ql_malloc((size_t)ngrid * sizeof(int32_t));
     for (int i = 0; i < ngrid; ++i) {
         int key = 0;
         for (int j = 0; j < dim; ++j) key |= lt->level[i * dim + j] << (bits * j);
         lt->map[key] = i;
+        lt->keys[i] = key;
     }
 
     /* Neighbours of every key that is not a grid point, by squared distance between the odd
@@ -169,6 +174,8 @@ static void lattice_build(int which) {
         nbr[head] = (uint16_t)(used - head - 1);
         lt->map[key] = -1 - (int32_t)head;
     }
+    nbr = ql_realloc(nbr, (used + 8) * sizeof(uint16_t)); /* the AVX2 search reads 8 entries at a time */
+    memset(nbr + used, 0, 8 * sizeof(uint16_t));
     free(d2);
     free(glo);
     free(ghi);
@@ -211,18 +218,18 @@ static inline void levels_of(const lattice *lt, int gi, int8_t *L) {
     for (int j = 0; j < lt->dim; ++j) L[j] = (int8_t)lt->level[gi * lt->dim + j];
 }
 
-/* Off-grid piece (IQ2/IQ3): the neighbour minimising sum w (scale*(2l+1) - x)^2; writes its levels. */
-static int best_neighbour(const lattice *lt, int key, const float *xval, const float *weight, float scale,
-                          int8_t *L) {
-    const uint16_t *nb = neighbours_of(lt, key);
+/* Scalar reference of the neighbour search (contract in iq_quants_internal.h): levels come out of the
+ * point's key, values out of qtab, and the sum runs in ggml's order. */
+int ql_iq_nbr_search_ref(const uint16_t *nb, const int32_t *keys, int dim, int bits, const float *qtab, float scale,
+                         const float *x, const float *weight) {
+    const int mask = (1 << bits) - 1;
     float best_d2 = FLT_MAX;
     int gi = -1;
     for (int n = 1; n <= nb[0]; ++n) {
-        const uint8_t *lv = lt->level + nb[n] * lt->dim;
+        const int32_t key = keys[nb[n]];
         float d2 = 0;
-        for (int j = 0; j < lt->dim; ++j) {
-            const float q = (float)(2 * lv[j] + 1);
-            const float diff = scale * q - xval[j];
+        for (int j = 0; j < dim; ++j) {
+            const float diff = scale * qtab[(key >> (bits * j)) & mask] - x[j];
             d2 += weight[j] * diff * diff;
         }
         if (d2 < best_d2) {
@@ -230,6 +237,17 @@ static int best_neighbour(const lattice *lt, int key, const float *xval, const f
             gi = nb[n];
         }
     }
+    return gi;
+}
+
+/* The odd integers 2l+1 of IQ2/IQ3 levels, as floats (exact) */
+static const float k_odd[8] = {1, 3, 5, 7, 9, 11, 13, 15};
+
+/* Off-grid piece (IQ2/IQ3): the neighbour minimising sum w (scale*(2l+1) - x)^2; writes its levels. */
+static int best_neighbour(const lattice *lt, int key, const float *xval, const float *weight, float scale,
+                          int8_t *L, ql_iq_nbr_fn nf) {
+    const uint16_t *nb = neighbours_of(lt, key);
+    int gi = nf(nb, lt->keys, lt->dim, lt->bits, k_odd, scale, xval, weight);
     if (gi < 0) gi = nb[1]; /* non-finite scores only (ggml aborts here) */
     levels_of(lt, gi, L);
     return gi;
@@ -322,7 +340,7 @@ static int round_piece(const lattice *lt, const float *xval, float id, int kmaxq
  * the best least-squares fit, then re-round at that scale. L holds the caller's starting levels and
  * returns the final ones; scale0 is the fallback when no candidate fits. Returns the scale. */
 static float lattice_search(const lattice *lt, const search_knobs *kn, const float *xval, const float *weight,
-                            const float *waux, float ref, float scale0, int8_t *L) {
+                            const float *waux, float ref, float scale0, int8_t *L, ql_iq_nbr_fn nf) {
     const int npiece = kn->n / lt->dim;
     int8_t Laux[32];
     bool piece_on[8], piece_on_aux[8];
@@ -336,7 +354,7 @@ static float lattice_search(const lattice *lt, const search_knobs *kn, const flo
             piece_on_aux[k] = true;
             if (round_piece(lt, xval + o, id, kn->kmaxq, Laux + o) < 0) {
                 piece_on_aux[k] = false;
-                best_neighbour(lt, key_of(lt, Laux + o), xval + o, waux + o, this_scale, Laux + o);
+                best_neighbour(lt, key_of(lt, Laux + o), xval + o, waux + o, this_scale, Laux + o, nf);
             }
         }
         float sumq2;
@@ -356,7 +374,7 @@ static float lattice_search(const lattice *lt, const search_knobs *kn, const flo
             if (!kn->always_refine && !kn->refine_all && piece_on[k]) continue;
             const int o = k * lt->dim;
             const int gi = round_piece(lt, xval + o, id, kn->kmaxq, L + o);
-            if (gi < 0) best_neighbour(lt, key_of(lt, L + o), xval + o, waux + o, scale, L + o);
+            if (gi < 0) best_neighbour(lt, key_of(lt, L + o), xval + o, waux + o, scale, L + o, nf);
         }
         float sumq2;
         const float sumqx = square_sum_ratio(weight, xval, L, kn->n, &sumq2);
@@ -389,7 +407,7 @@ static void need_imatrix(const float *imatrix, const char *type) {
 /* ------------------------------------------------------------------------------------------------
  * IQ2_XXS: 8 groups of 32, 4 pieces of 8 on the 256-point grid, 7 sign bits per piece, 4-bit scales
  * ---------------------------------------------------------------------------------------------- */
-void ql_quantize_row_iq2_xxs_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
+static void row_iq2_xxs(const float *x, void *vy, int64_t n, const float *imatrix, ql_iq_nbr_fn nf) {
     need_imatrix(imatrix, "IQ2_XXS");
     const lattice *lt = get_lattice(LAT_IQ2XXS);
     const search_knobs kn = {.n = 32, .kmaxq = 3, .is_lo = -6, .is_hi = 6, .is_step = 0.1f, .always_refine = true};
@@ -421,7 +439,7 @@ void ql_quantize_row_iq2_xxs_ref(const float *x, void *vy, int64_t n, const floa
                 scales[ib] = 0;
                 continue;
             }
-            scale = lattice_search(lt, &kn, xval, weight, waux, eff_max, scale, L);
+            scale = lattice_search(lt, &kn, xval, weight, waux, eff_max, scale, L, nf);
             if (scale < 0) { /* cannot happen for |x| >= 0; mirrors ggml */
                 scale = -scale;
                 for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
@@ -448,7 +466,7 @@ void ql_quantize_row_iq2_xxs_ref(const float *x, void *vy, int64_t n, const floa
 /* ------------------------------------------------------------------------------------------------
  * IQ2_XS (512-point grid) and IQ2_S (1024 points, full 8-bit signs): 16 groups of 16, 2 pieces each
  * ---------------------------------------------------------------------------------------------- */
-void ql_quantize_row_iq2_xs_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
+static void row_iq2_xs(const float *x, void *vy, int64_t n, const float *imatrix, ql_iq_nbr_fn nf) {
     need_imatrix(imatrix, "IQ2_XS");
     const lattice *lt = get_lattice(LAT_IQ2XS);
     const search_knobs kn = {.n = 16, .kmaxq = 3, .is_lo = -9, .is_hi = 9, .is_step = 0.1f, .on_grid_init = true};
@@ -475,7 +493,7 @@ void ql_quantize_row_iq2_xs_ref(const float *x, void *vy, int64_t n, const float
                 scales[ib] = 0;
                 continue;
             }
-            float scale = lattice_search(lt, &kn, xval, weight, waux, max, max / (2 * kn.kmaxq - 1), L);
+            float scale = lattice_search(lt, &kn, xval, weight, waux, max, max / (2 * kn.kmaxq - 1), L, nf);
             if (scale < 0) {
                 scale = -scale;
                 for (int k = 0; k < 2; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
@@ -498,7 +516,7 @@ void ql_quantize_row_iq2_xs_ref(const float *x, void *vy, int64_t n, const float
     }
 }
 
-void ql_quantize_row_iq2_s_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
+static void row_iq2_s(const float *x, void *vy, int64_t n, const float *imatrix, ql_iq_nbr_fn nf) {
     const lattice *lt = get_lattice(LAT_IQ2S);
     const search_knobs kn = {.n = 16, .kmaxq = 3, .is_lo = -9, .is_hi = 9, .is_step = 0.1f, .on_grid_init = true};
     blk_iq2_s *y = vy;
@@ -524,7 +542,7 @@ void ql_quantize_row_iq2_s_ref(const float *x, void *vy, int64_t n, const float 
                 scales[ib] = 0;
                 continue;
             }
-            float scale = lattice_search(lt, &kn, xval, weight, waux, max, max / (2 * kn.kmaxq - 1), L);
+            float scale = lattice_search(lt, &kn, xval, weight, waux, max, max / (2 * kn.kmaxq - 1), L, nf);
             if (scale < 0) {
                 scale = -scale;
                 for (int k = 0; k < 2; ++k) signs[k] = (uint8_t)~signs[k];
@@ -550,7 +568,7 @@ void ql_quantize_row_iq2_s_ref(const float *x, void *vy, int64_t n, const float 
 /* ------------------------------------------------------------------------------------------------
  * IQ3_XXS (256 points of 4) and IQ3_S (512 points, 9-bit indices, full signs): 8 groups of 32
  * ---------------------------------------------------------------------------------------------- */
-void ql_quantize_row_iq3_xxs_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
+static void row_iq3_xxs(const float *x, void *vy, int64_t n, const float *imatrix, ql_iq_nbr_fn nf) {
     const lattice *lt = get_lattice(LAT_IQ3XXS);
     const search_knobs kn = {
         .n = 32, .kmaxq = 8, .is_lo = -15, .is_hi = 15, .is_step = 0.2f, .on_grid_init = true};
@@ -577,7 +595,7 @@ void ql_quantize_row_iq3_xxs_ref(const float *x, void *vy, int64_t n, const floa
                 scales[ib] = 0;
                 continue;
             }
-            float scale = lattice_search(lt, &kn, xval, weight, waux, max, max / (2 * kn.kmaxq - 1), L);
+            float scale = lattice_search(lt, &kn, xval, weight, waux, max, max / (2 * kn.kmaxq - 1), L, nf);
             if (scale < 0) {
                 scale = -scale;
                 for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
@@ -601,7 +619,7 @@ void ql_quantize_row_iq3_xxs_ref(const float *x, void *vy, int64_t n, const floa
     }
 }
 
-void ql_quantize_row_iq3_s_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
+static void row_iq3_s(const float *x, void *vy, int64_t n, const float *imatrix, ql_iq_nbr_fn nf) {
     const lattice *lt = get_lattice(LAT_IQ3S);
     const search_knobs kn = {.n = 32, .kmaxq = 8, .is_lo = -9, .is_hi = 9, .is_step = 0.2f, .refine_all = true};
     blk_iq3_s *y = vy;
@@ -630,7 +648,7 @@ void ql_quantize_row_iq3_s_ref(const float *x, void *vy, int64_t n, const float 
                 scales[ib] = 0;
                 continue;
             }
-            float scale = lattice_search(lt, &kn, xval, weight, waux, max, max / (2 * kn.kmaxq - 1), L);
+            float scale = lattice_search(lt, &kn, xval, weight, waux, max, max / (2 * kn.kmaxq - 1), L, nf);
             if (scale < 0) {
                 scale = -scale;
                 for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)~signs[k];
@@ -675,22 +693,10 @@ static void sort_order(const float *xb, int n, int *order) {
 
 /* Off-grid IQ1 piece: the neighbour minimising sum w (scale*xg[l] - x)^2 with the shifted values xg. */
 static int iq1_best_neighbour(const lattice *lt, int key, const float *xb, const float *weight, float scale,
-                              const float *xg, int8_t *L) {
+                              const float *xg, int8_t *L, ql_iq_nbr_fn nf) {
     const uint16_t *nb = neighbours_of(lt, key);
-    float best = FLT_MAX;
-    int gi = -1;
-    for (int n = 1; n <= nb[0]; ++n) {
-        const uint8_t *lv = lt->level + nb[n] * 8;
-        float d2 = 0;
-        for (int j = 0; j < 8; ++j) {
-            const float diff = scale * xg[lv[j]] - xb[j];
-            d2 += weight[j] * diff * diff;
-        }
-        if (d2 < best) {
-            best = d2;
-            gi = nb[n];
-        }
-    }
+    const float qtab[8] = {xg[0], xg[1], xg[2], 0, 0, 0, 0, 0};
+    int gi = nf(nb, lt->keys, 8, lt->bits, qtab, scale, xb, weight);
     /* ggml then scans the whole grid (reading past the group: a bug it cannot reach with finite
      * input) and aborts if that fails too; non-finite input only, so take the first neighbour */
     if (gi < 0) gi = nb[1];
@@ -701,14 +707,14 @@ static int iq1_best_neighbour(const lattice *lt, int key, const float *xb, const
 /* Grid indices of a group's pieces from levels L; off-grid pieces snapped with iq1_best_neighbour.
  * xg[k] holds piece k's three shifted values. Returns false when some piece was off the grid. */
 static bool iq1_snap(const lattice *lt, const float *xb, const float *weight, float scale, int npiece,
-                     const float *const *xg, int8_t *L, uint16_t *index) {
+                     const float *const *xg, int8_t *L, uint16_t *index, ql_iq_nbr_fn nf) {
     bool all_on = true;
     for (int k = 0; k < npiece; ++k) {
         const int key = key_of(lt, L + 8 * k);
         int gi = on_grid(lt, key);
         if (gi < 0) {
             all_on = false;
-            gi = iq1_best_neighbour(lt, key, xb + 8 * k, weight + 8 * k, scale, xg[k], L + 8 * k);
+            gi = iq1_best_neighbour(lt, key, xb + 8 * k, weight + 8 * k, scale, xg[k], L + 8 * k, nf);
         }
         index[k] = (uint16_t)gi;
     }
@@ -734,7 +740,7 @@ static float iq1_refit(const lattice *lt, const float *xb, const float *weight, 
 static const float iq1_xp[3] = {-1 + QL_IQ1S_DELTA, QL_IQ1S_DELTA, 1 + QL_IQ1S_DELTA};
 static const float iq1_xm[3] = {-1 - QL_IQ1S_DELTA, -QL_IQ1S_DELTA, 1 - QL_IQ1S_DELTA};
 
-void ql_quantize_row_iq1_s_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
+static void row_iq1_s(const float *x, void *vy, int64_t n, const float *imatrix, ql_iq_nbr_fn nf) {
     need_imatrix(imatrix, "IQ1_S");
     const lattice *lt = get_lattice(LAT_IQ1);
     blk_iq1_s *y = vy;
@@ -794,7 +800,7 @@ void ql_quantize_row_iq1_s_ref(const float *x, void *vy, int64_t n, const float 
             }
             const float *xx = best_shift == 1 ? iq1_xp : iq1_xm;
             const float *const xg[4] = {xx, xx, xx, xx};
-            if (!iq1_snap(lt, xb, weight, scale, 4, xg, L, index))
+            if (!iq1_snap(lt, xb, weight, scale, 4, xg, L, index, nf))
                 scale = iq1_refit(lt, xb, weight, 4, xg, index, scale);
             uint16_t h = 0;
             for (int k = 0; k < 4; ++k) {
@@ -825,7 +831,7 @@ static inline const float *iq1m_shift(int k, int half) {
     return (half == 0 ? k < 2 : k % 2 == 0) ? iq1_xp : iq1_xm;
 }
 
-void ql_quantize_row_iq1_m_ref(const float *x, void *vy, int64_t n, const float *imatrix) {
+static void row_iq1_m(const float *x, void *vy, int64_t n, const float *imatrix, ql_iq_nbr_fn nf) {
     const lattice *lt = get_lattice(LAT_IQ1);
     static const uint8_t shift_bits[4] = {0x00, 0x80, 0x08, 0x88};
     blk_iq1_m *y = vy;
@@ -907,7 +913,7 @@ void ql_quantize_row_iq1_m_ref(const float *x, void *vy, int64_t n, const float 
                 best_k = 3 - best_k; /* both halves change sign */
             }
             const float *const xg[2] = {iq1m_shift(best_k, 0), iq1m_shift(best_k, 1)};
-            if (!iq1_snap(lt, xb, weight, scale, 2, xg, L, index))
+            if (!iq1_snap(lt, xb, weight, scale, 2, xg, L, index, nf))
                 scale = iq1_refit(lt, xb, weight, 2, xg, index, scale);
             y[ibl].qs[2 * ib + 0] = (uint8_t)(index[0] & 255);
             y[ibl].qs[2 * ib + 1] = (uint8_t)(index[1] & 255);
@@ -1016,6 +1022,29 @@ void ql_quantize_row_tq2_0_ref(const float *x, void *vy, int64_t n, const float 
 /* ------------------------------------------------------------------------------------------------
  * Whole matrices
  * ---------------------------------------------------------------------------------------------- */
+/* The public row quantizers: the reference with the scalar neighbour search, and the fast twins
+ * (the registry's simd column) with the AVX2 one where the CPU has it: the same bytes either way. */
+static ql_iq_nbr_fn fast_nbr(void) {
+#ifdef QL_IQ_NBR_AVX2
+    if (ql_simd_level_get() >= QL_SIMD_AVX2) return ql_iq_nbr_search_avx2;
+#endif
+    return ql_iq_nbr_search_ref;
+}
+#define IQ_ROW_PAIR(lname)                                                                               \
+    void ql_quantize_row_##lname##_ref(const float *x, void *y, int64_t n, const float *imatrix) {      \
+        row_##lname(x, y, n, imatrix, ql_iq_nbr_search_ref);                                             \
+    }                                                                                                    \
+    static void row_##lname##_fast(const float *x, void *y, int64_t n, const float *imatrix) {          \
+        row_##lname(x, y, n, imatrix, fast_nbr());                                                       \
+    }
+IQ_ROW_PAIR(iq2_xxs)
+IQ_ROW_PAIR(iq2_xs)
+IQ_ROW_PAIR(iq2_s)
+IQ_ROW_PAIR(iq3_xxs)
+IQ_ROW_PAIR(iq3_s)
+IQ_ROW_PAIR(iq1_s)
+IQ_ROW_PAIR(iq1_m)
+
 bool ql_ggml_quantize_requires_imatrix(uint32_t type) {
     return type == QL_TYPE_IQ2_XXS || type == QL_TYPE_IQ2_XS || type == QL_TYPE_IQ1_S;
 }
@@ -1043,6 +1072,18 @@ IQ_ROWS(iq1_s, blk_iq1_s)
 IQ_ROWS(iq1_m, blk_iq1_m)
 IQ_ROWS(tq1_0, blk_tq1_0)
 IQ_ROWS(tq2_0, blk_tq2_0)
+#define IQ_ROWS_FAST(lname, blk_t)                                                                       \
+    void ql_quantize_rows_##lname##_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,      \
+                                         const float *imatrix) {                                         \
+        quantize_rows(row_##lname##_fast, sizeof(blk_t), src, dst, nrows, ncols, imatrix);               \
+    }
+IQ_ROWS_FAST(iq2_xxs, blk_iq2_xxs)
+IQ_ROWS_FAST(iq2_xs, blk_iq2_xs)
+IQ_ROWS_FAST(iq2_s, blk_iq2_s)
+IQ_ROWS_FAST(iq3_xxs, blk_iq3_xxs)
+IQ_ROWS_FAST(iq3_s, blk_iq3_s)
+IQ_ROWS_FAST(iq1_s, blk_iq1_s)
+IQ_ROWS_FAST(iq1_m, blk_iq1_m)
 
 ql_status ql_iq_quantize_rows(uint32_t type, const float *src, void *dst, int64_t nrows, int64_t ncols,
                               const float *imatrix) {

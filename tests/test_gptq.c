@@ -737,7 +737,7 @@ static void test_real_layer(void **state) {
 
 /* ---- lattice i-quants (kernels/iq_lattice.h) ---- */
 
-static const char *const k_lattice_formats[] = {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s"};
+static const char *const k_lattice_formats[] = {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_m", "iq1_s"};
 
 static double group_cost(const float *x, const float *w, const float *q) {
     double c = 0;

@@ -89,7 +89,7 @@ static void test_search_twin(void **state) {
 /* whole round calls on real blocks of every lattice type: the same bytes and values at both levels */
 static void test_round_levels(void **state) {
     (void)state;
-    static const char *const names[] = {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s"};
+    static const char *const names[] = {"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s", "iq1_s", "iq1_m"};
     const int64_t n = 256;
     float *row = malloc(n * sizeof(float)), imp[256];
     for (int i = 0; i < n; i++) row[i] = (float)(0.03 * normal()), imp[i] = (float)exp(normal());
