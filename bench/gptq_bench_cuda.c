@@ -13,15 +13,8 @@
 #include "formats/format.h"
 #include "kernels/gptq_cuda.h"
 
-static uint64_t g_rng = 12345; /* gptq_bench.c's generator and seed: the same layer */
-static double uniform(void) {
-    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
-}
-static double normal(void) { return sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform()); }
+#define QL_TEST_RNG_SEED 12345 /* gptq_bench.c's generator and seed: the same layer */
+#include "tests/test_rng.h"
 
 int main(int argc, char **argv) {
     int64_t rows = argc > 1 ? atoll(argv[1]) : 4096, cols = argc > 2 ? atoll(argv[2]) : 4096;

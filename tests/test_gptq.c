@@ -37,16 +37,9 @@ static ql_method_opts gptq_opts(const char *spec, int threads, ql_opt_values *v)
 
 /* ---- random numbers ---- */
 
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+#define QL_TEST_RNG_SEED 0x9E3779B97F4A7C15ull
+#include "tests/test_rng.h"
 static void seed(uint64_t s) { g_rng = s * 0x9E3779B97F4A7C15ull + 1; }
-static double uniform(void) {
-    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
-}
-static double normal(void) { return sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform()); }
 static double student3(void) { /* heavy tails */
     double c = 0;
     for (int i = 0; i < 3; i++) {

@@ -20,15 +20,8 @@
 #include "kernels/simd.h"
 #include "tests/test_util.h"
 
-static uint64_t g_rng = 0x243F6A8885A308D3ull;
-static double uniform(void) {
-    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
-}
-static double normal(void) { return sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform()); }
+#define QL_TEST_RNG_SEED 0x243F6A8885A308D3ull
+#include "tests/test_rng.h"
 
 /* one target of 8 values, case k: 0-3 random, then the adversarial ones */
 static void make_case(int k, float *x, float *w, float *s) {
