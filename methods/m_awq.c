@@ -255,6 +255,23 @@ static void weight_saliency(const ql_layer_f32 *L, const ql_scale_point *p, cons
  * linears are scaled and rounded on the host (the registry's quantizer) and stacked by rows, candidates in
  * batches of up to AWQ_BATCH_ELEMS weights, each batch's losses from one product with H (awq_cuda.h). The
  * candidates, their order and the choice (strictly smaller loss wins) are the CPU loop's. */
+/* One grid point's smoothing scales: s_j = x̄_j^a (duo: x̄_j^a / w̄_j^(1-a)), floored at 1e-4 and divided by
+ * √(max·min) so they straddle 1; se[c] is the scale of input column c (scale points may share inputs). */
+static void candidate_scales(const ql_layer_f32 *L, const ql_scale_point *p, const double *sx, const double *sw, int ns,
+                             int64_t n, double a, int duo, float *s, float *se) {
+    double mx = 0, mn = INFINITY;
+    for (int j = 0; j < ns; j++) {
+        double v = duo ? pow(sx[j], a) / (pow(sw[j], 1 - a) + 1e-4) : pow(sx[j], a);
+        v = fmax(v, 1e-4);
+        s[j] = (float)v;
+        mx = fmax(mx, v);
+        mn = fmin(mn, v);
+    }
+    const double norm = sqrt(mx * mn);
+    for (int j = 0; j < ns; j++) s[j] = (float)(s[j] / norm);
+    for (int64_t c = 0; c < n; c++) se[c] = s[ql_scale_point_src(L, p, c)];
+}
+
 static ql_status grid_search_dev(const ql_layer_f32 *L, const ql_scale_point *p, const int *lin, int nl,
                                  const double *sx, const double *sw, const awq_opts *o, ql_cuda_qerr *qe, float *s,
                                  float *se, float *best, double *best_loss, double *loss_rtn, double *best_alpha,
@@ -273,17 +290,7 @@ static ql_status grid_search_dev(const ql_layer_f32 *L, const ql_scale_point *p,
             const int cand = c0 + k, duo = cand / o->grid, gi = cand % o->grid;
             const double a = (double)gi / o->grid;
             float *sj = sk + k * ns, *sc = sek + k * n;
-            double mx = 0, mn = INFINITY;
-            for (int j = 0; j < ns; j++) {
-                double v = duo ? pow(sx[j], a) / (pow(sw[j], 1 - a) + 1e-4) : pow(sx[j], a);
-                v = fmax(v, 1e-4);
-                sj[j] = (float)v;
-                mx = fmax(mx, v);
-                mn = fmin(mn, v);
-            }
-            const double norm = sqrt(mx * mn);
-            for (int j = 0; j < ns; j++) sj[j] = (float)(sj[j] / norm);
-            for (int c = 0; c < n; c++) sc[c] = sj[ql_scale_point_src(L, p, c)];
+            candidate_scales(L, p, sx, sw, ns, n, a, duo, sj, sc);
             int64_t r0 = 0;
             for (int i = 0; i < nl && !st; i++) { /* ql_quant_output_error's scaling and rounding */
                 const int li = lin[i];
@@ -355,17 +362,7 @@ static ql_status awq_point(ql_layer_f32 *L, const ql_scale_point *p, const ql_st
     for (int duo = 0; duo <= (o->duo ? 1 : 0) && !st && !qe; duo++)
         for (int gi = 0; gi < o->grid && !st; gi++) {
             const double a = (double)gi / o->grid;
-            double mx = 0, mn = INFINITY;
-            for (int j = 0; j < ns; j++) {
-                double v = duo ? pow(sx[j], a) / (pow(sw[j], 1 - a) + 1e-4) : pow(sx[j], a);
-                v = fmax(v, 1e-4);
-                s[j] = (float)v;
-                mx = fmax(mx, v);
-                mn = fmin(mn, v);
-            }
-            const double norm = sqrt(mx * mn);
-            for (int j = 0; j < ns; j++) s[j] = (float)(s[j] / norm);
-            for (int c = 0; c < n; c++) se[c] = s[ql_scale_point_src(L, p, c)];
+            candidate_scales(L, p, sx, sw, ns, n, a, duo, s, se);
             double loss = 0;
             for (int i = 0; i < nl && !st; i++) {
                 const int li = lin[i];
