@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 int cmd_info(int argc, char **argv);
@@ -52,6 +53,20 @@ static void usage(FILE *f) {
     for (const cli_command *c = cli_commands; c->name; c++) fprintf(f, "  %-10s %s\n", c->name, c->summary);
 }
 
+/* OpenBLAS's pthread build starts its worker threads when it is loaded, and each allocates a buffer of ~128 MiB
+ * at once; under an address-space limit (ulimit -v) that leaves no room for it, a worker retries forever and the
+ * library's exit destructor waits for it, so a refused run would never end. Every output is committed and closed
+ * by the time a command returns, so under a finite RLIMIT_AS qlab flushes stdio and leaves without running the
+ * libraries' destructors. */
+static int finish(int rc) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        fflush(NULL);
+        _exit(rc);
+    }
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 && isatty(0) && isatty(1) && access("models/tiny.gguf", R_OK) == 0) {
         char *av[] = {"tui", "models/tiny.gguf", NULL}; /* `qlab` alone opens the workbench on the default model */
@@ -76,7 +91,7 @@ int main(int argc, char **argv) {
                                     "work over MPI ranks (run it without mpirun, or with -np 1)\n", c->name);
                 return 2;
             }
-            return c->run(argc - 1, argv + 1);
+            return finish(c->run(argc - 1, argv + 1));
         }
     fprintf(stderr, "qlab: unknown command '%s'\n", argv[1]);
     usage(stderr);
