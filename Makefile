@@ -23,7 +23,7 @@ CUSRCS  := $(wildcard kernels/*.cu)
 CUOBJS  := $(CUSRCS:%.cu=$(BUILD)/%.cu.o)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CFLAGS  += -DQL_HAVE_CUDA -I$(CUDA_HOME)/include -DQL_CUDA_LIBDIR=\"$(CUDA_HOME)/lib64\"
-LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusolver -lstdc++
+LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lstdc++
 NVFLAGS ?= -O2 -std=c++17 -MMD -MP -I. --compiler-options -fPIC -arch=sm_90 \
            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
 endif

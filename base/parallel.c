@@ -32,12 +32,18 @@ static void *run_items(void *p) {
     return NULL;
 }
 
+static _Atomic int g_cap = 256;
+
+void ql_parallel_cap(int n) { g_cap = n < 1 ? 1 : n > 256 ? 256 : n; }
+
 int ql_default_threads(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 256 ? 256 : (int)n;
+    n = n < 1 ? 1 : n > 256 ? 256 : n;
+    return n > g_cap ? g_cap : (int)n;
 }
 
 void ql_parallel_for(int n_threads, int64_t n, ql_range_fn fn, void *ctx) {
+    if (n_threads > g_cap) n_threads = g_cap;
     if (n_threads < 1) n_threads = 1;
     if (n_threads > n) n_threads = (int)(n > 0 ? n : 1);
     if (n_threads == 1) {
@@ -60,6 +66,7 @@ void ql_parallel_for(int n_threads, int64_t n, ql_range_fn fn, void *ctx) {
 }
 
 void ql_parallel_items(int n_threads, int64_t n, ql_item_fn fn, void *ctx) {
+    if (n_threads > g_cap) n_threads = g_cap;
     if (n_threads < 1) n_threads = 1;
     if (n_threads > n) n_threads = (int)(n > 0 ? n : 1);
     if (n_threads > 256) n_threads = 256;

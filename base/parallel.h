@@ -11,4 +11,7 @@ void ql_parallel_for(int n_threads, int64_t n, ql_range_fn fn, void *ctx);
 typedef void (*ql_item_fn)(void *ctx, int worker, int64_t item);
 void ql_parallel_items(int n_threads, int64_t n, ql_item_fn fn, void *ctx);
 int ql_default_threads(void);
+/* At most n workers from now on (and ql_default_threads() ≤ n): set when an address-space limit leaves room
+ * for only n of OpenBLAS's per-thread buffers, since every worker may call BLAS (base/ql_common.h). */
+void ql_parallel_cap(int n);
 #endif

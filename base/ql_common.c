@@ -1,7 +1,11 @@
 /* ql_common.c — error slot, logging, checked allocation, time and fp16/bf16 conversion. */
 #include "base/ql_common.h"
+#include "base/parallel.h"
+
+#include <cblas.h>
 
 #include <stdarg.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,6 +161,63 @@ static double read_limit_file(const char *path) {
     return v;
 }
 
+/* OpenBLAS's own thread control (not in cblas.h). */
+int openblas_get_num_threads(void);
+void openblas_set_num_threads(int);
+
+/* OpenBLAS's per-thread work buffer: BUFFER_SIZE (128 MiB on x86-64) plus its page of bookkeeping, as its
+ * allocator asks malloc for it. */
+#define QL_BLAS_BUFFER_BYTES (128.0 * 1048576.0 + 8192.0)
+static int g_blas_cap = 1 << 20;   /* threads OpenBLAS may use (no address-space limit: no cap) */
+static double g_blas_reserved = 0; /* bytes of the address-space limit set aside for OpenBLAS's buffers */
+
+static double address_space_used(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (f) {
+        if (fscanf(f, "%lu", &pages) != 1) pages = 0;
+        fclose(f);
+    }
+    return (double)pages * (double)sysconf(_SC_PAGESIZE);
+}
+
+ql_status ql_blas_fit_address_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return QL_OK;
+    const double used = address_space_used(), left = (double)rl.rlim_cur - used;
+    const int want = openblas_get_num_threads();
+    /* what start-up used can include a thread's malloc arena caught mid-reservation (glibc maps 128 MiB, then
+     * trims it to 64), so the margin left for qlab's own work beside the buffers is a modest 64 MiB; commands
+     * check their working memory against what remains (ql_mem_limit_bytes) */
+    const double margin = 64.0 * 1048576.0;
+    int fit = left > margin ? (int)((left - margin) / QL_BLAS_BUFFER_BYTES) : 0;
+    if (fit < 1) {
+        const double need = used + margin + QL_BLAS_BUFFER_BYTES;
+        return ql_fail(QL_ERR_NOMEM,
+                       "ulimit -v allows %.0f MiB of address space and start-up already uses %.0f MiB; the linear "
+                       "algebra needs %.0f MiB more per thread: raise the limit to at least %.0f MiB (ulimit -v %.0f)",
+                       (double)rl.rlim_cur / 1048576.0, used / 1048576.0, QL_BLAS_BUFFER_BYTES / 1048576.0,
+                       need / 1048576.0, ceil(need / 1024.0));
+    }
+    /* Under a tight limit qlab runs one thread and takes OpenBLAS's one buffer now, while there is room: OpenBLAS
+     * keeps it and reuses it for every later call, so the limit can only ever be hit by qlab's own allocations,
+     * which fail with a message. With room for several buffers, threads are capped to the buffers that fit. */
+    if (left < 1024.0 * 1048576.0) fit = 1;
+    g_blas_cap = fit < want ? fit : want;
+    if (fit < 256) ql_parallel_cap(fit); /* each of qlab's workers may call BLAS and take a buffer of its own */
+    g_blas_reserved = used + g_blas_cap * QL_BLAS_BUFFER_BYTES;
+    if (g_blas_cap < want) openblas_set_num_threads(g_blas_cap);
+    if (fit == 1) {
+        /* large enough for OpenBLAS's blocked path (small products skip the buffer) */
+        static float a[160 * 160], c[160 * 160];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 160, 160, 160, 1.0f, a, 160, a, 160, 0.0f, c, 160);
+    }
+    return QL_OK;
+}
+
+void ql_blas_set_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n > g_blas_cap ? g_blas_cap : n); }
+int ql_blas_get_threads(void) { return openblas_get_num_threads(); }
+
 double ql_mem_limit_bytes(const char **what) {
     double lim = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
     const char *w = "RAM";
@@ -169,8 +230,8 @@ double ql_mem_limit_bytes(const char **what) {
         }
     }
     struct rlimit rl;
-    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (double)rl.rlim_cur < lim) {
-        lim = (double)rl.rlim_cur;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (double)rl.rlim_cur - g_blas_reserved < lim) {
+        lim = (double)rl.rlim_cur - g_blas_reserved;
         w = "ulimit -v";
     }
     if (what) *what = w;

@@ -58,8 +58,19 @@ double ql_time_s(void); /* monotonic seconds */
 
 /* The memory this process can use, in bytes: the least of physical RAM, the cgroup's limit (v2 memory.max,
  * v1 memory.limit_in_bytes) and the address-space limit (ulimit -v / RLIMIT_AS). `what` (may be NULL) gets
- * which of them it is, for messages ("RAM", "the cgroup limit", "ulimit -v"). */
+ * which of them it is, for messages ("RAM", "the cgroup limit", "ulimit -v"). Under ulimit -v, what start-up
+ * mapped and OpenBLAS's buffers (ql_blas_fit_address_limit) are taken off. */
 double ql_mem_limit_bytes(const char **what);
+
+/* OpenBLAS under an address-space limit. Each thread OpenBLAS runs a call on takes a ~128 MiB buffer; when
+ * ulimit -v leaves no room for one, OpenBLAS retries the allocation forever and the call never returns.
+ * ql_blas_fit_address_limit() (run once at start) caps OpenBLAS's threads to the buffers that fit in half of the
+ * address space left after start-up, and the cap is reserved out of ql_mem_limit_bytes()'s "ulimit -v"; it
+ * fails (one line in ql_last_error(), naming the limit needed) when not even one buffer fits. No limit: no cap.
+ * ql_blas_set_threads() is openblas_set_num_threads() under that cap: every caller sets threads through it. */
+ql_status ql_blas_fit_address_limit(void);
+void ql_blas_set_threads(int n);
+int ql_blas_get_threads(void);
 
 /* Both paths exist and are one file (same device and inode): a symlink or hard link to b counts. Every
  * writer's caller asks this before writing over what it reads. */

@@ -308,7 +308,7 @@ int cmd_logits(int argc, char **argv) {
     int64_t n = 0;
     float *logits = NULL;
     int rc = 0;
-    openblas_set_num_threads(threads);
+    ql_blas_set_threads(threads);
     if (ql_model_load(model, &m) || read_token_file(tokens, &ids, &n) || ql_infer_new(m, threads, &inf)) {
         rc = cli_fail("logits");
         goto done;

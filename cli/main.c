@@ -70,6 +70,10 @@ static int finish(int rc) {
 int main(int argc, char **argv) {
     if (argc < 2 && isatty(0) && isatty(1) && access("models/tiny.gguf", R_OK) == 0) {
         char *av[] = {"tui", "models/tiny.gguf", NULL}; /* `qlab` alone opens the workbench on the default model */
+        if (ql_blas_fit_address_limit()) {
+            fprintf(stderr, "qlab: %s\n", ql_last_error());
+            return finish(1);
+        }
         return cmd_tui(2, av);
     }
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
@@ -79,6 +83,10 @@ int main(int argc, char **argv) {
     for (const cli_command *c = cli_commands; c->name; c++)
         if (strcmp(c->name, argv[1]) == 0) {
             cli_install_sigint();
+            if (ql_blas_fit_address_limit()) { /* a tight ulimit -v: refuse rather than hang in OpenBLAS */
+                fprintf(stderr, "qlab %s: %s\n", c->name, ql_last_error());
+                return finish(1);
+            }
             ql_backend_set_auto(true); /* a command runs on the GPU when there is one (--device overrides) */
             /* under mpirun: join the job; only the commands below share their work over the ranks */
             static const char *const distributed[] = {"sense", "stats"};

@@ -102,8 +102,8 @@ static ql_status cpu_sync(void *be) {
 
 static int cpu_set_threads(void *be, int n) {
     (void)be;
-    int old = openblas_get_num_threads();
-    openblas_set_num_threads(n);
+    int old = ql_blas_get_threads();
+    ql_blas_set_threads(n);
     return old;
 }
 
@@ -155,7 +155,7 @@ static void round_activations(uint32_t act, const float *x, float *y, int T, int
 static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backend_weight *bias, const float *x,
                            float *y, int T, int K, int N, float beta, float *xtmp) {
     (void)be;
-    const int nth = openblas_get_num_threads();
+    const int nth = ql_blas_get_threads();
     if (ql_wmatmul_int8_applies(w, K)) return ql_wmatmul_int8(w, bias, x, y, T, K, N, beta, xtmp, nth);
     if (w->aq && w->aq->mode != QL_ACT_NONE) {
         ql_act_quant_apply(w->aq, x, xtmp, T, K);

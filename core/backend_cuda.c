@@ -36,6 +36,7 @@ typedef int ql_backend_cuda_translation_unit; /* keeps the file a valid C unit w
 #include "core/wmatmul.h"
 #include "formats/format.h"
 #include "kernels/cuda_api.h"
+#include "kernels/cuda_libs.h"
 #include "kernels/forward_cuda.h"
 #include "kernels/ggml_types.h"
 
@@ -85,6 +86,7 @@ typedef struct {
     const ql_config *c;
     int device, n_threads;
     cudaStream_t compute, copy;
+    const ql_cublas_api *cb; /* kernels/cuda_libs.h */
     cublasHandle_t blas;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -139,51 +141,10 @@ typedef struct {
         if (b_ != CUBLAS_STATUS_SUCCESS) return ql_fail(QL_ERR_IO, "cuda: %s: cuBLAS status %d", #call, (int)b_); \
     } while (0)
 
-/* cuBLAS is opened when a backend is created, not linked: its libraries (hundreds of MB) would otherwise load at
- * the start of every qlab command, CPU-only ones included. The soname is the toolkit's the build used; the
- * build's CUDA library folder is the fallback (QL_CUDA_LIBDIR, from the Makefile). */
-static struct {
-    __typeof__(cublasCreate_v2) *Create;
-    __typeof__(cublasDestroy_v2) *Destroy;
-    __typeof__(cublasSetStream_v2) *SetStream;
-    __typeof__(cublasSetMathMode) *SetMathMode;
-    __typeof__(cublasSgemm_v2) *Sgemm;
-    __typeof__(cublasGemmEx) *GemmEx;
-    __typeof__(cublasDsyrk_v2) *Dsyrk;
-} CB;
-static char g_cublas_err[320];
-static pthread_once_t g_cublas_once = PTHREAD_ONCE_INIT;
+/* cuBLAS is opened when a backend is created, not linked (kernels/cuda_libs.h says why). */
+#define CB (*be->cb)
 
-#define QL_STR2(x) #x
-#define QL_STR(x) QL_STR2(x)
-static void cublas_open(void) {
-    const char *soname = "libcublas.so." QL_STR(CUBLAS_VER_MAJOR);
-    void *lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
-#ifdef QL_CUDA_LIBDIR
-    if (!lib) lib = dlopen(QL_CUDA_LIBDIR "/libcublas.so." QL_STR(CUBLAS_VER_MAJOR), RTLD_NOW | RTLD_LOCAL);
-#endif
-    if (!lib) {
-        snprintf(g_cublas_err, sizeof g_cublas_err, "cuda backend: cannot load %s (%s)", soname, dlerror());
-        return;
-    }
-    struct { void **fn; const char *name; } syms[] = {
-        {(void **)&CB.Create, "cublasCreate_v2"},       {(void **)&CB.Destroy, "cublasDestroy_v2"},
-        {(void **)&CB.SetStream, "cublasSetStream_v2"}, {(void **)&CB.SetMathMode, "cublasSetMathMode"},
-        {(void **)&CB.Sgemm, "cublasSgemm_v2"},         {(void **)&CB.GemmEx, "cublasGemmEx"},
-        {(void **)&CB.Dsyrk, "cublasDsyrk_v2"},
-    };
-    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++)
-        if (!(*syms[i].fn = dlsym(lib, syms[i].name))) {
-            snprintf(g_cublas_err, sizeof g_cublas_err, "cuda backend: %s has no %s", soname, syms[i].name);
-            CB.Create = NULL;
-            return;
-        }
-}
-
-const char *ql_cuda_blas_open(void) {
-    pthread_once(&g_cublas_once, cublas_open);
-    return CB.Create ? NULL : g_cublas_err;
-}
+const char *ql_cuda_blas_open(void) { return ql_cublas() ? NULL : ql_last_error(); }
 
 static int64_t tensor_elems(const ql_gguf_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
 
@@ -448,8 +409,7 @@ static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out)
     CU(cudaSetDevice(device));
     CU(cudaStreamCreateWithFlags(&be->compute, cudaStreamNonBlocking));
     CU(cudaStreamCreateWithFlags(&be->copy, cudaStreamNonBlocking));
-    pthread_once(&g_cublas_once, cublas_open);
-    if (!CB.Create) return ql_fail(QL_ERR_UNSUPPORTED, "%s", g_cublas_err);
+    if (!(be->cb = ql_cublas())) return QL_ERR_UNSUPPORTED;
     BLAS(CB.Create(&be->blas));
     BLAS(CB.SetStream(be->blas, be->compute));
     BLAS(CB.SetMathMode(be->blas, CUBLAS_DEFAULT_MATH)); /* full F32: no TF32 tensor cores */

@@ -323,7 +323,7 @@ ql_status ql_map_file(const char *path, void **addr, size_t *len) {
         const char *what;
         double lim = ql_mem_limit_bytes(&what);
         if (e == ENOMEM)
-            return ql_fail(QL_ERR_IO, "%s: cannot map its %.2f GiB: out of address space (%s allows %.2f GiB); raise the "
+            return ql_fail(QL_ERR_IO, "%s: cannot map its %.2f GiB: out of address space (%s leaves %.2f GiB for it); raise the "
                                       "limit or use a smaller model file", path, (double)*len / 1073741824.0, what,
                            lim / 1073741824.0);
         return ql_fail(QL_ERR_IO, "%s: mmap failed: %s", path, strerror(e));

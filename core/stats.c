@@ -390,10 +390,10 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
             ctx.acc[w].on_host = ql_calloc((size_t)ctx.acc[w].acc->n, sizeof(bool));
         }
     }
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    int saved = ql_blas_get_threads();
+    ql_blas_set_threads(1);
     if (n_local > 0) ql_parallel_for(n_local, n_local, collect_range, &ctx);
-    openblas_set_num_threads(saved);
+    ql_blas_set_threads(saved);
     ql_status st = ctx.status;
     /* the device accumulators into the host's (which saw none of their tokens' Σ xᵀx) */
     for (int w = 0; w < workers; w++) {

@@ -54,8 +54,8 @@ void ql_train_decoder_free(ql_train_decoder *d) {
 }
 
 int ql_train_blas_threads(int n) {
-    int old = openblas_get_num_threads();
-    openblas_set_num_threads(n);
+    int old = ql_blas_get_threads();
+    ql_blas_set_threads(n);
     return old;
 }
 

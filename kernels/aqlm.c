@@ -43,9 +43,6 @@
 #define VECTORIZE
 #endif
 
-int openblas_get_num_threads(void);
-void openblas_set_num_threads(int);
-
 static inline float f16r(float x) {
     if (!(x == x)) return 0.0f;
     if (x > F16_MAX) x = F16_MAX;
@@ -235,11 +232,11 @@ struct ql_aqlm_solver {
 static void mul_h(const ql_aqlm_solver *s, const float *src, float *dst) {
     const int64_t n = s->ncp, nr = s->st.nrows;
     if (s->full) {
-        int saved = openblas_get_num_threads();
-        openblas_set_num_threads(s->p.n_threads);
+        int saved = ql_blas_get_threads();
+        ql_blas_set_threads(s->p.n_threads);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, (int)n, (int)n, 1.0f, src, (int)n, s->h,
                     (int)n, 0.0f, dst, (int)n);
-        openblas_set_num_threads(saved);
+        ql_blas_set_threads(saved);
     } else
         for (int64_t r = 0; r < nr; r++)
             for (int64_t c = 0; c < n; c++) dst[r * n + c] = src[r * n + c] * s->hd[c];
@@ -802,10 +799,10 @@ static ql_status update_ls(ql_aqlm_solver *s) {
         if (!(tr > 0)) continue;
         const double lam = 1e-7 * tr / (double)P;
         for (int64_t i = 0; i < P; i++) A[i * P + i] += lam;
-        int saved = openblas_get_num_threads();
-        openblas_set_num_threads(s->p.n_threads);
+        int saved = ql_blas_get_threads();
+        ql_blas_set_threads(s->p.n_threads);
         lapack_int info = LAPACKE_dposv(LAPACK_ROW_MAJOR, 'U', (lapack_int)P, 1, A, (lapack_int)P, rhs, 1);
-        openblas_set_num_threads(saved);
+        ql_blas_set_threads(saved);
         if (info != 0) continue;
         float *C = st->codebooks + (int64_t)m * P;
         memcpy(old, C, (size_t)P * sizeof(float));

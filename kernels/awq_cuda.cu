@@ -6,6 +6,7 @@
 #include "kernels/awq_cuda.h"
 #include "kernels/cuda_api.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/cuda_libs.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -64,12 +65,13 @@ struct GroupSum {
         cublasStatus_t s_ = (call);                                                                          \
         if (s_ != CUBLAS_STATUS_SUCCESS)                                                                     \
             return ql_fail(s_ == CUBLAS_STATUS_ALLOC_FAILED ? QL_ERR_NOMEM : QL_ERR_IO,                      \
-                           "kernels/awq_cuda.cu:%d: %s: %s", __LINE__, #call, cublasGetStatusString(s_));   \
+                           "kernels/awq_cuda.cu:%d: %s: cuBLAS status %d", __LINE__, #call, (int)s_);      \
     } while (0)
 
 // One cuBLAS handle for the process (creating one costs ~0.1 s: sense opens an evaluator per tensor), used under
 // g_mu: evaluations from several threads queue on the one device.
 std::mutex g_mu;
+const ql_cublas_api *g_cb; // kernels/cuda_libs.h: opened, not linked
 cublasHandle_t g_blas;
 bool g_blas_ready = false;
 
@@ -136,10 +138,10 @@ struct ql_cuda_qerr {
             return QL_OK;
         }
         if (batch == 1)
-            CUBLAS_TRY(cublasDgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, (int)cols, (int)k, &one, A, (int)n, B,
+            CUBLAS_TRY(g_cb->Dgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, (int)cols, (int)k, &one, A, (int)n, B,
                                    (int)n, &zero, C, (int)n));
         else
-            CUBLAS_TRY(cublasDgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, (int)cols, (int)k, &one, A,
+            CUBLAS_TRY(g_cb->DgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)m, (int)cols, (int)k, &one, A,
                                                  (int)n, sa, B, (int)n, sb, &zero, C, (int)n, sc, (int)batch));
         return QL_OK;
     }
@@ -165,8 +167,13 @@ extern "C" ql_status ql_cuda_qerr_new(const double *H, int64_t n, bool emulate, 
     if (e->dev) {
         std::lock_guard<std::mutex> lock(g_mu);
         int d = 0;
+        if (!g_cb && !(g_cb = ql_cublas())) {
+            e->dev = false;
+            delete e;
+            return QL_ERR_UNSUPPORTED; // ql_last_error() names the library
+        }
         if (cudaGetDevice(&d) != cudaSuccess || cudaDeviceGetAttribute(&e->nsm, cudaDevAttrMultiProcessorCount, d) != cudaSuccess ||
-            (!g_blas_ready && cublasCreate(&g_blas) != CUBLAS_STATUS_SUCCESS)) {
+            (!g_blas_ready && g_cb->Create(&g_blas) != CUBLAS_STATUS_SUCCESS)) {
             e->dev = false; // nothing allocated on the device yet
             delete e;
             return ql_fail(QL_ERR_IO, "kernels/awq_cuda.cu:%d: CUDA / cuBLAS setup failed", __LINE__);

@@ -22,6 +22,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
+#include "kernels/cuda_libs.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -412,7 +413,7 @@ __global__ void k_batch(BatchArgs A, int64_t ldub, int es) {
         cublasStatus_t s_ = (call);                                                                          \
         if (s_ != CUBLAS_STATUS_SUCCESS)                                                                     \
             return ql_fail(s_ == CUBLAS_STATUS_ALLOC_FAILED ? QL_ERR_NOMEM : QL_ERR_IO,                      \
-                           "kernels/gptq_cuda.cu:%d: %s: %s", __LINE__, #call, cublasGetStatusString(s_));   \
+                           "kernels/gptq_cuda.cu:%d: %s: cuBLAS status %d", __LINE__, #call, (int)s_);      \
     } while (0)
 #define CUSOLVER_TRY(call)                                                                                   \
     do {                                                                                                     \
@@ -426,6 +427,8 @@ __global__ void k_batch(BatchArgs A, int64_t ldub, int es) {
 // The two backends: the device (CUDA, cuBLAS, cuSOLVER) and the host emulation (loops, LAPACK, BLAS)
 // ---------------------------------------------------------------------------------------------------
 std::mutex g_mu;       // serializes calls: the handles below are shared
+const ql_cublas_api *g_cb; // kernels/cuda_libs.h: opened, not linked
+const ql_cusolver_api *g_cs;
 cublasHandle_t g_blas; // created once, kept for the process
 cusolverDnHandle_t g_solver;
 cusolverDnParams_t g_params;
@@ -444,9 +447,10 @@ ql_status device_init_locked(void) {
     QL_CUDA_TRY(cudaFree(0)); // creates the context
     QL_CUDA_TRY(cudaDeviceGetAttribute(&g_nsm, cudaDevAttrMultiProcessorCount, dev));
     QL_CUDA_TRY(cudaDeviceGetAttribute(&g_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    CUBLAS_TRY(cublasCreate(&g_blas));
-    CUSOLVER_TRY(cusolverDnCreate(&g_solver));
-    CUSOLVER_TRY(cusolverDnCreateParams(&g_params));
+    if (!(g_cb = ql_cublas()) || !(g_cs = ql_cusolver())) return QL_ERR_UNSUPPORTED; // ql_last_error() says why
+    CUBLAS_TRY(g_cb->Create(&g_blas));
+    CUSOLVER_TRY(g_cs->Create(&g_solver));
+    CUSOLVER_TRY(g_cs->CreateParams(&g_params));
     g_ready = true;
     return QL_OK;
 }
@@ -512,7 +516,7 @@ struct Ctx {
             return QL_OK;
         }
         size_t dbytes = 0, hbytes = 0;
-        CUSOLVER_TRY(cusolverDnXpotrf_bufferSize(g_solver, g_params, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, P,
+        CUSOLVER_TRY(g_cs->Xpotrf_bufferSize(g_solver, g_params, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, P,
                                                  n, CUDA_R_64F, &dbytes, &hbytes));
         if (dbytes > *wbytes) {
             if (*work) QL_CUDA_TRY(cudaFree(*work));
@@ -522,7 +526,7 @@ struct Ctx {
             *wbytes = dbytes;
         }
         if (hbytes > hw.size()) hw.resize(hbytes);
-        CUSOLVER_TRY(cusolverDnXpotrf(g_solver, g_params, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, P, n,
+        CUSOLVER_TRY(g_cs->Xpotrf(g_solver, g_params, CUBLAS_FILL_MODE_UPPER, n, CUDA_R_64F, P, n,
                                       CUDA_R_64F, *work, dbytes, hbytes ? hw.data() : nullptr, hbytes,
                                       dinfo));
         QL_CUDA_TRY(cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
@@ -536,7 +540,7 @@ struct Ctx {
             return QL_OK;
         }
         size_t dbytes = 0, hbytes = 0;
-        CUSOLVER_TRY(cusolverDnXtrtri_bufferSize(g_solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n,
+        CUSOLVER_TRY(g_cs->Xtrtri_bufferSize(g_solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n,
                                                  CUDA_R_32F, U, n, &dbytes, &hbytes));
         if (dbytes > *wbytes) {
             if (*work) QL_CUDA_TRY(cudaFree(*work));
@@ -546,7 +550,7 @@ struct Ctx {
             *wbytes = dbytes;
         }
         if (hbytes > hw.size()) hw.resize(hbytes);
-        CUSOLVER_TRY(cusolverDnXtrtri(g_solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F,
+        CUSOLVER_TRY(g_cs->Xtrtri(g_solver, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, n, CUDA_R_32F,
                                       U, n, *work, dbytes, hbytes ? hw.data() : nullptr, hbytes, dinfo));
         QL_CUDA_TRY(cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost));
         return QL_OK;
@@ -562,7 +566,7 @@ struct Ctx {
                         beta, Wt + i2 * rows, m);
             return QL_OK;
         }
-        CUBLAS_TRY(cublasSgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, m, nn, k, &alpha, E, m, U + i1 * n + i2, ldu,
+        CUBLAS_TRY(g_cb->Sgemm(g_blas, CUBLAS_OP_N, CUBLAS_OP_T, m, nn, k, &alpha, E, m, U + i1 * n + i2, ldu,
                                &beta, Wt + i2 * rows, m));
         return QL_OK;
     }

@@ -74,8 +74,8 @@ static ql_status exl2_quantize_tensor(float *w, int64_t nrows, int64_t ncols, co
     if (act) ql_exl2_order_desc(perm, K, diag, perm + K);
     free(diag);
 
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(nt);
+    int saved = ql_blas_get_threads();
+    ql_blas_set_threads(nt);
     double *P = ql_malloc((size_t)(K * K) * sizeof(double));
     float *U = ql_malloc((size_t)(K * K) * sizeof(float));
     bool ok = false;
@@ -84,7 +84,7 @@ static ql_status exl2_quantize_tensor(float *w, int64_t nrows, int64_t ncols, co
     free(P);
     if (!ok) {
         free(U), free(perm);
-        openblas_set_num_threads(saved);
+        ql_blas_set_threads(saved);
         return ql_fail(QL_ERR_ARG, "exl2: Hessian not positive definite even with dampening %g", lam / mean);
     }
 
@@ -123,7 +123,7 @@ static ql_status exl2_quantize_tensor(float *w, int64_t nrows, int64_t ncols, co
                         U + a * K + b, (int)K, E, (int)N, 1.0f, wt + b * N, (int)N);
         ql_progress_report(prog, i + 1, off.G, "exl2");
     }
-    openblas_set_num_threads(saved);
+    ql_blas_set_threads(saved);
     if (!s) ql_exl2_pack(&mix, K, N, perm, qs, smax, codes, dst);
     free(g), free(wt), free(E), free(scale), free(q), free(codes), free(qs), free(smax), free(U), free(perm);
     return s;

@@ -426,7 +426,7 @@ static ql_status gptq_lattice(const float *w, int64_t nrows, int64_t n, const ql
             const float v = w[r * n + j];
             c.Wt[j * nrows + r] = dead[j] || !isfinite(v) ? 0.0f : v;
         }
-    openblas_set_num_threads(1);
+    ql_blas_set_threads(1);
     ql_parallel_for(nt, (nrows + ROW_CHUNK - 1) / ROW_CHUNK, lattice_rows, &c);
     free(c.Wt);
     if (c.st) return c.st;
@@ -592,8 +592,8 @@ ql_status ql_gptq_quantize_on(ql_gptq_where where, float *w, int64_t nrows, int6
         return ds;
     }
 
-    int saved_threads = openblas_get_num_threads();
-    openblas_set_num_threads(nt);
+    int saved_threads = ql_blas_get_threads();
+    ql_blas_set_threads(nt);
     double *P = ql_malloc((size_t)(n * n) * sizeof(double));
     lapack_int info = 0;
     double lam = damp * mean;
@@ -619,7 +619,7 @@ ql_status ql_gptq_quantize_on(ql_gptq_where where, float *w, int64_t nrows, int6
     free(P);
     if (info != 0) {
         free(U), free(diag), free(dead), free(perm);
-        openblas_set_num_threads(saved_threads);
+        ql_blas_set_threads(saved_threads);
         return ql_fail(QL_ERR_ARG, "gptq: Hessian not positive definite even with dampening %g", lam / mean);
     }
 
@@ -629,7 +629,7 @@ ql_status ql_gptq_quantize_on(ql_gptq_where where, float *w, int64_t nrows, int6
         imp[i] = o && o->importance ? o->importance[i] : (float)(diag[i] + lam);
     if (lattice) {
         ql_status ls = gptq_lattice(w, nrows, n, f, U, imp, dead, nt, prog, dst, deq);
-        openblas_set_num_threads(saved_threads);
+        ql_blas_set_threads(saved_threads);
         free(imp), free(U), free(diag), free(dead), free(perm);
         return ls;
     }
@@ -685,9 +685,9 @@ ql_status ql_gptq_quantize_on(ql_gptq_where where, float *w, int64_t nrows, int6
     free(fixed);
 
     /* workers on row ranges call BLAS themselves: one BLAS thread each */
-    openblas_set_num_threads(1);
+    ql_blas_set_threads(1);
     ql_parallel_for(nt, c.nchunks, gptq_rows, &c);
-    openblas_set_num_threads(saved_threads);
+    ql_blas_set_threads(saved_threads);
     ql_status s = atomic_load(&c.stop) ? ql_fail(QL_ERR_CANCELLED, "cancelled") : QL_OK;
     if (!s) {
         pack_ctx pc = {.c = &c, .deq = deq};

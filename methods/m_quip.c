@@ -177,13 +177,13 @@ static ql_status quip_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
     double best = INFINITY;
     float bs1 = s1, bs2 = s2;
     ql_status s = QL_OK;
-    int saved = openblas_get_num_threads();
+    int saved = ql_blas_get_threads();
     for (int mi = 0; mi < nm && !s; mi++) {
         ldlq_ctx lc = {.w = w, .L = L, .c1 = c1, .c2 = c2, .err = err, .n = n, .nb = nb, .nrows = nrows,
                        .s1 = s1 * mults[mi], .s2 = s2 * mults[mi], .stage2 = stage2, .prog = prog};
-        openblas_set_num_threads(1);
+        ql_blas_set_threads(1);
         ql_parallel_items(nt, (nrows + LDLQ_ROWS - 1) / LDLQ_ROWS, ldlq_rows, &lc);
-        openblas_set_num_threads(nt);
+        ql_blas_set_threads(nt);
         if (atomic_load(&lc.stop)) {
             s = ql_fail(QL_ERR_CANCELLED, "cancelled");
             break;
@@ -200,7 +200,7 @@ static ql_status quip_quantize(float *w, int64_t nrows, int64_t ncols, const ql_
             memcpy(b2, c2, (size_t)nvec * 2);
         }
     }
-    openblas_set_num_threads(saved);
+    ql_blas_set_threads(saved);
     if (!s) ql_quip_pack(dst, nvec, stage2, bs1, bs2, QL_QUIP_SEED, b1, b2);
     free(err), free(eh), free(b1), free(b2), free(Hf);
     free(L), free(c1), free(c2);

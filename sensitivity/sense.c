@@ -480,10 +480,10 @@ static void kld_item(void *vctx, int worker, int64_t seq) {
 /* Runs every sequence (base pass or one probe); per-sequence sums, combined in order by the caller. */
 static ql_status kld_run(kld_ctx *c, int n_threads) {
     c->status = QL_OK;
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    int saved = ql_blas_get_threads();
+    ql_blas_set_threads(1);
     ql_parallel_items(n_threads, c->n_seq, kld_item, c);
-    openblas_set_num_threads(saved);
+    ql_blas_set_threads(saved);
     if (c->status) return ql_fail(c->status, "%s", c->err);
     if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
     return QL_OK;
