@@ -643,7 +643,8 @@ static const uint8_t *store_as(ql_model *m, const char *name, const ql_format *f
 /* --tune codebooks on a model already quantized (the AQLM paper's fine-tuning of a PTQ result, e.g. from
  * `quant --method aqlm`): a tensor stored in the planned format keeps exactly the model's codes (not the format
  * quantizer's codes of its decoded weights, which differ), a tensor stored in another format is quantized afresh
- * in the planned one and not counted, and distilling from the float teacher lowers the held-out KLD. */
+ * in the planned one and not counted, and distilling from the float teacher lowers the held-out KLD; the export
+ * copies those tensors without asking the plan's method (aqlm) for statistics. */
 static void test_tune_codebooks_from_model(void **state) {
     (void)state;
     NEED_MODEL();
@@ -690,6 +691,28 @@ static void test_tune_codebooks_from_model(void **state) {
     assert_int_equal(ql_format_quantize(f2, wd, re, R, C, NULL, 1), QL_OK);
     assert_memory_not_equal(src + theta_bytes, re + theta_bytes, (size_t)(nb - theta_bytes));
     free(re), free(wd);
+    /* the export under a plan whose method needs statistics (aqlm): tensors already in their planned format are
+     * copied, so no statistics are asked; the float model under the same plan is refused in one line */
+    assert_int_equal(ql_qat_apply(m2, tm), QL_OK);
+    ql_plan *pa = ql_plan_new();
+    ql_plan_set(pa, kept, f2, "aqlm", NULL);
+    ql_plan_set(pa, other, f2, "aqlm", NULL);
+    char out[300];
+    snprintf(out, sizeof out, "%s/from-model.gguf", g_dir);
+    ql_quant_opts qo = {.plan = pa, .n_threads = 1};
+    ql_quant_stats qs;
+    assert_int_equal(ql_quantize_model(m2, &qo, out, NULL, &qs), QL_OK);
+    ql_model *q;
+    assert_int_equal(ql_model_load(out, &q), QL_OK);
+    const ql_gguf_tensor *tq = &q->gguf->tensors[ql_gguf_find_tensor(q->gguf, kept)];
+    assert_int_equal(tq->type, f2->type);
+    assert_memory_equal(src + theta_bytes, (const uint8_t *)tq->data + theta_bytes, (size_t)(nb - theta_bytes));
+    ql_model_free(q);
+    snprintf(out, sizeof out, "%s/refused.gguf", g_dir);
+    assert_int_equal(ql_quantize_model(g_model, &qo, out, NULL, &qs), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "needs calibration statistics"));
+    assert_null(strchr(ql_last_error(), '\n'));
+    ql_plan_free(pa);
     ql_train_model_free(tm);
     ql_plan_free(plan);
     ql_model_free(m2);
