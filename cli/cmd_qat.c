@@ -29,7 +29,9 @@ static const char *QAT_USAGE =
     "  --tune norms|scales|codebooks  instead of QAT, keep the codes and train the norm vectors (norms), one\n"
     "                       multiplier per format block plus the norms (scales), or what the format keeps\n"
     "                       continuous beside its codes plus the norms (codebooks: AQLM's codebooks and row\n"
-    "                       scales, end-to-end fine-tuning; written into the output as they are)\n"
+    "                       scales, end-to-end fine-tuning; written into the output as they are). A tensor\n"
+    "                       MODEL already stores in the planned format (e.g. from `quant --method aqlm`)\n"
+    "                       keeps its codes and starts from its codebooks; give the float model as --teacher\n"
     "  --steps N            optimizer updates (required)\n"
     "  --lr X               peak learning rate (default 1e-4; tuning 1e-3), --warmup N (default steps/10),\n"
     "                       cosine decay to --min-lr-ratio R (default 0.1), --wd X weight decay (default 0),\n"
@@ -313,6 +315,8 @@ int cmd_qat(int argc, char **argv) {
         goto done;
     }
     if (res.resumed_from >= 0) fprintf(stderr, "qlab qat: resumed from %s at step %d\n", ckpt, res.resumed_from);
+    if (res.codes_from_model > 0)
+        fprintf(stderr, "qlab qat: %d tensors kept MODEL's codes (already in the planned format)\n", res.codes_from_model);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     fprintf(stderr, "qlab qat: %d steps in %.1fs; held-out KLD %.6f -> %.6f; peak memory %.1f MiB (training state "

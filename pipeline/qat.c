@@ -424,12 +424,20 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
         qp->buf = ql_malloc((size_t)qp->n * sizeof(float));
         qp->q = ql_malloc((size_t)qp->n * sizeof(double));
         if (o->mode == QL_TUNE_CODEBOOKS && e->format->tunable) {
-            /* the codes once, from the format's own quantizer; then only theta moves */
+            /* the codes once; then only theta moves. A tensor MODEL already stores in the planned format keeps its
+             * bytes (codes chosen by a method with calibration statistics, e.g. `quant --method aqlm`, which the
+             * format's own quantizer cannot redo): the AQLM paper fine-tunes exactly that PTQ result. */
             const ql_format_tunable *tu = e->format->tunable;
             qp->n_bytes = ql_format_tensor_bytes(e->format, p->cols, p->rows);
             qp->bytes = ql_malloc((size_t)qp->n_bytes);
-            for (int64_t j = 0; j < qp->n; j++) qp->buf[j] = (float)p->w[j];
-            if ((s = ql_format_quantize(e->format, qp->buf, qp->bytes, p->rows, p->cols, NULL, o->n_threads))) break;
+            const ql_gguf_tensor *src = p->src;
+            if (src && src->type == e->format->type && src->data && src->nbytes == (uint64_t)qp->n_bytes) {
+                memcpy(qp->bytes, src->data, (size_t)qp->n_bytes);
+                res->codes_from_model++;
+            } else {
+                for (int64_t j = 0; j < qp->n; j++) qp->buf[j] = (float)p->w[j];
+                if ((s = ql_format_quantize(e->format, qp->buf, qp->bytes, p->rows, p->cols, NULL, o->n_threads))) break;
+            }
             qp->n_blocks = tu->len(p->rows, p->cols);
             qp->s = ql_malloc((size_t)qp->n_blocks * sizeof(double));
             tu->get(qp->bytes, p->rows, p->cols, qp->s);

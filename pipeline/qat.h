@@ -77,6 +77,8 @@ typedef struct {
     bool recomputed;                     /* the run recomputed activations (chosen or asked for) */
     int best_step;                       /* keep_best: the step whose weights were handed back (0: the start) */
     double best_kld;                     /* ...and its held-out KLD */
+    int codes_from_model;                /* --tune codebooks: tensors whose codes (and starting codebooks) were
+                                          * MODEL's own bytes, already in the planned format, not re-quantized */
 } ql_qat_result;
 
 /* Why format f has no straight-through path (decode-only, or it cannot quantize without importance data),

@@ -581,7 +581,7 @@ ql_status ql_quantize_model(const ql_model *m, const ql_quant_opts *o, const cha
         const ql_gguf_tensor *t = &in->tensors[i];
         const ql_plan_entry *e = ql_plan_find(o->plan, t->name);
         bool requant = e && (e->format->type != t->type || (c.ov && c.ov[i].w));
-        if (e) {
+        if (e && requant) { /* a tensor already in its planned format is copied: its method does not run */
             const ql_method *meth = ql_method_by_name(e->method);
             if (meth->needs && !o->stats && !o->sequential) {
                 s = ql_fail(QL_ERR_ARG, "tensor '%s': method '%s' needs calibration statistics (--stats FILE or --text FILE)",

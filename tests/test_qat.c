@@ -7,7 +7,8 @@
  * finite differences and a learned-step run beating the fixed rule; --keep-best handing back the best step;
  * the --self-text sampler against a full-forward reference and across thread counts;
  * --tune codebooks: the AQLM codebook/scale gradient against finite differences, and a run whose export keeps
- * the codes and scores the training forward's KLD. */
+ * the codes and scores the training forward's KLD; tuning a model already stored in the planned format keeps
+ * its codes. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -621,6 +622,102 @@ static void test_tune_codebooks_run(void **state) {
     ql_plan_free(plan);
 }
 
+/* Stores `name` in m as format f: the format's quantizer of the tensor's weights, each moved by a deterministic
+ * pseudo-random 30 % of its size when `perturb` (codes the decoded weights' own quantization would not give back).
+ * Returns the bytes (owned by m's gguf). */
+static const uint8_t *store_as(ql_model *m, const char *name, const ql_format *f, bool perturb) {
+    ql_gguf_tensor *t = &m->gguf->tensors[ql_gguf_find_tensor(m->gguf, name)];
+    const int64_t C = t->ne[0], R = t->ne[1], nb = ql_format_tensor_bytes(f, C, R);
+    float *w = malloc((size_t)(R * C) * sizeof(float));
+    assert_true(ql_tensor_to_f32(t, w, 1));
+    if (perturb)
+        for (int64_t j = 0; j < R * C; j++) w[j] *= 1.0f + 0.3f * (float)sin(12.9898 * (double)j);
+    uint8_t *b = malloc((size_t)nb);
+    assert_int_equal(ql_format_quantize(f, w, b, R, C, NULL, 1), QL_OK);
+    free(w);
+    ql_gguf_adopt(m->gguf, b);
+    t->type = f->type, t->data = b, t->nbytes = (uint64_t)nb;
+    return b;
+}
+
+/* --tune codebooks on a model already quantized (the AQLM paper's fine-tuning of a PTQ result, e.g. from
+ * `quant --method aqlm`): a tensor stored in the planned format keeps exactly the model's codes (not the format
+ * quantizer's codes of its decoded weights, which differ), a tensor stored in another format is quantized afresh
+ * in the planned one and not counted, and distilling from the float teacher lowers the held-out KLD; the export
+ * copies those tensors without asking the plan's method (aqlm) for statistics. */
+static void test_tune_codebooks_from_model(void **state) {
+    (void)state;
+    NEED_MODEL();
+    const ql_format *f2 = ql_format_by_name("aqlm_2x8"), *f1 = ql_format_by_name("aqlm_1x8");
+    assert_non_null(f2);
+    assert_non_null(f1);
+    ql_model *m2;
+    assert_int_equal(ql_model_load(g_model->path, &m2), QL_OK);
+    const char *kept = "blk.0.attn_q.weight", *other = "blk.1.attn_q.weight";
+    const uint8_t *src = store_as(m2, kept, f2, true);
+    store_as(m2, other, f1, false);
+    ql_plan *plan = ql_plan_new();
+    ql_plan_set(plan, kept, f2, "rtn", NULL);
+    ql_plan_set(plan, other, f2, "rtn", NULL);
+    ql_qat_opts o = base_opts(plan, getenv("QL_QUICK") ? 6 : 12);
+    o.mode = QL_TUNE_CODEBOOKS;
+    o.adam.lr = 1e-3;
+    o.teacher = g_model;
+    ql_train_model *tm = NULL;
+    ql_qat_result r;
+    assert_int_equal(ql_qat_run(m2, &o, &tm, &r), QL_OK);
+    printf("tune codebooks from the model's codes: held-out KLD %.6f -> %.6f\n", r.eval_kld_start, r.eval_kld_end);
+    assert_int_equal(r.codes_from_model, 1);
+    assert_true(r.eval_kld_end < r.eval_kld_start);
+    const ql_gguf_tensor *t = &m2->gguf->tensors[ql_gguf_find_tensor(m2->gguf, kept)];
+    const int64_t C = t->ne[0], R = t->ne[1], nb = ql_format_tensor_bytes(f2, C, R);
+    const int64_t theta_bytes = 2 * f2->tunable->len(R, C);
+    int n_coded = 0;
+    for (int i = 0; i < tm->n_params; i++) {
+        const ql_train_param *p = &tm->p[i];
+        if (!p->codes) continue;
+        n_coded++;
+        assert_int_equal(p->codes_type, f2->type);
+        if (strcmp(p->name, kept)) continue;
+        assert_int_equal(p->codes_bytes, (uint64_t)nb);
+        assert_memory_equal(src + theta_bytes, (const uint8_t *)p->codes + theta_bytes, (size_t)(nb - theta_bytes));
+        assert_memory_not_equal(src, p->codes, (size_t)theta_bytes); /* the codebooks and scales moved */
+    }
+    assert_int_equal(n_coded, 2);
+    /* what re-quantizing the decoded weights would have started from: other codes */
+    float *wd = malloc((size_t)(R * C) * sizeof(float));
+    assert_true(ql_tensor_to_f32(t, wd, 1));
+    uint8_t *re = malloc((size_t)nb);
+    assert_int_equal(ql_format_quantize(f2, wd, re, R, C, NULL, 1), QL_OK);
+    assert_memory_not_equal(src + theta_bytes, re + theta_bytes, (size_t)(nb - theta_bytes));
+    free(re), free(wd);
+    /* the export under a plan whose method needs statistics (aqlm): tensors already in their planned format are
+     * copied, so no statistics are asked; the float model under the same plan is refused in one line */
+    assert_int_equal(ql_qat_apply(m2, tm), QL_OK);
+    ql_plan *pa = ql_plan_new();
+    ql_plan_set(pa, kept, f2, "aqlm", NULL);
+    ql_plan_set(pa, other, f2, "aqlm", NULL);
+    char out[300];
+    snprintf(out, sizeof out, "%s/from-model.gguf", g_dir);
+    ql_quant_opts qo = {.plan = pa, .n_threads = 1};
+    ql_quant_stats qs;
+    assert_int_equal(ql_quantize_model(m2, &qo, out, NULL, &qs), QL_OK);
+    ql_model *q;
+    assert_int_equal(ql_model_load(out, &q), QL_OK);
+    const ql_gguf_tensor *tq = &q->gguf->tensors[ql_gguf_find_tensor(q->gguf, kept)];
+    assert_int_equal(tq->type, f2->type);
+    assert_memory_equal(src + theta_bytes, (const uint8_t *)tq->data + theta_bytes, (size_t)(nb - theta_bytes));
+    ql_model_free(q);
+    snprintf(out, sizeof out, "%s/refused.gguf", g_dir);
+    assert_int_equal(ql_quantize_model(g_model, &qo, out, NULL, &qs), QL_ERR_ARG);
+    assert_non_null(strstr(ql_last_error(), "needs calibration statistics"));
+    assert_null(strchr(ql_last_error(), '\n'));
+    ql_plan_free(pa);
+    ql_train_model_free(tm);
+    ql_plan_free(plan);
+    ql_model_free(m2);
+}
+
 /* --self-text's sampler (ql_qat_sample_text, the KV-cached decoder): the same text for 1 and 3 threads (three
  * batches, the last one partial), and the text the plain reference sampler gives — each token drawn from
  * core/infer.c's full forward over the prefix with the sampler's documented stream per sequence (splitmix64 of
@@ -693,6 +790,7 @@ int main(void) {
         cmocka_unit_test(test_self_text_sampler),
         cmocka_unit_test(test_codebook_gradient),
         cmocka_unit_test(test_tune_codebooks_run),
+        cmocka_unit_test(test_tune_codebooks_from_model),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
     return cmocka_run_group_tests(tests, setup, teardown);
