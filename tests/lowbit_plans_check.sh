@@ -9,6 +9,7 @@
 # half an hour on an idle 2-core machine); not part of `make test`.
 # Environment: WORK=DIR keeps every intermediate file there and reuses what it finds (a resumed run skips
 # finished steps; `qlab sense` resumes by candidate name); THREADS (2); CANDIDATES; SENSE_CHUNKS (16);
+# STATS_CHUNKS (default: the whole calibration text);
 # PLANS (the reference file's types whose sizes get a plan, default all); SENSE=0 uses WORK's s.qss as
 # it is (no resumed sensitivity pass); MEASURE=0 only reports what WORK holds; QSS=FILE plans from another sensitivity file of WORK.
 set -u
@@ -29,7 +30,9 @@ cd "$T" || exit 1
 log() { echo "lowbit_plans_check: $*" >&2; }
 run() { log "$*"; "$@" >>"$T/commands.log" 2>&1; }
 
-[ -s wt.qls ] || run "$QLAB" stats "$M" --text "$CAL" --ctx 256 --chunks 128 --output --threads "$THREADS" -o wt.qls || { echo "FAIL: qlab stats"; exit 1; }
+# The statistics (Hessians for GPTQ/LDLQ) come from the whole calibration text, all 2,800 chunks of 256:
+# at 2-3 bits 128 chunks measured 6 % more KLD on the same plan (docs/results.md).
+[ -s wt.qls ] || run "$QLAB" stats "$M" --text "$CAL" --ctx 256 ${STATS_CHUNKS:+--chunks "$STATS_CHUNKS"} --output --threads "$THREADS" -o wt.qls || { echo "FAIL: qlab stats"; exit 1; }
 [ -s base.qlp ] || run "$QLAB" ppl "$M" --text "$EVAL" --ctx 256 --threads "$THREADS" --save-logits base.qlp || { echo "FAIL: base logits"; exit 1; }
 [ "${SENSE:-1}" = 0 ] && [ -s s.qss ] || run "$QLAB" sense "$M" --text "$CAL" --ctx 256 --chunks "$SENSE_CHUNKS" --stats wt.qls --imatrix "$IM" --threads "$THREADS" \
     --candidates "$CANDIDATES" -o s.qss || { echo "FAIL: qlab sense"; exit 1; }
