@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "base/parallel.h"
+#include "kernels/simd.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -519,9 +520,44 @@ typedef struct {
     double dl;
 } hyp;
 
-/* qtab [M][K]: C_m[k]ᵀ H_jj C_m[k] */
-static double search(const float *cb, int M, int K, const float *hjj, const float *g, float s, int beam,
-                     uint16_t *codes, const float *qtab, hyp *h0, hyp *h1) {
+/* a worker's scratch: two hypothesis lists and the scores of one codebook's K candidates */
+typedef struct {
+    hyp *h0, *h1;
+    double *score;
+} search_ws;
+
+static bool search_ws_alloc(search_ws *w, int beam, int K) {
+    w->h0 = malloc((size_t)beam * 2 * sizeof(hyp));
+    w->h1 = malloc((size_t)beam * 2 * sizeof(hyp));
+    w->score = malloc((size_t)K * sizeof(double));
+    return w->h0 && w->h1 && w->score;
+}
+
+static void search_ws_free(search_ws *w) { free(w->h0), free(w->h1), free(w->score); }
+
+/* the codebooks transposed, cbt [M][8][K], so that the candidates' scores are computed K-wide */
+static void transpose_codebooks(const float *cb, int M, int K, float *cbt) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k++)
+            for (int d = 0; d < G; d++) cbt[(m * G + d) * K + k] = cb[(m * K + k) * G + d];
+}
+
+/* ΔL of every candidate k of one codebook: base + s2·q[k] + Σ_d C[k][d]·v[d], summed in that order for each k
+ * (the loop runs over k innermost so it vectorizes across candidates without reordering any sum) */
+VECTORIZE static void score_candidates(const float *ct, const float *q, int K, double base, double s2,
+                                       const double *v, double *score) {
+    for (int k = 0; k < K; k++) score[k] = base + s2 * q[k];
+    for (int d = 0; d < G; d++) {
+        const double vd = v[d];
+        const float *c = ct + (int64_t)d * K;
+        for (int k = 0; k < K; k++) score[k] += c[k] * vd;
+    }
+}
+
+/* qtab [M][K]: C_m[k]ᵀ H_jj C_m[k]; cbt: transpose_codebooks(cb) */
+static double search(const float *cb, const float *cbt, int M, int K, const float *hjj, const float *g, float s,
+                     int beam, uint16_t *codes, const float *qtab, search_ws *w) {
+    hyp *h0 = w->h0, *h1 = w->h1;
     int nh = 1;
     memcpy(h0[0].codes, codes, (size_t)M * sizeof(uint16_t));
     memset(h0[0].delta, 0, sizeof h0[0].delta);
@@ -541,11 +577,11 @@ static double search(const float *cb, int M, int K, const float *hjj, const floa
                 base += -2.0 * u[d] * g[d] + u[d] * t;
                 v[d] = 2.0 * s * (t - g[d]);
             }
+            score_candidates(cbt + (int64_t)m * G * K, qtab + (int64_t)m * K, K, base, s2, v, w->score);
             for (int k = 0; k < K; k++) {
-                const float *c = C + (int64_t)k * G;
-                double sc = base + s2 * qtab[(int64_t)m * K + k];
-                for (int d = 0; d < G; d++) sc += c[d] * v[d];
+                const double sc = w->score[k];
                 if (nn == beam && !(sc < h1[nn - 1].dl)) continue;
+                const float *c = C + (int64_t)k * G;
                 int pos = nn < beam ? nn++ : nn - 1; /* insert sorted (stable: earlier wins ties) */
                 while (pos > 0 && h1[pos - 1].dl > sc) {
                     h1[pos] = h1[pos - 1];
@@ -568,18 +604,18 @@ static double search(const float *cb, int M, int K, const float *hjj, const floa
     return 0;
 }
 
-static double search_best(const float *cb, int M, int K, const float *hjj, const float *g, float s, int beam,
-                          uint16_t *codes, const float *qtab, hyp *h0, hyp *h1) {
+static double search_best(const float *cb, const float *cbt, int M, int K, const float *hjj, const float *g, float s,
+                          int beam, uint16_t *codes, const float *qtab, search_ws *w) {
     uint16_t gc[8];
     memcpy(gc, codes, (size_t)M * sizeof(uint16_t));
-    double dg = search(cb, M, K, hjj, g, s, 1, gc, qtab, h0, h1);
+    double dg = search(cb, cbt, M, K, hjj, g, s, 1, gc, qtab, w);
     if (beam <= 1 || M == 1) {
         memcpy(codes, gc, (size_t)M * sizeof(uint16_t));
         return dg;
     }
     uint16_t bc[8];
     memcpy(bc, codes, (size_t)M * sizeof(uint16_t));
-    double db = search(cb, M, K, hjj, g, s, beam, bc, qtab, h0, h1);
+    double db = search(cb, cbt, M, K, hjj, g, s, beam, bc, qtab, w);
     memcpy(codes, db <= dg ? bc : gc, (size_t)M * sizeof(uint16_t));
     return db <= dg ? db : dg;
 }
@@ -600,14 +636,16 @@ static void group_q(const float *cb, int M, int K, const float *hjj, float *q) {
 double ql_aqlm_search_group(const float *codebooks, int M, int K, const float *hjj, const float *g, float s,
                             int beam, uint16_t *codes) {
     if (M < 1 || M > 8 || beam < 1) return 0;
-    float *q = malloc((size_t)(M * K) * sizeof(float));
-    hyp *h0 = malloc((size_t)beam * 2 * sizeof(hyp)), *h1 = malloc((size_t)beam * 2 * sizeof(hyp));
+    float *q = malloc((size_t)(M * K) * sizeof(float)), *cbt = malloc((size_t)(M * K * G) * sizeof(float));
+    search_ws w;
     double r = 0;
-    if (q && h0 && h1) {
+    if (search_ws_alloc(&w, beam, K) && q && cbt) {
         group_q(codebooks, M, K, hjj, q);
-        r = search_best(codebooks, M, K, hjj, g, s, beam, codes, q, h0, h1);
+        transpose_codebooks(codebooks, M, K, cbt);
+        r = search_best(codebooks, cbt, M, K, hjj, g, s, beam, codes, q, &w);
     }
-    free(q), free(h0), free(h1);
+    free(q), free(cbt);
+    search_ws_free(&w);
     return r;
 }
 
@@ -619,59 +657,81 @@ static void group_block(const ql_aqlm_solver *s, int64_t j, float *hjj) {
 
 typedef struct {
     ql_aqlm_solver *s;
-    const float *q; /* [ngroups][M][K] */
+    const float *q;   /* [ngroups][M][K] */
+    const float *cbt; /* transpose_codebooks */
     int beam;
     volatile int stop;
 } encode_job;
 
+#define ENCODE_TILE 4 /* rows searched side by side, so each 8-row block of H is read once for all of them */
+
+/* Gauss–Seidel over a row's groups: after group j changes by dy, the gradient of the groups after it falls
+ * by dy·H[j block, later columns] (the earlier groups are done, so their slice is not updated). The rows of
+ * a tile advance group by group together; each row's arithmetic is exactly what it would be alone. */
 VECTORIZE static void encode_range(void *ctx, int worker, int64_t r0, int64_t r1) {
     (void)worker;
     encode_job *e = ctx;
     ql_aqlm_solver *s = e->s;
     ql_aqlm_state *st = &s->st;
-    const int64_t n = s->ncp, M = st->M, K = st->K;
-    float *gr = malloc((size_t)n * sizeof(float));
-    hyp *h0 = malloc((size_t)e->beam * 2 * sizeof(hyp)), *h1 = malloc((size_t)e->beam * 2 * sizeof(hyp));
-    if (!gr || !h0 || !h1) {
+    const int64_t n = s->ncp, M = st->M, K = st->K, ng = st->ngroups;
+    float *gr = malloc((size_t)(ENCODE_TILE * n) * sizeof(float));
+    search_ws w;
+    if (!search_ws_alloc(&w, e->beam, (int)K) || !gr) {
         e->stop = 1;
-        free(gr), free(h0), free(h1);
+        free(gr);
+        search_ws_free(&w);
         return;
     }
     float hjj[G * G];
-    for (int64_t r = r0; r < r1 && !e->stop; r++) {
+    for (int64_t t0 = r0; t0 < r1 && !e->stop; t0 += ENCODE_TILE) {
         if (ql_progress_cancelled(s->p.progress)) {
             e->stop = 1;
             break;
         }
-        const float sc = st->scales[r];
-        if (sc == 0.0f) continue; /* every code gives the same (zero) row */
-        for (int64_t c = 0; c < n; c++) gr[c] = s->wh[r * n + c] - sc * s->vh[r * n + c];
-        for (int64_t j = 0; j < st->ngroups; j++) {
-            uint16_t *codes = st->codes + (r * st->ngroups + j) * M;
-            uint16_t old[8];
-            memcpy(old, codes, (size_t)M * sizeof(uint16_t));
+        int64_t rows[ENCODE_TILE];
+        int nt = 0;
+        for (int64_t r = t0; r < QL_MIN(t0 + ENCODE_TILE, r1); r++) {
+            const float sc = st->scales[r];
+            if (sc == 0.0f) continue; /* every code gives the same (zero) row */
+            float *g = gr + nt * n;
+            for (int64_t c = 0; c < n; c++) g[c] = s->wh[r * n + c] - sc * s->vh[r * n + c];
+            rows[nt++] = r;
+        }
+        for (int64_t j = 0; j < ng; j++) {
             group_block(s, j, hjj);
-            double dl = search_best(st->codebooks, (int)M, (int)K, hjj, gr + j * G, sc, e->beam, codes,
-                                    e->q + j * M * K, h0, h1);
-            if (!(dl < 0)) continue;
-            /* the change of the decoded group, computed as the decoder computes it */
-            float yn[G] = {0}, yo[G] = {0}, dy[G];
-            for (int m = 0; m < M; m++)
-                for (int d = 0; d < G; d++) {
-                    yn[d] += st->codebooks[(m * K + codes[m]) * G + d];
-                    yo[d] += st->codebooks[(m * K + old[m]) * G + d];
-                }
-            for (int d = 0; d < G; d++) dy[d] = yn[d] * sc - yo[d] * sc;
-            if (s->full)
-                for (int d = 0; d < G; d++) {
-                    const float *hr = s->h + (j * G + d) * n;
-                    for (int64_t c = 0; c < n; c++) gr[c] -= dy[d] * hr[c];
-                }
-            else
-                for (int d = 0; d < G; d++) gr[j * G + d] -= dy[d] * s->hd[j * G + d];
+            for (int t = 0; t < nt; t++) {
+                const int64_t r = rows[t];
+                const float sc = st->scales[r];
+                float *g = gr + t * n;
+                uint16_t *codes = st->codes + (r * ng + j) * M;
+                uint16_t old[8];
+                memcpy(old, codes, (size_t)M * sizeof(uint16_t));
+                double dl = search_best(st->codebooks, e->cbt, (int)M, (int)K, hjj, g + j * G, sc, e->beam, codes,
+                                        e->q + j * M * K, &w);
+                if (!(dl < 0)) continue;
+                /* the change of the decoded group, computed as the decoder computes it */
+                float yn[G] = {0}, yo[G] = {0}, dy[G];
+                for (int m = 0; m < M; m++)
+                    for (int d = 0; d < G; d++) {
+                        yn[d] += st->codebooks[(m * K + codes[m]) * G + d];
+                        yo[d] += st->codebooks[(m * K + old[m]) * G + d];
+                    }
+                for (int d = 0; d < G; d++) dy[d] = yn[d] * sc - yo[d] * sc;
+                if (s->full) {
+                    /* g[c] -= dy[d]·H[8j+d][c] for d = 0..7 in turn, for the columns after this group */
+                    const float *hb = s->h + j * G * n;
+                    for (int64_t c = (j + 1) * G; c < n; c++) {
+                        float x = g[c];
+                        for (int d = 0; d < G; d++) x -= dy[d] * hb[d * n + c];
+                        g[c] = x;
+                    }
+                } else
+                    for (int d = 0; d < G; d++) g[j * G + d] -= dy[d] * s->hd[j * G + d];
+            }
         }
     }
-    free(gr), free(h0), free(h1);
+    free(gr);
+    search_ws_free(&w);
 }
 
 typedef struct {
@@ -694,18 +754,20 @@ ql_status ql_aqlm_encode_pass(ql_aqlm_solver *s, int beam) {
     ql_aqlm_state *st = &s->st;
     const size_t ncodes = (size_t)(st->nrows * st->ngroups * st->M);
     float *q = malloc((size_t)(st->ngroups * st->M * st->K) * sizeof(float));
+    float *cbt = malloc((size_t)(st->M * st->K * G) * sizeof(float));
     uint16_t *backup = malloc(ncodes * sizeof(uint16_t));
-    if (!q || !backup) {
-        free(q), free(backup);
+    if (!q || !cbt || !backup) {
+        free(q), free(cbt), free(backup);
         return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (code search)");
     }
     memcpy(backup, st->codes, ncodes * sizeof(uint16_t));
     q_job qj = {s, q};
     ql_parallel_for(s->p.n_threads, st->ngroups, q_range, &qj);
     const double before = s->loss;
-    encode_job e = {.s = s, .q = q, .beam = beam < 1 ? 1 : beam};
+    transpose_codebooks(st->codebooks, st->M, st->K, cbt);
+    encode_job e = {.s = s, .q = q, .cbt = cbt, .beam = beam < 1 ? 1 : beam};
     ql_parallel_for(s->p.n_threads, st->nrows, encode_range, &e);
-    free(q);
+    free(q), free(cbt);
     if (e.stop) {
         memcpy(st->codes, backup, ncodes * sizeof(uint16_t));
         free(backup);
@@ -724,44 +786,132 @@ ql_status ql_aqlm_encode_pass(ql_aqlm_solver *s, int beam) {
 
 /* ---------------- codebook updates ---------------- */
 
-typedef struct {
-    const ql_aqlm_solver *s;
-    int m;
-    int64_t P;
-    double *A;
-} ls_job;
-
-VECTORIZE static void ls_range(void *ctx, int worker, int64_t k0, int64_t k1) {
-    (void)worker;
-    ls_job *L = ctx;
-    const ql_aqlm_solver *s = L->s;
-    const ql_aqlm_state *st = &s->st;
-    const int64_t ng = st->ngroups, M = st->M, n = s->ncp, P = L->P;
-    for (int64_t r = 0; r < st->nrows; r++) {
-        const double s2 = (double)st->scales[r] * st->scales[r];
+void ql_aqlm_ls_assemble_ref(const float *h, const float *hd, int64_t ngroups, const uint16_t *codes, int M, int K,
+                             int m, int64_t nrows, const float *scales, double *A) {
+    const int64_t ng = ngroups, n = ng * G, P = (int64_t)K * G;
+    for (int64_t r = 0; r < nrows; r++) {
+        const double s2 = (double)scales[r] * scales[r];
         if (s2 == 0) continue;
-        const uint16_t *cr = st->codes + r * ng * M + L->m;
+        const uint16_t *cr = codes + r * ng * M + m;
         for (int64_t j = 0; j < ng; j++) {
             const int64_t k = cr[j * M];
-            if (k < k0 || k >= k1) continue;
-            if (!s->full) {
-                for (int d = 0; d < G; d++) L->A[(k * G + d) * P + k * G + d] += s2 * s->hd[j * G + d];
+            if (!h) {
+                for (int d = 0; d < G; d++) A[(k * G + d) * P + k * G + d] += s2 * hd[j * G + d];
                 continue;
             }
             for (int64_t j2 = 0; j2 < ng; j2++) {
                 const int64_t k2 = cr[j2 * M];
-                /* dposv('U') reads only the upper triangle: blocks (k, k2 >= k) get exactly the sums they
-                 * got when the whole matrix was filled, in the same order, and the lower ones (half the
-                 * work, which is most of an alternation) are left at zero */
-                if (k2 < k) continue;
+                if (k2 < k) continue; /* dposv('U') reads only the upper triangle */
                 for (int d = 0; d < G; d++) {
-                    double *ar = L->A + (k * G + d) * P + k2 * G;
-                    const float *hr = s->h + (j * G + d) * n + j2 * G;
+                    double *ar = A + (k * G + d) * P + k2 * G;
+                    const float *hr = h + (j * G + d) * n + j2 * G;
                     for (int e = 0; e < G; e++) ar[e] += s2 * hr[e];
                 }
             }
         }
     }
+}
+
+/* the plain twin of ql_aqlm_ls_scatter_avx2 */
+VECTORIZE static void ls_scatter(double *ab, int64_t P, const float *hb, int64_t n, double s2, const int32_t *j2,
+                                 const uint16_t *k2, int64_t cnt) {
+    for (int64_t i = 0; i < cnt; i++) {
+        double *ar = ab + (int64_t)k2[i] * G;
+        const float *hr = hb + (int64_t)j2[i] * G;
+        for (int d = 0; d < G; d++, ar += P, hr += n)
+            for (int e = 0; e < G; e++) ar[e] += s2 * hr[e];
+    }
+}
+
+typedef struct {
+    const float *h;
+    const float *scales;
+    int64_t ng, n, P, nrows, band; /* band: codewords per work item */
+    int K;
+    const int32_t *off;   /* [ng][K+1]: rows with code k at group j are rows[j][off[j][k] .. off[j][k+1]) */
+    const int32_t *rows;  /* [ng][nrows] (rows with a zero scale left out) */
+    const int32_t *order; /* [nrows][ng]: the row's groups by code, largest first (stable) */
+    const uint16_t *key;  /* [nrows][ng]: their codes */
+    bool avx2;
+    double *A;
+} ls_job;
+
+/* codewords [band·item, band·(item+1)): every A entry of theirs summed over j, then rows, then j2 */
+static void ls_band(void *ctx, int worker, int64_t item) {
+    (void)worker;
+    const ls_job *L = ctx;
+    const int64_t k0 = item * L->band, k1 = QL_MIN(k0 + L->band, (int64_t)L->K), ng = L->ng, P = L->P;
+    for (int64_t j = 0; j < ng; j++) {
+        const float *hb = L->h + j * G * L->n;
+        const int32_t *off = L->off + j * (L->K + 1), *rows = L->rows + j * L->nrows;
+        for (int64_t k = k0; k < k1; k++) {
+            double *ab = L->A + k * G * P;
+            for (int32_t i = off[k]; i < off[k + 1]; i++) {
+                const int64_t r = rows[i];
+                const uint16_t *key = L->key + r * ng;
+                int64_t lo = 0, hi = ng; /* how many of the row's groups have a code >= k */
+                while (lo < hi) {
+                    const int64_t mid = (lo + hi) / 2;
+                    if (key[mid] >= k) lo = mid + 1;
+                    else hi = mid;
+                }
+                const double s2 = (double)L->scales[r] * L->scales[r];
+                if (L->avx2) ql_aqlm_ls_scatter_avx2(ab, P, hb, L->n, s2, L->order + r * ng, key, lo);
+                else ls_scatter(ab, P, hb, L->n, s2, L->order + r * ng, key, lo);
+            }
+        }
+    }
+}
+
+ql_status ql_aqlm_ls_assemble(const float *h, const float *hd, int64_t ngroups, const uint16_t *codes, int M, int K,
+                              int m, int64_t nrows, const float *scales, int n_threads, double *A) {
+    const int64_t ng = ngroups, P = (int64_t)K * G;
+    if (!h) { /* diagonal H: one term per group, nothing to reorder */
+        ql_aqlm_ls_assemble_ref(h, hd, ngroups, codes, M, K, m, nrows, scales, A);
+        return QL_OK;
+    }
+    if (nrows > INT32_MAX || ng > INT32_MAX) return ql_fail(QL_ERR_NOMEM, "aqlm: tensor too large for least squares");
+    int32_t *off = malloc((size_t)(ng * (K + 1)) * sizeof(int32_t)), *rows = malloc((size_t)(ng * nrows) * sizeof(int32_t));
+    int32_t *order = malloc((size_t)(nrows * ng) * sizeof(int32_t)), *cnt = malloc((size_t)(K + 1) * sizeof(int32_t));
+    uint16_t *key = malloc((size_t)(nrows * ng) * sizeof(uint16_t));
+    if (!off || !rows || !order || !cnt || !key) {
+        free(off), free(rows), free(order), free(cnt), free(key);
+        return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (least-squares index, %lld rows)", (long long)nrows);
+    }
+    /* each row's groups sorted by code, largest first, by counting sort (ties keep group order) */
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint16_t *cr = codes + r * ng * M + m;
+        memset(cnt, 0, (size_t)(K + 1) * sizeof(int32_t));
+        for (int64_t j = 0; j < ng; j++) cnt[cr[j * M]]++;
+        int32_t pos = 0;
+        for (int k = K - 1; k >= 0; k--) {
+            const int32_t c = cnt[k];
+            cnt[k] = pos, pos += c;
+        }
+        for (int64_t j = 0; j < ng; j++) {
+            const int32_t p = cnt[cr[j * M]]++;
+            order[r * ng + p] = (int32_t)j, key[r * ng + p] = cr[j * M];
+        }
+    }
+    /* for each group, the rows by their code there (ascending rows within a code); zero scales add nothing */
+    for (int64_t j = 0; j < ng; j++) {
+        int32_t *o = off + j * (K + 1);
+        memset(o, 0, (size_t)(K + 1) * sizeof(int32_t));
+        for (int64_t r = 0; r < nrows; r++)
+            if (scales[r] != 0.0f) o[codes[(r * ng + j) * M + m] + 1]++;
+        for (int k = 0; k < K; k++) o[k + 1] += o[k];
+        memcpy(cnt, o, (size_t)K * sizeof(int32_t));
+        for (int64_t r = 0; r < nrows; r++)
+            if (scales[r] != 0.0f) rows[j * nrows + cnt[codes[(r * ng + j) * M + m]]++] = (int32_t)r;
+    }
+    /* a band of codewords owns 8·band rows of A: about 1 MiB of them, which stay in L2 with H's 8-row block */
+    const int64_t band = QL_MAX((int64_t)1, ((int64_t)1 << 20) / (G * P * (int64_t)sizeof(double)));
+    ls_job L = {.h = h, .scales = scales, .ng = ng, .n = ng * G, .P = P, .nrows = nrows, .band = band, .K = K,
+                .off = off, .rows = rows, .order = order, .key = key,
+                .avx2 = ql_simd_level_get() >= QL_SIMD_AVX2, .A = A};
+    ql_parallel_items(n_threads, (K + band - 1) / band, ls_band, &L);
+    free(off), free(rows), free(order), free(cnt), free(key);
+    return QL_OK;
 }
 
 /* Σ_r s_r S_rᵀ G_rᵀ for codebook m (or all codebooks when m < 0) into out [(M or 1)·K·8] */
@@ -794,8 +944,12 @@ static ql_status update_ls(ql_aqlm_solver *s) {
     for (int m = 0; m < st->M; m++) {
         if (ql_progress_cancelled(s->p.progress)) break;
         memset(A, 0, (size_t)(P * P) * sizeof(double));
-        ls_job L = {s, m, P, A};
-        ql_parallel_for(s->p.n_threads, K, ls_range, &L);
+        ql_status rc = ql_aqlm_ls_assemble(s->full ? s->h : NULL, s->hd, st->ngroups, st->codes, st->M, (int)K, m,
+                                           st->nrows, st->scales, s->p.n_threads, A);
+        if (rc) {
+            free(A), free(rhs), free(old);
+            return rc;
+        }
         gather_gradient(s, m, rhs);
         double tr = 0;
         for (int64_t i = 0; i < P; i++) tr += A[i * P + i];
