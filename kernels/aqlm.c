@@ -44,6 +44,14 @@
 #define VECTORIZE
 #endif
 
+/* The search and k-means loops also get an AVX2 clone, picked at load time by the CPU: the same C, no FMA
+ * (ISO C mode: no contraction) and no reassociation, so both clones give the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT
+#endif
+
 int openblas_get_num_threads(void);
 void openblas_set_num_threads(int);
 
@@ -390,30 +398,63 @@ typedef struct {
     const float *pts; /* [n][8] */
     const int64_t *idx; /* NULL: point i is pts[i] */
     const float *cent;  /* [K][8] */
+    const float *centt; /* the same, transposed [8][K] */
     int K;
     uint16_t *out;
     float *dist; /* optional: squared distance of each point to its centroid */
 } assign_job;
 
-VECTORIZE static void assign_range(void *ctx, int worker, int64_t i0, int64_t i1) {
+#define ASSIGN_CHUNK 256 /* candidates scored together */
+
+/* The nearest centroid of each point, by squared distance summed over d = 0..7 for each centroid (first one on
+ * a tie). The centroids are read transposed ([8][K]) so that the distances of ASSIGN_CHUNK centroids are
+ * computed side by side, each still summed in d order. */
+HOT VECTORIZE static void assign_range(void *ctx, int worker, int64_t i0, int64_t i1) {
     (void)worker;
     assign_job *j = ctx;
+    float d2[ASSIGN_CHUNK];
     for (int64_t i = i0; i < i1; i++) {
         const float *x = j->pts + (j->idx ? j->idx[i] : i) * G;
         float best = INFINITY;
         int bk = 0;
-        for (int k = 0; k < j->K; k++) {
-            const float *c = j->cent + (int64_t)k * G;
-            float d2 = 0;
+        for (int k0 = 0; k0 < j->K; k0 += ASSIGN_CHUNK) {
+            const int kn = QL_MIN(ASSIGN_CHUNK, j->K - k0);
+            for (int k = 0; k < kn; k++) d2[k] = 0;
             for (int d = 0; d < G; d++) {
-                float t = x[d] - c[d];
-                d2 += t * t;
+                const float xd = x[d], *c = j->centt + (int64_t)d * j->K + k0;
+                for (int k = 0; k < kn; k++) {
+                    const float t = xd - c[k];
+                    d2[k] += t * t;
+                }
             }
-            if (d2 < best) best = d2, bk = k;
+            /* the smallest distance, as the bits of a float >= 0 (finite: points and centroids are f16-bounded)
+             * compare as integers, a reduction that vectorizes; then its first index, as a strict < scan
+             * would find it */
+            int32_t mbits = INT32_MAX;
+            for (int k = 0; k < kn; k++) {
+                int32_t b;
+                memcpy(&b, &d2[k], sizeof b);
+                mbits = b < mbits ? b : mbits;
+            }
+            float mn;
+            memcpy(&mn, &mbits, sizeof mn);
+            if (mn < best) {
+                int k = 0;
+                while (d2[k] != mn) k++;
+                best = mn, bk = k0 + k;
+            }
         }
         j->out[i] = (uint16_t)bk;
         if (j->dist) j->dist[i] = best;
     }
+}
+
+/* assign_range over n points on the solver's threads; centt: scratch for K·8 floats */
+static void assign_all(const ql_aqlm_solver *s, assign_job *aj, int64_t n, float *centt) {
+    for (int64_t k = 0; k < aj->K; k++)
+        for (int d = 0; d < G; d++) centt[(int64_t)d * aj->K + k] = aj->cent[k * G + d];
+    aj->centt = centt;
+    ql_parallel_for(s->p.n_threads, n, assign_range, aj);
 }
 
 /* k-means of the points (rows of 8) into K centroids, started from K sample points */
@@ -424,8 +465,9 @@ static ql_status kmeans(ql_aqlm_solver *s, const float *pts, int64_t npts, float
     int64_t *idx = malloc((size_t)npts * sizeof(int64_t));
     uint16_t *lab = malloc((size_t)ns * sizeof(uint16_t));
     double *sum = malloc((size_t)K * (G + 1) * sizeof(double));
-    if (!idx || !lab || !sum) {
-        free(idx), free(lab), free(sum);
+    float *centt = malloc((size_t)K * G * sizeof(float));
+    if (!idx || !lab || !sum || !centt) {
+        free(idx), free(lab), free(sum), free(centt);
         return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (k-means)");
     }
     for (int64_t i = 0; i < npts; i++) idx[i] = i;
@@ -445,7 +487,7 @@ static ql_status kmeans(ql_aqlm_solver *s, const float *pts, int64_t npts, float
             break;
         }
         assign_job aj = {.pts = pts, .idx = idx, .cent = cent, .K = K, .out = lab};
-        ql_parallel_for(s->p.n_threads, ns, assign_range, &aj);
+        assign_all(s, &aj, ns, centt);
         memset(sum, 0, (size_t)K * (G + 1) * sizeof(double));
         for (int64_t i = 0; i < ns; i++) {
             double *t = sum + (int64_t)lab[i] * (G + 1);
@@ -463,7 +505,7 @@ static ql_status kmeans(ql_aqlm_solver *s, const float *pts, int64_t npts, float
             }
         }
     }
-    free(idx), free(lab), free(sum);
+    free(idx), free(lab), free(sum), free(centt);
     return st;
 }
 
@@ -477,10 +519,10 @@ ql_status ql_aqlm_init(ql_aqlm_solver *s) {
         float rms = (float)sqrt(acc / (double)st->ncols);
         st->scales[r] = f16r(rms);
     }
-    float *res = malloc((size_t)npts * G * sizeof(float));
+    float *res = malloc((size_t)npts * G * sizeof(float)), *centt = malloc((size_t)st->K * G * sizeof(float));
     uint16_t *lab = malloc((size_t)npts * sizeof(uint16_t));
-    if (!res || !lab) {
-        free(res), free(lab);
+    if (!res || !lab || !centt) {
+        free(res), free(lab), free(centt);
         return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (k-means)");
     }
     for (int64_t r = 0; r < nr; r++) {
@@ -498,14 +540,14 @@ ql_status ql_aqlm_init(ql_aqlm_solver *s) {
             for (int64_t i = 0; i < npts; i++) lab[i] = (uint16_t)i;
         else {
             assign_job aj = {.pts = res, .cent = cent, .K = st->K, .out = lab};
-            ql_parallel_for(s->p.n_threads, npts, assign_range, &aj);
+            assign_all(s, &aj, npts, centt);
         }
         for (int64_t i = 0; i < npts; i++) {
             st->codes[i * st->M + m] = lab[i];
             for (int d = 0; d < G; d++) res[i * G + d] -= cent[(int64_t)lab[i] * G + d];
         }
     }
-    free(res), free(lab);
+    free(res), free(lab), free(centt);
     if (rc) return rc;
     ql_aqlm_refresh(s);
     update_scales(s);
@@ -544,7 +586,7 @@ static void transpose_codebooks(const float *cb, int M, int K, float *cbt) {
 
 /* ΔL of every candidate k of one codebook: base + s2·q[k] + Σ_d C[k][d]·v[d], summed in that order for each k
  * (the loop runs over k innermost so it vectorizes across candidates without reordering any sum) */
-VECTORIZE static void score_candidates(const float *ct, const float *q, int K, double base, double s2,
+HOT VECTORIZE static void score_candidates(const float *ct, const float *q, int K, double base, double s2,
                                        const double *v, double *score) {
     for (int k = 0; k < K; k++) score[k] = base + s2 * q[k];
     for (int d = 0; d < G; d++) {
@@ -606,6 +648,9 @@ static double search(const float *cb, const float *cbt, int M, int K, const floa
 
 static double search_best(const float *cb, const float *cbt, int M, int K, const float *hjj, const float *g, float s,
                           int beam, uint16_t *codes, const float *qtab, search_ws *w) {
+    if (beam > 1 && M == 2) /* greedy's two steps are the beam's steps for its first hypothesis, and on a tie
+                               that hypothesis's candidate is kept: the beam alone gives greedy-or-better codes */
+        return search(cb, cbt, M, K, hjj, g, s, beam, codes, qtab, w);
     uint16_t gc[8];
     memcpy(gc, codes, (size_t)M * sizeof(uint16_t));
     double dg = search(cb, cbt, M, K, hjj, g, s, 1, gc, qtab, w);
@@ -668,7 +713,7 @@ typedef struct {
 /* Gauss–Seidel over a row's groups: after group j changes by dy, the gradient of the groups after it falls
  * by dy·H[j block, later columns] (the earlier groups are done, so their slice is not updated). The rows of
  * a tile advance group by group together; each row's arithmetic is exactly what it would be alone. */
-VECTORIZE static void encode_range(void *ctx, int worker, int64_t r0, int64_t r1) {
+HOT VECTORIZE static void encode_range(void *ctx, int worker, int64_t r0, int64_t r1) {
     (void)worker;
     encode_job *e = ctx;
     ql_aqlm_solver *s = e->s;
@@ -719,12 +764,11 @@ VECTORIZE static void encode_range(void *ctx, int worker, int64_t r0, int64_t r1
                 for (int d = 0; d < G; d++) dy[d] = yn[d] * sc - yo[d] * sc;
                 if (s->full) {
                     /* g[c] -= dy[d]·H[8j+d][c] for d = 0..7 in turn, for the columns after this group */
-                    const float *hb = s->h + j * G * n;
-                    for (int64_t c = (j + 1) * G; c < n; c++) {
-                        float x = g[c];
-                        for (int d = 0; d < G; d++) x -= dy[d] * hb[d * n + c];
-                        g[c] = x;
-                    }
+                    const float *h0 = s->h + j * G * n, *h1 = h0 + n, *h2 = h1 + n, *h3 = h2 + n, *h4 = h3 + n,
+                                *h5 = h4 + n, *h6 = h5 + n, *h7 = h6 + n; /* written out so it vectorizes over c */
+                    for (int64_t c = (j + 1) * G; c < n; c++)
+                        g[c] = g[c] - dy[0] * h0[c] - dy[1] * h1[c] - dy[2] * h2[c] - dy[3] * h3[c] - dy[4] * h4[c] -
+                               dy[5] * h5[c] - dy[6] * h6[c] - dy[7] * h7[c];
                 } else
                     for (int d = 0; d < G; d++) g[j * G + d] -= dy[d] * s->hd[j * G + d];
             }
@@ -812,14 +856,13 @@ void ql_aqlm_ls_assemble_ref(const float *h, const float *hd, int64_t ngroups, c
     }
 }
 
-/* the plain twin of ql_aqlm_ls_scatter_avx2 */
-VECTORIZE static void ls_scatter(double *ab, int64_t P, const float *hb, int64_t n, double s2, const int32_t *j2,
-                                 const uint16_t *k2, int64_t cnt) {
+/* the plain twin of ql_aqlm_ls_scatter_avx2: blocks are 64 contiguous values ([d][e]) on both sides */
+VECTORIZE static void ls_scatter(double *ab, const float *hb, double s2, const int32_t *j2, const uint16_t *k2,
+                                 int64_t cnt) {
     for (int64_t i = 0; i < cnt; i++) {
-        double *ar = ab + (int64_t)k2[i] * G;
-        const float *hr = hb + (int64_t)j2[i] * G;
-        for (int d = 0; d < G; d++, ar += P, hr += n)
-            for (int e = 0; e < G; e++) ar[e] += s2 * hr[e];
+        double *ar = ab + (int64_t)k2[i] * G * G;
+        const float *hr = hb + (int64_t)j2[i] * G * G;
+        for (int e = 0; e < G * G; e++) ar[e] += s2 * hr[e];
     }
 }
 
@@ -833,19 +876,31 @@ typedef struct {
     const int32_t *order; /* [nrows][ng]: the row's groups by code, largest first (stable) */
     const uint16_t *key;  /* [nrows][ng]: their codes */
     bool avx2;
+    volatile int nomem;
     double *A;
 } ls_job;
 
-/* codewords [band·item, band·(item+1)): every A entry of theirs summed over j, then rows, then j2 */
+/* codewords [band·item, band·(item+1)): every A entry of theirs summed over j, then rows, then j2. The band's
+ * rows of A and H's block row j are first repacked block by block ([k2][d][e], [j2][d][e]): the 8 rows of a
+ * block are 16 KiB apart in the row-major matrices, which maps them all to the same L1 sets. */
 static void ls_band(void *ctx, int worker, int64_t item) {
     (void)worker;
-    const ls_job *L = ctx;
-    const int64_t k0 = item * L->band, k1 = QL_MIN(k0 + L->band, (int64_t)L->K), ng = L->ng, P = L->P;
+    ls_job *L = ctx;
+    const int64_t k0 = item * L->band, k1 = QL_MIN(k0 + L->band, (int64_t)L->K), ng = L->ng, P = L->P, K = L->K;
+    double *ap = calloc((size_t)((k1 - k0) * K * G * G), sizeof(double)); /* [k - k0][k2][d][e] */
+    float *hp = malloc((size_t)(ng * G * G) * sizeof(float));               /* [j2][d][e] */
+    if (!ap || !hp) {
+        L->nomem = 1;
+        free(ap), free(hp);
+        return;
+    }
     for (int64_t j = 0; j < ng; j++) {
         const float *hb = L->h + j * G * L->n;
-        const int32_t *off = L->off + j * (L->K + 1), *rows = L->rows + j * L->nrows;
+        for (int64_t j2 = 0; j2 < ng; j2++)
+            for (int d = 0; d < G; d++) memcpy(hp + (j2 * G + d) * G, hb + d * L->n + j2 * G, G * sizeof(float));
+        const int32_t *off = L->off + j * (K + 1), *rows = L->rows + j * L->nrows;
         for (int64_t k = k0; k < k1; k++) {
-            double *ab = L->A + k * G * P;
+            double *ab = ap + (k - k0) * K * G * G;
             for (int32_t i = off[k]; i < off[k + 1]; i++) {
                 const int64_t r = rows[i];
                 const uint16_t *key = L->key + r * ng;
@@ -856,11 +911,19 @@ static void ls_band(void *ctx, int worker, int64_t item) {
                     else hi = mid;
                 }
                 const double s2 = (double)L->scales[r] * L->scales[r];
-                if (L->avx2) ql_aqlm_ls_scatter_avx2(ab, P, hb, L->n, s2, L->order + r * ng, key, lo);
-                else ls_scatter(ab, P, hb, L->n, s2, L->order + r * ng, key, lo);
+                if (L->avx2) ql_aqlm_ls_scatter_avx2(ab, hp, s2, L->order + r * ng, key, lo);
+                else ls_scatter(ab, hp, s2, L->order + r * ng, key, lo);
             }
         }
     }
+    for (int64_t k = k0; k < k1; k++) /* back into A's rows, upper blocks only */
+        for (int64_t k2 = k; k2 < K; k2++)
+            for (int d = 0; d < G; d++) {
+                double *ar = L->A + (k * G + d) * P + k2 * G;
+                const double *src = ap + (((k - k0) * K + k2) * G + d) * G;
+                for (int e = 0; e < G; e++) ar[e] += src[e];
+            }
+    free(ap), free(hp);
 }
 
 ql_status ql_aqlm_ls_assemble(const float *h, const float *hd, int64_t ngroups, const uint16_t *codes, int M, int K,
@@ -904,14 +967,15 @@ ql_status ql_aqlm_ls_assemble(const float *h, const float *hd, int64_t ngroups, 
         for (int64_t r = 0; r < nrows; r++)
             if (scales[r] != 0.0f) rows[j * nrows + cnt[codes[(r * ng + j) * M + m]]++] = (int32_t)r;
     }
-    /* a band of codewords owns 8·band rows of A: about 1 MiB of them, which stay in L2 with H's 8-row block */
+    /* a band of codewords owns 8·band rows of A: about 1 MiB of them, which stay in L2 with H's 8-row block
+     * (a band's rows of A are copied out once at its end, so more bands cost little) */
     const int64_t band = QL_MAX((int64_t)1, ((int64_t)1 << 20) / (G * P * (int64_t)sizeof(double)));
     ls_job L = {.h = h, .scales = scales, .ng = ng, .n = ng * G, .P = P, .nrows = nrows, .band = band, .K = K,
                 .off = off, .rows = rows, .order = order, .key = key,
                 .avx2 = ql_simd_level_get() >= QL_SIMD_AVX2, .A = A};
     ql_parallel_items(n_threads, (K + band - 1) / band, ls_band, &L);
     free(off), free(rows), free(order), free(cnt), free(key);
-    return QL_OK;
+    return L.nomem ? ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (least-squares band)") : QL_OK;
 }
 
 /* Σ_r s_r S_rᵀ G_rᵀ for codebook m (or all codebooks when m < 0) into out [(M or 1)·K·8] */

@@ -99,11 +99,11 @@ ql_status ql_aqlm_ls_assemble(const float *h, const float *hd, int64_t ngroups, 
                               int m, int64_t nrows, const float *scales, int n_threads, double *A);
 void ql_aqlm_ls_assemble_ref(const float *h, const float *hd, int64_t ngroups, const uint16_t *codes, int M, int K,
                              int m, int64_t nrows, const float *scales, double *A);
-/* The fast assembly's inner step, AVX2 twin (kernels/aqlm_avx2.c) of the plain loop in kernels/aqlm.c: for
- * i < cnt, A's block (row block ab, column block k2[i]) += s2 · H's block (row block hb, column block j2[i]),
- * each value as ab[..] += s2 · (double)hb[..], products and sums rounded as the plain loop rounds them. */
-void ql_aqlm_ls_scatter_avx2(double *ab, int64_t P, const float *hb, int64_t n, double s2, const int32_t *j2,
-                             const uint16_t *k2, int64_t cnt);
+/* The fast assembly's inner step, AVX2 twin (kernels/aqlm_avx2.c) of the plain loop in kernels/aqlm.c, on
+ * 8×8 blocks stored as 64 contiguous values: for i < cnt, block k2[i] of ab (doubles) += s2 · block j2[i] of
+ * hb (floats), each value as ab[..] += s2 · (double)hb[..], rounded as the plain loop rounds it. */
+void ql_aqlm_ls_scatter_avx2(double *ab, const float *hb, double s2, const int32_t *j2, const uint16_t *k2,
+                             int64_t cnt);
 
 /* Pack the state into tensor bytes (ql_aqlm_tensor_bytes) / read them back (sizes from the state's fields,
  * which the caller sets; buffers allocated here). */

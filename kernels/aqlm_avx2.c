@@ -49,19 +49,17 @@ void ql_aqlm_dequantize_avx2(int M, int B, const void *src, float *dst, int64_t 
         ql_aqlm_dequantize_ref(M, B, src, dst, nrows, ncols);
 }
 
-/* One row's contribution to the least-squares matrix: 8×8 blocks of H (floats) scaled by s2 and added to 8×8
- * blocks of A (doubles); two 4-wide halves per block row, multiply then add (no FMA), as the plain loop. */
-__attribute__((target("avx2"))) void ql_aqlm_ls_scatter_avx2(double *ab, int64_t P, const float *hb, int64_t n,
-                                                             double s2, const int32_t *j2, const uint16_t *k2,
-                                                             int64_t cnt) {
+/* One row's contribution to the least-squares matrix: 8×8 blocks of H (64 floats each, [d][e]) scaled by s2
+ * and added to 8×8 blocks of A (64 doubles each); 4-wide, multiply then add (no FMA), as the plain loop. */
+__attribute__((target("avx2"))) void ql_aqlm_ls_scatter_avx2(double *ab, const float *hb, double s2,
+                                                             const int32_t *j2, const uint16_t *k2, int64_t cnt) {
     const __m256d vs = _mm256_set1_pd(s2);
     for (int64_t i = 0; i < cnt; i++) {
-        double *ar = ab + (int64_t)k2[i] * QL_AQLM_GROUP;
-        const float *hr = hb + (int64_t)j2[i] * QL_AQLM_GROUP;
-        for (int d = 0; d < QL_AQLM_GROUP; d++, ar += P, hr += n) {
-            const __m256d h0 = _mm256_cvtps_pd(_mm_loadu_ps(hr)), h1 = _mm256_cvtps_pd(_mm_loadu_ps(hr + 4));
-            _mm256_storeu_pd(ar, _mm256_add_pd(_mm256_loadu_pd(ar), _mm256_mul_pd(vs, h0)));
-            _mm256_storeu_pd(ar + 4, _mm256_add_pd(_mm256_loadu_pd(ar + 4), _mm256_mul_pd(vs, h1)));
+        double *ar = ab + (int64_t)k2[i] * QL_AQLM_GROUP * QL_AQLM_GROUP;
+        const float *hr = hb + (int64_t)j2[i] * QL_AQLM_GROUP * QL_AQLM_GROUP;
+        for (int e = 0; e < QL_AQLM_GROUP * QL_AQLM_GROUP; e += 4) {
+            const __m256d hv = _mm256_cvtps_pd(_mm_loadu_ps(hr + e));
+            _mm256_storeu_pd(ar + e, _mm256_add_pd(_mm256_loadu_pd(ar + e), _mm256_mul_pd(vs, hv)));
         }
     }
 }
