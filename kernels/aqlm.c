@@ -15,8 +15,8 @@
  * Least squares for codebook m (others, codes and scales fixed): the loss is quadratic in the K·8 values
  * of C_m with Hessian 2A, A = Σ_r s_r² S_rᵀ H S_r (S_r selects the codewords row r uses), and gradient
  * −2 Σ_r s_r S_rᵀ G_rᵀ; one Newton step (A + λI)Δ = Σ s_r S_rᵀ G_rᵀ (dposv) is the exact minimiser. A is
- * assembled with each thread owning a range of codewords, so every entry is summed in the same order
- * whatever the thread count. */
+ * assembled (ql_aqlm_ls_assemble, rows·n²/2 multiply-adds) with each work item owning a band of codewords,
+ * so every entry is summed in the same order whatever the thread count. */
 #include "kernels/aqlm.h"
 
 #include <cblas.h>

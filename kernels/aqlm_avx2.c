@@ -1,7 +1,8 @@
 /* aqlm_avx2.c — the AVX2 twin of ql_aqlm_dequantize_ref (kernels/aqlm.c): one group of 8 weights is one
  * 256-bit register, the M codewords are added in codebook order and the sum multiplied by the row scale, the
  * same two roundings per step as the reference, so the floats are identical (tests/test_aqlm.c checks it on
- * random and adversarial tensors). Falls back to the reference below AVX2 (ql_simd_level_get). */
+ * random and adversarial tensors). Falls back to the reference below AVX2 (ql_simd_level_get). Also the AVX2
+ * scatter of the encoder's least-squares assembly (bit-identical to the plain loop in kernels/aqlm.c). */
 #include "kernels/aqlm.h"
 #include "kernels/simd.h"
 
