@@ -1,11 +1,13 @@
 /* aqlm_bench.c — AQLM encoding speed (issue 13): seconds for --method aqlm on one rows x cols layer with a
- * cols x cols Hessian (XᵀX of 1024 random tokens with per-channel scales), per phase, and the encode time
- * per million weights. Usage: aqlm_bench [rows cols threads format method-opts]; defaults 4096 4096 2
- * aqlm_2x8 with the method's defaults. Prints; asserts nothing. */
+ * cols x cols Hessian (XᵀX of 1024 random tokens with per-channel scales), per phase, the encode time per
+ * million weights, and the CPU seconds of all threads and of the main thread. Usage: aqlm_bench [rows cols
+ * threads format method-opts]; defaults 4096 4096 2 aqlm_2x8 with the method's defaults. Prints; asserts
+ * nothing. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include "formats/format.h"
 #include "methods/method.h"
@@ -14,6 +16,14 @@
 #include "tests/test_rng.h"
 
 static double g_t0;
+
+/* CPU seconds of this thread (RUSAGE_THREAD) or of the whole process */
+static double cpu_s(int who) {
+    struct rusage ru;
+    getrusage(who, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec * 1e-6;
+}
 static void report(void *user, int64_t done, int64_t total, const char *phase) {
     (void)user;
     fprintf(stderr, "  %6.1fs  %lld/%lld  %s\n", ql_time_s() - g_t0, (long long)done, (long long)total, phase);
@@ -48,8 +58,10 @@ int main(int argc, char **argv) {
     ql_progress pr = {.fn = report};
     ql_method_opts o = {.values = &ov, .n_threads = threads, .progress = &pr};
     g_t0 = ql_time_s();
+    const double main0 = cpu_s(RUSAGE_THREAD), all0 = cpu_s(RUSAGE_SELF);
     ql_status s = m->quantize_tensor(w, rows, cols, f, &st, &o, dst);
     double sec = ql_time_s() - g_t0;
+    const double main_cpu = cpu_s(RUSAGE_THREAD) - main0, all_cpu = cpu_s(RUSAGE_SELF) - all0;
     if (s) {
         fprintf(stderr, "aqlm_bench: %s\n", ql_last_error());
         return 1;
@@ -60,5 +72,9 @@ int main(int argc, char **argv) {
     printf("aqlm %s %lldx%lld, %d threads (%s): %.1f s, %.2f s per million weights, bytes FNV-1a %016llx\n", fname,
            (long long)rows, (long long)cols, threads, spec, sec, sec / ((double)rows * (double)cols / 1e6),
            (unsigned long long)hash);
+    /* The main thread runs every serial part and one share of each parallel one (ql_parallel_for's worker 0,
+     * OpenBLAS's caller), so on an idle machine the wall time is about its CPU time, whatever the load now. */
+    printf("CPU s: %.1f all threads, %.1f main thread (≈ wall on an idle machine; all / main = %.2f)\n", all_cpu,
+           main_cpu, main_cpu > 0 ? all_cpu / main_cpu : 0.0);
     return 0;
 }

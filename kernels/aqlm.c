@@ -15,8 +15,8 @@
  * Least squares for codebook m (others, codes and scales fixed): the loss is quadratic in the K·8 values
  * of C_m with Hessian 2A, A = Σ_r s_r² S_rᵀ H S_r (S_r selects the codewords row r uses), and gradient
  * −2 Σ_r s_r S_rᵀ G_rᵀ; one Newton step (A + λI)Δ = Σ s_r S_rᵀ G_rᵀ (dposv) is the exact minimiser. A is
- * assembled with each thread owning a range of codewords, so every entry is summed in the same order
- * whatever the thread count. */
+ * assembled (ql_aqlm_ls_assemble, rows·n²/2 multiply-adds) with each work item owning a band of codewords,
+ * so every entry is summed in the same order whatever the thread count. */
 #include "kernels/aqlm.h"
 
 #include <cblas.h>
@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "base/parallel.h"
+#include "kernels/simd.h"
 
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -41,6 +42,14 @@
 #define VECTORIZE __attribute__((optimize("-ftree-vectorize", "-fvect-cost-model=dynamic")))
 #else
 #define VECTORIZE
+#endif
+
+/* The search and k-means loops also get an AVX2 clone, picked at load time by the CPU: the same C, no FMA
+ * (ISO C mode: no contraction) and no reassociation, so both clones give the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT
 #endif
 
 static inline float f16r(float x) {
@@ -386,30 +395,63 @@ typedef struct {
     const float *pts; /* [n][8] */
     const int64_t *idx; /* NULL: point i is pts[i] */
     const float *cent;  /* [K][8] */
+    const float *centt; /* the same, transposed [8][K] */
     int K;
     uint16_t *out;
     float *dist; /* optional: squared distance of each point to its centroid */
 } assign_job;
 
-VECTORIZE static void assign_range(void *ctx, int worker, int64_t i0, int64_t i1) {
+#define ASSIGN_CHUNK 256 /* candidates scored together */
+
+/* The nearest centroid of each point, by squared distance summed over d = 0..7 for each centroid (first one on
+ * a tie). The centroids are read transposed ([8][K]) so that the distances of ASSIGN_CHUNK centroids are
+ * computed side by side, each still summed in d order. */
+HOT VECTORIZE static void assign_range(void *ctx, int worker, int64_t i0, int64_t i1) {
     (void)worker;
     assign_job *j = ctx;
+    float d2[ASSIGN_CHUNK];
     for (int64_t i = i0; i < i1; i++) {
         const float *x = j->pts + (j->idx ? j->idx[i] : i) * G;
         float best = INFINITY;
         int bk = 0;
-        for (int k = 0; k < j->K; k++) {
-            const float *c = j->cent + (int64_t)k * G;
-            float d2 = 0;
+        for (int k0 = 0; k0 < j->K; k0 += ASSIGN_CHUNK) {
+            const int kn = QL_MIN(ASSIGN_CHUNK, j->K - k0);
+            for (int k = 0; k < kn; k++) d2[k] = 0;
             for (int d = 0; d < G; d++) {
-                float t = x[d] - c[d];
-                d2 += t * t;
+                const float xd = x[d], *c = j->centt + (int64_t)d * j->K + k0;
+                for (int k = 0; k < kn; k++) {
+                    const float t = xd - c[k];
+                    d2[k] += t * t;
+                }
             }
-            if (d2 < best) best = d2, bk = k;
+            /* the smallest distance, as the bits of a float >= 0 (finite: points and centroids are f16-bounded)
+             * compare as integers, a reduction that vectorizes; then its first index, as a strict < scan
+             * would find it */
+            int32_t mbits = INT32_MAX;
+            for (int k = 0; k < kn; k++) {
+                int32_t b;
+                memcpy(&b, &d2[k], sizeof b);
+                mbits = b < mbits ? b : mbits;
+            }
+            float mn;
+            memcpy(&mn, &mbits, sizeof mn);
+            if (mn < best) {
+                int k = 0;
+                while (d2[k] != mn) k++;
+                best = mn, bk = k0 + k;
+            }
         }
         j->out[i] = (uint16_t)bk;
         if (j->dist) j->dist[i] = best;
     }
+}
+
+/* assign_range over n points on the solver's threads; centt: scratch for K·8 floats */
+static void assign_all(const ql_aqlm_solver *s, assign_job *aj, int64_t n, float *centt) {
+    for (int64_t k = 0; k < aj->K; k++)
+        for (int d = 0; d < G; d++) centt[(int64_t)d * aj->K + k] = aj->cent[k * G + d];
+    aj->centt = centt;
+    ql_parallel_for(s->p.n_threads, n, assign_range, aj);
 }
 
 /* k-means of the points (rows of 8) into K centroids, started from K sample points */
@@ -420,8 +462,9 @@ static ql_status kmeans(ql_aqlm_solver *s, const float *pts, int64_t npts, float
     int64_t *idx = malloc((size_t)npts * sizeof(int64_t));
     uint16_t *lab = malloc((size_t)ns * sizeof(uint16_t));
     double *sum = malloc((size_t)K * (G + 1) * sizeof(double));
-    if (!idx || !lab || !sum) {
-        free(idx), free(lab), free(sum);
+    float *centt = malloc((size_t)K * G * sizeof(float));
+    if (!idx || !lab || !sum || !centt) {
+        free(idx), free(lab), free(sum), free(centt);
         return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (k-means)");
     }
     for (int64_t i = 0; i < npts; i++) idx[i] = i;
@@ -441,7 +484,7 @@ static ql_status kmeans(ql_aqlm_solver *s, const float *pts, int64_t npts, float
             break;
         }
         assign_job aj = {.pts = pts, .idx = idx, .cent = cent, .K = K, .out = lab};
-        ql_parallel_for(s->p.n_threads, ns, assign_range, &aj);
+        assign_all(s, &aj, ns, centt);
         memset(sum, 0, (size_t)K * (G + 1) * sizeof(double));
         for (int64_t i = 0; i < ns; i++) {
             double *t = sum + (int64_t)lab[i] * (G + 1);
@@ -459,7 +502,7 @@ static ql_status kmeans(ql_aqlm_solver *s, const float *pts, int64_t npts, float
             }
         }
     }
-    free(idx), free(lab), free(sum);
+    free(idx), free(lab), free(sum), free(centt);
     return st;
 }
 
@@ -473,10 +516,10 @@ ql_status ql_aqlm_init(ql_aqlm_solver *s) {
         float rms = (float)sqrt(acc / (double)st->ncols);
         st->scales[r] = f16r(rms);
     }
-    float *res = malloc((size_t)npts * G * sizeof(float));
+    float *res = malloc((size_t)npts * G * sizeof(float)), *centt = malloc((size_t)st->K * G * sizeof(float));
     uint16_t *lab = malloc((size_t)npts * sizeof(uint16_t));
-    if (!res || !lab) {
-        free(res), free(lab);
+    if (!res || !lab || !centt) {
+        free(res), free(lab), free(centt);
         return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (k-means)");
     }
     for (int64_t r = 0; r < nr; r++) {
@@ -494,14 +537,14 @@ ql_status ql_aqlm_init(ql_aqlm_solver *s) {
             for (int64_t i = 0; i < npts; i++) lab[i] = (uint16_t)i;
         else {
             assign_job aj = {.pts = res, .cent = cent, .K = st->K, .out = lab};
-            ql_parallel_for(s->p.n_threads, npts, assign_range, &aj);
+            assign_all(s, &aj, npts, centt);
         }
         for (int64_t i = 0; i < npts; i++) {
             st->codes[i * st->M + m] = lab[i];
             for (int d = 0; d < G; d++) res[i * G + d] -= cent[(int64_t)lab[i] * G + d];
         }
     }
-    free(res), free(lab);
+    free(res), free(lab), free(centt);
     if (rc) return rc;
     ql_aqlm_refresh(s);
     update_scales(s);
@@ -516,9 +559,44 @@ typedef struct {
     double dl;
 } hyp;
 
-/* qtab [M][K]: C_m[k]ᵀ H_jj C_m[k] */
-static double search(const float *cb, int M, int K, const float *hjj, const float *g, float s, int beam,
-                     uint16_t *codes, const float *qtab, hyp *h0, hyp *h1) {
+/* a worker's scratch: two hypothesis lists and the scores of one codebook's K candidates */
+typedef struct {
+    hyp *h0, *h1;
+    double *score;
+} search_ws;
+
+static bool search_ws_alloc(search_ws *w, int beam, int K) {
+    w->h0 = malloc((size_t)beam * 2 * sizeof(hyp));
+    w->h1 = malloc((size_t)beam * 2 * sizeof(hyp));
+    w->score = malloc((size_t)K * sizeof(double));
+    return w->h0 && w->h1 && w->score;
+}
+
+static void search_ws_free(search_ws *w) { free(w->h0), free(w->h1), free(w->score); }
+
+/* the codebooks transposed, cbt [M][8][K], so that the candidates' scores are computed K-wide */
+static void transpose_codebooks(const float *cb, int M, int K, float *cbt) {
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < K; k++)
+            for (int d = 0; d < G; d++) cbt[(m * G + d) * K + k] = cb[(m * K + k) * G + d];
+}
+
+/* ΔL of every candidate k of one codebook: base + s2·q[k] + Σ_d C[k][d]·v[d], summed in that order for each k
+ * (the loop runs over k innermost so it vectorizes across candidates without reordering any sum) */
+HOT VECTORIZE static void score_candidates(const float *ct, const float *q, int K, double base, double s2,
+                                       const double *v, double *score) {
+    for (int k = 0; k < K; k++) score[k] = base + s2 * q[k];
+    for (int d = 0; d < G; d++) {
+        const double vd = v[d];
+        const float *c = ct + (int64_t)d * K;
+        for (int k = 0; k < K; k++) score[k] += c[k] * vd;
+    }
+}
+
+/* qtab [M][K]: C_m[k]ᵀ H_jj C_m[k]; cbt: transpose_codebooks(cb) */
+static double search(const float *cb, const float *cbt, int M, int K, const float *hjj, const float *g, float s,
+                     int beam, uint16_t *codes, const float *qtab, search_ws *w) {
+    hyp *h0 = w->h0, *h1 = w->h1;
     int nh = 1;
     memcpy(h0[0].codes, codes, (size_t)M * sizeof(uint16_t));
     memset(h0[0].delta, 0, sizeof h0[0].delta);
@@ -538,11 +616,11 @@ static double search(const float *cb, int M, int K, const float *hjj, const floa
                 base += -2.0 * u[d] * g[d] + u[d] * t;
                 v[d] = 2.0 * s * (t - g[d]);
             }
+            score_candidates(cbt + (int64_t)m * G * K, qtab + (int64_t)m * K, K, base, s2, v, w->score);
             for (int k = 0; k < K; k++) {
-                const float *c = C + (int64_t)k * G;
-                double sc = base + s2 * qtab[(int64_t)m * K + k];
-                for (int d = 0; d < G; d++) sc += c[d] * v[d];
+                const double sc = w->score[k];
                 if (nn == beam && !(sc < h1[nn - 1].dl)) continue;
+                const float *c = C + (int64_t)k * G;
                 int pos = nn < beam ? nn++ : nn - 1; /* insert sorted (stable: earlier wins ties) */
                 while (pos > 0 && h1[pos - 1].dl > sc) {
                     h1[pos] = h1[pos - 1];
@@ -565,18 +643,21 @@ static double search(const float *cb, int M, int K, const float *hjj, const floa
     return 0;
 }
 
-static double search_best(const float *cb, int M, int K, const float *hjj, const float *g, float s, int beam,
-                          uint16_t *codes, const float *qtab, hyp *h0, hyp *h1) {
+static double search_best(const float *cb, const float *cbt, int M, int K, const float *hjj, const float *g, float s,
+                          int beam, uint16_t *codes, const float *qtab, search_ws *w) {
+    if (beam > 1 && M == 2) /* greedy's two steps are the beam's steps for its first hypothesis, and on a tie
+                               that hypothesis's candidate is kept: the beam alone gives greedy-or-better codes */
+        return search(cb, cbt, M, K, hjj, g, s, beam, codes, qtab, w);
     uint16_t gc[8];
     memcpy(gc, codes, (size_t)M * sizeof(uint16_t));
-    double dg = search(cb, M, K, hjj, g, s, 1, gc, qtab, h0, h1);
+    double dg = search(cb, cbt, M, K, hjj, g, s, 1, gc, qtab, w);
     if (beam <= 1 || M == 1) {
         memcpy(codes, gc, (size_t)M * sizeof(uint16_t));
         return dg;
     }
     uint16_t bc[8];
     memcpy(bc, codes, (size_t)M * sizeof(uint16_t));
-    double db = search(cb, M, K, hjj, g, s, beam, bc, qtab, h0, h1);
+    double db = search(cb, cbt, M, K, hjj, g, s, beam, bc, qtab, w);
     memcpy(codes, db <= dg ? bc : gc, (size_t)M * sizeof(uint16_t));
     return db <= dg ? db : dg;
 }
@@ -597,14 +678,16 @@ static void group_q(const float *cb, int M, int K, const float *hjj, float *q) {
 double ql_aqlm_search_group(const float *codebooks, int M, int K, const float *hjj, const float *g, float s,
                             int beam, uint16_t *codes) {
     if (M < 1 || M > 8 || beam < 1) return 0;
-    float *q = malloc((size_t)(M * K) * sizeof(float));
-    hyp *h0 = malloc((size_t)beam * 2 * sizeof(hyp)), *h1 = malloc((size_t)beam * 2 * sizeof(hyp));
+    float *q = malloc((size_t)(M * K) * sizeof(float)), *cbt = malloc((size_t)(M * K * G) * sizeof(float));
+    search_ws w;
     double r = 0;
-    if (q && h0 && h1) {
+    if (search_ws_alloc(&w, beam, K) && q && cbt) {
         group_q(codebooks, M, K, hjj, q);
-        r = search_best(codebooks, M, K, hjj, g, s, beam, codes, q, h0, h1);
+        transpose_codebooks(codebooks, M, K, cbt);
+        r = search_best(codebooks, cbt, M, K, hjj, g, s, beam, codes, q, &w);
     }
-    free(q), free(h0), free(h1);
+    free(q), free(cbt);
+    search_ws_free(&w);
     return r;
 }
 
@@ -616,59 +699,80 @@ static void group_block(const ql_aqlm_solver *s, int64_t j, float *hjj) {
 
 typedef struct {
     ql_aqlm_solver *s;
-    const float *q; /* [ngroups][M][K] */
+    const float *q;   /* [ngroups][M][K] */
+    const float *cbt; /* transpose_codebooks */
     int beam;
     volatile int stop;
 } encode_job;
 
-VECTORIZE static void encode_range(void *ctx, int worker, int64_t r0, int64_t r1) {
+#define ENCODE_TILE 4 /* rows searched side by side, so each 8-row block of H is read once for all of them */
+
+/* Gauss–Seidel over a row's groups: after group j changes by dy, the gradient of the groups after it falls
+ * by dy·H[j block, later columns] (the earlier groups are done, so their slice is not updated). The rows of
+ * a tile advance group by group together; each row's arithmetic is exactly what it would be alone. */
+HOT VECTORIZE static void encode_range(void *ctx, int worker, int64_t r0, int64_t r1) {
     (void)worker;
     encode_job *e = ctx;
     ql_aqlm_solver *s = e->s;
     ql_aqlm_state *st = &s->st;
-    const int64_t n = s->ncp, M = st->M, K = st->K;
-    float *gr = malloc((size_t)n * sizeof(float));
-    hyp *h0 = malloc((size_t)e->beam * 2 * sizeof(hyp)), *h1 = malloc((size_t)e->beam * 2 * sizeof(hyp));
-    if (!gr || !h0 || !h1) {
+    const int64_t n = s->ncp, M = st->M, K = st->K, ng = st->ngroups;
+    float *gr = malloc((size_t)(ENCODE_TILE * n) * sizeof(float));
+    search_ws w;
+    if (!search_ws_alloc(&w, e->beam, (int)K) || !gr) {
         e->stop = 1;
-        free(gr), free(h0), free(h1);
+        free(gr);
+        search_ws_free(&w);
         return;
     }
     float hjj[G * G];
-    for (int64_t r = r0; r < r1 && !e->stop; r++) {
+    for (int64_t t0 = r0; t0 < r1 && !e->stop; t0 += ENCODE_TILE) {
         if (ql_progress_cancelled(s->p.progress)) {
             e->stop = 1;
             break;
         }
-        const float sc = st->scales[r];
-        if (sc == 0.0f) continue; /* every code gives the same (zero) row */
-        for (int64_t c = 0; c < n; c++) gr[c] = s->wh[r * n + c] - sc * s->vh[r * n + c];
-        for (int64_t j = 0; j < st->ngroups; j++) {
-            uint16_t *codes = st->codes + (r * st->ngroups + j) * M;
-            uint16_t old[8];
-            memcpy(old, codes, (size_t)M * sizeof(uint16_t));
+        int64_t rows[ENCODE_TILE];
+        int nt = 0;
+        for (int64_t r = t0; r < QL_MIN(t0 + ENCODE_TILE, r1); r++) {
+            const float sc = st->scales[r];
+            if (sc == 0.0f) continue; /* every code gives the same (zero) row */
+            float *g = gr + nt * n;
+            for (int64_t c = 0; c < n; c++) g[c] = s->wh[r * n + c] - sc * s->vh[r * n + c];
+            rows[nt++] = r;
+        }
+        for (int64_t j = 0; j < ng; j++) {
             group_block(s, j, hjj);
-            double dl = search_best(st->codebooks, (int)M, (int)K, hjj, gr + j * G, sc, e->beam, codes,
-                                    e->q + j * M * K, h0, h1);
-            if (!(dl < 0)) continue;
-            /* the change of the decoded group, computed as the decoder computes it */
-            float yn[G] = {0}, yo[G] = {0}, dy[G];
-            for (int m = 0; m < M; m++)
-                for (int d = 0; d < G; d++) {
-                    yn[d] += st->codebooks[(m * K + codes[m]) * G + d];
-                    yo[d] += st->codebooks[(m * K + old[m]) * G + d];
-                }
-            for (int d = 0; d < G; d++) dy[d] = yn[d] * sc - yo[d] * sc;
-            if (s->full)
-                for (int d = 0; d < G; d++) {
-                    const float *hr = s->h + (j * G + d) * n;
-                    for (int64_t c = 0; c < n; c++) gr[c] -= dy[d] * hr[c];
-                }
-            else
-                for (int d = 0; d < G; d++) gr[j * G + d] -= dy[d] * s->hd[j * G + d];
+            for (int t = 0; t < nt; t++) {
+                const int64_t r = rows[t];
+                const float sc = st->scales[r];
+                float *g = gr + t * n;
+                uint16_t *codes = st->codes + (r * ng + j) * M;
+                uint16_t old[8];
+                memcpy(old, codes, (size_t)M * sizeof(uint16_t));
+                double dl = search_best(st->codebooks, e->cbt, (int)M, (int)K, hjj, g + j * G, sc, e->beam, codes,
+                                        e->q + j * M * K, &w);
+                if (!(dl < 0)) continue;
+                /* the change of the decoded group, computed as the decoder computes it */
+                float yn[G] = {0}, yo[G] = {0}, dy[G];
+                for (int m = 0; m < M; m++)
+                    for (int d = 0; d < G; d++) {
+                        yn[d] += st->codebooks[(m * K + codes[m]) * G + d];
+                        yo[d] += st->codebooks[(m * K + old[m]) * G + d];
+                    }
+                for (int d = 0; d < G; d++) dy[d] = yn[d] * sc - yo[d] * sc;
+                if (s->full) {
+                    /* g[c] -= dy[d]·H[8j+d][c] for d = 0..7 in turn, for the columns after this group */
+                    const float *h0 = s->h + j * G * n, *h1 = h0 + n, *h2 = h1 + n, *h3 = h2 + n, *h4 = h3 + n,
+                                *h5 = h4 + n, *h6 = h5 + n, *h7 = h6 + n; /* written out so it vectorizes over c */
+                    for (int64_t c = (j + 1) * G; c < n; c++)
+                        g[c] = g[c] - dy[0] * h0[c] - dy[1] * h1[c] - dy[2] * h2[c] - dy[3] * h3[c] - dy[4] * h4[c] -
+                               dy[5] * h5[c] - dy[6] * h6[c] - dy[7] * h7[c];
+                } else
+                    for (int d = 0; d < G; d++) g[j * G + d] -= dy[d] * s->hd[j * G + d];
+            }
         }
     }
-    free(gr), free(h0), free(h1);
+    free(gr);
+    search_ws_free(&w);
 }
 
 typedef struct {
@@ -691,18 +795,20 @@ ql_status ql_aqlm_encode_pass(ql_aqlm_solver *s, int beam) {
     ql_aqlm_state *st = &s->st;
     const size_t ncodes = (size_t)(st->nrows * st->ngroups * st->M);
     float *q = malloc((size_t)(st->ngroups * st->M * st->K) * sizeof(float));
+    float *cbt = malloc((size_t)(st->M * st->K * G) * sizeof(float));
     uint16_t *backup = malloc(ncodes * sizeof(uint16_t));
-    if (!q || !backup) {
-        free(q), free(backup);
+    if (!q || !cbt || !backup) {
+        free(q), free(cbt), free(backup);
         return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (code search)");
     }
     memcpy(backup, st->codes, ncodes * sizeof(uint16_t));
     q_job qj = {s, q};
     ql_parallel_for(s->p.n_threads, st->ngroups, q_range, &qj);
     const double before = s->loss;
-    encode_job e = {.s = s, .q = q, .beam = beam < 1 ? 1 : beam};
+    transpose_codebooks(st->codebooks, st->M, st->K, cbt);
+    encode_job e = {.s = s, .q = q, .cbt = cbt, .beam = beam < 1 ? 1 : beam};
     ql_parallel_for(s->p.n_threads, st->nrows, encode_range, &e);
-    free(q);
+    free(q), free(cbt);
     if (e.stop) {
         memcpy(st->codes, backup, ncodes * sizeof(uint16_t));
         free(backup);
@@ -721,44 +827,152 @@ ql_status ql_aqlm_encode_pass(ql_aqlm_solver *s, int beam) {
 
 /* ---------------- codebook updates ---------------- */
 
-typedef struct {
-    const ql_aqlm_solver *s;
-    int m;
-    int64_t P;
-    double *A;
-} ls_job;
-
-VECTORIZE static void ls_range(void *ctx, int worker, int64_t k0, int64_t k1) {
-    (void)worker;
-    ls_job *L = ctx;
-    const ql_aqlm_solver *s = L->s;
-    const ql_aqlm_state *st = &s->st;
-    const int64_t ng = st->ngroups, M = st->M, n = s->ncp, P = L->P;
-    for (int64_t r = 0; r < st->nrows; r++) {
-        const double s2 = (double)st->scales[r] * st->scales[r];
+void ql_aqlm_ls_assemble_ref(const float *h, const float *hd, int64_t ngroups, const uint16_t *codes, int M, int K,
+                             int m, int64_t nrows, const float *scales, double *A) {
+    const int64_t ng = ngroups, n = ng * G, P = (int64_t)K * G;
+    for (int64_t r = 0; r < nrows; r++) {
+        const double s2 = (double)scales[r] * scales[r];
         if (s2 == 0) continue;
-        const uint16_t *cr = st->codes + r * ng * M + L->m;
+        const uint16_t *cr = codes + r * ng * M + m;
         for (int64_t j = 0; j < ng; j++) {
             const int64_t k = cr[j * M];
-            if (k < k0 || k >= k1) continue;
-            if (!s->full) {
-                for (int d = 0; d < G; d++) L->A[(k * G + d) * P + k * G + d] += s2 * s->hd[j * G + d];
+            if (!h) {
+                for (int d = 0; d < G; d++) A[(k * G + d) * P + k * G + d] += s2 * hd[j * G + d];
                 continue;
             }
             for (int64_t j2 = 0; j2 < ng; j2++) {
                 const int64_t k2 = cr[j2 * M];
-                /* dposv('U') reads only the upper triangle: blocks (k, k2 >= k) get exactly the sums they
-                 * got when the whole matrix was filled, in the same order, and the lower ones (half the
-                 * work, which is most of an alternation) are left at zero */
-                if (k2 < k) continue;
+                if (k2 < k) continue; /* dposv('U') reads only the upper triangle */
                 for (int d = 0; d < G; d++) {
-                    double *ar = L->A + (k * G + d) * P + k2 * G;
-                    const float *hr = s->h + (j * G + d) * n + j2 * G;
+                    double *ar = A + (k * G + d) * P + k2 * G;
+                    const float *hr = h + (j * G + d) * n + j2 * G;
                     for (int e = 0; e < G; e++) ar[e] += s2 * hr[e];
                 }
             }
         }
     }
+}
+
+/* the plain twin of ql_aqlm_ls_scatter_avx2: blocks are 64 contiguous values ([d][e]) on both sides */
+VECTORIZE static void ls_scatter(double *ab, const float *hb, double s2, const int32_t *j2, const uint16_t *k2,
+                                 int64_t cnt) {
+    for (int64_t i = 0; i < cnt; i++) {
+        double *ar = ab + (int64_t)k2[i] * G * G;
+        const float *hr = hb + (int64_t)j2[i] * G * G;
+        for (int e = 0; e < G * G; e++) ar[e] += s2 * hr[e];
+    }
+}
+
+typedef struct {
+    const float *h;
+    const float *scales;
+    int64_t ng, n, P, nrows, band; /* band: codewords per work item */
+    int K;
+    const int32_t *off;   /* [ng][K+1]: rows with code k at group j are rows[j][off[j][k] .. off[j][k+1]) */
+    const int32_t *rows;  /* [ng][nrows] (rows with a zero scale left out) */
+    const int32_t *order; /* [nrows][ng]: the row's groups by code, largest first (stable) */
+    const uint16_t *key;  /* [nrows][ng]: their codes */
+    bool avx2;
+    volatile int nomem;
+    double *A;
+} ls_job;
+
+/* codewords [band·item, band·(item+1)): every A entry of theirs summed over j, then rows, then j2. The band's
+ * rows of A and H's block row j are first repacked block by block ([k2][d][e], [j2][d][e]): the 8 rows of a
+ * block are 16 KiB apart in the row-major matrices, which maps them all to the same L1 sets. */
+static void ls_band(void *ctx, int worker, int64_t item) {
+    (void)worker;
+    ls_job *L = ctx;
+    const int64_t k0 = item * L->band, k1 = QL_MIN(k0 + L->band, (int64_t)L->K), ng = L->ng, P = L->P, K = L->K;
+    double *ap = calloc((size_t)((k1 - k0) * K * G * G), sizeof(double)); /* [k - k0][k2][d][e] */
+    float *hp = malloc((size_t)(ng * G * G) * sizeof(float));               /* [j2][d][e] */
+    if (!ap || !hp) {
+        L->nomem = 1;
+        free(ap), free(hp);
+        return;
+    }
+    for (int64_t j = 0; j < ng; j++) {
+        const float *hb = L->h + j * G * L->n;
+        for (int64_t j2 = 0; j2 < ng; j2++)
+            for (int d = 0; d < G; d++) memcpy(hp + (j2 * G + d) * G, hb + d * L->n + j2 * G, G * sizeof(float));
+        const int32_t *off = L->off + j * (K + 1), *rows = L->rows + j * L->nrows;
+        for (int64_t k = k0; k < k1; k++) {
+            double *ab = ap + (k - k0) * K * G * G;
+            for (int32_t i = off[k]; i < off[k + 1]; i++) {
+                const int64_t r = rows[i];
+                const uint16_t *key = L->key + r * ng;
+                int64_t lo = 0, hi = ng; /* how many of the row's groups have a code >= k */
+                while (lo < hi) {
+                    const int64_t mid = (lo + hi) / 2;
+                    if (key[mid] >= k) lo = mid + 1;
+                    else hi = mid;
+                }
+                const double s2 = (double)L->scales[r] * L->scales[r];
+                if (L->avx2) ql_aqlm_ls_scatter_avx2(ab, hp, s2, L->order + r * ng, key, lo);
+                else ls_scatter(ab, hp, s2, L->order + r * ng, key, lo);
+            }
+        }
+    }
+    for (int64_t k = k0; k < k1; k++) /* back into A's rows, upper blocks only */
+        for (int64_t k2 = k; k2 < K; k2++)
+            for (int d = 0; d < G; d++) {
+                double *ar = L->A + (k * G + d) * P + k2 * G;
+                const double *src = ap + (((k - k0) * K + k2) * G + d) * G;
+                for (int e = 0; e < G; e++) ar[e] += src[e];
+            }
+    free(ap), free(hp);
+}
+
+ql_status ql_aqlm_ls_assemble(const float *h, const float *hd, int64_t ngroups, const uint16_t *codes, int M, int K,
+                              int m, int64_t nrows, const float *scales, int n_threads, double *A) {
+    const int64_t ng = ngroups, P = (int64_t)K * G;
+    if (!h) { /* diagonal H: one term per group, nothing to reorder */
+        ql_aqlm_ls_assemble_ref(h, hd, ngroups, codes, M, K, m, nrows, scales, A);
+        return QL_OK;
+    }
+    if (nrows > INT32_MAX || ng > INT32_MAX) return ql_fail(QL_ERR_NOMEM, "aqlm: tensor too large for least squares");
+    int32_t *off = malloc((size_t)(ng * (K + 1)) * sizeof(int32_t)), *rows = malloc((size_t)(ng * nrows) * sizeof(int32_t));
+    int32_t *order = malloc((size_t)(nrows * ng) * sizeof(int32_t)), *cnt = malloc((size_t)(K + 1) * sizeof(int32_t));
+    uint16_t *key = malloc((size_t)(nrows * ng) * sizeof(uint16_t));
+    if (!off || !rows || !order || !cnt || !key) {
+        free(off), free(rows), free(order), free(cnt), free(key);
+        return ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (least-squares index, %lld rows)", (long long)nrows);
+    }
+    /* each row's groups sorted by code, largest first, by counting sort (ties keep group order) */
+    for (int64_t r = 0; r < nrows; r++) {
+        const uint16_t *cr = codes + r * ng * M + m;
+        memset(cnt, 0, (size_t)(K + 1) * sizeof(int32_t));
+        for (int64_t j = 0; j < ng; j++) cnt[cr[j * M]]++;
+        int32_t pos = 0;
+        for (int k = K - 1; k >= 0; k--) {
+            const int32_t c = cnt[k];
+            cnt[k] = pos, pos += c;
+        }
+        for (int64_t j = 0; j < ng; j++) {
+            const int32_t p = cnt[cr[j * M]]++;
+            order[r * ng + p] = (int32_t)j, key[r * ng + p] = cr[j * M];
+        }
+    }
+    /* for each group, the rows by their code there (ascending rows within a code); zero scales add nothing */
+    for (int64_t j = 0; j < ng; j++) {
+        int32_t *o = off + j * (K + 1);
+        memset(o, 0, (size_t)(K + 1) * sizeof(int32_t));
+        for (int64_t r = 0; r < nrows; r++)
+            if (scales[r] != 0.0f) o[codes[(r * ng + j) * M + m] + 1]++;
+        for (int k = 0; k < K; k++) o[k + 1] += o[k];
+        memcpy(cnt, o, (size_t)K * sizeof(int32_t));
+        for (int64_t r = 0; r < nrows; r++)
+            if (scales[r] != 0.0f) rows[j * nrows + cnt[codes[(r * ng + j) * M + m]]++] = (int32_t)r;
+    }
+    /* a band of codewords owns 8·band rows of A: about 1 MiB of them, which stay in L2 with H's 8-row block
+     * (a band's rows of A are copied out once at its end, so more bands cost little) */
+    const int64_t band = QL_MAX((int64_t)1, ((int64_t)1 << 20) / (G * P * (int64_t)sizeof(double)));
+    ls_job L = {.h = h, .scales = scales, .ng = ng, .n = ng * G, .P = P, .nrows = nrows, .band = band, .K = K,
+                .off = off, .rows = rows, .order = order, .key = key,
+                .avx2 = ql_simd_level_get() >= QL_SIMD_AVX2, .A = A};
+    ql_parallel_items(n_threads, (K + band - 1) / band, ls_band, &L);
+    free(off), free(rows), free(order), free(cnt), free(key);
+    return L.nomem ? ql_fail(QL_ERR_NOMEM, "aqlm: out of memory (least-squares band)") : QL_OK;
 }
 
 /* Σ_r s_r S_rᵀ G_rᵀ for codebook m (or all codebooks when m < 0) into out [(M or 1)·K·8] */
@@ -791,8 +1005,12 @@ static ql_status update_ls(ql_aqlm_solver *s) {
     for (int m = 0; m < st->M; m++) {
         if (ql_progress_cancelled(s->p.progress)) break;
         memset(A, 0, (size_t)(P * P) * sizeof(double));
-        ls_job L = {s, m, P, A};
-        ql_parallel_for(s->p.n_threads, K, ls_range, &L);
+        ql_status rc = ql_aqlm_ls_assemble(s->full ? s->h : NULL, s->hd, st->ngroups, st->codes, st->M, (int)K, m,
+                                           st->nrows, st->scales, s->p.n_threads, A);
+        if (rc) {
+            free(A), free(rhs), free(old);
+            return rc;
+        }
         gather_gradient(s, m, rhs);
         double tr = 0;
         for (int64_t i = 0; i < P; i++) tr += A[i * P + i];

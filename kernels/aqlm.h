@@ -85,6 +85,26 @@ ql_status ql_aqlm_refresh(ql_aqlm_solver *s);
 double ql_aqlm_search_group(const float *codebooks, int M, int K, const float *hjj, const float *g, float s,
                             int beam, uint16_t *codes);
 
+/* The least-squares matrix of codebook m's update: the upper triangle (8×8 blocks (k, k2) with k2 >= k, which
+ * is all dposv('U') reads) of A = Σ_r s_r² S_rᵀ H S_r, P = K·8 unknowns, into A [P][P], which the caller
+ * zeroes. h: the full H [n][n] with n = ngroups·8, or NULL and hd [n] its diagonal; codes
+ * [nrows][ngroups][M]. The reference loops row, group, group (rows·n² work streaming all of H per row); the
+ * fast assembly visits, for each codeword band and group j, the rows whose code at j falls in the band
+ * (counting sort), each row's groups ordered by their code so only blocks k2 >= k are touched: H's 8-row
+ * block j and the band's rows of A stay in cache. Every entry is summed over (group j, row, group j2) in
+ * that order, whatever the thread count, so it agrees with the reference (row, group, group) to rounding
+ * only (tests/test_aqlm.c bounds the difference); its AVX2 scatter is bit-identical to the plain one.
+ * QL_ERR_NOMEM when the fast assembly's index (rows·ngroups·6 bytes) cannot be allocated. */
+ql_status ql_aqlm_ls_assemble(const float *h, const float *hd, int64_t ngroups, const uint16_t *codes, int M, int K,
+                              int m, int64_t nrows, const float *scales, int n_threads, double *A);
+void ql_aqlm_ls_assemble_ref(const float *h, const float *hd, int64_t ngroups, const uint16_t *codes, int M, int K,
+                             int m, int64_t nrows, const float *scales, double *A);
+/* The fast assembly's inner step, AVX2 twin (kernels/aqlm_avx2.c) of the plain loop in kernels/aqlm.c, on
+ * 8×8 blocks stored as 64 contiguous values: for i < cnt, block k2[i] of ab (doubles) += s2 · block j2[i] of
+ * hb (floats), each value as ab[..] += s2 · (double)hb[..], rounded as the plain loop rounds it. */
+void ql_aqlm_ls_scatter_avx2(double *ab, const float *hb, double s2, const int32_t *j2, const uint16_t *k2,
+                             int64_t cnt);
+
 /* Pack the state into tensor bytes (ql_aqlm_tensor_bytes) / read them back (sizes from the state's fields,
  * which the caller sets; buffers allocated here). */
 void ql_aqlm_pack(const ql_aqlm_state *st, void *dst);

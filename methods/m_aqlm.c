@@ -250,7 +250,9 @@ static double aqlm_work_bytes(int64_t nrows, int64_t ncols, const ql_format *f, 
     const double n = (double)ncols, r = (double)nrows, ng = (double)((ncols + 7) / 8), K = ldexp(1.0, B);
     const int beam = (int)ql_opt_int(o ? o->values : NULL, &ql_method_aqlm, "beam");
     const int nt = o && o->n_threads > 0 ? o->n_threads : 1;
-    const double hess = 8.0 * n * n, copies = 16.0 * r * n + 2.0 * 2.0 * r * ng * M, table = 4.0 * ng * M * K,
+    /* copies: also the least-squares assembly's index of the codes sorted two ways (10 bytes per group) */
+    const double hess = 8.0 * n * n, copies = 16.0 * r * n + 2.0 * 2.0 * r * ng * M + 10.0 * r * ng,
+                 table = 4.0 * ng * M * K,
                  beams = (double)nt * beam * 2 * 2 * (16.0 + 2.0 * M);
     snprintf(what, what_cap, "a %lldx%lld Hessian (%.1f MiB), weight copies and codes (%.1f MiB), a %dx2^%d codebook "
                              "table over %lld groups (%.1f MiB), beam=%d x %d workers",

@@ -1,6 +1,7 @@
 /* test_aqlm.c — AQLM (kernels/aqlm.c, formats/fmt_aqlm.c, methods/m_aqlm.c): exact size accounting with the
  * codebooks and scales, the decoder against a hand-written sum and its AVX2 twin bit for bit (random and
- * adversarial bytes), beam search never worse than greedy, the loss never rising across alternations (least
+ * adversarial bytes), beam search never worse than greedy, the fast least-squares assembly against its plain
+ * reference (random and adversarial codes and scales), the loss never rising across alternations (least
  * squares and Adam), a run interrupted by Ctrl-C and resumed from its checkpoint giving the bytes of an
  * uninterrupted run, and a GGUF with AQLM tensors written, read back and decoded to the same floats. */
 #include <setjmp.h>
@@ -183,6 +184,88 @@ static void test_beam_never_worse_than_greedy(void **state) {
     free(cb);
 }
 
+/* ---- the least-squares assembly: the fast (bucketed, banded, AVX2) one against the plain reference ---- */
+/* Each case: M codebooks of K, ng groups, nrows rows; codes and scales by `kind`. The fast assembly sums every
+ * entry in another order, so it must equal the reference within 1e-12 of the entry's sum of |terms| (the
+ * reference run on |H|), be bit-identical for 1 and 3 threads and for its AVX2 and plain scatter, and leave
+ * the lower blocks (k2 < k) exactly zero as the reference does. */
+static void ls_case(int M, int K, int64_t ng, int64_t nrows, int kind) {
+    const int64_t n = ng * 8, P = (int64_t)K * 8;
+    float *h = malloc(sizeof(float) * (size_t)(n * n)), *habs = malloc(sizeof(float) * (size_t)(n * n));
+    float *sc = malloc(sizeof(float) * (size_t)nrows);
+    uint16_t *codes = malloc(sizeof(uint16_t) * (size_t)(nrows * ng * M));
+    double *ref = calloc((size_t)(P * P), sizeof(double)), *bound = calloc((size_t)(P * P), sizeof(double));
+    double *fast = calloc((size_t)(P * P), sizeof(double)), *fast3 = calloc((size_t)(P * P), sizeof(double));
+    double *plain = calloc((size_t)(P * P), sizeof(double));
+    assert_non_null(h), assert_non_null(habs), assert_non_null(sc), assert_non_null(codes);
+    assert_true(ref && bound && fast && fast3 && plain);
+    make_hessian(n, 3 * n, NULL, h);
+    for (int64_t i = 0; i < n * n; i++) {
+        if (kind == 3 && i % 7 == 0) h[i] = -h[i] * 1e3f; /* loud entries of both signs (symmetry not needed) */
+        habs[i] = fabsf(h[i]);
+    }
+    for (int64_t r = 0; r < nrows; r++) {
+        sc[r] = kind == 4 ? 0.0f : (r % 5 == 2) ? 0.0f : (float)(0.01 + urand()) * (kind == 3 ? 1e3f : 1.0f);
+        for (int64_t j = 0; j < ng; j++)
+            for (int m = 0; m < M; m++) {
+                int64_t c = (int64_t)(urand() * K);
+                if (kind == 1) c = K - 1;        /* one code used by every group of every row */
+                if (kind == 2) c = (j % 3) * 5 % K; /* a few codes repeated within each row */
+                codes[(r * ng + j) * M + m] = (uint16_t)c;
+            }
+    }
+    for (int m = 0; m < M; m++) {
+        memset(ref, 0, sizeof(double) * (size_t)(P * P)), memset(bound, 0, sizeof(double) * (size_t)(P * P));
+        memset(fast, 0, sizeof(double) * (size_t)(P * P)), memset(fast3, 0, sizeof(double) * (size_t)(P * P));
+        memset(plain, 0, sizeof(double) * (size_t)(P * P));
+        ql_aqlm_ls_assemble_ref(h, NULL, ng, codes, M, K, m, nrows, sc, ref);
+        ql_aqlm_ls_assemble_ref(habs, NULL, ng, codes, M, K, m, nrows, sc, bound);
+        assert_int_equal(ql_aqlm_ls_assemble(h, NULL, ng, codes, M, K, m, nrows, sc, 1, fast), QL_OK);
+        assert_int_equal(ql_aqlm_ls_assemble(h, NULL, ng, codes, M, K, m, nrows, sc, 3, fast3), QL_OK);
+        ql_simd_level lv = ql_simd_level_get();
+        ql_simd_set_level(QL_SIMD_REF);
+        assert_int_equal(ql_aqlm_ls_assemble(h, NULL, ng, codes, M, K, m, nrows, sc, 2, plain), QL_OK);
+        ql_simd_set_level(lv);
+        assert_memory_equal(fast, fast3, sizeof(double) * (size_t)(P * P));
+        assert_memory_equal(fast, plain, sizeof(double) * (size_t)(P * P));
+        double worst = 0, nonzero = 0;
+        for (int64_t i = 0; i < P; i++)
+            for (int64_t c = 0; c < P; c++) {
+                const double a = ref[i * P + c], b = fast[i * P + c], tol = 1e-12 * bound[i * P + c];
+                if (c / 8 < i / 8) assert_true(a == 0 && b == 0); /* lower blocks: not assembled */
+                if (!(fabs(a - b) <= tol))
+                    fail_msg("M=%d K=%d ng=%lld kind %d: A[%lld][%lld] = %.17g, reference %.17g (bound %.3g)", M, K,
+                             (long long)ng, kind, (long long)i, (long long)c, b, a, tol);
+                if (tol > 0) worst = fmax(worst, fabs(a - b) / tol * 1e-12);
+                nonzero += a != 0;
+            }
+        if (kind == 4) assert_true(nonzero == 0);
+        else assert_true(nonzero > 0); /* the comparison is not vacuous */
+        if (m == 0) printf("  M=%d K=%d ng=%lld rows=%lld kind %d: largest |fast - ref| / sum|terms| = %.2g\n", M, K,
+                           (long long)ng, (long long)nrows, kind, worst);
+    }
+    /* the diagonal-H path is the reference itself */
+    float *hd = malloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) hd[i] = h[i * n + i];
+    memset(ref, 0, sizeof(double) * (size_t)(P * P)), memset(fast, 0, sizeof(double) * (size_t)(P * P));
+    ql_aqlm_ls_assemble_ref(NULL, hd, ng, codes, M, K, 0, nrows, sc, ref);
+    assert_int_equal(ql_aqlm_ls_assemble(NULL, hd, ng, codes, M, K, 0, nrows, sc, 2, fast), QL_OK);
+    assert_memory_equal(ref, fast, sizeof(double) * (size_t)(P * P));
+    free(hd), free(h), free(habs), free(sc), free(codes), free(ref), free(bound), free(fast), free(fast3), free(plain);
+}
+
+static void test_ls_assembly_matches_reference(void **state) {
+    (void)state;
+    ls_case(2, 16, 12, 40, 0);  /* random codes, every fifth scale zero */
+    ls_case(1, 8, 9, 17, 1);    /* one code used by every group */
+    ls_case(2, 16, 10, 23, 2);  /* codes repeated within a row */
+    ls_case(2, 32, 8, 30, 3);   /* loud H entries of both signs, scales up to 1e3 */
+    ls_case(1, 4, 5, 6, 4);     /* every scale zero: nothing assembled */
+    ls_case(3, 256, 6, 50, 0);  /* most codewords unused, several bands */
+    ls_case(1, 2, 1, 1, 0);     /* one row of one group */
+    if (ql_simd_detect() < QL_SIMD_AVX2) printf("  no AVX2 on this CPU: only the plain scatter was compared\n");
+}
+
 /* ---- alternations never raise the loss (least squares and Adam), and they do lower it ---- */
 static void test_loss_non_increasing(void **state) {
     (void)state;
@@ -361,6 +444,7 @@ int main(void) {
         cmocka_unit_test(test_bpw_accounting),
         cmocka_unit_test(test_decode_reference_and_avx2),
         cmocka_unit_test(test_beam_never_worse_than_greedy),
+        cmocka_unit_test(test_ls_assembly_matches_reference),
         cmocka_unit_test(test_loss_non_increasing),
         cmocka_unit_test(test_checkpoint_resume),
         cmocka_unit_test(test_gguf_round_trip),
