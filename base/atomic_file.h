@@ -56,6 +56,14 @@ ql_status ql_atomic_dir_commit_replace(const char *path, char *tmpdir);
 /* rm -r: a file, or a folder and everything below it (symbolic links are removed, not followed). */
 void ql_remove_tree(const char *path);
 
+/* For multi-GB sequential outputs (model writers), right after open: the stream's bytes are staged in two
+ * 16 MB page-aligned chunks and a writer thread writes each full one while the caller fills the other, with
+ * O_DIRECT where the file system takes it (not through the page cache: no copy there, and the disk works
+ * while the caller computes). Errors surface on a later write or at the commit. A seek, the commit or the
+ * abort ends it. Does nothing (the stream stays buffered as before) if the thread or buffers cannot be had;
+ * QLAB_NO_DIRECT_IO=1 keeps the thread but writes through the page cache. */
+void ql_atomic_set_bulk(ql_atomic_file *af);
+
 /* Writes n bytes through the stream; on failure records the error (the commit will fail too). */
 ql_status ql_atomic_write(ql_atomic_file *af, const void *p, size_t n);
 

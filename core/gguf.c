@@ -637,7 +637,13 @@ ql_status ql_gguf_write(const ql_gguf *g, const char *path, const ql_progress *p
     ql_atomic_file *af;
     ql_status s = ql_atomic_open(path, &af);
     if (s) return s;
+    ql_atomic_set_bulk(af); /* GBs of tensors: staged, written by a thread while the next tensor is produced */
     writer w = {ql_atomic_stream(af), false, 0};
+    /* one scratch of the largest produced tensor: reallocating per tensor gave large buffers' pages back to
+     * the kernel and faulted them in again for the next tensor */
+    uint64_t scratch_cap = 0;
+    for (int64_t i = 0; i < g->n_tensors; i++)
+        if (!g->tensors[i].data && g->tensors[i].nbytes > scratch_cap) scratch_cap = g->tensors[i].nbytes;
     uint8_t *scratch = NULL;
     uint64_t align = g->alignment ? g->alignment : GGUF_DEFAULT_ALIGN;
     uint64_t off = write_header(&w, g, align);
@@ -655,7 +661,7 @@ ql_status ql_gguf_write(const ql_gguf *g, const char *path, const ql_progress *p
                 s = ql_fail(QL_ERR_ARG, "%s: tensor '%s' has no data", path, t->name);
                 goto out;
             }
-            scratch = ql_realloc(scratch, t->nbytes ? (size_t)t->nbytes : 1);
+            if (!scratch) scratch = ql_malloc(scratch_cap ? (size_t)scratch_cap : 1);
             if ((s = t->produce(t->produce_user, i, scratch, t->nbytes))) goto out;
             src = scratch;
         }

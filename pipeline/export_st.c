@@ -369,6 +369,7 @@ static ql_status write_shard(const st_state *st, const char *path, int64_t a, in
         free(text);
         return s;
     }
+    ql_atomic_set_bulk(af); /* GBs of tensors: staged, written by a thread while the next tensor converts */
     size_t hl = strlen(text), padded = (hl + 7) & ~(size_t)7; /* data starts 8-aligned */
     uint8_t len8[8];
     for (int k = 0; k < 8; k++) len8[k] = (uint8_t)((uint64_t)padded >> (8 * k));
