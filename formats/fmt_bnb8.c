@@ -11,6 +11,7 @@
  * non-finite) row SCB 0 and codes 0. Type id QL_TYPE_EXT_BASE + 0x90 (never reuse). Pure, thread-safe. */
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
+#include "kernels/int_quants.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -41,7 +42,9 @@ static void bnb8_quantize(const float *src, void *dst, int64_t nrows, int64_t nc
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         for (int64_t c = 0; c < ncols; c++) {
             float x = src[c];
-            float q = isnan(x) ? 0.0f : nearbyintf(x * inv); /* ±inf * inv: ±inf, clamped below */
+            /* ql_round_even: nearbyintf's result in the default rounding mode, without a libm call per weight
+             * (it differs only in the sign of a zero result, which the int8 cast drops) */
+            float q = isnan(x) ? 0.0f : ql_round_even(x * inv); /* ±inf * inv: ±inf, clamped below */
             if (inv == 0.0f) q = 0.0f;
             q = q < -127.0f ? -127.0f : q > 127.0f ? 127.0f : q;
             out[4 + c] = (uint8_t)(int8_t)q;

@@ -25,7 +25,7 @@ static inline uint32_t f32_bits(float f) {
 
 /* |a| (finite, <= the format's max) to an unsigned code with `mbits` mantissa bits and `bias`,
  * round to nearest even, subnormals kept */
-static uint8_t encode_magnitude(float a, int mbits, int bias) {
+static inline uint8_t encode_magnitude(float a, int mbits, int bias) {
     float min_normal = ldexpf(1.0f, 1 - bias);
     if (a < min_normal) {
         /* subnormal grid: multiples of 2^(1-bias-mbits); the scaling by a power of two is exact and
@@ -39,7 +39,9 @@ static uint8_t encode_magnitude(float a, int mbits, int bias) {
     return (uint8_t)(u - ((uint32_t)(127 - bias) << mbits));
 }
 
-uint8_t ql_f32_to_fp8_e4m3(float x) {
+/* inline bodies: the scaled-tensor loops below encode hundreds of millions of weights, and a call per
+ * weight through a pointer (with ldexpf for the constant min_normal) was most of an fp8 export's time */
+static inline uint8_t e4m3_inline(float x) {
     uint8_t sign = signbit(x) ? 0x80 : 0;
     if (isnan(x)) return sign | 0x7F;
     float a = fabsf(x);
@@ -47,7 +49,7 @@ uint8_t ql_f32_to_fp8_e4m3(float x) {
     return sign | encode_magnitude(a, 3, 7);
 }
 
-uint8_t ql_f32_to_fp8_e5m2(float x) {
+static inline uint8_t e5m2_inline(float x) {
     uint8_t sign = signbit(x) ? 0x80 : 0;
     if (isnan(x)) return sign | 0x7E;
     if (isinf(x)) return sign | 0x7C;
@@ -55,6 +57,9 @@ uint8_t ql_f32_to_fp8_e5m2(float x) {
     if (a > E5M2_MAX) a = E5M2_MAX; /* finite values saturate */
     return sign | encode_magnitude(a, 2, 15);
 }
+
+uint8_t ql_f32_to_fp8_e4m3(float x) { return e4m3_inline(x); }
+uint8_t ql_f32_to_fp8_e5m2(float x) { return e5m2_inline(x); }
 
 float ql_fp8_e4m3_to_f32(uint8_t c) {
     int e = (c >> 3) & 15, m = c & 7;
@@ -78,12 +83,12 @@ float ql_fp8_e5m2_to_f32(uint8_t c) {
 
 typedef struct {
     float max;
-    uint8_t (*encode)(float);
+    bool e5m2; /* else e4m3 */
     float (*decode)(uint8_t);
 } fp8_kind;
 
-static const fp8_kind k_e4m3 = {E4M3_MAX, ql_f32_to_fp8_e4m3, ql_fp8_e4m3_to_f32};
-static const fp8_kind k_e5m2 = {E5M2_MAX, ql_f32_to_fp8_e5m2, ql_fp8_e5m2_to_f32};
+static const fp8_kind k_e4m3 = {E4M3_MAX, false, ql_fp8_e4m3_to_f32};
+static const fp8_kind k_e5m2 = {E5M2_MAX, true, ql_fp8_e5m2_to_f32};
 
 static inline void put_f32(uint8_t *p, float f) { memcpy(p, &f, 4); }
 static inline float get_f32(const uint8_t *p) {
@@ -94,16 +99,21 @@ static inline float get_f32(const uint8_t *p) {
 
 static float scale_of(const fp8_kind *k, float absmax) { return absmax / k->max; }
 
-static uint8_t encode_scaled(const fp8_kind *k, float x, float scale) {
+static inline uint8_t encode_scaled(const fp8_kind *k, float x, float scale) {
     if (isnan(x) || scale == 0.0f) return 0; /* a zero scale decodes every code to 0 */
     float v = x / scale;
     if (isinf(v)) v = copysignf(k->max, v); /* ±inf, or x / tiny scale overflowed: saturate */
-    return k->encode(v);
+    return k->e5m2 ? e5m2_inline(v) : e4m3_inline(v);
 }
 
-static float decode_scaled(const fp8_kind *k, uint8_t c, float scale) {
-    float v = k->decode(c) * scale;
+/* lut: k->decode of all 256 codes (decode_lut), so that a dequantize calls no ldexpf per weight */
+static inline float decode_scaled(const float *lut, uint8_t c, float scale) {
+    float v = lut[c] * scale;
     return isfinite(v) ? v : 0.0f; /* only a hand-made NaN/inf code can get here */
+}
+
+static void decode_lut(const fp8_kind *k, float lut[256]) {
+    for (int c = 0; c < 256; c++) lut[c] = k->decode((uint8_t)c);
 }
 
 static inline void absmax_acc(float *m, float v) {
@@ -125,8 +135,9 @@ static void fp8_tensor_quantize(const fp8_kind *k, const float *src, uint8_t *ds
 }
 
 static void fp8_tensor_dequantize(const fp8_kind *k, const uint8_t *src, float *dst, int64_t n) {
-    float s = get_f32(src);
-    for (int64_t i = 0; i < n; i++) dst[i] = decode_scaled(k, src[4 + i], s);
+    float s = get_f32(src), lut[256];
+    decode_lut(k, lut);
+    for (int64_t i = 0; i < n; i++) dst[i] = decode_scaled(lut, src[4 + i], s);
 }
 
 /* per row: [f32 scale][ncols codes] per row */
@@ -168,10 +179,12 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
                                  int64_t ncols) {
     int64_t nbr = (nrows + FP8_BLOCK - 1) / FP8_BLOCK, nbc = (ncols + FP8_BLOCK - 1) / FP8_BLOCK;
     const uint8_t *codes = src + 4 * nbr * nbc;
+    float lut[256];
+    decode_lut(k, lut);
     for (int64_t r = 0; r < nrows; r++) {
         const uint8_t *srow = src + 4 * (r / FP8_BLOCK) * nbc;
         for (int64_t c = 0; c < ncols; c++)
-            dst[r * ncols + c] = decode_scaled(k, codes[r * ncols + c], get_f32(srow + 4 * (c / FP8_BLOCK)));
+            dst[r * ncols + c] = decode_scaled(lut, codes[r * ncols + c], get_f32(srow + 4 * (c / FP8_BLOCK)));
     }
 }
 

@@ -210,6 +210,8 @@ QL_FMT_INT_FAMILY(INT_GROUP_ENTRY)
         .tensor_bytes = int##n##_channel_tensor_bytes,                                                       \
         .quantize_rows = int##n##_channel_quantize,                                                          \
         .dequantize_rows = int##n##_channel_dequantize,                                                      \
+        .simd = (n) == 8 ? &(const ql_format_ops){ql_quantize_rows_int8_channel_fast,                       \
+                                                  ql_dequantize_rows_int8_channel_fast} : NULL,              \
         .cuda = INT_CUDA_OPS(int##n##_channel),                                                              \
     };
 

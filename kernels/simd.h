@@ -50,6 +50,11 @@ void ql_dequantize_rows_int4_g128_fast(const void *src, float *dst, int64_t nrow
 void ql_quantize_rows_int4_g128_sym_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
                                          const float *importance);
 void ql_dequantize_rows_int4_g128_sym_fast(const void *src, float *dst, int64_t nrows, int64_t ncols);
+/* INT8 per output row, symmetric, fp16 scale (int8_channel): ql_int_quantize_rows_ref with bits 8, group 0 (the
+ * row), sym, no MSE. Any ncols; rows that are not whole vectors go to the reference. importance is unused. */
+void ql_quantize_rows_int8_channel_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
+                                        const float *importance);
+void ql_dequantize_rows_int8_channel_fast(const void *src, float *dst, int64_t nrows, int64_t ncols);
 /* For methods/fmt_int.c's entry X-macro: the twin of int{n}_g{g}[_sym][_mse], or NULL where there is none. */
 #define QL_INT_QUANT_FAST(n, g, sym, mse)                                                                    \
     ((n) == 4 && (g) == 128 && !(mse)                                                                        \

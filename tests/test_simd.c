@@ -16,6 +16,8 @@ static const kernel_t kernels[] = {
     {"q6_k", 256, ql_quantize_rows_q6_k_fast, ql_dequantize_rows_q6_k_fast, true},
     {"int4_g128", 128, ql_quantize_rows_int4_g128_fast, ql_dequantize_rows_int4_g128_fast, false},
     {"int4_g128_sym", 128, ql_quantize_rows_int4_g128_sym_fast, ql_dequantize_rows_int4_g128_sym_fast, false},
+    /* block 16: rows of 16, 32, 48, 4096 take the vector path at both widths; 200 the reference tail on AVX-512 */
+    {"int8_channel", 16, ql_quantize_rows_int8_channel_fast, ql_dequantize_rows_int8_channel_fast, false},
 };
 
 static void test_registry_threads(void **state) {
