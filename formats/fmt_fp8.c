@@ -9,6 +9,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/parallel.h"
 #include "kernels/ggml_types.h"
 
 #define E4M3_MAX 448.0f
@@ -134,6 +135,40 @@ static void fp8_tensor_quantize(const fp8_kind *k, const float *src, uint8_t *ds
     for (int64_t i = 0; i < n; i++) dst[4 + i] = encode_scaled(k, src[i], s);
 }
 
+/* The same bytes on n_threads threads: each worker's finite absmax over its range (a maximum, so the order of
+ * the reduction cannot change it), then the codes by ranges. */
+typedef struct {
+    const fp8_kind *k;
+    const float *src;
+    uint8_t *codes;
+    float scale;
+    float part[256]; /* per worker's absmax (ql_parallel_for has at most 256 workers) */
+} fp8_tensor_job;
+
+static void fp8_absmax_range(void *ctx, int w, int64_t a, int64_t b) {
+    fp8_tensor_job *j = ctx;
+    float m = 0.0f;
+    for (int64_t i = a; i < b; i++) absmax_acc(&m, j->src[i]);
+    j->part[w] = m;
+}
+
+static void fp8_encode_range(void *ctx, int w, int64_t a, int64_t b) {
+    (void)w;
+    fp8_tensor_job *j = ctx;
+    for (int64_t i = a; i < b; i++) j->codes[i] = encode_scaled(j->k, j->src[i], j->scale);
+}
+
+static void fp8_tensor_quantize_threads(const fp8_kind *k, const float *src, uint8_t *dst, int64_t n, int n_threads) {
+    fp8_tensor_job j = {.k = k, .src = src, .codes = dst + 4};
+    n_threads = QL_MAX(1, QL_MIN(n_threads, 256));
+    ql_parallel_for(n_threads, n, fp8_absmax_range, &j);
+    float m = 0.0f;
+    for (int w = 0; w < n_threads && w < n; w++) m = j.part[w] > m ? j.part[w] : m;
+    j.scale = scale_of(k, m);
+    put_f32(dst, j.scale);
+    ql_parallel_for(n_threads, n, fp8_encode_range, &j);
+}
+
 static void fp8_tensor_dequantize(const fp8_kind *k, const uint8_t *src, float *dst, int64_t n) {
     float s = get_f32(src), lut[256];
     decode_lut(k, lut);
@@ -227,6 +262,9 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
     static void lname##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {              \
         if (fp8_tensor_bytes(ncols, nrows) >= 0) fp8_tensor_dequantize(&kind, src, dst, nrows * ncols);      \
     }                                                                                                        \
+    static void lname##_quantize_threads(const float *src, void *dst, int64_t nrows, int64_t ncols, int nt) {  \
+        if (fp8_tensor_bytes(ncols, nrows) >= 0) fp8_tensor_quantize_threads(&kind, src, dst, nrows * ncols, nt); \
+    }                                                                                                        \
     static void lname##_channel_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,          \
                                          const float *imp) {                                                 \
         (void)imp;                                                                                           \
@@ -261,6 +299,7 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
         .tensor_bytes = fp8_tensor_bytes,                                                                    \
         .quantize_rows = lname##_quantize,                                                                   \
         .dequantize_rows = lname##_dequantize,                                                               \
+        .quantize_whole_threads = lname##_quantize_threads,                                                  \
         .cuda = FP8_CUDA_OPS(lname),                                                                         \
     };                                                                                                       \
     const ql_format ql_fmt_##lname##_channel = {                                                             \

@@ -179,7 +179,10 @@ ql_status ql_format_quantize(const ql_format *f, const float *src, void *dst, in
         return ql_fail(QL_ERR_ARG, "%s needs an importance matrix (--imatrix)", f->name);
     rows_job j = {.f = f, .src = src, .dst = dst, .ncols = ncols, .importance = importance, .fast = !g_force_ref};
     if (f->whole_tensor) {
-        quant_range(&j, 0, 0, nrows);
+        if (f->quantize_whole_threads && !importance)
+            f->quantize_whole_threads(src, dst, nrows, ncols, ncols * nrows < (1 << 16) ? 1 : n_threads);
+        else
+            quant_range(&j, 0, 0, nrows);
         return QL_OK;
     }
     j.row_bytes = ql_format_tensor_bytes(f, ncols, 1);

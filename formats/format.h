@@ -149,6 +149,10 @@ typedef struct ql_format {
     /* ---- reference codec (the specification) ---- */
     ql_quantize_fn quantize_rows;     /* NULL for decode-only types */
     ql_dequantize_fn dequantize_rows; /* required */
+    /* Optional, whole_tensor formats only: quantize_rows' exact bytes on n_threads threads (tensor-wide
+     * statistics reduced exactly, then the codes split by range); ql_format_quantize uses it. NULL: one
+     * thread (a per-tensor FP8 scale kept the 262M-weight token_embd of a 1B export on one core). */
+    void (*quantize_whole_threads)(const float *src, void *dst, int64_t nrows, int64_t ncols, int n_threads);
     bool uses_importance; /* quantize_rows honours per-column importance weights */
     bool requires_importance; /* ...and cannot quantize without them (ggml_quantize_requires_imatrix):
                                * ql_format_quantize refuses NULL importance, callers check first */

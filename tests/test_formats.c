@@ -253,6 +253,48 @@ static void test_awkward_sizes(void **state) {
     free(y);
 }
 
+/* quantize_whole_threads (whole-tensor formats that split their work) gives quantize_rows' bytes exactly, on
+ * 1, 2 and 3 threads, for gaussian weights with NaN, infinities, subnormals, a huge outlier and signed zeros, and
+ * for an all-zero tensor. Shapes above ql_format_quantize's one-thread cut (1 << 16 weights). */
+static void test_whole_tensor_threads(void **state) {
+    (void)state;
+    const int64_t nr = 300, nc = 517;
+    const size_t n = (size_t)(nr * nc);
+    float *x = malloc(sizeof(float) * n);
+    int checked = 0;
+    for (int i = 0; i < ql_format_count(); i++) {
+        const ql_format *f = ql_format_at(i);
+        if (!f->quantize_whole_threads) continue;
+        assert_true(f->whole_tensor);
+        const int64_t nb = ql_format_tensor_bytes(f, nc, nr);
+        assert_true(nb > 0);
+        uint8_t *ref = malloc((size_t)nb), *thr = malloc((size_t)nb);
+        for (int kind = 0; kind < 2; kind++) {
+            if (kind == 0) {
+                fill_gauss(x, (int64_t)n);
+                x[7] = NAN, x[1000] = INFINITY, x[2000] = -INFINITY, x[3000] = 1e-40f, x[4000] = -0.0f;
+                x[n - 1] = 3e4f; /* the outlier sets the scale, last so a split reduction must find it */
+            } else
+                memset(x, 0, sizeof(float) * n);
+            f->quantize_rows(x, ref, nr, nc, NULL);
+            for (int t = 1; t <= 3; t++) {
+                memset(thr, 0xA5, (size_t)nb);
+                f->quantize_whole_threads(x, thr, nr, nc, t);
+                if (memcmp(ref, thr, (size_t)nb)) fail_msg("%s: %d threads differ from quantize_rows", f->name, t);
+            }
+            /* and through the registry's entry point, which picks the threaded one */
+            memset(thr, 0xA5, (size_t)nb);
+            assert_int_equal(ql_format_quantize(f, x, thr, nr, nc, NULL, 2), QL_OK);
+            assert_memory_equal(ref, thr, (size_t)nb);
+        }
+        free(ref);
+        free(thr);
+        checked++;
+    }
+    assert_true(checked >= 1); /* fp8_e4m3 / fp8_e5m2 have one */
+    free(x);
+}
+
 static void test_bad_values(void **state) {
     (void)state;
     const int64_t nr = 4, nc = 256;
@@ -733,6 +775,7 @@ int main(void) {
         cmocka_unit_test(test_round_trip_gauss),
         cmocka_unit_test(test_awkward_sizes),
         cmocka_unit_test(test_bad_values),
+        cmocka_unit_test(test_whole_tensor_threads),
         cmocka_unit_test(test_sizes_match_bpw),
         cmocka_unit_test(test_fp8_all_codes),
         cmocka_unit_test(test_fp8_scaled_exact),
