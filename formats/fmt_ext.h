@@ -25,6 +25,10 @@ extern const float ql_nf4_code[16];
 extern const float ql_fp4_code[16];
 uint8_t ql_nf4_encode(float x);
 uint8_t ql_fp4_encode(float x);
+/* nf4 / fp4 quantize_rows through the SIMD twin of the plain blocks (kernels/simd_bnb4.c): the registry's
+ * simd entry, and what test_simd compares with the reference */
+void ql_quantize_rows_nf4_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp);
+void ql_quantize_rows_fp4_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp);
 /* bitsandbytes' create_dynamic_map(signed=True): 256 sorted values in [-1, 1] (float32). */
 const float *ql_bnb_dynamic_map(void);
 /* Nearest code of the dynamic map by bitsandbytes' binary search (x already divided by absmax). */

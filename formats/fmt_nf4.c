@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "kernels/ggml_types.h"
+#include "kernels/simd.h"
 
 #define BNB_BLOCK 64
 #define BNB_BLOCK2 256 /* second-level block (absmax values per float32 scale) */
@@ -200,10 +201,12 @@ typedef struct {
     uint8_t (*encode)(float);
     void (*encode_64)(const float *x, float inv, uint8_t *codes);
     uint8_t zero, plus_one, minus_one; /* codes for NaN, +inf, -inf */
+    ql_bnb4_thresholds thr;            /* the same encoder as counted thresholds, for the SIMD twin */
 } bnb4_kind;
 
-static const bnb4_kind k_nf4 = {ql_nf4_code, ql_nf4_encode, nf4_encode_64, 7, 15, 0};
-static const bnb4_kind k_fp4 = {ql_fp4_code, ql_fp4_encode, fp4_encode_64, 0, 3, 11};
+static const uint8_t k_nf4_leaf[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+static const bnb4_kind k_nf4 = {ql_nf4_code, ql_nf4_encode, nf4_encode_64, 7, 15, 0, {k_nf4_mid, 15, k_nf4_leaf, false}};
+static const bnb4_kind k_fp4 = {ql_fp4_code, ql_fp4_encode, fp4_encode_64, 0, 3, 11, {k_fp4_thr, 7, k_fp4_leaf, true}};
 
 static inline void put_f32(uint8_t *p, float f) { memcpy(p, &f, 4); }
 static inline float get_f32(const uint8_t *p) {
@@ -220,13 +223,14 @@ static float finite_absmax(const float *x, int64_t len) {
 }
 
 /* Codes of one block into `out` (ceil(len/2) bytes, element 2j in the high nibble of byte j). */
-static void encode_block(const bnb4_kind *k, const float *x, int64_t len, float absmax, uint8_t *out) {
+/* fast: the plain case may use the SIMD twin (kernels/simd_bnb4.c), which gives the same codes */
+static void encode_block(const bnb4_kind *k, const float *x, int64_t len, float absmax, uint8_t *out, bool fast) {
     float inv = 1.0f / absmax;
     bool plain = len == 64 && absmax > 0.0f && isfinite(inv);
     for (int64_t i = 0; i < len && plain; i++) plain = isfinite(x[i]);
     if (plain) { /* the common case: what the loop below does, without a branch or call per weight */
         uint8_t c[64];
-        k->encode_64(x, inv, c);
+        if (!fast || !ql_bnb4_encode64_fast(&k->thr, x, inv, c)) k->encode_64(x, inv, c);
         for (int i = 0; i < 32; i++) out[i] = (uint8_t)(c[2 * i] << 4 | c[2 * i + 1]);
         return;
     }
@@ -263,7 +267,7 @@ static int64_t bnb4_tensor_bytes(int64_t ncols, int64_t nrows) {
     return rb * nrows;
 }
 
-static void bnb4_quantize(const bnb4_kind *k, const float *src, void *dst, int64_t nrows, int64_t ncols) {
+static void bnb4_quantize(const bnb4_kind *k, const float *src, void *dst, int64_t nrows, int64_t ncols, bool fast) {
     int64_t rb = bnb4_row_bytes(ncols);
     if (rb < 0) return;
     for (int64_t r = 0; r < nrows; r++) {
@@ -273,7 +277,7 @@ static void bnb4_quantize(const bnb4_kind *k, const float *src, void *dst, int64
             int64_t len = QL_MIN(BNB_BLOCK, ncols - c0);
             float am = finite_absmax(x, len);
             put_f32(p, am);
-            encode_block(k, x, len, am, p + 4);
+            encode_block(k, x, len, am, p + 4, fast);
             p += 4 + (len + 1) / 2;
         }
     }
@@ -333,7 +337,7 @@ static void bnb4_dq_quantize(const bnb4_kind *k, const float *src, void *dst, in
             absmax[b] = finite_absmax(x, len);
             sum += absmax[b];
             uint8_t tmp[BNB_BLOCK / 2];
-            encode_block(k, x, len, absmax[b], tmp);
+            encode_block(k, x, len, absmax[b], tmp, false);
             /* blocks of a row are contiguous in the row's code bytes (64 is even) */
             memcpy(codes + r * l.row_code_bytes + c0 / 2, tmp, (size_t)(len + 1) / 2);
         }
@@ -420,7 +424,12 @@ static const ql_grid_spec k_nf4_grid = {.kind = QL_GRID_KIND_BLOCK, .kmin = 0, .
     static void lname##_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols,                  \
                                  const float *imp) {                                                         \
         (void)imp;                                                                                           \
-        bnb4_quantize(&kind, src, dst, nrows, ncols);                                                        \
+        bnb4_quantize(&kind, src, dst, nrows, ncols, false);                                                 \
+    }                                                                                                        \
+    void ql_quantize_rows_##lname##_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,          \
+                                         const float *imp) {                                                 \
+        (void)imp;                                                                                           \
+        bnb4_quantize(&kind, src, dst, nrows, ncols, true);                                                  \
     }                                                                                                        \
     static void lname##_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {              \
         bnb4_dequantize(&kind, src, dst, nrows, ncols);                                                      \
@@ -449,6 +458,7 @@ static const ql_grid_spec k_nf4_grid = {.kind = QL_GRID_KIND_BLOCK, .kmin = 0, .
         .tensor_bytes = bnb4_tensor_bytes,                                                                   \
         .quantize_rows = lname##_quantize,                                                                   \
         .dequantize_rows = lname##_dequantize,                                                               \
+        .simd = &(const ql_format_ops){ql_quantize_rows_##lname##_fast, NULL}, /* no dequantize twin */      \
         .cuda = BNB4_CUDA_OPS(lname),                                                                        \
     };                                                                                                       \
     const ql_format ql_fmt_##lname##_dq = {                                                                  \

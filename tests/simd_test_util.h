@@ -30,7 +30,7 @@ typedef struct {
     const char *name; /* registry name; its quantize_rows / dequantize_rows are the reference */
     int block;        /* row lengths tested are multiples of this */
     ql_quantize_fn quant;
-    ql_dequantize_fn dequant;
+    ql_dequantize_fn dequant; /* NULL: the format has a quantize twin only (its dequantize is the reference) */
     bool imatrix; /* the fast quantizer has an imatrix path to test */
 } kernel_t;
 
@@ -173,7 +173,7 @@ static void check_rows(const kernel_t *k, const float *x, int64_t nrows, int64_t
                  (long long)(bad / rb), (long long)(bad % rb), qf[bad], qr[bad]);
     memset(df, 0xA5, fbytes);
     memset(dr, 0x5A, fbytes);
-    k->dequant(qr, df, nrows, ncols);
+    (k->dequant ? k->dequant : f->dequantize_rows)(qr, df, nrows, ncols);
     f->dequantize_rows(qr, dr, nrows, ncols);
     bad = first_diff(df, dr, fbytes);
     if (bad >= 0)
@@ -190,6 +190,7 @@ static void check_rows(const kernel_t *k, const float *x, int64_t nrows, int64_t
 static void check_random_bytes(const kernel_t *k, int64_t nrows, int64_t ncols) {
     const size_t qbytes = (size_t)tensor_bytes(k, ncols, nrows),
                  fbytes = (size_t)(nrows * ncols) * sizeof(float);
+    if (!k->dequant) return; /* no dequantize twin */
     uint8_t *q = malloc(qbytes);
     float *df = malloc(fbytes), *dr = malloc(fbytes);
     for (size_t i = 0; i < qbytes; ++i) q[i] = (uint8_t)rnd64();
@@ -247,7 +248,7 @@ static void run_kernel_at_level(const kernel_t *k) {
     fill_row(one, k->block, 0);
     check_rows(k, one, 1, k->block, NULL, "single block");
     k->quant(one, NULL, 0, k->block, NULL);
-    k->dequant(NULL, one, 0, k->block);
+    if (k->dequant) k->dequant(NULL, one, 0, k->block);
 }
 
 /* cmocka test, prestate = the kernel_t: identical to the reference at every level the CPU has. */
@@ -335,7 +336,7 @@ static void print_speed(const kernel_t *kernels, size_t nkernels) {
             double t2 = ql_time_s();
             f->dequantize_rows(q, y, nrows, ncols);
             double t3 = ql_time_s();
-            k->dequant(q, y, nrows, ncols);
+            (k->dequant ? k->dequant : f->dequantize_rows)(q, y, nrows, ncols);
             double t4 = ql_time_s();
             printf("  %-6s%s (%s): quantize %.1f ms -> %.1f ms (x%.1f), "
                    "dequantize %.2f ms -> %.2f ms (x%.1f)\n",

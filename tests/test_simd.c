@@ -7,6 +7,7 @@
 #define SIMD_TEST_IMAT_MODES {0, 1, 2, 4} /* uniform, sparse ramp, zeros, signed products */
 #include "tests/simd_test_util.h"
 
+#include "formats/fmt_ext.h"
 #include "kernels/ggml_quants.h"
 #include "kernels/ggml_types.h"
 
@@ -17,6 +18,9 @@ static const kernel_t kernels[] = {
     {"int4_g128", 128, ql_quantize_rows_int4_g128_fast, ql_dequantize_rows_int4_g128_fast, false},
     {"int4_g128_sym", 128, ql_quantize_rows_int4_g128_sym_fast, ql_dequantize_rows_int4_g128_sym_fast, false},
     /* block 16: rows of 16, 32, 48, 4096 take the vector path at both widths; 200 the reference tail on AVX-512 */
+    /* quantize twins only (the plain 64-weight blocks); their dequantize is the reference */
+    {"nf4", 64, ql_quantize_rows_nf4_fast, NULL, false},
+    {"fp4", 64, ql_quantize_rows_fp4_fast, NULL, false},
     {"int8_channel", 16, ql_quantize_rows_int8_channel_fast, ql_dequantize_rows_int8_channel_fast, false},
 };
 
