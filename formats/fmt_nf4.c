@@ -223,14 +223,13 @@ static float finite_absmax(const float *x, int64_t len) {
 }
 
 /* Codes of one block into `out` (ceil(len/2) bytes, element 2j in the high nibble of byte j). */
-/* fast: the plain case may use the SIMD twin (kernels/simd_bnb4.c), which gives the same codes */
-static void encode_block(const bnb4_kind *k, const float *x, int64_t len, float absmax, uint8_t *out, bool fast) {
+static void encode_block(const bnb4_kind *k, const float *x, int64_t len, float absmax, uint8_t *out) {
     float inv = 1.0f / absmax;
     bool plain = len == 64 && absmax > 0.0f && isfinite(inv);
     for (int64_t i = 0; i < len && plain; i++) plain = isfinite(x[i]);
     if (plain) { /* the common case: what the loop below does, without a branch or call per weight */
         uint8_t c[64];
-        if (!fast || !ql_bnb4_encode64_fast(&k->thr, x, inv, c)) k->encode_64(x, inv, c);
+        k->encode_64(x, inv, c);
         for (int i = 0; i < 32; i++) out[i] = (uint8_t)(c[2 * i] << 4 | c[2 * i + 1]);
         return;
     }
@@ -267,6 +266,7 @@ static int64_t bnb4_tensor_bytes(int64_t ncols, int64_t nrows) {
     return rb * nrows;
 }
 
+/* fast: plain blocks through the SIMD twin (kernels/simd_bnb4.c: the same absmax and codes) */
 static void bnb4_quantize(const bnb4_kind *k, const float *src, void *dst, int64_t nrows, int64_t ncols, bool fast) {
     int64_t rb = bnb4_row_bytes(ncols);
     if (rb < 0) return;
@@ -275,9 +275,12 @@ static void bnb4_quantize(const bnb4_kind *k, const float *src, void *dst, int64
         for (int64_t c0 = 0; c0 < ncols; c0 += BNB_BLOCK) {
             const float *x = src + r * ncols + c0;
             int64_t len = QL_MIN(BNB_BLOCK, ncols - c0);
-            float am = finite_absmax(x, len);
+            float am;
+            if (!(fast && len == BNB_BLOCK && ql_bnb4_block64_fast(&k->thr, x, &am, p + 4))) {
+                am = finite_absmax(x, len);
+                encode_block(k, x, len, am, p + 4);
+            }
             put_f32(p, am);
-            encode_block(k, x, len, am, p + 4, fast);
             p += 4 + (len + 1) / 2;
         }
     }
@@ -337,7 +340,7 @@ static void bnb4_dq_quantize(const bnb4_kind *k, const float *src, void *dst, in
             absmax[b] = finite_absmax(x, len);
             sum += absmax[b];
             uint8_t tmp[BNB_BLOCK / 2];
-            encode_block(k, x, len, absmax[b], tmp, false);
+            encode_block(k, x, len, absmax[b], tmp);
             /* blocks of a row are contiguous in the row's code bytes (64 is even) */
             memcpy(codes + r * l.row_code_bytes + c0 / 2, tmp, (size_t)(len + 1) / 2);
         }

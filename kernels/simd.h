@@ -50,16 +50,18 @@ void ql_dequantize_rows_int4_g128_fast(const void *src, float *dst, int64_t nrow
 void ql_quantize_rows_int4_g128_sym_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,
                                          const float *importance);
 void ql_dequantize_rows_int4_g128_sym_fast(const void *src, float *dst, int64_t nrows, int64_t ncols);
-/* bitsandbytes 4-bit codes of one plain block (64 finite weights, finite inv = 1/absmax > 0): code i is
- * leaf[number of thr below v] (+ 8 when sign_split and v < 0, thresholds then compared with |v|), where
- * v = x[i] * inv. false (nothing written) when this CPU has no twin; formats/fmt_nf4.c then codes them. */
+/* One bitsandbytes 4-bit block of 64 weights, when it is plain (every weight finite, absmax = the largest
+ * |x| > 0 with a finite 1/absmax): *absmax, and codes packed two a byte (element 2j in the high nibble of
+ * byte j), code i = leaf[number of thr below v] (+ 8 when sign_split and v < 0, thresholds then compared with
+ * |v|), v = x[i] * (1/absmax). false (nothing written) for any other block, or when this CPU has no twin:
+ * formats/fmt_nf4.c then codes it. */
 typedef struct {
     const float *thr; /* sorted; at most 15 */
     int nthr;
     const uint8_t *leaf; /* nthr + 1 codes */
     bool sign_split;
 } ql_bnb4_thresholds;
-bool ql_bnb4_encode64_fast(const ql_bnb4_thresholds *t, const float *x, float inv, uint8_t *codes);
+bool ql_bnb4_block64_fast(const ql_bnb4_thresholds *t, const float *x, float *absmax, uint8_t *packed);
 
 /* INT8 per output row, symmetric, fp16 scale (int8_channel): ql_int_quantize_rows_ref with bits 8, group 0 (the
  * row), sym, no MSE. Any ncols; rows that are not whole vectors go to the reference. importance is unused. */
