@@ -159,8 +159,9 @@ if [ -f "$M1B" ] && [ -x /usr/bin/time ]; then
   in_bytes=$(stat -c %s "$M1B")
   big=$($QLAB info "$M1B" 2>/dev/null | awk '$3 == "x" { n = $2 * $4; if (n > m) m = n } END { print m + 0 }')
   goal_gb=$(awk -v b="$big" 'BEGIN { printf "%.2f", (2 * 1073741824 + b * 5.2) / 1e9 }')
-  for spec in "gptq --type int4_g128" "awq --type int4_g128" "compressed-tensors --type int8_channel" "bnb --type nf4" \
-              "exl2 --type exl2_4b128"; do
+  for spec in "gptq --type int4_g128" "awq --type int4_g128" "compressed-tensors --type int4_g128" \
+              "compressed-tensors --type int8_channel" "compressed-tensors --type fp8_e4m3" "bnb --type nf4" \
+              "bnb --type fp4" "bnb --type bnb_int8" "gguf --type q8_0" "gguf --type q4_0" "exl2 --type exl2_4b128"; do
     to=${spec%% *}; args=${spec#* }
     rm -rf "$OUT/export-$to"
     t0=$(date +%s.%N)
