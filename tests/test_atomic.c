@@ -1,7 +1,7 @@
 /* test_atomic.c — base/atomic_file with fault injection: a write that runs into RLIMIT_FSIZE (SIGXFSZ
  * ignored, so write() returns EFBIG as on a full disk), abort, a destination in a missing directory, a
  * rename that cannot happen, the file mode under several umasks, a writer killed with SIGKILL, and the
- * sweep of temporaries left by dead writers. In every failure case the existing target keeps its bytes and
+ * sweep of temporaries left by dead writers, and bulk mode (a writer thread, O_DIRECT). In every failure case the existing target keeps its bytes and
  * no temporary file is left in the directory. (tests/fault_inject.sh fails each system call of every
  * qlab writer in turn, through tests/fault_shim.c.) */
 #include <stdarg.h>
@@ -201,6 +201,97 @@ static void test_write_failure_keeps_target(void **state) {
     assert_int_equal(temporaries(), 0);
 }
 
+/* Bulk mode (ql_atomic_set_bulk: 16 MB chunks written by a thread, O_DIRECT where the file system takes it):
+ * pieces of odd sizes through ql_atomic_write and fprintf cross two chunk boundaries at unaligned offsets and
+ * the file is byte for byte what was written; then the same through the page cache (QLAB_NO_DIRECT_IO); a seek
+ * ends bulk mode and lands where asked; a write past RLIMIT_FSIZE fails the commit naming the file and keeps
+ * the target; an abort leaves no temporary. */
+static unsigned char *bulk_expected;
+static size_t bulk_n;
+
+static void bulk_write_pieces(const char *path) {
+    ql_atomic_file *af;
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    ql_atomic_set_bulk(af);
+    size_t off = 0, piece = 1;
+    while (off < bulk_n) {
+        size_t k = piece < bulk_n - off ? piece : bulk_n - off;
+        if (k < 64 && k >= 8) { /* small ones through the stream's own buffer */
+            fwrite(bulk_expected + off, 1, k, ql_atomic_stream(af));
+        } else {
+            if (ql_atomic_write(af, bulk_expected + off, k) != QL_OK) break;
+        }
+        off += k;
+        piece = piece * 7 + 3; /* 1, 10, 73, ... 5.6 MB, 39 MB: odd sizes and offsets */
+    }
+    assert_int_equal(ql_atomic_commit(af), QL_OK);
+}
+
+static void bulk_over_limit(const char *path) {
+    ql_atomic_file *af;
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    ql_atomic_set_bulk(af);
+    ql_status s = QL_OK;
+    for (size_t off = 0; off < bulk_n && !s; off += 1 << 20) s = ql_atomic_write(af, bulk_expected + off, 1 << 20);
+    if (!s) s = ql_atomic_commit(af);
+    else ql_atomic_abort(af);
+    assert_int_equal(s, QL_ERR_IO);
+    assert_non_null(strstr(ql_last_error(), path));
+}
+
+static void test_bulk_mode(void **state) {
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/bulk.bin", dir);
+    bulk_n = (size_t)37 * 1000 * 1000 + 123; /* two full 16 MB chunks and a partial one */
+    bulk_expected = malloc(bulk_n);
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < bulk_n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        bulk_expected[i] = (unsigned char)x;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) setenv("QLAB_NO_DIRECT_IO", "1", 1);
+        bulk_write_pieces(path);
+        size_t n;
+        char *b = slurp(path, &n);
+        assert_non_null(b);
+        assert_int_equal(n, bulk_n);
+        assert_memory_equal(b, bulk_expected, bulk_n);
+        free(b);
+        assert_int_equal(temporaries(), 0);
+    }
+    unsetenv("QLAB_NO_DIRECT_IO");
+    /* a seek ends bulk mode: the staged bytes go out first, then the write lands at the offset */
+    ql_atomic_file *af;
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    ql_atomic_set_bulk(af);
+    assert_int_equal(ql_atomic_write(af, bulk_expected, 20 << 20), QL_OK);
+    assert_int_equal(fseek(ql_atomic_stream(af), 5, SEEK_SET), 0);
+    assert_int_equal(ql_atomic_write(af, "XY", 2), QL_OK);
+    assert_int_equal(ql_atomic_commit(af), QL_OK);
+    size_t n;
+    unsigned char *b = (unsigned char *)slurp(path, &n);
+    assert_int_equal(n, (size_t)20 << 20);
+    assert_memory_equal(b, bulk_expected, 5);
+    assert_memory_equal(b + 5, "XY", 2);
+    assert_memory_equal(b + 7, bulk_expected + 7, (20 << 20) - 7);
+    free(b);
+    /* the disk "fills" (RLIMIT_FSIZE) under the writer thread: the commit fails, the target stays */
+    put(path, "precious");
+    with_fsize_limit(4 << 20, bulk_over_limit, path);
+    assert_file_is(path, "precious");
+    assert_int_equal(temporaries(), 0);
+    /* an abort in bulk mode */
+    assert_int_equal(ql_atomic_open(path, &af), QL_OK);
+    ql_atomic_set_bulk(af);
+    assert_int_equal(ql_atomic_write(af, bulk_expected, 17 << 20), QL_OK);
+    ql_atomic_abort(af);
+    assert_file_is(path, "precious");
+    assert_int_equal(temporaries(), 0);
+    free(bulk_expected);
+}
+
 static void test_abort_keeps_target(void **state) {
     (void)state;
     char path[128];
@@ -356,6 +447,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_mode_follows_umask, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure_keeps_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_keeps_target, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bulk_mode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rename_failure_keeps_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sigkill_mid_write, setup, teardown),
