@@ -9,9 +9,11 @@
  * an exporter must reproduce the ecosystem's values exactly (docs/formats.md § Exporters). Bad values: the
  * row maximum sees finite weights only, NaN gives code 0, ±inf the extreme codes, an all-zero (or
  * non-finite) row SCB 0 and codes 0. Type id QL_TYPE_EXT_BASE + 0x90 (never reuse). Pure, thread-safe. */
+#include "formats/fmt_ext.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
 #include "kernels/int_quants.h"
+#include "kernels/simd.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -29,10 +31,10 @@ static int64_t bnb8_tensor_bytes(int64_t ncols, int64_t nrows) {
     return row > 0 && nrows >= 0 && (nrows == 0 || row <= INT64_MAX / nrows) ? nrows * row : -1;
 }
 
-static void bnb8_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) {
-    (void)imp; /* LLM.int8's weight rounding is plain absmax */
+static void bnb8_quantize_rows(const float *src, void *dst, int64_t nrows, int64_t ncols, bool fast) {
     uint8_t *out = dst;
     for (int64_t r = 0; r < nrows; r++, src += ncols, out += 4 + ncols) {
+        if (fast && ql_bnb8_row_fast(src, out, ncols)) continue; /* the SIMD twin: the same bytes */
         float amax = 0.0f;
         for (int64_t c = 0; c < ncols; c++) {
             float a = fabsf(src[c]);
@@ -50,6 +52,16 @@ static void bnb8_quantize(const float *src, void *dst, int64_t nrows, int64_t nc
             out[4 + c] = (uint8_t)(int8_t)q;
         }
     }
+}
+
+static void bnb8_quantize(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) {
+    (void)imp; /* LLM.int8's weight rounding is plain absmax */
+    bnb8_quantize_rows(src, dst, nrows, ncols, false);
+}
+
+void ql_quantize_rows_bnb_int8_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp) {
+    (void)imp;
+    bnb8_quantize_rows(src, dst, nrows, ncols, true);
 }
 
 static void bnb8_dequantize(const void *src, float *dst, int64_t nrows, int64_t ncols) {
@@ -80,4 +92,5 @@ const ql_format ql_fmt_bnb_int8 = {
     .tensor_bytes = bnb8_tensor_bytes,
     .quantize_rows = bnb8_quantize,
     .dequantize_rows = bnb8_dequantize,
+    .simd = &(const ql_format_ops){ql_quantize_rows_bnb_int8_fast, NULL}, /* quantize twin only */
 };

@@ -29,6 +29,8 @@ uint8_t ql_fp4_encode(float x);
  * simd entry, and what test_simd compares with the reference */
 void ql_quantize_rows_nf4_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp);
 void ql_quantize_rows_fp4_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp);
+/* bnb_int8 (formats/fmt_bnb8.c) the same way, rows through kernels/simd_int.c's LLM.int8 row twin */
+void ql_quantize_rows_bnb_int8_fast(const float *src, void *dst, int64_t nrows, int64_t ncols, const float *imp);
 /* bitsandbytes' create_dynamic_map(signed=True): 256 sorted values in [-1, 1] (float32). */
 const float *ql_bnb_dynamic_map(void);
 /* Nearest code of the dynamic map by bitsandbytes' binary search (x already divided by absmax). */

@@ -63,6 +63,10 @@ typedef struct {
 } ql_bnb4_thresholds;
 bool ql_bnb4_block64_fast(const ql_bnb4_thresholds *t, const float *x, float *absmax, uint8_t *packed);
 
+/* One LLM.int8 row (bnb_int8, formats/fmt_bnb8.c: [f32 absmax][ncols int8 codes]); false (nothing written)
+ * when this CPU has no twin or ncols is not a multiple of 16: the reference codes it. */
+bool ql_bnb8_row_fast(const float *x, uint8_t *out, int64_t ncols);
+
 /* INT8 per output row, symmetric, fp16 scale (int8_channel): ql_int_quantize_rows_ref with bits 8, group 0 (the
  * row), sym, no MSE. Any ncols; rows that are not whole vectors go to the reference. importance is unused. */
 void ql_quantize_rows_int8_channel_fast(const float *src, void *dst, int64_t nrows, int64_t ncols,

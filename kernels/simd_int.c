@@ -70,6 +70,13 @@ void ql_dequantize_rows_int8_channel_fast(const void *src, float *dst, int64_t n
     for (int64_t r = 0; r < nrows; ++r) k((const uint8_t *)src + r * rb, dst + r * ncols, ncols);
 }
 
+bool ql_bnb8_row_fast(const float *x, uint8_t *out, int64_t ncols) {
+    void (*k)(const float *, uint8_t *, int64_t) = QL_SIMD_PICK(bnb8_row_avx512, bnb8_row_avx2);
+    if (!k || ncols % 16 != 0) return false;
+    k(x, out, ncols);
+    return true;
+}
+
 #else /* ================= the vector body, W lanes (kernels/simd_instantiate.h) ================= */
 
 static TGT void SFX(int4_g128_quant)(const float *x, uint8_t *row, int64_t ncols, bool sym) {
@@ -169,6 +176,27 @@ static TGT void SFX(int8_channel_quant)(const float *x, uint8_t *row, int64_t nc
 static TGT void SFX(int8_channel_dequant)(const uint8_t *row, float *y, int64_t ncols) {
     const float s = ql_simd_fp16_to_fp32((uint16_t)(row[0] | (row[1] << 8)));
     for (int64_t c = 0; c < ncols; c += W) SFX(store)(y + c, SFX(cvt)(SFX(load_u8)(row + 2 + c) - 128) * s);
+}
+
+/* One LLM.int8 row (ncols a multiple of W): [f32 absmax over finite weights][int8 codes], code =
+ * clamp(round_even(x * (127 / absmax)), -127, 127), NaN and an all-zero row -> 0 (formats/fmt_bnb8.c). */
+static TGT void SFX(bnb8_row)(const float *x, uint8_t *out, int64_t ncols) {
+    VF amax = SFX(splat)(0.f);
+    for (int64_t c = 0; c < ncols; c += W) {
+        const VF a = SFX(vabs)(SFX(load)(x + c));
+        amax = SFX(sel)((a <= FLT_MAX) & (a > amax), a, amax);
+    }
+    const float am = SFX(hmax)(amax);
+    memcpy(out, &am, 4);
+    const float inv = am > 0.0f ? 127.0f / am : 0.0f;
+    const VI all_zero = (VI){0} - (inv == 0.0f ? 1 : 0); /* every lane set: a row without scale codes 0 */
+    for (int64_t c = 0; c < ncols; c += W) {
+        const VF v = SFX(load)(x + c) * inv;
+        VF r = SFX(roundcur)(v);
+        r = SFX(sel)(r < -127.f, SFX(splat)(-127.f), SFX(sel)(r > 127.f, SFX(splat)(127.f), r));
+        r = SFX(sel)((v != v) | all_zero, SFX(splat)(0.f), r);
+        SFX(store_u8)(out + 4 + c, __builtin_convertvector(r, VI));
+    }
 }
 
 #endif /* QL_SIMD_TEMPLATE */

@@ -21,6 +21,7 @@ static const kernel_t kernels[] = {
     /* quantize twins only (the plain 64-weight blocks); their dequantize is the reference */
     {"nf4", 64, ql_quantize_rows_nf4_fast, NULL, false},
     {"fp4", 64, ql_quantize_rows_fp4_fast, NULL, false},
+    {"bnb_int8", 16, ql_quantize_rows_bnb_int8_fast, NULL, false},
     {"int8_channel", 16, ql_quantize_rows_int8_channel_fast, ql_dequantize_rows_int8_channel_fast, false},
 };
 
