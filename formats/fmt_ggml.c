@@ -178,9 +178,18 @@ static const float k_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 1
                                  .dequantize_dev = ql_cuda_dequantize_##l##_dev,                          \
                                  .quantize_emulated = ql_cuda_quantize_##l##_emulated,                    \
                                  .dequantize_emulated = ql_cuda_dequantize_##l##_emulated})
+/* both directions and GPTQ's block fix on the device (the scale search with importance) */
+#define CUDA_QDQ_FIX(l)                                                                                  \
+    (&(const ql_format_cuda_ops){.quantize_dev = ql_cuda_quantize_##l##_dev,                              \
+                                 .dequantize_dev = ql_cuda_dequantize_##l##_dev,                          \
+                                 .quantize_emulated = ql_cuda_quantize_##l##_emulated,                    \
+                                 .dequantize_emulated = ql_cuda_dequantize_##l##_emulated,                \
+                                 .grid_fix_dev = ql_cuda_grid_fix_##l##_dev,                              \
+                                 .grid_fix_emulated = ql_cuda_grid_fix_##l##_emulated})
 #else
 #define CUDA_DQ(l) NULL
 #define CUDA_QDQ(l) NULL
+#define CUDA_QDQ_FIX(l) NULL
 #endif
 
 /* A writable ggml type: reference rows codec from kernels/ggml_quants.h. */
@@ -224,7 +233,7 @@ ENTRY(q6_k, QL_TYPE_Q6_K, QL_FAMILY_GGML_K, 256, 210, true, 0.03, .llama = LLAMA
       .explain = "A K-quant: super-blocks of 256 weights split into 16 blocks of 16. Each weight gets 6 bits, "
                  "each small block an 8-bit scale, and the super-block an fp16 scale for those scales. The two "
                  "levels of scales cost little and follow the weights closely.")
-ENTRY(q5_k, QL_TYPE_Q5_K, QL_FAMILY_GGML_K, 256, 176, true, 0.05, .llama = LLAMA(16, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(q5_k),
+ENTRY(q5_k, QL_TYPE_Q5_K, QL_FAMILY_GGML_K, 256, 176, true, 0.05, .llama = LLAMA(16, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(q5_k),
       .fallback = "q5_1", .grid = GRID(32, 0, 31, NULL, parse_q45_k, pack_q5_k), .simd = SIMD(q5_k),
       .label = "q5k", .summary = "ggml Q5_K: 5-bit codes, 6-bit scale+min per 32, fp16 per 256",
       .explain = "A K-quant at 5 bits: super-blocks of 256 in 8 blocks of 32, each block with a 6-bit scale and "
@@ -239,7 +248,7 @@ ENTRY(q5_0, QL_TYPE_Q5_0, QL_FAMILY_GGML_LEGACY, 32, 22, true, 0.07, .llama = LL
       .summary = "ggml Q5_0: 5-bit symmetric codes, fp16 scale per 32",
       .explain = "Blocks of 32: 5-bit symmetric codes and one fp16 scale, 5.5 bits per weight. llama.cpp's "
                  "fallback when a K-quant's 256-wide blocks do not fit a row.")
-ENTRY(q4_k, QL_TYPE_Q4_K, QL_FAMILY_GGML_K, 256, 144, true, 0.1, .llama = LLAMA(14, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(q4_k),
+ENTRY(q4_k, QL_TYPE_Q4_K, QL_FAMILY_GGML_K, 256, 144, true, 0.1, .llama = LLAMA(14, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(q4_k),
       .fallback = "q5_0", .grid = GRID(32, 0, 15, NULL, parse_q45_k, pack_q4_k), .simd = SIMD(q4_k),
       .label = "q4k", .summary = "ggml Q4_K: 4-bit codes, 6-bit scale+min per 32, fp16 per 256",
       .explain = "A K-quant at 4 bits: super-blocks of 256 in 8 blocks of 32, each with a 6-bit scale and "
