@@ -222,6 +222,11 @@ struct IQ4_XS {
 struct Q8_0Q {
     typedef blk_q8_0 B;
     static const int QK = 32, BYTES = sizeof(B);
+    // ggml's Q8_0 quantizer takes no importance: the fix is the plain quantizer
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        (void)qw;
+        quant(x, y);
+    }
     static QL_HD void quant(const float *x, uint8_t *y) {
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) {
@@ -608,8 +613,9 @@ struct Q4_KQ {
     static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
 };
 
-// make_qx_quants with rmse_type 1 and no weights (x^2), as Q6_K uses it without imatrix
-static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
+// make_qx_quants with rmse_type 1: weights qw, or x^2 when qw is NULL (Q6_K without imatrix; the
+// imatrix path passes the raw importance, no sigma2 term)
+static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L, const float *qw) {
     float max = 0;
     float amax = 0;
     for (int i = 0; i < n; ++i) {
@@ -630,7 +636,7 @@ static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t 
         int l = nearest_int(fm(iscale, x[i]));
         l = imax(-nmax, imin(nmax - 1, l));
         L[i] = (int8_t)(l + nmax);
-        const float w = fm(x[i], x[i]);
+        const float w = qw ? qw[i] : fm(x[i], x[i]);
         sumlx = fa(sumlx, fm(fm(w, x[i]), (float)l));
         suml2 = fa(suml2, fm(fm(w, (float)l), (float)l));
     }
@@ -643,7 +649,7 @@ static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t 
         for (int i = 0; i < n; ++i) {
             int l = nearest_int(fm(iscale, x[i]));
             l = imax(-nmax, imin(nmax - 1, l));
-            const float w = fm(x[i], x[i]);
+            const float w = qw ? qw[i] : fm(x[i], x[i]);
             sumlx = fa(sumlx, fm(fm(w, x[i]), (float)l));
             suml2 = fa(suml2, fm(fm(w, (float)l), (float)l));
         }
@@ -662,12 +668,14 @@ static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t 
 struct Q6_KQ {
     typedef blk_q6_K B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    // qw: the block's 256 importance values, or NULL (ggml's no-imatrix path)
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
         int8_t L[QK_K];
         float scales[QK_K / 16];
         float max_scale = 0, max_abs_scale = 0;
         for (int ib = 0; ib < QK_K / 16; ++ib) {
-            const float scale = make_qx_quants_rmse1(16, 32, x + 16 * ib, L + 16 * ib);
+            const float scale = make_qx_quants_rmse1(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : nullptr);
             scales[ib] = scale;
             const float abs_scale = fabs_bits(scale);
             if (abs_scale > max_abs_scale) {
@@ -801,19 +809,99 @@ static QL_HD void pack_2bit_dev(const uint8_t *L, uint8_t *qs) {
                 (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
 }
 
+// ---- the legacy 32-blocks with importance (ggml_quants_ref.c: quantize_row_q4_0 .. q5_1 with an imatrix),
+// GPTQ's block fix: weights qw·sqrt(σ² + x²) with σ² = Σx²/n over what the quantizer is given (one block
+// here, as ql_grid_fix gives the registry's quantizer); Q8_0 has no importance path ----
+static QL_HD void legacy_weights(const float *x, const float *qw, float *weight) {
+    float sum_x2 = 0;
+    for (int j = 0; j < 32; ++j) sum_x2 = fa(sum_x2, fm(x[j], x[j]));
+    const float sigma2 = fd(sum_x2, 32.f);
+    for (int j = 0; j < 32; ++j) weight[j] = fm(qw[j], fsqrt(fa(sigma2, fm(x[j], x[j]))));
+}
+
+struct Q4_0QW : Q4_0Q {
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        if (!qw) return quant(x, y);
+        float weight[32];
+        int8_t L[32];
+        legacy_weights(x, qw, weight);
+        st16(y + offsetof(B, d), f2h(make_qx_quants_rmse1(32, 8, x, L, weight)));
+        for (int j = 0; j < 16; ++j) y[offsetof(B, qs) + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    }
+};
+
+struct Q5_0QW : Q5_0Q {
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        if (!qw) return quant(x, y);
+        float weight[32];
+        int8_t L[32];
+        legacy_weights(x, qw, weight);
+        st16(y + offsetof(B, d), f2h(make_qx_quants_rmse1(32, 16, x, L, weight)));
+        pack_q5_dev((const uint8_t *)L, y + offsetof(B, qs), y + offsetof(B, qh));
+    }
+};
+
+struct Q4_1QW : Q4_1Q {
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        if (!qw) return quant(x, y);
+        float weight[32], min;
+        uint8_t L[32], Laux[32];
+        legacy_weights(x, qw, weight);
+        const float d = make_qkx3_quants(32, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36);
+        st16(y + offsetof(B, d), f2h(d));
+        st16(y + offsetof(B, m), f2h(fneg(min)));
+        for (int j = 0; j < 16; ++j) y[offsetof(B, qs) + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    }
+};
+
+struct Q5_1QW : Q5_1Q {
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        if (!qw) return quant(x, y);
+        float weight[32], min;
+        uint8_t L[32], Laux[32];
+        legacy_weights(x, qw, weight);
+        const float d = make_qkx3_quants(32, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36);
+        st16(y + offsetof(B, d), f2h(d));
+        st16(y + offsetof(B, m), f2h(fneg(min)));
+        pack_q5_dev(L, y + offsetof(B, qs), y + offsetof(B, qh));
+    }
+};
+
 struct Q2_KQ {
     typedef blk_q2_K B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    // qw: the block's 256 importance values (q2_K_imat), or NULL (ggml's no-imatrix path)
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
         uint8_t L[QK_K], Laux[16];
         float weights[16], mins[QK_K / 16], scales[QK_K / 16];
+        uint8_t *sc = y + offsetof(B, scales);
+        if (qw) {
+            float sw[QK_K / 16], sumx2 = 0;
+            for (int j = 0; j < QK_K; ++j) sumx2 = fa(sumx2, fm(x[j], x[j]));
+            const float sigma2 = fd(sumx2, (float)QK_K);
+            for (int j = 0; j < QK_K / 16; ++j) {
+                const float *xj = x + 16 * j;
+                for (int l = 0; l < 16; ++l) weights[l] = fm(qw[16 * j + l], fsqrt(fa(sigma2, fm(xj[l], xj[l]))));
+                sw[j] = 0;
+                for (int l = 0; l < 16; ++l) sw[j] = fa(sw[j], weights[l]);
+                scales[j] = make_qkx3_quants(16, 3, xj, weights, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+            }
+            uint8_t Ls[QK_K / 16], Lm[QK_K / 16]; // ql_ggml_q2_K_pack_scales, imatrix
+            const float dm = make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
+            const float mm = make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
+            st16(y + offsetof(B, d), f2h(dm));
+            st16(y + offsetof(B, dmin), f2h(mm));
+            for (int j = 0; j < QK_K / 16; ++j) sc[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
+            q2_k_requant(x, y, L);
+            return;
+        }
         for (int j = 0; j < QK_K / 16; ++j) {
             for (int l = 0; l < 16; ++l) weights[l] = fabs_bits(x[16 * j + l]);
             scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15,
                                          true);
         }
         // ql_ggml_q2_K_pack_scales, no imatrix
-        uint8_t *sc = y + offsetof(B, scales);
         float max_scale = 0, max_min = 0;
         for (int j = 0; j < QK_K / 16; ++j) {
             if (scales[j] > max_scale) max_scale = scales[j];
@@ -837,6 +925,11 @@ struct Q2_KQ {
         } else {
             st16(y + offsetof(B, dmin), f2h(0.f));
         }
+        q2_k_requant(x, y, L);
+    }
+    // the levels against the stored scales, then packed (both paths: the same statements in the reference)
+    static QL_HD void q2_k_requant(const float *x, uint8_t *y, uint8_t *L) {
+        const uint8_t *sc = y + offsetof(B, scales);
         const float d0 = h2f(ld16(y + offsetof(B, d))), dmin0 = h2f(ld16(y + offsetof(B, dmin)));
         for (int j = 0; j < QK_K / 16; ++j) {
             const float d = fm(d0, (float)(sc[j] & 0xF));
@@ -914,13 +1007,37 @@ static QL_HD void q3k_put_scale(uint8_t *scales, int j, int l) {
 struct Q3_KQ {
     typedef blk_q3_K B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    // qw: the block's 256 importance values (q3_K_imat), or NULL (ggml's no-imatrix path)
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
         int8_t L[QK_K];
-        float scales[QK_K / 16];
-        for (int j = 0; j < QK_K / 16; ++j) scales[j] = make_q3_quants_rmse(16, 4, x + 16 * j, L + 16 * j);
-        // ql_ggml_q3_K_pack_scales, no imatrix
+        float scales[QK_K / 16], sw[QK_K / 16];
+        if (qw) {
+            float weight[16], sumx2 = 0;
+            for (int j = 0; j < QK_K; ++j) sumx2 = fa(sumx2, fm(x[j], x[j]));
+            const float sigma2 = fd(fm(2.0f, sumx2), (float)QK_K);
+            for (int j = 0; j < QK_K / 16; ++j) {
+                const float *xj = x + 16 * j;
+                for (int l = 0; l < 16; ++l) weight[l] = fm(qw[16 * j + l], fsqrt(fa(sigma2, fm(xj[l], xj[l]))));
+                float sumw = 0;
+                for (int l = 0; l < 16; ++l) sumw = fa(sumw, weight[l]);
+                sw[j] = sumw;
+                scales[j] = make_qx_quants_rmse1(16, 4, xj, L + 16 * j, weight);
+            }
+        } else {
+            for (int j = 0; j < QK_K / 16; ++j) scales[j] = make_q3_quants_rmse(16, 4, x + 16 * j, L + 16 * j);
+        }
         uint8_t *ys = y + offsetof(B, scales);
         for (int k = 0; k < 12; ++k) ys[k] = 0;
+        if (qw) { // ql_ggml_q3_K_pack_scales, imatrix
+            int8_t Ls[QK_K / 16];
+            const float d_block = make_qx_quants_rmse1(QK_K / 16, 32, scales, Ls, sw);
+            for (int j = 0; j < QK_K / 16; ++j) q3k_put_scale(ys, j, Ls[j]);
+            st16(y + offsetof(B, d), f2h(d_block));
+            q3_k_finish(x, y, L);
+            return;
+        }
+        // ql_ggml_q3_K_pack_scales, no imatrix
         float max_scale = 0, amax = 0;
         for (int j = 0; j < QK_K / 16; ++j) {
             const float scale = fabs_bits(scales[j]);
@@ -940,7 +1057,11 @@ struct Q3_KQ {
         } else {
             st16(y + offsetof(B, d), f2h(0.f));
         }
-        // q3_K_finish
+        q3_k_finish(x, y, L);
+    }
+    // q3_K_finish: the levels against the stored 6-bit scales, then the high bits and packing
+    static QL_HD void q3_k_finish(const float *x, uint8_t *y, int8_t *L) {
+        const uint8_t *ys = y + offsetof(B, scales);
         const float d0 = h2f(ld16(y + offsetof(B, d)));
         for (int j = 0; j < QK_K / 16; ++j) {
             int sc = j < 8 ? ys[j] & 0xF : ys[j - 8] >> 4;
@@ -1524,6 +1645,74 @@ struct FixK45 { // Q4_K, Q5_K: d·sc·k − dmin·m per 32-column sub-block (fmt
     }
 };
 
+struct FixQ6K { // Q6_K: d·sc·(k − 32) per 16-column sub-block (fmt_ggml.c: parse_q6_k)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d)));
+        for (int s = 0; s < QK_K / 16; ++s) {
+            a[s * ld] = fm(d, (float)(int8_t)blk[offsetof(B, scales) + s]);
+            b[s * ld] = 0.0f;
+            o[s * ld] = -32.0f;
+        }
+    }
+};
+
+struct FixQ2K { // Q2_K: d·(sc & 15)·k − dmin·(sc >> 4) per 16 columns (fmt_ggml.c: parse_q2_k)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d))), dmin = h2f(ld16(blk + offsetof(B, dmin)));
+        for (int s = 0; s < QK_K / 16; ++s) {
+            const uint8_t sc = blk[offsetof(B, scales) + s];
+            a[s * ld] = fm(d, (float)(sc & 0xF));
+            b[s * ld] = fneg(fm(dmin, (float)(sc >> 4)));
+            o[s * ld] = 0.0f;
+        }
+    }
+};
+
+struct FixQ3K { // Q3_K: d·sc·(k − 4) per 16 columns, sc the 6-bit signed scale (fmt_ggml.c: parse_q3_k)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d)));
+        const uint8_t *ys = blk + offsetof(B, scales);
+        for (int s = 0; s < QK_K / 16; ++s) {
+            const int lo = s < 8 ? ys[s] & 0xF : ys[s - 8] >> 4;
+            const int sc = (lo | (((ys[8 + s % 4] >> (2 * (s / 4))) & 3) << 4)) - 32;
+            a[s * ld] = fm(d, (float)sc);
+            b[s * ld] = 0.0f;
+            o[s * ld] = -4.0f;
+        }
+    }
+};
+
+// One 32-block (legacy types): a = d, b from the block (0 or its min), o = the code offset.
+template <int OFFSET, bool HAS_MIN> struct FixLegacy { // fmt_ggml.c: parse_q4_0/q4_1/q5_0/q8_0
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        (void)ld;
+        F::quant_w(g, imp, blk);
+        a[0] = h2f(ld16(blk));
+        b[0] = HAS_MIN ? h2f(ld16(blk + 2)) : 0.0f;
+        o[0] = (float)OFFSET;
+    }
+};
+
+typedef FixLegacy<-8, false> FixQ4_0;
+typedef FixLegacy<0, true> FixQ4_1; // value = d·k + m
+typedef FixLegacy<-16, false> FixQ5_0;
+typedef FixLegacy<0, true> FixQ5_1;
+typedef FixLegacy<-128, false> FixQ8_0; // code = q + 128
+
 template <class F, class P>
 __global__ void k_grid_fix(const float *__restrict__ G, int64_t rows, const float *__restrict__ imp,
                            uint8_t *__restrict__ blocks, int64_t row_bytes, float *a, float *b, float *o,
@@ -1659,6 +1848,14 @@ QL_CUDA_DEQUANT_ENTRY(nvfp4, NVFP4)
 QL_CUDA_QUANT_ENTRY(nvfp4, NVFP4Q)
 QL_CUDA_FIX_ENTRY(q4_k, Q4_KQ, FixK45)
 QL_CUDA_FIX_ENTRY(q5_k, Q5_KQ, FixK45)
+QL_CUDA_FIX_ENTRY(q6_k, Q6_KQ, FixQ6K)
+QL_CUDA_FIX_ENTRY(q3_k, Q3_KQ, FixQ3K)
+QL_CUDA_FIX_ENTRY(q2_k, Q2_KQ, FixQ2K)
+QL_CUDA_FIX_ENTRY(q8_0, Q8_0Q, FixQ8_0)
+QL_CUDA_FIX_ENTRY(q4_0, Q4_0QW, FixQ4_0)
+QL_CUDA_FIX_ENTRY(q4_1, Q4_1QW, FixQ4_1)
+QL_CUDA_FIX_ENTRY(q5_0, Q5_0QW, FixQ5_0)
+QL_CUDA_FIX_ENTRY(q5_1, Q5_1QW, FixQ5_1)
 
 extern "C" ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const void *host_src, int64_t src_bytes,
                                             float *host_dst, int64_t nrows, int64_t ncols) {
