@@ -262,12 +262,12 @@ ENTRY(q4_0, QL_TYPE_Q4_0, QL_FAMILY_GGML_LEGACY, 32, 18, true, 0.14, .llama = LL
       .summary = "ggml Q4_0: 4-bit symmetric codes, fp16 scale per 32",
       .explain = "The original llama.cpp format: blocks of 32 weights, one fp16 scale, 16 symmetric levels. "
                  "Simple and fast; K-quants at the same size are usually more accurate.")
-ENTRY(iq4_nl, QL_TYPE_IQ4_NL, QL_FAMILY_GGML_IQ, 32, 18, true, 0.12, .llama = LLAMA(25, QL_TYPE_Q8_0), .cuda = CUDA_QDQ(iq4_nl),
+ENTRY(iq4_nl, QL_TYPE_IQ4_NL, QL_FAMILY_GGML_IQ, 32, 18, true, 0.12, .llama = LLAMA(25, QL_TYPE_Q8_0), .cuda = CUDA_QDQ_FIX(iq4_nl),
       .grid = GRID(32, 0, 15, k_iq4nl, parse_iq4_nl, pack_iq4_nl), .simd = SIMD(iq4_nl), .label = "iq4nl",
       .summary = "ggml IQ4_NL: 4-bit non-linear codebook, fp16 scale per 32",
       .explain = "Like q4_0 but the 16 levels are not evenly spaced: a fixed non-linear table puts more levels "
                  "near zero, where most weights are.")
-ENTRY(iq4_xs, QL_TYPE_IQ4_XS, QL_FAMILY_GGML_IQ, 256, 136, true, 0.12, .llama = LLAMA(30, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(iq4_xs),
+ENTRY(iq4_xs, QL_TYPE_IQ4_XS, QL_FAMILY_GGML_IQ, 256, 136, true, 0.12, .llama = LLAMA(30, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(iq4_xs),
       .fallback = "iq4_nl", .grid = GRID(32, 0, 15, k_iq4nl, parse_iq4_xs, pack_iq4_xs), .label = "iq4xs",
       .summary = "ggml IQ4_XS: IQ4_NL codes, 6-bit scales per 32, fp16 per 256",
       .explain = "IQ4_NL codes in super-blocks of 256 with 6-bit scales per 32: the non-linear grid at 4.25 "

@@ -1115,19 +1115,30 @@ static QL_HD int best_index_iq4nl(float x) {
     return idx;
 }
 
-// iq4_nl_impl with ntry 7 and no imatrix (weights x^2): sbs = 32 (IQ4_NL) or 256 (IQ4_XS)
+// iq4_nl_impl with ntry 7: sbs = 32 (IQ4_NL) or 256 (IQ4_XS); qw the super-block's importance (weights
+// qw·sqrt(σ² + x²), the imatrix path: GPTQ's fix) or NULL (weights x^2)
 template <int SBS>
-static QL_HD void iq4_quant_block(const float *x, uint8_t *dh, uint8_t *q4, uint8_t *scales_h, uint8_t *scales_l) {
+static QL_HD void iq4_quant_block(const float *x, const float *qw, uint8_t *dh, uint8_t *q4, uint8_t *scales_h,
+                                  uint8_t *scales_l) {
     const int ntry = 7, v0 = kvalue_iq4nl(0);
     float scales[SBS / 32], weight[32];
     uint8_t L[SBS];
+    float sigma2 = 0;
+    if (qw) {
+        for (int j = 0; j < SBS; ++j) sigma2 = fa(sigma2, fm(x[j], x[j]));
+        sigma2 = fm(sigma2, fd(2.f, (float)SBS));
+    }
     for (int k = 0; k < SBS / 2; ++k) q4[k] = 0;
     st16(dh, f2h(0.f));
     float max_scale = 0, amax_scale = 0;
     for (int ib = 0; ib < SBS / 32; ++ib) {
         const float *xb = x + ib * 32;
         uint8_t *Lb = L + ib * 32;
-        for (int j = 0; j < 32; ++j) weight[j] = fm(xb[j], xb[j]);
+        if (qw) {
+            for (int j = 0; j < 32; ++j) weight[j] = fm(qw[ib * 32 + j], fsqrt(fa(sigma2, fm(xb[j], xb[j]))));
+        } else {
+            for (int j = 0; j < 32; ++j) weight[j] = fm(xb[j], xb[j]);
+        }
         float amax = 0, max = 0;
         for (int j = 0; j < 32; ++j) {
             const float ax = fabs_bits(xb[j]);
@@ -1208,15 +1219,17 @@ static QL_HD void iq4_quant_block(const float *x, uint8_t *dh, uint8_t *q4, uint
 struct IQ4_NLQ {
     typedef blk_iq4_nl B;
     static const int QK = 32, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
-        iq4_quant_block<32>(x, y + offsetof(B, d), y + offsetof(B, qs), nullptr, nullptr);
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        iq4_quant_block<32>(x, qw, y + offsetof(B, d), y + offsetof(B, qs), nullptr, nullptr);
     }
 };
 struct IQ4_XSQ {
     typedef blk_iq4_xs B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
-        iq4_quant_block<QK_K>(x, y + offsetof(B, d), y + offsetof(B, qs), y + offsetof(B, scales_h),
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        iq4_quant_block<QK_K>(x, qw, y + offsetof(B, d), y + offsetof(B, qs), y + offsetof(B, scales_h),
                               y + offsetof(B, scales_l));
     }
 };
@@ -1707,6 +1720,25 @@ template <int OFFSET, bool HAS_MIN> struct FixLegacy { // fmt_ggml.c: parse_q4_0
     }
 };
 
+struct FixIQ4XS { // IQ4_XS: d·(ls − 32)·table[k] per 32 columns (fmt_ggml.c: parse_iq4_xs)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d)));
+        const unsigned sh = ld16(blk + offsetof(B, scales_h));
+        const uint8_t *sl = blk + offsetof(B, scales_l);
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            const int ls = ((sl[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((sh >> 2 * ib) & 3) << 4);
+            a[ib * ld] = fm(d, (float)(ls - 32));
+            b[ib * ld] = 0.0f;
+            o[ib * ld] = 0.0f;
+        }
+    }
+};
+
+typedef FixLegacy<0, false> FixIQ4NL; // a·table[k]: a = d
 typedef FixLegacy<-8, false> FixQ4_0;
 typedef FixLegacy<0, true> FixQ4_1; // value = d·k + m
 typedef FixLegacy<-16, false> FixQ5_0;
@@ -1856,6 +1888,8 @@ QL_CUDA_FIX_ENTRY(q4_0, Q4_0QW, FixQ4_0)
 QL_CUDA_FIX_ENTRY(q4_1, Q4_1QW, FixQ4_1)
 QL_CUDA_FIX_ENTRY(q5_0, Q5_0QW, FixQ5_0)
 QL_CUDA_FIX_ENTRY(q5_1, Q5_1QW, FixQ5_1)
+QL_CUDA_FIX_ENTRY(iq4_nl, IQ4_NLQ, FixIQ4NL)
+QL_CUDA_FIX_ENTRY(iq4_xs, IQ4_XSQ, FixIQ4XS)
 
 extern "C" ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const void *host_src, int64_t src_bytes,
                                             float *host_dst, int64_t nrows, int64_t ncols) {

@@ -527,8 +527,11 @@ static ql_status gptq_device(bool emulate, const float *w, int64_t nrows, int64_
     fc.imp = ql_malloc((size_t)n * sizeof(float));
     cg.user = &fc;
     /* the registry's device twin of the block's scale search, where the format has one: blocks never come
-     * to the host (a format with its own fix hook, NF4, keeps it) */
-    if (f->cuda && f->cuda->grid_fix_dev && f->cuda->grid_fix_emulated && !grid->spec->fix) {
+     * to the host (a format with its own fix hook, NF4, keeps it). $QL_GPTQ_HOST_FIX=1 keeps the host's
+     * round trip, to measure what the twin saves (same bytes either way: test_gptq_cuda) */
+    const char *host_fix = getenv("QL_GPTQ_HOST_FIX");
+    if (f->cuda && f->cuda->grid_fix_dev && f->cuda->grid_fix_emulated && !grid->spec->fix &&
+        !(host_fix && strcmp(host_fix, "1") == 0)) {
         cg.fix_dev = f->cuda->grid_fix_dev, cg.fix_emulated = f->cuda->grid_fix_emulated;
         cg.imp = o ? o->importance : NULL;
         cg.blocks = dst, cg.row_bytes = row_bytes, cg.block_bytes = grid->block_bytes;
