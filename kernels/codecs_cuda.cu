@@ -1,5 +1,6 @@
 // codecs_cuda.cu — CUDA dequantize and quantize kernels for ggml's block formats (quantize: Q4_0, Q4_1, Q5_0,
-// Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS on ggml's no-imatrix path), bit-exact with kernels/ggml_quants_ref.c. API: cuda_api.h.
+// Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS on ggml's no-imatrix path; the same types with importance as GPTQ's
+// block fix, ql_cuda_grid_fix_*), bit-exact with kernels/ggml_quants_ref.c. API: cuda_api.h.
 // Exactness: the per-block code below is __host__ __device__ and mirrors the reference statement by
 // statement; every float add/sub/mul/div goes through fa/fs/fm/fd (the _rn intrinsics on the device,
 // which nvcc never contracts into FMA), fp16 conversions are the reference's bit code, and float->int
