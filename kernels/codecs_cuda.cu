@@ -34,6 +34,12 @@ static QL_HD float fm(float a, float b) { return as_x86(mul_rn(a, b), a, b); }
 static QL_HD float fd(float a, float b) { return as_x86(div_rn(a, b), a, b); }
 static QL_HD float fsqrt(float a) { return as_x86(sqrt_rn(a), a, a); }
 
+// The scale searches are called, not inlined (QL_HD forces inlining): inlined into every quantize kernel and
+// again into GPTQ's block-fix kernels, they took qlab's fat binary from 4.3 to 8.7 MB (6.3 MB called), all of
+// it mapped before main (cli_test's tight ulimit -v run). The arithmetic is the same either way (every
+// operation is an _rn intrinsic).
+#define QL_HD_SEARCH __host__ __device__ __noinline__
+
 static QL_HD int nearest_int(float fval) {
     const float val = fa(fval, 12582912.f);
     const int32_t i = (int32_t)f2u(val);
@@ -265,7 +271,7 @@ struct Q4_0Q {
 };
 
 // make_qkx2_quants (ggml-quants.c), the (scale, min) search of Q4_K without imatrix
-static QL_HD float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+static QL_HD_SEARCH float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
                              float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep,
                              bool use_mad) {
     float min = x[0];
@@ -350,7 +356,7 @@ static QL_HD void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t l
 
 // make_qkx3_quants (ggml-quants.c): the (scale, min) search of the imatrix path (Q4_K/Q5_K with
 // importance: GPTQ's block fix); weights never NULL here
-static QL_HD float make_qkx3_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+static QL_HD_SEARCH float make_qkx3_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
                                     float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep) {
     float min = x[0];
     float max = x[0];
@@ -424,7 +430,7 @@ static QL_HD float make_qkx3_quants(int n, int nmax, const float *x, const float
 
 // ql_ggml_make_qp_quants (ggml's make_qp_quants): non-negative sub-block scales or mins onto 0..nmax with
 // weights, the imatrix K-quants' super-block step
-static QL_HD float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *quant_weights) {
+static QL_HD_SEARCH float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *quant_weights) {
     float max = 0;
     for (int i = 0; i < n; ++i) max = max > x[i] ? max : x[i];
     if (max < GROUP_MAX_EPS) {
@@ -501,7 +507,7 @@ struct K45Kind {
     float rmin;  // no-imatrix search's start: -1 (Q4_K) or -0.5 (Q5_K)
     int nstep;   // no-imatrix search's steps: 20 (Q4_K) or 15 (Q5_K)
 };
-static QL_HD void k45_quant(K45Kind k, const float *x, const float *qw, uint8_t *sc12, uint8_t *d_out,
+static QL_HD_SEARCH void k45_quant(K45Kind k, const float *x, const float *qw, uint8_t *sc12, uint8_t *d_out,
                             uint8_t *dmin_out, uint8_t *L) {
     uint8_t Laux[32];
     float weights[32], mins[QK_K / 32], scales[QK_K / 32], sw[QK_K / 32];
@@ -616,7 +622,7 @@ struct Q4_KQ {
 
 // make_qx_quants with rmse_type 1: weights qw, or x^2 when qw is NULL (Q6_K without imatrix; the
 // imatrix path passes the raw importance, no sigma2 term)
-static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L, const float *qw) {
+static QL_HD_SEARCH float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L, const float *qw) {
     float max = 0;
     float amax = 0;
     for (int i = 0; i < n; ++i) {
@@ -946,7 +952,7 @@ struct Q2_KQ {
 };
 
 // make_q3_quants with do_rmse (Q3_K without imatrix)
-static QL_HD float make_q3_quants_rmse(int n, int nmax, const float *x, int8_t *L) {
+static QL_HD_SEARCH float make_q3_quants_rmse(int n, int nmax, const float *x, int8_t *L) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; ++i) {
         const float ax = fabs_bits(x[i]);
@@ -1119,7 +1125,7 @@ static QL_HD int best_index_iq4nl(float x) {
 // iq4_nl_impl with ntry 7: sbs = 32 (IQ4_NL) or 256 (IQ4_XS); qw the super-block's importance (weights
 // qw·sqrt(σ² + x²), the imatrix path: GPTQ's fix) or NULL (weights x^2)
 template <int SBS>
-static QL_HD void iq4_quant_block(const float *x, const float *qw, uint8_t *dh, uint8_t *q4, uint8_t *scales_h,
+static QL_HD_SEARCH void iq4_quant_block(const float *x, const float *qw, uint8_t *dh, uint8_t *q4, uint8_t *scales_h,
                                   uint8_t *scales_l) {
     const int ntry = 7, v0 = kvalue_iq4nl(0);
     float scales[SBS / 32], weight[32];
