@@ -239,7 +239,9 @@ static void fp8_block_dequantize(const fp8_kind *k, const uint8_t *src, float *d
     static ql_status id##_cde(const void *s, float *d, int64_t r, int64_t c) {                                \
         return ql_cuda_fp8_dequantize_emulated(e5m2, lay, s, d, r, c);                                       \
     }                                                                                                        \
-    static const ql_format_cuda_ops id##_cuda = {id##_cq, id##_cd, id##_cqe, id##_cde};
+    static const ql_format_cuda_ops id##_cuda = {.quantize_dev = id##_cq, .dequantize_dev = id##_cd,                  \
+                                                 .quantize_emulated = id##_cqe,                                       \
+                                                 .dequantize_emulated = id##_cde};
 #define FP8_CUDA_ALL(lname, e5m2)                                                                            \
     FP8_CUDA_DEFINE(lname, e5m2, QL_CUDA_FP8_TENSOR)                                                         \
     FP8_CUDA_DEFINE(lname##_channel, e5m2, QL_CUDA_FP8_ROW)                                                  \

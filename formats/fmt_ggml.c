@@ -178,9 +178,18 @@ static const float k_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 1
                                  .dequantize_dev = ql_cuda_dequantize_##l##_dev,                          \
                                  .quantize_emulated = ql_cuda_quantize_##l##_emulated,                    \
                                  .dequantize_emulated = ql_cuda_dequantize_##l##_emulated})
+/* both directions and GPTQ's block fix on the device (the scale search with importance) */
+#define CUDA_QDQ_FIX(l)                                                                                  \
+    (&(const ql_format_cuda_ops){.quantize_dev = ql_cuda_quantize_##l##_dev,                              \
+                                 .dequantize_dev = ql_cuda_dequantize_##l##_dev,                          \
+                                 .quantize_emulated = ql_cuda_quantize_##l##_emulated,                    \
+                                 .dequantize_emulated = ql_cuda_dequantize_##l##_emulated,                \
+                                 .grid_fix_dev = ql_cuda_grid_fix_##l##_dev,                              \
+                                 .grid_fix_emulated = ql_cuda_grid_fix_##l##_emulated})
 #else
 #define CUDA_DQ(l) NULL
 #define CUDA_QDQ(l) NULL
+#define CUDA_QDQ_FIX(l) NULL
 #endif
 
 /* A writable ggml type: reference rows codec from kernels/ggml_quants.h. */
@@ -212,63 +221,63 @@ ENTRY(bf16, QL_TYPE_BF16, QL_FAMILY_FLOAT, 1, 2, false, 0.005, .llama = LLAMA(32
       .explain = "bfloat16 keeps float32's 8 exponent bits and drops mantissa bits: the same range as f32 with "
                  "about 3 significant digits. Training frameworks use it; it never overflows where f32 would "
                  "not.")
-ENTRY(q8_0, QL_TYPE_Q8_0, QL_FAMILY_GGML_LEGACY, 32, 34, false, 0.01, .llama = LLAMA(7, QL_TYPE_Q8_0), .cuda = CUDA_QDQ(q8_0),
+ENTRY(q8_0, QL_TYPE_Q8_0, QL_FAMILY_GGML_LEGACY, 32, 34, false, 0.01, .llama = LLAMA(7, QL_TYPE_Q8_0), .cuda = CUDA_QDQ_FIX(q8_0),
       .grid = GRID(32, 1, 255, NULL, parse_q8_0, pack_q8_0), /* q in [-127, 127] as ggml writes */
       .simd = SIMD(q8_0), .label = "q80", .summary = "ggml Q8_0: int8 codes, one fp16 scale per 32 weights",
       .explain = "Weights are cut into blocks of 32. Each block stores one scale (the block's largest magnitude "
                  "/ 127, as fp16) and 32 signed 8-bit integers. 8.5 bits per weight, and the error is usually "
                  "below what changes a model's answers.")
-ENTRY(q6_k, QL_TYPE_Q6_K, QL_FAMILY_GGML_K, 256, 210, true, 0.03, .llama = LLAMA(18, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(q6_k),
+ENTRY(q6_k, QL_TYPE_Q6_K, QL_FAMILY_GGML_K, 256, 210, true, 0.03, .llama = LLAMA(18, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(q6_k),
       .fallback = "q8_0", .grid = GRID(16, 0, 63, NULL, parse_q6_k, pack_q6_k), .simd = SIMD(q6_k), .label = "q6k",
       .summary = "ggml Q6_K: 6-bit codes, int8 scales per 16, fp16 per 256",
       .explain = "A K-quant: super-blocks of 256 weights split into 16 blocks of 16. Each weight gets 6 bits, "
                  "each small block an 8-bit scale, and the super-block an fp16 scale for those scales. The two "
                  "levels of scales cost little and follow the weights closely.")
-ENTRY(q5_k, QL_TYPE_Q5_K, QL_FAMILY_GGML_K, 256, 176, true, 0.05, .llama = LLAMA(16, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(q5_k),
+ENTRY(q5_k, QL_TYPE_Q5_K, QL_FAMILY_GGML_K, 256, 176, true, 0.05, .llama = LLAMA(16, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(q5_k),
       .fallback = "q5_1", .grid = GRID(32, 0, 31, NULL, parse_q45_k, pack_q5_k), .simd = SIMD(q5_k),
       .label = "q5k", .summary = "ggml Q5_K: 5-bit codes, 6-bit scale+min per 32, fp16 per 256",
       .explain = "A K-quant at 5 bits: super-blocks of 256 in 8 blocks of 32, each block with a 6-bit scale and "
                  "a 6-bit minimum, so the codes can cover an off-centre range.")
-ENTRY(q5_1, QL_TYPE_Q5_1, QL_FAMILY_GGML_LEGACY, 32, 24, true, 0.06, .llama = LLAMA(9, QL_TYPE_Q8_1), .cuda = CUDA_QDQ(q5_1),
+ENTRY(q5_1, QL_TYPE_Q5_1, QL_FAMILY_GGML_LEGACY, 32, 24, true, 0.06, .llama = LLAMA(9, QL_TYPE_Q8_1), .cuda = CUDA_QDQ_FIX(q5_1),
       .grid = GRID(32, 0, 31, NULL, parse_q4_1, pack_q5_1), .simd = SIMD(q5_1), .label = "q51",
       .summary = "ggml Q5_1: 5-bit codes, fp16 scale and min per 32",
       .explain = "Blocks of 32: 5-bit codes with an fp16 scale and an fp16 minimum (asymmetric), 6 bits per "
                  "weight.")
-ENTRY(q5_0, QL_TYPE_Q5_0, QL_FAMILY_GGML_LEGACY, 32, 22, true, 0.07, .llama = LLAMA(8, QL_TYPE_Q8_0), .cuda = CUDA_QDQ(q5_0),
+ENTRY(q5_0, QL_TYPE_Q5_0, QL_FAMILY_GGML_LEGACY, 32, 22, true, 0.07, .llama = LLAMA(8, QL_TYPE_Q8_0), .cuda = CUDA_QDQ_FIX(q5_0),
       .grid = GRID(32, 0, 31, NULL, parse_q5_0, pack_q5_0), .simd = SIMD(q5_0), .label = "q50",
       .summary = "ggml Q5_0: 5-bit symmetric codes, fp16 scale per 32",
       .explain = "Blocks of 32: 5-bit symmetric codes and one fp16 scale, 5.5 bits per weight. llama.cpp's "
                  "fallback when a K-quant's 256-wide blocks do not fit a row.")
-ENTRY(q4_k, QL_TYPE_Q4_K, QL_FAMILY_GGML_K, 256, 144, true, 0.1, .llama = LLAMA(14, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(q4_k),
+ENTRY(q4_k, QL_TYPE_Q4_K, QL_FAMILY_GGML_K, 256, 144, true, 0.1, .llama = LLAMA(14, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(q4_k),
       .fallback = "q5_0", .grid = GRID(32, 0, 15, NULL, parse_q45_k, pack_q4_k), .simd = SIMD(q4_k),
       .label = "q4k", .summary = "ggml Q4_K: 4-bit codes, 6-bit scale+min per 32, fp16 per 256",
       .explain = "A K-quant at 4 bits: super-blocks of 256 in 8 blocks of 32, each with a 6-bit scale and "
                  "minimum. The usual workhorse of llama.cpp mixes (Q4_K_M).")
-ENTRY(q4_1, QL_TYPE_Q4_1, QL_FAMILY_GGML_LEGACY, 32, 20, true, 0.12, .llama = LLAMA(3, QL_TYPE_Q8_1), .cuda = CUDA_QDQ(q4_1),
+ENTRY(q4_1, QL_TYPE_Q4_1, QL_FAMILY_GGML_LEGACY, 32, 20, true, 0.12, .llama = LLAMA(3, QL_TYPE_Q8_1), .cuda = CUDA_QDQ_FIX(q4_1),
       .grid = GRID(32, 0, 15, NULL, parse_q4_1, pack_q4_1), .simd = SIMD(q4_1), .label = "q41",
       .summary = "ggml Q4_1: 4-bit codes, fp16 scale and min per 32",
       .explain = "Blocks of 32: 4-bit codes with an fp16 scale and minimum, 5 bits per weight.")
-ENTRY(q4_0, QL_TYPE_Q4_0, QL_FAMILY_GGML_LEGACY, 32, 18, true, 0.14, .llama = LLAMA(2, QL_TYPE_Q8_0), .cuda = CUDA_QDQ(q4_0),
+ENTRY(q4_0, QL_TYPE_Q4_0, QL_FAMILY_GGML_LEGACY, 32, 18, true, 0.14, .llama = LLAMA(2, QL_TYPE_Q8_0), .cuda = CUDA_QDQ_FIX(q4_0),
       .grid = GRID(32, 0, 15, NULL, parse_q4_0, pack_q4_0), .simd = SIMD(q4_0), .label = "q40",
       .summary = "ggml Q4_0: 4-bit symmetric codes, fp16 scale per 32",
       .explain = "The original llama.cpp format: blocks of 32 weights, one fp16 scale, 16 symmetric levels. "
                  "Simple and fast; K-quants at the same size are usually more accurate.")
-ENTRY(iq4_nl, QL_TYPE_IQ4_NL, QL_FAMILY_GGML_IQ, 32, 18, true, 0.12, .llama = LLAMA(25, QL_TYPE_Q8_0), .cuda = CUDA_QDQ(iq4_nl),
+ENTRY(iq4_nl, QL_TYPE_IQ4_NL, QL_FAMILY_GGML_IQ, 32, 18, true, 0.12, .llama = LLAMA(25, QL_TYPE_Q8_0), .cuda = CUDA_QDQ_FIX(iq4_nl),
       .grid = GRID(32, 0, 15, k_iq4nl, parse_iq4_nl, pack_iq4_nl), .simd = SIMD(iq4_nl), .label = "iq4nl",
       .summary = "ggml IQ4_NL: 4-bit non-linear codebook, fp16 scale per 32",
       .explain = "Like q4_0 but the 16 levels are not evenly spaced: a fixed non-linear table puts more levels "
                  "near zero, where most weights are.")
-ENTRY(iq4_xs, QL_TYPE_IQ4_XS, QL_FAMILY_GGML_IQ, 256, 136, true, 0.12, .llama = LLAMA(30, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(iq4_xs),
+ENTRY(iq4_xs, QL_TYPE_IQ4_XS, QL_FAMILY_GGML_IQ, 256, 136, true, 0.12, .llama = LLAMA(30, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(iq4_xs),
       .fallback = "iq4_nl", .grid = GRID(32, 0, 15, k_iq4nl, parse_iq4_xs, pack_iq4_xs), .label = "iq4xs",
       .summary = "ggml IQ4_XS: IQ4_NL codes, 6-bit scales per 32, fp16 per 256",
       .explain = "IQ4_NL codes in super-blocks of 256 with 6-bit scales per 32: the non-linear grid at 4.25 "
                  "bits.")
-ENTRY(q3_k, QL_TYPE_Q3_K, QL_FAMILY_GGML_K, 256, 110, true, 0.25, .llama = LLAMA(11, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(q3_k),
+ENTRY(q3_k, QL_TYPE_Q3_K, QL_FAMILY_GGML_K, 256, 110, true, 0.25, .llama = LLAMA(11, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(q3_k),
       .fallback = "q4_0", .grid = GRID(16, 0, 7, NULL, parse_q3_k, pack_q3_k), .simd = SIMD(q3_k), .label = "q3k",
       .summary = "ggml Q3_K: 3-bit codes, 6-bit scales per 16, fp16 per 256",
       .explain = "A K-quant at 3 bits: 8 levels per weight, blocks of 16 with 6-bit scales. Noticeably lossy; "
                  "mixes use it for the least sensitive tensors.")
-ENTRY(q2_k, QL_TYPE_Q2_K, QL_FAMILY_GGML_K, 256, 84, true, 0.45, .llama = LLAMA(10, QL_TYPE_Q8_K), .cuda = CUDA_QDQ(q2_k),
+ENTRY(q2_k, QL_TYPE_Q2_K, QL_FAMILY_GGML_K, 256, 84, true, 0.45, .llama = LLAMA(10, QL_TYPE_Q8_K), .cuda = CUDA_QDQ_FIX(q2_k),
       .fallback = "q4_0", .grid = GRID(16, 0, 3, NULL, parse_q2_k, pack_q2_k), .simd = SIMD(q2_k), .label = "q2k",
       .summary = "ggml Q2_K: 2-bit codes, 4-bit scale+min per 16, fp16 per 256",
       .explain = "A K-quant at 2 bits: 4 levels per weight, blocks of 16 with 4-bit scales and minimums. Big "

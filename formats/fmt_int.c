@@ -32,7 +32,9 @@
     static ql_status id##_cqe(const float *s, void *d, int64_t r, int64_t c) { return qemu; }                \
     static ql_status id##_cd(const void *s, float *d, int64_t r, int64_t c, void *st) { return ddev; }       \
     static ql_status id##_cde(const void *s, float *d, int64_t r, int64_t c) { return demu; }                \
-    static const ql_format_cuda_ops id##_cuda = {id##_cq, id##_cd, id##_cqe, id##_cde};
+    static const ql_format_cuda_ops id##_cuda = {.quantize_dev = id##_cq, .dequantize_dev = id##_cd,                  \
+                                                 .quantize_emulated = id##_cqe,                                       \
+                                                 .dequantize_emulated = id##_cde};
 #define INT_CUDA_OPS(id) (&id##_cuda)
 /* rows: the row codec with (bits, group, sym, mse); a whole tensor as one row; tiles of bs */
 #define INT_CUDA_ROWS(id, n, g, sym, mse)                                                                    \

@@ -108,7 +108,9 @@ __attribute__((constructor)) static void cuda_tables_init(void) {
     static ql_status lname##_cde(const void *s, float *d, int64_t r, int64_t c) {                             \
         return ql_cuda_bnb4_dequantize_emulated(&g_cuda_##lname, s, d, r, c);                                \
     }                                                                                                        \
-    static const ql_format_cuda_ops lname##_cuda = {lname##_cq, lname##_cd, lname##_cqe, lname##_cde};             \
+    static const ql_format_cuda_ops lname##_cuda = {.quantize_dev = lname##_cq, .dequantize_dev = lname##_cd,          \
+                                                    .quantize_emulated = lname##_cqe,                                  \
+                                                    .dequantize_emulated = lname##_cde};                               \
     static ql_status lname##_dq_cq(const float *s, void *d, int64_t r, int64_t c, void *st) {                 \
         return ql_cuda_bnb4_dq_quantize_dev(&g_cuda_##lname, s, d, r, c, st);                                \
     }                                                                                                        \
@@ -121,7 +123,9 @@ __attribute__((constructor)) static void cuda_tables_init(void) {
     static ql_status lname##_dq_cde(const void *s, float *d, int64_t r, int64_t c) {                          \
         return ql_cuda_bnb4_dq_dequantize_emulated(&g_cuda_##lname, s, d, r, c);                             \
     }                                                                                                        \
-    static const ql_format_cuda_ops lname##_dq_cuda = {lname##_dq_cq, lname##_dq_cd, lname##_dq_cqe, lname##_dq_cde};
+    static const ql_format_cuda_ops lname##_dq_cuda = {.quantize_dev = lname##_dq_cq, .dequantize_dev = lname##_dq_cd, \
+                                                       .quantize_emulated = lname##_dq_cqe,                           \
+                                                       .dequantize_emulated = lname##_dq_cde};
 #define BNB4_CUDA_OPS(lname) (&lname##_cuda)
 #else
 #define BNB4_CUDA_DEFINE(lname)

@@ -253,8 +253,10 @@ static void rotate_default(float *w, int64_t nrows, int64_t ncols) {
                                                     (long long)r, (long long)c);                             \
         return ql_cuda_rht_int_quantize_emulated(n, RHT_GROUP, QL_QUIP_SEED, s, d, r, c);                    \
     }                                                                                                        \
-    static const ql_format_cuda_ops rht_int##n##_cuda = {rht_int##n##_cq, rht_int##n##_cd, rht_int##n##_cqe,  \
-                                                         rht_int##n##_cde};
+    static const ql_format_cuda_ops rht_int##n##_cuda = {.quantize_dev = rht_int##n##_cq,                           \
+                                                         .dequantize_dev = rht_int##n##_cd,                          \
+                                                         .quantize_emulated = rht_int##n##_cqe,                        \
+                                                         .dequantize_emulated = rht_int##n##_cde};
 #else
 #define RHT_CUDA(n)
 #define ROT_CUDA(id, dev, emu)

@@ -97,6 +97,13 @@ typedef struct ql_format_cuda_ops {
     ql_status (*dequantize_dev)(const void *src, float *dst, int64_t nrows, int64_t ncols, void *stream);
     ql_status (*quantize_emulated)(const float *src, void *dst, int64_t nrows, int64_t ncols);
     ql_status (*dequantize_emulated)(const void *src, float *dst, int64_t nrows, int64_t ncols);
+    /* GPTQ's block fix on the device (kernels/gptq_cuda.h: ql_cuda_gptq_grid.fix_dev): the grid's scale search
+     * with importance and its parser, for one block of every row; NULL where the search has no device twin
+     * (the block's columns then come to the host for the registry's quantizer) */
+    ql_status (*grid_fix_dev)(const float *G, int64_t rows, int64_t len, const float *imp, void *blocks,
+                              int64_t row_bytes, float *a, float *b, float *o, int64_t ld, void *stream);
+    ql_status (*grid_fix_emulated)(const float *G, int64_t rows, int64_t len, const float *imp, void *blocks,
+                                   int64_t row_bytes, float *a, float *b, float *o, int64_t ld, void *stream);
 } ql_format_cuda_ops;
 
 /* What stays continuous once a tensor's codes are fixed, for end-to-end fine-tuning (`qlab qat --tune

@@ -1,5 +1,6 @@
 // codecs_cuda.cu — CUDA dequantize and quantize kernels for ggml's block formats (quantize: Q4_0, Q4_1, Q5_0,
-// Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS on ggml's no-imatrix path), bit-exact with kernels/ggml_quants_ref.c. API: cuda_api.h.
+// Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS on ggml's no-imatrix path; the same types with importance as GPTQ's
+// block fix, ql_cuda_grid_fix_*), bit-exact with kernels/ggml_quants_ref.c. API: cuda_api.h.
 // Exactness: the per-block code below is __host__ __device__ and mirrors the reference statement by
 // statement; every float add/sub/mul/div goes through fa/fs/fm/fd (the _rn intrinsics on the device,
 // which nvcc never contracts into FMA), fp16 conversions are the reference's bit code, and float->int
@@ -32,6 +33,12 @@ static QL_HD float fs(float a, float b) { return as_x86(sub_rn(a, b), a, b); }
 static QL_HD float fm(float a, float b) { return as_x86(mul_rn(a, b), a, b); }
 static QL_HD float fd(float a, float b) { return as_x86(div_rn(a, b), a, b); }
 static QL_HD float fsqrt(float a) { return as_x86(sqrt_rn(a), a, a); }
+
+// The scale searches are called, not inlined (QL_HD forces inlining): inlined into every quantize kernel and
+// again into GPTQ's block-fix kernels, they took qlab's fat binary from 4.3 to 8.7 MB (6.3 MB called), all of
+// it mapped before main (cli_test's tight ulimit -v run). The arithmetic is the same either way (every
+// operation is an _rn intrinsic).
+#define QL_HD_SEARCH __host__ __device__ __noinline__
 
 static QL_HD int nearest_int(float fval) {
     const float val = fa(fval, 12582912.f);
@@ -222,6 +229,11 @@ struct IQ4_XS {
 struct Q8_0Q {
     typedef blk_q8_0 B;
     static const int QK = 32, BYTES = sizeof(B);
+    // ggml's Q8_0 quantizer takes no importance: the fix is the plain quantizer
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        (void)qw;
+        quant(x, y);
+    }
     static QL_HD void quant(const float *x, uint8_t *y) {
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) {
@@ -259,7 +271,7 @@ struct Q4_0Q {
 };
 
 // make_qkx2_quants (ggml-quants.c), the (scale, min) search of Q4_K without imatrix
-static QL_HD float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+static QL_HD_SEARCH float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
                              float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep,
                              bool use_mad) {
     float min = x[0];
@@ -342,26 +354,204 @@ static QL_HD void k4_put_scale_min(uint8_t *scales, int j, uint8_t ls, uint8_t l
     }
 }
 
-struct Q4_KQ {
-    typedef blk_q4_K B;
-    static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
-        uint8_t L[QK_K], Laux[32];
-        float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+// make_qkx3_quants (ggml-quants.c): the (scale, min) search of the imatrix path (Q4_K/Q5_K with
+// importance: GPTQ's block fix); weights never NULL here
+static QL_HD_SEARCH float make_qkx3_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
+                                    float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep) {
+    float min = x[0];
+    float max = x[0];
+    float sum_w = weights[0];
+    float sum_x = fm(sum_w, x[0]);
+    for (int i = 1; i < n; ++i) {
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        const float w = weights[i];
+        sum_w = fa(sum_w, w);
+        sum_x = fa(sum_x, fm(w, x[i]));
+    }
+    if (min > 0) min = 0;
+    if (max <= min) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        *the_min = fneg(min);
+        return 0.f;
+    }
+    float iscale = fd((float)nmax, fs(max, min));
+    float scale = fd(1.0f, iscale);
+    float best_mad = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = nearest_int(fm(iscale, fs(x[i], min)));
+        L[i] = (uint8_t)imax(0, imin(nmax, l));
+        float diff = fs(fa(fm(scale, (float)L[i]), min), x[i]);
+        diff = fm(diff, diff);
+        best_mad = fa(best_mad, fm(weights[i], diff));
+    }
+    if (nstep < 1) {
+        *the_min = fneg(min);
+        return scale;
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = fd(fa(fa(rmin, fm(rdelta, (float)is)), (float)nmax), fs(max, min));
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            // min moves to the best fit so far, so v may be out of nearest_int's range: clamp first
+            const float v = fm(iscale, fs(x[i], min));
+            const int l = v > 0 ? nearest_int(v < (float)nmax ? v : (float)nmax) : 0;
+            Laux[i] = (uint8_t)l;
+            const float w = weights[i];
+            sum_l = fa(sum_l, fm(w, (float)l));
+            sum_l2 = fa(sum_l2, fm(fm(w, (float)l), (float)l));
+            sum_xl = fa(sum_xl, fm(fm(w, (float)l), x[i]));
+        }
+        const float D = fs(fm(sum_w, sum_l2), fm(sum_l, sum_l));
+        if (D > 0) {
+            float this_scale = fd(fs(fm(sum_w, sum_xl), fm(sum_x, sum_l)), D);
+            float this_min = fd(fs(fm(sum_l2, sum_x), fm(sum_l, sum_xl)), D);
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = fd(sum_xl, sum_l2);
+            }
+            float mad = 0;
+            for (int i = 0; i < n; ++i) {
+                float diff = fs(fa(fm(this_scale, (float)Laux[i]), this_min), x[i]);
+                diff = fm(diff, diff);
+                mad = fa(mad, fm(weights[i], diff));
+            }
+            if (mad < best_mad) {
+                for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = fneg(min);
+    return scale;
+}
+
+// ql_ggml_make_qp_quants (ggml's make_qp_quants): non-negative sub-block scales or mins onto 0..nmax with
+// weights, the imatrix K-quants' super-block step
+static QL_HD_SEARCH float make_qp_quants(int n, int nmax, const float *x, uint8_t *L, const float *quant_weights) {
+    float max = 0;
+    for (int i = 0; i < n; ++i) max = max > x[i] ? max : x[i];
+    if (max < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = fd((float)nmax, max);
+    for (int i = 0; i < n; ++i) L[i] = (uint8_t)nearest_int(fm(iscale, x[i]));
+    const float scale = fd(1.0f, iscale);
+    float best_mse = 0;
+    for (int i = 0; i < n; ++i) {
+        const float diff = fs(x[i], fm(scale, (float)L[i]));
+        best_mse = fa(best_mse, fm(fm(quant_weights[i], diff), diff));
+    }
+    for (int is = -4; is <= 4; ++is) {
+        if (is == 0) continue;
+        const float iscale_is = fd(fa(fm(0.1f, (float)is), (float)nmax), max);
+        const float scale_is = fd(1.0f, iscale_is);
+        float mse = 0;
+        for (int i = 0; i < n; ++i) {
+            const int l = imin(nmax, nearest_int(fm(iscale_is, x[i])));
+            const float diff = fs(x[i], fm(scale_is, (float)l));
+            mse = fa(mse, fm(fm(quant_weights[i], diff), diff));
+        }
+        if (mse < best_mse) {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = imin(nmax, nearest_int(fm(iscale, x[i])));
+        L[i] = (uint8_t)l;
+        const float w = quant_weights[i];
+        sumlx = fa(sumlx, fm(fm(w, x[i]), (float)l));
+        suml2 = fa(suml2, fm(fm(w, (float)l), (float)l));
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; ++i) {
+            const float w = quant_weights[i];
+            float slx = fs(sumlx, fm(fm(w, x[i]), (float)L[i]));
+            float sl2 = fs(suml2, fm(fm(w, (float)L[i]), (float)L[i]));
+            if (slx > 0 && sl2 > 0) {
+                const int new_l = imin(nmax, nearest_int(fd(fm(x[i], sl2), slx)));
+                if (new_l != L[i]) {
+                    slx = fa(slx, fm(fm(w, x[i]), (float)new_l));
+                    sl2 = fa(sl2, fm(fm(w, (float)new_l), (float)new_l));
+                    if (fm(fm(slx, slx), suml2) > fm(fm(sumlx, sumlx), sl2)) {
+                        L[i] = (uint8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    return suml2 > 0.0f ? fd(sumlx, suml2) : 0.0f;
+}
+
+// Q4_K and Q5_K share everything but their level range and the no-imatrix search's constants
+// (ggml_quants_ref.c: k45_rtn_scales / k45_imat_scales / ql_ggml_k45_pack_scales / k45_requant): one
+// (scale, min) search per 32-column sub-block, the 6-bit packing of the 8 pairs into the 12 scale bytes
+// with the super-block's d / dmin, then every level against the stored scales. qw (the block's 256
+// importance values) NULL: ggml's no-imatrix path (make_qkx2_quants, rmin / nstep per format, the pairs
+// scaled by their maxima); else the imatrix path (make_qkx3_quants, the pairs by make_qp_quants).
+// sc12 is cleared first: the packing ORs the high bits of pairs 4..7 into bytes 0..7, which pairs 0..3
+// have assigned by then, so the clear changes no byte (the reference leaves it out) — it keeps a block
+// written into uninitialized memory well defined whatever the order.
+struct K45Kind {
+    int nmax;    // 15 (Q4_K) or 31 (Q5_K)
+    float rmin;  // no-imatrix search's start: -1 (Q4_K) or -0.5 (Q5_K)
+    int nstep;   // no-imatrix search's steps: 20 (Q4_K) or 15 (Q5_K)
+};
+static QL_HD_SEARCH void k45_quant(K45Kind k, const float *x, const float *qw, uint8_t *sc12, uint8_t *d_out,
+                            uint8_t *dmin_out, uint8_t *L) {
+    uint8_t Laux[32];
+    float weights[32], mins[QK_K / 32], scales[QK_K / 32], sw[QK_K / 32];
+    float sigma2 = 0;
+    if (qw) {
+        float sum_x2 = 0;
+        for (int l = 0; l < QK_K; ++l) sum_x2 = fa(sum_x2, fm(x[l], x[l]));
+        sigma2 = fd(fm(2.0f, sum_x2), (float)QK_K);
+    }
+    for (int j = 0; j < QK_K / 32; ++j) {
+        const float *xj = x + 32 * j;
+        if (qw) {
+            float sumw = 0;
+            for (int l = 0; l < 32; ++l) weights[l] = fm(qw[32 * j + l], fsqrt(fa(sigma2, fm(xj[l], xj[l]))));
+            for (int l = 0; l < 32; ++l) sumw = fa(sumw, weights[l]);
+            sw[j] = sumw;
+            scales[j] = make_qkx3_quants(32, k.nmax, xj, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+        } else {
+            float sum_x2 = 0;
+            for (int l = 0; l < 32; ++l) sum_x2 = fa(sum_x2, fm(xj[l], xj[l]));
+            const float av_x = fsqrt(fd(sum_x2, 32.f));
+            for (int l = 0; l < 32; ++l) weights[l] = fa(av_x, fabs_bits(xj[l]));
+            scales[j] = make_qkx2_quants(32, k.nmax, xj, weights, L + 32 * j, &mins[j], Laux, k.rmin, 0.1f,
+                                         k.nstep, false);
+        }
+    }
+    for (int j = 0; j < 12; ++j) sc12[j] = 0;
+    uint16_t d16, dmin16;
+    if (qw) {
+        uint8_t Ls[QK_K / 32], Lm[QK_K / 32];
+        const float d_block = make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
+        const float m_block = make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
+        for (int j = 0; j < QK_K / 32; ++j)
+            k4_put_scale_min(sc12, j, Ls[j] < 63 ? Ls[j] : 63, Lm[j] < 63 ? Lm[j] : 63);
+        d16 = f2h(d_block);
+        dmin16 = f2h(m_block);
+    } else {
         float max_scale = 0, max_min = 0;
         for (int j = 0; j < QK_K / 32; ++j) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 = fa(sum_x2, fm(x[32 * j + l], x[32 * j + l]));
-            const float av_x = fsqrt(fd(sum_x2, 32.f));
-            for (int l = 0; l < 32; ++l) weights[l] = fa(av_x, fabs_bits(x[32 * j + l]));
-            scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f,
-                                         20, false);
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
         const float inv_scale = max_scale > 0 ? fd(63.f, max_scale) : 0.f;
         const float inv_min = max_min > 0 ? fd(63.f, max_min) : 0.f;
-        uint8_t *sc12 = y + offsetof(B, scales);
         for (int j = 0; j < QK_K / 32; ++j) {
             uint8_t ls = (uint8_t)nearest_int(fm(inv_scale, scales[j]));
             uint8_t lm = (uint8_t)nearest_int(fm(inv_min, mins[j]));
@@ -369,30 +559,70 @@ struct Q4_KQ {
             lm = lm < 63 ? lm : 63;
             k4_put_scale_min(sc12, j, ls, lm);
         }
-        const uint16_t d16 = f2h(fd(max_scale, 63.f)), dmin16 = f2h(fd(max_min, 63.f));
-        st16(y + offsetof(B, d), d16);
-        st16(y + offsetof(B, dmin), dmin16);
-        for (int j = 0; j < QK_K / 32; ++j) { // k45_requant
-            uint8_t sc, m;
-            get_scale_min_k4(j, sc12, &sc, &m);
-            const float d = fm(h2f(d16), (float)sc);
-            if (d == 0.0f) continue;
-            const float dm = fm(h2f(dmin16), (float)m);
-            for (int ii = 0; ii < 32; ++ii) {
-                const int l = nearest_int(fd(fa(x[32 * j + ii], dm), d));
-                L[32 * j + ii] = (uint8_t)imax(0, imin(15, l));
-            }
-        }
-        uint8_t *q = y + offsetof(B, qs);
-        for (int j = 0; j < QK_K; j += 64) {
-            for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
-            q += 32;
+        d16 = f2h(fd(max_scale, 63.f));
+        dmin16 = f2h(fd(max_min, 63.f));
+    }
+    st16(d_out, d16);
+    st16(dmin_out, dmin16);
+    for (int j = 0; j < QK_K / 32; ++j) { // k45_requant
+        uint8_t sc, m;
+        get_scale_min_k4(j, sc12, &sc, &m);
+        const float d = fm(h2f(d16), (float)sc);
+        if (d == 0.0f) continue;
+        const float dm = fm(h2f(dmin16), (float)m);
+        for (int ii = 0; ii < 32; ++ii) {
+            const int l = nearest_int(fd(fa(x[32 * j + ii], dm), d));
+            L[32 * j + ii] = (uint8_t)imax(0, imin(k.nmax, l));
         }
     }
+}
+
+static QL_HD void q4_k_pack_levels(const uint8_t *L, uint8_t *q) {
+    for (int j = 0; j < QK_K; j += 64) {
+        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+        q += 32;
+    }
+}
+
+static QL_HD void q5_k_pack_levels(const uint8_t *L, uint8_t *qh, uint8_t *ql) {
+    for (int k = 0; k < QK_K / 8; ++k) qh[k] = 0;
+    uint8_t m1 = 1, m2 = 2;
+    for (int nn = 0; nn < QK_K; nn += 64) {
+        for (int j = 0; j < 32; ++j) {
+            int l1 = L[nn + j];
+            if (l1 > 15) {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            int l2 = L[nn + j + 32];
+            if (l2 > 15) {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[j] = (uint8_t)(l1 | (l2 << 4));
+        }
+        m1 = (uint8_t)(m1 << 2);
+        m2 = (uint8_t)(m2 << 2);
+        ql += 32;
+    }
+}
+
+// qw: the block's 256 importance values, or NULL (ggml's no-imatrix path)
+struct Q4_KQ {
+    typedef blk_q4_K B;
+    static const int QK = QK_K, BYTES = sizeof(B);
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        uint8_t L[QK_K];
+        k45_quant(K45Kind{15, -1.f, 20}, x, qw, y + offsetof(B, scales), y + offsetof(B, d), y + offsetof(B, dmin),
+                  L);
+        q4_k_pack_levels(L, y + offsetof(B, qs));
+    }
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
 };
 
-// make_qx_quants with rmse_type 1 and no weights (x^2), as Q6_K uses it without imatrix
-static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L) {
+// make_qx_quants with rmse_type 1: weights qw, or x^2 when qw is NULL (Q6_K without imatrix; the
+// imatrix path passes the raw importance, no sigma2 term)
+static QL_HD_SEARCH float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t *L, const float *qw) {
     float max = 0;
     float amax = 0;
     for (int i = 0; i < n; ++i) {
@@ -413,7 +643,7 @@ static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t 
         int l = nearest_int(fm(iscale, x[i]));
         l = imax(-nmax, imin(nmax - 1, l));
         L[i] = (int8_t)(l + nmax);
-        const float w = fm(x[i], x[i]);
+        const float w = qw ? qw[i] : fm(x[i], x[i]);
         sumlx = fa(sumlx, fm(fm(w, x[i]), (float)l));
         suml2 = fa(suml2, fm(fm(w, (float)l), (float)l));
     }
@@ -426,7 +656,7 @@ static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t 
         for (int i = 0; i < n; ++i) {
             int l = nearest_int(fm(iscale, x[i]));
             l = imax(-nmax, imin(nmax - 1, l));
-            const float w = fm(x[i], x[i]);
+            const float w = qw ? qw[i] : fm(x[i], x[i]);
             sumlx = fa(sumlx, fm(fm(w, x[i]), (float)l));
             suml2 = fa(suml2, fm(fm(w, (float)l), (float)l));
         }
@@ -445,12 +675,14 @@ static QL_HD float make_qx_quants_rmse1(int n, int nmax, const float *x, int8_t 
 struct Q6_KQ {
     typedef blk_q6_K B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    // qw: the block's 256 importance values, or NULL (ggml's no-imatrix path)
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
         int8_t L[QK_K];
         float scales[QK_K / 16];
         float max_scale = 0, max_abs_scale = 0;
         for (int ib = 0; ib < QK_K / 16; ++ib) {
-            const float scale = make_qx_quants_rmse1(16, 32, x + 16 * ib, L + 16 * ib);
+            const float scale = make_qx_quants_rmse1(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : nullptr);
             scales[ib] = scale;
             const float abs_scale = fabs_bits(scale);
             if (abs_scale > max_abs_scale) {
@@ -584,19 +816,99 @@ static QL_HD void pack_2bit_dev(const uint8_t *L, uint8_t *qs) {
                 (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
 }
 
+// ---- the legacy 32-blocks with importance (ggml_quants_ref.c: quantize_row_q4_0 .. q5_1 with an imatrix),
+// GPTQ's block fix: weights qw·sqrt(σ² + x²) with σ² = Σx²/n over what the quantizer is given (one block
+// here, as ql_grid_fix gives the registry's quantizer); Q8_0 has no importance path ----
+static QL_HD void legacy_weights(const float *x, const float *qw, float *weight) {
+    float sum_x2 = 0;
+    for (int j = 0; j < 32; ++j) sum_x2 = fa(sum_x2, fm(x[j], x[j]));
+    const float sigma2 = fd(sum_x2, 32.f);
+    for (int j = 0; j < 32; ++j) weight[j] = fm(qw[j], fsqrt(fa(sigma2, fm(x[j], x[j]))));
+}
+
+struct Q4_0QW : Q4_0Q {
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        if (!qw) return quant(x, y);
+        float weight[32];
+        int8_t L[32];
+        legacy_weights(x, qw, weight);
+        st16(y + offsetof(B, d), f2h(make_qx_quants_rmse1(32, 8, x, L, weight)));
+        for (int j = 0; j < 16; ++j) y[offsetof(B, qs) + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    }
+};
+
+struct Q5_0QW : Q5_0Q {
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        if (!qw) return quant(x, y);
+        float weight[32];
+        int8_t L[32];
+        legacy_weights(x, qw, weight);
+        st16(y + offsetof(B, d), f2h(make_qx_quants_rmse1(32, 16, x, L, weight)));
+        pack_q5_dev((const uint8_t *)L, y + offsetof(B, qs), y + offsetof(B, qh));
+    }
+};
+
+struct Q4_1QW : Q4_1Q {
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        if (!qw) return quant(x, y);
+        float weight[32], min;
+        uint8_t L[32], Laux[32];
+        legacy_weights(x, qw, weight);
+        const float d = make_qkx3_quants(32, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36);
+        st16(y + offsetof(B, d), f2h(d));
+        st16(y + offsetof(B, m), f2h(fneg(min)));
+        for (int j = 0; j < 16; ++j) y[offsetof(B, qs) + j] = (uint8_t)(L[j] | (L[j + 16] << 4));
+    }
+};
+
+struct Q5_1QW : Q5_1Q {
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        if (!qw) return quant(x, y);
+        float weight[32], min;
+        uint8_t L[32], Laux[32];
+        legacy_weights(x, qw, weight);
+        const float d = make_qkx3_quants(32, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36);
+        st16(y + offsetof(B, d), f2h(d));
+        st16(y + offsetof(B, m), f2h(fneg(min)));
+        pack_q5_dev(L, y + offsetof(B, qs), y + offsetof(B, qh));
+    }
+};
+
 struct Q2_KQ {
     typedef blk_q2_K B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    // qw: the block's 256 importance values (q2_K_imat), or NULL (ggml's no-imatrix path)
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
         uint8_t L[QK_K], Laux[16];
         float weights[16], mins[QK_K / 16], scales[QK_K / 16];
+        uint8_t *sc = y + offsetof(B, scales);
+        if (qw) {
+            float sw[QK_K / 16], sumx2 = 0;
+            for (int j = 0; j < QK_K; ++j) sumx2 = fa(sumx2, fm(x[j], x[j]));
+            const float sigma2 = fd(sumx2, (float)QK_K);
+            for (int j = 0; j < QK_K / 16; ++j) {
+                const float *xj = x + 16 * j;
+                for (int l = 0; l < 16; ++l) weights[l] = fm(qw[16 * j + l], fsqrt(fa(sigma2, fm(xj[l], xj[l]))));
+                sw[j] = 0;
+                for (int l = 0; l < 16; ++l) sw[j] = fa(sw[j], weights[l]);
+                scales[j] = make_qkx3_quants(16, 3, xj, weights, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+            }
+            uint8_t Ls[QK_K / 16], Lm[QK_K / 16]; // ql_ggml_q2_K_pack_scales, imatrix
+            const float dm = make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
+            const float mm = make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
+            st16(y + offsetof(B, d), f2h(dm));
+            st16(y + offsetof(B, dmin), f2h(mm));
+            for (int j = 0; j < QK_K / 16; ++j) sc[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
+            q2_k_requant(x, y, L);
+            return;
+        }
         for (int j = 0; j < QK_K / 16; ++j) {
             for (int l = 0; l < 16; ++l) weights[l] = fabs_bits(x[16 * j + l]);
             scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15,
                                          true);
         }
         // ql_ggml_q2_K_pack_scales, no imatrix
-        uint8_t *sc = y + offsetof(B, scales);
         float max_scale = 0, max_min = 0;
         for (int j = 0; j < QK_K / 16; ++j) {
             if (scales[j] > max_scale) max_scale = scales[j];
@@ -620,6 +932,11 @@ struct Q2_KQ {
         } else {
             st16(y + offsetof(B, dmin), f2h(0.f));
         }
+        q2_k_requant(x, y, L);
+    }
+    // the levels against the stored scales, then packed (both paths: the same statements in the reference)
+    static QL_HD void q2_k_requant(const float *x, uint8_t *y, uint8_t *L) {
+        const uint8_t *sc = y + offsetof(B, scales);
         const float d0 = h2f(ld16(y + offsetof(B, d))), dmin0 = h2f(ld16(y + offsetof(B, dmin)));
         for (int j = 0; j < QK_K / 16; ++j) {
             const float d = fm(d0, (float)(sc[j] & 0xF));
@@ -635,7 +952,7 @@ struct Q2_KQ {
 };
 
 // make_q3_quants with do_rmse (Q3_K without imatrix)
-static QL_HD float make_q3_quants_rmse(int n, int nmax, const float *x, int8_t *L) {
+static QL_HD_SEARCH float make_q3_quants_rmse(int n, int nmax, const float *x, int8_t *L) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; ++i) {
         const float ax = fabs_bits(x[i]);
@@ -697,13 +1014,37 @@ static QL_HD void q3k_put_scale(uint8_t *scales, int j, int l) {
 struct Q3_KQ {
     typedef blk_q3_K B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    // qw: the block's 256 importance values (q3_K_imat), or NULL (ggml's no-imatrix path)
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
         int8_t L[QK_K];
-        float scales[QK_K / 16];
-        for (int j = 0; j < QK_K / 16; ++j) scales[j] = make_q3_quants_rmse(16, 4, x + 16 * j, L + 16 * j);
-        // ql_ggml_q3_K_pack_scales, no imatrix
+        float scales[QK_K / 16], sw[QK_K / 16];
+        if (qw) {
+            float weight[16], sumx2 = 0;
+            for (int j = 0; j < QK_K; ++j) sumx2 = fa(sumx2, fm(x[j], x[j]));
+            const float sigma2 = fd(fm(2.0f, sumx2), (float)QK_K);
+            for (int j = 0; j < QK_K / 16; ++j) {
+                const float *xj = x + 16 * j;
+                for (int l = 0; l < 16; ++l) weight[l] = fm(qw[16 * j + l], fsqrt(fa(sigma2, fm(xj[l], xj[l]))));
+                float sumw = 0;
+                for (int l = 0; l < 16; ++l) sumw = fa(sumw, weight[l]);
+                sw[j] = sumw;
+                scales[j] = make_qx_quants_rmse1(16, 4, xj, L + 16 * j, weight);
+            }
+        } else {
+            for (int j = 0; j < QK_K / 16; ++j) scales[j] = make_q3_quants_rmse(16, 4, x + 16 * j, L + 16 * j);
+        }
         uint8_t *ys = y + offsetof(B, scales);
         for (int k = 0; k < 12; ++k) ys[k] = 0;
+        if (qw) { // ql_ggml_q3_K_pack_scales, imatrix
+            int8_t Ls[QK_K / 16];
+            const float d_block = make_qx_quants_rmse1(QK_K / 16, 32, scales, Ls, sw);
+            for (int j = 0; j < QK_K / 16; ++j) q3k_put_scale(ys, j, Ls[j]);
+            st16(y + offsetof(B, d), f2h(d_block));
+            q3_k_finish(x, y, L);
+            return;
+        }
+        // ql_ggml_q3_K_pack_scales, no imatrix
         float max_scale = 0, amax = 0;
         for (int j = 0; j < QK_K / 16; ++j) {
             const float scale = fabs_bits(scales[j]);
@@ -723,7 +1064,11 @@ struct Q3_KQ {
         } else {
             st16(y + offsetof(B, d), f2h(0.f));
         }
-        // q3_K_finish
+        q3_k_finish(x, y, L);
+    }
+    // q3_K_finish: the levels against the stored 6-bit scales, then the high bits and packing
+    static QL_HD void q3_k_finish(const float *x, uint8_t *y, int8_t *L) {
+        const uint8_t *ys = y + offsetof(B, scales);
         const float d0 = h2f(ld16(y + offsetof(B, d)));
         for (int j = 0; j < QK_K / 16; ++j) {
             int sc = j < 8 ? ys[j] & 0xF : ys[j - 8] >> 4;
@@ -757,67 +1102,13 @@ struct Q3_KQ {
 struct Q5_KQ {
     typedef blk_q5_K B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
-        uint8_t L[QK_K], Laux[32];
-        float weights[32], mins[QK_K / 32], scales[QK_K / 32];
-        float max_scale = 0, max_min = 0;
-        for (int j = 0; j < QK_K / 32; ++j) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 = fa(sum_x2, fm(x[32 * j + l], x[32 * j + l]));
-            const float av_x = fsqrt(fd(sum_x2, 32.f));
-            for (int l = 0; l < 32; ++l) weights[l] = fa(av_x, fabs_bits(x[32 * j + l]));
-            scales[j] = make_qkx2_quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f,
-                                         15, false);
-            if (scales[j] > max_scale) max_scale = scales[j];
-            if (mins[j] > max_min) max_min = mins[j];
-        }
-        const float inv_scale = max_scale > 0 ? fd(63.f, max_scale) : 0.f;
-        const float inv_min = max_min > 0 ? fd(63.f, max_min) : 0.f;
-        uint8_t *sc12 = y + offsetof(B, scales);
-        for (int j = 0; j < 12; ++j) sc12[j] = 0;
-        for (int j = 0; j < QK_K / 32; ++j) {
-            uint8_t ls = (uint8_t)nearest_int(fm(inv_scale, scales[j]));
-            uint8_t lm = (uint8_t)nearest_int(fm(inv_min, mins[j]));
-            ls = ls < 63 ? ls : 63;
-            lm = lm < 63 ? lm : 63;
-            k4_put_scale_min(sc12, j, ls, lm);
-        }
-        const uint16_t d16 = f2h(fd(max_scale, 63.f)), dmin16 = f2h(fd(max_min, 63.f));
-        st16(y + offsetof(B, d), d16);
-        st16(y + offsetof(B, dmin), dmin16);
-        for (int j = 0; j < QK_K / 32; ++j) { // k45_requant
-            uint8_t sc, m;
-            get_scale_min_k4(j, sc12, &sc, &m);
-            const float d = fm(h2f(d16), (float)sc);
-            if (d == 0.0f) continue;
-            const float dm = fm(h2f(dmin16), (float)m);
-            for (int ii = 0; ii < 32; ++ii) {
-                const int l = nearest_int(fd(fa(x[32 * j + ii], dm), d));
-                L[32 * j + ii] = (uint8_t)imax(0, imin(31, l));
-            }
-        }
-        uint8_t *qh = y + offsetof(B, qh), *ql = y + offsetof(B, qs);
-        for (int k = 0; k < QK_K / 8; ++k) qh[k] = 0;
-        uint8_t m1 = 1, m2 = 2;
-        for (int nn = 0; nn < QK_K; nn += 64) {
-            for (int j = 0; j < 32; ++j) {
-                int l1 = L[nn + j];
-                if (l1 > 15) {
-                    l1 -= 16;
-                    qh[j] |= m1;
-                }
-                int l2 = L[nn + j + 32];
-                if (l2 > 15) {
-                    l2 -= 16;
-                    qh[j] |= m2;
-                }
-                ql[j] = (uint8_t)(l1 | (l2 << 4));
-            }
-            m1 = (uint8_t)(m1 << 2);
-            m2 = (uint8_t)(m2 << 2);
-            ql += 32;
-        }
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        uint8_t L[QK_K];
+        k45_quant(K45Kind{31, -0.5f, 15}, x, qw, y + offsetof(B, scales), y + offsetof(B, d), y + offsetof(B, dmin),
+                  L);
+        q5_k_pack_levels(L, y + offsetof(B, qh), y + offsetof(B, qs));
     }
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
 };
 
 // nearest of the 16 sorted IQ4_NL values (ties go up), as best_index_int8
@@ -831,19 +1122,30 @@ static QL_HD int best_index_iq4nl(float x) {
     return idx;
 }
 
-// iq4_nl_impl with ntry 7 and no imatrix (weights x^2): sbs = 32 (IQ4_NL) or 256 (IQ4_XS)
+// iq4_nl_impl with ntry 7: sbs = 32 (IQ4_NL) or 256 (IQ4_XS); qw the super-block's importance (weights
+// qw·sqrt(σ² + x²), the imatrix path: GPTQ's fix) or NULL (weights x^2)
 template <int SBS>
-static QL_HD void iq4_quant_block(const float *x, uint8_t *dh, uint8_t *q4, uint8_t *scales_h, uint8_t *scales_l) {
+static QL_HD_SEARCH void iq4_quant_block(const float *x, const float *qw, uint8_t *dh, uint8_t *q4, uint8_t *scales_h,
+                                  uint8_t *scales_l) {
     const int ntry = 7, v0 = kvalue_iq4nl(0);
     float scales[SBS / 32], weight[32];
     uint8_t L[SBS];
+    float sigma2 = 0;
+    if (qw) {
+        for (int j = 0; j < SBS; ++j) sigma2 = fa(sigma2, fm(x[j], x[j]));
+        sigma2 = fm(sigma2, fd(2.f, (float)SBS));
+    }
     for (int k = 0; k < SBS / 2; ++k) q4[k] = 0;
     st16(dh, f2h(0.f));
     float max_scale = 0, amax_scale = 0;
     for (int ib = 0; ib < SBS / 32; ++ib) {
         const float *xb = x + ib * 32;
         uint8_t *Lb = L + ib * 32;
-        for (int j = 0; j < 32; ++j) weight[j] = fm(xb[j], xb[j]);
+        if (qw) {
+            for (int j = 0; j < 32; ++j) weight[j] = fm(qw[ib * 32 + j], fsqrt(fa(sigma2, fm(xb[j], xb[j]))));
+        } else {
+            for (int j = 0; j < 32; ++j) weight[j] = fm(xb[j], xb[j]);
+        }
         float amax = 0, max = 0;
         for (int j = 0; j < 32; ++j) {
             const float ax = fabs_bits(xb[j]);
@@ -924,15 +1226,17 @@ static QL_HD void iq4_quant_block(const float *x, uint8_t *dh, uint8_t *q4, uint
 struct IQ4_NLQ {
     typedef blk_iq4_nl B;
     static const int QK = 32, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
-        iq4_quant_block<32>(x, y + offsetof(B, d), y + offsetof(B, qs), nullptr, nullptr);
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        iq4_quant_block<32>(x, qw, y + offsetof(B, d), y + offsetof(B, qs), nullptr, nullptr);
     }
 };
 struct IQ4_XSQ {
     typedef blk_iq4_xs B;
     static const int QK = QK_K, BYTES = sizeof(B);
-    static QL_HD void quant(const float *x, uint8_t *y) {
-        iq4_quant_block<QK_K>(x, y + offsetof(B, d), y + offsetof(B, qs), y + offsetof(B, scales_h),
+    static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
+    static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
+        iq4_quant_block<QK_K>(x, qw, y + offsetof(B, d), y + offsetof(B, qs), y + offsetof(B, scales_h),
                               y + offsetof(B, scales_l));
     }
 };
@@ -1339,6 +1643,158 @@ static ql_status check_shape(const char *name, int qk, int64_t nrows, int64_t nc
     return QL_OK;
 }
 
+// GPTQ's block fix on the device (gptq_cuda.h: ql_cuda_gptq_grid.fix_dev; the registry's
+// ql_format_cuda_ops.grid_fix_*): row r of the gathered block G [rows, F::QK] quantized with the block's
+// importance into blocks + r·row_bytes (the format's imatrix quantizer, bit-exact with the reference's),
+// then its sub-blocks' grids parsed from the bytes as formats/fmt_ggml.c's parser does (value =
+// a·(k + o) + b, the dequantizer's arithmetic): one thread per row.
+struct FixK45 { // Q4_K, Q5_K: d·sc·k − dmin·m per 32-column sub-block (fmt_ggml.c: parse_q45_k)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d))), dmin = h2f(ld16(blk + offsetof(B, dmin)));
+        for (int s = 0; s < QK_K / 32; ++s) {
+            uint8_t sc, m;
+            get_scale_min_k4(s, blk + offsetof(B, scales), &sc, &m);
+            a[s * ld] = fm(d, (float)sc);
+            b[s * ld] = fneg(fm(dmin, (float)m));
+            o[s * ld] = 0.0f;
+        }
+    }
+};
+
+struct FixQ6K { // Q6_K: d·sc·(k − 32) per 16-column sub-block (fmt_ggml.c: parse_q6_k)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d)));
+        for (int s = 0; s < QK_K / 16; ++s) {
+            a[s * ld] = fm(d, (float)(int8_t)blk[offsetof(B, scales) + s]);
+            b[s * ld] = 0.0f;
+            o[s * ld] = -32.0f;
+        }
+    }
+};
+
+struct FixQ2K { // Q2_K: d·(sc & 15)·k − dmin·(sc >> 4) per 16 columns (fmt_ggml.c: parse_q2_k)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d))), dmin = h2f(ld16(blk + offsetof(B, dmin)));
+        for (int s = 0; s < QK_K / 16; ++s) {
+            const uint8_t sc = blk[offsetof(B, scales) + s];
+            a[s * ld] = fm(d, (float)(sc & 0xF));
+            b[s * ld] = fneg(fm(dmin, (float)(sc >> 4)));
+            o[s * ld] = 0.0f;
+        }
+    }
+};
+
+struct FixQ3K { // Q3_K: d·sc·(k − 4) per 16 columns, sc the 6-bit signed scale (fmt_ggml.c: parse_q3_k)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d)));
+        const uint8_t *ys = blk + offsetof(B, scales);
+        for (int s = 0; s < QK_K / 16; ++s) {
+            const int lo = s < 8 ? ys[s] & 0xF : ys[s - 8] >> 4;
+            const int sc = (lo | (((ys[8 + s % 4] >> (2 * (s / 4))) & 3) << 4)) - 32;
+            a[s * ld] = fm(d, (float)sc);
+            b[s * ld] = 0.0f;
+            o[s * ld] = -4.0f;
+        }
+    }
+};
+
+// One 32-block (legacy types): a = d, b from the block (0 or its min), o = the code offset.
+template <int OFFSET, bool HAS_MIN> struct FixLegacy { // fmt_ggml.c: parse_q4_0/q4_1/q5_0/q8_0
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        (void)ld;
+        F::quant_w(g, imp, blk);
+        a[0] = h2f(ld16(blk));
+        b[0] = HAS_MIN ? h2f(ld16(blk + 2)) : 0.0f;
+        o[0] = (float)OFFSET;
+    }
+};
+
+struct FixIQ4XS { // IQ4_XS: d·(ls − 32)·table[k] per 32 columns (fmt_ggml.c: parse_iq4_xs)
+    template <class F>
+    static QL_HD void row(const float *g, const float *imp, uint8_t *blk, float *a, float *b, float *o,
+                          int64_t ld) {
+        typedef typename F::B B;
+        F::quant_w(g, imp, blk);
+        const float d = h2f(ld16(blk + offsetof(B, d)));
+        const unsigned sh = ld16(blk + offsetof(B, scales_h));
+        const uint8_t *sl = blk + offsetof(B, scales_l);
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            const int ls = ((sl[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((sh >> 2 * ib) & 3) << 4);
+            a[ib * ld] = fm(d, (float)(ls - 32));
+            b[ib * ld] = 0.0f;
+            o[ib * ld] = 0.0f;
+        }
+    }
+};
+
+typedef FixLegacy<0, false> FixIQ4NL; // a·table[k]: a = d
+typedef FixLegacy<-8, false> FixQ4_0;
+typedef FixLegacy<0, true> FixQ4_1; // value = d·k + m
+typedef FixLegacy<-16, false> FixQ5_0;
+typedef FixLegacy<0, true> FixQ5_1;
+typedef FixLegacy<-128, false> FixQ8_0; // code = q + 128
+
+template <class F, class P>
+__global__ void k_grid_fix(const float *__restrict__ G, int64_t rows, const float *__restrict__ imp,
+                           uint8_t *__restrict__ blocks, int64_t row_bytes, float *a, float *b, float *o,
+                           int64_t ld) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride)
+        P::template row<F>(G + r * F::QK, imp, blocks + r * row_bytes, a + r, b + r, o + r, ld);
+}
+
+static ql_status check_fix(const char *name, int qk, int64_t rows, int64_t len, int64_t row_bytes, int bytes,
+                           int64_t ld) {
+    if (rows < 0 || len != qk || row_bytes < bytes || ld < rows)
+        return ql_fail(QL_ERR_ARG, "cuda: %s block fix: bad shape (%lld rows of %lld, row bytes %lld, ld %lld)",
+                       name, (long long)rows, (long long)len, (long long)row_bytes, (long long)ld);
+    return QL_OK;
+}
+
+#define QL_CUDA_FIX_ENTRY(lname, F, P)                                                                       \
+    extern "C" ql_status ql_cuda_grid_fix_##lname##_dev(const float *G, int64_t rows, int64_t len,           \
+                                                       const float *imp, void *blocks, int64_t row_bytes,    \
+                                                       float *a, float *b, float *o, int64_t ld,             \
+                                                       void *stream) {                                       \
+        ql_status st = check_fix(#lname, F::QK, rows, len, row_bytes, F::BYTES, ld);                        \
+        if (st != QL_OK || rows == 0) return st;                                                             \
+        if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");               \
+        k_grid_fix<F, P><<<grid_for(rows, 64), 64, 0, (cudaStream_t)stream>>>(                               \
+            G, rows, imp, (uint8_t *)blocks, row_bytes, a, b, o, ld);                                        \
+        QL_CUDA_TRY(cudaGetLastError());                                                                     \
+        return QL_OK;                                                                                        \
+    }                                                                                                        \
+    extern "C" ql_status ql_cuda_grid_fix_##lname##_emulated(const float *G, int64_t rows, int64_t len,      \
+                                                            const float *imp, void *blocks,                  \
+                                                            int64_t row_bytes, float *a, float *b, float *o, \
+                                                            int64_t ld, void *stream) {                      \
+        (void)stream;                                                                                        \
+        ql_status st = check_fix(#lname, F::QK, rows, len, row_bytes, F::BYTES, ld);                        \
+        if (st != QL_OK) return st;                                                                          \
+        for (int64_t r = 0; r < rows; ++r)                                                                   \
+            P::template row<F>(G + r * F::QK, imp, (uint8_t *)blocks + r * row_bytes, a + r, b + r, o + r,  \
+                               ld);                                                                          \
+        return QL_OK;                                                                                        \
+    }
+
 extern "C" int ql_cuda_available(void) {
     static int cached = -1;
     if (cached < 0) {
@@ -1429,6 +1885,18 @@ QL_CUDA_QUANT_ENTRY(tq2_0, TQ2_0Q)
 QL_CUDA_QUANT_ENTRY(mxfp4, MXFP4Q)
 QL_CUDA_DEQUANT_ENTRY(nvfp4, NVFP4)
 QL_CUDA_QUANT_ENTRY(nvfp4, NVFP4Q)
+QL_CUDA_FIX_ENTRY(q4_k, Q4_KQ, FixK45)
+QL_CUDA_FIX_ENTRY(q5_k, Q5_KQ, FixK45)
+QL_CUDA_FIX_ENTRY(q6_k, Q6_KQ, FixQ6K)
+QL_CUDA_FIX_ENTRY(q3_k, Q3_KQ, FixQ3K)
+QL_CUDA_FIX_ENTRY(q2_k, Q2_KQ, FixQ2K)
+QL_CUDA_FIX_ENTRY(q8_0, Q8_0Q, FixQ8_0)
+QL_CUDA_FIX_ENTRY(q4_0, Q4_0QW, FixQ4_0)
+QL_CUDA_FIX_ENTRY(q4_1, Q4_1QW, FixQ4_1)
+QL_CUDA_FIX_ENTRY(q5_0, Q5_0QW, FixQ5_0)
+QL_CUDA_FIX_ENTRY(q5_1, Q5_1QW, FixQ5_1)
+QL_CUDA_FIX_ENTRY(iq4_nl, IQ4_NLQ, FixIQ4NL)
+QL_CUDA_FIX_ENTRY(iq4_xs, IQ4_XSQ, FixIQ4XS)
 
 extern "C" ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const void *host_src, int64_t src_bytes,
                                             float *host_dst, int64_t nrows, int64_t ncols) {

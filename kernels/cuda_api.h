@@ -54,6 +54,23 @@ QL_CUDA_DEQUANT_DECL(iq2_xxs) QL_CUDA_DEQUANT_DECL(iq2_xs) QL_CUDA_DEQUANT_DECL(
 QL_CUDA_DEQUANT_DECL(iq3_s) QL_CUDA_DEQUANT_DECL(iq1_s) QL_CUDA_DEQUANT_DECL(iq1_m) QL_CUDA_DEQUANT_DECL(tq1_0)
 QL_CUDA_DEQUANT_DECL(tq2_0) QL_CUDA_QUANT_DECL(tq1_0) QL_CUDA_QUANT_DECL(tq2_0)
 
+/* GPTQ's block fix on the device (kernels/gptq_cuda.h, ql_cuda_gptq_grid.fix_dev): G [rows, len] (len = the
+ * block's columns) quantized row by row with the block's importance imp [len] by the format's imatrix
+ * quantizer into blocks + r·row_bytes (bit-exact with the reference's quantize_row(x, imatrix)), and each
+ * sub-block's grid parsed from those bytes into a/b/o[s·ld + r] as the format's grid parser does. *_dev:
+ * device buffers, queued on stream; *_emulated: the same per-row code on host buffers (stream ignored).
+ * Every ggml type with a code grid: Q2_K..Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, IQ4_XS. */
+#define QL_CUDA_FIX_DECL(lname)                                                                             \
+    ql_status ql_cuda_grid_fix_##lname##_dev(const float *G, int64_t rows, int64_t len, const float *imp,   \
+                                             void *blocks, int64_t row_bytes, float *a, float *b, float *o, \
+                                             int64_t ld, void *stream);                                     \
+    ql_status ql_cuda_grid_fix_##lname##_emulated(const float *G, int64_t rows, int64_t len, const float *imp,\
+                                                  void *blocks, int64_t row_bytes, float *a, float *b,       \
+                                                  float *o, int64_t ld, void *stream);
+QL_CUDA_FIX_DECL(q4_k) QL_CUDA_FIX_DECL(q5_k) QL_CUDA_FIX_DECL(q6_k) QL_CUDA_FIX_DECL(q3_k) QL_CUDA_FIX_DECL(q2_k)
+QL_CUDA_FIX_DECL(q8_0) QL_CUDA_FIX_DECL(q4_0) QL_CUDA_FIX_DECL(q4_1) QL_CUDA_FIX_DECL(q5_0) QL_CUDA_FIX_DECL(q5_1)
+QL_CUDA_FIX_DECL(iq4_nl) QL_CUDA_FIX_DECL(iq4_xs)
+
 /* Host buffers: copies in, runs fn, copies back (synchronous). src_bytes / dst_bytes: the quantized
  * side's size. nrows == 0 only checks the shape. */
 ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const void *host_src, int64_t src_bytes,

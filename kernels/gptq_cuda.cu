@@ -732,6 +732,11 @@ ql_status grid_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
     if (s) return s;
     if (!gr || !gr->fix || !codes_out || gr->bw <= 0 || gr->sub < 0 || (!gr->table && gr->kmin > gr->kmax))
         return ql_fail(QL_ERR_ARG, "gptq_cuda: bad grid description");
+    const ql_cuda_gptq_grid_fix_fn fix_on = gr->fix_dev && gr->fix_emulated ? (dev ? gr->fix_dev : gr->fix_emulated)
+                                                                           : nullptr;
+    if (fix_on && (!gr->blocks || gr->block_bytes <= 0 || gr->bw > n ||
+                   gr->row_bytes < (n + gr->bw - 1) / gr->bw * gr->block_bytes))
+        return ql_fail(QL_ERR_ARG, "gptq_cuda: bad block layout for the device fix");
     const double t0 = ql_time_s();
     Ctx c;
     c.dev = dev;
@@ -775,7 +780,10 @@ ql_status grid_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
     uint8_t *codes = nullptr, *ddead = nullptr;
     int64_t *dperm = nullptr, *dinv = nullptr;
     int *dinfo = nullptr;
+    float *dimp = nullptr;     // device fix: importance by column
+    uint8_t *dblocks = nullptr; // device fix: [rows, row_bytes] the format's bytes
     const int64_t ngrid = nblk * nsub * rows;
+    if (fix_on && ((s = c.alloc(&dimp, n)) || (s = c.alloc(&dblocks, rows * gr->row_bytes)))) return s;
     if ((s = c.alloc(&H, n * n)) || (s = c.alloc(&P, n * n)) || (s = c.alloc(&U, n * n)) ||
         (s = c.alloc(&W, rows * n)) || (s = c.alloc(&Wt, n * rows)) || (s = c.alloc(&Q, n * rows)) ||
         (s = c.alloc(&E, B * rows)) || (s = c.alloc(&codes, n * rows)) || (s = c.alloc(&Ga, ngrid)) ||
@@ -810,6 +818,14 @@ ql_status grid_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
     if (info != 0) return ql_fail(QL_ERR_ARG, "gptq_cuda: triangular inverse failed (info %d)", info);
     if ((s = c.sync())) return s;
     gr->lam = lam;
+    if (fix_on) { // m_gptq.c's importance: the caller's, else the dampened diagonal (dead inputs at 1)
+        std::vector<float> himp((size_t)n);
+        for (int64_t i = 0; i < n; i++)
+            himp[(size_t)i] = gr->imp ? gr->imp[i] : (float)((dead[(size_t)i] ? 1.0 : xtx[i * n + i] * scale) + lam);
+        if ((s = c.put(dimp, himp.data(), (size_t)n * sizeof(float))) ||
+            (s = c.put(dblocks, gr->blocks, (size_t)(rows * gr->row_bytes))))
+            return s;
+    }
     const double t2 = ql_time_s();
 
     GridArgs A = {};
@@ -825,6 +841,14 @@ ql_status grid_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
     auto fix = [&](int64_t blk, int64_t j, int64_t i1) -> ql_status {
         const int64_t c0 = blk * bw, len = bw < n - c0 ? bw : n - c0;
         ql_status fs_;
+        if (fix_on) { // the block's scale search where the block is: nothing crosses to the host
+            const size_t off = (size_t)(blk * nsub * rows);
+            if ((fs_ = c.each(GatherBlock{U, Wt, E, dinv, Gx, rows, n, i1, j, c0, len}, rows * len)) ||
+                (fs_ = fix_on(Gx, rows, len, dimp + c0, dblocks + blk * gr->block_bytes, gr->row_bytes, Ga + off,
+                              Gb + off, Gc + off, rows, nullptr)))
+                return fs_;
+            return gr->fixed ? gr->fixed(gr->user, blk) : QL_OK;
+        }
         if ((fs_ = c.each(GatherBlock{U, Wt, E, dinv, Gx, rows, n, i1, j, c0, len}, rows * len)) ||
             (fs_ = c.get(hG.data(), Gx, (size_t)(rows * len) * sizeof(float))))
             return fs_;
@@ -863,6 +887,7 @@ ql_status grid_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
     if ((s = c.each(Transpose<uint8_t>{codes, codes_r, rows, n}, rows * n)) ||
         (s = c.get(codes_out, codes_r, (size_t)(rows * n))))
         return s;
+    if (fix_on && (s = c.get(gr->blocks, dblocks, (size_t)(rows * gr->row_bytes)))) return s;
     if (q && ((s = c.each(Transpose<float>{Q, W, rows, n}, rows * n)) ||
               (s = c.get(q, W, (size_t)(rows * n) * sizeof(float)))))
         return s;

@@ -41,6 +41,12 @@ typedef struct {
  * triangular inverse, the column loop with the CPU's rounding arithmetic, the trailing updates as one
  * SGEMM per lazy batch), the format's scale search by the caller's `fix` hook (methods/m_gptq.c hands it
  * the registry's quantizer, so the scales are the format's own choice on the error-updated weights). */
+/* A format's block fix on the device (kernels/cuda_api.h: ql_cuda_grid_fix_*): G [rows, len] -> the block's
+ * bytes at blocks + r·row_bytes and its sub-blocks' grids at a/b/o[s·ld + r]. */
+typedef ql_status (*ql_cuda_gptq_grid_fix_fn)(const float *G, int64_t rows, int64_t len, const float *imp,
+                                              void *blocks, int64_t row_bytes, float *a, float *b, float *o,
+                                              int64_t ld, void *stream);
+
 typedef struct ql_cuda_gptq_grid {
     int64_t bw;         /* columns per format block (a block's scales are fixed together); cols = one per row */
     int64_t sub;        /* columns per (a, b, o) inside a block; 0 = the whole block */
@@ -53,6 +59,18 @@ typedef struct ql_cuda_gptq_grid {
                      float *o);
     void *user;
     double lam; /* out: the dampening added to diag H (set before the first fix; importance = diag H + lam) */
+    /* Optional, the block fix on the device (no host round trip per block): when set (both, the format's
+     * ql_format_cuda_ops.grid_fix_dev / _emulated: the run picks the one of its kind), `fix` is not called;
+     * the gathered block stays where it is and fix_dev quantizes it with the importance imp [cols] (host;
+     * NULL: the dampened diag H + lam, as m_gptq.c) into the format's bytes, and parses its grids.
+     * blocks (host, [rows, row_bytes], row_bytes >= the blocks of a row) gets every block's bytes at the
+     * end (scales and provisional codes: ql_grid_set_codes writes the chosen codes over them). fixed
+     * (optional) is called on the host after each block is queued: progress and cancellation. */
+    ql_cuda_gptq_grid_fix_fn fix_dev, fix_emulated;
+    const float *imp;
+    uint8_t *blocks;
+    int64_t row_bytes, block_bytes;
+    ql_status (*fixed)(void *user, int64_t blk);
 } ql_cuda_gptq_grid;
 
 #if defined(QL_HAVE_CUDA) || defined(__CUDACC__)

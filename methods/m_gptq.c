@@ -498,6 +498,15 @@ static ql_status dev_fix(void *user, int64_t blk, const float *G, int64_t rows, 
     return QL_OK;
 }
 
+/* the device fix's progress and cancellation (the fix itself ran on the device) */
+static ql_status dev_fixed(void *user, int64_t blk) {
+    dev_fix_ctx *c = user;
+    (void)blk;
+    if (ql_progress_cancelled(c->prog)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    ql_progress_report(c->prog, ++c->fixed, c->nblk, "gptq");
+    return QL_OK;
+}
+
 static ql_status gptq_device(bool emulate, const float *w, int64_t nrows, int64_t n, const ql_format *f,
                              const ql_grid *grid, const ql_input_stats *st, const ql_method_opts *o, double damp,
                              int block, const int64_t *perm, bool act, bool stat, const double *diag, void *dst,
@@ -517,6 +526,17 @@ static ql_status gptq_device(bool emulate, const float *w, int64_t nrows, int64_
                       .diag = diag, .user_imp = o ? o->importance : NULL, .nt = nt, .prog = o ? o->progress : NULL};
     fc.imp = ql_malloc((size_t)n * sizeof(float));
     cg.user = &fc;
+    /* the registry's device twin of the block's scale search, where the format has one: blocks never come
+     * to the host (a format with its own fix hook, NF4, keeps it). $QL_GPTQ_HOST_FIX=1 keeps the host's
+     * round trip, to measure what the twin saves (same bytes either way: test_gptq_cuda) */
+    const char *host_fix = getenv("QL_GPTQ_HOST_FIX");
+    if (f->cuda && f->cuda->grid_fix_dev && f->cuda->grid_fix_emulated && !grid->spec->fix &&
+        !(host_fix && strcmp(host_fix, "1") == 0)) {
+        cg.fix_dev = f->cuda->grid_fix_dev, cg.fix_emulated = f->cuda->grid_fix_emulated;
+        cg.imp = o ? o->importance : NULL;
+        cg.blocks = dst, cg.row_bytes = row_bytes, cg.block_bytes = grid->block_bytes;
+        cg.fixed = dev_fixed;
+    }
     uint8_t *codes = ql_malloc((size_t)(nrows * n));
     ql_status s = (emulate ? ql_cuda_gptq_grid_emulate : ql_cuda_gptq_grid_run)(
         w, nrows, n, st->xtx, st->n_tokens, damp, block, act ? perm : NULL, stat, &cg, codes, deq, NULL);

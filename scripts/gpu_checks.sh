@@ -11,8 +11,11 @@
 #   3. make bench-cuda: dequantize GB/s, RTN quantize throughput of every format with a CUDA quantizer beside the
 #      CPU (bench/cuda_quant_bench.c, "identical" per line), then ppl tokens/s and peak GPU memory on synthetic F16 llama-3.2-1b
 #      and llama-3-8b at ctx 2048, and the 8B shape again in a 24 GiB budget (SHAPES= to narrow it);
+#   2c. `qlab quant --method gptq --device cuda` into the 12 ggml grid types: the block fixes on the device
+#      (ql_format_cuda_ops.grid_fix_dev) write the same file as the host round trip (QL_GPTQ_HOST_FIX=1), both timed;
 #   4. (`bash scripts/gpu_checks.sh 8b`: this step alone, ~10 min) make bench-cuda-8b: GPTQ int4_g128 of the
-#      llama-3.1-8b shape and a 6-candidate KLD sense sweep of the 8B shape, resident and in 24 GiB.
+#      llama-3.1-8b shape and a 6-candidate KLD sense sweep of the 8B shape, resident and in 24 GiB; then
+#   5. GPTQ of 8 layers (LAYERS=) of the 8B shape into q4_k with the device block fixes and with the round trip.
 # Prints PASS / FAIL per step and exits non-zero when a check failed. Figures go in docs/results.md with the
 # GPU model this prints.
 set -u
@@ -28,6 +31,10 @@ if [ "${1:-}" = 8b ]; then
   make -j"$JOBS" all >/dev/null || { echo "FAIL: build"; exit 1; }
   step "4. make bench-cuda-8b"
   make --no-print-directory bench-cuda-8b || { echo "FAIL: bench-cuda-8b"; exit 1; }
+  step "5. GPTQ of the 8B shape into q4_k: block fixes on the device, then the host round trip (QL_GPTQ_HOST_FIX=1)"
+  make --no-print-directory build/bench/gptq_8b_cuda >/dev/null
+  timeout 600 build/bench/gptq_8b_cuda "${LAYERS:-8}" q4_k
+  QL_GPTQ_HOST_FIX=1 timeout 600 build/bench/gptq_8b_cuda "${LAYERS:-8}" q4_k
   exit 0
 fi
 
@@ -63,6 +70,23 @@ if [ -f "$qm" ]; then
   done
 else
   echo "SKIP: $qm not found"
+fi
+
+step "2c. GPTQ into ggml blocks on the GPU: the block fixes on the device write the host round trip's bytes"
+if [ -f "$qm" ]; then
+  ./qlab stats "$qm" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 8 -o /tmp/qlab_gpu_s.qls >/dev/null 2>&1 ||
+    echo "FAIL: stats for 2c"
+  for t in q2_k q3_k q4_k q5_k q6_k q4_0 q4_1 q5_0 q5_1 q8_0 iq4_nl iq4_xs; do
+    args=(quant "$qm" --type $t --method gptq --stats /tmp/qlab_gpu_s.qls --device cuda)
+    t0=$(date +%s.%N)
+    QL_GPTQ_HOST_FIX=1 ./qlab "${args[@]}" -o /tmp/qlab_g_host.gguf >/dev/null 2>/tmp/qlab_g.log || { echo "FAIL: gptq $t (host fix)"; tail -2 /tmp/qlab_g.log; fail=1; continue; }
+    t1=$(date +%s.%N)
+    ./qlab "${args[@]}" -o /tmp/qlab_g_dev.gguf >/dev/null 2>/tmp/qlab_g.log || { echo "FAIL: gptq $t (device fix)"; tail -2 /tmp/qlab_g.log; fail=1; continue; }
+    t2=$(date +%s.%N)
+    if cmp -s /tmp/qlab_g_host.gguf /tmp/qlab_g_dev.gguf; then
+      echo "PASS: gptq $t same bytes; host fix $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s, device fix $(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", b - a }') s"
+    else echo "FAIL: gptq $t: the device fix's file differs from the host fix's"; fail=1; fi
+  done
 fi
 
 step "3. make bench-cuda (dequantize GB/s, RTN quantize per format beside the CPU, ppl tokens/s)"

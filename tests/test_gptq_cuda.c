@@ -22,11 +22,13 @@
 
 #include "formats/fmt_ext.h"
 #include "formats/format.h"
+#include "formats/format_grid.h"
 #include "methods/gptq.h"
 #include "kernels/gptq_cuda.h"
 #include "methods/method.h"
 
 #ifdef QL_HAVE_CUDA
+#include <cuda_runtime.h>
 
 /* options as qlab quant passes them: parsed once against gptq's schema */
 static ql_method_opts gptq_opts(const char *spec, int threads, ql_opt_values *v) {
@@ -282,6 +284,7 @@ static const grid_case g_grid_cases[] = {
     {"q3_k", "block=128"},
     {"iq4_nl", "block=128"},               /* a table grid */
     {"q4_k", "block=128,act_order=1"},     /* act order: blocks fixed where GPTQ first reaches them */
+    {"q5_k", "block=128,static_groups=1"}, /* q4_k/q5_k: the scale search on the device (no host round trip) */
     {"int4_g128", "block=128,act_order=1"},
     {"int4_g64", "block=128,static_groups=1"},
     {"int4_g128_mse", "block=128"},        /* MSE scale search: the registry's quantizer on the host */
@@ -372,6 +375,99 @@ static void test_grid_emulation(void **state) {
                      QL_ERR_CANCELLED);
 }
 
+/* ---- the device twins of the block fix (ql_format_cuda_ops.grid_fix_*): every format that has one, bit for bit
+ * against the registry's quantizer + grid parser (ql_grid_fix) on random and adversarial blocks ---- */
+
+enum { FIX_ROWS = 40 };
+
+/* Row r of a block of len: content of kind (0..9). */
+static void fix_block_fill(float *g, int64_t len, int r, int kind, uint64_t *rng) {
+    for (int64_t i = 0; i < len; i++) {
+        float u = (float)((*rng = *rng * 6364136223846793005ULL + 1442695040888963407ULL) >> 40) / 16777216.0f;
+        float x = 2 * u - 1;
+        switch (kind % 10) {
+        case 0: break;                                           /* uniform in [-1, 1) */
+        case 1: x = i == 7 ? 40.0f : x * 0.01f; break;            /* one outlier */
+        case 2: x = 0.0f; break;                                  /* all zero */
+        case 3: x = 0.25f; break;                                 /* constant positive */
+        case 4: x = fabsf(x) + 0.5f; break;                       /* positive only: min > 0 */
+        case 5: x = -fabsf(x) * 3.0f; break;                      /* negative only */
+        case 6: x *= 1e-30f; break;                               /* tiny: scales underflow fp16 */
+        case 7: x *= 3e4f; break;                                 /* large: near fp16's range */
+        case 8: x = (i % 32) < 16 ? 0.0f : x; break;              /* half-empty sub-blocks */
+        default: x = (float)((int)(x * 8)) / 8; break;            /* values on a coarse grid: ties */
+        }
+        g[(int64_t)r * len + i] = x;
+    }
+}
+
+static void test_grid_fix_twins(void **state) {
+    (void)state;
+    int checked = 0;
+    for (int fi = 0; fi < ql_format_count(); fi++) {
+        const ql_format *f = ql_format_at(fi);
+        if (!f->cuda || !f->cuda->grid_fix_emulated) continue;
+        assert_non_null(f->cuda->grid_fix_dev); /* both kinds or neither: the run picks by its own */
+        ql_grid g;
+        assert_true(ql_grid_init(&g, f));
+        const int64_t len = f->block, rb = f->block_bytes, nsub = ql_grid_nsub(&g, len);
+        float *G = malloc(sizeof(float) * FIX_ROWS * len), *imp = malloc(sizeof(float) * len);
+        float *abo = malloc(sizeof(float) * 6 * nsub * FIX_ROWS);
+        uint8_t *ref = malloc((size_t)(FIX_ROWS * rb)), *twin = malloc((size_t)(FIX_ROWS * rb));
+        assert_true(G && imp && abo && ref && twin);
+        float *a = abo, *b = a + nsub * FIX_ROWS, *o = b + nsub * FIX_ROWS, *a2 = o + nsub * FIX_ROWS,
+              *b2 = a2 + nsub * FIX_ROWS, *o2 = b2 + nsub * FIX_ROWS;
+        uint64_t rng = 0x5eed0000u + (uint64_t)fi;
+        for (int trial = 0; trial < 4; trial++) {
+            for (int r = 0; r < FIX_ROWS; r++) fix_block_fill(G, len, r, r + trial, &rng);
+            for (int64_t i = 0; i < len; i++) { /* importance: GPTQ's diag H + lam, some columns dead-ish */
+                rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+                const float u = (float)(rng >> 40) / 16777216.0f;
+                imp[i] = trial == 3 ? 1.0f : (i % 29 == 3 ? 1e-8f : 0.01f + 50.0f * u * u);
+            }
+            memset(ref, 0, (size_t)(FIX_ROWS * rb));
+            memset(twin, 0xA5, (size_t)(FIX_ROWS * rb));
+            ql_grid_fix(&g, G, FIX_ROWS, len, 0, imp, ref, rb, a, b, o, FIX_ROWS, NULL);
+            assert_int_equal(f->cuda->grid_fix_emulated(G, FIX_ROWS, len, imp, twin, rb, a2, b2, o2, FIX_ROWS, NULL),
+                             QL_OK);
+            for (int r = 0; r < FIX_ROWS; r++)
+                if (memcmp(ref + r * rb, twin + r * rb, (size_t)rb))
+                    fail_msg("%s fix twin: row %d (kind %d, trial %d): bytes differ from the registry's quantizer",
+                             f->name, r, (r + trial) % 10, trial);
+            if (memcmp(a, a2, sizeof(float) * 3 * nsub * FIX_ROWS))
+                fail_msg("%s fix twin: a/b/o differ from the grid parser's (trial %d)", f->name, trial);
+            if (ql_cuda_gptq_available()) { /* the device's run of the same code */
+                void *dG = NULL, *dimp = NULL, *dblk = NULL, *dabo = NULL;
+                const size_t gb = sizeof(float) * FIX_ROWS * len, ab = sizeof(float) * 3 * nsub * FIX_ROWS;
+                assert_int_equal(cudaMalloc(&dG, gb), cudaSuccess);
+                assert_int_equal(cudaMalloc(&dimp, sizeof(float) * len), cudaSuccess);
+                assert_int_equal(cudaMalloc(&dblk, (size_t)(FIX_ROWS * rb)), cudaSuccess);
+                assert_int_equal(cudaMalloc(&dabo, ab), cudaSuccess);
+                cudaMemcpy(dG, G, gb, cudaMemcpyHostToDevice);
+                cudaMemcpy(dimp, imp, sizeof(float) * len, cudaMemcpyHostToDevice);
+                float *da = dabo;
+                assert_int_equal(f->cuda->grid_fix_dev(dG, FIX_ROWS, len, dimp, dblk, rb, da, da + nsub * FIX_ROWS,
+                                                       da + 2 * nsub * FIX_ROWS, FIX_ROWS, NULL),
+                                 QL_OK);
+                assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+                cudaMemcpy(twin, dblk, (size_t)(FIX_ROWS * rb), cudaMemcpyDeviceToHost);
+                cudaMemcpy(a2, dabo, ab, cudaMemcpyDeviceToHost);
+                cudaFree(dG), cudaFree(dimp), cudaFree(dblk), cudaFree(dabo);
+                if (memcmp(ref, twin, (size_t)(FIX_ROWS * rb)) || memcmp(a, a2, ab))
+                    fail_msg("%s fix twin on the device: differs from the registry's quantizer (trial %d)", f->name,
+                             trial);
+            }
+        }
+        /* a wrong shape is one error, not a write out of bounds */
+        assert_int_equal(f->cuda->grid_fix_emulated(G, FIX_ROWS, len - 1, imp, twin, rb, a2, b2, o2, FIX_ROWS, NULL),
+                         QL_ERR_ARG);
+        printf("  fix twin %-6s %d rows x 4 trials bit-exact with the registry's quantizer\n", f->name, FIX_ROWS);
+        checked++;
+        free(G), free(imp), free(abo), free(ref), free(twin);
+    }
+    assert_true(checked >= 2); /* q4_k, q5_k at least */
+}
+
 static void test_grid_device(void **state) {
     (void)state;
     if (!ql_cuda_gptq_available()) {
@@ -385,6 +481,7 @@ static void test_grid_device(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_args),
+        cmocka_unit_test(test_grid_fix_twins),
         cmocka_unit_test(test_grid_emulation),
         cmocka_unit_test(test_grid_device),
         cmocka_unit_test(test_emulation),
