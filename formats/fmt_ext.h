@@ -44,5 +44,9 @@ float ql_fp8_e4m3_to_f32(uint8_t c);
 uint8_t ql_f32_to_fp8_e4m3(float x);
 float ql_fp8_e5m2_to_f32(uint8_t c);
 uint8_t ql_f32_to_fp8_e5m2(float x);
+/* n codes of x / scale (a tensor's, row's or block's scale; 0 gives zeros, NaN x gives 0): the branch-free,
+ * vectorized E4M3 loop and the per-weight reference it must equal (E5M2: the reference both ways). */
+void ql_fp8_encode_scaled(bool e5m2, const float *src, uint8_t *dst, int64_t n, float scale);
+void ql_fp8_encode_scaled_ref(bool e5m2, const float *src, uint8_t *dst, int64_t n, float scale);
 
 #endif
