@@ -1,4 +1,5 @@
-/* ql_common.c — error slot, logging, checked allocation, time and fp16/bf16 conversion. */
+/* ql_common.c — error slot, logging, checked allocation, time, fp16/bf16 conversion, the memory limit and
+ * OpenBLAS under an address-space limit. */
 #include "base/ql_common.h"
 #include "base/parallel.h"
 
@@ -186,9 +187,10 @@ ql_status ql_blas_fit_address_limit(void) {
     if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return QL_OK;
     const double used = address_space_used(), left = (double)rl.rlim_cur - used;
     const int want = openblas_get_num_threads();
-    /* what start-up used can include a thread's malloc arena caught mid-reservation (glibc maps 128 MiB, then
-     * trims it to 64), so the margin left for qlab's own work beside the buffers is a modest 64 MiB; commands
-     * check their working memory against what remains (ql_mem_limit_bytes) */
+    /* what start-up used may or may not already hold the buffers OpenBLAS's worker threads take as the library
+     * loads (they race with main: 111 or 239 MiB measured for the same command), so the margin left for qlab's
+     * own work beside the buffers is a modest 64 MiB; commands check their working memory against what remains
+     * (ql_mem_limit_bytes) */
     const double margin = 64.0 * 1048576.0;
     int fit = left > margin ? (int)((left - margin) / QL_BLAS_BUFFER_BYTES) : 0;
     if (fit < 1) {
