@@ -615,6 +615,29 @@ struct Work {
     }
 };
 
+// U = chol(H⁻¹) upper from one Cholesky of the reversed H (m_gptq.c's order): fill_p(λ) writes P with the
+// dampening λ on the diagonal; λ grows ×10 (from 1e-6·mean when it starts at 0) up to 5 times until P is
+// positive definite. *lam gets the λ used. One place for the plain and the grid (act-order) runs.
+template <class FillP>
+ql_status chol_inverse_upper(Ctx &c, FillP fill_p, double *P, float *U, int64_t n, int *dinfo, Work &work,
+                             std::vector<char> &hwork, double mean, double *lam) {
+    ql_status s;
+    int info = 0;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if ((s = fill_p(*lam)) || (s = c.potrf_upper(P, n, dinfo, &work.p, &work.bytes, hwork, &info))) return s;
+        if (info == 0) break;
+        if (info < 0)
+            return ql_fail(QL_ERR_IO, "kernels/gptq_cuda.cu:%d: potrf: argument %d", __LINE__, -info);
+        *lam = *lam > 0 ? *lam * 10 : 1e-6 * mean;
+    }
+    if (info != 0)
+        return ql_fail(QL_ERR_ARG, "gptq_cuda: Hessian not positive definite even with dampening %g", *lam / mean);
+    if ((s = c.each(BuildU{P, U, n}, n * n)) || (s = c.trtri_lower(U, n, dinfo, &work.p, &work.bytes, hwork, &info)))
+        return s;
+    if (info != 0) return ql_fail(QL_ERR_ARG, "gptq_cuda: triangular inverse failed (info %d)", info);
+    return c.sync();
+}
+
 ql_status check_args(const float *w, int64_t rows, int64_t n, const double *xtx, int bits, int group,
                      double damp, int block) {
     if (!w || !xtx) return ql_fail(QL_ERR_ARG, "gptq_cuda: NULL weights or Hessian");
@@ -672,24 +695,10 @@ ql_status gptq_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
 
     // U = chol(H⁻¹) upper, from one Cholesky of the reversed H
     double lam = damp * mean;
-    int info = 0;
-    for (int attempt = 0; attempt < 5; attempt++) {
-        if ((s = c.each(BuildP{H, P, ddead, n, scale, lam}, n * n)) ||
-            (s = c.potrf_upper(P, n, dinfo, &work.p, &work.bytes, hwork, &info)))
-            return s;
-        if (info == 0) break;
-        if (info < 0)
-            return ql_fail(QL_ERR_IO, "kernels/gptq_cuda.cu:%d: potrf: argument %d", __LINE__, -info);
-        lam = lam > 0 ? lam * 10 : 1e-6 * mean;
-    }
-    if (info != 0)
-        return ql_fail(QL_ERR_ARG, "gptq_cuda: Hessian not positive definite even with dampening %g",
-                       lam / mean);
-    if ((s = c.each(BuildU{P, U, n}, n * n)) ||
-        (s = c.trtri_lower(U, n, dinfo, &work.p, &work.bytes, hwork, &info)))
+    if ((s = chol_inverse_upper(
+             c, [&](double l) { return c.each(BuildP{H, P, ddead, n, scale, l}, n * n); }, P, U, n, dinfo, work,
+             hwork, mean, &lam)))
         return s;
-    if (info != 0) return ql_fail(QL_ERR_ARG, "gptq_cuda: triangular inverse failed (info %d)", info);
-    if ((s = c.sync())) return s;
     const double t2 = ql_time_s();
 
     // the batches
@@ -799,24 +808,10 @@ ql_status grid_run(bool dev, const float *w, int64_t rows, int64_t n, const doub
     const double t1 = ql_time_s();
 
     double lam = damp * mean;
-    int info = 0;
-    for (int attempt = 0; attempt < 5; attempt++) {
-        if ((s = c.each(BuildPPerm{H, P, ddead, dperm, n, scale, lam}, n * n)) ||
-            (s = c.potrf_upper(P, n, dinfo, &work.p, &work.bytes, hwork, &info)))
-            return s;
-        if (info == 0) break;
-        if (info < 0)
-            return ql_fail(QL_ERR_IO, "kernels/gptq_cuda.cu:%d: potrf: argument %d", __LINE__, -info);
-        lam = lam > 0 ? lam * 10 : 1e-6 * mean;
-    }
-    if (info != 0)
-        return ql_fail(QL_ERR_ARG, "gptq_cuda: Hessian not positive definite even with dampening %g",
-                       lam / mean);
-    if ((s = c.each(BuildU{P, U, n}, n * n)) ||
-        (s = c.trtri_lower(U, n, dinfo, &work.p, &work.bytes, hwork, &info)))
+    if ((s = chol_inverse_upper(
+             c, [&](double l) { return c.each(BuildPPerm{H, P, ddead, dperm, n, scale, l}, n * n); }, P, U, n, dinfo, work,
+             hwork, mean, &lam)))
         return s;
-    if (info != 0) return ql_fail(QL_ERR_ARG, "gptq_cuda: triangular inverse failed (info %d)", info);
-    if ((s = c.sync())) return s;
     gr->lam = lam;
     if (fix_on) { // m_gptq.c's importance: the caller's, else the dampened diagonal (dead inputs at 1)
         std::vector<float> himp((size_t)n);
