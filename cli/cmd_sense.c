@@ -95,7 +95,7 @@ static const char *SENSE_USAGE =
     "                        | --text FILE [--ctx 256] [--chunks 32])\n"
     "                  --candidates LIST [--level weight|output|kld] [--stats FILE] [--imatrix FILE]\n"
     "                  [--act-candidates LIST] [--kv-candidates LIST] [--threads N] [--checkpoint-every S]\n"
-    "                  -o SENS.qss [--force]\n"
+    "                  [--cand-batch N] -o SENS.qss [--force]\n"
     "       qlab sense MODEL (--calib ... | --text ...) --check-plan PLAN.ini [--json]\n"
     "Measures, for every 2-D weight of MODEL and every candidate, the exact bits and the error of\n"
     "quantizing that tensor alone, at three levels (each includes the cheaper ones):\n"
@@ -116,6 +116,10 @@ static const char *SENSE_USAGE =
     "per rank; the statistics computed here are added up by ranks x threads workers, as one process with\n"
     "--threads ranks x threads does (only the output-level errors depend on that number).\n"
     CLI_DEVICE_USAGE
+    "--cand-batch N  kld level: candidates of one tensor measured in one forward pass (the layers after the\n"
+    "  tensor multiply N versions' rows at once). Default: 8 on a GPU, with as many sequences as fill 8192\n"
+    "  rows; 4 on the CPU, a sequence per thread. Smaller when the memory budget asks. Passes of\n"
+    "  another shape round float sums differently: results agree to ~1e-6 relative, not bit for bit.\n"
     "--act-candidates LIST  activation schemes (int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]):\n"
     "  for every linear, the KLD with only its input quantized that way (weights float); static schemes take\n"
     "  their scales from the statistics. qlab plan --act / qlab pareto --act add them to the prediction.\n"
@@ -168,6 +172,7 @@ int cmd_sense(int argc, char **argv) {
     int level = QL_SENSE_KLD, threads = ql_default_threads();
     bool force = false, threads_given = false;
     double checkpoint_s = 0;
+    int cand_batch = 0;
     while (cli_next(&a, &flag, &pos)) {
         if (pos) {
             if (model) return cli_usage_error("sense", SENSE_USAGE, "unexpected argument '%s'", pos);
@@ -203,6 +208,7 @@ int cmd_sense(int argc, char **argv) {
                 return cli_usage_error("sense", SENSE_USAGE, "--checkpoint-every is seconds above 0, not '%g'",
                                        checkpoint_s);
         } else if (!strcmp(flag, "--check-plan")) check = cli_value(&a, flag);
+        else if (!strcmp(flag, "--cand-batch")) cand_batch = cli_int(&a, flag, 1, 64);
         else if (!strcmp(flag, "--json")) json = true;
         else if (cli_device_flag(&a, flag)) continue;
         else return cli_unknown(&a, flag);
@@ -399,8 +405,21 @@ int cmd_sense(int argc, char **argv) {
         if (rc && !dist) goto done;
         if (adopted) fprintf(stderr, "qlab sense: reusing %d measured cells from %s\n", adopted, out);
     }
+    ql_sense_opts o = {.level = level,
+                       .n_threads = threads,
+                       .tokens = tok,
+                       .n_seq = n_seq,
+                       .seq_len = ca.ctx,
+                       .stats = st,
+                       .imatrix = im,
+                       .checkpoint = rank == 0 ? out : NULL,
+                       .checkpoint_s = checkpoint_s,
+                       .cand_batch = cand_batch};
+    /* rank 0's batch shape for every rank (a pass's shape fixes its float sums), and a rank's cells of one
+     * tensor in whole candidate groups */
+    ql_sense_batch_shape(m, &o, s->n_cand, &o.cand_batch, &o.seq_batch);
     if (dist) {
-        ss = ql_sense_dist_begin(s, level, rc ? QL_ERR_ARG : QL_OK, &dd, &share);
+        ss = ql_sense_dist_begin(s, level, rc ? QL_ERR_ARG : QL_OK, &o.cand_batch, &o.seq_batch, &dd, &share);
         if (ss) {
             if (!rc && rank == 0) rc = cli_fail("sense");
             rc = rc ? rc : 1;
@@ -418,16 +437,7 @@ int cmd_sense(int argc, char **argv) {
         if (dist) fprintf(stderr, "; %d MPI ranks x %d threads", ql_dist_size(), threads);
         fprintf(stderr, "\n");
     }
-    ql_sense_opts o = {.level = level,
-                       .n_threads = threads,
-                       .tokens = tok,
-                       .n_seq = n_seq,
-                       .seq_len = ca.ctx,
-                       .stats = st,
-                       .imatrix = im,
-                       .checkpoint = rank == 0 ? out : NULL,
-                       .checkpoint_s = checkpoint_s,
-                       .share = dist ? &share : NULL};
+    o.share = dist ? &share : NULL;
     double t0 = ql_time_s();
     ql_progress quiet = {.cancel = &cli_cancel_flag}; /* ranks other than 0 draw nothing but stop on a signal */
     ql_progress *bar = rank == 0 ? eta_bar_new("sense") : &quiet;

@@ -45,7 +45,13 @@ struct ql_infer {
 struct ql_scratch {
     const ql_backend_ops *ops; /* the infer's backend, which owns the buffers below */
     void *be;
-    int max_tokens;
+    int max_tokens; /* positions of one sequence: the KV cache, attention scores, RoPE's context */
+    int max_rows;   /* rows of the activation buffers: sequences x variants x positions of one batched pass */
+    /* a batched pass (ql_forward_variants): the slot whose rows each variant replaces, and the variant the
+     * op being issued is for (-1: none) */
+    const ql_weight_variants *var;
+    const void *var_slot;
+    int var_cur;
     /* streaming: the current layer's decoded weights, and where each deferred slot points into them */
     float *layer_w;
     const float **slot_ptr;
@@ -270,21 +276,26 @@ ql_kv_scheme ql_infer_kv_layer(const ql_infer *inf, int layer) {
     return inf->kv_layer && layer >= 0 && layer < inf->m->cfg.n_layer ? inf->kv_layer[layer] : ql_kv_scheme_f32();
 }
 
-ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
+ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) { return ql_scratch_new_rows(inf, max_tokens, max_tokens); }
+
+ql_scratch *ql_scratch_new_rows(const ql_infer *inf, int max_tokens, int max_rows) {
     const ql_config *c = &inf->m->cfg;
     const ql_backend_ops *ops = inf->ops;
+    if (max_rows < max_tokens) max_rows = max_tokens;
     ql_scratch *s = ql_calloc(1, sizeof *s);
-    size_t T = (size_t)max_tokens, D = (size_t)c->n_embd;
+    size_t T = (size_t)max_rows, S = (size_t)max_tokens, D = (size_t)c->n_embd;
     size_t Q = (size_t)c->n_head * c->head_dim, KV = (size_t)c->n_head_kv * c->head_dim;
     s->ops = ops;
     s->be = inf->be;
     s->max_tokens = max_tokens;
+    s->max_rows = max_rows;
+    s->var_cur = -1;
     s->layer_loaded = -1;
     s->kv_scheme = ql_kv_scheme_f32();
     size_t widest = QL_MAX(QL_MAX(D, Q), (size_t)c->n_ff);
     struct { float **p; size_t floats; } bufs[] = {
         {&s->x, T * D},  {&s->xn, T * QL_MAX(D, Q)}, {&s->q, T * Q},      {&s->k, T * KV},
-        {&s->v, T * KV}, {&s->att, T * Q},           {&s->scores, T * T}, {&s->gate, T * (size_t)c->n_ff},
+        {&s->v, T * KV}, {&s->att, T * Q},           {&s->scores, S * S}, {&s->gate, T * (size_t)c->n_ff},
         {&s->up, T * (size_t)c->n_ff}, {&s->xq, T * widest}, {&s->rope_cs, (size_t)c->rope_dim},
     };
     bool ok = true;
@@ -298,11 +309,14 @@ ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens) {
 }
 
 /* Mirrors ql_scratch_new's allocations: keep the two together. */
-double ql_scratch_bytes(const ql_config *c, int max_tokens) {
-    double T = max_tokens, D = c->n_embd, Q = (double)c->n_head * c->head_dim, KV = (double)c->n_head_kv * c->head_dim;
+double ql_scratch_bytes(const ql_config *c, int max_tokens) { return ql_scratch_bytes_rows(c, max_tokens, max_tokens); }
+
+double ql_scratch_bytes_rows(const ql_config *c, int max_tokens, int max_rows) {
+    double S = max_tokens, T = QL_MAX(max_rows, max_tokens), D = c->n_embd, Q = (double)c->n_head * c->head_dim, KV = (double)c->n_head_kv * c->head_dim;
     double F = c->n_ff, widest = QL_MAX(QL_MAX(D, Q), F);
     /* the activations, then the one-layer KV cache (the CPU backend's: F32 keys and values) and rope_cs */
-    return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + T + 2 * F + widest) + 4.0 * (T * 2 * KV + c->rope_dim);
+    return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + 2 * F + widest) + 4.0 * S * S +
+           4.0 * (S * 2 * KV + c->rope_dim);
 }
 
 double ql_mem_budget_bytes(void) {
@@ -350,8 +364,12 @@ static ql_backend_weight bweight(const ql_infer *inf, const ql_scratch *sc, cons
         if (!(s = find_slot(inf, parent))) return w;
     }
     w.f32 = s->w ? s->w : sc->slot_ptr ? sc->slot_ptr[s - inf->slots] : NULL;
-    if (w.f32) w.f32 += row0 * t->ne[0];
     w.act_type = s->act_type;
+    if (sc->var && sc->var_slot == (const void *)s && sc->var_cur >= 0) {
+        w.f32 = sc->var->w[sc->var_cur];
+        w.act_type = inf->emulate_llamacpp ? llamacpp_act_type(sc->var->type[sc->var_cur]) : QL_TYPE_F32;
+    }
+    if (w.f32) w.f32 += row0 * t->ne[0];
     w.aq = &s->aq;
     return w;
 }
@@ -366,9 +384,31 @@ static ql_status run_hook(const ql_infer *inf, ql_scratch *s, int layer, ql_hook
     return QL_OK;
 }
 
-/* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias); beta = 1 accumulates into y (residual adds) */
+/* Whether t's rows (its own, or its fused parent's) are the ones a batched pass varies. */
+static bool is_varied(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_tensor *t) {
+    if (!sc->var || !t) return false;
+    const wslot *s = find_slot(inf, t);
+    if (!s) s = find_slot(inf, ql_model_view_parent(inf->m, t, NULL));
+    return s && (const void *)s == sc->var_slot;
+}
+
+/* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias); beta = 1 accumulates into y (residual adds). In a batched pass the
+ * varied weight multiplies each variant's block of rows (variant-major) with that variant's rows; every other
+ * weight multiplies all rows at once, which is what batching buys. */
 static ql_status linear(const ql_infer *inf, ql_scratch *sc, float *y, const float *x, const ql_gguf_tensor *wt,
                         const ql_gguf_tensor *bt, int T, int K, int N, float beta) {
+    if (is_varied(inf, sc, wt)) {
+        const int nv = sc->var->n, rows = T / nv;
+        ql_status st = QL_OK;
+        for (int v = 0; v < nv && !st; v++) {
+            sc->var_cur = v;
+            const ql_backend_weight w = bweight(inf, sc, wt), b = bweight(inf, sc, bt);
+            st = inf->ops->matmul(inf->be, &w, bt ? &b : NULL, x + (size_t)v * rows * K, y + (size_t)v * rows * N,
+                                  rows, K, N, beta, sc->xq + (size_t)v * rows * K);
+        }
+        sc->var_cur = -1;
+        return st;
+    }
     const ql_backend_weight w = bweight(inf, sc, wt), b = bweight(inf, sc, bt);
     return inf->ops->matmul(inf->be, &w, bt ? &b : NULL, x, y, T, K, N, beta, sc->xq);
 }
@@ -382,7 +422,7 @@ static ql_status rmsnorm(const ql_infer *inf, ql_scratch *sc, float *y, const fl
 /* Store this layer's K/V (s->k, s->v after rope) in its cache and attend: the F32 cache through kv_load +
  * attention (views of itself), a KV scheme's through kv_attention, which decodes into s->k / s->v. The
  * scratch's one cache is remade when this layer's scheme differs from the last layer's. */
-static ql_status kv_attend(const ql_infer *inf, ql_scratch *s, int l, int T) {
+static ql_status kv_attend(const ql_infer *inf, ql_scratch *s, int l, int T, size_t slice) {
     const ql_backend_ops *ops = inf->ops;
     void *be = inf->be;
     ql_kv_scheme want = ql_infer_kv_layer(inf, l);
@@ -398,11 +438,15 @@ static ql_status kv_attend(const ql_infer *inf, ql_scratch *s, int l, int T) {
         s->kv = kv;
         s->kv_scheme = want;
     }
-    if ((st = ops->kv_store(be, s->kv, 0, T, s->k, s->v))) return st;
-    if (!ql_kv_scheme_is_f32(&want)) return ops->kv_attention(be, s->kv, s->q, s->scores, s->att, T, l, s->k, s->v);
+    /* one sequence of a batched pass: its rows of q, k, v and att (the cache holds one sequence) */
+    const ql_config *c = &inf->m->cfg;
+    const size_t qo = slice * T * (size_t)(c->n_head * c->head_dim), ko = slice * T * (size_t)(c->n_head_kv * c->head_dim);
+    float *q = s->q + qo, *att = s->att + qo, *sk = s->k + ko, *sv = s->v + ko;
+    if ((st = ops->kv_store(be, s->kv, 0, T, sk, sv))) return st;
+    if (!ql_kv_scheme_is_f32(&want)) return ops->kv_attention(be, s->kv, q, s->scores, att, T, l, sk, sv);
     const float *k, *v;
-    if ((st = ops->kv_load(be, s->kv, 0, T, &k, &v, s->k, s->v))) return st;
-    return ops->attention(be, s->q, k, v, s->scores, s->att, T, l);
+    if ((st = ops->kv_load(be, s->kv, 0, T, &k, &v, sk, sv))) return st;
+    return ops->attention(be, q, k, v, s->scores, att, T, l);
 }
 
 /* One decoder layer on s->x [T, n_embd] (the residual stream, updated in place). */
@@ -426,14 +470,28 @@ static ql_status residual_linear(const ql_infer *inf, ql_scratch *s, const float
     return inf->ops->add(inf->be, s->x, s->xn, (size_t)T * D);
 }
 
-/* One decoder layer on s->x [T, n_embd] (the residual stream, updated in place). Which optional steps run
- * follows the tensors the architecture description gave the layer (q/k norm, post norms, biases). */
-static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int T) {
+/* RoPE and attention of every sequence of the pass: rows [b·S, (b+1)·S) are one sequence at positions 0..S-1. */
+static ql_status rope_attend(const ql_infer *inf, ql_scratch *s, int l, int S, int n_slices) {
+    const ql_config *c = &inf->m->cfg;
+    const size_t Q = (size_t)c->n_head * c->head_dim, KV = (size_t)c->n_head_kv * c->head_dim;
+    ql_status st = QL_OK;
+    for (int b = 0; b < n_slices && !st; b++)
+        if (!(st = inf->ops->rope(inf->be, s->q + (size_t)b * S * Q, S, c->n_head, l, s->max_tokens, s->rope_cs)) &&
+            !(st = inf->ops->rope(inf->be, s->k + (size_t)b * S * KV, S, c->n_head_kv, l, s->max_tokens, s->rope_cs)))
+            st = kv_attend(inf, s, l, S, (size_t)b);
+    return st;
+}
+
+/* One decoder layer on s->x [n_slices·S, n_embd] (the residual stream, updated in place): n_slices sequences of
+ * S positions, stacked. Which optional steps run follows the tensors the architecture description gave the
+ * layer (q/k norm, post norms, biases). */
+static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int S, int n_slices) {
     const ql_backend_ops *ops = inf->ops;
     void *be = inf->be;
     const ql_config *c = &inf->m->cfg;
     const ql_layer_tensors *L = &inf->m->layers[l];
     const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
+    const int T = S * n_slices;
     ql_status st;
     if ((st = load_layer(inf, s, l)) || (st = run_hook(inf, s, l, QL_HOOK_RESIDUAL, s->x, T, D)) ||
         (st = rmsnorm(inf, s, s->xn, s->x, L->attn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_ATTN_IN, s->xn, T, D)) ||
@@ -441,9 +499,7 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int T)
         (st = linear(inf, s, s->k, s->xn, L->wk, L->bk, T, D, KV, 0.0f)) ||
         (st = linear(inf, s, s->v, s->xn, L->wv, L->bv, T, D, KV, 0.0f)) ||
         (st = head_norm(inf, s, s->q, L->q_norm, T, c->n_head)) || (st = head_norm(inf, s, s->k, L->k_norm, T, c->n_head_kv)) ||
-        (st = ops->rope(be, s->q, T, c->n_head, l, s->max_tokens, s->rope_cs)) ||
-        (st = ops->rope(be, s->k, T, c->n_head_kv, l, s->max_tokens, s->rope_cs)) ||
-        (st = kv_attend(inf, s, l, T)) ||
+        (st = rope_attend(inf, s, l, S, n_slices)) ||
         (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
         (st = residual_linear(inf, s, s->att, L->wo, L->post_attn_norm, T, Q)) ||
         (st = rmsnorm(inf, s, s->xn, s->x, L->ffn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, s->xn, T, D)) ||
@@ -461,37 +517,76 @@ ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, 
     return ql_forward_from(inf, s, tokens, NULL, 0, T, logit_from, logits);
 }
 
-ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, const float *x_in, int layer_from,
-                          int T, int logit_from, float *logits) {
+/* The pass behind ql_forward_from and ql_forward_variants: n_slices = n_var·n_seq sequences of T positions,
+ * slice b = v·n_seq + q being sequence q (tokens[q] or x_in[q]) under variant v. */
+static ql_status forward_slices(const ql_infer *inf, ql_scratch *s, const int32_t *const *tokens,
+                                const float *const *x_in, int n_seq, int layer_from, int T, int logit_from,
+                                float *logits) {
     const ql_model *m = inf->m;
     const ql_config *c = &m->cfg;
-    const int D = c->n_embd;
-    if (T <= 0 || T > s->max_tokens) return ql_fail(QL_ERR_ARG, "forward: %d tokens (scratch holds %d)", T, s->max_tokens);
-    if (logit_from < 0 || logit_from > T) return ql_fail(QL_ERR_ARG, "forward: bad logit_from %d", logit_from);
+    const int D = c->n_embd, n_var = s->var ? s->var->n : 1, n_slices = n_var * n_seq;
+    if (T <= 0 || T > s->max_tokens || (int64_t)T * n_slices > s->max_rows)
+        return ql_fail(QL_ERR_ARG, "forward: %d x %d tokens (scratch holds %d x %d)", n_slices, T,
+                       s->max_rows / s->max_tokens, s->max_tokens);
+    if (logit_from < 0 || logit_from > T || (logit_from && n_slices > 1))
+        return ql_fail(QL_ERR_ARG, "forward: bad logit_from %d", logit_from);
     if (layer_from < 0 || layer_from > c->n_layer || (layer_from > 0 && !x_in))
         return ql_fail(QL_ERR_ARG, "forward: bad start layer %d", layer_from);
     ql_status st;
-    if (x_in)
-        memcpy(s->x, x_in, (size_t)T * D * sizeof(float));
-    else {
+    for (int b = 0; b < n_slices; b++) {
+        const int q = b % n_seq;
+        float *xb = s->x + (size_t)b * T * D;
+        if (x_in) {
+            memcpy(xb, x_in[q], (size_t)T * D * sizeof(float));
+            continue;
+        }
         for (int t = 0; t < T; t++)
-            if (tokens[t] < 0 || tokens[t] >= c->n_vocab)
-                return ql_fail(QL_ERR_ARG, "forward: token id %d out of range (vocab %d)", tokens[t], c->n_vocab);
+            if (tokens[q][t] < 0 || tokens[q][t] >= c->n_vocab)
+                return ql_fail(QL_ERR_ARG, "forward: token id %d out of range (vocab %d)", tokens[q][t], c->n_vocab);
+        s->var_cur = s->var ? b / n_seq : -1; /* a varied embedding: this slice's variant */
         const ql_backend_weight emb = bweight(inf, s, m->tok_embd);
-        if ((st = inf->ops->get_rows(inf->be, &emb, tokens, T, D, s->x))) return st;
-        if (c->embd_scale != 1.0f && (st = inf->ops->scale(inf->be, s->x, (size_t)T * D, c->embd_scale))) return st;
+        s->var_cur = -1;
+        if ((st = inf->ops->get_rows(inf->be, &emb, tokens[q], T, D, xb))) return st;
     }
+    const int R = T * n_slices;
+    if (!x_in && c->embd_scale != 1.0f && (st = inf->ops->scale(inf->be, s->x, (size_t)R * D, c->embd_scale)))
+        return st;
     for (int l = layer_from; l < c->n_layer; l++)
-        if ((st = layer_forward(inf, s, l, T))) return st;
+        if ((st = layer_forward(inf, s, l, T, n_slices))) return st;
     /* the stream leaving the last layer: ql_forward_from(layer_from = n_layer) restarts at output_norm */
-    if ((st = run_hook(inf, s, c->n_layer, QL_HOOK_RESIDUAL, s->x, T, D))) return st;
-    int R = T - logit_from;
-    if (R > 0 && ((st = rmsnorm(inf, s, s->xn, s->x + (size_t)logit_from * D, m->output_norm, R)) ||
-                  (st = run_hook(inf, s, c->n_layer, QL_HOOK_OUTPUT_IN, s->xn, R, D)) ||
-                  (st = linear(inf, s, logits, s->xn, m->output, NULL, R, D, c->n_vocab, 0.0f)) ||
-                  (c->final_softcap > 0 && (st = inf->ops->softcap(inf->be, logits, (size_t)R * c->n_vocab, c->final_softcap)))))
+    if ((st = run_hook(inf, s, c->n_layer, QL_HOOK_RESIDUAL, s->x, R, D))) return st;
+    const int RL = R - logit_from;
+    if (RL > 0 && ((st = rmsnorm(inf, s, s->xn, s->x + (size_t)logit_from * D, m->output_norm, RL)) ||
+                   (st = run_hook(inf, s, c->n_layer, QL_HOOK_OUTPUT_IN, s->xn, RL, D)) ||
+                   (st = linear(inf, s, logits, s->xn, m->output, NULL, RL, D, c->n_vocab, 0.0f)) ||
+                   (c->final_softcap > 0 &&
+                    (st = inf->ops->softcap(inf->be, logits, (size_t)RL * c->n_vocab, c->final_softcap)))))
         return st;
     return inf->ops->sync(inf->be);
+}
+
+ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, const float *x_in, int layer_from,
+                          int T, int logit_from, float *logits) {
+    s->var = NULL;
+    s->var_slot = NULL;
+    return forward_slices(inf, s, &tokens, x_in ? &x_in : NULL, 1, layer_from, T, logit_from, logits);
+}
+
+ql_status ql_forward_variants(const ql_infer *inf, ql_scratch *s, const ql_weight_variants *var,
+                              const int32_t *const *tokens, const float *const *x_in, int n_seq, int layer_from, int T,
+                              float *logits) {
+    if (!var || var->n < 1 || !var->w || !var->type || n_seq < 1)
+        return ql_fail(QL_ERR_ARG, "forward: no variants or no sequences");
+    const wslot *slot = find_slot(inf, var->t);
+    if (!slot) return ql_fail(QL_ERR_ARG, "forward: '%s' is not a stored weight of the model", var->t ? var->t->name : "?");
+    if (!x_in && !tokens) return ql_fail(QL_ERR_ARG, "forward: neither tokens nor residual streams");
+    s->var = var;
+    s->var_slot = slot;
+    s->var_cur = -1;
+    ql_status st = forward_slices(inf, s, tokens, x_in, n_seq, layer_from, T, 0, logits);
+    s->var = NULL;
+    s->var_slot = NULL;
+    return st;
 }
 
 double ql_log_softmax_at(const float *logits, int n_vocab, int tok) {

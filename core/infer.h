@@ -63,10 +63,14 @@ ql_kv_scheme ql_infer_kv_layer(const ql_infer *inf, int layer);
 /* Activation buffers and KV cache for passes of up to max_tokens tokens, from the infer's backend
  * (NULL when the backend cannot allocate them; the CPU backend aborts on exhausted memory instead). */
 ql_scratch *ql_scratch_new(const ql_infer *inf, int max_tokens);
+/* The same with activation buffers of max_rows rows (>= max_tokens) for batched passes (ql_forward_variants):
+ * the KV cache and attention scores stay at one sequence of max_tokens. */
+ql_scratch *ql_scratch_new_rows(const ql_infer *inf, int max_tokens, int max_rows);
 /* What ql_scratch_new allocates for max_tokens (attention scores grow with its square), so a caller can
  * refuse a context that will not fit before allocating; and the memory budget (60% of RAM, or
  * QL_MEM_BUDGET_MB) that ql_infer_new also decides layer streaming by. */
 double ql_scratch_bytes(const ql_config *c, int max_tokens);
+double ql_scratch_bytes_rows(const ql_config *c, int max_tokens, int max_rows);
 double ql_mem_budget_bytes(void);
 /* Checks an allocation whose size comes from a file or a flag before it is made: QL_OK when `bytes` fit the
  * budget above, else QL_ERR_NOMEM with one line "WHAT needs X GiB, more than the memory budget of Y GiB (60%
@@ -86,6 +90,27 @@ ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, 
  * to re-run only the layers after a perturbed one. */
 ql_status ql_forward_from(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, const float *x_in, int layer_from,
                           int n, int logit_from, float *logits);
+
+/* Several versions of one stored weight in one batched pass (sensitivity candidates): variant v's F32 rows
+ * w[v] (ne[0]*ne[1] floats, borrowed) replace t's, and the layer's input is rounded as llama.cpp rounds it
+ * for ggml type type[v] (as ql_infer_swap_weight_typed). */
+typedef struct ql_weight_variants {
+    const ql_gguf_tensor *t;
+    int n;
+    const float *const *w;
+    const uint32_t *type;
+} ql_weight_variants;
+
+/* One pass over n_seq sequences of T positions under each of var->n variants: the rows of every weight but
+ * the varied one are multiplied together (one GEMM for n·n_seq·T rows, which is what fills a GPU), the varied
+ * one per variant. Sequence q starts from x_in[q] at layer layer_from (as ql_forward_from) or, x_in NULL,
+ * from tokens[q] at layer 0. Logits of every position: logits[((v·n_seq + q)·T + t)·n_vocab]. The scratch
+ * must hold n·n_seq·T rows of T positions (ql_scratch_new_rows). Per row, the same operations as
+ * ql_forward_from with that variant swapped in: equal to it up to the backend's GEMM blocking (bit for bit on
+ * the CPU backend, tests/test_infer.c). Hooks see all rows of the pass. */
+ql_status ql_forward_variants(const ql_infer *inf, ql_scratch *s, const ql_weight_variants *var,
+                              const int32_t *const *tokens, const float *const *x_in, int n_seq, int layer_from, int T,
+                              float *logits);
 
 /* Dequantize any tensor the format code knows into F32 (rows of ne[0]); false if the type can't be decoded. */
 bool ql_tensor_to_f32(const ql_gguf_tensor *t, float *dst, int n_threads);

@@ -35,6 +35,8 @@
 #define SENSE_MAGIC "qlab-sensitivity"
 #define MAX_CANDS 4096
 #define MAX_TENSORS (1 << 20)
+#define MAX_BATCH 64        /* candidates in one batched probe */
+#define BATCH_ROWS 8192     /* rows of one batched pass on a device backend (sequences x candidates x positions) */
 
 static const char *g_level_names[] = {"weight", "output", "kld"};
 
@@ -408,6 +410,16 @@ struct kld_ctx {
     pthread_mutex_t lock;
     ql_status status;
     char err[256];
+    /* batched probes (ql_forward_variants): the variants of one tensor; an item is seq_per_item sequences
+     * under all of them, in each worker's scratch and logits of brows rows (grown on demand); per-(variant,
+     * sequence) sums in vkld/vnll [var->n * n_seq]; KLD sums of one item over kld_threads when one worker runs */
+    const ql_weight_variants *var;
+    int seq_per_item, kld_threads;
+    ql_scratch **bsc;
+    float **blogits;
+    int64_t brows;
+    double *vkld, *vnll;
+    int vcap;
 };
 
 static float *resid_at(const kld_ctx *c, int layer, int64_t seq) {
@@ -437,10 +449,12 @@ static double row_lse(const float *lg, int V) {
     return (double)mx + log(sum);
 }
 
+static void seq_kld(kld_ctx *c, int64_t seq, const float *lg, double *kld_out, double *nll_out);
+
 static void kld_item(void *vctx, int worker, int64_t seq) {
     kld_ctx *c = vctx;
     if (c->status || ql_progress_cancelled(c->progress)) return;
-    const int T = c->T, V = c->V;
+    const int T = c->T;
     const int32_t *tok = c->tokens + seq * T;
     float *lg = c->logits[worker];
     ql_status s;
@@ -455,6 +469,14 @@ static void kld_item(void *vctx, int worker, int64_t seq) {
         kld_fail(c, s);
         return;
     }
+    seq_kld(c, seq, lg, &c->kld[seq], &c->nll[seq]);
+}
+
+/* KLD against the stored base and NLL of sequence seq from its logits lg [T, V]; the base pass stores its
+ * log-probabilities instead. */
+static void seq_kld(kld_ctx *c, int64_t seq, const float *lg, double *kld_out, double *nll_out) {
+    const int T = c->T, V = c->V;
+    const int32_t *tok = c->tokens + seq * T;
     double kld = 0, nll = 0;
     for (int t = 0; t < T; t++) {
         const float *row = lg + (size_t)t * V;
@@ -473,8 +495,50 @@ static void kld_item(void *vctx, int worker, int64_t seq) {
         }
         if (t + 1 < T) nll -= (double)row[tok[t + 1]] - lse;
     }
-    c->kld[seq] = kld;
-    c->nll[seq] = nll;
+    *kld_out = kld;
+    *nll_out = nll;
+}
+
+typedef struct {
+    kld_ctx *c;
+    const float *lg;
+    int64_t q0, nq;
+} slice_job;
+
+/* Slice b = v·nq + j of a batched item: sequence q0 + j under variant v. */
+static void slice_kld_range(void *vjob, int worker, int64_t b0, int64_t b1) {
+    (void)worker;
+    const slice_job *j = vjob;
+    kld_ctx *c = j->c;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t v = b / j->nq, q = j->q0 + b % j->nq;
+        seq_kld(c, q, j->lg + (size_t)b * c->T * c->V, &c->vkld[v * c->n_seq + q], &c->vnll[v * c->n_seq + q]);
+    }
+}
+
+static void kld_item_batched(void *vctx, int worker, int64_t item) {
+    kld_ctx *c = vctx;
+    if (c->status || ql_progress_cancelled(c->progress)) return;
+    const int T = c->T;
+    const int64_t q0 = item * c->seq_per_item, nq = QL_MIN((int64_t)c->seq_per_item, c->n_seq - q0);
+    const int32_t **tp = ql_malloc((size_t)nq * sizeof *tp);
+    const float **xp = ql_malloc((size_t)nq * sizeof *xp);
+    for (int64_t j = 0; j < nq; j++) {
+        tp[j] = c->tokens + (q0 + j) * T;
+        xp[j] = c->from_tokens ? NULL : resid_at(c, c->layer_from, q0 + j);
+    }
+    ql_status s = ql_forward_variants(c->inf, c->bsc[worker], c->var, tp, c->from_tokens ? NULL : xp, (int)nq,
+                                      c->from_tokens ? 0 : c->layer_from, T, c->blogits[worker]);
+    free(tp);
+    free(xp);
+    if (s) {
+        kld_fail(c, s);
+        return;
+    }
+    slice_job j = {c, c->blogits[worker], q0, nq};
+    const int64_t n_slices = (int64_t)c->var->n * nq;
+    if (c->n_workers == 1 && c->kld_threads > 1) ql_parallel_for(c->kld_threads, n_slices, slice_kld_range, &j);
+    else slice_kld_range(&j, worker, 0, n_slices);
 }
 
 /* Runs every sequence (base pass or one probe); per-sequence sums, combined in order by the caller. */
@@ -558,6 +622,15 @@ static void kld_ctx_free(kld_ctx *c) {
     free(c->sc);
     free(c->logits);
     free(c->hu);
+    if (c->bsc)
+        for (int w = 0; w < c->n_workers; w++) {
+            ql_scratch_free(c->bsc[w]);
+            free(c->blogits[w]);
+        }
+    free(c->bsc);
+    free(c->blogits);
+    free(c->vkld);
+    free(c->vnll);
     free(c->resid);
     free(c->base_lp);
     free(c->kld);
@@ -677,6 +750,85 @@ static ql_status kld_probe(kld_ctx *kc, int layer_from, bool from_tokens, double
     return QL_OK;
 }
 
+/* One batched probe: every sequence under each of var's variants of one tensor (ql_forward_variants), items
+ * of seq_per_item sequences; mean KLD per token and perplexity of each variant, summed in sequence order. */
+static ql_status kld_probe_variants(kld_ctx *kc, const ql_weight_variants *var, int seq_per_item, int layer_from,
+                                    bool from_tokens, double *kld, double *ppl) {
+    const int64_t rows = (int64_t)var->n * seq_per_item * kc->T;
+    if (rows > kc->brows) {
+        if (!kc->bsc) {
+            kc->bsc = ql_calloc((size_t)kc->n_workers, sizeof *kc->bsc);
+            kc->blogits = ql_calloc((size_t)kc->n_workers, sizeof *kc->blogits);
+        }
+        for (int w = 0; w < kc->n_workers; w++) {
+            ql_scratch_free(kc->bsc[w]);
+            free(kc->blogits[w]);
+            kc->blogits[w] = NULL;
+            kc->bsc[w] = ql_scratch_new_rows(kc->inf, kc->T, (int)rows);
+            kc->blogits[w] = malloc((size_t)rows * (size_t)kc->V * sizeof(float));
+            if (!kc->bsc[w] || !kc->blogits[w]) {
+                kc->brows = 0;
+                return ql_fail(QL_ERR_NOMEM, "no memory for a batched probe of %lld rows (--cand-batch smaller)",
+                               (long long)rows);
+            }
+        }
+        kc->brows = rows;
+    }
+    if (var->n > kc->vcap) {
+        free(kc->vkld);
+        free(kc->vnll);
+        kc->vkld = ql_calloc((size_t)var->n * (size_t)kc->n_seq, sizeof *kc->vkld);
+        kc->vnll = ql_calloc((size_t)var->n * (size_t)kc->n_seq, sizeof *kc->vnll);
+        kc->vcap = var->n;
+    }
+    kc->var = var;
+    kc->seq_per_item = seq_per_item;
+    kc->layer_from = layer_from;
+    kc->from_tokens = from_tokens;
+    kc->status = QL_OK;
+    int saved = ql_blas_get_threads();
+    ql_blas_set_threads(kc->n_workers == 1 ? saved : 1);
+    ql_parallel_items(kc->n_workers, (kc->n_seq + seq_per_item - 1) / seq_per_item, kld_item_batched, kc);
+    ql_blas_set_threads(saved);
+    kc->var = NULL;
+    if (kc->status) return ql_fail(kc->status, "%s", kc->err);
+    if (ql_progress_cancelled(kc->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
+    for (int v = 0; v < var->n; v++) {
+        double k = 0, nll = 0;
+        for (int64_t q = 0; q < kc->n_seq; q++) {
+            k += kc->vkld[v * kc->n_seq + q];
+            nll += kc->vnll[v * kc->n_seq + q];
+        }
+        kld[v] = k / ((double)kc->n_seq * kc->T);
+        ppl[v] = exp(nll / ((double)kc->n_seq * (kc->T - 1)));
+    }
+    return QL_OK;
+}
+
+void ql_sense_batch_shape(const ql_model *m, const ql_sense_opts *o, int n_cand, int *cand_batch, int *seq_per_item) {
+    const ql_backend_ops *b = ql_backend_default();
+    const bool serial = b && b->serial;
+    int nb = o->cand_batch > 0 ? o->cand_batch : serial ? 8 : 4;
+    nb = QL_MAX(1, QL_MIN(QL_MIN(nb, n_cand), MAX_BATCH));
+    if (o->level < QL_SENSE_KLD || o->seq_len < 1) nb = 1;
+    const int T = QL_MAX(o->seq_len, 1);
+    int64_t spi = o->seq_batch > 0 ? QL_MIN((int64_t)o->seq_batch, QL_MAX(o->n_seq, 1))
+                  : serial && nb > 1 ? QL_MAX((int64_t)1, QL_MIN(QL_MAX(o->n_seq, 1), (int64_t)BATCH_ROWS / ((int64_t)nb * T)))
+                                     : 1;
+    /* the pass's buffers and logits within half the memory budget: fewer sequences, then fewer candidates */
+    const double budget = 0.5 * ql_mem_budget_bytes();
+    for (;;) {
+        const int64_t rows = nb * spi * T;
+        const double bytes = ql_scratch_bytes_rows(&m->cfg, T, (int)QL_MIN(rows, (int64_t)INT32_MAX)) +
+                             4.0 * (double)rows * m->cfg.n_vocab;
+        if (bytes <= budget || (nb == 1 && spi == 1)) break;
+        if (spi > 1) spi = QL_MAX((int64_t)1, spi / 2);
+        else nb = QL_MAX(1, nb / 2);
+    }
+    *cand_batch = nb;
+    *seq_per_item = (int)spi;
+}
+
 ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *o,
                            const ql_progress *progress) {
     const int level = o->level;
@@ -735,8 +887,15 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
     memset(&kc, 0, sizeof kc);
     pthread_mutex_init(&kc.lock, NULL);
     int n_workers = (int)QL_MIN((int64_t)nth, QL_MAX(o->n_seq, 1));
+    int nb, seq_per_item;
+    ql_sense_batch_shape(m, o, s->n_cand, &nb, &seq_per_item);
+    /* a device backend runs one pass at a time: one worker issues the batched passes, every thread sums KLD */
+    const ql_backend_ops *bops = ql_backend_default();
+    if (nb > 1 && bops && bops->serial) n_workers = 1;
+    kc.kld_threads = nth;
+    if (nb > 1) ql_log(2, "sensitivity: %d candidates x %d sequences per forward pass", nb, seq_per_item);
     int64_t *counts = NULL;
-    float *w = NULL, *wq = NULL, *delta = NULL;
+    float *w = NULL, *wqs[MAX_BATCH] = {0}, *delta = NULL;
     ql_status st = QL_OK;
     int64_t done = 0;
 
@@ -762,7 +921,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         const ql_gguf_tensor *gt = &m->gguf->tensors[ql_gguf_find_tensor(m->gguf, te->name)];
         const int64_t nr = te->nrows, nc = te->ncols, n = nr * nc;
         w = ql_malloc((size_t)n * sizeof(float));
-        wq = ql_malloc((size_t)n * sizeof(float));
+        for (int k = 0; k < nb; k++) wqs[k] = ql_malloc((size_t)n * sizeof(float));
         delta = ql_malloc((size_t)n * sizeof(float));
         if (!ql_tensor_to_f32(gt, w, nth)) {
             st = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': its type cannot be decoded", te->name);
@@ -786,63 +945,94 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         }
         bool from_tokens = false;
         int layer = tensor_layer(m, gt, &from_tokens);
-        for (int c = 0; c < s->n_cand && !st; c++) {
-            ql_sense_cell *e = ql_sense_cell_at(s, t, c);
-            if (e->bytes < 0 || e->level >= level || !share_mine(o->share, 0, t, c)) continue;
-            if (ql_progress_cancelled(progress)) {
-                st = ql_fail(QL_ERR_CANCELLED, "cancelled");
-                break;
+        /* candidates in fixed groups of nb by index (the pass's shape must not depend on what is left to do
+         * or on which process does it: the sums of a GEMM depend on its row count) */
+        for (int c0 = 0; c0 < s->n_cand && !st; c0 += nb) {
+            int grp[MAX_BATCH], orig[MAX_BATCH], nk = 0, nq = 0; /* members to measure; of them, quantized */
+            float *wv[MAX_BATCH];
+            uint32_t types[MAX_BATCH];
+            for (int c = c0; c < QL_MIN(c0 + nb, s->n_cand); c++) {
+                const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+                if (e->bytes >= 0 && e->level < level && share_mine(o->share, 0, t, c)) orig[nk] = e->level, grp[nk++] = c;
             }
-            char phase[256];
-            snprintf(phase, sizeof phase, "%s %s", te->name, s->cand[c]);
-            ql_progress_report(progress, done + cp.collected, todo_all, phase);
-            const ql_format *f;
-            char mname[64];
-            ql_parse_format_method(s->cand[c], &f, mname, sizeof mname);
-            /* ggml's imatrix-only types cannot quantize a tensor the imatrix has no data for (llama.cpp's
-             * imatrix skips output and token_embd), and qlab quant refuses it: the cell is measured as
-             * "no error known" (NaN at every level), which qlab plan never picks */
-            if (f->requires_importance && !(o->imatrix && ql_imatrix_find(o->imatrix, te->name))) {
-                e->werr = e->oerr = e->kld = e->dppl = NAN;
-                e->level = level;
-                done++;
-                continue;
+            for (int k = 0; k < nk && !st; k++) {
+                const int c = grp[k];
+                ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+                if (ql_progress_cancelled(progress)) {
+                    st = ql_fail(QL_ERR_CANCELLED, "cancelled");
+                    break;
+                }
+                char phase[256];
+                snprintf(phase, sizeof phase, "%s %s", te->name, s->cand[c]);
+                ql_progress_report(progress, done + cp.collected, todo_all, phase);
+                const ql_format *f;
+                char mname[64];
+                ql_parse_format_method(s->cand[c], &f, mname, sizeof mname);
+                /* ggml's imatrix-only types cannot quantize a tensor the imatrix has no data for (llama.cpp's
+                 * imatrix skips output and token_embd), and qlab quant refuses it: the cell is measured as
+                 * "no error known" (NaN at every level), which qlab plan never picks */
+                if (f->requires_importance && !(o->imatrix && ql_imatrix_find(o->imatrix, te->name))) {
+                    e->werr = e->oerr = e->kld = e->dppl = NAN;
+                    e->level = -2; /* finished below with the group */
+                    continue;
+                }
+                float *wq = wqs[nq];
+                if ((st = quantize_as_planned(te->name, w, wq, nr, nc, f, mname, vp, o->imatrix, nth))) break;
+                for (int64_t i = 0; i < n; i++) delta[i] = wq[i] - w[i];
+                e->werr = ql_weight_error(w, wq, n);
+                if (level >= QL_SENSE_OUTPUT) {
+                    double num = NAN;
+                    if (se && se->xtx && (num = out_error(qe, delta, nr, nc, se->xtx, &st), st)) break;
+                    else if (is_embd && counts) num = counted_rows(delta, nr, nc, counts);
+                    e->oerr = isfinite(num) && oref > 0 ? num / oref : NAN;
+                }
+                if (level >= QL_SENSE_KLD && layer < 0) e->kld = e->dppl = NAN; /* not used by the forward pass */
+                wv[nq] = wq;
+                types[nq++] = f->type;
+                e->level = -3; /* quantized, its probe pending */
             }
-            if ((st = quantize_as_planned(te->name, w, wq, nr, nc, f, mname, vp, o->imatrix, nth)))
-                break;
-            for (int64_t i = 0; i < n; i++) delta[i] = wq[i] - w[i];
-            e->werr = ql_weight_error(w, wq, n);
-            if (level >= QL_SENSE_OUTPUT) {
-                double num = NAN;
-                if (se && se->xtx && (num = out_error(qe, delta, nr, nc, se->xtx, &st), st)) break;
-                else if (is_embd && counts) num = counted_rows(delta, nr, nc, counts);
-                e->oerr = isfinite(num) && oref > 0 ? num / oref : NAN;
-            }
-            if (level >= QL_SENSE_KLD) {
-                if (layer < 0) {
-                    e->kld = e->dppl = NAN; /* not used by the forward pass */
-                } else {
-                    const float *old = ql_infer_swap_weight_typed(inf, gt, wq, f->type);
-                    double kld, ppl;
-                    st = kld_probe(&kc, layer, from_tokens, &kld, &ppl);
+            if (!st && level >= QL_SENSE_KLD && layer >= 0 && nq > 0) {
+                double kld[MAX_BATCH], ppl[MAX_BATCH];
+                if (nb == 1) {
+                    const float *old = ql_infer_swap_weight_typed(inf, gt, wv[0], types[0]);
+                    st = kld_probe(&kc, layer, from_tokens, &kld[0], &ppl[0]);
                     ql_infer_swap_weight_typed(inf, gt, old, gt->type);
-                    if (st) break;
-                    e->kld = kld;
-                    e->dppl = ppl - s->base_ppl;
+                } else {
+                    /* the same nb variants every pass: pad a short group with copies of its first member */
+                    for (int k = nq; k < nb; k++) wv[k] = wv[0], types[k] = types[0];
+                    const ql_weight_variants vs = {gt, nb, (const float *const *)wv, types};
+                    st = kld_probe_variants(&kc, &vs, seq_per_item, layer, from_tokens, kld, ppl);
+                }
+                for (int k = 0, j = 0; k < nk && !st; k++) {
+                    ql_sense_cell *e = ql_sense_cell_at(s, t, grp[k]);
+                    if (e->level != -3) continue;
+                    e->kld = kld[j];
+                    e->dppl = ppl[j++] - s->base_ppl;
                 }
             }
-            e->level = level;
-            done++;
-            if (o->share && o->share->measured && (st = o->share->measured(o->share->user, s, 0, t, c))) break;
-            ql_status cs = checkpoint(&cp, false);
-            if (cs) st = cs;
-            ql_progress_report(progress, done + cp.collected, todo_all, phase);
+            for (int k = 0; k < nk && !st; k++) {
+                ql_sense_cell *e = ql_sense_cell_at(s, t, grp[k]);
+                if (e->level != -2 && e->level != -3) continue; /* not reached */
+                e->level = level;
+                done++;
+                if (o->share && o->share->measured && (st = o->share->measured(o->share->user, s, 0, t, grp[k]))) break;
+                ql_status cs = checkpoint(&cp, false);
+                if (cs) st = cs;
+                char phase[256];
+                snprintf(phase, sizeof phase, "%s %s", te->name, s->cand[grp[k]]);
+                ql_progress_report(progress, done + cp.collected, todo_all, phase);
+            }
+            /* a failure mid-group: the members not finished keep the level they had */
+            for (int k = 0; k < nk; k++) {
+                ql_sense_cell *e = ql_sense_cell_at(s, t, grp[k]);
+                if (e->level == -2 || e->level == -3) e->level = orig[k];
+            }
         }
         ql_cuda_qerr_free(qe);
         free(w);
-        free(wq);
+        for (int k = 0; k < nb; k++) free(wqs[k]), wqs[k] = NULL;
         free(delta);
-        w = wq = delta = NULL;
+        w = delta = NULL;
     }
 out:
     st = final_checkpoint(&cp, st);
@@ -850,7 +1040,7 @@ out:
     ql_infer_free(inf);
     free(counts);
     free(w);
-    free(wq);
+    for (int k = 0; k < MAX_BATCH; k++) free(wqs[k]);
     free(delta);
     return st;
 }

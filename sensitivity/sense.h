@@ -147,7 +147,17 @@ typedef struct {
     const char *checkpoint; /* save the file here every checkpoint_s seconds, at the end and on cancel */
     double checkpoint_s; /* 0: 20 s */
     const ql_sense_share *share; /* NULL: every cell is measured here */
+    /* kld level: candidates of one tensor per forward pass (ql_forward_variants); 0: automatic (8 on a device
+     * backend, whose GEMMs want rows, with as many sequences as fill 8192 rows; 4 on the CPU, one sequence per
+     * thread: the weights of the layers after the tensor are read once for 4 candidates), within half the
+     * memory budget */
+    int cand_batch;
+    int seq_batch; /* sequences per batched pass; 0: automatic (as above) */
 } ql_sense_opts;
+
+/* The batch ql_sense_measure will use: candidates per pass (groups of that many by candidate index, so that a
+ * pass's shape, and with it every float sum, is the same whichever process measures it) and sequences per pass. */
+void ql_sense_batch_shape(const ql_model *m, const ql_sense_opts *o, int n_cand, int *cand_batch, int *seq_per_item);
 
 /* Measures every cell whose level is below o->level. Progress counts cells (phase: "TENSOR CANDIDATE").
  * Cancelled (QL_ERR_CANCELLED) or failed runs leave a checkpoint with everything measured so far. */

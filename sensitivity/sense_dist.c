@@ -120,8 +120,8 @@ static int dist_collect(void *user, ql_sense *s) {
     return d->rank == 0 ? drain(d, s) : 0;
 }
 
-ql_status ql_sense_dist_begin(ql_sense *s, int level, ql_status rank0_status, ql_sense_dist **out,
-                              ql_sense_share *share) {
+ql_status ql_sense_dist_begin(ql_sense *s, int level, ql_status rank0_status, int *cand_batch, int *seq_batch,
+                              ql_sense_dist **out, ql_sense_share *share) {
     *out = NULL;
     memset(share, 0, sizeof *share);
     int32_t verdict = rank0_status;
@@ -129,6 +129,11 @@ ql_status ql_sense_dist_begin(ql_sense *s, int level, ql_status rank0_status, ql
     if (st) return st;
     if (verdict) return ql_dist_rank() == 0 ? (ql_status)verdict
                                             : ql_fail((ql_status)verdict, "rank 0 stopped (see its message)");
+    int32_t shape[2] = {*cand_batch > 0 ? *cand_batch : 1, *seq_batch};
+    if ((st = ql_dist_bcast(shape, sizeof shape, 0))) return st;
+    *cand_batch = shape[0];
+    *seq_batch = shape[1];
+    const int group = shape[0];
     ql_sense_dist *d = ql_calloc(1, sizeof *d);
     d->rank = ql_dist_rank();
     d->size = ql_dist_size();
@@ -139,13 +144,20 @@ ql_status ql_sense_dist_begin(ql_sense *s, int level, ql_status rank0_status, ql
     d->t0 = ql_time_s();
     d->seconds0 = s->seconds;
     if (d->rank == 0) {
-        /* What is left, in file order (tensor by tensor); the k-th such cell goes to rank (k + t) mod N, so the
-         * candidates of one tensor spread over the ranks and no rank gets every cell of one candidate. */
+        /* What is left, in file order (tensor by tensor), in groups of `group` candidates (one batched pass);
+         * the k-th group with something left goes to rank (k + t) mod N, so the candidates of one tensor spread
+         * over the ranks and no rank gets every cell of one candidate. */
         int64_t k = 0;
         for (int t = 0; t < s->n_tensors; t++) {
-            for (int c = 0; c < s->n_cand; c++) {
-                const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
-                *owner_at(d, 0, t, c) = e->bytes >= 0 && e->level < level ? (int32_t)((k++ + t) % d->size) : -1;
+            for (int c0 = 0; c0 < s->n_cand; c0 += group) {
+                bool any = false;
+                for (int c = c0; c < s->n_cand && c < c0 + group; c++) {
+                    const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
+                    const bool left = e->bytes >= 0 && e->level < level;
+                    *owner_at(d, 0, t, c) = left ? (int32_t)((k + t) % d->size) : -1;
+                    any |= left;
+                }
+                k += any;
             }
             for (int a = 0; a < s->n_act; a++)
                 *owner_at(d, 1, t, a) = ql_sense_act_cell_at(s, t, a)->level < 0 ? (int32_t)((k++ + t) % d->size) : -1;

@@ -16,8 +16,11 @@ typedef struct ql_sense_dist ql_sense_dist;
 /* Collective: every rank calls it with its skeleton after rank 0 resumed its own from the file. rank0_status
  * is rank 0's verdict so far (a refused resume): when it is not QL_OK every rank returns it (rank 0's message
  * stays in ql_last_error on rank 0). Then rank 0's list of unmeasured cells reaches every rank and each gets
- * its share; *share is filled for ql_sense_opts.share. A single process gets a share that owns every cell. */
-ql_status ql_sense_dist_begin(ql_sense *s, int level, ql_status rank0_status, ql_sense_dist **out,
+ * its share; *share is filled for ql_sense_opts.share. *cand_batch and *seq_batch become rank 0's (the batch
+ * shape of ql_sense_opts), and a tensor's candidates go to ranks in groups of *cand_batch by index, the groups
+ * ql_sense_measure runs as one pass. A single process gets a share that owns every cell. */
+ql_status ql_sense_dist_begin(ql_sense *s, int level, ql_status rank0_status, int *cand_batch, int *seq_batch,
+                              ql_sense_dist **out,
                               ql_sense_share *share);
 /* After this rank's ql_sense_measure (and _act) returned st. A worker tells rank 0 it has ended (with st's
  * message) and returns st. Rank 0 takes in every cell until each rank has ended, saving `path` every

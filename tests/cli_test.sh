@@ -356,6 +356,16 @@ PY
   if [ "$(grep -c '^k	' "$T/act.qss")" = 111 ] && awk -v a="$ka" -v b="$kb" -v c="$kc" 'BEGIN { exit !(c < a && a < b && c > 0) }'; then
     ok "sense --act-candidates: 37 tensors x 3 schemes; summed KLD llm_int8 $kc < int8_token $ka < int8_tensor $kb"
   else bad "sense --act-candidates: '$ka' '$kb' '$kc'"; sed 's/^/     /' "$T/err" | tail -3; fi
+  # the weight cells above came from batched probes (2 candidates per pass, the CPU default of 4 capped at 2);
+  # one candidate per pass must give the same errors up to float sums (weight, output, KLD of every m line)
+  $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \
+    --cand-batch 1 -o "$T/one.qss" >/dev/null 2>&1
+  if [ "$(grep -c '^m	' "$T/one.qss")" = 74 ] && paste <(grep '^m	' "$T/act.qss") <(grep '^m	' "$T/one.qss") | awk -F'\t' '
+       { n = NF / 2; for (i = 6; i <= 8; i++) { a = $i; b = $(i + n); d = a - b; if (d < 0) d = -d;
+           if (a < 0) a = -a; if (d > 1e-6 * (a > 1e-12 ? a : 1e-12)) bad++ } } END { exit bad > 0 }'; then
+    ok "sense --cand-batch 1 (a pass per candidate) gives the batched run's 74 cells within 1e-6"
+  else bad "sense --cand-batch 1 differs from the batched cells"; fi
+  expect_error "sense --cand-batch 0 refused" "--cand-batch" $QLAB sense "$M" --text "$T/text.txt" --candidates q8_0 --cand-batch 0 -o "$T/never.qss"
   if $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \
        --act-candidates int8_token,int8_tensor,llm_int8 -o "$T/act.qss" 2>&1 >/dev/null | grep -q "reusing 175 measured cells"; then
     ok "sense --act-candidates resumes (64 weight + 111 activation cells reused)"; else bad "act cells not reused"; fi
@@ -842,6 +852,14 @@ if [ -f "$SM" ]; then
     elif [ $mrc -eq 0 ] && [ -s "$T/one.qss" ] && [ -s "$T/two.qss" ] && cmp -s <(noseconds "$T/one.qss") <(noseconds "$T/two.qss"); then
       ok "sense under mpirun -np 2 --threads 1: the .qss of one process with 2 threads, byte for byte (but the seconds line)"
     else bad "sense under mpirun -np 2 (exit $mrc) differs from one process"; sed 's/^/     /' "$T/mpi.err" | tail -4; fi
+    # 5 candidates in batched passes of 2: each rank gets whole groups (padded on its last), the same bytes again
+    B5="$SARGS --candidates q4_0,q8_0,q5_0,q4_1,q5_1 --cand-batch 2"
+    $QLAB sense "$SM" $B5 --threads 2 -o "$T/one5.qss" >/dev/null 2>&1
+    $MPIRUN $QLAB sense "$SM" $B5 -o "$T/two5.qss" >/dev/null 2>"$T/mpi.err"; mrc=$?
+    if grep -q "built without MPI" "$T/mpi.err"; then :
+    elif [ $mrc -eq 0 ] && [ -s "$T/one5.qss" ] && cmp -s <(noseconds "$T/one5.qss") <(noseconds "$T/two5.qss"); then
+      ok "sense --cand-batch 2 under mpirun -np 2: one process's .qss, byte for byte (but the seconds line)"
+    else bad "sense --cand-batch 2 under mpirun -np 2 (exit $mrc) differs from one process"; sed 's/^/     /' "$T/mpi.err" | tail -4; fi
     expect_error "ppl under mpirun -np 2 is refused" "only 'sense' and 'stats' share their work" $MPIRUN $QLAB ppl "$SM" --text "$T/text.txt"
     # stats: the 3 sequence workers of --threads 3 over 2 ranks add up as in one process with 3 threads
     STARGS="--text $SHARED/data/tinystories-valid.txt --ctx 64 --chunks 5 --threads 3"

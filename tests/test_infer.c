@@ -15,6 +15,7 @@
 #include "core/infer.h"
 #include "core/ppl.h"
 #include "core/synth.h"
+#include "kernels/ggml_types.h"
 #include "tests/test_util.h"
 
 static void test_logits_match_llamacpp(void **state) {
@@ -167,11 +168,118 @@ static void test_largest_head_dim(void **state) {
     free(b);
 }
 
+/* ---- batched passes: several versions of one weight at once (sensitivity probes) ---- */
+
+typedef struct {
+    float *resid; /* [T, D] entering layer `want` */
+    int want, T, D;
+} resid_grab;
+
+static void grab_resid(void *user, int layer, ql_hook_point where, const float *x, int n, int dim) {
+    resid_grab *g = user;
+    if (where == QL_HOOK_RESIDUAL && layer == g->want && n == g->T && dim == g->D)
+        memcpy(g->resid, x, (size_t)n * dim * sizeof(float));
+}
+
+/* ql_forward_variants against one ql_forward_from per (variant, sequence) with that variant swapped in:
+ * the same logits up to BLAS blocking (~1e-6 relative), every variant applied (they differ from each other), for a layer
+ * weight (start from saved residuals), the embedding (start from tokens) and the output matrix. */
+static void check_variants(ql_model *m, const ql_gguf_tensor *t, int layer_from, bool from_tokens) {
+    enum { T = 16, NSEQ = 2, NV = 3 };
+    const int V = m->cfg.n_vocab, D = m->cfg.n_embd;
+    const int64_t n = t->ne[0] * t->ne[1];
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    float *w0 = malloc((size_t)n * 4), *var[NV];
+    assert_true(ql_tensor_to_f32(t, w0, 1));
+    uint32_t types[NV] = {QL_TYPE_F32, QL_TYPE_Q8_0, QL_TYPE_Q4_0};
+    unsigned rng = 12345;
+    for (int v = 0; v < NV; v++) {
+        var[v] = malloc((size_t)n * 4);
+        for (int64_t i = 0; i < n; i++) {
+            rng = rng * 1103515245u + 12345u;
+            var[v][i] = w0[i] * (1.0f + 0.2f * (float)(v + 1) * ((float)(rng >> 16 & 0x7fff) / 32768.0f - 0.5f));
+        }
+    }
+    int32_t toks[NSEQ][T];
+    for (int q = 0; q < NSEQ; q++)
+        for (int i = 0; i < T; i++) toks[q][i] = i == 0 ? 1 : 3 + (i * 37 + q * 101) % 400;
+    /* residuals entering layer_from, from the unperturbed model */
+    float *resid[NSEQ];
+    ql_scratch *s = ql_scratch_new(inf, T);
+    float *lg = malloc((size_t)T * V * 4);
+    for (int q = 0; q < NSEQ; q++) {
+        resid[q] = malloc((size_t)T * D * 4);
+        resid_grab g = {resid[q], layer_from, T, D};
+        ql_scratch_set_hook(s, grab_resid, &g);
+        assert_int_equal(ql_forward(inf, s, toks[q], T, 0, lg), QL_OK);
+        ql_scratch_set_hook(s, NULL, NULL);
+    }
+    /* one pass per (variant, sequence), the way probes ran before batching */
+    float *want = malloc((size_t)NV * NSEQ * T * V * 4), *got = malloc((size_t)NV * NSEQ * T * V * 4);
+    for (int v = 0; v < NV; v++) {
+        const float *old = ql_infer_swap_weight_typed(inf, t, var[v], types[v]);
+        for (int q = 0; q < NSEQ; q++)
+            assert_int_equal(ql_forward_from(inf, s, toks[q], from_tokens ? NULL : resid[q], from_tokens ? 0 : layer_from,
+                                             T, 0, want + ((size_t)v * NSEQ + q) * T * V),
+                             QL_OK);
+        ql_infer_swap_weight_typed(inf, t, old, t->type);
+    }
+    /* a scratch too small for the batch is refused */
+    const float *wv[NV] = {var[0], var[1], var[2]};
+    ql_weight_variants vs = {t, NV, wv, types};
+    const int32_t *tp[NSEQ] = {toks[0], toks[1]};
+    const float *xp[NSEQ] = {resid[0], resid[1]};
+    assert_int_equal(ql_forward_variants(inf, s, &vs, tp, from_tokens ? NULL : xp, NSEQ, from_tokens ? 0 : layer_from, T,
+                                         got),
+                     QL_ERR_ARG);
+    ql_scratch *sb = ql_scratch_new_rows(inf, T, NV * NSEQ * T);
+    assert_int_equal(ql_forward_variants(inf, sb, &vs, tp, from_tokens ? NULL : xp, NSEQ, from_tokens ? 0 : layer_from,
+                                         T, got),
+                     QL_OK);
+    double maxd = 0, spread = 0;
+    for (size_t i = 0; i < (size_t)NV * NSEQ * T * V; i++) maxd = fmax(maxd, fabs((double)want[i] - got[i]));
+    for (size_t i = 0; i < (size_t)NSEQ * T * V; i++) spread = fmax(spread, fabs((double)got[i] - got[(size_t)NSEQ * T * V + i]));
+    printf("%s from layer %d: max |batched - one by one| = %.3g, variants 0/1 differ by %.3g\n", t->name,
+           from_tokens ? 0 : layer_from, maxd, spread);
+    assert_true(maxd < 1e-4); /* logits of |x| ~ 10: float sums in another blocking */
+    assert_true(spread > 1e-3);
+    /* the scratch is the plain one again afterwards: an ordinary pass gives the unperturbed logits */
+    float *plain = malloc((size_t)T * V * 4);
+    assert_int_equal(ql_forward(inf, sb, toks[0], T, 0, plain), QL_OK);
+    assert_int_equal(ql_forward(inf, s, toks[0], T, 0, lg), QL_OK);
+    for (int i = 0; i < T * V; i++) assert_true(fabs((double)plain[i] - lg[i]) < 1e-5);
+    free(plain);
+    ql_scratch_free(sb);
+    for (int q = 0; q < NSEQ; q++) free(resid[q]);
+    for (int v = 0; v < NV; v++) free(var[v]);
+    free(w0);
+    free(lg);
+    free(want);
+    free(got);
+    ql_scratch_free(s);
+    ql_infer_free(inf);
+}
+
+static void test_forward_variants(void **state) {
+    (void)state;
+    char model[512];
+    if (!shared_path(model, sizeof model, "models/stories260K.gguf")) skip();
+    ql_model *m;
+    assert_int_equal(ql_model_load(model, &m), QL_OK);
+    check_variants(m, m->layers[2].wq, 2, false);
+    check_variants(m, m->layers[3].w_down, 3, false);
+    check_variants(m, m->tok_embd, 0, true);
+    check_variants(m, m->output, m->cfg.n_layer, false);
+    ql_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_match_llamacpp),
         cmocka_unit_test(test_ppl_bookkeeping),
         cmocka_unit_test(test_largest_head_dim),
+        cmocka_unit_test(test_forward_variants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

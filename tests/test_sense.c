@@ -654,6 +654,36 @@ static void test_measure_stories260k(void **state) {
     }
     assert_true(kld_ordered >= a->n_tensors * (nc - 1) * 95 / 100);
 
+    /* batched probes (the default here: 4 candidates per pass) against one candidate per pass, and against the
+     * device shape (3 candidates x 2 sequences per pass, the groups padded): the same cells up to the float sums
+     * of GEMMs of another row count */
+    const int shapes[][2] = {{1, 1}, {3, 2}};
+    for (size_t k = 0; k < QL_ARRAY_LEN(shapes); k++) {
+        ql_sense *d;
+        assert_int_equal(ql_sense_new(m, cands, nc, &d), QL_OK);
+        ql_sense_set_context(d, "test", tok, n_seq, T, "calibration tokens", "", QL_SENSE_KLD);
+        ql_sense_opts ob = o;
+        ob.cand_batch = shapes[k][0];
+        ob.seq_batch = shapes[k][1];
+        int nb, spi;
+        ql_sense_batch_shape(m, &ob, nc, &nb, &spi);
+        assert_int_equal(nb, shapes[k][0]);
+        assert_int_equal(spi, shapes[k][1]);
+        assert_int_equal(ql_sense_measure(d, m, &ob, NULL), QL_OK);
+        double worst = 0;
+        for (int t = 0; t < a->n_tensors; t++)
+            for (int c = 0; c < nc; c++) {
+                const ql_sense_cell *x = ql_sense_cell_at(a, t, c), *y = ql_sense_cell_at(d, t, c);
+                assert_int_equal(y->level, QL_SENSE_KLD);
+                assert_true(x->werr == y->werr && x->oerr == y->oerr);
+                const double rel = fabs(x->kld - y->kld) / fmax(x->kld, 1e-9);
+                worst = fmax(worst, rel);
+                assert_true(rel < 1e-5);
+            }
+        printf("kld cells of %d candidates x %d sequences per pass: %.3g relative from 4 x 1\n", nb, spi, worst);
+        ql_sense_free(d);
+    }
+
     /* cancel part-way with a checkpoint, resume into a fresh skeleton: the same numbers */
     char path[] = "/tmp/qlab-sense-resume-XXXXXX";
     close(mkstemp(path));
