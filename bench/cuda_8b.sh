@@ -5,6 +5,7 @@
 #      method's device path per tensor; goal < 5 min on one H100, peers 12-16 min on A100-class GPUs);
 #   2. a KLD-level sensitivity sweep of the synthetic 8B model with 6 candidates through the CUDA backend
 #      (qlab sense --device cuda; goal < 10 min), resident;
+#   2b. the sweep with one candidate per pass (--cand-batch 1), cut at SENSE1_S: KLD cells/s against batched;
 #   3. the same sweep in a 24 GiB budget (QL_CUDA_MEM_MB=24576: layers streamed), cut at SENSE_BUDGET_S.
 # Each step runs under `timeout` so the whole script stays inside ~10 minutes on an H100 (STEP_S, SENSE_S);
 # a step cut off prints how far it got. Prints figures; asserts nothing. Without a GPU it says so and exits 0.
@@ -23,6 +24,7 @@ CHUNKS=${CHUNKS:-2}
 STEP_S=${STEP_S:-240}
 SENSE_S=${SENSE_S:-240}
 SENSE_BUDGET_S=${SENSE_BUDGET_S:-90}
+SENSE1_S=${SENSE1_S:-90}
 THREADS=${THREADS:-$(nproc)}
 
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
@@ -76,7 +78,18 @@ peak_run timeout "$SENSE_S" $QLAB "${sense_args[@]}" -o "$DIR/sense8b.qss"
 rc=$?
 tail -3 "$DIR/out.log"; tail -2 "$DIR/err.log"
 [ $rc = 124 ] && echo "cut at $SENSE_S s: the .qss checkpoint holds the cells finished (qlab sense resumes it)"
-echo "sense 8B resident: exit $rc, ${SECS} s, peak GPU memory ${PEAK:-?} MiB"
+cells() { awk -F'\t' '$1 == "m" && $5 == 2' "$1" 2>/dev/null | wc -l; }
+n_b=$(cells "$DIR/sense8b.qss"); s_b=$SECS
+echo "sense 8B resident: exit $rc, ${SECS} s, peak GPU memory ${PEAK:-?} MiB, $n_b KLD cells (batched passes)"
+
+echo
+echo "=== 2b. the same sweep, one candidate per pass (--cand-batch 1), cut at $SENSE1_S s: what batching buys"
+peak_run timeout "$SENSE1_S" $QLAB "${sense_args[@]}" --cand-batch 1 -o "$DIR/sense8b-1.qss"
+rc=$?
+n_1=$(cells "$DIR/sense8b-1.qss")
+awk -v nb="$n_b" -v sb="$s_b" -v n1="$n_1" -v s1="$SECS" 'BEGIN {
+  rb = sb > 0 ? nb / sb : 0; r1 = s1 > 0 ? n1 / s1 : 0
+  printf "KLD cells/s: batched %.3f, one per pass %.3f (exit %s), ratio %.2fx\n", rb, r1, "'$rc'", r1 > 0 ? rb / r1 : 0 }'
 
 echo
 echo "=== 3. the same sweep in a 24 GiB budget (streamed layers), cut at $SENSE_BUDGET_S s"

@@ -13,6 +13,8 @@
 #      and llama-3-8b at ctx 2048, and the 8B shape again in a 24 GiB budget (SHAPES= to narrow it);
 #   2c. `qlab quant --method gptq --device cuda` into the 12 ggml grid types: the block fixes on the device
 #      (ql_format_cuda_ops.grid_fix_dev) write the same file as the host round trip (QL_GPTQ_HOST_FIX=1), both timed;
+#   2d. `qlab sense --level kld --device cuda` on tinystories-d256, batched (the default) and one candidate per
+#      pass, both timed beside the CPU, KLD cells within 1e-3 relative of the CPU's;
 #   4. (`bash scripts/gpu_checks.sh 8b`: this step alone, ~10 min) make bench-cuda-8b: GPTQ int4_g128 of the
 #      llama-3.1-8b shape and a 6-candidate KLD sense sweep of the 8B shape, resident and in 24 GiB; then
 #   5. GPTQ of 8 layers (LAYERS=) of the 8B shape into q4_k with the device block fixes and with the round trip.
@@ -86,6 +88,25 @@ if [ -f "$qm" ]; then
     if cmp -s /tmp/qlab_g_host.gguf /tmp/qlab_g_dev.gguf; then
       echo "PASS: gptq $t same bytes; host fix $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s, device fix $(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.2f", b - a }') s"
     else echo "FAIL: gptq $t: the device fix's file differs from the host fix's"; fail=1; fi
+  done
+fi
+
+step "2d. qlab sense --level kld on the GPU: batched passes (8 candidates x the sequences) vs one candidate per pass vs the CPU"
+if [ -f "$qm" ]; then
+  sargs=(sense "$qm" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 8
+         --candidates q8_0,q6_k,q5_k,q4_k,q4_0,q3_k --level kld --force)
+  tq() { local t0; t0=$(date +%s.%N); "$@" >/dev/null 2>/tmp/qlab_sense_gpu.log; local rc=$?
+         SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'); return $rc; }
+  tq ./qlab "${sargs[@]}" --device cpu -o /tmp/qlab_sense_cpu.qss && cs=$SECS || echo "FAIL: sense on the CPU"
+  tq ./qlab "${sargs[@]}" --device cuda -o /tmp/qlab_sense_gpu.qss && gs=$SECS || { echo "FAIL: sense on the GPU"; tail -2 /tmp/qlab_sense_gpu.log; }
+  tq ./qlab "${sargs[@]}" --device cuda --cand-batch 1 -o /tmp/qlab_sense_gpu1.qss && g1=$SECS || echo "FAIL: sense on the GPU, --cand-batch 1"
+  echo "sense d256 6 candidates: cpu ${cs:-?} s, gpu batched ${gs:-?} s, gpu one candidate per pass ${g1:-?} s"
+  for f in /tmp/qlab_sense_gpu.qss /tmp/qlab_sense_gpu1.qss; do
+    if [ -s "$f" ] && paste <(grep '^m	' /tmp/qlab_sense_cpu.qss) <(grep '^m	' "$f") | awk -F'\t' '
+         { n = NF / 2; a = $8; b = $(8 + n); d = a - b; if (d < 0) d = -d; r = d / (a > 1e-9 ? a : 1e-9);
+           if (r > w) w = r } END { printf "worst KLD cell %.3g relative to the CPU\n", w; exit !(w <= 1e-3) }'; then
+      echo "PASS: $f KLD cells match the CPU's"
+    else echo "FAIL: $f KLD cells differ from the CPU's"; fail=1; fi
   done
 fi
 
