@@ -346,7 +346,10 @@ const ql_method ql_method_rtn = {
 ql_status ql_method_roundtrip(const ql_method *me, const float *w, int64_t nrows, int64_t ncols, const ql_format *f,
                               const ql_input_stats *st, const ql_method_opts *o, float *out) {
     const int nt = o && o->n_threads > 0 ? o->n_threads : 1;
-    if (!me || me->quantize_tensor == rtn_quantize)
+    /* RTN on the host is the format's own round trip; on a device backend with a quantizer (sensitivity probes
+     * under --device cuda) it goes through rtn_quantize below, whose device kernels write the same bytes */
+    const ql_backend_ops *be = ql_backend_default();
+    if (!me || (me->quantize_tensor == rtn_quantize && !(be && be->quantize)))
         return ql_format_roundtrip(f, w, out, nrows, ncols, o ? o->importance : NULL, nt);
     const int64_t bytes = ql_format_fits(f, ncols) ? ql_format_tensor_bytes(f, ncols, nrows) : -1;
     char why[256];
