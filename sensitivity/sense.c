@@ -810,6 +810,11 @@ void ql_sense_batch_shape(const ql_model *m, const ql_sense_opts *o, int n_cand,
     const bool serial = b && b->serial;
     int nb = o->cand_batch > 0 ? o->cand_batch : serial ? 8 : 4;
     nb = QL_MAX(1, QL_MIN(QL_MIN(nb, n_cand), MAX_BATCH));
+    /* groups of equal size: 6 candidates in batches of at most 4 run as 3 + 3, not 4 + 2 padded to 4 */
+    if (o->cand_batch <= 0 && n_cand > 0) {
+        const int groups = (n_cand + nb - 1) / nb;
+        nb = (n_cand + groups - 1) / groups;
+    }
     if (o->level < QL_SENSE_KLD || o->seq_len < 1) nb = 1;
     const int T = QL_MAX(o->seq_len, 1);
     int64_t spi = o->seq_batch > 0 ? QL_MIN((int64_t)o->seq_batch, QL_MAX(o->n_seq, 1))
