@@ -149,8 +149,8 @@ typedef struct {
     const ql_sense_share *share; /* NULL: every cell is measured here */
     /* kld level: candidates of one tensor per forward pass (ql_forward_variants); 0: automatic (8 on a device
      * backend, whose GEMMs want rows, with as many sequences as fill 8192 rows; 4 on the CPU, one sequence per
-     * thread: the weights of the layers after the tensor are read once for 4 candidates), within half the
-     * memory budget */
+     * thread: the weights of the layers after the tensor are read once for 4 candidates), in groups of equal
+     * size, within half the memory budget */
     int cand_batch;
     int seq_batch; /* sequences per batched pass; 0: automatic (as above) */
 } ql_sense_opts;

@@ -654,9 +654,9 @@ static void test_measure_stories260k(void **state) {
     }
     assert_true(kld_ordered >= a->n_tensors * (nc - 1) * 95 / 100);
 
-    /* batched probes (the default here: 4 candidates per pass) against one candidate per pass, and against the
-     * device shape (3 candidates x 2 sequences per pass, the groups padded): the same cells up to the float sums
-     * of GEMMs of another row count */
+    /* batched probes (the CPU default: at most 4 candidates per pass in equal groups, 3 + 2 here) against one
+     * candidate per pass, and against a device shape (3 candidates x 2 sequences per pass, the last group
+     * padded): the same cells up to the float sums of GEMMs of another row count */
     const int shapes[][2] = {{1, 1}, {3, 2}};
     for (size_t k = 0; k < QL_ARRAY_LEN(shapes); k++) {
         ql_sense *d;
@@ -680,7 +680,8 @@ static void test_measure_stories260k(void **state) {
                 worst = fmax(worst, rel);
                 assert_true(rel < 1e-5);
             }
-        printf("kld cells of %d candidates x %d sequences per pass: %.3g relative from 4 x 1\n", nb, spi, worst);
+        printf("kld cells of %d candidates x %d sequences per pass: %.3g relative from the default shape\n", nb, spi,
+               worst);
         ql_sense_free(d);
     }
 
