@@ -37,6 +37,7 @@
 #define MAX_TENSORS (1 << 20)
 #define MAX_BATCH 64        /* candidates in one batched probe */
 #define BATCH_ROWS 8192     /* rows of one batched pass on a device backend (sequences x candidates x positions) */
+#define BATCH_LOGITS (1024.0 * 1048576.0) /* bytes of one batched pass's logits */
 
 static const char *g_level_names[] = {"weight", "output", "kld"};
 
@@ -820,13 +821,15 @@ void ql_sense_batch_shape(const ql_model *m, const ql_sense_opts *o, int n_cand,
     int64_t spi = o->seq_batch > 0 ? QL_MIN((int64_t)o->seq_batch, QL_MAX(o->n_seq, 1))
                   : serial && nb > 1 ? QL_MAX((int64_t)1, QL_MIN(QL_MAX(o->n_seq, 1), (int64_t)BATCH_ROWS / ((int64_t)nb * T)))
                                      : 1;
-    /* the pass's buffers and logits within half the memory budget: fewer sequences, then fewer candidates */
+    /* the pass's buffers and logits within half the memory budget, and its logits within BATCH_LOGITS (a device
+     * backend holds them twice more, on the GPU: 8192 rows of a 128k vocabulary would be 4 GiB): fewer
+     * sequences, then fewer candidates */
     const double budget = 0.5 * ql_mem_budget_bytes();
     for (;;) {
         const int64_t rows = nb * spi * T;
-        const double bytes = ql_scratch_bytes_rows(&m->cfg, T, (int)QL_MIN(rows, (int64_t)INT32_MAX)) +
-                             4.0 * (double)rows * m->cfg.n_vocab;
-        if (bytes <= budget || (nb == 1 && spi == 1)) break;
+        const double logits = 4.0 * (double)rows * m->cfg.n_vocab;
+        const double bytes = ql_scratch_bytes_rows(&m->cfg, T, (int)QL_MIN(rows, (int64_t)INT32_MAX)) + logits;
+        if ((bytes <= budget && logits <= BATCH_LOGITS) || (nb == 1 && spi == 1)) break;
         if (spi > 1) spi = QL_MAX((int64_t)1, spi / 2);
         else nb = QL_MAX(1, nb / 2);
     }

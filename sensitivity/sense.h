@@ -148,7 +148,7 @@ typedef struct {
     double checkpoint_s; /* 0: 20 s */
     const ql_sense_share *share; /* NULL: every cell is measured here */
     /* kld level: candidates of one tensor per forward pass (ql_forward_variants); 0: automatic (8 on a device
-     * backend, whose GEMMs want rows, with as many sequences as fill 8192 rows; 4 on the CPU, one sequence per
+     * backend, whose GEMMs want rows, with as many sequences as fill 8192 rows and 1 GiB of logits; 4 on the CPU, one sequence per
      * thread: the weights of the layers after the tensor are read once for 4 candidates), in groups of equal
      * size, within half the memory budget */
     int cand_batch;
