@@ -54,17 +54,12 @@ QL_HD uint8_t bnb4_encode(const ql_cuda_bnb4 &k, float x) {
     for (int i = 0; i < k.nthr; i++) c += x > k.thr[i];
     return (uint8_t)(k.order[c] + sign);
 }
-// block b of row r: finite absmax, then the codes (encode_block of fmt_nf4.c)
-QL_HD void bnb4_quant_block(const ql_cuda_bnb4 &k, const float *src, uint8_t *dst, int64_t ncols, int64_t item) {
-    const int64_t nblk = (ncols + BNB_BLOCK - 1) / BNB_BLOCK, r = item / nblk, b = item % nblk;
-    const int64_t c0 = b * BNB_BLOCK, len = BNB_BLOCK < ncols - c0 ? BNB_BLOCK : ncols - c0;
-    const float *x = src + r * ncols + c0;
-    uint8_t *p = dst + r * bnb4_row_bytes(ncols) + b * (4 + BNB_BLOCK / 2);
+// one block of len values x: its finite absmax (returned) and its codes packed two per byte into out
+// (encode_block of fmt_nf4.c), shared by the plain layout and the double-quantized one
+QL_HD float bnb4_encode_block(const ql_cuda_bnb4 &k, const float *x, int64_t len, uint8_t *out) {
     float am = 0.0f;
     for (int64_t i = 0; i < len; i++)
         if (finite_f(x[i]) && fabs_bits(x[i]) > am) am = fabs_bits(x[i]);
-    put_f32(p, am);
-    uint8_t *out = p + 4;
     const float inv = div_rn(1.0f, am);
     for (int64_t i = 0; i < (len + 1) / 2; i++) out[i] = 0;
     for (int64_t i = 0; i < len; i++) {
@@ -76,6 +71,14 @@ QL_HD void bnb4_quant_block(const ql_cuda_bnb4 &k, const float *src, uint8_t *ds
         else c = bnb4_encode(k, is_inf(inv) ? div_rn(v, am) : mul_rn(v, inv)); // subnormal absmax: 1/am overflows
         out[i / 2] |= (uint8_t)(i % 2 ? c : c << 4);
     }
+    return am;
+}
+// block b of row r: absmax, then the codes
+QL_HD void bnb4_quant_block(const ql_cuda_bnb4 &k, const float *src, uint8_t *dst, int64_t ncols, int64_t item) {
+    const int64_t nblk = (ncols + BNB_BLOCK - 1) / BNB_BLOCK, r = item / nblk, b = item % nblk;
+    const int64_t c0 = b * BNB_BLOCK, len = BNB_BLOCK < ncols - c0 ? BNB_BLOCK : ncols - c0;
+    uint8_t *p = dst + r * bnb4_row_bytes(ncols) + b * (4 + BNB_BLOCK / 2);
+    put_f32(p, bnb4_encode_block(k, src + r * ncols + c0, len, p + 4));
 }
 QL_HD float bnb4_dequant_at(const ql_cuda_bnb4 &k, const uint8_t *src, int64_t ncols, int64_t i) {
     const int64_t r = i / ncols, col = i % ncols, b = col / BNB_BLOCK, j = col % BNB_BLOCK;
@@ -147,23 +150,7 @@ QL_HD uint8_t dyn_encode(const float *code, float x) {
 // first level, block b: exact absmax into absmax[b], codes into the row's code bytes
 QL_HD void dq_block(const ql_cuda_bnb4 &k, const Dq &L, const float *src, uint8_t *dst, float *absmax, int64_t b) {
     const int64_t r = b / L.bpr, c0 = (b % L.bpr) * BNB_BLOCK, len = BNB_BLOCK < L.ncols - c0 ? BNB_BLOCK : L.ncols - c0;
-    const float *x = src + r * L.ncols + c0;
-    float am = 0.0f;
-    for (int64_t i = 0; i < len; i++)
-        if (finite_f(x[i]) && fabs_bits(x[i]) > am) am = fabs_bits(x[i]);
-    absmax[b] = am;
-    uint8_t *out = dst + L.codes_off() + r * L.rcb + c0 / 2;
-    const float inv = div_rn(1.0f, am);
-    for (int64_t i = 0; i < (len + 1) / 2; i++) out[i] = 0;
-    for (int64_t i = 0; i < len; i++) {
-        const float v = x[i];
-        uint8_t c;
-        if (is_nan(v)) c = k.zero;
-        else if (is_inf(v)) c = v > 0 ? k.plus_one : k.minus_one;
-        else if (am == 0.0f) c = k.zero;
-        else c = bnb4_encode(k, is_inf(inv) ? div_rn(v, am) : mul_rn(v, inv));
-        out[i / 2] |= (uint8_t)(i % 2 ? c : c << 4);
-    }
+    absmax[b] = bnb4_encode_block(k, src + r * L.ncols + c0, len, dst + L.codes_off() + r * L.rcb + c0 / 2);
 }
 // the mean of the absmax values: a double sum in block order
 QL_HD void dq_offset(const Dq &L, const float *absmax, uint8_t *dst) {
