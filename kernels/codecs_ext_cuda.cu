@@ -11,6 +11,7 @@
 #include "kernels/cuda_api.h" /* ql_cuda_available */
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_half.cuh"
+#include "kernels/cuda_fp8.cuh"
 #include "kernels/aqlm.h" /* QL_AQLM_GROUP */
 
 #include <cuda_runtime.h>
@@ -19,13 +20,6 @@ using namespace ql_cuda;
 
 namespace {
 
-QL_HD float rint_even(float v) {
-#ifdef __CUDA_ARCH__
-    return rintf(v);
-#else
-    return nearbyintf(v);
-#endif
-}
 QL_HD void put_f32(uint8_t *p, float f) {
     const uint32_t u = f2u(f);
     for (int k = 0; k < 4; k++) p[k] = (uint8_t)(u >> (8 * k));
@@ -33,9 +27,6 @@ QL_HD void put_f32(uint8_t *p, float f) {
 QL_HD float get_f32(const uint8_t *p) {
     return u2f((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
 }
-QL_HD bool is_nan(float v) { return (f2u(v) & 0x7fffffffu) > 0x7f800000u; }
-QL_HD bool is_inf(float v) { return (f2u(v) & 0x7fffffffu) == 0x7f800000u; }
-QL_HD float pow2(int e) { return u2f((uint32_t)(e + 127) << 23); } // normal range only
 
 // ---- NF4 / FP4 ----
 constexpr int BNB_BLOCK = 64;
@@ -269,38 +260,6 @@ struct Fp8 {
     }
 };
 
-QL_HD uint8_t encode_magnitude(float a, int mbits, int bias) {
-    if (a < pow2(1 - bias)) return (uint8_t)(int)rint_even(mul_rn(a, pow2(bias - 1 + mbits)));
-    uint32_t u = f2u(a);
-    const int shift = 23 - mbits;
-    u += ((1u << (shift - 1)) - 1) + ((u >> shift) & 1);
-    u >>= shift;
-    return (uint8_t)(u - ((uint32_t)(127 - bias) << mbits));
-}
-QL_HD uint8_t fp8_encode(bool e5m2, float x) {
-    const uint8_t sign = (f2u(x) & 0x80000000u) ? 0x80 : 0;
-    if (is_nan(x)) return sign | (e5m2 ? 0x7E : 0x7F);
-    if (e5m2 && is_inf(x)) return sign | 0x7C;
-    float a = fabs_bits(x);
-    const float mx = e5m2 ? 57344.0f : 448.0f;
-    if (a > mx) a = mx;
-    return sign | (e5m2 ? encode_magnitude(a, 2, 15) : encode_magnitude(a, 3, 7));
-}
-QL_HD float fp8_decode(bool e5m2, uint8_t c) {
-    float v;
-    if (e5m2) {
-        const int e = (c >> 2) & 31, m = c & 3;
-        if (e == 31) v = m == 0 ? u2f(0x7f800000u) : u2f(0x7fc00000u);
-        else if (e == 0) v = mul_rn((float)m, pow2(-16));
-        else v = mul_rn(add_rn(1.0f, div_rn((float)m, 4.0f)), pow2(e - 15));
-    } else {
-        const int e = (c >> 3) & 15, m = c & 7;
-        if (e == 15 && m == 7) v = u2f(0x7fc00000u);
-        else if (e == 0) v = mul_rn((float)m, pow2(-9));
-        else v = mul_rn(add_rn(1.0f, div_rn((float)m, 8.0f)), pow2(e - 7));
-    }
-    return c & 0x80 ? fneg(v) : v;
-}
 QL_HD uint8_t fp8_encode_scaled(const Fp8 &F, float x, float scale) {
     if (is_nan(x) || scale == 0.0f) return 0;
     float v = div_rn(x, scale);

@@ -21,13 +21,6 @@ using namespace ql_cuda;
 
 namespace {
 
-QL_HD float rint_even(float v) {
-#ifdef __CUDA_ARCH__
-    return rintf(v);
-#else
-    return nearbyintf(v); // the reference's call; round-to-nearest-even in the default mode
-#endif
-}
 QL_HD int64_t bits_to_bytes(int64_t nbits) { return (nbits + 7) / 8; }
 QL_HD void bits_or(uint8_t *buf, int64_t pos, int n, unsigned v) {
     const int64_t byte = pos >> 3;

@@ -112,6 +112,17 @@ QL_HD uint32_t f2u(float f) {
 }
 // sign-bit operations (PTX abs/neg may canonicalize a NaN; x86 andps/xorps never do)
 QL_HD float fabs_bits(float x) { return u2f(f2u(x) & 0x7fffffffu); }
+QL_HD bool is_nan(float v) { return (f2u(v) & 0x7fffffffu) > 0x7f800000u; }
+QL_HD bool is_inf(float v) { return (f2u(v) & 0x7fffffffu) == 0x7f800000u; }
+QL_HD float pow2(int e) { return u2f((uint32_t)(e + 127) << 23); } // 2^e, normal range only
+// nearbyintf in the default mode: round half to even (the references' call)
+QL_HD float rint_even(float v) {
+#ifdef __CUDA_ARCH__
+    return rintf(v);
+#else
+    return nearbyintf(v);
+#endif
+}
 QL_HD float fneg(float x) { return u2f(f2u(x) ^ 0x80000000u); }
 QL_HD bool finite_f(float x) { return (f2u(x) & 0x7f800000u) != 0x7f800000u; }
 QL_HD bool finite_d(double x) { return x - x == 0.0; }
