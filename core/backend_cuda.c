@@ -24,8 +24,9 @@
  *
  * KV cache: F32, and llama.cpp's cache types f16 / bf16 (16-bit), q8_0 (llama.cpp's cache-write rounding) and
  * q4_0, q4_1, q5_0, q5_1 (the registry's CUDA codecs) stored as such on the device, the query rounded to the K
- * type's vec_dot type as ggml does; iq4_nl (its cache write is a quicker search than the file quantizer the
- * device has) and qlab's own schemes are refused with one line. All ops queue on one stream under one mutex, so passes from
+ * type's vec_dot type as ggml does; qlab's INT / FP8 sides (residual window, Hadamard K) as core/kv_cache.c
+ * simulates them, attended with their float band like the CPU backend; iq4_nl (its cache write is a quicker
+ * search than the file quantizer the device has) is refused with one line. All ops queue on one stream under one mutex, so passes from
  * several threads are serialized on the device. */
 #include "core/backend.h"
 #include "core/backend_cuda.h"
@@ -125,7 +126,15 @@ typedef struct {
     int kind[2];              /* K, V: kv_store_kind */
     const ql_format *f[2];    /* K, V: the registry entry of a block type (Q8_0, codec), else NULL */
     int64_t row_bytes[2];     /* bytes of one token's row */
-    void *buf[2];             /* K, V: [max_tokens] rows */
+    void *buf[2];             /* K, V: [max_tokens] rows (KV_SIM: the float rows) */
+    /* KV_SIM (qlab's INT / FP8 sides): the decoded rows of tokens [0, n_quant), the rotation's rows, and the
+     * side as the kernels take it */
+    float *deq[2], *rot[2];
+    int n_quant[2];
+    ql_cudafwd_kv_side sim[2];
+    /* the float band's scratch (a side read in float near the diagonal): scores [T, T] and V - decode */
+    float *band, *vdiff;
+    int band_cap;
 } cu_kv;
 
 #define CU(call)                                                                                              \
@@ -765,14 +774,16 @@ static ql_status cuda_add(void *p, float *y, const float *x, size_t n) { LOCKED(
 /* ---- KV cache ---- */
 
 /* How one side of a KV cache is kept on the device. */
-typedef enum { KV_F32, KV_HALF, KV_BF16, KV_Q8_0, KV_CODEC } kv_store_kind;
+typedef enum { KV_F32, KV_HALF, KV_BF16, KV_Q8_0, KV_CODEC, KV_SIM } kv_store_kind;
 
-/* F32, fp16 / bf16, Q8_0 with llama.cpp's cache-write rounding (as core/kv_cache.c stores it), or a llama.cpp
+/* F32, fp16 / bf16, Q8_0 with llama.cpp's cache-write rounding (as core/kv_cache.c stores it), a llama.cpp
  * type whose registry entry has CUDA kernels both ways (the file quantizer, which is what core/kv_cache.c uses
- * for the other types); -1 for a side with no device encoder. */
+ * for the other types), or qlab's INT / FP8 sides simulated as core/kv_cache.c does (float rows plus their
+ * decode; kernels/forward_cuda.h); -1 for a side with no device encoder. */
 static int kv_side_kind(const ql_kv_side *s, const ql_format **f) {
     *f = NULL;
     if (s->kind == QL_KV_F32) return KV_F32;
+    if (s->kind == QL_KV_INT || s->kind == QL_KV_FP8) return KV_SIM;
     if (s->kind != QL_KV_GGML || s->hadamard || s->residual) return -1;
     if (s->type == QL_TYPE_F16) return KV_HALF;
     if (s->type == QL_TYPE_BF16) return KV_BF16;
@@ -782,6 +793,17 @@ static int kv_side_kind(const ql_kv_side *s, const ql_format **f) {
     /* core/kv_cache.c stores IQ4_NL with ggml's quicker cache-write search, not the file quantizer */
     if (s->type == QL_TYPE_IQ4_NL || !(*f)->cuda->quantize_dev) return -1;
     return KV_CODEC;
+}
+
+ql_cudafwd_kv_side ql_cuda_kv_sim_side(const ql_kv_side *s, int n_head_kv, int head_dim) {
+    return (ql_cudafwd_kv_side){.fp8 = s->kind == QL_KV_FP8,
+                                .bits = s->bits,
+                                .per_channel = s->axis == QL_KV_PER_CHANNEL,
+                                .group = s->group,
+                                .e5m2 = s->e5m2,
+                                .hadamard = s->hadamard,
+                                .n_head_kv = n_head_kv,
+                                .head_dim = head_dim};
 }
 
 static ql_status kv_make(cuda_backend *be, int max_tokens, int kv_dim, const ql_kv_scheme *sch, void **out) {
@@ -797,23 +819,31 @@ static ql_status kv_make(cuda_backend *be, int max_tokens, int kv_dim, const ql_
             if (kv->buf[0]) cudaFree(kv->buf[0]);
             free(kv);
             return ql_fail(QL_ERR_UNSUPPORTED,
-                           "cuda backend: KV cache type %s has no device encoder yet (f32, f16, bf16, q8_0, q4_0, q4_1, "
-                           "q5_0, q5_1 run on the GPU; use --device cpu for the others)",
+                           "cuda backend: KV cache type %s has no device encoder yet (every other scheme runs on the "
+                           "GPU; use --device cpu for it)",
                            ql_kv_side_name(sides[i], nm, sizeof nm));
         }
-        kv->row_bytes[i] = kv->kind[i] == KV_F32    ? (int64_t)kv_dim * 4
-                           : kv->f[i] == NULL       ? (int64_t)kv_dim * 2
-                                                    : ql_format_tensor_bytes(kv->f[i], kv_dim, 1);
+        kv->row_bytes[i] = kv->kind[i] == KV_F32 || kv->kind[i] == KV_SIM ? (int64_t)kv_dim * 4
+                           : kv->f[i] == NULL                             ? (int64_t)kv_dim * 2
+                                                                          : ql_format_tensor_bytes(kv->f[i], kv_dim, 1);
         const size_t bytes = (size_t)max_tokens * (size_t)kv->row_bytes[i];
         cudaError_t e = kv->row_bytes[i] > 0 ? cudaMalloc(&kv->buf[i], bytes ? bytes : 1) : cudaErrorInvalidValue;
+        if (e == cudaSuccess && kv->kind[i] == KV_SIM) {
+            kv->sim[i] = ql_cuda_kv_sim_side(sides[i], be->c->n_head_kv, be->c->head_dim);
+            e = cudaMalloc((void **)&kv->deq[i], bytes ? bytes : 1);
+            if (e == cudaSuccess && sides[i]->hadamard) e = cudaMalloc((void **)&kv->rot[i], bytes ? bytes : 1);
+        }
         if (e != cudaSuccess) {
             cudaGetLastError();
-            if (kv->buf[0]) cudaFree(kv->buf[0]);
+            for (int j = 0; j <= i; j++) {
+                if (kv->buf[j]) cudaFree(kv->buf[j]);
+                if (kv->deq[j]) cudaFree(kv->deq[j]);
+                if (kv->rot[j]) cudaFree(kv->rot[j]);
+            }
             free(kv);
             return ql_fail(QL_ERR_NOMEM, "cuda: KV cache of %zu bytes: %s", bytes, cudaGetErrorString(e));
         }
     }
-    (void)be;
     *out = kv;
     return QL_OK;
 }
@@ -831,8 +861,13 @@ static void cuda_kv_free(void *p, void *q) {
     cu_kv *kv = q;
     if (!kv) return;
     cudaStreamSynchronize(be->compute);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (kv->buf[i]) cudaFree(kv->buf[i]);
+        if (kv->deq[i]) cudaFree(kv->deq[i]);
+        if (kv->rot[i]) cudaFree(kv->rot[i]);
+    }
+    if (kv->band) cudaFree(kv->band);
+    if (kv->vdiff) cudaFree(kv->vdiff);
     free(kv);
 }
 
@@ -849,6 +884,19 @@ static ql_status kv_store_locked(cuda_backend *be, cu_kv *kv, int pos, int T, co
         case KV_HALF:
         case KV_BF16: st = ql_cudafwd_to_half(src[i], (uint16_t *)dst, n, kv->kind[i] == KV_BF16, be->compute); break;
         case KV_Q8_0: st = ql_cudafwd_quantize_q8_0_kv(src[i], dst, (int64_t)n, be->compute); break;
+        case KV_SIM: { /* core/kv_cache.c's ql_kv_buf_store: the float rows, then every whole token group */
+            CU(cudaMemcpyAsync(dst, src[i], n * sizeof(float), cudaMemcpyDefault, be->compute));
+            const ql_kv_side *sd = i ? &kv->scheme.v : &kv->scheme.k;
+            const int G = ql_kv_side_token_group(sd);
+            if (pos < kv->n_quant[i]) kv->n_quant[i] = pos / G * G; /* rewritten tokens: quantized again */
+            const int end = (pos + T) / G * G;
+            if (end > kv->n_quant[i]) {
+                st = ql_cudafwd_kv_round(&kv->sim[i], kv->buf[i], kv->deq[i], kv->rot[i], kv->n_quant[i], end,
+                                         be->compute);
+                kv->n_quant[i] = end;
+            }
+            break;
+        }
         default: st = kv->f[i]->cuda->quantize_dev(src[i], dst, T, kv->kv_dim, be->compute); break;
         }
         if (st) return st;
@@ -869,6 +917,15 @@ static ql_status kv_view(cuda_backend *be, cu_kv *kv, int i, int pos, int T, con
         return QL_OK;
     }
     *out = tmp;
+    if (kv->kind[i] == KV_SIM) { /* the decode below n_quant, the float rows from there (ql_kv_buf_load) */
+        const size_t D = (size_t)kv->kv_dim;
+        const int q_end = kv->n_quant[i] < pos + T ? kv->n_quant[i] : pos + T, nq = q_end > pos ? q_end - pos : 0;
+        if (nq) CU(cudaMemcpyAsync(tmp, kv->deq[i] + (size_t)pos * D, (size_t)nq * D * 4, cudaMemcpyDefault, be->compute));
+        if (T > nq)
+            CU(cudaMemcpyAsync(tmp + (size_t)nq * D, (const float *)kv->buf[i] + (size_t)(pos + nq) * D,
+                               (size_t)(T - nq) * D * 4, cudaMemcpyDefault, be->compute));
+        return QL_OK;
+    }
     if (kv->kind[i] == KV_HALF || kv->kind[i] == KV_BF16)
         return ql_cudafwd_from_half((const uint16_t *)src, tmp, (size_t)T * kv->kv_dim, kv->kind[i] == KV_BF16,
                                     be->compute);
@@ -910,6 +967,53 @@ static ql_status cuda_attention(void *p, const float *q, const float *k, const f
     LOCKED(attention_locked(be, q, k, v, S, out, T, layer));
 }
 
+/* Attention over a cache with float bands (the CPU backend's cpu_kv_attention): scores from the decoded keys,
+ * those of each query's window [Nq(i + 1), i] from the float keys (a second GEMM over all keys, patched in), the
+ * causal softmax, out = P·V_decoded, then out += P_window·(V_float - V_decoded). The CPU computes the windows
+ * with smaller GEMMs: the same products, summed in another order. */
+static ql_status band_attention_locked(cuda_backend *be, cu_kv *kv, const float *q, const float *k, const float *v,
+                                       float *S, float *out, int T, int layer, bool kband, bool vband) {
+    const ql_config *c = be->c;
+    const int hd = c->head_dim, H = c->n_head, HKV = c->n_head_kv, group = H / HKV;
+    const int ldq = H * hd, ldkv = HKV * hd;
+    const float scale = c->attn_scale, one = 1.0f, zero = 0.0f;
+    const int window = ql_layer_is_swa(c, layer) ? c->n_swa : 0;
+    const ql_kv_side *ks = &kv->scheme.k, *vs = &kv->scheme.v;
+    ql_status st;
+    if (T > kv->band_cap) {
+        if (kv->band) CU(cudaFree(kv->band));
+        if (kv->vdiff) CU(cudaFree(kv->vdiff));
+        kv->band = kv->vdiff = NULL;
+        kv->band_cap = 0;
+        CU(cudaMalloc((void **)&kv->band, (size_t)T * T * sizeof(float)));
+        CU(cudaMalloc((void **)&kv->vdiff, (size_t)T * ldkv * sizeof(float)));
+        kv->band_cap = T;
+    }
+    const float *kf = kv->buf[0], *vf = kv->buf[1];
+    if (vband && (st = ql_cudafwd_sub(vf, v, kv->vdiff, (size_t)T * ldkv, be->compute))) return st;
+    for (int h = 0; h < H; h++) {
+        const int kvh = h / group;
+        BLAS(CB.Sgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, &scale, k + kvh * hd, ldkv, q + h * hd, ldq, &zero,
+                      S, T));
+        if (kband) {
+            BLAS(CB.Sgemm(be->blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, &scale, kf + kvh * hd, ldkv, q + h * hd, ldq,
+                          &zero, kv->band, T));
+            if ((st = ql_cudafwd_kv_patch(S, kv->band, T, ks->residual, ql_kv_side_token_group(ks), be->compute)))
+                return st;
+        }
+        if ((st = ql_cudafwd_softmax(S, T, c->attn_softcap, window, be->compute))) return st;
+        BLAS(CB.Sgemm(be->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, &one, v + kvh * hd, ldkv, S, T, &zero, out + h * hd,
+                      ldq));
+        if (vband) {
+            if ((st = ql_cudafwd_kv_band(S, kv->band, T, vs->residual, ql_kv_side_token_group(vs), be->compute)))
+                return st;
+            BLAS(CB.Sgemm(be->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, &one, kv->vdiff + kvh * hd, ldkv, kv->band, T,
+                          &one, out + h * hd, ldq));
+        }
+    }
+    return QL_OK;
+}
+
 static ql_status kv_attention_locked(cuda_backend *be, cu_kv *kv, float *q, float *S, float *out, int T, int layer,
                                      float *kt, float *vt) {
     const float *k, *v;
@@ -919,7 +1023,12 @@ static ql_status kv_attention_locked(cuda_backend *be, cu_kv *kv, float *q, floa
     const uint32_t qr = ql_kv_q_round_type(&kv->scheme.k);
     const ql_config *c = be->c;
     if (qr != QL_TYPE_F32 && (st = ql_cudafwd_round_act(qr, q, q, T, c->n_head * c->head_dim, be->compute))) return st;
-    return attention_locked(be, q, k, v, S, out, T, layer);
+    const ql_kv_side *ks = &kv->scheme.k, *vs = &kv->scheme.v;
+    /* a side has a float band when some query reads recent rows unquantized (KIVI's residual, per-channel groups) */
+    const bool kband = kv->kind[0] == KV_SIM && (ks->residual || ql_kv_side_token_group(ks) > 1);
+    const bool vband = kv->kind[1] == KV_SIM && (vs->residual || ql_kv_side_token_group(vs) > 1);
+    if (!kband && !vband) return attention_locked(be, q, k, v, S, out, T, layer);
+    return band_attention_locked(be, kv, q, k, v, S, out, T, layer, kband, vband);
 }
 static ql_status cuda_kv_attention(void *p, void *kv, float *q, float *S, float *out, int T, int layer, float *kt,
                                    float *vt) {
@@ -1030,7 +1139,7 @@ static ql_status cuda_quantize(const ql_format *f, const float *w, void *dst, in
 const ql_backend_ops ql_backend_cuda = {
     .name = "cuda",
     .about = "NVIDIA GPU: layers decoded on the device by the CUDA codecs (streamed when the model exceeds GPU "
-             "memory), cuBLAS sgemm, F32/f16/bf16/q8_0/q4_0/q4_1/q5_0/q5_1 KV cache",
+             "memory), cuBLAS sgemm, every KV cache scheme but iq4_nl",
     .wants_f32 = false,
     .serial = true,
     .device_count = cuda_device_count,

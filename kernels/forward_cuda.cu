@@ -10,6 +10,7 @@
 #include "kernels/blocks.h"
 #include "kernels/cuda_common.cuh"
 #include "kernels/cuda_half.cuh"
+#include "kernels/cuda_fp8.cuh"
 
 extern "C" {
 #include "kernels/ggml_types.h"
@@ -236,6 +237,95 @@ __global__ void k_to_double(const float *x, double *y, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = (double)x[i];
 }
 
+// ---- qlab's KV sides (core/kv_cache.c's quantize_tokens, operation for operation) ----
+
+// normalized fast Walsh-Hadamard transform of one head, in place (its own inverse)
+QL_HD void had_head(float *x, int n) {
+    for (int h = 1; h < n; h *= 2)
+        for (int i = 0; i < n; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                const float a = x[j], c = x[j + h];
+                x[j] = add_rn(a, c);
+                x[j + h] = sub_rn(a, c);
+            }
+    const float s = div_rn(1.0f, sqrt_rn((float)n));
+    for (int i = 0; i < n; i++) x[i] = mul_rn(x[i], s);
+}
+
+// min/max asymmetric INTn of n values at stride st, scale and minimum rounded through fp16 (int_group)
+QL_HD void int_round(const float *x, float *y, int n, int64_t st, int bits) {
+    float mn = u2f(0x7f800000u), mx = fneg(mn);
+    for (int i = 0; i < n; i++) {
+        const float v = x[i * st];
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+    }
+    const int qmax = (1 << bits) - 1;
+    const float d = h2f(f2h(div_rn(sub_rn(mx, mn), (float)qmax))), m = h2f(f2h(mn));
+    const float id = d > 0 ? div_rn(1.0f, d) : 0.0f;
+    for (int i = 0; i < n; i++) {
+        float q = rint_even(mul_rn(sub_rn(x[i * st], m), id));
+        q = q < 0 ? 0 : q > qmax ? (float)qmax : q;
+        y[i * st] = add_rn(mul_rn(q, d), m);
+    }
+}
+
+// one head's FP8 codes under an f32 scale amax / fp8 max, decoded (fp8_head)
+QL_HD void fp8_round(const float *x, float *y, int n, bool e5m2) {
+    float amax = 0;
+    for (int i = 0; i < n; i++) {
+        const float a = fabs_bits(x[i]);
+        amax = a > amax ? a : amax; // fmaxf(amax, fabsf(x)): a NaN is skipped
+    }
+    const float s = div_rn(amax, e5m2 ? 57344.0f : 448.0f);
+    for (int i = 0; i < n; i++) y[i] = s == 0 ? 0.0f : mul_rn(fp8_decode(e5m2, fp8_encode(e5m2, div_rn(x[i], s))), s);
+}
+
+// item i of the rounding of rows [0, rows) of src into y (both already offset to the first token)
+QL_HD void kv_round_item(const ql_cudafwd_kv_side &s, const float *src, float *y, int64_t i) {
+    const int64_t D = (int64_t)s.n_head_kv * s.head_dim;
+    if (s.fp8) fp8_round(src + i * s.head_dim, y + i * s.head_dim, s.head_dim, s.e5m2); // i: (token, head)
+    else if (!s.per_channel) int_round(src + i * s.group, y + i * s.group, s.group, 1, s.bits); // i: channel group
+    else { // i: (token group, channel)
+        const int64_t tg = i / D, c = i % D;
+        int_round(src + tg * s.group * D + c, y + tg * s.group * D + c, s.group, D, s.bits);
+    }
+}
+QL_HD int64_t kv_round_items(const ql_cudafwd_kv_side &s, int rows) {
+    const int64_t D = (int64_t)s.n_head_kv * s.head_dim;
+    if (s.fp8) return (int64_t)rows * s.n_head_kv;
+    return s.per_channel ? (int64_t)rows / s.group * D : (int64_t)rows * D / s.group;
+}
+
+// the query rows a side's float band covers: Nq(i + 1) <= j <= i
+QL_HD bool in_band(int i, int j, int residual, int G) {
+    const int m = i + 1 - residual, nq = m > 0 ? m / G * G : 0;
+    return j >= nq && j <= i;
+}
+
+__global__ void k_had(float *x, int64_t heads, int hd) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < heads; i += stride) had_head(x + i * hd, hd);
+}
+__global__ void k_kv_round(ql_cudafwd_kv_side s, const float *src, float *y, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) kv_round_item(s, src, y, i);
+}
+__global__ void k_kv_patch(float *S, const float *Sf, int T, int residual, int G) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x, n = (int64_t)T * T;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride)
+        if (in_band((int)(k / T), (int)(k % T), residual, G)) S[k] = Sf[k];
+}
+__global__ void k_kv_band(const float *P, float *B, int T, int residual, int G) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x, n = (int64_t)T * T;
+    for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride)
+        B[k] = in_band((int)(k / T), (int)(k % T), residual, G) ? P[k] : 0.0f;
+}
+__global__ void k_sub(const float *a, const float *b, float *d, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) d[i] = sub_rn(a[i], b[i]);
+}
+
 ql_status launched(const char *what) {
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? QL_OK : cuda_fail(e, what, __FILE__, __LINE__);
@@ -447,4 +537,58 @@ extern "C" ql_status ql_cudafwd_quantize_q8_0_kv_emulated(const float *x, void *
     if (n % 32) return ql_fail(QL_ERR_ARG, "cuda: %lld values are not whole Q8_0 blocks", (long long)n);
     for (int64_t b = 0; b < n / 32; b++) quantize_q8_0_kv_block(x + b * 32, (blk_q8_0 *)dst + b);
     return QL_OK;
+}
+
+// ---- qlab's KV sides ----
+
+extern "C" ql_status ql_cudafwd_kv_round(const ql_cudafwd_kv_side *s, const float *x, float *y, float *tmp, int a, int e,
+                                         void *stream) {
+    if (e <= a) return QL_OK;
+    const int64_t D = (int64_t)s->n_head_kv * s->head_dim, rows = e - a;
+    cudaStream_t st = (cudaStream_t)stream;
+    const float *src = x + a * D;
+    if (s->hadamard) { // quantize the rotated rows, hand back the un-rotated decode
+        QL_CUDA_TRY(cudaMemcpyAsync(tmp, src, (size_t)(rows * D) * sizeof(float), cudaMemcpyDefault, st));
+        k_had<<<grid_for(rows * s->n_head_kv, 128), 128, 0, st>>>(tmp, rows * s->n_head_kv, s->head_dim);
+        src = tmp;
+    }
+    const int64_t n = kv_round_items(*s, (int)rows);
+    k_kv_round<<<grid_for(n, 128), 128, 0, st>>>(*s, src, y + a * D, n);
+    if (s->hadamard) k_had<<<grid_for(rows * s->n_head_kv, 128), 128, 0, st>>>(y + a * D, rows * s->n_head_kv, s->head_dim);
+    return launched("kv round");
+}
+
+extern "C" void ql_cudafwd_kv_round_emulated(const ql_cudafwd_kv_side *s, const float *x, float *y, float *tmp, int a,
+                                             int e) {
+    if (e <= a) return;
+    const int64_t D = (int64_t)s->n_head_kv * s->head_dim, rows = e - a;
+    const float *src = x + a * D;
+    if (s->hadamard) {
+        memcpy(tmp, src, (size_t)(rows * D) * sizeof(float));
+        for (int64_t h = 0; h < rows * s->n_head_kv; h++) had_head(tmp + h * s->head_dim, s->head_dim);
+        src = tmp;
+    }
+    for (int64_t i = 0; i < kv_round_items(*s, (int)rows); i++) kv_round_item(*s, src, y + a * D, i);
+    if (s->hadamard)
+        for (int64_t h = 0; h < rows * s->n_head_kv; h++) had_head(y + a * D + h * s->head_dim, s->head_dim);
+}
+
+extern "C" ql_status ql_cudafwd_kv_patch(float *S, const float *Sf, int T, int residual, int G, void *stream) {
+    k_kv_patch<<<grid_for((int64_t)T * T, 256), 256, 0, (cudaStream_t)stream>>>(S, Sf, T, residual, G);
+    return launched("kv band scores");
+}
+extern "C" ql_status ql_cudafwd_kv_band(const float *P, float *B, int T, int residual, int G, void *stream) {
+    k_kv_band<<<grid_for((int64_t)T * T, 256), 256, 0, (cudaStream_t)stream>>>(P, B, T, residual, G);
+    return launched("kv band weights");
+}
+extern "C" void ql_cudafwd_kv_patch_emulated(float *S, const float *Sf, int T, int residual, int G) {
+    for (int64_t k = 0; k < (int64_t)T * T; k++)
+        if (in_band((int)(k / T), (int)(k % T), residual, G)) S[k] = Sf[k];
+}
+extern "C" void ql_cudafwd_kv_band_emulated(const float *P, float *B, int T, int residual, int G) {
+    for (int64_t k = 0; k < (int64_t)T * T; k++) B[k] = in_band((int)(k / T), (int)(k % T), residual, G) ? P[k] : 0.0f;
+}
+extern "C" ql_status ql_cudafwd_sub(const float *a, const float *b, float *d, size_t n, void *stream) {
+    k_sub<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(a, b, d, (int64_t)n);
+    return launched("sub");
 }

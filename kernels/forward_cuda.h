@@ -1,7 +1,7 @@
 /* forward_cuda.h — C-callable device kernels of the forward pass for the CUDA backend (core/backend_cuda.c):
  * RMSNorm, RoPE, the causal softmax of attention (soft-cap, sliding window), SwiGLU / GeGLU, soft-cap, scale,
- * residual and bias adds, llama.cpp's activation rounding (F16, BF16, Q8_0/Q8_1, Q8_K) and an fp16/bf16 KV
- * store. Each op's arithmetic is one __host__ __device__ function in kernels/forward_cuda.cu; the *_emulated
+ * residual and bias adds, llama.cpp's activation rounding (F16, BF16, Q8_0/Q8_1, Q8_K), an fp16/bf16 KV
+ * store, and qlab's INT / FP8 KV sides with their float band. Each op's arithmetic is one __host__ __device__ function in kernels/forward_cuda.cu; the *_emulated
  * entry points run the kernels' own decomposition (same lanes, same reduction tree) on the host, so
  * tests/test_cuda_forward.c holds the device arithmetic against the CPU backend on a machine without a GPU.
  * Only built when the Makefile finds nvcc (QL_HAVE_CUDA). Device entry points queue on `stream` (a
@@ -74,6 +74,31 @@ void ql_cudafwd_from_half_emulated(const uint16_t *src, float *y, size_t n, bool
  * the reference's fp16 scale, codes rounded half to even; core/kv_cache.c does the same on the CPU). */
 ql_status ql_cudafwd_quantize_q8_0_kv(const float *x, void *dst, int64_t n, void *stream);
 ql_status ql_cudafwd_quantize_q8_0_kv_emulated(const float *x, void *dst, int64_t n);
+/* qlab's own KV sides (core/kv_cache.h: INT per token or per channel, FP8 per head, K rotated by a Hadamard
+ * matrix), simulated as core/kv_cache.c does: tokens [a, e) of the float rows x [.., n_head_kv·head_dim] are
+ * rounded into the decoded rows y (rotated first and the decode rotated back when hadamard, through tmp, which
+ * holds e - a rows). Bit for bit quantize_tokens of core/kv_cache.c. */
+typedef struct ql_cudafwd_kv_side {
+    bool fp8;         /* else INT */
+    int bits;         /* INT: 8, 4, 2 */
+    bool per_channel; /* INT: groups of `group` tokens per channel, else of `group` channels per token */
+    int group;
+    bool e5m2;        /* FP8 */
+    bool hadamard;
+    int n_head_kv, head_dim;
+} ql_cudafwd_kv_side;
+ql_status ql_cudafwd_kv_round(const ql_cudafwd_kv_side *s, const float *x, float *y, float *tmp, int a, int e,
+                              void *stream);
+void ql_cudafwd_kv_round_emulated(const ql_cudafwd_kv_side *s, const float *x, float *y, float *tmp, int a, int e);
+/* The float band of attention over a side a query at position i reads quantized below Nq(i + 1), Nq(n) =
+ * max(n - residual, 0) / G · G (ql_kv_side_quantized_prefix): on S [T, T] (row = query), patch sets
+ * S[i, j] = Sf[i, j] for Nq(i + 1) <= j <= i; band writes B[i, j] = P[i, j] there and 0 elsewhere. */
+ql_status ql_cudafwd_kv_patch(float *S, const float *Sf, int T, int residual, int G, void *stream);
+ql_status ql_cudafwd_kv_band(const float *P, float *B, int T, int residual, int G, void *stream);
+void ql_cudafwd_kv_patch_emulated(float *S, const float *Sf, int T, int residual, int G);
+void ql_cudafwd_kv_band_emulated(const float *P, float *B, int T, int residual, int G);
+/* d[i] = a[i] - b[i]. */
+ql_status ql_cudafwd_sub(const float *a, const float *b, float *d, size_t n, void *stream);
 /* y[i] = x[i] as double (exact), for the Σ xᵀx of activation statistics. */
 ql_status ql_cudafwd_to_double(const float *x, double *y, size_t n, void *stream);
 

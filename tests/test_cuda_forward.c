@@ -3,7 +3,8 @@
  * kernel's lanes and reduction tree), against the CPU backend's op on random and adversarial inputs (zeros, huge
  * values, NaN / Inf where they mean something), at the tolerances stated per test. Where a GPU exists (make
  * test-cuda): the device kernels against their emulation, and whole forward passes — PPL of stories260K and
- * tinystories-d256 on the GPU (resident and streamed layers; F32, f16, q8_0, q4_0 KV) within 1e-4 relative of the CPU's, and
+ * tinystories-d256 on the GPU (resident and streamed layers; F32, f16, q8_0, q4_0 KV, and qlab's INT / FP8 KV with
+ * KIVI's residual window and Hadamard-rotated K) within 1e-4 relative of the CPU's, and
  * activation statistics (Σ xᵀx on the device) against the CPU's.
  * Without nvcc the file says so and skips; without a GPU the device cases skip with a message. */
 #include <setjmp.h>
@@ -417,6 +418,60 @@ static void test_kv_blocks(void **state) {
         }
 }
 
+/* qlab's INT / FP8 KV sides as the backend keeps them on the device (float rows, then the decode of every whole
+ * token group, rotated when _had): the kernels' arithmetic against core/kv_cache.c's store and load bit for bit,
+ * on random, zero, huge, tiny and NaN rows; and the float band's query/key pairs against the CPU's
+ * ql_kv_side_quantized_prefix. */
+static void test_kv_sim(void **state) {
+    (void)state;
+    const char *names[] = {"int8_token_g32",   "int4_token_g64",  "int2_token_g128_had:f32", "int4_channel_g32",
+                           "int2_channel_g32_r16_had:f32", "int8_channel_g64_r8", "fp8_e4m3", "fp8_e5m2_r8",
+                           "fp8_e4m3_had:f32"}; /* _had: K only */
+    enum { HKV = 2, HD = 128, T = 72, D = HKV * HD };
+    for (size_t ti = 0; ti < QL_ARRAY_LEN(names); ti++)
+        for (int kind = 0; kind < IN_KINDS; kind++) {
+            ql_kv_scheme sch;
+            assert_true(ql_kv_scheme_parse(names[ti], &sch));
+            ql_kv_buf *b = ql_kv_buf_new(&sch.k, T, HKV, HD);
+            assert_non_null(b);
+            float *x = malloc(sizeof(float) * T * D), *y = calloc(T * D, sizeof(float)), *tmp = malloc(sizeof(float) * T * D);
+            float *cpu = malloc(sizeof(float) * T * D);
+            fill(x, T * D, kind, 3.0f);
+            assert_int_equal(ql_kv_buf_store(b, 0, T, x), QL_OK);
+            assert_int_equal(ql_kv_buf_load(b, 0, T, cpu), QL_OK);
+            const ql_cudafwd_kv_side sd = ql_cuda_kv_sim_side(&sch.k, HKV, HD);
+            const int G = ql_kv_side_token_group(&sch.k), end = T / G * G;
+            ql_cudafwd_kv_round_emulated(&sd, x, y, tmp, 0, end);
+            memcpy(y + (size_t)end * D, x + (size_t)end * D, sizeof(float) * (T - end) * D); /* the float tail */
+            char what[96];
+            snprintf(what, sizeof what, "kv %s input %d", names[ti], kind);
+            expect_close(what, y, cpu, (size_t)T * D, 0, 0);
+            if (kind == IN_RANDOM) { /* the rounding did something */
+                int changed = 0;
+                for (int i = 0; i < end * D; i++) changed += y[i] != x[i];
+                assert_true(changed > end * D / 4);
+            }
+            /* the band: query i reads key j in float exactly where the CPU's prefix says */
+            float *S = calloc((size_t)T * T, sizeof(float)), *ones = malloc(sizeof(float) * T * T), *B = malloc(sizeof(float) * T * T);
+            for (int i = 0; i < T * T; i++) ones[i] = 1.0f;
+            ql_cudafwd_kv_patch_emulated(S, ones, T, sch.k.residual, G);
+            ql_cudafwd_kv_band_emulated(ones, B, T, sch.k.residual, G);
+            for (int i = 0; i < T; i++)
+                for (int j = 0; j < T; j++) {
+                    const float want = j >= ql_kv_side_quantized_prefix(&sch.k, i + 1) && j <= i ? 1.0f : 0.0f;
+                    assert_true(S[i * T + j] == want && B[i * T + j] == want);
+                }
+            free(S);
+            free(ones);
+            free(B);
+            free(x);
+            free(y);
+            free(tmp);
+            free(cpu);
+            ql_kv_buf_free(b);
+        }
+}
+
 /* Σ xᵀx of activation statistics through the backend's xtx ops: the CPU backend's table given host xtx ops that
  * run the CUDA backend's dsyrk call (operation, triangle, layout) on host BLAS, against the plain CPU collection:
  * core/stats.c's plumbing (an accumulator per entry and worker, folded into the host's at the end) and the
@@ -594,8 +649,9 @@ static void test_device_ppl(void **state) {
         int64_t n;
         assert_int_equal(ql_tokenize(m->tok, text, len > 200000 ? 200000 : len, true, &ids, &n), QL_OK);
         /* block KV types need head_dim % 32 == 0: tinystories-d256 only (stories260K's head is 8) */
-        const char *kvs[] = {NULL, "f16", "q8_0", "q4_0:q8_0", "q5_1:q4_1"};
-        for (int kv = 0; kv < (mi ? 5 : 2); kv++) {
+        const char *kvs[] = {NULL, "f16", "q8_0", "q4_0:q8_0", "q5_1:q4_1", "kivi4", "int8_token_g32_had:fp8_e4m3_r16",
+                             "int4_channel_g64:int2_token_g32_r64"};
+        for (int kv = 0; kv < (mi ? 8 : 2); kv++) {
             const double cpu = ppl_on("cpu", m, ids, n, kvs[kv]);
             for (int stream = 0; stream < 2; stream++) {
                 setenv("QL_CUDA_STREAM", stream ? "1" : "0", 1);
@@ -612,7 +668,7 @@ static void test_device_ppl(void **state) {
             ql_infer *inf;
             assert_int_equal(ql_infer_new_on(m, 1, ql_backend_find("cuda"), &inf), QL_OK);
             ql_kv_scheme s;
-            assert_true(ql_kv_scheme_parse("iq4_nl", &s));
+            assert_true(ql_kv_scheme_parse("iq4_nl", &s)); /* ggml's cache-write search has no device twin */
             assert_int_equal(ql_infer_set_kv(inf, &s), QL_OK);
             ql_scratch *sc = ql_scratch_new(inf, 16);
             float *logits = malloc(sizeof(float) * 16 * (size_t)m->cfg.n_vocab);
@@ -727,7 +783,7 @@ int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),     cmocka_unit_test(test_attention),
         cmocka_unit_test(test_glu),           cmocka_unit_test(test_softcap),  cmocka_unit_test(test_round_act),
-        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_xtx), cmocka_unit_test(test_blas_open),      cmocka_unit_test(test_no_device_message),
+        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_kv_sim), cmocka_unit_test(test_xtx), cmocka_unit_test(test_blas_open),      cmocka_unit_test(test_no_device_message),
         cmocka_unit_test(test_device_kernels), cmocka_unit_test(test_device_ppl), cmocka_unit_test(test_device_stats),
         cmocka_unit_test(test_device_logits),
     };
