@@ -24,9 +24,9 @@
  *
  * KV cache: F32, and llama.cpp's cache types f16 / bf16 (16-bit), q8_0 (llama.cpp's cache-write rounding) and
  * q4_0, q4_1, q5_0, q5_1 (the registry's CUDA codecs) stored as such on the device, the query rounded to the K
- * type's vec_dot type as ggml does; qlab's INT / FP8 sides (residual window, Hadamard K) as core/kv_cache.c
- * simulates them, attended with their float band like the CPU backend; iq4_nl (its cache write is a quicker
- * search than the file quantizer the device has) is refused with one line. All ops queue on one stream under one mutex, so passes from
+ * type's vec_dot type as ggml does; iq4_nl with ggml's quicker cache-write search (ql_cuda_quantize_iq4_nl_kv);
+ * qlab's INT / FP8 sides (residual window, Hadamard K) as core/kv_cache.c simulates them, attended with their
+ * float band like the CPU backend. All ops queue on one stream under one mutex, so passes from
  * several threads are serialized on the device. */
 #include "core/backend.h"
 #include "core/backend_cuda.h"
@@ -774,7 +774,7 @@ static ql_status cuda_add(void *p, float *y, const float *x, size_t n) { LOCKED(
 /* ---- KV cache ---- */
 
 /* How one side of a KV cache is kept on the device. */
-typedef enum { KV_F32, KV_HALF, KV_BF16, KV_Q8_0, KV_CODEC, KV_SIM } kv_store_kind;
+typedef enum { KV_F32, KV_HALF, KV_BF16, KV_Q8_0, KV_IQ4_NL, KV_CODEC, KV_SIM } kv_store_kind;
 
 /* F32, fp16 / bf16, Q8_0 with llama.cpp's cache-write rounding (as core/kv_cache.c stores it), a llama.cpp
  * type whose registry entry has CUDA kernels both ways (the file quantizer, which is what core/kv_cache.c uses
@@ -791,7 +791,8 @@ static int kv_side_kind(const ql_kv_side *s, const ql_format **f) {
     if (!*f || !(*f)->cuda || !(*f)->cuda->dequantize_dev) return -1;
     if (s->type == QL_TYPE_Q8_0) return KV_Q8_0;
     /* core/kv_cache.c stores IQ4_NL with ggml's quicker cache-write search, not the file quantizer */
-    if (s->type == QL_TYPE_IQ4_NL || !(*f)->cuda->quantize_dev) return -1;
+    if (s->type == QL_TYPE_IQ4_NL) return KV_IQ4_NL;
+    if (!(*f)->cuda->quantize_dev) return -1;
     return KV_CODEC;
 }
 
@@ -884,6 +885,7 @@ static ql_status kv_store_locked(cuda_backend *be, cu_kv *kv, int pos, int T, co
         case KV_HALF:
         case KV_BF16: st = ql_cudafwd_to_half(src[i], (uint16_t *)dst, n, kv->kind[i] == KV_BF16, be->compute); break;
         case KV_Q8_0: st = ql_cudafwd_quantize_q8_0_kv(src[i], dst, (int64_t)n, be->compute); break;
+        case KV_IQ4_NL: st = ql_cuda_quantize_iq4_nl_kv_dev(src[i], dst, T, kv->kv_dim, be->compute); break;
         case KV_SIM: { /* core/kv_cache.c's ql_kv_buf_store: the float rows, then every whole token group */
             CU(cudaMemcpyAsync(dst, src[i], n * sizeof(float), cudaMemcpyDefault, be->compute));
             const ql_kv_side *sd = i ? &kv->scheme.v : &kv->scheme.k;
@@ -1139,7 +1141,7 @@ static ql_status cuda_quantize(const ql_format *f, const float *w, void *dst, in
 const ql_backend_ops ql_backend_cuda = {
     .name = "cuda",
     .about = "NVIDIA GPU: layers decoded on the device by the CUDA codecs (streamed when the model exceeds GPU "
-             "memory), cuBLAS sgemm, every KV cache scheme but iq4_nl",
+             "memory), cuBLAS sgemm, every KV cache scheme",
     .wants_f32 = false,
     .serial = true,
     .device_count = cuda_device_count,

@@ -1122,12 +1122,13 @@ static QL_HD int best_index_iq4nl(float x) {
     return idx;
 }
 
-// iq4_nl_impl with ntry 7: sbs = 32 (IQ4_NL) or 256 (IQ4_XS); qw the super-block's importance (weights
-// qw·sqrt(σ² + x²), the imatrix path: GPTQ's fix) or NULL (weights x^2)
-template <int SBS>
+// iq4_nl_impl: sbs = 32 (IQ4_NL) or 256 (IQ4_XS); qw the super-block's importance (weights qw·sqrt(σ² + x²),
+// the imatrix path: GPTQ's fix) or NULL (weights x^2); NTRY 7 (the file quantizer) or -1 (ggml's cache write,
+// quantize_row_iq4_nl_ref: the first scale of the other sign, no search)
+template <int SBS, int NTRY = 7>
 static QL_HD_SEARCH void iq4_quant_block(const float *x, const float *qw, uint8_t *dh, uint8_t *q4, uint8_t *scales_h,
                                   uint8_t *scales_l) {
-    const int ntry = 7, v0 = kvalue_iq4nl(0);
+    const int ntry = NTRY, v0 = kvalue_iq4nl(0);
     float scales[SBS / 32], weight[32];
     uint8_t L[SBS];
     float sigma2 = 0;
@@ -1159,7 +1160,7 @@ static QL_HD_SEARCH void iq4_quant_block(const float *x, const float *qw, uint8_
             for (int j = 0; j < 32; ++j) Lb[j] = 0;
             continue;
         }
-        float d = fd(fneg(max), (float)v0);
+        float d = ntry > 0 ? fd(fneg(max), (float)v0) : fd(max, (float)v0);
         float id = fd(1.0f, d);
         float sumqx = 0, sumq2 = 0;
         for (int j = 0; j < 32; ++j) {
@@ -1216,8 +1217,10 @@ static QL_HD_SEARCH void iq4_quant_block(const float *x, const float *qw, uint8_
         st16(scales_h, sh);
     } else {
         st16(dh, f2h(scales[0]));
-        const float id = scales[0] != 0.0f ? fd(1.0f, scales[0]) : 0;
-        for (int j = 0; j < SBS; ++j) L[j] = (uint8_t)best_index_iq4nl(fm(id, x[j]));
+        if (ntry > 0) { // the cache write keeps the first pass's levels
+            const float id = scales[0] != 0.0f ? fd(1.0f, scales[0]) : 0;
+            for (int j = 0; j < SBS; ++j) L[j] = (uint8_t)best_index_iq4nl(fm(id, x[j]));
+        }
     }
     for (int i = 0; i < SBS / 32; ++i)
         for (int j = 0; j < 16; ++j) q4[16 * i + j] = (uint8_t)(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
@@ -1229,6 +1232,14 @@ struct IQ4_NLQ {
     static QL_HD void quant(const float *x, uint8_t *y) { quant_w(x, nullptr, y); }
     static QL_HD void quant_w(const float *x, const float *qw, uint8_t *y) {
         iq4_quant_block<32>(x, qw, y + offsetof(B, d), y + offsetof(B, qs), nullptr, nullptr);
+    }
+};
+// the KV cache's IQ4_NL (core/kv_cache.c: ql_quantize_row_iq4_nl_fast_ref, what llama.cpp's cache write calls)
+struct IQ4_NL_KVQ {
+    typedef blk_iq4_nl B;
+    static const int QK = 32, BYTES = sizeof(B);
+    static QL_HD void quant(const float *x, uint8_t *y) {
+        iq4_quant_block<32, -1>(x, nullptr, y + offsetof(B, d), y + offsetof(B, qs), nullptr, nullptr);
     }
 };
 struct IQ4_XSQ {
@@ -1869,6 +1880,7 @@ QL_CUDA_QUANT_ENTRY(q2_k, Q2_KQ)
 QL_CUDA_QUANT_ENTRY(q3_k, Q3_KQ)
 QL_CUDA_QUANT_ENTRY(q5_k, Q5_KQ)
 QL_CUDA_QUANT_ENTRY(iq4_nl, IQ4_NLQ)
+QL_CUDA_QUANT_ENTRY(iq4_nl_kv, IQ4_NL_KVQ)
 QL_CUDA_QUANT_ENTRY(iq4_xs, IQ4_XSQ)
 QL_CUDA_DEQUANT_ENTRY(mxfp4, MXFP4)
 QL_CUDA_DEQUANT_ENTRY(iq2_xxs, IQ2_XXS)
