@@ -52,6 +52,7 @@ struct ql_scratch {
     const ql_weight_variants *var;
     const void *var_slot;
     int var_cur;
+    int seq_rows; /* rows of one sequence in the pass running (0: one sequence) */
     /* streaming: the current layer's decoded weights, and where each deferred slot points into them */
     float *layer_w;
     const float **slot_ptr;
@@ -392,6 +393,19 @@ static bool is_varied(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_t
     return s && (const void *)s == sc->var_slot;
 }
 
+/* One matmul over T rows; LLM.int8()'s outlier columns are a property of the batch it sees, so under that
+ * activation scheme each sequence of a batched pass is its own batch, as in a pass of its own. */
+static ql_status matmul_rows(const ql_infer *inf, ql_scratch *sc, const ql_backend_weight *w, const ql_backend_weight *b,
+                             const float *x, float *y, int T, int K, int N, float beta, float *xq) {
+    const int S = sc->seq_rows;
+    if (!(w->aq && w->aq->mode == QL_ACT_LLM_INT8) || S <= 0 || S >= T)
+        return inf->ops->matmul(inf->be, w, b, x, y, T, K, N, beta, xq);
+    ql_status st = QL_OK;
+    for (int r = 0; r < T && !st; r += S)
+        st = inf->ops->matmul(inf->be, w, b, x + (size_t)r * K, y + (size_t)r * N, S, K, N, beta, xq + (size_t)r * K);
+    return st;
+}
+
 /* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias); beta = 1 accumulates into y (residual adds). In a batched pass the
  * varied weight multiplies each variant's block of rows (variant-major) with that variant's rows; every other
  * weight multiplies all rows at once, which is what batching buys. */
@@ -403,14 +417,14 @@ static ql_status linear(const ql_infer *inf, ql_scratch *sc, float *y, const flo
         for (int v = 0; v < nv && !st; v++) {
             sc->var_cur = v;
             const ql_backend_weight w = bweight(inf, sc, wt), b = bweight(inf, sc, bt);
-            st = inf->ops->matmul(inf->be, &w, bt ? &b : NULL, x + (size_t)v * rows * K, y + (size_t)v * rows * N,
-                                  rows, K, N, beta, sc->xq + (size_t)v * rows * K);
+            st = matmul_rows(inf, sc, &w, bt ? &b : NULL, x + (size_t)v * rows * K, y + (size_t)v * rows * N, rows, K, N,
+                             beta, sc->xq + (size_t)v * rows * K);
         }
         sc->var_cur = -1;
         return st;
     }
     const ql_backend_weight w = bweight(inf, sc, wt), b = bweight(inf, sc, bt);
-    return inf->ops->matmul(inf->be, &w, bt ? &b : NULL, x, y, T, K, N, beta, sc->xq);
+    return matmul_rows(inf, sc, &w, bt ? &b : NULL, x, y, T, K, N, beta, sc->xq);
 }
 
 static ql_status rmsnorm(const ql_infer *inf, ql_scratch *sc, float *y, const float *x, const ql_gguf_tensor *wt,
@@ -549,6 +563,7 @@ static ql_status forward_slices(const ql_infer *inf, ql_scratch *s, const int32_
         if ((st = inf->ops->get_rows(inf->be, &emb, tokens[q], T, D, xb))) return st;
     }
     const int R = T * n_slices;
+    s->seq_rows = n_slices > 1 ? T : 0;
     if (!x_in && c->embd_scale != 1.0f && (st = inf->ops->scale(inf->be, s->x, (size_t)R * D, c->embd_scale)))
         return st;
     for (int l = layer_from; l < c->n_layer; l++)

@@ -106,8 +106,9 @@ typedef struct ql_weight_variants {
  * one per variant. Sequence q starts from x_in[q] at layer layer_from (as ql_forward_from) or, x_in NULL,
  * from tokens[q] at layer 0. Logits of every position: logits[((v·n_seq + q)·T + t)·n_vocab]. The scratch
  * must hold n·n_seq·T rows of T positions (ql_scratch_new_rows). Per row, the same operations as
- * ql_forward_from with that variant swapped in: equal to it up to the backend's GEMM blocking (bit for bit on
- * the CPU backend, tests/test_infer.c). Hooks see all rows of the pass. */
+ * ql_forward_from with that variant swapped in: equal to it up to the float sums of GEMMs of another row count
+ * (tests/test_infer.c: logits within 1e-4 on stories260K); LLM.int8() activation quantization takes its outlier
+ * columns per sequence, as in a pass of its own. Hooks see all rows of the pass. */
 ql_status ql_forward_variants(const ql_infer *inf, ql_scratch *s, const ql_weight_variants *var,
                               const int32_t *const *tokens, const float *const *x_in, int n_seq, int layer_from, int T,
                               float *logits);

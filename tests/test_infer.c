@@ -184,12 +184,16 @@ static void grab_resid(void *user, int layer, ql_hook_point where, const float *
 /* ql_forward_variants against one ql_forward_from per (variant, sequence) with that variant swapped in:
  * the same logits up to BLAS blocking (~1e-6 relative), every variant applied (they differ from each other), for a layer
  * weight (start from saved residuals), the embedding (start from tokens) and the output matrix. */
-static void check_variants(ql_model *m, const ql_gguf_tensor *t, int layer_from, bool from_tokens) {
+static void check_variants(ql_model *m, const ql_gguf_tensor *t, int layer_from, bool from_tokens, bool llm_int8) {
     enum { T = 16, NSEQ = 2, NV = 3 };
     const int V = m->cfg.n_vocab, D = m->cfg.n_embd;
     const int64_t n = t->ne[0] * t->ne[1];
     ql_infer *inf;
     assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    /* LLM.int8()'s outlier columns depend on the rows a matmul sees: a batched pass must keep each sequence
+     * its own batch (a threshold low enough that the two sequences' outlier columns differ) */
+    ql_act_quant aq = {.mode = QL_ACT_LLM_INT8, .threshold = 1.5f};
+    if (llm_int8) assert_true(ql_infer_set_act_quant(inf, m->layers[m->cfg.n_layer - 1].w_down, &aq));
     float *w0 = malloc((size_t)n * 4), *var[NV];
     assert_true(ql_tensor_to_f32(t, w0, 1));
     uint32_t types[NV] = {QL_TYPE_F32, QL_TYPE_Q8_0, QL_TYPE_Q4_0};
@@ -267,10 +271,11 @@ static void test_forward_variants(void **state) {
     if (!shared_path(model, sizeof model, "models/stories260K.gguf")) skip();
     ql_model *m;
     assert_int_equal(ql_model_load(model, &m), QL_OK);
-    check_variants(m, m->layers[2].wq, 2, false);
-    check_variants(m, m->layers[3].w_down, 3, false);
-    check_variants(m, m->tok_embd, 0, true);
-    check_variants(m, m->output, m->cfg.n_layer, false);
+    check_variants(m, m->layers[2].wq, 2, false, false);
+    check_variants(m, m->layers[3].w_down, 3, false, false);
+    check_variants(m, m->tok_embd, 0, true, false);
+    check_variants(m, m->output, m->cfg.n_layer, false, false);
+    check_variants(m, m->layers[1].wv, 1, false, true);
     ql_model_free(m);
 }
 
