@@ -6,8 +6,10 @@
  * CUDA codecs, bit-exact with the scalar reference; formats without one are decoded on the host by the
  * registry and uploaded), cuBLAS sgemm where the CPU calls OpenBLAS (only summation order differs), llama.cpp's
  * activation rounding, RoPE from a cos/sin table the host fills with the CPU's formula, GeGLU from the CPU's
- * fp16 table. Paths with no device twin (INT8×INT8 weights under dynamic INT8 activations, simulated activation
- * quantization) run the CPU backend's matmul on the managed buffers after a sync: slower, the CPU's numbers.
+ * fp16 table; simulated activation quantization (INT8 / FP8 per token or tensor, LLM.int8()) rounded by a
+ * kernel bit-exact with core/actquant.c. The one path with no device twin (INT8×INT8 weights under dynamic INT8
+ * activations: integer products) runs the CPU backend's matmul on the managed buffers after a sync: slower, the
+ * CPU's numbers.
  *
  * Memory: activations are managed memory (the host reads them after sync(), as the seam says). Weights live on
  * the device as F32, one arena per layer: when every layer fits (with room for activations) each layer is
@@ -118,6 +120,8 @@ typedef struct {
     float *freq[2];     /* host: base^(-2i/d) per pair, global / sliding */
     uint16_t *gelu;     /* device copy of the fp16 GELU table (GeGLU models) */
     void *cpu;          /* the CPU backend's context, for the paths with no device twin */
+    uint8_t *aq_flags;  /* LLM.int8()'s outlier columns of one matmul's input */
+    size_t aq_flags_cap;
 } cuda_backend;
 
 typedef struct {
@@ -527,7 +531,7 @@ static void cuda_destroy(void *p) {
         if (be->stage[i].dev) cudaFree(be->stage[i].dev);
         if (be->stage[i].staged) cudaEventDestroy(be->stage[i].staged);
     }
-    void *dev_bufs[] = {be->swap[0], be->swap[1], be->xd, be->ystage, be->cs[0], be->cs[1], be->cs[2], be->cs[3], be->gelu};
+    void *dev_bufs[] = {be->aq_flags, be->swap[0], be->swap[1], be->xd, be->ystage, be->cs[0], be->cs[1], be->cs[2], be->cs[3], be->gelu};
     for (size_t i = 0; i < QL_ARRAY_LEN(dev_bufs); i++)
         if (dev_bufs[i]) cudaFree(dev_bufs[i]);
     if (be->blas) CB.Destroy(be->blas);
@@ -608,21 +612,28 @@ static ql_status cuda_get_rows(void *p, const ql_backend_weight *w, const int32_
     LOCKED(get_rows_locked(be, w, ids, n, dim, y));
 }
 
+_Static_assert(QL_CUDAFWD_ACT_INT8_TOKEN == QL_ACT_INT8_TOKEN && QL_CUDAFWD_ACT_INT8_TENSOR == QL_ACT_INT8_TENSOR &&
+                   QL_CUDAFWD_ACT_FP8_TOKEN == QL_ACT_FP8_TOKEN && QL_CUDAFWD_ACT_FP8_TENSOR == QL_ACT_FP8_TENSOR &&
+                   QL_CUDAFWD_ACT_LLM_INT8 == QL_ACT_LLM_INT8,
+               "the activation kernels number the modes as core/actquant.h");
+
 static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, const ql_backend_weight *bias,
                                const float *x, float *y, int T, int K, int N, float beta, float *xtmp) {
     ql_status st;
-    if (ql_wmatmul_int8_applies(w, K) || (w->aq && w->aq->mode != QL_ACT_NONE)) {
-        /* no device twin yet: the CPU backend's matmul on the managed buffers */
+    if (ql_wmatmul_int8_applies(w, K)) {
+        /* INT8 x INT8 integer products: no device twin yet, the CPU backend's matmul on the managed buffers */
         if ((st = sync_locked(be))) return st;
         return ql_backend_cpu.matmul(be->cpu, w, bias, x, y, T, K, N, beta, xtmp);
     }
+    /* simulated activation quantization wins over llama.cpp's rounding (as in the CPU backend) */
+    const bool aq = w->aq && w->aq->mode != QL_ACT_NONE;
     const float *W, *B = NULL;
     bool half, bias_half = false;
     if ((st = weight_dev(be, w, 0, &W, &half))) return st;
     if (bias && (st = weight_dev(be, bias, 1, &B, &bias_half))) return st;
     /* an fp16 weight under fp16 activations (what llama.cpp does for F16 weights): the products of two halves
      * are exact in F32, so tensor cores with F32 accumulation compute the sgemm's sum in another order */
-    const bool half_x = half && w->act_type == QL_TYPE_F16;
+    const bool half_x = half && !aq && w->act_type == QL_TYPE_F16;
     if (half && !half_x) {
         /* other activations: the weight decoded to F32 for this product */
         const size_t bytes = (size_t)N * K * sizeof(float);
@@ -638,6 +649,18 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
     }
     if (half_x) {
         if ((st = ql_cudafwd_to_half(x, (uint16_t *)xtmp, (size_t)T * K, false, be->compute))) return st;
+    } else if (aq) {
+        if ((size_t)K > be->aq_flags_cap) {
+            if (be->aq_flags) CU(cudaFree(be->aq_flags));
+            be->aq_flags = NULL;
+            be->aq_flags_cap = 0;
+            CU(cudaMalloc((void **)&be->aq_flags, (size_t)K));
+            be->aq_flags_cap = (size_t)K;
+        }
+        const float thr = w->aq->threshold > 0 ? w->aq->threshold : QL_LLM_INT8_THRESHOLD;
+        if ((st = ql_cudafwd_act_quant((int)w->aq->mode, w->aq->scale, thr, x, xtmp, T, K, be->aq_flags, be->compute)))
+            return st;
+        x = xtmp;
     } else if (w->act_type != QL_TYPE_F32) {
         if ((st = ql_cudafwd_round_act(w->act_type, x, xtmp, T, K, be->compute))) return st;
         x = xtmp;

@@ -326,6 +326,60 @@ __global__ void k_sub(const float *a, const float *b, float *d, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) d[i] = sub_rn(a[i], b[i]);
 }
 
+// ---- simulated activation quantization (core/actquant.c) ----
+enum { ACT_INT8_TOKEN = QL_CUDAFWD_ACT_INT8_TOKEN, ACT_INT8_TENSOR = QL_CUDAFWD_ACT_INT8_TENSOR,
+       ACT_FP8_TOKEN = QL_CUDAFWD_ACT_FP8_TOKEN, ACT_FP8_TENSOR = QL_CUDAFWD_ACT_FP8_TENSOR,
+       ACT_LLM_INT8 = QL_CUDAFWD_ACT_LLM_INT8 };
+
+QL_HD float act_int8(float x, float d, float id) {
+    float q = rint_even(mul_rn(x, id));
+    q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+    return mul_rn(q, d);
+}
+QL_HD float act_fp8(float x, float d, float id) { return mul_rn(fp8_decode(false, fp8_encode(false, mul_rn(x, id))), d); }
+QL_HD float act_max(float m, float x) { // fmaxf(m, fabsf(x)): a NaN is skipped
+    const float a = fabs_bits(x);
+    return a > m ? a : m;
+}
+// a row's step and its inverse from its absmax (per-token modes)
+QL_HD void act_row_scale(float amax, float qmax, float *d, float *id) {
+    *d = div_rn(amax, qmax);
+    *id = amax > 0 ? div_rn(qmax, amax) : 0.0f;
+}
+QL_HD float act_one(int mode, float x, float d, float id, bool keep) {
+    if (keep) return x;
+    return mode == ACT_FP8_TOKEN || mode == ACT_FP8_TENSOR ? act_fp8(x, d, id) : act_int8(x, d, id);
+}
+
+__global__ void k_act_tensor(int mode, const float *x, float *y, int64_t n, float d, float id) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = act_one(mode, x[i], d, id, false);
+}
+__global__ void k_act_outliers(const float *x, uint8_t *flags, int64_t n, int K, float thr) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        if (fabs_bits(x[i]) > thr) flags[i % K] = 1; // every writer stores 1: no race on the value
+}
+// one block of LANES threads per row: the row's absmax (over the non-outlier columns), then the row
+__global__ void k_act_rows(int mode, const float *x, float *y, int K, const uint8_t *flags) {
+    __shared__ float part[LANES];
+    const int t = blockIdx.x, lane = threadIdx.x;
+    const float *xr = x + (size_t)t * K;
+    float *yr = y + (size_t)t * K;
+    float m = 0;
+    for (int j = lane; j < K; j += LANES)
+        if (!flags || !flags[j]) m = act_max(m, xr[j]);
+    part[lane] = m;
+    __syncthreads();
+    for (int h = LANES / 2; h > 0; h >>= 1) {
+        if (lane < h) part[lane] = part[lane + h] > part[lane] ? part[lane + h] : part[lane];
+        __syncthreads();
+    }
+    float d, id;
+    act_row_scale(part[0], mode == ACT_FP8_TOKEN ? 448.0f : 127.0f, &d, &id);
+    for (int j = lane; j < K; j += LANES) yr[j] = act_one(mode, xr[j], d, id, flags && flags[j]);
+}
+
 ql_status launched(const char *what) {
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? QL_OK : cuda_fail(e, what, __FILE__, __LINE__);
@@ -591,4 +645,55 @@ extern "C" void ql_cudafwd_kv_band_emulated(const float *P, float *B, int T, int
 extern "C" ql_status ql_cudafwd_sub(const float *a, const float *b, float *d, size_t n, void *stream) {
     k_sub<<<grid_for((int64_t)n, 256), 256, 0, (cudaStream_t)stream>>>(a, b, d, (int64_t)n);
     return launched("sub");
+}
+
+// ---- simulated activation quantization ----
+
+extern "C" ql_status ql_cudafwd_act_quant(int mode, float scale, float threshold, const float *x, float *y, int T,
+                                          int K, uint8_t *flags, void *stream) {
+    cudaStream_t st = (cudaStream_t)stream;
+    const int64_t n = (int64_t)T * K;
+    if (mode == ACT_INT8_TENSOR || mode == ACT_FP8_TENSOR) {
+        k_act_tensor<<<grid_for(n, 256), 256, 0, st>>>(mode, x, y, n, scale, scale > 0 ? div_rn(1.0f, scale) : 0.0f);
+        return launched("activation quantization");
+    }
+    if (mode != ACT_INT8_TOKEN && mode != ACT_FP8_TOKEN && mode != ACT_LLM_INT8)
+        return ql_fail(QL_ERR_ARG, "cuda: activation quantization mode %d", mode);
+    if (mode == ACT_LLM_INT8) {
+        QL_CUDA_TRY(cudaMemsetAsync(flags, 0, (size_t)K, st));
+        k_act_outliers<<<grid_for(n, 256), 256, 0, st>>>(x, flags, n, K, threshold);
+    }
+    if (T > 0) k_act_rows<<<(unsigned)T, LANES, 0, st>>>(mode, x, y, K, mode == ACT_LLM_INT8 ? flags : nullptr);
+    return launched("activation quantization");
+}
+
+extern "C" void ql_cudafwd_act_quant_emulated(int mode, float scale, float threshold, const float *x, float *y, int T,
+                                              int K) {
+    const int64_t n = (int64_t)T * K;
+    if (mode == ACT_INT8_TENSOR || mode == ACT_FP8_TENSOR) {
+        const float id = scale > 0 ? div_rn(1.0f, scale) : 0.0f;
+        for (int64_t i = 0; i < n; i++) y[i] = act_one(mode, x[i], scale, id, false);
+        return;
+    }
+    uint8_t *flags = (uint8_t *)calloc((size_t)(K > 0 ? K : 1), 1);
+    if (mode == ACT_LLM_INT8)
+        for (int64_t i = 0; i < n; i++)
+            if (fabs_bits(x[i]) > threshold) flags[i % K] = 1;
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * K;
+        float *yr = y + (size_t)t * K;
+        float part[LANES];
+        for (int lane = 0; lane < LANES; lane++) {
+            float m = 0;
+            for (int j = lane; j < K; j += LANES)
+                if (!flags[j]) m = act_max(m, xr[j]);
+            part[lane] = m;
+        }
+        for (int h = LANES / 2; h > 0; h >>= 1)
+            for (int lane = 0; lane < h; lane++) part[lane] = part[lane + h] > part[lane] ? part[lane + h] : part[lane];
+        float d, id;
+        act_row_scale(part[0], mode == ACT_FP8_TOKEN ? 448.0f : 127.0f, &d, &id);
+        for (int j = 0; j < K; j++) yr[j] = act_one(mode, xr[j], d, id, flags[j] != 0);
+    }
+    free(flags);
 }

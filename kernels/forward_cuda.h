@@ -97,6 +97,20 @@ ql_status ql_cudafwd_kv_patch(float *S, const float *Sf, int T, int residual, in
 ql_status ql_cudafwd_kv_band(const float *P, float *B, int T, int residual, int G, void *stream);
 void ql_cudafwd_kv_patch_emulated(float *S, const float *Sf, int T, int residual, int G);
 void ql_cudafwd_kv_band_emulated(const float *P, float *B, int T, int residual, int G);
+/* Simulated activation quantization, core/actquant.c's ql_act_quant_apply bit for bit: y [T, K] = x rounded by
+ * mode (core/actquant.h's ql_act_mode values, which core/backend_cuda.c checks against these: INT8 per token,
+ * INT8 per tensor with step `scale`, FP8 E4M3 per token, FP8 per tensor, LLM.int8(): columns with any
+ * |x| > threshold (> 0, the default resolved by the caller) in these T rows kept, the rest INT8 per token); y may
+ * be x. flags: K bytes of device scratch (LLM.int8's outlier columns). Absmax values are maxima, the same in
+ * any order, so rows reduce in parallel. */
+#define QL_CUDAFWD_ACT_INT8_TOKEN 1
+#define QL_CUDAFWD_ACT_INT8_TENSOR 2
+#define QL_CUDAFWD_ACT_FP8_TOKEN 3
+#define QL_CUDAFWD_ACT_FP8_TENSOR 4
+#define QL_CUDAFWD_ACT_LLM_INT8 5
+ql_status ql_cudafwd_act_quant(int mode, float scale, float threshold, const float *x, float *y, int T, int K,
+                               uint8_t *flags, void *stream);
+void ql_cudafwd_act_quant_emulated(int mode, float scale, float threshold, const float *x, float *y, int T, int K);
 /* d[i] = a[i] - b[i]. */
 ql_status ql_cudafwd_sub(const float *a, const float *b, float *d, size_t n, void *stream);
 /* y[i] = x[i] as double (exact), for the Σ xᵀx of activation statistics. */

@@ -3,8 +3,9 @@
  * kernel's lanes and reduction tree), against the CPU backend's op on random and adversarial inputs (zeros, huge
  * values, NaN / Inf where they mean something), at the tolerances stated per test. Where a GPU exists (make
  * test-cuda): the device kernels against their emulation, and whole forward passes — PPL of stories260K and
- * tinystories-d256 on the GPU (resident and streamed layers; F32, f16, q8_0, q4_0 KV, and qlab's INT / FP8 KV with
- * KIVI's residual window and Hadamard-rotated K) within 1e-4 relative of the CPU's, and
+ * tinystories-d256 on the GPU (resident and streamed layers; F32, f16, q8_0, q4_0, iq4_nl KV, qlab's INT / FP8 KV
+ * with KIVI's residual window and Hadamard-rotated K, simulated INT8 / FP8 / LLM.int8() activations) within 1e-4
+ * relative of the CPU's, and
  * activation statistics (Σ xᵀx on the device) against the CPU's.
  * Without nvcc the file says so and skips; without a GPU the device cases skip with a message. */
 #include <setjmp.h>
@@ -39,7 +40,9 @@ int main(void) {
 #include "kernels/forward_cuda.h"
 #include "kernels/ggml_types.h"
 #include "formats/format.h"
+#include "core/actquant.h"
 #include "core/kv_cache.h"
+#include "methods/act_recipe.h"
 
 #include <cblas.h>
 #include <cuda_runtime_api.h>
@@ -473,6 +476,27 @@ static void test_kv_sim(void **state) {
         }
 }
 
+/* Simulated activation quantization on the device (the backend's matmul rounds its input with it): the kernel's
+ * arithmetic against core/actquant.c's ql_act_quant_apply bit for bit, every mode, on random, zero, huge, tiny and
+ * NaN rows of a width that is not a multiple of the lanes; LLM.int8() with outlier columns present. */
+static void test_act_quant(void **state) {
+    (void)state;
+    enum { T = 7, K = 300 };
+    const ql_act_mode modes[] = {QL_ACT_INT8_TOKEN, QL_ACT_INT8_TENSOR, QL_ACT_FP8_TOKEN, QL_ACT_FP8_TENSOR, QL_ACT_LLM_INT8};
+    for (size_t mi = 0; mi < QL_ARRAY_LEN(modes); mi++)
+        for (int kind = 0; kind < IN_KINDS; kind++) {
+            float x[T * K], want[T * K], got[T * K];
+            fill(x, T * K, kind, 3.0f);
+            ql_act_quant aq = {.mode = modes[mi], .scale = 0.02f, .threshold = 4.0f};
+            const int n_out = ql_act_quant_apply(&aq, x, want, T, K);
+            if (modes[mi] == QL_ACT_LLM_INT8 && kind == IN_RANDOM) assert_true(n_out > 0 && n_out < K);
+            ql_cudafwd_act_quant_emulated((int)aq.mode, aq.scale, aq.threshold, x, got, T, K);
+            char what[64];
+            snprintf(what, sizeof what, "act %s input %d", ql_act_mode_name(aq.mode), kind);
+            expect_close(what, got, want, (size_t)T * K, 0, 0);
+        }
+}
+
 /* Σ xᵀx of activation statistics through the backend's xtx ops: the CPU backend's table given host xtx ops that
  * run the CUDA backend's dsyrk call (operation, triangle, layout) on host BLAS, against the plain CPU collection:
  * core/stats.c's plumbing (an accumulator per entry and worker, folded into the host's at the end) and the
@@ -611,16 +635,27 @@ static void test_device_kernels(void **state) {
         assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
         ql_cudafwd_glu_emulated(ref, w, n, NULL);
         expect_close("device swiglu", y, ref, n, 4, 1e-6f);
+        for (int mode = QL_ACT_INT8_TOKEN; mode <= QL_ACT_LLM_INT8; mode++) {
+            assert_int_equal(ql_cudafwd_act_quant(mode, 0.02f, 4.0f, x, y, T, D, (uint8_t *)h16, NULL), QL_OK);
+            assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+            ql_cudafwd_act_quant_emulated(mode, 0.02f, 4.0f, x, ref, T, D);
+            expect_close("device activation quantization", y, ref, n, 0, 0);
+        }
     }
     cudaFree(x), cudaFree(w), cudaFree(y), cudaFree(cs), cudaFree(S), cudaFree(h16);
     free(ref), free(ref2), free(r16);
 }
 
-/* PPL of a shared model on the CPU and on the GPU backend (QL_CUDA_STREAM as given, KV scheme kv). */
+/* PPL of a shared model on the CPU and on the GPU backend (QL_CUDA_STREAM as given, KV scheme kv, or with "act:MODE"
+ * that activation quantization on every linear). */
 static double ppl_on(const char *backend, const ql_model *m, const int32_t *ids, int64_t n, const char *kv) {
     ql_infer *inf;
     assert_int_equal(ql_infer_new_on(m, 2, ql_backend_find(backend), &inf), QL_OK);
-    if (kv) {
+    if (kv && !strncmp(kv, "act:", 4)) { /* simulated activation quantization of every linear but output */
+        ql_act_mode mode;
+        assert_true(ql_act_mode_parse(kv + 4, &mode));
+        assert_int_equal(ql_infer_set_act_quant_all(inf, NULL, mode, 0, false), QL_OK);
+    } else if (kv) {
         ql_kv_scheme s;
         assert_true(ql_kv_scheme_parse(kv, &s));
         assert_int_equal(ql_infer_set_kv(inf, &s), QL_OK);
@@ -651,8 +686,9 @@ static void test_device_ppl(void **state) {
         assert_int_equal(ql_tokenize(m->tok, text, len > 200000 ? 200000 : len, true, &ids, &n), QL_OK);
         /* block KV types need head_dim % 32 == 0: tinystories-d256 only (stories260K's head is 8) */
         const char *kvs[] = {NULL, "f16", "q8_0", "q4_0:q8_0", "q5_1:q4_1", "iq4_nl", "kivi4",
-                             "int8_token_g32_had:fp8_e4m3_r16", "int4_channel_g64:int2_token_g32_r64"};
-        for (int kv = 0; kv < (mi ? 9 : 2); kv++) {
+                             "int8_token_g32_had:fp8_e4m3_r16", "int4_channel_g64:int2_token_g32_r64",
+                             "act:int8_token", "act:fp8_token", "act:llm_int8"};
+        for (int kv = 0; kv < (mi ? 12 : 2); kv++) {
             const double cpu = ppl_on("cpu", m, ids, n, kvs[kv]);
             for (int stream = 0; stream < 2; stream++) {
                 setenv("QL_CUDA_STREAM", stream ? "1" : "0", 1);
@@ -769,7 +805,7 @@ int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),     cmocka_unit_test(test_attention),
         cmocka_unit_test(test_glu),           cmocka_unit_test(test_softcap),  cmocka_unit_test(test_round_act),
-        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_kv_sim), cmocka_unit_test(test_xtx), cmocka_unit_test(test_blas_open),      cmocka_unit_test(test_no_device_message),
+        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_kv_sim), cmocka_unit_test(test_act_quant), cmocka_unit_test(test_xtx), cmocka_unit_test(test_blas_open),      cmocka_unit_test(test_no_device_message),
         cmocka_unit_test(test_device_kernels), cmocka_unit_test(test_device_ppl), cmocka_unit_test(test_device_stats),
         cmocka_unit_test(test_device_logits),
     };
