@@ -145,8 +145,10 @@ ql_status ql_sense_dist_begin(ql_sense *s, int level, ql_status rank0_status, in
     d->seconds0 = s->seconds;
     if (d->rank == 0) {
         /* What is left, in file order (tensor by tensor), in groups of `group` candidates (one batched pass);
-         * the k-th group with something left goes to rank (k + t) mod N, so the candidates of one tensor spread
-         * over the ranks and no rank gets every cell of one candidate. */
+         * the k-th group with something left goes to rank k mod N, turned by t when a tensor has a multiple of N
+         * groups, so the groups of one tensor spread over the ranks and no rank gets every cell of one group of
+         * candidates (with one group per tensor the ranks take turns by tensor). */
+        const int per_tensor = (s->n_cand + group - 1) / group, turn = per_tensor % d->size == 0 && per_tensor > 1;
         int64_t k = 0;
         for (int t = 0; t < s->n_tensors; t++) {
             for (int c0 = 0; c0 < s->n_cand; c0 += group) {
@@ -154,7 +156,7 @@ ql_status ql_sense_dist_begin(ql_sense *s, int level, ql_status rank0_status, in
                 for (int c = c0; c < s->n_cand && c < c0 + group; c++) {
                     const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
                     const bool left = e->bytes >= 0 && e->level < level;
-                    *owner_at(d, 0, t, c) = left ? (int32_t)((k + t) % d->size) : -1;
+                    *owner_at(d, 0, t, c) = left ? (int32_t)((k + (turn ? t : 0)) % d->size) : -1;
                     any |= left;
                 }
                 k += any;

@@ -359,8 +359,8 @@ PY
   # the weight cells above came from batched probes (2 candidates per pass, the CPU default of 4 capped at 2);
   # one candidate per pass must give the same errors up to float sums (weight, output, KLD of every m line)
   $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \
-    --cand-batch 1 -o "$T/one.qss" >/dev/null 2>&1
-  if [ "$(grep -c '^m	' "$T/one.qss")" = 74 ] && paste <(grep '^m	' "$T/act.qss") <(grep '^m	' "$T/one.qss") | awk -F'\t' '
+    --cand-batch 1 -o "$T/batch1.qss" >/dev/null 2>&1
+  if [ "$(grep -c '^m	' "$T/batch1.qss")" = 74 ] && paste <(grep '^m	' "$T/act.qss") <(grep '^m	' "$T/batch1.qss") | awk -F'\t' '
        { n = NF / 2; for (i = 6; i <= 8; i++) { a = $i; b = $(i + n); d = a - b; if (d < 0) d = -d;
            if (a < 0) a = -a; if (d > 1e-6 * (a > 1e-12 ? a : 1e-12)) bad++ } } END { exit bad > 0 }'; then
     ok "sense --cand-batch 1 (a pass per candidate) gives the batched run's 74 cells within 1e-6"
