@@ -7,9 +7,8 @@
  * registry and uploaded), cuBLAS sgemm where the CPU calls OpenBLAS (only summation order differs), llama.cpp's
  * activation rounding, RoPE from a cos/sin table the host fills with the CPU's formula, GeGLU from the CPU's
  * fp16 table; simulated activation quantization (INT8 / FP8 per token or tensor, LLM.int8()) rounded by a
- * kernel bit-exact with core/actquant.c. The one path with no device twin (INT8×INT8 weights under dynamic INT8
- * activations: integer products) runs the CPU backend's matmul on the managed buffers after a sync: slower, the
- * CPU's numbers.
+ * kernel bit-exact with core/actquant.c; INT8 weights under dynamic INT8 activations as exact int32 products of
+ * the stored rows (uploaded per use) and the per-token codes, bit-exact with core/wmatmul.c.
  *
  * Memory: activations are managed memory (the host reads them after sync(), as the seam says). Weights live on
  * the device as F32, one arena per layer: when every layer fits (with room for activations) each layer is
@@ -122,6 +121,8 @@ typedef struct {
     void *cpu;          /* the CPU backend's context, for the paths with no device twin */
     uint8_t *aq_flags;  /* LLM.int8()'s outlier columns of one matmul's input */
     size_t aq_flags_cap;
+    uint8_t *i8_rows;   /* an INT8 weight's stored rows, for the integer products under INT8 activations */
+    size_t i8_rows_cap;
 } cuda_backend;
 
 typedef struct {
@@ -531,7 +532,7 @@ static void cuda_destroy(void *p) {
         if (be->stage[i].dev) cudaFree(be->stage[i].dev);
         if (be->stage[i].staged) cudaEventDestroy(be->stage[i].staged);
     }
-    void *dev_bufs[] = {be->aq_flags, be->swap[0], be->swap[1], be->xd, be->ystage, be->cs[0], be->cs[1], be->cs[2], be->cs[3], be->gelu};
+    void *dev_bufs[] = {be->aq_flags, be->i8_rows, be->swap[0], be->swap[1], be->xd, be->ystage, be->cs[0], be->cs[1], be->cs[2], be->cs[3], be->gelu};
     for (size_t i = 0; i < QL_ARRAY_LEN(dev_bufs); i++)
         if (dev_bufs[i]) cudaFree(dev_bufs[i]);
     if (be->blas) CB.Destroy(be->blas);
@@ -621,9 +622,30 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
                                const float *x, float *y, int T, int K, int N, float beta, float *xtmp) {
     ql_status st;
     if (ql_wmatmul_int8_applies(w, K)) {
-        /* INT8 x INT8 integer products: no device twin yet, the CPU backend's matmul on the managed buffers */
-        if ((st = sync_locked(be))) return st;
-        return ql_backend_cpu.matmul(be->cpu, w, bias, x, y, T, K, N, beta, xtmp);
+        if (!is_device_ptr(y)) { /* an int8 output matrix writing the caller's logits: the CPU's op, rare */
+            if ((st = sync_locked(be))) return st;
+            return ql_backend_cpu.matmul(be->cpu, w, bias, x, y, T, K, N, beta, xtmp);
+        }
+        /* INT8 x INT8 integer products on the device: the stored rows (fp16 scale, K codes) uploaded per use */
+        const size_t raw = (size_t)N * ((size_t)K + 2);
+        if (raw > be->i8_rows_cap) {
+            if (be->i8_rows) CU(cudaFree(be->i8_rows));
+            be->i8_rows = NULL;
+            be->i8_rows_cap = 0;
+            CU(cudaMalloc((void **)&be->i8_rows, raw));
+            be->i8_rows_cap = raw;
+        }
+        CU(cudaMemcpyAsync(be->i8_rows, w->t->data, raw, cudaMemcpyHostToDevice, be->compute));
+        int8_t *q = (int8_t *)xtmp;
+        float *d = (float *)((uint8_t *)xtmp + (((size_t)T * K + 15) & ~(size_t)15));
+        if ((st = ql_cudafwd_int8_matmul(x, q, d, be->i8_rows, (int64_t)K + 2, y, T, K, N, beta, be->compute))) return st;
+        if (bias) {
+            const float *B;
+            bool bias_half;
+            if ((st = weight_dev(be, bias, 1, &B, &bias_half))) return st;
+            if ((st = ql_cudafwd_add_bias(y, B, T, N, be->compute))) return st;
+        }
+        return QL_OK;
     }
     /* simulated activation quantization wins over llama.cpp's rounding (as in the CPU backend) */
     const bool aq = w->aq && w->aq->mode != QL_ACT_NONE;

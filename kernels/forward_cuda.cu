@@ -380,6 +380,50 @@ __global__ void k_act_rows(int mode, const float *x, float *y, int K, const uint
     for (int j = lane; j < K; j += LANES) yr[j] = act_one(mode, xr[j], d, id, flags && flags[j]);
 }
 
+// ---- INT8 x INT8 (core/wmatmul.c's ql_wmatmul_int8) ----
+
+// one token's code (ql_quantize_tokens_int8) from its id = 127 / absmax
+QL_HD int8_t token_code(float x, float id) {
+    const float v = rint_even(mul_rn(x, id));
+    return (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+}
+// the epilogue of one output: d[t]·s·acc, accumulated when beta != 0
+QL_HD float int8_out(float y, float d, const uint8_t *row, int32_t acc, float beta) {
+    const float v = mul_rn(mul_rn(d, h2f((uint16_t)(row[0] | (row[1] << 8)))), (float)acc);
+    return beta != 0.0f ? add_rn(y, v) : v;
+}
+
+__global__ void k_tokens_int8(const float *x, int8_t *q, float *d, int K) {
+    __shared__ float part[LANES];
+    const int t = blockIdx.x, lane = threadIdx.x;
+    const float *xr = x + (size_t)t * K;
+    float m = 0;
+    for (int j = lane; j < K; j += LANES) m = act_max(m, xr[j]);
+    part[lane] = m;
+    __syncthreads();
+    for (int h = LANES / 2; h > 0; h >>= 1) {
+        if (lane < h) part[lane] = part[lane + h] > part[lane] ? part[lane + h] : part[lane];
+        __syncthreads();
+    }
+    const float amax = part[0], id = amax > 0 ? div_rn(127.0f, amax) : 0.0f;
+    if (lane == 0) d[t] = div_rn(amax, 127.0f);
+    for (int j = lane; j < K; j += LANES) q[(size_t)t * K + j] = token_code(xr[j], id);
+}
+// one warp per output (t, n): lanes stride over K, an exact int32 sum
+__global__ void k_int8_dot(const int8_t *q, const float *d, const uint8_t *rows, int64_t ldw, float *y, int T, int K,
+                           int N, float beta) {
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32), lane = threadIdx.x % 32;
+    for (int64_t o = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; o < (int64_t)T * N; o += warps) {
+        const int64_t t = o / N, n = o % N;
+        const int8_t *qr = q + t * K;
+        const uint8_t *r = rows + n * ldw;
+        int32_t acc = 0;
+        for (int k = (int)lane; k < K; k += 32) acc += (int32_t)qr[k] * ((int32_t)r[2 + k] - 128);
+        for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
+        if (lane == 0) y[o] = int8_out(y[o], d[t], r, acc, beta);
+    }
+}
+
 ql_status launched(const char *what) {
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? QL_OK : cuda_fail(e, what, __FILE__, __LINE__);
@@ -696,4 +740,40 @@ extern "C" void ql_cudafwd_act_quant_emulated(int mode, float scale, float thres
         for (int j = 0; j < K; j++) yr[j] = act_one(mode, xr[j], d, id, flags[j] != 0);
     }
     free(flags);
+}
+
+// ---- INT8 x INT8 ----
+
+extern "C" ql_status ql_cudafwd_int8_matmul(const float *x, int8_t *q, float *d, const uint8_t *rows, int64_t ldw,
+                                            float *y, int T, int K, int N, float beta, void *stream) {
+    cudaStream_t st = (cudaStream_t)stream;
+    if (T <= 0 || N <= 0) return QL_OK;
+    k_tokens_int8<<<(unsigned)T, LANES, 0, st>>>(x, q, d, K);
+    k_int8_dot<<<grid_for((int64_t)T * N, 8), 256, 0, st>>>(q, d, rows, ldw, y, T, K, N, beta);
+    return launched("int8 matmul");
+}
+
+extern "C" void ql_cudafwd_int8_matmul_emulated(const float *x, int8_t *q, float *d, const uint8_t *rows, int64_t ldw,
+                                                float *y, int T, int K, int N, float beta) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * K;
+        float part[LANES];
+        for (int lane = 0; lane < LANES; lane++) {
+            float m = 0;
+            for (int j = lane; j < K; j += LANES) m = act_max(m, xr[j]);
+            part[lane] = m;
+        }
+        for (int h = LANES / 2; h > 0; h >>= 1)
+            for (int lane = 0; lane < h; lane++) part[lane] = part[lane + h] > part[lane] ? part[lane + h] : part[lane];
+        const float amax = part[0], id = amax > 0 ? div_rn(127.0f, amax) : 0.0f;
+        d[t] = div_rn(amax, 127.0f);
+        for (int j = 0; j < K; j++) q[(size_t)t * K + j] = token_code(xr[j], id);
+    }
+    for (int64_t o = 0; o < (int64_t)T * N; o++) {
+        const int64_t t = o / N, n = o % N;
+        const uint8_t *r = rows + n * ldw;
+        int32_t acc = 0;
+        for (int k = 0; k < K; k++) acc += (int32_t)q[t * K + k] * ((int32_t)r[2 + k] - 128);
+        y[o] = int8_out(y[o], d[t], r, acc, beta);
+    }
 }

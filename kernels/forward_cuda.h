@@ -111,6 +111,13 @@ void ql_cudafwd_kv_band_emulated(const float *P, float *B, int T, int residual, 
 ql_status ql_cudafwd_act_quant(int mode, float scale, float threshold, const float *x, float *y, int T, int K,
                                uint8_t *flags, void *stream);
 void ql_cudafwd_act_quant_emulated(int mode, float scale, float threshold, const float *x, float *y, int T, int K);
+/* INT8 weights under dynamic INT8 activations, core/wmatmul.c's ql_wmatmul_int8 bit for bit: x [T, K] quantized per
+ * token into q [T, K] and d [T] (scratch), integer products with weight rows of (fp16 scale, K codes with zero point
+ * 128) at stride ldw, exact in int32 whatever the order, then y[t, n] = d[t]·s[n]·acc, added to y when beta != 0. */
+ql_status ql_cudafwd_int8_matmul(const float *x, int8_t *q, float *d, const uint8_t *rows, int64_t ldw, float *y,
+                                 int T, int K, int N, float beta, void *stream);
+void ql_cudafwd_int8_matmul_emulated(const float *x, int8_t *q, float *d, const uint8_t *rows, int64_t ldw, float *y,
+                                     int T, int K, int N, float beta);
 /* d[i] = a[i] - b[i]. */
 ql_status ql_cudafwd_sub(const float *a, const float *b, float *d, size_t n, void *stream);
 /* y[i] = x[i] as double (exact), for the Σ xᵀx of activation statistics. */

@@ -7,6 +7,8 @@
 #      emulation, and PPL of stories260K and tinystories-d256 on the GPU — layers resident and streamed, F32
 #      and f16 KV — within 1e-4 relative of the CPU backend (test_cuda_forward);
 #   2. the CLI: `qlab ppl` with QL_BACKEND=cuda (what --device cuda selects) against the CPU on both models;
+#   2a. `qlab ppl --kv` (qlab's KV schemes, iq4_nl) and `--act` (LLM.int8, FP8, W8A8 integer products on an
+#      int8_channel file) on the GPU against the CPU;
 #   2b. `qlab quant --device cuda` (RTN on the formats' CUDA quantizers) writes the CPU's bytes, format by format;
 #   3. make bench-cuda: dequantize GB/s, RTN quantize throughput of every format with a CUDA quantizer beside the
 #      CPU (bench/cuda_quant_bench.c, "identical" per line), then ppl tokens/s and peak GPU memory on synthetic F16 llama-3.2-1b
@@ -59,6 +61,22 @@ for m in stories260K tinystories-d256; do
     echo "FAIL: $m PPL cpu '$c' cuda '$g'"; tail -2 /tmp/qlab_gpu_ppl.log; fail=1
   fi
 done
+
+step "2a. qlab ppl --kv / --act on the GPU vs the CPU (1e-4 relative): qlab's KV schemes, iq4_nl, W8A8 integer products"
+qm="$SHARED/models/tinystories-d256.gguf"
+if [ -f "$qm" ]; then
+  ./qlab quant "$qm" --type int8_channel -o /tmp/qlab_w8.gguf >/dev/null 2>&1 || echo "FAIL: quant int8_channel for 2a"
+  for spec in "$qm|--kv kivi4" "$qm|--kv iq4_nl" "$qm|--kv int4_token_g32_r64_had:fp8_e5m2" "$qm|--act llm_int8" \
+              "$qm|--act fp8_token" "/tmp/qlab_w8.gguf|--act int8_token"; do
+    model=${spec%%|*}; extra=${spec#*|}
+    args=(ppl "$model" --text "$SHARED/data/tinystories-valid.txt" --ctx 256 --chunks 20 --json $extra)
+    c=$(./qlab "${args[@]}" --device cpu 2>/dev/null | sed -n 's/.*"ppl": \([0-9.e+-]*\).*/\1/p')
+    g=$(./qlab "${args[@]}" --device cuda 2>&1 | tee /tmp/qlab_gpu_ppl.log | sed -n 's/.*"ppl": \([0-9.e+-]*\).*/\1/p')
+    if [ -n "$c" ] && [ -n "$g" ] && awk -v a="$c" -v b="$g" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d / a <= 1e-4) }'; then
+      echo "PASS: $(basename "$model") $extra: PPL cpu $c cuda $g"
+    else echo "FAIL: $(basename "$model") $extra: PPL cpu '$c' cuda '$g'"; tail -2 /tmp/qlab_gpu_ppl.log; fail=1; fi
+  done
+fi
 
 step "2b. qlab quant --device cuda (RTN with the formats' CUDA quantizers) writes the CPU's bytes"
 qm="$SHARED/models/tinystories-d256.gguf"

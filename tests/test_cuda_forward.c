@@ -36,6 +36,7 @@ int main(void) {
 #include "core/stats.h"
 #include "core/synth.h"
 #include "core/tokenizer.h"
+#include "core/wmatmul.h"
 #include "kernels/cuda_api.h"
 #include "kernels/forward_cuda.h"
 #include "kernels/ggml_types.h"
@@ -497,6 +498,50 @@ static void test_act_quant(void **state) {
         }
 }
 
+/* INT8 weights under dynamic INT8 activations on the device: the kernels' per-token codes and int32 products with
+ * their epilogue against core/wmatmul.c's ql_wmatmul_int8 bit for bit (overwriting and accumulating; a zero token,
+ * huge and tiny inputs; K not a multiple of the 256 lanes or of the 32 lanes of a product). */
+static void test_int8_matmul(void **state) {
+    (void)state;
+    enum { T = 6, K = 333, N = 70 };
+    const ql_format *f = ql_format_by_name("int8_channel");
+    assert_non_null(f);
+    float *w = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * T * K);
+    float *want = malloc(sizeof(float) * T * N), *got = malloc(sizeof(float) * T * N), *d = malloc(sizeof(float) * T);
+    int8_t *q = malloc((size_t)T * K);
+    void *xtmp = malloc(sizeof(float) * T * K + 64);
+    const int64_t bytes = ql_format_tensor_bytes(f, K, N);
+    assert_int_equal(bytes, (int64_t)N * (K + 2));
+    uint8_t *rows = malloc((size_t)bytes);
+    fill(w, (size_t)K * N, IN_RANDOM, 1.0f);
+    assert_int_equal(ql_format_quantize(f, w, rows, N, K, NULL, 1), QL_OK);
+    ql_gguf_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = (char *)"int8";
+    t.type = f->type;
+    t.n_dims = 2;
+    t.ne[0] = K, t.ne[1] = N, t.ne[2] = t.ne[3] = 1;
+    t.nbytes = (uint64_t)bytes;
+    t.data = rows;
+    ql_act_quant aq;
+    assert_int_equal(ql_act_quant_init(&aq, QL_ACT_INT8_TOKEN, NULL, 0, 0), QL_OK);
+    const ql_backend_weight bw = {.t = &t, .act_type = QL_TYPE_F32, .aq = &aq};
+    assert_true(ql_wmatmul_int8_applies(&bw, K));
+    for (int kind = 0; kind < IN_KINDS; kind++)
+        for (int pass = 0; pass < 2; pass++) {
+            fill(x, (size_t)T * K, kind == IN_NAN ? IN_RANDOM : kind, 3.0f); /* NaN: no code to compare */
+            for (int i = 0; i < K; i++) x[2 * K + i] = 0.0f; /* a zero token: scale 0, codes 0 */
+            for (int i = 0; i < T * N; i++) want[i] = got[i] = 0.25f * (float)(i % 7);
+            const float beta = (float)pass;
+            assert_int_equal(ql_wmatmul_int8(&bw, NULL, x, want, T, K, N, beta, xtmp, 1), QL_OK);
+            ql_cudafwd_int8_matmul_emulated(x, q, d, rows, K + 2, got, T, K, N, beta);
+            char what[48];
+            snprintf(what, sizeof what, "int8 matmul input %d beta %d", kind, pass);
+            expect_close(what, got, want, (size_t)T * N, 0, 0);
+        }
+    free(w), free(x), free(want), free(got), free(d), free(q), free(xtmp), free(rows);
+}
+
 /* Σ xᵀx of activation statistics through the backend's xtx ops: the CPU backend's table given host xtx ops that
  * run the CUDA backend's dsyrk call (operation, triangle, layout) on host BLAS, against the plain CPU collection:
  * core/stats.c's plumbing (an accumulator per entry and worker, folded into the host's at the end) and the
@@ -805,7 +850,7 @@ int main(void) {
     struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm),       cmocka_unit_test(test_rope),     cmocka_unit_test(test_attention),
         cmocka_unit_test(test_glu),           cmocka_unit_test(test_softcap),  cmocka_unit_test(test_round_act),
-        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_kv_sim), cmocka_unit_test(test_act_quant), cmocka_unit_test(test_xtx), cmocka_unit_test(test_blas_open),      cmocka_unit_test(test_no_device_message),
+        cmocka_unit_test(test_kv_half),       cmocka_unit_test(test_kv_blocks), cmocka_unit_test(test_kv_sim), cmocka_unit_test(test_act_quant), cmocka_unit_test(test_int8_matmul), cmocka_unit_test(test_xtx), cmocka_unit_test(test_blas_open),      cmocka_unit_test(test_no_device_message),
         cmocka_unit_test(test_device_kernels), cmocka_unit_test(test_device_ppl), cmocka_unit_test(test_device_stats),
         cmocka_unit_test(test_device_logits),
     };
