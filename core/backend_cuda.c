@@ -139,7 +139,7 @@ typedef struct {
     ql_cudafwd_kv_side sim[2];
     /* the float band's scratch (a side read in float near the diagonal): scores [T, T] and V - decode */
     float *band, *vdiff;
-    int band_cap;
+    size_t band_cap, vdiff_cap;
 } cu_kv;
 
 #define CU(call)                                                                                              \
@@ -149,6 +149,19 @@ typedef struct {
             return ql_fail(e_ == cudaErrorMemoryAllocation ? QL_ERR_NOMEM : QL_ERR_IO, "cuda: %s: %s", #call, \
                            cudaGetErrorString(e_));                                                           \
     } while (0)
+
+/* A device scratch buffer *p of at least `bytes` (capacity *cap), regrown when short; cudaFree synchronizes, so
+ * work queued on the old buffer is done before it goes. */
+static ql_status dev_reserve(void *p, size_t *cap, size_t bytes) {
+    void **pp = p;
+    if (bytes <= *cap) return QL_OK;
+    if (*pp) CU(cudaFree(*pp));
+    *pp = NULL;
+    *cap = 0;
+    CU(cudaMalloc(pp, bytes ? bytes : 1));
+    *cap = bytes;
+    return QL_OK;
+}
 #define BLAS(call)                                                                                            \
     do {                                                                                                      \
         cublasStatus_t b_ = (call);                                                                           \
@@ -335,13 +348,8 @@ static ql_status weight_dev(cuda_backend *be, const ql_backend_weight *bw, int s
     *half = false;
     if (bw->f32) {
         const size_t bytes = (size_t)tensor_elems(t) * sizeof(float);
-        if (bytes > be->swap_cap[slot]) {
-            if (be->swap[slot]) CU(cudaFree(be->swap[slot])); /* synchronizes: queued reads are done */
-            be->swap[slot] = NULL;
-            be->swap_cap[slot] = 0;
-            CU(cudaMalloc((void **)&be->swap[slot], bytes));
-            be->swap_cap[slot] = bytes;
-        }
+        const ql_status st = dev_reserve(&be->swap[slot], &be->swap_cap[slot], bytes);
+        if (st) return st;
         CU(cudaMemcpyAsync(be->swap[slot], bw->f32, bytes, cudaMemcpyHostToDevice, be->compute));
         *out = be->swap[slot];
         return QL_OK;
@@ -628,13 +636,7 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
         }
         /* INT8 x INT8 integer products on the device: the stored rows (fp16 scale, K codes) uploaded per use */
         const size_t raw = (size_t)N * ((size_t)K + 2);
-        if (raw > be->i8_rows_cap) {
-            if (be->i8_rows) CU(cudaFree(be->i8_rows));
-            be->i8_rows = NULL;
-            be->i8_rows_cap = 0;
-            CU(cudaMalloc((void **)&be->i8_rows, raw));
-            be->i8_rows_cap = raw;
-        }
+        if ((st = dev_reserve(&be->i8_rows, &be->i8_rows_cap, raw))) return st;
         CU(cudaMemcpyAsync(be->i8_rows, w->t->data, raw, cudaMemcpyHostToDevice, be->compute));
         int8_t *q = (int8_t *)xtmp;
         float *d = (float *)((uint8_t *)xtmp + (((size_t)T * K + 15) & ~(size_t)15));
@@ -659,26 +661,14 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
     if (half && !half_x) {
         /* other activations: the weight decoded to F32 for this product */
         const size_t bytes = (size_t)N * K * sizeof(float);
-        if (bytes > be->swap_cap[0]) {
-            if (be->swap[0]) CU(cudaFree(be->swap[0]));
-            be->swap[0] = NULL;
-            be->swap_cap[0] = 0;
-            CU(cudaMalloc((void **)&be->swap[0], bytes));
-            be->swap_cap[0] = bytes;
-        }
+        if ((st = dev_reserve(&be->swap[0], &be->swap_cap[0], bytes))) return st;
         if ((st = ql_cuda_dequantize_f16_dev(W, be->swap[0], N, K, be->compute))) return st;
         W = be->swap[0];
     }
     if (half_x) {
         if ((st = ql_cudafwd_to_half(x, (uint16_t *)xtmp, (size_t)T * K, false, be->compute))) return st;
     } else if (aq) {
-        if ((size_t)K > be->aq_flags_cap) {
-            if (be->aq_flags) CU(cudaFree(be->aq_flags));
-            be->aq_flags = NULL;
-            be->aq_flags_cap = 0;
-            CU(cudaMalloc((void **)&be->aq_flags, (size_t)K));
-            be->aq_flags_cap = (size_t)K;
-        }
+        if ((st = dev_reserve(&be->aq_flags, &be->aq_flags_cap, (size_t)K))) return st;
         const float thr = w->aq->threshold > 0 ? w->aq->threshold : QL_LLM_INT8_THRESHOLD;
         if ((st = ql_cudafwd_act_quant((int)w->aq->mode, w->aq->scale, thr, x, xtmp, T, K, be->aq_flags, be->compute)))
             return st;
@@ -691,13 +681,7 @@ static ql_status matmul_locked(cuda_backend *be, const ql_backend_weight *w, con
     const bool host_y = !is_device_ptr(y); /* the caller's logits */
     const size_t ybytes = (size_t)T * N * sizeof(float);
     if (host_y) {
-        if (ybytes > be->ystage_cap) {
-            if (be->ystage) CU(cudaFree(be->ystage));
-            be->ystage = NULL;
-            be->ystage_cap = 0;
-            CU(cudaMalloc((void **)&be->ystage, ybytes));
-            be->ystage_cap = ybytes;
-        }
+        if ((st = dev_reserve(&be->ystage, &be->ystage_cap, ybytes))) return st;
         yd = be->ystage;
         if (beta != 0.0f) CU(cudaMemcpyAsync(yd, y, ybytes, cudaMemcpyHostToDevice, be->compute));
     }
@@ -1027,15 +1011,9 @@ static ql_status band_attention_locked(cuda_backend *be, cu_kv *kv, const float 
     const int window = ql_layer_is_swa(c, layer) ? c->n_swa : 0;
     const ql_kv_side *ks = &kv->scheme.k, *vs = &kv->scheme.v;
     ql_status st;
-    if (T > kv->band_cap) {
-        if (kv->band) CU(cudaFree(kv->band));
-        if (kv->vdiff) CU(cudaFree(kv->vdiff));
-        kv->band = kv->vdiff = NULL;
-        kv->band_cap = 0;
-        CU(cudaMalloc((void **)&kv->band, (size_t)T * T * sizeof(float)));
-        CU(cudaMalloc((void **)&kv->vdiff, (size_t)T * ldkv * sizeof(float)));
-        kv->band_cap = T;
-    }
+    if ((st = dev_reserve(&kv->band, &kv->band_cap, (size_t)T * T * sizeof(float))) ||
+        (vband && (st = dev_reserve(&kv->vdiff, &kv->vdiff_cap, (size_t)T * ldkv * sizeof(float)))))
+        return st;
     const float *kf = kv->buf[0], *vf = kv->buf[1];
     if (vband && (st = ql_cudafwd_sub(vf, v, kv->vdiff, (size_t)T * ldkv, be->compute))) return st;
     for (int h = 0; h < H; h++) {
@@ -1128,14 +1106,8 @@ static ql_status cuda_xtx_new(void *p, int D, void **acc) { LOCKED(xtx_new_locke
 static ql_status xtx_add_locked(cuda_backend *be, cu_xtx *a, const float *x, int T, int D) {
     if (D != a->D) return ql_fail(QL_ERR_ARG, "cuda: Σxxᵀ of %d columns into a %dx%d accumulator", D, a->D, a->D);
     const size_t n = (size_t)T * D;
-    if (n * sizeof(double) > be->xd_cap) {
-        if (be->xd) CU(cudaFree(be->xd)); /* synchronizes: queued products are done with it */
-        be->xd = NULL;
-        be->xd_cap = 0;
-        CU(cudaMalloc((void **)&be->xd, n * sizeof(double)));
-        be->xd_cap = n * sizeof(double);
-    }
-    ql_status st = ql_cudafwd_to_double(x, be->xd, n, be->compute);
+    ql_status st = dev_reserve(&be->xd, &be->xd_cap, n * sizeof(double));
+    if (!st) st = ql_cudafwd_to_double(x, be->xd, n, be->compute);
     if (st) return st;
     const double one = 1.0;
     BLAS(CB.Dsyrk(be->blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, D, T, &one, be->xd, D, &one, a->H, D));
