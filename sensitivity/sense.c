@@ -956,12 +956,15 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
         /* candidates in fixed groups of nb by index (the pass's shape must not depend on what is left to do
          * or on which process does it: the sums of a GEMM depend on its row count) */
         for (int c0 = 0; c0 < s->n_cand && !st; c0 += nb) {
-            int grp[MAX_BATCH], orig[MAX_BATCH], nk = 0, nq = 0; /* members to measure; of them, quantized */
+            /* members to measure and where each got to (the cells keep their level until finished: a checkpoint
+             * between two members' ends saves the others as they were) */
+            enum { NOT_REACHED, NO_ERROR_KNOWN, QUANTIZED };
+            int grp[MAX_BATCH], state[MAX_BATCH] = {0}, nk = 0, nq = 0;
             float *wv[MAX_BATCH];
             uint32_t types[MAX_BATCH];
             for (int c = c0; c < QL_MIN(c0 + nb, s->n_cand); c++) {
                 const ql_sense_cell *e = ql_sense_cell_at(s, t, c);
-                if (e->bytes >= 0 && e->level < level && share_mine(o->share, 0, t, c)) orig[nk] = e->level, grp[nk++] = c;
+                if (e->bytes >= 0 && e->level < level && share_mine(o->share, 0, t, c)) grp[nk++] = c;
             }
             for (int k = 0; k < nk && !st; k++) {
                 const int c = grp[k];
@@ -981,7 +984,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
                  * "no error known" (NaN at every level), which qlab plan never picks */
                 if (f->requires_importance && !(o->imatrix && ql_imatrix_find(o->imatrix, te->name))) {
                     e->werr = e->oerr = e->kld = e->dppl = NAN;
-                    e->level = -2; /* finished below with the group */
+                    state[k] = NO_ERROR_KNOWN;
                     continue;
                 }
                 float *wq = wqs[nq];
@@ -997,7 +1000,7 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
                 if (level >= QL_SENSE_KLD && layer < 0) e->kld = e->dppl = NAN; /* not used by the forward pass */
                 wv[nq] = wq;
                 types[nq++] = f->type;
-                e->level = -3; /* quantized, its probe pending */
+                state[k] = QUANTIZED;
             }
             if (!st && level >= QL_SENSE_KLD && layer >= 0 && nq > 0) {
                 double kld[MAX_BATCH], ppl[MAX_BATCH];
@@ -1013,14 +1016,14 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
                 }
                 for (int k = 0, j = 0; k < nk && !st; k++) {
                     ql_sense_cell *e = ql_sense_cell_at(s, t, grp[k]);
-                    if (e->level != -3) continue;
+                    if (state[k] != QUANTIZED) continue;
                     e->kld = kld[j];
                     e->dppl = ppl[j++] - s->base_ppl;
                 }
             }
             for (int k = 0; k < nk && !st; k++) {
                 ql_sense_cell *e = ql_sense_cell_at(s, t, grp[k]);
-                if (e->level != -2 && e->level != -3) continue; /* not reached */
+                if (state[k] == NOT_REACHED) continue;
                 e->level = level;
                 done++;
                 if (o->share && o->share->measured && (st = o->share->measured(o->share->user, s, 0, t, grp[k]))) break;
@@ -1029,11 +1032,6 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
                 char phase[256];
                 snprintf(phase, sizeof phase, "%s %s", te->name, s->cand[grp[k]]);
                 ql_progress_report(progress, done + cp.collected, todo_all, phase);
-            }
-            /* a failure mid-group: the members not finished keep the level they had */
-            for (int k = 0; k < nk; k++) {
-                ql_sense_cell *e = ql_sense_cell_at(s, t, grp[k]);
-                if (e->level == -2 || e->level == -3) e->level = orig[k];
             }
         }
         ql_cuda_qerr_free(qe);
