@@ -65,6 +65,7 @@ typedef struct {
     atomic_int done;
     const ql_progress *progress;
     const ql_ppl_opts *opts;
+    int score_threads; /* threads scoring one chunk's rows (one chunk at a time: a device backend, streaming) */
 } ppl_ctx;
 
 static size_t row_bytes(int n_vocab) { return 8 + 2 * (size_t)n_vocab; }
@@ -121,30 +122,34 @@ static void decode_row(const uint8_t *in, int V, float *lp) {
     for (int i = 0; i < V; i++) lp[i] -= lse;
 }
 
-static void run_chunk(void *vctx, int worker, int64_t chunk) {
-    ppl_ctx *c = vctx;
-    if (c->status || ql_progress_cancelled(c->progress)) return;
+/* One scored row's figures; summed over a chunk's rows in row order, however many threads scored them. */
+typedef struct {
+    double nll, kld, nllb;
+    int top1;
+} row_score;
+
+typedef struct {
+    const ppl_ctx *c;
+    int64_t chunk;
+    const float *logits;
+    uint8_t *rowbuf; /* --save-logits rows, or NULL */
+    row_score *out;
+} score_job;
+
+/* Rows [j0, j1) of one chunk: NLL, and with a base its KLD, top-1 agreement and NLL; encoded for --save-logits. */
+static void score_rows(void *vjob, int worker, int64_t j0, int64_t j1) {
+    (void)worker;
+    const score_job *sj = vjob;
+    const ppl_ctx *c = sj->c;
     const int n_ctx = c->n_ctx, first = c->first, V = c->n_vocab, rows = n_ctx - 1 - first;
-    int32_t *tok = c->chunk_tokens[worker];
-    memcpy(tok, c->tokens + chunk * n_ctx, (size_t)n_ctx * 4);
-    if (c->bos >= 0) tok[0] = c->bos;
-    float *logits = c->logits[worker];
-    ql_status s = ql_forward(c->inf, c->scratch[worker], tok, n_ctx, first, logits);
-    if (s) {
-        set_status(c, s);
-        return;
-    }
-    double nll = 0, nll2 = 0, kld = 0, kld2 = 0, nllb = 0;
-    int64_t top1 = 0;
-    uint8_t *rowbuf = c->save_fd >= 0 ? ql_malloc(row_bytes(V) * (size_t)rows) : NULL;
+    const int64_t chunk = sj->chunk;
     float *lp = ql_malloc((size_t)V * 2 * sizeof(float)), *lpb = lp + V;
-    for (int j = 0; j < rows; j++) {
-        const float *lg = logits + (size_t)j * V;
-        int target = c->tokens[chunk * n_ctx + first + j + 1];
-        double l = -ql_log_softmax_at(lg, V, target);
-        nll += l;
-        nll2 += l * l;
-        if (rowbuf) encode_row(lg, V, rowbuf + (size_t)j * row_bytes(V), lp);
+    for (int64_t j = j0; j < j1; j++) {
+        const float *lg = sj->logits + (size_t)j * V;
+        const int target = c->tokens[chunk * n_ctx + first + j + 1];
+        row_score *r = &sj->out[j];
+        r->nll = -ql_log_softmax_at(lg, V, target);
+        if (sj->rowbuf) encode_row(lg, V, sj->rowbuf + (size_t)j * row_bytes(V), lp);
         if (c->base) {
             decode_row(c->base + chunk_off(c, c->base_chunks, (int)chunk) + (size_t)j * row_bytes(V), V, lpb);
             float mx = lg[0];
@@ -161,14 +166,48 @@ static void run_chunk(void *vctx, int worker, int64_t chunk) {
                 k += pb * ((double)lpb[i] - ((double)lg[i] - lse));
             }
             if (k < 0) k = 0; /* quantized base can give -1e-7 */
-            kld += k;
-            kld2 += k * k;
+            r->kld = k;
             c->kld_tok[chunk * rows + j] = (float)k;
-            top1 += am == amb;
-            nllb -= lpb[target];
+            r->top1 = am == amb;
+            r->nllb = -lpb[target];
         }
     }
     free(lp);
+}
+
+static void run_chunk(void *vctx, int worker, int64_t chunk) {
+    ppl_ctx *c = vctx;
+    if (c->status || ql_progress_cancelled(c->progress)) return;
+    const int n_ctx = c->n_ctx, first = c->first, V = c->n_vocab, rows = n_ctx - 1 - first;
+    int32_t *tok = c->chunk_tokens[worker];
+    memcpy(tok, c->tokens + chunk * n_ctx, (size_t)n_ctx * 4);
+    if (c->bos >= 0) tok[0] = c->bos;
+    float *logits = c->logits[worker];
+    ql_status s = ql_forward(c->inf, c->scratch[worker], tok, n_ctx, first, logits);
+    if (s) {
+        set_status(c, s);
+        return;
+    }
+    uint8_t *rowbuf = c->save_fd >= 0 ? ql_malloc(row_bytes(V) * (size_t)rows) : NULL;
+    row_score *sc = ql_calloc((size_t)(rows > 0 ? rows : 1), sizeof *sc);
+    score_job sj = {c, chunk, logits, rowbuf, sc};
+    /* a 128k vocabulary makes a row's log-softmax ~0.5 ms: with one chunk at a time (a GPU computes the next
+     * one meanwhile only if the host keeps up) every thread scores rows */
+    if (c->score_threads > 1 && rows > 1) ql_parallel_for(c->score_threads, rows, score_rows, &sj);
+    else score_rows(&sj, 0, 0, rows);
+    double nll = 0, nll2 = 0, kld = 0, kld2 = 0, nllb = 0;
+    int64_t top1 = 0;
+    for (int j = 0; j < rows; j++) {
+        nll += sc[j].nll;
+        nll2 += sc[j].nll * sc[j].nll;
+        if (c->base) {
+            kld += sc[j].kld;
+            kld2 += sc[j].kld * sc[j].kld;
+            top1 += sc[j].top1;
+            nllb += sc[j].nllb;
+        }
+    }
+    free(sc);
     if (rowbuf) {
         size_t n = row_bytes(V) * (size_t)rows;
         if (pwrite(c->save_fd, rowbuf, n, (off_t)chunk_off(c, c->n_chunks, (int)chunk)) != (ssize_t)n)
@@ -232,7 +271,8 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     if (workers * per_worker > budget) workers = (int)(budget / per_worker);
     int blas_threads = n_threads / workers;
     ppl_ctx c = {.inf = inf, .tokens = tokens, .n_ctx = n_ctx, .first = n_ctx / 2, .n_vocab = m->cfg.n_vocab,
-                 .n_chunks = n_chunks, .save_fd = -1, .progress = progress, .opts = o};
+                 .n_chunks = n_chunks, .save_fd = -1, .progress = progress, .opts = o,
+                 .score_threads = workers == 1 ? n_threads : 1};
     c.bos = m->tok && ql_tokenizer_add_bos(m->tok) ? ql_tokenizer_bos(m->tok) : -1;
     pthread_mutex_init(&c.lock, NULL);
     const int rows = n_ctx - 1 - c.first, V = c.n_vocab;

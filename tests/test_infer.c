@@ -75,7 +75,7 @@ static void test_ppl_bookkeeping(void **state) {
     /* reference: direct computation */
     ql_scratch *s = ql_scratch_new(inf, ctx);
     float *lg = malloc((size_t)ctx * V * 4);
-    double nll = 0;
+    double nll = 0, nll_first = 0;
     int count = 0;
     for (int c = 0; c < chunks; c++) {
         int32_t t[16];
@@ -83,8 +83,17 @@ static void test_ppl_bookkeeping(void **state) {
         t[0] = 1;
         assert_int_equal(ql_forward(inf, s, t, ctx, 0, lg), QL_OK);
         for (int j = ctx / 2; j < ctx - 1; j++, count++) nll -= ql_log_softmax_at(lg + (size_t)j * V, V, toks[c * ctx + j + 1]);
+        if (c == 0) nll_first = nll;
     }
     double want = exp(nll / count);
+    /* one chunk: one worker, whose rows every thread scores (as on a device backend) */
+    for (int threads = 1; threads <= 3; threads += 2) {
+        ql_ppl_opts o1 = {.n_ctx = ctx, .n_chunks = 1, .n_threads = threads};
+        ql_ppl_result r1;
+        assert_int_equal(ql_perplexity(inf, toks, ctx * chunks, &o1, NULL, &r1), QL_OK);
+        assert_int_equal(r1.tokens_scored, ctx - 1 - ctx / 2);
+        assert_true(fabs(r1.ppl - exp(nll_first / (ctx - 1 - ctx / 2))) < 1e-6 * r1.ppl);
+    }
     char tmp[] = "/tmp/qlab-ppl-XXXXXX";
     int fd = mkstemp(tmp);
     close(fd);
