@@ -80,5 +80,8 @@ void cli_progress_done(ql_progress *p);
 /* Ctrl-C sets this flag; long jobs stop at their next check. */
 extern volatile int cli_cancel_flag;
 void cli_install_sigint(void);
+/* A command's exit status, returned from main; under a finite ulimit -v it leaves at once instead (fflush, _exit), as
+ * OpenBLAS's exit destructor can wait forever for a worker that found no room for its buffer. */
+int cli_finish(int rc);
 
 #endif

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,6 +18,20 @@ static void on_sigint(int sig) {
     (void)sig;
     if (cli_cancel_flag) _exit(130); /* second Ctrl-C: leave now */
     cli_cancel_flag = 1;
+}
+
+/* OpenBLAS's pthread build starts its worker threads when it is loaded, and each allocates a buffer of ~128 MiB
+ * at once; under an address-space limit (ulimit -v) that leaves no room for it, a worker retries forever and the
+ * library's exit destructor waits for it, so a refused run would never end. Every output is committed and closed
+ * by the time a command returns, so under a finite RLIMIT_AS qlab flushes stdio and leaves without running the
+ * libraries' destructors. */
+int cli_finish(int rc) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        fflush(NULL);
+        _exit(rc);
+    }
+    return rc;
 }
 
 void cli_install_sigint(void) {
@@ -43,7 +58,7 @@ bool cli_next(cli_args *a, const char **flag, const char **pos) {
     const char *s = a->argv[a->i++];
     if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {
         printf("%s", a->usage);
-        exit(0);
+        exit(cli_finish(0));
     }
     if (s[0] == '-' && s[1] != 0) *flag = s;
     else *pos = s;

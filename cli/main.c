@@ -53,26 +53,12 @@ static void usage(FILE *f) {
     for (const cli_command *c = cli_commands; c->name; c++) fprintf(f, "  %-10s %s\n", c->name, c->summary);
 }
 
-/* OpenBLAS's pthread build starts its worker threads when it is loaded, and each allocates a buffer of ~128 MiB
- * at once; under an address-space limit (ulimit -v) that leaves no room for it, a worker retries forever and the
- * library's exit destructor waits for it, so a refused run would never end. Every output is committed and closed
- * by the time a command returns, so under a finite RLIMIT_AS qlab flushes stdio and leaves without running the
- * libraries' destructors. */
-static int finish(int rc) {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-        fflush(NULL);
-        _exit(rc);
-    }
-    return rc;
-}
-
 int main(int argc, char **argv) {
     if (argc < 2 && isatty(0) && isatty(1) && access("models/tiny.gguf", R_OK) == 0) {
         char *av[] = {"tui", "models/tiny.gguf", NULL}; /* `qlab` alone opens the workbench on the default model */
         if (ql_blas_fit_address_limit()) {
             fprintf(stderr, "qlab: %s\n", ql_last_error());
-            return finish(1);
+            return cli_finish(1);
         }
         return cmd_tui(2, av);
     }
@@ -83,9 +69,13 @@ int main(int argc, char **argv) {
     for (const cli_command *c = cli_commands; c->name; c++)
         if (strcmp(c->name, argv[1]) == 0) {
             cli_install_sigint();
-            if (ql_blas_fit_address_limit()) { /* a tight ulimit -v: refuse rather than hang in OpenBLAS */
+            /* a tight ulimit -v: refuse rather than hang in OpenBLAS; --help needs no linear algebra (it prints
+             * and leaves through cli_finish) */
+            bool help = false;
+            for (int i = 2; i < argc; i++) help |= !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+            if (!help && ql_blas_fit_address_limit()) {
                 fprintf(stderr, "qlab %s: %s\n", c->name, ql_last_error());
-                return finish(1);
+                return cli_finish(1);
             }
             ql_backend_set_auto(true); /* a command runs on the GPU when there is one (--device overrides) */
             /* under mpirun: join the job; only the commands below share their work over the ranks */
@@ -99,7 +89,7 @@ int main(int argc, char **argv) {
                                     "work over MPI ranks (run it without mpirun, or with -np 1)\n", c->name);
                 return 2;
             }
-            return finish(c->run(argc - 1, argv + 1));
+            return cli_finish(c->run(argc - 1, argv + 1));
         }
     fprintf(stderr, "qlab: unknown command '%s'\n", argv[1]);
     usage(stderr);

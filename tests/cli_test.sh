@@ -79,6 +79,9 @@ if [ -f "$T/tiny.gguf" ]; then
     then ok "ppl under ulimit -v 500000 runs a small ctx (one thread, OpenBLAS's buffer taken at start)"
     else bad "ppl under ulimit -v 500000 runs a small ctx (one thread, OpenBLAS's buffer taken at start)"; fi
     expect_error "ulimit -v too small for start-up and one BLAS buffer names the limit needed" "raise the limit to at least" bash -c "ulimit -v 200000; exec timeout 60 $QLAB ppl '$T/tiny.gguf' --text '$T/text.txt' --ctx 64 --chunks 2"
+    if bash -c "ulimit -v 200000; exec timeout 30 $QLAB ppl --help" 2>/dev/null | grep -q "usage: qlab ppl"; then
+      ok "ppl --help under ulimit -v 200000 prints its usage (no linear algebra needed, no hang at exit)"
+    else bad "ppl --help under ulimit -v 200000"; fi
     # a model file larger than the address space left: refused naming its size (sparse: costs no disk or time)
     printf 'GGUF\3\0\0\0' > "$T/huge.gguf"; truncate -s 700M "$T/huge.gguf"
     expect_error "quant of a model bigger than ulimit -v 500000 names the memory" "cannot map its 0.68 GiB" bash -c "ulimit -v 500000; exec timeout 60 $QLAB quant '$T/huge.gguf' --type q4_k -o '$T/never.gguf'"
