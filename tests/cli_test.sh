@@ -67,12 +67,12 @@ fi
 # cgroup limit or of ulimit -v) is refused naming what it needs and the largest --ctx that fits; no abort
 if [ -f "$T/tiny.gguf" ]; then
   expect_error "ppl --ctx 1000000 refused with the memory it needs" "use --ctx" $QLAB ppl "$T/tiny.gguf" --text "$T/text.txt" --ctx 1000000
-  # (not under ASan: its shadow memory needs terabytes of address space, which ulimit -v forbids)
-  if ldd "$QLAB" 2>/dev/null | grep -q libasan; then skip "ppl under ulimit -v (ASan build)"
   # cuBLAS/cuSOLVER are opened on first use (kernels/cuda_libs.h), so even the CUDA build starts under 500 MB.
   if ldd "$QLAB" 2>/dev/null | grep -q "libcublas\|libcusolver"; then bad "qlab links cuBLAS/cuSOLVER (they must be dlopened)"
   else ok "qlab does not link cuBLAS/cuSOLVER (opened on first use)"; fi
+  # (not under ASan: its shadow memory needs terabytes of address space, which ulimit -v forbids)
   # Every run must end: timeout catches a hang (OpenBLAS retrying a buffer it has no room for, before the fix).
+  if ldd "$QLAB" 2>/dev/null | grep -q libasan; then skip "ppl under ulimit -v (ASan build)"
   else expect_error "ppl under ulimit -v names the limit" "60% of ulimit -v" bash -c "ulimit -v 2000000; exec timeout 60 $QLAB ppl '$T/tiny.gguf' --text '$T/text.txt' --ctx 24000"
     expect_error "ppl under ulimit -v 500000 refuses a big ctx" "use --ctx" bash -c "ulimit -v 500000; exec timeout 60 $QLAB ppl '$T/tiny.gguf' --text '$T/text.txt' --ctx 24000"
     if bash -c "ulimit -v 500000; exec timeout 120 $QLAB ppl '$T/tiny.gguf' --text '$T/text.txt' --ctx 64 --chunks 2" >/dev/null 2>&1
