@@ -821,14 +821,22 @@ void ql_sense_batch_shape(const ql_model *m, const ql_sense_opts *o, int n_cand,
     int64_t spi = o->seq_batch > 0 ? QL_MIN((int64_t)o->seq_batch, QL_MAX(o->n_seq, 1))
                   : serial && nb > 1 ? QL_MAX((int64_t)1, QL_MIN(QL_MAX(o->n_seq, 1), (int64_t)BATCH_ROWS / ((int64_t)nb * T)))
                                      : 1;
-    /* the pass's buffers and logits within half the memory budget, and its logits within BATCH_LOGITS (a device
-     * backend holds them twice more, on the GPU: 8192 rows of a 128k vocabulary would be 4 GiB): fewer
-     * sequences, then fewer candidates */
+    /* within half the memory budget: every worker's batched buffers and logits, and the nb - 1 dequantized
+     * candidates beyond one of the largest tensor (an 8B output matrix is 2 GiB in F32); its logits within
+     * BATCH_LOGITS (a device backend holds them twice more, on the GPU: 8192 rows of a 128k vocabulary would be
+     * 4 GiB). Fewer sequences first, then fewer candidates. */
     const double budget = 0.5 * ql_mem_budget_bytes();
+    const int workers = serial && nb > 1 ? 1 : (int)QL_MAX((int64_t)1, QL_MIN((int64_t)QL_MAX(o->n_threads, 1), o->n_seq));
+    int64_t largest = 0;
+    for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const ql_gguf_tensor *t = &m->gguf->tensors[i];
+        if (ql_tensor_is_quantizable(t->name, (int)t->n_dims, t->ne)) largest = QL_MAX(largest, numel(t));
+    }
     for (;;) {
         const int64_t rows = nb * spi * T;
         const double logits = 4.0 * (double)rows * m->cfg.n_vocab;
-        const double bytes = ql_scratch_bytes_rows(&m->cfg, T, (int)QL_MIN(rows, (int64_t)INT32_MAX)) + logits;
+        const double bytes = workers * (ql_scratch_bytes_rows(&m->cfg, T, (int)QL_MIN(rows, (int64_t)INT32_MAX)) + logits) +
+                             4.0 * (double)(nb - 1) * (double)largest;
         if ((bytes <= budget && logits <= BATCH_LOGITS) || (nb == 1 && spi == 1)) break;
         if (spi > 1) spi = QL_MAX((int64_t)1, spi / 2);
         else nb = QL_MAX(1, nb / 2);

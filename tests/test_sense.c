@@ -684,6 +684,16 @@ static void test_measure_stories260k(void **state) {
                worst);
         ql_sense_free(d);
     }
+    {   /* the automatic shape fits the memory budget: one candidate per pass when even two do not fit */
+        int nb, spi;
+        ql_sense_batch_shape(m, &o, nc, &nb, &spi);
+        assert_int_equal(nb, 3); /* 5 candidates, at most 4 per pass, equal groups */
+        setenv("QL_MEM_BUDGET_MB", "1", 1);
+        ql_sense_batch_shape(m, &o, nc, &nb, &spi);
+        unsetenv("QL_MEM_BUDGET_MB");
+        assert_int_equal(nb, 1);
+        assert_int_equal(spi, 1);
+    }
 
     /* cancel part-way with a checkpoint, resume into a fresh skeleton: the same numbers */
     char path[] = "/tmp/qlab-sense-resume-XXXXXX";
