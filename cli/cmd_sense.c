@@ -348,14 +348,16 @@ int cmd_sense(int argc, char **argv) {
             goto done;
         }
     }
+    /* --check-plan set level to kld */
+    ql_sense_opts o = {.level = level,
+                       .n_threads = threads,
+                       .tokens = tok,
+                       .n_seq = n_seq,
+                       .seq_len = ca.ctx,
+                       .stats = st,
+                       .imatrix = im,
+                       .cand_batch = cand_batch};
     if (plan) {
-        ql_sense_opts o = {.level = QL_SENSE_KLD,
-                           .n_threads = threads,
-                           .tokens = tok,
-                           .n_seq = n_seq,
-                           .seq_len = ca.ctx,
-                           .stats = st,
-                           .imatrix = im};
         ql_sense_joint j;
         ql_progress *bar = cli_progress_bar("sense: check");
         ss = ql_sense_plan_kld(m, plan, &o, bar, &j);
@@ -405,16 +407,8 @@ int cmd_sense(int argc, char **argv) {
         if (rc && !dist) goto done;
         if (adopted) fprintf(stderr, "qlab sense: reusing %d measured cells from %s\n", adopted, out);
     }
-    ql_sense_opts o = {.level = level,
-                       .n_threads = threads,
-                       .tokens = tok,
-                       .n_seq = n_seq,
-                       .seq_len = ca.ctx,
-                       .stats = st,
-                       .imatrix = im,
-                       .checkpoint = rank == 0 ? out : NULL,
-                       .checkpoint_s = checkpoint_s,
-                       .cand_batch = cand_batch};
+    o.checkpoint = rank == 0 ? out : NULL;
+    o.checkpoint_s = checkpoint_s;
     /* rank 0's batch shape for every rank (a pass's shape fixes its float sums), and a rank's cells of one
      * tensor in whole candidate groups */
     ql_sense_batch_shape(m, &o, s->n_cand, &o.cand_batch, &o.seq_batch);
