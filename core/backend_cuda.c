@@ -836,6 +836,18 @@ ql_cudafwd_kv_side ql_cuda_kv_sim_side(const ql_kv_side *s, int n_head_kv, int h
                                 .head_dim = head_dim};
 }
 
+/* Frees a cache and every device buffer it holds (a half-made one too). */
+static void kv_release(cu_kv *kv) {
+    for (int i = 0; i < 2; i++) {
+        if (kv->buf[i]) cudaFree(kv->buf[i]);
+        if (kv->deq[i]) cudaFree(kv->deq[i]);
+        if (kv->rot[i]) cudaFree(kv->rot[i]);
+    }
+    if (kv->band) cudaFree(kv->band);
+    if (kv->vdiff) cudaFree(kv->vdiff);
+    free(kv);
+}
+
 static ql_status kv_make(cuda_backend *be, int max_tokens, int kv_dim, const ql_kv_scheme *sch, void **out) {
     cu_kv *kv = ql_calloc(1, sizeof *kv);
     kv->max_tokens = max_tokens;
@@ -846,8 +858,7 @@ static ql_status kv_make(cuda_backend *be, int max_tokens, int kv_dim, const ql_
         kv->kind[i] = kv_side_kind(sides[i], &kv->f[i]);
         if (kv->kind[i] < 0) {
             char nm[128];
-            if (kv->buf[0]) cudaFree(kv->buf[0]);
-            free(kv);
+            kv_release(kv);
             return ql_fail(QL_ERR_UNSUPPORTED,
                            "cuda backend: KV cache type %s has no device encoder yet (every other scheme runs on the "
                            "GPU; use --device cpu for it)",
@@ -865,12 +876,7 @@ static ql_status kv_make(cuda_backend *be, int max_tokens, int kv_dim, const ql_
         }
         if (e != cudaSuccess) {
             cudaGetLastError();
-            for (int j = 0; j <= i; j++) {
-                if (kv->buf[j]) cudaFree(kv->buf[j]);
-                if (kv->deq[j]) cudaFree(kv->deq[j]);
-                if (kv->rot[j]) cudaFree(kv->rot[j]);
-            }
-            free(kv);
+            kv_release(kv);
             return ql_fail(QL_ERR_NOMEM, "cuda: KV cache of %zu bytes: %s", bytes, cudaGetErrorString(e));
         }
     }
@@ -891,14 +897,7 @@ static void cuda_kv_free(void *p, void *q) {
     cu_kv *kv = q;
     if (!kv) return;
     cudaStreamSynchronize(be->compute);
-    for (int i = 0; i < 2; i++) {
-        if (kv->buf[i]) cudaFree(kv->buf[i]);
-        if (kv->deq[i]) cudaFree(kv->deq[i]);
-        if (kv->rot[i]) cudaFree(kv->rot[i]);
-    }
-    if (kv->band) cudaFree(kv->band);
-    if (kv->vdiff) cudaFree(kv->vdiff);
-    free(kv);
+    kv_release(kv);
 }
 
 static ql_status kv_store_locked(cuda_backend *be, cu_kv *kv, int pos, int T, const float *k, const float *v) {
