@@ -119,7 +119,7 @@ static const char *SENSE_USAGE =
     "--cand-batch N  kld level: candidates of one tensor measured in one forward pass (the layers after the\n"
     "  tensor multiply N versions' rows at once). Default: 8 on a GPU, with as many sequences as fill 8192\n"
     "  rows; 4 on the CPU, a sequence per thread. Smaller when the memory budget asks. Passes of\n"
-    "  another shape round float sums differently: results agree to ~1e-6 relative, not bit for bit.\n"
+    "  another shape may round float sums differently: KLD cells agree to ~1e-7 absolute, not always bit for bit.\n"
     "--act-candidates LIST  activation schemes (int8_token, int8_tensor, fp8_token, fp8_tensor, llm_int8[:T]):\n"
     "  for every linear, the KLD with only its input quantized that way (weights float); static schemes take\n"
     "  their scales from the statistics. qlab plan --act / qlab pareto --act add them to the prediction.\n"
