@@ -57,11 +57,8 @@ ql_status ql_layer_f32_init(ql_layer_f32 *L, const ql_model *m, int layer, int n
     ql_status s = QL_OK;
     if (!T->attn_norm || !T->ffn_norm)
         return ql_fail(QL_ERR_UNSUPPORTED, "layer %d has no RMSNorm weights", layer);
-    /* the scale points write q/k/v and gate/up back as separate tensors; a fused file stores them as one */
-    if (T->wqkv || T->w_gate_up)
-        return ql_fail(QL_ERR_UNSUPPORTED, "%s: layer %d stores fused %s; scale migration (AWQ, SmoothQuant) "
-                       "over fused projections is not implemented", m->path, layer,
-                       T->wqkv ? T->wqkv->name : T->w_gate_up->name);
+    /* a fused attn_qkv / ffn_up (gate+up) is copied through its row views, one linear each: the quantization
+     * driver writes the edited rows back into the fused tensor (pipeline/quantize.c, run_transforms) */
     L->attn_norm = tensor_copy(T->attn_norm, n_threads, &s);
     L->ffn_norm = tensor_copy(T->ffn_norm, n_threads, &s);
     if (T->bv) L->bv = tensor_copy(T->bv, n_threads, &s);

@@ -40,7 +40,8 @@ const ql_gguf_tensor *ql_layer_linear(const ql_model *m, int layer, int lin);
  * ql_layer_f32_deinit. */
 ql_status ql_layer_f32_init(ql_layer_f32 *L, const ql_model *m, int layer, int n_threads);
 void ql_layer_f32_deinit(ql_layer_f32 *L);
-/* Points inf at the copies (norms, bv and the seven linears), for previews; L must outlive its use. */
+/* Points inf at the copies (norms, bv and the seven linears), for previews; L must outlive its use. Unfused
+ * layers only: the row views of a fused attn_qkv / ffn_up have no weight of their own in the infer. */
 void ql_layer_f32_swap_into(ql_infer *inf, const ql_model *m, const ql_layer_f32 *L);
 
 /* One input point of a layer, as the transforms see it: a producer (an RMSNorm weight, or the rows of

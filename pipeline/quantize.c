@@ -46,6 +46,13 @@ static int method_index(const ql_method *m) {
     return 0;
 }
 
+/* The stored tensor behind linear `lin` of layer l: a fused attn_qkv / ffn_up (gate+up) for its row views. Plans,
+ * overrides and statistics are per stored tensor. */
+static const ql_gguf_tensor *stored_linear(const ql_model *m, int l, int lin) {
+    const ql_gguf_tensor *t = ql_layer_linear(m, l, lin), *parent = t ? ql_model_view_parent(m, t, NULL) : NULL;
+    return parent ? parent : t;
+}
+
 /* Does a transform method (AWQ, SmoothQuant) rescale the layer this tensor belongs to? Then statistics
  * measured on the original model no longer describe its input. */
 static const ql_method *layer_transform_of(const ql_model *m, const ql_plan *p, const char *tensor) {
@@ -54,7 +61,7 @@ static const ql_method *layer_transform_of(const ql_model *m, const ql_plan *p, 
     bool member = false;
     const ql_method *tm = NULL;
     for (int i = 0; i < QL_LIN_COUNT; i++) {
-        const ql_gguf_tensor *t = ql_layer_linear(m, layer, i);
+        const ql_gguf_tensor *t = stored_linear(m, layer, i);
         if (!t) continue;
         member |= !strcmp(t->name, tensor);
         const ql_plan_entry *e = ql_plan_find(p, t->name);
@@ -231,7 +238,7 @@ static ql_status run_transforms(quant_ctx *c) {
     for (int l = 0; l < m->cfg.n_layer; l++) {
         const ql_method *meth = NULL;
         for (int i = 0; i < QL_LIN_COUNT && !meth; i++) {
-            const ql_plan_entry *e = ql_plan_find(c->o->plan, ql_layer_linear(m, l, i)->name);
+            const ql_plan_entry *e = ql_plan_find(c->o->plan, stored_linear(m, l, i)->name);
             const ql_method *mm = e ? ql_method_by_name(e->method) : NULL;
             if (mm && mm->transform_layer) meth = mm;
         }
@@ -240,7 +247,7 @@ static ql_status run_transforms(quant_ctx *c) {
         ql_status s = ql_layer_f32_init(&L, m, l, c->o->n_threads);
         if (s) return s;
         for (int i = 0; i < QL_LIN_COUNT; i++) {
-            const ql_plan_entry *e = ql_plan_find(c->o->plan, ql_layer_linear(m, l, i)->name);
+            const ql_plan_entry *e = ql_plan_find(c->o->plan, stored_linear(m, l, i)->name);
             L.fmt[i] = e ? e->format : NULL;
         }
         ql_method_opts mo = {.values = &c->values[method_index(meth)], .n_threads = c->o->n_threads};
@@ -259,16 +266,43 @@ static ql_status run_transforms(quant_ctx *c) {
                 ql_gguf_adopt(c->out, *nsrc[k]);
                 *nsrc[k] = NULL;
             }
-        for (int i = 0; i < QL_LIN_COUNT; i++) {
-            override *o = &c->ov[ql_layer_linear(m, l, i) - m->gguf->tensors];
-            o->w = L.w[i];
-            o->in_scale = L.in_scale[i];
-            ql_gguf_adopt(c->out, L.w[i]);
-            if (L.in_scale[i]) ql_gguf_adopt(c->out, L.in_scale[i]);
-            L.w[i] = NULL;
-            L.in_scale[i] = NULL;
+        for (int i = 0; i < QL_LIN_COUNT && !s; i++) {
+            const ql_gguf_tensor *t = ql_layer_linear(m, l, i);
+            int64_t row0 = 0;
+            const ql_gguf_tensor *parent = ql_model_view_parent(m, t, &row0);
+            if (!parent) {
+                override *o = &c->ov[t - m->gguf->tensors];
+                o->w = L.w[i];
+                o->in_scale = L.in_scale[i];
+                ql_gguf_adopt(c->out, L.w[i]);
+                if (L.in_scale[i]) ql_gguf_adopt(c->out, L.in_scale[i]);
+                L.w[i] = NULL;
+                L.in_scale[i] = NULL;
+                continue;
+            }
+            /* a row view of a fused tensor: its edited rows go into the parent's override, whose readers share
+             * one input and so one column scale (q, k, v read attn_in; gate, up read ffn_in) */
+            override *o = &c->ov[parent - m->gguf->tensors];
+            const int64_t cols = parent->ne[0];
+            const bool first = !o->w; /* the parent's first part in this layer */
+            if (first) {
+                o->w = ql_malloc((size_t)(cols * parent->ne[1]) * sizeof(float));
+                ql_gguf_adopt(c->out, o->w);
+                if (!ql_tensor_to_f32(parent, o->w, c->o->n_threads))
+                    s = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': cannot decode its type", parent->name);
+            }
+            memcpy(o->w + row0 * cols, L.w[i], (size_t)(L.rows[i] * cols) * sizeof(float));
+            if (first && L.in_scale[i]) {
+                o->in_scale = L.in_scale[i];
+                ql_gguf_adopt(c->out, L.in_scale[i]);
+                L.in_scale[i] = NULL;
+            } else if (!s && (!o->in_scale != !L.in_scale[i] ||
+                              (L.in_scale[i] && memcmp(o->in_scale, L.in_scale[i], (size_t)cols * sizeof(float)))))
+                s = ql_fail(QL_ERR_UNSUPPORTED, "%s: the parts of fused '%s' were given different input scales",
+                            m->path, parent->name);
         }
         ql_layer_f32_deinit(&L);
+        if (s) return s;
         if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
     }
     return QL_OK;
@@ -383,7 +417,8 @@ static ql_status plan_act_keys(const ql_model *m, const ql_plan *plan, const ql_
                                t->name, ql_act_mode_name(pa->mode));
             n = view.n;
             absmax = ql_malloc((size_t)n * sizeof(float));
-            const float *in_scale = ov ? ov[t - m->gguf->tensors].in_scale : NULL;
+            const ql_gguf_tensor *stored = block ? stored_linear(m, i / QL_LIN_COUNT, i % QL_LIN_COUNT) : t;
+            const float *in_scale = ov ? ov[stored - m->gguf->tensors].in_scale : NULL;
             for (int64_t j = 0; j < n; j++) absmax[j] = in_scale ? view.absmax[j] / in_scale[j] : view.absmax[j];
         }
         ql_status s = ql_act_quant_init(&aq, pa->mode, absmax, n, pa->threshold);

@@ -797,6 +797,75 @@ static void test_plan_act_file(void **state) {
     rmdir(dir);
 }
 
+/* Scale migration over fused projections (Phi-3: attn_qkv, ffn_up = gate+up): SmoothQuant into f32 keeps the
+ * float model (logits within float rounding of the original's) while it did move scales (the norms and the fused
+ * rows changed), and AWQ into int8_channel runs through the same write-back. */
+static void test_fused_transforms(void **state) {
+    (void)state;
+    char path[512];
+    if (!shared_path(path, sizeof path, "testdata/arch-variants/phi3.gguf")) skip();
+    ql_model *m = NULL;
+    assert_int_equal(ql_model_load(path, &m), QL_OK);
+    assert_non_null(m->layers[0].wqkv);
+    assert_non_null(m->layers[0].w_gate_up);
+    enum { T = 32, NSEQ = 4 };
+    int32_t ids[T * NSEQ];
+    for (int i = 0; i < T * NSEQ; i++) ids[i] = 1 + (i * 37 + i / 7) % (m->cfg.n_vocab - 1);
+    ql_infer *inf = NULL;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    ql_stats *st = NULL;
+    ql_stats_opts so = {.hessian = true, .n_threads = 1};
+    assert_int_equal(ql_stats_collect(inf, ids, NSEQ, T, &so, NULL, &st), QL_OK);
+    char dir[] = "/tmp/qlab-fused-XXXXXX", out[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(out, sizeof out, "%s/sq.gguf", dir);
+    const char *methods[2] = {"smoothquant", "awq"}, *formats[2] = {"f32", "int8_channel"};
+    for (int k = 0; k < 2; k++) {
+        ql_plan *p = ql_plan_new();
+        for (int l = 0; l < m->cfg.n_layer; l++) {
+            const ql_gguf_tensor *ts[QL_ROLE_COUNT];
+            const int n = ql_model_layer_linears(m, l, ts, NULL);
+            for (int i = 0; i < n; i++) ql_plan_set(p, ts[i]->name, ql_format_by_name(formats[k]), methods[k], NULL);
+        }
+        ql_quant_opts qo = {.plan = p, .stats = st, .n_threads = 1};
+        ql_quant_stats qs;
+        assert_int_equal(ql_quantize_model(m, &qo, out, NULL, &qs), QL_OK);
+        ql_plan_free(p);
+        if (k == 1) break;
+        ql_model *q = NULL;
+        assert_int_equal(ql_model_load(out, &q), QL_OK);
+        const ql_gguf_tensor *an = &q->gguf->tensors[ql_gguf_find_tensor(q->gguf, "blk.0.attn_norm.weight")];
+        const ql_gguf_tensor *qkv = &q->gguf->tensors[ql_gguf_find_tensor(q->gguf, m->layers[0].wqkv->name)];
+        assert_memory_not_equal(an->data, m->layers[0].attn_norm->data, an->nbytes);
+        assert_memory_not_equal(qkv->data, m->layers[0].wqkv->data, qkv->nbytes);
+        ql_infer *qi = NULL;
+        assert_int_equal(ql_infer_new(q, 1, &qi), QL_OK);
+        const int V = m->cfg.n_vocab;
+        float *a = malloc(sizeof(float) * T * V), *b = malloc(sizeof(float) * T * V);
+        ql_scratch *sa = ql_scratch_new(inf, T), *sb = ql_scratch_new(qi, T);
+        assert_int_equal(ql_forward(inf, sa, ids, T, 0, a), QL_OK);
+        assert_int_equal(ql_forward(qi, sb, ids, T, 0, b), QL_OK);
+        double worst = 0, scale = 0;
+        for (int i = 0; i < T * V; i++) {
+            worst = fmax(worst, fabs((double)a[i] - b[i]));
+            scale = fmax(scale, fabs((double)a[i]));
+        }
+        printf("phi3 smoothquant into f32: logits within %.3g of the original's (max |logit| %.3g)\n", worst, scale);
+        assert_true(worst <= 1e-4 * scale);
+        ql_scratch_free(sa);
+        ql_scratch_free(sb);
+        ql_infer_free(qi);
+        ql_model_free(q);
+        free(a);
+        free(b);
+    }
+    unlink(out);
+    rmdir(dir);
+    ql_stats_free(st);
+    ql_infer_free(inf);
+    ql_model_free(m);
+}
+
 int main(void) {
     struct CMUnitTest unit[] = {
         cmocka_unit_test(test_modes_and_recipes),
@@ -810,6 +879,7 @@ int main(void) {
         cmocka_unit_test(test_awq_q4_0),      cmocka_unit_test(test_awq_device_emulated),
         cmocka_unit_test(test_w8a8),
         cmocka_unit_test(test_plan_act_file),
+        cmocka_unit_test(test_fused_transforms),
     };
     ql_test_order_from_env(unit, sizeof unit / sizeof *unit);
     ql_test_order_from_env(model, sizeof model / sizeof *model);
