@@ -614,22 +614,21 @@ static ql_status final_checkpoint(checkpointer *cp, ql_status st) {
     return st;
 }
 
+/* n workers' scratches and logits (the arrays may be NULL) */
+static void free_worker_buffers(ql_scratch **sc, float **logits, int n) {
+    if (sc)
+        for (int w = 0; w < n; w++) {
+            ql_scratch_free(sc[w]);
+            free(logits[w]);
+        }
+    free(sc);
+    free(logits);
+}
+
 static void kld_ctx_free(kld_ctx *c) {
-    if (c->sc)
-        for (int w = 0; w < c->n_workers; w++) {
-            ql_scratch_free(c->sc[w]);
-            free(c->logits[w]);
-        }
-    free(c->sc);
-    free(c->logits);
+    free_worker_buffers(c->sc, c->logits, c->n_workers);
     free(c->hu);
-    if (c->bsc)
-        for (int w = 0; w < c->n_workers; w++) {
-            ql_scratch_free(c->bsc[w]);
-            free(c->blogits[w]);
-        }
-    free(c->bsc);
-    free(c->blogits);
+    free_worker_buffers(c->bsc, c->blogits, c->n_workers);
     free(c->vkld);
     free(c->vnll);
     free(c->resid);
