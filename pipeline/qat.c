@@ -653,32 +653,77 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     return s;
 }
 
+/* The stored tensor a trained parameter writes into: itself, or for a row view of a fused tensor ("NAME[q]",
+ * core/model.c) its parent and first row; NULL when m has neither. */
+static ql_gguf_tensor *qat_target(ql_model *m, const char *name, int64_t *row0) {
+    *row0 = 0;
+    const int64_t ti = name ? ql_gguf_find_tensor(m->gguf, name) : -1;
+    if (ti >= 0) return &m->gguf->tensors[ti];
+    for (int i = 0; name && i < m->n_views; i++)
+        if (!strcmp(m->views[i].view->name, name)) {
+            const int64_t pi = ql_gguf_find_tensor(m->gguf, m->views[i].parent->name);
+            *row0 = m->views[i].row0;
+            return pi >= 0 ? &m->gguf->tensors[pi] : NULL;
+        }
+    return NULL;
+}
+
 ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm) {
-    for (int i = 0; i < tm->n_params; i++) {
+    /* fused tensors whose parts were written already: the parts of one go into one new buffer */
+    const ql_gguf_tensor **done = ql_calloc((size_t)tm->n_params + 1, sizeof *done);
+    int n_done = 0;
+    ql_status st = QL_OK;
+    for (int i = 0; i < tm->n_params && !st; i++) {
         const ql_train_param *p = &tm->p[i];
         /* by name: m may be another copy of the model the training read (the workbench keeps its own) */
-        const int64_t ti = p->name ? ql_gguf_find_tensor(m->gguf, p->name) : -1;
-        if (ti < 0) return ql_fail(QL_ERR_ARG, "qat: tensor '%s' has no model tensor to write into", p->name ? p->name : "?");
-        ql_gguf_tensor *t = &m->gguf->tensors[ti];
+        int64_t row0;
+        ql_gguf_tensor *t = qat_target(m, p->name, &row0);
+        if (!t) {
+            st = ql_fail(QL_ERR_ARG, "qat: tensor '%s' has no model tensor to write into", p->name ? p->name : "?");
+            break;
+        }
         const int64_t n = (int64_t)p->rows * p->cols;
+        const bool part = row0 > 0 || p->rows < t->ne[1];
+        bool started = false;
+        for (int k = 0; k < n_done; k++) started |= done[k] == t;
+        if (part && !started) done[n_done++] = t;
         if (p->codes) {
-            /* tuned bytes in the plan's format: the quantize driver copies a tensor already in it unchanged */
-            void *copy = ql_malloc((size_t)p->codes_bytes);
-            memcpy(copy, p->codes, (size_t)p->codes_bytes);
-            ql_gguf_adopt(m->gguf, copy);
+            /* tuned bytes in the plan's format: the quantize driver copies a tensor already in it unchanged; the
+             * parts of a fused tensor are whole rows, so their bytes line up one after another */
+            const int64_t row_bytes = p->codes_bytes / p->rows;
+            if (part && started && t->type != p->codes_type) {
+                st = ql_fail(QL_ERR_ARG, "qat: the parts of fused '%s' were tuned into different formats", t->name);
+                break;
+            }
+            uint8_t *copy = started ? (uint8_t *)t->data : ql_malloc((size_t)(row_bytes * t->ne[1]));
+            if (!started) ql_gguf_adopt(m->gguf, copy);
+            memcpy(copy + row0 * row_bytes, p->codes, (size_t)p->codes_bytes);
             t->type = p->codes_type;
             t->data = copy;
-            t->nbytes = p->codes_bytes;
+            t->nbytes = (uint64_t)(row_bytes * t->ne[1]);
             continue;
         }
-        float *buf = ql_malloc((size_t)n * sizeof(float));
-        for (int64_t j = 0; j < n; j++) buf[j] = (float)p->w[j];
-        ql_gguf_adopt(m->gguf, buf);
+        if (part && started && t->type != QL_TYPE_F32) {
+            st = ql_fail(QL_ERR_ARG, "qat: the parts of fused '%s' were tuned into different formats", t->name);
+            break;
+        }
+        float *buf = started ? (float *)t->data : ql_malloc((size_t)(t->ne[0] * t->ne[1]) * sizeof(float));
+        if (!started) {
+            /* rows no part covers keep their values */
+            if (part && !ql_tensor_to_f32(t, buf, 1)) {
+                free(buf);
+                st = ql_fail(QL_ERR_UNSUPPORTED, "qat: '%s' cannot be decoded", t->name);
+                break;
+            }
+            ql_gguf_adopt(m->gguf, buf);
+        }
+        for (int64_t j = 0; j < n; j++) buf[row0 * p->cols + j] = (float)p->w[j];
         t->type = QL_TYPE_F32;
         t->data = buf;
-        t->nbytes = (uint64_t)n * sizeof(float);
+        t->nbytes = (uint64_t)(t->ne[0] * t->ne[1]) * sizeof(float);
     }
-    return QL_OK;
+    free(done);
+    return st;
 }
 
 /* ---------------------------------------------------------------- data-free text (LLM-QAT) */

@@ -774,6 +774,22 @@ if [ -f "$QM" ] && [ -f "$SHARED/data/wikitext-2-valid.raw" ]; then
   fi
 fi
 
+# fused projections (Phi-3's attn_qkv, gate+up ffn_up): QAT's trained parts are written back into the fused tensor
+# at their rows (a ~zero learning rate exports what plain rounding does), and AWQ runs through its fused layers
+P3="$SHARED/testdata/arch-variants/phi3.gguf"
+if [ -f "$P3" ]; then
+  pp() { $QLAB ppl "$1" --text "$SHARED/data/tinystories-valid.txt" --ctx 64 --chunks 4 --json 2>/dev/null | sed -n 's/.*"ppl": \([0-9.e+-]*\).*/\1/p'; }
+  $QLAB qat "$P3" --type int4_g32 --text "$SHARED/data/tinystories-valid.txt" --ctx 32 --steps 1 --lr 1e-30 -o "$T/p3qat.gguf" >/dev/null 2>"$T/err"
+  $QLAB quant "$P3" --type int4_g32 -o "$T/p3rtn.gguf" >/dev/null 2>&1
+  a=$(pp "$T/p3qat.gguf"); b=$(pp "$T/p3rtn.gguf")
+  if [ -n "$a" ] && [ "$a" = "$b" ]; then ok "qat on phi3 (fused qkv, gate+up), lr 1e-30: the RTN model's PPL $a"
+  else bad "qat on phi3: PPL '$a' vs RTN '$b'"; sed 's/^/     /' "$T/err" | tail -2; fi
+  $QLAB stats "$P3" --text "$SHARED/data/tinystories-valid.txt" --ctx 64 --chunks 4 -o "$T/p3.qls" >/dev/null 2>&1
+  if $QLAB quant "$P3" --type int4_g32 --method awq --stats "$T/p3.qls" --to awq -o "$T/p3awq" >/dev/null 2>"$T/err" \
+     && [ -n "$(pp "$T/p3awq")" ]; then ok "awq on phi3's fused layers, exported as an AWQ folder that loads back"
+  else bad "awq on phi3's fused layers"; sed 's/^/     /' "$T/err" | tail -2; fi
+fi
+
 # qlab qat: refusals in one line, a short run exporting a file, the same bytes for the same seed
 if [ -f "$T/tiny.gguf" ]; then
   expect_error "qat lr 0" "learning rate" $QLAB qat "$T/tiny.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 2 --lr 0 -o "$T/qat.gguf"
