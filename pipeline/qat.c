@@ -690,8 +690,23 @@ ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm) {
         if (p->codes) {
             /* tuned bytes in the plan's format: the quantize driver copies a tensor already in it unchanged; the
              * parts of a fused tensor are whole rows, so their bytes line up one after another */
-            const int64_t row_bytes = p->codes_bytes / p->rows;
-            if (part && started && t->type != p->codes_type) {
+            if (!part) {
+                void *copy = ql_malloc((size_t)p->codes_bytes);
+                memcpy(copy, p->codes, (size_t)p->codes_bytes);
+                ql_gguf_adopt(m->gguf, copy);
+                t->type = p->codes_type;
+                t->data = copy;
+                t->nbytes = (uint64_t)p->codes_bytes;
+                continue;
+            }
+            const ql_format *cf = ql_format_by_type(p->codes_type);
+            const int64_t row_bytes = cf ? ql_format_tensor_bytes(cf, p->cols, 1) : -1;
+            if (!cf || cf->whole_tensor || row_bytes <= 0 || (uint64_t)(row_bytes * p->rows) != (uint64_t)p->codes_bytes) {
+                st = ql_fail(QL_ERR_UNSUPPORTED, "qat: '%s' is part of fused '%s' and its format keeps no per-row bytes",
+                             p->name, t->name);
+                break;
+            }
+            if (started && t->type != p->codes_type) {
                 st = ql_fail(QL_ERR_ARG, "qat: the parts of fused '%s' were tuned into different formats", t->name);
                 break;
             }
