@@ -361,6 +361,17 @@ double ql_qat_memory_bytes(const ql_model *m, int T, int64_t n_eval, bool recomp
            ql_scratch_bytes(&m->cfg, T) + 4.0 * T * m->cfg.n_vocab * (double)(1 + n_eval);
 }
 
+/* The next parameter after `after` that plan entry `tensor` covers: the tensor itself, or the row views of a fused
+ * one (Phi-3's attn_qkv, ffn_up train as "NAME[q]" ..., core/model.c), each planned like the whole; -1 when none. */
+static int planned_param(const ql_train_model *tm, const char *tensor, int after) {
+    const size_t len = strlen(tensor);
+    for (int pi = after + 1; pi < tm->n_params; pi++) {
+        const char *n = tm->p[pi].name;
+        if (n && !strncmp(n, tensor, len) && (n[len] == 0 || n[len] == '[')) return pi;
+    }
+    return -1;
+}
+
 ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **out, ql_qat_result *res) {
     *out = NULL;
     memset(res, 0, sizeof *res);
@@ -410,12 +421,13 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     tm->kv = o->kv && !ql_kv_scheme_is_f32(o->kv) ? o->kv : NULL;
     if (!s) s = ql_train_check_fake_quant(tm);
     /* planned weights */
-    st.qp = ql_calloc((size_t)o->plan->n, sizeof *st.qp);
+    st.qp = ql_calloc((size_t)tm->n_params + 1, sizeof *st.qp);
     int n_lsq = 0, n_tunable = 0;
-    for (int i = 0; i < o->plan->n && !s; i++) {
+    /* one (entry, parameter) pair per iteration: i moves on once its parameters are exhausted (pi back to -1) */
+    for (int i = 0, pi = -1; i < o->plan->n && !s; pi < 0 ? i++ : 0) {
         const ql_plan_entry *e = &o->plan->e[i];
-        int pi = ql_train_find(tm, e->tensor);
-        if (pi < 0 || !tm->p[pi].is_matrix || e->format->type == QL_TYPE_F32) continue;
+        if ((pi = planned_param(tm, e->tensor, pi)) < 0) continue;
+        if (!tm->p[pi].is_matrix || e->format->type == QL_TYPE_F32) continue;
         qparam *qp = &st.qp[st.n_qp++];
         const ql_train_param *p = &tm->p[pi];
         qp->param = pi;
