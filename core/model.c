@@ -164,6 +164,12 @@ const ql_gguf_tensor *ql_model_view_parent(const ql_model *m, const ql_gguf_tens
     return NULL;
 }
 
+const ql_gguf_tensor *ql_model_view_parent_by_name(const ql_model *m, const char *name, int64_t *row0) {
+    for (int i = 0; name && i < m->n_views; i++)
+        if (!strcmp(m->views[i].view->name, name)) return ql_model_view_parent(m, m->views[i].view, row0);
+    return NULL;
+}
+
 int ql_model_layer_linears(const ql_model *m, int l, const ql_gguf_tensor **out, int *input) {
     int n = 0;
     if (l < 0 || l >= m->cfg.n_layer) return 0;

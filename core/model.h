@@ -88,6 +88,9 @@ typedef struct ql_model {
 const float *ql_model_rope_factors(const ql_model *m, int n_ctx);
 /* For a row view of a fused tensor: the stored tensor and the view's first row; NULL when t is stored. */
 const ql_gguf_tensor *ql_model_view_parent(const ql_model *m, const ql_gguf_tensor *t, int64_t *row0);
+/* The same by the view's name (a copy of the model, or names kept by training): its stored tensor in m and first
+ * row; NULL when no view of m has that name. */
+const ql_gguf_tensor *ql_model_view_parent_by_name(const ql_model *m, const char *name, int64_t *row0);
 /* The stored linear tensors of layer l (fused ones once, never their views), in role order, with the
  * activation each multiplies (ql_role_input); returns the count (at most QL_ROLE_COUNT). */
 int ql_model_layer_linears(const ql_model *m, int l, const ql_gguf_tensor **out, int *input);

@@ -361,13 +361,13 @@ double ql_qat_memory_bytes(const ql_model *m, int T, int64_t n_eval, bool recomp
            ql_scratch_bytes(&m->cfg, T) + 4.0 * T * m->cfg.n_vocab * (double)(1 + n_eval);
 }
 
-/* The next parameter after `after` that plan entry `tensor` covers: the tensor itself, or the row views of a fused
- * one (Phi-3's attn_qkv, ffn_up train as "NAME[q]" ..., core/model.c), each planned like the whole; -1 when none. */
-static int planned_param(const ql_train_model *tm, const char *tensor, int after) {
-    const size_t len = strlen(tensor);
+/* The next parameter after `after` that plan entry `tensor` covers: the tensor itself, or a row view of it when it
+ * is fused (Phi-3's attn_qkv, ffn_up train as their views), each planned like the whole; -1 when none. */
+static int planned_param(const ql_model *m, const ql_train_model *tm, const char *tensor, int after) {
     for (int pi = after + 1; pi < tm->n_params; pi++) {
         const char *n = tm->p[pi].name;
-        if (n && !strncmp(n, tensor, len) && (n[len] == 0 || n[len] == '[')) return pi;
+        const ql_gguf_tensor *parent = ql_model_view_parent_by_name(m, n, NULL);
+        if (n && !strcmp(parent ? parent->name : n, tensor)) return pi;
     }
     return -1;
 }
@@ -426,7 +426,7 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     /* one (entry, parameter) pair per iteration: i moves on once its parameters are exhausted (pi back to -1) */
     for (int i = 0, pi = -1; i < o->plan->n && !s; pi < 0 ? i++ : 0) {
         const ql_plan_entry *e = &o->plan->e[i];
-        if ((pi = planned_param(tm, e->tensor, pi)) < 0) continue;
+        if ((pi = planned_param(m, tm, e->tensor, pi)) < 0) continue;
         if (!tm->p[pi].is_matrix || e->format->type == QL_TYPE_F32) continue;
         qparam *qp = &st.qp[st.n_qp++];
         const ql_train_param *p = &tm->p[pi];
@@ -665,19 +665,13 @@ ql_status ql_qat_run(const ql_model *m, const ql_qat_opts *o, ql_train_model **o
     return s;
 }
 
-/* The stored tensor a trained parameter writes into: itself, or for a row view of a fused tensor ("NAME[q]",
- * core/model.c) its parent and first row; NULL when m has neither. */
+/* The stored tensor a trained parameter writes into: itself, or for a row view of a fused tensor its parent and
+ * first row; NULL when m has neither. */
 static ql_gguf_tensor *qat_target(ql_model *m, const char *name, int64_t *row0) {
     *row0 = 0;
-    const int64_t ti = name ? ql_gguf_find_tensor(m->gguf, name) : -1;
-    if (ti >= 0) return &m->gguf->tensors[ti];
-    for (int i = 0; name && i < m->n_views; i++)
-        if (!strcmp(m->views[i].view->name, name)) {
-            const int64_t pi = ql_gguf_find_tensor(m->gguf, m->views[i].parent->name);
-            *row0 = m->views[i].row0;
-            return pi >= 0 ? &m->gguf->tensors[pi] : NULL;
-        }
-    return NULL;
+    const ql_gguf_tensor *parent = ql_model_view_parent_by_name(m, name, row0);
+    const int64_t ti = ql_gguf_find_tensor(m->gguf, parent ? parent->name : name);
+    return ti >= 0 ? &m->gguf->tensors[ti] : NULL;
 }
 
 ql_status ql_qat_apply(ql_model *m, const ql_train_model *tm) {
