@@ -360,12 +360,11 @@ __global__ void k_act_outliers(const float *x, uint8_t *flags, int64_t n, int K,
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         if (fabs_bits(x[i]) > thr) flags[i % K] = 1; // every writer stores 1: no race on the value
 }
-// one block of LANES threads per row: the row's absmax (over the non-outlier columns), then the row
-__global__ void k_act_rows(int mode, const float *x, float *y, int K, const uint8_t *flags) {
+// max |xr[j]| over the columns not flagged (flags NULL: all), NaN skipped: a maximum, the same in any order, so the
+// block's LANES threads reduce it in parallel (every thread gets it) and the host in one loop
+__device__ float block_absmax(const float *xr, int K, const uint8_t *flags) {
     __shared__ float part[LANES];
-    const int t = blockIdx.x, lane = threadIdx.x;
-    const float *xr = x + (size_t)t * K;
-    float *yr = y + (size_t)t * K;
+    const int lane = threadIdx.x;
     float m = 0;
     for (int j = lane; j < K; j += LANES)
         if (!flags || !flags[j]) m = act_max(m, xr[j]);
@@ -375,8 +374,22 @@ __global__ void k_act_rows(int mode, const float *x, float *y, int K, const uint
         if (lane < h) part[lane] = part[lane + h] > part[lane] ? part[lane + h] : part[lane];
         __syncthreads();
     }
+    return part[0];
+}
+float row_absmax_host(const float *xr, int K, const uint8_t *flags) {
+    float m = 0;
+    for (int j = 0; j < K; j++)
+        if (!flags || !flags[j]) m = act_max(m, xr[j]);
+    return m;
+}
+
+// one block of LANES threads per row: the row's absmax (over the non-outlier columns), then the row
+__global__ void k_act_rows(int mode, const float *x, float *y, int K, const uint8_t *flags) {
+    const int t = blockIdx.x, lane = threadIdx.x;
+    const float *xr = x + (size_t)t * K;
+    float *yr = y + (size_t)t * K;
     float d, id;
-    act_row_scale(part[0], mode == ACT_FP8_TOKEN ? 448.0f : 127.0f, &d, &id);
+    act_row_scale(block_absmax(xr, K, flags), mode == ACT_FP8_TOKEN ? 448.0f : 127.0f, &d, &id);
     for (int j = lane; j < K; j += LANES) yr[j] = act_one(mode, xr[j], d, id, flags && flags[j]);
 }
 
@@ -394,18 +407,9 @@ QL_HD float int8_out(float y, float d, const uint8_t *row, int32_t acc, float be
 }
 
 __global__ void k_tokens_int8(const float *x, int8_t *q, float *d, int K) {
-    __shared__ float part[LANES];
     const int t = blockIdx.x, lane = threadIdx.x;
     const float *xr = x + (size_t)t * K;
-    float m = 0;
-    for (int j = lane; j < K; j += LANES) m = act_max(m, xr[j]);
-    part[lane] = m;
-    __syncthreads();
-    for (int h = LANES / 2; h > 0; h >>= 1) {
-        if (lane < h) part[lane] = part[lane + h] > part[lane] ? part[lane + h] : part[lane];
-        __syncthreads();
-    }
-    const float amax = part[0], id = amax > 0 ? div_rn(127.0f, amax) : 0.0f;
+    const float amax = block_absmax(xr, K, nullptr), id = amax > 0 ? div_rn(127.0f, amax) : 0.0f;
     if (lane == 0) d[t] = div_rn(amax, 127.0f);
     for (int j = lane; j < K; j += LANES) q[(size_t)t * K + j] = token_code(xr[j], id);
 }
@@ -726,17 +730,8 @@ extern "C" void ql_cudafwd_act_quant_emulated(int mode, float scale, float thres
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * K;
         float *yr = y + (size_t)t * K;
-        float part[LANES];
-        for (int lane = 0; lane < LANES; lane++) {
-            float m = 0;
-            for (int j = lane; j < K; j += LANES)
-                if (!flags[j]) m = act_max(m, xr[j]);
-            part[lane] = m;
-        }
-        for (int h = LANES / 2; h > 0; h >>= 1)
-            for (int lane = 0; lane < h; lane++) part[lane] = part[lane + h] > part[lane] ? part[lane + h] : part[lane];
         float d, id;
-        act_row_scale(part[0], mode == ACT_FP8_TOKEN ? 448.0f : 127.0f, &d, &id);
+        act_row_scale(row_absmax_host(xr, K, flags), mode == ACT_FP8_TOKEN ? 448.0f : 127.0f, &d, &id);
         for (int j = 0; j < K; j++) yr[j] = act_one(mode, xr[j], d, id, flags[j] != 0);
     }
     free(flags);
@@ -757,15 +752,7 @@ extern "C" void ql_cudafwd_int8_matmul_emulated(const float *x, int8_t *q, float
                                                 float *y, int T, int K, int N, float beta) {
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * K;
-        float part[LANES];
-        for (int lane = 0; lane < LANES; lane++) {
-            float m = 0;
-            for (int j = lane; j < K; j += LANES) m = act_max(m, xr[j]);
-            part[lane] = m;
-        }
-        for (int h = LANES / 2; h > 0; h >>= 1)
-            for (int lane = 0; lane < h; lane++) part[lane] = part[lane + h] > part[lane] ? part[lane + h] : part[lane];
-        const float amax = part[0], id = amax > 0 ? div_rn(127.0f, amax) : 0.0f;
+        const float amax = row_absmax_host(xr, K, nullptr), id = amax > 0 ? div_rn(127.0f, amax) : 0.0f;
         d[t] = div_rn(amax, 127.0f);
         for (int j = 0; j < K; j++) q[(size_t)t * K + j] = token_code(xr[j], id);
     }
