@@ -21,7 +21,7 @@ enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5
 
 #define MAX_TEXT ((size_t)1 << 29)      /* ql_tokenize input limit: symbol indices (x3 for ▁) are int32 */
 #define MAX_VOCAB ((int64_t)1 << 24)    /* sanity cap for vocabularies read from files */
-#define MAX_REGEX 4
+#define MAX_REGEX 6
 
 /* ---------------------------------------------------------------- strings and a hash map */
 
@@ -338,21 +338,80 @@ static const char RE_QWEN2_HF[] =
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 static const char RE_GPT2_HF[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+/* Mistral's Tekken and GPT-4o's as tokenizer.json spells them (llama.cpp's RE_TEKKEN / RE_GPT4O are their
+ * std::regex adaptations: an uppercase-or-other letter is a letter outside a-z, a lowercase-or-other one outside A-Z). */
+static const char RE_TEKKEN_HF[] =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|[^\\r\\n\\p{L}\\p{N}]?"
+    "[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+"
+    "|\\s+(?!\\S)|\\s+";
+static const char RE_GPT4O_HF[] =
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+/* tokenizer.json Split regex <-> tokenizer.ggml.pre, both ways */
+static const struct {
+    const char *re_hf, *pre;
+} g_split_pre[] = {
+    {RE_LLAMA3_HF, "llama-bpe"}, {RE_QWEN2_HF, "qwen2"}, {RE_TEKKEN_HF, "tekken"}, {RE_GPT4O_HF, "gpt-4o"},
+};
+
+/* Llama.cpp's other pre-tokenizer regexes (src/llama-vocab.cpp, llm_tokenizer_bpe). */
+static const char RE_DIGIT[] = "\\p{N}";
+static const char RE_TEKKEN[] =
+    "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+"
+    "((?=[\\p{L}])([^A-Z]))*|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char RE_GPT4O[] =
+    "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]"
+    "|'[dD])?|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]"
+    "|'[lL][lL]|'[dD])?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char RE_BLOOM[] = " ?[^(\\s|.,!?\xE2\x80\xA6\xE3\x80\x82\xEF\xBC\x8C\xE3\x80\x81\xE0\xA5\xA4\xDB\x94\xD8\x8C)]+";
+static const char RE_SEED_CODER[] =
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1}"
+    "| ?[^\\s\\p{L}\\p{N}\\r\\n]+|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char RE_BAILING[] =
+    "'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s*[\\r\\n]|\\s+(?!\\S)|\\s+";
+/* DeepSeek Coder: CJK ideographs, U+0800.., Hangul as in llama.cpp ("[一-龥ࠀ-一가-퟿]+") */
+static const char RE_CJK_HANGUL[] = "[\xE4\xB8\x80-\xE9\xBE\xA5\xE0\xA0\x80-\xE4\xB8\x80\xEA\xB0\x80-\xED\x9F\xBF]+";
+
+#define PRE_NAMES 12
 typedef struct {
-    const char *names[6];
+    const char *names[PRE_NAMES];
     const char *re[MAX_REGEX];
     bool ignore_merges, add_bos;
 } pre_def;
 
-/* tokenizer.ggml.pre values → regex list, as in llama.cpp's llm_tokenizer_bpe. */
+/* tokenizer.ggml.pre values → regex list, as in llama.cpp's llm_tokenizer_bpe and llama_vocab::impl::load
+ * (add_bos here is llama.cpp's default; tokenizer.ggml.add_bos_token overrides it). */
 static const pre_def g_pre[] = {
-    {{"llama3", "llama-v3", "llama-bpe", "falcon3", NULL}, {RE_LLAMA3}, true, true},
+    {{"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", NULL}, {RE_LLAMA3}, true, true},
     {{"dbrx", "smaug-bpe", NULL}, {RE_LLAMA3}, false, false},
-    {{"qwen2", "qwen2.5", "qwen-2.5", "deepseek-r1-qwen", "megrez", "stablelm2"}, {RE_QWEN2}, false, false},
-    {{"gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais"}, {RE_GPT2}, false, false},
+    {{"qwen2", "qwen2.5", "qwen-2.5", "deepseek-r1-qwen", "megrez", "stablelm2", "kormo", "hunyuan", "grok-2", NULL},
+     {RE_QWEN2}, false, false},
+    {{"gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "granite-docling", "gigachat", "a.x-4.0", "mellum",
+      "exaone4"},
+     {RE_GPT2}, false, false},
+    /* single digits first, then GPT-2 (SmolLM, StarCoder, Command-R, EXAONE, ...) */
+    {{"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", NULL}, {RE_DIGIT, RE_GPT2}, false,
+     false},
+    {{"falcon", NULL}, {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}, false, false},
+    {{"deepseek-coder", NULL}, {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", RE_CJK_HANGUL, RE_DIGIT}, false, false},
+    {{"tekken", NULL}, {RE_TEKKEN}, true, true},
+    {{"gpt-4o", "llama4", "minimax-m2", NULL}, {RE_GPT4O}, false, false},
+    {{"poro-chat", "bloom", "gpt3-finnish", NULL}, {RE_BLOOM}, false, false},
+    {{"viking", NULL}, {RE_BLOOM, RE_DIGIT}, false, false},
+    {{"seed-coder", NULL}, {RE_SEED_CODER}, false, false},
+    {{"bailingmoe", "bailingmoe2", "llada-moe", NULL}, {RE_BAILING}, false, false},
     {{"default", "", NULL},
      {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}, false, false},
+};
+
+/* Names llama.cpp splits by its own code or tables qlab does not carry: refused, since falling back to the
+ * default (what llama.cpp does for a name it does not know) would give other tokens than llama.cpp's. */
+static const char *const g_pre_unsupported[] = {
+    "deepseek-llm", "deepseek-v3", "hunyuan-dense", "chatglm-bpe", "glm4", "chameleon", "kimi-k2", "superbpe", "afmoe",
+    "jina-v1-en", "jina-v2-code", "roberta-bpe",
 };
 
 /* PCRE2's \s (UCP) is tab..CR plus \p{Z}; llama.cpp and Hugging Face also count U+0085 as white
@@ -527,12 +586,19 @@ ql_status ql_tokenizer_from_gguf(const ql_gguf *g, ql_tokenizer **out) {
         if (!pre) pre = "default";
         const pre_def *pd = NULL;
         for (size_t k = 0; k < QL_ARRAY_LEN(g_pre) && !pd; k++)
-            for (int j = 0; j < 6 && g_pre[k].names[j]; j++)
+            for (int j = 0; j < PRE_NAMES && g_pre[k].names[j]; j++)
                 if (strcmp(g_pre[k].names[j], pre) == 0) pd = &g_pre[k];
+        for (size_t k = 0; k < QL_ARRAY_LEN(g_pre_unsupported) && !pd; k++)
+            if (strcmp(g_pre_unsupported[k], pre) == 0) {
+                s = ql_fail(QL_ERR_UNSUPPORTED, "%s: pre-tokenizer '%s' is not supported (llama.cpp splits it with "
+                            "its own code; qlab has llama-bpe, qwen2, gpt-2, smollm, tekken, gpt-4o, ... and default)",
+                            lbl, pre);
+                goto fail;
+            }
         if (!pd) {
-            s = ql_fail(QL_ERR_UNSUPPORTED, "%s: pre-tokenizer '%s' is not supported "
-                        "(llama-bpe, qwen2, gpt2, default)", lbl, pre);
-            goto fail;
+            /* llama.cpp's own behaviour for a name it does not know: warn, split as "default" */
+            ql_log(1, "%s: unknown pre-tokenizer '%s', splitting as 'default' (as llama.cpp does)", lbl, pre);
+            pd = &g_pre[QL_ARRAY_LEN(g_pre) - 1];
         }
         t->ignore_merges = pd->ignore_merges;
         t->add_bos = pd->add_bos;
@@ -1393,12 +1459,19 @@ ql_status ql_tokenizer_json_to_gguf(const char *path, ql_gguf *g) {
                         n_split);
             goto done;
         }
+        /* SmolLM: Digits(individual) then a ByteLevel with the GPT-2 regex = llama.cpp's "smollm" */
+        json_t *digits = find_typed(pre, "Digits", 0);
+        if (digits && (split || !json_is_true(json_object_get(digits, "individual_digits")))) {
+            s = ql_fail(QL_ERR_UNSUPPORTED, "%s: Digits pre-tokenizer other than SmolLM's (individual digits, then "
+                        "ByteLevel) is not supported", path);
+            goto done;
+        }
         if (split) {
             const char *rx = json_string_value(json_object_get(json_object_get(split, "pattern"), "Regex"));
-            if (rx && strcmp(rx, RE_LLAMA3_HF) == 0) pre_name = "llama-bpe";
-            else if (rx && strcmp(rx, RE_QWEN2_HF) == 0) pre_name = "qwen2";
-            else if (rx && (strcmp(rx, RE_GPT2_HF) == 0 || strcmp(rx, RE_GPT2) == 0)) pre_name = "gpt-2";
-            else {
+            for (size_t k = 0; rx && k < QL_ARRAY_LEN(g_split_pre) && !pre_name; k++)
+                if (strcmp(rx, g_split_pre[k].re_hf) == 0) pre_name = g_split_pre[k].pre;
+            if (!pre_name && rx && (strcmp(rx, RE_GPT2_HF) == 0 || strcmp(rx, RE_GPT2) == 0)) pre_name = "gpt-2";
+            if (!pre_name) {
                 s = ql_fail(QL_ERR_UNSUPPORTED, "%s: pre-tokenizer regex '%.60s' is not supported", path,
                             rx ? rx : "(not a regex)");
                 goto done;
@@ -1409,9 +1482,9 @@ ql_status ql_tokenizer_json_to_gguf(const char *path, ql_gguf *g) {
                 s = ql_fail(QL_ERR_UNSUPPORTED, "%s: ByteLevel pre-tokenizer without a regex", path);
                 goto done;
             }
-            pre_name = "gpt-2";
+            pre_name = digits ? "smollm" : "gpt-2";
         }
-        add_bos = has_template ? tfirst != NULL : strcmp(pre_name, "llama-bpe") == 0;
+        add_bos = has_template ? tfirst != NULL : strcmp(pre_name, "llama-bpe") == 0 || strcmp(pre_name, "tekken") == 0;
         ql_gguf_set_str(g, "tokenizer.ggml.model", "gpt2");
         ql_gguf_set_str(g, "tokenizer.ggml.pre", pre_name);
         ql_gguf_set_arr_str(g, "tokenizer.ggml.tokens", (const char *const *)texts, (uint64_t)h.n);
@@ -1552,10 +1625,13 @@ ql_status ql_tokenizer_gguf_to_json(const ql_gguf *g, char **out) {
         return ql_fail(QL_ERR_FORMAT, "%s: no tokenizer.ggml.model / tokens to convert", g->path ? g->path : "model");
     bool spm = !strcmp(model, "llama"), bpe = !strcmp(model, "gpt2");
     const char *pre = ql_gguf_get_str(g, "tokenizer.ggml.pre");
-    const char *split_re = !bpe || !pre ? NULL : !strcmp(pre, "llama-bpe") ? RE_LLAMA3_HF : !strcmp(pre, "qwen2") ? RE_QWEN2_HF : NULL;
+    const char *split_re = NULL;
+    for (size_t k = 0; bpe && pre && k < QL_ARRAY_LEN(g_split_pre) && !split_re; k++)
+        if (strcmp(pre, g_split_pre[k].pre) == 0) split_re = g_split_pre[k].re_hf;
+    bool smollm = bpe && pre && !strcmp(pre, "smollm");
     if (!spm && !bpe)
         return ql_fail(QL_ERR_UNSUPPORTED, "tokenizer model '%s' has no tokenizer.json conversion (llama and gpt2 do)", model);
-    if (bpe && pre && !split_re && strcmp(pre, "gpt-2") && strcmp(pre, "default"))
+    if (bpe && pre && !split_re && !smollm && strcmp(pre, "gpt-2") && strcmp(pre, "default"))
         return ql_fail(QL_ERR_UNSUPPORTED, "gpt2 tokenizer with pre-tokenizer '%s' has no tokenizer.json conversion", pre);
     char **texts = ql_malloc((size_t)n * sizeof *texts);
     int32_t *types = ql_malloc((size_t)n * sizeof *types);
@@ -1618,6 +1694,9 @@ ql_status ql_tokenizer_gguf_to_json(const ql_gguf *g, char **out) {
             json_object_set_new(root, "pre_tokenizer",
                                 json_pack("{s:s,s:[{s:s,s:{s:s},s:s,s:b},o]}", "type", "Sequence", "pretokenizers", "type", "Split",
                                           "pattern", "Regex", split_re, "behavior", "Isolated", "invert", 0, bl));
+        else if (smollm)
+            json_object_set_new(root, "pre_tokenizer", json_pack("{s:s,s:[{s:s,s:b},o]}", "type", "Sequence", "pretokenizers", "type",
+                                                                 "Digits", "individual_digits", 1, bl));
         else json_object_set_new(root, "pre_tokenizer", bl);
         json_object_set_new(root, "post_processor", post);
         json_object_set_new(root, "decoder", json_pack("{s:s,s:b,s:b,s:b}", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets", 1, "use_regex", 1));
@@ -1626,7 +1705,7 @@ ql_status ql_tokenizer_gguf_to_json(const ql_gguf *g, char **out) {
         json_t *merges = json_array();
         for (uint64_t i = 0; mg && i < nmg; i++) json_array_append_new(merges, json_string(mg[i].v.str.s));
         mdl = json_pack("{s:s,s:n,s:n,s:n,s:n,s:b,s:b,s:b}", "type", "BPE", "dropout", "unk_token", "continuing_subword_prefix",
-                        "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0, "ignore_merges", pre && !strcmp(pre, "llama-bpe"));
+                        "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0, "ignore_merges", pre && (!strcmp(pre, "llama-bpe") || !strcmp(pre, "tekken")));
         json_object_set_new(mdl, "vocab", vocab);
         json_object_set_new(mdl, "merges", merges);
     }

@@ -362,6 +362,80 @@ static void test_bpe_other_pre(void **state) {
     EXPECT(t, "12345", false, 266, 51, 52, 53);
     EXPECT(t, "a+=b", false, 97, 43, 61, 98);
     ql_tokenizer_free(t);
+    /* GPT-2 keeps " 12" one word (Ġ 1 2 -> Ġ, 12); SmolLM and DeepSeek Coder split digits first */
+    t = load_bpe_fixture("gpt2");
+    EXPECT(t, "x 12", false, 120, 32, 266);
+    ql_tokenizer_free(t);
+    static const char *digit_first[] = {"smollm", "starcoder", "command-r", "deepseek-coder"};
+    for (size_t i = 0; i < sizeof digit_first / sizeof digit_first[0]; i++) {
+        t = load_bpe_fixture(digit_first[i]);
+        EXPECT(t, "x 12", false, 120, 32, 49, 50);
+        EXPECT(t, "hello the world", false, 262, 258, 265, 108, 100);
+        ql_tokenizer_free(t);
+    }
+    /* Tekken (Mistral Nemo): single digits, whole-word tokens first (ignore_merges), camel case split */
+    t = load_bpe_fixture("tekken");
+    EXPECT(t, "12345", false, 49, 50, 51, 52, 53);
+    EXPECT(t, "hello the world", false, 262, 258, 265, 108, 100);
+    ql_tokenizer_free(t);
+    /* GPT-4o / Llama 4: digits in threes, "'s" stays on its word */
+    t = load_bpe_fixture("gpt-4o");
+    EXPECT(t, "12345", false, 266, 51, 52, 53);
+    EXPECT(t, "it's", false, 105, 116, 39, 115);
+    ql_tokenizer_free(t);
+    /* BLOOM / Poro: a space goes with the next word; . , ! ? split off */
+    t = load_bpe_fixture("bloom");
+    EXPECT(t, "a b.c", false, 97, 32, 98, 46, 99);
+    EXPECT(t, "the world", false, 116, 257, 265, 108, 100);
+    ql_tokenizer_free(t);
+    /* Falcon: punctuation runs, GPT-2, then 3-digit groups */
+    t = load_bpe_fixture("falcon");
+    EXPECT(t, "a+=b", false, 97, 43, 61, 98);
+    ql_tokenizer_free(t);
+}
+
+/* The pre-tokenizers with a tokenizer.json spelling survive GGUF -> tokenizer.json -> GGUF: SmolLM's
+ * Digits + ByteLevel, Tekken's and GPT-4o's Split regexes. */
+static void test_bpe_pre_json_round_trip(void **state) {
+    (void)state;
+    static const char *pres[] = {"smollm", "tekken", "gpt-4o", "llama-bpe", "qwen2"};
+    for (size_t i = 0; i < sizeof pres / sizeof pres[0]; i++) {
+        ql_gguf *g = ql_gguf_new();
+        assert_int_equal(ql_tokenizer_json_to_gguf(FIX "bpe-bytelevel.json", g), QL_OK);
+        ql_gguf_set_str(g, "tokenizer.ggml.pre", pres[i]);
+        char *json = NULL;
+        ql_status s = ql_tokenizer_gguf_to_json(g, &json);
+        if (s) print_error("%s: %s\n", pres[i], ql_last_error());
+        assert_int_equal(s, QL_OK);
+        char path[] = "/tmp/qlab_tok_pre_XXXXXX";
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+        close(fd);
+        free(json);
+        ql_gguf *g2 = ql_gguf_new();
+        s = ql_tokenizer_json_to_gguf(path, g2);
+        if (s) print_error("%s: %s\n", pres[i], ql_last_error());
+        assert_int_equal(s, QL_OK);
+        assert_string_equal(ql_gguf_get_str(g2, "tokenizer.ggml.pre"), pres[i]);
+        ql_tokenizer *a, *b;
+        assert_int_equal(ql_tokenizer_from_gguf(g, &a), QL_OK);
+        assert_int_equal(ql_tokenizer_from_gguf(g2, &b), QL_OK);
+        static const char text[] = "hello the world 12345 it's x 12 heLLo";
+        int32_t *ia, *ib;
+        int64_t na, nb;
+        assert_int_equal(ql_tokenize(a, text, strlen(text), true, &ia, &na), QL_OK);
+        assert_int_equal(ql_tokenize(b, text, strlen(text), true, &ib, &nb), QL_OK);
+        assert_int_equal(na, nb);
+        assert_memory_equal(ia, ib, (size_t)na * sizeof *ia);
+        free(ia);
+        free(ib);
+        ql_tokenizer_free(a);
+        ql_tokenizer_free(b);
+        ql_gguf_free(g2);
+        ql_gguf_free(g);
+        unlink(path);
+    }
 }
 
 /* tests/data/tok/spm-bpe.json: a Llama-2 style (SentencePiece-converted, byte_fallback) BPE:
@@ -713,8 +787,14 @@ static void test_gguf_malformed(void **state) {
     assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_ERR_FORMAT); /* BPE without merges */
     const char *merges[] = {"a a"};
     ql_gguf_set_arr_str(g, "tokenizer.ggml.merges", merges, 1);
+    /* a name llama.cpp does not know either: its fallback, "default", with a warning */
     ql_gguf_set_str(g, "tokenizer.ggml.pre", "no-such-pre");
+    assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_OK);
+    ql_tokenizer_free(t);
+    /* one llama.cpp splits with code qlab does not carry: refused, not silently different */
+    ql_gguf_set_str(g, "tokenizer.ggml.pre", "deepseek-llm");
     assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ql_last_error(), "deepseek-llm"));
     ql_gguf_set_str(g, "tokenizer.ggml.pre", "llama-bpe");
     assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_ERR_FORMAT); /* add_bos without a bos id */
     ql_gguf_set_u32(g, "tokenizer.ggml.bos_token_id", 1);
@@ -773,6 +853,7 @@ int main(void) {
         cmocka_unit_test(test_stories_prompt),    cmocka_unit_test(test_stories_round_trip),
         cmocka_unit_test(test_stories_corpus),    cmocka_unit_test(test_llama2c_round_trip),
         cmocka_unit_test(test_bpe_llama3),        cmocka_unit_test(test_bpe_other_pre),
+        cmocka_unit_test(test_bpe_pre_json_round_trip),
         cmocka_unit_test(test_spm_from_json),
         cmocka_unit_test(test_gemma_spm),
         cmocka_unit_test(test_phi3_spm),
