@@ -145,9 +145,11 @@ typedef struct {
 #define CU(call)                                                                                              \
     do {                                                                                                      \
         cudaError_t e_ = (call);                                                                              \
-        if (e_ != cudaSuccess)                                                                                \
+        if (e_ != cudaSuccess) {                                                                              \
+            cudaGetLastError(); /* a failed cudaMalloc must not fail this thread's next launch check too */   \
             return ql_fail(e_ == cudaErrorMemoryAllocation ? QL_ERR_NOMEM : QL_ERR_IO, "cuda: %s: %s", #call, \
                            cudaGetErrorString(e_));                                                           \
+        }                                                                                                     \
     } while (0)
 
 /* A device scratch buffer *p of at least `bytes` (capacity *cap), regrown when short; cudaFree synchronizes, so
@@ -296,8 +298,13 @@ static ql_status ensure_layer(cuda_backend *be, int l, cu_arena **out) {
         *out = a;
         return QL_OK;
     }
-    if (a->layer != l && (st = post_fill(be, ai, l))) return st;
-    while (a->done < a->posted) pthread_cond_wait(&be->cv, &be->mu);
+    /* The wait releases the mutex: another host thread's pass (stats workers, sense) may queue a different
+     * layer into this arena meanwhile, so the arena must hold l once every fill posted to it is done. */
+    for (;;) {
+        if (a->layer != l && (st = post_fill(be, ai, l))) return st;
+        while (a->done < a->posted) pthread_cond_wait(&be->cv, &be->mu);
+        if (a->layer == l) break;
+    }
     if (a->st) {
         st = a->st;
         a->layer = -1; /* a later request tries again */
@@ -1084,10 +1091,28 @@ typedef struct {
     int D;
 } cu_xtx;
 
+/* Device bytes the backend will still allocate for weights (resident layers not yet filled, globals not yet
+ * loaded: both are allocated at first use) plus the working room counted at create. An optional allocation (a
+ * Σxxᵀ accumulator, which can live on the host instead) must leave them free: an 8B model's Hessians (2 GB per
+ * layer) would otherwise take the memory of the layers after them and fail the pass. */
+static double pending_weight_bytes(const cuda_backend *be) {
+    double b = 2.0 * 1073741824.0;
+    for (int i = 0; be->resident && i < be->n_arenas; i++)
+        if (!be->arenas[i].dev) b += (double)be->layer_floats[i] * sizeof(float);
+    for (int i = 0; i < be->n_w; i++)
+        if (be->w[i].layer < 0 && !be->w[i].dev) b += 2.0 * (double)tensor_elems(be->w[i].t) * sizeof(float);
+    return b;
+}
+
 static ql_status xtx_new_locked(cuda_backend *be, int D, void **out) {
+    const size_t bytes = (size_t)D * D * sizeof(double);
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) cudaGetLastError();
+    else if ((double)free_b < (double)bytes + pending_weight_bytes(be))
+        return ql_fail(QL_ERR_NOMEM, "cuda: Σxxᵀ accumulator %dx%d: %.2f GiB free, the weights still to load need "
+                       "%.2f GiB", D, D, free_b / 1073741824.0, pending_weight_bytes(be) / 1073741824.0);
     cu_xtx *a = ql_calloc(1, sizeof *a);
     a->D = D;
-    const size_t bytes = (size_t)D * D * sizeof(double);
     cudaError_t e = cudaMalloc((void **)&a->H, bytes ? bytes : 1);
     if (e == cudaSuccess) e = cudaMemsetAsync(a->H, 0, bytes, be->compute);
     if (e != cudaSuccess) {

@@ -228,9 +228,14 @@ typedef struct {
     pthread_mutex_t lock;
 } collect_ctx;
 
-static void collect_range(void *vctx, int local, int64_t b, int64_t e) {
-    (void)b; (void)e;
-    collect_ctx *c = vctx;
+/* Local workers b..e-1, one after another (one each when every worker has its thread). */
+static void collect_worker(collect_ctx *c, int local);
+static void collect_range(void *vctx, int thread, int64_t b, int64_t e) {
+    (void)thread;
+    for (int64_t local = b; local < e; local++) collect_worker(vctx, (int)local);
+}
+
+static void collect_worker(collect_ctx *c, int local) {
     const int worker = c->rank + local * c->size;
     ql_scratch *sc = ql_scratch_new(c->inf, c->seq_len);
     ql_scratch_set_hook(sc, hook, &c->acc[worker]);
@@ -373,7 +378,7 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     if (ms) return ms;
     collect_ctx ctx = {.inf = inf, .tokens = tokens, .n_seq = n_seq, .seq_len = seq_len, .workers = workers,
                        .progress = progress, .rank = rank, .size = size};
-    /* a device backend (serial) runs the workers' passes one after another; each keeps its own accumulators */
+    /* every worker keeps its own accumulators (on the device when the backend has them) */
     const ql_backend_ops *ops = ql_infer_backend(inf);
     pthread_mutex_init(&ctx.lock, NULL);
     ctx.acc = ql_calloc((size_t)workers, sizeof *ctx.acc);
@@ -390,9 +395,12 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
             ctx.acc[w].on_host = ql_calloc((size_t)ctx.acc[w].acc->n, sizeof(bool));
         }
     }
+    /* A device backend (serial) takes one pass at a time anyway; concurrent passes would also make a streamed
+     * model refill its two layer buffers back and forth. Its workers run one after another, each with BLAS's
+     * threads for the accumulators that live on the host. */
     int saved = ql_blas_get_threads();
-    ql_blas_set_threads(1);
-    if (n_local > 0) ql_parallel_for(n_local, n_local, collect_range, &ctx);
+    if (!ops->serial) ql_blas_set_threads(1);
+    if (n_local > 0) ql_parallel_for(ops->serial ? 1 : n_local, n_local, collect_range, &ctx);
     ql_blas_set_threads(saved);
     ql_status st = ctx.status;
     /* the device accumulators into the host's (which saw none of their tokens' Σ xᵀx) */

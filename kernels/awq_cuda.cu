@@ -158,7 +158,7 @@ struct ql_cuda_qerr {
 extern "C" ql_status ql_cuda_qerr_new(const double *H, int64_t n, bool emulate, ql_cuda_qerr **out) {
     *out = nullptr;
     if (!H || n <= 0 || n > (1 << 20)) return ql_fail(QL_ERR_ARG, "awq_cuda: bad Hessian (%lld columns)", (long long)n);
-    if (!emulate && !ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "awq_cuda: no CUDA device");
+    if (!emulate && !ql_cuda_available()) return ql_cuda_no_device("awq_cuda");
     ql_cuda_qerr *e = new (std::nothrow) ql_cuda_qerr();
     if (!e) return ql_fail(QL_ERR_NOMEM, "awq_cuda: out of memory");
     e->dev = !emulate;

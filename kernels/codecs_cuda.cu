@@ -1367,6 +1367,9 @@ static ql_status upload_iq_tables() {
     QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq3xxs_grid, iq3xxs_grid, sizeof iq3xxs_grid));
     QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq3s_grid, iq3s_grid, sizeof iq3s_grid));
     QL_CUDA_TRY(cudaMemcpyToSymbol(d_iq1s_grid, iq1s_grid, sizeof iq1s_grid));
+    // From pageable memory these copies return once staged, on the legacy stream; the decoders run on the
+    // backend's non-blocking streams, which do not wait for it: the tables must have landed first.
+    QL_CUDA_TRY(cudaDeviceSynchronize());
     done[dev] = true;
     return QL_OK;
 }
@@ -1787,7 +1790,7 @@ static ql_status check_fix(const char *name, int qk, int64_t rows, int64_t len, 
                                                        void *stream) {                                       \
         ql_status st = check_fix(#lname, F::QK, rows, len, row_bytes, F::BYTES, ld);                        \
         if (st != QL_OK || rows == 0) return st;                                                             \
-        if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");               \
+        if (!ql_cuda_available()) return ql_cuda_no_device("cuda");               \
         k_grid_fix<F, P><<<grid_for(rows, 64), 64, 0, (cudaStream_t)stream>>>(                               \
             G, rows, imp, (uint8_t *)blocks, row_bytes, a, b, o, ld);                                        \
         QL_CUDA_TRY(cudaGetLastError());                                                                     \
@@ -1806,14 +1809,22 @@ static ql_status check_fix(const char *name, int qk, int64_t rows, int64_t len, 
         return QL_OK;                                                                                        \
     }
 
+static cudaError_t g_avail_err = cudaSuccess; // why ql_cuda_available said no (an old driver reads like no device)
+
 extern "C" int ql_cuda_available(void) {
     static int cached = -1;
     if (cached < 0) {
         int n = 0;
-        cached = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+        g_avail_err = cudaGetDeviceCount(&n);
+        cached = g_avail_err == cudaSuccess && n > 0;
         if (!cached) cudaGetLastError(); // clear the sticky "no device" error
     }
     return cached;
+}
+
+extern "C" ql_status ql_cuda_no_device(const char *who) {
+    return ql_fail(QL_ERR_UNSUPPORTED, "%s: no CUDA device (%s)", who,
+                   g_avail_err != cudaSuccess ? cudaGetErrorString(g_avail_err) : "cudaGetDeviceCount found none");
 }
 
 // The entry points the format registry's CUDA column points at (formats/fmt_ggml.c): one set per
@@ -1825,7 +1836,7 @@ extern "C" int ql_cuda_available(void) {
         int64_t n, nb;                                                                                       \
         ql_status st = check_shape(#lname, F::QK, nrows, ncols, &n, &nb);                                    \
         if (st != QL_OK) return st;                                                                          \
-        if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");               \
+        if (!ql_cuda_available()) return ql_cuda_no_device("cuda");               \
         if ((st = prepare_dequant<F>()) != QL_OK) return st;                                                  \
         return launch_dequant<F>(src, dst, n, (cudaStream_t)stream);                                         \
     }                                                                                                        \
@@ -1843,7 +1854,7 @@ extern "C" int ql_cuda_available(void) {
         int64_t n, nb;                                                                                       \
         ql_status st = check_shape(#lname, F::QK, nrows, ncols, &n, &nb);                                    \
         if (st != QL_OK) return st;                                                                          \
-        if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");               \
+        if (!ql_cuda_available()) return ql_cuda_no_device("cuda");               \
         return launch_quant<F>(src, dst, nb, (cudaStream_t)stream);                                          \
     }                                                                                                        \
     extern "C" ql_status ql_cuda_quantize_##lname##_emulated(const float *src, void *dst, int64_t nrows,      \
@@ -1915,7 +1926,7 @@ extern "C" ql_status ql_cuda_run_dequantize(ql_cuda_dequant_dev_fn fn, const voi
     if (!fn) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel");
     if (nrows < 0 || ncols <= 0 || src_bytes < 0 || (nrows && ncols > INT64_MAX / nrows))
         return ql_fail(QL_ERR_ARG, "cuda: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     if (nrows == 0) return fn(nullptr, nullptr, 0, ncols, nullptr); // shape check only
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;
@@ -1934,7 +1945,7 @@ extern "C" ql_status ql_cuda_run_quantize(ql_cuda_quant_dev_fn fn, const float *
     if (!fn) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel");
     if (nrows < 0 || ncols <= 0 || dst_bytes < 0 || (nrows && ncols > INT64_MAX / nrows))
         return ql_fail(QL_ERR_ARG, "cuda: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     if (nrows == 0) return fn(nullptr, nullptr, 0, ncols, nullptr);
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;
@@ -1963,7 +1974,7 @@ extern "C" ql_status ql_cuda_bench_dequantize(ql_cuda_dequant_dev_fn fn, int64_t
     if (!fn) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no dequantize kernel");
     if (nrows <= 0 || ncols <= 0 || bytes <= 0 || ncols > INT64_MAX / nrows)
         return ql_fail(QL_ERR_ARG, "cuda: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     ql_status st = QL_OK;
     if (iters < 1) iters = 1;
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
@@ -2001,7 +2012,7 @@ extern "C" ql_status ql_cuda_bench_quantize(ql_cuda_quant_dev_fn fn, const float
     if (!fn) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no quantize kernel");
     if (nrows <= 0 || ncols <= 0 || dst_bytes <= 0 || ncols > INT64_MAX / nrows)
         return ql_fail(QL_ERR_ARG, "cuda: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     if (iters < 1) iters = 1;
     const size_t fbytes = (size_t)(nrows * ncols) * sizeof(float);
     DevBuf s, d;

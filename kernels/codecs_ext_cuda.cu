@@ -321,7 +321,7 @@ bool fp8_shape(bool e5m2, ql_cuda_fp8_layout lay, int64_t nrows, int64_t ncols, 
 extern "C" ql_status ql_cuda_bnb4_quantize_dev(const ql_cuda_bnb4 *k, const float *src, void *dst, int64_t nrows,
                                                int64_t ncols, void *stream) {
     if (!bnb4_shape(nrows, ncols)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const int64_t n = nrows * ((ncols + BNB_BLOCK - 1) / BNB_BLOCK);
     if (n == 0) return QL_OK;
     k_bnb4_quant<<<grid_for(n, 128), 128, 0, (cudaStream_t)stream>>>(*k, src, (uint8_t *)dst, ncols, n);
@@ -338,7 +338,7 @@ extern "C" ql_status ql_cuda_bnb4_quantize_emulated(const ql_cuda_bnb4 *k, const
 extern "C" ql_status ql_cuda_bnb4_dequantize_dev(const ql_cuda_bnb4 *k, const void *src, float *dst, int64_t nrows,
                                                  int64_t ncols, void *stream) {
     if (!bnb4_shape(nrows, ncols)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const int64_t n = nrows * ncols;
     if (n == 0) return QL_OK;
     k_bnb4_dequant<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(*k, (const uint8_t *)src, dst, ncols, n);
@@ -356,7 +356,7 @@ extern "C" ql_status ql_cuda_fp8_quantize_dev(bool e5m2, ql_cuda_fp8_layout lay,
                                               int64_t nrows, int64_t ncols, void *stream) {
     Fp8 F;
     if (!fp8_shape(e5m2, lay, nrows, ncols, &F)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const cudaStream_t s = (cudaStream_t)stream;
     const int64_t ng = F.groups(), n = nrows * ncols;
     if (ng > 2147483647) return ql_fail(QL_ERR_ARG, "cuda: fp8: too many scale groups");
@@ -393,7 +393,7 @@ extern "C" ql_status ql_cuda_fp8_dequantize_dev(bool e5m2, ql_cuda_fp8_layout la
                                                 int64_t nrows, int64_t ncols, void *stream) {
     Fp8 F;
     if (!fp8_shape(e5m2, lay, nrows, ncols, &F)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const int64_t n = nrows * ncols;
     k_fp8_dequant<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(F, (const uint8_t *)src, dst, n);
     QL_CUDA_TRY(cudaGetLastError());
@@ -411,7 +411,7 @@ extern "C" ql_status ql_cuda_bnb4_dq_quantize_dev(const ql_cuda_bnb4 *k, const f
                                                   int64_t ncols, void *stream) {
     Dq L;
     if (!dq_layout(nrows, ncols, &L)) return ql_fail(QL_ERR_ARG, "cuda: bnb4 dq: bad shape");
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const cudaStream_t s = (cudaStream_t)stream;
     float *absmax = nullptr;
     QL_CUDA_TRY(cudaMallocAsync((void **)&absmax, (size_t)L.nb * sizeof(float), s));
@@ -439,7 +439,7 @@ extern "C" ql_status ql_cuda_bnb4_dq_dequantize_dev(const ql_cuda_bnb4 *k, const
                                                     int64_t ncols, void *stream) {
     Dq L;
     if (!dq_layout(nrows, ncols, &L)) return ql_fail(QL_ERR_ARG, "cuda: bnb4 dq: bad shape");
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const int64_t n = nrows * ncols;
     k_dq_dequant<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(*k, L, (const uint8_t *)src, dst, n);
     QL_CUDA_TRY(cudaGetLastError());
@@ -457,7 +457,7 @@ extern "C" ql_status ql_cuda_aqlm_dequantize_dev(int M, int B, const void *src, 
                                                  int64_t ncols, void *stream) {
     Aqlm A;
     if (!aqlm_shape(M, B, nrows, ncols, &A)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const int64_t n = nrows * ncols;
     k_aqlm_dequant<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(A, (const uint8_t *)src, dst, n);
     QL_CUDA_TRY(cudaGetLastError());

@@ -189,6 +189,49 @@ QL_HD float tile_dequant_at(const Tiles &T, const uint8_t *src, int64_t i) {
     return mul_rn((float)((int)bits_get(codes, i * T.bits, T.bits) - (1 << (T.bits - 1))), s);
 }
 
+// One INT8 group over a whole tensor (int8_tensor): int_quant_chunk would be one thread walking all of it (an
+// 8B model's 525M-value embedding: tens of seconds). The scale needs only the reference's first value of
+// largest magnitude, a reduction: keys order by |v|, then by lower index; non-finite values do not count.
+QL_HD bool whole_int8(const IntRows &P, int64_t nrows) {
+    return nrows == 1 && P.ng == 1 && P.sym && !P.mse && P.bits == 8 && P.ncols <= (int64_t)UINT32_MAX;
+}
+QL_HD unsigned long long absmax_key(float v, int64_t i) {
+    if (!finite_f(v)) return 0;
+    return (unsigned long long)(f2u(v) & 0x7fffffffu) << 32 | (0xffffffffu - (uint32_t)i);
+}
+// the winning value, or the reference's +0 when every value is zero or not finite
+QL_HD float absmax_value(const float *x, unsigned long long key) {
+    return key >> 32 ? x[0xffffffffu - (uint32_t)key] : 0.0f;
+}
+// scale and the code of value i (row: 2 bytes of scale, then one byte per value)
+QL_HD void whole_int8_at(const float *x, unsigned long long key, uint8_t *row, int64_t i) {
+    const GroupParam gp = params_for(1.0f, 0.0f, 0.0f, absmax_value(x, key), 8, true);
+    const float id = gp.scale != 0.0f ? div_rn(1.0f, gp.scale) : 0.0f;
+    if (i == 0) st16(row, gp.scale_h);
+    row[2 + i] = (uint8_t)int_code(x[i], id, gp.zero, 255);
+}
+__global__ void k_absmax_key(const float *__restrict__ x, int64_t n, unsigned long long *key) {
+    __shared__ unsigned long long sh[256];
+    unsigned long long k = 0;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const unsigned long long u = absmax_key(x[i], i);
+        if (u > k) k = u;
+    }
+    sh[threadIdx.x] = k;
+    __syncthreads();
+    for (unsigned h = blockDim.x / 2; h > 0; h >>= 1) { // blockDim.x is 256
+        if (threadIdx.x < h && sh[threadIdx.x + h] > sh[threadIdx.x]) sh[threadIdx.x] = sh[threadIdx.x + h];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicMax(key, sh[0]);
+}
+__global__ void k_whole_int8(const float *__restrict__ x, int64_t n, const unsigned long long *key, uint8_t *row) {
+    const unsigned long long k = *key;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) whole_int8_at(x, k, row, i);
+}
+
 __global__ void k_int_quant(IntRows P, const float *__restrict__ src, uint8_t *__restrict__ dst, int64_t n) {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
@@ -253,10 +296,24 @@ extern "C" ql_status ql_cuda_int_quantize_dev(const float *src, void *dst, int64
                                               int bits, int group, bool sym, bool mse) {
     IntRows P;
     if (!int_rows(nrows, ncols, bits, group, sym, mse, &P)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const int64_t n = nrows * P.nchunks;
     if (n == 0) return QL_OK;
-    k_int_quant<<<grid_for(n, 64), 64, 0, (cudaStream_t)stream>>>(P, src, (uint8_t *)dst, n);
+    const cudaStream_t s = (cudaStream_t)stream;
+    if (whole_int8(P, nrows)) {
+        unsigned long long *key = NULL;
+        QL_CUDA_TRY(cudaMallocAsync((void **)&key, sizeof *key, s));
+        cudaError_t e = cudaMemsetAsync(key, 0, sizeof *key, s);
+        if (e == cudaSuccess) {
+            k_absmax_key<<<grid_for(P.ncols, 256), 256, 0, s>>>(src, P.ncols, key);
+            k_whole_int8<<<grid_for(P.ncols, 256), 256, 0, s>>>(src, P.ncols, key, (uint8_t *)dst);
+            e = cudaGetLastError();
+        }
+        cudaError_t fe = cudaFreeAsync(key, s);
+        if (e == cudaSuccess) e = fe;
+        return e == cudaSuccess ? QL_OK : cuda_fail(e, "int8 tensor quantize", __FILE__, __LINE__);
+    }
+    k_int_quant<<<grid_for(n, 64), 64, 0, s>>>(P, src, (uint8_t *)dst, n);
     QL_CUDA_TRY(cudaGetLastError());
     return QL_OK;
 }
@@ -264,6 +321,15 @@ extern "C" ql_status ql_cuda_int_quantize_emulated(const float *src, void *dst, 
                                                    int group, bool sym, bool mse) {
     IntRows P;
     if (!int_rows(nrows, ncols, bits, group, sym, mse, &P)) return QL_ERR_ARG;
+    if (whole_int8(P, nrows)) { // the device's reduction, in the same key order
+        unsigned long long key = 0;
+        for (int64_t i = 0; i < ncols; i++) {
+            const unsigned long long u = absmax_key(src[i], i);
+            if (u > key) key = u;
+        }
+        for (int64_t i = 0; i < ncols; i++) whole_int8_at(src, key, (uint8_t *)dst, i);
+        return QL_OK;
+    }
     for (int64_t i = 0; i < nrows * P.nchunks; i++) int_quant_chunk(P, src, (uint8_t *)dst, i);
     return QL_OK;
 }
@@ -271,7 +337,7 @@ extern "C" ql_status ql_cuda_int_dequantize_dev(const void *src, float *dst, int
                                                 void *stream, int bits, int group, bool sym) {
     IntRows P;
     if (!int_rows(nrows, ncols, bits, group, sym, false, &P)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const int64_t n = nrows * ncols;
     if (n == 0) return QL_OK;
     k_int_dequant<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(P, (const uint8_t *)src, dst, n);
@@ -290,7 +356,7 @@ extern "C" ql_status ql_cuda_int_tiles_quantize_dev(const float *src, void *dst,
                                                     void *stream, int bits, int bs) {
     Tiles T;
     if (!tiles(nrows, ncols, bits, bs, &T)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const cudaStream_t s = (cudaStream_t)stream;
     QL_CUDA_TRY(cudaMemsetAsync(dst, 0, (size_t)tile_bytes(T), s));
     const int64_t n = T.nbr * T.nbc;
@@ -313,7 +379,7 @@ extern "C" ql_status ql_cuda_int_tiles_dequantize_dev(const void *src, float *ds
                                                       void *stream, int bits, int bs) {
     Tiles T;
     if (!tiles(nrows, ncols, bits, bs, &T)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const int64_t n = nrows * ncols;
     k_tile_dequant<<<grid_for(n, 256), 256, 0, (cudaStream_t)stream>>>(T, (const uint8_t *)src, dst, n);
     QL_CUDA_TRY(cudaGetLastError());

@@ -23,6 +23,8 @@ extern "C" {
 
 /* 1 when a CUDA device can be used (checked once), else 0. */
 int ql_cuda_available(void);
+/* The failure "no CUDA device" with the runtime's reason (an insufficient driver, no device found), for `who`. */
+ql_status ql_cuda_no_device(const char *who);
 
 /* One set of entry points per kernel, named after the format it implements; the format registry's CUDA
  * column points at them (formats/format.h, ql_format_cuda_ops). *_dev: device buffers, queued on

@@ -88,7 +88,7 @@ int32_t *row_table(const ql_cuda_exl2_layout *L, int64_t K) {
 extern "C" ql_status ql_cuda_exl2_dequantize_dev(const ql_cuda_exl2_layout *L, const void *src, float *dst,
                                                  int64_t nrows, int64_t ncols, void *stream) {
     if (!check(L, nrows, ncols)) return QL_ERR_ARG;
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const cudaStream_t s = (cudaStream_t)stream;
     const Dev D{nrows, ncols, L->invperm, L->scale_max, L->scale, L->weight};
     int32_t *rows = row_table(L, ncols);
@@ -112,7 +112,8 @@ extern "C" ql_status ql_cuda_exl2_dequantize_dev(const ql_cuda_exl2_layout *L, c
         e = cudaGetLastError();
     }
     if (scratch) cudaFreeAsync(scratch, s);
-    cudaStreamSynchronize(s); // the host tables were read by async copies
+    cudaError_t se = cudaStreamSynchronize(s); // the host tables were read by async copies; a kernel fault shows here
+    if (e == cudaSuccess) e = se;
     free(rows);
     if (e != cudaSuccess) return cuda_fail(e, "exl2 decode", __FILE__, __LINE__);
     return QL_OK;

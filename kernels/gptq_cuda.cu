@@ -440,7 +440,7 @@ ql_status device_init_locked(void) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev <= 0) {
         cudaGetLastError();
-        return ql_fail(QL_ERR_UNSUPPORTED, "gptq_cuda: no CUDA device");
+        return ql_cuda_no_device("gptq_cuda");
     }
     int dev = 0;
     QL_CUDA_TRY(cudaGetDevice(&dev));

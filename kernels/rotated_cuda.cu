@@ -205,7 +205,10 @@ ql_status inverse_dev(float *w, int64_t nrows, int64_t ncols, const uint8_t *see
     if (tmp) cudaFreeAsync(tmp, s);
     if (hm_in) cudaFreeAsync(hm_in, s);
     if (hm_out) cudaFreeAsync(hm_out, s);
-    if (hin.m > 1 || hout.m > 1) cudaStreamSynchronize(s); // the host plans' tables were read by async copies
+    if (hin.m > 1 || hout.m > 1) { // the host plans' tables were read by async copies
+        cudaError_t se = cudaStreamSynchronize(s);
+        if (se != cudaSuccess && st == QL_OK) st = cuda_fail(se, "rotated: sync", __FILE__, __LINE__);
+    }
     ql_had_free(&hin);
     ql_had_free(&hout);
     return st;
@@ -268,7 +271,10 @@ ql_status forward_dev(float *w, int64_t nrows, int64_t ncols, const uint8_t *see
     if (tmp) cudaFreeAsync(tmp, s);
     if (hm_in) cudaFreeAsync(hm_in, s);
     if (hm_out) cudaFreeAsync(hm_out, s);
-    if (hin.m > 1 || hout.m > 1) cudaStreamSynchronize(s);
+    if (hin.m > 1 || hout.m > 1) {
+        cudaError_t se = cudaStreamSynchronize(s);
+        if (se != cudaSuccess && st == QL_OK) st = cuda_fail(se, "rotated: sync", __FILE__, __LINE__);
+    }
     ql_had_free(&hin);
     ql_had_free(&hout);
     return st;
@@ -303,7 +309,7 @@ extern "C" ql_status ql_cuda_e8p_dequantize_dev(int stage2, const void *src, flo
                                                 void *stream) {
     if (nrows <= 0 || ncols <= 0 || ncols % 8 || stage2 < 0 || stage2 > 2)
         return ql_fail(QL_ERR_ARG, "cuda: e8p: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const cudaStream_t s = (cudaStream_t)stream;
     const int64_t nvec = nrows * ncols / 8;
     k_e8p<<<grid_for(nvec, 128), 128, 0, s>>>(patterns(), stage2, (const uint8_t *)src, nvec, dst);
@@ -336,7 +342,7 @@ extern "C" ql_status ql_cuda_rht_int_quantize_dev(int bits, int group, uint64_t 
                                                   int64_t nrows, int64_t ncols, void *stream) {
     if (nrows <= 0 || ncols <= 0 || ncols > INT64_MAX / nrows / 8)
         return ql_fail(QL_ERR_ARG, "cuda: rht: bad shape %lld x %lld", (long long)nrows, (long long)ncols);
-    if (!ql_cuda_available()) return ql_fail(QL_ERR_UNSUPPORTED, "cuda: no CUDA device");
+    if (!ql_cuda_available()) return ql_cuda_no_device("cuda");
     const cudaStream_t s = (cudaStream_t)stream;
     const int64_t n = nrows * ncols;
     uint8_t seed_bytes[8];
@@ -349,7 +355,8 @@ extern "C" ql_status ql_cuda_rht_int_quantize_dev(int bits, int group, uint64_t 
     if (st == QL_OK) st = forward_dev(w, nrows, ncols, (const uint8_t *)dst, (uint32_t *)(w + n), s);
     if (st == QL_OK) st = ql_cuda_int_quantize_dev(w, (uint8_t *)dst + 8, nrows, ncols, stream, bits, group, false, false);
     cudaFreeAsync(w, s);
-    cudaStreamSynchronize(s); // seed_bytes was read by an async copy
+    cudaError_t se = cudaStreamSynchronize(s); // seed_bytes was read by an async copy
+    if (se != cudaSuccess && st == QL_OK) st = cuda_fail(se, "rht quantize: sync", __FILE__, __LINE__);
     return st;
 }
 extern "C" ql_status ql_cuda_rht_int_quantize_emulated(int bits, int group, uint64_t seed, const float *src, void *dst,

@@ -20,6 +20,9 @@
 #include "kernels/awq_cuda.h"
 
 #include <cblas.h>
+#ifdef QL_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 #include <ctype.h>
 #include <errno.h>
 #include <fnmatch.h>
@@ -654,6 +657,9 @@ static ql_cuda_qerr *qerr_open(const double *H, int64_t n, ql_status *st) {
     }
     if (w == QL_SENSE_QERR_CPU || !H) return NULL;
     ql_cuda_qerr *e = NULL;
+#ifdef QL_HAVE_CUDA
+    if (w == QL_SENSE_QERR_CUDA) cudaSetDevice(ql_backend_device()); /* --device cuda:N, on this worker thread */
+#endif
     *st = ql_cuda_qerr_new(H, n, w == QL_SENSE_QERR_EMULATED, &e);
     return e;
 }
@@ -920,6 +926,8 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
     }
     if (need_kld) {
         if ((st = ql_infer_new(m, nth, &inf))) goto out;
+        /* concurrent passes would make a streamed model refill its two device layer buffers back and forth */
+        if (bops && bops->serial && ql_infer_streaming(inf)) n_workers = 1;
         ql_progress_report(progress, 0, todo_all, "base model");
         if ((st = kld_setup(&kc, inf, o, n_workers, true, progress))) goto out;
         s->base_ppl = kc.base_ppl;

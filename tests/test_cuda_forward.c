@@ -585,10 +585,13 @@ static void test_xtx(void **state) {
     enum { NSEQ = 6, L = 24 };
     int32_t toks[NSEQ * L];
     for (int i = 0; i < NSEQ * L; i++) toks[i] = (i * 37 + 5) % g_model->cfg.n_vocab;
+    /* a serial (device) backend runs the two workers one after another: the same sums, bit for bit */
+    ql_backend_ops emu_serial = emu;
+    emu_serial.serial = true;
     ql_stats_opts o = {.hessian = true, .output = true, .n_threads = 2};
-    ql_stats *st[2];
-    const ql_backend_ops *tables[2] = {cpu, &emu};
-    for (int k = 0; k < 2; k++) {
+    ql_stats *st[3];
+    const ql_backend_ops *tables[3] = {cpu, &emu, &emu_serial};
+    for (int k = 0; k < 3; k++) {
         ql_infer *inf;
         assert_int_equal(ql_infer_new_on(g_model, 1, tables[k], &inf), QL_OK);
         assert_int_equal(ql_stats_collect(inf, toks, NSEQ, L, &o, NULL, &st[k]), QL_OK);
@@ -607,8 +610,15 @@ static void test_xtx(void **state) {
             if (!(fabs(a->xtx[j] - b->xtx[j]) <= 1e-12 * amax))
                 fail_msg("%s: xtx[%lld] cpu %.17g, device layout %.17g", a->name, (long long)j, a->xtx[j], b->xtx[j]);
     }
+    for (int i = 0; i < st[1]->n; i++) {
+        const ql_stat_entry *a = &st[1]->e[i], *b = &st[2]->e[i];
+        assert_int_equal(a->n_tokens, b->n_tokens);
+        assert_memory_equal(a->sum_abs, b->sum_abs, sizeof(double) * a->n);
+        assert_memory_equal(a->xtx, b->xtx, sizeof(double) * a->n * a->n);
+    }
     ql_stats_free(st[0]);
     ql_stats_free(st[1]);
+    ql_stats_free(st[2]);
 }
 
 /* cuBLAS is opened at run time (not linked into qlab): the loader finds the build's library and every function. */
