@@ -141,6 +141,12 @@ check-lowbit-plans: all
 bench: all $(BUILD)/bench/quip_bench $(BUILD)/tests/test_simd $(BUILD)/tests/test_simd2
 	@QLAB=./$(BIN) QUIP_BENCH=$(BUILD)/bench/quip_bench SIMD_TESTS=$(BUILD)/tests bash bench/run.sh
 
+# qlab beside llama.cpp's own quantize and perplexity tools, back to back (LLAMA_CPP: their bin folder; made by
+# scripts/get_llamacpp.sh from the source node-llama-cpp carries on npm when unset).
+.PHONY: bench-vs-llamacpp
+bench-vs-llamacpp: all
+	@LLAMA_CPP=$${LLAMA_CPP:-$$(bash scripts/get_llamacpp.sh)} QLAB=./$(BIN) bash bench/vs_llamacpp.sh
+
 # Each harness also links with a plain driver (fuzz/replay_main.c) so `make test` replays tests/corpus/NAME/
 # through it, under ASan+UBSan in `make asan`.
 $(BUILD)/fuzz/%: fuzz/%.c fuzz/replay_main.c fuzz/fuzz_util.h $(BUILD)/libqlab.a

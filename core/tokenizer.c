@@ -407,12 +407,6 @@ static const pre_def g_pre[] = {
      {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}, false, false},
 };
 
-/* Names llama.cpp splits by its own code or tables qlab does not carry: refused, since falling back to the
- * default (what llama.cpp does for a name it does not know) would give other tokens than llama.cpp's. */
-static const char *const g_pre_unsupported[] = {
-    "deepseek-llm", "deepseek-v3", "hunyuan-dense", "chatglm-bpe", "glm4", "chameleon", "kimi-k2", "superbpe", "afmoe",
-    "jina-v1-en", "jina-v2-code", "roberta-bpe",
-};
 
 /* PCRE2's \s (UCP) is tab..CR plus \p{Z}; llama.cpp and Hugging Face also count U+0085 as white
  * space. Spell \s and \S out so the three agree. Returns a malloc'ed pattern. */
@@ -588,17 +582,13 @@ ql_status ql_tokenizer_from_gguf(const ql_gguf *g, ql_tokenizer **out) {
         for (size_t k = 0; k < QL_ARRAY_LEN(g_pre) && !pd; k++)
             for (int j = 0; j < PRE_NAMES && g_pre[k].names[j]; j++)
                 if (strcmp(g_pre[k].names[j], pre) == 0) pd = &g_pre[k];
-        for (size_t k = 0; k < QL_ARRAY_LEN(g_pre_unsupported) && !pd; k++)
-            if (strcmp(g_pre_unsupported[k], pre) == 0) {
-                s = ql_fail(QL_ERR_UNSUPPORTED, "%s: pre-tokenizer '%s' is not supported (llama.cpp splits it with "
-                            "its own code; qlab has llama-bpe, qwen2, gpt-2, smollm, tekken, gpt-4o, ... and default)",
-                            lbl, pre);
-                goto fail;
-            }
         if (!pd) {
-            /* llama.cpp's own behaviour for a name it does not know: warn, split as "default" */
-            ql_log(1, "%s: unknown pre-tokenizer '%s', splitting as 'default' (as llama.cpp does)", lbl, pre);
-            pd = &g_pre[QL_ARRAY_LEN(g_pre) - 1];
+            /* as llama.cpp does since it learned most of these (older versions split an unknown name as
+             * "default"): refused, rather than tokens that differ from llama.cpp's */
+            s = ql_fail(QL_ERR_UNSUPPORTED, "%s: pre-tokenizer '%s' is not supported (qlab has llama.cpp's llama-bpe, "
+                        "qwen2, gpt-2, smollm, starcoder, command-r, falcon, deepseek-coder, tekken, gpt-4o, bloom, "
+                        "viking, seed-coder, bailingmoe, default and their aliases)", lbl, pre);
+            goto fail;
         }
         t->ignore_merges = pd->ignore_merges;
         t->add_bos = pd->add_bos;

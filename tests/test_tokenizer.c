@@ -787,11 +787,9 @@ static void test_gguf_malformed(void **state) {
     assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_ERR_FORMAT); /* BPE without merges */
     const char *merges[] = {"a a"};
     ql_gguf_set_arr_str(g, "tokenizer.ggml.merges", merges, 1);
-    /* a name llama.cpp does not know either: its fallback, "default", with a warning */
+    /* an unknown name, or one llama.cpp splits with code qlab does not carry: refused, naming it */
     ql_gguf_set_str(g, "tokenizer.ggml.pre", "no-such-pre");
-    assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_OK);
-    ql_tokenizer_free(t);
-    /* one llama.cpp splits with code qlab does not carry: refused, not silently different */
+    assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_ERR_UNSUPPORTED);
     ql_gguf_set_str(g, "tokenizer.ggml.pre", "deepseek-llm");
     assert_int_equal(ql_tokenizer_from_gguf(g, &t), QL_ERR_UNSUPPORTED);
     assert_non_null(strstr(ql_last_error(), "deepseek-llm"));

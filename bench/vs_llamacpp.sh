@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# bench/vs_llamacpp.sh — qlab against llama.cpp's own tools on this machine, back to back, same threads:
+# quantize time of each llama.cpp mix (and whether the tensors are byte-identical) and perplexity time.
+#   LLAMA_CPP=$(bash scripts/get_llamacpp.sh) bash bench/vs_llamacpp.sh      # or: make bench-vs-llamacpp
+# Needs ../shared (stories260K, tinystories-d256 and its imatrix, tinystories-valid). THREADS (default 2),
+# OUT (default bench/out). The synthetic llama-3.2-1b F16 (2.5 GB) is made once in OUT, as by `make bench`.
+# Ratio columns are llama.cpp's time / qlab's (> 1: qlab is faster).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+QLAB=${QLAB:-./qlab}
+SHARED=${QL_SHARED:-../shared}
+THREADS=${THREADS:-2}
+OUT=${OUT:-bench/out}
+L=${LLAMA_CPP:?set LLAMA_CPP to the folder holding llama-quantize and llama-perplexity (scripts/get_llamacpp.sh)}
+for b in llama-quantize llama-perplexity; do [ -x "$L/$b" ] || { echo "no $L/$b" >&2; exit 1; }; done
+mkdir -p "$OUT"
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2fx", a/b; else print "-" }'; }
+same() { python3 bench/gguf_tensors_cmp.py "$1" "$2" 2>/dev/null | tail -1; }
+
+printf '%-44s %10s %10s %8s  %s\n' "task" "qlab" "llama.cpp" "ratio" "tensors"
+# 1. quantize: every mix on tinystories-d256 (with llama.cpp's imatrix for the i-quants), then the 1B shape
+D256=$SHARED/models/tinystories-d256.gguf
+IM=$SHARED/models/tinystories-d256-imatrix-wt.gguf
+if [ -f "$D256" ]; then
+  for T in Q4_0 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS IQ2_XXS IQ2_M IQ3_XXS IQ3_M IQ1_S IQ1_M; do
+    imat=(); case $T in IQ*) imat=(--imatrix "$IM") ;; esac
+    t0=$(now); "$L/llama-quantize" "${imat[@]}" "$D256" "$OUT/lc.gguf" "$T" "$THREADS" >/dev/null 2>&1; t1=$(now)
+    "$QLAB" quant "$D256" --preset "$T" "${imat[@]}" --threads "$THREADS" -o "$OUT/ql.gguf" >/dev/null 2>&1; t2=$(now)
+    printf '%-44s %9ss %9ss %8s  %s\n' "quant d256 $T${imat:+ +imatrix}" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+      "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "$(same "$OUT/lc.gguf" "$OUT/ql.gguf")"
+  done
+fi
+M1B=$OUT/synth-llama-3.2-1b.gguf
+[ -f "$M1B" ] || "$QLAB" synth --shape llama-3.2-1b -o "$M1B" --threads "$THREADS" >/dev/null 2>&1
+for T in Q8_0 Q4_0 Q4_K_M Q2_K; do
+  t0=$(now); "$L/llama-quantize" "$M1B" "$OUT/lc.gguf" "$T" "$THREADS" >/dev/null 2>&1; t1=$(now)
+  "$QLAB" quant "$M1B" --preset "$T" --threads "$THREADS" -o "$OUT/ql.gguf" >/dev/null 2>&1; t2=$(now)
+  printf '%-44s %9ss %9ss %8s  %s\n' "quant synth llama-3.2-1b F16 $T" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+    "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "$(same "$OUT/lc.gguf" "$OUT/ql.gguf")"
+done
+# 2. perplexity: stories260K over all of tinystories-valid at ctx 256; the 1B Q4_K_M (llama.cpp's file) at ctx 512,
+#    4 chunks. PPL of each tool beside its time.
+TXT=$SHARED/data/tinystories-valid.txt
+ppl_of() { sed -n 's/.*PPL = \([0-9.]*\).*/\1/p; s/.*Final estimate: PPL = \([0-9.]*\).*/\1/p' "$1" | tail -1; }
+if [ -f "$SHARED/models/stories260K.gguf" ]; then
+  S=$SHARED/models/stories260K.gguf
+  t0=$(now); "$L/llama-perplexity" -m "$S" -f "$TXT" -c 256 -t "$THREADS" >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
+  "$QLAB" ppl "$S" --text "$TXT" --ctx 256 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
+  printf '%-44s %9ss %9ss %8s  %s\n' "ppl stories260K ctx 256, all chunks" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+    "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
+fi
+"$L/llama-quantize" "$M1B" "$OUT/lc-q4km.gguf" Q4_K_M "$THREADS" >/dev/null 2>&1
+t0=$(now); "$L/llama-perplexity" -m "$OUT/lc-q4km.gguf" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
+"$QLAB" ppl "$OUT/lc-q4km.gguf" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
+printf '%-44s %9ss %9ss %8s  %s\n' "ppl synth 1B Q4_K_M ctx 512 x 4 chunks" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+  "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
+rm -f "$OUT/lc.gguf" "$OUT/ql.gguf" "$OUT/lc-q4km.gguf"
+# 3. the BPE pre-tokenizers: llama-tokenize and `qlab tokenize` on one text through a small byte-level vocabulary,
+#    once per tokenizer.ggml.pre name qlab knows (the token ids must be the same lists)
+if [ -x "$L/llama-tokenize" ] && [ -f "$SHARED/models/stories260K.gguf" ]; then
+  TT=$OUT/pre-text.txt
+  printf "Hello World! it's 12345 and 3.14159, x 12\nCamelCaseWord HTTPServer na\xc3\xafve caf\xc3\xa9 \xc3\x9cn\xc3\xafc\xc3\xb6d\xc3\xa9\n  multiple   spaces\t\ttabs\r\nnew\n\nlines \xe4\xb8\xad\xe6\x96\x87 \xed\x95\x9c\xea\xb5\xad\xec\x96\xb4 \xd9\xa1\xd9\xa2\xd9\xa3 \xc2\xb2\xc2\xb3 \xe2\x80\x94 a+=b; a->b // c++ \$100 50%% don't I'LL we've\n" > "$TT"
+  ok=0 bad=""
+  for P in gpt-2 default llama-bpe qwen2 smollm starcoder command-r falcon deepseek-coder tekken gpt-4o bloom poro-chat \
+           viking seed-coder bailingmoe stablelm2 dbrx; do
+    python3 bench/gguf_bpe_fixture.py "$SHARED/models/stories260K.gguf" tests/data/tok/bpe-bytelevel.json "$OUT/pre.gguf" "$P"
+    a=$("$L/llama-tokenize" -m "$OUT/pre.gguf" -f "$TT" --ids --log-disable 2>/dev/null | tail -1 | tr -d '[] ')
+    b=$("$QLAB" tokenize "$OUT/pre.gguf" --text "$TT" 2>/dev/null | paste -sd, -)
+    if [ -n "$a" ] && [ "$a" = "$b" ]; then ok=$((ok + 1)); else bad="$bad $P"; fi
+  done
+  printf '%-44s %s\n' "tokenize: pre-tokenizers equal to llama.cpp's" "$ok of 18${bad:+ (differ:$bad)}"
+  rm -f "$OUT/pre.gguf" "$TT"
+fi
