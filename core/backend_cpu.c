@@ -7,6 +7,7 @@
  * from kv_load, a KV scheme's cache (core/kv_cache.h) decodes into the caller's buffers, and kv_attention
  * reads it the way llama.cpp's CPU flash attention does. */
 #include "core/backend.h"
+#include "kernels/act_round.h"
 #include "core/wmatmul.h"
 #include "kernels/ggml_types.h"
 
@@ -114,40 +115,7 @@ static ql_status cpu_get_rows(void *be, const ql_backend_weight *w, const int32_
 
 /* Round activation rows x[T, K] the way ggml's quantize_row_<act> does, then back to float. */
 static void round_activations(uint32_t act, const float *x, float *y, int T, int K) {
-    const size_t n = (size_t)T * K;
-    if (act == QL_TYPE_F16) {
-        for (size_t i = 0; i < n; i++) y[i] = ql_fp16_to_fp32(ql_fp32_to_fp16(x[i]));
-        return;
-    }
-    if (act == QL_TYPE_BF16) {
-        for (size_t i = 0; i < n; i++) y[i] = ql_bf16_to_fp32(ql_fp32_to_bf16(x[i]));
-        return;
-    }
-    if (act == QL_TYPE_Q8_K) {
-        for (size_t b = 0; b < n; b += 256) {
-            float amax = 0, mx = 0;
-            for (int j = 0; j < 256; j++)
-                if (fabsf(x[b + j]) > amax) { amax = fabsf(x[b + j]); mx = x[b + j]; }
-            if (amax == 0) {
-                for (int j = 0; j < 256; j++) y[b + j] = 0;
-                continue;
-            }
-            const float iscale = -127.f / mx, d = 1.0f / iscale;
-            for (int j = 0; j < 256; j++) {
-                int v = (int)nearbyintf(iscale * x[b + j]);
-                y[b + j] = d * (float)(v > 127 ? 127 : v);
-            }
-        }
-        return;
-    }
-    /* Q8_0 / Q8_1: blocks of 32, fp16 scale amax/127, codes rounded to nearest */
-    for (size_t b = 0; b < n; b += 32) {
-        float amax = 0;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b + j]));
-        const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
-        const float dh = ql_fp16_to_fp32(ql_fp32_to_fp16(d));
-        for (int j = 0; j < 32; j++) y[b + j] = dh * nearbyintf(x[b + j] * id);
-    }
+    ql_act_round(act, x, y, (int64_t)T * K);
 }
 
 /* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias), GGUF ne = [K, N] being N rows of K: INT8 weights under dynamic
