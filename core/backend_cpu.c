@@ -125,6 +125,10 @@ static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backe
     (void)be;
     const int nth = ql_blas_get_threads();
     if (ql_wmatmul_int8_applies(w, K)) return ql_wmatmul_int8(w, bias, x, y, T, K, N, beta, xtmp, nth);
+    if (ql_wmatmul_kquant_applies(w, K)) {
+        const ql_status st = ql_wmatmul_kquant(w, bias, x, y, T, K, N, beta, nth);
+        if (st != QL_ERR_UNSUPPORTED) return st;
+    }
     if (w->aq && w->aq->mode != QL_ACT_NONE) {
         ql_act_quant_apply(w->aq, x, xtmp, T, K);
         x = xtmp;

@@ -4,6 +4,8 @@
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
 #include "kernels/int8_gemm.h"
+#include "kernels/kquant_gemm.h"
+#include "base/parallel.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -176,5 +178,46 @@ ql_status ql_wmatmul_int8(const ql_backend_weight *w, const ql_backend_weight *b
         }
     }
     free(acc);
+    return add_bias(bias, y, T, N);
+}
+
+/* ---- K-quant weights under Q8_K activations: integer dot products (kernels/kquant_gemm.h) ---- */
+
+bool ql_wmatmul_kquant_applies(const ql_backend_weight *w, int K) {
+    return !w->f32 && (!w->aq || w->aq->mode == QL_ACT_NONE) && w->act_type == QL_TYPE_Q8_K && K % 256 == 0 &&
+           ql_kq_gemm_available(w->t->type) && !getenv("QL_KQUANT_F32");
+}
+
+typedef struct {
+    uint32_t type;
+    const uint8_t *rows;
+    int64_t row_bytes;
+    int N;
+    const ql_kq_act *a;
+    float *y;
+    bool accumulate;
+} kq_job;
+
+static void kq_range(void *vctx, int worker, int64_t b, int64_t e) {
+    (void)worker;
+    const kq_job *j = vctx;
+    const int n0 = (int)b * 16, n1 = (int)QL_MIN(e * 16, (int64_t)j->N);
+    if (n1 > n0) ql_kq_gemm_vnni(j->type, j->rows + (int64_t)n0 * j->row_bytes, j->row_bytes, n1 - n0, j->a, j->y + n0, j->N,
+                                 j->accumulate);
+}
+
+ql_status ql_wmatmul_kquant(const ql_backend_weight *w, const ql_backend_weight *bias, const float *x, float *y, int T,
+                            int K, int N, float beta, int n_threads) {
+    ql_kq_act a;
+    if (!ql_kq_act_quantize(x, T, K, &a)) return QL_ERR_UNSUPPORTED; /* a value not finite: the float path */
+    const ql_format *f = stored_format(w->t);
+    if (!f) {
+        ql_kq_act_free(&a);
+        return QL_ERR_UNSUPPORTED;
+    }
+    kq_job j = {w->t->type, w->t->data, ql_format_tensor_bytes(f, K, 1), N, &a, y, beta != 0.0f};
+    const int64_t tiles = (N + 15) / 16;
+    ql_parallel_for((int)QL_MIN((int64_t)QL_MAX(n_threads, 1), tiles), tiles, kq_range, &j);
+    ql_kq_act_free(&a);
     return add_bias(bias, y, T, N);
 }

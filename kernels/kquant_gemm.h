@@ -1,0 +1,38 @@
+/* kquant_gemm.h — y[T,N] = a[T,K] · w[N,K]ᵀ for K-quant weights (Q4_K, Q5_K, Q6_K) read as stored, against activations
+ * rounded to Q8_K, as integer dot products per 256-value block: llama.cpp's own arithmetic (vec_dot_q4_K_q8_K,
+ * vec_dot_q6_K_q8_K) laid out as a GEMM. Per block b of row n and token t:
+ *   Q4_K, Q5_K  w = d·sc_s·q − dmin·m_s   →  y += da·(d·Σ q_a·(sc·q) − dmin·Σ_s m_s·bsum_s)
+ *   Q6_K  w = d·sc_s·q              →  y += da·(d·Σ q_a·(sc·q))
+ * with every integer sum exact; the float steps (int → float, the products, the sum over blocks in order) are the
+ * same in the scalar reference and the AVX-512 VNNI twin, so the two agree bit for bit. Compared with decoding the
+ * weights to F32 and multiplying the rounded activations by sgemm, only float rounding differs (~1e-7 relative). */
+#ifndef QL_KQUANT_GEMM_H
+#define QL_KQUANT_GEMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Activations as Q8_K: codes (the values kernels/act_round.c rounds to, divided by the block scale), block scales
+ * and the sums of the codes per 32. Rows are padded to a multiple of 8 tokens with zeros. */
+typedef struct {
+    int T, T8, K;    /* tokens, tokens rounded up to 8, row length (a multiple of 256) */
+    int16_t *q;      /* [T8][K] */
+    float *d;        /* [T8][K/256] */
+    int32_t *bsum;   /* [T8][K/32] */
+} ql_kq_act;
+
+/* True when this CPU runs the VNNI twin and `type` (a ggml type id) is one of the supported K-quants. */
+bool ql_kq_gemm_available(uint32_t type);
+/* Quantizes x[T][K] (K % 256 == 0) into a (allocated here; ql_kq_act_free). false, with nothing allocated, when
+ * a value is not finite: the caller then takes the float path, which rounds such blocks as llama.cpp does. */
+bool ql_kq_act_quantize_ref(const float *x, int T, int K, ql_kq_act *a);
+bool ql_kq_act_quantize(const float *x, int T, int K, ql_kq_act *a);
+void ql_kq_act_free(ql_kq_act *a);
+/* Rows [0, nr) of the weight (stored rows of row_bytes each, the first at `rows`): y[t*ldy + j] = (or +=, when
+ * accumulate) the product for token t < a->T and row j < nr. */
+void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, const ql_kq_act *a, float *y,
+                    int64_t ldy, bool accumulate);
+void ql_kq_gemm_vnni(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, const ql_kq_act *a, float *y,
+                     int64_t ldy, bool accumulate);
+
+#endif
