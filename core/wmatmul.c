@@ -184,8 +184,9 @@ ql_status ql_wmatmul_int8(const ql_backend_weight *w, const ql_backend_weight *b
 /* ---- K-quant weights under Q8_K activations: integer dot products (kernels/kquant_gemm.h) ---- */
 
 bool ql_wmatmul_kquant_applies(const ql_backend_weight *w, int K) {
-    return !w->f32 && (!w->aq || w->aq->mode == QL_ACT_NONE) && w->act_type == QL_TYPE_Q8_K && K % 256 == 0 &&
-           ql_kq_gemm_available(w->t->type) && !getenv("QL_KQUANT_F32");
+    /* the activation rounding llama.cpp pairs with each of these types (core/infer.c) is what the codes copy */
+    return !w->f32 && (!w->aq || w->aq->mode == QL_ACT_NONE) && K % (w->act_type == QL_TYPE_Q8_K ? 256 : 32) == 0 &&
+           ql_kq_gemm_available(w->t->type, w->act_type) && !getenv("QL_KQUANT_F32");
 }
 
 typedef struct {
@@ -209,7 +210,7 @@ static void kq_range(void *vctx, int worker, int64_t b, int64_t e) {
 ql_status ql_wmatmul_kquant(const ql_backend_weight *w, const ql_backend_weight *bias, const float *x, float *y, int T,
                             int K, int N, float beta, int n_threads) {
     ql_kq_act a;
-    if (!ql_kq_act_quantize(x, T, K, &a)) return QL_ERR_UNSUPPORTED; /* a value not finite: the float path */
+    if (!ql_kq_act_quantize(x, T, K, w->act_type, &a)) return QL_ERR_UNSUPPORTED; /* a value not finite: the float path */
     const ql_format *f = stored_format(w->t);
     if (!f) {
         ql_kq_act_free(&a);

@@ -16,13 +16,29 @@
 
 enum { QB = 256, ROWS = 16, TOK = 8 };
 
+/* how a weight type's block is multiplied out (the float steps after the integer sums) */
+typedef enum { EPI_PLAIN, EPI_KMINS, EPI_ADDMIN } epilogue;
+static int weight_block(uint32_t type) { /* values per weight block = per activation block */
+    switch (type) {
+    case QL_TYPE_Q4_K: case QL_TYPE_Q5_K: case QL_TYPE_Q6_K: return 256;
+    case QL_TYPE_Q4_0: case QL_TYPE_Q4_1: case QL_TYPE_Q5_0: case QL_TYPE_Q5_1: case QL_TYPE_Q8_0: case QL_TYPE_IQ4_NL:
+        return 32;
+    default: return 0;
+    }
+}
+static epilogue epilogue_of(uint32_t type) {
+    return type == QL_TYPE_Q4_K || type == QL_TYPE_Q5_K ? EPI_KMINS
+           : type == QL_TYPE_Q4_1 || type == QL_TYPE_Q5_1 ? EPI_ADDMIN
+                                                          : EPI_PLAIN;
+}
+
 /* ---- activations ---- */
 
-static bool act_alloc(int T, int K, ql_kq_act *a) {
+static bool act_alloc(int T, int K, int bs, ql_kq_act *a) {
     memset(a, 0, sizeof *a);
-    a->T = T, a->T8 = (T + TOK - 1) / TOK * TOK, a->K = K;
+    a->T = T, a->T8 = (T + TOK - 1) / TOK * TOK, a->K = K, a->bs = bs;
     a->q = calloc((size_t)a->T8 * K, sizeof *a->q);
-    a->d = calloc((size_t)a->T8 * (K / QB), sizeof *a->d);
+    a->d = calloc((size_t)a->T8 * (K / bs), sizeof *a->d);
     a->bsum = calloc((size_t)a->T8 * (K / 32), sizeof *a->bsum);
     if (a->q && a->d && a->bsum) return true;
     ql_kq_act_free(a);
@@ -34,19 +50,35 @@ void ql_kq_act_free(ql_kq_act *a) {
     memset(a, 0, sizeof *a);
 }
 
-/* the codes kernels/act_round.c's Q8_K reference rounds to: scale -127/x of the first largest |x| */
-bool ql_kq_act_quantize_ref(const float *x, int T, int K, ql_kq_act *a) {
-    if (!act_alloc(T, K, a)) return false;
+/* Q8_0 / Q8_1 (blocks of 32): the codes kernels/act_round.c rounds to, x·127/amax to nearest, scale fp16(amax/127) */
+static bool act_q8_0_ref(const float *x, int T, int K, ql_kq_act *a) {
+    for (int t = 0; t < T; t++)
+        for (int b = 0; b < K / 32; b++) {
+            const float *v = x + (size_t)t * K + (size_t)b * 32;
+            int16_t *q = a->q + (size_t)t * K + (size_t)b * 32;
+            float amax = 0;
+            for (int j = 0; j < 32; j++) {
+                if (!isfinite(v[j])) return false;
+                amax = fmaxf(amax, fabsf(v[j]));
+            }
+            const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+            a->d[(size_t)t * (K / 32) + b] = ql_fp16_to_fp32(ql_fp32_to_fp16(d));
+            int32_t sum = 0;
+            for (int j = 0; j < 32; j++) sum += q[j] = (int16_t)nearbyintf(v[j] * id);
+            a->bsum[(size_t)t * (K / 32) + b] = sum;
+        }
+    return true;
+}
+
+/* Q8_K: the codes kernels/act_round.c's reference rounds to: scale -127/x of the first largest |x| */
+static bool act_q8_k_ref(const float *x, int T, int K, ql_kq_act *a) {
     for (int t = 0; t < T; t++)
         for (int b = 0; b < K / QB; b++) {
             const float *v = x + (size_t)t * K + (size_t)b * QB;
             int16_t *q = a->q + (size_t)t * K + (size_t)b * QB;
             float amax = 0, mx = 0;
             for (int j = 0; j < QB; j++) {
-                if (!isfinite(v[j])) {
-                    ql_kq_act_free(a);
-                    return false;
-                }
+                if (!isfinite(v[j])) return false;
                 if (fabsf(v[j]) > amax) amax = fabsf(v[j]), mx = v[j];
             }
             if (amax == 0) continue; /* codes, scale and sums stay 0: the rounded block is 0 */
@@ -63,6 +95,14 @@ bool ql_kq_act_quantize_ref(const float *x, int T, int K, ql_kq_act *a) {
             }
         }
     return true;
+}
+
+bool ql_kq_act_quantize_ref(const float *x, int T, int K, uint32_t act, ql_kq_act *a) {
+    const int bs = act == QL_TYPE_Q8_K ? QB : 32;
+    if (K % bs != 0 || !act_alloc(T, K, bs, a)) return false;
+    if (bs == QB ? act_q8_k_ref(x, T, K, a) : act_q8_0_ref(x, T, K, a)) return true;
+    ql_kq_act_free(a);
+    return false;
 }
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
@@ -104,22 +144,86 @@ AVX512 static bool act_block_avx512(const float *v, int16_t *q, float *d, int32_
     return true;
 }
 
-bool ql_kq_act_quantize(const float *x, int T, int K, ql_kq_act *a) {
-    if (!ql_kq_gemm_available(QL_TYPE_Q6_K)) return ql_kq_act_quantize_ref(x, T, K, a);
-    if (!act_alloc(T, K, a)) return false;
+/* Q8_0 over 32 values: amax with fmaxf's NaN rule (no NaN arrives here), codes x·id to nearest */
+AVX512 static bool act_block32_avx512(const float *v, int16_t *q, float *d, int32_t *bsum) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    const __m512 x0 = _mm512_loadu_ps(v), x1 = _mm512_loadu_ps(v + 16);
+    const __m512 a0 = _mm512_andnot_ps(sign, x0), a1 = _mm512_andnot_ps(sign, x1);
+    if (_mm512_cmp_ps_mask(a0, _mm512_set1_ps(INFINITY), _CMP_NLT_UQ) |
+        _mm512_cmp_ps_mask(a1, _mm512_set1_ps(INFINITY), _CMP_NLT_UQ))
+        return false;
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    const float dd = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+    *d = ql_fp16_to_fp32(ql_fp32_to_fp16(dd));
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i c0 = _mm512_cvttps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(x0, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m512i c1 = _mm512_cvttps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(x1, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_storeu_si256((__m256i *)q, _mm512_cvtepi32_epi16(c0));
+    _mm256_storeu_si256((__m256i *)(q + 16), _mm512_cvtepi32_epi16(c1));
+    *bsum = _mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
+    return true;
+}
+
+bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a) {
+    if (!ql_kq_gemm_available(act == QL_TYPE_Q8_K ? QL_TYPE_Q6_K : QL_TYPE_Q8_0, act)) return ql_kq_act_quantize_ref(x, T, K, act, a);
+    const int bs = act == QL_TYPE_Q8_K ? QB : 32;
+    if (K % bs != 0 || !act_alloc(T, K, bs, a)) return false;
+    const int nb = K / bs;
     for (int t = 0; t < T; t++)
-        for (int b = 0; b < K / QB; b++)
-            if (!act_block_avx512(x + (size_t)t * K + (size_t)b * QB, a->q + (size_t)t * K + (size_t)b * QB,
-                                  a->d + (size_t)t * (K / QB) + b, a->bsum + (size_t)t * (K / 32) + b * 8)) {
+        for (int b = 0; b < nb; b++) {
+            const float *v = x + (size_t)t * K + (size_t)b * bs;
+            int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
+            float *d = a->d + (size_t)t * nb + b;
+            int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
+            if (!(bs == QB ? act_block_avx512(v, q, d, bsum) : act_block32_avx512(v, q, d, bsum))) {
                 ql_kq_act_free(a);
                 return false;
             }
+        }
     return true;
 }
 
 /* ---- one 256-block of a weight row: int16 codes sc·q, the block scale, and (Q4_K) dmin and the 8 mins ---- */
 
+/* one block of a weight row: int16 codes (sc·q for K-quants), the scale, and dmin (K-quants' min scale, or the
+ * additive min of Q4_1/Q5_1) with the 8 mins per 32 of the K-quants */
 static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float *dw, float *dmin, int32_t m[8]) {
+    if (weight_block(type) == 32) {
+        *dmin = 0;
+        switch (type) {
+        case QL_TYPE_Q8_0: {
+            const blk_q8_0 *x = (const blk_q8_0 *)blk;
+            *dw = ql_fp16_to_fp32(x->d);
+            for (int j = 0; j < 32; j++) w[j] = x->qs[j];
+            return;
+        }
+        case QL_TYPE_Q4_0: case QL_TYPE_Q4_1: case QL_TYPE_IQ4_NL: {
+            const uint8_t *qs = type == QL_TYPE_Q4_1 ? ((const blk_q4_1 *)blk)->qs : ((const blk_q4_0 *)blk)->qs;
+            *dw = ql_fp16_to_fp32(((const blk_q4_0 *)blk)->d);
+            if (type == QL_TYPE_Q4_1) *dmin = ql_fp16_to_fp32(((const blk_q4_1 *)blk)->m);
+            for (int j = 0; j < 16; j++) {
+                const int lo = qs[j] & 0xF, hi = qs[j] >> 4;
+                w[j] = (int16_t)(type == QL_TYPE_IQ4_NL ? kvalues_iq4nl[lo] : type == QL_TYPE_Q4_0 ? lo - 8 : lo);
+                w[j + 16] = (int16_t)(type == QL_TYPE_IQ4_NL ? kvalues_iq4nl[hi] : type == QL_TYPE_Q4_0 ? hi - 8 : hi);
+            }
+            return;
+        }
+        default: { /* Q5_0, Q5_1 */
+            const bool one = type == QL_TYPE_Q5_1;
+            const uint8_t *qs = one ? ((const blk_q5_1 *)blk)->qs : ((const blk_q5_0 *)blk)->qs;
+            uint32_t qh;
+            memcpy(&qh, one ? ((const blk_q5_1 *)blk)->qh : ((const blk_q5_0 *)blk)->qh, 4);
+            *dw = ql_fp16_to_fp32(((const blk_q5_0 *)blk)->d);
+            if (one) *dmin = ql_fp16_to_fp32(((const blk_q5_1 *)blk)->m);
+            for (int j = 0; j < 16; j++) {
+                const int x0 = (qs[j] & 0xF) | (((qh >> j) << 4) & 0x10), x1 = (qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
+                w[j] = (int16_t)(one ? x0 : x0 - 16);
+                w[j + 16] = (int16_t)(one ? x1 : x1 - 16);
+            }
+            return;
+        }
+        }
+    }
     if (type == QL_TYPE_Q4_K || type == QL_TYPE_Q5_K) { /* Q5_K: the same, plus a fifth bit from qh */
         const bool five = type == QL_TYPE_Q5_K;
         const blk_q4_K *x4 = (const blk_q4_K *)blk;
@@ -155,26 +259,38 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
 }
 
 static int64_t block_bytes(uint32_t type) {
-    return type == QL_TYPE_Q4_K ? (int64_t)sizeof(blk_q4_K) : type == QL_TYPE_Q5_K ? (int64_t)sizeof(blk_q5_K) : (int64_t)sizeof(blk_q6_K);
+    switch (type) {
+    case QL_TYPE_Q4_K: return sizeof(blk_q4_K);
+    case QL_TYPE_Q5_K: return sizeof(blk_q5_K);
+    case QL_TYPE_Q6_K: return sizeof(blk_q6_K);
+    case QL_TYPE_Q4_0: case QL_TYPE_IQ4_NL: return sizeof(blk_q4_0);
+    case QL_TYPE_Q4_1: return sizeof(blk_q4_1);
+    case QL_TYPE_Q5_0: return sizeof(blk_q5_0);
+    case QL_TYPE_Q5_1: return sizeof(blk_q5_1);
+    default: return sizeof(blk_q8_0);
+    }
 }
 
-bool ql_kq_gemm_available(uint32_t type) {
+bool ql_kq_gemm_available(uint32_t type, uint32_t act) {
     static int vnni = -1;
     if (vnni < 0) vnni = ql_simd_detect() >= QL_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni");
-    return vnni && ql_simd_level_get() >= QL_SIMD_AVX512 && (type == QL_TYPE_Q4_K || type == QL_TYPE_Q5_K || type == QL_TYPE_Q6_K);
+    const int bs = weight_block(type);
+    return vnni && ql_simd_level_get() >= QL_SIMD_AVX512 && bs > 0 &&
+           (act == QL_TYPE_Q8_K ? bs == QB : (act == QL_TYPE_Q8_0 || act == QL_TYPE_Q8_1) && bs == 32);
 }
 
-/* the float steps of one block, shared by both versions in this order: da·(dw·isum − dmin·msum) */
-static inline float block_term(float da, float dw, float dmin, int32_t isum, int32_t msum, bool mins) {
+/* the float steps of one block, shared by both versions in this order: da·(dw·isum ∓ dmin·msum) */
+static inline float block_term(float da, float dw, float dmin, int32_t isum, int32_t msum, epilogue e) {
     float v = dw * (float)isum;
-    if (mins) v = v - dmin * (float)msum;
+    if (e == EPI_KMINS) v = v - dmin * (float)msum;
+    else if (e == EPI_ADDMIN) v = v + dmin * (float)msum;
     return da * v;
 }
 
 void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, const ql_kq_act *a, float *y,
                     int64_t ldy, bool accumulate) {
-    const int K = a->K, nb = K / QB;
-    const bool mins = type != QL_TYPE_Q6_K;
+    const int K = a->K, bs = weight_block(type), nb = K / bs;
+    const epilogue e = epilogue_of(type);
     int16_t w[QB];
     int32_t m[8];
     float *acc = malloc((size_t)a->T * sizeof *acc);
@@ -184,11 +300,14 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
             float dw, dmin;
             decode_block(type, rows + n * row_bytes + b * block_bytes(type), w, &dw, &dmin, m);
             for (int t = 0; t < a->T; t++) {
-                const int16_t *q = a->q + (size_t)t * K + (size_t)b * QB;
+                const int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
+                const int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
                 int32_t isum = 0, msum = 0;
-                for (int j = 0; j < QB; j++) isum += (int32_t)q[j] * w[j];
-                for (int s = 0; s < 8; s++) msum += m[s] * a->bsum[(size_t)t * (K / 32) + b * 8 + s];
-                acc[t] = acc[t] + block_term(a->d[(size_t)t * nb + b], dw, dmin, isum, msum, mins);
+                for (int j = 0; j < bs; j++) isum += (int32_t)q[j] * w[j];
+                if (e == EPI_KMINS)
+                    for (int s = 0; s < 8; s++) msum += m[s] * bsum[s];
+                else if (e == EPI_ADDMIN) msum = bsum[0];
+                acc[t] = acc[t] + block_term(a->d[(size_t)t * nb + b], dw, dmin, isum, msum, e);
             }
         }
         for (int t = 0; t < a->T; t++) y[t * ldy + n] = accumulate ? y[t * ldy + n] + acc[t] : acc[t];
@@ -204,24 +323,25 @@ typedef struct {
 } tile;
 
 static void decode_tile(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, int K, tile *tl) {
-    const int nb = K / QB;
+    const int bs = weight_block(type), nb = K / bs;
     int16_t w[QB];
-    int32_t m[8];
+    int32_t m[8] = {0};
     for (int r = 0; r < ROWS; r++)
         for (int b = 0; b < nb; b++) {
             float dw = 0, dmin = 0;
             if (r < nr) decode_block(type, rows + r * row_bytes + b * block_bytes(type), w, &dw, &dmin, m);
             else memset(w, 0, sizeof w), memset(m, 0, sizeof m);
             tl->dw[b * ROWS + r] = dw, tl->dmin[b * ROWS + r] = dmin;
-            for (int s = 0; s < 8; s++) tl->m[(b * 8 + s) * ROWS + r] = m[s];
-            int16_t *dst = tl->w + (size_t)b * (QB / 2) * (2 * ROWS) + 2 * r;
-            for (int k2 = 0; k2 < QB / 2; k2++) dst[k2 * 2 * ROWS] = w[2 * k2], dst[k2 * 2 * ROWS + 1] = w[2 * k2 + 1];
+            if (bs == QB)
+                for (int s = 0; s < 8; s++) tl->m[(b * 8 + s) * ROWS + r] = m[s];
+            int16_t *dst = tl->w + (size_t)b * (bs / 2) * (2 * ROWS) + 2 * r;
+            for (int k2 = 0; k2 < bs / 2; k2++) dst[k2 * 2 * ROWS] = w[2 * k2], dst[k2 * 2 * ROWS + 1] = w[2 * k2 + 1];
         }
 }
 
-AVX512 static void tile_tokens(const tile *tl, int K, bool mins, const ql_kq_act *a, int t0, float *y, int64_t ldy,
-                               int nr, bool accumulate) {
-    const int nb = K / QB;
+AVX512 static void tile_tokens(const tile *tl, int K, int bs, epilogue e, const ql_kq_act *a, int t0, float *y,
+                               int64_t ldy, int nr, bool accumulate) {
+    const int nb = K / bs, h = bs / 2;
     __m512 yacc[TOK];
     for (int i = 0; i < TOK; i++) yacc[i] = _mm512_setzero_ps();
     const int32_t *A[TOK];
@@ -229,11 +349,10 @@ AVX512 static void tile_tokens(const tile *tl, int K, bool mins, const ql_kq_act
     for (int b = 0; b < nb; b++) {
         /* eight named accumulators: as an array, gcc keeps them in memory (a load and a store per vpdpwssd) */
         __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
-        const int16_t *wb = tl->w + (size_t)b * (QB / 2) * (2 * ROWS);
-        const int32_t *a0 = A[0] + b * (QB / 2), *a1 = A[1] + b * (QB / 2), *a2 = A[2] + b * (QB / 2),
-                      *a3 = A[3] + b * (QB / 2), *a4 = A[4] + b * (QB / 2), *a5 = A[5] + b * (QB / 2),
-                      *a6 = A[6] + b * (QB / 2), *a7 = A[7] + b * (QB / 2);
-        for (int k2 = 0; k2 < QB / 2; k2++) {
+        const int16_t *wb = tl->w + (size_t)b * h * (2 * ROWS);
+        const int32_t *a0 = A[0] + b * h, *a1 = A[1] + b * h, *a2 = A[2] + b * h, *a3 = A[3] + b * h,
+                      *a4 = A[4] + b * h, *a5 = A[5] + b * h, *a6 = A[6] + b * h, *a7 = A[7] + b * h;
+        for (int k2 = 0; k2 < h; k2++) {
             const __m512i wv = _mm512_loadu_si512((const void *)(wb + k2 * 2 * ROWS));
             c0 = _mm512_dpwssd_epi32(c0, wv, _mm512_set1_epi32(a0[k2]));
             c1 = _mm512_dpwssd_epi32(c1, wv, _mm512_set1_epi32(a1[k2]));
@@ -248,13 +367,16 @@ AVX512 static void tile_tokens(const tile *tl, int K, bool mins, const ql_kq_act
         const __m512 dw = _mm512_loadu_ps(tl->dw + b * ROWS), dmin = _mm512_loadu_ps(tl->dmin + b * ROWS);
         for (int i = 0; i < TOK; i++) {
             const int t = t0 + i;
+            const int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
             __m512 v = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(acc[i]));
-            if (mins) {
+            if (e == EPI_KMINS) {
                 __m512i ms = _mm512_setzero_si512();
                 for (int s = 0; s < 8; s++)
                     ms = _mm512_add_epi32(ms, _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(tl->m + (b * 8 + s) * ROWS)),
-                                                                 _mm512_set1_epi32(a->bsum[(size_t)t * (K / 32) + b * 8 + s])));
+                                                                 _mm512_set1_epi32(bsum[s])));
                 v = _mm512_sub_ps(v, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(ms)));
+            } else if (e == EPI_ADDMIN) {
+                v = _mm512_add_ps(v, _mm512_mul_ps(dmin, _mm512_set1_ps((float)bsum[0])));
             }
             yacc[i] = _mm512_add_ps(yacc[i], _mm512_mul_ps(_mm512_set1_ps(a->d[(size_t)t * nb + b]), v));
         }
@@ -270,15 +392,15 @@ AVX512 static void tile_tokens(const tile *tl, int K, bool mins, const ql_kq_act
 
 void ql_kq_gemm_vnni(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, const ql_kq_act *a, float *y,
                      int64_t ldy, bool accumulate) {
-    const int K = a->K, nb = K / QB;
+    const int K = a->K, bs = weight_block(type), nb = K / bs;
     tile tl = {malloc((size_t)K * ROWS * sizeof(int16_t)), malloc((size_t)nb * ROWS * sizeof(float)),
-               malloc((size_t)nb * ROWS * sizeof(float)), malloc((size_t)nb * 8 * ROWS * sizeof(int32_t))};
+               malloc((size_t)nb * ROWS * sizeof(float)), malloc((size_t)(K / 32) * ROWS * sizeof(int32_t))};
     if (!tl.w || !tl.dw || !tl.dmin || !tl.m) ql_abort("out of memory for a K-quant tile");
     for (int n0 = 0; n0 < nr; n0 += ROWS) {
         const int nt = QL_MIN(ROWS, nr - n0);
         decode_tile(type, rows + n0 * row_bytes, row_bytes, nt, K, &tl);
         for (int t0 = 0; t0 < a->T; t0 += TOK)
-            tile_tokens(&tl, K, type != QL_TYPE_Q6_K, a, t0, y + n0, ldy, nt, accumulate);
+            tile_tokens(&tl, K, bs, epilogue_of(type), a, t0, y + n0, ldy, nt, accumulate);
     }
     free(tl.w), free(tl.dw), free(tl.dmin), free(tl.m);
 }

@@ -2,7 +2,9 @@
  * rounded to Q8_K, as integer dot products per 256-value block: llama.cpp's own arithmetic (vec_dot_q4_K_q8_K,
  * vec_dot_q6_K_q8_K) laid out as a GEMM. Per block b of row n and token t:
  *   Q4_K, Q5_K  w = d·sc_s·q − dmin·m_s   →  y += da·(d·Σ q_a·(sc·q) − dmin·Σ_s m_s·bsum_s)
- *   Q6_K  w = d·sc_s·q              →  y += da·(d·Σ q_a·(sc·q))
+ *   Q6_K        w = d·sc_s·q              →  y += da·(d·Σ q_a·(sc·q))
+ *   Q4_0, Q5_0, Q8_0, IQ4_NL (blocks of 32 against Q8_0)  w = d·c  →  y += da·(d·Σ q_a·c)
+ *   Q4_1, Q5_1 (against Q8_1)            w = d·q + m  →  y += da·(d·Σ q_a·q + m·Σ q_a)
  * with every integer sum exact; the float steps (int → float, the products, the sum over blocks in order) are the
  * same in the scalar reference and the AVX-512 VNNI twin, so the two agree bit for bit. Compared with decoding the
  * weights to F32 and multiplying the rounded activations by sgemm, only float rounding differs (~1e-7 relative). */
@@ -15,18 +17,20 @@
 /* Activations as Q8_K: codes (the values kernels/act_round.c rounds to, divided by the block scale), block scales
  * and the sums of the codes per 32. Rows are padded to a multiple of 8 tokens with zeros. */
 typedef struct {
-    int T, T8, K;    /* tokens, tokens rounded up to 8, row length (a multiple of 256) */
-    int16_t *q;      /* [T8][K] */
-    float *d;        /* [T8][K/256] */
-    int32_t *bsum;   /* [T8][K/32] */
+    int T, T8, K, bs; /* tokens, tokens rounded up to 8, row length, values per scale (256: Q8_K, 32: Q8_0) */
+    int16_t *q;       /* [T8][K] */
+    float *d;         /* [T8][K/bs] */
+    int32_t *bsum;    /* [T8][K/32] */
 } ql_kq_act;
 
-/* True when this CPU runs the VNNI twin and `type` (a ggml type id) is one of the supported K-quants. */
-bool ql_kq_gemm_available(uint32_t type);
-/* Quantizes x[T][K] (K % 256 == 0) into a (allocated here; ql_kq_act_free). false, with nothing allocated, when
- * a value is not finite: the caller then takes the float path, which rounds such blocks as llama.cpp does. */
-bool ql_kq_act_quantize_ref(const float *x, int T, int K, ql_kq_act *a);
-bool ql_kq_act_quantize(const float *x, int T, int K, ql_kq_act *a);
+/* True when this CPU runs the VNNI twin and the weight type (a ggml type id) is supported under activations
+ * rounded to `act`: Q4_K, Q5_K, Q6_K under Q8_K; Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL under Q8_0 / Q8_1. */
+bool ql_kq_gemm_available(uint32_t type, uint32_t act);
+/* Quantizes x[T][K] to `act` (QL_TYPE_Q8_K, or Q8_0 / Q8_1: the same codes) into a (allocated here;
+ * ql_kq_act_free). false, with nothing allocated, when a value is not finite or K is not whole blocks: the caller
+ * then takes the float path, which rounds such blocks as llama.cpp does. */
+bool ql_kq_act_quantize_ref(const float *x, int T, int K, uint32_t act, ql_kq_act *a);
+bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a);
 void ql_kq_act_free(ql_kq_act *a);
 /* Rows [0, nr) of the weight (stored rows of row_bytes each, the first at `rows`): y[t*ldy + j] = (or +=, when
  * accumulate) the product for token t < a->T and row j < nr. */

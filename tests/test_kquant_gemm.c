@@ -2,7 +2,8 @@
  * AVX-512 VNNI twin equals the scalar reference bit for bit (codes, scales and block sums of the activations;
  * every output), with row counts that are not a multiple of 16 and token counts not a multiple of 8, with
  * accumulation; both equal, within float rounding, the products of the Q8_K-rounded activations and the decoded
- * weights summed in double; non-finite activations are refused (the float path takes them). */
+ * weights summed in double; non-finite activations are refused (the float path takes them). The legacy types
+ * (blocks of 32 under Q8_0 / Q8_1) likewise. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -26,7 +27,7 @@ static float rnd(void) {
     return (float)((double)(g_rng >> 11) / 9007199254740992.0 - 0.5);
 }
 
-static void check_type(uint32_t type, int T, int N, int K) {
+static void check_type(uint32_t type, uint32_t act, int T, int N, int K) {
     const ql_format *f = ql_format_by_type(type);
     assert_non_null(f);
     const int64_t rb = ql_format_tensor_bytes(f, K, 1);
@@ -39,21 +40,21 @@ static void check_type(uint32_t type, int T, int N, int K) {
     x[K + 5] = -3e4f;                     /* token 1: one outlier */
     f->quantize_rows(w, rows, N, K, NULL);
     f->dequantize_rows(rows, wd, N, K);
-    ql_act_round_ref(QL_TYPE_Q8_K, x, xr, (int64_t)T * K);
+    ql_act_round_ref(act, x, xr, (int64_t)T * K);
     ql_kq_act ar, av;
-    assert_true(ql_kq_act_quantize_ref(x, T, K, &ar));
-    assert_true(ql_kq_act_quantize(x, T, K, &av));
+    assert_true(ql_kq_act_quantize_ref(x, T, K, act, &ar));
+    assert_true(ql_kq_act_quantize(x, T, K, act, &av));
     assert_memory_equal(ar.q, av.q, (size_t)ar.T8 * K * sizeof *ar.q);
-    assert_memory_equal(ar.d, av.d, (size_t)ar.T8 * (K / 256) * sizeof *ar.d);
+    assert_memory_equal(ar.d, av.d, (size_t)ar.T8 * (K / ar.bs) * sizeof *ar.d);
     assert_memory_equal(ar.bsum, av.bsum, (size_t)ar.T8 * (K / 32) * sizeof *ar.bsum);
     for (int t = 0; t < T; t++) /* the codes times the block scale are the rounded activations */
         for (int k = 0; k < K; k++)
-            assert_true(ar.d[t * (K / 256) + k / 256] * (float)ar.q[(size_t)t * K + k] == xr[(size_t)t * K + k]);
+            assert_true(ar.d[t * (K / ar.bs) + k / ar.bs] * (float)ar.q[(size_t)t * K + k] == xr[(size_t)t * K + k]);
     float *yr = malloc((size_t)T * N * sizeof *yr), *yv = malloc((size_t)T * N * sizeof *yv);
     for (int acc = 0; acc < 2; acc++) {
         for (int64_t i = 0; i < (int64_t)T * N; i++) yr[i] = yv[i] = acc ? (float)i * 0.25f : NAN;
         ql_kq_gemm_ref(type, rows, rb, N, &ar, yr, N, acc);
-        if (ql_kq_gemm_available(type)) {
+        if (ql_kq_gemm_available(type, act)) {
             ql_kq_gemm_vnni(type, rows, rb, N, &av, yv, N, acc);
             for (int64_t i = 0; i < (int64_t)T * N; i++)
                 if (memcmp(&yr[i], &yv[i], sizeof(float)))
@@ -84,13 +85,18 @@ static void check_type(uint32_t type, int T, int N, int K) {
 
 static void test_products(void **state) {
     (void)state;
-    static const uint32_t types[] = {QL_TYPE_Q4_K, QL_TYPE_Q5_K, QL_TYPE_Q6_K};
-    for (size_t i = 0; i < 3; i++) {
-        check_type(types[i], 13, 37, 512);
-        check_type(types[i], 8, 16, 256);
-        check_type(types[i], 3, 5, 768);
+    static const uint32_t types[][2] = {
+        {QL_TYPE_Q4_K, QL_TYPE_Q8_K}, {QL_TYPE_Q5_K, QL_TYPE_Q8_K}, {QL_TYPE_Q6_K, QL_TYPE_Q8_K},
+        {QL_TYPE_Q4_0, QL_TYPE_Q8_0}, {QL_TYPE_Q4_1, QL_TYPE_Q8_1}, {QL_TYPE_Q5_0, QL_TYPE_Q8_0},
+        {QL_TYPE_Q5_1, QL_TYPE_Q8_1}, {QL_TYPE_Q8_0, QL_TYPE_Q8_0}, {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0}};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        check_type(types[i][0], types[i][1], 13, 37, 512);
+        check_type(types[i][0], types[i][1], 8, 16, 256);
+        check_type(types[i][0], types[i][1], 3, 5, 768);
     }
-    if (!ql_kq_gemm_available(QL_TYPE_Q4_K))
+    assert_false(ql_kq_gemm_available(QL_TYPE_Q4_0, QL_TYPE_Q8_K)); /* pairs llama.cpp never makes */
+    assert_false(ql_kq_gemm_available(QL_TYPE_Q4_K, QL_TYPE_Q8_0));
+    if (!ql_kq_gemm_available(QL_TYPE_Q4_K, QL_TYPE_Q8_K))
         printf("SKIP (part): this CPU has no AVX-512 VNNI; the reference was checked against the float products\n");
 }
 
@@ -99,10 +105,14 @@ static void test_not_finite(void **state) {
     float x[2 * 256] = {0};
     x[300] = NAN;
     ql_kq_act a;
-    assert_false(ql_kq_act_quantize_ref(x, 2, 256, &a));
-    assert_false(ql_kq_act_quantize(x, 2, 256, &a));
-    x[300] = INFINITY;
-    assert_false(ql_kq_act_quantize(x, 2, 256, &a));
+    for (int act = 0; act < 2; act++) {
+        const uint32_t at = act ? QL_TYPE_Q8_0 : QL_TYPE_Q8_K;
+        x[300] = NAN;
+        assert_false(ql_kq_act_quantize_ref(x, 2, 256, at, &a));
+        assert_false(ql_kq_act_quantize(x, 2, 256, at, &a));
+        x[300] = INFINITY;
+        assert_false(ql_kq_act_quantize(x, 2, 256, at, &a));
+    }
 }
 
 int main(void) {
