@@ -51,12 +51,15 @@ if [ -f "$SHARED/models/stories260K.gguf" ]; then
   printf '%-44s %9ss %9ss %8s  %s\n' "ppl stories260K ctx 256, all chunks" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
     "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
 fi
-"$L/llama-quantize" "$M1B" "$OUT/lc-q4km.gguf" Q4_K_M "$THREADS" >/dev/null 2>&1
-t0=$(now); "$L/llama-perplexity" -m "$OUT/lc-q4km.gguf" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
-"$QLAB" ppl "$OUT/lc-q4km.gguf" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
-printf '%-44s %9ss %9ss %8s  %s\n' "ppl synth 1B Q4_K_M ctx 512 x 4 chunks" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
-  "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
-rm -f "$OUT/lc.gguf" "$OUT/ql.gguf" "$OUT/lc-q4km.gguf"
+for T in Q4_K_M Q8_0 F16; do
+  m=$M1B
+  [ "$T" = F16 ] || { "$L/llama-quantize" "$M1B" "$OUT/lc-1b.gguf" "$T" "$THREADS" >/dev/null 2>&1; m=$OUT/lc-1b.gguf; }
+  t0=$(now); "$L/llama-perplexity" -m "$m" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
+  "$QLAB" ppl "$m" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
+  printf '%-44s %9ss %9ss %8s  %s\n' "ppl synth 1B $T ctx 512 x 4 chunks" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+    "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
+done
+rm -f "$OUT/lc.gguf" "$OUT/ql.gguf" "$OUT/lc-1b.gguf"
 # 3. the BPE pre-tokenizers: llama-tokenize and `qlab tokenize` on one text through a small byte-level vocabulary,
 #    once per tokenizer.ggml.pre name qlab knows (the token ids must be the same lists)
 if [ -x "$L/llama-tokenize" ] && [ -f "$SHARED/models/stories260K.gguf" ]; then
