@@ -17,10 +17,10 @@
 enum { QB = 256, ROWS = 16, TOK = 8 };
 
 /* how a weight type's block is multiplied out (the float steps after the integer sums) */
-typedef enum { EPI_PLAIN, EPI_KMINS, EPI_ADDMIN } epilogue;
+typedef enum { EPI_PLAIN, EPI_KMINS, EPI_KMINS16, EPI_ADDMIN } epilogue;
 static int weight_block(uint32_t type) { /* values per weight block = per activation block */
     switch (type) {
-    case QL_TYPE_Q4_K: case QL_TYPE_Q5_K: case QL_TYPE_Q6_K: return 256;
+    case QL_TYPE_Q2_K: case QL_TYPE_Q3_K: case QL_TYPE_Q4_K: case QL_TYPE_Q5_K: case QL_TYPE_Q6_K: return 256;
     case QL_TYPE_Q4_0: case QL_TYPE_Q4_1: case QL_TYPE_Q5_0: case QL_TYPE_Q5_1: case QL_TYPE_Q8_0: case QL_TYPE_IQ4_NL:
         return 32;
     default: return 0;
@@ -28,6 +28,7 @@ static int weight_block(uint32_t type) { /* values per weight block = per activa
 }
 static epilogue epilogue_of(uint32_t type) {
     return type == QL_TYPE_Q4_K || type == QL_TYPE_Q5_K ? EPI_KMINS
+           : type == QL_TYPE_Q2_K                         ? EPI_KMINS16
            : type == QL_TYPE_Q4_1 || type == QL_TYPE_Q5_1 ? EPI_ADDMIN
                                                           : EPI_PLAIN;
 }
@@ -40,13 +41,14 @@ static bool act_alloc(int T, int K, int bs, ql_kq_act *a) {
     a->q = calloc((size_t)a->T8 * K, sizeof *a->q);
     a->d = calloc((size_t)a->T8 * (K / bs), sizeof *a->d);
     a->bsum = calloc((size_t)a->T8 * (K / 32), sizeof *a->bsum);
-    if (a->q && a->d && a->bsum) return true;
+    a->bsum16 = calloc((size_t)a->T8 * (K / 16), sizeof *a->bsum16);
+    if (a->q && a->d && a->bsum && a->bsum16) return true;
     ql_kq_act_free(a);
     return false;
 }
 
 void ql_kq_act_free(ql_kq_act *a) {
-    free(a->q), free(a->d), free(a->bsum);
+    free(a->q), free(a->d), free(a->bsum), free(a->bsum16);
     memset(a, 0, sizeof *a);
 }
 
@@ -88,10 +90,11 @@ static bool act_q8_k_ref(const float *x, int T, int K, ql_kq_act *a) {
                 const int c = (int)nearbyintf(iscale * v[j]);
                 q[j] = (int16_t)(c > 127 ? 127 : c);
             }
-            for (int s = 0; s < QB / 32; s++) {
+            for (int s = 0; s < QB / 16; s++) {
                 int32_t sum = 0;
-                for (int j = 0; j < 32; j++) sum += q[32 * s + j];
-                a->bsum[(size_t)t * (K / 32) + b * 8 + s] = sum;
+                for (int j = 0; j < 16; j++) sum += q[16 * s + j];
+                a->bsum16[(size_t)t * (K / 16) + b * 16 + s] = sum;
+                if (s & 1) a->bsum[(size_t)t * (K / 32) + b * 8 + s / 2] = a->bsum16[(size_t)t * (K / 16) + b * 16 + s - 1] + sum;
             }
         }
     return true;
@@ -107,7 +110,7 @@ bool ql_kq_act_quantize_ref(const float *x, int T, int K, uint32_t act, ql_kq_ac
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
-AVX512 static bool act_block_avx512(const float *v, int16_t *q, float *d, int32_t *bsum) {
+AVX512 static bool act_block_avx512(const float *v, int16_t *q, float *d, int32_t *bsum, int32_t *bsum16) {
     const __m512 sign = _mm512_set1_ps(-0.0f);
     __m512 m = _mm512_setzero_ps();
     __mmask16 bad = 0;
@@ -139,7 +142,9 @@ AVX512 static bool act_block_avx512(const float *v, int16_t *q, float *d, int32_
             c[h] = _mm512_min_epi32(_mm512_cvttps_epi32(r), _mm512_set1_epi32(127));
             _mm256_storeu_si256((__m256i *)(q + j + 16 * h), _mm512_cvtepi32_epi16(c[h]));
         }
-        bsum[j / 32] = _mm512_reduce_add_epi32(_mm512_add_epi32(c[0], c[1]));
+        bsum16[j / 16] = _mm512_reduce_add_epi32(c[0]);
+        bsum16[j / 16 + 1] = _mm512_reduce_add_epi32(c[1]);
+        bsum[j / 32] = bsum16[j / 16] + bsum16[j / 16 + 1];
     }
     return true;
 }
@@ -175,7 +180,8 @@ bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a
             int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
             float *d = a->d + (size_t)t * nb + b;
             int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
-            if (!(bs == QB ? act_block_avx512(v, q, d, bsum) : act_block32_avx512(v, q, d, bsum))) {
+            int32_t *bsum16 = a->bsum16 + (size_t)t * (K / 16) + b * (bs / 16);
+            if (!(bs == QB ? act_block_avx512(v, q, d, bsum, bsum16) : act_block32_avx512(v, q, d, bsum))) {
                 ql_kq_act_free(a);
                 return false;
             }
@@ -187,7 +193,7 @@ bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a
 
 /* one block of a weight row: int16 codes (sc·q for K-quants), the scale, and dmin (K-quants' min scale, or the
  * additive min of Q4_1/Q5_1) with the 8 mins per 32 of the K-quants */
-static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float *dw, float *dmin, int32_t m[8]) {
+static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float *dw, float *dmin, int32_t m[16]) {
     if (weight_block(type) == 32) {
         *dmin = 0;
         switch (type) {
@@ -243,9 +249,49 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
         }
         return;
     }
+    if (type == QL_TYPE_Q2_K) { /* scale and min per 16 values, 4 bits each */
+        const blk_q2_K *x = (const blk_q2_K *)blk;
+        *dw = ql_fp16_to_fp32(x->d), *dmin = ql_fp16_to_fp32(x->dmin);
+        const uint8_t *q = x->qs;
+        int is = 0, p = 0;
+        for (int h = 0; h < 2; h++, q += 32)
+            for (int j = 0, shift = 0; j < 4; j++, shift += 2)
+                for (int half = 0; half < 2; half++, is++) {
+                    const int sc = x->scales[is] & 0xF;
+                    m[is] = x->scales[is] >> 4;
+                    for (int l = 0; l < 16; l++) w[p++] = (int16_t)(sc * ((q[l + 16 * half] >> shift) & 3));
+                }
+        return;
+    }
+    if (type == QL_TYPE_Q3_K) { /* signed 6-bit scale per 16 values, codes -4..3 */
+        const blk_q3_K *x = (const blk_q3_K *)blk;
+        const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
+        uint32_t aux[4];
+        int8_t scales[16];
+        memcpy(aux, x->scales, 12);
+        const uint32_t tmp = aux[2];
+        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+        memcpy(scales, aux, 16);
+        *dw = ql_fp16_to_fp32(x->d), *dmin = 0;
+        const uint8_t *q = x->qs, *hm = x->hmask;
+        int is = 0, p = 0;
+        uint8_t bit = 1;
+        for (int h = 0; h < 2; h++, q += 32)
+            for (int j = 0, shift = 0; j < 4; j++, shift += 2, bit <<= 1)
+                for (int half = 0; half < 2; half++, is++) {
+                    const int sc = scales[is] - 32;
+                    for (int l = 0; l < 16; l++) {
+                        const int i = l + 16 * half;
+                        w[p++] = (int16_t)(sc * (((q[i] >> shift) & 3) - ((hm[i] & bit) ? 0 : 4)));
+                    }
+                }
+        return;
+    }
     const blk_q6_K *x = (const blk_q6_K *)blk; /* Q6_K */
     *dw = ql_fp16_to_fp32(x->d), *dmin = 0;
-    memset(m, 0, 8 * sizeof *m);
     const uint8_t *ql = x->ql, *qh = x->qh;
     const int8_t *sc = x->scales;
     for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8)
@@ -260,6 +306,8 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
 
 static int64_t block_bytes(uint32_t type) {
     switch (type) {
+    case QL_TYPE_Q2_K: return sizeof(blk_q2_K);
+    case QL_TYPE_Q3_K: return sizeof(blk_q3_K);
     case QL_TYPE_Q4_K: return sizeof(blk_q4_K);
     case QL_TYPE_Q5_K: return sizeof(blk_q5_K);
     case QL_TYPE_Q6_K: return sizeof(blk_q6_K);
@@ -282,7 +330,7 @@ bool ql_kq_gemm_available(uint32_t type, uint32_t act) {
 /* the float steps of one block, shared by both versions in this order: da·(dw·isum ∓ dmin·msum) */
 static inline float block_term(float da, float dw, float dmin, int32_t isum, int32_t msum, epilogue e) {
     float v = dw * (float)isum;
-    if (e == EPI_KMINS) v = v - dmin * (float)msum;
+    if (e == EPI_KMINS || e == EPI_KMINS16) v = v - dmin * (float)msum;
     else if (e == EPI_ADDMIN) v = v + dmin * (float)msum;
     return da * v;
 }
@@ -292,7 +340,7 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
     const int K = a->K, bs = weight_block(type), nb = K / bs;
     const epilogue e = epilogue_of(type);
     int16_t w[QB];
-    int32_t m[8];
+    int32_t m[16];
     float *acc = malloc((size_t)a->T * sizeof *acc);
     for (int n = 0; n < nr; n++) {
         for (int t = 0; t < a->T; t++) acc[t] = 0;
@@ -306,6 +354,8 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
                 for (int j = 0; j < bs; j++) isum += (int32_t)q[j] * w[j];
                 if (e == EPI_KMINS)
                     for (int s = 0; s < 8; s++) msum += m[s] * bsum[s];
+                else if (e == EPI_KMINS16)
+                    for (int s = 0; s < 16; s++) msum += m[s] * a->bsum16[(size_t)t * (K / 16) + b * 16 + s];
                 else if (e == EPI_ADDMIN) msum = bsum[0];
                 acc[t] = acc[t] + block_term(a->d[(size_t)t * nb + b], dw, dmin, isum, msum, e);
             }
@@ -325,7 +375,8 @@ typedef struct {
 static void decode_tile(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, int K, tile *tl) {
     const int bs = weight_block(type), nb = K / bs;
     int16_t w[QB];
-    int32_t m[8] = {0};
+    int32_t m[16] = {0};
+    const int nm = epilogue_of(type) == EPI_KMINS16 ? 16 : 8;
     for (int r = 0; r < ROWS; r++)
         for (int b = 0; b < nb; b++) {
             float dw = 0, dmin = 0;
@@ -333,7 +384,7 @@ static void decode_tile(uint32_t type, const uint8_t *rows, int64_t row_bytes, i
             else memset(w, 0, sizeof w), memset(m, 0, sizeof m);
             tl->dw[b * ROWS + r] = dw, tl->dmin[b * ROWS + r] = dmin;
             if (bs == QB)
-                for (int s = 0; s < 8; s++) tl->m[(b * 8 + s) * ROWS + r] = m[s];
+                for (int s = 0; s < nm; s++) tl->m[(b * nm + s) * ROWS + r] = m[s];
             int16_t *dst = tl->w + (size_t)b * (bs / 2) * (2 * ROWS) + 2 * r;
             for (int k2 = 0; k2 < bs / 2; k2++) dst[k2 * 2 * ROWS] = w[2 * k2], dst[k2 * 2 * ROWS + 1] = w[2 * k2 + 1];
         }
@@ -375,6 +426,13 @@ AVX512 static void tile_tokens(const tile *tl, int K, int bs, epilogue e, const 
                     ms = _mm512_add_epi32(ms, _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(tl->m + (b * 8 + s) * ROWS)),
                                                                  _mm512_set1_epi32(bsum[s])));
                 v = _mm512_sub_ps(v, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(ms)));
+            } else if (e == EPI_KMINS16) {
+                const int32_t *b16 = a->bsum16 + (size_t)t * (K / 16) + b * 16;
+                __m512i ms = _mm512_setzero_si512();
+                for (int s = 0; s < 16; s++)
+                    ms = _mm512_add_epi32(ms, _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(tl->m + (b * 16 + s) * ROWS)),
+                                                                 _mm512_set1_epi32(b16[s])));
+                v = _mm512_sub_ps(v, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(ms)));
             } else if (e == EPI_ADDMIN) {
                 v = _mm512_add_ps(v, _mm512_mul_ps(dmin, _mm512_set1_ps((float)bsum[0])));
             }
@@ -394,7 +452,7 @@ void ql_kq_gemm_vnni(uint32_t type, const uint8_t *rows, int64_t row_bytes, int 
                      int64_t ldy, bool accumulate) {
     const int K = a->K, bs = weight_block(type), nb = K / bs;
     tile tl = {malloc((size_t)K * ROWS * sizeof(int16_t)), malloc((size_t)nb * ROWS * sizeof(float)),
-               malloc((size_t)nb * ROWS * sizeof(float)), malloc((size_t)(K / 32) * ROWS * sizeof(int32_t))};
+               malloc((size_t)nb * ROWS * sizeof(float)), malloc((size_t)(K / 16) * ROWS * sizeof(int32_t))};
     if (!tl.w || !tl.dw || !tl.dmin || !tl.m) ql_abort("out of memory for a K-quant tile");
     for (int n0 = 0; n0 < nr; n0 += ROWS) {
         const int nt = QL_MIN(ROWS, nr - n0);

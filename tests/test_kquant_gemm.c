@@ -47,6 +47,7 @@ static void check_type(uint32_t type, uint32_t act, int T, int N, int K) {
     assert_memory_equal(ar.q, av.q, (size_t)ar.T8 * K * sizeof *ar.q);
     assert_memory_equal(ar.d, av.d, (size_t)ar.T8 * (K / ar.bs) * sizeof *ar.d);
     assert_memory_equal(ar.bsum, av.bsum, (size_t)ar.T8 * (K / 32) * sizeof *ar.bsum);
+    if (act == QL_TYPE_Q8_K) assert_memory_equal(ar.bsum16, av.bsum16, (size_t)ar.T8 * (K / 16) * sizeof *ar.bsum16);
     for (int t = 0; t < T; t++) /* the codes times the block scale are the rounded activations */
         for (int k = 0; k < K; k++)
             assert_true(ar.d[t * (K / ar.bs) + k / ar.bs] * (float)ar.q[(size_t)t * K + k] == xr[(size_t)t * K + k]);
@@ -86,7 +87,8 @@ static void check_type(uint32_t type, uint32_t act, int T, int N, int K) {
 static void test_products(void **state) {
     (void)state;
     static const uint32_t types[][2] = {
-        {QL_TYPE_Q4_K, QL_TYPE_Q8_K}, {QL_TYPE_Q5_K, QL_TYPE_Q8_K}, {QL_TYPE_Q6_K, QL_TYPE_Q8_K},
+        {QL_TYPE_Q2_K, QL_TYPE_Q8_K}, {QL_TYPE_Q3_K, QL_TYPE_Q8_K}, {QL_TYPE_Q4_K, QL_TYPE_Q8_K},
+        {QL_TYPE_Q5_K, QL_TYPE_Q8_K}, {QL_TYPE_Q6_K, QL_TYPE_Q8_K},
         {QL_TYPE_Q4_0, QL_TYPE_Q8_0}, {QL_TYPE_Q4_1, QL_TYPE_Q8_1}, {QL_TYPE_Q5_0, QL_TYPE_Q8_0},
         {QL_TYPE_Q5_1, QL_TYPE_Q8_1}, {QL_TYPE_Q8_0, QL_TYPE_Q8_0}, {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
