@@ -917,21 +917,13 @@ void ql_quantize_row_q3_K_ref(const float *x, void *y, int64_t n, const float *i
 
 void ql_dequantize_row_q3_K_ref(const void *vx, float *y, int64_t n) {
     const blk_q3_K *x = vx;
-    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
-    uint32_t aux[4];
     int8_t scales[16];
     for (int64_t i = 0; i < n / QK_K; i++) {
         const float d_all = FP16_TO_FP32(x[i].d);
         const uint8_t *q = x[i].qs;
         const uint8_t *hm = x[i].hmask;
         uint8_t m = 1;
-        memcpy(aux, x[i].scales, 12);
-        uint32_t tmp = aux[2];
-        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
-        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-        memcpy(scales, aux, 16);
+        q3_K_unpack_scales(x[i].scales, scales);
         int is = 0;
         for (int nn = 0; nn < QK_K; nn += 128) {
             int shift = 0;

@@ -265,16 +265,8 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
     }
     if (type == QL_TYPE_Q3_K) { /* signed 6-bit scale per 16 values, codes -4..3 */
         const blk_q3_K *x = (const blk_q3_K *)blk;
-        const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
-        uint32_t aux[4];
         int8_t scales[16];
-        memcpy(aux, x->scales, 12);
-        const uint32_t tmp = aux[2];
-        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
-        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-        memcpy(scales, aux, 16);
+        q3_K_unpack_scales(x->scales, scales);
         *dw = ql_fp16_to_fp32(x->d), *dmin = 0;
         const uint8_t *q = x->qs, *hm = x->hmask;
         int is = 0, p = 0;

@@ -292,19 +292,11 @@ static TGT void SFX(q3_K_quant)(const float *x, void *vy, int64_t nb, int64_t nb
 
 static TGT void SFX(q3_K_dequant)(const void *vx, float *y, int64_t nb) {
     const blk_q3_K *x = vx;
-    const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f;
-    uint32_t aux[4];
     int8_t scales[16];
     for (int64_t i = 0; i < nb; i++) {
         const float d_all = ql_simd_fp16_to_fp32(x[i].d);
         const uint8_t *q = x[i].qs;
-        memcpy(aux, x[i].scales, 12);
-        const uint32_t tmp = aux[2];
-        aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
-        aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
-        aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
-        aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
-        memcpy(scales, aux, 16);
+        q3_K_unpack_scales(x[i].scales, scales);
         int is = 0, bit = 0;
         for (int nn = 0; nn < QK_K; nn += 128) {
             for (int shift = 0; shift < 8; shift += 2, ++bit) {
