@@ -20,7 +20,8 @@ enum { QB = 256, ROWS = 16, TOK = 8 };
 typedef enum { EPI_PLAIN, EPI_KMINS, EPI_KMINS16, EPI_ADDMIN } epilogue;
 static int weight_block(uint32_t type) { /* values per weight block = per activation block */
     switch (type) {
-    case QL_TYPE_Q2_K: case QL_TYPE_Q3_K: case QL_TYPE_Q4_K: case QL_TYPE_Q5_K: case QL_TYPE_Q6_K: return 256;
+    case QL_TYPE_Q2_K: case QL_TYPE_Q3_K: case QL_TYPE_Q4_K: case QL_TYPE_Q5_K: case QL_TYPE_Q6_K: case QL_TYPE_IQ4_XS:
+        return 256;
     case QL_TYPE_Q4_0: case QL_TYPE_Q4_1: case QL_TYPE_Q5_0: case QL_TYPE_Q5_1: case QL_TYPE_Q8_0: case QL_TYPE_IQ4_NL:
         return 32;
     default: return 0;
@@ -263,6 +264,19 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
                 }
         return;
     }
+    if (type == QL_TYPE_IQ4_XS) { /* IQ4_NL's code book, a signed 6-bit scale per 32 values */
+        const blk_iq4_xs *x = (const blk_iq4_xs *)blk;
+        *dw = ql_fp16_to_fp32(x->d), *dmin = 0;
+        const uint8_t *qs = x->qs;
+        for (int ib = 0; ib < QB / 32; ib++, qs += 16) {
+            const int ls = (((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((x->scales_h >> 2 * ib) & 3) << 4)) - 32;
+            for (int j = 0; j < 16; j++) {
+                w[32 * ib + j] = (int16_t)(ls * kvalues_iq4nl[qs[j] & 0xf]);
+                w[32 * ib + j + 16] = (int16_t)(ls * kvalues_iq4nl[qs[j] >> 4]);
+            }
+        }
+        return;
+    }
     if (type == QL_TYPE_Q3_K) { /* signed 6-bit scale per 16 values, codes -4..3 */
         const blk_q3_K *x = (const blk_q3_K *)blk;
         int8_t scales[16];
@@ -304,6 +318,7 @@ static int64_t block_bytes(uint32_t type) {
     case QL_TYPE_Q5_K: return sizeof(blk_q5_K);
     case QL_TYPE_Q6_K: return sizeof(blk_q6_K);
     case QL_TYPE_Q4_0: case QL_TYPE_IQ4_NL: return sizeof(blk_q4_0);
+    case QL_TYPE_IQ4_XS: return sizeof(blk_iq4_xs);
     case QL_TYPE_Q4_1: return sizeof(blk_q4_1);
     case QL_TYPE_Q5_0: return sizeof(blk_q5_0);
     case QL_TYPE_Q5_1: return sizeof(blk_q5_1);

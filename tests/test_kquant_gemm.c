@@ -88,7 +88,7 @@ static void test_products(void **state) {
     (void)state;
     static const uint32_t types[][2] = {
         {QL_TYPE_Q2_K, QL_TYPE_Q8_K}, {QL_TYPE_Q3_K, QL_TYPE_Q8_K}, {QL_TYPE_Q4_K, QL_TYPE_Q8_K},
-        {QL_TYPE_Q5_K, QL_TYPE_Q8_K}, {QL_TYPE_Q6_K, QL_TYPE_Q8_K},
+        {QL_TYPE_Q5_K, QL_TYPE_Q8_K}, {QL_TYPE_Q6_K, QL_TYPE_Q8_K}, {QL_TYPE_IQ4_XS, QL_TYPE_Q8_K},
         {QL_TYPE_Q4_0, QL_TYPE_Q8_0}, {QL_TYPE_Q4_1, QL_TYPE_Q8_1}, {QL_TYPE_Q5_0, QL_TYPE_Q8_0},
         {QL_TYPE_Q5_1, QL_TYPE_Q8_1}, {QL_TYPE_Q8_0, QL_TYPE_Q8_0}, {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
