@@ -926,8 +926,6 @@ ql_status ql_sense_measure(ql_sense *s, const ql_model *m, const ql_sense_opts *
     }
     if (need_kld) {
         if ((st = ql_infer_new(m, nth, &inf))) goto out;
-        /* concurrent passes would make a streamed model refill its two device layer buffers back and forth */
-        if (bops && bops->serial && ql_infer_streaming(inf)) n_workers = 1;
         ql_progress_report(progress, 0, todo_all, "base model");
         if ((st = kld_setup(&kc, inf, o, n_workers, true, progress))) goto out;
         s->base_ppl = kc.base_ppl;
