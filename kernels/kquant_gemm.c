@@ -1,4 +1,5 @@
-/* kquant_gemm.c — K-quant weights times Q8_K activations as integer dot products (kernels/kquant_gemm.h): the
+/* kquant_gemm.c — ggml-quantized weights (K-quants and IQ4_XS under Q8_K activations, the legacy 32-blocks and
+ * IQ4_NL under Q8_0/Q8_1) times their activations as integer dot products (kernels/kquant_gemm.h): the
  * scalar reference and an AVX-512 VNNI twin. Why: the preview of a K-quant model spent ~80 % of its time in sgemm
  * over weights decoded to F32, at this CPU's F32 peak; llama.cpp runs the same products on int8/int16 units.
  * The twin decodes 16 rows at a time into int16 codes sc·q laid out [K/2][16 rows][2] (one 64-byte vector per
@@ -348,7 +349,7 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
     const epilogue e = epilogue_of(type);
     int16_t w[QB];
     int32_t m[16];
-    float *acc = malloc((size_t)a->T * sizeof *acc);
+    float *acc = ql_malloc((size_t)a->T * sizeof *acc);
     for (int n = 0; n < nr; n++) {
         for (int t = 0; t < a->T; t++) acc[t] = 0;
         for (int b = 0; b < nb; b++) {
@@ -458,9 +459,8 @@ AVX512 static void tile_tokens(const tile *tl, int K, int bs, epilogue e, const 
 void ql_kq_gemm_vnni(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, const ql_kq_act *a, float *y,
                      int64_t ldy, bool accumulate) {
     const int K = a->K, bs = weight_block(type), nb = K / bs;
-    tile tl = {malloc((size_t)K * ROWS * sizeof(int16_t)), malloc((size_t)nb * ROWS * sizeof(float)),
-               malloc((size_t)nb * ROWS * sizeof(float)), malloc((size_t)(K / 16) * ROWS * sizeof(int32_t))};
-    if (!tl.w || !tl.dw || !tl.dmin || !tl.m) ql_abort("out of memory for a K-quant tile");
+    tile tl = {ql_malloc((size_t)K * ROWS * sizeof(int16_t)), ql_malloc((size_t)nb * ROWS * sizeof(float)),
+               ql_malloc((size_t)nb * ROWS * sizeof(float)), ql_malloc((size_t)(K / 16) * ROWS * sizeof(int32_t))};
     for (int n0 = 0; n0 < nr; n0 += ROWS) {
         const int nt = QL_MIN(ROWS, nr - n0);
         decode_tile(type, rows + n0 * row_bytes, row_bytes, nt, K, &tl);
