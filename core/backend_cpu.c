@@ -113,11 +113,6 @@ static ql_status cpu_get_rows(void *be, const ql_backend_weight *w, const int32_
     return ql_wmatmul_get_rows(w, ids, n, dim, y);
 }
 
-/* Round activation rows x[T, K] the way ggml's quantize_row_<act> does, then back to float. */
-static void round_activations(uint32_t act, const float *x, float *y, int T, int K) {
-    ql_act_round(act, x, y, (int64_t)T * K);
-}
-
 /* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias), GGUF ne = [K, N] being N rows of K: INT8 weights under dynamic
  * INT8 activations as integer products, everything else as sgemm over F32 rows (core/wmatmul.c) */
 static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backend_weight *bias, const float *x,
@@ -133,7 +128,7 @@ static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backe
         ql_act_quant_apply(w->aq, x, xtmp, T, K);
         x = xtmp;
     } else if (w->act_type != QL_TYPE_F32) {
-        round_activations(w->act_type, x, xtmp, T, K);
+        ql_act_round(w->act_type, x, xtmp, (int64_t)T * K);
         x = xtmp;
     }
     return ql_wmatmul_f32(w, bias, x, y, T, K, N, beta, nth);
@@ -371,7 +366,7 @@ static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float 
     if (!st) st = ql_kv_buf_load(kv->vb, 0, T, vt);
     if (st) return st;
     const uint32_t qr = ql_kv_q_round_type(&kv->scheme.k);
-    if (qr != QL_TYPE_F32) round_activations(qr, q, q, T, ldq); /* in place: a block is read before written */
+    if (qr != QL_TYPE_F32) ql_act_round(qr, q, q, (int64_t)T * ldq); /* in place: a block is read before written */
     const ql_kv_side *ks = &kv->scheme.k, *vs = &kv->scheme.v;
     /* a side has a float band when some query reads recent rows unquantized */
     const bool kband = ks->kind != QL_KV_F32 && (ks->residual || ql_kv_side_token_group(ks) > 1);

@@ -1107,10 +1107,11 @@ static double pending_weight_bytes(const cuda_backend *be) {
 static ql_status xtx_new_locked(cuda_backend *be, int D, void **out) {
     const size_t bytes = (size_t)D * D * sizeof(double);
     size_t free_b = 0, total_b = 0;
+    const double pending = pending_weight_bytes(be);
     if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) cudaGetLastError();
-    else if ((double)free_b < (double)bytes + pending_weight_bytes(be))
+    else if ((double)free_b < (double)bytes + pending)
         return ql_fail(QL_ERR_NOMEM, "cuda: Σxxᵀ accumulator %dx%d: %.2f GiB free, the weights still to load need "
-                       "%.2f GiB", D, D, free_b / 1073741824.0, pending_weight_bytes(be) / 1073741824.0);
+                       "%.2f GiB", D, D, free_b / 1073741824.0, pending / 1073741824.0);
     cu_xtx *a = ql_calloc(1, sizeof *a);
     a->D = D;
     cudaError_t e = cudaMalloc((void **)&a->H, bytes ? bytes : 1);

@@ -184,9 +184,11 @@ ql_status ql_wmatmul_int8(const ql_backend_weight *w, const ql_backend_weight *b
 /* ---- K-quant weights under Q8_K activations: integer dot products (kernels/kquant_gemm.h) ---- */
 
 bool ql_wmatmul_kquant_applies(const ql_backend_weight *w, int K) {
+    static int off = -1; /* QL_KQUANT_F32, read once: this runs before every matmul */
+    if (off < 0) off = getenv("QL_KQUANT_F32") != NULL;
     /* the activation rounding llama.cpp pairs with each of these types (core/infer.c) is what the codes copy */
     return !w->f32 && (!w->aq || w->aq->mode == QL_ACT_NONE) && K % (w->act_type == QL_TYPE_Q8_K ? 256 : 32) == 0 &&
-           ql_kq_gemm_available(w->t->type, w->act_type) && !getenv("QL_KQUANT_F32");
+           ql_kq_gemm_available(w->t->type, w->act_type) && !off;
 }
 
 typedef struct {

@@ -11,6 +11,30 @@
 #include <math.h>
 #include <string.h>
 
+float ql_act_q8_k_block(const float *x, int32_t v[256]) {
+    float amax = 0, mx = 0;
+    for (int j = 0; j < 256; j++)
+        if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); mx = x[j]; }
+    if (amax == 0) {
+        memset(v, 0, 256 * sizeof *v);
+        return 0;
+    }
+    const float iscale = -127.f / mx;
+    for (int j = 0; j < 256; j++) {
+        const int c = (int)nearbyintf(iscale * x[j]);
+        v[j] = c > 127 ? 127 : c;
+    }
+    return 1.0f / iscale;
+}
+
+float ql_act_q8_0_block(const float *x, float r[32]) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
+    for (int j = 0; j < 32; j++) r[j] = nearbyintf(x[j] * id);
+    return ql_fp16_to_fp32(ql_fp32_to_fp16(d));
+}
+
 void ql_act_round_ref(uint32_t act, const float *x, float *y, int64_t n) {
     if (act == QL_TYPE_F16) {
         for (int64_t i = 0; i < n; i++) y[i] = ql_fp16_to_fp32(ql_fp32_to_fp16(x[i]));
@@ -21,29 +45,18 @@ void ql_act_round_ref(uint32_t act, const float *x, float *y, int64_t n) {
         return;
     }
     if (act == QL_TYPE_Q8_K) {
+        int32_t v[256];
         for (int64_t b = 0; b < n; b += 256) {
-            float amax = 0, mx = 0;
-            for (int j = 0; j < 256; j++)
-                if (fabsf(x[b + j]) > amax) { amax = fabsf(x[b + j]); mx = x[b + j]; }
-            if (amax == 0) {
-                for (int j = 0; j < 256; j++) y[b + j] = 0;
-                continue;
-            }
-            const float iscale = -127.f / mx, d = 1.0f / iscale;
-            for (int j = 0; j < 256; j++) {
-                int v = (int)nearbyintf(iscale * x[b + j]);
-                y[b + j] = d * (float)(v > 127 ? 127 : v);
-            }
+            const float d = ql_act_q8_k_block(x + b, v);
+            for (int j = 0; j < 256; j++) y[b + j] = d * (float)v[j];
         }
         return;
     }
-    /* Q8_0 / Q8_1: blocks of 32, fp16 scale amax/127, codes rounded to nearest */
+    /* Q8_0 / Q8_1 */
+    float r[32];
     for (int64_t b = 0; b < n; b += 32) {
-        float amax = 0;
-        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b + j]));
-        const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
-        const float dh = ql_fp16_to_fp32(ql_fp32_to_fp16(d));
-        for (int j = 0; j < 32; j++) y[b + j] = dh * nearbyintf(x[b + j] * id);
+        const float dh = ql_act_q8_0_block(x + b, r);
+        for (int j = 0; j < 32; j++) y[b + j] = dh * r[j];
     }
 }
 

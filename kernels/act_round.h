@@ -9,6 +9,12 @@
 #include <stdint.h>
 
 void ql_act_round_ref(uint32_t act, const float *x, float *y, int64_t n);
+/* One block of the reference, as scale and codes (the rounded value is scale × code; kernels/kquant_gemm.c keeps
+ * the codes): Q8_K, 256 values → codes (INT_MIN where the product is not finite), returns the scale (0 with all
+ * codes 0 for a block without a finite nonzero value); Q8_0, 32 values → codes as rounded floats, returns the
+ * fp16-rounded scale. */
+float ql_act_q8_k_block(const float *x, int32_t v[256]);
+float ql_act_q8_0_block(const float *x, float r[32]);
 /* The fastest twin this CPU runs at the SIMD level in effect (kernels/simd.h) */
 void ql_act_round(uint32_t act, const float *x, float *y, int64_t n);
 

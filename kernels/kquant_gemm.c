@@ -5,6 +5,7 @@
  * The twin decodes 16 rows at a time into int16 codes sc·q laid out [K/2][16 rows][2] (one 64-byte vector per
  * pair of columns) and multiplies 8 tokens at a time with vpdpwssd (16 rows × 2 columns × 8 tokens a step). */
 #include "kernels/kquant_gemm.h"
+#include "kernels/act_round.h"
 #include "kernels/ggml_quants_internal.h"
 #include "kernels/ggml_types.h"
 #include "kernels/simd.h"
@@ -43,8 +44,8 @@ static bool act_alloc(int T, int K, int bs, ql_kq_act *a) {
     a->q = calloc((size_t)a->T8 * K, sizeof *a->q);
     a->d = calloc((size_t)a->T8 * (K / bs), sizeof *a->d);
     a->bsum = calloc((size_t)a->T8 * (K / 32), sizeof *a->bsum);
-    a->bsum16 = calloc((size_t)a->T8 * (K / 16), sizeof *a->bsum16);
-    if (a->q && a->d && a->bsum && a->bsum16) return true;
+    a->bsum16 = bs == QB ? calloc((size_t)a->T8 * (K / 16), sizeof *a->bsum16) : NULL; /* Q2_K's mins only */
+    if (a->q && a->d && a->bsum && (a->bsum16 || bs != QB)) return true;
     ql_kq_act_free(a);
     return false;
 }
@@ -54,49 +55,30 @@ void ql_kq_act_free(ql_kq_act *a) {
     memset(a, 0, sizeof *a);
 }
 
-/* Q8_0 / Q8_1 (blocks of 32): the codes kernels/act_round.c rounds to, x·127/amax to nearest, scale fp16(amax/127) */
-static bool act_q8_0_ref(const float *x, int T, int K, ql_kq_act *a) {
+/* The reference's codes (kernels/act_round.c's blocks) with the sums of the codes per 32 (and 16) */
+static bool act_rows_ref(const float *x, int T, int K, ql_kq_act *a) {
+    for (int64_t i = 0; i < (int64_t)T * K; i++)
+        if (!isfinite(x[i])) return false;
+    const int bs = a->bs, nb = K / bs;
+    int32_t v[QB];
+    float r[32];
     for (int t = 0; t < T; t++)
-        for (int b = 0; b < K / 32; b++) {
-            const float *v = x + (size_t)t * K + (size_t)b * 32;
-            int16_t *q = a->q + (size_t)t * K + (size_t)b * 32;
-            float amax = 0;
-            for (int j = 0; j < 32; j++) {
-                if (!isfinite(v[j])) return false;
-                amax = fmaxf(amax, fabsf(v[j]));
+        for (int b = 0; b < nb; b++) {
+            const float *xb = x + (size_t)t * K + (size_t)b * bs;
+            int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
+            if (bs == QB) {
+                a->d[(size_t)t * nb + b] = ql_act_q8_k_block(xb, v);
+                for (int j = 0; j < QB; j++) q[j] = (int16_t)v[j];
+            } else {
+                a->d[(size_t)t * nb + b] = ql_act_q8_0_block(xb, r);
+                for (int j = 0; j < 32; j++) q[j] = (int16_t)r[j];
             }
-            const float d = amax / 127.f, id = amax != 0 ? 127.f / amax : 0.f;
-            a->d[(size_t)t * (K / 32) + b] = ql_fp16_to_fp32(ql_fp32_to_fp16(d));
-            int32_t sum = 0;
-            for (int j = 0; j < 32; j++) sum += q[j] = (int16_t)nearbyintf(v[j] * id);
-            a->bsum[(size_t)t * (K / 32) + b] = sum;
-        }
-    return true;
-}
-
-/* Q8_K: the codes kernels/act_round.c's reference rounds to: scale -127/x of the first largest |x| */
-static bool act_q8_k_ref(const float *x, int T, int K, ql_kq_act *a) {
-    for (int t = 0; t < T; t++)
-        for (int b = 0; b < K / QB; b++) {
-            const float *v = x + (size_t)t * K + (size_t)b * QB;
-            int16_t *q = a->q + (size_t)t * K + (size_t)b * QB;
-            float amax = 0, mx = 0;
-            for (int j = 0; j < QB; j++) {
-                if (!isfinite(v[j])) return false;
-                if (fabsf(v[j]) > amax) amax = fabsf(v[j]), mx = v[j];
-            }
-            if (amax == 0) continue; /* codes, scale and sums stay 0: the rounded block is 0 */
-            const float iscale = -127.f / mx;
-            a->d[(size_t)t * (K / QB) + b] = 1.0f / iscale;
-            for (int j = 0; j < QB; j++) {
-                const int c = (int)nearbyintf(iscale * v[j]);
-                q[j] = (int16_t)(c > 127 ? 127 : c);
-            }
-            for (int s = 0; s < QB / 16; s++) {
+            for (int s = 0; s < bs / 16; s++) {
                 int32_t sum = 0;
                 for (int j = 0; j < 16; j++) sum += q[16 * s + j];
-                a->bsum16[(size_t)t * (K / 16) + b * 16 + s] = sum;
-                if (s & 1) a->bsum[(size_t)t * (K / 32) + b * 8 + s / 2] = a->bsum16[(size_t)t * (K / 16) + b * 16 + s - 1] + sum;
+                if (a->bsum16) a->bsum16[(size_t)t * (K / 16) + b * (bs / 16) + s] = sum;
+                if (s & 1) a->bsum[(size_t)t * (K / 32) + b * (bs / 32) + s / 2] += sum;
+                else a->bsum[(size_t)t * (K / 32) + b * (bs / 32) + s / 2] = sum;
             }
         }
     return true;
@@ -105,7 +87,7 @@ static bool act_q8_k_ref(const float *x, int T, int K, ql_kq_act *a) {
 bool ql_kq_act_quantize_ref(const float *x, int T, int K, uint32_t act, ql_kq_act *a) {
     const int bs = act == QL_TYPE_Q8_K ? QB : 32;
     if (K % bs != 0 || !act_alloc(T, K, bs, a)) return false;
-    if (bs == QB ? act_q8_k_ref(x, T, K, a) : act_q8_0_ref(x, T, K, a)) return true;
+    if (act_rows_ref(x, T, K, a)) return true;
     ql_kq_act_free(a);
     return false;
 }
@@ -182,7 +164,7 @@ bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a
             int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
             float *d = a->d + (size_t)t * nb + b;
             int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
-            int32_t *bsum16 = a->bsum16 + (size_t)t * (K / 16) + b * (bs / 16);
+            int32_t *bsum16 = bs == QB ? a->bsum16 + (size_t)t * (K / 16) + b * (bs / 16) : NULL;
             if (!(bs == QB ? act_block_avx512(v, q, d, bsum, bsum16) : act_block32_avx512(v, q, d, bsum))) {
                 ql_kq_act_free(a);
                 return false;
@@ -343,6 +325,13 @@ static inline float block_term(float da, float dw, float dmin, int32_t isum, int
     return da * v;
 }
 
+/* The code sums the mins of a K-quant block multiply (per 32, or per 16 for Q2_K) and how many: 0 for no mins */
+static inline int min_sums(epilogue e, const ql_kq_act *a, int t, int b, const int32_t **sums) {
+    if (e == EPI_KMINS16) *sums = a->bsum16 + (size_t)t * (a->K / 16) + b * 16;
+    else *sums = a->bsum + (size_t)t * (a->K / 32) + b * (a->bs / 32);
+    return e == EPI_KMINS16 ? 16 : e == EPI_KMINS ? 8 : 0;
+}
+
 void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, const ql_kq_act *a, float *y,
                     int64_t ldy, bool accumulate) {
     const int K = a->K, bs = weight_block(type), nb = K / bs;
@@ -357,14 +346,11 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
             decode_block(type, rows + n * row_bytes + b * block_bytes(type), w, &dw, &dmin, m);
             for (int t = 0; t < a->T; t++) {
                 const int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
-                const int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
-                int32_t isum = 0, msum = 0;
+                const int32_t *sums;
+                const int nm = min_sums(e, a, t, b, &sums);
+                int32_t isum = 0, msum = e == EPI_ADDMIN ? sums[0] : 0;
                 for (int j = 0; j < bs; j++) isum += (int32_t)q[j] * w[j];
-                if (e == EPI_KMINS)
-                    for (int s = 0; s < 8; s++) msum += m[s] * bsum[s];
-                else if (e == EPI_KMINS16)
-                    for (int s = 0; s < 16; s++) msum += m[s] * a->bsum16[(size_t)t * (K / 16) + b * 16 + s];
-                else if (e == EPI_ADDMIN) msum = bsum[0];
+                for (int s = 0; s < nm; s++) msum += m[s] * sums[s];
                 acc[t] = acc[t] + block_term(a->d[(size_t)t * nb + b], dw, dmin, isum, msum, e);
             }
         }
@@ -426,23 +412,17 @@ AVX512 static void tile_tokens(const tile *tl, int K, int bs, epilogue e, const 
         const __m512 dw = _mm512_loadu_ps(tl->dw + b * ROWS), dmin = _mm512_loadu_ps(tl->dmin + b * ROWS);
         for (int i = 0; i < TOK; i++) {
             const int t = t0 + i;
-            const int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
+            const int32_t *sums;
+            const int nm = min_sums(e, a, t, b, &sums);
             __m512 v = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(acc[i]));
-            if (e == EPI_KMINS) {
+            if (nm) {
                 __m512i ms = _mm512_setzero_si512();
-                for (int s = 0; s < 8; s++)
-                    ms = _mm512_add_epi32(ms, _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(tl->m + (b * 8 + s) * ROWS)),
-                                                                 _mm512_set1_epi32(bsum[s])));
-                v = _mm512_sub_ps(v, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(ms)));
-            } else if (e == EPI_KMINS16) {
-                const int32_t *b16 = a->bsum16 + (size_t)t * (K / 16) + b * 16;
-                __m512i ms = _mm512_setzero_si512();
-                for (int s = 0; s < 16; s++)
-                    ms = _mm512_add_epi32(ms, _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(tl->m + (b * 16 + s) * ROWS)),
-                                                                 _mm512_set1_epi32(b16[s])));
+                for (int s = 0; s < nm; s++)
+                    ms = _mm512_add_epi32(ms, _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(tl->m + (b * nm + s) * ROWS)),
+                                                                 _mm512_set1_epi32(sums[s])));
                 v = _mm512_sub_ps(v, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(ms)));
             } else if (e == EPI_ADDMIN) {
-                v = _mm512_add_ps(v, _mm512_mul_ps(dmin, _mm512_set1_ps((float)bsum[0])));
+                v = _mm512_add_ps(v, _mm512_mul_ps(dmin, _mm512_set1_ps((float)sums[0])));
             }
             yacc[i] = _mm512_add_ps(yacc[i], _mm512_mul_ps(_mm512_set1_ps(a->d[(size_t)t * nb + b]), v));
         }
