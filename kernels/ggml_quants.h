@@ -57,6 +57,11 @@ void ql_dequantize_row_iq3_xxs_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_iq3_s_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_iq1_s_ref(const void *x, float *y, int64_t n);
 void ql_dequantize_row_iq1_m_ref(const void *x, float *y, int64_t n);
+/* One 256-block of a lattice (IQ1_S..IQ3_S) or ternary (TQ1_0, TQ2_0) type as integers, the way llama.cpp's
+ * vec_dot_*_q8_K sees it: value j = *dw · sc[j / L] · c[j], where L (16, 32 or 256) is what it returns. The
+ * constant factors (IQ2's 1/8, IQ3_XXS's 1/4, IQ1's ±1/8 shift as 8·g ± 1) go into *dw, so every product with
+ * int8 activations is an exact integer; |c| <= 62, 1 <= sc <= 31. 0 (nothing written) for any other type. */
+int ql_ggml_block_int_codes(uint32_t type, const void *blk, int8_t c[256], int16_t sc[16], float *dw);
 
 /* ---- whole matrices [nrows, ncols], row-major, rows packed with no padding ----
  * The row codecs above applied row by row: the entry points formats/fmt_ggml.c points at (kernels know

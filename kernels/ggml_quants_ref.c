@@ -1621,6 +1621,160 @@ void ql_dequantize_row_iq1_m_ref(const void *vx, float *y, int64_t n) {
     }
 }
 
+/* Integer forms of the lattice and ternary blocks (ggml_quants.h): the decoders above with the float scale
+ * pulled out. Kept beside them so a layout is read in one file. */
+static inline int8_t signed_code(uint8_t g, uint8_t signs, int j) {
+    const int neg = (signs >> j) & 1; /* without a branch: the signs are random, a branch mispredicts half the time */
+    return (int8_t)((g ^ -neg) + neg);
+}
+static int tq_codes(uint32_t type, const void *blk, int8_t c[QK_K], int16_t sc[16], float *dw) {
+    static const uint8_t pow3[6] = {1, 3, 9, 27, 81, 243};
+    int p = 0;
+    sc[0] = 1;
+    if (type == QL_TYPE_TQ2_0) {
+        const blk_tq2_0 *x = blk;
+        *dw = FP16_TO_FP32(x->d);
+        for (int j = 0; j < 64; j += 32)
+            for (int l = 0; l < 4; ++l)
+                for (int m = 0; m < 32; ++m) c[p++] = (int8_t)(((x->qs[j + m] >> (l * 2)) & 3) - 1);
+        return QK_K;
+    }
+    const blk_tq1_0 *x = blk;
+    *dw = FP16_TO_FP32(x->d);
+    for (int nn = 0; nn < 5; ++nn) /* 32 bytes, 5 trits each, most significant first */
+        for (int m = 0; m < 32; ++m) c[p++] = (int8_t)((((uint8_t)(x->qs[m] * pow3[nn])) * 3 >> 8) - 1);
+    for (int nn = 0; nn < 5; ++nn)
+        for (int m = 0; m < 16; ++m) c[p++] = (int8_t)((((uint8_t)(x->qs[32 + m] * pow3[nn])) * 3 >> 8) - 1);
+    for (int nn = 0; nn < 4; ++nn)
+        for (int j = 0; j < 4; ++j) c[p++] = (int8_t)((((uint8_t)(x->qh[j] * pow3[nn])) * 3 >> 8) - 1);
+    return QK_K;
+}
+
+int ql_ggml_block_int_codes(uint32_t type, const void *blk, int8_t c[QK_K], int16_t sc[16], float *dw) {
+    switch (type) {
+    case QL_TYPE_TQ1_0: case QL_TYPE_TQ2_0: return tq_codes(type, blk, c, sc, dw);
+    case QL_TYPE_IQ2_XXS: { /* d·(1/2 + s)/4·g = d/8 · (2s+1)·g */
+        const blk_iq2_xxs *x = blk;
+        uint32_t aux32[2];
+        uint8_t aux8[8];
+        *dw = FP16_TO_FP32(x->d) * 0.125f;
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            memcpy(aux32, x->qs + 4 * ib, 8);
+            memcpy(aux8, aux32, 8);
+            sc[ib] = (int16_t)(2 * (aux32[1] >> 28) + 1);
+            for (int l = 0; l < 4; ++l) {
+                const uint64_t grid = iq2xxs_grid[aux8[l]];
+                const uint8_t signs = ksigns((aux32[1] >> 7 * l) & 127);
+                for (int j = 0; j < 8; ++j) c[32 * ib + 8 * l + j] = signed_code(grid_u8(grid, j), signs, j);
+            }
+        }
+        return 32;
+    }
+    case QL_TYPE_IQ2_XS: { /* a scale per 16 */
+        const blk_iq2_xs *x = blk;
+        *dw = FP16_TO_FP32(x->d) * 0.125f;
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            sc[2 * ib] = (int16_t)(2 * (x->scales[ib] & 0xf) + 1), sc[2 * ib + 1] = (int16_t)(2 * (x->scales[ib] >> 4) + 1);
+            for (int l = 0; l < 4; ++l) {
+                const uint16_t q = x->qs[4 * ib + l];
+                const uint64_t grid = iq2xs_grid[q & 511];
+                const uint8_t signs = ksigns(q >> 9);
+                for (int j = 0; j < 8; ++j) c[32 * ib + 8 * l + j] = signed_code(grid_u8(grid, j), signs, j);
+            }
+        }
+        return 16;
+    }
+    case QL_TYPE_IQ2_S: { /* a scale per 16 */
+        const blk_iq2_s *x = blk;
+        const uint8_t *qs = x->qs, *qh = x->qh, *signs = x->qs + QK_K / 8;
+        *dw = FP16_TO_FP32(x->d) * 0.125f;
+        for (int ib = 0; ib < QK_K / 32; ++ib, qs += 4, signs += 4) {
+            sc[2 * ib] = (int16_t)(2 * (x->scales[ib] & 0xf) + 1), sc[2 * ib + 1] = (int16_t)(2 * (x->scales[ib] >> 4) + 1);
+            for (int l = 0; l < 4; ++l) {
+                const uint64_t grid = iq2s_grid[qs[l] | ((qh[ib] << (8 - 2 * l)) & 0x300)];
+                for (int j = 0; j < 8; ++j) c[32 * ib + 8 * l + j] = signed_code(grid_u8(grid, j), signs[l], j);
+            }
+        }
+        return 16;
+    }
+    case QL_TYPE_IQ3_XXS: { /* d·(1/2 + s)/2·g = d/4 · (2s+1)·g */
+        const blk_iq3_xxs *x = blk;
+        const uint8_t *qs = x->qs, *scales_and_signs = x->qs + QK_K / 4;
+        *dw = FP16_TO_FP32(x->d) * 0.25f;
+        for (int ib = 0; ib < QK_K / 32; ++ib, qs += 8) {
+            uint32_t aux32;
+            memcpy(&aux32, scales_and_signs + 4 * ib, 4);
+            sc[ib] = (int16_t)(2 * (aux32 >> 28) + 1);
+            for (int l = 0; l < 4; ++l) {
+                const uint8_t signs = ksigns((aux32 >> 7 * l) & 127);
+                const uint32_t g1 = iq3xxs_grid[qs[2 * l + 0]], g2 = iq3xxs_grid[qs[2 * l + 1]];
+                for (int j = 0; j < 4; ++j) {
+                    c[32 * ib + 8 * l + j] = signed_code(grid_u8(g1, j), signs, j);
+                    c[32 * ib + 8 * l + j + 4] = signed_code(grid_u8(g2, j), signs, j + 4);
+                }
+            }
+        }
+        return 32;
+    }
+    case QL_TYPE_IQ3_S: { /* d·(1 + 2s)·g */
+        const blk_iq3_s *x = blk;
+        const uint8_t *qs = x->qs, *qh = x->qh, *signs = x->signs;
+        int p = 0;
+        *dw = FP16_TO_FP32(x->d);
+        for (int ib = 0; ib < QK_K / 32; ib += 2, qh += 2)
+            for (int h = 0; h < 2; ++h, qs += 8, signs += 4) {
+                sc[ib + h] = (int16_t)(1 + 2 * ((x->scales[ib / 2] >> 4 * h) & 0xf));
+                for (int l = 0; l < 4; ++l, p += 8) {
+                    const uint32_t g1 = iq3s_grid[qs[2 * l + 0] | ((qh[h] << (8 - 2 * l)) & 256)];
+                    const uint32_t g2 = iq3s_grid[qs[2 * l + 1] | ((qh[h] << (7 - 2 * l)) & 256)];
+                    for (int j = 0; j < 4; ++j) {
+                        c[p + j] = signed_code(grid_u8(g1, j), signs[l], j);
+                        c[p + j + 4] = signed_code(grid_u8(g2, j), signs[l], j + 4);
+                    }
+                }
+            }
+        return 32;
+    }
+    case QL_TYPE_IQ1_S: { /* d·(2s+1)·(g ± 1/8) = d/8 · (2s+1)·(8g ± 1) */
+        const blk_iq1_s *x = blk;
+        const uint8_t *qs = x->qs;
+        *dw = FP16_TO_FP32(x->d) * 0.125f;
+        for (int ib = 0; ib < QK_K / 32; ++ib, qs += 4) {
+            const int delta = x->qh[ib] & 0x8000 ? -1 : 1;
+            sc[ib] = (int16_t)(2 * ((x->qh[ib] >> 12) & 7) + 1);
+            for (int l = 0; l < 4; ++l) {
+                const uint64_t grid = iq1s_grid[qs[l] | (((x->qh[ib] >> 3 * l) & 7) << 8)];
+                for (int j = 0; j < 8; ++j) c[32 * ib + 8 * l + j] = (int8_t)(8 * (int8_t)grid_u8(grid, j) + delta);
+            }
+        }
+        return 32;
+    }
+    case QL_TYPE_IQ1_M: { /* a scale per 16, the shift's sign per 8 */
+        const blk_iq1_m *x = blk;
+        uint16_t s4[4];
+        memcpy(s4, x->scales, 8);
+        const uint16_t s16 =
+            (uint16_t)((s4[0] >> 12) | ((s4[1] >> 8) & 0x00f0) | ((s4[2] >> 4) & 0x0f00) | (s4[3] & 0xf000));
+        *dw = FP16_TO_FP32(s16) * 0.125f;
+        const uint8_t *qs = x->qs, *qh = x->qh;
+        for (int ib = 0; ib < QK_K / 32; ++ib, qs += 4, qh += 2) {
+            sc[2 * ib] = (int16_t)(2 * ((s4[ib / 2] >> (6 * (ib % 2) + 0)) & 0x7) + 1);
+            sc[2 * ib + 1] = (int16_t)(2 * ((s4[ib / 2] >> (6 * (ib % 2) + 3)) & 0x7) + 1);
+            const int idx[4] = {qs[0] | ((qh[0] << 8) & 0x700), qs[1] | ((qh[0] << 4) & 0x700),
+                                qs[2] | ((qh[1] << 8) & 0x700), qs[3] | ((qh[1] << 4) & 0x700)};
+            const int delta[4] = {qh[0] & 0x08 ? -1 : 1, qh[0] & 0x80 ? -1 : 1, qh[1] & 0x08 ? -1 : 1,
+                                  qh[1] & 0x80 ? -1 : 1};
+            for (int l = 0; l < 4; ++l) {
+                const uint64_t grid = iq1s_grid[idx[l]];
+                for (int j = 0; j < 8; ++j) c[32 * ib + 8 * l + j] = (int8_t)(8 * (int8_t)grid_u8(grid, j) + delta[l]);
+            }
+        }
+        return 16;
+    }
+    default: return 0;
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------
  * Whole matrices: the row codecs above applied to each row. These are the entry points the format
  * registry (formats/fmt_ggml.c) points at; kernels know block layouts, not formats.

@@ -1,4 +1,4 @@
-/* kquant_gemm.c — ggml-quantized weights (K-quants and IQ4_XS under Q8_K activations, the legacy 32-blocks and
+/* kquant_gemm.c — ggml-quantized weights (K-quants, i-quants and ternary under Q8_K activations, the legacy 32-blocks and
  * IQ4_NL under Q8_0/Q8_1) times their activations as integer dot products (kernels/kquant_gemm.h): the
  * scalar reference and an AVX-512 VNNI twin. Why: the preview of a K-quant model spent ~80 % of its time in sgemm
  * over weights decoded to F32, at this CPU's F32 peak; llama.cpp runs the same products on int8/int16 units.
@@ -6,6 +6,7 @@
  * pair of columns) and multiplies 8 tokens at a time with vpdpwssd (16 rows × 2 columns × 8 tokens a step). */
 #include "kernels/kquant_gemm.h"
 #include "kernels/act_round.h"
+#include "kernels/ggml_quants.h"
 #include "kernels/ggml_quants_internal.h"
 #include "kernels/ggml_types.h"
 #include "kernels/simd.h"
@@ -23,6 +24,8 @@ typedef enum { EPI_PLAIN, EPI_KMINS, EPI_KMINS16, EPI_ADDMIN } epilogue;
 static int weight_block(uint32_t type) { /* values per weight block = per activation block */
     switch (type) {
     case QL_TYPE_Q2_K: case QL_TYPE_Q3_K: case QL_TYPE_Q4_K: case QL_TYPE_Q5_K: case QL_TYPE_Q6_K: case QL_TYPE_IQ4_XS:
+    case QL_TYPE_IQ2_XXS: case QL_TYPE_IQ2_XS: case QL_TYPE_IQ2_S: case QL_TYPE_IQ3_XXS: case QL_TYPE_IQ3_S:
+    case QL_TYPE_IQ1_S: case QL_TYPE_IQ1_M: case QL_TYPE_TQ1_0: case QL_TYPE_TQ2_0:
         return 256;
     case QL_TYPE_Q4_0: case QL_TYPE_Q4_1: case QL_TYPE_Q5_0: case QL_TYPE_Q5_1: case QL_TYPE_Q8_0: case QL_TYPE_IQ4_NL:
         return 32;
@@ -45,13 +48,15 @@ static bool act_alloc(int T, int K, int bs, ql_kq_act *a) {
     a->d = calloc((size_t)a->T8 * (K / bs), sizeof *a->d);
     a->bsum = calloc((size_t)a->T8 * (K / 32), sizeof *a->bsum);
     a->bsum16 = bs == QB ? calloc((size_t)a->T8 * (K / 16), sizeof *a->bsum16) : NULL; /* Q2_K's mins only */
-    if (a->q && a->d && a->bsum && (a->bsum16 || bs != QB)) return true;
+    a->qu = malloc((size_t)a->T8 * K);
+    if (a->qu) memset(a->qu, 128, (size_t)a->T8 * K); /* code 0: the padding tokens and all-zero blocks */
+    if (a->q && a->d && a->bsum && a->qu && (a->bsum16 || bs != QB)) return true;
     ql_kq_act_free(a);
     return false;
 }
 
 void ql_kq_act_free(ql_kq_act *a) {
-    free(a->q), free(a->d), free(a->bsum), free(a->bsum16);
+    free(a->q), free(a->d), free(a->bsum), free(a->bsum16), free(a->qu);
     memset(a, 0, sizeof *a);
 }
 
@@ -73,6 +78,7 @@ static bool act_rows_ref(const float *x, int T, int K, ql_kq_act *a) {
                 a->d[(size_t)t * nb + b] = ql_act_q8_0_block(xb, r);
                 for (int j = 0; j < 32; j++) q[j] = (int16_t)r[j];
             }
+            for (int j = 0; j < bs; j++) a->qu[(size_t)t * K + (size_t)b * bs + j] = (uint8_t)(q[j] + 128);
             for (int s = 0; s < bs / 16; s++) {
                 int32_t sum = 0;
                 for (int j = 0; j < 16; j++) sum += q[16 * s + j];
@@ -94,7 +100,7 @@ bool ql_kq_act_quantize_ref(const float *x, int T, int K, uint32_t act, ql_kq_ac
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
-AVX512 static bool act_block_avx512(const float *v, int16_t *q, float *d, int32_t *bsum, int32_t *bsum16) {
+AVX512 static bool act_block_avx512(const float *v, int16_t *q, uint8_t *qu, float *d, int32_t *bsum, int32_t *bsum16) {
     const __m512 sign = _mm512_set1_ps(-0.0f);
     __m512 m = _mm512_setzero_ps();
     __mmask16 bad = 0;
@@ -125,6 +131,7 @@ AVX512 static bool act_block_avx512(const float *v, int16_t *q, float *d, int32_
                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             c[h] = _mm512_min_epi32(_mm512_cvttps_epi32(r), _mm512_set1_epi32(127));
             _mm256_storeu_si256((__m256i *)(q + j + 16 * h), _mm512_cvtepi32_epi16(c[h]));
+            _mm_storeu_si128((__m128i *)(qu + j + 16 * h), _mm512_cvtepi32_epi8(_mm512_add_epi32(c[h], _mm512_set1_epi32(128))));
         }
         bsum16[j / 16] = _mm512_reduce_add_epi32(c[0]);
         bsum16[j / 16 + 1] = _mm512_reduce_add_epi32(c[1]);
@@ -134,7 +141,7 @@ AVX512 static bool act_block_avx512(const float *v, int16_t *q, float *d, int32_
 }
 
 /* Q8_0 over 32 values: amax with fmaxf's NaN rule (no NaN arrives here), codes x·id to nearest */
-AVX512 static bool act_block32_avx512(const float *v, int16_t *q, float *d, int32_t *bsum) {
+AVX512 static bool act_block32_avx512(const float *v, int16_t *q, uint8_t *qu, float *d, int32_t *bsum) {
     const __m512 sign = _mm512_set1_ps(-0.0f);
     const __m512 x0 = _mm512_loadu_ps(v), x1 = _mm512_loadu_ps(v + 16);
     const __m512 a0 = _mm512_andnot_ps(sign, x0), a1 = _mm512_andnot_ps(sign, x1);
@@ -149,6 +156,8 @@ AVX512 static bool act_block32_avx512(const float *v, int16_t *q, float *d, int3
     const __m512i c1 = _mm512_cvttps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(x1, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     _mm256_storeu_si256((__m256i *)q, _mm512_cvtepi32_epi16(c0));
     _mm256_storeu_si256((__m256i *)(q + 16), _mm512_cvtepi32_epi16(c1));
+    _mm_storeu_si128((__m128i *)qu, _mm512_cvtepi32_epi8(_mm512_add_epi32(c0, _mm512_set1_epi32(128))));
+    _mm_storeu_si128((__m128i *)(qu + 16), _mm512_cvtepi32_epi8(_mm512_add_epi32(c1, _mm512_set1_epi32(128))));
     *bsum = _mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
     return true;
 }
@@ -162,10 +171,11 @@ bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a
         for (int b = 0; b < nb; b++) {
             const float *v = x + (size_t)t * K + (size_t)b * bs;
             int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
+            uint8_t *qu = a->qu + (size_t)t * K + (size_t)b * bs;
             float *d = a->d + (size_t)t * nb + b;
             int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
             int32_t *bsum16 = bs == QB ? a->bsum16 + (size_t)t * (K / 16) + b * (bs / 16) : NULL;
-            if (!(bs == QB ? act_block_avx512(v, q, d, bsum, bsum16) : act_block32_avx512(v, q, d, bsum))) {
+            if (!(bs == QB ? act_block_avx512(v, q, qu, d, bsum, bsum16) : act_block32_avx512(v, q, qu, d, bsum))) {
                 ql_kq_act_free(a);
                 return false;
             }
@@ -173,19 +183,22 @@ bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a
     return true;
 }
 
-/* ---- one 256-block of a weight row: int16 codes sc·q, the block scale, and (Q4_K) dmin and the 8 mins ---- */
+/* ---- one block of a weight row as int8 codes c, int scales per sub-block, the float scale(s), the mins ---- */
 
-/* one block of a weight row: int16 codes (sc·q for K-quants), the scale, and dmin (K-quants' min scale, or the
- * additive min of Q4_1/Q5_1) with the 8 mins per 32 of the K-quants */
-static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float *dw, float *dmin, int32_t m[16]) {
+/* One block of a weight row: value j = dw·sc[j / L]·c[j] (− dmin·m[j / L'] for the K-quant mins, + dmin for
+ * Q4_1/Q5_1's additive min), with L, the values per integer scale, returned (the whole block when there is
+ * none: sc[0] = 1). Codes fit int8 and sc·c int16, so the reference's products and the twin's are exact. */
+static int decode_block(uint32_t type, const uint8_t *blk, int8_t c[QB], int16_t sc[16], float *dw, float *dmin,
+                        int32_t m[16]) {
+    *dmin = 0;
     if (weight_block(type) == 32) {
-        *dmin = 0;
+        sc[0] = 1;
         switch (type) {
         case QL_TYPE_Q8_0: {
             const blk_q8_0 *x = (const blk_q8_0 *)blk;
             *dw = ql_fp16_to_fp32(x->d);
-            for (int j = 0; j < 32; j++) w[j] = x->qs[j];
-            return;
+            memcpy(c, x->qs, 32);
+            return 32;
         }
         case QL_TYPE_Q4_0: case QL_TYPE_Q4_1: case QL_TYPE_IQ4_NL: {
             const uint8_t *qs = type == QL_TYPE_Q4_1 ? ((const blk_q4_1 *)blk)->qs : ((const blk_q4_0 *)blk)->qs;
@@ -193,10 +206,10 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
             if (type == QL_TYPE_Q4_1) *dmin = ql_fp16_to_fp32(((const blk_q4_1 *)blk)->m);
             for (int j = 0; j < 16; j++) {
                 const int lo = qs[j] & 0xF, hi = qs[j] >> 4;
-                w[j] = (int16_t)(type == QL_TYPE_IQ4_NL ? kvalues_iq4nl[lo] : type == QL_TYPE_Q4_0 ? lo - 8 : lo);
-                w[j + 16] = (int16_t)(type == QL_TYPE_IQ4_NL ? kvalues_iq4nl[hi] : type == QL_TYPE_Q4_0 ? hi - 8 : hi);
+                c[j] = (int8_t)(type == QL_TYPE_IQ4_NL ? kvalues_iq4nl[lo] : type == QL_TYPE_Q4_0 ? lo - 8 : lo);
+                c[j + 16] = (int8_t)(type == QL_TYPE_IQ4_NL ? kvalues_iq4nl[hi] : type == QL_TYPE_Q4_0 ? hi - 8 : hi);
             }
-            return;
+            return 32;
         }
         default: { /* Q5_0, Q5_1 */
             const bool one = type == QL_TYPE_Q5_1;
@@ -207,13 +220,15 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
             if (one) *dmin = ql_fp16_to_fp32(((const blk_q5_1 *)blk)->m);
             for (int j = 0; j < 16; j++) {
                 const int x0 = (qs[j] & 0xF) | (((qh >> j) << 4) & 0x10), x1 = (qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
-                w[j] = (int16_t)(one ? x0 : x0 - 16);
-                w[j + 16] = (int16_t)(one ? x1 : x1 - 16);
+                c[j] = (int8_t)(one ? x0 : x0 - 16);
+                c[j + 16] = (int8_t)(one ? x1 : x1 - 16);
             }
-            return;
+            return 32;
         }
         }
     }
+    const int L = ql_ggml_block_int_codes(type, blk, c, sc, dw); /* the lattice and ternary types */
+    if (L) return L;
     if (type == QL_TYPE_Q4_K || type == QL_TYPE_Q5_K) { /* Q5_K: the same, plus a fifth bit from qh */
         const bool five = type == QL_TYPE_Q5_K;
         const blk_q4_K *x4 = (const blk_q4_K *)blk;
@@ -224,14 +239,14 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
             uint8_t sc0, m0, sc1, m1;
             get_scale_min_k4(2 * j, scales, &sc0, &m0);
             get_scale_min_k4(2 * j + 1, scales, &sc1, &m1);
-            m[2 * j] = m0, m[2 * j + 1] = m1;
+            sc[2 * j] = sc0, sc[2 * j + 1] = sc1, m[2 * j] = m0, m[2 * j + 1] = m1;
             for (int l = 0; l < 32; l++) {
-                const int h0 = qh && (qh[l] >> (2 * j) & 1) ? 16 : 0, h1 = qh && (qh[l] >> (2 * j + 1) & 1) ? 16 : 0;
-                w[64 * j + l] = (int16_t)(sc0 * ((q[l] & 0xF) + h0));
-                w[64 * j + 32 + l] = (int16_t)(sc1 * ((q[l] >> 4) + h1));
+                const int h0 = qh ? (qh[l] >> (2 * j) & 1) << 4 : 0, h1 = qh ? (qh[l] >> (2 * j + 1) & 1) << 4 : 0;
+                c[64 * j + l] = (int8_t)((q[l] & 0xF) + h0);
+                c[64 * j + 32 + l] = (int8_t)((q[l] >> 4) + h1);
             }
         }
-        return;
+        return 32;
     }
     if (type == QL_TYPE_Q2_K) { /* scale and min per 16 values, 4 bits each */
         const blk_q2_K *x = (const blk_q2_K *)blk;
@@ -241,73 +256,59 @@ static void decode_block(uint32_t type, const uint8_t *blk, int16_t w[QB], float
         for (int h = 0; h < 2; h++, q += 32)
             for (int j = 0, shift = 0; j < 4; j++, shift += 2)
                 for (int half = 0; half < 2; half++, is++) {
-                    const int sc = x->scales[is] & 0xF;
-                    m[is] = x->scales[is] >> 4;
-                    for (int l = 0; l < 16; l++) w[p++] = (int16_t)(sc * ((q[l + 16 * half] >> shift) & 3));
+                    sc[is] = x->scales[is] & 0xF, m[is] = x->scales[is] >> 4;
+                    for (int l = 0; l < 16; l++) c[p++] = (int8_t)((q[l + 16 * half] >> shift) & 3);
                 }
-        return;
+        return 16;
     }
     if (type == QL_TYPE_IQ4_XS) { /* IQ4_NL's code book, a signed 6-bit scale per 32 values */
         const blk_iq4_xs *x = (const blk_iq4_xs *)blk;
-        *dw = ql_fp16_to_fp32(x->d), *dmin = 0;
+        *dw = ql_fp16_to_fp32(x->d);
         const uint8_t *qs = x->qs;
         for (int ib = 0; ib < QB / 32; ib++, qs += 16) {
-            const int ls = (((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((x->scales_h >> 2 * ib) & 3) << 4)) - 32;
+            sc[ib] = (int16_t)((((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((x->scales_h >> 2 * ib) & 3) << 4)) - 32);
             for (int j = 0; j < 16; j++) {
-                w[32 * ib + j] = (int16_t)(ls * kvalues_iq4nl[qs[j] & 0xf]);
-                w[32 * ib + j + 16] = (int16_t)(ls * kvalues_iq4nl[qs[j] >> 4]);
+                c[32 * ib + j] = kvalues_iq4nl[qs[j] & 0xf];
+                c[32 * ib + j + 16] = kvalues_iq4nl[qs[j] >> 4];
             }
         }
-        return;
+        return 32;
     }
     if (type == QL_TYPE_Q3_K) { /* signed 6-bit scale per 16 values, codes -4..3 */
         const blk_q3_K *x = (const blk_q3_K *)blk;
         int8_t scales[16];
         q3_K_unpack_scales(x->scales, scales);
-        *dw = ql_fp16_to_fp32(x->d), *dmin = 0;
+        *dw = ql_fp16_to_fp32(x->d);
         const uint8_t *q = x->qs, *hm = x->hmask;
         int is = 0, p = 0;
         uint8_t bit = 1;
         for (int h = 0; h < 2; h++, q += 32)
             for (int j = 0, shift = 0; j < 4; j++, shift += 2, bit <<= 1)
                 for (int half = 0; half < 2; half++, is++) {
-                    const int sc = scales[is] - 32;
+                    sc[is] = (int16_t)(scales[is] - 32);
                     for (int l = 0; l < 16; l++) {
                         const int i = l + 16 * half;
-                        w[p++] = (int16_t)(sc * (((q[i] >> shift) & 3) - ((hm[i] & bit) ? 0 : 4)));
+                        c[p++] = (int8_t)(((q[i] >> shift) & 3) - ((hm[i] & bit) ? 0 : 4));
                     }
                 }
-        return;
+        return 16;
     }
-    const blk_q6_K *x = (const blk_q6_K *)blk; /* Q6_K */
-    *dw = ql_fp16_to_fp32(x->d), *dmin = 0;
+    const blk_q6_K *x = (const blk_q6_K *)blk; /* Q6_K: an int8 scale per 16 values, in order */
+    *dw = ql_fp16_to_fp32(x->d);
+    for (int s = 0; s < 16; s++) sc[s] = x->scales[s];
     const uint8_t *ql = x->ql, *qh = x->qh;
-    const int8_t *sc = x->scales;
-    for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8)
+    for (int h = 0; h < 2; h++, ql += 64, qh += 32)
         for (int l = 0; l < 32; l++) {
-            const int p = 128 * h + l, is = l / 16;
-            w[p + 0] = (int16_t)(sc[is + 0] * (((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32));
-            w[p + 32] = (int16_t)(sc[is + 2] * (((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32));
-            w[p + 64] = (int16_t)(sc[is + 4] * (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32));
-            w[p + 96] = (int16_t)(sc[is + 6] * (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32));
+            const int p = 128 * h + l;
+            c[p + 0] = (int8_t)(((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+            c[p + 32] = (int8_t)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+            c[p + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+            c[p + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
         }
+    return 16;
 }
 
-static int64_t block_bytes(uint32_t type) {
-    switch (type) {
-    case QL_TYPE_Q2_K: return sizeof(blk_q2_K);
-    case QL_TYPE_Q3_K: return sizeof(blk_q3_K);
-    case QL_TYPE_Q4_K: return sizeof(blk_q4_K);
-    case QL_TYPE_Q5_K: return sizeof(blk_q5_K);
-    case QL_TYPE_Q6_K: return sizeof(blk_q6_K);
-    case QL_TYPE_Q4_0: case QL_TYPE_IQ4_NL: return sizeof(blk_q4_0);
-    case QL_TYPE_IQ4_XS: return sizeof(blk_iq4_xs);
-    case QL_TYPE_Q4_1: return sizeof(blk_q4_1);
-    case QL_TYPE_Q5_0: return sizeof(blk_q5_0);
-    case QL_TYPE_Q5_1: return sizeof(blk_q5_1);
-    default: return sizeof(blk_q8_0);
-    }
-}
+static int64_t block_bytes(uint32_t type) { return ql_type_get(type)->block_bytes; }
 
 bool ql_kq_gemm_available(uint32_t type, uint32_t act) {
     static int vnni = -1;
@@ -336,14 +337,17 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
                     int64_t ldy, bool accumulate) {
     const int K = a->K, bs = weight_block(type), nb = K / bs;
     const epilogue e = epilogue_of(type);
-    int16_t w[QB];
+    const int64_t bb = block_bytes(type);
+    int8_t c[QB];
+    int16_t sc[16], w[QB];
     int32_t m[16];
     float *acc = ql_malloc((size_t)a->T * sizeof *acc);
     for (int n = 0; n < nr; n++) {
         for (int t = 0; t < a->T; t++) acc[t] = 0;
         for (int b = 0; b < nb; b++) {
             float dw, dmin;
-            decode_block(type, rows + n * row_bytes + b * block_bytes(type), w, &dw, &dmin, m);
+            const int L = decode_block(type, rows + n * row_bytes + b * bb, c, sc, &dw, &dmin, m);
+            for (int j = 0; j < bs; j++) w[j] = (int16_t)(sc[j / L] * c[j]);
             for (int t = 0; t < a->T; t++) {
                 const int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
                 const int32_t *sums;
@@ -359,56 +363,97 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
     free(acc);
 }
 
-/* 16 rows decoded for the twin: codes [K/2][16][2], scales [nb][16], dmin [nb][16], mins [nb][8][16] */
+/* 16 rows decoded for the twin: codes [K/4][16][4] (one 64-byte vector per 4 columns), per block: the integer
+ * scales [nsub][16], the offset 128·Σ sc·c [16] the unsigned activations add, dw and dmin [16], the mins [nm][16] */
 typedef struct {
-    int16_t *w;
+    int8_t *c;
+    int32_t *sc, *off, *m;
     float *dw, *dmin;
-    int32_t *m;
 } tile;
 
-static void decode_tile(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, int K, tile *tl) {
-    const int bs = weight_block(type), nb = K / bs;
-    int16_t w[QB];
+/* returns the values per integer scale (decode_block's L, the same for every block of a type) */
+static int decode_tile(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, int K, tile *tl) {
+    const int bs = weight_block(type), nb = K / bs, nm = epilogue_of(type) == EPI_KMINS16 ? 16 : 8;
+    const int64_t bb = block_bytes(type);
+    int8_t c[QB];
+    int16_t sc[16];
     int32_t m[16] = {0};
-    const int nm = epilogue_of(type) == EPI_KMINS16 ? 16 : 8;
+    int L = bs;
     for (int r = 0; r < ROWS; r++)
         for (int b = 0; b < nb; b++) {
             float dw = 0, dmin = 0;
-            if (r < nr) decode_block(type, rows + r * row_bytes + b * block_bytes(type), w, &dw, &dmin, m);
-            else memset(w, 0, sizeof w), memset(m, 0, sizeof m);
+            if (r < nr) L = decode_block(type, rows + r * row_bytes + b * bb, c, sc, &dw, &dmin, m);
+            else memset(c, 0, sizeof c), memset(m, 0, sizeof m), memset(sc, 0, sizeof sc);
             tl->dw[b * ROWS + r] = dw, tl->dmin[b * ROWS + r] = dmin;
             if (bs == QB)
                 for (int s = 0; s < nm; s++) tl->m[(b * nm + s) * ROWS + r] = m[s];
-            int16_t *dst = tl->w + (size_t)b * (bs / 2) * (2 * ROWS) + 2 * r;
-            for (int k2 = 0; k2 < bs / 2; k2++) dst[k2 * 2 * ROWS] = w[2 * k2], dst[k2 * 2 * ROWS + 1] = w[2 * k2 + 1];
+            /* the scales are laid out per 16 values whatever L is, so the twin reads them the same way */
+            int32_t off = 0;
+            for (int s = 0; s < bs / 16; s++) {
+                int32_t sum = 0;
+                for (int j = 0; j < 16; j++) sum += c[16 * s + j];
+                const int32_t scale = sc[16 * s / L];
+                tl->sc[((size_t)b * (bs / 16) + s) * ROWS + r] = scale;
+                off += scale * sum;
+            }
+            tl->off[b * ROWS + r] = 128 * off;
+            int8_t *dst = tl->c + (size_t)b * bs * ROWS + 4 * r;
+            for (int k4 = 0; k4 < bs / 4; k4++) memcpy(dst + (size_t)k4 * 4 * ROWS, c + 4 * k4, 4);
         }
+    return L;
 }
 
-AVX512 static void tile_tokens(const tile *tl, int K, int bs, epilogue e, const ql_kq_act *a, int t0, float *y,
-                               int64_t ldy, int nr, bool accumulate) {
-    const int nb = K / bs, h = bs / 2;
+/* Σ over one scale's span of (q+128)·c for 8 tokens into c0..c7, `n4` steps of 4 columns from column k4 */
+#define DPBUSD_SPAN(n4)                                                                                              \
+    for (int k4 = kb; k4 < kb + (n4); k4++) {                                                                       \
+        const __m512i wv = _mm512_loadu_si512((const void *)(tl->c + (size_t)k4 * 4 * ROWS));                    \
+        c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(a0[k4]), wv);                                                \
+        c1 = _mm512_dpbusd_epi32(c1, _mm512_set1_epi32(a1[k4]), wv);                                                \
+        c2 = _mm512_dpbusd_epi32(c2, _mm512_set1_epi32(a2[k4]), wv);                                                \
+        c3 = _mm512_dpbusd_epi32(c3, _mm512_set1_epi32(a3[k4]), wv);                                                \
+        c4 = _mm512_dpbusd_epi32(c4, _mm512_set1_epi32(a4[k4]), wv);                                                \
+        c5 = _mm512_dpbusd_epi32(c5, _mm512_set1_epi32(a5[k4]), wv);                                                \
+        c6 = _mm512_dpbusd_epi32(c6, _mm512_set1_epi32(a6[k4]), wv);                                                \
+        c7 = _mm512_dpbusd_epi32(c7, _mm512_set1_epi32(a7[k4]), wv);                                                \
+    }
+
+AVX512 static void tile_tokens(const tile *tl, int K, int bs, int L, epilogue e, const ql_kq_act *a, int t0,
+                               float *y, int64_t ldy, int nr, bool accumulate) {
+    const int nb = K / bs, nsub = bs / L;
     __m512 yacc[TOK];
     for (int i = 0; i < TOK; i++) yacc[i] = _mm512_setzero_ps();
-    const int32_t *A[TOK];
-    for (int i = 0; i < TOK; i++) A[i] = (const int32_t *)(a->q + (size_t)(t0 + i) * K);
+    /* the unsigned codes of 8 tokens, 4 at a time (one int32 per broadcast) */
+    const int32_t *a0 = (const int32_t *)(a->qu + (size_t)(t0 + 0) * K), *a1 = (const int32_t *)(a->qu + (size_t)(t0 + 1) * K),
+                  *a2 = (const int32_t *)(a->qu + (size_t)(t0 + 2) * K), *a3 = (const int32_t *)(a->qu + (size_t)(t0 + 3) * K),
+                  *a4 = (const int32_t *)(a->qu + (size_t)(t0 + 4) * K), *a5 = (const int32_t *)(a->qu + (size_t)(t0 + 5) * K),
+                  *a6 = (const int32_t *)(a->qu + (size_t)(t0 + 6) * K), *a7 = (const int32_t *)(a->qu + (size_t)(t0 + 7) * K);
     for (int b = 0; b < nb; b++) {
-        /* eight named accumulators: as an array, gcc keeps them in memory (a load and a store per vpdpwssd) */
-        __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
-        const int16_t *wb = tl->w + (size_t)b * h * (2 * ROWS);
-        const int32_t *a0 = A[0] + b * h, *a1 = A[1] + b * h, *a2 = A[2] + b * h, *a3 = A[3] + b * h,
-                      *a4 = A[4] + b * h, *a5 = A[5] + b * h, *a6 = A[6] + b * h, *a7 = A[7] + b * h;
-        for (int k2 = 0; k2 < h; k2++) {
-            const __m512i wv = _mm512_loadu_si512((const void *)(wb + k2 * 2 * ROWS));
-            c0 = _mm512_dpwssd_epi32(c0, wv, _mm512_set1_epi32(a0[k2]));
-            c1 = _mm512_dpwssd_epi32(c1, wv, _mm512_set1_epi32(a1[k2]));
-            c2 = _mm512_dpwssd_epi32(c2, wv, _mm512_set1_epi32(a2[k2]));
-            c3 = _mm512_dpwssd_epi32(c3, wv, _mm512_set1_epi32(a3[k2]));
-            c4 = _mm512_dpwssd_epi32(c4, wv, _mm512_set1_epi32(a4[k2]));
-            c5 = _mm512_dpwssd_epi32(c5, wv, _mm512_set1_epi32(a5[k2]));
-            c6 = _mm512_dpwssd_epi32(c6, wv, _mm512_set1_epi32(a6[k2]));
-            c7 = _mm512_dpwssd_epi32(c7, wv, _mm512_set1_epi32(a7[k2]));
+        /* named accumulators: as an array, gcc keeps them in memory (a load and a store per instruction) */
+        const __m512i off = _mm512_loadu_si512((const void *)(tl->off + b * ROWS));
+        __m512i s0 = _mm512_sub_epi32(_mm512_setzero_si512(), off), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0,
+                s6 = s0, s7 = s0;
+        if (nsub == 1) { /* one scale per block, 1: no products by scales */
+            __m512i c0 = s0, c1 = s0, c2 = s0, c3 = s0, c4 = s0, c5 = s0, c6 = s0, c7 = s0;
+            const int kb = b * (bs / 4);
+            DPBUSD_SPAN(bs / 4)
+            s0 = c0, s1 = c1, s2 = c2, s3 = c3, s4 = c4, s5 = c5, s6 = c6, s7 = c7;
+        } else {
+            for (int s = 0; s < nsub; s++) {
+                __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+                const int kb = b * (bs / 4) + s * (L / 4);
+                DPBUSD_SPAN(L / 4)
+                const __m512i sv = _mm512_loadu_si512((const void *)(tl->sc + ((size_t)b * (bs / 16) + s * (L / 16)) * ROWS));
+                s0 = _mm512_add_epi32(s0, _mm512_mullo_epi32(c0, sv));
+                s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(c1, sv));
+                s2 = _mm512_add_epi32(s2, _mm512_mullo_epi32(c2, sv));
+                s3 = _mm512_add_epi32(s3, _mm512_mullo_epi32(c3, sv));
+                s4 = _mm512_add_epi32(s4, _mm512_mullo_epi32(c4, sv));
+                s5 = _mm512_add_epi32(s5, _mm512_mullo_epi32(c5, sv));
+                s6 = _mm512_add_epi32(s6, _mm512_mullo_epi32(c6, sv));
+                s7 = _mm512_add_epi32(s7, _mm512_mullo_epi32(c7, sv));
+            }
         }
-        const __m512i acc[TOK] = {c0, c1, c2, c3, c4, c5, c6, c7};
+        const __m512i acc[TOK] = {s0, s1, s2, s3, s4, s5, s6, s7};
         const __m512 dw = _mm512_loadu_ps(tl->dw + b * ROWS), dmin = _mm512_loadu_ps(tl->dmin + b * ROWS);
         for (int i = 0; i < TOK; i++) {
             const int t = t0 + i;
@@ -439,13 +484,14 @@ AVX512 static void tile_tokens(const tile *tl, int K, int bs, epilogue e, const 
 void ql_kq_gemm_vnni(uint32_t type, const uint8_t *rows, int64_t row_bytes, int nr, const ql_kq_act *a, float *y,
                      int64_t ldy, bool accumulate) {
     const int K = a->K, bs = weight_block(type), nb = K / bs;
-    tile tl = {ql_malloc((size_t)K * ROWS * sizeof(int16_t)), ql_malloc((size_t)nb * ROWS * sizeof(float)),
-               ql_malloc((size_t)nb * ROWS * sizeof(float)), ql_malloc((size_t)(K / 16) * ROWS * sizeof(int32_t))};
+    tile tl = {ql_malloc((size_t)K * ROWS), ql_malloc((size_t)(K / 16) * ROWS * sizeof(int32_t)),
+               ql_malloc((size_t)nb * ROWS * sizeof(int32_t)), ql_malloc((size_t)(K / 16) * ROWS * sizeof(int32_t)),
+               ql_malloc((size_t)nb * ROWS * sizeof(float)), ql_malloc((size_t)nb * ROWS * sizeof(float))};
     for (int n0 = 0; n0 < nr; n0 += ROWS) {
         const int nt = QL_MIN(ROWS, nr - n0);
-        decode_tile(type, rows + n0 * row_bytes, row_bytes, nt, K, &tl);
+        const int L = decode_tile(type, rows + n0 * row_bytes, row_bytes, nt, K, &tl);
         for (int t0 = 0; t0 < a->T; t0 += TOK)
-            tile_tokens(&tl, K, bs, epilogue_of(type), a, t0, y + n0, ldy, nt, accumulate);
+            tile_tokens(&tl, K, bs, L, epilogue_of(type), a, t0, y + n0, ldy, nt, accumulate);
     }
-    free(tl.w), free(tl.dw), free(tl.dmin), free(tl.m);
+    free(tl.c), free(tl.sc), free(tl.off), free(tl.m), free(tl.dw), free(tl.dmin);
 }

@@ -38,7 +38,13 @@ static void check_type(uint32_t type, uint32_t act, int T, int N, int K) {
     for (int64_t i = 0; i < (int64_t)T * K; i++) x[i] = rnd() * (i % 61 == 0 ? 20.0f : 1.0f);
     for (int k = 0; k < K; k++) x[k] = 0; /* token 0: all zero */
     x[K + 5] = -3e4f;                     /* token 1: one outlier */
-    f->quantize_rows(w, rows, N, K, NULL);
+    float *imp = NULL; /* the types llama.cpp will not make without an importance matrix get a random one */
+    if (f->requires_importance) {
+        imp = malloc((size_t)K * sizeof *imp);
+        for (int k = 0; k < K; k++) imp[k] = 0.6f + rnd();
+    }
+    f->quantize_rows(w, rows, N, K, imp);
+    free(imp);
     f->dequantize_rows(rows, wd, N, K);
     ql_act_round_ref(act, x, xr, (int64_t)T * K);
     ql_kq_act ar, av;
@@ -47,6 +53,7 @@ static void check_type(uint32_t type, uint32_t act, int T, int N, int K) {
     assert_memory_equal(ar.q, av.q, (size_t)ar.T8 * K * sizeof *ar.q);
     assert_memory_equal(ar.d, av.d, (size_t)ar.T8 * (K / ar.bs) * sizeof *ar.d);
     assert_memory_equal(ar.bsum, av.bsum, (size_t)ar.T8 * (K / 32) * sizeof *ar.bsum);
+    assert_memory_equal(ar.qu, av.qu, (size_t)ar.T8 * K);
     if (act == QL_TYPE_Q8_K) assert_memory_equal(ar.bsum16, av.bsum16, (size_t)ar.T8 * (K / 16) * sizeof *ar.bsum16);
     for (int t = 0; t < T; t++) /* the codes times the block scale are the rounded activations */
         for (int k = 0; k < K; k++)
@@ -90,7 +97,10 @@ static void test_products(void **state) {
         {QL_TYPE_Q2_K, QL_TYPE_Q8_K}, {QL_TYPE_Q3_K, QL_TYPE_Q8_K}, {QL_TYPE_Q4_K, QL_TYPE_Q8_K},
         {QL_TYPE_Q5_K, QL_TYPE_Q8_K}, {QL_TYPE_Q6_K, QL_TYPE_Q8_K}, {QL_TYPE_IQ4_XS, QL_TYPE_Q8_K},
         {QL_TYPE_Q4_0, QL_TYPE_Q8_0}, {QL_TYPE_Q4_1, QL_TYPE_Q8_1}, {QL_TYPE_Q5_0, QL_TYPE_Q8_0},
-        {QL_TYPE_Q5_1, QL_TYPE_Q8_1}, {QL_TYPE_Q8_0, QL_TYPE_Q8_0}, {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0}};
+        {QL_TYPE_Q5_1, QL_TYPE_Q8_1}, {QL_TYPE_Q8_0, QL_TYPE_Q8_0}, {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0},
+        {QL_TYPE_IQ2_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ2_XS, QL_TYPE_Q8_K}, {QL_TYPE_IQ2_S, QL_TYPE_Q8_K},
+        {QL_TYPE_IQ3_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ3_S, QL_TYPE_Q8_K}, {QL_TYPE_IQ1_S, QL_TYPE_Q8_K},
+        {QL_TYPE_IQ1_M, QL_TYPE_Q8_K}, {QL_TYPE_TQ1_0, QL_TYPE_Q8_K}, {QL_TYPE_TQ2_0, QL_TYPE_Q8_K}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         check_type(types[i][0], types[i][1], 13, 37, 512);
         check_type(types[i][0], types[i][1], 8, 16, 256);
@@ -100,6 +110,44 @@ static void test_products(void **state) {
     assert_false(ql_kq_gemm_available(QL_TYPE_Q4_K, QL_TYPE_Q8_0));
     if (!ql_kq_gemm_available(QL_TYPE_Q4_K, QL_TYPE_Q8_K))
         printf("SKIP (part): this CPU has no AVX-512 VNNI; the reference was checked against the float products\n");
+}
+
+/* Blocks of random bytes: every code and scale a file can hold (Q8_0's -128, IQ4_XS's scale -32, the largest
+ * lattice points, fp16 scales that are infinite or NaN). The twin still equals the reference bit for bit (a NaN
+ * equals a NaN). */
+static void test_random_blocks(void **state) {
+    (void)state;
+    static const uint32_t types[][2] = {
+        {QL_TYPE_Q2_K, QL_TYPE_Q8_K},    {QL_TYPE_Q3_K, QL_TYPE_Q8_K},    {QL_TYPE_Q4_K, QL_TYPE_Q8_K},
+        {QL_TYPE_Q5_K, QL_TYPE_Q8_K},    {QL_TYPE_Q6_K, QL_TYPE_Q8_K},    {QL_TYPE_IQ4_XS, QL_TYPE_Q8_K},
+        {QL_TYPE_Q4_0, QL_TYPE_Q8_0},    {QL_TYPE_Q4_1, QL_TYPE_Q8_1},    {QL_TYPE_Q5_0, QL_TYPE_Q8_0},
+        {QL_TYPE_Q5_1, QL_TYPE_Q8_1},    {QL_TYPE_Q8_0, QL_TYPE_Q8_0},    {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0},
+        {QL_TYPE_IQ2_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ2_XS, QL_TYPE_Q8_K},  {QL_TYPE_IQ2_S, QL_TYPE_Q8_K},
+        {QL_TYPE_IQ3_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ3_S, QL_TYPE_Q8_K},   {QL_TYPE_IQ1_S, QL_TYPE_Q8_K},
+        {QL_TYPE_IQ1_M, QL_TYPE_Q8_K},   {QL_TYPE_TQ1_0, QL_TYPE_Q8_K},   {QL_TYPE_TQ2_0, QL_TYPE_Q8_K}};
+    enum { T = 9, N = 19, K = 512 };
+    float *x = malloc((size_t)T * K * sizeof *x), *yr = malloc((size_t)T * N * sizeof *yr),
+          *yv = malloc((size_t)T * N * sizeof *yv);
+    for (int64_t i = 0; i < (int64_t)T * K; i++) x[i] = rnd() * (i % 37 == 0 ? 50.0f : 1.0f);
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        if (!ql_kq_gemm_available(types[i][0], types[i][1])) continue;
+        const int64_t rb = ql_format_tensor_bytes(ql_format_by_type(types[i][0]), K, 1);
+        uint8_t *rows = malloc((size_t)N * rb);
+        for (int64_t j = 0; j < (int64_t)N * rb; j++) rows[j] = (uint8_t)(rnd() * 512.0f);
+        ql_kq_act ar, av;
+        assert_true(ql_kq_act_quantize_ref(x, T, K, types[i][1], &ar));
+        assert_true(ql_kq_act_quantize(x, T, K, types[i][1], &av));
+        ql_kq_gemm_ref(types[i][0], rows, rb, N, &ar, yr, N, false);
+        ql_kq_gemm_vnni(types[i][0], rows, rb, N, &av, yv, N, false);
+        for (int j = 0; j < T * N; j++)
+            if (memcmp(&yr[j], &yv[j], sizeof(float)) && !(isnan(yr[j]) && isnan(yv[j])))
+                fail_msg("%s random blocks: y[%d] ref %a vnni %a", ql_type_get(types[i][0])->name, j, (double)yr[j],
+                         (double)yv[j]);
+        ql_kq_act_free(&ar);
+        ql_kq_act_free(&av);
+        free(rows);
+    }
+    free(x), free(yr), free(yv);
 }
 
 static void test_not_finite(void **state) {
@@ -118,6 +166,7 @@ static void test_not_finite(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_products), cmocka_unit_test(test_not_finite)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_products), cmocka_unit_test(test_random_blocks),
+                                       cmocka_unit_test(test_not_finite)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
