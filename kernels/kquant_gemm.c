@@ -403,57 +403,67 @@ static int decode_tile(uint32_t type, const uint8_t *rows, int64_t row_bytes, in
     return L;
 }
 
-/* Σ over one scale's span of (q+128)·c for 8 tokens into c0..c7, `n4` steps of 4 columns from column k4 */
-#define DPBUSD_SPAN(n4)                                                                                              \
-    for (int k4 = kb; k4 < kb + (n4); k4++) {                                                                       \
-        const __m512i wv = _mm512_loadu_si512((const void *)(tl->c + (size_t)k4 * 4 * ROWS));                    \
-        c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(a0[k4]), wv);                                                \
-        c1 = _mm512_dpbusd_epi32(c1, _mm512_set1_epi32(a1[k4]), wv);                                                \
-        c2 = _mm512_dpbusd_epi32(c2, _mm512_set1_epi32(a2[k4]), wv);                                                \
-        c3 = _mm512_dpbusd_epi32(c3, _mm512_set1_epi32(a3[k4]), wv);                                                \
-        c4 = _mm512_dpbusd_epi32(c4, _mm512_set1_epi32(a4[k4]), wv);                                                \
-        c5 = _mm512_dpbusd_epi32(c5, _mm512_set1_epi32(a5[k4]), wv);                                                \
-        c6 = _mm512_dpbusd_epi32(c6, _mm512_set1_epi32(a6[k4]), wv);                                                \
-        c7 = _mm512_dpbusd_epi32(c7, _mm512_set1_epi32(a7[k4]), wv);                                                \
+/* vpdpbusd (c += Σ4 a_u8·b_s8) in inline assembly: with the intrinsic, gcc 12 writes each result to a fresh register
+ * and copies it back (8 moves per 8 products in the loop below) */
+AVX512 static inline __m512i dpbusd(__m512i c, __m512i a, __m512i b) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(c) : "v"(a), "v"(b));
+    return c;
+}
+
+/* Σ over one scale's span of (q+128)·c for 8 tokens: n4 steps of 4 columns from column k4 = kb, into c0..c7 */
+#define DPBUSD_SPAN(kb, n4)                                                                                          \
+    for (int k4 = (kb); k4 < (kb) + (n4); k4++) {                                                                   \
+        const __m512i wv = _mm512_loadu_si512((const void *)(wc + (size_t)k4 * 4 * ROWS));                         \
+        c0 = dpbusd(c0, _mm512_set1_epi32(a0[k4]), wv);                                                \
+        c1 = dpbusd(c1, _mm512_set1_epi32(a1[k4]), wv);                                                \
+        c2 = dpbusd(c2, _mm512_set1_epi32(a2[k4]), wv);                                                \
+        c3 = dpbusd(c3, _mm512_set1_epi32(a3[k4]), wv);                                                \
+        c4 = dpbusd(c4, _mm512_set1_epi32(a4[k4]), wv);                                                \
+        c5 = dpbusd(c5, _mm512_set1_epi32(a5[k4]), wv);                                                \
+        c6 = dpbusd(c6, _mm512_set1_epi32(a6[k4]), wv);                                                \
+        c7 = dpbusd(c7, _mm512_set1_epi32(a7[k4]), wv);                                                \
     }
+
+/* The exact integer sums of one block for 8 tokens (16 rows each): Σ_s sc_s·Σ (q+128)·c − 128·Σ sc·c. A function of
+ * its own with named accumulators: inlined into the token loop, gcc copied them between registers every step. */
+AVX512 __attribute__((noinline)) static void block_isums(const tile *tl, const int32_t *const A[TOK], int b, int bs,
+                                                         int L, __m512i out[TOK]) {
+    const int8_t *wc = tl->c;
+    const int32_t *a0 = A[0], *a1 = A[1], *a2 = A[2], *a3 = A[3], *a4 = A[4], *a5 = A[5], *a6 = A[6], *a7 = A[7];
+    const __m512i off = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void *)(tl->off + b * ROWS)));
+    if (L == bs) { /* one scale per block, 1: no products by scales */
+        __m512i c0 = off, c1 = off, c2 = off, c3 = off, c4 = off, c5 = off, c6 = off, c7 = off;
+        DPBUSD_SPAN(b * (bs / 4), bs / 4)
+        out[0] = c0, out[1] = c1, out[2] = c2, out[3] = c3, out[4] = c4, out[5] = c5, out[6] = c6, out[7] = c7;
+        return;
+    }
+    __m512i s0 = off, s1 = off, s2 = off, s3 = off, s4 = off, s5 = off, s6 = off, s7 = off;
+    for (int s = 0; s < bs / L; s++) {
+        __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+        DPBUSD_SPAN(b * (bs / 4) + s * (L / 4), L / 4)
+        const __m512i sv = _mm512_loadu_si512((const void *)(tl->sc + ((size_t)b * (bs / 16) + s * (L / 16)) * ROWS));
+        s0 = _mm512_add_epi32(s0, _mm512_mullo_epi32(c0, sv));
+        s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(c1, sv));
+        s2 = _mm512_add_epi32(s2, _mm512_mullo_epi32(c2, sv));
+        s3 = _mm512_add_epi32(s3, _mm512_mullo_epi32(c3, sv));
+        s4 = _mm512_add_epi32(s4, _mm512_mullo_epi32(c4, sv));
+        s5 = _mm512_add_epi32(s5, _mm512_mullo_epi32(c5, sv));
+        s6 = _mm512_add_epi32(s6, _mm512_mullo_epi32(c6, sv));
+        s7 = _mm512_add_epi32(s7, _mm512_mullo_epi32(c7, sv));
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3, out[4] = s4, out[5] = s5, out[6] = s6, out[7] = s7;
+}
 
 AVX512 static void tile_tokens(const tile *tl, int K, int bs, int L, epilogue e, const ql_kq_act *a, int t0,
                                float *y, int64_t ldy, int nr, bool accumulate) {
-    const int nb = K / bs, nsub = bs / L;
+    const int nb = K / bs;
     __m512 yacc[TOK];
     for (int i = 0; i < TOK; i++) yacc[i] = _mm512_setzero_ps();
-    /* the unsigned codes of 8 tokens, 4 at a time (one int32 per broadcast) */
-    const int32_t *a0 = (const int32_t *)(a->qu + (size_t)(t0 + 0) * K), *a1 = (const int32_t *)(a->qu + (size_t)(t0 + 1) * K),
-                  *a2 = (const int32_t *)(a->qu + (size_t)(t0 + 2) * K), *a3 = (const int32_t *)(a->qu + (size_t)(t0 + 3) * K),
-                  *a4 = (const int32_t *)(a->qu + (size_t)(t0 + 4) * K), *a5 = (const int32_t *)(a->qu + (size_t)(t0 + 5) * K),
-                  *a6 = (const int32_t *)(a->qu + (size_t)(t0 + 6) * K), *a7 = (const int32_t *)(a->qu + (size_t)(t0 + 7) * K);
+    const int32_t *A[TOK]; /* the unsigned codes of 8 tokens, 4 at a time (one int32 per broadcast) */
+    for (int i = 0; i < TOK; i++) A[i] = (const int32_t *)(a->qu + (size_t)(t0 + i) * K);
     for (int b = 0; b < nb; b++) {
-        /* named accumulators: as an array, gcc keeps them in memory (a load and a store per instruction) */
-        const __m512i off = _mm512_loadu_si512((const void *)(tl->off + b * ROWS));
-        __m512i s0 = _mm512_sub_epi32(_mm512_setzero_si512(), off), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0,
-                s6 = s0, s7 = s0;
-        if (nsub == 1) { /* one scale per block, 1: no products by scales */
-            __m512i c0 = s0, c1 = s0, c2 = s0, c3 = s0, c4 = s0, c5 = s0, c6 = s0, c7 = s0;
-            const int kb = b * (bs / 4);
-            DPBUSD_SPAN(bs / 4)
-            s0 = c0, s1 = c1, s2 = c2, s3 = c3, s4 = c4, s5 = c5, s6 = c6, s7 = c7;
-        } else {
-            for (int s = 0; s < nsub; s++) {
-                __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
-                const int kb = b * (bs / 4) + s * (L / 4);
-                DPBUSD_SPAN(L / 4)
-                const __m512i sv = _mm512_loadu_si512((const void *)(tl->sc + ((size_t)b * (bs / 16) + s * (L / 16)) * ROWS));
-                s0 = _mm512_add_epi32(s0, _mm512_mullo_epi32(c0, sv));
-                s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(c1, sv));
-                s2 = _mm512_add_epi32(s2, _mm512_mullo_epi32(c2, sv));
-                s3 = _mm512_add_epi32(s3, _mm512_mullo_epi32(c3, sv));
-                s4 = _mm512_add_epi32(s4, _mm512_mullo_epi32(c4, sv));
-                s5 = _mm512_add_epi32(s5, _mm512_mullo_epi32(c5, sv));
-                s6 = _mm512_add_epi32(s6, _mm512_mullo_epi32(c6, sv));
-                s7 = _mm512_add_epi32(s7, _mm512_mullo_epi32(c7, sv));
-            }
-        }
-        const __m512i acc[TOK] = {s0, s1, s2, s3, s4, s5, s6, s7};
+        __m512i acc[TOK];
+        block_isums(tl, A, b, bs, L, acc);
         const __m512 dw = _mm512_loadu_ps(tl->dw + b * ROWS), dmin = _mm512_loadu_ps(tl->dmin + b * ROWS);
         for (int i = 0; i < TOK; i++) {
             const int t = t0 + i;
