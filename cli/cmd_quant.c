@@ -22,6 +22,7 @@ static const char *QUANT_USAGE =
     "usage: qlab quant MODEL -o OUT.gguf (--type FORMAT | --preset NAME|FILE | --plan FILE) [--to gguf]\n"
     "                  [--method NAME [--method-opts K=V,...]] [--stats FILE | --text FILE [--ctx N] [--chunks N]]\n"
     "                  [--imatrix FILE] [--act SCHEME] [--threads N] [--save-plan FILE] [--dry-run] [--force]\n"
+    "usage: qlab quantize [--imatrix FILE] MODEL OUT.gguf TYPE [THREADS]   (llama-quantize's order; TYPE a preset)\n"
     "Quantizes every 2-D weight of MODEL and writes a GGUF with all of its metadata.\n"
     "  --type FORMAT     one format everywhere (qlab formats lists them), e.g. q4_k, int4_g128, nf4_dq\n"
     "  --preset NAME     a built-in recipe (qlab formats --presets lists them: llama.cpp's mixes Q2_K ... Q8_0,\n"
@@ -134,11 +135,19 @@ int cmd_quant(int argc, char **argv) {
     int32_t *calib_tok = NULL;
     int64_t calib_n = 0;
     int threads = ql_default_threads();
-    bool dry = false, force = false;
+    bool dry = false, force = false, positional_out = false, positional_threads = false;
     while (cli_next(&a, &flag, &pos)) {
-        if (pos) {
-            if (model) return cli_usage_error("quant", QUANT_USAGE, "unexpected argument '%s'", pos);
-            model = pos;
+        if (pos) { /* MODEL, then llama-quantize's OUT TYPE [THREADS] */
+            if (!model) model = pos;
+            else if (!out) out = pos, positional_out = true;
+            else if (positional_out && !preset && !type && !plan_path) preset = pos;
+            else if (positional_out && preset && !positional_threads) {
+                char *end;
+                const long n = strtol(pos, &end, 10);
+                if (*end || n < 1 || n > 256)
+                    return cli_usage_error("quant", QUANT_USAGE, "THREADS '%s' is not a number from 1 to 256", pos);
+                threads = (int)n, positional_threads = true;
+            } else return cli_usage_error("quant", QUANT_USAGE, "unexpected argument '%s'", pos);
         } else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
         else if (!strcmp(flag, "--type") || !strcmp(flag, "--format")) type = cli_value(&a, flag);
         else if (!strcmp(flag, "--method")) method = cli_value(&a, flag);

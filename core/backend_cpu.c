@@ -131,6 +131,7 @@ static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backe
         ql_act_round(w->act_type, x, xtmp, (int64_t)T * K);
         x = xtmp;
     }
+    if (ql_wmatmul_half_applies(w, K)) return ql_wmatmul_half(w, bias, x, y, T, K, N, beta, nth);
     return ql_wmatmul_f32(w, bias, x, y, T, K, N, beta, nth);
 }
 

@@ -66,6 +66,7 @@ typedef struct {
     const ql_progress *progress;
     const ql_ppl_opts *opts;
     int score_threads; /* threads scoring one chunk's rows (one chunk at a time: a device backend, streaming) */
+    int64_t chunk0;    /* the chunk the current round of items starts at */
 } ppl_ctx;
 
 static size_t row_bytes(int n_vocab) { return 8 + 2 * (size_t)n_vocab; }
@@ -175,8 +176,9 @@ static void score_rows(void *vjob, int worker, int64_t j0, int64_t j1) {
     free(lp);
 }
 
-static void run_chunk(void *vctx, int worker, int64_t chunk) {
+static void run_chunk(void *vctx, int worker, int64_t item) {
     ppl_ctx *c = vctx;
+    const int64_t chunk = c->chunk0 + item;
     if (c->status || ql_progress_cancelled(c->progress)) return;
     const int n_ctx = c->n_ctx, first = c->first, V = c->n_vocab, rows = n_ctx - 1 - first;
     int32_t *tok = c->chunk_tokens[worker];
@@ -351,7 +353,16 @@ ql_status ql_perplexity(const ql_infer *inf, const int32_t *tokens, int64_t n_to
     {
         int saved_blas = ql_infer_set_op_threads(inf, blas_threads);
         double t0 = ql_time_s();
-        ql_parallel_items(workers, n_chunks, run_chunk, &c);
+        /* chunks side by side, a thread each; the last n_chunks % workers (fewer than the workers) then share all
+         * the threads, instead of leaving threads idle for a whole chunk (3 chunks on 2 threads took 2 chunk-times) */
+        const int whole = n_chunks / workers * workers, rest = n_chunks - whole;
+        ql_parallel_items(workers, whole, run_chunk, &c);
+        if (rest) {
+            ql_infer_set_op_threads(inf, QL_MAX(1, n_threads / rest));
+            c.score_threads = rest == 1 ? n_threads : 1;
+            c.chunk0 = whole;
+            ql_parallel_items(rest, rest, run_chunk, &c);
+        }
         res->seconds = ql_time_s() - t0;
         ql_infer_set_op_threads(inf, saved_blas);
     }

@@ -3,6 +3,7 @@
 #include "core/wmatmul.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
+#include "kernels/hgemm.h"
 #include "kernels/int8_gemm.h"
 #include "kernels/kquant_gemm.h"
 #include "base/parallel.h"
@@ -183,9 +184,14 @@ ql_status ql_wmatmul_int8(const ql_backend_weight *w, const ql_backend_weight *b
 
 /* ---- K-quant weights under Q8_K activations: integer dot products (kernels/kquant_gemm.h) ---- */
 
-bool ql_wmatmul_kquant_applies(const ql_backend_weight *w, int K) {
+static bool sgemm_forced(void) {
     static int off = -1; /* QL_KQUANT_F32, read once: this runs before every matmul */
     if (off < 0) off = getenv("QL_KQUANT_F32") != NULL;
+    return off;
+}
+
+bool ql_wmatmul_kquant_applies(const ql_backend_weight *w, int K) {
+    const bool off = sgemm_forced();
     /* the activation rounding llama.cpp pairs with each of these types (core/infer.c) is what the codes copy */
     return !w->f32 && (!w->aq || w->aq->mode == QL_ACT_NONE) && K % (w->act_type == QL_TYPE_Q8_K ? 256 : 32) == 0 &&
            ql_kq_gemm_available(w->t->type, w->act_type) && !off;
@@ -222,5 +228,43 @@ ql_status ql_wmatmul_kquant(const ql_backend_weight *w, const ql_backend_weight 
     const int64_t tiles = (N + 15) / 16;
     ql_parallel_for((int)QL_MIN((int64_t)QL_MAX(n_threads, 1), tiles), tiles, kq_range, &j);
     ql_kq_act_free(&a);
+    return add_bias(bias, y, T, N);
+}
+
+/* ---- F16 / BF16 weights widened in the kernel (kernels/hgemm.h) ---- */
+
+bool ql_wmatmul_half_applies(const ql_backend_weight *w, int K) {
+    return !w->f32 && (!w->aq || w->aq->mode == QL_ACT_NONE) && ((uintptr_t)w->t->data & 1) == 0 &&
+           ql_hgemm_available(w->t->type, K) && !sgemm_forced();
+}
+
+typedef struct {
+    uint32_t type;
+    const uint16_t *w;
+    const float *x;
+    const uint16_t *x16; /* the activations in the weight's type when they were rounded to it, or NULL */
+    float *y;
+    int T, K, N;
+    bool accumulate;
+} half_job;
+
+static void half_range(void *vctx, int worker, int64_t b, int64_t e) {
+    (void)worker;
+    const half_job *j = vctx;
+    const int n0 = (int)b * 16, n1 = (int)QL_MIN(e * 16, (int64_t)j->N);
+    if (n1 <= n0) return;
+    if (j->x16) ql_hgemm_avx512_x16(j->type, j->w + (size_t)n0 * j->K, n1 - n0, j->x16, j->T, j->K, j->y + n0, j->N, j->accumulate);
+    else ql_hgemm_avx512(j->type, j->w + (size_t)n0 * j->K, n1 - n0, j->x, j->T, j->K, j->y + n0, j->N, j->accumulate);
+}
+
+ql_status ql_wmatmul_half(const ql_backend_weight *w, const ql_backend_weight *bias, const float *x, float *y, int T,
+                          int K, int N, float beta, int n_threads) {
+    /* activations rounded to the weight's type (llama.cpp's F16/BF16 dot products) stream as 16 bits */
+    uint16_t *x16 = w->act_type == w->t->type ? malloc((size_t)T * K * sizeof *x16) : NULL;
+    if (x16) ql_hgemm_narrow(w->t->type, x, (int64_t)T * K, x16);
+    half_job j = {w->t->type, w->t->data, x, x16, y, T, K, N, beta != 0.0f};
+    const int64_t tiles = (N + 15) / 16;
+    ql_parallel_for((int)QL_MIN((int64_t)QL_MAX(n_threads, 1), tiles), tiles, half_range, &j);
+    free(x16);
     return add_bias(bias, y, T, N);
 }

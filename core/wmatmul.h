@@ -39,12 +39,18 @@ ql_status ql_wmatmul_int8(const ql_backend_weight *w, const ql_backend_weight *b
  * d [T] (the value is q · d). */
 void ql_quantize_tokens_int8(const float *x, int T, int K, int8_t *q, float *d);
 
-/* K-quant (Q4_K, Q5_K, Q6_K) and legacy (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) weights, stored, under llama.cpp's
+/* ggml-quantized weights (K-quants, i-quants, ternary, legacy 32-blocks), stored, under llama.cpp's
  * Q8_K / Q8_0 / Q8_1 rounding of the input, as integer dot products on
  * an AVX-512 VNNI CPU (kernels/kquant_gemm.h); QL_KQUANT_F32=1 keeps the F32 sgemm path. ql_wmatmul_kquant returns
  * QL_ERR_UNSUPPORTED (nothing written, no error set) when an input is not finite: the caller takes the float path. */
 bool ql_wmatmul_kquant_applies(const ql_backend_weight *w, int K);
 ql_status ql_wmatmul_kquant(const ql_backend_weight *w, const ql_backend_weight *bias, const float *x, float *y, int T,
                             int K, int N, float beta, int n_threads);
+
+/* F16 / BF16 weights, stored, widened inside the kernel (kernels/hgemm.h) on an AVX-512 CPU when K is a multiple
+ * of 16: no decoded copy, no sgemm. QL_KQUANT_F32=1 keeps the decode + sgemm path here too. */
+bool ql_wmatmul_half_applies(const ql_backend_weight *w, int K);
+ql_status ql_wmatmul_half(const ql_backend_weight *w, const ql_backend_weight *bias, const float *x, float *y, int T,
+                          int K, int N, float beta, int n_threads);
 
 #endif

@@ -115,6 +115,13 @@ if [ -f "$T/tiny.gguf" ]; then
   printf '[tensors]\nblk.99.attn_q.weight = q8_0\n' > "$T/badplan.ini"
   expect_error "quant: plan names a missing tensor" "blk.99.attn_q.weight" $QLAB quant "$T/tiny.gguf" --plan "$T/badplan.ini" -o "$T/x.gguf"
   expect_error "quant: two plan sources" "exactly one" $QLAB quant "$T/tiny.gguf" --type q8_0 --preset Q8_0 -o "$T/x.gguf"
+  # llama-quantize's argument order (MODEL OUT TYPE [THREADS]) under `qlab quantize` writes what --preset writes
+  if $QLAB quant "$T/tiny.gguf" --preset Q4_K_M -o "$T/qkm-flags.gguf" 2>/dev/null \
+     && $QLAB quantize "$T/tiny.gguf" "$T/qkm-pos.gguf" Q4_K_M 2 2>/dev/null && cmp -s "$T/qkm-flags.gguf" "$T/qkm-pos.gguf"; then
+    ok "quantize MODEL OUT TYPE THREADS (llama-quantize's order) equals quant --preset"
+  else bad "quantize with llama-quantize's arguments"; fi
+  expect_error "quantize: bad THREADS" "THREADS 'x'" $QLAB quantize "$T/tiny.gguf" "$T/x.gguf" Q4_K_M x
+  expect_error "quantize: a fifth argument" "unexpected argument" $QLAB quantize "$T/tiny.gguf" "$T/x.gguf" Q4_K_M 2 3
   # the exporter seam: --to gguf is the default path, byte for byte; an unknown exporter is refused with the list
   if $QLAB quant "$T/tiny.gguf" --type q4_k --to gguf -o "$T/q4k-to.gguf" 2>/dev/null && cmp -s "$T/q4k.gguf" "$T/q4k-to.gguf"; then
     ok "quant --to gguf writes the same bytes as the default"

@@ -229,6 +229,9 @@ static void test_select_device(void **state) {
 }
 
 int main(void) {
+    /* the stored-bytes forward is compared with other tables bit for bit: the decode + sgemm path (the F16/BF16 and
+     * K-quant kernels with their own arithmetic have tests of their own) */
+    setenv("QL_KQUANT_F32", "1", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_cpu_kv_cache),

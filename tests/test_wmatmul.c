@@ -27,6 +27,7 @@
 #include "core/wmatmul.h"
 #include "formats/format.h"
 #include "kernels/ggml_types.h"
+#include "kernels/hgemm.h"
 #include "kernels/int8_gemm.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
@@ -250,9 +251,58 @@ static void test_int8_matches_emulation(void **state) {
     free(x), free(xq), free(dec), free(want), free(got), free(xtmp);
 }
 
+/* F16 / BF16 weights widened in the kernel (ql_wmatmul_half, called directly: main pins the sgemm path for the
+ * tests above): the kernel's own arithmetic bit for bit on either thread count, with the bias and the residual
+ * add; the decoded-rows sgemm within float rounding; activations rounded to the weight's type stream as 16 bits
+ * and give the same floats. */
+static void test_half_path(void **state) {
+    (void)state;
+    const char *formats[] = {"f16", "bf16"};
+    const int K = 512, N = 37, T = 13;
+    float *x = malloc(sizeof(float) * T * K), *dec = malloc(sizeof(float) * (size_t)K * N), *bias = malloc(sizeof(float) * N);
+    float *want = malloc(sizeof(float) * T * N), *got = malloc(sizeof(float) * T * N), *ref = malloc(sizeof(float) * T * N);
+    for (int i = 0; i < T * K; i++) x[i] = frand();
+    for (int i = 0; i < N; i++) bias[i] = frand();
+    ql_gguf_tensor bt = {.name = "bias", .type = QL_TYPE_F32, .n_dims = 1, .ne = {N, 1, 1, 1}, .data = bias};
+    ql_backend_weight bw = {.t = &bt, .act_type = QL_TYPE_F32};
+    for (int fi = 0; fi < 2; fi++) {
+        ql_gguf_tensor t;
+        void *codes = make_weight(formats[fi], K, N, &t, dec);
+        if (!ql_hgemm_available(t.type, K)) {
+            printf("SKIP (part): no AVX-512 here, the half path is not taken\n");
+            free(codes);
+            continue;
+        }
+        for (int act = 0; act < 2; act++) { /* F32 activations, then activations rounded to the weight's type */
+            ql_backend_weight w = {.t = &t, .act_type = act ? t.type : QL_TYPE_F32};
+            if (act)
+                for (int i = 0; i < T * K; i++)
+                    x[i] = t.type == QL_TYPE_F16 ? ql_fp16_to_fp32(ql_fp32_to_fp16(x[i])) : ql_bf16_to_fp32(ql_fp32_to_bf16(x[i]));
+            for (int threads = 1; threads <= 2; threads++) {
+                for (int i = 0; i < T * N; i++) got[i] = ref[i] = want[i] = (float)(i % 13) - 6.0f;
+                assert_int_equal(ql_wmatmul_half(&w, &bw, x, got, T, K, N, 1.0f, threads), QL_OK);
+                ql_hgemm_ref(t.type, t.data, N, x, T, K, ref, N, true);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.0f, x, K, dec, K, 1.0f, want, N);
+                for (int r = 0; r < T; r++)
+                    for (int j = 0; j < N; j++) {
+                        ref[r * N + j] += bias[j], want[r * N + j] += bias[j];
+                        assert_true(fabsf(got[r * N + j] - want[r * N + j]) <= 1e-4f * (1.0f + fabsf(want[r * N + j])));
+                    }
+                if (memcmp(got, ref, sizeof(float) * T * N)) fail_msg("%s: the half path differs from its reference", formats[fi]);
+            }
+        }
+        free(codes);
+    }
+    free(x), free(dec), free(bias), free(want), free(got), free(ref);
+}
+
 int main(void) {
+    /* the tests above compare stored bytes with decoded F32 rows bit for bit: that is the decode + sgemm path; the
+     * kernels with their own arithmetic (hgemm, kquant_gemm) are checked against their references */
+    setenv("QL_KQUANT_F32", "1", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stored_equals_decoded),
+        cmocka_unit_test(test_half_path),
         cmocka_unit_test(test_forward_stored_equals_f32),
         cmocka_unit_test(test_int8_kernels),
         cmocka_unit_test(test_int8_matches_emulation),
