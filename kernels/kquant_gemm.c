@@ -49,14 +49,15 @@ static bool act_alloc(int T, int K, int bs, ql_kq_act *a) {
     a->bsum = calloc((size_t)a->T8 * (K / 32), sizeof *a->bsum);
     a->bsum16 = bs == QB ? calloc((size_t)a->T8 * (K / 16), sizeof *a->bsum16) : NULL; /* Q2_K's mins only */
     a->qu = malloc((size_t)a->T8 * K);
+    if (bs == QB) a->mpair = calloc((size_t)a->T8 * (K / 32 + K / 64), sizeof *a->mpair);
     if (a->qu) memset(a->qu, 128, (size_t)a->T8 * K); /* code 0: the padding tokens and all-zero blocks */
-    if (a->q && a->d && a->bsum && a->qu && (a->bsum16 || bs != QB)) return true;
+    if (a->q && a->d && a->bsum && a->qu && (bs != QB || (a->bsum16 && a->mpair))) return true;
     ql_kq_act_free(a);
     return false;
 }
 
 void ql_kq_act_free(ql_kq_act *a) {
-    free(a->q), free(a->d), free(a->bsum), free(a->bsum16), free(a->qu);
+    free(a->q), free(a->d), free(a->bsum), free(a->bsum16), free(a->qu), free(a->mpair);
     memset(a, 0, sizeof *a);
 }
 
@@ -90,10 +91,26 @@ static bool act_rows_ref(const float *x, int T, int K, ql_kq_act *a) {
     return true;
 }
 
+/* The code sums the K-quant mins multiply, two to an int32 (|sum| <= 32·127 fits int16) for vpdpwssd: per 32, then
+ * per 16 (Q2_K) — the same arrays whichever version rounded the codes */
+static void pair_sums(ql_kq_act *a) {
+    if (!a->mpair) return;
+    const int K = a->K;
+    for (int t = 0; t < a->T8; t++) {
+        uint32_t *p32 = a->mpair + (size_t)t * (K / 64), *p16 = a->mpair + (size_t)a->T8 * (K / 64) + (size_t)t * (K / 32);
+        const int32_t *s32 = a->bsum + (size_t)t * (K / 32), *s16 = a->bsum16 + (size_t)t * (K / 16);
+        for (int i = 0; i < K / 64; i++) p32[i] = (uint16_t)s32[2 * i] | (uint32_t)(uint16_t)s32[2 * i + 1] << 16;
+        for (int i = 0; i < K / 32; i++) p16[i] = (uint16_t)s16[2 * i] | (uint32_t)(uint16_t)s16[2 * i + 1] << 16;
+    }
+}
+
 bool ql_kq_act_quantize_ref(const float *x, int T, int K, uint32_t act, ql_kq_act *a) {
     const int bs = act == QL_TYPE_Q8_K ? QB : 32;
     if (K % bs != 0 || !act_alloc(T, K, bs, a)) return false;
-    if (act_rows_ref(x, T, K, a)) return true;
+    if (act_rows_ref(x, T, K, a)) {
+        pair_sums(a);
+        return true;
+    }
     ql_kq_act_free(a);
     return false;
 }
@@ -180,6 +197,7 @@ bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a
                 return false;
             }
         }
+    pair_sums(a);
     return true;
 }
 
@@ -367,7 +385,8 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
  * scales [nsub][16], the offset 128·Σ sc·c [16] the unsigned activations add, dw and dmin [16], the mins [nm][16] */
 typedef struct {
     int8_t *c;
-    int32_t *sc, *off, *m;
+    int32_t *sc, *off;
+    int16_t *m; /* [nb][nm/2][16][2]: a pair of mins per row, vpdpwssd's operand */
     float *dw, *dmin;
 } tile;
 
@@ -386,7 +405,7 @@ static int decode_tile(uint32_t type, const uint8_t *rows, int64_t row_bytes, in
             else memset(c, 0, sizeof c), memset(m, 0, sizeof m), memset(sc, 0, sizeof sc);
             tl->dw[b * ROWS + r] = dw, tl->dmin[b * ROWS + r] = dmin;
             if (bs == QB)
-                for (int s = 0; s < nm; s++) tl->m[(b * nm + s) * ROWS + r] = m[s];
+                for (int s = 0; s < nm; s++) tl->m[((b * nm + s) / 2 * ROWS + r) * 2 + s % 2] = (int16_t)m[s];
             /* the scales are laid out per 16 values whatever L is, so the twin reads them the same way */
             int32_t off = 0;
             for (int s = 0; s < bs / 16; s++) {
@@ -470,11 +489,13 @@ AVX512 static void tile_tokens(const tile *tl, int K, int bs, int L, epilogue e,
             const int32_t *sums;
             const int nm = min_sums(e, a, t, b, &sums);
             __m512 v = _mm512_mul_ps(dw, _mm512_cvtepi32_ps(acc[i]));
-            if (nm) {
+            if (nm) { /* Σ m·sum by pairs: int16 mins × int16 code sums */
+                const uint32_t *pairs = nm == 16 ? a->mpair + (size_t)a->T8 * (K / 64) + (size_t)t * (K / 32) + b * 8
+                                                 : a->mpair + (size_t)t * (K / 64) + b * 4;
                 __m512i ms = _mm512_setzero_si512();
-                for (int s = 0; s < nm; s++)
-                    ms = _mm512_add_epi32(ms, _mm512_mullo_epi32(_mm512_loadu_si512((const void *)(tl->m + (b * nm + s) * ROWS)),
-                                                                 _mm512_set1_epi32(sums[s])));
+                for (int s2 = 0; s2 < nm / 2; s2++)
+                    ms = _mm512_dpwssd_epi32(ms, _mm512_loadu_si512((const void *)(tl->m + (b * nm / 2 + s2) * ROWS * 2)),
+                                             _mm512_set1_epi32((int)pairs[s2]));
                 v = _mm512_sub_ps(v, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(ms)));
             } else if (e == EPI_ADDMIN) {
                 v = _mm512_add_ps(v, _mm512_mul_ps(dmin, _mm512_set1_ps((float)sums[0])));

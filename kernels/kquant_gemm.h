@@ -25,6 +25,7 @@ typedef struct {
     int32_t *bsum;    /* [T8][K/32] */
     int32_t *bsum16;  /* [T8][K/16] (Q8_K only: Q2_K's mins come per 16) */
     uint8_t *qu;      /* [T8][K] the codes plus 128, as vpdpbusd's unsigned operand */
+    uint32_t *mpair;  /* Q8_K only: bsum by pairs as int16 [T8][K/64], then bsum16 by pairs [T8][K/32] */
 } ql_kq_act;
 
 /* True when this CPU runs the VNNI twin and the weight type (a ggml type id) is supported under activations
