@@ -59,7 +59,20 @@ for T in Q4_K_M Q8_0 F16; do
   printf '%-44s %9ss %9ss %8s  %s\n' "ppl synth 1B $T ctx 512 x 4 chunks" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
     "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
 done
-rm -f "$OUT/lc.gguf" "$OUT/ql.gguf" "$OUT/lc-1b.gguf"
+# the importance matrix of the F16 1B (4 chunks of 512), then that 1B in two lattice i-quants (qlab writes the same
+# bytes as llama-quantize; its own imatrix, to keep the time here short) under both perplexity tools
+t0=$(now); "$L/llama-imatrix" -m "$M1B" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" -o "$OUT/lc-im.gguf" >/dev/null 2>&1; t1=$(now)
+"$QLAB" imatrix "$M1B" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" -o "$OUT/ql-im.gguf" >/dev/null 2>&1; t2=$(now)
+printf '%-44s %9ss %9ss %8s\n' "imatrix synth 1B F16 ctx 512 x 4 chunks" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+  "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")"
+for T in IQ2_XXS IQ3_S; do
+  "$QLAB" quant "$M1B" --preset "$T" --imatrix "$OUT/ql-im.gguf" --threads "$THREADS" -o "$OUT/lc-1b.gguf" >/dev/null 2>&1
+  t0=$(now); "$L/llama-perplexity" -m "$OUT/lc-1b.gguf" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
+  "$QLAB" ppl "$OUT/lc-1b.gguf" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
+  printf '%-44s %9ss %9ss %8s  %s\n' "ppl synth 1B $T ctx 512 x 4 chunks" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+    "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
+done
+rm -f "$OUT/lc.gguf" "$OUT/ql.gguf" "$OUT/lc-1b.gguf" "$OUT/lc-im.gguf" "$OUT/ql-im.gguf"
 # 3. the BPE pre-tokenizers: llama-tokenize and `qlab tokenize` on one text through a small byte-level vocabulary,
 #    once per tokenizer.ggml.pre name qlab knows (the token ids must be the same lists)
 if [ -x "$L/llama-tokenize" ] && [ -f "$SHARED/models/stories260K.gguf" ]; then
