@@ -258,10 +258,15 @@ static int decode_block(uint32_t type, const uint8_t *blk, int8_t c[QB], int16_t
             get_scale_min_k4(2 * j, scales, &sc0, &m0);
             get_scale_min_k4(2 * j + 1, scales, &sc1, &m1);
             sc[2 * j] = sc0, sc[2 * j + 1] = sc1, m[2 * j] = m0, m[2 * j + 1] = m1;
-            for (int l = 0; l < 32; l++) {
-                const int h0 = qh ? (qh[l] >> (2 * j) & 1) << 4 : 0, h1 = qh ? (qh[l] >> (2 * j + 1) & 1) << 4 : 0;
-                c[64 * j + l] = (int8_t)((q[l] & 0xF) + h0);
-                c[64 * j + 32 + l] = (int8_t)((q[l] >> 4) + h1);
+            for (int l = 0; l < 32; l += 8) { /* 8 bytes at a time: the nibbles, plus Q5_K's fifth bits at 0x10 */
+                const uint64_t nib = 0x0f0f0f0f0f0f0f0full, one = 0x0101010101010101ull;
+                uint64_t v, h = 0, lo, hi;
+                memcpy(&v, q + l, 8);
+                if (qh) memcpy(&h, qh + l, 8);
+                lo = (v & nib) | ((h >> (2 * j)) & one) << 4;
+                hi = ((v >> 4) & nib) | ((h >> (2 * j + 1)) & one) << 4;
+                memcpy(c + 64 * j + l, &lo, 8);
+                memcpy(c + 64 * j + 32 + l, &hi, 8);
             }
         }
         return 32;
