@@ -27,6 +27,16 @@ static float rnd(void) {
     return (float)((double)(g_rng >> 11) / 9007199254740992.0 - 0.5);
 }
 
+/* every weight type the kernel covers, with the activation rounding llama.cpp pairs it with */
+static const uint32_t types[][2] = {
+    {QL_TYPE_Q2_K, QL_TYPE_Q8_K},    {QL_TYPE_Q3_K, QL_TYPE_Q8_K},   {QL_TYPE_Q4_K, QL_TYPE_Q8_K},
+    {QL_TYPE_Q5_K, QL_TYPE_Q8_K},    {QL_TYPE_Q6_K, QL_TYPE_Q8_K},   {QL_TYPE_IQ4_XS, QL_TYPE_Q8_K},
+    {QL_TYPE_Q4_0, QL_TYPE_Q8_0},    {QL_TYPE_Q4_1, QL_TYPE_Q8_1},   {QL_TYPE_Q5_0, QL_TYPE_Q8_0},
+    {QL_TYPE_Q5_1, QL_TYPE_Q8_1},    {QL_TYPE_Q8_0, QL_TYPE_Q8_0},   {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0},
+    {QL_TYPE_IQ2_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ2_XS, QL_TYPE_Q8_K}, {QL_TYPE_IQ2_S, QL_TYPE_Q8_K},
+    {QL_TYPE_IQ3_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ3_S, QL_TYPE_Q8_K},  {QL_TYPE_IQ1_S, QL_TYPE_Q8_K},
+    {QL_TYPE_IQ1_M, QL_TYPE_Q8_K},   {QL_TYPE_TQ1_0, QL_TYPE_Q8_K},  {QL_TYPE_TQ2_0, QL_TYPE_Q8_K}};
+
 static void check_type(uint32_t type, uint32_t act, int T, int N, int K) {
     const ql_format *f = ql_format_by_type(type);
     assert_non_null(f);
@@ -93,14 +103,6 @@ static void check_type(uint32_t type, uint32_t act, int T, int N, int K) {
 
 static void test_products(void **state) {
     (void)state;
-    static const uint32_t types[][2] = {
-        {QL_TYPE_Q2_K, QL_TYPE_Q8_K}, {QL_TYPE_Q3_K, QL_TYPE_Q8_K}, {QL_TYPE_Q4_K, QL_TYPE_Q8_K},
-        {QL_TYPE_Q5_K, QL_TYPE_Q8_K}, {QL_TYPE_Q6_K, QL_TYPE_Q8_K}, {QL_TYPE_IQ4_XS, QL_TYPE_Q8_K},
-        {QL_TYPE_Q4_0, QL_TYPE_Q8_0}, {QL_TYPE_Q4_1, QL_TYPE_Q8_1}, {QL_TYPE_Q5_0, QL_TYPE_Q8_0},
-        {QL_TYPE_Q5_1, QL_TYPE_Q8_1}, {QL_TYPE_Q8_0, QL_TYPE_Q8_0}, {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0},
-        {QL_TYPE_IQ2_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ2_XS, QL_TYPE_Q8_K}, {QL_TYPE_IQ2_S, QL_TYPE_Q8_K},
-        {QL_TYPE_IQ3_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ3_S, QL_TYPE_Q8_K}, {QL_TYPE_IQ1_S, QL_TYPE_Q8_K},
-        {QL_TYPE_IQ1_M, QL_TYPE_Q8_K}, {QL_TYPE_TQ1_0, QL_TYPE_Q8_K}, {QL_TYPE_TQ2_0, QL_TYPE_Q8_K}};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         check_type(types[i][0], types[i][1], 13, 37, 512);
         check_type(types[i][0], types[i][1], 8, 16, 256);
@@ -117,14 +119,6 @@ static void test_products(void **state) {
  * equals a NaN). */
 static void test_random_blocks(void **state) {
     (void)state;
-    static const uint32_t types[][2] = {
-        {QL_TYPE_Q2_K, QL_TYPE_Q8_K},    {QL_TYPE_Q3_K, QL_TYPE_Q8_K},    {QL_TYPE_Q4_K, QL_TYPE_Q8_K},
-        {QL_TYPE_Q5_K, QL_TYPE_Q8_K},    {QL_TYPE_Q6_K, QL_TYPE_Q8_K},    {QL_TYPE_IQ4_XS, QL_TYPE_Q8_K},
-        {QL_TYPE_Q4_0, QL_TYPE_Q8_0},    {QL_TYPE_Q4_1, QL_TYPE_Q8_1},    {QL_TYPE_Q5_0, QL_TYPE_Q8_0},
-        {QL_TYPE_Q5_1, QL_TYPE_Q8_1},    {QL_TYPE_Q8_0, QL_TYPE_Q8_0},    {QL_TYPE_IQ4_NL, QL_TYPE_Q8_0},
-        {QL_TYPE_IQ2_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ2_XS, QL_TYPE_Q8_K},  {QL_TYPE_IQ2_S, QL_TYPE_Q8_K},
-        {QL_TYPE_IQ3_XXS, QL_TYPE_Q8_K}, {QL_TYPE_IQ3_S, QL_TYPE_Q8_K},   {QL_TYPE_IQ1_S, QL_TYPE_Q8_K},
-        {QL_TYPE_IQ1_M, QL_TYPE_Q8_K},   {QL_TYPE_TQ1_0, QL_TYPE_Q8_K},   {QL_TYPE_TQ2_0, QL_TYPE_Q8_K}};
     enum { T = 9, N = 19, K = 512 };
     float *x = malloc((size_t)T * K * sizeof *x), *yr = malloc((size_t)T * N * sizeof *yr),
           *yv = malloc((size_t)T * N * sizeof *yv);
