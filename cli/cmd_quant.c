@@ -198,10 +198,14 @@ int cmd_quant(int argc, char **argv) {
         if (ql_method_parse_opts(meth, method_opts, &ov))
             return cli_usage_error("quant", QUANT_USAGE, "%s", ql_last_error());
     }
-    if (ql_model_load(model, &m) || (imatrix && ql_imatrix_load(imatrix, &im))) {
+    if (ql_model_load_weights(model, &m) || (imatrix && ql_imatrix_load(imatrix, &im))) {
         rc = cli_fail("quant");
         goto done;
     }
+    if (m->weights_only)
+        fprintf(stderr, "qlab quant: %s: architecture '%s' has no forward pass in qlab: its tensors are quantized by "
+                        "name (%d layers, GQA %d), as llama-quantize does; methods and statistics that run the model "
+                        "are refused\n", model, m->cfg.arch, m->cfg.n_layer, m->cfg.n_head / m->cfg.n_head_kv);
     ql_status s;
     if (type) s = ql_plan_single_format(type, m, &plan);
     else if (preset) {

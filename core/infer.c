@@ -158,6 +158,13 @@ ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
 
 ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops *ops, ql_infer **out) {
     *out = NULL;
+    if (m->weights_only) {
+        char known[256];
+        ql_arch_list(known, sizeof known);
+        return ql_fail(QL_ERR_UNSUPPORTED,
+                       "%s: architecture '%s' has no forward pass in qlab (known: %s); it can only be quantized by "
+                       "tensor names (--type or a preset, rtn)", m->path, m->cfg.arch, known);
+    }
     ql_infer *inf = ql_calloc(1, sizeof *inf);
     inf->m = m;
     inf->n_threads = n_threads > 0 ? n_threads : 1;

@@ -76,7 +76,10 @@ typedef struct ql_model {
     /* Phi-3 LongRoPE (architectures whose description allows them): factors used like rope_freqs, the long
      * ones when the context exceeds cfg.n_ctx_orig, else the short ones (NULL: none; both or neither) */
     ql_gguf_tensor *rope_long, *rope_short;
-    ql_layer_tensors *layers; /* n_layer entries */
+    ql_layer_tensors *layers; /* n_layer entries (all NULL in a weights-only model) */
+    /* Loaded by ql_model_load_weights for an architecture qlab cannot run: tensors and hyper-parameters only, for
+     * quantization by tensor names (as llama-quantize does); every forward pass refuses it (ql_infer_new_on). */
+    bool weights_only;
     int n_views;
     struct ql_tensor_view { ql_gguf_tensor *view; const ql_gguf_tensor *parent; int64_t row0; } *views;
 } ql_model;
@@ -99,6 +102,9 @@ typedef enum { QL_SRC_GGUF, QL_SRC_HF, QL_SRC_LLAMA2C } ql_model_source;
 
 /* Detects the source kind from `path` (a .gguf file, a folder with config.json, a llama2.c .bin). */
 ql_status ql_model_load(const char *path, ql_model **out);
+/* ql_model_load, except that an architecture without a description (core/arch.c) loads as a weights-only model
+ * instead of failing: the tensors, block_count and the head counts when present, the tokenizer when it loads. */
+ql_status ql_model_load_weights(const char *path, ql_model **out);
 /* Builds the model view over an existing ql_gguf (takes ownership of g). */
 ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out);
 void ql_model_free(ql_model *m);

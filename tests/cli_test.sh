@@ -121,6 +121,16 @@ if [ -f "$T/tiny.gguf" ]; then
     ok "quantize MODEL OUT TYPE THREADS (llama-quantize's order) equals quant --preset"
   else bad "quantize with llama-quantize's arguments"; fi
   expect_error "quantize: bad THREADS" "THREADS 'x'" $QLAB quantize "$T/tiny.gguf" "$T/x.gguf" Q4_K_M x
+  # an architecture qlab has no description of is quantized by tensor names, as llama-quantize does: the same
+  # tensors under another general.architecture give the same bytes; its forward pass is refused in one line
+  python3 "$(dirname "$0")/gguf_rename_arch.py" "$T/tiny.gguf" "$T/olmo.gguf" olmo2
+  if $QLAB quantize "$T/olmo.gguf" "$T/olmo-q.gguf" Q4_K_M 2>"$T/err" && grep -q "architecture 'olmo2' has no forward pass" "$T/err" \
+     && python3 "$(dirname "$0")/../bench/gguf_tensors_cmp.py" "$T/qkm-flags.gguf" "$T/olmo-q.gguf" | tail -1 | grep -q " 0 differ, 0 other"; then
+    ok "quant: an unknown architecture is quantized by tensor names (same bytes as the same tensors under llama)"
+  else bad "quant: unknown architecture"; sed 's/^/     /' "$T/err" | tail -3; fi
+  expect_error "ppl: an architecture without a forward pass" "olmo2" $QLAB ppl "$T/olmo-q.gguf" --text "$T/text.txt" --ctx 64
+  expect_error "quant gptq: an architecture without a forward pass" "no forward pass" \
+    $QLAB quant "$T/olmo.gguf" --type int4_g128 --method gptq --text "$T/text.txt" --ctx 64 --chunks 1 -o "$T/x.gguf"
   expect_error "quantize: a fifth argument" "unexpected argument" $QLAB quantize "$T/tiny.gguf" "$T/x.gguf" Q4_K_M 2 3
   # the exporter seam: --to gguf is the default path, byte for byte; an unknown exporter is refused with the list
   if $QLAB quant "$T/tiny.gguf" --type q4_k --to gguf -o "$T/q4k-to.gguf" 2>/dev/null && cmp -s "$T/q4k.gguf" "$T/q4k-to.gguf"; then
