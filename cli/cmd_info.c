@@ -47,7 +47,7 @@ int cmd_info(int argc, char **argv) {
     int n_kv_list;
     const char *const *kv_list = ql_kv_scheme_examples(&n_kv_list);
     ql_model *m;
-    if (ql_model_load(path, &m)) return cli_fail("info");
+    if (ql_model_load_weights(path, &m)) return cli_fail("info"); /* an unknown architecture: tensors only */
     const ql_config *c = &m->cfg;
     const ql_gguf *g = m->gguf;
     ql_kv_settings fkv; /* the runtime settings the file carries (qlab.kv.*, qlab.act.*) */
@@ -93,6 +93,7 @@ int cmd_info(int argc, char **argv) {
         json_t *o = json_object();
         json_object_set_new(o, "path", json_string(path));
         json_object_set_new(o, "arch", json_string(c->arch));
+        json_object_set_new(o, "forward_pass", json_boolean(!m->weights_only)); /* false: quant by tensor names only */
         if (name) json_object_set_new(o, "name", json_string(name));
         json_object_set_new(o, "n_params", json_integer(n_params));
         json_object_set_new(o, "bytes", json_integer(bytes));
@@ -171,14 +172,19 @@ int cmd_info(int argc, char **argv) {
         json_decref(o);
     } else {
         printf("%s  (%s%s%s)\n", path, c->arch, name ? ", " : "", name ? name : "");
-        printf("  layers %d, embd %d, heads %d (kv %d, dim %d), ffn %d, vocab %d, ctx %d\n", c->n_layer, c->n_embd,
-               c->n_head, c->n_head_kv, c->head_dim, c->n_ff, c->n_vocab, c->n_ctx_train);
-        printf("  rope base %g%s, norm eps %g, %s output, tokenizer %s\n", c->rope_base,
-               c->rope_scale != 1 ? " (linear scaling)" : "", c->norm_eps, c->tied_output ? "tied" : "separate",
-               m->tok ? (ql_tokenizer_kind(m->tok) == QL_TOK_SPM ? "sentencepiece" : "bpe") : "none");
-        char feat[512];
-        ql_model_features(m, feat, sizeof feat);
-        printf("  %s\n", feat);
+        if (m->weights_only) /* no description: only what quantization by tensor names reads */
+            printf("  layers %d, heads %d (kv %d), %s output; no forward pass in qlab for '%s': quant only, by tensor "
+                   "names\n", c->n_layer, c->n_head, c->n_head_kv, c->tied_output ? "tied" : "separate", c->arch);
+        else {
+            printf("  layers %d, embd %d, heads %d (kv %d, dim %d), ffn %d, vocab %d, ctx %d\n", c->n_layer, c->n_embd,
+                   c->n_head, c->n_head_kv, c->head_dim, c->n_ff, c->n_vocab, c->n_ctx_train);
+            printf("  rope base %g%s, norm eps %g, %s output, tokenizer %s\n", c->rope_base,
+                   c->rope_scale != 1 ? " (linear scaling)" : "", c->norm_eps, c->tied_output ? "tied" : "separate",
+                   m->tok ? (ql_tokenizer_kind(m->tok) == QL_TOK_SPM ? "sentencepiece" : "bpe") : "none");
+            char feat[512];
+            ql_model_features(m, feat, sizeof feat);
+            printf("  %s\n", feat);
+        }
         printf("  %lld parameters, %.2f MiB, %.3f bits/weight (%.3f over 2-D weights)\n", (long long)n_params,
                bytes / 1048576.0, bpw, bpwq);
         printf("  %s\n", refusal ? refusal : "plain GGUF: llama.cpp can run it");

@@ -128,6 +128,9 @@ if [ -f "$T/tiny.gguf" ]; then
      && python3 "$(dirname "$0")/../bench/gguf_tensors_cmp.py" "$T/qkm-flags.gguf" "$T/olmo-q.gguf" | tail -1 | grep -q " 0 differ, 0 other"; then
     ok "quant: an unknown architecture is quantized by tensor names (same bytes as the same tensors under llama)"
   else bad "quant: unknown architecture"; sed 's/^/     /' "$T/err" | tail -3; fi
+  if $QLAB info "$T/olmo-q.gguf" | grep -q "no forward pass in qlab for 'olmo2'" && $QLAB info "$T/olmo-q.gguf" --json | grep -q '"forward_pass": false'; then
+    ok "info: an unknown architecture lists its tensors and says it has no forward pass"
+  else bad "info on an unknown architecture"; fi
   expect_error "ppl: an architecture without a forward pass" "olmo2" $QLAB ppl "$T/olmo-q.gguf" --text "$T/text.txt" --ctx 64
   expect_error "quant gptq: an architecture without a forward pass" "no forward pass" \
     $QLAB quant "$T/olmo.gguf" --type int4_g128 --method gptq --text "$T/text.txt" --ctx 64 --chunks 1 -o "$T/x.gguf"
