@@ -114,7 +114,8 @@ static ql_status cpu_get_rows(void *be, const ql_backend_weight *w, const int32_
 }
 
 /* y[T,N] (+)= x[T,K] · W[N,K]ᵀ (+ bias), GGUF ne = [K, N] being N rows of K: INT8 weights under dynamic
- * INT8 activations as integer products, everything else as sgemm over F32 rows (core/wmatmul.c) */
+ * INT8 activations and ggml-quantized weights under llama.cpp's input rounding as integer products, F16/BF16
+ * weights widened in the kernel, everything else as sgemm over decoded F32 rows (core/wmatmul.c) */
 static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backend_weight *bias, const float *x,
                            float *y, int T, int K, int N, float beta, float *xtmp) {
     (void)be;

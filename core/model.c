@@ -35,51 +35,6 @@ ql_status ql_model_load(const char *path, ql_model **out) {
     return ql_model_from_gguf(g, path, out);
 }
 
-static const char *arch_or_default(const ql_gguf *g);
-static int64_t get_int_or(const ql_gguf *g, const char *arch, const char *key, int64_t dflt);
-
-/* No description: what quantization by tensor names needs, and nothing a forward pass would read. */
-static ql_status weights_only_model(ql_gguf *g, const char *path, const char *arch, ql_model **out) {
-    static const ql_arch generic = {.name = "weights-only", .family = "weights-only (quantization by tensor names)"};
-    ql_model *m = ql_calloc(1, sizeof *m);
-    m->gguf = g;
-    m->path = ql_strdup(path);
-    m->weights_only = true;
-    ql_config *c = &m->cfg;
-    c->desc = &generic;
-    snprintf(c->arch, sizeof c->arch, "%s", arch);
-    int max_layer = -1; /* blk.N. names, for files whose block_count key is missing */
-    for (int64_t i = 0; i < g->n_tensors; i++) {
-        int l;
-        if (sscanf(g->tensors[i].name, "blk.%d.", &l) == 1 && l > max_layer && l < 4096) max_layer = l;
-    }
-    const int64_t nl = get_int_or(g, arch, "block_count", max_layer + 1);
-    c->n_layer = nl > 0 && nl <= 4096 ? (int)nl : max_layer + 1;
-    c->n_embd = (int)get_int_or(g, arch, "embedding_length", 0);
-    c->n_head = (int)get_int_or(g, arch, "attention.head_count", 1);
-    c->n_head_kv = (int)get_int_or(g, arch, "attention.head_count_kv", c->n_head);
-    if (c->n_head <= 0 || c->n_head > 1 << 16) c->n_head = 1; /* per-layer arrays, or none: GQA unknown, taken as 1 */
-    if (c->n_head_kv <= 0 || c->n_head_kv > c->n_head) c->n_head_kv = c->n_head;
-    int64_t te = ql_gguf_find_tensor(g, "token_embd.weight"), ou = ql_gguf_find_tensor(g, "output.weight");
-    m->tok_embd = te >= 0 ? &g->tensors[te] : NULL;
-    m->output = ou >= 0 ? &g->tensors[ou] : m->tok_embd;
-    c->tied_output = ou < 0; /* llama-quantize: no output.weight means the embedding is the classifier */
-    c->n_vocab = m->tok_embd && m->tok_embd->n_dims >= 2 ? (int)m->tok_embd->ne[1] : 0;
-    m->layers = ql_calloc((size_t)(c->n_layer > 0 ? c->n_layer : 1), sizeof *m->layers);
-    if (ql_gguf_get(g, "tokenizer.ggml.tokens") && ql_tokenizer_from_gguf(g, &m->tok)) m->tok = NULL; /* not needed */
-    *out = m;
-    return QL_OK;
-}
-
-ql_status ql_model_load_weights(const char *path, ql_model **out) {
-    ql_gguf *g = NULL;
-    ql_status s = load_by_kind(path, &g);
-    if (s) return s;
-    const char *arch = arch_or_default(g);
-    if (!ql_arch_find(arch)) return weights_only_model(g, path, arch, out);
-    return ql_model_from_gguf(g, path, out);
-}
-
 ql_status ql_model_no_tokenizer(const ql_model *m, const char *need) {
     const char *p = m->path ? m->path : "the model";
     struct stat st;
@@ -332,6 +287,48 @@ static ql_status read_swa_pattern(const ql_gguf *g, const char *arch, const char
     }
     c->swa_per_layer = true;
     return QL_OK;
+}
+
+/* No description: what quantization by tensor names needs, and nothing a forward pass would read. */
+static ql_status weights_only_model(ql_gguf *g, const char *path, const char *arch, ql_model **out) {
+    static const ql_arch generic = {.name = "weights-only", .family = "weights-only (quantization by tensor names)"};
+    ql_model *m = ql_calloc(1, sizeof *m);
+    m->gguf = g;
+    m->path = ql_strdup(path);
+    m->weights_only = true;
+    ql_config *c = &m->cfg;
+    c->desc = &generic;
+    snprintf(c->arch, sizeof c->arch, "%s", arch);
+    int max_layer = -1; /* blk.N. names, for files whose block_count key is missing */
+    for (int64_t i = 0; i < g->n_tensors; i++) {
+        int l;
+        if (sscanf(g->tensors[i].name, "blk.%d.", &l) == 1 && l > max_layer && l < 4096) max_layer = l;
+    }
+    const int64_t nl = get_int_or(g, arch, "block_count", max_layer + 1);
+    c->n_layer = nl > 0 && nl <= 4096 ? (int)nl : max_layer + 1;
+    c->n_embd = (int)get_int_or(g, arch, "embedding_length", 0);
+    c->n_head = (int)get_int_or(g, arch, "attention.head_count", 1);
+    c->n_head_kv = (int)get_int_or(g, arch, "attention.head_count_kv", c->n_head);
+    if (c->n_head <= 0 || c->n_head > 1 << 16) c->n_head = 1; /* per-layer arrays, or none: GQA unknown, taken as 1 */
+    if (c->n_head_kv <= 0 || c->n_head_kv > c->n_head) c->n_head_kv = c->n_head;
+    int64_t te = ql_gguf_find_tensor(g, "token_embd.weight"), ou = ql_gguf_find_tensor(g, "output.weight");
+    m->tok_embd = te >= 0 ? &g->tensors[te] : NULL;
+    m->output = ou >= 0 ? &g->tensors[ou] : m->tok_embd;
+    c->tied_output = ou < 0; /* llama-quantize: no output.weight means the embedding is the classifier */
+    c->n_vocab = m->tok_embd && m->tok_embd->n_dims >= 2 ? (int)m->tok_embd->ne[1] : 0;
+    m->layers = ql_calloc((size_t)(c->n_layer > 0 ? c->n_layer : 1), sizeof *m->layers);
+    if (ql_gguf_get(g, "tokenizer.ggml.tokens") && ql_tokenizer_from_gguf(g, &m->tok)) m->tok = NULL; /* not needed */
+    *out = m;
+    return QL_OK;
+}
+
+ql_status ql_model_load_weights(const char *path, ql_model **out) {
+    ql_gguf *g = NULL;
+    ql_status s = load_by_kind(path, &g);
+    if (s) return s;
+    const char *arch = arch_or_default(g);
+    if (!ql_arch_find(arch)) return weights_only_model(g, path, arch, out);
+    return ql_model_from_gguf(g, path, out);
 }
 
 ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {

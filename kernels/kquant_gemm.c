@@ -2,8 +2,9 @@
  * IQ4_NL under Q8_0/Q8_1) times their activations as integer dot products (kernels/kquant_gemm.h): the
  * scalar reference and an AVX-512 VNNI twin. Why: the preview of a K-quant model spent ~80 % of its time in sgemm
  * over weights decoded to F32, at this CPU's F32 peak; llama.cpp runs the same products on int8/int16 units.
- * The twin decodes 16 rows at a time into int16 codes sc·q laid out [K/2][16 rows][2] (one 64-byte vector per
- * pair of columns) and multiplies 8 tokens at a time with vpdpwssd (16 rows × 2 columns × 8 tokens a step). */
+ * The twin decodes 16 rows at a time into int8 codes with their integer sub-block scales kept apart, laid out
+ * [K/4][16 rows][4] (one 64-byte vector per 4 columns), and multiplies 8 tokens at a time with vpdpbusd against the
+ * activations' codes + 128 (u8); the 128·Σ sc·c that adds is subtracted once per block. */
 #include "kernels/kquant_gemm.h"
 #include "kernels/act_round.h"
 #include "kernels/ggml_quants.h"
@@ -44,20 +45,19 @@ static epilogue epilogue_of(uint32_t type) {
 static bool act_alloc(int T, int K, int bs, ql_kq_act *a) {
     memset(a, 0, sizeof *a);
     a->T = T, a->T8 = (T + TOK - 1) / TOK * TOK, a->K = K, a->bs = bs;
-    a->q = calloc((size_t)a->T8 * K, sizeof *a->q);
     a->d = calloc((size_t)a->T8 * (K / bs), sizeof *a->d);
     a->bsum = calloc((size_t)a->T8 * (K / 32), sizeof *a->bsum);
     a->bsum16 = bs == QB ? calloc((size_t)a->T8 * (K / 16), sizeof *a->bsum16) : NULL; /* Q2_K's mins only */
     a->qu = malloc((size_t)a->T8 * K);
     if (bs == QB) a->mpair = calloc((size_t)a->T8 * (K / 32 + K / 64), sizeof *a->mpair);
     if (a->qu) memset(a->qu, 128, (size_t)a->T8 * K); /* code 0: the padding tokens and all-zero blocks */
-    if (a->q && a->d && a->bsum && a->qu && (bs != QB || (a->bsum16 && a->mpair))) return true;
+    if (a->d && a->bsum && a->qu && (bs != QB || (a->bsum16 && a->mpair))) return true;
     ql_kq_act_free(a);
     return false;
 }
 
 void ql_kq_act_free(ql_kq_act *a) {
-    free(a->q), free(a->d), free(a->bsum), free(a->bsum16), free(a->qu), free(a->mpair);
+    free(a->d), free(a->bsum), free(a->bsum16), free(a->qu), free(a->mpair);
     memset(a, 0, sizeof *a);
 }
 
@@ -67,11 +67,11 @@ static bool act_rows_ref(const float *x, int T, int K, ql_kq_act *a) {
         if (!isfinite(x[i])) return false;
     const int bs = a->bs, nb = K / bs;
     int32_t v[QB];
+    int16_t q[QB];
     float r[32];
     for (int t = 0; t < T; t++)
         for (int b = 0; b < nb; b++) {
             const float *xb = x + (size_t)t * K + (size_t)b * bs;
-            int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
             if (bs == QB) {
                 a->d[(size_t)t * nb + b] = ql_act_q8_k_block(xb, v);
                 for (int j = 0; j < QB; j++) q[j] = (int16_t)v[j];
@@ -117,7 +117,7 @@ bool ql_kq_act_quantize_ref(const float *x, int T, int K, uint32_t act, ql_kq_ac
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
-AVX512 static bool act_block_avx512(const float *v, int16_t *q, uint8_t *qu, float *d, int32_t *bsum, int32_t *bsum16) {
+AVX512 static bool act_block_avx512(const float *v, uint8_t *qu, float *d, int32_t *bsum, int32_t *bsum16) {
     const __m512 sign = _mm512_set1_ps(-0.0f);
     __m512 m = _mm512_setzero_ps();
     __mmask16 bad = 0;
@@ -147,7 +147,6 @@ AVX512 static bool act_block_avx512(const float *v, int16_t *q, uint8_t *qu, flo
             const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(vis, _mm512_loadu_ps(v + j + 16 * h)),
                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             c[h] = _mm512_min_epi32(_mm512_cvttps_epi32(r), _mm512_set1_epi32(127));
-            _mm256_storeu_si256((__m256i *)(q + j + 16 * h), _mm512_cvtepi32_epi16(c[h]));
             _mm_storeu_si128((__m128i *)(qu + j + 16 * h), _mm512_cvtepi32_epi8(_mm512_add_epi32(c[h], _mm512_set1_epi32(128))));
         }
         bsum16[j / 16] = _mm512_reduce_add_epi32(c[0]);
@@ -158,7 +157,7 @@ AVX512 static bool act_block_avx512(const float *v, int16_t *q, uint8_t *qu, flo
 }
 
 /* Q8_0 over 32 values: amax with fmaxf's NaN rule (no NaN arrives here), codes x·id to nearest */
-AVX512 static bool act_block32_avx512(const float *v, int16_t *q, uint8_t *qu, float *d, int32_t *bsum) {
+AVX512 static bool act_block32_avx512(const float *v, uint8_t *qu, float *d, int32_t *bsum) {
     const __m512 sign = _mm512_set1_ps(-0.0f);
     const __m512 x0 = _mm512_loadu_ps(v), x1 = _mm512_loadu_ps(v + 16);
     const __m512 a0 = _mm512_andnot_ps(sign, x0), a1 = _mm512_andnot_ps(sign, x1);
@@ -171,8 +170,6 @@ AVX512 static bool act_block32_avx512(const float *v, int16_t *q, uint8_t *qu, f
     const __m512 vid = _mm512_set1_ps(id);
     const __m512i c0 = _mm512_cvttps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(x0, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     const __m512i c1 = _mm512_cvttps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(x1, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    _mm256_storeu_si256((__m256i *)q, _mm512_cvtepi32_epi16(c0));
-    _mm256_storeu_si256((__m256i *)(q + 16), _mm512_cvtepi32_epi16(c1));
     _mm_storeu_si128((__m128i *)qu, _mm512_cvtepi32_epi8(_mm512_add_epi32(c0, _mm512_set1_epi32(128))));
     _mm_storeu_si128((__m128i *)(qu + 16), _mm512_cvtepi32_epi8(_mm512_add_epi32(c1, _mm512_set1_epi32(128))));
     *bsum = _mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
@@ -187,12 +184,11 @@ bool ql_kq_act_quantize(const float *x, int T, int K, uint32_t act, ql_kq_act *a
     for (int t = 0; t < T; t++)
         for (int b = 0; b < nb; b++) {
             const float *v = x + (size_t)t * K + (size_t)b * bs;
-            int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
             uint8_t *qu = a->qu + (size_t)t * K + (size_t)b * bs;
             float *d = a->d + (size_t)t * nb + b;
             int32_t *bsum = a->bsum + (size_t)t * (K / 32) + b * (bs / 32);
             int32_t *bsum16 = bs == QB ? a->bsum16 + (size_t)t * (K / 16) + b * (bs / 16) : NULL;
-            if (!(bs == QB ? act_block_avx512(v, q, qu, d, bsum, bsum16) : act_block32_avx512(v, q, qu, d, bsum))) {
+            if (!(bs == QB ? act_block_avx512(v, qu, d, bsum, bsum16) : act_block32_avx512(v, qu, d, bsum))) {
                 ql_kq_act_free(a);
                 return false;
             }
@@ -372,11 +368,11 @@ void ql_kq_gemm_ref(uint32_t type, const uint8_t *rows, int64_t row_bytes, int n
             const int L = decode_block(type, rows + n * row_bytes + b * bb, c, sc, &dw, &dmin, m);
             for (int j = 0; j < bs; j++) w[j] = (int16_t)(sc[j / L] * c[j]);
             for (int t = 0; t < a->T; t++) {
-                const int16_t *q = a->q + (size_t)t * K + (size_t)b * bs;
+                const uint8_t *qu = a->qu + (size_t)t * K + (size_t)b * bs;
                 const int32_t *sums;
                 const int nm = min_sums(e, a, t, b, &sums);
                 int32_t isum = 0, msum = e == EPI_ADDMIN ? sums[0] : 0;
-                for (int j = 0; j < bs; j++) isum += (int32_t)q[j] * w[j];
+                for (int j = 0; j < bs; j++) isum += ((int32_t)qu[j] - 128) * w[j];
                 for (int s = 0; s < nm; s++) msum += m[s] * sums[s];
                 acc[t] = acc[t] + block_term(a->d[(size_t)t * nb + b], dw, dmin, isum, msum, e);
             }
@@ -521,7 +517,7 @@ void ql_kq_gemm_vnni(uint32_t type, const uint8_t *rows, int64_t row_bytes, int 
                      int64_t ldy, bool accumulate) {
     const int K = a->K, bs = weight_block(type), nb = K / bs;
     tile tl = {ql_malloc((size_t)K * ROWS), ql_malloc((size_t)(K / 16) * ROWS * sizeof(int32_t)),
-               ql_malloc((size_t)nb * ROWS * sizeof(int32_t)), ql_malloc((size_t)(K / 16) * ROWS * sizeof(int32_t)),
+               ql_malloc((size_t)nb * ROWS * sizeof(int32_t)), ql_malloc((size_t)(K / 16) * ROWS * sizeof(int16_t)),
                ql_malloc((size_t)nb * ROWS * sizeof(float)), ql_malloc((size_t)nb * ROWS * sizeof(float))};
     for (int n0 = 0; n0 < nr; n0 += ROWS) {
         const int nt = QL_MIN(ROWS, nr - n0);

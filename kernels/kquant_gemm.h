@@ -16,15 +16,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Activations as Q8_K: codes (the values kernels/act_round.c rounds to, divided by the block scale), block scales
- * and the sums of the codes per 32. Rows are padded to a multiple of 8 tokens with zeros. */
+/* Activations as Q8_K / Q8_0: codes (the values kernels/act_round.c rounds to, divided by the block scale, in
+ * -127..127), block scales and the sums of the codes per 32. Rows are padded to a multiple of 8 tokens with zeros. */
 typedef struct {
     int T, T8, K, bs; /* tokens, tokens rounded up to 8, row length, values per scale (256: Q8_K, 32: Q8_0) */
-    int16_t *q;       /* [T8][K] */
     float *d;         /* [T8][K/bs] */
     int32_t *bsum;    /* [T8][K/32] */
     int32_t *bsum16;  /* [T8][K/16] (Q8_K only: Q2_K's mins come per 16) */
-    uint8_t *qu;      /* [T8][K] the codes plus 128, as vpdpbusd's unsigned operand */
+    uint8_t *qu;      /* [T8][K] the codes plus 128 (vpdpbusd's unsigned operand; the reference subtracts 128) */
     uint32_t *mpair;  /* Q8_K only: bsum by pairs as int16 [T8][K/64], then bsum16 by pairs [T8][K/32] */
 } ql_kq_act;
 
