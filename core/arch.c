@@ -26,6 +26,11 @@ static const ql_role_info g_roles[QL_ROLE_COUNT] = {
     [QL_ROLE_FFN_GATE_UP] = {"ffn_up.weight", QL_DIM_EMBD, QL_DIM_2FF, QL_IN_FFN, NONE},
     [QL_ROLE_FFN_DOWN] = {"ffn_down.weight", QL_DIM_FF, QL_DIM_EMBD, QL_IN_FFN_DOWN, NONE},
     [QL_ROLE_FFN_POST_NORM] = {"post_ffw_norm.weight", QL_DIM_EMBD, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_GATE_INP] = {"ffn_gate_inp.weight", QL_DIM_EMBD, QL_DIM_EXPERT, QL_IN_NONE, NONE},
+    /* an expert reads only the tokens routed to it; statistics pool every expert's rows (core/infer.c) */
+    [QL_ROLE_FFN_GATE_EXPS] = {"ffn_gate_exps.weight", QL_DIM_EMBD, QL_DIM_FF_EXP, QL_IN_FFN, NONE, QL_DIM_EXPERT},
+    [QL_ROLE_FFN_UP_EXPS] = {"ffn_up_exps.weight", QL_DIM_EMBD, QL_DIM_FF_EXP, QL_IN_FFN, NONE, QL_DIM_EXPERT},
+    [QL_ROLE_FFN_DOWN_EXPS] = {"ffn_down_exps.weight", QL_DIM_FF_EXP, QL_DIM_EMBD, QL_IN_FFN_DOWN, NONE, QL_DIM_EXPERT},
 };
 #undef NONE
 
@@ -40,13 +45,21 @@ const ql_role_info *ql_role_get(ql_role r) { return (unsigned)r < QL_ROLE_COUNT 
 #define QKV_BIAS(n) [QL_ROLE_ATTN_Q_BIAS] = n, [QL_ROLE_ATTN_K_BIAS] = n, [QL_ROLE_ATTN_V_BIAS] = n
 #define QK_NORM [QL_ROLE_ATTN_Q_NORM] = R, [QL_ROLE_ATTN_K_NORM] = R
 #define POST_NORMS [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_POST_NORM] = R
+#define FFN_MOE [QL_ROLE_FFN_NORM] = R, [QL_ROLE_FFN_GATE_INP] = R, [QL_ROLE_FFN_GATE_EXPS] = R, \
+                [QL_ROLE_FFN_UP_EXPS] = R, [QL_ROLE_FFN_DOWN_EXPS] = R
 
 static const ql_arch g_arch[] = {
-    {.name = "llama", .family = "llama", .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
+    /* Mixtral is `llama` with llama.expert_count: softmax router, top-k, weights renormalised (llm_build_llama) */
+    {.name = "llama", .family = "llama", .moe = QL_MOE_BY_KEY, .moe_norm_weights = true,
+     .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
     /* Mistral GGUFs say "llama"; llama.cpp ignores Mistral-7B-v0.1's sliding window for both names */
-    {.name = "mistral", .family = "llama", .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
+    {.name = "mistral", .family = "llama", .moe = QL_MOE_BY_KEY, .moe_norm_weights = true,
+     .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
     {.name = "qwen2", .family = "qwen2", .rope_neox = true, .need = {ATTN_SEPARATE, QKV_BIAS(R), FFN_SEPARATE}},
     {.name = "qwen3", .family = "qwen3", .rope_neox = true, .need = {ATTN_SEPARATE, QK_NORM, FFN_SEPARATE}},
+    /* Qwen3-30B-A3B / 235B-A22B: qwen3 attention, every layer MoE, top-k weights renormalised (norm_topk_prob) */
+    {.name = "qwen3moe", .family = "qwen3moe", .rope_neox = true, .moe = QL_MOE_ALWAYS, .moe_norm_weights = true,
+     .need = {ATTN_SEPARATE, QK_NORM, FFN_MOE}},
     {.name = "gemma2", .family = "gemma2", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
      .swa_pattern = 2, .attn_scale_embd_layers = 46, .need = {ATTN_SEPARATE, POST_NORMS, FFN_SEPARATE}},
     {.name = "gemma3", .family = "gemma3", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
@@ -63,6 +76,15 @@ static const ql_arch g_arch[] = {
 #undef QKV_BIAS
 #undef QK_NORM
 #undef POST_NORMS
+#undef FFN_MOE
+
+void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COUNT]) {
+    for (int r = 0; r < QL_ROLE_COUNT; r++) need[r] = a->need[r];
+    if (a->moe == QL_MOE_NEVER || (a->moe == QL_MOE_BY_KEY && n_expert <= 0)) return;
+    need[QL_ROLE_FFN_GATE] = need[QL_ROLE_FFN_UP] = need[QL_ROLE_FFN_GATE_UP] = need[QL_ROLE_FFN_DOWN] = QL_NEED_ABSENT;
+    need[QL_ROLE_FFN_GATE_INP] = need[QL_ROLE_FFN_GATE_EXPS] = need[QL_ROLE_FFN_UP_EXPS] = need[QL_ROLE_FFN_DOWN_EXPS] =
+        QL_NEED_REQUIRED;
+}
 
 int ql_arch_count(void) { return (int)QL_ARRAY_LEN(g_arch); }
 const ql_arch *ql_arch_at(int i) { return i >= 0 && i < ql_arch_count() ? &g_arch[i] : NULL; }

@@ -33,6 +33,13 @@ typedef enum {
     QL_ROLE_FFN_GATE_UP,   /* fused gate then up rows, stored as ffn_up (phi3) */
     QL_ROLE_FFN_DOWN,
     QL_ROLE_FFN_POST_NORM,
+    /* mixture of experts (Mixtral as `llama` with ARCH.expert_count, qwen3moe): the router, kept F32 as
+     * llama.cpp keeps it (never a quantization target), and the experts' projections stored as one 3-D
+     * tensor each, [row length, rows, expert]; expert e is rows [e·rows, (e+1)·rows) of it */
+    QL_ROLE_FFN_GATE_INP,
+    QL_ROLE_FFN_GATE_EXPS,
+    QL_ROLE_FFN_UP_EXPS,
+    QL_ROLE_FFN_DOWN_EXPS,
     QL_ROLE_COUNT
 } ql_role;
 
@@ -40,13 +47,18 @@ typedef enum {
 typedef enum { QL_IN_NONE = -1, QL_IN_ATTN = 0, QL_IN_ATTN_OUT, QL_IN_FFN, QL_IN_FFN_DOWN } ql_role_input;
 
 /* Shape dimensions a role names; resolved against the config by core/model.c. */
-typedef enum { QL_DIM_1, QL_DIM_EMBD, QL_DIM_Q, QL_DIM_KV, QL_DIM_QKV, QL_DIM_HEAD, QL_DIM_FF, QL_DIM_2FF } ql_dim;
+typedef enum {
+    QL_DIM_1, QL_DIM_EMBD, QL_DIM_Q, QL_DIM_KV, QL_DIM_QKV, QL_DIM_HEAD, QL_DIM_FF, QL_DIM_2FF,
+    QL_DIM_EXPERT, /* cfg.n_expert */
+    QL_DIM_FF_EXP  /* cfg.n_ff_exp: one expert's hidden width */
+} ql_dim;
 
 typedef struct {
     const char *suffix;  /* GGUF name inside "blk.N.": "attn_q.weight" */
     ql_dim ne0, ne1;     /* GGUF shape: ne0 = row length */
-    ql_role_input input; /* the activation a linear multiplies; QL_IN_NONE for norms and biases */
+    ql_role_input input; /* the activation a linear multiplies; QL_IN_NONE for norms, biases and the router */
     ql_role fused_into;  /* a separate role that is a row view of a fused one (QL_ROLE_COUNT: none) */
+    ql_dim ne2;          /* the third dimension (experts); QL_DIM_1 (zero-initialised) for 2-D roles */
 } ql_role_info;
 
 const ql_role_info *ql_role_get(ql_role r);
@@ -54,6 +66,9 @@ const ql_role_info *ql_role_get(ql_role r);
 int ql_role_of_name(const char *name, int *layer);
 
 typedef enum { QL_NEED_ABSENT = 0, QL_NEED_OPTIONAL, QL_NEED_REQUIRED } ql_need;
+/* Whether layers have a mixture-of-experts FFN: never, when the file says ARCH.expert_count > 0 (llama.cpp's
+ * llama architecture holds Mixtral that way), or always (qwen3moe). */
+typedef enum { QL_MOE_NEVER = 0, QL_MOE_BY_KEY, QL_MOE_ALWAYS } ql_moe;
 typedef enum { QL_FFN_SWIGLU = 0, QL_FFN_GEGLU_TANH } ql_ffn_act;
 
 typedef struct {
@@ -69,8 +84,14 @@ typedef struct {
     bool swa_rope_unscaled;  /* sliding layers ignore rope.scaling (Gemma-3: linear x8 on global layers only) */
     bool rope_long_short;    /* rope_factors_long/short.weight may be present (Phi-3 LongRoPE; llama.cpp
                                 loads them for phi3 only and refuses them elsewhere as unused tensors) */
-    ql_need need[QL_ROLE_COUNT];
+    ql_moe moe;
+    bool moe_norm_weights;   /* the chosen experts' router probabilities are renormalised to sum 1 */
+    ql_need need[QL_ROLE_COUNT]; /* of a dense layer; ql_arch_layer_need gives a MoE layer's */
 } ql_arch;
+
+/* The roles a layer of `a` needs when the file has n_expert experts (0: dense): the description's, with the
+ * dense FFN projections swapped for the router and the expert tensors when the layer is MoE. */
+void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COUNT]);
 
 /* The description for general.architecture `name`, or NULL. */
 const ql_arch *ql_arch_find(const char *name);

@@ -413,6 +413,9 @@ static ql_status cuda_create(const ql_model *m, int n_threads, void **out) {
 
 static ql_status create_on(const ql_model *m, int n_threads, cuda_backend **out) {
     *out = NULL;
+    if (m->cfg.n_expert > 0) /* the weight table holds each role tensor whole; experts are sliced per call */
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: the cuda backend has no mixture-of-experts layers yet (use --device cpu)",
+                       m->path);
     int n_dev = 0;
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess || n_dev == 0) {

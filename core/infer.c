@@ -59,6 +59,11 @@ struct ql_scratch {
     int layer_loaded;
     /* activations, from the backend's alloc(); rope_cs holds one position's cos/sin (rope_dim floats) */
     float *x, *xn, *q, *k, *v, *att, *scores, *gate, *up, *xq, *rope_cs;
+    /* a MoE model's: router logits [rows, n_expert]; the routed rows [rows·n_expert_used, ·] sorted by expert:
+     * their input, gate, up, output and rounding scratch; host-side routing (expert, weight, row order) */
+    float *router, *moe_x, *moe_g, *moe_u, *moe_y, *moe_xq;
+    int32_t *route_e, *route_row, *expert_off;
+    float *route_w;
     void *kv; /* the backend's KV cache for one layer (the pass runs whole sequences, layer by layer) */
     ql_kv_scheme kv_scheme; /* what kv holds; remade when a layer's scheme differs */
     ql_hook_fn hook;
@@ -309,6 +314,19 @@ ql_scratch *ql_scratch_new_rows(const ql_infer *inf, int max_tokens, int max_row
     bool ok = true;
     for (size_t i = 0; i < QL_ARRAY_LEN(bufs) && ok; i++)
         ok = (*bufs[i].p = ops->alloc(s->be, bufs[i].floats * sizeof(float))) != NULL;
+    if (c->n_expert > 0) {
+        const size_t R = T * (size_t)c->n_expert_used, F = (size_t)c->n_ff_exp;
+        struct { float **p; size_t floats; } moe[] = {
+            {&s->router, T * (size_t)c->n_expert}, {&s->moe_x, R * D}, {&s->moe_g, R * F}, {&s->moe_u, R * F},
+            {&s->moe_y, R * D}, {&s->moe_xq, R * QL_MAX(D, F)},
+        };
+        for (size_t i = 0; i < QL_ARRAY_LEN(moe) && ok; i++)
+            ok = (*moe[i].p = ops->alloc(s->be, moe[i].floats * sizeof(float))) != NULL;
+        s->route_e = ql_malloc(R * sizeof *s->route_e);
+        s->route_row = ql_malloc(R * sizeof *s->route_row);
+        s->route_w = ql_malloc(R * sizeof *s->route_w);
+        s->expert_off = ql_malloc(((size_t)c->n_expert + 1) * sizeof *s->expert_off);
+    }
     if (!ok || ops->kv_new(s->be, max_tokens, (int)KV, &s->kv) != QL_OK) {
         ql_scratch_free(s);
         return NULL;
@@ -323,8 +341,13 @@ double ql_scratch_bytes_rows(const ql_config *c, int max_tokens, int max_rows) {
     double S = max_tokens, T = QL_MAX(max_rows, max_tokens), D = c->n_embd, Q = (double)c->n_head * c->head_dim, KV = (double)c->n_head_kv * c->head_dim;
     double F = c->n_ff, widest = QL_MAX(QL_MAX(D, Q), F);
     /* the activations, then the one-layer KV cache (the CPU backend's: F32 keys and values) and rope_cs */
+    double moe = 0;
+    if (c->n_expert > 0) {
+        const double R = T * c->n_expert_used, FE = c->n_ff_exp;
+        moe = 4.0 * (T * c->n_expert + R * (2 * D + 2 * FE + QL_MAX(D, FE))) + 16.0 * R;
+    }
     return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + 2 * F + widest) + 4.0 * S * S +
-           4.0 * (S * 2 * KV + c->rope_dim);
+           4.0 * (S * 2 * KV + c->rope_dim) + moe;
 }
 
 double ql_mem_budget_bytes(void) {
@@ -347,9 +370,11 @@ ql_status ql_mem_check(double bytes, const char *what, const char *how) {
 
 void ql_scratch_free(ql_scratch *s) {
     if (!s) return;
-    float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->scores, s->gate, s->up, s->xq, s->rope_cs};
+    float *bufs[] = {s->x,  s->xn,     s->q,     s->k,     s->v,     s->att,   s->scores, s->gate,
+                     s->up, s->xq,     s->rope_cs, s->router, s->moe_x, s->moe_g, s->moe_u,  s->moe_y, s->moe_xq};
     for (size_t i = 0; i < QL_ARRAY_LEN(bufs); i++)
         if (bufs[i]) s->ops->release(s->be, bufs[i]);
+    free(s->route_e); free(s->route_row); free(s->route_w); free(s->expert_off);
     if (s->kv) s->ops->kv_free(s->be, s->kv);
     free(s->layer_w); free(s->slot_ptr);
     free(s);
@@ -503,6 +528,138 @@ static ql_status rope_attend(const ql_infer *inf, ql_scratch *s, int l, int S, i
     return st;
 }
 
+/* Expert e of a 3-D expert tensor as an op sees it: a 2-D view of its rows (view is the caller's storage). */
+static ql_backend_weight expert_weight(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_tensor *exps, int e,
+                                       ql_gguf_tensor *view) {
+    ql_backend_weight w = bweight(inf, sc, exps);
+    const int64_t rows = exps->ne[1];
+    const uint64_t bytes = exps->nbytes / (uint64_t)exps->ne[2];
+    *view = *exps;
+    view->n_dims = 2;
+    view->ne[2] = 1;
+    view->nbytes = bytes;
+    view->data = exps->data ? (const uint8_t *)exps->data + bytes * (uint64_t)e : NULL;
+    w.t = view;
+    if (w.f32) w.f32 += (int64_t)e * rows * exps->ne[0];
+    return w;
+}
+
+/* Routing of rows [0, T) of router logits lg [T, E]: each row's k = n_expert_used experts with the highest
+ * softmax probability (ggml_argsort_top_k: descending, the lower index first among equals), weighted by that
+ * probability, renormalised over the k (with ggml's clamp of the sum) when the architecture says. Fills
+ * route_e/route_w [T·k] and the rows sorted by expert: expert e's pairs are route_row[expert_off[e] ..
+ * expert_off[e+1]) (pair p = t·k + j). */
+static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, int T) {
+    const int E = c->n_expert, K = c->n_expert_used;
+    float *p = ql_malloc((size_t)E * sizeof *p);
+    for (int e = 0; e <= E; e++) s->expert_off[e] = 0;
+    for (int t = 0; t < T; t++) {
+        const float *x = lg + (size_t)t * E;
+        float mx = -INFINITY;
+        for (int e = 0; e < E; e++) mx = x[e] > mx ? x[e] : mx;
+        double sum = 0; /* ggml's soft_max: exp in float, the sum in double */
+        for (int e = 0; e < E; e++) sum += (p[e] = expf(x[e] - mx));
+        const float inv = (float)(1.0 / sum);
+        for (int e = 0; e < E; e++) p[e] *= inv;
+        int32_t *sel = s->route_e + (size_t)t * K;
+        float *w = s->route_w + (size_t)t * K;
+        for (int j = 0; j < K; j++) { /* k is small: selection by repeated scans */
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                bool taken = false;
+                for (int i = 0; i < j; i++) taken |= sel[i] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            sel[j] = best;
+            w[j] = p[best];
+            s->expert_off[best + 1]++;
+        }
+        if (c->moe_norm_weights) {
+            float ws = 0;
+            for (int j = 0; j < K; j++) ws += w[j];
+            ws = ws < 6.103515625e-5f ? 6.103515625e-5f : ws;
+            for (int j = 0; j < K; j++) w[j] /= ws;
+        }
+    }
+    for (int e = 0; e < E; e++) s->expert_off[e + 1] += s->expert_off[e];
+    int32_t *fill = ql_malloc((size_t)E * sizeof *fill);
+    for (int e = 0; e < E; e++) fill[e] = s->expert_off[e];
+    for (int pr = 0; pr < T * K; pr++) s->route_row[fill[s->route_e[pr]]++] = pr;
+    free(fill);
+    free(p);
+}
+
+/* The MoE FFN of layer l on rows [r0, r0 + T) of s->xn, added into the same rows of s->x: route, gather each
+ * expert's rows, gate/up/act/down per expert, then x += Σ_j w_j·y_j in the router's order (ggml's sum of the
+ * weighted views). `variant` >= 0: a batched pass's variant whose expert rows these are. Hooks see the pooled
+ * rows of all experts (QL_HOOK_FFN_DOWN_IN: [T·k, n_ff_exp]), so statistics of an expert tensor are one
+ * Hessian shared by its experts. */
+static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int T, int variant) {
+    const ql_backend_ops *ops = inf->ops;
+    const ql_config *c = &inf->m->cfg;
+    const ql_layer_tensors *L = &inf->m->layers[l];
+    const int D = c->n_embd, E = c->n_expert, K = c->n_expert_used, F = c->n_ff_exp, R = T * K;
+    const float *xn = s->xn + (size_t)r0 * D;
+    ql_status st;
+    const ql_backend_weight wr = bweight(inf, s, L->ffn_gate_inp);
+    if ((st = ops->matmul(inf->be, &wr, NULL, xn, s->router, T, D, E, 0.0f, s->moe_xq)) || (st = ops->sync(inf->be)))
+        return st;
+    moe_route(c, s, s->router, T);
+    for (int i = 0; i < R; i++)
+        memcpy(s->moe_x + (size_t)i * D, xn + (size_t)(s->route_row[i] / K) * D, (size_t)D * sizeof(float));
+    s->var_cur = variant;
+    ql_gguf_tensor vg, vu, vd;
+    for (int e = 0; e < E && !st; e++) {
+        const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
+        if (!n) continue;
+        const ql_backend_weight wg = expert_weight(inf, s, L->gate_exps, e, &vg), wu = expert_weight(inf, s, L->up_exps, e, &vu);
+        if (!(st = ops->matmul(inf->be, &wg, NULL, s->moe_x + (size_t)o * D, s->moe_g + (size_t)o * F, n, D, F, 0.0f,
+                               s->moe_xq)) &&
+            !(st = ops->matmul(inf->be, &wu, NULL, s->moe_x + (size_t)o * D, s->moe_u + (size_t)o * F, n, D, F, 0.0f,
+                               s->moe_xq)))
+            st = ops->ffn_act(inf->be, s->moe_g + (size_t)o * F, s->moe_u + (size_t)o * F, (size_t)n * F);
+    }
+    if (!st) st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->moe_g, R, F);
+    for (int e = 0; e < E && !st; e++) {
+        const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
+        if (!n) continue;
+        const ql_backend_weight wd = expert_weight(inf, s, L->down_exps, e, &vd);
+        st = ops->matmul(inf->be, &wd, NULL, s->moe_g + (size_t)o * F, s->moe_y + (size_t)o * D, n, F, D, 0.0f, s->moe_xq);
+    }
+    s->var_cur = -1;
+    if (st || (st = ops->sync(inf->be))) return st;
+    /* pair p's output sits at its place in the expert order: invert route_row into moe_x's first R ints */
+    int32_t *slot_of = (int32_t *)s->moe_x;
+    for (int i = 0; i < R; i++) slot_of[s->route_row[i]] = i;
+    float *acc = s->moe_xq;
+    for (int t = 0; t < T; t++) {
+        float *x = s->x + (size_t)(r0 + t) * D;
+        for (int d = 0; d < D; d++) acc[d] = 0;
+        for (int j = 0; j < K; j++) {
+            const float w = s->route_w[t * K + j], *y = s->moe_y + (size_t)slot_of[t * K + j] * D;
+            if (j == 0)
+                for (int d = 0; d < D; d++) acc[d] = y[d] * w;
+            else
+                for (int d = 0; d < D; d++) acc[d] += y[d] * w;
+        }
+        for (int d = 0; d < D; d++) x[d] += acc[d];
+    }
+    return QL_OK;
+}
+
+/* A MoE layer's FFN on all rows of the pass: one routing per variant block when a batched pass varies one of the
+ * layer's expert tensors (an expert's rows would otherwise mix variants), else all rows at once. */
+static ql_status moe_ffn(const ql_infer *inf, ql_scratch *s, int l, int T) {
+    const ql_layer_tensors *L = &inf->m->layers[l];
+    if (is_varied(inf, s, L->gate_exps) || is_varied(inf, s, L->up_exps) || is_varied(inf, s, L->down_exps)) {
+        const int nv = s->var->n, rows = T / nv;
+        ql_status st = QL_OK;
+        for (int v = 0; v < nv && !st; v++) st = moe_rows(inf, s, l, v * rows, rows, v);
+        return st;
+    }
+    return moe_rows(inf, s, l, 0, T, -1);
+}
+
 /* One decoder layer on s->x [n_slices·S, n_embd] (the residual stream, updated in place): n_slices sequences of
  * S positions, stacked. Which optional steps run follows the tensors the architecture description gave the
  * layer (q/k norm, post norms, biases). */
@@ -523,8 +680,10 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int S,
         (st = rope_attend(inf, s, l, S, n_slices)) ||
         (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
         (st = residual_linear(inf, s, s->att, L->wo, L->post_attn_norm, T, Q)) ||
-        (st = rmsnorm(inf, s, s->xn, s->x, L->ffn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, s->xn, T, D)) ||
-        (st = linear(inf, s, s->gate, s->xn, L->w_gate, NULL, T, D, F, 0.0f)) ||
+        (st = rmsnorm(inf, s, s->xn, s->x, L->ffn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, s->xn, T, D)))
+        return st;
+    if (L->ffn_gate_inp) return moe_ffn(inf, s, l, T);
+    if ((st = linear(inf, s, s->gate, s->xn, L->w_gate, NULL, T, D, F, 0.0f)) ||
         (st = linear(inf, s, s->up, s->xn, L->w_up, NULL, T, D, F, 0.0f)) ||
         (st = ops->ffn_act(be, s->gate, s->up, (size_t)T * F)) ||
         (st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F)) ||

@@ -70,7 +70,8 @@ static double get_f64_or(const ql_gguf *g, const char *arch, const char *key, do
     return ql_gguf_get_f64(g, k, &v) ? v : def;
 }
 
-static ql_status want(ql_model *m, ql_gguf_tensor **slot, const char *name, bool required, int64_t ne0, int64_t ne1) {
+static ql_status want3(ql_model *m, ql_gguf_tensor **slot, const char *name, bool required, int64_t ne0, int64_t ne1,
+                       int64_t ne2) {
     int64_t i = ql_gguf_find_tensor(m->gguf, name);
     *slot = NULL;
     if (i < 0) {
@@ -79,11 +80,20 @@ static ql_status want(ql_model *m, ql_gguf_tensor **slot, const char *name, bool
     }
     ql_gguf_tensor *t = &m->gguf->tensors[i];
     int64_t nrows = t->n_dims > 1 ? t->ne[1] : 1;
-    if (t->ne[0] != ne0 || nrows != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
-        return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", m->path, name,
-                       (long long)t->ne[0], (long long)nrows, (long long)ne0, (long long)ne1);
+    if (t->ne[0] != ne0 || nrows != ne1 || t->ne[2] != ne2 || t->ne[3] != 1) {
+        if (ne2 == 1 && t->ne[2] == 1)
+            return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", m->path, name,
+                           (long long)t->ne[0], (long long)nrows, (long long)ne0, (long long)ne1);
+        return ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has shape [%lld, %lld, %lld], expected [%lld, %lld, %lld]", m->path,
+                       name, (long long)t->ne[0], (long long)nrows, (long long)t->ne[2], (long long)ne0, (long long)ne1,
+                       (long long)ne2);
+    }
     *slot = t;
     return QL_OK;
+}
+
+static ql_status want(ql_model *m, ql_gguf_tensor **slot, const char *name, bool required, int64_t ne0, int64_t ne1) {
+    return want3(m, slot, name, required, ne0, ne1, 1);
 }
 
 static const char *arch_or_default(const ql_gguf *g) {
@@ -111,6 +121,10 @@ static const size_t g_role_slot[QL_ROLE_COUNT] = {
     [QL_ROLE_FFN_GATE_UP] = offsetof(ql_layer_tensors, w_gate_up),
     [QL_ROLE_FFN_DOWN] = offsetof(ql_layer_tensors, w_down),
     [QL_ROLE_FFN_POST_NORM] = offsetof(ql_layer_tensors, post_ffn_norm),
+    [QL_ROLE_FFN_GATE_INP] = offsetof(ql_layer_tensors, ffn_gate_inp),
+    [QL_ROLE_FFN_GATE_EXPS] = offsetof(ql_layer_tensors, gate_exps),
+    [QL_ROLE_FFN_UP_EXPS] = offsetof(ql_layer_tensors, up_exps),
+    [QL_ROLE_FFN_DOWN_EXPS] = offsetof(ql_layer_tensors, down_exps),
 };
 
 ql_gguf_tensor **ql_layer_role(ql_layer_tensors *L, ql_role r) {
@@ -131,6 +145,8 @@ static int64_t dim_of(const ql_config *c, ql_dim d) {
     case QL_DIM_HEAD: return c->head_dim;
     case QL_DIM_FF: return c->n_ff;
     case QL_DIM_2FF: return 2 * (int64_t)c->n_ff;
+    case QL_DIM_EXPERT: return c->n_expert;
+    case QL_DIM_FF_EXP: return c->n_ff_exp;
     }
     return 0;
 }
@@ -139,7 +155,7 @@ static int64_t dim_of(const ql_config *c, ql_dim d) {
  * are a contiguous slice of the parent's. */
 static ql_gguf_tensor *add_view(ql_model *m, const ql_gguf_tensor *parent, int64_t row0, int64_t rows, const char *part) {
     ql_gguf_tensor *v = ql_calloc(1, sizeof *v);
-    const uint64_t row_bytes = parent->nbytes / (uint64_t)parent->ne[1];
+    const uint64_t row_bytes = parent->nbytes / (uint64_t)(parent->ne[1] * parent->ne[2] * parent->ne[3]);
     char nm[192];
     snprintf(nm, sizeof nm, "%s[%s]", parent->name, part);
     v->name = ql_strdup(nm);
@@ -289,6 +305,27 @@ static ql_status read_swa_pattern(const ql_gguf *g, const char *arch, const char
     return QL_OK;
 }
 
+/* ARCH.expert_count / expert_used_count / expert_feed_forward_length, checked against what the description
+ * allows; a MoE model whose file lacks feed_forward_length (qwen3moe's is the dense width it does not use)
+ * takes the experts' width for n_ff so the checks below hold. */
+static ql_status read_experts(const ql_gguf *g, const char *arch, const char *path, const ql_arch *desc, ql_config *c) {
+    const int64_t ne = get_int_or(g, arch, "expert_count", 0), nu = get_int_or(g, arch, "expert_used_count", 0);
+    if (ne <= 0 && desc->moe != QL_MOE_ALWAYS) return QL_OK;
+    if (desc->moe == QL_MOE_NEVER)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: %s.expert_count = %lld, but qlab runs '%s' as a dense model", path, arch,
+                       (long long)ne, arch);
+    const int64_t ff = get_int_or(g, arch, "expert_feed_forward_length", c->n_ff);
+    if (ne < 1 || ne > 4096 || nu < 1 || nu > ne || ff < 1 || ff > 1 << 22)
+        return ql_fail(QL_ERR_FORMAT, "%s: invalid mixture of experts: %s.expert_count %lld, expert_used_count %lld, "
+                                      "expert width %lld", path, arch, (long long)ne, (long long)nu, (long long)ff);
+    c->n_expert = (int)ne;
+    c->n_expert_used = (int)nu;
+    c->n_ff_exp = (int)ff;
+    c->moe_norm_weights = desc->moe_norm_weights;
+    if (c->n_ff <= 0) c->n_ff = c->n_ff_exp;
+    return QL_OK;
+}
+
 /* No description: what quantization by tensor names needs, and nothing a forward pass would read. */
 static ql_status weights_only_model(ql_gguf *g, const char *path, const char *arch, ql_model **out) {
     static const ql_arch generic = {.name = "weights-only", .family = "weights-only (quantization by tensor names)"};
@@ -311,6 +348,8 @@ static ql_status weights_only_model(ql_gguf *g, const char *path, const char *ar
     c->n_head_kv = (int)get_int_or(g, arch, "attention.head_count_kv", c->n_head);
     if (c->n_head <= 0 || c->n_head > 1 << 16) c->n_head = 1; /* per-layer arrays, or none: GQA unknown, taken as 1 */
     if (c->n_head_kv <= 0 || c->n_head_kv > c->n_head) c->n_head_kv = c->n_head;
+    const int64_t ne = get_int_or(g, arch, "expert_count", 0); /* llama-quantize's rules for 8 experts */
+    c->n_expert = ne > 0 && ne <= 1 << 16 ? (int)ne : 0;
     int64_t te = ql_gguf_find_tensor(g, "token_embd.weight"), ou = ql_gguf_find_tensor(g, "output.weight");
     m->tok_embd = te >= 0 ? &g->tensors[te] : NULL;
     m->output = ou >= 0 ? &g->tensors[ou] : m->tok_embd;
@@ -354,6 +393,7 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
     c->n_head_kv = (int)get_int_or(g, arch, "attention.head_count_kv", c->n_head);
     c->n_ff = (int)get_int_or(g, arch, "feed_forward_length", 0);
     c->n_ctx_train = (int)get_int_or(g, arch, "context_length", 2048);
+    if ((s = read_experts(g, arch, path, desc, c))) goto fail;
     if (c->n_layer <= 0 || c->n_layer > 4096 || c->n_embd <= 0 || c->n_embd > 1 << 20 || c->n_head <= 0 ||
         c->n_head > 4096 || c->n_head_kv <= 0 || c->n_head % c->n_head_kv || c->n_ff <= 0 || c->n_ff > 1 << 22) {
         s = ql_fail(QL_ERR_FORMAT, "%s: missing or invalid hyper-parameters (layers %d, embd %d, heads %d/%d, ff %d)", path,
@@ -410,15 +450,17 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
     c->tied_output = m->output == NULL;
     if (!m->output) m->output = m->tok_embd;
     m->layers = ql_calloc((size_t)c->n_layer, sizeof *m->layers);
+    ql_need need[QL_ROLE_COUNT];
+    ql_arch_layer_need(desc, c->n_expert, need);
     for (int l = 0; l < c->n_layer; l++) {
         ql_layer_tensors *L = &m->layers[l];
         for (int r = 0; r < QL_ROLE_COUNT; r++) {
-            if (desc->need[r] == QL_NEED_ABSENT) continue;
+            if (need[r] == QL_NEED_ABSENT) continue;
             const ql_role_info *ri = ql_role_get((ql_role)r);
             char n[96];
             snprintf(n, sizeof n, "blk.%d.%s", l, ri->suffix);
-            if ((s = want(m, ql_layer_role(L, (ql_role)r), n, desc->need[r] == QL_NEED_REQUIRED, dim_of(c, ri->ne0),
-                          dim_of(c, ri->ne1))))
+            if ((s = want3(m, ql_layer_role(L, (ql_role)r), n, need[r] == QL_NEED_REQUIRED, dim_of(c, ri->ne0),
+                           dim_of(c, ri->ne1), dim_of(c, ri->ne2))))
                 goto fail;
         }
         /* fused projections: the separate roles become row views, so the forward pass has one layout */
@@ -432,8 +474,9 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
             L->w_gate = add_view(m, L->w_gate_up, 0, F, "gate");
             L->w_up = add_view(m, L->w_gate_up, F, F, "up");
         }
-        if (!L->attn_norm || !L->wq || !L->wk || !L->wv || !L->wo || !L->ffn_norm || !L->w_gate || !L->w_up ||
-            !L->w_down) {
+        const bool ffn = c->n_expert > 0 ? L->ffn_gate_inp && L->gate_exps && L->up_exps && L->down_exps
+                                         : L->w_gate && L->w_up && L->w_down;
+        if (!L->attn_norm || !L->wq || !L->wk || !L->wv || !L->wo || !L->ffn_norm || !ffn) {
             s = ql_fail(QL_ERR_FORMAT, "%s: architecture '%s' layer %d lacks a projection its description needs", path,
                         arch, l);
             goto fail;
@@ -508,6 +551,9 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
     } else if (c->n_swa > 0)
         ADDF("sliding window %d (%d of every %d layers; base %g, scale %g)", c->n_swa, c->swa_pattern - 1,
              c->swa_pattern, c->rope_base_swa, c->rope_scale_swa);
+    if (c->n_expert > 0)
+        ADDF("mixture of experts (%d of %d, width %d%s)", c->n_expert_used, c->n_expert, c->n_ff_exp,
+             c->moe_norm_weights ? ", weights renormalised" : "");
     if (c->attn_softcap > 0) ADDF("attention soft-cap %g", c->attn_softcap);
     if (c->final_softcap > 0) ADDF("final soft-cap %g", c->final_softcap);
 #undef ADDF

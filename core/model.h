@@ -44,7 +44,15 @@ typedef struct {
      * period; then swa_layer_bits, not swa_pattern, says which layers slide */
     bool swa_per_layer;
     uint64_t swa_layer_bits[64]; /* bit l of word l/64; n_layer <= 4096 */
+    /* Mixture of experts (ARCH.expert_count > 0): each token's FFN is the n_expert_used experts the router
+     * rates highest, of n_ff_exp hidden units each (ARCH.expert_feed_forward_length, else n_ff), their outputs
+     * weighted by the router's softmax (renormalised over the chosen ones when moe_norm_weights). 0: dense. */
+    int n_expert, n_expert_used, n_ff_exp;
+    bool moe_norm_weights;
 } ql_config;
+
+/* The width of the FFN's hidden activation (ffn_down's input): an expert's in a MoE model. */
+static inline int ql_ffn_hidden(const ql_config *c) { return c->n_expert > 0 ? c->n_ff_exp : c->n_ff; }
 
 /* True when layer l of c uses the sliding window (and the sliding RoPE base). */
 static inline bool ql_layer_is_swa(const ql_config *c, int l) {
@@ -60,6 +68,8 @@ typedef struct {
     ql_gguf_tensor *attn_norm, *wq, *wk, *wv, *wo, *bq, *bk, *bv;
     ql_gguf_tensor *ffn_norm, *w_gate, *w_up, *w_down;
     ql_gguf_tensor *wqkv, *w_gate_up, *q_norm, *k_norm, *post_attn_norm, *post_ffn_norm;
+    /* a MoE layer (then w_gate, w_up, w_down are NULL): the router [n_embd → n_expert] and the 3-D experts */
+    ql_gguf_tensor *ffn_gate_inp, *gate_exps, *up_exps, *down_exps;
 } ql_layer_tensors;
 
 /* The slot of role r in L (every role has one). */

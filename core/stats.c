@@ -204,7 +204,7 @@ static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const 
     s->n = 4 * c->n_layer + (output ? 1 : 0);
     s->e = ql_calloc((size_t)s->n, sizeof *s->e);
     s->has_hessian = hessian && !only; /* partial Hessians are for in-memory use, never saved */
-    const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, c->n_ff};
+    const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, ql_ffn_hidden(c)};
     char name[64];
     for (int l = 0; l < c->n_layer; l++)
         for (int p = 0; p < 4; p++) {
@@ -354,7 +354,7 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     if (workers > n_seq) workers = (int)(n_seq > 0 ? n_seq : 1);
     /* every worker accumulates its own copy (sums, and with Hessians an n x n double matrix per input) and
      * runs its own pass: checked against the memory budget before any of it is allocated */
-    const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, c->n_ff};
+    const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, ql_ffn_hidden(c)};
     double per_worker = ql_scratch_bytes(c, seq_len), hess = 0;
     for (int p = 0; p < 4; p++) {
         per_worker += (double)c->n_layer * 32.0 * (double)dims[p];

@@ -13,6 +13,12 @@
 
 static const ql_synth_shape g_shapes[] = {
     {"tiny", 4, 256, 8, 4, 768, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = NULL},
+    /* Mixtral's layout at test size: 8 experts, 2 per token, as `llama` with llama.expert_count */
+    {"tiny-moe", 2, 64, 4, 2, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = NULL, .n_expert = 8,
+     .n_expert_used = 2},
+    /* Qwen3-MoE's at test size: q/k norm, NEOX RoPE, experts narrower than the dense width it also records */
+    {"tiny-qwen3moe", 2, 64, 4, 2, 192, 512, 256, 1000000.0f, false, QL_TYPE_F32, 32, .arch = "qwen3moe",
+     .norm_eps = 1e-6f, .n_expert = 16, .n_expert_used = 4, .n_ff_exp = 64},
     {"llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, 500000.0f, true, QL_TYPE_F16, 0, .arch = NULL},
     {"llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0f, false, QL_TYPE_F16, 0, .arch = NULL},
     {"llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0f, false, QL_TYPE_F16, 0, .arch = NULL},
@@ -27,6 +33,10 @@ static const ql_synth_shape g_shapes[] = {
      * <|endoftext|>, which the synthetic byte vocabulary lacks */
     {"phi-3-mini", 32, 3072, 32, 32, 8192, 32064, 4096, 10000.0f, false, QL_TYPE_BF16, 0, .arch = "phi3",
      .label = "qlab-synth-p3-mini"},
+    {"mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768, 1000000.0f, false, QL_TYPE_BF16, 0, .arch = NULL,
+     .n_expert = 8, .n_expert_used = 2},
+    {"qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960, 1000000.0f, false, QL_TYPE_BF16, 128, .arch = "qwen3moe",
+     .norm_eps = 1e-6f, .n_expert = 128, .n_expert_used = 8, .n_ff_exp = 768},
 };
 
 const ql_synth_shape *ql_synth_shapes(int *n) {
@@ -61,12 +71,17 @@ ql_status ql_synth_parse_dims(const char *spec, ql_synth_shape *s) {
         else if (!strcmp(kv, "rope_base")) s->rope_base = (float)v;
         else if (!strcmp(kv, "tied")) s->tied = iv != 0;
         else if (!strcmp(kv, "head_dim")) s->head_dim = iv;
-        else { st = ql_fail(QL_ERR_ARG, "--dims: unknown key '%s' (layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied)", kv); break; }
+        else if (!strcmp(kv, "experts")) s->n_expert = iv;
+        else if (!strcmp(kv, "experts_used")) s->n_expert_used = iv;
+        else if (!strcmp(kv, "ff_exp")) s->n_ff_exp = iv;
+        else { st = ql_fail(QL_ERR_ARG, "--dims: unknown key '%s' (layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied, experts, experts_used, ff_exp)", kv); break; }
     }
     free(copy);
     const int hd = s->head_dim ? s->head_dim : s->n_head ? s->n_embd / s->n_head : 0;
     if (!st && ((!s->head_dim && s->n_embd % s->n_head) || s->n_head % s->n_head_kv || hd % 2 || s->n_vocab < 259))
         st = ql_fail(QL_ERR_ARG, "--dims: embd must divide by heads (or head_dim be given), heads by kv, head dim must be even, vocab >= 259");
+    if (!st && s->n_expert > 0 && (s->n_expert_used < 1 || s->n_expert_used > s->n_expert || s->n_expert > 4096))
+        st = ql_fail(QL_ERR_ARG, "--dims: experts_used must be 1..experts (experts at most 4096)");
     return st;
 }
 
@@ -176,7 +191,7 @@ static ql_status produce_tensor(void *user, int64_t index, void *dst, uint64_t n
     if (ql_progress_cancelled(c->progress)) return ql_fail(QL_ERR_CANCELLED, "cancelled");
     const ql_gguf_tensor *t = &p->g->tensors[index];
     fill_job j = {c, t, c->kinds[index], mix64(c->seed ^ mix64((uint64_t)index + 1)), dst};
-    ql_parallel_for(c->n_threads, t->ne[1], fill_rows, &j);
+    ql_parallel_for(c->n_threads, t->ne[1] * t->ne[2], fill_rows, &j);
     c->done_bytes += (int64_t)nbytes;
     ql_progress_report(c->progress, c->done_bytes, c->total_bytes, "generating");
     return QL_OK;
@@ -214,6 +229,11 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
     SETF("rope.freq_base", sh->rope_base);
     SETF("attention.layer_norm_rms_epsilon", sh->norm_eps > 0 ? sh->norm_eps : 1e-5f);
     if (sh->n_swa > 0) SETU("attention.sliding_window", sh->n_swa);
+    if (sh->n_expert > 0) {
+        SETU("expert_count", sh->n_expert);
+        SETU("expert_used_count", sh->n_expert_used);
+        if (sh->n_ff_exp > 0) SETU("expert_feed_forward_length", sh->n_ff_exp);
+    }
     if (sh->rope_base_swa > 0) SETF("rope.freq_base_swa", sh->rope_base_swa);
     if (sh->rope_linear > 0) {
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
@@ -229,36 +249,42 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
     int64_t cap = 4 + QL_ROLE_COUNT * (int64_t)sh->n_layer;
     tkind *kinds = ql_calloc((size_t)cap, sizeof(tkind));
     ql_status s = QL_OK;
-#define ADD(name, kind, ne0, ne1, type) do { \
-        int64_t ne[2] = {ne0, ne1}; \
-        int64_t idx = ql_gguf_add_tensor(g, name, type, (ne1) > 1 ? 2 : 1, ne, NULL); \
+#define ADD3(name, kind, ne0, ne1, ne2, type) do { \
+        int64_t ne[3] = {ne0, ne1, ne2}; \
+        int64_t idx = ql_gguf_add_tensor(g, name, type, (ne2) > 1 ? 3 : (ne1) > 1 ? 2 : 1, ne, NULL); \
         if (idx < 0) { s = QL_ERR_ARG; goto out; } \
         kinds[idx] = kind; \
     } while (0)
+#define ADD(name, kind, ne0, ne1, type) ADD3(name, kind, ne0, ne1, 1, type)
+    ql_need need[QL_ROLE_COUNT];
+    ql_arch_layer_need(desc, sh->n_expert, need);
     ADD("token_embd.weight", K_EMBD, D, sh->n_vocab, sh->type);
     if (sh->rope_llama3[0] > 0) ADD("rope_freqs.weight", K_ROPE_FREQS, hd / 2, 1, QL_TYPE_F32);
     for (int l = 0; l < sh->n_layer; l++) {
         /* the description's required roles, in role order (llama: attn_norm, q, k, v, output, ffn_norm,
          * gate, up, down, the order llama.cpp's converter writes) */
         for (int r = 0; r < QL_ROLE_COUNT; r++) {
-            if (desc->need[r] != QL_NEED_REQUIRED) continue;
+            if (need[r] != QL_NEED_REQUIRED) continue;
             const ql_role_info *ri = ql_role_get((ql_role)r);
             const int64_t dims[] = {[QL_DIM_1] = 1, [QL_DIM_EMBD] = D, [QL_DIM_Q] = Q, [QL_DIM_KV] = KV,
-                                    [QL_DIM_QKV] = Q + 2 * KV, [QL_DIM_HEAD] = hd, [QL_DIM_FF] = F, [QL_DIM_2FF] = 2 * F};
-            const int64_t ne0 = dims[ri->ne0], ne1 = dims[ri->ne1];
-            tkind kind = ri->input == QL_IN_ATTN || ri->input == QL_IN_FFN ? K_LINEAR_IN
+                                    [QL_DIM_QKV] = Q + 2 * KV, [QL_DIM_HEAD] = hd, [QL_DIM_FF] = F, [QL_DIM_2FF] = 2 * F,
+                                    [QL_DIM_EXPERT] = sh->n_expert, [QL_DIM_FF_EXP] = sh->n_ff_exp > 0 ? sh->n_ff_exp : F};
+            const int64_t ne0 = dims[ri->ne0], ne1 = dims[ri->ne1], ne2 = dims[ri->ne2];
+            tkind kind = ri->input == QL_IN_ATTN || ri->input == QL_IN_FFN || r == QL_ROLE_FFN_GATE_INP ? K_LINEAR_IN
                          : ri->input != QL_IN_NONE                          ? K_LINEAR_OUT
                          : r == QL_ROLE_ATTN_NORM || r == QL_ROLE_FFN_NORM   ? K_ATTN_NORM
                          : strstr(ri->suffix, ".bias")                       ? K_BIAS
                                                                              : K_NORM;
             char n[96];
             snprintf(n, sizeof n, "blk.%d.%s", l, ri->suffix);
-            ADD(n, kind, ne0, ne1, ne1 > 1 ? sh->type : QL_TYPE_F32);
+            /* the router stays F32, as llama.cpp's converter writes it */
+            ADD3(n, kind, ne0, ne1, ne2, ne1 > 1 && r != QL_ROLE_FFN_GATE_INP ? sh->type : QL_TYPE_F32);
         }
     }
     ADD("output_norm.weight", K_NORM, D, 1, QL_TYPE_F32);
     if (!sh->tied) ADD("output.weight", K_LINEAR_OUT, D, sh->n_vocab, sh->type);
 #undef ADD
+#undef ADD3
 out:
     if (s) {
         ql_gguf_free(g);

@@ -91,6 +91,8 @@ static void add_all(ql_train_model *tm, const ql_model *m, bool with_bias) {
 
 ql_status ql_train_model_from(const ql_model *m, ql_train_model **out) {
     *out = NULL;
+    if (m->cfg.n_expert > 0) /* the backward pass has no router or experts */
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: training (QAT) of a mixture-of-experts model is not implemented", m->path);
     ql_train_model *tm = ql_calloc(1, sizeof *tm);
     tm->cfg = m->cfg;
     add_all(tm, m, false);

@@ -91,7 +91,8 @@ bool ql_plan_act_needs_stats(const ql_plan *p) {
 
 bool ql_tensor_is_quantizable(const char *name, int n_dims, const int64_t *ne) {
     size_t l = strlen(name);
-    return n_dims >= 2 && ne[1] > 1 && l > 7 && strcmp(name + l - 7, ".weight") == 0;
+    /* a MoE router stays F32, as llama-quantize keeps it: it decides which experts run */
+    return n_dims >= 2 && ne[1] > 1 && l > 7 && strcmp(name + l - 7, ".weight") == 0 && !strstr(name, "ffn_gate_inp.weight");
 }
 
 ql_status ql_parse_format_method(const char *spec, const ql_format **f, char *method, size_t cap) {

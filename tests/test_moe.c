@@ -1,0 +1,236 @@
+/* test_moe.c — mixture-of-experts models: the synthetic Mixtral-layout (`llama` with 8 experts, 2 per token) and
+ * qwen3moe (16 experts, 4 per token) models give llama.cpp's logits (tests/data/moe, made by llama.cpp from the
+ * same synth files); renormalising the chosen experts' weights and the number of experts per token visibly
+ * matter; a batched pass that varies an expert tensor equals separate passes; bad expert keys and missing
+ * expert tensors are refused by name; quantization treats the 3-D expert tensors as rows and leaves the router
+ * in F32, as llama-quantize does. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "core/infer.h"
+#include "core/model.h"
+#include "core/synth.h"
+#include "core/train.h"
+#include "kernels/ggml_types.h"
+#include "formats/format.h"
+#include "pipeline/plan.h"
+#include "presets/preset.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { N_TOK = 32, N_VOCAB = 512 };
+/* the logits reach 10: 2e-5 of that, float sums in another order (the dense arch-variants agree to 1e-4) */
+static const float TOL = 2e-4f;
+/* the token ids of ../shared/testdata/arch-variants/tokens.txt, which llama_logits.c was given */
+static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
+                                      338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
+static const char *SHAPES[] = {"tiny-moe", "tiny-qwen3moe"};
+
+static void synth_path(char *buf, size_t cap, const char *shape) {
+    snprintf(buf, cap, "/tmp/qlab_test_moe_%d_%s.gguf", (int)getpid(), shape);
+}
+
+static ql_model *load_synth(const char *shape) {
+    char p[256];
+    synth_path(p, sizeof p, shape);
+    if (access(p, R_OK) != 0) assert_int_equal(ql_synth_write(ql_synth_find(shape), 1, p, 1, NULL), QL_OK);
+    ql_model *m = NULL;
+    assert_int_equal(ql_model_load(p, &m), QL_OK);
+    return m;
+}
+
+static void read_reference(const char *shape, float *ref) {
+    char p[256];
+    snprintf(p, sizeof p, "tests/data/moe/logits-%s.f32", shape);
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(ref, sizeof(float), N_TOK * N_VOCAB, f), N_TOK * N_VOCAB);
+    fclose(f);
+}
+
+static void run(const ql_model *m, float *logits) {
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    ql_scratch *s = ql_scratch_new(inf, N_TOK);
+    assert_non_null(s);
+    assert_int_equal(ql_forward(inf, s, TOKENS, N_TOK, 0, logits), QL_OK);
+    ql_scratch_free(s);
+    ql_infer_free(inf);
+}
+
+static float max_diff(const float *a, const float *b, size_t n) {
+    float d = 0;
+    for (size_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
+}
+
+static void test_logits_match_llamacpp(void **state) {
+    (void)state;
+    float *got = malloc(sizeof(float) * N_TOK * N_VOCAB), *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
+        ql_model *m = load_synth(SHAPES[i]);
+        assert_true(m->cfg.n_expert > 0 && m->layers[0].gate_exps && !m->layers[0].w_gate);
+        read_reference(SHAPES[i], ref);
+        run(m, got);
+        const float d = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+        printf("  %-14s max |qlab - llama.cpp| = %.3g\n", SHAPES[i], d);
+        for (int r = 0; r < N_TOK && !(d <= TOL); r++)
+            printf("    row %d: %.3g\n", r, max_diff(got + (size_t)r * N_VOCAB, ref + (size_t)r * N_VOCAB, N_VOCAB));
+        if (!(d <= TOL)) fail_msg("%s: logits differ from llama.cpp by %g", SHAPES[i], d);
+        ql_model_free(m);
+    }
+    free(got);
+    free(ref);
+}
+
+/* Each routing detail moves the logits far past the tolerance, so the comparison above exercises it. */
+static void test_routing_details_matter(void **state) {
+    (void)state;
+    float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB), *got = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
+        read_reference(SHAPES[i], ref);
+        ql_model *m = load_synth(SHAPES[i]);
+        m->cfg.moe_norm_weights = false;
+        run(m, got);
+        const float d_norm = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+        m->cfg.moe_norm_weights = true;
+        m->cfg.n_expert_used = 1;
+        run(m, got);
+        const float d_top1 = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+        printf("  %-14s without renormalising: %.3g; one expert per token: %.3g\n", SHAPES[i], d_norm, d_top1);
+        assert_true(d_norm > 100 * TOL);
+        assert_true(d_top1 > 100 * TOL);
+        ql_model_free(m);
+    }
+    free(ref);
+    free(got);
+}
+
+/* A sensitivity batch that varies ffn_down_exps (2 variants x 2 sequences) gives, per row, what a pass with that
+ * variant swapped in gives. */
+static void test_variant_pass_matches_swaps(void **state) {
+    (void)state;
+    ql_model *m = load_synth("tiny-qwen3moe");
+    const ql_gguf_tensor *t = m->layers[1].down_exps;
+    const size_t n = (size_t)(t->ne[0] * t->ne[1] * t->ne[2]);
+    float *alt = malloc(n * sizeof(float));
+    const float *orig = t->data;
+    for (size_t i = 0; i < n; i++) alt[i] = orig[i] * (1.0f + 0.25f * (float)((i * 2654435761u) % 7) / 7.0f);
+    const float *w[2] = {orig, alt};
+    const uint32_t types[2] = {QL_TYPE_F32, QL_TYPE_F32};
+    ql_weight_variants var = {t, 2, w, types};
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    ql_scratch *sb = ql_scratch_new_rows(inf, N_TOK, 4 * N_TOK), *s1 = ql_scratch_new(inf, N_TOK);
+    const int32_t *toks[2] = {TOKENS, TOKENS + 8};
+    const int T = 24;
+    float *batch = malloc(sizeof(float) * 4 * T * N_VOCAB), *one = malloc(sizeof(float) * T * N_VOCAB);
+    assert_int_equal(ql_forward_variants(inf, sb, &var, toks, NULL, 2, 0, T, batch), QL_OK);
+    float worst = 0, moved = 0;
+    for (int v = 0; v < 2; v++) {
+        ql_infer_swap_weight(inf, t, w[v]);
+        for (int q = 0; q < 2; q++) {
+            assert_int_equal(ql_forward(inf, s1, toks[q], T, 0, one), QL_OK);
+            worst = fmaxf(worst, max_diff(one, batch + (size_t)(v * 2 + q) * T * N_VOCAB, (size_t)T * N_VOCAB));
+            if (v == 1) moved = fmaxf(moved, max_diff(one, batch + (size_t)q * T * N_VOCAB, (size_t)T * N_VOCAB));
+        }
+    }
+    printf("  batched vs separate passes: %.3g (the variant moves logits by %.3g)\n", worst, moved);
+    assert_true(worst <= TOL);
+    assert_true(moved > 100 * TOL);
+    free(batch);
+    free(one);
+    free(alt);
+    ql_scratch_free(sb);
+    ql_scratch_free(s1);
+    ql_infer_free(inf);
+    ql_model_free(m);
+}
+
+/* Loads an edited copy of tiny-moe and expects a refusal whose message names `want`. */
+static void expect_refused(void (*edit)(ql_gguf *), const char *want) {
+    char p[256], q[256];
+    synth_path(p, sizeof p, "tiny-moe");
+    ql_model_free(load_synth("tiny-moe"));
+    ql_gguf *g;
+    assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+    edit(g);
+    snprintf(q, sizeof q, "/tmp/qlab_test_moe_%d_edit.gguf", (int)getpid());
+    assert_int_equal(ql_gguf_write(g, q, NULL), QL_OK);
+    ql_gguf_free(g);
+    ql_model *m = NULL;
+    assert_int_not_equal(ql_model_load(q, &m), QL_OK);
+    assert_null(m);
+    if (!strstr(ql_last_error(), want)) fail_msg("refusal '%s' does not name '%s'", ql_last_error(), want);
+    unlink(q);
+}
+static void too_many_used(ql_gguf *g) { ql_gguf_set_u32(g, "llama.expert_used_count", 9); }
+static void drop_down_exps(ql_gguf *g) {
+    int64_t i = ql_gguf_find_tensor(g, "blk.1.ffn_down_exps.weight");
+    assert_true(i >= 0);
+    g->tensors[i].name[4] = '9'; /* blk.9: not a layer of the model */
+}
+static void fewer_experts(ql_gguf *g) { ql_gguf_set_u32(g, "llama.expert_count", 4); }
+
+static void test_refusals(void **state) {
+    (void)state;
+    expect_refused(too_many_used, "expert_used_count 9");
+    expect_refused(drop_down_exps, "blk.1.ffn_down_exps.weight");
+    expect_refused(fewer_experts, "blk.0.ffn_gate_inp.weight");
+    ql_model *m = load_synth("tiny-moe");
+    ql_train_model *tm = NULL;
+    assert_int_equal(ql_train_model_from(m, &tm), QL_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ql_last_error(), "mixture-of-experts"));
+    ql_model_free(m);
+}
+
+/* Q4_K_M over the 64-wide tiny-moe (rows too short for K-quants: llama.cpp's fallbacks) keeps the router F32 and
+ * plans every expert tensor; the fallback of a 3-D tensor is by its row length, as for 2-D ones. */
+static void test_plan_covers_experts(void **state) {
+    (void)state;
+    ql_model *m = load_synth("tiny-qwen3moe");
+    ql_preset *p = NULL;
+    assert_int_equal(ql_preset_load("Q4_K_M", &p), QL_OK);
+    ql_plan *plan = NULL;
+    assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_OK);
+    assert_null(ql_plan_find(plan, "blk.0.ffn_gate_inp.weight"));
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const ql_gguf_tensor *ts[3] = {m->layers[l].gate_exps, m->layers[l].up_exps, m->layers[l].down_exps};
+        for (int i = 0; i < 3; i++) {
+            const ql_plan_entry *e = ql_plan_find(plan, ts[i]->name);
+            if (!e) fail_msg("%s is not planned", ts[i]->name);
+            assert_int_equal(ts[i]->ne[0] % e->format->block, 0);
+        }
+    }
+    ql_plan_free(plan);
+    ql_preset_free(p);
+    ql_model_free(m);
+}
+
+static int cleanup(void **state) {
+    (void)state;
+    for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
+        char p[256];
+        synth_path(p, sizeof p, SHAPES[i]);
+        unlink(p);
+    }
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logits_match_llamacpp),
+        cmocka_unit_test(test_routing_details_matter),
+        cmocka_unit_test(test_variant_pass_matches_swaps),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_plan_covers_experts),
+    };
+    return cmocka_run_group_tests(tests, NULL, cleanup);
+}
