@@ -1,10 +1,13 @@
 /* preset.c — preset INI parsing and the rule resolver (see preset.h). Rule syntax, in [rules]:
  *     ROLE_OR_GLOB[@COND[&COND...]] = FORMAT[+METHOD]
- * ROLE is a tensor name without "blk.N." and ".weight" (attn_v, ffn_down, output, token_embd); a
- * pattern with '*' or '.' is matched against the full name with fnmatch. Conditions: more_bits
- * (llama.cpp's use_more_bits), layer<N, layer<n/K, layer>N, layer>K*n/M, gqa>N, imatrix, default_fits (the row
- * length is a multiple of the [preset] default's block: llama.cpp gives output Q8_0 when it is not), and any of
- * them negated with '!'. ('=' cannot appear in an INI key, hence strict comparisons only; "layer >= n/8" is
+ * ROLE is a tensor name without "blk.N." and ".weight" (attn_v, ffn_down, output, token_embd), or the
+ * category llama.cpp sorts it into by substring: ffn_up, ffn_gate, ffn_down also name the MoE experts
+ * (ffn_down_exps) and shared experts (ffn_down_shexp); a pattern with '*' or '.' is matched against the full name
+ * with fnmatch. Conditions: more_bits (llama.cpp's use_more_bits), layer<N, layer<n/K, layer>N, layer>K*n/M,
+ * index<n/K (the tensor's position among the earlier ones of its category: llama.cpp's i_ffn_down counter, which
+ * differs from the layer where a layer has two ffn_down), experts>N (ARCH.expert_count), gqa>N, imatrix,
+ * default_fits (the row length is a multiple of the [preset] default's block: llama.cpp gives output Q8_0 when it
+ * is not), and any of them negated with '!'. ('=' cannot appear in an INI key, hence strict comparisons only; "layer >= n/8" is
  * written !layer<n/8.)
  * The first matching rule wins; [preset] default applies to the rest of the 2-D weights. */
 #include "presets/preset.h"
@@ -154,8 +157,10 @@ const char *ql_preset_summary(const ql_preset *p) { return p->summary ? p->summa
 typedef struct {
     const char *name;
     char role[96];
+    const char *category; /* llama.cpp's: ffn_up / ffn_gate / ffn_down for any name holding them, else role */
     int layer; /* -1 outside blocks */
-    int n_layer, gqa;
+    int index; /* how many earlier tensors share the category (llama.cpp's per-category counters) */
+    int n_layer, gqa, n_expert;
     bool imatrix;
     bool default_fits; /* the row length is a multiple of the preset default's block */
 } tensor_ctx;
@@ -174,6 +179,14 @@ static void role_of(const char *name, tensor_ctx *t) {
     snprintf(t->role, sizeof t->role, "%s", s);
     size_t l = strlen(t->role);
     if (l > 7 && strcmp(t->role + l - 7, ".weight") == 0) t->role[l - 7] = 0;
+    /* llama.cpp's tensor_get_category order: ffn_up, then ffn_gate, then ffn_down */
+    static const char *cats[] = {"ffn_up", "ffn_gate", "ffn_down"};
+    t->category = t->role;
+    for (size_t i = 0; i < sizeof cats / sizeof *cats; i++)
+        if (t->layer >= 0 && strstr(t->role, cats[i])) {
+            t->category = cats[i];
+            break;
+        }
 }
 
 static bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
@@ -190,6 +203,8 @@ static int cond_true(const char *c, const tensor_ctx *t) {
     const char *v;
     int lhs;
     if (!strncmp(c, "layer", 5)) { lhs = t->layer; v = c + 5; if (lhs < 0) return 0; }
+    else if (!strncmp(c, "index", 5)) { lhs = t->index; v = c + 5; if (t->layer < 0) return 0; }
+    else if (!strncmp(c, "experts", 7)) { lhs = t->n_expert; v = c + 7; }
     else if (!strncmp(c, "gqa", 3)) { lhs = t->gqa; v = c + 3; }
     else return -1;
     bool gt = v[0] == '>', lt = v[0] == '<';
@@ -230,7 +245,7 @@ static int conds_true(const char *conds, const tensor_ctx *t) {
 
 static bool pattern_matches(const char *pat, const tensor_ctx *t) {
     if (strchr(pat, '*') || strchr(pat, '.')) return fnmatch(pat, t->name, 0) == 0;
-    return strcmp(pat, t->role) == 0;
+    return strcmp(pat, t->role) == 0 || strcmp(pat, t->category) == 0;
 }
 
 /* The format that fits rows of ncols, following the entries' fallbacks (llama.cpp's table), then F16. The
@@ -262,12 +277,16 @@ static ql_status resolve(const ql_preset *p, const char *single_spec, const ql_m
     plan->source = ql_strdup(srcbuf);
     plan->file_type = p ? p->file_type : -1;
     ql_status st = QL_OK;
+    int seen[3] = {0, 0, 0}; /* quantized tensors so far per FFN category (llama.cpp's i_ffn_up/gate/down) */
     for (int64_t i = 0; i < g->n_tensors && !st; i++) {
         const ql_gguf_tensor *gt = &g->tensors[i];
         if (!ql_tensor_is_quantizable(gt->name, gt->n_dims, gt->ne)) continue;
         tensor_ctx t = {.name = gt->name, .n_layer = m->cfg.n_layer, .gqa = m->cfg.n_head / m->cfg.n_head_kv,
-                        .imatrix = has_imatrix};
+                        .n_expert = m->cfg.n_expert, .imatrix = has_imatrix};
         role_of(gt->name, &t);
+        const int ci = !strcmp(t.category, "ffn_up") ? 0 : !strcmp(t.category, "ffn_gate") ? 1
+                       : !strcmp(t.category, "ffn_down") ? 2 : -1;
+        t.index = ci >= 0 ? seen[ci]++ : t.layer;
         if (m->cfg.tied_output && !strcmp(t.role, "token_embd")) strcpy(t.role, "output"); /* as llama.cpp */
         const char *spec = single_spec;
         if (p) {
