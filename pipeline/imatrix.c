@@ -33,6 +33,7 @@ void ql_imatrix_free(ql_imatrix *im) {
     for (int i = 0; i < im->n; i++) {
         free(im->entries[i].name);
         free(im->entries[i].sum2);
+        free(im->entries[i].counts);
     }
     free(im->entries);
     for (int i = 0; i < im->n_datasets; i++) free(im->datasets[i]);
@@ -65,21 +66,35 @@ static ql_imatrix_entry *entry_append(ql_imatrix *im, const char *name, size_t l
     e->n = n;
     e->sum2 = ql_calloc((size_t)n, sizeof(double));
     e->count = 0.0;
+    e->n_mat = 1;
+    e->counts = NULL;
     return e;
 }
 
 ql_imatrix_entry *ql_imatrix_entry_get(ql_imatrix *im, const char *name, int64_t n) {
     if (!im || !name || n <= 0 || (uint64_t)n > SIZE_MAX / sizeof(double)) return NULL;
     ql_imatrix_entry *e = (ql_imatrix_entry *)ql_imatrix_find(im, name);
-    if (e) return e->n == n ? e : NULL;
+    if (e) return e->n == n && e->n_mat == 1 ? e : NULL;
     if (im->n == INT32_MAX) return NULL;
     return entry_append(im, name, strlen(name), n);
 }
 
 bool ql_imatrix_importance(const ql_imatrix *im, const char *tensor_name, int64_t n, float *dst) {
+    return ql_imatrix_importance_mat(im, tensor_name, n, 1, 0, dst);
+}
+
+bool ql_imatrix_importance_mat(const ql_imatrix *im, const char *tensor_name, int64_t n, int64_t n_mat, int64_t mat,
+                               float *dst) {
     const ql_imatrix_entry *e = ql_imatrix_find(im, tensor_name);
-    if (!e || e->n != n || !(e->count > 0.0) || !isfinite(e->count)) return false;
-    for (int64_t i = 0; i < n; i++) dst[i] = (float)(e->sum2[i] / e->count);
+    if (!e || mat < 0 || mat >= n_mat) return false;
+    if (e->n_mat > 1) {
+        if (e->n_mat != n_mat || e->n != n) return false;
+        const double c = e->counts[mat], *s2 = e->sum2 + mat * n;
+        for (int64_t i = 0; i < n; i++) dst[i] = c > 0.0 ? (float)(s2[i] / c) : 1.0f; /* llama.cpp's fill */
+        return true;
+    }
+    if (e->n != n * n_mat || !(e->count > 0.0) || !isfinite(e->count)) return false;
+    for (int64_t i = 0; i < n; i++) dst[i] = (float)(e->sum2[mat * n + i] / e->count);
     return true;
 }
 
@@ -167,9 +182,8 @@ static ql_status load_gguf(const char *path, ql_imatrix **out) {
             s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' is empty", path, t->name);
             goto fail;
         }
-        if (nmat != 1) {
-            s = ql_fail(QL_ERR_UNSUPPORTED, "%s: tensor '%s' holds %lld experts (MoE imatrix not supported)",
-                        path, t->name, (long long)nmat);
+        if (nmat > 1 << 16) {
+            s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' holds %lld experts", path, t->name, (long long)nmat);
             goto fail;
         }
         char *cname = ql_malloc(wl + sizeof SUFFIX_COUNTS);
@@ -192,11 +206,14 @@ static ql_status load_gguf(const char *path, ql_imatrix **out) {
             s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' has no data", path, t->name);
             goto fail;
         }
-        float count = read_f32(c->data, 0);
-        if (!isfinite(count) || count < 0.0f) {
-            s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' holds an invalid count %g", path, c->name,
-                        (double)count);
-            goto fail;
+        double count = 0;
+        for (int64_t j = 0; j < nmat; j++) {
+            const float cj = read_f32(c->data, j);
+            if (!isfinite(cj) || cj < 0.0f) {
+                s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' holds an invalid count %g", path, c->name, (double)cj);
+                goto fail;
+            }
+            count += cj;
         }
         char *wname = ql_malloc(wl + 1);
         memcpy(wname, t->name, wl);
@@ -211,9 +228,15 @@ static ql_status load_gguf(const char *path, ql_imatrix **out) {
             s = ql_fail(QL_ERR_FORMAT, "%s: too many entries", path);
             goto fail;
         }
-        ql_imatrix_entry *e = entry_append(im, t->name, wl, n);
+        ql_imatrix_entry *e = entry_append(im, t->name, wl, n * nmat);
+        e->n = n;
         e->count = count;
-        for (int64_t i = 0; i < n; i++) {
+        if (nmat > 1) {
+            e->n_mat = nmat;
+            e->counts = ql_malloc((size_t)nmat * sizeof(double));
+            for (int64_t j = 0; j < nmat; j++) e->counts[j] = read_f32(c->data, j);
+        }
+        for (int64_t i = 0; i < n * nmat; i++) {
             float x = read_f32(t->data, i);
             if (!isfinite(x) || x < 0.0f) {
                 s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' value %lld is negative or not finite", path,
@@ -264,6 +287,9 @@ static ql_status check_for_save(const ql_imatrix *im, const char *path) {
             return ql_fail(QL_ERR_ARG, "%s: entry '%s' has length %lld", path, e->name, (long long)e->n);
         if (!isfinite(e->count) || e->count < 0.0 || e->count > (double)INT64_MAX / 2)
             return ql_fail(QL_ERR_ARG, "%s: entry '%s' has an invalid count", path, e->name);
+        if (e->n_mat > 1 && ends_with(path, ".dat"))
+            return ql_fail(QL_ERR_ARG, "%s: entry '%s' holds %lld experts, which only the GGUF format keeps (write a "
+                                       ".gguf)", path, e->name, (long long)e->n_mat);
     }
     return QL_OK;
 }
@@ -271,7 +297,7 @@ static ql_status check_for_save(const ql_imatrix *im, const char *path) {
 static ql_status save_gguf(const ql_imatrix *im, const char *path) {
     const ql_imatrix_entry **v = sorted_entries(im);
     size_t total = 0;
-    for (int i = 0; i < im->n; i++) total += (size_t)v[i]->n + 1;
+    for (int i = 0; i < im->n; i++) total += (size_t)((v[i]->n + 1) * v[i]->n_mat);
     float *buf = ql_malloc(total * sizeof(float));
     ql_gguf *g = ql_gguf_new();
     ql_gguf_set_str(g, "general.type", "imatrix");
@@ -284,16 +310,18 @@ static ql_status save_gguf(const ql_imatrix *im, const char *path) {
         const ql_imatrix_entry *e = v[i];
         size_t nl = strlen(e->name);
         char *tn = ql_malloc(nl + sizeof SUFFIX_SUM2);
-        for (int64_t j = 0; j < e->n; j++) p[j] = (float)e->sum2[j];
-        p[e->n] = (float)e->count;
+        const int64_t nm = e->n_mat, nv = e->n * nm;
+        for (int64_t j = 0; j < nv; j++) p[j] = (float)e->sum2[j];
+        for (int64_t j = 0; j < nm; j++) p[nv + j] = (float)(nm > 1 ? e->counts[j] : e->count);
         /* llama.cpp makes [n, n_mat] and [1, n_mat] tensors, and gguf stores them without trailing 1s */
-        int64_t ne_sum[1] = {e->n}, ne_cnt[1] = {1};
+        int64_t ne_sum[2] = {e->n, nm}, ne_cnt[2] = {1, nm};
+        const int nd = nm > 1 ? 2 : 1;
         snprintf(tn, nl + sizeof SUFFIX_SUM2, "%s%s", e->name, SUFFIX_SUM2);
-        if (ql_gguf_add_tensor(g, tn, QL_TYPE_F32, 1, ne_sum, p) < 0) s = QL_ERR_ARG;
+        if (ql_gguf_add_tensor(g, tn, QL_TYPE_F32, nd, ne_sum, p) < 0) s = QL_ERR_ARG;
         snprintf(tn, nl + sizeof SUFFIX_SUM2, "%s%s", e->name, SUFFIX_COUNTS);
-        if (!s && ql_gguf_add_tensor(g, tn, QL_TYPE_F32, 1, ne_cnt, p + e->n) < 0) s = QL_ERR_ARG;
+        if (!s && ql_gguf_add_tensor(g, tn, QL_TYPE_F32, nd, ne_cnt, p + nv) < 0) s = QL_ERR_ARG;
         free(tn);
-        p += e->n + 1;
+        p += nv + nm;
     }
     if (!s) s = ql_gguf_write(g, path, NULL);
     ql_gguf_free(g);

@@ -174,13 +174,18 @@ static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_
         s = ql_fail(QL_ERR_UNSUPPORTED, "tensor '%s': cannot decode type %s", src->name, ti ? ti->name : "?");
         goto out;
     }
+    /* a MoE expert stack: each expert's rows with its own importance (llama-quantize's per-expert slice) */
+    const int64_t n_mat = src->ne[2] * src->ne[3];
     if (c->o->imatrix && f->uses_importance) {
-        imp = ql_malloc((size_t)ncols * sizeof(float));
-        if (!ql_imatrix_importance(c->o->imatrix, src->name, ncols, imp)) {
+        imp = ql_malloc((size_t)(ncols * n_mat) * sizeof(float));
+        bool ok = true;
+        for (int64_t k = 0; k < n_mat && ok; k++)
+            ok = ql_imatrix_importance_mat(c->o->imatrix, src->name, ncols, n_mat, k, imp + k * ncols);
+        if (!ok) {
             free(imp);
             imp = NULL;
         } else if (ov && ov->in_scale)
-            for (int64_t j = 0; j < ncols; j++) imp[j] /= ov->in_scale[j] * ov->in_scale[j];
+            for (int64_t j = 0; j < ncols * n_mat; j++) imp[j] /= ov->in_scale[j % ncols] * ov->in_scale[j % ncols];
     }
     const ql_plan_entry *e = ql_plan_find(c->o->plan, src->name);
     const ql_method *planned = ql_method_by_name(e ? e->method : "rtn");
@@ -210,7 +215,15 @@ static ql_status quantize_one(quant_ctx *c, const ql_gguf_tensor *src, const ql_
                        .name = src->name};
     sp.p.user = &sp;
     mo.progress = &sp.p;
-    s = meth->quantize_tensor(w, nrows, ncols, f, vp, &mo, dst);
+    if (imp && n_mat > 1) {
+        const int64_t rows = nrows / n_mat;
+        const size_t bytes = ql_format_tensor_bytes(f, ncols, rows);
+        for (int64_t k = 0; k < n_mat && !s; k++) {
+            mo.importance = imp + k * ncols;
+            s = meth->quantize_tensor(w + k * rows * ncols, rows, ncols, f, vp, &mo, (uint8_t *)dst + (size_t)k * bytes);
+        }
+    } else
+        s = meth->quantize_tensor(w, nrows, ncols, f, vp, &mo, dst);
 out:
     free(imp);
     c->done += ncols * nrows;
