@@ -407,6 +407,9 @@ static ql_backend_weight bweight(const ql_infer *inf, const ql_scratch *sc, cons
     return w;
 }
 
+static _Thread_local int g_hook_expert = -1;
+int ql_hook_expert(void) { return g_hook_expert; }
+
 /* The host may read the activations once the backend is synchronized. */
 static ql_status run_hook(const ql_infer *inf, ql_scratch *s, int layer, ql_hook_point where, const float *x,
                           int n, int dim) {
@@ -620,6 +623,14 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
             st = ops->ffn_act(inf->be, s->moe_g + (size_t)o * F, s->moe_u + (size_t)o * F, (size_t)n * F);
     }
     if (!st) st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->moe_g, R, F);
+    for (int e = 0; e < E && !st && s->hook; e++) { /* per expert: what llama.cpp's imatrix collects */
+        const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
+        if (!n) continue;
+        g_hook_expert = e;
+        if (!(st = run_hook(inf, s, l, QL_HOOK_EXPERT_IN, s->moe_x + (size_t)o * D, n, D)))
+            st = run_hook(inf, s, l, QL_HOOK_EXPERT_DOWN_IN, s->moe_g + (size_t)o * F, n, F);
+        g_hook_expert = -1;
+    }
     for (int e = 0; e < E && !st; e++) {
         const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
         if (!n) continue;

@@ -25,7 +25,12 @@ typedef enum {
     QL_HOOK_OUTPUT_IN,   /* input of output: [n, n_embd] */
     QL_HOOK_RESIDUAL,    /* the residual stream entering a layer (before attn_norm): [n, n_embd]; layer
                             n_layer is the stream leaving the last layer (before output_norm) */
+    /* MoE layers, once per expert that got tokens (ql_hook_expert() says which): the rows routed to it */
+    QL_HOOK_EXPERT_IN,      /* input of its gate/up rows: [n, n_embd] */
+    QL_HOOK_EXPERT_DOWN_IN, /* input of its down rows: [n, n_ff_exp] */
 } ql_hook_point;
+/* The expert whose rows a QL_HOOK_EXPERT_* hook sees (the calling thread's current one); -1 elsewhere. */
+int ql_hook_expert(void);
 typedef void (*ql_hook_fn)(void *user, int layer, ql_hook_point where, const float *x, int n, int dim);
 
 /* For a backend that wants F32 rows (wants_f32): decodes every non-F32 weight once, unless that would exceed

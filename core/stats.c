@@ -161,7 +161,7 @@ static int entry_index(int n_layer, int layer, ql_hook_point p) {
 
 static void hook(void *user, int layer, ql_hook_point where, const float *x, int n, int dim) {
     worker_acc *w = user;
-    if (where == QL_HOOK_RESIDUAL || (where == QL_HOOK_OUTPUT_IN && !w->output)) return;
+    if (where == QL_HOOK_RESIDUAL || where >= QL_HOOK_EXPERT_IN || (where == QL_HOOK_OUTPUT_IN && !w->output)) return;
     ql_stat_entry *e = &w->acc->e[entry_index(w->n_layer, layer, where)];
     for (int t = 0; t < n; t++) {
         const float *r = x + (size_t)t * dim;

@@ -57,6 +57,9 @@ ql_status ql_layer_f32_init(ql_layer_f32 *L, const ql_model *m, int layer, int n
     ql_status s = QL_OK;
     if (!T->attn_norm || !T->ffn_norm)
         return ql_fail(QL_ERR_UNSUPPORTED, "layer %d has no RMSNorm weights", layer);
+    if (T->ffn_gate_inp) /* scales migrate into one gate/up/down; a router and expert stacks have no such path */
+        return ql_fail(QL_ERR_UNSUPPORTED, "layer %d is a mixture-of-experts layer: scale-migrating methods (awq, "
+                                           "smoothquant) have no MoE form in qlab; use gptq or rtn", layer);
     /* a fused attn_qkv / ffn_up (gate+up) is copied through its row views, one linear each: the quantization
      * driver writes the edited rows back into the fused tensor (pipeline/quantize.c, run_transforms) */
     L->attn_norm = tensor_copy(T->attn_norm, n_threads, &s);

@@ -135,6 +135,50 @@ if [ -f "$T/tiny.gguf" ]; then
   expect_error "quant gptq: an architecture without a forward pass" "no forward pass" \
     $QLAB quant "$T/olmo.gguf" --type int4_g128 --method gptq --text "$T/text.txt" --ctx 64 --chunks 1 -o "$T/x.gguf"
   expect_error "quantize: a fifth argument" "unexpected argument" $QLAB quantize "$T/tiny.gguf" "$T/x.gguf" Q4_K_M 2 3
+  # mixtures of experts (Mixtral's layout as llama): per-expert imatrix (GGUF only), i-quant and MXFP4_MOE mixes of the
+  # 3-D expert tensors, previews of the results; the router stays F32
+  $QLAB synth --shape tiny-moe -o "$T/moe.gguf" >/dev/null 2>&1
+  if $QLAB info "$T/moe.gguf" | grep -q "mixture of experts (2 of 8" \
+     && $QLAB imatrix "$T/moe.gguf" --text "$T/text.txt" --ctx 64 --chunks 4 -o "$T/moe-im.gguf" 2>/dev/null \
+     && $QLAB quant "$T/moe.gguf" --preset IQ4_XS --imatrix "$T/moe-im.gguf" -o "$T/moe-iq4.gguf" 2>/dev/null \
+     && $QLAB info "$T/moe-iq4.gguf" | grep -E "blk.0.ffn_down_exps.weight +128 x 64 x 8 +iq4_nl" >/dev/null \
+     && $QLAB info "$T/moe-iq4.gguf" | grep -E "blk.0.ffn_gate_inp.weight .* f32" >/dev/null \
+     && $QLAB ppl "$T/moe-iq4.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 --json 2>/dev/null | grep -q '"ppl"'; then
+    ok "moe: per-expert imatrix, IQ4_XS of the expert stacks (router F32), ppl of the result"
+  else bad "moe: imatrix, IQ4_XS, ppl"; fi
+  if python3 - "$T/moe-im.gguf" <<'PY'
+import struct, sys
+b = open(sys.argv[1], 'rb').read(); p = 4
+def u(f):
+    global p; v = struct.unpack_from('<' + f, b, p)[0]; p += struct.calcsize('<' + f); return v
+def s():
+    n = u('Q'); global p; v = b[p:p + n].decode(); p += n; return v
+def skip(t):
+    global p
+    if t == 8: s(); return
+    if t == 9:
+        et = u('I'); n = u('Q')
+        for _ in range(n): skip(et)
+        return
+    p += {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}[t]
+u('I'); nt = u('Q'); nkv = u('Q')
+for _ in range(nkv): s(); skip(u('I'))
+shapes = {}
+for _ in range(nt):
+    n = s(); nd = u('I'); shapes[n] = [u('Q') for _ in range(nd)]; u('I'); u('Q')
+sys.exit(0 if shapes.get('blk.1.ffn_down_exps.weight.in_sum2') == [128, 8] and shapes.get('blk.1.ffn_up_exps.weight.counts') == [1, 8] else 1)
+PY
+  then ok "moe: imatrix keeps llama.cpp's [n, n_expert] sums and one count per expert"
+  else bad "moe: imatrix expert shapes"; fi
+  expect_error "moe: an expert imatrix as .dat" "only the GGUF format" \
+    $QLAB imatrix "$T/moe.gguf" --text "$T/text.txt" --ctx 64 --chunks 1 -o "$T/moe-im.dat"
+  if $QLAB quant "$T/moe.gguf" --preset MXFP4_MOE -o "$T/moe-mx.gguf" 2>/dev/null \
+     && $QLAB info "$T/moe-mx.gguf" | grep -E "blk.1.ffn_up_exps.weight .* mxfp4" >/dev/null \
+     && $QLAB info "$T/moe-mx.gguf" | grep -E "blk.1.attn_q.weight .* q8_0" >/dev/null; then
+    ok "moe: MXFP4_MOE puts the experts in mxfp4, the rest in q8_0"
+  else bad "moe: MXFP4_MOE"; fi
+  expect_error "moe: qat refuses a mixture of experts" "mixture-of-experts" \
+    $QLAB qat "$T/moe.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 1 -o "$T/x.gguf"
   # the exporter seam: --to gguf is the default path, byte for byte; an unknown exporter is refused with the list
   if $QLAB quant "$T/tiny.gguf" --type q4_k --to gguf -o "$T/q4k-to.gguf" 2>/dev/null && cmp -s "$T/q4k.gguf" "$T/q4k-to.gguf"; then
     ok "quant --to gguf writes the same bytes as the default"

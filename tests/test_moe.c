@@ -15,6 +15,7 @@
 #include "core/train.h"
 #include "kernels/ggml_types.h"
 #include "formats/format.h"
+#include "pipeline/imatrix.h"
 #include "pipeline/plan.h"
 #include "presets/preset.h"
 #include "tests/test_util.h"
@@ -214,6 +215,47 @@ static void test_plan_covers_experts(void **state) {
     ql_model_free(m);
 }
 
+/* An expert stack's imatrix entry (llama.cpp's [n, n_expert] in_sum2, one count per expert) survives a GGUF round
+ * trip, gives each expert its own importance and all ones to an expert no token reached (llama-quantize's fill);
+ * the legacy .dat cannot hold it and says so. */
+static void test_imatrix_expert_entries(void **state) {
+    (void)state;
+    ql_imatrix *im = ql_imatrix_new();
+    ql_imatrix_entry *e = ql_imatrix_entry_get(im, "blk.0.ffn_up_exps.weight", 4 * 3);
+    assert_non_null(e);
+    e->n = 4;
+    e->n_mat = 3;
+    e->counts = ql_malloc(3 * sizeof(double));
+    const double counts[3] = {2, 0, 8};
+    for (int k = 0; k < 3; k++) e->count += (e->counts[k] = counts[k]);
+    for (int i = 0; i < 12; i++) e->sum2[i] = 1 + i;
+    ql_imatrix_entry *d = ql_imatrix_entry_get(im, "blk.0.attn_q.weight", 4);
+    for (int i = 0; i < 4; i++) d->sum2[i] = 2 * i + 1;
+    d->count = 4;
+    char p[256], q[256];
+    snprintf(p, sizeof p, "/tmp/qlab_test_moe_%d_im.gguf", (int)getpid());
+    snprintf(q, sizeof q, "/tmp/qlab_test_moe_%d_im.dat", (int)getpid());
+    assert_int_equal(ql_imatrix_save(im, p), QL_OK);
+    assert_int_not_equal(ql_imatrix_save(im, q), QL_OK);
+    assert_non_null(strstr(ql_last_error(), "3 experts"));
+    assert_int_not_equal(access(q, F_OK), 0);
+    ql_imatrix_free(im);
+    assert_int_equal(ql_imatrix_load(p, &im), QL_OK);
+    unlink(p);
+    float imp[4];
+    assert_false(ql_imatrix_importance(im, "blk.0.ffn_up_exps.weight", 4, imp)); /* a stack, not one matrix */
+    assert_true(ql_imatrix_importance_mat(im, "blk.0.ffn_up_exps.weight", 4, 3, 0, imp));
+    for (int i = 0; i < 4; i++) assert_float_equal(imp[i], (1 + i) / 2.0, 1e-6);
+    assert_true(ql_imatrix_importance_mat(im, "blk.0.ffn_up_exps.weight", 4, 3, 1, imp));
+    for (int i = 0; i < 4; i++) assert_float_equal(imp[i], 1.0, 0);
+    assert_true(ql_imatrix_importance_mat(im, "blk.0.ffn_up_exps.weight", 4, 3, 2, imp));
+    for (int i = 0; i < 4; i++) assert_float_equal(imp[i], (9 + i) / 8.0, 1e-6);
+    assert_false(ql_imatrix_importance_mat(im, "blk.0.ffn_up_exps.weight", 4, 2, 0, imp)); /* other expert count */
+    assert_true(ql_imatrix_importance(im, "blk.0.attn_q.weight", 4, imp));
+    assert_float_equal(imp[3], 7 / 4.0, 1e-6);
+    ql_imatrix_free(im);
+}
+
 static int cleanup(void **state) {
     (void)state;
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
@@ -231,6 +273,7 @@ int main(void) {
         cmocka_unit_test(test_variant_pass_matches_swaps),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_plan_covers_experts),
+        cmocka_unit_test(test_imatrix_expert_entries),
     };
     return cmocka_run_group_tests(tests, NULL, cleanup);
 }
