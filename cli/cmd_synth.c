@@ -21,8 +21,7 @@ static const char *SYNTH_USAGE =
     "gemma-3-4b (GeGLU, post norms, sliding window), phi-3-mini (fused attn_qkv and gate+up), mixtral-8x7b and\n"
     "tiny-moe (llama with 8 experts, 2 per token), qwen3-30b-a3b and tiny-qwen3moe (qwen3moe).\n"
     "--dims overrides: layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied, experts, experts_used,\n"
-    "ff_exp (e.g. --dims\n"
-    "layers=2,embd=512). --dry-run prints the keys and tensors (name, type, shape) and writes nothing.\n"
+    "ff_exp (e.g. --dims layers=2,embd=512). --dry-run prints the keys and tensors (name, type, shape) and writes nothing.\n"
     "Default OUT: synth-NAME.gguf.\n";
 
 /* --dry-run: what the file would hold, on stdout */
