@@ -108,6 +108,11 @@ int cmd_info(int argc, char **argv) {
         json_object_set_new(hp, "n_head_kv", json_integer(c->n_head_kv));
         json_object_set_new(hp, "head_dim", json_integer(c->head_dim));
         json_object_set_new(hp, "n_ff", json_integer(c->n_ff));
+        if (c->n_expert > 0) { /* a mixture of experts */
+            json_object_set_new(hp, "n_expert", json_integer(c->n_expert));
+            json_object_set_new(hp, "n_expert_used", json_integer(c->n_expert_used));
+            json_object_set_new(hp, "n_ff_exp", json_integer(c->n_ff_exp));
+        }
         json_object_set_new(hp, "n_vocab", json_integer(c->n_vocab));
         json_object_set_new(hp, "n_ctx_train", json_integer(c->n_ctx_train));
         json_object_set_new(hp, "rope_base", json_real(c->rope_base));

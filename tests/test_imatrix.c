@@ -430,16 +430,30 @@ static void test_bad_gguf_rejected(void **state) {
     ql_gguf_free(g);
     expect_reject(p, QL_ERR_FORMAT);
 
-    /* a MoE entry [2, 4 experts] is unsupported, and the message names the tensor */
-    int64_t ne_moe[2] = {2, 4}, ne_cm[2] = {1, 4};
+    /* a MoE entry [2, 4 experts] loads with one count per expert (tests/test_moe.c: its importance); counts that
+     * do not match the experts are refused, naming the tensor */
+    int64_t ne_moe[2] = {2, 4}, ne_cm[2] = {1, 4}, ne_c3[2] = {1, 3};
     g = ql_gguf_new();
     ql_gguf_set_str(g, "general.type", "imatrix");
     assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.in_sum2", QL_TYPE_F32, 2, ne_moe, sums) >= 0);
     assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.counts", QL_TYPE_F32, 2, ne_cm, cnt) >= 0);
     assert_int_equal(ql_gguf_write(g, p, NULL), QL_OK);
     ql_gguf_free(g);
-    expect_reject(p, QL_ERR_UNSUPPORTED);
-    assert_non_null(strstr(ql_last_error(), "blk.0.ffn_up_exps.weight.in_sum2"));
+    ql_imatrix *moe = NULL;
+    assert_int_equal(ql_imatrix_load(p, &moe), QL_OK);
+    assert_int_equal(moe->entries[0].n, 2);
+    assert_int_equal(moe->entries[0].n_mat, 4);
+    assert_float_equal(moe->entries[0].counts[3], 10, 0);
+    assert_float_equal(moe->entries[0].sum2[7], 8, 0);
+    ql_imatrix_free(moe);
+    g = ql_gguf_new();
+    ql_gguf_set_str(g, "general.type", "imatrix");
+    assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.in_sum2", QL_TYPE_F32, 2, ne_moe, sums) >= 0);
+    assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.counts", QL_TYPE_F32, 2, ne_c3, cnt) >= 0);
+    assert_int_equal(ql_gguf_write(g, p, NULL), QL_OK);
+    ql_gguf_free(g);
+    expect_reject(p, QL_ERR_FORMAT);
+    assert_non_null(strstr(ql_last_error(), "blk.0.ffn_up_exps.weight.counts"));
 
     /* a model file is not an imatrix */
     char m_path[512];

@@ -376,9 +376,14 @@ void ql_view_model(ql_tui_app *a, ql_canvas *c, ql_rect r) {
     int x = ql_canvas_printf(c, 1, y, 0, QL_ST_BOLD, "%s", ql_basename(a->model_path));
     ql_canvas_printf(c, x, y, 0, QL_ST_NORMAL, "  %s%s%s · %s", cf->arch, name ? " · " : "", name ? name : "",
                      a->file_bytes ? fb : "folder");
+    char ffn[96];
+    if (cf->n_expert > 0) /* a mixture of experts: what each token runs */
+        snprintf(ffn, sizeof ffn, "experts %d of %d, %d wide", cf->n_expert_used, cf->n_expert, cf->n_ff_exp);
+    else
+        snprintf(ffn, sizeof ffn, "ffn %d", cf->n_ff);
     ql_canvas_printf(c, 1, ++y, 0, QL_ST_NORMAL,
-                     "layers %d · embd %d · heads %d (kv %d, dim %d) · ffn %d · vocab %d · ctx %d", cf->n_layer,
-                     cf->n_embd, cf->n_head, cf->n_head_kv, cf->head_dim, cf->n_ff, cf->n_vocab, cf->n_ctx_train);
+                     "layers %d · embd %d · heads %d (kv %d, dim %d) · %s · vocab %d · ctx %d", cf->n_layer,
+                     cf->n_embd, cf->n_head, cf->n_head_kv, cf->head_dim, ffn, cf->n_vocab, cf->n_ctx_train);
     ql_canvas_printf(c, 1, ++y, 0, QL_ST_NORMAL, "%s parameters · F32 %s · F16 %s · stored %.2f bpw",
                      cnt, f32, f16, np ? all * 8.0 / np : 0);
     ql_canvas_printf(c, 1, ++y, 0, QL_ST_DIM, "rope base %g%s · norm eps %g · %s output · tokenizer %s", cf->rope_base,
