@@ -31,6 +31,11 @@ static const ql_role_info g_roles[QL_ROLE_COUNT] = {
     [QL_ROLE_FFN_GATE_EXPS] = {"ffn_gate_exps.weight", QL_DIM_EMBD, QL_DIM_FF_EXP, QL_IN_FFN, NONE, QL_DIM_EXPERT},
     [QL_ROLE_FFN_UP_EXPS] = {"ffn_up_exps.weight", QL_DIM_EMBD, QL_DIM_FF_EXP, QL_IN_FFN, NONE, QL_DIM_EXPERT},
     [QL_ROLE_FFN_DOWN_EXPS] = {"ffn_down_exps.weight", QL_DIM_FF_EXP, QL_DIM_EMBD, QL_IN_FFN_DOWN, NONE, QL_DIM_EXPERT},
+    [QL_ROLE_FFN_GATE_INP_SHEXP] = {"ffn_gate_inp_shexp.weight", QL_DIM_EMBD, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_GATE_SHEXP] = {"ffn_gate_shexp.weight", QL_DIM_EMBD, QL_DIM_FF_SHEXP, QL_IN_FFN, NONE},
+    [QL_ROLE_FFN_UP_SHEXP] = {"ffn_up_shexp.weight", QL_DIM_EMBD, QL_DIM_FF_SHEXP, QL_IN_FFN, NONE},
+    /* its input is narrower than the experts' pooled one (ffn_down_in): no statistics, so rtn (core/infer.c) */
+    [QL_ROLE_FFN_DOWN_SHEXP] = {"ffn_down_shexp.weight", QL_DIM_FF_SHEXP, QL_DIM_EMBD, QL_IN_FFN_DOWN, NONE},
 };
 #undef NONE
 
@@ -47,6 +52,8 @@ const ql_role_info *ql_role_get(ql_role r) { return (unsigned)r < QL_ROLE_COUNT 
 #define POST_NORMS [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_POST_NORM] = R
 #define FFN_MOE [QL_ROLE_FFN_NORM] = R, [QL_ROLE_FFN_GATE_INP] = R, [QL_ROLE_FFN_GATE_EXPS] = R, \
                 [QL_ROLE_FFN_UP_EXPS] = R, [QL_ROLE_FFN_DOWN_EXPS] = R
+#define FFN_SHEXP [QL_ROLE_FFN_GATE_INP_SHEXP] = R, [QL_ROLE_FFN_GATE_SHEXP] = R, [QL_ROLE_FFN_UP_SHEXP] = R, \
+                  [QL_ROLE_FFN_DOWN_SHEXP] = R
 
 static const ql_arch g_arch[] = {
     /* Mixtral is `llama` with llama.expert_count: softmax router, top-k, weights renormalised (llm_build_llama) */
@@ -60,6 +67,10 @@ static const ql_arch g_arch[] = {
     /* Qwen3-30B-A3B / 235B-A22B: qwen3 attention, every layer MoE, top-k weights renormalised (norm_topk_prob) */
     {.name = "qwen3moe", .family = "qwen3moe", .rope_neox = true, .moe = QL_MOE_ALWAYS, .moe_norm_weights = true,
      .need = {ATTN_SEPARATE, QK_NORM, FFN_MOE}},
+    /* Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B: qwen2 attention, experts without renormalisation plus a gated shared
+     * expert (llm_build_qwen2moe) */
+    {.name = "qwen2moe", .family = "qwen2moe", .rope_neox = true, .moe = QL_MOE_ALWAYS,
+     .need = {ATTN_SEPARATE, QKV_BIAS(R), FFN_MOE, FFN_SHEXP}},
     {.name = "gemma2", .family = "gemma2", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
      .swa_pattern = 2, .attn_scale_embd_layers = 46, .need = {ATTN_SEPARATE, POST_NORMS, FFN_SEPARATE}},
     {.name = "gemma3", .family = "gemma3", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
@@ -77,6 +88,7 @@ static const ql_arch g_arch[] = {
 #undef QK_NORM
 #undef POST_NORMS
 #undef FFN_MOE
+#undef FFN_SHEXP
 
 void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COUNT]) {
     for (int r = 0; r < QL_ROLE_COUNT; r++) need[r] = a->need[r];

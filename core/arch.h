@@ -40,6 +40,11 @@ typedef enum {
     QL_ROLE_FFN_GATE_EXPS,
     QL_ROLE_FFN_UP_EXPS,
     QL_ROLE_FFN_DOWN_EXPS,
+    /* a shared expert every token runs (qwen2moe), its output scaled by sigmoid(x · ffn_gate_inp_shexp) */
+    QL_ROLE_FFN_GATE_INP_SHEXP,
+    QL_ROLE_FFN_GATE_SHEXP,
+    QL_ROLE_FFN_UP_SHEXP,
+    QL_ROLE_FFN_DOWN_SHEXP,
     QL_ROLE_COUNT
 } ql_role;
 
@@ -50,7 +55,8 @@ typedef enum { QL_IN_NONE = -1, QL_IN_ATTN = 0, QL_IN_ATTN_OUT, QL_IN_FFN, QL_IN
 typedef enum {
     QL_DIM_1, QL_DIM_EMBD, QL_DIM_Q, QL_DIM_KV, QL_DIM_QKV, QL_DIM_HEAD, QL_DIM_FF, QL_DIM_2FF,
     QL_DIM_EXPERT, /* cfg.n_expert */
-    QL_DIM_FF_EXP  /* cfg.n_ff_exp: one expert's hidden width */
+    QL_DIM_FF_EXP,  /* cfg.n_ff_exp: one expert's hidden width */
+    QL_DIM_FF_SHEXP /* cfg.n_ff_shexp: the shared expert's */
 } ql_dim;
 
 typedef struct {

@@ -62,6 +62,7 @@ struct ql_scratch {
     /* a MoE model's: router logits [rows, n_expert]; the routed rows [rows·n_expert_used, ·] sorted by expert:
      * their input, gate, up, output and rounding scratch; host-side routing (expert, weight, row order) */
     float *router, *moe_x, *moe_g, *moe_u, *moe_y, *moe_xq;
+    float *sh_g, *sh_u, *sh_y, *sh_gate; /* a shared expert's gate, up, output [rows, ·] and gate logit [rows] */
     int32_t *route_e, *route_row, *expert_off;
     float *route_w;
     void *kv; /* the backend's KV cache for one layer (the pass runs whole sequences, layer by layer) */
@@ -305,7 +306,8 @@ ql_scratch *ql_scratch_new_rows(const ql_infer *inf, int max_tokens, int max_row
     s->var_cur = -1;
     s->layer_loaded = -1;
     s->kv_scheme = ql_kv_scheme_f32();
-    size_t widest = QL_MAX(QL_MAX(D, Q), (size_t)c->n_ff);
+    /* xq rounds the input of any linear(): a shared expert's down projection may be wider than n_ff */
+    size_t widest = QL_MAX(QL_MAX(D, Q), (size_t)QL_MAX(c->n_ff, c->n_ff_shexp));
     struct { float **p; size_t floats; } bufs[] = {
         {&s->x, T * D},  {&s->xn, T * QL_MAX(D, Q)}, {&s->q, T * Q},      {&s->k, T * KV},
         {&s->v, T * KV}, {&s->att, T * Q},           {&s->scores, S * S}, {&s->gate, T * (size_t)c->n_ff},
@@ -322,6 +324,12 @@ ql_scratch *ql_scratch_new_rows(const ql_infer *inf, int max_tokens, int max_row
         };
         for (size_t i = 0; i < QL_ARRAY_LEN(moe) && ok; i++)
             ok = (*moe[i].p = ops->alloc(s->be, moe[i].floats * sizeof(float))) != NULL;
+        const bool shexp = inf->m->layers && inf->m->layers[0].gate_shexp;
+        struct { float **p; size_t floats; } sh[] = {
+            {&s->sh_g, T * (size_t)c->n_ff_shexp}, {&s->sh_u, T * (size_t)c->n_ff_shexp}, {&s->sh_y, T * D}, {&s->sh_gate, T},
+        };
+        for (size_t i = 0; shexp && i < QL_ARRAY_LEN(sh) && ok; i++)
+            ok = (*sh[i].p = ops->alloc(s->be, sh[i].floats * sizeof(float))) != NULL;
         s->route_e = ql_malloc(R * sizeof *s->route_e);
         s->route_row = ql_malloc(R * sizeof *s->route_row);
         s->route_w = ql_malloc(R * sizeof *s->route_w);
@@ -339,12 +347,13 @@ double ql_scratch_bytes(const ql_config *c, int max_tokens) { return ql_scratch_
 
 double ql_scratch_bytes_rows(const ql_config *c, int max_tokens, int max_rows) {
     double S = max_tokens, T = QL_MAX(max_rows, max_tokens), D = c->n_embd, Q = (double)c->n_head * c->head_dim, KV = (double)c->n_head_kv * c->head_dim;
-    double F = c->n_ff, widest = QL_MAX(QL_MAX(D, Q), F);
+    double F = c->n_ff, widest = QL_MAX(QL_MAX(D, Q), (double)QL_MAX(c->n_ff, c->n_ff_shexp));
     /* the activations, then the one-layer KV cache (the CPU backend's: F32 keys and values) and rope_cs */
     double moe = 0;
     if (c->n_expert > 0) {
         const double R = T * c->n_expert_used, FE = c->n_ff_exp;
-        moe = 4.0 * (T * c->n_expert + R * (2 * D + 2 * FE + QL_MAX(D, FE))) + 16.0 * R;
+        moe = 4.0 * (T * c->n_expert + R * (2 * D + 2 * FE + QL_MAX(D, FE))) + 16.0 * R +
+              4.0 * T * (2.0 * c->n_ff_shexp + D + 1); /* a shared expert's, when the model has one */
     }
     return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + 2 * F + widest) + 4.0 * S * S +
            4.0 * (S * 2 * KV + c->rope_dim) + moe;
@@ -371,7 +380,8 @@ ql_status ql_mem_check(double bytes, const char *what, const char *how) {
 void ql_scratch_free(ql_scratch *s) {
     if (!s) return;
     float *bufs[] = {s->x,  s->xn,     s->q,     s->k,     s->v,     s->att,   s->scores, s->gate,
-                     s->up, s->xq,     s->rope_cs, s->router, s->moe_x, s->moe_g, s->moe_u,  s->moe_y, s->moe_xq};
+                     s->up, s->xq,     s->rope_cs, s->router, s->moe_x, s->moe_g, s->moe_u,  s->moe_y, s->moe_xq,
+                     s->sh_g, s->sh_u, s->sh_y, s->sh_gate};
     for (size_t i = 0; i < QL_ARRAY_LEN(bufs); i++)
         if (bufs[i]) s->ops->release(s->be, bufs[i]);
     free(s->route_e); free(s->route_row); free(s->route_w); free(s->expert_off);
@@ -638,6 +648,15 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
         st = ops->matmul(inf->be, &wd, NULL, s->moe_g + (size_t)o * F, s->moe_y + (size_t)o * D, n, F, D, 0.0f, s->moe_xq);
     }
     s->var_cur = -1;
+    /* the shared expert (qwen2moe): a dense SwiGLU FFN on every row, scaled by sigmoid(x · gate_inp_shexp); its
+     * ffn_down input is not hooked (narrower than the experts' pooled one the statistics expect) */
+    const int FS = c->n_ff_shexp;
+    if (!st && L->gate_shexp &&
+        !(st = linear(inf, s, s->sh_gate, xn, L->gate_inp_shexp, NULL, T, D, 1, 0.0f)) &&
+        !(st = linear(inf, s, s->sh_g, xn, L->gate_shexp, NULL, T, D, FS, 0.0f)) &&
+        !(st = linear(inf, s, s->sh_u, xn, L->up_shexp, NULL, T, D, FS, 0.0f)) &&
+        !(st = ops->ffn_act(inf->be, s->sh_g, s->sh_u, (size_t)T * FS)))
+        st = linear(inf, s, s->sh_y, s->sh_g, L->down_shexp, NULL, T, FS, D, 0.0f);
     if (st || (st = ops->sync(inf->be))) return st;
     /* pair p's output sits at its place in the expert order: invert route_row into moe_x's first R ints */
     int32_t *slot_of = (int32_t *)s->moe_x;
@@ -652,6 +671,10 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
                 for (int d = 0; d < D; d++) acc[d] = y[d] * w;
             else
                 for (int d = 0; d < D; d++) acc[d] += y[d] * w;
+        }
+        if (L->gate_shexp) { /* ggml: sigmoid as silu(g) / g, then moe_out + shared · gate */
+            const float g = s->sh_gate[t], gate = g / (1.0f + expf(-g)) / g, *y = s->sh_y + (size_t)t * D;
+            for (int d = 0; d < D; d++) acc[d] += y[d] * gate;
         }
         for (int d = 0; d < D; d++) x[d] += acc[d];
     }

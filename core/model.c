@@ -125,6 +125,10 @@ static const size_t g_role_slot[QL_ROLE_COUNT] = {
     [QL_ROLE_FFN_GATE_EXPS] = offsetof(ql_layer_tensors, gate_exps),
     [QL_ROLE_FFN_UP_EXPS] = offsetof(ql_layer_tensors, up_exps),
     [QL_ROLE_FFN_DOWN_EXPS] = offsetof(ql_layer_tensors, down_exps),
+    [QL_ROLE_FFN_GATE_INP_SHEXP] = offsetof(ql_layer_tensors, gate_inp_shexp),
+    [QL_ROLE_FFN_GATE_SHEXP] = offsetof(ql_layer_tensors, gate_shexp),
+    [QL_ROLE_FFN_UP_SHEXP] = offsetof(ql_layer_tensors, up_shexp),
+    [QL_ROLE_FFN_DOWN_SHEXP] = offsetof(ql_layer_tensors, down_shexp),
 };
 
 ql_gguf_tensor **ql_layer_role(ql_layer_tensors *L, ql_role r) {
@@ -147,6 +151,7 @@ static int64_t dim_of(const ql_config *c, ql_dim d) {
     case QL_DIM_2FF: return 2 * (int64_t)c->n_ff;
     case QL_DIM_EXPERT: return c->n_expert;
     case QL_DIM_FF_EXP: return c->n_ff_exp;
+    case QL_DIM_FF_SHEXP: return c->n_ff_shexp;
     }
     return 0;
 }
@@ -323,6 +328,10 @@ static ql_status read_experts(const ql_gguf *g, const char *arch, const char *pa
     c->n_ff_exp = (int)ff;
     c->moe_norm_weights = desc->moe_norm_weights;
     if (c->n_ff <= 0) c->n_ff = c->n_ff_exp;
+    const int64_t fs = get_int_or(g, arch, "expert_shared_feed_forward_length", c->n_ff);
+    if (fs < 1 || fs > 1 << 22)
+        return ql_fail(QL_ERR_FORMAT, "%s: invalid shared expert width %lld", path, (long long)fs);
+    c->n_ff_shexp = (int)fs;
     return QL_OK;
 }
 
@@ -554,6 +563,7 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
     if (c->n_expert > 0)
         ADDF("mixture of experts (%d of %d, width %d%s)", c->n_expert_used, c->n_expert, c->n_ff_exp,
              c->moe_norm_weights ? ", weights renormalised" : "");
+    if (L && L->gate_shexp) ADDF("gated shared expert (width %d)", c->n_ff_shexp);
     if (c->attn_softcap > 0) ADDF("attention soft-cap %g", c->attn_softcap);
     if (c->final_softcap > 0) ADDF("final soft-cap %g", c->final_softcap);
 #undef ADDF

@@ -49,6 +49,7 @@ typedef struct {
      * weighted by the router's softmax (renormalised over the chosen ones when moe_norm_weights). 0: dense. */
     int n_expert, n_expert_used, n_ff_exp;
     bool moe_norm_weights;
+    int n_ff_shexp; /* the shared expert's width (ARCH.expert_shared_feed_forward_length, else n_ff) */
 } ql_config;
 
 /* The width of the FFN's hidden activation (ffn_down's input): an expert's in a MoE model. */
@@ -70,6 +71,8 @@ typedef struct {
     ql_gguf_tensor *wqkv, *w_gate_up, *q_norm, *k_norm, *post_attn_norm, *post_ffn_norm;
     /* a MoE layer (then w_gate, w_up, w_down are NULL): the router [n_embd → n_expert] and the 3-D experts */
     ql_gguf_tensor *ffn_gate_inp, *gate_exps, *up_exps, *down_exps;
+    /* a shared expert beside them (qwen2moe): its gate vector [n_embd] and a dense SwiGLU FFN; NULL: none */
+    ql_gguf_tensor *gate_inp_shexp, *gate_shexp, *up_shexp, *down_shexp;
 } ql_layer_tensors;
 
 /* The slot of role r in L (every role has one). */

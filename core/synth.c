@@ -37,6 +37,11 @@ static const ql_synth_shape g_shapes[] = {
      .n_expert = 8, .n_expert_used = 2},
     {"qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960, 1000000.0f, false, QL_TYPE_BF16, 128, .arch = "qwen3moe",
      .norm_eps = 1e-6f, .n_expert = 128, .n_expert_used = 8, .n_ff_exp = 768},
+    {"qwen1.5-moe-a2.7b", 24, 2048, 16, 16, 5632, 151936, 8192, 1000000.0f, false, QL_TYPE_BF16, 0, .arch = "qwen2moe",
+     .norm_eps = 1e-6f, .n_expert = 60, .n_expert_used = 4, .n_ff_exp = 1408, .n_ff_shexp = 5632},
+    /* qwen2moe at test size: q/k/v biases, 8 experts (2 per token) without renormalisation, a gated shared expert */
+    {"tiny-qwen2moe", 2, 64, 4, 2, 192, 512, 256, 1000000.0f, false, QL_TYPE_F32, 0, .arch = "qwen2moe",
+     .norm_eps = 1e-6f, .n_expert = 8, .n_expert_used = 2, .n_ff_exp = 64, .n_ff_shexp = 96},
 };
 
 const ql_synth_shape *ql_synth_shapes(int *n) {
@@ -74,7 +79,8 @@ ql_status ql_synth_parse_dims(const char *spec, ql_synth_shape *s) {
         else if (!strcmp(kv, "experts")) s->n_expert = iv;
         else if (!strcmp(kv, "experts_used")) s->n_expert_used = iv;
         else if (!strcmp(kv, "ff_exp")) s->n_ff_exp = iv;
-        else { st = ql_fail(QL_ERR_ARG, "--dims: unknown key '%s' (layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied, experts, experts_used, ff_exp)", kv); break; }
+        else if (!strcmp(kv, "ff_shexp")) s->n_ff_shexp = iv;
+        else { st = ql_fail(QL_ERR_ARG, "--dims: unknown key '%s' (layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied, experts, experts_used, ff_exp, ff_shexp)", kv); break; }
     }
     free(copy);
     const int hd = s->head_dim ? s->head_dim : s->n_head ? s->n_embd / s->n_head : 0;
@@ -233,6 +239,7 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
         SETU("expert_count", sh->n_expert);
         SETU("expert_used_count", sh->n_expert_used);
         if (sh->n_ff_exp > 0) SETU("expert_feed_forward_length", sh->n_ff_exp);
+        if (sh->n_ff_shexp > 0) SETU("expert_shared_feed_forward_length", sh->n_ff_shexp);
     }
     if (sh->rope_base_swa > 0) SETF("rope.freq_base_swa", sh->rope_base_swa);
     if (sh->rope_linear > 0) {
@@ -268,9 +275,12 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
             const ql_role_info *ri = ql_role_get((ql_role)r);
             const int64_t dims[] = {[QL_DIM_1] = 1, [QL_DIM_EMBD] = D, [QL_DIM_Q] = Q, [QL_DIM_KV] = KV,
                                     [QL_DIM_QKV] = Q + 2 * KV, [QL_DIM_HEAD] = hd, [QL_DIM_FF] = F, [QL_DIM_2FF] = 2 * F,
-                                    [QL_DIM_EXPERT] = sh->n_expert, [QL_DIM_FF_EXP] = sh->n_ff_exp > 0 ? sh->n_ff_exp : F};
+                                    [QL_DIM_EXPERT] = sh->n_expert, [QL_DIM_FF_EXP] = sh->n_ff_exp > 0 ? sh->n_ff_exp : F,
+                                    [QL_DIM_FF_SHEXP] = sh->n_ff_shexp > 0 ? sh->n_ff_shexp : F};
             const int64_t ne0 = dims[ri->ne0], ne1 = dims[ri->ne1], ne2 = dims[ri->ne2];
-            tkind kind = ri->input == QL_IN_ATTN || ri->input == QL_IN_FFN || r == QL_ROLE_FFN_GATE_INP ? K_LINEAR_IN
+            tkind kind = ri->input == QL_IN_ATTN || ri->input == QL_IN_FFN || r == QL_ROLE_FFN_GATE_INP ||
+                                 r == QL_ROLE_FFN_GATE_INP_SHEXP
+                             ? K_LINEAR_IN
                          : ri->input != QL_IN_NONE                          ? K_LINEAR_OUT
                          : r == QL_ROLE_ATTN_NORM || r == QL_ROLE_FFN_NORM   ? K_ATTN_NORM
                          : strstr(ri->suffix, ".bias")                       ? K_BIAS

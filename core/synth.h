@@ -25,16 +25,18 @@ typedef struct {
     int n_swa;             /* attention.sliding_window (0: not written) */
     int n_expert, n_expert_used; /* a mixture of experts in every layer (0: dense): ARCH.expert_count, ... */
     int n_ff_exp;          /* an expert's width, written as expert_feed_forward_length (0: n_ff, not written) */
+    int n_ff_shexp;        /* a shared expert's (architectures that have one), expert_shared_feed_forward_length */
     float rope_llama3[4];  /* Llama 3.1 RoPE: factor, low_freq_factor, high_freq_factor, original context; a
                               rope_freqs tensor computed as llama.cpp's converter does (factor 0: none) */
 } ql_synth_shape;
 
 /* Named shapes: "tiny", "tiny-moe", "llama-3.2-1b", "llama-2-7b", "llama-3-8b", "llama-3.1-8b", "qwen3-8b",
- * "gemma-3-4b", "phi-3-mini", "mixtral-8x7b", "qwen3-30b-a3b". NULL if unknown. */
+ * "gemma-3-4b", "phi-3-mini", "mixtral-8x7b", "qwen3-30b-a3b", "tiny-qwen3moe", "qwen1.5-moe-a2.7b",
+ * "tiny-qwen2moe". NULL if unknown. */
 const ql_synth_shape *ql_synth_find(const char *name);
 const ql_synth_shape *ql_synth_shapes(int *n);
 /* Parses "layers=4,embd=256,heads=8,kv=4,ff=768,vocab=512,ctx=256" (also head_dim, rope_base, tied, experts,
- * experts_used, ff_exp) over `base`. */
+ * experts_used, ff_exp, ff_shexp) over `base`. */
 ql_status ql_synth_parse_dims(const char *spec, ql_synth_shape *shape);
 
 /* The model's metadata and tensor list without data (what ql_synth_write would write): for dry runs and

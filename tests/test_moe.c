@@ -1,6 +1,7 @@
 /* test_moe.c — mixture-of-experts models: the synthetic Mixtral-layout (`llama` with 8 experts, 2 per token) and
  * qwen3moe (16 experts, 4 per token) models give llama.cpp's logits (tests/data/moe, made by llama.cpp from the
- * same synth files); renormalising the chosen experts' weights and the number of experts per token visibly
+ * same synth files), and so does qwen2moe (8 experts without renormalisation, a gated shared expert);
+ * renormalising the chosen experts' weights, the number of experts per token and the shared expert visibly
  * matter; a batched pass that varies an expert tensor equals separate passes; bad expert keys and missing
  * expert tensors are refused by name; quantization treats the 3-D expert tensors as rows and leaves the router
  * in F32, as llama-quantize does. */
@@ -32,7 +33,7 @@ static const float TOL = 2e-4f;
 /* the token ids of ../shared/testdata/arch-variants/tokens.txt, which llama_logits.c was given */
 static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
                                       338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
-static const char *SHAPES[] = {"tiny-moe", "tiny-qwen3moe"};
+static const char *SHAPES[] = {"tiny-moe", "tiny-qwen3moe", "tiny-qwen2moe"};
 
 static void synth_path(char *buf, size_t cap, const char *shape) {
     snprintf(buf, cap, "/tmp/qlab_test_moe_%d_%s.gguf", (int)getpid(), shape);
@@ -98,14 +99,26 @@ static void test_routing_details_matter(void **state) {
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
         read_reference(SHAPES[i], ref);
         ql_model *m = load_synth(SHAPES[i]);
-        m->cfg.moe_norm_weights = false;
+        const bool norm = m->cfg.moe_norm_weights;
+        m->cfg.moe_norm_weights = !norm;
         run(m, got);
         const float d_norm = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
-        m->cfg.moe_norm_weights = true;
+        m->cfg.moe_norm_weights = norm;
+        if (m->layers[0].gate_shexp) { /* without the shared expert */
+            ql_layer_tensors keep[2] = {m->layers[0], m->layers[1]};
+            for (int l = 0; l < 2; l++) m->layers[l].gate_shexp = NULL;
+            run(m, got);
+            const float d_sh = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+            printf("  %-14s without the shared expert: %.3g\n", SHAPES[i], d_sh);
+            assert_true(d_sh > 100 * TOL);
+            m->layers[0] = keep[0];
+            m->layers[1] = keep[1];
+        }
         m->cfg.n_expert_used = 1;
         run(m, got);
         const float d_top1 = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
-        printf("  %-14s without renormalising: %.3g; one expert per token: %.3g\n", SHAPES[i], d_norm, d_top1);
+        printf("  %-14s renormalising %s: %.3g; one expert per token: %.3g\n", SHAPES[i], norm ? "off" : "on", d_norm,
+               d_top1);
         assert_true(d_norm > 100 * TOL);
         assert_true(d_top1 > 100 * TOL);
         ql_model_free(m);
