@@ -20,7 +20,7 @@ static const char *SYNTH_USAGE =
     "Shapes: tiny, llama-3.2-1b, llama-2-7b, llama-3-8b, llama-3.1-8b (llama3 rope_freqs), qwen3-8b (q/k norm),\n"
     "gemma-3-4b (GeGLU, post norms, sliding window), phi-3-mini (fused attn_qkv and gate+up), mixtral-8x7b and\n"
     "tiny-moe (llama with 8 experts, 2 per token), qwen3-30b-a3b and tiny-qwen3moe (qwen3moe), qwen1.5-moe-a2.7b\n"
-    "and tiny-qwen2moe (qwen2moe: a gated shared expert).\n"
+    "and tiny-qwen2moe (qwen2moe: a gated shared expert), olmoe-1b-7b and tiny-olmoe (olmoe).\n"
     "--dims overrides: layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied, experts, experts_used,\n"
     "ff_exp, ff_shexp (e.g. --dims layers=2,embd=512). --dry-run prints the keys and tensors (name, type, shape) and writes nothing.\n"
     "Default OUT: synth-NAME.gguf.\n";

@@ -71,6 +71,9 @@ static const ql_arch g_arch[] = {
      * expert (llm_build_qwen2moe) */
     {.name = "qwen2moe", .family = "qwen2moe", .rope_neox = true, .moe = QL_MOE_ALWAYS,
      .need = {ATTN_SEPARATE, QKV_BIAS(R), FFN_MOE, FFN_SHEXP}},
+    /* OLMoE-1B-7B: RMSNorm over the whole of q and of k before RoPE, experts without renormalisation */
+    {.name = "olmoe", .family = "olmoe", .rope_neox = true, .moe = QL_MOE_ALWAYS, .qk_norm_full = true,
+     .need = {ATTN_SEPARATE, QK_NORM, FFN_MOE}},
     {.name = "gemma2", .family = "gemma2", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
      .swa_pattern = 2, .attn_scale_embd_layers = 46, .need = {ATTN_SEPARATE, POST_NORMS, FFN_SEPARATE}},
     {.name = "gemma3", .family = "gemma3", .rope_neox = true, .ffn_act = QL_FFN_GEGLU_TANH, .embd_scale_sqrt = true,
@@ -96,6 +99,12 @@ void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COU
     need[QL_ROLE_FFN_GATE] = need[QL_ROLE_FFN_UP] = need[QL_ROLE_FFN_GATE_UP] = need[QL_ROLE_FFN_DOWN] = QL_NEED_ABSENT;
     need[QL_ROLE_FFN_GATE_INP] = need[QL_ROLE_FFN_GATE_EXPS] = need[QL_ROLE_FFN_UP_EXPS] = need[QL_ROLE_FFN_DOWN_EXPS] =
         QL_NEED_REQUIRED;
+}
+
+ql_dim ql_arch_role_ne0(const ql_arch *a, ql_role r) {
+    if (a && a->qk_norm_full && r == QL_ROLE_ATTN_Q_NORM) return QL_DIM_Q;
+    if (a && a->qk_norm_full && r == QL_ROLE_ATTN_K_NORM) return QL_DIM_KV;
+    return g_roles[r].ne0;
 }
 
 int ql_arch_count(void) { return (int)QL_ARRAY_LEN(g_arch); }

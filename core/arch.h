@@ -92,12 +92,15 @@ typedef struct {
                                 loads them for phi3 only and refuses them elsewhere as unused tensors) */
     ql_moe moe;
     bool moe_norm_weights;   /* the chosen experts' router probabilities are renormalised to sum 1 */
+    bool qk_norm_full;       /* attn_q_norm / attn_k_norm normalise all of q / k at once (OLMoE), not each head */
     ql_need need[QL_ROLE_COUNT]; /* of a dense layer; ql_arch_layer_need gives a MoE layer's */
 } ql_arch;
 
 /* The roles a layer of `a` needs when the file has n_expert experts (0: dense): the description's, with the
  * dense FFN projections swapped for the router and the expert tensors when the layer is MoE. */
 void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COUNT]);
+/* Role r's row length in architecture a: the role table's, except full-width q/k norms. */
+ql_dim ql_arch_role_ne0(const ql_arch *a, ql_role r);
 
 /* The description for general.architecture `name`, or NULL. */
 const ql_arch *ql_arch_find(const char *name);

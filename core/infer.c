@@ -514,6 +514,8 @@ static ql_status kv_attend(const ql_infer *inf, ql_scratch *s, int l, int T, siz
 static ql_status head_norm(const ql_infer *inf, ql_scratch *sc, float *x, const ql_gguf_tensor *wt, int T, int n_heads) {
     if (!wt) return QL_OK;
     const ql_backend_weight w = bweight(inf, sc, wt);
+    if (inf->m->cfg.desc->qk_norm_full) /* OLMoE: one norm over all heads of a row */
+        return inf->ops->rmsnorm(inf->be, &w, x, x, T, n_heads * inf->m->cfg.head_dim, inf->m->cfg.norm_eps);
     return inf->ops->rmsnorm(inf->be, &w, x, x, T * n_heads, inf->m->cfg.head_dim, inf->m->cfg.norm_eps);
 }
 

@@ -468,7 +468,8 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
             const ql_role_info *ri = ql_role_get((ql_role)r);
             char n[96];
             snprintf(n, sizeof n, "blk.%d.%s", l, ri->suffix);
-            if ((s = want3(m, ql_layer_role(L, (ql_role)r), n, need[r] == QL_NEED_REQUIRED, dim_of(c, ri->ne0),
+            if ((s = want3(m, ql_layer_role(L, (ql_role)r), n, need[r] == QL_NEED_REQUIRED,
+                           dim_of(c, ql_arch_role_ne0(desc, (ql_role)r)),
                            dim_of(c, ri->ne1), dim_of(c, ri->ne2))))
                 goto fail;
         }
@@ -548,7 +549,7 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
     if (c->ffn_act == QL_FFN_GEGLU_TANH) ADDF("GeGLU (tanh GELU)");
     if (c->embd_scale != 1.0f) ADDF("embedding x%g", c->embd_scale);
     if (L && L->bq) ADDF("q/k/v bias");
-    if (L && L->q_norm) ADDF("q/k norm");
+    if (L && L->q_norm) ADDF(c->desc->qk_norm_full ? "q/k norm (full width)" : "q/k norm");
     if (L && L->post_attn_norm) ADDF("post norms");
     if (L && L->wqkv) ADDF("fused attn_qkv");
     if (L && L->w_gate_up) ADDF("fused gate+up");

@@ -37,6 +37,11 @@ static const ql_synth_shape g_shapes[] = {
      .n_expert = 8, .n_expert_used = 2},
     {"qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960, 1000000.0f, false, QL_TYPE_BF16, 128, .arch = "qwen3moe",
      .norm_eps = 1e-6f, .n_expert = 128, .n_expert_used = 8, .n_ff_exp = 768},
+    /* OLMoE's at test size: full-width q/k norm, 8 experts (2 per token) without renormalisation */
+    {"tiny-olmoe", 2, 64, 4, 4, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = "olmoe", .n_expert = 8,
+     .n_expert_used = 2},
+    {"olmoe-1b-7b", 16, 2048, 16, 16, 1024, 50304, 4096, 10000.0f, false, QL_TYPE_BF16, 0, .arch = "olmoe",
+     .n_expert = 64, .n_expert_used = 8},
     {"qwen1.5-moe-a2.7b", 24, 2048, 16, 16, 5632, 151936, 8192, 1000000.0f, false, QL_TYPE_BF16, 0, .arch = "qwen2moe",
      .norm_eps = 1e-6f, .n_expert = 60, .n_expert_used = 4, .n_ff_exp = 1408, .n_ff_shexp = 5632},
     /* qwen2moe at test size: q/k/v biases, 8 experts (2 per token) without renormalisation, a gated shared expert */
@@ -277,7 +282,7 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
                                     [QL_DIM_QKV] = Q + 2 * KV, [QL_DIM_HEAD] = hd, [QL_DIM_FF] = F, [QL_DIM_2FF] = 2 * F,
                                     [QL_DIM_EXPERT] = sh->n_expert, [QL_DIM_FF_EXP] = sh->n_ff_exp > 0 ? sh->n_ff_exp : F,
                                     [QL_DIM_FF_SHEXP] = sh->n_ff_shexp > 0 ? sh->n_ff_shexp : F};
-            const int64_t ne0 = dims[ri->ne0], ne1 = dims[ri->ne1], ne2 = dims[ri->ne2];
+            const int64_t ne0 = dims[ql_arch_role_ne0(desc, (ql_role)r)], ne1 = dims[ri->ne1], ne2 = dims[ri->ne2];
             tkind kind = ri->input == QL_IN_ATTN || ri->input == QL_IN_FFN || r == QL_ROLE_FFN_GATE_INP ||
                                  r == QL_ROLE_FFN_GATE_INP_SHEXP
                              ? K_LINEAR_IN

@@ -32,7 +32,7 @@ typedef struct {
 
 /* Named shapes: "tiny", "tiny-moe", "llama-3.2-1b", "llama-2-7b", "llama-3-8b", "llama-3.1-8b", "qwen3-8b",
  * "gemma-3-4b", "phi-3-mini", "mixtral-8x7b", "qwen3-30b-a3b", "tiny-qwen3moe", "qwen1.5-moe-a2.7b",
- * "tiny-qwen2moe". NULL if unknown. */
+ * "tiny-qwen2moe", "olmoe-1b-7b", "tiny-olmoe". NULL if unknown. */
 const ql_synth_shape *ql_synth_find(const char *name);
 const ql_synth_shape *ql_synth_shapes(int *n);
 /* Parses "layers=4,embd=256,heads=8,kv=4,ff=768,vocab=512,ctx=256" (also head_dim, rope_base, tied, experts,

@@ -1,6 +1,7 @@
 /* test_moe.c — mixture-of-experts models: the synthetic Mixtral-layout (`llama` with 8 experts, 2 per token) and
  * qwen3moe (16 experts, 4 per token) models give llama.cpp's logits (tests/data/moe, made by llama.cpp from the
- * same synth files), and so does qwen2moe (8 experts without renormalisation, a gated shared expert);
+ * same synth files), and so do qwen2moe (8 experts without renormalisation, a gated shared expert) and olmoe
+ * (q/k norm over the whole of q and k);
  * renormalising the chosen experts' weights, the number of experts per token and the shared expert visibly
  * matter; a batched pass that varies an expert tensor equals separate passes; bad expert keys and missing
  * expert tensors are refused by name; quantization treats the 3-D expert tensors as rows and leaves the router
@@ -33,7 +34,7 @@ static const float TOL = 2e-4f;
 /* the token ids of ../shared/testdata/arch-variants/tokens.txt, which llama_logits.c was given */
 static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
                                       338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
-static const char *SHAPES[] = {"tiny-moe", "tiny-qwen3moe", "tiny-qwen2moe"};
+static const char *SHAPES[] = {"tiny-moe", "tiny-qwen3moe", "tiny-qwen2moe", "tiny-olmoe"};
 
 static void synth_path(char *buf, size_t cap, const char *shape) {
     snprintf(buf, cap, "/tmp/qlab_test_moe_%d_%s.gguf", (int)getpid(), shape);
@@ -104,6 +105,18 @@ static void test_routing_details_matter(void **state) {
         run(m, got);
         const float d_norm = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
         m->cfg.moe_norm_weights = norm;
+        if (m->cfg.desc->qk_norm_full) { /* OLMoE's q/k norm per head instead of over the row */
+            ql_arch per_head = *m->cfg.desc;
+            const ql_arch *full = m->cfg.desc;
+            per_head.qk_norm_full = false;
+            m->cfg.desc = &per_head;
+            for (int l = 0; l < 2; l++) m->layers[l].q_norm->ne[0] = m->layers[l].k_norm->ne[0] = m->cfg.head_dim;
+            run(m, got);
+            const float d_qk = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+            printf("  %-14s q/k norm per head: %.3g\n", SHAPES[i], d_qk);
+            assert_true(d_qk > 100 * TOL);
+            m->cfg.desc = full;
+        }
         if (m->layers[0].gate_shexp) { /* without the shared expert */
             ql_layer_tensors keep[2] = {m->layers[0], m->layers[1]};
             for (int l = 0; l < 2; l++) m->layers[l].gate_shexp = NULL;
