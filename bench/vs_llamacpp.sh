@@ -73,6 +73,36 @@ for T in IQ2_XXS IQ3_S; do
     "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
 done
 rm -f "$OUT/lc.gguf" "$OUT/ql.gguf" "$OUT/lc-1b.gguf" "$OUT/lc-im.gguf" "$OUT/ql-im.gguf"
+# 2b. mixtures of experts: every mix on small Mixtral, Qwen3-MoE, Qwen1.5-MoE (shared experts) and OLMoE shapes, the
+#     i-quants with llama.cpp's imatrix of each (tensors must be byte-identical; IQ1_M differs by the known search
+#     change), then perplexity time on a Qwen3-30B-A3B shape cut to 6 layers in llama.cpp's Q4_K_M
+for spec in "mixtral-8x7b layers=8,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
+            "qwen3-30b-a3b layers=8,embd=256,heads=8,kv=2,head_dim=64,ff_exp=256,vocab=1024" \
+            "qwen1.5-moe-a2.7b layers=8,embd=256,heads=8,kv=8,ff=512,ff_exp=256,ff_shexp=512,vocab=1024" \
+            "olmoe-1b-7b layers=8,embd=256,heads=8,kv=8,ff=256,vocab=1024"; do
+  set -- $spec
+  MM=$OUT/moe-$1.gguf
+  "$QLAB" synth --shape "$1" --dims "$2" -o "$MM" >/dev/null 2>&1
+  "$L/llama-imatrix" -m "$MM" -f "$TXT" -c 128 --chunks 8 -t "$THREADS" -o "$OUT/moe-im.gguf" >/dev/null 2>&1
+  same_n=0 differ=""
+  for T in Q4_0 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL IQ3_S IQ3_M MXFP4_MOE \
+           Q2_K_S IQ3_XS IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ3_XXS; do
+    imat=(); case $T in Q2_K_S|IQ3_XS|IQ2_*|IQ1_*|IQ3_XXS) imat=(--imatrix "$OUT/moe-im.gguf") ;; esac
+    "$L/llama-quantize" "${imat[@]}" "$MM" "$OUT/lc.gguf" "$T" "$THREADS" >/dev/null 2>&1
+    "$QLAB" quant "$MM" --preset "$T" "${imat[@]}" --threads "$THREADS" -o "$OUT/ql.gguf" >/dev/null 2>&1
+    if same "$OUT/lc.gguf" "$OUT/ql.gguf" | grep -q " 0 differ, 0 other"; then same_n=$((same_n + 1)); else differ="$differ $T"; fi
+  done
+  printf '%-44s %s\n' "quant MoE $1: mixes byte-identical" "$same_n of 23${differ:+ (differ:$differ)}"
+  rm -f "$MM" "$OUT/moe-im.gguf"
+done
+MQ=$OUT/moe-q30.gguf
+"$QLAB" synth --shape qwen3-30b-a3b --dims layers=6,vocab=32000 --threads "$THREADS" -o "$MQ" >/dev/null 2>&1
+"$L/llama-quantize" "$MQ" "$OUT/lc.gguf" Q4_K_M "$THREADS" >/dev/null 2>&1
+t0=$(now); "$L/llama-perplexity" -m "$OUT/lc.gguf" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
+"$QLAB" ppl "$OUT/lc.gguf" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
+printf '%-44s %9ss %9ss %8s  %s\n' "ppl Qwen3-30B-A3B shape, 6 layers, Q4_K_M" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+  "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log") (F32 vs F16 KV cache)"
+rm -f "$MQ" "$OUT/lc.gguf" "$OUT/ql.gguf"
 # 3. the BPE pre-tokenizers: llama-tokenize and `qlab tokenize` on one text through a small byte-level vocabulary,
 #    once per tokenizer.ggml.pre name qlab knows (the token ids must be the same lists)
 if [ -x "$L/llama-tokenize" ] && [ -f "$SHARED/models/stories260K.gguf" ]; then
