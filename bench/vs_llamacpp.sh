@@ -75,11 +75,12 @@ done
 rm -f "$OUT/lc.gguf" "$OUT/ql.gguf" "$OUT/lc-1b.gguf" "$OUT/lc-im.gguf" "$OUT/ql-im.gguf"
 # 2b. mixtures of experts: every mix on small Mixtral, Qwen3-MoE, Qwen1.5-MoE (shared experts) and OLMoE shapes, the
 #     i-quants with llama.cpp's imatrix of each (tensors must be byte-identical; IQ1_M differs by the known search
-#     change), then perplexity time on a Qwen3-30B-A3B shape cut to 6 layers in llama.cpp's Q4_K_M
+#     change; expert counts cut to keep llama-quantize's i-quants to minutes), then perplexity time on a
+#     Qwen3-30B-A3B shape cut to 6 layers in llama.cpp's Q4_K_M
 for spec in "mixtral-8x7b layers=8,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
-            "qwen3-30b-a3b layers=8,embd=256,heads=8,kv=2,head_dim=64,ff_exp=256,vocab=1024" \
-            "qwen1.5-moe-a2.7b layers=8,embd=256,heads=8,kv=8,ff=512,ff_exp=256,ff_shexp=512,vocab=1024" \
-            "olmoe-1b-7b layers=8,embd=256,heads=8,kv=8,ff=256,vocab=1024"; do
+            "qwen3-30b-a3b layers=8,embd=256,heads=8,kv=2,head_dim=64,ff_exp=256,vocab=1024,experts=32" \
+            "qwen1.5-moe-a2.7b layers=8,embd=256,heads=8,kv=8,ff=512,ff_exp=256,ff_shexp=512,vocab=1024,experts=16" \
+            "olmoe-1b-7b layers=8,embd=256,heads=8,kv=8,ff=256,vocab=1024,experts=16"; do
   set -- $spec
   MM=$OUT/moe-$1.gguf
   "$QLAB" synth --shape "$1" --dims "$2" -o "$MM" >/dev/null 2>&1

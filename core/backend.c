@@ -83,6 +83,11 @@ const ql_backend_ops *ql_backend_default(void) {
 }
 
 void ql_backend_set_auto(bool on) { g_auto = on; }
+
+bool ql_backend_is_auto(void) {
+    const char *env = getenv("QL_BACKEND");
+    return !g_selected && !(env && *env) && g_auto;
+}
 int ql_backend_device(void) { return g_device; }
 
 ql_status ql_backend_select(const char *spec) {

@@ -151,6 +151,9 @@ ql_status ql_backend_select(const char *spec);
 /* On: with nothing selected and no $QL_BACKEND, the default is the first registered backend with a device
  * present (asked once), else cpu. Off (the library's default, so tests run where they say): cpu. */
 void ql_backend_set_auto(bool on);
+/* True when ql_backend_default() is the automatic choice (nothing selected, no $QL_BACKEND): a model that choice
+ * cannot run (a mixture of experts on CUDA) may then fall back to cpu. */
+bool ql_backend_is_auto(void);
 int ql_backend_device(void); /* the device index create() uses (0 unless selected) */
 /* "cpu" or "cuda:0": what ql_backend_default() resolves to, for headers and messages. */
 const char *ql_backend_describe(char *buf, size_t cap);

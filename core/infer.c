@@ -159,7 +159,13 @@ ql_status ql_infer_new(const ql_model *m, int n_threads, ql_infer **out) {
     *out = NULL;
     const ql_backend_ops *ops = ql_backend_default();
     if (!ops) return QL_ERR_ARG; /* unknown $QL_BACKEND: the message names the known ones */
-    return ql_infer_new_on(m, n_threads, ops, out);
+    ql_status s = ql_infer_new_on(m, n_threads, ops, out);
+    if (s == QL_ERR_UNSUPPORTED && m->cfg.n_expert > 0 && ql_backend_is_auto() && ops != ql_backend_at(0)) {
+        /* chosen automatically, not asked for: run the experts where they run */
+        ql_log(1, "%s: %s; running on %s", m->path, ql_last_error(), ql_backend_at(0)->name);
+        s = ql_infer_new_on(m, n_threads, ql_backend_at(0), out);
+    }
+    return s;
 }
 
 ql_status ql_infer_new_on(const ql_model *m, int n_threads, const ql_backend_ops *ops, ql_infer **out) {
