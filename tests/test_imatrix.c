@@ -310,6 +310,17 @@ static void expect_reject(const char *path, ql_status want) {
     if (!strstr(ql_last_error(), path)) fail_msg("message does not name the file: %s", ql_last_error());
 }
 
+/* An imatrix holding one MoE entry: 4 experts of 2 sums, and n_counts counts (4 is right). */
+static void write_expert_entry(const char *p, const float *sums, const float *cnt, int64_t n_counts) {
+    int64_t ne_sum[2] = {2, 4}, ne_cnt[2] = {1, n_counts};
+    ql_gguf *g = ql_gguf_new();
+    ql_gguf_set_str(g, "general.type", "imatrix");
+    assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.in_sum2", QL_TYPE_F32, 2, ne_sum, sums) >= 0);
+    assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.counts", QL_TYPE_F32, 2, ne_cnt, cnt) >= 0);
+    assert_int_equal(ql_gguf_write(g, p, NULL), QL_OK);
+    ql_gguf_free(g);
+}
+
 static void put_i32(uint8_t *b, size_t off, int32_t v) {
     uint32_t u;
     memcpy(&u, &v, 4);
@@ -432,13 +443,7 @@ static void test_bad_gguf_rejected(void **state) {
 
     /* a MoE entry [2, 4 experts] loads with one count per expert (tests/test_moe.c: its importance); counts that
      * do not match the experts are refused, naming the tensor */
-    int64_t ne_moe[2] = {2, 4}, ne_cm[2] = {1, 4}, ne_c3[2] = {1, 3};
-    g = ql_gguf_new();
-    ql_gguf_set_str(g, "general.type", "imatrix");
-    assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.in_sum2", QL_TYPE_F32, 2, ne_moe, sums) >= 0);
-    assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.counts", QL_TYPE_F32, 2, ne_cm, cnt) >= 0);
-    assert_int_equal(ql_gguf_write(g, p, NULL), QL_OK);
-    ql_gguf_free(g);
+    write_expert_entry(p, sums, cnt, 4);
     ql_imatrix *moe = NULL;
     assert_int_equal(ql_imatrix_load(p, &moe), QL_OK);
     assert_int_equal(moe->entries[0].n, 2);
@@ -446,12 +451,7 @@ static void test_bad_gguf_rejected(void **state) {
     assert_float_equal(moe->entries[0].counts[3], 10, 0);
     assert_float_equal(moe->entries[0].sum2[7], 8, 0);
     ql_imatrix_free(moe);
-    g = ql_gguf_new();
-    ql_gguf_set_str(g, "general.type", "imatrix");
-    assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.in_sum2", QL_TYPE_F32, 2, ne_moe, sums) >= 0);
-    assert_true(ql_gguf_add_tensor(g, "blk.0.ffn_up_exps.weight.counts", QL_TYPE_F32, 2, ne_c3, cnt) >= 0);
-    assert_int_equal(ql_gguf_write(g, p, NULL), QL_OK);
-    ql_gguf_free(g);
+    write_expert_entry(p, sums, cnt, 3);
     expect_reject(p, QL_ERR_FORMAT);
     assert_non_null(strstr(ql_last_error(), "blk.0.ffn_up_exps.weight.counts"));
 
