@@ -218,8 +218,9 @@ static void test_refusals(void **state) {
     ql_model_free(m);
 }
 
-/* Q4_K_M over the 64-wide tiny-moe (rows too short for K-quants: llama.cpp's fallbacks) keeps the router F32 and
- * plans every expert tensor; the fallback of a 3-D tensor is by its row length, as for 2-D ones. */
+/* Q4_K_M over the 64-wide MoE models (rows too short for K-quants: llama.cpp's fallbacks) keeps the router F32 and
+ * plans every expert tensor; the fallback of a 3-D tensor is by its row length, as for 2-D ones; the 8-expert rules
+ * apply at exactly 8 experts. */
 static void test_plan_covers_experts(void **state) {
     (void)state;
     ql_model *m = load_synth("tiny-qwen3moe");
@@ -237,6 +238,16 @@ static void test_plan_covers_experts(void **state) {
         }
     }
     ql_plan_free(plan);
+    /* llama.cpp's 8-expert rules: attn_v and attn_k in Q8_0 for Mixtral's 8 experts, not for 16 */
+    ql_model *m8 = load_synth("tiny-moe");
+    assert_int_equal(ql_preset_resolve(p, m8, false, &plan), QL_OK);
+    assert_string_equal(ql_plan_find(plan, "blk.1.attn_v.weight")->format->name, "q8_0");
+    assert_string_equal(ql_plan_find(plan, "blk.1.attn_k.weight")->format->name, "q8_0");
+    ql_plan_free(plan);
+    assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_OK);
+    assert_string_not_equal(ql_plan_find(plan, "blk.1.attn_k.weight")->format->name, "q8_0");
+    ql_plan_free(plan);
+    ql_model_free(m8);
     ql_preset_free(p);
     ql_model_free(m);
 }
