@@ -106,13 +106,9 @@ static void expert_hook(void *user, int layer, ql_hook_point where, const float 
 
 static void put_experts(ql_imatrix *im, const ql_gguf_tensor *t, const double *sq, const double *cnt, int n_expert) {
     const int64_t n = t->ne[0];
-    ql_imatrix_entry *e = ql_imatrix_entry_get(im, t->name, n * n_expert);
+    ql_imatrix_entry *e = ql_imatrix_entry_get_experts(im, t->name, n, n_expert);
     if (!e) return;
     memcpy(e->sum2, sq, (size_t)(n * n_expert) * sizeof(double));
-    e->n = n;
-    e->n_mat = n_expert;
-    e->counts = ql_malloc((size_t)n_expert * sizeof(double));
-    e->count = 0;
     for (int k = 0; k < n_expert; k++) e->count += (e->counts[k] = cnt[k]);
 }
 

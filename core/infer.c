@@ -63,8 +63,8 @@ struct ql_scratch {
      * their input, gate, up, output and rounding scratch; host-side routing (expert, weight, row order) */
     float *router, *moe_x, *moe_g, *moe_u, *moe_y, *moe_xq;
     float *sh_g, *sh_u, *sh_y, *sh_gate; /* a shared expert's gate, up, output [rows, ·] and gate logit [rows] */
-    int32_t *route_e, *route_row, *expert_off;
-    float *route_w;
+    int32_t *route_e, *route_row, *expert_off, *route_fill;
+    float *route_w, *route_p;
     void *kv; /* the backend's KV cache for one layer (the pass runs whole sequences, layer by layer) */
     ql_kv_scheme kv_scheme; /* what kv holds; remade when a layer's scheme differs */
     ql_hook_fn hook;
@@ -330,16 +330,17 @@ ql_scratch *ql_scratch_new_rows(const ql_infer *inf, int max_tokens, int max_row
         };
         for (size_t i = 0; i < QL_ARRAY_LEN(moe) && ok; i++)
             ok = (*moe[i].p = ops->alloc(s->be, moe[i].floats * sizeof(float))) != NULL;
-        const bool shexp = inf->m->layers && inf->m->layers[0].gate_shexp;
         struct { float **p; size_t floats; } sh[] = {
             {&s->sh_g, T * (size_t)c->n_ff_shexp}, {&s->sh_u, T * (size_t)c->n_ff_shexp}, {&s->sh_y, T * D}, {&s->sh_gate, T},
         };
-        for (size_t i = 0; shexp && i < QL_ARRAY_LEN(sh) && ok; i++)
+        for (size_t i = 0; c->n_ff_shexp > 0 && i < QL_ARRAY_LEN(sh) && ok; i++)
             ok = (*sh[i].p = ops->alloc(s->be, sh[i].floats * sizeof(float))) != NULL;
         s->route_e = ql_malloc(R * sizeof *s->route_e);
         s->route_row = ql_malloc(R * sizeof *s->route_row);
         s->route_w = ql_malloc(R * sizeof *s->route_w);
         s->expert_off = ql_malloc(((size_t)c->n_expert + 1) * sizeof *s->expert_off);
+        s->route_fill = ql_malloc((size_t)c->n_expert * sizeof *s->route_fill);
+        s->route_p = ql_malloc((size_t)c->n_expert * sizeof *s->route_p);
     }
     if (!ok || ops->kv_new(s->be, max_tokens, (int)KV, &s->kv) != QL_OK) {
         ql_scratch_free(s);
@@ -358,8 +359,8 @@ double ql_scratch_bytes_rows(const ql_config *c, int max_tokens, int max_rows) {
     double moe = 0;
     if (c->n_expert > 0) {
         const double R = T * c->n_expert_used, FE = c->n_ff_exp;
-        moe = 4.0 * (T * c->n_expert + R * (2 * D + 2 * FE + QL_MAX(D, FE))) + 16.0 * R +
-              4.0 * T * (2.0 * c->n_ff_shexp + D + 1); /* a shared expert's, when the model has one */
+        moe = 4.0 * (T * c->n_expert + R * (2 * D + 2 * FE + QL_MAX(D, FE))) + 16.0 * R + 8.0 * c->n_expert +
+              (c->n_ff_shexp > 0 ? 4.0 * T * (2.0 * c->n_ff_shexp + D + 1) : 0); /* a shared expert's */
     }
     return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + 2 * F + widest) + 4.0 * S * S +
            4.0 * (S * 2 * KV + c->rope_dim) + moe;
@@ -390,7 +391,7 @@ void ql_scratch_free(ql_scratch *s) {
                      s->sh_g, s->sh_u, s->sh_y, s->sh_gate};
     for (size_t i = 0; i < QL_ARRAY_LEN(bufs); i++)
         if (bufs[i]) s->ops->release(s->be, bufs[i]);
-    free(s->route_e); free(s->route_row); free(s->route_w); free(s->expert_off);
+    free(s->route_e); free(s->route_row); free(s->route_w); free(s->expert_off); free(s->route_fill); free(s->route_p);
     if (s->kv) s->ops->kv_free(s->be, s->kv);
     free(s->layer_w); free(s->slot_ptr);
     free(s);
@@ -572,7 +573,7 @@ static ql_backend_weight expert_weight(const ql_infer *inf, const ql_scratch *sc
  * expert_off[e+1]) (pair p = t·k + j). */
 static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, int T) {
     const int E = c->n_expert, K = c->n_expert_used;
-    float *p = ql_malloc((size_t)E * sizeof *p);
+    float *p = s->route_p;
     for (int e = 0; e <= E; e++) s->expert_off[e] = 0;
     for (int t = 0; t < T; t++) {
         const float *x = lg + (size_t)t * E;
@@ -584,15 +585,13 @@ static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, int T)
         for (int e = 0; e < E; e++) p[e] *= inv;
         int32_t *sel = s->route_e + (size_t)t * K;
         float *w = s->route_w + (size_t)t * K;
-        for (int j = 0; j < K; j++) { /* k is small: selection by repeated scans */
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                bool taken = false;
-                for (int i = 0; i < j; i++) taken |= sel[i] == e;
-                if (!taken && (best < 0 || p[e] > p[best])) best = e;
-            }
+        for (int j = 0; j < K; j++) { /* k is small: selection by repeated scans; a chosen one drops out at -1 */
+            int best = 0;
+            for (int e = 1; e < E; e++)
+                if (p[e] > p[best]) best = e;
             sel[j] = best;
             w[j] = p[best];
+            p[best] = -1.0f;
             s->expert_off[best + 1]++;
         }
         if (c->moe_norm_weights) {
@@ -603,11 +602,8 @@ static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, int T)
         }
     }
     for (int e = 0; e < E; e++) s->expert_off[e + 1] += s->expert_off[e];
-    int32_t *fill = ql_malloc((size_t)E * sizeof *fill);
-    for (int e = 0; e < E; e++) fill[e] = s->expert_off[e];
-    for (int pr = 0; pr < T * K; pr++) s->route_row[fill[s->route_e[pr]]++] = pr;
-    free(fill);
-    free(p);
+    for (int e = 0; e < E; e++) s->route_fill[e] = s->expert_off[e];
+    for (int pr = 0; pr < T * K; pr++) s->route_row[s->route_fill[s->route_e[pr]]++] = pr;
 }
 
 /* The MoE FFN of layer l on rows [r0, r0 + T) of s->xn, added into the same rows of s->x: route, gather each
@@ -630,31 +626,26 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
         memcpy(s->moe_x + (size_t)i * D, xn + (size_t)(s->route_row[i] / K) * D, (size_t)D * sizeof(float));
     s->var_cur = variant;
     ql_gguf_tensor vg, vu, vd;
-    for (int e = 0; e < E && !st; e++) {
+    for (int e = 0; e < E && !st; e++) { /* gate, up, act and down of each expert that got rows */
         const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
         if (!n) continue;
-        const ql_backend_weight wg = expert_weight(inf, s, L->gate_exps, e, &vg), wu = expert_weight(inf, s, L->up_exps, e, &vu);
-        if (!(st = ops->matmul(inf->be, &wg, NULL, s->moe_x + (size_t)o * D, s->moe_g + (size_t)o * F, n, D, F, 0.0f,
-                               s->moe_xq)) &&
-            !(st = ops->matmul(inf->be, &wu, NULL, s->moe_x + (size_t)o * D, s->moe_u + (size_t)o * F, n, D, F, 0.0f,
-                               s->moe_xq)))
-            st = ops->ffn_act(inf->be, s->moe_g + (size_t)o * F, s->moe_u + (size_t)o * F, (size_t)n * F);
+        const ql_backend_weight wg = expert_weight(inf, s, L->gate_exps, e, &vg), wu = expert_weight(inf, s, L->up_exps, e, &vu),
+                                wd = expert_weight(inf, s, L->down_exps, e, &vd);
+        float *xe = s->moe_x + (size_t)o * D, *ge = s->moe_g + (size_t)o * F;
+        if ((st = ops->matmul(inf->be, &wg, NULL, xe, ge, n, D, F, 0.0f, s->moe_xq)) ||
+            (st = ops->matmul(inf->be, &wu, NULL, xe, s->moe_u + (size_t)o * F, n, D, F, 0.0f, s->moe_xq)) ||
+            (st = ops->ffn_act(inf->be, ge, s->moe_u + (size_t)o * F, (size_t)n * F)))
+            break;
+        if (s->hook) { /* per expert: what llama.cpp's imatrix collects */
+            g_hook_expert = e;
+            if (!(st = run_hook(inf, s, l, QL_HOOK_EXPERT_IN, xe, n, D)))
+                st = run_hook(inf, s, l, QL_HOOK_EXPERT_DOWN_IN, ge, n, F);
+            g_hook_expert = -1;
+        }
+        if (!st) st = ops->matmul(inf->be, &wd, NULL, ge, s->moe_y + (size_t)o * D, n, F, D, 0.0f, s->moe_xq);
     }
+    /* the down projections read moe_g without changing it: the pooled hook sees every expert's input */
     if (!st) st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->moe_g, R, F);
-    for (int e = 0; e < E && !st && s->hook; e++) { /* per expert: what llama.cpp's imatrix collects */
-        const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
-        if (!n) continue;
-        g_hook_expert = e;
-        if (!(st = run_hook(inf, s, l, QL_HOOK_EXPERT_IN, s->moe_x + (size_t)o * D, n, D)))
-            st = run_hook(inf, s, l, QL_HOOK_EXPERT_DOWN_IN, s->moe_g + (size_t)o * F, n, F);
-        g_hook_expert = -1;
-    }
-    for (int e = 0; e < E && !st; e++) {
-        const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
-        if (!n) continue;
-        const ql_backend_weight wd = expert_weight(inf, s, L->down_exps, e, &vd);
-        st = ops->matmul(inf->be, &wd, NULL, s->moe_g + (size_t)o * F, s->moe_y + (size_t)o * D, n, F, D, 0.0f, s->moe_xq);
-    }
     s->var_cur = -1;
     /* the shared expert (qwen2moe): a dense SwiGLU FFN on every row, scaled by sigmoid(x · gate_inp_shexp); its
      * ffn_down input is not hooked (narrower than the experts' pooled one the statistics expect) */
@@ -672,13 +663,10 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
     float *acc = s->moe_xq;
     for (int t = 0; t < T; t++) {
         float *x = s->x + (size_t)(r0 + t) * D;
-        for (int d = 0; d < D; d++) acc[d] = 0;
+        for (int d = 0; d < D; d++) acc[d] = 0; /* 0 + y·w is y·w exactly: ggml's order of sums */
         for (int j = 0; j < K; j++) {
             const float w = s->route_w[t * K + j], *y = s->moe_y + (size_t)slot_of[t * K + j] * D;
-            if (j == 0)
-                for (int d = 0; d < D; d++) acc[d] = y[d] * w;
-            else
-                for (int d = 0; d < D; d++) acc[d] += y[d] * w;
+            for (int d = 0; d < D; d++) acc[d] += y[d] * w;
         }
         if (L->gate_shexp) { /* ggml: sigmoid as silu(g) / g, then moe_out + shared · gate */
             const float g = s->sh_gate[t], gate = g / (1.0f + expf(-g)) / g, *y = s->sh_y + (size_t)t * D;

@@ -328,6 +328,7 @@ static ql_status read_experts(const ql_gguf *g, const char *arch, const char *pa
     c->n_ff_exp = (int)ff;
     c->moe_norm_weights = desc->moe_norm_weights;
     if (c->n_ff <= 0) c->n_ff = c->n_ff_exp;
+    if (desc->need[QL_ROLE_FFN_GATE_SHEXP] == QL_NEED_ABSENT) return QL_OK; /* n_ff_shexp 0: no shared expert */
     const int64_t fs = get_int_or(g, arch, "expert_shared_feed_forward_length", c->n_ff);
     if (fs < 1 || fs > 1 << 22)
         return ql_fail(QL_ERR_FORMAT, "%s: invalid shared expert width %lld", path, (long long)fs);

@@ -49,7 +49,7 @@ typedef struct {
      * weighted by the router's softmax (renormalised over the chosen ones when moe_norm_weights). 0: dense. */
     int n_expert, n_expert_used, n_ff_exp;
     bool moe_norm_weights;
-    int n_ff_shexp; /* the shared expert's width (ARCH.expert_shared_feed_forward_length, else n_ff) */
+    int n_ff_shexp; /* the shared expert's width (ARCH.expert_shared_feed_forward_length, else n_ff); 0: none */
 } ql_config;
 
 /* The width of the FFN's hidden activation (ffn_down's input): an expert's in a MoE model. */

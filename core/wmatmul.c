@@ -207,12 +207,26 @@ typedef struct {
     bool accumulate;
 } kq_job;
 
+/* Output columns [n0, n1) of N for row tiles [b, e) of 16: the K-quant and half kernels split N this way. */
+static bool tile_columns(int64_t b, int64_t e, int N, int *n0, int *n1) {
+    *n0 = (int)b * 16;
+    *n1 = (int)QL_MIN(e * 16, (int64_t)N);
+    return *n1 > *n0;
+}
+
+/* Runs fn over the 16-row tiles of N weight rows, at most n_threads at once (one tile per task at least). */
+static void for_row_tiles(int n_threads, int N, void (*fn)(void *, int, int64_t, int64_t), void *job) {
+    const int64_t tiles = (N + 15) / 16;
+    ql_parallel_for((int)QL_MIN((int64_t)QL_MAX(n_threads, 1), tiles), tiles, fn, job);
+}
+
 static void kq_range(void *vctx, int worker, int64_t b, int64_t e) {
     (void)worker;
     const kq_job *j = vctx;
-    const int n0 = (int)b * 16, n1 = (int)QL_MIN(e * 16, (int64_t)j->N);
-    if (n1 > n0) ql_kq_gemm_vnni(j->type, j->rows + (int64_t)n0 * j->row_bytes, j->row_bytes, n1 - n0, j->a, j->y + n0, j->N,
-                                 j->accumulate);
+    int n0, n1;
+    if (tile_columns(b, e, j->N, &n0, &n1))
+        ql_kq_gemm_vnni(j->type, j->rows + (int64_t)n0 * j->row_bytes, j->row_bytes, n1 - n0, j->a, j->y + n0, j->N,
+                        j->accumulate);
 }
 
 ql_status ql_wmatmul_kquant(const ql_backend_weight *w, const ql_backend_weight *bias, const float *x, float *y, int T,
@@ -225,8 +239,7 @@ ql_status ql_wmatmul_kquant(const ql_backend_weight *w, const ql_backend_weight 
         return QL_ERR_UNSUPPORTED;
     }
     kq_job j = {w->t->type, w->t->data, ql_format_tensor_bytes(f, K, 1), N, &a, y, beta != 0.0f};
-    const int64_t tiles = (N + 15) / 16;
-    ql_parallel_for((int)QL_MIN((int64_t)QL_MAX(n_threads, 1), tiles), tiles, kq_range, &j);
+    for_row_tiles(n_threads, N, kq_range, &j);
     ql_kq_act_free(&a);
     return add_bias(bias, y, T, N);
 }
@@ -251,8 +264,8 @@ typedef struct {
 static void half_range(void *vctx, int worker, int64_t b, int64_t e) {
     (void)worker;
     const half_job *j = vctx;
-    const int n0 = (int)b * 16, n1 = (int)QL_MIN(e * 16, (int64_t)j->N);
-    if (n1 <= n0) return;
+    int n0, n1;
+    if (!tile_columns(b, e, j->N, &n0, &n1)) return;
     if (j->x16) ql_hgemm_avx512_x16(j->type, j->w + (size_t)n0 * j->K, n1 - n0, j->x16, j->T, j->K, j->y + n0, j->N, j->accumulate);
     else ql_hgemm_avx512(j->type, j->w + (size_t)n0 * j->K, n1 - n0, j->x, j->T, j->K, j->y + n0, j->N, j->accumulate);
 }
@@ -263,8 +276,7 @@ ql_status ql_wmatmul_half(const ql_backend_weight *w, const ql_backend_weight *b
     uint16_t *x16 = w->act_type == w->t->type ? malloc((size_t)T * K * sizeof *x16) : NULL;
     if (x16) ql_hgemm_narrow(w->t->type, x, (int64_t)T * K, x16);
     half_job j = {w->t->type, w->t->data, x, x16, y, T, K, N, beta != 0.0f};
-    const int64_t tiles = (N + 15) / 16;
-    ql_parallel_for((int)QL_MIN((int64_t)QL_MAX(n_threads, 1), tiles), tiles, half_range, &j);
+    for_row_tiles(n_threads, N, half_range, &j);
     free(x16);
     return add_bias(bias, y, T, N);
 }

@@ -79,6 +79,25 @@ ql_imatrix_entry *ql_imatrix_entry_get(ql_imatrix *im, const char *name, int64_t
     return entry_append(im, name, strlen(name), n);
 }
 
+/* Gives a fresh entry n_mat experts of n (one count each); a dense one keeps n_mat 1 and no counts array. */
+static void entry_make_stack(ql_imatrix_entry *e, int64_t n, int64_t n_mat) {
+    e->n = n;
+    if (n_mat <= 1) return;
+    e->n_mat = n_mat;
+    e->counts = ql_calloc((size_t)n_mat, sizeof(double));
+}
+
+ql_imatrix_entry *ql_imatrix_entry_get_experts(ql_imatrix *im, const char *name, int64_t n, int64_t n_mat) {
+    if (n_mat <= 1) return ql_imatrix_entry_get(im, name, n);
+    if (!im || !name || n <= 0 || n_mat > INT64_MAX / n || (uint64_t)(n * n_mat) > SIZE_MAX / sizeof(double)) return NULL;
+    ql_imatrix_entry *e = (ql_imatrix_entry *)ql_imatrix_find(im, name);
+    if (e) return e->n == n && e->n_mat == n_mat ? e : NULL;
+    if (im->n == INT32_MAX) return NULL;
+    e = entry_append(im, name, strlen(name), n * n_mat);
+    entry_make_stack(e, n, n_mat);
+    return e;
+}
+
 bool ql_imatrix_importance(const ql_imatrix *im, const char *tensor_name, int64_t n, float *dst) {
     return ql_imatrix_importance_mat(im, tensor_name, n, 1, 0, dst);
 }
@@ -229,13 +248,9 @@ static ql_status load_gguf(const char *path, ql_imatrix **out) {
             goto fail;
         }
         ql_imatrix_entry *e = entry_append(im, t->name, wl, n * nmat);
-        e->n = n;
+        entry_make_stack(e, n, nmat);
         e->count = count;
-        if (nmat > 1) {
-            e->n_mat = nmat;
-            e->counts = ql_malloc((size_t)nmat * sizeof(double));
-            for (int64_t j = 0; j < nmat; j++) e->counts[j] = read_f32(c->data, j);
-        }
+        for (int64_t j = 0; e->counts && j < nmat; j++) e->counts[j] = read_f32(c->data, j);
         for (int64_t i = 0; i < n * nmat; i++) {
             float x = read_f32(t->data, i);
             if (!isfinite(x) || x < 0.0f) {

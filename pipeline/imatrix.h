@@ -63,6 +63,9 @@ bool ql_imatrix_importance_mat(const ql_imatrix *im, const char *tensor_name, in
  * the next entry is created. */
 ql_imatrix *ql_imatrix_new(void);
 ql_imatrix_entry *ql_imatrix_entry_get(ql_imatrix *im, const char *name, int64_t n);
+/* The same for an expert stack: n_mat experts of rows n, zeroed sums [n_mat][n] and counts [n_mat]; NULL when an
+ * entry of another shape exists or the sizes are not positive. */
+ql_imatrix_entry *ql_imatrix_entry_get_experts(ql_imatrix *im, const char *name, int64_t n, int64_t n_mat);
 /* Appends a dataset name (copied). */
 void ql_imatrix_add_dataset(ql_imatrix *im, const char *dataset);
 

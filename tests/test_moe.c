@@ -258,11 +258,9 @@ static void test_plan_covers_experts(void **state) {
 static void test_imatrix_expert_entries(void **state) {
     (void)state;
     ql_imatrix *im = ql_imatrix_new();
-    ql_imatrix_entry *e = ql_imatrix_entry_get(im, "blk.0.ffn_up_exps.weight", 4 * 3);
+    ql_imatrix_entry *e = ql_imatrix_entry_get_experts(im, "blk.0.ffn_up_exps.weight", 4, 3);
     assert_non_null(e);
-    e->n = 4;
-    e->n_mat = 3;
-    e->counts = ql_malloc(3 * sizeof(double));
+    assert_null(ql_imatrix_entry_get_experts(im, "blk.0.ffn_up_exps.weight", 4, 2)); /* another shape */
     const double counts[3] = {2, 0, 8};
     for (int k = 0; k < 3; k++) e->count += (e->counts[k] = counts[k]);
     for (int i = 0; i < 12; i++) e->sum2[i] = 1 + i;
