@@ -54,6 +54,8 @@ const ql_role_info *ql_role_get(ql_role r) { return (unsigned)r < QL_ROLE_COUNT 
                 [QL_ROLE_FFN_UP_EXPS] = R, [QL_ROLE_FFN_DOWN_EXPS] = R
 #define FFN_SHEXP [QL_ROLE_FFN_GATE_INP_SHEXP] = R, [QL_ROLE_FFN_GATE_SHEXP] = R, [QL_ROLE_FFN_UP_SHEXP] = R, \
                   [QL_ROLE_FFN_DOWN_SHEXP] = R
+/* Granite-MoE-shared: an ungated shared expert, present when the file says expert_shared_feed_forward_length */
+#define FFN_SHEXP_UNGATED [QL_ROLE_FFN_GATE_SHEXP] = O, [QL_ROLE_FFN_UP_SHEXP] = O, [QL_ROLE_FFN_DOWN_SHEXP] = O
 
 static const ql_arch g_arch[] = {
     /* Mixtral is `llama` with llama.expert_count: softmax router, top-k, weights renormalised (llm_build_llama) */
@@ -82,6 +84,25 @@ static const ql_arch g_arch[] = {
     {.name = "phi3", .family = "phi3", .rope_neox = true, .rope_long_short = true,
      .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_QKV] = R, [QL_ROLE_ATTN_OUT] = R, [QL_ROLE_FFN_NORM] = R,
               [QL_ROLE_FFN_GATE_UP] = R, [QL_ROLE_FFN_DOWN] = R}},
+    /* Granite 3.x: llama with four multipliers (llm_build_granite); granitemoe: every layer MoE, renormalised,
+     * with the optional ungated shared expert of Granite-MoE-shared */
+    {.name = "granite", .family = "granite", .granite_scales = true, .moe = QL_MOE_BY_KEY, .moe_norm_weights = true,
+     .need = {ATTN_SEPARATE, FFN_SEPARATE, FFN_SHEXP_UNGATED}},
+    {.name = "granitemoe", .family = "granite", .granite_scales = true, .moe = QL_MOE_ALWAYS, .moe_norm_weights = true,
+     .need = {ATTN_SEPARATE, FFN_SEPARATE, FFN_SHEXP_UNGATED}},
+    /* OLMo-2 and OLMo-3: no pre-norms, a norm on each block's output, RMSNorm over the whole of q and of k; OLMo-3's
+     * sliding window: 3 of every 4 layers, which rotate without its YaRN scaling */
+    {.name = "olmo2", .family = "olmo2", .rope_neox = true, .qk_norm_full = true, .swa_pattern = 4,
+     .swa_rope_unscaled = true, .swa_rope_plain = true,
+     .need = {[QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, [QL_ROLE_ATTN_OUT] = R, QK_NORM,
+              POST_NORMS, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R, [QL_ROLE_FFN_DOWN] = R}},
+    /* SmolLM3: llama whose every 4th layer has no RoPE */
+    {.name = "smollm3", .family = "llama", .nope_period = 4, .need = {ATTN_SEPARATE, FFN_SEPARATE}},
+    /* EXAONE 3.x: llama with NEOX RoPE */
+    {.name = "exaone", .family = "llama", .rope_neox = true, .need = {ATTN_SEPARATE, FFN_SEPARATE}},
+    /* Ministral-3 and Mistral-Small-3.x as converted since late 2025: llama with YaRN and the temperature tuning */
+    {.name = "mistral3", .family = "llama", .attn_temperature = true, .moe = QL_MOE_BY_KEY, .moe_norm_weights = true,
+     .need = {ATTN_SEPARATE, FFN_SEPARATE}},
 };
 #undef R
 #undef O
@@ -92,10 +113,15 @@ static const ql_arch g_arch[] = {
 #undef POST_NORMS
 #undef FFN_MOE
 #undef FFN_SHEXP
+#undef FFN_SHEXP_UNGATED
 
 void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COUNT]) {
     for (int r = 0; r < QL_ROLE_COUNT; r++) need[r] = a->need[r];
-    if (a->moe == QL_MOE_NEVER || (a->moe == QL_MOE_BY_KEY && n_expert <= 0)) return;
+    if (a->moe == QL_MOE_NEVER || (a->moe == QL_MOE_BY_KEY && n_expert <= 0)) { /* dense: no shared expert either */
+        need[QL_ROLE_FFN_GATE_INP_SHEXP] = need[QL_ROLE_FFN_GATE_SHEXP] = need[QL_ROLE_FFN_UP_SHEXP] =
+            need[QL_ROLE_FFN_DOWN_SHEXP] = QL_NEED_ABSENT;
+        return;
+    }
     need[QL_ROLE_FFN_GATE] = need[QL_ROLE_FFN_UP] = need[QL_ROLE_FFN_GATE_UP] = need[QL_ROLE_FFN_DOWN] = QL_NEED_ABSENT;
     need[QL_ROLE_FFN_GATE_INP] = need[QL_ROLE_FFN_GATE_EXPS] = need[QL_ROLE_FFN_UP_EXPS] = need[QL_ROLE_FFN_DOWN_EXPS] =
         QL_NEED_REQUIRED;

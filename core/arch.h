@@ -1,6 +1,6 @@
-/* arch.h — the architecture descriptions: one table entry per `general.architecture` (llama, mistral,
- * qwen2, qwen3, gemma2, gemma3, phi3) saying which per-layer tensor roles it has (required, optional or
- * absent), which norms, the FFN activation, the RoPE layout, and the defaults of the features its GGUF
+/* arch.h — the architecture descriptions: one table entry per `general.architecture` (llama, mistral, qwen2,
+ * qwen3, gemma2, gemma3, phi3, granite, olmo2, smollm3, exaone, mistral3 and the MoE ones) saying which
+ * per-layer tensor roles it has (required, optional or absent), which norms, the FFN activation, the RoPE layout, and the defaults of the features its GGUF
  * keys switch on (embedding scale, soft-capping, sliding-window pattern). core/model.c loads a model by
  * this description and core/infer.c runs the steps it enables; neither names an architecture. The role
  * table beside it says what every tensor role is (GGUF suffix, shape, which activation feeds it), so
@@ -26,7 +26,7 @@ typedef enum {
     QL_ROLE_ATTN_Q_NORM,   /* per-head RMSNorm of q before RoPE (qwen3, gemma3) */
     QL_ROLE_ATTN_K_NORM,
     QL_ROLE_ATTN_OUT,
-    QL_ROLE_ATTN_POST_NORM, /* norm of the attention output before the residual add (gemma2/3) */
+    QL_ROLE_ATTN_POST_NORM, /* norm of the attention output before the residual add (gemma2/3, olmo2) */
     QL_ROLE_FFN_NORM,
     QL_ROLE_FFN_GATE,
     QL_ROLE_FFN_UP,
@@ -40,7 +40,8 @@ typedef enum {
     QL_ROLE_FFN_GATE_EXPS,
     QL_ROLE_FFN_UP_EXPS,
     QL_ROLE_FFN_DOWN_EXPS,
-    /* a shared expert every token runs (qwen2moe), its output scaled by sigmoid(x · ffn_gate_inp_shexp) */
+    /* a shared expert every token runs (qwen2moe: its output scaled by sigmoid(x · ffn_gate_inp_shexp); granitemoe:
+     * added as it is, no gate vector) */
     QL_ROLE_FFN_GATE_INP_SHEXP,
     QL_ROLE_FFN_GATE_SHEXP,
     QL_ROLE_FFN_UP_SHEXP,
@@ -88,6 +89,15 @@ typedef struct {
     /* 46-layer Gemma-2 27B scales q by 1/sqrt(n_embd/n_head) instead of 1/sqrt(head_dim) (llama.cpp) */
     int attn_scale_embd_layers;
     bool swa_rope_unscaled;  /* sliding layers ignore rope.scaling (Gemma-3: linear x8 on global layers only) */
+    bool swa_rope_plain;     /* ... and also YaRN's ramp and every attention factor (OLMo-3: YaRN on global layers) */
+    int nope_period;         /* SmolLM3: layer l has no RoPE when (l + 1) % nope_period == 0 (0: every layer rotates) */
+    /* Granite: ARCH.embedding_scale multiplies the embeddings, residual_scale each block's output before its
+     * residual add, attention.scale replaces 1/sqrt(head_dim), logits are divided by logit_scale, and
+     * rope.scaling.finetuned = false turns RoPE off */
+    bool granite_scales;
+    /* Ministral-3: ARCH.attention.temperature_scale s > 0 multiplies q at position p by
+     * 1 + s·ln(1 + floor(p / original context)) (llama.cpp's Llama-4 temperature tuning) */
+    bool attn_temperature;
     bool rope_long_short;    /* rope_factors_long/short.weight may be present (Phi-3 LongRoPE; llama.cpp
                                 loads them for phi3 only and refuses them elsewhere as unused tensors) */
     ql_moe moe;

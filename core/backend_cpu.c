@@ -166,8 +166,9 @@ static ql_status cpu_rope(void *p, float *x, int T, int n_heads, int layer, int 
     const bool swa = ql_layer_is_swa(c, layer);
     const float *freq = swa ? be->rope_freq_swa : be->rope_freq;
     const float freq_scale = 1.0f / (swa ? c->rope_scale_swa : c->rope_scale);
-    const float ext = c->rope_yarn ? c->yarn_ext_factor : 0.0f;
-    float mscale = (c->rope_yarn ? c->yarn_attn_factor : 1.0f) * c->rope_attn_factor;
+    const bool plain = swa && c->desc->swa_rope_plain;
+    const float ext = c->rope_yarn && !plain ? c->yarn_ext_factor : 0.0f;
+    float mscale = plain ? 1.0f : (c->rope_yarn ? c->yarn_attn_factor : 1.0f) * c->rope_attn_factor;
     if (ext != 0.0f) mscale *= 1.0f + 0.1f * logf(1.0f / freq_scale);
     const float *ff = be->rope_ff ? be->rope_ff : n_ctx > c->n_ctx_orig ? be->rope_ff_long : be->rope_ff_short;
     for (int t = 0; t < T; t++) {

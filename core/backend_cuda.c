@@ -729,6 +729,7 @@ static ql_status cuda_rmsnorm(void *p, const ql_backend_weight *w, const float *
 void ql_cuda_rope_params(const ql_model *m, bool swa, int n_ctx, float *freq, ql_cudafwd_rope_params *out) {
     const ql_config *c = &m->cfg;
     const float base = swa && c->rope_base_swa > 0 ? c->rope_base_swa : c->rope_base;
+    const bool plain = swa && c->desc->swa_rope_plain;
     const int half = c->rope_dim / 2;
     /* ggml multiplies theta by theta_scale = base^(-2/n_dims) once per pair, in float */
     float theta_scale = powf(base, -2.0f / (float)c->rope_dim), f = 1.0f;
@@ -737,9 +738,9 @@ void ql_cuda_rope_params(const ql_model *m, bool swa, int n_ctx, float *freq, ql
                                     /* rope_freqs, or LongRoPE's long / short factors by the context */
                                     .factors = ql_model_rope_factors(m, n_ctx),
                                     .freq_scale = 1.0f / (swa ? c->rope_scale_swa : c->rope_scale),
-                                    .ext_factor = c->rope_yarn ? c->yarn_ext_factor : 0.0f,
+                                    .ext_factor = c->rope_yarn && !plain ? c->yarn_ext_factor : 0.0f,
                                     /* rope.scaling.attn_factor, times YaRN's */
-                                    .mscale = (c->rope_yarn ? c->yarn_attn_factor : 1.0f) * c->rope_attn_factor,
+                                    .mscale = plain ? 1.0f : (c->rope_yarn ? c->yarn_attn_factor : 1.0f) * c->rope_attn_factor,
                                     .half = half};
     if (out->ext_factor != 0.0f) {
         out->mscale *= 1.0f + 0.1f * logf(1.0f / out->freq_scale);

@@ -526,27 +526,56 @@ static ql_status head_norm(const ql_infer *inf, ql_scratch *sc, float *x, const 
     return inf->ops->rmsnorm(inf->be, &w, x, x, T * n_heads, inf->m->cfg.head_dim, inf->m->cfg.norm_eps);
 }
 
-/* x += out(in) with out = in · Wᵀ, through the post-norm when the layer has one (Gemma: x += norm(out)).
- * Without one the product accumulates straight into x, as before. */
+/* x += out(in) with out = in · Wᵀ, through the post-norm when the layer has one (Gemma, OLMo-2: x += norm(out))
+ * and times the residual scale (Granite: x += out·s, in ggml's order: product, scale, add). Without either the
+ * product accumulates straight into x. */
 static ql_status residual_linear(const ql_infer *inf, ql_scratch *s, const float *in, const ql_gguf_tensor *wt,
                                  const ql_gguf_tensor *post_norm, int T, int K) {
     const int D = inf->m->cfg.n_embd;
-    if (!post_norm) return linear(inf, s, s->x, in, wt, NULL, T, K, D, 1.0f);
+    const float rs = inf->m->cfg.residual_scale;
+    if (!post_norm && rs == 1.0f) return linear(inf, s, s->x, in, wt, NULL, T, K, D, 1.0f);
     ql_status st;
-    if ((st = linear(inf, s, s->xn, in, wt, NULL, T, K, D, 0.0f)) || (st = rmsnorm(inf, s, s->xn, s->xn, post_norm, T)))
+    if ((st = linear(inf, s, s->xn, in, wt, NULL, T, K, D, 0.0f)) ||
+        (post_norm && (st = rmsnorm(inf, s, s->xn, s->xn, post_norm, T))) ||
+        (rs != 1.0f && (st = inf->ops->scale(inf->be, s->xn, (size_t)T * D, rs))))
         return st;
     return inf->ops->add(inf->be, s->x, s->xn, (size_t)T * D);
+}
+
+/* A block's input: its pre-norm of the stream, in xn, or the stream itself where the architecture has no
+ * pre-norms (OLMo-2 normalises block outputs instead). */
+static ql_status block_input(const ql_infer *inf, ql_scratch *s, const ql_gguf_tensor *norm, int T, const float **in) {
+    *in = norm ? s->xn : s->x;
+    return norm ? rmsnorm(inf, s, s->xn, s->x, norm, T) : QL_OK;
+}
+
+/* Ministral-3's temperature tuning of q [S, n_head·head_dim] at positions 0..S-1, as llama.cpp's attn_temp input
+ * computes the factor (float position and floor, the log in double). */
+static ql_status scale_q_by_position(const ql_infer *inf, float *q, int S) {
+    const ql_config *c = &inf->m->cfg;
+    const size_t Q = (size_t)c->n_head * c->head_dim;
+    ql_status st = QL_OK;
+    for (int t = 0; t < S && !st; t++) {
+        const float f = (float)(log((double)floorf((float)t / (float)c->attn_temp_floor) + 1.0) * c->attn_temp_scale + 1.0);
+        if (f != 1.0f) st = inf->ops->scale(inf->be, q + (size_t)t * Q, Q, f);
+    }
+    return st;
 }
 
 /* RoPE and attention of every sequence of the pass: rows [b·S, (b+1)·S) are one sequence at positions 0..S-1. */
 static ql_status rope_attend(const ql_infer *inf, ql_scratch *s, int l, int S, int n_slices) {
     const ql_config *c = &inf->m->cfg;
     const size_t Q = (size_t)c->n_head * c->head_dim, KV = (size_t)c->n_head_kv * c->head_dim;
+    const bool rope = ql_layer_has_rope(c, l);
     ql_status st = QL_OK;
-    for (int b = 0; b < n_slices && !st; b++)
-        if (!(st = inf->ops->rope(inf->be, s->q + (size_t)b * S * Q, S, c->n_head, l, s->max_tokens, s->rope_cs)) &&
-            !(st = inf->ops->rope(inf->be, s->k + (size_t)b * S * KV, S, c->n_head_kv, l, s->max_tokens, s->rope_cs)))
-            st = kv_attend(inf, s, l, S, (size_t)b);
+    for (int b = 0; b < n_slices && !st; b++) {
+        float *q = s->q + (size_t)b * S * Q;
+        if (rope && ((st = inf->ops->rope(inf->be, q, S, c->n_head, l, s->max_tokens, s->rope_cs)) ||
+                     (st = inf->ops->rope(inf->be, s->k + (size_t)b * S * KV, S, c->n_head_kv, l, s->max_tokens, s->rope_cs))))
+            break;
+        if (c->attn_temp_scale > 0 && (st = scale_q_by_position(inf, q, S))) break;
+        st = kv_attend(inf, s, l, S, (size_t)b);
+    }
     return st;
 }
 
@@ -650,8 +679,7 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
     /* the shared expert (qwen2moe): a dense SwiGLU FFN on every row, scaled by sigmoid(x · gate_inp_shexp); its
      * ffn_down input is not hooked (narrower than the experts' pooled one the statistics expect) */
     const int FS = c->n_ff_shexp;
-    if (!st && L->gate_shexp &&
-        !(st = linear(inf, s, s->sh_gate, xn, L->gate_inp_shexp, NULL, T, D, 1, 0.0f)) &&
+    if (!st && L->gate_shexp && (!L->gate_inp_shexp || !(st = linear(inf, s, s->sh_gate, xn, L->gate_inp_shexp, NULL, T, D, 1, 0.0f))) &&
         !(st = linear(inf, s, s->sh_g, xn, L->gate_shexp, NULL, T, D, FS, 0.0f)) &&
         !(st = linear(inf, s, s->sh_u, xn, L->up_shexp, NULL, T, D, FS, 0.0f)) &&
         !(st = ops->ffn_act(inf->be, s->sh_g, s->sh_u, (size_t)T * FS)))
@@ -661,6 +689,7 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
     int32_t *slot_of = (int32_t *)s->moe_x;
     for (int i = 0; i < R; i++) slot_of[s->route_row[i]] = i;
     float *acc = s->moe_xq;
+    const float rs = c->residual_scale; /* Granite: the FFN's output times it before the residual add */
     for (int t = 0; t < T; t++) {
         float *x = s->x + (size_t)(r0 + t) * D;
         for (int d = 0; d < D; d++) acc[d] = 0; /* 0 + y·w is y·w exactly: ggml's order of sums */
@@ -668,11 +697,17 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
             const float w = s->route_w[t * K + j], *y = s->moe_y + (size_t)slot_of[t * K + j] * D;
             for (int d = 0; d < D; d++) acc[d] += y[d] * w;
         }
-        if (L->gate_shexp) { /* ggml: sigmoid as silu(g) / g, then moe_out + shared · gate */
+        if (L->gate_inp_shexp) { /* ggml: sigmoid as silu(g) / g, then moe_out + shared · gate */
             const float g = s->sh_gate[t], gate = g / (1.0f + expf(-g)) / g, *y = s->sh_y + (size_t)t * D;
             for (int d = 0; d < D; d++) acc[d] += y[d] * gate;
+        } else if (L->gate_shexp) { /* granitemoe: moe_out + shared */
+            const float *y = s->sh_y + (size_t)t * D;
+            for (int d = 0; d < D; d++) acc[d] += y[d];
         }
-        for (int d = 0; d < D; d++) x[d] += acc[d];
+        if (rs != 1.0f)
+            for (int d = 0; d < D; d++) x[d] += acc[d] * rs;
+        else
+            for (int d = 0; d < D; d++) x[d] += acc[d];
     }
     return QL_OK;
 }
@@ -700,21 +735,22 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int S,
     const ql_layer_tensors *L = &inf->m->layers[l];
     const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
     const int T = S * n_slices;
+    const float *ain, *fin; /* the attention's and the FFN's input: s->xn, or s->x without pre-norms */
     ql_status st;
     if ((st = load_layer(inf, s, l)) || (st = run_hook(inf, s, l, QL_HOOK_RESIDUAL, s->x, T, D)) ||
-        (st = rmsnorm(inf, s, s->xn, s->x, L->attn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_ATTN_IN, s->xn, T, D)) ||
-        (st = linear(inf, s, s->q, s->xn, L->wq, L->bq, T, D, Q, 0.0f)) ||
-        (st = linear(inf, s, s->k, s->xn, L->wk, L->bk, T, D, KV, 0.0f)) ||
-        (st = linear(inf, s, s->v, s->xn, L->wv, L->bv, T, D, KV, 0.0f)) ||
+        (st = block_input(inf, s, L->attn_norm, T, &ain)) || (st = run_hook(inf, s, l, QL_HOOK_ATTN_IN, ain, T, D)) ||
+        (st = linear(inf, s, s->q, ain, L->wq, L->bq, T, D, Q, 0.0f)) ||
+        (st = linear(inf, s, s->k, ain, L->wk, L->bk, T, D, KV, 0.0f)) ||
+        (st = linear(inf, s, s->v, ain, L->wv, L->bv, T, D, KV, 0.0f)) ||
         (st = head_norm(inf, s, s->q, L->q_norm, T, c->n_head)) || (st = head_norm(inf, s, s->k, L->k_norm, T, c->n_head_kv)) ||
         (st = rope_attend(inf, s, l, S, n_slices)) ||
         (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
         (st = residual_linear(inf, s, s->att, L->wo, L->post_attn_norm, T, Q)) ||
-        (st = rmsnorm(inf, s, s->xn, s->x, L->ffn_norm, T)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, s->xn, T, D)))
+        (st = block_input(inf, s, L->ffn_norm, T, &fin)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, fin, T, D)))
         return st;
-    if (L->ffn_gate_inp) return moe_ffn(inf, s, l, T);
-    if ((st = linear(inf, s, s->gate, s->xn, L->w_gate, NULL, T, D, F, 0.0f)) ||
-        (st = linear(inf, s, s->up, s->xn, L->w_up, NULL, T, D, F, 0.0f)) ||
+    if (L->ffn_gate_inp) return moe_ffn(inf, s, l, T); /* every MoE description has ffn_norm: it reads s->xn */
+    if ((st = linear(inf, s, s->gate, fin, L->w_gate, NULL, T, D, F, 0.0f)) ||
+        (st = linear(inf, s, s->up, fin, L->w_up, NULL, T, D, F, 0.0f)) ||
         (st = ops->ffn_act(be, s->gate, s->up, (size_t)T * F)) ||
         (st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F)) ||
         (st = residual_linear(inf, s, s->gate, L->w_down, L->post_ffn_norm, T, F)))
@@ -771,7 +807,9 @@ static ql_status forward_slices(const ql_infer *inf, ql_scratch *s, const int32_
                    (st = run_hook(inf, s, c->n_layer, QL_HOOK_OUTPUT_IN, s->xn, RL, D)) ||
                    (st = linear(inf, s, logits, s->xn, m->output, NULL, RL, D, c->n_vocab, 0.0f)) ||
                    (c->final_softcap > 0 &&
-                    (st = inf->ops->softcap(inf->be, logits, (size_t)RL * c->n_vocab, c->final_softcap)))))
+                    (st = inf->ops->softcap(inf->be, logits, (size_t)RL * c->n_vocab, c->final_softcap))) ||
+                   (c->logit_scale != 1.0f &&
+                    (st = inf->ops->scale(inf->be, logits, (size_t)RL * c->n_vocab, 1.0f / c->logit_scale)))))
         return st;
     return inf->ops->sync(inf->be);
 }

@@ -236,6 +236,47 @@ static ql_status read_rope_scaling(const ql_gguf *g, const char *arch, const cha
     return QL_OK;
 }
 
+/* The multipliers and RoPE switches some descriptions read from keys (Granite's four scales, SmolLM3's layers
+ * without RoPE, Ministral-3's temperature tuning and YaRN log multiplier); 1 / 0 / off elsewhere. */
+static ql_status read_scales(const ql_gguf *g, const char *arch, const char *path, const ql_arch *desc, ql_config *c) {
+    c->residual_scale = c->logit_scale = 1.0f;
+    c->nope_period = desc->nope_period;
+    if (desc->granite_scales) {
+        const double es = get_f64_or(g, arch, "embedding_scale", 0), rs = get_f64_or(g, arch, "residual_scale", 0),
+                     as = get_f64_or(g, arch, "attention.scale", 0), ls = get_f64_or(g, arch, "logit_scale", 0);
+        /* llama.cpp requires logit_scale; the others are optional, 0 meaning "not used" */
+        if (!(ls > 0) || !isfinite(ls) || !(es >= 0) || !isfinite(es) || !(rs >= 0) || !isfinite(rs) || !(as >= 0) ||
+            !isfinite(as))
+            return ql_fail(QL_ERR_FORMAT, "%s: %s needs a positive %s.logit_scale and non-negative embedding_scale, "
+                                          "residual_scale, attention.scale (got %g, %g, %g, %g)",
+                           path, arch, arch, ls, es, rs, as);
+        c->logit_scale = (float)ls;
+        if (es > 0) c->embd_scale = (float)es;
+        if (rs > 0) c->residual_scale = (float)rs;
+        if (as > 0) c->attn_scale = (float)as;
+        char k[160];
+        bool finetuned = true; /* Granite's switch for RoPE */
+        snprintf(k, sizeof k, "%s.rope.scaling.finetuned", arch);
+        if (ql_gguf_get_bool(g, k, &finetuned)) c->rope_off = !finetuned;
+    }
+    if (desc->attn_temperature) {
+        const double ts = get_f64_or(g, arch, "attention.temperature_scale", 0);
+        if (!(ts >= 0) || !isfinite(ts) || (ts > 0 && c->n_ctx_orig <= 0))
+            return ql_fail(QL_ERR_FORMAT, "%s: invalid %s.attention.temperature_scale %g (or no original context)", path,
+                           arch, ts);
+        c->attn_temp_scale = (float)ts;
+        c->attn_temp_floor = c->n_ctx_orig;
+        /* transformers' mscale / mscale_all_dims with mscale 1, as llama.cpp's context computes it: it divides
+         * ggml's 1 + 0.1·ln(factor) back out and multiplies the one with the log multiplier in */
+        const double lm = get_f64_or(g, arch, "rope.scaling.yarn_log_multiplier", 0);
+        if (c->rope_yarn && lm != 0 && c->rope_scale > 1.0f) {
+            const float lf = logf(c->rope_scale);
+            c->yarn_attn_factor = (1.0f + 0.1f * lf) / (1.0f + 0.1f * (float)lm * lf) / (1.0f + 0.1f * lf);
+        }
+    }
+    return QL_OK;
+}
+
 /* LongRoPE's two factor vectors: allowed where the description says (llama.cpp creates them for phi3 only,
  * so elsewhere they would be unused tensors it refuses), both or neither, F32 with rope_dim/2 values. */
 static ql_status load_rope_factors(ql_model *m, const char *path) {
@@ -329,7 +370,10 @@ static ql_status read_experts(const ql_gguf *g, const char *arch, const char *pa
     c->moe_norm_weights = desc->moe_norm_weights;
     if (c->n_ff <= 0) c->n_ff = c->n_ff_exp;
     if (desc->need[QL_ROLE_FFN_GATE_SHEXP] == QL_NEED_ABSENT) return QL_OK; /* n_ff_shexp 0: no shared expert */
-    const int64_t fs = get_int_or(g, arch, "expert_shared_feed_forward_length", c->n_ff);
+    /* an optional shared expert (granitemoe) is there when the file gives its width */
+    const int64_t fs = get_int_or(g, arch, "expert_shared_feed_forward_length",
+                                  desc->need[QL_ROLE_FFN_GATE_SHEXP] == QL_NEED_OPTIONAL ? 0 : c->n_ff);
+    if (fs == 0 && desc->need[QL_ROLE_FFN_GATE_SHEXP] == QL_NEED_OPTIONAL) return QL_OK;
     if (fs < 1 || fs > 1 << 22)
         return ql_fail(QL_ERR_FORMAT, "%s: invalid shared expert width %lld", path, (long long)fs);
     c->n_ff_shexp = (int)fs;
@@ -440,6 +484,7 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
     }
     c->rope_base_swa = (float)get_f64_or(g, arch, "rope.freq_base_swa", c->rope_base);
     c->rope_scale_swa = desc->swa_rope_unscaled ? 1.0f : c->rope_scale;
+    if ((s = read_scales(g, arch, path, desc, c))) goto fail;
 
     int64_t te = ql_gguf_find_tensor(g, "token_embd.weight");
     if (te < 0) {
@@ -487,7 +532,8 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
         }
         const bool ffn = c->n_expert > 0 ? L->ffn_gate_inp && L->gate_exps && L->up_exps && L->down_exps
                                          : L->w_gate && L->w_up && L->w_down;
-        if (!L->attn_norm || !L->wq || !L->wk || !L->wv || !L->wo || !L->ffn_norm || !ffn) {
+        if ((need[QL_ROLE_ATTN_NORM] && !L->attn_norm) || !L->wq || !L->wk || !L->wv || !L->wo ||
+            (need[QL_ROLE_FFN_NORM] && !L->ffn_norm) || !ffn) {
             s = ql_fail(QL_ERR_FORMAT, "%s: architecture '%s' layer %d lacks a projection its description needs", path,
                         arch, l);
             goto fail;
@@ -565,7 +611,14 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
     if (c->n_expert > 0)
         ADDF("mixture of experts (%d of %d, width %d%s)", c->n_expert_used, c->n_expert, c->n_ff_exp,
              c->moe_norm_weights ? ", weights renormalised" : "");
-    if (L && L->gate_shexp) ADDF("gated shared expert (width %d)", c->n_ff_shexp);
+    if (L && L->gate_shexp) ADDF("%s shared expert (width %d)", L->gate_inp_shexp ? "gated" : "ungated", c->n_ff_shexp);
+    if (L && !L->attn_norm) ADDF("no pre-norms");
+    if (c->residual_scale != 1.0f) ADDF("residual x%g", c->residual_scale);
+    if (c->logit_scale != 1.0f) ADDF("logits /%g", c->logit_scale);
+    if (c->attn_scale != 1.0f / sqrtf((float)c->head_dim)) ADDF("attention scale %g", c->attn_scale);
+    if (c->rope_off) ADDF("no RoPE");
+    else if (c->nope_period > 0) ADDF("no RoPE on every %dth layer", c->nope_period);
+    if (c->attn_temp_scale > 0) ADDF("attention temperature %g per %d positions", c->attn_temp_scale, c->attn_temp_floor);
     if (c->attn_softcap > 0) ADDF("attention soft-cap %g", c->attn_softcap);
     if (c->final_softcap > 0) ADDF("final soft-cap %g", c->final_softcap);
 #undef ADDF

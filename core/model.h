@@ -50,6 +50,13 @@ typedef struct {
     int n_expert, n_expert_used, n_ff_exp;
     bool moe_norm_weights;
     int n_ff_shexp; /* the shared expert's width (ARCH.expert_shared_feed_forward_length, else n_ff); 0: none */
+    float residual_scale; /* each block's output times it before the residual add (1: none; Granite) */
+    float logit_scale;    /* logits divided by it (1: none; Granite) */
+    bool rope_off;        /* no layer rotates (Granite with rope.scaling.finetuned = false) */
+    int nope_period;      /* layer l does not rotate when (l + 1) % nope_period == 0 (0: all rotate; SmolLM3) */
+    /* q at position p times 1 + attn_temp_scale·ln(1 + floor(p / attn_temp_floor)) (0: none; Ministral-3) */
+    float attn_temp_scale;
+    int attn_temp_floor;
 } ql_config;
 
 /* The width of the FFN's hidden activation (ffn_down's input): an expert's in a MoE model. */
@@ -59,6 +66,11 @@ static inline int ql_ffn_hidden(const ql_config *c) { return c->n_expert > 0 ? c
 static inline bool ql_layer_is_swa(const ql_config *c, int l) {
     if (c->swa_per_layer) return c->n_swa > 0 && l >= 0 && l < 4096 && (c->swa_layer_bits[l / 64] >> (l % 64) & 1);
     return c->n_swa > 0 && c->swa_pattern > 0 && l % c->swa_pattern < c->swa_pattern - 1;
+}
+
+/* True when layer l of c applies RoPE to q and k. */
+static inline bool ql_layer_has_rope(const ql_config *c, int l) {
+    return !c->rope_off && !(c->nope_period > 0 && (l + 1) % c->nope_period == 0);
 }
 
 /* One layer's tensors by role (NULL: the architecture or the file has none). When the file stores fused

@@ -47,6 +47,25 @@ static const ql_synth_shape g_shapes[] = {
     /* qwen2moe at test size: q/k/v biases, 8 experts (2 per token) without renormalisation, a gated shared expert */
     {"tiny-qwen2moe", 2, 64, 4, 2, 192, 512, 256, 1000000.0f, false, QL_TYPE_F32, 0, .arch = "qwen2moe",
      .norm_eps = 1e-6f, .n_expert = 8, .n_expert_used = 2, .n_ff_exp = 64, .n_ff_shexp = 96},
+    /* Test models of the dense architectures, made to give llama.cpp's logits (tests/data/arch): each turns on
+     * its features with values far enough from neutral that leaving one out shows. Granite-3's multipliers
+     * (embedding 12, residual 0.22, attention 1/head_dim, logits /8) */
+    {"tiny-granite", 2, 64, 4, 2, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = "granite",
+     .granite = {12.0f, 0.22f, 0.0625f, 8.0f}},
+    /* Granite-MoE-shared: 8 experts (2 per token, as wide as feed_forward_length: llama.cpp reads no expert width
+     * for granite) renormalised, an ungated shared expert */
+    {"tiny-granitemoe", 2, 64, 4, 2, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = "granitemoe",
+     .n_expert = 8, .n_expert_used = 2, .n_ff_shexp = 96, .granite = {12.0f, 0.22f, 0.0625f, 8.0f}},
+    /* OLMo-3's layout: post-norms only, full-width q/k norm, a window of 8 on 3 of every 4 layers, YaRN x4 from
+     * 16 positions on the global layer */
+    {"tiny-olmo2", 4, 64, 4, 4, 128, 512, 256, 500000.0f, false, QL_TYPE_F32, 0, .arch = "olmo2", .norm_eps = 1e-6f,
+     .n_swa = 8, .rope_yarn = {4.0f, 16.0f, 0.0f}},
+    /* SmolLM3: layer 3 of 4 without RoPE */
+    {"tiny-smollm3", 4, 64, 4, 2, 128, 512, 256, 10000.0f, true, QL_TYPE_F32, 0, .arch = "smollm3"},
+    {"tiny-exaone", 2, 64, 4, 2, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = "exaone"},
+    /* Ministral-3: YaRN x4 from 8 positions with a log multiplier, temperature tuning every 8 positions */
+    {"tiny-mistral3", 2, 64, 4, 2, 128, 512, 256, 1000000.0f, false, QL_TYPE_F32, 0, .arch = "mistral3",
+     .rope_yarn = {4.0f, 8.0f, 0.5f}, .attn_temp = 0.5f},
 };
 
 const ql_synth_shape *ql_synth_shapes(int *n) {
@@ -247,6 +266,17 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
         if (sh->n_ff_shexp > 0) SETU("expert_shared_feed_forward_length", sh->n_ff_shexp);
     }
     if (sh->rope_base_swa > 0) SETF("rope.freq_base_swa", sh->rope_base_swa);
+    static const char *const granite_keys[4] = {"embedding_scale", "residual_scale", "attention.scale", "logit_scale"};
+    for (int i = 0; i < 4; i++)
+        if (sh->granite[i] > 0) snprintf(k, sizeof k, "%s.%s", arch, granite_keys[i]), ql_gguf_set_f32(g, k, sh->granite[i]);
+    if (sh->rope_yarn[0] > 0) {
+        snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+        ql_gguf_set_str(g, k, "yarn");
+        SETF("rope.scaling.factor", sh->rope_yarn[0]);
+        SETU("rope.scaling.original_context_length", sh->rope_yarn[1]);
+        if (sh->rope_yarn[2] > 0) SETF("rope.scaling.yarn_log_multiplier", sh->rope_yarn[2]);
+    }
+    if (sh->attn_temp > 0) SETF("attention.temperature_scale", sh->attn_temp);
     if (sh->rope_linear > 0) {
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
         ql_gguf_set_str(g, k, "linear");
@@ -276,8 +306,11 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
         /* the description's required roles, in role order (llama: attn_norm, q, k, v, output, ffn_norm,
          * gate, up, down, the order llama.cpp's converter writes) */
         for (int r = 0; r < QL_ROLE_COUNT; r++) {
-            if (need[r] != QL_NEED_REQUIRED) continue;
             const ql_role_info *ri = ql_role_get((ql_role)r);
+            /* and an optional shared expert (granitemoe) when the shape has one */
+            if (need[r] != QL_NEED_REQUIRED && !(need[r] == QL_NEED_OPTIONAL && sh->n_ff_shexp > 0 &&
+                                                 (ri->ne0 == QL_DIM_FF_SHEXP || ri->ne1 == QL_DIM_FF_SHEXP)))
+                continue;
             const int64_t dims[] = {[QL_DIM_1] = 1, [QL_DIM_EMBD] = D, [QL_DIM_Q] = Q, [QL_DIM_KV] = KV,
                                     [QL_DIM_QKV] = Q + 2 * KV, [QL_DIM_HEAD] = hd, [QL_DIM_FF] = F, [QL_DIM_2FF] = 2 * F,
                                     [QL_DIM_EXPERT] = sh->n_expert, [QL_DIM_FF_EXP] = sh->n_ff_exp > 0 ? sh->n_ff_exp : F,

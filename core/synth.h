@@ -28,11 +28,16 @@ typedef struct {
     int n_ff_shexp;        /* a shared expert's (architectures that have one), expert_shared_feed_forward_length */
     float rope_llama3[4];  /* Llama 3.1 RoPE: factor, low_freq_factor, high_freq_factor, original context; a
                               rope_freqs tensor computed as llama.cpp's converter does (factor 0: none) */
+    float granite[4];      /* Granite: embedding_scale, residual_scale, attention.scale, logit_scale (0: not written) */
+    float rope_yarn[3];    /* YaRN: factor, original context, yarn_log_multiplier (factor 0: none; 0: not written) */
+    float attn_temp;       /* attention.temperature_scale (0: not written) */
 } ql_synth_shape;
 
 /* Named shapes: "tiny", "tiny-moe", "llama-3.2-1b", "llama-2-7b", "llama-3-8b", "llama-3.1-8b", "qwen3-8b",
  * "gemma-3-4b", "phi-3-mini", "mixtral-8x7b", "qwen3-30b-a3b", "tiny-qwen3moe", "qwen1.5-moe-a2.7b",
- * "tiny-qwen2moe", "olmoe-1b-7b", "tiny-olmoe". NULL if unknown. */
+ * "tiny-qwen2moe", "olmoe-1b-7b", "tiny-olmoe", and the test models of the dense architectures added with them
+ * ("tiny-granite", "tiny-granitemoe", "tiny-olmo2", "tiny-smollm3", "tiny-exaone", "tiny-mistral3"). NULL if
+ * unknown. */
 const ql_synth_shape *ql_synth_find(const char *name);
 const ql_synth_shape *ql_synth_shapes(int *n);
 /* Parses "layers=4,embd=256,heads=8,kv=4,ff=768,vocab=512,ctx=256" (also head_dim, rope_base, tied, experts,

@@ -1,0 +1,216 @@
+/* test_arch_synth.c — the architectures whose test models are synthetic (core/synth.c "tiny-granite" ...): each
+ * gives llama.cpp's logits (tests/data/arch, made by llama.cpp from the same synth files), and each feature that
+ * sets it apart from llama moves the logits far past the tolerance when it is left out, so the comparison
+ * exercises it: Granite's four multipliers and its ungated shared expert, OLMo-2's missing pre-norms, full-width
+ * q/k norm and OLMo-3's plain RoPE on sliding layers, SmolLM3's layers without RoPE, EXAONE's NEOX RoPE,
+ * Ministral-3's temperature tuning and YaRN log multiplier. Bad multipliers are refused by name. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "core/infer.h"
+#include "core/model.h"
+#include "core/synth.h"
+#include "tests/test_util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { N_TOK = 32, N_VOCAB = 512 };
+/* logits reach 10: float sums in another order move one row of tiny-exaone by 2.7e-4, the rest by < 6e-5 */
+static const float TOL = 5e-4f;
+/* the token ids of ../shared/testdata/arch-variants/tokens.txt (as test_moe.c), which llama_logits.c was given */
+static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
+                                      338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
+static const char *SHAPES[] = {"tiny-granite", "tiny-granitemoe", "tiny-olmo2", "tiny-smollm3", "tiny-exaone",
+                               "tiny-mistral3"};
+
+static void synth_path(char *buf, size_t cap, const char *shape) {
+    snprintf(buf, cap, "/tmp/qlab_test_arch_synth_%d_%s.gguf", (int)getpid(), shape);
+}
+
+static ql_model *load_synth(const char *shape) {
+    char p[256];
+    synth_path(p, sizeof p, shape);
+    if (access(p, R_OK) != 0) assert_int_equal(ql_synth_write(ql_synth_find(shape), 1, p, 1, NULL), QL_OK);
+    ql_model *m = NULL;
+    assert_int_equal(ql_model_load(p, &m), QL_OK);
+    return m;
+}
+
+static void read_reference(const char *shape, float *ref) {
+    char p[256];
+    snprintf(p, sizeof p, "tests/data/arch/logits-%s.f32", shape);
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(ref, sizeof(float), N_TOK * N_VOCAB, f), N_TOK * N_VOCAB);
+    fclose(f);
+}
+
+static void run(const ql_model *m, float *logits) {
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    ql_scratch *s = ql_scratch_new(inf, N_TOK);
+    assert_non_null(s);
+    assert_int_equal(ql_forward(inf, s, TOKENS, N_TOK, 0, logits), QL_OK);
+    ql_scratch_free(s);
+    ql_infer_free(inf);
+}
+
+static float max_diff(const float *a, const float *b, size_t n) {
+    float d = 0;
+    for (size_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
+}
+
+static void test_logits_match_llamacpp(void **state) {
+    (void)state;
+    float *got = malloc(sizeof(float) * N_TOK * N_VOCAB), *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
+        ql_model *m = load_synth(SHAPES[i]);
+        assert_string_equal(m->cfg.arch, ql_synth_find(SHAPES[i])->arch);
+        read_reference(SHAPES[i], ref);
+        run(m, got);
+        const float d = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+        printf("  %-16s max |qlab - llama.cpp| = %.3g\n", SHAPES[i], d);
+        for (int r = 0; r < N_TOK && !(d <= TOL); r++)
+            printf("    row %d: %.3g\n", r, max_diff(got + (size_t)r * N_VOCAB, ref + (size_t)r * N_VOCAB, N_VOCAB));
+        if (!(d <= TOL)) fail_msg("%s: logits differ from llama.cpp by %g", SHAPES[i], d);
+        ql_model_free(m);
+    }
+    free(got);
+    free(ref);
+}
+
+/* How far the logits move from llama.cpp's when `edit` changes the loaded model (and `undo` puts it back). */
+typedef void (*model_edit)(ql_model *m, void *saved);
+static float moved(ql_model *m, const float *ref, model_edit edit, model_edit undo, const char *what) {
+    float *got = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    char saved[sizeof(ql_config) + 4 * sizeof(ql_layer_tensors)];
+    edit(m, saved);
+    run(m, got);
+    undo(m, saved);
+    const float d = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+    printf("  %-16s %-34s %.3g\n", m->cfg.arch, what, d);
+    free(got);
+    return d;
+}
+
+static void save_cfg(ql_model *m, void *saved) { memcpy(saved, &m->cfg, sizeof m->cfg); }
+static void restore_cfg(ql_model *m, void *saved) { memcpy(&m->cfg, saved, sizeof m->cfg); }
+static void no_embd_scale(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.embd_scale = 1.0f; }
+static void no_residual_scale(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.residual_scale = 1.0f; }
+static void no_logit_scale(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.logit_scale = 1.0f; }
+static void default_attn_scale(ql_model *m, void *saved) {
+    save_cfg(m, saved), m->cfg.attn_scale = 1.0f / sqrtf((float)m->cfg.head_dim);
+}
+static void rope_everywhere(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.nope_period = 0; }
+static void rope_adjacent(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.rope_neox = 0; }
+static void no_temperature(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.attn_temp_scale = 0; }
+static void yarn_factor_one(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.yarn_attn_factor = 1.0f; }
+/* OLMo-3's sliding layers with the global layers' YaRN scaling (both of its sliding-RoPE switches off) */
+static ql_arch g_edited;
+static void swa_rope_yarn(ql_model *m, void *saved) {
+    save_cfg(m, saved);
+    g_edited = *m->cfg.desc;
+    g_edited.swa_rope_plain = g_edited.swa_rope_unscaled = false;
+    m->cfg.desc = &g_edited;
+    m->cfg.rope_scale_swa = m->cfg.rope_scale;
+}
+static void save_layers(ql_model *m, void *saved) {
+    memcpy(saved, &m->cfg, sizeof m->cfg);
+    memcpy((char *)saved + sizeof m->cfg, m->layers, (size_t)m->cfg.n_layer * sizeof *m->layers);
+}
+static void restore_layers(ql_model *m, void *saved) {
+    memcpy(&m->cfg, saved, sizeof m->cfg);
+    memcpy(m->layers, (char *)saved + sizeof m->cfg, (size_t)m->cfg.n_layer * sizeof *m->layers);
+}
+static void no_shared_expert(ql_model *m, void *saved) {
+    save_layers(m, saved);
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].gate_shexp = NULL;
+}
+/* OLMo-2 with llama's pre-norms, borrowing its post-norm weights (normalising the blocks' inputs as well) */
+static void add_pre_norms(ql_model *m, void *saved) {
+    save_layers(m, saved);
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        m->layers[l].attn_norm = m->layers[l].post_attn_norm;
+        m->layers[l].ffn_norm = m->layers[l].post_ffn_norm;
+    }
+}
+
+static void test_features_matter(void **state) {
+    (void)state;
+    float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    struct {
+        const char *shape, *what;
+        model_edit edit, undo;
+    } cases[] = {
+        {"tiny-granite", "embedding scale 1", no_embd_scale, restore_cfg},
+        {"tiny-granite", "residual scale 1", no_residual_scale, restore_cfg},
+        {"tiny-granite", "logit scale 1", no_logit_scale, restore_cfg},
+        {"tiny-granite", "attention scale 1/sqrt(head_dim)", default_attn_scale, restore_cfg},
+        {"tiny-granitemoe", "residual scale 1 (MoE output)", no_residual_scale, restore_cfg},
+        {"tiny-granitemoe", "without the shared expert", no_shared_expert, restore_layers},
+        {"tiny-olmo2", "with pre-norms", add_pre_norms, restore_layers},
+        {"tiny-olmo2", "YaRN on the sliding layers too", swa_rope_yarn, restore_cfg},
+        {"tiny-smollm3", "RoPE on every layer", rope_everywhere, restore_cfg},
+        {"tiny-exaone", "adjacent-pair RoPE", rope_adjacent, restore_cfg},
+        {"tiny-mistral3", "no temperature tuning", no_temperature, restore_cfg},
+        {"tiny-mistral3", "YaRN log multiplier ignored", yarn_factor_one, restore_cfg},
+    };
+    for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
+        ql_model *m = load_synth(cases[i].shape);
+        read_reference(cases[i].shape, ref);
+        const float d = moved(m, ref, cases[i].edit, cases[i].undo, cases[i].what);
+        if (!(d > 100 * TOL)) fail_msg("%s: %s moves the logits only %g", cases[i].shape, cases[i].what, d);
+        ql_model_free(m);
+    }
+    free(ref);
+}
+
+/* A Granite file without its logit scale, or with a negative multiplier, is refused by name. */
+static void test_bad_multipliers_refused(void **state) {
+    (void)state;
+    ql_synth_shape sh = *ql_synth_find("tiny-granite");
+    char p[256];
+    synth_path(p, sizeof p, "bad-granite");
+    const float bad[][4] = {{12.0f, 0.22f, 0.0625f, 0.0f}, {12.0f, -0.5f, 0.0625f, 8.0f}};
+    for (size_t i = 0; i < QL_ARRAY_LEN(bad); i++) {
+        memcpy(sh.granite, bad[i], sizeof sh.granite);
+        if (bad[i][1] < 0) sh.granite[1] = 0; /* synth writes positive values only: edit the key below */
+        assert_int_equal(ql_synth_write(&sh, 1, p, 1, NULL), QL_OK);
+        ql_gguf *g = NULL;
+        assert_int_equal(ql_gguf_open(p, &g), QL_OK);
+        if (bad[i][1] < 0) ql_gguf_set_f32(g, "granite.residual_scale", bad[i][1]);
+        ql_model *m = NULL;
+        const ql_status st = ql_model_from_gguf(g, p, &m);
+        assert_int_equal(st, QL_ERR_FORMAT);
+        assert_null(m);
+        assert_non_null(strstr(ql_last_error(), "logit_scale"));
+        assert_non_null(strstr(ql_last_error(), p));
+    }
+    unlink(p);
+}
+
+static int cleanup(void **state) {
+    (void)state;
+    char p[256];
+    for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
+        synth_path(p, sizeof p, SHAPES[i]);
+        unlink(p);
+    }
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logits_match_llamacpp),
+        cmocka_unit_test(test_features_matter),
+        cmocka_unit_test(test_bad_multipliers_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, cleanup);
+}
