@@ -94,6 +94,22 @@ static const layer_name g_phi3_layers[] = {
     {"mlp.gate_up_proj", "ffn_up", 0},       {"mlp.down_proj", "ffn_down", 0},
 };
 
+/* OLMo-2/3: no pre-norms; HF's post_attention_layernorm / post_feedforward_layernorm normalise the blocks'
+ * outputs (llama.cpp's post norms); q_norm / k_norm span all heads. */
+static const layer_name g_olmo2_layers[] = {
+    {"self_attn.q_proj", "attn_q", 0},
+    {"self_attn.k_proj", "attn_k", 0},
+    {"self_attn.v_proj", "attn_v", 0},
+    {"self_attn.q_norm", "attn_q_norm", 0},
+    {"self_attn.k_norm", "attn_k_norm", 0},
+    {"self_attn.o_proj", "attn_output", 0},
+    {"post_attention_layernorm", "post_attention_norm", 0},
+    {"mlp.gate_proj", "ffn_gate", 0},
+    {"mlp.up_proj", "ffn_up", 0},
+    {"mlp.down_proj", "ffn_down", 0},
+    {"post_feedforward_layernorm", "post_ffw_norm", 0},
+};
+
 /* Tensors every layer must have (GGUF names after "blk.N."). */
 #define REQ_ATTN "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight"
 #define REQ_FFN "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"
@@ -108,6 +124,10 @@ static const char *const g_req_gemma3[] = {REQ_ATTN,
                                            "attn_q_norm.weight",
                                            "attn_k_norm.weight",
                                            NULL};
+static const char *const g_req_olmo2[] = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+                                          "attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
+                                          "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "post_ffw_norm.weight",
+                                          NULL};
 static const char *const g_req_phi3[] = {"attn_norm.weight", "attn_qkv.weight", "attn_output.weight",
                                          "ffn_norm.weight",  "ffn_up.weight",   "ffn_down.weight",
                                          NULL};
@@ -128,36 +148,63 @@ typedef struct {
     double def_eps, def_theta;
     int64_t swa_pattern; /* llama.cpp's built-in sliding-window period (0: no sliding window) */
     bool trim_vocab;     /* embedding rows past the tokenizer's vocabulary are dropped (Gemma 3's padding) */
+    const char *const *scalars; /* config.json number, GGUF key (after "ARCH.") pairs copied both ways; NULL ends */
 } hf_arch;
+
+/* Granite's multipliers, as llama.cpp's converter names them */
+static const char *const g_granite_scalars[] = {"embedding_multiplier", "embedding_scale", "residual_multiplier",
+                                                "residual_scale", "attention_multiplier", "attention.scale",
+                                                "logits_scaling", "logit_scale", NULL};
+enum { HF_MAX_SCALARS = 4 };
 
 #define LAYERS(t) t, QL_ARRAY_LEN(t)
 static const hf_arch g_archs[] = {
     /* model_type, class, arch, layers, required, permute, norm_shift, nested,
-       default heads, kv heads, head_dim, context, eps, rope base, sliding period, trim_vocab */
+       default heads, kv heads, head_dim, context, eps, rope base, sliding period, trim_vocab, scalars */
     {"llama", "LlamaForCausalLM", "llama", LAYERS(g_llama_layers), g_req_llama, true, false, false,
-     0, 0, 0, 0, 0, 0, 0, false},
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
     {"mistral", "MistralForCausalLM", "llama", LAYERS(g_llama_layers), g_req_llama, true, false, false,
-     0, 0, 0, 0, 0, 0, 0, false},
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
     {"qwen2", "Qwen2ForCausalLM", "qwen2", LAYERS(g_llama_layers), g_req_llama /* q/k/v biases optional */, false,
-     false, false, 0, 0, 0, 0, 0, 0, 0, false},
+     false, false, 0, 0, 0, 0, 0, 0, 0, false, NULL},
     {"qwen3", "Qwen3ForCausalLM", "qwen3", LAYERS(g_llama_layers), g_req_qwen3, false, false, false,
-     0, 0, 0, 0, 0, 0, 0, false},
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
     {"gemma2", "Gemma2ForCausalLM", "gemma2", LAYERS(g_gemma_layers), g_req_gemma2, false, true, false,
-     0, 0, 0, 0, 0, 10000.0, 2, false},
+     0, 0, 0, 0, 0, 10000.0, 2, false, NULL},
     {"gemma3_text", "Gemma3ForCausalLM", "gemma3", LAYERS(g_gemma_layers), g_req_gemma3, false, true, false,
-     8, 4, 256, 131072, 1e-6, 1e6, 6, true},
+     8, 4, 256, 131072, 1e-6, 1e6, 6, true, NULL},
     {"gemma3", "Gemma3ForConditionalGeneration", "gemma3", LAYERS(g_gemma_layers), g_req_gemma3, false, true, true,
-     8, 4, 256, 131072, 1e-6, 1e6, 6, true},
+     8, 4, 256, 131072, 1e-6, 1e6, 6, true, NULL},
     {"phi3", "Phi3ForCausalLM", "phi3", LAYERS(g_phi3_layers), g_req_phi3, false, false, false,
-     0, 0, 0, 0, 0, 0, 0, false},
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
+    {"granite", "GraniteForCausalLM", "granite", LAYERS(g_llama_layers), g_req_llama, true, false, false,
+     0, 0, 0, 0, 0, 0, 0, false, g_granite_scalars},
+    {"smollm3", "SmolLM3ForCausalLM", "smollm3", LAYERS(g_llama_layers), g_req_llama, true, false, false,
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
+    {"olmo2", "Olmo2ForCausalLM", "olmo2", LAYERS(g_olmo2_layers), g_req_olmo2, false, false, false,
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
+    /* OLMo-3: OLMo-2's layers with a sliding window on 3 of every 4 (layer_types) */
+    {"olmo3", "Olmo3ForCausalLM", "olmo2", LAYERS(g_olmo2_layers), g_req_olmo2, false, false, false,
+     0, 0, 0, 0, 0, 0, 4, false, NULL},
 };
-#define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3"
+#define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3, granite, smollm3, olmo2, olmo3"
 
-/* The entry ql_hf_save writes for a GGUF architecture (the first with that arch). */
-static const hf_arch *arch_for_gguf(const char *arch) {
-    for (size_t i = 0; i < QL_ARRAY_LEN(g_archs); i++)
-        if (arch && strcmp(arch, g_archs[i].arch) == 0) return &g_archs[i];
-    return NULL;
+/* The entry ql_hf_save writes for a GGUF file: the first with its architecture, preferring one with a sliding
+ * window when the file has one (olmo2 with a window is OLMo-3) and one without when it has none. */
+static const hf_arch *arch_for_gguf(const ql_gguf *g) {
+    const char *arch = ql_gguf_get_str(g, "general.architecture");
+    if (!arch) arch = "llama";
+    char k[96];
+    int64_t swa = 0;
+    snprintf(k, sizeof k, "%s.attention.sliding_window", arch);
+    const bool window = ql_gguf_get_int(g, k, &swa) && swa > 0;
+    const hf_arch *first = NULL;
+    for (size_t i = 0; i < QL_ARRAY_LEN(g_archs); i++) {
+        if (strcmp(arch, g_archs[i].arch) != 0) continue;
+        if ((g_archs[i].swa_pattern > 0) == window) return &g_archs[i];
+        if (!first) first = &g_archs[i];
+    }
+    return first;
 }
 
 /* ---------------------------------------------------------------- tensor names */
@@ -348,6 +395,7 @@ typedef struct {
     int64_t sliding_window, swa_pattern;      /* 0: none / the architecture's default; -1: per layer: */
     uint8_t *swa_layers;                      /* n_layer flags (1: slides) when no period describes them */
     double attn_softcap, final_softcap, rope_base_swa; /* 0: not written */
+    double scalars[HF_MAX_SCALARS];           /* the architecture's scalars (hf_arch.scalars); 0: not written */
     int64_t bos, eos; /* -1 when not given */
 } hf_config;
 
@@ -597,6 +645,14 @@ static ql_status parse_config_fields(const char *path, const json_t *root, hf_co
             ql_log(1, "%s: query_pre_attn_scalar %lld is neither head_dim nor hidden_size/heads; llama.cpp "
                       "scales queries by 1/sqrt(head_dim)", path, (long long)qpas);
     }
+    if (!c->a->norm_shift && c->a->swa_pattern > 0) { /* OLMo-3: a window on the layers layer_types says slide */
+        if ((s = cfg_int(path, p, "sliding_window", false, 0, 0, (int64_t)1 << 30, &c->sliding_window)) ||
+            (c->sliding_window > 0 && (s = cfg_swa_pattern(path, p, c, &c->swa_pattern))))
+            return s;
+        if (c->swa_pattern == 1) c->sliding_window = 0; /* every layer global */
+    }
+    for (int i = 0; c->a->scalars && c->a->scalars[2 * i] && i < HF_MAX_SCALARS; i++)
+        if ((s = cfg_f64(path, p, c->a->scalars[2 * i], 0, &c->scalars[i]))) return s;
     if ((s = cfg_rope_scaling(path, p, c))) return s;
     if (c->a->norm_shift && strcmp(c->arch, "gemma3") == 0 && c->rope_type[0] && strcmp(c->rope_type, "linear") != 0)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: gemma3 rope_scaling must be linear (llama.cpp applies it to the global layers)", path);
@@ -653,6 +709,8 @@ static void config_to_gguf(const hf_config *c, ql_gguf *g) {
         ql_gguf_set_arr(g, k, QL_GGUF_BOOL, c->swa_layers, (uint64_t)c->n_layer);
     } else if (c->sliding_window > 0 && c->swa_pattern != c->a->swa_pattern) /* llama.cpp's default otherwise */
         set_arch_key_u32(g, a, "attention.sliding_window_pattern", c->swa_pattern);
+    for (int i = 0; c->a->scalars && c->a->scalars[2 * i] && i < HF_MAX_SCALARS; i++)
+        if (c->scalars[i] > 0) set_arch_key_f32(g, a, c->a->scalars[2 * i + 1], c->scalars[i]);
     if (c->attn_softcap > 0) set_arch_key_f32(g, a, "attn_logit_softcapping", c->attn_softcap);
     if (c->final_softcap > 0) set_arch_key_f32(g, a, "final_logit_softcapping", c->final_softcap);
     if (c->n_vocab > 0) set_arch_key_u32(g, a, "vocab_size", c->n_vocab);
@@ -1321,7 +1379,7 @@ static ql_status gather_save_config(const ql_gguf *g, const char *label, save_co
     const char *arch = ql_gguf_get_str(g, "general.architecture");
     if (!arch) arch = "llama";
     c->arch = arch;
-    c->a = arch_for_gguf(arch);
+    c->a = arch_for_gguf(g);
     if (!c->a)
         return ql_fail(QL_ERR_UNSUPPORTED, "%s: architecture '%s' cannot be saved as a Hugging Face folder",
                        label, arch);
@@ -1363,6 +1421,25 @@ static json_t *f32_array_json(const ql_gguf *g, const char *name) {
     json_t *a = json_array();
     for (int64_t i = 0; i < t->ne[0]; i++) json_array_append_new(a, json_real(short_float(((const float *)t->data)[i])));
     return a;
+}
+
+/* "sliding_window" and "layer_types" for a model with a window: the per-layer array (newer llama.cpp) says which
+ * layers slide, else the period does; *listed says which. */
+static void write_layer_types(json_t *o, const ql_gguf *g, const save_config *c, int64_t swa, int64_t pattern,
+                              bool *listed) {
+    json_object_set_new(o, "sliding_window", swa > 0 ? json_integer(swa) : json_null());
+    char pk[128];
+    snprintf(pk, sizeof pk, "%s.attention.sliding_window_pattern", c->arch);
+    uint64_t n_flags = 0;
+    const ql_gguf_value *flags = ql_gguf_get_arr(g, pk, QL_GGUF_BOOL, &n_flags);
+    if (flags && n_flags != (uint64_t)c->n_layer) flags = NULL;
+    json_t *lt = json_array();
+    for (int64_t i = 0; i < c->n_layer; i++) {
+        bool full = flags ? flags[i].v.u == 0 : pattern > 0 && (i + 1) % pattern == 0;
+        json_array_append_new(lt, json_string(full ? "full_attention" : "sliding_attention"));
+    }
+    json_object_set_new(o, "layer_types", lt);
+    *listed = flags != NULL;
 }
 
 /* config.json as the architecture's transformers config class reads it: the inverse of parse_config +
@@ -1432,20 +1509,9 @@ static char *config_json_text(const ql_gguf *g, const save_config *c, const char
         json_object_set_new(o, "attn_logit_softcapping", key_real(g, arch, "attn_logit_softcapping"));
         json_object_set_new(o, "final_logit_softcapping", key_real(g, arch, "final_logit_softcapping"));
         if (swa <= 0) pattern = 1; /* no window: every layer global */
-        json_object_set_new(o, "sliding_window", swa > 0 ? json_integer(swa) : json_null());
-        /* a per-layer array (newer llama.cpp) says which layers slide; else the period does */
-        char pk[128];
-        snprintf(pk, sizeof pk, "%s.attention.sliding_window_pattern", arch);
-        uint64_t n_flags = 0;
-        const ql_gguf_value *flags = ql_gguf_get_arr(g, pk, QL_GGUF_BOOL, &n_flags);
-        if (flags && n_flags != (uint64_t)c->n_layer) flags = NULL;
-        json_t *lt = json_array();
-        for (int64_t i = 0; i < c->n_layer; i++) {
-            bool full = flags ? flags[i].v.u == 0 : pattern > 0 && (i + 1) % pattern == 0;
-            json_array_append_new(lt, json_string(full ? "full_attention" : "sliding_attention"));
-        }
-        json_object_set_new(o, "layer_types", lt);
-        if (gemma3 && !flags) {
+        bool listed;
+        write_layer_types(o, g, c, swa, pattern, &listed);
+        if (gemma3 && !listed) {
             json_object_set_new(o, "sliding_window_pattern", json_integer(pattern));
         }
         if (gemma3) {
@@ -1454,6 +1520,10 @@ static char *config_json_text(const ql_gguf *g, const save_config *c, const char
             json_object_set_new(o, "rope_local_base_freq", json_real(short_float(b)));
         }
     }
+    bool listed;
+    if (!gemma && c->a->swa_pattern > 0 && swa > 0) write_layer_types(o, g, c, swa, pattern, &listed); /* OLMo-3 */
+    for (int i = 0; c->a->scalars && c->a->scalars[2 * i] && i < HF_MAX_SCALARS; i++) /* Granite's multipliers */
+        json_object_set_new(o, c->a->scalars[2 * i], key_real(g, arch, c->a->scalars[2 * i + 1]));
     if (phi3) {
         json_object_set_new(o, "original_max_position_embeddings", json_integer(has_orig ? orig : c->n_ctx));
         json_object_set_new(o, "sliding_window", swa > 0 ? json_integer(swa) : json_null());
@@ -1641,7 +1711,7 @@ done:
 
 char *ql_hf_tensor_name(const ql_gguf *g, const char *gguf_name, int *rope_heads) {
     name_info ni;
-    const hf_arch *a = arch_for_gguf(ql_gguf_get_str(g, "general.architecture"));
+    const hf_arch *a = arch_for_gguf(g);
     char *hf = map_name(gguf_name, false, a, &ni);
     *rope_heads = 0;
     save_config c;
@@ -1661,6 +1731,6 @@ ql_status ql_hf_config_text(const ql_gguf *g, const char *torch_dtype, char **ou
 }
 
 bool ql_hf_norm_shift(const ql_gguf *g, const char *gguf_name) {
-    const hf_arch *a = arch_for_gguf(ql_gguf_get_str(g, "general.architecture"));
+    const hf_arch *a = arch_for_gguf(g);
     return a && a->norm_shift && is_norm_weight(gguf_name);
 }

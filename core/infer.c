@@ -697,7 +697,7 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
             const float w = s->route_w[t * K + j], *y = s->moe_y + (size_t)slot_of[t * K + j] * D;
             for (int d = 0; d < D; d++) acc[d] += y[d] * w;
         }
-        if (L->gate_inp_shexp) { /* ggml: sigmoid as silu(g) / g, then moe_out + shared · gate */
+        if (L->gate_shexp && L->gate_inp_shexp) { /* ggml: sigmoid as silu(g) / g, then moe_out + shared · gate */
             const float g = s->sh_gate[t], gate = g / (1.0f + expf(-g)) / g, *y = s->sh_y + (size_t)t * D;
             for (int d = 0; d < D; d++) acc[d] += y[d] * gate;
         } else if (L->gate_shexp) { /* granitemoe: moe_out + shared */

@@ -3,11 +3,14 @@
  * sets it apart from llama moves the logits far past the tolerance when it is left out, so the comparison
  * exercises it: Granite's four multipliers and its ungated shared expert, OLMo-2's missing pre-norms, full-width
  * q/k norm and OLMo-3's plain RoPE on sliding layers, SmolLM3's layers without RoPE, EXAONE's NEOX RoPE,
- * Ministral-3's temperature tuning and YaRN log multiplier. Bad multipliers are refused by name. */
+ * Ministral-3's temperature tuning and YaRN log multiplier. Bad multipliers are refused by name; Granite, SmolLM3
+ * and OLMo-3 survive a Hugging Face folder round trip with the same logits. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+#include <jansson.h>
 
 #include "core/infer.h"
 #include "core/model.h"
@@ -196,6 +199,86 @@ static void test_bad_multipliers_refused(void **state) {
     unlink(p);
 }
 
+/* The folder a Hugging Face download would be: model.safetensors without the __metadata__ qlab adds, so
+ * everything the model needs comes from config.json. */
+static void strip_safetensors_metadata(const char *dir) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    const long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc((size_t)n);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | buf[i];
+    json_t *hdr = json_loadb((const char *)buf + 8, (size_t)hl, 0, NULL);
+    assert_non_null(hdr);
+    assert_int_equal(json_object_del(hdr, "__metadata__"), 0);
+    char *text = json_dumps(hdr, JSON_COMPACT);
+    size_t tl = strlen(text), padded = (tl + 7) / 8 * 8;
+    f = fopen(p, "wb");
+    assert_non_null(f);
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)(padded >> (8 * i));
+    fwrite(len8, 1, 8, f);
+    fwrite(text, 1, tl, f);
+    for (size_t i = tl; i < padded; i++) fputc(' ', f);
+    fwrite(buf + 8 + hl, 1, (size_t)n - 8 - (size_t)hl, f);
+    fclose(f);
+    free(text);
+    json_decref(hdr);
+    free(buf);
+}
+
+/* GGUF -> Hugging Face folder -> qlab: config.json carries what the architecture needs (Granite's multipliers,
+ * OLMo-3's window by layer_types), and the loaded folder gives the GGUF's logits exactly. */
+static void test_hf_roundtrip_same_logits(void **state) {
+    (void)state;
+    static const struct { const char *shape, *model_type, *field; double value; } cases[] = {
+        {"tiny-granite", "granite", "residual_multiplier", 0.22},
+        {"tiny-smollm3", "smollm3", "num_hidden_layers", 4},
+        {"tiny-olmo2", "olmo3", "sliding_window", 8},
+    };
+    float *a = malloc(sizeof(float) * N_TOK * N_VOCAB), *b = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
+        ql_model *m = load_synth(cases[i].shape);
+        run(m, a);
+        char *dir = ql_test_mkdtemp("arch_hf");
+        assert_int_equal(ql_hf_save(m->gguf, dir), QL_OK);
+        char p[1024];
+        snprintf(p, sizeof p, "%s/config.json", dir);
+        json_t *cfg = json_load_file(p, 0, NULL);
+        assert_non_null(cfg);
+        assert_string_equal(json_string_value(json_object_get(cfg, "model_type")), cases[i].model_type);
+        assert_true(fabs(json_number_value(json_object_get(cfg, cases[i].field)) - cases[i].value) < 1e-6);
+        if (!strcmp(cases[i].model_type, "olmo3")) { /* layers 0-2 slide, 3 is global */
+            const json_t *lt = json_object_get(cfg, "layer_types");
+            assert_int_equal(json_array_size(lt), 4);
+            assert_string_equal(json_string_value(json_array_get(lt, 2)), "sliding_attention");
+            assert_string_equal(json_string_value(json_array_get(lt, 3)), "full_attention");
+        }
+        json_decref(cfg);
+        strip_safetensors_metadata(dir);
+        ql_model *h = NULL;
+        assert_int_equal(ql_model_load(dir, &h), QL_OK);
+        assert_string_equal(h->cfg.arch, m->cfg.arch);
+        assert_true(h->cfg.residual_scale == m->cfg.residual_scale && h->cfg.logit_scale == m->cfg.logit_scale &&
+                    h->cfg.n_swa == m->cfg.n_swa && h->cfg.nope_period == m->cfg.nope_period);
+        run(h, b);
+        const float d = max_diff(a, b, (size_t)N_TOK * N_VOCAB);
+        printf("  %-16s GGUF vs its HF folder: %.3g\n", cases[i].shape, d);
+        assert_true(d == 0.0f);
+        ql_model_free(h);
+        ql_model_free(m);
+        ql_test_rm_flat_dir(dir);
+    }
+    free(a);
+    free(b);
+}
+
 static int cleanup(void **state) {
     (void)state;
     char p[256];
@@ -211,6 +294,7 @@ int main(void) {
         cmocka_unit_test(test_logits_match_llamacpp),
         cmocka_unit_test(test_features_matter),
         cmocka_unit_test(test_bad_multipliers_refused),
+        cmocka_unit_test(test_hf_roundtrip_same_logits),
     };
     return cmocka_run_group_tests(tests, NULL, cleanup);
 }
