@@ -123,17 +123,17 @@ if [ -f "$T/tiny.gguf" ]; then
   expect_error "quantize: bad THREADS" "THREADS 'x'" $QLAB quantize "$T/tiny.gguf" "$T/x.gguf" Q4_K_M x
   # an architecture qlab has no description of is quantized by tensor names, as llama-quantize does: the same
   # tensors under another general.architecture give the same bytes; its forward pass is refused in one line
-  python3 "$(dirname "$0")/gguf_rename_arch.py" "$T/tiny.gguf" "$T/olmo.gguf" olmo2
-  if $QLAB quantize "$T/olmo.gguf" "$T/olmo-q.gguf" Q4_K_M 2>"$T/err" && grep -q "architecture 'olmo2' has no forward pass" "$T/err" \
-     && python3 "$(dirname "$0")/../bench/gguf_tensors_cmp.py" "$T/qkm-flags.gguf" "$T/olmo-q.gguf" | tail -1 | grep -q " 0 differ, 0 other"; then
+  python3 "$(dirname "$0")/gguf_rename_arch.py" "$T/tiny.gguf" "$T/sc2.gguf" starcoder2
+  if $QLAB quantize "$T/sc2.gguf" "$T/sc2-q.gguf" Q4_K_M 2>"$T/err" && grep -q "architecture 'starcoder2' has no forward pass" "$T/err" \
+     && python3 "$(dirname "$0")/../bench/gguf_tensors_cmp.py" "$T/qkm-flags.gguf" "$T/sc2-q.gguf" | tail -1 | grep -q " 0 differ, 0 other"; then
     ok "quant: an unknown architecture is quantized by tensor names (same bytes as the same tensors under llama)"
   else bad "quant: unknown architecture"; sed 's/^/     /' "$T/err" | tail -3; fi
-  if $QLAB info "$T/olmo-q.gguf" | grep -q "no forward pass in qlab for 'olmo2'" && $QLAB info "$T/olmo-q.gguf" --json | grep -q '"forward_pass": false'; then
+  if $QLAB info "$T/sc2-q.gguf" | grep -q "no forward pass in qlab for 'starcoder2'" && $QLAB info "$T/sc2-q.gguf" --json | grep -q '"forward_pass": false'; then
     ok "info: an unknown architecture lists its tensors and says it has no forward pass"
   else bad "info on an unknown architecture"; fi
-  expect_error "ppl: an architecture without a forward pass" "olmo2" $QLAB ppl "$T/olmo-q.gguf" --text "$T/text.txt" --ctx 64
+  expect_error "ppl: an architecture without a forward pass" "starcoder2" $QLAB ppl "$T/sc2-q.gguf" --text "$T/text.txt" --ctx 64
   expect_error "quant gptq: an architecture without a forward pass" "no forward pass" \
-    $QLAB quant "$T/olmo.gguf" --type int4_g128 --method gptq --text "$T/text.txt" --ctx 64 --chunks 1 -o "$T/x.gguf"
+    $QLAB quant "$T/sc2.gguf" --type int4_g128 --method gptq --text "$T/text.txt" --ctx 64 --chunks 1 -o "$T/x.gguf"
   expect_error "quantize: a fifth argument" "unexpected argument" $QLAB quantize "$T/tiny.gguf" "$T/x.gguf" Q4_K_M 2 3
   # mixtures of experts (Mixtral's layout as llama): per-expert imatrix (GGUF only), i-quant and MXFP4_MOE mixes of the
   # 3-D expert tensors, previews of the results; the router stays F32
@@ -424,13 +424,16 @@ PY
     ok "sense --act-candidates: 37 tensors x 3 schemes; summed KLD llm_int8 $kc < int8_token $ka < int8_tensor $kb"
   else bad "sense --act-candidates: '$ka' '$kb' '$kc'"; sed 's/^/     /' "$T/err" | tail -3; fi
   # the weight cells above came from batched probes (2 candidates per pass, the CPU default of 4 capped at 2);
-  # one candidate per pass must give the same errors up to float sums (weight, output, KLD of every m line)
+  # one candidate per pass must give the same errors up to float sums (weight, output, KLD of every m line; KLD
+  # within 1e-5 relative above a 3e-8 floor: OpenBLAS's Haswell sgemm, which some machines force, rounds a row by
+  # its place in the product)
   $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \
     --cand-batch 1 -o "$T/batch1.qss" >/dev/null 2>&1
   if [ "$(grep -c '^m	' "$T/batch1.qss")" = 74 ] && paste <(grep '^m	' "$T/act.qss") <(grep '^m	' "$T/batch1.qss") | awk -F'\t' '
        { n = NF / 2; for (i = 6; i <= 8; i++) { a = $i; b = $(i + n); d = a - b; if (d < 0) d = -d;
-           if (a < 0) a = -a; if (d > 1e-6 * (a > 1e-12 ? a : 1e-12)) bad++ } } END { exit bad > 0 }'; then
-    ok "sense --cand-batch 1 (a pass per candidate) gives the batched run's 74 cells within 1e-6"
+           if (a < 0) a = -a; if (d > (i == 8 ? 1e-5 * a + 3e-8 : 1e-6 * (a > 1e-12 ? a : 1e-12))) bad++ } }
+       END { exit bad > 0 }'; then
+    ok "sense --cand-batch 1 (a pass per candidate) gives the batched run's 74 cells (KLD within 1e-5 + 3e-8)"
   else bad "sense --cand-batch 1 differs from the batched cells"; fi
   expect_error "sense --cand-batch 0 refused" "--cand-batch" $QLAB sense "$M" --text "$T/text.txt" --candidates q8_0 --cand-batch 0 -o "$T/never.qss"
   if $QLAB sense "$M" --text "$SHARED/data/tinystories-valid.txt" --ctx 128 --chunks 4 --candidates q4_0,q8_0 \

@@ -585,9 +585,10 @@ static void test_xtx(void **state) {
     enum { NSEQ = 6, L = 24 };
     int32_t toks[NSEQ * L];
     for (int i = 0; i < NSEQ * L; i++) toks[i] = (i * 37 + 5) % g_model->cfg.n_vocab;
-    /* a serial (device) backend runs the two workers one after another: the same sums, bit for bit */
+    /* a serial (device) backend runs the two workers one after another */
     ql_backend_ops emu_serial = emu;
     emu_serial.serial = true;
+    emu_serial.name = "cpu-with-device-xtx, serial";
     ql_stats_opts o = {.hessian = true, .output = true, .n_threads = 2};
     ql_stats *st[3];
     const ql_backend_ops *tables[3] = {cpu, &emu, &emu_serial};
@@ -597,24 +598,27 @@ static void test_xtx(void **state) {
         assert_int_equal(ql_stats_collect(inf, toks, NSEQ, L, &o, NULL, &st[k]), QL_OK);
         ql_infer_free(inf);
     }
-    assert_int_equal(st[0]->n, st[1]->n);
-    for (int i = 0; i < st[0]->n; i++) {
-        const ql_stat_entry *a = &st[0]->e[i], *b = &st[1]->e[i];
-        assert_int_equal(a->n_tokens, b->n_tokens);
-        assert_memory_equal(a->sum_abs, b->sum_abs, sizeof(double) * a->n);
-        assert_non_null(a->xtx);
-        double amax = 0;
-        for (int64_t j = 0; j < a->n * a->n; j++) amax = fmax(amax, fabs(a->xtx[j]));
-        assert_true(amax > 0);
-        for (int64_t j = 0; j < a->n * a->n; j++)
-            if (!(fabs(a->xtx[j] - b->xtx[j]) <= 1e-12 * amax))
-                fail_msg("%s: xtx[%lld] cpu %.17g, device layout %.17g", a->name, (long long)j, a->xtx[j], b->xtx[j]);
-    }
-    for (int i = 0; i < st[1]->n; i++) {
-        const ql_stat_entry *a = &st[1]->e[i], *b = &st[2]->e[i];
-        assert_int_equal(a->n_tokens, b->n_tokens);
-        assert_memory_equal(a->sum_abs, b->sum_abs, sizeof(double) * a->n);
-        assert_memory_equal(a->xtx, b->xtx, sizeof(double) * a->n * a->n);
+    /* The three runs' forward passes are the CPU backend's, but the workers' passes differ in threading (and the
+     * serial one in order), and OpenBLAS's kernels on some CPUs (Zen 5 with Debian's 0.3.21) then differ in the
+     * activations' last bits. A wrong layout or triangle is off by O(1); those differences stay within 1e-5 relative (1.4e-6 seen). */
+    for (int r = 1; r < 3; r++) {
+        assert_int_equal(st[0]->n, st[r]->n);
+        for (int i = 0; i < st[0]->n; i++) {
+            const ql_stat_entry *a = &st[r - 1]->e[i], *b = &st[r]->e[i];
+            assert_int_equal(a->n_tokens, b->n_tokens);
+            for (int64_t j = 0; j < a->n; j++)
+                if (!(fabs(a->sum_abs[j] - b->sum_abs[j]) <= 1e-5 * fabs(a->sum_abs[j])))
+                    fail_msg("%s: sum_abs[%lld] %.17g, %s %.17g", a->name, (long long)j, a->sum_abs[j],
+                             tables[r]->name, b->sum_abs[j]);
+            assert_non_null(a->xtx);
+            double amax = 0;
+            for (int64_t j = 0; j < a->n * a->n; j++) amax = fmax(amax, fabs(a->xtx[j]));
+            assert_true(amax > 0);
+            for (int64_t j = 0; j < a->n * a->n; j++)
+                if (!(fabs(a->xtx[j] - b->xtx[j]) <= 1e-5 * amax))
+                    fail_msg("%s: xtx[%lld] %.17g, %s %.17g", a->name, (long long)j, a->xtx[j], tables[r]->name,
+                             b->xtx[j]);
+        }
     }
     ql_stats_free(st[0]);
     ql_stats_free(st[1]);
@@ -789,7 +793,7 @@ static void test_device_stats(void **state) {
         double amax = 0;
         for (int64_t j = 0; j < a->n * a->n; j++) amax = fmax(amax, fabs(a->xtx[j]));
         for (int64_t j = 0; j < a->n * a->n; j++)
-            if (!(fabs(a->xtx[j] - b->xtx[j]) <= 1e-6 * amax))
+            if (!(fabs(a->xtx[j] - b->xtx[j]) <= 1e-5 * amax))
                 fail_msg("%s: xtx[%lld] cpu %.9g, cuda %.9g", a->name, (long long)j, a->xtx[j], b->xtx[j]);
     }
     ql_stats_free(st[0]);

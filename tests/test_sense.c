@@ -375,14 +375,22 @@ static void test_allocate_rules(void **state) {
 
 /* ---------------- the file ---------------- */
 
-static void assert_same_sense(const ql_sense *a, const ql_sense *b) {
+/* Two measurements' cells: equal, or with remeasured = true equal up to the float noise of the BLAS kernels
+ * (OpenBLAS's Haswell sgemm, which some machines force through OPENBLAS_CORETYPE, rounds a row by its place in
+ * the product and by the thread count: KLD 1e-5 relative above a floor of 3e-8, dPPL 1e-5 absolute). */
+static bool close_or_same(double x, double y, bool remeasured, double rel, double floor_abs) {
+    if (x == y || (isnan(x) && isnan(y))) return true;
+    return remeasured && fabs(x - y) <= rel * fabs(x) + floor_abs;
+}
+
+static void assert_same_sense_tol(const ql_sense *a, const ql_sense *b, bool remeasured) {
     assert_string_equal(a->model, b->model);
     assert_string_equal(a->calib, b->calib);
     assert_int_equal(a->n_tensors, b->n_tensors);
     assert_int_equal(a->n_cand, b->n_cand);
     assert_int_equal(a->tokens_hash, b->tokens_hash);
     assert_int_equal(a->other_bytes, b->other_bytes);
-    assert_true(a->base_ppl == b->base_ppl);
+    assert_true(close_or_same(a->base_ppl, b->base_ppl, remeasured, 1e-9, 0));
     for (int t = 0; t < a->n_tensors; t++) {
         assert_string_equal(a->tensors[t].name, b->tensors[t].name);
         assert_int_equal(a->tensors[t].nrows, b->tensors[t].nrows);
@@ -390,13 +398,16 @@ static void assert_same_sense(const ql_sense *a, const ql_sense *b) {
             const ql_sense_cell *x = ql_sense_cell_at(a, t, c), *y = ql_sense_cell_at(b, t, c);
             assert_int_equal(x->bytes, y->bytes);
             assert_int_equal(x->level, y->level);
-            assert_true(x->kld == y->kld || (isnan(x->kld) && isnan(y->kld)));
+            if (!close_or_same(x->kld, y->kld, remeasured, 1e-5, 3e-8))
+                fail_msg("%s cell %d: KLD %.9g vs %.9g", a->tensors[t].name, c, x->kld, y->kld);
             assert_true(x->werr == y->werr || (isnan(x->werr) && isnan(y->werr)));
             assert_true(x->oerr == y->oerr || (isnan(x->oerr) && isnan(y->oerr)));
-            assert_true(x->dppl == y->dppl || (isnan(x->dppl) && isnan(y->dppl)));
+            assert_true(close_or_same(x->dppl, y->dppl, remeasured, 0, 1e-5));
         }
     }
 }
+
+static void assert_same_sense(const ql_sense *a, const ql_sense *b) { assert_same_sense_tol(a, b, false); }
 
 static char *slurp(const char *p, size_t *n) {
     FILE *f = fopen(p, "rb");
@@ -647,8 +658,10 @@ static void test_measure_stories260k(void **state) {
         }
         const ql_sense_cell *exact = ql_sense_cell_at(a, t, nc - 1);
         assert_true(exact->werr == 0 && exact->oerr == 0);
-        assert_true(exact->kld < 1e-9);
-        assert_true(fabs(exact->dppl) < 1e-6);
+        /* 0 up to float sums: a probe batches several candidates, and OpenBLAS's kernels on some CPUs (Zen 5 with
+         * Debian's 0.3.21) round a row by its place in the batch (token_embd's exact probe: KLD 1e-8 there) */
+        if (!(exact->kld < 1e-7)) fail_msg("%s: the exact candidate's KLD is %g", a->tensors[t].name, exact->kld);
+        if (!(fabs(exact->dppl) < 1e-5)) fail_msg("%s: the exact candidate moves PPL by %g", a->tensors[t].name, exact->dppl);
         /* 2 bits against 8 bits: a clear gap at every level */
         assert_true(ql_sense_cell_at(a, t, 0)->kld > 10 * ql_sense_cell_at(a, t, 3)->kld);
     }
@@ -676,9 +689,11 @@ static void test_measure_stories260k(void **state) {
                 const ql_sense_cell *x = ql_sense_cell_at(a, t, c), *y = ql_sense_cell_at(d, t, c);
                 assert_int_equal(y->level, QL_SENSE_KLD);
                 assert_true(x->werr == y->werr && x->oerr == y->oerr);
+                /* 1e-5 relative above the float-noise floor (the exact candidate's KLD reaches 1e-8, see above) */
                 const double rel = fabs(x->kld - y->kld) / fmax(x->kld, 1e-9);
-                worst = fmax(worst, rel);
-                assert_true(rel < 1e-5);
+                worst = fmax(worst, x->kld > 1e-6 ? rel : 0);
+                if (!(fabs(x->kld - y->kld) < 1e-5 * x->kld + 3e-8))
+                    fail_msg("%s x %s: KLD %.9g vs %.9g", a->tensors[t].name, cands[c], x->kld, y->kld);
             }
         printf("kld cells of %d candidates x %d sequences per pass: %.3g relative from the default shape\n", nb, spi,
                worst);
@@ -718,10 +733,11 @@ static void test_measure_stories260k(void **state) {
     o.n_threads = 2;
     assert_int_equal(ql_sense_measure(c, m, &o, NULL), QL_OK);
     c->seconds = a->seconds;
-    assert_same_sense(a, c);
+    assert_same_sense_tol(a, c, true);
     ql_sense *reloaded;
     assert_int_equal(ql_sense_load(path, &reloaded), QL_OK);
-    assert_same_sense(a, reloaded);
+    assert_same_sense(c, reloaded);
+    assert_same_sense_tol(a, reloaded, true);
 
     /* the joint check of a one-tensor plan re-runs the whole model from the tokens: it must agree with that
      * tensor's probe, which restarted from the saved residual stream of its layer */
@@ -734,9 +750,11 @@ static void test_measure_stories260k(void **state) {
         ql_sense_joint j;
         assert_int_equal(ql_sense_plan_kld(m, one, &o, NULL, &j), QL_OK);
         assert_int_equal(j.tensors, 1);
-        assert_true(fabs(j.kld - ql_sense_cell_at(a, t, 1)->kld) <= 1e-9 * j.kld);
-        assert_true(fabs(j.ppl - j.base_ppl - ql_sense_cell_at(a, t, 1)->dppl) <= 1e-9);
-        assert_true(fabs(j.base_ppl - a->base_ppl) <= 1e-12);
+        /* the same up to the BLAS kernels' float noise (see close_or_same) */
+        if (!(fabs(j.kld - ql_sense_cell_at(a, t, 1)->kld) <= 1e-5 * j.kld + 3e-8))
+            fail_msg("%s: joint KLD %.9g, probe %.9g", probe_names[k], j.kld, ql_sense_cell_at(a, t, 1)->kld);
+        assert_true(fabs(j.ppl - j.base_ppl - ql_sense_cell_at(a, t, 1)->dppl) <= 1e-5);
+        assert_true(fabs(j.base_ppl - a->base_ppl) <= 1e-9 * a->base_ppl);
         ql_plan_free(one);
     }
 
