@@ -36,6 +36,12 @@ static const ql_role_info g_roles[QL_ROLE_COUNT] = {
     [QL_ROLE_FFN_UP_SHEXP] = {"ffn_up_shexp.weight", QL_DIM_EMBD, QL_DIM_FF_SHEXP, QL_IN_FFN, NONE},
     /* its input is narrower than the experts' pooled one (ffn_down_in): no statistics, so rtn (core/infer.c) */
     [QL_ROLE_FFN_DOWN_SHEXP] = {"ffn_down_shexp.weight", QL_DIM_FF_SHEXP, QL_DIM_EMBD, QL_IN_FFN_DOWN, NONE},
+    [QL_ROLE_ATTN_OUT_BIAS] = {"attn_output.bias", QL_DIM_EMBD, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_ATTN_SINKS] = {"attn_sinks.weight", QL_DIM_HEADS, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_GATE_INP_BIAS] = {"ffn_gate_inp.bias", QL_DIM_EXPERT, QL_DIM_1, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_GATE_EXPS_BIAS] = {"ffn_gate_exps.bias", QL_DIM_FF_EXP, QL_DIM_EXPERT, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_UP_EXPS_BIAS] = {"ffn_up_exps.bias", QL_DIM_FF_EXP, QL_DIM_EXPERT, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_DOWN_EXPS_BIAS] = {"ffn_down_exps.bias", QL_DIM_EMBD, QL_DIM_EXPERT, QL_IN_NONE, NONE},
 };
 #undef NONE
 
@@ -100,6 +106,17 @@ static const ql_arch g_arch[] = {
     {.name = "smollm3", .family = "llama", .nope_period = 4, .need = {ATTN_SEPARATE, FFN_SEPARATE}},
     /* EXAONE 3.x: llama with NEOX RoPE */
     {.name = "exaone", .family = "llama", .rope_neox = true, .need = {ATTN_SEPARATE, FFN_SEPARATE}},
+    /* gpt-oss-20b / 120b (llm_build_openai_moe): biases on q/k/v, the attention output, the router and every
+     * expert projection; a softmax sink per head; a window of 128 on every other layer (even ones); the top 4
+     * router logits softmaxed; SwiGLU-OAI experts (MXFP4 in the released files); the FFN's pre-norm stored as
+     * post_attention_norm */
+    {.name = "gpt-oss", .family = "gpt-oss", .rope_neox = true, .swa_pattern = 2, .ffn_act = QL_FFN_SWIGLU_OAI,
+     .moe = QL_MOE_ALWAYS, .moe_gating = QL_GATING_TOPK_SOFTMAX, .ffn_norm_is_post_attn_norm = true,
+     .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, QKV_BIAS(R),
+              [QL_ROLE_ATTN_OUT] = R, [QL_ROLE_ATTN_OUT_BIAS] = R, [QL_ROLE_ATTN_SINKS] = R,
+              [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_GATE_INP] = R, [QL_ROLE_FFN_GATE_INP_BIAS] = R,
+              [QL_ROLE_FFN_GATE_EXPS] = R, [QL_ROLE_FFN_UP_EXPS] = R, [QL_ROLE_FFN_DOWN_EXPS] = R,
+              [QL_ROLE_FFN_GATE_EXPS_BIAS] = R, [QL_ROLE_FFN_UP_EXPS_BIAS] = R, [QL_ROLE_FFN_DOWN_EXPS_BIAS] = R}},
     /* Ministral-3 and Mistral-Small-3.x as converted since late 2025: llama with YaRN and the temperature tuning */
     {.name = "mistral3", .family = "llama", .attn_temperature = true, .moe = QL_MOE_BY_KEY, .moe_norm_weights = true,
      .need = {ATTN_SEPARATE, FFN_SEPARATE}},

@@ -1,5 +1,5 @@
 /* arch.h — the architecture descriptions: one table entry per `general.architecture` (llama, mistral, qwen2,
- * qwen3, gemma2, gemma3, phi3, granite, olmo2, smollm3, exaone, mistral3 and the MoE ones) saying which
+ * qwen3, gemma2, gemma3, phi3, granite, olmo2, smollm3, exaone, mistral3, gpt-oss and the MoE ones) saying which
  * per-layer tensor roles it has (required, optional or absent), which norms, the FFN activation, the RoPE layout, and the defaults of the features its GGUF
  * keys switch on (embedding scale, soft-capping, sliding-window pattern). core/model.c loads a model by
  * this description and core/infer.c runs the steps it enables; neither names an architecture. The role
@@ -46,6 +46,15 @@ typedef enum {
     QL_ROLE_FFN_GATE_SHEXP,
     QL_ROLE_FFN_UP_SHEXP,
     QL_ROLE_FFN_DOWN_SHEXP,
+    /* gpt-oss: a bias on the attention output, one learned softmax sink per head (an extra logit every query's
+     * softmax includes, whose value is dropped), a bias on the router logits and one per expert on each
+     * projection ([width, expert]: expert e's bias is row e) */
+    QL_ROLE_ATTN_OUT_BIAS,
+    QL_ROLE_ATTN_SINKS,
+    QL_ROLE_FFN_GATE_INP_BIAS,
+    QL_ROLE_FFN_GATE_EXPS_BIAS,
+    QL_ROLE_FFN_UP_EXPS_BIAS,
+    QL_ROLE_FFN_DOWN_EXPS_BIAS,
     QL_ROLE_COUNT
 } ql_role;
 
@@ -57,7 +66,8 @@ typedef enum {
     QL_DIM_1, QL_DIM_EMBD, QL_DIM_Q, QL_DIM_KV, QL_DIM_QKV, QL_DIM_HEAD, QL_DIM_FF, QL_DIM_2FF,
     QL_DIM_EXPERT, /* cfg.n_expert */
     QL_DIM_FF_EXP,  /* cfg.n_ff_exp: one expert's hidden width */
-    QL_DIM_FF_SHEXP /* cfg.n_ff_shexp: the shared expert's */
+    QL_DIM_FF_SHEXP, /* cfg.n_ff_shexp: the shared expert's */
+    QL_DIM_HEADS     /* cfg.n_head */
 } ql_dim;
 
 typedef struct {
@@ -76,7 +86,11 @@ typedef enum { QL_NEED_ABSENT = 0, QL_NEED_OPTIONAL, QL_NEED_REQUIRED } ql_need;
 /* Whether layers have a mixture-of-experts FFN: never, when the file says ARCH.expert_count > 0 (llama.cpp's
  * llama architecture holds Mixtral that way), or always (qwen3moe). */
 typedef enum { QL_MOE_NEVER = 0, QL_MOE_BY_KEY, QL_MOE_ALWAYS } ql_moe;
-typedef enum { QL_FFN_SWIGLU = 0, QL_FFN_GEGLU_TANH } ql_ffn_act;
+/* SWIGLU_OAI (gpt-oss's experts): gate g clamped above at 7, up u to [-7, 7], g·sigmoid(1.702·g)·(u + 1) */
+typedef enum { QL_FFN_SWIGLU = 0, QL_FFN_GEGLU_TANH, QL_FFN_SWIGLU_OAI } ql_ffn_act;
+/* How the router's logits weight the chosen experts: a softmax over all experts, then the top k (Mixtral, Qwen);
+ * or the top k logits, then a softmax over those k (gpt-oss) */
+typedef enum { QL_GATING_SOFTMAX = 0, QL_GATING_TOPK_SOFTMAX } ql_moe_gating;
 
 typedef struct {
     const char *name;        /* general.architecture */
@@ -103,6 +117,9 @@ typedef struct {
     ql_moe moe;
     bool moe_norm_weights;   /* the chosen experts' router probabilities are renormalised to sum 1 */
     bool qk_norm_full;       /* attn_q_norm / attn_k_norm normalise all of q / k at once (OLMoE), not each head */
+    ql_moe_gating moe_gating;
+    /* gpt-oss stores its FFN's pre-norm as post_attention_norm.weight: loaded into ffn_norm */
+    bool ffn_norm_is_post_attn_norm;
     ql_need need[QL_ROLE_COUNT]; /* of a dense layer; ql_arch_layer_need gives a MoE layer's */
 } ql_arch;
 

@@ -20,6 +20,7 @@
 
 typedef struct {
     const ql_config *c;
+    const ql_model *m;    /* for the layers' attention sinks */
     float *rope_freq;     /* theta_scale^i for i < rope_dim/2, global layers */
     float *rope_freq_swa; /* the same with the sliding layers' base */
     const float *rope_ff; /* rope_freqs factors (llama3), rope_dim/2 of them, or NULL */
@@ -59,6 +60,7 @@ static ql_status cpu_create(const ql_model *m, int n_threads, void **out) {
     const ql_config *c = &m->cfg;
     cpu_backend *be = ql_calloc(1, sizeof *be);
     be->c = c;
+    be->m = m;
     be->rope_freq = rope_table(c->rope_base, c->rope_dim);
     be->rope_freq_swa = rope_table(c->rope_base_swa > 0 ? c->rope_base_swa : c->rope_base, c->rope_dim);
     /* F32, rope_dim/2 values (checked at load); rope_freqs wins over LongRoPE's pair, as in llama.cpp */
@@ -210,6 +212,13 @@ static ql_status cpu_ffn_act(void *p, float *gate, const float *up, size_t n) {
         }
         return QL_OK;
     }
+    if (be->c->ffn_act == QL_FFN_SWIGLU_OAI) { /* ggml_compute_forward_swiglu_oai_f32: alpha 1.702, limit 7 */
+        for (size_t i = 0; i < n; i++) {
+            const float x = fminf(gate[i], 7.0f), y = fminf(fmaxf(up[i], -7.0f), 7.0f);
+            gate[i] = x / (1.0f + expf(1.702f * (-x))) * (y + 1.0f);
+        }
+        return QL_OK;
+    }
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
         gate[i] = g / (1.0f + expf(-g)) * up[i];
@@ -292,8 +301,10 @@ static ql_status cpu_kv_load(void *be, void *p, int pos, int T, const float **k,
 }
 
 /* Row i of S [T, T] (scaled scores) becomes the causal softmax over the positions layer `layer` sees: soft-capped
- * when cfg.attn_softcap > 0, the cfg.n_swa most recent on a sliding layer; every other entry 0. */
-static void causal_softmax(const ql_config *c, float *S, int T, int layer) {
+ * when cfg.attn_softcap > 0, the cfg.n_swa most recent on a sliding layer; every other entry 0. A finite `sink`
+ * (gpt-oss's per-head learned logit) joins the max and the sum, as ggml's soft_max with sinks has it, and takes
+ * its share of the probability without a value. */
+static void causal_softmax(const ql_config *c, float *S, int T, int layer, float sink) {
     const float cap = c->attn_softcap;
     const int window = ql_layer_is_swa(c, layer) ? c->n_swa : 0; /* 0: every earlier position */
     for (int i = 0; i < T; i++) {
@@ -303,16 +314,24 @@ static void causal_softmax(const ql_config *c, float *S, int T, int layer) {
             for (int j = j0; j <= i; j++) row[j] = tanhf(row[j] * (1.0f / cap)) * cap;
         float mx = -INFINITY;
         for (int j = j0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
+        mx = sink > mx ? sink : mx;
         float sum = 0;
         for (int j = j0; j <= i; j++) {
             row[j] = expf(row[j] - mx);
             sum += row[j];
         }
+        if (isfinite(sink)) sum += expf(sink - mx);
         float inv = 1.0f / sum;
         for (int j = 0; j < j0; j++) row[j] = 0.0f;
         for (int j = j0; j <= i; j++) row[j] *= inv;
         for (int j = i + 1; j < T; j++) row[j] = 0.0f;
     }
+}
+
+/* Head h's softmax sink on layer `layer`, -inf where the model has none. */
+static float head_sink(const cpu_backend *be, int layer, int h) {
+    const ql_gguf_tensor *t = be->m && layer >= 0 && layer < be->c->n_layer ? be->m->layers[layer].attn_sinks : NULL;
+    return t && t->data ? ((const float *)t->data)[h] : -INFINITY;
 }
 
 static ql_status cpu_attention(void *p, const float *q, const float *k, const float *v, float *S, float *out, int T,
@@ -326,7 +345,7 @@ static ql_status cpu_attention(void *p, const float *q, const float *k, const fl
         const int kvh = h / group;
         const float *qh = q + h * hd, *kh = k + kvh * hd, *vh = v + kvh * hd;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qh, ldq, kh, ldkv, 0.0f, S, T);
-        causal_softmax(c, S, T, layer);
+        causal_softmax(c, S, T, layer, head_sink(be, layer, h));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
     }
     return QL_OK;
@@ -393,7 +412,7 @@ static ql_status cpu_kv_attention(void *p, void *kvp, float *q, float *S, float 
                 for (int j = ql_kv_side_quantized_prefix(ks, i + 1); j <= i; j++)
                     S[(size_t)i * T + j] = band[(size_t)(i - i0) * w + (j - lo)];
         }
-        causal_softmax(c, S, T, layer);
+        causal_softmax(c, S, T, layer, head_sink(be, layer, h));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S, T, vh, ldkv, 0.0f, out + h * hd, ldq);
         /* out += P_window · (V_float - V_decoded) over each row's window */
         for (int i0 = 0; vband && i0 < T; i0 += QB) {

@@ -526,16 +526,16 @@ static ql_status head_norm(const ql_infer *inf, ql_scratch *sc, float *x, const 
     return inf->ops->rmsnorm(inf->be, &w, x, x, T * n_heads, inf->m->cfg.head_dim, inf->m->cfg.norm_eps);
 }
 
-/* x += out(in) with out = in · Wᵀ, through the post-norm when the layer has one (Gemma, OLMo-2: x += norm(out))
- * and times the residual scale (Granite: x += out·s, in ggml's order: product, scale, add). Without either the
- * product accumulates straight into x. */
+/* x += out(in) with out = in · Wᵀ (+ bias: gpt-oss's attention output), through the post-norm when the layer has
+ * one (Gemma, OLMo-2: x += norm(out)) and times the residual scale (Granite: x += out·s, in ggml's order: product,
+ * bias, scale, add). Without any of them the product accumulates straight into x. */
 static ql_status residual_linear(const ql_infer *inf, ql_scratch *s, const float *in, const ql_gguf_tensor *wt,
-                                 const ql_gguf_tensor *post_norm, int T, int K) {
+                                 const ql_gguf_tensor *bias, const ql_gguf_tensor *post_norm, int T, int K) {
     const int D = inf->m->cfg.n_embd;
     const float rs = inf->m->cfg.residual_scale;
-    if (!post_norm && rs == 1.0f) return linear(inf, s, s->x, in, wt, NULL, T, K, D, 1.0f);
+    if (!post_norm && !bias && rs == 1.0f) return linear(inf, s, s->x, in, wt, NULL, T, K, D, 1.0f);
     ql_status st;
-    if ((st = linear(inf, s, s->xn, in, wt, NULL, T, K, D, 0.0f)) ||
+    if ((st = linear(inf, s, s->xn, in, wt, bias, T, K, D, 0.0f)) ||
         (post_norm && (st = rmsnorm(inf, s, s->xn, s->xn, post_norm, T))) ||
         (rs != 1.0f && (st = inf->ops->scale(inf->be, s->xn, (size_t)T * D, rs))))
         return st;
@@ -579,19 +579,22 @@ static ql_status rope_attend(const ql_infer *inf, ql_scratch *s, int l, int S, i
     return st;
 }
 
-/* Expert e of a 3-D expert tensor as an op sees it: a 2-D view of its rows (view is the caller's storage). */
+/* Expert e's slice of a per-expert tensor as an op sees it, along its last dimension: a 2-D view of its rows
+ * for a 3-D expert stack, a vector for a [width, expert] bias (view is the caller's storage). */
 static ql_backend_weight expert_weight(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_tensor *exps, int e,
                                        ql_gguf_tensor *view) {
     ql_backend_weight w = bweight(inf, sc, exps);
-    const int64_t rows = exps->ne[1];
-    const uint64_t bytes = exps->nbytes / (uint64_t)exps->ne[2];
+    const int last = exps->n_dims - 1;
+    int64_t per = 1; /* values in one expert's slice */
+    for (int d = 0; d < last; d++) per *= exps->ne[d];
+    const uint64_t bytes = exps->nbytes / (uint64_t)exps->ne[last];
     *view = *exps;
-    view->n_dims = 2;
-    view->ne[2] = 1;
+    view->n_dims = last;
+    view->ne[last] = 1;
     view->nbytes = bytes;
     view->data = exps->data ? (const uint8_t *)exps->data + bytes * (uint64_t)e : NULL;
     w.t = view;
-    if (w.f32) w.f32 += (int64_t)e * rows * exps->ne[0];
+    if (w.f32) w.f32 += (int64_t)e * per;
     return w;
 }
 
@@ -602,26 +605,39 @@ static ql_backend_weight expert_weight(const ql_infer *inf, const ql_scratch *sc
  * expert_off[e+1]) (pair p = t·k + j). */
 static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, int T) {
     const int E = c->n_expert, K = c->n_expert_used;
+    const bool topk_softmax = c->desc->moe_gating == QL_GATING_TOPK_SOFTMAX;
     float *p = s->route_p;
     for (int e = 0; e <= E; e++) s->expert_off[e] = 0;
     for (int t = 0; t < T; t++) {
         const float *x = lg + (size_t)t * E;
-        float mx = -INFINITY;
-        for (int e = 0; e < E; e++) mx = x[e] > mx ? x[e] : mx;
-        double sum = 0; /* ggml's soft_max: exp in float, the sum in double */
-        for (int e = 0; e < E; e++) sum += (p[e] = expf(x[e] - mx));
-        const float inv = (float)(1.0 / sum);
-        for (int e = 0; e < E; e++) p[e] *= inv;
+        if (topk_softmax) { /* gpt-oss: the top k of the logits themselves */
+            memcpy(p, x, (size_t)E * sizeof(float));
+        } else {
+            float mx = -INFINITY;
+            for (int e = 0; e < E; e++) mx = x[e] > mx ? x[e] : mx;
+            double sum = 0; /* ggml's soft_max: exp in float, the sum in double */
+            for (int e = 0; e < E; e++) sum += (p[e] = expf(x[e] - mx));
+            const float inv = (float)(1.0 / sum);
+            for (int e = 0; e < E; e++) p[e] *= inv;
+        }
         int32_t *sel = s->route_e + (size_t)t * K;
         float *w = s->route_w + (size_t)t * K;
-        for (int j = 0; j < K; j++) { /* k is small: selection by repeated scans; a chosen one drops out at -1 */
+        for (int j = 0; j < K; j++) { /* k is small: selection by repeated scans; a chosen one drops out at -inf */
             int best = 0;
             for (int e = 1; e < E; e++)
                 if (p[e] > p[best]) best = e;
             sel[j] = best;
             w[j] = p[best];
-            p[best] = -1.0f;
+            p[best] = -INFINITY;
             s->expert_off[best + 1]++;
+        }
+        if (topk_softmax) { /* ggml_soft_max over the k chosen logits */
+            float mx = -INFINITY;
+            for (int j = 0; j < K; j++) mx = w[j] > mx ? w[j] : mx;
+            double sum = 0;
+            for (int j = 0; j < K; j++) sum += (w[j] = expf(w[j] - mx));
+            const float inv = (float)(1.0 / sum);
+            for (int j = 0; j < K; j++) w[j] *= inv;
         }
         if (c->moe_norm_weights) {
             float ws = 0;
@@ -647,22 +663,28 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
     const int D = c->n_embd, E = c->n_expert, K = c->n_expert_used, F = c->n_ff_exp, R = T * K;
     const float *xn = s->xn + (size_t)r0 * D;
     ql_status st;
-    const ql_backend_weight wr = bweight(inf, s, L->ffn_gate_inp);
-    if ((st = ops->matmul(inf->be, &wr, NULL, xn, s->router, T, D, E, 0.0f, s->moe_xq)) || (st = ops->sync(inf->be)))
+    const ql_backend_weight wr = bweight(inf, s, L->ffn_gate_inp), wrb = bweight(inf, s, L->gate_inp_b);
+    if ((st = ops->matmul(inf->be, &wr, L->gate_inp_b ? &wrb : NULL, xn, s->router, T, D, E, 0.0f, s->moe_xq)) ||
+        (st = ops->sync(inf->be)))
         return st;
     moe_route(c, s, s->router, T);
     for (int i = 0; i < R; i++)
         memcpy(s->moe_x + (size_t)i * D, xn + (size_t)(s->route_row[i] / K) * D, (size_t)D * sizeof(float));
     s->var_cur = variant;
-    ql_gguf_tensor vg, vu, vd;
+    ql_gguf_tensor vg, vu, vd, vgb, vub, vdb;
     for (int e = 0; e < E && !st; e++) { /* gate, up, act and down of each expert that got rows */
         const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
         if (!n) continue;
         const ql_backend_weight wg = expert_weight(inf, s, L->gate_exps, e, &vg), wu = expert_weight(inf, s, L->up_exps, e, &vu),
                                 wd = expert_weight(inf, s, L->down_exps, e, &vd);
+        /* gpt-oss: each expert's own biases, added after its products as ggml_add_id does */
+        const ql_backend_weight bg = L->gate_exps_b ? expert_weight(inf, s, L->gate_exps_b, e, &vgb) : wg,
+                                bu = L->up_exps_b ? expert_weight(inf, s, L->up_exps_b, e, &vub) : wu,
+                                bd = L->down_exps_b ? expert_weight(inf, s, L->down_exps_b, e, &vdb) : wd;
         float *xe = s->moe_x + (size_t)o * D, *ge = s->moe_g + (size_t)o * F;
-        if ((st = ops->matmul(inf->be, &wg, NULL, xe, ge, n, D, F, 0.0f, s->moe_xq)) ||
-            (st = ops->matmul(inf->be, &wu, NULL, xe, s->moe_u + (size_t)o * F, n, D, F, 0.0f, s->moe_xq)) ||
+        if ((st = ops->matmul(inf->be, &wg, L->gate_exps_b ? &bg : NULL, xe, ge, n, D, F, 0.0f, s->moe_xq)) ||
+            (st = ops->matmul(inf->be, &wu, L->up_exps_b ? &bu : NULL, xe, s->moe_u + (size_t)o * F, n, D, F, 0.0f,
+                              s->moe_xq)) ||
             (st = ops->ffn_act(inf->be, ge, s->moe_u + (size_t)o * F, (size_t)n * F)))
             break;
         if (s->hook) { /* per expert: what llama.cpp's imatrix collects */
@@ -671,7 +693,9 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
                 st = run_hook(inf, s, l, QL_HOOK_EXPERT_DOWN_IN, ge, n, F);
             g_hook_expert = -1;
         }
-        if (!st) st = ops->matmul(inf->be, &wd, NULL, ge, s->moe_y + (size_t)o * D, n, F, D, 0.0f, s->moe_xq);
+        if (!st)
+            st = ops->matmul(inf->be, &wd, L->down_exps_b ? &bd : NULL, ge, s->moe_y + (size_t)o * D, n, F, D, 0.0f,
+                             s->moe_xq);
     }
     /* the down projections read moe_g without changing it: the pooled hook sees every expert's input */
     if (!st) st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->moe_g, R, F);
@@ -745,7 +769,7 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int S,
         (st = head_norm(inf, s, s->q, L->q_norm, T, c->n_head)) || (st = head_norm(inf, s, s->k, L->k_norm, T, c->n_head_kv)) ||
         (st = rope_attend(inf, s, l, S, n_slices)) ||
         (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
-        (st = residual_linear(inf, s, s->att, L->wo, L->post_attn_norm, T, Q)) ||
+        (st = residual_linear(inf, s, s->att, L->wo, L->bo, L->post_attn_norm, T, Q)) ||
         (st = block_input(inf, s, L->ffn_norm, T, &fin)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, fin, T, D)))
         return st;
     if (L->ffn_gate_inp) return moe_ffn(inf, s, l, T); /* every MoE description has ffn_norm: it reads s->xn */
@@ -753,7 +777,7 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int S,
         (st = linear(inf, s, s->up, fin, L->w_up, NULL, T, D, F, 0.0f)) ||
         (st = ops->ffn_act(be, s->gate, s->up, (size_t)T * F)) ||
         (st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F)) ||
-        (st = residual_linear(inf, s, s->gate, L->w_down, L->post_ffn_norm, T, F)))
+        (st = residual_linear(inf, s, s->gate, L->w_down, NULL, L->post_ffn_norm, T, F)))
         return st;
     return QL_OK;
 }

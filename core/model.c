@@ -129,6 +129,12 @@ static const size_t g_role_slot[QL_ROLE_COUNT] = {
     [QL_ROLE_FFN_GATE_SHEXP] = offsetof(ql_layer_tensors, gate_shexp),
     [QL_ROLE_FFN_UP_SHEXP] = offsetof(ql_layer_tensors, up_shexp),
     [QL_ROLE_FFN_DOWN_SHEXP] = offsetof(ql_layer_tensors, down_shexp),
+    [QL_ROLE_ATTN_OUT_BIAS] = offsetof(ql_layer_tensors, bo),
+    [QL_ROLE_ATTN_SINKS] = offsetof(ql_layer_tensors, attn_sinks),
+    [QL_ROLE_FFN_GATE_INP_BIAS] = offsetof(ql_layer_tensors, gate_inp_b),
+    [QL_ROLE_FFN_GATE_EXPS_BIAS] = offsetof(ql_layer_tensors, gate_exps_b),
+    [QL_ROLE_FFN_UP_EXPS_BIAS] = offsetof(ql_layer_tensors, up_exps_b),
+    [QL_ROLE_FFN_DOWN_EXPS_BIAS] = offsetof(ql_layer_tensors, down_exps_b),
 };
 
 ql_gguf_tensor **ql_layer_role(ql_layer_tensors *L, ql_role r) {
@@ -152,6 +158,7 @@ static int64_t dim_of(const ql_config *c, ql_dim d) {
     case QL_DIM_EXPERT: return c->n_expert;
     case QL_DIM_FF_EXP: return c->n_ff_exp;
     case QL_DIM_FF_SHEXP: return c->n_ff_shexp;
+    case QL_DIM_HEADS: return c->n_head;
     }
     return 0;
 }
@@ -519,6 +526,15 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
                            dim_of(c, ri->ne1), dim_of(c, ri->ne2))))
                 goto fail;
         }
+        /* gpt-oss's FFN pre-norm, stored under the post-attention norm's name */
+        if (desc->ffn_norm_is_post_attn_norm) L->ffn_norm = L->post_attn_norm, L->post_attn_norm = NULL;
+        /* the sinks and the expert biases are read as floats, slice by slice */
+        const ql_gguf_tensor *f32_only[] = {L->attn_sinks, L->gate_exps_b, L->up_exps_b, L->down_exps_b};
+        for (size_t i = 0; i < QL_ARRAY_LEN(f32_only); i++)
+            if (f32_only[i] && f32_only[i]->type != QL_TYPE_F32) {
+                s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' must be F32", path, f32_only[i]->name);
+                goto fail;
+            }
         /* fused projections: the separate roles become row views, so the forward pass has one layout */
         const int64_t Q = dim_of(c, QL_DIM_Q), KV = dim_of(c, QL_DIM_KV), F = c->n_ff;
         if (L->wqkv) {
@@ -613,6 +629,11 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
              c->moe_norm_weights ? ", weights renormalised" : "");
     if (L && L->gate_shexp) ADDF("%s shared expert (width %d)", L->gate_inp_shexp ? "gated" : "ungated", c->n_ff_shexp);
     if (L && !L->attn_norm) ADDF("no pre-norms");
+    if (L && L->attn_sinks) ADDF("attention sinks");
+    if (L && L->bo) ADDF("output bias");
+    if (L && L->gate_exps_b) ADDF("expert biases");
+    if (c->n_expert > 0 && c->desc->moe_gating == QL_GATING_TOPK_SOFTMAX) ADDF("softmax over the top %d", c->n_expert_used);
+    if (c->ffn_act == QL_FFN_SWIGLU_OAI) ADDF("SwiGLU-OAI (clamp 7, alpha 1.702)");
     if (c->residual_scale != 1.0f) ADDF("residual x%g", c->residual_scale);
     if (c->logit_scale != 1.0f) ADDF("logits /%g", c->logit_scale);
     if (c->attn_scale != 1.0f / sqrtf((float)c->head_dim)) ADDF("attention scale %g", c->attn_scale);

@@ -85,6 +85,8 @@ typedef struct {
     ql_gguf_tensor *ffn_gate_inp, *gate_exps, *up_exps, *down_exps;
     /* a shared expert beside them (qwen2moe): its gate vector [n_embd] and a dense SwiGLU FFN; NULL: none */
     ql_gguf_tensor *gate_inp_shexp, *gate_shexp, *up_shexp, *down_shexp;
+    /* gpt-oss: attention output bias, per-head softmax sinks, router bias, per-expert projection biases */
+    ql_gguf_tensor *bo, *attn_sinks, *gate_inp_b, *gate_exps_b, *up_exps_b, *down_exps_b;
 } ql_layer_tensors;
 
 /* The slot of role r in L (every role has one). */

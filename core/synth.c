@@ -63,6 +63,13 @@ static const ql_synth_shape g_shapes[] = {
     /* SmolLM3: layer 3 of 4 without RoPE */
     {"tiny-smollm3", 4, 64, 4, 2, 128, 512, 256, 10000.0f, true, QL_TYPE_F32, 0, .arch = "smollm3"},
     {"tiny-exaone", 2, 64, 4, 2, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = "exaone"},
+    /* gpt-oss's layout at test size: biases everywhere, softmax sinks, a window of 8 on layer 0, 8 experts of which
+     * the top 4 logits are softmaxed, SwiGLU-OAI, YaRN x4 from 16 positions */
+    {"tiny-gptoss", 2, 64, 4, 2, 64, 512, 256, 150000.0f, false, QL_TYPE_F32, 16, .arch = "gpt-oss",
+     .n_expert = 8, .n_expert_used = 4, .n_ff_exp = 64, .n_swa = 8, .rope_yarn = {4.0f, 16.0f, 0.0f}},
+    /* gpt-oss-20b (config.json): 24 layers of 2880, 64 heads of 64 (8 for K/V), 32 experts of 2880, 4 per token */
+    {"gpt-oss-20b", 24, 2880, 64, 8, 2880, 201088, 131072, 150000.0f, false, QL_TYPE_BF16, 64, .arch = "gpt-oss",
+     .n_expert = 32, .n_expert_used = 4, .n_ff_exp = 2880, .n_swa = 128, .rope_yarn = {32.0f, 4096.0f, 0.0f}},
     /* Ministral-3: YaRN x4 from 8 positions with a log multiplier, temperature tuning every 8 positions */
     {"tiny-mistral3", 2, 64, 4, 2, 128, 512, 256, 1000000.0f, false, QL_TYPE_F32, 0, .arch = "mistral3",
      .rope_yarn = {4.0f, 8.0f, 0.5f}, .attn_temp = 0.5f},
@@ -314,7 +321,8 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
             const int64_t dims[] = {[QL_DIM_1] = 1, [QL_DIM_EMBD] = D, [QL_DIM_Q] = Q, [QL_DIM_KV] = KV,
                                     [QL_DIM_QKV] = Q + 2 * KV, [QL_DIM_HEAD] = hd, [QL_DIM_FF] = F, [QL_DIM_2FF] = 2 * F,
                                     [QL_DIM_EXPERT] = sh->n_expert, [QL_DIM_FF_EXP] = sh->n_ff_exp > 0 ? sh->n_ff_exp : F,
-                                    [QL_DIM_FF_SHEXP] = sh->n_ff_shexp > 0 ? sh->n_ff_shexp : F};
+                                    [QL_DIM_FF_SHEXP] = sh->n_ff_shexp > 0 ? sh->n_ff_shexp : F,
+                                    [QL_DIM_HEADS] = sh->n_head};
             const int64_t ne0 = dims[ql_arch_role_ne0(desc, (ql_role)r)], ne1 = dims[ri->ne1], ne2 = dims[ri->ne2];
             tkind kind = ri->input == QL_IN_ATTN || ri->input == QL_IN_FFN || r == QL_ROLE_FFN_GATE_INP ||
                                  r == QL_ROLE_FFN_GATE_INP_SHEXP
@@ -325,8 +333,8 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
                                                                              : K_NORM;
             char n[96];
             snprintf(n, sizeof n, "blk.%d.%s", l, ri->suffix);
-            /* the router stays F32, as llama.cpp's converter writes it */
-            ADD3(n, kind, ne0, ne1, ne2, ne1 > 1 && r != QL_ROLE_FFN_GATE_INP ? sh->type : QL_TYPE_F32);
+            /* the router and the [width, expert] biases stay F32, as llama.cpp's converter writes them */
+            ADD3(n, kind, ne0, ne1, ne2, ne1 > 1 && ri->input != QL_IN_NONE ? sh->type : QL_TYPE_F32);
         }
     }
     ADD("output_norm.weight", K_NORM, D, 1, QL_TYPE_F32);

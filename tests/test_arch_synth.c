@@ -3,7 +3,8 @@
  * sets it apart from llama moves the logits far past the tolerance when it is left out, so the comparison
  * exercises it: Granite's four multipliers and its ungated shared expert, OLMo-2's missing pre-norms, full-width
  * q/k norm and OLMo-3's plain RoPE on sliding layers, SmolLM3's layers without RoPE, EXAONE's NEOX RoPE,
- * Ministral-3's temperature tuning and YaRN log multiplier. Bad multipliers are refused by name; Granite, SmolLM3
+ * Ministral-3's temperature tuning and YaRN log multiplier, gpt-oss's sinks, biases, top-k softmax routing and
+ * SwiGLU-OAI. Bad multipliers are refused by name; Granite, SmolLM3
  * and OLMo-3 survive a Hugging Face folder round trip with the same logits. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,10 @@
 #include "core/infer.h"
 #include "core/model.h"
 #include "core/synth.h"
+#include "kernels/ggml_types.h"
+#include "pipeline/plan.h"
+#include "pipeline/quantize.h"
+#include "presets/preset.h"
 #include "tests/test_util.h"
 
 #include <math.h>
@@ -30,7 +35,7 @@ static const float TOL = 5e-4f;
 static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
                                       338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
 static const char *SHAPES[] = {"tiny-granite", "tiny-granitemoe", "tiny-olmo2", "tiny-smollm3", "tiny-exaone",
-                               "tiny-mistral3"};
+                               "tiny-mistral3", "tiny-gptoss"};
 
 static void synth_path(char *buf, size_t cap, const char *shape) {
     snprintf(buf, cap, "/tmp/qlab_test_arch_synth_%d_%s.gguf", (int)getpid(), shape);
@@ -145,6 +150,32 @@ static void add_pre_norms(ql_model *m, void *saved) {
     }
 }
 
+/* gpt-oss without each of its parts */
+static void no_sinks(ql_model *m, void *saved) {
+    save_layers(m, saved);
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].attn_sinks = NULL;
+}
+static void no_expert_biases(ql_model *m, void *saved) {
+    save_layers(m, saved);
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        m->layers[l].gate_exps_b = m->layers[l].up_exps_b = m->layers[l].down_exps_b = NULL;
+}
+static void no_router_bias(ql_model *m, void *saved) {
+    save_layers(m, saved);
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].gate_inp_b = NULL;
+}
+static void no_out_bias(ql_model *m, void *saved) {
+    save_layers(m, saved);
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].bo = NULL;
+}
+static void plain_swiglu(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.ffn_act = QL_FFN_SWIGLU; }
+static void softmax_then_topk(ql_model *m, void *saved) {
+    save_cfg(m, saved);
+    g_edited = *m->cfg.desc;
+    g_edited.moe_gating = QL_GATING_SOFTMAX;
+    m->cfg.desc = &g_edited;
+}
+
 static void test_features_matter(void **state) {
     (void)state;
     float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
@@ -164,6 +195,12 @@ static void test_features_matter(void **state) {
         {"tiny-exaone", "adjacent-pair RoPE", rope_adjacent, restore_cfg},
         {"tiny-mistral3", "no temperature tuning", no_temperature, restore_cfg},
         {"tiny-mistral3", "YaRN log multiplier ignored", yarn_factor_one, restore_cfg},
+        {"tiny-gptoss", "without attention sinks", no_sinks, restore_layers},
+        {"tiny-gptoss", "without expert biases", no_expert_biases, restore_layers},
+        {"tiny-gptoss", "without the router bias", no_router_bias, restore_layers},
+        {"tiny-gptoss", "without the attention output bias", no_out_bias, restore_layers},
+        {"tiny-gptoss", "plain SwiGLU", plain_swiglu, restore_cfg},
+        {"tiny-gptoss", "softmax over all experts, then top k", softmax_then_topk, restore_cfg},
     };
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
         ql_model *m = load_synth(cases[i].shape);
@@ -279,6 +316,42 @@ static void test_hf_roundtrip_same_logits(void **state) {
     free(b);
 }
 
+/* gpt-oss as released: MXFP4 experts. qlab's MXFP4_MOE preset writes llama-quantize's bytes (bench/vs_llamacpp.sh
+ * checks that) and the quantized model gives the logits llama.cpp gives for llama-quantize's file
+ * (tests/data/arch/logits-tiny-gptoss-mxfp4.f32), its activations rounded to Q8_0 as ggml's MXFP4 dot product does. */
+static void test_gptoss_mxfp4_experts(void **state) {
+    (void)state;
+    ql_model *m = load_synth("tiny-gptoss");
+    ql_preset *p = NULL;
+    assert_int_equal(ql_preset_load("MXFP4_MOE", &p), QL_OK);
+    ql_plan *plan = NULL;
+    assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_OK);
+    char out[256];
+    synth_path(out, sizeof out, "gptoss-mxfp4");
+    ql_quant_opts qo = {.plan = plan, .n_threads = 1};
+    ql_quant_stats qs;
+    assert_int_equal(ql_quantize_model(m, &qo, out, NULL, &qs), QL_OK);
+    ql_model *q = NULL;
+    assert_int_equal(ql_model_load(out, &q), QL_OK);
+    assert_int_equal(q->layers[0].gate_exps->type, QL_TYPE_MXFP4);
+    assert_int_equal(q->layers[0].ffn_gate_inp->type, QL_TYPE_F32);
+    float *got = malloc(sizeof(float) * N_TOK * N_VOCAB), *ref = malloc(sizeof(float) * N_TOK * N_VOCAB),
+          *f32 = malloc(sizeof(float) * N_TOK * N_VOCAB);
+    read_reference("tiny-gptoss-mxfp4", ref);
+    run(q, got);
+    run(m, f32);
+    const float d = max_diff(got, ref, (size_t)N_TOK * N_VOCAB), moved = max_diff(f32, ref, (size_t)N_TOK * N_VOCAB);
+    printf("  MXFP4 experts: max |qlab - llama.cpp| = %.3g (the F32 model is %.3g away)\n", d, moved);
+    assert_true(d <= TOL);
+    assert_true(moved > 100 * TOL);
+    free(got), free(ref), free(f32);
+    ql_model_free(q);
+    ql_model_free(m);
+    ql_plan_free(plan);
+    ql_preset_free(p);
+    unlink(out);
+}
+
 static int cleanup(void **state) {
     (void)state;
     char p[256];
@@ -295,6 +368,7 @@ int main(void) {
         cmocka_unit_test(test_features_matter),
         cmocka_unit_test(test_bad_multipliers_refused),
         cmocka_unit_test(test_hf_roundtrip_same_logits),
+        cmocka_unit_test(test_gptoss_mxfp4_experts),
     };
     return cmocka_run_group_tests(tests, NULL, cleanup);
 }
