@@ -104,6 +104,42 @@ t0=$(now); "$L/llama-perplexity" -m "$OUT/lc.gguf" -f "$TXT" -c 512 --chunks 4 -
 printf '%-44s %9ss %9ss %8s  %s\n' "ppl Qwen3-30B-A3B shape, 6 layers, Q4_K_M" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
   "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log") (F32 vs F16 KV cache)"
 rm -f "$MQ" "$OUT/lc.gguf" "$OUT/ql.gguf"
+# 2c. the architectures of session 11 (Granite, Granite-MoE, OLMo 2/3, SmolLM3, EXAONE, Ministral 3, ERNIE 4.5,
+#     Seed-OSS, gpt-oss): a set of mixes on 256-wide versions of their test shapes must be byte-identical (the
+#     i-quants with llama.cpp's imatrix), then perplexity time on a 2-layer gpt-oss-20b shape with MXFP4 experts
+for spec in "tiny-granite layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
+            "tiny-granitemoe layers=4,embd=256,heads=8,kv=2,ff=256,vocab=1024" \
+            "tiny-olmo2 layers=4,embd=256,heads=8,kv=8,ff=512,vocab=1024" \
+            "tiny-smollm3 layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
+            "tiny-exaone layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
+            "tiny-mistral3 layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
+            "tiny-ernie4_5 layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
+            "tiny-seed_oss layers=4,embd=256,heads=8,kv=2,head_dim=64,ff=512,vocab=1024" \
+            "tiny-gptoss layers=4,embd=256,heads=8,kv=2,head_dim=64,ff=256,ff_exp=256,vocab=1024"; do
+  set -- $spec
+  MM=$OUT/arch-$1.gguf
+  "$QLAB" synth --shape "$1" --dims "$2" -o "$MM" >/dev/null 2>&1
+  "$L/llama-imatrix" -m "$MM" -f "$TXT" -c 128 --chunks 8 -t "$THREADS" -o "$OUT/arch-im.gguf" >/dev/null 2>&1
+  same_n=0 n=0 differ=""
+  for T in Q4_0 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL MXFP4_MOE IQ2_XS IQ3_XXS; do
+    imat=(); case $T in IQ2_*|IQ3_XXS) imat=(--imatrix "$OUT/arch-im.gguf") ;; esac
+    "$L/llama-quantize" "${imat[@]}" "$MM" "$OUT/lc.gguf" "$T" "$THREADS" >/dev/null 2>&1 || continue
+    "$QLAB" quant "$MM" --preset "$T" "${imat[@]}" --threads "$THREADS" -o "$OUT/ql.gguf" >/dev/null 2>&1
+    n=$((n + 1))
+    if same "$OUT/lc.gguf" "$OUT/ql.gguf" | grep -q " 0 differ, 0 other"; then same_n=$((same_n + 1)); else differ="$differ $T"; fi
+  done
+  printf '%-44s %s\n' "quant arch $1: mixes byte-identical" "$same_n of $n${differ:+ (differ:$differ)}"
+  rm -f "$MM" "$OUT/arch-im.gguf"
+done
+MG=$OUT/gptoss.gguf
+"$QLAB" synth --shape gpt-oss-20b --dims layers=2,experts=8,vocab=2048 --threads "$THREADS" -o "$MG" >/dev/null 2>&1
+"$L/llama-quantize" "$MG" "$OUT/lc.gguf" MXFP4_MOE "$THREADS" >/dev/null 2>&1
+t0=$(now); "$L/llama-perplexity" -m "$OUT/lc.gguf" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" -fa off -ctk f32 -ctv f32 \
+  >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
+"$QLAB" ppl "$OUT/lc.gguf" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
+printf '%-44s %9ss %9ss %8s  %s\n' "ppl gpt-oss-20b shape, 2 layers, MXFP4_MOE" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+  "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log") (F32 KV both)"
+rm -f "$MG" "$OUT/lc.gguf" "$OUT/ql.gguf"
 # 3. the BPE pre-tokenizers: llama-tokenize and `qlab tokenize` on one text through a small byte-level vocabulary,
 #    once per tokenizer.ggml.pre name qlab knows (the token ids must be the same lists)
 if [ -x "$L/llama-tokenize" ] && [ -f "$SHARED/models/stories260K.gguf" ]; then

@@ -11,19 +11,36 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *SYNTH_USAGE =
+static const char *SYNTH_USAGE_HEAD =
     "usage: qlab synth --shape NAME [-o OUT.gguf] [--dims k=v,...] [--type f32|f16|bf16] [--seed N] [--threads N]\n"
     "                  [--dry-run]\n"
     "A model with random weights shaped like trained ones (row-scale spread, heavy tails, outlier channels), the\n"
-    "metadata and tensors of its architecture (llama, qwen3, gemma3, phi3: core/arch.c's description) and a\n"
-    "byte-level vocabulary, for speed and scale tests, never for quality claims.\n"
-    "Shapes: tiny, llama-3.2-1b, llama-2-7b, llama-3-8b, llama-3.1-8b (llama3 rope_freqs), qwen3-8b (q/k norm),\n"
-    "gemma-3-4b (GeGLU, post norms, sliding window), phi-3-mini (fused attn_qkv and gate+up), mixtral-8x7b and\n"
-    "tiny-moe (llama with 8 experts, 2 per token), qwen3-30b-a3b and tiny-qwen3moe (qwen3moe), qwen1.5-moe-a2.7b\n"
-    "and tiny-qwen2moe (qwen2moe: a gated shared expert), olmoe-1b-7b and tiny-olmoe (olmoe).\n"
-    "--dims overrides: layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied, experts, experts_used,\n"
+    "metadata and tensors of its architecture (core/arch.c's description) and a byte-level vocabulary, for speed\n"
+    "and scale tests, never for quality claims. The tiny-* shapes are the test models of their architectures.\n"
+    "Shapes (architecture):";
+static const char *SYNTH_USAGE_TAIL =
+    "\n--dims overrides: layers, embd, heads, kv, ff, vocab, ctx, head_dim, rope_base, tied, experts, experts_used,\n"
     "ff_exp, ff_shexp (e.g. --dims layers=2,embd=512). --dry-run prints the keys and tensors (name, type, shape) and writes nothing.\n"
     "Default OUT: synth-NAME.gguf.\n";
+
+/* The usage with the shape table (core/synth.c) listed, so a new shape needs no edit here. */
+static const char *synth_usage(void) {
+    static char buf[8192];
+    if (buf[0]) return buf;
+    size_t used = (size_t)snprintf(buf, sizeof buf, "%s", SYNTH_USAGE_HEAD), line = 22;
+    int n;
+    const ql_synth_shape *sh = ql_synth_shapes(&n);
+    for (int i = 0; i < n && used < sizeof buf; i++) {
+        char item[96];
+        const int w = snprintf(item, sizeof item, " %s (%s)%s", sh[i].name, sh[i].arch ? sh[i].arch : "llama",
+                               i + 1 < n ? "," : ".");
+        if (line + (size_t)w > 112) used += (size_t)snprintf(buf + used, sizeof buf - used, "\n"), line = 0;
+        used += (size_t)snprintf(buf + used, sizeof buf - used, "%s", item);
+        line += (size_t)w;
+    }
+    if (used < sizeof buf) snprintf(buf + used, sizeof buf - used, "%s", SYNTH_USAGE_TAIL);
+    return buf;
+}
 
 /* --dry-run: what the file would hold, on stdout */
 static int synth_dry_run(const ql_synth_shape *sh) {
@@ -58,13 +75,13 @@ static int synth_dry_run(const ql_synth_shape *sh) {
 
 int cmd_synth(int argc, char **argv) {
     cli_args a;
-    cli_args_init(&a, argc, argv, SYNTH_USAGE);
+    cli_args_init(&a, argc, argv, synth_usage());
     const char *flag, *pos, *shape_name = NULL, *out = NULL, *dims = NULL, *type = NULL;
     uint64_t seed = 1;
     int threads = ql_default_threads();
     bool dry = false;
     while (cli_next(&a, &flag, &pos)) {
-        if (pos) return cli_usage_error("synth", SYNTH_USAGE, "unexpected argument '%s'", pos);
+        if (pos) return cli_usage_error("synth", synth_usage(), "unexpected argument '%s'", pos);
         if (!strcmp(flag, "--dry-run")) { dry = true; continue; }
         if (!strcmp(flag, "--shape")) shape_name = cli_value(&a, flag);
         else if (!strcmp(flag, "-o") || !strcmp(flag, "--output")) out = cli_value(&a, flag);
@@ -76,15 +93,15 @@ int cmd_synth(int argc, char **argv) {
     }
     if (a.error) return 2;
     if (!shape_name) shape_name = dims ? "tiny" : NULL;
-    if (!shape_name) return cli_usage_error("synth", SYNTH_USAGE, "needs --shape NAME");
+    if (!shape_name) return cli_usage_error("synth", synth_usage(), "needs --shape NAME");
     const ql_synth_shape *base = ql_synth_find(shape_name);
-    if (!base) return cli_usage_error("synth", SYNTH_USAGE, "unknown shape '%s'", shape_name);
+    if (!base) return cli_usage_error("synth", synth_usage(), "unknown shape '%s'", shape_name);
     ql_synth_shape sh = *base;
     if (dims && ql_synth_parse_dims(dims, &sh)) return cli_fail("synth");
     if (type) {
         int64_t t = ql_type_by_name(type);
         if (t != QL_TYPE_F32 && t != QL_TYPE_F16 && t != QL_TYPE_BF16)
-            return cli_usage_error("synth", SYNTH_USAGE, "--type must be f32, f16 or bf16");
+            return cli_usage_error("synth", synth_usage(), "--type must be f32, f16 or bf16");
         sh.type = (uint32_t)t;
     }
     if (dry) return synth_dry_run(&sh);

@@ -93,9 +93,9 @@ static const ql_arch g_arch[] = {
     /* Granite 3.x: llama with four multipliers (llm_build_granite); granitemoe: every layer MoE, renormalised,
      * with the optional ungated shared expert of Granite-MoE-shared */
     {.name = "granite", .family = "granite", .granite_scales = true, .moe = QL_MOE_BY_KEY, .moe_norm_weights = true,
-     .need = {ATTN_SEPARATE, FFN_SEPARATE, FFN_SHEXP_UNGATED}},
+     .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE, FFN_SHEXP_UNGATED}},
     {.name = "granitemoe", .family = "granite", .granite_scales = true, .moe = QL_MOE_ALWAYS, .moe_norm_weights = true,
-     .need = {ATTN_SEPARATE, FFN_SEPARATE, FFN_SHEXP_UNGATED}},
+     .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE, FFN_SHEXP_UNGATED}},
     /* OLMo-2 and OLMo-3: no pre-norms, a norm on each block's output, RMSNorm over the whole of q and of k; OLMo-3's
      * sliding window: 3 of every 4 layers, which rotate without its YaRN scaling */
     {.name = "olmo2", .family = "olmo2", .rope_neox = true, .qk_norm_full = true, .swa_pattern = 4,
@@ -103,9 +103,9 @@ static const ql_arch g_arch[] = {
      .need = {[QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, [QL_ROLE_ATTN_OUT] = R, QK_NORM,
               POST_NORMS, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R, [QL_ROLE_FFN_DOWN] = R}},
     /* SmolLM3: llama whose every 4th layer has no RoPE */
-    {.name = "smollm3", .family = "llama", .nope_period = 4, .need = {ATTN_SEPARATE, FFN_SEPARATE}},
+    {.name = "smollm3", .family = "llama", .nope_period = 4, .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
     /* EXAONE 3.x: llama with NEOX RoPE */
-    {.name = "exaone", .family = "llama", .rope_neox = true, .need = {ATTN_SEPARATE, FFN_SEPARATE}},
+    {.name = "exaone", .family = "llama", .rope_neox = true, .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
     /* gpt-oss-20b / 120b (llm_build_openai_moe): biases on q/k/v, the attention output, the router and every
      * expert projection; a softmax sink per head; a window of 128 on every other layer (even ones); the top 4
      * router logits softmaxed; SwiGLU-OAI experts (MXFP4 in the released files); the FFN's pre-norm stored as
@@ -117,6 +117,14 @@ static const ql_arch g_arch[] = {
               [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_GATE_INP] = R, [QL_ROLE_FFN_GATE_INP_BIAS] = R,
               [QL_ROLE_FFN_GATE_EXPS] = R, [QL_ROLE_FFN_UP_EXPS] = R, [QL_ROLE_FFN_DOWN_EXPS] = R,
               [QL_ROLE_FFN_GATE_EXPS_BIAS] = R, [QL_ROLE_FFN_UP_EXPS_BIAS] = R, [QL_ROLE_FFN_DOWN_EXPS_BIAS] = R}},
+    /* ERNIE-4.5 dense (0.3B): llama (llm_build_ernie4_5 loads an attention output bias but never adds it; the
+     * released models have none) */
+    {.name = "ernie4_5", .family = "llama", .need = {ATTN_SEPARATE, QKV_BIAS(O), FFN_SEPARATE}},
+    /* Seed-OSS-36B: NEOX RoPE, optional q/k/v biases, the FFN's pre-norm stored as post_attention_norm */
+    {.name = "seed_oss", .family = "seed_oss", .rope_neox = true, .ffn_norm_is_post_attn_norm = true,
+     .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, QKV_BIAS(O),
+              [QL_ROLE_ATTN_OUT] = R, [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R,
+              [QL_ROLE_FFN_DOWN] = R}},
     /* Ministral-3 and Mistral-Small-3.x as converted since late 2025: llama with YaRN and the temperature tuning */
     {.name = "mistral3", .family = "llama", .attn_temperature = true, .moe = QL_MOE_BY_KEY, .moe_norm_weights = true,
      .need = {ATTN_SEPARATE, FFN_SEPARATE}},

@@ -330,7 +330,8 @@ static void causal_softmax(const ql_config *c, float *S, int T, int layer, float
 
 /* Head h's softmax sink on layer `layer`, -inf where the model has none. */
 static float head_sink(const cpu_backend *be, int layer, int h) {
-    const ql_gguf_tensor *t = be->m && layer >= 0 && layer < be->c->n_layer ? be->m->layers[layer].attn_sinks : NULL;
+    const ql_gguf_tensor *t =
+        be->m && be->m->layers && layer >= 0 && layer < be->c->n_layer ? be->m->layers[layer].attn_sinks : NULL;
     return t && t->data ? ((const float *)t->data)[h] : -INFINITY;
 }
 

@@ -70,6 +70,12 @@ static const ql_synth_shape g_shapes[] = {
     /* gpt-oss-20b (config.json): 24 layers of 2880, 64 heads of 64 (8 for K/V), 32 experts of 2880, 4 per token */
     {"gpt-oss-20b", 24, 2880, 64, 8, 2880, 201088, 131072, 150000.0f, false, QL_TYPE_BF16, 64, .arch = "gpt-oss",
      .n_expert = 32, .n_expert_used = 4, .n_ff_exp = 2880, .n_swa = 128, .rope_yarn = {32.0f, 4096.0f, 0.0f}},
+    /* ERNIE-4.5-0.3B's layout with q/k/v biases: tied output */
+    {"tiny-ernie4_5", 2, 64, 4, 2, 128, 512, 256, 500000.0f, true, QL_TYPE_F32, 0, .arch = "ernie4_5",
+     .biases = true},
+    /* Seed-OSS's: NEOX RoPE, head_dim 32 beside an embedding of 64, q/k/v biases, the FFN norm under its other name */
+    {"tiny-seed_oss", 2, 64, 4, 2, 128, 512, 256, 10000000.0f, false, QL_TYPE_F32, 32, .arch = "seed_oss",
+     .norm_eps = 1e-6f, .biases = true},
     /* Ministral-3: YaRN x4 from 8 positions with a log multiplier, temperature tuning every 8 positions */
     {"tiny-mistral3", 2, 64, 4, 2, 128, 512, 256, 1000000.0f, false, QL_TYPE_F32, 0, .arch = "mistral3",
      .rope_yarn = {4.0f, 8.0f, 0.5f}, .attn_temp = 0.5f},
@@ -315,8 +321,11 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
         for (int r = 0; r < QL_ROLE_COUNT; r++) {
             const ql_role_info *ri = ql_role_get((ql_role)r);
             /* and an optional shared expert (granitemoe) when the shape has one */
-            if (need[r] != QL_NEED_REQUIRED && !(need[r] == QL_NEED_OPTIONAL && sh->n_ff_shexp > 0 &&
-                                                 (ri->ne0 == QL_DIM_FF_SHEXP || ri->ne1 == QL_DIM_FF_SHEXP)))
+            /* and an optional bias when the shape asks for them */
+            if (need[r] != QL_NEED_REQUIRED &&
+                !(need[r] == QL_NEED_OPTIONAL && sh->n_ff_shexp > 0 &&
+                  (ri->ne0 == QL_DIM_FF_SHEXP || ri->ne1 == QL_DIM_FF_SHEXP)) &&
+                !(need[r] == QL_NEED_OPTIONAL && sh->biases && strstr(ri->suffix, ".bias")))
                 continue;
             const int64_t dims[] = {[QL_DIM_1] = 1, [QL_DIM_EMBD] = D, [QL_DIM_Q] = Q, [QL_DIM_KV] = KV,
                                     [QL_DIM_QKV] = Q + 2 * KV, [QL_DIM_HEAD] = hd, [QL_DIM_FF] = F, [QL_DIM_2FF] = 2 * F,

@@ -31,6 +31,7 @@ typedef struct {
     float granite[4];      /* Granite: embedding_scale, residual_scale, attention.scale, logit_scale (0: not written) */
     float rope_yarn[3];    /* YaRN: factor, original context, yarn_log_multiplier (factor 0: none; 0: not written) */
     float attn_temp;       /* attention.temperature_scale (0: not written) */
+    bool biases;           /* also the biases the description allows (q/k/v, attention output) */
 } ql_synth_shape;
 
 /* Named shapes: "tiny", "tiny-moe", "llama-3.2-1b", "llama-2-7b", "llama-3-8b", "llama-3.1-8b", "qwen3-8b",
