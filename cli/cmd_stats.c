@@ -172,6 +172,16 @@ int cmd_imatrix(int argc, char **argv) {
     if (!model || (!ca.text && !ca.calib) || !out)
         return cli_usage_error("imatrix", IMATRIX_USAGE, "needs MODEL, --text FILE or --calib SPEC, and -o OUT");
     if (cli_refuse_input_as_output("imatrix", out, CLI_INPUTS(model, ca.text))) return 1;
+    if (ql_imatrix_path_is_dat(out)) { /* say so before the pass, not after it */
+        ql_model *peek = NULL;
+        const bool moe = ql_model_load_weights(model, &peek) == QL_OK && peek->cfg.n_expert > 0;
+        ql_model_free(peek);
+        if (moe) {
+            ql_fail(QL_ERR_ARG, "%s: a mixture of experts gets per-expert entries, which only the GGUF format keeps "
+                                "(write a .gguf)", out);
+            return cli_fail("imatrix");
+        }
+    }
     ql_model *m = NULL;
     ql_stats *st = NULL;
     int rc = collect("imatrix", model, &ca, false, output, &m, &st);

@@ -55,8 +55,10 @@ ql_status ql_layer_f32_init(ql_layer_f32 *L, const ql_model *m, int layer, int n
     L->n_head_kv = m->cfg.n_head_kv;
     L->head_dim = m->cfg.head_dim;
     ql_status s = QL_OK;
-    if (!T->attn_norm || !T->ffn_norm)
-        return ql_fail(QL_ERR_UNSUPPORTED, "layer %d has no RMSNorm weights", layer);
+    if (!T->attn_norm || !T->ffn_norm) /* OLMo-2 normalises block outputs instead */
+        return ql_fail(QL_ERR_UNSUPPORTED, "layer %d of this %s model has no pre-norm: scale-migrating methods (awq, "
+                                           "smoothquant) fold their scales into one; use gptq or rtn", layer,
+                       m->cfg.arch);
     if (T->ffn_gate_inp) /* scales migrate into one gate/up/down; a router and expert stacks have no such path */
         return ql_fail(QL_ERR_UNSUPPORTED, "layer %d is a mixture-of-experts layer: scale-migrating methods (awq, "
                                            "smoothquant) have no MoE form in qlab; use gptq or rtn", layer);

@@ -309,6 +309,8 @@ static ql_status check_for_save(const ql_imatrix *im, const char *path) {
     return QL_OK;
 }
 
+bool ql_imatrix_path_is_dat(const char *path) { return path && ends_with(path, ".dat"); }
+
 static ql_status save_gguf(const ql_imatrix *im, const char *path) {
     const ql_imatrix_entry **v = sorted_entries(im);
     size_t total = 0;

@@ -43,6 +43,8 @@ ql_status ql_imatrix_load_ex(const char *path, int64_t dat_chunk_size, ql_imatri
 /* Writes GGUF unless `path` ends in ".dat" (then the legacy format, byte-compatible with llama.cpp's
  * conversion; expert stacks need GGUF). Entries are written sorted by name. Temporary file + rename. */
 ql_status ql_imatrix_save(const ql_imatrix *im, const char *path);
+/* True when ql_imatrix_save would write `path` in the legacy .dat format (which holds no expert stacks). */
+bool ql_imatrix_path_is_dat(const char *path);
 void ql_imatrix_free(ql_imatrix *im);
 
 /* Borrowed pointer into `im`, or NULL. */

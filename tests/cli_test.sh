@@ -179,6 +179,20 @@ PY
   else bad "moe: MXFP4_MOE"; fi
   expect_error "moe: qat refuses a mixture of experts" "mixture-of-experts" \
     $QLAB qat "$T/moe.gguf" --type q4_0 --text "$T/text.txt" --ctx 64 --steps 1 -o "$T/x.gguf"
+  # gpt-oss (sinks, biases, top-k softmax routing, SwiGLU-OAI): a per-expert imatrix, an i-quant mix that keeps the
+  # sinks and biases in F32, and a preview of the result; OLMo-2 has no pre-norm for awq to fold into
+  $QLAB synth --shape tiny-gptoss -o "$T/goss.gguf" >/dev/null 2>&1
+  if $QLAB imatrix "$T/goss.gguf" --text "$T/text.txt" --ctx 64 --chunks 2 -o "$T/goss-im.gguf" 2>/dev/null \
+     && $QLAB quant "$T/goss.gguf" --preset IQ4_XS --imatrix "$T/goss-im.gguf" -o "$T/goss-q.gguf" 2>/dev/null \
+     && $QLAB info "$T/goss-q.gguf" | grep -E "blk.1.ffn_gate_exps.weight .* iq4_nl" >/dev/null \
+     && $QLAB info "$T/goss-q.gguf" | grep -E "blk.1.attn_sinks.weight .* f32" >/dev/null \
+     && $QLAB info "$T/goss-q.gguf" | grep -E "blk.1.ffn_gate_exps.bias .* f32" >/dev/null \
+     && gp=$($QLAB ppl "$T/goss-q.gguf" --text "$T/text.txt" --ctx 64 --json 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p') \
+     && [ -n "$gp" ]; then ok "gpt-oss: imatrix -> IQ4_XS (sinks, biases F32) -> ppl $gp"
+  else bad "gpt-oss: imatrix -> IQ4_XS -> ppl"; fi
+  $QLAB synth --shape tiny-olmo2 -o "$T/olmo2.gguf" >/dev/null 2>&1
+  expect_error "olmo2: awq needs a pre-norm to fold into" "no pre-norm" \
+    $QLAB quant "$T/olmo2.gguf" --type int4_g32 --method awq --text "$T/text.txt" --ctx 64 --chunks 1 -o "$T/x.gguf"
   # the exporter seam: --to gguf is the default path, byte for byte; an unknown exporter is refused with the list
   if $QLAB quant "$T/tiny.gguf" --type q4_k --to gguf -o "$T/q4k-to.gguf" 2>/dev/null && cmp -s "$T/q4k.gguf" "$T/q4k-to.gguf"; then
     ok "quant --to gguf writes the same bytes as the default"
