@@ -125,6 +125,11 @@ static const ql_arch g_arch[] = {
      .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, QKV_BIAS(O),
               [QL_ROLE_ATTN_OUT] = R, [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R,
               [QL_ROLE_FFN_DOWN] = R}},
+    /* GLM-4 (-0414, dense): adjacent-pair RoPE over half of each head, q/k/v biases, gate and up fused in ffn_up,
+     * norms on both blocks' outputs as well as their inputs */
+    {.name = "glm4", .family = "glm4",
+     .need = {ATTN_SEPARATE, QKV_BIAS(O), POST_NORMS, [QL_ROLE_FFN_NORM] = R, [QL_ROLE_FFN_GATE_UP] = R,
+              [QL_ROLE_FFN_DOWN] = R}},
     /* Ministral-3 and Mistral-Small-3.x as converted since late 2025: llama with YaRN and the temperature tuning */
     {.name = "mistral3", .family = "llama", .attn_temperature = true, .moe = QL_MOE_BY_KEY, .moe_norm_weights = true,
      .need = {ATTN_SEPARATE, FFN_SEPARATE}},

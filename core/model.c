@@ -605,6 +605,7 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
         if (w_ > 0 && (size_t)w_ < cap - used) used += (size_t)w_; \
     } while (0)
     if (c->rope_neox) ADDF("NEOX RoPE");
+    if (c->rope_dim < c->head_dim) ADDF("RoPE on %d of %d head dims", c->rope_dim, c->head_dim);
     if (m->rope_freqs) ADDF("rope_freqs factors");
     if (c->rope_yarn) ADDF("YaRN x%g from %d", c->rope_scale, c->yarn_orig_ctx);
     if (m->rope_long) ADDF("LongRoPE (long factors above ctx %d)", c->n_ctx_orig);

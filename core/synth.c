@@ -76,6 +76,9 @@ static const ql_synth_shape g_shapes[] = {
     /* Seed-OSS's: NEOX RoPE, head_dim 32 beside an embedding of 64, q/k/v biases, the FFN norm under its other name */
     {"tiny-seed_oss", 2, 64, 4, 2, 128, 512, 256, 10000000.0f, false, QL_TYPE_F32, 32, .arch = "seed_oss",
      .norm_eps = 1e-6f, .biases = true},
+    /* GLM-4's: half of each 32-wide head rotates (adjacent pairs), q/k/v biases, fused gate+up, four norms */
+    {"tiny-glm4", 2, 64, 2, 1, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 32, .arch = "glm4", .biases = true,
+     .rope_dim = 16},
     /* Ministral-3: YaRN x4 from 8 positions with a log multiplier, temperature tuning every 8 positions */
     {"tiny-mistral3", 2, 64, 4, 2, 128, 512, 256, 1000000.0f, false, QL_TYPE_F32, 0, .arch = "mistral3",
      .rope_yarn = {4.0f, 8.0f, 0.5f}, .attn_temp = 0.5f},
@@ -263,7 +266,7 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
     SETU("attention.head_count", sh->n_head);
     SETU("attention.head_count_kv", sh->n_head_kv);
     const int64_t hd = sh->head_dim ? sh->head_dim : sh->n_embd / sh->n_head;
-    SETU("rope.dimension_count", hd);
+    SETU("rope.dimension_count", sh->rope_dim > 0 ? sh->rope_dim : hd);
     if (sh->head_dim) {
         SETU("attention.key_length", hd);
         SETU("attention.value_length", hd);

@@ -32,6 +32,7 @@ typedef struct {
     float rope_yarn[3];    /* YaRN: factor, original context, yarn_log_multiplier (factor 0: none; 0: not written) */
     float attn_temp;       /* attention.temperature_scale (0: not written) */
     bool biases;           /* also the biases the description allows (q/k/v, attention output) */
+    int rope_dim;          /* rope.dimension_count when only part of each head rotates (0: head_dim) */
 } ql_synth_shape;
 
 /* Named shapes: "tiny", "tiny-moe", "llama-3.2-1b", "llama-2-7b", "llama-3-8b", "llama-3.1-8b", "qwen3-8b",

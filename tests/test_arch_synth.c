@@ -35,7 +35,7 @@ static const float TOL = 5e-4f;
 static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
                                       338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
 static const char *SHAPES[] = {"tiny-granite", "tiny-granitemoe", "tiny-olmo2", "tiny-smollm3", "tiny-exaone",
-                               "tiny-mistral3", "tiny-gptoss", "tiny-ernie4_5", "tiny-seed_oss"};
+                               "tiny-mistral3", "tiny-gptoss", "tiny-ernie4_5", "tiny-seed_oss", "tiny-glm4"};
 
 static void synth_path(char *buf, size_t cap, const char *shape) {
     snprintf(buf, cap, "/tmp/qlab_test_arch_synth_%d_%s.gguf", (int)getpid(), shape);
@@ -186,6 +186,9 @@ static void no_qkv_biases(ql_model *m, void *saved) {
     for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].bq = m->layers[l].bk = m->layers[l].bv = NULL;
 }
 
+/* GLM-4 rotating whole heads instead of their first half */
+static void rope_whole_head(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.rope_dim = m->cfg.head_dim; }
+
 static void test_features_matter(void **state) {
     (void)state;
     float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
@@ -213,6 +216,7 @@ static void test_features_matter(void **state) {
         {"tiny-gptoss", "softmax over all experts, then top k", softmax_then_topk, restore_cfg},
         {"tiny-seed_oss", "without the FFN norm", no_ffn_norm, restore_layers},
         {"tiny-ernie4_5", "without q/k/v biases", no_qkv_biases, restore_layers},
+        {"tiny-glm4", "RoPE over the whole head", rope_whole_head, restore_cfg},
     };
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
         ql_model *m = load_synth(cases[i].shape);
