@@ -89,12 +89,45 @@ static void add_all(ql_train_model *tm, const ql_model *m, bool with_bias) {
     rope_table(tm);
 }
 
+/* What the training pass (a llama-shaped layer: RMSNorm, q/k/v with optional biases, RoPE with rope_freqs or a
+ * linear scale, causal softmax attention, SwiGLU) does not compute, for the model m; NULL when it computes all of
+ * it. The forward pass (core/infer.c) runs more; training must refuse the rest rather than train another model. */
+static const char *train_missing(const ql_model *m) {
+    const ql_config *c = &m->cfg;
+    if (c->n_expert > 0) return "mixture-of-experts layers";
+    if (c->ffn_act != QL_FFN_SWIGLU) return "an FFN activation other than SwiGLU";
+    if (c->embd_scale != 1.0f) return "an embedding scale";
+    if (c->attn_softcap > 0 || c->final_softcap > 0) return "logit soft-capping";
+    if (c->n_swa > 0) return "a sliding window";
+    if (c->residual_scale != 1.0f || c->logit_scale != 1.0f) return "residual or logit scales";
+    if (c->attn_scale != 1.0f / sqrtf((float)c->head_dim)) return "an attention scale other than 1/sqrt(head_dim)";
+    if (c->rope_off || c->nope_period > 0) return "layers without RoPE";
+    if (c->attn_temp_scale > 0) return "attention temperature tuning";
+    if (c->rope_yarn || c->rope_attn_factor != 1.0f || m->rope_long) return "YaRN or LongRoPE";
+    if (c->rope_dim != c->head_dim) return "RoPE over part of each head";
+    for (int l = 0; l < c->n_layer; l++) {
+        const ql_layer_tensors *L = &m->layers[l];
+        if (L->q_norm || L->k_norm) return "q/k norms";
+        if (L->post_attn_norm || L->post_ffn_norm) return "post norms";
+        if (!L->attn_norm || !L->ffn_norm) return "blocks without a pre-norm";
+        if (L->bo || L->attn_sinks) return "an attention output bias or sinks";
+    }
+    return NULL;
+}
+
 ql_status ql_train_model_from(const ql_model *m, ql_train_model **out) {
     *out = NULL;
-    if (m->cfg.n_expert > 0) /* the backward pass has no router or experts */
-        return ql_fail(QL_ERR_UNSUPPORTED, "%s: training (QAT) of a mixture-of-experts model is not implemented", m->path);
+    const char *missing = train_missing(m);
+    if (missing)
+        return ql_fail(QL_ERR_UNSUPPORTED, "%s: training (QAT) of this %s model is not implemented: its forward pass has "
+                                           "%s, which the training pass does not compute",
+                       m->path, m->cfg.arch, missing);
     ql_train_model *tm = ql_calloc(1, sizeof *tm);
     tm->cfg = m->cfg;
+    if (m->rope_freqs) { /* F32, rope_dim/2 values (checked at load) */
+        tm->rope_ff = ql_malloc((size_t)(m->cfg.rope_dim / 2) * sizeof *tm->rope_ff);
+        memcpy(tm->rope_ff, m->rope_freqs->data, (size_t)(m->cfg.rope_dim / 2) * sizeof *tm->rope_ff);
+    }
     add_all(tm, m, false);
     int64_t most = 0;
     for (int i = 0; i < tm->n_params; i++) most = QL_MAX(most, (int64_t)tm->p[i].rows * tm->p[i].cols);
@@ -148,6 +181,7 @@ void ql_train_model_free(ql_train_model *tm) {
     free(tm->p);
     free(tm->layers);
     free(tm->rope_freq);
+    free(tm->rope_ff);
     free(tm);
 }
 
@@ -299,7 +333,8 @@ void ql_tr_rope_row(const ql_train_model *tm, double *x, int n_heads, int pos, b
     /* the angle as the backend computes it: float position times float frequency */
     const float fpos = (float)pos * pos_scale;
     for (int i = 0; i < half; i++) {
-        const float theta = fpos * (float)tm->rope_freq[i];
+        float theta = fpos * (float)tm->rope_freq[i];
+        if (tm->rope_ff) theta /= tm->rope_ff[i]; /* as the backend divides pair i's angle */
         const double cs = cos((double)theta), sn = inverse ? -sin((double)theta) : sin((double)theta);
         for (int h = 0; h < n_heads; h++) {
             double *r = x + (size_t)h * hd;

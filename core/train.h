@@ -45,6 +45,7 @@ typedef struct ql_train_model {
     int64_t n_weights;     /* scalars over all tensors */
     double *w_all, *g_all; /* one block each, every tensor's w / g inside, in p order */
     double *rope_freq;     /* rope_dim/2 frequencies, ggml's float recurrence */
+    float *rope_ff;        /* the model's rope_freqs factors (Llama 3.x: pair i's angle divided by it), or NULL */
     /* Fake quantization in the forward pass (QAT), straight-through in the backward: act_in[i] (NULL: float)
      * rounds the input of linear i as core/actquant.h does at run time; kv (NULL: float) rounds the K and V rows
      * after RoPE through the cache scheme (core/kv_cache.h; no residual window). The kept activations hold the

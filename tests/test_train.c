@@ -12,10 +12,12 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/infer.h"
 #include "core/model.h"
 #include "core/train.h"
+#include "core/synth.h"
 #include "tests/test_util.h"
 
 static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
@@ -327,13 +329,13 @@ static void test_adamw(void **state) {
     ql_train_model_free(tm);
 }
 
-/* The training forward computes core/infer.c's logits (F32 weights, no llama.cpp rounding for F32). */
-static void test_forward_matches_infer(void **state) {
-    (void)state;
-    char path[512];
-    if (!shared_path(path, sizeof path, "models/stories260K.gguf")) skip();
-    ql_model *m;
-    assert_int_equal(ql_model_load(path, &m), QL_OK);
+/* The training forward computes core/infer.c's logits (F32 weights, no llama.cpp rounding for F32) on every
+ * llama-shaped model: stories260K, the arch-variants with rope_freqs (llama3, which training divides angles by),
+ * q/k/v biases (qwen2) and fused projections (phi3), and the synthetic EXAONE (NEOX), ERNIE (biases, tied output)
+ * and Seed-OSS (FFN norm under post_attention_norm, heads wider than the embedding) test models. */
+/* Max |train logit - infer logit| relative to the largest logit; drop_factors: train without the rope_freqs
+ * factors (to show they matter). */
+static double train_vs_infer(const ql_model *m, const char *what, bool drop_factors) {
     ql_infer *inf;
     assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
     const int T = 64, V = m->cfg.n_vocab;
@@ -344,6 +346,11 @@ static void test_forward_matches_infer(void **state) {
     assert_int_equal(ql_forward(inf, s, tok, T, 0, ref), QL_OK);
     ql_train_model *tm;
     assert_int_equal(ql_train_model_from(m, &tm), QL_OK);
+    if (drop_factors) {
+        assert_non_null(tm->rope_ff);
+        free(tm->rope_ff);
+        tm->rope_ff = NULL;
+    }
     ql_train_acts *a = ql_train_acts_new(&tm->cfg, T);
     const double *lg;
     assert_int_equal(ql_train_forward(tm, a, tok, T, &lg), QL_OK);
@@ -352,13 +359,78 @@ static void test_forward_matches_infer(void **state) {
         mx = fmax(mx, fabs(lg[i] - ref[i]));
         scale = fmax(scale, fabs(ref[i]));
     }
-    printf("train forward vs infer: max |Δlogit| %.3g (logits up to %.3g)\n", mx, scale);
-    assert_true(mx < 1e-3 * scale);
+    printf("train forward vs infer, %-14s%s max |dlogit| %.3g (logits up to %.3g)\n", what,
+           drop_factors ? " (no rope_freqs in training)" : "", mx, scale);
     ql_train_acts_free(a);
     ql_train_model_free(tm);
     free(ref);
     ql_scratch_free(s);
     ql_infer_free(inf);
+    return mx / scale;
+}
+
+static void forward_matches_infer(const ql_model *m, const char *what) {
+    const double rel = train_vs_infer(m, what, false);
+    if (!(rel < 1e-3)) fail_msg("%s: the training forward differs from the inference one by %g relative", what, rel);
+}
+
+static ql_model *synth_model(const char *shape) {
+    char p[256];
+    snprintf(p, sizeof p, "/tmp/qlab_test_train_%d_%s.gguf", (int)getpid(), shape);
+    assert_int_equal(ql_synth_write(ql_synth_find(shape), 1, p, 1, NULL), QL_OK);
+    ql_model *m = NULL;
+    assert_int_equal(ql_model_load(p, &m), QL_OK);
+    unlink(p); /* mapped: the data stays until the model is freed */
+    return m;
+}
+
+static void test_forward_matches_infer(void **state) {
+    (void)state;
+    char path[512];
+    if (!shared_path(path, sizeof path, "models/stories260K.gguf")) skip();
+    static const char *files[] = {"models/stories260K.gguf", "testdata/arch-variants/llama3.gguf",
+                                  "testdata/arch-variants/qwen2.gguf", "testdata/arch-variants/phi3.gguf"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        assert_true(shared_path(path, sizeof path, files[i]));
+        ql_model *m;
+        assert_int_equal(ql_model_load(path, &m), QL_OK);
+        forward_matches_infer(m, strrchr(files[i], '/') + 1);
+        if (m->rope_freqs) assert_true(train_vs_infer(m, "llama3.gguf", true) > 1e-2); /* the factors matter */
+        ql_model_free(m);
+    }
+    static const char *shapes[] = {"tiny-exaone", "tiny-ernie4_5", "tiny-seed_oss"};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        ql_model *m = synth_model(shapes[i]);
+        forward_matches_infer(m, shapes[i]);
+        ql_model_free(m);
+    }
+}
+
+/* A model whose forward pass has a step the training pass lacks is refused, naming it, instead of trained as
+ * another model. */
+static void test_refuses_what_it_cannot_compute(void **state) {
+    (void)state;
+    static const struct { const char *shape, *why; } cases[] = {
+        {"tiny-granite", "embedding scale"}, {"tiny-olmo2", "sliding window"},
+        {"tiny-smollm3", "layers without RoPE"},     {"tiny-mistral3", "temperature"},
+        {"tiny-glm4", "part of each head"},           {"tiny-gptoss", "mixture-of-experts"},
+        {"tiny-moe", "mixture-of-experts"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        ql_model *m = synth_model(cases[i].shape);
+        ql_train_model *tm = NULL;
+        assert_int_equal(ql_train_model_from(m, &tm), QL_ERR_UNSUPPORTED);
+        assert_null(tm);
+        if (!strstr(ql_last_error(), cases[i].why)) fail_msg("%s: '%s' lacks '%s'", cases[i].shape, ql_last_error(), cases[i].why);
+        ql_model_free(m);
+    }
+    char path[512];
+    if (!shared_path(path, sizeof path, "testdata/arch-variants/gemma2.gguf")) return;
+    ql_model *m;
+    assert_int_equal(ql_model_load(path, &m), QL_OK);
+    ql_train_model *tm = NULL;
+    assert_int_equal(ql_train_model_from(m, &tm), QL_ERR_UNSUPPORTED);
+    assert_non_null(strstr(ql_last_error(), "SwiGLU"));
     ql_model_free(m);
 }
 
@@ -593,7 +665,8 @@ int main(void) {
         cmocka_unit_test(test_grad_rope),      cmocka_unit_test(test_grad_attention),
         cmocka_unit_test(test_grad_swiglu),    cmocka_unit_test(test_grad_model),
         cmocka_unit_test(test_grad_accumulates), cmocka_unit_test(test_adamw),
-        cmocka_unit_test(test_forward_matches_infer), cmocka_unit_test(test_recompute_bit_identical),
+        cmocka_unit_test(test_forward_matches_infer),
+        cmocka_unit_test(test_refuses_what_it_cannot_compute), cmocka_unit_test(test_recompute_bit_identical),
         cmocka_unit_test(test_fake_quant_matches_infer), cmocka_unit_test(test_decoder_matches_forward),
     };
     ql_test_order_from_env(tests, QL_ARRAY_LEN(tests));
