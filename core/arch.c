@@ -125,6 +125,12 @@ static const ql_arch g_arch[] = {
      .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, QKV_BIAS(O),
               [QL_ROLE_ATTN_OUT] = R, [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R,
               [QL_ROLE_FFN_DOWN] = R}},
+    /* Command R7B / Command A (cohere2): LayerNorm, attention and FFN in parallel from one norm, a window on 3 of
+     * every 4 layers, which alone rotate (with the global base), tied output, logits times logit_scale */
+    {.name = "cohere2", .family = "cohere2", .layer_norm = true, .parallel_block = true, .swa_pattern = 4,
+     .rope_swa_only = true, .swa_rope_global = true, .logit_scale_mult = true,
+     .need = {ATTN_SEPARATE, QKV_BIAS(O), [QL_ROLE_ATTN_OUT_BIAS] = O, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R,
+              [QL_ROLE_FFN_DOWN] = R}},
     /* GLM-4 (-0414, dense): adjacent-pair RoPE over half of each head, q/k/v biases, gate and up fused in ffn_up,
      * norms on both blocks' outputs as well as their inputs */
     {.name = "glm4", .family = "glm4",

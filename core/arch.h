@@ -1,5 +1,6 @@
 /* arch.h — the architecture descriptions: one table entry per `general.architecture` (llama, mistral, qwen2,
- * qwen3, gemma2, gemma3, phi3, granite, olmo2, smollm3, exaone, mistral3, gpt-oss and the MoE ones) saying which
+ * qwen3, gemma2, gemma3, phi3, granite, olmo2, smollm3, exaone, mistral3, ernie4_5, seed_oss, glm4, cohere2, gpt-oss
+ * and the MoE ones) saying which
  * per-layer tensor roles it has (required, optional or absent), which norms, the FFN activation, the RoPE layout, and the defaults of the features its GGUF
  * keys switch on (embedding scale, soft-capping, sliding-window pattern). core/model.c loads a model by
  * this description and core/infer.c runs the steps it enables; neither names an architecture. The role
@@ -118,6 +119,11 @@ typedef struct {
     bool moe_norm_weights;   /* the chosen experts' router probabilities are renormalised to sum 1 */
     bool qk_norm_full;       /* attn_q_norm / attn_k_norm normalise all of q / k at once (OLMoE), not each head */
     ql_moe_gating moe_gating;
+    bool layer_norm;         /* LayerNorm (centred; key attention.layer_norm_epsilon) instead of RMSNorm (Cohere) */
+    bool parallel_block;     /* attention and FFN both read the layer's one norm; x += ffn + attention (Cohere) */
+    bool rope_swa_only;      /* with a window, only the sliding layers rotate: the global ones have no RoPE */
+    bool swa_rope_global;    /* sliding layers rotate with the global base and scale (rope.freq_base_swa unused) */
+    bool logit_scale_mult;   /* logits multiplied by ARCH.logit_scale (Cohere; Granite divides by it) */
     /* gpt-oss stores its FFN's pre-norm as post_attention_norm.weight: loaded into ffn_norm */
     bool ffn_norm_is_post_attn_norm;
     ql_need need[QL_ROLE_COUNT]; /* of a dense layer; ql_arch_layer_need gives a MoE layer's */

@@ -67,6 +67,9 @@ typedef struct ql_backend_ops {
     /* y[T, D] = x / rms(x) · w, per row; y may be x (in place). Per-head norms (q/k norm) pass T·n_heads
      * rows of head_dim. */
     ql_status (*rmsnorm)(void *be, const ql_backend_weight *w, const float *x, float *y, int T, int D, float eps);
+    /* y[T, D] = (x - mean) / sqrt(var + eps) · w, per row (ggml_norm, then the weight); NULL where the backend has
+     * none (the forward pass then refuses an architecture that needs it) */
+    ql_status (*layernorm)(void *be, const ql_backend_weight *w, const float *x, float *y, int T, int D, float eps);
     /* Rotates every head of x[T, n_heads·head_dim] in place, row t at position t, with layer `layer`'s
      * RoPE (model config: NEOX or adjacent pairs, base and scaling of global or sliding layers, rope_freqs
      * factors, YaRN, the attention factor); n_ctx is the pass's context (its KV cache's size), which picks

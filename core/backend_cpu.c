@@ -156,6 +156,34 @@ static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float 
     return QL_OK;
 }
 
+/* ggml_compute_forward_norm_f32 (mean and variance summed in double, the centred row scaled in float), then the
+ * weight, as build_norm multiplies it */
+static ql_status cpu_layernorm(void *be, const ql_backend_weight *wt, const float *x, float *y, int T, int D,
+                               float eps) {
+    (void)be;
+    const float *w;
+    float *owned;
+    ql_status s = ql_weight_vector(wt, D, &w, &owned);
+    if (s) return s;
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * D;
+        float *yr = y + (size_t)t * D;
+        double sum = 0;
+        for (int i = 0; i < D; i++) sum += (double)xr[i];
+        const float mean = (float)(sum / D);
+        double sum2 = 0;
+        for (int i = 0; i < D; i++) {
+            const float v = xr[i] - mean;
+            yr[i] = v;
+            sum2 += (double)(v * v);
+        }
+        const float scale = 1.0f / sqrtf((float)(sum2 / D) + eps);
+        for (int i = 0; i < D; i++) yr[i] = yr[i] * scale * w[i];
+    }
+    free(owned);
+    return QL_OK;
+}
+
 /* cos/sin of each pair for one position go to cs[rope_dim] (the caller's: rope_dim reaches 4096). The angle
  * follows ggml's rope_yarn: theta = pos · base^(-2i/d) / factor[i] (rope_freqs, or LongRoPE's long factors
  * when the pass's context n_ctx exceeds the original one, else its short ones), times freq_scale (1/linear
@@ -448,6 +476,7 @@ const ql_backend_ops ql_backend_cpu = {
     .get_rows = cpu_get_rows,
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
+    .layernorm = cpu_layernorm,
     .rope = cpu_rope,
     .ffn_act = cpu_ffn_act,
     .softcap = cpu_softcap,

@@ -479,10 +479,15 @@ static ql_status linear(const ql_infer *inf, ql_scratch *sc, float *y, const flo
     return matmul_rows(inf, sc, &w, bt ? &b : NULL, x, y, T, K, N, beta, sc->xq);
 }
 
+/* The model's norm of rows of the residual stream: RMSNorm, or LayerNorm where the description says (Cohere). */
 static ql_status rmsnorm(const ql_infer *inf, ql_scratch *sc, float *y, const float *x, const ql_gguf_tensor *wt,
                          int T) {
     const ql_backend_weight w = bweight(inf, sc, wt);
-    return inf->ops->rmsnorm(inf->be, &w, x, y, T, inf->m->cfg.n_embd, inf->m->cfg.norm_eps);
+    const ql_config *c = &inf->m->cfg;
+    if (!c->desc->layer_norm) return inf->ops->rmsnorm(inf->be, &w, x, y, T, c->n_embd, c->norm_eps);
+    if (!inf->ops->layernorm)
+        return ql_fail(QL_ERR_UNSUPPORTED, "the %s backend has no LayerNorm, which %s needs", inf->ops->name, c->arch);
+    return inf->ops->layernorm(inf->be, &w, x, y, T, c->n_embd, c->norm_eps);
 }
 
 /* Store this layer's K/V (s->k, s->v after rope) in its cache and attend: the F32 cache through kv_load +
@@ -749,15 +754,28 @@ static ql_status moe_ffn(const ql_infer *inf, ql_scratch *s, int l, int T) {
     return moe_rows(inf, s, l, 0, T, -1);
 }
 
+/* A dense SwiGLU/GeGLU FFN of layer l on its input fin [T, n_embd], added into s->x (through the post-norm when
+ * the layer has one). */
+static ql_status dense_ffn(const ql_infer *inf, ql_scratch *s, int l, const float *fin, int T) {
+    const ql_config *c = &inf->m->cfg;
+    const ql_layer_tensors *L = &inf->m->layers[l];
+    const int D = c->n_embd, F = c->n_ff;
+    ql_status st;
+    if ((st = linear(inf, s, s->gate, fin, L->w_gate, NULL, T, D, F, 0.0f)) ||
+        (st = linear(inf, s, s->up, fin, L->w_up, NULL, T, D, F, 0.0f)) ||
+        (st = inf->ops->ffn_act(inf->be, s->gate, s->up, (size_t)T * F)) ||
+        (st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F)))
+        return st;
+    return residual_linear(inf, s, s->gate, L->w_down, NULL, L->post_ffn_norm, T, F);
+}
+
 /* One decoder layer on s->x [n_slices·S, n_embd] (the residual stream, updated in place): n_slices sequences of
  * S positions, stacked. Which optional steps run follows the tensors the architecture description gave the
  * layer (q/k norm, post norms, biases). */
 static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int S, int n_slices) {
-    const ql_backend_ops *ops = inf->ops;
-    void *be = inf->be;
     const ql_config *c = &inf->m->cfg;
     const ql_layer_tensors *L = &inf->m->layers[l];
-    const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim, F = c->n_ff;
+    const int D = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim;
     const int T = S * n_slices;
     const float *ain, *fin; /* the attention's and the FFN's input: s->xn, or s->x without pre-norms */
     ql_status st;
@@ -768,18 +786,17 @@ static ql_status layer_forward(const ql_infer *inf, ql_scratch *s, int l, int S,
         (st = linear(inf, s, s->v, ain, L->wv, L->bv, T, D, KV, 0.0f)) ||
         (st = head_norm(inf, s, s->q, L->q_norm, T, c->n_head)) || (st = head_norm(inf, s, s->k, L->k_norm, T, c->n_head_kv)) ||
         (st = rope_attend(inf, s, l, S, n_slices)) ||
-        (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)) ||
-        (st = residual_linear(inf, s, s->att, L->wo, L->bo, L->post_attn_norm, T, Q)) ||
+        (st = run_hook(inf, s, l, QL_HOOK_ATTN_OUT_IN, s->att, T, Q)))
+        return st;
+    if (c->desc->parallel_block) /* Cohere: the FFN reads the attention's norm; ggml adds ffn + x, then attention */
+        return (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, ain, T, D)) || (st = dense_ffn(inf, s, l, ain, T))
+                   ? st
+                   : residual_linear(inf, s, s->att, L->wo, L->bo, L->post_attn_norm, T, Q);
+    if ((st = residual_linear(inf, s, s->att, L->wo, L->bo, L->post_attn_norm, T, Q)) ||
         (st = block_input(inf, s, L->ffn_norm, T, &fin)) || (st = run_hook(inf, s, l, QL_HOOK_FFN_IN, fin, T, D)))
         return st;
     if (L->ffn_gate_inp) return moe_ffn(inf, s, l, T); /* every MoE description has ffn_norm: it reads s->xn */
-    if ((st = linear(inf, s, s->gate, fin, L->w_gate, NULL, T, D, F, 0.0f)) ||
-        (st = linear(inf, s, s->up, fin, L->w_up, NULL, T, D, F, 0.0f)) ||
-        (st = ops->ffn_act(be, s->gate, s->up, (size_t)T * F)) ||
-        (st = run_hook(inf, s, l, QL_HOOK_FFN_DOWN_IN, s->gate, T, F)) ||
-        (st = residual_linear(inf, s, s->gate, L->w_down, NULL, L->post_ffn_norm, T, F)))
-        return st;
-    return QL_OK;
+    return dense_ffn(inf, s, l, fin, T);
 }
 
 ql_status ql_forward(const ql_infer *inf, ql_scratch *s, const int32_t *tokens, int T, int logit_from,
@@ -832,8 +849,8 @@ static ql_status forward_slices(const ql_infer *inf, ql_scratch *s, const int32_
                    (st = linear(inf, s, logits, s->xn, m->output, NULL, RL, D, c->n_vocab, 0.0f)) ||
                    (c->final_softcap > 0 &&
                     (st = inf->ops->softcap(inf->be, logits, (size_t)RL * c->n_vocab, c->final_softcap))) ||
-                   (c->logit_scale != 1.0f &&
-                    (st = inf->ops->scale(inf->be, logits, (size_t)RL * c->n_vocab, 1.0f / c->logit_scale)))))
+                   (c->logit_mult != 1.0f &&
+                    (st = inf->ops->scale(inf->be, logits, (size_t)RL * c->n_vocab, c->logit_mult)))))
         return st;
     return inf->ops->sync(inf->be);
 }

@@ -246,7 +246,14 @@ static ql_status read_rope_scaling(const ql_gguf *g, const char *arch, const cha
 /* The multipliers and RoPE switches some descriptions read from keys (Granite's four scales, SmolLM3's layers
  * without RoPE, Ministral-3's temperature tuning and YaRN log multiplier); 1 / 0 / off elsewhere. */
 static ql_status read_scales(const ql_gguf *g, const char *arch, const char *path, const ql_arch *desc, ql_config *c) {
-    c->residual_scale = c->logit_scale = 1.0f;
+    c->residual_scale = c->logit_mult = 1.0f;
+    c->rope_swa_only = desc->rope_swa_only;
+    if (desc->logit_scale_mult) { /* Cohere: required, as llama.cpp reads it */
+        const double ls = get_f64_or(g, arch, "logit_scale", 0);
+        if (!(ls > 0) || !isfinite(ls))
+            return ql_fail(QL_ERR_FORMAT, "%s: %s needs a positive %s.logit_scale", path, arch, arch);
+        c->logit_mult = (float)ls;
+    }
     c->nope_period = desc->nope_period;
     if (desc->granite_scales) {
         const double es = get_f64_or(g, arch, "embedding_scale", 0), rs = get_f64_or(g, arch, "residual_scale", 0),
@@ -257,7 +264,7 @@ static ql_status read_scales(const ql_gguf *g, const char *arch, const char *pat
             return ql_fail(QL_ERR_FORMAT, "%s: %s needs a positive %s.logit_scale and non-negative embedding_scale, "
                                           "residual_scale, attention.scale (got %g, %g, %g, %g)",
                            path, arch, arch, ls, es, rs, as);
-        c->logit_scale = (float)ls;
+        c->logit_mult = 1.0f / (float)ls; /* llama.cpp: ggml_scale(logits, 1.0f / f_logit_scale) */
         if (es > 0) c->embd_scale = (float)es;
         if (rs > 0) c->residual_scale = (float)rs;
         if (as > 0) c->attn_scale = (float)as;
@@ -473,7 +480,8 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
     c->rope_base = (float)get_f64_or(g, arch, "rope.freq_base", 10000.0);
     if ((s = read_rope_scaling(g, arch, path, c))) goto fail;
     c->rope_neox = desc->rope_neox;
-    c->norm_eps = (float)get_f64_or(g, arch, "attention.layer_norm_rms_epsilon", 1e-5);
+    c->norm_eps = (float)get_f64_or(g, arch, desc->layer_norm ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon",
+                                    1e-5);
     c->ffn_act = desc->ffn_act;
     c->embd_scale = desc->embd_scale_sqrt ? sqrtf((float)c->n_embd) : 1.0f;
     c->attn_scale = 1.0f / sqrtf((float)(desc->attn_scale_embd_layers == c->n_layer ? c->n_embd / c->n_head : c->head_dim));
@@ -489,7 +497,7 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
         s = ql_fail(QL_ERR_FORMAT, "%s: invalid sliding window %d / pattern %d", path, c->n_swa, c->swa_pattern);
         goto fail;
     }
-    c->rope_base_swa = (float)get_f64_or(g, arch, "rope.freq_base_swa", c->rope_base);
+    c->rope_base_swa = desc->swa_rope_global ? c->rope_base : (float)get_f64_or(g, arch, "rope.freq_base_swa", c->rope_base);
     c->rope_scale_swa = desc->swa_rope_unscaled ? 1.0f : c->rope_scale;
     if ((s = read_scales(g, arch, path, desc, c))) goto fail;
 
@@ -636,7 +644,10 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
     if (c->n_expert > 0 && c->desc->moe_gating == QL_GATING_TOPK_SOFTMAX) ADDF("softmax over the top %d", c->n_expert_used);
     if (c->ffn_act == QL_FFN_SWIGLU_OAI) ADDF("SwiGLU-OAI (clamp 7, alpha 1.702)");
     if (c->residual_scale != 1.0f) ADDF("residual x%g", c->residual_scale);
-    if (c->logit_scale != 1.0f) ADDF("logits /%g", c->logit_scale);
+    if (c->logit_mult != 1.0f) ADDF("logits x%g", c->logit_mult);
+    if (c->desc->layer_norm) ADDF("LayerNorm");
+    if (c->desc->parallel_block) ADDF("parallel attention and FFN");
+    if (c->rope_swa_only && c->n_swa > 0) ADDF("RoPE on sliding layers only");
     if (c->attn_scale != 1.0f / sqrtf((float)c->head_dim)) ADDF("attention scale %g", c->attn_scale);
     if (c->rope_off) ADDF("no RoPE");
     else if (c->nope_period > 0) ADDF("no RoPE on every %dth layer", c->nope_period);

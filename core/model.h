@@ -51,8 +51,9 @@ typedef struct {
     bool moe_norm_weights;
     int n_ff_shexp; /* the shared expert's width (ARCH.expert_shared_feed_forward_length, else n_ff); 0: none */
     float residual_scale; /* each block's output times it before the residual add (1: none; Granite) */
-    float logit_scale;    /* logits divided by it (1: none; Granite) */
+    float logit_mult;     /* logits multiplied by it (1: none; Granite: 1 / logit_scale, Cohere: logit_scale) */
     bool rope_off;        /* no layer rotates (Granite with rope.scaling.finetuned = false) */
+    bool rope_swa_only;   /* with a window, only sliding layers rotate (Cohere-2) */
     int nope_period;      /* layer l does not rotate when (l + 1) % nope_period == 0 (0: all rotate; SmolLM3) */
     /* q at position p times 1 + attn_temp_scale·ln(1 + floor(p / attn_temp_floor)) (0: none; Ministral-3) */
     float attn_temp_scale;
@@ -70,7 +71,8 @@ static inline bool ql_layer_is_swa(const ql_config *c, int l) {
 
 /* True when layer l of c applies RoPE to q and k. */
 static inline bool ql_layer_has_rope(const ql_config *c, int l) {
-    return !c->rope_off && !(c->nope_period > 0 && (l + 1) % c->nope_period == 0);
+    return !c->rope_off && !(c->nope_period > 0 && (l + 1) % c->nope_period == 0) &&
+           !(c->rope_swa_only && c->n_swa > 0 && !ql_layer_is_swa(c, l));
 }
 
 /* One layer's tensors by role (NULL: the architecture or the file has none). When the file stores fused

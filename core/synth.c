@@ -51,11 +51,11 @@ static const ql_synth_shape g_shapes[] = {
      * its features with values far enough from neutral that leaving one out shows. Granite-3's multipliers
      * (embedding 12, residual 0.22, attention 1/head_dim, logits /8) */
     {"tiny-granite", 2, 64, 4, 2, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = "granite",
-     .granite = {12.0f, 0.22f, 0.0625f, 8.0f}},
+     .scales = {12.0f, 0.22f, 0.0625f, 8.0f}},
     /* Granite-MoE-shared: 8 experts (2 per token, as wide as feed_forward_length: llama.cpp reads no expert width
      * for granite) renormalised, an ungated shared expert */
     {"tiny-granitemoe", 2, 64, 4, 2, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 0, .arch = "granitemoe",
-     .n_expert = 8, .n_expert_used = 2, .n_ff_shexp = 96, .granite = {12.0f, 0.22f, 0.0625f, 8.0f}},
+     .n_expert = 8, .n_expert_used = 2, .n_ff_shexp = 96, .scales = {12.0f, 0.22f, 0.0625f, 8.0f}},
     /* OLMo-3's layout: post-norms only, full-width q/k norm, a window of 8 on 3 of every 4 layers, YaRN x4 from
      * 16 positions on the global layer */
     {"tiny-olmo2", 4, 64, 4, 4, 128, 512, 256, 500000.0f, false, QL_TYPE_F32, 0, .arch = "olmo2", .norm_eps = 1e-6f,
@@ -76,6 +76,10 @@ static const ql_synth_shape g_shapes[] = {
     /* Seed-OSS's: NEOX RoPE, head_dim 32 beside an embedding of 64, q/k/v biases, the FFN norm under its other name */
     {"tiny-seed_oss", 2, 64, 4, 2, 128, 512, 256, 10000000.0f, false, QL_TYPE_F32, 32, .arch = "seed_oss",
      .norm_eps = 1e-6f, .biases = true},
+    /* Command R7B's layout: LayerNorm, parallel attention and FFN, a window of 8 on 3 of 4 layers (which alone
+     * rotate), tied output, logits x0.25 */
+    {"tiny-cohere2", 4, 64, 4, 2, 128, 512, 256, 50000.0f, true, QL_TYPE_F32, 0, .arch = "cohere2", .n_swa = 8,
+     .scales = {0, 0, 0, 0.25f}},
     /* GLM-4's: half of each 32-wide head rotates (adjacent pairs), q/k/v biases, fused gate+up, four norms */
     {"tiny-glm4", 2, 64, 2, 1, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 32, .arch = "glm4", .biases = true,
      .rope_dim = 16},
@@ -273,7 +277,8 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
     }
     SETU("vocab_size", sh->n_vocab);
     SETF("rope.freq_base", sh->rope_base);
-    SETF("attention.layer_norm_rms_epsilon", sh->norm_eps > 0 ? sh->norm_eps : 1e-5f);
+    if (desc->layer_norm) SETF("attention.layer_norm_epsilon", sh->norm_eps > 0 ? sh->norm_eps : 1e-5f);
+    else SETF("attention.layer_norm_rms_epsilon", sh->norm_eps > 0 ? sh->norm_eps : 1e-5f);
     if (sh->n_swa > 0) SETU("attention.sliding_window", sh->n_swa);
     if (sh->n_expert > 0) {
         SETU("expert_count", sh->n_expert);
@@ -282,9 +287,9 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
         if (sh->n_ff_shexp > 0) SETU("expert_shared_feed_forward_length", sh->n_ff_shexp);
     }
     if (sh->rope_base_swa > 0) SETF("rope.freq_base_swa", sh->rope_base_swa);
-    static const char *const granite_keys[4] = {"embedding_scale", "residual_scale", "attention.scale", "logit_scale"};
+    static const char *const scale_keys[4] = {"embedding_scale", "residual_scale", "attention.scale", "logit_scale"};
     for (int i = 0; i < 4; i++)
-        if (sh->granite[i] > 0) snprintf(k, sizeof k, "%s.%s", arch, granite_keys[i]), ql_gguf_set_f32(g, k, sh->granite[i]);
+        if (sh->scales[i] > 0) snprintf(k, sizeof k, "%s.%s", arch, scale_keys[i]), ql_gguf_set_f32(g, k, sh->scales[i]);
     if (sh->rope_yarn[0] > 0) {
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
         ql_gguf_set_str(g, k, "yarn");

@@ -28,7 +28,8 @@ typedef struct {
     int n_ff_shexp;        /* a shared expert's (architectures that have one), expert_shared_feed_forward_length */
     float rope_llama3[4];  /* Llama 3.1 RoPE: factor, low_freq_factor, high_freq_factor, original context; a
                               rope_freqs tensor computed as llama.cpp's converter does (factor 0: none) */
-    float granite[4];      /* Granite: embedding_scale, residual_scale, attention.scale, logit_scale (0: not written) */
+    float scales[4];       /* ARCH.embedding_scale, residual_scale, attention.scale, logit_scale (Granite; Cohere: the
+                              last); 0: not written */
     float rope_yarn[3];    /* YaRN: factor, original context, yarn_log_multiplier (factor 0: none; 0: not written) */
     float attn_temp;       /* attention.temperature_scale (0: not written) */
     bool biases;           /* also the biases the description allows (q/k/v, attention output) */

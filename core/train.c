@@ -99,7 +99,8 @@ static const char *train_missing(const ql_model *m) {
     if (c->embd_scale != 1.0f) return "an embedding scale";
     if (c->attn_softcap > 0 || c->final_softcap > 0) return "logit soft-capping";
     if (c->n_swa > 0) return "a sliding window";
-    if (c->residual_scale != 1.0f || c->logit_scale != 1.0f) return "residual or logit scales";
+    if (c->residual_scale != 1.0f || c->logit_mult != 1.0f) return "residual or logit scales";
+    if (c->desc->layer_norm || c->desc->parallel_block) return "LayerNorm or a parallel attention/FFN block";
     if (c->attn_scale != 1.0f / sqrtf((float)c->head_dim)) return "an attention scale other than 1/sqrt(head_dim)";
     if (c->rope_off || c->nope_period > 0) return "layers without RoPE";
     if (c->attn_temp_scale > 0) return "attention temperature tuning";

@@ -35,7 +35,8 @@ static const float TOL = 5e-4f;
 static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
                                       338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
 static const char *SHAPES[] = {"tiny-granite", "tiny-granitemoe", "tiny-olmo2", "tiny-smollm3", "tiny-exaone",
-                               "tiny-mistral3", "tiny-gptoss", "tiny-ernie4_5", "tiny-seed_oss", "tiny-glm4"};
+                               "tiny-mistral3", "tiny-gptoss", "tiny-ernie4_5", "tiny-seed_oss", "tiny-glm4",
+                               "tiny-cohere2"};
 
 static void synth_path(char *buf, size_t cap, const char *shape) {
     snprintf(buf, cap, "/tmp/qlab_test_arch_synth_%d_%s.gguf", (int)getpid(), shape);
@@ -112,7 +113,7 @@ static void save_cfg(ql_model *m, void *saved) { memcpy(saved, &m->cfg, sizeof m
 static void restore_cfg(ql_model *m, void *saved) { memcpy(&m->cfg, saved, sizeof m->cfg); }
 static void no_embd_scale(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.embd_scale = 1.0f; }
 static void no_residual_scale(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.residual_scale = 1.0f; }
-static void no_logit_scale(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.logit_scale = 1.0f; }
+static void no_logit_scale(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.logit_mult = 1.0f; }
 static void default_attn_scale(ql_model *m, void *saved) {
     save_cfg(m, saved), m->cfg.attn_scale = 1.0f / sqrtf((float)m->cfg.head_dim);
 }
@@ -186,6 +187,22 @@ static void no_qkv_biases(ql_model *m, void *saved) {
     for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].bq = m->layers[l].bk = m->layers[l].bv = NULL;
 }
 
+/* Cohere-2 with RMSNorm, a sequential block, RoPE on its global layers too */
+static void rms_instead_of_layer_norm(ql_model *m, void *saved) {
+    save_cfg(m, saved);
+    g_edited = *m->cfg.desc;
+    g_edited.layer_norm = false;
+    m->cfg.desc = &g_edited;
+}
+static void sequential_block(ql_model *m, void *saved) { /* the FFN then reads a second norm of x + attention */
+    save_layers(m, saved);
+    g_edited = *m->cfg.desc;
+    g_edited.parallel_block = false;
+    m->cfg.desc = &g_edited;
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].ffn_norm = m->layers[l].attn_norm;
+}
+static void rope_on_global_layers(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.rope_swa_only = false; }
+
 /* GLM-4 rotating whole heads instead of their first half */
 static void rope_whole_head(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.rope_dim = m->cfg.head_dim; }
 
@@ -217,6 +234,10 @@ static void test_features_matter(void **state) {
         {"tiny-seed_oss", "without the FFN norm", no_ffn_norm, restore_layers},
         {"tiny-ernie4_5", "without q/k/v biases", no_qkv_biases, restore_layers},
         {"tiny-glm4", "RoPE over the whole head", rope_whole_head, restore_cfg},
+        {"tiny-cohere2", "RMSNorm instead of LayerNorm", rms_instead_of_layer_norm, restore_cfg},
+        {"tiny-cohere2", "attention, then FFN", sequential_block, restore_layers},
+        {"tiny-cohere2", "RoPE on the global layers too", rope_on_global_layers, restore_cfg},
+        {"tiny-cohere2", "logits not scaled", no_logit_scale, restore_cfg},
     };
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
         ql_model *m = load_synth(cases[i].shape);
@@ -236,8 +257,8 @@ static void test_bad_multipliers_refused(void **state) {
     synth_path(p, sizeof p, "bad-granite");
     const float bad[][4] = {{12.0f, 0.22f, 0.0625f, 0.0f}, {12.0f, -0.5f, 0.0625f, 8.0f}};
     for (size_t i = 0; i < QL_ARRAY_LEN(bad); i++) {
-        memcpy(sh.granite, bad[i], sizeof sh.granite);
-        if (bad[i][1] < 0) sh.granite[1] = 0; /* synth writes positive values only: edit the key below */
+        memcpy(sh.scales, bad[i], sizeof sh.scales);
+        if (bad[i][1] < 0) sh.scales[1] = 0; /* synth writes positive values only: edit the key below */
         assert_int_equal(ql_synth_write(&sh, 1, p, 1, NULL), QL_OK);
         ql_gguf *g = NULL;
         assert_int_equal(ql_gguf_open(p, &g), QL_OK);
@@ -318,7 +339,7 @@ static void test_hf_roundtrip_same_logits(void **state) {
         ql_model *h = NULL;
         assert_int_equal(ql_model_load(dir, &h), QL_OK);
         assert_string_equal(h->cfg.arch, m->cfg.arch);
-        assert_true(h->cfg.residual_scale == m->cfg.residual_scale && h->cfg.logit_scale == m->cfg.logit_scale &&
+        assert_true(h->cfg.residual_scale == m->cfg.residual_scale && h->cfg.logit_mult == m->cfg.logit_mult &&
                     h->cfg.n_swa == m->cfg.n_swa && h->cfg.nope_period == m->cfg.nope_period);
         run(h, b);
         const float d = max_diff(a, b, (size_t)N_TOK * N_VOCAB);

@@ -414,7 +414,7 @@ static void test_refuses_what_it_cannot_compute(void **state) {
         {"tiny-granite", "embedding scale"}, {"tiny-olmo2", "sliding window"},
         {"tiny-smollm3", "layers without RoPE"},     {"tiny-mistral3", "temperature"},
         {"tiny-glm4", "part of each head"},           {"tiny-gptoss", "mixture-of-experts"},
-        {"tiny-moe", "mixture-of-experts"},
+        {"tiny-moe", "mixture-of-experts"},          {"tiny-cohere2", "sliding window"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         ql_model *m = synth_model(cases[i].shape);
