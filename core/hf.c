@@ -128,6 +128,7 @@ static const char *const g_req_olmo2[] = {"attn_q.weight", "attn_k.weight", "att
                                           "attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
                                           "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "post_ffw_norm.weight",
                                           NULL};
+static const char *const g_req_cohere2[] = {REQ_ATTN, "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", NULL};
 static const char *const g_req_phi3[] = {"attn_norm.weight", "attn_qkv.weight", "attn_output.weight",
                                          "ffn_norm.weight",  "ffn_up.weight",   "ffn_down.weight",
                                          NULL};
@@ -152,6 +153,7 @@ typedef struct {
 } hf_arch;
 
 /* Granite's multipliers, as llama.cpp's converter names them */
+static const char *const g_cohere2_scalars[] = {"logit_scale", "logit_scale", NULL};
 static const char *const g_granite_scalars[] = {"embedding_multiplier", "embedding_scale", "residual_multiplier",
                                                 "residual_scale", "attention_multiplier", "attention.scale",
                                                 "logits_scaling", "logit_scale", NULL};
@@ -186,8 +188,21 @@ static const hf_arch g_archs[] = {
     /* OLMo-3: OLMo-2's layers with a sliding window on 3 of every 4 (layer_types) */
     {"olmo3", "Olmo3ForCausalLM", "olmo2", LAYERS(g_olmo2_layers), g_req_olmo2, false, false, false,
      0, 0, 0, 0, 0, 0, 4, false, NULL},
+    /* Command R7B: llama's names without the FFN norm (its block is parallel), LayerNorm weights, interleaved
+     * rotary as GGUF keeps it (no permutation), a tied output unless the config says otherwise */
+    {"cohere2", "Cohere2ForCausalLM", "cohere2", LAYERS(g_llama_layers), g_req_cohere2, false, false, false,
+     0, 0, 0, 0, 1e-5, 0, 4, false, g_cohere2_scalars},
 };
-#define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3, granite, smollm3, olmo2, olmo3"
+#define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3, granite, smollm3, olmo2, olmo3, cohere2"
+
+/* LayerNorm architectures keep their epsilon under other names, in config.json and in GGUF. */
+static bool uses_layer_norm(const char *gguf_arch) {
+    const ql_arch *d = ql_arch_find(gguf_arch);
+    return d && d->layer_norm;
+}
+static const char *gguf_eps_key(const char *gguf_arch) {
+    return uses_layer_norm(gguf_arch) ? "attention.layer_norm_epsilon" : "attention.layer_norm_rms_epsilon";
+}
 
 /* The entry ql_hf_save writes for a GGUF file: the first with its architecture, preferring one with a sliding
  * window when the file has one (olmo2 with a window is OLMo-3) and one without when it has none. */
@@ -614,7 +629,8 @@ static ql_status parse_config_fields(const char *path, const json_t *root, hf_co
     if (c->rope_dims < 2 || c->rope_dims % 2 || c->rope_dims > c->head_dim)
         return ql_fail(QL_ERR_FORMAT, "%s: rotary dimension %lld does not fit head dimension %lld", path,
                        (long long)c->rope_dims, (long long)c->head_dim);
-    if ((s = cfg_f64(path, p, "rms_norm_eps", a->def_eps ? a->def_eps : 1e-6, &c->eps)) ||
+    if ((s = cfg_f64(path, p, uses_layer_norm(a->arch) ? "layer_norm_eps" : "rms_norm_eps", a->def_eps ? a->def_eps : 1e-6,
+                     &c->eps)) ||
         (s = cfg_f64(path, p, "rope_theta", a->def_theta ? a->def_theta : 10000.0, &c->rope_base)))
         return s;
     const json_t *tie = json_object_get(p, "tie_word_embeddings");
@@ -683,7 +699,7 @@ static void config_to_gguf(const hf_config *c, ql_gguf *g) {
     set_arch_key_u32(g, a, "feed_forward_length", c->n_ff);
     set_arch_key_u32(g, a, "attention.head_count", c->n_head);
     set_arch_key_u32(g, a, "attention.head_count_kv", c->n_head_kv);
-    set_arch_key_f32(g, a, "attention.layer_norm_rms_epsilon", c->eps);
+    set_arch_key_f32(g, a, gguf_eps_key(a), c->eps);
     set_arch_key_f32(g, a, "rope.freq_base", c->rope_base);
     set_arch_key_u32(g, a, "rope.dimension_count", c->rope_dims);
     if (c->head_dim != c->n_embd / c->n_head) {
@@ -1402,7 +1418,7 @@ static ql_status gather_save_config(const ql_gguf *g, const char *label, save_co
     if (c->head_dim <= 0 || c->rope_dims <= 0 || c->rope_dims > c->head_dim)
         return ql_fail(QL_ERR_FORMAT, "%s: invalid head or rope dimension", label);
     if (!gkey_int(g, arch, "context_length", &c->n_ctx)) c->n_ctx = 2048;
-    if (!gkey_f64(g, arch, "attention.layer_norm_rms_epsilon", &c->eps)) c->eps = 1e-5;
+    if (!gkey_f64(g, arch, gguf_eps_key(arch), &c->eps)) c->eps = 1e-5;
     if (!gkey_f64(g, arch, "rope.freq_base", &c->rope_base)) c->rope_base = 10000.0;
     if (strcmp(arch, "llama") == 0) find_llama3_params(g, c);
     c->longrope = strcmp(arch, "phi3") == 0 && f32_vector(g, "rope_factors_long.weight", c->rope_dims / 2) &&
@@ -1462,7 +1478,7 @@ static char *config_json_text(const ql_gguf *g, const save_config *c, const char
         json_object_set_new(o, "partial_rotary_factor",
                             json_real((double)(c->rope_dims * c->n_head) / (double)c->n_embd));
     json_object_set_new(o, "max_position_embeddings", json_integer(c->n_ctx));
-    json_object_set_new(o, "rms_norm_eps", json_real(short_float(c->eps)));
+    json_object_set_new(o, uses_layer_norm(arch) ? "layer_norm_eps" : "rms_norm_eps", json_real(short_float(c->eps)));
     json_object_set_new(o, "rope_theta", json_real(short_float(c->rope_base)));
     char k[128];
     snprintf(k, sizeof k, "%s.rope.scaling.type", arch);

@@ -4,8 +4,8 @@
  * exercises it: Granite's four multipliers and its ungated shared expert, OLMo-2's missing pre-norms, full-width
  * q/k norm and OLMo-3's plain RoPE on sliding layers, SmolLM3's layers without RoPE, EXAONE's NEOX RoPE,
  * Ministral-3's temperature tuning and YaRN log multiplier, gpt-oss's sinks, biases, top-k softmax routing and
- * SwiGLU-OAI. Bad multipliers are refused by name; Granite, SmolLM3
- * and OLMo-3 survive a Hugging Face folder round trip with the same logits. */
+ * SwiGLU-OAI. Bad multipliers are refused by name; Granite, SmolLM3,
+ * OLMo-3 and Command R7B survive a Hugging Face folder round trip with the same logits. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -308,13 +308,15 @@ static void strip_safetensors_metadata(const char *dir) {
 }
 
 /* GGUF -> Hugging Face folder -> qlab: config.json carries what the architecture needs (Granite's multipliers,
- * OLMo-3's window by layer_types), and the loaded folder gives the GGUF's logits exactly. */
+ * OLMo-3's and Command R7B's windows by layer_types, Command R7B's logit scale and LayerNorm epsilon), and the loaded
+ * folder gives the GGUF's logits exactly. */
 static void test_hf_roundtrip_same_logits(void **state) {
     (void)state;
     static const struct { const char *shape, *model_type, *field; double value; } cases[] = {
         {"tiny-granite", "granite", "residual_multiplier", 0.22},
         {"tiny-smollm3", "smollm3", "num_hidden_layers", 4},
         {"tiny-olmo2", "olmo3", "sliding_window", 8},
+        {"tiny-cohere2", "cohere2", "logit_scale", 0.25},
     };
     float *a = malloc(sizeof(float) * N_TOK * N_VOCAB), *b = malloc(sizeof(float) * N_TOK * N_VOCAB);
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
@@ -328,7 +330,9 @@ static void test_hf_roundtrip_same_logits(void **state) {
         assert_non_null(cfg);
         assert_string_equal(json_string_value(json_object_get(cfg, "model_type")), cases[i].model_type);
         assert_true(fabs(json_number_value(json_object_get(cfg, cases[i].field)) - cases[i].value) < 1e-6);
-        if (!strcmp(cases[i].model_type, "olmo3")) { /* layers 0-2 slide, 3 is global */
+        if (!strcmp(cases[i].model_type, "cohere2")) /* LayerNorm's epsilon under its own name */
+            assert_true(json_is_number(json_object_get(cfg, "layer_norm_eps")) && !json_object_get(cfg, "rms_norm_eps"));
+        if (!strcmp(cases[i].model_type, "olmo3") || !strcmp(cases[i].model_type, "cohere2")) { /* 0-2 slide, 3 not */
             const json_t *lt = json_object_get(cfg, "layer_types");
             assert_int_equal(json_array_size(lt), 4);
             assert_string_equal(json_string_value(json_array_get(lt, 2)), "sliding_attention");
