@@ -125,6 +125,12 @@ static const ql_arch g_arch[] = {
      .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, QKV_BIAS(O),
               [QL_ROLE_ATTN_OUT] = R, [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R,
               [QL_ROLE_FFN_DOWN] = R}},
+    /* EXAONE-4.0: OLMo-2's post-norm layout with per-head q/k norms; the 32B (64 layers) slides on 3 of every 4
+     * layers (4096 unless the file says) and rotates only those, with the global base */
+    {.name = "exaone4", .family = "exaone4", .rope_neox = true, .swa_pattern = 4, .rope_swa_only = true,
+     .swa_rope_global = true, .swa_layer_count = 64, .swa_default = 4096,
+     .need = {[QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, QKV_BIAS(O), [QL_ROLE_ATTN_OUT] = R,
+              QK_NORM, POST_NORMS, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R, [QL_ROLE_FFN_DOWN] = R}},
     /* Command R7B / Command A (cohere2): LayerNorm, attention and FFN in parallel from one norm, a window on 3 of
      * every 4 layers, which alone rotate (with the global base), tied output, logits times logit_scale */
     {.name = "cohere2", .family = "cohere2", .layer_norm = true, .parallel_block = true, .swa_pattern = 4,

@@ -123,6 +123,9 @@ typedef struct {
     bool parallel_block;     /* attention and FFN both read the layer's one norm; x += ffn + attention (Cohere) */
     bool rope_swa_only;      /* with a window, only the sliding layers rotate: the global ones have no RoPE */
     bool swa_rope_global;    /* sliding layers rotate with the global base and scale (rope.freq_base_swa unused) */
+    /* EXAONE-4 (llama.cpp's rule): the window exists only in files of swa_layer_count layers (the 32B), and is
+     * swa_default wide when the file does not say (0 and 0: any file, from the key) */
+    int swa_layer_count, swa_default;
     bool logit_scale_mult;   /* logits multiplied by ARCH.logit_scale (Cohere; Granite divides by it) */
     /* gpt-oss stores its FFN's pre-norm as post_attention_norm.weight: loaded into ffn_norm */
     bool ffn_norm_is_post_attn_norm;

@@ -492,7 +492,8 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
         goto fail;
     }
     if ((s = read_swa_pattern(g, arch, path, desc->swa_pattern, c))) goto fail;
-    c->n_swa = desc->swa_pattern > 0 ? (int)get_int_or(g, arch, "attention.sliding_window", 0) : 0;
+    c->n_swa = desc->swa_pattern > 0 ? (int)get_int_or(g, arch, "attention.sliding_window", desc->swa_default) : 0;
+    if (desc->swa_layer_count > 0 && c->n_layer != desc->swa_layer_count) c->n_swa = 0;
     if (c->n_swa < 0 || c->swa_pattern < 0) {
         s = ql_fail(QL_ERR_FORMAT, "%s: invalid sliding window %d / pattern %d", path, c->n_swa, c->swa_pattern);
         goto fail;

@@ -76,6 +76,11 @@ static const ql_synth_shape g_shapes[] = {
     /* Seed-OSS's: NEOX RoPE, head_dim 32 beside an embedding of 64, q/k/v biases, the FFN norm under its other name */
     {"tiny-seed_oss", 2, 64, 4, 2, 128, 512, 256, 10000000.0f, false, QL_TYPE_F32, 32, .arch = "seed_oss",
      .norm_eps = 1e-6f, .biases = true},
+    /* EXAONE-4.0-1.2B's layout (no window below 64 layers) and the 32B's at 64 thin layers: a window of 8 on 3 of
+     * every 4 layers, which alone rotate */
+    {"tiny-exaone4", 4, 64, 4, 2, 128, 512, 256, 1000000.0f, true, QL_TYPE_F32, 0, .arch = "exaone4"},
+    {"tiny-exaone4-swa", 64, 32, 2, 1, 64, 512, 256, 1000000.0f, false, QL_TYPE_F32, 0, .arch = "exaone4",
+     .n_swa = 8},
     /* Command R7B's layout: LayerNorm, parallel attention and FFN, a window of 8 on 3 of 4 layers (which alone
      * rotate), tied output, logits x0.25 */
     {"tiny-cohere2", 4, 64, 4, 2, 128, 512, 256, 50000.0f, true, QL_TYPE_F32, 0, .arch = "cohere2", .n_swa = 8,

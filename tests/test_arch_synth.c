@@ -36,7 +36,7 @@ static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 26
                                       338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
 static const char *SHAPES[] = {"tiny-granite", "tiny-granitemoe", "tiny-olmo2", "tiny-smollm3", "tiny-exaone",
                                "tiny-mistral3", "tiny-gptoss", "tiny-ernie4_5", "tiny-seed_oss", "tiny-glm4",
-                               "tiny-cohere2"};
+                               "tiny-cohere2", "tiny-exaone4", "tiny-exaone4-swa"};
 
 static void synth_path(char *buf, size_t cap, const char *shape) {
     snprintf(buf, cap, "/tmp/qlab_test_arch_synth_%d_%s.gguf", (int)getpid(), shape);
@@ -203,6 +203,13 @@ static void sequential_block(ql_model *m, void *saved) { /* the FFN then reads a
 }
 static void rope_on_global_layers(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.rope_swa_only = false; }
 
+/* EXAONE-4 without q/k norms; its 32B layout without the window */
+static void no_qk_norms(ql_model *m, void *saved) {
+    save_layers(m, saved);
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].q_norm = m->layers[l].k_norm = NULL;
+}
+static void no_window(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.n_swa = 0; }
+
 /* GLM-4 rotating whole heads instead of their first half */
 static void rope_whole_head(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.rope_dim = m->cfg.head_dim; }
 
@@ -238,6 +245,9 @@ static void test_features_matter(void **state) {
         {"tiny-cohere2", "attention, then FFN", sequential_block, restore_layers},
         {"tiny-cohere2", "RoPE on the global layers too", rope_on_global_layers, restore_cfg},
         {"tiny-cohere2", "logits not scaled", no_logit_scale, restore_cfg},
+        {"tiny-exaone4", "without q/k norms", no_qk_norms, restore_layers},
+        {"tiny-exaone4-swa", "RoPE on the global layers too", rope_on_global_layers, restore_cfg},
+        {"tiny-exaone4-swa", "no window (every layer global, no RoPE)", no_window, restore_cfg},
     };
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
         ql_model *m = load_synth(cases[i].shape);
