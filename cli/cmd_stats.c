@@ -13,12 +13,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int collect(const char *cmd, const char *model, cli_calib *ca, bool hessian, bool output, ql_model **m,
-                   ql_stats **st) {
+static int collect(const char *cmd, const char *model, cli_calib *ca, bool hessian, bool output, bool per_expert,
+                   ql_model **m, ql_stats **st) {
     int32_t *tok = NULL;
     int64_t n_seq = 0;
     /* under mpirun the --threads sequence workers are shared out over the ranks; rank 0 alone gets the sums */
-    ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads, .distribute = true};
+    ql_stats_opts o = {.hessian = hessian, .output = output, .n_threads = ca->threads, .distribute = true,
+                       .per_expert = per_expert};
     ca->label = cmd;
     if (ql_model_load(model, m) || cli_calib_tokens(*m, ca, &tok, &n_seq) ||
         cli_collect_stats(*m, tok, n_seq, ca->ctx, &o, cmd, st)) {
@@ -68,7 +69,7 @@ int cmd_stats(int argc, char **argv) {
         ca.threads = ql_dist_size() * QL_MAX(1, ql_default_threads() / ql_dist_local_size());
     ql_model *m = NULL;
     ql_stats *st = NULL;
-    int rc = collect("stats", model, &ca, hessian, output, &m, &st);
+    int rc = collect("stats", model, &ca, hessian, output, false, &m, &st);
     if (dist && rc) { /* the other ranks would wait for this one's sums */
         fflush(NULL);
         ql_dist_abort(rc);
@@ -82,67 +83,18 @@ int cmd_stats(int argc, char **argv) {
     return rc;
 }
 
-/* MoE expert stacks: llama-imatrix keeps one Σ x² and one token count per expert, over the rows routed to it;
- * the statistics pool the experts, so a second pass collects them per expert through the expert hooks. */
-typedef struct {
-    const ql_config *c;
-    double *in_sq, *down_sq, *cnt; /* [layer][expert][n_embd], [layer][expert][n_ff_exp], [layer][expert] */
-} expert_acc;
-
-static void expert_hook(void *user, int layer, ql_hook_point where, const float *x, int n, int dim) {
-    expert_acc *a = user;
-    const ql_config *c = a->c;
-    const int e = ql_hook_expert();
-    if ((where != QL_HOOK_EXPERT_IN && where != QL_HOOK_EXPERT_DOWN_IN) || e < 0 || e >= c->n_expert || layer < 0 ||
-        layer >= c->n_layer)
-        return;
-    const size_t le = (size_t)layer * c->n_expert + e;
-    const bool down = where == QL_HOOK_EXPERT_DOWN_IN;
-    double *dst = down ? a->down_sq + le * c->n_ff_exp : a->in_sq + le * c->n_embd;
-    for (int t = 0; t < n; t++)
-        for (int i = 0; i < dim; i++) dst[i] += (double)x[(size_t)t * dim + i] * x[(size_t)t * dim + i];
-    if (!down) a->cnt[le] += n;
-}
-
-static void put_experts(ql_imatrix *im, const ql_gguf_tensor *t, const double *sq, const double *cnt, int n_expert) {
+/* An expert stack's entry: llama-imatrix keeps one Σ x² and one token count per expert, over the rows routed to it,
+ * which the statistics collected per expert (ql_stats_opts.per_expert) hold. */
+static void put_experts(ql_imatrix *im, const ql_stats *st, const ql_gguf_tensor *t, int layer, int n_expert, bool down) {
     const int64_t n = t->ne[0];
     ql_imatrix_entry *e = ql_imatrix_entry_get_experts(im, t->name, n, n_expert);
     if (!e) return;
-    memcpy(e->sum2, sq, (size_t)(n * n_expert) * sizeof(double));
-    for (int k = 0; k < n_expert; k++) e->count += (e->counts[k] = cnt[k]);
-}
-
-static ql_status expert_imatrix(const ql_model *m, cli_calib *ca, ql_imatrix *im) {
-    const ql_config *c = &m->cfg;
-    int32_t *tok = NULL;
-    int64_t n_seq = 0;
-    ql_infer *inf = NULL;
-    ql_status s = cli_calib_tokens(m, ca, &tok, &n_seq) ? QL_ERR_ARG : ql_infer_new(m, ca->threads, &inf);
-    if (s) {
-        free(tok);
-        return s;
+    for (int k = 0; k < n_expert; k++) {
+        const ql_stat_entry *se = ql_stats_expert_entry(st, layer, k, down), *cnt = ql_stats_expert_entry(st, layer, k, false);
+        if (!se || se->n != n || !cnt) continue;
+        memcpy(e->sum2 + (size_t)k * n, se->sum_sq, (size_t)n * sizeof(double));
+        e->count += (e->counts[k] = (double)cnt->n_tokens);
     }
-    const size_t LE = (size_t)c->n_layer * c->n_expert;
-    expert_acc a = {c, ql_calloc(LE * c->n_embd, sizeof(double)), ql_calloc(LE * c->n_ff_exp, sizeof(double)),
-                    ql_calloc(LE, sizeof(double))};
-    ql_scratch *sc = ql_scratch_new(inf, ca->ctx);
-    ql_scratch_set_hook(sc, expert_hook, &a);
-    ql_infer_set_op_threads(inf, ca->threads > 0 ? ca->threads : 1);
-    for (int64_t i = 0; i < n_seq && !s; i++) s = ql_forward(inf, sc, tok + i * ca->ctx, ca->ctx, ca->ctx, NULL);
-    for (int l = 0; l < c->n_layer && !s; l++) {
-        const ql_layer_tensors *L = &m->layers[l];
-        const size_t le = (size_t)l * c->n_expert;
-        put_experts(im, L->gate_exps, a.in_sq + le * c->n_embd, a.cnt + le, c->n_expert);
-        put_experts(im, L->up_exps, a.in_sq + le * c->n_embd, a.cnt + le, c->n_expert);
-        put_experts(im, L->down_exps, a.down_sq + le * c->n_ff_exp, a.cnt + le, c->n_expert);
-    }
-    ql_scratch_free(sc);
-    ql_infer_free(inf);
-    free(a.in_sq);
-    free(a.down_sq);
-    free(a.cnt);
-    free(tok);
-    return s;
 }
 
 static const char *IMATRIX_USAGE =
@@ -184,7 +136,7 @@ int cmd_imatrix(int argc, char **argv) {
     }
     ql_model *m = NULL;
     ql_stats *st = NULL;
-    int rc = collect("imatrix", model, &ca, false, output, &m, &st);
+    int rc = collect("imatrix", model, &ca, false, output, true, &m, &st);
     if (rc) goto done;
     ql_imatrix *im = ql_imatrix_new();
     ql_imatrix_add_dataset(im, ca.calib ? ca.calib : ca.text);
@@ -193,13 +145,19 @@ int cmd_imatrix(int argc, char **argv) {
     for (int64_t i = 0; i < m->gguf->n_tensors; i++) {
         const ql_gguf_tensor *t = &m->gguf->tensors[i];
         const ql_stat_entry *e = ql_stats_for_tensor(st, t->name);
-        if (!e || e->n != t->ne[0] || t->ne[2] > 1) continue; /* expert stacks: expert_imatrix */
+        if (!e || e->n != t->ne[0] || t->ne[2] > 1) continue; /* expert stacks: put_experts, below */
         ql_imatrix_entry *ie = ql_imatrix_entry_get(im, t->name, e->n);
         memcpy(ie->sum2, e->sum_sq, (size_t)e->n * sizeof(double));
         ie->count = (double)e->n_tokens;
     }
-    if (m->cfg.n_expert > 0 && expert_imatrix(m, &ca, im)) rc = cli_fail("imatrix");
-    else if (ql_imatrix_save(im, out)) rc = cli_fail("imatrix");
+    for (int l = 0; m->cfg.n_expert > 0 && l < m->cfg.n_layer; l++) {
+        const ql_layer_tensors *L = &m->layers[l];
+        if (!L->gate_exps) continue;
+        put_experts(im, st, L->gate_exps, l, m->cfg.n_expert, false);
+        put_experts(im, st, L->up_exps, l, m->cfg.n_expert, false);
+        put_experts(im, st, L->down_exps, l, m->cfg.n_expert, true);
+    }
+    if (ql_imatrix_save(im, out)) rc = cli_fail("imatrix");
     else fprintf(stderr, "qlab imatrix: wrote %s (%d tensors, %lld chunks of %d)\n", out, im->n, (long long)st->n_sequences, ca.ctx);
     ql_imatrix_free(im);
 done:

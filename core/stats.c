@@ -146,6 +146,7 @@ typedef struct {
     int64_t xd_cap;
     int n_layer;
     bool output;
+    int n_expert, expert_base; /* per-expert entries from expert_base (per_expert; n_expert 0: none) */
     const ql_backend_ops *ops; /* the infer's backend, when it accumulates Σ xᵀx itself; else NULL */
     void *be;
     void **dev;     /* per entry: the device accumulator, or NULL */
@@ -159,10 +160,12 @@ static int entry_index(int n_layer, int layer, ql_hook_point p) {
     return layer * 4 + (int)p;
 }
 
-static void hook(void *user, int layer, ql_hook_point where, const float *x, int n, int dim) {
-    worker_acc *w = user;
-    if (where == QL_HOOK_RESIDUAL || where >= QL_HOOK_EXPERT_IN || (where == QL_HOOK_OUTPUT_IN && !w->output)) return;
-    ql_stat_entry *e = &w->acc->e[entry_index(w->n_layer, layer, where)];
+/* Per-expert entries: after the layer points and output_in, two per (layer, expert). */
+static int expert_entry_index(int base, int n_expert, int layer, int e, bool down) {
+    return base + ((layer * n_expert + e) * 2 + (down ? 1 : 0));
+}
+
+static void accumulate(ql_stat_entry *e, const float *x, int n, int dim) {
     for (int t = 0; t < n; t++) {
         const float *r = x + (size_t)t * dim;
         for (int i = 0; i < dim; i++) {
@@ -173,6 +176,21 @@ static void hook(void *user, int layer, ql_hook_point where, const float *x, int
         }
     }
     e->n_tokens += n;
+}
+
+static void hook(void *user, int layer, ql_hook_point where, const float *x, int n, int dim) {
+    worker_acc *w = user;
+    if (where == QL_HOOK_EXPERT_IN || where == QL_HOOK_EXPERT_DOWN_IN) {
+        const int ex = ql_hook_expert();
+        if (w->n_expert > 0 && ex >= 0 && ex < w->n_expert && layer >= 0 && layer < w->n_layer)
+            accumulate(&w->acc->e[expert_entry_index(w->expert_base, w->n_expert, layer, ex,
+                                                     where == QL_HOOK_EXPERT_DOWN_IN)],
+                       x, n, dim);
+        return;
+    }
+    if (where == QL_HOOK_RESIDUAL || where > QL_HOOK_EXPERT_DOWN_IN || (where == QL_HOOK_OUTPUT_IN && !w->output)) return;
+    ql_stat_entry *e = &w->acc->e[entry_index(w->n_layer, layer, where)];
+    accumulate(e, x, n, dim);
     const int ei = entry_index(w->n_layer, layer, where);
     if (e->xtx && w->ops && !w->on_host[ei] && !w->st) {
         ql_status st = w->dev[ei] ? QL_OK : w->ops->xtx_new(w->be, dim, &w->dev[ei]);
@@ -199,9 +217,10 @@ static void hook(void *user, int layer, ql_hook_point where, const float *x, int
     }
 }
 
-static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const char *only) {
+static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const char *only, bool per_expert) {
     ql_stats *s = ql_calloc(1, sizeof *s);
-    s->n = 4 * c->n_layer + (output ? 1 : 0);
+    const int base = 4 * c->n_layer + (output ? 1 : 0), E = per_expert ? c->n_expert : 0;
+    s->n = base + 2 * c->n_layer * E;
     s->e = ql_calloc((size_t)s->n, sizeof *s->e);
     s->has_hessian = hessian && !only; /* partial Hessians are for in-memory use, never saved */
     const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, ql_ffn_hidden(c)};
@@ -212,7 +231,21 @@ static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const 
             entry_alloc(&s->e[l * 4 + p], name, dims[p], hessian && (!only || !strcmp(only, name)));
         }
     if (output) entry_alloc(&s->e[4 * c->n_layer], "output_in", c->n_embd, hessian && (!only || !strcmp(only, "output_in")));
+    for (int l = 0; l < c->n_layer; l++)
+        for (int e = 0; e < E; e++)
+            for (int down = 0; down < 2; down++) {
+                snprintf(name, sizeof name, "blk.%d.expert_%s.%d", l, down ? "down_in" : "in", e);
+                entry_alloc(&s->e[expert_entry_index(base, E, l, e, down)], name, down ? c->n_ff_exp : c->n_embd, false);
+            }
     return s;
+}
+
+const ql_stat_entry *ql_stats_expert_entry(const ql_stats *s, int layer, int e, bool down) {
+    char name[64];
+    snprintf(name, sizeof name, "blk.%d.expert_%s.%d", layer, down ? "down_in" : "in", e);
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->e[i].name, name)) return &s->e[i];
+    return NULL;
 }
 
 typedef struct {
@@ -365,6 +398,8 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     else if (o->hessian && o->output)
         hess += 8.0 * (double)c->n_embd * (double)c->n_embd;
     per_worker += hess;
+    if (o->per_expert) /* sums, squares, max and the two means of every expert's inputs */
+        per_worker += 32.0 * c->n_layer * c->n_expert * (double)(c->n_embd + c->n_ff_exp);
     /* under mpirun a rank holds its own workers, plus one more for the sums it receives (rank 0) or is sent */
     const int rank = o->distribute ? ql_dist_rank() : 0, size = o->distribute ? ql_dist_size() : 1;
     const int n_local = workers > rank ? (workers - rank + size - 1) / size : 0;
@@ -385,9 +420,11 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     for (int w = 0; w < workers; w++) {
         if (w % ctx.size != ctx.rank) continue; /* another rank's worker */
         ctx.own_seq += n_seq > w ? (n_seq - w + workers - 1) / workers : 0;
-        ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only);
+        ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only, o->per_expert);
         ctx.acc[w].n_layer = c->n_layer;
         ctx.acc[w].output = o->output;
+        ctx.acc[w].n_expert = o->per_expert ? c->n_expert : 0;
+        ctx.acc[w].expert_base = 4 * c->n_layer + (o->output ? 1 : 0);
         if (ops->xtx_add) {
             ctx.acc[w].ops = ops;
             ctx.acc[w].be = ql_infer_backend_context(inf);
@@ -427,7 +464,7 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
         pthread_mutex_destroy(&ctx.lock);
         *out = NULL;
         if (!o->all_ranks) return st;
-        ql_stats *s = stats_new(c, o->hessian, o->output, o->only);
+        ql_stats *s = stats_new(c, o->hessian, o->output, o->only, o->per_expert);
         ql_status bs = share_sums(s, QL_OK);
         if (!st) st = bs;
         if (st) {
@@ -439,7 +476,7 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
     ql_stats *s = ctx.acc[0].acc;
     for (int w = 1; w < workers; w++) {
         if (!ctx.acc[w].acc && !st) { /* another rank's worker: its sums arrive in this order */
-            ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only);
+            ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only, o->per_expert);
             st = recv_worker(&ctx, w, ctx.acc[w].acc);
         }
         ql_stats *t = ctx.acc[w].acc;

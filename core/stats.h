@@ -61,12 +61,19 @@ typedef struct {
      * equals one process's with the same n_threads bit for bit. Ranks other than 0 get *out = NULL, or with
      * all_ranks a copy of rank 0's (broadcast), for commands where every rank needs them (sense). */
     bool distribute, all_ranks;
+    /* Also per expert of every MoE layer, over the rows routed to it (what llama.cpp's imatrix keeps): entries
+     * "blk.L.expert_in.E" (n_embd: gate/up's input) and "blk.L.expert_down_in.E" (the expert width), sums only,
+     * after the others (ql_stats_expert_entry) */
+    bool per_expert;
 } ql_stats_opts;
 
 /* tokens: n_seq sequences of seq_len ids (BOS first, as the caller prepared them). */
 ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n_seq, int seq_len,
                            const ql_stats_opts *o, const ql_progress *progress, ql_stats **out);
 void ql_stats_free(ql_stats *s);
+/* Expert e's entry of MoE layer l in statistics collected with per_expert (down: its down projection's input), or
+ * NULL. */
+const ql_stat_entry *ql_stats_expert_entry(const ql_stats *s, int layer, int e, bool down);
 ql_status ql_stats_save(const ql_stats *s, const char *path);
 /* Reads a file without checking whom it belongs to (tests, inspection). Version 1 files (no fingerprint)
  * are refused with a message saying to collect them again. */

@@ -13,6 +13,7 @@
 
 #include "core/infer.h"
 #include "core/model.h"
+#include "core/stats.h"
 #include "core/synth.h"
 #include "core/train.h"
 #include "kernels/ggml_types.h"
@@ -138,6 +139,65 @@ static void test_routing_details_matter(void **state) {
     }
     free(ref);
     free(got);
+}
+
+/* Statistics per expert (what qlab imatrix writes for the stacks): each token's FFN input reaches n_expert_used
+ * experts, so over a layer's experts the rows add up to k per token and Σ x² to k times the pooled ffn_in's; the
+ * down inputs add up to the pooled ffn_down_in's. Both with one worker and with three (merged per entry). */
+static void test_stats_per_expert(void **state) {
+    (void)state;
+    ql_model *m = load_synth("tiny-qwen3moe");
+    const ql_config *c = &m->cfg;
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    enum { NS = 6 };
+    int32_t tok[NS * N_TOK];
+    for (int i = 0; i < NS * N_TOK; i++) tok[i] = TOKENS[(i * 7) % N_TOK];
+    for (int threads = 1; threads <= 3; threads += 2) {
+        ql_stats_opts o = {.n_threads = threads, .per_expert = true};
+        ql_stats *st = NULL;
+        assert_int_equal(ql_stats_collect(inf, tok, NS, N_TOK, &o, NULL, &st), QL_OK);
+        for (int l = 0; l < c->n_layer; l++) {
+            char nm[64], nd[64];
+            snprintf(nm, sizeof nm, "blk.%d.ffn_in", l);
+            snprintf(nd, sizeof nd, "blk.%d.ffn_down_in", l);
+            const ql_stat_entry *fin = NULL, *fdown = NULL;
+            for (int i = 0; i < st->n; i++) {
+                if (!strcmp(st->e[i].name, nm)) fin = &st->e[i];
+                if (!strcmp(st->e[i].name, nd)) fdown = &st->e[i];
+            }
+            assert_non_null(fin);
+            assert_non_null(fdown);
+            int64_t rows = 0;
+            double sq = 0, sq_down = 0, ref = 0, ref_down = 0;
+            for (int e = 0; e < c->n_expert; e++) {
+                const ql_stat_entry *in = ql_stats_expert_entry(st, l, e, false), *dn = ql_stats_expert_entry(st, l, e, true);
+                assert_non_null(in);
+                assert_non_null(dn);
+                assert_int_equal(in->n, c->n_embd);
+                assert_int_equal(dn->n, c->n_ff_exp);
+                assert_int_equal(in->n_tokens, dn->n_tokens);
+                rows += in->n_tokens;
+                for (int64_t j = 0; j < in->n; j++) sq += in->sum_sq[j];
+                for (int64_t j = 0; j < dn->n; j++) sq_down += dn->sum_sq[j];
+            }
+            for (int64_t j = 0; j < fin->n; j++) ref += fin->sum_sq[j];
+            for (int64_t j = 0; j < fdown->n; j++) ref_down += fdown->sum_sq[j];
+            assert_int_equal(rows, (int64_t)c->n_expert_used * fin->n_tokens);
+            assert_true(fabs(sq - c->n_expert_used * ref) <= 1e-9 * sq);
+            assert_true(fabs(sq_down - ref_down) <= 1e-9 * sq_down);
+        }
+        assert_null(ql_stats_expert_entry(st, c->n_layer, 0, false));
+        ql_stats_free(st);
+    }
+    ql_stats_opts o = {.n_threads = 1}; /* not asked: no expert entries */
+    ql_stats *st = NULL;
+    assert_int_equal(ql_stats_collect(inf, tok, NS, N_TOK, &o, NULL, &st), QL_OK);
+    assert_int_equal(st->n, 4 * c->n_layer);
+    assert_null(ql_stats_expert_entry(st, 0, 0, false));
+    ql_stats_free(st);
+    ql_infer_free(inf);
+    ql_model_free(m);
 }
 
 /* A sensitivity batch that varies ffn_down_exps (2 variants x 2 sequences) gives, per row, what a pass with that
@@ -309,6 +369,7 @@ int main(void) {
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_plan_covers_experts),
         cmocka_unit_test(test_imatrix_expert_entries),
+        cmocka_unit_test(test_stats_per_expert),
     };
     return cmocka_run_group_tests(tests, NULL, cleanup);
 }
