@@ -73,6 +73,20 @@ for T in IQ2_XXS IQ3_S; do
     "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log")"
 done
 rm -f "$OUT/lc.gguf" "$OUT/ql.gguf" "$OUT/lc-1b.gguf" "$OUT/lc-im.gguf" "$OUT/ql-im.gguf"
+# MODEL IMATRIX MIX...: "K of N" mixes where qlab quant --preset and llama-quantize write the same tensors (the
+# imatrix for the mixes that need one; a mix llama-quantize refuses is not counted), and which differ
+mixes_identical() {
+  local model=$1 im=$2 same_n=0 n=0 differ="" T
+  shift 2
+  for T in "$@"; do
+    local imat=(); case $T in Q2_K_S|IQ3_XS|IQ2_*|IQ1_*|IQ3_XXS) imat=(--imatrix "$im") ;; esac
+    "$L/llama-quantize" "${imat[@]}" "$model" "$OUT/lc.gguf" "$T" "$THREADS" >/dev/null 2>&1 || continue
+    "$QLAB" quant "$model" --preset "$T" "${imat[@]}" --threads "$THREADS" -o "$OUT/ql.gguf" >/dev/null 2>&1
+    n=$((n + 1))
+    if same "$OUT/lc.gguf" "$OUT/ql.gguf" | grep -q " 0 differ, 0 other"; then same_n=$((same_n + 1)); else differ="$differ $T"; fi
+  done
+  echo "$same_n of $n${differ:+ (differ:$differ)}"
+}
 # 2b. mixtures of experts: every mix on small Mixtral, Qwen3-MoE, Qwen1.5-MoE (shared experts) and OLMoE shapes, the
 #     i-quants with llama.cpp's imatrix of each (tensors must be byte-identical; IQ1_M differs by the known search
 #     change; expert counts cut to keep llama-quantize's i-quants to minutes), then perplexity time on a
@@ -85,15 +99,9 @@ for spec in "mixtral-8x7b layers=8,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
   MM=$OUT/moe-$1.gguf
   "$QLAB" synth --shape "$1" --dims "$2" -o "$MM" >/dev/null 2>&1
   "$L/llama-imatrix" -m "$MM" -f "$TXT" -c 128 --chunks 8 -t "$THREADS" -o "$OUT/moe-im.gguf" >/dev/null 2>&1
-  same_n=0 differ=""
-  for T in Q4_0 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL IQ3_S IQ3_M MXFP4_MOE \
-           Q2_K_S IQ3_XS IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ3_XXS; do
-    imat=(); case $T in Q2_K_S|IQ3_XS|IQ2_*|IQ1_*|IQ3_XXS) imat=(--imatrix "$OUT/moe-im.gguf") ;; esac
-    "$L/llama-quantize" "${imat[@]}" "$MM" "$OUT/lc.gguf" "$T" "$THREADS" >/dev/null 2>&1
-    "$QLAB" quant "$MM" --preset "$T" "${imat[@]}" --threads "$THREADS" -o "$OUT/ql.gguf" >/dev/null 2>&1
-    if same "$OUT/lc.gguf" "$OUT/ql.gguf" | grep -q " 0 differ, 0 other"; then same_n=$((same_n + 1)); else differ="$differ $T"; fi
-  done
-  printf '%-44s %s\n' "quant MoE $1: mixes byte-identical" "$same_n of 23${differ:+ (differ:$differ)}"
+  printf '%-44s %s\n' "quant MoE $1: mixes byte-identical" "$(mixes_identical "$MM" "$OUT/moe-im.gguf" \
+    Q4_0 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL IQ3_S IQ3_M MXFP4_MOE \
+    Q2_K_S IQ3_XS IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ3_XXS)"
   rm -f "$MM" "$OUT/moe-im.gguf"
 done
 MQ=$OUT/moe-q30.gguf
@@ -123,15 +131,8 @@ for spec in "tiny-granite layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
   MM=$OUT/arch-$1.gguf
   "$QLAB" synth --shape "$1" --dims "$2" -o "$MM" >/dev/null 2>&1
   "$L/llama-imatrix" -m "$MM" -f "$TXT" -c 128 --chunks 8 -t "$THREADS" -o "$OUT/arch-im.gguf" >/dev/null 2>&1
-  same_n=0 n=0 differ=""
-  for T in Q4_0 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL MXFP4_MOE IQ2_XS IQ3_XXS; do
-    imat=(); case $T in IQ2_*|IQ3_XXS) imat=(--imatrix "$OUT/arch-im.gguf") ;; esac
-    "$L/llama-quantize" "${imat[@]}" "$MM" "$OUT/lc.gguf" "$T" "$THREADS" >/dev/null 2>&1 || continue
-    "$QLAB" quant "$MM" --preset "$T" "${imat[@]}" --threads "$THREADS" -o "$OUT/ql.gguf" >/dev/null 2>&1
-    n=$((n + 1))
-    if same "$OUT/lc.gguf" "$OUT/ql.gguf" | grep -q " 0 differ, 0 other"; then same_n=$((same_n + 1)); else differ="$differ $T"; fi
-  done
-  printf '%-44s %s\n' "quant arch $1: mixes byte-identical" "$same_n of $n${differ:+ (differ:$differ)}"
+  printf '%-44s %s\n' "quant arch $1: mixes byte-identical" "$(mixes_identical "$MM" "$OUT/arch-im.gguf" \
+    Q4_0 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL MXFP4_MOE IQ2_XS IQ3_XXS)"
   rm -f "$MM" "$OUT/arch-im.gguf"
 done
 MG=$OUT/gptoss.gguf

@@ -138,8 +138,10 @@ static ql_status cpu_matmul(void *be, const ql_backend_weight *w, const ql_backe
     return ql_wmatmul_f32(w, bias, x, y, T, K, N, beta, nth);
 }
 
-static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float *x, float *y, int T, int D, float eps) {
-    (void)be;
+/* y = norm(x) · w per row of D: RMSNorm (ggml_rms_norm: the sum of squares in double) or, centred, LayerNorm
+ * (ggml_norm: mean and variance in double, the centred row scaled in float), then the weight as build_norm
+ * multiplies it. */
+static ql_status norm_rows(const ql_backend_weight *wt, const float *x, float *y, int T, int D, float eps, bool centre) {
     const float *w;
     float *owned;
     ql_status s = ql_weight_vector(wt, D, &w, &owned);
@@ -147,41 +149,33 @@ static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float 
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * D;
         float *yr = y + (size_t)t * D;
-        double ss = 0; /* ggml accumulates the sum of squares in double */
-        for (int i = 0; i < D; i++) ss += (double)(xr[i] * xr[i]);
-        float scale = 1.0f / sqrtf((float)(ss / D) + eps);
-        for (int i = 0; i < D; i++) yr[i] = xr[i] * scale * w[i];
+        float mean = 0;
+        if (centre) {
+            double sum = 0;
+            for (int i = 0; i < D; i++) sum += (double)xr[i];
+            mean = (float)(sum / D);
+        }
+        double ss = 0;
+        for (int i = 0; i < D; i++) {
+            const float v = centre ? xr[i] - mean : xr[i];
+            ss += (double)(v * v);
+        }
+        const float scale = 1.0f / sqrtf((float)(ss / D) + eps);
+        for (int i = 0; i < D; i++) yr[i] = (centre ? xr[i] - mean : xr[i]) * scale * w[i];
     }
     free(owned);
     return QL_OK;
 }
 
-/* ggml_compute_forward_norm_f32 (mean and variance summed in double, the centred row scaled in float), then the
- * weight, as build_norm multiplies it */
+static ql_status cpu_rmsnorm(void *be, const ql_backend_weight *wt, const float *x, float *y, int T, int D, float eps) {
+    (void)be;
+    return norm_rows(wt, x, y, T, D, eps, false);
+}
+
 static ql_status cpu_layernorm(void *be, const ql_backend_weight *wt, const float *x, float *y, int T, int D,
                                float eps) {
     (void)be;
-    const float *w;
-    float *owned;
-    ql_status s = ql_weight_vector(wt, D, &w, &owned);
-    if (s) return s;
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * D;
-        float *yr = y + (size_t)t * D;
-        double sum = 0;
-        for (int i = 0; i < D; i++) sum += (double)xr[i];
-        const float mean = (float)(sum / D);
-        double sum2 = 0;
-        for (int i = 0; i < D; i++) {
-            const float v = xr[i] - mean;
-            yr[i] = v;
-            sum2 += (double)(v * v);
-        }
-        const float scale = 1.0f / sqrtf((float)(sum2 / D) + eps);
-        for (int i = 0; i < D; i++) yr[i] = yr[i] * scale * w[i];
-    }
-    free(owned);
-    return QL_OK;
+    return norm_rows(wt, x, y, T, D, eps, true);
 }
 
 /* cos/sin of each pair for one position go to cs[rope_dim] (the caller's: rope_dim reaches 4096). The angle

@@ -21,6 +21,7 @@
 #include "pipeline/quantize.h"
 #include "presets/preset.h"
 #include "tests/test_util.h"
+#include "tests/test_synth_logits.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -28,66 +29,25 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { N_TOK = 32, N_VOCAB = 512 };
+enum { N_TOK = QL_TEST_N_TOK, N_VOCAB = QL_TEST_N_VOCAB };
 /* logits reach 10: float sums in another order move one row of tiny-exaone by 2.7e-4, the rest by < 6e-5 */
 static const float TOL = 5e-4f;
-/* the token ids of ../shared/testdata/arch-variants/tokens.txt (as test_moe.c), which llama_logits.c was given */
-static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
-                                      338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
 static const char *SHAPES[] = {"tiny-granite", "tiny-granitemoe", "tiny-olmo2", "tiny-smollm3", "tiny-exaone",
                                "tiny-mistral3", "tiny-gptoss", "tiny-ernie4_5", "tiny-seed_oss", "tiny-glm4",
                                "tiny-cohere2", "tiny-exaone4", "tiny-exaone4-swa"};
-
-static void synth_path(char *buf, size_t cap, const char *shape) {
-    snprintf(buf, cap, "/tmp/qlab_test_arch_synth_%d_%s.gguf", (int)getpid(), shape);
-}
-
-static ql_model *load_synth(const char *shape) {
-    char p[256];
-    synth_path(p, sizeof p, shape);
-    if (access(p, R_OK) != 0) assert_int_equal(ql_synth_write(ql_synth_find(shape), 1, p, 1, NULL), QL_OK);
-    ql_model *m = NULL;
-    assert_int_equal(ql_model_load(p, &m), QL_OK);
-    return m;
-}
-
-static void read_reference(const char *shape, float *ref) {
-    char p[256];
-    snprintf(p, sizeof p, "tests/data/arch/logits-%s.f32", shape);
-    FILE *f = fopen(p, "rb");
-    assert_non_null(f);
-    assert_int_equal(fread(ref, sizeof(float), N_TOK * N_VOCAB, f), N_TOK * N_VOCAB);
-    fclose(f);
-}
-
-static void run(const ql_model *m, float *logits) {
-    ql_infer *inf;
-    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
-    ql_scratch *s = ql_scratch_new(inf, N_TOK);
-    assert_non_null(s);
-    assert_int_equal(ql_forward(inf, s, TOKENS, N_TOK, 0, logits), QL_OK);
-    ql_scratch_free(s);
-    ql_infer_free(inf);
-}
-
-static float max_diff(const float *a, const float *b, size_t n) {
-    float d = 0;
-    for (size_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
-    return d;
-}
 
 static void test_logits_match_llamacpp(void **state) {
     (void)state;
     float *got = malloc(sizeof(float) * N_TOK * N_VOCAB), *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
-        ql_model *m = load_synth(SHAPES[i]);
+        ql_model *m = ql_test_synth_model("arch_synth", SHAPES[i]);
         assert_string_equal(m->cfg.arch, ql_synth_find(SHAPES[i])->arch);
-        read_reference(SHAPES[i], ref);
-        run(m, got);
-        const float d = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+        ql_test_read_logits("tests/data/arch", SHAPES[i], ref);
+        ql_test_run(m, got);
+        const float d = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
         printf("  %-16s max |qlab - llama.cpp| = %.3g\n", SHAPES[i], d);
         for (int r = 0; r < N_TOK && !(d <= TOL); r++)
-            printf("    row %d: %.3g\n", r, max_diff(got + (size_t)r * N_VOCAB, ref + (size_t)r * N_VOCAB, N_VOCAB));
+            printf("    row %d: %.3g\n", r, ql_test_max_diff(got + (size_t)r * N_VOCAB, ref + (size_t)r * N_VOCAB, N_VOCAB));
         if (!(d <= TOL)) fail_msg("%s: logits differ from llama.cpp by %g", SHAPES[i], d);
         ql_model_free(m);
     }
@@ -101,9 +61,9 @@ static float moved(ql_model *m, const float *ref, model_edit edit, model_edit un
     float *got = malloc(sizeof(float) * N_TOK * N_VOCAB);
     char saved[sizeof(ql_config) + 4 * sizeof(ql_layer_tensors)];
     edit(m, saved);
-    run(m, got);
+    ql_test_run(m, got);
     undo(m, saved);
-    const float d = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+    const float d = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
     printf("  %-16s %-34s %.3g\n", m->cfg.arch, what, d);
     free(got);
     return d;
@@ -250,8 +210,8 @@ static void test_features_matter(void **state) {
         {"tiny-exaone4-swa", "no window (every layer global, no RoPE)", no_window, restore_cfg},
     };
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
-        ql_model *m = load_synth(cases[i].shape);
-        read_reference(cases[i].shape, ref);
+        ql_model *m = ql_test_synth_model("arch_synth", cases[i].shape);
+        ql_test_read_logits("tests/data/arch", cases[i].shape, ref);
         const float d = moved(m, ref, cases[i].edit, cases[i].undo, cases[i].what);
         if (!(d > 100 * TOL)) fail_msg("%s: %s moves the logits only %g", cases[i].shape, cases[i].what, d);
         ql_model_free(m);
@@ -264,7 +224,7 @@ static void test_bad_multipliers_refused(void **state) {
     (void)state;
     ql_synth_shape sh = *ql_synth_find("tiny-granite");
     char p[256];
-    synth_path(p, sizeof p, "bad-granite");
+    ql_test_synth_path(p, sizeof p, "arch_synth", "bad-granite");
     const float bad[][4] = {{12.0f, 0.22f, 0.0625f, 0.0f}, {12.0f, -0.5f, 0.0625f, 8.0f}};
     for (size_t i = 0; i < QL_ARRAY_LEN(bad); i++) {
         memcpy(sh.scales, bad[i], sizeof sh.scales);
@@ -330,8 +290,8 @@ static void test_hf_roundtrip_same_logits(void **state) {
     };
     float *a = malloc(sizeof(float) * N_TOK * N_VOCAB), *b = malloc(sizeof(float) * N_TOK * N_VOCAB);
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
-        ql_model *m = load_synth(cases[i].shape);
-        run(m, a);
+        ql_model *m = ql_test_synth_model("arch_synth", cases[i].shape);
+        ql_test_run(m, a);
         char *dir = ql_test_mkdtemp("arch_hf");
         assert_int_equal(ql_hf_save(m->gguf, dir), QL_OK);
         char p[1024];
@@ -355,8 +315,8 @@ static void test_hf_roundtrip_same_logits(void **state) {
         assert_string_equal(h->cfg.arch, m->cfg.arch);
         assert_true(h->cfg.residual_scale == m->cfg.residual_scale && h->cfg.logit_mult == m->cfg.logit_mult &&
                     h->cfg.n_swa == m->cfg.n_swa && h->cfg.nope_period == m->cfg.nope_period);
-        run(h, b);
-        const float d = max_diff(a, b, (size_t)N_TOK * N_VOCAB);
+        ql_test_run(h, b);
+        const float d = ql_test_max_diff(a, b, (size_t)N_TOK * N_VOCAB);
         printf("  %-16s GGUF vs its HF folder: %.3g\n", cases[i].shape, d);
         assert_true(d == 0.0f);
         ql_model_free(h);
@@ -372,13 +332,13 @@ static void test_hf_roundtrip_same_logits(void **state) {
  * (tests/data/arch/logits-tiny-gptoss-mxfp4.f32), its activations rounded to Q8_0 as ggml's MXFP4 dot product does. */
 static void test_gptoss_mxfp4_experts(void **state) {
     (void)state;
-    ql_model *m = load_synth("tiny-gptoss");
+    ql_model *m = ql_test_synth_model("arch_synth", "tiny-gptoss");
     ql_preset *p = NULL;
     assert_int_equal(ql_preset_load("MXFP4_MOE", &p), QL_OK);
     ql_plan *plan = NULL;
     assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_OK);
     char out[256];
-    synth_path(out, sizeof out, "gptoss-mxfp4");
+    ql_test_synth_path(out, sizeof out, "arch_synth", "gptoss-mxfp4");
     ql_quant_opts qo = {.plan = plan, .n_threads = 1};
     ql_quant_stats qs;
     assert_int_equal(ql_quantize_model(m, &qo, out, NULL, &qs), QL_OK);
@@ -388,10 +348,10 @@ static void test_gptoss_mxfp4_experts(void **state) {
     assert_int_equal(q->layers[0].ffn_gate_inp->type, QL_TYPE_F32);
     float *got = malloc(sizeof(float) * N_TOK * N_VOCAB), *ref = malloc(sizeof(float) * N_TOK * N_VOCAB),
           *f32 = malloc(sizeof(float) * N_TOK * N_VOCAB);
-    read_reference("tiny-gptoss-mxfp4", ref);
-    run(q, got);
-    run(m, f32);
-    const float d = max_diff(got, ref, (size_t)N_TOK * N_VOCAB), moved = max_diff(f32, ref, (size_t)N_TOK * N_VOCAB);
+    ql_test_read_logits("tests/data/arch", "tiny-gptoss-mxfp4", ref);
+    ql_test_run(q, got);
+    ql_test_run(m, f32);
+    const float d = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB), moved = ql_test_max_diff(f32, ref, (size_t)N_TOK * N_VOCAB);
     printf("  MXFP4 experts: max |qlab - llama.cpp| = %.3g (the F32 model is %.3g away)\n", d, moved);
     assert_true(d <= TOL);
     assert_true(moved > 100 * TOL);
@@ -407,7 +367,7 @@ static int cleanup(void **state) {
     (void)state;
     char p[256];
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
-        synth_path(p, sizeof p, SHAPES[i]);
+        ql_test_synth_path(p, sizeof p, "arch_synth", SHAPES[i]);
         unlink(p);
     }
     return 0;

@@ -22,6 +22,7 @@
 #include "pipeline/plan.h"
 #include "presets/preset.h"
 #include "tests/test_util.h"
+#include "tests/test_synth_logits.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -29,64 +30,23 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { N_TOK = 32, N_VOCAB = 512 };
+enum { N_TOK = QL_TEST_N_TOK, N_VOCAB = QL_TEST_N_VOCAB };
 /* the logits reach 10: 2e-5 of that, float sums in another order (the dense arch-variants agree to 1e-4) */
 static const float TOL = 2e-4f;
-/* the token ids of ../shared/testdata/arch-variants/tokens.txt, which llama_logits.c was given */
-static const int32_t TOKENS[N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
-                                      338, 401, 396, 267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
 static const char *SHAPES[] = {"tiny-moe", "tiny-qwen3moe", "tiny-qwen2moe", "tiny-olmoe"};
-
-static void synth_path(char *buf, size_t cap, const char *shape) {
-    snprintf(buf, cap, "/tmp/qlab_test_moe_%d_%s.gguf", (int)getpid(), shape);
-}
-
-static ql_model *load_synth(const char *shape) {
-    char p[256];
-    synth_path(p, sizeof p, shape);
-    if (access(p, R_OK) != 0) assert_int_equal(ql_synth_write(ql_synth_find(shape), 1, p, 1, NULL), QL_OK);
-    ql_model *m = NULL;
-    assert_int_equal(ql_model_load(p, &m), QL_OK);
-    return m;
-}
-
-static void read_reference(const char *shape, float *ref) {
-    char p[256];
-    snprintf(p, sizeof p, "tests/data/moe/logits-%s.f32", shape);
-    FILE *f = fopen(p, "rb");
-    assert_non_null(f);
-    assert_int_equal(fread(ref, sizeof(float), N_TOK * N_VOCAB, f), N_TOK * N_VOCAB);
-    fclose(f);
-}
-
-static void run(const ql_model *m, float *logits) {
-    ql_infer *inf;
-    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
-    ql_scratch *s = ql_scratch_new(inf, N_TOK);
-    assert_non_null(s);
-    assert_int_equal(ql_forward(inf, s, TOKENS, N_TOK, 0, logits), QL_OK);
-    ql_scratch_free(s);
-    ql_infer_free(inf);
-}
-
-static float max_diff(const float *a, const float *b, size_t n) {
-    float d = 0;
-    for (size_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
-    return d;
-}
 
 static void test_logits_match_llamacpp(void **state) {
     (void)state;
     float *got = malloc(sizeof(float) * N_TOK * N_VOCAB), *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
-        ql_model *m = load_synth(SHAPES[i]);
+        ql_model *m = ql_test_synth_model("moe", SHAPES[i]);
         assert_true(m->cfg.n_expert > 0 && m->layers[0].gate_exps && !m->layers[0].w_gate);
-        read_reference(SHAPES[i], ref);
-        run(m, got);
-        const float d = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+        ql_test_read_logits("tests/data/moe", SHAPES[i], ref);
+        ql_test_run(m, got);
+        const float d = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
         printf("  %-14s max |qlab - llama.cpp| = %.3g\n", SHAPES[i], d);
         for (int r = 0; r < N_TOK && !(d <= TOL); r++)
-            printf("    row %d: %.3g\n", r, max_diff(got + (size_t)r * N_VOCAB, ref + (size_t)r * N_VOCAB, N_VOCAB));
+            printf("    row %d: %.3g\n", r, ql_test_max_diff(got + (size_t)r * N_VOCAB, ref + (size_t)r * N_VOCAB, N_VOCAB));
         if (!(d <= TOL)) fail_msg("%s: logits differ from llama.cpp by %g", SHAPES[i], d);
         ql_model_free(m);
     }
@@ -99,12 +59,12 @@ static void test_routing_details_matter(void **state) {
     (void)state;
     float *ref = malloc(sizeof(float) * N_TOK * N_VOCAB), *got = malloc(sizeof(float) * N_TOK * N_VOCAB);
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
-        read_reference(SHAPES[i], ref);
-        ql_model *m = load_synth(SHAPES[i]);
+        ql_test_read_logits("tests/data/moe", SHAPES[i], ref);
+        ql_model *m = ql_test_synth_model("moe", SHAPES[i]);
         const bool norm = m->cfg.moe_norm_weights;
         m->cfg.moe_norm_weights = !norm;
-        run(m, got);
-        const float d_norm = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+        ql_test_run(m, got);
+        const float d_norm = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
         m->cfg.moe_norm_weights = norm;
         if (m->cfg.desc->qk_norm_full) { /* OLMoE's q/k norm per head instead of over the row */
             ql_arch per_head = *m->cfg.desc;
@@ -112,8 +72,8 @@ static void test_routing_details_matter(void **state) {
             per_head.qk_norm_full = false;
             m->cfg.desc = &per_head;
             for (int l = 0; l < 2; l++) m->layers[l].q_norm->ne[0] = m->layers[l].k_norm->ne[0] = m->cfg.head_dim;
-            run(m, got);
-            const float d_qk = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+            ql_test_run(m, got);
+            const float d_qk = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
             printf("  %-14s q/k norm per head: %.3g\n", SHAPES[i], d_qk);
             assert_true(d_qk > 100 * TOL);
             m->cfg.desc = full;
@@ -121,16 +81,16 @@ static void test_routing_details_matter(void **state) {
         if (m->layers[0].gate_shexp) { /* without the shared expert */
             ql_layer_tensors keep[2] = {m->layers[0], m->layers[1]};
             for (int l = 0; l < 2; l++) m->layers[l].gate_shexp = NULL;
-            run(m, got);
-            const float d_sh = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+            ql_test_run(m, got);
+            const float d_sh = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
             printf("  %-14s without the shared expert: %.3g\n", SHAPES[i], d_sh);
             assert_true(d_sh > 100 * TOL);
             m->layers[0] = keep[0];
             m->layers[1] = keep[1];
         }
         m->cfg.n_expert_used = 1;
-        run(m, got);
-        const float d_top1 = max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
+        ql_test_run(m, got);
+        const float d_top1 = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
         printf("  %-14s renormalising %s: %.3g; one expert per token: %.3g\n", SHAPES[i], norm ? "off" : "on", d_norm,
                d_top1);
         assert_true(d_norm > 100 * TOL);
@@ -146,13 +106,13 @@ static void test_routing_details_matter(void **state) {
  * down inputs add up to the pooled ffn_down_in's. Both with one worker and with three (merged per entry). */
 static void test_stats_per_expert(void **state) {
     (void)state;
-    ql_model *m = load_synth("tiny-qwen3moe");
+    ql_model *m = ql_test_synth_model("moe", "tiny-qwen3moe");
     const ql_config *c = &m->cfg;
     ql_infer *inf;
     assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
     enum { NS = 6 };
     int32_t tok[NS * N_TOK];
-    for (int i = 0; i < NS * N_TOK; i++) tok[i] = TOKENS[(i * 7) % N_TOK];
+    for (int i = 0; i < NS * N_TOK; i++) tok[i] = QL_TEST_TOKENS[(i * 7) % N_TOK];
     for (int threads = 1; threads <= 3; threads += 2) {
         ql_stats_opts o = {.n_threads = threads, .per_expert = true};
         ql_stats *st = NULL;
@@ -204,7 +164,7 @@ static void test_stats_per_expert(void **state) {
  * variant swapped in gives. */
 static void test_variant_pass_matches_swaps(void **state) {
     (void)state;
-    ql_model *m = load_synth("tiny-qwen3moe");
+    ql_model *m = ql_test_synth_model("moe", "tiny-qwen3moe");
     const ql_gguf_tensor *t = m->layers[1].down_exps;
     const size_t n = (size_t)(t->ne[0] * t->ne[1] * t->ne[2]);
     float *alt = malloc(n * sizeof(float));
@@ -216,7 +176,7 @@ static void test_variant_pass_matches_swaps(void **state) {
     ql_infer *inf;
     assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
     ql_scratch *sb = ql_scratch_new_rows(inf, N_TOK, 4 * N_TOK), *s1 = ql_scratch_new(inf, N_TOK);
-    const int32_t *toks[2] = {TOKENS, TOKENS + 8};
+    const int32_t *toks[2] = {QL_TEST_TOKENS, QL_TEST_TOKENS + 8};
     const int T = 24;
     float *batch = malloc(sizeof(float) * 4 * T * N_VOCAB), *one = malloc(sizeof(float) * T * N_VOCAB);
     assert_int_equal(ql_forward_variants(inf, sb, &var, toks, NULL, 2, 0, T, batch), QL_OK);
@@ -225,8 +185,8 @@ static void test_variant_pass_matches_swaps(void **state) {
         ql_infer_swap_weight(inf, t, w[v]);
         for (int q = 0; q < 2; q++) {
             assert_int_equal(ql_forward(inf, s1, toks[q], T, 0, one), QL_OK);
-            worst = fmaxf(worst, max_diff(one, batch + (size_t)(v * 2 + q) * T * N_VOCAB, (size_t)T * N_VOCAB));
-            if (v == 1) moved = fmaxf(moved, max_diff(one, batch + (size_t)q * T * N_VOCAB, (size_t)T * N_VOCAB));
+            worst = fmaxf(worst, ql_test_max_diff(one, batch + (size_t)(v * 2 + q) * T * N_VOCAB, (size_t)T * N_VOCAB));
+            if (v == 1) moved = fmaxf(moved, ql_test_max_diff(one, batch + (size_t)q * T * N_VOCAB, (size_t)T * N_VOCAB));
         }
     }
     printf("  batched vs separate passes: %.3g (the variant moves logits by %.3g)\n", worst, moved);
@@ -244,8 +204,8 @@ static void test_variant_pass_matches_swaps(void **state) {
 /* Loads an edited copy of tiny-moe and expects a refusal whose message names `want`. */
 static void expect_refused(void (*edit)(ql_gguf *), const char *want) {
     char p[256], q[256];
-    synth_path(p, sizeof p, "tiny-moe");
-    ql_model_free(load_synth("tiny-moe"));
+    ql_test_synth_path(p, sizeof p, "moe", "tiny-moe");
+    ql_model_free(ql_test_synth_model("moe", "tiny-moe"));
     ql_gguf *g;
     assert_int_equal(ql_gguf_open(p, &g), QL_OK);
     edit(g);
@@ -271,7 +231,7 @@ static void test_refusals(void **state) {
     expect_refused(too_many_used, "expert_used_count 9");
     expect_refused(drop_down_exps, "blk.1.ffn_down_exps.weight");
     expect_refused(fewer_experts, "blk.0.ffn_gate_inp.weight");
-    ql_model *m = load_synth("tiny-moe");
+    ql_model *m = ql_test_synth_model("moe", "tiny-moe");
     ql_train_model *tm = NULL;
     assert_int_equal(ql_train_model_from(m, &tm), QL_ERR_UNSUPPORTED);
     assert_non_null(strstr(ql_last_error(), "mixture-of-experts"));
@@ -283,7 +243,7 @@ static void test_refusals(void **state) {
  * apply at exactly 8 experts. */
 static void test_plan_covers_experts(void **state) {
     (void)state;
-    ql_model *m = load_synth("tiny-qwen3moe");
+    ql_model *m = ql_test_synth_model("moe", "tiny-qwen3moe");
     ql_preset *p = NULL;
     assert_int_equal(ql_preset_load("Q4_K_M", &p), QL_OK);
     ql_plan *plan = NULL;
@@ -299,7 +259,7 @@ static void test_plan_covers_experts(void **state) {
     }
     ql_plan_free(plan);
     /* llama.cpp's 8-expert rules: attn_v and attn_k in Q8_0 for Mixtral's 8 experts, not for 16 */
-    ql_model *m8 = load_synth("tiny-moe");
+    ql_model *m8 = ql_test_synth_model("moe", "tiny-moe");
     assert_int_equal(ql_preset_resolve(p, m8, false, &plan), QL_OK);
     assert_string_equal(ql_plan_find(plan, "blk.1.attn_v.weight")->format->name, "q8_0");
     assert_string_equal(ql_plan_find(plan, "blk.1.attn_k.weight")->format->name, "q8_0");
@@ -355,7 +315,7 @@ static int cleanup(void **state) {
     (void)state;
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
         char p[256];
-        synth_path(p, sizeof p, SHAPES[i]);
+        ql_test_synth_path(p, sizeof p, "moe", SHAPES[i]);
         unlink(p);
     }
     return 0;

@@ -1,0 +1,63 @@
+/* test_synth_logits.h — what the tests that compare a synthetic model's logits with llama.cpp's share
+ * (test_moe.c, test_arch_synth.c): the 32 token ids llama_logits.c was given, writing and loading a `qlab synth`
+ * test model once per test process, reading a reference logits file, one forward pass, the largest difference. */
+#ifndef QL_TEST_SYNTH_LOGITS_H
+#define QL_TEST_SYNTH_LOGITS_H
+
+#include "core/infer.h"
+#include "core/model.h"
+#include "core/synth.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <unistd.h>
+
+enum { QL_TEST_N_TOK = 32, QL_TEST_N_VOCAB = 512 };
+/* the token ids of ../shared/testdata/arch-variants/tokens.txt, which tests/data/moe/llama_logits.c was given */
+static const int32_t QL_TEST_TOKENS[QL_TEST_N_TOK] = {1,   403, 407, 261, 378, 432, 383, 286, 261, 376, 298,
+                                                      315, 421, 395, 317, 426, 338, 401, 396, 267, 337, 410,
+                                                      408, 419, 292, 411, 322, 265, 282, 295, 433, 426};
+
+/* /tmp/qlab_test_TAG_PID_SHAPE.gguf: one file per test process and shape */
+static inline void ql_test_synth_path(char *buf, size_t cap, const char *tag, const char *shape) {
+    snprintf(buf, cap, "/tmp/qlab_test_%s_%d_%s.gguf", tag, (int)getpid(), shape);
+}
+
+/* The synth shape's model (seed 1), written on first use. */
+static inline ql_model *ql_test_synth_model(const char *tag, const char *shape) {
+    char p[256];
+    ql_test_synth_path(p, sizeof p, tag, shape);
+    if (access(p, R_OK) != 0) assert_int_equal(ql_synth_write(ql_synth_find(shape), 1, p, 1, NULL), QL_OK);
+    ql_model *m = NULL;
+    assert_int_equal(ql_model_load(p, &m), QL_OK);
+    return m;
+}
+
+/* DIR/logits-NAME.f32: QL_TEST_N_TOK x QL_TEST_N_VOCAB floats */
+static inline void ql_test_read_logits(const char *dir, const char *name, float *ref) {
+    char p[256];
+    snprintf(p, sizeof p, "%s/logits-%s.f32", dir, name);
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(ref, sizeof(float), QL_TEST_N_TOK * QL_TEST_N_VOCAB, f), QL_TEST_N_TOK * QL_TEST_N_VOCAB);
+    fclose(f);
+}
+
+/* The logits of every position for QL_TEST_TOKENS, one thread. */
+static inline void ql_test_run(const ql_model *m, float *logits) {
+    ql_infer *inf;
+    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
+    ql_scratch *s = ql_scratch_new(inf, QL_TEST_N_TOK);
+    assert_non_null(s);
+    assert_int_equal(ql_forward(inf, s, QL_TEST_TOKENS, QL_TEST_N_TOK, 0, logits), QL_OK);
+    ql_scratch_free(s);
+    ql_infer_free(inf);
+}
+
+static inline float ql_test_max_diff(const float *a, const float *b, size_t n) {
+    float d = 0;
+    for (size_t i = 0; i < n; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    return d;
+}
+
+#endif
