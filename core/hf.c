@@ -110,6 +110,29 @@ static const layer_name g_olmo2_layers[] = {
     {"post_feedforward_layernorm", "post_ffw_norm", 0},
 };
 
+/* Seed-OSS: llama's names, but its post_attention_layernorm (the FFN's pre-norm) keeps the name llama.cpp's
+ * converter gives it, post_attention_norm (core/arch.c loads it as the FFN norm). */
+static const layer_name g_seed_oss_layers[] = {
+    {"input_layernorm", "attn_norm", 0},    {"self_attn.q_proj", "attn_q", 0},
+    {"self_attn.k_proj", "attn_k", 0},      {"self_attn.v_proj", "attn_v", 0},
+    {"self_attn.o_proj", "attn_output", 0}, {"post_attention_layernorm", "post_attention_norm", 0},
+    {"mlp.gate_proj", "ffn_gate", 0},       {"mlp.up_proj", "ffn_up", 0},
+    {"mlp.down_proj", "ffn_down", 0},
+};
+/* GLM-4: norms before and after both blocks, gate and up fused (gate rows first, as llama.cpp's SwiGLU splits) */
+static const layer_name g_glm4_layers[] = {
+    {"input_layernorm", "attn_norm", 0},
+    {"self_attn.q_proj", "attn_q", 0},
+    {"self_attn.k_proj", "attn_k", 0},
+    {"self_attn.v_proj", "attn_v", 0},
+    {"self_attn.o_proj", "attn_output", 0},
+    {"post_self_attn_layernorm", "post_attention_norm", 0},
+    {"post_attention_layernorm", "ffn_norm", 0},
+    {"mlp.gate_up_proj", "ffn_up", 0},
+    {"mlp.down_proj", "ffn_down", 0},
+    {"post_mlp_layernorm", "post_ffw_norm", 0},
+};
+
 /* Tensors every layer must have (GGUF names after "blk.N."). */
 #define REQ_ATTN "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight"
 #define REQ_FFN "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"
@@ -128,6 +151,14 @@ static const char *const g_req_olmo2[] = {"attn_q.weight", "attn_k.weight", "att
                                           "attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
                                           "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "post_ffw_norm.weight",
                                           NULL};
+static const char *const g_req_exaone4[] = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+                                            "attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight",
+                                            "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", "post_ffw_norm.weight",
+                                            NULL};
+static const char *const g_req_seed_oss[] = {REQ_ATTN, "post_attention_norm.weight", "ffn_gate.weight", "ffn_up.weight",
+                                             "ffn_down.weight", NULL};
+static const char *const g_req_glm4[] = {REQ_ATTN, "post_attention_norm.weight", "ffn_norm.weight", "ffn_up.weight",
+                                         "ffn_down.weight", "post_ffw_norm.weight", NULL};
 static const char *const g_req_cohere2[] = {REQ_ATTN, "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight", NULL};
 static const char *const g_req_phi3[] = {"attn_norm.weight", "attn_qkv.weight", "attn_output.weight",
                                          "ffn_norm.weight",  "ffn_up.weight",   "ffn_down.weight",
@@ -188,12 +219,21 @@ static const hf_arch g_archs[] = {
     /* OLMo-3: OLMo-2's layers with a sliding window on 3 of every 4 (layer_types) */
     {"olmo3", "Olmo3ForCausalLM", "olmo2", LAYERS(g_olmo2_layers), g_req_olmo2, false, false, false,
      0, 0, 0, 0, 0, 0, 4, false, NULL},
+    /* EXAONE-4: OLMo-2's names (its q/k norms are per head); the 32B's window by layer_types */
+    {"exaone4", "Exaone4ForCausalLM", "exaone4", LAYERS(g_olmo2_layers), g_req_exaone4, false, false, false,
+     0, 0, 0, 0, 0, 0, 4, false, NULL},
+    {"seed_oss", "SeedOssForCausalLM", "seed_oss", LAYERS(g_seed_oss_layers), g_req_seed_oss, false, false, false,
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
+    {"ernie4_5", "Ernie4_5ForCausalLM", "ernie4_5", LAYERS(g_llama_layers), g_req_llama, false, false, false,
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
+    {"glm4", "Glm4ForCausalLM", "glm4", LAYERS(g_glm4_layers), g_req_glm4, false, false, false,
+     0, 0, 0, 0, 0, 0, 0, false, NULL},
     /* Command R7B: llama's names without the FFN norm (its block is parallel), LayerNorm weights, interleaved
      * rotary as GGUF keeps it (no permutation), a tied output unless the config says otherwise */
     {"cohere2", "Cohere2ForCausalLM", "cohere2", LAYERS(g_llama_layers), g_req_cohere2, false, false, false,
      0, 0, 0, 0, 1e-5, 0, 4, false, g_cohere2_scalars},
 };
-#define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3, granite, smollm3, olmo2, olmo3, cohere2"
+#define SUPPORTED_TYPES "llama, mistral, qwen2, qwen3, gemma2, gemma3, gemma3_text, phi3, granite, smollm3, olmo2, olmo3, cohere2, exaone4, seed_oss, ernie4_5, glm4"
 
 /* LayerNorm architectures keep their epsilon under other names, in config.json and in GGUF. */
 static bool uses_layer_norm(const char *gguf_arch) {
