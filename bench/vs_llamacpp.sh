@@ -113,7 +113,7 @@ printf '%-44s %9ss %9ss %8s  %s\n' "ppl Qwen3-30B-A3B shape, 6 layers, Q4_K_M" "
   "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log") (F32 vs F16 KV cache)"
 rm -f "$MQ" "$OUT/lc.gguf" "$OUT/ql.gguf"
 # 2c. the architectures of session 11 (Granite, Granite-MoE, OLMo 2/3, SmolLM3, EXAONE, Ministral 3, ERNIE 4.5,
-#     Seed-OSS, GLM-4, Command R7B, EXAONE 4, gpt-oss): a set of mixes on 256-wide versions of their test shapes must be byte-identical (the
+#     Seed-OSS, GLM-4, Command R7B, EXAONE 4, GLM-4.5, gpt-oss): a set of mixes on 256-wide versions of their test shapes must be byte-identical (the
 #     i-quants with llama.cpp's imatrix), then perplexity time on a 2-layer gpt-oss-20b shape with MXFP4 experts
 for spec in "tiny-granite layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
             "tiny-granitemoe layers=4,embd=256,heads=8,kv=2,ff=256,vocab=1024" \
@@ -126,6 +126,7 @@ for spec in "tiny-granite layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
             "tiny-glm4 layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
             "tiny-cohere2 layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
             "tiny-exaone4 layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
+            "tiny-glm4moe layers=4,embd=256,heads=8,kv=2,head_dim=64,ff=512,ff_exp=256,ff_shexp=256,experts=16,vocab=1024" \
             "tiny-gptoss layers=4,embd=256,heads=8,kv=2,head_dim=64,ff=256,ff_exp=256,vocab=1024"; do
   set -- $spec
   MM=$OUT/arch-$1.gguf

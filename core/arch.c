@@ -42,6 +42,7 @@ static const ql_role_info g_roles[QL_ROLE_COUNT] = {
     [QL_ROLE_FFN_GATE_EXPS_BIAS] = {"ffn_gate_exps.bias", QL_DIM_FF_EXP, QL_DIM_EXPERT, QL_IN_NONE, NONE},
     [QL_ROLE_FFN_UP_EXPS_BIAS] = {"ffn_up_exps.bias", QL_DIM_FF_EXP, QL_DIM_EXPERT, QL_IN_NONE, NONE},
     [QL_ROLE_FFN_DOWN_EXPS_BIAS] = {"ffn_down_exps.bias", QL_DIM_EMBD, QL_DIM_EXPERT, QL_IN_NONE, NONE},
+    [QL_ROLE_FFN_EXP_PROBS_B] = {"exp_probs_b.bias", QL_DIM_EXPERT, QL_DIM_1, QL_IN_NONE, NONE},
 };
 #undef NONE
 
@@ -137,6 +138,17 @@ static const ql_arch g_arch[] = {
      .rope_swa_only = true, .swa_rope_global = true, .logit_scale_mult = true,
      .need = {ATTN_SEPARATE, QKV_BIAS(O), [QL_ROLE_ATTN_OUT_BIAS] = O, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R,
               [QL_ROLE_FFN_DOWN] = R}},
+    /* GLM-4.5 / 4.5-Air / 4.6 (glm4moe): NEOX RoPE over half of each head, q/k/v biases, optional per-head q/k
+     * norms, the FFN norm under post_attention_norm; after the leading dense layers, experts chosen by a sigmoid
+     * with a selection bias, their weights renormalised and scaled (ARCH.expert_weights_scale), and ungated shared
+     * experts (ARCH.expert_shared_count of the expert width); the trailing nextn_predict_layers (multi-token
+     * prediction) are not part of the forward pass */
+    {.name = "glm4moe", .family = "glm4moe", .rope_neox = true, .moe = QL_MOE_ALWAYS,
+     .moe_gating = QL_GATING_SIGMOID, .moe_dense_lead = true, .ffn_norm_is_post_attn_norm = true,
+     .need = {[QL_ROLE_ATTN_NORM] = R, [QL_ROLE_ATTN_Q] = R, [QL_ROLE_ATTN_K] = R, [QL_ROLE_ATTN_V] = R, QKV_BIAS(O),
+              [QL_ROLE_ATTN_Q_NORM] = O, [QL_ROLE_ATTN_K_NORM] = O, [QL_ROLE_ATTN_OUT] = R,
+              [QL_ROLE_ATTN_POST_NORM] = R, [QL_ROLE_FFN_GATE] = R, [QL_ROLE_FFN_UP] = R, [QL_ROLE_FFN_DOWN] = R,
+              FFN_SHEXP_UNGATED}},
     /* GLM-4 (-0414, dense): adjacent-pair RoPE over half of each head, q/k/v biases, gate and up fused in ffn_up,
      * norms on both blocks' outputs as well as their inputs */
     {.name = "glm4", .family = "glm4",
@@ -159,7 +171,7 @@ static const ql_arch g_arch[] = {
 
 void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COUNT]) {
     for (int r = 0; r < QL_ROLE_COUNT; r++) need[r] = a->need[r];
-    if (a->moe == QL_MOE_NEVER || (a->moe == QL_MOE_BY_KEY && n_expert <= 0)) { /* dense: no shared expert either */
+    if (a->moe == QL_MOE_NEVER || n_expert <= 0) { /* dense (or a leading dense layer): no shared expert either */
         need[QL_ROLE_FFN_GATE_INP_SHEXP] = need[QL_ROLE_FFN_GATE_SHEXP] = need[QL_ROLE_FFN_UP_SHEXP] =
             need[QL_ROLE_FFN_DOWN_SHEXP] = QL_NEED_ABSENT;
         return;
@@ -167,6 +179,7 @@ void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COU
     need[QL_ROLE_FFN_GATE] = need[QL_ROLE_FFN_UP] = need[QL_ROLE_FFN_GATE_UP] = need[QL_ROLE_FFN_DOWN] = QL_NEED_ABSENT;
     need[QL_ROLE_FFN_GATE_INP] = need[QL_ROLE_FFN_GATE_EXPS] = need[QL_ROLE_FFN_UP_EXPS] = need[QL_ROLE_FFN_DOWN_EXPS] =
         QL_NEED_REQUIRED;
+    if (a->moe_gating == QL_GATING_SIGMOID) need[QL_ROLE_FFN_EXP_PROBS_B] = QL_NEED_REQUIRED;
 }
 
 ql_dim ql_arch_role_ne0(const ql_arch *a, ql_role r) {

@@ -56,6 +56,8 @@ typedef enum {
     QL_ROLE_FFN_GATE_EXPS_BIAS,
     QL_ROLE_FFN_UP_EXPS_BIAS,
     QL_ROLE_FFN_DOWN_EXPS_BIAS,
+    /* GLM-4.5 (DeepSeek-V3's routing): a bias added to the router's probabilities for choosing experts only */
+    QL_ROLE_FFN_EXP_PROBS_B,
     QL_ROLE_COUNT
 } ql_role;
 
@@ -91,7 +93,9 @@ typedef enum { QL_MOE_NEVER = 0, QL_MOE_BY_KEY, QL_MOE_ALWAYS } ql_moe;
 typedef enum { QL_FFN_SWIGLU = 0, QL_FFN_GEGLU_TANH, QL_FFN_SWIGLU_OAI } ql_ffn_act;
 /* How the router's logits weight the chosen experts: a softmax over all experts, then the top k (Mixtral, Qwen);
  * or the top k logits, then a softmax over those k (gpt-oss) */
-typedef enum { QL_GATING_SOFTMAX = 0, QL_GATING_TOPK_SOFTMAX } ql_moe_gating;
+/* or a sigmoid of each logit, chosen with a selection bias (GLM-4.5, DeepSeek-V3): the file's expert_gating_func
+ * (1 softmax, 2 sigmoid, 3 top-k softmax) overrides the description */
+typedef enum { QL_GATING_SOFTMAX = 0, QL_GATING_TOPK_SOFTMAX, QL_GATING_SIGMOID } ql_moe_gating;
 
 typedef struct {
     const char *name;        /* general.architecture */
@@ -123,6 +127,7 @@ typedef struct {
     bool parallel_block;     /* attention and FFN both read the layer's one norm; x += ffn + attention (Cohere) */
     bool rope_swa_only;      /* with a window, only the sliding layers rotate: the global ones have no RoPE */
     bool swa_rope_global;    /* sliding layers rotate with the global base and scale (rope.freq_base_swa unused) */
+    bool moe_dense_lead;     /* the first ARCH.leading_dense_block_count layers are dense (GLM-4.5) */
     /* EXAONE-4 (llama.cpp's rule): the window exists only in files of swa_layer_count layers (the 32B), and is
      * swa_default wide when the file does not say (0 and 0: any file, from the key) */
     int swa_layer_count, swa_default;
@@ -132,8 +137,9 @@ typedef struct {
     ql_need need[QL_ROLE_COUNT]; /* of a dense layer; ql_arch_layer_need gives a MoE layer's */
 } ql_arch;
 
-/* The roles a layer of `a` needs when the file has n_expert experts (0: dense): the description's, with the
- * dense FFN projections swapped for the router and the expert tensors when the layer is MoE. */
+/* The roles a layer of `a` needs when it has n_expert experts (0: a dense layer, also a MoE model's leading dense
+ * ones): the description's, with the dense FFN projections swapped for the router and the expert tensors when the
+ * layer is MoE. */
 void ql_arch_layer_need(const ql_arch *a, int n_expert, ql_need need[QL_ROLE_COUNT]);
 /* Role r's row length in architecture a: the role table's, except full-width q/k norms. */
 ql_dim ql_arch_role_ne0(const ql_arch *a, ql_role r);

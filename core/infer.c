@@ -340,7 +340,7 @@ ql_scratch *ql_scratch_new_rows(const ql_infer *inf, int max_tokens, int max_row
         s->route_w = ql_malloc(R * sizeof *s->route_w);
         s->expert_off = ql_malloc(((size_t)c->n_expert + 1) * sizeof *s->expert_off);
         s->route_fill = ql_malloc((size_t)c->n_expert * sizeof *s->route_fill);
-        s->route_p = ql_malloc((size_t)c->n_expert * sizeof *s->route_p);
+        s->route_p = ql_malloc((size_t)c->n_expert * 2 * sizeof *s->route_p); /* probabilities, selection scores */
     }
     if (!ok || ops->kv_new(s->be, max_tokens, (int)KV, &s->kv) != QL_OK) {
         ql_scratch_free(s);
@@ -359,7 +359,7 @@ double ql_scratch_bytes_rows(const ql_config *c, int max_tokens, int max_rows) {
     double moe = 0;
     if (c->n_expert > 0) {
         const double R = T * c->n_expert_used, FE = c->n_ff_exp;
-        moe = 4.0 * (T * c->n_expert + R * (2 * D + 2 * FE + QL_MAX(D, FE))) + 16.0 * R + 8.0 * c->n_expert +
+        moe = 4.0 * (T * c->n_expert + R * (2 * D + 2 * FE + QL_MAX(D, FE))) + 16.0 * R + 12.0 * c->n_expert +
               (c->n_ff_shexp > 0 ? 4.0 * T * (2.0 * c->n_ff_shexp + D + 1) : 0); /* a shared expert's */
     }
     return 4.0 * T * (D + QL_MAX(D, Q) + Q + 2 * KV + Q + 2 * F + widest) + 4.0 * S * S +
@@ -604,19 +604,22 @@ static ql_backend_weight expert_weight(const ql_infer *inf, const ql_scratch *sc
 }
 
 /* Routing of rows [0, T) of router logits lg [T, E]: each row's k = n_expert_used experts with the highest
- * softmax probability (ggml_argsort_top_k: descending, the lower index first among equals), weighted by that
- * probability, renormalised over the k (with ggml's clamp of the sum) when the architecture says. Fills
+ * probability (softmax, or sigmoid per expert; plus sel_bias when the layer has a selection bias) or logit
+ * (top-k softmax) — ggml_argsort_top_k: descending, the lower index first among equals — weighted by that
+ * unbiased probability (by the softmax of the k logits), renormalised over the k (with ggml's clamp of the sum)
+ * and scaled when the configuration says. Fills
  * route_e/route_w [T·k] and the rows sorted by expert: expert e's pairs are route_row[expert_off[e] ..
  * expert_off[e+1]) (pair p = t·k + j). */
-static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, int T) {
+static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, const float *sel_bias, int T) {
     const int E = c->n_expert, K = c->n_expert_used;
-    const bool topk_softmax = c->desc->moe_gating == QL_GATING_TOPK_SOFTMAX;
-    float *p = s->route_p;
+    float *p = s->route_p, *q = s->route_p + E; /* q: what the experts are chosen by (p, plus a selection bias) */
     for (int e = 0; e <= E; e++) s->expert_off[e] = 0;
     for (int t = 0; t < T; t++) {
         const float *x = lg + (size_t)t * E;
-        if (topk_softmax) { /* gpt-oss: the top k of the logits themselves */
+        if (c->moe_gating == QL_GATING_TOPK_SOFTMAX) { /* gpt-oss: the top k of the logits themselves */
             memcpy(p, x, (size_t)E * sizeof(float));
+        } else if (c->moe_gating == QL_GATING_SIGMOID) { /* GLM-4.5: each expert's own sigmoid (ggml_sigmoid) */
+            for (int e = 0; e < E; e++) p[e] = 1.0f / (1.0f + expf(-x[e]));
         } else {
             float mx = -INFINITY;
             for (int e = 0; e < E; e++) mx = x[e] > mx ? x[e] : mx;
@@ -625,18 +628,19 @@ static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, int T)
             const float inv = (float)(1.0 / sum);
             for (int e = 0; e < E; e++) p[e] *= inv;
         }
+        for (int e = 0; e < E; e++) q[e] = sel_bias ? p[e] + sel_bias[e] : p[e];
         int32_t *sel = s->route_e + (size_t)t * K;
         float *w = s->route_w + (size_t)t * K;
         for (int j = 0; j < K; j++) { /* k is small: selection by repeated scans; a chosen one drops out at -inf */
             int best = 0;
             for (int e = 1; e < E; e++)
-                if (p[e] > p[best]) best = e;
+                if (q[e] > q[best]) best = e;
             sel[j] = best;
             w[j] = p[best];
-            p[best] = -INFINITY;
+            q[best] = -INFINITY;
             s->expert_off[best + 1]++;
         }
-        if (topk_softmax) { /* ggml_soft_max over the k chosen logits */
+        if (c->moe_gating == QL_GATING_TOPK_SOFTMAX) { /* ggml_soft_max over the k chosen logits */
             float mx = -INFINITY;
             for (int j = 0; j < K; j++) mx = w[j] > mx ? w[j] : mx;
             double sum = 0;
@@ -650,6 +654,8 @@ static void moe_route(const ql_config *c, ql_scratch *s, const float *lg, int T)
             ws = ws < 6.103515625e-5f ? 6.103515625e-5f : ws;
             for (int j = 0; j < K; j++) w[j] /= ws;
         }
+        if (c->moe_weights_scale != 0.0f && c->moe_weights_scale != 1.0f) /* GLM-4.5's routed scaling factor */
+            for (int j = 0; j < K; j++) w[j] *= c->moe_weights_scale;
     }
     for (int e = 0; e < E; e++) s->expert_off[e + 1] += s->expert_off[e];
     for (int e = 0; e < E; e++) s->route_fill[e] = s->expert_off[e];
@@ -672,7 +678,7 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
     if ((st = ops->matmul(inf->be, &wr, L->gate_inp_b ? &wrb : NULL, xn, s->router, T, D, E, 0.0f, s->moe_xq)) ||
         (st = ops->sync(inf->be)))
         return st;
-    moe_route(c, s, s->router, T);
+    moe_route(c, s, s->router, L->exp_probs_b ? (const float *)L->exp_probs_b->data : NULL, T);
     for (int i = 0; i < R; i++)
         memcpy(s->moe_x + (size_t)i * D, xn + (size_t)(s->route_row[i] / K) * D, (size_t)D * sizeof(float));
     s->var_cur = variant;

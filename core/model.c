@@ -135,6 +135,7 @@ static const size_t g_role_slot[QL_ROLE_COUNT] = {
     [QL_ROLE_FFN_GATE_EXPS_BIAS] = offsetof(ql_layer_tensors, gate_exps_b),
     [QL_ROLE_FFN_UP_EXPS_BIAS] = offsetof(ql_layer_tensors, up_exps_b),
     [QL_ROLE_FFN_DOWN_EXPS_BIAS] = offsetof(ql_layer_tensors, down_exps_b),
+    [QL_ROLE_FFN_EXP_PROBS_B] = offsetof(ql_layer_tensors, exp_probs_b),
 };
 
 ql_gguf_tensor **ql_layer_role(ql_layer_tensors *L, ql_role r) {
@@ -382,11 +383,37 @@ static ql_status read_experts(const ql_gguf *g, const char *arch, const char *pa
     c->n_expert_used = (int)nu;
     c->n_ff_exp = (int)ff;
     c->moe_norm_weights = desc->moe_norm_weights;
+    c->moe_gating = desc->moe_gating;
     if (c->n_ff <= 0) c->n_ff = c->n_ff_exp;
+    if (desc->moe_gating == QL_GATING_SIGMOID) { /* DeepSeek-V3-style routing: what llama.cpp reads for it */
+        char k[160];
+        bool norm = false;
+        snprintf(k, sizeof k, "%s.expert_weights_norm", arch);
+        c->moe_norm_weights = ql_gguf_get_bool(g, k, &norm) && norm;
+        const double ws = get_f64_or(g, arch, "expert_weights_scale", 0);
+        const int64_t gf = get_int_or(g, arch, "expert_gating_func", 0);
+        if (!(ws >= 0) || !isfinite(ws) || gf < 0 || gf > 3)
+            return ql_fail(QL_ERR_UNSUPPORTED, "%s: %s.expert_weights_scale %g / expert_gating_func %lld is not "
+                                               "implemented (gating 1 softmax, 2 sigmoid, 3 top-k softmax)",
+                           path, arch, ws, (long long)gf);
+        c->moe_weights_scale = (float)ws;
+        if (gf) c->moe_gating = gf == 1 ? QL_GATING_SOFTMAX : gf == 2 ? QL_GATING_SIGMOID : QL_GATING_TOPK_SOFTMAX;
+    }
+    if (desc->moe_dense_lead) {
+        const int64_t lead = get_int_or(g, arch, "leading_dense_block_count", 0);
+        if (lead < 0 || lead > c->n_layer)
+            return ql_fail(QL_ERR_FORMAT, "%s: %s.leading_dense_block_count %lld is not in 0..%d", path, arch,
+                           (long long)lead, c->n_layer);
+        c->n_layer_dense_lead = (int)lead;
+    }
     if (desc->need[QL_ROLE_FFN_GATE_SHEXP] == QL_NEED_ABSENT) return QL_OK; /* n_ff_shexp 0: no shared expert */
-    /* an optional shared expert (granitemoe) is there when the file gives its width */
-    const int64_t fs = get_int_or(g, arch, "expert_shared_feed_forward_length",
-                                  desc->need[QL_ROLE_FFN_GATE_SHEXP] == QL_NEED_OPTIONAL ? 0 : c->n_ff);
+    /* an optional shared expert (granitemoe) is there when the file gives its width, or (GLM-4.5) how many experts
+     * wide it is */
+    const int64_t n_shared = get_int_or(g, arch, "expert_shared_count", 0);
+    const int64_t fs = n_shared > 0 && n_shared <= 64
+                           ? n_shared * c->n_ff_exp
+                           : get_int_or(g, arch, "expert_shared_feed_forward_length",
+                                        desc->need[QL_ROLE_FFN_GATE_SHEXP] == QL_NEED_OPTIONAL ? 0 : c->n_ff);
     if (fs == 0 && desc->need[QL_ROLE_FFN_GATE_SHEXP] == QL_NEED_OPTIONAL) return QL_OK;
     if (fs < 1 || fs > 1 << 22)
         return ql_fail(QL_ERR_FORMAT, "%s: invalid shared expert width %lld", path, (long long)fs);
@@ -456,6 +483,9 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
     c->desc = desc;
     snprintf(c->arch, sizeof c->arch, "%s", arch);
     c->n_layer = (int)get_int_or(g, arch, "block_count", 0);
+    /* trailing multi-token-prediction layers (GLM-4.5's nextn): stored with the others, outside the forward pass */
+    const int64_t nextn = get_int_or(g, arch, "nextn_predict_layers", 0);
+    if (nextn > 0 && nextn < c->n_layer) c->n_layer -= (int)nextn;
     c->n_embd = (int)get_int_or(g, arch, "embedding_length", 0);
     c->n_head = (int)get_int_or(g, arch, "attention.head_count", 0);
     c->n_head_kv = (int)get_int_or(g, arch, "attention.head_count_kv", c->n_head);
@@ -522,9 +552,9 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
     if (!m->output) m->output = m->tok_embd;
     m->layers = ql_calloc((size_t)c->n_layer, sizeof *m->layers);
     ql_need need[QL_ROLE_COUNT];
-    ql_arch_layer_need(desc, c->n_expert, need);
     for (int l = 0; l < c->n_layer; l++) {
         ql_layer_tensors *L = &m->layers[l];
+        ql_arch_layer_need(desc, ql_layer_is_moe(c, l) ? c->n_expert : 0, need);
         for (int r = 0; r < QL_ROLE_COUNT; r++) {
             if (need[r] == QL_NEED_ABSENT) continue;
             const ql_role_info *ri = ql_role_get((ql_role)r);
@@ -538,7 +568,7 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
         /* gpt-oss's FFN pre-norm, stored under the post-attention norm's name */
         if (desc->ffn_norm_is_post_attn_norm) L->ffn_norm = L->post_attn_norm, L->post_attn_norm = NULL;
         /* the sinks and the expert biases are read as floats, slice by slice */
-        const ql_gguf_tensor *f32_only[] = {L->attn_sinks, L->gate_exps_b, L->up_exps_b, L->down_exps_b};
+        const ql_gguf_tensor *f32_only[] = {L->attn_sinks, L->gate_exps_b, L->up_exps_b, L->down_exps_b, L->exp_probs_b};
         for (size_t i = 0; i < QL_ARRAY_LEN(f32_only); i++)
             if (f32_only[i] && f32_only[i]->type != QL_TYPE_F32) {
                 s = ql_fail(QL_ERR_FORMAT, "%s: tensor '%s' must be F32", path, f32_only[i]->name);
@@ -555,7 +585,7 @@ ql_status ql_model_from_gguf(ql_gguf *g, const char *path, ql_model **out) {
             L->w_gate = add_view(m, L->w_gate_up, 0, F, "gate");
             L->w_up = add_view(m, L->w_gate_up, F, F, "up");
         }
-        const bool ffn = c->n_expert > 0 ? L->ffn_gate_inp && L->gate_exps && L->up_exps && L->down_exps
+        const bool ffn = ql_layer_is_moe(c, l) ? L->ffn_gate_inp && L->gate_exps && L->up_exps && L->down_exps
                                          : L->w_gate && L->w_up && L->w_down;
         if ((need[QL_ROLE_ATTN_NORM] && !L->attn_norm) || !L->wq || !L->wk || !L->wv || !L->wo ||
             (need[QL_ROLE_FFN_NORM] && !L->ffn_norm) || !ffn) {
@@ -635,8 +665,14 @@ void ql_model_features(const ql_model *m, char *buf, size_t cap) {
         ADDF("sliding window %d (%d of every %d layers; base %g, scale %g)", c->n_swa, c->swa_pattern - 1,
              c->swa_pattern, c->rope_base_swa, c->rope_scale_swa);
     if (c->n_expert > 0)
-        ADDF("mixture of experts (%d of %d, width %d%s)", c->n_expert_used, c->n_expert, c->n_ff_exp,
+        ADDF("mixture of experts (%d of %d, width %d%s%s)", c->n_expert_used, c->n_expert, c->n_ff_exp,
+             c->moe_gating == QL_GATING_SIGMOID ? ", sigmoid routing" : "",
              c->moe_norm_weights ? ", weights renormalised" : "");
+    if (c->n_layer_dense_lead > 0) ADDF("first %d layer%s dense", c->n_layer_dense_lead, c->n_layer_dense_lead > 1 ? "s" : "");
+    if (c->moe_weights_scale != 0.0f && c->moe_weights_scale != 1.0f) ADDF("expert weights x%g", c->moe_weights_scale);
+    /* a MoE model's leading layers may be dense: the expert parts are the first MoE layer's */
+    if (c->n_layer_dense_lead > 0 && c->n_layer_dense_lead < c->n_layer) L = &m->layers[c->n_layer_dense_lead];
+    if (L && L->exp_probs_b) ADDF("expert selection bias");
     if (L && L->gate_shexp) ADDF("%s shared expert (width %d)", L->gate_inp_shexp ? "gated" : "ungated", c->n_ff_shexp);
     if (L && !L->attn_norm) ADDF("no pre-norms");
     if (L && L->attn_sinks) ADDF("attention sinks");

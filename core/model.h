@@ -50,6 +50,9 @@ typedef struct {
     int n_expert, n_expert_used, n_ff_exp;
     bool moe_norm_weights;
     int n_ff_shexp; /* the shared expert's width (ARCH.expert_shared_feed_forward_length, else n_ff); 0: none */
+    int n_layer_dense_lead;   /* the first layers of a MoE model that are dense (GLM-4.5: 1 or 3) */
+    ql_moe_gating moe_gating; /* the description's, or the file's expert_gating_func */
+    float moe_weights_scale;  /* the chosen experts' weights times it (0: none; ARCH.expert_weights_scale) */
     float residual_scale; /* each block's output times it before the residual add (1: none; Granite) */
     float logit_mult;     /* logits multiplied by it (1: none; Granite: 1 / logit_scale, Cohere: logit_scale) */
     bool rope_off;        /* no layer rotates (Granite with rope.scaling.finetuned = false) */
@@ -68,6 +71,9 @@ static inline bool ql_layer_is_swa(const ql_config *c, int l) {
     if (c->swa_per_layer) return c->n_swa > 0 && l >= 0 && l < 4096 && (c->swa_layer_bits[l / 64] >> (l % 64) & 1);
     return c->n_swa > 0 && c->swa_pattern > 0 && l % c->swa_pattern < c->swa_pattern - 1;
 }
+
+/* True when layer l of c has a mixture-of-experts FFN (a MoE model's leading dense layers have not). */
+static inline bool ql_layer_is_moe(const ql_config *c, int l) { return c->n_expert > 0 && l >= c->n_layer_dense_lead; }
 
 /* True when layer l of c applies RoPE to q and k. */
 static inline bool ql_layer_has_rope(const ql_config *c, int l) {
@@ -89,6 +95,7 @@ typedef struct {
     ql_gguf_tensor *gate_inp_shexp, *gate_shexp, *up_shexp, *down_shexp;
     /* gpt-oss: attention output bias, per-head softmax sinks, router bias, per-expert projection biases */
     ql_gguf_tensor *bo, *attn_sinks, *gate_inp_b, *gate_exps_b, *up_exps_b, *down_exps_b;
+    ql_gguf_tensor *exp_probs_b; /* GLM-4.5: the experts' selection bias */
 } ql_layer_tensors;
 
 /* The slot of role r in L (every role has one). */

@@ -223,10 +223,12 @@ static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const 
     s->n = base + 2 * c->n_layer * E;
     s->e = ql_calloc((size_t)s->n, sizeof *s->e);
     s->has_hessian = hessian && !only; /* partial Hessians are for in-memory use, never saved */
-    const int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, ql_ffn_hidden(c)};
+    /* ffn_down_in: an expert's width in MoE layers, the dense one in a MoE model's leading dense layers */
+    int64_t dims[4] = {c->n_embd, (int64_t)c->n_head * c->head_dim, c->n_embd, ql_ffn_hidden(c)};
     char name[64];
     for (int l = 0; l < c->n_layer; l++)
         for (int p = 0; p < 4; p++) {
+            dims[3] = ql_layer_is_moe(c, l) ? c->n_ff_exp : c->n_ff;
             snprintf(name, sizeof name, "blk.%d.%s", l, POINT_NAMES[p]);
             entry_alloc(&s->e[l * 4 + p], name, dims[p], hessian && (!only || !strcmp(only, name)));
         }

@@ -85,6 +85,13 @@ static const ql_synth_shape g_shapes[] = {
      * rotate), tied output, logits x0.25 */
     {"tiny-cohere2", 4, 64, 4, 2, 128, 512, 256, 50000.0f, true, QL_TYPE_F32, 0, .arch = "cohere2", .n_swa = 8,
      .scales = {0, 0, 0, 0.25f}},
+    /* GLM-4.5's at test size: layer 0 dense (ff 128), then 8 experts of 32 (4 per token) chosen by sigmoid with a
+     * selection bias, renormalised and scaled x2.5, one shared expert; half of each head rotates (NEOX). Without
+     * GLM's q/k/v biases (tiny-glm4 has them): with them one row of these random weights lands 1e-3 from llama.cpp,
+     * the dense layer 0 already 4e-6 apart on it (float noise a later layer amplifies), the other 31 rows 1e-5 */
+    {"tiny-glm4moe", 3, 64, 4, 2, 128, 512, 256, 1000000.0f, false, QL_TYPE_F32, 32, .arch = "glm4moe",
+     .n_expert = 8, .n_expert_used = 4, .n_ff_exp = 32, .n_ff_shexp = 32, .dense_lead = 1, .moe_scale = 2.5f,
+     .rope_dim = 16},
     /* GLM-4's: half of each 32-wide head rotates (adjacent pairs), q/k/v biases, fused gate+up, four norms */
     {"tiny-glm4", 2, 64, 2, 1, 128, 512, 256, 10000.0f, false, QL_TYPE_F32, 32, .arch = "glm4", .biases = true,
      .rope_dim = 16},
@@ -289,7 +296,18 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
         SETU("expert_count", sh->n_expert);
         SETU("expert_used_count", sh->n_expert_used);
         if (sh->n_ff_exp > 0) SETU("expert_feed_forward_length", sh->n_ff_exp);
-        if (sh->n_ff_shexp > 0) SETU("expert_shared_feed_forward_length", sh->n_ff_shexp);
+        /* GLM-4.5 counts its shared experts in expert widths */
+        if (sh->n_ff_shexp > 0 && desc->moe_dense_lead && sh->n_ff_exp > 0)
+            SETU("expert_shared_count", sh->n_ff_shexp / sh->n_ff_exp);
+        else if (sh->n_ff_shexp > 0)
+            SETU("expert_shared_feed_forward_length", sh->n_ff_shexp);
+        if (desc->moe_dense_lead) SETU("leading_dense_block_count", sh->dense_lead);
+        if (sh->moe_scale > 0) {
+            SETF("expert_weights_scale", sh->moe_scale);
+            snprintf(k, sizeof k, "%s.expert_weights_norm", arch);
+            ql_gguf_set_bool(g, k, true);
+            SETU("expert_gating_func", 2);
+        }
     }
     if (sh->rope_base_swa > 0) SETF("rope.freq_base_swa", sh->rope_base_swa);
     static const char *const scale_keys[4] = {"embedding_scale", "residual_scale", "attention.scale", "logit_scale"};
@@ -325,10 +343,10 @@ static ql_status synth_build(const ql_synth_shape *sh, ql_gguf **out, tkind **ki
     } while (0)
 #define ADD(name, kind, ne0, ne1, type) ADD3(name, kind, ne0, ne1, 1, type)
     ql_need need[QL_ROLE_COUNT];
-    ql_arch_layer_need(desc, sh->n_expert, need);
     ADD("token_embd.weight", K_EMBD, D, sh->n_vocab, sh->type);
     if (sh->rope_llama3[0] > 0) ADD("rope_freqs.weight", K_ROPE_FREQS, hd / 2, 1, QL_TYPE_F32);
     for (int l = 0; l < sh->n_layer; l++) {
+        ql_arch_layer_need(desc, l >= sh->dense_lead ? sh->n_expert : 0, need);
         /* the description's required roles, in role order (llama: attn_norm, q, k, v, output, ffn_norm,
          * gate, up, down, the order llama.cpp's converter writes) */
         for (int r = 0; r < QL_ROLE_COUNT; r++) {

@@ -34,6 +34,9 @@ typedef struct {
     float attn_temp;       /* attention.temperature_scale (0: not written) */
     bool biases;           /* also the biases the description allows (q/k/v, attention output) */
     int rope_dim;          /* rope.dimension_count when only part of each head rotates (0: head_dim) */
+    int dense_lead;        /* leading_dense_block_count: the first layers of a MoE model that are dense */
+    float moe_scale;       /* expert_weights_scale (0: not written); with it expert_weights_norm = true and
+                              expert_gating_func = 2 (sigmoid) are written too */
 } ql_synth_shape;
 
 /* Named shapes: "tiny", "tiny-moe", "llama-3.2-1b", "llama-2-7b", "llama-3-8b", "llama-3.1-8b", "qwen3-8b",

@@ -34,7 +34,7 @@ enum { N_TOK = QL_TEST_N_TOK, N_VOCAB = QL_TEST_N_VOCAB };
 static const float TOL = 5e-4f;
 static const char *SHAPES[] = {"tiny-granite", "tiny-granitemoe", "tiny-olmo2", "tiny-smollm3", "tiny-exaone",
                                "tiny-mistral3", "tiny-gptoss", "tiny-ernie4_5", "tiny-seed_oss", "tiny-glm4",
-                               "tiny-cohere2", "tiny-exaone4", "tiny-exaone4-swa"};
+                               "tiny-cohere2", "tiny-exaone4", "tiny-exaone4-swa", "tiny-glm4moe"};
 
 static void test_logits_match_llamacpp(void **state) {
     (void)state;
@@ -130,12 +130,7 @@ static void no_out_bias(ql_model *m, void *saved) {
     for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].bo = NULL;
 }
 static void plain_swiglu(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.ffn_act = QL_FFN_SWIGLU; }
-static void softmax_then_topk(ql_model *m, void *saved) {
-    save_cfg(m, saved);
-    g_edited = *m->cfg.desc;
-    g_edited.moe_gating = QL_GATING_SOFTMAX;
-    m->cfg.desc = &g_edited;
-}
+static void softmax_then_topk(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.moe_gating = QL_GATING_SOFTMAX; }
 
 /* Seed-OSS without the FFN norm it stores under post_attention_norm; ERNIE without its q/k/v biases */
 static void no_ffn_norm(ql_model *m, void *saved) {
@@ -169,6 +164,15 @@ static void no_qk_norms(ql_model *m, void *saved) {
     for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].q_norm = m->layers[l].k_norm = NULL;
 }
 static void no_window(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.n_swa = 0; }
+
+/* GLM-4.5's routing without each of its parts */
+static void softmax_gating(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.moe_gating = QL_GATING_SOFTMAX; }
+static void no_selection_bias(ql_model *m, void *saved) {
+    save_layers(m, saved);
+    for (int l = 0; l < m->cfg.n_layer; l++) m->layers[l].exp_probs_b = NULL;
+}
+static void no_weights_scale(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.moe_weights_scale = 0; }
+static void no_renormalising(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.moe_norm_weights = false; }
 
 /* GLM-4 rotating whole heads instead of their first half */
 static void rope_whole_head(ql_model *m, void *saved) { save_cfg(m, saved), m->cfg.rope_dim = m->cfg.head_dim; }
@@ -208,6 +212,11 @@ static void test_features_matter(void **state) {
         {"tiny-exaone4", "without q/k norms", no_qk_norms, restore_layers},
         {"tiny-exaone4-swa", "RoPE on the global layers too", rope_on_global_layers, restore_cfg},
         {"tiny-exaone4-swa", "no window (every layer global, no RoPE)", no_window, restore_cfg},
+        {"tiny-glm4moe", "softmax instead of sigmoid gating", softmax_gating, restore_cfg},
+        {"tiny-glm4moe", "without the selection bias", no_selection_bias, restore_layers},
+        {"tiny-glm4moe", "without the x2.5 weights scale", no_weights_scale, restore_cfg},
+        {"tiny-glm4moe", "without renormalising", no_renormalising, restore_cfg},
+        {"tiny-glm4moe", "without the shared expert", no_shared_expert, restore_layers},
     };
     for (size_t i = 0; i < QL_ARRAY_LEN(cases); i++) {
         ql_model *m = ql_test_synth_model("arch_synth", cases[i].shape);
