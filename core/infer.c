@@ -584,18 +584,18 @@ static ql_status rope_attend(const ql_infer *inf, ql_scratch *s, int l, int S, i
     return st;
 }
 
-/* Expert e's slice of a per-expert tensor as an op sees it, along its last dimension: a 2-D view of its rows
- * for a 3-D expert stack, a vector for a [width, expert] bias (view is the caller's storage). */
+/* Expert e's slice of a per-expert tensor as an op sees it, along dimension `dim`: a 2-D view of its rows for an
+ * expert stack ([row length, rows, expert]: dim 2, whatever n_dims a one-expert file stores), a vector for a
+ * [width, expert] bias (dim 1) (view is the caller's storage). */
 static ql_backend_weight expert_weight(const ql_infer *inf, const ql_scratch *sc, const ql_gguf_tensor *exps, int e,
-                                       ql_gguf_tensor *view) {
+                                       int dim, ql_gguf_tensor *view) {
     ql_backend_weight w = bweight(inf, sc, exps);
-    const int last = exps->n_dims - 1;
     int64_t per = 1; /* values in one expert's slice */
-    for (int d = 0; d < last; d++) per *= exps->ne[d];
-    const uint64_t bytes = exps->nbytes / (uint64_t)exps->ne[last];
+    for (int d = 0; d < dim; d++) per *= exps->ne[d];
+    const uint64_t bytes = exps->nbytes / (uint64_t)exps->ne[dim];
     *view = *exps;
-    view->n_dims = last;
-    view->ne[last] = 1;
+    view->n_dims = dim;
+    view->ne[dim] = 1;
     view->nbytes = bytes;
     view->data = exps->data ? (const uint8_t *)exps->data + bytes * (uint64_t)e : NULL;
     w.t = view;
@@ -686,12 +686,13 @@ static ql_status moe_rows(const ql_infer *inf, ql_scratch *s, int l, int r0, int
     for (int e = 0; e < E && !st; e++) { /* gate, up, act and down of each expert that got rows */
         const int o = s->expert_off[e], n = s->expert_off[e + 1] - o;
         if (!n) continue;
-        const ql_backend_weight wg = expert_weight(inf, s, L->gate_exps, e, &vg), wu = expert_weight(inf, s, L->up_exps, e, &vu),
-                                wd = expert_weight(inf, s, L->down_exps, e, &vd);
+        const ql_backend_weight wg = expert_weight(inf, s, L->gate_exps, e, 2, &vg),
+                                wu = expert_weight(inf, s, L->up_exps, e, 2, &vu),
+                                wd = expert_weight(inf, s, L->down_exps, e, 2, &vd);
         /* gpt-oss: each expert's own biases, added after its products as ggml_add_id does */
-        const ql_backend_weight bg = L->gate_exps_b ? expert_weight(inf, s, L->gate_exps_b, e, &vgb) : wg,
-                                bu = L->up_exps_b ? expert_weight(inf, s, L->up_exps_b, e, &vub) : wu,
-                                bd = L->down_exps_b ? expert_weight(inf, s, L->down_exps_b, e, &vdb) : wd;
+        const ql_backend_weight bg = L->gate_exps_b ? expert_weight(inf, s, L->gate_exps_b, e, 1, &vgb) : wg,
+                                bu = L->up_exps_b ? expert_weight(inf, s, L->up_exps_b, e, 1, &vub) : wu,
+                                bd = L->down_exps_b ? expert_weight(inf, s, L->down_exps_b, e, 1, &vdb) : wd;
         float *xe = s->moe_x + (size_t)o * D, *ge = s->moe_g + (size_t)o * F;
         if ((st = ops->matmul(inf->be, &wg, L->gate_exps_b ? &bg : NULL, xe, ge, n, D, F, 0.0f, s->moe_xq)) ||
             (st = ops->matmul(inf->be, &wu, L->up_exps_b ? &bu : NULL, xe, s->moe_u + (size_t)o * F, n, D, F, 0.0f,
