@@ -945,6 +945,21 @@ if [ -f "$SM" ]; then
     # 3 sequences: the statistics' output-level errors depend on how many workers add them up (2 x 1 = 2 here)
     SARGS="--text $SHARED/data/tinystories-valid.txt --ctx 64 --chunks 3 --candidates q4_0,q8_0"
     noseconds() { grep -v "^seconds" "$1"; }
+    # two .qss files alike up to float sums: every line but the seconds the same, the cells' errors within 1e-6
+    # relative, KLD within 1e-5 relative above 3e-8 and dPPL within 1e-5 (a resumed run may batch the cells left
+    # differently, and OpenBLAS's Haswell sgemm, which some machines force, rounds a row by its place in the batch)
+    qss_close() {
+      cmp -s <(noseconds "$1" | grep -v "^m	") <(noseconds "$2" | grep -v "^m	") &&
+      [ "$(grep -c "^m	" "$1")" = "$(grep -c "^m	" "$2")" ] &&
+      paste <(grep "^m	" "$1") <(grep "^m	" "$2") | awk -F'\t' '
+        function d(x, y) { return x > y ? x - y : y - x }
+        function ab(x) { return x < 0 ? -x : x }
+        { n = NF / 2; for (i = 1; i <= 5; i++) if ($i != $(i + n)) bad++
+          for (i = 6; i <= 7; i++) if (d($i, $(i + n)) > 1e-6 * ab($i) + 1e-12) bad++
+          if (d($8, $(8 + n)) > 1e-5 * ab($8) + 3e-8) bad++
+          if (d($9, $(9 + n)) > 1e-5) bad++ }
+        END { exit bad > 0 }'
+    }
     $QLAB sense "$SM" $SARGS --threads 2 -o "$T/one.qss" >/dev/null 2>&1
     SARGS="$SARGS --threads 1"
     $MPIRUN $QLAB sense "$SM" $SARGS -o "$T/two.qss" >/dev/null 2>"$T/mpi.err"; mrc=$?
@@ -980,8 +995,8 @@ if [ -f "$SM" ]; then
       if [ $krc -eq 0 ]; then skip "sense: the job finished before rank 1 was killed"
       elif [ "$kept" -ge 10 ] && [ "$kept" -lt 60 ] \
            && $MPIRUN $QLAB sense "$SM" $SARGS -o "$T/k.qss" 2>"$T/k.err" >/dev/null \
-           && grep -q "reusing $kept measured cells" "$T/k.err" && cmp -s <(noseconds "$T/one.qss") <(noseconds "$T/k.qss"); then
-        ok "sense: rank 1 killed (mpirun exit $krc) leaves $kept of 60 cells; the same command resumes to the same file"
+           && grep -q "reusing $kept measured cells" "$T/k.err" && qss_close "$T/one.qss" "$T/k.qss"; then
+        ok "sense: rank 1 killed (mpirun exit $krc) leaves $kept of 60 cells; the same command resumes to the same cells"
       else bad "sense: killed-rank resume (exit $krc, $kept cells kept)"; sed 's/^/     /' "$T/k.err" 2>/dev/null | tail -3; fi
     fi
   fi
