@@ -87,6 +87,24 @@ mixes_identical() {
   done
   echo "$same_n of $n${differ:+ (differ:$differ)}"
 }
+# LABEL SHAPE DIMS MIX...: synthesize the shape, make llama.cpp's imatrix of it, print mixes_identical's line
+shape_mixes() {
+  local label=$1 shape=$2 dims=$3 model=$OUT/mixes-$2.gguf
+  shift 3
+  "$QLAB" synth --shape "$shape" --dims "$dims" -o "$model" >/dev/null 2>&1
+  "$L/llama-imatrix" -m "$model" -f "$TXT" -c 128 --chunks 8 -t "$THREADS" -o "$OUT/mixes-im.gguf" >/dev/null 2>&1
+  printf '%-44s %s\n' "quant $label $shape: mixes byte-identical" "$(mixes_identical "$model" "$OUT/mixes-im.gguf" "$@")"
+  rm -f "$model" "$OUT/mixes-im.gguf"
+}
+# LABEL MODEL NOTE [LLAMA-PERPLEXITY FLAGS]: seconds of qlab ppl and llama-perplexity over 4 chunks of 512, side by side
+ppl_side_by_side() {
+  local label=$1 model=$2 note=$3 t0 t1 t2
+  shift 3
+  t0=$(now); "$L/llama-perplexity" -m "$model" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" "$@" >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
+  "$QLAB" ppl "$model" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
+  printf '%-44s %9ss %9ss %8s  %s\n' "$label" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
+    "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log") $note"
+}
 # 2b. mixtures of experts: every mix on small Mixtral, Qwen3-MoE, Qwen1.5-MoE (shared experts) and OLMoE shapes, the
 #     i-quants with llama.cpp's imatrix of each (tensors must be byte-identical; IQ1_M differs by the known search
 #     change; expert counts cut to keep llama-quantize's i-quants to minutes), then perplexity time on a
@@ -96,21 +114,13 @@ for spec in "mixtral-8x7b layers=8,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
             "qwen1.5-moe-a2.7b layers=8,embd=256,heads=8,kv=8,ff=512,ff_exp=256,ff_shexp=512,vocab=1024,experts=16" \
             "olmoe-1b-7b layers=8,embd=256,heads=8,kv=8,ff=256,vocab=1024,experts=16"; do
   set -- $spec
-  MM=$OUT/moe-$1.gguf
-  "$QLAB" synth --shape "$1" --dims "$2" -o "$MM" >/dev/null 2>&1
-  "$L/llama-imatrix" -m "$MM" -f "$TXT" -c 128 --chunks 8 -t "$THREADS" -o "$OUT/moe-im.gguf" >/dev/null 2>&1
-  printf '%-44s %s\n' "quant MoE $1: mixes byte-identical" "$(mixes_identical "$MM" "$OUT/moe-im.gguf" \
-    Q4_0 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL IQ3_S IQ3_M MXFP4_MOE \
-    Q2_K_S IQ3_XS IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ3_XXS)"
-  rm -f "$MM" "$OUT/moe-im.gguf"
+  shape_mixes MoE "$1" "$2" Q4_0 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL IQ3_S IQ3_M \
+    MXFP4_MOE Q2_K_S IQ3_XS IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ3_XXS
 done
 MQ=$OUT/moe-q30.gguf
 "$QLAB" synth --shape qwen3-30b-a3b --dims layers=6,vocab=32000 --threads "$THREADS" -o "$MQ" >/dev/null 2>&1
 "$L/llama-quantize" "$MQ" "$OUT/lc.gguf" Q4_K_M "$THREADS" >/dev/null 2>&1
-t0=$(now); "$L/llama-perplexity" -m "$OUT/lc.gguf" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
-"$QLAB" ppl "$OUT/lc.gguf" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
-printf '%-44s %9ss %9ss %8s  %s\n' "ppl Qwen3-30B-A3B shape, 6 layers, Q4_K_M" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
-  "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log") (F32 vs F16 KV cache)"
+ppl_side_by_side "ppl Qwen3-30B-A3B shape, 6 layers, Q4_K_M" "$OUT/lc.gguf" "(F32 vs F16 KV cache)"
 rm -f "$MQ" "$OUT/lc.gguf" "$OUT/ql.gguf"
 # 2c. the architectures of session 11 (Granite, Granite-MoE, OLMo 2/3, SmolLM3, EXAONE, Ministral 3, ERNIE 4.5,
 #     Seed-OSS, GLM-4, Command R7B, EXAONE 4, GLM-4.5, gpt-oss): a set of mixes on 256-wide versions of their test shapes must be byte-identical (the
@@ -129,21 +139,12 @@ for spec in "tiny-granite layers=4,embd=256,heads=8,kv=2,ff=512,vocab=1024" \
             "tiny-glm4moe layers=4,embd=256,heads=8,kv=2,head_dim=64,ff=512,ff_exp=256,ff_shexp=256,experts=16,vocab=1024" \
             "tiny-gptoss layers=4,embd=256,heads=8,kv=2,head_dim=64,ff=256,ff_exp=256,vocab=1024"; do
   set -- $spec
-  MM=$OUT/arch-$1.gguf
-  "$QLAB" synth --shape "$1" --dims "$2" -o "$MM" >/dev/null 2>&1
-  "$L/llama-imatrix" -m "$MM" -f "$TXT" -c 128 --chunks 8 -t "$THREADS" -o "$OUT/arch-im.gguf" >/dev/null 2>&1
-  printf '%-44s %s\n' "quant arch $1: mixes byte-identical" "$(mixes_identical "$MM" "$OUT/arch-im.gguf" \
-    Q4_0 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL MXFP4_MOE IQ2_XS IQ3_XXS)"
-  rm -f "$MM" "$OUT/arch-im.gguf"
+  shape_mixes arch "$1" "$2" Q4_0 Q8_0 Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS IQ4_NL MXFP4_MOE IQ2_XS IQ3_XXS
 done
 MG=$OUT/gptoss.gguf
 "$QLAB" synth --shape gpt-oss-20b --dims layers=2,experts=8,vocab=2048 --threads "$THREADS" -o "$MG" >/dev/null 2>&1
 "$L/llama-quantize" "$MG" "$OUT/lc.gguf" MXFP4_MOE "$THREADS" >/dev/null 2>&1
-t0=$(now); "$L/llama-perplexity" -m "$OUT/lc.gguf" -f "$TXT" -c 512 --chunks 4 -t "$THREADS" -fa off -ctk f32 -ctv f32 \
-  >"$OUT/lc-ppl.log" 2>&1; t1=$(now)
-"$QLAB" ppl "$OUT/lc.gguf" --text "$TXT" --ctx 512 --chunks 4 --threads "$THREADS" >"$OUT/ql-ppl.log" 2>&1; t2=$(now)
-printf '%-44s %9ss %9ss %8s  %s\n' "ppl gpt-oss-20b shape, 2 layers, MXFP4_MOE" "$(secs "$t1" "$t2")" "$(secs "$t0" "$t1")" \
-  "$(ratio "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")")" "PPL $(ppl_of "$OUT/ql-ppl.log") vs $(ppl_of "$OUT/lc-ppl.log") (F32 KV both)"
+ppl_side_by_side "ppl gpt-oss-20b shape, 2 layers, MXFP4_MOE" "$OUT/lc.gguf" "(F32 KV both)" -fa off -ctk f32 -ctv f32
 rm -f "$MG" "$OUT/lc.gguf" "$OUT/ql.gguf"
 # 3. the BPE pre-tokenizers: llama-tokenize and `qlab tokenize` on one text through a small byte-level vocabulary,
 #    once per tokenizer.ggml.pre name qlab knows (the token ids must be the same lists)

@@ -17,6 +17,7 @@
 #include "pipeline/plan.h"
 #include "presets/preset.h"
 #include "tests/test_util.h"
+#include "tests/test_synth_logits.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -57,15 +58,6 @@ static void read_reference(const char *name, float *ref) {
     fclose(f);
 }
 
-static void run(ql_model *m, const int32_t *tok, float *logits) {
-    ql_infer *inf;
-    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
-    ql_scratch *s = ql_scratch_new(inf, N_TOK);
-    assert_non_null(s);
-    assert_int_equal(ql_forward(inf, s, tok, N_TOK, 0, logits), QL_OK);
-    ql_scratch_free(s);
-    ql_infer_free(inf);
-}
 
 /* max |a - b| over rows [r0, r1) */
 static float max_diff(const float *a, const float *b, int r0, int r1) {
@@ -85,7 +77,7 @@ static void test_logits_match_llamacpp(void **state) {
         read_reference(MODELS[i], ref);
         ql_model *m;
         assert_int_equal(ql_model_load(p, &m), QL_OK);
-        run(m, tok, got);
+        ql_test_run_tokens(m, tok, N_TOK, got);
         float d = max_diff(got, ref, 0, N_TOK);
         printf("  %-7s max |qlab - llama.cpp| = %.3g (tolerance %g)\n", MODELS[i], d, tolerance(MODELS[i]));
         if (!(d <= tolerance(MODELS[i]))) fail_msg("%s: logits differ from llama.cpp by %g", MODELS[i], d);
@@ -171,7 +163,7 @@ static void test_ablations_move_logits(void **state) {
         ql_model *m;
         assert_int_equal(ql_model_load(p, &m), QL_OK);
         a->ablate(m);
-        run(m, tok, got);
+        ql_test_run_tokens(m, tok, N_TOK, got);
         const float tol = tolerance(a->model), d = max_diff(got, ref, 0, N_TOK);
         printf("  %-7s %-38s moves the logits by %.3g (README: %g)\n", a->model, a->what, d, a->readme);
         /* far beyond the tolerance, and the size llama.cpp's semantics give (an ablation of something
@@ -652,7 +644,7 @@ static void test_swa_pattern_array(void **state) {
     ql_model *m = gemma3_with_pattern(same, 6, QL_GGUF_BOOL);
     if (!m) fail_msg("%s", ql_last_error());
     assert_true(m->cfg.swa_per_layer && ql_layer_is_swa(&m->cfg, 4) && !ql_layer_is_swa(&m->cfg, 5));
-    run(m, tok, got);
+    ql_test_run_tokens(m, tok, N_TOK, got);
     ql_model_free(m);
     float d_same = max_diff(got, ref, 0, N_TOK);
     m = gemma3_with_pattern(other, 6, QL_GGUF_BOOL);
@@ -661,7 +653,7 @@ static void test_swa_pattern_array(void **state) {
     char feat[512];
     ql_model_features(m, feat, sizeof feat);
     assert_non_null(strstr(feat, "3 of 6 layers"));
-    run(m, tok, got);
+    ql_test_run_tokens(m, tok, N_TOK, got);
     ql_model_free(m);
     float d_other = max_diff(got, ref, 0, N_TOK);
     printf("  per-layer pattern: as the default %.3g from llama.cpp, layers 1 and 3 global moves %.3g\n", d_same,

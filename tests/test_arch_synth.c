@@ -38,21 +38,12 @@ static const char *SHAPES[] = {"tiny-granite", "tiny-granitemoe", "tiny-olmo2", 
 
 static void test_logits_match_llamacpp(void **state) {
     (void)state;
-    float *got = malloc(sizeof(float) * N_TOK * N_VOCAB), *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
         ql_model *m = ql_test_synth_model("arch_synth", SHAPES[i]);
         assert_string_equal(m->cfg.arch, ql_synth_find(SHAPES[i])->arch);
-        ql_test_read_logits("tests/data/arch", SHAPES[i], ref);
-        ql_test_run(m, got);
-        const float d = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
-        printf("  %-16s max |qlab - llama.cpp| = %.3g\n", SHAPES[i], d);
-        for (int r = 0; r < N_TOK && !(d <= TOL); r++)
-            printf("    row %d: %.3g\n", r, ql_test_max_diff(got + (size_t)r * N_VOCAB, ref + (size_t)r * N_VOCAB, N_VOCAB));
-        if (!(d <= TOL)) fail_msg("%s: logits differ from llama.cpp by %g", SHAPES[i], d);
+        ql_test_expect_logits(m, "tests/data/arch", SHAPES[i], TOL);
         ql_model_free(m);
     }
-    free(got);
-    free(ref);
 }
 
 /* How far the logits move from llama.cpp's when `edit` changes the loaded model (and `undo` puts it back). */
@@ -347,10 +338,7 @@ static void test_hf_roundtrip_same_logits(void **state) {
 static void test_gptoss_mxfp4_experts(void **state) {
     (void)state;
     ql_model *m = ql_test_synth_model("arch_synth", "tiny-gptoss");
-    ql_preset *p = NULL;
-    assert_int_equal(ql_preset_load("MXFP4_MOE", &p), QL_OK);
-    ql_plan *plan = NULL;
-    assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_OK);
+    ql_plan *plan = ql_test_preset_plan(m, "MXFP4_MOE");
     char out[256];
     ql_test_synth_path(out, sizeof out, "arch_synth", "gptoss-mxfp4");
     ql_quant_opts qo = {.plan = plan, .n_threads = 1};
@@ -373,7 +361,6 @@ static void test_gptoss_mxfp4_experts(void **state) {
     ql_model_free(q);
     ql_model_free(m);
     ql_plan_free(plan);
-    ql_preset_free(p);
     unlink(out);
 }
 

@@ -37,21 +37,12 @@ static const char *SHAPES[] = {"tiny-moe", "tiny-qwen3moe", "tiny-qwen2moe", "ti
 
 static void test_logits_match_llamacpp(void **state) {
     (void)state;
-    float *got = malloc(sizeof(float) * N_TOK * N_VOCAB), *ref = malloc(sizeof(float) * N_TOK * N_VOCAB);
     for (size_t i = 0; i < QL_ARRAY_LEN(SHAPES); i++) {
         ql_model *m = ql_test_synth_model("moe", SHAPES[i]);
         assert_true(m->cfg.n_expert > 0 && m->layers[0].gate_exps && !m->layers[0].w_gate);
-        ql_test_read_logits("tests/data/moe", SHAPES[i], ref);
-        ql_test_run(m, got);
-        const float d = ql_test_max_diff(got, ref, (size_t)N_TOK * N_VOCAB);
-        printf("  %-14s max |qlab - llama.cpp| = %.3g\n", SHAPES[i], d);
-        for (int r = 0; r < N_TOK && !(d <= TOL); r++)
-            printf("    row %d: %.3g\n", r, ql_test_max_diff(got + (size_t)r * N_VOCAB, ref + (size_t)r * N_VOCAB, N_VOCAB));
-        if (!(d <= TOL)) fail_msg("%s: logits differ from llama.cpp by %g", SHAPES[i], d);
+        ql_test_expect_logits(m, "tests/data/moe", SHAPES[i], TOL);
         ql_model_free(m);
     }
-    free(got);
-    free(ref);
 }
 
 /* Each routing detail moves the logits far past the tolerance, so the comparison above exercises it. */
@@ -244,10 +235,7 @@ static void test_refusals(void **state) {
 static void test_plan_covers_experts(void **state) {
     (void)state;
     ql_model *m = ql_test_synth_model("moe", "tiny-qwen3moe");
-    ql_preset *p = NULL;
-    assert_int_equal(ql_preset_load("Q4_K_M", &p), QL_OK);
-    ql_plan *plan = NULL;
-    assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_OK);
+    ql_plan *plan = ql_test_preset_plan(m, "Q4_K_M");
     assert_null(ql_plan_find(plan, "blk.0.ffn_gate_inp.weight"));
     for (int l = 0; l < m->cfg.n_layer; l++) {
         const ql_gguf_tensor *ts[3] = {m->layers[l].gate_exps, m->layers[l].up_exps, m->layers[l].down_exps};
@@ -260,15 +248,14 @@ static void test_plan_covers_experts(void **state) {
     ql_plan_free(plan);
     /* llama.cpp's 8-expert rules: attn_v and attn_k in Q8_0 for Mixtral's 8 experts, not for 16 */
     ql_model *m8 = ql_test_synth_model("moe", "tiny-moe");
-    assert_int_equal(ql_preset_resolve(p, m8, false, &plan), QL_OK);
+    plan = ql_test_preset_plan(m8, "Q4_K_M");
     assert_string_equal(ql_plan_find(plan, "blk.1.attn_v.weight")->format->name, "q8_0");
     assert_string_equal(ql_plan_find(plan, "blk.1.attn_k.weight")->format->name, "q8_0");
     ql_plan_free(plan);
-    assert_int_equal(ql_preset_resolve(p, m, false, &plan), QL_OK);
+    plan = ql_test_preset_plan(m, "Q4_K_M");
     assert_string_not_equal(ql_plan_find(plan, "blk.1.attn_k.weight")->format->name, "q8_0");
     ql_plan_free(plan);
     ql_model_free(m8);
-    ql_preset_free(p);
     ql_model_free(m);
 }
 
