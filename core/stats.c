@@ -146,7 +146,6 @@ typedef struct {
     int64_t xd_cap;
     int n_layer;
     bool output;
-    int n_expert, expert_base; /* per-expert entries from expert_base (per_expert; n_expert 0: none) */
     const ql_backend_ops *ops; /* the infer's backend, when it accumulates Σ xᵀx itself; else NULL */
     void *be;
     void **dev;     /* per entry: the device accumulator, or NULL */
@@ -163,6 +162,12 @@ static int entry_index(int n_layer, int layer, ql_hook_point p) {
 /* Per-expert entries: after the layer points and output_in, two per (layer, expert). */
 static int expert_entry_index(int base, int n_expert, int layer, int e, bool down) {
     return base + ((layer * n_expert + e) * 2 + (down ? 1 : 0));
+}
+
+/* Expert e's entry of layer l (down: its down projection's input), or NULL when s holds none. */
+static ql_stat_entry *expert_entry(const ql_stats *s, int layer, int e, bool down) {
+    if (s->n_expert <= 0 || layer < 0 || layer >= s->n_layer || e < 0 || e >= s->n_expert) return NULL;
+    return &s->e[expert_entry_index(s->expert_base, s->n_expert, layer, e, down)];
 }
 
 static void accumulate(ql_stat_entry *e, const float *x, int n, int dim) {
@@ -182,10 +187,8 @@ static void hook(void *user, int layer, ql_hook_point where, const float *x, int
     worker_acc *w = user;
     if (where == QL_HOOK_EXPERT_IN || where == QL_HOOK_EXPERT_DOWN_IN) {
         const int ex = ql_hook_expert();
-        if (w->n_expert > 0 && ex >= 0 && ex < w->n_expert && layer >= 0 && layer < w->n_layer)
-            accumulate(&w->acc->e[expert_entry_index(w->expert_base, w->n_expert, layer, ex,
-                                                     where == QL_HOOK_EXPERT_DOWN_IN)],
-                       x, n, dim);
+        ql_stat_entry *e = expert_entry(w->acc, layer, ex, where == QL_HOOK_EXPERT_DOWN_IN);
+        if (e) accumulate(e, x, n, dim);
         return;
     }
     if (where == QL_HOOK_RESIDUAL || where > QL_HOOK_EXPERT_DOWN_IN || (where == QL_HOOK_OUTPUT_IN && !w->output)) return;
@@ -221,6 +224,9 @@ static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const 
     ql_stats *s = ql_calloc(1, sizeof *s);
     const int base = 4 * c->n_layer + (output ? 1 : 0), E = per_expert ? c->n_expert : 0;
     s->n = base + 2 * c->n_layer * E;
+    s->expert_base = base;
+    s->n_expert = E;
+    s->n_layer = c->n_layer;
     s->e = ql_calloc((size_t)s->n, sizeof *s->e);
     s->has_hessian = hessian && !only; /* partial Hessians are for in-memory use, never saved */
     /* ffn_down_in: an expert's width in MoE layers, the dense one in a MoE model's leading dense layers */
@@ -243,11 +249,7 @@ static ql_stats *stats_new(const ql_config *c, bool hessian, bool output, const 
 }
 
 const ql_stat_entry *ql_stats_expert_entry(const ql_stats *s, int layer, int e, bool down) {
-    char name[64];
-    snprintf(name, sizeof name, "blk.%d.expert_%s.%d", layer, down ? "down_in" : "in", e);
-    for (int i = 0; i < s->n; i++)
-        if (!strcmp(s->e[i].name, name)) return &s->e[i];
-    return NULL;
+    return expert_entry(s, layer, e, down);
 }
 
 typedef struct {
@@ -425,8 +427,6 @@ ql_status ql_stats_collect(const ql_infer *inf, const int32_t *tokens, int64_t n
         ctx.acc[w].acc = stats_new(c, o->hessian, o->output, o->only, o->per_expert);
         ctx.acc[w].n_layer = c->n_layer;
         ctx.acc[w].output = o->output;
-        ctx.acc[w].n_expert = o->per_expert ? c->n_expert : 0;
-        ctx.acc[w].expert_base = 4 * c->n_layer + (o->output ? 1 : 0);
         if (ops->xtx_add) {
             ctx.acc[w].ops = ops;
             ctx.acc[w].be = ql_infer_backend_context(inf);

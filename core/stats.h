@@ -48,6 +48,8 @@ typedef struct ql_stats {
     char *source; /* calibration spec or text file, informational */
     ql_model_fp fp; /* of the model collected on (ql_stats_collect sets it) */
     char *model;    /* that model's path, for messages */
+    /* collected per_expert: n_layer·n_expert·2 entries from expert_base (ql_stats_expert_entry); n_expert 0: none */
+    int expert_base, n_expert, n_layer;
 } ql_stats;
 
 typedef struct {

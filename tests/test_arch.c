@@ -497,15 +497,6 @@ static void test_longrope_formula(void **state) {
     ql_model_free(m);
 }
 
-static void run_ctx(ql_model *m, const int32_t *tok, int n_ctx, float *logits) {
-    ql_infer *inf;
-    assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
-    ql_scratch *s = ql_scratch_new(inf, n_ctx);
-    assert_non_null(s);
-    assert_int_equal(ql_forward(inf, s, tok, N_TOK, 0, logits), QL_OK);
-    ql_scratch_free(s);
-    ql_infer_free(inf);
-}
 
 static void write_longrope_model(const char *path, const float *lf, const float *sf, float af) {
     ql_model *m = phi3_longrope(lf, sf, af);
@@ -528,9 +519,9 @@ static void test_longrope_logits(void **state) {
     read_reference("phi3", ref);
     ql_model *m = phi3_longrope(LR_LONG, ones, 1.0f);
     if (!m) skip();
-    run_ctx(m, tok, N_TOK, got);
+    ql_test_run_ctx(m, tok, N_TOK, N_TOK, got);
     float d_short = max_diff(got, ref, 0, N_TOK);
-    run_ctx(m, tok, LR_ORIG + 16, got);
+    ql_test_run_ctx(m, tok, N_TOK, LR_ORIG + 16, got);
     float d_long = max_diff(got, ref, 0, N_TOK);
     ql_model_free(m);
     /* the long factors as llama3's rope_freqs on the plain model */
@@ -544,12 +535,12 @@ static void test_longrope_logits(void **state) {
     int64_t ne[4] = {LR_HALF, 1, 1, 1};
     ql_gguf_add_tensor(g, "rope_freqs.weight", QL_TYPE_F32, 1, ne, rf);
     assert_int_equal(ql_model_from_gguf(g, p, &m), QL_OK);
-    run_ctx(m, tok, N_TOK, alt);
+    ql_test_run_ctx(m, tok, N_TOK, N_TOK, alt);
     ql_model_free(m);
     float d_freqs = max_diff(got, alt, 0, N_TOK);
     /* the attention factor: cos and sin of q and k scaled, so every attention score by its square */
     m = phi3_longrope(LR_LONG, ones, 1.5f);
-    run_ctx(m, tok, N_TOK, alt);
+    ql_test_run_ctx(m, tok, N_TOK, N_TOK, alt);
     ql_model_free(m);
     float d_af = max_diff(alt, ref, 0, N_TOK);
     printf("  LongRoPE logits: short (unit) factors %.3g from llama.cpp's phi3, long factors move them %.3g and "
@@ -585,13 +576,13 @@ static void test_longrope_logits(void **state) {
             assert_non_null(f);
             assert_int_equal(fread(got, sizeof(float), N_TOK * N_VOCAB, f), N_TOK * N_VOCAB);
             fclose(f);
-            run_ctx(m, tok, ctxs[c] ? ctxs[c] : N_TOK, alt);
+            ql_test_run_ctx(m, tok, N_TOK, ctxs[c] ? ctxs[c] : N_TOK, alt);
             float d = max_diff(got, alt, 0, N_TOK);
             printf("  qlab logits %-9s equals the in-process pass at that context within %.3g\n",
                    ctxs[c] ? ctxarg : "(no ctx)", d);
             assert_true(d <= 1e-5f);
         }
-        run_ctx(m, tok, N_TOK, alt);
+        ql_test_run_ctx(m, tok, N_TOK, N_TOK, alt);
         assert_true(max_diff(got, alt, 0, N_TOK) > 0.05f); /* the last run (long) is not the short one */
         ql_model_free(m);
         /* ppl: the two contexts around the original one give different perplexities */

@@ -47,15 +47,19 @@ static inline void ql_test_read_logits(const char *dir, const char *name, float 
     fclose(f);
 }
 
-/* The logits of every position for n tokens, one thread. */
-static inline void ql_test_run_tokens(const ql_model *m, const int32_t *tok, int n, float *logits) {
+/* The logits of every position for n tokens, one thread, in a scratch (the pass's context) of n_ctx >= n. */
+static inline void ql_test_run_ctx(const ql_model *m, const int32_t *tok, int n, int n_ctx, float *logits) {
     ql_infer *inf;
     assert_int_equal(ql_infer_new(m, 1, &inf), QL_OK);
-    ql_scratch *s = ql_scratch_new(inf, n);
+    ql_scratch *s = ql_scratch_new(inf, n_ctx);
     assert_non_null(s);
     assert_int_equal(ql_forward(inf, s, tok, n, 0, logits), QL_OK);
     ql_scratch_free(s);
     ql_infer_free(inf);
+}
+
+static inline void ql_test_run_tokens(const ql_model *m, const int32_t *tok, int n, float *logits) {
+    ql_test_run_ctx(m, tok, n, n, logits);
 }
 
 /* ... for QL_TEST_TOKENS */
